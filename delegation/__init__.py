@@ -1,0 +1,1 @@
+"""What you may open: mailboxes, delegations, directory entries and audit events."""

@@ -1,0 +1,1 @@
+"""The product: API LPS front, delegation enforcement, backends, historic web services."""

@@ -1,0 +1,53 @@
+"""`lps-gateway`: the gateway's command line."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from gateway.lifecycle import run_until_signalled
+from gateway.logs import configure_logging
+from gateway.settings import load_settings
+
+app = typer.Typer(
+    help="API LPS gateway for MSSanté: Pro Santé Connect, delegation, historic web services.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@app.command()
+def demo(
+    data: Annotated[Path, typer.Option(help="Data directory")] = Path(".lps-gateway"),
+    config: Annotated[Path | None, typer.Option(help="TOML configuration file")] = None,
+) -> None:
+    """Run the mock operator and the gateway in one process, on the default ports."""
+    from mock_operator.cli import describe
+    from mock_operator.server import MockOperator
+
+    settings = load_settings(config, data_dir=data)
+    configure_logging(settings.log)
+    mock = MockOperator(settings.mock, settings.data_dir / "mock-operator")
+    console = Console(soft_wrap=True)
+
+    def announce() -> None:
+        console.rule("lps-gateway demo")
+        describe(mock, console)
+        console.print(
+            "\n[yellow]At this stage the demo runs only the mock Pro Santé Connect.[/] "
+            "The mock's IMAP/SMTP platforms and the gateway's API LPS front arrive with the "
+            "next issues.\nTry:  curl "
+            f"{mock.issuer}/.well-known/wallet-openid-configuration\n"
+            "Ctrl-C stops the demo.",
+            highlight=False,
+        )
+
+    asyncio.run(run_until_signalled([mock], announce))
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,138 @@
+"""The one logging setup: structured events, with the request or session they belong to.
+
+Code logs with the standard `logging` module and puts facts in `extra={...}`; this module
+renders them (console or JSON lines), adds the bound `request_id` / `session_id`, and scrubs
+anything shaped like a bearer token as a last line of defence: tokens are never logged.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime as dt
+import json
+import logging
+import re
+import secrets
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from gateway.settings import LogSettings
+
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+session_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("session_id", default=None)
+
+_STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+_SECRET_PATTERNS = (
+    re.compile(r"eyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]*"),  # a compact JWS/JWT
+    re.compile(r"(?i)(bearer\s+)[\w\-.~+/]+=*"),
+    re.compile(
+        r"(?i)((?:access_token|refresh_token|id_token|code|client_secret|password|otp|token)=)"
+        r"[^&\s\"']+"
+    ),
+)
+
+
+def new_id() -> str:
+    return secrets.token_hex(6)
+
+
+@contextmanager
+def bound(*, request: str | None = None, session: str | None = None) -> Iterator[None]:
+    """Bind a request or session id to every log record emitted inside the block."""
+    tokens = []
+    if request is not None:
+        tokens.append((request_id, request_id.set(request)))
+    if session is not None:
+        tokens.append((session_id, session_id.set(session)))
+    try:
+        yield
+    finally:
+        for var, token in reversed(tokens):
+            var.reset(token)
+
+
+def scrub(text: str) -> str:
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + "[redacted]", text)
+    return text
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for name in ("request_id", "session_id"):
+        value = getattr(record, name, None)
+        if value:
+            fields[name] = value
+    for key, value in vars(record).items():
+        if key not in _STANDARD_ATTRS and key not in ("request_id", "session_id"):
+            fields[key] = value
+    return fields
+
+
+class _ContextFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id.get()
+        record.session_id = session_id.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        event: dict[str, Any] = {
+            "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": scrub(record.getMessage()),
+        }
+        event.update({k: scrub(str(v)) for k, v in _fields(record).items()})
+        if record.exc_info:
+            event["exc"] = scrub(self.formatException(record.exc_info))
+        return json.dumps(event, ensure_ascii=False, default=str)
+
+
+class ConsoleFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        when = dt.datetime.fromtimestamp(record.created).strftime("%H:%M:%S")
+        extras = " ".join(f"{k}={v}" for k, v in _fields(record).items())
+        line = f"{when} {record.levelname:<7} {record.name}: {record.getMessage()} {extras}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return scrub(line.rstrip())
+
+
+def configure_logging(settings: LogSettings) -> None:
+    """Install the project's handler on the root logger (idempotent)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if settings.format == "json" else ConsoleFormatter())
+    handler.addFilter(_ContextFilter())
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_lps_gateway", False)]:
+        root.removeHandler(old)
+    handler._lps_gateway = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(settings.level)
+    for noisy in ("httpx", "httpcore", "aiosqlite", "uvicorn.error"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+class RequestIdMiddleware:
+    """ASGI middleware: a request id per HTTP request, bound for logs and echoed in a header."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = new_id()
+
+        async def send_with_id(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", []).append((b"x-request-id", rid.encode()))
+            await send(message)
+
+        with bound(request=rid):
+            await self.app(scope, receive, send_with_id)

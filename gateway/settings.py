@@ -1,0 +1,110 @@
+"""The one settings tree of the project: TOML file, then `LPSGW_` environment variables.
+
+Precedence, highest first: explicit overrides (command-line options), environment variables
+(`LPSGW_PSC__ISSUER`, `LPSGW_MOCK__HTTP_PORT`, ...: `__` separates levels), the TOML file,
+the defaults below. The mock operator reads its own section, `[mock]`, from the same tree.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from psc_auth.config import ValidatorConfig
+
+# psc_auth stays free of pydantic; this view of its dataclass lets env variables reach its fields.
+if TYPE_CHECKING:
+    PscSettings = ValidatorConfig
+else:
+    PscSettings = pydantic_dataclass(ValidatorConfig)
+
+
+class LogSettings(BaseModel):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["console", "json"] = "console"
+
+
+class MockSettings(BaseModel):
+    """The mock operator: its listeners and the behaviour of its mock Pro Santé Connect."""
+
+    host: str = "127.0.0.1"
+    http_port: int = Field(default=8090, ge=0, le=65535)
+    public_url: str | None = Field(
+        default=None, description="Base URL the mock is reached at; default http://host:port"
+    )
+    realm: str = "esante-wallet"
+    access_token_lifetime: int = Field(default=120, ge=1, le=86_400)
+    id_token_lifetime: int = Field(default=300, ge=1, le=86_400)
+    refresh_token_lifetime: int = Field(default=1_800, ge=1, le=86_400)
+    session_lifetime: int = Field(default=4 * 3_600, ge=1)
+    session_idle_timeout: int = Field(default=1_800, ge=1)
+    authorization_code_lifetime: int = Field(default=60, ge=1, le=600)
+    key_rotation_period: int = Field(default=30 * 86_400, ge=60, description="seconds")
+    key_overlap: int = Field(default=86_400, ge=0, description="seconds a retired key stays")
+    ciba_expires_in: int = Field(default=120, ge=1, le=3_600)
+    ciba_interval: int = Field(default=2, ge=1, le=60)
+    ciba_auto_approve_after: float | None = Field(
+        default=5.0, ge=0, description="seconds; none waits for the approval page"
+    )
+    test_endpoints: bool = Field(
+        default=True, description="loopback-only /_test endpoints (tokens on demand)"
+    )
+
+    @field_validator("host")
+    @classmethod
+    def _host_is_an_address(cls, value: str) -> str:
+        if value != "localhost":
+            ipaddress.ip_address(value)
+        return value
+
+    def base_url(self, port: int | None = None) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{port if port is not None else self.http_port}"
+
+    def issuer(self, port: int | None = None) -> str:
+        return f"{self.base_url(port)}/auth/realms/{self.realm}"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LPSGW_", env_nested_delimiter="__", extra="forbid", toml_file=None
+    )
+
+    data_dir: Path = Path(".lps-gateway")
+    log: LogSettings = LogSettings()
+    psc: PscSettings = PscSettings()
+    mock: MockSettings = MockSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from `config_file` (TOML), the environment, then `overrides` on top."""
+    if config_file is not None and not config_file.is_file():
+        raise FileNotFoundError(f"configuration file not found: {config_file}")
+
+    class _FromFile(Settings):
+        model_config = SettingsConfigDict(toml_file=config_file)
+
+    return _FromFile(**overrides)

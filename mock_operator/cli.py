@@ -1,0 +1,105 @@
+"""`mock-operator`: run the mock operator, or ask a running one for a persona's token."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from gateway.lifecycle import run_until_signalled
+from gateway.logs import configure_logging
+from gateway.settings import load_settings
+from mock_operator.personas import default_personas
+from mock_operator.server import MockOperator
+
+DEFAULT_URL = "http://127.0.0.1:8090"
+app = typer.Typer(
+    help="A faithful MSSanté test operator on one laptop (mock Pro Santé Connect, ...).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+err = Console(stderr=True)
+
+
+@app.command()
+def serve(
+    data: Annotated[Path, typer.Option(help="Data directory")] = Path(".mock-operator"),
+    config: Annotated[Path | None, typer.Option(help="TOML configuration file")] = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on")] = None,
+    http_port: Annotated[int | None, typer.Option(help="HTTP port (0: any free port)")] = None,
+) -> None:
+    """Run the mock operator until Ctrl-C."""
+    overrides: dict[str, Any] = {}
+    if host is not None:
+        overrides["host"] = host
+    if http_port is not None:
+        overrides["http_port"] = http_port
+    settings = load_settings(config, data_dir=data, mock=overrides)
+    configure_logging(settings.log)
+    mock = MockOperator(settings.mock, settings.data_dir)
+
+    def announce() -> None:
+        describe(mock, Console(soft_wrap=True))
+
+    asyncio.run(run_until_signalled([mock], announce))
+
+
+def describe(mock: MockOperator, console: Console) -> None:
+    """What a user needs to know to use a running mock."""
+    console.print(f"[bold]mock-operator[/] listening on {mock.http_url}", highlight=False)
+    console.print(f"  Pro Santé Connect issuer: {mock.issuer}", highlight=False)
+    console.print(f"  clients and secrets:      {mock.data_dir / 'clients.toml'}", highlight=False)
+    console.print(f"  CIBA approval page:       {mock.issuer}/ciba", highlight=False)
+    console.print("  a token for a persona:    mock-operator token dr-martin", highlight=False)
+    sys.stdout.flush()
+
+
+@app.command()
+def token(
+    persona: Annotated[str, typer.Argument(help="Persona key (dr-martin, sec-bernard, ...)")],
+    lifetime: Annotated[int | None, typer.Option(help="Token lifetime in seconds")] = None,
+    client_id: Annotated[str, typer.Option(help="Client the token is issued to")] = "lps-demo",
+    means: Annotated[str | None, typer.Option(help="card or e-cps")] = None,
+    url: Annotated[str, typer.Option(help="The running mock operator")] = DEFAULT_URL,
+) -> None:
+    """Print a fresh PSC access token for PERSONA, issued by the running mock."""
+    body: dict[str, Any] = {"persona": persona, "client_id": client_id}
+    if lifetime is not None:
+        body["lifetime"] = lifetime
+    if means is not None:
+        body["means"] = means
+    try:
+        response = httpx.post(f"{url.rstrip('/')}/_test/token", json=body, timeout=10)
+    except httpx.HTTPError as exc:
+        err.print(f"cannot reach the mock operator at {url}: {exc}. Is it running?")
+        raise typer.Exit(1) from None
+    if response.status_code != 200:
+        detail = (
+            response.json().get("detail")
+            if response.headers.get("content-type", "").startswith("application/json")
+            else response.text
+        )
+        err.print(f"the mock operator refused: {detail}")
+        raise typer.Exit(1)
+    typer.echo(response.json()["access_token"])
+
+
+@app.command()
+def personas() -> None:
+    """List the seeded personas."""
+    table = Table("persona", "name", "idNat", "role", "own BAL", "platform")
+    for p in default_personas():
+        table.add_row(
+            p.key, p.display_name, p.idnat, p.description, p.bal or "—", p.platform or "—"
+        )
+    Console(soft_wrap=True).print(table)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,1 @@
+"""The mock Pro Santé Connect identity provider."""

@@ -1,0 +1,56 @@
+"""Settings of token validation. A plain dataclass: the gateway's settings tree embeds it."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+SANDBOX_ISSUER = "https://auth.bas.psc.esante.gouv.fr/auth/realms/esante-wallet"
+PRODUCTION_ISSUER = "https://auth.esw.esante.gouv.fr/auth/realms/esante-wallet"
+MOCK_ISSUER = "http://127.0.0.1:8090/auth/realms/esante-wallet"
+
+
+class ValidationMode(enum.Enum):
+    """Like Dovecot's `introspection_mode`: check locally, ask the provider, or both."""
+
+    LOCAL = "local"
+    INTROSPECT = "introspect"
+    LOCAL_AND_INTROSPECT = "local+introspect"
+
+
+@dataclass
+class ValidatorConfig:
+    """How to validate PSC access tokens.
+
+    `client_ids` are the audiences we accept (`aud` or `azp`); empty accepts any audience,
+    which only makes sense against a mock. With `userinfo`, the userinfo endpoint adds
+    names and professions (`SubjectRefPro`) that access tokens do not carry.
+    Introspection authenticates with `introspection_client_id` and
+    `introspection_client_secret` (client_secret_basic).
+    """
+
+    issuer: str = MOCK_ISSUER
+    mode: ValidationMode = ValidationMode.LOCAL
+    client_ids: list[str] = field(default_factory=list)
+    algorithms: list[str] = field(default_factory=lambda: ["RS256", "PS256", "ES256"])
+    clock_skew_seconds: int = 30
+    require_acr: str | None = "eidas1"
+    required_scopes: list[str] = field(default_factory=list)
+    introspection_client_id: str = ""
+    introspection_client_secret: str = field(default="", repr=False)
+    jwks_refetch_interval_seconds: float = 60.0
+    discovery_ttl_seconds: float = 3600.0
+    http_timeout_seconds: float = 5.0
+    userinfo: bool = False
+    cache_enabled: bool = True
+    cache_max_entries: int = 10_000
+    cache_max_ttl_seconds: float = 300.0
+    max_token_bytes: int = 16 * 1024
+
+    @property
+    def discovery_urls(self) -> tuple[str, str]:
+        base = self.issuer.rstrip("/")
+        return (
+            f"{base}/.well-known/wallet-openid-configuration",
+            f"{base}/.well-known/openid-configuration",
+        )

@@ -1,0 +1,218 @@
+"""Validate a PSC access token and return the `Identity` behind it.
+
+The LPS re-authenticates every couple of minutes, so the fast path is a bounded cache of
+successful results keyed by a hash of the token; the cache never outlives the token.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+from joserfc import jwt
+from joserfc.errors import BadSignatureError, JoseError
+
+from psc_auth.config import ValidationMode, ValidatorConfig
+from psc_auth.errors import TokenError, TokenFailure
+from psc_auth.identity import Identity
+from psc_auth.provider import Clock, Provider
+
+log = logging.getLogger(__name__)
+
+_FORBIDDEN_ALGORITHMS = frozenset({"none", "HS256", "HS384", "HS512"})
+MAX_HEADER_BYTES = 2048
+
+
+def token_fingerprint(token: str) -> str:
+    """What logs say instead of a token: a short hash that cannot be replayed."""
+    return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()[:12]
+
+
+class TokenValidator:
+    """Validates access tokens against one PSC issuer in one of three modes."""
+
+    def __init__(
+        self,
+        config: ValidatorConfig,
+        http: httpx.AsyncClient | None = None,
+        *,
+        clock: Clock = time.time,
+    ) -> None:
+        bad = _FORBIDDEN_ALGORITHMS.intersection(config.algorithms)
+        if bad or not config.algorithms:
+            raise ValueError(f"access tokens must use asymmetric algorithms, not {sorted(bad)}")
+        if config.mode is not ValidationMode.LOCAL and not config.introspection_client_id:
+            raise ValueError("introspection needs introspection_client_id and its secret")
+        self.config = config
+        self._own_http = http is None
+        self._http = http or httpx.AsyncClient()
+        self._clock = clock
+        self.provider = Provider(config, self._http, clock)
+        self._cache: OrderedDict[bytes, tuple[float, Identity]] = OrderedDict()
+
+    async def aclose(self) -> None:
+        if self._own_http:
+            await self._http.aclose()
+
+    async def validate(self, token: str) -> Identity:
+        """Return the identity behind `token`, or raise `TokenError` saying why not."""
+        if not isinstance(token, str) or not token or len(token) > self.config.max_token_bytes:
+            raise TokenError(TokenFailure.MALFORMED, "empty or oversized token")
+        key = hashlib.sha256(token.encode()).digest()
+        now = self._clock()
+        if self.config.cache_enabled:
+            cached = self._cache.get(key)
+            if cached is not None:
+                if cached[0] > now:
+                    self._cache.move_to_end(key)
+                    return cached[1]
+                del self._cache[key]
+        identity = await self._validate_uncached(token)
+        if self.config.cache_enabled:
+            until = min(identity.expires_at.timestamp(), now + self.config.cache_max_ttl_seconds)
+            self._cache[key] = (until, identity)
+            while len(self._cache) > self.config.cache_max_entries:
+                self._cache.popitem(last=False)
+        return identity
+
+    async def _validate_uncached(self, token: str) -> Identity:
+        mode = self.config.mode
+        claims: dict[str, Any] = {}
+        if mode in (ValidationMode.LOCAL, ValidationMode.LOCAL_AND_INTROSPECT):
+            claims = await self._verify_jwt(token)
+        if mode in (ValidationMode.INTROSPECT, ValidationMode.LOCAL_AND_INTROSPECT):
+            claims = {**claims, **await self._introspect(token)}
+        if self.config.userinfo:
+            claims = {**claims, **await self._userinfo(token, claims)}
+        token_id = claims.get("jti")
+        identity = Identity.from_claims(
+            claims, token_id=token_id if isinstance(token_id, str) else token_fingerprint(token)
+        )
+        log.debug(
+            "psc.token_valid",
+            extra={"idnat": str(identity.idnat), "jti": identity.token_id, "mode": mode.value},
+        )
+        return identity
+
+    async def _verify_jwt(self, token: str) -> dict[str, Any]:
+        header = _jose_header(token)
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in self.config.algorithms:
+            raise TokenError(TokenFailure.BAD_SIGNATURE, f"algorithm {alg!r} is not accepted")
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise TokenError(TokenFailure.MALFORMED, "kid is not a string")
+        key_set = await self.provider.key_set(kid)
+        try:
+            key = key_set.get_by_kid(kid) if kid is not None else None
+        except (JoseError, ValueError, KeyError):
+            key = None
+        if key is None:
+            raise TokenError(TokenFailure.BAD_SIGNATURE, "no provider key for this kid")
+        try:
+            decoded = jwt.decode(token, key, algorithms=[alg])
+        except BadSignatureError:
+            raise TokenError(TokenFailure.BAD_SIGNATURE, "signature does not verify") from None
+        except (JoseError, ValueError, TypeError) as exc:
+            raise TokenError(TokenFailure.MALFORMED, type(exc).__name__) from None
+        claims = dict(decoded.claims)
+        self._check_claims(claims)
+        return claims
+
+    def _check_claims(self, claims: Mapping[str, Any]) -> None:
+        cfg = self.config
+        now = self._clock()
+        skew = cfg.clock_skew_seconds
+        if claims.get("iss") != cfg.issuer:
+            raise TokenError(TokenFailure.WRONG_ISSUER, "iss is not the configured issuer")
+        exp, nbf, iat = claims.get("exp"), claims.get("nbf"), claims.get("iat")
+        if not _is_number(exp):
+            raise TokenError(TokenFailure.MALFORMED, "no numeric exp")
+        if exp + skew <= now:  # type: ignore[operator]
+            raise TokenError(TokenFailure.EXPIRED, "token has expired")
+        for name, value in (("nbf", nbf), ("iat", iat)):
+            if value is None:
+                continue
+            if not _is_number(value):
+                raise TokenError(TokenFailure.MALFORMED, f"{name} is not a number")
+            if value - skew > now:
+                raise TokenError(TokenFailure.NOT_YET_VALID, f"{name} is in the future")
+        typ = claims.get("typ")
+        if typ is not None and typ != "Bearer":
+            raise TokenError(TokenFailure.MALFORMED, "not an access token")
+        if cfg.client_ids:
+            aud = claims.get("aud")
+            audiences = (
+                {aud} if isinstance(aud, str) else set(aud) if isinstance(aud, list) else set()
+            )
+            audiences.add(claims.get("azp"))
+            if not audiences.intersection(cfg.client_ids):
+                raise TokenError(TokenFailure.WRONG_AUDIENCE, "neither aud nor azp is ours")
+        self._check_acr_and_scope(claims)
+
+    def _check_acr_and_scope(self, claims: Mapping[str, Any]) -> None:
+        if self.config.require_acr and claims.get("acr") != self.config.require_acr:
+            raise TokenError(TokenFailure.INSUFFICIENT_ACR, f"acr is not {self.config.require_acr}")
+        if self.config.required_scopes:
+            scope = claims.get("scope")
+            granted = set(scope.split()) if isinstance(scope, str) else set()
+            if not granted.issuperset(self.config.required_scopes):
+                raise TokenError(TokenFailure.INSUFFICIENT_SCOPE, "a required scope is missing")
+
+    async def _introspect(self, token: str) -> dict[str, Any]:
+        """RFC 7662 with client_secret_basic; an inactive token is refused."""
+        url = await self.provider.endpoint("introspection_endpoint")
+        answer = await self.provider.get_json(
+            url,
+            method="POST",
+            data={"token": token, "token_type_hint": "access_token"},
+            auth=(self.config.introspection_client_id, self.config.introspection_client_secret),
+        )
+        if answer.get("active") is not True:
+            raise TokenError(TokenFailure.INACTIVE, "introspection says inactive")
+        if "iss" in answer and answer["iss"] != self.config.issuer:
+            raise TokenError(TokenFailure.WRONG_ISSUER, "introspection names another issuer")
+        exp = answer.get("exp")
+        if _is_number(exp) and exp + self.config.clock_skew_seconds <= self._clock():  # type: ignore[operator]
+            raise TokenError(TokenFailure.EXPIRED, "introspection says expired")
+        if self.config.mode is ValidationMode.INTROSPECT:
+            self._check_acr_and_scope(answer)
+        return answer
+
+    async def _userinfo(self, token: str, claims: Mapping[str, Any]) -> dict[str, Any]:
+        url = await self.provider.endpoint("userinfo_endpoint")
+        info = await self.provider.get_json(url, headers={"Authorization": f"Bearer {token}"})
+        known = claims.get("SubjectNameID") or claims.get("preferred_username")
+        if known and info.get("SubjectNameID", known) != known:
+            raise TokenError(TokenFailure.MALFORMED, "userinfo names another person")
+        return {k: v for k, v in info.items() if k not in ("sub", "iss", "aud", "exp")}
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _jose_header(token: str) -> dict[str, Any]:
+    parts = token.split(".")
+    if len(parts) != 3 or not all(parts):
+        raise TokenError(TokenFailure.MALFORMED, "not a compact JWS")
+    if len(parts[0]) > MAX_HEADER_BYTES:
+        raise TokenError(TokenFailure.MALFORMED, "JOSE header too large")
+    try:
+        raw = base64.urlsafe_b64decode(parts[0] + "=" * (-len(parts[0]) % 4))
+        header = json.loads(raw)
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise TokenError(TokenFailure.MALFORMED, "JOSE header is not base64url JSON") from None
+    if not isinstance(header, dict):
+        raise TokenError(TokenFailure.MALFORMED, "JOSE header is not an object")
+    if header.get("crit"):
+        raise TokenError(TokenFailure.MALFORMED, "critical header extensions are not supported")
+    return header
