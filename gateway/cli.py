@@ -20,6 +20,11 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _commands() -> None:
+    """API LPS gateway for MSSanté (run a command: demo, ...)."""
+
+
 @app.command()
 def demo(
     data: Annotated[Path, typer.Option(help="Data directory")] = Path(".lps-gateway"),

@@ -6,6 +6,7 @@ successful results keyed by a hash of the token; the cache never outlives the to
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -18,7 +19,13 @@ from typing import Any
 
 import httpx
 from joserfc import jwt
-from joserfc.errors import BadSignatureError, JoseError
+from joserfc.errors import (
+    BadSignatureError,
+    InvalidKeyTypeError,
+    JoseError,
+    UnsupportedAlgorithmError,
+    UnsupportedKeyAlgorithmError,
+)
 
 from psc_auth.config import ValidationMode, ValidatorConfig
 from psc_auth.errors import TokenError, TokenFailure
@@ -29,6 +36,13 @@ log = logging.getLogger(__name__)
 
 _FORBIDDEN_ALGORITHMS = frozenset({"none", "HS256", "HS384", "HS512"})
 MAX_HEADER_BYTES = 2048
+# The key cannot have made this signature: a wrong key type or a key bound to another alg.
+_SIGNATURE_ERRORS = (
+    BadSignatureError,
+    InvalidKeyTypeError,
+    UnsupportedAlgorithmError,
+    UnsupportedKeyAlgorithmError,
+)
 
 
 def token_fingerprint(token: str) -> str:
@@ -57,6 +71,7 @@ class TokenValidator:
         self._clock = clock
         self.provider = Provider(config, self._http, clock)
         self._cache: OrderedDict[bytes, tuple[float, Identity]] = OrderedDict()
+        self._inflight: dict[bytes, asyncio.Future[Identity]] = {}
 
     async def aclose(self) -> None:
         if self._own_http:
@@ -75,7 +90,21 @@ class TokenValidator:
                     self._cache.move_to_end(key)
                     return cached[1]
                 del self._cache[key]
-        identity = await self._validate_uncached(token)
+        pending = self._inflight.get(key)
+        if pending is not None:  # the same token arriving on several connections at once
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Identity] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            identity = await self._validate_uncached(token)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: no "never retrieved" warning without waiters
+            raise
+        else:
+            future.set_result(identity)
+        finally:
+            del self._inflight[key]
         if self.config.cache_enabled:
             until = min(identity.expires_at.timestamp(), now + self.config.cache_max_ttl_seconds)
             self._cache[key] = (until, identity)
@@ -96,10 +125,11 @@ class TokenValidator:
         identity = Identity.from_claims(
             claims, token_id=token_id if isinstance(token_id, str) else token_fingerprint(token)
         )
-        log.debug(
-            "psc.token_valid",
-            extra={"idnat": str(identity.idnat), "jti": identity.token_id, "mode": mode.value},
-        )
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "psc.token_valid",
+                extra={"idnat": str(identity.idnat), "jti": identity.token_id, "mode": mode.value},
+            )
         return identity
 
     async def _verify_jwt(self, token: str) -> dict[str, Any]:
@@ -119,7 +149,7 @@ class TokenValidator:
             raise TokenError(TokenFailure.BAD_SIGNATURE, "no provider key for this kid")
         try:
             decoded = jwt.decode(token, key, algorithms=[alg])
-        except BadSignatureError:
+        except _SIGNATURE_ERRORS:
             raise TokenError(TokenFailure.BAD_SIGNATURE, "signature does not verify") from None
         except (JoseError, ValueError, TypeError) as exc:
             raise TokenError(TokenFailure.MALFORMED, type(exc).__name__) from None

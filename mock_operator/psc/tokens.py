@@ -99,7 +99,9 @@ class TokenFactory:
         return {"sub": persona.subject, **persona.userinfo_claims()}
 
     def userinfo_jwt(self, persona: Persona, client_id: str) -> str:
-        return self.keys.sign({**self.userinfo(persona), "iss": self.issuer, "aud": client_id})
+        now = int(self._clock())
+        claims = {**self.userinfo(persona), "iss": self.issuer, "aud": client_id}
+        return self.keys.sign({**claims, "iat": now, "exp": now + self.id_lifetime})
 
     def verify(self, token: str, *, check_expiry: bool = True) -> dict[str, Any] | None:
         """Claims of a token this mock signed with a still-published key, else None."""

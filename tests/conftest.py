@@ -1,0 +1,39 @@
+"""Fixtures shared by every test: optional peers, and a running mock operator on port 0."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway.settings import MockSettings
+from mock_operator.server import MockOperator
+
+REQUIRE_PEERS = os.environ.get("LPS_REQUIRE_PEERS") == "1"
+
+
+def require_peer(available: bool, reason: str) -> None:
+    """Skip when an optional peer is missing; fail instead under LPS_REQUIRE_PEERS=1 (CI)."""
+    if available:
+        return
+    if REQUIRE_PEERS:
+        pytest.fail(f"required test peer missing: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def mock_settings() -> MockSettings:
+    """Mock settings for tests: any free port, CIBA approved only when a test says so."""
+    return MockSettings(http_port=0, ciba_auto_approve_after=None, ciba_interval=1)
+
+
+@pytest.fixture
+async def mock_op(tmp_path: Path, mock_settings: MockSettings) -> AsyncIterator[MockOperator]:
+    operator = MockOperator(mock_settings, tmp_path / "mock-operator")
+    await operator.start()
+    try:
+        yield operator
+    finally:
+        await operator.stop()

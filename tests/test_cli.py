@@ -1,0 +1,179 @@
+"""The commands as a user runs them: real processes, real sockets, ports chosen by the OS."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from psc_auth import TokenError, TokenFailure, TokenValidator, ValidatorConfig
+
+BIN = Path(sys.executable).parent
+
+
+def command(name: str) -> str:
+    path = shutil.which(name, path=str(BIN)) or shutil.which(name)
+    assert path, f"{name} is not installed"
+    return path
+
+
+def start(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        args,
+        cwd=cwd,
+        env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200", **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_url(process: subprocess.Popen[str], timeout: float = 30) -> str:
+    """Read the process's output until it says where it listens."""
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            if process.poll() is not None:
+                break
+            continue
+        seen.append(line)
+        found = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)
+        if found:
+            return found.group(1)
+    stderr = process.stderr.read() if process.stderr and process.poll() is not None else ""
+    pytest.fail(f"no URL announced: {''.join(seen)} {stderr}")
+
+
+def stop(process: subprocess.Popen[str]) -> int:
+    process.send_signal(signal.SIGINT)
+    try:
+        return process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail("did not stop on SIGINT")
+
+
+@pytest.fixture
+def mock_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    process = start([command("mock-operator"), "serve", "--http-port", "0"], tmp_path)
+    url = wait_for_url(process)
+    try:
+        yield process, url
+    finally:
+        if process.poll() is None:
+            stop(process)
+
+
+def token_from_cli(url: str, *extra: str) -> str:
+    done = subprocess.run(
+        [command("mock-operator"), "token", "dr-martin", "--url", url, *extra],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+async def test_serve_then_token_then_expiry(
+    mock_process: tuple[subprocess.Popen[str], str], tmp_path: Path
+):
+    _process, url = mock_process
+    issuer = f"{url}/auth/realms/esante-wallet"
+    async with httpx.AsyncClient(timeout=10) as http:
+        discovery = await http.get(f"{issuer}/.well-known/wallet-openid-configuration")
+    assert discovery.json()["issuer"] == issuer
+    assert (tmp_path / ".mock-operator" / "clients.toml").is_file()
+
+    token = token_from_cli(url)
+    assert token.count(".") == 2
+    validator = TokenValidator(ValidatorConfig(issuer=issuer, clock_skew_seconds=0))
+    identity = await validator.validate(token)
+    assert str(identity.idnat) == "899700000001"
+
+    short = token_from_cli(url, "--lifetime", "1")
+    assert str((await validator.validate(short)).idnat) == "899700000001"
+    await asyncio.sleep(2.1)
+    fresh = TokenValidator(ValidatorConfig(issuer=issuer, clock_skew_seconds=0))
+    with pytest.raises(TokenError) as caught:
+        await fresh.validate(short)
+    assert caught.value.failure is TokenFailure.EXPIRED
+    with pytest.raises(TokenError) as cached:
+        await validator.validate(short)
+    assert cached.value.failure is TokenFailure.EXPIRED, "the cache never outlives a token"
+    await validator.aclose()
+    await fresh.aclose()
+
+
+def test_token_errors_are_clear(mock_process: tuple[subprocess.Popen[str], str]):
+    _process, url = mock_process
+    unknown = subprocess.run(
+        [command("mock-operator"), "token", "dr-nobody", "--url", url],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert unknown.returncode == 1
+    assert "unknown persona" in unknown.stderr
+    assert unknown.stdout == ""
+    down = subprocess.run(
+        [command("mock-operator"), "token", "dr-martin", "--url", "http://127.0.0.1:9"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert down.returncode == 1
+    assert "Is it running?" in down.stderr
+
+
+def test_serve_stops_cleanly_on_sigint(mock_process: tuple[subprocess.Popen[str], str]):
+    process, url = mock_process
+    assert httpx.get(f"{url}/healthz", timeout=10).json() == {"status": "ok"}
+    assert stop(process) == 0
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{url}/healthz", timeout=2)
+
+
+async def test_demo_runs_the_mock_psc_and_says_so(tmp_path: Path):
+    process = start([command("lps-gateway"), "demo"], tmp_path, env={"LPSGW_MOCK__HTTP_PORT": "0"})
+    try:
+        url = wait_for_url(process)
+        assert process.stdout is not None
+        banner = "".join(process.stdout.readline() for _ in range(8))
+        assert "only the mock Pro Santé Connect" in banner
+        token = token_from_cli(url)
+        validator = TokenValidator(
+            ValidatorConfig(issuer=f"{url}/auth/realms/esante-wallet", client_ids=["lps-demo"])
+        )
+        assert str((await validator.validate(token)).idnat) == "899700000001"
+        await validator.aclose()
+        assert (tmp_path / ".lps-gateway" / "mock-operator" / "clients.toml").is_file()
+    finally:
+        assert stop(process) == 0
+
+
+def test_personas_lists_the_contract_personas():
+    done = subprocess.run(
+        [command("mock-operator"), "personas"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    for key in ("dr-martin", "dr-dupont", "sec-bernard", "ide-durand", "sf-petit", "dr-leroy"):
+        assert key in done.stdout
+    assert "899700000007" in done.stdout
