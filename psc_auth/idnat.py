@@ -10,7 +10,7 @@ from psc_auth.errors import IdNatError
 
 MAX_IDNAT_LENGTH = 32  # the historic web services' limit, also ours
 
-_ADELI = r"(?:\d{2}|2A|2B)\d{7}"
+_ADELI = r"(?:[0-9]{2}|2A|2B)[0-9]{7}"
 # Suffix "/<internal id>" used by identifiers of staff registered through an organisation
 # (FINESS, SIREN, SIRET, RPPS practice). Its exact form is not public: inferred, bounded.
 _SUFFIX = r"(?:/[0-9A-Za-z]{1,20})?"
@@ -32,10 +32,10 @@ _NUMBER_PATTERNS: dict[IdNatKind, re.Pattern[str]] = {
     IdNatKind.ADELI: re.compile(_ADELI),
     IdNatKind.ADELI_PRACTICE: re.compile(_ADELI + _SUFFIX),
     IdNatKind.FINESS: re.compile(_ADELI + _SUFFIX),
-    IdNatKind.SIREN: re.compile(r"\d{9}" + _SUFFIX),
-    IdNatKind.SIRET: re.compile(r"\d{14}" + _SUFFIX),
-    IdNatKind.RPPS_PRACTICE: re.compile(r"\d{11}" + _SUFFIX),
-    IdNatKind.RPPS: re.compile(r"\d{11}"),
+    IdNatKind.SIREN: re.compile(r"[0-9]{9}" + _SUFFIX),
+    IdNatKind.SIRET: re.compile(r"[0-9]{14}" + _SUFFIX),
+    IdNatKind.RPPS_PRACTICE: re.compile(r"[0-9]{11}" + _SUFFIX),
+    IdNatKind.RPPS: re.compile(r"[0-9]{11}"),
 }
 
 

@@ -57,9 +57,14 @@ def decode_base64(data: bytes | str) -> bytes:
     if raw == b"=":
         return b""
     try:
-        return base64.b64decode(raw, validate=True)
+        decoded = base64.b64decode(raw, validate=True)
     except (binascii.Error, ValueError):
         raise SaslError("SASL response is not valid base64") from None
+    if base64.b64encode(decoded) != raw:  # stray padding, non-canonical trailing bits
+        raise SaslError("SASL response is not canonical base64")
+    if len(decoded) > MAX_SASL_BYTES:
+        raise SaslError("SASL response too large")
+    return decoded
 
 
 def encode_base64(data: bytes) -> bytes:
@@ -128,6 +133,8 @@ def decode_plain(response: bytes) -> TokenCredentials:
         raise SaslError("PLAIN: expected authzid, authcid and password")
     authzid = _field(parts[0], "authzid")
     authcid = _field(parts[1], "authcid")
+    if not authcid:
+        raise SaslError("PLAIN: empty authcid")
     token = _token(parts[2])
     return TokenCredentials(Mechanism.PLAIN, authzid or authcid, token, authcid=authcid)
 
@@ -194,7 +201,7 @@ def _field(raw: bytes, name: str) -> str:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise SaslError(f"{name} is not UTF-8") from None
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in text):
         raise SaslError(f"{name} has control characters")
     return text
 
