@@ -42,11 +42,13 @@ def demo(
     def announce() -> None:
         console.rule("lps-gateway demo")
         describe(mock, console)
+        imap = f"imap://{mock.settings.host}:{mock.imap_port}/INBOX"
         console.print(
-            "\n[yellow]At this stage the demo runs only the mock Pro Santé Connect.[/] "
-            "The mock's IMAP/SMTP platforms and the gateway's API LPS front arrive with the "
-            "next issues.\nTry:  curl "
-            f"{mock.issuer}/.well-known/wallet-openid-configuration\n"
+            "\n[yellow]At this stage the demo runs the mock operator only[/] (mock Pro Santé "
+            "Connect and the modern platform's IMAP and SMTP); the gateway's API LPS front "
+            "arrives with the next issues.\nTry:\n"
+            "  TOKEN=$(.venv/bin/mock-operator token dr-martin)\n"
+            f'  curl --oauth2-bearer "$TOKEN" --user claire.martin@medecin.mssante.fr: {imap}\n'
             "Ctrl-C stops the demo.",
             highlight=False,
         )

@@ -42,6 +42,14 @@ class MockSettings(BaseModel):
     public_url: str | None = Field(
         default=None, description="Base URL the mock is reached at; default http://host:port"
     )
+    imap_port: int = Field(default=2143, ge=0, le=65535)
+    smtp_port: int = Field(default=2587, ge=0, le=65535)
+    master_user: str = Field(
+        default="lps-gateway", description="trusted gateway's master login (password in data dir)"
+    )
+    auth_failure_delay: float = Field(default=1.0, ge=0, le=10, description="seconds")
+    tls_cert: Path | None = Field(default=None, description="default: a development certificate")
+    tls_key: Path | None = None
     realm: str = "esante-wallet"
     access_token_lifetime: int = Field(default=120, ge=1, le=86_400)
     id_token_lifetime: int = Field(default=300, ge=1, le=86_400)

@@ -33,13 +33,12 @@ def serve(
     config: Annotated[Path | None, typer.Option(help="TOML configuration file")] = None,
     host: Annotated[str | None, typer.Option(help="Address to listen on")] = None,
     http_port: Annotated[int | None, typer.Option(help="HTTP port (0: any free port)")] = None,
+    imap_port: Annotated[int | None, typer.Option(help="IMAP port (0: any free port)")] = None,
+    smtp_port: Annotated[int | None, typer.Option(help="SMTP port (0: any free port)")] = None,
 ) -> None:
     """Run the mock operator until Ctrl-C."""
-    overrides: dict[str, Any] = {}
-    if host is not None:
-        overrides["host"] = host
-    if http_port is not None:
-        overrides["http_port"] = http_port
+    given = {"host": host, "http_port": http_port, "imap_port": imap_port, "smtp_port": smtp_port}
+    overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     settings = load_settings(config, data_dir=data, mock=overrides)
     configure_logging(settings.log)
     mock = MockOperator(settings.mock, settings.data_dir)
@@ -54,8 +53,12 @@ def describe(mock: MockOperator, console: Console) -> None:
     """What a user needs to know to use a running mock."""
     console.print(f"[bold]mock-operator[/] listening on {mock.http_url}", highlight=False)
     console.print(f"  Pro Santé Connect issuer: {mock.issuer}", highlight=False)
+    host = mock.settings.host
+    console.print(f"  IMAP (STARTTLS):          imap://{host}:{mock.imap_port}", highlight=False)
+    console.print(f"  SMTP submission:          smtp://{host}:{mock.smtp_port}", highlight=False)
     console.print(f"  clients and secrets:      {mock.data_dir / 'clients.toml'}", highlight=False)
     console.print(f"  CIBA approval page:       {mock.issuer}/ciba", highlight=False)
+    console.print(f"  TLS certificate:          {mock.tls_cert}", highlight=False)
     console.print("  a token for a persona:    mock-operator token dr-martin", highlight=False)
     sys.stdout.flush()
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import secrets
+import socket
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -11,12 +14,21 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from gateway.asgi_server import AsgiServer, bind_tcp
+from gateway.imap.engine import EngineConfig
+from gateway.imap.transport import ImapServer, ServerConfig
 from gateway.logs import RequestIdMiddleware
 from gateway.settings import MockSettings
+from gateway.smtp.server import SmtpServer
+from gateway.tls import ensure_dev_certificate, server_context
+from mock_operator.modern.auth import MasterCredentials, PlatformAuthenticator
+from mock_operator.modern.smtp import PlatformSubmission
+from mock_operator.modern.store import SqlPlatform
 from mock_operator.personas import PersonaBook, default_personas
 from mock_operator.psc.provider import MockPsc
 from mock_operator.psc.routes import build_router
+from mock_operator.seed import seed_messages
 from mock_operator.web import templates
+from psc_auth import TokenValidator, ValidatorConfig
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +74,8 @@ def create_app(psc: MockPsc) -> FastAPI:
 
 
 class MockOperator:
-    """Everything the mock serves. Today: the mock Pro Santé Connect over HTTP."""
+    """Everything the mock serves: mock Pro Santé Connect (HTTP), the modern platform
+    (IMAP and SMTP submission over a SQLite store), seeded with the personas."""
 
     def __init__(
         self,
@@ -77,6 +90,12 @@ class MockOperator:
         self._http: AsgiServer | None = None
         self._engine: AsyncEngine | None = None
         self.psc: MockPsc | None = None
+        self.platform: SqlPlatform | None = None
+        self.imap: ImapServer | None = None
+        self.smtp: SmtpServer | None = None
+        self.validator: TokenValidator | None = None
+        self.master: MasterCredentials | None = None
+        self.tls_cert: Path | None = None
 
     @property
     def http_url(self) -> str:
@@ -90,7 +109,10 @@ class MockOperator:
 
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        sock = bind_tcp(self.settings.host, self.settings.http_port)
+        settings = self.settings
+        sock = bind_tcp(settings.host, settings.http_port)
+        imap_sock = bind_tcp(settings.host, settings.imap_port)
+        smtp_sock = bind_tcp(settings.host, settings.smtp_port)
         port = sock.getsockname()[1]
         self._engine = sqlite_engine(self.data_dir / "mock.db")
         self.psc = MockPsc(
@@ -103,10 +125,94 @@ class MockOperator:
         await self.psc.start()
         self._http = AsgiServer(create_app(self.psc), sock)
         await self._http.start()
-        log.info("mock.started", extra={"url": self.http_url, "issuer": self.issuer})
+        await self._start_platform(imap_sock, smtp_sock)
+        log.info(
+            "mock.started",
+            extra={"url": self.http_url, "imap": self.imap_port, "smtp": self.smtp_port},
+        )
+
+    async def _start_platform(self, imap_sock: socket.socket, smtp_sock: socket.socket) -> None:
+        settings = self.settings
+        assert self._engine is not None
+        self.platform = SqlPlatform(self._engine)
+        await self.platform.create_schema()
+        await self._seed(self.platform)
+        if settings.tls_cert and settings.tls_key:
+            cert, key = settings.tls_cert, settings.tls_key
+        else:
+            cert, key = ensure_dev_certificate(self.data_dir / "tls")
+        self.tls_cert = cert
+        tls = server_context(cert, key)
+        self.validator = TokenValidator(
+            ValidatorConfig(issuer=self.issuer, cache_max_ttl_seconds=60)
+        )
+        self.master = MasterCredentials(
+            settings.master_user, _secret(self.data_dir / "master.secret")
+        )
+        authenticator = PlatformAuthenticator(
+            self.platform,
+            self.validator,
+            discovery_url=f"{self.issuer}/.well-known/openid-configuration",
+            master=self.master,
+        )
+        hub = self.platform.hub
+        engine = EngineConfig(
+            server_name="mock-operator",
+            greeting="MSSanté mock operator IMAP ready",
+            auth_failure_delay=settings.auth_failure_delay,
+            hub_version=hub.version,
+            hub_wait=hub.wait,
+        )
+        self.imap = ImapServer(ServerConfig(engine=engine), authenticator, tls, imap_sock)
+        await self.imap.start()
+        handler = PlatformSubmission(self.platform, authenticator, settings.auth_failure_delay)
+        self.smtp = SmtpServer(handler, smtp_sock, tls)
+        await self.smtp.start()
+
+    async def _seed(self, platform: SqlPlatform) -> None:
+        """Create the BAL of the personas whose platform is modern, with their messages."""
+        for persona in self.personas:
+            if persona.platform != "modern" or persona.bal is None:
+                continue
+            if await platform.ensure_mailbox(persona.bal, persona.idnat, persona.display_name):
+                for seed in seed_messages(persona):
+                    await platform.deliver(
+                        persona.bal,
+                        seed.raw,
+                        folder=seed.folder,
+                        flags=seed.flags,
+                        internal_date=seed.internal_date,
+                    )
+
+    @property
+    def imap_port(self) -> int:
+        assert self.imap is not None, "not started"
+        return self.imap.port
+
+    @property
+    def smtp_port(self) -> int:
+        assert self.smtp is not None, "not started"
+        return self.smtp.port
 
     async def stop(self) -> None:
+        if self.imap is not None:
+            await self.imap.stop()
+        if self.smtp is not None:
+            await self.smtp.stop()
         if self._http is not None:
             await self._http.stop()
+        if self.validator is not None:
+            await self.validator.aclose()
         if self._engine is not None:
             await self._engine.dispose()
+
+
+def _secret(path: Path) -> str:
+    """A generated secret kept in the data directory (mode 0600), created on first use."""
+    if path.exists():
+        return path.read_text().strip()
+    value = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value + "\n")
+    return value

@@ -26,7 +26,14 @@ def require_peer(available: bool, reason: str) -> None:
 @pytest.fixture
 def mock_settings() -> MockSettings:
     """Mock settings for tests: any free port, CIBA approved only when a test says so."""
-    return MockSettings(http_port=0, ciba_auto_approve_after=None, ciba_interval=1)
+    return MockSettings(
+        http_port=0,
+        imap_port=0,
+        smtp_port=0,
+        ciba_auto_approve_after=None,
+        ciba_interval=1,
+        auth_failure_delay=0,
+    )
 
 
 @pytest.fixture

@@ -68,7 +68,10 @@ def stop(process: subprocess.Popen[str]) -> int:
 
 @pytest.fixture
 def mock_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    process = start([command("mock-operator"), "serve", "--http-port", "0"], tmp_path)
+    process = start(
+        [command("mock-operator"), "serve", *(f"--{p}-port=0" for p in ("http", "imap", "smtp"))],
+        tmp_path,
+    )
     url = wait_for_url(process)
     try:
         yield process, url
@@ -148,12 +151,19 @@ def test_serve_stops_cleanly_on_sigint(mock_process: tuple[subprocess.Popen[str]
 
 
 async def test_demo_runs_the_mock_psc_and_says_so(tmp_path: Path):
-    process = start([command("lps-gateway"), "demo"], tmp_path, env={"LPSGW_MOCK__HTTP_PORT": "0"})
+    process = start(
+        [command("lps-gateway"), "demo"],
+        tmp_path,
+        env={f"LPSGW_MOCK__{p}_PORT": "0" for p in ("HTTP", "IMAP", "SMTP")},
+    )
     try:
         url = wait_for_url(process)
         assert process.stdout is not None
-        banner = "".join(process.stdout.readline() for _ in range(8))
-        assert "only the mock Pro Santé Connect" in banner
+        lines: list[str] = []
+        while len(lines) < 40 and not any("Ctrl-C" in line for line in lines):
+            lines.append(process.stdout.readline())
+        banner = "".join(lines)
+        assert "the mock operator only" in banner
         token = token_from_cli(url)
         validator = TokenValidator(
             ValidatorConfig(issuer=f"{url}/auth/realms/esante-wallet", client_ids=["lps-demo"])

@@ -1,0 +1,806 @@
+"""The IMAP server engine: one `ImapSession` per connection, serving any `MailStore`.
+
+The session is a state machine (not authenticated → authenticated → selected → logout)
+that executes parsed commands and writes replies through a `Channel`. It owns no socket:
+the transport hands it commands and gives it a channel to write to, read SASL lines from,
+and upgrade to TLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import re
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from gateway.imap import commands as c
+from gateway.imap import mutf7
+from gateway.imap.mailstore import (
+    DELIMITER,
+    FolderInfo,
+    MessageGone,
+    StoreError,
+    StoreUnavailable,
+)
+from gateway.imap.message import ParsedMessage, apply_partial
+from gateway.imap.response import (
+    Atom,
+    Literal,
+    Value,
+    continuation,
+    encode,
+    tagged,
+    untagged,
+    untagged_status,
+)
+from gateway.imap.search import Candidate, SearchError, matches, needs_message, validate
+from gateway.imap.session import Authenticator, AuthFailed, ConnectionInfo, SessionGrant
+from gateway.imap.syntax import FetchAttribute, SequenceSet
+from gateway.imap.view import SYSTEM_FLAGS, SelectedView, flag_list
+from psc_auth.errors import SaslError
+from psc_auth.sasl import (
+    Mechanism,
+    decode,
+    decode_base64,
+    decode_login,
+    encode_base64,
+)
+
+log = logging.getLogger(__name__)
+
+MECHANISMS = ("XOAUTH2", "OAUTHBEARER", "PLAIN")
+MAX_AUTH_FAILURES = 3
+SASL_STEP_TIMEOUT = 60.0
+
+
+class Channel(Protocol):
+    """What the transport offers the session."""
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def read_raw_line(self) -> bytes | None:
+        """The next client line, unparsed (SASL response, DONE); None at end of stream."""
+        ...
+
+    async def start_tls(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    server_name: str = "lps-gateway"
+    greeting: str = "MSSanté IMAP ready"
+    idle_timeout: float = 30 * 60.0
+    auth_failure_delay: float = 1.0
+    hub_version: Callable[[str, str], int] | None = None  # (bal, folder) -> version
+    hub_wait: Callable[[str, str, int], Awaitable[None]] | None = None
+
+
+class Logout(Exception):
+    """The session is over: the transport closes the connection."""
+
+
+class ImapSession:
+    def __init__(
+        self,
+        config: EngineConfig,
+        authenticator: Authenticator,
+        channel: Channel,
+        connection: ConnectionInfo,
+    ) -> None:
+        self.config = config
+        self.authenticator = authenticator
+        self.channel = channel
+        self.connection = connection
+        self.grant: SessionGrant | None = None
+        self.view: SelectedView | None = None
+        self.client_id: dict[str, str | None] = {}
+        self._auth_failures = 0
+        self._used_uid = False
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def greeting(self) -> bytes:
+        return untagged_status(
+            "OK", self.config.greeting, "CAPABILITY " + " ".join(self.capabilities())
+        )
+
+    def capabilities(self) -> list[str]:
+        caps = ["IMAP4rev1", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE"]
+        if self.grant is not None:
+            return [*caps, "NAMESPACE", "UIDPLUS", "MOVE", "UNSELECT", "CHILDREN", "SPECIAL-USE"]
+        if not self.connection.secure and self.connection.tls_available:
+            caps.append("STARTTLS")
+        if self._plaintext_refused():
+            caps.append("LOGINDISABLED")
+        else:
+            caps += [f"AUTH={m}" for m in MECHANISMS]
+        return caps
+
+    def _plaintext_refused(self) -> bool:
+        return not self.connection.secure and not self.connection.loopback
+
+    async def close(self) -> None:
+        if self.grant is not None and self.grant.on_close is not None:
+            await self.grant.on_close()
+
+    async def bye(self, text: str) -> None:
+        await self.channel.write(untagged_status("BYE", text))
+
+    # -- dispatch ----------------------------------------------------------------------
+    async def execute(self, command: c.Command) -> None:
+        """Run one command to completion (tagged reply included). Raises `Logout`."""
+        handler = self._handlers().get(type(command))
+        if handler is None:
+            await self._reply(command.tag, "BAD", "command not supported")
+            return
+        state_ok, why = self._state_allows(command)
+        if not state_ok:
+            await self._reply(command.tag, "BAD", why)
+            return
+        try:
+            await handler(command)
+        except StoreUnavailable as exc:
+            await self._reply(command.tag, "NO", str(exc), "UNAVAILABLE")
+        except StoreError as exc:
+            await self._reply(command.tag, "NO", str(exc), exc.code)
+
+    def _handlers(self) -> dict[type, Callable[..., Awaitable[None]]]:
+        return {
+            c.Capability: self._capability,
+            c.Noop: self._noop,
+            c.Check: self._noop,
+            c.Logout: self._logout,
+            c.StartTls: self._starttls,
+            c.Authenticate: self._authenticate,
+            c.Login: self._login,
+            c.Id: self._id,
+            c.Enable: self._enable,
+            c.Namespace: self._namespace,
+            c.Select: self._select,
+            c.Create: self._create,
+            c.Delete: self._delete,
+            c.Rename: self._rename,
+            c.Subscribe: self._subscribe,
+            c.Unsubscribe: self._subscribe,
+            c.List: self._list,
+            c.Status: self._status,
+            c.Append: self._append,
+            c.Idle: self._idle,
+            c.Close: self._close,
+            c.Unselect: self._close,
+            c.Expunge: self._expunge,
+            c.Search: self._search,
+            c.Fetch: self._fetch,
+            c.Store: self._store_flags,
+            c.Copy: self._copy,
+            c.Move: self._copy,
+        }
+
+    _ANY_STATE = (c.Capability, c.Noop, c.Logout, c.Id)
+    _NOT_AUTHENTICATED = (c.StartTls, c.Authenticate, c.Login)
+    _SELECTED = (
+        c.Check,
+        c.Close,
+        c.Unselect,
+        c.Expunge,
+        c.Search,
+        c.Fetch,
+        c.Store,
+        c.Copy,
+        c.Move,
+    )
+
+    def _state_allows(self, command: c.Command) -> tuple[bool, str]:
+        if isinstance(command, self._ANY_STATE):
+            return True, ""
+        if isinstance(command, self._NOT_AUTHENTICATED):
+            return (self.grant is None, "already authenticated")
+        if self.grant is None:
+            return False, "authenticate first"
+        if isinstance(command, self._SELECTED) and self.view is None:
+            return False, "no mailbox selected"
+        return True, ""
+
+    async def _reply(self, tag: str, status: str, text: str, code: str | None = None) -> None:
+        await self.channel.write(tagged(tag, status, text, code))  # type: ignore[arg-type]
+
+    async def _ok(self, command: c.Command, text: str, code: str | None = None) -> None:
+        await self._sync(allow_expunge=not isinstance(command, c.Fetch | c.Store | c.Search))
+        await self._reply(command.tag, "OK", text, code)
+
+    def _grant(self) -> tuple[SessionGrant, str]:
+        assert self.grant is not None
+        return self.grant, self.grant.store.address
+
+    async def _require(self, command: c.Command, right: str) -> bool:
+        assert self.grant is not None
+        if self.grant.may(right):
+            return True
+        await self._reply(command.tag, "NO", f"the {right} right is needed for this", "NOPERM")
+        return False
+
+    # -- any state ---------------------------------------------------------------------
+    async def _capability(self, command: c.Capability) -> None:
+        await self.channel.write(
+            untagged(Atom("CAPABILITY"), *(Atom(x) for x in self.capabilities()))
+        )
+        await self._ok(command, "CAPABILITY completed")
+
+    async def _noop(self, command: c.Noop | c.Check) -> None:
+        await self._ok(command, f"{type(command).__name__.upper()} completed")
+
+    async def _logout(self, command: c.Logout) -> None:
+        await self.bye("logging out")
+        await self._reply(command.tag, "OK", "LOGOUT completed")
+        raise Logout
+
+    async def _id(self, command: c.Id) -> None:
+        if command.parameters:
+            self.client_id = {k.lower(): v for k, v in command.parameters}
+            log.info("imap.client_id", extra={"client": dict(self.client_id)})
+        await self.channel.write(
+            untagged(Atom("ID"), ["name", self.config.server_name, "vendor", "lps-gateway"])
+        )
+        await self._ok(command, "ID completed")
+
+    # -- not authenticated -------------------------------------------------------------
+    async def _starttls(self, command: c.StartTls) -> None:
+        if self.connection.secure or not self.connection.tls_available:
+            await self._reply(command.tag, "BAD", "TLS is already active or not available")
+            return
+        await self._reply(command.tag, "OK", "begin TLS negotiation now")
+        await self.channel.start_tls()
+        self.connection = ConnectionInfo(
+            self.connection.peer, True, self.connection.loopback, False, self.connection.session_id
+        )
+
+    async def _login(self, command: c.Login) -> None:
+        if self._plaintext_refused():
+            await self._reply(command.tag, "NO", "use STARTTLS first", "PRIVACYREQUIRED")
+            return
+        try:
+            credentials = decode_login(command.user, command.password)
+        except SaslError as exc:
+            await self._auth_failed(command.tag, AuthFailed("authentication", str(exc)), False)
+            return
+        await self._finish_login(command.tag, credentials, challenge_allowed=False)
+
+    async def _authenticate(self, command: c.Authenticate) -> None:
+        mechanism = command.mechanism.upper()
+        if mechanism not in MECHANISMS:
+            await self._reply(command.tag, "NO", "unsupported mechanism", "CANNOT")
+            return
+        if self._plaintext_refused():
+            await self._reply(command.tag, "NO", "use STARTTLS first", "PRIVACYREQUIRED")
+            return
+        response = command.initial_response
+        if response is None:
+            await self.channel.write(continuation(""))
+            async with asyncio.timeout(SASL_STEP_TIMEOUT):
+                response = await self.channel.read_raw_line()
+            if response is None:
+                raise Logout
+        if response.strip() == b"*":
+            await self._reply(command.tag, "BAD", "authentication cancelled")
+            return
+        try:
+            credentials = decode(Mechanism(mechanism), decode_base64(response))
+        except SaslError as exc:
+            await self._reply(command.tag, "BAD", f"malformed SASL response: {exc}")
+            return
+        await self._finish_login(command.tag, credentials, challenge_allowed=mechanism != "PLAIN")
+
+    async def _finish_login(
+        self, tag: str, credentials: object, *, challenge_allowed: bool
+    ) -> None:
+        try:
+            grant = await self.authenticator.authenticate(credentials, self.connection)  # type: ignore[arg-type]
+        except AuthFailed as failure:
+            await self._auth_failed(tag, failure, challenge_allowed)
+            return
+        self.grant = grant
+        log.info(
+            "imap.login",
+            extra={"bal": grant.store.address, "actor": grant.actor, "via": grant.via},
+        )
+        await self._reply(tag, "OK", "logged in", "CAPABILITY " + " ".join(self.capabilities()))
+
+    async def _auth_failed(self, tag: str, failure: AuthFailed, challenge_allowed: bool) -> None:
+        self._auth_failures += 1
+        if failure.kind == "authentication" and challenge_allowed and failure.challenge:
+            # RFC 7628 §3.2.2: the error challenge, then the client's dummy response.
+            await self.channel.write(continuation(encode_base64(failure.challenge)))
+            async with asyncio.timeout(SASL_STEP_TIMEOUT):
+                if await self.channel.read_raw_line() is None:
+                    raise Logout
+        if failure.kind != "unavailable" and self.config.auth_failure_delay:
+            await asyncio.sleep(self.config.auth_failure_delay)
+        code = {
+            "authentication": "AUTHENTICATIONFAILED",
+            "authorization": "AUTHORIZATIONFAILED",
+            "unavailable": "UNAVAILABLE",
+        }[failure.kind]
+        log.info("imap.login_refused", extra={"reason": failure.kind, "detail": failure.text})
+        await self._reply(tag, "NO", failure.text, code)
+        if self._auth_failures >= MAX_AUTH_FAILURES:
+            await self.bye("too many failed logins")
+            raise Logout
+
+    # -- authenticated -----------------------------------------------------------------
+    async def _enable(self, command: c.Enable) -> None:
+        await self.channel.write(untagged(Atom("ENABLED")))
+        await self._ok(command, "ENABLE completed")
+
+    async def _namespace(self, command: c.Namespace) -> None:
+        await self.channel.write(untagged(Atom("NAMESPACE"), [["", DELIMITER]], None, None))
+        await self._ok(command, "NAMESPACE completed")
+
+    async def _select(self, command: c.Select) -> None:
+        grant, bal = self._grant()
+        self.view = None  # a failed SELECT leaves no mailbox selected (RFC 3501 §6.3.1)
+        version = self._version(bal, command.mailbox)
+        state = await grant.store.folder_state(command.mailbox)
+        readonly = command.readonly
+        view = SelectedView.from_state(command.mailbox, readonly, state, version)
+        permanent = self._permanent_flags(readonly)
+        out = [
+            untagged(Atom("FLAGS"), [Atom(f) for f in (*SYSTEM_FLAGS, *view.keywords())]),
+            untagged_status(
+                "OK", "flags permitted", "PERMANENTFLAGS " + encode(permanent).decode()
+            ),
+            untagged(view.exists, Atom("EXISTS")),
+            untagged(0, Atom("RECENT")),
+        ]
+        unseen = view.first_unseen()
+        if unseen is not None:
+            out.append(untagged_status("OK", "first unseen", f"UNSEEN {unseen}"))
+        out += [
+            untagged_status("OK", "UIDs valid", f"UIDVALIDITY {view.uidvalidity}"),
+            untagged_status("OK", "predicted next UID", f"UIDNEXT {view.uidnext}"),
+        ]
+        await self.channel.write(b"".join(out))
+        self.view = view
+        mode = "READ-ONLY" if readonly else "READ-WRITE"
+        await self._reply(
+            command.tag, "OK", f"{'EXAMINE' if readonly else 'SELECT'} completed", mode
+        )
+
+    def _permanent_flags(self, readonly: bool) -> list[Atom]:
+        assert self.grant is not None
+        if readonly:
+            return []
+        if self.grant.may("write"):
+            return [Atom(f) for f in (*SYSTEM_FLAGS, "\\*")]
+        return [Atom("\\Seen")] if self.grant.may("read") else []
+
+    def _version(self, bal: str, folder: str) -> int:
+        return self.config.hub_version(bal, folder) if self.config.hub_version else 0
+
+    async def _create(self, command: c.Create) -> None:
+        if not await self._require(command, "write"):
+            return
+        grant, _ = self._grant()
+        name = command.mailbox.rstrip(DELIMITER)
+        await grant.store.create_folder(name)
+        await self._ok(command, "CREATE completed")
+
+    async def _delete(self, command: c.Delete) -> None:
+        if not await self._require(command, "write"):
+            return
+        grant, _ = self._grant()
+        await grant.store.delete_folder(command.mailbox)
+        if self.view is not None and self.view.folder == command.mailbox:
+            self.view = None
+        await self._ok(command, "DELETE completed")
+
+    async def _rename(self, command: c.Rename) -> None:
+        if not await self._require(command, "write"):
+            return
+        grant, _ = self._grant()
+        await grant.store.rename_folder(command.old, command.new)
+        await self._ok(command, "RENAME completed")
+
+    async def _subscribe(self, command: c.Subscribe | c.Unsubscribe) -> None:
+        grant, _ = self._grant()
+        await grant.store.subscribe(command.mailbox, isinstance(command, c.Subscribe))
+        await self._ok(command, f"{type(command).__name__.upper()} completed")
+
+    async def _list(self, command: c.List) -> None:
+        grant, _ = self._grant()
+        name = "LSUB" if command.subscribed else "LIST"
+        if not command.pattern and not command.subscribed:
+            await self.channel.write(untagged(Atom("LIST"), [Atom("\\Noselect")], DELIMITER, ""))
+            await self._ok(command, "LIST completed")
+            return
+        folders = list(await grant.store.list_folders())
+        pattern = _pattern_regex(command.reference + command.pattern)
+        out = []
+        for folder in folders:
+            if command.subscribed and not folder.subscribed:
+                continue
+            if not _listed(command.pattern, pattern, folder.name):
+                continue
+            out.append(
+                untagged(
+                    Atom(name), _list_attributes(folder, folders), DELIMITER, _mailbox(folder.name)
+                )
+            )
+        await self.channel.write(b"".join(out))
+        await self._ok(command, f"{name} completed")
+
+    async def _status(self, command: c.Status) -> None:
+        grant, _ = self._grant()
+        state = await grant.store.folder_state(command.mailbox)
+        values: dict[str, int] = {
+            "MESSAGES": len(state.messages),
+            "RECENT": 0,
+            "UIDNEXT": state.uidnext,
+            "UIDVALIDITY": state.uidvalidity,
+            "UNSEEN": sum(1 for m in state.messages if "\\Seen" not in m.flags),
+        }
+        items: list[Value] = []
+        for item in command.items:
+            items += [Atom(item), values[item]]
+        await self.channel.write(untagged(Atom("STATUS"), _mailbox(command.mailbox), items))
+        await self._ok(command, "STATUS completed")
+
+    async def _append(self, command: c.Append) -> None:
+        if not await self._require(command, "write"):
+            return
+        grant, _ = self._grant()
+        folders = {f.name for f in await grant.store.list_folders()}
+        if command.mailbox not in folders:
+            await self._reply(command.tag, "NO", "no such folder", "TRYCREATE")
+            return
+        flags = [f for f in command.flags if f != "\\Recent"]
+        when = command.internal_date or dt.datetime.now(dt.UTC).astimezone()
+        uidvalidity, uid = await grant.store.append(command.mailbox, command.message, flags, when)
+        await self._ok(command, "APPEND completed", f"APPENDUID {uidvalidity} {uid}")
+
+    async def _idle(self, command: c.Idle) -> None:
+        await self._sync(allow_expunge=True)
+        await self.channel.write(continuation("idling"))
+        reader = asyncio.ensure_future(self.channel.read_raw_line())
+        try:
+            async with asyncio.timeout(self.config.idle_timeout):
+                while True:
+                    waiter = asyncio.ensure_future(self._wait_change())
+                    done, _ = await asyncio.wait(
+                        {reader, waiter}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if reader in done:
+                        waiter.cancel()
+                        break
+                    await self._sync(allow_expunge=True)
+        except TimeoutError:
+            reader.cancel()
+            await self.bye("IDLE for too long")
+            raise Logout from None
+        line = reader.result()
+        if line is None:
+            raise Logout
+        if line.strip().upper() != b"DONE":
+            await self._reply(command.tag, "BAD", "expected DONE")
+            return
+        await self._ok(command, "IDLE terminated")
+
+    async def _wait_change(self) -> None:
+        if self.view is None or self.config.hub_wait is None:
+            await asyncio.Event().wait()
+            return
+        _, bal = self._grant()
+        await self.config.hub_wait(bal, self.view.folder, self.view.version)
+
+    # -- selected ----------------------------------------------------------------------
+    async def _close(self, command: c.Close | c.Unselect) -> None:
+        assert self.view is not None
+        grant, _ = self._grant()
+        if isinstance(command, c.Close) and not self.view.readonly and grant.may("write"):
+            await grant.store.expunge(self.view.folder)
+        self.view = None
+        await self._reply(command.tag, "OK", f"{type(command).__name__.upper()} completed")
+
+    async def _expunge(self, command: c.Expunge) -> None:
+        if not await self._require(command, "write"):
+            return
+        assert self.view is not None
+        if self.view.readonly:
+            await self._reply(command.tag, "NO", "mailbox is read-only", "READ-ONLY")
+            return
+        grant, _ = self._grant()
+        uids = None
+        if command.uids is not None:
+            uids = [u for u in self.view.uids if command.uids.contains(u, self.view.largest_uid)]
+        await grant.store.expunge(self.view.folder, uids)
+        await self._ok(command, "EXPUNGE completed")
+
+    def _targets(self, sequence: SequenceSet, uid: bool) -> list[tuple[int, int]]:
+        """(seq, uid) pairs addressed by a sequence set, ascending."""
+        assert self.view is not None
+        view = self.view
+        if uid:
+            self._used_uid = True
+            if not view.uids:
+                return []
+            largest = view.largest_uid
+            return [
+                (index + 1, u) for index, u in enumerate(view.uids) if sequence.contains(u, largest)
+            ]
+        return [(seq, view.uid_at(seq)) for seq in sequence.iter_numbers(view.exists)]
+
+    async def _bad_sequence(self, command: c.Command, sequence: SequenceSet, uid: bool) -> bool:
+        """RFC 3501: a message number beyond EXISTS is an error (UIDs beyond are ignored)."""
+        assert self.view is not None
+        if uid:
+            return False
+        numbers = [n for r in sequence.ranges for n in (r.start, r.end)]
+        exists = self.view.exists
+        if exists == 0 or any(n is not None and n > exists for n in numbers):
+            await self._reply(command.tag, "BAD", "message number out of range")
+            return True
+        return False
+
+    async def _fetch(self, command: c.Fetch) -> None:
+        assert self.view is not None
+        if await self._bad_sequence(command, command.sequence, command.uid):
+            return
+        grant, _ = self._grant()
+        view = self.view
+        attributes = list(command.attributes)
+        if command.uid and not any(a.name == "UID" for a in attributes):
+            attributes.insert(0, FetchAttribute("UID"))
+        marks_seen = (
+            not view.readonly and grant.may("read") and any(_sets_seen(a) for a in attributes)
+        )
+        needs_body = any(
+            a.name not in ("UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE") for a in attributes
+        )
+        missing = False
+        for seq, uid in self._targets(command.sequence, command.uid):
+            meta = view.meta[uid]
+            parsed = None
+            if needs_body:
+                try:
+                    parsed = ParsedMessage(await grant.store.fetch_message(view.folder, uid))
+                except MessageGone:
+                    missing = True
+                    continue
+            flags = meta.flags
+            if marks_seen and "\\Seen" not in flags:
+                changed = await grant.store.store_flags(view.folder, [uid], "add", ["\\Seen"])
+                flags = changed.get(uid, flags | {"\\Seen"})
+                view.set_flags(uid, flags)
+            items = _fetch_items(attributes, meta.uid, flags, meta.internal_date, meta.size, parsed)
+            if (
+                marks_seen
+                and flags != meta.flags
+                and not any(a.name == "FLAGS" for a in attributes)
+            ):
+                items += [Atom("FLAGS"), flag_list(flags)]
+            await self.channel.write(untagged(seq, Atom("FETCH"), items))
+        if missing:
+            await self._sync(allow_expunge=False)
+            await self._reply(command.tag, "NO", "some messages were expunged", "EXPUNGEISSUED")
+            return
+        await self._ok(command, "FETCH completed")
+
+    async def _store_flags(self, command: c.Store) -> None:
+        assert self.view is not None
+        if await self._bad_sequence(command, command.sequence, command.uid):
+            return
+        only_seen = set(command.action.flags) <= {"\\Seen"}
+        if not await self._require(command, "read" if only_seen else "write"):
+            return
+        if self.view.readonly:
+            await self._reply(command.tag, "NO", "mailbox is read-only", "READ-ONLY")
+            return
+        grant, _ = self._grant()
+        view = self.view
+        targets = self._targets(command.sequence, command.uid)
+        flags = [f for f in command.action.flags if f != "\\Recent"]
+        changed = await grant.store.store_flags(
+            view.folder, [u for _, u in targets], command.action.mode, flags
+        )
+        out = []
+        for seq, uid in targets:
+            if uid not in changed:
+                continue
+            view.set_flags(uid, changed[uid])
+            if not command.action.silent:
+                items: list[Value] = [Atom("FLAGS"), flag_list(changed[uid])]
+                if command.uid:
+                    items = [Atom("UID"), uid, *items]
+                out.append(untagged(seq, Atom("FETCH"), items))
+        await self.channel.write(b"".join(out))
+        await self._ok(command, "STORE completed")
+
+    async def _copy(self, command: c.Copy | c.Move) -> None:
+        assert self.view is not None
+        if await self._bad_sequence(command, command.sequence, command.uid):
+            return
+        if not await self._require(command, "write"):
+            return
+        is_move = isinstance(command, c.Move)
+        if is_move and self.view.readonly:
+            await self._reply(command.tag, "NO", "mailbox is read-only", "READ-ONLY")
+            return
+        grant, _ = self._grant()
+        view = self.view
+        folders = {f.name for f in await grant.store.list_folders()}
+        if command.mailbox not in folders:
+            await self._reply(command.tag, "NO", "no such folder", "TRYCREATE")
+            return
+        uids = [u for _, u in self._targets(command.sequence, command.uid)]
+        if not uids:
+            await self._ok(command, "nothing to do")
+            return
+        action = grant.store.move if is_move else grant.store.copy
+        result = await action(view.folder, uids, command.mailbox)
+        code = None
+        if result.pairs:
+            source = _uid_set([s for s, _ in result.pairs])
+            dest = _uid_set([d for _, d in result.pairs])
+            code = f"COPYUID {result.uidvalidity} {source} {dest}"
+        if is_move:
+            if code:
+                await self.channel.write(untagged_status("OK", "moved", code))
+            await self._ok(command, "MOVE completed")
+        else:
+            await self._ok(command, "COPY completed", code)
+
+    async def _search(self, command: c.Search) -> None:
+        assert self.view is not None
+        grant, _ = self._grant()
+        view = self.view
+        try:
+            validate(command.key, command.charset)
+        except SearchError as exc:
+            if exc.code == "BADCHARSET":
+                await self._reply(command.tag, "NO", str(exc), "BADCHARSET (UTF-8 US-ASCII)")
+            else:
+                await self._reply(command.tag, "BAD", str(exc))
+            return
+        if command.uid:
+            self._used_uid = True
+        load = needs_message(command.key)
+        found: list[int] = []
+        for index, uid in enumerate(list(view.uids)):
+            meta = view.meta[uid]
+            raw = None
+            if load:
+                try:
+                    raw = await grant.store.fetch_message(view.folder, uid)
+                except MessageGone:
+                    continue
+            candidate = Candidate(
+                seq=index + 1,
+                uid=uid,
+                flags=meta.flags,
+                internal_date=meta.internal_date,
+                size=meta.size,
+                recent=False,
+                message=raw,
+            )
+            if matches(
+                command.key, candidate, largest_seq=view.exists, largest_uid=view.largest_uid
+            ):
+                found.append(uid if command.uid else index + 1)
+        await self.channel.write(untagged(Atom("SEARCH"), *found))
+        await self._ok(command, "SEARCH completed")
+
+    # -- synchronisation ---------------------------------------------------------------
+    async def _sync(self, *, allow_expunge: bool) -> None:
+        """Tell the client what changed in its selected folder since it last heard."""
+        view = self.view
+        if view is None or self.grant is None:
+            return
+        bal = self.grant.store.address
+        version = self._version(bal, view.folder)
+        if version == view.version and not (allow_expunge and view.gone):
+            return
+        state = await self.grant.store.folder_state(view.folder)
+        view.version = version
+        updates = b"".join(view.sync(state, allow_expunge=allow_expunge, with_uid=self._used_uid))
+        if updates:
+            await self.channel.write(updates)
+
+
+def _sets_seen(attribute: FetchAttribute) -> bool:
+    if attribute.name == "BODY" and attribute.section is not None:
+        return not attribute.peek
+    return attribute.name in ("RFC822", "RFC822.TEXT")
+
+
+def _fetch_items(
+    attributes: Iterable[FetchAttribute],
+    uid: int,
+    flags: frozenset[str],
+    internal_date: dt.datetime,
+    size: int,
+    parsed: ParsedMessage | None,
+) -> list[Value]:
+    items: list[Value] = []
+    for attribute in attributes:
+        name = attribute.name
+        if name == "UID":
+            items += [Atom("UID"), uid]
+        elif name == "FLAGS":
+            items += [Atom("FLAGS"), flag_list(flags)]
+        elif name == "INTERNALDATE":
+            items += [Atom("INTERNALDATE"), internal_date.strftime("%d-%b-%Y %H:%M:%S %z")]
+        elif name == "RFC822.SIZE":
+            items += [Atom("RFC822.SIZE"), size]
+        else:
+            assert parsed is not None
+            items += _body_item(attribute, parsed)
+    return items
+
+
+def _body_item(attribute: FetchAttribute, parsed: ParsedMessage) -> list[Value]:
+    name = attribute.name
+    if name == "ENVELOPE":
+        return [Atom("ENVELOPE"), parsed.envelope()]
+    if name == "BODYSTRUCTURE":
+        return [Atom("BODYSTRUCTURE"), parsed.bodystructure(extensible=True)]
+    if name == "BODY" and attribute.section is None:
+        return [Atom("BODY"), parsed.bodystructure(extensible=False)]
+    if name == "RFC822":
+        return [Atom("RFC822"), Literal(parsed.raw)]
+    if name in ("RFC822.HEADER", "RFC822.TEXT"):
+        from gateway.imap.syntax import Section
+
+        section = Section(text="HEADER" if name == "RFC822.HEADER" else "TEXT")
+        return [Atom(name), Literal(parsed.section(section) or b"")]
+    assert attribute.section is not None
+    data = parsed.section(attribute.section)
+    value: Value = None if data is None else Literal(apply_partial(data, attribute.partial))
+    return [Atom(attribute.response_name()), value]
+
+
+def _uid_set(uids: list[int]) -> str:
+    """Compact a UID list into a sequence set, keeping the given order's ranges."""
+    parts: list[str] = []
+    start = prev = uids[0]
+    for uid in uids[1:]:
+        if uid == prev + 1:
+            prev = uid
+            continue
+        parts.append(str(start) if start == prev else f"{start}:{prev}")
+        start = prev = uid
+    parts.append(str(start) if start == prev else f"{start}:{prev}")
+    return ",".join(parts)
+
+
+def _mailbox(name: str) -> str:
+    return name if name == "INBOX" else mutf7.encode(name)
+
+
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    """LIST wildcards: `*` matches anything, `%` anything but the hierarchy delimiter."""
+    parts = []
+    for char in pattern:
+        if char == "*":
+            parts.append(".*")
+        elif char == "%":
+            parts.append(f"[^{re.escape(DELIMITER)}]*")
+        else:
+            parts.append(re.escape(char))
+    return re.compile("".join(parts), re.DOTALL)
+
+
+def _listed(pattern: str, regex: re.Pattern[str], name: str) -> bool:
+    """INBOX matches its pattern in any case (RFC 3501 §5.1)."""
+    if regex.fullmatch(name):
+        return True
+    return name == "INBOX" and re.fullmatch(regex.pattern, name, re.IGNORECASE) is not None
+
+
+def _list_attributes(folder: FolderInfo, folders: list[FolderInfo]) -> list[Value]:
+    prefix = folder.name + DELIMITER
+    children = any(f.name.startswith(prefix) for f in folders)
+    attributes: list[Value] = [Atom("\\HasChildren" if children else "\\HasNoChildren")]
+    if folder.special_use:
+        attributes.append(Atom(folder.special_use))
+    return attributes

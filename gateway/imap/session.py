@@ -1,0 +1,62 @@
+"""Policy hooks of the IMAP engine: who logs in (`Authenticator`) and what they may do.
+
+The engine knows nothing of tokens or delegations: an authenticator turns SASL
+credentials into a `SessionGrant` naming the BAL's store and the rights on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from gateway.imap.mailstore import MailStore
+from psc_auth.sasl import TokenCredentials
+
+Right = Literal["read", "write", "send"]
+ALL_RIGHTS: frozenset[str] = frozenset({"read", "write", "send"})
+
+
+@dataclass(frozen=True)
+class ConnectionInfo:
+    peer: str
+    secure: bool
+    loopback: bool
+    tls_available: bool
+    session_id: str = ""
+
+
+@dataclass(frozen=True)
+class SessionGrant:
+    """A successful login: the store to serve, with the rights of the person on it."""
+
+    store: MailStore
+    rights: frozenset[str]
+    actor: str  # who logged in: an idNat, or the master user's name
+    via: str = "holder"  # "holder", "delegation", "master"
+    on_close: Callable[[], Awaitable[None]] | None = field(default=None, compare=False)
+
+    def may(self, right: str) -> bool:
+        return right in self.rights
+
+
+class AuthFailed(Exception):
+    """Login refused. `kind` picks the response code: AUTHENTICATIONFAILED (bad token or
+    credentials), AUTHORIZATIONFAILED (this person may not open this BAL), UNAVAILABLE."""
+
+    def __init__(
+        self,
+        kind: Literal["authentication", "authorization", "unavailable"],
+        text: str,
+        challenge: bytes | None = None,
+    ) -> None:
+        self.kind = kind
+        self.text = text
+        self.challenge = challenge
+        super().__init__(text)
+
+
+class Authenticator(Protocol):
+    async def authenticate(
+        self, credentials: TokenCredentials, connection: ConnectionInfo
+    ) -> SessionGrant: ...

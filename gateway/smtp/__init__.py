@@ -1,0 +1,1 @@
+"""SMTP submission: AUTH with PSC tokens (aiosmtpd hooks), sender rules, relay."""

@@ -1,0 +1,101 @@
+"""AUTH XOAUTH2 / OAUTHBEARER / PLAIN for aiosmtpd, decided by an IMAP-style `Authenticator`.
+
+aiosmtpd calls `auth_<MECHANISM>` on the handler; this mixin decodes the SASL response with
+`psc_auth.sasl` and hands the credentials to the same authenticator the IMAP side uses, so
+both protocols grant exactly the same. The grant ends up in `session.auth_data`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from typing import Any
+
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult
+
+from gateway.imap.session import Authenticator, AuthFailed, ConnectionInfo, SessionGrant
+from psc_auth.errors import SaslError
+from psc_auth.sasl import Mechanism, decode, decode_base64
+
+log = logging.getLogger(__name__)
+
+ENCRYPTION_REQUIRED = "538 5.7.11 Encryption required for requested authentication mechanism"
+INVALID = "535 5.7.8 Authentication credentials invalid"
+NOT_ALLOWED = "535 5.7.8 Authentication failed: {}"
+TEMPORARY = "454 4.7.0 Temporary authentication failure: {}"
+
+
+def is_loopback(peer: Any) -> bool:
+    host = peer[0] if isinstance(peer, tuple) and peer else str(peer)
+    try:
+        return ipaddress.ip_address(str(host).split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def grant_of(session: Any) -> SessionGrant | None:
+    data = getattr(session, "auth_data", None)
+    return data if isinstance(data, SessionGrant) else None
+
+
+class TokenAuthMixin:
+    """Mix into an aiosmtpd handler; create the SMTP server with `auth_require_tls=False`
+    and `auth_exclude_mechanism=["LOGIN"]`: TLS is enforced here, loopback excepted."""
+
+    authenticator: Authenticator
+    auth_failure_delay: float = 1.0
+
+    async def auth_XOAUTH2(self, server: SMTP, args: list[str]) -> AuthResult:
+        return await self._token_auth(server, args, Mechanism.XOAUTH2)
+
+    async def auth_OAUTHBEARER(self, server: SMTP, args: list[str]) -> AuthResult:
+        return await self._token_auth(server, args, Mechanism.OAUTHBEARER)
+
+    async def auth_PLAIN(self, server: SMTP, args: list[str]) -> AuthResult:
+        return await self._token_auth(server, args, Mechanism.PLAIN)
+
+    async def _token_auth(self, server: SMTP, args: list[str], mechanism: Mechanism) -> AuthResult:
+        session = server.session
+        assert session is not None
+        secure = server._tls_protocol is not None
+        if not secure and not is_loopback(session.peer):
+            await server.push(ENCRYPTION_REQUIRED)
+            return AuthResult(success=False, handled=True)
+        try:
+            if len(args) == 2:
+                blob = decode_base64(args[1])
+            else:
+                answer = await server.challenge_auth("", encode_to_b64=False)
+                if answer is MISSING:
+                    return AuthResult(success=False, handled=True)
+                blob = bytes(answer)
+            credentials = decode(mechanism, blob)
+        except SaslError as exc:
+            await server.push(f"501 5.5.2 Malformed SASL response: {exc}")
+            return AuthResult(success=False, handled=True)
+        connection = ConnectionInfo(
+            peer=str(session.peer[0] if isinstance(session.peer, tuple) else session.peer),
+            secure=secure,
+            loopback=is_loopback(session.peer),
+            tls_available=False,
+        )
+        try:
+            grant = await self.authenticator.authenticate(credentials, connection)
+        except AuthFailed as failure:
+            return await self._refuse(server, failure, mechanism)
+        log.info("smtp.login", extra={"bal": grant.store.address, "actor": grant.actor})
+        return AuthResult(success=True, auth_data=grant)
+
+    async def _refuse(self, server: SMTP, failure: AuthFailed, mechanism: Mechanism) -> AuthResult:
+        log.info("smtp.login_refused", extra={"reason": failure.kind, "detail": failure.text})
+        if failure.kind == "unavailable":
+            return AuthResult(success=False, message=TEMPORARY.format(failure.text))
+        if failure.challenge and mechanism is not Mechanism.PLAIN:
+            # RFC 7628 §3.2.3: the JSON error as a 334 challenge; the client answers ^A.
+            await server.challenge_auth(failure.challenge)
+        if self.auth_failure_delay:
+            await asyncio.sleep(self.auth_failure_delay)
+        if failure.kind == "authorization":
+            return AuthResult(success=False, message=NOT_ALLOWED.format(failure.text))
+        return AuthResult(success=False, message=INVALID)
