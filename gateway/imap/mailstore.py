@@ -107,6 +107,10 @@ class MailStore(Protocol):
 
     async def fetch_message(self, name: str, uid: int) -> bytes: ...
 
+    async def fetch_messages(self, name: str, uids: Sequence[int]) -> dict[int, bytes]:
+        """Several messages in one round trip (absent UIDs are simply missing)."""
+        ...
+
     async def append(
         self, name: str, message: bytes, flags: Collection[str], internal_date: dt.datetime
     ) -> tuple[int, int]:

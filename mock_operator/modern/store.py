@@ -351,6 +351,18 @@ class SqlMailStore:
             raise MessageGone()
         return body
 
+    async def fetch_messages(self, name: str, uids: Sequence[int]) -> dict[int, bytes]:
+        async with self._db() as db:
+            folder = await self._folder(db, name)
+            rows = (
+                await db.execute(
+                    select(MessageRow.uid, MessageRow.body).where(
+                        MessageRow.folder_id == folder.id, MessageRow.uid.in_(list(uids))
+                    )
+                )
+            ).all()
+        return {uid: body for uid, body in rows}
+
     async def append(
         self, name: str, message: bytes, flags: Collection[str], internal_date: dt.datetime
     ) -> tuple[int, int]:
