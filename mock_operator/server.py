@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import secrets
@@ -13,6 +14,9 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from delegation.db import create_engine, migrate
+from delegation.seed import seed as seed_registry
+from delegation.service import DelegationService
 from gateway.asgi_server import AsgiServer, bind_tcp
 from gateway.imap.engine import EngineConfig
 from gateway.imap.transport import ImapServer, ServerConfig
@@ -28,7 +32,7 @@ from mock_operator.psc.provider import MockPsc
 from mock_operator.psc.routes import build_router
 from mock_operator.seed import seed_messages
 from mock_operator.web import templates
-from psc_auth import TokenValidator, ValidatorConfig
+from psc_auth import Identity, TokenValidator, ValidatorConfig
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +100,8 @@ class MockOperator:
         self.validator: TokenValidator | None = None
         self.master: MasterCredentials | None = None
         self.tls_cert: Path | None = None
+        self.delegations: DelegationService | None = None
+        self._registry_engine: AsyncEngine | None = None
 
     @property
     def http_url(self) -> str:
@@ -149,12 +155,19 @@ class MockOperator:
         self.master = MasterCredentials(
             settings.master_user, _secret(self.data_dir / "master.secret")
         )
-        authenticator = PlatformAuthenticator(
-            self.platform,
-            self.validator,
-            discovery_url=f"{self.issuer}/.well-known/openid-configuration",
-            master=self.master,
-        )
+        self.delegations = await self._delegation_registry()
+        platform, validator = self.platform, self.validator
+
+        def authenticator(interface: str) -> PlatformAuthenticator:
+            return PlatformAuthenticator(
+                platform,
+                validator,
+                discovery_url=f"{self.issuer}/.well-known/openid-configuration",
+                master=self.master,
+                resolver=self._resolve,
+                interface=interface,
+            )
+
         hub = self.platform.hub
         engine = EngineConfig(
             server_name="mock-operator",
@@ -163,11 +176,29 @@ class MockOperator:
             hub_version=hub.version,
             hub_wait=hub.wait,
         )
-        self.imap = ImapServer(ServerConfig(engine=engine), authenticator, tls, imap_sock)
+        self.imap = ImapServer(ServerConfig(engine=engine), authenticator("imap"), tls, imap_sock)
         await self.imap.start()
-        handler = PlatformSubmission(self.platform, authenticator, settings.auth_failure_delay)
+        handler = PlatformSubmission(
+            self.platform, authenticator("smtp"), settings.auth_failure_delay
+        )
         self.smtp = SmtpServer(handler, smtp_sock, tls)
         await self.smtp.start()
+
+    async def _delegation_registry(self) -> DelegationService:
+        """The mock's own registry (the operator's delegations), seeded with the personas'."""
+        url = f"sqlite+aiosqlite:///{self.data_dir / 'delegation.db'}"
+        await migrate(url)
+        self._registry_engine = create_engine(url)
+        service = DelegationService(self._registry_engine)
+        await seed_registry(service, [dataclasses.asdict(p) for p in self.personas])
+        return service
+
+    async def _resolve(
+        self, identity: Identity, bal: str, interface: str
+    ) -> tuple[frozenset[str], str] | None:
+        assert self.delegations is not None
+        grant = await self.delegations.resolve(identity, bal, interface=interface)
+        return (grant.rights, grant.via) if grant else None
 
     async def _seed(self, platform: SqlPlatform) -> None:
         """Create the BAL of the personas whose platform is modern, with their messages."""
@@ -203,6 +234,8 @@ class MockOperator:
             await self._http.stop()
         if self.validator is not None:
             await self.validator.aclose()
+        if self._registry_engine is not None:
+            await self._registry_engine.dispose()
         if self._engine is not None:
             await self._engine.dispose()
 

@@ -19,7 +19,8 @@ from psc_auth.sasl import Mechanism, TokenCredentials, error_challenge
 
 log = logging.getLogger(__name__)
 
-DelegationHook = Callable[[Identity, str], Awaitable[frozenset[str] | None]]
+Resolver = Callable[[Identity, str, str], Awaitable[tuple[frozenset[str], str] | None]]
+"""(identity, BAL, interface) -> (rights, via) or None: the delegation registry's decision."""
 
 
 @dataclass(frozen=True)
@@ -41,13 +42,15 @@ class PlatformAuthenticator:
         *,
         discovery_url: str,
         master: MasterCredentials | None = None,
-        delegations: DelegationHook | None = None,
+        resolver: Resolver | None = None,
+        interface: str = "imap",
     ) -> None:
         self.platform = platform
         self.validator = validator
         self.discovery_url = discovery_url
         self.master = master
-        self.delegations = delegations
+        self.resolver = resolver
+        self.interface = interface
 
     async def authenticate(
         self, credentials: TokenCredentials, connection: ConnectionInfo
@@ -72,14 +75,16 @@ class PlatformAuthenticator:
         holder = await self.platform.holder_of(bal)
         if holder is None:
             raise AuthFailed("authorization", f"no mailbox {bal} here")
-        if holder == str(identity.idnat):
-            return SessionGrant(self.platform.store(bal), ALL_RIGHTS, str(identity.idnat))
-        rights = await self.delegations(identity, bal) if self.delegations else None
-        if not rights:
-            raise AuthFailed("authorization", f"{identity.idnat} may not open {bal}")
-        return SessionGrant(
-            self.platform.store(bal), frozenset(rights), str(identity.idnat), via="delegation"
-        )
+        actor = str(identity.idnat)
+        if self.resolver is not None:  # the registry decides, and audits, every access
+            decision = await self.resolver(identity, bal, self.interface)
+            if decision is None:
+                raise AuthFailed("authorization", f"{actor} may not open {bal}")
+            rights, via = decision
+            return SessionGrant(self.platform.store(bal), rights, actor, via=via)
+        if holder != actor:
+            raise AuthFailed("authorization", f"{actor} may not open {bal}")
+        return SessionGrant(self.platform.store(bal), ALL_RIGHTS, actor)
 
     async def _target(self, identity: Identity, user: str) -> str:
         """The BAL named by the SASL user; empty or the idNat itself means one's own BAL."""

@@ -1,0 +1,1 @@
+"""Alembic migration environment of the delegation schema (run through `delegation.db.migrate`)."""

@@ -1,0 +1,1 @@
+"""Revisions of the delegation schema, oldest first."""

@@ -1,0 +1,1 @@
+"""The gateway's HTTP surface: the `/v1` API (PSC bearer tokens), web pages, health."""

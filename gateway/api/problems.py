@@ -1,0 +1,83 @@
+"""RFC 9457 problem details: the one error vocabulary of the HTTP API, mapped in one place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from delegation.errors import DelegationError
+from psc_auth import TokenError
+
+PROBLEM = "application/problem+json"
+TYPE_BASE = "https://lps-gateway.invalid/problems/"
+
+
+def problem(
+    status: int,
+    title: str,
+    detail: str | None = None,
+    *,
+    kind: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": TYPE_BASE + kind if kind else "about:blank",
+        "title": title,
+        "status": status,
+    }
+    if detail:
+        body["detail"] = detail
+    body.update(extra)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def unauthorized(detail: str) -> JSONResponse:
+    return problem(
+        401,
+        "Unauthorized",
+        detail,
+        kind="invalid-token",
+        headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+    )
+
+
+_TITLES = {403: "Forbidden", 404: "Not Found", 409: "Conflict", 422: "Unprocessable Content"}
+
+
+def install(app: FastAPI) -> None:
+    """Every error the API can produce leaves as problem+json."""
+
+    @app.exception_handler(DelegationError)
+    async def _delegation(_request: Request, exc: DelegationError) -> JSONResponse:
+        return problem(
+            exc.status, _TITLES.get(exc.status, "Bad Request"), str(exc), kind=exc.reason
+        )
+
+    @app.exception_handler(TokenError)
+    async def _token(_request: Request, exc: TokenError) -> JSONResponse:
+        if exc.failure.temporary:
+            return problem(
+                503, "Service Unavailable", "identity provider unreachable", kind="psc-unavailable"
+            )
+        return unauthorized(f"invalid token: {exc.failure.value}")
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))} for e in exc.errors()
+        ]
+        return problem(
+            422, "Unprocessable Content", "invalid request", kind="validation", errors=errors
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers) if exc.headers else None
+        return problem(
+            exc.status_code, _TITLES.get(exc.status_code, "Error"), str(exc.detail), headers=headers
+        )

@@ -1,0 +1,81 @@
+"""The gateway's HTTP API on a real socket, over a seeded delegation registry, with tokens
+from a running mock Pro Santé Connect."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from delegation.db import create_engine, migrate
+from delegation.seed import seed
+from delegation.service import DelegationService
+from gateway.api.app import create_api
+from gateway.asgi_server import AsgiServer, bind_tcp
+from mock_operator.personas import default_personas
+from mock_operator.server import MockOperator
+from psc_auth import TokenValidator, ValidatorConfig
+
+
+def persona_data() -> list[dict[str, object]]:
+    return [dataclasses.asdict(p) for p in default_personas()]
+
+
+@pytest.fixture
+async def registry(tmp_path: Path) -> AsyncIterator[DelegationService]:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}"
+    await migrate(url)
+    engine = create_engine(url)
+    service = DelegationService(engine)
+    await seed(service, persona_data())
+    try:
+        yield service
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+async def api_url(mock_op: MockOperator, registry: DelegationService) -> AsyncIterator[str]:
+    validator = TokenValidator(ValidatorConfig(issuer=mock_op.issuer))
+    server = AsgiServer(create_api(registry, validator), bind_tcp("127.0.0.1", 0))
+    await server.start()
+    try:
+        yield f"http://127.0.0.1:{server.port}"
+    finally:
+        await server.stop()
+        await validator.aclose()
+
+
+class Api:
+    """An HTTP client acting as one persona."""
+
+    def __init__(self, base: str, mock: MockOperator) -> None:
+        self.base = base
+        self.mock = mock
+        self.http = httpx.AsyncClient(base_url=base, timeout=10)
+
+    async def token(self, persona: str) -> str:
+        answer = await self.http.post(
+            f"{self.mock.http_url}/_test/token", json={"persona": persona}
+        )
+        answer.raise_for_status()
+        value: str = answer.json()["access_token"]
+        return value
+
+    async def as_(self, persona: str) -> httpx.AsyncClient:
+        token = await self.token(persona)
+        return httpx.AsyncClient(
+            base_url=self.base, headers={"Authorization": f"Bearer {token}"}, timeout=10
+        )
+
+
+@pytest.fixture
+async def api(api_url: str, mock_op: MockOperator) -> AsyncIterator[Api]:
+    client = Api(api_url, mock_op)
+    try:
+        yield client
+    finally:
+        await client.http.aclose()

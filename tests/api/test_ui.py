@@ -1,0 +1,108 @@
+"""The holder's page in a real Chromium (Playwright): log in with the mock PSC, grant, the
+delegate sees the BAL in /v1/mailboxes, revoke, it is gone."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from delegation.service import DelegationService
+from gateway.api.app import create_api
+from gateway.asgi_server import AsgiServer, bind_tcp
+from gateway.web.routes import WebConfig
+from mock_operator.server import MockOperator
+from psc_auth import TokenValidator, ValidatorConfig
+from tests.conftest import require_peer
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+HAS_CHROMIUM = os.path.exists(CHROMIUM)
+MARTIN = "claire.martin@medecin.mssante.fr"
+
+
+@pytest.fixture
+async def site(mock_op: MockOperator, registry: DelegationService) -> AsyncIterator[str]:
+    assert mock_op.psc is not None
+    client = mock_op.psc.clients.get("lps-gateway")
+    assert client is not None
+    validator = TokenValidator(ValidatorConfig(issuer=mock_op.issuer))
+    web = WebConfig("lps-gateway", client.client_secret, None)
+    server = AsgiServer(create_api(registry, validator, web), bind_tcp("127.0.0.1", 0))
+    await server.start()
+    try:
+        yield f"http://127.0.0.1:{server.port}"
+    finally:
+        await server.stop()
+        await validator.aclose()
+
+
+async def delegate_mailboxes(mock: MockOperator, base: str, persona: str) -> list[str]:
+    async with httpx.AsyncClient(timeout=10) as http:
+        token = (await http.post(f"{mock.http_url}/_test/token", json={"persona": persona})).json()[
+            "access_token"
+        ]
+        answer = await http.get(
+            f"{base}/v1/mailboxes", headers={"Authorization": f"Bearer {token}"}
+        )
+    return [m["address"] for m in answer.json()]
+
+
+async def test_grant_and_revoke_through_the_page(site: str, mock_op: MockOperator, tmp_path: Path):
+    require_peer(HAS_CHROMIUM, "Chromium (Debian's chromium package) is not installed")
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        page = await browser.new_page()
+        await page.goto(f"{site}/ui/delegations")
+        # The mock Pro Santé Connect's login page: choose the persona and the means.
+        await page.get_by_text("Claire MARTIN").click()
+        await page.get_by_label("Carte CPS").check()
+        await page.get_by_role("button", name="Se connecter").click()
+        await page.wait_for_url(f"{site}/ui/delegations")
+        assert await page.get_by_role("heading", name=MARTIN).is_visible()
+        assert "Sophie BERNARD" in await page.content(), "the seeded delegation is listed"
+
+        await page.get_by_label("Rechercher dans l'annuaire").first.fill("durand")
+        await page.get_by_role("button", name="Rechercher").first.click()
+        await page.get_by_label("Luc DURAND").check()
+        await page.get_by_label("écriture").check()
+        await page.get_by_role("button", name="Déléguer").click()
+        await page.wait_for_url(f"{site}/ui/delegations")
+        assert await page.get_by_role("status").inner_text() == "Délégation enregistrée."
+        assert MARTIN in await delegate_mailboxes(mock_op, site, "ide-durand")
+
+        await page.get_by_role("button", name="Révoquer la délégation de Luc DURAND").click()
+        await page.wait_for_url(f"{site}/ui/delegations")
+        assert await page.get_by_role("status").inner_text() == "Délégation révoquée."
+        assert MARTIN not in await delegate_mailboxes(mock_op, site, "ide-durand")
+        audit = page.get_by_role("table").last
+        assert "grant" in await audit.inner_text()
+        await page.screenshot(path=str(tmp_path / "delegations.png"), full_page=True)
+        await browser.close()
+
+
+async def test_pages_need_a_session(site: str):
+    async with httpx.AsyncClient(timeout=10) as http:
+        answer = await http.get(f"{site}/ui/delegations")
+        assert answer.status_code == 303
+        assert answer.headers["location"] == "/ui/login"
+        forged = await http.post(
+            f"{site}/ui/delegations/grant",
+            data={"csrf": "x", "mailbox": MARTIN, "delegate": "899700000004", "rights": "read"},
+        )
+        assert forged.status_code == 403
