@@ -85,15 +85,42 @@ class MockSettings(BaseModel):
         return f"{self.base_url(port)}/auth/realms/{self.realm}"
 
 
+class HttpSettings(BaseModel):
+    """The gateway's HTTP listener: the /v1 API, the web pages, health."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    public_url: str | None = Field(
+        default=None, description="how browsers reach the gateway; default http://host:port"
+    )
+
+
+class UiSettings(BaseModel):
+    """The web pages log people in with Pro Santé Connect as this OAuth client."""
+
+    client_id: str = "lps-gateway"
+    client_secret: str = Field(default="", repr=False)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LPSGW_", env_nested_delimiter="__", extra="forbid", toml_file=None
     )
 
     data_dir: Path = Path(".lps-gateway")
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; default SQLite in the data directory. PostgreSQL: "
+        "postgresql://user@host/db (nodes then share revocations through LISTEN/NOTIFY)",
+    )
     log: LogSettings = LogSettings()
+    http: HttpSettings = HttpSettings()
+    ui: UiSettings = UiSettings()
     psc: PscSettings = PscSettings()
     mock: MockSettings = MockSettings()
+
+    def database(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'gateway.db'}"
 
     @classmethod
     def settings_customise_sources(

@@ -87,8 +87,12 @@ class MockOperator:
         data_dir: Path,
         *,
         personas: PersonaBook | None = None,
+        registry: DelegationService | None = None,
     ) -> None:
+        """`registry`: a delegation registry to honour instead of the mock's own (the demo
+        shares the gateway's, so that a delegation granted on its page opens IMAP here)."""
         self.settings = settings
+        self._shared_registry = registry
         self.data_dir = data_dir
         self.personas = personas or default_personas()
         self._http: AsgiServer | None = None
@@ -155,7 +159,7 @@ class MockOperator:
         self.master = MasterCredentials(
             settings.master_user, _secret(self.data_dir / "master.secret")
         )
-        self.delegations = await self._delegation_registry()
+        self.delegations = self._shared_registry or await self._delegation_registry()
         platform, validator = self.platform, self.validator
 
         def authenticator(interface: str) -> PlatformAuthenticator:

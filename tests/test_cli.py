@@ -154,7 +154,10 @@ async def test_demo_runs_the_mock_psc_and_says_so(tmp_path: Path):
     process = start(
         [command("lps-gateway"), "demo"],
         tmp_path,
-        env={f"LPSGW_MOCK__{p}_PORT": "0" for p in ("HTTP", "IMAP", "SMTP")},
+        env={
+            "LPSGW_HTTP__PORT": "0",
+            **{f"LPSGW_MOCK__{p}_PORT": "0" for p in ("HTTP", "IMAP", "SMTP")},
+        },
     )
     try:
         url = wait_for_url(process)
@@ -163,7 +166,9 @@ async def test_demo_runs_the_mock_psc_and_says_so(tmp_path: Path):
         while len(lines) < 40 and not any("Ctrl-C" in line for line in lines):
             lines.append(process.stdout.readline())
         banner = "".join(lines)
-        assert "the mock operator only" in banner
+        assert "the mock operator and the gateway's HTTP API" in banner
+        gateway = re.search(r"lps-gateway listening on (http://127\.0\.0\.1:\d+)", banner)
+        assert gateway is not None, banner
         token = token_from_cli(url)
         validator = TokenValidator(
             ValidatorConfig(issuer=f"{url}/auth/realms/esante-wallet", client_ids=["lps-demo"])
@@ -171,6 +176,18 @@ async def test_demo_runs_the_mock_psc_and_says_so(tmp_path: Path):
         assert str((await validator.validate(token)).idnat) == "899700000001"
         await validator.aclose()
         assert (tmp_path / ".lps-gateway" / "mock-operator" / "clients.toml").is_file()
+        async with httpx.AsyncClient(timeout=10) as http:
+            secretary = (
+                await http.post(f"{url}/_test/token", json={"persona": "sec-bernard"})
+            ).json()["access_token"]
+            boxes = await http.get(
+                f"{gateway.group(1)}/v1/mailboxes",
+                headers={"Authorization": f"Bearer {secretary}"},
+            )
+        assert {b["address"] for b in boxes.json()} == {
+            "claire.martin@medecin.mssante.fr",
+            "jean.dupont@medecin.mssante.fr",
+        }
     finally:
         assert stop(process) == 0
 
