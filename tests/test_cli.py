@@ -107,9 +107,9 @@ async def test_serve_then_token_then_expiry(
     identity = await validator.validate(token)
     assert str(identity.idnat) == "899700000001"
 
-    short = token_from_cli(url, "--lifetime", "1")
+    short = token_from_cli(url, "--lifetime", "3")  # exp = int(iat) + 3: valid for 2 s at least
     assert str((await validator.validate(short)).idnat) == "899700000001"
-    await asyncio.sleep(2.1)
+    await asyncio.sleep(3.2)
     fresh = TokenValidator(ValidatorConfig(issuer=issuer, clock_skew_seconds=0))
     with pytest.raises(TokenError) as caught:
         await fresh.validate(short)
