@@ -72,6 +72,9 @@ _ADDRESS = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 _LIGATURES = str.maketrans({"œ": "oe", "æ": "ae", "ø": "o", "đ": "d", "ł": "l", "ß": "ss"})
 
 
+MAX_ID = 2**31 - 1
+
+
 def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -422,7 +425,7 @@ class DelegationService:
                 mailbox=(mailbox.strip().lower() if isinstance(mailbox, str) else "")[
                     :ADDRESS_LENGTH
                 ],
-                delegation_id=delegation_id,
+                delegation_id=delegation_id if delegation_id and delegation_id <= MAX_ID else None,
                 action=action[:ACTION_LENGTH],
                 interface=interface,
                 software=_clip(software, SOFTWARE_LENGTH),
@@ -739,6 +742,8 @@ class DelegationService:
             address = normal_address(mailbox)
             if reason is not None and len(reason) > REASON_LENGTH:
                 raise Invalid(f"reason longer than {REASON_LENGTH} characters", reason="bad-reason")
+            if not 1 <= delegation_id <= MAX_ID:  # ids are 32-bit: larger ones cannot exist
+                raise NotFound(f"no delegation {delegation_id}", reason="unknown-delegation")
             now = self.now()
             async with self._writing() as db:
                 box = await self._managed_mailbox(db, actor_idnat, address, admin=admin, lock=True)

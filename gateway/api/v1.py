@@ -97,7 +97,7 @@ async def grant(
 )
 async def revoke(
     address: Address,
-    delegation_id: Annotated[int, Path(ge=1, le=2**62)],
+    delegation_id: Annotated[int, Path(ge=1, le=2**31 - 1)],
     identity: CurrentIdentity,
     service: Service,
     request: Request,

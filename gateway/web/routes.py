@@ -222,7 +222,7 @@ def build_router(
         request: Request,
         csrf: Annotated[str, Form(max_length=64)],
         mailbox: Annotated[str, Form(max_length=254)],
-        delegation_id: Annotated[int, Form(ge=1, le=2**62)],
+        delegation_id: Annotated[int, Form(ge=1, le=2**31 - 1)],
     ) -> Response:
         session = session_of(request)
         if session is None or session.identity is None or not session.check_csrf(csrf):

@@ -381,3 +381,10 @@ async def test_seed_takes_the_mock_operators_personas(service: DelegationService
     mailbox = await service.mailbox(JEAN_BAL)
     assert mailbox is not None
     assert mailbox.backend == "historic"
+
+
+async def test_revoke_of_an_impossible_id_is_not_found(seeded: DelegationService):
+    """Ids are 32-bit in the schema: a huge one is simply unknown, never a database error."""
+    for huge in (2**31, 2**62):
+        with pytest.raises(NotFound):
+            await seeded.revoke(person(MARTIN), CLAIRE_BAL, huge)
