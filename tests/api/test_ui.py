@@ -3,6 +3,8 @@ delegate sees the BAL in /v1/mailboxes, revoke, it is gone."""
 
 from __future__ import annotations
 
+import asyncio
+import imaplib
 import os
 import shutil
 from collections.abc import AsyncIterator
@@ -14,6 +16,7 @@ import pytest
 from delegation.service import DelegationService
 from gateway.api.app import create_api
 from gateway.asgi_server import AsgiServer, bind_tcp
+from gateway.settings import MockSettings
 from gateway.web.routes import WebConfig
 from mock_operator.server import MockOperator
 from psc_auth import TokenValidator, ValidatorConfig
@@ -25,7 +28,21 @@ MARTIN = "claire.martin@medecin.mssante.fr"
 
 
 @pytest.fixture
-async def site(mock_op: MockOperator, registry: DelegationService) -> AsyncIterator[str]:
+async def shared(
+    mock_settings: MockSettings, registry: DelegationService, tmp_path: Path
+) -> AsyncIterator[MockOperator]:
+    """A mock operator honouring the gateway's registry, as in the demo."""
+    operator = MockOperator(mock_settings, tmp_path / "shared-mock", registry=registry)
+    await operator.start()
+    try:
+        yield operator
+    finally:
+        await operator.stop()
+
+
+@pytest.fixture
+async def site(shared: MockOperator, registry: DelegationService) -> AsyncIterator[str]:
+    mock_op = shared
     assert mock_op.psc is not None
     client = mock_op.psc.clients.get("lps-gateway")
     assert client is not None
@@ -40,18 +57,36 @@ async def site(mock_op: MockOperator, registry: DelegationService) -> AsyncItera
         await validator.aclose()
 
 
-async def delegate_mailboxes(mock: MockOperator, base: str, persona: str) -> list[str]:
+async def token_for(mock: MockOperator, persona: str) -> str:
     async with httpx.AsyncClient(timeout=10) as http:
-        token = (await http.post(f"{mock.http_url}/_test/token", json={"persona": persona})).json()[
-            "access_token"
-        ]
+        answer = await http.post(f"{mock.http_url}/_test/token", json={"persona": persona})
+    value: str = answer.json()["access_token"]
+    return value
+
+
+async def delegate_mailboxes(mock: MockOperator, base: str, persona: str) -> list[str]:
+    token = await token_for(mock, persona)
+    async with httpx.AsyncClient(timeout=10) as http:
         answer = await http.get(
             f"{base}/v1/mailboxes", headers={"Authorization": f"Bearer {token}"}
         )
     return [m["address"] for m in answer.json()]
 
 
-async def test_grant_and_revoke_through_the_page(site: str, mock_op: MockOperator, tmp_path: Path):
+def imap_login(mock: MockOperator, bal: str, token: str) -> str:
+    client = imaplib.IMAP4("127.0.0.1", mock.imap_port, timeout=10)
+    try:
+        client.login(bal, token)
+        typ, data = client.select("INBOX", readonly=True)
+        return f"{typ} {int(data[0] or 0)} messages"
+    except imaplib.IMAP4.error as exc:
+        return str(exc)
+    finally:
+        client.shutdown()
+
+
+async def test_grant_and_revoke_through_the_page(site: str, shared: MockOperator, tmp_path: Path):
+    mock_op = shared
     require_peer(HAS_CHROMIUM, "Chromium (Debian's chromium package) is not installed")
     from playwright.async_api import async_playwright
 
@@ -85,11 +120,16 @@ async def test_grant_and_revoke_through_the_page(site: str, mock_op: MockOperato
         await page.wait_for_url(f"{site}/ui/delegations")
         assert await page.get_by_role("status").inner_text() == "Délégation enregistrée."
         assert MARTIN in await delegate_mailboxes(mock_op, site, "ide-durand")
+        durand = await token_for(mock_op, "ide-durand")
+        opened = await asyncio.to_thread(imap_login, mock_op, MARTIN, durand)
+        assert opened == "OK 3 messages", "the delegate opens the BAL over IMAP, own token"
 
         await page.get_by_role("button", name="Révoquer la délégation de Luc DURAND").click()
         await page.wait_for_url(f"{site}/ui/delegations")
         assert await page.get_by_role("status").inner_text() == "Délégation révoquée."
         assert MARTIN not in await delegate_mailboxes(mock_op, site, "ide-durand")
+        refused = await asyncio.to_thread(imap_login, mock_op, MARTIN, durand)
+        assert "AUTHORIZATIONFAILED" in refused, "the next login after revocation is refused"
         audit = page.get_by_role("table").last
         assert "grant" in await audit.inner_text()
         await page.screenshot(path=str(tmp_path / "delegations.png"), full_page=True)
