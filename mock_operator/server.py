@@ -19,6 +19,7 @@ from delegation.seed import seed as seed_registry
 from delegation.service import DelegationService
 from gateway.asgi_server import AsgiServer, bind_tcp
 from gateway.imap.engine import EngineConfig
+from gateway.imap.structure_cache import StructureCache
 from gateway.imap.transport import ImapServer, ServerConfig
 from gateway.logs import RequestIdMiddleware
 from gateway.settings import MockSettings
@@ -179,6 +180,7 @@ class MockOperator:
             auth_failure_delay=settings.auth_failure_delay,
             hub_version=hub.version,
             hub_wait=hub.wait,
+            structures=StructureCache(),
         )
         self.imap = ImapServer(ServerConfig(engine=engine), authenticator("imap"), tls, imap_sock)
         await self.imap.start()

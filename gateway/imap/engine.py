@@ -12,6 +12,7 @@ import asyncio
 import datetime as dt
 import logging
 import re
+import unicodedata
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -20,7 +21,9 @@ from gateway.imap import commands as c
 from gateway.imap import mutf7
 from gateway.imap.mailstore import (
     DELIMITER,
+    FolderExists,
     FolderInfo,
+    FolderNotFound,
     MessageGone,
     StoreError,
     StoreUnavailable,
@@ -29,6 +32,7 @@ from gateway.imap.message import ParsedMessage, apply_partial
 from gateway.imap.response import (
     Atom,
     Literal,
+    Raw,
     Value,
     continuation,
     encode,
@@ -38,8 +42,9 @@ from gateway.imap.response import (
 )
 from gateway.imap.search import Candidate, SearchError, matches, needs_message, validate
 from gateway.imap.session import Authenticator, AuthFailed, ConnectionInfo, SessionGrant
-from gateway.imap.syntax import FetchAttribute, SequenceSet
-from gateway.imap.view import SYSTEM_FLAGS, SelectedView, flag_list
+from gateway.imap.structure_cache import CACHEABLE, StructureCache
+from gateway.imap.syntax import FetchAttribute, Section, SequenceSet
+from gateway.imap.view import ANY_KEYWORD, SYSTEM_FLAGS, SelectedView, apply_flags, flag_list
 from psc_auth.errors import SaslError
 from psc_auth.sasl import (
     Mechanism,
@@ -53,7 +58,10 @@ log = logging.getLogger(__name__)
 
 MECHANISMS = ("XOAUTH2", "OAUTHBEARER", "PLAIN")
 MAX_AUTH_FAILURES = 3
+FETCH_BATCH = 64  # messages loaded per store round trip
 SASL_STEP_TIMEOUT = 60.0
+IDLE_POLL_INTERVAL = 5.0  # without a change hub, IDLE re-reads the folder this often
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
 class Channel(Protocol):
@@ -76,6 +84,7 @@ class EngineConfig:
     auth_failure_delay: float = 1.0
     hub_version: Callable[[str, str], int] | None = None  # (bal, folder) -> version
     hub_wait: Callable[[str, str, int], Awaitable[None]] | None = None
+    structures: StructureCache | None = None  # shared by every session of a server
 
 
 class Logout(Exception):
@@ -103,7 +112,7 @@ class ImapSession:
     # -- lifecycle ---------------------------------------------------------------------
     def greeting(self) -> bytes:
         return untagged_status(
-            "OK", self.config.greeting, "CAPABILITY " + " ".join(self.capabilities())
+            "OK", _ascii(self.config.greeting), "CAPABILITY " + " ".join(self.capabilities())
         )
 
     def capabilities(self) -> list[str]:
@@ -126,7 +135,7 @@ class ImapSession:
             await self.grant.on_close()
 
     async def bye(self, text: str) -> None:
-        await self.channel.write(untagged_status("BYE", text))
+        await self.channel.write(untagged_status("BYE", _ascii(text)))
 
     # -- dispatch ----------------------------------------------------------------------
     async def execute(self, command: c.Command) -> None:
@@ -204,10 +213,10 @@ class ImapSession:
         return True, ""
 
     async def _reply(self, tag: str, status: str, text: str, code: str | None = None) -> None:
-        await self.channel.write(tagged(tag, status, text, code))  # type: ignore[arg-type]
+        await self.channel.write(tagged(tag, status, _ascii(text), code))  # type: ignore[arg-type]
 
     async def _ok(self, command: c.Command, text: str, code: str | None = None) -> None:
-        await self._sync(allow_expunge=not isinstance(command, c.Fetch | c.Store | c.Search))
+        await self._sync(allow_expunge=_may_expunge(command))
         await self._reply(command.tag, "OK", text, code)
 
     def _grant(self) -> tuple[SessionGrant, str]:
@@ -339,17 +348,21 @@ class ImapSession:
 
     async def _select(self, command: c.Select) -> None:
         grant, bal = self._grant()
-        self.view = None  # a failed SELECT leaves no mailbox selected (RFC 3501 §6.3.1)
+        if self.view is not None:
+            # The selected mailbox is closed first, without expunge, whatever the outcome
+            # (RFC 3501 §6.3.1): a failed SELECT leaves no mailbox selected. [CLOSED] is
+            # RFC 7162 / 9051's marker, ignored by IMAP4rev1 clients, sent as Dovecot does.
+            self.view = None
+            await self.channel.write(untagged_status("OK", "previous mailbox closed", "CLOSED"))
         version = self._version(bal, command.mailbox)
         state = await grant.store.folder_state(command.mailbox)
-        readonly = command.readonly
-        view = SelectedView.from_state(command.mailbox, readonly, state, version)
-        permanent = self._permanent_flags(readonly)
+        permanent = self._permanent_flags(command.readonly)
+        # A mailbox where this grant can change nothing is read-only (RFC 4314 §3.1.1 style)
+        readonly = command.readonly or not permanent
+        view = SelectedView.from_state(command.mailbox, readonly, state, version, permanent)
         out = [
-            untagged(Atom("FLAGS"), [Atom(f) for f in (*SYSTEM_FLAGS, *view.keywords())]),
-            untagged_status(
-                "OK", "flags permitted", "PERMANENTFLAGS " + encode(permanent).decode()
-            ),
+            view.flags_response(),
+            view.permanent_flags_response(),
             untagged(view.exists, Atom("EXISTS")),
             untagged(0, Atom("RECENT")),
         ]
@@ -364,19 +377,20 @@ class ImapSession:
         self.view = view
         mode = "READ-ONLY" if readonly else "READ-WRITE"
         await self._reply(
-            command.tag, "OK", f"{'EXAMINE' if readonly else 'SELECT'} completed", mode
+            command.tag, "OK", f"{'EXAMINE' if command.readonly else 'SELECT'} completed", mode
         )
 
-    def _permanent_flags(self, readonly: bool) -> list[Atom]:
+    def _permanent_flags(self, readonly: bool) -> tuple[str, ...]:
         assert self.grant is not None
         if readonly:
-            return []
+            return ()
         if self.grant.may("write"):
-            return [Atom(f) for f in (*SYSTEM_FLAGS, "\\*")]
-        return [Atom("\\Seen")] if self.grant.may("read") else []
+            return (*SYSTEM_FLAGS, ANY_KEYWORD)
+        return ("\\Seen",) if self.grant.may("read") else ()
 
-    def _version(self, bal: str, folder: str) -> int:
-        return self.config.hub_version(bal, folder) if self.config.hub_version else 0
+    def _version(self, bal: str, folder: str) -> int | None:
+        """The folder's change counter; None without a hub (then every sync re-reads)."""
+        return self.config.hub_version(bal, folder) if self.config.hub_version else None
 
     async def _create(self, command: c.Create) -> None:
         if not await self._require(command, "write"):
@@ -399,7 +413,26 @@ class ImapSession:
         if not await self._require(command, "write"):
             return
         grant, _ = self._grant()
-        await grant.store.rename_folder(command.old, command.new)
+        old, new = command.old, command.new.rstrip(DELIMITER) or command.new
+        if old != "INBOX" and new.startswith(old + DELIMITER):
+            await self._reply(command.tag, "NO", "cannot move a folder under itself", "CANNOT")
+            return
+        folders = {f.name for f in await grant.store.list_folders()}
+        if old not in folders:
+            raise FolderNotFound(old)
+        if new in folders:
+            raise FolderExists(new)
+        # RFC 3501 §6.3.5: superior hierarchical names of the new name are created too
+        parent = new.rpartition(DELIMITER)[0]
+        if parent and parent not in folders:
+            await grant.store.create_folder(parent)
+        await grant.store.rename_folder(old, new)
+        view = self.view
+        if view is not None and old != "INBOX":  # INBOX stays: its view sees the messages go
+            if view.folder == old:
+                view.folder = new
+            elif view.folder.startswith(old + DELIMITER):
+                view.folder = new + view.folder[len(old) :]
         await self._ok(command, "RENAME completed")
 
     async def _subscribe(self, command: c.Subscribe | c.Unsubscribe) -> None:
@@ -411,22 +444,20 @@ class ImapSession:
         grant, _ = self._grant()
         name = "LSUB" if command.subscribed else "LIST"
         if not command.pattern and not command.subscribed:
+            # RFC 3501 §6.3.8: the hierarchy delimiter and the root name
             await self.channel.write(untagged(Atom("LIST"), [Atom("\\Noselect")], DELIMITER, ""))
             await self._ok(command, "LIST completed")
             return
         folders = list(await grant.store.list_folders())
-        pattern = _pattern_regex(command.reference + command.pattern)
-        out = []
-        for folder in folders:
-            if command.subscribed and not folder.subscribed:
-                continue
-            if not _listed(command.pattern, pattern, folder.name):
-                continue
-            out.append(
-                untagged(
-                    Atom(name), _list_attributes(folder, folders), DELIMITER, _mailbox(folder.name)
-                )
-            )
+        regex = _pattern_regex(command.reference + command.pattern)
+        if command.subscribed:
+            entries = _lsub_entries(folders, regex, command.pattern.endswith("%"))
+        else:
+            entries = _list_entries(folders, regex)
+        out = [
+            untagged(Atom(name), attributes, DELIMITER, _mailbox(folder))
+            for folder, attributes in entries
+        ]
         await self.channel.write(b"".join(out))
         await self._ok(command, f"{name} completed")
 
@@ -456,13 +487,20 @@ class ImapSession:
             return
         flags = [f for f in command.flags if f != "\\Recent"]
         when = command.internal_date or dt.datetime.now(dt.UTC).astimezone()
-        uidvalidity, uid = await grant.store.append(command.mailbox, command.message, flags, when)
+        try:
+            uidvalidity, uid = await grant.store.append(
+                command.mailbox, command.message, flags, when
+            )
+        except FolderNotFound:  # deleted meanwhile
+            await self._reply(command.tag, "NO", "no such folder", "TRYCREATE")
+            return
         await self._ok(command, "APPEND completed", f"APPENDUID {uidvalidity} {uid}")
 
     async def _idle(self, command: c.Idle) -> None:
         await self._sync(allow_expunge=True)
         await self.channel.write(continuation("idling"))
         reader = asyncio.ensure_future(self.channel.read_raw_line())
+        waiter: asyncio.Future[None] | None = None
         try:
             async with asyncio.timeout(self.config.idle_timeout):
                 while True:
@@ -471,13 +509,17 @@ class ImapSession:
                         {reader, waiter}, return_when=asyncio.FIRST_COMPLETED
                     )
                     if reader in done:
-                        waiter.cancel()
                         break
+                    waiter.result()  # a failing change signal ends IDLE with its error
                     await self._sync(allow_expunge=True)
         except TimeoutError:
-            reader.cancel()
             await self.bye("IDLE for too long")
             raise Logout from None
+        finally:
+            # never leave a task reading the connection or waiting on the hub behind us
+            for task in (reader, waiter):
+                if task is not None and not task.done():
+                    task.cancel()
         line = reader.result()
         if line is None:
             raise Logout
@@ -487,8 +529,11 @@ class ImapSession:
         await self._ok(command, "IDLE terminated")
 
     async def _wait_change(self) -> None:
-        if self.view is None or self.config.hub_wait is None:
+        if self.view is None:
             await asyncio.Event().wait()
+            return
+        if self.config.hub_wait is None or self.view.version is None:
+            await asyncio.sleep(IDLE_POLL_INTERVAL)  # no change signal: poll
             return
         _, bal = self._grant()
         await self.config.hub_wait(bal, self.view.folder, self.view.version)
@@ -497,9 +542,14 @@ class ImapSession:
     async def _close(self, command: c.Close | c.Unselect) -> None:
         assert self.view is not None
         grant, _ = self._grant()
-        if isinstance(command, c.Close) and not self.view.readonly and grant.may("write"):
-            await grant.store.expunge(self.view.folder)
-        self.view = None
+        view, self.view = self.view, None  # authenticated state whatever happens below
+        if isinstance(command, c.Close) and not view.readonly and grant.may("write"):
+            # silent: no EXPUNGE responses (RFC 3501 §6.4.2). CLOSE has no NO response,
+            # so a store failure is logged, not reported.
+            try:
+                await grant.store.expunge(view.folder)
+            except StoreError as exc:
+                log.warning("imap.close_expunge_failed", extra={"error": str(exc)})
         await self._reply(command.tag, "OK", f"{type(command).__name__.upper()} completed")
 
     async def _expunge(self, command: c.Expunge) -> None:
@@ -512,8 +562,10 @@ class ImapSession:
         grant, _ = self._grant()
         uids = None
         if command.uids is not None:
+            self._used_uid = True
             uids = [u for u in self.view.uids if command.uids.contains(u, self.view.largest_uid)]
-        await grant.store.expunge(self.view.folder, uids)
+        if uids != []:
+            await grant.store.expunge(self.view.folder, uids)
         await self._ok(command, "EXPUNGE completed")
 
     def _targets(self, sequence: SequenceSet, uid: bool) -> list[tuple[int, int]]:
@@ -531,13 +583,13 @@ class ImapSession:
         return [(seq, view.uid_at(seq)) for seq in sequence.iter_numbers(view.exists)]
 
     async def _bad_sequence(self, command: c.Command, sequence: SequenceSet, uid: bool) -> bool:
-        """RFC 3501: a message number beyond EXISTS is an error (UIDs beyond are ignored)."""
+        """RFC 3501 §9 / 9051 §9: a message number beyond EXISTS is an error, `*` included
+        on an empty mailbox (Dovecot: BAD "Invalid messageset"); UIDs beyond are ignored."""
         assert self.view is not None
         if uid:
             return False
-        numbers = [n for r in sequence.ranges for n in (r.start, r.end)]
         exists = self.view.exists
-        if exists == 0 or any(n is not None and n > exists for n in numbers):
+        if exists == 0 or any(item.bounds(exists)[1] > exists for item in sequence.ranges):
             await self._reply(command.tag, "BAD", "message number out of range")
             return True
         return False
@@ -548,7 +600,7 @@ class ImapSession:
             return
         grant, _ = self._grant()
         view = self.view
-        attributes = list(command.attributes)
+        attributes = _unique(command.attributes)
         if command.uid and not any(a.name == "UID" for a in attributes):
             attributes.insert(0, FetchAttribute("UID"))
         marks_seen = (
@@ -557,40 +609,106 @@ class ImapSession:
         needs_body = any(
             a.name not in ("UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE") for a in attributes
         )
+        wants_flags = any(a.name == "FLAGS" for a in attributes)
+        cache = self.config.structures
+        # ENVELOPE / BODYSTRUCTURE / BODY alone can come from the cache, without the bytes.
+        only_structures = cache is not None and all(
+            a.name in ("UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE")
+            or (a.name in CACHEABLE and a.section is None)
+            for a in attributes
+        )
         missing = False
-        for seq, uid in self._targets(command.sequence, command.uid):
-            meta = view.meta[uid]
-            parsed = None
-            if needs_body:
-                try:
-                    parsed = ParsedMessage(await grant.store.fetch_message(view.folder, uid))
-                except MessageGone:
-                    missing = True
-                    continue
-            flags = meta.flags
-            if marks_seen and "\\Seen" not in flags:
-                changed = await grant.store.store_flags(view.folder, [uid], "add", ["\\Seen"])
-                flags = changed.get(uid, flags | {"\\Seen"})
-                view.set_flags(uid, flags)
-            items = _fetch_items(attributes, meta.uid, flags, meta.internal_date, meta.size, parsed)
-            if (
-                marks_seen
-                and flags != meta.flags
-                and not any(a.name == "FLAGS" for a in attributes)
-            ):
-                items += [Atom("FLAGS"), flag_list(flags)]
-            await self.channel.write(untagged(seq, Atom("FETCH"), items))
+        targets = self._targets(command.sequence, command.uid)
+        for begin in range(0, len(targets), FETCH_BATCH):
+            batch = targets[begin : begin + FETCH_BATCH]
+            cached: dict[int, dict[str, bytes]] = {}
+            if needs_body and only_structures:
+                cached = self._cached_structures(view, [u for _, u in batch], attributes)
+            bodies: dict[int, bytes] = {}
+            wanted = [u for _, u in batch if u not in cached] if needs_body else []
+            if wanted:
+                bodies = await grant.store.fetch_messages(view.folder, wanted)
+            out: list[bytes] = []
+            for seq, uid in batch:
+                meta = view.meta[uid]
+                parsed = None
+                if needs_body and uid not in cached:
+                    if uid not in bodies:
+                        missing = True
+                        continue
+                    parsed = ParsedMessage(bodies[uid])
+                flags = meta.flags
+                if marks_seen and "\\Seen" not in flags and uid not in view.gone:
+                    changed = await grant.store.store_flags(view.folder, [uid], "add", ["\\Seen"])
+                    if uid in changed:
+                        flags = changed[uid]
+                        out.append(b"".join(view.note_keywords([flags])))
+                        view.set_flags(uid, flags)
+                items = _fetch_items(
+                    attributes,
+                    meta.uid,
+                    flags,
+                    meta.internal_date,
+                    meta.size,
+                    parsed,
+                    cached.get(uid),
+                )
+                if parsed is not None and cache is not None:
+                    self._remember_structures(view, uid, attributes, items)
+                if flags != meta.flags and not wants_flags:
+                    # RFC 3501 §6.4.5: \Seen was set, the client hears of it
+                    items += [Atom("FLAGS"), flag_list(flags)]
+                out.append(untagged(seq, Atom("FETCH"), items))
+            await self.channel.write(b"".join(out))
         if missing:
-            await self._sync(allow_expunge=False)
+            await self._sync(allow_expunge=_may_expunge(command))
             await self._reply(command.tag, "NO", "some messages were expunged", "EXPUNGEISSUED")
             return
         await self._ok(command, "FETCH completed")
+
+    def _cached_structures(
+        self, view: SelectedView, uids: list[int], attributes: list[FetchAttribute]
+    ) -> dict[int, dict[str, bytes]]:
+        """The encoded structures of the messages whose every asked structure is cached."""
+        cache = self.config.structures
+        assert cache is not None
+        assert self.grant is not None
+        names = [a.name for a in attributes if a.name in CACHEABLE]
+        address = self.grant.store.address
+        found: dict[int, dict[str, bytes]] = {}
+        for uid in uids:
+            entry: dict[str, bytes] = {}
+            for name in names:
+                value = cache.get((address, view.folder, view.uidvalidity, uid, name))
+                if value is None:
+                    break
+                entry[name] = value
+            else:
+                found[uid] = entry
+        return found
+
+    def _remember_structures(
+        self, view: SelectedView, uid: int, attributes: list[FetchAttribute], items: list[Value]
+    ) -> None:
+        cache = self.config.structures
+        assert cache is not None
+        assert self.grant is not None
+        address = self.grant.store.address
+        for index in range(0, len(items) - 1, 2):
+            name = items[index]
+            if isinstance(name, Atom) and name.value in CACHEABLE:
+                value = items[index + 1]
+                encoded = value.value if isinstance(value, Raw) else encode(value)
+                cache.put((address, view.folder, view.uidvalidity, uid, name.value), encoded)
 
     async def _store_flags(self, command: c.Store) -> None:
         assert self.view is not None
         if await self._bad_sequence(command, command.sequence, command.uid):
             return
-        only_seen = set(command.action.flags) <= {"\\Seen"}
+        action = command.action
+        # Marking read or unread needs the read right; any other change (FLAGS replaces
+        # every flag, even with only \Seen listed) needs write.
+        only_seen = action.mode != "replace" and set(action.flags) <= {"\\Seen"}
         if not await self._require(command, "read" if only_seen else "write"):
             return
         if self.view.readonly:
@@ -599,20 +717,24 @@ class ImapSession:
         grant, _ = self._grant()
         view = self.view
         targets = self._targets(command.sequence, command.uid)
-        flags = [f for f in command.action.flags if f != "\\Recent"]
+        flags = [f for f in action.flags if f != "\\Recent"]
         changed = await grant.store.store_flags(
-            view.folder, [u for _, u in targets], command.action.mode, flags
+            view.folder, [u for _, u in targets], action.mode, flags
         )
-        out = []
+        out = view.note_keywords(changed.values())
         for seq, uid in targets:
-            if uid not in changed:
+            if uid not in changed or uid not in view.meta:
+                continue
+            if action.silent:
+                # The client knows what it set; changes made meanwhile by others still
+                # differ from the view, so the next sync reports them (RFC 3501 §6.4.6).
+                view.set_flags(uid, apply_flags(view.meta[uid].flags, action.mode, flags))
                 continue
             view.set_flags(uid, changed[uid])
-            if not command.action.silent:
-                items: list[Value] = [Atom("FLAGS"), flag_list(changed[uid])]
-                if command.uid:
-                    items = [Atom("UID"), uid, *items]
-                out.append(untagged(seq, Atom("FETCH"), items))
+            items: list[Value] = [Atom("FLAGS"), flag_list(changed[uid])]
+            if command.uid:
+                items = [Atom("UID"), uid, *items]
+            out.append(untagged(seq, Atom("FETCH"), items))
         await self.channel.write(b"".join(out))
         await self._ok(command, "STORE completed")
 
@@ -644,6 +766,7 @@ class ImapSession:
             dest = _uid_set([d for _, d in result.pairs])
             code = f"COPYUID {result.uidvalidity} {source} {dest}"
         if is_move:
+            # RFC 6851 §4.3: COPYUID in an untagged OK before the EXPUNGE responses
             if code:
                 await self.channel.write(untagged_status("OK", "moved", code))
             await self._ok(command, "MOVE completed")
@@ -698,13 +821,52 @@ class ImapSession:
             return
         bal = self.grant.store.address
         version = self._version(bal, view.folder)
-        if version == view.version and not (allow_expunge and view.gone):
+        if version is not None and version == view.version and not (allow_expunge and view.gone):
             return
-        state = await self.grant.store.folder_state(view.folder)
+        try:
+            state = await self.grant.store.folder_state(view.folder)
+        except FolderNotFound:
+            state = None
+        if state is None or state.uidvalidity != view.uidvalidity:
+            # Deleted (or deleted and re-created) under us: the numbers the client holds
+            # mean nothing any more. Dovecot ends the session the same way.
+            self.view = None
+            await self.bye("selected mailbox was deleted, have to disconnect")
+            raise Logout
         view.version = version
         updates = b"".join(view.sync(state, allow_expunge=allow_expunge, with_uid=self._used_uid))
         if updates:
             await self.channel.write(updates)
+
+
+def _may_expunge(command: c.Command) -> bool:
+    """RFC 3501 §7.4.1: no EXPUNGE response while answering FETCH, STORE or SEARCH, whose
+    replies use sequence numbers; their UID forms may send them (as Dovecot does)."""
+    if isinstance(command, c.Fetch | c.Store | c.Search):
+        return command.uid
+    return True
+
+
+def _ascii(text: str) -> str:
+    """Human-readable text is 7-bit in IMAP4rev1 (RFC 3501 TEXT-CHAR): accents are
+    dropped ("Envoyés" -> "Envoyes"), anything else non-ASCII becomes "?"."""
+    if text.isascii():
+        return text
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(
+        ch if ch.isascii() else ("" if unicodedata.combining(ch) else "?") for ch in decomposed
+    )
+
+
+def _unique(attributes: Iterable[FetchAttribute]) -> list[FetchAttribute]:
+    """Each FETCH data item once, in the order first asked (``FLAGS FLAGS``: one FLAGS)."""
+    seen: set[FetchAttribute] = set()
+    out: list[FetchAttribute] = []
+    for attribute in attributes:
+        if attribute not in seen:
+            seen.add(attribute)
+            out.append(attribute)
+    return out
 
 
 def _sets_seen(attribute: FetchAttribute) -> bool:
@@ -713,29 +875,69 @@ def _sets_seen(attribute: FetchAttribute) -> bool:
     return attribute.name in ("RFC822", "RFC822.TEXT")
 
 
+def internal_date(when: dt.datetime) -> str:
+    """RFC 3501 date-time: ``"dd-Mon-yyyy hh:mm:ss +zzzz"``. The day is two digits, as
+    Dovecot writes it (date-day-fixed allows "02" as well as " 2"); month names are
+    English whatever the locale; a naive datetime is taken as UTC."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    offset = when.utcoffset() or dt.timedelta(0)
+    minutes = round(offset.total_seconds() / 60)
+    sign = "-" if minutes < 0 else "+"
+    hours, minutes = divmod(abs(minutes), 60)
+    return (
+        f"{when.day:02d}-{MONTHS[when.month - 1]}-{when.year:04d} "
+        f"{when.hour:02d}:{when.minute:02d}:{when.second:02d} {sign}{hours:02d}{minutes:02d}"
+    )
+
+
 def _fetch_items(
     attributes: Iterable[FetchAttribute],
     uid: int,
     flags: frozenset[str],
-    internal_date: dt.datetime,
+    internal: dt.datetime,
     size: int,
     parsed: ParsedMessage | None,
+    cached: dict[str, bytes] | None = None,
 ) -> list[Value]:
     items: list[Value] = []
     for attribute in attributes:
         name = attribute.name
-        if name == "UID":
+        if cached is not None and name in cached and attribute.section is None:
+            items += [Atom(name), Raw(cached[name])]
+        elif name == "UID":
             items += [Atom("UID"), uid]
         elif name == "FLAGS":
             items += [Atom("FLAGS"), flag_list(flags)]
         elif name == "INTERNALDATE":
-            items += [Atom("INTERNALDATE"), internal_date.strftime("%d-%b-%Y %H:%M:%S %z")]
+            items += [Atom("INTERNALDATE"), internal_date(internal)]
         elif name == "RFC822.SIZE":
             items += [Atom("RFC822.SIZE"), size]
         else:
             assert parsed is not None
             items += _body_item(attribute, parsed)
     return items
+
+
+_HEADER_ATOM = re.compile(r"[\x21\x23\x24\x26\x27\x2b-\x5b\x5d-\x7a\x7c-\x7e]+")  # astring
+
+
+def _section_name(attribute: FetchAttribute) -> str:
+    """``BODY[section]<origin>`` as the response names it: PEEK dropped, header names as
+    the parser gives them (upper case, as Dovecot echoes them), quoted when not atoms."""
+    section = attribute.section
+    assert section is not None
+    spec = ".".join(str(p) for p in section.part)
+    if section.text:
+        spec = f"{spec}.{section.text}" if spec else section.text
+    if section.text in ("HEADER.FIELDS", "HEADER.FIELDS.NOT"):
+        names = [
+            name if _HEADER_ATOM.fullmatch(name) else encode(name).decode("ascii")
+            for name in section.fields
+        ]
+        spec += " (" + " ".join(names) + ")"
+    origin = f"<{attribute.partial[0]}>" if attribute.partial else ""
+    return f"BODY[{spec}]{origin}"
 
 
 def _body_item(attribute: FetchAttribute, parsed: ParsedMessage) -> list[Value]:
@@ -749,14 +951,12 @@ def _body_item(attribute: FetchAttribute, parsed: ParsedMessage) -> list[Value]:
     if name == "RFC822":
         return [Atom("RFC822"), Literal(parsed.raw)]
     if name in ("RFC822.HEADER", "RFC822.TEXT"):
-        from gateway.imap.syntax import Section
-
         section = Section(text="HEADER" if name == "RFC822.HEADER" else "TEXT")
         return [Atom(name), Literal(parsed.section(section) or b"")]
     assert attribute.section is not None
-    data = parsed.section(attribute.section)
-    value: Value = None if data is None else Literal(apply_partial(data, attribute.partial))
-    return [Atom(attribute.response_name()), value]
+    # A part that does not exist is empty, as Dovecot answers it (``BODY[5] {0}``)
+    data = parsed.section(attribute.section) or b""
+    return [Atom(_section_name(attribute)), Literal(apply_partial(data, attribute.partial))]
 
 
 def _uid_set(uids: list[int]) -> str:
@@ -790,17 +990,60 @@ def _pattern_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(parts), re.DOTALL)
 
 
-def _listed(pattern: str, regex: re.Pattern[str], name: str) -> bool:
+def _listed(regex: re.Pattern[str], name: str) -> bool:
     """INBOX matches its pattern in any case (RFC 3501 §5.1)."""
     if regex.fullmatch(name):
         return True
     return name == "INBOX" and re.fullmatch(regex.pattern, name, re.IGNORECASE) is not None
 
 
-def _list_attributes(folder: FolderInfo, folders: list[FolderInfo]) -> list[Value]:
-    prefix = folder.name + DELIMITER
-    children = any(f.name.startswith(prefix) for f in folders)
-    attributes: list[Value] = [Atom("\\HasChildren" if children else "\\HasNoChildren")]
-    if folder.special_use:
-        attributes.append(Atom(folder.special_use))
-    return attributes
+def _ancestors(name: str) -> list[str]:
+    """``a/b/c`` -> ``["a", "a/b"]``."""
+    parts = name.split(DELIMITER)
+    return [DELIMITER.join(parts[:depth]) for depth in range(1, len(parts))]
+
+
+def _list_entries(
+    folders: list[FolderInfo], regex: re.Pattern[str]
+) -> list[tuple[str, list[Value]]]:
+    """LIST replies: matching folders with CHILDREN and SPECIAL-USE attributes, and the
+    missing levels of hierarchy above them as ``(\\Noselect \\HasChildren)`` (RFC 3501
+    §6.3.8, as Dovecot lists them), each parent just before its first child."""
+    names = {f.name for f in folders}
+    parents = {a for f in folders for a in _ancestors(f.name)}
+    entries: list[tuple[str, list[Value]]] = []
+    shown: set[str] = set()
+    for folder in folders:
+        for ancestor in _ancestors(folder.name):
+            if ancestor not in names and ancestor not in shown and _listed(regex, ancestor):
+                shown.add(ancestor)
+                entries.append((ancestor, [Atom("\\Noselect"), Atom("\\HasChildren")]))
+        if not _listed(regex, folder.name):
+            continue
+        attributes: list[Value] = [
+            Atom("\\HasChildren" if folder.name in parents else "\\HasNoChildren")
+        ]
+        if folder.special_use:
+            attributes.append(Atom(folder.special_use))
+        entries.append((folder.name, attributes))
+    return entries
+
+
+def _lsub_entries(
+    folders: list[FolderInfo], regex: re.Pattern[str], trailing_percent: bool
+) -> list[tuple[str, list[Value]]]:
+    """LSUB replies: subscribed folders matching; with a trailing ``%``, an unsubscribed
+    level above a subscribed folder is listed ``(\\Noselect)`` (RFC 3501 §6.3.9)."""
+    subscribed = [f.name for f in folders if f.subscribed]
+    chosen = set(subscribed)
+    entries: list[tuple[str, list[Value]]] = []
+    shown: set[str] = set()
+    for name in subscribed:
+        if _listed(regex, name):
+            entries.append((name, []))
+        elif trailing_percent:
+            for ancestor in _ancestors(name):
+                if ancestor not in chosen and ancestor not in shown and _listed(regex, ancestor):
+                    shown.add(ancestor)
+                    entries.append((ancestor, [Atom("\\Noselect")]))
+    return entries

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import socket
@@ -39,6 +40,16 @@ class ServerConfig:
     implicit_tls: bool = False
 
 
+def preauth_limits(limits: Limits) -> Limits:
+    """`limits` with literals capped at PREAUTH_LITERAL_LIMIT: before login a client can
+    make the server hold at most that much literal data, LITERAL+ included."""
+    return dataclasses.replace(
+        limits,
+        max_literal_size=min(limits.max_literal_size, PREAUTH_LITERAL_LIMIT),
+        max_command_literal_size=min(limits.max_command_literal_size, PREAUTH_LITERAL_LIMIT),
+    )
+
+
 class _StreamChannel:
     def __init__(
         self,
@@ -51,7 +62,18 @@ class _StreamChannel:
         self.writer = writer
         self.limits = limits
         self.ssl_context = ssl_context
-        self.parser = CommandParser(limits)
+        self.authenticated = False
+        self.parser = CommandParser(preauth_limits(limits))
+
+    def logged_in(self) -> None:
+        """The session authenticated: the full limits apply from the next byte parsed.
+
+        Commands the client pipelined after LOGIN and that were already framed keep the
+        pre-login limits (a LITERAL+ APPEND over 16 KiB sent in the same packet as LOGIN
+        is refused); CommandParser has no public way to change limits, hence `_limits`."""
+        if not self.authenticated:
+            self.authenticated = True
+            self.parser._limits = self.limits
 
     async def write(self, data: bytes) -> None:
         self.writer.write(data)
@@ -72,14 +94,36 @@ class _StreamChannel:
             if isinstance(event, RawLine):
                 return event.data
             if isinstance(event, CommandError) and event.fatal:
+                await _quietly(self.write(untagged_status("BYE", event.message)))
                 return None
             if event is None and not await self.fill():
                 return None
 
     async def start_tls(self) -> None:
+        """Upgrade to TLS. Whatever the client sent after STARTTLS before the handshake
+        is plaintext it had no business sending (CVE-2011-0411 class injection): the
+        parser holding it is replaced, and the stream's own buffer is emptied too."""
         assert self.ssl_context is not None
+        await self.writer.drain()  # so that start_tls does not yield before the handshake
+        injected = self.parser.pending_bytes + _drop_buffered(self.reader)
         await self.writer.start_tls(self.ssl_context)
-        self.parser = CommandParser(self.limits)  # nothing read in plaintext survives TLS
+        if injected:
+            log.warning("imap.starttls_plaintext_dropped", extra={"bytes": injected})
+        self.parser = CommandParser(
+            self.limits if self.authenticated else preauth_limits(self.limits)
+        )
+
+
+def _drop_buffered(reader: asyncio.StreamReader) -> int:
+    """Discard bytes the StreamReader received but nobody read yet; return their count.
+    asyncio's StreamWriter.start_tls keeps them, and they would be read as if they had
+    come through TLS. StreamReader has no public API for this."""
+    buffer: bytearray | None = getattr(reader, "_buffer", None)
+    if not buffer:
+        return 0
+    count = len(buffer)
+    buffer.clear()
+    return count
 
 
 def _is_loopback(host: str) -> bool:
@@ -201,6 +245,8 @@ class ImapServer:
                     await channel.write(tagged(event.tag, "BAD", event.message))
             elif isinstance(event, Command):
                 await session.execute(event)
+                if session.grant is not None:
+                    channel.logged_in()
 
 
 async def _quietly(awaitable: Awaitable[object]) -> None:

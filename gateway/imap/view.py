@@ -1,24 +1,38 @@
 """A session's view of its selected folder: what the client has been told.
 
 Sequence numbers are positions in `uids`. Re-synchronising compares the store's current
-state with the view and yields the untagged updates (EXPUNGE, EXISTS, FETCH FLAGS) that
-bring the client in step, in an order that never lets numbers and UIDs disagree.
+state with the view and yields the untagged updates (FLAGS, EXPUNGE, EXISTS, FETCH FLAGS)
+that bring the client in step, in an order that never lets numbers and UIDs disagree.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from gateway.imap.mailstore import FolderState, MessageMeta
-from gateway.imap.response import Atom, Value, untagged
+from gateway.imap.mailstore import FlagMode, FolderState, MessageMeta
+from gateway.imap.response import Atom, Value, encode, untagged, untagged_status
 
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+ANY_KEYWORD = "\\*"  # PERMANENTFLAGS: the client may create keywords
 
 
 def flag_list(flags: frozenset[str]) -> list[Atom]:
     return [Atom(f) for f in sorted(flags)]
+
+
+def apply_flags(current: frozenset[str], mode: FlagMode, flags: Iterable[str]) -> frozenset[str]:
+    """The flags a message has after ``STORE FLAGS / +FLAGS / -FLAGS`` of `flags`."""
+    if mode == "replace":
+        return frozenset(flags)
+    if mode == "add":
+        return current | frozenset(flags)
+    return current - frozenset(flags)
+
+
+def _keywords(flags: Iterable[str]) -> set[str]:
+    return {f for f in flags if not f.startswith("\\")}
 
 
 @dataclass
@@ -27,18 +41,28 @@ class SelectedView:
     readonly: bool
     uidvalidity: int
     uidnext: int
-    version: int
+    version: int | None  # the ChangeHub version the view matches; None: no hub, always re-read
     uids: list[int] = field(default_factory=list)
     meta: dict[int, MessageMeta] = field(default_factory=dict)
     gone: set[int] = field(default_factory=set)  # expunged, not yet announced
+    # PERMANENTFLAGS without keywords: system flags and ANY_KEYWORD, () when read-only
+    permanent: tuple[str, ...] = ()
+    announced: set[str] = field(default_factory=set)  # keywords of the last FLAGS response
 
     @classmethod
     def from_state(
-        cls, folder: str, readonly: bool, state: FolderState, version: int
+        cls,
+        folder: str,
+        readonly: bool,
+        state: FolderState,
+        version: int | None,
+        permanent: tuple[str, ...] = (),
     ) -> SelectedView:
         view = cls(folder, readonly, state.uidvalidity, state.uidnext, version)
         view.uids = [m.uid for m in state.messages]
         view.meta = {m.uid: m for m in state.messages}
+        view.permanent = permanent
+        view.announced = {k for m in state.messages for k in _keywords(m.flags)}
         return view
 
     @property
@@ -59,8 +83,7 @@ class SelectedView:
         return self.uids[-1] if self.uids else 0
 
     def keywords(self) -> list[str]:
-        found = {f for m in self.meta.values() for f in m.flags if not f.startswith("\\")}
-        return sorted(found)
+        return sorted(self.announced)
 
     def first_unseen(self) -> int | None:
         for index, uid in enumerate(self.uids):
@@ -68,6 +91,31 @@ class SelectedView:
                 return index + 1
         return None
 
+    # -- FLAGS / PERMANENTFLAGS ---------------------------------------------------------
+    def flags_response(self) -> bytes:
+        return untagged(Atom("FLAGS"), [Atom(f) for f in (*SYSTEM_FLAGS, *self.keywords())])
+
+    def permanent_flags_response(self) -> bytes:
+        """Keywords already in use are permanent too when the client may set flags."""
+        names = [f for f in self.permanent if f != ANY_KEYWORD]
+        if ANY_KEYWORD in self.permanent:
+            names += [*self.keywords(), ANY_KEYWORD]
+        code = "PERMANENTFLAGS " + encode([Atom(f) for f in names]).decode("ascii")
+        return untagged_status("OK", "flags permitted", code)
+
+    def note_keywords(self, flag_sets: Iterable[frozenset[str]]) -> list[bytes]:
+        """FLAGS (and PERMANENTFLAGS) updates announcing keywords the client has not been
+        told of yet; they must precede any FETCH response showing them (RFC 3501 §7.2.6)."""
+        new = {k for flags in flag_sets for k in _keywords(flags)} - self.announced
+        if not new:
+            return []
+        self.announced |= new
+        out = [self.flags_response()]
+        if ANY_KEYWORD in self.permanent:
+            out.append(self.permanent_flags_response())
+        return out
+
+    # -- changes -----------------------------------------------------------------------
     def set_flags(self, uid: int, flags: frozenset[str]) -> None:
         meta = self.meta.get(uid)
         if meta is not None:
@@ -83,10 +131,16 @@ class SelectedView:
         return seq
 
     def sync(self, state: FolderState, *, allow_expunge: bool, with_uid: bool) -> Iterator[bytes]:
-        """Untagged updates that move the view to `state` (RFC 3501 §7.4.1, §5.5)."""
+        """Untagged updates that move the view to `state` (RFC 3501 §7.4.1, §5.5).
+
+        Without `allow_expunge` (during FETCH, STORE, SEARCH) vanished messages keep their
+        sequence numbers and are remembered in `gone` until an EXPUNGE may be sent."""
         current = {m.uid: m for m in state.messages}
+        yield from self.note_keywords(m.flags for m in state.messages)
         vanished = [uid for uid in self.uids if uid not in current]
         if allow_expunge:
+            # Lowest first, each number counted after the previous removals, as in the
+            # example of RFC 3501 §7.4.1 (messages 3, 4, 7, 11: 3, 3, 5, 8).
             for uid in vanished:
                 seq = self.expunge(uid)
                 if seq is not None:
