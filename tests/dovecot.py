@@ -7,12 +7,14 @@ loopback port and returns a `DovecotServer` whose `stop()` kills the master by t
 
 With `master_user`/`master_password`, a master passdb is placed before the normal one
 (``master = yes``, ``result_success = continue``): SASL PLAIN with authzid=<user>,
-authcid=<master> and the master's password logs in as <user>. Used both to compare our
-FETCH output with Dovecot's and as a real IMAP backend.
+authcid=<master> and the master's password logs in as <user> (so does LOGIN
+``<user>*<master>``). Used both to compare our FETCH output with Dovecot's and as a real
+IMAP backend.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import grp
 import os
@@ -69,6 +71,9 @@ class DovecotServer:
         pid_file = self.base / "run" / "master.pid"
         with contextlib.suppress(OSError, ValueError):
             pid = int(pid_file.read_text().split()[0])
+            # only our own master: a stale pid file must not kill a recycled pid
+            if str(self.base).encode() not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                raise ProcessLookupError(pid)
             os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
@@ -112,6 +117,7 @@ info_log_path = {base}/dovecot.log
 ssl = no
 disable_plaintext_auth = no
 auth_mechanisms = plain login
+auth_master_user_separator = *
 mail_location = maildir:{base}/mail/%u
 mail_uid = {uid}
 mail_gid = {gid}
@@ -210,19 +216,26 @@ def start_dovecot(
         log = server.log
         server.stop()
         raise RuntimeError(f"dovecot did not start (rc={returncode}): {startup}\n{log}")
+    atexit.register(server.stop)  # a daemon must not outlive the test run
     return server
 
 
 @contextlib.contextmanager
 def running_dovecot(
     *,
+    user: str = TEST_USER,
+    password: str = TEST_PASSWORD,
+    extra_users: Mapping[str, str] | None = None,
     master_user: str | None = None,
     master_password: str | None = None,
-    extra_users: Mapping[str, str] | None = None,
 ) -> Iterator[DovecotServer]:
     """`start_dovecot` as a context manager: always stopped on exit."""
     server = start_dovecot(
-        master_user=master_user, master_password=master_password, extra_users=extra_users
+        user=user,
+        password=password,
+        extra_users=extra_users,
+        master_user=master_user,
+        master_password=master_password,
     )
     try:
         yield server

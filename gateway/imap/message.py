@@ -198,6 +198,12 @@ def _parse_header(
         cur = end
 
 
+def _c_string(value: bytes) -> bytes:
+    """What a C string keeps of `value`: up to the first NUL."""
+    nul = value.find(b"\0")
+    return value if nul < 0 else value[:nul]
+
+
 def _clean(value: bytes) -> bytes:
     """Dovecot keeps header values as C strings: NULs become U+FFFD."""
     return value.replace(b"\0", _NUL_REPLACEMENT) if b"\0" in value else value
@@ -234,13 +240,16 @@ class _Lexer:
     """A port of Dovecot's rfc822-parser: methods return -1 (error), 0 (end of input
     reached) or 1 (more input follows), and append what they read to `out`."""
 
-    __slots__ = ("data", "end", "last_comment", "pos")
+    __slots__ = ("data", "end", "last_comment", "nul", "pos")
 
     def __init__(self, data: bytes, keep_comments: bool = False) -> None:
         self.data = data
         self.pos = 0
         self.end = len(data)
         self.last_comment: bytearray | None = bytearray() if keep_comments else None
+        # the address parser turns NULs in quoted strings, comments and domain literals
+        # into U+FFFD; elsewhere a NUL simply ends C strings
+        self.nul: bytes | None = _NUL_REPLACEMENT if keep_comments else None
 
     def more(self) -> int:
         return 1 if self.pos < self.end else 0
@@ -249,6 +258,7 @@ class _Lexer:
         return self.data[self.pos] if self.pos < self.end else -1
 
     def skip_comment(self) -> int:
+        """Skip a (nested) comment, keeping its text (unescaped, unfolded) when asked."""
         data, comment = self.data, self.last_comment
         if comment is not None:
             del comment[:]
@@ -257,7 +267,11 @@ class _Lexer:
         level = 1
         while self.pos < self.end:
             char = data[self.pos]
-            if char == 0x28:
+            if char == 0x00:
+                if comment is not None and self.nul is not None:
+                    comment += data[start : self.pos] + self.nul
+                    start = self.pos + 1
+            elif char == 0x28:
                 level += 1
             elif char == 0x29:
                 level -= 1
@@ -266,13 +280,25 @@ class _Lexer:
                         comment += data[start : self.pos]
                     self.pos += 1
                     return self.more()
-            elif char == 0x5C:
+            elif char == 0x0A:
                 if comment is not None:
-                    comment += data[start : self.pos]
-                start = self.pos + 1
+                    stop = (
+                        self.pos - 1
+                        if self.pos > start and data[self.pos - 1] == 0x0D
+                        else self.pos
+                    )
+                    comment += data[start:stop]
+                    start = self.pos + 1
+            elif char == 0x5C:
                 self.pos += 1
                 if self.pos >= self.end:
                     return -1
+                if data[self.pos] in (0x0D, 0x0A, 0x00):
+                    self.pos -= 1  # a lone backslash stays
+                else:
+                    if comment is not None:
+                        comment += data[start : self.pos - 1]
+                    start = self.pos
             self.pos += 1
         return -1
 
@@ -345,22 +371,27 @@ class _Lexer:
         start = self.pos
         while self.pos < self.end:
             char = data[self.pos]
-            if char == 0x22:
+            if char == 0x00:
+                if self.nul is not None:
+                    out += data[start : self.pos] + self.nul
+                    start = self.pos + 1
+            elif char == 0x22:
                 out += data[start : self.pos]
                 self.pos += 1
                 return self.skip_lwsp()
-            if char == 0x0A:
-                stop = self.pos
-                if stop > start and data[stop - 1] == 0x0D:
-                    stop -= 1
+            elif char == 0x0A:  # folding: the (CR)LF goes
+                stop = self.pos - 1 if self.pos > start and data[self.pos - 1] == 0x0D else self.pos
                 out += data[start:stop]
                 start = self.pos + 1
             elif char == 0x5C:
                 self.pos += 1
                 if self.pos >= self.end:
                     return -1
-                out += data[start : self.pos - 1]
-                start = self.pos
+                if data[self.pos] in (0x0D, 0x0A, 0x00):
+                    self.pos -= 1  # a lone backslash stays
+                else:
+                    out += data[start : self.pos - 1]
+                    start = self.pos
             self.pos += 1
         return -1
 
@@ -388,18 +419,34 @@ class _Lexer:
             return -1
         if self.data[self.pos] != 0x5B:
             return self.dot_atom(out)
+        # domain literal, kept with its brackets and backslashes
         data = self.data
         start = self.pos
+        self.pos += 1
         while self.pos < self.end:
             char = data[self.pos]
-            if char == 0x5C:
-                self.pos += 1
-                if self.pos >= self.end:
-                    break
+            if char == 0x00:
+                if self.nul is not None:
+                    out += data[start : self.pos] + self.nul
+                    start = self.pos + 1
+            elif char == 0x5B:
+                return -1
             elif char == 0x5D:
                 self.pos += 1
                 out += data[start : self.pos]
                 return self.skip_lwsp()
+            elif char == 0x0A:
+                stop = self.pos - 1 if self.pos > start and data[self.pos - 1] == 0x0D else self.pos
+                out += data[start:stop]
+                start = self.pos + 1
+            elif char == 0x5C:
+                self.pos += 1
+                if self.pos >= self.end:
+                    return -1
+                if data[self.pos] in (0x0D, 0x0A, 0x00):
+                    out += data[start : self.pos]
+                    start = self.pos
+                    self.pos -= 1
             self.pos += 1
         return -1
 
@@ -466,6 +513,7 @@ def _rfc2231_params(lexer: _Lexer) -> list[tuple[bytes, bytes]]:
         ret, key, value = lexer.content_param()
         if ret == 0:
             break
+        key, value = _c_string(key), _c_string(value)
         if ret < 0:
             if lexer.pos >= lexer.end:
                 break
@@ -756,11 +804,11 @@ def _envelope(fields: Sequence[_Field]) -> list[Value]:
     for item in fields:
         name = item.name.lower()
         if item.colon and name in _ENVELOPE_FIELDS:
-            found.setdefault(name, []).append(_clean(item.value))
+            found.setdefault(name, []).append(item.value)
 
     def last(name: bytes) -> bytes | None:
         values = found.get(name)
-        return values[-1] if values else None
+        return _clean(values[-1]) if values else None
 
     def addresses(name: bytes) -> Value:
         return _address_list_value(found.get(name, ()))
@@ -821,7 +869,7 @@ def _content_data(fields: Sequence[_Field]) -> _ContentData:
         name = item.name.lower()
         if not item.colon or not name.startswith(b"content-"):
             continue
-        value = _clean(item.value)
+        value = item.value
         kind = name[8:]
         if kind == b"type" and data.type is None:
             text, ret, lexer = _content_type(value)
@@ -837,13 +885,13 @@ def _content_data(fields: Sequence[_Field]) -> _ContentData:
             if lexer.mime_token(out) >= 0 and lexer.skip_lwsp() == 0 and out:
                 data.encoding = bytes(out)
         elif kind == b"id" and data.id is None:
-            data.id = value
+            data.id = _clean(value)
         elif kind == b"md5" and data.md5 is None:
-            data.md5 = value
+            data.md5 = _clean(value)
         elif kind == b"description" and data.description is None:
-            data.description = value
+            data.description = _clean(value)
         elif kind == b"location" and data.location is None:
-            data.location = value
+            data.location = _clean(value)
         elif kind == b"language" and data.language is None:
             lexer = _Lexer(value)
             lexer.skip_lwsp()
@@ -933,7 +981,7 @@ class _Part:
                 if seen_type:
                     continue
                 seen_type = True
-                text, ret, lexer = _content_type(_clean(item.value))
+                text, ret, lexer = _content_type(item.value)
                 lowered = text.lower()
                 if ret < 0:
                     pass
@@ -1140,6 +1188,10 @@ _EMPTY_TEXT: list[Value] = [b"text", b"plain", [b"charset", DEFAULT_CHARSET], No
 
 
 class _Structure:
+    """BODYSTRUCTURE (`extensible`) or BODY of a part tree, field by field as Dovecot
+    writes it: sizes and line counts of the octets as stored, text/* gets a default
+    charset, a multipart without parts shows one empty text/plain."""
+
     def __init__(self, raw: bytes, extensible: bool) -> None:
         self.raw = raw
         self.extensible = extensible

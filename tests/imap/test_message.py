@@ -827,7 +827,117 @@ def generated_messages(count: int, seed: int = 20240305) -> dict[str, bytes]:
     return out
 
 
-GENERATED = generated_messages(150)
+ADDRESS_CASES = [
+    b"x . y@z",
+    b".a@b, a..b@c, a.@b",
+    b"u@x..y, u@ex . org, u@x.",
+    b"N <x . y@z>, N <u@x.>",
+    b"a@b (Name\r\n Folded), (c1) u@c (c2)",
+    b'"q\\\r\n x" <a@b>, "a\\\\b" <a@b>, "" <a@b>',
+    b"u@[1.2.3.4], u@[1\\]2], u@[a[b], u@[a\r\n b]",
+    b"(a\\(b) u@c, u@c (a (nested) b), u@c ((x)",
+    b"x <a@b> y, a@b <c@d>, <a@b>, <c@d>",
+    b'=?utf-8?b?w6k=?= <a@b>, "=?utf-8?b?w6k=?=" <a@b>',
+    b'g: (c) ;, g: a@b, ;, g: ,a@b;, "g" "h": a@b;',
+    b"g: a@b",
+    b"a@b, g:",
+    b'user, <>, Name <broken, "just quoted", a b c, @nodomain',
+    b"<@r1,@r2:u@h>, <@r1:>, <@:u@h>",
+    "Zoé Müller <zoe@exämple.org>".encode(),
+    b"name\t with\ttabs <t@x>, John.Q.Public <jqp@x>",
+]
+CONTENT_CASES = [
+    b'Content-Type: text/plain; name="a\r\n b"',
+    b'Content-Type: text/plain; name="a\\\\b\\"c"',
+    b"Content-Type: text/plain; (c) name (c) = (c) value (c)",
+    b"Content-Type: text/plain; NAME*1=b; name*0=a; Name*2*=%41",
+    b"Content-Type: text/plain; a*=x; b*0=y; a*1=z",
+    b"Content-Type: text/plain; a*0*=us-ascii'en'x; a*1*=%20y",
+    b"Content-Type: text/plain; foo; charset=utf-8; =novalue; x=",
+    b"Content-Type: text/plain;; x=1;",
+    b"Content-Type : text / plain",
+    b"Content-Type: text/plain(c); x=1",
+    b"Content-Type: text/plain x=1",
+    b"Content-Type: application/octet-stream; name==?utf-8?b?w6k=?=",
+    b"Content-Type: image/png; charset=utf-8",
+    b"Content-Type:",
+    b"Content-Type: text",
+    b"Content-Disposition: attachment; filename*0=a; filename*1=b; filename=c",
+    b"Content-Disposition: inline\r\nContent-Disposition: attachment; filename=a.txt",
+    b"Content-Disposition: ; filename=x",
+    b"Content-Language: en-US (comment), fr;q=1\r\nContent-Language: it",
+    b"Content-Language: ,fr\r\nContent-Language: es",
+    b"Content-Location: <http://x/y>\r\n\t<z>",
+    b"Content-Transfer-Encoding: (c) BASE64 (c)",
+    b"Content-Transfer-Encoding: base64 garbage",
+    b"Content-ID: <a@b>\r\nContent-ID: <c@d>\r\nContent-MD5: abc\r\n def",
+    b"Content-Description: =?utf-8?q?caf=C3=A9?=\r\n  suite",
+]
+
+
+def edge_messages() -> dict[str, bytes]:
+    """Each tricky address list in every address field, each tricky Content-* header in a
+    single-part message and in a body part."""
+    out: dict[str, bytes] = {}
+    for index, case in enumerate(ADDRESS_CASES):
+        headers = [b"%s: %s" % (name, case) for name in (b"From", b"To", b"Cc", b"Reply-To")]
+        out[f"address-{index}"] = msg(*headers, body=b"x\r\n")
+    for index, case in enumerate(CONTENT_CASES):
+        out[f"content-{index}"] = msg(b"MIME-Version: 1.0", case, body=b"body\r\n")
+        out[f"part-{index}"] = msg(
+            b"MIME-Version: 1.0",
+            b"Content-Type: multipart/mixed; boundary=b",
+            body=b"--b\r\n%s\r\n\r\nbody\r\n--b--\r\n" % case,
+        )
+    return out
+
+
+def mime_tree_messages(count: int, seed: int = 5) -> dict[str, bytes]:
+    """Well-formed trees from the email package, a third of them with LF line ends."""
+    rng = random.Random(seed)
+
+    def leaf() -> Message:
+        choice = rng.random()
+        if choice < 0.4:
+            text = rng.choice(["hello", "h\u00e9llo w\u00f6rld\n" * 3, "a\nb\nc", ""])
+            return MIMEText(text, rng.choice(["plain", "html"]), rng.choice(["utf-8", "latin-1"]))
+        if choice < 0.7:
+            part = MIMEApplication(rng.randbytes(rng.randint(0, 200)), "zip")
+            name = rng.choice(["IHE_XDM.ZIP", "r\u00e9sum\u00e9.pdf", "x" * 90])
+            part.add_header("Content-Disposition", "attachment", filename=name)
+            return part
+        image = MIMEBase("image", "png")
+        image.set_payload(b"iVBORw0KGgo=")
+        image["Content-ID"] = f"<img{rng.randint(0, 9)}@example.org>"
+        return image
+
+    def tree(depth: int) -> Message:
+        if depth > 3 or rng.random() < 0.4:
+            return leaf()
+        if rng.random() < 0.2:
+            inner = tree(depth + 1)
+            inner["Subject"] = f"inner {depth}"
+            inner["From"] = rng.choice(["a@b.c", "=?utf-8?q?Zo=C3=A9?= <z@x.fr>", "g: a@b;"])
+            return MIMEMessage(inner)
+        multipart = MIMEMultipart(rng.choice(["mixed", "alternative", "related", "digest"]))
+        multipart.set_boundary(f"=_part{depth}_{rng.randrange(10**6)}")
+        for _ in range(rng.randint(0, 4)):
+            multipart.attach(tree(depth + 1))
+        multipart.preamble = rng.choice([None, "prologue"])
+        multipart.epilogue = rng.choice([None, "epilogue"])
+        return multipart
+
+    out: dict[str, bytes] = {}
+    for index in range(count):
+        message = tree(0)
+        message["From"] = "Dr X <x@hopital.mssante.fr>"
+        message["Subject"] = rng.choice(["Hello", "=?utf-8?q?R=C3=A9sultats?=", "a\tb  c"])
+        raw = message.as_bytes(policy=policy.SMTP)
+        out[f"tree-{index}"] = raw.replace(b"\r\n", b"\n") if index % 3 == 0 else raw
+    return out
+
+
+GENERATED = {**generated_messages(150), **edge_messages(), **mime_tree_messages(40)}
 
 
 def require_dovecot() -> None:
@@ -911,9 +1021,13 @@ def test_dovecot_master_user_logs_in_as_the_user() -> None:
         client.append("INBOX", None, None, MESSAGES["simple"])
         assert client.select("INBOX") == ("OK", [b"1"])
         client.logout()
-        # the user's own password still works, the master's password alone does not
+        # the user's own password still works, and so does LOGIN "user*master"
         client = imaplib.IMAP4(server.host, server.port)
         client.login(server.user, server.password)
+        assert client.select("INBOX") == ("OK", [b"1"])
+        client.logout()
+        client = imaplib.IMAP4(server.host, server.port)
+        client.login(f"{server.user}*gateway-master", "m4ster")
         assert client.select("INBOX") == ("OK", [b"1"])
         client.logout()
         client = imaplib.IMAP4(server.host, server.port)
