@@ -5,13 +5,24 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from gateway.settings import MockSettings
 from mock_operator.server import MockOperator
 
 REQUIRE_PEERS = os.environ.get("LPS_REQUIRE_PEERS") == "1"
+
+
+async def persona_token(mock: MockOperator, persona: str = "dr-martin", **extra: Any) -> str:
+    """A fresh PSC access token for a persona, from the running mock's test endpoint."""
+    async with httpx.AsyncClient(timeout=10) as http:
+        answer = await http.post(f"{mock.http_url}/_test/token", json={"persona": persona, **extra})
+    answer.raise_for_status()
+    value: str = answer.json()["access_token"]
+    return value
 
 
 def require_peer(available: bool, reason: str) -> None:

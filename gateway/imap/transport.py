@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import ipaddress
 import logging
 import socket
 import ssl
@@ -24,6 +23,7 @@ from gateway.imap.parser import CommandParser
 from gateway.imap.response import continuation, tagged, untagged_status
 from gateway.imap.session import Authenticator, ConnectionInfo
 from gateway.logs import bound, new_id
+from gateway.net import is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -126,13 +126,6 @@ def _drop_buffered(reader: asyncio.StreamReader) -> int:
     return count
 
 
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host.split("%")[0]).is_loopback
-    except ValueError:
-        return False
-
-
 class ImapServer:
     """An IMAP listener serving sessions of `ImapSession` on a pre-bound socket."""
 
@@ -190,7 +183,7 @@ class ImapServer:
         info = ConnectionInfo(
             peer=str(peer[0]),
             secure=secure,
-            loopback=_is_loopback(str(peer[0])),
+            loopback=is_loopback(peer),
             tls_available=self.ssl_context is not None and not secure,
             session_id=new_id(),
         )

@@ -8,13 +8,13 @@ both protocols grant exactly the same. The grant ends up in `session.auth_data`.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult
 
 from gateway.imap.session import Authenticator, AuthFailed, ConnectionInfo, SessionGrant
+from gateway.net import is_loopback
 from psc_auth.errors import SaslError
 from psc_auth.sasl import Mechanism, decode, decode_base64
 
@@ -24,14 +24,6 @@ ENCRYPTION_REQUIRED = "538 5.7.11 Encryption required for requested authenticati
 INVALID = "535 5.7.8 Authentication credentials invalid"
 NOT_ALLOWED = "535 5.7.8 Authentication failed: {}"
 TEMPORARY = "454 4.7.0 Temporary authentication failure: {}"
-
-
-def is_loopback(peer: Any) -> bool:
-    host = peer[0] if isinstance(peer, tuple) and peer else str(peer)
-    try:
-        return ipaddress.ip_address(str(host).split("%")[0]).is_loopback
-    except ValueError:
-        return False
 
 
 def grant_of(session: Any) -> SessionGrant | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import ipaddress
 import re
 import secrets
 from typing import Annotated, Any
@@ -15,6 +14,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
 
+from gateway.net import is_loopback
 from mock_operator.personas import Persona
 from mock_operator.psc.ciba import CibaError
 from mock_operator.psc.clients import CIBA_GRANT, Client, ClientError
@@ -57,12 +57,13 @@ def bearer_error(description: str) -> JSONResponse:
     )
 
 
-def _is_loopback(request: Request) -> bool:
-    host = request.client.host if request.client else ""
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def _test_endpoints_open(psc: MockPsc, request: Request) -> bool:
+    """The test-only endpoints answer loopback peers only, and only when enabled."""
+    return (
+        psc.settings.test_endpoints
+        and request.client is not None
+        and is_loopback(request.client.host)
+    )
 
 
 def _pkce_matches(verifier: str, challenge: str) -> bool:
@@ -375,7 +376,7 @@ def build_router(realm: str) -> APIRouter:
     # -- test-only, loopback-only ------------------------------------------------------
     @router.post("/_test/token", include_in_schema=False)
     async def test_token(body: TestTokenRequest, request: Request, psc: Psc) -> Response:
-        if not psc.settings.test_endpoints or not _is_loopback(request):
+        if not _test_endpoints_open(psc, request):
             return JSONResponse({"detail": "Not Found"}, status_code=404)
         persona = psc.personas.get(body.persona) or psc.personas.by_idnat(body.persona)
         if persona is None:
@@ -402,7 +403,7 @@ def build_router(realm: str) -> APIRouter:
 
     @router.post("/_test/rotate-keys", include_in_schema=False)
     async def test_rotate(request: Request, psc: Psc) -> Response:
-        if not psc.settings.test_endpoints or not _is_loopback(request):
+        if not _test_endpoints_open(psc, request):
             return JSONResponse({"detail": "Not Found"}, status_code=404)
         return JSONResponse({"kid": psc.keys.rotate()})
 

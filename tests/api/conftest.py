@@ -18,6 +18,7 @@ from gateway.asgi_server import AsgiServer, bind_tcp
 from mock_operator.personas import default_personas
 from mock_operator.server import MockOperator
 from psc_auth import TokenValidator, ValidatorConfig
+from tests.conftest import persona_token
 from tests.delegation.conftest import postgres_database
 
 
@@ -69,12 +70,7 @@ class Api:
         self.http = httpx.AsyncClient(base_url=base, timeout=10)
 
     async def token(self, persona: str) -> str:
-        answer = await self.http.post(
-            f"{self.mock.http_url}/_test/token", json={"persona": persona}
-        )
-        answer.raise_for_status()
-        value: str = answer.json()["access_token"]
-        return value
+        return await persona_token(self.mock, persona)
 
     async def as_(self, persona: str) -> httpx.AsyncClient:
         token = await self.token(persona)

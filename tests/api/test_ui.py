@@ -20,7 +20,7 @@ from gateway.settings import MockSettings
 from gateway.web.routes import WebConfig
 from mock_operator.server import MockOperator
 from psc_auth import TokenValidator, ValidatorConfig
-from tests.conftest import require_peer
+from tests.conftest import persona_token, require_peer
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 HAS_CHROMIUM = os.path.exists(CHROMIUM)
@@ -57,15 +57,8 @@ async def site(shared: MockOperator, registry: DelegationService) -> AsyncIterat
         await validator.aclose()
 
 
-async def token_for(mock: MockOperator, persona: str) -> str:
-    async with httpx.AsyncClient(timeout=10) as http:
-        answer = await http.post(f"{mock.http_url}/_test/token", json={"persona": persona})
-    value: str = answer.json()["access_token"]
-    return value
-
-
 async def delegate_mailboxes(mock: MockOperator, base: str, persona: str) -> list[str]:
-    token = await token_for(mock, persona)
+    token = await persona_token(mock, persona)
     async with httpx.AsyncClient(timeout=10) as http:
         answer = await http.get(
             f"{base}/v1/mailboxes", headers={"Authorization": f"Bearer {token}"}
@@ -120,7 +113,7 @@ async def test_grant_and_revoke_through_the_page(site: str, shared: MockOperator
         await page.wait_for_url(f"{site}/ui/delegations")
         assert await page.get_by_role("status").inner_text() == "Délégation enregistrée."
         assert MARTIN in await delegate_mailboxes(mock_op, site, "ide-durand")
-        durand = await token_for(mock_op, "ide-durand")
+        durand = await persona_token(mock_op, "ide-durand")
         opened = await asyncio.to_thread(imap_login, mock_op, MARTIN, durand)
         assert opened == "OK 3 messages", "the delegate opens the BAL over IMAP, own token"
 

@@ -23,7 +23,6 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import pytest
 import pytest_asyncio
 
@@ -42,7 +41,7 @@ from gateway.imap.session import AuthFailed, ConnectionInfo, SessionGrant
 from gateway.settings import MockSettings
 from mock_operator.seed import seed_messages
 from mock_operator.server import MockOperator
-from tests.conftest import require_peer
+from tests.conftest import persona_token, require_peer
 from tests.dovecot import dovecot_available, running_dovecot
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -262,16 +261,6 @@ def login(mock: MockOperator, connect: Callable[[], Any], bal: str) -> Callable[
     return log_in
 
 
-async def psc_token(mock: MockOperator, persona: str = "dr-martin") -> str:
-    async with httpx.AsyncClient() as http:
-        answer = await http.post(
-            f"{mock.http_url}/_test/token", json={"persona": persona}, timeout=10
-        )
-    answer.raise_for_status()
-    value: str = answer.json()["access_token"]
-    return value
-
-
 # -- greeting, capabilities, any-state commands ------------------------------------------------
 
 
@@ -286,7 +275,7 @@ async def test_greeting_capability_before_and_after_login(mock: MockOperator, co
     for cap in (b"STARTTLS", b"AUTH=PLAIN", b"AUTH=XOAUTH2", b"AUTH=OAUTHBEARER", b"LITERAL+"):
         assert cap in before
     assert b"LOGINDISABLED" not in before, "loopback plaintext logins are allowed"
-    bearer = await psc_token(mock)
+    bearer = await persona_token(mock)
     login = await client.command("LOGIN ", MARTIN, " ", bearer)
     assert login.status == "OK"
     assert login.tagged.startswith(login.tagged.split()[0] + b" OK [CAPABILITY IMAP4rev1 ")

@@ -9,7 +9,8 @@ import time
 
 from mock_operator.server import MockOperator
 from psc_auth import Identity
-from tests.mock_operator.test_platform import in_thread, token, xoauth2
+from tests.conftest import persona_token
+from tests.mock_operator.test_platform import in_thread, xoauth2
 
 MARTIN = "claire.martin@medecin.mssante.fr"
 MOREAU = "eve.moreau@medecin.mssante.fr"
@@ -26,7 +27,7 @@ def identity(idnat: str, given: str, family: str) -> Identity:
 
 
 async def test_secretary_opens_the_delegated_bal_with_her_own_token(mock_op: MockOperator):
-    bearer = await token(mock_op, "sec-bernard")
+    bearer = await persona_token(mock_op, "sec-bernard")
 
     def session() -> tuple[str, str]:
         client = imaplib.IMAP4("127.0.0.1", mock_op.imap_port, timeout=10)
@@ -47,7 +48,7 @@ async def test_read_only_delegate_gets_noperm(mock_op: MockOperator):
     assert mock_op.delegations is not None
     holder = identity("899700000007", "Eve", "MOREAU")
     await mock_op.delegations.grant(holder, MOREAU, "899700000003", ["read"])
-    bearer = await token(mock_op, "sec-bernard")
+    bearer = await persona_token(mock_op, "sec-bernard")
 
     def session() -> dict[str, str]:
         client = imaplib.IMAP4("127.0.0.1", mock_op.imap_port, timeout=10)
@@ -101,7 +102,7 @@ async def test_no_delegation_no_access_and_revocation(mock_op: MockOperator):
     assert mock_op.delegations is not None
     holder = identity("899700000007", "Eve", "MOREAU")
     delegation = await mock_op.delegations.grant(holder, MOREAU, "899700000004", ["read"])
-    bearer = await token(mock_op, "ide-durand")
+    bearer = await persona_token(mock_op, "ide-durand")
 
     def login(bal: str) -> str:
         client = imaplib.IMAP4("127.0.0.1", mock_op.imap_port, timeout=10)

@@ -16,25 +16,14 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from mock_operator.server import MockOperator
-from tests.conftest import require_peer
+from tests.conftest import persona_token, require_peer
 
 MARTIN = "claire.martin@medecin.mssante.fr"
 MOREAU = "eve.moreau@medecin.mssante.fr"
 DURAND = "luc.durand@infirmier.mssante.fr"
-
-
-async def token(mock: MockOperator, persona: str, **extra: Any) -> str:
-    async with httpx.AsyncClient() as http:
-        answer = await http.post(
-            f"{mock.http_url}/_test/token", json={"persona": persona, **extra}, timeout=10
-        )
-    answer.raise_for_status()
-    value: str = answer.json()["access_token"]
-    return value
 
 
 def xoauth2(user: str, bearer: str) -> bytes:
@@ -53,7 +42,7 @@ async def in_thread(function: Callable[..., Any], *args: Any) -> Any:
 
 @pytest.fixture
 async def martin_token(mock_op: MockOperator) -> str:
-    return await token(mock_op, "dr-martin")
+    return await persona_token(mock_op, "dr-martin")
 
 
 def imap_login(mock: MockOperator, user: str, bearer: str) -> imaplib.IMAP4:
@@ -107,7 +96,7 @@ async def test_authenticate_xoauth2_and_wrong_token(mock_op: MockOperator, marti
 
 
 async def test_someone_elses_bal_is_refused(mock_op: MockOperator):
-    bearer = await token(mock_op, "dr-moreau")
+    bearer = await persona_token(mock_op, "dr-moreau")
 
     def session() -> str:
         client = imaplib.IMAP4("127.0.0.1", mock_op.imap_port, timeout=10)
@@ -218,7 +207,7 @@ async def test_smtp_delivery_sent_copy_and_refusals(mock_op: MockOperator, marti
     assert b"5.1.1" in out["unknown"]["nobody@medecin.mssante.fr"][1]
     assert out["sender"][0] == 550
     assert b"5.7.1" in out["sender"][1]
-    moreau = await token(mock_op, "dr-moreau")
+    moreau = await persona_token(mock_op, "dr-moreau")
 
     def check() -> tuple[bytes, bytes]:
         client = imap_login(mock_op, MOREAU, moreau)
@@ -246,7 +235,7 @@ async def test_idle_sees_a_message_delivered_by_smtp(mock_op: MockOperator, mart
     assert (await client.select("INBOX")).result == "OK"
     idle = await client.idle_start(timeout=30)  # returns once the server said "+ idling"
     assert client.has_pending_idle()
-    moreau = await token(mock_op, "dr-moreau")
+    moreau = await persona_token(mock_op, "dr-moreau")
 
     def send() -> None:
         with smtplib.SMTP("127.0.0.1", mock_op.smtp_port, timeout=10) as smtp:
@@ -295,7 +284,7 @@ async def test_uidvalidity_survives_a_restart(mock_op: MockOperator, martin_toke
     again = MockOperator(mock_op.settings, mock_op.data_dir)
     await again.start()
     try:
-        after = await in_thread(status, again.imap_port, await token(again, "dr-martin"))
+        after = await in_thread(status, again.imap_port, await persona_token(again, "dr-martin"))
     finally:
         await again.stop()
     assert before == after
@@ -384,7 +373,7 @@ async def test_curl_lists_inbox_and_sends(
         str(message),
     )
     assert sent.returncode == 0, sent.stderr
-    durand = await token(mock_op, "ide-durand")
+    durand = await persona_token(mock_op, "ide-durand")
     search = await in_thread(
         curl,
         "--oauth2-bearer",
