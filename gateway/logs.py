@@ -113,7 +113,7 @@ def configure_logging(settings: LogSettings) -> None:
     handler._lps_gateway = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(settings.level)
-    for noisy in ("httpx", "httpcore", "aiosqlite", "uvicorn.error"):
+    for noisy in ("httpx", "httpcore", "aiosqlite", "uvicorn.error", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 

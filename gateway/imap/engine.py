@@ -949,14 +949,19 @@ def _body_item(attribute: FetchAttribute, parsed: ParsedMessage) -> list[Value]:
     if name == "BODY" and attribute.section is None:
         return [Atom("BODY"), parsed.bodystructure(extensible=False)]
     if name == "RFC822":
-        return [Atom("RFC822"), Literal(parsed.raw)]
+        return [Atom("RFC822"), _literal(parsed.raw)]
     if name in ("RFC822.HEADER", "RFC822.TEXT"):
         section = Section(text="HEADER" if name == "RFC822.HEADER" else "TEXT")
-        return [Atom(name), Literal(parsed.section(section) or b"")]
+        return [Atom(name), _literal(parsed.section(section) or b"")]
     assert attribute.section is not None
     # A part that does not exist is empty, as Dovecot answers it (``BODY[5] {0}``)
     data = parsed.section(attribute.section) or b""
-    return [Atom(_section_name(attribute)), Literal(apply_partial(data, attribute.partial))]
+    return [Atom(_section_name(attribute)), _literal(apply_partial(data, attribute.partial))]
+
+
+def _literal(data: bytes) -> Literal:
+    """IMAP literals may not carry NUL (RFC 3501 CHAR8): sent as 0x80, as Dovecot does."""
+    return Literal(data.replace(b"\0", b"\x80") if b"\0" in data else data)
 
 
 def _uid_set(uids: list[int]) -> str:

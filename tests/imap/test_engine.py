@@ -1432,3 +1432,14 @@ async def test_no_change_hub_means_every_command_rereads(mock: MockOperator, bal
     await other.ok("EXPUNGE")
     await session.execute(parse(b"c NOOP\r\n"))
     assert channel.take() == [b"* 2 EXPUNGE", b"c OK NOOP completed"]
+
+
+async def test_nul_bytes_never_reach_a_literal(mock: MockOperator, login, bal: str):
+    """RFC 3501 literals are CHAR8 (no NUL): a stored NUL goes out as 0x80, as Dovecot sends it."""
+    assert mock.platform is not None
+    await mock.platform.deliver(bal, b"Subject: nul\r\n\r\nA\x00B\r\n")
+    client = await login(select="INBOX")
+    reply = await client.ok("FETCH 4 (BODY.PEEK[TEXT])")
+    (line,) = reply.of(b"FETCH")
+    assert b"{5}\r\nA\x80B\r\n" in line
+    assert b"\x00" not in line
