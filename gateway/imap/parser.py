@@ -230,6 +230,11 @@ class CommandParser:
     def limits(self) -> Limits:
         return self._limits
 
+    @limits.setter
+    def limits(self, value: Limits) -> None:
+        """New limits for what is parsed from now on (a server raises them after login)."""
+        self._limits = value
+
     @property
     def pending_bytes(self) -> int:
         """Bytes received and not yet turned into events."""

@@ -70,10 +70,10 @@ class _StreamChannel:
 
         Commands the client pipelined after LOGIN and that were already framed keep the
         pre-login limits (a LITERAL+ APPEND over 16 KiB sent in the same packet as LOGIN
-        is refused); CommandParser has no public way to change limits, hence `_limits`."""
+        is refused)."""
         if not self.authenticated:
             self.authenticated = True
-            self.parser._limits = self.limits
+            self.parser.limits = self.limits
 
     async def write(self, data: bytes) -> None:
         self.writer.write(data)

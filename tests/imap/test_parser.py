@@ -1379,3 +1379,15 @@ def test_buffered_data_stays_bounded(
         assert parser.pending_bytes == 0
         parser.receive_data(b"a NOOP\r\n")
         assert parser.next_event() is None
+
+
+def test_limits_can_be_raised_for_what_follows() -> None:
+    """A server parses with small limits before login and raises them after."""
+    parser = CommandParser(Limits(max_command_literal_size=16, max_literal_size=16))
+    parser.receive_data(b"a1 APPEND INBOX {40}\r\n")
+    refused = parser.next_event()
+    assert isinstance(refused, c.CommandError)
+    parser.limits = Limits()
+    assert parser.limits == Limits()
+    parser.receive_data(b"a2 APPEND INBOX {40}\r\n")
+    assert isinstance(parser.next_event(), c.ContinuationNeeded)
