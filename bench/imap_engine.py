@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from imap_client import RawImap
+from _imap_client import RawImap
 
 from tests.dovecot import dovecot_available, start_dovecot
 
