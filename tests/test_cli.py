@@ -204,3 +204,21 @@ def test_personas_lists_the_contract_personas():
     for key in ("dr-martin", "dr-dupont", "sec-bernard", "ide-durand", "sf-petit", "dr-leroy"):
         assert key in done.stdout
     assert "899700000007" in done.stdout
+
+
+async def test_gateway_serve_alone(tmp_path: Path):
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'data_dir = "{tmp_path / "state"}"\n[http]\nport = 0\n')
+    process = start([command("lps-gateway"), "serve", "--config", str(config)], tmp_path)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        found = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)
+        assert found, line
+        async with httpx.AsyncClient(timeout=10) as http:
+            assert (await http.get(f"{found.group(1)}/healthz")).json() == {"status": "ok"}
+            anonymous = await http.get(f"{found.group(1)}/v1/me")
+        assert anonymous.status_code == 401
+        assert (tmp_path / "state" / "gateway.db").is_file()
+    finally:
+        assert stop(process) == 0
