@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
+from sqlalchemy import make_url
 
+from delegation.db import async_url, asyncpg_dsn
 from gateway.settings import MockSettings
 from mock_operator.server import MockOperator
 
 REQUIRE_PEERS = os.environ.get("LPS_REQUIRE_PEERS") == "1"
+PG_URL = os.environ.get("LPS_TEST_DATABASE_URL")
 
 
 async def persona_token(mock: MockOperator, persona: str = "dr-martin", **extra: Any) -> str:
@@ -55,3 +61,33 @@ async def mock_op(tmp_path: Path, mock_settings: MockSettings) -> AsyncIterator[
         yield operator
     finally:
         await operator.stop()
+
+
+@contextlib.asynccontextmanager
+async def postgres_database() -> AsyncIterator[str]:
+    """A uniquely named, empty database on the test server, dropped afterwards."""
+    require_peer(PG_URL is not None, "LPS_TEST_DATABASE_URL is not set")
+    assert PG_URL is not None
+    try:
+        admin = await asyncpg.connect(asyncpg_dsn(PG_URL), timeout=5)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        require_peer(False, f"PostgreSQL at LPS_TEST_DATABASE_URL unreachable: {exc}")
+        raise
+    name = f"lps_dlg_{uuid.uuid4().hex[:16]}"
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = make_url(async_url(PG_URL)).set(database=name)
+        yield url.render_as_string(hide_password=False)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def fresh_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """An empty database (not migrated)."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'delegation.db'}"
+        return
+    async with postgres_database() as url:
+        yield url

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -19,26 +18,16 @@ from mock_operator.personas import default_personas
 from mock_operator.server import MockOperator
 from psc_auth import TokenValidator, ValidatorConfig
 from tests.conftest import persona_token
-from tests.delegation.conftest import postgres_database
 
 
 def persona_data() -> list[dict[str, object]]:
     return [dataclasses.asdict(p) for p in default_personas()]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """The gateway's registry on SQLite, and on PostgreSQL when LPS_TEST_DATABASE_URL is set."""
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}"
-        return
-    async with postgres_database() as url:
-        yield url
-
-
 @pytest.fixture
-async def registry(registry_url: str) -> AsyncIterator[DelegationService]:
-    url = registry_url
+async def registry(fresh_db_url: str) -> AsyncIterator[DelegationService]:
+    """The gateway's registry on SQLite, and on PostgreSQL when LPS_TEST_DATABASE_URL is set."""
+    url = fresh_db_url
     await migrate(url)
     engine = create_engine(url)
     service = DelegationService(engine)
