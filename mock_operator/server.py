@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import secrets
 import socket
 from pathlib import Path
@@ -18,6 +17,7 @@ from delegation.db import create_engine, migrate
 from delegation.seed import seed as seed_registry
 from delegation.service import DelegationService
 from gateway.asgi_server import AsgiServer, bind_tcp
+from gateway.files import write_private
 from gateway.imap.engine import EngineConfig
 from gateway.imap.structure_cache import StructureCache
 from gateway.imap.transport import ImapServer, ServerConfig
@@ -251,7 +251,5 @@ def _secret(path: Path) -> str:
     if path.exists():
         return path.read_text().strip()
     value = secrets.token_urlsafe(24)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(value + "\n")
+    write_private(path, (value + "\n").encode(), exclusive=True)
     return value

@@ -5,12 +5,13 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import os
 import secrets
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
+
+from gateway.files import write_private
 
 CIBA_GRANT = "urn:openid:params:grant-type:ciba"
 
@@ -125,6 +126,4 @@ redirect_uris = ["http://127.0.0.1/callback", "http://localhost/callback"]
 grant_types = ["authorization_code", "refresh_token", "{CIBA_GRANT}"]
 """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
+    write_private(path, text.encode("utf-8"), exclusive=True)

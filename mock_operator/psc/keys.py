@@ -7,7 +7,6 @@ signed keep verifying while resource servers refresh their key cache.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -16,6 +15,8 @@ from typing import Any
 
 from joserfc import jwt
 from joserfc.jwk import RSAKey
+
+from gateway.files import write_private
 
 KEY_BITS = 2048
 
@@ -81,9 +82,7 @@ class KeyRing:
         kid = key.thumbprint()
         key = RSAKey.import_key(key.as_pem(private=True), {"kid": kid, "use": "sig"})
         path = self._dir / f"{kid}.pem"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(key.as_pem(private=True))
+        write_private(path, key.as_pem(private=True))
         self._keys[kid] = key
         self._records.append(_KeyRecord(kid=kid, created_at=now))
         self._prune(now)
