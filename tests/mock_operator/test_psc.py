@@ -74,6 +74,20 @@ def validator_for(mock: MockOperator, **config: Any) -> TokenValidator:
     return TokenValidator(ValidatorConfig(**{**defaults, **config}))
 
 
+async def choose_on_login_page(
+    http: httpx.AsyncClient, url: str, persona: str, means: str
+) -> httpx.Response:
+    """What a person does on the mock PSC's login page: pick a persona and a means."""
+    page = await http.get(url)
+    assert page.status_code == 200
+    assert "Qui êtes-vous" in page.text
+    login_id = re.search(r'name="login_id" value="([^"]+)"', page.text)
+    assert login_id is not None
+    return await http.post(
+        url, data={"login_id": login_id.group(1), "persona": persona, "means": means}
+    )
+
+
 async def login(
     mock: MockOperator,
     oauth: AsyncOAuth2Client,
@@ -87,14 +101,7 @@ async def login(
     url, state = oauth.create_authorization_url(
         oidc(mock, "auth"), code_verifier=verifier, nonce=nonce, acr_values="eidas1"
     )
-    page = await http.get(url)
-    assert page.status_code == 200
-    assert "Qui êtes-vous" in page.text
-    login_id = re.search(r'name="login_id" value="([^"]+)"', page.text)
-    assert login_id is not None
-    answer = await http.post(
-        url, data={"login_id": login_id.group(1), "persona": persona, "means": means}
-    )
+    answer = await choose_on_login_page(http, url, persona, means)
     assert answer.status_code == 302, answer.text
     location = answer.headers["location"]
     query = parse_qs(urlsplit(location).query)
@@ -180,12 +187,7 @@ async def test_secretary_cannot_use_a_card(
     url, _ = oauth.create_authorization_url(
         oidc(mock_op, "auth"), code_verifier=secrets.token_urlsafe(48)
     )
-    page = await http.get(url)
-    login_id = re.search(r'name="login_id" value="([^"]+)"', page.text)
-    assert login_id is not None
-    answer = await http.post(
-        url, data={"login_id": login_id.group(1), "persona": "sec-bernard", "means": "card"}
-    )
+    answer = await choose_on_login_page(http, url, "sec-bernard", "card")
     assert answer.status_code == 400
     assert "e-CPS" in answer.text
 
@@ -271,12 +273,7 @@ async def test_wrong_verifier_is_refused(
     url, _ = oauth.create_authorization_url(
         oidc(mock_op, "auth"), code_verifier=secrets.token_urlsafe(48)
     )
-    page = await http.get(url)
-    login_id = re.search(r'name="login_id" value="([^"]+)"', page.text)
-    assert login_id is not None
-    answer = await http.post(
-        url, data={"login_id": login_id.group(1), "persona": "dr-martin", "means": "card"}
-    )
+    answer = await choose_on_login_page(http, url, "dr-martin", "card")
     with pytest.raises(OAuthError) as caught:
         await oauth.fetch_token(
             oidc(mock_op, "token"),
