@@ -1,5 +1,5 @@
-"""The gateway as one object: registry, token validation and listeners; started and
-stopped by `lps-gateway serve` and `lps-gateway demo`."""
+"""The gateway as one object: registry, token validation and listeners (HTTP, the API LPS
+IMAP and SMTP fronts); started and stopped by `lps-gateway serve` and `lps-gateway demo`."""
 
 from __future__ import annotations
 
@@ -12,9 +12,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from delegation.db import create_engine, migrate
 from delegation.events import bus_for_url
 from delegation.service import DelegationService
+from gateway.access import FrontAuthenticator
 from gateway.api.app import create_api
 from gateway.asgi_server import AsgiServer, bind_tcp
+from gateway.backends.routing import Router
+from gateway.health import Readiness
+from gateway.imap.proxy import ProxyConfig, ProxyServer
+from gateway.metrics import Metrics
 from gateway.settings import Settings
+from gateway.smtp.front import SubmissionFront
+from gateway.smtp.server import SmtpServer
+from gateway.tls import ensure_dev_certificate, server_context
 from gateway.web.routes import WebConfig
 from psc_auth import TokenValidator
 
@@ -30,6 +38,11 @@ class Gateway:
         self._engine: AsyncEngine | None = None
         self._http: AsgiServer | None = None
         self._expiry: asyncio.Task[None] | None = None
+        self.metrics = Metrics()
+        self.router: Router | None = None
+        self.imap: ProxyServer | None = None
+        self.imaps: ProxyServer | None = None
+        self.smtp: SmtpServer | None = None
 
     async def open_registry(self) -> DelegationService:
         """Migrate and open the delegation registry (before `start`, to seed it)."""
@@ -59,16 +72,68 @@ class Gateway:
         web = WebConfig(
             ui.client_id, ui.client_secret, http.public_url or f"http://{http.host}:{port}"
         )
-        self._http = AsgiServer(create_api(service, self.validator, web), sock)
+        api = create_api(
+            service,
+            self.validator,
+            web,
+            metrics=self.metrics,
+            readiness=Readiness(self.settings, service),
+        )
+        self._http = AsgiServer(api, sock)
         await self._http.start()
-        self._expiry = asyncio.create_task(service.expire_forever())
-        log.info("gateway.started", extra={"http": self.http_url})
+        await self._start_fronts(service, self.validator)
+        self._expiry = asyncio.create_task(service.expire_forever(interval=1.0))
+        log.info(
+            "gateway.started",
+            extra={
+                "http": self.http_url,
+                "imap": self.imap.port if self.imap else None,
+                "smtp": self.smtp.port if self.smtp else None,
+            },
+        )
+
+    async def _start_fronts(self, service: DelegationService, validator: TokenValidator) -> None:
+        settings = self.settings
+        self.router = Router(settings.backends, settings.routing)
+        cert, key = settings.tls.cert, settings.tls.key
+        if cert is None or key is None:
+            cert, key = ensure_dev_certificate(settings.data_dir)
+        tls = server_context(cert, key)
+        config = ProxyConfig.from_settings(settings.imap)
+        imap_auth = FrontAuthenticator(validator, service, self.router, interface="imap")
+        front = settings.imap
+        self.imap = ProxyServer(
+            config, imap_auth, service, self.metrics, tls, bind_tcp(front.host, front.port)
+        )
+        await self.imap.start()
+        if front.implicit_tls_port is not None:
+            self.imaps = ProxyServer(
+                config.with_implicit_tls(),
+                imap_auth,
+                service,
+                self.metrics,
+                tls,
+                bind_tcp(front.host, front.implicit_tls_port),
+            )
+            await self.imaps.start()
+        smtp_auth = FrontAuthenticator(validator, service, self.router, interface="smtp")
+        self.smtp = SmtpServer(
+            SubmissionFront(smtp_auth, settings.smtp, self.metrics),
+            bind_tcp(settings.smtp.host, settings.smtp.port),
+            tls,
+            data_size_limit=settings.smtp.max_message_size,
+            ident="lps-gateway MSSante submission",
+        )
+        await self.smtp.start()
 
     async def stop(self) -> None:
         if self._expiry is not None:
             self._expiry.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._expiry
+        for front in (self.imap, self.imaps, self.smtp):
+            if front is not None:
+                await front.stop()
         if self._http is not None:
             await self._http.stop()
         if self.delegations is not None:

@@ -11,7 +11,7 @@ import ipaddress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 from pydantic_settings import (
     BaseSettings,
@@ -102,6 +102,88 @@ class UiSettings(BaseModel):
     client_secret: str = Field(default="", repr=False)
 
 
+class TlsSettings(BaseModel):
+    """The certificate of the gateway's IMAP and SMTP listeners (STARTTLS and implicit TLS)."""
+
+    cert: Path | None = Field(default=None, description="default: a development certificate")
+    key: Path | None = None
+
+
+class ImapFrontSettings(BaseModel):
+    """The API LPS IMAP listener (STARTTLS) and its limits."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=1143, ge=0, le=65535)
+    implicit_tls_port: int | None = Field(
+        default=None, ge=0, le=65535, description="an optional IMAPS listener (TLS from the start)"
+    )
+    preauth_timeout: float = Field(default=60.0, gt=0, description="seconds before login")
+    idle_timeout: float = Field(default=1800.0, gt=0, description="seconds of silence after login")
+    auth_failure_delay: float = Field(default=1.0, ge=0, le=10)
+    max_line: int = Field(default=64 * 1024, ge=1024, description="bytes of a command line")
+    max_literal: int = Field(default=64 * 1024 * 1024, ge=1024, description="bytes (APPEND)")
+    max_command_size: int = Field(default=64 * 1024 * 1024, ge=1024)
+
+
+class SmtpFrontSettings(BaseModel):
+    """The API LPS submission listener (STARTTLS)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=1587, ge=0, le=65535)
+    max_message_size: int = Field(default=25 * 1024 * 1024, ge=1024, description="bytes (SIZE)")
+    max_recipients: int = Field(default=100, ge=1, le=1000)
+    default_nil: str | None = Field(
+        default=None, description="X-MSS-NIL added when the LPS did not set one"
+    )
+    auth_failure_delay: float = Field(default=1.0, ge=0, le=10)
+    timeout: float = Field(default=300.0, gt=0, description="seconds a client may stay silent")
+
+
+TlsMode = Literal["none", "starttls", "implicit"]
+
+
+class BackendSettings(BaseModel):
+    """An operator platform the gateway carries sessions to."""
+
+    kind: Literal["imap_smtp"] = "imap_smtp"
+    imap_host: str = "127.0.0.1"
+    imap_port: int = Field(default=143, ge=1, le=65535)
+    imap_tls: TlsMode = "starttls"
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_tls: TlsMode = "starttls"
+    tls_verify: bool = True
+    ca_file: Path | None = Field(default=None, description="CA bundle to trust (PEM)")
+    login: Literal["master", "token"] = Field(
+        default="master",
+        description="master: SASL PLAIN with authzid = the BAL and the gateway's own "
+        "credentials; token: forward the user's PSC token (XOAUTH2)",
+    )
+    master_user: str = ""
+    master_password: SecretStr = SecretStr("")
+    master_password_file: Path | None = Field(
+        default=None, description="read the master password from this file instead"
+    )
+    connect_timeout: float = Field(default=10.0, gt=0, description="seconds")
+    reply_timeout: float = Field(
+        default=120.0, gt=0, description="seconds to wait for a backend's reply to a command"
+    )
+
+    def password(self) -> str:
+        if self.master_password_file is not None:
+            return self.master_password_file.read_text(encoding="utf-8").strip()
+        return self.master_password.get_secret_value()
+
+
+class RoutingSettings(BaseModel):
+    """Which backend holds which BAL: an explicit mailbox entry first, then the registry's
+    record of the mailbox, then its domain, then `default`."""
+
+    default: str | None = None
+    domains: dict[str, str] = Field(default_factory=dict)
+    mailboxes: dict[str, str] = Field(default_factory=dict)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LPSGW_", env_nested_delimiter="__", extra="forbid", toml_file=None
@@ -117,6 +199,11 @@ class Settings(BaseSettings):
     http: HttpSettings = HttpSettings()
     ui: UiSettings = UiSettings()
     psc: PscSettings = PscSettings()
+    tls: TlsSettings = TlsSettings()
+    imap: ImapFrontSettings = ImapFrontSettings()
+    smtp: SmtpFrontSettings = SmtpFrontSettings()
+    backends: dict[str, BackendSettings] = Field(default_factory=dict)
+    routing: RoutingSettings = RoutingSettings()
     mock: MockSettings = MockSettings()
 
     def database(self) -> str:

@@ -72,3 +72,12 @@ def client_context(trusted: Path | None = None) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=str(trusted) if trusted else None)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
+
+
+def backend_context(ca_file: Path | None, verify: bool) -> ssl.SSLContext:
+    """The context the gateway uses towards a backend: verifying unless told otherwise."""
+    context = client_context(ca_file)
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context

@@ -9,6 +9,7 @@ and upgrade to TLS.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
 import re
@@ -24,6 +25,7 @@ from gateway.imap.mailstore import (
     FolderExists,
     FolderInfo,
     FolderNotFound,
+    MailStore,
     MessageGone,
     StoreError,
     StoreUnavailable,
@@ -117,6 +119,8 @@ class ImapSession:
 
     def capabilities(self) -> list[str]:
         caps = ["IMAP4rev1", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE"]
+        if self.grant is not None and self.grant.capabilities is not None:
+            return list(self.grant.capabilities)
         if self.grant is not None:
             return [*caps, "NAMESPACE", "UIDPLUS", "MOVE", "UNSELECT", "CHILDREN", "SPECIAL-USE"]
         if not self.connection.secure and self.connection.tls_available:
@@ -221,7 +225,13 @@ class ImapSession:
 
     def _grant(self) -> tuple[SessionGrant, str]:
         assert self.grant is not None
-        return self.grant, self.grant.store.address
+        return self.grant, self._store.address
+
+    @property
+    def _store(self) -> MailStore:
+        """The store of the logged-in BAL (only sessions the engine serves have one)."""
+        assert self.grant is not None and self.grant.store is not None
+        return self.grant.store
 
     async def _require(self, command: c.Command, right: str) -> bool:
         assert self.grant is not None
@@ -305,16 +315,25 @@ class ImapSession:
         self, tag: str, credentials: object, *, challenge_allowed: bool
     ) -> None:
         try:
-            grant = await self.authenticator.authenticate(credentials, self.connection)  # type: ignore[arg-type]
+            connection = dataclasses.replace(self.connection, software=self._software())
+            grant = await self.authenticator.authenticate(credentials, connection)  # type: ignore[arg-type]
         except AuthFailed as failure:
             await self._auth_failed(tag, failure, challenge_allowed)
             return
         self.grant = grant
         log.info(
             "imap.login",
-            extra={"bal": grant.store.address, "actor": grant.actor, "via": grant.via},
+            extra={"bal": grant.mailbox, "actor": grant.actor, "via": grant.via},
         )
         await self._reply(tag, "OK", "logged in", "CAPABILITY " + " ".join(self.capabilities()))
+
+    def _software(self) -> str | None:
+        """The client's own name and version from ID, for the audit trail."""
+        name = self.client_id.get("name")
+        if not name:
+            return None
+        version = self.client_id.get("version")
+        return f"{name} {version}" if version else name
 
     async def _auth_failed(self, tag: str, failure: AuthFailed, challenge_allowed: bool) -> None:
         self._auth_failures += 1
@@ -355,7 +374,7 @@ class ImapSession:
             self.view = None
             await self.channel.write(untagged_status("OK", "previous mailbox closed", "CLOSED"))
         version = self._version(bal, command.mailbox)
-        state = await grant.store.folder_state(command.mailbox)
+        state = await self._store.folder_state(command.mailbox)
         permanent = self._permanent_flags(command.readonly)
         # A mailbox where this grant can change nothing is read-only (RFC 4314 §3.1.1 style)
         readonly = command.readonly or not permanent
@@ -397,14 +416,14 @@ class ImapSession:
             return
         grant, _ = self._grant()
         name = command.mailbox.rstrip(DELIMITER)
-        await grant.store.create_folder(name)
+        await self._store.create_folder(name)
         await self._ok(command, "CREATE completed")
 
     async def _delete(self, command: c.Delete) -> None:
         if not await self._require(command, "write"):
             return
         grant, _ = self._grant()
-        await grant.store.delete_folder(command.mailbox)
+        await self._store.delete_folder(command.mailbox)
         if self.view is not None and self.view.folder == command.mailbox:
             self.view = None
         await self._ok(command, "DELETE completed")
@@ -417,7 +436,7 @@ class ImapSession:
         if old != "INBOX" and new.startswith(old + DELIMITER):
             await self._reply(command.tag, "NO", "cannot move a folder under itself", "CANNOT")
             return
-        folders = {f.name for f in await grant.store.list_folders()}
+        folders = {f.name for f in await self._store.list_folders()}
         if old not in folders:
             raise FolderNotFound(old)
         if new in folders:
@@ -425,8 +444,8 @@ class ImapSession:
         # RFC 3501 §6.3.5: superior hierarchical names of the new name are created too
         parent = new.rpartition(DELIMITER)[0]
         if parent and parent not in folders:
-            await grant.store.create_folder(parent)
-        await grant.store.rename_folder(old, new)
+            await self._store.create_folder(parent)
+        await self._store.rename_folder(old, new)
         view = self.view
         if view is not None and old != "INBOX":  # INBOX stays: its view sees the messages go
             if view.folder == old:
@@ -437,7 +456,7 @@ class ImapSession:
 
     async def _subscribe(self, command: c.Subscribe | c.Unsubscribe) -> None:
         grant, _ = self._grant()
-        await grant.store.subscribe(command.mailbox, isinstance(command, c.Subscribe))
+        await self._store.subscribe(command.mailbox, isinstance(command, c.Subscribe))
         await self._ok(command, f"{type(command).__name__.upper()} completed")
 
     async def _list(self, command: c.List) -> None:
@@ -448,7 +467,7 @@ class ImapSession:
             await self.channel.write(untagged(Atom("LIST"), [Atom("\\Noselect")], DELIMITER, ""))
             await self._ok(command, "LIST completed")
             return
-        folders = list(await grant.store.list_folders())
+        folders = list(await self._store.list_folders())
         regex = _pattern_regex(command.reference + command.pattern)
         if command.subscribed:
             entries = _lsub_entries(folders, regex, command.pattern.endswith("%"))
@@ -463,7 +482,7 @@ class ImapSession:
 
     async def _status(self, command: c.Status) -> None:
         grant, _ = self._grant()
-        state = await grant.store.folder_state(command.mailbox)
+        state = await self._store.folder_state(command.mailbox)
         values: dict[str, int] = {
             "MESSAGES": len(state.messages),
             "RECENT": 0,
@@ -481,14 +500,14 @@ class ImapSession:
         if not await self._require(command, "write"):
             return
         grant, _ = self._grant()
-        folders = {f.name for f in await grant.store.list_folders()}
+        folders = {f.name for f in await self._store.list_folders()}
         if command.mailbox not in folders:
             await self._reply(command.tag, "NO", "no such folder", "TRYCREATE")
             return
         flags = [f for f in command.flags if f != "\\Recent"]
         when = command.internal_date or dt.datetime.now(dt.UTC).astimezone()
         try:
-            uidvalidity, uid = await grant.store.append(
+            uidvalidity, uid = await self._store.append(
                 command.mailbox, command.message, flags, when
             )
         except FolderNotFound:  # deleted meanwhile
@@ -547,7 +566,7 @@ class ImapSession:
             # silent: no EXPUNGE responses (RFC 3501 §6.4.2). CLOSE has no NO response,
             # so a store failure is logged, not reported.
             try:
-                await grant.store.expunge(view.folder)
+                await self._store.expunge(view.folder)
             except StoreError as exc:
                 log.warning("imap.close_expunge_failed", extra={"error": str(exc)})
         await self._reply(command.tag, "OK", f"{type(command).__name__.upper()} completed")
@@ -565,7 +584,7 @@ class ImapSession:
             self._used_uid = True
             uids = [u for u in self.view.uids if command.uids.contains(u, self.view.largest_uid)]
         if uids != []:
-            await grant.store.expunge(self.view.folder, uids)
+            await self._store.expunge(self.view.folder, uids)
         await self._ok(command, "EXPUNGE completed")
 
     def _targets(self, sequence: SequenceSet, uid: bool) -> list[tuple[int, int]]:
@@ -627,7 +646,7 @@ class ImapSession:
             bodies: dict[int, bytes] = {}
             wanted = [u for _, u in batch if u not in cached] if needs_body else []
             if wanted:
-                bodies = await grant.store.fetch_messages(view.folder, wanted)
+                bodies = await self._store.fetch_messages(view.folder, wanted)
             out: list[bytes] = []
             for seq, uid in batch:
                 meta = view.meta[uid]
@@ -639,7 +658,7 @@ class ImapSession:
                     parsed = ParsedMessage(bodies[uid])
                 flags = meta.flags
                 if marks_seen and "\\Seen" not in flags and uid not in view.gone:
-                    changed = await grant.store.store_flags(view.folder, [uid], "add", ["\\Seen"])
+                    changed = await self._store.store_flags(view.folder, [uid], "add", ["\\Seen"])
                     if uid in changed:
                         flags = changed[uid]
                         out.append(b"".join(view.note_keywords([flags])))
@@ -674,7 +693,7 @@ class ImapSession:
         assert cache is not None
         assert self.grant is not None
         names = [a.name for a in attributes if a.name in CACHEABLE]
-        address = self.grant.store.address
+        address = self._store.address
         found: dict[int, dict[str, bytes]] = {}
         for uid in uids:
             entry: dict[str, bytes] = {}
@@ -693,7 +712,7 @@ class ImapSession:
         cache = self.config.structures
         assert cache is not None
         assert self.grant is not None
-        address = self.grant.store.address
+        address = self._store.address
         for index in range(0, len(items) - 1, 2):
             name = items[index]
             if isinstance(name, Atom) and name.value in CACHEABLE:
@@ -718,7 +737,7 @@ class ImapSession:
         view = self.view
         targets = self._targets(command.sequence, command.uid)
         flags = [f for f in action.flags if f != "\\Recent"]
-        changed = await grant.store.store_flags(
+        changed = await self._store.store_flags(
             view.folder, [u for _, u in targets], action.mode, flags
         )
         out = view.note_keywords(changed.values())
@@ -750,7 +769,7 @@ class ImapSession:
             return
         grant, _ = self._grant()
         view = self.view
-        folders = {f.name for f in await grant.store.list_folders()}
+        folders = {f.name for f in await self._store.list_folders()}
         if command.mailbox not in folders:
             await self._reply(command.tag, "NO", "no such folder", "TRYCREATE")
             return
@@ -758,7 +777,7 @@ class ImapSession:
         if not uids:
             await self._ok(command, "nothing to do")
             return
-        action = grant.store.move if is_move else grant.store.copy
+        action = self._store.move if is_move else self._store.copy
         result = await action(view.folder, uids, command.mailbox)
         code = None
         if result.pairs:
@@ -794,7 +813,7 @@ class ImapSession:
             raw = None
             if load:
                 try:
-                    raw = await grant.store.fetch_message(view.folder, uid)
+                    raw = await self._store.fetch_message(view.folder, uid)
                 except MessageGone:
                     continue
             candidate = Candidate(
@@ -819,12 +838,12 @@ class ImapSession:
         view = self.view
         if view is None or self.grant is None:
             return
-        bal = self.grant.store.address
+        bal = self._store.address
         version = self._version(bal, view.folder)
         if version is not None and version == view.version and not (allow_expunge and view.gone):
             return
         try:
-            state = await self.grant.store.folder_state(view.folder)
+            state = await self._store.folder_state(view.folder)
         except FolderNotFound:
             state = None
         if state is None or state.uidvalidity != view.uidvalidity:

@@ -24,17 +24,29 @@ class ConnectionInfo:
     loopback: bool
     tls_available: bool
     session_id: str = ""
+    software: str | None = None  # what the client said it is (IMAP ID, SMTP EHLO)
 
 
 @dataclass(frozen=True)
 class SessionGrant:
-    """A successful login: the store to serve, with the rights of the person on it."""
+    """A successful login: the store to serve, with the rights of the person on it.
 
-    store: MailStore
+    `store` is None when the engine does not serve the session itself (the gateway's proxy
+    carries it to a backend); `address` then names the BAL, and `capabilities` is the list
+    announced after login (the backend's, filtered) instead of the engine's own.
+    """
+
+    store: MailStore | None
     rights: frozenset[str]
     actor: str  # who logged in: an idNat, or the master user's name
     via: str = "holder"  # "holder", "delegation", "master"
     on_close: Callable[[], Awaitable[None]] | None = field(default=None, compare=False)
+    address: str = ""
+    capabilities: tuple[str, ...] | None = None
+
+    @property
+    def mailbox(self) -> str:
+        return self.store.address if self.store is not None else self.address
 
     def may(self, right: str) -> bool:
         return right in self.rights

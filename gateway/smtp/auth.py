@@ -76,7 +76,7 @@ class TokenAuthMixin:
             grant = await self.authenticator.authenticate(credentials, connection)
         except AuthFailed as failure:
             return await self._refuse(server, failure, mechanism)
-        log.info("smtp.login", extra={"bal": grant.store.address, "actor": grant.actor})
+        log.info("smtp.login", extra={"bal": grant.mailbox, "actor": grant.actor})
         return AuthResult(success=True, auth_data=grant)
 
     async def _refuse(self, server: SMTP, failure: AuthFailed, mechanism: Mechanism) -> AuthResult:

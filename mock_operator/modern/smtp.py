@@ -37,7 +37,7 @@ class PlatformSubmission(TokenAuthMixin):
         grant = grant_of(session)
         if grant is None:
             return "530 5.7.0 Authentication required"
-        if address.lower() != grant.store.address:
+        if address.lower() != grant.mailbox:
             return f"550 5.7.1 {grant.actor} may not send as {address}"
         if not grant.may("send"):
             return f"550 5.7.1 {grant.actor} has no send right on {address}"
@@ -68,10 +68,10 @@ class PlatformSubmission(TokenAuthMixin):
         try:
             for recipient in envelope.rcpt_tos:
                 await self.platform.deliver(recipient, message, internal_date=now)
-            sent = await self._sent_folder(grant.store.address)
+            sent = await self._sent_folder(grant.mailbox)
             if sent is not None:
                 await self.platform.deliver(
-                    grant.store.address, message, folder=sent, flags=["\\Seen"], internal_date=now
+                    grant.mailbox, message, folder=sent, flags=["\\Seen"], internal_date=now
                 )
         except Exception:
             log.exception("mock.delivery_failed")

@@ -1,0 +1,119 @@
+"""Who is logging in and which BAL they may open: token (psc_auth), then grant (delegation),
+then route (which backend). Shared by the IMAP and SMTP fronts so both decide the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+
+from delegation.service import DelegationService, Grant
+from gateway.backends.routing import NoRoute, Route, Router
+from gateway.imap.session import AuthFailed, ConnectionInfo, SessionGrant
+from psc_auth import Identity, TokenError, TokenValidator
+from psc_auth.sasl import TokenCredentials, error_challenge
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FrontGrant(SessionGrant):
+    """A login on a gateway front: who, which BAL with which rights, and where it lives."""
+
+    identity: Identity
+    decision: Grant
+    route: Route
+    credentials: TokenCredentials = dataclasses.field(repr=False)
+
+    @property
+    def delegation_id(self) -> int | None:
+        return self.decision.delegation_id
+
+
+class FrontAuthenticator:
+    """Turns SASL token credentials into a `FrontGrant`, or an `AuthFailed` whose kind picks
+    the reply: a bad token is AUTHENTICATIONFAILED (with the RFC 7628 challenge), a BAL the
+    person may not open AUTHORIZATIONFAILED, an unreachable provider UNAVAILABLE."""
+
+    def __init__(
+        self,
+        validator: TokenValidator,
+        registry: DelegationService,
+        router: Router,
+        *,
+        interface: str,
+    ) -> None:
+        self.validator = validator
+        self.registry = registry
+        self.router = router
+        self.interface = interface
+        issuer = validator.config.issuer.rstrip("/")
+        self.challenge = error_challenge(f"{issuer}/.well-known/openid-configuration")
+
+    async def authenticate(
+        self, credentials: TokenCredentials, connection: ConnectionInfo
+    ) -> FrontGrant:
+        identity = await self.identify(credentials)
+        bal = await self.target(identity, credentials.user)
+        return await self.authorise(identity, bal, credentials, connection, action="login")
+
+    async def identify(self, credentials: TokenCredentials) -> Identity:
+        try:
+            return await self.validator.validate(credentials.token)
+        except TokenError as exc:
+            if exc.failure.temporary:
+                raise AuthFailed("unavailable", "identity provider unreachable") from None
+            raise AuthFailed(
+                "authentication", f"invalid token ({exc.failure.value})", self.challenge
+            ) from None
+
+    async def target(self, identity: Identity, user: str) -> str:
+        """The BAL the SASL user names; empty or the person's own idNat means their own BAL."""
+        name = user.strip().lower()
+        if name and name != str(identity.idnat).lower():
+            return name
+        own = [g.mailbox for g in await self.registry.accessible(identity) if g.via == "holder"]
+        if not own:
+            raise AuthFailed("authorization", "no mailbox of your own: name the BAL to open")
+        return own[0]
+
+    async def authorise(
+        self,
+        identity: Identity,
+        bal: str,
+        credentials: TokenCredentials,
+        connection: ConnectionInfo,
+        *,
+        action: str,
+        right: str | None = None,
+    ) -> FrontGrant:
+        decision = await self.registry.resolve(
+            identity,
+            bal,
+            interface=self.interface,
+            software=connection.software,
+            remote=connection.peer,
+            action=action,
+        )
+        actor = str(identity.idnat)
+        if decision is None:
+            raise AuthFailed("authorization", f"{actor} may not open {bal}")
+        if right is not None and not decision.allows(right):
+            raise AuthFailed("authorization", f"{actor} has no {right} right on {bal}")
+        try:
+            route = self.router.route(decision.mailbox, decision.backend)
+        except NoRoute as exc:
+            log.error("gateway.no_route", extra={"bal": decision.mailbox})
+            raise AuthFailed("unavailable", str(exc)) from None
+        return FrontGrant(
+            store=None,
+            rights=decision.rights,
+            actor=actor,
+            via=decision.via,
+            address=decision.mailbox,
+            identity=identity,
+            decision=decision,
+            route=route,
+            credentials=credentials,
+        )

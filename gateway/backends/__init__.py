@@ -1,0 +1,1 @@
+"""Where mailboxes live: the routing table and the clients of each kind of backend."""

@@ -1,0 +1,44 @@
+"""The routing table: which backend carries the sessions of a BAL."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.settings import BackendSettings, RoutingSettings
+
+
+class NoRoute(LookupError):
+    """No backend is configured for this mailbox."""
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    backend: BackendSettings
+
+
+class Router:
+    """Mailbox → backend: an explicit mailbox entry, then the backend the registry records
+    for the mailbox, then the mailbox's domain, then the default."""
+
+    def __init__(self, backends: dict[str, BackendSettings], routing: RoutingSettings) -> None:
+        self.backends = dict(backends)
+        self._mailboxes = {k.strip().lower(): v for k, v in routing.mailboxes.items()}
+        self._domains = {k.strip().lower(): v for k, v in routing.domains.items()}
+        self._default = routing.default
+        for name in [*self._mailboxes.values(), *self._domains.values(), self._default]:
+            if name is not None and name not in self.backends:
+                raise ValueError(f"routing names an unknown backend: {name!r}")
+
+    def route(self, mailbox: str, registered: str = "") -> Route:
+        address = mailbox.strip().lower()
+        domain = address.rpartition("@")[2]
+        for name in (
+            self._mailboxes.get(address),
+            registered if registered in self.backends else None,
+            self._domains.get(domain),
+            self._default,
+        ):
+            if name is not None:
+                return Route(name, self.backends[name])
+        raise NoRoute(f"no backend configured for {address}")

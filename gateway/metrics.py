@@ -1,0 +1,56 @@
+"""Prometheus metrics of one gateway: its own registry, so that several gateways in one
+process (tests, the demo) count separately."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+LOGIN_RESULTS = ("ok", "authentication", "authorization", "unavailable")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.open_sessions = Gauge(
+            "lpsgw_open_sessions",
+            "Client sessions open on the gateway's fronts",
+            ["protocol"],
+            registry=self.registry,
+        )
+        self.logins = Counter(
+            "lpsgw_logins",
+            "Logins on the gateway's fronts, by result",
+            ["protocol", "result"],
+            registry=self.registry,
+        )
+        self.relayed_bytes = Counter(
+            "lpsgw_relayed_bytes",
+            "Bytes carried between clients and backends",
+            ["protocol", "direction"],
+            registry=self.registry,
+        )
+        self.backend_errors = Counter(
+            "lpsgw_backend_errors",
+            "Backends that could not be reached, failed to log in, died or timed out",
+            ["backend", "protocol", "kind"],
+            registry=self.registry,
+        )
+        self.rights_refusals = Counter(
+            "lpsgw_rights_refusals",
+            "Commands refused because the delegation lacks a right",
+            ["protocol", "right"],
+            registry=self.registry,
+        )
+        self.messages = Counter(
+            "lpsgw_messages",
+            "Messages submitted through the SMTP front, by result",
+            ["result"],
+            registry=self.registry,
+        )
+        for protocol in ("imap", "smtp"):
+            self.open_sessions.labels(protocol)
+            for result in LOGIN_RESULTS:
+                self.logins.labels(protocol, result)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
