@@ -121,8 +121,10 @@ class ImapFrontSettings(BaseModel):
     idle_timeout: float = Field(default=1800.0, gt=0, description="seconds of silence after login")
     auth_failure_delay: float = Field(default=1.0, ge=0, le=10)
     max_line: int = Field(default=64 * 1024, ge=1024, description="bytes of a command line")
-    max_literal: int = Field(default=64 * 1024 * 1024, ge=1024, description="bytes (APPEND)")
-    max_command_size: int = Field(default=64 * 1024 * 1024, ge=1024)
+    max_literal: int = Field(default=50 * 1024 * 1024, ge=1024, description="APPEND, bytes")
+    max_other_literal: int = Field(
+        default=64 * 1024, ge=1024, description="any other literal (names, search strings)"
+    )
 
 
 class SmtpFrontSettings(BaseModel):

@@ -215,6 +215,15 @@ class ResponseParser:
             raise RuntimeError("receive_data after end of stream")
         self._buf += data
 
+    def take_buffer(self) -> bytes:
+        """Bytes received but not yet returned as events, removed from the parser: for a
+        caller that stops parsing and relays the rest raw (the proxy, after logging in)."""
+        rest = bytes(self._buf)
+        self._buf = bytearray()
+        self._segment = self._scan = self._line_used = 0
+        self._literal_end = None
+        return rest
+
     def next_event(self) -> Event | None:
         """The next complete response, a `ProtocolViolation`, or None for more data."""
         if self._failed is not None:

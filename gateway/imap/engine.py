@@ -315,7 +315,7 @@ class ImapSession:
         self, tag: str, credentials: object, *, challenge_allowed: bool
     ) -> None:
         try:
-            connection = dataclasses.replace(self.connection, software=self._software())
+            connection = dataclasses.replace(self.connection, software=self.client_software())
             grant = await self.authenticator.authenticate(credentials, connection)  # type: ignore[arg-type]
         except AuthFailed as failure:
             await self._auth_failed(tag, failure, challenge_allowed)
@@ -327,7 +327,7 @@ class ImapSession:
         )
         await self._reply(tag, "OK", "logged in", "CAPABILITY " + " ".join(self.capabilities()))
 
-    def _software(self) -> str | None:
+    def client_software(self) -> str | None:
         """The client's own name and version from ID, for the audit trail."""
         name = self.client_id.get("name")
         if not name:

@@ -240,6 +240,13 @@ class ImapServer:
                 await session.execute(event)
                 if session.grant is not None:
                     channel.logged_in()
+                    if await self._handover(session, channel):
+                        return
+
+    async def _handover(self, session: ImapSession, channel: _StreamChannel) -> bool:
+        """After login: True when a subclass carried the session elsewhere to its end (the
+        gateway's proxy relays it to a backend); False to go on serving it here."""
+        return False
 
 
 async def _quietly(awaitable: Awaitable[object]) -> None:

@@ -1,0 +1,255 @@
+"""The SMTP client side of the submission front: one backend session per client session.
+
+The gateway logs in to the operator's submission server as the BAL being sent from, either
+with its master identity (SASL PLAIN, authzid = the BAL) or with the user's own PSC token
+(XOAUTH2), then forwards MAIL, RCPT and DATA one by one so that the client sees the
+backend's verdict on each: an unknown recipient's ``550 5.1.1`` is the backend's to give.
+
+Failures are sorted into two kinds, because the client's next move differs:
+
+* `BackendRefused`: the backend answered, with a 4xx or 5xx; its code and text go to the
+  client as they are (the client's own retry policy applies);
+* `BackendError`: no usable answer (unreachable, login refused, timed out, connection
+  lost); the connection is dropped and the client gets a 451 to retry later. A DATA that
+  timed out is never sent again from here: only the client may retry, so that a message
+  the backend did take is not delivered twice behind its back.
+
+Credentials (the master password, the user's token) only ever go into the AUTH command:
+never into a log record or an exception text.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import logging
+import re
+import ssl
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import TypeVar
+
+import aiosmtplib
+from aiosmtplib import SMTPResponse
+
+from gateway.backends.routing import Route
+from gateway.tls import backend_context
+
+log = logging.getLogger(__name__)
+
+LOCAL_HOSTNAME = "lps-gateway"  # our EHLO name; socket.getfqdn() may block on DNS
+QUIT_TIMEOUT = 2.0
+FORWARDED_MAIL_PARAMS = {"BODY=8BITMIME": "8bitmime", "SMTPUTF8": "smtputf8"}
+
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+_T = TypeVar("_T")
+
+
+class BackendError(Exception):
+    """No usable answer from the backend; `reply` is the SMTP reply for the client and
+    `kind` the metrics label (connect, tls, login, timeout, disconnected, closed)."""
+
+    def __init__(self, kind: str, reply: str, detail: str = "") -> None:
+        self.kind = kind
+        self.reply = reply
+        self.detail = detail
+        super().__init__(f"{kind}: {detail}" if detail else kind)
+
+
+class BackendRefused(Exception):
+    """The backend answered a command with a 4xx/5xx: passed on to the client as is."""
+
+    def __init__(self, code: int, text: str) -> None:
+        self.code = code
+        self.text = one_line(text)
+        super().__init__(self.reply)
+
+    @property
+    def reply(self) -> str:
+        return f"{self.code} {self.text}" if self.text else str(self.code)
+
+    @property
+    def permanent(self) -> bool:
+        return self.code >= 500
+
+
+def one_line(text: str, limit: int = 400) -> str:
+    """A backend's (possibly multi-line) reply text, safe to put in one reply line of ours."""
+    flat = _UNPRINTABLE.sub("?", " ".join(text.split()))
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+@functools.lru_cache(maxsize=16)
+def _tls_context(ca_file: Path | None, verify: bool) -> ssl.SSLContext:
+    """Loading a CA bundle costs milliseconds: one context per backend setting, not per
+    client session."""
+    return backend_context(ca_file, verify)
+
+
+class SmtpRelay:
+    """An authenticated submission session on the backend of `route`, as BAL `mailbox`."""
+
+    def __init__(self, route: Route, mailbox: str, token: str) -> None:
+        self.route = route
+        self.mailbox = mailbox
+        self._token = token
+        self._smtp: aiosmtplib.SMTP | None = None
+        self.in_transaction = False  # a MAIL was accepted and no DATA/RSET ended it yet
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Which client transactions this session can carry: same backend, same BAL."""
+        return self.route.name, self.mailbox
+
+    @property
+    def connected(self) -> bool:
+        return self._smtp is not None and self._smtp.is_connected
+
+    def __repr__(self) -> str:
+        return f"<SmtpRelay {self.mailbox} via {self.route.name}>"
+
+    async def open(self) -> None:
+        """Connect, secure and log in; `BackendError` (4.4.1) when any step fails."""
+        backend = self.route.backend
+        tls = backend.smtp_tls
+        context = _tls_context(backend.ca_file, backend.tls_verify) if tls != "none" else None
+        smtp = aiosmtplib.SMTP(
+            hostname=backend.smtp_host,
+            port=backend.smtp_port,
+            local_hostname=LOCAL_HOSTNAME,
+            timeout=backend.reply_timeout,
+            use_tls=tls == "implicit",
+            start_tls=tls == "starttls",
+            tls_context=context,
+        )
+        try:
+            await smtp.connect(timeout=backend.connect_timeout)
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            smtp.close()
+            kind = "tls" if isinstance(exc, ssl.SSLError) or "TLS" in str(exc) else "connect"
+            raise BackendError(
+                kind, "451 4.4.1 Backend unreachable, try again later", _describe(exc)
+            ) from None
+        try:
+            await self._login(smtp)
+        except BackendError:
+            smtp.close()
+            raise
+        self._smtp = smtp
+        log.info("smtp.backend_open", extra={"bal": self.mailbox, "backend": self.route.name})
+
+    async def _login(self, smtp: aiosmtplib.SMTP) -> None:
+        backend = self.route.backend
+        if backend.login == "master":
+            secret = f"{self.mailbox}\0{backend.master_user}\0{backend.password()}"
+            mechanism = b"PLAIN"
+        else:
+            secret = f"user={self.mailbox}\x01auth=Bearer {self._token}\x01\x01"
+            mechanism = b"XOAUTH2"
+        blob = base64.b64encode(secret.encode("utf-8"))
+        try:
+            if smtp.is_ehlo_or_helo_needed:
+                await smtp.ehlo()
+            response = await smtp.execute_command(b"AUTH", mechanism, blob)
+            if response.code == 334:  # RFC 7628 error challenge: answer it to get the verdict
+                response = await smtp.execute_command(b"")
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            raise BackendError(
+                "login", "451 4.4.1 Backend login failed, try again later", _describe(exc)
+            ) from None
+        if response.code != 235:
+            raise BackendError(
+                "login",
+                "451 4.4.1 Backend login failed, try again later",
+                f"{response.code} {one_line(response.message, 120)}",
+            )
+
+    async def reset(self) -> None:
+        """RSET: ends any half-done transaction, and proves an idle session still lives."""
+        await self._command(lambda smtp: smtp.rset())
+        self.in_transaction = False
+
+    async def mail(self, sender: str, client_options: Iterable[str]) -> SMTPResponse:
+        """MAIL FROM with the client's BODY/SMTPUTF8 parameters the backend supports (SIZE is
+        ours to check: the headers we add change it)."""
+        smtp = self._require()
+        options = [
+            option
+            for option in client_options
+            if (extension := FORWARDED_MAIL_PARAMS.get(option.upper())) is not None
+            and smtp.supports_extension(extension)
+        ]
+        self.in_transaction = False
+        response = await self._command(lambda s: s.mail(sender, options=options))
+        self.in_transaction = True
+        return response
+
+    async def rcpt(self, recipient: str, *, utf8: bool = False) -> SMTPResponse:
+        encoding = "utf-8" if utf8 else "ascii"
+        return await self._command(lambda s: s.rcpt(recipient, encoding=encoding))
+
+    async def data(self, message: bytes) -> SMTPResponse:
+        """DATA, once: whatever happens, the transaction is over on our side."""
+        try:
+            return await self._command(lambda s: s.data(message))
+        finally:
+            self.in_transaction = False
+
+    async def close(self) -> None:
+        """QUIT politely when the session is idle; just drop it otherwise."""
+        smtp, self._smtp = self._smtp, None
+        if smtp is None or not smtp.is_connected:
+            return
+        try:
+            await smtp.quit(timeout=QUIT_TIMEOUT)
+        except (aiosmtplib.SMTPException, OSError):  # TimeoutError is an OSError
+            pass
+        finally:
+            smtp.close()
+
+    def abort(self) -> None:
+        smtp, self._smtp = self._smtp, None
+        self.in_transaction = False
+        if smtp is not None:
+            smtp.close()
+
+    def _require(self) -> aiosmtplib.SMTP:
+        if self._smtp is None or not self._smtp.is_connected:
+            self.abort()
+            raise BackendError("disconnected", "451 4.4.2 Backend connection lost, try again")
+        return self._smtp
+
+    async def _command(self, call: Callable[[aiosmtplib.SMTP], Awaitable[_T]]) -> _T:
+        """Run one command; map aiosmtplib's exceptions onto BackendRefused/BackendError.
+        A 421 (the backend is closing) is a lost connection, not an answer to pass on."""
+        smtp = self._require()
+        try:
+            return await call(smtp)
+        except aiosmtplib.SMTPResponseException as exc:
+            if exc.code == 421 or not smtp.is_connected:
+                self.abort()
+                raise BackendError(
+                    "closed",
+                    "451 4.4.2 Backend closed the connection, try again",
+                    f"{exc.code} {one_line(exc.message, 120)}",
+                ) from None
+            raise BackendRefused(exc.code, exc.message) from None
+        except aiosmtplib.SMTPTimeoutError as exc:
+            self.abort()
+            seconds = self.route.backend.reply_timeout
+            raise BackendError(
+                "timeout",
+                f"451 4.4.2 Backend did not answer within {seconds:g} s, try again",
+                _describe(exc),
+            ) from None
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            self.abort()
+            raise BackendError(
+                "disconnected", "451 4.4.2 Backend connection lost, try again", _describe(exc)
+            ) from None
+
+
+def _describe(exc: BaseException) -> str:
+    """For logs: the exception's class and aiosmtplib's text (which never holds our
+    credentials: it quotes server replies and socket errors)."""
+    return one_line(f"{type(exc).__name__}: {exc}", 200)

@@ -1,0 +1,86 @@
+"""Where a backend's responses begin and end, found without parsing them (sans-I/O).
+
+The proxy relays a backend's bytes to its client as they come; it only needs to know the
+response boundaries, to slip its own replies in between (NOPERM, BYE) and to look at the
+first line of each response (tagged completions, CAPABILITY, continuations). Literal
+octets are passed through in bulk, as views of the bytes received: a 1 MiB FETCH costs one
+scan of its first line, not a parse.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final
+
+MAX_LINE: Final = 16 * 1024 * 1024  # SEARCH results of a huge folder fit; a stream of junk does not
+MAX_LITERAL: Final = 1024 * 1024 * 1024
+
+_LITERAL_AT_END = re.compile(rb"~?\{([0-9]{1,10})\+?\}\r?\n\Z")
+
+
+class FramingError(Exception):
+    """The backend's stream is not IMAP (a line or a literal beyond every sane limit)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """Bytes to forward. `line` is True for a protocol line (a literal's octets are not),
+    `head` for the first line of a response: the one worth looking at."""
+
+    data: bytes | memoryview
+    line: bool
+    head: bool
+
+
+class ResponseFramer:
+    def __init__(self, max_line: int = MAX_LINE, max_literal: int = MAX_LITERAL) -> None:
+        self._max_line = max_line
+        self._max_literal = max_literal
+        self._partial = bytearray()
+        self._literal_left = 0
+        self._at_start = True
+
+    @property
+    def at_boundary(self) -> bool:
+        """True between two responses: nothing of a response is half-forwarded."""
+        return self._at_start and not self._partial and not self._literal_left
+
+    def feed(self, data: bytes) -> list[Segment]:
+        """Split `data` (the next bytes from the backend) into segments to forward."""
+        out: list[Segment] = []
+        view = memoryview(data)
+        pos, end = 0, len(data)
+        while pos < end:
+            if self._literal_left:
+                take = min(self._literal_left, end - pos)
+                out.append(Segment(view[pos : pos + take], line=False, head=False))
+                pos += take
+                self._literal_left -= take
+                continue
+            newline = data.find(b"\n", pos)
+            if newline < 0:
+                if len(self._partial) + end - pos > self._max_line:
+                    raise FramingError("backend response line too long")
+                self._partial += view[pos:]
+                break
+            if self._partial:
+                self._partial += view[pos : newline + 1]
+                line = bytes(self._partial)
+                self._partial.clear()
+            else:
+                line = data[pos : newline + 1]
+            if len(line) > self._max_line:
+                raise FramingError("backend response line too long")
+            pos = newline + 1
+            out.append(Segment(line, line=True, head=self._at_start))
+            match = _LITERAL_AT_END.search(line, max(0, len(line) - 16))
+            if match is not None:
+                size = int(match.group(1))
+                if size > self._max_literal:
+                    raise FramingError("backend literal too large")
+                self._literal_left = size
+                self._at_start = False
+            else:
+                self._at_start = True
+        return out

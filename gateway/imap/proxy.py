@@ -1,0 +1,598 @@
+"""The gateway's API LPS IMAP front: pre-authentication here, then a relay to the backend.
+
+Before login the engine's own session answers (CAPABILITY, NOOP, LOGOUT, STARTTLS, ID,
+AUTHENTICATE, LOGIN), with an authenticator that validates the PSC token, resolves the
+delegation, routes the BAL and logs in to its backend. After login the connection is
+relayed: client commands are parsed by the codec (rights, audit) and re-serialised to the
+backend; backend bytes go back as they come, framed only enough to find response
+boundaries. Live relays are tracked so that a revoked or expired delegation ends them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import logging
+import re
+import socket
+import ssl
+from dataclasses import dataclass, field
+
+from delegation.events import ChangeEvent
+from delegation.service import DelegationService
+from gateway.access import FrontAuthenticator, FrontGrant
+from gateway.backends.imap_client import BackendError, Upstream, open_upstream
+from gateway.imap import commands as c
+from gateway.imap.engine import EngineConfig, ImapSession
+from gateway.imap.framing import FramingError, ResponseFramer
+from gateway.imap.limits import Limits
+from gateway.imap.response import continuation, tagged, untagged_status
+from gateway.imap.rights import audit_action, audit_detail, required_right
+from gateway.imap.serialize import serialize
+from gateway.imap.session import AuthFailed, ConnectionInfo
+from gateway.imap.transport import ImapServer, ServerConfig, _StreamChannel
+from gateway.metrics import Metrics
+from gateway.settings import ImapFrontSettings
+from psc_auth.sasl import TokenCredentials
+
+log = logging.getLogger(__name__)
+
+RELAY_READ = 256 * 1024
+KICK_GRACE = 1.0  # seconds a BYE waits for the response being relayed to end
+
+#: What the relay can carry after login: the codec parses these commands. The backend's
+#: list is intersected with it (COMPRESS, QRESYNC, ESEARCH... would desynchronise us).
+CARRIED: tuple[str, ...] = ("IMAP4rev1", "LITERAL+", "IDLE", "NAMESPACE", "UIDPLUS", "MOVE")
+CARRIED += ("UNSELECT", "CHILDREN", "SPECIAL-USE", "ID")
+_CAPABILITY_CODE = re.compile(rb"\[CAPABILITY [^\]\r\n]*\]", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    server: ServerConfig
+
+    @classmethod
+    def from_settings(cls, settings: ImapFrontSettings) -> ProxyConfig:
+        limits = Limits(
+            max_line_length=settings.max_line,
+            max_literal_size=settings.max_literal,
+            max_command_literal_size=settings.max_other_literal,
+        )
+        engine = EngineConfig(
+            greeting="MSSante API LPS gateway ready",
+            idle_timeout=settings.idle_timeout,
+            auth_failure_delay=settings.auth_failure_delay,
+        )
+        return cls(
+            ServerConfig(
+                engine=engine,
+                limits=limits,
+                preauth_timeout=settings.preauth_timeout,
+                idle_timeout=settings.idle_timeout,
+            )
+        )
+
+    def with_implicit_tls(self) -> ProxyConfig:
+        return ProxyConfig(dataclasses.replace(self.server, implicit_tls=True))
+
+
+def carried_capabilities(backend: frozenset[str]) -> tuple[str, ...]:
+    return tuple(cap for cap in CARRIED if cap.upper() in backend or cap == "LITERAL+")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProxyGrant(FrontGrant):
+    """A front login whose backend session is open, ready to relay."""
+
+    upstream: Upstream = field(repr=False, compare=False)
+
+
+class ProxyAuthenticator:
+    """The front's decision, then the backend login; counts logins by result."""
+
+    def __init__(self, front: FrontAuthenticator, metrics: Metrics) -> None:
+        self.front = front
+        self.metrics = metrics
+
+    async def authenticate(
+        self, credentials: TokenCredentials, connection: ConnectionInfo
+    ) -> ProxyGrant:
+        try:
+            grant = await self.front.authenticate(credentials, connection)
+        except AuthFailed as failure:
+            self.metrics.logins.labels("imap", failure.kind).inc()
+            raise
+        route = grant.route
+        try:
+            upstream = await open_upstream(route, grant.mailbox, credentials.token)
+        except BackendError as exc:
+            self.metrics.backend_errors.labels(route.name, "imap", exc.kind).inc()
+            self.metrics.logins.labels("imap", "unavailable").inc()
+            log.warning(
+                "imap.backend_unavailable", extra={"backend": route.name, "error": exc.text}
+            )
+            raise AuthFailed("unavailable", "mailbox server unavailable, try again later") from None
+        if "LITERAL+" not in upstream.capabilities:
+            await upstream.close()
+            self.metrics.backend_errors.labels(route.name, "imap", "protocol").inc()
+            self.metrics.logins.labels("imap", "unavailable").inc()
+            log.error("imap.backend_without_literal_plus", extra={"backend": route.name})
+            raise AuthFailed("unavailable", "mailbox server misconfigured")
+        self.metrics.logins.labels("imap", "ok").inc()
+        values = {f.name: getattr(grant, f.name) for f in dataclasses.fields(grant)}
+        values.update(capabilities=carried_capabilities(upstream.capabilities), on_close=None)
+        return ProxyGrant(**values, upstream=upstream)
+
+
+class AuditSink:
+    """Audit events written in the background, in order, so the relay never waits on the
+    database; drained on stop so none is lost."""
+
+    def __init__(self, registry: DelegationService) -> None:
+        self.registry = registry
+        self._queue: asyncio.Queue[dict[str, object] | None] = asyncio.Queue(maxsize=10_000)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._drain(), name="imap-audit")
+
+    async def submit(self, **event: object) -> None:
+        await self._queue.put(event)
+
+    async def _drain(self) -> None:
+        while (event := await self._queue.get()) is not None:
+            try:
+                await self.registry.record(**event)  # type: ignore[arg-type]
+            except Exception:
+                log.exception("imap.audit_failed", extra={"action": event.get("action")})
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            await self._queue.put(None)
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+class Relay:
+    """One logged-in client connection carried to its backend connection."""
+
+    def __init__(
+        self,
+        session: ImapSession,
+        channel: _StreamChannel,
+        grant: ProxyGrant,
+        config: ServerConfig,
+        audit: AuditSink,
+        metrics: Metrics,
+    ) -> None:
+        self.session = session
+        self.channel = channel
+        self.grant = grant
+        self.up = grant.upstream
+        self.config = config
+        self.audit = audit
+        self.metrics = metrics
+        self.rights = grant.rights
+        self.expires_at = grant.decision.expires_at
+        self.framer = ResponseFramer()
+        self.pending: dict[str, c.Command] = {}
+        self.reads = 0
+        self.logging_out = False
+        self._out = asyncio.Lock()
+        self._holding = False
+        self._idle_tag: str | None = None
+        self._idle_answered = asyncio.Event()
+        self._idle_accepted = False
+        self._kicked: str | None = None
+        self._tasks: list[asyncio.Task[str | None]] = []
+        self._expiry: asyncio.TimerHandle | None = None
+        self._loop = asyncio.get_running_loop()
+        self._backend_seen = self._loop.time()
+        self._sent_at: dict[str, float] = {}
+        caps = " ".join(grant.capabilities or ())
+        self._capability_line = f"* CAPABILITY {caps}\r\n".encode()
+        self._capability_code = f"[CAPABILITY {caps}]".encode()
+        self._to_client = metrics.relayed_bytes.labels("imap", "to_client")
+        self._to_backend = metrics.relayed_bytes.labels("imap", "to_backend")
+
+    @property
+    def mailbox(self) -> str:
+        return self.grant.mailbox
+
+    @property
+    def actor(self) -> str:
+        return self.grant.actor
+
+    # -- life --------------------------------------------------------------------------
+    async def run(self) -> None:
+        self._schedule_expiry()
+        self._tasks = [
+            asyncio.create_task(self._from_backend(), name="imap-relay-backend"),
+            asyncio.create_task(self._from_client(), name="imap-relay-client"),
+        ]
+        if self._kicked is not None:
+            for task in self._tasks:
+                task.cancel()
+        bye: str | None = None
+        try:
+            done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if not task.cancelled() and task.exception() is None and bye is None:
+                    bye = task.result()
+                elif not task.cancelled() and task.exception() is not None:
+                    error = task.exception()
+                    if not isinstance(error, ConnectionError | ssl.SSLError):
+                        log.error("imap.relay_failed", exc_info=error)
+                        bye = "internal gateway error"
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            if self._expiry is not None:
+                self._expiry.cancel()
+            if self._kicked is not None:
+                bye = self._kicked
+            if bye is not None:
+                with contextlib.suppress(Exception):
+                    self.channel.writer.write(untagged_status("BYE", bye))
+                    await asyncio.wait_for(self.channel.writer.drain(), KICK_GRACE)
+            await self.up.close()
+            if self.reads:
+                await self._record("read", f"{self.reads} read commands", "ok")
+
+    def kick(self, reason: str) -> None:
+        """End the session with `* BYE reason` (delegation revoked or expired)."""
+        if self._kicked is not None:
+            return
+        self._kicked = reason
+        log.info("imap.session_kicked", extra={"bal": self.mailbox, "reason": reason})
+        for task in self._tasks:
+            task.cancel()
+
+    def update(self, rights: frozenset[str], expires_at: dt.datetime | None) -> None:
+        """The delegation changed but still stands: apply its new rights and expiry."""
+        self.rights = rights
+        self.expires_at = expires_at
+        self._schedule_expiry()
+
+    def _schedule_expiry(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if self.expires_at is None or self.grant.via != "delegation":
+            return
+        delay = (self.expires_at - dt.datetime.now(dt.UTC)).total_seconds()
+        self._expiry = self._loop.call_later(
+            max(0.0, delay), self.kick, f"delegation on {self.mailbox} expired"
+        )
+
+    # -- backend to client ---------------------------------------------------------------
+    async def _from_backend(self) -> str | None:
+        try:
+            if self.up.leftover:
+                await self._relay(self.up.leftover)
+            reader = self.up.reader
+            timeout = self.up.route.backend.reply_timeout
+            while True:
+                try:
+                    data = await asyncio.wait_for(reader.read(RELAY_READ), timeout)
+                except TimeoutError:
+                    if self._overdue(timeout):
+                        self._backend_error("timeout")
+                        return "mailbox server not responding"
+                    continue
+                except (ConnectionError, ssl.SSLError):
+                    data = b""
+                if not data:
+                    if self.logging_out:
+                        return None
+                    self._backend_error("died")
+                    return "connection to the mailbox server lost"
+                self._backend_seen = self._loop.time()
+                await self._relay(data)
+        except FramingError as exc:
+            self._backend_error("protocol")
+            log.warning("imap.backend_framing", extra={"error": str(exc)})
+            return "mailbox server sent invalid data"
+        finally:
+            if self._holding:
+                self._holding = False
+                self._out.release()
+
+    def _overdue(self, timeout: float) -> bool:
+        waiting = [at for tag, at in self._sent_at.items() if tag != self._idle_tag]
+        if not waiting:
+            return False
+        return self._loop.time() - max(min(waiting), self._backend_seen) >= timeout
+
+    def _backend_error(self, kind: str) -> None:
+        self.metrics.backend_errors.labels(self.up.route.name, "imap", kind).inc()
+
+    async def _relay(self, data: bytes) -> None:
+        segments = self.framer.feed(data)
+        if not self._holding:
+            await self._out.acquire()
+            self._holding = True
+        out: list[bytes | memoryview] = []
+        for segment in segments:
+            if segment.head:
+                out.append(self._inspect(bytes(segment.data)))
+            else:
+                out.append(segment.data)
+        writer = self.channel.writer
+        writer.writelines(out)
+        self._to_client.inc(len(data))
+        await writer.drain()
+        if self.framer.at_boundary:
+            self._holding = False
+            self._out.release()
+
+    def _inspect(self, line: bytes) -> bytes:
+        """Look at the first line of a backend response; return what to forward."""
+        if line.startswith(b"+"):
+            if self._idle_tag is not None and not self._idle_answered.is_set():
+                self._idle_accepted = True
+                self._idle_answered.set()
+            return line
+        if line.startswith(b"* "):
+            if line[2:13].upper() == b"CAPABILITY ":
+                return self._capability_line
+            return self._rewrite_capability_code(line)
+        tag, _, rest = line.partition(b" ")
+        name = tag.decode("ascii", "replace")
+        command = self.pending.pop(name, None)
+        self._sent_at.pop(name, None)
+        if command is not None:
+            self._completed(command, rest[:3].upper().rstrip().decode("ascii", "replace"))
+        return self._rewrite_capability_code(line)
+
+    def _rewrite_capability_code(self, line: bytes) -> bytes:
+        if b"[" not in line:
+            return line
+        return _CAPABILITY_CODE.sub(lambda _: self._capability_code, line, count=1)
+
+    def _completed(self, command: c.Command, status: str) -> None:
+        if isinstance(command, c.Idle) and command.tag == self._idle_tag:
+            self._idle_answered.set()
+        action = audit_action(command)
+        if action is not None:
+            result = "ok" if status == "OK" else f"failed:{status.lower()}"
+            self._record_soon(action, audit_detail(command), result)
+
+    # -- client to backend ---------------------------------------------------------------
+    async def _from_client(self) -> str | None:
+        parser = self.channel.parser
+        while True:
+            event = parser.next_event()
+            if event is None:
+                try:
+                    async with asyncio.timeout(self.config.idle_timeout):
+                        if not await self.channel.fill():
+                            return None
+                except TimeoutError:
+                    return "autologout: idle too long"
+                continue
+            if isinstance(event, c.ContinuationNeeded):
+                await self._local(continuation("ready for literal data"))
+            elif isinstance(event, c.CommandError):
+                if event.fatal:
+                    return event.message
+                if event.tag is None:
+                    await self._local(untagged_status("BAD", event.message))
+                else:
+                    await self._local(tagged(event.tag, "BAD", event.message))
+            elif isinstance(event, c.Command):
+                ending = await self._command(event)
+                if ending is not None:
+                    return ending or None
+
+    async def _command(self, command: c.Command) -> str | None:
+        """Forward `command` or answer it here. Returns a BYE text to end the session
+        ("" to end it silently), None to go on."""
+        if isinstance(command, c.StartTls | c.Authenticate | c.Login):
+            await self._local(tagged(command.tag, "BAD", "already authenticated"))
+            return None
+        if isinstance(command, c.Enable):
+            await self._local(b"* ENABLED\r\n" + tagged(command.tag, "OK", "ENABLE completed"))
+            return None
+        right = required_right(command)
+        if right is not None and right not in self.rights:
+            self.metrics.rights_refusals.labels("imap", right).inc()
+            action = audit_action(command)
+            if action is not None:
+                self._record_soon(action, audit_detail(command), "refused:noperm")
+            await self._local(
+                tagged(command.tag, "NO", f"the {right} right is needed for this", "NOPERM")
+            )
+            return None
+        if isinstance(command, c.Close) and "write" not in self.rights:
+            command = c.Unselect(command.tag)  # CLOSE would expunge: a change
+        if right == "read" and not isinstance(command, c.Select | c.Store):
+            self.reads += 1
+        if isinstance(command, c.Idle):
+            if "IDLE" not in self.up.capabilities:
+                await self._local(tagged(command.tag, "BAD", "IDLE not supported here"))
+                return None
+            self._idle_tag = command.tag
+            self._idle_answered.clear()
+            self._idle_accepted = False
+        if isinstance(command, c.Logout):
+            self.logging_out = True
+        await self._to(serialize(command, literal_plus=True), command)
+        if isinstance(command, c.Idle):
+            return await self._idle(command)
+        return None
+
+    async def _idle(self, command: c.Idle) -> str | None:
+        try:
+            async with asyncio.timeout(self.up.route.backend.reply_timeout):
+                await self._idle_answered.wait()
+        except TimeoutError:
+            self._backend_error("timeout")
+            return "mailbox server not responding"
+        if not self._idle_accepted:
+            self._idle_tag = None
+            return None
+        try:
+            async with asyncio.timeout(self.config.idle_timeout):
+                line = await self.channel.read_raw_line()
+        except TimeoutError:
+            return "autologout: idle too long"
+        if line is None:
+            return ""
+        if line.strip().upper() != b"DONE":
+            await self._local(untagged_status("BAD", "expected DONE"))
+        self._idle_tag = None
+        self._sent_at[command.tag] = self._loop.time()  # its completion is due from now
+        await self._to(b"DONE\r\n", None)
+        return None
+
+    async def _to(self, data: bytes, command: c.Command | None) -> None:
+        if command is not None:
+            self.pending[command.tag] = command
+            self._sent_at[command.tag] = self._loop.time()
+        self.up.writer.write(data)
+        self._to_backend.inc(len(data))
+        await self.up.writer.drain()
+
+    async def _local(self, data: bytes) -> None:
+        async with self._out:
+            self.channel.writer.write(data)
+            await self.channel.writer.drain()
+
+    # -- audit ---------------------------------------------------------------------------
+    def _record_soon(self, action: str, detail: str, result: str) -> None:
+        task = asyncio.ensure_future(self._record(action, detail, result))
+        task.add_done_callback(_log_failure)
+
+    async def _record(self, action: str, detail: str, result: str) -> None:
+        await self.audit.submit(
+            actor_idnat=self.actor,
+            mailbox=self.mailbox,
+            action=action,
+            interface="imap",
+            result=result,
+            delegation_id=self.grant.delegation_id,
+            software=self.session.client_software(),
+            remote=self.session.connection.peer,
+            detail=detail or None,
+        )
+
+
+def _log_failure(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("imap.audit_submit_failed", exc_info=task.exception())
+
+
+class LiveSessions:
+    """Relays by (BAL, delegate idNat), told of delegation changes by the registry's bus
+    (every node hears them: PostgreSQL LISTEN/NOTIFY)."""
+
+    def __init__(self, registry: DelegationService) -> None:
+        self.registry = registry
+        self._relays: dict[tuple[str, str], set[Relay]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def __len__(self) -> int:
+        return sum(len(group) for group in self._relays.values())
+
+    def add(self, relay: Relay) -> None:
+        self._relays.setdefault((relay.mailbox, relay.actor), set()).add(relay)
+
+    def discard(self, relay: Relay) -> None:
+        key = (relay.mailbox, relay.actor)
+        group = self._relays.get(key)
+        if group is not None:
+            group.discard(relay)
+            if not group:
+                del self._relays[key]
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._watch(), name="imap-live-sessions")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _watch(self) -> None:
+        async with self.registry.bus.subscribe() as events:
+            async for event in events:
+                try:
+                    if events.overflowed:
+                        events.clear_overflow()
+                        await self._recheck(list(self._relays))
+                    await self._apply(event)
+                except Exception:
+                    log.exception("imap.live_sessions_failed")
+
+    async def _apply(self, event: ChangeEvent) -> None:
+        key = (event.mailbox, event.delegate_idnat)
+        if key not in self._relays:
+            return
+        if event.kind in ("revoked", "expired"):
+            for relay in list(self._relays.get(key, ())):
+                if relay.grant.via == "delegation":
+                    relay.kick(f"delegation on {event.mailbox} {event.kind}")
+        else:
+            await self._recheck([key])
+
+    async def _recheck(self, keys: list[tuple[str, str]]) -> None:
+        """Compare live delegated sessions with the registry: end or update them."""
+        for key in keys:
+            relays = [r for r in self._relays.get(key, ()) if r.grant.via == "delegation"]
+            if not relays:
+                continue
+            grants = await self.registry.accessible(relays[0].grant.identity)
+            current = next((g for g in grants if g.mailbox == key[0]), None)
+            for relay in relays:
+                if current is None:
+                    relay.kick(f"delegation on {key[0]} withdrawn")
+                else:
+                    relay.update(current.rights, current.expires_at)
+
+
+class ProxyServer(ImapServer):
+    """The API LPS IMAP listener of the gateway."""
+
+    def __init__(
+        self,
+        config: ProxyConfig,
+        front: FrontAuthenticator,
+        registry: DelegationService,
+        metrics: Metrics,
+        ssl_context: ssl.SSLContext | None,
+        sock: socket.socket,
+    ) -> None:
+        super().__init__(config.server, ProxyAuthenticator(front, metrics), ssl_context, sock)
+        self.metrics = metrics
+        self.live = LiveSessions(registry)
+        self.audit = AuditSink(registry)
+
+    async def start(self) -> None:
+        self.audit.start()
+        self.live.start()
+        await super().start()
+
+    async def stop(self, grace: float = 5.0) -> None:
+        await super().stop(grace)
+        await self.live.stop()
+        await self.audit.stop()
+
+    async def _handover(self, session: ImapSession, channel: _StreamChannel) -> bool:
+        grant = session.grant
+        if not isinstance(grant, ProxyGrant):
+            return False
+        relay = Relay(session, channel, grant, self.config, self.audit, self.metrics)
+        gauge = self.metrics.open_sessions.labels("imap")
+        self.live.add(relay)
+        gauge.inc()
+        try:
+            await relay.run()
+        finally:
+            gauge.dec()
+            self.live.discard(relay)
+        return True
