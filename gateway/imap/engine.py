@@ -230,7 +230,8 @@ class ImapSession:
     @property
     def _store(self) -> MailStore:
         """The store of the logged-in BAL (only sessions the engine serves have one)."""
-        assert self.grant is not None and self.grant.store is not None
+        assert self.grant is not None
+        assert self.grant.store is not None
         return self.grant.store
 
     async def _require(self, command: c.Command, right: str) -> bool:
@@ -366,7 +367,7 @@ class ImapSession:
         await self._ok(command, "NAMESPACE completed")
 
     async def _select(self, command: c.Select) -> None:
-        grant, bal = self._grant()
+        _, bal = self._grant()
         if self.view is not None:
             # The selected mailbox is closed first, without expunge, whatever the outcome
             # (RFC 3501 §6.3.1): a failed SELECT leaves no mailbox selected. [CLOSED] is
@@ -414,7 +415,6 @@ class ImapSession:
     async def _create(self, command: c.Create) -> None:
         if not await self._require(command, "write"):
             return
-        grant, _ = self._grant()
         name = command.mailbox.rstrip(DELIMITER)
         await self._store.create_folder(name)
         await self._ok(command, "CREATE completed")
@@ -422,7 +422,6 @@ class ImapSession:
     async def _delete(self, command: c.Delete) -> None:
         if not await self._require(command, "write"):
             return
-        grant, _ = self._grant()
         await self._store.delete_folder(command.mailbox)
         if self.view is not None and self.view.folder == command.mailbox:
             self.view = None
@@ -431,7 +430,6 @@ class ImapSession:
     async def _rename(self, command: c.Rename) -> None:
         if not await self._require(command, "write"):
             return
-        grant, _ = self._grant()
         old, new = command.old, command.new.rstrip(DELIMITER) or command.new
         if old != "INBOX" and new.startswith(old + DELIMITER):
             await self._reply(command.tag, "NO", "cannot move a folder under itself", "CANNOT")
@@ -455,12 +453,10 @@ class ImapSession:
         await self._ok(command, "RENAME completed")
 
     async def _subscribe(self, command: c.Subscribe | c.Unsubscribe) -> None:
-        grant, _ = self._grant()
         await self._store.subscribe(command.mailbox, isinstance(command, c.Subscribe))
         await self._ok(command, f"{type(command).__name__.upper()} completed")
 
     async def _list(self, command: c.List) -> None:
-        grant, _ = self._grant()
         name = "LSUB" if command.subscribed else "LIST"
         if not command.pattern and not command.subscribed:
             # RFC 3501 §6.3.8: the hierarchy delimiter and the root name
@@ -481,7 +477,6 @@ class ImapSession:
         await self._ok(command, f"{name} completed")
 
     async def _status(self, command: c.Status) -> None:
-        grant, _ = self._grant()
         state = await self._store.folder_state(command.mailbox)
         values: dict[str, int] = {
             "MESSAGES": len(state.messages),
@@ -499,7 +494,6 @@ class ImapSession:
     async def _append(self, command: c.Append) -> None:
         if not await self._require(command, "write"):
             return
-        grant, _ = self._grant()
         folders = {f.name for f in await self._store.list_folders()}
         if command.mailbox not in folders:
             await self._reply(command.tag, "NO", "no such folder", "TRYCREATE")
@@ -560,9 +554,8 @@ class ImapSession:
     # -- selected ----------------------------------------------------------------------
     async def _close(self, command: c.Close | c.Unselect) -> None:
         assert self.view is not None
-        grant, _ = self._grant()
         view, self.view = self.view, None  # authenticated state whatever happens below
-        if isinstance(command, c.Close) and not view.readonly and grant.may("write"):
+        if isinstance(command, c.Close) and not view.readonly and self._grant()[0].may("write"):
             # silent: no EXPUNGE responses (RFC 3501 §6.4.2). CLOSE has no NO response,
             # so a store failure is logged, not reported.
             try:
@@ -578,7 +571,6 @@ class ImapSession:
         if self.view.readonly:
             await self._reply(command.tag, "NO", "mailbox is read-only", "READ-ONLY")
             return
-        grant, _ = self._grant()
         uids = None
         if command.uids is not None:
             self._used_uid = True
@@ -617,13 +609,14 @@ class ImapSession:
         assert self.view is not None
         if await self._bad_sequence(command, command.sequence, command.uid):
             return
-        grant, _ = self._grant()
         view = self.view
         attributes = _unique(command.attributes)
         if command.uid and not any(a.name == "UID" for a in attributes):
             attributes.insert(0, FetchAttribute("UID"))
         marks_seen = (
-            not view.readonly and grant.may("read") and any(_sets_seen(a) for a in attributes)
+            not view.readonly
+            and self._grant()[0].may("read")
+            and any(_sets_seen(a) for a in attributes)
         )
         needs_body = any(
             a.name not in ("UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE") for a in attributes
@@ -733,7 +726,6 @@ class ImapSession:
         if self.view.readonly:
             await self._reply(command.tag, "NO", "mailbox is read-only", "READ-ONLY")
             return
-        grant, _ = self._grant()
         view = self.view
         targets = self._targets(command.sequence, command.uid)
         flags = [f for f in action.flags if f != "\\Recent"]
@@ -767,7 +759,6 @@ class ImapSession:
         if is_move and self.view.readonly:
             await self._reply(command.tag, "NO", "mailbox is read-only", "READ-ONLY")
             return
-        grant, _ = self._grant()
         view = self.view
         folders = {f.name for f in await self._store.list_folders()}
         if command.mailbox not in folders:
@@ -794,7 +785,6 @@ class ImapSession:
 
     async def _search(self, command: c.Search) -> None:
         assert self.view is not None
-        grant, _ = self._grant()
         view = self.view
         try:
             validate(command.key, command.charset)
