@@ -1,0 +1,386 @@
+"""The gateway's IMAP front over the mock operator's modern platform, on real sockets:
+login decisions, the relay, rights, audit, IDLE, revocation, backend failures."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import datetime as dt
+import imaplib
+import time
+from typing import Any
+
+from gateway.imap.proxy import Relay
+from psc_auth import Identity
+from tests.gateway.conftest import Stack
+from tests.imap_raw import Lit, Raw
+
+MARTIN = "claire.martin@medecin.mssante.fr"
+MOREAU = "eve.moreau@medecin.mssante.fr"
+DUPONT = "jean.dupont@medecin.mssante.fr"
+BERNARD = "899700000003"
+
+
+def xoauth2(user: str, token: str) -> str:
+    return base64.b64encode(f"user={user}\x01auth=Bearer {token}\x01\x01".encode()).decode()
+
+
+async def login(stack: Stack, persona: str, bal: str, *, client_id: str | None = None) -> Raw:
+    client = await Raw.open(stack.imap_port)
+    if client_id:
+        await client.ok(f'ID ("name" "{client_id}" "version" "1.0")')
+    token = await stack.token(persona)
+    await client.ok("AUTHENTICATE XOAUTH2 ", xoauth2(bal, token))
+    return client
+
+
+async def identity(stack: Stack, persona: str) -> Identity:
+    assert stack.gateway.validator is not None
+    return await stack.gateway.validator.validate(await stack.token(persona))
+
+
+def relays(stack: Stack) -> list[Relay]:
+    assert stack.gateway.imap is not None
+    return [r for group in stack.gateway.imap.live._relays.values() for r in group]
+
+
+async def audit(stack: Stack, mailbox: str) -> list[Any]:
+    assert stack.gateway.imap is not None
+    assert stack.gateway.delegations is not None
+    for _ in range(50):  # the audit is written in the background
+        if stack.gateway.imap.audit._queue.empty():
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.05)
+    return await stack.gateway.delegations.audit_for(mailbox)
+
+
+# -- login -----------------------------------------------------------------------------------
+
+
+async def test_holder_opens_own_bal_with_empty_user_and_sees_the_backend(stack: Stack):
+    client = await Raw.open(stack.imap_port)
+    assert b"AUTH=XOAUTH2" in client.greeting
+    assert b"STARTTLS" in client.greeting
+    token = await stack.token("dr-martin")
+    reply = await client.ok("AUTHENTICATE XOAUTH2 ", xoauth2("", token))
+    caps = reply.tagged.split(b"[CAPABILITY ", 1)[1].split(b"]")[0].split()
+    assert b"IDLE" in caps
+    assert b"UIDPLUS" in caps
+    assert b"MOVE" in caps
+    assert not any(c.startswith(b"AUTH=") for c in caps)
+    assert b"STARTTLS" not in caps
+    selected = await client.ok("SELECT INBOX")
+    assert b"* 3 EXISTS" in selected.untagged
+    assert selected.tagged.endswith(b"[READ-WRITE] SELECT completed")
+    fetched = await client.ok("UID FETCH 1:* (UID FLAGS ENVELOPE)")
+    assert len(fetched.of(b"FETCH")) == 3
+    capability = await client.ok("CAPABILITY")
+    assert capability.untagged == [b"* CAPABILITY " + b" ".join(caps)]
+    await client.ok("LOGOUT")
+    await client.close()
+
+
+async def test_delegate_opens_delegated_bal_and_is_refused_elsewhere(stack: Stack):
+    client = await login(stack, "sec-bernard", MARTIN)
+    assert b"* 3 EXISTS" in (await client.ok("SELECT INBOX")).untagged
+    await client.close()
+
+    other = await Raw.open(stack.imap_port)
+    token = await stack.token("sec-bernard")
+    refused = await other.command("AUTHENTICATE XOAUTH2 ", xoauth2(MOREAU, token))
+    assert refused.tagged.split(b" ", 2)[1:2] == [b"NO"]
+    assert b"[AUTHORIZATIONFAILED]" in refused.tagged
+    # She has no BAL of her own: an empty user is refused the same way.
+    again = await other.command("AUTHENTICATE XOAUTH2 ", xoauth2("", token))
+    assert b"[AUTHORIZATIONFAILED]" in again.tagged
+    await other.close()
+
+
+async def test_bad_token_gets_authenticationfailed_with_rfc7628_challenge(stack: Stack):
+    client = await Raw.open(stack.imap_port)
+    await client.send(
+        b"A1 AUTHENTICATE XOAUTH2 " + xoauth2(MARTIN, "not.a.token").encode() + b"\r\n"
+    )
+    challenge = await client.line()
+    assert challenge.startswith(b"+ ")
+    body = base64.b64decode(challenge[2:])
+    assert b'"status":"invalid_token"' in body
+    assert b"openid-configuration" in body
+    await client.send(b"\r\n")
+    done = await client.line()
+    assert done.startswith(b"A1 NO [AUTHENTICATIONFAILED]")
+    await client.close()
+
+
+async def test_login_with_token_as_password_and_plain(stack: Stack):
+    token = await stack.token("dr-martin")
+
+    def run() -> tuple[str, str]:
+        with imaplib.IMAP4("127.0.0.1", stack.imap_port) as m:
+            typ, _ = m.login(MARTIN, token)
+            status = m.select("INBOX")[0]
+            m.logout()
+        with imaplib.IMAP4("127.0.0.1", stack.imap_port) as m:
+            plain = m.authenticate("PLAIN", lambda _: f"\0{MARTIN}\0{token}".encode())[0]
+            m.logout()
+        return typ + status, plain
+
+    assert await asyncio.to_thread(run) == ("OKOK", "OK")
+
+
+async def test_logins_are_audited_with_the_client_software(stack: Stack):
+    client = await login(stack, "sec-bernard", MARTIN, client_id="LPS Cabinet")
+    await client.ok("SELECT INBOX")
+    await client.ok("LOGOUT")
+    events = await audit(stack, MARTIN)
+    login_event = next(e for e in events if e.action == "login" and e.actor_idnat == BERNARD)
+    assert login_event.software == "LPS Cabinet 1.0"
+    assert login_event.interface == "imap"
+    assert login_event.delegation_id is not None
+    select = next(e for e in events if e.action == "select" and e.actor_idnat == BERNARD)
+    assert select.result == "ok"
+    assert select.detail == "INBOX"
+    assert select.delegation_id == login_event.delegation_id
+    assert select.software == "LPS Cabinet 1.0"
+
+
+# -- the relay -------------------------------------------------------------------------------
+
+
+async def test_relay_carries_literals_both_ways_and_pipelined_commands(stack: Stack):
+    client = await login(stack, "dr-martin", MARTIN)
+    await client.ok("SELECT INBOX")
+    message = b"From: claire.martin@medecin.mssante.fr\r\nSubject: test\r\n\r\n" + b"x" * 70_000
+    appended = await client.ok("APPEND INBOX (\\Flagged) ", Lit(message))
+    assert b"[APPENDUID " in appended.tagged
+    uid = int(appended.tagged.split(b"[APPENDUID ")[1].split(b"]")[0].split()[1])
+    await client.ok("APPEND INBOX ", Lit(message), plus=True)
+    body = await client.ok(f"UID FETCH {uid} (BODY.PEEK[] FLAGS)")
+    assert message in body.of(b"FETCH")[0]
+    # Three commands in one packet: three tagged answers, in order.
+    await client.send(b"p1 NOOP\r\np2 UID SEARCH FLAGGED\r\np3 NOOP\r\n")
+    lines = [await client.line()]
+    while not lines[-1].startswith(b"p3 "):
+        lines.append(await client.line())
+    tagged = [line.split(b" ")[:2] for line in lines if not line.startswith(b"*")]
+    assert tagged == [[b"p1", b"OK"], [b"p2", b"OK"], [b"p3", b"OK"]]
+    assert any(line.startswith(b"* SEARCH") and str(uid).encode() in line for line in lines)
+    await client.close()
+
+
+async def test_commands_the_gateway_cannot_carry_are_answered_here(stack: Stack):
+    client = await login(stack, "dr-martin", MARTIN)
+    assert (await client.command("STARTTLS")).status == "BAD"
+    assert (await client.command("LOGIN a b")).status == "BAD"
+    enabled = await client.ok("ENABLE CONDSTORE")
+    assert enabled.untagged == [b"* ENABLED"]
+    assert (await client.command("COMPRESS DEFLATE")).status == "BAD"
+    assert (await client.command("GETQUOTAROOT INBOX")).status == "BAD"
+    await client.ok("NOOP")  # the session goes on
+    await client.close()
+
+
+async def test_idle_through_the_gateway_sees_a_delivery(stack: Stack):
+    client = await login(stack, "dr-martin", MARTIN)
+    await client.ok("SELECT INBOX")
+    await client.send(b"i1 IDLE\r\n")
+    assert (await client.line()).startswith(b"+ ")
+    await stack.mock.platform.deliver(MARTIN, b"Subject: new\r\n\r\nhello\r\n")
+    assert await client.line(wait=10) == b"* 4 EXISTS"
+    await client.send(b"DONE\r\n")
+    reply = await client.collect("i1")
+    assert reply.status == "OK"
+    await client.ok("NOOP")
+    await client.close()
+
+
+# -- rights ----------------------------------------------------------------------------------
+
+
+async def read_only_delegate(stack: Stack) -> None:
+    """Dr Moreau gives Sophie Bernard read access to her BAL."""
+    registry = stack.gateway.delegations
+    assert registry is not None
+    await registry.grant(await identity(stack, "dr-moreau"), MOREAU, BERNARD, ["read"])
+
+
+async def test_read_only_delegate_gets_noperm_for_every_change(stack: Stack):
+    await read_only_delegate(stack)
+    client = await login(stack, "sec-bernard", MOREAU)
+    await client.ok("SELECT INBOX")
+    refused = [
+        "STORE 1 +FLAGS (\\Flagged)",
+        "UID STORE 1 FLAGS (\\Seen)",
+        "STORE 1 -FLAGS (\\Seen \\Deleted)",
+        "EXPUNGE",
+        "UID EXPUNGE 1",
+        "COPY 1 Corbeille",
+        "MOVE 1 Corbeille",
+        "CREATE Nouveau",
+        "DELETE Corbeille",
+        "RENAME Corbeille Poubelle",
+    ]
+    for command in refused:
+        reply = await client.command(command)
+        assert reply.tagged.split(b" ", 3)[1:3] == [b"NO", b"[NOPERM]"], (command, reply)
+    append = await client.command("APPEND INBOX ", Lit(b"Subject: x\r\n\r\ny\r\n"))
+    assert b"NO [NOPERM]" in append.tagged
+    stored = await client.ok("STORE 1 +FLAGS (\\Seen)")
+    assert b"\\Seen" in stored.of(b"FETCH")[0]
+    await client.ok("STORE 1 -FLAGS (\\Seen)")
+    # The mailbox is as it was: three messages, Corbeille untouched, no new folder.
+    store = stack.mock.platform.store(MOREAU)
+    assert len((await store.folder_state("INBOX")).messages) == 3
+    assert "Nouveau" not in {f.name for f in await store.list_folders()}
+    events = await audit(stack, MOREAU)
+    assert any(e.action == "move" and e.result == "refused:noperm" for e in events)
+    metrics = stack.gateway.metrics.rights_refusals.labels("imap", "write")._value.get()
+    assert metrics >= len(refused) + 1
+    await client.close()
+
+
+async def test_read_only_close_does_not_expunge(stack: Stack):
+    holder = await login(stack, "dr-moreau", MOREAU)
+    await holder.ok("SELECT INBOX")
+    await holder.ok("STORE 2 +FLAGS (\\Deleted)")
+    await holder.ok("UNSELECT")
+    await read_only_delegate(stack)
+    delegate = await login(stack, "sec-bernard", MOREAU)
+    await delegate.ok("SELECT INBOX")
+    await delegate.ok("CLOSE")
+    state = await stack.mock.platform.store(MOREAU).folder_state("INBOX")
+    assert len(state.messages) == 3
+    await delegate.close()
+    await holder.close()
+
+
+# -- live sessions -----------------------------------------------------------------------------
+
+
+async def test_revocation_closes_the_open_session_within_two_seconds(stack: Stack):
+    registry = stack.gateway.delegations
+    assert registry is not None
+    client = await login(stack, "sec-bernard", MARTIN)
+    await client.ok("SELECT INBOX")
+    holder = await identity(stack, "dr-martin")
+    (delegation,) = [
+        d for d in await registry.delegations_of(holder, MARTIN) if d.delegate_idnat == BERNARD
+    ]
+    started = time.monotonic()
+    await registry.revoke(holder, MARTIN, delegation.id)
+    bye = await client.line(wait=2.0)
+    assert bye.startswith(b"* BYE")
+    assert b"revoked" in bye
+    assert time.monotonic() - started < 2.0
+    assert await client.until_closed() == b""
+    await asyncio.sleep(0.05)
+    assert not relays(stack)
+
+
+async def test_expiry_closes_the_session(stack: Stack):
+    registry = stack.gateway.delegations
+    assert registry is not None
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1.5)
+    await registry.grant(await identity(stack, "dr-moreau"), MOREAU, BERNARD, ["read"], soon)
+    client = await login(stack, "sec-bernard", MOREAU)
+    await client.ok("SELECT INBOX")
+    bye = await client.line(wait=4.0)
+    assert bye.startswith(b"* BYE")
+    assert b"expired" in bye
+
+
+async def test_narrowed_rights_apply_to_the_open_session(stack: Stack):
+    registry = stack.gateway.delegations
+    assert registry is not None
+    client = await login(stack, "sec-bernard", MARTIN)
+    await client.ok("SELECT INBOX")
+    await client.ok("STORE 1 +FLAGS (\\Flagged)")
+    await registry.grant(await identity(stack, "dr-martin"), MARTIN, BERNARD, ["read"])
+    for _ in range(40):
+        if all(r.rights == frozenset({"read"}) for r in relays(stack)):
+            break
+        await asyncio.sleep(0.05)
+    reply = await client.command("STORE 1 -FLAGS (\\Flagged)")
+    assert b"NO [NOPERM]" in reply.tagged
+    await client.ok("NOOP")
+    await client.close()
+
+
+async def test_open_sessions_metric_and_cleanup(stack: Stack):
+    gauge = stack.gateway.metrics.open_sessions.labels("imap")
+    client = await login(stack, "dr-martin", MARTIN)
+    assert gauge._value.get() == 1
+    await client.ok("LOGOUT")
+    await client.until_closed()
+    await asyncio.sleep(0.05)
+    assert gauge._value.get() == 0
+    assert stack.gateway.metrics.logins.labels("imap", "ok")._value.get() == 1
+
+
+# -- backend failures ------------------------------------------------------------------------
+
+
+async def test_backend_dying_mid_session_gives_bye(stack: Stack):
+    client = await login(stack, "dr-martin", MARTIN)
+    await client.ok("SELECT INBOX")
+    (relay,) = relays(stack)
+    relay.up.writer.transport.abort()
+    bye = await client.line(wait=3.0)
+    assert bye.startswith(b"* BYE")
+    assert b"lost" in bye
+    assert await client.until_closed() == b""
+    errors = stack.gateway.metrics.backend_errors.labels("modern", "imap", "died")._value.get()
+    assert errors == 1
+
+
+async def test_backend_down_at_login_is_unavailable(stack: Stack):
+    assert stack.mock.imap is not None
+    await stack.mock.imap.stop()
+    client = await Raw.open(stack.imap_port)
+    token = await stack.token("dr-martin")
+    reply = await client.command("AUTHENTICATE XOAUTH2 ", xoauth2(MARTIN, token))
+    assert b"NO [UNAVAILABLE]" in reply.tagged
+    assert stack.gateway.metrics.logins.labels("imap", "unavailable")._value.get() == 1
+    await client.close()
+
+
+async def mute_backend() -> tuple[asyncio.Server, int]:
+    """An IMAP server that lets the gateway log in, then never answers again."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"* OK [CAPABILITY IMAP4rev1 SASL-IR LITERAL+ AUTH=PLAIN] mute\r\n")
+        line = await reader.readline()
+        tag = line.split(b" ", 1)[0]
+        writer.write(tag + b" OK [CAPABILITY IMAP4rev1 LITERAL+ IDLE] in\r\n")
+        await reader.read()  # then silence until the gateway hangs up
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def test_silent_backend_times_out_with_bye(stack: Stack):
+    server, port = await mute_backend()
+    assert stack.gateway.router is not None
+    backend = stack.gateway.router.backends["modern"]
+    backend.imap_port, backend.imap_tls, backend.reply_timeout = port, "none", 0.5
+    async with server:
+        client = await login(stack, "dr-martin", MARTIN)
+        started = time.monotonic()
+        await client.send(b"t1 NOOP\r\n")
+        bye = await client.line(wait=5.0)
+        assert bye.startswith(b"* BYE")
+        assert b"not responding" in bye
+        assert time.monotonic() - started < 3.0
+        timeouts = stack.gateway.metrics.backend_errors.labels("modern", "imap", "timeout")
+        assert timeouts._value.get() == 1
+
+
+async def test_idle_client_is_logged_out(stack: Stack):
+    assert stack.gateway.imap is not None
+    stack.gateway.imap.config = dataclasses.replace(stack.gateway.imap.config, idle_timeout=0.5)
+    client = await login(stack, "dr-martin", MARTIN)
+    bye = await client.line(wait=3.0)
+    assert bye.startswith(b"* BYE")
+    assert b"autologout" in bye
