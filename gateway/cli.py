@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from gateway.lifecycle import run_until_signalled
 from gateway.logs import configure_logging
-from gateway.settings import Settings, load_settings
+from gateway.settings import BackendSettings, Settings, load_settings
+
+if TYPE_CHECKING:
+    from gateway.server import Gateway
 
 app = typer.Typer(
     help="API LPS gateway for MSSanté: Pro Santé Connect, delegation, historic web services.",
@@ -37,9 +40,7 @@ def serve(
     gateway = Gateway(settings)
 
     def announce() -> None:
-        Console(soft_wrap=True).print(
-            f"[bold]lps-gateway[/] listening on {gateway.http_url}", highlight=False
-        )
+        describe_gateway(gateway, Console(soft_wrap=True))
 
     asyncio.run(run_until_signalled([gateway], announce))
 
@@ -53,6 +54,25 @@ def demo(
     settings = load_settings(config, data_dir=data)
     configure_logging(settings.log)
     asyncio.run(_demo(settings))
+
+
+def describe_gateway(gateway: Gateway, console: Console) -> None:
+    settings = gateway.settings
+    console.print(f"[bold]lps-gateway[/] listening on {gateway.http_url}", highlight=False)
+    lines = [
+        ("API LPS IMAP (STARTTLS)", gateway.imap, settings.imap.host),
+        ("API LPS IMAP (TLS)", gateway.imaps, settings.imap.host),
+        ("API LPS SMTP (STARTTLS)", gateway.smtp, settings.smtp.host),
+    ]
+    for name, front, host in lines:
+        if front is not None:
+            console.print(f"  {name + ':':<26}{host}:{front.port}", highlight=False)
+    for path, what in [
+        ("/ui/delegations", "delegations page"),
+        ("/v1", "API (docs: /docs)"),
+        ("/metrics", "metrics"),
+    ]:
+        console.print(f"  {what + ':':<26}{gateway.http_url}{path}", highlight=False)
 
 
 async def _demo(settings: Settings) -> None:
@@ -75,10 +95,24 @@ async def _demo(settings: Settings) -> None:
 
         async def start(self) -> None:
             assert mock.psc is not None
+            assert mock.master is not None
             client = mock.psc.clients.get(settings.ui.client_id)
             settings.psc.issuer = mock.issuer
             if client is not None:
                 settings.ui.client_secret = client.client_secret
+            if not settings.backends:  # the mock's modern platform, with the master login
+                settings.backends = {
+                    "modern": BackendSettings(
+                        imap_host=mock.settings.host,
+                        imap_port=mock.imap_port,
+                        smtp_host=mock.settings.host,
+                        smtp_port=mock.smtp_port,
+                        ca_file=mock.tls_cert,
+                        master_user=mock.master.user,
+                        master_password_file=mock.data_dir / "master.secret",
+                    )
+                }
+                settings.routing.default = settings.routing.default or "modern"
             await gateway.start()
 
         async def stop(self) -> None:
@@ -87,22 +121,26 @@ async def _demo(settings: Settings) -> None:
     def announce() -> None:
         console.rule("lps-gateway demo")
         describe(mock, console)
-        console.print(f"[bold]lps-gateway[/] listening on {gateway.http_url}", highlight=False)
+        describe_gateway(gateway, console)
+        host = settings.imap.host
+        assert gateway.imap is not None
+        assert gateway.smtp is not None
+        imap = f"imap://{host}:{gateway.imap.port}"
+        smtp = f"smtp://{settings.smtp.host}:{gateway.smtp.port}"
         console.print(
-            f"  delegations page:         {gateway.http_url}/ui/delegations", highlight=False
-        )
-        console.print(
-            f"  API:                      {gateway.http_url}/v1 (docs: /docs)", highlight=False
-        )
-        imap = f"imap://{mock.settings.host}:{mock.imap_port}/INBOX"
-        console.print(
-            "\n[yellow]At this stage the demo runs the mock operator and the gateway's HTTP API "
-            "and pages only[/]; the gateway's API LPS front (IMAP 1143, SMTP 1587) arrives with "
-            "the next issues. Delegations granted on the page are honoured by the mock's IMAP "
-            "and SMTP.\nTry:\n"
-            "  TOKEN=$(.venv/bin/mock-operator token dr-martin)\n"
-            f'  curl --oauth2-bearer "$TOKEN" --user claire.martin@medecin.mssante.fr: {imap}\n'
+            "\nTry, as the secretary Sophie BERNARD (sec-bernard), delegated on Dr MARTIN's BAL:\n"
+            "  TOKEN=$(.venv/bin/mock-operator token sec-bernard)\n"
+            f'  curl --oauth2-bearer "$TOKEN" --user claire.martin@medecin.mssante.fr: '
+            f'"{imap}/INBOX;UID=1"\n'
+            f'  curl --oauth2-bearer "$TOKEN" --user eve.moreau@medecin.mssante.fr: {imap}/'
+            "   # refused\n"
+            f"  printf 'From: claire.martin@medecin.mssante.fr\\r\\nTo: luc.durand@infirmier"
+            f".mssante.fr\\r\\nSubject: essai\\r\\nX-MSS-NIL: 0\\r\\n\\r\\nBonjour\\r\\n' |\n"
+            f'    curl --oauth2-bearer "$TOKEN" --user claire.martin@medecin.mssante.fr: '
+            f"--mail-from claire.martin@medecin.mssante.fr \\\n"
+            f"    --mail-rcpt luc.durand@infirmier.mssante.fr --upload-file - {smtp}\n"
             f'  curl -H "Authorization: Bearer $TOKEN" {gateway.http_url}/v1/mailboxes\n'
+            "Delegations granted or revoked on the page apply at once, open sessions included.\n"
             "Ctrl-C stops the demo.",
             highlight=False,
         )
