@@ -17,6 +17,7 @@ MAX_LINE: Final = 16 * 1024 * 1024  # SEARCH results of a huge folder fit; a str
 MAX_LITERAL: Final = 1024 * 1024 * 1024
 
 _LITERAL_AT_END = re.compile(rb"~?\{([0-9]{1,10})\+?\}\r?\n\Z")
+_UNTAGGED_STATUS = re.compile(rb"\* (?:OK|NO|BAD|BYE|PREAUTH)(?:[ \r\n]|\Z)", re.IGNORECASE)
 
 
 class FramingError(Exception):
@@ -73,7 +74,10 @@ class ResponseFramer:
             if len(line) > self._max_line:
                 raise FramingError("backend response line too long")
             pos = newline + 1
-            out.append(Segment(line, line=True, head=self._at_start))
+            head = self._at_start
+            out.append(Segment(line, line=True, head=head))
+            if head and _is_status(line):
+                continue  # resp-text may end in "{5}" (an echoed name): never a literal
             match = _LITERAL_AT_END.search(line, max(0, len(line) - 16))
             if match is not None:
                 size = int(match.group(1))
@@ -84,3 +88,8 @@ class ResponseFramer:
             else:
                 self._at_start = True
         return out
+
+
+def _is_status(line: bytes) -> bool:
+    """Tagged completions, continuations and untagged statuses carry text, not literals."""
+    return not line.startswith(b"* ") or _UNTAGGED_STATUS.match(line) is not None
