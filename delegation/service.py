@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iter
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
-from sqlalchemy import exists, or_, select, update
+from sqlalchemy import exists, or_, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import joinedload, selectinload
@@ -344,6 +344,11 @@ class DelegationService:
         if value.tzinfo is None or value.utcoffset() is None:
             raise ValueError("the delegation clock must return aware datetimes")
         return value.astimezone(dt.UTC)
+
+    async def ping(self) -> None:
+        """Run `SELECT 1`: the readiness probe's proof that the database answers (raises)."""
+        async with self._sessions() as db:
+            await db.execute(text("SELECT 1"))
 
     @contextlib.asynccontextmanager
     async def _writing(self) -> AsyncIterator[AsyncSession]:

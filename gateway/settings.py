@@ -11,7 +11,7 @@ import ipaddress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 from pydantic_settings import (
     BaseSettings,
@@ -29,12 +29,18 @@ else:
     PscSettings = pydantic_dataclass(ValidatorConfig)
 
 
-class LogSettings(BaseModel):
+class _Section(BaseModel):
+    """A section of the tree: a misspelt key is an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["console", "json"] = "console"
 
 
-class MockSettings(BaseModel):
+class MockSettings(_Section):
     """The mock operator: its listeners and the behaviour of its mock Pro Santé Connect."""
 
     host: str = "127.0.0.1"
@@ -85,7 +91,7 @@ class MockSettings(BaseModel):
         return f"{self.base_url(port)}/auth/realms/{self.realm}"
 
 
-class HttpSettings(BaseModel):
+class HttpSettings(_Section):
     """The gateway's HTTP listener: the /v1 API, the web pages, health."""
 
     host: str = "127.0.0.1"
@@ -95,21 +101,21 @@ class HttpSettings(BaseModel):
     )
 
 
-class UiSettings(BaseModel):
+class UiSettings(_Section):
     """The web pages log people in with Pro Santé Connect as this OAuth client."""
 
     client_id: str = "lps-gateway"
     client_secret: str = Field(default="", repr=False)
 
 
-class TlsSettings(BaseModel):
+class TlsSettings(_Section):
     """The certificate of the gateway's IMAP and SMTP listeners (STARTTLS and implicit TLS)."""
 
     cert: Path | None = Field(default=None, description="default: a development certificate")
     key: Path | None = None
 
 
-class ImapFrontSettings(BaseModel):
+class ImapFrontSettings(_Section):
     """The API LPS IMAP listener (STARTTLS) and its limits."""
 
     host: str = "127.0.0.1"
@@ -127,7 +133,7 @@ class ImapFrontSettings(BaseModel):
     )
 
 
-class SmtpFrontSettings(BaseModel):
+class SmtpFrontSettings(_Section):
     """The API LPS submission listener (STARTTLS)."""
 
     host: str = "127.0.0.1"
@@ -144,7 +150,7 @@ class SmtpFrontSettings(BaseModel):
 TlsMode = Literal["none", "starttls", "implicit"]
 
 
-class BackendSettings(BaseModel):
+class BackendSettings(_Section):
     """An operator platform the gateway carries sessions to."""
 
     kind: Literal["imap_smtp"] = "imap_smtp"
@@ -177,7 +183,7 @@ class BackendSettings(BaseModel):
         return self.master_password.get_secret_value()
 
 
-class RoutingSettings(BaseModel):
+class RoutingSettings(_Section):
     """Which backend holds which BAL: an explicit mailbox entry first, then the registry's
     record of the mailbox, then its domain, then `default`."""
 

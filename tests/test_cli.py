@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import imaplib
 import os
 import re
 import shutil
 import signal
+import smtplib
 import subprocess
 import sys
 import time
@@ -156,6 +159,8 @@ async def test_demo_runs_the_mock_psc_and_says_so(tmp_path: Path):
         tmp_path,
         env={
             "LPSGW_HTTP__PORT": "0",
+            "LPSGW_IMAP__PORT": "0",
+            "LPSGW_SMTP__PORT": "0",
             **{f"LPSGW_MOCK__{p}_PORT": "0" for p in ("HTTP", "IMAP", "SMTP")},
         },
     )
@@ -166,9 +171,13 @@ async def test_demo_runs_the_mock_psc_and_says_so(tmp_path: Path):
         while len(lines) < 40 and not any("Ctrl-C" in line for line in lines):
             lines.append(process.stdout.readline())
         banner = "".join(lines)
-        assert "the mock operator and the gateway's HTTP API" in banner
         gateway = re.search(r"lps-gateway listening on (http://127\.0\.0\.1:\d+)", banner)
         assert gateway is not None, banner
+        imap = re.search(r"API LPS IMAP \(STARTTLS\): +127\.0\.0\.1:(\d+)", banner)
+        smtp = re.search(r"API LPS SMTP \(STARTTLS\): +127\.0\.0\.1:(\d+)", banner)
+        assert imap is not None, banner
+        assert smtp is not None, banner
+        assert "TOKEN=$(.venv/bin/mock-operator token sec-bernard)" in banner
         token = token_from_cli(url)
         validator = TokenValidator(
             ValidatorConfig(issuer=f"{url}/auth/realms/esante-wallet", client_ids=["lps-demo"])
@@ -188,8 +197,42 @@ async def test_demo_runs_the_mock_psc_and_says_so(tmp_path: Path):
             "claire.martin@medecin.mssante.fr",
             "jean.dupont@medecin.mssante.fr",
         }
+        await asyncio.to_thread(
+            demo_as_secretary, int(imap.group(1)), int(smtp.group(1)), secretary
+        )
     finally:
         assert stop(process) == 0
+
+
+def demo_as_secretary(imap_port: int, smtp_port: int, token: str) -> None:
+    """The demo's promise, through the gateway's own ports: Sophie BERNARD opens and sends
+    from Dr MARTIN's BAL, and may not open Dr MOREAU's."""
+    martin, moreau = "claire.martin@medecin.mssante.fr", "eve.moreau@medecin.mssante.fr"
+
+    def xoauth2(user: str) -> bytes:
+        return f"user={user}\x01auth=Bearer {token}\x01\x01".encode()
+
+    with (
+        imaplib.IMAP4("127.0.0.1", imap_port) as refused,
+        pytest.raises(imaplib.IMAP4.error, match="AUTHORIZATIONFAILED"),
+    ):
+        refused.authenticate("XOAUTH2", lambda _: xoauth2(moreau))
+    with smtplib.SMTP("127.0.0.1", smtp_port) as smtp:
+        smtp.ehlo()
+        smtp.docmd("AUTH", "XOAUTH2 " + base64.b64encode(xoauth2(martin)).decode())
+        smtp.sendmail(
+            martin,
+            ["luc.durand@infirmier.mssante.fr"],
+            f"From: {martin}\r\nTo: luc.durand@infirmier.mssante.fr\r\n"
+            "Subject: demo\r\nX-MSS-NIL: DEMO-0001\r\n\r\nBonjour\r\n",
+        )
+    with imaplib.IMAP4("127.0.0.1", imap_port) as client:
+        assert client.authenticate("XOAUTH2", lambda _: xoauth2(martin))[0] == "OK"
+        assert client.select("Envoy&AOk-s")[0] == "OK"
+        _, found = client.search(None, "SUBJECT", "demo")
+        (number,) = found[0].split()
+        _, data = client.fetch(number, "(BODY.PEEK[HEADER.FIELDS (SENDER)])")
+        assert b"Sophie BERNARD" in data[0][1]  # type: ignore[index]
 
 
 def test_personas_lists_the_contract_personas():

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import tomllib
+import typing
 from pathlib import Path
+from typing import Any
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from gateway.settings import load_settings
+from gateway.backends.routing import NoRoute, Route, Router
+from gateway.settings import (
+    BackendSettings,
+    ImapFrontSettings,
+    MockSettings,
+    RoutingSettings,
+    Settings,
+    SmtpFrontSettings,
+    TlsSettings,
+    load_settings,
+)
+from mock_operator.server import MockOperator
 from psc_auth import ValidationMode, ValidatorConfig
 
 
@@ -59,3 +75,181 @@ def test_example_config_loads():
     example = Path(__file__).parent.parent / "config.example.toml"
     settings = load_settings(example)
     assert settings.psc.mode is ValidationMode.LOCAL
+
+
+# -- backends and routing ------------------------------------------------------------------
+
+EXAMPLE = Path(__file__).parent.parent / "config.example.toml"
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No LPSGW_ variable of the developer's shell leaks into a test."""
+    for name in [n for n in os.environ if n.startswith("LPSGW_")]:
+        monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def _fields(kind: Any) -> dict[str, Any]:
+    """A settings class's fields and their types (pydantic models and dataclasses)."""
+    if isinstance(kind, type) and issubclass(kind, BaseModel):
+        return {name: info.annotation for name, info in kind.model_fields.items()}
+    if dataclasses.is_dataclass(kind):
+        return {f.name: f.type for f in dataclasses.fields(kind)}
+    return {}
+
+
+def _unknown_keys(kind: Any, table: dict[str, Any], path: str = "") -> list[str]:
+    """Keys of a TOML table that no field of `kind` takes (nested models ignore extras, so a
+    stale key in the example would otherwise load silently)."""
+    fields = _fields(kind)
+    unknown: list[str] = []
+    for key, value in table.items():
+        if key not in fields:
+            unknown.append(f"{path}{key}")
+            continue
+        annotation = fields[key]
+        if not isinstance(value, dict):
+            continue
+        if typing.get_origin(annotation) is dict:
+            item = typing.get_args(annotation)[1]
+            for name, entry in value.items():
+                if _fields(item) and isinstance(entry, dict):
+                    unknown += _unknown_keys(item, entry, f"{path}{key}.{name}.")
+        else:
+            unknown += _unknown_keys(annotation, value, f"{path}{key}.")
+    return unknown
+
+
+def test_every_key_of_the_example_is_a_setting():
+    table = tomllib.loads(EXAMPLE.read_text(encoding="utf-8"))
+    assert {"tls", "imap", "smtp", "backends", "routing"} <= set(table)
+    assert _unknown_keys(Settings, table) == []
+    assert _unknown_keys(Settings, {"imap": {"max_lines": 1}}) == ["imap.max_lines"], "sanity"
+
+
+def test_example_front_sections_show_the_defaults(clean_env: pytest.MonkeyPatch):
+    settings = load_settings(EXAMPLE)
+    assert settings.tls == TlsSettings()
+    assert settings.imap == ImapFrontSettings()
+    assert settings.smtp == SmtpFrontSettings()
+
+
+def test_example_backend_is_the_demo_mock(clean_env: pytest.MonkeyPatch):
+    settings = load_settings(EXAMPLE)
+    assert list(settings.backends) == ["modern"]
+    modern = settings.backends["modern"]
+    assert (modern.imap_host, modern.imap_port, modern.imap_tls) == ("127.0.0.1", 2143, "starttls")
+    assert (modern.smtp_host, modern.smtp_port, modern.smtp_tls) == ("127.0.0.1", 2587, "starttls")
+    assert modern.login == "master"
+    assert modern.master_user == MockSettings().master_user == "lps-gateway"
+    # `lps-gateway demo` runs the mock in <data_dir>/mock-operator
+    mock_dir = settings.data_dir / "mock-operator"
+    assert modern.master_password_file == mock_dir / "master.secret"
+    assert modern.ca_file == mock_dir / "tls" / "dev-cert.pem"
+    assert settings.routing.default == "modern"
+    router = Router(settings.backends, settings.routing)
+    assert router.route("claire.martin@medecin.mssante.fr").name == "modern"
+
+
+async def test_example_paths_are_where_the_mock_keeps_its_secret(mock_op: MockOperator):
+    """The example's master_password_file and ca_file name the files the mock writes."""
+    example = load_settings(EXAMPLE).backends["modern"]
+    demo_mock_dir = Path(".lps-gateway") / "mock-operator"
+    assert mock_op.master is not None
+    assert mock_op.tls_cert is not None
+    for configured, written in [
+        (example.master_password_file, mock_op.data_dir / "master.secret"),
+        (example.ca_file, mock_op.tls_cert),
+    ]:
+        assert configured is not None
+        assert written.is_file()
+        assert mock_op.data_dir / configured.relative_to(demo_mock_dir) == written
+    pointed = example.model_copy(
+        update={"master_password_file": mock_op.data_dir / "master.secret"}
+    )
+    assert pointed.password() == mock_op.master.password
+
+
+def test_env_overrides_nested_backend_keys(tmp_path: Path, clean_env: pytest.MonkeyPatch):
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        "[backends.modern]\n"
+        'imap_host = "imap.operator.example"\nimap_port = 143\nsmtp_port = 465\n'
+        'smtp_tls = "implicit"\nmaster_user = "gw"\n'
+        "[backends.old]\n"
+        'imap_host = "old.operator.example"\n'
+        '[routing]\ndefault = "old"\n'
+        '[routing.domains]\n"medecin.mssante.fr" = "modern"\n'
+    )
+    clean_env.setenv("LPSGW_BACKENDS__MODERN__IMAP_PORT", "2143")
+    clean_env.setenv("LPSGW_BACKENDS__MODERN__MASTER_PASSWORD", "from-the-environment")
+    clean_env.setenv("LPSGW_BACKENDS__SPARE__IMAP_HOST", "spare.operator.example")
+    clean_env.setenv("LPSGW_ROUTING__DEFAULT", "spare")
+    settings = load_settings(config)
+    modern = settings.backends["modern"]
+    assert modern.imap_port == 2143, "the environment beats the file"
+    assert modern.imap_host == "imap.operator.example", "other keys of the file are kept"
+    assert (modern.smtp_port, modern.smtp_tls, modern.master_user) == (465, "implicit", "gw")
+    assert modern.password() == "from-the-environment"
+    assert settings.backends["old"].imap_host == "old.operator.example", "untouched backend"
+    assert settings.backends["spare"].imap_host == "spare.operator.example"
+    assert settings.backends["spare"].imap_port == 143, "an env-only backend gets defaults"
+    assert settings.routing.default == "spare"
+    assert settings.routing.domains == {"medecin.mssante.fr": "modern"}, "kept from the file"
+
+
+def test_router_precedence():
+    backends = {name: BackendSettings(imap_host=f"{name}.example") for name in "abcd"}
+    routing = RoutingSettings(
+        default="d",
+        domains={"Medecin.MSSante.fr": "c"},
+        mailboxes={" Claire.Martin@medecin.mssante.fr ": "a"},
+    )
+    router = Router(backends, routing)
+    martin, dupont = "claire.martin@medecin.mssante.fr", "jean.dupont@medecin.mssante.fr"
+    assert router.route(martin, registered="b") == Route("a", backends["a"]), "mailbox first"
+    assert router.route("CLAIRE.MARTIN@MEDECIN.MSSANTE.FR").name == "a", "case-insensitive"
+    assert router.route(dupont, registered="b").name == "b", "then the registry's backend"
+    assert router.route(dupont).name == "c", "then the domain"
+    assert router.route(dupont, registered="gone").name == "c", "an unknown record is skipped"
+    assert router.route("luc.durand@infirmier.mssante.fr").name == "d", "then the default"
+    assert router.route("luc.durand@infirmier.mssante.fr").backend.imap_host == "d.example"
+
+
+def test_router_without_a_route_or_with_unknown_names():
+    backends = {"modern": BackendSettings()}
+    router = Router(backends, RoutingSettings(domains={"medecin.mssante.fr": "modern"}))
+    assert router.route("a@medecin.mssante.fr").name == "modern"
+    with pytest.raises(NoRoute, match=r"b@infirmier\.mssante\.fr"):
+        router.route("b@infirmier.mssante.fr")
+    assert issubclass(NoRoute, LookupError)
+    for routing in [
+        RoutingSettings(default="legacy"),
+        RoutingSettings(domains={"medecin.mssante.fr": "legacy"}),
+        RoutingSettings(mailboxes={"a@medecin.mssante.fr": "legacy"}),
+    ]:
+        with pytest.raises(ValueError, match="legacy"):
+            Router(backends, routing)
+
+
+def test_backend_password_from_a_file(tmp_path: Path):
+    secret = tmp_path / "master.secret"
+    secret.write_text("  from-the-file\n", encoding="utf-8")
+    backend = BackendSettings(master_password="inline", master_password_file=secret)
+    assert backend.password() == "from-the-file", "the file wins, stripped"
+    assert BackendSettings(master_password="inline").password() == "inline"
+    assert BackendSettings().password() == ""
+    with pytest.raises(FileNotFoundError):
+        BackendSettings(master_password_file=tmp_path / "missing").password()
+
+
+def test_master_password_never_shown(tmp_path: Path, clean_env: pytest.MonkeyPatch):
+    clean_env.setenv("LPSGW_BACKENDS__MODERN__MASTER_PASSWORD", "hunter2-master-pw")
+    settings = load_settings(backends={"spare": {"master_password": "other-secret-pw"}})
+    assert settings.backends["modern"].password() == "hunter2-master-pw"
+    assert settings.backends["spare"].password() == "other-secret-pw"
+    for shown in (repr(settings), str(settings), settings.model_dump_json()):
+        assert "hunter2-master-pw" not in shown
+        assert "other-secret-pw" not in shown
+    assert "hunter2" not in repr(settings.backends["modern"])
