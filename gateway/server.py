@@ -123,6 +123,7 @@ class Gateway:
             tls,
             data_size_limit=settings.smtp.max_message_size,
             ident="lps-gateway MSSante submission",
+            timeout=settings.smtp.timeout,
         )
         await self.smtp.start()
 

@@ -81,13 +81,16 @@ class TokenAuthMixin:
 
     async def _refuse(self, server: SMTP, failure: AuthFailed, mechanism: Mechanism) -> AuthResult:
         log.info("smtp.login_refused", extra={"reason": failure.kind, "detail": failure.text})
+        # handled=False: aiosmtpd then sends `message` (with its default, nothing is sent).
         if failure.kind == "unavailable":
-            return AuthResult(success=False, message=TEMPORARY.format(failure.text))
+            return AuthResult(success=False, handled=False, message=TEMPORARY.format(failure.text))
         if failure.challenge and mechanism is not Mechanism.PLAIN:
             # RFC 7628 §3.2.3: the JSON error as a 334 challenge; the client answers ^A.
             await server.challenge_auth(failure.challenge)
         if self.auth_failure_delay:
             await asyncio.sleep(self.auth_failure_delay)
         if failure.kind == "authorization":
-            return AuthResult(success=False, message=NOT_ALLOWED.format(failure.text))
-        return AuthResult(success=False, message=INVALID)
+            return AuthResult(
+                success=False, handled=False, message=NOT_ALLOWED.format(failure.text)
+            )
+        return AuthResult(success=False, handled=False, message=INVALID)

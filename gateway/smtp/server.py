@@ -26,6 +26,34 @@ class TokenSMTP(SMTP):
         self.command_size_limits = collections.defaultdict(
             lambda: SMTP.command_size_limit, {"AUTH": AUTH_LINE_LIMIT}
         )
+        # aiosmtpd takes every handler attribute named auth_* for a mechanism, data too
+        # (TokenAuthMixin.auth_failure_delay would be advertised as "failure_delay").
+        for name, mechanism in list(self._auth_methods.items()):
+            if not callable(mechanism.method):
+                del self._auth_methods[name]
+
+    # aiosmtpd has no hooks for a connection's start and end; a handler that keeps state
+    # per client (the gateway's backend session, the open-sessions gauge) may define
+    # `connection_opened(server)` / `connection_closed(server)`: called once each,
+    # STARTTLS (which makes aiosmtpd call connection_made again) notwithstanding.
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        fresh = self._original_transport is None  # set by STARTTLS
+        super().connection_made(transport)
+        if fresh:
+            _notify(self.event_handler, "connection_opened", self)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        try:
+            super().connection_lost(error)
+        finally:
+            _notify(self.event_handler, "connection_closed", self)
+
+
+def _notify(handler: Any, name: str, server: SMTP) -> None:
+    hook = getattr(handler, name, None)
+    if hook is not None:
+        hook(server)
 
 
 class SmtpServer:
@@ -38,13 +66,17 @@ class SmtpServer:
         hostname: str = "localhost",
         data_size_limit: int = MAX_MESSAGE_SIZE,
         ident: str = "MSSante submission",
+        timeout: float = 300.0,
     ) -> None:
+        """`timeout`: seconds a client may stay silent (it also bounds one DATA, reply
+        included, since aiosmtpd restarts its clock per command only)."""
         self.handler = handler
         self._socket = sock
         self._tls = tls
         self._hostname = hostname
         self._limit = data_size_limit
         self._ident = ident
+        self._timeout = timeout
         self._server: asyncio.Server | None = None
 
     @property
@@ -64,6 +96,7 @@ class SmtpServer:
             enable_SMTPUTF8=True,
             decode_data=False,
             ident=self._ident,
+            timeout=self._timeout,
         )
 
     async def start(self) -> None:

@@ -1,0 +1,338 @@
+"""The gateway's SMTP submission front (API LPS, port 1587): authorise, check, relay.
+
+For each message: the envelope sender must be a BAL the logged-in person may send from
+(their own, or one delegated with the ``send`` right), the message must follow the MSSanté
+rules (``From:`` naming that BAL, X-MSS-* headers), and a delegate is named in ``Sender:``.
+The message is then carried to the operator platform holding the BAL.
+
+End-to-end acknowledgement: the client gets ``250`` for a message only once the backend
+answered ``250`` to its DATA; anything else is a 4xx or 5xx, so the client keeps the message
+and retries. Nothing is acknowledged that the backend did not take, and a DATA is never
+replayed from here, so a retry cannot make the gateway deliver twice on its own.
+
+Commands reach the backend as the client sends them (MAIL connects lazily, each RCPT gets
+the backend's own verdict), on one backend session per client session, reused across its
+messages and closed when the client leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
+
+from gateway.access import FrontAuthenticator, FrontGrant
+from gateway.backends.smtp_relay import BackendError, BackendRefused, SmtpRelay
+from gateway.imap.session import AuthFailed, ConnectionInfo
+from gateway.metrics import Metrics
+from gateway.mss import RuleResult, add_headers, add_sender, check_message
+from gateway.net import is_loopback
+from gateway.settings import SmtpFrontSettings
+from gateway.smtp.auth import TokenAuthMixin, grant_of
+from psc_auth.sasl import Mechanism
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = "smtp"
+AUTH_REQUIRED = "530 5.7.0 Authentication required"
+MAIL_FIRST = "503 5.5.1 MAIL first"
+TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
+INTERNAL_ERROR = "451 4.3.0 Internal error, try again later"
+
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+
+
+@dataclass
+class _Client:
+    """What one client connection keeps between commands and across its messages."""
+
+    relay: SmtpRelay | None = None
+    sender: FrontGrant | None = None  # the authorisation of the current MAIL FROM
+    delegate_address: dict[str, str] = field(default_factory=dict)  # idNat -> Sender address
+
+
+class SubmissionFront(TokenAuthMixin):
+    """The aiosmtpd handler of the gateway's submission listener (`SmtpServer`)."""
+
+    authenticator: FrontAuthenticator
+
+    def __init__(
+        self, authenticator: FrontAuthenticator, settings: SmtpFrontSettings, metrics: Metrics
+    ) -> None:
+        self.authenticator = authenticator
+        self.settings = settings
+        self.metrics = metrics
+        self.auth_failure_delay = settings.auth_failure_delay
+        self._clients: dict[SMTP, _Client] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    # -- connection life (called by TokenSMTP) ------------------------------------------
+
+    def connection_opened(self, server: SMTP) -> None:
+        self._clients[server] = _Client()
+        self.metrics.open_sessions.labels(PROTOCOL).inc()
+
+    def connection_closed(self, server: SMTP) -> None:
+        """The client left (QUIT, dropped, timed out): let its backend session go too."""
+        client = self._clients.pop(server, None)
+        if client is None:
+            return
+        self.metrics.open_sessions.labels(PROTOCOL).dec()
+        if client.relay is not None:
+            task = asyncio.get_running_loop().create_task(client.relay.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    def _client(self, server: SMTP) -> _Client:
+        # setdefault: a handler driven without TokenSMTP's hooks still works (no gauge).
+        return self._clients.setdefault(server, _Client())
+
+    # -- AUTH: TokenAuthMixin decides, we count ------------------------------------------
+
+    async def _token_auth(self, server: SMTP, args: list[str], mechanism: Mechanism) -> AuthResult:
+        result = await super()._token_auth(server, args, mechanism)
+        if result.success:
+            self.metrics.logins.labels(PROTOCOL, "ok").inc()
+        return result
+
+    async def _refuse(self, server: SMTP, failure: AuthFailed, mechanism: Mechanism) -> AuthResult:
+        self.metrics.logins.labels(PROTOCOL, failure.kind).inc()
+        return await super()._refuse(server, failure, mechanism)
+
+    # -- the transaction -----------------------------------------------------------------
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        login = grant_of(session)
+        if not isinstance(login, FrontGrant):
+            return AUTH_REQUIRED
+        client = self._client(server)
+        client.sender = None
+        try:
+            sender = await self.authenticator.authorise(
+                login.identity,
+                address,
+                login.credentials,
+                _connection(server, session),
+                action="send",
+                right="send",
+            )
+        except AuthFailed as refusal:
+            if refusal.kind == "unavailable":
+                return f"451 4.3.5 {_safe(refusal.text)}"
+            self.metrics.rights_refusals.labels(PROTOCOL, "send").inc()
+            log.info(
+                "smtp.sender_refused",
+                extra={"actor": login.actor, "bal": _safe(address), "detail": refusal.text},
+            )
+            return f"550 5.7.1 {_safe(refusal.text)}"
+        try:
+            relay = await self._relay_for(client, sender)
+            await relay.mail(sender.mailbox, options)
+        except BackendError as failure:
+            self._backend_failed(sender, failure)
+            self.metrics.messages.labels("deferred").inc()
+            return failure.reply
+        except BackendRefused as refusal:
+            self._count_refusal(refusal)
+            return refusal.reply
+        client.sender = sender
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 Sender OK"
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        client = self._client(server)
+        sender = client.sender
+        if sender is None or client.relay is None:
+            return MAIL_FIRST
+        if len(envelope.rcpt_tos) >= self.settings.max_recipients:
+            return TOO_MANY_RECIPIENTS
+        if not (address.isascii() or envelope.smtp_utf8):
+            return "553 5.6.7 Non-ASCII address needs SMTPUTF8"
+        try:
+            await client.relay.rcpt(address, utf8=envelope.smtp_utf8)
+        except BackendError as failure:
+            self._backend_failed(sender, failure)
+            return failure.reply
+        except BackendRefused as refusal:
+            return refusal.reply  # e.g. 550 5.1.1 from the platform: the client's to handle
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return "250 2.1.5 Recipient OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        client = self._client(server)
+        sender, client.sender = client.sender, None
+        relay = client.relay
+        if sender is None or relay is None:
+            return MAIL_FIRST
+        content = envelope.original_content or b""
+        raw = content.encode("utf-8", "surrogateescape") if isinstance(content, str) else content
+        checked = check_message(
+            raw,
+            sender=sender.mailbox,
+            default_nil=self.settings.default_nil,
+            max_size=self.settings.max_message_size,
+            recipients=envelope.rcpt_tos,
+        )
+        if not checked.ok:
+            await self._abandon(relay)
+            self.metrics.messages.labels("rejected").inc()
+            log.info(
+                "smtp.message_rejected",
+                extra={"bal": sender.mailbox, "actor": sender.actor, "rules": checked.rules},
+            )
+            return _violations_reply(checked)
+        message = await self._prepare(raw, checked, sender, client)
+        try:
+            response = await relay.data(message)
+        except BackendError as failure:
+            self._backend_failed(sender, failure)
+            self.metrics.messages.labels("deferred").inc()
+            return failure.reply
+        except BackendRefused as refusal:
+            self._count_refusal(refusal)
+            log.info(
+                "smtp.message_refused_by_backend",
+                extra={"bal": sender.mailbox, "backend": sender.route.name, "reply": refusal.code},
+            )
+            return refusal.reply
+        self.metrics.messages.labels("accepted").inc()
+        self.metrics.relayed_bytes.labels(PROTOCOL, "to_backend").inc(len(message))
+        log.info(
+            "smtp.message_relayed",
+            extra={
+                "bal": sender.mailbox,
+                "actor": sender.actor,
+                "via": sender.via,
+                "backend": sender.route.name,
+                "recipients": len(envelope.rcpt_tos),
+                "bytes": len(message),
+            },
+        )
+        text = response.message.strip()
+        return f"250 {_safe(text)}" if text else "250 2.0.0 OK"
+
+    async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        client = self._client(server)
+        client.sender = None
+        if client.relay is not None and client.relay.in_transaction:
+            await self._abandon(client.relay)
+        return "250 2.0.0 OK"
+
+    async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        client = self._client(server)
+        relay, client.relay = client.relay, None
+        if relay is not None:
+            await relay.close()
+        return "221 2.0.0 Bye"
+
+    async def handle_exception(self, error: Exception) -> str:
+        """aiosmtpd would echo the exception's text to the client: log it, say little."""
+        log.error("smtp.internal_error", exc_info=error)
+        return INTERNAL_ERROR
+
+    # -- helpers -------------------------------------------------------------------------
+
+    async def _relay_for(self, client: _Client, sender: FrontGrant) -> SmtpRelay:
+        """The client's backend session for this BAL: the current one if it is for the
+        same BAL and answers RSET (nothing was sent yet, so reconnecting is safe), else a
+        new one."""
+        relay = client.relay
+        same = relay is not None and relay.key == (sender.route.name, sender.mailbox)
+        if relay is not None and same and relay.connected:
+            try:
+                await relay.reset()
+                return relay
+            except (BackendError, BackendRefused):
+                relay.abort()  # died while idle (the backend's own timeout): reconnect
+        if relay is not None:
+            client.relay = None
+            await relay.close()
+        relay = SmtpRelay(sender.route, sender.mailbox, sender.credentials.token)
+        await relay.open()
+        client.relay = relay
+        return relay
+
+    async def _abandon(self, relay: SmtpRelay) -> None:
+        """End the backend's half-done transaction; a session that cannot is dropped."""
+        try:
+            await relay.reset()
+        except (BackendError, BackendRefused):
+            relay.abort()
+
+    async def _prepare(
+        self, raw: bytes, checked: RuleResult, sender: FrontGrant, client: _Client
+    ) -> bytes:
+        """The message as relayed: the headers the rules add, and for a delegate a Sender
+        naming them (RFC 5322 §3.6.2), so recipients see who wrote for the holder."""
+        message = add_headers(raw, checked.headers_to_add) if checked.headers_to_add else raw
+        if sender.via == "delegation":
+            identity = sender.identity
+            address = await self._delegate_address(client, sender)
+            try:
+                message = add_sender(message, identity.display_name, address)
+            except ValueError:  # a name unfit for a header (control characters): address only
+                message = add_sender(message, "", address)
+        return message
+
+    async def _delegate_address(self, client: _Client, sender: FrontGrant) -> str:
+        """The delegate's own BAL if they hold one, else the BAL sent from: Sender must be a
+        real mailbox, and we invent none."""
+        idnat = str(sender.identity.idnat)
+        known = client.delegate_address.get(idnat)
+        if known is None:
+            grants = await self.authenticator.registry.accessible(sender.identity)
+            own = [grant.mailbox for grant in grants if grant.via == "holder"]
+            known = own[0] if own else sender.mailbox
+            client.delegate_address[idnat] = known
+        return known
+
+    def _backend_failed(self, sender: FrontGrant, failure: BackendError) -> None:
+        self.metrics.backend_errors.labels(sender.route.name, PROTOCOL, failure.kind).inc()
+        log.warning(
+            "smtp.backend_error",
+            extra={
+                "bal": sender.mailbox,
+                "backend": sender.route.name,
+                "kind": failure.kind,
+                "detail": failure.detail,
+            },
+        )
+
+    def _count_refusal(self, refusal: BackendRefused) -> None:
+        self.metrics.messages.labels("refused" if refusal.permanent else "deferred").inc()
+
+
+def _connection(server: SMTP, session: Session) -> ConnectionInfo:
+    peer: Any = session.peer
+    return ConnectionInfo(
+        peer=str(peer[0] if isinstance(peer, tuple) else peer),
+        secure=server._tls_protocol is not None,
+        loopback=is_loopback(peer),
+        tls_available=False,
+        software=session.host_name or None,
+    )
+
+
+def _violations_reply(checked: RuleResult) -> str:
+    """Every broken rule, one line each (RFC 5321 multi-line reply, one basic code)."""
+    code = checked.violations[0].smtp_code
+    lines = [violation.reply for violation in checked.violations]
+    return "\r\n".join(
+        f"{code}{'-' if index < len(lines) - 1 else ' '}{line}" for index, line in enumerate(lines)
+    )
+
+
+def _safe(text: str, limit: int = 200) -> str:
+    """Client- or backend-supplied text made fit for one line of our reply."""
+    flat = _UNPRINTABLE.sub("?", " ".join(text.split()))
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."

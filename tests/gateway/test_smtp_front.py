@@ -1,0 +1,661 @@
+"""The gateway's SMTP submission front, end to end: real clients (aiosmtplib, smtplib,
+curl) against a real gateway relaying to the mock operator's submission server, or to a
+scripted backend when a test needs the backend to misbehave."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import email
+import smtplib
+import socket
+import ssl
+import time
+import uuid
+from collections.abc import AsyncIterator
+from email.message import EmailMessage
+from email.policy import SMTP as SMTP_POLICY
+from email.utils import formatdate, make_msgid
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+import pytest
+
+from gateway.settings import BackendSettings, Settings
+from tests.gateway.conftest import Stack, gateway_settings
+from tests.mss.builders import seeded_letter, variant
+
+CLAIRE = "claire.martin@medecin.mssante.fr"  # dr-martin's; sec-bernard: read, write, send
+JEAN = "jean.dupont@medecin.mssante.fr"  # sec-bernard: read only
+EVE = "eve.moreau@medecin.mssante.fr"  # dr-moreau's
+LUC = "luc.durand@infirmier.mssante.fr"  # ide-durand's
+NIL = "LPS-TEST-0042"
+MAX_SIZE = 256 * 1024
+
+
+@pytest.fixture
+def stack_settings(tmp_path: Path) -> Settings:
+    """A small size limit, so that the oversize test stays cheap."""
+    return gateway_settings(tmp_path / "gateway", smtp={"max_message_size": MAX_SIZE})
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def xoauth2(user: str, token: str) -> bytes:
+    return base64.b64encode(f"user={user}\x01auth=Bearer {token}\x01\x01".encode())
+
+
+def message(
+    sender: str,
+    to: str,
+    subject: str,
+    *,
+    body: str = "Bonjour,\n\nCi-joint le compte rendu de consultation.\n\nCordialement\n",
+    nil: str | None = NIL,
+    headers: dict[str, str] | None = None,
+) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Date"] = formatdate(localtime=True)
+    msg["Message-ID"] = make_msgid(domain="lps.test")
+    if nil is not None:
+        msg["X-MSS-NIL"] = nil
+    for name, value in (headers or {}).items():
+        msg[name] = value
+    msg.set_content(body)
+    return msg.as_bytes(policy=SMTP_POLICY)
+
+
+def subject() -> str:
+    return f"Compte rendu {uuid.uuid4().hex[:12]}"
+
+
+@contextlib.asynccontextmanager
+async def client(
+    stack: Stack, persona: str = "dr-martin", bal: str = ""
+) -> AsyncIterator[aiosmtplib.SMTP]:
+    """An aiosmtplib session logged in with XOAUTH2 (plaintext: the loopback exemption)."""
+    token = await stack.token(persona)
+    smtp = aiosmtplib.SMTP(
+        hostname="127.0.0.1",
+        port=stack.smtp_port,
+        start_tls=False,
+        local_hostname="lps-test",
+        timeout=30,
+    )
+    await smtp.connect()
+    try:
+        await smtp.ehlo()
+        reply = await smtp.execute_command(b"AUTH", b"XOAUTH2", xoauth2(bal, token))
+        assert reply.code == 235, reply
+        yield smtp
+    finally:
+        with contextlib.suppress(aiosmtplib.SMTPException):
+            await smtp.quit()
+        smtp.close()
+
+
+async def folder(stack: Stack, address: str, name: str = "INBOX") -> list[bytes]:
+    assert stack.mock.platform is not None
+    store = stack.mock.platform.store(address)
+    state = await store.folder_state(name)
+    return [await store.fetch_message(name, meta.uid) for meta in state.messages]
+
+
+async def received(stack: Stack, address: str, subject: str) -> list[bytes]:
+    return [raw for raw in await folder(stack, address) if subject.encode() in raw]
+
+
+def metric(stack: Stack, name: str, **labels: str) -> float:
+    value = stack.gateway.metrics.registry.get_sample_value(name, labels)
+    return value or 0.0
+
+
+def set_backend(stack: Stack, **changes: Any) -> BackendSettings:
+    """Point the route of every BAL ("modern") elsewhere; returns the original setting."""
+    router = stack.gateway.router
+    assert router is not None
+    original = router.backends["modern"]
+    router.backends["modern"] = BackendSettings.model_validate({**original.model_dump(), **changes})
+    return original
+
+
+def restore_backend(stack: Stack, original: BackendSettings) -> None:
+    assert stack.gateway.router is not None
+    stack.gateway.router.backends["modern"] = original
+
+
+async def until_no_open_session(stack: Stack) -> None:
+    for _ in range(100):
+        if metric(stack, "lpsgw_open_sessions", protocol="smtp") == 0:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("an SMTP session is still counted as open")
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+class ScriptedBackend:
+    """A submission server that says what the test wants: DATA answered with `data_reply`,
+    or never (None). Records commands, messages and connections."""
+
+    def __init__(
+        self,
+        data_reply: str | None = "250 2.0.0 Queued as FAKE1",
+        auth_reply: str = "235 2.7.0 OK",
+    ) -> None:
+        self.data_reply = data_reply
+        self.auth_reply = auth_reply
+        self.commands: list[str] = []
+        self.messages: list[bytes] = []
+        self.opened = 0
+        self.closed = 0
+        self.closed_event = asyncio.Event()
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def backend(self, port: int, **extra: Any) -> dict[str, Any]:
+        values: dict[str, Any] = {
+            "smtp_host": "127.0.0.1",
+            "smtp_port": port,
+            "smtp_tls": "none",
+            "login": "master",
+            "master_user": "lps-gateway",
+            "master_password": "s3cret-master",
+            "connect_timeout": 2,
+            "reply_timeout": 1,
+        }
+        values.update(extra)
+        return values
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.opened += 1
+        writer.write(b"220 scripted ESMTP\r\n")
+        try:
+            while line := await reader.readline():
+                command = line.decode("utf-8", "replace").strip()
+                verb = command.split(" ", 1)[0].upper()
+                self.commands.append(command)
+                if verb == "EHLO":
+                    writer.write(b"250-scripted\r\n250-8BITMIME\r\n250 AUTH PLAIN XOAUTH2\r\n")
+                elif verb == "AUTH":
+                    writer.write(self.auth_reply.encode() + b"\r\n")
+                elif verb in ("MAIL", "RCPT", "RSET", "NOOP"):
+                    writer.write(b"250 2.0.0 OK\r\n")
+                elif verb == "DATA":
+                    writer.write(b"354 go ahead\r\n")
+                    await writer.drain()
+                    data = bytearray()
+                    while (chunk := await reader.readline()) not in (b".\r\n", b""):
+                        data += chunk
+                    self.messages.append(bytes(data))
+                    if self.data_reply is None:
+                        await reader.read()  # never answer: wait for the gateway to hang up
+                        return
+                    writer.write(self.data_reply.encode() + b"\r\n")
+                elif verb == "QUIT":
+                    writer.write(b"221 2.0.0 Bye\r\n")
+                    await writer.drain()
+                    return
+                else:
+                    writer.write(b"502 5.5.2 What?\r\n")
+                await writer.drain()
+        finally:
+            self.closed += 1
+            self.closed_event.set()
+            writer.close()
+
+
+@contextlib.asynccontextmanager
+async def scripted(stack: Stack, backend: ScriptedBackend, **extra: Any) -> AsyncIterator[None]:
+    port = await backend.start()
+    original = set_backend(stack, **backend.backend(port, **extra))
+    try:
+        yield
+    finally:
+        restore_backend(stack, original)
+        await backend.stop()
+
+
+# -- sending, as holder and as delegate -----------------------------------------------------
+
+
+async def test_holder_sends_and_the_message_arrives_unchanged(stack: Stack) -> None:
+    title = subject()
+    raw = message(CLAIRE, EVE, title)
+    async with client(stack, "dr-martin", CLAIRE) as smtp:
+        errors, reply = await smtp.sendmail(CLAIRE, [EVE], raw)
+    assert errors == {}
+    assert reply.startswith("2.0.0"), reply
+    assert await received(stack, EVE, title) == [raw]
+    assert metric(stack, "lpsgw_messages_total", result="accepted") == 1
+    assert metric(stack, "lpsgw_logins_total", protocol="smtp", result="ok") == 1
+    assert metric(stack, "lpsgw_relayed_bytes_total", protocol="smtp", direction="to_backend") == (
+        len(raw)
+    )
+
+
+async def test_login_with_the_idnat_alone_sends_from_the_own_bal(stack: Stack) -> None:
+    title = subject()
+    async with client(stack, "ide-durand") as smtp:  # empty SASL user: one's own BAL
+        await smtp.sendmail(LUC, [EVE], message(LUC, EVE, title))
+    assert len(await received(stack, EVE, title)) == 1
+
+
+async def test_several_messages_and_recipients_in_one_session(stack: Stack) -> None:
+    first, second = subject(), subject()
+    async with client(stack, "dr-martin", CLAIRE) as smtp:
+        await smtp.sendmail(CLAIRE, [EVE, LUC], message(CLAIRE, f"{EVE}, {LUC}", first))
+        await smtp.sendmail(CLAIRE, [EVE], message(CLAIRE, EVE, second))
+    assert len(await received(stack, EVE, first)) == 1
+    assert len(await received(stack, LUC, first)) == 1
+    assert len(await received(stack, EVE, second)) == 1
+
+
+async def test_curl_submits_with_a_bearer_token(stack: Stack) -> None:
+    title = subject()
+    raw = message(CLAIRE, EVE, title)
+    token = await stack.token("dr-martin")
+    process = await asyncio.create_subprocess_exec(
+        "curl",
+        "--silent",
+        "--show-error",
+        f"smtp://127.0.0.1:{stack.smtp_port}",
+        "--mail-from",
+        CLAIRE,
+        "--mail-rcpt",
+        EVE,
+        "--upload-file",
+        "-",
+        "--oauth2-bearer",
+        token,
+        "--user",
+        f"{CLAIRE}:",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _out, err = await asyncio.wait_for(process.communicate(raw), 30)
+    assert process.returncode == 0, err
+    delivered = await received(stack, EVE, title)
+    assert len(delivered) == 1
+    assert delivered[0].split(b"\r\n\r\n", 1)[1] == raw.split(b"\r\n\r\n", 1)[1]
+
+
+async def test_delegate_sends_as_the_holder_with_a_sender_header(stack: Stack) -> None:
+    title = subject()
+    raw = message(CLAIRE, EVE, title, headers={"Sender": "someone-else@example.org"})
+    async with client(stack, "sec-bernard", CLAIRE) as smtp:
+        await smtp.sendmail(CLAIRE, [EVE], raw)
+    [delivered] = await received(stack, EVE, title)
+    parsed = email.message_from_bytes(delivered)
+    # Sophie BERNARD has no BAL of her own: Sender names her, at the BAL she sent from.
+    assert parsed.get_all("Sender") == [f"Sophie BERNARD <{CLAIRE}>"]
+    assert parsed["From"] == CLAIRE
+    assert delivered.endswith(raw.split(b"\r\n\r\n", 1)[1])
+    # The holder's Sent folder shows who sent for her.
+    [sent_copy] = [m for m in await folder(stack, CLAIRE, "Envoyés") if title.encode() in m]
+    assert email.message_from_bytes(sent_copy)["Sender"] == f"Sophie BERNARD <{CLAIRE}>"
+
+
+async def test_delegate_may_not_send_from_other_bal(stack: Stack) -> None:
+    async with client(stack, "sec-bernard", CLAIRE) as smtp:
+        with pytest.raises(aiosmtplib.SMTPSenderRefused) as other:
+            await smtp.sendmail(EVE, [LUC], message(EVE, LUC, subject()))
+        assert other.value.code == 550
+        assert other.value.message.startswith("5.7.1")
+        with pytest.raises(aiosmtplib.SMTPSenderRefused) as read_only:
+            await smtp.sendmail(JEAN, [LUC], message(JEAN, LUC, subject()))
+        assert read_only.value.code == 550
+        assert "send" in read_only.value.message
+        # Still usable for the BAL she may send from.
+        title = subject()
+        await smtp.sendmail(CLAIRE, [LUC], message(CLAIRE, LUC, title))
+    assert len(await received(stack, LUC, title)) == 1
+    assert metric(stack, "lpsgw_rights_refusals_total", protocol="smtp", right="send") == 2
+
+
+async def test_read_only_delegate_logged_in_on_that_bal_may_not_send(stack: Stack) -> None:
+    async with client(stack, "sec-bernard", JEAN) as smtp:
+        with pytest.raises(aiosmtplib.SMTPSenderRefused) as refused:
+            await smtp.sendmail(JEAN, [EVE], message(JEAN, EVE, subject()))
+    assert refused.value.code == 550
+    assert refused.value.message.startswith("5.7.1")
+
+
+async def test_mail_without_authentication_is_refused(stack: Stack) -> None:
+    smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=stack.smtp_port, start_tls=False)
+    await smtp.connect()
+    try:
+        await smtp.ehlo()
+        reply = await smtp.execute_command(b"MAIL", b"FROM:<" + CLAIRE.encode() + b">")
+        assert (reply.code, reply.message[:5]) == (530, "5.7.0")
+        await smtp.quit()
+    finally:
+        smtp.close()
+
+
+async def test_bad_token_is_refused_and_counted(stack: Stack) -> None:
+    smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=stack.smtp_port, start_tls=False)
+    await smtp.connect()
+    try:
+        await smtp.ehlo()
+        reply = await smtp.execute_command(b"AUTH", b"XOAUTH2", xoauth2(CLAIRE, "not-a-token"))
+        if reply.code == 334:  # RFC 7628 error challenge
+            reply = await smtp.execute_command(b"")
+        assert reply.code == 535
+        await smtp.quit()
+    finally:
+        smtp.close()
+    assert metric(stack, "lpsgw_logins_total", protocol="smtp", result="authentication") == 1
+
+
+async def test_starttls_then_auth_with_smtplib(stack: Stack) -> None:
+    title = subject()
+    raw = message(CLAIRE, EVE, title)
+    token = await stack.token("dr-martin")
+
+    def send() -> tuple[bool, bool]:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        with smtplib.SMTP("127.0.0.1", stack.smtp_port, timeout=30) as smtp:
+            smtp.ehlo("lps-test")
+            offered = smtp.has_extn("starttls")
+            smtp.starttls(context=context)
+            smtp.ehlo("lps-test")
+            size_advertised = smtp.esmtp_features.get("size") == str(MAX_SIZE)
+            assert smtp.esmtp_features["auth"].split() == ["OAUTHBEARER", "PLAIN", "XOAUTH2"]
+            code, _ = smtp.docmd("AUTH", "XOAUTH2 " + xoauth2(CLAIRE, token).decode())
+            assert code == 235
+            smtp.sendmail(CLAIRE, [EVE], raw)
+        return offered, size_advertised
+
+    offered, size_advertised = await asyncio.to_thread(send)
+    assert offered
+    assert size_advertised
+    assert await received(stack, EVE, title) == [raw]
+    # STARTTLS restarts aiosmtpd's session, not ours: one session opened, one closed.
+    await until_no_open_session(stack)
+
+
+async def test_token_login_towards_the_backend(stack: Stack) -> None:
+    """The backend may be told to take the user's own token (XOAUTH2) instead of the
+    gateway's master login: holder and delegate both get through."""
+    original = set_backend(stack, login="token")
+    try:
+        mine, delegated = subject(), subject()
+        async with client(stack, "dr-martin", CLAIRE) as smtp:
+            await smtp.sendmail(CLAIRE, [EVE], message(CLAIRE, EVE, mine))
+        async with client(stack, "sec-bernard", CLAIRE) as smtp:
+            await smtp.sendmail(CLAIRE, [EVE], message(CLAIRE, EVE, delegated))
+    finally:
+        restore_backend(stack, original)
+    assert len(await received(stack, EVE, mine)) == 1
+    assert len(await received(stack, EVE, delegated)) == 1
+
+
+# -- MSSanté rules ---------------------------------------------------------------------------
+
+
+async def test_from_must_name_the_envelope_sender(stack: Stack) -> None:
+    title = subject()
+    async with client(stack, "dr-martin", CLAIRE) as smtp:
+        with pytest.raises(aiosmtplib.SMTPDataError) as refused:
+            await smtp.sendmail(CLAIRE, [EVE], message(EVE, CLAIRE, title))
+    assert refused.value.code == 550
+    assert refused.value.message.startswith("5.7.1")
+    assert "From" in refused.value.message
+    assert await received(stack, EVE, title) == []
+    assert metric(stack, "lpsgw_messages_total", result="rejected") == 1
+
+
+async def test_missing_nil_is_refused_without_a_default(stack: Stack) -> None:
+    title = subject()
+    async with client(stack, "dr-martin", CLAIRE) as smtp:
+        with pytest.raises(aiosmtplib.SMTPDataError) as refused:
+            await smtp.sendmail(CLAIRE, [EVE], message(CLAIRE, EVE, title, nil=None))
+        assert refused.value.code == 554
+        assert refused.value.message.startswith("5.6.0")
+        assert "X-MSS-NIL" in refused.value.message
+        # The backend transaction was reset: the session carries the next message.
+        fixed = subject()
+        await smtp.sendmail(CLAIRE, [EVE], message(CLAIRE, EVE, fixed))
+    assert await received(stack, EVE, title) == []
+    assert len(await received(stack, EVE, fixed)) == 1
+
+
+async def test_missing_nil_is_added_from_the_default(stack: Stack) -> None:
+    assert stack.gateway.smtp is not None
+    front = stack.gateway.smtp.handler
+    front.settings = front.settings.model_copy(update={"default_nil": "GW-DEFAULT-7"})
+    title = subject()
+    raw = message(CLAIRE, EVE, title, nil=None)
+    async with client(stack, "dr-martin", CLAIRE) as smtp:
+        await smtp.sendmail(CLAIRE, [EVE], raw)
+    [delivered] = await received(stack, EVE, title)
+    assert delivered == b"X-MSS-NIL: GW-DEFAULT-7\r\n" + raw
+
+
+async def test_cda_headers_without_an_xdm_attachment_are_refused(stack: Stack) -> None:
+    title = subject()
+    raw = message(CLAIRE, EVE, title, headers={"X-MSS-CODECDA": "11490-0", "X-MSS-INS": "O"})
+    async with client(stack, "dr-martin", CLAIRE) as smtp:
+        with pytest.raises(aiosmtplib.SMTPDataError) as refused:
+            await smtp.sendmail(CLAIRE, [EVE], raw)
+    assert refused.value.code == 554
+    assert "X-MSS-CODECDA" in refused.value.message
+    assert "X-MSS-INS" in refused.value.message  # every broken rule is named
+    assert await received(stack, EVE, title) == []
+
+
+async def test_a_letter_with_its_xdm_and_headers_goes_through(stack: Stack) -> None:
+    title = subject()
+    raw = variant(seeded_letter(), headers={"From": CLAIRE, "To": EVE, "Subject": title})
+    async with client(stack, "dr-martin", CLAIRE) as smtp:
+        await smtp.sendmail(CLAIRE, [EVE], raw)
+    assert await received(stack, EVE, title) == [raw]
+
+
+async def test_oversize_is_refused(stack: Stack) -> None:
+    title = subject()
+    big = message(CLAIRE, EVE, title, body=("z" * 76 + "\n") * (MAX_SIZE // 76 + 10))
+    assert len(big) > MAX_SIZE
+    async with client(stack, "dr-martin", CLAIRE) as smtp:
+        with pytest.raises(aiosmtplib.SMTPResponseException) as declared:
+            await smtp.mail(CLAIRE, options=[f"SIZE={len(big)}"])
+        assert declared.value.code == 552
+        # Undeclared: aiosmtpd counts the octets and refuses at the end of DATA.
+        await smtp.mail(CLAIRE)
+        await smtp.rcpt(EVE)
+        with pytest.raises(aiosmtplib.SMTPDataError) as sent:
+            await smtp.data(big)
+        assert sent.value.code == 552
+    assert await received(stack, EVE, title) == []
+
+
+async def test_too_many_recipients(stack: Stack) -> None:
+    assert stack.gateway.smtp is not None
+    front = stack.gateway.smtp.handler
+    front.settings = front.settings.model_copy(update={"max_recipients": 1})
+    async with client(stack, "dr-martin", CLAIRE) as smtp:
+        await smtp.mail(CLAIRE)
+        await smtp.rcpt(EVE)
+        with pytest.raises(aiosmtplib.SMTPRecipientRefused) as refused:
+            await smtp.rcpt(LUC)
+        assert (refused.value.code, refused.value.message[:5]) == (452, "4.5.3")
+        await smtp.rset()
+
+
+# -- the backend's answers, and its failures --------------------------------------------------
+
+
+async def test_unknown_recipient_gets_the_backends_550(stack: Stack) -> None:
+    title = subject()
+    nobody = "personne@medecin.mssante.fr"
+    async with client(stack, "dr-martin", CLAIRE) as smtp:
+        errors, _ = await smtp.sendmail(CLAIRE, [nobody, EVE], message(CLAIRE, EVE, title))
+    assert set(errors) == {nobody}
+    assert errors[nobody].code == 550
+    assert errors[nobody].message.startswith("5.1.1")
+    assert len(await received(stack, EVE, title)) == 1
+
+
+async def test_backend_down_then_back_delivers_exactly_once(stack: Stack) -> None:
+    title = subject()
+    raw = message(CLAIRE, EVE, title)
+    original = set_backend(stack, smtp_port=closed_port())
+    try:
+        async with client(stack, "dr-martin", CLAIRE) as smtp:
+            with pytest.raises(aiosmtplib.SMTPSenderRefused) as down:
+                await smtp.sendmail(CLAIRE, [EVE], raw)
+            assert (down.value.code, down.value.message[:5]) == (451, "4.4.1")
+            assert await received(stack, EVE, title) == []
+            restore_backend(stack, original)
+            errors, _ = await smtp.sendmail(CLAIRE, [EVE], raw)  # the client's retry
+            assert errors == {}
+    finally:
+        restore_backend(stack, original)
+    assert await received(stack, EVE, title) == [raw]
+    assert (
+        metric(
+            stack, "lpsgw_backend_errors_total", backend="modern", protocol="smtp", kind="connect"
+        )
+        == 1
+    )
+    assert metric(stack, "lpsgw_messages_total", result="deferred") == 1
+    assert metric(stack, "lpsgw_messages_total", result="accepted") == 1
+
+
+async def test_backend_login_failure_is_temporary(stack: Stack) -> None:
+    backend = ScriptedBackend(auth_reply="535 5.7.8 Authentication credentials invalid")
+    async with scripted(stack, backend), client(stack, "dr-martin", CLAIRE) as smtp:
+        with pytest.raises(aiosmtplib.SMTPSenderRefused) as refused:
+            await smtp.sendmail(CLAIRE, [EVE], message(CLAIRE, EVE, subject()))
+    assert (refused.value.code, refused.value.message[:5]) == (451, "4.4.1")
+    assert backend.messages == []
+    assert (
+        metric(stack, "lpsgw_backend_errors_total", backend="modern", protocol="smtp", kind="login")
+        == 1
+    )
+
+
+async def test_backend_refusal_of_data_is_passed_on(stack: Stack) -> None:
+    backend = ScriptedBackend(data_reply="554 5.7.0 Contenu refuse par l'operateur")
+    async with scripted(stack, backend), client(stack, "dr-martin", CLAIRE) as smtp:
+        with pytest.raises(aiosmtplib.SMTPDataError) as refused:
+            await smtp.sendmail(CLAIRE, [EVE], message(CLAIRE, EVE, subject()))
+    assert refused.value.code == 554
+    assert refused.value.message == "5.7.0 Contenu refuse par l'operateur"
+    assert metric(stack, "lpsgw_messages_total", result="refused") == 1
+
+
+async def test_backend_temporary_refusal_of_data_is_passed_on(stack: Stack) -> None:
+    backend = ScriptedBackend(data_reply="452 4.3.1 Insufficient system storage")
+    async with scripted(stack, backend), client(stack, "dr-martin", CLAIRE) as smtp:
+        with pytest.raises(aiosmtplib.SMTPDataError) as refused:
+            await smtp.sendmail(CLAIRE, [EVE], message(CLAIRE, EVE, subject()))
+    assert (refused.value.code, refused.value.message) == (452, "4.3.1 Insufficient system storage")
+
+
+async def test_backend_silent_after_data_gives_451_within_the_reply_timeout(stack: Stack) -> None:
+    backend = ScriptedBackend(data_reply=None)
+    async with scripted(stack, backend), client(stack, "dr-martin", CLAIRE) as smtp:
+        started = time.monotonic()
+        with pytest.raises(aiosmtplib.SMTPDataError) as late:
+            await smtp.sendmail(CLAIRE, [EVE], message(CLAIRE, EVE, subject()))
+        elapsed = time.monotonic() - started
+        assert (late.value.code, late.value.message[:5]) == (451, "4.4.2")
+        assert 0.9 <= elapsed < 5
+        # The gateway hung up on the silent backend and did not send the DATA again.
+        await asyncio.wait_for(backend.closed_event.wait(), 5)
+        assert len(backend.messages) == 1
+    assert (
+        metric(
+            stack, "lpsgw_backend_errors_total", backend="modern", protocol="smtp", kind="timeout"
+        )
+        == 1
+    )
+    assert metric(stack, "lpsgw_messages_total", result="deferred") == 1
+
+
+async def test_backend_session_master_login_reuse_and_close(stack: Stack) -> None:
+    backend = ScriptedBackend()
+    async with scripted(stack, backend):
+        async with client(stack, "sec-bernard", CLAIRE) as smtp:
+            reply = await smtp.sendmail(CLAIRE, [EVE], message(CLAIRE, EVE, subject()))
+            assert reply == ({}, "2.0.0 Queued as FAKE1")  # the backend's own 250 text
+            await smtp.sendmail(CLAIRE, [LUC], message(CLAIRE, LUC, subject()))
+            assert backend.opened == 1  # one backend session for the client's two messages
+        await asyncio.wait_for(backend.closed_event.wait(), 5)
+    assert backend.closed == 1
+    [auth] = [c for c in backend.commands if c.upper().startswith("AUTH")]
+    mechanism, blob = auth.split(" ")[1:]
+    assert mechanism == "PLAIN"
+    assert base64.b64decode(blob) == f"{CLAIRE}\0lps-gateway\0s3cret-master".encode()
+    verbs = [c.split(" ")[0].upper() for c in backend.commands]
+    assert verbs == ["EHLO", "AUTH", "MAIL", "RCPT", "DATA", "RSET", "MAIL", "RCPT", "DATA", "QUIT"]
+    assert backend.messages[0].startswith(f"Sender: Sophie BERNARD <{CLAIRE}>\r\n".encode())
+
+
+async def test_sender_names_the_delegates_own_bal_when_they_hold_one(stack: Stack) -> None:
+    """dr-leroy (holder of paul.leroy) may send for jean.dupont: Sender is his own BAL."""
+    backend = ScriptedBackend()
+    async with scripted(stack, backend), client(stack, "dr-leroy", JEAN) as smtp:
+        await smtp.sendmail(JEAN, [EVE], message(JEAN, EVE, subject()))
+    [relayed] = backend.messages
+    assert relayed.startswith(b"Sender: Paul LEROY <paul.leroy@medecin.mssante.fr>\r\n")
+
+
+async def test_client_dropping_closes_the_backend_session(stack: Stack) -> None:
+    backend = ScriptedBackend()
+    async with scripted(stack, backend):
+        token = await stack.token("dr-martin")
+        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=stack.smtp_port, start_tls=False)
+        await smtp.connect()
+        await smtp.ehlo()
+        await smtp.execute_command(b"AUTH", b"XOAUTH2", xoauth2(CLAIRE, token))
+        await smtp.mail(CLAIRE)
+        assert metric(stack, "lpsgw_open_sessions", protocol="smtp") == 1
+        smtp.close()  # no QUIT
+        await asyncio.wait_for(backend.closed_event.wait(), 5)
+    await until_no_open_session(stack)
+
+
+async def test_no_token_or_password_in_logs(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG")
+    token = await stack.token("sec-bernard")
+    backend = ScriptedBackend()
+    async with scripted(stack, backend):
+        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=stack.smtp_port, start_tls=False)
+        await smtp.connect()
+        await smtp.ehlo()
+        await smtp.execute_command(b"AUTH", b"XOAUTH2", xoauth2(CLAIRE, token))
+        await smtp.sendmail(CLAIRE, [EVE], message(CLAIRE, EVE, subject()))
+        await smtp.quit()
+    text = "\n".join(f"{record.getMessage()} {record.__dict__}" for record in caplog.records)
+    assert token not in text
+    assert base64.b64encode(token.encode()).decode()[:40] not in text
+    assert "s3cret-master" not in text
+    plain = base64.b64encode(f"{CLAIRE}\0lps-gateway\0s3cret-master".encode()).decode()
+    assert plain not in text
+    assert any("smtp.message_relayed" in record.getMessage() for record in caplog.records)
