@@ -249,19 +249,57 @@ def test_personas_lists_the_contract_personas():
     assert "899700000007" in done.stdout
 
 
-async def test_gateway_serve_alone(tmp_path: Path):
+async def test_gateway_serve_alone(tmp_path: Path, mock_process: tuple[subprocess.Popen[str], str]):
+    """`lps-gateway serve --config` in front of a separately running `mock-operator serve`."""
+    mock, mock_url = mock_process
+    assert mock.stdout is not None
+    mock_lines = "".join(mock.stdout.readline() for _ in range(3))
+    ports = dict(re.findall(r"(IMAP|SMTP)[^:]*: +\w+://127\.0\.0\.1:(\d+)", mock_lines))
+    assert set(ports) == {"IMAP", "SMTP"}, mock_lines
+    mock_dir = tmp_path / ".mock-operator"
     config = tmp_path / "gateway.toml"
-    config.write_text(f'data_dir = "{tmp_path / "state"}"\n[http]\nport = 0\n')
+    config.write_text(
+        f'data_dir = "{tmp_path / "state"}"\n'
+        "[http]\nport = 0\n[imap]\nport = 0\n[smtp]\nport = 0\n"
+        f'[psc]\nissuer = "{mock_url}/auth/realms/esante-wallet"\n'
+        "[backends.modern]\n"
+        f"imap_port = {ports['IMAP']}\nsmtp_port = {ports['SMTP']}\n"
+        f'ca_file = "{mock_dir / "tls" / "dev-cert.pem"}"\n'
+        'master_user = "lps-gateway"\n'
+        f'master_password_file = "{mock_dir / "master.secret"}"\n'
+        '[routing]\ndefault = "modern"\n'
+    )
     process = start([command("lps-gateway"), "serve", "--config", str(config)], tmp_path)
     try:
         assert process.stdout is not None
         line = process.stdout.readline()
         found = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)
         assert found, line
+        imap_line = process.stdout.readline()
+        imap = re.search(r"API LPS IMAP \(STARTTLS\): +127\.0\.0\.1:(\d+)", imap_line)
+        assert imap, imap_line
         async with httpx.AsyncClient(timeout=10) as http:
             assert (await http.get(f"{found.group(1)}/healthz")).json() == {"status": "ok"}
+            ready = (await http.get(f"{found.group(1)}/readyz")).json()
             anonymous = await http.get(f"{found.group(1)}/v1/me")
+        assert ready["status"] == "ready", ready
+        assert ready["checks"]["backend:modern:imap"] == "ok"
         assert anonymous.status_code == 401
         assert (tmp_path / "state" / "gateway.db").is_file()
+        token = token_from_cli(mock_url)
+
+        def login() -> bytes:
+            with imaplib.IMAP4("127.0.0.1", int(imap.group(1))) as client:
+                try:
+                    client.authenticate(
+                        "XOAUTH2",
+                        lambda _: f"user=\x01auth=Bearer {token}\x01\x01".encode(),
+                    )
+                except imaplib.IMAP4.error as refused:
+                    return str(refused).encode()
+            return b"logged in"
+
+        # The token is good, but this gateway's registry knows no mailbox yet.
+        assert b"AUTHORIZATIONFAILED" in await asyncio.to_thread(login)
     finally:
         assert stop(process) == 0
