@@ -8,12 +8,18 @@ import base64
 import dataclasses
 import datetime as dt
 import imaplib
+import ssl
 import time
+from pathlib import Path
 from typing import Any
 
+import pytest
+
 from gateway.imap.proxy import Relay
+from gateway.server import Gateway
+from gateway.settings import MockSettings, Settings
 from psc_auth import Identity
-from tests.gateway.conftest import Stack
+from tests.gateway.conftest import Stack, gateway_settings, start_stack
 from tests.imap_raw import Lit, Raw
 
 MARTIN = "claire.martin@medecin.mssante.fr"
@@ -384,3 +390,76 @@ async def test_idle_client_is_logged_out(stack: Stack):
     bye = await client.line(wait=3.0)
     assert bye.startswith(b"* BYE")
     assert b"autologout" in bye
+
+
+# -- transports and login modes ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend_overrides", [{"login": "token", "imap_tls": "none"}])
+async def test_token_mode_forwards_the_users_token(stack: Stack):
+    """The backend (the mock, sharing the registry) decides on the person's own token."""
+    client = await login(stack, "sec-bernard", MARTIN)
+    assert b"* 3 EXISTS" in (await client.ok("SELECT INBOX")).untagged
+    await client.ok("LOGOUT")
+    events = await audit(stack, MARTIN)
+    # The gateway and the mock both checked the delegation: two imap logins of hers.
+    assert sum(e.action == "login" and e.actor_idnat == BERNARD for e in events) == 2
+
+
+@pytest.fixture
+def stack_settings(tmp_path: Path) -> Settings:
+    return gateway_settings(tmp_path / "gateway", imap={"implicit_tls_port": 0})
+
+
+async def test_starttls_and_implicit_tls_listeners(stack: Stack):
+    cert = stack.gateway.settings.data_dir / "dev-cert.pem"
+    context = ssl.create_default_context(cafile=str(cert))
+    token = await stack.token("dr-martin")
+    assert stack.gateway.imaps is not None
+    implicit_port = stack.gateway.imaps.port
+
+    def run() -> tuple[str, str]:
+        with imaplib.IMAP4("127.0.0.1", stack.imap_port) as plain:
+            plain.starttls(context)
+            assert "STARTTLS" not in plain.capabilities
+            first = plain.authenticate("XOAUTH2", lambda _: base64.b64decode(xoauth2("", token)))
+        with imaplib.IMAP4_SSL("127.0.0.1", implicit_port, ssl_context=context) as tls:
+            assert "STARTTLS" not in tls.capabilities
+            second = tls.authenticate("XOAUTH2", lambda _: base64.b64decode(xoauth2("", token)))
+            tls.select("INBOX")
+        return first[0], second[0]
+
+    assert await asyncio.to_thread(run) == ("OK", "OK")
+
+
+@pytest.mark.parametrize("fresh_db_url", ["postgresql"], indirect=True)
+async def test_revocation_on_another_node_closes_the_session(
+    fresh_db_url: str, tmp_path: Path, mock_settings: MockSettings
+):
+    """Two gateways on one PostgreSQL: revoking through node B ends the session on node A
+    (LISTEN/NOTIFY)."""
+    node_a = await start_stack(
+        gateway_settings(tmp_path / "a", database_url=fresh_db_url), mock_settings, tmp_path / "m"
+    )
+    node_b = Gateway(gateway_settings(tmp_path / "b", database_url=fresh_db_url))
+    try:
+        registry_b = await node_b.open_registry()
+        await registry_b.bus.start()
+        client = await login(node_a, "sec-bernard", MARTIN)
+        await client.ok("SELECT INBOX")
+        holder = await identity(node_a, "dr-martin")
+        (delegation,) = [
+            d
+            for d in await registry_b.delegations_of(holder, MARTIN)
+            if d.delegate_idnat == BERNARD
+        ]
+        started = time.monotonic()
+        await registry_b.revoke(holder, MARTIN, delegation.id)
+        bye = await client.line(wait=2.0)
+        assert bye.startswith(b"* BYE")
+        assert b"revoked" in bye
+        assert time.monotonic() - started < 2.0
+    finally:
+        await node_b.stop()
+        await node_a.gateway.stop()
+        await node_a.mock.stop()
