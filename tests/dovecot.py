@@ -86,6 +86,52 @@ class DovecotServer:
                 os.kill(pid, signal.SIGKILL)
         shutil.rmtree(self.base, ignore_errors=True)
 
+    def kill(self, timeout: float = 5.0) -> None:
+        """Die at once, as a crashed server does: SIGKILL the master and every process it
+        started (imap, imap-login, auth...), so clients' connections just close (no
+        ``* BYE``, unlike `stop`, whose imap processes take seconds to say goodbye); then
+        clean up like `stop`."""
+        if self._stopped:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            pid = int((self.base / "run" / "master.pid").read_text().split()[0])
+            if str(self.base).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                victims = [pid, *_descendants(pid)]
+                for victim in victims:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(victim, signal.SIGKILL)
+                deadline = time.monotonic() + timeout
+                while time.monotonic() < deadline and any(_alive(v) for v in victims):
+                    time.sleep(0.02)
+        self.stop()
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie (a daemon's children are reaped by init)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid`, from /proc (children first found, then theirs)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            parent = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+            children.setdefault(parent, []).append(int(entry.name))
+    found: list[int] = []
+    queue = list(children.get(pid, []))
+    while queue:
+        child = queue.pop()
+        found.append(child)
+        queue.extend(children.get(child, []))
+    return found
+
 
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

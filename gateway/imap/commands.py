@@ -198,6 +198,7 @@ class ContinuationNeeded:
 
     tag: str | None
     size: int
+    message: bool = False  # the literal is APPEND's message (a proxy may refuse it early)
 
 
 @dataclass(frozen=True, slots=True)

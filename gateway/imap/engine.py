@@ -453,6 +453,8 @@ class ImapSession:
         await self._ok(command, "RENAME completed")
 
     async def _subscribe(self, command: c.Subscribe | c.Unsubscribe) -> None:
+        if not await self._require(command, "write"):
+            return
         await self._store.subscribe(command.mailbox, isinstance(command, c.Subscribe))
         await self._ok(command, f"{type(command).__name__.upper()} completed")
 

@@ -384,7 +384,7 @@ class CommandParser:
                 self._discard = True
             return cmd.CommandError(tag, error)
         self._need = size
-        return None if plus else cmd.ContinuationNeeded(tag, size)
+        return None if plus else cmd.ContinuationNeeded(tag, size, message)
 
     def _parse(self) -> Event:
         reader = _Reader(self._lines, self._literals, self._limits)

@@ -46,7 +46,14 @@ KICK_GRACE = 1.0  # seconds a BYE waits for the response being relayed to end
 #: list is intersected with it (COMPRESS, QRESYNC, ESEARCH... would desynchronise us).
 CARRIED: tuple[str, ...] = ("IMAP4rev1", "LITERAL+", "IDLE", "NAMESPACE", "UIDPLUS", "MOVE")
 CARRIED += ("UNSELECT", "CHILDREN", "SPECIAL-USE", "ID")
-_CAPABILITY_CODE = re.compile(rb"\[CAPABILITY [^\]\r\n]*\]", re.IGNORECASE)
+#: A response code right after a status word: never text inside data (a folder or subject
+#: may well contain "[CAPABILITY ...]").
+_STATUS_CODE = re.compile(
+    rb"(?P<head>\S+ (?:OK|NO|BAD|PREAUTH|BYE) )\[(?P<name>CAPABILITY|PERMANENTFLAGS)[ \]]"
+    rb"[^\]\r\n]*\]",
+    re.IGNORECASE,
+)
+_BYE = re.compile(rb"\* BYE(?:[ \r\n]|\Z)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -194,6 +201,7 @@ class Relay:
         caps = " ".join(grant.capabilities or ())
         self._capability_line = f"* CAPABILITY {caps}\r\n".encode()
         self._capability_code = f"[CAPABILITY {caps}]".encode()
+        self._backend_said_bye = False
         self._to_client = metrics.relayed_bytes.labels("imap", "to_client")
         self._to_backend = metrics.relayed_bytes.labels("imap", "to_backend")
 
@@ -286,8 +294,8 @@ class Relay:
                 except (ConnectionError, ssl.SSLError):
                     data = b""
                 if not data:
-                    if self.logging_out:
-                        return None
+                    if self.logging_out or self._backend_said_bye:
+                        return None  # an orderly end: the client has the backend's BYE
                     self._backend_error("died")
                     return "connection to the mailbox server lost"
                 self._backend_seen = self._loop.time()
@@ -339,19 +347,33 @@ class Relay:
         if line.startswith(b"* "):
             if line[2:13].upper() == b"CAPABILITY ":
                 return self._capability_line
-            return self._rewrite_capability_code(line)
+            if _BYE.match(line):
+                self._backend_said_bye = True
+            return self._rewrite_code(line)
         tag, _, rest = line.partition(b" ")
         name = tag.decode("ascii", "replace")
         command = self.pending.pop(name, None)
         self._sent_at.pop(name, None)
         if command is not None:
             self._completed(command, rest[:3].upper().rstrip().decode("ascii", "replace"))
-        return self._rewrite_capability_code(line)
+        return self._rewrite_code(line)
 
-    def _rewrite_capability_code(self, line: bytes) -> bytes:
+    def _rewrite_code(self, line: bytes) -> bytes:
+        """The gateway's capability list instead of the backend's; without the write right,
+        only \\Seen as a permanent flag (as the engine says for such a delegate)."""
         if b"[" not in line:
             return line
-        return _CAPABILITY_CODE.sub(lambda _: self._capability_code, line, count=1)
+        match = _STATUS_CODE.match(line)
+        if match is None:
+            return line
+        name = match.group("name").upper()
+        if name == b"CAPABILITY":
+            code = self._capability_code
+        elif "write" not in self.rights:
+            code = b"[PERMANENTFLAGS (\\Seen)]" if "read" in self.rights else b"[PERMANENTFLAGS ()]"
+        else:
+            return line
+        return match.group("head") + code + line[match.end() :]
 
     def _completed(self, command: c.Command, status: str) -> None:
         if isinstance(command, c.Idle) and command.tag == self._idle_tag:
@@ -375,7 +397,14 @@ class Relay:
                     return "autologout: idle too long"
                 continue
             if isinstance(event, c.ContinuationNeeded):
-                await self._local(continuation("ready for literal data"))
+                if event.message and "write" not in self.rights:
+                    parser.reject_literal()  # refuse before the client uploads the message
+                    self.metrics.rights_refusals.labels("imap", "write").inc()
+                    await self._local(
+                        tagged(event.tag or "*", "NO", "the write right is needed", "NOPERM")
+                    )
+                else:
+                    await self._local(continuation("ready for literal data"))
             elif isinstance(event, c.CommandError):
                 if event.fatal:
                     return event.message

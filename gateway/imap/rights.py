@@ -10,7 +10,9 @@ from __future__ import annotations
 from gateway.imap import commands as c
 
 _READS = (c.Select, c.List, c.Status, c.Search, c.Fetch, c.Check, c.Namespace)
-_WRITES = (c.Append, c.Expunge, c.Copy, c.Move, c.Create, c.Delete, c.Rename)
+# Subscriptions too: the holder's folder list is theirs to change.
+_WRITES: tuple[type[c.Command], ...] = (c.Append, c.Expunge, c.Copy, c.Move, c.Create)
+_WRITES += (c.Delete, c.Rename, c.Subscribe, c.Unsubscribe)
 
 
 def required_right(command: c.Command) -> str | None:
@@ -31,7 +33,7 @@ def audit_action(command: c.Command) -> str | None:
         return "examine" if command.readonly else "select"
     if isinstance(command, c.Store | c.Append | c.Expunge | c.Copy | c.Move):
         return type(command).__name__.lower()
-    if isinstance(command, c.Create | c.Delete | c.Rename):
+    if isinstance(command, c.Create | c.Delete | c.Rename | c.Subscribe | c.Unsubscribe):
         return f"folder-{type(command).__name__.lower()}"
     return None
 
@@ -39,7 +41,13 @@ def audit_action(command: c.Command) -> str | None:
 def audit_detail(command: c.Command, limit: int = 200) -> str:
     """What the command touched, short: the folder and the message set."""
     match command:
-        case c.Select(mailbox=folder) | c.Create(mailbox=folder) | c.Delete(mailbox=folder):
+        case (
+            c.Select(mailbox=folder)
+            | c.Create(mailbox=folder)
+            | c.Delete(mailbox=folder)
+            | c.Subscribe(mailbox=folder)
+            | c.Unsubscribe(mailbox=folder)
+        ):
             text = folder
         case c.Rename(old=old, new=new):
             text = f"{old} -> {new}"

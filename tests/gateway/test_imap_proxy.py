@@ -215,8 +215,10 @@ async def read_only_delegate(stack: Stack) -> None:
 async def test_read_only_delegate_gets_noperm_for_every_change(stack: Stack):
     await read_only_delegate(stack)
     client = await login(stack, "sec-bernard", MOREAU)
-    await client.ok("SELECT INBOX")
+    selected = await client.ok("SELECT INBOX")
+    assert any(line.startswith(b"* OK [PERMANENTFLAGS (\\Seen)] ") for line in selected.untagged)
     refused = [
+        "SUBSCRIBE Corbeille",
         "STORE 1 +FLAGS (\\Flagged)",
         "UID STORE 1 FLAGS (\\Seen)",
         "STORE 1 -FLAGS (\\Seen \\Deleted)",
@@ -231,7 +233,10 @@ async def test_read_only_delegate_gets_noperm_for_every_change(stack: Stack):
     for command in refused:
         reply = await client.command(command)
         assert reply.tagged.split(b" ", 3)[1:3] == [b"NO", b"[NOPERM]"], (command, reply)
-    append = await client.command("APPEND INBOX ", Lit(b"Subject: x\r\n\r\ny\r\n"))
+    # Refused before the upload: no "+" for the message literal.
+    await client.send(b"ap APPEND INBOX {18}\r\n")
+    assert (await client.line()).startswith(b"ap NO [NOPERM]")
+    append = await client.command("APPEND INBOX ", Lit(b"Subject: x\r\n\r\ny\r\n"), plus=True)
     assert b"NO [NOPERM]" in append.tagged
     stored = await client.ok("STORE 1 +FLAGS (\\Seen)")
     assert b"\\Seen" in stored.of(b"FETCH")[0]

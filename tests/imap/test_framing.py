@@ -90,6 +90,8 @@ def test_limits():
         (b"a CREATE X", "write", "folder-create"),
         (b"a DELETE X", "write", "folder-delete"),
         (b"a RENAME X Y", "write", "folder-rename"),
+        (b"a SUBSCRIBE X", "write", "folder-subscribe"),
+        (b"a UNSUBSCRIBE X", "write", "folder-unsubscribe"),
         (b"a NOOP", None, None),
         (b"a IDLE", None, None),
         (b"a LOGOUT", None, None),
