@@ -761,7 +761,7 @@ SPLIT_STREAM = (
 SPLIT_EXPECTED = [
     c.ContinuationNeeded("a", 5),
     c.Login("a", b"alice", b"secret"),
-    c.ContinuationNeeded("b", len(SPLIT_MESSAGE)),
+    c.ContinuationNeeded("b", len(SPLIT_MESSAGE), message=True),
     c.Append("b", "INBOX", ("\\Seen",), None, SPLIT_MESSAGE),
     c.Search("c", SearchKey("AND", (SearchKey("SUBJECT", ("{2}",)),))),
     c.Noop("d"),
@@ -823,7 +823,7 @@ def test_continuation_is_a_barrier() -> None:
     parser = CommandParser()
     parser.receive_data(b"a APPEND INBOX {5}\r\nhello\r\nb NOOP\r\n")
     assert parser.pending_bytes == len(b"a APPEND INBOX {5}hello\r\nb NOOP\r\n")
-    assert parser.next_event() == c.ContinuationNeeded("a", 5)
+    assert parser.next_event() == c.ContinuationNeeded("a", 5, message=True)
     parser.receive_data(b"c NOOP\r\n")  # nothing parsed until the server calls next_event
     assert parser.pending_bytes == len(b"a APPEND INBOX {5}hello\r\nb NOOP\r\nc NOOP\r\n")
     assert parser.next_event() == c.Append("a", "INBOX", (), None, b"hello")
@@ -836,7 +836,7 @@ def test_continuation_is_a_barrier() -> None:
 def test_reject_literal_then_next_command() -> None:
     parser = CommandParser()
     parser.receive_data(b"a APPEND Nowhere {100}\r\n")
-    assert parser.next_event() == c.ContinuationNeeded("a", 100)
+    assert parser.next_event() == c.ContinuationNeeded("a", 100, message=True)
     parser.reject_literal()  # the server answered "a NO [TRYCREATE]"
     parser.receive_data(b"b SELECT {4}\r\n")
     assert parser.next_event() == c.ContinuationNeeded("b", 4)
@@ -951,7 +951,10 @@ def test_command_literal_too_large() -> None:
     assert found == [c.CommandError("a", "literal too large")]
     message = b"m" * 100
     found = events(b"a APPEND x {100}\r\n" + message + b"\r\n", limits=limits)
-    assert found == [c.ContinuationNeeded("a", 100), c.Append("a", "x", (), None, message)]
+    assert found == [
+        c.ContinuationNeeded("a", 100, message=True),
+        c.Append("a", "x", (), None, message),
+    ]
     found = events(b"a APPEND x {101}\r\nb NOOP\r\n", limits=limits)
     assert found == [c.CommandError("a", "literal too large"), c.Noop("b")]
     found = events(b"a APPEND x {101+}\r\n", limits=limits)
