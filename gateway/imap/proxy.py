@@ -129,7 +129,9 @@ class ProxyAuthenticator:
             raise AuthFailed("unavailable", "mailbox server misconfigured")
         self.metrics.logins.labels("imap", "ok").inc()
         values = {f.name: getattr(grant, f.name) for f in dataclasses.fields(grant)}
-        values.update(capabilities=carried_capabilities(upstream.capabilities), on_close=None)
+        values.update(
+            capabilities=carried_capabilities(upstream.capabilities), on_close=upstream.close
+        )
         return ProxyGrant(**values, upstream=upstream)
 
 
@@ -285,7 +287,8 @@ class Relay:
             timeout = self.up.route.backend.reply_timeout
             while True:
                 try:
-                    data = await asyncio.wait_for(reader.read(RELAY_READ), timeout)
+                    async with asyncio.timeout(timeout):
+                        data = await reader.read(RELAY_READ)
                 except TimeoutError:
                     if self._overdue(timeout):
                         self._backend_error("timeout")
@@ -437,6 +440,9 @@ class Relay:
             )
             return None
         if isinstance(command, c.Close) and "write" not in self.rights:
+            if "UNSELECT" not in self.up.capabilities:
+                await self._local(tagged(command.tag, "NO", "use UNSELECT", "CANNOT"))
+                return None
             command = c.Unselect(command.tag)  # CLOSE would expunge: a change
         if right == "read" and not isinstance(command, c.Select | c.Store):
             self.reads += 1

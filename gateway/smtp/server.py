@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import socket
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 from aiosmtpd.smtp import SMTP
@@ -20,8 +22,17 @@ class TokenSMTP(SMTP):
 
     line_length_limit = AUTH_LINE_LIMIT
 
-    def __init__(self, handler: Any, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        handler: Any,
+        *,
+        tracker: set[TokenSMTP] | None = None,
+        on_lost: Callable[[], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(handler, **kwargs)
+        self._tracker = tracker
+        self._on_lost = on_lost
         # aiosmtpd keeps these limits in a class-level dict: give each protocol its own.
         self.command_size_limits = collections.defaultdict(
             lambda: SMTP.command_size_limit, {"AUTH": AUTH_LINE_LIMIT}
@@ -41,13 +52,31 @@ class TokenSMTP(SMTP):
         fresh = self._original_transport is None  # set by STARTTLS
         super().connection_made(transport)
         if fresh:
+            if self._tracker is not None:
+                self._tracker.add(self)
             _notify(self.event_handler, "connection_opened", self)
 
     def connection_lost(self, error: Exception | None) -> None:
         try:
             super().connection_lost(error)
         finally:
+            if self._tracker is not None:
+                self._tracker.discard(self)
+            if self._on_lost is not None:
+                self._on_lost()
             _notify(self.event_handler, "connection_closed", self)
+
+    @property
+    def in_transaction(self) -> bool:
+        """Between MAIL and the reply to DATA: a message is on its way."""
+        return self.envelope is not None and bool(self.envelope.mail_from)
+
+    def shut_down(self) -> None:
+        """Tell the client the service is going away (RFC 5321 §3.8) and hang up."""
+        transport = self.transport
+        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+            transport.write(b"421 4.3.2 Service shutting down\r\n")
+            transport.close()
 
 
 def _notify(handler: Any, name: str, server: SMTP) -> None:
@@ -78,6 +107,8 @@ class SmtpServer:
         self._ident = ident
         self._timeout = timeout
         self._server: asyncio.Server | None = None
+        self._open: set[TokenSMTP] = set()
+        self._changed = asyncio.Event()  # a session ended
 
     @property
     def port(self) -> int:
@@ -97,13 +128,31 @@ class SmtpServer:
             decode_data=False,
             ident=self._ident,
             timeout=self._timeout,
+            tracker=self._open,
+            on_lost=self._changed.set,
         )
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._protocol, sock=self._socket)
 
-    async def stop(self) -> None:
+    @property
+    def open_sessions(self) -> int:
+        return len(self._open)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop accepting; give open sessions `grace` seconds to finish their message,
+        then answer the rest 421 (they keep their messages and retry elsewhere or later)."""
         if self._server is not None:
             self._server.close()
+        for protocol in [p for p in self._open if not p.in_transaction]:
+            protocol.shut_down()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                while self._open:
+                    self._changed.clear()
+                    await self._changed.wait()
+        for protocol in list(self._open):
+            protocol.shut_down()
+        if self._server is not None:
             await self._server.wait_closed()

@@ -659,3 +659,19 @@ async def test_no_token_or_password_in_logs(stack: Stack, caplog: pytest.LogCapt
     plain = base64.b64encode(f"{CLAIRE}\0lps-gateway\0s3cret-master".encode()).decode()
     assert plain not in text
     assert any("smtp.message_relayed" in record.getMessage() for record in caplog.records)
+
+
+async def test_stop_hangs_up_idle_sessions_with_421(stack: Stack):
+    """Shutting down: a session between messages is told 421 at once, not waited for."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.smtp_port)
+    assert (await reader.readline()).startswith(b"220")
+    writer.write(b"EHLO lps.example\r\n")
+    await writer.drain()
+    while not (await reader.readline()).startswith(b"250 "):
+        pass
+    assert stack.gateway.smtp is not None
+    started = asyncio.get_running_loop().time()
+    await stack.gateway.smtp.stop(grace=5.0)
+    assert asyncio.get_running_loop().time() - started < 1.0
+    assert (await reader.readline()).startswith(b"421 4.3.2")
+    writer.close()
