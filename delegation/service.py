@@ -26,7 +26,14 @@ import datetime as dt
 import logging
 import re
 import unicodedata
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Sequence,
+)
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
@@ -95,6 +102,31 @@ class Grant:
 
     def allows(self, right: str) -> bool:
         return right in self.rights
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A decision of the registry: the grant, or why not (and the delegation concerned)."""
+
+    grant: Grant | None
+    refusal: str | None
+    delegation_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """An audit event to append (see `DelegationService.record_many`)."""
+
+    actor_idnat: str
+    mailbox: str
+    action: str
+    interface: str
+    result: str = "ok"
+    delegation_id: int | None = None
+    software: str | None = None
+    remote: str | None = None
+    detail: str | None = None
+    at: dt.datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,6 +440,29 @@ class DelegationService:
                 detail=detail,
             )
 
+    async def record_many(self, events: Sequence[AuditRecord]) -> None:
+        """Append several audit events in one transaction (a batch from a busy front)."""
+        for event in events:
+            _check_interface(event.interface)
+            _check_action(event.action)
+        if not events:
+            return
+        async with self._writing() as db:
+            for event in events:
+                self._add_audit(
+                    db,
+                    event.actor_idnat,
+                    event.mailbox,
+                    event.action,
+                    interface=event.interface,
+                    result=event.result,
+                    delegation_id=event.delegation_id,
+                    software=event.software,
+                    remote=event.remote,
+                    detail=event.detail,
+                    at=event.at,
+                )
+
     def _add_audit(
         self,
         db: AsyncSession,
@@ -502,6 +557,16 @@ class DelegationService:
                 at=now,
             )
         return grant
+
+    async def decide(self, identity: Identity, mailbox: str) -> Decision:
+        """What `resolve` decides, read-only and not audited: for a caller that caches
+        decisions and writes its audit events in batches (the gateway's fronts)."""
+        address = mailbox.strip().lower() if isinstance(mailbox, str) else ""
+        async with self._sessions() as db:
+            grant, refusal, delegation_id = await self._decide(
+                db, str(identity.idnat), address, self.now()
+            )
+        return Decision(grant, refusal, delegation_id)
 
     async def _decide(
         self, db: AsyncSession, idnat: str, address: str, now: dt.datetime

@@ -8,8 +8,10 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 
-from delegation.service import DelegationService, Grant
+from delegation.service import AuditRecord, DelegationService, Grant
+from gateway.audit import AuditSink
 from gateway.backends.routing import NoRoute, Route, Router
+from gateway.decisions import DecisionCache
 from gateway.imap.session import AuthFailed, ConnectionInfo, SessionGrant
 from psc_auth import Identity, TokenError, TokenValidator
 from psc_auth.sasl import TokenCredentials, error_challenge
@@ -43,11 +45,15 @@ class FrontAuthenticator:
         router: Router,
         *,
         interface: str,
+        decisions: DecisionCache,
+        audit: AuditSink,
     ) -> None:
         self.validator = validator
         self.registry = registry
         self.router = router
         self.interface = interface
+        self.decisions = decisions
+        self.audit = audit
         issuer = validator.config.issuer.rstrip("/")
         self.challenge = error_challenge(f"{issuer}/.well-known/openid-configuration")
 
@@ -88,18 +94,30 @@ class FrontAuthenticator:
         action: str,
         right: str | None = None,
     ) -> FrontGrant:
-        decision = await self.registry.resolve(
-            identity,
-            bal,
-            interface=self.interface,
-            software=connection.software,
-            remote=connection.peer,
-            action=action,
-        )
         actor = str(identity.idnat)
+        found = await self.decisions.decide(identity, bal)
+        decision = found.grant
+        refusal = found.refusal
+        if decision is not None and right is not None and not decision.allows(right):
+            refusal = f"no-{right}-right"
+        await self.audit.submit(
+            AuditRecord(
+                actor,
+                decision.mailbox if decision is not None else bal.strip().lower(),
+                action,
+                self.interface,
+                result=f"refused:{refusal}" if refusal else "ok",
+                delegation_id=found.delegation_id,
+                software=connection.software,
+                remote=connection.peer,
+                detail=f"via={decision.via} rights={','.join(sorted(decision.rights))}"
+                if decision is not None
+                else None,
+            )
+        )
         if decision is None:
             raise AuthFailed("authorization", f"{actor} may not open {bal}")
-        if right is not None and not decision.allows(right):
+        if refusal is not None:
             raise AuthFailed("authorization", f"{actor} has no {right} right on {bal}")
         try:
             route = self.router.route(decision.mailbox, decision.backend)

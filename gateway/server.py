@@ -15,7 +15,9 @@ from delegation.service import DelegationService
 from gateway.access import FrontAuthenticator
 from gateway.api.app import create_api
 from gateway.asgi_server import AsgiServer, bind_tcp
+from gateway.audit import AuditSink
 from gateway.backends.routing import Router
+from gateway.decisions import DecisionCache
 from gateway.health import Readiness
 from gateway.imap.proxy import ProxyConfig, ProxyServer
 from gateway.metrics import Metrics
@@ -43,6 +45,8 @@ class Gateway:
         self.imap: ProxyServer | None = None
         self.imaps: ProxyServer | None = None
         self.smtp: SmtpServer | None = None
+        self.audit: AuditSink | None = None
+        self.decisions: DecisionCache | None = None
 
     async def open_registry(self) -> DelegationService:
         """Migrate and open the delegation registry (before `start`, to seed it)."""
@@ -100,7 +104,11 @@ class Gateway:
             cert, key = ensure_dev_certificate(settings.data_dir)
         tls = server_context(cert, key)
         config = ProxyConfig.from_settings(settings.imap)
-        imap_auth = FrontAuthenticator(validator, service, self.router, interface="imap")
+        self.audit = AuditSink(service)
+        self.audit.start()
+        self.decisions = DecisionCache(service)
+        self.decisions.start()
+        imap_auth = self._front(validator, service, "imap")
         front = settings.imap
         self.imap = ProxyServer(
             config, imap_auth, service, self.metrics, tls, bind_tcp(front.host, front.port)
@@ -116,7 +124,7 @@ class Gateway:
                 bind_tcp(front.host, front.implicit_tls_port),
             )
             await self.imaps.start()
-        smtp_auth = FrontAuthenticator(validator, service, self.router, interface="smtp")
+        smtp_auth = self._front(validator, service, "smtp")
         self.smtp = SmtpServer(
             SubmissionFront(smtp_auth, settings.smtp, self.metrics),
             bind_tcp(settings.smtp.host, settings.smtp.port),
@@ -127,6 +135,21 @@ class Gateway:
         )
         await self.smtp.start()
 
+    def _front(
+        self, validator: TokenValidator, service: DelegationService, interface: str
+    ) -> FrontAuthenticator:
+        assert self.router is not None
+        assert self.decisions is not None
+        assert self.audit is not None
+        return FrontAuthenticator(
+            validator,
+            service,
+            self.router,
+            interface=interface,
+            decisions=self.decisions,
+            audit=self.audit,
+        )
+
     async def stop(self) -> None:
         if self._expiry is not None:
             self._expiry.cancel()
@@ -135,6 +158,10 @@ class Gateway:
         for front in (self.imap, self.imaps, self.smtp):
             if front is not None:
                 await front.stop()
+        if self.decisions is not None:
+            await self.decisions.stop()
+        if self.audit is not None:
+            await self.audit.stop()
         if self._http is not None:
             await self._http.stop()
         if self.delegations is not None:

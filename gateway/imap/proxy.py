@@ -21,8 +21,9 @@ import ssl
 from dataclasses import dataclass, field
 
 from delegation.events import ChangeEvent
-from delegation.service import DelegationService
+from delegation.service import AuditRecord, DelegationService
 from gateway.access import FrontAuthenticator, FrontGrant
+from gateway.audit import AuditSink
 from gateway.backends.imap_client import BackendError, Upstream, open_upstream
 from gateway.imap import commands as c
 from gateway.imap.engine import EngineConfig, ImapSession
@@ -133,35 +134,6 @@ class ProxyAuthenticator:
             capabilities=carried_capabilities(upstream.capabilities), on_close=upstream.close
         )
         return ProxyGrant(**values, upstream=upstream)
-
-
-class AuditSink:
-    """Audit events written in the background, in order, so the relay never waits on the
-    database; drained on stop so none is lost."""
-
-    def __init__(self, registry: DelegationService) -> None:
-        self.registry = registry
-        self._queue: asyncio.Queue[dict[str, object] | None] = asyncio.Queue(maxsize=10_000)
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._drain(), name="imap-audit")
-
-    async def submit(self, **event: object) -> None:
-        await self._queue.put(event)
-
-    async def _drain(self) -> None:
-        while (event := await self._queue.get()) is not None:
-            try:
-                await self.registry.record(**event)  # type: ignore[arg-type]
-            except Exception:
-                log.exception("imap.audit_failed", extra={"action": event.get("action")})
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            await self._queue.put(None)
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
 
 class Relay:
@@ -504,15 +476,17 @@ class Relay:
 
     async def _record(self, action: str, detail: str, result: str) -> None:
         await self.audit.submit(
-            actor_idnat=self.actor,
-            mailbox=self.mailbox,
-            action=action,
-            interface="imap",
-            result=result,
-            delegation_id=self.grant.delegation_id,
-            software=self.session.client_software(),
-            remote=self.session.connection.peer,
-            detail=detail or None,
+            AuditRecord(
+                self.actor,
+                self.mailbox,
+                action,
+                "imap",
+                result=result,
+                delegation_id=self.grant.delegation_id,
+                software=self.session.client_software(),
+                remote=self.session.connection.peer,
+                detail=detail or None,
+            )
         )
 
 
@@ -604,18 +578,16 @@ class ProxyServer(ImapServer):
     ) -> None:
         super().__init__(config.server, ProxyAuthenticator(front, metrics), ssl_context, sock)
         self.metrics = metrics
+        self.audit = front.audit
         self.live = LiveSessions(registry)
-        self.audit = AuditSink(registry)
 
     async def start(self) -> None:
-        self.audit.start()
         self.live.start()
         await super().start()
 
     async def stop(self, grace: float = 5.0) -> None:
         await super().stop(grace)
         await self.live.stop()
-        await self.audit.stop()
 
     async def _handover(self, session: ImapSession, channel: _StreamChannel) -> bool:
         grant = session.grant

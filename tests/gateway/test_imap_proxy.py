@@ -52,13 +52,10 @@ def relays(stack: Stack) -> list[Relay]:
 
 
 async def audit(stack: Stack, mailbox: str) -> list[Any]:
-    assert stack.gateway.imap is not None
+    assert stack.gateway.audit is not None
     assert stack.gateway.delegations is not None
-    for _ in range(50):  # the audit is written in the background
-        if stack.gateway.imap.audit._queue.empty():
-            break
-        await asyncio.sleep(0.02)
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)  # the relay hands its events over in the background
+    await stack.gateway.audit.flush()
     return await stack.gateway.delegations.audit_for(mailbox)
 
 
@@ -286,6 +283,11 @@ async def test_revocation_closes_the_open_session_within_two_seconds(stack: Stac
     assert b"revoked" in bye
     assert time.monotonic() - started < 2.0
     assert await client.until_closed() == b""
+    # And at once no new login (the gateway's remembered decisions forgot hers).
+    again = await Raw.open(stack.imap_port)
+    token = await stack.token("sec-bernard")
+    refused = await again.command("AUTHENTICATE XOAUTH2 ", xoauth2(MARTIN, token))
+    assert b"[AUTHORIZATIONFAILED]" in refused.tagged
     await asyncio.sleep(0.05)
     assert not relays(stack)
 
