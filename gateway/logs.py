@@ -115,6 +115,17 @@ def configure_logging(settings: LogSettings) -> None:
     root.setLevel(settings.level)
     for noisy in ("httpx", "httpcore", "aiosqlite", "uvicorn.error", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    smtp = logging.getLogger("mail.log")
+    if not any(isinstance(f, _LegacyLoginData) for f in smtp.filters):
+        smtp.addFilter(_LegacyLoginData())
+
+
+class _LegacyLoginData(logging.Filter):
+    """aiosmtpd warns on every successful AUTH that it sets its own deprecated attribute:
+    not ours to fix, and a warning per login would drown the real ones."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "login_data is deprecated" not in record.getMessage()
 
 
 class RequestIdMiddleware:

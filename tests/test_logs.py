@@ -57,3 +57,13 @@ def test_console_format(capsys: pytest.CaptureFixture[str]):
     configure_logging(LogSettings())
     ours = [h for h in logging.getLogger().handlers if isinstance(h.formatter, JsonFormatter)]
     assert ours == [], "reconfiguring replaces our handler instead of stacking another"
+
+
+def test_aiosmtpd_login_data_warning_is_dropped(caplog: pytest.LogCaptureFixture):
+    configure_logging(LogSettings())
+    with caplog.at_level(logging.WARNING, logger="mail.log"):
+        logging.getLogger("mail.log").warning(
+            "Session.login_data is deprecated and will be removed in version 2.0"
+        )
+        logging.getLogger("mail.log").warning("a real warning")
+    assert [r.getMessage() for r in caplog.records] == ["a real warning"]

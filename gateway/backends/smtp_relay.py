@@ -25,6 +25,7 @@ import functools
 import logging
 import re
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
@@ -95,6 +96,7 @@ class SmtpRelay:
         self._token = token
         self._smtp: aiosmtplib.SMTP | None = None
         self.in_transaction = False  # a MAIL was accepted and no DATA/RSET ended it yet
+        self.last_answer = 0.0  # time.monotonic() of the backend's last reply
 
     @property
     def key(self) -> tuple[str, str]:
@@ -224,7 +226,9 @@ class SmtpRelay:
         A 421 (the backend is closing) is a lost connection, not an answer to pass on."""
         smtp = self._require()
         try:
-            return await call(smtp)
+            answer = await call(smtp)
+            self.last_answer = time.monotonic()
+            return answer
         except aiosmtplib.SMTPResponseException as exc:
             if exc.code == 421 or not smtp.is_connected:
                 self.abort()

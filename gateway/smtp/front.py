@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,7 @@ AUTH_REQUIRED = "530 5.7.0 Authentication required"
 MAIL_FIRST = "503 5.5.1 MAIL first"
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 INTERNAL_ERROR = "451 4.3.0 Internal error, try again later"
+FRESH = 2.0  # seconds: a backend session that answered this recently is taken as alive
 
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
 
@@ -249,6 +251,8 @@ class SubmissionFront(TokenAuthMixin):
         relay = client.relay
         same = relay is not None and relay.key == (sender.route.name, sender.mailbox)
         if relay is not None and same and relay.connected:
+            if not relay.in_transaction and time.monotonic() - relay.last_answer < FRESH:
+                return relay  # answered a moment ago, nothing pending: no RSET round trip
             try:
                 await relay.reset()
                 return relay

@@ -613,7 +613,17 @@ async def test_backend_session_master_login_reuse_and_close(stack: Stack) -> Non
     assert mechanism == "PLAIN"
     assert base64.b64decode(blob) == f"{CLAIRE}\0lps-gateway\0s3cret-master".encode()
     verbs = [c.split(" ")[0].upper() for c in backend.commands]
-    assert verbs == ["EHLO", "AUTH", "MAIL", "RCPT", "DATA", "RSET", "MAIL", "RCPT", "DATA", "QUIT"]
+    assert verbs == [
+        "EHLO",
+        "AUTH",
+        "MAIL",
+        "RCPT",
+        "DATA",
+        "MAIL",
+        "RCPT",
+        "DATA",
+        "QUIT",
+    ]  # no RSET: fresh
     assert backend.messages[0].startswith(f"Sender: Sophie BERNARD <{CLAIRE}>\r\n".encode())
 
 
