@@ -298,14 +298,21 @@ class Relay:
         if not self._holding:
             await self._out.acquire()
             self._holding = True
+        rewritten = False
         out: list[bytes | memoryview] = []
         for segment in segments:
             if segment.head:
-                out.append(self._inspect(bytes(segment.data)))
+                line = bytes(segment.data)
+                forwarded = self._inspect(line)
+                rewritten = rewritten or forwarded is not line
+                out.append(forwarded)
             else:
                 out.append(segment.data)
         writer = self.channel.writer
-        writer.writelines(out)
+        if rewritten:
+            writer.writelines(out)
+        else:
+            writer.write(data)  # the usual case: the bytes as received, no copy
         self._to_client.inc(len(data))
         await writer.drain()
         if self.framer.at_boundary:
