@@ -40,8 +40,7 @@ def require_peer(available: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture
-def mock_settings() -> MockSettings:
+def quick_mock_settings() -> MockSettings:
     """Mock settings for tests: any free port, CIBA approved only when a test says so."""
     return MockSettings(
         http_port=0,
@@ -51,6 +50,11 @@ def mock_settings() -> MockSettings:
         ciba_interval=1,
         auth_failure_delay=0,
     )
+
+
+@pytest.fixture
+def mock_settings() -> MockSettings:
+    return quick_mock_settings()
 
 
 @pytest.fixture

@@ -39,9 +39,9 @@ import pytest
 import pytest_asyncio
 from pydantic import SecretStr
 
-from gateway.settings import BackendSettings, MockSettings, Settings
+from gateway.settings import BackendSettings, Settings
 from mock_operator.server import MockOperator
-from tests.conftest import require_peer
+from tests.conftest import quick_mock_settings, require_peer
 from tests.dovecot import DovecotServer, dovecot_available, start_dovecot
 from tests.gateway.conftest import Stack, gateway_settings, start_stack
 
@@ -499,14 +499,7 @@ async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
             await asyncio.to_thread(seed_account, dovecot, user, {"INBOX": MESSAGES})
         await asyncio.to_thread(seed_account, doomed, MOREAU, {"INBOX": MESSAGES[:2]})
         base = tmp_path_factory.mktemp("dovecot-backend")
-        mock_settings = MockSettings(
-            http_port=0,
-            imap_port=0,
-            smtp_port=0,
-            ciba_auto_approve_after=None,
-            ciba_interval=1,
-            auth_failure_delay=0,
-        )
+        mock_settings = quick_mock_settings()
         main, second = dovecot, doomed
 
         def configure(settings: Settings, mock: MockOperator) -> None:
