@@ -1,0 +1,95 @@
+"""The seam between the historic platform's operations and its HTTP faces (REST, SOAP).
+
+`HistoricOperations.call` runs one operation for an authenticated caller: `payload` is the
+content of ``{"<op>Input": {...}}`` (or of the SOAP body element), the result the content
+of ``{"<op>Output": {...}}``. Failures are `HistoricError`s carrying the codes of DOMAIN.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+NAMESPACE = "http://services.msg.mss.asip.fr/"
+
+OPERATIONS: dict[str, tuple[str, ...]] = {
+    "Annuaire": ("listEmails", "searchRecipient"),
+    "Folder": (
+        "listFolders",
+        "createFolder",
+        "renameFolder",
+        "moveFolder",
+        "deleteFolder",
+        "emptyFolder",
+        "trashFolder",
+    ),
+    "Item": (
+        "searchMessages",
+        "syncMessages",
+        "sendMessage",
+        "draftMessage",
+        "updateMessages",
+        "moveMessages",
+    ),
+    "Attachment": ("downloadAttachment",),
+}
+
+# Functional error codes (DOMAIN.md §4).
+EMAIL_MISSING = 23
+EMAIL_INVALID = 24
+FIELD_MISSING = 28
+FOLDER_DUPLICATE = 30
+ATTACHMENTS_TOO_LARGE = 32
+NO_ADDRESS = 34
+INVALID_FORMAT = 36
+CONTENT_TOO_LARGE = 39
+FOLDER_MISSING = 41
+MESSAGE_MISSING = 45
+ATTACHMENT_MISSING = 46
+# Authentication codes, sent as X-ErrorCode on HTTP 403.
+AUTH_INVALID_CREDENTIALS = 17
+AUTH_ACCOUNT_LOCKED = 22
+AUTH_CHANNEL_BLOCKED = 44
+AUTH_IMPOSSIBLE = 8
+AUTH_INVALID_SESSION = 26
+
+# Field limits (DOMAIN.md §4).
+MAX_SUBJECT = 250
+MAX_BODY = 50_000
+MAX_SEARCH_STRING = 256
+MAX_RECIPIENT_SEARCH = 30
+MAX_IDNAT = 32
+
+# Well-known folder ids (the historic backend was Zimbra).
+INBOX, TRASH, SENT, DRAFTS = 2, 3, 5, 6
+
+
+class HistoricError(Exception):
+    """A refusal of the historic services: a functional code, or a technical failure."""
+
+    def __init__(
+        self,
+        code: int,
+        message: str,
+        kind: Literal["FONCTIONNELLE", "TECHNIQUE"] = "FONCTIONNELLE",
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who calls: a person (idNat, from a CPS certificate or an OTP session) or the trusted
+    gateway acting on the BAL named in the input; `software` is NUMHOMOLOGATION."""
+
+    idnat: str | None
+    software: str | None = None
+    trusted_gateway: bool = False
+
+
+class HistoricOperations(Protocol):
+    async def call(
+        self, service: str, operation: str, caller: Caller, payload: dict[str, Any]
+    ) -> dict[str, Any]: ...
