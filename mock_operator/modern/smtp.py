@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from typing import Protocol
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
@@ -21,15 +22,28 @@ log = logging.getLogger(__name__)
 MAX_RECIPIENTS = 100
 
 
+class OtherPlatform(Protocol):
+    """The operator's other platform (the historic one): mail between them is delivered."""
+
+    async def has_mailbox(self, address: str) -> bool: ...
+
+    async def deliver_mime(self, address: str, raw: bytes) -> None: ...
+
+
 class PlatformSubmission(TokenAuthMixin):
     """The aiosmtpd handler of the platform's submission port."""
 
     def __init__(
-        self, platform: SqlPlatform, authenticator: Authenticator, auth_failure_delay: float = 1.0
+        self,
+        platform: SqlPlatform,
+        authenticator: Authenticator,
+        auth_failure_delay: float = 1.0,
+        other: OtherPlatform | None = None,
     ) -> None:
         self.platform = platform
         self.authenticator = authenticator
         self.auth_failure_delay = auth_failure_delay
+        self.other = other
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
@@ -50,7 +64,9 @@ class PlatformSubmission(TokenAuthMixin):
     ) -> str:
         if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
             return "452 4.5.3 Too many recipients"
-        if not await self.platform.has_mailbox(address):
+        if not await self.platform.has_mailbox(address) and not (
+            self.other is not None and await self.other.has_mailbox(address)
+        ):
             return f"550 5.1.1 {address}: no such mailbox here"
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
@@ -67,7 +83,10 @@ class PlatformSubmission(TokenAuthMixin):
         now = dt.datetime.now(dt.UTC).astimezone()
         try:
             for recipient in envelope.rcpt_tos:
-                await self.platform.deliver(recipient, message, internal_date=now)
+                if await self.platform.has_mailbox(recipient) or self.other is None:
+                    await self.platform.deliver(recipient, message, internal_date=now)
+                else:
+                    await self.other.deliver_mime(recipient, message)
             sent = await self._sent_folder(grant.mailbox)
             if sent is not None:
                 await self.platform.deliver(
