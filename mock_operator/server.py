@@ -7,8 +7,9 @@ import logging
 import secrets
 import socket
 from pathlib import Path
+from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -25,6 +26,11 @@ from gateway.logs import RequestIdMiddleware
 from gateway.settings import MockSettings
 from gateway.smtp.server import SmtpServer
 from gateway.tls import ensure_dev_certificate, server_context
+from mock_operator.historic.auth import CpsAuthority, HistoricAuth
+from mock_operator.historic.http import build_historic_router
+from mock_operator.historic.operations import HistoricService, recipient
+from mock_operator.historic.seed import seed_historic
+from mock_operator.historic.store import HistoricStore
 from mock_operator.modern.auth import MasterCredentials, PlatformAuthenticator
 from mock_operator.modern.smtp import PlatformSubmission
 from mock_operator.modern.store import SqlPlatform
@@ -52,7 +58,7 @@ def sqlite_engine(path: Path) -> AsyncEngine:
     return engine
 
 
-def create_app(psc: MockPsc) -> FastAPI:
+def create_app(psc: MockPsc, historic: APIRouter | None = None) -> FastAPI:
     app = FastAPI(
         title="mock-operator",
         summary="A faithful MSSanté test operator: mock Pro Santé Connect and platforms",
@@ -62,6 +68,8 @@ def create_app(psc: MockPsc) -> FastAPI:
     app.state.psc = psc
     app.add_middleware(RequestIdMiddleware)
     app.include_router(build_router(psc.settings.realm))
+    if historic is not None:
+        app.include_router(historic)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def home(request: Request) -> HTMLResponse:
@@ -107,6 +115,9 @@ class MockOperator:
         self.tls_cert: Path | None = None
         self.delegations: DelegationService | None = None
         self._registry_engine: AsyncEngine | None = None
+        self._historic_engine: AsyncEngine | None = None
+        self.historic: HistoricService | None = None
+        self.historic_auth: HistoricAuth | None = None
 
     @property
     def http_url(self) -> str:
@@ -134,7 +145,11 @@ class MockOperator:
             engine=self._engine,
         )
         await self.psc.start()
-        self._http = AsgiServer(create_app(self.psc), sock)
+        self.master = MasterCredentials(
+            settings.master_user, _secret(self.data_dir / "master.secret")
+        )
+        historic = await self._start_historic()
+        self._http = AsgiServer(create_app(self.psc, historic), sock)
         await self._http.start()
         await self._start_platform(imap_sock, smtp_sock)
         log.info(
@@ -156,9 +171,6 @@ class MockOperator:
         tls = server_context(cert, key)
         self.validator = TokenValidator(
             ValidatorConfig(issuer=self.issuer, cache_max_ttl_seconds=60)
-        )
-        self.master = MasterCredentials(
-            settings.master_user, _secret(self.data_dir / "master.secret")
         )
         self.delegations = self._shared_registry or await self._delegation_registry()
         platform, validator = self.platform, self.validator
@@ -185,10 +197,67 @@ class MockOperator:
         self.imap = ImapServer(ServerConfig(engine=engine), authenticator("imap"), tls, imap_sock)
         await self.imap.start()
         handler = PlatformSubmission(
-            self.platform, authenticator("smtp"), settings.auth_failure_delay
+            self.platform,
+            authenticator("smtp"),
+            settings.auth_failure_delay,
+            other=_HistoricMailboxes(self.historic.store) if self.historic else None,
         )
         self.smtp = SmtpServer(handler, smtp_sock, tls)
         await self.smtp.start()
+
+    async def _start_historic(self) -> APIRouter:
+        """The historic platform: its own store, the web services, and their callers."""
+        self._historic_engine = sqlite_engine(self.data_dir / "historic.db")
+        store = HistoricStore(self._historic_engine)
+        await store.create_schema()
+        self.historic = HistoricService(
+            store,
+            resolver=self._historic_rights,
+            mailboxes_of=self._historic_mailboxes_of,
+            directory=self._historic_directory,
+            deliver_elsewhere=self._deliver_to_modern,
+        )
+        await seed_historic(self.historic, self.personas.all())
+        self.historic_auth = HistoricAuth(
+            self.personas,
+            master=self.master,
+            authority=CpsAuthority.load_or_create(self.data_dir / "cps"),
+        )
+        return build_historic_router(
+            self.historic, self.historic_auth, public_url=self.settings.public_url
+        )
+
+    async def _historic_rights(self, idnat: str, bal: str) -> frozenset[str] | None:
+        if self.delegations is None:
+            return None
+        decision = await self.delegations.decide(_identity(idnat), bal)
+        return decision.grant.rights if decision.grant else None
+
+    async def _historic_mailboxes_of(self, idnat: str) -> list[str]:
+        if self.delegations is None:
+            return []
+        return [g.mailbox for g in await self.delegations.accessible(_identity(idnat))]
+
+    async def _historic_directory(self, search: str) -> list[dict[str, Any]]:
+        if self.delegations is None:
+            return []
+        return [
+            recipient(
+                entry.given_name,
+                entry.family_name,
+                entry.addresses,
+                idnat=entry.idnat,
+                profession=entry.profession,
+            )
+            for entry in await self.delegations.directory_search(search)
+        ]
+
+    async def _deliver_to_modern(self, address: str, raw: bytes) -> None:
+        """Mail sent on the historic platform to a BAL of the modern one."""
+        assert self.platform is not None
+        if not await self.platform.has_mailbox(address):
+            raise LookupError(f"{address}: no such mailbox at this operator")
+        await self.platform.deliver(address, raw)
 
     async def _delegation_registry(self) -> DelegationService:
         """The mock's own registry (the operator's delegations), seeded with the personas'."""
@@ -232,6 +301,8 @@ class MockOperator:
         return self.smtp.port
 
     async def stop(self) -> None:
+        if self._historic_engine is not None:
+            await self._historic_engine.dispose()
         if self.imap is not None:
             await self.imap.stop()
         if self.smtp is not None:
@@ -253,3 +324,22 @@ def _secret(path: Path) -> str:
     value = secrets.token_urlsafe(24)
     write_private(path, (value + "\n").encode(), exclusive=True)
     return value
+
+
+class _HistoricMailboxes:
+    """The historic store as the modern SMTP's "other platform"."""
+
+    def __init__(self, store: HistoricStore) -> None:
+        self.store = store
+
+    async def has_mailbox(self, address: str) -> bool:
+        return await self.store.account(address) is not None
+
+    async def deliver_mime(self, address: str, raw: bytes) -> None:
+        await self.store.deliver_mime(address, raw)
+
+
+def _identity(idnat: str) -> Identity:
+    """An identity for a registry decision, from an idNat the historic services authenticated
+    (CPS certificate, OTP session): no token behind it."""
+    return Identity.from_claims({"SubjectNameID": idnat, "exp": 2**31}, token_id="historic")  # noqa: S106 (a label, no secret)
