@@ -56,6 +56,11 @@ def describe(mock: MockOperator, console: Console) -> None:
     host = mock.settings.host
     console.print(f"  IMAP (STARTTLS):          imap://{host}:{mock.imap_port}", highlight=False)
     console.print(f"  SMTP submission:          smtp://{host}:{mock.smtp_port}", highlight=False)
+    console.print(
+        f"  historic web services:    {mock.http_url}/mss-msg-services/services/"
+        "<Service>/rest/v1/<operation> (and /soap/v1, ?wsdl)",
+        highlight=False,
+    )
     console.print(f"  clients and secrets:      {mock.data_dir / 'clients.toml'}", highlight=False)
     console.print(f"  CIBA approval page:       {mock.issuer}/ciba", highlight=False)
     console.print(f"  TLS certificate:          {mock.tls_cert}", highlight=False)
