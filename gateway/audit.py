@@ -3,7 +3,9 @@
 Every access leaves an event (who, which BAL, through which delegation, from which
 software, result), but a front must not wait for the database on each command: events are
 queued and written many per transaction. `stop` drains the queue, so none is lost on a
-clean shutdown; a full queue makes producers wait rather than drop.
+clean shutdown (unless the database stays down through it, which is logged); a database
+outage makes the writer retry and, once the queue is full, producers wait: nothing is
+dropped silently.
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ import contextlib
 import dataclasses
 import logging
 
+from delegation.errors import Invalid
 from delegation.service import AuditRecord, DelegationService
 
 log = logging.getLogger(__name__)
 
 BATCH = 500
 QUEUE_SIZE = 10_000
+WRITE_TIMEOUT = 30.0  # seconds for one batch
+MAX_RETRY_DELAY = 5.0
 
 
 class AuditSink:
@@ -52,15 +57,22 @@ class AuditSink:
                     self._queue.task_done()
 
     async def _write(self, batch: list[AuditRecord]) -> None:
-        for attempt in (1, 2, 3):
+        """Write `batch`, retrying until the database takes it: meanwhile the queue fills
+        and the fronts wait on `submit`, rather than serve accesses nobody recorded."""
+        delay = 0.2
+        while True:
             try:
-                await self.registry.record_many(batch)
+                async with asyncio.timeout(WRITE_TIMEOUT):
+                    await self.registry.record_many(batch)
+                return
+            except Invalid:
+                # A malformed event (a bug, not an outage): retrying would never succeed.
+                log.exception("audit.invalid_event", extra={"events": len(batch)})
                 return
             except Exception:
-                if attempt == 3:
-                    log.exception("audit.write_failed", extra={"events": len(batch)})
-                    return
-                await asyncio.sleep(0.2 * attempt)
+                log.exception("audit.write_failed", extra={"events": len(batch), "retry_in": delay})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_RETRY_DELAY)
 
     async def stop(self) -> None:
         if self._task is None:
@@ -68,6 +80,8 @@ class AuditSink:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(10):
                 await self.flush()
+        if not self._queue.empty():
+            log.error("audit.lost_on_shutdown", extra={"events": self._queue.qsize()})
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task

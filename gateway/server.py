@@ -132,6 +132,7 @@ class Gateway:
             data_size_limit=settings.smtp.max_message_size,
             ident="lps-gateway MSSante submission",
             timeout=settings.smtp.timeout,
+            max_connections=settings.smtp.max_connections,
         )
         await self.smtp.start()
 

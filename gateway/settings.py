@@ -123,7 +123,10 @@ class ImapFrontSettings(_Section):
     implicit_tls_port: int | None = Field(
         default=None, ge=0, le=65535, description="an optional IMAPS listener (TLS from the start)"
     )
-    preauth_timeout: float = Field(default=60.0, gt=0, description="seconds before login")
+    preauth_timeout: float = Field(
+        default=60.0, gt=0, description="seconds from connection to login, in all"
+    )
+    max_connections: int = Field(default=10_000, ge=1, description="open at once")
     idle_timeout: float = Field(default=1800.0, gt=0, description="seconds of silence after login")
     auth_failure_delay: float = Field(default=1.0, ge=0, le=10)
     max_line: int = Field(default=64 * 1024, ge=1024, description="bytes of a command line")
@@ -145,6 +148,7 @@ class SmtpFrontSettings(_Section):
     )
     auth_failure_delay: float = Field(default=1.0, ge=0, le=10)
     timeout: float = Field(default=300.0, gt=0, description="seconds a client may stay silent")
+    max_connections: int = Field(default=10_000, ge=1, description="open at once")
 
 
 TlsMode = Literal["none", "starttls", "implicit"]

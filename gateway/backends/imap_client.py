@@ -175,10 +175,15 @@ async def _log_in(
             done, _ = await talk.command(b"STARTTLS")
             if done.status != "OK":
                 raise BackendError("tls", f"{route.name}: STARTTLS refused: {done.text}")
+            if talk.codec.parser.take_buffer() or reader._buffer:  # type: ignore[attr-defined]
+                # Bytes after the OK but before the handshake: injected by whoever sits on
+                # the plaintext path (the IMAP flavour of CVE-2011-0411). Never read them.
+                raise BackendError("tls", f"{route.name}: data before the TLS handshake")
             try:
                 await writer.start_tls(_context(backend), server_hostname=backend.imap_host)
             except ssl.SSLError as exc:
                 raise BackendError("tls", f"{route.name}: TLS failed: {exc.reason}") from None
+            talk = _Dialogue(reader, writer, backend.reply_timeout)  # a fresh codec after TLS
             capabilities = None  # must not be trusted from before TLS
         if capabilities is None:
             done, events = await talk.command(b"CAPABILITY")

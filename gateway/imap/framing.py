@@ -41,6 +41,7 @@ class ResponseFramer:
         self._partial = bytearray()
         self._literal_left = 0
         self._at_start = True
+        self.exact = True
 
     @property
     def at_boundary(self) -> bool:
@@ -48,7 +49,12 @@ class ResponseFramer:
         return self._at_start and not self._partial and not self._literal_left
 
     def feed(self, data: bytes) -> list[Segment]:
-        """Split `data` (the next bytes from the backend) into segments to forward."""
+        """Split `data` (the next bytes from the backend) into segments to forward.
+
+        A line is only ever returned whole: a line cut by the read is held until its end
+        arrives. `exact` then tells whether the segments are `data` itself (nothing held
+        over from before, nothing held back now), so a caller may forward `data` as is."""
+        self.exact = not self._partial
         out: list[Segment] = []
         view = memoryview(data)
         pos, end = 0, len(data)
@@ -87,6 +93,8 @@ class ResponseFramer:
                 self._at_start = False
             else:
                 self._at_start = True
+        if self._partial:
+            self.exact = False
         return out
 
 

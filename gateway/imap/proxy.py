@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 RELAY_READ = 256 * 1024
 KICK_GRACE = 1.0  # seconds a BYE waits for the response being relayed to end
+GAP_CHECK = 1.0  # seconds between checks for change events lost by the bus
 
 #: What the relay can carry after login: the codec parses these commands. The backend's
 #: list is intersected with it (COMPRESS, QRESYNC, ESEARCH... would desynchronise us).
@@ -79,6 +80,7 @@ class ProxyConfig:
                 limits=limits,
                 preauth_timeout=settings.preauth_timeout,
                 idle_timeout=settings.idle_timeout,
+                max_connections=settings.max_connections,
             )
         )
 
@@ -309,8 +311,8 @@ class Relay:
             else:
                 out.append(segment.data)
         writer = self.channel.writer
-        if rewritten:
-            writer.writelines(out)
+        if rewritten or not self.framer.exact:
+            writer.writelines(out)  # whole lines only: a cut line goes out once complete
         else:
             writer.write(data)  # the usual case: the bytes as received, no copy
         self._to_client.inc(len(data))
@@ -382,6 +384,7 @@ class Relay:
                 if event.message and "write" not in self.rights:
                     parser.reject_literal()  # refuse before the client uploads the message
                     self.metrics.rights_refusals.labels("imap", "write").inc()
+                    self._record_soon("append", f"{event.size} bytes", "refused:noperm")
                     await self._local(
                         tagged(event.tag or "*", "NO", "the write right is needed", "NOPERM")
                     )
@@ -402,6 +405,10 @@ class Relay:
     async def _command(self, command: c.Command) -> str | None:
         """Forward `command` or answer it here. Returns a BYE text to end the session
         ("" to end it silently), None to go on."""
+        if command.tag in self.pending:
+            # Completions are matched by tag: a second one in flight would blur the audit.
+            await self._local(tagged(command.tag, "BAD", "tag already in use"))
+            return None
         if isinstance(command, c.StartTls | c.Authenticate | c.Login):
             await self._local(tagged(command.tag, "BAD", "already authenticated"))
             return None
@@ -536,12 +543,19 @@ class LiveSessions:
 
     async def _watch(self) -> None:
         async with self.registry.bus.subscribe() as events:
-            async for event in events:
+            while True:
+                try:
+                    event = await asyncio.wait_for(events.get(), GAP_CHECK)
+                except TimeoutError:
+                    event = None  # no change: but were some lost (a listener reconnect)?
+                except StopAsyncIteration:
+                    return
                 try:
                     if events.overflowed:
                         events.clear_overflow()
                         await self._recheck(list(self._relays))
-                    await self._apply(event)
+                    if event is not None:
+                        await self._apply(event)
                 except Exception:
                     log.exception("imap.live_sessions_failed")
 
@@ -555,6 +569,15 @@ class LiveSessions:
                     relay.kick(f"delegation on {event.mailbox} {event.kind}")
         else:
             await self._recheck([key])
+
+    async def confirm(self, relay: Relay) -> None:
+        if relay.grant.via != "delegation":
+            return
+        decision = await self.registry.decide(relay.grant.identity, relay.mailbox)
+        if decision.grant is None:
+            relay.kick(f"delegation on {relay.mailbox} {decision.refusal or 'withdrawn'}")
+        else:
+            relay.update(decision.grant.rights, decision.grant.expires_at)
 
     async def _recheck(self, keys: list[tuple[str, str]]) -> None:
         """Compare live delegated sessions with the registry: end or update them."""
@@ -605,6 +628,9 @@ class ProxyServer(ImapServer):
         self.live.add(relay)
         gauge.inc()
         try:
+            # A revocation may have come while the backend login ran, before the relay was
+            # tracked: ask the registry once more now that later changes will reach it.
+            await self.live.confirm(relay)
             await relay.run()
         finally:
             gauge.dec()

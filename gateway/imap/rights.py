@@ -33,6 +33,8 @@ def audit_action(command: c.Command) -> str | None:
         return "examine" if command.readonly else "select"
     if isinstance(command, c.Store | c.Append | c.Expunge | c.Copy | c.Move):
         return type(command).__name__.lower()
+    if isinstance(command, c.Close):
+        return "close"  # expunges the \\Deleted messages silently
     if isinstance(command, c.Create | c.Delete | c.Rename | c.Subscribe | c.Unsubscribe):
         return f"folder-{type(command).__name__.lower()}"
     return None
@@ -64,6 +66,8 @@ def audit_detail(command: c.Command, limit: int = 200) -> str:
             text = f"{'UID ' if uid else ''}{seq} {sign}FLAGS ({flags})"
         case c.Expunge(uids=uids):
             text = f"UID {uids}" if uids is not None else "all \\Deleted"
+        case c.Close():
+            text = "expunges the \\Deleted messages"
         case _:
             text = ""
     return text[:limit]

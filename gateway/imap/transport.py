@@ -35,9 +35,10 @@ PREAUTH_LITERAL_LIMIT = 16 * 1024  # before login, no client needs a bigger lite
 class ServerConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     limits: Limits = field(default_factory=Limits)
-    preauth_timeout: float = 60.0
+    preauth_timeout: float = 60.0  # for the whole of it, not per read (slowloris)
     idle_timeout: float = 30 * 60.0
     implicit_tls: bool = False
+    max_connections: int = 10_000
 
 
 def preauth_limits(limits: Limits) -> Limits:
@@ -176,6 +177,12 @@ class ImapServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if len(self._sessions) >= self.config.max_connections:
+            log.warning("imap.too_many_connections", extra={"open": len(self._sessions)})
+            writer.write(untagged_status("BYE", "too many connections, try again later"))
+            writer.close()
+            await _quietly(writer.wait_closed())
+            return
         channel = _StreamChannel(reader, writer, self.config.limits, self.ssl_context)
         self._sessions[task] = channel
         peer = writer.get_extra_info("peername") or ("?", 0)
@@ -208,15 +215,15 @@ class ImapServer:
                 await _quietly(channel.writer.wait_closed())
 
     async def _serve(self, session: ImapSession, channel: _StreamChannel) -> None:
+        login_by = asyncio.get_running_loop().time() + self.config.preauth_timeout
         while True:
             event = channel.parser.next_event()
             if event is None:
-                timeout = (
-                    self.config.preauth_timeout
-                    if session.grant is None
-                    else self.config.idle_timeout
-                )
-                async with asyncio.timeout(timeout):
+                if session.grant is None:
+                    deadline = login_by
+                else:
+                    deadline = asyncio.get_running_loop().time() + self.config.idle_timeout
+                async with asyncio.timeout_at(deadline):
                     if not await channel.fill():
                         return
                 continue

@@ -12,6 +12,8 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP
 
+from gateway.net import is_loopback
+
 MAX_MESSAGE_SIZE = 25 * 1024 * 1024  # Mon Espace Santé's limit; an operator's choice
 AUTH_LINE_LIMIT = 24 * 1024  # base64 of a 16 KiB SASL response, plus the command
 
@@ -28,11 +30,14 @@ class TokenSMTP(SMTP):
         *,
         tracker: set[TokenSMTP] | None = None,
         on_lost: Callable[[], None] | None = None,
+        max_connections: int = 10_000,
         **kwargs: Any,
     ) -> None:
         super().__init__(handler, **kwargs)
         self._tracker = tracker
         self._on_lost = on_lost
+        self._max_connections = max_connections
+        self._refused = False  # over the cap: hung up on arrival, never counted
         # aiosmtpd keeps these limits in a class-level dict: give each protocol its own.
         self.command_size_limits = collections.defaultdict(
             lambda: SMTP.command_size_limit, {"AUTH": AUTH_LINE_LIMIT}
@@ -51,12 +56,24 @@ class TokenSMTP(SMTP):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         fresh = self._original_transport is None  # set by STARTTLS
         super().connection_made(transport)
+        if self.tls_context is not None:
+            # AUTH is not even offered in plaintext, except on loopback: a client that sends
+            # its token with the AUTH command (SASL-IR) must never do so in the clear.
+            self._auth_require_tls = not is_loopback(transport.get_extra_info("peername"))
         if fresh:
+            if self._tracker is not None and len(self._tracker) >= self._max_connections:
+                self._refused = True
+                self.shut_down()
+                return
             if self._tracker is not None:
                 self._tracker.add(self)
             _notify(self.event_handler, "connection_opened", self)
 
     def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:
+            with contextlib.suppress(Exception):
+                super().connection_lost(error)
+            return
         try:
             super().connection_lost(error)
         finally:
@@ -96,6 +113,7 @@ class SmtpServer:
         data_size_limit: int = MAX_MESSAGE_SIZE,
         ident: str = "MSSante submission",
         timeout: float = 300.0,
+        max_connections: int = 10_000,
     ) -> None:
         """`timeout`: seconds a client may stay silent (it also bounds one DATA, reply
         included, since aiosmtpd restarts its clock per command only)."""
@@ -106,6 +124,7 @@ class SmtpServer:
         self._limit = data_size_limit
         self._ident = ident
         self._timeout = timeout
+        self._max_connections = max_connections
         self._server: asyncio.Server | None = None
         self._open: set[TokenSMTP] = set()
         self._changed = asyncio.Event()  # a session ended
@@ -130,6 +149,7 @@ class SmtpServer:
             timeout=self._timeout,
             tracker=self._open,
             on_lost=self._changed.set,
+            max_connections=self._max_connections,
         )
 
     async def start(self) -> None:

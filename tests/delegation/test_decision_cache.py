@@ -122,3 +122,26 @@ async def test_audit_sink_writes_in_batches_and_drains_on_stop(
     events = await seeded.audit_for(MARTIN, limit=2000)
     assert {e.detail for e in events if e.action == "fetch"} == {str(n) for n in range(1200)}
     assert all(e.at is not None for e in events)
+
+
+async def test_audit_sink_retries_through_an_outage_and_loses_nothing(
+    seeded: DelegationService, monkeypatch: pytest.MonkeyPatch
+):
+    original = seeded.record_many
+    failures = {"left": 3}
+
+    async def flaky(events):  # type: ignore[no-untyped-def]
+        if failures["left"]:
+            failures["left"] -= 1
+            raise OSError("database unreachable")
+        await original(events)
+
+    monkeypatch.setattr(seeded, "record_many", flaky)
+    sink = AuditSink(seeded)
+    sink.start()
+    for number in range(5):
+        await sink.submit(AuditRecord(BERNARD, MARTIN, "store", "imap", detail=f"o{number}"))
+    await asyncio.wait_for(sink.flush(), 10)
+    await sink.stop()
+    events = await seeded.audit_for(MARTIN)
+    assert {e.detail for e in events if e.action == "store"} == {f"o{n}" for n in range(5)}

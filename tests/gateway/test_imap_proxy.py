@@ -470,3 +470,102 @@ async def test_revocation_on_another_node_closes_the_session(
         await node_b.stop()
         await node_a.gateway.stop()
         await node_a.mock.stop()
+
+
+async def test_backend_starttls_injection_is_refused(stack: Stack):
+    """Whatever a backend (or a man in the middle) sends after its STARTTLS OK and before
+    the handshake is never taken as the TLS side's word."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"* OK [CAPABILITY IMAP4rev1 STARTTLS LITERAL+] ready\r\n")
+        tag = (await reader.readline()).split(b" ", 1)[0]
+        writer.write(tag + b" OK begin TLS\r\n* OK [ALERT] injected before TLS\r\n")
+        await writer.drain()
+        await reader.read()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    assert stack.gateway.router is not None
+    backend = stack.gateway.router.backends["modern"]
+    backend.imap_port, backend.imap_tls = server.sockets[0].getsockname()[1], "starttls"
+    async with server:
+        client = await Raw.open(stack.imap_port)
+        token = await stack.token("dr-martin")
+        reply = await client.command("AUTHENTICATE XOAUTH2 ", xoauth2(MARTIN, token))
+        assert b"NO [UNAVAILABLE]" in reply.tagged
+        errors = stack.gateway.metrics.backend_errors.labels("modern", "imap", "tls")
+        assert errors._value.get() == 1
+        await client.close()
+
+
+async def test_a_tag_in_flight_cannot_be_reused(stack: Stack):
+    """Completions are matched by tag: a second command under a busy tag is refused, so a
+    change cannot hide behind another command's completion in the audit."""
+    client = await login(stack, "sec-bernard", MARTIN)
+    await client.ok("SELECT INBOX")
+    await client.send(b"X STORE 1 +FLAGS.SILENT (\\Deleted)\r\nX NOOP\r\n")
+    first, second = await client.line(), await client.line()
+    assert {first[:5], second[:5]} == {b"X OK ", b"X BAD"}
+    await client.ok("CLOSE")
+    events = await audit(stack, MARTIN)
+    actions = [(e.action, e.result) for e in events if e.actor_idnat == BERNARD]
+    assert ("store", "ok") in actions
+    assert ("close", "ok") in actions
+    await client.close()
+
+
+async def test_revocation_during_the_backend_login_still_ends_the_session(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+):
+    import gateway.imap.proxy as proxy
+
+    registry = stack.gateway.delegations
+    assert registry is not None
+    holder = await identity(stack, "dr-martin")
+    (delegation,) = [
+        d for d in await registry.delegations_of(holder, MARTIN) if d.delegate_idnat == BERNARD
+    ]
+    real_open = proxy.open_upstream
+
+    async def slow_open(*args: Any) -> Any:
+        upstream = await real_open(*args)
+        await registry.revoke(holder, MARTIN, delegation.id)  # while the login is running
+        await asyncio.sleep(0.1)
+        return upstream
+
+    monkeypatch.setattr(proxy, "open_upstream", slow_open)
+    client = await Raw.open(stack.imap_port)
+    token = await stack.token("sec-bernard")
+    await client.send(b"A1 AUTHENTICATE XOAUTH2 " + xoauth2(MARTIN, token).encode() + b"\r\n")
+    lines = [await client.line(wait=3.0)]
+    while not lines[-1].startswith(b"* BYE"):
+        lines.append(await client.line(wait=3.0))
+    assert b"revoked" in lines[-1]
+
+
+async def test_login_deadline_is_total_not_per_read(stack: Stack):
+    """A client dribbling a byte at a time cannot stay unauthenticated past the deadline."""
+    assert stack.gateway.imap is not None
+    imap = stack.gateway.imap
+    imap.config = dataclasses.replace(imap.config, preauth_timeout=1.0)
+    client = await Raw.open(stack.imap_port)
+    started = time.monotonic()
+    closed = b""
+    for byte in b"a1 NOOP and more and more":
+        await client.send(bytes([byte]))
+        closed = await client.quiet(0.2)
+        if closed:
+            break
+    assert closed.startswith(b"* BYE")
+    assert time.monotonic() - started < 2.5
+
+
+async def test_connections_beyond_the_cap_get_bye(stack: Stack):
+    assert stack.gateway.imap is not None
+    imap = stack.gateway.imap
+    imap.config = dataclasses.replace(imap.config, max_connections=1)
+    first = await Raw.open(stack.imap_port)
+    assert first.greeting.startswith(b"* OK")
+    second = await Raw.open(stack.imap_port)
+    assert second.greeting.startswith(b"* BYE")
+    await first.close()
+    await second.close()

@@ -24,6 +24,7 @@ import aiosmtplib
 import pytest
 
 from gateway.settings import BackendSettings, Settings
+from gateway.smtp.server import TokenSMTP
 from tests.gateway.conftest import Stack, gateway_settings
 from tests.mss.builders import seeded_letter, variant
 
@@ -685,3 +686,46 @@ async def test_stop_hangs_up_idle_sessions_with_421(stack: Stack):
     assert asyncio.get_running_loop().time() - started < 1.0
     assert (await reader.readline()).startswith(b"421 4.3.2")
     writer.close()
+
+
+class _FakeTransport(asyncio.Transport):
+    def __init__(self, peer: tuple[str, int]) -> None:
+        super().__init__()
+        self.peer = peer
+        self.sent = bytearray()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": self.peer}.get(name, default)
+
+    def write(self, data: Any) -> None:
+        self.sent += data
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("peer", "hidden"), [("192.0.2.2", True), ("127.0.0.1", False)])
+async def test_auth_is_not_offered_in_plaintext_off_loopback(peer: str, hidden: bool):
+    """RFC 4954 §4: a client sending its token with AUTH (SASL-IR) must not be invited to
+    do so before STARTTLS; loopback excepted, as for IMAP."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    protocol = TokenSMTP(object(), tls_context=context, auth_require_tls=False)
+    transport = _FakeTransport((peer, 40000))
+    protocol.connection_made(transport)
+    assert protocol._auth_require_tls is hidden
+    protocol.connection_lost(None)
+
+
+async def test_connections_beyond_the_cap_get_421(stack: Stack):
+    assert stack.gateway.smtp is not None
+    stack.gateway.smtp._max_connections = 1
+    first_reader, first_writer = await asyncio.open_connection("127.0.0.1", stack.smtp_port)
+    assert (await first_reader.readline()).startswith(b"220")
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.smtp_port)
+    assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"421")
+    assert stack.gateway.smtp.open_sessions == 1
+    writer.close()
+    first_writer.close()

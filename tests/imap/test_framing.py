@@ -92,6 +92,7 @@ def test_limits():
         (b"a RENAME X Y", "write", "folder-rename"),
         (b"a SUBSCRIBE X", "write", "folder-subscribe"),
         (b"a UNSUBSCRIBE X", "write", "folder-unsubscribe"),
+        (b"a CLOSE", None, "close"),
         (b"a NOOP", None, None),
         (b"a IDLE", None, None),
         (b"a LOGOUT", None, None),
@@ -111,3 +112,23 @@ def test_audit_detail_is_short_and_says_what():
     store, rename = parser.next_event(), parser.next_event()
     assert audit_detail(store) == "UID 1:5 +FLAGS (\\Deleted)"  # type: ignore[arg-type]
     assert audit_detail(rename) == "A -> B"  # type: ignore[arg-type]
+
+
+@given(st.lists(st.sampled_from(RESPONSES), min_size=1, max_size=6), st.data())
+def test_exact_means_the_segments_are_the_input(responses: list[bytes], data: st.DataObject):
+    """What the proxy relies on to forward a read as it came: when `exact`, the segments
+    are the bytes fed; otherwise only whole lines come out, each exactly once."""
+    stream = b"".join(responses)
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(stream) - 1)), max_size=12)))
+    framer = ResponseFramer()
+    out = bytearray()
+    for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+        chunk = stream[a:b]
+        if not chunk:
+            continue
+        segments = framer.feed(chunk)
+        joined = b"".join(bytes(s.data) for s in segments)
+        if framer.exact:
+            assert joined == chunk
+        out += joined
+    assert bytes(out) == stream
