@@ -1,0 +1,211 @@
+"""IMAP UIDs for the historic platform's messages, persisted in the gateway's database.
+
+The historic services name a message by its ``messageId``; IMAP needs, per folder, a
+UIDVALIDITY and strictly ascending UIDs that survive restarts (clients cache by UID).
+Per (backend, BAL, historic folder id) the gateway keeps a random non-zero 32-bit
+UIDVALIDITY, fixed when the folder is first seen, and UIDNEXT; per message in it, the UID
+(unique both ways). A message moved away is forgotten; if it comes back it is a new
+message there and gets a new UID, as on any IMAP server. UIDNEXT never goes back.
+
+`assign` is atomic and safe with concurrent callers (several sessions of one BAL, several
+gateway nodes): its transaction takes the folder's write lock first (an insert on SQLite,
+which then serialises writers; ``SELECT ... FOR UPDATE`` of the folder row on PostgreSQL)
+before it reads UIDNEXT. The tables are created by `gateway.db.migrate_gateway`.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from gateway.db import (
+    ADDRESS_LENGTH,
+    BACKEND_LENGTH,
+    HISTORIC_ID_LENGTH,
+    legacy_folders,
+    legacy_uids,
+)
+
+MAX_IDS = 200_000  # per call: a folder larger than this is refused upstream anyway
+_CHUNK = 500  # ids per IN (...) clause, well under every backend's parameter limit
+MAX_UID = 2**32 - 1
+
+FolderKey = tuple[str, str, int]
+
+
+class UidMap:
+    """messageId ↔ UID per historic folder, over `engine` (the registry's database)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def folder(self, backend: str, bal: str, folder_id: int) -> tuple[int, int]:
+        """(UIDVALIDITY, UIDNEXT) of the folder, created at first sight."""
+        key = _key(backend, bal, folder_id)
+        async with self._engine.connect() as connection:
+            row = await _folder_row(connection, key)
+        if row is not None:
+            return row[1], row[2]
+        async with self._engine.begin() as connection:
+            await _create_folder(connection, key)
+            row = await _folder_row(connection, key)
+        assert row is not None
+        return row[1], row[2]
+
+    async def assign(
+        self, backend: str, bal: str, folder_id: int, message_ids: Sequence[str]
+    ) -> dict[str, int]:
+        """The UID of each of `message_ids`: kept if it has one, otherwise the next ones,
+        ascending in the order given. Atomic: concurrent callers never share a UID."""
+        key = _key(backend, bal, folder_id)
+        wanted = _ids(message_ids)
+        if not wanted:
+            await self.folder(backend, bal, folder_id)
+            return {}
+        async with self._engine.connect() as connection:  # the usual case: all known
+            row = await _folder_row(connection, key)
+            known = await _known(connection, row[0], wanted) if row is not None else {}
+        if len(known) == len(wanted):
+            return {message_id: known[message_id] for message_id in wanted}
+
+        async with self._engine.begin() as connection:
+            await _create_folder(connection, key)  # a write first: SQLite's write lock
+            row = await _folder_row(connection, key, lock=True)
+            assert row is not None
+            folder, _, uidnext = row
+            known = await _known(connection, folder, wanted)
+            new = [message_id for message_id in wanted if message_id not in known]
+            if uidnext + len(new) > MAX_UID:
+                raise OverflowError("UIDs exhausted in this folder: a new UIDVALIDITY is needed")
+            fresh = {message_id: uidnext + index for index, message_id in enumerate(new)}
+            rows = [{"folder": folder, "message_id": m, "uid": uid} for m, uid in fresh.items()]
+            for start in range(0, len(rows), _CHUNK):
+                await connection.execute(legacy_uids.insert(), rows[start : start + _CHUNK])
+            await connection.execute(
+                legacy_folders.update()
+                .where(legacy_folders.c.id == folder)
+                .values(uidnext=uidnext + len(new))
+            )
+        known.update(fresh)
+        return {message_id: known[message_id] for message_id in wanted}
+
+    async def forget(
+        self, backend: str, bal: str, folder_id: int, message_ids: Sequence[str]
+    ) -> None:
+        """Drop the UIDs of messages gone from the folder (moved away, deleted)."""
+        key = _key(backend, bal, folder_id)
+        gone = _ids(message_ids)
+        async with self._engine.begin() as connection:
+            row = await _folder_row(connection, key)
+            if row is None:
+                return
+            for chunk in _chunks(gone):
+                await connection.execute(
+                    delete(legacy_uids).where(
+                        legacy_uids.c.folder == row[0], legacy_uids.c.message_id.in_(chunk)
+                    )
+                )
+
+    async def uids(self, backend: str, bal: str, folder_id: int) -> dict[str, int]:
+        """Every mapping of the folder, by ascending UID."""
+        key = _key(backend, bal, folder_id)
+        query = (
+            select(legacy_uids.c.message_id, legacy_uids.c.uid)
+            .join(legacy_folders, legacy_folders.c.id == legacy_uids.c.folder)
+            .where(*_matches(key))
+            .order_by(legacy_uids.c.uid)
+        )
+        async with self._engine.connect() as connection:
+            result = await connection.execute(query)
+            return {message_id: uid for message_id, uid in result}
+
+    async def forget_folder(self, backend: str, bal: str, folder_id: int) -> None:
+        """Drop a folder deleted on the historic side; recreated, it gets a new UIDVALIDITY."""
+        async with self._engine.begin() as connection:
+            await connection.execute(
+                delete(legacy_folders).where(*_matches(_key(backend, bal, folder_id)))
+            )
+
+
+def _key(backend: str, bal: str, folder_id: int) -> FolderKey:
+    if not 0 < len(backend) <= BACKEND_LENGTH:
+        raise ValueError("backend name: 1 to 64 characters")
+    if not 0 < len(bal) <= ADDRESS_LENGTH:
+        raise ValueError("BAL: 1 to 255 characters")
+    if isinstance(folder_id, bool) or not isinstance(folder_id, int) or not 0 <= folder_id < 2**62:
+        raise ValueError("historic folder id: a non-negative integer")
+    return backend, bal.lower(), folder_id
+
+
+def _ids(message_ids: Sequence[str]) -> list[str]:
+    if isinstance(message_ids, str):
+        raise TypeError("message_ids: a sequence of ids, not one string")
+    if len(message_ids) > MAX_IDS:
+        raise ValueError(f"more than {MAX_IDS} message ids in one call")
+    for message_id in message_ids:
+        if not isinstance(message_id, str) or not 0 < len(message_id) <= HISTORIC_ID_LENGTH:
+            raise ValueError(f"invalid historic message id: {message_id!r}")
+    return list(dict.fromkeys(message_ids))
+
+
+def _chunks(values: list[str]) -> Iterator[list[str]]:
+    for start in range(0, len(values), _CHUNK):
+        yield values[start : start + _CHUNK]
+
+
+def _matches(key: FolderKey) -> list[Any]:
+    backend, bal, folder_id = key
+    return [
+        legacy_folders.c.backend == backend,
+        legacy_folders.c.bal == bal,
+        legacy_folders.c.folder_id == folder_id,
+    ]
+
+
+async def _folder_row(
+    connection: AsyncConnection, key: FolderKey, *, lock: bool = False
+) -> tuple[int, int, int] | None:
+    """(row id, UIDVALIDITY, UIDNEXT); with `lock`, the row locked until commit (PostgreSQL)."""
+    query = select(
+        legacy_folders.c.id, legacy_folders.c.uidvalidity, legacy_folders.c.uidnext
+    ).where(*_matches(key))
+    if lock:
+        query = query.with_for_update()
+    row = (await connection.execute(query)).first()
+    return (row[0], row[1], row[2]) if row is not None else None
+
+
+async def _create_folder(connection: AsyncConnection, key: FolderKey) -> None:
+    """Insert the folder unless it exists (the first writer's UIDVALIDITY wins)."""
+    backend, bal, folder_id = key
+    values = {
+        "backend": backend,
+        "bal": bal,
+        "folder_id": folder_id,
+        "uidvalidity": secrets.randbelow(MAX_UID) + 1,
+        "uidnext": 1,
+    }
+    columns = ["backend", "bal", "folder_id"]
+    if connection.dialect.name == "postgresql":
+        statement: Any = pg_insert(legacy_folders).values(values)
+    else:
+        statement = sqlite_insert(legacy_folders).values(values)
+    await connection.execute(statement.on_conflict_do_nothing(index_elements=columns))
+
+
+async def _known(connection: AsyncConnection, folder: int, wanted: list[str]) -> dict[str, int]:
+    known: dict[str, int] = {}
+    for chunk in _chunks(wanted):
+        result = await connection.execute(
+            select(legacy_uids.c.message_id, legacy_uids.c.uid).where(
+                legacy_uids.c.folder == folder, legacy_uids.c.message_id.in_(chunk)
+            )
+        )
+        known.update((message_id, uid) for message_id, uid in result)
+    return known

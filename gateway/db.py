@@ -1,0 +1,106 @@
+"""The gateway's own tables, in the delegation registry's database, and their migrations.
+
+The gateway keeps a little state of its own (the UID mapping of the historic platform's
+messages). It lives in the registry's database (SQLite by default, PostgreSQL in
+production) so that a deployment has one database to run and back up, but under its own
+Alembic environment (`gateway/migrations/`, version table ``gw_alembic_version``, tables
+prefixed ``gw_``): the registry's migrations never see these tables and the two chains
+upgrade independently, in any order, on the same database.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import (
+    URL,
+    BigInteger,
+    Column,
+    Connection,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+    text,
+)
+
+from delegation.db import _PG_MIGRATION_LOCK, _sqlite_transactional_ddl, create_engine
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+VERSION_TABLE = "gw_alembic_version"
+
+BACKEND_LENGTH = 64
+ADDRESS_LENGTH = 255
+HISTORIC_ID_LENGTH = 64
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata = MetaData(naming_convention=NAMING)
+
+legacy_folders = Table(
+    "gw_legacy_folders",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("backend", String(BACKEND_LENGTH), nullable=False),
+    Column("bal", String(ADDRESS_LENGTH), nullable=False),
+    Column("folder_id", BigInteger, nullable=False),
+    Column("uidvalidity", BigInteger, nullable=False),  # 1 .. 2**32-1: not an INTEGER
+    Column("uidnext", BigInteger, nullable=False),
+    UniqueConstraint("backend", "bal", "folder_id"),
+)
+"""One historic folder of one BAL of one backend, with its IMAP UIDVALIDITY and UIDNEXT."""
+
+legacy_uids = Table(
+    "gw_legacy_uids",
+    metadata,
+    Column(
+        "folder",
+        Integer,
+        ForeignKey("gw_legacy_folders.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("message_id", String(HISTORIC_ID_LENGTH), primary_key=True),
+    Column("uid", BigInteger, nullable=False),
+    UniqueConstraint("folder", "uid"),
+)
+"""historic messageId ↔ IMAP UID within a folder (unique both ways)."""
+
+
+def alembic_config() -> Config:
+    """Alembic's configuration for the gateway's chain, built in code."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("version_table", VERSION_TABLE)
+    return config
+
+
+def _upgrade(connection: Connection, revision: str) -> None:
+    """Upgrade under the registry's migration lock: Alembic's context is process-global,
+    so two chains must not run at once even in one process (SQLite: BEGIN IMMEDIATE)."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    command.upgrade(config, revision)
+
+
+async def migrate_gateway(url: str | URL, revision: str = "head") -> None:
+    """Bring the gateway's tables at `url` to `revision` (idempotent; safe on several nodes,
+    and beside `delegation.migrate` on the same database)."""
+    engine = create_engine(url)
+    if engine.dialect.name == "sqlite":
+        _sqlite_transactional_ddl(engine)
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(_upgrade, revision)
+    finally:
+        await engine.dispose()

@@ -1,0 +1,165 @@
+"""The historic UID mapping on SQLite and PostgreSQL: stable, atomic, beside the registry."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import inspect, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from delegation import migrate
+from delegation.db import VERSION_TABLE as DELEGATION_VERSION_TABLE
+from delegation.db import create_engine
+from gateway.backends.legacy_ws.uidmap import UidMap
+from gateway.db import VERSION_TABLE, migrate_gateway
+
+BAL = "jean.dupont@medecin.mssante.fr"
+INBOX, SENT = 2, 5
+QUERIES = {
+    table: f"SELECT version_num FROM {table}"  # noqa: S608 -- constant table names
+    for table in (VERSION_TABLE, DELEGATION_VERSION_TABLE)
+}
+
+
+@pytest.fixture
+async def db_url(fresh_db_url: str) -> str:
+    await migrate_gateway(fresh_db_url)
+    return fresh_db_url
+
+
+@pytest.fixture
+async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(db_url)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+async def test_folder_and_assign(engine: AsyncEngine) -> None:
+    uids = UidMap(engine)
+    validity, uidnext = await uids.folder("historic", BAL, INBOX)
+    assert 0 < validity < 2**32
+    assert uidnext == 1
+    assert await uids.folder("historic", BAL.upper(), INBOX) == (validity, 1)
+
+    first = await uids.assign("historic", BAL, INBOX, ["257", "12", "300"])
+    assert first == {"257": 1, "12": 2, "300": 3}
+    again = await uids.assign("historic", BAL, INBOX, ["300", "400", "12", "401", "400"])
+    assert again == {"300": 3, "400": 4, "12": 2, "401": 5}
+    assert await uids.folder("historic", BAL, INBOX) == (validity, 6)
+    assert await uids.uids("historic", BAL, INBOX) == {
+        "257": 1,
+        "12": 2,
+        "300": 3,
+        "400": 4,
+        "401": 5,
+    }
+
+    await uids.forget("historic", BAL, INBOX, ["12", "400", "unknown"])
+    assert await uids.uids("historic", BAL, INBOX) == {"257": 1, "300": 3, "401": 5}
+    assert await uids.assign("historic", BAL, INBOX, ["12"]) == {"12": 6}  # back: a new UID
+    assert await uids.folder("historic", BAL, INBOX) == (validity, 7)
+
+    # other folders, BAL and backends are independent
+    assert await uids.assign("historic", BAL, SENT, ["257"]) == {"257": 1}
+    assert await uids.assign("other", BAL, INBOX, ["257"]) == {"257": 1}
+    assert await uids.assign("historic", "x@y.fr", INBOX, []) == {}
+
+    await uids.forget("historic", BAL, 99, ["1"])  # an unknown folder: nothing to do
+    await uids.forget_folder("historic", BAL, INBOX)
+    assert await uids.uids("historic", BAL, INBOX) == {}
+    assert (await uids.folder("historic", BAL, INBOX))[1] == 1
+
+
+async def test_inputs_are_limited(engine: AsyncEngine) -> None:
+    uids = UidMap(engine)
+    with pytest.raises(ValueError, match="message id"):
+        await uids.assign("historic", BAL, INBOX, ["x" * 65])
+    with pytest.raises(ValueError, match="message id"):
+        await uids.assign("historic", BAL, INBOX, [""])
+    with pytest.raises(TypeError):
+        await uids.assign("historic", BAL, INBOX, "257")
+    with pytest.raises(ValueError, match="folder"):
+        await uids.folder("historic", BAL, -1)
+    with pytest.raises(ValueError, match="BAL"):
+        await uids.folder("historic", "", INBOX)
+    with pytest.raises(ValueError, match="backend"):
+        await uids.folder("h" * 65, BAL, INBOX)
+
+
+async def test_many_ids_in_one_call(engine: AsyncEngine) -> None:
+    uids = UidMap(engine)
+    ids = [str(n) for n in range(3000, 0, -1)]
+    assigned = await uids.assign("historic", BAL, INBOX, ids)
+    assert [assigned[i] for i in ids] == list(range(1, 3001))
+    assert await uids.assign("historic", BAL, INBOX, ids) == assigned
+
+
+async def test_stable_across_a_new_engine(db_url: str, engine: AsyncEngine) -> None:
+    first = UidMap(engine)
+    folder = await first.folder("historic", BAL, INBOX)
+    assigned = await first.assign("historic", BAL, INBOX, ["a", "b", "c"])
+    await engine.dispose()
+
+    await migrate_gateway(db_url)  # a restart migrates again: nothing changes
+    restarted = create_engine(db_url)
+    try:
+        second = UidMap(restarted)
+        assert await second.folder("historic", BAL, INBOX) == (folder[0], 4)
+        assert await second.uids("historic", BAL, INBOX) == assigned
+        assert await second.assign("historic", BAL, INBOX, ["c", "d"]) == {"c": 3, "d": 4}
+    finally:
+        await restarted.dispose()
+
+
+async def test_concurrent_assign_gives_unique_uids(db_url: str) -> None:
+    """Two nodes (two engines) and several sessions assigning at once, overlapping ids."""
+    engines = [create_engine(db_url), create_engine(db_url)]
+    try:
+        maps = [UidMap(e) for e in engines]
+        batches = [[f"m{n}" for n in range(start, start + 40)] for start in (0, 20, 40, 60)]
+        results = await asyncio.gather(
+            *(
+                maps[index % 2].assign("historic", BAL, INBOX, batch)
+                for index, batch in enumerate(batches)
+            ),
+            *(maps[index % 2].folder("historic", BAL, SENT) for index in range(4)),
+        )
+        final = await maps[0].uids("historic", BAL, INBOX)
+        assert len(final) == 100
+        assert len(set(final.values())) == 100
+        assert sorted(final.values()) == list(range(1, 101))
+        shared = {m for batch in batches[1:3] for m in batch}
+        for batch, result in zip(batches, results[:4], strict=True):
+            assert list(result) == batch
+            assert all(final[m] == uid for m, uid in result.items())
+            own = [result[m] for m in batch if m not in shared]  # new to this call: ascending
+            assert own == sorted(own)
+        validities = {r for r in results[4:]}
+        assert len(validities) == 1  # one UIDVALIDITY for the folder, whoever created it
+    finally:
+        for engine in engines:
+            await engine.dispose()
+
+
+async def test_migrations_coexist_with_the_registry(fresh_db_url: str) -> None:
+    await migrate_gateway(fresh_db_url)
+    await migrate(fresh_db_url)
+    await asyncio.gather(migrate(fresh_db_url), migrate_gateway(fresh_db_url))
+    engine = create_engine(fresh_db_url)
+    try:
+        async with engine.connect() as connection:
+            tables = set(await connection.run_sync(lambda c: inspect(c).get_table_names()))
+            versions = {
+                table: list((await connection.execute(text(query))).scalars())
+                for table, query in QUERIES.items()
+            }
+        assert {"gw_legacy_folders", "gw_legacy_uids", VERSION_TABLE} <= tables
+        assert {"dlg_mailboxes", DELEGATION_VERSION_TABLE} <= tables
+        assert versions == {VERSION_TABLE: ["gw0001"], DELEGATION_VERSION_TABLE: ["0001"]}
+        assert await UidMap(engine).assign("historic", BAL, INBOX, ["1"]) == {"1": 1}
+    finally:
+        await engine.dispose()
