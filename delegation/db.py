@@ -8,18 +8,22 @@ project can keep their own migration chains in the same database.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import URL, Connection, event, make_url, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 VERSION_TABLE = "dlg_alembic_version"
 _PG_MIGRATION_LOCK = 0x4C505344  # "LPSD": serialises concurrent `migrate` of several nodes
 SQLITE_BUSY_TIMEOUT_MS = 5_000
+SQLITE_MIGRATION_ATTEMPTS = 5
 
 
 def async_url(url: str | URL) -> URL:
@@ -62,10 +66,10 @@ def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
     @event.listens_for(engine.sync_engine, "connect")
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")  # before anything waits
         if not in_memory:
             cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.close()
 
     return engine
@@ -80,8 +84,6 @@ def alembic_config() -> Config:
 
 
 def _upgrade(connection: Connection, revision: str) -> None:
-    if connection.dialect.name == "postgresql":
-        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
     config = alembic_config()
     config.attributes["connection"] = connection
     command.upgrade(config, revision)
@@ -103,11 +105,35 @@ def _sqlite_transactional_ddl(engine: AsyncEngine) -> None:
 
 async def migrate(url: str | URL, revision: str = "head") -> None:
     """Bring the database at `url` to `revision` (idempotent; safe on several nodes)."""
+    await run_migration(url, _upgrade, revision)
+
+
+async def run_migration(
+    url: str | URL, upgrade: Callable[[Connection, str], None], revision: str
+) -> None:
+    """Run an Alembic `upgrade(connection, revision)` the safe way for every backend: under
+    the migration lock (PostgreSQL advisory lock / SQLite ``BEGIN IMMEDIATE``), retried
+    when SQLite reports a lock it would not wait for. Shared with the gateway's own tables."""
     engine = create_engine(url)
     if engine.dialect.name == "sqlite":
         _sqlite_transactional_ddl(engine)
     try:
-        async with engine.begin() as connection:
-            await connection.run_sync(_upgrade, revision)
+        for attempt in range(1, SQLITE_MIGRATION_ATTEMPTS + 1):
+            try:
+                async with engine.begin() as connection:
+                    if connection.dialect.name == "postgresql":
+                        await connection.execute(
+                            text("SELECT pg_advisory_xact_lock(:key)"),
+                            {"key": _PG_MIGRATION_LOCK},
+                        )
+                    await connection.run_sync(upgrade, revision)
+                return
+            except OperationalError as exc:
+                # SQLite answers "locked" at once, busy timeout or not, when nodes switching
+                # a new file to WAL meet: the upgrade is transactional, so try again.
+                locked = engine.dialect.name == "sqlite" and "locked" in str(exc.orig)
+                if not locked or attempt == SQLITE_MIGRATION_ATTEMPTS:
+                    raise
+                await asyncio.sleep(0.1 * attempt)
     finally:
         await engine.dispose()

@@ -25,10 +25,9 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
-    text,
 )
 
-from delegation.db import _PG_MIGRATION_LOCK, _sqlite_transactional_ddl, create_engine
+from delegation.db import run_migration
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 VERSION_TABLE = "gw_alembic_version"
@@ -84,10 +83,8 @@ def alembic_config() -> Config:
 
 
 def _upgrade(connection: Connection, revision: str) -> None:
-    """Upgrade under the registry's migration lock: Alembic's context is process-global,
-    so two chains must not run at once even in one process (SQLite: BEGIN IMMEDIATE)."""
-    if connection.dialect.name == "postgresql":
-        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
+    """Alembic's context is process-global: `run_migration` holds the registry's migration
+    lock around this, so the two chains never run at once, even in one process."""
     config = alembic_config()
     config.attributes["connection"] = connection
     command.upgrade(config, revision)
@@ -96,11 +93,4 @@ def _upgrade(connection: Connection, revision: str) -> None:
 async def migrate_gateway(url: str | URL, revision: str = "head") -> None:
     """Bring the gateway's tables at `url` to `revision` (idempotent; safe on several nodes,
     and beside `delegation.migrate` on the same database)."""
-    engine = create_engine(url)
-    if engine.dialect.name == "sqlite":
-        _sqlite_transactional_ddl(engine)
-    try:
-        async with engine.begin() as connection:
-            await connection.run_sync(_upgrade, revision)
-    finally:
-        await engine.dispose()
+    await run_migration(url, _upgrade, revision)
