@@ -110,7 +110,16 @@ async def _demo(settings: Settings) -> None:
                         ca_file=mock.tls_cert,
                         master_user=mock.master.user,
                         master_password_file=mock.data_dir / "master.secret",
-                    )
+                    ),
+                    # the historic platform's web services: the registry records "historic"
+                    # as the backend of jean.dupont@ and marie.petit@, and routing follows it
+                    "historic": BackendSettings(
+                        kind="legacy_ws",
+                        ws_url=f"{mock.http_url}/mss-msg-services/services",
+                        master_user=mock.master.user,
+                        master_password_file=mock.data_dir / "master.secret",
+                        numhomologation="LPS-GATEWAY-DEMO",
+                    ),
                 }
                 settings.routing.default = settings.routing.default or "modern"
             await gateway.start()

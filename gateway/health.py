@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Literal
 from urllib.parse import quote
 
+import httpx
 from sqlalchemy import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -132,6 +133,20 @@ async def backend_check(
                     await writer.wait_closed()
 
 
+async def web_service_check(base_url: str, *, within: float) -> str:
+    """`ok` when the historic web services answer their WSDL (no credentials needed) within
+    `within` seconds; otherwise a short reason."""
+    url = f"{base_url.rstrip('/')}/Folder/soap/v1?wsdl"
+    try:
+        async with httpx.AsyncClient(timeout=within) as http:
+            answer = await http.get(url)
+    except httpx.HTTPError as exc:
+        return _clip(f"{type(exc).__name__} reaching {base_url}")
+    if answer.status_code != 200:
+        return _clip(f"{base_url} answered HTTP {answer.status_code}")
+    return OK
+
+
 async def _goodbye(
     protocol: MailProtocol, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
@@ -185,6 +200,12 @@ class Readiness:
             "database": database_check(self._registry, secret=self._secret)
         }
         for name, backend in self._backends.items():
+            if backend.kind == "legacy_ws":
+                within = min(backend.connect_timeout, MAX_PROBE_TIMEOUT)
+                probes[f"backend:{name}:ws"] = web_service_check(
+                    backend.ws_url or "", within=within
+                )
+                continue
             probes[f"backend:{name}:imap"] = self._backend(name, backend, "imap")
             probes[f"backend:{name}:smtp"] = self._backend(name, backend, "smtp")
         results = await asyncio.gather(*probes.values(), return_exceptions=True)

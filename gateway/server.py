@@ -16,10 +16,13 @@ from gateway.access import FrontAuthenticator
 from gateway.api.app import create_api
 from gateway.asgi_server import AsgiServer, bind_tcp
 from gateway.audit import AuditSink
+from gateway.backends.legacy_ws.store import LegacyBackends
+from gateway.backends.legacy_ws.uidmap import UidMap
 from gateway.backends.routing import Router
+from gateway.db import migrate_gateway
 from gateway.decisions import DecisionCache
 from gateway.health import Readiness
-from gateway.imap.proxy import ProxyConfig, ProxyServer
+from gateway.imap.proxy import ProxyAuthenticator, ProxyConfig, ProxyServer
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.smtp.front import SubmissionFront
@@ -47,6 +50,7 @@ class Gateway:
         self.smtp: SmtpServer | None = None
         self.audit: AuditSink | None = None
         self.decisions: DecisionCache | None = None
+        self.legacy: LegacyBackends | None = None
 
     async def open_registry(self) -> DelegationService:
         """Migrate and open the delegation registry (before `start`, to seed it)."""
@@ -54,7 +58,10 @@ class Gateway:
             self.settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             url = self.settings.database()
             await migrate(url)
+            await migrate_gateway(url)
             self._engine = create_engine(url)
+            # the historic platform's UIDs live beside the registry
+            self.legacy = LegacyBackends(UidMap(self._engine))
             bus = bus_for_url(url)
             await bus.start()
             self.delegations = DelegationService(self._engine, bus=bus)
@@ -113,6 +120,7 @@ class Gateway:
         self.imap = ProxyServer(
             config, imap_auth, service, self.metrics, tls, bind_tcp(front.host, front.port)
         )
+        self._serve_legacy(self.imap)
         await self.imap.start()
         if front.implicit_tls_port is not None:
             self.imaps = ProxyServer(
@@ -123,6 +131,7 @@ class Gateway:
                 tls,
                 bind_tcp(front.host, front.implicit_tls_port),
             )
+            self._serve_legacy(self.imaps)
             await self.imaps.start()
         smtp_auth = self._front(validator, service, "smtp")
         self.smtp = SmtpServer(
@@ -135,6 +144,11 @@ class Gateway:
             max_connections=settings.smtp.max_connections,
         )
         await self.smtp.start()
+
+    def _serve_legacy(self, server: ProxyServer) -> None:
+        """Let the IMAP front serve BAL routed to the historic web services."""
+        if isinstance(server.authenticator, ProxyAuthenticator):
+            server.authenticator.legacy = self.legacy
 
     def _front(
         self, validator: TokenValidator, service: DelegationService, interface: str
@@ -165,6 +179,8 @@ class Gateway:
             await self.audit.stop()
         if self._http is not None:
             await self._http.stop()
+        if self.legacy is not None:
+            await self.legacy.aclose()
         if self.delegations is not None:
             await self.delegations.bus.close()
         if self.validator is not None and self._validator is None:

@@ -11,7 +11,7 @@ import ipaddress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 from pydantic_settings import (
     BaseSettings,
@@ -155,9 +155,11 @@ TlsMode = Literal["none", "starttls", "implicit"]
 
 
 class BackendSettings(_Section):
-    """An operator platform the gateway carries sessions to."""
+    """An operator platform the gateway carries sessions to: an IMAP/SMTP platform
+    (`imap_smtp`, sessions relayed) or the historic web services (`legacy_ws`, sessions
+    served by the gateway's own IMAP engine over `ws_url`)."""
 
-    kind: Literal["imap_smtp"] = "imap_smtp"
+    kind: Literal["imap_smtp", "legacy_ws"] = "imap_smtp"
     imap_host: str = "127.0.0.1"
     imap_port: int = Field(default=143, ge=1, le=65535)
     imap_tls: TlsMode = "starttls"
@@ -180,6 +182,30 @@ class BackendSettings(_Section):
     reply_timeout: float = Field(
         default=120.0, gt=0, description="seconds to wait for a backend's reply to a command"
     )
+    ws_url: str | None = Field(
+        default=None,
+        description="legacy_ws: base URL of the historic web services "
+        "(.../mss-msg-services/services)",
+    )
+    numhomologation: str = Field(
+        default="", max_length=64, description="legacy_ws: the gateway's approval number"
+    )
+    poll_interval: float = Field(
+        default=10.0,
+        gt=0,
+        le=3_600,
+        description="legacy_ws: seconds a folder's state is reused before the services "
+        "are asked again (NOOP, IDLE)",
+    )
+
+    @model_validator(mode="after")
+    def _legacy_ws_needs_a_url(self) -> BackendSettings:
+        if self.kind == "legacy_ws":
+            if not self.ws_url or not self.ws_url.startswith(("http://", "https://")):
+                raise ValueError("a legacy_ws backend needs ws_url, an http(s):// URL")
+            if any(c in self.numhomologation for c in "\r\n\0"):
+                raise ValueError("numhomologation must be one line")
+        return self
 
     def password(self) -> str:
         if self.master_password_file is not None:

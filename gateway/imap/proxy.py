@@ -19,13 +19,16 @@ import re
 import socket
 import ssl
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from delegation.events import ChangeEvent
 from delegation.service import AuditRecord, DelegationService
 from gateway.access import FrontAuthenticator, FrontGrant
 from gateway.audit import AuditSink
 from gateway.backends.imap_client import BackendError, Upstream, open_upstream
+from gateway.backends.legacy_ws.store import LegacyBackends
 from gateway.imap import commands as c
+from gateway.imap.audited_store import AuditedStore
 from gateway.imap.engine import EngineConfig, ImapSession
 from gateway.imap.framing import FramingError, ResponseFramer
 from gateway.imap.limits import Limits
@@ -100,21 +103,54 @@ class ProxyGrant(FrontGrant):
 
 
 class ProxyAuthenticator:
-    """The front's decision, then the backend login; counts logins by result."""
+    """The front's decision, then the backend login; counts logins by result.
 
-    def __init__(self, front: FrontAuthenticator, metrics: Metrics) -> None:
+    A BAL routed to a `legacy_ws` backend (the historic web services) opens no upstream:
+    the grant carries a `LegacyWsStore` and the engine serves the session itself, with its
+    own capabilities. `legacy` (set by the gateway) holds what those stores share."""
+
+    def __init__(
+        self, front: FrontAuthenticator, metrics: Metrics, legacy: LegacyBackends | None = None
+    ) -> None:
         self.front = front
         self.metrics = metrics
+        self.legacy = legacy
 
     async def authenticate(
         self, credentials: TokenCredentials, connection: ConnectionInfo
-    ) -> ProxyGrant:
+    ) -> FrontGrant:
         try:
             grant = await self.front.authenticate(credentials, connection)
         except AuthFailed as failure:
             self.metrics.logins.labels("imap", failure.kind).inc()
             raise
         route = grant.route
+        if route.backend.kind == "legacy_ws":
+            if self.legacy is None:
+                self.metrics.logins.labels("imap", "unavailable").inc()
+                log.error("imap.legacy_ws_not_configured", extra={"backend": route.name})
+                raise AuthFailed("unavailable", "mailbox server misconfigured")
+            store = self.legacy.store(route.name, route.backend, grant.mailbox)
+            audit = self.front.audit
+
+            async def record(action: str, detail: str, result: str) -> None:
+                await audit.submit(
+                    AuditRecord(
+                        grant.actor,
+                        grant.mailbox,
+                        action,
+                        "imap",
+                        result=result,
+                        delegation_id=grant.delegation_id,
+                        software=connection.software,
+                        remote=connection.peer,
+                        detail=detail or None,
+                    )
+                )
+
+            self.metrics.logins.labels("imap", "ok").inc()
+            audited = AuditedStore(store, record)
+            return dataclasses.replace(grant, store=audited, capabilities=None)
         try:
             upstream = await open_upstream(route, grant.mailbox, credentials.token)
         except BackendError as exc:
@@ -509,22 +545,94 @@ def _log_failure(task: asyncio.Future[None]) -> None:
         log.error("imap.audit_submit_failed", exc_info=task.exception())
 
 
+class LiveSession(Protocol):
+    """What live-session tracking needs of a session: a relay, or one the engine serves."""
+
+    @property
+    def grant(self) -> FrontGrant: ...
+
+    @property
+    def mailbox(self) -> str: ...
+
+    @property
+    def actor(self) -> str: ...
+
+    def kick(self, reason: str) -> None: ...
+
+    def update(self, rights: frozenset[str], expires_at: dt.datetime | None) -> None: ...
+
+
+class ServedSession:
+    """A session the engine serves itself (a BAL on the historic platform), made revocable
+    like a relay: `kick` says BYE and ends its connection task."""
+
+    def __init__(
+        self, session: ImapSession, channel: _StreamChannel, task: asyncio.Task[None]
+    ) -> None:
+        assert isinstance(session.grant, FrontGrant)
+        self.session = session
+        self.channel = channel
+        self.task = task
+        self._grant: FrontGrant = session.grant
+        self._expiry: asyncio.TimerHandle | None = None
+        self._kicked = False
+        self.update(self._grant.rights, self._grant.decision.expires_at)
+
+    @property
+    def grant(self) -> FrontGrant:
+        return self._grant
+
+    @property
+    def mailbox(self) -> str:
+        return self._grant.mailbox
+
+    @property
+    def actor(self) -> str:
+        return self._grant.actor
+
+    def kick(self, reason: str) -> None:
+        if self._kicked:
+            return
+        self._kicked = True
+        log.info("imap.session_kicked", extra={"bal": self.mailbox, "reason": reason})
+        with contextlib.suppress(Exception):
+            self.channel.writer.write(untagged_status("BYE", reason))
+        self.task.cancel()
+
+    def update(self, rights: frozenset[str], expires_at: dt.datetime | None) -> None:
+        if rights != self._grant.rights:
+            self._grant = dataclasses.replace(self._grant, rights=rights)
+            self.session.grant = dataclasses.replace(self.session.grant, rights=rights)  # type: ignore[type-var]
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if expires_at is not None and self._grant.via == "delegation":
+            delay = (expires_at - dt.datetime.now(dt.UTC)).total_seconds()
+            self._expiry = asyncio.get_running_loop().call_later(
+                max(0.0, delay), self.kick, f"delegation on {self.mailbox} expired"
+            )
+
+    def ended(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+
+
 class LiveSessions:
     """Relays by (BAL, delegate idNat), told of delegation changes by the registry's bus
     (every node hears them: PostgreSQL LISTEN/NOTIFY)."""
 
     def __init__(self, registry: DelegationService) -> None:
         self.registry = registry
-        self._relays: dict[tuple[str, str], set[Relay]] = {}
+        self._relays: dict[tuple[str, str], set[LiveSession]] = {}
         self._task: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
         return sum(len(group) for group in self._relays.values())
 
-    def add(self, relay: Relay) -> None:
+    def add(self, relay: LiveSession) -> None:
         self._relays.setdefault((relay.mailbox, relay.actor), set()).add(relay)
 
-    def discard(self, relay: Relay) -> None:
+    def discard(self, relay: LiveSession) -> None:
         key = (relay.mailbox, relay.actor)
         group = self._relays.get(key)
         if group is not None:
@@ -570,7 +678,7 @@ class LiveSessions:
         else:
             await self._recheck([key])
 
-    async def confirm(self, relay: Relay) -> None:
+    async def confirm(self, relay: LiveSession) -> None:
         if relay.grant.via != "delegation":
             return
         decision = await self.registry.decide(relay.grant.identity, relay.mailbox)
@@ -621,6 +729,10 @@ class ProxyServer(ImapServer):
 
     async def _handover(self, session: ImapSession, channel: _StreamChannel) -> bool:
         grant = session.grant
+        if isinstance(grant, FrontGrant) and not isinstance(grant, ProxyGrant):
+            if grant.on_close is None:  # called after every command: track it once
+                await self._track_served(session, channel, grant)
+            return False  # the engine serves it
         if not isinstance(grant, ProxyGrant):
             return False
         relay = Relay(session, channel, grant, self.config, self.audit, self.metrics)
@@ -636,3 +748,24 @@ class ProxyServer(ImapServer):
             gauge.dec()
             self.live.discard(relay)
         return True
+
+    async def _track_served(
+        self, session: ImapSession, channel: _StreamChannel, grant: FrontGrant
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        served = ServedSession(session, channel, task)
+        gauge = self.metrics.open_sessions.labels("imap")
+        self.live.add(served)
+        gauge.inc()
+        store = grant.store
+
+        async def ended() -> None:
+            gauge.dec()
+            served.ended()
+            self.live.discard(served)
+            if isinstance(store, AuditedStore) and store.reads:
+                await store.record("read", f"{store.reads} read commands", "ok")
+
+        session.grant = dataclasses.replace(grant, on_close=ended)
+        await self.live.confirm(served)

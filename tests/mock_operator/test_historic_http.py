@@ -642,8 +642,8 @@ def without_dates(value: Any) -> Any:
     """Messages composed during the run carry the second they were made in."""
     if isinstance(value, dict):
         return {k: without_dates(v) for k, v in value.items() if k != "date"}
-    if isinstance(value, list):
-        return [without_dates(v) for v in value]
+    if isinstance(value, list | tuple):
+        return type(value)(without_dates(v) for v in value)
     return value
 
 

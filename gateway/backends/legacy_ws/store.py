@@ -1,0 +1,613 @@
+"""A `MailStore` over the historic web services: a historic BAL served by the IMAP engine.
+
+Folders come from ``listFolders``: 2 is INBOX, 5 ``\\Sent``, 6 ``\\Drafts``, 3 ``\\Trash``,
+4 ``\\Junk``; every other folder by the path of its names, ``/`` separated (a ``/`` inside
+a historic name becomes ``_``). The folder list is kept `poll_interval` seconds.
+
+A folder's state is one paged ``searchMessages`` of the folder (all pages, oldest first):
+UIDs come from the `UidMap` (new messages get UIDs ascending by date then id; messages
+gone are forgotten), flags are mapped (UNREAD ↔ not ``\\Seen``, FLAGGED ↔ ``\\Flagged``,
+REPLIED ↔ ``\\Answered``, DELETED ↔ ``\\Deleted``, DRAFT ↔ ``\\Draft``). Without a
+change hub the engine re-reads the state at every command, so a session keeps each
+folder's state `poll_interval` seconds (default 10): that is the change detection of
+NOOP and IDLE (the engine's IDLE polls every few seconds and sees the change once the
+state is older than that). The session's own changes drop the kept state at once.
+``syncMessages`` tokens are not used (yet).
+
+Messages are rebuilt with `message_to_rfc5322` from the message object of the last
+search and the attachments (``downloadAttachment``). The rebuild is deterministic, so the
+bytes are kept in an LRU bounded in octets, shared by every session, keyed by (backend,
+BAL, messageId, `content_key`). RFC822.SIZE must be known at the state already, without
+downloading the attachments: the rebuild's length depends only on the attachments'
+lengths, so it is computed with placeholder bytes of each attachment's declared size
+(and remembered per content key); a platform declaring wrong sizes would give a wrong
+RFC822.SIZE (logged when noticed).
+
+Flags: ``\\Seen`` and ``\\Flagged`` go to ``updateMessages`` (READ/UNREAD,
+FLAGGED/UNFLAGGED). The services cannot set DELETED: ``\\Deleted`` is a mark kept by the
+gateway (in memory, shared by the sessions of this gateway process, lost on restart), and
+EXPUNGE sends ``updateMessages DELETE`` for the marked messages (and those the platform
+itself says are DELETED). ``\\Answered``, ``\\Draft`` and keywords cannot be set: they
+are ignored, the answer shows the flags as they are. MOVE is ``moveMessages``; COPY and
+APPEND outside Drafts are ``NO [CANNOT]``; APPEND to Drafts is ``draftMessage``.
+
+Errors: no answer or refused credentials → `StoreUnavailable` (NO [UNAVAILABLE]); code
+41 → `FolderNotFound`; 45 → `MessageGone`; any other code → `StoreError` with its text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.backends.legacy_ws.client import (
+    LegacyAuthError,
+    LegacyError,
+    LegacyUnavailable,
+    LegacyWsClient,
+)
+from gateway.backends.legacy_ws.mime import (
+    MimeRejected,
+    content_key,
+    historic_date,
+    message_to_rfc5322,
+    rfc5322_to_message,
+)
+from gateway.backends.legacy_ws.uidmap import UidMap
+from gateway.imap.mailstore import (
+    DELIMITER,
+    CopyResult,
+    FlagMode,
+    FolderExists,
+    FolderInfo,
+    FolderNotFound,
+    FolderState,
+    MessageGone,
+    MessageMeta,
+    SpecialUse,
+    StoreError,
+    StoreUnavailable,
+    Unsupported,
+)
+from gateway.settings import BackendSettings
+
+log = logging.getLogger(__name__)
+
+ROOT = 1  # Zimbra's USER_ROOT: the parent of top-level folders
+INBOX, TRASH, JUNK, SENT, DRAFTS = 2, 3, 4, 5, 6
+SPECIAL: dict[int, SpecialUse] = {
+    SENT: "\\Sent",
+    DRAFTS: "\\Drafts",
+    TRASH: "\\Trash",
+    JUNK: "\\Junk",
+}
+FOLDER_MISSING, MESSAGE_MISSING, DUPLICATE_FOLDER = 41, 45, 30
+FLAG_MAP = (  # historic flag, IMAP flag, whether the IMAP flag is set when the historic one is
+    ("UNREAD", "\\Seen", False),
+    ("FLAGGED", "\\Flagged", True),
+    ("REPLIED", "\\Answered", True),
+    ("DELETED", "\\Deleted", True),
+    ("DRAFT", "\\Draft", True),
+)
+DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
+MAX_SIZES = 200_000
+MAX_DECLARED = 64 * 1024 * 1024  # an attachment size beyond this is not believed
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def imap_flags(message: Mapping[str, Any]) -> frozenset[str]:
+    """The IMAP flags of a historic message object."""
+    raw = message.get("flags")
+    historic = {f for f in raw if isinstance(f, str)} if isinstance(raw, list) else set()
+    flags = set()
+    for name, flag, when_set in FLAG_MAP:
+        if (name in historic) == when_set:
+            flags.add(flag)
+    return frozenset(flags)
+
+
+@contextlib.contextmanager
+def translated(context: str = "") -> Iterator[None]:
+    """The client's failures as the engine's `StoreError`s."""
+    try:
+        yield
+    except LegacyUnavailable as exc:
+        log.warning("legacy_ws.unavailable", extra={"error": exc.reason, "context": context})
+        raise StoreUnavailable("historic mail service unavailable, try again later") from None
+    except LegacyAuthError as exc:
+        log.error("legacy_ws.auth_refused", extra={"code": exc.code, "context": context})
+        raise StoreUnavailable("historic mail service refused the gateway") from None
+    except LegacyError as exc:
+        if exc.code == FOLDER_MISSING:
+            raise FolderNotFound(context or "folder") from None
+        if exc.code == MESSAGE_MISSING:
+            raise MessageGone() from None
+        if exc.code == DUPLICATE_FOLDER:
+            raise FolderExists(context or "folder") from None
+        raise StoreError(f"historic mail service refused ({exc.code}): {exc.message}") from None
+
+
+class MessageCache:
+    """Rebuilt messages by (backend, BAL, messageId, content key): an LRU bounded in octets,
+    and their sizes (bounded in count) for RFC822.SIZE."""
+
+    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES, max_sizes: int = MAX_SIZES) -> None:
+        self.max_bytes = max_bytes
+        self.max_sizes = max_sizes
+        self._bytes: OrderedDict[tuple[str, ...], bytes] = OrderedDict()
+        self._sizes: OrderedDict[tuple[str, ...], int] = OrderedDict()
+        self._total = 0
+
+    def get(self, key: tuple[str, ...]) -> bytes | None:
+        data = self._bytes.get(key)
+        if data is not None:
+            self._bytes.move_to_end(key)
+        return data
+
+    def put(self, key: tuple[str, ...], data: bytes) -> None:
+        self.remember_size(key, len(data))
+        if len(data) > self.max_bytes or key in self._bytes:
+            return
+        self._bytes[key] = data
+        self._total += len(data)
+        while self._total > self.max_bytes:
+            _, old = self._bytes.popitem(last=False)
+            self._total -= len(old)
+
+    def size(self, key: tuple[str, ...]) -> int | None:
+        return self._sizes.get(key)
+
+    def remember_size(self, key: tuple[str, ...], size: int) -> None:
+        self._sizes[key] = size
+        self._sizes.move_to_end(key)
+        while len(self._sizes) > self.max_sizes:
+            self._sizes.popitem(last=False)
+
+
+@dataclass
+class LegacyBackends:
+    """What the legacy backends of one gateway share: a client per backend (created at
+    first use, closed by `aclose`), the UID map, the message cache, the ``\\Deleted``
+    marks."""
+
+    uidmap: UidMap
+    cache: MessageCache = field(default_factory=MessageCache)
+    deleted: dict[tuple[str, str, int], set[str]] = field(default_factory=dict)
+    _clients: dict[str, LegacyWsClient] = field(default_factory=dict)
+
+    def client(self, name: str, backend: BackendSettings) -> LegacyWsClient:
+        client = self._clients.get(name)
+        if client is None:
+            assert backend.ws_url is not None
+            client = LegacyWsClient(
+                backend.ws_url,
+                user=backend.master_user,
+                password=backend.password(),
+                numhomologation=backend.numhomologation,
+                timeout=backend.reply_timeout,
+            )
+            self._clients[name] = client
+        return client
+
+    def store(self, name: str, backend: BackendSettings, bal: str) -> LegacyWsStore:
+        return LegacyWsStore(
+            self.client(name, backend),
+            self.uidmap,
+            name,
+            bal,
+            poll_interval=backend.poll_interval,
+            cache=self.cache,
+            deleted=self.deleted,
+        )
+
+    async def aclose(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()
+
+
+@dataclass
+class _Folder:
+    name: str
+    folder_id: int
+    special_use: SpecialUse | None
+
+
+@dataclass
+class _State:
+    state: FolderState
+    messages: dict[int, dict[str, Any]]  # UID → message object
+    at: float
+
+
+class LegacyWsStore:
+    """One historic BAL as a `MailStore` (one per IMAP session)."""
+
+    def __init__(
+        self,
+        client: LegacyWsClient,
+        uidmap: UidMap,
+        backend_name: str,
+        bal: str,
+        *,
+        poll_interval: float = 10.0,
+        cache: MessageCache | None = None,
+        deleted: dict[tuple[str, str, int], set[str]] | None = None,
+    ) -> None:
+        self._client = client
+        self._uidmap = uidmap
+        self._backend = backend_name
+        self._bal = bal.lower()
+        self._poll = poll_interval
+        self._cache = cache if cache is not None else MessageCache()
+        self._deleted = deleted if deleted is not None else {}
+        self._folders: tuple[list[_Folder], float] | None = None
+        self._states: dict[int, _State] = {}
+        self._lock = asyncio.Lock()
+
+    @property
+    def address(self) -> str:
+        return self._bal
+
+    # -- folders -------------------------------------------------------------------------
+
+    async def _folder_list(self) -> list[_Folder]:
+        now = time.monotonic()
+        if self._folders is not None and now - self._folders[1] < self._poll:
+            return self._folders[0]
+        with translated():
+            tree = await self._client.list_folders(self._bal)
+        found: list[_Folder] = []
+        stack: list[tuple[dict[str, Any], str]] = [(f, "") for f in reversed(tree)]
+        while stack:
+            folder, prefix = stack.pop()
+            folder_id = folder["id"]
+            if folder_id == INBOX:
+                name = "INBOX"
+            else:
+                own = str(folder["name"]).replace(DELIMITER, "_").strip() or f"#{folder_id}"
+                if not prefix and own.upper() == "INBOX":
+                    own = f"{own}-{folder_id}"
+                name = f"{prefix}{own}"
+            found.append(_Folder(name, folder_id, SPECIAL.get(folder_id)))
+            children = folder.get("children") or []
+            stack.extend((child, name + DELIMITER) for child in reversed(children))
+        found.sort(key=lambda f: (f.folder_id != INBOX, f.name))
+        self._folders = (found, now)
+        return found
+
+    def _forget_folders(self) -> None:
+        self._folders = None
+
+    async def _folder(self, name: str) -> _Folder:
+        wanted = "INBOX" if name.upper() == "INBOX" else name
+        for folder in await self._folder_list():
+            if folder.name == wanted:
+                return folder
+        raise FolderNotFound(name)
+
+    async def list_folders(self) -> Sequence[FolderInfo]:
+        return [FolderInfo(f.name, f.special_use) for f in await self._folder_list()]
+
+    async def create_folder(self, name: str) -> None:
+        _check_name(name)
+        folders = {f.name: f for f in await self._folder_list()}
+        if name in folders or name.upper() == "INBOX":
+            raise FolderExists(name)
+        parent_id = ROOT
+        parts = name.split(DELIMITER)
+        for depth in range(1, len(parts) + 1):
+            level = DELIMITER.join(parts[:depth])
+            existing = folders.get(level)
+            if existing is not None:
+                parent_id = existing.folder_id
+                continue
+            with translated(level):
+                created = await self._client.create_folder(self._bal, parts[depth - 1], parent_id)
+            self._forget_folders()
+            new_id = created.get("id")
+            if not isinstance(new_id, int) or isinstance(new_id, bool):
+                raise StoreUnavailable("historic mail service gave no folder id")
+            parent_id = new_id
+
+    async def delete_folder(self, name: str) -> None:
+        folder = await self._folder(name)
+        if folder.folder_id == INBOX or folder.special_use is not None:
+            raise Unsupported(f"{name} is a special folder of the historic platform")
+        with translated(name):
+            await self._client.delete_folder(self._bal, folder.folder_id)
+        self._forget_folders()
+        self._states.pop(folder.folder_id, None)
+        await self._uidmap.forget_folder(self._backend, self._bal, folder.folder_id)
+
+    async def rename_folder(self, old: str, new: str) -> None:
+        _check_name(new)
+        folder = await self._folder(old)
+        if folder.folder_id == INBOX or folder.special_use is not None:
+            raise Unsupported(f"{old} is a special folder of the historic platform")
+        old_parent, _, _ = old.rpartition(DELIMITER)
+        new_parent, _, new_leaf = new.rpartition(DELIMITER)
+        if old_parent != new_parent:
+            raise Unsupported("the gateway renames historic folders within their parent only")
+        with translated(old):
+            await self._client.rename_folder(self._bal, folder.folder_id, new_leaf)
+        self._forget_folders()
+
+    async def subscribe(self, name: str, subscribed: bool) -> None:
+        """Accepted and ignored: every historic folder is listed as subscribed."""
+        await self._folder(name)
+
+    # -- state ---------------------------------------------------------------------------
+
+    async def folder_state(self, name: str) -> FolderState:
+        folder = await self._folder(name)
+        return (await self._state(folder)).state
+
+    async def _state(self, folder: _Folder, *, fresh: bool = False) -> _State:
+        kept = self._states.get(folder.folder_id)
+        if kept is not None and not fresh and time.monotonic() - kept.at < self._poll:
+            return kept
+        async with self._lock:
+            return await self._read_state(folder)
+
+    async def _read_state(self, folder: _Folder) -> _State:
+        key = (self._backend, self._bal, folder.folder_id)
+        with translated(folder.name):
+            found = await self._client.search_messages(self._bal, folder.folder_id)
+        by_id = {m["messageId"]: m for m in found}
+        known = await self._uidmap.uids(*key)
+        gone = [message_id for message_id in known if message_id not in by_id]
+        if gone:
+            await self._uidmap.forget(*key, gone)
+            marks = self._deleted.get(key)
+            if marks:
+                marks.difference_update(gone)
+        new = sorted(
+            (m for message_id, m in by_id.items() if message_id not in known),
+            key=lambda m: (historic_date(m) or EPOCH, _id_order(m["messageId"])),
+        )
+        uids = {message_id: uid for message_id, uid in known.items() if message_id in by_id}
+        if new:
+            uids.update(await self._uidmap.assign(*key, [m["messageId"] for m in new]))
+        uidvalidity, uidnext = await self._uidmap.folder(*key)
+        marks = self._deleted.get(key, set())
+        metas: list[MessageMeta] = []
+        messages: dict[int, dict[str, Any]] = {}
+        for message_id, uid in sorted(uids.items(), key=lambda item: item[1]):
+            message = by_id[message_id]
+            flags = imap_flags(message)
+            if message_id in marks:
+                flags |= {"\\Deleted"}
+            when = historic_date(message) or EPOCH
+            metas.append(MessageMeta(uid, flags, when, self._size(message)))
+            messages[uid] = message
+        uidnext = max(uidnext, max(uids.values(), default=0) + 1)
+        state = FolderState(uidvalidity, uidnext, tuple(metas))
+        kept = _State(state, messages, time.monotonic())
+        self._states[folder.folder_id] = kept
+        return kept
+
+    def _key(self, message: Mapping[str, Any]) -> tuple[str, ...]:
+        return (self._backend, self._bal, str(message["messageId"]), content_key(message))
+
+    def _size(self, message: Mapping[str, Any]) -> int:
+        """The length of the rebuilt message, without downloading its attachments."""
+        key = self._key(message)
+        size = self._cache.size(key)
+        if size is None:
+            placeholders = {
+                entry["part"]: bytes(_declared(entry)) for entry in _attachments(message)
+            }
+            try:
+                size = len(message_to_rfc5322(message, placeholders))
+            except (KeyError, ValueError, TypeError):
+                size = 0
+            self._cache.remember_size(key, size)
+        return size
+
+    # -- messages ------------------------------------------------------------------------
+
+    async def fetch_message(self, name: str, uid: int) -> bytes:
+        found = await self.fetch_messages(name, [uid])
+        if uid not in found:
+            raise MessageGone()
+        return found[uid]
+
+    async def fetch_messages(self, name: str, uids: Sequence[int]) -> dict[int, bytes]:
+        folder = await self._folder(name)
+        kept = await self._state(folder)
+        if any(uid not in kept.messages for uid in uids):
+            kept = await self._state(folder, fresh=True)
+        out: dict[int, bytes] = {}
+        for uid in uids:
+            message = kept.messages.get(uid)
+            if message is None:
+                continue
+            try:
+                out[uid] = await self._rebuild(message)
+            except MessageGone:
+                continue
+        return out
+
+    async def _rebuild(self, message: Mapping[str, Any]) -> bytes:
+        key = self._key(message)
+        data = self._cache.get(key)
+        if data is not None:
+            return data
+        files: dict[str, bytes] = {}
+        for entry in _attachments(message):
+            with translated():
+                files[entry["part"]] = await self._client.download_attachment(
+                    self._bal, str(message["messageId"]), entry["part"]
+                )
+            if len(files[entry["part"]]) != _declared(entry):
+                log.warning(
+                    "legacy_ws.attachment_size_differs",
+                    extra={"bal": self._bal, "message": message["messageId"]},
+                )
+        try:
+            data = message_to_rfc5322(message, files)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise StoreError(f"historic message cannot be rebuilt: {type(exc).__name__}") from None
+        self._cache.put(key, data)
+        return data
+
+    async def append(
+        self, name: str, message: bytes, flags: Collection[str], internal_date: dt.datetime
+    ) -> tuple[int, int]:
+        folder = await self._folder(name)
+        if folder.folder_id != DRAFTS:
+            raise Unsupported("the historic platform takes new messages only in Drafts")
+        try:
+            draft = rfc5322_to_message(message)
+        except MimeRejected as exc:
+            raise StoreError(f"draft refused: {exc.reason}", "CANNOT") from None
+        with translated(name):
+            saved = await self._client.draft_message(self._bal, draft)
+        key = (self._backend, self._bal, folder.folder_id)
+        assigned = await self._uidmap.assign(*key, [saved["messageId"]])
+        uidvalidity, _ = await self._uidmap.folder(*key)
+        self._states.pop(folder.folder_id, None)
+        return uidvalidity, assigned[saved["messageId"]]
+
+    async def store_flags(
+        self, name: str, uids: Collection[int], mode: FlagMode, flags: Collection[str]
+    ) -> dict[int, frozenset[str]]:
+        folder = await self._folder(name)
+        kept = await self._state(folder)
+        metas = {meta.uid: meta for meta in kept.state.messages}
+        wanted = set(flags)
+        operations: dict[str, list[str]] = {}
+        marks = self._deleted.setdefault((self._backend, self._bal, folder.folder_id), set())
+        result: dict[int, frozenset[str]] = {}
+        for uid in uids:
+            meta, message = metas.get(uid), kept.messages.get(uid)
+            if meta is None or message is None:
+                continue
+            current = set(meta.flags)
+            if mode == "replace":
+                new = wanted
+            elif mode == "add":
+                new = current | wanted
+            else:
+                new = current - wanted
+            message_id = str(message["messageId"])
+            for flag, on, off in (
+                ("\\Seen", "READ", "UNREAD"),
+                ("\\Flagged", "FLAGGED", "UNFLAGGED"),
+            ):
+                if flag in new and flag not in current:
+                    operations.setdefault(on, []).append(message_id)
+                elif flag not in new and flag in current:
+                    operations.setdefault(off, []).append(message_id)
+            historic_deleted = "DELETED" in (message.get("flags") or [])
+            if "\\Deleted" in new:
+                marks.add(message_id)
+            else:
+                marks.discard(message_id)
+            # what cannot be set stays as it was
+            settable = {"\\Seen", "\\Flagged", "\\Deleted"}
+            after = {f for f in new if f in settable} | {f for f in current if f not in settable}
+            if historic_deleted:
+                after.add("\\Deleted")
+            result[uid] = frozenset(after)
+        for operation, message_ids in operations.items():
+            with translated(name):
+                await self._client.update_messages(self._bal, message_ids, operation)
+        if operations or result:
+            self._update_kept(folder, result)
+        return result
+
+    def _update_kept(self, folder: _Folder, flags: Mapping[int, frozenset[str]]) -> None:
+        """The kept state with the flags just set (no search needed to see our own change);
+        the next read after `poll_interval` confirms them."""
+        kept = self._states.get(folder.folder_id)
+        if kept is None:
+            return
+        metas = tuple(
+            MessageMeta(m.uid, flags[m.uid], m.internal_date, m.size) if m.uid in flags else m
+            for m in kept.state.messages
+        )
+        state = FolderState(kept.state.uidvalidity, kept.state.uidnext, metas)
+        self._states[folder.folder_id] = _State(state, kept.messages, kept.at)
+
+    async def copy(self, name: str, uids: Collection[int], destination: str) -> CopyResult:
+        raise Unsupported("the historic platform cannot copy")
+
+    async def move(self, name: str, uids: Collection[int], destination: str) -> CopyResult:
+        source = await self._folder(name)
+        target = await self._folder(destination)
+        kept = await self._state(source)
+        chosen = sorted(uid for uid in set(uids) if uid in kept.messages)
+        ids = [str(kept.messages[uid]["messageId"]) for uid in chosen]
+        target_key = (self._backend, self._bal, target.folder_id)
+        if source.folder_id == target.folder_id:
+            raise Unsupported("source and destination are the same folder")
+        if ids:
+            with translated(destination):
+                await self._client.move_messages(self._bal, ids, target.folder_id)
+        self._states.pop(source.folder_id, None)
+        self._states.pop(target.folder_id, None)
+        if not ids:
+            uidvalidity, _ = await self._uidmap.folder(*target_key)
+            return CopyResult(uidvalidity, ())
+        await self._uidmap.forget(self._backend, self._bal, source.folder_id, ids)
+        self._deleted.get((self._backend, self._bal, source.folder_id), set()).difference_update(
+            ids
+        )
+        assigned = await self._uidmap.assign(*target_key, ids)
+        uidvalidity, _ = await self._uidmap.folder(*target_key)
+        pairs = tuple((uid, assigned[m]) for uid, m in zip(chosen, ids, strict=True))
+        return CopyResult(uidvalidity, pairs)
+
+    async def expunge(self, name: str, uids: Collection[int] | None = None) -> list[int]:
+        folder = await self._folder(name)
+        kept = await self._state(folder)
+        allowed = set(uids) if uids is not None else None
+        doomed = [
+            meta.uid
+            for meta in kept.state.messages
+            if "\\Deleted" in meta.flags and (allowed is None or meta.uid in allowed)
+        ]
+        if not doomed:
+            return []
+        ids = [str(kept.messages[uid]["messageId"]) for uid in doomed]
+        with translated(name):
+            await self._client.update_messages(self._bal, ids, "DELETE")
+        key = (self._backend, self._bal, folder.folder_id)
+        await self._uidmap.forget(*key, ids)
+        self._deleted.get(key, set()).difference_update(ids)
+        self._states.pop(folder.folder_id, None)
+        return doomed
+
+
+def _attachments(message: Mapping[str, Any]) -> list[dict[str, Any]]:
+    entries = message.get("attachments")
+    if not isinstance(entries, list):
+        return []
+    return [e for e in entries if isinstance(e, dict) and isinstance(e.get("part"), str)]
+
+
+def _declared(entry: Mapping[str, Any]) -> int:
+    size = entry.get("size")
+    if isinstance(size, int) and not isinstance(size, bool) and 0 <= size <= MAX_DECLARED:
+        return size
+    return 0
+
+
+def _id_order(message_id: str) -> tuple[int, str]:
+    return (int(message_id), "") if message_id.isdigit() else (2**63, message_id)
+
+
+def _check_name(name: str) -> None:
+    if not name or len(name) > 255:
+        raise StoreError("folder name empty or too long", "CANNOT")
+    if any(not part for part in name.split(DELIMITER)) or any(c in name for c in "*%\r\n\0"):
+        raise StoreError(f"invalid folder name {name!r}", "CANNOT")

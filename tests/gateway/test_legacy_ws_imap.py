@@ -1,0 +1,361 @@
+"""A historic BAL through the gateway's IMAP front, on real sockets: the engine serves a
+`LegacyWsStore` over the mock's historic web services (LIST, SELECT, FETCH, SEARCH, STORE,
+MOVE, COPY refused, UID stability across a restart, the services down)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import imaplib
+import re
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.server import Gateway
+from gateway.settings import BackendSettings, MockSettings, Settings
+from mock_operator.seed import ihe_xdm_zip
+from mock_operator.server import MockOperator
+from tests.gateway.conftest import Stack, gateway_settings, mock_backend, start_stack
+from tests.imap_raw import Lit, Raw
+
+DUPONT = "jean.dupont@medecin.mssante.fr"
+BERNARD = "899700000003"
+SUBJECT = "Avis sur un patient commun"
+
+
+def xoauth2(user: str, token: str) -> str:
+    return base64.b64encode(f"user={user}\x01auth=Bearer {token}\x01\x01".encode()).decode()
+
+
+def historic_backend(mock: MockOperator, **overrides: Any) -> BackendSettings:
+    assert mock.master is not None
+    values: dict[str, Any] = {
+        "kind": "legacy_ws",
+        "ws_url": f"{mock.http_url}/mss-msg-services/services",
+        "master_user": mock.master.user,
+        "master_password": mock.master.password,
+        "numhomologation": "LPS-GATEWAY-TEST",
+        "poll_interval": 0.2,
+        "reply_timeout": 5,
+    }
+    values.update(overrides)
+    return BackendSettings(**values)
+
+
+def configure_with(**overrides: Any) -> Any:
+    def configure(settings: Settings, mock: MockOperator) -> None:
+        settings.backends = {
+            "modern": mock_backend(mock),
+            "historic": historic_backend(mock, **overrides),
+        }
+        settings.routing.default = "modern"
+
+    return configure
+
+
+@pytest.fixture
+async def legacy(
+    tmp_path: Path, stack_settings: Settings, mock_settings: MockSettings
+) -> AsyncIterator[Stack]:
+    running = await start_stack(stack_settings, mock_settings, tmp_path / "mock", configure_with())
+    try:
+        yield running
+    finally:
+        await running.gateway.stop()
+        await running.mock.stop()
+
+
+async def login(stack: Stack, persona: str, bal: str = DUPONT) -> Raw:
+    client = await Raw.open(stack.imap_port)
+    token = await stack.token(persona)
+    await client.ok("AUTHENTICATE XOAUTH2 ", xoauth2(bal, token))
+    return client
+
+
+async def call(mock: MockOperator, service: str, operation: str, payload: dict[str, Any]) -> Any:
+    assert mock.master is not None
+    basic = base64.b64encode(f"{mock.master.user}:{mock.master.password}".encode()).decode()
+    async with httpx.AsyncClient(timeout=10) as http:
+        answer = await http.post(
+            f"{mock.http_url}/mss-msg-services/services/{service}/rest/v1/{operation}",
+            json={f"{operation}Input": payload},
+            headers={"Authorization": f"Basic {basic}", "NUMHOMOLOGATION": "LPS-TEST-1"},
+        )
+    assert answer.status_code == 200, answer.text
+    return answer.json()[f"{operation}Output"]
+
+
+def code(reply: Any, name: bytes) -> int:
+    found = re.search(rb"\[" + name + rb" (\d+)\]", b"\n".join([*reply.untagged, reply.tagged]))
+    assert found, reply
+    return int(found.group(1))
+
+
+def trash_name(reply: Any) -> str:
+    (line,) = [line for line in reply.of(b"LIST") if b"\\Trash" in line]
+    return line.rsplit(b" ", 1)[1].decode().strip('"')
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+async def test_list_select_and_deterministic_fetch(legacy: Stack):
+    client = await login(legacy, "dr-dupont")
+    listed = await client.ok('LIST "" "*"')
+    text = b"\n".join(listed.of(b"LIST"))
+    assert b'"/" "INBOX"' in text
+    for special in (b"\\Sent", b"\\Drafts", b"\\Trash", b"\\Junk"):
+        assert special in text, text
+    selected = await client.ok("SELECT INBOX")
+    assert any(line.endswith(b" EXISTS") for line in selected.untagged)
+    exists = int(next(line for line in selected.untagged if line.endswith(b"EXISTS")).split()[1])
+    assert exists >= 3
+    assert code(selected, b"UIDVALIDITY") > 0
+    assert code(selected, b"UIDNEXT") > exists
+    first = await client.ok("FETCH 1:* (FLAGS ENVELOPE BODYSTRUCTURE RFC822.SIZE)")
+    second = await client.ok("FETCH 1:* (FLAGS ENVELOPE BODYSTRUCTURE RFC822.SIZE)")
+    assert len(first.of(b"FETCH")) == exists
+    assert first.untagged == second.untagged
+    bodies = await client.ok("FETCH 1:* (RFC822.SIZE BODY.PEEK[])")
+    assert SUBJECT.encode() in b"\n".join(bodies.untagged)
+    for line in bodies.of(b"FETCH"):  # RFC822.SIZE is the length of what BODY[] returns
+        size = int(re.search(rb"RFC822\.SIZE (\d+)", line).group(1))  # type: ignore[union-attr]
+        literal = int(re.search(rb"BODY\[\] \{(\d+)\}", line).group(1))  # type: ignore[union-attr]
+        assert size == literal
+    await client.ok("LOGOUT")
+    await client.close()
+
+
+async def test_the_xdm_attachment_comes_back_byte_for_byte(legacy: Stack):
+    token = await legacy.token("dr-dupont")
+
+    def read() -> bytes:
+        with imaplib.IMAP4("127.0.0.1", legacy.imap_port) as imap:
+            imap.authenticate("XOAUTH2", lambda _: f"user={DUPONT}\x01auth=Bearer {token}\x01\x01")
+            imap.select("INBOX")
+            _, found = imap.search(None, "SUBJECT", '"XDM"')
+            (number,) = found[0].split()
+            _, structure = imap.fetch(number, "(BODYSTRUCTURE)")
+            assert b"IHE_XDM.ZIP" in structure[0]  # type: ignore[operator]
+            _, data = imap.fetch(number, "(BODY.PEEK[2])")
+            part = data[0]
+            assert isinstance(part, tuple)
+            return base64.b64decode(part[1])
+
+    assert await asyncio.to_thread(read) == ihe_xdm_zip()
+
+
+async def test_search_unseen_and_seen_reaches_the_web_services(legacy: Stack):
+    client = await login(legacy, "dr-dupont")
+    await client.ok("SELECT INBOX")
+    unseen = (await client.ok("UID SEARCH UNSEEN")).search()
+    assert unseen
+    uid = unseen[0]
+    stored = await client.ok(f"UID STORE {uid} +FLAGS (\\Seen)")
+    assert b"\\Seen" in b"".join(stored.untagged)
+    assert uid not in (await client.ok("UID SEARCH UNSEEN")).search()
+    found = await call(
+        legacy.mock, "Item", "searchMessages", {"email": DUPONT, "searchCriteria": {"limit": 50}}
+    )
+    unread = [m for m in found["messages"] if "UNREAD" in (m.get("flags") or [])]
+    assert len(unread) == len(unseen) - 1
+    await client.close()
+
+
+async def test_read_only_delegate_may_mark_seen_only(legacy: Stack):
+    client = await login(legacy, "sec-bernard")
+    await client.ok("SELECT INBOX")
+    refused = await client.command("STORE 1 +FLAGS (\\Flagged)")
+    assert refused.status == "NO"
+    assert b"[NOPERM]" in refused.tagged
+    await client.ok("STORE 1 +FLAGS (\\Seen)")
+    await client.close()
+
+
+# -- moving ----------------------------------------------------------------------------------
+
+
+async def test_move_to_trash_and_copy_refused(legacy: Stack):
+    client = await login(legacy, "dr-dupont")
+    trash = trash_name(await client.ok('LIST "" "*"'))
+    await client.ok("SELECT INBOX")
+    uids = (await client.ok("UID SEARCH ALL")).search()
+    copied = await client.command(f'UID COPY {uids[0]} "{trash}"')
+    assert copied.status == "NO"
+    assert b"[CANNOT]" in copied.tagged
+    moved = await client.ok(f'UID MOVE {uids[0]} "{trash}"')
+    assert b"COPYUID" in b"\n".join([*moved.untagged, moved.tagged])
+    assert uids[0] not in (await client.ok("UID SEARCH ALL")).search()
+    in_trash = await client.ok(f'SELECT "{trash}"')
+    assert b"* 1 EXISTS" in in_trash.untagged
+    await client.close()
+
+
+# -- restarts and failures -------------------------------------------------------------------
+
+
+async def test_uids_survive_a_gateway_restart(
+    tmp_path: Path, stack_settings: Settings, mock_settings: MockSettings
+):
+    stack = await start_stack(stack_settings, mock_settings, tmp_path / "mock", configure_with())
+    second: Gateway | None = None
+    try:
+        client = await login(stack, "dr-dupont")
+        before = await client.ok("SELECT INBOX")
+        uids_before = (await client.ok("UID SEARCH ALL")).search()
+        await client.close()
+        await stack.gateway.stop()
+
+        settings = gateway_settings(tmp_path / "gateway")
+        settings.psc.issuer = stack.mock.issuer
+        configure_with()(settings, stack.mock)
+        second = Gateway(settings)
+        await second.start()
+        assert second.imap is not None
+        client = await Raw.open(second.imap.port)
+        token = await stack.token("dr-dupont")
+        await client.ok("AUTHENTICATE XOAUTH2 ", xoauth2(DUPONT, token))
+        after = await client.ok("SELECT INBOX")
+        assert code(after, b"UIDVALIDITY") == code(before, b"UIDVALIDITY")
+        assert (await client.ok("UID SEARCH ALL")).search() == uids_before
+        await client.close()
+    finally:
+        if second is not None:
+            await second.stop()
+        await stack.gateway.stop()
+        await stack.mock.stop()
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_historic_services_down_is_a_clean_no(
+    tmp_path: Path, stack_settings: Settings, mock_settings: MockSettings
+):
+    down = f"http://127.0.0.1:{closed_port()}/mss-msg-services/services"
+    configure = configure_with(ws_url=down)
+    stack = await start_stack(stack_settings, mock_settings, tmp_path / "mock", configure)
+    try:
+        client = await login(stack, "dr-dupont")
+        selected = await asyncio.wait_for(client.command("SELECT INBOX"), 10)
+        assert selected.status == "NO"
+        assert b"[UNAVAILABLE]" in selected.tagged
+        listed = await asyncio.wait_for(client.command('LIST "" "*"'), 10)
+        assert listed.status == "NO"
+        await client.ok("LOGOUT")
+        await client.close()
+    finally:
+        await stack.gateway.stop()
+        await stack.mock.stop()
+
+
+# -- deleting, drafts, changes from elsewhere -----------------------------------------------
+
+
+async def test_deleted_then_expunge_deletes_on_the_historic_side(legacy: Stack):
+    client = await login(legacy, "dr-dupont")
+    await client.ok("SELECT INBOX")
+    uids = (await client.ok("UID SEARCH ALL")).search()
+    stored = await client.ok(f"UID STORE {uids[-1]} +FLAGS (\\Deleted)")
+    assert b"\\Deleted" in b"".join(stored.untagged)
+    assert (await client.ok("UID SEARCH DELETED")).search() == [uids[-1]]
+    expunged = await client.ok("EXPUNGE")
+    assert expunged.of(b"EXPUNGE")
+    assert (await client.ok("UID SEARCH ALL")).search() == uids[:-1]
+    found = await call(
+        legacy.mock,
+        "Item",
+        "searchMessages",
+        {"email": DUPONT, "searchCriteria": {"limit": 50, "query": {"folderId": 2}}},
+    )
+    assert len(found["messages"]) == len(uids) - 1
+    await client.close()
+
+
+async def test_append_to_drafts_only(legacy: Stack):
+    client = await login(legacy, "dr-dupont")
+    listed = await client.ok('LIST "" "*"')
+    (line,) = [line for line in listed.of(b"LIST") if b"\\Drafts" in line]
+    drafts = line.rsplit(b" ", 1)[1].decode().strip('"')
+    message = (
+        f"From: {DUPONT}\r\nTo: claire.martin@medecin.mssante.fr\r\n"
+        "Subject: Brouillon de test\r\n\r\nA finir.\r\n"
+    ).encode()
+    appended = await client.ok(f'APPEND "{drafts}" (\\Draft)', " ", Lit(message))
+    assert b"APPENDUID" in appended.tagged
+    refused = await client.command("APPEND INBOX", " ", Lit(message))
+    assert refused.status == "NO"
+    assert b"[CANNOT]" in refused.tagged
+    await client.ok(f'SELECT "{drafts}"')
+    assert (await client.ok('UID SEARCH SUBJECT "Brouillon de test"')).search()
+    await client.close()
+
+
+async def test_noop_sees_mail_arriving_on_the_historic_side(legacy: Stack):
+    client = await login(legacy, "dr-dupont")
+    selected = await client.ok("SELECT INBOX")
+    exists = int(next(line for line in selected.untagged if line.endswith(b"EXISTS")).split()[1])
+    await call(
+        legacy.mock,
+        "Item",
+        "sendMessage",
+        {
+            "email": DUPONT,
+            "message": {
+                "addresses": [{"address": DUPONT, "type": "TO"}],
+                "subject": "Note pour moi-même",
+                "body": "Rappel.",
+            },
+        },
+    )
+    await asyncio.sleep(0.3)  # the poll interval of these tests is 0.2 s
+    noop = await client.ok("NOOP")
+    assert f"* {exists + 1} EXISTS".encode() in noop.untagged
+    await client.close()
+
+
+async def test_revocation_ends_an_open_historic_session(legacy: Stack):
+    """Sessions the engine serves are tracked like relays: revoked, they end with BYE."""
+    registry = legacy.gateway.delegations
+    validator = legacy.gateway.validator
+    assert registry is not None
+    assert validator is not None
+    client = await login(legacy, "sec-bernard")
+    await client.ok("SELECT INBOX")
+    holder = await validator.validate(await legacy.token("dr-dupont"))
+    (delegation,) = [
+        d for d in await registry.delegations_of(holder, DUPONT) if d.delegate_idnat == BERNARD
+    ]
+    await registry.revoke(holder, DUPONT, delegation.id)
+    bye = await client.line(wait=2.0)
+    assert bye.startswith(b"* BYE")
+    assert b"revoked" in bye
+    assert await client.until_closed() == b""
+
+
+async def test_changes_on_a_historic_bal_are_audited(legacy: Stack):
+    client = await login(legacy, "dr-dupont")
+    await client.ok("SELECT INBOX")
+    await client.ok("UID FETCH 1:* (BODY.PEEK[])")
+    await client.ok("STORE 1 +FLAGS (\\Flagged)")
+    await client.ok("LOGOUT")
+    await client.until_closed()
+    assert legacy.gateway.audit is not None
+    assert legacy.gateway.delegations is not None
+    await asyncio.sleep(0.1)
+    await legacy.gateway.audit.flush()
+    events = await legacy.gateway.delegations.audit_for(DUPONT)
+    store = [e for e in events if e.action == "store"]
+    assert store
+    assert store[0].result == "ok"
+    assert store[0].detail is not None
+    assert "\\Flagged" in store[0].detail
+    assert any(e.action == "read" for e in events)
