@@ -9,7 +9,6 @@ project can keep their own migration chains in the same database.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,18 +74,14 @@ def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
     return engine
 
 
-def alembic_config() -> Config:
+def alembic_config(
+    script_location: Path = MIGRATIONS, version_table: str = VERSION_TABLE
+) -> Config:
     """Alembic's configuration, built in code: the scripts ship inside the package."""
     config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    config.set_main_option("version_table", VERSION_TABLE)
+    config.set_main_option("script_location", str(script_location))
+    config.set_main_option("version_table", version_table)
     return config
-
-
-def _upgrade(connection: Connection, revision: str) -> None:
-    config = alembic_config()
-    config.attributes["connection"] = connection
-    command.upgrade(config, revision)
 
 
 def _sqlite_transactional_ddl(engine: AsyncEngine) -> None:
@@ -105,15 +100,20 @@ def _sqlite_transactional_ddl(engine: AsyncEngine) -> None:
 
 async def migrate(url: str | URL, revision: str = "head") -> None:
     """Bring the database at `url` to `revision` (idempotent; safe on several nodes)."""
-    await run_migration(url, _upgrade, revision)
+    await run_migration(url, alembic_config(), revision)
 
 
-async def run_migration(
-    url: str | URL, upgrade: Callable[[Connection, str], None], revision: str
-) -> None:
-    """Run an Alembic `upgrade(connection, revision)` the safe way for every backend: under
-    the migration lock (PostgreSQL advisory lock / SQLite ``BEGIN IMMEDIATE``), retried
-    when SQLite reports a lock it would not wait for. Shared with the gateway's own tables."""
+async def run_migration(url: str | URL, config: Config, revision: str) -> None:
+    """Upgrade the Alembic chain of `config` the safe way for every backend: under the one
+    migration lock (PostgreSQL advisory lock / SQLite ``BEGIN IMMEDIATE``; Alembic's
+    context is process-global, so no two chains may run at once, even in one process),
+    retried when SQLite reports a lock it would not wait for. Shared with the gateway's
+    own tables."""
+
+    def upgrade(connection: Connection, revision: str) -> None:
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+
     engine = create_engine(url)
     if engine.dialect.name == "sqlite":
         _sqlite_transactional_ddl(engine)

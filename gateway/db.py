@@ -12,13 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import (
     URL,
     BigInteger,
     Column,
-    Connection,
     ForeignKey,
     Integer,
     MetaData,
@@ -27,7 +24,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-from delegation.db import run_migration
+from delegation.db import alembic_config, run_migration
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 VERSION_TABLE = "gw_alembic_version"
@@ -74,23 +71,7 @@ legacy_uids = Table(
 """historic messageId ↔ IMAP UID within a folder (unique both ways)."""
 
 
-def alembic_config() -> Config:
-    """Alembic's configuration for the gateway's chain, built in code."""
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    config.set_main_option("version_table", VERSION_TABLE)
-    return config
-
-
-def _upgrade(connection: Connection, revision: str) -> None:
-    """Alembic's context is process-global: `run_migration` holds the registry's migration
-    lock around this, so the two chains never run at once, even in one process."""
-    config = alembic_config()
-    config.attributes["connection"] = connection
-    command.upgrade(config, revision)
-
-
 async def migrate_gateway(url: str | URL, revision: str = "head") -> None:
     """Bring the gateway's tables at `url` to `revision` (idempotent; safe on several nodes,
     and beside `delegation.migrate` on the same database)."""
-    await run_migration(url, _upgrade, revision)
+    await run_migration(url, alembic_config(MIGRATIONS, VERSION_TABLE), revision)

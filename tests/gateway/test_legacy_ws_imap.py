@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from gateway.server import Gateway
@@ -21,6 +20,7 @@ from gateway.settings import BackendSettings, MockSettings, Settings
 from mock_operator.seed import ihe_xdm_zip
 from mock_operator.server import MockOperator
 from tests.gateway.conftest import Stack, gateway_settings, mock_backend, start_stack
+from tests.historic import historic_call
 from tests.imap_raw import Lit, Raw
 
 DUPONT = "jean.dupont@medecin.mssante.fr"
@@ -75,19 +75,6 @@ async def login(stack: Stack, persona: str, bal: str = DUPONT) -> Raw:
     token = await stack.token(persona)
     await client.ok("AUTHENTICATE XOAUTH2 ", xoauth2(bal, token))
     return client
-
-
-async def call(mock: MockOperator, service: str, operation: str, payload: dict[str, Any]) -> Any:
-    assert mock.master is not None
-    basic = base64.b64encode(f"{mock.master.user}:{mock.master.password}".encode()).decode()
-    async with httpx.AsyncClient(timeout=10) as http:
-        answer = await http.post(
-            f"{mock.http_url}/mss-msg-services/services/{service}/rest/v1/{operation}",
-            json={f"{operation}Input": payload},
-            headers={"Authorization": f"Basic {basic}", "NUMHOMOLOGATION": "LPS-TEST-1"},
-        )
-    assert answer.status_code == 200, answer.text
-    return answer.json()[f"{operation}Output"]
 
 
 def code(reply: Any, name: bytes) -> int:
@@ -159,7 +146,7 @@ async def test_search_unseen_and_seen_reaches_the_web_services(legacy: Stack):
     stored = await client.ok(f"UID STORE {uid} +FLAGS (\\Seen)")
     assert b"\\Seen" in b"".join(stored.untagged)
     assert uid not in (await client.ok("UID SEARCH UNSEEN")).search()
-    found = await call(
+    found = await historic_call(
         legacy.mock, "Item", "searchMessages", {"email": DUPONT, "searchCriteria": {"limit": 50}}
     )
     unread = [m for m in found["messages"] if "UNREAD" in (m.get("flags") or [])]
@@ -270,7 +257,7 @@ async def test_deleted_then_expunge_deletes_on_the_historic_side(legacy: Stack):
     expunged = await client.ok("EXPUNGE")
     assert expunged.of(b"EXPUNGE")
     assert (await client.ok("UID SEARCH ALL")).search() == uids[:-1]
-    found = await call(
+    found = await historic_call(
         legacy.mock,
         "Item",
         "searchMessages",
@@ -303,7 +290,7 @@ async def test_noop_sees_mail_arriving_on_the_historic_side(legacy: Stack):
     client = await login(legacy, "dr-dupont")
     selected = await client.ok("SELECT INBOX")
     exists = int(next(line for line in selected.untagged if line.endswith(b"EXISTS")).split()[1])
-    await call(
+    await historic_call(
         legacy.mock,
         "Item",
         "sendMessage",

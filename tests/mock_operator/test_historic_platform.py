@@ -6,38 +6,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import smtplib
-from typing import Any
-
-import httpx
 
 from mock_operator.server import MockOperator
 from tests.conftest import persona_token
+from tests.historic import historic_call
 
 DUPONT = "jean.dupont@medecin.mssante.fr"
 MARTIN = "claire.martin@medecin.mssante.fr"
 
 
-async def call(
-    mock: MockOperator, service: str, operation: str, payload: dict[str, Any]
-) -> dict[str, Any]:
-    assert mock.master is not None
-    basic = base64.b64encode(f"{mock.master.user}:{mock.master.password}".encode()).decode()
-    async with httpx.AsyncClient(timeout=10) as http:
-        answer = await http.post(
-            f"{mock.http_url}/mss-msg-services/services/{service}/rest/v1/{operation}",
-            json={f"{operation}Input": payload},
-            headers={"Authorization": f"Basic {basic}", "NUMHOMOLOGATION": "LPS-TEST-1"},
-        )
-    assert answer.status_code == 200, answer.text
-    output: dict[str, Any] = answer.json()[f"{operation}Output"]
-    return output
-
-
 async def test_seeded_historic_bal_served_on_the_mock_http_port(mock_op: MockOperator):
-    folders = await call(mock_op, "Folder", "listFolders", {"email": DUPONT})
+    folders = await historic_call(mock_op, "Folder", "listFolders", {"email": DUPONT})
     ids = {f["id"] for f in folders["folders"]}
     assert {2, 3, 5, 6} <= ids
-    found = await call(
+    found = await historic_call(
         mock_op, "Item", "searchMessages", {"email": DUPONT, "searchCriteria": {"limit": 50}}
     )
     assert found["total"] >= 3
@@ -62,7 +44,7 @@ async def test_modern_smtp_delivers_to_a_historic_bal(mock_op: MockOperator):
             smtp.sendmail(MARTIN, [DUPONT], message)
 
     await asyncio.to_thread(send)
-    found = await call(
+    found = await historic_call(
         mock_op,
         "Item",
         "searchMessages",
@@ -73,7 +55,7 @@ async def test_modern_smtp_delivers_to_a_historic_bal(mock_op: MockOperator):
 
 
 async def test_historic_send_reaches_a_modern_bal(mock_op: MockOperator):
-    await call(
+    await historic_call(
         mock_op,
         "Item",
         "sendMessage",
