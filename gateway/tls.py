@@ -20,6 +20,30 @@ from cryptography.x509.oid import NameOID
 from gateway.files import write_private
 
 
+def self_signed(
+    key: ec.EllipticCurvePrivateKey,
+    name: x509.Name,
+    *,
+    days: int,
+    extensions: list[tuple[x509.ExtensionType, bool]],
+) -> x509.Certificate:
+    """A certificate signed by its own `key`, valid from five minutes ago for `days` (the
+    development certificate, the mock's CPS test CA); `extensions` as (value, critical)."""
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+    )
+    for extension, critical in extensions:
+        builder = builder.add_extension(extension, critical=critical)
+    return builder.sign(key, hashes.SHA256())
+
+
 def ensure_dev_certificate(
     directory: Path, hostnames: tuple[str, ...] = ("localhost",)
 ) -> tuple[Path, Path]:
@@ -30,23 +54,19 @@ def ensure_dev_certificate(
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "lps-gateway development")])
-    now = dt.datetime.now(dt.UTC)
     alt_names: list[x509.GeneralName] = [x509.DNSName(h) for h in hostnames]
     alt_names += [
         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
         x509.IPAddress(ipaddress.ip_address("::1")),
     ]
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=825))
-        .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
+    certificate = self_signed(
+        key,
+        name,
+        days=825,
+        extensions=[
+            (x509.SubjectAlternativeName(alt_names), False),
+            (x509.BasicConstraints(ca=True, path_length=None), True),
+        ],
     )
     write_private(
         key_path,

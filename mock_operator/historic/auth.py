@@ -54,6 +54,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from gateway.files import write_private
+from gateway.tls import self_signed
 from mock_operator.historic.contract import (
     AUTH_ACCOUNT_LOCKED,
     AUTH_CHANNEL_BLOCKED,
@@ -144,17 +145,8 @@ class CpsAuthority:
                 x509.NameAttribute(NameOID.COMMON_NAME, "Mock IGC-Santé CPS test CA"),
             ]
         )
-        now = dt.datetime.now(dt.UTC)
-        certificate = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=3650))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .sign(key, hashes.SHA256())
+        certificate = self_signed(
+            key, name, days=3650, extensions=[(x509.BasicConstraints(ca=True, path_length=0), True)]
         )
         write_private(key_path, _pem_key(key))
         cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
