@@ -15,6 +15,7 @@ from pathlib import Path
 from sqlalchemy import (
     URL,
     BigInteger,
+    Boolean,
     Column,
     ForeignKey,
     Integer,
@@ -22,6 +23,7 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
+    false,
 )
 
 from delegation.db import alembic_config, run_migration
@@ -66,9 +68,13 @@ legacy_uids = Table(
     ),
     Column("message_id", String(HISTORIC_ID_LENGTH), primary_key=True),
     Column("uid", BigInteger, nullable=False),
+    Column("content_key", String(64), nullable=True),  # None: rows older than gw0002
+    Column("deleted", Boolean, nullable=False, server_default=false()),
     UniqueConstraint("folder", "uid"),
 )
-"""historic messageId ↔ IMAP UID within a folder (unique both ways)."""
+"""historic messageId ↔ IMAP UID within a folder (unique both ways), with the content the
+UID stands for (`content_key`: a replaced draft keeps its messageId, not its UID) and the
+``\\Deleted`` mark, which the historic services cannot hold."""
 
 
 async def migrate_gateway(url: str | URL, revision: str = "head") -> None:

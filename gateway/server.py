@@ -111,6 +111,8 @@ class Gateway:
             cert, key = ensure_dev_certificate(settings.data_dir)
         tls = server_context(cert, key)
         config = ProxyConfig.from_settings(settings.imap)
+        if self.legacy is not None:
+            config = config.with_changes(self.legacy.version, self.legacy.wait)
         self.audit = AuditSink(service)
         self.audit.start()
         self.decisions = DecisionCache(service)
@@ -135,7 +137,7 @@ class Gateway:
             await self.imaps.start()
         smtp_auth = self._front(validator, service, "smtp")
         self.smtp = SmtpServer(
-            SubmissionFront(smtp_auth, settings.smtp, self.metrics),
+            SubmissionFront(smtp_auth, settings.smtp, self.metrics, legacy=self.legacy),
             bind_tcp(settings.smtp.host, settings.smtp.port),
             tls,
             data_size_limit=settings.smtp.max_message_size,

@@ -18,6 +18,7 @@ import logging
 import re
 import socket
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -26,7 +27,7 @@ from delegation.service import AuditRecord, DelegationService
 from gateway.access import FrontAuthenticator, FrontGrant
 from gateway.audit import AuditSink
 from gateway.backends.imap_client import BackendError, Upstream, open_upstream
-from gateway.backends.legacy_ws.store import LegacyBackends
+from gateway.backends.legacy_ws.store import LegacyBackends, LegacyWsStore
 from gateway.imap import commands as c
 from gateway.imap.audited_store import AuditedStore
 from gateway.imap.engine import EngineConfig, ImapSession
@@ -86,6 +87,15 @@ class ProxyConfig:
                 max_connections=settings.max_connections,
             )
         )
+
+    def with_changes(
+        self,
+        version: Callable[[str, str], int],
+        wait: Callable[[str, str, int], Awaitable[None]],
+    ) -> ProxyConfig:
+        """The change signal of the BAL the engine serves itself (historic ones)."""
+        engine = dataclasses.replace(self.server.engine, hub_version=version, hub_wait=wait)
+        return ProxyConfig(dataclasses.replace(self.server, engine=engine))
 
     def with_implicit_tls(self) -> ProxyConfig:
         return ProxyConfig(dataclasses.replace(self.server, implicit_tls=True))
@@ -766,6 +776,9 @@ class ProxyServer(ImapServer):
             self.live.discard(served)
             if isinstance(store, AuditedStore) and store.reads:
                 await store.record("read", f"{store.reads} read commands", "ok")
+            inner = store.inner if isinstance(store, AuditedStore) else store
+            if isinstance(inner, LegacyWsStore):
+                await inner.aclose()
 
         session.grant = dataclasses.replace(grant, on_close=ended)
         await self.live.confirm(served)

@@ -13,6 +13,11 @@ replayed from here, so a retry cannot make the gateway deliver twice on its own.
 Commands reach the backend as the client sends them (MAIL connects lazily, each RCPT gets
 the backend's own verdict), on one backend session per client session, reused across its
 messages and closed when the client leaves.
+
+A BAL routed to the historic web services (`legacy_ws`) has no SMTP backend: the envelope
+is collected here (RCPT checked locally) and the message goes out at DATA as one
+``sendMessage`` (`gateway.backends.legacy_ws.submit`), under the same rule: 250 only once
+the platform took it.
 """
 
 from __future__ import annotations
@@ -26,7 +31,11 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
+from delegation.service import AuditRecord
 from gateway.access import FrontAuthenticator, FrontGrant
+from gateway.backends.legacy_ws import submit
+from gateway.backends.legacy_ws.mime import MimeRejected, valid_recipient
+from gateway.backends.legacy_ws.store import LegacyBackends
 from gateway.backends.smtp_relay import BackendError, BackendRefused, SmtpRelay
 from gateway.imap.session import AuthFailed, ConnectionInfo
 from gateway.metrics import Metrics
@@ -43,6 +52,7 @@ AUTH_REQUIRED = "530 5.7.0 Authentication required"
 MAIL_FIRST = "503 5.5.1 MAIL first"
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 INTERNAL_ERROR = "451 4.3.0 Internal error, try again later"
+NO_HISTORIC = "451 4.3.0 Historic mail service not configured on this gateway"
 FRESH = 2.0  # seconds: a backend session that answered this recently is taken as alive
 
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
@@ -63,11 +73,16 @@ class SubmissionFront(TokenAuthMixin):
     authenticator: FrontAuthenticator
 
     def __init__(
-        self, authenticator: FrontAuthenticator, settings: SmtpFrontSettings, metrics: Metrics
+        self,
+        authenticator: FrontAuthenticator,
+        settings: SmtpFrontSettings,
+        metrics: Metrics,
+        legacy: LegacyBackends | None = None,
     ) -> None:
         self.authenticator = authenticator
         self.settings = settings
         self.metrics = metrics
+        self.legacy = legacy  # the historic platform's clients, for `legacy_ws` routes
         self.auth_failure_delay = settings.auth_failure_delay
         self._clients: dict[SMTP, _Client] = {}
         self._closing: set[asyncio.Task[None]] = set()
@@ -133,6 +148,14 @@ class SubmissionFront(TokenAuthMixin):
                 extra={"actor": login.actor, "bal": _safe(address), "detail": refusal.text},
             )
             return f"550 5.7.1 {_safe(refusal.text)}"
+        if _historic(sender):
+            if self.legacy is None:
+                log.error("smtp.legacy_ws_not_configured", extra={"backend": sender.route.name})
+                return NO_HISTORIC
+            client.sender = sender
+            envelope.mail_from = address
+            envelope.mail_options.extend(options)
+            return "250 2.1.0 Sender OK"
         try:
             relay = await self._relay_for(client, sender)
             await relay.mail(sender.mailbox, options)
@@ -153,12 +176,19 @@ class SubmissionFront(TokenAuthMixin):
     ) -> str:
         client = self._client(server)
         sender = client.sender
-        if sender is None or client.relay is None:
+        if sender is None or (client.relay is None and not _historic(sender)):
             return MAIL_FIRST
         if len(envelope.rcpt_tos) >= self.settings.max_recipients:
             return TOO_MANY_RECIPIENTS
         if not (address.isascii() or envelope.smtp_utf8):
             return "553 5.6.7 Non-ASCII address needs SMTPUTF8"
+        if _historic(sender):
+            if not valid_recipient(address.strip().lower()):
+                return "553 5.1.3 Recipient address not accepted by the historic platform"
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(options)
+            return "250 2.1.5 Recipient OK"
+        assert client.relay is not None
         try:
             await client.relay.rcpt(address, utf8=envelope.smtp_utf8)
         except BackendError as failure:
@@ -174,24 +204,14 @@ class SubmissionFront(TokenAuthMixin):
         client = self._client(server)
         sender, client.sender = client.sender, None
         relay = client.relay
+        if sender is not None and _historic(sender):
+            return await self._send_historic(server, session, envelope, sender, client)
         if sender is None or relay is None:
             return MAIL_FIRST
-        content = envelope.original_content or b""
-        raw = content.encode("utf-8", "surrogateescape") if isinstance(content, str) else content
-        checked = check_message(
-            raw,
-            sender=sender.mailbox,
-            default_nil=self.settings.default_nil,
-            max_size=self.settings.max_message_size,
-            recipients=envelope.rcpt_tos,
-        )
+        raw = _content(envelope)
+        checked = self._check(raw, sender, envelope.rcpt_tos)
         if not checked.ok:
             await self._abandon(relay)
-            self.metrics.messages.labels("rejected").inc()
-            log.info(
-                "smtp.message_rejected",
-                extra={"bal": sender.mailbox, "actor": sender.actor, "rules": checked.rules},
-            )
             return _violations_reply(checked)
         message = await self._prepare(raw, checked, sender, client)
         try:
@@ -242,7 +262,117 @@ class SubmissionFront(TokenAuthMixin):
         log.error("smtp.internal_error", exc_info=error)
         return INTERNAL_ERROR
 
+    # -- the historic platform ---------------------------------------------------------
+
+    async def _send_historic(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        sender: FrontGrant,
+        client: _Client,
+    ) -> str:
+        """DATA for a `legacy_ws` BAL: the same checks and Sender, then one sendMessage."""
+        assert self.legacy is not None  # refused at MAIL otherwise
+        raw = _content(envelope)
+        checked = self._check(raw, sender, envelope.rcpt_tos)
+        if not checked.ok:
+            return _violations_reply(checked)
+        prepared = await self._prepare(raw, checked, sender, client)
+        try:
+            message = submit.historic_message(
+                prepared, envelope.rcpt_tos, max_size=self.settings.max_message_size
+            )
+        except MimeRejected as refusal:
+            self.metrics.messages.labels("rejected").inc()
+            log.info(
+                "smtp.message_rejected",
+                extra={
+                    "bal": sender.mailbox,
+                    "actor": sender.actor,
+                    "rules": ["historic-format"],
+                    "detail": refusal.reason,
+                },
+            )
+            return submit.rejection_reply(refusal)
+        ws = self.legacy.client(sender.route.name, sender.route.backend)
+        try:
+            sent = await submit.send(ws, sender.mailbox, message)
+        except BackendError as failure:
+            self._backend_failed(sender, failure)
+            self.metrics.messages.labels("deferred").inc()
+            return failure.reply
+        except BackendRefused as refusal:
+            self._count_refusal(refusal)
+            log.info(
+                "smtp.message_refused_by_backend",
+                extra={"bal": sender.mailbox, "backend": sender.route.name, "reply": refusal.code},
+            )
+            return refusal.reply
+        sent_id = submit.sent_id(sent)
+        self.metrics.messages.labels("accepted").inc()
+        self.metrics.relayed_bytes.labels(PROTOCOL, "to_backend").inc(len(prepared))
+        log.info(
+            "smtp.message_relayed",
+            extra={
+                "bal": sender.mailbox,
+                "actor": sender.actor,
+                "via": sender.via,
+                "backend": sender.route.name,
+                "recipients": len(envelope.rcpt_tos),
+                "bytes": len(prepared),
+                "historic_id": sent_id,
+            },
+        )
+        await self._audit_sent(server, session, sender, client, sent_id, len(envelope.rcpt_tos))
+        return f"250 2.0.0 OK sent, historic message {sent_id}"
+
+    async def _audit_sent(
+        self,
+        server: SMTP,
+        session: Session,
+        sender: FrontGrant,
+        client: _Client,
+        sent_id: str,
+        recipients: int,
+    ) -> None:
+        """The historic platform is called as the trusted gateway and its message cannot
+        carry Sender: this event is what records which delegate wrote the message."""
+        detail = f"historic={sent_id} recipients={recipients}"
+        if sender.via == "delegation":
+            detail += f" sender={await self._delegate_address(client, sender)}"
+        connection = _connection(server, session)
+        await self.authenticator.audit.submit(
+            AuditRecord(
+                sender.actor,
+                sender.mailbox,
+                "sent",
+                self.authenticator.interface,
+                delegation_id=sender.delegation_id,
+                software=connection.software,
+                remote=connection.peer,
+                detail=detail,
+            )
+        )
+
     # -- helpers -------------------------------------------------------------------------
+
+    def _check(self, raw: bytes, sender: FrontGrant, recipients: list[str]) -> RuleResult:
+        """The MSSanté rules; a broken one is counted and logged here."""
+        checked = check_message(
+            raw,
+            sender=sender.mailbox,
+            default_nil=self.settings.default_nil,
+            max_size=self.settings.max_message_size,
+            recipients=recipients,
+        )
+        if not checked.ok:
+            self.metrics.messages.labels("rejected").inc()
+            log.info(
+                "smtp.message_rejected",
+                extra={"bal": sender.mailbox, "actor": sender.actor, "rules": checked.rules},
+            )
+        return checked
 
     async def _relay_for(self, client: _Client, sender: FrontGrant) -> SmtpRelay:
         """The client's backend session for this BAL: the current one if it is for the
@@ -314,6 +444,15 @@ class SubmissionFront(TokenAuthMixin):
 
     def _count_refusal(self, refusal: BackendRefused) -> None:
         self.metrics.messages.labels("refused" if refusal.permanent else "deferred").inc()
+
+
+def _historic(sender: FrontGrant) -> bool:
+    return sender.route.backend.kind == "legacy_ws"
+
+
+def _content(envelope: Envelope) -> bytes:
+    content = envelope.original_content or b""
+    return content.encode("utf-8", "surrogateescape") if isinstance(content, str) else content
 
 
 def _connection(server: SMTP, session: Session) -> ConnectionInfo:

@@ -167,19 +167,46 @@ async def test_read_only_delegate_may_mark_seen_only(legacy: Stack):
 # -- moving ----------------------------------------------------------------------------------
 
 
-async def test_move_to_trash_and_copy_refused(legacy: Stack):
+async def test_move_to_trash(legacy: Stack):
     client = await login(legacy, "dr-dupont")
     trash = trash_name(await client.ok('LIST "" "*"'))
     await client.ok("SELECT INBOX")
     uids = (await client.ok("UID SEARCH ALL")).search()
-    copied = await client.command(f'UID COPY {uids[0]} "{trash}"')
-    assert copied.status == "NO"
-    assert b"[CANNOT]" in copied.tagged
     moved = await client.ok(f'UID MOVE {uids[0]} "{trash}"')
     assert b"COPYUID" in b"\n".join([*moved.untagged, moved.tagged])
     assert uids[0] not in (await client.ok("UID SEARCH ALL")).search()
     in_trash = await client.ok(f'SELECT "{trash}"')
     assert b"* 1 EXISTS" in in_trash.untagged
+    await client.close()
+
+
+async def test_copy_then_expunge_is_a_move(legacy: Stack):
+    """Clients without MOVE copy, mark \\Deleted and expunge: the original lands in the
+    destination, under the UID the COPY announced, and nothing is deleted."""
+    client = await login(legacy, "dr-dupont")
+    trash = trash_name(await client.ok('LIST "" "*"'))
+    await client.ok("SELECT INBOX")
+    uids = (await client.ok("UID SEARCH ALL")).search()
+    subject = await client.ok(f"UID FETCH {uids[0]} (BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    copied = await client.ok(f'UID COPY {uids[0]} "{trash}"')
+    match = re.search(rb"\[COPYUID \d+ (\d+) (\d+)\]", copied.tagged)
+    assert match is not None
+    assert int(match[1]) == uids[0]
+    landed = int(match[2])
+    await client.ok(f"UID STORE {uids[0]} +FLAGS.SILENT (\\Deleted)")
+    expunged = await client.ok("EXPUNGE")
+    assert len(expunged.of(b"EXPUNGE")) == 1
+    found = await historic_call(
+        legacy.mock,
+        "Item",
+        "searchMessages",
+        {"email": DUPONT, "searchCriteria": {"limit": 50, "query": {"folderId": 3}}},
+    )
+    assert len(found["messages"]) == 1  # moved, not deleted
+    await client.ok(f'SELECT "{trash}"')
+    assert (await client.ok("UID SEARCH ALL")).search() == [landed]
+    again = await client.ok(f"UID FETCH {landed} (BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    assert again.untagged[-1] == subject.untagged[-1]
     await client.close()
 
 
@@ -303,10 +330,151 @@ async def test_noop_sees_mail_arriving_on_the_historic_side(legacy: Stack):
             },
         },
     )
-    await asyncio.sleep(0.3)  # the poll interval of these tests is 0.2 s
-    noop = await client.ok("NOOP")
-    assert f"* {exists + 1} EXISTS".encode() in noop.untagged
+    noop = await until_untagged(client, f"* {exists + 1} EXISTS".encode())
+    assert noop
     await client.close()
+
+
+async def until_untagged(client: Raw, wanted: bytes, seconds: float = 10.0) -> bool:
+    """NOOP until `wanted` comes (the changes arrive with the next sync, 0.2 s here)."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while asyncio.get_running_loop().time() < deadline:
+        if any(wanted in line for line in (await client.ok("NOOP")).untagged):
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def send_to_dupont(stack: Stack, subject: str) -> None:
+    await historic_call(
+        stack.mock,
+        "Item",
+        "sendMessage",
+        {
+            "email": DUPONT,
+            "message": {
+                "addresses": [{"address": DUPONT, "type": "TO"}],
+                "subject": subject,
+                "body": "Rappel.",
+            },
+        },
+    )
+
+
+async def test_idle_hears_mail_arriving_on_the_historic_side(legacy: Stack):
+    client = await login(legacy, "dr-dupont")
+    selected = await client.ok("SELECT INBOX")
+    exists = int(next(line for line in selected.untagged if line.endswith(b"EXISTS")).split()[1])
+    client.writer.write(b"I1 IDLE\r\n")
+    assert (await asyncio.wait_for(client.reader.readline(), 5)).startswith(b"+ ")
+    await send_to_dupont(legacy, "Pendant l'IDLE")
+    line = await asyncio.wait_for(client.reader.readline(), 10)
+    assert line == f"* {exists + 1} EXISTS\r\n".encode()
+    client.writer.write(b"DONE\r\n")
+    await client.close()
+
+
+async def test_a_quiet_mailbox_costs_syncs_not_searches(legacy: Stack):
+    """The watch replays syncMessages; folder states are read again only on a change."""
+    assert legacy.mock.historic is not None
+    calls = legacy.mock.historic.calls
+    first = await login(legacy, "dr-dupont")
+    second = await login(legacy, "dr-dupont")
+    await first.ok("SELECT INBOX")
+    await second.ok("SELECT INBOX")
+    mark = len(calls)
+    for _ in range(8):  # 1.6 s: eight poll intervals
+        await first.ok("NOOP")
+        await second.ok("NOOP")
+        await asyncio.sleep(0.2)
+    since = [c.operation for c in calls[mark:] if c.email == DUPONT]
+    assert "searchMessages" not in since
+    assert 4 <= since.count("syncMessages") <= 12  # one poller for both sessions
+    await send_to_dupont(legacy, "Un changement")
+    assert await until_untagged(first, b"EXISTS", 5)
+    assert await until_untagged(second, b"EXISTS", 5)
+    searches = [c for c in calls[mark:] if c.operation == "searchMessages"]
+    assert len(searches) == 1  # read once, shared by both sessions
+    await first.close()
+    await second.close()
+
+
+async def test_a_replaced_draft_gets_a_new_uid(legacy: Stack):
+    """A draft saved again keeps its messageId but not its content: an IMAP message never
+    changes under its UID, so the old UID goes and a new one comes."""
+    client = await login(legacy, "dr-dupont")
+    listed = await client.ok('LIST "" "*"')
+    (line,) = [line for line in listed.of(b"LIST") if b"\\Drafts" in line]
+    drafts = line.rsplit(b" ", 1)[1].decode().strip('"')
+    message = (
+        f"From: {DUPONT}\r\nTo: claire.martin@medecin.mssante.fr\r\n"
+        "Subject: Brouillon\r\n\r\nPremier jet.\r\n"
+    ).encode()
+    appended = await client.ok(f'APPEND "{drafts}" (\\Draft)', " ", Lit(message))
+    match = re.search(rb"\[APPENDUID \d+ (\d+)\]", appended.tagged)
+    assert match is not None
+    first_uid = int(match[1])
+    await client.ok(f'SELECT "{drafts}"')
+    saved = await historic_call(
+        legacy.mock,
+        "Item",
+        "searchMessages",
+        {"email": DUPONT, "searchCriteria": {"limit": 50, "query": {"folderId": 6}}},
+    )
+    (draft,) = saved["messages"]
+    await historic_call(
+        legacy.mock,
+        "Item",
+        "draftMessage",
+        {
+            "email": DUPONT,
+            "message": {
+                "messageId": draft["messageId"],
+                "addresses": [{"address": "claire.martin@medecin.mssante.fr", "type": "TO"}],
+                "subject": "Brouillon",
+                "body": "Second jet, plus long.",
+            },
+        },
+    )
+    assert await until_untagged(client, b"* 1 EXPUNGE")
+    uids = (await client.ok("UID SEARCH ALL")).search()
+    assert len(uids) == 1
+    assert uids[0] > first_uid
+    body = await client.ok(f"UID FETCH {uids[0]} (BODY.PEEK[TEXT])")
+    assert b"Second jet" in b"".join(body.untagged)
+    await client.close()
+
+
+async def test_deleted_marks_are_shared_and_kept(
+    tmp_path: Path, stack_settings: Settings, mock_settings: MockSettings
+):
+    """The historic services cannot hold \\Deleted: the gateway keeps it in its database,
+    so another session sees it, and so does a session after a restart."""
+    running = await start_stack(stack_settings, mock_settings, tmp_path / "mock", configure_with())
+    try:
+        first = await login(running, "dr-dupont")
+        second = await login(running, "dr-dupont")
+        await first.ok("SELECT INBOX")
+        await second.ok("SELECT INBOX")
+        uids = (await first.ok("UID SEARCH ALL")).search()
+        await first.ok(f"UID STORE {uids[0]} +FLAGS.SILENT (\\Deleted)")
+        assert await until_untagged(second, b"\\Deleted", 5)
+        assert (await second.ok("UID SEARCH DELETED")).search() == [uids[0]]
+        await first.close()
+        await second.close()
+        await running.gateway.stop()
+        settings = gateway_settings(tmp_path / "gateway")
+        settings.psc.issuer = running.mock.issuer
+        configure_with()(settings, running.mock)
+        running.gateway = Gateway(settings)
+        await running.gateway.start()
+        third = await login(running, "dr-dupont")
+        await third.ok("SELECT INBOX")
+        assert (await third.ok("UID SEARCH DELETED")).search() == [uids[0]]
+        await third.close()
+    finally:
+        await running.gateway.stop()
+        await running.mock.stop()
 
 
 async def test_revocation_ends_an_open_historic_session(legacy: Stack):

@@ -424,27 +424,34 @@ def rfc5322_to_message(
     *,
     max_size: int = DEFAULT_MAX_SIZE,
     envelope_recipients: Sequence[str] = (),
+    envelope_only: bool = False,
 ) -> dict[str, Any]:
     """The ``message`` of sendMessage / draftMessage for `raw` (RFC 5322 octets).
 
     addresses from To, Cc and Bcc (From is not sent: the historic platform always sends
     as the BAL acted on; the caller checks it), plus `envelope_recipients` absent from
-    them as BCC; the HTML body when there is one (the platform derives the text), else
-    the text one; HAUTE priority for X-Priority 1 or 2, ``Importance: high`` or
-    ``Priority: urgent``; isAccuse when Disposition-Notification-To is present; every
-    other leaf part (an IHE_XDM.ZIP, an inline image, an attached message) as an
-    attachment. Over the historic limits, `MimeRejected`."""
+    them as BCC. With `envelope_only` (SMTP submission) the envelope alone says who
+    receives, as SMTP would deliver: header addresses outside it are left out, since the
+    platform sends to every address it is given. Then the HTML body when there is one
+    (the platform derives the text), else the text one; HAUTE priority for X-Priority 1
+    or 2, ``Importance: high`` or ``Priority: urgent``; isAccuse when
+    Disposition-Notification-To is present; every other leaf part (an IHE_XDM.ZIP, an
+    inline image, an attached message) as an attachment. Over the historic limits,
+    `MimeRejected`."""
     if len(raw) > max_size:
         raise MimeRejected(f"message larger than {max_size} octets", "5.3.4")
     try:
-        return _read(BytesParser(policy=default).parsebytes(raw), envelope_recipients)
+        parsed = BytesParser(policy=default).parsebytes(raw)
+        return _read(parsed, envelope_recipients, envelope_only=envelope_only)
     except MimeRejected:
         raise
     except (ValueError, TypeError, IndexError, LookupError, AssertionError, RecursionError) as exc:
         raise MimeRejected(f"unreadable message: {type(exc).__name__}") from exc
 
 
-def _read(parsed: Message, envelope_recipients: Sequence[str]) -> dict[str, Any]:
+def _read(
+    parsed: Message, envelope_recipients: Sequence[str], *, envelope_only: bool
+) -> dict[str, Any]:
     leaves = list(_leaves(parsed))
     subject = _header_text(parsed, "Subject")
     if len(subject) > MAX_SUBJECT:
@@ -467,7 +474,7 @@ def _read(parsed: Message, envelope_recipients: Sequence[str]) -> dict[str, Any]
     if len(body) > MAX_BODY:
         raise MimeRejected(f"body longer than {MAX_BODY} characters", "5.3.4")
     message: dict[str, Any] = {
-        "addresses": _addresses(parsed, envelope_recipients),
+        "addresses": _addresses(parsed, envelope_recipients, envelope_only=envelope_only),
         "subject": subject,
         "body": body,
         "isHTML": is_html,
@@ -535,16 +542,24 @@ def _urgent(message: Message) -> bool:
     )
 
 
-def _addresses(message: Message, envelope: Sequence[str]) -> list[dict[str, str]]:
+def valid_recipient(address: str) -> bool:
+    """Whether the historic platform can take `address` as a recipient."""
+    return len(address) <= MAX_ADDRESS and _ADDR_SPEC.fullmatch(address) is not None
+
+
+def _addresses(
+    message: Message, envelope: Sequence[str], *, envelope_only: bool
+) -> list[dict[str, str]]:
     found: list[dict[str, str]] = []
     seen: set[str] = set()
+    wanted = {e.strip().lower() for e in envelope}
     for header, kind in (("To", "TO"), ("Cc", "CC"), ("Bcc", "BCC")):
         for value in message.get_all(header) or []:
             for address in getattr(value, "addresses", ()):
                 spec = (address.addr_spec or "").lower()
-                if not spec or spec in seen:
+                if not spec or spec in seen or (envelope_only and spec not in wanted):
                     continue
-                if not _ADDR_SPEC.fullmatch(spec) or len(spec) > MAX_ADDRESS:
+                if not valid_recipient(spec):
                     raise MimeRejected(f"invalid address in {header}: {spec[:80]}", "5.1.3")
                 seen.add(spec)
                 found.append(
@@ -552,7 +567,7 @@ def _addresses(message: Message, envelope: Sequence[str]) -> list[dict[str, str]
                 )
     for spec in (e.strip().lower() for e in envelope):
         if spec and spec not in seen:
-            if not _ADDR_SPEC.fullmatch(spec) or len(spec) > MAX_ADDRESS:
+            if not valid_recipient(spec):
                 raise MimeRejected(f"invalid recipient: {spec[:80]}", "5.1.3")
             seen.add(spec)
             found.append({"address": spec, "name": "", "type": "BCC"})

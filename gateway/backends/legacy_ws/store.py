@@ -6,13 +6,12 @@ a historic name becomes ``_``). The folder list is kept `poll_interval` seconds.
 
 A folder's state is one paged ``searchMessages`` of the folder (all pages, oldest first):
 UIDs come from the `UidMap` (new messages get UIDs ascending by date then id; messages
-gone are forgotten), flags are mapped (UNREAD ↔ not ``\\Seen``, FLAGGED ↔ ``\\Flagged``,
-REPLIED ↔ ``\\Answered``, DELETED ↔ ``\\Deleted``, DRAFT ↔ ``\\Draft``). Without a
-change hub the engine re-reads the state at every command, so a session keeps each
-folder's state `poll_interval` seconds (default 10): that is the change detection of
-NOOP and IDLE (the engine's IDLE polls every few seconds and sees the change once the
-state is older than that). The session's own changes drop the kept state at once.
-``syncMessages`` tokens are not used (yet).
+gone are forgotten; a message whose content changed under its messageId, a draft
+replaced, gets a new UID), flags are mapped (UNREAD ↔ not ``\\Seen``, FLAGGED ↔
+``\\Flagged``, REPLIED ↔ ``\\Answered``, DELETED ↔ ``\\Deleted``, DRAFT ↔ ``\\Draft``).
+States are shared by the sessions of a BAL and kept until its ``syncMessages`` poller
+(`gateway.backends.legacy_ws.watch`) reports a change in the folder; the poller's version
+is the engine's change signal for NOOP and IDLE.
 
 Messages are rebuilt with `message_to_rfc5322` from the message object of the last
 search and the attachments (``downloadAttachment``). The rebuild is deterministic, so the
@@ -25,11 +24,12 @@ RFC822.SIZE (logged when noticed).
 
 Flags: ``\\Seen`` and ``\\Flagged`` go to ``updateMessages`` (READ/UNREAD,
 FLAGGED/UNFLAGGED). The services cannot set DELETED: ``\\Deleted`` is a mark kept by the
-gateway (in memory, shared by the sessions of this gateway process, lost on restart), and
-EXPUNGE sends ``updateMessages DELETE`` for the marked messages (and those the platform
-itself says are DELETED). ``\\Answered``, ``\\Draft`` and keywords cannot be set: they
-are ignored, the answer shows the flags as they are. MOVE is ``moveMessages``; COPY and
-APPEND outside Drafts are ``NO [CANNOT]``; APPEND to Drafts is ``draftMessage``.
+gateway in its database beside the UID (shared by every session and node, kept across
+restarts), and EXPUNGE sends ``updateMessages DELETE`` for the marked messages (and those
+the platform itself says are DELETED). ``\\Answered``, ``\\Draft`` and keywords cannot
+be set: they are ignored, the answer shows the flags as they are. MOVE is
+``moveMessages``; COPY and APPEND outside Drafts are ``NO [CANNOT]``; APPEND to Drafts is
+``draftMessage``.
 
 Errors: no answer or refused credentials → `StoreUnavailable` (NO [UNAVAILABLE]); code
 41 → `FolderNotFound`; 45 → `MessageGone`; any other code → `StoreError` with its text.
@@ -37,8 +37,8 @@ Errors: no answer or refused credentials → `StoreUnavailable` (NO [UNAVAILABLE
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -61,6 +61,7 @@ from gateway.backends.legacy_ws.mime import (
     rfc5322_to_message,
 )
 from gateway.backends.legacy_ws.uidmap import UidMap
+from gateway.backends.legacy_ws.watch import HTML, BalWatch, Folder, Kept, Watches
 from gateway.imap.mailstore import (
     DELIMITER,
     CopyResult,
@@ -174,12 +175,12 @@ class MessageCache:
 @dataclass
 class LegacyBackends:
     """What the legacy backends of one gateway share: a client per backend (created at
-    first use, closed by `aclose`), the UID map, the message cache, the ``\\Deleted``
-    marks."""
+    first use, closed by `aclose`), the UID map, the message cache, and the watch of each
+    BAL in use (whose versions are the engine's change signal: `version`, `wait`)."""
 
     uidmap: UidMap
     cache: MessageCache = field(default_factory=MessageCache)
-    deleted: dict[tuple[str, str, int], set[str]] = field(default_factory=dict)
+    watches: Watches = field(default_factory=Watches)
     _clients: dict[str, LegacyWsClient] = field(default_factory=dict)
 
     def client(self, name: str, backend: BackendSettings) -> LegacyWsClient:
@@ -197,74 +198,62 @@ class LegacyBackends:
         return client
 
     def store(self, name: str, backend: BackendSettings, bal: str) -> LegacyWsStore:
-        return LegacyWsStore(
-            self.client(name, backend),
-            self.uidmap,
-            name,
-            bal,
-            poll_interval=backend.poll_interval,
-            cache=self.cache,
-            deleted=self.deleted,
-        )
+        client = self.client(name, backend)
+        watch = self.watches.watch(client, bal, backend.poll_interval)
+        return LegacyWsStore(client, self.uidmap, name, watch, cache=self.cache)
+
+    def version(self, bal: str, folder: str) -> int:
+        return self.watches.version(bal, folder)
+
+    async def wait(self, bal: str, folder: str, seen: int) -> None:
+        await self.watches.wait(bal, folder, seen)
 
     async def aclose(self) -> None:
+        await self.watches.aclose()
         clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             await client.aclose()
 
 
-@dataclass
-class _Folder:
-    name: str
-    folder_id: int
-    special_use: SpecialUse | None
-
-
-@dataclass
-class _State:
-    state: FolderState
-    messages: dict[int, dict[str, Any]]  # UID → message object
-    at: float
-
-
 class LegacyWsStore:
-    """One historic BAL as a `MailStore` (one per IMAP session)."""
+    """One historic BAL as a `MailStore` (one per IMAP session, sharing the BAL's watch)."""
 
     def __init__(
         self,
         client: LegacyWsClient,
         uidmap: UidMap,
         backend_name: str,
-        bal: str,
+        watch: BalWatch,
         *,
-        poll_interval: float = 10.0,
         cache: MessageCache | None = None,
-        deleted: dict[tuple[str, str, int], set[str]] | None = None,
     ) -> None:
         self._client = client
         self._uidmap = uidmap
         self._backend = backend_name
-        self._bal = bal.lower()
-        self._poll = poll_interval
+        self._watch = watch
+        self._bal = watch.bal
+        self._poll = watch.poll
         self._cache = cache if cache is not None else MessageCache()
-        self._deleted = deleted if deleted is not None else {}
-        self._folders: tuple[list[_Folder], float] | None = None
-        self._states: dict[int, _State] = {}
-        self._lock = asyncio.Lock()
+        watch.join(self)
 
     @property
     def address(self) -> str:
         return self._bal
 
+    async def aclose(self) -> None:
+        """The session ended: the BAL is watched while some session still uses it."""
+        self._watch.leave(self)
+
     # -- folders -------------------------------------------------------------------------
 
-    async def _folder_list(self) -> list[_Folder]:
+    async def _folder_list(self) -> list[Folder]:
         now = time.monotonic()
-        if self._folders is not None and now - self._folders[1] < self._poll:
-            return self._folders[0]
+        kept = self._watch.folders
+        if kept is not None and now - kept[1] < self._poll:
+            return kept[0]
         with translated():
             tree = await self._client.list_folders(self._bal)
-        found: list[_Folder] = []
+        found: list[Folder] = []
         stack: list[tuple[dict[str, Any], str]] = [(f, "") for f in reversed(tree)]
         while stack:
             folder, prefix = stack.pop()
@@ -276,17 +265,17 @@ class LegacyWsStore:
                 if not prefix and own.upper() == "INBOX":
                     own = f"{own}-{folder_id}"
                 name = f"{prefix}{own}"
-            found.append(_Folder(name, folder_id, SPECIAL.get(folder_id)))
+            found.append(Folder(name, folder_id, SPECIAL.get(folder_id)))
             children = folder.get("children") or []
             stack.extend((child, name + DELIMITER) for child in reversed(children))
         found.sort(key=lambda f: (f.folder_id != INBOX, f.name))
-        self._folders = (found, now)
+        self._watch.folders = (found, now)
         return found
 
     def _forget_folders(self) -> None:
-        self._folders = None
+        self._watch.folders = None
 
-    async def _folder(self, name: str) -> _Folder:
+    async def _folder(self, name: str) -> Folder:
         wanted = "INBOX" if name.upper() == "INBOX" else name
         for folder in await self._folder_list():
             if folder.name == wanted:
@@ -324,7 +313,7 @@ class LegacyWsStore:
         with translated(name):
             await self._client.delete_folder(self._bal, folder.folder_id)
         self._forget_folders()
-        self._states.pop(folder.folder_id, None)
+        self._watch.changed([folder.folder_id])
         await self._uidmap.forget_folder(self._backend, self._bal, folder.folder_id)
 
     async def rename_folder(self, old: str, new: str) -> None:
@@ -350,48 +339,69 @@ class LegacyWsStore:
         folder = await self._folder(name)
         return (await self._state(folder)).state
 
-    async def _state(self, folder: _Folder, *, fresh: bool = False) -> _State:
-        kept = self._states.get(folder.folder_id)
-        if kept is not None and not fresh and time.monotonic() - kept.at < self._poll:
+    async def _state(self, folder: Folder, *, fresh: bool = False) -> Kept:
+        watch = self._watch
+        kept = watch.states.get(folder.folder_id)
+        if kept is not None and not fresh and watch.fresh(kept):
             return kept
-        async with self._lock:
+        async with watch.lock:
+            again = watch.states.get(folder.folder_id)
+            if again is not None and again is not kept and watch.fresh(again):
+                return again  # another session read it while we waited
             return await self._read_state(folder)
 
-    async def _read_state(self, folder: _Folder) -> _State:
+    async def _read_state(self, folder: Folder) -> Kept:
+        started = time.monotonic()
         key = (self._backend, self._bal, folder.folder_id)
         with translated(folder.name):
-            found = await self._client.search_messages(self._bal, folder.folder_id)
+            found = await self._client.search_messages(self._bal, folder.folder_id, html=HTML)
         by_id = {m["messageId"]: m for m in found}
-        known = await self._uidmap.uids(*key)
-        gone = [message_id for message_id in known if message_id not in by_id]
-        if gone:
-            await self._uidmap.forget(*key, gone)
-            marks = self._deleted.get(key)
-            if marks:
-                marks.difference_update(gone)
+        keys = {message_id: content_key(m) for message_id, m in by_id.items()}
+        known = await self._uidmap.entries(*key)
+        landing = self._watch.landing(folder.folder_id)  # copied here, not moved yet
+        # a message gone, or changed under its id (a draft replaced), loses its UID
+        stale = [
+            message_id
+            for message_id, entry in known.items()
+            if (message_id not in by_id and message_id not in landing)
+            or (
+                message_id in by_id
+                and entry.content_key is not None
+                and entry.content_key != keys[message_id]
+            )
+        ]
+        if stale:
+            await self._uidmap.forget(*key, stale)
+            for message_id in stale:
+                del known[message_id]
+        known = {m: entry for m, entry in known.items() if m in by_id}
+        unkeyed = {m: keys[m] for m, entry in known.items() if entry.content_key is None}
+        if unkeyed:
+            await self._uidmap.set_keys(*key, unkeyed)
         new = sorted(
             (m for message_id, m in by_id.items() if message_id not in known),
             key=lambda m: (historic_date(m) or EPOCH, _id_order(m["messageId"])),
         )
-        uids = {message_id: uid for message_id, uid in known.items() if message_id in by_id}
+        uids = {message_id: entry.uid for message_id, entry in known.items()}
         if new:
-            uids.update(await self._uidmap.assign(*key, [m["messageId"] for m in new]))
+            ids = [m["messageId"] for m in new]
+            uids.update(await self._uidmap.assign(*key, ids, {m: keys[m] for m in ids}))
         uidvalidity, uidnext = await self._uidmap.folder(*key)
-        marks = self._deleted.get(key, set())
         metas: list[MessageMeta] = []
         messages: dict[int, dict[str, Any]] = {}
         for message_id, uid in sorted(uids.items(), key=lambda item: item[1]):
             message = by_id[message_id]
             flags = imap_flags(message)
-            if message_id in marks:
+            entry = known.get(message_id)
+            if entry is not None and entry.deleted:
                 flags |= {"\\Deleted"}
             when = historic_date(message) or EPOCH
             metas.append(MessageMeta(uid, flags, when, self._size(message)))
             messages[uid] = message
         uidnext = max(uidnext, max(uids.values(), default=0) + 1)
         state = FolderState(uidvalidity, uidnext, tuple(metas))
-        kept = _State(state, messages, time.monotonic())
-        self._states[folder.folder_id] = kept
+        kept = Kept(state, messages, frozenset(by_id), started)
+        self._watch.states[folder.folder_id] = kept
         return kept
 
     def _key(self, message: Mapping[str, Any]) -> tuple[str, ...]:
@@ -472,10 +482,11 @@ class LegacyWsStore:
         with translated(name):
             saved = await self._client.draft_message(self._bal, draft)
         key = (self._backend, self._bal, folder.folder_id)
-        assigned = await self._uidmap.assign(*key, [saved["messageId"]])
+        message_id = saved["messageId"]
+        assigned = await self._uidmap.assign(*key, [message_id], {message_id: content_key(saved)})
         uidvalidity, _ = await self._uidmap.folder(*key)
-        self._states.pop(folder.folder_id, None)
-        return uidvalidity, assigned[saved["messageId"]]
+        self._watch.changed([folder.folder_id])
+        return uidvalidity, assigned[message_id]
 
     async def store_flags(
         self, name: str, uids: Collection[int], mode: FlagMode, flags: Collection[str]
@@ -485,7 +496,7 @@ class LegacyWsStore:
         metas = {meta.uid: meta for meta in kept.state.messages}
         wanted = set(flags)
         operations: dict[str, list[str]] = {}
-        marks = self._deleted.setdefault((self._backend, self._bal, folder.folder_id), set())
+        marks: dict[bool, list[str]] = {True: [], False: []}
         result: dict[int, frozenset[str]] = {}
         for uid in uids:
             meta, message = metas.get(uid), kept.messages.get(uid)
@@ -508,10 +519,8 @@ class LegacyWsStore:
                 elif flag not in new and flag in current:
                     operations.setdefault(off, []).append(message_id)
             historic_deleted = "DELETED" in (message.get("flags") or [])
-            if "\\Deleted" in new:
-                marks.add(message_id)
-            else:
-                marks.discard(message_id)
+            if ("\\Deleted" in new) != ("\\Deleted" in current):
+                marks["\\Deleted" in new].append(message_id)
             # what cannot be set stays as it was
             settable = {"\\Seen", "\\Flagged", "\\Deleted"}
             after = {f for f in new if f in settable} | {f for f in current if f not in settable}
@@ -521,51 +530,76 @@ class LegacyWsStore:
         for operation, message_ids in operations.items():
             with translated(name):
                 await self._client.update_messages(self._bal, message_ids, operation)
-        if operations or result:
+        key = (self._backend, self._bal, folder.folder_id)
+        for deleted, message_ids in marks.items():
+            if message_ids:
+                await self._uidmap.mark_deleted(*key, message_ids, deleted)
+        if result:
             self._update_kept(folder, result)
         return result
 
-    def _update_kept(self, folder: _Folder, flags: Mapping[int, frozenset[str]]) -> None:
-        """The kept state with the flags just set (no search needed to see our own change);
-        the next read after `poll_interval` confirms them."""
-        kept = self._states.get(folder.folder_id)
-        if kept is None:
-            return
-        metas = tuple(
-            MessageMeta(m.uid, flags[m.uid], m.internal_date, m.size) if m.uid in flags else m
-            for m in kept.state.messages
-        )
-        state = FolderState(kept.state.uidvalidity, kept.state.uidnext, metas)
-        self._states[folder.folder_id] = _State(state, kept.messages, kept.at)
+    def _update_kept(self, folder: Folder, flags: Mapping[int, frozenset[str]]) -> None:
+        """The shared state with the flags just set: no search is needed to see our own
+        change, and the other sessions of the BAL hear of it at once."""
+        kept = self._watch.states.get(folder.folder_id)
+        if kept is not None:
+            metas = tuple(
+                MessageMeta(m.uid, flags[m.uid], m.internal_date, m.size) if m.uid in flags else m
+                for m in kept.state.messages
+            )
+            state = FolderState(kept.state.uidvalidity, kept.state.uidnext, metas)
+            self._watch.states[folder.folder_id] = dataclasses.replace(kept, state=state)
+        self._watch.changed()
 
     async def copy(self, name: str, uids: Collection[int], destination: str) -> CopyResult:
-        raise Unsupported("the historic platform cannot copy")
-
-    async def move(self, name: str, uids: Collection[int], destination: str) -> CopyResult:
-        source = await self._folder(name)
-        target = await self._folder(destination)
-        kept = await self._state(source)
-        chosen = sorted(uid for uid in set(uids) if uid in kept.messages)
-        ids = [str(kept.messages[uid]["messageId"]) for uid in chosen]
+        """COPY-then-expunge, the way clients without MOVE move: the platform cannot hold
+        two copies, so the copy is a move put off until the original is expunged (it then
+        lands under the UID announced here). A copy whose original is never expunged
+        leaves the message where it was; the promise is kept by this gateway process."""
+        source, target, chosen, ids = await self._transfer(name, uids, destination)
         target_key = (self._backend, self._bal, target.folder_id)
-        if source.folder_id == target.folder_id:
-            raise Unsupported("source and destination are the same folder")
-        if ids:
-            with translated(destination):
-                await self._client.move_messages(self._bal, ids, target.folder_id)
-        self._states.pop(source.folder_id, None)
-        self._states.pop(target.folder_id, None)
         if not ids:
             uidvalidity, _ = await self._uidmap.folder(*target_key)
             return CopyResult(uidvalidity, ())
-        await self._uidmap.forget(self._backend, self._bal, source.folder_id, ids)
-        self._deleted.get((self._backend, self._bal, source.folder_id), set()).difference_update(
-            ids
-        )
-        assigned = await self._uidmap.assign(*target_key, ids)
+        kept = await self._state(source)
+        keys = {str(m["messageId"]): content_key(m) for m in kept.messages.values()}
+        assigned = await self._uidmap.assign(*target_key, ids, {m: keys[m] for m in ids})
+        uidvalidity, _ = await self._uidmap.folder(*target_key)
+        self._watch.promise(source.folder_id, target.folder_id, ids)
+        pairs = tuple((uid, assigned[m]) for uid, m in zip(chosen, ids, strict=True))
+        return CopyResult(uidvalidity, pairs)
+
+    async def move(self, name: str, uids: Collection[int], destination: str) -> CopyResult:
+        source, target, chosen, ids = await self._transfer(name, uids, destination)
+        target_key = (self._backend, self._bal, target.folder_id)
+        if not ids:
+            uidvalidity, _ = await self._uidmap.folder(*target_key)
+            return CopyResult(uidvalidity, ())
+        kept = await self._state(source)
+        keys = {str(m["messageId"]): content_key(m) for m in kept.messages.values()}
+        with translated(destination):
+            await self._client.move_messages(self._bal, ids, target.folder_id)
+        await self._moved(source, target, ids)
+        assigned = await self._uidmap.assign(*target_key, ids, {m: keys[m] for m in ids})
         uidvalidity, _ = await self._uidmap.folder(*target_key)
         pairs = tuple((uid, assigned[m]) for uid, m in zip(chosen, ids, strict=True))
         return CopyResult(uidvalidity, pairs)
+
+    async def _transfer(
+        self, name: str, uids: Collection[int], destination: str
+    ) -> tuple[Folder, Folder, list[int], list[str]]:
+        source = await self._folder(name)
+        target = await self._folder(destination)
+        if source.folder_id == target.folder_id:
+            raise Unsupported("source and destination are the same folder")
+        kept = await self._state(source)
+        chosen = sorted(uid for uid in set(uids) if uid in kept.messages)
+        return source, target, chosen, [str(kept.messages[uid]["messageId"]) for uid in chosen]
+
+    async def _moved(self, source: Folder, target: Folder, ids: list[str]) -> None:
+        await self._uidmap.forget(self._backend, self._bal, source.folder_id, ids)
+        self._watch.settle(source.folder_id, ids)
+        self._watch.changed([source.folder_id, target.folder_id])
 
     async def expunge(self, name: str, uids: Collection[int] | None = None) -> list[int]:
         folder = await self._folder(name)
@@ -579,12 +613,25 @@ class LegacyWsStore:
         if not doomed:
             return []
         ids = [str(kept.messages[uid]["messageId"]) for uid in doomed]
-        with translated(name):
-            await self._client.update_messages(self._bal, ids, "DELETE")
+        promised = self._watch.promised(folder.folder_id)
+        by_target: dict[int, list[str]] = {}
+        for message_id in ids:
+            if message_id in promised:
+                by_target.setdefault(promised[message_id], []).append(message_id)
+        deleted = [m for m in ids if m not in promised]
+        if deleted:
+            with translated(name):
+                await self._client.update_messages(self._bal, deleted, "DELETE")
+        folders = {f.folder_id: f for f in await self._folder_list()}
+        for target_id, moved in by_target.items():
+            with translated(name):
+                await self._client.move_messages(self._bal, moved, target_id)
+            target = folders.get(target_id, Folder(str(target_id), target_id, None))
+            await self._moved(folder, target, moved)
         key = (self._backend, self._bal, folder.folder_id)
         await self._uidmap.forget(*key, ids)
-        self._deleted.get(key, set()).difference_update(ids)
-        self._states.pop(folder.folder_id, None)
+        self._watch.settle(folder.folder_id, ids)
+        self._watch.changed([folder.folder_id])
         return doomed
 
 

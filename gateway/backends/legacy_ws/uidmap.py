@@ -7,6 +7,11 @@ UIDVALIDITY, fixed when the folder is first seen, and UIDNEXT; per message in it
 (unique both ways). A message moved away is forgotten; if it comes back it is a new
 message there and gets a new UID, as on any IMAP server. UIDNEXT never goes back.
 
+Beside each UID: the `content_key` of the message it stands for (a draft replaced through
+``draftMessage`` keeps its messageId but changes: it must get a new UID, since an IMAP
+message never changes under its UID), and the ``\\Deleted`` mark, which the historic
+services cannot hold; kept here, it survives restarts and is shared by every node.
+
 `assign` is atomic and safe with concurrent callers (several sessions of one BAL, several
 gateway nodes): its transaction takes the folder's write lock first (an insert on SQLite,
 which then serialises writers; ``SELECT ... FOR UPDATE`` of the folder row on PostgreSQL)
@@ -16,7 +21,8 @@ before it reads UIDNEXT. The tables are created by `gateway.db.migrate_gateway`.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, select
@@ -39,6 +45,15 @@ MAX_UID = 2**32 - 1
 FolderKey = tuple[str, str, int]
 
 
+@dataclass(frozen=True)
+class Entry:
+    """What the gateway holds about one historic message of a folder."""
+
+    uid: int
+    content_key: str | None  # None: not recorded yet (rows from before gw0002)
+    deleted: bool
+
+
 class UidMap:
     """messageId ↔ UID per historic folder, over `engine` (the registry's database)."""
 
@@ -59,10 +74,16 @@ class UidMap:
         return row[1], row[2]
 
     async def assign(
-        self, backend: str, bal: str, folder_id: int, message_ids: Sequence[str]
+        self,
+        backend: str,
+        bal: str,
+        folder_id: int,
+        message_ids: Sequence[str],
+        keys: Mapping[str, str] | None = None,
     ) -> dict[str, int]:
         """The UID of each of `message_ids`: kept if it has one, otherwise the next ones,
-        ascending in the order given. Atomic: concurrent callers never share a UID."""
+        ascending in the order given, recorded with their content key from `keys`.
+        Atomic: concurrent callers never share a UID."""
         key = _key(backend, bal, folder_id)
         wanted = _ids(message_ids)
         if not wanted:
@@ -84,7 +105,15 @@ class UidMap:
             if uidnext + len(new) > MAX_UID:
                 raise OverflowError("UIDs exhausted in this folder: a new UIDVALIDITY is needed")
             fresh = {message_id: uidnext + index for index, message_id in enumerate(new)}
-            rows = [{"folder": folder, "message_id": m, "uid": uid} for m, uid in fresh.items()]
+            rows = [
+                {
+                    "folder": folder,
+                    "message_id": m,
+                    "uid": uid,
+                    "content_key": _content_key((keys or {}).get(m)),
+                }
+                for m, uid in fresh.items()
+            ]
             for start in range(0, len(rows), _CHUNK):
                 await connection.execute(legacy_uids.insert(), rows[start : start + _CHUNK])
             await connection.execute(
@@ -114,16 +143,40 @@ class UidMap:
 
     async def uids(self, backend: str, bal: str, folder_id: int) -> dict[str, int]:
         """Every mapping of the folder, by ascending UID."""
+        entries = await self.entries(backend, bal, folder_id)
+        return {message_id: entry.uid for message_id, entry in entries.items()}
+
+    async def entries(self, backend: str, bal: str, folder_id: int) -> dict[str, Entry]:
+        """Every message the folder holds for the gateway, by ascending UID."""
         key = _key(backend, bal, folder_id)
+        c = legacy_uids.c
         query = (
-            select(legacy_uids.c.message_id, legacy_uids.c.uid)
-            .join(legacy_folders, legacy_folders.c.id == legacy_uids.c.folder)
+            select(c.message_id, c.uid, c.content_key, c.deleted)
+            .join(legacy_folders, legacy_folders.c.id == c.folder)
             .where(*_matches(key))
-            .order_by(legacy_uids.c.uid)
+            .order_by(c.uid)
         )
         async with self._engine.connect() as connection:
             result = await connection.execute(query)
-            return {message_id: uid for message_id, uid in result}
+            return {m: Entry(uid, content, bool(deleted)) for m, uid, content, deleted in result}
+
+    async def set_keys(
+        self, backend: str, bal: str, folder_id: int, keys: Mapping[str, str]
+    ) -> None:
+        """Record the content keys of messages whose UID has none yet."""
+        by_key: dict[str, list[str]] = {}
+        for message_id, content in keys.items():
+            by_key.setdefault(content, []).append(message_id)
+        for content, message_ids in by_key.items():
+            await self._update(
+                backend, bal, folder_id, message_ids, content_key=_content_key(content)
+            )
+
+    async def mark_deleted(
+        self, backend: str, bal: str, folder_id: int, message_ids: Sequence[str], deleted: bool
+    ) -> None:
+        """Set or clear the gateway's ``\\Deleted`` mark."""
+        await self._update(backend, bal, folder_id, message_ids, deleted=deleted)
 
     async def forget_folder(self, backend: str, bal: str, folder_id: int) -> None:
         """Drop a folder deleted on the historic side; recreated, it gets a new UIDVALIDITY."""
@@ -131,6 +184,24 @@ class UidMap:
             await connection.execute(
                 delete(legacy_folders).where(*_matches(_key(backend, bal, folder_id)))
             )
+
+    async def _update(
+        self, backend: str, bal: str, folder_id: int, message_ids: Sequence[str], **values: Any
+    ) -> None:
+        wanted = _ids(message_ids)
+        if not wanted:
+            return
+        key = _key(backend, bal, folder_id)
+        async with self._engine.begin() as connection:
+            row = await _folder_row(connection, key)
+            if row is None:
+                return
+            for chunk in _chunks(wanted):
+                await connection.execute(
+                    legacy_uids.update()
+                    .where(legacy_uids.c.folder == row[0], legacy_uids.c.message_id.in_(chunk))
+                    .values(**values)
+                )
 
 
 def _key(backend: str, bal: str, folder_id: int) -> FolderKey:
@@ -141,6 +212,12 @@ def _key(backend: str, bal: str, folder_id: int) -> FolderKey:
     if isinstance(folder_id, bool) or not isinstance(folder_id, int) or not 0 <= folder_id < 2**62:
         raise ValueError("historic folder id: a non-negative integer")
     return backend, bal.lower(), folder_id
+
+
+def _content_key(value: str | None) -> str | None:
+    if value is not None and not 0 < len(value) <= 64:
+        raise ValueError("content key: 1 to 64 characters")
+    return value
 
 
 def _ids(message_ids: Sequence[str]) -> list[str]:

@@ -1,0 +1,99 @@
+"""SMTP submission for a BAL on the historic platform: one message, one ``sendMessage``.
+
+The SMTP front checks the message (MSSanté rules, ``Sender:`` for a delegate) as for a
+modern BAL, then `historic_message` turns it into the ``message`` of sendMessage and
+`send` hands it over. The envelope says who receives: every RCPT is an address of the
+message (BCC when not in To/Cc), header addresses outside the envelope are left out.
+
+What the historic message object cannot carry is lost on the way: ``Sender:`` (the
+platform always sends as the BAL, and the gateway calls it as the trusted gateway, so it
+does not know the delegate either: the gateway's audit trail is the only record of who
+wrote), the X-MSS-* headers, Message-ID, In-Reply-To/References and any other header.
+
+Failures keep the end-to-end rule of the SMTP front (250 only once the platform took the
+message, a DATA never sent twice from here):
+
+* no usable answer (`LegacyUnavailable`) → ``451 4.4.1``: the client keeps the message
+  and retries. A timeout after the platform received the request may still mean it was
+  sent, as with an SMTP backend that dies after DATA;
+* our credentials refused (`LegacyAuthError`) → ``451 4.7.0``, logged as an error: an
+  operator problem, not the client's;
+* the platform's own refusal (`LegacyError`, functional or technical) → ``5xx`` with its
+  code: a technical error may come after delivery to some recipients, so a retry could
+  deliver twice;
+* a message the platform cannot represent (`MimeRejected`) → its 5.x.x.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from gateway.backends.legacy_ws.client import (
+    LegacyAuthError,
+    LegacyError,
+    LegacyUnavailable,
+    LegacyWsClient,
+)
+from gateway.backends.legacy_ws.mime import MimeRejected, rfc5322_to_message
+from gateway.backends.smtp_relay import BackendError, BackendRefused, one_line
+
+log = logging.getLogger(__name__)
+
+UNAVAILABLE = "451 4.4.1 Historic mail service unavailable, try again later"
+GATEWAY_REFUSED = "451 4.7.0 Historic mail service refused the gateway, try again later"
+MAX_TEXT = 200
+# historic functional codes (DOMAIN.md §4) → (basic code, enhanced status)
+_STATUS: dict[int, tuple[int, str]] = {
+    24: (553, "5.1.3"),  # invalid email
+    32: (552, "5.3.4"),  # attachments too large
+    39: (552, "5.3.4"),  # content too large
+    23: (554, "5.6.0"),  # email missing
+    28: (554, "5.6.0"),  # mandatory field missing
+    36: (554, "5.6.0"),  # invalid format
+}
+_BASIC = {"5.1": 553, "5.3": 552, "5.5": 550}
+_STATUS_CODE = re.compile(r"^5\.\d{1,3}\.\d{1,3}$")
+_SAFE_ID = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def historic_message(raw: bytes, recipients: Sequence[str], *, max_size: int) -> dict[str, Any]:
+    """The sendMessage ``message`` for `raw` sent to the envelope `recipients`;
+    `MimeRejected` when the platform could not take it."""
+    return rfc5322_to_message(
+        raw, max_size=max_size, envelope_recipients=recipients, envelope_only=True
+    )
+
+
+def rejection_reply(refusal: MimeRejected) -> str:
+    """The SMTP reply for a message `historic_message` refused."""
+    status = refusal.status if _STATUS_CODE.fullmatch(refusal.status) else "5.6.0"
+    basic = _BASIC.get(status[:3], 554)
+    return f"{basic} {status} {one_line(refusal.reason, MAX_TEXT)}"
+
+
+async def send(client: LegacyWsClient, bal: str, message: Mapping[str, Any]) -> dict[str, Any]:
+    """sendMessage for `bal`; the copy kept in Sent. `BackendError` (4xx: the client
+    retries) or `BackendRefused` (5xx) otherwise."""
+    try:
+        return await client.send_message(bal, message)
+    except LegacyUnavailable as exc:
+        raise BackendError("unavailable", UNAVAILABLE, exc.reason) from None
+    except LegacyAuthError as exc:
+        log.error("smtp.legacy_ws_auth_refused", extra={"bal": bal, "code": exc.code})
+        raise BackendError("login", GATEWAY_REFUSED, f"X-ErrorCode {exc.code}") from None
+    except LegacyError as exc:
+        basic, status = _STATUS.get(exc.code, (554, "5.0.0"))
+        if exc.kind == "TECHNIQUE":
+            basic, status = 554, "5.3.0"
+        text = one_line(exc.message, MAX_TEXT) or exc.kind.lower()
+        raise BackendRefused(
+            basic, f"{status} Historic platform refused the message ({exc.code}): {text}"
+        ) from None
+
+
+def sent_id(sent: Mapping[str, Any]) -> str:
+    """The Sent copy's id, fit for a reply line and a log."""
+    return _SAFE_ID.sub("_", str(sent.get("messageId", "")))[:64]

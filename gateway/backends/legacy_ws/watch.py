@@ -1,0 +1,234 @@
+"""Change detection on historic BAL: one ``syncMessages`` poller per BAL in use.
+
+The historic services push nothing; a client learns what changed by replaying
+``syncMessages`` from its last token. The gateway runs one such poller per BAL that has
+at least one open session (every `poll_interval` seconds, default 10), whatever the number
+of sessions, and what the poller learns serves them all:
+
+* the BAL's folder states (one paged ``searchMessages`` each) are shared by its sessions
+  and kept until a sync reports a change in that folder, so a quiet mailbox costs one
+  small sync per interval and no search at all;
+* each change bumps the BAL's version, which is the engine's change signal: NOOP re-reads
+  only when it moved, and IDLE wakes on it (see `gateway.imap.mailstore.ChangeHub`).
+
+A state is trusted only within the token chain: read after the first sync answered (so no
+change can fall between the token and the search) and confirmed by a sync that started
+less than a few intervals ago. When syncs fail (the services down, a token refused), the
+poller bumps the version at each interval, states fall back to expiring after
+`poll_interval`, and a refused token starts a new chain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+import weakref
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.backends.legacy_ws.client import (
+    LegacyAuthError,
+    LegacyError,
+    LegacyUnavailable,
+    LegacyWsClient,
+)
+from gateway.imap.mailstore import FolderState, SpecialUse
+
+log = logging.getLogger(__name__)
+
+CONFIRMED_FOR = 3  # poll intervals a state stays trusted after the last good sync
+HTML = True  # searches ask the HTML body (the rebuild needs it); syncs need no body at all
+
+
+@dataclass
+class Kept:
+    """A folder's state as read, shared by the BAL's sessions."""
+
+    state: FolderState
+    messages: dict[int, dict[str, Any]]  # UID → message object
+    ids: frozenset[str]
+    at: float  # monotonic time the read started
+
+
+@dataclass(frozen=True)
+class Folder:
+    """A historic folder under its IMAP name."""
+
+    name: str
+    folder_id: int
+    special_use: SpecialUse | None
+
+
+class BalWatch:
+    """What the sessions of one historic BAL share, and the poller that keeps it true."""
+
+    def __init__(
+        self,
+        client: LegacyWsClient,
+        bal: str,
+        poll_interval: float,
+        on_idle: Callable[[BalWatch], None],
+    ) -> None:
+        self.client = client
+        self.bal = bal
+        self.poll = poll_interval
+        self.states: dict[int, Kept] = {}
+        self.folders: tuple[list[Folder], float] | None = None
+        self.lock = asyncio.Lock()  # one search per BAL at a time
+        self.version = 0
+        self._users: weakref.WeakSet[object] = weakref.WeakSet()
+        self._changed = asyncio.Event()
+        self._token: str | None = None
+        self._base = math.inf  # when the token chain began (monotonic)
+        self._confirmed = -math.inf  # when the last good sync started
+        self._promised: dict[int, dict[str, int]] = {}  # COPY: source → messageId → target
+        self._recheck: set[int] = set()  # folders read before the chain began
+        self._on_idle = on_idle
+        self._task: asyncio.Task[None] | None = None
+
+    # -- users -------------------------------------------------------------------------
+
+    def join(self, user: object) -> None:
+        self._users.add(user)
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"legacy-watch {self.bal}")
+
+    def leave(self, user: object) -> None:
+        self._users.discard(user)
+
+    async def aclose(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # -- what sessions ask ---------------------------------------------------------------
+
+    def fresh(self, kept: Kept) -> bool:
+        now = time.monotonic()
+        if kept.at >= self._base and now - max(kept.at, self._confirmed) < CONFIRMED_FOR * max(
+            self.poll, 1.0
+        ):
+            return True
+        return now - kept.at < self.poll
+
+    async def wait(self, seen: int) -> None:
+        while self.version == seen:
+            self._changed.clear()
+            await self._changed.wait()
+
+    def changed(self, folder_ids: Iterable[int] = (), *, everything: bool = False) -> None:
+        """Forget the states of `folder_ids` (or all) and tell the sessions to look again."""
+        if everything:
+            self.states.clear()
+            self.folders = None
+        for folder_id in folder_ids:
+            self.states.pop(folder_id, None)
+        self.version += 1
+        self._changed.set()
+
+    # -- COPY-then-expunge ---------------------------------------------------------------
+
+    def promise(self, source: int, target: int, message_ids: Iterable[str]) -> None:
+        """These messages of `source` go to `target` when expunged (the first COPY wins)."""
+        promised = self._promised.setdefault(source, {})
+        for message_id in message_ids:
+            promised.setdefault(message_id, target)
+
+    def promised(self, source: int) -> dict[str, int]:
+        return dict(self._promised.get(source, {}))
+
+    def landing(self, target: int) -> set[str]:
+        return {m for p in self._promised.values() for m, t in p.items() if t == target}
+
+    def settle(self, source: int, message_ids: Iterable[str]) -> None:
+        promised = self._promised.get(source)
+        if promised is not None:
+            for message_id in message_ids:
+                promised.pop(message_id, None)
+            if not promised:
+                del self._promised[source]
+
+    # -- the poller ----------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            while self._users:
+                try:
+                    await self._sync_once()
+                except Exception:  # never let the BAL go unwatched while in use
+                    log.exception("legacy_ws.sync_crashed", extra={"bal": self.bal})
+                    self.changed()
+                await asyncio.sleep(self.poll)
+        finally:
+            if self._task is asyncio.current_task():
+                self._task = None
+                self._on_idle(self)
+
+    async def _sync_once(self) -> None:
+        started = time.monotonic()
+        try:
+            result = await self.client.sync_messages(self.bal, self._token, html=False)
+        except (LegacyUnavailable, LegacyAuthError) as exc:
+            log.warning("legacy_ws.sync_failed", extra={"bal": self.bal, "error": str(exc)})
+            self.changed()
+            return
+        except LegacyError as exc:  # a token the platform no longer knows: start over
+            log.warning("legacy_ws.sync_reset", extra={"bal": self.bal, "code": exc.code})
+            self._token, self._base = None, math.inf
+            self.changed(everything=True)
+            return
+        if self._token is None:
+            self._token, self._base = result.token, time.monotonic()
+            self._confirmed = started
+            # a change between such a read and the token would never be reported
+            self._recheck = {fid for fid, kept in self.states.items() if kept.at < self._base}
+            return
+        self._token, self._confirmed = result.token, started
+        touched = {m["folderId"] for m in result.modified if isinstance(m.get("folderId"), int)}
+        touched |= self._recheck
+        self._recheck = set()
+        ids = {m["messageId"] for m in result.modified} | set(result.deleted)
+        touched.update(fid for fid, kept in self.states.items() if not ids.isdisjoint(kept.ids))
+        if touched or ids:
+            self.changed(touched)
+
+
+class Watches:
+    """The BAL watches of one gateway; also the engine's change signal for them."""
+
+    def __init__(self) -> None:
+        self._watches: dict[str, BalWatch] = {}
+
+    def watch(self, client: LegacyWsClient, bal: str, poll_interval: float) -> BalWatch:
+        key = bal.lower()
+        found = self._watches.get(key)
+        if found is None or found.client is not client:
+            found = BalWatch(client, key, poll_interval, self._idle)
+            self._watches[key] = found
+        return found
+
+    def _idle(self, watch: BalWatch) -> None:
+        if self._watches.get(watch.bal) is watch:
+            del self._watches[watch.bal]
+
+    def version(self, bal: str, folder: str) -> int:
+        found = self._watches.get(bal.lower())
+        return found.version if found is not None else 0
+
+    async def wait(self, bal: str, folder: str, seen: int) -> None:
+        found = self._watches.get(bal.lower())
+        if found is None:
+            await asyncio.Event().wait()  # callers bound it with a timeout
+            return
+        await found.wait(seen)
+
+    async def aclose(self) -> None:
+        watches, self._watches = list(self._watches.values()), {}
+        for found in watches:
+            await found.aclose()

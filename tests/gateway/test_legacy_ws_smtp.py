@@ -1,0 +1,290 @@
+"""SMTP submission from a historic BAL, end to end on real sockets: the gateway's SMTP front
+turns the message into one ``sendMessage`` on the mock's historic web services and answers
+250 only once the platform took it (recipients on both platforms, attachments, priority,
+read receipt, envelope BCC, refusals and the services down)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import smtplib
+from email.message import EmailMessage
+from email.policy import SMTP as SMTP_POLICY
+from email.utils import formatdate, make_msgid
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+import pytest
+
+from gateway.settings import MockSettings, Settings
+from tests.gateway.conftest import Stack, start_stack
+from tests.gateway.test_legacy_ws_imap import closed_port, configure_with, legacy
+from tests.gateway.test_smtp_front import NIL, client, message, metric, received, subject, xoauth2
+from tests.historic import historic_call
+
+__all__ = ["legacy"]  # the fixture, shared with the IMAP tests
+
+DUPONT = "jean.dupont@medecin.mssante.fr"  # historic; dr-leroy: send; sec-bernard: read only
+PETIT = "marie.petit@sage-femme.mssante.fr"  # historic
+CLAIRE = "claire.martin@medecin.mssante.fr"  # modern
+LUC = "luc.durand@infirmier.mssante.fr"  # modern
+LEROY = "paul.leroy@medecin.mssante.fr"  # dr-leroy's own BAL (modern)
+INBOX, SENT = 2, 5
+
+
+async def historic_messages(stack: Stack, bal: str, folder_id: int, title: str) -> list[Any]:
+    """The messages of a historic folder with this exact subject."""
+    found = await historic_call(
+        stack.mock,
+        "Item",
+        "searchMessages",
+        {"email": bal, "searchCriteria": {"limit": 200, "query": {"folderId": folder_id}}},
+    )
+    return [m for m in found["messages"] if m.get("subject") == title]
+
+
+def addresses(found: dict[str, Any], kind: str) -> set[str]:
+    return {e["address"] for e in found["emails"] if e["type"] == kind}
+
+
+def rich_message(title: str, attachment: bytes, **headers: str) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = DUPONT
+    msg["To"] = PETIT
+    msg["Subject"] = title
+    msg["Date"] = formatdate(localtime=True)
+    msg["Message-ID"] = make_msgid(domain="lps.test")
+    msg["X-MSS-NIL"] = NIL
+    for name, value in headers.items():
+        msg[name.replace("_", "-")] = value
+    msg.set_content("Bonjour,\n\nCi-joint le compte rendu.\n")
+    msg.add_attachment(
+        attachment, maintype="application", subtype="pdf", filename="compte-rendu.pdf"
+    )
+    return msg.as_bytes(policy=SMTP_POLICY)
+
+
+def smtplib_send(stack: Stack, token: str, raw: bytes, recipients: list[str]) -> Any:
+    """One message with smtplib, XOAUTH2 over loopback plaintext; sendmail's result."""
+    with smtplib.SMTP("127.0.0.1", stack.smtp_port, local_hostname="lps-test", timeout=30) as smtp:
+        smtp.ehlo()
+        code, _ = smtp.docmd("AUTH", "XOAUTH2 " + xoauth2("", token).decode())
+        assert code == 235
+        return smtp.sendmail(DUPONT, recipients, raw)
+
+
+async def stack_with(
+    tmp_path: Path, settings: Settings, mock_settings: MockSettings, **backend: Any
+) -> Stack:
+    return await start_stack(settings, mock_settings, tmp_path / "mock", configure_with(**backend))
+
+
+async def stop(stack: Stack) -> None:
+    await stack.gateway.stop()
+    await stack.mock.stop()
+
+
+# -- sending -------------------------------------------------------------------------------
+
+
+async def test_delegate_sends_to_both_platforms_with_a_copy_in_sent(legacy: Stack):
+    title = subject()
+    raw = message(DUPONT, f"{CLAIRE}, {PETIT}", title)
+    async with client(legacy, "dr-leroy") as smtp:
+        await smtp.mail(DUPONT)
+        await smtp.rcpt(CLAIRE)
+        await smtp.rcpt(PETIT)
+        reply = await smtp.data(raw)
+    assert reply.code == 250
+    assert "historic message" in reply.message
+
+    (modern,) = await received(legacy, CLAIRE, title)
+    assert DUPONT.encode() in modern
+    (historic,) = await historic_messages(legacy, PETIT, INBOX, title)
+    assert addresses(historic, "FROM") == {DUPONT}
+    assert addresses(historic, "TO") == {CLAIRE, PETIT}
+    (copy,) = await historic_messages(legacy, DUPONT, SENT, title)
+    assert "SENT_BY_ME" in copy["flags"]
+    assert reply.message.endswith(copy["messageId"])
+    assert metric(legacy, "lpsgw_messages_total", result="accepted") == 1
+
+    # the historic message cannot carry Sender: the audit trail names the delegate
+    assert legacy.gateway.audit is not None
+    assert legacy.gateway.delegations is not None
+    await legacy.gateway.audit.flush()
+    events = await legacy.gateway.delegations.audit_for(DUPONT)
+    (sent,) = [e for e in events if e.action == "sent"]
+    assert sent.actor_idnat == "899700000006"
+    assert f"sender={LEROY}" in (sent.detail or "")
+    assert copy["messageId"] in (sent.detail or "")
+
+
+async def test_attachment_priority_and_read_receipt(legacy: Stack):
+    title = subject()
+    data = os.urandom(3000) + b"\r\n\x00\xff"
+    raw = rich_message(title, data, X_Priority="1 (Highest)", Disposition_Notification_To=DUPONT)
+    token = await legacy.token("dr-dupont")
+    refused = await asyncio.to_thread(smtplib_send, legacy, token, raw, [PETIT])
+    assert refused == {}
+
+    (found,) = await historic_messages(legacy, PETIT, INBOX, title)
+    assert found["priority"] == "HAUTE"
+    assert found["isAccuse"] is True
+    (attachment,) = found["attachments"]
+    assert (attachment["fileName"], attachment["contentType"]) == (
+        "compte-rendu.pdf",
+        "application/pdf",
+    )
+    downloaded = await historic_call(
+        legacy.mock,
+        "Attachment",
+        "downloadAttachment",
+        {"email": PETIT, "messageId": found["messageId"], "part": attachment["part"]},
+    )
+    assert base64.b64decode(downloaded["file"]) == data
+
+
+async def test_plain_message_is_normal_priority_without_receipt(legacy: Stack):
+    title = subject()
+    token = await legacy.token("dr-dupont")
+    await asyncio.to_thread(smtplib_send, legacy, token, message(DUPONT, PETIT, title), [PETIT])
+    (found,) = await historic_messages(legacy, PETIT, INBOX, title)
+    assert (found["priority"], found["isAccuse"], found["attachments"]) == ("NORMAL", False, [])
+
+
+async def test_the_envelope_decides_who_receives(legacy: Stack):
+    """Bcc only in the envelope reaches its recipient unseen by the others; an address only
+    in the headers receives nothing."""
+    title = subject()
+    raw = message(DUPONT, f"{PETIT}, {LUC}", title)
+    async with client(legacy, "dr-dupont") as smtp:
+        await smtp.mail(DUPONT)
+        await smtp.rcpt(PETIT)
+        await smtp.rcpt(CLAIRE)  # Bcc
+        reply = await smtp.data(raw)
+    assert reply.code == 250
+
+    (hidden,) = await received(legacy, CLAIRE, title)
+    assert CLAIRE.encode() not in hidden.split(b"\r\n\r\n", 1)[0]
+    (visible,) = await historic_messages(legacy, PETIT, INBOX, title)
+    assert CLAIRE not in {e["address"] for e in visible["emails"]}
+    assert await received(legacy, LUC, title) == []
+    (copy,) = await historic_messages(legacy, DUPONT, SENT, title)
+    assert addresses(copy, "BCC") == {CLAIRE}
+    assert LUC not in {e["address"] for e in copy["emails"]}
+
+
+async def test_recipients_are_checked_locally(legacy: Stack):
+    async with client(legacy, "dr-dupont") as smtp:
+        await smtp.mail(DUPONT)
+        bad = await smtp.execute_command(b"RCPT", b"TO:<someone@[192.0.2.1]>")
+        assert bad.code == 553
+        assert "5.1.3" in bad.message
+        good = await smtp.execute_command(b"RCPT", f"TO:<{PETIT}>".encode())
+        assert good.code == 250
+
+
+# -- refusals ------------------------------------------------------------------------------
+
+
+async def test_read_only_delegate_is_refused_at_mail_from(legacy: Stack):
+    async with client(legacy, "sec-bernard", DUPONT) as smtp:
+        with pytest.raises(aiosmtplib.SMTPSenderRefused) as refused:
+            await smtp.mail(DUPONT)
+    assert refused.value.code == 550
+    assert "5.7.1" in refused.value.message
+
+
+async def test_mss_rules_apply_as_on_the_modern_path(legacy: Stack):
+    title = subject()
+    async with client(legacy, "dr-leroy") as smtp:
+        await smtp.mail(DUPONT)
+        await smtp.rcpt(PETIT)
+        with pytest.raises(aiosmtplib.SMTPDataError) as refused:
+            await smtp.data(message(LEROY, PETIT, title))  # From: not the BAL sent from
+    assert refused.value.code == 550
+    assert "5.7.1" in refused.value.message
+    assert await historic_messages(legacy, DUPONT, SENT, title) == []
+
+
+async def test_a_message_the_platform_cannot_hold_gets_its_status(legacy: Stack):
+    title = subject() + " " + "x" * 250  # the historic subject limit is 250 characters
+    async with client(legacy, "dr-dupont") as smtp:
+        await smtp.mail(DUPONT)
+        await smtp.rcpt(PETIT)
+        with pytest.raises(aiosmtplib.SMTPDataError) as refused:
+            await smtp.data(message(DUPONT, PETIT, title))
+    assert refused.value.code == 554
+    assert refused.value.message.startswith("5.6.0")
+    assert "subject" in refused.value.message
+    assert metric(legacy, "lpsgw_messages_total", result="rejected") == 1
+    sent = await historic_call(
+        legacy.mock,
+        "Item",
+        "searchMessages",
+        {"email": DUPONT, "searchCriteria": {"limit": 200, "query": {"folderId": SENT}}},
+    )
+    assert all(not m["subject"].startswith(title[:30]) for m in sent["messages"])
+
+
+async def test_a_functional_error_of_the_platform_is_permanent(legacy: Stack):
+    assert legacy.mock.historic is not None
+    legacy.mock.historic.max_attachments_bytes = 100  # → code 32, attachments too large
+    title = subject()
+    token = await legacy.token("dr-dupont")
+    raw = rich_message(title, os.urandom(1000))
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        await asyncio.to_thread(smtplib_send, legacy, token, raw, [PETIT])
+    assert refused.value.smtp_code == 552
+    text = refused.value.smtp_error.decode()
+    assert text.startswith("5.3.4")
+    assert "(32)" in text
+    assert await historic_messages(legacy, DUPONT, SENT, title) == []
+    assert metric(legacy, "lpsgw_messages_total", result="refused") == 1
+
+
+async def test_historic_services_down_is_451_and_nothing_is_sent(
+    tmp_path: Path, stack_settings: Settings, mock_settings: MockSettings
+):
+    down = f"http://127.0.0.1:{closed_port()}/mss-msg-services/services"
+    stack = await stack_with(tmp_path, stack_settings, mock_settings, ws_url=down)
+    try:
+        title = subject()
+        token = await stack.token("dr-dupont")
+        raw = message(DUPONT, PETIT, title)
+        with pytest.raises(smtplib.SMTPDataError) as deferred:
+            await asyncio.to_thread(smtplib_send, stack, token, raw, [PETIT])
+        assert deferred.value.smtp_code == 451
+        assert deferred.value.smtp_error.startswith(b"4.4.1")
+        assert await historic_messages(stack, PETIT, INBOX, title) == []
+        assert metric(stack, "lpsgw_messages_total", result="deferred") == 1
+        errors = metric(
+            stack,
+            "lpsgw_backend_errors_total",
+            backend="historic",
+            protocol="smtp",
+            kind="unavailable",
+        )
+        assert errors == 1
+    finally:
+        await stop(stack)
+
+
+async def test_gateway_credentials_refused_is_451(
+    tmp_path: Path, stack_settings: Settings, mock_settings: MockSettings
+):
+    stack = await stack_with(tmp_path, stack_settings, mock_settings, master_password="wrong")
+    try:
+        title = subject()
+        async with client(stack, "dr-dupont") as smtp:
+            await smtp.mail(DUPONT)
+            await smtp.rcpt(PETIT)
+            with pytest.raises(aiosmtplib.SMTPDataError) as deferred:
+                await smtp.data(message(DUPONT, PETIT, title))
+        assert deferred.value.code == 451
+        assert deferred.value.message.startswith("4.7.0")
+        assert await historic_messages(stack, PETIT, INBOX, title) == []
+    finally:
+        await stop(stack)
