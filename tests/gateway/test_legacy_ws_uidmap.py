@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
-from sqlalchemy import inspect, text
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Connection, inspect, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from delegation import migrate
 from delegation.db import VERSION_TABLE as DELEGATION_VERSION_TABLE
 from delegation.db import create_engine
-from gateway.backends.legacy_ws.uidmap import UidMap
-from gateway.db import VERSION_TABLE, migrate_gateway
+from gateway.backends.legacy_ws.uidmap import Entry, UidMap
+from gateway.db import VERSION_TABLE, metadata, migrate_gateway
 
 BAL = "jean.dupont@medecin.mssante.fr"
 INBOX, SENT = 2, 5
@@ -163,3 +166,37 @@ async def test_migrations_coexist_with_the_registry(fresh_db_url: str) -> None:
         assert await UidMap(engine).assign("historic", BAL, INBOX, ["1"]) == {"1": 1}
     finally:
         await engine.dispose()
+
+
+def _gateway_diff(connection: Connection) -> list[Any]:
+    context = MigrationContext.configure(
+        connection,
+        opts={
+            "compare_type": True,
+            "version_table": VERSION_TABLE,
+            "include_name": lambda name, kind, _parent: kind != "table" or name.startswith("gw_"),
+        },
+    )
+    return list(compare_metadata(context, metadata))
+
+
+async def test_migrated_schema_matches_the_tables(engine: AsyncEngine) -> None:
+    async with engine.connect() as connection:
+        assert await connection.run_sync(_gateway_diff) == []
+
+
+async def test_content_keys_and_deleted_marks(engine: AsyncEngine) -> None:
+    uidmap = UidMap(engine)
+    await uidmap.assign("historic", BAL, INBOX, ["a", "b"], {"a": "k1"})
+    entries = await uidmap.entries("historic", BAL, INBOX)
+    assert entries["a"] == Entry(1, "k1", deleted=False)
+    assert entries["b"] == Entry(2, None, deleted=False)
+    await uidmap.set_keys("historic", BAL, INBOX, {"b": "k2"})
+    await uidmap.mark_deleted("historic", BAL, INBOX, ["a"], deleted=True)
+    entries = await uidmap.entries("historic", BAL, INBOX)
+    assert entries["a"] == Entry(1, "k1", deleted=True)
+    assert entries["b"] == Entry(2, "k2", deleted=False)
+    await uidmap.mark_deleted("historic", BAL, INBOX, ["a"], deleted=False)
+    assert not (await uidmap.entries("historic", BAL, INBOX))["a"].deleted
+    with pytest.raises(ValueError, match="content key"):
+        await uidmap.set_keys("historic", BAL, INBOX, {"a": "x" * 65})

@@ -533,7 +533,7 @@ class LegacyWsStore:
         key = (self._backend, self._bal, folder.folder_id)
         for deleted, message_ids in marks.items():
             if message_ids:
-                await self._uidmap.mark_deleted(*key, message_ids, deleted)
+                await self._uidmap.mark_deleted(*key, message_ids, deleted=deleted)
         if result:
             self._update_kept(folder, result)
         return result

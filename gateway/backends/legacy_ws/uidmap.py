@@ -173,7 +173,7 @@ class UidMap:
             )
 
     async def mark_deleted(
-        self, backend: str, bal: str, folder_id: int, message_ids: Sequence[str], deleted: bool
+        self, backend: str, bal: str, folder_id: int, message_ids: Sequence[str], *, deleted: bool
     ) -> None:
         """Set or clear the gateway's ``\\Deleted`` mark."""
         await self._update(backend, bal, folder_id, message_ids, deleted=deleted)
