@@ -367,3 +367,19 @@ def test_submission_of_odd_input_fails_cleanly() -> None:
             blob.append(ALPHABET[seed % len(ALPHABET)])
         with contextlib.suppress(MimeRejected):  # anything else would be a bug
             rfc5322_to_message(b"Content-Type: multipart/mixed; boundary=-\r\n\r\n" + bytes(blob))
+
+
+def test_submission_envelope_only_decides_who_receives() -> None:
+    """SMTP delivers to the envelope: a header address outside it is not sent to (the
+    platform sends to every address it is given), one only in the envelope is a BCC."""
+    message = submitted(Cc="Autre <autre@medecin.mssante.fr>")
+    message.set_content("Texte")
+    result = rfc5322_to_message(
+        bytes(message), envelope_recipients=[PETIT.upper(), "cache@example.org"], envelope_only=True
+    )
+    assert result["addresses"] == [
+        {"address": PETIT, "name": "Marie Pétit", "type": "TO"},
+        {"address": "cache@example.org", "name": "", "type": "BCC"},
+    ]
+    everyone = rfc5322_to_message(bytes(message), envelope_recipients=[PETIT])
+    assert [a["address"] for a in everyone["addresses"]] == [PETIT, "autre@medecin.mssante.fr"]
