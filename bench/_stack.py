@@ -4,12 +4,18 @@ The benchmarks drive both from the outside with their own clients, so that the c
 work is not measured in the servers' event loops, and the gateway's resident memory can be
 read alone. Two server roles, each printing one JSON line on stdout once it listens:
 
-  ``python bench/_stack.py mock --data DIR [--big N]``
+  ``python bench/_stack.py mock --data DIR [--big N] [--historic N]``
       the mock operator (plaintext allowed on loopback, no failure delay), with N messages
-      of 1 MiB in folder ``Big`` of claire.martin's BAL;
+      of 1 MiB in folder ``Big`` of claire.martin's BAL; with ``--historic N``, the INBOX of
+      jean.dupont's historic BAL holds exactly N clinical messages of 1-3 KB
+      (`clinical_message`, the seeded ones removed first) and folder ``HistoricTwin`` of
+      claire.martin's modern BAL holds the same N messages with the same flags, in the same
+      (date) order;
   ``python bench/_stack.py gateway --data DIR --mock JSON``
       the gateway, its own registry seeded with the default personas, the mock's modern
-      platform as its only backend (master login, plaintext on loopback).
+      platform as its default backend (master login, plaintext on loopback) and the mock's
+      historic web services as backend ``historic`` (``legacy_ws``, master credentials) for
+      the historic personas' BAL (jean.dupont@, marie.petit@).
 
 `Stack` starts both and cleans up (processes and temporary directory). With
 ``LPS_BENCH_PROFILE=DIR`` in the environment, each server process runs under cProfile and
@@ -23,15 +29,20 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import datetime as dt
 import json
 import logging
 import os
+import quopri
+import random
 import resource
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import time
+from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +54,9 @@ sys.path.insert(0, str(ROOT))
 BAL = "claire.martin@medecin.mssante.fr"
 PERSONA = "dr-martin"
 BIG_FOLDER = "Big"
+HISTORIC_BAL = "jean.dupont@medecin.mssante.fr"
+HISTORIC_PERSONA = "dr-dupont"
+HISTORIC_TWIN = "HistoricTwin"  # claire.martin's modern folder holding the same messages
 
 
 def raise_fd_limit() -> int:
@@ -88,8 +102,9 @@ class Endpoints:
 class Stack:
     """Mock operator and gateway subprocesses; use as a context manager."""
 
-    def __init__(self, *, big: int = 0) -> None:
+    def __init__(self, *, big: int = 0, historic: int = 0) -> None:
         self.big = big
+        self.historic = historic
         self._tmp = Path(tempfile.mkdtemp(prefix="lps-bench-"))
         self._processes: list[subprocess.Popen[str]] = []
         self.mock_info: dict[str, Any] = {}
@@ -122,6 +137,7 @@ class Stack:
     def start(self) -> None:
         raise_fd_limit()
         args = ["mock", "--data", str(self._tmp / "mock"), "--big", str(self.big)]
+        args += ["--historic", str(self.historic)]
         self.mock_info = self._spawn(args)
         self._direct = Endpoints(
             "127.0.0.1",
@@ -237,7 +253,209 @@ def big_message(index: int, size: int = 1 << 20) -> bytes:
     )
 
 
-async def _serve_mock(data: Path, big: int) -> None:
+_PATIENTS = (
+    ("Mme", "GARNIER", "Louise", "1955"),
+    ("M.", "LEFEBVRE", "André", "1948"),
+    ("Mme", "BONNET", "Élodie", "1987"),
+    ("M.", "FAURE", "Jérôme", "1962"),
+    ("Mme", "CHEVALIER", "Françoise", "1941"),
+    ("M.", "MERCIER", "Noël", "1979"),
+    ("Mme", "LAMBERT", "Inès", "2001"),
+    ("M.", "GIRARD", "Stéphane", "1958"),
+)
+_SENDERS = (
+    ("Laboratoire Biomed", "resultats@labo-biomed.mssante.fr"),
+    ("CH de Villeneuve - Médecine interne", "medecine-interne@ch-villeneuve.mssante.fr"),
+    ("Dr Hélène ROUX", "helene.roux@medecin.mssante.fr"),
+    ("Centre d'imagerie Saint-Éloi", "imagerie@st-eloi.mssante.fr"),
+    ("Dr François BLANC (cardiologie)", "francois.blanc@medecin.mssante.fr"),
+    ("Cabinet infirmier des Lilas", "ide.lilas@infirmier.mssante.fr"),
+)
+_KINDS = (
+    (
+        "Résultats d'analyses",
+        "Veuillez trouver les résultats du bilan sanguin prélevé le {day}.\n"
+        "Hémoglobine : {hb} g/dL (N : 12-16). Leucocytes : {wbc} G/L.\n"
+        "Créatinine : {creat} µmol/L, DFG estimé (CKD-EPI) : {dfg} mL/min/1,73 m².\n"
+        "HbA1c : {hba1c} %. CRP : {crp} mg/L. TSH : {tsh} mUI/L.\n"
+        "Ionogramme sans particularité. Bilan hépatique normal.",
+    ),
+    (
+        "Compte rendu de consultation",
+        "J'ai revu ce jour votre patient(e) en consultation de suivi.\n"
+        "Motif : contrôle de l'hypertension artérielle et de la fonction rénale.\n"
+        "Examen : PA {pas}/{pad} mmHg, FC {fc}/min, poids {kg} kg, auscultation normale.\n"
+        "Conclusion : équilibre tensionnel satisfaisant ; poursuite du traitement par "
+        "ramipril 5 mg et amlodipine 5 mg. Contrôle biologique dans trois mois.",
+    ),
+    (
+        "Lettre de liaison à la sortie",
+        "Votre patient(e) a été hospitalisé(e) du {day} au {day2} dans le service pour "
+        "décompensation cardiaque.\nÉvolution favorable sous diurétiques intraveineux.\n"
+        "Traitement de sortie : furosémide 40 mg le matin, bisoprolol 2,5 mg, "
+        "apixaban 5 mg deux fois par jour.\nRendez-vous de cardiologie prévu à six "
+        "semaines ; kinésithérapie de réadaptation à domicile.",
+    ),
+    (
+        "Compte rendu d'imagerie",
+        "Échographie abdominale du {day}.\nFoie de taille normale, homogène, sans "
+        "lésion focale. Vésicule alithiasique. Voies biliaires non dilatées.\nReins de "
+        "taille normale, sans dilatation des cavités. Pas d'épanchement.\nConclusion : "
+        "examen sans anomalie significative.",
+    ),
+    (
+        "Transmission infirmière",
+        "Passage à domicile du {day} : pansement de l'ulcère de jambe refait, plaie "
+        "propre, bourgeonnante, {cm} cm de grand axe.\nGlycémie capillaire à jeun : "
+        "{gly} g/L. Pas de douleur. Observance du traitement correcte.\nProchain "
+        "passage dans 48 heures.",
+    ),
+)
+_FILLER = (
+    "Je reste à votre disposition pour tout renseignement complémentaire.",
+    "Le patient a été informé des résultats et de la conduite à tenir.",
+    "Merci de me tenir informé de l'évolution clinique.",
+    "Une copie de ce courrier a été remise au patient.",
+    "Les antécédents notables sont une cholécystectomie en 2009 et une fracture du "
+    "poignet droit en 2015 ; pas d'allergie médicamenteuse connue.",
+    "Le traitement habituel comporte metformine 1000 mg matin et soir, atorvastatine "
+    "20 mg le soir et lévothyroxine 75 µg le matin à jeun.",
+    "La vaccination antigrippale de cette saison a été réalisée ; le rappel dTP est à jour.",
+)
+CLINICAL_BASE_DATE = dt.datetime(2025, 1, 6, 8, 0, tzinfo=dt.timezone(dt.timedelta(hours=1)))
+
+
+def _header_words(text: str) -> str:
+    """RFC 2047 (B, UTF-8) encoded words for a non-ASCII header value, folded."""
+    if text.isascii():
+        return text
+    data = text.encode()
+    words = []
+    while data:  # 45 octets of UTF-8 per word (<= 75 characters), not splitting a character
+        cut = min(45, len(data))
+        while cut < len(data) and (data[cut] & 0xC0) == 0x80:
+            cut -= 1
+        words.append(f"=?utf-8?b?{base64.b64encode(data[:cut]).decode()}?=")
+        data = data[cut:]
+    return "\r\n ".join(words)
+
+
+def _address(name: str, address: str) -> str:
+    return f"{_header_words(name)} <{address}>"
+
+
+@dataclasses.dataclass(frozen=True)
+class ClinicalMessage:
+    raw: bytes
+    flags: tuple[str, ...]  # IMAP flags
+    date: dt.datetime
+
+
+def clinical_message(index: int, recipient: tuple[str, str]) -> ClinicalMessage:
+    """A deterministic French clinical message of 1-3 KB (quoted-printable UTF-8; one in 100
+    with a small PDF) and its IMAP flags; message `index` is dated after `index - 1`."""
+    rng = random.Random(index)
+    civility, family, given, born = rng.choice(_PATIENTS)
+    kind, template = rng.choice(_KINDS)
+    sender = rng.choice(_SENDERS)
+    when = CLINICAL_BASE_DATE + dt.timedelta(hours=3 * index, minutes=rng.randrange(180))
+    day = (when - dt.timedelta(days=rng.randrange(1, 5))).strftime("%d/%m/%Y")
+    text = template.format(
+        day=day,
+        day2=when.strftime("%d/%m/%Y"),
+        hb=f"{rng.uniform(10, 16):.1f}".replace(".", ","),
+        wbc=f"{rng.uniform(4, 11):.1f}".replace(".", ","),
+        creat=rng.randrange(55, 140),
+        dfg=rng.randrange(35, 110),
+        hba1c=f"{rng.uniform(5.2, 8.9):.1f}".replace(".", ","),
+        crp=rng.randrange(1, 40),
+        tsh=f"{rng.uniform(0.5, 4.5):.2f}".replace(".", ","),
+        pas=rng.randrange(115, 165),
+        pad=rng.randrange(65, 95),
+        fc=rng.randrange(55, 95),
+        kg=rng.randrange(50, 110),
+        cm=rng.randrange(2, 9),
+        gly=f"{rng.uniform(0.8, 1.8):.2f}".replace(".", ","),
+    )
+    paragraphs = [rng.choice(_FILLER) for _ in range(rng.randrange(2, 12))]
+    body = (
+        f"Cher confrère,\n\nConcerne : {civility} {family} {given}, né(e) en {born}.\n\n"
+        f"{text}\n\n" + "\n".join(paragraphs) + "\n\nBien confraternellement,\n"
+        f"{sender[0]}\n"
+    )
+    encoded = quopri.encodestring(body.encode()).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    headers = [
+        f"From: {_address(*sender)}",
+        f"To: {_address(*recipient)}",
+    ]
+    if rng.random() < 0.2:
+        headers.append(
+            f"Cc: {_address('Secrétariat médical', 'secretariat@ch-villeneuve.mssante.fr')}"
+        )
+    headers += [
+        f"Subject: {_header_words(f'{kind} — {civility} {family} {given}')}",
+        f"Date: {format_datetime(when)}",
+        f"Message-ID: <bench.{index}.{when:%Y%m%d%H%M}@mock.mssante.fr>",
+        "X-MSS-NIL: MOCK-LPS-0001",
+        "MIME-Version: 1.0",
+    ]
+    text_part = (
+        b'Content-Type: text/plain; charset="utf-8"\r\n'
+        b"Content-Transfer-Encoding: quoted-printable\r\n\r\n" + encoded
+    )
+    if index % 100 == 7:
+        pdf = b"%PDF-1.4\n" + rng.randbytes(1500) + b"\n%%EOF\n"
+        boundary = f"=_bench_{index}"
+        headers.append(f'Content-Type: multipart/mixed; boundary="{boundary}"')
+        b = boundary.encode()
+        content = (
+            b"--" + b + b"\r\n" + text_part + b"\r\n--" + b + b"\r\n"
+            b'Content-Type: application/pdf; name="CR-' + family.encode() + b'.pdf"\r\n'
+            b'Content-Disposition: attachment; filename="CR-' + family.encode() + b'.pdf"\r\n'
+            b"Content-Transfer-Encoding: base64\r\n\r\n"
+            + base64.encodebytes(pdf).replace(b"\n", b"\r\n")
+            + b"--"
+            + b
+            + b"--\r\n"
+        )
+        head = "\r\n".join(headers).encode() + b"\r\n\r\n"
+    else:
+        head = "\r\n".join(headers).encode() + b"\r\n"
+        content = text_part
+    seen = rng.random() < 0.7
+    flags = (("\\Seen",) if seen else ()) + (("\\Flagged",) if rng.random() < 0.1 else ())
+    return ClinicalMessage(head + content, flags, when)
+
+
+async def _seed_historic_twin(mock: Any, count: int) -> dict[str, float]:
+    """`count` clinical messages in jean.dupont's historic INBOX (emptied first, then one
+    `deliver_many` transaction) and the same ones in claire.martin's modern folder
+    `HISTORIC_TWIN` (pipelined appends); returns the seconds each side took."""
+    from mock_operator.historic.contract import INBOX
+    from mock_operator.historic.store import Delivery, flags_from_imap
+
+    assert mock.historic is not None
+    assert mock.platform is not None
+    recipient = ("Dr Jean DUPONT", HISTORIC_BAL)
+    messages = [clinical_message(index, recipient) for index in range(count)]
+    began = time.perf_counter()
+    historic = mock.historic.store
+    await historic.empty_folder(HISTORIC_BAL, INBOX)
+    await historic.deliver_many(
+        HISTORIC_BAL,
+        [Delivery(m.raw, flags_from_imap(m.flags, INBOX), m.date) for m in messages],
+        INBOX,
+    )
+    middle = time.perf_counter()
+    await mock.platform.store(BAL).create_folder(HISTORIC_TWIN)
+    for message in messages:
+        await mock.platform.deliver(
+            BAL, message.raw, folder=HISTORIC_TWIN, flags=message.flags, internal_date=message.date
+        )
+    return {"historic": middle - began, "modern": time.perf_counter() - middle}
+
+
+async def _serve_mock(data: Path, big: int, historic: int = 0) -> None:
     from gateway.lifecycle import run_until_signalled
     from gateway.settings import MockSettings
     from mock_operator.server import MockOperator
@@ -259,6 +477,7 @@ async def _serve_mock(data: Path, big: int) -> None:
             await mock.platform.store(BAL).create_folder(BIG_FOLDER)
             for index in range(big):
                 await mock.platform.deliver(BAL, big_message(index), folder=BIG_FOLDER)
+        seeding = await _seed_historic_twin(mock, historic) if historic else {}
         info = {
             "pid": os.getpid(),
             "http_url": mock.http_url,
@@ -267,6 +486,7 @@ async def _serve_mock(data: Path, big: int) -> None:
             "smtp_port": mock.smtp_port,
             "master_user": mock.master.user,
             "master_password": mock.master.password,
+            "seeding": seeding,
         }
         print(json.dumps(info), flush=True)
 
@@ -280,6 +500,16 @@ async def _serve_gateway(data: Path, mock: dict[str, Any]) -> None:
     from gateway.settings import BackendSettings, Settings
     from mock_operator.personas import default_personas
 
+    personas = default_personas()
+    historic = BackendSettings(
+        kind="legacy_ws",
+        ws_url=f"{mock['http_url']}/mss-msg-services/services",
+        master_user=mock["master_user"],
+        master_password=mock["master_password"],
+        numhomologation="LPS-GATEWAY-BENCH",
+        connect_timeout=10,
+        reply_timeout=60,
+    )
     backend = BackendSettings(
         imap_port=mock["imap_port"],
         smtp_port=mock["smtp_port"],
@@ -297,12 +527,17 @@ async def _serve_gateway(data: Path, mock: dict[str, Any]) -> None:
         imap={"port": 0, "auth_failure_delay": 0},
         smtp={"port": 0, "auth_failure_delay": 0},
         psc={"issuer": mock["issuer"]},
-        backends={"modern": backend},
-        routing={"default": "modern"},
+        backends={"modern": backend, "historic": historic},
+        routing={
+            "default": "modern",
+            "mailboxes": {
+                p.bal: "historic" for p in personas if p.platform == "historic" and p.bal
+            },
+        },
     )
     gateway = Gateway(settings)
     registry = await gateway.open_registry()
-    await seed(registry, [dataclasses.asdict(p) for p in default_personas()])
+    await seed(registry, [dataclasses.asdict(p) for p in personas])
 
     def announce() -> None:
         assert gateway.imap is not None
@@ -318,6 +553,7 @@ def main() -> None:
     parser.add_argument("role", choices=["mock", "gateway"])
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--big", type=int, default=0)
+    parser.add_argument("--historic", type=int, default=0)
     parser.add_argument("--mock", help="the mock's JSON line (gateway role)")
     parser.add_argument("--profile", type=Path, help="write a cProfile of this process here")
     args = parser.parse_args()
@@ -332,7 +568,7 @@ def main() -> None:
         lambda record: "login_data is deprecated" not in record.getMessage()
     )
     if args.role == "mock":
-        coroutine = _serve_mock(args.data, args.big)
+        coroutine = _serve_mock(args.data, args.big, args.historic)
     else:
         coroutine = _serve_gateway(args.data, json.loads(args.mock))
     if args.profile is None:

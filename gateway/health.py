@@ -133,18 +133,25 @@ async def backend_check(
                     await writer.wait_closed()
 
 
-async def web_service_check(base_url: str, *, within: float) -> str:
+async def web_service_check(
+    base_url: str, *, within: float, ssl_context: ssl.SSLContext | None = None
+) -> str:
     """`ok` when the historic web services answer their WSDL (no credentials needed) within
     `within` seconds; otherwise a short reason."""
     url = f"{base_url.rstrip('/')}/Folder/soap/v1?wsdl"
+    verify: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
     try:
-        async with httpx.AsyncClient(timeout=within) as http:
+        async with httpx.AsyncClient(timeout=within, verify=verify, trust_env=False) as http:
             answer = await http.get(url)
     except httpx.HTTPError as exc:
         return _clip(f"{type(exc).__name__} reaching {base_url}")
     if answer.status_code != 200:
         return _clip(f"{base_url} answered HTTP {answer.status_code}")
     return OK
+
+
+async def _reason(text: str) -> str:
+    return _clip(text)
 
 
 async def _goodbye(
@@ -202,8 +209,13 @@ class Readiness:
         for name, backend in self._backends.items():
             if backend.kind == "legacy_ws":
                 within = min(backend.connect_timeout, MAX_PROBE_TIMEOUT)
+                try:
+                    context = self._tls_context(name, backend)
+                except (OSError, ValueError) as exc:
+                    probes[f"backend:{name}:ws"] = _reason(f"tls configuration: {exc}")
+                    continue
                 probes[f"backend:{name}:ws"] = web_service_check(
-                    backend.ws_url or "", within=within
+                    backend.ws_url or "", within=within, ssl_context=context
                 )
                 continue
             probes[f"backend:{name}:imap"] = self._backend(name, backend, "imap")

@@ -112,7 +112,7 @@ class Gateway:
         tls = server_context(cert, key)
         config = ProxyConfig.from_settings(settings.imap)
         if self.legacy is not None:
-            config = config.with_changes(self.legacy.version, self.legacy.wait)
+            config = config.serving_stores(self.legacy.version, self.legacy.wait)
         self.audit = AuditSink(service)
         self.audit.start()
         self.decisions = DecisionCache(service)

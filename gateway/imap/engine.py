@@ -531,10 +531,13 @@ class ImapSession:
             await self.bye("IDLE for too long")
             raise Logout from None
         finally:
-            # never leave a task reading the connection or waiting on the hub behind us
-            for task in (reader, waiter):
-                if task is not None and not task.done():
-                    task.cancel()
+            # never leave a task reading the connection or waiting on the hub behind us:
+            # the next command's read must find the connection free
+            pending = [t for t in (reader, waiter) if t is not None and not t.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
         line = reader.result()
         if line is None:
             raise Logout

@@ -270,6 +270,11 @@ class CommandParser:
             raise RuntimeError("expect_raw_line() must directly follow the event that needs it")
         self._raw = True
 
+    def cancel_raw_line(self) -> None:
+        """The raw line asked for is no longer awaited (the server ended IDLE itself): the
+        next line is a command again."""
+        self._raw = False
+
     def reject_literal(self) -> None:
         """The server refused the literal announced by the last ContinuationNeeded: the
         client will not send it, so the next bytes start a new command."""

@@ -37,6 +37,7 @@ from gateway.imap.response import continuation, tagged, untagged_status
 from gateway.imap.rights import audit_action, audit_detail, required_right
 from gateway.imap.serialize import serialize
 from gateway.imap.session import AuthFailed, ConnectionInfo
+from gateway.imap.structure_cache import StructureCache
 from gateway.imap.transport import ImapServer, ServerConfig, _StreamChannel
 from gateway.metrics import Metrics
 from gateway.settings import ImapFrontSettings
@@ -88,13 +89,17 @@ class ProxyConfig:
             )
         )
 
-    def with_changes(
+    def serving_stores(
         self,
         version: Callable[[str, str], int],
         wait: Callable[[str, str, int], Awaitable[None]],
     ) -> ProxyConfig:
-        """The change signal of the BAL the engine serves itself (historic ones)."""
-        engine = dataclasses.replace(self.server.engine, hub_version=version, hub_wait=wait)
+        """For the BAL the engine serves itself (historic ones): their change signal, and a
+        cache of ENVELOPE / BODYSTRUCTURE shared by the sessions (a message never changes
+        under its UID, there as anywhere)."""
+        engine = dataclasses.replace(
+            self.server.engine, hub_version=version, hub_wait=wait, structures=StructureCache()
+        )
         return ProxyConfig(dataclasses.replace(self.server, engine=engine))
 
     def with_implicit_tls(self) -> ProxyConfig:

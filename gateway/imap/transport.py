@@ -90,15 +90,19 @@ class _StreamChannel:
 
     async def read_raw_line(self) -> bytes | None:
         self.parser.expect_raw_line()
-        while True:
-            event = self.parser.next_event()
-            if isinstance(event, RawLine):
-                return event.data
-            if isinstance(event, CommandError) and event.fatal:
-                await _quietly(self.write(untagged_status("BYE", event.message)))
-                return None
-            if event is None and not await self.fill():
-                return None
+        try:
+            while True:
+                event = self.parser.next_event()
+                if isinstance(event, RawLine):
+                    return event.data
+                if isinstance(event, CommandError) and event.fatal:
+                    await _quietly(self.write(untagged_status("BYE", event.message)))
+                    return None
+                if event is None and not await self.fill():
+                    return None
+        except asyncio.CancelledError:
+            self.parser.cancel_raw_line()
+            raise
 
     async def start_tls(self) -> None:
         """Upgrade to TLS. Whatever the client sent after STARTTLS before the handshake

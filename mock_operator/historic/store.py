@@ -202,6 +202,15 @@ class StoredMessage:
 
 
 @dataclass(frozen=True)
+class Delivery:
+    """One message for `HistoricStore.deliver_many`: the arguments of `deliver_mime`."""
+
+    raw: bytes
+    flags: Collection[str] = ("UNREAD",)
+    received_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
 class Changes:
     token: int
     modified: list[StoredMessage]
@@ -224,6 +233,37 @@ def _stored(row: MessageRow) -> StoredMessage:
         read_receipt=row.read_receipt,
         attachments=tuple(AttachmentInfo(p, n, t, s) for p, n, t, s in json.loads(row.attachments)),
         header_message_id=row.header_message_id,
+    )
+
+
+def _message_row(
+    address: str,
+    message_id: str,
+    folder_id: int,
+    conversation_id: str,
+    parsed: ParsedMessage,
+    flag_text: str,
+    when: dt.datetime,
+) -> MessageRow:
+    return MessageRow(
+        address=address,
+        message_id=message_id,
+        folder_id=folder_id,
+        conversation_id=conversation_id,
+        subject=parsed.subject,
+        body_text=parsed.body_text,
+        body_html=parsed.body_html,
+        size=parsed.size,
+        date=int(when.timestamp()),
+        emails=json.dumps([list(e) for e in parsed.emails], ensure_ascii=False),
+        flags=flag_text,
+        urgent=parsed.urgent,
+        read_receipt=parsed.read_receipt,
+        attachments=json.dumps(
+            [[a.part, a.file_name, a.content_type, len(a.data)] for a in parsed.attachments],
+            ensure_ascii=False,
+        ),
+        header_message_id=parsed.header_message_id,
     )
 
 
@@ -554,28 +594,14 @@ class HistoricStore:
                     )
                     .limit(1)
                 )
-            row = MessageRow(
-                address=address,
-                message_id=message_id,
-                folder_id=folder_id,
-                conversation_id=conversation_id or message_id,
-                subject=parsed.subject,
-                body_text=parsed.body_text,
-                body_html=parsed.body_html,
-                size=parsed.size,
-                date=int(when.timestamp()),
-                emails=json.dumps([list(e) for e in parsed.emails], ensure_ascii=False),
-                flags=flag_text,
-                urgent=parsed.urgent,
-                read_receipt=parsed.read_receipt,
-                attachments=json.dumps(
-                    [
-                        [a.part, a.file_name, a.content_type, len(a.data)]
-                        for a in parsed.attachments
-                    ],
-                    ensure_ascii=False,
-                ),
-                header_message_id=parsed.header_message_id,
+            row = _message_row(
+                address,
+                message_id,
+                folder_id,
+                conversation_id or message_id,
+                parsed,
+                flag_text,
+                when,
             )
             db.add(row)
             await db.flush()
@@ -587,6 +613,78 @@ class HistoricStore:
                 )
             self._log(db, address, [message_id], deleted=False)
         return _stored(row)
+
+    async def deliver_many(
+        self, address: str, deliveries: Iterable[Delivery], folder_id: int = INBOX
+    ) -> list[StoredMessage]:
+        """Store many RFC 5322 messages in one folder in one transaction (seeding, benchmarks).
+
+        Each message is stored as `deliver_mime` would store it (same rows, a change log
+        row each, the conversation of a message it replies to, in this batch or before),
+        in the given order; all or none are stored. Parsing is done before the write lock
+        is taken.
+        """
+        address = address.lower()
+        parsed: list[tuple[ParsedMessage, str, dt.datetime]] = []
+        for delivery in deliveries:
+            message = parse_mime(delivery.raw, max_bytes=self.max_message_bytes)
+            when = message.date or delivery.received_at or dt.datetime.now(dt.UTC)
+            parsed.append((message, _check_flags(delivery.flags), when))
+        if not parsed:
+            return []
+        async with self._lock, self._db.begin() as db:
+            if folder_id == ROOT or not await db.scalar(
+                select(FolderRow.row_id).where(
+                    FolderRow.address == address, FolderRow.folder_id == folder_id
+                )
+            ):
+                raise HistoricError(FOLDER_MISSING, f"le dossier {folder_id} n'existe pas")
+            account = await db.get(AccountRow, address)
+            if account is None:
+                raise HistoricError(24, f"BAL inconnue: {address}")
+            first = account.next_id
+            account.next_id = first + len(parsed)
+            conversations: dict[str, str] = {}  # header Message-ID → conversation, this batch
+            rows: list[MessageRow] = []
+            with db.no_autoflush:
+                for offset, (message, flag_text, when) in enumerate(parsed):
+                    message_id = str(first + offset)
+                    conversation_id = None
+                    if message.references:
+                        conversation_id = next(
+                            (conversations[r] for r in message.references if r in conversations),
+                            None,
+                        ) or await db.scalar(
+                            select(MessageRow.conversation_id)
+                            .where(
+                                MessageRow.address == address,
+                                MessageRow.header_message_id.in_(list(message.references)),
+                            )
+                            .limit(1)
+                        )
+                    conversation_id = conversation_id or message_id
+                    if message.header_message_id is not None:
+                        conversations.setdefault(message.header_message_id, conversation_id)
+                    rows.append(
+                        _message_row(
+                            address,
+                            message_id,
+                            folder_id,
+                            conversation_id,
+                            message,
+                            flag_text,
+                            when,
+                        )
+                    )
+            db.add_all(rows)
+            await db.flush()
+            db.add_all(
+                AttachmentRow(message_row=row.row_id, part=attachment.part, data=attachment.data)
+                for row, (message, _, _) in zip(rows, parsed, strict=True)
+                for attachment in message.attachments
+            )
+            self._log(db, address, [row.message_id for row in rows], deleted=False)
+        return [_stored(row) for row in rows]
 
     async def messages(
         self, address: str, folder_ids: Collection[int] | None = None

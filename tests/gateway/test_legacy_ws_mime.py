@@ -14,10 +14,13 @@ from email.policy import default
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.backends.legacy_ws.mime import (
     MAX_BODY,
     MimeRejected,
+    _quoted_printable,
     content_key,
     historic_date,
     message_to_rfc5322,
@@ -383,3 +386,37 @@ def test_submission_envelope_only_decides_who_receives() -> None:
     ]
     everyone = rfc5322_to_message(bytes(message), envelope_recipients=[PETIT])
     assert [a["address"] for a in everyone["addresses"]] == [PETIT, "autre@medecin.mssante.fr"]
+
+
+def greedy_quoted_printable(text: str) -> list[bytes]:
+    """The plain byte-by-byte encoder the fast one must match, octet for octet."""
+    out: list[bytes] = []
+    for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+        data = line.encode("utf-8", "replace")
+        current = b""
+        for index, byte in enumerate(data):
+            last = index == len(data) - 1
+            if (33 <= byte <= 126 and byte != 61) or (byte in (9, 32) and not last):
+                token = bytes([byte])
+            else:
+                token = b"=%02X" % byte
+            if len(current) + len(token) > 75:
+                out.append(current + b"=")
+                current = b""
+            current += token
+        out.append(current)
+    if out and out[-1] == b"":
+        out.pop()
+    return out
+
+
+@given(st.text(alphabet=st.sampled_from("aé= \t\r\n€x.Z\x00\x7f"), max_size=400))
+def test_quoted_printable_is_the_greedy_encoding(text: str) -> None:
+    assert _quoted_printable(text) == greedy_quoted_printable(text)
+
+
+@pytest.mark.parametrize("width", range(70, 80))
+def test_quoted_printable_soft_breaks_never_split_an_escape(width: int) -> None:
+    for tail in ("é", "=", " ", "\t", "ab"):
+        text = "x" * width + tail + "y" * width
+        assert _quoted_printable(text) == greedy_quoted_printable(text)

@@ -886,6 +886,17 @@ def test_idle_and_done() -> None:
     assert parser.next_event() is None
 
 
+def test_idle_ended_by_the_server_makes_the_next_line_a_command() -> None:
+    parser = CommandParser()
+    parser.receive_data(b"a IDLE\r\n")
+    assert parser.next_event() == c.Idle("a")
+    parser.expect_raw_line()
+    assert parser.next_event() is None
+    parser.cancel_raw_line()  # "a NO [UNAVAILABLE]" ended IDLE: no DONE is coming
+    parser.receive_data(b"b NOOP\r\n")
+    assert parser.next_event() == c.Noop("b")
+
+
 def test_raw_line_split_and_limits() -> None:
     parser = CommandParser(Limits(max_line_length=10))
     parser.receive_data(b"a IDLE\r\nDO")

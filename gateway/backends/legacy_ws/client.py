@@ -28,6 +28,7 @@ import base64
 import binascii
 import json
 import logging
+import ssl
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -101,8 +102,10 @@ class SyncResult:
 class LegacyWsClient:
     """The REST face at `base_url` (``.../mss-msg-services/services``), as the trusted gateway.
 
-    `http` lets the caller share a connection pool (it is then not closed here); without
-    it the client owns one, closed by `aclose` or ``async with``. Environment proxies are
+    Each call has `timeout` seconds in all (`connect_timeout` of them to connect); `tls`
+    is the context for an https URL (the backend's CA and verification). `http` lets the
+    caller share a connection pool (it is then not closed here); without it the client
+    owns one, closed by `aclose` or ``async with``. Environment proxies are
     not used by the client's own pool: the historic services are reached directly.
     """
 
@@ -114,7 +117,9 @@ class LegacyWsClient:
         password: str,
         numhomologation: str,
         timeout: float = DEFAULT_TIMEOUT,
+        connect_timeout: float | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE,
+        tls: ssl.SSLContext | None = None,
         http: httpx.AsyncClient | None = None,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
@@ -125,12 +130,15 @@ class LegacyWsClient:
             raise ValueError("NUMHOMOLOGATION must be one line")
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self._timeouts = httpx.Timeout(timeout, connect=min(connect_timeout or timeout, timeout))
         self.max_response_bytes = max_response_bytes
         self._auth = httpx.BasicAuth(user, password)
         self._user = user
         self._headers = {"NUMHOMOLOGATION": numhomologation, "Accept": "application/json"}
         self._owns_http = http is None
-        self._http = http or httpx.AsyncClient(trust_env=False, follow_redirects=False)
+        self._http = http or httpx.AsyncClient(
+            trust_env=False, follow_redirects=False, verify=tls if tls is not None else True
+        )
 
     def __repr__(self) -> str:
         return f"LegacyWsClient({self.base_url!r}, user={self._user!r})"
@@ -189,7 +197,7 @@ class LegacyWsClient:
         """POST and read the answer, refusing it past `max_response_bytes`."""
         headers = {**self._headers, "Content-Type": "application/json"}
         request = self._http.build_request(
-            "POST", url, content=body, headers=headers, timeout=self.timeout
+            "POST", url, content=body, headers=headers, timeout=self._timeouts
         )
         response = await self._http.send(request, auth=self._auth, stream=True)
         try:

@@ -337,25 +337,35 @@ def _fold_raw(head: str, words: Sequence[str]) -> list[bytes]:
 
 
 def _quoted_printable(text: str) -> list[bytes]:
-    """UTF-8 quoted-printable lines (RFC 2045 §6.7), soft breaks at 76 octets."""
+    """UTF-8 quoted-printable lines (RFC 2045 §6.7), soft breaks at 76 octets.
+
+    The bytes must never change (RFC822.SIZE and BODYSTRUCTURE hang on them): each line is
+    what a greedy encoder gives, one token (a byte or its ``=XX``) at a time, at most 75
+    octets before a soft break; the regular expression only makes it fast."""
     out: list[bytes] = []
     for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
-        data = line.encode("utf-8", "replace")
-        current = b""
-        for index, byte in enumerate(data):
-            last = index == len(data) - 1
-            if (33 <= byte <= 126 and byte != 61) or (byte in (9, 32) and not last):
-                token = bytes([byte])
-            else:
-                token = b"=%02X" % byte
-            if len(current) + len(token) > 75:
-                out.append(current + b"=")
-                current = b""
-            current += token
-        out.append(current)
+        encoded = _QP_ESCAPE.sub(_qp_escape, line.encode("utf-8", "replace"))
+        if encoded[-1:] in (b" ", b"\t"):  # whitespace ending a line is escaped
+            encoded = encoded[:-1] + b"=%02X" % encoded[-1]
+        while len(encoded) > 75:
+            cut = 75
+            if encoded[74:75] == b"=":
+                cut = 74  # never split an =XX
+            elif encoded[73:74] == b"=":
+                cut = 73
+            out.append(encoded[:cut] + b"=")
+            encoded = encoded[cut:]
+        out.append(encoded)
     if out and out[-1] == b"":
         out.pop()  # the body's own last line end; one is written after the part anyway
     return out
+
+
+_QP_ESCAPE = re.compile(rb"[^\x21-\x3c\x3e-\x7e\t ]")
+
+
+def _qp_escape(match: re.Match[bytes]) -> bytes:
+    return b"=%02X" % match[0][0]
 
 
 def _text_part(body: str, subtype: str) -> list[bytes]:

@@ -78,6 +78,7 @@ from gateway.imap.mailstore import (
     Unsupported,
 )
 from gateway.settings import BackendSettings
+from gateway.tls import backend_context
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +194,8 @@ class LegacyBackends:
                 password=backend.password(),
                 numhomologation=backend.numhomologation,
                 timeout=backend.reply_timeout,
+                connect_timeout=backend.connect_timeout,
+                tls=backend_context(backend.ca_file, backend.tls_verify),
             )
             self._clients[name] = client
         return client
@@ -389,6 +392,7 @@ class LegacyWsStore:
         uidvalidity, uidnext = await self._uidmap.folder(*key)
         metas: list[MessageMeta] = []
         messages: dict[int, dict[str, Any]] = {}
+        cache_keys: dict[int, tuple[str, ...]] = {}
         for message_id, uid in sorted(uids.items(), key=lambda item: item[1]):
             message = by_id[message_id]
             flags = imap_flags(message)
@@ -396,30 +400,32 @@ class LegacyWsStore:
             if entry is not None and entry.deleted:
                 flags |= {"\\Deleted"}
             when = historic_date(message) or EPOCH
-            metas.append(MessageMeta(uid, flags, when, self._size(message)))
+            cache_keys[uid] = (self._backend, self._bal, message_id, keys[message_id])
+            metas.append(MessageMeta(uid, flags, when, self._size(message, cache_keys[uid])))
             messages[uid] = message
         uidnext = max(uidnext, max(uids.values(), default=0) + 1)
         state = FolderState(uidvalidity, uidnext, tuple(metas))
-        kept = Kept(state, messages, frozenset(by_id), started)
+        kept = Kept(state, messages, cache_keys, frozenset(by_id), started)
         self._watch.states[folder.folder_id] = kept
         return kept
 
-    def _key(self, message: Mapping[str, Any]) -> tuple[str, ...]:
-        return (self._backend, self._bal, str(message["messageId"]), content_key(message))
-
-    def _size(self, message: Mapping[str, Any]) -> int:
-        """The length of the rebuilt message, without downloading its attachments."""
-        key = self._key(message)
+    def _size(self, message: Mapping[str, Any], key: tuple[str, ...]) -> int:
+        """The length of the rebuilt message, without downloading its attachments (with
+        none, the rebuild is the message itself, kept for FETCH)."""
         size = self._cache.size(key)
         if size is None:
-            placeholders = {
-                entry["part"]: bytes(_declared(entry)) for entry in _attachments(message)
-            }
+            entries = _attachments(message)
+            placeholders = {entry["part"]: bytes(_declared(entry)) for entry in entries}
             try:
-                size = len(message_to_rfc5322(message, placeholders))
+                data = message_to_rfc5322(message, placeholders)
             except (KeyError, ValueError, TypeError):
-                size = 0
-            self._cache.remember_size(key, size)
+                self._cache.remember_size(key, 0)
+                return 0
+            if entries:
+                self._cache.remember_size(key, len(data))
+            else:
+                self._cache.put(key, data)
+            size = len(data)
         return size
 
     # -- messages ------------------------------------------------------------------------
@@ -441,13 +447,12 @@ class LegacyWsStore:
             if message is None:
                 continue
             try:
-                out[uid] = await self._rebuild(message)
+                out[uid] = await self._rebuild(message, kept.keys[uid])
             except MessageGone:
                 continue
         return out
 
-    async def _rebuild(self, message: Mapping[str, Any]) -> bytes:
-        key = self._key(message)
+    async def _rebuild(self, message: Mapping[str, Any], key: tuple[str, ...]) -> bytes:
         data = self._cache.get(key)
         if data is not None:
             return data
@@ -556,45 +561,46 @@ class LegacyWsStore:
         two copies, so the copy is a move put off until the original is expunged (it then
         lands under the UID announced here). A copy whose original is never expunged
         leaves the message where it was; the promise is kept by this gateway process."""
-        source, target, chosen, ids = await self._transfer(name, uids, destination)
+        source, target, chosen, keys = await self._transfer(name, uids, destination)
+        ids = list(keys)
         target_key = (self._backend, self._bal, target.folder_id)
         if not ids:
             uidvalidity, _ = await self._uidmap.folder(*target_key)
             return CopyResult(uidvalidity, ())
-        kept = await self._state(source)
-        keys = {str(m["messageId"]): content_key(m) for m in kept.messages.values()}
-        assigned = await self._uidmap.assign(*target_key, ids, {m: keys[m] for m in ids})
+        assigned = await self._uidmap.assign(*target_key, ids, keys)
         uidvalidity, _ = await self._uidmap.folder(*target_key)
         self._watch.promise(source.folder_id, target.folder_id, ids)
         pairs = tuple((uid, assigned[m]) for uid, m in zip(chosen, ids, strict=True))
         return CopyResult(uidvalidity, pairs)
 
     async def move(self, name: str, uids: Collection[int], destination: str) -> CopyResult:
-        source, target, chosen, ids = await self._transfer(name, uids, destination)
+        source, target, chosen, keys = await self._transfer(name, uids, destination)
+        ids = list(keys)
         target_key = (self._backend, self._bal, target.folder_id)
         if not ids:
             uidvalidity, _ = await self._uidmap.folder(*target_key)
             return CopyResult(uidvalidity, ())
-        kept = await self._state(source)
-        keys = {str(m["messageId"]): content_key(m) for m in kept.messages.values()}
         with translated(destination):
             await self._client.move_messages(self._bal, ids, target.folder_id)
         await self._moved(source, target, ids)
-        assigned = await self._uidmap.assign(*target_key, ids, {m: keys[m] for m in ids})
+        assigned = await self._uidmap.assign(*target_key, ids, keys)
         uidvalidity, _ = await self._uidmap.folder(*target_key)
         pairs = tuple((uid, assigned[m]) for uid, m in zip(chosen, ids, strict=True))
         return CopyResult(uidvalidity, pairs)
 
     async def _transfer(
         self, name: str, uids: Collection[int], destination: str
-    ) -> tuple[Folder, Folder, list[int], list[str]]:
+    ) -> tuple[Folder, Folder, list[int], dict[str, str]]:
+        """Source, destination, the UIDs found, and their messageIds with content keys (in
+        the order of the UIDs)."""
         source = await self._folder(name)
         target = await self._folder(destination)
         if source.folder_id == target.folder_id:
             raise Unsupported("source and destination are the same folder")
         kept = await self._state(source)
         chosen = sorted(uid for uid in set(uids) if uid in kept.messages)
-        return source, target, chosen, [str(kept.messages[uid]["messageId"]) for uid in chosen]
+        keys = {str(kept.messages[uid]["messageId"]): kept.keys[uid][3] for uid in chosen}
+        return source, target, chosen, keys
 
     async def _moved(self, source: Folder, target: Folder, ids: list[str]) -> None:
         await self._uidmap.forget(self._backend, self._bal, source.folder_id, ids)

@@ -50,6 +50,7 @@ class Kept:
 
     state: FolderState
     messages: dict[int, dict[str, Any]]  # UID → message object
+    keys: dict[int, tuple[str, ...]]  # UID → its key in the message cache
     ids: frozenset[str]
     at: float  # monotonic time the read started
 
