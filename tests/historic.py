@@ -24,3 +24,40 @@ async def historic_call(
         )
     assert answer.status_code == 200, answer.text
     return answer.json()[f"{operation}Output"]
+
+
+async def historic_messages(
+    mock: MockOperator, bal: str, folder_id: int | None = None, **query: Any
+) -> list[dict[str, Any]]:
+    """searchMessages on the mock, oldest first: every message of the folder (or of the
+    BAL), as the web services answer it."""
+    if folder_id is not None:
+        query["folderId"] = folder_id
+    criteria = {"limit": 1000, "sortBy": "DATE_ASC", "query": query}
+    found = await historic_call(
+        mock, "Item", "searchMessages", {"email": bal, "searchCriteria": criteria}
+    )
+    messages: list[dict[str, Any]] = found["messages"]
+    assert found["total"] == len(messages)
+    return messages
+
+
+async def historic_send(
+    mock: MockOperator, sender: str, to: str, subject: str, body: str = "Rappel."
+) -> dict[str, Any]:
+    """sendMessage from a historic BAL: the copy in its Sent folder."""
+    sent = await historic_call(
+        mock,
+        "Item",
+        "sendMessage",
+        {
+            "email": sender,
+            "message": {
+                "addresses": [{"address": to, "type": "TO"}],
+                "subject": subject,
+                "body": body,
+            },
+        },
+    )
+    message: dict[str, Any] = sent["message"]
+    return message

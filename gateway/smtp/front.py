@@ -216,30 +216,9 @@ class SubmissionFront(TokenAuthMixin):
         message = await self._prepare(raw, checked, sender, client)
         try:
             response = await relay.data(message)
-        except BackendError as failure:
-            self._backend_failed(sender, failure)
-            self.metrics.messages.labels("deferred").inc()
-            return failure.reply
-        except BackendRefused as refusal:
-            self._count_refusal(refusal)
-            log.info(
-                "smtp.message_refused_by_backend",
-                extra={"bal": sender.mailbox, "backend": sender.route.name, "reply": refusal.code},
-            )
-            return refusal.reply
-        self.metrics.messages.labels("accepted").inc()
-        self.metrics.relayed_bytes.labels(PROTOCOL, "to_backend").inc(len(message))
-        log.info(
-            "smtp.message_relayed",
-            extra={
-                "bal": sender.mailbox,
-                "actor": sender.actor,
-                "via": sender.via,
-                "backend": sender.route.name,
-                "recipients": len(envelope.rcpt_tos),
-                "bytes": len(message),
-            },
-        )
+        except (BackendError, BackendRefused) as failure:
+            return self._not_taken(sender, failure)
+        self._taken(sender, len(envelope.rcpt_tos), len(message))
         text = response.message.strip()
         return f"250 {_safe(text)}" if text else "250 2.0.0 OK"
 
@@ -298,32 +277,10 @@ class SubmissionFront(TokenAuthMixin):
         ws = self.legacy.client(sender.route.name, sender.route.backend)
         try:
             sent = await submit.send(ws, sender.mailbox, message)
-        except BackendError as failure:
-            self._backend_failed(sender, failure)
-            self.metrics.messages.labels("deferred").inc()
-            return failure.reply
-        except BackendRefused as refusal:
-            self._count_refusal(refusal)
-            log.info(
-                "smtp.message_refused_by_backend",
-                extra={"bal": sender.mailbox, "backend": sender.route.name, "reply": refusal.code},
-            )
-            return refusal.reply
+        except (BackendError, BackendRefused) as failure:
+            return self._not_taken(sender, failure)
         sent_id = submit.sent_id(sent)
-        self.metrics.messages.labels("accepted").inc()
-        self.metrics.relayed_bytes.labels(PROTOCOL, "to_backend").inc(len(prepared))
-        log.info(
-            "smtp.message_relayed",
-            extra={
-                "bal": sender.mailbox,
-                "actor": sender.actor,
-                "via": sender.via,
-                "backend": sender.route.name,
-                "recipients": len(envelope.rcpt_tos),
-                "bytes": len(prepared),
-                "historic_id": sent_id,
-            },
-        )
+        self._taken(sender, len(envelope.rcpt_tos), len(prepared), historic_id=sent_id)
         await self._audit_sent(server, session, sender, client, sent_id, len(envelope.rcpt_tos))
         return f"250 2.0.0 OK sent, historic message {sent_id}"
 
@@ -356,6 +313,35 @@ class SubmissionFront(TokenAuthMixin):
         )
 
     # -- helpers -------------------------------------------------------------------------
+
+    def _not_taken(self, sender: FrontGrant, failure: BackendError | BackendRefused) -> str:
+        """The reply for a message the backend did not take, counted and logged."""
+        if isinstance(failure, BackendError):
+            self._backend_failed(sender, failure)
+            self.metrics.messages.labels("deferred").inc()
+        else:
+            self._count_refusal(failure)
+            log.info(
+                "smtp.message_refused_by_backend",
+                extra={"bal": sender.mailbox, "backend": sender.route.name, "reply": failure.code},
+            )
+        return failure.reply
+
+    def _taken(self, sender: FrontGrant, recipients: int, size: int, **extra: str) -> None:
+        self.metrics.messages.labels("accepted").inc()
+        self.metrics.relayed_bytes.labels(PROTOCOL, "to_backend").inc(size)
+        log.info(
+            "smtp.message_relayed",
+            extra={
+                "bal": sender.mailbox,
+                "actor": sender.actor,
+                "via": sender.via,
+                "backend": sender.route.name,
+                "recipients": recipients,
+                "bytes": size,
+                **extra,
+            },
+        )
 
     def _check(self, raw: bytes, sender: FrontGrant, recipients: list[str]) -> RuleResult:
         """The MSSanté rules; a broken one is counted and logged here."""

@@ -32,7 +32,7 @@ from gateway.settings import MockSettings, Settings
 from tests.conftest import require_peer
 from tests.gateway.conftest import Stack, start_stack
 from tests.gateway.test_legacy_ws_imap import DUPONT, configure_with
-from tests.historic import historic_call
+from tests.historic import historic_call, historic_messages, historic_send
 
 HOST = "127.0.0.1"
 TIMEOUT = 10.0
@@ -64,16 +64,7 @@ async def historic(
 async def on_the_mock(
     stack: Stack, folder_id: int | None = INBOX_ID, **query: Any
 ) -> list[dict[str, Any]]:
-    """searchMessages on the mock (oldest first), as the web services answer it."""
-    if folder_id is not None:
-        query["folderId"] = folder_id
-    criteria = {"limit": 1000, "sortBy": "DATE_ASC", "query": query}
-    found = await historic_call(
-        stack.mock, "Item", "searchMessages", {"email": DUPONT, "searchCriteria": criteria}
-    )
-    messages: list[dict[str, Any]] = found["messages"]
-    assert found["total"] == len(messages)
-    return messages
+    return await historic_messages(stack.mock, DUPONT, folder_id, **query)
 
 
 async def historic_folders(stack: Stack) -> dict[int, str]:
@@ -102,19 +93,7 @@ def subject_of(raw: bytes) -> str:
 
 async def send_from_petit(stack: Stack, subject: str) -> None:
     """marie.petit (another historic BAL) writes to jean.dupont: delivered to his Inbox."""
-    await historic_call(
-        stack.mock,
-        "Item",
-        "sendMessage",
-        {
-            "email": PETIT,
-            "message": {
-                "addresses": [{"address": DUPONT, "type": "TO"}],
-                "subject": subject,
-                "body": "Message remis côté historique.",
-            },
-        },
-    )
+    await historic_send(stack.mock, PETIT, DUPONT, subject, "Message remis côté historique.")
 
 
 # -- two clients behind one interface ---------------------------------------------------------

@@ -20,7 +20,7 @@ from gateway.settings import BackendSettings, MockSettings, Settings
 from mock_operator.seed import ihe_xdm_zip
 from mock_operator.server import MockOperator
 from tests.gateway.conftest import Stack, gateway_settings, mock_backend, start_stack
-from tests.historic import historic_call
+from tests.historic import historic_call, historic_messages, historic_send
 from tests.imap_raw import Lit, Raw
 
 DUPONT = "jean.dupont@medecin.mssante.fr"
@@ -196,13 +196,8 @@ async def test_copy_then_expunge_is_a_move(legacy: Stack):
     await client.ok(f"UID STORE {uids[0]} +FLAGS.SILENT (\\Deleted)")
     expunged = await client.ok("EXPUNGE")
     assert len(expunged.of(b"EXPUNGE")) == 1
-    found = await historic_call(
-        legacy.mock,
-        "Item",
-        "searchMessages",
-        {"email": DUPONT, "searchCriteria": {"limit": 50, "query": {"folderId": 3}}},
-    )
-    assert len(found["messages"]) == 1  # moved, not deleted
+    found = await historic_messages(legacy.mock, DUPONT, 3)
+    assert len(found) == 1  # moved, not deleted
     await client.ok(f'SELECT "{trash}"')
     assert (await client.ok("UID SEARCH ALL")).search() == [landed]
     again = await client.ok(f"UID FETCH {landed} (BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
@@ -284,26 +279,26 @@ async def test_deleted_then_expunge_deletes_on_the_historic_side(legacy: Stack):
     expunged = await client.ok("EXPUNGE")
     assert expunged.of(b"EXPUNGE")
     assert (await client.ok("UID SEARCH ALL")).search() == uids[:-1]
-    found = await historic_call(
-        legacy.mock,
-        "Item",
-        "searchMessages",
-        {"email": DUPONT, "searchCriteria": {"limit": 50, "query": {"folderId": 2}}},
-    )
-    assert len(found["messages"]) == len(uids) - 1
+    found = await historic_messages(legacy.mock, DUPONT, 2)
+    assert len(found) == len(uids) - 1
     await client.close()
 
 
-async def test_append_to_drafts_only(legacy: Stack):
-    client = await login(legacy, "dr-dupont")
+async def append_draft(client: Raw, subject: str, text: str) -> tuple[str, bytes, Any]:
+    """APPEND a draft to the \\Drafts folder: its name, the message, the reply."""
     listed = await client.ok('LIST "" "*"')
     (line,) = [line for line in listed.of(b"LIST") if b"\\Drafts" in line]
     drafts = line.rsplit(b" ", 1)[1].decode().strip('"')
     message = (
         f"From: {DUPONT}\r\nTo: claire.martin@medecin.mssante.fr\r\n"
-        "Subject: Brouillon de test\r\n\r\nA finir.\r\n"
+        f"Subject: {subject}\r\n\r\n{text}\r\n"
     ).encode()
-    appended = await client.ok(f'APPEND "{drafts}" (\\Draft)', " ", Lit(message))
+    return drafts, message, await client.ok(f'APPEND "{drafts}" (\\Draft)', " ", Lit(message))
+
+
+async def test_append_to_drafts_only(legacy: Stack):
+    client = await login(legacy, "dr-dupont")
+    drafts, message, appended = await append_draft(client, "Brouillon de test", "A finir.")
     assert b"APPENDUID" in appended.tagged
     refused = await client.command("APPEND INBOX", " ", Lit(message))
     assert refused.status == "NO"
@@ -317,19 +312,7 @@ async def test_noop_sees_mail_arriving_on_the_historic_side(legacy: Stack):
     client = await login(legacy, "dr-dupont")
     selected = await client.ok("SELECT INBOX")
     exists = int(next(line for line in selected.untagged if line.endswith(b"EXISTS")).split()[1])
-    await historic_call(
-        legacy.mock,
-        "Item",
-        "sendMessage",
-        {
-            "email": DUPONT,
-            "message": {
-                "addresses": [{"address": DUPONT, "type": "TO"}],
-                "subject": "Note pour moi-même",
-                "body": "Rappel.",
-            },
-        },
-    )
+    await send_to_dupont(legacy, "Note pour moi-même")
     noop = await until_untagged(client, f"* {exists + 1} EXISTS".encode())
     assert noop
     await client.close()
@@ -346,19 +329,7 @@ async def until_untagged(client: Raw, wanted: bytes, seconds: float = 10.0) -> b
 
 
 async def send_to_dupont(stack: Stack, subject: str) -> None:
-    await historic_call(
-        stack.mock,
-        "Item",
-        "sendMessage",
-        {
-            "email": DUPONT,
-            "message": {
-                "addresses": [{"address": DUPONT, "type": "TO"}],
-                "subject": subject,
-                "body": "Rappel.",
-            },
-        },
-    )
+    await historic_send(stack.mock, DUPONT, DUPONT, subject)
 
 
 async def test_idle_hears_mail_arriving_on_the_historic_side(legacy: Stack):
@@ -403,25 +374,12 @@ async def test_a_replaced_draft_gets_a_new_uid(legacy: Stack):
     """A draft saved again keeps its messageId but not its content: an IMAP message never
     changes under its UID, so the old UID goes and a new one comes."""
     client = await login(legacy, "dr-dupont")
-    listed = await client.ok('LIST "" "*"')
-    (line,) = [line for line in listed.of(b"LIST") if b"\\Drafts" in line]
-    drafts = line.rsplit(b" ", 1)[1].decode().strip('"')
-    message = (
-        f"From: {DUPONT}\r\nTo: claire.martin@medecin.mssante.fr\r\n"
-        "Subject: Brouillon\r\n\r\nPremier jet.\r\n"
-    ).encode()
-    appended = await client.ok(f'APPEND "{drafts}" (\\Draft)', " ", Lit(message))
+    drafts, _, appended = await append_draft(client, "Brouillon", "Premier jet.")
     match = re.search(rb"\[APPENDUID \d+ (\d+)\]", appended.tagged)
     assert match is not None
     first_uid = int(match[1])
     await client.ok(f'SELECT "{drafts}"')
-    saved = await historic_call(
-        legacy.mock,
-        "Item",
-        "searchMessages",
-        {"email": DUPONT, "searchCriteria": {"limit": 50, "query": {"folderId": 6}}},
-    )
-    (draft,) = saved["messages"]
+    (draft,) = await historic_messages(legacy.mock, DUPONT, 6)
     await historic_call(
         legacy.mock,
         "Item",

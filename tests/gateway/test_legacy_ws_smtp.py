@@ -22,7 +22,7 @@ from gateway.settings import MockSettings, Settings
 from tests.gateway.conftest import Stack, start_stack
 from tests.gateway.test_legacy_ws_imap import closed_port, configure_with, legacy
 from tests.gateway.test_smtp_front import NIL, client, message, metric, received, subject, xoauth2
-from tests.historic import historic_call
+from tests.historic import historic_call, historic_messages
 
 __all__ = ["legacy"]  # the fixture, shared with the IMAP tests
 
@@ -34,15 +34,9 @@ LEROY = "paul.leroy@medecin.mssante.fr"  # dr-leroy's own BAL (modern)
 INBOX, SENT = 2, 5
 
 
-async def historic_messages(stack: Stack, bal: str, folder_id: int, title: str) -> list[Any]:
+async def titled(stack: Stack, bal: str, folder_id: int, title: str) -> list[Any]:
     """The messages of a historic folder with this exact subject."""
-    found = await historic_call(
-        stack.mock,
-        "Item",
-        "searchMessages",
-        {"email": bal, "searchCriteria": {"limit": 200, "query": {"folderId": folder_id}}},
-    )
-    return [m for m in found["messages"] if m.get("subject") == title]
+    return [m for m in await historic_messages(stack.mock, bal, folder_id) if m["subject"] == title]
 
 
 def addresses(found: dict[str, Any], kind: str) -> set[str]:
@@ -102,10 +96,10 @@ async def test_delegate_sends_to_both_platforms_with_a_copy_in_sent(legacy: Stac
 
     (modern,) = await received(legacy, CLAIRE, title)
     assert DUPONT.encode() in modern
-    (historic,) = await historic_messages(legacy, PETIT, INBOX, title)
+    (historic,) = await titled(legacy, PETIT, INBOX, title)
     assert addresses(historic, "FROM") == {DUPONT}
     assert addresses(historic, "TO") == {CLAIRE, PETIT}
-    (copy,) = await historic_messages(legacy, DUPONT, SENT, title)
+    (copy,) = await titled(legacy, DUPONT, SENT, title)
     assert "SENT_BY_ME" in copy["flags"]
     assert reply.message.endswith(copy["messageId"])
     assert metric(legacy, "lpsgw_messages_total", result="accepted") == 1
@@ -129,7 +123,7 @@ async def test_attachment_priority_and_read_receipt(legacy: Stack):
     refused = await asyncio.to_thread(smtplib_send, legacy, token, raw, [PETIT])
     assert refused == {}
 
-    (found,) = await historic_messages(legacy, PETIT, INBOX, title)
+    (found,) = await titled(legacy, PETIT, INBOX, title)
     assert found["priority"] == "HAUTE"
     assert found["isAccuse"] is True
     (attachment,) = found["attachments"]
@@ -150,7 +144,7 @@ async def test_plain_message_is_normal_priority_without_receipt(legacy: Stack):
     title = subject()
     token = await legacy.token("dr-dupont")
     await asyncio.to_thread(smtplib_send, legacy, token, message(DUPONT, PETIT, title), [PETIT])
-    (found,) = await historic_messages(legacy, PETIT, INBOX, title)
+    (found,) = await titled(legacy, PETIT, INBOX, title)
     assert (found["priority"], found["isAccuse"], found["attachments"]) == ("NORMAL", False, [])
 
 
@@ -168,10 +162,10 @@ async def test_the_envelope_decides_who_receives(legacy: Stack):
 
     (hidden,) = await received(legacy, CLAIRE, title)
     assert CLAIRE.encode() not in hidden.split(b"\r\n\r\n", 1)[0]
-    (visible,) = await historic_messages(legacy, PETIT, INBOX, title)
+    (visible,) = await titled(legacy, PETIT, INBOX, title)
     assert CLAIRE not in {e["address"] for e in visible["emails"]}
     assert await received(legacy, LUC, title) == []
-    (copy,) = await historic_messages(legacy, DUPONT, SENT, title)
+    (copy,) = await titled(legacy, DUPONT, SENT, title)
     assert addresses(copy, "BCC") == {CLAIRE}
     assert LUC not in {e["address"] for e in copy["emails"]}
 
@@ -206,7 +200,7 @@ async def test_mss_rules_apply_as_on_the_modern_path(legacy: Stack):
             await smtp.data(message(LEROY, PETIT, title))  # From: not the BAL sent from
     assert refused.value.code == 550
     assert "5.7.1" in refused.value.message
-    assert await historic_messages(legacy, DUPONT, SENT, title) == []
+    assert await titled(legacy, DUPONT, SENT, title) == []
 
 
 async def test_a_message_the_platform_cannot_hold_gets_its_status(legacy: Stack):
@@ -241,7 +235,7 @@ async def test_a_functional_error_of_the_platform_is_permanent(legacy: Stack):
     text = refused.value.smtp_error.decode()
     assert text.startswith("5.3.4")
     assert "(32)" in text
-    assert await historic_messages(legacy, DUPONT, SENT, title) == []
+    assert await titled(legacy, DUPONT, SENT, title) == []
     assert metric(legacy, "lpsgw_messages_total", result="refused") == 1
 
 
@@ -258,7 +252,7 @@ async def test_historic_services_down_is_451_and_nothing_is_sent(
             await asyncio.to_thread(smtplib_send, stack, token, raw, [PETIT])
         assert deferred.value.smtp_code == 451
         assert deferred.value.smtp_error.startswith(b"4.4.1")
-        assert await historic_messages(stack, PETIT, INBOX, title) == []
+        assert await titled(stack, PETIT, INBOX, title) == []
         assert metric(stack, "lpsgw_messages_total", result="deferred") == 1
         errors = metric(
             stack,
@@ -285,6 +279,6 @@ async def test_gateway_credentials_refused_is_451(
                 await smtp.data(message(DUPONT, PETIT, title))
         assert deferred.value.code == 451
         assert deferred.value.message.startswith("4.7.0")
-        assert await historic_messages(stack, PETIT, INBOX, title) == []
+        assert await titled(stack, PETIT, INBOX, title) == []
     finally:
         await stop(stack)

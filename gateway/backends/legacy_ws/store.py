@@ -43,7 +43,7 @@ import datetime as dt
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -561,38 +561,29 @@ class LegacyWsStore:
         two copies, so the copy is a move put off until the original is expunged (it then
         lands under the UID announced here). A copy whose original is never expunged
         leaves the message where it was; the promise is kept by this gateway process."""
-        source, target, chosen, keys = await self._transfer(name, uids, destination)
-        ids = list(keys)
-        target_key = (self._backend, self._bal, target.folder_id)
-        if not ids:
-            uidvalidity, _ = await self._uidmap.folder(*target_key)
-            return CopyResult(uidvalidity, ())
-        assigned = await self._uidmap.assign(*target_key, ids, keys)
-        uidvalidity, _ = await self._uidmap.folder(*target_key)
-        self._watch.promise(source.folder_id, target.folder_id, ids)
-        pairs = tuple((uid, assigned[m]) for uid, m in zip(chosen, ids, strict=True))
-        return CopyResult(uidvalidity, pairs)
+
+        async def promise(source: Folder, target: Folder, ids: list[str]) -> None:
+            self._watch.promise(source.folder_id, target.folder_id, ids)
+
+        return await self._transfer(name, uids, destination, promise)
 
     async def move(self, name: str, uids: Collection[int], destination: str) -> CopyResult:
-        source, target, chosen, keys = await self._transfer(name, uids, destination)
-        ids = list(keys)
-        target_key = (self._backend, self._bal, target.folder_id)
-        if not ids:
-            uidvalidity, _ = await self._uidmap.folder(*target_key)
-            return CopyResult(uidvalidity, ())
-        with translated(destination):
-            await self._client.move_messages(self._bal, ids, target.folder_id)
-        await self._moved(source, target, ids)
-        assigned = await self._uidmap.assign(*target_key, ids, keys)
-        uidvalidity, _ = await self._uidmap.folder(*target_key)
-        pairs = tuple((uid, assigned[m]) for uid, m in zip(chosen, ids, strict=True))
-        return CopyResult(uidvalidity, pairs)
+        async def move_now(source: Folder, target: Folder, ids: list[str]) -> None:
+            with translated(destination):
+                await self._client.move_messages(self._bal, ids, target.folder_id)
+            await self._moved(source, target, ids)
+
+        return await self._transfer(name, uids, destination, move_now)
 
     async def _transfer(
-        self, name: str, uids: Collection[int], destination: str
-    ) -> tuple[Folder, Folder, list[int], dict[str, str]]:
-        """Source, destination, the UIDs found, and their messageIds with content keys (in
-        the order of the UIDs)."""
+        self,
+        name: str,
+        uids: Collection[int],
+        destination: str,
+        work: Callable[[Folder, Folder, list[str]], Awaitable[None]],
+    ) -> CopyResult:
+        """`work` on the messages of `uids` found in `name`, then their UIDs in
+        `destination` (kept with their content keys) for COPYUID."""
         source = await self._folder(name)
         target = await self._folder(destination)
         if source.folder_id == target.folder_id:
@@ -600,7 +591,15 @@ class LegacyWsStore:
         kept = await self._state(source)
         chosen = sorted(uid for uid in set(uids) if uid in kept.messages)
         keys = {str(kept.messages[uid]["messageId"]): kept.keys[uid][3] for uid in chosen}
-        return source, target, chosen, keys
+        target_key = (self._backend, self._bal, target.folder_id)
+        pairs: tuple[tuple[int, int], ...] = ()
+        if keys:
+            ids = list(keys)
+            await work(source, target, ids)
+            assigned = await self._uidmap.assign(*target_key, ids, keys)
+            pairs = tuple((uid, assigned[m]) for uid, m in zip(chosen, ids, strict=True))
+        uidvalidity, _ = await self._uidmap.folder(*target_key)
+        return CopyResult(uidvalidity, pairs)
 
     async def _moved(self, source: Folder, target: Folder, ids: list[str]) -> None:
         await self._uidmap.forget(self._backend, self._bal, source.folder_id, ids)

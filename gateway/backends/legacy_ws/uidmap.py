@@ -21,11 +21,11 @@ before it reads UIDNEXT. The tables are created by `gateway.db.migrate_gateway`.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import Table, delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -128,18 +128,7 @@ class UidMap:
         self, backend: str, bal: str, folder_id: int, message_ids: Sequence[str]
     ) -> None:
         """Drop the UIDs of messages gone from the folder (moved away, deleted)."""
-        key = _key(backend, bal, folder_id)
-        gone = _ids(message_ids)
-        async with self._engine.begin() as connection:
-            row = await _folder_row(connection, key)
-            if row is None:
-                return
-            for chunk in _chunks(gone):
-                await connection.execute(
-                    delete(legacy_uids).where(
-                        legacy_uids.c.folder == row[0], legacy_uids.c.message_id.in_(chunk)
-                    )
-                )
+        await self._each(backend, bal, folder_id, message_ids, lambda rows: delete(rows))
 
     async def uids(self, backend: str, bal: str, folder_id: int) -> dict[str, int]:
         """Every mapping of the folder, by ascending UID."""
@@ -188,6 +177,20 @@ class UidMap:
     async def _update(
         self, backend: str, bal: str, folder_id: int, message_ids: Sequence[str], **values: Any
     ) -> None:
+        await self._each(
+            backend, bal, folder_id, message_ids, lambda rows: rows.update().values(**values)
+        )
+
+    async def _each(
+        self,
+        backend: str,
+        bal: str,
+        folder_id: int,
+        message_ids: Sequence[str],
+        statement: Callable[[Table], Any],
+    ) -> None:
+        """Run `statement` (an UPDATE or DELETE of the UID table) on those messages of the
+        folder, in chunks, in one transaction."""
         wanted = _ids(message_ids)
         if not wanted:
             return
@@ -198,9 +201,9 @@ class UidMap:
                 return
             for chunk in _chunks(wanted):
                 await connection.execute(
-                    legacy_uids.update()
-                    .where(legacy_uids.c.folder == row[0], legacy_uids.c.message_id.in_(chunk))
-                    .values(**values)
+                    statement(legacy_uids).where(
+                        legacy_uids.c.folder == row[0], legacy_uids.c.message_id.in_(chunk)
+                    )
                 )
 
 
