@@ -15,7 +15,8 @@ A state is trusted only within the token chain: read after the first sync answer
 change can fall between the token and the search) and confirmed by a sync that started
 less than a few intervals ago. When syncs fail (the services down, a token refused), the
 poller bumps the version at each interval, states fall back to expiring after
-`poll_interval`, and a refused token starts a new chain.
+`poll_interval`, a refused token starts a new chain, and the sync itself is retried less
+and less often (up to `MAX_BACKOFF` intervals apart).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from gateway.imap.mailstore import FolderState, SpecialUse
 log = logging.getLogger(__name__)
 
 CONFIRMED_FOR = 3  # poll intervals a state stays trusted after the last good sync
+MAX_BACKOFF = 32  # poll intervals between sync attempts at worst (5 min 20 s at 10 s)
 HTML = True  # searches ask the HTML body (the rebuild needs it); syncs need no body at all
 
 
@@ -159,37 +161,51 @@ class BalWatch:
 
     async def _run(self) -> None:
         try:
+            failures = 0
             while self._users:
                 try:
-                    await self._sync_once()
+                    ok = await self._sync_once()
                 except Exception:  # never let the BAL go unwatched while in use
                     log.exception("legacy_ws.sync_crashed", extra={"bal": self.bal})
                     self.changed()
-                await asyncio.sleep(self.poll)
+                    ok = False
+                failures = 0 if ok else failures + 1
+                await self._pause(failures)
         finally:
             if self._task is asyncio.current_task():
                 self._task = None
                 self._on_idle(self)
 
-    async def _sync_once(self) -> None:
+    async def _pause(self, failures: int) -> None:
+        """One interval; after repeated failures (the platform down, a BAL whose first
+        sync is too large) the sync is tried less and less often, up to `MAX_BACKOFF`
+        intervals apart, while the sessions still hear every interval that they must
+        re-read their states themselves."""
+        intervals = min(2 ** max(failures - 1, 0), MAX_BACKOFF)
+        for left in range(intervals, 0, -1):
+            await asyncio.sleep(self.poll)
+            if left > 1 and self._users:
+                self.changed()
+
+    async def _sync_once(self) -> bool:
         started = time.monotonic()
         try:
             result = await self.client.sync_messages(self.bal, self._token, html=False)
         except (LegacyUnavailable, LegacyAuthError) as exc:
             log.warning("legacy_ws.sync_failed", extra={"bal": self.bal, "error": str(exc)})
             self.changed()
-            return
+            return False
         except LegacyError as exc:  # a token the platform no longer knows: start over
             log.warning("legacy_ws.sync_reset", extra={"bal": self.bal, "code": exc.code})
             self._token, self._base = None, math.inf
             self.changed(everything=True)
-            return
+            return False
         if self._token is None:
             self._token, self._base = result.token, time.monotonic()
             self._confirmed = started
             # a change between such a read and the token would never be reported
             self._recheck = {fid for fid, kept in self.states.items() if kept.at < self._base}
-            return
+            return True
         self._token, self._confirmed = result.token, started
         touched = {m["folderId"] for m in result.modified if isinstance(m.get("folderId"), int)}
         touched |= self._recheck
@@ -198,6 +214,7 @@ class BalWatch:
         touched.update(fid for fid, kept in self.states.items() if not ids.isdisjoint(kept.ids))
         if touched or ids:
             self.changed(touched)
+        return True
 
 
 class Watches:
