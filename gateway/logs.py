@@ -116,6 +116,8 @@ def configure_logging(settings: LogSettings) -> None:
     for noisy in ("httpx", "httpcore", "aiosqlite", "uvicorn.error", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     smtp = logging.getLogger("mail.log")
+    # aiosmtpd logs every DATA line at DEBUG: message contents (health data) stay out
+    smtp.setLevel(max(logging.INFO, root.level))
     if not any(isinstance(f, _LegacyLoginData) for f in smtp.filters):
         smtp.addFilter(_LegacyLoginData())
 

@@ -67,3 +67,13 @@ def test_aiosmtpd_login_data_warning_is_dropped(caplog: pytest.LogCaptureFixture
         )
         logging.getLogger("mail.log").warning("a real warning")
     assert [r.getMessage() for r in caplog.records] == ["a real warning"]
+
+
+def test_message_contents_stay_out_of_debug_logs():
+    """aiosmtpd logs each DATA line at DEBUG: a DEBUG gateway must not log health data."""
+    configure_logging(LogSettings(level="DEBUG"))
+    try:
+        assert logging.getLogger("mail.log").getEffectiveLevel() == logging.INFO
+        assert logging.getLogger("gateway").isEnabledFor(logging.DEBUG)
+    finally:
+        configure_logging(LogSettings())

@@ -526,7 +526,12 @@ class ImapSession:
                     if reader in done:
                         break
                     waiter.result()  # a failing change signal ends IDLE with its error
-                    await self._sync(allow_expunge=True)
+                    try:
+                        await self._sync(allow_expunge=True)
+                    except StoreError as exc:
+                        # no tagged reply before DONE: the client hears when the store
+                        # answers again (a lost folder still ends the session, in _sync)
+                        log.warning("imap.idle_sync_failed", extra={"error": str(exc)})
         except TimeoutError:
             await self.bye("IDLE for too long")
             raise Logout from None

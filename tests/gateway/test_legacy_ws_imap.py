@@ -205,6 +205,79 @@ async def test_copy_then_expunge_is_a_move(legacy: Stack):
     await client.close()
 
 
+async def test_a_copy_arrives_at_once_above_the_uids_already_seen(legacy: Stack):
+    watcher = await login(legacy, "dr-dupont")
+    copier = await login(legacy, "dr-dupont")
+    trash = trash_name(await watcher.ok('LIST "" "*"'))
+    before = await watcher.ok(f'SELECT "{trash}"')
+    uidnext = code(before, b"UIDNEXT")
+    await copier.ok("SELECT INBOX")
+    uids = (await copier.ok("UID SEARCH ALL")).search()
+    await copier.ok(f'UID MOVE {uids[1]} "{trash}"')
+    copied = await copier.ok(f'UID COPY {uids[0]} "{trash}"')
+    match = re.search(rb"\[COPYUID \d+ (\d+) (\d+)\]", copied.tagged)
+    assert match is not None
+    assert await until_untagged(watcher, b"* 2 EXISTS", 5)
+    seen = (await watcher.ok(f"UID SEARCH UID {uidnext}:*")).search()
+    assert int(match[2]) == max(seen)  # the copy came last, so it has the highest UID
+    # a second copy of the same message cannot be held by the platform
+    listed = await copier.ok('LIST "" "*"')
+    junk = next(
+        line.rsplit(b" ", 1)[1].decode().strip('"')
+        for line in listed.of(b"LIST")
+        if b"\\Junk" in line
+    )
+    refused = await copier.command(f'UID COPY {uids[0]} "{junk}"')
+    assert refused.status == "NO"
+    assert b"[CANNOT]" in refused.tagged
+    await watcher.close()
+    await copier.close()
+
+
+async def test_a_copied_message_is_never_deleted_by_expunging_its_original(legacy: Stack):
+    """COPY, \\Deleted, then the session leaves without expunging: whoever expunges later
+    (after the original is no longer shown) deletes nothing; the message is in Trash."""
+    client = await login(legacy, "dr-dupont")
+    trash = trash_name(await client.ok('LIST "" "*"'))
+    await client.ok("SELECT INBOX")
+    uids = (await client.ok("UID SEARCH ALL")).search()
+    await client.ok(f'UID COPY {uids[0]} "{trash}"')
+    await client.ok(f"UID STORE {uids[0]} +FLAGS.SILENT (\\Deleted)")
+    await client.ok("LOGOUT")
+    await client.close()
+    await asyncio.sleep(0.6)  # the BAL's watch ends with its last session (0.2 s polls)
+    later = await login(legacy, "dr-dupont")
+    await later.ok("SELECT INBOX")
+    await later.ok("EXPUNGE")
+    assert len(await historic_messages(legacy.mock, DUPONT, 3)) == 1
+    assert len(await historic_messages(legacy.mock, DUPONT, 2)) == len(uids) - 1
+    await later.close()
+
+
+async def test_a_folder_deleted_on_the_historic_side_ends_its_selection(legacy: Stack):
+    """No sync change tells of an empty folder deleted elsewhere: the watch re-reads the
+    folder list every few intervals, and the selecting session ends as with Dovecot."""
+    created = await historic_call(
+        legacy.mock, "Folder", "createFolder", {"email": DUPONT, "name": "Dossier vide"}
+    )
+    client = await login(legacy, "dr-dupont")
+    await client.ok('SELECT "Dossier vide"')
+    folder_id = created["folder"]["id"]
+    await historic_call(
+        legacy.mock, "Folder", "deleteFolder", {"email": DUPONT, "folderId": folder_id}
+    )
+    async with asyncio.timeout(5):
+        while True:
+            tag = client.tag()
+            await client.send(f"{tag} NOOP\r\n".encode())
+            line = await client.line()
+            if line.startswith(b"* BYE"):
+                break
+            assert line.startswith(tag.encode() + b" OK"), line
+            await asyncio.sleep(0.1)
+    await client.close()
+
+
 # -- restarts and failures -------------------------------------------------------------------
 
 

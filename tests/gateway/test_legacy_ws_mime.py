@@ -420,3 +420,14 @@ def test_quoted_printable_soft_breaks_never_split_an_escape(width: int) -> None:
     for tail in ("é", "=", " ", "\t", "ab"):
         text = "x" * width + tail + "y" * width
         assert _quoted_printable(text) == greedy_quoted_printable(text)
+
+
+def test_an_empty_attachment_is_refused_in_words() -> None:
+    """The platform would read an empty file as a reference to a stored part and refuse
+    the message with a confusing "part missing": the gateway says what is wrong."""
+    message = submitted()
+    message.set_content("Texte")
+    message.add_attachment(b"", maintype="text", subtype="plain", filename="vide.txt")
+    with pytest.raises(MimeRejected, match=r"empty attachment 'vide\.txt'") as refused:
+        rfc5322_to_message(bytes(message))
+    assert refused.value.status == "5.6.0"

@@ -601,6 +601,8 @@ def _attachment(number: str, part: Message) -> dict[str, str]:
     name = " ".join(_clean(name).split())
     if len(name) > MAX_FILE_NAME:
         raise MimeRejected(f"attachment name longer than {MAX_FILE_NAME} characters", "5.6.0")
+    if not data:  # the platform reads an empty file as a reference to a stored part
+        raise MimeRejected(f"empty attachment {name[:80]!r}: the historic platform refuses it")
     return {
         "file": base64.b64encode(data).decode("ascii"),
         "fileName": name,

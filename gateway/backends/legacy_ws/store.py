@@ -28,7 +28,9 @@ gateway in its database beside the UID (shared by every session and node, kept a
 restarts), and EXPUNGE sends ``updateMessages DELETE`` for the marked messages (and those
 the platform itself says are DELETED). ``\\Answered``, ``\\Draft`` and keywords cannot
 be set: they are ignored, the answer shows the flags as they are. MOVE is
-``moveMessages``; COPY and APPEND outside Drafts are ``NO [CANNOT]``; APPEND to Drafts is
+``moveMessages``; so is COPY, the platform holding one copy of a message, with the
+original still listed until expunged (expunging it deletes nothing; see `copy`); a
+second COPY of it, and APPEND outside Drafts, are ``NO [CANNOT]``; APPEND to Drafts is
 ``draftMessage``.
 
 Errors: no answer or refused credentials → `StoreUnavailable` (NO [UNAVAILABLE]); code
@@ -355,29 +357,28 @@ class LegacyWsStore:
 
     async def _read_state(self, folder: Folder) -> Kept:
         started = time.monotonic()
+        since = self._watch.generation(folder.folder_id)
         key = (self._backend, self._bal, folder.folder_id)
         with translated(folder.name):
             found = await self._client.search_messages(self._bal, folder.folder_id, html=HTML)
         by_id = {m["messageId"]: m for m in found}
-        keys = {message_id: content_key(m) for message_id, m in by_id.items()}
+        originals = self._watch.originals.get(folder.folder_id, {})
+        self._watch.drop_originals(folder.folder_id, [m for m in originals if m in by_id])
+        # what the folder shows: its messages, and those COPY moved away, until expunged
+        shown = {**originals, **by_id}
+        keys = {message_id: content_key(m) for message_id, m in shown.items()}
         known = await self._uidmap.entries(*key)
-        landing = self._watch.landing(folder.folder_id)  # copied here, not moved yet
         # a message gone, or changed under its id (a draft replaced), loses its UID
         stale = [
             message_id
             for message_id, entry in known.items()
-            if (message_id not in by_id and message_id not in landing)
-            or (
-                message_id in by_id
-                and entry.content_key is not None
-                and entry.content_key != keys[message_id]
-            )
+            if message_id not in shown
+            or (entry.content_key is not None and entry.content_key != keys[message_id])
         ]
         if stale:
             await self._uidmap.forget(*key, stale)
             for message_id in stale:
                 del known[message_id]
-        known = {m: entry for m, entry in known.items() if m in by_id}
         unkeyed = {m: keys[m] for m, entry in known.items() if entry.content_key is None}
         if unkeyed:
             await self._uidmap.set_keys(*key, unkeyed)
@@ -394,7 +395,7 @@ class LegacyWsStore:
         messages: dict[int, dict[str, Any]] = {}
         cache_keys: dict[int, tuple[str, ...]] = {}
         for message_id, uid in sorted(uids.items(), key=lambda item: item[1]):
-            message = by_id[message_id]
+            message = shown[message_id]
             flags = imap_flags(message)
             entry = known.get(message_id)
             if entry is not None and entry.deleted:
@@ -405,8 +406,8 @@ class LegacyWsStore:
             messages[uid] = message
         uidnext = max(uidnext, max(uids.values(), default=0) + 1)
         state = FolderState(uidvalidity, uidnext, tuple(metas))
-        kept = Kept(state, messages, cache_keys, frozenset(by_id), started)
-        self._watch.states[folder.folder_id] = kept
+        kept = Kept(state, messages, cache_keys, frozenset(shown), started)
+        self._watch.keep(folder.folder_id, kept, since)
         return kept
 
     def _size(self, message: Mapping[str, Any], key: tuple[str, ...]) -> int:
@@ -557,18 +558,28 @@ class LegacyWsStore:
         self._watch.changed()
 
     async def copy(self, name: str, uids: Collection[int], destination: str) -> CopyResult:
-        """COPY-then-expunge, the way clients without MOVE move: the platform cannot hold
-        two copies, so the copy is a move put off until the original is expunged (it then
-        lands under the UID announced here). A copy whose original is never expunged
-        leaves the message where it was; the promise is kept by this gateway process."""
+        """The platform holds one copy of a message: COPY moves it to `destination` at
+        once (under the UIDs COPYUID announces), and the original stays listed in `name`
+        for this gateway's sessions until they expunge it, which then deletes nothing.
+        Clients without MOVE (COPY, ``\\Deleted``, EXPUNGE) get exactly a move; a client
+        keeping the original finds the message in `destination` once the original is no
+        longer shown (every session of the BAL gone): moved, never lost."""
 
-        async def promise(source: Folder, target: Folder, ids: list[str]) -> None:
-            self._watch.promise(source.folder_id, target.folder_id, ids)
+        async def move_keeping_originals(
+            source: Folder, target: Folder, chosen: list[dict[str, Any]]
+        ) -> None:
+            ids = [str(m["messageId"]) for m in chosen]
+            with translated(destination):
+                await self._client.move_messages(self._bal, ids, target.folder_id)
+            for message in chosen:
+                self._watch.keep_original(source.folder_id, message)
+            self._watch.changed([source.folder_id, target.folder_id])
 
-        return await self._transfer(name, uids, destination, promise)
+        return await self._transfer(name, uids, destination, move_keeping_originals)
 
     async def move(self, name: str, uids: Collection[int], destination: str) -> CopyResult:
-        async def move_now(source: Folder, target: Folder, ids: list[str]) -> None:
+        async def move_now(source: Folder, target: Folder, chosen: list[dict[str, Any]]) -> None:
+            ids = [str(m["messageId"]) for m in chosen]
             with translated(destination):
                 await self._client.move_messages(self._bal, ids, target.folder_id)
             await self._moved(source, target, ids)
@@ -580,7 +591,7 @@ class LegacyWsStore:
         name: str,
         uids: Collection[int],
         destination: str,
-        work: Callable[[Folder, Folder, list[str]], Awaitable[None]],
+        work: Callable[[Folder, Folder, list[dict[str, Any]]], Awaitable[None]],
     ) -> CopyResult:
         """`work` on the messages of `uids` found in `name`, then their UIDs in
         `destination` (kept with their content keys) for COPYUID."""
@@ -590,12 +601,17 @@ class LegacyWsStore:
             raise Unsupported("source and destination are the same folder")
         kept = await self._state(source)
         chosen = sorted(uid for uid in set(uids) if uid in kept.messages)
+        originals = self._watch.originals.get(source.folder_id, {})
+        if any(str(kept.messages[uid]["messageId"]) in originals for uid in chosen):
+            raise Unsupported(
+                "already copied to another folder: the historic platform holds one copy"
+            )
         keys = {str(kept.messages[uid]["messageId"]): kept.keys[uid][3] for uid in chosen}
         target_key = (self._backend, self._bal, target.folder_id)
         pairs: tuple[tuple[int, int], ...] = ()
         if keys:
+            await work(source, target, [kept.messages[uid] for uid in chosen])
             ids = list(keys)
-            await work(source, target, ids)
             assigned = await self._uidmap.assign(*target_key, ids, keys)
             pairs = tuple((uid, assigned[m]) for uid, m in zip(chosen, ids, strict=True))
         uidvalidity, _ = await self._uidmap.folder(*target_key)
@@ -603,7 +619,6 @@ class LegacyWsStore:
 
     async def _moved(self, source: Folder, target: Folder, ids: list[str]) -> None:
         await self._uidmap.forget(self._backend, self._bal, source.folder_id, ids)
-        self._watch.settle(source.folder_id, ids)
         self._watch.changed([source.folder_id, target.folder_id])
 
     async def expunge(self, name: str, uids: Collection[int] | None = None) -> list[int]:
@@ -618,24 +633,14 @@ class LegacyWsStore:
         if not doomed:
             return []
         ids = [str(kept.messages[uid]["messageId"]) for uid in doomed]
-        promised = self._watch.promised(folder.folder_id)
-        by_target: dict[int, list[str]] = {}
-        for message_id in ids:
-            if message_id in promised:
-                by_target.setdefault(promised[message_id], []).append(message_id)
-        deleted = [m for m in ids if m not in promised]
+        originals = self._watch.originals.get(folder.folder_id, {})
+        deleted = [m for m in ids if m not in originals]  # the others were moved by COPY
         if deleted:
             with translated(name):
                 await self._client.update_messages(self._bal, deleted, "DELETE")
-        folders = {f.folder_id: f for f in await self._folder_list()}
-        for target_id, moved in by_target.items():
-            with translated(name):
-                await self._client.move_messages(self._bal, moved, target_id)
-            target = folders.get(target_id, Folder(str(target_id), target_id, None))
-            await self._moved(folder, target, moved)
         key = (self._backend, self._bal, folder.folder_id)
         await self._uidmap.forget(*key, ids)
-        self._watch.settle(folder.folder_id, ids)
+        self._watch.drop_originals(folder.folder_id, ids)
         self._watch.changed([folder.folder_id])
         return doomed
 

@@ -42,6 +42,7 @@ from gateway.imap.mailstore import FolderState, SpecialUse
 log = logging.getLogger(__name__)
 
 CONFIRMED_FOR = 3  # poll intervals a state stays trusted after the last good sync
+FOLDER_CHECK = 3  # polls between re-reads of the folder list
 MAX_BACKOFF = 32  # poll intervals between sync attempts at worst (5 min 20 s at 10 s)
 HTML = True  # searches ask the HTML body (the rebuild needs it); syncs need no body at all
 
@@ -88,7 +89,11 @@ class BalWatch:
         self._token: str | None = None
         self._base = math.inf  # when the token chain began (monotonic)
         self._confirmed = -math.inf  # when the last good sync started
-        self._promised: dict[int, dict[str, int]] = {}  # COPY: source → messageId → target
+        # COPY: source folder → messageId → the message, moved away, still shown there
+        self.originals: dict[int, dict[str, dict[str, Any]]] = {}
+        self.generations: dict[int, int] = {}  # per folder: changes heard so far
+        self._resets = 0
+        self._polls = 0
         self._recheck: set[int] = set()  # folders read before the chain began
         self._on_idle = on_idle
         self._task: asyncio.Task[None] | None = None
@@ -125,37 +130,47 @@ class BalWatch:
             self._changed.clear()
             await self._changed.wait()
 
+    def generation(self, folder_id: int) -> tuple[int, int]:
+        """Changes heard about the folder so far: a state read across a change is stale."""
+        return self._resets, self.generations.get(folder_id, 0)
+
+    def keep(self, folder_id: int, kept: Kept, since: tuple[int, int]) -> None:
+        """Share a state read, unless a change was heard while it was read."""
+        if self.generation(folder_id) == since:
+            self.states[folder_id] = kept
+
     def changed(self, folder_ids: Iterable[int] = (), *, everything: bool = False) -> None:
         """Forget the states of `folder_ids` (or all) and tell the sessions to look again."""
         if everything:
             self.states.clear()
             self.folders = None
+            self._resets += 1
         for folder_id in folder_ids:
             self.states.pop(folder_id, None)
+            self.generations[folder_id] = self.generations.get(folder_id, 0) + 1
         self.version += 1
         self._changed.set()
 
-    # -- COPY-then-expunge ---------------------------------------------------------------
+    # -- COPY ----------------------------------------------------------------------------
 
-    def promise(self, source: int, target: int, message_ids: Iterable[str]) -> None:
-        """These messages of `source` go to `target` when expunged (the first COPY wins)."""
-        promised = self._promised.setdefault(source, {})
-        for message_id in message_ids:
-            promised.setdefault(message_id, target)
+    def keep_original(self, source: int, message: dict[str, Any]) -> None:
+        """A message COPY moved away stays listed in `source` until expunged there."""
+        self.originals.setdefault(source, {})[str(message["messageId"])] = message
 
-    def promised(self, source: int) -> dict[str, int]:
-        return dict(self._promised.get(source, {}))
-
-    def landing(self, target: int) -> set[str]:
-        return {m for p in self._promised.values() for m, t in p.items() if t == target}
-
-    def settle(self, source: int, message_ids: Iterable[str]) -> None:
-        promised = self._promised.get(source)
-        if promised is not None:
+    def drop_originals(self, source: int, message_ids: Iterable[str]) -> None:
+        kept = self.originals.get(source)
+        if kept is not None:
             for message_id in message_ids:
-                promised.pop(message_id, None)
-            if not promised:
-                del self._promised[source]
+                kept.pop(message_id, None)
+            if not kept:
+                del self.originals[source]
+
+    def copied_from(self, message_id: str) -> int | None:
+        """The folder a message was copied out of, if it still stands there."""
+        for source, kept in self.originals.items():
+            if message_id in kept:
+                return source
+        return None
 
     # -- the poller ----------------------------------------------------------------------
 
@@ -170,6 +185,11 @@ class BalWatch:
                     self.changed()
                     ok = False
                 failures = 0 if ok else failures + 1
+                self._polls += 1
+                if ok and self._polls % FOLDER_CHECK == 0 and self.folders is not None:
+                    # folders created, renamed or deleted elsewhere make no sync change
+                    self.folders = None
+                    self.changed()
                 await self._pause(failures)
         finally:
             if self._task is asyncio.current_task():
