@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import aiosmtplib
+import httpx
 import pytest
 
 from gateway.settings import MockSettings, Settings
@@ -282,3 +283,90 @@ async def test_gateway_credentials_refused_is_451(
         assert await titled(stack, PETIT, INBOX, title) == []
     finally:
         await stop(stack)
+
+
+class SlowSend:
+    """An HTTP hop in front of the mock that answers sendMessage late: after forwarding it
+    (the platform sent the message, the gateway hears nothing in time), or without
+    forwarding it at all (nothing was sent)."""
+
+    def __init__(self, forward: bool) -> None:
+        self.forward = forward
+        self.target = ""
+        self.url = ""
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+                method, path, _ = head[0].split(" ", 2)
+                headers = dict(line.split(": ", 1) for line in head[1:] if line)
+                length = int({k.lower(): v for k, v in headers.items()}.get("content-length", 0))
+                body = await reader.readexactly(length)
+                late = path.endswith("/sendMessage")
+                if late and not self.forward:
+                    await asyncio.sleep(30)
+                passed = {
+                    k: v
+                    for k, v in headers.items()
+                    if k.lower() not in {"host", "content-length", "connection"}
+                }
+                async with httpx.AsyncClient() as http:
+                    answer = await http.request(
+                        method, self.target + path, content=body, headers=passed
+                    )
+                if late:
+                    await asyncio.sleep(30)  # the gateway gives up after 1 s
+                writer.write(
+                    f"HTTP/1.1 {answer.status_code} X\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(answer.content)}\r\n\r\n".encode()
+                    + answer.content
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.mark.parametrize("forward", [True, False], ids=["sent-late", "never-sent"])
+async def test_an_unanswered_send_is_looked_for_in_sent_before_451(
+    forward: bool, tmp_path: Path, stack_settings: Settings, mock_settings: MockSettings
+):
+    """The platform sent the message but answered too late: 250, not a 451 that would make
+    the client send it twice. It never got it: 451, and the client keeps it."""
+    hop = SlowSend(forward)
+    await hop.start()
+
+    def configure(settings: Settings, mock: Any) -> None:
+        hop.target = mock.http_url
+        ws_url = f"{hop.url}/mss-msg-services/services"
+        configure_with(ws_url=ws_url, reply_timeout=1)(settings, mock)
+
+    stack = await start_stack(stack_settings, mock_settings, tmp_path / "mock", configure)
+    try:
+        title = subject()
+        async with client(stack, "dr-dupont") as smtp:
+            await smtp.mail(DUPONT)
+            await smtp.rcpt(PETIT)
+            if forward:
+                code, _ = await smtp.data(message(DUPONT, PETIT, title))
+                assert code == 250
+            else:
+                with pytest.raises(aiosmtplib.SMTPDataError) as deferred:
+                    await smtp.data(message(DUPONT, PETIT, title))
+                assert deferred.value.code == 451
+        assert len(await titled(stack, PETIT, INBOX, title)) == (1 if forward else 0)
+        assert len(await titled(stack, DUPONT, SENT, title)) == (1 if forward else 0)
+    finally:
+        await stop(stack)
+        await hop.stop()

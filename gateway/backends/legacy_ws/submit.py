@@ -15,7 +15,11 @@ message, a DATA never sent twice from here):
 
 * no usable answer (`LegacyUnavailable`) → ``451 4.4.1``: the client keeps the message
   and retries. A timeout after the platform received the request may still mean it was
-  sent, as with an SMTP backend that dies after DATA;
+  sent: before answering 451 the gateway looks in the BAL's Sent folder for this very
+  message (same subject, recipients and body, dated from the attempt on) and answers
+  250 if it is there, so that a slow platform does not make the client send twice; if
+  that search fails too, 451 (a duplicate is then possible, as with an SMTP backend
+  that dies after DATA);
 * our credentials refused (`LegacyAuthError`) → ``451 4.7.0``, logged as an error: an
   operator problem, not the client's;
 * the platform's own refusal (`LegacyError`, functional or technical) → ``5xx`` with its
@@ -26,6 +30,7 @@ message, a DATA never sent twice from here):
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -37,7 +42,12 @@ from gateway.backends.legacy_ws.client import (
     LegacyUnavailable,
     LegacyWsClient,
 )
-from gateway.backends.legacy_ws.mime import MimeRejected, rfc5322_to_message
+from gateway.backends.legacy_ws.mime import (
+    DATE_FORMAT,
+    PARIS,
+    MimeRejected,
+    rfc5322_to_message,
+)
 from gateway.backends.smtp_relay import BackendError, BackendRefused, one_line
 
 log = logging.getLogger(__name__)
@@ -45,6 +55,8 @@ log = logging.getLogger(__name__)
 UNAVAILABLE = "451 4.4.1 Historic mail service unavailable, try again later"
 GATEWAY_REFUSED = "451 4.7.0 Historic mail service refused the gateway, try again later"
 MAX_TEXT = 200
+SENT = 5
+CLOCK_SKEW = dt.timedelta(seconds=5)  # the platform's clock against ours
 # historic functional codes (DOMAIN.md §4) → (basic code, enhanced status)
 _STATUS: dict[int, tuple[int, str]] = {
     24: (553, "5.1.3"),  # invalid email
@@ -77,9 +89,14 @@ def rejection_reply(refusal: MimeRejected) -> str:
 async def send(client: LegacyWsClient, bal: str, message: Mapping[str, Any]) -> dict[str, Any]:
     """sendMessage for `bal`; the copy kept in Sent. `BackendError` (4xx: the client
     retries) or `BackendRefused` (5xx) otherwise."""
+    attempted = dt.datetime.now(PARIS).replace(microsecond=0) - CLOCK_SKEW
     try:
         return await client.send_message(bal, message)
     except LegacyUnavailable as exc:
+        sent = await _sent_after_all(client, bal, message, attempted)
+        if sent is not None:
+            log.warning("smtp.legacy_ws_sent_without_answer", extra={"bal": bal})
+            return sent
         raise BackendError("unavailable", UNAVAILABLE, exc.reason) from None
     except LegacyAuthError as exc:
         log.error("smtp.legacy_ws_auth_refused", extra={"bal": bal, "code": exc.code})
@@ -92,6 +109,34 @@ async def send(client: LegacyWsClient, bal: str, message: Mapping[str, Any]) -> 
         raise BackendRefused(
             basic, f"{status} Historic platform refused the message ({exc.code}): {text}"
         ) from None
+
+
+async def _sent_after_all(
+    client: LegacyWsClient, bal: str, message: Mapping[str, Any], attempted: dt.datetime
+) -> dict[str, Any] | None:
+    """The Sent copy of `message` if the platform took it without answering in time."""
+    query = {"after": attempted.strftime(DATE_FORMAT), "subject": message.get("subject", "")}
+    try:
+        found = await client.search_messages(
+            bal, SENT, query=query, sort_by="DATE_DESC", page_size=50, max_messages=200
+        )
+    except (LegacyUnavailable, LegacyAuthError, LegacyError):
+        return None
+    wanted = _fingerprint(message)
+    matches = [m for m in found if _fingerprint(m) == wanted]
+    return matches[0] if len(matches) == 1 else None
+
+
+def _fingerprint(message: Mapping[str, Any]) -> tuple[str, frozenset[tuple[str, str]], str]:
+    """What a Sent copy shares with the message sent: subject, recipients, body."""
+    emails = message.get("emails", message.get("addresses"))
+    recipients = frozenset(
+        (str(e.get("type", "")), str(e.get("address", "")).lower())
+        for e in (emails if isinstance(emails, list) else [])
+        if isinstance(e, dict) and e.get("type") in ("TO", "CC", "BCC")
+    )
+    body = str(message.get("body", "")).replace("\r\n", "\n").strip()
+    return str(message.get("subject", "")), recipients, body
 
 
 def sent_id(sent: Mapping[str, Any]) -> str:
