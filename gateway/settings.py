@@ -194,8 +194,8 @@ class BackendSettings(_Section):
         default=10.0,
         gt=0,
         le=3_600,
-        description="legacy_ws: seconds a folder's state is reused before the services "
-        "are asked again (NOOP, IDLE)",
+        description="legacy_ws: seconds between syncMessages calls for a BAL in use "
+        "(how soon NOOP and IDLE see changes made elsewhere)",
     )
 
     @model_validator(mode="after")

@@ -165,13 +165,6 @@ class BalWatch:
             if not kept:
                 del self.originals[source]
 
-    def copied_from(self, message_id: str) -> int | None:
-        """The folder a message was copied out of, if it still stands there."""
-        for source, kept in self.originals.items():
-            if message_id in kept:
-                return source
-        return None
-
     # -- the poller ----------------------------------------------------------------------
 
     async def _run(self) -> None:
