@@ -12,6 +12,7 @@ from rich.console import Console
 from gateway.lifecycle import run_until_signalled
 from gateway.logs import configure_logging
 from gateway.settings import BackendSettings, Settings, load_settings
+from gateway.tls import dev_certificate
 
 if TYPE_CHECKING:
     from gateway.server import Gateway
@@ -67,6 +68,8 @@ def describe_gateway(gateway: Gateway, console: Console) -> None:
     for name, front, host in lines:
         if front is not None:
             console.print(f"  {name + ':':<26}{host}:{front.port}", highlight=False)
+    cert = settings.tls.cert or dev_certificate(settings.data_dir)[0]
+    console.print(f"  {'TLS certificate:':<26}{cert}", highlight=False)
     for path, what in [
         ("/ui/delegations", "delegations page"),
         ("/v1", "API (docs: /docs)"),

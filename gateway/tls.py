@@ -44,11 +44,16 @@ def self_signed(
     return builder.sign(key, hashes.SHA256())
 
 
+def dev_certificate(directory: Path) -> tuple[Path, Path]:
+    """Where the development certificate and key of a data directory live."""
+    return directory / "dev-cert.pem", directory / "dev-key.pem"
+
+
 def ensure_dev_certificate(
     directory: Path, hostnames: tuple[str, ...] = ("localhost",)
 ) -> tuple[Path, Path]:
     """A self-signed certificate for localhost and 127.0.0.1, created once."""
-    cert_path, key_path = directory / "dev-cert.pem", directory / "dev-key.pem"
+    cert_path, key_path = dev_certificate(directory)
     if cert_path.exists() and key_path.exists():
         return cert_path, key_path
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)

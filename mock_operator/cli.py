@@ -64,7 +64,11 @@ def describe(mock: MockOperator, console: Console) -> None:
     console.print(f"  clients and secrets:      {mock.data_dir / 'clients.toml'}", highlight=False)
     console.print(f"  CIBA approval page:       {mock.issuer}/ciba", highlight=False)
     console.print(f"  TLS certificate:          {mock.tls_cert}", highlight=False)
-    console.print("  a token for a persona:    mock-operator token dr-martin", highlight=False)
+    url = "" if mock.http_url == DEFAULT_URL else f" --url {mock.http_url}"
+    console.print(
+        f"  a token for a persona:    .venv/bin/mock-operator token dr-martin{url}",
+        highlight=False,
+    )
     sys.stdout.flush()
 
 

@@ -14,6 +14,7 @@ import pytest
 from gateway.backends.legacy_ws.client import (
     LegacyAuthError,
     LegacyError,
+    LegacyTooLarge,
     LegacyUnavailable,
     LegacyWsClient,
 )
@@ -66,7 +67,9 @@ async def test_folders_and_generic_call(legacy: LegacyWsClient, mock_op: MockOpe
     assert refused.value.code == 30
 
 
-async def test_search_pages_through_everything(legacy: LegacyWsClient) -> None:
+async def test_search_pages_through_everything(
+    legacy: LegacyWsClient, mock_op: MockOperator
+) -> None:
     everything = await legacy.search_messages(DUPONT, INBOX)
     assert len(everything) >= 3
     for _ in range(5):
@@ -80,8 +83,11 @@ async def test_search_pages_through_everything(legacy: LegacyWsClient) -> None:
     assert all(isinstance(m["messageId"], str) for m in paged)
     subjects = await legacy.search_messages(DUPONT, query={"subject": "page"})
     assert {m["subject"] for m in subjects} == {"Page"}
-    with pytest.raises(LegacyUnavailable, match="more than"):
+    assert mock_op.historic is not None
+    calls = len(mock_op.historic.calls)
+    with pytest.raises(LegacyTooLarge, match="more than 3 messages"):
         await legacy.search_messages(DUPONT, INBOX, page_size=2, max_messages=3)
+    assert len(mock_op.historic.calls) == calls + 1  # the first page's total said it
 
 
 async def test_flags_moves_sync_and_attachments(legacy: LegacyWsClient) -> None:
@@ -295,3 +301,19 @@ async def test_functional_error_body_from_any_server() -> None:
         with pytest.raises(LegacyError) as failed:
             await client.list_folders(DUPONT)
     assert (failed.value.code, failed.value.kind, failed.value.message) == (1, "TECHNIQUE", "panne")
+
+
+@pytest.mark.parametrize("bad_id", ['"66\\u0000x"', '"66\\r\\nX: y"', '""', "true"])
+async def test_a_message_id_the_gateway_cannot_store_is_refused(bad_id: str) -> None:
+    """NUL breaks PostgreSQL text, CR/LF would reach headers: such an answer is garbage."""
+    body = (
+        b'{"searchMessagesOutput": {"total": 1, "messages": [{"messageId": '
+        + bad_id.encode()
+        + b', "folderId": 2, "subject": "x", "date": "01/11/2026 10:00:00"}]}}'
+    )
+    async with (
+        tiny_server(answer("200 OK", body)) as url,
+        LegacyWsClient(url, user="gw", password="x", numhomologation="T") as client,
+    ):
+        with pytest.raises(LegacyUnavailable, match="message id"):
+            await client.search_messages(DUPONT, 2)

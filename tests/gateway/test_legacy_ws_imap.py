@@ -15,6 +15,9 @@ from typing import Any
 
 import pytest
 
+from gateway.backends.legacy_ws.client import LegacyTooLarge, LegacyWsClient
+from gateway.backends.legacy_ws.store import translated
+from gateway.imap.mailstore import StoreError, StoreUnavailable
 from gateway.server import Gateway
 from gateway.settings import BackendSettings, MockSettings, Settings
 from mock_operator.seed import ihe_xdm_zip
@@ -276,6 +279,74 @@ async def test_a_folder_deleted_on_the_historic_side_ends_its_selection(legacy: 
             assert line.startswith(tag.encode() + b" OK"), line
             await asyncio.sleep(0.1)
     await client.close()
+
+
+async def test_a_move_heard_while_the_folder_is_read_is_not_left_behind(
+    legacy: Stack, monkeypatch: pytest.MonkeyPatch
+):
+    """A message moved elsewhere while INBOX is searched is reported under its new folder;
+    the INBOX read that still lists it must not be kept, and expunging that stale copy
+    must not delete the message from where it went."""
+    search = LegacyWsClient.search_messages
+    slow_once = {"INBOX": True}
+
+    async def slow_search(self: LegacyWsClient, bal: str, folder_id: Any = None, **kw: Any):
+        found = await search(self, bal, folder_id, **kw)
+        if folder_id == 2 and slow_once["INBOX"]:
+            slow_once["INBOX"] = False
+            await asyncio.sleep(1.0)  # the move happens meanwhile
+        return found
+
+    client = await login(legacy, "dr-dupont")
+    await client.ok('LIST "" "*"')
+    await asyncio.sleep(0.5)  # the BAL's watch has its first token
+    monkeypatch.setattr(LegacyWsClient, "search_messages", slow_search)
+    victim = (await historic_messages(legacy.mock, DUPONT, 2))[0]["messageId"]
+    selecting = asyncio.create_task(client.ok("SELECT INBOX"))
+    await asyncio.sleep(0.3)
+    await historic_call(
+        legacy.mock,
+        "Item",
+        "moveMessages",
+        {"email": DUPONT, "messageIds": [victim], "destinationFolderId": 3},
+    )
+    await selecting
+    assert await until_untagged(client, b"EXPUNGE", 5)
+    in_inbox = len(await historic_messages(legacy.mock, DUPONT, 2))
+    assert len((await client.ok("UID SEARCH ALL")).search()) == in_inbox
+    trash = await historic_messages(legacy.mock, DUPONT, 3)
+    assert [m["messageId"] for m in trash] == [victim]
+    await client.close()
+
+
+async def test_expunge_hears_the_latest_moves_before_deleting(
+    tmp_path: Path, stack_settings: Settings, mock_settings: MockSettings
+):
+    """\\Deleted set, then the message moved elsewhere (the webmail, another client)
+    long before the next sync: EXPUNGE asks for the changes first and deletes nothing."""
+    slow = configure_with(poll_interval=60)
+    running = await start_stack(stack_settings, mock_settings, tmp_path / "mock", slow)
+    try:
+        client = await login(running, "dr-dupont")
+        await client.ok("SELECT INBOX")
+        await asyncio.sleep(0.3)  # the first sync (at login) has given its token
+        uids = (await client.ok("UID SEARCH ALL")).search()
+        await client.ok(f"UID STORE {uids[0]} +FLAGS.SILENT (\\Deleted)")
+        victim = (await historic_messages(running.mock, DUPONT, 2))[0]["messageId"]
+        await historic_call(
+            running.mock,
+            "Item",
+            "moveMessages",
+            {"email": DUPONT, "messageIds": [victim], "destinationFolderId": 3},
+        )
+        expunged = await client.ok("EXPUNGE")
+        assert expunged.of(b"EXPUNGE")  # gone from INBOX, as it is
+        trash = await historic_messages(running.mock, DUPONT, 3)
+        assert [m["messageId"] for m in trash] == [victim]  # and not deleted
+        await client.close()
+    finally:
+        await running.gateway.stop()
+        await running.mock.stop()
 
 
 # -- restarts and failures -------------------------------------------------------------------
@@ -545,3 +616,11 @@ async def test_changes_on_a_historic_bal_are_audited(legacy: Stack):
     assert store[0].detail is not None
     assert "\\Flagged" in store[0].detail
     assert any(e.action == "read" for e in events)
+
+
+def test_a_folder_too_large_is_a_limit_not_an_outage() -> None:
+    """Asking again would give the same: NO [LIMIT], not [UNAVAILABLE] "try again"."""
+    with pytest.raises(StoreError) as refused, translated("Archives"):
+        raise LegacyTooLarge("searchMessages: more than 200000 messages")
+    assert refused.value.code == "LIMIT"
+    assert not isinstance(refused.value, StoreUnavailable)

@@ -90,6 +90,10 @@ class LegacyUnavailable(LegacyWsError):
         self.reason = reason
 
 
+class LegacyTooLarge(LegacyWsError):
+    """More than the gateway takes in one answer: asking again gives the same."""
+
+
 @dataclass(frozen=True)
 class SyncResult:
     """syncMessages: the next token, the messages changed since, the ids deleted since."""
@@ -279,7 +283,8 @@ class LegacyWsClient:
         """Every message matching, all pages read (oldest first by default, so that mail
         arriving meanwhile lands on the last page). Offset paging is not a snapshot: take
         a `sync_messages` token *before* listing and replay the changes after it. More
-        than `max_messages` is refused rather than silently cut."""
+        than `max_messages` is refused (`LegacyTooLarge`, from the first page's total)
+        rather than silently cut."""
         if sort_by not in SORTS:
             raise ValueError(f"sort_by: one of {sorted(SORTS)}")
         if not 1 <= page_size <= MAX_PAGE:
@@ -304,10 +309,10 @@ class LegacyWsClient:
             total = output.get("total", 0)
             if not isinstance(total, int) or isinstance(total, bool) or total < 0:
                 raise LegacyUnavailable("searchMessages: total is not a count")
+            if total > max_messages or len(found) + len(page) > max_messages:
+                raise LegacyTooLarge(f"searchMessages: more than {max_messages} messages")
             for message in page:
                 found.setdefault(message["messageId"], message)
-            if len(found) > max_messages:
-                raise LegacyUnavailable(f"searchMessages: more than {max_messages} messages")
             offset += len(page)
             if not page or offset >= total:
                 return list(found.values())
@@ -477,7 +482,7 @@ def _id(value: Any, operation: str) -> str:
     """A historic id as a string ("257"; numbers accepted, as Zimbra's ids are)."""
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
-    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID:
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID or not value.isprintable():
         raise LegacyUnavailable(f"{operation}: invalid message id")
     return value
 

@@ -52,6 +52,7 @@ from typing import Any
 from gateway.backends.legacy_ws.client import (
     LegacyAuthError,
     LegacyError,
+    LegacyTooLarge,
     LegacyUnavailable,
     LegacyWsClient,
 )
@@ -128,6 +129,9 @@ def translated(context: str = "") -> Iterator[None]:
     except LegacyAuthError as exc:
         log.error("legacy_ws.auth_refused", extra={"code": exc.code, "context": context})
         raise StoreUnavailable("historic mail service refused the gateway") from None
+    except LegacyTooLarge as exc:
+        log.warning("legacy_ws.too_large", extra={"error": str(exc), "context": context})
+        raise StoreError(f"{context or 'folder'} too large for the gateway", "LIMIT") from None
     except LegacyError as exc:
         if exc.code == FOLDER_MISSING:
             raise FolderNotFound(context or "folder") from None
@@ -357,8 +361,11 @@ class LegacyWsStore:
 
     async def _read_state(self, folder: Folder) -> Kept:
         started = time.monotonic()
-        since = self._watch.generation(folder.folder_id)
+        since = self._watch.generation()
         key = (self._backend, self._bal, folder.folder_id)
+        # UIDs read before the search: one given meanwhile (APPEND, COPY, another node) is
+        # for a message this search may not show yet, and must not be forgotten
+        known = await self._uidmap.entries(*key)
         with translated(folder.name):
             found = await self._client.search_messages(self._bal, folder.folder_id, html=HTML)
         by_id = {m["messageId"]: m for m in found}
@@ -367,7 +374,6 @@ class LegacyWsStore:
         # what the folder shows: its messages, and those COPY moved away, until expunged
         shown = {**originals, **by_id}
         keys = {message_id: content_key(m) for message_id, m in shown.items()}
-        known = await self._uidmap.entries(*key)
         # a message gone, or changed under its id (a draft replaced), loses its UID
         stale = [
             message_id
@@ -623,13 +629,15 @@ class LegacyWsStore:
 
     async def expunge(self, name: str, uids: Collection[int] | None = None) -> list[int]:
         folder = await self._folder(name)
-        kept = await self._state(folder)
-        allowed = set(uids) if uids is not None else None
-        doomed = [
-            meta.uid
-            for meta in kept.state.messages
-            if "\\Deleted" in meta.flags and (allowed is None or meta.uid in allowed)
-        ]
+        if not _doomed(await self._state(folder), uids):
+            return []
+        # DELETE is for good: first hear every change up to now, so that a message moved
+        # away meanwhile (and so still listed here) is not deleted from where it went
+        if await self._watch.refresh():
+            kept = await self._state(folder)
+        else:
+            kept = await self._state(folder, fresh=True)
+        doomed = _doomed(kept, uids)
         if not doomed:
             return []
         ids = [str(kept.messages[uid]["messageId"]) for uid in doomed]
@@ -643,6 +651,16 @@ class LegacyWsStore:
         self._watch.drop_originals(folder.folder_id, ids)
         self._watch.changed([folder.folder_id])
         return doomed
+
+
+def _doomed(kept: Kept, uids: Collection[int] | None) -> list[int]:
+    """The UIDs an EXPUNGE removes: flagged ``\\Deleted`` (and among `uids` if given)."""
+    allowed = set(uids) if uids is not None else None
+    return [
+        meta.uid
+        for meta in kept.state.messages
+        if "\\Deleted" in meta.flags and (allowed is None or meta.uid in allowed)
+    ]
 
 
 def _attachments(message: Mapping[str, Any]) -> list[dict[str, Any]]:

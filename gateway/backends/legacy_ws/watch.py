@@ -91,8 +91,8 @@ class BalWatch:
         self._confirmed = -math.inf  # when the last good sync started
         # COPY: source folder → messageId → the message, moved away, still shown there
         self.originals: dict[int, dict[str, dict[str, Any]]] = {}
-        self.generations: dict[int, int] = {}  # per folder: changes heard so far
-        self._resets = 0
+        self._heard = 0  # changes heard so far
+        self._sync_lock = asyncio.Lock()  # the poller's syncs and `refresh`, one at a time
         self._polls = 0
         self._recheck: set[int] = set()  # folders read before the chain began
         self._on_idle = on_idle
@@ -130,13 +130,14 @@ class BalWatch:
             self._changed.clear()
             await self._changed.wait()
 
-    def generation(self, folder_id: int) -> tuple[int, int]:
-        """Changes heard about the folder so far: a state read across a change is stale."""
-        return self._resets, self.generations.get(folder_id, 0)
+    def generation(self) -> int:
+        """Changes heard so far in the BAL. A state read while one was heard is not shared:
+        a message moved out of the folder being read is reported under its new folder."""
+        return self._heard
 
-    def keep(self, folder_id: int, kept: Kept, since: tuple[int, int]) -> None:
+    def keep(self, folder_id: int, kept: Kept, since: int) -> None:
         """Share a state read, unless a change was heard while it was read."""
-        if self.generation(folder_id) == since:
+        if self._heard == since:
             self.states[folder_id] = kept
 
     def changed(self, folder_ids: Iterable[int] = (), *, everything: bool = False) -> None:
@@ -144,10 +145,9 @@ class BalWatch:
         if everything:
             self.states.clear()
             self.folders = None
-            self._resets += 1
         for folder_id in folder_ids:
             self.states.pop(folder_id, None)
-            self.generations[folder_id] = self.generations.get(folder_id, 0) + 1
+        self._heard += 1
         self.version += 1
         self._changed.set()
 
@@ -172,7 +172,8 @@ class BalWatch:
             failures = 0
             while self._users:
                 try:
-                    ok = await self._sync_once()
+                    async with self._sync_lock:
+                        ok = await self._sync_once()
                 except Exception:  # never let the BAL go unwatched while in use
                     log.exception("legacy_ws.sync_crashed", extra={"bal": self.bal})
                     self.changed()
@@ -188,6 +189,14 @@ class BalWatch:
             if self._task is asyncio.current_task():
                 self._task = None
                 self._on_idle(self)
+
+    async def refresh(self) -> bool:
+        """Hear every change made up to now, out of the poller's rhythm (before deleting
+        for good); False when no chain of tokens runs, so nothing can be heard."""
+        async with self._sync_lock:
+            if self._token is None:
+                return False
+            return await self._sync_once()
 
     async def _pause(self, failures: int) -> None:
         """One interval; after repeated failures (the platform down, a BAL whose first
