@@ -349,6 +349,40 @@ async def test_expunge_hears_the_latest_moves_before_deleting(
         await running.mock.stop()
 
 
+async def test_a_deleted_mark_set_on_another_node_is_seen(
+    tmp_path: Path, stack_settings: Settings, mock_settings: MockSettings
+):
+    """Two gateway nodes on one database: the mark lives there, with no change on the
+    platform to tell the other node; its watch compares the marks each interval."""
+    running = await start_stack(stack_settings, mock_settings, tmp_path / "mock", configure_with())
+    settings = gateway_settings(tmp_path / "gateway")
+    settings.psc.issuer = running.mock.issuer
+    configure_with()(settings, running.mock)
+    other = Gateway(settings)
+    await other.start()
+    try:
+        first = await login(running, "dr-dupont")
+        assert other.imap is not None
+        second = await Raw.open(other.imap.port)
+        token = await running.token("dr-dupont")
+        await second.ok("AUTHENTICATE XOAUTH2 ", xoauth2(DUPONT, token))
+        await first.ok("SELECT INBOX")
+        await second.ok("SELECT INBOX")
+        uids = (await first.ok("UID SEARCH ALL")).search()
+        await first.ok(f"UID STORE {uids[0]} +FLAGS.SILENT (\\Deleted)")
+        assert await until_untagged(second, b"\\Deleted", 5)
+        await first.ok(f"UID STORE {uids[0]} -FLAGS.SILENT (\\Deleted)")
+        async with asyncio.timeout(5):
+            while (await second.ok("UID SEARCH DELETED")).search():  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+        await first.close()
+        await second.close()
+    finally:
+        await other.stop()
+        await running.gateway.stop()
+        await running.mock.stop()
+
+
 # -- restarts and failures -------------------------------------------------------------------
 
 

@@ -135,3 +135,25 @@ async def test_the_watch_ends_with_its_last_session() -> None:
     calls = len(client.tokens)
     await asyncio.sleep(POLL * 5)
     assert len(client.tokens) == calls  # no poller left behind
+
+
+async def test_a_session_coming_back_resumes_the_chain_of_tokens() -> None:
+    """The first sync of a BAL carries all its messages: a BAL watched again (a client
+    that connects briefly and often) goes on from the last token instead."""
+    watches = Watches()
+    client = Scripted(lambda call, token: SyncResult(f"t{call}"))
+    first = watch_of(client, watches)
+    user = User()
+    first.join(user)
+    await until(lambda: len(client.tokens) >= 2)
+    first.leave(user)
+    await until(lambda: watches.watch(cast(LegacyWsClient, client), BAL, POLL) is not first)
+    again = watches.watch(cast(LegacyWsClient, client), BAL, POLL)
+    last = client.tokens[-1]
+    again.join(user)
+    await until(lambda: len(client.tokens) >= 4)
+    assert client.tokens[0] is None
+    assert None not in client.tokens[1:]  # never a first sync again
+    assert last is not None
+    again.leave(user)
+    await again.aclose()

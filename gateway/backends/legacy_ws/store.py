@@ -208,7 +208,12 @@ class LegacyBackends:
 
     def store(self, name: str, backend: BackendSettings, bal: str) -> LegacyWsStore:
         client = self.client(name, backend)
-        watch = self.watches.watch(client, bal, backend.poll_interval)
+        address = bal.lower()
+
+        async def marks(folder_id: int) -> frozenset[str]:
+            return await self.uidmap.deleted_ids(name, address, folder_id)
+
+        watch = self.watches.watch(client, address, backend.poll_interval, marks)
         return LegacyWsStore(client, self.uidmap, name, watch, cache=self.cache)
 
     def version(self, bal: str, folder: str) -> int:
@@ -319,11 +324,16 @@ class LegacyWsStore:
         folder = await self._folder(name)
         if folder.folder_id == INBOX or folder.special_use is not None:
             raise Unsupported(f"{name} is a special folder of the historic platform")
+        # the platform deletes the subfolders with it
+        subtree = [folder] + [
+            f for f in await self._folder_list() if f.name.startswith(name + DELIMITER)
+        ]
         with translated(name):
             await self._client.delete_folder(self._bal, folder.folder_id)
         self._forget_folders()
-        self._watch.changed([folder.folder_id])
-        await self._uidmap.forget_folder(self._backend, self._bal, folder.folder_id)
+        self._watch.changed([f.folder_id for f in subtree])
+        for gone in subtree:
+            await self._uidmap.forget_folder(self._backend, self._bal, gone.folder_id)
 
     async def rename_folder(self, old: str, new: str) -> None:
         _check_name(new)
@@ -412,7 +422,8 @@ class LegacyWsStore:
             messages[uid] = message
         uidnext = max(uidnext, max(uids.values(), default=0) + 1)
         state = FolderState(uidvalidity, uidnext, tuple(metas))
-        kept = Kept(state, messages, cache_keys, frozenset(shown), started)
+        marks = frozenset(m for m, entry in known.items() if entry.deleted)
+        kept = Kept(state, messages, cache_keys, frozenset(shown), started, marks)
         self._watch.keep(folder.folder_id, kept, since)
         return kept
 
@@ -547,10 +558,16 @@ class LegacyWsStore:
             if message_ids:
                 await self._uidmap.mark_deleted(*key, message_ids, deleted=deleted)
         if result:
-            self._update_kept(folder, result)
+            self._update_kept(folder, result, marks[True], marks[False])
         return result
 
-    def _update_kept(self, folder: Folder, flags: Mapping[int, frozenset[str]]) -> None:
+    def _update_kept(
+        self,
+        folder: Folder,
+        flags: Mapping[int, frozenset[str]],
+        marked: Collection[str],
+        unmarked: Collection[str],
+    ) -> None:
         """The shared state with the flags just set: no search is needed to see our own
         change, and the other sessions of the BAL hear of it at once."""
         kept = self._watch.states.get(folder.folder_id)
@@ -560,7 +577,10 @@ class LegacyWsStore:
                 for m in kept.state.messages
             )
             state = FolderState(kept.state.uidvalidity, kept.state.uidnext, metas)
-            self._watch.states[folder.folder_id] = dataclasses.replace(kept, state=state)
+            marks = (kept.marks - set(unmarked)) | set(marked)
+            self._watch.states[folder.folder_id] = dataclasses.replace(
+                kept, state=state, marks=marks
+            )
         self._watch.changed()
 
     async def copy(self, name: str, uids: Collection[int], destination: str) -> CopyResult:

@@ -149,6 +149,18 @@ class UidMap:
             result = await connection.execute(query)
             return {m: Entry(uid, content, bool(deleted)) for m, uid, content, deleted in result}
 
+    async def deleted_ids(self, backend: str, bal: str, folder_id: int) -> frozenset[str]:
+        """The messages of the folder with the gateway's ``\\Deleted`` mark."""
+        key = _key(backend, bal, folder_id)
+        c = legacy_uids.c
+        query = (
+            select(c.message_id)
+            .join(legacy_folders, legacy_folders.c.id == c.folder)
+            .where(*_matches(key), c.deleted.is_(True))
+        )
+        async with self._engine.connect() as connection:
+            return frozenset((await connection.scalars(query)).all())
+
     async def set_keys(
         self, backend: str, bal: str, folder_id: int, keys: Mapping[str, str]
     ) -> None:

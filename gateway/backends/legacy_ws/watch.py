@@ -27,7 +27,8 @@ import logging
 import math
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,7 @@ from gateway.imap.mailstore import FolderState, SpecialUse
 log = logging.getLogger(__name__)
 
 CONFIRMED_FOR = 3  # poll intervals a state stays trusted after the last good sync
+MAX_TOKENS = 100_000  # BAL whose last sync token is remembered once no session is open
 FOLDER_CHECK = 3  # polls between re-reads of the folder list
 MAX_BACKOFF = 32  # poll intervals between sync attempts at worst (5 min 20 s at 10 s)
 HTML = True  # searches ask the HTML body (the rebuild needs it); syncs need no body at all
@@ -56,6 +58,7 @@ class Kept:
     keys: dict[int, tuple[str, ...]]  # UID → its key in the message cache
     ids: frozenset[str]
     at: float  # monotonic time the read started
+    marks: frozenset[str] = frozenset()  # messageIds with the gateway's \\Deleted mark
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,9 @@ class BalWatch:
         bal: str,
         poll_interval: float,
         on_idle: Callable[[BalWatch], None],
+        *,
+        token: str | None = None,
+        marks: Callable[[int], Awaitable[frozenset[str]]] | None = None,
     ) -> None:
         self.client = client
         self.bal = bal
@@ -86,7 +92,8 @@ class BalWatch:
         self.version = 0
         self._users: weakref.WeakSet[object] = weakref.WeakSet()
         self._changed = asyncio.Event()
-        self._token: str | None = None
+        self._token = token  # a chain resumed where the last watch of this BAL left it
+        self._marks = marks  # the folder's \\Deleted marks as the database has them now
         self._base = math.inf  # when the token chain began (monotonic)
         self._confirmed = -math.inf  # when the last good sync started
         # COPY: source folder → messageId → the message, moved away, still shown there
@@ -190,12 +197,16 @@ class BalWatch:
                 self._task = None
                 self._on_idle(self)
 
+    @property
+    def token(self) -> str | None:
+        return self._token
+
     async def refresh(self) -> bool:
         """Hear every change made up to now, out of the poller's rhythm (before deleting
         for good); False when no chain of tokens runs, so nothing can be heard."""
         async with self._sync_lock:
-            if self._token is None:
-                return False
+            if self._token is None or self._base == math.inf:
+                return False  # the chain has not begun: nothing heard can be trusted yet
             return await self._sync_once()
 
     async def _pause(self, failures: int) -> None:
@@ -222,7 +233,7 @@ class BalWatch:
             self._token, self._base = None, math.inf
             self.changed(everything=True)
             return False
-        if self._token is None:
+        if self._base == math.inf:  # the chain (re)starts here
             self._token, self._base = result.token, time.monotonic()
             self._confirmed = started
             # a change between such a read and the token would never be reported
@@ -236,26 +247,53 @@ class BalWatch:
         touched.update(fid for fid, kept in self.states.items() if not ids.isdisjoint(kept.ids))
         if touched or ids:
             self.changed(touched)
+        await self._check_marks()
         return True
+
+    async def _check_marks(self) -> None:
+        """``\\Deleted`` marks live in the gateway's database, where another node may set
+        them without any change on the platform: compare what each kept state shows."""
+        if self._marks is None:
+            return
+        for folder_id, kept in list(self.states.items()):
+            marks = await self._marks(folder_id)
+            if marks != kept.marks and self.states.get(folder_id) is kept:
+                self.changed([folder_id])
 
 
 class Watches:
     """The BAL watches of one gateway; also the engine's change signal for them."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_tokens: int = MAX_TOKENS) -> None:
         self._watches: dict[str, BalWatch] = {}
+        # the last token of BAL no longer watched: a session coming back resumes the chain
+        # instead of a first sync, which carries every message of the BAL
+        self._tokens: OrderedDict[str, str] = OrderedDict()
+        self._max_tokens = max_tokens
 
-    def watch(self, client: LegacyWsClient, bal: str, poll_interval: float) -> BalWatch:
+    def watch(
+        self,
+        client: LegacyWsClient,
+        bal: str,
+        poll_interval: float,
+        marks: Callable[[int], Awaitable[frozenset[str]]] | None = None,
+    ) -> BalWatch:
         key = bal.lower()
         found = self._watches.get(key)
         if found is None or found.client is not client:
-            found = BalWatch(client, key, poll_interval, self._idle)
+            token = self._tokens.pop(key, None)
+            found = BalWatch(client, key, poll_interval, self._idle, token=token, marks=marks)
             self._watches[key] = found
         return found
 
     def _idle(self, watch: BalWatch) -> None:
         if self._watches.get(watch.bal) is watch:
             del self._watches[watch.bal]
+        if watch.token is not None:
+            self._tokens[watch.bal] = watch.token
+            self._tokens.move_to_end(watch.bal)
+            while len(self._tokens) > self._max_tokens:
+                self._tokens.popitem(last=False)
 
     def version(self, bal: str, folder: str) -> int:
         found = self._watches.get(bal.lower())
