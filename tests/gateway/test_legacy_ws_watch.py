@@ -11,6 +11,7 @@ from typing import Any, cast
 
 from gateway.backends.legacy_ws.client import (
     LegacyError,
+    LegacyTooLarge,
     LegacyUnavailable,
     LegacyWsClient,
     SyncResult,
@@ -157,3 +158,19 @@ async def test_a_session_coming_back_resumes_the_chain_of_tokens() -> None:
     assert last is not None
     again.leave(user)
     await again.aclose()
+
+
+async def test_too_many_changes_since_the_token_start_a_new_chain() -> None:
+    def answer(call: int, token: str | None) -> SyncResult:
+        if call == 2:
+            raise LegacyTooLarge("syncMessages: answer with a list too long")
+        return SyncResult(str(call))
+
+    client = Scripted(answer)
+    watch = watch_of(client)
+    user = User()
+    watch.join(user)
+    await until(lambda: len(client.tokens) >= 3)
+    assert client.tokens[:3] == [None, "1", None]  # the same token would fail the same way
+    watch.leave(user)
+    await watch.aclose()

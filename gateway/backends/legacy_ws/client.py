@@ -13,8 +13,9 @@ Failures come in three kinds, because the fronts answer them differently:
 * `LegacyError`: the services answered with their error body (code 45, 41, ...): the
   request was understood and refused (IMAP ``NO``, SMTP 5.x.x);
 * `LegacyUnavailable`: no usable answer (timeout, connection refused, 5xx without the
-  error body, invalid JSON, wrong wrapper, an answer too large, too deep or with lists
-  too long): IMAP ``NO [UNAVAILABLE]``, SMTP 4.x.x.
+  error body, invalid JSON, wrong wrapper, an answer too deep): IMAP ``NO [UNAVAILABLE]``,
+  SMTP 4.x.x; its kind `LegacyTooLarge` (an answer or a list past the caps, a folder
+  past `max_messages`) would come again the same: IMAP ``NO [LIMIT]``.
 
 The whole call, answer included, is bounded by `timeout` (an answer that trickles in
 cannot hold a front forever) and the answer by `max_response_bytes` (read in a stream,
@@ -90,8 +91,9 @@ class LegacyUnavailable(LegacyWsError):
         self.reason = reason
 
 
-class LegacyTooLarge(LegacyWsError):
-    """More than the gateway takes in one answer: asking again gives the same."""
+class LegacyTooLarge(LegacyUnavailable):
+    """More than the gateway takes in one answer: asking again the same way gives the
+    same (a folder past the cap, an answer past `max_response_bytes`, a list too long)."""
 
 
 @dataclass(frozen=True)
@@ -207,12 +209,12 @@ class LegacyWsClient:
         try:
             declared = response.headers.get("content-length", "")
             if declared.isdigit() and int(declared) > self.max_response_bytes:
-                raise LegacyUnavailable(f"answer of {declared} bytes refused (too large)")
+                raise LegacyTooLarge(f"answer of {declared} bytes refused (too large)")
             data = bytearray()
             async for chunk in response.aiter_bytes():
                 data += chunk
                 if len(data) > self.max_response_bytes:
-                    raise LegacyUnavailable(
+                    raise LegacyTooLarge(
                         f"answer larger than {self.max_response_bytes} bytes refused"
                     )
             return response.status_code, response.headers, bytes(data)
@@ -437,7 +439,7 @@ def _check_shape(value: Any, operation: str) -> None:
             if level > MAX_JSON_DEPTH:
                 raise LegacyUnavailable(f"{operation}: answer nested too deeply")
             if len(item) > MAX_LIST_ITEMS:
-                raise LegacyUnavailable(f"{operation}: answer with a list too long")
+                raise LegacyTooLarge(f"{operation}: answer with a list too long")
             children = item.values() if isinstance(item, dict) else item
             stack.extend((child, level + 1) for child in children)
 

@@ -123,15 +123,16 @@ def translated(context: str = "") -> Iterator[None]:
     """The client's failures as the engine's `StoreError`s."""
     try:
         yield
+    except LegacyTooLarge as exc:
+        log.warning("legacy_ws.too_large", extra={"error": str(exc), "context": context})
+        what = context or "answer of the historic mail service"
+        raise StoreError(f"{what} too large for the gateway", "LIMIT") from None
     except LegacyUnavailable as exc:
         log.warning("legacy_ws.unavailable", extra={"error": exc.reason, "context": context})
         raise StoreUnavailable("historic mail service unavailable, try again later") from None
     except LegacyAuthError as exc:
         log.error("legacy_ws.auth_refused", extra={"code": exc.code, "context": context})
         raise StoreUnavailable("historic mail service refused the gateway") from None
-    except LegacyTooLarge as exc:
-        log.warning("legacy_ws.too_large", extra={"error": str(exc), "context": context})
-        raise StoreError(f"{context or 'folder'} too large for the gateway", "LIMIT") from None
     except LegacyError as exc:
         if exc.code == FOLDER_MISSING:
             raise FolderNotFound(context or "folder") from None

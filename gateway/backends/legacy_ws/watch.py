@@ -35,6 +35,7 @@ from typing import Any
 from gateway.backends.legacy_ws.client import (
     LegacyAuthError,
     LegacyError,
+    LegacyTooLarge,
     LegacyUnavailable,
     LegacyWsClient,
 )
@@ -224,6 +225,13 @@ class BalWatch:
         started = time.monotonic()
         try:
             result = await self.client.sync_messages(self.bal, self._token, html=False)
+        except LegacyTooLarge as exc:
+            # too many changes since the token (a bulk move on the platform) come again
+            # the same: start a new chain; too large without a token, back off
+            log.warning("legacy_ws.sync_too_large", extra={"bal": self.bal, "error": str(exc)})
+            self._token, self._base = None, math.inf
+            self.changed(everything=True)
+            return False
         except (LegacyUnavailable, LegacyAuthError) as exc:
             log.warning("legacy_ws.sync_failed", extra={"bal": self.bal, "error": str(exc)})
             self.changed()
