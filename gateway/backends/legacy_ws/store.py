@@ -381,7 +381,11 @@ class LegacyWsStore:
             found = await self._client.search_messages(self._bal, folder.folder_id, html=HTML)
         by_id = {m["messageId"]: m for m in found}
         originals = self._watch.originals.get(folder.folder_id, {})
-        self._watch.drop_originals(folder.folder_id, [m for m in originals if m in by_id])
+        # an original back in the folder, or whose UID another node let go, is shown no more
+        self._watch.drop_originals(
+            folder.folder_id, [m for m in originals if m in by_id or m not in known]
+        )
+        originals = self._watch.originals.get(folder.folder_id, {})
         # what the folder shows: its messages, and those COPY moved away, until expunged
         shown = {**originals, **by_id}
         keys = {message_id: content_key(m) for message_id, m in shown.items()}
