@@ -3,6 +3,7 @@ one registry seeded with the default personas, the modern platform as backend "m
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -36,6 +37,10 @@ class Stack:
 
     async def token(self, persona: str = "dr-martin", **extra: Any) -> str:
         return await persona_token(self.mock, persona, **extra)
+
+    async def stop(self) -> None:
+        await self.gateway.stop()
+        await self.mock.stop()
 
 
 def mock_backend(mock: MockOperator, **overrides: Any) -> BackendSettings:
@@ -110,6 +115,21 @@ async def start_stack(
     return Stack(gateway, mock)
 
 
+@contextlib.asynccontextmanager
+async def running_stack(
+    settings: Settings,
+    mock_settings: MockSettings,
+    mock_dir: Path,
+    configure: Callable[[Settings, MockOperator], None] | None = None,
+) -> AsyncIterator[Stack]:
+    """`start_stack`, stopped on leaving."""
+    running = await start_stack(settings, mock_settings, mock_dir, configure)
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
 @pytest.fixture
 async def stack(
     tmp_path: Path,
@@ -121,9 +141,7 @@ async def stack(
         settings.backends = {"modern": mock_backend(mock, **backend_overrides)}
         settings.routing.default = "modern"
 
-    running = await start_stack(stack_settings, mock_settings, tmp_path / "mock", configure)
-    try:
+    async with running_stack(
+        stack_settings, mock_settings, tmp_path / "mock", configure
+    ) as running:
         yield running
-    finally:
-        await running.gateway.stop()
-        await running.mock.stop()

@@ -30,7 +30,7 @@ import pytest
 from gateway.imap import mutf7
 from gateway.settings import MockSettings, Settings
 from tests.conftest import require_peer
-from tests.gateway.conftest import Stack, start_stack
+from tests.gateway.conftest import Stack, running_stack
 from tests.gateway.test_legacy_ws_imap import DUPONT, configure_with
 from tests.historic import historic_call, historic_messages, historic_send
 
@@ -50,12 +50,10 @@ async def historic(
     tmp_path: Path, stack_settings: Settings, mock_settings: MockSettings
 ) -> AsyncIterator[Stack]:
     configure = configure_with(poll_interval=0.5)
-    running = await start_stack(stack_settings, mock_settings, tmp_path / "mock", configure)
-    try:
+    async with running_stack(
+        stack_settings, mock_settings, tmp_path / "mock", configure
+    ) as running:
         yield running
-    finally:
-        await running.gateway.stop()
-        await running.mock.stop()
 
 
 # -- the historic side, as the oracle -------------------------------------------------------

@@ -22,7 +22,13 @@ from gateway.server import Gateway
 from gateway.settings import BackendSettings, MockSettings, Settings
 from mock_operator.seed import ihe_xdm_zip
 from mock_operator.server import MockOperator
-from tests.gateway.conftest import Stack, gateway_settings, mock_backend, start_stack
+from tests.gateway.conftest import (
+    Stack,
+    gateway_settings,
+    mock_backend,
+    running_stack,
+    start_stack,
+)
 from tests.historic import historic_call, historic_messages, historic_send
 from tests.imap_raw import Lit, Raw
 
@@ -65,12 +71,10 @@ def configure_with(**overrides: Any) -> Any:
 async def legacy(
     tmp_path: Path, stack_settings: Settings, mock_settings: MockSettings
 ) -> AsyncIterator[Stack]:
-    running = await start_stack(stack_settings, mock_settings, tmp_path / "mock", configure_with())
-    try:
+    async with running_stack(
+        stack_settings, mock_settings, tmp_path / "mock", configure_with()
+    ) as running:
         yield running
-    finally:
-        await running.gateway.stop()
-        await running.mock.stop()
 
 
 async def login(stack: Stack, persona: str, bal: str = DUPONT) -> Raw:

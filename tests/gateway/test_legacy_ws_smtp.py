@@ -76,11 +76,6 @@ async def stack_with(
     return await start_stack(settings, mock_settings, tmp_path / "mock", configure_with(**backend))
 
 
-async def stop(stack: Stack) -> None:
-    await stack.gateway.stop()
-    await stack.mock.stop()
-
-
 # -- sending -------------------------------------------------------------------------------
 
 
@@ -264,7 +259,7 @@ async def test_historic_services_down_is_451_and_nothing_is_sent(
         )
         assert errors == 1
     finally:
-        await stop(stack)
+        await stack.stop()
 
 
 async def test_gateway_credentials_refused_is_451(
@@ -282,7 +277,7 @@ async def test_gateway_credentials_refused_is_451(
         assert deferred.value.message.startswith("4.7.0")
         assert await titled(stack, PETIT, INBOX, title) == []
     finally:
-        await stop(stack)
+        await stack.stop()
 
 
 class SlowSend:
@@ -368,5 +363,5 @@ async def test_an_unanswered_send_is_looked_for_in_sent_before_451(
         assert len(await titled(stack, PETIT, INBOX, title)) == (1 if forward else 0)
         assert len(await titled(stack, DUPONT, SENT, title)) == (1 if forward else 0)
     finally:
-        await stop(stack)
+        await stack.stop()
         await hop.stop()
