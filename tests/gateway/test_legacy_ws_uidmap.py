@@ -200,3 +200,12 @@ async def test_content_keys_and_deleted_marks(engine: AsyncEngine) -> None:
     assert not (await uidmap.entries("historic", BAL, INBOX))["a"].deleted
     with pytest.raises(ValueError, match="content key"):
         await uidmap.set_keys("historic", BAL, INBOX, {"a": "x" * 65})
+
+
+async def test_forgetting_a_uid_leaves_one_given_again_meanwhile(engine: AsyncEngine) -> None:
+    uidmap = UidMap(engine)
+    first = await uidmap.assign("historic", BAL, INBOX, ["a", "b"])
+    await uidmap.forget("historic", BAL, INBOX, ["a"])
+    again = await uidmap.assign("historic", BAL, INBOX, ["a"])  # another node, meanwhile
+    await uidmap.forget_uids("historic", BAL, INBOX, {"a": first["a"], "b": first["b"]})
+    assert await uidmap.uids("historic", BAL, INBOX) == {"a": again["a"]}

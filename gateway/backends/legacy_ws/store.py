@@ -397,9 +397,7 @@ class LegacyWsStore:
             or (entry.content_key is not None and entry.content_key != keys[message_id])
         ]
         if stale:
-            await self._uidmap.forget(*key, stale)
-            for message_id in stale:
-                del known[message_id]
+            await self._uidmap.forget_uids(*key, {m: known.pop(m).uid for m in stale})
         unkeyed = {m: keys[m] for m, entry in known.items() if entry.content_key is None}
         if unkeyed:
             await self._uidmap.set_keys(*key, unkeyed)

@@ -130,6 +130,26 @@ class UidMap:
         """Drop the UIDs of messages gone from the folder (moved away, deleted)."""
         await self._each(backend, bal, folder_id, message_ids, lambda rows: delete(rows))
 
+    async def forget_uids(
+        self, backend: str, bal: str, folder_id: int, uids: Mapping[str, int]
+    ) -> None:
+        """Drop these messageId → UID mappings, each only if it still holds that UID (a
+        mapping given again meanwhile, by another session or node, stays)."""
+        _ids(list(uids))
+        key = _key(backend, bal, folder_id)
+        async with self._engine.begin() as connection:
+            row = await _folder_row(connection, key)
+            if row is None:
+                return
+            for message_id, uid in uids.items():
+                await connection.execute(
+                    delete(legacy_uids).where(
+                        legacy_uids.c.folder == row[0],
+                        legacy_uids.c.message_id == message_id,
+                        legacy_uids.c.uid == uid,
+                    )
+                )
+
     async def uids(self, backend: str, bal: str, folder_id: int) -> dict[str, int]:
         """Every mapping of the folder, by ascending UID."""
         entries = await self.entries(backend, bal, folder_id)
