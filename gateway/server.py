@@ -112,7 +112,8 @@ class Gateway:
         tls = server_context(cert, key)
         config = ProxyConfig.from_settings(settings.imap)
         if self.legacy is not None:
-            config = config.serving_stores(self.legacy.version, self.legacy.wait)
+            watches = self.legacy.watches
+            config = config.serving_stores(watches.version, watches.wait)
         self.audit = AuditSink(service)
         self.audit.start()
         self.decisions = DecisionCache(service)

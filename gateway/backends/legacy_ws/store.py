@@ -64,7 +64,7 @@ from gateway.backends.legacy_ws.mime import (
     rfc5322_to_message,
 )
 from gateway.backends.legacy_ws.uidmap import UidMap
-from gateway.backends.legacy_ws.watch import HTML, BalWatch, Folder, Kept, Watches
+from gateway.backends.legacy_ws.watch import BalWatch, Folder, Kept, Watches
 from gateway.imap.mailstore import (
     DELIMITER,
     CopyResult,
@@ -184,7 +184,7 @@ class MessageCache:
 class LegacyBackends:
     """What the legacy backends of one gateway share: a client per backend (created at
     first use, closed by `aclose`), the UID map, the message cache, and the watch of each
-    BAL in use (whose versions are the engine's change signal: `version`, `wait`)."""
+    BAL in use (whose versions are the engine's change signal: `Watches.version`, `wait`)."""
 
     uidmap: UidMap
     cache: MessageCache = field(default_factory=MessageCache)
@@ -216,12 +216,6 @@ class LegacyBackends:
 
         watch = self.watches.watch(client, address, backend.poll_interval, marks)
         return LegacyWsStore(client, self.uidmap, name, watch, cache=self.cache)
-
-    def version(self, bal: str, folder: str) -> int:
-        return self.watches.version(bal, folder)
-
-    async def wait(self, bal: str, folder: str, seen: int) -> None:
-        await self.watches.wait(bal, folder, seen)
 
     async def aclose(self) -> None:
         await self.watches.aclose()
@@ -378,7 +372,8 @@ class LegacyWsStore:
         # for a message this search may not show yet, and must not be forgotten
         known = await self._uidmap.entries(*key)
         with translated(folder.name):
-            found = await self._client.search_messages(self._bal, folder.folder_id, html=HTML)
+            # with the HTML body: the rebuild needs it (syncs ask for no body at all)
+            found = await self._client.search_messages(self._bal, folder.folder_id, html=True)
         by_id = {m["messageId"]: m for m in found}
         originals = self._watch.originals.get(folder.folder_id, {})
         # an original back in the folder, or whose UID another node let go, is shown no more
@@ -594,36 +589,33 @@ class LegacyWsStore:
         keeping the original finds the message in `destination` once the original is no
         longer shown (every session of the BAL gone): moved, never lost."""
 
-        async def move_keeping_originals(
-            source: Folder, target: Folder, chosen: list[dict[str, Any]]
+        async def keep_originals(
+            source: Folder, target: Folder, moved: list[dict[str, Any]]
         ) -> None:
-            ids = [str(m["messageId"]) for m in chosen]
-            with translated(destination):
-                await self._client.move_messages(self._bal, ids, target.folder_id)
-            for message in chosen:
+            for message in moved:
                 self._watch.keep_original(source.folder_id, message)
             self._watch.changed([source.folder_id, target.folder_id])
 
-        return await self._transfer(name, uids, destination, move_keeping_originals)
+        return await self._transfer(name, uids, destination, keep_originals)
 
     async def move(self, name: str, uids: Collection[int], destination: str) -> CopyResult:
-        async def move_now(source: Folder, target: Folder, chosen: list[dict[str, Any]]) -> None:
-            ids = [str(m["messageId"]) for m in chosen]
-            with translated(destination):
-                await self._client.move_messages(self._bal, ids, target.folder_id)
-            await self._moved(source, target, ids)
+        async def forget_originals(
+            source: Folder, target: Folder, moved: list[dict[str, Any]]
+        ) -> None:
+            await self._moved(source, target, [str(m["messageId"]) for m in moved])
 
-        return await self._transfer(name, uids, destination, move_now)
+        return await self._transfer(name, uids, destination, forget_originals)
 
     async def _transfer(
         self,
         name: str,
         uids: Collection[int],
         destination: str,
-        work: Callable[[Folder, Folder, list[dict[str, Any]]], Awaitable[None]],
+        then: Callable[[Folder, Folder, list[dict[str, Any]]], Awaitable[None]],
     ) -> CopyResult:
-        """`work` on the messages of `uids` found in `name`, then their UIDs in
-        `destination` (kept with their content keys) for COPYUID."""
+        """``moveMessages`` of the messages of `uids` found in `name`, `then` what becomes
+        of their originals, then their UIDs in `destination` (kept with their content
+        keys) for COPYUID."""
         source = await self._folder(name)
         target = await self._folder(destination)
         if source.folder_id == target.folder_id:
@@ -639,8 +631,10 @@ class LegacyWsStore:
         target_key = (self._backend, self._bal, target.folder_id)
         pairs: tuple[tuple[int, int], ...] = ()
         if keys:
-            await work(source, target, [kept.messages[uid] for uid in chosen])
             ids = list(keys)
+            with translated(destination):
+                await self._client.move_messages(self._bal, ids, target.folder_id)
+            await then(source, target, [kept.messages[uid] for uid in chosen])
             assigned = await self._uidmap.assign(*target_key, ids, keys)
             pairs = tuple((uid, assigned[m]) for uid, m in zip(chosen, ids, strict=True))
         uidvalidity, _ = await self._uidmap.folder(*target_key)

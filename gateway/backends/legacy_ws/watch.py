@@ -47,7 +47,6 @@ CONFIRMED_FOR = 3  # poll intervals a state stays trusted after the last good sy
 MAX_TOKENS = 100_000  # BAL whose last sync token is remembered once no session is open
 FOLDER_CHECK = 3  # polls between re-reads of the folder list
 MAX_BACKOFF = 32  # poll intervals between sync attempts at worst (5 min 20 s at 10 s)
-HTML = True  # searches ask the HTML body (the rebuild needs it); syncs need no body at all
 
 
 @dataclass
@@ -229,8 +228,7 @@ class BalWatch:
             # too many changes since the token (a bulk move on the platform) come again
             # the same: start a new chain; too large without a token, back off
             log.warning("legacy_ws.sync_too_large", extra={"bal": self.bal, "error": str(exc)})
-            self._token, self._base = None, math.inf
-            self.changed(everything=True)
+            self._restart_chain()
             return False
         except (LegacyUnavailable, LegacyAuthError) as exc:
             log.warning("legacy_ws.sync_failed", extra={"bal": self.bal, "error": str(exc)})
@@ -238,8 +236,7 @@ class BalWatch:
             return False
         except LegacyError as exc:  # a token the platform no longer knows: start over
             log.warning("legacy_ws.sync_reset", extra={"bal": self.bal, "code": exc.code})
-            self._token, self._base = None, math.inf
-            self.changed(everything=True)
+            self._restart_chain()
             return False
         if self._base == math.inf:  # the chain (re)starts here
             self._token, self._base = result.token, time.monotonic()
@@ -257,6 +254,12 @@ class BalWatch:
             self.changed(touched)
         await self._check_marks()
         return True
+
+    def _restart_chain(self) -> None:
+        """Nothing heard so far can be trusted: the next sync starts a new chain of tokens
+        (it carries every message of the BAL), and every state is read again."""
+        self._token, self._base = None, math.inf
+        self.changed(everything=True)
 
     async def _check_marks(self) -> None:
         """``\\Deleted`` marks live in the gateway's database, where another node may set
