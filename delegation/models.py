@@ -40,7 +40,7 @@ REASON_LENGTH = 255
 SOFTWARE_LENGTH = 128
 REMOTE_LENGTH = 64
 RESULT_LENGTH = 64
-ACTION_LENGTH = 16
+ACTION_LENGTH = 32  # the longest `AuditAction`, with room
 
 # Stable constraint names, so Alembic can alter them later on every backend.
 NAMING = {

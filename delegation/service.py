@@ -42,19 +42,17 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import joinedload, selectinload
 
+from delegation.audit import AuditAction, AuditRecord, check_action, check_interface, fitted
 from delegation.errors import Conflict, DelegationError, Invalid, NotFound, NotHolder
 from delegation.events import ChangeBus, ChangeEvent, ChangeKind, LocalBus
 from delegation.models import (
-    ACTION_LENGTH,
     ADDRESS_LENGTH,
     INTERFACES,
     MAILBOX_STATES,
     MAILBOX_TYPES,
     NAME_LENGTH,
     REASON_LENGTH,
-    REMOTE_LENGTH,
     RIGHTS,
-    SOFTWARE_LENGTH,
     AuditEventRow,
     DelegationRow,
     DirectoryAddressRow,
@@ -111,22 +109,6 @@ class Decision:
     grant: Grant | None
     refusal: str | None
     delegation_id: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class AuditRecord:
-    """An audit event to append (see `DelegationService.record_many`)."""
-
-    actor_idnat: str
-    mailbox: str
-    action: str
-    interface: str
-    result: str = "ok"
-    delegation_id: int | None = None
-    software: str | None = None
-    remote: str | None = None
-    detail: str | None = None
-    at: dt.datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,18 +211,15 @@ def parse_rights(rights: Collection[str]) -> frozenset[str]:
     return chosen
 
 
-def _check_interface(interface: str) -> None:
-    if interface not in INTERFACES:
-        raise Invalid(f"unknown interface {interface!r}", reason="bad-interface")
-
-
-def _check_action(action: str) -> None:
-    if not action or len(action) > ACTION_LENGTH:
-        raise Invalid(f"bad audit action {action!r}", reason="bad-action")
-
-
-def _clip(value: str | None, length: int) -> str | None:
-    return value[:length] if value else None
+def _described(record: AuditRecord) -> dict[str, object]:
+    """An event as a log line says it (no secret ever travels in one)."""
+    return {
+        "actor": str(record.actor_idnat)[:40],
+        "bal": str(record.mailbox)[:80],
+        "action": str(record.action)[:40],
+        "interface": str(record.interface)[:16],
+        "result": str(record.result)[:64],
+    }
 
 
 def _is_active(row: DelegationRow, now: dt.datetime) -> bool:
@@ -414,7 +393,7 @@ class DelegationService:
         self,
         actor_idnat: str | IdNat,
         mailbox: str,
-        action: str,
+        action: AuditAction,
         *,
         interface: str,
         result: str = "ok",
@@ -424,82 +403,63 @@ class DelegationService:
         detail: str | None = None,
     ) -> None:
         """Append an audit event for an action the gateway performed (select, store, send...)."""
-        _check_interface(interface)
-        _check_action(action)
+        check_interface(interface)
+        check_action(action)
+        record = AuditRecord(
+            str(actor_idnat),
+            mailbox,
+            action,
+            interface,
+            result=result,
+            delegation_id=delegation_id,
+            software=software,
+            remote=remote,
+            detail=detail,
+        )
         async with self._writing() as db:
-            self._add_audit(
-                db,
-                str(actor_idnat),
-                mailbox,
-                action,
-                interface=interface,
-                result=result,
-                delegation_id=delegation_id,
-                software=software,
-                remote=remote,
-                detail=detail,
-            )
+            self._add_audit(db, record)
 
-    async def record_many(self, events: Sequence[AuditRecord]) -> None:
-        """Append several audit events in one transaction (a batch from a busy front)."""
-        for event in events:
-            _check_interface(event.interface)
-            _check_action(event.action)
-        if not events:
-            return
-        async with self._writing() as db:
-            for event in events:
-                self._add_audit(
-                    db,
-                    event.actor_idnat,
-                    event.mailbox,
-                    event.action,
-                    interface=event.interface,
-                    result=event.result,
-                    delegation_id=event.delegation_id,
-                    software=event.software,
-                    remote=event.remote,
-                    detail=event.detail,
-                    at=event.at,
-                )
+    async def record_many(self, events: Sequence[AuditRecord]) -> int:
+        """Append several audit events in one transaction (a batch from a busy front);
+        return how many were written. An event that cannot fit its row (an action or an
+        interface outside the vocabulary) is left out with a log line, the others written."""
+        rows = [row for row in map(self._audit_row, events) if row is not None]
+        if rows:
+            async with self._writing() as db:
+                db.add_all(rows)
+        return len(rows)
 
-    def _add_audit(
-        self,
-        db: AsyncSession,
-        actor_idnat: str,
-        mailbox: str,
-        action: str,
-        *,
-        interface: str,
-        result: str,
-        delegation_id: int | None = None,
-        software: str | None = None,
-        remote: str | None = None,
-        detail: str | None = None,
-        at: dt.datetime | None = None,
-    ) -> None:
-        db.add(
-            AuditEventRow(
-                at=at or self.now(),
-                actor_idnat=actor_idnat[:32],
-                mailbox=(mailbox.strip().lower() if isinstance(mailbox, str) else "")[
-                    :ADDRESS_LENGTH
-                ],
-                delegation_id=delegation_id if delegation_id and delegation_id <= MAX_ID else None,
-                action=action[:ACTION_LENGTH],
-                interface=interface,
-                software=_clip(software, SOFTWARE_LENGTH),
-                remote=_clip(remote, REMOTE_LENGTH),
-                result=result[:64],
-                detail=_clip(detail, REASON_LENGTH),
-            )
+    def _add_audit(self, db: AsyncSession, record: AuditRecord) -> None:
+        row = self._audit_row(record)
+        if row is not None:
+            db.add(row)
+
+    def _audit_row(self, record: AuditRecord) -> AuditEventRow | None:
+        try:
+            record, changed = fitted(record)
+        except Invalid as exc:
+            log.error("audit.event_quarantined", extra={"reason": exc.reason, **_described(record)})
+            return None
+        if changed:
+            log.warning("audit.event_clipped", extra={"fields": changed, **_described(record)})
+        return AuditEventRow(
+            at=record.at or self.now(),
+            actor_idnat=record.actor_idnat,
+            mailbox=record.mailbox,
+            delegation_id=record.delegation_id,
+            action=record.action.value,
+            interface=record.interface,
+            software=record.software,
+            remote=record.remote,
+            result=record.result,
+            detail=record.detail,
         )
 
     async def _record_refusal(
         self,
         actor_idnat: str,
         mailbox: str,
-        action: str,
+        action: AuditAction,
         error: DelegationError,
         *,
         interface: str,
@@ -512,15 +472,17 @@ class DelegationService:
         async with self._writing() as db:
             self._add_audit(
                 db,
-                actor_idnat,
-                mailbox,
-                action,
-                interface=interface,
-                result=f"refused:{error.reason}",
-                delegation_id=delegation_id,
-                software=software,
-                remote=remote,
-                detail=str(error),
+                AuditRecord(
+                    actor_idnat,
+                    mailbox,
+                    action,
+                    interface,
+                    result=f"refused:{error.reason}",
+                    delegation_id=delegation_id,
+                    software=software,
+                    remote=remote,
+                    detail=str(error),
+                ),
             )
 
     # -- who may open what ----------------------------------------------------------------
@@ -533,11 +495,11 @@ class DelegationService:
         interface: str,
         software: str | None = None,
         remote: str | None = None,
-        action: str = "login",
+        action: AuditAction = AuditAction.LOGIN,
     ) -> Grant | None:
         """The rights of `identity` on `mailbox`, or None; audited either way."""
-        _check_interface(interface)
-        _check_action(action)
+        check_interface(interface)
+        check_action(action)
         idnat = str(identity.idnat)
         now = self.now()
         address = mailbox.strip().lower() if isinstance(mailbox, str) else ""
@@ -545,16 +507,20 @@ class DelegationService:
             grant, refusal, delegation_id = await self._decide(db, idnat, address, now)
             self._add_audit(
                 db,
-                idnat,
-                address,
-                action,
-                interface=interface,
-                result="ok" if grant else f"refused:{refusal}",
-                delegation_id=delegation_id,
-                software=software,
-                remote=remote,
-                detail=f"via={grant.via} rights={_rights_text(grant.rights)}" if grant else None,
-                at=now,
+                AuditRecord(
+                    idnat,
+                    address,
+                    action,
+                    interface=interface,
+                    result="ok" if grant else f"refused:{refusal}",
+                    delegation_id=delegation_id,
+                    software=software,
+                    remote=remote,
+                    detail=f"via={grant.via} rights={_rights_text(grant.rights)}"
+                    if grant
+                    else None,
+                    at=now,
+                ),
             )
         return grant
 
@@ -670,7 +636,7 @@ class DelegationService:
         """Give (or update) a delegate's rights on a mailbox; audited as "grant"."""
         actor = str(holder.idnat)
         try:
-            _check_interface(interface)
+            check_interface(interface)
             address = normal_address(mailbox)
             delegate = parse_idnat(delegate_idnat)
             chosen = parse_rights(rights)
@@ -703,7 +669,7 @@ class DelegationService:
             await self._record_refusal(
                 actor,
                 mailbox,
-                "grant",
+                AuditAction.GRANT,
                 exc,
                 interface=interface,
                 software=software,
@@ -779,17 +745,19 @@ class DelegationService:
             expiry = expires_at.isoformat() if expires_at else "never"
             self._add_audit(
                 db,
-                actor,
-                mailbox.address,
-                "grant",
-                interface=interface,
-                result="ok",
-                delegation_id=row.id,
-                software=software,
-                remote=remote,
-                detail=f"{kind} delegate={delegate_idnat} rights={_rights_text(rights)} "
-                f"expires={expiry}",
-                at=now,
+                AuditRecord(
+                    actor,
+                    mailbox.address,
+                    AuditAction.GRANT,
+                    interface=interface,
+                    result="ok",
+                    delegation_id=row.id,
+                    software=software,
+                    remote=remote,
+                    detail=f"{kind} delegate={delegate_idnat} rights={_rights_text(rights)} "
+                    f"expires={expiry}",
+                    at=now,
+                ),
             )
         return _delegation(row, now), kind
 
@@ -808,7 +776,7 @@ class DelegationService:
         """End a delegation now. Revoking a revoked one returns it as it is (idempotent)."""
         actor_idnat = str(actor.idnat)
         try:
-            _check_interface(interface)
+            check_interface(interface)
             address = normal_address(mailbox)
             if reason is not None and len(reason) > REASON_LENGTH:
                 raise Invalid(f"reason longer than {REASON_LENGTH} characters", reason="bad-reason")
@@ -833,23 +801,25 @@ class DelegationService:
                     row.reason = reason or None
                 self._add_audit(
                     db,
-                    actor_idnat,
-                    address,
-                    "revoke",
-                    interface=interface,
-                    result="ok",
-                    delegation_id=row.id,
-                    software=software,
-                    remote=remote,
-                    detail=(reason or None) if changed else "already revoked",
-                    at=now,
+                    AuditRecord(
+                        actor_idnat,
+                        address,
+                        AuditAction.REVOKE,
+                        interface=interface,
+                        result="ok",
+                        delegation_id=row.id,
+                        software=software,
+                        remote=remote,
+                        detail=(reason or None) if changed else "already revoked",
+                        at=now,
+                    ),
                 )
                 delegation = _delegation(row, now)
         except DelegationError as exc:
             await self._record_refusal(
                 actor_idnat,
                 mailbox,
-                "revoke",
+                AuditAction.REVOKE,
                 exc,
                 interface=interface,
                 software=software,

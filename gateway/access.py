@@ -8,7 +8,8 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 
-from delegation.service import AuditRecord, DelegationService, Grant
+from delegation.audit import AuditAction, AuditRecord
+from delegation.service import DelegationService, Grant
 from gateway.audit import AuditSink
 from gateway.backends.routing import NoRoute, Route, Router
 from gateway.decisions import DecisionCache
@@ -62,7 +63,9 @@ class FrontAuthenticator:
     ) -> FrontGrant:
         identity = await self.identify(credentials)
         bal = await self.target(identity, credentials.user)
-        return await self.authorise(identity, bal, credentials, connection, action="login")
+        return await self.authorise(
+            identity, bal, credentials, connection, action=AuditAction.LOGIN
+        )
 
     async def identify(self, credentials: TokenCredentials) -> Identity:
         try:
@@ -91,7 +94,7 @@ class FrontAuthenticator:
         credentials: TokenCredentials,
         connection: ConnectionInfo,
         *,
-        action: str,
+        action: AuditAction,
         right: str | None = None,
     ) -> FrontGrant:
         actor = str(identity.idnat)

@@ -6,6 +6,10 @@ queued and written many per transaction. `stop` drains the queue, so none is los
 clean shutdown (unless the database stays down through it, which is logged); a database
 outage makes the writer retry and, once the queue is full, producers wait: nothing is
 dropped silently.
+
+One event never costs the others theirs: the registry clips or leaves out an event that
+does not fit its row, and a batch the database refuses while it is up is written again
+event by event, so that only the event it cannot take is lost (with a log line naming it).
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ import contextlib
 import dataclasses
 import logging
 
-from delegation.errors import Invalid
-from delegation.service import AuditRecord, DelegationService
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
+
+from delegation.audit import AuditRecord
+from delegation.service import DelegationService
 
 log = logging.getLogger(__name__)
 
@@ -60,19 +66,40 @@ class AuditSink:
         """Write `batch`, retrying until the database takes it: meanwhile the queue fills
         and the fronts wait on `submit`, rather than serve accesses nobody recorded."""
         delay = 0.2
-        while True:
+        while batch:
             try:
                 async with asyncio.timeout(WRITE_TIMEOUT):
                     await self.registry.record_many(batch)
                 return
-            except Invalid:
-                # A malformed event (a bug, not an outage): retrying would never succeed.
-                log.exception("audit.invalid_event", extra={"events": len(batch)})
-                return
-            except Exception:
+            except Exception as exc:
+                if _refused_for_its_data(exc):
+                    batch = await self._write_one_by_one(batch)
+                    continue
                 log.exception("audit.write_failed", extra={"events": len(batch), "retry_in": delay})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_RETRY_DELAY)
+
+    async def _write_one_by_one(self, batch: list[AuditRecord]) -> list[AuditRecord]:
+        """Write each event alone, leaving out those the database refuses for their data;
+        return the events left when it fails otherwise (an outage: retried by the caller)."""
+        for index, record in enumerate(batch):
+            try:
+                async with asyncio.timeout(WRITE_TIMEOUT):
+                    await self.registry.record_many([record])
+            except Exception as exc:
+                if not _refused_for_its_data(exc):
+                    return batch[index:]
+                log.error(
+                    "audit.event_refused",
+                    extra={
+                        "actor": record.actor_idnat[:40],
+                        "bal": record.mailbox[:80],
+                        "action": str(record.action)[:40],
+                        "result": record.result[:64],
+                        "error": type(exc).__name__,
+                    },
+                )
+        return []
 
     async def stop(self) -> None:
         if self._task is None:
@@ -86,3 +113,13 @@ class AuditSink:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
+
+
+def _refused_for_its_data(error: Exception) -> bool:
+    """Whether the database (or the driver, binding values) refused what it was given,
+    rather than failed: retrying the same events would fail forever."""
+    if isinstance(error, DataError | IntegrityError):
+        return True
+    if isinstance(error, StatementError) and not isinstance(error, DBAPIError):
+        return True  # a value the driver could not bind
+    return isinstance(error, ValueError | TypeError | UnicodeError)

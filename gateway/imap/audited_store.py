@@ -11,9 +11,10 @@ import datetime as dt
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import TypeVar
 
+from delegation.audit import AuditAction
 from gateway.imap.mailstore import CopyResult, FlagMode, FolderInfo, FolderState, MailStore
 
-Record = Callable[[str, str, str], Awaitable[None]]  # (action, detail, result)
+Record = Callable[[AuditAction, str, str], Awaitable[None]]  # (action, detail, result)
 _T = TypeVar("_T")
 
 
@@ -27,7 +28,7 @@ class AuditedStore:
     def address(self) -> str:
         return self.inner.address
 
-    async def _change(self, action: str, detail: str, work: Awaitable[_T]) -> _T:
+    async def _change(self, action: AuditAction, detail: str, work: Awaitable[_T]) -> _T:
         try:
             result = await work
         except Exception as exc:
@@ -40,16 +41,18 @@ class AuditedStore:
         return await self.inner.list_folders()
 
     async def create_folder(self, name: str) -> None:
-        await self._change("folder-create", name, self.inner.create_folder(name))
+        await self._change(AuditAction.FOLDER_CREATE, name, self.inner.create_folder(name))
 
     async def delete_folder(self, name: str) -> None:
-        await self._change("folder-delete", name, self.inner.delete_folder(name))
+        await self._change(AuditAction.FOLDER_DELETE, name, self.inner.delete_folder(name))
 
     async def rename_folder(self, old: str, new: str) -> None:
-        await self._change("folder-rename", f"{old} -> {new}", self.inner.rename_folder(old, new))
+        await self._change(
+            AuditAction.FOLDER_RENAME, f"{old} -> {new}", self.inner.rename_folder(old, new)
+        )
 
     async def subscribe(self, name: str, subscribed: bool) -> None:
-        action = "folder-subscribe" if subscribed else "folder-unsubscribe"
+        action = AuditAction.FOLDER_SUBSCRIBE if subscribed else AuditAction.FOLDER_UNSUBSCRIBE
         await self._change(action, name, self.inner.subscribe(name, subscribed))
 
     async def folder_state(self, name: str) -> FolderState:
@@ -68,26 +71,32 @@ class AuditedStore:
     ) -> tuple[int, int]:
         detail = f"{name} ({len(message)} bytes)"
         work = self.inner.append(name, message, flags, internal_date)
-        return await self._change("append", detail, work)
+        return await self._change(AuditAction.APPEND, detail, work)
 
     async def store_flags(
         self, name: str, uids: Collection[int], mode: FlagMode, flags: Collection[str]
     ) -> dict[int, frozenset[str]]:
         sign = {"add": "+", "remove": "-"}.get(mode, "")
         detail = f"{name} UID {_uids(uids)} {sign}FLAGS ({' '.join(flags)})"
-        return await self._change("store", detail, self.inner.store_flags(name, uids, mode, flags))
+        return await self._change(
+            AuditAction.STORE, detail, self.inner.store_flags(name, uids, mode, flags)
+        )
 
     async def copy(self, name: str, uids: Collection[int], destination: str) -> CopyResult:
         detail = f"{name} UID {_uids(uids)} -> {destination}"
-        return await self._change("copy", detail, self.inner.copy(name, uids, destination))
+        return await self._change(
+            AuditAction.COPY, detail, self.inner.copy(name, uids, destination)
+        )
 
     async def move(self, name: str, uids: Collection[int], destination: str) -> CopyResult:
         detail = f"{name} UID {_uids(uids)} -> {destination}"
-        return await self._change("move", detail, self.inner.move(name, uids, destination))
+        return await self._change(
+            AuditAction.MOVE, detail, self.inner.move(name, uids, destination)
+        )
 
     async def expunge(self, name: str, uids: Collection[int] | None = None) -> list[int]:
         detail = f"{name} " + (f"UID {_uids(uids)}" if uids is not None else "all \\Deleted")
-        return await self._change("expunge", detail, self.inner.expunge(name, uids))
+        return await self._change(AuditAction.EXPUNGE, detail, self.inner.expunge(name, uids))
 
 
 def _uids(uids: Collection[int], limit: int = 120) -> str:

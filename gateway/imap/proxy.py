@@ -22,8 +22,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from delegation.audit import AuditAction, AuditRecord
 from delegation.events import ChangeEvent
-from delegation.service import AuditRecord, DelegationService
+from delegation.service import DelegationService
 from gateway.access import FrontAuthenticator, FrontGrant
 from gateway.audit import AuditSink
 from gateway.backends.imap_client import BackendError, Upstream, open_upstream
@@ -148,7 +149,7 @@ class ProxyAuthenticator:
             store = self.legacy.store(route.name, route.backend, grant.mailbox)
             audit = self.front.audit
 
-            async def record(action: str, detail: str, result: str) -> None:
+            async def record(action: AuditAction, detail: str, result: str) -> None:
                 await audit.submit(
                     AuditRecord(
                         grant.actor,
@@ -275,7 +276,7 @@ class Relay:
                     await asyncio.wait_for(self.channel.writer.drain(), KICK_GRACE)
             await self.up.close()
             if self.reads:
-                await self._record("read", f"{self.reads} read commands", "ok")
+                await self._record(AuditAction.READ, f"{self.reads} read commands", "ok")
 
     def kick(self, reason: str) -> None:
         """End the session with `* BYE reason` (delegation revoked or expired)."""
@@ -435,7 +436,7 @@ class Relay:
                 if event.message and "write" not in self.rights:
                     parser.reject_literal()  # refuse before the client uploads the message
                     self.metrics.rights_refusals.labels("imap", "write").inc()
-                    self._record_soon("append", f"{event.size} bytes", "refused:noperm")
+                    self._record_soon(AuditAction.APPEND, f"{event.size} bytes", "refused:noperm")
                     await self._local(
                         tagged(event.tag or "*", "NO", "the write right is needed", "NOPERM")
                     )
@@ -535,11 +536,11 @@ class Relay:
             await self.channel.writer.drain()
 
     # -- audit ---------------------------------------------------------------------------
-    def _record_soon(self, action: str, detail: str, result: str) -> None:
+    def _record_soon(self, action: AuditAction, detail: str, result: str) -> None:
         task = asyncio.ensure_future(self._record(action, detail, result))
         task.add_done_callback(_log_failure)
 
-    async def _record(self, action: str, detail: str, result: str) -> None:
+    async def _record(self, action: AuditAction, detail: str, result: str) -> None:
         await self.audit.submit(
             AuditRecord(
                 self.actor,
@@ -780,7 +781,7 @@ class ProxyServer(ImapServer):
             served.ended()
             self.live.discard(served)
             if isinstance(store, AuditedStore) and store.reads:
-                await store.record("read", f"{store.reads} read commands", "ok")
+                await store.record(AuditAction.READ, f"{store.reads} read commands", "ok")
             inner = store.inner if isinstance(store, AuditedStore) else store
             if isinstance(inner, LegacyWsStore):
                 await inner.aclose()

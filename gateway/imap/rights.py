@@ -7,6 +7,7 @@ the grant lacks the right for with `NO [NOPERM]` before the backend sees it.
 
 from __future__ import annotations
 
+from delegation.audit import AuditAction
 from gateway.imap import commands as c
 
 _READS = (c.Select, c.List, c.Status, c.Search, c.Fetch, c.Check, c.Namespace)
@@ -26,18 +27,27 @@ def required_right(command: c.Command) -> str | None:
     return None
 
 
-def audit_action(command: c.Command) -> str | None:
+_ACTIONS: dict[type[c.Command], AuditAction] = {
+    c.Store: AuditAction.STORE,
+    c.Append: AuditAction.APPEND,
+    c.Expunge: AuditAction.EXPUNGE,
+    c.Copy: AuditAction.COPY,
+    c.Move: AuditAction.MOVE,
+    c.Close: AuditAction.CLOSE,  # expunges the \\Deleted messages silently
+    c.Create: AuditAction.FOLDER_CREATE,
+    c.Delete: AuditAction.FOLDER_DELETE,
+    c.Rename: AuditAction.FOLDER_RENAME,
+    c.Subscribe: AuditAction.FOLDER_SUBSCRIBE,
+    c.Unsubscribe: AuditAction.FOLDER_UNSUBSCRIBE,
+}
+
+
+def audit_action(command: c.Command) -> AuditAction | None:
     """The audit's name for a command recorded one event each (selections and changes);
     None for the reads, which are counted per session instead."""
     if isinstance(command, c.Select):
-        return "examine" if command.readonly else "select"
-    if isinstance(command, c.Store | c.Append | c.Expunge | c.Copy | c.Move):
-        return type(command).__name__.lower()
-    if isinstance(command, c.Close):
-        return "close"  # expunges the \\Deleted messages silently
-    if isinstance(command, c.Create | c.Delete | c.Rename | c.Subscribe | c.Unsubscribe):
-        return f"folder-{type(command).__name__.lower()}"
-    return None
+        return AuditAction.EXAMINE if command.readonly else AuditAction.SELECT
+    return _ACTIONS.get(type(command))
 
 
 def audit_detail(command: c.Command, limit: int = 200) -> str:

@@ -31,7 +31,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
-from delegation.service import AuditRecord
+from delegation.audit import AuditAction, AuditRecord
 from gateway.access import FrontAuthenticator, FrontGrant
 from gateway.backends.legacy_ws import submit
 from gateway.backends.legacy_ws.mime import MimeRejected, valid_recipient
@@ -136,7 +136,7 @@ class SubmissionFront(TokenAuthMixin):
                 address,
                 login.credentials,
                 _connection(server, session),
-                action="send",
+                action=AuditAction.SEND,
                 right="send",
             )
         except AuthFailed as refusal:
@@ -303,7 +303,7 @@ class SubmissionFront(TokenAuthMixin):
             AuditRecord(
                 sender.actor,
                 sender.mailbox,
-                "sent",
+                AuditAction.SENT,
                 self.authenticator.interface,
                 delegation_id=sender.delegation_id,
                 software=connection.software,

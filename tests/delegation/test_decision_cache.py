@@ -9,7 +9,7 @@ import datetime as dt
 import pytest
 
 from delegation import DelegationService
-from delegation.service import AuditRecord
+from delegation.audit import AuditAction, AuditRecord
 from gateway.audit import AuditSink
 from gateway.decisions import DecisionCache
 from tests.delegation.conftest import Clock, person
@@ -115,12 +115,14 @@ async def test_audit_sink_writes_in_batches_and_drains_on_stop(
     sink = AuditSink(seeded)
     sink.start()
     for number in range(1200):
-        await sink.submit(AuditRecord(BERNARD, MARTIN, "fetch", "imap", detail=str(number)))
+        await sink.submit(
+            AuditRecord(BERNARD, MARTIN, AuditAction.READ, "imap", detail=str(number))
+        )
     await sink.stop()
     assert sum(batches) == 1200
     assert len(batches) < 1200 / 10
     events = await seeded.audit_for(MARTIN, limit=2000)
-    assert {e.detail for e in events if e.action == "fetch"} == {str(n) for n in range(1200)}
+    assert {e.detail for e in events if e.action == "read"} == {str(n) for n in range(1200)}
     assert all(e.at is not None for e in events)
 
 
@@ -140,7 +142,9 @@ async def test_audit_sink_retries_through_an_outage_and_loses_nothing(
     sink = AuditSink(seeded)
     sink.start()
     for number in range(5):
-        await sink.submit(AuditRecord(BERNARD, MARTIN, "store", "imap", detail=f"o{number}"))
+        await sink.submit(
+            AuditRecord(BERNARD, MARTIN, AuditAction.STORE, "imap", detail=f"o{number}")
+        )
     await asyncio.wait_for(sink.flush(), 10)
     await sink.stop()
     events = await seeded.audit_for(MARTIN)

@@ -12,6 +12,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Connection, inspect, text
 
 from delegation import create_engine, migrate
+from delegation.audit import AuditAction
 from delegation.db import VERSION_TABLE, async_url, asyncpg_dsn, is_postgresql
 from delegation.models import Base
 
@@ -23,6 +24,7 @@ TABLES = {
     "dlg_audit_events",
     VERSION_TABLE,
 }
+HEAD = "0002"
 
 
 async def _tables_and_version(url: str) -> tuple[set[str], list[str]]:
@@ -42,14 +44,14 @@ async def test_migrate_twice_is_idempotent(fresh_db_url: str) -> None:
     await migrate(fresh_db_url)
     tables, versions = await _tables_and_version(fresh_db_url)
     assert tables >= TABLES
-    assert versions == ["0001"]
+    assert versions == [HEAD]
 
 
 async def test_concurrent_migrations_do_not_collide(fresh_db_url: str) -> None:
     """Several nodes starting at once: PostgreSQL advisory lock / SQLite BEGIN IMMEDIATE."""
     await asyncio.gather(*(migrate(fresh_db_url) for _ in range(3)))
     _, versions = await _tables_and_version(fresh_db_url)
-    assert versions == ["0001"]
+    assert versions == [HEAD]
 
 
 def _diff(connection: Connection) -> list[Any]:
@@ -100,3 +102,28 @@ def test_asyncpg_dsn_and_backend_detection() -> None:
         async_url("mysql://h/d")
     with pytest.raises(ValueError, match="PostgreSQL"):
         asyncpg_dsn("sqlite:///x.db")
+
+
+async def test_audit_events_survive_the_wider_action_column(fresh_db_url: str) -> None:
+    """0002 widens dlg_audit_events.action (SQLite rebuilds the table): the events written
+    before stay, and the longest action of the vocabulary fits after."""
+    await migrate(fresh_db_url, "0001")
+    engine = create_engine(fresh_db_url)
+    insert = text(
+        "INSERT INTO dlg_audit_events (at, actor_idnat, mailbox, action, interface, result) "
+        "VALUES (CURRENT_TIMESTAMP, '899700000003', 'a@b.fr', :action, 'imap', 'ok')"
+    )
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(insert, {"action": "select"})
+        await migrate(fresh_db_url)
+        longest = max(AuditAction, key=len).value
+        async with engine.begin() as conn:
+            await conn.execute(insert, {"action": longest})
+        async with engine.connect() as conn:
+            query = text("SELECT action FROM dlg_audit_events ORDER BY id")
+            actions = list((await conn.execute(query)).scalars())
+    finally:
+        await engine.dispose()
+    assert actions == ["select", longest]
+    assert len(longest) > 16
