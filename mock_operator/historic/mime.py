@@ -270,6 +270,10 @@ def build_mime(composition: Composition, *, with_bcc: bool) -> bytes:
         message["Disposition-Notification-To"] = str(Address(display_name=name, addr_spec=address))
     message.set_content(composition.body, subtype="html" if composition.is_html else "plain")
     for file_name, content_type, data in composition.attachments:
+        if content_type == "message/rfc822":  # RFC 2046 §5.2.1: as itself, never in base64
+            forwarded = BytesParser(policy=SMTP).parsebytes(data)
+            message.add_attachment(forwarded, filename=file_name)
+            continue
         maintype, _, subtype = content_type.partition("/")
         message.add_attachment(data, maintype=maintype, subtype=subtype, filename=file_name)
     return message.as_bytes(policy=SMTP)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import copy
+from dataclasses import dataclass
 from email import message_from_bytes
 from email.header import decode_header, make_header
 from email.message import EmailMessage, Message
@@ -14,7 +15,7 @@ from email.policy import default
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.backends.legacy_ws.mime import (
@@ -431,3 +432,330 @@ def test_an_empty_attachment_is_refused_in_words() -> None:
     with pytest.raises(MimeRejected, match=r"empty attachment 'vide\.txt'") as refused:
         rfc5322_to_message(bytes(message))
     assert refused.value.status == "5.6.0"
+
+
+# -- the main text is the body, every other part is kept ------------------------------------
+
+
+def files_of(result: dict[str, Any]) -> list[tuple[str, str, bytes]]:
+    return [
+        (a["fileName"], a["contentType"], base64.b64decode(a["file"]))
+        for a in result["attachments"]
+    ]
+
+
+def text_part(text: str, subtype: str = "plain", **options: Any) -> EmailMessage:
+    part = EmailMessage()
+    part.set_content(text, subtype=subtype, **options)
+    return part
+
+
+def multipart(subtype: str, *children: EmailMessage, **params: str) -> EmailMessage:
+    part = EmailMessage()
+    part["Content-Type"] = f"multipart/{subtype}"
+    for name, value in params.items():
+        part.set_param(name, value)
+    part.set_payload(list(children))
+    return part
+
+
+def as_submitted(body: EmailMessage) -> bytes:
+    """`body` with the headers of `submitted`, as a whole message."""
+    for name, value in submitted().items():
+        body[name] = value
+    return bytes(body)
+
+
+def test_plain_and_html_side_by_side_are_both_kept() -> None:
+    """The issue's case: a multipart/mixed with a text/plain part and a separate text/html
+    part. Not alternatives of each other: the first is the body, the other an attachment."""
+    plain, html = "Compte rendu en texte, élevé.", "<p>Résultats en <b>HTML</b></p>"
+    result = rfc5322_to_message(
+        as_submitted(multipart("mixed", text_part(plain), text_part(html, "html")))
+    )
+    assert (result["body"], result["isHTML"]) == (plain + "\n", False)
+    assert files_of(result) == [("part-2.html", "text/html", (html + "\n").encode())]
+
+    result = rfc5322_to_message(
+        as_submitted(multipart("mixed", text_part(html, "html"), text_part(plain)))
+    )
+    assert (result["body"], result["isHTML"]) == (html + "\n", True)
+    assert files_of(result) == [("part-2.txt", "text/plain", (plain + "\n").encode())]
+
+
+def test_only_the_main_text_is_chosen_from() -> None:
+    pdf = EmailMessage()
+    pdf.set_content(PDF, maintype="application", subtype="pdf", filename="cr.pdf")
+    latin = text_part("Deuxième texte", charset="iso-8859-1", cte="quoted-printable")
+    body = multipart(
+        "mixed",
+        multipart("alternative", text_part("Le texte"), text_part("<p>Le HTML</p>", "html")),
+        latin,
+        pdf,
+    )
+    result = rfc5322_to_message(as_submitted(body))
+    assert (result["body"], result["isHTML"]) == ("<p>Le HTML</p>\n", True)
+    assert files_of(result) == [  # a text that is not the body travels as UTF-8
+        ("part-2.txt", "text/plain", "Deuxième texte\n".encode()),
+        ("cr.pdf", "application/pdf", PDF),
+    ]
+
+    # an alternative after the main text: one of its renderings kept (HTML), as a file
+    later = multipart("alternative", text_part("Autre texte"), text_part("<p>Autre</p>", "html"))
+    result = rfc5322_to_message(as_submitted(multipart("mixed", text_part("Le corps"), later)))
+    assert (result["body"], result["isHTML"]) == ("Le corps\n", False)
+    assert files_of(result) == [("part-2.2.html", "text/html", b"<p>Autre</p>\n")]
+
+    # a multipart/related whose start is not first: its root is the body, the rest files
+    image = EmailMessage()
+    image.set_content(b"\x89PNG", maintype="image", subtype="png", cid="<logo@lps>")
+    root = text_part('<p><img src="cid:logo@lps"></p>', "html", cid="<root@lps>")
+    related = multipart("related", image, root, start="<root@lps>", type="text/html")
+    result = rfc5322_to_message(as_submitted(related))
+    assert (result["body"], result["isHTML"]) == ('<p><img src="cid:logo@lps"></p>\n', True)
+    assert files_of(result) == [("part-1", "image/png", b"\x89PNG")]
+
+    # an alternative neither plain nor HTML is kept; without any plain or HTML, all are
+    invitation = text_part("BEGIN:VCALENDAR\nEND:VCALENDAR", "calendar")
+    offered = multipart(
+        "alternative", text_part("Invitation"), text_part("<p>Inv</p>", "html"), invitation
+    )
+    result = rfc5322_to_message(as_submitted(offered))
+    assert result["body"] == "<p>Inv</p>\n"
+    assert files_of(result) == [
+        ("part-3.ics", "text/calendar", b"BEGIN:VCALENDAR\nEND:VCALENDAR\n")
+    ]
+    enriched = text_part("<bold>Texte</bold>", "enriched")
+    result = rfc5322_to_message(as_submitted(multipart("alternative", enriched, pdf)))
+    assert result["body"] == ""
+    assert [name for name, _, _ in files_of(result)] == ["part-1", "cr.pdf"]
+
+
+def test_a_body_its_charset_does_not_decode_is_kept_as_octets() -> None:
+    """No replacement characters in place of the text: UTF-8 under a wrong or unknown label
+    is read as UTF-8; octets that nothing decodes travel unchanged, as a file."""
+    utf8 = EmailMessage()
+    utf8.set_content("Hémoglobine 12,8 g/dL".encode(), maintype="text", subtype="plain", cte="8bit")
+    utf8.set_param("charset", "us-ascii")
+    result = rfc5322_to_message(as_submitted(utf8))
+    assert (result["body"], result["attachments"]) == ("Hémoglobine 12,8 g/dL", [])
+
+    octets = "Hémoglobine 12,8 g/dL".encode("latin-1")
+    unknown = EmailMessage()
+    unknown.set_content(octets, maintype="text", subtype="plain", cte="base64")
+    unknown.set_param("charset", "x-inconnu")
+    result = rfc5322_to_message(as_submitted(multipart("mixed", unknown, text_part("Suite"))))
+    assert result["body"] == ""
+    assert files_of(result) == [
+        ("part-1.txt", "text/plain", octets),
+        ("part-2.txt", "text/plain", b"Suite\n"),
+    ]
+
+
+def test_a_blank_rendering_is_not_chosen_and_a_blank_part_holds_nothing() -> None:
+    blank_html = multipart("alternative", text_part("Le vrai texte"), text_part("  \n", "html"))
+    result = rfc5322_to_message(as_submitted(blank_html))
+    assert (result["body"], result["isHTML"]) == ("Le vrai texte\n", False)
+    trailing = multipart("mixed", text_part("Texte"), text_part("\n", "html"))
+    result = rfc5322_to_message(as_submitted(trailing))
+    assert (result["body"], result["attachments"]) == ("Texte\n", [])
+
+
+def test_what_cannot_be_read_whole_is_refused() -> None:
+    """Sent on, these would arrive emptied or garbled while the client is told all is well."""
+    garbled = text_part("<p>Annexe</p>", "html", cte="base64")
+    garbled.set_payload("!!!!\n")
+    with pytest.raises(MimeRejected, match=r"part 2: its base64 content cannot be decoded") as no:
+        rfc5322_to_message(as_submitted(multipart("mixed", text_part("Texte"), garbled)))
+    assert no.value.status == "5.6.0"
+    truncated = EmailMessage()
+    truncated.set_content(PDF, maintype="application", subtype="pdf", filename="cr.pdf")
+    truncated.set_payload("QUJDR\n")  # a length no base64 decoder can use
+    with pytest.raises(MimeRejected, match="base64"):
+        rfc5322_to_message(as_submitted(multipart("mixed", text_part("Texte"), truncated)))
+    no_parts = (
+        b"Subject: x\r\nContent-Type: multipart/mixed; boundary=zz\r\n\r\nTexte sans parties\r\n"
+    )
+    with pytest.raises(MimeRejected, match="whose parts cannot be found") as lost:
+        rfc5322_to_message(no_parts)
+    assert lost.value.status == "5.6.0"
+
+
+# -- property: every text of the original is somewhere in what the platform gets --------------
+
+
+@dataclass(frozen=True)
+class TextLeaf:
+    subtype: str
+    text: str
+    charset: str  # utf-8, iso-8859-1, or a label Python does not know over UTF-8 / Latin-1 octets
+    cte: str
+    disposition: str | None
+    filename: bool
+    long: bool
+
+
+@dataclass(frozen=True)
+class FileLeaf:
+    data: bytes
+    content_type: str
+    disposition: str | None
+    filename: bool
+
+
+@dataclass(frozen=True)
+class MessageLeaf:
+    text: str
+
+
+@dataclass(frozen=True)
+class Multi:
+    subtype: str
+    children: tuple[Any, ...]
+
+
+TEXTS = st.text(alphabet="abcXYZ 0123éàçœ€<>&;\n", max_size=30)
+LEAVES = st.one_of(
+    st.builds(
+        TextLeaf,
+        st.sampled_from(["plain", "html"]),
+        TEXTS,
+        st.sampled_from(["utf-8", "iso-8859-1", "x-unknown-utf-8", "x-unknown-latin-1"]),
+        st.sampled_from(["8bit", "quoted-printable", "base64"]),
+        st.sampled_from([None, "inline", "attachment"]),
+        st.booleans(),
+        st.sampled_from([False] * 9 + [True]),
+    ),
+    st.builds(
+        FileLeaf,
+        st.binary(min_size=1, max_size=40),
+        st.sampled_from(["application/pdf", "image/png"]),
+        st.sampled_from([None, "inline", "attachment"]),
+        st.booleans(),
+    ),
+    st.builds(MessageLeaf, TEXTS),
+)
+TREES = st.recursive(
+    LEAVES,
+    lambda children: st.builds(
+        Multi,
+        st.sampled_from(["mixed", "alternative", "related"]),
+        st.lists(children, min_size=1, max_size=3).map(tuple),
+    ),
+    max_leaves=7,
+)
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """What must be found: "text" (its words, or its octets `raw`), "file" (`raw`),
+    "message" (an attached message with these words), "all" or "any" of `children`."""
+
+    kind: str
+    words: str = ""
+    raw: bytes = b""
+    children: tuple[Wanted, ...] = ()
+
+
+def words(text: str) -> str:
+    return " ".join(text.split())
+
+
+class Builder:
+    def __init__(self) -> None:
+        self.count = 0
+        self.long = False
+
+    def marker(self) -> str:
+        self.count += 1
+        return f"T{self.count}Z "
+
+    def build(self, node: Any, part: EmailMessage) -> Wanted:
+        if isinstance(node, Multi):
+            parts = [EmailMessage() for _ in node.children]
+            pairs = zip(node.children, parts, strict=True)
+            wanted = tuple(self.build(child, p) for child, p in pairs)
+            part["Content-Type"] = f"multipart/{node.subtype}"
+            part.set_payload(list(parts))
+            return Wanted("any" if node.subtype == "alternative" else "all", children=wanted)
+        if isinstance(node, FileLeaf):
+            maintype, subtype = node.content_type.split("/")
+            name = f"f{self.count}.bin" if node.filename else None
+            part.set_content(
+                node.data,
+                maintype=maintype,
+                subtype=subtype,
+                disposition=node.disposition,
+                filename=name,
+            )
+            return Wanted("file", raw=node.data)
+        if isinstance(node, MessageLeaf):
+            inner = EmailMessage()
+            inner["Subject"] = "Transféré"
+            text = self.marker() + node.text
+            inner.set_content(text)
+            part.set_content(inner)
+            return Wanted("message", words=words(text))
+        text = self.marker() + node.text + ("x" * MAX_BODY if node.long else "")
+        self.long |= node.long
+        codec = "utf-8" if node.charset.endswith("utf-8") else "iso-8859-1"
+        octets = text.encode(codec, "replace")  # Latin-1 has no œ nor €: "?"
+        text = octets.decode(codec)
+        part.set_content(
+            octets,
+            maintype="text",
+            subtype=node.subtype,
+            cte=node.cte,
+            disposition=node.disposition,
+            filename=f"t{self.count}.txt" if node.filename else None,
+        )
+        part.set_param("charset", codec if node.charset == codec else "x-unknown")
+        return Wanted("text", words=words(text), raw=octets)
+
+
+def found(wanted: Wanted, result: dict[str, Any]) -> bool:
+    files = [(a["contentType"], base64.b64decode(a["file"])) for a in result["attachments"]]
+    if wanted.kind == "all":
+        return all(found(child, result) for child in wanted.children)
+    if wanted.kind == "any":
+        return any(found(child, result) for child in wanted.children)
+    if wanted.kind == "file":
+        return any(data == wanted.raw for _, data in files)
+    if wanted.kind == "message":
+        for content_type, data in files:
+            inner = BytesParser(policy=default).parsebytes(data)
+            if content_type == "message/rfc822" and wanted.words in words(inner.get_content()):
+                return True
+        return False
+    if not wanted.words or wanted.words in words(result["body"]):
+        return True
+    for _, data in files:
+        lines = data.replace(b"\r\n", b"\n")  # a text in canonical form has CRLF line ends
+        if wanted.raw in lines or wanted.words in words(data.decode("utf-8", "replace")):
+            return True
+    return False
+
+
+@settings(max_examples=150, deadline=None)
+@given(TREES)
+def test_every_text_of_a_submission_reaches_the_platform(tree: Any) -> None:
+    """For any MIME tree, what the gateway hands the platform holds every text leaf (as
+    the body or an attachment) and every file, all of them but those of the alternatives
+    not chosen; or it is refused, and only for a body over the platform's limit."""
+    builder = Builder()
+    root = submitted()
+    wanted = builder.build(tree, root)
+    raw = root.as_bytes(policy=default.clone(linesep="\r\n"))
+    outcome: dict[str, Any] | MimeRejected
+    try:
+        outcome = rfc5322_to_message(raw)
+    except MimeRejected as refusal:
+        outcome = refusal
+    if isinstance(outcome, MimeRejected):
+        assert builder.long, outcome.reason
+        assert (outcome.status, outcome.reason) == (
+            "5.3.4",
+            f"body longer than {MAX_BODY} characters",
+        )
+        return
+    assert found(wanted, outcome), (raw[:3000], outcome["body"][:200], files_of(outcome))

@@ -1,7 +1,7 @@
 """SMTP submission from a historic BAL, end to end on real sockets: the gateway's SMTP front
 turns the message into one ``sendMessage`` on the mock's historic web services and answers
-250 only once the platform took it (recipients on both platforms, attachments, priority,
-read receipt, envelope BCC, refusals and the services down)."""
+250 only once the platform took it (recipients on both platforms, attachments, every text
+part kept, priority, read receipt, envelope BCC, refusals and the services down)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import base64
 import os
 import smtplib
 from email.message import EmailMessage
+from email.parser import BytesParser
 from email.policy import SMTP as SMTP_POLICY
+from email.policy import default
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,13 @@ import pytest
 
 from gateway.settings import MockSettings, Settings
 from tests.gateway.conftest import Stack, start_stack
-from tests.gateway.test_legacy_ws_imap import closed_port, configure_with, legacy
+from tests.gateway.test_legacy_ws_imap import (
+    closed_port,
+    configure_with,
+    holds_both_texts,
+    legacy,
+    side_by_side,
+)
 from tests.gateway.test_smtp_front import NIL, client, message, metric, received, subject, xoauth2
 from tests.historic import historic_call, historic_messages
 
@@ -144,6 +152,57 @@ async def test_plain_message_is_normal_priority_without_receipt(legacy: Stack):
     assert (found["priority"], found["isAccuse"], found["attachments"]) == ("NORMAL", False, [])
 
 
+async def test_plain_and_html_side_by_side_both_reach_the_platform(legacy: Stack):
+    """The text/plain part and a separate text/html part of a multipart/mixed both arrive:
+    the first as the body, the other as an attachment. Before, the client got 250 and the
+    plain text was lost."""
+    title = subject()
+    token = await legacy.token("dr-dupont")
+    refused = await asyncio.to_thread(smtplib_send, legacy, token, side_by_side(title), [PETIT])
+    assert refused == {}
+    await holds_both_texts(legacy, PETIT, INBOX, title)
+    await holds_both_texts(legacy, DUPONT, SENT, title)
+
+
+async def test_a_forwarded_message_stays_readable_on_the_platform(legacy: Stack):
+    """An attached message (message/rfc822) is kept whole, in the recipient's copy and in
+    Sent. Before, the platform wrapped it in base64 like a file and read that back as a
+    message made of base64 text."""
+    forwarded = EmailMessage()
+    forwarded["From"] = "labo@labo.mssante.fr"
+    forwarded["Subject"] = "Résultats transmis"
+    forwarded.set_content("Hémoglobine : 12,8 g/dL.\n")
+    title = subject()
+    msg = EmailMessage()
+    msg["From"] = DUPONT
+    msg["To"] = PETIT
+    msg["Subject"] = title
+    msg["Date"] = formatdate(localtime=True)
+    msg["Message-ID"] = make_msgid(domain="lps.test")
+    msg["X-MSS-NIL"] = NIL
+    msg.set_content("Je vous transmets les résultats.\n")
+    msg.add_attachment(forwarded)
+    token = await legacy.token("dr-dupont")
+    raw = msg.as_bytes(policy=SMTP_POLICY)
+    assert await asyncio.to_thread(smtplib_send, legacy, token, raw, [PETIT]) == {}
+    for bal, folder_id in ((PETIT, INBOX), (DUPONT, SENT)):
+        (found,) = await titled(legacy, bal, folder_id, title)
+        (attachment,) = found["attachments"]
+        assert (attachment["fileName"], attachment["contentType"]) == (
+            "message.eml",
+            "message/rfc822",
+        )
+        downloaded = await historic_call(
+            legacy.mock,
+            "Attachment",
+            "downloadAttachment",
+            {"email": bal, "messageId": found["messageId"], "part": attachment["part"]},
+        )
+        inner = BytesParser(policy=default).parsebytes(base64.b64decode(downloaded["file"]))
+        assert inner["Subject"] == "Résultats transmis"
+        assert inner.get_content().replace("\r\n", "\n") == "Hémoglobine : 12,8 g/dL.\n"
+
+
 async def test_the_envelope_decides_who_receives(legacy: Stack):
     """Bcc only in the envelope reaches its recipient unseen by the others; an address only
     in the headers receives nothing."""
@@ -217,6 +276,19 @@ async def test_a_message_the_platform_cannot_hold_gets_its_status(legacy: Stack)
         {"email": DUPONT, "searchCriteria": {"limit": 200, "query": {"folderId": SENT}}},
     )
     assert all(not m["subject"].startswith(title[:30]) for m in sent["messages"])
+
+
+async def test_a_part_that_cannot_be_read_whole_is_refused_not_dropped(legacy: Stack):
+    title = subject()
+    async with client(legacy, "dr-dupont") as smtp:
+        await smtp.mail(DUPONT)
+        await smtp.rcpt(PETIT)
+        with pytest.raises(aiosmtplib.SMTPDataError) as refused:
+            await smtp.data(side_by_side(title, garbled=True))
+    assert refused.value.code == 554
+    assert refused.value.message == "5.6.0 part 2: its base64 content cannot be decoded"
+    assert await titled(legacy, PETIT, INBOX, title) == []
+    assert await titled(legacy, DUPONT, SENT, title) == []
 
 
 async def test_a_functional_error_of_the_platform_is_permanent(legacy: Stack):

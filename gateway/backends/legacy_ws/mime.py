@@ -27,8 +27,28 @@ call, every restart and every Python version. Hence a hand-written serializer ra
   messageId and a hash of the content (historic ids are only unique per BAL).
 
 `rfc5322_to_message` reads mail submitted through SMTP or IMAP APPEND into the
-``message`` of sendMessage/draftMessage, enforcing the historic limits; every refusal
-is a `MimeRejected` with an enhanced status code for the SMTP front.
+``message`` of sendMessage/draftMessage: one body, text or HTML, and files. The client is
+told the message was taken, so none of what it sent may be lost on the way:
+
+* the body is the message's main text only: a single text part, or the first part of a
+  multipart (of a multipart/related, its ``start`` root), recursively. Only inside a
+  multipart/alternative is one rendering chosen: the HTML when it fits the platform's
+  50,000 characters (the platform derives the text), else the plain text, an empty or
+  undecodable one last. The other plain and HTML renderings of that alternative are set
+  aside; anything else in it (a calendar invitation, an image, a file) is kept;
+* every other part is an attachment: a file as its octets, a message/* part whole, a text
+  part that is not the body (a second text/plain, an HTML part beside the text, the
+  chosen rendering of a later alternative) as UTF-8 ``part-<n>.txt`` or ``.html`` (the
+  platform keeps no charset). A body that neither its charset nor UTF-8 decodes is such
+  a file too, its octets unchanged, rather than a text with replacement characters. A
+  text part of nothing but whitespace holds nothing to keep;
+* what the platform cannot hold is a `MimeRejected` with an enhanced status code (the
+  SMTP front's 5xx, the IMAP APPEND's ``NO [CANNOT]``), never a part left out: a message
+  over the size limit or a body over 50,000 characters (5.3.4); a subject over 250
+  characters, a base64 part that decodes to nothing or to garbage, a multipart whose
+  parts cannot be found, an empty file, a file name over 255 characters (5.6.0); a
+  structure too deep or with too many parts (5.6.3); an invalid address (5.1.3); too
+  many recipients (5.5.3).
 """
 
 from __future__ import annotations
@@ -39,7 +59,9 @@ import email.utils
 import hashlib
 import json
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from email import errors
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import default
@@ -442,11 +464,10 @@ def rfc5322_to_message(
     as the BAL acted on; the caller checks it), plus `envelope_recipients` absent from
     them as BCC. With `envelope_only` (SMTP submission) the envelope alone says who
     receives, as SMTP would deliver: header addresses outside it are left out, since the
-    platform sends to every address it is given. Then the HTML body when there is one
-    (the platform derives the text), else the text one; HAUTE priority for X-Priority 1
-    or 2, ``Importance: high`` or ``Priority: urgent``; isAccuse when
-    Disposition-Notification-To is present; every other leaf part (an IHE_XDM.ZIP, an
-    inline image, an attached message) as an attachment. Over the historic limits,
+    platform sends to every address it is given. Then the body and the attachments as the
+    module docstring says (the main text only; every other part kept); HAUTE priority for
+    X-Priority 1 or 2, ``Importance: high`` or ``Priority: urgent``; isAccuse when
+    Disposition-Notification-To is present. What the platform cannot hold,
     `MimeRejected`."""
     if len(raw) > max_size:
         raise MimeRejected(f"message larger than {max_size} octets", "5.3.4")
@@ -459,30 +480,44 @@ def rfc5322_to_message(
         raise MimeRejected(f"unreadable message: {type(exc).__name__}") from exc
 
 
+@dataclass(frozen=True)
+class _Leaf:
+    """A leaf part and its IMAP number; `text` is the decoded text of an inline plain or
+    HTML part (None for any other part, and for one that does not decode)."""
+
+    number: str
+    part: Message
+    text: str | None
+
+
+@dataclass(frozen=True)
+class _Split:
+    """What a part gives: its main text (an inline plain or HTML leaf, or None) and the
+    leaves to keep besides it."""
+
+    main: _Leaf | None
+    kept: tuple[_Leaf, ...]
+
+    def leaves(self) -> tuple[_Leaf, ...]:
+        return self.kept if self.main is None else (self.main, *self.kept)
+
+
 def _read(
     parsed: Message, envelope_recipients: Sequence[str], *, envelope_only: bool
 ) -> dict[str, Any]:
-    leaves = list(_leaves(parsed))
     subject = _header_text(parsed, "Subject")
     if len(subject) > MAX_SUBJECT:
         raise MimeRejected(f"subject longer than {MAX_SUBJECT} characters", "5.6.0")
-    bodies: dict[str, Message] = {}
-    others: list[tuple[str, Message]] = []
-    for number, part in leaves:
-        subtype = part.get_content_subtype()
-        if _is_body(part) and subtype not in bodies:
-            bodies[subtype] = part
-        else:
-            others.append((number, part))
-    html = _part_text(bodies["html"]) if "html" in bodies else None
-    text = _part_text(bodies["plain"]) if "plain" in bodies else None
+    split = _split(parsed, "", 0, [0])
+    main, kept = split.main, list(split.kept)
     body, is_html = "", False
-    if html is not None and (len(html) <= MAX_BODY or text is None):
-        body, is_html = html, True  # the historic platform derives the text version
-    elif text is not None:
-        body = text  # an HTML alternative too long for the platform: the text one
+    if main is not None and main.text is not None:
+        body, is_html = main.text, main.part.get_content_subtype() == "html"
+    elif main is not None:
+        kept.append(main)  # its charset does not decode it: its octets, as a file
     if len(body) > MAX_BODY:
         raise MimeRejected(f"body longer than {MAX_BODY} characters", "5.3.4")
+    kept.sort(key=lambda leaf: _part_order(leaf.number))
     message: dict[str, Any] = {
         "addresses": _addresses(parsed, envelope_recipients, envelope_only=envelope_only),
         "subject": subject,
@@ -490,7 +525,7 @@ def _read(
         "isHTML": is_html,
         "priority": "HAUTE" if _urgent(parsed) else "NORMAL",
         "isAccuse": parsed.get("Disposition-Notification-To") is not None,
-        "attachments": [_attachment(number, part) for number, part in others],
+        "attachments": [_attachment(leaf) for leaf in kept if not _blank(leaf)],
     }
     conversation = _header_text(parsed, "X-LPS-Conversation-Id")
     if _SAFE_ID.fullmatch(conversation):
@@ -498,26 +533,80 @@ def _read(
     return message
 
 
-def _leaves(message: Message) -> Iterator[tuple[str, Message]]:
-    """Leaf parts with IMAP part numbers; deeper than `MAX_DEPTH` or more than `MAX_PARTS`
-    parts is refused (a message/rfc822 part is one leaf: attached as is)."""
-    count = 0
-    stack: list[tuple[Message, str, int]] = [(message, "", 0)]
-    while stack:
-        part, number, depth = stack.pop()
-        count += 1
-        if depth > MAX_DEPTH or count > MAX_PARTS:
-            raise MimeRejected("MIME structure too deep or with too many parts", "5.6.3")
-        if part.is_multipart() and part.get_content_type() != "message/rfc822":
-            children = part.get_payload()
-            assert isinstance(children, list)
-            for index in range(len(children), 0, -1):
-                child = children[index - 1]
-                if not isinstance(child, Message):
-                    raise MimeRejected("unreadable MIME structure")
-                stack.append((child, f"{number}.{index}" if number else str(index), depth + 1))
-        else:
-            yield number or "1", part
+def _split(part: Message, number: str, depth: int, seen: list[int]) -> _Split:
+    """`part`'s main text and the leaves kept besides it. Deeper than `MAX_DEPTH` or more
+    than `MAX_PARTS` parts is refused; a message/* part is one leaf (attached whole)."""
+    seen[0] += 1
+    if depth > MAX_DEPTH or seen[0] > MAX_PARTS:
+        raise MimeRejected("MIME structure too deep or with too many parts", "5.6.3")
+    if part.get_content_maintype() != "multipart":
+        number = number or "1"
+        if _is_body(part):
+            return _Split(_Leaf(number, part, _text(number, part)), ())
+        return _Split(None, (_Leaf(number, part, None),))
+    children = part.get_payload()
+    if not isinstance(children, list):
+        raise MimeRejected(
+            f"part {number or '1'}: {part.get_content_type()} whose parts cannot be found "
+            "(boundary missing or wrong)"
+        )
+    parts = [child for child in children if isinstance(child, Message)]
+    if len(parts) != len(children):
+        raise MimeRejected("unreadable MIME structure")
+    splits = [
+        _split(child, f"{number}.{index}" if number else str(index), depth + 1, seen)
+        for index, child in enumerate(parts, 1)
+    ]
+    if part.get_content_subtype() == "alternative":
+        return _alternative(splits)
+    if not splits:
+        return _Split(None, ())
+    first = _root(part, parts) if part.get_content_subtype() == "related" else 0
+    kept = list(splits[first].kept)
+    for index, other in enumerate(splits):
+        if index != first:
+            kept.extend(other.leaves())
+    return _Split(splits[first].main, tuple(kept))
+
+
+def _alternative(splits: Sequence[_Split]) -> _Split:
+    """The one rendering of a multipart/alternative that `_rank` prefers, the last of
+    equals (RFC 2046 puts the preferred last). The plain and HTML renderings of the other
+    alternatives are set aside; anything else in them (a calendar invitation, an image)
+    is kept, and so is every alternative when none is plain or HTML."""
+    renderings = [split for split in splits if split.main is not None]
+    if not renderings:
+        return _Split(None, tuple(leaf for split in splits for leaf in split.kept))
+    chosen = max(reversed(renderings), key=_rank)
+    kept = list(chosen.kept)
+    for other in splits:
+        if other is not chosen:
+            kept.extend(leaf for leaf in other.kept if not _is_body(leaf.part))
+    return _Split(chosen.main, tuple(kept))
+
+
+def _rank(split: _Split) -> tuple[bool, bool, bool]:
+    """Usable as the body (decoded, not blank, within the limit), then holding anything,
+    then HTML (the platform derives the text from it)."""
+    assert split.main is not None
+    text = split.main.text
+    holds = text is None or bool(text.strip())
+    usable = text is not None and holds and len(text) <= MAX_BODY
+    return usable, holds, split.main.part.get_content_subtype() == "html"
+
+
+def _root(part: Message, children: Sequence[Message]) -> int:
+    """The root of a multipart/related: the part its ``start`` names, else the first."""
+    start = part.get_param("start")
+    if isinstance(start, str) and start.strip():
+        for index, child in enumerate(children):
+            if str(child.get("Content-ID", "")).strip() == start.strip():
+                return index
+    return 0
+
+
+def _part_order(number: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in number.split("."))
 
 
 def _is_body(part: Message) -> bool:
@@ -529,14 +618,42 @@ def _is_body(part: Message) -> bool:
     )
 
 
-def _part_text(part: Message) -> str:
-    try:
-        content = part.get_content()  # type: ignore[attr-defined]
-    except (LookupError, ValueError, AssertionError):
-        raw = part.get_payload(decode=True)
-        content = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else ""
-    text = content if isinstance(content, str) else ""
-    return text.replace("\r\n", "\n")
+def _blank(leaf: _Leaf) -> bool:
+    """An inline text part with nothing but whitespace: nothing to keep."""
+    return leaf.text is not None and not leaf.text.strip()
+
+
+def _text(number: str, part: Message) -> str | None:
+    """The part's text with LF line ends: decoded with its charset, else as UTF-8 (a
+    missing or wrong label on UTF-8 text is common); None when neither decodes it, rather
+    than a text with replacement characters."""
+    data = _octets(number, part)
+    for charset in (part.get_content_charset() or "us-ascii", "utf-8"):
+        try:
+            return data.decode(charset).replace("\r\n", "\n")
+        except (LookupError, ValueError):
+            continue
+    return None
+
+
+def _octets(number: str, part: Message) -> bytes:
+    """The part's content, transfer encoding undone. Base64 that gives nothing, or that no
+    decoder can use (the email package then returns the encoded text), is refused: sent
+    on, the part would arrive emptied or garbled."""
+    data = part.get_payload(decode=True)
+    if not isinstance(data, bytes):
+        return b""
+    encoded = part.get_payload()
+    unusable = any(isinstance(d, errors.InvalidBase64LengthDefect) for d in part.defects)
+    emptied = (
+        not data
+        and isinstance(encoded, str)
+        and bool(encoded.strip())
+        and str(part.get("Content-Transfer-Encoding", "")).strip().lower() == "base64"
+    )
+    if unusable or emptied:
+        raise MimeRejected(f"part {number}: its base64 content cannot be decoded", "5.6.0")
+    return data
 
 
 def _header_text(message: Message, name: str) -> str:
@@ -586,18 +703,31 @@ def _addresses(
     return found
 
 
-def _attachment(number: str, part: Message) -> dict[str, str]:
+_EXTENSIONS = {"text/plain": ".txt", "text/html": ".html", "text/calendar": ".ics"}
+
+
+def _attachment(leaf: _Leaf) -> dict[str, str]:
+    """The attachment entry for `leaf`: a message/* part whole, an inline text part as
+    UTF-8 (the platform keeps no charset label), any other part as its octets."""
+    part = leaf.part
     content_type = part.get_content_type()
-    if content_type == "message/rfc822":
+    if part.get_content_maintype() == "message":
         inner = part.get_payload()
-        first = inner[0] if isinstance(inner, list) and inner else None
-        data = first.as_bytes() if isinstance(first, Message) else b""
+        if isinstance(inner, list):
+            data = b"".join(m.as_bytes() for m in inner if isinstance(m, Message))
+        else:
+            data = _octets(leaf.number, part)
+    elif leaf.text is not None:
+        data = leaf.text.encode("utf-8")
     else:
-        decoded = part.get_payload(decode=True)
-        data = decoded if isinstance(decoded, bytes) else b""
+        data = _octets(leaf.number, part)
     name = part.get_filename() or part.get_param("name", header="content-type")
     if not isinstance(name, str) or not name.strip():
-        name = "message.eml" if content_type == "message/rfc822" else f"part-{number}"
+        name = (
+            "message.eml"
+            if content_type == "message/rfc822"
+            else f"part-{leaf.number}{_EXTENSIONS.get(content_type, '')}"
+        )
     name = " ".join(_clean(name).split())
     if len(name) > MAX_FILE_NAME:
         raise MimeRejected(f"attachment name longer than {MAX_FILE_NAME} characters", "5.6.0")
