@@ -45,6 +45,7 @@ from sqlalchemy.orm import joinedload, selectinload
 from delegation.audit import AuditAction, AuditRecord, check_action, check_interface, fitted
 from delegation.errors import Conflict, DelegationError, Invalid, NotFound, NotHolder
 from delegation.events import ChangeBus, ChangeEvent, ChangeKind, LocalBus
+from delegation.expiry import check_expiry
 from delegation.models import (
     ADDRESS_LENGTH,
     INTERFACES,
@@ -633,7 +634,8 @@ class DelegationService:
         software: str | None = None,
         remote: str | None = None,
     ) -> Delegation:
-        """Give (or update) a delegate's rights on a mailbox; audited as "grant"."""
+        """Give (or update) a delegate's rights on a mailbox; audited as "grant". An expiry
+        lies in the future, at most 10 years ahead (`delegation.expiry`)."""
         actor = str(holder.idnat)
         try:
             check_interface(interface)
@@ -641,12 +643,9 @@ class DelegationService:
             delegate = parse_idnat(delegate_idnat)
             chosen = parse_rights(rights)
             now = self.now()
+            check_expiry(expires_at, now)
             if expires_at is not None:
-                if expires_at.tzinfo is None or expires_at.utcoffset() is None:
-                    raise Invalid("the expiry needs a time zone", reason="bad-expiry")
                 expires_at = expires_at.astimezone(dt.UTC)
-                if expires_at <= now:
-                    raise Invalid("the expiry is not in the future", reason="bad-expiry")
             if delegate == actor:
                 raise Invalid("one cannot delegate to oneself", reason="self-delegation")
 

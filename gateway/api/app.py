@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Response
-from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST
+from fastapi import FastAPI
 
 from delegation.service import DelegationService
 from gateway.api import problems, v1
+from gateway.api.body_limit import DEFAULT_MAX_BODY, BodyLimit
+from gateway.api.ops import health_router
 from gateway.health import OK, Readiness, database_check
 from gateway.logs import RequestIdMiddleware
 from gateway.metrics import Metrics
-from gateway.web.routes import WebConfig, build_router
+from gateway.web.routes import WebConfig, build_router, error_page
 from psc_auth import TokenValidator
-
-_NO_STORE = {"Cache-Control": "no-store"}
 
 
 def create_api(
@@ -24,10 +22,16 @@ def create_api(
     *,
     metrics: Metrics | None = None,
     readiness: Readiness | None = None,
+    max_body: int = DEFAULT_MAX_BODY,
+    web_validator: TokenValidator | None = None,
 ) -> FastAPI:
     """The HTTP surface. `metrics`: served at /metrics when given (the gateway's own
-    registry; an API without fronts has nothing to count). `readiness`: what /readyz
-    checks; without it, the registry's database only (the API's one dependency)."""
+    registry; an API without fronts has nothing to count; none when an operations listener
+    serves them). `readiness`: what /readyz checks, answered tersely (`ok` or `failed` per
+    check: the reasons name backend hosts); without it, the registry's database only (the
+    API's one dependency). `max_body`: bytes of a request body, a larger one gets 413.
+    `web_validator`: how the pages check the tokens of their own login, whose audience is
+    the gateway's client (`ui.client_id`), not an LPS's; default `validator`."""
     app = FastAPI(
         title="lps-gateway",
         summary="API LPS gateway for MSSanté: mailboxes, delegations, directory",
@@ -37,39 +41,17 @@ def create_api(
     )
     app.state.delegations = service
     app.state.validator = validator
-    app.add_middleware(RequestIdMiddleware)
-    problems.install(app)
+    app.add_middleware(BodyLimit, max_body=max_body)
+    app.add_middleware(RequestIdMiddleware)  # outermost: a 413 carries the request id too
+    problems.install(app, error_page if web is not None else problems.no_pages)
     app.include_router(v1.router)
     if web is not None:
-        app.include_router(build_router(service, validator, web))
+        app.include_router(build_router(service, web_validator or validator, web))
 
-    @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> dict[str, str]:
-        """Liveness: the process answers; nothing else is checked, so a dead backend never
-        gets the gateway restarted."""
-        return {"status": "ok"}
+    async def database_only() -> tuple[bool, dict[str, str]]:
+        checks = {"database": await database_check(service)}
+        return checks["database"] == OK, checks
 
-    @app.get("/readyz", include_in_schema=False)
-    async def readyz() -> JSONResponse:
-        """Readiness: 200 when the database and every backend answer, else 503 naming the
-        failed checks, so that a balancer stops sending this node sessions it cannot carry."""
-        if readiness is not None:
-            ready, checks = await readiness.check()
-        else:
-            checks = {"database": await database_check(service)}
-            ready = checks["database"] == OK
-        return JSONResponse(
-            {"status": "ready" if ready else "unready", "checks": checks},
-            status_code=200 if ready else 503,
-            headers=_NO_STORE,
-        )
-
-    if metrics is not None:
-        registry = metrics
-
-        @app.get("/metrics", include_in_schema=False)
-        async def prometheus() -> Response:
-            """The gateway's counters, in the Prometheus text format."""
-            return Response(registry.render(), media_type=CONTENT_TYPE_LATEST, headers=_NO_STORE)
-
+    probe = readiness.check if readiness is not None else database_only
+    app.include_router(health_router(probe, detailed=False, metrics=metrics))
     return app

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -46,20 +47,38 @@ def unauthorized(detail: str) -> JSONResponse:
     )
 
 
-_TITLES = {403: "Forbidden", 404: "Not Found", 409: "Conflict", 422: "Unprocessable Content"}
+_TITLES = {
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    422: "Unprocessable Content",
+}
+
+PageError = Callable[[Request, int], Response | None]
+"""Renders an error as a page for the paths that are pages (None for the others)."""
 
 
-def install(app: FastAPI) -> None:
-    """Every error the API can produce leaves as problem+json."""
+def no_pages(_request: Request, _status: int) -> Response | None:
+    return None
+
+
+def install(app: FastAPI, pages: PageError = no_pages) -> None:
+    """Every error the API can produce leaves as problem+json; on the pages, as a page."""
 
     @app.exception_handler(DelegationError)
-    async def _delegation(_request: Request, exc: DelegationError) -> JSONResponse:
+    async def _delegation(request: Request, exc: DelegationError) -> Response:
+        if (page := pages(request, exc.status)) is not None:
+            return page
         return problem(
             exc.status, _TITLES.get(exc.status, "Bad Request"), str(exc), kind=exc.reason
         )
 
     @app.exception_handler(TokenError)
-    async def _token(_request: Request, exc: TokenError) -> JSONResponse:
+    async def _token(request: Request, exc: TokenError) -> Response:
+        if (page := pages(request, 503 if exc.failure.temporary else 401)) is not None:
+            return page
         if exc.failure.temporary:
             return problem(
                 503, "Service Unavailable", "identity provider unreachable", kind="psc-unavailable"
@@ -67,7 +86,9 @@ def install(app: FastAPI) -> None:
         return unauthorized(f"invalid token: {exc.failure.value}")
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        if (page := pages(request, 400)) is not None:
+            return page
         errors = [
             {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))} for e in exc.errors()
         ]
@@ -76,7 +97,9 @@ def install(app: FastAPI) -> None:
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if (page := pages(request, exc.status_code)) is not None:
+            return page
         headers = dict(exc.headers) if exc.headers else None
         return problem(
             exc.status_code, _TITLES.get(exc.status_code, "Error"), str(exc.detail), headers=headers

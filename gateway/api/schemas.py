@@ -13,6 +13,7 @@ from psc_auth import Identity
 Right = Literal["read", "write", "send"]
 RIGHTS_ORDER: tuple[Right, ...] = ("read", "write", "send")
 IDNAT_PATTERN = r"^[0-9][0-9A-Za-z/]{1,31}$"
+PRINTABLE = r"^[^\x00-\x1f\x7f]+$"  # no control characters: PostgreSQL refuses NUL in text
 
 
 def ordered(rights: frozenset[str]) -> list[Right]:
@@ -84,7 +85,9 @@ class DelegationIn(BaseModel):
 
     delegate: str = Field(pattern=IDNAT_PATTERN, description="the delegate's national id")
     rights: list[Right] = Field(min_length=1, max_length=3)
-    expires_at: dt.datetime | None = Field(default=None, description="ISO 8601 with a time zone")
+    expires_at: dt.datetime | None = Field(
+        default=None, description="ISO 8601 with a time zone, at most 10 years ahead"
+    )
 
 
 class ProfessionOut(BaseModel):

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Path, Query, Request, status
 
 from gateway.api.deps import CurrentIdentity, Service
 from gateway.api.schemas import (
+    PRINTABLE,
     DelegationIn,
     DelegationOut,
     DirectoryEntryOut,
@@ -23,7 +24,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     409: {"model": Problem, "description": "conflicting change"},
     422: {"model": Problem, "description": "the request breaks a rule"},
 }
-Address = Annotated[str, Path(max_length=254, examples=["claire.martin@medecin.mssante.fr"])]
+Address = Annotated[
+    str,
+    Path(max_length=254, pattern=PRINTABLE, examples=["claire.martin@medecin.mssante.fr"]),
+]
 
 router = APIRouter(prefix="/v1", responses={401: ERRORS[401]})
 
@@ -76,7 +80,8 @@ async def grant(
     service: Service,
     request: Request,
 ) -> DelegationOut:
-    """Grant (or update) a delegate's rights on the caller's BAL."""
+    """Grant (or update) a delegate's rights on the caller's BAL; an expiry lies in the next
+    10 years."""
     delegation = await service.grant(
         identity,
         address,

@@ -18,15 +18,25 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from delegation.errors import DelegationError
+from delegation.expiry import check_expiry
 from delegation.service import DelegationService
-from gateway.api.schemas import RIGHTS_ORDER
+from gateway.api.schemas import PRINTABLE, RIGHTS_ORDER
 from gateway.web.sessions import COOKIE, PendingLogin, SessionStore, WebSession
 from psc_auth import TokenError, TokenValidator
 
 log = logging.getLogger(__name__)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+PREFIX = "/ui"
 RIGHT_LABELS = {"read": "lecture", "write": "écriture", "send": "envoi"}
 PARIS = dt.timezone(dt.timedelta(hours=1))
+MAX_QUERY = 64
+_ERRORS = {
+    401: "Connexion refusée.",
+    403: "Accès refusé.",
+    404: "Page introuvable.",
+    405: "Méthode non permise.",
+    503: "Service momentanément indisponible.",
+}
 
 
 class WebConfig:
@@ -39,6 +49,12 @@ class WebConfig:
         base = self.public_url or str(request.base_url).rstrip("/")
         return f"{base}/ui/callback"
 
+    def secure_cookies(self, request: Request) -> bool:
+        """Secure when browsers come over https: the public URL says so even when a
+        TLS-terminating proxy passes the request on in clear."""
+        public = (self.public_url or "").lower()
+        return public.startswith("https://") or request.url.scheme == "https"
+
 
 def build_router(
     service: DelegationService,
@@ -46,7 +62,7 @@ def build_router(
     config: WebConfig,
     sessions: SessionStore | None = None,
 ) -> APIRouter:
-    router = APIRouter(prefix="/ui", include_in_schema=False)
+    router = APIRouter(prefix=PREFIX, include_in_schema=False)
     store = sessions or SessionStore()
 
     def session_of(request: Request) -> WebSession | None:
@@ -58,8 +74,8 @@ def build_router(
             session.id,
             httponly=True,
             samesite="lax",
-            secure=request.url.scheme == "https",
-            path="/ui",
+            secure=config.secure_cookies(request),
+            path=PREFIX,
         )
         return response
 
@@ -69,7 +85,9 @@ def build_router(
 
     @router.get("/login")
     async def login(request: Request) -> Response:
-        session = session_of(request) or store.create()
+        """Always a fresh pre-login session: a session id that came with the request, perhaps
+        planted by someone else, is never the one that ends up logged in."""
+        session = store.create()
         verifier = secrets.token_urlsafe(48)
         challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
         session.pending = PendingLogin(
@@ -103,19 +121,17 @@ def build_router(
         state: Annotated[str | None, Query(max_length=256)] = None,
         error: Annotated[str | None, Query(max_length=128)] = None,
     ) -> Response:
-        session = session_of(request)
-        pending = session.pending if session else None
-        if session is None or pending is None or state is None:
-            return _page(
-                request, "message.html", {"message": "Session de connexion inconnue."}, 400
-            )
-        session.pending = None
+        """The identity goes into a brand-new session (new id, new CSRF token); the pre-login
+        session is used once and dropped, whatever the outcome."""
+        prelogin = session_of(request)
+        pending = prelogin.pending if prelogin else None
+        if prelogin is None or pending is None or state is None:
+            return _message(request, "Session de connexion inconnue.", 400)
+        store.drop(prelogin.id)
         if not secrets.compare_digest(state, pending.state):
-            return _page(
-                request, "message.html", {"message": "Réponse de connexion invalide."}, 400
-            )
+            return _message(request, "Réponse de connexion invalide.", 400)
         if error or not code:
-            return _page(request, "message.html", {"message": "Connexion refusée."}, 401)
+            return _message(request, "Connexion refusée.", 401)
         token_endpoint = str((await validator.provider.metadata())["token_endpoint"])
         try:
             async with httpx.AsyncClient(timeout=10) as http:
@@ -130,24 +146,32 @@ def build_router(
                     auth=(config.client_id, config.client_secret),
                 )
             answer.raise_for_status()
-            session.identity = await validator.validate(str(answer.json()["access_token"]))
+            identity = await validator.validate(str(answer.json()["access_token"]))
         except (httpx.HTTPError, KeyError, ValueError, TokenError) as exc:
             log.info("web.login_failed", extra={"error": type(exc).__name__})
-            return _page(request, "message.html", {"message": "Connexion impossible."}, 401)
-        log.info("web.login", extra={"idnat": str(session.identity.idnat)})
-        return RedirectResponse("/ui/delegations", status_code=303)
+            return _message(request, "Connexion impossible.", 401)
+        session = store.create()
+        session.identity = identity
+        log.info("web.login", extra={"idnat": str(identity.idnat)})
+        return with_cookie(RedirectResponse("/ui/delegations", status_code=303), session, request)
 
     @router.post("/logout")
     async def logout(request: Request, csrf: Annotated[str, Form(max_length=64)]) -> Response:
         session = session_of(request)
+        response = RedirectResponse("/ui/delegations", status_code=303)
         if session is not None and session.check_csrf(csrf):
             store.drop(session.id)
-        return RedirectResponse("/ui/delegations", status_code=303)
+            response.delete_cookie(
+                COOKIE,
+                path=PREFIX,
+                secure=config.secure_cookies(request),
+                httponly=True,
+                samesite="lax",
+            )
+        return response
 
     @router.get("/delegations", response_class=HTMLResponse)
-    async def page(
-        request: Request, q: Annotated[str | None, Query(max_length=64)] = None
-    ) -> Response:
+    async def page(request: Request, q: str | None = None) -> Response:
         session = session_of(request)
         if session is None or session.identity is None:
             return RedirectResponse("/ui/login", status_code=303)
@@ -164,26 +188,29 @@ def build_router(
         found = []
         search_error = None
         if q is not None:
-            if len(q.strip()) < 3:
+            if len(q) > MAX_QUERY:
+                search_error = f"Saisissez au plus {MAX_QUERY} caractères."
+            elif len(q.strip()) < 3:
                 search_error = "Saisissez au moins 3 caractères."
             else:
-                found = await service.directory_search(q.strip(), limit=20)
+                try:
+                    found = await service.directory_search(q.strip(), limit=20)
+                except DelegationError:
+                    search_error = "Saisissez au moins 3 lettres ou chiffres."
         flash, session.flash = session.flash, None
         context = {
             "identity": identity,
             "grants": grants,
             "managed": managed,
             "found": found,
-            "query": q or "",
+            "query": (q or "")[:MAX_QUERY],
             "search_error": search_error,
             "flash": flash,
             "csrf": session.csrf,
             "rights_order": RIGHTS_ORDER,
             "right_labels": RIGHT_LABELS,
             "now": dt.datetime.now(dt.UTC),
-            "local": lambda when: (
-                when.astimezone(PARIS).strftime("%d/%m/%Y %H:%M") if when else "—"
-            ),
+            "local": _local,
         }
         return _page(request, "delegations.html", context)
 
@@ -191,16 +218,24 @@ def build_router(
     async def grant(
         request: Request,
         csrf: Annotated[str, Form(max_length=64)],
-        mailbox: Annotated[str, Form(max_length=254)],
+        mailbox: Annotated[str, Form(max_length=254, pattern=PRINTABLE)],
         delegate: Annotated[str, Form(max_length=32)],
-        rights: Annotated[list[str], Form(max_length=3)],
+        rights: Annotated[list[str] | None, Form(max_length=3)] = None,
         expires_on: Annotated[str, Form(max_length=10)] = "",
     ) -> Response:
         session = session_of(request)
         if session is None or session.identity is None or not session.check_csrf(csrf):
-            return _page(request, "message.html", {"message": "Session expirée."}, 403)
+            return _message(request, "Session expirée.", 403)
+        if not rights:
+            session.flash = "Choisissez au moins un droit."
+            return RedirectResponse("/ui/delegations", status_code=303)
         try:
             expires = _end_of_day(expires_on) if expires_on else None
+            check_expiry(expires, service.now())
+        except (ValueError, DelegationError):
+            session.flash = "Date d'expiration invalide : un jour à venir, dans 10 ans au plus."
+            return RedirectResponse("/ui/delegations", status_code=303)
+        try:
             await service.grant(
                 session.identity,
                 mailbox,
@@ -211,8 +246,6 @@ def build_router(
                 remote=request.client.host if request.client else None,
             )
             session.flash = "Délégation enregistrée."
-        except ValueError:
-            session.flash = "Date d'expiration invalide."
         except DelegationError as exc:
             session.flash = f"Refusé : {exc}"
         return RedirectResponse("/ui/delegations", status_code=303)
@@ -221,12 +254,12 @@ def build_router(
     async def revoke(
         request: Request,
         csrf: Annotated[str, Form(max_length=64)],
-        mailbox: Annotated[str, Form(max_length=254)],
+        mailbox: Annotated[str, Form(max_length=254, pattern=PRINTABLE)],
         delegation_id: Annotated[int, Form(ge=1, le=2**31 - 1)],
     ) -> Response:
         session = session_of(request)
         if session is None or session.identity is None or not session.check_csrf(csrf):
-            return _page(request, "message.html", {"message": "Session expirée."}, 403)
+            return _message(request, "Session expirée.", 403)
         try:
             await service.revoke(
                 session.identity,
@@ -243,10 +276,34 @@ def build_router(
     return router
 
 
+def error_page(request: Request, status: int) -> Response | None:
+    """A request the pages cannot take (a malformed form, an unknown page) gets a French
+    page, not the API's problem+json; None outside the pages."""
+    path = request.url.path
+    if path != PREFIX and not path.startswith(PREFIX + "/"):
+        return None
+    return _message(request, _ERRORS.get(status, "Requête invalide."), status)
+
+
 def _end_of_day(day: str) -> dt.datetime:
     """An expiry chosen as a date ends that evening, Paris time."""
     date = dt.date.fromisoformat(day)
     return dt.datetime.combine(date, dt.time(23, 59, 59), tzinfo=PARIS)
+
+
+def _local(when: dt.datetime | None) -> str:
+    """Paris time; a date at the edge of the calendar (year 9999) is shown in UTC rather than
+    overflow."""
+    if when is None:
+        return "—"
+    try:
+        return when.astimezone(PARIS).strftime("%d/%m/%Y %H:%M")
+    except OverflowError:
+        return when.strftime("%d/%m/%Y %H:%M UTC")
+
+
+def _message(request: Request, text: str, status: int) -> Response:
+    return _page(request, "message.html", {"message": text}, status)
 
 
 def _page(request: Request, name: str, context: dict[str, object], status: int = 200) -> Response:

@@ -18,6 +18,7 @@ from gateway.api.app import create_api
 from gateway.asgi_server import AsgiServer, bind_tcp
 from gateway.settings import MockSettings
 from gateway.web.routes import WebConfig
+from gateway.web.sessions import COOKIE
 from mock_operator.server import MockOperator
 from psc_auth import TokenValidator, ValidatorConfig
 from tests.conftest import persona_token, require_peer
@@ -104,6 +105,9 @@ async def test_grant_and_revoke_through_the_page(site: str, shared: MockOperator
         await page.wait_for_url(f"{site}/ui/delegations")
         assert await page.get_by_role("heading", name=MARTIN).is_visible()
         assert "Sophie BERNARD" in await page.content(), "the seeded delegation is listed"
+        session = {c["name"]: c for c in await page.context.cookies()}[COOKIE]
+        assert (session["httpOnly"], session["sameSite"], session["path"]) == (True, "Lax", "/ui")
+        assert await page.evaluate("document.cookie") == "", "no script reads the session id"
 
         await page.get_by_label("Rechercher dans l'annuaire").first.fill("durand")
         await page.get_by_role("button", name="Rechercher").first.click()

@@ -132,3 +132,24 @@ async def test_directory_search(api: Api):
         is_problem(await client.get("/v1/directory", params={"q": "ab"}), 422)
         accents = (await client.get("/v1/directory", params={"q": "MARTÍN"})).json()
         assert isinstance(accents, list)
+
+
+async def test_an_expiry_lies_within_ten_years(api: Api):
+    now = dt.datetime.now(dt.UTC)
+    url = f"/v1/mailboxes/{MARTIN}/delegations"
+    ahead = "the expiry is at most 10 years (3650 days) ahead"
+    refused = {
+        (now + dt.timedelta(days=3660)).isoformat(): ahead,
+        "9999-12-31T23:59:59+00:00": ahead,
+        "9999-12-31T23:59:59-05:00": ahead,  # past year 9999 once in UTC
+        "0001-01-01T00:00:00+01:00": "the expiry is not in the future",  # before year 1 in UTC
+    }
+    async with await api.as_("dr-martin") as holder:
+        within = (now + dt.timedelta(days=3640)).isoformat()
+        body = {"delegate": MOREAU, "rights": ["read"], "expires_at": within}
+        assert (await holder.post(url, json=body)).status_code == 201
+        for expires_at, detail in refused.items():
+            body["expires_at"] = expires_at
+            problem = is_problem(await holder.post(url, json=body), 422)
+            assert problem["type"] == "https://lps-gateway.invalid/problems/bad-expiry"
+            assert problem["detail"] == detail

@@ -175,6 +175,28 @@ async def test_expiry_must_be_aware(seeded: DelegationService) -> None:
         await seeded.grant(person(MARTIN), CLAIRE_BAL, DURAND, ["read"], dt.datetime(2030, 1, 1))
 
 
+@pytest.mark.parametrize(
+    "expiry",
+    [
+        START + dt.timedelta(days=3651),
+        dt.datetime(9999, 12, 31, 23, 59, tzinfo=dt.timezone(-dt.timedelta(hours=12))),
+        dt.datetime(9999, 12, 31, 23, 59, tzinfo=dt.UTC),
+        dt.datetime(1, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=14))),
+    ],
+)
+async def test_an_expiry_lies_within_ten_years(seeded: DelegationService, expiry: dt.datetime):
+    """Not an overflow of the time-zone arithmetic: a refusal, audited as any other."""
+    with pytest.raises(Invalid) as raised:
+        await seeded.grant(person(MARTIN), CLAIRE_BAL, DURAND, ["read"], expiry)
+    assert raised.value.reason == "bad-expiry"
+    last = (await seeded.audit_for(CLAIRE_BAL, limit=1))[0]
+    assert last.result == "refused:bad-expiry"
+    granted = await seeded.grant(
+        person(MARTIN), CLAIRE_BAL, DURAND, ["read"], START + dt.timedelta(days=3649)
+    )
+    assert granted.expires_at == START + dt.timedelta(days=3649)
+
+
 async def test_organisation_mailboxes_need_an_administrator(seeded: DelegationService) -> None:
     box = await seeded.upsert_mailbox(
         "secretariat@clinique.mssante.fr", type="ORG", organisation="Clinique du Parc"

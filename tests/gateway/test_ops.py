@@ -1,6 +1,7 @@
-"""Operations endpoints: /healthz (liveness), /readyz (database and backends answer),
-/metrics (Prometheus). Probes run over real sockets against small greeting servers, the
-app through httpx, and a whole gateway in front of the mock operator."""
+"""Operations endpoints: /healthz (liveness), /readyz (database and backends answer; terse on
+the public listener, detailed on the operations listener), /metrics (Prometheus). Probes run
+over real sockets against small greeting servers, the app through httpx, and a whole gateway
+in front of the mock operator."""
 
 from __future__ import annotations
 
@@ -22,12 +23,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from delegation.db import create_engine, migrate
 from delegation.service import DelegationService
 from gateway.api.app import create_api
+from gateway.api.ops import create_ops_app
 from gateway.health import OK, Readiness, backend_check, database_check
 from gateway.metrics import Metrics
 from gateway.settings import BackendSettings, Settings
 from gateway.tls import ensure_dev_certificate, server_context
 from psc_auth import TokenValidator, ValidatorConfig
-from tests.gateway.conftest import Stack
+from tests.gateway.conftest import Stack, gateway_settings
 
 MARTIN = "claire.martin@medecin.mssante.fr"
 
@@ -334,24 +336,42 @@ async def test_endpoints_in_process(
     assert not {"/healthz", "/readyz", "/metrics"} & set(schema["paths"])
 
 
-async def test_unready_is_503_naming_the_failure(
+async def test_unready_is_503_terse_in_public_detailed_for_operations(
     registry: DelegationService, validator: TokenValidator, tmp_path: Path
 ):
     dead = closed_port()
     async with greeter(b"* OK\r\n") as imap:
         settings = settings_with(tmp_path, modern=backend(imap.port, dead))
-        app = create_api(registry, validator, readiness=Readiness(settings, registry))
+        readiness = Readiness(settings, registry)
+        app = create_api(registry, validator, readiness=readiness)
         async with client(app) as http:
             answer = await http.get("/readyz")
             live = await http.get("/healthz")
             scraped = await http.get("/metrics")
+        async with client(create_ops_app(readiness.check, Metrics())) as http:
+            detailed = await http.get("/readyz")
+            ops_metrics = await http.get("/metrics")
+            ops_live = await http.get("/healthz")
+            no_api = await http.get("/v1/me")
     assert answer.status_code == 503
-    body = answer.json()
+    assert answer.json() == {
+        "status": "unready",
+        "checks": {"database": OK, "backend:modern:imap": OK, "backend:modern:smtp": "failed"},
+    }
+    assert "127.0.0.1" not in answer.text
+    assert str(dead) not in answer.text
+    assert "refused" not in answer.text
+    assert live.status_code == 200, "liveness does not depend on backends"
+    assert scraped.status_code == 404, "no metrics given, none served"
+    assert detailed.status_code == 503
+    body = detailed.json()
     assert body["status"] == "unready"
     assert body["checks"]["backend:modern:smtp"] == f"connection refused (127.0.0.1:{dead})"
     assert body["checks"]["backend:modern:imap"] == OK
-    assert live.status_code == 200, "liveness does not depend on backends"
-    assert scraped.status_code == 404, "no metrics given, none served"
+    assert detailed.headers["cache-control"] == "no-store"
+    assert ops_metrics.status_code == 200
+    assert ops_live.json() == {"status": "ok"}
+    assert no_api.status_code == 404, "the operations listener serves no API"
 
 
 async def test_readyz_without_readiness_checks_the_database(
@@ -368,7 +388,7 @@ async def test_readyz_without_readiness_checks_the_database(
     finally:
         await missing.dispose()
     assert answer.status_code == 503
-    assert answer.json()["checks"]["database"].startswith("OperationalError")
+    assert answer.json() == {"status": "unready", "checks": {"database": "failed"}}
 
 
 # -- a whole gateway in front of the mock operator -----------------------------------------
@@ -410,9 +430,7 @@ async def test_stack_health_and_readiness(stack: Stack):
     unready = await readyz_until(url, 503)
     assert unready.status_code == 503, unready.text
     checks = unready.json()["checks"]
-    assert checks["backend:modern:imap"].startswith("connection refused"), checks
-    assert checks["backend:modern:smtp"] == OK
-    assert checks["database"] == OK
+    assert checks == {"database": OK, "backend:modern:imap": "failed", "backend:modern:smtp": OK}
     async with httpx.AsyncClient(timeout=10) as http:
         assert (await http.get(f"{url}/healthz")).status_code == 200, "still alive"
 
@@ -422,14 +440,57 @@ class TestBackendOnAClosedPort:
     def backend_overrides(self) -> dict[str, Any]:
         return {"smtp_port": closed_port()}
 
-    async def test_readyz_names_it(self, stack: Stack, backend_overrides: dict[str, Any]):
+    async def test_public_readyz_does_not_name_it(
+        self, stack: Stack, backend_overrides: dict[str, Any]
+    ):
         answer = await readyz_until(stack.gateway.http_url, 503, deadline=0)
         assert answer.status_code == 503
-        body = answer.json()
-        assert body["status"] == "unready"
+        assert answer.json() == {
+            "status": "unready",
+            "checks": {"database": OK, "backend:modern:imap": OK, "backend:modern:smtp": "failed"},
+        }
         port = backend_overrides["smtp_port"]
-        assert body["checks"]["backend:modern:smtp"] == f"connection refused (127.0.0.1:{port})"
-        assert body["checks"]["backend:modern:imap"] == OK
+        for secret in ("127.0.0.1", str(port), "refused", "connection"):
+            assert secret not in answer.text, "an unauthenticated caller learns no backend"
+        assert stack.gateway.ops_port is None
+
+
+class TestOperationsListener:
+    @pytest.fixture
+    def stack_settings(self, tmp_path: Path) -> Settings:
+        return gateway_settings(tmp_path / "gateway", ops={"port": 0})
+
+    @pytest.fixture
+    def backend_overrides(self) -> dict[str, Any]:
+        return {"smtp_port": closed_port()}
+
+    async def test_readyz_and_metrics_move_there(
+        self, stack: Stack, backend_overrides: dict[str, Any]
+    ):
+        ops = stack.gateway.ops_url
+        assert ops is not None
+        assert stack.gateway.ops_port not in (None, 0, stack.gateway.http_port)
+        public = stack.gateway.http_url
+        detailed = await readyz_until(ops, 503, deadline=0)
+        terse = await readyz_until(public, 503, deadline=0)
+        async with httpx.AsyncClient(timeout=10) as http:
+            ops_metrics = await http.get(f"{ops}/metrics")
+            ops_live = await http.get(f"{ops}/healthz")
+            ops_api = await http.get(f"{ops}/v1/me")
+            public_metrics = await http.get(f"{public}/metrics")
+            public_live = await http.get(f"{public}/healthz")
+        port = backend_overrides["smtp_port"]
+        assert detailed.status_code == 503
+        smtp = detailed.json()["checks"]["backend:modern:smtp"]
+        assert smtp == f"connection refused (127.0.0.1:{port})"
+        assert terse.json()["checks"]["backend:modern:smtp"] == "failed"
+        assert str(port) not in terse.text
+        assert ops_metrics.status_code == 200
+        assert "lpsgw_logins_total" in ops_metrics.text
+        assert ops_live.status_code == 200
+        assert ops_api.status_code == 404, "no API on the operations listener"
+        assert public_metrics.status_code == 404, "metrics left the public listener"
+        assert public_live.status_code == 200
 
 
 @contextlib.contextmanager
