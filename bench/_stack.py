@@ -524,9 +524,11 @@ async def _serve_gateway(data: Path, mock: dict[str, Any]) -> None:
         data_dir=data,
         log={"level": "WARNING"},
         http={"port": 0},
-        imap={"port": 0, "auth_failure_delay": 0},
+        # One load generator on loopback, one person: the caps of a real node would stop it.
+        imap={"port": 0, "auth_failure_delay": 0, "max_sessions_per_person": 1_000_000},
         smtp={"port": 0, "auth_failure_delay": 0},
-        psc={"issuer": mock["issuer"]},
+        limits={"exempt_networks": ["127.0.0.0/8", "::1/128"]},
+        psc={"issuer": mock["issuer"], "client_ids": ["lps-demo"]},
         backends={"modern": backend, "historic": historic},
         routing={
             "default": "modern",

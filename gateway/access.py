@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass
 
 from delegation.audit import AuditAction, AuditRecord
@@ -14,6 +15,7 @@ from gateway.audit import AuditSink
 from gateway.backends.routing import NoRoute, Route, Router
 from gateway.decisions import DecisionCache
 from gateway.imap.session import AuthFailed, ConnectionInfo, SessionGrant
+from gateway.limits import LoginThrottle
 from psc_auth import Identity, TokenError, TokenValidator
 from psc_auth.sasl import TokenCredentials, error_challenge
 
@@ -48,6 +50,7 @@ class FrontAuthenticator:
         interface: str,
         decisions: DecisionCache,
         audit: AuditSink,
+        throttle: LoginThrottle | None = None,
     ) -> None:
         self.validator = validator
         self.registry = registry
@@ -55,17 +58,33 @@ class FrontAuthenticator:
         self.interface = interface
         self.decisions = decisions
         self.audit = audit
+        self.throttle = throttle
         issuer = validator.config.issuer.rstrip("/")
         self.challenge = error_challenge(f"{issuer}/.well-known/openid-configuration")
 
     async def authenticate(
         self, credentials: TokenCredentials, connection: ConnectionInfo
     ) -> FrontGrant:
-        identity = await self.identify(credentials)
-        bal = await self.target(identity, credentials.user)
-        return await self.authorise(
-            identity, bal, credentials, connection, action=AuditAction.LOGIN
-        )
+        """Who, which BAL, where. An address that failed too often lately is refused before
+        its token costs a validation (`throttled`); its bad tokens and forbidden BAL count."""
+        throttle = self.throttle
+        wait = throttle.retry_after(connection.peer) if throttle is not None else None
+        if wait is not None:
+            log.info("gateway.login_throttled", extra={"peer": connection.peer})
+            raise AuthFailed(
+                "throttled",
+                f"too many failed logins from your address, try again in {math.ceil(wait)} s",
+            )
+        try:
+            identity = await self.identify(credentials)
+            bal = await self.target(identity, credentials.user)
+            return await self.authorise(
+                identity, bal, credentials, connection, action=AuditAction.LOGIN
+            )
+        except AuthFailed as failure:
+            if throttle is not None and failure.kind in ("authentication", "authorization"):
+                throttle.failed(connection.peer)
+            raise
 
     async def identify(self, credentials: TokenCredentials) -> Identity:
         try:
@@ -138,3 +157,29 @@ class FrontAuthenticator:
             route=route,
             credentials=credentials,
         )
+
+    async def recheck(
+        self, grant: FrontGrant, connection: ConnectionInfo, *, action: AuditAction, right: str
+    ) -> str | None:
+        """The registry's word now, not the cached one of the login or of MAIL FROM: None
+        when `grant` still holds `right`, else why not (refusals are audited). For the
+        moment a message is about to leave: a revocation between MAIL and DATA counts."""
+        decision = await self.registry.decide(grant.identity, grant.mailbox)
+        refusal = decision.refusal
+        if decision.grant is not None and not decision.grant.allows(right):
+            refusal = f"no-{right}-right"
+        if refusal is not None:
+            await self.audit.submit(
+                AuditRecord(
+                    grant.actor,
+                    grant.mailbox,
+                    action,
+                    self.interface,
+                    result=f"refused:{refusal}",
+                    delegation_id=decision.delegation_id or grant.delegation_id,
+                    software=connection.software,
+                    remote=connection.peer,
+                    detail="checked again before relaying",
+                )
+            )
+        return refusal

@@ -34,7 +34,7 @@ def serve(
     config: Annotated[Path | None, typer.Option(help="TOML configuration file")] = None,
 ) -> None:
     """Run the gateway alone (every setting also from LPSGW_ environment variables)."""
-    from gateway.server import Gateway
+    from gateway.server import ConfigurationError, Gateway
 
     settings = load_settings(config)
     configure_logging(settings.log)
@@ -43,7 +43,11 @@ def serve(
     def announce() -> None:
         describe_gateway(gateway, Console(soft_wrap=True))
 
-    asyncio.run(run_until_signalled([gateway], announce))
+    try:
+        asyncio.run(run_until_signalled([gateway], announce))
+    except ConfigurationError as exc:
+        Console(stderr=True).print(f"lps-gateway: configuration error: {exc}", highlight=False)
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -73,9 +77,12 @@ def describe_gateway(gateway: Gateway, console: Console) -> None:
     for path, what in [
         ("/ui/delegations", "delegations page"),
         ("/v1", "API (docs: /docs)"),
-        ("/metrics", "metrics"),
+        *([] if gateway.ops_url else [("/metrics", "metrics")]),
     ]:
         console.print(f"  {what + ':':<26}{gateway.http_url}{path}", highlight=False)
+    if gateway.ops_url:
+        ops = f"{gateway.ops_url} (/metrics, /readyz)"
+        console.print(f"  {'operations:':<26}{ops}", highlight=False)
 
 
 async def _demo(settings: Settings) -> None:
@@ -101,8 +108,15 @@ async def _demo(settings: Settings) -> None:
             assert mock.master is not None
             client = mock.psc.clients.get(settings.ui.client_id)
             settings.psc.issuer = mock.issuer
+            # The mock issues tokens to any client (lps-demo, a vendor's own): take them all.
+            settings.psc.accept_any_audience = True
             if client is not None:
                 settings.ui.client_secret = client.client_secret
+                if not settings.psc.introspection_client_id:
+                    # Ask the mock, as the gateway's client, whether a session's PSC session
+                    # still lives (revalidation; `mock-operator end-session` ends it).
+                    settings.psc.introspection_client_id = client.client_id
+                    settings.psc.introspection_client_secret = client.client_secret
             if not settings.backends:  # the mock's modern platform, with the master login
                 settings.backends = {
                     "modern": BackendSettings(
@@ -153,6 +167,9 @@ async def _demo(settings: Settings) -> None:
             f"    --mail-rcpt luc.durand@infirmier.mssante.fr --upload-file - {smtp}\n"
             f'  curl -H "Authorization: Bearer $TOKEN" {gateway.http_url}/v1/mailboxes\n'
             "Delegations granted or revoked on the page apply at once, open sessions included.\n"
+            "A PSC session ended (.venv/bin/mock-operator end-session sec-bernard) ends her "
+            f"open sessions within {settings.psc.revalidate_interval:g} s.\n"
+            "Tokens of any client id are accepted (psc.accept_any_audience: a mock only).\n"
             "Ctrl-C stops the demo.",
             highlight=False,
         )

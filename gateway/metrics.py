@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
-LOGIN_RESULTS = ("ok", "authentication", "authorization", "unavailable")
+LOGIN_RESULTS = ("ok", "authentication", "authorization", "unavailable", "throttled", "limit")
+REFUSALS = ("max_connections", "per_address")
 
 
 class Metrics:
@@ -47,10 +48,18 @@ class Metrics:
             ["result"],
             registry=self.registry,
         )
+        self.refused_connections = Counter(
+            "lpsgw_refused_connections",
+            "Connections turned away on arrival: the node's cap, or the source address's",
+            ["protocol", "reason"],
+            registry=self.registry,
+        )
         for protocol in ("imap", "smtp"):
             self.open_sessions.labels(protocol)
             for result in LOGIN_RESULTS:
                 self.logins.labels(protocol, result)
+            for reason in REFUSALS:
+                self.refused_connections.labels(protocol, reason)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -14,6 +15,7 @@ from delegation.events import bus_for_url
 from delegation.service import DelegationService
 from gateway.access import FrontAuthenticator
 from gateway.api.app import create_api
+from gateway.api.ops import create_ops_app
 from gateway.asgi_server import AsgiServer, bind_tcp
 from gateway.audit import AuditSink
 from gateway.backends.legacy_ws.store import LegacyBackends
@@ -23,7 +25,9 @@ from gateway.db import migrate_gateway
 from gateway.decisions import DecisionCache
 from gateway.health import Readiness
 from gateway.imap.proxy import ProxyAuthenticator, ProxyConfig, ProxyServer
+from gateway.limits import Exemptions, LoginThrottle, NodeLimits, SlotCounter
 from gateway.metrics import Metrics
+from gateway.psc_sessions import PscSessionWatch
 from gateway.settings import Settings
 from gateway.smtp.front import SubmissionFront
 from gateway.smtp.server import SmtpServer
@@ -34,6 +38,26 @@ from psc_auth import TokenValidator
 log = logging.getLogger(__name__)
 
 
+class ConfigurationError(Exception):
+    """The settings cannot run a gateway safely; the message says which key to change."""
+
+
+def node_limits(settings: Settings) -> NodeLimits:
+    """The caps of this node, shared by its listeners (see `gateway.limits`)."""
+    exempt = Exemptions(settings.limits.exempt_networks)
+    return NodeLimits(
+        exempt=exempt,
+        imap_preauth=SlotCounter(settings.imap.max_preauth_per_address),
+        smtp_preauth=SlotCounter(settings.smtp.max_preauth_per_address),
+        sessions_per_person=SlotCounter(settings.imap.max_sessions_per_person),
+        logins=LoginThrottle(
+            settings.limits.max_failed_logins,
+            settings.limits.failed_login_window,
+            exempt=exempt.__contains__,
+        ),
+    )
+
+
 class Gateway:
     def __init__(self, settings: Settings, *, validator: TokenValidator | None = None) -> None:
         self.settings = settings
@@ -42,6 +66,7 @@ class Gateway:
         self.delegations: DelegationService | None = None
         self._engine: AsyncEngine | None = None
         self._http: AsgiServer | None = None
+        self._ops: AsgiServer | None = None
         self._expiry: asyncio.Task[None] | None = None
         self.metrics = Metrics()
         self.router: Router | None = None
@@ -51,6 +76,9 @@ class Gateway:
         self.audit: AuditSink | None = None
         self.decisions: DecisionCache | None = None
         self.legacy: LegacyBackends | None = None
+        self.limits = node_limits(settings)
+        self._web_validator: TokenValidator | None = None
+        self.psc_sessions: PscSessionWatch | None = None
 
     async def open_registry(self) -> DelegationService:
         """Migrate and open the delegation registry (before `start`, to seed it)."""
@@ -73,31 +101,74 @@ class Gateway:
         http = self.settings.http
         return http.public_url or f"http://{http.host}:{self._http.port}"
 
+    @property
+    def http_port(self) -> int:
+        """The port the HTTP listener is bound to (`http_url` may be a proxy's)."""
+        assert self._http is not None, "not started"
+        return self._http.port
+
+    @property
+    def ops_port(self) -> int | None:
+        """The operations listener's port (/metrics, detailed /readyz), when `[ops] port`
+        is set."""
+        return self._ops.port if self._ops is not None else None
+
+    @property
+    def ops_url(self) -> str | None:
+        if self.ops_port is None:
+            return None
+        host = self.settings.ops.host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.ops_port}"
+
     async def start(self) -> None:
+        psc = self.settings.psc
+        if not psc.client_ids and not psc.accept_any_audience:
+            raise ConfigurationError(
+                "psc.client_ids is empty: list the client ids of the LPS whose tokens this "
+                "gateway accepts (aud/azp), or set psc.accept_any_audience = true (a mock only)"
+            )
         service = await self.open_registry()
         self.validator = self._validator or TokenValidator(self.settings.psc)
-        http = self.settings.http
+        http, ops = self.settings.http, self.settings.ops
         sock = bind_tcp(http.host, http.port)
+        try:
+            ops_sock = bind_tcp(ops.host, ops.port) if ops.port is not None else None
+        except OSError:
+            sock.close()
+            raise
         port = sock.getsockname()[1]
         ui = self.settings.ui
         web = WebConfig(
             ui.client_id, ui.client_secret, http.public_url or f"http://{http.host}:{port}"
         )
+        readiness = Readiness(self.settings, service)
+        # The pages log people in as the gateway's own client: their tokens are for it.
+        self._web_validator = TokenValidator(
+            dataclasses.replace(self.settings.psc, client_ids=[ui.client_id])
+        )
         api = create_api(
             service,
             self.validator,
             web,
-            metrics=self.metrics,
-            readiness=Readiness(self.settings, service),
+            web_validator=self._web_validator,
+            metrics=self.metrics if ops_sock is None else None,
+            readiness=readiness,
+            max_body=http.max_body,
         )
         self._http = AsgiServer(api, sock)
+        if ops_sock is not None:
+            ops_app = create_ops_app(readiness.check, self.metrics, max_body=http.max_body)
+            self._ops = AsgiServer(ops_app, ops_sock)
         await self._http.start()
+        if self._ops is not None:
+            await self._ops.start()
         await self._start_fronts(service, self.validator)
         self._expiry = asyncio.create_task(service.expire_forever(interval=1.0))
         log.info(
             "gateway.started",
             extra={
                 "http": self.http_url,
+                "ops": self.ops_url,
                 "imap": self.imap.port if self.imap else None,
                 "smtp": self.smtp.port if self.smtp else None,
             },
@@ -118,10 +189,25 @@ class Gateway:
         self.audit.start()
         self.decisions = DecisionCache(service)
         self.decisions.start()
+        psc = settings.psc
+        self.psc_sessions = PscSessionWatch(
+            validator,
+            interval=psc.revalidate_interval,
+            max_after_expiry=psc.session_max_after_token_expiry,
+            revalidate=bool(psc.introspection_client_id),
+        )
+        self.psc_sessions.start()
         imap_auth = self._front(validator, service, "imap")
         front = settings.imap
         self.imap = ProxyServer(
-            config, imap_auth, service, self.metrics, tls, bind_tcp(front.host, front.port)
+            config,
+            imap_auth,
+            service,
+            self.metrics,
+            tls,
+            bind_tcp(front.host, front.port),
+            limits=self.limits,
+            psc=self.psc_sessions,
         )
         self._serve_legacy(self.imap)
         await self.imap.start()
@@ -133,18 +219,29 @@ class Gateway:
                 self.metrics,
                 tls,
                 bind_tcp(front.host, front.implicit_tls_port),
+                limits=self.limits,
+                psc=self.psc_sessions,
             )
             self._serve_legacy(self.imaps)
             await self.imaps.start()
         smtp_auth = self._front(validator, service, "smtp")
+        smtp = settings.smtp
+        refused = self.metrics.refused_connections
         self.smtp = SmtpServer(
-            SubmissionFront(smtp_auth, settings.smtp, self.metrics, legacy=self.legacy),
-            bind_tcp(settings.smtp.host, settings.smtp.port),
+            SubmissionFront(
+                smtp_auth, smtp, self.metrics, legacy=self.legacy, psc=self.psc_sessions
+            ),
+            bind_tcp(smtp.host, smtp.port),
             tls,
-            data_size_limit=settings.smtp.max_message_size,
+            data_size_limit=smtp.max_message_size,
             ident="lps-gateway MSSante submission",
-            timeout=settings.smtp.timeout,
-            max_connections=settings.smtp.max_connections,
+            timeout=smtp.timeout,
+            max_connections=smtp.max_connections,
+            preauth_slots=self.limits.smtp_preauth,
+            exempt=self.limits.exempt,
+            preauth_timeout=smtp.preauth_timeout,
+            write_timeout=smtp.write_timeout,
+            on_refused=lambda reason: refused.labels("smtp", reason).inc(),
         )
         await self.smtp.start()
 
@@ -166,6 +263,7 @@ class Gateway:
             interface=interface,
             decisions=self.decisions,
             audit=self.audit,
+            throttle=self.limits.logins,
         )
 
     async def stop(self) -> None:
@@ -176,17 +274,22 @@ class Gateway:
         for front in (self.imap, self.imaps, self.smtp):
             if front is not None:
                 await front.stop()
+        if self.psc_sessions is not None:
+            await self.psc_sessions.stop()
         if self.decisions is not None:
             await self.decisions.stop()
         if self.audit is not None:
             await self.audit.stop()
-        if self._http is not None:
-            await self._http.stop()
+        for listener in (self._http, self._ops):
+            if listener is not None:
+                await listener.stop()
         if self.legacy is not None:
             await self.legacy.aclose()
         if self.delegations is not None:
             await self.delegations.bus.close()
         if self.validator is not None and self._validator is None:
             await self.validator.aclose()
+        if self._web_validator is not None:
+            await self._web_validator.aclose()
         if self._engine is not None:
             await self._engine.dispose()

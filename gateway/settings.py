@@ -99,6 +99,45 @@ class HttpSettings(_Section):
     public_url: str | None = Field(
         default=None, description="how browsers reach the gateway; default http://host:port"
     )
+    max_body: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="bytes of a request body; a larger one gets 413 without being read",
+    )
+
+
+class OpsSettings(_Section):
+    """An optional operations listener: /metrics and the detailed /readyz, for the operator's
+    monitoring only. When `port` is set, /metrics leaves the public listener."""
+
+    host: str = "127.0.0.1"
+    port: int | None = Field(default=None, ge=0, le=65535, description="none: no such listener")
+
+
+class LimitsSettings(_Section):
+    """Caps on what one source address can hold or try, counted per node. Logged-in
+    sessions are never capped per address: a practice behind one NAT address opens one IMAP
+    session per delegated BAL."""
+
+    exempt_networks: list[str] = Field(
+        default_factory=list, description="CIDR blocks never capped (e.g. an LPS hosting NAT)"
+    )
+    max_failed_logins: int = Field(
+        default=10, ge=1, description="failed logins from one address within the window"
+    )
+    failed_login_window: float = Field(
+        default=60.0,
+        gt=0,
+        description="seconds; past the count, logins are refused at once until the "
+        "oldest failure leaves the window",
+    )
+
+    @field_validator("exempt_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            ipaddress.ip_network(network, strict=False)
+        return value
 
 
 class UiSettings(_Section):
@@ -127,7 +166,16 @@ class ImapFrontSettings(_Section):
         default=60.0, gt=0, description="seconds from connection to login, in all"
     )
     max_connections: int = Field(default=10_000, ge=1, description="open at once")
+    max_preauth_per_address: int = Field(
+        default=20, ge=1, description="connections not yet logged in, per source address"
+    )
+    max_sessions_per_person: int = Field(
+        default=100, ge=1, description="logged-in sessions of one idNat (all BAL together)"
+    )
     idle_timeout: float = Field(default=1800.0, gt=0, description="seconds of silence after login")
+    write_timeout: float = Field(
+        default=120.0, gt=0, description="seconds a reply may wait for the client to read it"
+    )
     auth_failure_delay: float = Field(default=1.0, ge=0, le=10)
     max_line: int = Field(default=64 * 1024, ge=1024, description="bytes of a command line")
     max_literal: int = Field(default=50 * 1024 * 1024, ge=1024, description="APPEND, bytes")
@@ -148,7 +196,16 @@ class SmtpFrontSettings(_Section):
     )
     auth_failure_delay: float = Field(default=1.0, ge=0, le=10)
     timeout: float = Field(default=300.0, gt=0, description="seconds a client may stay silent")
+    preauth_timeout: float = Field(
+        default=60.0, gt=0, description="seconds from connection to AUTH, in all"
+    )
+    write_timeout: float = Field(
+        default=120.0, gt=0, description="seconds a reply may wait for the client to read it"
+    )
     max_connections: int = Field(default=10_000, ge=1, description="open at once")
+    max_preauth_per_address: int = Field(
+        default=20, ge=1, description="connections not yet authenticated, per source address"
+    )
 
 
 TlsMode = Literal["none", "starttls", "implicit"]
@@ -235,6 +292,8 @@ class Settings(BaseSettings):
     )
     log: LogSettings = LogSettings()
     http: HttpSettings = HttpSettings()
+    ops: OpsSettings = OpsSettings()
+    limits: LimitsSettings = LimitsSettings()
     ui: UiSettings = UiSettings()
     psc: PscSettings = PscSettings()
     tls: TlsSettings = TlsSettings()

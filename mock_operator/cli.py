@@ -1,4 +1,5 @@
-"""`mock-operator`: run the mock operator, or ask a running one for a persona's token."""
+"""`mock-operator`: run the mock operator, or ask a running one for a persona's token or to
+end a persona's PSC sessions."""
 
 from __future__ import annotations
 
@@ -63,6 +64,7 @@ def describe(mock: MockOperator, console: Console) -> None:
     )
     console.print(f"  clients and secrets:      {mock.data_dir / 'clients.toml'}", highlight=False)
     console.print(f"  CIBA approval page:       {mock.issuer}/ciba", highlight=False)
+    console.print(f"  open PSC sessions:        {mock.issuer}/sessions", highlight=False)
     console.print(f"  TLS certificate:          {mock.tls_cert}", highlight=False)
     url = "" if mock.http_url == DEFAULT_URL else f" --url {mock.http_url}"
     console.print(
@@ -86,20 +88,37 @@ def token(
         body["lifetime"] = lifetime
     if means is not None:
         body["means"] = means
+    typer.echo(_ask(url, "/_test/token", body)["access_token"])
+
+
+@app.command("end-session")
+def end_session(
+    persona: Annotated[str, typer.Argument(help="Persona key or idNat")],
+    url: Annotated[str, typer.Option(help="The running mock operator")] = DEFAULT_URL,
+) -> None:
+    """End every open PSC session of PERSONA on the running mock: its tokens turn inactive."""
+    answer = _ask(url, "/_test/end-session", {"persona": persona})
+    ended = answer["ended"]
+    typer.echo(f"{ended} PSC session{'' if ended == 1 else 's'} of {answer['persona']} ended")
+
+
+def _ask(url: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """POST to a test endpoint of the running mock; exit 1 saying why when it cannot."""
     try:
-        response = httpx.post(f"{url.rstrip('/')}/_test/token", json=body, timeout=10)
+        response = httpx.post(f"{url.rstrip('/')}{path}", json=body, timeout=10)
     except httpx.HTTPError as exc:
         err.print(f"cannot reach the mock operator at {url}: {exc}. Is it running?")
         raise typer.Exit(1) from None
+    is_json = response.headers.get("content-type", "").startswith("application/json")
     if response.status_code != 200:
-        detail = (
-            response.json().get("detail")
-            if response.headers.get("content-type", "").startswith("application/json")
-            else response.text
-        )
+        detail = response.json().get("detail") if is_json else response.text
         err.print(f"the mock operator refused: {detail}")
         raise typer.Exit(1)
-    typer.echo(response.json()["access_token"])
+    if not is_json:
+        err.print(f"{url} answered, but not as a mock operator does (no JSON)")
+        raise typer.Exit(1)
+    answer: dict[str, Any] = response.json()
+    return answer
 
 
 @app.command()

@@ -23,7 +23,8 @@ class ValidatorConfig:
     """How to validate PSC access tokens.
 
     `client_ids` are the audiences we accept (`aud` or `azp`); empty accepts any audience,
-    which only makes sense against a mock. With `userinfo`, the userinfo endpoint adds
+    which only makes sense against a mock: a gateway refuses to start so unless
+    `accept_any_audience` says it is meant. With `userinfo`, the userinfo endpoint adds
     names and professions (`SubjectRefPro`) that access tokens do not carry.
     Introspection authenticates with `introspection_client_id` and
     `introspection_client_secret` (client_secret_basic).
@@ -32,6 +33,7 @@ class ValidatorConfig:
     issuer: str = MOCK_ISSUER
     mode: ValidationMode = ValidationMode.LOCAL
     client_ids: list[str] = field(default_factory=list)
+    accept_any_audience: bool = False
     algorithms: list[str] = field(default_factory=lambda: ["RS256", "PS256", "ES256"])
     clock_skew_seconds: int = 30
     require_acr: str | None = "eidas1"
@@ -46,6 +48,11 @@ class ValidatorConfig:
     cache_max_entries: int = 10_000
     cache_max_ttl_seconds: float = 300.0
     max_token_bytes: int = 16 * 1024
+    # Sessions opened with a token: while it is valid, re-introspected this often (seconds;
+    # with introspection credentials only), so that a PSC session ended elsewhere ends them;
+    # once it has expired, they live at most `session_max_after_token_expiry` seconds more.
+    revalidate_interval: float = 60.0
+    session_max_after_token_expiry: float = 1800.0
 
     @property
     def discovery_urls(self) -> tuple[str, str]:

@@ -89,6 +89,10 @@ class Identity:
         exp = claims.get("exp")
         if not isinstance(exp, int | float) or isinstance(exp, bool):
             raise TokenError(TokenFailure.MALFORMED, "no numeric exp claim")
+        try:
+            expires_at = dt.datetime.fromtimestamp(exp, dt.UTC)
+        except (OverflowError, OSError, ValueError):
+            raise TokenError(TokenFailure.MALFORMED, "exp is not a time") from None
         azp = claims.get("azp") or claims.get("client_id") or ""
         return cls(
             idnat=idnat,
@@ -97,7 +101,7 @@ class Identity:
             family_name=_text(claims.get("family_name")),
             professions=_professions(claims.get("SubjectRefPro")),
             auth_means=AuthMeans.from_amr(claims.get("amr")),
-            expires_at=dt.datetime.fromtimestamp(exp, dt.UTC),
+            expires_at=expires_at,
             token_id=token_id,
             client_id=_text(azp),
             claims=dict(claims),

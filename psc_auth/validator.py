@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 _FORBIDDEN_ALGORITHMS = frozenset({"none", "HS256", "HS384", "HS512"})
 MAX_HEADER_BYTES = 2048
+MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31T23:59:59Z: any time claim past it is absurd
+MAX_INACTIVE = 100_000  # tokens known inactive, remembered until they expire
 # The key cannot have made this signature: a wrong key type or a key bound to another alg.
 _SIGNATURE_ERRORS = (
     BadSignatureError,
@@ -72,6 +74,7 @@ class TokenValidator:
         self.provider = Provider(config, self._http, clock)
         self._cache: OrderedDict[bytes, tuple[float, Identity]] = OrderedDict()
         self._inflight: dict[bytes, asyncio.Future[Identity]] = {}
+        self._inactive: OrderedDict[bytes, float] = OrderedDict()  # key -> until
 
     async def aclose(self) -> None:
         if self._own_http:
@@ -83,6 +86,8 @@ class TokenValidator:
             raise TokenError(TokenFailure.MALFORMED, "empty or oversized token")
         key = hashlib.sha256(token.encode()).digest()
         now = self._clock()
+        if self._known_inactive(key, now):
+            raise TokenError(TokenFailure.INACTIVE, "the PSC session of this token has ended")
         if self.config.cache_enabled:
             cached = self._cache.get(key)
             if cached is not None:
@@ -111,6 +116,37 @@ class TokenValidator:
             while len(self._cache) > self.config.cache_max_entries:
                 self._cache.popitem(last=False)
         return identity
+
+    async def is_active(self, token: str) -> bool:
+        """Ask the provider now (RFC 7662, never cached) whether `token` is still active:
+        its PSC session may have ended since it was validated. `TokenError` (temporary) when
+        the provider does not answer."""
+        url = await self.provider.endpoint("introspection_endpoint")
+        answer = await self.provider.get_json(
+            url,
+            method="POST",
+            data={"token": token, "token_type_hint": "access_token"},
+            auth=(self.config.introspection_client_id, self.config.introspection_client_secret),
+        )
+        return answer.get("active") is True
+
+    def mark_inactive(self, token: str, until: float) -> None:
+        """The provider said `token` is no longer active: refuse it from now on (until its
+        expiry, after which it is refused anyway), whatever a signature check says."""
+        key = hashlib.sha256(token.encode()).digest()
+        self._cache.pop(key, None)
+        self._inactive[key] = until
+        while len(self._inactive) > MAX_INACTIVE:
+            self._inactive.popitem(last=False)
+
+    def _known_inactive(self, key: bytes, now: float) -> bool:
+        until = self._inactive.get(key)
+        if until is None:
+            return False
+        if until + self.config.clock_skew_seconds <= now:
+            del self._inactive[key]
+            return False
+        return True
 
     async def _validate_uncached(self, token: str) -> Identity:
         mode = self.config.mode
@@ -164,15 +200,15 @@ class TokenValidator:
         if claims.get("iss") != cfg.issuer:
             raise TokenError(TokenFailure.WRONG_ISSUER, "iss is not the configured issuer")
         exp, nbf, iat = claims.get("exp"), claims.get("nbf"), claims.get("iat")
-        if not _is_number(exp):
-            raise TokenError(TokenFailure.MALFORMED, "no numeric exp")
+        if not _is_time(exp):
+            raise TokenError(TokenFailure.MALFORMED, "no exp, or not a time")
         if exp + skew <= now:  # type: ignore[operator]
             raise TokenError(TokenFailure.EXPIRED, "token has expired")
         for name, value in (("nbf", nbf), ("iat", iat)):
             if value is None:
                 continue
-            if not _is_number(value):
-                raise TokenError(TokenFailure.MALFORMED, f"{name} is not a number")
+            if not _is_time(value):
+                raise TokenError(TokenFailure.MALFORMED, f"{name} is not a time")
             if value - skew > now:
                 raise TokenError(TokenFailure.NOT_YET_VALID, f"{name} is in the future")
         typ = claims.get("typ")
@@ -228,6 +264,12 @@ class TokenValidator:
 
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_time(value: object) -> bool:
+    """A NumericDate a clock can hold: finite, after 1970 and before the year 10000 (JSON
+    lets a token say NaN, 1e308 or 10**400)."""
+    return _is_number(value) and 0 <= value <= MAX_TIMESTAMP  # type: ignore[operator]  # NaN: False
 
 
 def _jose_header(token: str) -> dict[str, Any]:

@@ -261,7 +261,7 @@ async def test_gateway_serve_alone(tmp_path: Path, mock_process: tuple[subproces
     config.write_text(
         f'data_dir = "{tmp_path / "state"}"\n'
         "[http]\nport = 0\n[imap]\nport = 0\n[smtp]\nport = 0\n"
-        f'[psc]\nissuer = "{mock_url}/auth/realms/esante-wallet"\n'
+        f'[psc]\nissuer = "{mock_url}/auth/realms/esante-wallet"\nclient_ids = ["lps-demo"]\n'
         "[backends.modern]\n"
         f"imap_port = {ports['IMAP']}\nsmtp_port = {ports['SMTP']}\n"
         f'ca_file = "{mock_dir / "tls" / "dev-cert.pem"}"\n'
@@ -303,3 +303,23 @@ async def test_gateway_serve_alone(tmp_path: Path, mock_process: tuple[subproces
         assert b"AUTHORIZATIONFAILED" in await asyncio.to_thread(login)
     finally:
         assert stop(process) == 0
+
+
+def test_serve_refuses_to_start_accepting_any_audience(tmp_path: Path) -> None:
+    """No `psc.client_ids`: any PSC client's token would open mailboxes here. `serve` says
+    which key to set and exits 1, without a traceback; `accept_any_audience` overrides."""
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'data_dir = "{tmp_path / "state"}"\n[http]\nport = 0\n')
+    done = subprocess.run(
+        [command("lps-gateway"), "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "psc.client_ids is empty" in done.stderr
+    assert "accept_any_audience" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert not (tmp_path / "state" / "gateway.db").exists()  # refused before opening anything

@@ -59,6 +59,14 @@ from psc_auth.sasl import (
 log = logging.getLogger(__name__)
 
 MECHANISMS = ("XOAUTH2", "OAUTHBEARER", "PLAIN")
+_AUTH_CODES = {
+    "authentication": "AUTHENTICATIONFAILED",
+    "authorization": "AUTHORIZATIONFAILED",
+    "unavailable": "UNAVAILABLE",
+    "throttled": "UNAVAILABLE",
+    "limit": "LIMIT",
+}
+_CLIENTS_FAULT = ("authentication", "authorization")
 MAX_AUTH_FAILURES = 3
 FETCH_BATCH = 64  # messages loaded per store round trip
 SASL_STEP_TIMEOUT = 60.0
@@ -344,13 +352,9 @@ class ImapSession:
             async with asyncio.timeout(SASL_STEP_TIMEOUT):
                 if await self.channel.read_raw_line() is None:
                     raise Logout
-        if failure.kind != "unavailable" and self.config.auth_failure_delay:
+        if failure.kind in _CLIENTS_FAULT and self.config.auth_failure_delay:
             await asyncio.sleep(self.config.auth_failure_delay)
-        code = {
-            "authentication": "AUTHENTICATIONFAILED",
-            "authorization": "AUTHORIZATIONFAILED",
-            "unavailable": "UNAVAILABLE",
-        }[failure.kind]
+        code = _AUTH_CODES[failure.kind]
         log.info("imap.login_refused", extra={"reason": failure.kind, "detail": failure.text})
         await self._reply(tag, "NO", failure.text, code)
         if self._auth_failures >= MAX_AUTH_FAILURES:
@@ -395,7 +399,9 @@ class ImapSession:
         ]
         await self.channel.write(b"".join(out))
         self.view = view
-        mode = "READ-ONLY" if readonly else "READ-WRITE"
+        # Without the write right the mailbox is read-only to this person, \\Seen aside
+        # (PERMANENTFLAGS says so): a client must not offer what would be refused.
+        mode = "READ-ONLY" if readonly or not self._grant()[0].may("write") else "READ-WRITE"
         await self._reply(
             command.tag, "OK", f"{'EXAMINE' if command.readonly else 'SELECT'} completed", mode
         )

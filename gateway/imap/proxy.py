@@ -18,6 +18,7 @@ import logging
 import re
 import socket
 import ssl
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -40,7 +41,9 @@ from gateway.imap.serialize import serialize
 from gateway.imap.session import AuthFailed, ConnectionInfo
 from gateway.imap.structure_cache import StructureCache
 from gateway.imap.transport import ImapServer, ServerConfig, _StreamChannel
+from gateway.limits import NodeLimits, SlotCounter
 from gateway.metrics import Metrics
+from gateway.psc_sessions import PscSessionWatch
 from gateway.settings import ImapFrontSettings
 from psc_auth.sasl import TokenCredentials
 
@@ -62,6 +65,7 @@ _STATUS_CODE = re.compile(
     re.IGNORECASE,
 )
 _BYE = re.compile(rb"\* BYE(?:[ \r\n]|\Z)", re.IGNORECASE)
+_READ_WRITE = re.compile(rb"(?P<head>\S+ OK )\[READ-WRITE\]", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,7 @@ class ProxyConfig:
                 limits=limits,
                 preauth_timeout=settings.preauth_timeout,
                 idle_timeout=settings.idle_timeout,
+                write_timeout=settings.write_timeout,
                 max_connections=settings.max_connections,
             )
         )
@@ -123,14 +128,23 @@ class ProxyAuthenticator:
 
     A BAL routed to a `legacy_ws` backend (the historic web services) opens no upstream:
     the grant carries a `LegacyWsStore` and the engine serves the session itself, with its
-    own capabilities. `legacy` (set by the gateway) holds what those stores share."""
+    own capabilities. `legacy` (set by the gateway) holds what those stores share.
+
+    With `sessions` (per node), one person holds at most so many logged-in sessions, all
+    BAL together: the slot is taken before the backend login and given back when the
+    session closes (the grant's `on_close`)."""
 
     def __init__(
-        self, front: FrontAuthenticator, metrics: Metrics, legacy: LegacyBackends | None = None
+        self,
+        front: FrontAuthenticator,
+        metrics: Metrics,
+        legacy: LegacyBackends | None = None,
+        sessions: SlotCounter | None = None,
     ) -> None:
         self.front = front
         self.metrics = metrics
         self.legacy = legacy
+        self.sessions = sessions
 
     async def authenticate(
         self, credentials: TokenCredentials, connection: ConnectionInfo
@@ -140,6 +154,24 @@ class ProxyAuthenticator:
         except AuthFailed as failure:
             self.metrics.logins.labels("imap", failure.kind).inc()
             raise
+        sessions = self.sessions
+        if sessions is None:
+            return await self._open(grant, credentials, connection)
+        if not sessions.acquire(grant.actor):
+            self.metrics.logins.labels("imap", "limit").inc()
+            log.warning("imap.too_many_sessions", extra={"actor": grant.actor})
+            raise AuthFailed("limit", f"{grant.actor} has {sessions.limit} sessions open already")
+        try:
+            opened = await self._open(grant, credentials, connection)
+        except BaseException:
+            sessions.release(grant.actor)
+            raise
+        on_close = _released(sessions, grant.actor, opened.on_close)
+        return dataclasses.replace(opened, on_close=on_close)
+
+    async def _open(
+        self, grant: FrontGrant, credentials: TokenCredentials, connection: ConnectionInfo
+    ) -> FrontGrant:
         route = grant.route
         if route.backend.kind == "legacy_ws":
             if self.legacy is None:
@@ -279,11 +311,13 @@ class Relay:
                 await self._record(AuditAction.READ, f"{self.reads} read commands", "ok")
 
     def kick(self, reason: str) -> None:
-        """End the session with `* BYE reason` (delegation revoked or expired)."""
+        """End the session with `* BYE reason` (delegation revoked or expired, PSC session
+        over); the audit trail says so."""
         if self._kicked is not None:
             return
         self._kicked = reason
         log.info("imap.session_kicked", extra={"bal": self.mailbox, "reason": reason})
+        self._record_soon(AuditAction.SESSION_END, reason, "ok")
         for task in self._tasks:
             task.cancel()
 
@@ -368,7 +402,7 @@ class Relay:
         else:
             writer.write(data)  # the usual case: the bytes as received, no copy
         self._to_client.inc(len(data))
-        await writer.drain()
+        await self.channel.drain()  # a client that does not read ends here (WriteTimeout)
         if self.framer.at_boundary:
             self._holding = False
             self._out.release()
@@ -392,6 +426,9 @@ class Relay:
         self._sent_at.pop(name, None)
         if command is not None:
             self._completed(command, rest[:3].upper().rstrip().decode("ascii", "replace"))
+            if isinstance(command, c.Select) and "write" not in self.rights:
+                # What this delegate may do in it: nothing but \Seen (PERMANENTFLAGS).
+                return _READ_WRITE.sub(rb"\g<head>[READ-ONLY]", line, count=1)
         return self._rewrite_code(line)
 
     def _rewrite_code(self, line: bytes) -> bytes:
@@ -425,6 +462,8 @@ class Relay:
         while True:
             event = parser.next_event()
             if event is None:
+                # Read no more commands while the answers to the last ones pile up unread.
+                await self.channel.drain()
                 try:
                     async with asyncio.timeout(self.config.idle_timeout):
                         if not await self.channel.fill():
@@ -532,8 +571,7 @@ class Relay:
 
     async def _local(self, data: bytes) -> None:
         async with self._out:
-            self.channel.writer.write(data)
-            await self.channel.writer.drain()
+            await self.channel.write(data)
 
     # -- audit ---------------------------------------------------------------------------
     def _record_soon(self, action: AuditAction, detail: str, result: str) -> None:
@@ -554,6 +592,19 @@ class Relay:
                 detail=detail or None,
             )
         )
+
+
+def _released(
+    sessions: SlotCounter, actor: str, then: Callable[[], Awaitable[None]] | None
+) -> Callable[[], Awaitable[None]]:
+    """An `on_close` that gives the person's session slot back, then does `then`."""
+
+    async def close() -> None:
+        sessions.release(actor)
+        if then is not None:
+            await then()
+
+    return close
 
 
 def _log_failure(task: asyncio.Future[None]) -> None:
@@ -611,6 +662,10 @@ class ServedSession:
             return
         self._kicked = True
         log.info("imap.session_kicked", extra={"bal": self.mailbox, "reason": reason})
+        store = self._grant.store
+        if isinstance(store, AuditedStore):
+            task = asyncio.ensure_future(store.record(AuditAction.SESSION_END, reason, "ok"))
+            task.add_done_callback(_log_failure)
         with contextlib.suppress(Exception):
             self.channel.writer.write(untagged_status("BYE", reason))
         self.task.cancel()
@@ -719,7 +774,8 @@ class LiveSessions:
 
 
 class ProxyServer(ImapServer):
-    """The API LPS IMAP listener of the gateway."""
+    """The API LPS IMAP listener of the gateway. `limits` (the node's caps) and `psc`
+    (which ends sessions whose PSC session ended) are shared with the node's other fronts."""
 
     def __init__(
         self,
@@ -729,11 +785,29 @@ class ProxyServer(ImapServer):
         metrics: Metrics,
         ssl_context: ssl.SSLContext | None,
         sock: socket.socket,
+        *,
+        limits: NodeLimits | None = None,
+        psc: PscSessionWatch | None = None,
     ) -> None:
-        super().__init__(config.server, ProxyAuthenticator(front, metrics), ssl_context, sock)
+        authenticator = ProxyAuthenticator(
+            front, metrics, sessions=limits.sessions_per_person if limits else None
+        )
+        super().__init__(
+            config.server,
+            authenticator,
+            ssl_context,
+            sock,
+            preauth_slots=limits.imap_preauth if limits else None,
+            exempt=limits.exempt if limits else None,
+        )
         self.metrics = metrics
         self.audit = front.audit
         self.live = LiveSessions(registry)
+        self.psc = psc
+        self._served: weakref.WeakSet[ImapSession] = weakref.WeakSet()
+
+    def refused(self, reason: str) -> None:
+        self.metrics.refused_connections.labels("imap", reason).inc()
 
     async def start(self) -> None:
         self.live.start()
@@ -746,7 +820,8 @@ class ProxyServer(ImapServer):
     async def _handover(self, session: ImapSession, channel: _StreamChannel) -> bool:
         grant = session.grant
         if isinstance(grant, FrontGrant) and not isinstance(grant, ProxyGrant):
-            if grant.on_close is None:  # called after every command: track it once
+            if session not in self._served:  # called after every command: track it once
+                self._served.add(session)
                 await self._track_served(session, channel, grant)
             return False  # the engine serves it
         if not isinstance(grant, ProxyGrant):
@@ -754,6 +829,8 @@ class ProxyServer(ImapServer):
         relay = Relay(session, channel, grant, self.config, self.audit, self.metrics)
         gauge = self.metrics.open_sessions.labels("imap")
         self.live.add(relay)
+        if self.psc is not None:
+            self.psc.add(relay, grant.credentials.token, grant.identity.expires_at)
         gauge.inc()
         try:
             # A revocation may have come while the backend login ran, before the relay was
@@ -763,6 +840,8 @@ class ProxyServer(ImapServer):
         finally:
             gauge.dec()
             self.live.discard(relay)
+            if self.psc is not None:
+                self.psc.discard(relay)
         return True
 
     async def _track_served(
@@ -773,18 +852,29 @@ class ProxyServer(ImapServer):
         served = ServedSession(session, channel, task)
         gauge = self.metrics.open_sessions.labels("imap")
         self.live.add(served)
+        psc = self.psc
+        if psc is not None:
+            psc.add(served, grant.credentials.token, grant.identity.expires_at)
         gauge.inc()
         store = grant.store
+
+        then = grant.on_close
 
         async def ended() -> None:
             gauge.dec()
             served.ended()
             self.live.discard(served)
-            if isinstance(store, AuditedStore) and store.reads:
-                await store.record(AuditAction.READ, f"{store.reads} read commands", "ok")
-            inner = store.inner if isinstance(store, AuditedStore) else store
-            if isinstance(inner, LegacyWsStore):
-                await inner.aclose()
+            if psc is not None:
+                psc.discard(served)
+            try:
+                if isinstance(store, AuditedStore) and store.reads:
+                    await store.record(AuditAction.READ, f"{store.reads} read commands", "ok")
+                inner = store.inner if isinstance(store, AuditedStore) else store
+                if isinstance(inner, LegacyWsStore):
+                    await inner.aclose()
+            finally:
+                if then is not None:
+                    await then()
 
         session.grant = dataclasses.replace(grant, on_close=ended)
         await self.live.confirm(served)

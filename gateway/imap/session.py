@@ -52,13 +52,18 @@ class SessionGrant:
         return right in self.rights
 
 
+AuthFailure = Literal["authentication", "authorization", "unavailable", "throttled", "limit"]
+
+
 class AuthFailed(Exception):
     """Login refused. `kind` picks the response code: AUTHENTICATIONFAILED (bad token or
-    credentials), AUTHORIZATIONFAILED (this person may not open this BAL), UNAVAILABLE."""
+    credentials), AUTHORIZATIONFAILED (this person may not open this BAL), UNAVAILABLE (a
+    service down, or this address failed too often lately: "throttled"), LIMIT (this person
+    holds too many sessions). Only the first two are the client's fault, and wait."""
 
     def __init__(
         self,
-        kind: Literal["authentication", "authorization", "unavailable"],
+        kind: AuthFailure,
         text: str,
         challenge: bytes | None = None,
     ) -> None:

@@ -3,6 +3,11 @@
 Thin on purpose: framing and limits are the parser's, behaviour is the session's. This
 module owns timeouts, STARTTLS (discarding any plaintext the client pipelined after it,
 the classic injection), and an orderly shutdown that tells every client `* BYE`.
+
+A client that never reads must not hold a connection forever: before login everything,
+writes included, falls under the login deadline; after it, a write that waits longer than
+`write_timeout` for the client to read ends the session (no BYE: it would not be read).
+Connections not yet logged in are capped per source address.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from gateway.imap.limits import Limits
 from gateway.imap.parser import CommandParser
 from gateway.imap.response import continuation, tagged, untagged_status
 from gateway.imap.session import Authenticator, ConnectionInfo
+from gateway.limits import Exemptions, SlotCounter, client_key
 from gateway.logs import bound, new_id
 from gateway.net import is_loopback
 
@@ -29,6 +35,11 @@ log = logging.getLogger(__name__)
 
 READ_SIZE = 64 * 1024
 PREAUTH_LITERAL_LIMIT = 16 * 1024  # before login, no client needs a bigger literal
+HANG_UP_GRACE = 1.0  # seconds a last word may take to leave before the connection is cut
+
+
+class WriteTimeout(ConnectionError):
+    """The client did not read what was written to it within the write timeout."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,7 @@ class ServerConfig:
     limits: Limits = field(default_factory=Limits)
     preauth_timeout: float = 60.0  # for the whole of it, not per read (slowloris)
     idle_timeout: float = 30 * 60.0
+    write_timeout: float = 120.0  # after login; before it, the login deadline bounds writes
     implicit_tls: bool = False
     max_connections: int = 10_000
 
@@ -58,11 +70,13 @@ class _StreamChannel:
         writer: asyncio.StreamWriter,
         limits: Limits,
         ssl_context: ssl.SSLContext | None,
+        write_timeout: float = 120.0,
     ) -> None:
         self.reader = reader
         self.writer = writer
         self.limits = limits
         self.ssl_context = ssl_context
+        self.write_timeout = write_timeout
         self.authenticated = False
         self.parser = CommandParser(preauth_limits(limits))
 
@@ -78,7 +92,17 @@ class _StreamChannel:
 
     async def write(self, data: bytes) -> None:
         self.writer.write(data)
-        await self.writer.drain()
+        await self.drain()
+
+    async def drain(self) -> None:
+        """Wait until the client has read enough of what was written; after login,
+        `WriteTimeout` if it does not within the write timeout (before, the login deadline
+        that bounds the whole of it is the only limit)."""
+        try:
+            async with asyncio.timeout(self.write_timeout if self.authenticated else None):
+                await self.writer.drain()
+        except TimeoutError:
+            raise WriteTimeout("client does not read") from None
 
     async def fill(self) -> bool:
         """Read more client bytes into the parser; False at end of stream."""
@@ -132,7 +156,10 @@ def _drop_buffered(reader: asyncio.StreamReader) -> int:
 
 
 class ImapServer:
-    """An IMAP listener serving sessions of `ImapSession` on a pre-bound socket."""
+    """An IMAP listener serving sessions of `ImapSession` on a pre-bound socket.
+
+    `preauth_slots` (shared by a node's listeners) caps the connections not yet logged in
+    per source address; `exempt` addresses are never refused."""
 
     def __init__(
         self,
@@ -140,6 +167,9 @@ class ImapServer:
         authenticator: Authenticator,
         ssl_context: ssl.SSLContext | None,
         sock: socket.socket,
+        *,
+        preauth_slots: SlotCounter | None = None,
+        exempt: Exemptions | None = None,
     ) -> None:
         self.config = config
         self.authenticator = authenticator
@@ -147,6 +177,8 @@ class ImapServer:
         self._socket = sock
         self._server: asyncio.Server | None = None
         self._sessions: dict[asyncio.Task[None], _StreamChannel] = {}
+        self._preauth = preauth_slots
+        self._exempt = exempt or Exemptions()
 
     @property
     def port(self) -> int:
@@ -178,58 +210,96 @@ class ImapServer:
         if self._server is not None:
             await self._server.wait_closed()
 
+    def refused(self, reason: str) -> None:
+        """A connection turned away at once (a cap); a subclass may count it."""
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        address = str(peer[0])
         if len(self._sessions) >= self.config.max_connections:
             log.warning("imap.too_many_connections", extra={"open": len(self._sessions)})
-            writer.write(untagged_status("BYE", "too many connections, try again later"))
-            writer.close()
-            await _quietly(writer.wait_closed())
+            self.refused("max_connections")
+            await _hang_up(writer, untagged_status("BYE", "too many connections, try again later"))
             return
-        channel = _StreamChannel(reader, writer, self.config.limits, self.ssl_context)
+        key = client_key(address)
+        if self._preauth is not None and not self._preauth.acquire(
+            key, exempt=address in self._exempt
+        ):
+            log.warning("imap.too_many_from_address", extra={"peer": address})
+            self.refused("per_address")
+            await _hang_up(writer, untagged_status("BYE", "too many connections from your address"))
+            return
+        channel = _StreamChannel(
+            reader, writer, self.config.limits, self.ssl_context, self.config.write_timeout
+        )
         self._sessions[task] = channel
-        peer = writer.get_extra_info("peername") or ("?", 0)
         secure = writer.get_extra_info("sslcontext") is not None
         info = ConnectionInfo(
-            peer=str(peer[0]),
+            peer=address,
             secure=secure,
             loopback=is_loopback(peer),
             tls_available=self.ssl_context is not None and not secure,
             session_id=new_id(),
         )
         session = ImapSession(self.config.engine, self.authenticator, channel, info)
+        bye: bytes | None = None
         with bound(session=info.session_id):
             try:
-                await channel.write(session.greeting())
-                await self._serve(session, channel)
+                await self._serve(session, channel, key)
             except (Logout, asyncio.CancelledError):
                 pass
+            except WriteTimeout:
+                log.info("imap.client_not_reading")
+            except _LoginTimeout:
+                log.info("imap.login_timeout")
+                bye = untagged_status("BYE", "login timeout")
             except TimeoutError:
-                await _quietly(channel.write(untagged_status("BYE", "autologout: idle too long")))
+                bye = untagged_status("BYE", "autologout: idle too long")
             except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
                 log.info("imap.connection_lost", extra={"error": type(exc).__name__})
             except Exception:
                 log.exception("imap.session_crashed")
-                await _quietly(channel.write(untagged_status("BYE", "internal server error")))
+                bye = untagged_status("BYE", "internal server error")
             finally:
                 del self._sessions[task]
+                if self._preauth is not None and not channel.authenticated:
+                    self._preauth.release(key)
                 await _quietly(session.close())
-                channel.writer.close()
-                await _quietly(channel.writer.wait_closed())
+                await _hang_up(channel.writer, bye)
 
-    async def _serve(self, session: ImapSession, channel: _StreamChannel) -> None:
+    async def _serve(self, session: ImapSession, channel: _StreamChannel, key: str) -> None:
+        """The connection's life. Until login everything, writes and the SASL exchange
+        included, must end by the login deadline (`_LoginTimeout`)."""
         login_by = asyncio.get_running_loop().time() + self.config.preauth_timeout
+        try:
+            async with asyncio.timeout_at(login_by):
+                await channel.write(session.greeting())
+                while session.grant is None:
+                    await self._step(session, channel, login_by)
+        except TimeoutError:
+            raise _LoginTimeout from None
+        channel.logged_in()
+        if self._preauth is not None:
+            self._preauth.release(key)
+        while not await self._handover(session, channel):
+            await self._step(session, channel, None)
+
+    async def _step(
+        self, session: ImapSession, channel: _StreamChannel, login_by: float | None
+    ) -> None:
+        """Read and answer what the client sent next (one event, or more bytes)."""
         while True:
             event = channel.parser.next_event()
             if event is None:
-                if session.grant is None:
-                    deadline = login_by
-                else:
+                if login_by is None:
                     deadline = asyncio.get_running_loop().time() + self.config.idle_timeout
-                async with asyncio.timeout_at(deadline):
-                    if not await channel.fill():
-                        return
+                    async with asyncio.timeout_at(deadline):
+                        if not await channel.fill():
+                            raise Logout
+                elif not await channel.fill():
+                    raise Logout
                 continue
             if isinstance(event, ContinuationNeeded):
                 if session.grant is None and event.size > PREAUTH_LITERAL_LIMIT:
@@ -242,22 +312,40 @@ class ImapServer:
             elif isinstance(event, CommandError):
                 if event.fatal:
                     await channel.write(untagged_status("BYE", event.message))
-                    return
+                    raise Logout
                 if event.tag is None:
                     await channel.write(untagged_status("BAD", event.message))
                 else:
                     await channel.write(tagged(event.tag, "BAD", event.message))
             elif isinstance(event, Command):
                 await session.execute(event)
-                if session.grant is not None:
-                    channel.logged_in()
-                    if await self._handover(session, channel):
-                        return
+            return
 
     async def _handover(self, session: ImapSession, channel: _StreamChannel) -> bool:
         """After login: True when a subclass carried the session elsewhere to its end (the
         gateway's proxy relays it to a backend); False to go on serving it here."""
         return False
+
+
+class _LoginTimeout(Exception):
+    """The client did not log in by the login deadline."""
+
+
+async def _hang_up(writer: asyncio.StreamWriter, last: bytes | None = None) -> None:
+    """Say `last` if the client is reading, then close; a client that does not read gets
+    its connection cut, rather than held until its peer gives up."""
+    transport = writer.transport
+    with contextlib.suppress(Exception):
+        if last is not None and transport.get_write_buffer_size() == 0:
+            writer.write(last)
+        writer.close()
+    try:
+        async with asyncio.timeout(HANG_UP_GRACE):
+            await writer.wait_closed()
+    except TimeoutError:
+        transport.abort()
+    except Exception:  # noqa: S110 - the peer may already be gone
+        pass
 
 
 async def _quietly(awaitable: Awaitable[object]) -> None:

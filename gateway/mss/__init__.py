@@ -5,7 +5,14 @@ and hostile XML are expected); `rules` checks a submitted message against the X-
 header table and edits the raw octets without re-serialising them.
 """
 
-from gateway.mss.rules import RuleResult, Violation, add_headers, add_sender, check_message
+from gateway.mss.rules import (
+    RuleResult,
+    Violation,
+    add_headers,
+    add_sender,
+    check_message,
+    remove_fields,
+)
 from gateway.mss.xdm import CdaDocument, PatientIns, XdmContent, XdmError, XdmLimits, read_xdm
 
 __all__ = [
@@ -20,4 +27,5 @@ __all__ = [
     "add_sender",
     "check_message",
     "read_xdm",
+    "remove_fields",
 ]

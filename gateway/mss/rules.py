@@ -7,8 +7,14 @@ first: the reply must not let a sender inject CR/LF or 8-bit octets into our SMT
 
 The rules (DOMAIN.md §2):
 
+* every line of the header block is an ordinary field or its continuation (5.6.0 naming
+  the first that is not: ``From : x``, an mbox ``From `` line, a line without a colon, a
+  bare CR or LF), so that no field hides from this check and shows at the recipient's
+  (`gateway.mss.headers`);
 * ``X-MSS-NIL`` on every message; missing, it is added from the configured default;
-* ``From:`` names exactly the sending BAL (5.7.1: a policy refusal, not a syntax one);
+* exactly one ``From:``, naming exactly the sending BAL, whose display name and comments
+  name no other address; ``Resent-From`` and ``Resent-Sender`` name only the BAL if
+  present (5.7.1: a policy refusal, not a syntax one);
 * ``X-MSS-CODECDA`` and ``X-MSS-INS`` if and only if a CDA document sits in an
   ``IHE_XDM.ZIP`` attachment; CODECDA lists exactly the documents' codes, INS is ``O``
   when METADATA.XML carries a qualified INS, else ``N``;
@@ -29,9 +35,12 @@ from __future__ import annotations
 
 import email
 import re
+import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from email import errors
+from email.errors import HeaderParseError
+from email.header import decode_header, make_header
 from email.headerregistry import AddressHeader, BaseHeader
 from email.message import Message
 from email.policy import compat32
@@ -39,6 +48,7 @@ from email.policy import default as default_policy
 from email.utils import collapse_rfc2231_value, formataddr, getaddresses
 from typing import Literal
 
+from gateway.mss.headers import HeaderField, UnreadableHeader, header_fields
 from gateway.mss.xdm import DEFAULT_LIMITS, XdmContent, XdmError, XdmLimits, read_xdm
 
 MIB = 1024 * 1024
@@ -51,11 +61,13 @@ XDM_CONTENT_TYPES = frozenset(
     {"application/zip", "application/octet-stream", "application/x-zip-compressed"}
 )
 MAX_LINE = 998  # RFC 5322 §2.1.1
+RESENT_FIELDS = frozenset({"resent-from", "resent-sender"})
 
 StatusCode = Literal["5.3.4", "5.6.0", "5.7.1"]
 _BASIC_CODES: dict[str, int] = {"5.3.4": 552, "5.6.0": 554, "5.7.1": 550}
 
 _UNFOLD = re.compile(r"\r?\n(?=[ \t])")
+_ADDRESS_LIKE = re.compile(r"[^\s<>()\[\]\"',;:]+@[^\s<>()\[\]\"',;:]+")
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _FIELD_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 ftext
@@ -134,23 +146,35 @@ def check_message(
         )
         return result
     try:
+        fields = header_fields(raw)
+    except UnreadableHeader as bad:
+        result.violations.append(
+            _violation(
+                "5.6.0",
+                "header-unreadable",
+                f"Ligne d'en-tete {bad.line} illisible: '{bad.shown}'",
+                f"unreadable header line {bad.line}: '{bad.shown}' ({bad.why})",
+            )
+        )
+        return result
+    try:
         message = email.message_from_bytes(raw, policy=compat32)
     except Exception:  # RecursionError on absurd nesting, and whatever else: refuse
         result.violations.append(
             _violation("5.6.0", "message-unparsable", "Message illisible", "unparsable message")
         )
         return result
-    _check_from(message, sender, result)
+    _check_from(fields, sender, result)
     _check_nil(message, default_nil, result)
     _check_cda_headers(message, xdm_limits, result)
     _check_mes(message, recipients, result)
     return result
 
 
-def _check_from(message: Message, sender: str, result: RuleResult) -> None:
-    values = message.get_all("From") or []
-    address = _single_address(_text(values[0])) if len(values) == 1 else None
-    if address is None or address != sender.strip().lower():
+def _check_from(fields: Sequence[HeaderField], sender: str, result: RuleResult) -> None:
+    bal = sender.strip().lower()
+    froms = [field for field in fields if field.key == "from"]
+    if len(froms) != 1 or not _names_only(froms[0], bal):
         result.violations.append(
             _violation(
                 "5.7.1",
@@ -159,6 +183,49 @@ def _check_from(message: Message, sender: str, result: RuleResult) -> None:
                 f"From must be exactly the mailbox {_show(sender)}",
             )
         )
+    elif _names_another(froms[0], bal):
+        result.violations.append(
+            _violation(
+                "5.7.1",
+                "From-display-address",
+                "Le nom affiche dans From contient une autre adresse que la BAL",
+                "the From display name contains an address other than the mailbox's",
+            )
+        )
+    for header in fields:
+        if header.key in RESENT_FIELDS and (
+            not _names_only(header, bal) or _names_another(header, bal)
+        ):
+            result.violations.append(
+                _violation(
+                    "5.7.1",
+                    f"{header.key.title()}-mismatch",
+                    f"{header.key.title()} ne peut contenir que l'adresse de la BAL "
+                    f"{_show(sender)}",
+                    f"{header.key.title()} may only name the mailbox {_show(sender)}",
+                )
+            )
+
+
+def _names_only(field: HeaderField, bal: str) -> bool:
+    """Whether the field's one addr-spec is the BAL (a value that is not UTF-8: no)."""
+    try:
+        value = field.value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return _single_address(value) == bal
+
+
+def _names_another(field: HeaderField, bal: str) -> bool:
+    """Whether what a reader sees beside the address (display name, comments, decoded from
+    RFC 2047 and folded to NFKC, so that a full-width @ counts) holds another address."""
+    text = field.value.decode("utf-8", "replace")
+    try:
+        text = str(make_header(decode_header(text)))
+    except (HeaderParseError, LookupError, UnicodeError, ValueError):
+        return True
+    seen = unicodedata.normalize("NFKC", text).casefold()
+    return any(found.rstrip(".") != bal for found in _ADDRESS_LIKE.findall(seen))
 
 
 def _single_address(value: str) -> str | None:
@@ -476,7 +543,7 @@ def add_sender(raw: bytes, delegate_name: str, delegate_address: str) -> bytes:
     if _CONTROL.search(name):
         raise ValueError("delegate name must be a single line without control characters")
     value = formataddr((name, address), charset="utf-8") if name else address
-    return add_headers(_remove_fields(raw, "Sender"), [("Sender", value)])
+    return add_headers(remove_fields(raw, "Sender"), [("Sender", value)])
 
 
 def _check_field(name: str, value: str) -> str:
@@ -497,7 +564,7 @@ def _line_end(raw: bytes) -> bytes:
     return b"\n" if first == 0 or (first > 0 and raw[first - 1 : first] != b"\r") else b"\r\n"
 
 
-def _remove_fields(raw: bytes, name: str) -> bytes:
+def remove_fields(raw: bytes, name: str) -> bytes:
     """Drop every top-level `name` field (with its folded lines), leaving the rest as is."""
     target = name.lower().encode("ascii")
     kept: list[bytes] = []

@@ -82,7 +82,7 @@ class TokenAuthMixin:
     async def _refuse(self, server: SMTP, failure: AuthFailed, mechanism: Mechanism) -> AuthResult:
         log.info("smtp.login_refused", extra={"reason": failure.kind, "detail": failure.text})
         # handled=False: aiosmtpd then sends `message` (with its default, nothing is sent).
-        if failure.kind == "unavailable":
+        if failure.kind in ("unavailable", "throttled", "limit"):
             return AuthResult(success=False, handled=False, message=TEMPORARY.format(failure.text))
         if failure.challenge and mechanism is not Mechanism.PLAIN:
             # RFC 7628 §3.2.3: the JSON error as a 334 challenge; the client answers ^A.

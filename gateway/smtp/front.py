@@ -39,10 +39,12 @@ from gateway.backends.legacy_ws.store import LegacyBackends
 from gateway.backends.smtp_relay import BackendError, BackendRefused, SmtpRelay
 from gateway.imap.session import AuthFailed, ConnectionInfo
 from gateway.metrics import Metrics
-from gateway.mss import RuleResult, add_headers, add_sender, check_message
+from gateway.mss import RuleResult, add_headers, add_sender, check_message, remove_fields
 from gateway.net import is_loopback
+from gateway.psc_sessions import PscSessionWatch
 from gateway.settings import SmtpFrontSettings
 from gateway.smtp.auth import TokenAuthMixin, grant_of
+from gateway.smtp.server import TokenSMTP
 from psc_auth.sasl import Mechanism
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,35 @@ class _Client:
     relay: SmtpRelay | None = None
     sender: FrontGrant | None = None  # the authorisation of the current MAIL FROM
     delegate_address: dict[str, str] = field(default_factory=dict)  # idNat -> Sender address
+    watched: _Watched | None = None
+
+
+@dataclass(eq=False)
+class _Watched:
+    """A logged-in client as the PSC session watch sees it: ended with 421, audited."""
+
+    server: SMTP
+    grant: FrontGrant
+    front: SubmissionFront
+
+    def kick(self, reason: str) -> None:
+        log.info("smtp.session_kicked", extra={"actor": self.grant.actor, "reason": reason})
+        session = self.server.session
+        connection = _connection(self.server, session) if session is not None else None
+        record = AuditRecord(
+            self.grant.actor,
+            self.grant.mailbox,
+            AuditAction.SESSION_END,
+            PROTOCOL,
+            delegation_id=self.grant.delegation_id,
+            software=connection.software if connection else None,
+            remote=connection.peer if connection else None,
+            detail=reason,
+        )
+        task = asyncio.ensure_future(self.front.authenticator.audit.submit(record))
+        task.add_done_callback(_log_failure)
+        if isinstance(self.server, TokenSMTP):
+            self.server.kick(reason)
 
 
 class SubmissionFront(TokenAuthMixin):
@@ -78,11 +109,13 @@ class SubmissionFront(TokenAuthMixin):
         settings: SmtpFrontSettings,
         metrics: Metrics,
         legacy: LegacyBackends | None = None,
+        psc: PscSessionWatch | None = None,
     ) -> None:
         self.authenticator = authenticator
         self.settings = settings
         self.metrics = metrics
         self.legacy = legacy  # the historic platform's clients, for `legacy_ws` routes
+        self.psc = psc  # ends sessions whose PSC session ended
         self.auth_failure_delay = settings.auth_failure_delay
         self._clients: dict[SMTP, _Client] = {}
         self._closing: set[asyncio.Task[None]] = set()
@@ -99,6 +132,8 @@ class SubmissionFront(TokenAuthMixin):
         if client is None:
             return
         self.metrics.open_sessions.labels(PROTOCOL).dec()
+        if client.watched is not None and self.psc is not None:
+            self.psc.discard(client.watched)
         if client.relay is not None:
             task = asyncio.get_running_loop().create_task(client.relay.close())
             self._closing.add(task)
@@ -114,6 +149,13 @@ class SubmissionFront(TokenAuthMixin):
         result = await super()._token_auth(server, args, mechanism)
         if result.success:
             self.metrics.logins.labels(PROTOCOL, "ok").inc()
+            if isinstance(server, TokenSMTP):
+                server.logged_in()
+            grant = result.auth_data
+            if self.psc is not None and isinstance(grant, FrontGrant):
+                client = self._client(server)
+                client.watched = _Watched(server, grant, self)
+                self.psc.add(client.watched, grant.credentials.token, grant.identity.expires_at)
         return result
 
     async def _refuse(self, server: SMTP, failure: AuthFailed, mechanism: Mechanism) -> AuthResult:
@@ -208,6 +250,10 @@ class SubmissionFront(TokenAuthMixin):
             return await self._send_historic(server, session, envelope, sender, client)
         if sender is None or relay is None:
             return MAIL_FIRST
+        refused = await self._still_allowed(server, session, sender)
+        if refused is not None:
+            await self._abandon(relay)
+            return refused
         raw = _content(envelope)
         checked = self._check(raw, sender, envelope.rcpt_tos)
         if not checked.ok:
@@ -253,6 +299,9 @@ class SubmissionFront(TokenAuthMixin):
     ) -> str:
         """DATA for a `legacy_ws` BAL: the same checks and Sender, then one sendMessage."""
         assert self.legacy is not None  # refused at MAIL otherwise
+        refused = await self._still_allowed(server, session, sender)
+        if refused is not None:
+            return refused
         raw = _content(envelope)
         checked = self._check(raw, sender, envelope.rcpt_tos)
         if not checked.ok:
@@ -313,6 +362,24 @@ class SubmissionFront(TokenAuthMixin):
         )
 
     # -- helpers -------------------------------------------------------------------------
+
+    async def _still_allowed(
+        self, server: SMTP, session: Session, sender: FrontGrant
+    ) -> str | None:
+        """None if the sender may still send from the BAL, else the 550 reply: rights and
+        revocation are checked again at DATA, past any cache, so nothing leaves after a
+        revocation that came between MAIL FROM and the end of the message."""
+        refusal = await self.authenticator.recheck(
+            sender, _connection(server, session), action=AuditAction.SEND, right="send"
+        )
+        if refusal is None:
+            return None
+        self.metrics.rights_refusals.labels(PROTOCOL, "send").inc()
+        log.info(
+            "smtp.sender_refused_at_data",
+            extra={"actor": sender.actor, "bal": sender.mailbox, "reason": refusal},
+        )
+        return f"550 5.7.1 {sender.actor} may no longer send from {sender.mailbox} ({refusal})"
 
     def _not_taken(self, sender: FrontGrant, failure: BackendError | BackendRefused) -> str:
         """The reply for a message the backend did not take, counted and logged."""
@@ -392,9 +459,11 @@ class SubmissionFront(TokenAuthMixin):
     async def _prepare(
         self, raw: bytes, checked: RuleResult, sender: FrontGrant, client: _Client
     ) -> bytes:
-        """The message as relayed: the headers the rules add, and for a delegate a Sender
-        naming them (RFC 5322 §3.6.2), so recipients see who wrote for the holder."""
+        """The message as relayed: the headers the rules add, no Sender of the client's, and
+        for a delegate a Sender naming them (RFC 5322 §3.6.2), so recipients see who wrote
+        for the holder. The holder needs none: From names the author."""
         message = add_headers(raw, checked.headers_to_add) if checked.headers_to_add else raw
+        message = remove_fields(message, "Sender")  # the client's: we write the one we mean
         if sender.via == "delegation":
             identity = sender.identity
             address = await self._delegate_address(client, sender)
@@ -430,6 +499,11 @@ class SubmissionFront(TokenAuthMixin):
 
     def _count_refusal(self, refusal: BackendRefused) -> None:
         self.metrics.messages.labels("refused" if refusal.permanent else "deferred").inc()
+
+
+def _log_failure(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("smtp.audit_submit_failed", exc_info=task.exception())
 
 
 def _historic(sender: FrontGrant) -> bool:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import itertools
+import logging
 import re
 import secrets
+import time
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -28,6 +31,8 @@ _PKCE_CHALLENGE = re.compile(r"[A-Za-z0-9\-._~]{43,128}")
 _PKCE_VERIFIER = _PKCE_CHALLENGE
 MAX_BINDING_MESSAGE = 64
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+LOOPBACK_ONLY = "Page de test, servie aux appels locaux (loopback) seulement."
+log = logging.getLogger(__name__)
 
 
 def get_psc(request: Request) -> MockPsc:
@@ -64,6 +69,26 @@ def _test_endpoints_open(psc: MockPsc, request: Request) -> bool:
         and request.client is not None
         and is_loopback(request.client.host)
     )
+
+
+def _find_persona(psc: MockPsc, key_or_idnat: str) -> Persona | None:
+    return psc.personas.get(key_or_idnat) or psc.personas.by_idnat(key_or_idnat)
+
+
+def _unknown_persona(psc: MockPsc) -> JSONResponse:
+    known = ", ".join(p.key for p in psc.personas)
+    return JSONResponse({"detail": f"unknown persona; known: {known}"}, status_code=404)
+
+
+async def _end_sessions(psc: MockPsc, persona: Persona) -> int:
+    """End a persona's PSC sessions: their tokens introspect inactive from now on."""
+    ended = await psc.sessions.end_persona(persona.key)
+    log.info("psc.sessions_ended", extra={"persona": persona.key, "ended": ended})
+    return ended
+
+
+def _local_time(timestamp: float) -> str:
+    return time.strftime("%d/%m/%Y %H:%M:%S", time.localtime(timestamp))
 
 
 def _pkce_matches(verifier: str, challenge: str) -> bool:
@@ -290,6 +315,37 @@ def build_router(realm: str) -> APIRouter:
             return _error_page(request, "Demande inconnue ou déjà traitée.", status=404)
         return RedirectResponse(f"{prefix}/ciba", status_code=303)
 
+    # -- open sessions (test page, loopback-only) ---------------------------------------
+    @router.get(f"{prefix}/sessions", response_class=HTMLResponse)
+    async def sessions_page(request: Request, psc: Psc) -> Response:
+        if not _test_endpoints_open(psc, request):
+            return _error_page(request, LOOPBACK_ONLY, status=404)
+        sessions = await psc.sessions.open_sessions()
+        by_persona = [
+            (psc.personas.get(key), key, list(group))
+            for key, group in itertools.groupby(sessions, key=lambda s: s.persona)
+        ]
+        ended_persona = psc.personas.get(request.query_params.get("persona", ""))
+        ended = request.query_params.get("ended", "")
+        context = {
+            "by_persona": by_persona,
+            "ended": (ended_persona, int(ended)) if ended_persona and ended.isdigit() else None,
+            "when": _local_time,
+            "loopback_only": LOOPBACK_ONLY,
+        }
+        return templates.TemplateResponse(request, "sessions.html", context)
+
+    @router.post(f"{prefix}/sessions/{{key}}/end", response_class=HTMLResponse)
+    async def sessions_end(key: str, request: Request, psc: Psc) -> Response:
+        if not _test_endpoints_open(psc, request):
+            return _error_page(request, LOOPBACK_ONLY, status=404)
+        persona = psc.personas.get(key)
+        if persona is None:
+            return _error_page(request, "Personne inconnue.", status=404)
+        ended = await _end_sessions(psc, persona)
+        query = urlencode({"persona": persona.key, "ended": ended})
+        return RedirectResponse(f"{prefix}/sessions?{query}", status_code=303)
+
     # -- userinfo, introspection, logout, revocation ------------------------------------
     @router.api_route(f"{oidc}/userinfo", methods=["GET", "POST"])
     async def userinfo(request: Request, psc: Psc) -> Response:
@@ -378,10 +434,9 @@ def build_router(realm: str) -> APIRouter:
     async def test_token(body: TestTokenRequest, request: Request, psc: Psc) -> Response:
         if not _test_endpoints_open(psc, request):
             return JSONResponse({"detail": "Not Found"}, status_code=404)
-        persona = psc.personas.get(body.persona) or psc.personas.by_idnat(body.persona)
+        persona = _find_persona(psc, body.persona)
         if persona is None:
-            known = ", ".join(p.key for p in psc.personas)
-            return JSONResponse({"detail": f"unknown persona; known: {known}"}, status_code=404)
+            return _unknown_persona(psc)
         if psc.clients.get(body.client_id) is None:
             return JSONResponse({"detail": "unknown client_id"}, status_code=400)
         means = body.means or ("e-cps" if persona.ecps_only else "card")
@@ -401,6 +456,18 @@ def build_router(realm: str) -> APIRouter:
             headers=NO_STORE,
         )
 
+    @router.post("/_test/end-session", include_in_schema=False)
+    async def test_end_session(body: TestEndSessionRequest, request: Request, psc: Psc) -> Response:
+        if not _test_endpoints_open(psc, request):
+            return JSONResponse({"detail": "Not Found"}, status_code=404)
+        persona = _find_persona(psc, body.persona)
+        if persona is None:
+            return _unknown_persona(psc)
+        ended = await _end_sessions(psc, persona)
+        return JSONResponse(
+            {"persona": persona.key, "idnat": persona.idnat, "ended": ended}, headers=NO_STORE
+        )
+
     @router.post("/_test/rotate-keys", include_in_schema=False)
     async def test_rotate(request: Request, psc: Psc) -> Response:
         if not _test_endpoints_open(psc, request):
@@ -415,6 +482,10 @@ class TestTokenRequest(BaseModel):
     lifetime: int | None = Field(default=None, ge=1, le=86_400)
     client_id: str = Field(default="lps-demo", max_length=128)
     means: str | None = Field(default=None, pattern="^(card|e-cps)$")
+
+
+class TestEndSessionRequest(BaseModel):
+    persona: str = Field(max_length=64, description="persona key or idNat")
 
 
 async def _code_grant(psc: MockPsc, client: Client, form: dict[str, str]) -> Response:

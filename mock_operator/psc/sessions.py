@@ -2,7 +2,8 @@
 
 A session lives 4 hours and dies after 30 idle minutes (DOMAIN.md §3). Refresh tokens are
 stored hashed and rotate on each use; presenting a used one again revokes the session,
-as an authorization server does when it suspects a stolen token.
+as an authorization server does when it suspects a stolen token. Every access token names
+its session (`sid`): introspection and userinfo answer for it only while `alive` does.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class PscSession:
     means: str
     client_id: str
     auth_time: float
+    last_active: float
 
 
 class RefreshRefused(Exception):
@@ -119,6 +121,32 @@ class SessionStore:
             )
         return bool(getattr(result, "rowcount", 0))
 
+    async def open_sessions(self) -> list[PscSession]:
+        """The sessions still alive, by persona then start, for the sessions page."""
+        async with self._db() as db:
+            rows = await db.scalars(
+                select(SessionRow)
+                .where(SessionRow.ended_at.is_(None), SessionRow.expires_at > self._clock())
+                .order_by(SessionRow.persona, SessionRow.auth_time)
+            )
+            return [_session(row) for row in rows if self._is_alive(row)]
+
+    async def end_persona(self, persona: str) -> int:
+        """End every session of a persona still alive (PSC's "end session"); how many."""
+        now = self._clock()
+        async with self._db.begin() as db:
+            rows = await db.scalars(
+                select(SessionRow).where(
+                    SessionRow.persona == persona,
+                    SessionRow.ended_at.is_(None),
+                    SessionRow.expires_at > now,
+                )
+            )
+            ending = [row for row in rows if self._is_alive(row)]
+            for row in ending:
+                row.ended_at = now
+        return len(ending)
+
     async def issue_refresh(self, session: PscSession, scope: str) -> tuple[str, int]:
         """A new refresh token, living at most until the session's end."""
         now = self._clock()
@@ -184,4 +212,6 @@ class SessionStore:
 
 
 def _session(row: SessionRow) -> PscSession:
-    return PscSession(row.sid, row.persona, row.means, row.client_id, row.auth_time)
+    return PscSession(
+        row.sid, row.persona, row.means, row.client_id, row.auth_time, row.last_active
+    )

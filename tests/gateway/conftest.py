@@ -69,6 +69,7 @@ def gateway_settings(data_dir: Path, **overrides: Any) -> Settings:
         "http": {"port": 0},
         "imap": {"port": 0, "auth_failure_delay": 0},
         "smtp": {"port": 0, "auth_failure_delay": 0},
+        "psc": {"client_ids": ["lps-demo"]},  # the client the mock's test tokens are for
     }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):

@@ -214,6 +214,7 @@ async def test_read_only_delegate_gets_noperm_for_every_change(stack: Stack):
     client = await login(stack, "sec-bernard", MOREAU)
     selected = await client.ok("SELECT INBOX")
     assert any(line.startswith(b"* OK [PERMANENTFLAGS (\\Seen)] ") for line in selected.untagged)
+    assert b" OK [READ-ONLY] " in selected.tagged  # what she may do: \\Seen aside, nothing
     refused = [
         "SUBSCRIBE Corbeille",
         "STORE 1 +FLAGS (\\Flagged)",

@@ -1,6 +1,7 @@
 """A historic BAL through the gateway's IMAP front, on real sockets: the engine serves a
 `LegacyWsStore` over the mock's historic web services (LIST, SELECT, FETCH, SEARCH, STORE,
-MOVE, COPY refused, UID stability across a restart, the services down)."""
+MOVE, COPY refused, APPEND to Drafts keeping every part or refused, UID stability across a
+restart, the services down)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import imaplib
 import re
 import socket
 from collections.abc import AsyncIterator
+from email.message import EmailMessage
+from email.policy import SMTP as SMTP_POLICY
+from email.utils import formatdate, make_msgid
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +33,13 @@ from tests.gateway.conftest import (
     running_stack,
     start_stack,
 )
+from tests.gateway.test_smtp_front import NIL
 from tests.historic import historic_call, historic_messages, historic_send
 from tests.imap_raw import Lit, Raw
 
 DUPONT = "jean.dupont@medecin.mssante.fr"
+PETIT = "marie.petit@sage-femme.mssante.fr"
+DRAFTS = 6
 BERNARD = "899700000003"
 SUBJECT = "Avis sur un patient commun"
 
@@ -163,7 +170,8 @@ async def test_search_unseen_and_seen_reaches_the_web_services(legacy: Stack):
 
 async def test_read_only_delegate_may_mark_seen_only(legacy: Stack):
     client = await login(legacy, "sec-bernard")
-    await client.ok("SELECT INBOX")
+    selected = await client.ok("SELECT INBOX")
+    assert b" OK [READ-ONLY] " in selected.tagged
     refused = await client.command("STORE 1 +FLAGS (\\Flagged)")
     assert refused.status == "NO"
     assert b"[NOPERM]" in refused.tagged
@@ -466,11 +474,16 @@ async def test_deleted_then_expunge_deletes_on_the_historic_side(legacy: Stack):
     await client.close()
 
 
-async def append_draft(client: Raw, subject: str, text: str) -> tuple[str, bytes, Any]:
-    """APPEND a draft to the \\Drafts folder: its name, the message, the reply."""
+async def drafts_folder(client: Raw) -> str:
+    """The name of the \\Drafts folder."""
     listed = await client.ok('LIST "" "*"')
     (line,) = [line for line in listed.of(b"LIST") if b"\\Drafts" in line]
-    drafts = line.rsplit(b" ", 1)[1].decode().strip('"')
+    return line.rsplit(b" ", 1)[1].decode().strip('"')
+
+
+async def append_draft(client: Raw, subject: str, text: str) -> tuple[str, bytes, Any]:
+    """APPEND a draft to the \\Drafts folder: its name, the message, the reply."""
+    drafts = await drafts_folder(client)
     message = (
         f"From: {DUPONT}\r\nTo: claire.martin@medecin.mssante.fr\r\n"
         f"Subject: {subject}\r\n\r\n{text}\r\n"
@@ -487,6 +500,74 @@ async def test_append_to_drafts_only(legacy: Stack):
     assert b"[CANNOT]" in refused.tagged
     await client.ok(f'SELECT "{drafts}"')
     assert (await client.ok('UID SEARCH SUBJECT "Brouillon de test"')).search()
+    await client.close()
+
+
+PLAIN = "Bonjour,\n\nCompte rendu en texte : hémoglobine 12,8 g/dL.\n"
+HTML = "<p>Annexe <b>HTML</b> : courbe de température</p>\n"
+
+
+def side_by_side(title: str, *, garbled: bool = False) -> bytes:
+    """A multipart/mixed with a text/plain part and a separate text/html part (not an
+    alternative of it); `garbled`: the HTML part's base64 decodes to nothing."""
+    msg = EmailMessage()
+    msg["From"] = DUPONT
+    msg["To"] = PETIT
+    msg["Subject"] = title
+    msg["Date"] = formatdate(localtime=True)
+    msg["Message-ID"] = make_msgid(domain="lps.test")
+    msg["X-MSS-NIL"] = NIL
+    msg.set_content(PLAIN)
+    msg.add_attachment(HTML, subtype="html", disposition="inline", cte="base64")
+    if garbled:
+        html = msg.get_payload()[1]
+        assert isinstance(html, EmailMessage)
+        html.set_payload("!!!!\n")
+    return msg.as_bytes(policy=SMTP_POLICY)
+
+
+async def holds_both_texts(stack: Stack, bal: str, folder_id: int, title: str) -> None:
+    """The historic platform's copy of `side_by_side(title)`: the plain text as its body,
+    the HTML as an attachment (read back through searchMessages and downloadAttachment)."""
+    (found,) = [
+        m for m in await historic_messages(stack.mock, bal, folder_id) if m["subject"] == title
+    ]
+    assert (found["body"].strip(), found["isHTML"]) == (PLAIN.strip(), False)
+    (attachment,) = found["attachments"]
+    assert (attachment["fileName"], attachment["contentType"]) == ("part-2.html", "text/html")
+    downloaded = await historic_call(
+        stack.mock,
+        "Attachment",
+        "downloadAttachment",
+        {"email": bal, "messageId": found["messageId"], "part": attachment["part"]},
+    )
+    assert base64.b64decode(downloaded["file"]).decode() == HTML
+
+
+async def test_append_keeps_a_plain_and_a_separate_html_part(legacy: Stack):
+    """Before, the draft kept the HTML part as its body and lost the plain text."""
+    client = await login(legacy, "dr-dupont")
+    drafts = await drafts_folder(client)
+    title = "Brouillon texte et HTML"
+    await client.ok(f'APPEND "{drafts}" (\\Draft)', " ", Lit(side_by_side(title)))
+    await holds_both_texts(legacy, DUPONT, DRAFTS, title)
+    await client.close()
+
+
+async def test_append_of_a_part_that_cannot_be_read_is_refused(legacy: Stack):
+    """NO [CANNOT] saying why, rather than a draft without its HTML part."""
+    client = await login(legacy, "dr-dupont")
+    drafts = await drafts_folder(client)
+    title = "Brouillon illisible"
+    refused = await client.command(
+        f'APPEND "{drafts}" (\\Draft)', " ", Lit(side_by_side(title, garbled=True))
+    )
+    assert refused.status == "NO"
+    assert b"[CANNOT]" in refused.tagged
+    assert b"part 2: its base64 content cannot be decoded" in refused.tagged
+    assert not [
+        m for m in await historic_messages(legacy.mock, DUPONT, DRAFTS) if m["subject"] == title
+    ]
     await client.close()
 
 

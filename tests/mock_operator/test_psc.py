@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
+from mock_operator.psc.provider import MockPsc
 from mock_operator.server import MockOperator
 from psc_auth import (
     AuthMeans,
@@ -22,6 +23,7 @@ from psc_auth import (
     ValidationMode,
     ValidatorConfig,
 )
+from tests.conftest import persona_token
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -49,17 +51,21 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-@pytest.fixture
-async def oauth(mock_op: MockOperator) -> AsyncIterator[AsyncOAuth2Client]:
-    client = AsyncOAuth2Client(
+def demo_client(mock: MockOperator) -> AsyncOAuth2Client:
+    """`lps-demo`, the LPS under test, as a real OAuth client."""
+    return AsyncOAuth2Client(
         client_id="lps-demo",
-        client_secret=secret_of(mock_op, "lps-demo"),
+        client_secret=secret_of(mock, "lps-demo"),
         scope="openid scope_all",
         redirect_uri=REDIRECT,
         code_challenge_method="S256",
         timeout=10,
     )
-    async with client:
+
+
+@pytest.fixture
+async def oauth(mock_op: MockOperator) -> AsyncIterator[AsyncOAuth2Client]:
+    async with demo_client(mock_op) as client:
         yield client
 
 
@@ -72,6 +78,31 @@ def validator_for(mock: MockOperator, **config: Any) -> TokenValidator:
         "introspection_client_secret": secret_of(mock, "lps-gateway"),
     }
     return TokenValidator(ValidatorConfig(**{**defaults, **config}))
+
+
+async def is_active(http: httpx.AsyncClient, mock: MockOperator | MockPsc, token: str) -> bool:
+    """Whether the mock PSC vouches for a token, asked the two ways a gateway asks:
+    introspection (as `lps-gateway`) and userinfo, which must agree; an inactive token's
+    introspection says nothing more than that."""
+    psc = mock.psc if isinstance(mock, MockOperator) else mock
+    assert psc is not None
+    gateway = psc.clients.get("lps-gateway")
+    assert gateway is not None
+    oidc_base = f"{psc.issuer}/protocol/openid-connect"
+    introspected = await http.post(
+        f"{oidc_base}/token/introspect",
+        data={"token": token},
+        auth=("lps-gateway", gateway.client_secret),
+    )
+    assert introspected.status_code == 200
+    info = await http.get(f"{oidc_base}/userinfo", headers={"Authorization": f"Bearer {token}"})
+    if introspected.json()["active"] is True:
+        assert info.status_code == 200, info.text
+        return True
+    assert introspected.json() == {"active": False}
+    assert info.status_code == 401
+    assert 'error="invalid_token"' in info.headers["www-authenticate"]
+    return False
 
 
 async def choose_on_login_page(
@@ -264,6 +295,7 @@ async def test_code_is_single_use_and_needs_the_verifier(
     with pytest.raises(TokenError) as caught:
         await validator.validate(token["access_token"])
     assert caught.value.failure is TokenFailure.INACTIVE
+    assert not await is_active(http, mock_op, token["access_token"])
     await validator.aclose()
 
 
@@ -327,6 +359,8 @@ async def test_refresh_rotation_and_reuse_detection(
     with pytest.raises(TokenError) as refused:
         await validator.validate(second["access_token"])
     assert refused.value.failure is TokenFailure.INACTIVE
+    assert not await is_active(http, mock_op, second["access_token"])
+    assert not await is_active(http, mock_op, first["access_token"])
     with pytest.raises(OAuthError):
         await oauth.refresh_token(oidc(mock_op, "token"), refresh_token=second["refresh_token"])
     await validator.aclose()
@@ -354,12 +388,14 @@ async def test_logout_makes_tokens_inactive(
     introspect = validator_for(mock_op, mode=ValidationMode.INTROSPECT, cache_enabled=False)
     local = validator_for(mock_op, cache_enabled=False)
     await introspect.validate(token["access_token"])
+    assert await is_active(http, mock_op, token["access_token"])
     answer = await http.get(oidc(mock_op, "logout"), params={"id_token_hint": token["id_token"]})
     assert answer.status_code == 200
     assert "déconnecté" in answer.text
     with pytest.raises(TokenError) as caught:
         await introspect.validate(token["access_token"])
     assert caught.value.failure is TokenFailure.INACTIVE
+    assert not await is_active(http, mock_op, token["access_token"])
     # Local validation cannot know about the logout: that is what introspection is for.
     assert str((await local.validate(token["access_token"])).idnat) == "899700000001"
     with pytest.raises(OAuthError):
@@ -372,6 +408,7 @@ async def test_backchannel_logout_with_refresh_token(
     mock_op: MockOperator, oauth: AsyncOAuth2Client, http: httpx.AsyncClient
 ):
     token = await login(mock_op, oauth, http)
+    assert await is_active(http, mock_op, token["access_token"])
     answer = await http.post(
         oidc(mock_op, "logout"),
         data={"refresh_token": token["refresh_token"]},
@@ -379,8 +416,10 @@ async def test_backchannel_logout_with_refresh_token(
     )
     assert answer.status_code == 204
     validator = validator_for(mock_op, mode=ValidationMode.INTROSPECT)
-    with pytest.raises(TokenError):
+    with pytest.raises(TokenError) as caught:
         await validator.validate(token["access_token"])
+    assert caught.value.failure is TokenFailure.INACTIVE
+    assert not await is_active(http, mock_op, token["access_token"])
     await validator.aclose()
 
 
@@ -557,18 +596,31 @@ async def test_test_token_endpoint(mock_op: MockOperator, http: httpx.AsyncClien
     assert (await http.post(url, json={"persona": "dr-martin", "lifetime": 0})).status_code == 422
 
 
-async def test_test_endpoints_answer_loopback_only(mock_op: MockOperator):
+async def test_test_endpoints_answer_loopback_only(mock_op: MockOperator, http: httpx.AsyncClient):
     from mock_operator.server import create_app
 
     assert mock_op.psc is not None
+    token = await persona_token(mock_op, "dr-martin")
+    sessions = f"/auth/realms/{mock_op.settings.realm}/sessions"
     transport = httpx.ASGITransport(app=create_app(mock_op.psc), client=("192.0.2.7", 40000))
     async with httpx.AsyncClient(transport=transport, base_url="http://mock") as remote:
         answer = await remote.post("/_test/token", json={"persona": "dr-martin"})
         assert answer.status_code == 404
         assert (await remote.post("/_test/rotate-keys")).status_code == 404
+        ended = await remote.post("/_test/end-session", json={"persona": "dr-martin"})
+        assert ended.status_code == 404
+        assert (await remote.get(sessions)).status_code == 404
+        assert (await remote.post(f"{sessions}/dr-martin/end")).status_code == 404
+    assert await is_active(http, mock_op, token), "nothing was ended from afar"
     local = httpx.ASGITransport(app=create_app(mock_op.psc), client=("127.0.0.1", 40000))
     async with httpx.AsyncClient(transport=local, base_url="http://mock") as near:
         assert (await near.post("/_test/token", json={"persona": "dr-martin"})).status_code == 200
+        assert (await near.get(sessions)).status_code == 200
+        mock_op.psc.settings = mock_op.psc.settings.model_copy(update={"test_endpoints": False})
+        refused = await near.post("/_test/end-session", json={"persona": "dr-martin"})
+        assert refused.status_code == 404, "switched off: not even on loopback"
+        assert (await near.get(sessions)).status_code == 404
+    assert await is_active(http, mock_op, token)
 
 
 async def test_introspection_needs_client_authentication(

@@ -191,6 +191,108 @@ def test_from_with_encoded_display_name() -> None:
     assert check(raw).ok
 
 
+def _with_lines(*lines: bytes, after_from: bool = True) -> bytes:
+    """The seeded letter with raw header lines inserted after its (folded) From, or first."""
+    raw = seeded_letter()
+    head, sep, rest = raw.partition(b"\r\nTo: ")
+    inserted = b"".join(b"\r\n" + line for line in lines)
+    if after_from:
+        return head + inserted + sep + rest
+    return b"".join(line + b"\r\n" for line in lines) + raw
+
+
+@pytest.mark.parametrize(
+    ("lines", "after_from", "why"),
+    [
+        ([b"From : eve.moreau@medecin.mssante.fr"], True, "before the colon"),
+        ([b"From\t: eve.moreau@medecin.mssante.fr"], True, "before the colon"),
+        ([b"From eve.moreau@medecin.mssante.fr Sat Dec  5 10:00:00 2026"], False, "mbox"),
+        ([b"X-Note nothing", b"From: eve.moreau@medecin.mssante.fr"], True, "no colon"),
+        ([b"X-Note: a\nFrom: eve.moreau@medecin.mssante.fr"], True, "bare CR or LF"),
+        ([b"X-Note: a\rFrom: eve.moreau@medecin.mssante.fr"], True, "bare CR or LF"),
+        ([b"X-Note: a", b"   "], True, "white-space-only"),
+        ([b" X-Note: a"], False, "without a field"),
+        ([b"X-No\x00te: a"], True, "NUL"),
+        ([b"X-Note: a\x00b"], True, "NUL"),
+        ([b"X-N\xc3\xa9: a"], True, "not a header field"),
+    ],
+)
+def test_a_header_line_the_check_cannot_read_is_refused(
+    lines: list[bytes], after_from: bool, why: str
+) -> None:
+    result = check(_with_lines(*lines, after_from=after_from))
+    assert result.rules == ["header-unreadable"]
+    assert result.violations[0].code == "5.6.0"
+    assert why in result.violations[0].text
+    assert "line " in result.violations[0].text
+
+
+def test_the_refusal_names_the_line() -> None:
+    result = check(_with_lines(b"From : eve.moreau@medecin.mssante.fr"))
+    assert "line 3: 'From : eve.moreau@medecin.mssante.fr'" in result.violations[0].text
+
+
+def test_a_blank_line_of_another_kind_does_not_end_the_header_early() -> None:
+    """CRLF message, then a bare LF "blank" line: a server reading CRLF lines would go on
+    reading headers past it."""
+    raw = seeded_letter().replace(b"\r\n", b"\r\n\nFrom: eve.moreau@medecin.mssante.fr\r\n", 1)
+    assert check(raw).rules == ["header-unreadable"]
+
+
+def test_a_message_with_lf_line_ends_is_read() -> None:
+    raw = seeded_letter().replace(b"\r\n", b"\n")
+    assert check(raw).ok
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        f'"eve.moreau@medecin.mssante.fr" <{HOSPITAL}>',
+        f"eve.moreau@medecin.mssante.fr <{HOSPITAL}>",
+        f"Dr MOREAU (eve.moreau@medecin.mssante.fr) <{HOSPITAL}>",
+        f"{HOSPITAL} (eve.moreau@medecin.mssante.fr)",
+        f"=?utf-8?b?ZXZlLm1vcmVhdUBtZWRlY2luLm1zc2FudGUuZnI=?= <{HOSPITAL}>",
+        f'"eve.moreau\uff20medecin.mssante.fr" <{HOSPITAL}>',
+        f'"x.{HOSPITAL}" <{HOSPITAL}>',
+    ],
+)
+def test_a_from_display_name_naming_another_address_is_refused(value: str) -> None:
+    """Refused either way: unparsable as one address (From-mismatch), or naming another."""
+    raw = variant(seeded_letter(), headers={"From": None})
+    result = check(f"From: {value}\r\n".encode() + raw)
+    assert result.rules in (["From-display-address"], ["From-mismatch"])
+    assert result.violations[0].code == "5.7.1"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        f"Service des urgences <{HOSPITAL}>",
+        f'"{HOSPITAL}" <{HOSPITAL}>',
+        f'"Dr Martin @ cabinet" <{HOSPITAL}>',
+        f"{HOSPITAL} (Service des urgences)",
+    ],
+)
+def test_a_from_display_name_without_another_address_is_fine(value: str) -> None:
+    raw = variant(seeded_letter(), headers={"From": None})
+    assert check(f"From: {value}\r\n".encode() + raw).ok
+
+
+@pytest.mark.parametrize("name", ["Resent-From", "Resent-Sender", "RESENT-FROM"])
+def test_resent_fields_may_only_name_the_mailbox(name: str) -> None:
+    other = check(_with_lines(f"{name}: eve.moreau@medecin.mssante.fr".encode()))
+    assert other.rules == [f"{name.lower().title()}-mismatch"]
+    assert other.violations[0].code == "5.7.1"
+    assert check(_with_lines(f"{name}: {HOSPITAL}".encode())).ok
+
+
+def test_a_from_field_that_is_not_utf8_is_refused() -> None:
+    raw = variant(seeded_letter(), headers={"From": None})
+    assert check(b"From: \xff\xfe <" + HOSPITAL.encode() + b">\r\n" + raw).rules == [
+        "From-mismatch"
+    ]
+
+
 # -- X-MSS-CODECDA / X-MSS-INS --------------------------------------------------------------
 
 

@@ -77,6 +77,52 @@ async def test_claim_failures(
     assert await refused(make_validator(), provider.token(**overrides)) is failure
 
 
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"exp": float("nan")},
+        {"exp": float("inf")},
+        {"exp": 1e308},
+        {"exp": 10**400},
+        {"exp": 253_402_300_800},  # one second past the year 9999
+        {"exp": -(10**12)},
+        {"exp": "tomorrow"},
+        {"exp": True},
+        {"nbf": float("nan")},
+        {"iat": -1e308},
+        {"iat": 10**400},
+    ],
+)
+async def test_a_time_no_clock_can_hold_is_refused_not_crashed_on(
+    provider: FakeProvider, make_validator: MakeValidator, claims: dict[str, Any]
+):
+    """JSON lets a token say NaN, 1e308 or 10**400 (a signed token from a compromised or
+    buggy issuer): an authentication failure, never an exception of the datetime module."""
+    failure = await refused(make_validator(), provider.token(**claims))
+    assert failure is TokenFailure.MALFORMED
+
+
+async def test_a_token_found_inactive_is_refused_from_then_on(
+    provider: FakeProvider, make_validator: MakeValidator, clock: Clock
+):
+    """A locally valid, cached token: once the session watch learns that its PSC session
+    ended, no new login takes it, until it expires anyway."""
+    validator = make_validator(introspection_client_id="gw", introspection_client_secret="s3cret")
+    token = provider.token()
+    await validator.validate(token)
+    assert await validator.is_active(token)
+    provider.active = False
+    assert not await validator.is_active(token)
+    validator.mark_inactive(token, clock() + 120)
+    assert await refused(validator, token) is TokenFailure.INACTIVE
+    other = provider.token(jti="another")
+    assert (await validator.validate(other)).idnat == (await validator.validate(other)).idnat
+    provider.down = True
+    with pytest.raises(TokenError) as caught:
+        await validator.is_active(other)
+    assert caught.value.failure.temporary
+
+
 async def test_audience_from_azp_or_list(provider: FakeProvider, make_validator: MakeValidator):
     validator = make_validator()
     await validator.validate(provider.token(aud="account", azp="lps-demo"))

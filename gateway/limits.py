@@ -1,0 +1,139 @@
+"""Caps on what one client address or one person can hold or try, counted per process.
+
+Neutral infrastructure for the fronts: a connection not yet logged in holds a slot of its
+source address, a logged-in IMAP session one of its person; failed logins are remembered
+per address for a while. Addresses are grouped as a network would reuse them: an IPv6
+client by its /64 (one host controls the whole prefix), an IPv4-mapped one as IPv4.
+Exempt networks (a hosting provider's NAT, the operator's own probes) are never capped.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+MAX_TRACKED = 100_000  # addresses remembered by a throttle; the oldest are forgotten first
+
+
+def client_key(address: str) -> str:
+    """The unit a cap counts: the IPv4 address, or the IPv6 /64; other peers as given."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+class Exemptions:
+    """The networks of `limits.exempt_networks`."""
+
+    def __init__(self, networks: Iterable[str] = ()) -> None:
+        self._networks = [ipaddress.ip_network(n, strict=False) for n in networks]
+
+    def __contains__(self, address: object) -> bool:
+        if not self._networks or not isinstance(address, str):
+            return False
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip.version == n.version and ip in n for n in self._networks)
+
+
+class SlotCounter:
+    """At most `limit` slots held at once per key (an address's `client_key`, an idNat);
+    an exempt holder is counted but never refused."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._held: dict[str, int] = {}
+
+    def acquire(self, key: str, *, exempt: bool = False) -> bool:
+        held = self._held.get(key, 0)
+        if held >= self.limit and not exempt:
+            return False
+        self._held[key] = held + 1
+        return True
+
+    def release(self, key: str) -> None:
+        held = self._held.get(key, 0) - 1
+        if held > 0:
+            self._held[key] = held
+        else:
+            self._held.pop(key, None)
+
+    def held(self, key: str) -> int:
+        return self._held.get(key, 0)
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+
+class LoginThrottle:
+    """Failed logins per client address within a sliding window: past `max_failures`, the
+    address may not try again until its oldest failure leaves the window. A throttled
+    attempt costs the server nothing (no token validated, no provider called) and is not
+    itself counted, so a practice behind the same address gets in again once it passes."""
+
+    def __init__(
+        self,
+        max_failures: int,
+        window: float,
+        exempt: Callable[[str], bool] = lambda _address: False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_failures = max_failures
+        self.window = window
+        self._exempt = exempt
+        self._clock = clock
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def retry_after(self, address: str) -> float | None:
+        """None when `address` may try to log in, else the seconds it must wait."""
+        if self._exempt(address):
+            return None
+        failures = self._failures.get(client_key(address))
+        if failures is None:
+            return None
+        now = self._clock()
+        while failures and failures[0] <= now - self.window:
+            failures.popleft()
+        if len(failures) < self.max_failures:
+            return None
+        return failures[0] + self.window - now
+
+    def failed(self, address: str) -> None:
+        if self._exempt(address):
+            return
+        key = client_key(address)
+        now = self._clock()
+        failures = self._failures.get(key)
+        if failures is None:
+            failures = self._failures[key] = deque(maxlen=self.max_failures)
+        failures.append(now)
+        self._failures.move_to_end(key)
+        while len(self._failures) > MAX_TRACKED:
+            self._failures.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._failures)
+
+
+@dataclass(frozen=True)
+class NodeLimits:
+    """The caps of one gateway node, shared by its listeners (IMAP, IMAPS and SMTP)."""
+
+    exempt: Exemptions
+    imap_preauth: SlotCounter
+    smtp_preauth: SlotCounter
+    sessions_per_person: SlotCounter
+    logins: LoginThrottle

@@ -1,0 +1,312 @@
+"""Slow, deaf and greedy clients: none may hold a connection past the timeouts, or take the
+slots of others (per source address before login, per person after, failed logins
+throttled per address).
+
+Hostile clients connect from 127.0.0.2 and the well-behaved ones from 127.0.0.1: both are
+loopback (plaintext logins allowed) yet distinct sources for the per-address caps."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import imaplib
+import smtplib
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from gateway.settings import MockSettings, Settings
+from tests.gateway.conftest import Stack, gateway_settings, running_stack
+from tests.gateway.test_smtp_front import metric, xoauth2
+from tests.imap_raw import Raw
+
+HOSTILE = "127.0.0.2"
+MARTIN = "claire.martin@medecin.mssante.fr"
+PREAUTH = 5.0  # seconds: the login deadline in this module's configuration
+WRITE = 2.0  # seconds a reply may wait for a client that does not read
+BOUND = 60.0  # what a test waits at most for the event it needs
+
+
+@pytest.fixture
+def stack_settings(tmp_path: Path) -> Settings:
+    return gateway_settings(
+        tmp_path / "gateway",
+        imap={
+            "preauth_timeout": PREAUTH,
+            "write_timeout": WRITE,
+            "max_preauth_per_address": 20,
+            "max_sessions_per_person": 3,
+        },
+        smtp={"preauth_timeout": PREAUTH, "write_timeout": WRITE, "max_preauth_per_address": 20},
+        limits={"max_failed_logins": 3, "failed_login_window": 600},
+    )
+
+
+def connect(port: int, source: str = HOSTILE) -> socket.socket:
+    """A client socket with a small receive window (it will not read anyway)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", port))
+    sock.setblocking(False)
+    return sock
+
+
+async def pipeline_without_reading(sock: socket.socket, line: bytes) -> float:
+    """Send `line` again and again, never read; return when the server cuts the connection
+    (the seconds it took). Whatever the kernel accepts is sent, then we wait for room."""
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    chunk = line * (65536 // len(line))
+    while True:
+        try:
+            await asyncio.wait_for(loop.sock_sendall(sock, chunk), BOUND)
+        except (ConnectionError, BrokenPipeError):
+            return loop.time() - began
+        except TimeoutError:
+            raise AssertionError("the server still holds a client that never reads") from None
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Wait for `condition`, checking as the event loop turns; fail past BOUND."""
+    deadline = time.monotonic() + BOUND
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not seen within {BOUND} s: {what}")
+        await asyncio.sleep(0.02)
+
+
+def congested(listener: socket.socket) -> None:
+    """Small send buffers on the connections the listener accepts (they inherit them), as
+    on a slow link: a client that does not read blocks the server after a few KiB."""
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+
+
+def blocked_writes(stack: Stack) -> int:
+    """How many of the IMAP front's connections have replies waiting for their client."""
+    assert stack.gateway.imap is not None
+    channels = stack.gateway.imap._sessions.values()
+    return sum(1 for c in channels if c.writer.transport.get_write_buffer_size() > 0)
+
+
+def imap_login_and_select(port: int, token: str) -> int:
+    with imaplib.IMAP4("127.0.0.1", port, timeout=30) as imap:
+        imap.authenticate("XOAUTH2", lambda _: f"user={MARTIN}\1auth=Bearer {token}\1\1".encode())
+        status, data = imap.select("INBOX")
+        assert status == "OK"
+        count = int(data[0] or 0)
+        imap.logout()
+        return count
+
+
+async def test_clients_that_pipeline_and_never_read_are_cut_at_the_login_deadline(
+    stack: Stack,
+) -> None:
+    """Twenty clients pipeline CAPABILITY and never read: their replies fill the sockets,
+    the gateway is stuck writing to them, and the login deadline still ends them, while
+    other clients log in as usual."""
+    assert stack.gateway.imap is not None
+    congested(stack.gateway.imap._socket)
+    socks = [connect(stack.imap_port) for _ in range(20)]
+    try:
+        floods = [
+            asyncio.create_task(pipeline_without_reading(s, b"a CAPABILITY\r\n")) for s in socks
+        ]
+        await until(lambda: blocked_writes(stack) == 20, "twenty connections stuck writing")
+        token = await stack.token("dr-martin")
+        logins = [
+            asyncio.to_thread(imap_login_and_select, stack.imap_port, token) for _ in range(3)
+        ]
+        assert all(count > 0 for count in await asyncio.gather(*logins))
+        lasted = await asyncio.gather(*floods)
+    finally:
+        for sock in socks:
+            sock.close()
+    assert all(PREAUTH - 0.5 <= seconds <= PREAUTH + 30 for seconds in lasted), lasted
+    assert stack.gateway.imap is not None
+    await until(lambda: stack.gateway.imap.open_sessions == 0, "no connection left")
+
+
+async def test_a_logged_in_client_that_never_reads_is_cut_after_the_write_timeout(
+    stack: Stack,
+) -> None:
+    """After login the relay stops reading the client's commands while their answers pile
+    up unread, and ends the session once a reply waits `write_timeout`."""
+    assert stack.gateway.imap is not None
+    congested(stack.gateway.imap._socket)
+    token = await stack.token("dr-martin")
+    sock = connect(stack.imap_port)
+    loop = asyncio.get_running_loop()
+    try:
+        blob = xoauth2(MARTIN, token)
+        await loop.sock_sendall(sock, b"a AUTHENTICATE XOAUTH2 " + blob + b"\r\nb SELECT INBOX\r\n")
+        relayed = stack.gateway.metrics.relayed_bytes.labels("imap", "to_backend")
+        await until(lambda: relayed._value.get() > 0, "the relay running")
+        lasted = await pipeline_without_reading(sock, b"c FETCH 1:* (BODY.PEEK[] FLAGS)\r\n")
+    finally:
+        sock.close()
+    assert lasted < BOUND
+    sent = metric(stack, "lpsgw_relayed_bytes_total", protocol="imap", direction="to_backend")
+    assert sent < 4 * 1024 * 1024  # the relay stopped forwarding what the client pipelined
+    assert stack.gateway.imap is not None
+    await until(lambda: stack.gateway.imap.open_sessions == 0, "the session ended")
+
+
+async def test_smtp_clients_that_never_read_are_cut_before_and_after_auth(stack: Stack) -> None:
+    assert stack.gateway.smtp is not None
+    congested(stack.gateway.smtp._socket)
+    before = connect(stack.smtp_port)
+    after = connect(stack.smtp_port)
+    loop = asyncio.get_running_loop()
+    try:
+        flood_before = asyncio.create_task(pipeline_without_reading(before, b"NOOP\r\n"))
+        token = await stack.token("dr-martin")
+        await loop.sock_sendall(
+            after, b"EHLO lps\r\nAUTH XOAUTH2 " + xoauth2(MARTIN, token) + b"\r\n"
+        )
+        flood_after = asyncio.create_task(pipeline_without_reading(after, b"NOOP\r\n"))
+        lasted_before, lasted_after = await asyncio.gather(flood_before, flood_after)
+    finally:
+        before.close()
+        after.close()
+    assert PREAUTH - 0.5 <= lasted_before < BOUND
+    assert lasted_after < BOUND
+    assert stack.gateway.smtp is not None
+    await until(lambda: stack.gateway.smtp.open_sessions == 0, "no SMTP connection left")
+
+
+def authenticate(bal: str, token: str) -> str:
+    return f"AUTHENTICATE XOAUTH2 {xoauth2(bal, token).decode()}"
+
+
+async def refused_login(client: Raw, bal: str, token: str) -> bytes:
+    """The tagged answer to a login meant to fail (the RFC 7628 challenge answered)."""
+    tag = client.tag()
+    await client.send(f"{tag} {authenticate(bal, token)}\r\n".encode())
+    while True:
+        line = await client.line()
+        if line.startswith(b"+"):
+            await client.send(b"\r\n")
+        elif line.startswith(tag.encode() + b" "):
+            return line
+
+
+@contextlib.asynccontextmanager
+async def raw_from(port: int, source: str) -> AsyncIterator[Raw]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    client = Raw(reader, writer)
+    client.greeting = await client.line()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def test_connections_not_logged_in_are_capped_per_source_address(stack: Stack) -> None:
+    async with contextlib.AsyncExitStack() as held:
+        first = [
+            await held.enter_async_context(raw_from(stack.imap_port, HOSTILE)) for _ in range(20)
+        ]
+        assert all(c.greeting.startswith(b"* OK") for c in first)
+        async with raw_from(stack.imap_port, HOSTILE) as extra:
+            assert extra.greeting.startswith(b"* BYE")
+            assert b"too many connections from your address" in extra.greeting
+        async with raw_from(stack.imap_port, "127.0.0.1") as other:
+            assert other.greeting.startswith(b"* OK")  # another address is not concerned
+        # A connection that logs in gives its slot back.
+        token = await stack.token("dr-martin")
+        await first[0].ok(authenticate(MARTIN, token))
+        async with raw_from(stack.imap_port, HOSTILE) as again:
+            assert again.greeting.startswith(b"* OK")
+    assert (
+        metric(stack, "lpsgw_refused_connections_total", protocol="imap", reason="per_address") == 1
+    )
+
+    socks = [connect(stack.smtp_port) for _ in range(20)]
+    try:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", stack.smtp_port, local_addr=(HOSTILE, 0)
+        )
+        greeting = await asyncio.wait_for(reader.readline(), BOUND)
+        writer.close()
+    finally:
+        for sock in socks:
+            sock.close()
+    assert greeting.startswith(b"421 4.7.0")
+    assert (
+        metric(stack, "lpsgw_refused_connections_total", protocol="smtp", reason="per_address") == 1
+    )
+
+
+async def test_exempt_networks_are_not_capped(
+    tmp_path: Path, mock_settings: MockSettings, stack_settings: Settings
+) -> None:
+    stack_settings.limits.exempt_networks = ["127.0.0.2/32"]
+    stack_settings.imap.max_preauth_per_address = 2
+    async with (
+        running_stack(stack_settings, mock_settings, tmp_path / "mock") as stack,
+        contextlib.AsyncExitStack() as held,
+    ):
+        for _ in range(5):
+            client = await held.enter_async_context(raw_from(stack.imap_port, HOSTILE))
+            assert client.greeting.startswith(b"* OK")
+        for expected in (b"* OK", b"* OK", b"* BYE"):
+            client = await held.enter_async_context(raw_from(stack.imap_port, "127.0.0.1"))
+            assert client.greeting.startswith(expected)
+
+
+async def test_sessions_are_capped_per_person_not_per_address(stack: Stack) -> None:
+    """One person, three sessions at most (here); another person behind the same address
+    is not concerned, and a session that ends gives its slot back."""
+    martin = await stack.token("dr-martin")
+    bernard = await stack.token("sec-bernard")
+    async with contextlib.AsyncExitStack() as held:
+        sessions = []
+        for _ in range(3):
+            client = await held.enter_async_context(raw_from(stack.imap_port, "127.0.0.1"))
+            await client.ok(authenticate(MARTIN, martin))
+            sessions.append(client)
+        async with raw_from(stack.imap_port, "127.0.0.1") as fourth:
+            refused = await refused_login(fourth, MARTIN, martin)
+            assert refused.startswith(b"T1 NO [LIMIT]")
+            async with raw_from(stack.imap_port, "127.0.0.1") as sophie:
+                await sophie.ok(authenticate(MARTIN, bernard))
+            await sessions[0].ok("LOGOUT")
+            await until(
+                lambda: stack.gateway.limits.sessions_per_person.held("899700000001") == 2,
+                "the slot given back",
+            )
+            await fourth.ok(authenticate(MARTIN, martin))
+    assert metric(stack, "lpsgw_logins_total", protocol="imap", result="limit") == 1
+
+
+async def test_failed_logins_are_throttled_per_source_address(stack: Stack) -> None:
+    """Three bad tokens from one address: the next login from it is refused at once, even
+    with a good token, and costs no validation; another address logs in as usual."""
+    good = await stack.token("dr-martin")
+    async with raw_from(stack.imap_port, HOSTILE) as client:
+        for _ in range(2):
+            bad = await refused_login(client, MARTIN, "forged")
+            assert b"[AUTHENTICATIONFAILED]" in bad
+    async with raw_from(stack.imap_port, HOSTILE) as client:
+        bad = await refused_login(client, "eve.moreau@medecin.mssante.fr", good)
+        assert b"[AUTHORIZATIONFAILED]" in bad  # a forbidden BAL counts too
+        throttled = await refused_login(client, MARTIN, good)
+        assert b"NO [UNAVAILABLE]" in throttled
+        assert b"too many failed logins" in throttled
+    async with raw_from(stack.imap_port, "127.0.0.1") as client:
+        await client.ok(authenticate(MARTIN, good))
+    assert metric(stack, "lpsgw_logins_total", protocol="imap", result="throttled") == 1
+
+    def smtp_auth() -> tuple[int, bytes]:
+        with smtplib.SMTP(timeout=30, source_address=(HOSTILE, 0)) as smtp:
+            smtp.connect("127.0.0.1", stack.smtp_port)
+            smtp.ehlo("lps")
+            return smtp.docmd("AUTH", "XOAUTH2 " + xoauth2(MARTIN, good).decode())
+
+    code, text = await asyncio.to_thread(smtp_auth)
+    assert code == 454
+    assert b"too many failed logins" in text
