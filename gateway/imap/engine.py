@@ -246,6 +246,8 @@ class ImapSession:
         assert self.grant is not None
         if self.grant.may(right):
             return True
+        if self.grant.on_refused is not None:
+            await self.grant.on_refused(command, right)
         await self._reply(command.tag, "NO", f"the {right} right is needed for this", "NOPERM")
         return False
 

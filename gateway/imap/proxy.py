@@ -40,7 +40,7 @@ from gateway.imap.rights import audit_action, audit_detail, required_right
 from gateway.imap.serialize import serialize
 from gateway.imap.session import AuthFailed, ConnectionInfo
 from gateway.imap.structure_cache import StructureCache
-from gateway.imap.transport import ImapServer, ServerConfig, _StreamChannel
+from gateway.imap.transport import FAIR_SHARE, ImapServer, ServerConfig, _StreamChannel
 from gateway.limits import NodeLimits, SlotCounter
 from gateway.metrics import Metrics
 from gateway.psc_sessions import PscSessionWatch
@@ -196,9 +196,15 @@ class ProxyAuthenticator:
                     )
                 )
 
+            async def refused(command: c.Command, right: str) -> None:
+                self.metrics.rights_refusals.labels("imap", right).inc()
+                action = audit_action(command)
+                if action is not None:
+                    await record(action, audit_detail(command), "refused:noperm")
+
             self.metrics.logins.labels("imap", "ok").inc()
             audited = AuditedStore(store, record)
-            return dataclasses.replace(grant, store=audited, capabilities=None)
+            return dataclasses.replace(grant, store=audited, capabilities=None, on_refused=refused)
         try:
             upstream = await open_upstream(route, grant.mailbox, credentials.token)
         except BackendError as exc:
@@ -459,7 +465,11 @@ class Relay:
     # -- client to backend ---------------------------------------------------------------
     async def _from_client(self) -> str | None:
         parser = self.channel.parser
+        served = 0
         while True:
+            served += 1
+            if served % FAIR_SHARE == 0:
+                await asyncio.sleep(0)  # a pipelining client is served in turns
             event = parser.next_event()
             if event is None:
                 # Read no more commands while the answers to the last ones pile up unread.

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from gateway.imap.commands import Command
 from gateway.imap.mailstore import MailStore
 from psc_auth.sasl import TokenCredentials
 
@@ -41,6 +42,10 @@ class SessionGrant:
     actor: str  # who logged in: an idNat, or the master user's name
     via: str = "holder"  # "holder", "delegation", "master"
     on_close: Callable[[], Awaitable[None]] | None = field(default=None, compare=False)
+    # told of each command refused for want of a right (the audit trail records refusals)
+    on_refused: Callable[[Command, str], Awaitable[None]] | None = field(
+        default=None, compare=False
+    )
     address: str = ""
     capabilities: tuple[str, ...] | None = None
 

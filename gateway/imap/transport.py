@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import logging
 import socket
 import ssl
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 READ_SIZE = 64 * 1024
 PREAUTH_LITERAL_LIMIT = 16 * 1024  # before login, no client needs a bigger literal
 HANG_UP_GRACE = 1.0  # seconds a last word may take to leave before the connection is cut
+MAX_PREAUTH_COMMANDS = 64  # a client needs a handful before login (CAPABILITY, ID, STARTTLS...)
+FAIR_SHARE = 32  # events served in a row before other connections get the event loop
 
 
 class WriteTimeout(ConnectionError):
@@ -276,15 +279,31 @@ class ImapServer:
         try:
             async with asyncio.timeout_at(login_by):
                 await channel.write(session.greeting())
-                while session.grant is None:
+                for served in itertools.count(1):
                     await self._step(session, channel, login_by)
+                    if session.grant is not None:
+                        break
+                    if served >= MAX_PREAUTH_COMMANDS:
+                        log.info("imap.too_many_commands_before_login")
+                        await channel.write(
+                            untagged_status("BYE", "too many commands before login")
+                        )
+                        raise Logout
+                    if served % FAIR_SHARE == 0:
+                        await asyncio.sleep(0)
         except TimeoutError:
             raise _LoginTimeout from None
         channel.logged_in()
         if self._preauth is not None:
             self._preauth.release(key)
-        while not await self._handover(session, channel):
+        for served in itertools.count(1):
+            if await self._handover(session, channel):
+                return
             await self._step(session, channel, None)
+            if served % FAIR_SHARE == 0:
+                # A client that pipelines is served in turns with the others: what it
+                # sent may all be buffered already, and then nothing here would wait.
+                await asyncio.sleep(0)
 
     async def _step(
         self, session: ImapSession, channel: _StreamChannel, login_by: float | None

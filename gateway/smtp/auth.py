@@ -15,6 +15,7 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult
 
 from gateway.imap.session import Authenticator, AuthFailed, ConnectionInfo, SessionGrant
 from gateway.net import is_loopback
+from gateway.smtp.server import TokenSMTP
 from psc_auth.errors import SaslError
 from psc_auth.sasl import Mechanism, decode, decode_base64
 
@@ -77,6 +78,8 @@ class TokenAuthMixin:
         except AuthFailed as failure:
             return await self._refuse(server, failure, mechanism)
         log.info("smtp.login", extra={"bal": grant.mailbox, "actor": grant.actor})
+        if isinstance(server, TokenSMTP):
+            server.logged_in()  # no longer held to the caps of connections before login
         return AuthResult(success=True, auth_data=grant)
 
     async def _refuse(self, server: SMTP, failure: AuthFailed, mechanism: Mechanism) -> AuthResult:

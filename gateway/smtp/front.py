@@ -149,8 +149,6 @@ class SubmissionFront(TokenAuthMixin):
         result = await super()._token_auth(server, args, mechanism)
         if result.success:
             self.metrics.logins.labels(PROTOCOL, "ok").inc()
-            if isinstance(server, TokenSMTP):
-                server.logged_in()
             grant = result.auth_data
             if self.psc is not None and isinstance(grant, FrontGrant):
                 client = self._client(server)

@@ -28,6 +28,9 @@ AUTH_LINE_LIMIT = 24 * 1024  # base64 of a 16 KiB SASL response, plus the comman
 TOO_MANY = b"421 4.3.2 Too many connections, try again later\r\n"
 TOO_MANY_FROM_ADDRESS = b"421 4.7.0 Too many connections from your address\r\n"
 LOGIN_TIMEOUT = b"421 4.4.2 Authentication took too long, closing connection\r\n"
+TOO_CHATTY = b"421 4.7.0 Too many commands before authentication\r\n"
+MAX_PREAUTH_REPLIES = 100  # EHLO, STARTTLS, EHLO and AUTH take about twenty reply lines
+FAIR_SHARE = 32  # replies in a row before other connections get the event loop
 
 
 class TokenSMTP(SMTP):
@@ -60,6 +63,7 @@ class TokenSMTP(SMTP):
         self._preauth_timeout = preauth_timeout
         self._write_timeout = write_timeout
         self._slot: str | None = None  # the source address's slot, held until AUTH
+        self._replies = 0
         self._login_deadline: asyncio.TimerHandle | None = None
         self._refused = False  # over a cap: hung up on arrival, never counted
         # aiosmtpd keeps these limits in a class-level dict: give each protocol its own.
@@ -135,12 +139,20 @@ class TokenSMTP(SMTP):
         """aiosmtpd's reply, which waits for the client to read it: at most `write_timeout`
         (before AUTH, the login deadline bounds it instead), then the connection is cut."""
         before_login = self._login_deadline is not None
+        self._replies += 1
+        if before_login and self._replies > MAX_PREAUTH_REPLIES:
+            self._cut(TOO_CHATTY)
+            raise ConnectionResetError("too many commands before authentication")
         try:
             async with asyncio.timeout(None if before_login else self._write_timeout):
                 await super().push(status)
         except TimeoutError:
             self._abort()
             raise ConnectionResetError("client does not read its replies") from None
+        if self._replies % FAIR_SHARE == 0:
+            # A client that pipelines is served in turns with the others: its commands may
+            # all be buffered already, and then nothing in aiosmtpd would wait.
+            await asyncio.sleep(0)
 
     def kick(self, reason: str) -> None:
         """End the session now with `421 4.7.0 reason` (its PSC session ended, ...)."""

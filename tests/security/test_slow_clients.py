@@ -102,32 +102,63 @@ def imap_login_and_select(port: int, token: str) -> int:
         return count
 
 
+def hostile_imap(stack: Stack) -> int:
+    """The IMAP front's connections from the hostile address."""
+    assert stack.gateway.imap is not None
+    channels = stack.gateway.imap._sessions.values()
+    return sum(1 for c in channels if c.writer.get_extra_info("peername")[0] == HOSTILE)
+
+
+def hostile_smtp(stack: Stack) -> int:
+    assert stack.gateway.smtp is not None
+    peers = [p.transport.get_extra_info("peername") for p in stack.gateway.smtp._open]
+    return sum(1 for peer in peers if peer is not None and peer[0] == HOSTILE)
+
+
 async def test_clients_that_pipeline_and_never_read_are_cut_at_the_login_deadline(
     stack: Stack,
 ) -> None:
-    """Twenty clients pipeline CAPABILITY and never read: their replies fill the sockets,
-    the gateway is stuck writing to them, and the login deadline still ends them, while
-    other clients log in as usual."""
+    """Twenty clients pipeline CAPABILITY and never read: their replies stay unsent on the
+    gateway's side (a congested link), and the login deadline still ends them, while other
+    clients log in as usual."""
     assert stack.gateway.imap is not None
     congested(stack.gateway.imap._socket)
     socks = [connect(stack.imap_port) for _ in range(20)]
+    loop = asyncio.get_running_loop()
+    began = loop.time()
     try:
-        floods = [
-            asyncio.create_task(pipeline_without_reading(s, b"a CAPABILITY\r\n")) for s in socks
-        ]
-        await until(lambda: blocked_writes(stack) == 20, "twenty connections stuck writing")
+        for sock in socks:
+            await loop.sock_sendall(sock, b"a CAPABILITY\r\n" * 60)
+        await until(lambda: blocked_writes(stack) == 20, "twenty connections with unread replies")
         token = await stack.token("dr-martin")
         logins = [
             asyncio.to_thread(imap_login_and_select, stack.imap_port, token) for _ in range(3)
         ]
         assert all(count > 0 for count in await asyncio.gather(*logins))
-        lasted = await asyncio.gather(*floods)
+        assert hostile_imap(stack) == 20  # the others logged in while these were held
+        await until(lambda: hostile_imap(stack) == 0, "the twenty cut")
+        lasted = loop.time() - began
     finally:
         for sock in socks:
             sock.close()
-    assert all(PREAUTH - 0.5 <= seconds <= PREAUTH + 30 for seconds in lasted), lasted
-    assert stack.gateway.imap is not None
-    await until(lambda: stack.gateway.imap.open_sessions == 0, "no connection left")
+    assert PREAUTH - 0.5 <= lasted <= PREAUTH + 30
+
+
+async def test_a_client_pipelining_endlessly_before_login_is_cut_at_once(stack: Stack) -> None:
+    """No client needs more than a handful of commands before login: past 64 the gateway
+    says BYE, long before the deadline, and spends no more time on it."""
+    async with raw_from(stack.imap_port, HOSTILE) as client:
+        await client.send(b"a NOOP\r\n" * 10_000)
+        answers = await client.until_closed()
+    assert answers.count(b"a OK NOOP completed") == 64
+    assert answers.endswith(b"* BYE too many commands before login\r\n")
+
+    sock = connect(stack.smtp_port)
+    try:
+        lasted = await pipeline_without_reading(sock, b"NOOP\r\n")
+    finally:
+        sock.close()
+    assert lasted < PREAUTH - 0.5  # cut by the command cap, not the deadline
 
 
 async def test_a_logged_in_client_that_never_reads_is_cut_after_the_write_timeout(
@@ -156,25 +187,28 @@ async def test_a_logged_in_client_that_never_reads_is_cut_after_the_write_timeou
 
 
 async def test_smtp_clients_that_never_read_are_cut_before_and_after_auth(stack: Stack) -> None:
+    """Before AUTH, the login deadline ends a client that says EHLO and no more (and never
+    reads); after it, one that pipelines and never reads is cut at the write timeout."""
     assert stack.gateway.smtp is not None
     congested(stack.gateway.smtp._socket)
     before = connect(stack.smtp_port)
     after = connect(stack.smtp_port)
     loop = asyncio.get_running_loop()
+    began = loop.time()
     try:
-        flood_before = asyncio.create_task(pipeline_without_reading(before, b"NOOP\r\n"))
+        await loop.sock_sendall(before, b"EHLO lps\r\n" * 5)
         token = await stack.token("dr-martin")
         await loop.sock_sendall(
             after, b"EHLO lps\r\nAUTH XOAUTH2 " + xoauth2(MARTIN, token) + b"\r\n"
         )
-        flood_after = asyncio.create_task(pipeline_without_reading(after, b"NOOP\r\n"))
-        lasted_before, lasted_after = await asyncio.gather(flood_before, flood_after)
+        lasted_after = await pipeline_without_reading(after, b"NOOP\r\n")
+        await until(lambda: hostile_smtp(stack) == 0, "the silent one cut at the deadline")
+        lasted_before = loop.time() - began
     finally:
         before.close()
         after.close()
     assert PREAUTH - 0.5 <= lasted_before < BOUND
     assert lasted_after < BOUND
-    assert stack.gateway.smtp is not None
     await until(lambda: stack.gateway.smtp.open_sessions == 0, "no SMTP connection left")
 
 
