@@ -130,5 +130,16 @@ def fitted(record: AuditRecord) -> tuple[AuditRecord, list[str]]:
     )
 
 
+def described(record: AuditRecord) -> dict[str, object]:
+    """An event as a log line says it (no secret ever travels in one), short."""
+    return {
+        "actor": _clean(str(record.actor_idnat))[:40],
+        "bal": _clean(str(record.mailbox))[:80],
+        "action": _clean(str(record.action))[:40],
+        "interface": _clean(str(record.interface))[:16],
+        "result": _clean(str(record.result))[:64],
+    }
+
+
 def _clean(text: str) -> str:
     return _CONTROL.sub("?", text)

@@ -42,7 +42,14 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import joinedload, selectinload
 
-from delegation.audit import AuditAction, AuditRecord, check_action, check_interface, fitted
+from delegation.audit import (
+    AuditAction,
+    AuditRecord,
+    check_action,
+    check_interface,
+    described,
+    fitted,
+)
 from delegation.errors import Conflict, DelegationError, Invalid, NotFound, NotHolder
 from delegation.events import ChangeBus, ChangeEvent, ChangeKind, LocalBus
 from delegation.expiry import check_expiry
@@ -210,17 +217,6 @@ def parse_rights(rights: Collection[str]) -> frozenset[str]:
     if unknown := chosen - RIGHTS:
         raise Invalid(f"unknown rights: {', '.join(sorted(unknown))}", reason="bad-rights")
     return chosen
-
-
-def _described(record: AuditRecord) -> dict[str, object]:
-    """An event as a log line says it (no secret ever travels in one)."""
-    return {
-        "actor": str(record.actor_idnat)[:40],
-        "bal": str(record.mailbox)[:80],
-        "action": str(record.action)[:40],
-        "interface": str(record.interface)[:16],
-        "result": str(record.result)[:64],
-    }
 
 
 def _is_active(row: DelegationRow, now: dt.datetime) -> bool:
@@ -403,19 +399,20 @@ class DelegationService:
         remote: str | None = None,
         detail: str | None = None,
     ) -> None:
-        """Append an audit event for an action the gateway performed (select, store, send...)."""
-        check_interface(interface)
-        check_action(action)
-        record = AuditRecord(
-            str(actor_idnat),
-            mailbox,
-            action,
-            interface,
-            result=result,
-            delegation_id=delegation_id,
-            software=software,
-            remote=remote,
-            detail=detail,
+        """Append an audit event for an action the gateway performed (select, store, send...);
+        `Invalid` for an action or interface outside the vocabulary."""
+        record, _changed = fitted(
+            AuditRecord(
+                str(actor_idnat),
+                mailbox,
+                action,
+                interface,
+                result=result,
+                delegation_id=delegation_id,
+                software=software,
+                remote=remote,
+                detail=detail,
+            )
         )
         async with self._writing() as db:
             self._add_audit(db, record)
@@ -439,10 +436,10 @@ class DelegationService:
         try:
             record, changed = fitted(record)
         except Invalid as exc:
-            log.error("audit.event_quarantined", extra={"reason": exc.reason, **_described(record)})
+            log.error("audit.event_quarantined", extra={"reason": exc.reason, **described(record)})
             return None
         if changed:
-            log.warning("audit.event_clipped", extra={"fields": changed, **_described(record)})
+            log.warning("audit.event_clipped", extra={"fields": changed, **described(record)})
         return AuditEventRow(
             at=record.at or self.now(),
             actor_idnat=record.actor_idnat,

@@ -10,12 +10,12 @@ import math
 from dataclasses import dataclass
 
 from delegation.audit import AuditAction, AuditRecord
-from delegation.service import DelegationService, Grant
+from delegation.service import Decision, DelegationService, Grant
 from gateway.audit import AuditSink
 from gateway.backends.routing import NoRoute, Route, Router
 from gateway.decisions import DecisionCache
 from gateway.imap.session import AuthFailed, ConnectionInfo, SessionGrant
-from gateway.limits import LoginThrottle
+from gateway.limits import Exemptions, LoginThrottle, client_key
 from psc_auth import Identity, TokenError, TokenValidator
 from psc_auth.sasl import TokenCredentials, error_challenge
 
@@ -30,6 +30,8 @@ class FrontGrant(SessionGrant):
     decision: Grant
     route: Route
     credentials: TokenCredentials = dataclasses.field(repr=False)
+    # the login's audit event, when the front writes it once the session is open
+    login_event: AuditRecord | None = dataclasses.field(default=None, compare=False)
 
     @property
     def delegation_id(self) -> int | None:
@@ -51,6 +53,7 @@ class FrontAuthenticator:
         decisions: DecisionCache,
         audit: AuditSink,
         throttle: LoginThrottle | None = None,
+        exempt: Exemptions | None = None,
     ) -> None:
         self.validator = validator
         self.registry = registry
@@ -59,32 +62,56 @@ class FrontAuthenticator:
         self.decisions = decisions
         self.audit = audit
         self.throttle = throttle
+        self.exempt = exempt or Exemptions()
         issuer = validator.config.issuer.rstrip("/")
         self.challenge = error_challenge(f"{issuer}/.well-known/openid-configuration")
 
     async def authenticate(
-        self, credentials: TokenCredentials, connection: ConnectionInfo
+        self,
+        credentials: TokenCredentials,
+        connection: ConnectionInfo,
+        *,
+        record_success: bool = True,
     ) -> FrontGrant:
-        """Who, which BAL, where. An address that failed too often lately is refused before
-        its token costs a validation (`throttled`); its bad tokens and forbidden BAL count."""
-        throttle = self.throttle
-        wait = throttle.retry_after(connection.peer) if throttle is not None else None
-        if wait is not None:
-            log.info("gateway.login_throttled", extra={"peer": connection.peer})
-            raise AuthFailed(
-                "throttled",
-                f"too many failed logins from your address, try again in {math.ceil(wait)} s",
-            )
+        """Who, which BAL, where. Failed logins are throttled: bad tokens per source address
+        (refused before the next token costs a validation), BAL one may not open per person
+        (a person polling a withdrawn delegation does not lock out their neighbours behind
+        one NAT address). With `record_success` False, the login's audit event is left in
+        the grant (`login_event`) for the caller to write once the session is really open."""
+        address = None if connection.peer in self.exempt else client_key(connection.peer)
+        self._throttled(address, "from your address")
         try:
             identity = await self.identify(credentials)
+        except AuthFailed as failure:
+            throttle = self.throttle
+            if throttle is not None and address is not None and failure.kind == "authentication":
+                throttle.failed(address)
+            raise
+        person = f"idnat:{identity.idnat}"
+        self._throttled(person, "for this person")
+        try:
             bal = await self.target(identity, credentials.user)
             return await self.authorise(
-                identity, bal, credentials, connection, action=AuditAction.LOGIN
+                identity,
+                bal,
+                credentials,
+                connection,
+                action=AuditAction.LOGIN,
+                record_success=record_success,
             )
         except AuthFailed as failure:
-            if throttle is not None and failure.kind in ("authentication", "authorization"):
-                throttle.failed(connection.peer)
+            if self.throttle is not None and failure.kind == "authorization":
+                self.throttle.failed(person)
             raise
+
+    def _throttled(self, key: str | None, whose: str) -> None:
+        throttle = self.throttle
+        wait = throttle.retry_after(key) if throttle is not None and key is not None else None
+        if wait is not None:
+            log.info("gateway.login_throttled", extra={"key": key})
+            raise AuthFailed(
+                "throttled", f"too many failed logins {whose}, try again in {math.ceil(wait)} s"
+            )
 
     async def identify(self, credentials: TokenCredentials) -> Identity:
         try:
@@ -115,28 +142,25 @@ class FrontAuthenticator:
         *,
         action: AuditAction,
         right: str | None = None,
+        record_success: bool = True,
     ) -> FrontGrant:
         actor = str(identity.idnat)
         found = await self.decisions.decide(identity, bal)
         decision = found.grant
-        refusal = found.refusal
-        if decision is not None and right is not None and not decision.allows(right):
-            refusal = f"no-{right}-right"
-        await self.audit.submit(
-            AuditRecord(
-                actor,
-                decision.mailbox if decision is not None else bal.strip().lower(),
-                action,
-                self.interface,
-                result=f"refused:{refusal}" if refusal else "ok",
-                delegation_id=found.delegation_id,
-                software=connection.software,
-                remote=connection.peer,
-                detail=f"via={decision.via} rights={','.join(sorted(decision.rights))}"
-                if decision is not None
-                else None,
-            )
+        refusal = _refusal(found, right)
+        event = self._event(
+            actor,
+            decision.mailbox if decision is not None else bal.strip().lower(),
+            action,
+            connection,
+            result=f"refused:{refusal}" if refusal else "ok",
+            delegation_id=found.delegation_id,
+            detail=f"via={decision.via} rights={','.join(sorted(decision.rights))}"
+            if decision is not None
+            else None,
         )
+        if refusal is not None or record_success:
+            await self.audit.submit(event)
         if decision is None:
             raise AuthFailed("authorization", f"{actor} may not open {bal}")
         if refusal is not None:
@@ -145,6 +169,8 @@ class FrontAuthenticator:
             route = self.router.route(decision.mailbox, decision.backend)
         except NoRoute as exc:
             log.error("gateway.no_route", extra={"bal": decision.mailbox})
+            if not record_success:
+                await self.audit.submit(dataclasses.replace(event, result="failed:no-route"))
             raise AuthFailed("unavailable", str(exc)) from None
         return FrontGrant(
             store=None,
@@ -156,6 +182,7 @@ class FrontAuthenticator:
             decision=decision,
             route=route,
             credentials=credentials,
+            login_event=None if record_success else event,
         )
 
     async def recheck(
@@ -164,22 +191,49 @@ class FrontAuthenticator:
         """The registry's word now, not the cached one of the login or of MAIL FROM: None
         when `grant` still holds `right`, else why not (refusals are audited). For the
         moment a message is about to leave: a revocation between MAIL and DATA counts."""
-        decision = await self.registry.decide(grant.identity, grant.mailbox)
-        refusal = decision.refusal
-        if decision.grant is not None and not decision.grant.allows(right):
-            refusal = f"no-{right}-right"
+        found = await self.registry.decide(grant.identity, grant.mailbox)
+        refusal = _refusal(found, right)
         if refusal is not None:
             await self.audit.submit(
-                AuditRecord(
+                self._event(
                     grant.actor,
                     grant.mailbox,
                     action,
-                    self.interface,
+                    connection,
                     result=f"refused:{refusal}",
-                    delegation_id=decision.delegation_id or grant.delegation_id,
-                    software=connection.software,
-                    remote=connection.peer,
+                    delegation_id=found.delegation_id or grant.delegation_id,
                     detail="checked again before relaying",
                 )
             )
         return refusal
+
+    def _event(
+        self,
+        actor: str,
+        mailbox: str,
+        action: AuditAction,
+        connection: ConnectionInfo,
+        *,
+        result: str,
+        delegation_id: int | None,
+        detail: str | None,
+    ) -> AuditRecord:
+        return AuditRecord(
+            actor,
+            mailbox,
+            action,
+            self.interface,
+            result=result,
+            delegation_id=delegation_id,
+            software=connection.software,
+            remote=connection.peer,
+            detail=detail,
+        )
+
+
+def _refusal(found: Decision, right: str | None) -> str | None:
+    """Why the registry's decision does not let its person act with `right` (None: it
+    does; `right` None asks only whether the BAL may be opened)."""
+    if found.grant is not None and right is not None and not found.grant.allows(right):
+        return f"no-{right}-right"
+    return found.refusal

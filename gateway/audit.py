@@ -18,13 +18,15 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+from collections.abc import Awaitable
 
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
-from delegation.audit import AuditRecord
+from delegation.audit import AuditRecord, described
 from delegation.service import DelegationService
 
 log = logging.getLogger(__name__)
+_handed_over: set[asyncio.Future[None]] = set()  # kept referenced until they are done
 
 BATCH = 500
 QUEUE_SIZE = 10_000
@@ -90,14 +92,7 @@ class AuditSink:
                 if not _refused_for_its_data(exc):
                     return batch[index:]
                 log.error(
-                    "audit.event_refused",
-                    extra={
-                        "actor": record.actor_idnat[:40],
-                        "bal": record.mailbox[:80],
-                        "action": str(record.action)[:40],
-                        "result": record.result[:64],
-                        "error": type(exc).__name__,
-                    },
+                    "audit.event_refused", extra={"error": type(exc).__name__, **described(record)}
                 )
         return []
 
@@ -113,6 +108,20 @@ class AuditSink:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
+
+
+def in_background(submission: Awaitable[None]) -> None:
+    """Hand an audit submission over without waiting for it (a front that answers its
+    client first, a session being ended from a callback); a failure is logged."""
+    task = asyncio.ensure_future(submission)
+    _handed_over.add(task)
+    task.add_done_callback(_done)
+
+
+def _done(task: asyncio.Future[None]) -> None:
+    _handed_over.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.error("audit.submit_failed", exc_info=task.exception())
 
 
 def _refused_for_its_data(error: Exception) -> bool:

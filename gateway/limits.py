@@ -20,15 +20,23 @@ MAX_TRACKED = 100_000  # addresses remembered by a throttle; the oldest are forg
 
 def client_key(address: str) -> str:
     """The unit a cap counts: the IPv4 address, or the IPv6 /64; other peers as given."""
+    ip = _ip(address)
+    if ip is None:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The peer's address (an IPv4-mapped IPv6 one as IPv4, no zone), None if not one."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
-        return address
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip)
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 class Exemptions:
@@ -40,13 +48,8 @@ class Exemptions:
     def __contains__(self, address: object) -> bool:
         if not self._networks or not isinstance(address, str):
             return False
-        try:
-            ip = ipaddress.ip_address(address.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip.version == n.version and ip in n for n in self._networks)
+        ip = _ip(address)
+        return ip is not None and any(ip.version == n.version and ip in n for n in self._networks)
 
 
 class SlotCounter:
@@ -74,34 +77,30 @@ class SlotCounter:
     def held(self, key: str) -> int:
         return self._held.get(key, 0)
 
-    def __len__(self) -> int:
+    @property
+    def holders(self) -> int:
+        """How many keys hold a slot (what the counter costs in memory)."""
         return len(self._held)
 
 
 class LoginThrottle:
-    """Failed logins per client address within a sliding window: past `max_failures`, the
-    address may not try again until its oldest failure leaves the window. A throttled
-    attempt costs the server nothing (no token validated, no provider called) and is not
-    itself counted, so a practice behind the same address gets in again once it passes."""
+    """Failed logins per key (a client address's `client_key`, a person) within a sliding
+    window: past `max_failures`, the key may not try again until its oldest failure leaves
+    the window. A throttled attempt costs the server nothing (no token validated, no
+    provider called) and is not itself counted, so it gets in again once the window
+    passes."""
 
     def __init__(
-        self,
-        max_failures: int,
-        window: float,
-        exempt: Callable[[str], bool] = lambda _address: False,
-        clock: Callable[[], float] = time.monotonic,
+        self, max_failures: int, window: float, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.max_failures = max_failures
         self.window = window
-        self._exempt = exempt
         self._clock = clock
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
 
-    def retry_after(self, address: str) -> float | None:
-        """None when `address` may try to log in, else the seconds it must wait."""
-        if self._exempt(address):
-            return None
-        failures = self._failures.get(client_key(address))
+    def retry_after(self, key: str) -> float | None:
+        """None when `key` may try to log in, else the seconds it must wait."""
+        failures = self._failures.get(key)
         if failures is None:
             return None
         now = self._clock()
@@ -111,10 +110,7 @@ class LoginThrottle:
             return None
         return failures[0] + self.window - now
 
-    def failed(self, address: str) -> None:
-        if self._exempt(address):
-            return
-        key = client_key(address)
+    def failed(self, key: str) -> None:
         now = self._clock()
         failures = self._failures.get(key)
         if failures is None:
@@ -124,7 +120,9 @@ class LoginThrottle:
         while len(self._failures) > MAX_TRACKED:
             self._failures.popitem(last=False)
 
-    def __len__(self) -> int:
+    @property
+    def tracked(self) -> int:
+        """How many keys have failures remembered (what the throttle costs in memory)."""
         return len(self._failures)
 
 

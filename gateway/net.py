@@ -1,8 +1,17 @@
-"""Small facts about network peers, shared by every listener."""
+"""Small facts about network peers and connections, shared by every listener."""
 
 from __future__ import annotations
 
 import ipaddress
+
+HANG_UP_GRACE = 1.0  # seconds a last word may take to leave before a connection is cut
+FAIR_SHARE = 32  # commands served in a row before other connections get the event loop
+WRITE_TIMEOUT = 120.0  # seconds a reply may wait for its client to read it, by default
+
+
+def peer_address(peer: object) -> str:
+    """The address of a peer as asyncio gives it: a (host, port, ...) tuple, or a string."""
+    return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
 
 
 def is_loopback(host: object) -> bool:

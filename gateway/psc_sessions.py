@@ -70,7 +70,9 @@ class PscSessionWatch:
         self._task: asyncio.Task[None] | None = None
         self.rounds = 0  # revalidation rounds done, for tests and operators
 
-    def __len__(self) -> int:
+    @property
+    def sessions(self) -> int:
+        """How many sessions are watched."""
         return len(self._of)
 
     def add(self, session: Endable, token: str, expires_at: dt.datetime) -> None:

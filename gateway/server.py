@@ -51,9 +51,7 @@ def node_limits(settings: Settings) -> NodeLimits:
         smtp_preauth=SlotCounter(settings.smtp.max_preauth_per_address),
         sessions_per_person=SlotCounter(settings.imap.max_sessions_per_person),
         logins=LoginThrottle(
-            settings.limits.max_failed_logins,
-            settings.limits.failed_login_window,
-            exempt=exempt.__contains__,
+            settings.limits.max_failed_logins, settings.limits.failed_login_window
         ),
     )
 
@@ -264,6 +262,7 @@ class Gateway:
             decisions=self.decisions,
             audit=self.audit,
             throttle=self.limits.logins,
+            exempt=self.limits.exempt,
         )
 
     async def stop(self) -> None:

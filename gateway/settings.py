@@ -123,7 +123,10 @@ class LimitsSettings(_Section):
         default_factory=list, description="CIDR blocks never capped (e.g. an LPS hosting NAT)"
     )
     max_failed_logins: int = Field(
-        default=10, ge=1, description="failed logins from one address within the window"
+        default=10,
+        ge=1,
+        description="bad tokens from one address, or BAL one may not open per person, "
+        "within the window",
     )
     failed_login_window: float = Field(
         default=60.0,

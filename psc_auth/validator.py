@@ -121,14 +121,7 @@ class TokenValidator:
         """Ask the provider now (RFC 7662, never cached) whether `token` is still active:
         its PSC session may have ended since it was validated. `TokenError` (temporary) when
         the provider does not answer."""
-        url = await self.provider.endpoint("introspection_endpoint")
-        answer = await self.provider.get_json(
-            url,
-            method="POST",
-            data={"token": token, "token_type_hint": "access_token"},
-            auth=(self.config.introspection_client_id, self.config.introspection_client_secret),
-        )
-        return answer.get("active") is True
+        return (await self._introspection(token)).get("active") is True
 
     def mark_inactive(self, token: str, until: float) -> None:
         """The provider said `token` is no longer active: refuse it from now on (until its
@@ -235,13 +228,7 @@ class TokenValidator:
 
     async def _introspect(self, token: str) -> dict[str, Any]:
         """RFC 7662 with client_secret_basic; an inactive token is refused."""
-        url = await self.provider.endpoint("introspection_endpoint")
-        answer = await self.provider.get_json(
-            url,
-            method="POST",
-            data={"token": token, "token_type_hint": "access_token"},
-            auth=(self.config.introspection_client_id, self.config.introspection_client_secret),
-        )
+        answer = await self._introspection(token)
         if answer.get("active") is not True:
             raise TokenError(TokenFailure.INACTIVE, "introspection says inactive")
         if "iss" in answer and answer["iss"] != self.config.issuer:
@@ -252,6 +239,15 @@ class TokenValidator:
         if self.config.mode is ValidationMode.INTROSPECT:
             self._check_acr_and_scope(answer)
         return answer
+
+    async def _introspection(self, token: str) -> dict[str, Any]:
+        url = await self.provider.endpoint("introspection_endpoint")
+        return await self.provider.get_json(
+            url,
+            method="POST",
+            data={"token": token, "token_type_hint": "access_token"},
+            auth=(self.config.introspection_client_id, self.config.introspection_client_secret),
+        )
 
     async def _userinfo(self, token: str, claims: Mapping[str, Any]) -> dict[str, Any]:
         url = await self.provider.endpoint("userinfo_endpoint")

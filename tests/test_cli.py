@@ -323,3 +323,14 @@ def test_serve_refuses_to_start_accepting_any_audience(tmp_path: Path) -> None:
     assert "accept_any_audience" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
     assert not (tmp_path / "state" / "gateway.db").exists()  # refused before opening anything
+
+    config.write_text(
+        f'data_dir = "{tmp_path / "state"}"\n[http]\nport = 0\n[imap]\nport = 0\n'
+        "[smtp]\nport = 0\n[psc]\naccept_any_audience = true\n"
+    )
+    process = start([command("lps-gateway"), "serve", "--config", str(config)], tmp_path)
+    try:
+        assert process.stdout is not None
+        assert "listening on http://127.0.0.1:" in process.stdout.readline()
+    finally:
+        assert stop(process) == 0

@@ -27,7 +27,7 @@ from delegation.audit import AuditAction, AuditRecord
 from delegation.events import ChangeEvent
 from delegation.service import DelegationService
 from gateway.access import FrontAuthenticator, FrontGrant
-from gateway.audit import AuditSink
+from gateway.audit import AuditSink, in_background
 from gateway.backends.imap_client import BackendError, Upstream, open_upstream
 from gateway.backends.legacy_ws.store import LegacyBackends, LegacyWsStore
 from gateway.imap import commands as c
@@ -40,9 +40,10 @@ from gateway.imap.rights import audit_action, audit_detail, required_right
 from gateway.imap.serialize import serialize
 from gateway.imap.session import AuthFailed, ConnectionInfo
 from gateway.imap.structure_cache import StructureCache
-from gateway.imap.transport import FAIR_SHARE, ImapServer, ServerConfig, _StreamChannel
+from gateway.imap.transport import ImapServer, ServerConfig, _StreamChannel
 from gateway.limits import NodeLimits, SlotCounter
 from gateway.metrics import Metrics
+from gateway.net import FAIR_SHARE
 from gateway.psc_sessions import PscSessionWatch
 from gateway.settings import ImapFrontSettings
 from psc_auth.sasl import TokenCredentials
@@ -149,23 +150,36 @@ class ProxyAuthenticator:
     async def authenticate(
         self, credentials: TokenCredentials, connection: ConnectionInfo
     ) -> FrontGrant:
+        """The login's audit event is written once its outcome is known: refused for the
+        person's session cap, failed when the backend cannot be opened, else ok."""
         try:
-            grant = await self.front.authenticate(credentials, connection)
+            grant = await self.front.authenticate(credentials, connection, record_success=False)
         except AuthFailed as failure:
             self.metrics.logins.labels("imap", failure.kind).inc()
             raise
+        event = grant.login_event
+        assert event is not None
         sessions = self.sessions
-        if sessions is None:
-            return await self._open(grant, credentials, connection)
-        if not sessions.acquire(grant.actor):
+        if sessions is not None and not sessions.acquire(grant.actor):
             self.metrics.logins.labels("imap", "limit").inc()
             log.warning("imap.too_many_sessions", extra={"actor": grant.actor})
+            await self.front.audit.submit(
+                dataclasses.replace(event, result="refused:too-many-sessions")
+            )
             raise AuthFailed("limit", f"{grant.actor} has {sessions.limit} sessions open already")
         try:
             opened = await self._open(grant, credentials, connection)
-        except BaseException:
-            sessions.release(grant.actor)
+        except BaseException as failure:
+            if sessions is not None:
+                sessions.release(grant.actor)
+            kind = failure.kind if isinstance(failure, AuthFailed) else type(failure).__name__
+            await asyncio.shield(
+                self.front.audit.submit(dataclasses.replace(event, result=f"failed:{kind}"))
+            )
             raise
+        await self.front.audit.submit(event)
+        if sessions is None:
+            return opened
         on_close = _released(sessions, grant.actor, opened.on_close)
         return dataclasses.replace(opened, on_close=on_close)
 
@@ -259,6 +273,7 @@ class Relay:
         self._idle_answered = asyncio.Event()
         self._idle_accepted = False
         self._kicked: str | None = None
+        self._closed = False
         self._tasks: list[asyncio.Task[str | None]] = []
         self._expiry: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
@@ -301,6 +316,7 @@ class Relay:
                         log.error("imap.relay_failed", exc_info=error)
                         bye = "internal gateway error"
         finally:
+            self._closed = True  # from here, a revocation or a PSC logout has nothing to end
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -319,7 +335,7 @@ class Relay:
     def kick(self, reason: str) -> None:
         """End the session with `* BYE reason` (delegation revoked or expired, PSC session
         over); the audit trail says so."""
-        if self._kicked is not None:
+        if self._kicked is not None or self._closed:
             return
         self._kicked = reason
         log.info("imap.session_kicked", extra={"bal": self.mailbox, "reason": reason})
@@ -329,6 +345,8 @@ class Relay:
 
     def update(self, rights: frozenset[str], expires_at: dt.datetime | None) -> None:
         """The delegation changed but still stands: apply its new rights and expiry."""
+        if self._closed:
+            return
         self.rights = rights
         self.expires_at = expires_at
         self._schedule_expiry()
@@ -585,8 +603,7 @@ class Relay:
 
     # -- audit ---------------------------------------------------------------------------
     def _record_soon(self, action: AuditAction, detail: str, result: str) -> None:
-        task = asyncio.ensure_future(self._record(action, detail, result))
-        task.add_done_callback(_log_failure)
+        in_background(self._record(action, detail, result))
 
     async def _record(self, action: AuditAction, detail: str, result: str) -> None:
         await self.audit.submit(
@@ -615,11 +632,6 @@ def _released(
             await then()
 
     return close
-
-
-def _log_failure(task: asyncio.Future[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("imap.audit_submit_failed", exc_info=task.exception())
 
 
 class LiveSession(Protocol):
@@ -653,6 +665,7 @@ class ServedSession:
         self._grant: FrontGrant = session.grant
         self._expiry: asyncio.TimerHandle | None = None
         self._kicked = False
+        self._ended = False
         self.update(self._grant.rights, self._grant.decision.expires_at)
 
     @property
@@ -668,19 +681,20 @@ class ServedSession:
         return self._grant.actor
 
     def kick(self, reason: str) -> None:
-        if self._kicked:
+        if self._kicked or self._ended:
             return
         self._kicked = True
         log.info("imap.session_kicked", extra={"bal": self.mailbox, "reason": reason})
         store = self._grant.store
         if isinstance(store, AuditedStore):
-            task = asyncio.ensure_future(store.record(AuditAction.SESSION_END, reason, "ok"))
-            task.add_done_callback(_log_failure)
+            in_background(store.record(AuditAction.SESSION_END, reason, "ok"))
         with contextlib.suppress(Exception):
             self.channel.writer.write(untagged_status("BYE", reason))
         self.task.cancel()
 
     def update(self, rights: frozenset[str], expires_at: dt.datetime | None) -> None:
+        if self._ended:
+            return
         if rights != self._grant.rights:
             self._grant = dataclasses.replace(self._grant, rights=rights)
             self.session.grant = dataclasses.replace(self.session.grant, rights=rights)  # type: ignore[type-var]
@@ -694,6 +708,7 @@ class ServedSession:
             )
 
     def ended(self) -> None:
+        self._ended = True
         if self._expiry is not None:
             self._expiry.cancel()
 

@@ -30,15 +30,13 @@ from gateway.imap.response import continuation, tagged, untagged_status
 from gateway.imap.session import Authenticator, ConnectionInfo
 from gateway.limits import Exemptions, SlotCounter, client_key
 from gateway.logs import bound, new_id
-from gateway.net import is_loopback
+from gateway.net import FAIR_SHARE, HANG_UP_GRACE, WRITE_TIMEOUT, is_loopback
 
 log = logging.getLogger(__name__)
 
 READ_SIZE = 64 * 1024
 PREAUTH_LITERAL_LIMIT = 16 * 1024  # before login, no client needs a bigger literal
-HANG_UP_GRACE = 1.0  # seconds a last word may take to leave before the connection is cut
 MAX_PREAUTH_COMMANDS = 64  # a client needs a handful before login (CAPABILITY, ID, STARTTLS...)
-FAIR_SHARE = 32  # events served in a row before other connections get the event loop
 
 
 class WriteTimeout(ConnectionError):
@@ -51,7 +49,7 @@ class ServerConfig:
     limits: Limits = field(default_factory=Limits)
     preauth_timeout: float = 60.0  # for the whole of it, not per read (slowloris)
     idle_timeout: float = 30 * 60.0
-    write_timeout: float = 120.0  # after login; before it, the login deadline bounds writes
+    write_timeout: float = WRITE_TIMEOUT  # after login; before, the login deadline bounds writes
     implicit_tls: bool = False
     max_connections: int = 10_000
 
@@ -73,7 +71,7 @@ class _StreamChannel:
         writer: asyncio.StreamWriter,
         limits: Limits,
         ssl_context: ssl.SSLContext | None,
-        write_timeout: float = 120.0,
+        write_timeout: float = WRITE_TIMEOUT,
     ) -> None:
         self.reader = reader
         self.writer = writer
@@ -96,6 +94,10 @@ class _StreamChannel:
     async def write(self, data: bytes) -> None:
         self.writer.write(data)
         await self.drain()
+
+    @property
+    def unsent(self) -> int:
+        return self.writer.transport.get_write_buffer_size()
 
     async def drain(self) -> None:
         """Wait until the client has read enough of what was written; after login,
@@ -192,6 +194,18 @@ class ImapServer:
     def open_sessions(self) -> int:
         return len(self._sessions)
 
+    @property
+    def listener(self) -> socket.socket:
+        return self._socket
+
+    def connections(self) -> list[tuple[str, int]]:
+        """Each open connection's peer address and the bytes written to it but not yet
+        sent (a client that does not read keeps them growing)."""
+        return [
+            (str((c.writer.get_extra_info("peername") or ("?",))[0]), c.unsent)
+            for c in self._sessions.values()
+        ]
+
     async def start(self) -> None:
         self._server = await asyncio.start_server(
             self._handle,
@@ -276,11 +290,12 @@ class ImapServer:
         """The connection's life. Until login everything, writes and the SASL exchange
         included, must end by the login deadline (`_LoginTimeout`)."""
         login_by = asyncio.get_running_loop().time() + self.config.preauth_timeout
+        deadline = asyncio.timeout_at(login_by)
         try:
-            async with asyncio.timeout_at(login_by):
+            async with deadline:
                 await channel.write(session.greeting())
                 for served in itertools.count(1):
-                    await self._step(session, channel, login_by)
+                    await self._step(session, channel, logged_in=False)
                     if session.grant is not None:
                         break
                     if served >= MAX_PREAUTH_COMMANDS:
@@ -292,27 +307,31 @@ class ImapServer:
                     if served % FAIR_SHARE == 0:
                         await asyncio.sleep(0)
         except TimeoutError:
-            raise _LoginTimeout from None
+            if deadline.expired():
+                raise _LoginTimeout from None
+            raise
         channel.logged_in()
         if self._preauth is not None:
             self._preauth.release(key)
         for served in itertools.count(1):
             if await self._handover(session, channel):
                 return
-            await self._step(session, channel, None)
+            await self._step(session, channel, logged_in=True)
             if served % FAIR_SHARE == 0:
                 # A client that pipelines is served in turns with the others: what it
                 # sent may all be buffered already, and then nothing here would wait.
                 await asyncio.sleep(0)
 
     async def _step(
-        self, session: ImapSession, channel: _StreamChannel, login_by: float | None
+        self, session: ImapSession, channel: _StreamChannel, *, logged_in: bool
     ) -> None:
-        """Read and answer what the client sent next (one event, or more bytes)."""
+        """Read and answer what the client sent next (one event, or more bytes). After
+        login, a silence longer than the idle timeout ends the session; before, the login
+        deadline around the caller bounds it."""
         while True:
             event = channel.parser.next_event()
             if event is None:
-                if login_by is None:
+                if logged_in:
                     deadline = asyncio.get_running_loop().time() + self.config.idle_timeout
                     async with asyncio.timeout_at(deadline):
                         if not await channel.fill():

@@ -40,7 +40,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from email import errors
 from email.errors import HeaderParseError
-from email.header import decode_header, make_header
+from email.header import decode_header
 from email.headerregistry import AddressHeader, BaseHeader
 from email.message import Message
 from email.policy import compat32
@@ -208,24 +208,41 @@ def _check_from(fields: Sequence[HeaderField], sender: str, result: RuleResult) 
 
 
 def _names_only(field: HeaderField, bal: str) -> bool:
-    """Whether the field's one addr-spec is the BAL (a value that is not UTF-8: no)."""
-    try:
-        value = field.value.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return _single_address(value) == bal
+    """Whether the field's one addr-spec is the BAL."""
+    return _single_address(_field_text(field)) == bal
 
 
 def _names_another(field: HeaderField, bal: str) -> bool:
     """Whether what a reader sees beside the address (display name, comments, decoded from
-    RFC 2047 and folded to NFKC, so that a full-width @ counts) holds another address."""
-    text = field.value.decode("utf-8", "replace")
+    RFC 2047 word by word and folded to NFKC, so that a full-width @ counts) holds another
+    address. A word in an unknown charset is read as Latin-1, never taken as a refusal."""
+    text = _field_text(field)
     try:
-        text = str(make_header(decode_header(text)))
-    except (HeaderParseError, LookupError, UnicodeError, ValueError):
-        return True
-    seen = unicodedata.normalize("NFKC", text).casefold()
+        chunks = decode_header(text)
+    except HeaderParseError:  # an encoded word that does not decode: read it as it is
+        chunks = [(text, None)]
+    words: list[str] = []
+    for chunk, charset in chunks:
+        if isinstance(chunk, str):
+            words.append(chunk)
+        elif charset is None:
+            words.append(chunk.decode("raw-unicode-escape", "replace"))  # text between words
+        else:
+            try:
+                words.append(chunk.decode(charset, "replace"))
+            except LookupError:
+                words.append(chunk.decode("latin-1"))
+    seen = unicodedata.normalize("NFKC", "".join(words)).casefold()
     return any(found.rstrip(".") != bal for found in _ADDRESS_LIKE.findall(seen))
+
+
+def _field_text(field: HeaderField) -> str:
+    """The value as text: UTF-8 (RFC 6532), else Latin-1, as older practice software
+    writes names; the address, ASCII, reads the same either way."""
+    try:
+        return field.value.decode("utf-8")
+    except UnicodeDecodeError:
+        return field.value.decode("latin-1")
 
 
 def _single_address(value: str) -> str | None:

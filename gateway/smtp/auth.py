@@ -14,7 +14,7 @@ from typing import Any
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult
 
 from gateway.imap.session import Authenticator, AuthFailed, ConnectionInfo, SessionGrant
-from gateway.net import is_loopback
+from gateway.net import is_loopback, peer_address
 from gateway.smtp.server import TokenSMTP
 from psc_auth.errors import SaslError
 from psc_auth.sasl import Mechanism, decode, decode_base64
@@ -68,7 +68,7 @@ class TokenAuthMixin:
             await server.push(f"501 5.5.2 Malformed SASL response: {exc}")
             return AuthResult(success=False, handled=True)
         connection = ConnectionInfo(
-            peer=str(session.peer[0] if isinstance(session.peer, tuple) else session.peer),
+            peer=peer_address(session.peer),
             secure=secure,
             loopback=is_loopback(session.peer),
             tls_available=False,

@@ -33,6 +33,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
 from delegation.audit import AuditAction, AuditRecord
 from gateway.access import FrontAuthenticator, FrontGrant
+from gateway.audit import in_background
 from gateway.backends.legacy_ws import submit
 from gateway.backends.legacy_ws.mime import MimeRejected, valid_recipient
 from gateway.backends.legacy_ws.store import LegacyBackends
@@ -40,7 +41,7 @@ from gateway.backends.smtp_relay import BackendError, BackendRefused, SmtpRelay
 from gateway.imap.session import AuthFailed, ConnectionInfo
 from gateway.metrics import Metrics
 from gateway.mss import RuleResult, add_headers, add_sender, check_message, remove_fields
-from gateway.net import is_loopback
+from gateway.net import is_loopback, peer_address
 from gateway.psc_sessions import PscSessionWatch
 from gateway.settings import SmtpFrontSettings
 from gateway.smtp.auth import TokenAuthMixin, grant_of
@@ -92,8 +93,7 @@ class _Watched:
             remote=connection.peer if connection else None,
             detail=reason,
         )
-        task = asyncio.ensure_future(self.front.authenticator.audit.submit(record))
-        task.add_done_callback(_log_failure)
+        in_background(self.front.authenticator.audit.submit(record))
         if isinstance(self.server, TokenSMTP):
             self.server.kick(reason)
 
@@ -366,7 +366,11 @@ class SubmissionFront(TokenAuthMixin):
     ) -> str | None:
         """None if the sender may still send from the BAL, else the 550 reply: rights and
         revocation are checked again at DATA, past any cache, so nothing leaves after a
-        revocation that came between MAIL FROM and the end of the message."""
+        revocation that came between MAIL FROM and the end of the message. A session the
+        gateway is ending (its PSC session is over) sends nothing more either: 421."""
+        kicked = server.kicked if isinstance(server, TokenSMTP) else None
+        if kicked is not None:
+            return f"421 4.7.0 {_safe(kicked)}"
         refusal = await self.authenticator.recheck(
             sender, _connection(server, session), action=AuditAction.SEND, right="send"
         )
@@ -461,15 +465,13 @@ class SubmissionFront(TokenAuthMixin):
         for a delegate a Sender naming them (RFC 5322 §3.6.2), so recipients see who wrote
         for the holder. The holder needs none: From names the author."""
         message = add_headers(raw, checked.headers_to_add) if checked.headers_to_add else raw
-        message = remove_fields(message, "Sender")  # the client's: we write the one we mean
-        if sender.via == "delegation":
-            identity = sender.identity
-            address = await self._delegate_address(client, sender)
-            try:
-                message = add_sender(message, identity.display_name, address)
-            except ValueError:  # a name unfit for a header (control characters): address only
-                message = add_sender(message, "", address)
-        return message
+        if sender.via != "delegation":
+            return remove_fields(message, "Sender")
+        address = await self._delegate_address(client, sender)
+        try:  # add_sender drops the client's Sender first
+            return add_sender(message, sender.identity.display_name, address)
+        except ValueError:  # a name unfit for a header (control characters): address only
+            return add_sender(message, "", address)
 
     async def _delegate_address(self, client: _Client, sender: FrontGrant) -> str:
         """The delegate's own BAL if they hold one, else the BAL sent from: Sender must be a
@@ -499,11 +501,6 @@ class SubmissionFront(TokenAuthMixin):
         self.metrics.messages.labels("refused" if refusal.permanent else "deferred").inc()
 
 
-def _log_failure(task: asyncio.Future[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("smtp.audit_submit_failed", exc_info=task.exception())
-
-
 def _historic(sender: FrontGrant) -> bool:
     return sender.route.backend.kind == "legacy_ws"
 
@@ -516,7 +513,7 @@ def _content(envelope: Envelope) -> bytes:
 def _connection(server: SMTP, session: Session) -> ConnectionInfo:
     peer: Any = session.peer
     return ConnectionInfo(
-        peer=str(peer[0] if isinstance(peer, tuple) else peer),
+        peer=peer_address(peer),
         secure=server._tls_protocol is not None,
         loopback=is_loopback(peer),
         tls_available=False,

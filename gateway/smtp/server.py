@@ -13,15 +13,18 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import socket
 import ssl
 from collections.abc import Callable
 from typing import Any, AnyStr
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, syntax
 
 from gateway.limits import Exemptions, SlotCounter, client_key
-from gateway.net import is_loopback
+from gateway.net import FAIR_SHARE, HANG_UP_GRACE, WRITE_TIMEOUT, is_loopback, peer_address
+
+log = logging.getLogger(__name__)
 
 MAX_MESSAGE_SIZE = 25 * 1024 * 1024  # Mon Espace Santé's limit; an operator's choice
 AUTH_LINE_LIMIT = 24 * 1024  # base64 of a 16 KiB SASL response, plus the command
@@ -30,7 +33,6 @@ TOO_MANY_FROM_ADDRESS = b"421 4.7.0 Too many connections from your address\r\n"
 LOGIN_TIMEOUT = b"421 4.4.2 Authentication took too long, closing connection\r\n"
 TOO_CHATTY = b"421 4.7.0 Too many commands before authentication\r\n"
 MAX_PREAUTH_REPLIES = 100  # EHLO, STARTTLS, EHLO and AUTH take about twenty reply lines
-FAIR_SHARE = 32  # replies in a row before other connections get the event loop
 
 
 class TokenSMTP(SMTP):
@@ -50,7 +52,7 @@ class TokenSMTP(SMTP):
         preauth_slots: SlotCounter | None = None,
         exempt: Exemptions | None = None,
         preauth_timeout: float | None = None,
-        write_timeout: float = 120.0,
+        write_timeout: float = WRITE_TIMEOUT,
         **kwargs: Any,
     ) -> None:
         super().__init__(handler, **kwargs)
@@ -63,7 +65,10 @@ class TokenSMTP(SMTP):
         self._preauth_timeout = preauth_timeout
         self._write_timeout = write_timeout
         self._slot: str | None = None  # the source address's slot, held until AUTH
+        self.peer = ""
         self._replies = 0
+        self._authenticated = False
+        self.kicked: str | None = None  # why the session is ending, once it is
         self._login_deadline: asyncio.TimerHandle | None = None
         self._refused = False  # over a cap: hung up on arrival, never counted
         # aiosmtpd keeps these limits in a class-level dict: give each protocol its own.
@@ -95,7 +100,7 @@ class TokenSMTP(SMTP):
             if self._tracker is not None and len(self._tracker) >= self._max_connections:
                 self._refuse("max_connections", TOO_MANY)
                 return
-            address = _address(transport.get_extra_info("peername"))
+            address = self.peer = peer_address(transport.get_extra_info("peername"))
             if self._preauth is not None:
                 key = client_key(address)
                 if not self._preauth.acquire(key, exempt=address in self._exempt):
@@ -127,7 +132,8 @@ class TokenSMTP(SMTP):
 
     def logged_in(self) -> None:
         """AUTH succeeded: the connection no longer counts against its address's cap, and
-        the login deadline is over."""
+        the login deadline and the cap on commands before it are over."""
+        self._authenticated = True
         if self._login_deadline is not None:
             self._login_deadline.cancel()
             self._login_deadline = None
@@ -137,27 +143,45 @@ class TokenSMTP(SMTP):
 
     async def push(self, status: AnyStr) -> None:
         """aiosmtpd's reply, which waits for the client to read it: at most `write_timeout`
-        (before AUTH, the login deadline bounds it instead), then the connection is cut."""
-        before_login = self._login_deadline is not None
+        (while the login deadline runs, that deadline bounds it instead), then the
+        connection is cut. Past `MAX_PREAUTH_REPLIES` before AUTH, the client is cut."""
         self._replies += 1
-        if before_login and self._replies > MAX_PREAUTH_REPLIES:
+        if not self._authenticated and self._replies > MAX_PREAUTH_REPLIES:
+            log.info("smtp.too_many_commands_before_auth", extra={"peer": self.peer})
             self._cut(TOO_CHATTY)
             raise ConnectionResetError("too many commands before authentication")
+        deadline_runs = self._login_deadline is not None
         try:
-            async with asyncio.timeout(None if before_login else self._write_timeout):
+            async with asyncio.timeout(None if deadline_runs else self._write_timeout):
                 await super().push(status)
         except TimeoutError:
             self._abort()
             raise ConnectionResetError("client does not read its replies") from None
+        if self.kicked is not None and not self.in_transaction:
+            # The message in flight got its answer first (a 421 already says goodbye).
+            said = status if isinstance(status, bytes) else status.encode("ascii", "replace")
+            self._cut(None if said.startswith(b"421") else _reply(self.kicked))
         if self._replies % FAIR_SHARE == 0:
             # A client that pipelines is served in turns with the others: its commands may
             # all be buffered already, and then nothing in aiosmtpd would wait.
             await asyncio.sleep(0)
 
     def kick(self, reason: str) -> None:
-        """End the session now with `421 4.7.0 reason` (its PSC session ended, ...)."""
-        text = " ".join(reason.split())[:200].encode("ascii", "replace")
-        self._cut(b"421 4.7.0 " + text + b"\r\n")
+        """End the session with `421 4.7.0 reason` (its PSC session ended...): at once, or,
+        with a message on its way, once the handler refused its DATA (`kicked` says why),
+        so that a message the backend may already hold is never cut from its answer."""
+        if self.kicked is not None:
+            return
+        self.kicked = reason
+        if not self.in_transaction:
+            self._cut(_reply(reason))
+
+    @syntax("QUIT")
+    async def smtp_QUIT(self, arg: str) -> None:
+        """aiosmtpd says 221 and closes, and the close waits for unread replies to leave:
+        the connection is cut if they have not within the grace."""
+        self.loop.call_later(HANG_UP_GRACE, self._abort_if_open)
+        await super().smtp_QUIT(arg)
 
     def _timeout_cb(self) -> None:
         """aiosmtpd's idle timeout closes the transport, which waits for unread replies to
@@ -168,31 +192,37 @@ class TokenSMTP(SMTP):
             return
         super()._timeout_cb()  # type: ignore[no-untyped-call]
 
-    def _cut(self, last: bytes) -> None:
-        """Say `last` if the client is reading, and hang up either way."""
+    def _cut(self, last: bytes | None) -> None:
+        """Say `last` (if any) if the client is reading, and hang up either way: a
+        connection with replies unread (closing already or not) is aborted, as a closing
+        one would wait for them."""
         transport = self.transport
-        if not isinstance(transport, asyncio.WriteTransport) or transport.is_closing():
+        if not isinstance(transport, asyncio.WriteTransport):
             return
         if transport.get_write_buffer_size():
             transport.abort()
             return
-        transport.write(last)
+        if transport.is_closing():
+            return
+        if last is not None:
+            transport.write(last)
         transport.close()
-        self.loop.call_later(1.0, self._abort)  # in case `last` itself is never read
+        self.loop.call_later(HANG_UP_GRACE, self._abort_if_open)  # `last` itself unread
+
+    def _abort_if_open(self) -> None:
+        if self.transport is not None:
+            self._abort()
 
     def _abort(self) -> None:
         transport = self.transport
-        if isinstance(transport, asyncio.BaseTransport):
-            transport.abort()  # type: ignore[attr-defined]
+        if isinstance(transport, asyncio.WriteTransport):
+            transport.abort()
 
     def _refuse(self, reason: str, reply: bytes) -> None:
         self._refused = True
         if self._on_refused is not None:
             self._on_refused(reason)
-        transport = self.transport
-        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
-            transport.write(reply)
-            transport.close()
+        self._cut(reply)
 
     @property
     def in_transaction(self) -> bool:
@@ -201,19 +231,16 @@ class TokenSMTP(SMTP):
 
     def shut_down(self) -> None:
         """Tell the client the service is going away (RFC 5321 §3.8) and hang up."""
-        transport = self.transport
-        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
-            transport.write(b"421 4.3.2 Service shutting down\r\n")
-            transport.close()
+        self._cut(b"421 4.3.2 Service shutting down\r\n")
+
+
+def _reply(reason: str) -> bytes:
+    return b"421 4.7.0 " + " ".join(reason.split())[:200].encode("ascii", "replace") + b"\r\n"
 
 
 def _retrieved(task: asyncio.Task[None]) -> None:
     if not task.cancelled():
         task.exception()
-
-
-def _address(peer: Any) -> str:
-    return str(peer[0]) if isinstance(peer, tuple) else str(peer)
 
 
 def _notify(handler: Any, name: str, server: SMTP) -> None:
@@ -237,7 +264,7 @@ class SmtpServer:
         preauth_slots: SlotCounter | None = None,
         exempt: Exemptions | None = None,
         preauth_timeout: float | None = None,
-        write_timeout: float = 120.0,
+        write_timeout: float = WRITE_TIMEOUT,
         on_refused: Callable[[str], None] | None = None,
     ) -> None:
         """`timeout`: seconds a client may stay silent (it also bounds one DATA, reply
@@ -296,6 +323,19 @@ class SmtpServer:
     @property
     def open_sessions(self) -> int:
         return len(self._open)
+
+    @property
+    def listener(self) -> socket.socket:
+        return self._socket
+
+    def connections(self) -> list[tuple[str, int]]:
+        """Each open connection's peer address and the bytes written to it but not sent."""
+        found = []
+        for protocol in self._open:
+            transport = protocol.transport
+            if isinstance(transport, asyncio.WriteTransport):
+                found.append((protocol.peer, transport.get_write_buffer_size()))
+        return found
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop accepting; give open sessions `grace` seconds to finish their message,

@@ -77,6 +77,7 @@ class MockPsc:
         self.settings = settings
         self.issuer = issuer
         self.personas = personas
+        self.page_token = secrets.token_urlsafe(24)  # the test pages' forms carry it
         self.clock = clock
         self.clients = ClientRegistry.load(data_dir / "clients.toml")
         self.keys = KeyRing(

@@ -332,6 +332,7 @@ def build_router(realm: str) -> APIRouter:
             "ended": (ended_persona, int(ended)) if ended_persona and ended.isdigit() else None,
             "when": _local_time,
             "loopback_only": LOOPBACK_ONLY,
+            "page_token": psc.page_token,
         }
         return templates.TemplateResponse(request, "sessions.html", context)
 
@@ -339,6 +340,13 @@ def build_router(realm: str) -> APIRouter:
     async def sessions_end(key: str, request: Request, psc: Psc) -> Response:
         if not _test_endpoints_open(psc, request):
             return _error_page(request, LOOPBACK_ONLY, status=404)
+        try:
+            token = (await read_form(request)).get("token", "")
+        except FormError:
+            token = ""
+        if not hmac.compare_digest(token.encode(), psc.page_token.encode()):
+            # Loopback is no proof of intent: a page in the tester's browser could post here.
+            return _error_page(request, "Formulaire expiré : rechargez la page.", status=403)
         persona = psc.personas.get(key)
         if persona is None:
             return _error_page(request, "Personne inconnue.", status=404)

@@ -1233,9 +1233,12 @@ async def test_read_only_delegate_is_refused_changes_but_reads(env, through, dir
         dc = await direct()
         select = await gw.command(b"S", b"SELECT INBOX")
         direct_select = await dc.command(b"S", b"SELECT INBOX")
-        # Only \\Seen is hers to set: the gateway says so, the rest is Dovecot's answer.
-        limited = re.compile(rb"\[PERMANENTFLAGS \([^)]*\)\]")
+        # Only \\Seen is hers to set, so the mailbox is READ-ONLY to her: the gateway says
+        # so, the rest is Dovecot's answer.
+        limited = re.compile(rb"\[PERMANENTFLAGS \([^)]*\)\]|\[READ-(?:ONLY|WRITE)\]")
         assert any(b"[PERMANENTFLAGS (\\Seen)]" in line for line in select.responses)
+        assert select.tagged.startswith(b"S OK [READ-ONLY] ")
+        assert direct_select.tagged.startswith(b"S OK [READ-WRITE] ")
         assert_same(
             Reply([limited.sub(b"[P]", x) for x in select.responses]),
             Reply([limited.sub(b"[P]", x) for x in direct_select.responses]),
@@ -1283,7 +1286,7 @@ async def test_read_only_delegate_append_with_imaplib_is_noperm(env):
         try:
             answers = [m.append("INBOX", None, None, NEW_MESSAGE)]
             answers.append(m.create("Secretariat"))
-            answers.append(m.select("INBOX"))
+            answers.append(m.select("INBOX", readonly=True))  # READ-ONLY to her anyway
             answers.append(m.store("1", "+FLAGS", "(\\Flagged)"))
             answers.append(m.copy("1", "Archives"))
             answers.append(m.noop())

@@ -71,7 +71,7 @@ async def test_one_question_per_token_and_its_sessions_end_together() -> None:
     assert a1.reason == a2.reason == PSC_SESSION_ENDED
     assert b.reason is None
     assert provider.marked == ["token-a"]  # a new login with it is refused too
-    assert len(watcher) == 1
+    assert watcher.sessions == 1
     await watcher.stop()
 
 
@@ -116,7 +116,7 @@ async def test_a_session_that_left_is_forgotten() -> None:
     session = Session()
     watcher.add(session, "token-a", in_(120))
     watcher.discard(session)
-    assert len(watcher) == 0
+    assert watcher.sessions == 0
     assert await watcher.revalidate_now() == 0
     assert provider.asked == []
     await watcher.stop()

@@ -88,8 +88,7 @@ def congested(listener: socket.socket) -> None:
 def blocked_writes(stack: Stack) -> int:
     """How many of the IMAP front's connections have replies waiting for their client."""
     assert stack.gateway.imap is not None
-    channels = stack.gateway.imap._sessions.values()
-    return sum(1 for c in channels if c.writer.transport.get_write_buffer_size() > 0)
+    return sum(1 for _peer, unsent in stack.gateway.imap.connections() if unsent > 0)
 
 
 def imap_login_and_select(port: int, token: str) -> int:
@@ -105,14 +104,12 @@ def imap_login_and_select(port: int, token: str) -> int:
 def hostile_imap(stack: Stack) -> int:
     """The IMAP front's connections from the hostile address."""
     assert stack.gateway.imap is not None
-    channels = stack.gateway.imap._sessions.values()
-    return sum(1 for c in channels if c.writer.get_extra_info("peername")[0] == HOSTILE)
+    return sum(1 for peer, _unsent in stack.gateway.imap.connections() if peer == HOSTILE)
 
 
 def hostile_smtp(stack: Stack) -> int:
     assert stack.gateway.smtp is not None
-    peers = [p.transport.get_extra_info("peername") for p in stack.gateway.smtp._open]
-    return sum(1 for peer in peers if peer is not None and peer[0] == HOSTILE)
+    return sum(1 for peer, _unsent in stack.gateway.smtp.connections() if peer == HOSTILE)
 
 
 async def test_clients_that_pipeline_and_never_read_are_cut_at_the_login_deadline(
@@ -122,7 +119,7 @@ async def test_clients_that_pipeline_and_never_read_are_cut_at_the_login_deadlin
     gateway's side (a congested link), and the login deadline still ends them, while other
     clients log in as usual."""
     assert stack.gateway.imap is not None
-    congested(stack.gateway.imap._socket)
+    congested(stack.gateway.imap.listener)
     socks = [connect(stack.imap_port) for _ in range(20)]
     loop = asyncio.get_running_loop()
     began = loop.time()
@@ -135,7 +132,8 @@ async def test_clients_that_pipeline_and_never_read_are_cut_at_the_login_deadlin
             asyncio.to_thread(imap_login_and_select, stack.imap_port, token) for _ in range(3)
         ]
         assert all(count > 0 for count in await asyncio.gather(*logins))
-        assert hostile_imap(stack) == 20  # the others logged in while these were held
+        if loop.time() - began < PREAUTH - 0.5:  # (a very slow machine passes the deadline)
+            assert hostile_imap(stack) == 20  # the others logged in while these were held
         await until(lambda: hostile_imap(stack) == 0, "the twenty cut")
         lasted = loop.time() - began
     finally:
@@ -167,15 +165,16 @@ async def test_a_logged_in_client_that_never_reads_is_cut_after_the_write_timeou
     """After login the relay stops reading the client's commands while their answers pile
     up unread, and ends the session once a reply waits `write_timeout`."""
     assert stack.gateway.imap is not None
-    congested(stack.gateway.imap._socket)
+    congested(stack.gateway.imap.listener)
     token = await stack.token("dr-martin")
     sock = connect(stack.imap_port)
     loop = asyncio.get_running_loop()
     try:
         blob = xoauth2(MARTIN, token)
         await loop.sock_sendall(sock, b"a AUTHENTICATE XOAUTH2 " + blob + b"\r\nb SELECT INBOX\r\n")
-        relayed = stack.gateway.metrics.relayed_bytes.labels("imap", "to_backend")
-        await until(lambda: relayed._value.get() > 0, "the relay running")
+        await until(
+            lambda: metric(stack, "lpsgw_open_sessions", protocol="imap") == 1, "the relay running"
+        )
         lasted = await pipeline_without_reading(sock, b"c FETCH 1:* (BODY.PEEK[] FLAGS)\r\n")
     finally:
         sock.close()
@@ -190,7 +189,7 @@ async def test_smtp_clients_that_never_read_are_cut_before_and_after_auth(stack:
     """Before AUTH, the login deadline ends a client that says EHLO and no more (and never
     reads); after it, one that pipelines and never reads is cut at the write timeout."""
     assert stack.gateway.smtp is not None
-    congested(stack.gateway.smtp._socket)
+    congested(stack.gateway.smtp.listener)
     before = connect(stack.smtp_port)
     after = connect(stack.smtp_port)
     loop = asyncio.get_running_loop()
@@ -210,6 +209,22 @@ async def test_smtp_clients_that_never_read_are_cut_before_and_after_auth(stack:
     assert PREAUTH - 0.5 <= lasted_before < BOUND
     assert lasted_after < BOUND
     await until(lambda: stack.gateway.smtp.open_sessions == 0, "no SMTP connection left")
+
+
+async def test_a_deaf_smtp_client_that_quits_is_cut_after_the_grace(stack: Stack) -> None:
+    """aiosmtpd closes after QUIT, and a close waits for unread replies to leave: a client
+    that pipelined and never reads must not keep its connection until the idle timeout."""
+    assert stack.gateway.smtp is not None
+    congested(stack.gateway.smtp.listener)
+    sock = connect(stack.smtp_port)
+    loop = asyncio.get_running_loop()
+    try:
+        token = await stack.token("dr-martin")
+        auth = b"EHLO lps\r\nAUTH XOAUTH2 " + xoauth2(MARTIN, token) + b"\r\n"
+        await loop.sock_sendall(sock, auth + b"NOOP\r\n" * 6000 + b"QUIT\r\n")
+        await until(lambda: hostile_smtp(stack) == 0, "the deaf client cut after QUIT")
+    finally:
+        sock.close()
 
 
 def authenticate(bal: str, token: str) -> str:
@@ -315,9 +330,19 @@ async def test_sessions_are_capped_per_person_not_per_address(stack: Stack) -> N
             )
             await fourth.ok(authenticate(MARTIN, martin))
     assert metric(stack, "lpsgw_logins_total", protocol="imap", result="limit") == 1
+    # The trail says what happened: four logins, one refused (none written as ok first).
+    assert stack.gateway.audit is not None
+    assert stack.gateway.delegations is not None
+    await stack.gateway.audit.flush()
+    logins = [
+        e.result
+        for e in await stack.gateway.delegations.audit_for(MARTIN, limit=100)
+        if e.action == "login" and e.actor_idnat == "899700000001"
+    ]
+    assert sorted(logins) == ["ok"] * 4 + ["refused:too-many-sessions"]
 
 
-async def test_failed_logins_are_throttled_per_source_address(stack: Stack) -> None:
+async def test_bad_tokens_are_throttled_per_source_address(stack: Stack) -> None:
     """Three bad tokens from one address: the next login from it is refused at once, even
     with a good token, and costs no validation; another address logs in as usual."""
     good = await stack.token("dr-martin")
@@ -326,11 +351,11 @@ async def test_failed_logins_are_throttled_per_source_address(stack: Stack) -> N
             bad = await refused_login(client, MARTIN, "forged")
             assert b"[AUTHENTICATIONFAILED]" in bad
     async with raw_from(stack.imap_port, HOSTILE) as client:
-        bad = await refused_login(client, "eve.moreau@medecin.mssante.fr", good)
-        assert b"[AUTHORIZATIONFAILED]" in bad  # a forbidden BAL counts too
+        bad = await refused_login(client, MARTIN, "forged-again")
+        assert b"[AUTHENTICATIONFAILED]" in bad
         throttled = await refused_login(client, MARTIN, good)
         assert b"NO [UNAVAILABLE]" in throttled
-        assert b"too many failed logins" in throttled
+        assert b"too many failed logins from your address" in throttled
     async with raw_from(stack.imap_port, "127.0.0.1") as client:
         await client.ok(authenticate(MARTIN, good))
     assert metric(stack, "lpsgw_logins_total", protocol="imap", result="throttled") == 1
@@ -344,3 +369,18 @@ async def test_failed_logins_are_throttled_per_source_address(stack: Stack) -> N
     code, text = await asyncio.to_thread(smtp_auth)
     assert code == 454
     assert b"too many failed logins" in text
+
+
+async def test_forbidden_bal_are_throttled_per_person_not_per_address(stack: Stack) -> None:
+    """A person whose software keeps asking for a BAL they may not open is throttled
+    themselves: their neighbours behind the same address log in as usual."""
+    eve = "eve.moreau@medecin.mssante.fr"
+    sophie = await stack.token("sec-bernard")
+    martin = await stack.token("dr-martin")
+    for _ in range(3):
+        async with raw_from(stack.imap_port, HOSTILE) as client:
+            assert b"[AUTHORIZATIONFAILED]" in await refused_login(client, eve, sophie)
+    async with raw_from(stack.imap_port, HOSTILE) as client:
+        throttled = await refused_login(client, MARTIN, sophie)  # a BAL she may open
+        assert b"too many failed logins for this person" in throttled
+        await client.ok(authenticate(MARTIN, martin))  # Dr MARTIN, same address
