@@ -27,9 +27,10 @@ from delegation.models import (
 )
 
 MAX_ID = 2**31 - 1
-# NUL is refused by PostgreSQL in text columns; the other controls would let a client
-# forge lines in whoever reads the trail.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# NUL is refused by PostgreSQL in text columns, a lone surrogate (what a decoder with
+# surrogateescape makes of a client's 8-bit byte) by every database's encoder; the other
+# controls and line separators would let a client forge lines in whoever reads the trail.
+_UNWRITABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
 class AuditAction(enum.StrEnum):
@@ -142,4 +143,4 @@ def described(record: AuditRecord) -> dict[str, object]:
 
 
 def _clean(text: str) -> str:
-    return _CONTROL.sub("?", text)
+    return _UNWRITABLE.sub("?", text)

@@ -82,6 +82,7 @@ MIN_QUERY = 3
 MAX_QUERY = 256  # the historic web services' search string limit
 MAX_LIMIT = 500
 _ADDRESS = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+_QUERYABLE = re.compile("[^\x00-\x1f\x7f\ud800-\udfff]*")
 _LIGATURES = str.maketrans({"œ": "oe", "æ": "ae", "ø": "o", "đ": "d", "ł": "l", "ß": "ss"})
 
 
@@ -535,6 +536,10 @@ class DelegationService:
     async def _decide(
         self, db: AsyncSession, idnat: str, address: str, now: dt.datetime
     ) -> tuple[Grant | None, str | None, int | None]:
+        if len(address) > ADDRESS_LENGTH or not _QUERYABLE.fullmatch(address):
+            # No mailbox has such an address, and a database would refuse to be asked
+            # (NUL, a lone surrogate from a client's stray 8-bit byte).
+            return None, "unknown-mailbox", None
         mailbox = await db.scalar(
             select(MailboxRow)
             .options(joinedload(MailboxRow.holder))

@@ -12,7 +12,9 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
+import h11
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -37,10 +39,61 @@ def bind_tcp(host: str, port: int) -> socket.socket:
     return sock
 
 
-class AsgiServer:
-    """One uvicorn server on one pre-bound socket, started and stopped from async code."""
+REQUEST_TIMEOUT = 30.0  # seconds a client may take to send a whole request
+MAX_CONNECTIONS = 1000
 
-    def __init__(self, app: Any, sock: socket.socket) -> None:
+
+class _GuardedH11(H11Protocol):
+    """uvicorn's HTTP/1.1 with a deadline for each request: uvicorn times out an idle
+    keep-alive connection but not one that sends a request a byte at a time (slowloris),
+    head or body. `request_timeout` is set on a subclass per server."""
+
+    request_timeout = REQUEST_TIMEOUT
+    _deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state is h11.DONE or self.conn.their_state is h11.MUST_CLOSE:
+            self._disarm()  # the whole request is in: the app answers in its own time
+        elif self._deadline is None:
+            self._arm()  # the next request of a kept-alive connection has begun
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._deadline = self.loop.call_later(self.request_timeout, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if not self.transport.is_closing():
+            self.transport.abort()
+
+
+class AsgiServer:
+    """One uvicorn server on one pre-bound socket, started and stopped from async code;
+    at most `max_connections` at once (503 beyond), each request whole within
+    `request_timeout`."""
+
+    def __init__(
+        self,
+        app: Any,
+        sock: socket.socket,
+        *,
+        request_timeout: float = REQUEST_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
+        protocol = type("GuardedH11", (_GuardedH11,), {"request_timeout": request_timeout})
         config = uvicorn.Config(
             app,
             log_config=None,
@@ -48,6 +101,8 @@ class AsgiServer:
             server_header=False,
             timeout_graceful_shutdown=5,
             lifespan="on",
+            http=protocol,
+            limit_concurrency=max_connections,
         )
         self._server = _EmbeddedServer(config)
         self._socket = sock

@@ -24,6 +24,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
 from delegation.audit import AuditRecord, described
 from delegation.service import DelegationService
+from gateway.lifecycle import cancelled
 
 log = logging.getLogger(__name__)
 _handed_over: set[asyncio.Future[None]] = set()  # kept referenced until they are done
@@ -104,18 +105,18 @@ class AuditSink:
                 await self.flush()
         if not self._queue.empty():
             log.error("audit.lost_on_shutdown", extra={"events": self._queue.qsize()})
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await cancelled(self._task)
         self._task = None
 
 
-def in_background(submission: Awaitable[None]) -> None:
+def in_background(submission: Awaitable[None]) -> asyncio.Future[None]:
     """Hand an audit submission over without waiting for it (a front that answers its
-    client first, a session being ended from a callback); a failure is logged."""
+    client first, a session being ended from a callback); a failure is logged. A caller
+    that may hand many over keeps the futures and waits when it holds too many."""
     task = asyncio.ensure_future(submission)
     _handed_over.add(task)
     task.add_done_callback(_done)
+    return task
 
 
 def _done(task: asyncio.Future[None]) -> None:

@@ -10,13 +10,13 @@ the events (a full queue, a lost LISTEN connection) forgets everything.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 
 from delegation.service import Decision, DelegationService
+from gateway.lifecycle import cancelled
 from psc_auth import Identity
 
 log = logging.getLogger(__name__)
@@ -45,11 +45,8 @@ class DecisionCache:
             self._task = asyncio.create_task(self._forget_on_change(), name="decision-cache")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancelled(self._task)
+        self._task = None
         self._listening = False
         self._entries.clear()
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Service(Protocol):
@@ -35,3 +36,12 @@ async def run_until_signalled(
             loop.remove_signal_handler(sig)
         for service in reversed(started):
             await service.stop()
+
+
+async def cancelled(task: asyncio.Task[Any] | None) -> None:
+    """Cancel a background loop and wait until it is over (`None`: nothing to stop)."""
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -133,5 +133,6 @@ class NodeLimits:
     exempt: Exemptions
     imap_preauth: SlotCounter
     smtp_preauth: SlotCounter
-    sessions_per_person: SlotCounter
+    sessions_per_person: SlotCounter  # IMAP
+    smtp_sessions_per_person: SlotCounter
     logins: LoginThrottle

@@ -4,19 +4,18 @@ An IMAP or SMTP session is opened with an access token that lives two minutes, y
 session may last hours. The LPS should close it when its refresh token stops working
 (ECO.1.2.6); for a careless one, the gateway makes it so. OpenID back-channel logout only
 reaches the client that holds the PSC session (the LPS), never a resource server, so the
-gateway asks PSC itself: while a token is valid, it is introspected every
-`revalidate_interval` (one call per distinct token, whatever the number of sessions it
-opened) and `active: false` ends its sessions; once it has expired, its sessions live at
-most `session_max_after_token_expiry` more, then are asked to log in again with a fresh
-token, which proves the PSC session still lives. A provider that does not answer ends
-nothing: an outage of PSC must not cut every practice off.
+gateway asks PSC itself: every `revalidate_interval`, one token per PSC session (the
+`sid` its tokens carry: an LPS logs in again every two minutes with fresh ones) is
+introspected, the freshest still valid, and `active: false` ends every session opened with
+a token of that PSC session, whose tokens are then refused at login too. A session whose
+own token has expired lives at most `session_max_after_token_expiry` more, then is asked
+to log in again with a fresh token, which proves the PSC session still lives. A provider
+that does not answer ends nothing: an outage of PSC must not cut every practice off.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import datetime as dt
 import hashlib
 import logging
 import time
@@ -24,7 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from psc_auth import TokenError, TokenValidator
+from gateway.lifecycle import cancelled
+from psc_auth import Identity, TokenError, TokenValidator
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ class Endable(Protocol):
 class _Token:
     token: str = field(repr=False)
     expires_at: float
+    psc_session: str | None  # the PSC session it belongs to; None: its own
     sessions: set[Endable] = field(default_factory=set)
     expiry: asyncio.TimerHandle | None = None
 
@@ -75,11 +76,13 @@ class PscSessionWatch:
         """How many sessions are watched."""
         return len(self._of)
 
-    def add(self, session: Endable, token: str, expires_at: dt.datetime) -> None:
+    def add(self, session: Endable, token: str, identity: Identity) -> None:
+        """Watch `session`, opened with `token` (validated as `identity`)."""
         key = hashlib.sha256(token.encode()).digest()
         watched = self._tokens.get(key)
         if watched is None:
-            watched = self._tokens[key] = _Token(token, expires_at.timestamp())
+            expires_at = identity.expires_at.timestamp()
+            watched = self._tokens[key] = _Token(token, expires_at, identity.psc_session)
             delay = watched.expires_at + self.max_after_expiry - self._clock()
             watched.expiry = asyncio.get_running_loop().call_later(
                 max(0.0, delay), self._end, key, AFTER_EXPIRY
@@ -101,23 +104,27 @@ class PscSessionWatch:
             self._task = asyncio.create_task(self._revalidate_forever(), name="psc-sessions")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancelled(self._task)
+        self._task = None
         for key in list(self._tokens):
             self._forget(key)
         self._of.clear()
 
     async def revalidate_now(self) -> int:
-        """One round: introspect every token still valid; return how many sessions ended."""
+        """One round: for each PSC session, introspect its freshest token still valid;
+        return how many sessions ended."""
         now = self._clock()
         skew = self.validator.config.clock_skew_seconds
-        due = [(k, w) for k, w in self._tokens.items() if w.expires_at - skew > now]
+        groups: dict[object, list[bytes]] = {}
+        for key, watched in self._tokens.items():
+            groups.setdefault(watched.psc_session or key, []).append(key)
         limit = asyncio.Semaphore(CONCURRENT_CHECKS)
 
-        async def check(key: bytes, watched: _Token) -> int:
+        async def check(keys: list[bytes]) -> int:
+            freshest = max(keys, key=lambda k: self._tokens[k].expires_at)
+            watched = self._tokens[freshest]
+            if watched.expires_at - skew <= now:
+                return 0  # PSC says inactive for an expired token: that says nothing
             async with limit:
                 try:
                     active = await self.validator.is_active(watched.token)
@@ -125,11 +132,11 @@ class PscSessionWatch:
                     log.warning("psc.revalidation_unavailable", extra={"error": exc.failure.value})
                     return 0
             if active or watched.expires_at - skew <= self._clock():
-                return 0  # an answer about a token that just expired says nothing of its session
-            self.validator.mark_inactive(watched.token, watched.expires_at)
-            return self._end(key, PSC_SESSION_ENDED)
+                return 0
+            self.validator.mark_inactive(watched.token, watched.expires_at, watched.psc_session)
+            return sum(self._end(key, PSC_SESSION_ENDED) for key in keys)
 
-        ended = sum(await asyncio.gather(*(check(key, watched) for key, watched in due)))
+        ended = sum(await asyncio.gather(*(check(keys) for keys in groups.values())))
         self.rounds += 1
         return ended
 

@@ -4,8 +4,8 @@ IMAP and SMTP fronts); started and stopped by `lps-gateway serve` and `lps-gatew
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
+import functools
 import logging
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -25,6 +25,7 @@ from gateway.db import migrate_gateway
 from gateway.decisions import DecisionCache
 from gateway.health import Readiness
 from gateway.imap.proxy import ProxyAuthenticator, ProxyConfig, ProxyServer
+from gateway.lifecycle import cancelled
 from gateway.limits import Exemptions, LoginThrottle, NodeLimits, SlotCounter
 from gateway.metrics import Metrics
 from gateway.psc_sessions import PscSessionWatch
@@ -50,6 +51,7 @@ def node_limits(settings: Settings) -> NodeLimits:
         imap_preauth=SlotCounter(settings.imap.max_preauth_per_address),
         smtp_preauth=SlotCounter(settings.smtp.max_preauth_per_address),
         sessions_per_person=SlotCounter(settings.imap.max_sessions_per_person),
+        smtp_sessions_per_person=SlotCounter(settings.smtp.max_sessions_per_person),
         logins=LoginThrottle(
             settings.limits.max_failed_logins, settings.limits.failed_login_window
         ),
@@ -153,10 +155,13 @@ class Gateway:
             readiness=readiness,
             max_body=http.max_body,
         )
-        self._http = AsgiServer(api, sock)
+        guarded = functools.partial(
+            AsgiServer, request_timeout=http.request_timeout, max_connections=http.max_connections
+        )
+        self._http = guarded(api, sock)
         if ops_sock is not None:
             ops_app = create_ops_app(readiness.check, self.metrics, max_body=http.max_body)
-            self._ops = AsgiServer(ops_app, ops_sock)
+            self._ops = guarded(ops_app, ops_sock)
         await self._http.start()
         if self._ops is not None:
             await self._ops.start()
@@ -197,37 +202,36 @@ class Gateway:
         self.psc_sessions.start()
         imap_auth = self._front(validator, service, "imap")
         front = settings.imap
-        self.imap = ProxyServer(
-            config,
-            imap_auth,
-            service,
-            self.metrics,
-            tls,
-            bind_tcp(front.host, front.port),
-            limits=self.limits,
-            psc=self.psc_sessions,
-        )
-        self._serve_legacy(self.imap)
-        await self.imap.start()
-        if front.implicit_tls_port is not None:
-            self.imaps = ProxyServer(
-                config.with_implicit_tls(),
+
+        async def listener(proxy: ProxyConfig, port: int) -> ProxyServer:
+            server = ProxyServer(
+                proxy,
                 imap_auth,
                 service,
                 self.metrics,
                 tls,
-                bind_tcp(front.host, front.implicit_tls_port),
+                bind_tcp(front.host, port),
                 limits=self.limits,
                 psc=self.psc_sessions,
             )
-            self._serve_legacy(self.imaps)
-            await self.imaps.start()
+            self._serve_legacy(server)
+            await server.start()
+            return server
+
+        self.imap = await listener(config, front.port)
+        if front.implicit_tls_port is not None:
+            self.imaps = await listener(config.with_implicit_tls(), front.implicit_tls_port)
         smtp_auth = self._front(validator, service, "smtp")
         smtp = settings.smtp
         refused = self.metrics.refused_connections
         self.smtp = SmtpServer(
             SubmissionFront(
-                smtp_auth, smtp, self.metrics, legacy=self.legacy, psc=self.psc_sessions
+                smtp_auth,
+                smtp,
+                self.metrics,
+                legacy=self.legacy,
+                psc=self.psc_sessions,
+                sessions=self.limits.smtp_sessions_per_person,
             ),
             bind_tcp(smtp.host, smtp.port),
             tls,
@@ -266,10 +270,7 @@ class Gateway:
         )
 
     async def stop(self) -> None:
-        if self._expiry is not None:
-            self._expiry.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._expiry
+        await cancelled(self._expiry)
         for front in (self.imap, self.imaps, self.smtp):
             if front is not None:
                 await front.stop()

@@ -104,6 +104,10 @@ class HttpSettings(_Section):
         ge=1024,
         description="bytes of a request body; a larger one gets 413 without being read",
     )
+    request_timeout: float = Field(
+        default=30.0, gt=0, description="seconds a client may take to send a whole request"
+    )
+    max_connections: int = Field(default=1000, ge=1, description="open at once; 503 beyond")
 
 
 class OpsSettings(_Section):
@@ -208,6 +212,9 @@ class SmtpFrontSettings(_Section):
     max_connections: int = Field(default=10_000, ge=1, description="open at once")
     max_preauth_per_address: int = Field(
         default=20, ge=1, description="connections not yet authenticated, per source address"
+    )
+    max_sessions_per_person: int = Field(
+        default=100, ge=1, description="authenticated sessions of one idNat"
     )
 
 

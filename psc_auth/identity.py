@@ -73,6 +73,16 @@ class Identity:
     claims: Mapping[str, Any] = field(repr=False, compare=False, hash=False)
 
     @property
+    def psc_session(self) -> str | None:
+        """The PSC (Keycloak) session the token was issued in, `sid` or `session_state`:
+        every token of one login shares it, until that PSC session ends."""
+        for name in ("sid", "session_state"):
+            value = self.claims.get(name)
+            if isinstance(value, str) and value:
+                return value[:128]
+        return None
+
+    @property
     def display_name(self) -> str:
         return f"{self.given_name} {self.family_name}".strip() or str(self.idnat)
 

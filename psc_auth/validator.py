@@ -38,6 +38,7 @@ _FORBIDDEN_ALGORITHMS = frozenset({"none", "HS256", "HS384", "HS512"})
 MAX_HEADER_BYTES = 2048
 MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31T23:59:59Z: any time claim past it is absurd
 MAX_INACTIVE = 100_000  # tokens known inactive, remembered until they expire
+ENDED_SESSION_MEMORY = 4 * 3600.0  # a PSC session lives 4 hours at most
 # The key cannot have made this signature: a wrong key type or a key bound to another alg.
 _SIGNATURE_ERRORS = (
     BadSignatureError,
@@ -75,6 +76,7 @@ class TokenValidator:
         self._cache: OrderedDict[bytes, tuple[float, Identity]] = OrderedDict()
         self._inflight: dict[bytes, asyncio.Future[Identity]] = {}
         self._inactive: OrderedDict[bytes, float] = OrderedDict()  # key -> until
+        self._ended_sessions: OrderedDict[str, float] = OrderedDict()  # sid -> until
 
     async def aclose(self) -> None:
         if self._own_http:
@@ -82,6 +84,20 @@ class TokenValidator:
 
     async def validate(self, token: str) -> Identity:
         """Return the identity behind `token`, or raise `TokenError` saying why not."""
+        identity = await self._validated(token)
+        if self._ended_sessions and self._session_ended(identity.psc_session):
+            raise TokenError(TokenFailure.INACTIVE, "the PSC session of this token has ended")
+        return identity
+
+    def _session_ended(self, psc_session: str | None) -> bool:
+        if psc_session is None or psc_session not in self._ended_sessions:
+            return False
+        if self._ended_sessions[psc_session] <= self._clock():
+            del self._ended_sessions[psc_session]
+            return False
+        return True
+
+    async def _validated(self, token: str) -> Identity:
         if not isinstance(token, str) or not token or len(token) > self.config.max_token_bytes:
             raise TokenError(TokenFailure.MALFORMED, "empty or oversized token")
         key = hashlib.sha256(token.encode()).digest()
@@ -123,14 +139,19 @@ class TokenValidator:
         the provider does not answer."""
         return (await self._introspection(token)).get("active") is True
 
-    def mark_inactive(self, token: str, until: float) -> None:
+    def mark_inactive(self, token: str, until: float, psc_session: str | None = None) -> None:
         """The provider said `token` is no longer active: refuse it from now on (until its
-        expiry, after which it is refused anyway), whatever a signature check says."""
+        expiry, after which it is refused anyway), whatever a signature check says, and so
+        every other token of its PSC session (`psc_session`, the `sid` they share)."""
         key = hashlib.sha256(token.encode()).digest()
         self._cache.pop(key, None)
         self._inactive[key] = until
         while len(self._inactive) > MAX_INACTIVE:
             self._inactive.popitem(last=False)
+        if psc_session is not None:
+            self._ended_sessions[psc_session] = self._clock() + ENDED_SESSION_MEMORY
+            while len(self._ended_sessions) > MAX_INACTIVE:
+                self._ended_sessions.popitem(last=False)
 
     def _known_inactive(self, key: bytes, now: float) -> bool:
         until = self._inactive.get(key)

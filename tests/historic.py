@@ -61,3 +61,16 @@ async def historic_send(
     )
     message: dict[str, Any] = sent["message"]
     return message
+
+
+async def historic_attachment(
+    mock: MockOperator, bal: str, message: dict[str, Any], attachment: dict[str, Any]
+) -> bytes:
+    """downloadAttachment on the mock: the attachment's bytes, decoded."""
+    found = await historic_call(
+        mock,
+        "Attachment",
+        "downloadAttachment",
+        {"email": bal, "messageId": message["messageId"], "part": attachment["part"]},
+    )
+    return base64.b64decode(found["file"])

@@ -381,7 +381,11 @@ class ImapSession:
             self.view = None
             await self.channel.write(untagged_status("OK", "previous mailbox closed", "CLOSED"))
         version = self._version(bal, command.mailbox)
-        state = await self._store.folder_state(command.mailbox)
+        try:
+            state = await self._store.folder_state(command.mailbox)
+        except StoreError:
+            await self._selected(command, "failed:no")
+            raise
         permanent = self._permanent_flags(command.readonly)
         # A mailbox where this grant can change nothing is read-only (RFC 4314 §3.1.1 style)
         readonly = command.readonly or not permanent
@@ -407,6 +411,12 @@ class ImapSession:
         await self._reply(
             command.tag, "OK", f"{'EXAMINE' if command.readonly else 'SELECT'} completed", mode
         )
+        await self._selected(command, "ok")
+
+    async def _selected(self, command: c.Select, result: str) -> None:
+        grant = self._grant()[0]
+        if grant.on_selected is not None:
+            await grant.on_selected(command, result)
 
     def _permanent_flags(self, readonly: bool) -> tuple[str, ...]:
         assert self.grant is not None

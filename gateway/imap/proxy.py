@@ -40,7 +40,8 @@ from gateway.imap.rights import audit_action, audit_detail, required_right
 from gateway.imap.serialize import serialize
 from gateway.imap.session import AuthFailed, ConnectionInfo
 from gateway.imap.structure_cache import StructureCache
-from gateway.imap.transport import ImapServer, ServerConfig, _StreamChannel
+from gateway.imap.transport import ImapServer, ServerConfig, WriteTimeout, _StreamChannel
+from gateway.lifecycle import cancelled
 from gateway.limits import NodeLimits, SlotCounter
 from gateway.metrics import Metrics
 from gateway.net import FAIR_SHARE
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 
 RELAY_READ = 256 * 1024
 KICK_GRACE = 1.0  # seconds a BYE waits for the response being relayed to end
+MAX_AUDITS_IN_FLIGHT = 64  # a session's events handed to the audit sink, not yet queued
 GAP_CHECK = 1.0  # seconds between checks for change events lost by the bus
 
 #: What the relay can carry after login: the codec parses these commands. The backend's
@@ -177,7 +179,13 @@ class ProxyAuthenticator:
                 self.front.audit.submit(dataclasses.replace(event, result=f"failed:{kind}"))
             )
             raise
-        await self.front.audit.submit(event)
+        try:
+            await self.front.audit.submit(event)
+        except BaseException:  # the login deadline, in the middle of it: nothing may leak
+            if sessions is not None:
+                sessions.release(grant.actor)
+            await asyncio.shield(_discard(opened))
+            raise
         if sessions is None:
             return opened
         on_close = _released(sessions, grant.actor, opened.on_close)
@@ -212,13 +220,21 @@ class ProxyAuthenticator:
 
             async def refused(command: c.Command, right: str) -> None:
                 self.metrics.rights_refusals.labels("imap", right).inc()
+                await command_done(command, "refused:noperm")
+
+            async def command_done(command: c.Command, result: str) -> None:
                 action = audit_action(command)
                 if action is not None:
-                    await record(action, audit_detail(command), "refused:noperm")
+                    await record(action, audit_detail(command), result)
 
             self.metrics.logins.labels("imap", "ok").inc()
-            audited = AuditedStore(store, record)
-            return dataclasses.replace(grant, store=audited, capabilities=None, on_refused=refused)
+            return dataclasses.replace(
+                grant,
+                store=AuditedStore(store, record),
+                capabilities=None,
+                on_refused=refused,
+                on_selected=command_done,
+            )
         try:
             upstream = await open_upstream(route, grant.mailbox, credentials.token)
         except BackendError as exc:
@@ -274,6 +290,7 @@ class Relay:
         self._idle_accepted = False
         self._kicked: str | None = None
         self._closed = False
+        self._audits: set[asyncio.Future[None]] = set()  # events handed over, not yet queued
         self._tasks: list[asyncio.Task[str | None]] = []
         self._expiry: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
@@ -305,6 +322,7 @@ class Relay:
             for task in self._tasks:
                 task.cancel()
         bye: str | None = None
+        deaf: WriteTimeout | None = None
         try:
             done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
@@ -312,7 +330,9 @@ class Relay:
                     bye = task.result()
                 elif not task.cancelled() and task.exception() is not None:
                     error = task.exception()
-                    if not isinstance(error, ConnectionError | ssl.SSLError):
+                    if isinstance(error, WriteTimeout):
+                        deaf = error
+                    elif not isinstance(error, ConnectionError | ssl.SSLError):
                         log.error("imap.relay_failed", exc_info=error)
                         bye = "internal gateway error"
         finally:
@@ -331,6 +351,8 @@ class Relay:
             await self.up.close()
             if self.reads:
                 await self._record(AuditAction.READ, f"{self.reads} read commands", "ok")
+        if deaf is not None:
+            raise deaf  # the transport cuts the connection instead of waiting for the client
 
     def kick(self, reason: str) -> None:
         """End the session with `* BYE reason` (delegation revoked or expired, PSC session
@@ -488,6 +510,10 @@ class Relay:
             served += 1
             if served % FAIR_SHARE == 0:
                 await asyncio.sleep(0)  # a pipelining client is served in turns
+            while len(self._audits) >= MAX_AUDITS_IN_FLIGHT:
+                # A client whose commands make events faster than the trail takes them
+                # waits for it, rather than pushing everyone else's events back.
+                await asyncio.wait(list(self._audits), return_when=asyncio.FIRST_COMPLETED)
             event = parser.next_event()
             if event is None:
                 # Read no more commands while the answers to the last ones pile up unread.
@@ -603,7 +629,9 @@ class Relay:
 
     # -- audit ---------------------------------------------------------------------------
     def _record_soon(self, action: AuditAction, detail: str, result: str) -> None:
-        in_background(self._record(action, detail, result))
+        task = in_background(self._record(action, detail, result))
+        self._audits.add(task)
+        task.add_done_callback(self._audits.discard)
 
     async def _record(self, action: AuditAction, detail: str, result: str) -> None:
         await self.audit.submit(
@@ -619,6 +647,16 @@ class Relay:
                 detail=detail or None,
             )
         )
+
+
+async def _discard(opened: FrontGrant) -> None:
+    """Close what a login opened for a session that will not be served after all."""
+    if isinstance(opened, ProxyGrant):
+        await opened.upstream.close()
+    store = opened.store
+    inner = store.inner if isinstance(store, AuditedStore) else store
+    if isinstance(inner, LegacyWsStore):
+        await inner.aclose()
 
 
 def _released(
@@ -740,10 +778,7 @@ class LiveSessions:
         self._task = asyncio.create_task(self._watch(), name="imap-live-sessions")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancelled(self._task)
 
     async def _watch(self) -> None:
         async with self.registry.bus.subscribe() as events:
@@ -855,7 +890,7 @@ class ProxyServer(ImapServer):
         gauge = self.metrics.open_sessions.labels("imap")
         self.live.add(relay)
         if self.psc is not None:
-            self.psc.add(relay, grant.credentials.token, grant.identity.expires_at)
+            self.psc.add(relay, grant.credentials.token, grant.identity)
         gauge.inc()
         try:
             # A revocation may have come while the backend login ran, before the relay was
@@ -879,7 +914,7 @@ class ProxyServer(ImapServer):
         self.live.add(served)
         psc = self.psc
         if psc is not None:
-            psc.add(served, grant.credentials.token, grant.identity.expires_at)
+            psc.add(served, grant.credentials.token, grant.identity)
         gauge.inc()
         store = grant.store
 

@@ -42,8 +42,12 @@ class SessionGrant:
     actor: str  # who logged in: an idNat, or the master user's name
     via: str = "holder"  # "holder", "delegation", "master"
     on_close: Callable[[], Awaitable[None]] | None = field(default=None, compare=False)
-    # told of each command refused for want of a right (the audit trail records refusals)
+    # told of each command refused for want of a right, and of each SELECT / EXAMINE with
+    # its result ("ok", "failed:no"): the audit trail records both
     on_refused: Callable[[Command, str], Awaitable[None]] | None = field(
+        default=None, compare=False
+    )
+    on_selected: Callable[[Command, str], Awaitable[None]] | None = field(
         default=None, compare=False
     )
     address: str = ""

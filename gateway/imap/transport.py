@@ -262,6 +262,7 @@ class ImapServer:
         )
         session = ImapSession(self.config.engine, self.authenticator, channel, info)
         bye: bytes | None = None
+        patience = self.config.write_timeout  # for replies still unread at the end
         with bound(session=info.session_id):
             try:
                 await self._serve(session, channel, key)
@@ -269,9 +270,11 @@ class ImapServer:
                 pass
             except WriteTimeout:
                 log.info("imap.client_not_reading")
+                patience = 0.0  # it had write_timeout to read what it was sent: no more
             except _LoginTimeout:
                 log.info("imap.login_timeout")
                 bye = untagged_status("BYE", "login timeout")
+                patience = 0.0  # what it did not read by the deadline, it will not read
             except TimeoutError:
                 bye = untagged_status("BYE", "autologout: idle too long")
             except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
@@ -283,8 +286,10 @@ class ImapServer:
                 del self._sessions[task]
                 if self._preauth is not None and not channel.authenticated:
                     self._preauth.release(key)
-                await _quietly(session.close())
-                await _hang_up(channel.writer, bye)
+                try:
+                    await _quietly(session.close())
+                finally:
+                    await _hang_up(channel.writer, bye, patience)
 
     async def _serve(self, session: ImapSession, channel: _StreamChannel, key: str) -> None:
         """The connection's life. Until login everything, writes and the SASL exchange
@@ -369,21 +374,28 @@ class _LoginTimeout(Exception):
     """The client did not log in by the login deadline."""
 
 
-async def _hang_up(writer: asyncio.StreamWriter, last: bytes | None = None) -> None:
-    """Say `last` if the client is reading, then close; a client that does not read gets
-    its connection cut, rather than held until its peer gives up."""
+async def _hang_up(
+    writer: asyncio.StreamWriter, last: bytes | None = None, patience: float = HANG_UP_GRACE
+) -> None:
+    """Say `last` if the client has read all it was sent, then close. Replies still unread
+    get up to `patience` seconds to leave (a close waits for them), the rest the grace;
+    then, or if this is cancelled, the connection is cut rather than held."""
     transport = writer.transport
+    pending = transport.get_write_buffer_size()
+    if pending and not patience:
+        transport.abort()
+        return
     with contextlib.suppress(Exception):
-        if last is not None and transport.get_write_buffer_size() == 0:
+        if last is not None and not pending:
             writer.write(last)
         writer.close()
     try:
-        async with asyncio.timeout(HANG_UP_GRACE):
+        async with asyncio.timeout(patience if pending else HANG_UP_GRACE):
             await writer.wait_closed()
-    except TimeoutError:
+    except BaseException as exc:
         transport.abort()
-    except Exception:  # noqa: S110 - the peer may already be gone
-        pass
+        if isinstance(exc, asyncio.CancelledError):
+            raise
 
 
 async def _quietly(awaitable: Awaitable[object]) -> None:

@@ -20,6 +20,7 @@ MAX_FIELDS = 1000
 MAX_HEADER_BYTES = 1024 * 1024
 _FIELD = re.compile(rb"([!-9;-~]+):")  # RFC 5322 ftext, then the colon at once
 _SPACED_FIELD = re.compile(rb"[!-9;-~]+[ \t]+:")
+_CONTROL = re.compile(rb"[\x01-\x08\x0a-\x1f\x7f]")  # HTAB is white space
 _SHOWN = 60
 
 
@@ -108,4 +109,16 @@ def _content(line: bytes, eol: bytes, number: int) -> bytes:
         raise UnreadableHeader(number, line, "bare CR or LF in the header")
     if b"\x00" in body:
         raise UnreadableHeader(number, line, "NUL in the header")
+    if _CONTROL.search(body) or _breaks_a_line(body):
+        # A parser that splits on them (Python's str.splitlines: VT, FF, FS, GS, RS, NEL,
+        # U+2028) would see a new field where this check saw a value.
+        raise UnreadableHeader(number, line, "control character in the header")
     return body
+
+
+def _breaks_a_line(body: bytes) -> bool:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False  # not UTF-8: Latin-1 at most, where no byte breaks a line
+    return any(c in text for c in "\x85\u2028\u2029")

@@ -67,7 +67,9 @@ StatusCode = Literal["5.3.4", "5.6.0", "5.7.1"]
 _BASIC_CODES: dict[str, int] = {"5.3.4": 552, "5.6.0": 554, "5.7.1": 550}
 
 _UNFOLD = re.compile(r"\r?\n(?=[ \t])")
-_ADDRESS_LIKE = re.compile(r"[^\s<>()\[\]\"',;:]+@[^\s<>()\[\]\"',;:]+")
+_HIDDEN = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+_QUOTES = str.maketrans("", "", "\"'`\\[]")
+_TOKEN_BREAK = re.compile(r"[\s<>(),;:]+")
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _FIELD_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 ftext
@@ -232,8 +234,15 @@ def _names_another(field: HeaderField, bal: str) -> bool:
                 words.append(chunk.decode(charset, "replace"))
             except LookupError:
                 words.append(chunk.decode("latin-1"))
-    seen = unicodedata.normalize("NFKC", "".join(words)).casefold()
-    return any(found.rstrip(".") != bal for found in _ADDRESS_LIKE.findall(seen))
+    # What a reader would not see, or would read as part of one word: controls, format
+    # characters, line separators, quotes and brackets (`"ceo"@evil.com`, `ceo@[10.0.0.1]`).
+    visible = "".join(c for c in "".join(words) if unicodedata.category(c) not in _HIDDEN)
+    seen = unicodedata.normalize("NFKC", visible.translate(_QUOTES)).casefold()
+    for token in _TOKEN_BREAK.split(seen):
+        local, at, domain = token.strip(".").partition("@")
+        if at and local and domain and token.strip(".") != bal:
+            return True
+    return False
 
 
 def _field_text(field: HeaderField) -> str:

@@ -17,7 +17,7 @@ from gateway.imap.session import Authenticator, AuthFailed, ConnectionInfo, Sess
 from gateway.net import is_loopback, peer_address
 from gateway.smtp.server import TokenSMTP
 from psc_auth.errors import SaslError
-from psc_auth.sasl import Mechanism, decode, decode_base64
+from psc_auth.sasl import Mechanism, TokenCredentials, decode, decode_base64
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +74,19 @@ class TokenAuthMixin:
             tls_available=False,
         )
         try:
-            grant = await self.authenticator.authenticate(credentials, connection)
+            grant = await self._authenticate(server, credentials, connection)
         except AuthFailed as failure:
             return await self._refuse(server, failure, mechanism)
         log.info("smtp.login", extra={"bal": grant.mailbox, "actor": grant.actor})
         if isinstance(server, TokenSMTP):
             server.logged_in()  # no longer held to the caps of connections before login
         return AuthResult(success=True, auth_data=grant)
+
+    async def _authenticate(
+        self, server: SMTP, credentials: TokenCredentials, connection: ConnectionInfo
+    ) -> SessionGrant:
+        """Who logs in (a handler may add its own conditions: `AuthFailed` refuses)."""
+        return await self.authenticator.authenticate(credentials, connection)
 
     async def _refuse(self, server: SMTP, failure: AuthFailed, mechanism: Mechanism) -> AuthResult:
         log.info("smtp.login_refused", extra={"reason": failure.kind, "detail": failure.text})

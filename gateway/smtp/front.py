@@ -23,13 +23,15 @@ the platform took it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session, TLSSetupException
 
 from delegation.audit import AuditAction, AuditRecord
 from gateway.access import FrontAuthenticator, FrontGrant
@@ -39,6 +41,7 @@ from gateway.backends.legacy_ws.mime import MimeRejected, valid_recipient
 from gateway.backends.legacy_ws.store import LegacyBackends
 from gateway.backends.smtp_relay import BackendError, BackendRefused, SmtpRelay
 from gateway.imap.session import AuthFailed, ConnectionInfo
+from gateway.limits import SlotCounter
 from gateway.metrics import Metrics
 from gateway.mss import RuleResult, add_headers, add_sender, check_message, remove_fields
 from gateway.net import is_loopback, peer_address
@@ -46,7 +49,7 @@ from gateway.psc_sessions import PscSessionWatch
 from gateway.settings import SmtpFrontSettings
 from gateway.smtp.auth import TokenAuthMixin, grant_of
 from gateway.smtp.server import TokenSMTP
-from psc_auth.sasl import Mechanism
+from psc_auth.sasl import Mechanism, TokenCredentials
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,7 @@ class _Client:
     sender: FrontGrant | None = None  # the authorisation of the current MAIL FROM
     delegate_address: dict[str, str] = field(default_factory=dict)  # idNat -> Sender address
     watched: _Watched | None = None
+    holds_slot: str | None = None  # the idNat whose session slot this connection holds
 
 
 @dataclass(eq=False)
@@ -110,12 +114,14 @@ class SubmissionFront(TokenAuthMixin):
         metrics: Metrics,
         legacy: LegacyBackends | None = None,
         psc: PscSessionWatch | None = None,
+        sessions: SlotCounter | None = None,
     ) -> None:
         self.authenticator = authenticator
         self.settings = settings
         self.metrics = metrics
         self.legacy = legacy  # the historic platform's clients, for `legacy_ws` routes
         self.psc = psc  # ends sessions whose PSC session ended
+        self.sessions = sessions  # logged-in sessions per person (the node's)
         self.auth_failure_delay = settings.auth_failure_delay
         self._clients: dict[SMTP, _Client] = {}
         self._closing: set[asyncio.Task[None]] = set()
@@ -132,6 +138,8 @@ class SubmissionFront(TokenAuthMixin):
         if client is None:
             return
         self.metrics.open_sessions.labels(PROTOCOL).dec()
+        if client.holds_slot is not None and self.sessions is not None:
+            self.sessions.release(client.holds_slot)
         if client.watched is not None and self.psc is not None:
             self.psc.discard(client.watched)
         if client.relay is not None:
@@ -153,12 +161,34 @@ class SubmissionFront(TokenAuthMixin):
             if self.psc is not None and isinstance(grant, FrontGrant):
                 client = self._client(server)
                 client.watched = _Watched(server, grant, self)
-                self.psc.add(client.watched, grant.credentials.token, grant.identity.expires_at)
+                self.psc.add(client.watched, grant.credentials.token, grant.identity)
         return result
 
     async def _refuse(self, server: SMTP, failure: AuthFailed, mechanism: Mechanism) -> AuthResult:
         self.metrics.logins.labels(PROTOCOL, failure.kind).inc()
         return await super()._refuse(server, failure, mechanism)
+
+    async def _authenticate(
+        self, server: SMTP, credentials: TokenCredentials, connection: ConnectionInfo
+    ) -> FrontGrant:
+        """The front's decision, then the person's session cap (`sessions`): the login's
+        audit event says which of them had the last word."""
+        grant = await self.authenticator.authenticate(credentials, connection, record_success=False)
+        event = grant.login_event
+        assert event is not None
+        sessions = self.sessions
+        if sessions is not None:
+            if not sessions.acquire(grant.actor):
+                log.warning("smtp.too_many_sessions", extra={"actor": grant.actor})
+                await self.authenticator.audit.submit(
+                    dataclasses.replace(event, result="refused:too-many-sessions")
+                )
+                raise AuthFailed(
+                    "limit", f"{grant.actor} has {sessions.limit} sessions open already"
+                )
+            self._client(server).holds_slot = grant.actor
+        await self.authenticator.audit.submit(event)
+        return grant
 
     # -- the transaction -----------------------------------------------------------------
 
@@ -281,8 +311,13 @@ class SubmissionFront(TokenAuthMixin):
         return "221 2.0.0 Bye"
 
     async def handle_exception(self, error: Exception) -> str:
-        """aiosmtpd would echo the exception's text to the client: log it, say little."""
-        log.error("smtp.internal_error", exc_info=error)
+        """aiosmtpd would echo the exception's text to the client: log it, say little. A
+        client that breaks its own TLS handshake (plaintext after STARTTLS) is not our
+        error: one line, no traceback."""
+        if isinstance(error, ssl.SSLError | TLSSetupException | ConnectionError):
+            log.info("smtp.connection_failed", extra={"error": type(error).__name__})
+        else:
+            log.error("smtp.internal_error", exc_info=error)
         return INTERNAL_ERROR
 
     # -- the historic platform ---------------------------------------------------------

@@ -87,7 +87,7 @@ def build_router(
     async def login(request: Request) -> Response:
         """Always a fresh pre-login session: a session id that came with the request, perhaps
         planted by someone else, is never the one that ends up logged in."""
-        session = store.create()
+        session = store.create_pending(request.client.host if request.client else "?")
         verifier = secrets.token_urlsafe(48)
         challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
         session.pending = PendingLogin(

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import imaplib
-import os
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,10 +19,9 @@ from gateway.web.routes import WebConfig
 from gateway.web.sessions import COOKIE
 from mock_operator.server import MockOperator
 from psc_auth import TokenValidator, ValidatorConfig
-from tests.conftest import persona_token, require_peer
+from tests.browser import chromium
+from tests.conftest import persona_token
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-HAS_CHROMIUM = os.path.exists(CHROMIUM)
 MARTIN = "claire.martin@medecin.mssante.fr"
 
 
@@ -81,21 +78,7 @@ def imap_login(mock: MockOperator, bal: str, token: str) -> str:
 
 async def test_grant_and_revoke_through_the_page(site: str, shared: MockOperator, tmp_path: Path):
     mock_op = shared
-    require_peer(HAS_CHROMIUM, "Chromium (Debian's chromium package) is not installed")
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
+    async with chromium() as browser:
         page = await browser.new_page()
         await page.goto(f"{site}/ui/delegations")
         # The mock Pro Santé Connect's login page: choose the persona and the means.
@@ -130,7 +113,6 @@ async def test_grant_and_revoke_through_the_page(site: str, shared: MockOperator
         audit = page.get_by_role("table").last
         assert "grant" in await audit.inner_text()
         await page.screenshot(path=str(tmp_path / "delegations.png"), full_page=True)
-        await browser.close()
 
 
 async def test_pages_need_a_session(site: str):

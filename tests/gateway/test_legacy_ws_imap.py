@@ -34,7 +34,7 @@ from tests.gateway.conftest import (
     start_stack,
 )
 from tests.gateway.test_smtp_front import NIL
-from tests.historic import historic_call, historic_messages, historic_send
+from tests.historic import historic_attachment, historic_call, historic_messages, historic_send
 from tests.imap_raw import Lit, Raw
 
 DUPONT = "jean.dupont@medecin.mssante.fr"
@@ -535,13 +535,8 @@ async def holds_both_texts(stack: Stack, bal: str, folder_id: int, title: str) -
     assert (found["body"].strip(), found["isHTML"]) == (PLAIN.strip(), False)
     (attachment,) = found["attachments"]
     assert (attachment["fileName"], attachment["contentType"]) == ("part-2.html", "text/html")
-    downloaded = await historic_call(
-        stack.mock,
-        "Attachment",
-        "downloadAttachment",
-        {"email": bal, "messageId": found["messageId"], "part": attachment["part"]},
-    )
-    assert base64.b64decode(downloaded["file"]).decode() == HTML
+    downloaded = await historic_attachment(stack.mock, bal, found, attachment)
+    assert downloaded.decode() == HTML
 
 
 async def test_append_keeps_a_plain_and_a_separate_html_part(legacy: Stack):

@@ -6,7 +6,6 @@ part kept, priority, read receipt, envelope BCC, refusals and the services down)
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 import smtplib
 from email.message import EmailMessage
@@ -31,7 +30,7 @@ from tests.gateway.test_legacy_ws_imap import (
     side_by_side,
 )
 from tests.gateway.test_smtp_front import NIL, client, message, metric, received, subject, xoauth2
-from tests.historic import historic_call, historic_messages
+from tests.historic import historic_attachment, historic_call, historic_messages
 
 __all__ = ["legacy"]  # the fixture, shared with the IMAP tests
 
@@ -135,13 +134,8 @@ async def test_attachment_priority_and_read_receipt(legacy: Stack):
         "compte-rendu.pdf",
         "application/pdf",
     )
-    downloaded = await historic_call(
-        legacy.mock,
-        "Attachment",
-        "downloadAttachment",
-        {"email": PETIT, "messageId": found["messageId"], "part": attachment["part"]},
-    )
-    assert base64.b64decode(downloaded["file"]) == data
+    downloaded = await historic_attachment(legacy.mock, PETIT, found, attachment)
+    assert downloaded == data
 
 
 async def test_plain_message_is_normal_priority_without_receipt(legacy: Stack):
@@ -192,13 +186,8 @@ async def test_a_forwarded_message_stays_readable_on_the_platform(legacy: Stack)
             "message.eml",
             "message/rfc822",
         )
-        downloaded = await historic_call(
-            legacy.mock,
-            "Attachment",
-            "downloadAttachment",
-            {"email": bal, "messageId": found["messageId"], "part": attachment["part"]},
-        )
-        inner = BytesParser(policy=default).parsebytes(base64.b64decode(downloaded["file"]))
+        downloaded = await historic_attachment(legacy.mock, bal, found, attachment)
+        inner = BytesParser(policy=default).parsebytes(downloaded)
         assert inner["Subject"] == "Résultats transmis"
         assert inner.get_content().replace("\r\n", "\n") == "Hémoglobine : 12,8 g/dL.\n"
 

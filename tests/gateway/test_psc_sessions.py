@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from gateway.psc_sessions import AFTER_EXPIRY, PSC_SESSION_ENDED, PscSessionWatch
-from psc_auth import TokenError, TokenFailure, ValidatorConfig
+from psc_auth import AuthMeans, Identity, IdNat, TokenError, TokenFailure, ValidatorConfig
 
 
 @dataclass
@@ -21,6 +21,7 @@ class Provider:
     down: bool = False
     asked: list[str] = field(default_factory=list)
     marked: list[str] = field(default_factory=list)
+    ended_sessions: list[str | None] = field(default_factory=list)
     config: ValidatorConfig = field(default_factory=ValidatorConfig)
 
     async def is_active(self, token: str) -> bool:
@@ -29,8 +30,9 @@ class Provider:
             raise TokenError(TokenFailure.PROVIDER_UNREACHABLE, "down")
         return token not in self.inactive
 
-    def mark_inactive(self, token: str, until: float) -> None:
+    def mark_inactive(self, token: str, until: float, psc_session: str | None = None) -> None:
         self.marked.append(token)
+        self.ended_sessions.append(psc_session)
 
 
 @dataclass(eq=False)
@@ -43,8 +45,20 @@ class Session:
         self.ended.set()
 
 
-def in_(seconds: float) -> dt.datetime:
-    return dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds)
+def in_(seconds: float, psc_session: str | None = None) -> Identity:
+    """Who a token expiring in `seconds` says the person is, in PSC session `psc_session`."""
+    return Identity(
+        idnat=IdNat.parse("899700000003"),
+        subject="s",
+        given_name="Sophie",
+        family_name="BERNARD",
+        professions=(),
+        auth_means=AuthMeans.ECPS,
+        expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds),
+        token_id="t",
+        client_id="lps-demo",
+        claims={"sid": psc_session} if psc_session else {},
+    )
 
 
 def watch(provider: Provider, **extra: float) -> PscSessionWatch:
@@ -132,4 +146,23 @@ async def test_rounds_run_by_themselves(interval: float) -> None:
     provider.inactive.add("token-a")
     await asyncio.wait_for(session.ended.wait(), 10)
     assert session.reason == PSC_SESSION_ENDED
+    await watcher.stop()
+
+
+async def test_a_psc_session_is_asked_once_with_its_freshest_token() -> None:
+    """An LPS logs in again every two minutes with fresh tokens of one PSC session: its
+    older sessions, whose tokens have expired, end with it all the same."""
+    provider = Provider()
+    watcher = watch(provider)
+    old, new, other = Session(), Session(), Session()
+    watcher.add(old, "token-1", in_(10, "sid-a"))  # within the clock skew: not asked alone
+    watcher.add(new, "token-2", in_(120, "sid-a"))
+    watcher.add(other, "token-3", in_(120, "sid-b"))
+    assert await watcher.revalidate_now() == 0
+    assert sorted(provider.asked) == ["token-2", "token-3"]
+    provider.inactive.add("token-2")
+    assert await watcher.revalidate_now() == 2
+    assert old.reason == new.reason == PSC_SESSION_ENDED
+    assert other.reason is None
+    assert provider.ended_sessions == ["sid-a"]  # its other tokens are refused at login
     await watcher.stop()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import socket
 import sys
 import time
@@ -22,12 +21,11 @@ from mock_operator.personas import default_personas
 from mock_operator.psc.provider import MockPsc
 from mock_operator.psc.sessions import SessionStore
 from mock_operator.server import MockOperator, create_app, sqlite_engine
-from tests.conftest import persona_token, quick_mock_settings, require_peer
+from tests.browser import chromium
+from tests.conftest import persona_token, quick_mock_settings
 from tests.mock_operator.test_psc import demo_client, is_active, login, oidc, secret_of
 
 MOCK_OPERATOR = Path(sys.executable).parent / "mock-operator"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-HAS_CHROMIUM = os.path.exists(CHROMIUM)
 
 
 class Clock:
@@ -200,41 +198,24 @@ async def until_inactive(http: httpx.AsyncClient, mock: MockOperator, token: str
 async def test_sessions_page_ends_a_persona_sessions(
     mock_op: MockOperator, http: httpx.AsyncClient
 ):
-    require_peer(HAS_CHROMIUM, "Chromium (Debian's chromium package) is not installed")
-    from playwright.async_api import async_playwright
-
     bernard = await persona_token(mock_op, "sec-bernard")
     martin = await persona_token(mock_op, "dr-martin")
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
-        try:
-            page = await browser.new_page()
-            await page.goto(f"{mock_op.issuer}/ciba")
-            await page.get_by_role("link", name="Sessions PSC ouvertes").click()
-            await page.wait_for_url(f"{mock_op.issuer}/sessions")
-            assert "loopback" in await page.content()
-            row = page.get_by_role("row").filter(has_text="sec-bernard")
-            assert await row.count() == 1
-            cells = await row.get_by_role("cell").all_inner_texts()
-            assert cells[:3] == ["Sophie BERNARD", "e-CPS", "lps-demo"]
+    async with chromium() as browser:
+        page = await browser.new_page()
+        await page.goto(f"{mock_op.issuer}/ciba")
+        await page.get_by_role("link", name="Sessions PSC ouvertes").click()
+        await page.wait_for_url(f"{mock_op.issuer}/sessions")
+        assert "loopback" in await page.content()
+        row = page.get_by_role("row").filter(has_text="sec-bernard")
+        assert await row.count() == 1
+        cells = await row.get_by_role("cell").all_inner_texts()
+        assert cells[:3] == ["Sophie BERNARD", "e-CPS", "lps-demo"]
 
-            await page.get_by_role("button", name="Terminer la session de Sophie BERNARD").click()
-            status = page.get_by_role("status")
-            await status.wait_for()
-            assert await status.inner_text() == "1 session PSC de Sophie BERNARD terminée."
-            await until_inactive(http, mock_op, bernard)
-            assert await page.get_by_role("row").filter(has_text="sec-bernard").count() == 0
-            assert await page.get_by_role("row").filter(has_text="dr-martin").count() == 1
-        finally:
-            await browser.close()
+        await page.get_by_role("button", name="Terminer la session de Sophie BERNARD").click()
+        status = page.get_by_role("status")
+        await status.wait_for()
+        assert await status.inner_text() == "1 session PSC de Sophie BERNARD terminée."
+        await until_inactive(http, mock_op, bernard)
+        assert await page.get_by_role("row").filter(has_text="sec-bernard").count() == 0
+        assert await page.get_by_role("row").filter(has_text="dr-martin").count() == 1
     assert await is_active(http, mock_op, martin)

@@ -214,6 +214,11 @@ def _with_lines(*lines: bytes, after_from: bool = True) -> bytes:
         ([b" X-Note: a"], False, "without a field"),
         ([b"X-No\x00te: a"], True, "NUL"),
         ([b"X-Note: a\x00b"], True, "NUL"),
+        ([b"X-Note: a\x0bFrom: eve.moreau@medecin.mssante.fr"], True, "control character"),
+        ([b"X-Note: a\x0cb"], True, "control character"),
+        ([b"X-Note: a\x1cFrom: eve.moreau@medecin.mssante.fr"], True, "control character"),
+        (["X-Note: a\u2028From: eve@x.fr".encode()], True, "control character"),
+        ([b"X-Note: a\xc2\x85From: eve@x.fr"], True, "control character"),
         ([b"X-N\xc3\xa9: a"], True, "not a header field"),
     ],
 )
@@ -258,6 +263,11 @@ def test_a_message_with_lf_line_ends_is_read() -> None:
         (f'"eve.moreau\uff20medecin.mssante.fr" <{HOSPITAL}>', "From-display-address"),
         (f'"x.{HOSPITAL}" <{HOSPITAL}>', "From-display-address"),
         (f"=?utf-8*fr?q?eve=40x=2Efr?= <{HOSPITAL}>", "From-display-address"),
+        (f'"\\"ceo\\"@evil.com" <{HOSPITAL}>', "From-display-address"),
+        (f"\"'ceo'@evil.com\" <{HOSPITAL}>", "From-display-address"),
+        (f'"ceo@[10.0.0.1]" <{HOSPITAL}>', "From-display-address"),
+        (f"=?utf-8?q?eve.moreau=1C=40medecin.mssante.fr?= <{HOSPITAL}>", "From-display-address"),
+        (f"=?utf-8?q?eve=C2=85=40x.fr?= <{HOSPITAL}>", "From-display-address"),
     ],
 )
 def test_a_from_display_name_naming_another_address_is_refused(value: str, rule: str) -> None:
@@ -291,6 +301,7 @@ def test_names_written_by_practice_software_are_read(value: bytes) -> None:
         f'"{HOSPITAL}" <{HOSPITAL}>',
         f'"Dr Martin @ cabinet" <{HOSPITAL}>',
         f"{HOSPITAL} (Service des urgences)",
+        f"Dr. O'Neil <{HOSPITAL}>",
     ],
 )
 def test_a_from_display_name_without_another_address_is_fine(value: str) -> None:
@@ -547,8 +558,10 @@ def test_violations_accumulate() -> None:
 
 def test_injected_values_do_not_reach_the_reply() -> None:
     raw = b"X-MSS-INS: \xc3\xa9\x1b[31m\r\n" + variant(seeded_letter(), headers={"X-MSS-INS": None})
-    result = check(raw)
-    assert result.rules == ["X-MSS-INS-invalid"]
+    result = check(raw)  # (which checks that every reply is printable ASCII)
+    assert result.rules == ["header-unreadable"]  # ESC is a control character
+    raw = b"X-MSS-INS: \xc3\xa9[31m\r\n" + variant(seeded_letter(), headers={"X-MSS-INS": None})
+    assert check(raw).rules == ["X-MSS-INS-invalid"]
 
 
 def test_too_many_parts() -> None:

@@ -108,15 +108,22 @@ async def test_a_token_found_inactive_is_refused_from_then_on(
     """A locally valid, cached token: once the session watch learns that its PSC session
     ended, no new login takes it, until it expires anyway."""
     validator = make_validator(introspection_client_id="gw", introspection_client_secret="s3cret")
-    token = provider.token()
+    token = provider.token(sid="psc-1")
+    sibling = provider.token(jti="sibling", sid="psc-1")  # the LPS's next token, same login
+    await validator.validate(sibling)  # cached before the news
     await validator.validate(token)
     assert await validator.is_active(token)
     provider.active = False
     assert not await validator.is_active(token)
-    validator.mark_inactive(token, clock() + 120)
+    validator.mark_inactive(token, clock() + 120, "psc-1")
     assert await refused(validator, token) is TokenFailure.INACTIVE
-    other = provider.token(jti="another")
-    assert (await validator.validate(other)).idnat == (await validator.validate(other)).idnat
+    assert await refused(validator, sibling) is TokenFailure.INACTIVE
+    other = provider.token(jti="another", sid="psc-2")
+    assert (await validator.validate(other)).psc_session == "psc-2"
+    clock.now += 4 * 3600 + 1  # the PSC session would have ended anyway: forgotten
+    provider.active = True
+    later = provider.token(jti="later", sid="psc-1")
+    assert (await validator.validate(later)).psc_session == "psc-1"
     provider.down = True
     with pytest.raises(TokenError) as caught:
         await validator.is_active(other)

@@ -12,14 +12,33 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
+
+from gateway.imap.proxy import MAX_AUDITS_IN_FLIGHT
 from tests.gateway.conftest import Stack
 from tests.gateway.test_imap_proxy import identity, login
+from tests.gateway.test_smtp_front import xoauth2
 
 MARTIN = "claire.martin@medecin.mssante.fr"
 MOREAU = "eve.moreau@medecin.mssante.fr"
 BERNARD = "899700000003"
 FLOOD = 600
 WORK = 60
+
+
+async def written(stack: Stack, mailbox: str, count: int, action: str) -> list[Any]:
+    """The events of `action` on `mailbox` once `count` are in (the relays hand them over
+    in the background): waits for them, within a bound."""
+    assert stack.gateway.audit is not None
+    assert stack.gateway.delegations is not None
+    deadline = time.monotonic() + 60
+    while True:
+        await stack.gateway.audit.flush()
+        found = await stack.gateway.delegations.audit_for(mailbox, limit=10_000)
+        events = [e for e in found if e.action == action]
+        if len(events) >= count or time.monotonic() > deadline:
+            return events
+        await asyncio.sleep(0.05)
 
 
 async def test_a_flood_of_refused_commands_leaves_every_other_event(stack: Stack) -> None:
@@ -46,27 +65,81 @@ async def test_a_flood_of_refused_commands_leaves_every_other_event(stack: Stack
     await flooder.close()
     await worker.close()
 
-    async def written(mailbox: str, count: int, action: str) -> list[Any]:
-        """The events of `action` on `mailbox` once `count` are in (the relays hand them
-        over in the background): waits for them, within a bound."""
-        assert stack.gateway.audit is not None
-        assert registry is not None
-        deadline = time.monotonic() + 60
-        while True:
-            await stack.gateway.audit.flush()
-            events = [
-                e for e in await registry.audit_for(mailbox, limit=10_000) if e.action == action
-            ]
-            if len(events) >= count or time.monotonic() > deadline:
-                return events
-            await asyncio.sleep(0.05)
-
-    stores = await written(MARTIN, WORK, "store")
+    stores = await written(stack, MARTIN, WORK, "store")
     assert sorted(e.detail for e in stores) == sorted(f"1 +FLAGS (work{n})" for n in range(WORK))
     assert all(e.actor_idnat == "899700000001" and e.result == "ok" for e in stores)
-    assert len(await written(MARTIN, WORK, "select")) == WORK
-    assert len(await written(MARTIN, 1, "login")) == 1
+    assert len(await written(stack, MARTIN, WORK, "select")) == WORK
+    assert len(await written(stack, MARTIN, 1, "login")) == 1
 
-    refused = await written(MOREAU, FLOOD, "folder-unsubscribe")
+    refused = await written(stack, MOREAU, FLOOD, "folder-unsubscribe")
     assert len(refused) == FLOOD
     assert all(e.result == "refused:noperm" and e.actor_idnat == BERNARD for e in refused)
+
+
+async def test_a_flooding_session_waits_for_the_trail_instead_of_the_others(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the trail is slower than a session's commands, that session waits (its events
+    in flight stay bounded), not everybody else's logins behind an unbounded backlog."""
+    registry = stack.gateway.delegations
+    assert registry is not None
+    assert stack.gateway.imap is not None
+    await registry.grant(await identity(stack, "dr-moreau"), MOREAU, BERNARD, ["read"])
+    original = registry.record_many
+
+    async def slow(events: list[Any]) -> int:
+        await asyncio.sleep(0.02)  # a busy database
+        return await original(events)
+
+    monkeypatch.setattr(registry, "record_many", slow)
+    flooder = await login(stack, "sec-bernard", MOREAU)
+    [relay] = [r for group in stack.gateway.imap.live._relays.values() for r in group]
+    count = 3000
+    seen: list[int] = []
+
+    async def flood() -> None:
+        await flooder.send(b"".join(b"u%d UNSUBSCRIBE F%d\r\n" % (n, n) for n in range(count)))
+        for n in range(count):
+            assert (await flooder.line(wait=60)).startswith(b"u%d NO [NOPERM]" % n)
+            seen.append(len(relay._audits))
+
+    flooding = asyncio.create_task(flood())
+    worker = await login(stack, "dr-martin", MARTIN)  # meanwhile, another person logs in
+    await worker.ok("SELECT INBOX")
+    await flooding
+    await flooder.close()
+    await worker.close()
+    assert max(seen) <= MAX_AUDITS_IN_FLIGHT
+    refused = await written(stack, MOREAU, count, "folder-unsubscribe")
+    assert len(refused) == count
+
+
+async def test_a_stray_8_bit_byte_from_the_client_does_not_erase_its_events(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiosmtpd reads an EHLO name with surrogateescape: the byte 0xff arrives as a lone
+    surrogate, which no database encoder takes. The event is cleaned, not lost; an
+    envelope address with such a byte is refused without a traceback."""
+    registry = stack.gateway.delegations
+    assert registry is not None
+    token = await stack.token("dr-martin")
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.smtp_port)
+    try:
+        await reader.readline()
+        writer.write(b"EHLO pc\xff\r\nAUTH XOAUTH2 " + xoauth2(MARTIN, token) + b"\r\n")
+        while (await reader.readline())[:4] != b"235 ":
+            pass
+        writer.write(b"MAIL FROM:<claire.martin\xff@medecin.mssante.fr>\r\n")
+        assert (await reader.readline()).startswith(b"550 5.7.1")
+        message = f"From: {MARTIN}\r\nTo: {MARTIN}\r\nSubject: s\r\nX-MSS-NIL: N\r\n\r\nx\r\n"
+        writer.write(f"MAIL FROM:<{MARTIN}>\r\nRCPT TO:<{MARTIN}>\r\nDATA\r\n".encode())
+        for expected in (b"250", b"250", b"354"):
+            assert (await reader.readline()).startswith(expected)
+        writer.write(message.encode() + b".\r\n")
+        assert (await reader.readline()).startswith(b"250")
+    finally:
+        writer.close()
+    sends = await written(stack, MARTIN, 1, "send")
+    assert [e.result for e in sends] == ["ok"]
+    assert sends[0].software == "pc?"
+    assert not [r for r in caplog.records if r.exc_info]

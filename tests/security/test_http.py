@@ -57,6 +57,9 @@ redirect_uris = ["http://127.0.0.1/callback"]
     )
 
 
+REQUEST_TIMEOUT = 2.0  # seconds a client may take to send a whole request, here
+
+
 @dataclass
 class Site:
     stack: Stack
@@ -72,7 +75,7 @@ async def site(tmp_path: Path, mock_settings: MockSettings) -> AsyncIterator[Sit
     register_gateway_client(tmp_path / "mock")
     settings = gateway_settings(
         tmp_path / "gateway",
-        http={"max_body": MAX_BODY},
+        http={"max_body": MAX_BODY, "request_timeout": REQUEST_TIMEOUT},
         ui={"client_secret": SECRET},
         psc={"client_ids": AUDIENCES},
     )
@@ -528,3 +531,39 @@ async def test_the_page_shows_an_expiry_at_the_end_of_the_calendar(site: Site, b
     page = await browser.request("GET", f"{site.base}/ui/delegations", cookie)
     assert page.status_code == 200, page.text
     assert "31/12/9999 23:30 UTC" in page.text
+
+
+@pytest.mark.parametrize(
+    ("start", "dribble"),
+    [
+        (b"", b""),  # connects and says nothing
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\n", b"X-Slow: a\r\n"),  # a head that goes on
+        (
+            b"POST /v1/mailboxes/a@b.fr/delegations HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Length: 1000\r\nContent-Type: application/json\r\n\r\n{",
+            b" ",  # a body a byte at a time
+        ),
+    ],
+)
+async def test_a_request_that_never_ends_is_cut(site: Site, start: bytes, dribble: bytes) -> None:
+    """uvicorn times out an idle keep-alive connection, not one that dribbles a request
+    (slowloris): each request must arrive whole within http.request_timeout."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", site.stack.gateway.http_port)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    try:
+        writer.write(start)
+        for _ in range(100):  # what keeps the connection busy does not reset the deadline
+            writer.write(dribble)
+            try:
+                if not await asyncio.wait_for(reader.read(65536), 0.5):
+                    break  # cut
+            except TimeoutError:
+                continue
+        else:
+            raise AssertionError("the dribbling connection was never cut")
+    finally:
+        writer.close()
+    assert loop.time() - began >= REQUEST_TIMEOUT - 0.5
+    async with httpx.AsyncClient() as http:  # and the listener serves the others
+        assert (await http.get(f"{site.base}/healthz")).status_code == 200

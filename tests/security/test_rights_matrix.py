@@ -90,6 +90,8 @@ async def every_change_is_refused_and_nothing_changes(stack: Stack, bal: str, st
         events = await stack.gateway.delegations.audit_for(bal, limit=1000)
         refusals = [e for e in events if e.result == "refused:noperm" and e.actor_idnat == BERNARD]
     assert len(refusals) == len(REFUSED)  # every refusal is in the trail
+    selects = [e for e in events if e.action == "select" and e.actor_idnat == BERNARD]
+    assert [e.result for e in selects] == ["ok", "ok"]  # each SELECT too, either platform
 
 
 async def test_on_a_modern_bal(stack: Stack) -> None:

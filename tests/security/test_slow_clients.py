@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import imaplib
+import logging
 import smtplib
 import socket
 import time
@@ -40,7 +41,12 @@ def stack_settings(tmp_path: Path) -> Settings:
             "max_preauth_per_address": 20,
             "max_sessions_per_person": 3,
         },
-        smtp={"preauth_timeout": PREAUTH, "write_timeout": WRITE, "max_preauth_per_address": 20},
+        smtp={
+            "preauth_timeout": PREAUTH,
+            "write_timeout": WRITE,
+            "max_preauth_per_address": 20,
+            "max_sessions_per_person": 3,
+        },
         limits={"max_failed_logins": 3, "failed_login_window": 600},
     )
 
@@ -142,9 +148,12 @@ async def test_clients_that_pipeline_and_never_read_are_cut_at_the_login_deadlin
     assert PREAUTH - 0.5 <= lasted <= PREAUTH + 30
 
 
-async def test_a_client_pipelining_endlessly_before_login_is_cut_at_once(stack: Stack) -> None:
+async def test_a_client_pipelining_endlessly_before_login_is_cut_at_once(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
     """No client needs more than a handful of commands before login: past 64 the gateway
     says BYE, long before the deadline, and spends no more time on it."""
+    caplog.set_level(logging.INFO)
     async with raw_from(stack.imap_port, HOSTILE) as client:
         await client.send(b"a NOOP\r\n" * 10_000)
         answers = await client.until_closed()
@@ -153,10 +162,12 @@ async def test_a_client_pipelining_endlessly_before_login_is_cut_at_once(stack: 
 
     sock = connect(stack.smtp_port)
     try:
-        lasted = await pipeline_without_reading(sock, b"NOOP\r\n")
+        await pipeline_without_reading(sock, b"NOOP\r\n")
     finally:
         sock.close()
-    assert lasted < PREAUTH - 0.5  # cut by the command cap, not the deadline
+    said = [r.getMessage() for r in caplog.records]
+    assert "smtp.too_many_commands_before_auth" in said  # cut by the cap, not the deadline
+    assert "imap.too_many_commands_before_login" in said
 
 
 async def test_a_logged_in_client_that_never_reads_is_cut_after_the_write_timeout(
@@ -340,6 +351,36 @@ async def test_sessions_are_capped_per_person_not_per_address(stack: Stack) -> N
         if e.action == "login" and e.actor_idnat == "899700000001"
     ]
     assert sorted(logins) == ["ok"] * 4 + ["refused:too-many-sessions"]
+
+
+async def test_smtp_sessions_are_capped_per_person(stack: Stack) -> None:
+    token = await stack.token("sec-bernard")
+    held: list[smtplib.SMTP] = []
+
+    def log_in() -> tuple[int, bytes]:
+        smtp = smtplib.SMTP("127.0.0.1", stack.smtp_port, timeout=30)
+        smtp.ehlo("lps")
+        code, text = smtp.docmd("AUTH", "XOAUTH2 " + xoauth2(MARTIN, token).decode())
+        if code == 235:
+            held.append(smtp)
+        else:
+            smtp.close()
+        return code, text
+
+    try:
+        answers = [await asyncio.to_thread(log_in) for _ in range(4)]
+        assert [code for code, _ in answers] == [235, 235, 235, 454]
+        assert b"sessions open already" in answers[3][1]
+        await asyncio.to_thread(held.pop().quit)
+        await until(
+            lambda: stack.gateway.limits.smtp_sessions_per_person.held("899700000003") == 2,
+            "the slot given back",
+        )
+        assert (await asyncio.to_thread(log_in))[0] == 235
+    finally:
+        for smtp in held:
+            smtp.close()
+    assert metric(stack, "lpsgw_logins_total", protocol="smtp", result="limit") == 1
 
 
 async def test_bad_tokens_are_throttled_per_source_address(stack: Stack) -> None:

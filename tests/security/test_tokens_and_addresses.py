@@ -171,3 +171,27 @@ async def test_no_envelope_sender_trick_sends_from_another_bal(stack: Stack, sen
             return code
 
     assert await asyncio.to_thread(mail_from) in (550, 553, 501)
+
+
+async def test_plaintext_after_starttls_leaves_no_traceback(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that says STARTTLS and then speaks in clear breaks its own handshake: the
+    connection ends, the log says so in one line, and nothing is called an internal error."""
+    caplog.set_level(logging.INFO)
+    for port, starttls, ready in (
+        (stack.smtp_port, b"EHLO x\r\nSTARTTLS\r\n", b"220 "),
+        (stack.imap_port, b"a STARTTLS\r\n", b"a OK"),
+    ):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            await reader.readline()
+            writer.write(starttls)
+            while not (await asyncio.wait_for(reader.readline(), 30)).startswith(ready):
+                pass
+            writer.write(b"hello\r\n" * 3)
+            assert await asyncio.wait_for(reader.read(), 30) is not None  # ends, one way or another
+        finally:
+            writer.close()
+    assert not [r for r in caplog.records if r.exc_info]
+    assert not [r for r in caplog.records if r.getMessage() == "smtp.internal_error"]
