@@ -188,10 +188,11 @@ class FrontAuthenticator:
     async def recheck(
         self, grant: FrontGrant, connection: ConnectionInfo, *, action: AuditAction, right: str
     ) -> str | None:
-        """The registry's word now, not the cached one of the login or of MAIL FROM: None
-        when `grant` still holds `right`, else why not (refusals are audited). For the
-        moment a message is about to leave: a revocation between MAIL and DATA counts."""
-        found = await self.registry.decide(grant.identity, grant.mailbox)
+        """The registry's word now, not the one the login or MAIL FROM got: None when
+        `grant` still holds `right`, else why not (refusals are audited). For the moment a
+        message is about to leave: a revocation between MAIL and DATA counts. The decision
+        cache forgets a pair at every change of it, on every node: no round trip here."""
+        found = await self.decisions.decide(grant.identity, grant.mailbox)
         refusal = _refusal(found, right)
         if refusal is not None:
             await self.audit.submit(

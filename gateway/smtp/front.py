@@ -400,8 +400,8 @@ class SubmissionFront(TokenAuthMixin):
         self, server: SMTP, session: Session, sender: FrontGrant
     ) -> str | None:
         """None if the sender may still send from the BAL, else the 550 reply: rights and
-        revocation are checked again at DATA, past any cache, so nothing leaves after a
-        revocation that came between MAIL FROM and the end of the message. A session the
+        revocation are checked again at DATA, so nothing leaves after a revocation that
+        came between MAIL FROM and the end of the message. A session the
         gateway is ending (its PSC session is over) sends nothing more either: 421."""
         kicked = server.kicked if isinstance(server, TokenSMTP) else None
         if kicked is not None:
