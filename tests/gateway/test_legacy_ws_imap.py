@@ -13,7 +13,6 @@ import socket
 from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
-from email.utils import formatdate, make_msgid
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,13 @@ from tests.gateway.conftest import (
     start_stack,
 )
 from tests.gateway.test_smtp_front import NIL
-from tests.historic import historic_attachment, historic_call, historic_messages, historic_send
+from tests.historic import (
+    historic_attachment,
+    historic_call,
+    historic_messages,
+    historic_send,
+    letter,
+)
 from tests.imap_raw import Lit, Raw
 
 DUPONT = "jean.dupont@medecin.mssante.fr"
@@ -510,13 +515,7 @@ HTML = "<p>Annexe <b>HTML</b> : courbe de température</p>\n"
 def side_by_side(title: str, *, garbled: bool = False) -> bytes:
     """A multipart/mixed with a text/plain part and a separate text/html part (not an
     alternative of it); `garbled`: the HTML part's base64 decodes to nothing."""
-    msg = EmailMessage()
-    msg["From"] = DUPONT
-    msg["To"] = PETIT
-    msg["Subject"] = title
-    msg["Date"] = formatdate(localtime=True)
-    msg["Message-ID"] = make_msgid(domain="lps.test")
-    msg["X-MSS-NIL"] = NIL
+    msg = letter(DUPONT, PETIT, title, NIL)
     msg.set_content(PLAIN)
     msg.add_attachment(HTML, subtype="html", disposition="inline", cte="base64")
     if garbled:

@@ -12,7 +12,6 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 from email.policy import SMTP as SMTP_POLICY
 from email.policy import default
-from email.utils import formatdate, make_msgid
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from tests.gateway.test_legacy_ws_imap import (
     side_by_side,
 )
 from tests.gateway.test_smtp_front import NIL, client, message, metric, received, subject, xoauth2
-from tests.historic import historic_attachment, historic_call, historic_messages
+from tests.historic import historic_attachment, historic_call, historic_messages, letter
 
 __all__ = ["legacy"]  # the fixture, shared with the IMAP tests
 
@@ -52,13 +51,7 @@ def addresses(found: dict[str, Any], kind: str) -> set[str]:
 
 
 def rich_message(title: str, attachment: bytes, **headers: str) -> bytes:
-    msg = EmailMessage()
-    msg["From"] = DUPONT
-    msg["To"] = PETIT
-    msg["Subject"] = title
-    msg["Date"] = formatdate(localtime=True)
-    msg["Message-ID"] = make_msgid(domain="lps.test")
-    msg["X-MSS-NIL"] = NIL
+    msg = letter(DUPONT, PETIT, title, NIL)
     for name, value in headers.items():
         msg[name.replace("_", "-")] = value
     msg.set_content("Bonjour,\n\nCi-joint le compte rendu.\n")
@@ -167,13 +160,7 @@ async def test_a_forwarded_message_stays_readable_on_the_platform(legacy: Stack)
     forwarded["Subject"] = "Résultats transmis"
     forwarded.set_content("Hémoglobine : 12,8 g/dL.\n")
     title = subject()
-    msg = EmailMessage()
-    msg["From"] = DUPONT
-    msg["To"] = PETIT
-    msg["Subject"] = title
-    msg["Date"] = formatdate(localtime=True)
-    msg["Message-ID"] = make_msgid(domain="lps.test")
-    msg["X-MSS-NIL"] = NIL
+    msg = letter(DUPONT, PETIT, title, NIL)
     msg.set_content("Je vous transmets les résultats.\n")
     msg.add_attachment(forwarded)
     token = await legacy.token("dr-dupont")
