@@ -120,7 +120,7 @@ class TokenSMTP(SMTP):
             with contextlib.suppress(Exception):
                 super().connection_lost(error)
             return
-        self.logged_in()  # gives the address's slot back, ends the login deadline
+        self._preauth_over()
         try:
             super().connection_lost(error)
         finally:
@@ -134,6 +134,10 @@ class TokenSMTP(SMTP):
         """AUTH succeeded: the connection no longer counts against its address's cap, and
         the login deadline and the cap on commands before it are over."""
         self._authenticated = True
+        self._preauth_over()
+
+    def _preauth_over(self) -> None:
+        """Give the address's slot back and end the login deadline (logged in, or gone)."""
         if self._login_deadline is not None:
             self._login_deadline.cancel()
             self._login_deadline = None
