@@ -15,7 +15,7 @@ from gateway.audit import AuditSink
 from gateway.backends.routing import NoRoute, Route, Router
 from gateway.decisions import DecisionCache
 from gateway.imap.session import AuthFailed, ConnectionInfo, SessionGrant
-from gateway.limits import Exemptions, LoginThrottle, client_key
+from gateway.limits import Exemptions, LoginThrottle, SlotCounter, client_key
 from psc_auth import Identity, TokenError, TokenValidator
 from psc_auth.sasl import TokenCredentials, error_challenge
 
@@ -103,6 +103,21 @@ class FrontAuthenticator:
             if self.throttle is not None and failure.kind == "authorization":
                 self.throttle.failed(person)
             raise
+
+    async def take_session_slot(self, grant: FrontGrant, sessions: SlotCounter) -> None:
+        """One of the person's `sessions` slots for this login, or `AuthFailed("limit")`
+        with the refusal audited on the login's own event (left in the grant by
+        `record_success=False`). The caller releases the slot when the session ends."""
+        if sessions.acquire(grant.actor):
+            return
+        log.warning(
+            "gateway.too_many_sessions", extra={"actor": grant.actor, "interface": self.interface}
+        )
+        assert grant.login_event is not None
+        await self.audit.submit(
+            dataclasses.replace(grant.login_event, result="refused:too-many-sessions")
+        )
+        raise AuthFailed("limit", f"{grant.actor} has {sessions.limit} sessions open already")
 
     def _throttled(self, key: str | None, whose: str) -> None:
         throttle = self.throttle

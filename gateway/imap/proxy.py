@@ -162,13 +162,12 @@ class ProxyAuthenticator:
         event = grant.login_event
         assert event is not None
         sessions = self.sessions
-        if sessions is not None and not sessions.acquire(grant.actor):
-            self.metrics.logins.labels("imap", "limit").inc()
-            log.warning("imap.too_many_sessions", extra={"actor": grant.actor})
-            await self.front.audit.submit(
-                dataclasses.replace(event, result="refused:too-many-sessions")
-            )
-            raise AuthFailed("limit", f"{grant.actor} has {sessions.limit} sessions open already")
+        if sessions is not None:
+            try:
+                await self.front.take_session_slot(grant, sessions)
+            except AuthFailed:
+                self.metrics.logins.labels("imap", "limit").inc()
+                raise
         try:
             opened = await self._open(grant, credentials, connection)
         except BaseException as failure:

@@ -23,7 +23,6 @@ the platform took it.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import re
 import ssl
@@ -178,14 +177,7 @@ class SubmissionFront(TokenAuthMixin):
         assert event is not None
         sessions = self.sessions
         if sessions is not None:
-            if not sessions.acquire(grant.actor):
-                log.warning("smtp.too_many_sessions", extra={"actor": grant.actor})
-                await self.authenticator.audit.submit(
-                    dataclasses.replace(event, result="refused:too-many-sessions")
-                )
-                raise AuthFailed(
-                    "limit", f"{grant.actor} has {sessions.limit} sessions open already"
-                )
+            await self.authenticator.take_session_slot(grant, sessions)
             self._client(server).holds_slot = grant.actor
         await self.authenticator.audit.submit(event)
         return grant
