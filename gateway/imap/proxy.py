@@ -35,6 +35,7 @@ from gateway.imap.audited_store import AuditedStore
 from gateway.imap.engine import EngineConfig, ImapSession
 from gateway.imap.framing import FramingError, ResponseFramer
 from gateway.imap.limits import Limits
+from gateway.imap.mailstore import MailStore
 from gateway.imap.response import continuation, tagged, untagged_status
 from gateway.imap.rights import audit_action, audit_detail, required_right
 from gateway.imap.serialize import serialize
@@ -652,7 +653,11 @@ async def _discard(opened: FrontGrant) -> None:
     """Close what a login opened for a session that will not be served after all."""
     if isinstance(opened, ProxyGrant):
         await opened.upstream.close()
-    store = opened.store
+    await _close_store(opened.store)
+
+
+async def _close_store(store: MailStore | None) -> None:
+    """A historic-platform store holds an HTTP client of its own; nothing else to close."""
     inner = store.inner if isinstance(store, AuditedStore) else store
     if isinstance(inner, LegacyWsStore):
         await inner.aclose()
@@ -928,9 +933,7 @@ class ProxyServer(ImapServer):
             try:
                 if isinstance(store, AuditedStore) and store.reads:
                     await store.record(AuditAction.READ, f"{store.reads} read commands", "ok")
-                inner = store.inner if isinstance(store, AuditedStore) else store
-                if isinstance(inner, LegacyWsStore):
-                    await inner.aclose()
+                await _close_store(store)
             finally:
                 if then is not None:
                     await then()
