@@ -163,7 +163,7 @@ class FrontAuthenticator:
         found = await self.decisions.decide(identity, bal)
         decision = found.grant
         refusal = _refusal(found, right)
-        event = self._event(
+        event = self.event(
             actor,
             decision.mailbox if decision is not None else bal.strip().lower(),
             action,
@@ -211,7 +211,7 @@ class FrontAuthenticator:
         refusal = _refusal(found, right)
         if refusal is not None:
             await self.audit.submit(
-                self._event(
+                self.event(
                     grant.actor,
                     grant.mailbox,
                     action,
@@ -223,17 +223,18 @@ class FrontAuthenticator:
             )
         return refusal
 
-    def _event(
+    def event(
         self,
         actor: str,
         mailbox: str,
         action: AuditAction,
-        connection: ConnectionInfo,
+        connection: ConnectionInfo | None,
         *,
-        result: str,
+        result: str = "ok",
         delegation_id: int | None,
         detail: str | None,
     ) -> AuditRecord:
+        """An audit event of this front (`connection` None: the client is already gone)."""
         return AuditRecord(
             actor,
             mailbox,
@@ -241,8 +242,8 @@ class FrontAuthenticator:
             self.interface,
             result=result,
             delegation_id=delegation_id,
-            software=connection.software,
-            remote=connection.peer,
+            software=connection.software if connection else None,
+            remote=connection.peer if connection else None,
             detail=detail,
         )
 

@@ -32,7 +32,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session, TLSSetupException
 
-from delegation.audit import AuditAction, AuditRecord
+from delegation.audit import AuditAction
 from gateway.access import FrontAuthenticator, FrontGrant
 from gateway.audit import in_background
 from gateway.backends.legacy_ws import submit
@@ -86,14 +86,12 @@ class _Watched:
         log.info("smtp.session_kicked", extra={"actor": self.grant.actor, "reason": reason})
         session = self.server.session
         connection = _connection(self.server, session) if session is not None else None
-        record = AuditRecord(
+        record = self.front.authenticator.event(
             self.grant.actor,
             self.grant.mailbox,
             AuditAction.SESSION_END,
-            PROTOCOL,
+            connection,
             delegation_id=self.grant.delegation_id,
-            software=connection.software if connection else None,
-            remote=connection.peer if connection else None,
             detail=reason,
         )
         in_background(self.front.authenticator.audit.submit(record))
@@ -374,14 +372,12 @@ class SubmissionFront(TokenAuthMixin):
             detail += f" sender={await self._delegate_address(client, sender)}"
         connection = _connection(server, session)
         await self.authenticator.audit.submit(
-            AuditRecord(
+            self.authenticator.event(
                 sender.actor,
                 sender.mailbox,
                 AuditAction.SENT,
-                self.authenticator.interface,
+                connection,
                 delegation_id=sender.delegation_id,
-                software=connection.software,
-                remote=connection.peer,
                 detail=detail,
             )
         )
