@@ -15,7 +15,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import httpx
 from joserfc import jwt
@@ -48,6 +48,32 @@ _SIGNATURE_ERRORS = (
 )
 
 
+_K = TypeVar("_K")
+
+
+class _Remembered(Generic[_K]):
+    """Keys remembered until a deadline each, at most `MAX_INACTIVE` of them (past that the
+    oldest are forgotten first): what the provider said has ended, kept bounded."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._until: OrderedDict[_K, float] = OrderedDict()
+
+    def add(self, key: _K, until: float) -> None:
+        self._until[key] = until
+        while len(self._until) > MAX_INACTIVE:
+            self._until.popitem(last=False)
+
+    def __contains__(self, key: _K) -> bool:
+        until = self._until.get(key)
+        if until is None:
+            return False
+        if until <= self._clock():
+            del self._until[key]
+            return False
+        return True
+
+
 def token_fingerprint(token: str) -> str:
     """What logs say instead of a token: a short hash that cannot be replayed."""
     return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()[:12]
@@ -75,8 +101,8 @@ class TokenValidator:
         self.provider = Provider(config, self._http, clock)
         self._cache: OrderedDict[bytes, tuple[float, Identity]] = OrderedDict()
         self._inflight: dict[bytes, asyncio.Future[Identity]] = {}
-        self._inactive: OrderedDict[bytes, float] = OrderedDict()  # key -> until
-        self._ended_sessions: OrderedDict[str, float] = OrderedDict()  # sid -> until
+        self._inactive: _Remembered[bytes] = _Remembered(clock)  # tokens' sha256
+        self._ended_sessions: _Remembered[str] = _Remembered(clock)  # PSC sessions' sid
 
     async def aclose(self) -> None:
         if self._own_http:
@@ -85,24 +111,16 @@ class TokenValidator:
     async def validate(self, token: str) -> Identity:
         """Return the identity behind `token`, or raise `TokenError` saying why not."""
         identity = await self._validated(token)
-        if self._ended_sessions and self._session_ended(identity.psc_session):
+        if identity.psc_session is not None and identity.psc_session in self._ended_sessions:
             raise TokenError(TokenFailure.INACTIVE, "the PSC session of this token has ended")
         return identity
-
-    def _session_ended(self, psc_session: str | None) -> bool:
-        if psc_session is None or psc_session not in self._ended_sessions:
-            return False
-        if self._ended_sessions[psc_session] <= self._clock():
-            del self._ended_sessions[psc_session]
-            return False
-        return True
 
     async def _validated(self, token: str) -> Identity:
         if not isinstance(token, str) or not token or len(token) > self.config.max_token_bytes:
             raise TokenError(TokenFailure.MALFORMED, "empty or oversized token")
         key = hashlib.sha256(token.encode()).digest()
         now = self._clock()
-        if self._known_inactive(key, now):
+        if key in self._inactive:
             raise TokenError(TokenFailure.INACTIVE, "the PSC session of this token has ended")
         if self.config.cache_enabled:
             cached = self._cache.get(key)
@@ -145,22 +163,9 @@ class TokenValidator:
         every other token of its PSC session (`psc_session`, the `sid` they share)."""
         key = hashlib.sha256(token.encode()).digest()
         self._cache.pop(key, None)
-        self._inactive[key] = until
-        while len(self._inactive) > MAX_INACTIVE:
-            self._inactive.popitem(last=False)
+        self._inactive.add(key, until + self.config.clock_skew_seconds)
         if psc_session is not None:
-            self._ended_sessions[psc_session] = self._clock() + ENDED_SESSION_MEMORY
-            while len(self._ended_sessions) > MAX_INACTIVE:
-                self._ended_sessions.popitem(last=False)
-
-    def _known_inactive(self, key: bytes, now: float) -> bool:
-        until = self._inactive.get(key)
-        if until is None:
-            return False
-        if until + self.config.clock_skew_seconds <= now:
-            del self._inactive[key]
-            return False
-        return True
+            self._ended_sessions.add(psc_session, self._clock() + ENDED_SESSION_MEMORY)
 
     async def _validate_uncached(self, token: str) -> Identity:
         mode = self.config.mode
