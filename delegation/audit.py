@@ -20,13 +20,13 @@ from delegation.models import (
     ADDRESS_LENGTH,
     IDNAT_LENGTH,
     INTERFACES,
+    MAX_ID,
     REASON_LENGTH,
     REMOTE_LENGTH,
     RESULT_LENGTH,
     SOFTWARE_LENGTH,
 )
 
-MAX_ID = 2**31 - 1
 # NUL is refused by PostgreSQL in text columns, a lone surrogate (what a decoder with
 # surrogateescape makes of a client's 8-bit byte) by every database's encoder; the other
 # controls and line separators would let a client forge lines in whoever reads the trail.

@@ -41,6 +41,7 @@ SOFTWARE_LENGTH = 128
 REMOTE_LENGTH = 64
 RESULT_LENGTH = 64
 ACTION_LENGTH = 32  # the longest `AuditAction`, with room
+MAX_ID = 2**31 - 1  # ids are 32-bit integer columns on every backend
 
 # Stable constraint names, so Alembic can alter them later on every backend.
 NAMING = {

@@ -58,6 +58,7 @@ from delegation.models import (
     INTERFACES,
     MAILBOX_STATES,
     MAILBOX_TYPES,
+    MAX_ID,
     NAME_LENGTH,
     REASON_LENGTH,
     RIGHTS,
@@ -84,9 +85,6 @@ MAX_LIMIT = 500
 _ADDRESS = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 _QUERYABLE = re.compile("[^\x00-\x1f\x7f\ud800-\udfff]*")
 _LIGATURES = str.maketrans({"œ": "oe", "æ": "ae", "ø": "o", "đ": "d", "ł": "l", "ß": "ss"})
-
-
-MAX_ID = 2**31 - 1
 
 
 def utc_now() -> dt.datetime:

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, status
 
+from delegation.models import MAX_ID
 from gateway.api.deps import CurrentIdentity, Service
 from gateway.api.schemas import (
     PRINTABLE,
@@ -102,7 +103,7 @@ async def grant(
 )
 async def revoke(
     address: Address,
-    delegation_id: Annotated[int, Path(ge=1, le=2**31 - 1)],
+    delegation_id: Annotated[int, Path(ge=1, le=MAX_ID)],
     identity: CurrentIdentity,
     service: Service,
     request: Request,

@@ -19,6 +19,7 @@ from fastapi.templating import Jinja2Templates
 
 from delegation.errors import DelegationError
 from delegation.expiry import check_expiry
+from delegation.models import MAX_ID
 from delegation.service import DelegationService
 from gateway.api.schemas import PRINTABLE, RIGHTS_ORDER
 from gateway.web.sessions import COOKIE, PendingLogin, SessionStore, WebSession
@@ -255,7 +256,7 @@ def build_router(
         request: Request,
         csrf: Annotated[str, Form(max_length=64)],
         mailbox: Annotated[str, Form(max_length=254, pattern=PRINTABLE)],
-        delegation_id: Annotated[int, Form(ge=1, le=2**31 - 1)],
+        delegation_id: Annotated[int, Form(ge=1, le=MAX_ID)],
     ) -> Response:
         session = session_of(request)
         if session is None or session.identity is None or not session.check_csrf(csrf):
