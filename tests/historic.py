@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import base64
-from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
 from typing import Any
 
 import httpx
@@ -76,16 +74,3 @@ async def historic_attachment(
         {"email": bal, "messageId": message["messageId"], "part": attachment["part"]},
     )
     return base64.b64decode(found["file"])
-
-
-def letter(sender: str, to: str, title: str, nil: str) -> EmailMessage:
-    """The head of a message as an LPS writes it (Date, Message-ID, X-MSS-NIL): the test
-    adds its body and parts."""
-    msg = EmailMessage()
-    msg["From"] = sender
-    msg["To"] = to
-    msg["Subject"] = title
-    msg["Date"] = formatdate(localtime=True)
-    msg["Message-ID"] = make_msgid(domain="lps.test")
-    msg["X-MSS-NIL"] = nil
-    return msg

@@ -38,9 +38,9 @@ from tests.historic import (
     historic_call,
     historic_messages,
     historic_send,
-    letter,
 )
 from tests.imap_raw import Lit, Raw
+from tests.mss.builders import letter
 
 DUPONT = "jean.dupont@medecin.mssante.fr"
 PETIT = "marie.petit@sage-femme.mssante.fr"

@@ -29,7 +29,8 @@ from tests.gateway.test_legacy_ws_imap import (
     side_by_side,
 )
 from tests.gateway.test_smtp_front import NIL, client, message, metric, received, subject, xoauth2
-from tests.historic import historic_attachment, historic_call, historic_messages, letter
+from tests.historic import historic_attachment, historic_call, historic_messages
+from tests.mss.builders import letter
 
 __all__ = ["legacy"]  # the fixture, shared with the IMAP tests
 

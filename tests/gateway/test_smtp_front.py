@@ -14,9 +14,7 @@ import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator
-from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
-from email.utils import formatdate, make_msgid
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,7 @@ import pytest
 from gateway.settings import BackendSettings, Settings
 from gateway.smtp.server import TokenSMTP
 from tests.gateway.conftest import Stack, gateway_settings
-from tests.mss.builders import seeded_letter, variant
+from tests.mss.builders import letter, seeded_letter, variant
 
 CLAIRE = "claire.martin@medecin.mssante.fr"  # dr-martin's; sec-bernard: read, write, send
 JEAN = "jean.dupont@medecin.mssante.fr"  # sec-bernard: read only
@@ -58,14 +56,7 @@ def message(
     nil: str | None = NIL,
     headers: dict[str, str] | None = None,
 ) -> bytes:
-    msg = EmailMessage()
-    msg["From"] = sender
-    msg["To"] = to
-    msg["Subject"] = subject
-    msg["Date"] = formatdate(localtime=True)
-    msg["Message-ID"] = make_msgid(domain="lps.test")
-    if nil is not None:
-        msg["X-MSS-NIL"] = nil
+    msg = letter(sender, to, subject, nil)
     for name, value in (headers or {}).items():
         msg[name] = value
     msg.set_content(body)

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.policy import default as default_policy
+from email.utils import formatdate, make_msgid
 
 from mock_operator.personas import default_personas
 from mock_operator.seed import CDA_CODE, PATIENT_INS, ihe_xdm_zip, seed_messages
@@ -45,6 +46,20 @@ EXTERNAL_DTD = b"""<?xml version="1.0"?>
 <!DOCTYPE ClinicalDocument SYSTEM "http://attacker.invalid/cda.dtd">
 <ClinicalDocument xmlns="urn:hl7-org:v3"><code code="11490-0"/></ClinicalDocument>
 """
+
+
+def letter(sender: str, to: str, title: str, nil: str | None) -> EmailMessage:
+    """The head of a message as an LPS writes it (Date, Message-ID, X-MSS-NIL unless
+    `nil` is None): the test adds its body and parts."""
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Subject"] = title
+    msg["Date"] = formatdate(localtime=True)
+    msg["Message-ID"] = make_msgid(domain="lps.test")
+    if nil is not None:
+        msg["X-MSS-NIL"] = nil
+    return msg
 
 
 def seeded() -> list[bytes]:
