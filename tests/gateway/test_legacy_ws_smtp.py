@@ -28,7 +28,15 @@ from tests.gateway.test_legacy_ws_imap import (
     legacy,
     side_by_side,
 )
-from tests.gateway.test_smtp_front import NIL, client, message, metric, received, subject, xoauth2
+from tests.gateway.test_smtp_front import (
+    NIL,
+    client,
+    message,
+    metric,
+    received,
+    smtplib_session,
+    subject,
+)
 from tests.historic import historic_attachment, historic_call, historic_messages
 from tests.mss.builders import letter
 
@@ -64,10 +72,7 @@ def rich_message(title: str, attachment: bytes, **headers: str) -> bytes:
 
 def smtplib_send(stack: Stack, token: str, raw: bytes, recipients: list[str]) -> Any:
     """One message with smtplib, XOAUTH2 over loopback plaintext; sendmail's result."""
-    with smtplib.SMTP("127.0.0.1", stack.smtp_port, local_hostname="lps-test", timeout=30) as smtp:
-        smtp.ehlo()
-        code, _ = smtp.docmd("AUTH", "XOAUTH2 " + xoauth2("", token).decode())
-        assert code == 235
+    with smtplib_session(stack.smtp_port, "", token) as smtp:
         return smtp.sendmail(DUPONT, recipients, raw)
 
 

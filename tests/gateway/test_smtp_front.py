@@ -13,7 +13,7 @@ import socket
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from email.policy import SMTP as SMTP_POLICY
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,17 @@ def stack_settings(tmp_path: Path) -> Settings:
 
 def xoauth2(user: str, token: str) -> bytes:
     return base64.b64encode(f"user={user}\x01auth=Bearer {token}\x01\x01".encode())
+
+
+@contextlib.contextmanager
+def smtplib_session(port: int, user: str, token: str) -> Iterator[smtplib.SMTP]:
+    """A blocking smtplib client logged in with XOAUTH2 over loopback plaintext, as an LPS
+    on the standard library would be (run it in a thread)."""
+    with smtplib.SMTP("127.0.0.1", port, local_hostname="lps-test", timeout=30) as smtp:
+        smtp.ehlo()
+        code, _ = smtp.docmd("AUTH", "XOAUTH2 " + xoauth2(user, token).decode())
+        assert code == 235
+        yield smtp
 
 
 def message(

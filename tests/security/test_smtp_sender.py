@@ -17,7 +17,14 @@ import pytest
 from psc_auth import Identity
 from tests.gateway.conftest import Stack
 from tests.gateway.test_legacy_ws_smtp import DUPONT, INBOX, PETIT, titled
-from tests.gateway.test_smtp_front import NIL, client, metric, received, subject, xoauth2
+from tests.gateway.test_smtp_front import (
+    NIL,
+    client,
+    metric,
+    received,
+    smtplib_session,
+    subject,
+)
 
 CLAIRE = "claire.martin@medecin.mssante.fr"  # dr-martin's; sec-bernard: read, write, send
 EVE = "eve.moreau@medecin.mssante.fr"  # dr-moreau's
@@ -53,10 +60,7 @@ async def test_a_header_line_the_check_cannot_read_is_refused_with_5_6_0(
     token = await stack.token("dr-martin")
 
     def send() -> None:
-        with smtplib.SMTP("127.0.0.1", stack.smtp_port, timeout=30) as smtp:
-            smtp.ehlo("lps-test")
-            code, _ = smtp.docmd("AUTH", "XOAUTH2 " + xoauth2(CLAIRE, token).decode())
-            assert code == 235
+        with smtplib_session(stack.smtp_port, CLAIRE, token) as smtp:
             smtp.sendmail(CLAIRE, [EVE], raw_message(*lines, title=title))
 
     with pytest.raises(smtplib.SMTPDataError) as refused:

@@ -21,7 +21,7 @@ import pytest
 
 from gateway.settings import Settings
 from tests.gateway.conftest import Stack, gateway_settings
-from tests.gateway.test_smtp_front import xoauth2
+from tests.gateway.test_smtp_front import smtplib_session, xoauth2
 from tests.imap_raw import Raw
 from tests.security.test_slow_clients import refused_login
 
@@ -163,10 +163,7 @@ async def test_no_envelope_sender_trick_sends_from_another_bal(stack: Stack, sen
     token = await stack.token("sec-bernard")
 
     def mail_from() -> int:
-        with smtplib.SMTP("127.0.0.1", stack.smtp_port, timeout=30) as client:
-            client.ehlo("lps")
-            code, _ = client.docmd("AUTH", "XOAUTH2 " + xoauth2(CLAIRE, token).decode())
-            assert code == 235
+        with smtplib_session(stack.smtp_port, CLAIRE, token) as client:
             code, _ = client.docmd("MAIL", f"FROM:<{sender.strip('<>')}>")
             return code
 
