@@ -51,7 +51,11 @@ class AuditSink:
         await self._queue.put(record)
 
     async def flush(self) -> None:
-        """Wait until every event submitted so far is written."""
+        """Wait until every event submitted so far is written, those handed over with
+        `in_background` included (a relay's, before its client saw the reply)."""
+        handed_over = list(_handed_over)
+        if handed_over:
+            await asyncio.wait(handed_over)
         await self._queue.join()
 
     async def _write_forever(self) -> None:

@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from delegation import DelegationService
 from delegation.audit import ACTIONS, AuditAction, AuditRecord
 from delegation.models import ACTION_LENGTH, AuditEventRow
-from gateway.audit import AuditSink
+from gateway.audit import AuditSink, in_background
 from gateway.imap import commands as c
 from gateway.imap.audited_store import AuditedStore
 from gateway.imap.mailstore import CopyResult, FolderInfo, FolderState
@@ -207,6 +207,28 @@ async def test_one_bad_event_costs_only_itself(
     quarantined = [r for r in caplog.records if r.getMessage() == "audit.event_quarantined"]
     assert len(quarantined) == 3
     assert any(r.getMessage() == "audit.event_clipped" for r in caplog.records)
+
+
+async def test_flush_waits_for_the_events_handed_over_in_the_background(
+    seeded: DelegationService,
+) -> None:
+    """A relay hands its events over before its client sees the reply: once `flush`
+    returns, they are written, though none had reached the queue when it was called."""
+    sink = AuditSink(seeded)
+    sink.start()
+
+    async def handed_over(record: AuditRecord) -> None:
+        for _ in range(3):  # a submission that takes a few turns of the loop to arrive
+            await asyncio.sleep(0)
+        await sink.submit(record)
+
+    for number in range(5):
+        record = AuditRecord(MARTIN, CLAIRE_BAL, AuditAction.READ, "imap", detail=f"b{number}")
+        in_background(handed_over(record))
+    await asyncio.wait_for(sink.flush(), 10)
+    events = await seeded.audit_for(CLAIRE_BAL, limit=100)
+    await sink.stop()
+    assert {e.detail for e in events} == {f"b{n}" for n in range(5)}
 
 
 async def test_a_batch_the_database_refuses_is_written_event_by_event(

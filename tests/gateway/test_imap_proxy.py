@@ -54,7 +54,6 @@ def relays(stack: Stack) -> list[Relay]:
 async def audit(stack: Stack, mailbox: str) -> list[Any]:
     assert stack.gateway.audit is not None
     assert stack.gateway.delegations is not None
-    await asyncio.sleep(0.05)  # the relay hands its events over in the background
     await stack.gateway.audit.flush()
     return await stack.gateway.delegations.audit_for(mailbox)
 

@@ -720,7 +720,6 @@ async def test_changes_on_a_historic_bal_are_audited(legacy: Stack):
     await client.until_closed()
     assert legacy.gateway.audit is not None
     assert legacy.gateway.delegations is not None
-    await asyncio.sleep(0.1)
     await legacy.gateway.audit.flush()
     events = await legacy.gateway.delegations.audit_for(DUPONT)
     store = [e for e in events if e.action == "store"]
