@@ -131,13 +131,18 @@ async def test_ending_the_psc_session_ends_the_open_sessions(watched: Stack) -> 
     assert all(e.detail == "PSC session ended, log in again" for e in ended)
 
 
-async def test_a_session_outlives_its_token_by_a_bounded_time(watched: Stack) -> None:
-    token = await watched.token("dr-martin", lifetime=2)
-    client = await imap_session(watched, token, CLAIRE)
+async def line_after_expiry(stack: Stack, persona: str) -> bytes:
+    """What an IMAP session opened with a 2-second token hears next, within BOUND."""
+    token = await stack.token(persona, lifetime=2)
+    client = await imap_session(stack, token, CLAIRE)
     try:
-        bye = await client.line(wait=BOUND)
+        return await client.line(wait=BOUND)
     finally:
         await client.close()
+
+
+async def test_a_session_outlives_its_token_by_a_bounded_time(watched: Stack) -> None:
+    bye = await line_after_expiry(watched, "dr-martin")
     assert bye == b"* BYE access token expired, log in again with a fresh token"
 
 
@@ -207,12 +212,6 @@ async def test_without_introspection_credentials_only_the_expiry_bound_applies(
         watch = stack.gateway.psc_sessions
         assert watch is not None
         assert not watch.revalidate  # nobody to ask PSC: no revalidation task runs
-        token = await stack.token("sec-bernard", lifetime=2)
-        client = await imap_session(stack, token, CLAIRE)
-        try:
-            # ... but the bound after expiry holds
-            bye = await client.line(wait=BOUND)
-        finally:
-            await client.close()
+        bye = await line_after_expiry(stack, "sec-bernard")  # ... but the bound holds
         assert bye == b"* BYE access token expired, log in again with a fresh token"
         assert watch.rounds == 0
