@@ -456,7 +456,7 @@ async def _seed_historic_twin(mock: Any, count: int) -> dict[str, float]:
 
 
 async def _serve_mock(data: Path, big: int, historic: int = 0) -> None:
-    from gateway.lifecycle import run_until_signalled
+    from gateway.runtime.lifecycle import run_until_signalled
     from gateway.settings import MockSettings
     from mock_operator.server import MockOperator
 
@@ -495,7 +495,7 @@ async def _serve_mock(data: Path, big: int, historic: int = 0) -> None:
 
 async def _serve_gateway(data: Path, mock: dict[str, Any]) -> None:
     from delegation.seed import seed
-    from gateway.lifecycle import run_until_signalled
+    from gateway.runtime.lifecycle import run_until_signalled
     from gateway.server import Gateway
     from gateway.settings import BackendSettings, Settings
     from mock_operator.personas import default_personas
@@ -561,7 +561,7 @@ def main() -> None:
     args = parser.parse_args()
     raise_fd_limit()
 
-    from gateway.logs import configure_logging
+    from gateway.runtime.logs import configure_logging
     from gateway.settings import LogSettings
 
     configure_logging(LogSettings(level="WARNING"))

@@ -14,8 +14,9 @@ from delegation.service import Decision, DelegationService, Grant
 from gateway.audit import AuditSink
 from gateway.backends.routing import NoRoute, Route, Router
 from gateway.decisions import DecisionCache
-from gateway.imap.session import AuthFailed, ConnectionInfo, SessionGrant
-from gateway.limits import Exemptions, LoginThrottle, SlotCounter, client_key
+from gateway.imap.session import SessionGrant
+from gateway.runtime.limits import Exemptions, LoginThrottle, SlotCounter, client_key
+from gateway.runtime.login import AuthFailed, ConnectionInfo
 from psc_auth import Identity, TokenError, TokenValidator
 from psc_auth.sasl import TokenCredentials, error_challenge
 

@@ -24,7 +24,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
 from delegation.audit import AuditRecord, described
 from delegation.service import DelegationService
-from gateway.lifecycle import cancelled
+from gateway.runtime.lifecycle import cancelled
 
 log = logging.getLogger(__name__)
 _handed_over: set[asyncio.Future[None]] = set()  # kept referenced until they are done

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
-from gateway.lifecycle import run_until_signalled
-from gateway.logs import configure_logging
+from gateway.runtime.lifecycle import run_until_signalled
+from gateway.runtime.logs import configure_logging
+from gateway.runtime.tls import dev_certificate
 from gateway.settings import BackendSettings, Settings, load_settings
-from gateway.tls import dev_certificate
 
 if TYPE_CHECKING:
     from gateway.server import Gateway

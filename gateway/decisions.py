@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from delegation.service import Decision, DelegationService
-from gateway.lifecycle import cancelled
+from gateway.runtime.lifecycle import cancelled
 from psc_auth import Identity
 
 log = logging.getLogger(__name__)

@@ -24,8 +24,8 @@ from sqlalchemy import make_url
 from sqlalchemy.exc import ArgumentError
 
 from delegation.service import DelegationService
+from gateway.runtime.tls import backend_context
 from gateway.settings import BackendSettings, Settings
-from gateway.tls import backend_context
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from gateway.lifecycle import cancelled
+from gateway.runtime.lifecycle import cancelled
 from psc_auth import Identity, TokenError, TokenValidator
 
 log = logging.getLogger(__name__)

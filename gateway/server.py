@@ -16,7 +16,6 @@ from delegation.service import DelegationService
 from gateway.access import FrontAuthenticator
 from gateway.api.app import create_api
 from gateway.api.ops import create_ops_app
-from gateway.asgi_server import AsgiServer, bind_tcp
 from gateway.audit import AuditSink
 from gateway.backends.legacy_ws.store import LegacyBackends
 from gateway.backends.legacy_ws.uidmap import UidMap
@@ -25,14 +24,15 @@ from gateway.db import migrate_gateway
 from gateway.decisions import DecisionCache
 from gateway.health import Readiness
 from gateway.imap.proxy import ProxyAuthenticator, ProxyConfig, ProxyServer
-from gateway.lifecycle import cancelled
-from gateway.limits import Exemptions, LoginThrottle, NodeLimits, SlotCounter
 from gateway.metrics import Metrics
 from gateway.psc_sessions import PscSessionWatch
+from gateway.runtime.asgi_server import AsgiServer, bind_tcp
+from gateway.runtime.lifecycle import cancelled
+from gateway.runtime.limits import Exemptions, LoginThrottle, NodeLimits, SlotCounter
+from gateway.runtime.smtp_server import SmtpServer
+from gateway.runtime.tls import ensure_dev_certificate, server_context
 from gateway.settings import Settings
 from gateway.smtp.front import SubmissionFront
-from gateway.smtp.server import SmtpServer
-from gateway.tls import ensure_dev_certificate, server_context
 from gateway.web.routes import WebConfig
 from psc_auth import TokenValidator
 
@@ -44,7 +44,7 @@ class ConfigurationError(Exception):
 
 
 def node_limits(settings: Settings) -> NodeLimits:
-    """The caps of this node, shared by its listeners (see `gateway.limits`)."""
+    """The caps of this node, shared by its listeners (see `gateway.runtime.limits`)."""
     exempt = Exemptions(settings.limits.exempt_networks)
     return NodeLimits(
         exempt=exempt,

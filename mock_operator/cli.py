@@ -13,8 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from gateway.lifecycle import run_until_signalled
-from gateway.logs import configure_logging
+from gateway.runtime.lifecycle import run_until_signalled
+from gateway.runtime.logs import configure_logging
 from gateway.settings import load_settings
 from mock_operator.personas import default_personas
 from mock_operator.server import MockOperator

@@ -17,15 +17,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from delegation.db import create_engine, migrate
 from delegation.seed import seed as seed_registry
 from delegation.service import DelegationService
-from gateway.asgi_server import AsgiServer, bind_tcp
-from gateway.files import write_private
 from gateway.imap.engine import EngineConfig
 from gateway.imap.structure_cache import StructureCache
 from gateway.imap.transport import ImapServer, ServerConfig
-from gateway.logs import RequestIdMiddleware
+from gateway.runtime.asgi_server import AsgiServer, bind_tcp
+from gateway.runtime.files import write_private
+from gateway.runtime.logs import RequestIdMiddleware
+from gateway.runtime.smtp_server import SmtpServer
+from gateway.runtime.tls import ensure_dev_certificate, server_context
 from gateway.settings import MockSettings
-from gateway.smtp.server import SmtpServer
-from gateway.tls import ensure_dev_certificate, server_context
 from mock_operator.historic.auth import CpsAuthority, HistoricAuth
 from mock_operator.historic.http import build_historic_router
 from mock_operator.historic.operations import HistoricService, recipient

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from gateway.logs import JsonFormatter, bound, configure_logging, scrub
+from gateway.runtime.logs import JsonFormatter, bound, configure_logging, scrub
 from gateway.settings import LogSettings
 
 JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIxMjMifQ.c2lnbmF0dXJlLWJ5dGVz"

@@ -9,8 +9,8 @@ from gateway.api import problems, v1
 from gateway.api.body_limit import DEFAULT_MAX_BODY, BodyLimit
 from gateway.api.ops import health_router
 from gateway.health import OK, Readiness, database_check
-from gateway.logs import RequestIdMiddleware
 from gateway.metrics import Metrics
+from gateway.runtime.logs import RequestIdMiddleware
 from gateway.web.routes import WebConfig, build_router, error_page
 from psc_auth import TokenValidator
 

@@ -25,8 +25,8 @@ from gateway.imap.client import (
     Untagged,
     parse_capabilities,
 )
+from gateway.runtime.tls import backend_context
 from gateway.settings import BackendSettings
-from gateway.tls import backend_context
 
 log = logging.getLogger(__name__)
 

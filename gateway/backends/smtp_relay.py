@@ -34,7 +34,7 @@ import aiosmtplib
 from aiosmtplib import SMTPResponse
 
 from gateway.backends.routing import Route
-from gateway.tls import backend_context
+from gateway.runtime.tls import backend_context
 
 log = logging.getLogger(__name__)
 

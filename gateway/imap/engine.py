@@ -43,10 +43,11 @@ from gateway.imap.response import (
     untagged_status,
 )
 from gateway.imap.search import Candidate, SearchError, matches, needs_message, validate
-from gateway.imap.session import Authenticator, AuthFailed, ConnectionInfo, SessionGrant
+from gateway.imap.session import Authenticator, SessionGrant
 from gateway.imap.structure_cache import CACHEABLE, StructureCache
 from gateway.imap.syntax import FetchAttribute, Section, SequenceSet
 from gateway.imap.view import ANY_KEYWORD, SYSTEM_FLAGS, SelectedView, apply_flags, flag_list
+from gateway.runtime.login import AuthFailed, ConnectionInfo
 from psc_auth.errors import SaslError
 from psc_auth.sasl import (
     Mechanism,

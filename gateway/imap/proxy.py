@@ -39,14 +39,14 @@ from gateway.imap.mailstore import MailStore
 from gateway.imap.response import continuation, tagged, untagged_status
 from gateway.imap.rights import audit_action, audit_detail, required_right
 from gateway.imap.serialize import serialize
-from gateway.imap.session import AuthFailed, ConnectionInfo
 from gateway.imap.structure_cache import StructureCache
 from gateway.imap.transport import ImapServer, ServerConfig, WriteTimeout, _StreamChannel
-from gateway.lifecycle import cancelled
-from gateway.limits import NodeLimits, SlotCounter
 from gateway.metrics import Metrics
-from gateway.net import FAIR_SHARE
 from gateway.psc_sessions import PscSessionWatch
+from gateway.runtime.lifecycle import cancelled
+from gateway.runtime.limits import NodeLimits, SlotCounter
+from gateway.runtime.login import AuthFailed, ConnectionInfo
+from gateway.runtime.net import FAIR_SHARE
 from gateway.settings import ImapFrontSettings
 from psc_auth.sasl import TokenCredentials
 

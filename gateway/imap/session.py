@@ -12,20 +12,11 @@ from typing import Literal, Protocol
 
 from gateway.imap.commands import Command
 from gateway.imap.mailstore import MailStore
+from gateway.runtime.login import ConnectionInfo
 from psc_auth.sasl import TokenCredentials
 
 Right = Literal["read", "write", "send"]
 ALL_RIGHTS: frozenset[str] = frozenset({"read", "write", "send"})
-
-
-@dataclass(frozen=True)
-class ConnectionInfo:
-    peer: str
-    secure: bool
-    loopback: bool
-    tls_available: bool
-    session_id: str = ""
-    software: str | None = None  # what the client said it is (IMAP ID, SMTP EHLO)
 
 
 @dataclass(frozen=True)
@@ -59,27 +50,6 @@ class SessionGrant:
 
     def may(self, right: str) -> bool:
         return right in self.rights
-
-
-AuthFailure = Literal["authentication", "authorization", "unavailable", "throttled", "limit"]
-
-
-class AuthFailed(Exception):
-    """Login refused. `kind` picks the response code: AUTHENTICATIONFAILED (bad token or
-    credentials), AUTHORIZATIONFAILED (this person may not open this BAL), UNAVAILABLE (a
-    service down, or this address failed too often lately: "throttled"), LIMIT (this person
-    holds too many sessions). Only the first two are the client's fault, and wait."""
-
-    def __init__(
-        self,
-        kind: AuthFailure,
-        text: str,
-        challenge: bytes | None = None,
-    ) -> None:
-        self.kind = kind
-        self.text = text
-        self.challenge = challenge
-        super().__init__(text)
 
 
 class Authenticator(Protocol):

@@ -27,10 +27,11 @@ from gateway.imap.engine import EngineConfig, ImapSession, Logout
 from gateway.imap.limits import Limits
 from gateway.imap.parser import CommandParser
 from gateway.imap.response import continuation, tagged, untagged_status
-from gateway.imap.session import Authenticator, ConnectionInfo
-from gateway.limits import Exemptions, SlotCounter, client_key
-from gateway.logs import bound, new_id
-from gateway.net import FAIR_SHARE, HANG_UP_GRACE, WRITE_TIMEOUT, is_loopback
+from gateway.imap.session import Authenticator
+from gateway.runtime.limits import Exemptions, SlotCounter, client_key
+from gateway.runtime.login import ConnectionInfo
+from gateway.runtime.logs import bound, new_id
+from gateway.runtime.net import FAIR_SHARE, HANG_UP_GRACE, WRITE_TIMEOUT, is_loopback
 
 log = logging.getLogger(__name__)
 

@@ -39,15 +39,15 @@ from gateway.backends.legacy_ws import submit
 from gateway.backends.legacy_ws.mime import MimeRejected, valid_recipient
 from gateway.backends.legacy_ws.store import LegacyBackends
 from gateway.backends.smtp_relay import BackendError, BackendRefused, SmtpRelay
-from gateway.imap.session import AuthFailed, ConnectionInfo
-from gateway.limits import SlotCounter
 from gateway.metrics import Metrics
 from gateway.mss import RuleResult, add_headers, add_sender, check_message, remove_fields
-from gateway.net import is_loopback, peer_address
 from gateway.psc_sessions import PscSessionWatch
+from gateway.runtime.limits import SlotCounter
+from gateway.runtime.login import AuthFailed, ConnectionInfo
+from gateway.runtime.net import is_loopback, peer_address
+from gateway.runtime.smtp_auth import TokenAuthMixin, grant_of
+from gateway.runtime.smtp_server import TokenSMTP
 from gateway.settings import SmtpFrontSettings
-from gateway.smtp.auth import TokenAuthMixin, grant_of
-from gateway.smtp.server import TokenSMTP
 from psc_auth.sasl import Mechanism, TokenCredentials
 
 log = logging.getLogger(__name__)

@@ -53,8 +53,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from gateway.files import write_private
-from gateway.tls import self_signed
+from gateway.runtime.files import write_private
+from gateway.runtime.tls import self_signed
 from mock_operator.historic.contract import (
     AUTH_ACCOUNT_LOCKED,
     AUTH_CHANNEL_BLOCKED,

@@ -12,7 +12,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from gateway.imap.session import ALL_RIGHTS, AuthFailed, ConnectionInfo, SessionGrant
+from gateway.imap.session import ALL_RIGHTS, SessionGrant
+from gateway.runtime.login import AuthFailed, ConnectionInfo
 from mock_operator.modern.store import SqlPlatform
 from psc_auth import Identity, TokenError, TokenValidator
 from psc_auth.sasl import Mechanism, TokenCredentials, error_challenge

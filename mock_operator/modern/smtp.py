@@ -13,8 +13,8 @@ from typing import Protocol
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from gateway.imap.session import Authenticator
-from gateway.smtp.auth import TokenAuthMixin, grant_of
+from gateway.runtime.login import LoginAuthority
+from gateway.runtime.smtp_auth import TokenAuthMixin, grant_of
 from mock_operator.modern.store import SqlPlatform
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ class PlatformSubmission(TokenAuthMixin):
     def __init__(
         self,
         platform: SqlPlatform,
-        authenticator: Authenticator,
+        authenticator: LoginAuthority,
         auth_failure_delay: float = 1.0,
         other: OtherPlatform | None = None,
     ) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from gateway.files import write_private
+from gateway.runtime.files import write_private
 
 CIBA_GRANT = "urn:openid:params:grant-type:ciba"
 

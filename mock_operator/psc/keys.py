@@ -16,7 +16,7 @@ from typing import Any
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
-from gateway.files import write_private
+from gateway.runtime.files import write_private
 
 KEY_BITS = 2048
 

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
 
-from gateway.net import is_loopback
+from gateway.runtime.net import is_loopback
 from mock_operator.personas import Persona
 from mock_operator.psc.ciba import CibaError
 from mock_operator.psc.clients import CIBA_GRANT, Client, ClientError

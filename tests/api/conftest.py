@@ -13,7 +13,7 @@ from delegation.db import create_engine, migrate
 from delegation.seed import seed
 from delegation.service import DelegationService
 from gateway.api.app import create_api
-from gateway.asgi_server import AsgiServer, bind_tcp
+from gateway.runtime.asgi_server import AsgiServer, bind_tcp
 from mock_operator.personas import default_personas
 from mock_operator.server import MockOperator
 from psc_auth import TokenValidator, ValidatorConfig

@@ -13,7 +13,7 @@ import pytest
 
 from delegation.service import DelegationService
 from gateway.api.app import create_api
-from gateway.asgi_server import AsgiServer, bind_tcp
+from gateway.runtime.asgi_server import AsgiServer, bind_tcp
 from gateway.settings import MockSettings
 from gateway.web.routes import WebConfig
 from gateway.web.sessions import COOKIE

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway import limits
-from gateway.limits import Exemptions, LoginThrottle, SlotCounter, client_key
+from gateway.runtime import limits
+from gateway.runtime.limits import Exemptions, LoginThrottle, SlotCounter, client_key
 
 
 class Clock:

@@ -26,8 +26,8 @@ from gateway.api.app import create_api
 from gateway.api.ops import create_ops_app
 from gateway.health import OK, Readiness, backend_check, database_check
 from gateway.metrics import Metrics
+from gateway.runtime.tls import ensure_dev_certificate, server_context
 from gateway.settings import BackendSettings, Settings
-from gateway.tls import ensure_dev_certificate, server_context
 from psc_auth import TokenValidator, ValidatorConfig
 from tests.gateway.conftest import Stack, gateway_settings
 

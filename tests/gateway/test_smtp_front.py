@@ -21,8 +21,8 @@ from typing import Any
 import aiosmtplib
 import pytest
 
+from gateway.runtime.smtp_server import TokenSMTP
 from gateway.settings import BackendSettings, Settings
-from gateway.smtp.server import TokenSMTP
 from tests.gateway.conftest import Stack, gateway_settings
 from tests.mss.builders import letter, seeded_letter, variant
 

@@ -36,7 +36,8 @@ from gateway.imap.engine import (
 )
 from gateway.imap.mailstore import FolderInfo
 from gateway.imap.parser import CommandParser
-from gateway.imap.session import AuthFailed, ConnectionInfo, SessionGrant
+from gateway.imap.session import SessionGrant
+from gateway.runtime.login import AuthFailed, ConnectionInfo
 from gateway.settings import MockSettings
 from mock_operator.seed import seed_messages
 from mock_operator.server import MockOperator

@@ -18,7 +18,7 @@ import pytest
 from defusedxml.ElementTree import fromstring
 from fastapi import FastAPI
 
-from gateway.asgi_server import AsgiServer, bind_tcp
+from gateway.runtime.asgi_server import AsgiServer, bind_tcp
 from mock_operator.historic import soap
 from mock_operator.historic.auth import (
     DEFAULT_PERSONA_PASSWORD,

@@ -389,7 +389,7 @@ async def test_curl_lists_inbox_and_sends(
 
 async def test_plaintext_login_refused_off_loopback(mock_op: MockOperator):
     """Seen from a non-loopback address the server must advertise LOGINDISABLED."""
-    from gateway.imap.session import ConnectionInfo
+    from gateway.runtime.login import ConnectionInfo
 
     assert mock_op.imap is not None
     info = ConnectionInfo(peer="192.0.2.1", secure=False, loopback=False, tls_available=True)

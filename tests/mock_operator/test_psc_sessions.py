@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.asgi_server import AsgiServer, bind_tcp
+from gateway.runtime.asgi_server import AsgiServer, bind_tcp
 from mock_operator.personas import default_personas
 from mock_operator.psc.provider import MockPsc
 from mock_operator.psc.sessions import SessionStore

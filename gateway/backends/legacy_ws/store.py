@@ -80,8 +80,8 @@ from gateway.imap.mailstore import (
     StoreUnavailable,
     Unsupported,
 )
+from gateway.runtime.tls import backend_context
 from gateway.settings import BackendSettings
-from gateway.tls import backend_context
 
 log = logging.getLogger(__name__)
 

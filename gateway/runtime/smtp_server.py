@@ -21,8 +21,8 @@ from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, syntax
 
-from gateway.limits import Exemptions, SlotCounter, client_key
-from gateway.net import FAIR_SHARE, HANG_UP_GRACE, WRITE_TIMEOUT, is_loopback, peer_address
+from gateway.runtime.limits import Exemptions, SlotCounter, client_key
+from gateway.runtime.net import FAIR_SHARE, HANG_UP_GRACE, WRITE_TIMEOUT, is_loopback, peer_address
 
 log = logging.getLogger(__name__)
 

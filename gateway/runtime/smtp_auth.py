@@ -1,4 +1,4 @@
-"""AUTH XOAUTH2 / OAUTHBEARER / PLAIN for aiosmtpd, decided by an IMAP-style `Authenticator`.
+"""AUTH XOAUTH2 / OAUTHBEARER / PLAIN for aiosmtpd, decided by a `LoginAuthority`.
 
 aiosmtpd calls `auth_<MECHANISM>` on the handler; this mixin decodes the SASL response with
 `psc_auth.sasl` and hands the credentials to the same authenticator the IMAP side uses, so
@@ -13,9 +13,9 @@ from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult
 
-from gateway.imap.session import Authenticator, AuthFailed, ConnectionInfo, SessionGrant
-from gateway.net import is_loopback, peer_address
-from gateway.smtp.server import TokenSMTP
+from gateway.runtime.login import AuthFailed, ConnectionInfo, Login, LoginAuthority
+from gateway.runtime.net import is_loopback, peer_address
+from gateway.runtime.smtp_server import TokenSMTP
 from psc_auth.errors import SaslError
 from psc_auth.sasl import Mechanism, TokenCredentials, decode, decode_base64
 
@@ -27,16 +27,16 @@ NOT_ALLOWED = "535 5.7.8 Authentication failed: {}"
 TEMPORARY = "454 4.7.0 Temporary authentication failure: {}"
 
 
-def grant_of(session: Any) -> SessionGrant | None:
+def grant_of(session: Any) -> Login | None:
     data = getattr(session, "auth_data", None)
-    return data if isinstance(data, SessionGrant) else None
+    return data if isinstance(data, Login) else None
 
 
 class TokenAuthMixin:
     """Mix into an aiosmtpd handler; create the SMTP server with `auth_require_tls=False`
     and `auth_exclude_mechanism=["LOGIN"]`: TLS is enforced here, loopback excepted."""
 
-    authenticator: Authenticator
+    authenticator: LoginAuthority
     auth_failure_delay: float = 1.0
 
     async def auth_XOAUTH2(self, server: SMTP, args: list[str]) -> AuthResult:
@@ -84,7 +84,7 @@ class TokenAuthMixin:
 
     async def _authenticate(
         self, server: SMTP, credentials: TokenCredentials, connection: ConnectionInfo
-    ) -> SessionGrant:
+    ) -> Login:
         """Who logs in (a handler may add its own conditions: `AuthFailed` refuses)."""
         return await self.authenticator.authenticate(credentials, connection)
 
