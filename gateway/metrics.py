@@ -63,3 +63,9 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def sample(self, name: str, **labels: str) -> float:
+        """One sample's value as a scrape would read it (0 when never counted): what an
+        operator's dashboard and the tests see, by the exported name (``lpsgw_logins_total``)."""
+        value = self.registry.get_sample_value(name, labels)
+        return value if value is not None else 0.0

@@ -13,17 +13,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from delegation.db import create_engine, migrate
 from delegation.events import bus_for_url
 from delegation.service import DelegationService
-from gateway.access import FrontAuthenticator
 from gateway.api.app import create_api
 from gateway.api.ops import create_ops_app
 from gateway.audit import AuditSink
-from gateway.backends.legacy_ws.store import LegacyBackends
-from gateway.backends.legacy_ws.uidmap import UidMap
+from gateway.backends.kinds import Backends
 from gateway.backends.routing import Router
 from gateway.db import migrate_gateway
 from gateway.decisions import DecisionCache
+from gateway.fronts.imap.listener import ProxyConfig, ProxyServer
+from gateway.fronts.login import FrontAuthenticator
+from gateway.fronts.smtp import SubmissionFront
 from gateway.health import Readiness
-from gateway.imap.proxy import ProxyAuthenticator, ProxyConfig, ProxyServer
 from gateway.metrics import Metrics
 from gateway.psc_sessions import PscSessionWatch
 from gateway.runtime.asgi_server import AsgiServer, bind_tcp
@@ -32,7 +32,6 @@ from gateway.runtime.limits import Exemptions, LoginThrottle, NodeLimits, SlotCo
 from gateway.runtime.smtp_server import SmtpServer
 from gateway.runtime.tls import ensure_dev_certificate, server_context
 from gateway.settings import Settings
-from gateway.smtp.front import SubmissionFront
 from gateway.web.routes import WebConfig
 from psc_auth import TokenValidator
 
@@ -75,7 +74,7 @@ class Gateway:
         self.smtp: SmtpServer | None = None
         self.audit: AuditSink | None = None
         self.decisions: DecisionCache | None = None
-        self.legacy: LegacyBackends | None = None
+        self.backends: Backends | None = None
         self.limits = node_limits(settings)
         self._web_validator: TokenValidator | None = None
         self.psc_sessions: PscSessionWatch | None = None
@@ -88,8 +87,6 @@ class Gateway:
             await migrate(url)
             await migrate_gateway(url)
             self._engine = create_engine(url)
-            # the historic platform's UIDs live beside the registry
-            self.legacy = LegacyBackends(UidMap(self._engine))
             bus = bus_for_url(url)
             await bus.start()
             self.delegations = DelegationService(self._engine, bus=bus)
@@ -128,6 +125,9 @@ class Gateway:
                 "gateway accepts (aud/azp), or set psc.accept_any_audience = true (a mock only)"
             )
         service = await self.open_registry()
+        # what backends keep of their own (the historic platform's UIDs) lives beside the
+        # registry; built now, once the settings name every backend
+        self.backends = Backends(self.settings.backends, self._engine)
         self.validator = self._validator or TokenValidator(self.settings.psc)
         http, ops = self.settings.http, self.settings.ops
         sock = bind_tcp(http.host, http.port)
@@ -141,7 +141,8 @@ class Gateway:
         web = WebConfig(
             ui.client_id, ui.client_secret, http.public_url or f"http://{http.host}:{port}"
         )
-        readiness = Readiness(self.settings, service)
+        assert self.backends is not None
+        readiness = Readiness(self.settings, service, backends=self.backends.by_name)
         # The pages log people in as the gateway's own client: their tokens are for it.
         self._web_validator = TokenValidator(
             dataclasses.replace(self.settings.psc, client_ids=[ui.client_id])
@@ -179,15 +180,15 @@ class Gateway:
 
     async def _start_fronts(self, service: DelegationService, validator: TokenValidator) -> None:
         settings = self.settings
-        self.router = Router(settings.backends, settings.routing)
+        assert self.backends is not None
+        self.router = Router(self.backends.by_name, settings.routing)
         cert, key = settings.tls.cert, settings.tls.key
         if cert is None or key is None:
             cert, key = ensure_dev_certificate(settings.data_dir)
         tls = server_context(cert, key)
-        config = ProxyConfig.from_settings(settings.imap)
-        if self.legacy is not None:
-            watches = self.legacy.watches
-            config = config.serving_stores(watches.version, watches.wait)
+        config = ProxyConfig.from_settings(settings.imap).serving_stores(
+            self.backends.version, self.backends.wait
+        )
         self.audit = AuditSink(service)
         self.audit.start()
         self.decisions = DecisionCache(service)
@@ -214,7 +215,6 @@ class Gateway:
                 limits=self.limits,
                 psc=self.psc_sessions,
             )
-            self._serve_legacy(server)
             await server.start()
             return server
 
@@ -229,7 +229,6 @@ class Gateway:
                 smtp_auth,
                 smtp,
                 self.metrics,
-                legacy=self.legacy,
                 psc=self.psc_sessions,
                 sessions=self.limits.smtp_sessions_per_person,
             ),
@@ -246,11 +245,6 @@ class Gateway:
             on_refused=lambda reason: refused.labels("smtp", reason).inc(),
         )
         await self.smtp.start()
-
-    def _serve_legacy(self, server: ProxyServer) -> None:
-        """Let the IMAP front serve BAL routed to the historic web services."""
-        if isinstance(server.authenticator, ProxyAuthenticator):
-            server.authenticator.legacy = self.legacy
 
     def _front(
         self, validator: TokenValidator, service: DelegationService, interface: str
@@ -283,8 +277,8 @@ class Gateway:
         for listener in (self._http, self._ops):
             if listener is not None:
                 await listener.stop()
-        if self.legacy is not None:
-            await self.legacy.aclose()
+        if self.backends is not None:
+            await self.backends.aclose()
         if self.delegations is not None:
             await self.delegations.bus.close()
         if self.validator is not None and self._validator is None:

@@ -257,6 +257,13 @@ class BackendSettings(_Section):
     numhomologation: str = Field(
         default="", max_length=64, description="legacy_ws: the gateway's approval number"
     )
+    historic_imap: bool = Field(
+        default=False,
+        description="legacy_ws: the historic platform's own IMAP (imap_host, imap_port, "
+        "master login) serves the operator's tools (migration, the historic interfaces over "
+        "other platforms); without it they read through the web services (rebuilt messages, "
+        "appends to Drafts only)",
+    )
     poll_interval: float = Field(
         default=10.0,
         gt=0,

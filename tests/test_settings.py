@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
+from gateway.backends.imap_smtp.backend import ImapSmtpBackend
+from gateway.backends.kinds import backends_from_settings
 from gateway.backends.routing import NoRoute, Route, Router
 from gateway.settings import (
     BackendSettings,
@@ -148,7 +150,7 @@ def test_example_backend_is_the_demo_mock(clean_env: pytest.MonkeyPatch):
     assert modern.master_password_file == mock_dir / "master.secret"
     assert modern.ca_file == mock_dir / "tls" / "dev-cert.pem"
     assert settings.routing.default == "modern"
-    router = Router(settings.backends, settings.routing)
+    router = Router(backends_from_settings(settings.backends), settings.routing)
     assert router.route("claire.martin@medecin.mssante.fr").name == "modern"
 
 
@@ -200,7 +202,9 @@ def test_env_overrides_nested_backend_keys(tmp_path: Path, clean_env: pytest.Mon
 
 
 def test_router_precedence():
-    backends = {name: BackendSettings(imap_host=f"{name}.example") for name in "abcd"}
+    backends = backends_from_settings(
+        {name: BackendSettings(imap_host=f"{name}.example") for name in "abcd"}
+    )
     routing = RoutingSettings(
         default="d",
         domains={"Medecin.MSSante.fr": "c"},
@@ -214,11 +218,13 @@ def test_router_precedence():
     assert router.route(dupont).name == "c", "then the domain"
     assert router.route(dupont, registered="gone").name == "c", "an unknown record is skipped"
     assert router.route("luc.durand@infirmier.mssante.fr").name == "d", "then the default"
-    assert router.route("luc.durand@infirmier.mssante.fr").backend.imap_host == "d.example"
+    chosen = router.route("luc.durand@infirmier.mssante.fr").backend
+    assert isinstance(chosen, ImapSmtpBackend)
+    assert chosen.settings.imap_host == "d.example"
 
 
 def test_router_without_a_route_or_with_unknown_names():
-    backends = {"modern": BackendSettings()}
+    backends = backends_from_settings({"modern": BackendSettings()})
     router = Router(backends, RoutingSettings(domains={"medecin.mssante.fr": "modern"}))
     assert router.route("a@medecin.mssante.fr").name == "modern"
     with pytest.raises(NoRoute, match=r"b@infirmier\.mssante\.fr"):

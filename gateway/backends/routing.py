@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from gateway.settings import BackendSettings, RoutingSettings
+from gateway.backends.base import Backend
+from gateway.settings import RoutingSettings
 
 
 class NoRoute(LookupError):
@@ -14,14 +16,14 @@ class NoRoute(LookupError):
 @dataclass(frozen=True)
 class Route:
     name: str
-    backend: BackendSettings
+    backend: Backend
 
 
 class Router:
     """Mailbox → backend: an explicit mailbox entry, then the backend the registry records
     for the mailbox, then the mailbox's domain, then the default."""
 
-    def __init__(self, backends: dict[str, BackendSettings], routing: RoutingSettings) -> None:
+    def __init__(self, backends: Mapping[str, Backend], routing: RoutingSettings) -> None:
         self.backends = dict(backends)
         self._mailboxes = {k.strip().lower(): v for k, v in routing.mailboxes.items()}
         self._domains = {k.strip().lower(): v for k, v in routing.domains.items()}

@@ -65,7 +65,7 @@ def preauth_limits(limits: Limits) -> Limits:
     )
 
 
-class _StreamChannel:
+class StreamChannel:
     def __init__(
         self,
         reader: asyncio.StreamReader,
@@ -182,7 +182,7 @@ class ImapServer:
         self.ssl_context = ssl_context
         self._socket = sock
         self._server: asyncio.Server | None = None
-        self._sessions: dict[asyncio.Task[None], _StreamChannel] = {}
+        self._sessions: dict[asyncio.Task[None], StreamChannel] = {}
         self._preauth = preauth_slots
         self._exempt = exempt or Exemptions()
 
@@ -249,7 +249,7 @@ class ImapServer:
             self.refused("per_address")
             await _hang_up(writer, untagged_status("BYE", "too many connections from your address"))
             return
-        channel = _StreamChannel(
+        channel = StreamChannel(
             reader, writer, self.config.limits, self.ssl_context, self.config.write_timeout
         )
         self._sessions[task] = channel
@@ -292,7 +292,7 @@ class ImapServer:
                 finally:
                     await _hang_up(channel.writer, bye, patience)
 
-    async def _serve(self, session: ImapSession, channel: _StreamChannel, key: str) -> None:
+    async def _serve(self, session: ImapSession, channel: StreamChannel, key: str) -> None:
         """The connection's life. Until login everything, writes and the SASL exchange
         included, must end by the login deadline (`_LoginTimeout`)."""
         login_by = asyncio.get_running_loop().time() + self.config.preauth_timeout
@@ -328,9 +328,7 @@ class ImapServer:
                 # sent may all be buffered already, and then nothing here would wait.
                 await asyncio.sleep(0)
 
-    async def _step(
-        self, session: ImapSession, channel: _StreamChannel, *, logged_in: bool
-    ) -> None:
+    async def _step(self, session: ImapSession, channel: StreamChannel, *, logged_in: bool) -> None:
         """Read and answer what the client sent next (one event, or more bytes). After
         login, a silence longer than the idle timeout ends the session; before, the login
         deadline around the caller bounds it."""
@@ -365,7 +363,7 @@ class ImapServer:
                 await session.execute(event)
             return
 
-    async def _handover(self, session: ImapSession, channel: _StreamChannel) -> bool:
+    async def _handover(self, session: ImapSession, channel: StreamChannel) -> bool:
         """After login: True when a subclass carried the session elsewhere to its end (the
         gateway's proxy relays it to a backend); False to go on serving it here."""
         return False

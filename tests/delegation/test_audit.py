@@ -15,11 +15,11 @@ from delegation import DelegationService
 from delegation.audit import ACTIONS, AuditAction, AuditRecord
 from delegation.models import ACTION_LENGTH, AuditEventRow
 from gateway.audit import AuditSink, in_background
+from gateway.fronts.imap.audited_store import AuditedStore
+from gateway.fronts.imap.rights import audit_action
 from gateway.imap import commands as c
-from gateway.imap.audited_store import AuditedStore
 from gateway.imap.mailstore import CopyResult, FolderInfo, FolderState
 from gateway.imap.parser import CommandParser
-from gateway.imap.rights import audit_action
 
 BERNARD = "899700000003"
 MARTIN = "899700000001"

@@ -44,6 +44,7 @@ from mock_operator.server import MockOperator
 from tests.conftest import quick_mock_settings, require_peer
 from tests.dovecot import DovecotServer, dovecot_available, start_dovecot
 from tests.gateway.conftest import Stack, gateway_settings, start_stack
+from tests.support.sasl import xoauth2_b64
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -418,10 +419,6 @@ class Raw:
             await self.writer.wait_closed()
 
 
-def xoauth2(user: str, token: str) -> bytes:
-    return base64.b64encode(f"user={user}\x01auth=Bearer {token}\x01\x01".encode())
-
-
 def assert_same(through: Reply | list[bytes], direct: Reply | list[bytes], what: object) -> None:
     """Equal, with a short message (a 1 MiB literal makes pytest's diff useless)."""
     ours = through.normal() if isinstance(through, Reply) else through
@@ -540,7 +537,7 @@ def through(env: Env, opened: list[Raw]) -> Callable[..., Any]:
         client = await Raw.open(env.port)
         opened.append(client)
         token = await env.stack.token(persona)
-        reply = await client.command(b"L1", b"AUTHENTICATE XOAUTH2 " + xoauth2(bal, token))
+        reply = await client.command(b"L1", b"AUTHENTICATE XOAUTH2 " + xoauth2_b64(bal, token))
         assert reply.status == b"OK", reply
         client.login_reply = reply
         return client
@@ -1060,7 +1057,7 @@ async def test_aioimaplib_reads_same_through_gateway(env):
     token = await env.stack.token("dr-martin")
     gw = aioimaplib.IMAP4(HOST, env.port, timeout=TIMEOUT)
     await gw.wait_hello_from_server()
-    assert (await gw.xoauth2(MARTIN, token)).result == "OK"
+    assert (await gw.xoauth2_b64(MARTIN, token)).result == "OK"
     dc = aioimaplib.IMAP4(HOST, env.dovecot.port, timeout=TIMEOUT)
     await dc.wait_hello_from_server()
     assert (await dc.login(MARTIN, MARTIN_PW)).result == "OK"
@@ -1099,7 +1096,7 @@ async def test_idle_sees_a_message_appended_directly(env):
     try:
         gw = aioimaplib.IMAP4(HOST, env.port, timeout=TIMEOUT)
         await gw.wait_hello_from_server()
-        assert (await gw.xoauth2(MARTIN, await env.stack.token("dr-martin"))).result == "OK"
+        assert (await gw.xoauth2_b64(MARTIN, await env.stack.token("dr-martin"))).result == "OK"
         dc = aioimaplib.IMAP4(HOST, env.dovecot.port, timeout=TIMEOUT)
         await dc.wait_hello_from_server()
         assert (await dc.login(MARTIN, MARTIN_PW)).result == "OK"
@@ -1332,7 +1329,7 @@ async def test_dovecot_dying_mid_session_gives_bye_promptly(env, through):
     client = await Raw.open(env.port)
     try:
         token = await env.stack.token("dr-moreau")
-        reply = await client.command(b"L", b"AUTHENTICATE XOAUTH2 " + xoauth2(MOREAU, token))
+        reply = await client.command(b"L", b"AUTHENTICATE XOAUTH2 " + xoauth2_b64(MOREAU, token))
         assert reply.tagged.startswith(b"L NO [UNAVAILABLE]"), reply.responses
     finally:
         await client.close()

@@ -15,21 +15,20 @@ from typing import Any
 
 import pytest
 
-from gateway.imap.proxy import Relay
+from gateway.backends.imap_smtp.backend import ImapSmtpBackend
+from gateway.fronts.imap.relay import Relay
 from gateway.server import Gateway
-from gateway.settings import MockSettings, Settings
+from gateway.settings import BackendSettings, MockSettings, Settings
 from psc_auth import Identity
 from tests.gateway.conftest import Stack, gateway_settings, start_stack
 from tests.imap_raw import Lit, Raw
+from tests.support.sasl import xoauth2
+from tests.support.waiting import until
 
 MARTIN = "claire.martin@medecin.mssante.fr"
 MOREAU = "eve.moreau@medecin.mssante.fr"
 DUPONT = "jean.dupont@medecin.mssante.fr"
 BERNARD = "899700000003"
-
-
-def xoauth2(user: str, token: str) -> str:
-    return base64.b64encode(f"user={user}\x01auth=Bearer {token}\x01\x01".encode()).decode()
 
 
 async def login(stack: Stack, persona: str, bal: str, *, client_id: str | None = None) -> Raw:
@@ -44,6 +43,14 @@ async def login(stack: Stack, persona: str, bal: str, *, client_id: str | None =
 async def identity(stack: Stack, persona: str) -> Identity:
     assert stack.gateway.validator is not None
     return await stack.gateway.validator.validate(await stack.token(persona))
+
+
+def modern_settings(stack: Stack) -> BackendSettings:
+    """The settings the "modern" backend reads at each login (tests point them elsewhere)."""
+    assert stack.gateway.router is not None
+    backend = stack.gateway.router.backends["modern"]
+    assert isinstance(backend, ImapSmtpBackend)
+    return backend.settings
 
 
 def relays(stack: Stack) -> list[Relay]:
@@ -244,7 +251,9 @@ async def test_read_only_delegate_gets_noperm_for_every_change(stack: Stack):
     assert "Nouveau" not in {f.name for f in await store.list_folders()}
     events = await audit(stack, MOREAU)
     assert any(e.action == "move" and e.result == "refused:noperm" for e in events)
-    metrics = stack.gateway.metrics.rights_refusals.labels("imap", "write")._value.get()
+    metrics = stack.gateway.metrics.sample(
+        "lpsgw_rights_refusals_total", protocol="imap", right="write"
+    )
     assert metrics >= len(refused) + 1
     await client.close()
 
@@ -322,14 +331,15 @@ async def test_narrowed_rights_apply_to_the_open_session(stack: Stack):
 
 
 async def test_open_sessions_metric_and_cleanup(stack: Stack):
-    gauge = stack.gateway.metrics.open_sessions.labels("imap")
+    metrics = stack.gateway.metrics
     client = await login(stack, "dr-martin", MARTIN)
-    assert gauge._value.get() == 1
+    assert metrics.sample("lpsgw_open_sessions", protocol="imap") == 1
     await client.ok("LOGOUT")
     await client.until_closed()
-    await asyncio.sleep(0.05)
-    assert gauge._value.get() == 0
-    assert stack.gateway.metrics.logins.labels("imap", "ok")._value.get() == 1
+    await until(
+        lambda: metrics.sample("lpsgw_open_sessions", protocol="imap") == 0, "session closed"
+    )
+    assert stack.gateway.metrics.sample("lpsgw_logins_total", protocol="imap", result="ok") == 1
 
 
 # -- backend failures ------------------------------------------------------------------------
@@ -344,7 +354,9 @@ async def test_backend_dying_mid_session_gives_bye(stack: Stack):
     assert bye.startswith(b"* BYE")
     assert b"lost" in bye
     assert await client.until_closed() == b""
-    errors = stack.gateway.metrics.backend_errors.labels("modern", "imap", "died")._value.get()
+    errors = stack.gateway.metrics.sample(
+        "lpsgw_backend_errors_total", backend="modern", protocol="imap", kind="died"
+    )
     assert errors == 1
 
 
@@ -355,7 +367,10 @@ async def test_backend_down_at_login_is_unavailable(stack: Stack):
     token = await stack.token("dr-martin")
     reply = await client.command("AUTHENTICATE XOAUTH2 ", xoauth2(MARTIN, token))
     assert b"NO [UNAVAILABLE]" in reply.tagged
-    assert stack.gateway.metrics.logins.labels("imap", "unavailable")._value.get() == 1
+    assert (
+        stack.gateway.metrics.sample("lpsgw_logins_total", protocol="imap", result="unavailable")
+        == 1
+    )
     await client.close()
 
 
@@ -375,8 +390,7 @@ async def mute_backend() -> tuple[asyncio.Server, int]:
 
 async def test_silent_backend_times_out_with_bye(stack: Stack):
     server, port = await mute_backend()
-    assert stack.gateway.router is not None
-    backend = stack.gateway.router.backends["modern"]
+    backend = modern_settings(stack)
     backend.imap_port, backend.imap_tls, backend.reply_timeout = port, "none", 0.5
     async with server:
         client = await login(stack, "dr-martin", MARTIN)
@@ -386,8 +400,10 @@ async def test_silent_backend_times_out_with_bye(stack: Stack):
         assert bye.startswith(b"* BYE")
         assert b"not responding" in bye
         assert time.monotonic() - started < 3.0
-        timeouts = stack.gateway.metrics.backend_errors.labels("modern", "imap", "timeout")
-        assert timeouts._value.get() == 1
+        timeouts = stack.gateway.metrics.sample(
+            "lpsgw_backend_errors_total", backend="modern", protocol="imap", kind="timeout"
+        )
+        assert timeouts == 1
 
 
 async def test_idle_client_is_logged_out(stack: Stack):
@@ -484,16 +500,17 @@ async def test_backend_starttls_injection_is_refused(stack: Stack):
         await reader.read()
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    assert stack.gateway.router is not None
-    backend = stack.gateway.router.backends["modern"]
+    backend = modern_settings(stack)
     backend.imap_port, backend.imap_tls = server.sockets[0].getsockname()[1], "starttls"
     async with server:
         client = await Raw.open(stack.imap_port)
         token = await stack.token("dr-martin")
         reply = await client.command("AUTHENTICATE XOAUTH2 ", xoauth2(MARTIN, token))
         assert b"NO [UNAVAILABLE]" in reply.tagged
-        errors = stack.gateway.metrics.backend_errors.labels("modern", "imap", "tls")
-        assert errors._value.get() == 1
+        errors = stack.gateway.metrics.sample(
+            "lpsgw_backend_errors_total", backend="modern", protocol="imap", kind="tls"
+        )
+        assert errors == 1
         await client.close()
 
 
@@ -516,15 +533,15 @@ async def test_a_tag_in_flight_cannot_be_reused(stack: Stack):
 async def test_revocation_during_the_backend_login_still_ends_the_session(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ):
-    import gateway.imap.proxy as proxy
-
     registry = stack.gateway.delegations
     assert registry is not None
     holder = await identity(stack, "dr-martin")
     (delegation,) = [
         d for d in await registry.delegations_of(holder, MARTIN) if d.delegate_idnat == BERNARD
     ]
-    real_open = proxy.open_upstream
+    assert stack.gateway.router is not None
+    modern = stack.gateway.router.backends["modern"]
+    real_open = modern.open_imap
 
     async def slow_open(*args: Any) -> Any:
         upstream = await real_open(*args)
@@ -532,7 +549,7 @@ async def test_revocation_during_the_backend_login_still_ends_the_session(
         await asyncio.sleep(0.1)
         return upstream
 
-    monkeypatch.setattr(proxy, "open_upstream", slow_open)
+    monkeypatch.setattr(modern, "open_imap", slow_open)
     client = await Raw.open(stack.imap_port)
     token = await stack.token("sec-bernard")
     await client.send(b"A1 AUTHENTICATE XOAUTH2 " + xoauth2(MARTIN, token).encode() + b"\r\n")

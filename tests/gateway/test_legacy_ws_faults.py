@@ -21,8 +21,9 @@ import pytest
 
 from gateway.settings import MockSettings, Settings
 from tests.gateway.conftest import Stack, start_stack
-from tests.gateway.test_legacy_ws_imap import DUPONT, configure_with, xoauth2
+from tests.gateway.test_legacy_ws_imap import DUPONT, configure_with
 from tests.imap_raw import Raw
+from tests.support.sasl import xoauth2
 
 MARTIN = "claire.martin@medecin.mssante.fr"
 REPLY_TIMEOUT = 1.0

@@ -9,7 +9,6 @@ import asyncio
 import base64
 import imaplib
 import re
-import socket
 from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
@@ -41,16 +40,14 @@ from tests.historic import (
 )
 from tests.imap_raw import Lit, Raw
 from tests.mss.builders import letter
+from tests.support.net import closed_port
+from tests.support.sasl import xoauth2
 
 DUPONT = "jean.dupont@medecin.mssante.fr"
 PETIT = "marie.petit@sage-femme.mssante.fr"
 DRAFTS = 6
 BERNARD = "899700000003"
 SUBJECT = "Avis sur un patient commun"
-
-
-def xoauth2(user: str, token: str) -> str:
-    return base64.b64encode(f"user={user}\x01auth=Bearer {token}\x01\x01".encode()).decode()
 
 
 def historic_backend(mock: MockOperator, **overrides: Any) -> BackendSettings:
@@ -433,12 +430,6 @@ async def test_uids_survive_a_gateway_restart(
             await second.stop()
         await stack.gateway.stop()
         await stack.mock.stop()
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_historic_services_down_is_a_clean_no(

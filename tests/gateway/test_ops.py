@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import imaplib
-import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -30,6 +29,7 @@ from gateway.runtime.tls import ensure_dev_certificate, server_context
 from gateway.settings import BackendSettings, Settings
 from psc_auth import TokenValidator, ValidatorConfig
 from tests.gateway.conftest import Stack, gateway_settings
+from tests.support.net import closed_port
 
 MARTIN = "claire.martin@medecin.mssante.fr"
 
@@ -76,14 +76,6 @@ async def greeter(
     finally:
         server.close()
         await server.wait_closed()
-
-
-def closed_port() -> int:
-    """A port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 @pytest.fixture

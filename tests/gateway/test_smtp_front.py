@@ -9,7 +9,6 @@ import base64
 import contextlib
 import email
 import smtplib
-import socket
 import ssl
 import time
 import uuid
@@ -21,10 +20,15 @@ from typing import Any
 import aiosmtplib
 import pytest
 
+from gateway.backends.base import Backend
+from gateway.backends.imap_smtp.backend import ImapSmtpBackend
 from gateway.runtime.smtp_server import TokenSMTP
 from gateway.settings import BackendSettings, Settings
 from tests.gateway.conftest import Stack, gateway_settings
 from tests.mss.builders import letter, seeded_letter, variant
+from tests.support.net import closed_port
+from tests.support.sasl import xoauth2_b64
+from tests.support.waiting import until
 
 CLAIRE = "claire.martin@medecin.mssante.fr"  # dr-martin's; sec-bernard: read, write, send
 JEAN = "jean.dupont@medecin.mssante.fr"  # sec-bernard: read only
@@ -43,17 +47,13 @@ def stack_settings(tmp_path: Path) -> Settings:
 # -- helpers -------------------------------------------------------------------------------
 
 
-def xoauth2(user: str, token: str) -> bytes:
-    return base64.b64encode(f"user={user}\x01auth=Bearer {token}\x01\x01".encode())
-
-
 @contextlib.contextmanager
 def smtplib_session(port: int, user: str, token: str) -> Iterator[smtplib.SMTP]:
     """A blocking smtplib client logged in with XOAUTH2 over loopback plaintext, as an LPS
     on the standard library would be (run it in a thread)."""
     with smtplib.SMTP("127.0.0.1", port, local_hostname="lps-test", timeout=30) as smtp:
         smtp.ehlo()
-        code, _ = smtp.docmd("AUTH", "XOAUTH2 " + xoauth2(user, token).decode())
+        code, _ = smtp.docmd("AUTH", "XOAUTH2 " + xoauth2_b64(user, token).decode())
         assert code == 235
         yield smtp
 
@@ -94,7 +94,7 @@ async def client(
     await smtp.connect()
     try:
         await smtp.ehlo()
-        reply = await smtp.execute_command(b"AUTH", b"XOAUTH2", xoauth2(bal, token))
+        reply = await smtp.execute_command(b"AUTH", b"XOAUTH2", xoauth2_b64(bal, token))
         assert reply.code == 235, reply
         yield smtp
     finally:
@@ -115,37 +115,30 @@ async def received(stack: Stack, address: str, subject: str) -> list[bytes]:
 
 
 def metric(stack: Stack, name: str, **labels: str) -> float:
-    value = stack.gateway.metrics.registry.get_sample_value(name, labels)
-    return value or 0.0
+    return stack.gateway.metrics.sample(name, **labels)
 
 
-def set_backend(stack: Stack, **changes: Any) -> BackendSettings:
-    """Point the route of every BAL ("modern") elsewhere; returns the original setting."""
+def set_backend(stack: Stack, **changes: Any) -> Backend:
+    """Point the route of every BAL ("modern") elsewhere; returns the original backend."""
     router = stack.gateway.router
     assert router is not None
     original = router.backends["modern"]
-    router.backends["modern"] = BackendSettings.model_validate({**original.model_dump(), **changes})
+    assert isinstance(original, ImapSmtpBackend)
+    settings = BackendSettings.model_validate({**original.settings.model_dump(), **changes})
+    router.backends["modern"] = ImapSmtpBackend("modern", settings)
     return original
 
 
-def restore_backend(stack: Stack, original: BackendSettings) -> None:
+def restore_backend(stack: Stack, original: Backend) -> None:
     assert stack.gateway.router is not None
     stack.gateway.router.backends["modern"] = original
 
 
 async def until_no_open_session(stack: Stack) -> None:
-    for _ in range(100):
-        if metric(stack, "lpsgw_open_sessions", protocol="smtp") == 0:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("an SMTP session is still counted as open")
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
+    await until(
+        lambda: metric(stack, "lpsgw_open_sessions", protocol="smtp") == 0,
+        "no SMTP session counted as open",
+    )
 
 
 class ScriptedBackend:
@@ -362,7 +355,7 @@ async def test_bad_token_is_refused_and_counted(stack: Stack) -> None:
     await smtp.connect()
     try:
         await smtp.ehlo()
-        reply = await smtp.execute_command(b"AUTH", b"XOAUTH2", xoauth2(CLAIRE, "not-a-token"))
+        reply = await smtp.execute_command(b"AUTH", b"XOAUTH2", xoauth2_b64(CLAIRE, "not-a-token"))
         if reply.code == 334:  # RFC 7628 error challenge
             reply = await smtp.execute_command(b"")
         assert reply.code == 535
@@ -388,7 +381,7 @@ async def test_starttls_then_auth_with_smtplib(stack: Stack) -> None:
             smtp.ehlo("lps-test")
             size_advertised = smtp.esmtp_features.get("size") == str(MAX_SIZE)
             assert smtp.esmtp_features["auth"].split() == ["OAUTHBEARER", "PLAIN", "XOAUTH2"]
-            code, _ = smtp.docmd("AUTH", "XOAUTH2 " + xoauth2(CLAIRE, token).decode())
+            code, _ = smtp.docmd("AUTH", "XOAUTH2 " + xoauth2_b64(CLAIRE, token).decode())
             assert code == 235
             smtp.sendmail(CLAIRE, [EVE], raw)
         return offered, size_advertised
@@ -646,7 +639,7 @@ async def test_client_dropping_closes_the_backend_session(stack: Stack) -> None:
         smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=stack.smtp_port, start_tls=False)
         await smtp.connect()
         await smtp.ehlo()
-        await smtp.execute_command(b"AUTH", b"XOAUTH2", xoauth2(CLAIRE, token))
+        await smtp.execute_command(b"AUTH", b"XOAUTH2", xoauth2_b64(CLAIRE, token))
         await smtp.mail(CLAIRE)
         assert metric(stack, "lpsgw_open_sessions", protocol="smtp") == 1
         smtp.close()  # no QUIT
@@ -662,7 +655,7 @@ async def test_no_token_or_password_in_logs(stack: Stack, caplog: pytest.LogCapt
         smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=stack.smtp_port, start_tls=False)
         await smtp.connect()
         await smtp.ehlo()
-        await smtp.execute_command(b"AUTH", b"XOAUTH2", xoauth2(CLAIRE, token))
+        await smtp.execute_command(b"AUTH", b"XOAUTH2", xoauth2_b64(CLAIRE, token))
         await smtp.sendmail(CLAIRE, [EVE], message(CLAIRE, EVE, subject()))
         await smtp.quit()
     text = "\n".join(f"{record.getMessage()} {record.__dict__}" for record in caplog.records)

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.fronts.imap.rights import audit_action, audit_detail, required_right
 from gateway.imap.framing import FramingError, ResponseFramer
 from gateway.imap.parser import CommandParser
-from gateway.imap.rights import audit_action, audit_detail, required_right
 
 RESPONSES = [
     b"* 3 EXISTS\r\n",

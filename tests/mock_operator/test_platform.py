@@ -20,14 +20,11 @@ import pytest
 
 from mock_operator.server import MockOperator
 from tests.conftest import persona_token, require_peer
+from tests.support.sasl import xoauth2_blob
 
 MARTIN = "claire.martin@medecin.mssante.fr"
 MOREAU = "eve.moreau@medecin.mssante.fr"
 DURAND = "luc.durand@infirmier.mssante.fr"
-
-
-def xoauth2(user: str, bearer: str) -> bytes:
-    return f"user={user}\x01auth=Bearer {bearer}\x01\x01".encode()
 
 
 def tls_context(mock: MockOperator) -> ssl.SSLContext:
@@ -78,11 +75,11 @@ async def test_login_select_fetch_with_imaplib(mock_op: MockOperator, martin_tok
 async def test_authenticate_xoauth2_and_wrong_token(mock_op: MockOperator, martin_token: str):
     def session() -> tuple[str, str]:
         client = imaplib.IMAP4("127.0.0.1", mock_op.imap_port, timeout=10)
-        typ, _ = client.authenticate("XOAUTH2", lambda _: xoauth2(MARTIN, martin_token))
+        typ, _ = client.authenticate("XOAUTH2", lambda _: xoauth2_blob(MARTIN, martin_token))
         client.logout()
         bad = imaplib.IMAP4("127.0.0.1", mock_op.imap_port, timeout=10)
         try:
-            bad.authenticate("XOAUTH2", lambda _: xoauth2(MARTIN, martin_token[:-4] + "AAAA"))
+            bad.authenticate("XOAUTH2", lambda _: xoauth2_blob(MARTIN, martin_token[:-4] + "AAAA"))
         except imaplib.IMAP4.error as exc:
             refusal = str(exc)
         else:
@@ -188,7 +185,7 @@ async def test_smtp_delivery_sent_copy_and_refusals(mock_op: MockOperator, marti
             smtp.ehlo("lps.test")
             smtp.starttls(context=tls_context(mock_op))
             smtp.ehlo("lps.test")
-            out["auth"] = smtp.auth("XOAUTH2", lambda: xoauth2(MARTIN, martin_token).decode())
+            out["auth"] = smtp.auth("XOAUTH2", lambda: xoauth2_blob(MARTIN, martin_token).decode())
             out["refused"] = smtp.send_message(message)
             try:
                 smtp.sendmail(MARTIN, ["nobody@medecin.mssante.fr"], message.as_bytes())
@@ -240,7 +237,7 @@ async def test_idle_sees_a_message_delivered_by_smtp(mock_op: MockOperator, mart
     def send() -> None:
         with smtplib.SMTP("127.0.0.1", mock_op.smtp_port, timeout=10) as smtp:
             smtp.ehlo("lps.test")
-            smtp.auth("XOAUTH2", lambda: xoauth2(MOREAU, moreau).decode())
+            smtp.auth("XOAUTH2", lambda: xoauth2_blob(MOREAU, moreau).decode())
             smtp.sendmail(MOREAU, [MARTIN], b"Subject: urgent\r\n\r\nRappelez-moi.\r\n")
 
     await in_thread(send)

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from gateway.imap.proxy import MAX_AUDITS_IN_FLIGHT
+from gateway.fronts.imap.relay import MAX_AUDITS_IN_FLIGHT
 from tests.gateway.conftest import Stack
 from tests.gateway.test_imap_proxy import identity, login
-from tests.gateway.test_smtp_front import xoauth2
+from tests.support.sasl import xoauth2_b64
 
 MARTIN = "claire.martin@medecin.mssante.fr"
 MOREAU = "eve.moreau@medecin.mssante.fr"
@@ -120,7 +120,7 @@ async def test_a_stray_8_bit_byte_from_the_client_does_not_erase_its_events(
     reader, writer = await asyncio.open_connection("127.0.0.1", stack.smtp_port)
     try:
         await reader.readline()
-        writer.write(b"EHLO pc\xff\r\nAUTH XOAUTH2 " + xoauth2(MARTIN, token) + b"\r\n")
+        writer.write(b"EHLO pc\xff\r\nAUTH XOAUTH2 " + xoauth2_b64(MARTIN, token) + b"\r\n")
         while (await reader.readline())[:4] != b"235 ":
             pass
         writer.write(b"MAIL FROM:<claire.martin\xff@medecin.mssante.fr>\r\n")

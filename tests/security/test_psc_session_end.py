@@ -18,9 +18,9 @@ from gateway.settings import MockSettings, Settings
 from mock_operator.server import MockOperator
 from tests.gateway.conftest import Stack, gateway_settings, mock_backend, running_stack
 from tests.gateway.test_legacy_ws_imap import historic_backend
-from tests.gateway.test_smtp_front import xoauth2
 from tests.imap_raw import Raw
 from tests.security.test_slow_clients import until
+from tests.support.sasl import xoauth2_b64
 
 REVALIDATE = 2.0  # seconds, as in the Done-when
 AFTER_EXPIRY = 1.0
@@ -64,7 +64,7 @@ async def watched(
 
 async def imap_session(stack: Stack, token: str, bal: str) -> Raw:
     client = await Raw.open(stack.imap_port)
-    await client.ok(f"AUTHENTICATE XOAUTH2 {xoauth2(bal, token).decode()}")
+    await client.ok(f"AUTHENTICATE XOAUTH2 {xoauth2_b64(bal, token).decode()}")
     await client.ok("SELECT INBOX")
     return client
 
@@ -72,7 +72,7 @@ async def imap_session(stack: Stack, token: str, bal: str) -> Raw:
 async def smtp_session(stack: Stack, token: str, bal: str) -> tuple[Any, Any]:
     reader, writer = await asyncio.open_connection("127.0.0.1", stack.smtp_port)
     assert (await reader.readline()).startswith(b"220")
-    writer.write(b"EHLO lps\r\nAUTH XOAUTH2 " + xoauth2(bal, token) + b"\r\n")
+    writer.write(b"EHLO lps\r\nAUTH XOAUTH2 " + xoauth2_b64(bal, token) + b"\r\n")
     while not (line := await reader.readline()).startswith(b"250 "):
         assert line.startswith(b"250-"), line
     assert (await reader.readline()).startswith(b"235")
@@ -111,7 +111,7 @@ async def test_ending_the_psc_session_ends_the_open_sessions(watched: Stack) -> 
         again = await Raw.open(watched.imap_port)
         tag = again.tag()
         await again.send(
-            f"{tag} AUTHENTICATE XOAUTH2 {xoauth2(CLAIRE, sophie).decode()}\r\n".encode()
+            f"{tag} AUTHENTICATE XOAUTH2 {xoauth2_b64(CLAIRE, sophie).decode()}\r\n".encode()
         )
         challenge = await again.line()
         assert challenge.startswith(b"+ ")

@@ -9,9 +9,9 @@ from typing import Any
 
 from tests.gateway.conftest import Stack
 from tests.gateway.test_imap_proxy import identity
-from tests.gateway.test_smtp_front import xoauth2
 from tests.historic import historic_call, historic_messages
 from tests.imap_raw import Lit, Raw
+from tests.support.sasl import xoauth2_b64
 
 MOREAU = "eve.moreau@medecin.mssante.fr"  # modern; read-only for sec-bernard (granted here)
 DUPONT = "jean.dupont@medecin.mssante.fr"  # historic; read-only for sec-bernard (seeded)
@@ -64,7 +64,7 @@ async def every_change_is_refused_and_nothing_changes(stack: Stack, bal: str, st
     before = await state(stack, bal)
     client = await Raw.open(stack.imap_port)
     token = await stack.token("sec-bernard")
-    await client.ok(f"AUTHENTICATE XOAUTH2 {xoauth2(bal, token).decode()}")
+    await client.ok(f"AUTHENTICATE XOAUTH2 {xoauth2_b64(bal, token).decode()}")
     selected = await client.ok("SELECT INBOX")
     assert b" OK [READ-ONLY] " in selected.tagged
     assert any(b"[PERMANENTFLAGS (\\Seen)]" in line for line in selected.untagged)

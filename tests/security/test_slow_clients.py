@@ -13,16 +13,17 @@ import imaplib
 import logging
 import smtplib
 import socket
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from gateway.settings import MockSettings, Settings
 from tests.gateway.conftest import Stack, gateway_settings, running_stack
-from tests.gateway.test_smtp_front import metric, xoauth2
+from tests.gateway.test_smtp_front import metric
 from tests.imap_raw import Raw
+from tests.support.sasl import xoauth2_b64
+from tests.support.waiting import until
 
 HOSTILE = "127.0.0.2"
 MARTIN = "claire.martin@medecin.mssante.fr"
@@ -74,15 +75,6 @@ async def pipeline_without_reading(sock: socket.socket, line: bytes) -> float:
             return loop.time() - began
         except TimeoutError:
             raise AssertionError("the server still holds a client that never reads") from None
-
-
-async def until(condition: Callable[[], bool], what: str) -> None:
-    """Wait for `condition`, checking as the event loop turns; fail past BOUND."""
-    deadline = time.monotonic() + BOUND
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not seen within {BOUND} s: {what}")
-        await asyncio.sleep(0.02)
 
 
 def congested(listener: socket.socket) -> None:
@@ -181,7 +173,7 @@ async def test_a_logged_in_client_that_never_reads_is_cut_after_the_write_timeou
     sock = connect(stack.imap_port)
     loop = asyncio.get_running_loop()
     try:
-        blob = xoauth2(MARTIN, token)
+        blob = xoauth2_b64(MARTIN, token)
         await loop.sock_sendall(sock, b"a AUTHENTICATE XOAUTH2 " + blob + b"\r\nb SELECT INBOX\r\n")
         await until(
             lambda: metric(stack, "lpsgw_open_sessions", protocol="imap") == 1, "the relay running"
@@ -209,7 +201,7 @@ async def test_smtp_clients_that_never_read_are_cut_before_and_after_auth(stack:
         await loop.sock_sendall(before, b"EHLO lps\r\n" * 5)
         token = await stack.token("dr-martin")
         await loop.sock_sendall(
-            after, b"EHLO lps\r\nAUTH XOAUTH2 " + xoauth2(MARTIN, token) + b"\r\n"
+            after, b"EHLO lps\r\nAUTH XOAUTH2 " + xoauth2_b64(MARTIN, token) + b"\r\n"
         )
         lasted_after = await pipeline_without_reading(after, b"NOOP\r\n")
         await until(lambda: hostile_smtp(stack) == 0, "the silent one cut at the deadline")
@@ -231,7 +223,7 @@ async def test_a_deaf_smtp_client_that_quits_is_cut_after_the_grace(stack: Stack
     loop = asyncio.get_running_loop()
     try:
         token = await stack.token("dr-martin")
-        auth = b"EHLO lps\r\nAUTH XOAUTH2 " + xoauth2(MARTIN, token) + b"\r\n"
+        auth = b"EHLO lps\r\nAUTH XOAUTH2 " + xoauth2_b64(MARTIN, token) + b"\r\n"
         await loop.sock_sendall(sock, auth + b"NOOP\r\n" * 6000 + b"QUIT\r\n")
         await until(lambda: hostile_smtp(stack) == 0, "the deaf client cut after QUIT")
     finally:
@@ -239,7 +231,7 @@ async def test_a_deaf_smtp_client_that_quits_is_cut_after_the_grace(stack: Stack
 
 
 def authenticate(bal: str, token: str) -> str:
-    return f"AUTHENTICATE XOAUTH2 {xoauth2(bal, token).decode()}"
+    return f"AUTHENTICATE XOAUTH2 {xoauth2_b64(bal, token).decode()}"
 
 
 async def refused_login(client: Raw, bal: str, token: str) -> bytes:
@@ -360,7 +352,7 @@ async def test_smtp_sessions_are_capped_per_person(stack: Stack) -> None:
     def log_in() -> tuple[int, bytes]:
         smtp = smtplib.SMTP("127.0.0.1", stack.smtp_port, timeout=30)
         smtp.ehlo("lps")
-        code, text = smtp.docmd("AUTH", "XOAUTH2 " + xoauth2(MARTIN, token).decode())
+        code, text = smtp.docmd("AUTH", "XOAUTH2 " + xoauth2_b64(MARTIN, token).decode())
         if code == 235:
             held.append(smtp)
         else:
@@ -405,7 +397,7 @@ async def test_bad_tokens_are_throttled_per_source_address(stack: Stack) -> None
         with smtplib.SMTP(timeout=30, source_address=(HOSTILE, 0)) as smtp:
             smtp.connect("127.0.0.1", stack.smtp_port)
             smtp.ehlo("lps")
-            return smtp.docmd("AUTH", "XOAUTH2 " + xoauth2(MARTIN, good).decode())
+            return smtp.docmd("AUTH", "XOAUTH2 " + xoauth2_b64(MARTIN, good).decode())
 
     code, text = await asyncio.to_thread(smtp_auth)
     assert code == 454

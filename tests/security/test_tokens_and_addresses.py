@@ -21,9 +21,10 @@ import pytest
 
 from gateway.settings import Settings
 from tests.gateway.conftest import Stack, gateway_settings
-from tests.gateway.test_smtp_front import smtplib_session, xoauth2
+from tests.gateway.test_smtp_front import smtplib_session
 from tests.imap_raw import Raw
 from tests.security.test_slow_clients import refused_login
+from tests.support.sasl import xoauth2_b64
 
 CLAIRE = "claire.martin@medecin.mssante.fr"  # sec-bernard: read, write, send
 EVE = "eve.moreau@medecin.mssante.fr"  # nobody's but dr-moreau's
@@ -114,7 +115,7 @@ async def test_a_forged_token_opens_nothing(
     def smtp() -> tuple[int, bytes]:
         with smtplib.SMTP("127.0.0.1", stack.smtp_port, timeout=30) as client:
             client.ehlo("lps")
-            code, text = client.docmd("AUTH", "XOAUTH2 " + xoauth2(CLAIRE, token).decode())
+            code, text = client.docmd("AUTH", "XOAUTH2 " + xoauth2_b64(CLAIRE, token).decode())
             if code == 334:  # the RFC 7628 error challenge: the client answers ^A
                 code, text = client.docmd("AQ==")
             return code, text

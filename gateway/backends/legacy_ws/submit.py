@@ -11,21 +11,22 @@ does not know the delegate either: the gateway's audit trail is the only record 
 wrote), the X-MSS-* headers, Message-ID, In-Reply-To/References and any other header.
 
 Failures keep the end-to-end rule of the SMTP front (250 only once the platform took the
-message, a DATA never sent twice from here):
+message, a DATA never sent twice from here), as backend errors the front answers from its
+reply table:
 
-* no usable answer (`LegacyUnavailable`) → ``451 4.4.1``: the client keeps the message
-  and retries. A timeout after the platform received the request may still mean it was
+* no usable answer (`LegacyUnavailable`) → `BackendUnavailable` (4.4.1): the client keeps
+  the message and retries. A timeout after the platform received the request may still mean it was
   sent: before answering 451 the gateway looks in the BAL's Sent folder for this very
   message (same subject, recipients and body, dated from the attempt on) and answers
   250 if it is there, so that a slow platform does not make the client send twice; if
   that search fails too, 451 (a duplicate is then possible, as with an SMTP backend
   that dies after DATA);
-* our credentials refused (`LegacyAuthError`) → ``451 4.7.0``, logged as an error: an
-  operator problem, not the client's;
-* the platform's own refusal (`LegacyError`, functional or technical) → ``5xx`` with its
-  code: a technical error may come after delivery to some recipients, so a retry could
-  deliver twice;
-* a message the platform cannot represent (`MimeRejected`) → its 5.x.x.
+* our credentials refused (`LegacyAuthError`) → `BackendUnavailable("credentials")`
+  (4.7.0), logged as an error: an operator problem, not the client's;
+* the platform's own refusal (`LegacyError`, functional or technical) → `BackendRefused`
+  with the enhanced status its code means: a technical error may come after delivery to
+  some recipients, so a retry could deliver twice;
+* a message the platform cannot represent (`MimeRejected`) → `BackendRefused`, its 5.x.x.
 """
 
 from __future__ import annotations
@@ -33,9 +34,16 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from gateway.backends.base import Accepted
+from gateway.backends.errors import (
+    BackendCannotCarry,
+    BackendRefused,
+    BackendUnavailable,
+    one_line,
+)
 from gateway.backends.legacy_ws.client import (
     LegacyAuthError,
     LegacyError,
@@ -47,26 +55,23 @@ from gateway.backends.legacy_ws.mime import (
     PARIS,
     MimeRejected,
     rfc5322_to_message,
+    valid_recipient,
 )
-from gateway.backends.smtp_relay import BackendError, BackendRefused, one_line
 
 log = logging.getLogger(__name__)
 
-UNAVAILABLE = "451 4.4.1 Historic mail service unavailable, try again later"
-GATEWAY_REFUSED = "451 4.7.0 Historic mail service refused the gateway, try again later"
 MAX_TEXT = 200
 SENT = 5
 CLOCK_SKEW = dt.timedelta(seconds=5)  # the platform's clock against ours
-# historic functional codes (DOMAIN.md §4) → (basic code, enhanced status)
-_STATUS: dict[int, tuple[int, str]] = {
-    24: (553, "5.1.3"),  # invalid email
-    32: (552, "5.3.4"),  # attachments too large
-    39: (552, "5.3.4"),  # content too large
-    23: (554, "5.6.0"),  # email missing
-    28: (554, "5.6.0"),  # mandatory field missing
-    36: (554, "5.6.0"),  # invalid format
+# historic functional codes (DOMAIN.md §4) → the RFC 3463 status they mean
+_STATUS: dict[int, str] = {
+    24: "5.1.3",  # invalid email
+    32: "5.3.4",  # attachments too large
+    39: "5.3.4",  # content too large
+    23: "5.6.0",  # email missing
+    28: "5.6.0",  # mandatory field missing
+    36: "5.6.0",  # invalid format
 }
-_BASIC = {"5.1": 553, "5.3": 552, "5.5": 550}
 _STATUS_CODE = re.compile(r"^5\.\d{1,3}\.\d{1,3}$")
 _SAFE_ID = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -79,16 +84,9 @@ def historic_message(raw: bytes, recipients: Sequence[str], *, max_size: int) ->
     )
 
 
-def rejection_reply(refusal: MimeRejected) -> str:
-    """The SMTP reply for a message `historic_message` refused."""
-    status = refusal.status if _STATUS_CODE.fullmatch(refusal.status) else "5.6.0"
-    basic = _BASIC.get(status[:3], 554)
-    return f"{basic} {status} {one_line(refusal.reason, MAX_TEXT)}"
-
-
 async def send(client: LegacyWsClient, bal: str, message: Mapping[str, Any]) -> dict[str, Any]:
-    """sendMessage for `bal`; the copy kept in Sent. `BackendError` (4xx: the client
-    retries) or `BackendRefused` (5xx) otherwise."""
+    """sendMessage for `bal`; the copy kept in Sent. `BackendUnavailable` (the client
+    retries) or `BackendRefused` otherwise."""
     attempted = dt.datetime.now(PARIS).replace(microsecond=0) - CLOCK_SKEW
     try:
         return await client.send_message(bal, message)
@@ -97,17 +95,15 @@ async def send(client: LegacyWsClient, bal: str, message: Mapping[str, Any]) -> 
         if sent is not None:
             log.warning("smtp.legacy_ws_sent_without_answer", extra={"bal": bal})
             return sent
-        raise BackendError("unavailable", UNAVAILABLE, exc.reason) from None
+        raise BackendUnavailable("unavailable", exc.reason) from None
     except LegacyAuthError as exc:
         log.error("smtp.legacy_ws_auth_refused", extra={"bal": bal, "code": exc.code})
-        raise BackendError("login", GATEWAY_REFUSED, f"X-ErrorCode {exc.code}") from None
+        raise BackendUnavailable("credentials", f"X-ErrorCode {exc.code}") from None
     except LegacyError as exc:
-        basic, status = _STATUS.get(exc.code, (554, "5.0.0"))
-        if exc.kind == "TECHNIQUE":
-            basic, status = 554, "5.3.0"
+        status = "5.3.0" if exc.kind == "TECHNIQUE" else _STATUS.get(exc.code, "5.0.0")
         text = one_line(exc.message, MAX_TEXT) or exc.kind.lower()
         raise BackendRefused(
-            basic, f"{status} Historic platform refused the message ({exc.code}): {text}"
+            f"Historic platform refused the message ({exc.code}): {text}", status=status
         ) from None
 
 
@@ -142,3 +138,55 @@ def _fingerprint(message: Mapping[str, Any]) -> tuple[str, frozenset[tuple[str, 
 def sent_id(sent: Mapping[str, Any]) -> str:
     """The Sent copy's id, fit for a reply line and a log."""
     return _SAFE_ID.sub("_", str(sent.get("messageId", "")))[:64]
+
+
+class HistoricSubmission:
+    """`Submission` for a historic BAL: the envelope is collected here (RCPT checked
+    against what the platform accepts) and DATA is one sendMessage."""
+
+    def __init__(self, name: str, client: LegacyWsClient, bal: str, *, max_size: int) -> None:
+        self.name = name
+        self.client = client
+        self.bal = bal
+        self.max_size = max_size
+        self.in_transaction = False
+        self.last_answer = 0.0
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.name, self.bal
+
+    @property
+    def connected(self) -> bool:
+        return True  # nothing held open between messages: HTTP calls
+
+    async def open(self) -> None:
+        return None
+
+    async def mail(self, sender: str, options: Iterable[str]) -> None:
+        self.in_transaction = True
+
+    async def rcpt(self, recipient: str, *, utf8: bool = False) -> None:
+        if not valid_recipient(recipient.strip().lower()):
+            raise BackendRefused(
+                "Recipient address not accepted by the historic platform", status="5.1.3"
+            )
+
+    async def data(self, message: bytes, recipients: Sequence[str]) -> Accepted:
+        self.in_transaction = False
+        try:
+            historic = historic_message(message, recipients, max_size=self.max_size)
+        except MimeRejected as refusal:
+            status = refusal.status if _STATUS_CODE.fullmatch(refusal.status) else "5.6.0"
+            raise BackendCannotCarry(one_line(refusal.reason, MAX_TEXT), status=status) from None
+        sent = sent_id(await send(self.client, self.bal, historic))
+        return Accepted(f"OK sent, historic message {sent}", reference=sent, sender_recorded=False)
+
+    async def reset(self) -> None:
+        self.in_transaction = False
+
+    async def close(self) -> None:
+        self.in_transaction = False
+
+    def abort(self) -> None:
+        self.in_transaction = False

@@ -9,8 +9,8 @@ Failures are sorted into two kinds, because the client's next move differs:
 
 * `BackendRefused`: the backend answered, with a 4xx or 5xx; its code and text go to the
   client as they are (the client's own retry policy applies);
-* `BackendError`: no usable answer (unreachable, login refused, timed out, connection
-  lost); the connection is dropped and the client gets a 451 to retry later. A DATA that
+* `BackendUnavailable`: no usable answer (unreachable, login refused, timed out,
+  connection lost); the connection is dropped and the client is told to retry later. A DATA that
   timed out is never sent again from here: only the client may retry, so that a message
   the backend did take is not delivered twice behind its back.
 
@@ -23,18 +23,18 @@ from __future__ import annotations
 import base64
 import functools
 import logging
-import re
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
 import aiosmtplib
-from aiosmtplib import SMTPResponse
 
-from gateway.backends.routing import Route
+from gateway.backends.base import Accepted
+from gateway.backends.errors import BackendRefused, BackendUnavailable, one_line
 from gateway.runtime.tls import backend_context
+from gateway.settings import BackendSettings
 
 log = logging.getLogger(__name__)
 
@@ -42,42 +42,7 @@ LOCAL_HOSTNAME = "lps-gateway"  # our EHLO name; socket.getfqdn() may block on D
 QUIT_TIMEOUT = 2.0
 FORWARDED_MAIL_PARAMS = {"BODY=8BITMIME": "8bitmime", "SMTPUTF8": "smtputf8"}
 
-_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
 _T = TypeVar("_T")
-
-
-class BackendError(Exception):
-    """No usable answer from the backend; `reply` is the SMTP reply for the client and
-    `kind` the metrics label (connect, tls, login, timeout, disconnected, closed)."""
-
-    def __init__(self, kind: str, reply: str, detail: str = "") -> None:
-        self.kind = kind
-        self.reply = reply
-        self.detail = detail
-        super().__init__(f"{kind}: {detail}" if detail else kind)
-
-
-class BackendRefused(Exception):
-    """The backend answered a command with a 4xx/5xx: passed on to the client as is."""
-
-    def __init__(self, code: int, text: str) -> None:
-        self.code = code
-        self.text = one_line(text)
-        super().__init__(self.reply)
-
-    @property
-    def reply(self) -> str:
-        return f"{self.code} {self.text}" if self.text else str(self.code)
-
-    @property
-    def permanent(self) -> bool:
-        return self.code >= 500
-
-
-def one_line(text: str, limit: int = 400) -> str:
-    """A backend's (possibly multi-line) reply text, safe to put in one reply line of ours."""
-    flat = _UNPRINTABLE.sub("?", " ".join(text.split()))
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 @functools.lru_cache(maxsize=16)
@@ -87,11 +52,12 @@ def _tls_context(ca_file: Path | None, verify: bool) -> ssl.SSLContext:
     return backend_context(ca_file, verify)
 
 
-class SmtpRelay:
-    """An authenticated submission session on the backend of `route`, as BAL `mailbox`."""
+class SmtpSubmission:
+    """An authenticated submission session on backend `name`, as BAL `mailbox`."""
 
-    def __init__(self, route: Route, mailbox: str, token: str) -> None:
-        self.route = route
+    def __init__(self, name: str, backend: BackendSettings, mailbox: str, token: str) -> None:
+        self.name = name
+        self.backend = backend
         self.mailbox = mailbox
         self._token = token
         self._smtp: aiosmtplib.SMTP | None = None
@@ -101,18 +67,18 @@ class SmtpRelay:
     @property
     def key(self) -> tuple[str, str]:
         """Which client transactions this session can carry: same backend, same BAL."""
-        return self.route.name, self.mailbox
+        return self.name, self.mailbox
 
     @property
     def connected(self) -> bool:
         return self._smtp is not None and self._smtp.is_connected
 
     def __repr__(self) -> str:
-        return f"<SmtpRelay {self.mailbox} via {self.route.name}>"
+        return f"<SmtpSubmission {self.mailbox} via {self.name}>"
 
     async def open(self) -> None:
-        """Connect, secure and log in; `BackendError` (4.4.1) when any step fails."""
-        backend = self.route.backend
+        """Connect, secure and log in; `BackendUnavailable` when any step fails."""
+        backend = self.backend
         tls = backend.smtp_tls
         context = _tls_context(backend.ca_file, backend.tls_verify) if tls != "none" else None
         smtp = aiosmtplib.SMTP(
@@ -129,19 +95,17 @@ class SmtpRelay:
         except (aiosmtplib.SMTPException, OSError) as exc:
             smtp.close()
             kind = "tls" if isinstance(exc, ssl.SSLError) or "TLS" in str(exc) else "connect"
-            raise BackendError(
-                kind, "451 4.4.1 Backend unreachable, try again later", _describe(exc)
-            ) from None
+            raise BackendUnavailable(kind, _describe(exc)) from None
         try:
             await self._login(smtp)
-        except BackendError:
+        except BackendUnavailable:
             smtp.close()
             raise
         self._smtp = smtp
-        log.info("smtp.backend_open", extra={"bal": self.mailbox, "backend": self.route.name})
+        log.info("smtp.backend_open", extra={"bal": self.mailbox, "backend": self.name})
 
     async def _login(self, smtp: aiosmtplib.SMTP) -> None:
-        backend = self.route.backend
+        backend = self.backend
         if backend.login == "master":
             secret = f"{self.mailbox}\0{backend.master_user}\0{backend.password()}"
             mechanism = b"PLAIN"
@@ -156,22 +120,16 @@ class SmtpRelay:
             if response.code == 334:  # RFC 7628 error challenge: answer it to get the verdict
                 response = await smtp.execute_command(b"")
         except (aiosmtplib.SMTPException, OSError) as exc:
-            raise BackendError(
-                "login", "451 4.4.1 Backend login failed, try again later", _describe(exc)
-            ) from None
+            raise BackendUnavailable("login", _describe(exc)) from None
         if response.code != 235:
-            raise BackendError(
-                "login",
-                "451 4.4.1 Backend login failed, try again later",
-                f"{response.code} {one_line(response.message, 120)}",
-            )
+            raise BackendUnavailable("login", f"{response.code} {one_line(response.message, 120)}")
 
     async def reset(self) -> None:
         """RSET: ends any half-done transaction, and proves an idle session still lives."""
         await self._command(lambda smtp: smtp.rset())
         self.in_transaction = False
 
-    async def mail(self, sender: str, client_options: Iterable[str]) -> SMTPResponse:
+    async def mail(self, sender: str, client_options: Iterable[str]) -> None:
         """MAIL FROM with the client's BODY/SMTPUTF8 parameters the backend supports (SIZE is
         ours to check: the headers we add change it)."""
         smtp = self._require()
@@ -182,20 +140,21 @@ class SmtpRelay:
             and smtp.supports_extension(extension)
         ]
         self.in_transaction = False
-        response = await self._command(lambda s: s.mail(sender, options=options))
+        await self._command(lambda s: s.mail(sender, options=options))
         self.in_transaction = True
-        return response
 
-    async def rcpt(self, recipient: str, *, utf8: bool = False) -> SMTPResponse:
+    async def rcpt(self, recipient: str, *, utf8: bool = False) -> None:
         encoding = "utf-8" if utf8 else "ascii"
-        return await self._command(lambda s: s.rcpt(recipient, encoding=encoding))
+        await self._command(lambda s: s.rcpt(recipient, encoding=encoding))
 
-    async def data(self, message: bytes) -> SMTPResponse:
-        """DATA, once: whatever happens, the transaction is over on our side."""
+    async def data(self, message: bytes, recipients: Sequence[str] = ()) -> Accepted:
+        """DATA, once: whatever happens, the transaction is over on our side. The envelope
+        went with RCPT already: `recipients` is for backends without one."""
         try:
-            return await self._command(lambda s: s.data(message))
+            response = await self._command(lambda s: s.data(message))
         finally:
             self.in_transaction = False
+        return Accepted(one_line(response.message))
 
     async def close(self) -> None:
         """QUIT politely when the session is idle; just drop it otherwise."""
@@ -218,11 +177,11 @@ class SmtpRelay:
     def _require(self) -> aiosmtplib.SMTP:
         if self._smtp is None or not self._smtp.is_connected:
             self.abort()
-            raise BackendError("disconnected", "451 4.4.2 Backend connection lost, try again")
+            raise BackendUnavailable("disconnected", "no open backend session")
         return self._smtp
 
     async def _command(self, call: Callable[[aiosmtplib.SMTP], Awaitable[_T]]) -> _T:
-        """Run one command; map aiosmtplib's exceptions onto BackendRefused/BackendError.
+        """Run one command; map aiosmtplib's exceptions onto BackendRefused/Unavailable.
         A 421 (the backend is closing) is a lost connection, not an answer to pass on."""
         smtp = self._require()
         try:
@@ -232,25 +191,18 @@ class SmtpRelay:
         except aiosmtplib.SMTPResponseException as exc:
             if exc.code == 421 or not smtp.is_connected:
                 self.abort()
-                raise BackendError(
-                    "closed",
-                    "451 4.4.2 Backend closed the connection, try again",
-                    f"{exc.code} {one_line(exc.message, 120)}",
+                raise BackendUnavailable(
+                    "closed", f"{exc.code} {one_line(exc.message, 120)}"
                 ) from None
-            raise BackendRefused(exc.code, exc.message) from None
+            raise BackendRefused(exc.message, code=exc.code) from None
         except aiosmtplib.SMTPTimeoutError as exc:
             self.abort()
-            seconds = self.route.backend.reply_timeout
-            raise BackendError(
-                "timeout",
-                f"451 4.4.2 Backend did not answer within {seconds:g} s, try again",
-                _describe(exc),
+            raise BackendUnavailable(
+                "timeout", _describe(exc), after=self.backend.reply_timeout
             ) from None
         except (aiosmtplib.SMTPException, OSError) as exc:
             self.abort()
-            raise BackendError(
-                "disconnected", "451 4.4.2 Backend connection lost, try again", _describe(exc)
-            ) from None
+            raise BackendUnavailable("disconnected", _describe(exc)) from None
 
 
 def _describe(exc: BaseException) -> str:

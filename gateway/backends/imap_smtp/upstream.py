@@ -1,4 +1,5 @@
-"""Logging in to a backend's IMAP server as a BAL, for the proxy to relay to.
+"""Logging in to a backend's IMAP server as a BAL, for the front to relay to or for the
+operator's tools to read and write.
 
 Two ways in, by configuration: `master` (SASL PLAIN, authzid = the BAL, authcid and
 password = the gateway's own credentials: the operator trusts the gateway to have checked
@@ -16,7 +17,7 @@ import logging
 import ssl
 from dataclasses import dataclass
 
-from gateway.backends.routing import Route
+from gateway.backends.errors import BackendUnavailable
 from gateway.imap.client import (
     ClientConnection,
     Continuation,
@@ -33,21 +34,12 @@ log = logging.getLogger(__name__)
 READ_SIZE = 256 * 1024
 
 
-class BackendError(Exception):
-    """The backend could not be reached or would not let us in. `kind` is for metrics:
-    connect, tls, protocol, login, timeout."""
-
-    def __init__(self, kind: str, text: str) -> None:
-        self.kind = kind
-        self.text = text
-        super().__init__(text)
-
-
 @dataclass
 class Upstream:
     """A logged-in backend connection."""
 
-    route: Route
+    backend: str  # its name, for logs and metrics
+    reply_timeout: float
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
     capabilities: frozenset[str]
@@ -63,7 +55,7 @@ def _context(backend: BackendSettings) -> ssl.SSLContext:
     return backend_context(backend.ca_file, backend.tls_verify)
 
 
-class _Dialogue:
+class Dialogue:
     """One command at a time over the codec, with the backend's reply timeout."""
 
     def __init__(
@@ -78,18 +70,38 @@ class _Dialogue:
         while True:
             event = self.codec.next_event()
             if isinstance(event, ProtocolViolation):
-                raise BackendError("protocol", f"backend spoke nonsense: {event.message}")
+                raise BackendUnavailable("protocol", f"backend spoke nonsense: {event.message}")
             if event is not None:
                 return event
             async with asyncio.timeout(self.timeout):
                 data = await self.reader.read(READ_SIZE)
             if not data:
-                raise BackendError("connect", "backend closed the connection")
+                raise BackendUnavailable("connect", "backend closed the connection")
             self.codec.receive_data(data)
 
     async def command(self, text: bytes) -> tuple[Tagged, list[Untagged]]:
         tag, data = self.codec.send(text)
         self.writer.write(data)
+        await self.writer.drain()
+        return await self.completion(tag)
+
+    async def command_with_literal(
+        self, text: bytes, literal: bytes, *, synchronising: bool = False
+    ) -> tuple[Tagged, list[Untagged]]:
+        """`text` then one literal argument (APPEND): LITERAL+ unless `synchronising`, in
+        which case the server's continuation is awaited before the octets go."""
+        marker = b" {%d}" % len(literal) if synchronising else b" {%d+}" % len(literal)
+        tag, data = self.codec.send(text + marker)
+        self.writer.write(data)
+        if synchronising:
+            await self.writer.drain()
+            while True:
+                event = await self.event()
+                if isinstance(event, Continuation):
+                    break
+                if isinstance(event, Tagged) and event.tag == tag:
+                    return event, []
+        self.writer.write(literal + b"\r\n")
         await self.writer.drain()
         return await self.completion(tag)
 
@@ -101,7 +113,7 @@ class _Dialogue:
                 return event, untagged
             if isinstance(event, Untagged):
                 if event.kind == "BYE":
-                    raise BackendError("connect", f"backend said BYE: {event.text}")
+                    raise BackendUnavailable("connect", f"backend said BYE: {event.text}")
                 untagged.append(event)
             elif isinstance(event, Continuation):
                 # A SASL challenge we did not expect (e.g. an RFC 7628 error): abort it.
@@ -121,18 +133,23 @@ def _capabilities_of(events: list[Untagged], tagged: Tagged | None) -> frozenset
     return None
 
 
-def sasl_initial_response(backend: BackendSettings, bal: str, token: str) -> tuple[str, bytes]:
-    """(mechanism, base64 response) for logging in to `backend` as `bal`."""
-    if backend.login == "master":
+def sasl_initial_response(
+    backend: BackendSettings, bal: str, token: str, *, master: bool = False
+) -> tuple[str, bytes]:
+    """(mechanism, base64 response) for logging in to `backend` as `bal` (`master`: with
+    the gateway's own credentials whatever `login` says, as the operator's tools do)."""
+    if master or backend.login == "master":
         blob = f"{bal}\0{backend.master_user}\0{backend.password()}".encode()
         return "PLAIN", base64.b64encode(blob)
     blob = f"user={bal}\x01auth=Bearer {token}\x01\x01".encode()
     return "XOAUTH2", base64.b64encode(blob)
 
 
-async def open_upstream(route: Route, bal: str, token: str) -> Upstream:
-    """Connect to the route's IMAP server and log in as `bal`; raises `BackendError`."""
-    backend = route.backend
+async def open_upstream(
+    name: str, backend: BackendSettings, bal: str, token: str, *, master: bool = False
+) -> Upstream:
+    """Connect to the backend's IMAP server and log in as `bal`; raises
+    `BackendUnavailable`."""
     implicit = backend.imap_tls == "implicit"
     try:
         async with asyncio.timeout(backend.connect_timeout):
@@ -144,51 +161,52 @@ async def open_upstream(route: Route, bal: str, token: str) -> Upstream:
                 limit=READ_SIZE,
             )
     except TimeoutError:
-        raise BackendError("timeout", f"{route.name}: connection timed out") from None
+        raise BackendUnavailable("timeout", f"{name}: connection timed out") from None
     except ssl.SSLError as exc:
-        raise BackendError("tls", f"{route.name}: TLS failed: {exc.reason}") from None
+        raise BackendUnavailable("tls", f"{name}: TLS failed: {exc.reason}") from None
     except OSError as exc:
-        raise BackendError("connect", f"{route.name}: {exc.strerror or exc}") from None
+        raise BackendUnavailable("connect", f"{name}: {exc.strerror or exc}") from None
     try:
-        capabilities, leftover = await _log_in(route, reader, writer, bal, token)
+        capabilities, leftover = await _log_in(name, backend, reader, writer, bal, token, master)
     except BaseException:
         writer.close()
         raise
-    return Upstream(route, reader, writer, capabilities, leftover)
+    return Upstream(name, backend.reply_timeout, reader, writer, capabilities, leftover)
 
 
 async def _log_in(
-    route: Route,
+    name: str,
+    backend: BackendSettings,
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     bal: str,
     token: str,
+    master: bool,
 ) -> tuple[frozenset[str], bytes]:
-    backend = route.backend
-    talk = _Dialogue(reader, writer, backend.reply_timeout)
+    talk = Dialogue(reader, writer, backend.reply_timeout)
     try:
         greeting = await talk.event()
         if not isinstance(greeting, Untagged) or greeting.kind != "OK":
-            raise BackendError("protocol", f"{route.name}: unexpected greeting")
+            raise BackendUnavailable("protocol", f"{name}: unexpected greeting")
         capabilities = parse_capabilities(greeting)
         if backend.imap_tls == "starttls":
             done, _ = await talk.command(b"STARTTLS")
             if done.status != "OK":
-                raise BackendError("tls", f"{route.name}: STARTTLS refused: {done.text}")
+                raise BackendUnavailable("tls", f"{name}: STARTTLS refused: {done.text}")
             if talk.codec.parser.take_buffer() or reader._buffer:  # type: ignore[attr-defined]
                 # Bytes after the OK but before the handshake: injected by whoever sits on
                 # the plaintext path (the IMAP flavour of CVE-2011-0411). Never read them.
-                raise BackendError("tls", f"{route.name}: data before the TLS handshake")
+                raise BackendUnavailable("tls", f"{name}: data before the TLS handshake")
             try:
                 await writer.start_tls(_context(backend), server_hostname=backend.imap_host)
             except ssl.SSLError as exc:
-                raise BackendError("tls", f"{route.name}: TLS failed: {exc.reason}") from None
-            talk = _Dialogue(reader, writer, backend.reply_timeout)  # a fresh codec after TLS
+                raise BackendUnavailable("tls", f"{name}: TLS failed: {exc.reason}") from None
+            talk = Dialogue(reader, writer, backend.reply_timeout)  # a fresh codec after TLS
             capabilities = None  # must not be trusted from before TLS
         if capabilities is None:
             done, events = await talk.command(b"CAPABILITY")
             capabilities = _capabilities_of(events, done) or frozenset()
-        mechanism, response = sasl_initial_response(backend, bal, token)
+        mechanism, response = sasl_initial_response(backend, bal, token, master=master)
         if "SASL-IR" in capabilities:
             done, events = await talk.command(
                 b"AUTHENTICATE " + mechanism.encode() + b" " + response
@@ -199,22 +217,22 @@ async def _log_in(
             await writer.drain()
             first = await talk.event()
             if not isinstance(first, Continuation):
-                raise BackendError("login", f"{route.name}: AUTHENTICATE {mechanism} refused")
+                raise BackendUnavailable("login", f"{name}: AUTHENTICATE {mechanism} refused")
             writer.write(response + b"\r\n")
             await writer.drain()
             done, events = await talk.completion(tag)
         if done.status != "OK":
             log.warning(
                 "backend.login_refused",
-                extra={"backend": route.name, "bal": bal, "reply": done.text[:200]},
+                extra={"backend": name, "bal": bal, "reply": done.text[:200]},
             )
-            raise BackendError("login", f"{route.name} refused the login to {bal}: {done.text}")
+            raise BackendUnavailable("login", f"{name} refused the login to {bal}: {done.text}")
         after = _capabilities_of(events, done)
         if after is None:
             done, events = await talk.command(b"CAPABILITY")
             after = _capabilities_of(events, done) or frozenset()
         return after, talk.codec.parser.take_buffer()
     except TimeoutError:
-        raise BackendError("timeout", f"{route.name}: no answer in time") from None
+        raise BackendUnavailable("timeout", f"{name}: no answer in time") from None
     except (ConnectionError, asyncio.IncompleteReadError) as exc:
-        raise BackendError("connect", f"{route.name}: connection lost: {exc}") from None
+        raise BackendUnavailable("connect", f"{name}: connection lost: {exc}") from None

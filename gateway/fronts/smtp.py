@@ -10,21 +10,18 @@ answered ``250`` to its DATA; anything else is a 4xx or 5xx, so the client keeps
 and retries. Nothing is acknowledged that the backend did not take, and a DATA is never
 replayed from here, so a retry cannot make the gateway deliver twice on its own.
 
-Commands reach the backend as the client sends them (MAIL connects lazily, each RCPT gets
-the backend's own verdict), on one backend session per client session, reused across its
-messages and closed when the client leaves.
-
-A BAL routed to the historic web services (`legacy_ws`) has no SMTP backend: the envelope
-is collected here (RCPT checked locally) and the message goes out at DATA as one
-``sendMessage`` (`gateway.backends.legacy_ws.submit`), under the same rule: 250 only once
-the platform took it.
+Commands reach the backend's submission path (`Backend.submission`) as the client sends
+them (MAIL opens it lazily, each RCPT gets the backend's own verdict), on one backend
+session per client session, reused across its messages and closed when the client
+leaves. Whatever the platform (an SMTP server, or the historic web services whose one
+``sendMessage`` happens at DATA), the rule is the same: 250 only once it took the message.
+Replies come from `gateway.fronts.smtp_replies`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -33,12 +30,15 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session, TLSSetupException
 
 from delegation.audit import AuditAction
-from gateway.access import FrontAuthenticator, FrontGrant
 from gateway.audit import in_background
-from gateway.backends.legacy_ws import submit
-from gateway.backends.legacy_ws.mime import MimeRejected, valid_recipient
-from gateway.backends.legacy_ws.store import LegacyBackends
-from gateway.backends.smtp_relay import BackendError, BackendRefused, SmtpRelay
+from gateway.backends.base import Accepted, Submission
+from gateway.backends.errors import (
+    BackendCannotCarry,
+    BackendRefused,
+    BackendUnavailable,
+)
+from gateway.fronts import smtp_replies as replies
+from gateway.fronts.login import FrontAuthenticator, FrontGrant
 from gateway.metrics import Metrics
 from gateway.mss import RuleResult, add_headers, add_sender, check_message, remove_fields
 from gateway.psc_sessions import PscSessionWatch
@@ -53,21 +53,14 @@ from psc_auth.sasl import Mechanism, TokenCredentials
 log = logging.getLogger(__name__)
 
 PROTOCOL = "smtp"
-AUTH_REQUIRED = "530 5.7.0 Authentication required"
-MAIL_FIRST = "503 5.5.1 MAIL first"
-TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
-INTERNAL_ERROR = "451 4.3.0 Internal error, try again later"
-NO_HISTORIC = "451 4.3.0 Historic mail service not configured on this gateway"
 FRESH = 2.0  # seconds: a backend session that answered this recently is taken as alive
-
-_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
 
 
 @dataclass
 class _Client:
     """What one client connection keeps between commands and across its messages."""
 
-    relay: SmtpRelay | None = None
+    relay: Submission | None = None
     sender: FrontGrant | None = None  # the authorisation of the current MAIL FROM
     delegate_address: dict[str, str] = field(default_factory=dict)  # idNat -> Sender address
     watched: _Watched | None = None
@@ -109,14 +102,12 @@ class SubmissionFront(TokenAuthMixin):
         authenticator: FrontAuthenticator,
         settings: SmtpFrontSettings,
         metrics: Metrics,
-        legacy: LegacyBackends | None = None,
         psc: PscSessionWatch | None = None,
         sessions: SlotCounter | None = None,
     ) -> None:
         self.authenticator = authenticator
         self.settings = settings
         self.metrics = metrics
-        self.legacy = legacy  # the historic platform's clients, for `legacy_ws` routes
         self.psc = psc  # ends sessions whose PSC session ended
         self.sessions = sessions  # logged-in sessions per person (the node's)
         self.auth_failure_delay = settings.auth_failure_delay
@@ -187,7 +178,7 @@ class SubmissionFront(TokenAuthMixin):
     ) -> str:
         login = grant_of(session)
         if not isinstance(login, FrontGrant):
-            return AUTH_REQUIRED
+            return replies.AUTH_REQUIRED
         client = self._client(server)
         client.sender = None
         try:
@@ -201,73 +192,56 @@ class SubmissionFront(TokenAuthMixin):
             )
         except AuthFailed as refusal:
             if refusal.kind == "unavailable":
-                return f"451 4.3.5 {_safe(refusal.text)}"
+                return replies.login_unavailable(refusal.text)
             self.metrics.rights_refusals.labels(PROTOCOL, "send").inc()
             log.info(
                 "smtp.sender_refused",
-                extra={"actor": login.actor, "bal": _safe(address), "detail": refusal.text},
+                extra={"actor": login.actor, "bal": replies.safe(address), "detail": refusal.text},
             )
-            return f"550 5.7.1 {_safe(refusal.text)}"
-        if _historic(sender):
-            if self.legacy is None:
-                log.error("smtp.legacy_ws_not_configured", extra={"backend": sender.route.name})
-                return NO_HISTORIC
-            client.sender = sender
-            envelope.mail_from = address
-            envelope.mail_options.extend(options)
-            return "250 2.1.0 Sender OK"
+            return replies.not_allowed(refusal.text)
         try:
             relay = await self._relay_for(client, sender)
             await relay.mail(sender.mailbox, options)
-        except BackendError as failure:
+        except BackendUnavailable as failure:
             self._backend_failed(sender, failure)
             self.metrics.messages.labels("deferred").inc()
-            return failure.reply
+            return replies.unavailable(failure)
         except BackendRefused as refusal:
             self._count_refusal(refusal)
-            return refusal.reply
+            return replies.refused(refusal)
         client.sender = sender
         envelope.mail_from = address
         envelope.mail_options.extend(options)
-        return "250 2.1.0 Sender OK"
+        return replies.SENDER_OK
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         client = self._client(server)
         sender = client.sender
-        if sender is None or (client.relay is None and not _historic(sender)):
-            return MAIL_FIRST
+        if sender is None or client.relay is None:
+            return replies.MAIL_FIRST
         if len(envelope.rcpt_tos) >= self.settings.max_recipients:
-            return TOO_MANY_RECIPIENTS
+            return replies.TOO_MANY_RECIPIENTS
         if not (address.isascii() or envelope.smtp_utf8):
-            return "553 5.6.7 Non-ASCII address needs SMTPUTF8"
-        if _historic(sender):
-            if not valid_recipient(address.strip().lower()):
-                return "553 5.1.3 Recipient address not accepted by the historic platform"
-            envelope.rcpt_tos.append(address)
-            envelope.rcpt_options.extend(options)
-            return "250 2.1.5 Recipient OK"
-        assert client.relay is not None
+            return replies.NEEDS_SMTPUTF8
         try:
             await client.relay.rcpt(address, utf8=envelope.smtp_utf8)
-        except BackendError as failure:
+        except BackendUnavailable as failure:
             self._backend_failed(sender, failure)
-            return failure.reply
+            return replies.unavailable(failure)
         except BackendRefused as refusal:
-            return refusal.reply  # e.g. 550 5.1.1 from the platform: the client's to handle
+            return replies.refused(refusal)  # e.g. 550 5.1.1 from the platform: the client's
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
-        return "250 2.1.5 Recipient OK"
+        return replies.RECIPIENT_OK
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         client = self._client(server)
         sender, client.sender = client.sender, None
         relay = client.relay
-        if sender is not None and _historic(sender):
-            return await self._send_historic(server, session, envelope, sender, client)
         if sender is None or relay is None:
-            return MAIL_FIRST
+            return replies.MAIL_FIRST
         refused = await self._still_allowed(server, session, sender)
         if refused is not None:
             await self._abandon(relay)
@@ -279,26 +253,28 @@ class SubmissionFront(TokenAuthMixin):
             return _violations_reply(checked)
         message = await self._prepare(raw, checked, sender, client)
         try:
-            response = await relay.data(message)
-        except (BackendError, BackendRefused) as failure:
+            accepted = await relay.data(message, envelope.rcpt_tos)
+        except (BackendUnavailable, BackendRefused) as failure:
             return self._not_taken(sender, failure)
-        self._taken(sender, len(envelope.rcpt_tos), len(message))
-        text = response.message.strip()
-        return f"250 {_safe(text)}" if text else "250 2.0.0 OK"
+        extra = {"reference": accepted.reference} if accepted.reference else {}
+        self._taken(sender, len(envelope.rcpt_tos), len(message), **extra)
+        if not accepted.sender_recorded:
+            await self._audit_sent(server, session, sender, client, accepted, envelope)
+        return replies.accepted(accepted.text)
 
     async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         client = self._client(server)
         client.sender = None
         if client.relay is not None and client.relay.in_transaction:
             await self._abandon(client.relay)
-        return "250 2.0.0 OK"
+        return replies.OK
 
     async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         client = self._client(server)
         relay, client.relay = client.relay, None
         if relay is not None:
             await relay.close()
-        return "221 2.0.0 Bye"
+        return replies.BYE
 
     async def handle_exception(self, error: Exception) -> str:
         """aiosmtpd would echo the exception's text to the client: log it, say little. A
@@ -308,53 +284,7 @@ class SubmissionFront(TokenAuthMixin):
             log.info("smtp.connection_failed", extra={"error": type(error).__name__})
         else:
             log.error("smtp.internal_error", exc_info=error)
-        return INTERNAL_ERROR
-
-    # -- the historic platform ---------------------------------------------------------
-
-    async def _send_historic(
-        self,
-        server: SMTP,
-        session: Session,
-        envelope: Envelope,
-        sender: FrontGrant,
-        client: _Client,
-    ) -> str:
-        """DATA for a `legacy_ws` BAL: the same checks and Sender, then one sendMessage."""
-        assert self.legacy is not None  # refused at MAIL otherwise
-        refused = await self._still_allowed(server, session, sender)
-        if refused is not None:
-            return refused
-        raw = _content(envelope)
-        checked = self._check(raw, sender, envelope.rcpt_tos)
-        if not checked.ok:
-            return _violations_reply(checked)
-        prepared = await self._prepare(raw, checked, sender, client)
-        try:
-            message = submit.historic_message(
-                prepared, envelope.rcpt_tos, max_size=self.settings.max_message_size
-            )
-        except MimeRejected as refusal:
-            self.metrics.messages.labels("rejected").inc()
-            log.info(
-                "smtp.message_rejected",
-                extra={
-                    "bal": sender.mailbox,
-                    "actor": sender.actor,
-                    "rules": ["historic-format"],
-                    "detail": refusal.reason,
-                },
-            )
-            return submit.rejection_reply(refusal)
-        ws = self.legacy.client(sender.route.name, sender.route.backend)
-        try:
-            sent = await submit.send(ws, sender.mailbox, message)
-        except (BackendError, BackendRefused) as failure:
-            return self._not_taken(sender, failure)
-        sent_id = submit.sent_id(sent)
-        self._taken(sender, len(envelope.rcpt_tos), len(prepared), historic_id=sent_id)
-        await self._audit_sent(server, session, sender, client, sent_id, len(envelope.rcpt_tos))
-        return f"250 2.0.0 OK sent, historic message {sent_id}"
+        return replies.INTERNAL_ERROR
 
     async def _audit_sent(
         self,
@@ -362,12 +292,12 @@ class SubmissionFront(TokenAuthMixin):
         session: Session,
         sender: FrontGrant,
         client: _Client,
-        sent_id: str,
-        recipients: int,
+        accepted: Accepted,
+        envelope: Envelope,
     ) -> None:
-        """The historic platform is called as the trusted gateway and its message cannot
-        carry Sender: this event is what records which delegate wrote the message."""
-        detail = f"historic={sent_id} recipients={recipients}"
+        """A platform that cannot keep Sender (the historic one, called as the trusted
+        gateway): this event is what records which delegate wrote the message."""
+        detail = f"reference={accepted.reference} recipients={len(envelope.rcpt_tos)}"
         if sender.via == "delegation":
             detail += f" sender={await self._delegate_address(client, sender)}"
         connection = _connection(server, session)
@@ -393,7 +323,7 @@ class SubmissionFront(TokenAuthMixin):
         gateway is ending (its PSC session is over) sends nothing more either: 421."""
         kicked = server.kicked if isinstance(server, TokenSMTP) else None
         if kicked is not None:
-            return f"421 4.7.0 {_safe(kicked)}"
+            return replies.session_ended(kicked)
         refusal = await self.authenticator.recheck(
             sender, _connection(server, session), action=AuditAction.SEND, right="send"
         )
@@ -404,20 +334,37 @@ class SubmissionFront(TokenAuthMixin):
             "smtp.sender_refused_at_data",
             extra={"actor": sender.actor, "bal": sender.mailbox, "reason": refusal},
         )
-        return f"550 5.7.1 {sender.actor} may no longer send from {sender.mailbox} ({refusal})"
+        return replies.not_allowed(
+            f"{sender.actor} may no longer send from {sender.mailbox} ({refusal})"
+        )
 
-    def _not_taken(self, sender: FrontGrant, failure: BackendError | BackendRefused) -> str:
+    def _not_taken(self, sender: FrontGrant, failure: BackendUnavailable | BackendRefused) -> str:
         """The reply for a message the backend did not take, counted and logged."""
-        if isinstance(failure, BackendError):
+        if isinstance(failure, BackendUnavailable):
             self._backend_failed(sender, failure)
             self.metrics.messages.labels("deferred").inc()
+        elif isinstance(failure, BackendCannotCarry):
+            self.metrics.messages.labels("rejected").inc()
+            log.info(
+                "smtp.message_rejected",
+                extra={
+                    "bal": sender.mailbox,
+                    "actor": sender.actor,
+                    "rules": [failure.kind],
+                    "detail": failure.text,
+                },
+            )
         else:
             self._count_refusal(failure)
             log.info(
                 "smtp.message_refused_by_backend",
-                extra={"bal": sender.mailbox, "backend": sender.route.name, "reply": failure.code},
+                extra={
+                    "bal": sender.mailbox,
+                    "backend": sender.route.name,
+                    "reply": failure.code or failure.status,
+                },
             )
-        return failure.reply
+        return replies.not_sent(failure)
 
     def _taken(self, sender: FrontGrant, recipients: int, size: int, **extra: str) -> None:
         self.metrics.messages.labels("accepted").inc()
@@ -452,7 +399,7 @@ class SubmissionFront(TokenAuthMixin):
             )
         return checked
 
-    async def _relay_for(self, client: _Client, sender: FrontGrant) -> SmtpRelay:
+    async def _relay_for(self, client: _Client, sender: FrontGrant) -> Submission:
         """The client's backend session for this BAL: the current one if it is for the
         same BAL and answers RSET (nothing was sent yet, so reconnecting is safe), else a
         new one."""
@@ -464,21 +411,23 @@ class SubmissionFront(TokenAuthMixin):
             try:
                 await relay.reset()
                 return relay
-            except (BackendError, BackendRefused):
+            except (BackendUnavailable, BackendRefused):
                 relay.abort()  # died while idle (the backend's own timeout): reconnect
         if relay is not None:
             client.relay = None
             await relay.close()
-        relay = SmtpRelay(sender.route, sender.mailbox, sender.credentials.token)
+        relay = sender.route.backend.submission(
+            sender.mailbox, sender.credentials.token, max_size=self.settings.max_message_size
+        )
         await relay.open()
         client.relay = relay
         return relay
 
-    async def _abandon(self, relay: SmtpRelay) -> None:
+    async def _abandon(self, relay: Submission) -> None:
         """End the backend's half-done transaction; a session that cannot is dropped."""
         try:
             await relay.reset()
-        except (BackendError, BackendRefused):
+        except (BackendUnavailable, BackendRefused):
             relay.abort()
 
     async def _prepare(
@@ -508,7 +457,7 @@ class SubmissionFront(TokenAuthMixin):
             client.delegate_address[idnat] = known
         return known
 
-    def _backend_failed(self, sender: FrontGrant, failure: BackendError) -> None:
+    def _backend_failed(self, sender: FrontGrant, failure: BackendUnavailable) -> None:
         self.metrics.backend_errors.labels(sender.route.name, PROTOCOL, failure.kind).inc()
         log.warning(
             "smtp.backend_error",
@@ -522,10 +471,6 @@ class SubmissionFront(TokenAuthMixin):
 
     def _count_refusal(self, refusal: BackendRefused) -> None:
         self.metrics.messages.labels("refused" if refusal.permanent else "deferred").inc()
-
-
-def _historic(sender: FrontGrant) -> bool:
-    return sender.route.backend.kind == "legacy_ws"
 
 
 def _content(envelope: Envelope) -> bytes:
@@ -551,9 +496,3 @@ def _violations_reply(checked: RuleResult) -> str:
     return "\r\n".join(
         f"{code}{'-' if index < len(lines) - 1 else ' '}{line}" for index, line in enumerate(lines)
     )
-
-
-def _safe(text: str, limit: int = 200) -> str:
-    """Client- or backend-supplied text made fit for one line of our reply."""
-    flat = _UNPRINTABLE.sub("?", " ".join(text.split()))
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."

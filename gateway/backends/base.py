@@ -1,0 +1,140 @@
+"""What every backend offers, whatever its kind: the one interface the fronts and the
+operator's tools speak.
+
+* `open_imap`: an API LPS IMAP session for a BAL, either an `Upstream` (a logged-in
+  connection the front relays byte for byte) or a `MailStore` (the front's IMAP engine
+  serves it). The front asks which it got; it never asks the backend's kind.
+* `submission`: the SMTP submission path of one client session (`mail`, `rcpt`, `data`),
+  with the end-to-end rule: `data` returns only once the platform took the message.
+* `probes`: the readiness checks, by name.
+* `tools`: a `MailboxAccess` for the operator's tools (migration, the historic interfaces
+  over any platform, conformance): folders, messages with their UID, flags, date, size
+  and a content digest, a message's bytes, append with flags and date, flags, delete.
+
+Every failure is a `gateway.backends.errors.BackendError`; no method writes reply text.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Awaitable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from gateway.imap.mailstore import MailStore, SpecialUse
+
+if TYPE_CHECKING:
+    from gateway.backends.imap_smtp.upstream import Upstream
+
+
+def digest(message: bytes) -> str:
+    """A message's content digest: the same bytes give the same digest on every backend,
+    so a copy is verified without trusting either side's ids."""
+    return hashlib.sha256(message).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ToolFolder:
+    name: str  # "/"-separated hierarchy, "INBOX" for the inbox
+    special_use: SpecialUse | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolMessage:
+    uid: int
+    flags: frozenset[str]
+    internal_date: dt.datetime
+    size: int
+    digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """The platform took a submitted message. `text` is its own acknowledgement (one
+    line), `reference` its id for the message when it gives one; `sender_recorded` is False
+    when the platform could not keep who wrote it (the audit trail must then say it)."""
+
+    text: str = ""
+    reference: str | None = None
+    sender_recorded: bool = True
+
+
+class MailboxAccess(Protocol):
+    """One BAL as the operator's tools see it. Close it with `aclose`."""
+
+    async def folders(self) -> Sequence[ToolFolder]: ...
+
+    async def messages(self, folder: str) -> Sequence[ToolMessage]:
+        """Every message of `folder`, ascending UID, with its digest."""
+        ...
+
+    async def fetch(self, folder: str, uid: int) -> bytes: ...
+
+    async def append(
+        self,
+        folder: str,
+        message: bytes,
+        flags: Collection[str] = (),
+        internal_date: dt.datetime | None = None,
+    ) -> int:
+        """Store a message; returns its new UID."""
+        ...
+
+    async def set_flags(self, folder: str, uid: int, flags: Collection[str]) -> None:
+        """Replace the message's flags (keywords included) with `flags`."""
+        ...
+
+    async def delete(self, folder: str, uids: Iterable[int]) -> None: ...
+
+    async def create_folder(self, name: str) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Submission(Protocol):
+    """One client session's submission path for one BAL. `key` says which BAL (and
+    backend) it can carry; `in_transaction` whether a MAIL is pending on the backend."""
+
+    @property
+    def key(self) -> tuple[str, str]: ...
+
+    @property
+    def connected(self) -> bool: ...
+
+    @property
+    def in_transaction(self) -> bool: ...
+
+    @property
+    def last_answer(self) -> float: ...
+
+    async def open(self) -> None: ...
+
+    async def mail(self, sender: str, options: Iterable[str]) -> None: ...
+
+    async def rcpt(self, recipient: str, *, utf8: bool = False) -> None: ...
+
+    async def data(self, message: bytes, recipients: Sequence[str]) -> Accepted: ...
+
+    async def reset(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class Backend(Protocol):
+    """A platform holding BAL. `name` is its key in the configuration."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def open_imap(self, bal: str, token: str) -> Upstream | MailStore: ...
+
+    def submission(self, bal: str, token: str, *, max_size: int) -> Submission: ...
+
+    def probes(self) -> Mapping[str, Awaitable[str]]: ...
+
+    async def tools(self, bal: str) -> MailboxAccess: ...
+
+    async def aclose(self) -> None: ...

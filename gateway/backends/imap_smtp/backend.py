@@ -1,0 +1,44 @@
+"""An operator platform speaking IMAP and SMTP submission: sessions are relayed to it."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Mapping
+
+from gateway.backends.base import MailboxAccess
+from gateway.backends.imap_smtp.submission import SmtpSubmission
+from gateway.backends.imap_smtp.tools import ImapMailboxAccess
+from gateway.backends.imap_smtp.upstream import Upstream, open_upstream
+from gateway.backends.probes import mail_port_check
+from gateway.settings import BackendSettings
+
+
+class ImapSmtpBackend:
+    """`Backend` for an IMAP/SMTP platform: an `Upstream` per IMAP session (the front
+    relays it), an SMTP session per submission, its IMAP with the master login for tools."""
+
+    def __init__(self, name: str, settings: BackendSettings) -> None:
+        self._name = name
+        self.settings = settings
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    async def open_imap(self, bal: str, token: str) -> Upstream:
+        return await open_upstream(self._name, self.settings, bal, token)
+
+    def submission(self, bal: str, token: str, *, max_size: int) -> SmtpSubmission:
+        return SmtpSubmission(self._name, self.settings, bal, token)
+
+    def probes(self) -> Mapping[str, Awaitable[str]]:
+        s = self.settings
+        return {
+            "imap": mail_port_check(s, "imap", s.imap_host, s.imap_port, s.imap_tls),
+            "smtp": mail_port_check(s, "smtp", s.smtp_host, s.smtp_port, s.smtp_tls),
+        }
+
+    async def tools(self, bal: str) -> MailboxAccess:
+        return await ImapMailboxAccess.open(self._name, self.settings, bal)
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,293 @@
+"""A BAL on an IMAP server as the operator's tools see it (`MailboxAccess`), over the
+sans-I/O client codec, logged in with the gateway's master credentials.
+
+Used for `imap_smtp` platforms and for the historic platform's own IMAP. One command at
+a time on one connection; message bytes are read in batches of `BATCH` so a 2,000-message
+folder never sits in memory at once. The server must offer UIDPLUS (APPENDUID, UID
+EXPUNGE): every platform of the field does, and without it an append cannot say which
+message it made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import Collection, Iterable, Sequence
+
+from gateway.backends.base import ToolFolder, ToolMessage, digest
+from gateway.backends.errors import (
+    BackendCannot,
+    BackendNotFound,
+    BackendRefused,
+    BackendTooLarge,
+    BackendUnavailable,
+)
+from gateway.backends.imap_smtp.upstream import Dialogue, Upstream, open_upstream
+from gateway.imap import mutf7
+from gateway.imap.client import ParsedValue, ParseError, Tagged, Untagged, parse_code
+from gateway.imap.mailstore import SYSTEM_FLAGS, SpecialUse
+from gateway.imap.response import Atom
+from gateway.settings import BackendSettings
+
+log = logging.getLogger(__name__)
+
+BATCH = 200  # messages fetched per UID FETCH
+SPECIAL_USES: frozenset[str] = frozenset({"\\Sent", "\\Drafts", "\\Trash", "\\Junk", "\\Archive"})
+_MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+
+
+def quoted(text: str) -> bytes:
+    """An IMAP quoted string (mailbox names in modified UTF-7 are ASCII)."""
+    return b'"' + text.replace("\\", "\\\\").replace('"', '\\"').encode("ascii") + b'"'
+
+
+def imap_date(moment: dt.datetime) -> bytes:
+    """RFC 3501 date-time: ``"02-Jan-2026 10:00:00 +0100"``."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    offset = moment.utcoffset() or dt.timedelta()
+    minutes = int(offset.total_seconds()) // 60
+    sign = "+" if minutes >= 0 else "-"
+    zone = f"{sign}{abs(minutes) // 60:02d}{abs(minutes) % 60:02d}"
+    text = f"{moment.day:02d}-{_MONTHS[moment.month - 1]}-{moment.year:04d} "
+    return f'"{text}{moment:%H:%M:%S} {zone}"'.encode("ascii")
+
+
+def parse_imap_date(value: bytes) -> dt.datetime:
+    return dt.datetime.strptime(value.decode("ascii").strip(), "%d-%b-%Y %H:%M:%S %z")
+
+
+def _flag_list(flags: Collection[str]) -> bytes:
+    kept = [f for f in flags if f.lower() != "\\recent"]
+    return b"(" + " ".join(kept).encode("ascii") + b")"
+
+
+class ImapMailboxAccess:
+    """`MailboxAccess` over one logged-in IMAP connection."""
+
+    def __init__(self, upstream: Upstream) -> None:
+        self._up = upstream
+        self._talk = Dialogue(upstream.reader, upstream.writer, upstream.reply_timeout)
+        if upstream.leftover:
+            self._talk.codec.receive_data(upstream.leftover)
+        self._selected: tuple[str, bool] | None = None  # (folder, read-write)
+        self._delimiter = "/"
+        capabilities = {c.upper() for c in upstream.capabilities}
+        self._literal_plus = "LITERAL+" in capabilities
+        if "UIDPLUS" not in capabilities:
+            raise BackendUnavailable("protocol", f"{upstream.backend}: no UIDPLUS")
+
+    @classmethod
+    async def open(cls, name: str, backend: BackendSettings, bal: str) -> ImapMailboxAccess:
+        upstream = await open_upstream(name, backend, bal, "", master=True)
+        try:
+            return cls(upstream)
+        except BaseException:
+            await upstream.close()
+            raise
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(BackendUnavailable, OSError, TimeoutError):
+            await self._talk.command(b"LOGOUT")
+        await self._up.close()
+
+    # -- commands --------------------------------------------------------------------------
+    async def _run(
+        self, command: bytes, literal: bytes | None = None
+    ) -> tuple[Tagged, list[Untagged]]:
+        """One command; a NO is a `BackendRefused` by its response code, a BAD a protocol
+        failure (we sent it: the server and we disagree on IMAP)."""
+        try:
+            if literal is None:
+                done, events = await self._talk.command(command)
+            else:
+                done, events = await self._talk.command_with_literal(
+                    command, literal, synchronising=not self._literal_plus
+                )
+        except TimeoutError:
+            raise BackendUnavailable(
+                "timeout", f"{self._up.backend}: no answer", after=self._up.reply_timeout
+            ) from None
+        except (ConnectionError, OSError) as exc:
+            raise BackendUnavailable("disconnected", f"{self._up.backend}: {exc}") from None
+        if done.status == "OK":
+            return done, events
+        code = parse_code(done.code)[0] if done.code else ""
+        text = f"{command.split(b' ', 1)[0].decode('ascii', 'replace')}: {done.text}"
+        if done.status == "BAD":
+            raise BackendUnavailable("protocol", f"{self._up.backend}: {text}")
+        if code in ("NONEXISTENT", "EXPUNGEISSUED"):
+            raise BackendNotFound(text)
+        if code in ("TOOBIG", "LIMIT", "OVERQUOTA"):
+            raise BackendTooLarge(text)
+        if code == "CANNOT":
+            raise BackendCannot(text)
+        if code in ("UNAVAILABLE", "INUSE", "SERVERBUG"):
+            raise BackendUnavailable("unavailable", f"{self._up.backend}: {text}")
+        raise BackendRefused(text)
+
+    def _mailbox(self, folder: str) -> bytes:
+        name = folder if self._delimiter == "/" else folder.replace("/", self._delimiter)
+        return quoted(mutf7.encode(name))
+
+    async def _select(self, folder: str, *, write: bool) -> int:
+        """SELECT (or EXAMINE) `folder` unless it is already open so; returns EXISTS."""
+        if self._selected == (folder, True) or (not write and self._selected == (folder, False)):
+            return -1
+        self._selected = None
+        verb = b"SELECT " if write else b"EXAMINE "
+        _, events = await self._run(verb + self._mailbox(folder))
+        self._selected = (folder, write)
+        return next((e.number or 0 for e in events if e.kind == "EXISTS"), 0)
+
+    # -- MailboxAccess ---------------------------------------------------------------------
+    async def folders(self) -> Sequence[ToolFolder]:
+        _, events = await self._run(b'LIST "" "*"')
+        found: list[ToolFolder] = []
+        for event in events:
+            if event.kind != "LIST":
+                continue
+            try:
+                values = event.values()
+            except ParseError:
+                raise BackendUnavailable("protocol", f"{self._up.backend}: bad LIST") from None
+            if len(values) < 4 or not isinstance(values[1], list):
+                continue
+            attributes = {str(a.value) for a in values[1] if isinstance(a, Atom)}
+            if any(a.lower() in ("\\noselect", "\\nonexistent") for a in attributes):
+                continue
+            delimiter, raw = values[2], values[3]
+            if isinstance(delimiter, bytes) and delimiter:
+                self._delimiter = delimiter.decode("ascii", "replace")
+            name = _text(raw)
+            if name is None:
+                continue
+            name = mutf7.decode(name)
+            if self._delimiter != "/":
+                name = name.replace(self._delimiter, "/")
+            if name.upper() == "INBOX":
+                name = "INBOX"
+            special = next((a for a in attributes if a in SPECIAL_USES), None)
+            found.append(ToolFolder(name, special))  # type: ignore[arg-type]
+        return found
+
+    async def messages(self, folder: str) -> Sequence[ToolMessage]:
+        exists = await self._select(folder, write=False)
+        if exists == 0:
+            return []
+        _, events = await self._run(b"UID FETCH 1:* (UID)")
+        uids = sorted(u for u in (_fetch_items(e).get("UID") for e in events) if isinstance(u, int))
+        found: list[ToolMessage] = []
+        for start in range(0, len(uids), BATCH):
+            chunk = uids[start : start + BATCH]
+            found.extend(await self._describe(chunk))
+        return found
+
+    async def _describe(self, uids: Sequence[int]) -> list[ToolMessage]:
+        wanted = b",".join(str(u).encode() for u in uids)
+        _, events = await self._run(
+            b"UID FETCH " + wanted + b" (UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[])"
+        )
+        found: dict[int, ToolMessage] = {}
+        for event in events:
+            items = _fetch_items(event)
+            uid, body = items.get("UID"), items.get("BODY[]")
+            flags, date, size = (
+                items.get("FLAGS"),
+                items.get("INTERNALDATE"),
+                items.get("RFC822.SIZE"),
+            )
+            if not isinstance(uid, int) or not isinstance(body, bytes):
+                continue
+            found[uid] = ToolMessage(
+                uid,
+                frozenset(
+                    str(f.value)
+                    for f in (flags if isinstance(flags, list) else [])
+                    if isinstance(f, Atom) and str(f.value).lower() != "\\recent"
+                ),
+                parse_imap_date(date) if isinstance(date, bytes) else dt.datetime.now(dt.UTC),
+                size if isinstance(size, int) else len(body),
+                digest(body),
+            )
+        return [found[u] for u in uids if u in found]
+
+    async def fetch(self, folder: str, uid: int) -> bytes:
+        await self._select(folder, write=False)
+        _, events = await self._run(b"UID FETCH %d (UID BODY.PEEK[])" % uid)
+        for event in events:
+            items = _fetch_items(event)
+            if items.get("UID") == uid and isinstance(items.get("BODY[]"), bytes):
+                body = items["BODY[]"]
+                assert isinstance(body, bytes)
+                return body
+        raise BackendNotFound(f"no message {uid} in {folder}")
+
+    async def append(
+        self,
+        folder: str,
+        message: bytes,
+        flags: Collection[str] = (),
+        internal_date: dt.datetime | None = None,
+    ) -> int:
+        command = b"APPEND " + self._mailbox(folder) + b" " + _flag_list(flags)
+        if internal_date is not None:
+            command += b" " + imap_date(internal_date)
+        if self._selected is not None and self._selected[0] == folder:
+            self._selected = None  # re-select to see the new message
+        done, _ = await self._run(command, literal=message)
+        if done.code is not None:
+            name, rest = parse_code(done.code)
+            parts = rest.split()
+            if name == "APPENDUID" and len(parts) == 2 and parts[1].isdigit():
+                return int(parts[1])
+        raise BackendUnavailable("protocol", f"{self._up.backend}: APPEND without APPENDUID")
+
+    async def set_flags(self, folder: str, uid: int, flags: Collection[str]) -> None:
+        await self._select(folder, write=True)
+        await self._run(b"UID STORE %d FLAGS.SILENT " % uid + _flag_list(flags))
+
+    async def delete(self, folder: str, uids: Iterable[int]) -> None:
+        wanted = b",".join(str(u).encode() for u in sorted(set(uids)))
+        if not wanted:
+            return
+        await self._select(folder, write=True)
+        await self._run(b"UID STORE " + wanted + b" +FLAGS.SILENT (\\Deleted)")
+        await self._run(b"UID EXPUNGE " + wanted)
+
+    async def create_folder(self, name: str) -> None:
+        try:
+            await self._run(b"CREATE " + self._mailbox(name))
+        except BackendRefused as refusal:
+            existing = {f.name for f in await self.folders()}
+            if name not in existing and not (name.upper() == "INBOX"):
+                raise refusal from None
+
+
+def _text(value: ParsedValue) -> str | None:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, Atom):
+        return str(value.value)
+    return None
+
+
+def _fetch_items(event: Untagged) -> dict[str, ParsedValue]:
+    """``* n FETCH (NAME value ...)`` as a dict by upper-case item name."""
+    if event.kind != "FETCH":
+        return {}
+    try:
+        values = event.values()
+    except ParseError:
+        return {}
+    items = values[2] if len(values) >= 3 and isinstance(values[2], list) else []
+    found: dict[str, ParsedValue] = {}
+    for index in range(0, len(items) - 1, 2):
+        name = items[index]
+        if isinstance(name, Atom):
+            found[str(name.value).upper()] = items[index + 1]
+    return found
+
+
+__all__ = ["SYSTEM_FLAGS", "ImapMailboxAccess", "SpecialUse", "imap_date", "quoted"]

@@ -1,0 +1,59 @@
+"""The historic platform as a backend: its web services serve the API LPS sessions (the
+gateway's engine over `LegacyWsStore`, one `sendMessage` per submission), and its own
+IMAP, when configured (`historic_imap`), serves the operator's tools: the web services
+cannot give a message's original bytes nor create one outside Drafts."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Mapping
+
+from gateway.backends.base import MailboxAccess
+from gateway.backends.errors import BackendUnavailable
+from gateway.backends.imap_smtp.tools import ImapMailboxAccess
+from gateway.backends.legacy_ws.store import LegacyBackends, LegacyWsStore
+from gateway.backends.legacy_ws.submit import HistoricSubmission
+from gateway.backends.probes import mail_port_check, web_services_check
+from gateway.backends.store_access import StoreMailboxAccess
+from gateway.settings import BackendSettings
+
+
+class LegacyWsBackend:
+    """`Backend` over the historic web services. `shared` holds what the stores of one
+    gateway share (clients, UID map, caches, watches); without it (a readiness probe
+    alone) sessions are refused as misconfigured."""
+
+    def __init__(self, name: str, settings: BackendSettings, shared: LegacyBackends | None) -> None:
+        self._name = name
+        self.settings = settings
+        self.shared = shared
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def _shared(self) -> LegacyBackends:
+        if self.shared is None:
+            raise BackendUnavailable("misconfigured", f"{self._name}: no historic state")
+        return self.shared
+
+    async def open_imap(self, bal: str, token: str) -> LegacyWsStore:
+        return self._shared().store(self._name, self.settings, bal)
+
+    def submission(self, bal: str, token: str, *, max_size: int) -> HistoricSubmission:
+        client = self._shared().client(self._name, self.settings)
+        return HistoricSubmission(self._name, client, bal, max_size=max_size)
+
+    def probes(self) -> Mapping[str, Awaitable[str]]:
+        s = self.settings
+        probes = {"ws": web_services_check(s)}
+        if s.historic_imap:
+            probes["imap"] = mail_port_check(s, "imap", s.imap_host, s.imap_port, s.imap_tls)
+        return probes
+
+    async def tools(self, bal: str) -> MailboxAccess:
+        if self.settings.historic_imap:
+            return await ImapMailboxAccess.open(self._name, self.settings, bal)
+        return StoreMailboxAccess(await self.open_imap(bal, ""))
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,186 @@
+"""The gateway's API LPS IMAP listener.
+
+Before login the engine's own session answers (CAPABILITY, NOOP, LOGOUT, STARTTLS, ID,
+AUTHENTICATE, LOGIN), with an authenticator that validates the PSC token, resolves the
+delegation, routes the BAL and opens its backend session (`login`). After login the
+connection is relayed (`relay`), or served by the engine over the backend's store; live
+sessions are tracked (`live`) so that a revoked or expired delegation ends them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import socket
+import ssl
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from delegation.audit import AuditAction
+from delegation.service import DelegationService
+from gateway.fronts.imap.audited_store import AuditedStore
+from gateway.fronts.imap.live import LiveSessions, ServedSession
+from gateway.fronts.imap.login import ProxyAuthenticator, ProxyGrant, close_store
+from gateway.fronts.imap.relay import Relay
+from gateway.fronts.login import FrontAuthenticator, FrontGrant
+from gateway.imap.engine import EngineConfig, ImapSession
+from gateway.imap.limits import Limits
+from gateway.imap.structure_cache import StructureCache
+from gateway.imap.transport import ImapServer, ServerConfig, StreamChannel
+from gateway.metrics import Metrics
+from gateway.psc_sessions import PscSessionWatch
+from gateway.runtime.limits import NodeLimits
+from gateway.settings import ImapFrontSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    server: ServerConfig
+
+    @classmethod
+    def from_settings(cls, settings: ImapFrontSettings) -> ProxyConfig:
+        limits = Limits(
+            max_line_length=settings.max_line,
+            max_literal_size=settings.max_literal,
+            max_command_literal_size=settings.max_other_literal,
+        )
+        engine = EngineConfig(
+            greeting="MSSante API LPS gateway ready",
+            idle_timeout=settings.idle_timeout,
+            auth_failure_delay=settings.auth_failure_delay,
+        )
+        return cls(
+            ServerConfig(
+                engine=engine,
+                limits=limits,
+                preauth_timeout=settings.preauth_timeout,
+                idle_timeout=settings.idle_timeout,
+                write_timeout=settings.write_timeout,
+                max_connections=settings.max_connections,
+            )
+        )
+
+    def serving_stores(
+        self,
+        version: Callable[[str, str], int],
+        wait: Callable[[str, str, int], Awaitable[None]],
+    ) -> ProxyConfig:
+        """For the BAL the engine serves itself (historic ones): their change signal, and a
+        cache of ENVELOPE / BODYSTRUCTURE shared by the sessions (a message never changes
+        under its UID, there as anywhere)."""
+        engine = dataclasses.replace(
+            self.server.engine, hub_version=version, hub_wait=wait, structures=StructureCache()
+        )
+        return ProxyConfig(dataclasses.replace(self.server, engine=engine))
+
+    def with_implicit_tls(self) -> ProxyConfig:
+        return ProxyConfig(dataclasses.replace(self.server, implicit_tls=True))
+
+
+class ProxyServer(ImapServer):
+    """The API LPS IMAP listener of the gateway. `limits` (the node's caps) and `psc`
+    (which ends sessions whose PSC session ended) are shared with the node's other fronts."""
+
+    def __init__(
+        self,
+        config: ProxyConfig,
+        front: FrontAuthenticator,
+        registry: DelegationService,
+        metrics: Metrics,
+        ssl_context: ssl.SSLContext | None,
+        sock: socket.socket,
+        *,
+        limits: NodeLimits | None = None,
+        psc: PscSessionWatch | None = None,
+    ) -> None:
+        authenticator = ProxyAuthenticator(
+            front, metrics, sessions=limits.sessions_per_person if limits else None
+        )
+        super().__init__(
+            config.server,
+            authenticator,
+            ssl_context,
+            sock,
+            preauth_slots=limits.imap_preauth if limits else None,
+            exempt=limits.exempt if limits else None,
+        )
+        self.metrics = metrics
+        self.audit = front.audit
+        self.live = LiveSessions(registry)
+        self.psc = psc
+        self._served: weakref.WeakSet[ImapSession] = weakref.WeakSet()
+
+    def refused(self, reason: str) -> None:
+        self.metrics.refused_connections.labels("imap", reason).inc()
+
+    async def start(self) -> None:
+        self.live.start()
+        await super().start()
+
+    async def stop(self, grace: float = 5.0) -> None:
+        await super().stop(grace)
+        await self.live.stop()
+
+    async def _handover(self, session: ImapSession, channel: StreamChannel) -> bool:
+        grant = session.grant
+        if isinstance(grant, FrontGrant) and not isinstance(grant, ProxyGrant):
+            if session not in self._served:  # called after every command: track it once
+                self._served.add(session)
+                await self._track_served(session, channel, grant)
+            return False  # the engine serves it
+        if not isinstance(grant, ProxyGrant):
+            return False
+        relay = Relay(session, channel, grant, self.config, self.audit, self.metrics)
+        gauge = self.metrics.open_sessions.labels("imap")
+        self.live.add(relay)
+        if self.psc is not None:
+            self.psc.add(relay, grant.credentials.token, grant.identity)
+        gauge.inc()
+        try:
+            # A revocation may have come while the backend login ran, before the relay was
+            # tracked: ask the registry once more now that later changes will reach it.
+            await self.live.confirm(relay)
+            await relay.run()
+        finally:
+            gauge.dec()
+            self.live.discard(relay)
+            if self.psc is not None:
+                self.psc.discard(relay)
+        return True
+
+    async def _track_served(
+        self, session: ImapSession, channel: StreamChannel, grant: FrontGrant
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        served = ServedSession(session, channel, task)
+        gauge = self.metrics.open_sessions.labels("imap")
+        self.live.add(served)
+        psc = self.psc
+        if psc is not None:
+            psc.add(served, grant.credentials.token, grant.identity)
+        gauge.inc()
+        store = grant.store
+
+        then = grant.on_close
+
+        async def ended() -> None:
+            gauge.dec()
+            served.ended()
+            self.live.discard(served)
+            if psc is not None:
+                psc.discard(served)
+            try:
+                if isinstance(store, AuditedStore) and store.reads:
+                    await store.record(AuditAction.READ, f"{store.reads} read commands", "ok")
+                await close_store(store)
+            finally:
+                if then is not None:
+                    await then()
+
+        session.grant = dataclasses.replace(grant, on_close=ended)
+        await self.live.confirm(served)

@@ -1,0 +1,208 @@
+"""The IMAP front's login: the front's decision, the person's session cap, then the
+backend session (`Backend.open_imap`): a connection to relay, or a store the engine
+serves. The login's audit event is written once its outcome is known."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from delegation.audit import AuditAction, AuditRecord
+from gateway.backends.errors import BackendError
+from gateway.backends.imap_smtp.upstream import Upstream
+from gateway.fronts.imap.audited_store import AuditedStore
+from gateway.fronts.imap.rights import audit_action, audit_detail
+from gateway.fronts.login import FrontAuthenticator, FrontGrant
+from gateway.imap import commands as c
+from gateway.imap.mailstore import MailStore
+from gateway.metrics import Metrics
+from gateway.runtime.limits import SlotCounter
+from gateway.runtime.login import AuthFailed, ConnectionInfo
+from psc_auth.sasl import TokenCredentials
+
+log = logging.getLogger(__name__)
+
+#: What the relay can carry after login: the codec parses these commands. The backend's
+#: list is intersected with it (COMPRESS, QRESYNC, ESEARCH... would desynchronise us).
+CARRIED: tuple[str, ...] = ("IMAP4rev1", "LITERAL+", "IDLE", "NAMESPACE", "UIDPLUS", "MOVE")
+CARRIED += ("UNSELECT", "CHILDREN", "SPECIAL-USE", "ID")
+UNAVAILABLE = "mailbox server unavailable, try again later"
+MISCONFIGURED = "mailbox server misconfigured"
+
+
+def carried_capabilities(backend: frozenset[str]) -> tuple[str, ...]:
+    return tuple(cap for cap in CARRIED if cap.upper() in backend or cap == "LITERAL+")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProxyGrant(FrontGrant):
+    """A front login whose backend session is open, ready to relay."""
+
+    upstream: Upstream = field(repr=False, compare=False)
+
+
+class ProxyAuthenticator:
+    """The front's decision, then the backend login; counts logins by result.
+
+    The route's backend opens the session: an `Upstream` is relayed (`ProxyGrant`), a
+    `MailStore` is served by the engine itself, with its own capabilities, audited.
+
+    With `sessions` (per node), one person holds at most so many logged-in sessions, all
+    BAL together: the slot is taken before the backend login and given back when the
+    session closes (the grant's `on_close`)."""
+
+    def __init__(
+        self,
+        front: FrontAuthenticator,
+        metrics: Metrics,
+        sessions: SlotCounter | None = None,
+    ) -> None:
+        self.front = front
+        self.metrics = metrics
+        self.sessions = sessions
+
+    async def authenticate(
+        self, credentials: TokenCredentials, connection: ConnectionInfo
+    ) -> FrontGrant:
+        """The login's audit event is written once its outcome is known: refused for the
+        person's session cap, failed when the backend cannot be opened, else ok."""
+        try:
+            grant = await self.front.authenticate(credentials, connection, record_success=False)
+        except AuthFailed as failure:
+            self.metrics.logins.labels("imap", failure.kind).inc()
+            raise
+        event = grant.login_event
+        assert event is not None
+        sessions = self.sessions
+        if sessions is not None:
+            try:
+                await self.front.take_session_slot(grant, sessions)
+            except AuthFailed:
+                self.metrics.logins.labels("imap", "limit").inc()
+                raise
+        try:
+            opened = await self._open(grant, credentials, connection)
+        except BaseException as failure:
+            if sessions is not None:
+                sessions.release(grant.actor)
+            kind = failure.kind if isinstance(failure, AuthFailed) else type(failure).__name__
+            await asyncio.shield(
+                self.front.audit.submit(dataclasses.replace(event, result=f"failed:{kind}"))
+            )
+            raise
+        try:
+            await self.front.audit.submit(event)
+        except BaseException:  # the login deadline, in the middle of it: nothing may leak
+            if sessions is not None:
+                sessions.release(grant.actor)
+            await asyncio.shield(_discard(opened))
+            raise
+        if sessions is None:
+            return opened
+        on_close = _released(sessions, grant.actor, opened.on_close)
+        return dataclasses.replace(opened, on_close=on_close)
+
+    async def _open(
+        self, grant: FrontGrant, credentials: TokenCredentials, connection: ConnectionInfo
+    ) -> FrontGrant:
+        route = grant.route
+        try:
+            opened = await route.backend.open_imap(grant.mailbox, credentials.token)
+        except BackendError as exc:
+            self.metrics.backend_errors.labels(route.name, "imap", exc.kind).inc()
+            self.metrics.logins.labels("imap", "unavailable").inc()
+            level = logging.ERROR if exc.kind == "misconfigured" else logging.WARNING
+            log.log(
+                level,
+                "imap.backend_unavailable",
+                extra={"backend": route.name, "error": exc.detail},
+            )
+            text = MISCONFIGURED if exc.kind == "misconfigured" else UNAVAILABLE
+            raise AuthFailed("unavailable", text) from None
+        if isinstance(opened, Upstream):
+            return await self._relayed(grant, opened)
+        self.metrics.logins.labels("imap", "ok").inc()
+        return self._served(grant, opened, connection)
+
+    async def _relayed(self, grant: FrontGrant, upstream: Upstream) -> ProxyGrant:
+        if "LITERAL+" not in upstream.capabilities:
+            await upstream.close()
+            self.metrics.backend_errors.labels(grant.route.name, "imap", "protocol").inc()
+            self.metrics.logins.labels("imap", "unavailable").inc()
+            log.error("imap.backend_without_literal_plus", extra={"backend": grant.route.name})
+            raise AuthFailed("unavailable", MISCONFIGURED)
+        self.metrics.logins.labels("imap", "ok").inc()
+        values = {f.name: getattr(grant, f.name) for f in dataclasses.fields(grant)}
+        values.update(
+            capabilities=carried_capabilities(upstream.capabilities), on_close=upstream.close
+        )
+        return ProxyGrant(**values, upstream=upstream)
+
+    def _served(
+        self, grant: FrontGrant, store: MailStore, connection: ConnectionInfo
+    ) -> FrontGrant:
+        """A store the engine serves: every command audited like the relay's."""
+        audit = self.front.audit
+
+        async def record(action: AuditAction, detail: str, result: str) -> None:
+            await audit.submit(
+                AuditRecord(
+                    grant.actor,
+                    grant.mailbox,
+                    action,
+                    "imap",
+                    result=result,
+                    delegation_id=grant.delegation_id,
+                    software=connection.software,
+                    remote=connection.peer,
+                    detail=detail or None,
+                )
+            )
+
+        async def refused(command: c.Command, right: str) -> None:
+            self.metrics.rights_refusals.labels("imap", right).inc()
+            await command_done(command, "refused:noperm")
+
+        async def command_done(command: c.Command, result: str) -> None:
+            action = audit_action(command)
+            if action is not None:
+                await record(action, audit_detail(command), result)
+
+        return dataclasses.replace(
+            grant,
+            store=AuditedStore(store, record),
+            capabilities=None,
+            on_refused=refused,
+            on_selected=command_done,
+        )
+
+
+async def _discard(opened: FrontGrant) -> None:
+    """Close what a login opened for a session that will not be served after all."""
+    if isinstance(opened, ProxyGrant):
+        await opened.upstream.close()
+    await close_store(opened.store)
+
+
+async def close_store(store: MailStore | None) -> None:
+    """A served store may hold resources of its own (an HTTP client): its `aclose`."""
+    inner = store.inner if isinstance(store, AuditedStore) else store
+    closer: Callable[[], Awaitable[None]] | None = getattr(inner, "aclose", None)
+    if closer is not None:
+        await closer()
+
+
+def _released(
+    sessions: SlotCounter, actor: str, then: Callable[[], Awaitable[None]] | None
+) -> Callable[[], Awaitable[None]]:
+    """An `on_close` that gives the person's session slot back, then does `then`."""
+
+    async def close() -> None:
+        sessions.release(actor)
+        if then is not None:
+            await then()
+
+    return close

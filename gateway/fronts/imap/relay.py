@@ -1,0 +1,433 @@
+"""The relay: one logged-in client connection carried to its backend connection.
+
+Client commands are parsed by the codec (rights, audit) and re-serialised to the backend;
+backend bytes go back as they come, framed only enough to find response boundaries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import re
+import ssl
+
+from delegation.audit import AuditAction, AuditRecord
+from gateway.audit import AuditSink, in_background
+from gateway.fronts.imap.login import ProxyGrant
+from gateway.fronts.imap.rights import audit_action, audit_detail, required_right
+from gateway.imap import commands as c
+from gateway.imap.engine import ImapSession
+from gateway.imap.framing import FramingError, ResponseFramer
+from gateway.imap.response import continuation, tagged, untagged_status
+from gateway.imap.serialize import serialize
+from gateway.imap.transport import ServerConfig, StreamChannel, WriteTimeout
+from gateway.metrics import Metrics
+from gateway.runtime.net import FAIR_SHARE
+
+log = logging.getLogger(__name__)
+
+RELAY_READ = 256 * 1024
+KICK_GRACE = 1.0  # seconds a BYE waits for the response being relayed to end
+MAX_AUDITS_IN_FLIGHT = 64  # a session's events handed to the audit sink, not yet queued
+GAP_CHECK = 1.0  # seconds between checks for change events lost by the bus
+
+_STATUS_CODE = re.compile(
+    rb"(?P<head>\S+ (?:OK|NO|BAD|PREAUTH|BYE) )\[(?P<name>CAPABILITY|PERMANENTFLAGS)[ \]]"
+    rb"[^\]\r\n]*\]",
+    re.IGNORECASE,
+)
+_BYE = re.compile(rb"\* BYE(?:[ \r\n]|\Z)", re.IGNORECASE)
+_READ_WRITE = re.compile(rb"(?P<head>\S+ OK )\[READ-WRITE\]", re.IGNORECASE)
+
+
+class Relay:
+    """One logged-in client connection carried to its backend connection."""
+
+    def __init__(
+        self,
+        session: ImapSession,
+        channel: StreamChannel,
+        grant: ProxyGrant,
+        config: ServerConfig,
+        audit: AuditSink,
+        metrics: Metrics,
+    ) -> None:
+        self.session = session
+        self.channel = channel
+        self.grant = grant
+        self.up = grant.upstream
+        self.config = config
+        self.audit = audit
+        self.metrics = metrics
+        self.rights = grant.rights
+        self.expires_at = grant.decision.expires_at
+        self.framer = ResponseFramer()
+        self.pending: dict[str, c.Command] = {}
+        self.reads = 0
+        self.logging_out = False
+        self._out = asyncio.Lock()
+        self._holding = False
+        self._idle_tag: str | None = None
+        self._idle_answered = asyncio.Event()
+        self._idle_accepted = False
+        self._kicked: str | None = None
+        self._closed = False
+        self._audits: set[asyncio.Future[None]] = set()  # events handed over, not yet queued
+        self._tasks: list[asyncio.Task[str | None]] = []
+        self._expiry: asyncio.TimerHandle | None = None
+        self._loop = asyncio.get_running_loop()
+        self._backend_seen = self._loop.time()
+        self._sent_at: dict[str, float] = {}
+        caps = " ".join(grant.capabilities or ())
+        self._capability_line = f"* CAPABILITY {caps}\r\n".encode()
+        self._capability_code = f"[CAPABILITY {caps}]".encode()
+        self._backend_said_bye = False
+        self._to_client = metrics.relayed_bytes.labels("imap", "to_client")
+        self._to_backend = metrics.relayed_bytes.labels("imap", "to_backend")
+
+    @property
+    def mailbox(self) -> str:
+        return self.grant.mailbox
+
+    @property
+    def actor(self) -> str:
+        return self.grant.actor
+
+    # -- life --------------------------------------------------------------------------
+    async def run(self) -> None:
+        self._schedule_expiry()
+        self._tasks = [
+            asyncio.create_task(self._from_backend(), name="imap-relay-backend"),
+            asyncio.create_task(self._from_client(), name="imap-relay-client"),
+        ]
+        if self._kicked is not None:
+            for task in self._tasks:
+                task.cancel()
+        bye: str | None = None
+        deaf: WriteTimeout | None = None
+        try:
+            done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if not task.cancelled() and task.exception() is None and bye is None:
+                    bye = task.result()
+                elif not task.cancelled() and task.exception() is not None:
+                    error = task.exception()
+                    if isinstance(error, WriteTimeout):
+                        deaf = error
+                    elif not isinstance(error, ConnectionError | ssl.SSLError):
+                        log.error("imap.relay_failed", exc_info=error)
+                        bye = "internal gateway error"
+        finally:
+            self._closed = True  # from here, a revocation or a PSC logout has nothing to end
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            if self._expiry is not None:
+                self._expiry.cancel()
+            if self._kicked is not None:
+                bye = self._kicked
+            if bye is not None:
+                with contextlib.suppress(Exception):
+                    self.channel.writer.write(untagged_status("BYE", bye))
+                    await asyncio.wait_for(self.channel.writer.drain(), KICK_GRACE)
+            await self.up.close()
+            if self.reads:
+                await self._record(AuditAction.READ, f"{self.reads} read commands", "ok")
+        if deaf is not None:
+            raise deaf  # the transport cuts the connection instead of waiting for the client
+
+    def kick(self, reason: str) -> None:
+        """End the session with `* BYE reason` (delegation revoked or expired, PSC session
+        over); the audit trail says so."""
+        if self._kicked is not None or self._closed:
+            return
+        self._kicked = reason
+        log.info("imap.session_kicked", extra={"bal": self.mailbox, "reason": reason})
+        self._record_soon(AuditAction.SESSION_END, reason, "ok")
+        for task in self._tasks:
+            task.cancel()
+
+    def update(self, rights: frozenset[str], expires_at: dt.datetime | None) -> None:
+        """The delegation changed but still stands: apply its new rights and expiry."""
+        if self._closed:
+            return
+        self.rights = rights
+        self.expires_at = expires_at
+        self._schedule_expiry()
+
+    def _schedule_expiry(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if self.expires_at is None or self.grant.via != "delegation":
+            return
+        delay = (self.expires_at - dt.datetime.now(dt.UTC)).total_seconds()
+        self._expiry = self._loop.call_later(
+            max(0.0, delay), self.kick, f"delegation on {self.mailbox} expired"
+        )
+
+    # -- backend to client ---------------------------------------------------------------
+    async def _from_backend(self) -> str | None:
+        try:
+            if self.up.leftover:
+                await self._relay(self.up.leftover)
+            reader = self.up.reader
+            timeout = self.up.reply_timeout
+            while True:
+                try:
+                    async with asyncio.timeout(timeout):
+                        data = await reader.read(RELAY_READ)
+                except TimeoutError:
+                    if self._overdue(timeout):
+                        self._backend_error("timeout")
+                        return "mailbox server not responding"
+                    continue
+                except (ConnectionError, ssl.SSLError):
+                    data = b""
+                if not data:
+                    if self.logging_out or self._backend_said_bye:
+                        return None  # an orderly end: the client has the backend's BYE
+                    self._backend_error("died")
+                    return "connection to the mailbox server lost"
+                self._backend_seen = self._loop.time()
+                await self._relay(data)
+        except FramingError as exc:
+            self._backend_error("protocol")
+            log.warning("imap.backend_framing", extra={"error": str(exc)})
+            return "mailbox server sent invalid data"
+        finally:
+            if self._holding:
+                self._holding = False
+                self._out.release()
+
+    def _overdue(self, timeout: float) -> bool:
+        waiting = [at for tag, at in self._sent_at.items() if tag != self._idle_tag]
+        if not waiting:
+            return False
+        return self._loop.time() - max(min(waiting), self._backend_seen) >= timeout
+
+    def _backend_error(self, kind: str) -> None:
+        self.metrics.backend_errors.labels(self.up.backend, "imap", kind).inc()
+
+    async def _relay(self, data: bytes) -> None:
+        segments = self.framer.feed(data)
+        if not self._holding:
+            await self._out.acquire()
+            self._holding = True
+        rewritten = False
+        out: list[bytes | memoryview] = []
+        for segment in segments:
+            if segment.head:
+                line = bytes(segment.data)
+                forwarded = self._inspect(line)
+                rewritten = rewritten or forwarded is not line
+                out.append(forwarded)
+            else:
+                out.append(segment.data)
+        writer = self.channel.writer
+        if rewritten or not self.framer.exact:
+            writer.writelines(out)  # whole lines only: a cut line goes out once complete
+        else:
+            writer.write(data)  # the usual case: the bytes as received, no copy
+        self._to_client.inc(len(data))
+        await self.channel.drain()  # a client that does not read ends here (WriteTimeout)
+        if self.framer.at_boundary:
+            self._holding = False
+            self._out.release()
+
+    def _inspect(self, line: bytes) -> bytes:
+        """Look at the first line of a backend response; return what to forward."""
+        if line.startswith(b"+"):
+            if self._idle_tag is not None and not self._idle_answered.is_set():
+                self._idle_accepted = True
+                self._idle_answered.set()
+            return line
+        if line.startswith(b"* "):
+            if line[2:13].upper() == b"CAPABILITY ":
+                return self._capability_line
+            if _BYE.match(line):
+                self._backend_said_bye = True
+            return self._rewrite_code(line)
+        tag, _, rest = line.partition(b" ")
+        name = tag.decode("ascii", "replace")
+        command = self.pending.pop(name, None)
+        self._sent_at.pop(name, None)
+        if command is not None:
+            self._completed(command, rest[:3].upper().rstrip().decode("ascii", "replace"))
+            if isinstance(command, c.Select) and "write" not in self.rights:
+                # What this delegate may do in it: nothing but \Seen (PERMANENTFLAGS).
+                return _READ_WRITE.sub(rb"\g<head>[READ-ONLY]", line, count=1)
+        return self._rewrite_code(line)
+
+    def _rewrite_code(self, line: bytes) -> bytes:
+        """The gateway's capability list instead of the backend's; without the write right,
+        only \\Seen as a permanent flag (as the engine says for such a delegate)."""
+        if b"[" not in line:
+            return line
+        match = _STATUS_CODE.match(line)
+        if match is None:
+            return line
+        name = match.group("name").upper()
+        if name == b"CAPABILITY":
+            code = self._capability_code
+        elif "write" not in self.rights:
+            code = b"[PERMANENTFLAGS (\\Seen)]" if "read" in self.rights else b"[PERMANENTFLAGS ()]"
+        else:
+            return line
+        return match.group("head") + code + line[match.end() :]
+
+    def _completed(self, command: c.Command, status: str) -> None:
+        if isinstance(command, c.Idle) and command.tag == self._idle_tag:
+            self._idle_answered.set()
+        action = audit_action(command)
+        if action is not None:
+            result = "ok" if status == "OK" else f"failed:{status.lower()}"
+            self._record_soon(action, audit_detail(command), result)
+
+    # -- client to backend ---------------------------------------------------------------
+    async def _from_client(self) -> str | None:
+        parser = self.channel.parser
+        served = 0
+        while True:
+            served += 1
+            if served % FAIR_SHARE == 0:
+                await asyncio.sleep(0)  # a pipelining client is served in turns
+            while len(self._audits) >= MAX_AUDITS_IN_FLIGHT:
+                # A client whose commands make events faster than the trail takes them
+                # waits for it, rather than pushing everyone else's events back.
+                await asyncio.wait(list(self._audits), return_when=asyncio.FIRST_COMPLETED)
+            event = parser.next_event()
+            if event is None:
+                # Read no more commands while the answers to the last ones pile up unread.
+                await self.channel.drain()
+                try:
+                    async with asyncio.timeout(self.config.idle_timeout):
+                        if not await self.channel.fill():
+                            return None
+                except TimeoutError:
+                    return "autologout: idle too long"
+                continue
+            if isinstance(event, c.ContinuationNeeded):
+                if event.message and "write" not in self.rights:
+                    parser.reject_literal()  # refuse before the client uploads the message
+                    self.metrics.rights_refusals.labels("imap", "write").inc()
+                    self._record_soon(AuditAction.APPEND, f"{event.size} bytes", "refused:noperm")
+                    await self._local(
+                        tagged(event.tag or "*", "NO", "the write right is needed", "NOPERM")
+                    )
+                else:
+                    await self._local(continuation("ready for literal data"))
+            elif isinstance(event, c.CommandError):
+                if event.fatal:
+                    return event.message
+                if event.tag is None:
+                    await self._local(untagged_status("BAD", event.message))
+                else:
+                    await self._local(tagged(event.tag, "BAD", event.message))
+            elif isinstance(event, c.Command):
+                ending = await self._command(event)
+                if ending is not None:
+                    return ending or None
+
+    async def _command(self, command: c.Command) -> str | None:
+        """Forward `command` or answer it here. Returns a BYE text to end the session
+        ("" to end it silently), None to go on."""
+        if command.tag in self.pending:
+            # Completions are matched by tag: a second one in flight would blur the audit.
+            await self._local(tagged(command.tag, "BAD", "tag already in use"))
+            return None
+        if isinstance(command, c.StartTls | c.Authenticate | c.Login):
+            await self._local(tagged(command.tag, "BAD", "already authenticated"))
+            return None
+        if isinstance(command, c.Enable):
+            await self._local(b"* ENABLED\r\n" + tagged(command.tag, "OK", "ENABLE completed"))
+            return None
+        right = required_right(command)
+        if right is not None and right not in self.rights:
+            self.metrics.rights_refusals.labels("imap", right).inc()
+            action = audit_action(command)
+            if action is not None:
+                self._record_soon(action, audit_detail(command), "refused:noperm")
+            await self._local(
+                tagged(command.tag, "NO", f"the {right} right is needed for this", "NOPERM")
+            )
+            return None
+        if isinstance(command, c.Close) and "write" not in self.rights:
+            if "UNSELECT" not in self.up.capabilities:
+                await self._local(tagged(command.tag, "NO", "use UNSELECT", "CANNOT"))
+                return None
+            command = c.Unselect(command.tag)  # CLOSE would expunge: a change
+        if right == "read" and not isinstance(command, c.Select | c.Store):
+            self.reads += 1
+        if isinstance(command, c.Idle):
+            if "IDLE" not in self.up.capabilities:
+                await self._local(tagged(command.tag, "BAD", "IDLE not supported here"))
+                return None
+            self._idle_tag = command.tag
+            self._idle_answered.clear()
+            self._idle_accepted = False
+        if isinstance(command, c.Logout):
+            self.logging_out = True
+        await self._to(serialize(command, literal_plus=True), command)
+        if isinstance(command, c.Idle):
+            return await self._idle(command)
+        return None
+
+    async def _idle(self, command: c.Idle) -> str | None:
+        try:
+            async with asyncio.timeout(self.up.reply_timeout):
+                await self._idle_answered.wait()
+        except TimeoutError:
+            self._backend_error("timeout")
+            return "mailbox server not responding"
+        if not self._idle_accepted:
+            self._idle_tag = None
+            return None
+        try:
+            async with asyncio.timeout(self.config.idle_timeout):
+                line = await self.channel.read_raw_line()
+        except TimeoutError:
+            return "autologout: idle too long"
+        if line is None:
+            return ""
+        if line.strip().upper() != b"DONE":
+            await self._local(untagged_status("BAD", "expected DONE"))
+        self._idle_tag = None
+        self._sent_at[command.tag] = self._loop.time()  # its completion is due from now
+        await self._to(b"DONE\r\n", None)
+        return None
+
+    async def _to(self, data: bytes, command: c.Command | None) -> None:
+        if command is not None:
+            self.pending[command.tag] = command
+            self._sent_at[command.tag] = self._loop.time()
+        self.up.writer.write(data)
+        self._to_backend.inc(len(data))
+        await self.up.writer.drain()
+
+    async def _local(self, data: bytes) -> None:
+        async with self._out:
+            await self.channel.write(data)
+
+    # -- audit ---------------------------------------------------------------------------
+    def _record_soon(self, action: AuditAction, detail: str, result: str) -> None:
+        task = in_background(self._record(action, detail, result))
+        self._audits.add(task)
+        task.add_done_callback(self._audits.discard)
+
+    async def _record(self, action: AuditAction, detail: str, result: str) -> None:
+        await self.audit.submit(
+            AuditRecord(
+                self.actor,
+                self.mailbox,
+                action,
+                "imap",
+                result=result,
+                delegation_id=self.grant.delegation_id,
+                software=self.session.client_software(),
+                remote=self.session.connection.peer,
+                detail=detail or None,
+            )
+        )

@@ -1,1 +1,0 @@
-"""SMTP submission: AUTH with PSC tokens (aiosmtpd hooks), sender rules, relay."""

@@ -1,0 +1,153 @@
+"""One contract for the operator's tool access (`Backend.tools`), run against every kind
+of backend on real sockets: the mock's modern platform over IMAP with the master login,
+and the historic web services (whose store cannot append outside Drafts nor give a
+message's original bytes: what the contract allows them to refuse is said per kind)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from gateway.backends.base import Backend, MailboxAccess, digest
+from gateway.backends.errors import BackendCannot, BackendNotFound
+from gateway.settings import MockSettings, Settings
+from tests.gateway.conftest import Stack, running_stack
+from tests.gateway.test_legacy_ws_imap import configure_with
+
+MARTIN = "claire.martin@medecin.mssante.fr"
+DUPONT = "jean.dupont@medecin.mssante.fr"
+
+
+@dataclass(frozen=True)
+class Kind:
+    backend: str
+    bal: str
+    folder: str  # where the tools may append: a name, or a special use
+    keeps_bytes: bool  # fetch gives back exactly what was appended
+    keeps_date: bool  # the internal date given to append is kept
+    keeps_keywords: bool
+
+
+KINDS = [
+    Kind("modern", MARTIN, "INBOX", True, True, True),
+    Kind("historic", DUPONT, "\\Drafts", False, False, False),
+]
+
+
+@pytest.fixture
+async def both(
+    tmp_path: Path, stack_settings: Settings, mock_settings: MockSettings
+) -> AsyncIterator[Stack]:
+    async with running_stack(
+        stack_settings, mock_settings, tmp_path / "mock", configure_with()
+    ) as running:
+        yield running
+
+
+@pytest.fixture(params=KINDS, ids=[k.backend for k in KINDS])
+def kind(request: pytest.FixtureRequest) -> Kind:
+    param: Kind = request.param
+    return param
+
+
+def backend(stack: Stack, name: str) -> Backend:
+    assert stack.gateway.router is not None
+    return stack.gateway.router.backends[name]
+
+
+@pytest.fixture
+async def tools(both: Stack, kind: Kind) -> AsyncIterator[MailboxAccess]:
+    access = await backend(both, kind.backend).tools(kind.bal)
+    try:
+        yield access
+    finally:
+        await access.aclose()
+
+
+def letter(subject: str) -> bytes:
+    return (
+        f"From: {MARTIN}\r\nTo: {DUPONT}\r\nSubject: {subject}\r\n"
+        f"Message-ID: <{uuid.uuid4().hex}@test>\r\nDate: Mon, 02 Nov 2026 10:00:00 +0100\r\n"
+        "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+        "Bonjour,\r\nvoici le compte rendu.\r\n"
+    ).encode()
+
+
+async def test_folders_with_special_use(tools: MailboxAccess):
+    folders = {f.name: f.special_use for f in await tools.folders()}
+    assert "INBOX" in folders
+    assert {"\\Sent", "\\Drafts", "\\Trash"} <= set(folders.values())
+
+
+async def named(tools: MailboxAccess, folder: str) -> str:
+    """`folder`, or the name of the folder of that special use."""
+    if not folder.startswith("\\"):
+        return folder
+    (name,) = [f.name for f in await tools.folders() if f.special_use == folder]
+    return name
+
+
+async def test_append_list_fetch_flags_delete(tools: MailboxAccess, kind: Kind):
+    folder = await named(tools, kind.folder)
+    subject = f"outil {uuid.uuid4().hex[:8]}"
+    raw = letter(subject)
+    when = dt.datetime(2026, 3, 4, 5, 6, 7, tzinfo=dt.timezone(dt.timedelta(hours=1)))
+    before = {m.uid for m in await tools.messages(folder)}
+    uid = await tools.append(folder, raw, ["\\Seen"], when)
+    assert uid not in before
+
+    listed = {m.uid: m for m in await tools.messages(folder)}
+    assert set(listed) == before | {uid}
+    message = listed[uid]
+    assert "\\Seen" in message.flags
+    body = await tools.fetch(folder, uid)
+    assert message.digest == digest(body)
+    assert message.size == len(body)
+    assert subject.encode() in body
+    if kind.keeps_bytes:
+        assert body == raw
+    if kind.keeps_date:
+        assert message.internal_date == when
+
+    wanted = {"\\Seen", "\\Flagged"} | ({"$Forwarded"} if kind.keeps_keywords else set())
+    await tools.set_flags(folder, uid, wanted)
+    again = {m.uid: m for m in await tools.messages(folder)}
+    assert again[uid].flags >= wanted
+    assert again[uid].digest == message.digest, "the digest is stable"
+
+    await tools.delete(folder, [uid])
+    assert uid not in {m.uid for m in await tools.messages(folder)}
+    with pytest.raises(BackendNotFound):
+        await tools.fetch(folder, uid)
+
+
+async def test_digests_are_stable_across_sessions(both: Stack, tools: MailboxAccess, kind: Kind):
+    first = {m.uid: m.digest for m in await tools.messages("INBOX")}
+    assert first, "the seeded BAL has messages"
+    second_access = await backend(both, kind.backend).tools(kind.bal)
+    try:
+        second = {m.uid: m.digest for m in await second_access.messages("INBOX")}
+        uid = min(first)
+        assert digest(await second_access.fetch("INBOX", uid)) == first[uid]
+    finally:
+        await second_access.aclose()
+    assert second == first
+
+
+async def test_unknown_folder_is_not_found(tools: MailboxAccess):
+    with pytest.raises(BackendNotFound):
+        await tools.messages("Nowhere/At all")
+
+
+async def test_the_historic_web_services_append_only_to_drafts(both: Stack):
+    access = await backend(both, "historic").tools(DUPONT)
+    try:
+        with pytest.raises(BackendCannot):
+            await access.append("INBOX", letter("pas ici"), ())
+    finally:
+        await access.aclose()

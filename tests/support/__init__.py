@@ -1,0 +1,1 @@
+"""What many test files share: SASL payloads, ports, metrics, running stacks, logins."""
