@@ -46,14 +46,15 @@ class RawImap:
         self.counter += 1
         return f"B{self.counter:05d}"
 
-    def command(self, text: str | bytes) -> tuple[bytes, int]:
-        """Send one command; return the tagged completion line and the bytes received."""
+    def command(self, text: str | bytes, literals: list[bytes] | None = None) -> tuple[bytes, int]:
+        """Send one command; return the tagged completion line and the bytes received
+        (the literals of the answer appended to `literals` when given)."""
         tag = self.tag()
         raw = text.encode() if isinstance(text, str) else text
         self.sock.sendall(tag.encode() + b" " + raw + b"\r\n")
-        return self.wait(tag)
+        return self.wait(tag, literals)
 
-    def wait(self, tag: str) -> tuple[bytes, int]:
+    def wait(self, tag: str, literals: list[bytes] | None = None) -> tuple[bytes, int]:
         received = 0
         prefix = tag.encode() + b" "
         while True:
@@ -62,7 +63,9 @@ class RawImap:
             literal = _LITERAL.search(line)
             while literal:
                 received += int(literal.group(1))
-                self._exact(int(literal.group(1)))
+                data = self._exact(int(literal.group(1)))
+                if literals is not None:
+                    literals.append(data)
                 line = self._line()
                 received += len(line)
                 literal = _LITERAL.search(line)

@@ -16,8 +16,7 @@ import pytest
 from gateway.backends.base import Backend, MailboxAccess, digest
 from gateway.backends.errors import BackendCannot, BackendNotFound
 from gateway.settings import MockSettings, Settings
-from tests.gateway.conftest import Stack, running_stack
-from tests.gateway.test_legacy_ws_imap import configure_with
+from tests.support.stacks import Stack, configure_with, running_stack
 
 MARTIN = "claire.martin@medecin.mssante.fr"
 DUPONT = "jean.dupont@medecin.mssante.fr"

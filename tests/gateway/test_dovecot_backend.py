@@ -43,8 +43,8 @@ from gateway.settings import BackendSettings, Settings
 from mock_operator.server import MockOperator
 from tests.conftest import quick_mock_settings, require_peer
 from tests.dovecot import DovecotServer, dovecot_available, start_dovecot
-from tests.gateway.conftest import Stack, gateway_settings, start_stack
 from tests.support.sasl import xoauth2_b64
+from tests.support.stacks import Stack, gateway_settings, start_stack
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

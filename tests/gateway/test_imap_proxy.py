@@ -19,30 +19,16 @@ from gateway.backends.imap_smtp.backend import ImapSmtpBackend
 from gateway.fronts.imap.relay import Relay
 from gateway.server import Gateway
 from gateway.settings import BackendSettings, MockSettings, Settings
-from psc_auth import Identity
-from tests.gateway.conftest import Stack, gateway_settings, start_stack
 from tests.imap_raw import Lit, Raw
+from tests.support.imap import login
 from tests.support.sasl import xoauth2
+from tests.support.stacks import Stack, gateway_settings, identity, start_stack
 from tests.support.waiting import until
 
 MARTIN = "claire.martin@medecin.mssante.fr"
 MOREAU = "eve.moreau@medecin.mssante.fr"
 DUPONT = "jean.dupont@medecin.mssante.fr"
 BERNARD = "899700000003"
-
-
-async def login(stack: Stack, persona: str, bal: str, *, client_id: str | None = None) -> Raw:
-    client = await Raw.open(stack.imap_port)
-    if client_id:
-        await client.ok(f'ID ("name" "{client_id}" "version" "1.0")')
-    token = await stack.token(persona)
-    await client.ok("AUTHENTICATE XOAUTH2 ", xoauth2(bal, token))
-    return client
-
-
-async def identity(stack: Stack, persona: str) -> Identity:
-    assert stack.gateway.validator is not None
-    return await stack.gateway.validator.validate(await stack.token(persona))
 
 
 def modern_settings(stack: Stack) -> BackendSettings:

@@ -30,9 +30,9 @@ import pytest
 from gateway.imap import mutf7
 from gateway.settings import MockSettings, Settings
 from tests.conftest import require_peer
-from tests.gateway.conftest import Stack, running_stack
-from tests.gateway.test_legacy_ws_imap import DUPONT, configure_with
+from tests.gateway.test_legacy_ws_imap import DUPONT
 from tests.historic import historic_call, historic_messages, historic_send
+from tests.support.stacks import Stack, configure_with, running_stack
 
 HOST = "127.0.0.1"
 TIMEOUT = 10.0

@@ -21,16 +21,8 @@ from gateway.backends.legacy_ws.client import LegacyTooLarge, LegacyWsClient
 from gateway.backends.legacy_ws.store import translated
 from gateway.imap.mailstore import StoreError, StoreUnavailable
 from gateway.server import Gateway
-from gateway.settings import BackendSettings, MockSettings, Settings
+from gateway.settings import MockSettings, Settings
 from mock_operator.seed import ihe_xdm_zip
-from mock_operator.server import MockOperator
-from tests.gateway.conftest import (
-    Stack,
-    gateway_settings,
-    mock_backend,
-    running_stack,
-    start_stack,
-)
 from tests.gateway.test_smtp_front import NIL
 from tests.historic import (
     historic_attachment,
@@ -40,40 +32,22 @@ from tests.historic import (
 )
 from tests.imap_raw import Lit, Raw
 from tests.mss.builders import letter
+from tests.support.imap import login as imap_login
 from tests.support.net import closed_port
 from tests.support.sasl import xoauth2
+from tests.support.stacks import (
+    Stack,
+    configure_with,
+    gateway_settings,
+    running_stack,
+    start_stack,
+)
 
 DUPONT = "jean.dupont@medecin.mssante.fr"
 PETIT = "marie.petit@sage-femme.mssante.fr"
 DRAFTS = 6
 BERNARD = "899700000003"
 SUBJECT = "Avis sur un patient commun"
-
-
-def historic_backend(mock: MockOperator, **overrides: Any) -> BackendSettings:
-    assert mock.master is not None
-    values: dict[str, Any] = {
-        "kind": "legacy_ws",
-        "ws_url": f"{mock.http_url}/mss-msg-services/services",
-        "master_user": mock.master.user,
-        "master_password": mock.master.password,
-        "numhomologation": "LPS-GATEWAY-TEST",
-        "poll_interval": 0.2,
-        "reply_timeout": 5,
-    }
-    values.update(overrides)
-    return BackendSettings(**values)
-
-
-def configure_with(**overrides: Any) -> Any:
-    def configure(settings: Settings, mock: MockOperator) -> None:
-        settings.backends = {
-            "modern": mock_backend(mock),
-            "historic": historic_backend(mock, **overrides),
-        }
-        settings.routing.default = "modern"
-
-    return configure
 
 
 @pytest.fixture
@@ -87,10 +61,8 @@ async def legacy(
 
 
 async def login(stack: Stack, persona: str, bal: str = DUPONT) -> Raw:
-    client = await Raw.open(stack.imap_port)
-    token = await stack.token(persona)
-    await client.ok("AUTHENTICATE XOAUTH2 ", xoauth2(bal, token))
-    return client
+    """A session on the historic BAL of the module (jean.dupont) unless told otherwise."""
+    return await imap_login(stack, persona, bal)
 
 
 def code(reply: Any, name: bytes) -> int:

@@ -20,14 +20,7 @@ import httpx
 import pytest
 
 from gateway.settings import MockSettings, Settings
-from tests.gateway.conftest import Stack, start_stack
-from tests.gateway.test_legacy_ws_imap import (
-    closed_port,
-    configure_with,
-    holds_both_texts,
-    legacy,
-    side_by_side,
-)
+from tests.gateway.test_legacy_ws_imap import closed_port, holds_both_texts, legacy, side_by_side
 from tests.gateway.test_smtp_front import (
     NIL,
     client,
@@ -39,6 +32,7 @@ from tests.gateway.test_smtp_front import (
 )
 from tests.historic import historic_attachment, historic_call, historic_messages
 from tests.mss.builders import letter
+from tests.support.stacks import Stack, configure_with, start_stack
 
 __all__ = ["legacy"]  # the fixture, shared with the IMAP tests
 

@@ -28,8 +28,8 @@ from gateway.metrics import Metrics
 from gateway.runtime.tls import ensure_dev_certificate, server_context
 from gateway.settings import BackendSettings, Settings
 from psc_auth import TokenValidator, ValidatorConfig
-from tests.gateway.conftest import Stack, gateway_settings
 from tests.support.net import closed_port
+from tests.support.stacks import Stack, gateway_settings
 
 MARTIN = "claire.martin@medecin.mssante.fr"
 

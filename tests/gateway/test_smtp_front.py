@@ -24,10 +24,10 @@ from gateway.backends.base import Backend
 from gateway.backends.imap_smtp.backend import ImapSmtpBackend
 from gateway.runtime.smtp_server import TokenSMTP
 from gateway.settings import BackendSettings, Settings
-from tests.gateway.conftest import Stack, gateway_settings
 from tests.mss.builders import letter, seeded_letter, variant
 from tests.support.net import closed_port
 from tests.support.sasl import xoauth2_b64
+from tests.support.stacks import Stack, gateway_settings
 from tests.support.waiting import until
 
 CLAIRE = "claire.martin@medecin.mssante.fr"  # dr-martin's; sec-bernard: read, write, send

@@ -10,7 +10,8 @@ import time
 from mock_operator.server import MockOperator
 from psc_auth import Identity
 from tests.conftest import persona_token
-from tests.mock_operator.test_platform import in_thread, xoauth2
+from tests.mock_operator.test_platform import in_thread
+from tests.support.sasl import xoauth2_blob
 
 MARTIN = "claire.martin@medecin.mssante.fr"
 MOREAU = "eve.moreau@medecin.mssante.fr"
@@ -92,7 +93,7 @@ async def test_read_only_delegate_gets_noperm(mock_op: MockOperator):
     def send() -> tuple[int, bytes]:
         with smtplib.SMTP("127.0.0.1", mock_op.smtp_port, timeout=10) as smtp:
             smtp.ehlo("lps.test")
-            smtp.auth("XOAUTH2", lambda: xoauth2(MOREAU, bearer).decode())
+            smtp.auth("XOAUTH2", lambda: xoauth2_blob(MOREAU, bearer).decode())
             try:
                 smtp.sendmail(MOREAU, [MARTIN], b"Subject: x\r\n\r\ny\r\n")
             except smtplib.SMTPSenderRefused as exc:

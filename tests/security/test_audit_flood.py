@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from gateway.fronts.imap.relay import MAX_AUDITS_IN_FLIGHT
-from tests.gateway.conftest import Stack
-from tests.gateway.test_imap_proxy import identity, login
+from tests.support.imap import login
 from tests.support.sasl import xoauth2_b64
+from tests.support.stacks import Stack, identity
 
 MARTIN = "claire.martin@medecin.mssante.fr"
 MOREAU = "eve.moreau@medecin.mssante.fr"

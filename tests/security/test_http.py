@@ -24,7 +24,7 @@ from sqlalchemy import update
 from delegation.models import DelegationRow
 from gateway.settings import MockSettings
 from gateway.web.sessions import COOKIE
-from tests.gateway.conftest import Stack, gateway_settings, running_stack
+from tests.support.stacks import Stack, gateway_settings, running_stack
 
 MAX_BODY = 4096
 MARTIN = "claire.martin@medecin.mssante.fr"

@@ -16,11 +16,16 @@ import pytest
 
 from gateway.settings import MockSettings, Settings
 from mock_operator.server import MockOperator
-from tests.gateway.conftest import Stack, gateway_settings, mock_backend, running_stack
-from tests.gateway.test_legacy_ws_imap import historic_backend
 from tests.imap_raw import Raw
 from tests.security.test_slow_clients import until
 from tests.support.sasl import xoauth2_b64
+from tests.support.stacks import (
+    Stack,
+    gateway_settings,
+    historic_backend,
+    mock_backend,
+    running_stack,
+)
 
 REVALIDATE = 2.0  # seconds, as in the Done-when
 AFTER_EXPIRY = 1.0

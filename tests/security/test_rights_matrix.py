@@ -7,11 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.gateway.conftest import Stack
-from tests.gateway.test_imap_proxy import identity
 from tests.historic import historic_call, historic_messages
 from tests.imap_raw import Lit, Raw
 from tests.support.sasl import xoauth2_b64
+from tests.support.stacks import Stack, identity
 
 MOREAU = "eve.moreau@medecin.mssante.fr"  # modern; read-only for sec-bernard (granted here)
 DUPONT = "jean.dupont@medecin.mssante.fr"  # historic; read-only for sec-bernard (seeded)

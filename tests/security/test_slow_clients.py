@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 from gateway.settings import MockSettings, Settings
-from tests.gateway.conftest import Stack, gateway_settings, running_stack
 from tests.gateway.test_smtp_front import metric
 from tests.imap_raw import Raw
 from tests.support.sasl import xoauth2_b64
+from tests.support.stacks import Stack, gateway_settings, running_stack
 from tests.support.waiting import until
 
 HOSTILE = "127.0.0.2"

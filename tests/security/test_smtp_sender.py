@@ -15,7 +15,6 @@ import aiosmtplib
 import pytest
 
 from psc_auth import Identity
-from tests.gateway.conftest import Stack
 from tests.gateway.test_legacy_ws_smtp import DUPONT, INBOX, PETIT, titled
 from tests.gateway.test_smtp_front import (
     NIL,
@@ -25,6 +24,7 @@ from tests.gateway.test_smtp_front import (
     smtplib_session,
     subject,
 )
+from tests.support.stacks import Stack
 
 CLAIRE = "claire.martin@medecin.mssante.fr"  # dr-martin's; sec-bernard: read, write, send
 EVE = "eve.moreau@medecin.mssante.fr"  # dr-moreau's

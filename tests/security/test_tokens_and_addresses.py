@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 
 from gateway.settings import Settings
-from tests.gateway.conftest import Stack, gateway_settings
 from tests.gateway.test_smtp_front import smtplib_session
 from tests.imap_raw import Raw
 from tests.security.test_slow_clients import refused_login
 from tests.support.sasl import xoauth2_b64
+from tests.support.stacks import Stack, gateway_settings
 
 CLAIRE = "claire.martin@medecin.mssante.fr"  # sec-bernard: read, write, send
 EVE = "eve.moreau@medecin.mssante.fr"  # nobody's but dr-moreau's
