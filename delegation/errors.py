@@ -1,4 +1,8 @@
-"""The delegation layer's one exception family; the HTTP layer maps each class to a status."""
+"""The delegation layer's one exception family.
+
+The errors say what was refused and why (`reason`), never how a protocol answers it: that
+belongs to each edge, in one table there (the HTTP statuses: `gateway.api.problems`).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,6 @@ class DelegationError(Exception):
     the audit trail as ``refused:<reason>`` and usable in API error bodies.
     """
 
-    status = 400
     reason = "error"
 
     def __init__(self, message: str, *, reason: str | None = None) -> None:
@@ -22,26 +25,22 @@ class DelegationError(Exception):
 class NotHolder(DelegationError):
     """The actor may not manage this mailbox (not its holder, nor an administrator)."""
 
-    status = 403
     reason = "not-holder"
 
 
 class NotFound(DelegationError):
     """A mailbox, delegation or directory entry does not exist."""
 
-    status = 404
     reason = "not-found"
 
 
 class Conflict(DelegationError):
     """The change collides with the current state (e.g. a concurrent change won)."""
 
-    status = 409
     reason = "conflict"
 
 
 class Invalid(DelegationError):
     """The request is well-formed but breaks a rule (rights, expiry, self-delegation...)."""
 
-    status = 422
     reason = "invalid"

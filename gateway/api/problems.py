@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from delegation.errors import DelegationError
+from delegation.errors import Conflict, DelegationError, Invalid, NotFound, NotHolder
 from psc_auth import TokenError
 
 PROBLEM = "application/problem+json"
@@ -56,6 +56,23 @@ _TITLES = {
     422: "Unprocessable Content",
 }
 
+# The delegation layer's refusals as HTTP statuses; a subclass takes its nearest ancestor's.
+_DELEGATION_STATUSES: dict[type[DelegationError], int] = {
+    DelegationError: 400,
+    NotHolder: 403,
+    NotFound: 404,
+    Conflict: 409,
+    Invalid: 422,
+}
+
+
+def delegation_status(error: DelegationError) -> int:
+    """The HTTP status of a refusal of the delegation service."""
+    return next(
+        _DELEGATION_STATUSES[cls] for cls in type(error).__mro__ if cls in _DELEGATION_STATUSES
+    )
+
+
 PageError = Callable[[Request, int], Response | None]
 """Renders an error as a page for the paths that are pages (None for the others)."""
 
@@ -69,11 +86,10 @@ def install(app: FastAPI, pages: PageError = no_pages) -> None:
 
     @app.exception_handler(DelegationError)
     async def _delegation(request: Request, exc: DelegationError) -> Response:
-        if (page := pages(request, exc.status)) is not None:
+        status = delegation_status(exc)
+        if (page := pages(request, status)) is not None:
             return page
-        return problem(
-            exc.status, _TITLES.get(exc.status, "Bad Request"), str(exc), kind=exc.reason
-        )
+        return problem(status, _TITLES.get(status, "Bad Request"), str(exc), kind=exc.reason)
 
     @app.exception_handler(TokenError)
     async def _token(request: Request, exc: TokenError) -> Response:

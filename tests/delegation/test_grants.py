@@ -45,9 +45,12 @@ def drain(subscription: object) -> list[ChangeEvent]:
     return events
 
 
-def test_error_statuses_for_the_http_layer() -> None:
-    assert [e.status for e in (NotHolder, NotFound, Conflict, Invalid)] == [403, 404, 409, 422]
-    assert all(issubclass(e, DelegationError) for e in (NotHolder, NotFound, Conflict, Invalid))
+def test_errors_are_one_family_with_reasons_and_no_http_status() -> None:
+    """The HTTP statuses live at the HTTP edge (tests/api/test_problems.py), not here."""
+    family = (NotHolder, NotFound, Conflict, Invalid)
+    assert all(issubclass(e, DelegationError) for e in family)
+    assert [e.reason for e in family] == ["not-holder", "not-found", "conflict", "invalid"]
+    assert not any(hasattr(e, "status") for e in (DelegationError, *family))
 
 
 async def test_grant_creates_an_active_delegation(seeded: DelegationService, bus: LocalBus) -> None:

@@ -1,0 +1,125 @@
+"""Mailboxes (BAL): their type, their holder or organisation, and the backend they live on.
+
+A personal (PER) mailbox names its holder, who must be in the directory and gets the
+address listed on their entry, so that the directory and the mailboxes cannot disagree on
+who holds a BAL; the others (ORG, APP, CAB) name their organisation instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+
+from delegation.errors import Invalid, NotFound
+from delegation.models import (
+    MAILBOX_STATES,
+    MAILBOX_TYPES,
+    NAME_LENGTH,
+    DirectoryAddressRow,
+    DirectoryEntryRow,
+    MailboxRow,
+)
+from delegation.parsing import normal_address, parse_idnat
+from delegation.store import Store
+
+
+@dataclass(frozen=True, slots=True)
+class Mailbox:
+    address: str
+    type: str
+    holder_idnat: str | None
+    holder_name: str
+    organisation: str | None
+    backend: str
+    state: str
+
+
+def _mailbox(row: MailboxRow) -> Mailbox:
+    return Mailbox(
+        address=row.address,
+        type=row.type,
+        holder_idnat=row.holder_idnat,
+        holder_name=row.holder_name,
+        organisation=row.organisation,
+        backend=row.backend,
+        state=row.state,
+    )
+
+
+class Mailboxes:
+    """Reads and upserts mailboxes."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def upsert_mailbox(
+        self,
+        address: str,
+        *,
+        type: str = "PER",
+        holder_idnat: str | None = None,
+        organisation: str | None = None,
+        backend: str = "default",
+        state: str = "active",
+    ) -> Mailbox:
+        """Create or update a mailbox. A PER mailbox names its holder (who must be in the
+        directory, and gets the address listed); the others name their organisation."""
+        address = normal_address(address)
+        if type not in MAILBOX_TYPES:
+            raise Invalid(f"mailbox type is one of {', '.join(MAILBOX_TYPES)}", reason="bad-type")
+        if state not in MAILBOX_STATES:
+            raise Invalid(f"state is one of {', '.join(MAILBOX_STATES)}", reason="bad-state")
+        if not backend or len(backend) > 64:
+            raise Invalid("a backend name of at most 64 characters", reason="bad-backend")
+        if type == "PER":
+            if holder_idnat is None:
+                raise Invalid("a personal mailbox needs its holder", reason="bad-holder")
+            holder_idnat = parse_idnat(holder_idnat)
+        else:
+            if holder_idnat is not None:
+                raise Invalid(f"a {type} mailbox has no personal holder", reason="bad-holder")
+            if not organisation or len(organisation) > NAME_LENGTH:
+                raise Invalid(f"a {type} mailbox needs its organisation", reason="bad-holder")
+
+        async def attempt() -> Mailbox:
+            async with self._store.writing() as db:
+                holder = None
+                if holder_idnat is not None:
+                    holder = await db.get(
+                        DirectoryEntryRow,
+                        holder_idnat,
+                        options=[selectinload(DirectoryEntryRow.addresses)],
+                    )
+                    if holder is None:
+                        raise NotFound(
+                            f"{holder_idnat} is not in the directory", reason="unknown-holder"
+                        )
+                    if address not in {a.address for a in holder.addresses}:
+                        holder.addresses.append(
+                            DirectoryAddressRow(idnat=holder.idnat, address=address)
+                        )
+                row = await db.scalar(select(MailboxRow).where(MailboxRow.address == address))
+                if row is None:
+                    row = MailboxRow(address=address)
+                    db.add(row)
+                row.type = type
+                row.holder_idnat = holder_idnat
+                row.holder = holder
+                row.organisation = organisation
+                row.backend = backend
+                row.state = state
+                await db.flush()
+                return _mailbox(row)
+
+        return await self._store.retry_on_integrity(attempt)
+
+    async def mailbox(self, address: str) -> Mailbox | None:
+        async with self._store.reading() as db:
+            row = await db.scalar(
+                select(MailboxRow)
+                .options(selectinload(MailboxRow.holder))
+                .where(MailboxRow.address == address.strip().lower())
+            )
+            return _mailbox(row) if row else None
