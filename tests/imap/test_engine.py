@@ -764,6 +764,29 @@ async def test_list_patterns(login):
     ]
 
 
+ATOMS = "!#$&'+,-.0123456789:;<=>?@^_`|[}"  # every ATOM-CHAR class, as imaptest's "atoms"
+
+
+async def test_atom_names_with_any_atom_char_are_answered_and_the_session_goes_on(login):
+    """imaptest "atoms": an undecodable name is NO (it was BAD, and clients hang up on
+    BAD), a LIST pattern holding it with wildcards is OK, and the connection stays."""
+    client = await login()
+    assert (await client.ok('LIST "" ~foo')).untagged == []
+    refused = await client.command("SELECT ~foo")
+    assert refused.tagged.endswith(b" NO [NONEXISTENT] no folder ~foo")
+    for command in (f"SELECT {ATOMS}", f"CREATE {ATOMS}", f"STATUS {ATOMS} (MESSAGES)"):
+        refused = await client.command(command)
+        assert refused.tagged.endswith(b" NO Mailbox name is not valid mUTF-7"), refused
+    assert (await client.ok(f'LIST "" {ATOMS}%*')).untagged == []
+    assert (await client.ok(f'LSUB "" {ATOMS}%*')).untagged == []
+    assert (await client.ok(f"LIST {ATOMS} %")).untagged == []
+    await client.ok("CREATE a]b'c")
+    listed = await client.ok('LIST "" a]*')
+    assert listed.untagged == [b'* LIST (\\HasNoChildren) "/" "a]b\'c"']
+    assert (await client.ok("SELECT a]b'c")).status == "OK"
+    assert (await client.ok("NOOP")).status == "OK", "the connection goes on"
+
+
 async def test_list_phantom_levels():
     folders = [FolderInfo("INBOX"), FolderInfo("A/B/C"), FolderInfo("X", subscribed=False)]
     folders.append(FolderInfo("X/Y"))
