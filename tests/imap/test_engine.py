@@ -713,8 +713,9 @@ async def test_rename_of_the_selected_folder_keeps_it_selected(login):
 async def test_subscribe_unsubscribe_lsub(login):
     client = await login()
     await client.ok("CREATE Patients/Garnier")
+    assert (await client.ok('LSUB "" "Patients*"')).untagged == [], "CREATE does not subscribe"
+    await client.ok("SUBSCRIBE Patients/Garnier")
     await client.ok("UNSUBSCRIBE Corbeille")
-    await client.ok("UNSUBSCRIBE Patients")
     everything = await client.ok('LSUB "" "*"')
     names = [line.rsplit(b" ", 1)[1] for line in everything.untagged]
     assert b'"Corbeille"' not in names
@@ -785,6 +786,54 @@ async def test_atom_names_with_any_atom_char_are_answered_and_the_session_goes_o
     assert listed.untagged == [b'* LIST (\\HasNoChildren) "/" "a]b\'c"']
     assert (await client.ok("SELECT a]b'c")).status == "OK"
     assert (await client.ok("NOOP")).status == "OK", "the connection goes on"
+
+
+async def test_lsub_percent_shows_unsubscribed_parents_as_noselect(login):
+    """imaptest "subscribe", and RFC 3501 §6.3.9's example: subscribed a/b/c only, so
+    ``LSUB "" %`` gives ``a`` flagged \\Noselect (a exists, but is not subscribed)."""
+    client = await login()
+    for name in ("a/", "a/b/c", "a/d/", "a/d/e", "a/f"):
+        await client.ok("CREATE ", name)
+    await client.ok("SUBSCRIBE a/b/c")
+    await client.ok("SUBSCRIBE a/d/e")
+    await client.ok("SUBSCRIBE a/f")
+    assert (await client.ok('LSUB "" %')).untagged[-1] == b'* LSUB (\\Noselect) "/" "a"'
+    assert (await client.ok('LSUB "" a/%')).untagged == [
+        b'* LSUB (\\Noselect) "/" "a/b"',
+        b'* LSUB (\\Noselect) "/" "a/d"',
+        b'* LSUB () "/" "a/f"',
+    ]
+    assert (await client.ok('LSUB "" a/*')).untagged == [
+        b'* LSUB () "/" "a/b/c"',
+        b'* LSUB () "/" "a/d/e"',
+        b'* LSUB () "/" "a/f"',
+    ]
+    await client.ok("UNSUBSCRIBE a/d/e")
+    await client.ok("SUBSCRIBE a/d")
+    assert (await client.ok('LSUB "" a/%')).untagged == [
+        b'* LSUB (\\Noselect) "/" "a/b"',
+        b'* LSUB () "/" "a/d"',
+        b'* LSUB () "/" "a/f"',
+    ]
+    await client.ok("UNSUBSCRIBE a/b/c")
+    assert b"a/b" not in b"".join((await client.ok('LSUB "" a/%')).untagged)
+
+
+async def test_lsub_entries_flag_existing_unsubscribed_levels_noselect():
+    folders = [
+        FolderInfo("INBOX"),
+        FolderInfo("a", subscribed=False),
+        FolderInfo("a/b", subscribed=False),
+        FolderInfo("a/b/c"),
+    ]
+    lsub = _lsub_entries(folders, _pattern_regex("%"), trailing_percent=True)
+    assert [(name, [a.value for a in attrs]) for name, attrs in lsub] == [  # type: ignore[union-attr]
+        ("INBOX", []),
+        ("a", ["\\Noselect"]),
+    ]
+    deeper = _lsub_entries(folders, _pattern_regex("a/%"), trailing_percent=True)
+    assert [name for name, _ in deeper] == ["a/b"]
+    assert _lsub_entries(folders, _pattern_regex("a/*"), trailing_percent=False)[0][0] == "a/b/c"
 
 
 async def test_list_phantom_levels():
