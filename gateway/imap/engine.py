@@ -732,7 +732,10 @@ class ImapSession:
             await self.channel.write(b"".join(out))
         if missing:
             await self._sync(allow_expunge=_may_expunge(command))
-            await self._reply(command.tag, "NO", "some messages were expunged", "EXPUNGEISSUED")
+            # RFC 2180 §4.1.2: NO for what another session expunged, in Dovecot's words
+            # (those imaptest's stress mode knows: not a failure of the server)
+            text = "Some of the requested messages no longer exist"
+            await self._reply(command.tag, "NO", text, "EXPUNGEISSUED")
             return
         await self._ok(command, "FETCH completed")
 
