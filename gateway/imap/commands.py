@@ -1,14 +1,17 @@
 """Command events: what `parser.CommandParser` yields for each complete client command.
 
 Mailbox names are decoded from modified UTF-7 (RFC 3501 §5.1.3) into `str`; "INBOX" in
-any case is normalised to "INBOX". Strings that may carry 8-bit data stay `bytes` where
-RFC 3501 says they are octets (APPEND's message, LOGIN's password may be any astring).
+any case is normalised to "INBOX". A LIST reference or pattern that is not valid modified
+UTF-7 is kept as written (matched literally); any other such name is refused (NO).
+Strings that may carry 8-bit data stay `bytes` where RFC 3501 says they are octets
+(APPEND's message, LOGIN's password may be any astring).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Literal
 
 from gateway.imap.syntax import FetchAttribute, SearchKey, SequenceSet, StatusItem, StoreAction
 
@@ -86,7 +89,8 @@ class Unsubscribe(Command):
 
 @dataclass(frozen=True, slots=True)
 class List(Command):
-    """LIST (or LSUB when `subscribed`). `reference` and `pattern` decoded from mUTF-7."""
+    """LIST (or LSUB when `subscribed`). `reference` and `pattern` decoded from mUTF-7, or
+    as written when they are not valid mUTF-7 (Dovecot lists nothing for them: no error)."""
 
     reference: str
     pattern: str
@@ -211,8 +215,13 @@ class RawLine:
 @dataclass(frozen=True, slots=True)
 class CommandError:
     """A command that could not be parsed. `tag` is None when not even a tag was read.
-    When `fatal`, the connection cannot continue (answer ``* BYE`` and close)."""
+    When `fatal`, the connection cannot continue (answer ``* BYE`` and close).
+
+    `status` is the tagged answer: BAD for a syntax error; NO for a well-formed command
+    naming a mailbox that cannot exist, its name not being valid modified UTF-7 (or UTF-8):
+    the grammar allows it (an astring), so it is refused as Dovecot does, not called bad."""
 
     tag: str | None
     message: str
     fatal: bool = False
+    status: Literal["BAD", "NO"] = "BAD"

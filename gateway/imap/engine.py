@@ -15,7 +15,7 @@ import logging
 import re
 import unicodedata
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from gateway.imap import commands as c
@@ -25,8 +25,10 @@ from gateway.imap.mailstore import (
     FolderExists,
     FolderInfo,
     FolderNotFound,
+    FolderState,
     MailStore,
     MessageGone,
+    RecentRegistry,
     StoreError,
     StoreUnavailable,
 )
@@ -46,7 +48,14 @@ from gateway.imap.search import Candidate, SearchError, matches, needs_message, 
 from gateway.imap.session import Authenticator, SessionGrant
 from gateway.imap.structure_cache import CACHEABLE, StructureCache
 from gateway.imap.syntax import FetchAttribute, Section, SequenceSet
-from gateway.imap.view import ANY_KEYWORD, SYSTEM_FLAGS, SelectedView, apply_flags, flag_list
+from gateway.imap.view import (
+    ANY_KEYWORD,
+    RECENT,
+    SYSTEM_FLAGS,
+    SelectedView,
+    apply_flags,
+    flag_list,
+)
 from gateway.runtime.login import AuthFailed, ConnectionInfo
 from psc_auth.errors import SaslError
 from psc_auth.sasl import (
@@ -96,6 +105,7 @@ class EngineConfig:
     hub_version: Callable[[str, str], int] | None = None  # (bal, folder) -> version
     hub_wait: Callable[[str, str, int], Awaitable[None]] | None = None
     structures: StructureCache | None = None  # shared by every session of a server
+    recent: RecentRegistry = field(default_factory=RecentRegistry)  # likewise
 
 
 class Logout(Exception):
@@ -390,12 +400,15 @@ class ImapSession:
         permanent = self._permanent_flags(command.readonly)
         # A mailbox where this grant can change nothing is read-only (RFC 4314 §3.1.1 style)
         readonly = command.readonly or not permanent
-        view = SelectedView.from_state(command.mailbox, readonly, state, version, permanent)
+        recent_above = self._claim_recent(bal, command.mailbox, state, readonly)
+        view = SelectedView.from_state(
+            command.mailbox, readonly, state, version, permanent, recent_above
+        )
         out = [
             view.flags_response(),
             view.permanent_flags_response(),
             untagged(view.exists, Atom("EXISTS")),
-            untagged(0, Atom("RECENT")),
+            untagged(len(view.recent), Atom("RECENT")),
         ]
         unseen = view.first_unseen()
         if unseen is not None:
@@ -426,6 +439,14 @@ class ImapSession:
         if self.grant.may("write"):
             return (*SYSTEM_FLAGS, ANY_KEYWORD)
         return ("\\Seen",) if self.grant.may("read") else ()
+
+    def _claim_recent(self, bal: str, folder: str, state: FolderState, readonly: bool) -> int:
+        """Claim \\Recent on the messages of `state` no session has claimed yet (a read-only
+        session only looks); returns the UID above which they are this session's."""
+        registry = self.config.recent
+        if readonly or not state.messages:
+            return registry.claimed(bal, folder, state.uidvalidity)
+        return registry.claim(bal, folder, state.uidvalidity, state.messages[-1].uid)
 
     def _version(self, bal: str, folder: str) -> int | None:
         """The folder's change counter; None without a hub (then every sync re-reads)."""
@@ -463,6 +484,8 @@ class ImapSession:
         if parent and parent not in folders:
             await self._store.create_folder(parent)
         await self._store.rename_folder(old, new)
+        if old != "INBOX":  # INBOX's messages go to a new folder, a new UIDVALIDITY
+            self.config.recent.rename(self._store.address, old, new)
         view = self.view
         if view is not None and old != "INBOX":  # INBOX stays: its view sees the messages go
             if view.folder == old:
@@ -499,9 +522,16 @@ class ImapSession:
 
     async def _status(self, command: c.Status) -> None:
         state = await self._store.folder_state(command.mailbox)
+        unclaimed = self.config.recent.claimed(
+            self._store.address, command.mailbox, state.uidvalidity
+        )
+        view = self.view
+        own: set[int] = set()  # on its selected folder, a session's own count too (Dovecot)
+        if view and (view.folder, view.uidvalidity) == (command.mailbox, state.uidvalidity):
+            own = view.recent
         values: dict[str, int] = {
             "MESSAGES": len(state.messages),
-            "RECENT": 0,
+            "RECENT": sum(1 for m in state.messages if m.uid > unclaimed or m.uid in own),
             "UIDNEXT": state.uidnext,
             "UIDVALIDITY": state.uidvalidity,
             "UNSEEN": sum(1 for m in state.messages if "\\Seen" not in m.flags),
@@ -519,7 +549,7 @@ class ImapSession:
         if command.mailbox not in folders:
             await self._reply(command.tag, "NO", "no such folder", "TRYCREATE")
             return
-        flags = [f for f in command.flags if f != "\\Recent"]
+        flags = [f for f in command.flags if f != RECENT]
         when = command.internal_date or dt.datetime.now(dt.UTC).astimezone()
         try:
             uidvalidity, uid = await self._store.append(
@@ -688,7 +718,7 @@ class ImapSession:
                 items = _fetch_items(
                     attributes,
                     meta.uid,
-                    flags,
+                    view.shown(uid, flags),
                     meta.internal_date,
                     meta.size,
                     parsed,
@@ -698,12 +728,15 @@ class ImapSession:
                     self._remember_structures(view, uid, attributes, items)
                 if flags != meta.flags and not wants_flags:
                     # RFC 3501 §6.4.5: \Seen was set, the client hears of it
-                    items += [Atom("FLAGS"), flag_list(flags)]
+                    items += [Atom("FLAGS"), flag_list(view.shown(uid, flags))]
                 out.append(untagged(seq, Atom("FETCH"), items))
             await self.channel.write(b"".join(out))
         if missing:
             await self._sync(allow_expunge=_may_expunge(command))
-            await self._reply(command.tag, "NO", "some messages were expunged", "EXPUNGEISSUED")
+            # RFC 2180 §4.1.2: NO for what another session expunged, in Dovecot's words
+            # (those imaptest's stress mode knows: not a failure of the server)
+            text = "Some of the requested messages no longer exist"
+            await self._reply(command.tag, "NO", text, "EXPUNGEISSUED")
             return
         await self._ok(command, "FETCH completed")
 
@@ -757,7 +790,7 @@ class ImapSession:
             return
         view = self.view
         targets = self._targets(command.sequence, command.uid)
-        flags = [f for f in action.flags if f != "\\Recent"]
+        flags = [f for f in action.flags if f != RECENT]
         changed = await self._store.store_flags(
             view.folder, [u for _, u in targets], action.mode, flags
         )
@@ -771,7 +804,7 @@ class ImapSession:
                 view.set_flags(uid, apply_flags(view.meta[uid].flags, action.mode, flags))
                 continue
             view.set_flags(uid, changed[uid])
-            items: list[Value] = [Atom("FLAGS"), flag_list(changed[uid])]
+            items: list[Value] = [Atom("FLAGS"), flag_list(view.shown(uid, changed[uid]))]
             if command.uid:
                 items = [Atom("UID"), uid, *items]
             out.append(untagged(seq, Atom("FETCH"), items))
@@ -841,7 +874,7 @@ class ImapSession:
                 flags=meta.flags,
                 internal_date=meta.internal_date,
                 size=meta.size,
-                recent=False,
+                recent=uid in view.recent,
                 message=raw,
             )
             if matches(
@@ -872,7 +905,17 @@ class ImapSession:
             await self.bye("selected mailbox was deleted, have to disconnect")
             raise Logout
         view.version = version
-        updates = b"".join(view.sync(state, allow_expunge=allow_expunge, with_uid=self._used_uid))
+        recent_above = None
+        if view.arrivals(state):
+            recent_above = self._claim_recent(bal, view.folder, state, view.readonly)
+        updates = b"".join(
+            view.sync(
+                state,
+                allow_expunge=allow_expunge,
+                with_uid=self._used_uid,
+                recent_above=recent_above,
+            )
+        )
         if updates:
             await self.channel.write(updates)
 

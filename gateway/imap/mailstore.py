@@ -168,3 +168,45 @@ class ChangeHub:
                 waiters.discard(event)
                 if not waiters:
                     del self._waiters[key]
+
+
+class RecentRegistry:
+    """Who holds each message's \\Recent (RFC 3501 §2.3.2), per (BAL, folder, UIDVALIDITY):
+    the highest UID a session has already claimed.
+
+    \\Recent is session state that no backend stores: a message is recent to exactly one
+    session, the first to select its folder (SELECT, not EXAMINE) or, already selected, to
+    hear of it after it arrived. A read-only session sees the unclaimed messages as recent
+    without taking them. In process, like `ChangeHub`: every session of a store's folder
+    must meet here (several processes would keep the claim in the store's database), and a
+    restart makes the messages already there recent once more, as a new index would.
+    """
+
+    def __init__(self) -> None:
+        self._claimed: dict[tuple[str, str], tuple[int, int]] = {}  # -> (UIDVALIDITY, UID)
+
+    def claimed(self, bal: str, folder: str, uidvalidity: int) -> int:
+        """The highest UID already claimed: the messages above it are recent to no one yet."""
+        entry = self._claimed.get((bal.lower(), folder))
+        return entry[1] if entry is not None and entry[0] == uidvalidity else 0
+
+    def claim(self, bal: str, folder: str, uidvalidity: int, uid: int) -> int:
+        """Take every message up to `uid`; returns the highest UID claimed before, so the
+        caller's recent messages are those above it (none when another was first)."""
+        previous = self.claimed(bal, folder, uidvalidity)
+        if uid > previous:
+            self._claimed[(bal.lower(), folder)] = (uidvalidity, uid)
+        return previous
+
+    def rename(self, bal: str, old: str, new: str) -> None:
+        """The claims follow a folder and its sub-folders to their new names (their
+        UIDVALIDITY is kept: the messages are the same)."""
+        key = bal.lower()
+        moved = {
+            folder: entry
+            for (owner, folder), entry in self._claimed.items()
+            if owner == key and (folder == old or folder.startswith(old + DELIMITER))
+        }
+        for folder, entry in moved.items():
+            del self._claimed[(key, folder)]
+            self._claimed[(key, new + folder[len(old) :])] = entry

@@ -766,6 +766,43 @@ class _AddressParser:
                 return
 
 
+_PLACEHOLDERS = (b"MISSING_MAILBOX", b"MISSING_DOMAIN", b"SYNTAX_ERROR", b"INVALID_ROUTE")
+
+
+def address_text(value: bytes) -> bytes:
+    """An address field rewritten from its parsed form, as Dovecot's SEARCH matches it
+    (message_address_write): ``name <local@domain>`` or ``local@domain``, groups as
+    ``group: a, b;``, comments dropped (a trailing one is the display name). So
+    ``<a (x)@ (y) b.org>`` matches ``a@b.org``, which its written text does not hold."""
+    out: list[bytes] = []
+    pending: list[bytes] = []  # the addresses of the list (or of the open group)
+    group: bytes | None = None
+    for address in _AddressParser(value).parse():
+        if address.domain is None:
+            if address.mailbox is not None:  # a group opens
+                if pending:
+                    out.append(b", ".join(pending))
+                pending, group = [], address.mailbox
+            elif group is not None:  # ... and closes
+                out.append(group + b": " + b", ".join(pending) + b";")
+                pending, group = [], None
+            continue
+        spec = b"@".join(
+            part
+            for part in (address.mailbox, address.domain)
+            if part is not None and part not in _PLACEHOLDERS
+        )
+        if address.name is not None:
+            spec = address.name + (b" <" + spec + b">" if spec else b"")
+        if spec:
+            pending.append(spec)
+    if group is not None:
+        out.append(group + b": " + b", ".join(pending) + b";")
+    elif pending:
+        out.append(b", ".join(pending))
+    return b", ".join(out)
+
+
 def _address_list_value(values: Sequence[bytes]) -> Value:
     """``(addr addr ...)``: RFC 3501 puts no space between the addresses."""
     addresses = [a for value in values for a in _AddressParser(value).parse()]

@@ -12,8 +12,9 @@ whatever it read and calls `next_event` until it returns None. Parsing is in two
   errors before the client sends the literal and tells whether that literal is APPEND's
   message (which has the larger size limit).
 
-Errors never escape `next_event`: they become `CommandError` events, after which the
-parser resynchronises at the next command, skipping LITERAL+ data the client sends anyway.
+Errors never escape `next_event`: they become `CommandError` events (BAD, or NO for a
+well-formed command naming a mailbox that cannot exist), after which the parser
+resynchronises at the next command, skipping LITERAL+ data the client sends anyway.
 """
 
 from __future__ import annotations
@@ -156,6 +157,10 @@ def search_codec(charset: str | None) -> str:
 
 class _ParseError(Exception):
     """A syntax error; its message goes after BAD."""
+
+
+class _Refused(_ParseError):
+    """A well-formed command naming a mailbox that cannot exist; its message goes after NO."""
 
 
 class _NeedLiteral(Exception):
@@ -395,6 +400,8 @@ class CommandParser:
         reader = _Reader(self._lines, self._literals, self._limits)
         try:
             return reader.parse()
+        except _Refused as exc:
+            return cmd.CommandError(reader.tag, str(exc), status="NO")
         except _ParseError as exc:
             return cmd.CommandError(reader.tag, str(exc))
         except _NeedLiteral:  # unreachable: a complete command has all its literals
@@ -439,6 +446,7 @@ class _Reader:
         "literals",
         "nodes",
         "pos",
+        "refusal",
         "tag",
     )
 
@@ -453,6 +461,7 @@ class _Reader:
         self.depth = 0  # open parentheses
         self.nodes = 0  # search keys
         self.codec = "utf-8"  # of SEARCH strings
+        self.refusal: str | None = None  # why the command, well-formed, is answered NO
 
     def parse(self) -> cmd.Command:
         match = _TAG.match(self.line)
@@ -469,6 +478,8 @@ class _Reader:
             raise _ParseError("unknown command")
         command = handler(self, tag)
         self.end()
+        if self.refusal is not None:
+            raise _Refused(self.refusal)
         return command
 
     # -- tokens ----------------------------------------------------------------------
@@ -635,25 +646,34 @@ class _Reader:
         self.close_paren()
         return tuple(flags)
 
-    def mailbox(self, inbox: bool = True) -> str:
-        """An astring mailbox name: modified UTF-7, or UTF-8 when it has 8-bit bytes."""
-        name = self.name(self.astring())
-        if inbox and name.isascii() and name.upper() == "INBOX":
+    def mailbox(self) -> str:
+        """An astring mailbox name: modified UTF-7, or UTF-8 when it has 8-bit bytes.
+
+        Any astring is well-formed (``a&b`` is an atom): a name that decodes as neither
+        makes the command answered NO once it has parsed whole, as Dovecot answers it."""
+        raw = self.astring()
+        name = _name(raw)
+        if name is None:
+            if self.refusal is None:
+                encoding = "mUTF-7" if raw.isascii() else "UTF-8"
+                self.refusal = f"Mailbox name is not valid {encoding}"
+            return raw.decode("utf-8", "replace")
+        if name.isascii() and name.upper() == "INBOX":
             return "INBOX"
         return name
 
+    def list_reference(self) -> str:
+        """LIST's reference, kept as sent (no INBOX folding), literally when undecodable."""
+        return _list_name(self.astring())
+
     def list_mailbox(self) -> str:
+        """list-mailbox = 1*list-char / string: an atom may hold ``%``, ``*`` and ``]``.
+        A pattern that is not valid mUTF-7 matches literally (no error, as in Dovecot)."""
         match = _LIST_CHARS.match(self.line, self.pos)
         if match is None:
-            return self.name(self.string())
+            return _list_name(self.string())
         self.pos = match.end()
-        return self.name(match.group())
-
-    def name(self, raw: bytes) -> str:
-        try:
-            return mutf7.decode(raw.decode("ascii")) if raw.isascii() else raw.decode("utf-8")
-        except ValueError:
-            raise _ParseError("invalid mailbox name") from None
+        return _list_name(match.group())
 
     def date(self) -> dt.date:
         quoted = self.peek() == DQUOTE
@@ -830,6 +850,19 @@ class _Reader:
         return int(offset), _nz_number(length, "invalid partial range")
 
 
+def _name(raw: bytes) -> str | None:
+    """A mailbox name decoded: modified UTF-7 when 7-bit, else UTF-8; None when invalid."""
+    try:
+        return mutf7.decode(raw.decode("ascii")) if raw.isascii() else raw.decode("utf-8")
+    except ValueError:
+        return None
+
+
+def _list_name(raw: bytes) -> str:
+    name = _name(raw)
+    return raw.decode("utf-8", "replace") if name is None else name
+
+
 def _nz_number(digits: bytes, message: str) -> int:
     """RFC 3501 nz-number: no leading zero, 1 to 2**32 - 1."""
     if not digits.isdigit() or digits[0] == 0x30 or len(digits) > 10 or int(digits) > MAX_NUMBER:
@@ -903,7 +936,7 @@ def _rename(r: _Reader, tag: str) -> cmd.Command:
 def _list(subscribed: bool) -> Handler:
     def handler(r: _Reader, tag: str) -> cmd.Command:
         r.sp()
-        reference = r.mailbox(inbox=False)
+        reference = r.list_reference()
         r.sp()
         return cmd.List(tag, reference, r.list_mailbox(), subscribed)
 

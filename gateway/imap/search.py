@@ -12,8 +12,11 @@ Decisions (documented because RFC 3501 leaves them open):
 - Text keys are substring matches after NFKC normalisation and `casefold()`: "é" matches
   "É", but accents are significant ("e" does not match "é").
 - Headers are decoded as unstructured text (RFC 2047 words, raw 8-bit as UTF-8), so
-  FROM/TO/CC/BCC see display names, addresses and comments as written. A text key with an
-  empty string matches the messages having that field (like HEADER with an empty value).
+  FROM/TO/CC/BCC see display names, group names, addresses and comments as written; they
+  also match the field rewritten from its parsed addresses, as Dovecot searches it
+  (``<a (c)@ b.org>`` holds ``a@b.org``; a trailing comment is the display name). A text
+  key with an empty string matches the messages having that field (like HEADER with an
+  empty value).
 - BODY searches the decoded text of text/* and message/* parts plus the headers of attached
   messages; other attachments (PDF, images) are skipped, and only the first `MAX_BODY_TEXT`
   characters per message are searched. TEXT searches the header block and that body.
@@ -34,6 +37,7 @@ from email.message import Message
 from email.parser import BytesHeaderParser, BytesParser
 from typing import TypeVar
 
+from gateway.imap.message import address_text
 from gateway.imap.syntax import SearchKey, SequenceSet
 
 SUPPORTED_CHARSETS = ("UTF-8", "US-ASCII")  # for the `NO [BADCHARSET (...)]` response code
@@ -61,6 +65,7 @@ _FLAG_KEYS: dict[str, tuple[str, bool]] = {
     "UNSEEN": ("\\seen", False),
 }
 _HEADER_KEYS = {"BCC": "bcc", "CC": "cc", "FROM": "from", "SUBJECT": "subject", "TO": "to"}
+_ADDRESS_FIELDS = frozenset({"bcc", "cc", "from", "to"})
 _DATE_KEYS = frozenset({"BEFORE", "ON", "SINCE"})
 _SENT_KEYS = {"SENTBEFORE": "BEFORE", "SENTON": "ON", "SENTSINCE": "SINCE"}
 _MESSAGE_KEYS = frozenset({*_HEADER_KEYS, *_SENT_KEYS, "BODY", "TEXT", "HEADER"})
@@ -108,6 +113,7 @@ class _Headers:
     raw: list[tuple[str, str, str]]  # (lower-case name, name, undecoded value), in order
     sent: dt.date | None  # date of the first Date: field, None when absent or unparsable
     decoded: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    parsed: dict[str, tuple[str, ...]] = field(default_factory=dict)
     block: str | None = None
 
     def values(self, lower_name: str) -> tuple[str, ...]:
@@ -115,6 +121,18 @@ class _Headers:
         if found is None:
             found = tuple(_fold(_decode_header(v)) for n, _, v in self.raw if n == lower_name)
             self.decoded[lower_name] = found
+        return found
+
+    def addresses(self, lower_name: str) -> tuple[str, ...]:
+        """The address fields named, each rewritten from its parsed addresses, decoded."""
+        found = self.parsed.get(lower_name)
+        if found is None:
+            found = tuple(
+                _fold(_decode_header(address_text(_octets(v)).decode("ascii", "surrogateescape")))
+                for n, _, v in self.raw
+                if n == lower_name
+            )
+            self.parsed[lower_name] = found
         return found
 
     def text(self) -> str:
@@ -262,6 +280,11 @@ def _compile(key: SearchKey, depth: int) -> _Test:
     if name in _HEADER_KEYS or name == "HEADER":
         field_name = _HEADER_KEYS.get(name) or _str_arg(key).lower()
         needle = _fold(_str_arg(key, 1 if name == "HEADER" else 0))
+        if name != "HEADER" and field_name in _ADDRESS_FIELDS:
+            return lambda c, _s, _u: (
+                any(needle in v for v in _headers(c).values(field_name))
+                or any(needle in v for v in _headers(c).addresses(field_name))
+            )
         return lambda c, _s, _u: any(needle in v for v in _headers(c).values(field_name))
     if name == "BODY":
         needle = _fold(_str_arg(key))
@@ -440,6 +463,11 @@ def _decode_words(text: str) -> str:
         return _clean(str(_UNSTRUCTURED("x-search", text)))
     except Exception:
         return _clean(text)
+
+
+def _octets(value: str) -> bytes:
+    """A header value back to the bytes it was parsed from (8-bit ones surrogate-escaped)."""
+    return value.encode("utf-8", "surrogateescape")
 
 
 def _clean(text: str) -> str:

@@ -358,7 +358,7 @@ class ImapServer:
                 if event.tag is None:
                     await channel.write(untagged_status("BAD", event.message))
                 else:
-                    await channel.write(tagged(event.tag, "BAD", event.message))
+                    await channel.write(tagged(event.tag, event.status, event.message))
             elif isinstance(event, Command):
                 await session.execute(event)
             return

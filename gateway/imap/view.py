@@ -1,8 +1,10 @@
 """A session's view of its selected folder: what the client has been told.
 
 Sequence numbers are positions in `uids`. Re-synchronising compares the store's current
-state with the view and yields the untagged updates (FLAGS, EXPUNGE, EXISTS, FETCH FLAGS)
-that bring the client in step, in an order that never lets numbers and UIDs disagree.
+state with the view and yields the untagged updates (FLAGS, EXPUNGE, EXISTS, RECENT,
+FETCH FLAGS) that bring the client in step, in an order that never lets numbers and UIDs
+disagree. \\Recent is the view's own (RFC 3501 §2.3.2: session state, never stored): the
+engine says which arrivals are this session's, and the view shows the flag on them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from gateway.imap.response import Atom, Value, encode, untagged, untagged_status
 
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 ANY_KEYWORD = "\\*"  # PERMANENTFLAGS: the client may create keywords
+RECENT = "\\Recent"
 
 
 def flag_list(flags: frozenset[str]) -> list[Atom]:
@@ -48,6 +51,7 @@ class SelectedView:
     # PERMANENTFLAGS without keywords: system flags and ANY_KEYWORD, () when read-only
     permanent: tuple[str, ...] = ()
     announced: set[str] = field(default_factory=set)  # keywords of the last FLAGS response
+    recent: set[int] = field(default_factory=set)  # UIDs \Recent in this session
 
     @classmethod
     def from_state(
@@ -57,17 +61,25 @@ class SelectedView:
         state: FolderState,
         version: int | None,
         permanent: tuple[str, ...] = (),
+        recent_above: int | None = None,
     ) -> SelectedView:
+        """`recent_above`: the messages with a greater UID are \\Recent in this session."""
         view = cls(folder, readonly, state.uidvalidity, state.uidnext, version)
         view.uids = [m.uid for m in state.messages]
         view.meta = {m.uid: m for m in state.messages}
         view.permanent = permanent
         view.announced = {k for m in state.messages for k in _keywords(m.flags)}
+        if recent_above is not None:
+            view.recent = {uid for uid in view.uids if uid > recent_above}
         return view
 
     @property
     def exists(self) -> int:
         return len(self.uids)
+
+    def shown(self, uid: int, flags: frozenset[str]) -> frozenset[str]:
+        """The flags FETCH shows: the stored ones, plus \\Recent when this session has it."""
+        return flags | {RECENT} if uid in self.recent else flags
 
     def seq_of(self, uid: int) -> int | None:
         index = bisect.bisect_left(self.uids, uid)
@@ -128,13 +140,28 @@ class SelectedView:
             del self.uids[seq - 1]
             self.meta.pop(uid, None)
             self.gone.discard(uid)
+            self.recent.discard(uid)
         return seq
 
-    def sync(self, state: FolderState, *, allow_expunge: bool, with_uid: bool) -> Iterator[bytes]:
+    def arrivals(self, state: FolderState) -> list[MessageMeta]:
+        """The messages of `state` the view has not counted yet (EXISTS will grow)."""
+        known_max = self.uids[-1] if self.uids else 0
+        return [m for m in state.messages if m.uid > known_max and m.uid not in self.meta]
+
+    def sync(
+        self,
+        state: FolderState,
+        *,
+        allow_expunge: bool,
+        with_uid: bool,
+        recent_above: int | None = None,
+    ) -> Iterator[bytes]:
         """Untagged updates that move the view to `state` (RFC 3501 §7.4.1, §5.5).
 
         Without `allow_expunge` (during FETCH, STORE, SEARCH) vanished messages keep their
-        sequence numbers and are remembered in `gone` until an EXPUNGE may be sent."""
+        sequence numbers and are remembered in `gone` until an EXPUNGE may be sent.
+        Arrivals with a UID above `recent_above` are \\Recent here; when any arrives,
+        RECENT follows EXISTS (RFC 3501 §7.3.2), as Dovecot sends them."""
         current = {m.uid: m for m in state.messages}
         yield from self.note_keywords(m.flags for m in state.messages)
         vanished = [uid for uid in self.uids if uid not in current]
@@ -147,19 +174,21 @@ class SelectedView:
                     yield untagged(seq, Atom("EXPUNGE"))
         else:
             self.gone.update(vanished)
-        known_max = self.uids[-1] if self.uids else 0
-        arrivals = [m for m in state.messages if m.uid > known_max and m.uid not in self.meta]
+        arrivals = self.arrivals(state)
         for meta in arrivals:
             self.uids.append(meta.uid)
             self.meta[meta.uid] = meta
+            if recent_above is not None and meta.uid > recent_above:
+                self.recent.add(meta.uid)
         if arrivals:
             yield untagged(self.exists, Atom("EXISTS"))
+            yield untagged(len(self.recent), Atom("RECENT"))
         for index, uid in enumerate(self.uids):
             new = current.get(uid)
             if new is None or new.flags == self.meta[uid].flags:
                 continue
             self.meta[uid] = new
-            items: list[Value] = [Atom("FLAGS"), flag_list(new.flags)]
+            items: list[Value] = [Atom("FLAGS"), flag_list(self.shown(uid, new.flags))]
             if with_uid:
                 items = [Atom("UID"), uid, *items]
             yield untagged(index + 1, Atom("FETCH"), items)

@@ -231,7 +231,9 @@ class SqlMailStore:
             }
             if name in names or name.upper() == "INBOX":
                 raise FolderExists(name)
-            # RFC 3501 §6.3.3: create the missing superior levels too.
+            # RFC 3501 §6.3.3: create the missing superior levels too. None is subscribed:
+            # CREATE does not subscribe (§6.3.6 is the client's own step, as in Dovecot),
+            # or LSUB could never show an unsubscribed level as \Noselect (§6.3.9).
             parts = name.split(DELIMITER)
             for depth in range(1, len(parts) + 1):
                 level = DELIMITER.join(parts[:depth])
@@ -240,7 +242,7 @@ class SqlMailStore:
                         FolderRow(
                             address=self._address,
                             name=level,
-                            subscribed=True,
+                            subscribed=False,
                             uidvalidity=self._platform.next_uidvalidity(),
                             uidnext=1,
                         )

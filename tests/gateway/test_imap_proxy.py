@@ -177,6 +177,19 @@ async def test_commands_the_gateway_cannot_carry_are_answered_here(stack: Stack)
     await client.close()
 
 
+async def test_names_with_any_atom_char_go_through_without_a_drop(stack: Stack):
+    """The relay parses commands with the engine's parser: an atom holding every ATOM-CHAR
+    class is a name to refuse (NO), with wildcards a pattern to relay (OK), never BAD."""
+    client = await login(stack, "dr-martin", MARTIN)
+    atoms = "!#$&'+,-.0123456789:;<=>?@^_`|[}"
+    refused = await client.command(f"SELECT {atoms}")
+    assert refused.tagged.endswith(b" NO Mailbox name is not valid mUTF-7"), refused
+    assert (await client.ok(f'LIST "" {atoms}%*')).untagged == []
+    assert (await client.ok('LIST "" a]*')).status == "OK"
+    await client.ok("NOOP")  # the session goes on
+    await client.close()
+
+
 async def test_idle_through_the_gateway_sees_a_delivery(stack: Stack):
     client = await login(stack, "dr-martin", MARTIN)
     await client.ok("SELECT INBOX")

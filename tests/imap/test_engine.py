@@ -87,6 +87,7 @@ async def bal(mock: MockOperator) -> str:
     martin = next(p for p in mock.personas if p.key == "dr-martin")
     persona = dataclasses.replace(martin, bal=address)
     await mock.platform.ensure_mailbox(address, "899700009999", "Test ENGINE")
+    folders = set()
     for seed in seed_messages(persona):
         await mock.platform.deliver(
             address,
@@ -95,6 +96,13 @@ async def bal(mock: MockOperator) -> str:
             flags=seed.flags,
             internal_date=seed.internal_date,
         )
+        folders.add(seed.folder)
+    # the seeded mail was "seen" by a session before the test's: no \Recent left on it
+    assert mock.imap is not None
+    for folder in folders:
+        state = await mock.platform.store(address).folder_state(folder)
+        recent = mock.imap.config.engine.recent
+        recent.claim(address, folder, state.uidvalidity, state.messages[-1].uid)
     return address
 
 
@@ -559,10 +567,10 @@ async def test_append_with_flags_date_and_literal_plus(login):
     assert b"[APPENDUID %s 4]" % uidvalidity.group(1) in reply.tagged
     # the selected session hears of its own append: keyword first, then EXISTS
     assert reply.untagged[0].startswith(b"* FLAGS (")
-    assert b"* 4 EXISTS" in reply.untagged
+    assert reply.untagged[-2:] == [b"* 4 EXISTS", b"* 1 RECENT"], "its first to hear of it"
     fetched = (await client.ok("FETCH 4 (FLAGS INTERNALDATE RFC822.SIZE)")).untagged
     assert fetched == [
-        b'* 4 FETCH (FLAGS ($Label \\Seen) INTERNALDATE "04-Jan-2027 08:30:00 -0330"'
+        b'* 4 FETCH (FLAGS ($Label \\Recent \\Seen) INTERNALDATE "04-Jan-2027 08:30:00 -0330"'
         b" RFC822.SIZE %d)" % len(message)
     ]
     plus = await client.command("APPEND INBOX ", Lit(message), plus=True)
@@ -586,12 +594,12 @@ async def test_copy_with_copyuid(login):
     missing = await client.command("COPY 1 Nulle-part")
     assert missing.status == "NO"
     assert b"[TRYCREATE]" in missing.tagged
-    await client.ok("SELECT Corbeille")
+    assert b"* 3 RECENT" in (await client.ok("SELECT Corbeille")).untagged
     flags = (await client.ok("FETCH 1:* FLAGS")).untagged
-    assert flags == [
-        b"* 1 FETCH (FLAGS (\\Seen))",
-        b"* 2 FETCH (FLAGS ())",
-        b"* 3 FETCH (FLAGS (\\Flagged))",
+    assert flags == [  # flags copied; \Recent is the copies' own, as new messages
+        b"* 1 FETCH (FLAGS (\\Recent \\Seen))",
+        b"* 2 FETCH (FLAGS (\\Recent))",
+        b"* 3 FETCH (FLAGS (\\Flagged \\Recent))",
     ]
 
 
@@ -714,8 +722,9 @@ async def test_rename_of_the_selected_folder_keeps_it_selected(login):
 async def test_subscribe_unsubscribe_lsub(login):
     client = await login()
     await client.ok("CREATE Patients/Garnier")
+    assert (await client.ok('LSUB "" "Patients*"')).untagged == [], "CREATE does not subscribe"
+    await client.ok("SUBSCRIBE Patients/Garnier")
     await client.ok("UNSUBSCRIBE Corbeille")
-    await client.ok("UNSUBSCRIBE Patients")
     everything = await client.ok('LSUB "" "*"')
     names = [line.rsplit(b" ", 1)[1] for line in everything.untagged]
     assert b'"Corbeille"' not in names
@@ -765,6 +774,77 @@ async def test_list_patterns(login):
     ]
 
 
+ATOMS = "!#$&'+,-.0123456789:;<=>?@^_`|[}"  # every ATOM-CHAR class, as imaptest's "atoms"
+
+
+async def test_atom_names_with_any_atom_char_are_answered_and_the_session_goes_on(login):
+    """imaptest "atoms": an undecodable name is NO (it was BAD, and clients hang up on
+    BAD), a LIST pattern holding it with wildcards is OK, and the connection stays."""
+    client = await login()
+    assert (await client.ok('LIST "" ~foo')).untagged == []
+    refused = await client.command("SELECT ~foo")
+    assert refused.tagged.endswith(b" NO [NONEXISTENT] no folder ~foo")
+    for command in (f"SELECT {ATOMS}", f"CREATE {ATOMS}", f"STATUS {ATOMS} (MESSAGES)"):
+        refused = await client.command(command)
+        assert refused.tagged.endswith(b" NO Mailbox name is not valid mUTF-7"), refused
+    assert (await client.ok(f'LIST "" {ATOMS}%*')).untagged == []
+    assert (await client.ok(f'LSUB "" {ATOMS}%*')).untagged == []
+    assert (await client.ok(f"LIST {ATOMS} %")).untagged == []
+    await client.ok("CREATE a]b'c")
+    listed = await client.ok('LIST "" a]*')
+    assert listed.untagged == [b'* LIST (\\HasNoChildren) "/" "a]b\'c"']
+    assert (await client.ok("SELECT a]b'c")).status == "OK"
+    assert (await client.ok("NOOP")).status == "OK", "the connection goes on"
+
+
+async def test_lsub_percent_shows_unsubscribed_parents_as_noselect(login):
+    """imaptest "subscribe", and RFC 3501 §6.3.9's example: subscribed a/b/c only, so
+    ``LSUB "" %`` gives ``a`` flagged \\Noselect (a exists, but is not subscribed)."""
+    client = await login()
+    for name in ("a/", "a/b/c", "a/d/", "a/d/e", "a/f"):
+        await client.ok("CREATE ", name)
+    await client.ok("SUBSCRIBE a/b/c")
+    await client.ok("SUBSCRIBE a/d/e")
+    await client.ok("SUBSCRIBE a/f")
+    assert (await client.ok('LSUB "" %')).untagged[-1] == b'* LSUB (\\Noselect) "/" "a"'
+    assert (await client.ok('LSUB "" a/%')).untagged == [
+        b'* LSUB (\\Noselect) "/" "a/b"',
+        b'* LSUB (\\Noselect) "/" "a/d"',
+        b'* LSUB () "/" "a/f"',
+    ]
+    assert (await client.ok('LSUB "" a/*')).untagged == [
+        b'* LSUB () "/" "a/b/c"',
+        b'* LSUB () "/" "a/d/e"',
+        b'* LSUB () "/" "a/f"',
+    ]
+    await client.ok("UNSUBSCRIBE a/d/e")
+    await client.ok("SUBSCRIBE a/d")
+    assert (await client.ok('LSUB "" a/%')).untagged == [
+        b'* LSUB (\\Noselect) "/" "a/b"',
+        b'* LSUB () "/" "a/d"',
+        b'* LSUB () "/" "a/f"',
+    ]
+    await client.ok("UNSUBSCRIBE a/b/c")
+    assert b"a/b" not in b"".join((await client.ok('LSUB "" a/%')).untagged)
+
+
+async def test_lsub_entries_flag_existing_unsubscribed_levels_noselect():
+    folders = [
+        FolderInfo("INBOX"),
+        FolderInfo("a", subscribed=False),
+        FolderInfo("a/b", subscribed=False),
+        FolderInfo("a/b/c"),
+    ]
+    lsub = _lsub_entries(folders, _pattern_regex("%"), trailing_percent=True)
+    assert [(name, [a.value for a in attrs]) for name, attrs in lsub] == [  # type: ignore[union-attr]
+        ("INBOX", []),
+        ("a", ["\\Noselect"]),
+    ]
+    deeper = _lsub_entries(folders, _pattern_regex("a/%"), trailing_percent=True)
+    assert [name for name, _ in deeper] == ["a/b"]
+    assert _lsub_entries(folders, _pattern_regex("a/*"), trailing_percent=False)[0][0] == "a/b/c"
+
+
 async def test_list_phantom_levels():
     folders = [FolderInfo("INBOX"), FolderInfo("A/B/C"), FolderInfo("X", subscribed=False)]
     folders.append(FolderInfo("X/Y"))
@@ -803,6 +883,66 @@ async def test_status(login):
 # -- concurrency ------------------------------------------------------------------------------
 
 
+async def test_recent_belongs_to_the_first_session_to_select(mock: MockOperator, login, bal):
+    """RFC 3501 §2.3.2: one session owns a message's \\Recent, the first to select its
+    folder after it arrived; EXAMINE and STATUS look without taking it."""
+    assert mock.platform is not None
+    examiner, first, second = await login(), await login(), await login()
+    for subject in (b"one", b"two"):
+        await mock.platform.deliver(bal, b"Subject: " + subject + b"\r\n\r\nnew\r\n")
+    status = await second.ok("STATUS INBOX (MESSAGES RECENT UNSEEN)")
+    assert status.untagged == [b'* STATUS "INBOX" (MESSAGES 5 RECENT 2 UNSEEN 4)']
+    examined = await examiner.ok("EXAMINE INBOX")
+    assert examined.untagged[2:4] == [b"* 5 EXISTS", b"* 2 RECENT"]
+    assert (await examiner.ok("SEARCH RECENT")).search() == [4, 5]
+    selected = await first.ok("SELECT INBOX")
+    assert selected.untagged[2:4] == [b"* 5 EXISTS", b"* 2 RECENT"], "EXAMINE took nothing"
+    assert (await first.ok("FETCH 3:5 FLAGS")).untagged == [
+        b"* 3 FETCH (FLAGS (\\Flagged))",
+        b"* 4 FETCH (FLAGS (\\Recent))",
+        b"* 5 FETCH (FLAGS (\\Recent))",
+    ]
+    assert (await first.ok("SEARCH RECENT")).search() == [4, 5]
+    assert (await first.ok("SEARCH OLD")).search() == [1, 2, 3]
+    assert (await first.ok("SEARCH NEW")).search() == [4, 5]
+    stored = await first.ok("STORE 4 +FLAGS (\\Seen)")
+    assert stored.untagged == [b"* 4 FETCH (FLAGS (\\Recent \\Seen))"]
+    assert (await first.ok("SEARCH NEW")).search() == [5], "NEW is RECENT UNSEEN"
+    status = await first.ok("STATUS INBOX (RECENT)")
+    assert status.untagged == [b'* STATUS "INBOX" (RECENT 2)'], "its own, on its selected folder"
+    # the second session comes too late: nothing is recent to it, nor to STATUS
+    assert b"* 0 RECENT" in (await second.ok("SELECT INBOX")).untagged
+    assert (await second.ok("SEARCH RECENT")).untagged == [b"* SEARCH"]
+    assert (await second.ok("FETCH 5 FLAGS")).untagged == [b"* 5 FETCH (FLAGS ())"]
+    assert (await examiner.ok("STATUS Brouillons (RECENT)")).untagged[0].endswith(b"(RECENT 0)")
+    assert (await second.ok("STATUS INBOX (RECENT)")).untagged[0].endswith(b"(RECENT 0)")
+    # new mail while all three have INBOX open: the first to hear of it owns it
+    await mock.platform.deliver(bal, b"Subject: three\r\n\r\nnew\r\n")
+    assert (await second.ok("NOOP")).untagged == [b"* 6 EXISTS", b"* 1 RECENT"]
+    assert (await first.ok("NOOP")).untagged == [b"* 6 EXISTS", b"* 2 RECENT"]
+    assert (await examiner.ok("NOOP")).untagged == [b"* 6 EXISTS", b"* 2 RECENT"]
+    assert (await second.ok("FETCH 6 FLAGS")).untagged == [b"* 6 FETCH (FLAGS (\\Recent))"]
+    assert (await first.ok("FETCH 6 FLAGS")).untagged == [b"* 6 FETCH (FLAGS ())"]
+    # recent state is per session: gone once the owner closes, never handed on
+    await first.ok("CLOSE")
+    assert b"* 0 RECENT" in (await first.ok("SELECT INBOX")).untagged
+    status = await (await login()).ok("STATUS INBOX (RECENT)")
+    assert status.untagged[0].endswith(b"(RECENT 0)")
+
+
+async def test_recent_on_messages_appended_copied_and_moved_in(login):
+    client = await login(select="INBOX")
+    appended = await client.ok("APPEND INBOX ", Lit(b"Subject: a\r\n\r\na\r\n"), plus=True)
+    assert appended.untagged == [b"* 4 EXISTS", b"* 1 RECENT"]
+    copied = await client.ok("COPY 1:2 INBOX")
+    assert copied.untagged == [b"* 6 EXISTS", b"* 3 RECENT"]
+    await client.ok("MOVE 1 Corbeille")
+    assert (await client.ok("SEARCH RECENT")).search() == [3, 4, 5]
+    trash = await client.ok("EXAMINE Corbeille")
+    assert b"* 1 RECENT" in trash.untagged, "the moved copy is new in Corbeille, unclaimed"
+    assert (await client.ok("FETCH 1 FLAGS")).untagged == [b"* 1 FETCH (FLAGS (\\Recent \\Seen))"]
+
+
 async def test_expunge_is_held_back_during_fetch_store_search(login):
     first = await login(select="INBOX")
     second = await login(select="INBOX")
@@ -815,8 +955,9 @@ async def test_expunge_is_held_back_during_fetch_store_search(login):
     assert not stored.of(b"EXPUNGE")
     assert (await second.ok("SEARCH ALL")).search() == [1, 2, 3]
     body = await second.command("FETCH 2 BODY[]")
-    assert body.status == "NO"
-    assert b"[EXPUNGEISSUED]" in body.tagged
+    assert body.tagged.endswith(
+        b" NO [EXPUNGEISSUED] Some of the requested messages no longer exist"
+    ), body
     assert not body.of(b"EXPUNGE")
     noop = await second.ok("NOOP")
     assert noop.untagged == [b"* 2 EXPUNGE"]
@@ -854,7 +995,8 @@ async def test_other_sessions_changes_reach_a_session_at_noop(login):
         b"* 1 FETCH (FLAGS ($Rappel \\Seen))",
     ]
     await first.ok("APPEND INBOX ", Lit(b"Subject: new\r\n\r\nnew\r\n"), plus=True)
-    assert (await second.ok("NOOP")).untagged == [b"* 4 EXISTS"]
+    # the appending session heard of it first (its APPEND's reply): \Recent is its own
+    assert (await second.ok("NOOP")).untagged == [b"* 4 EXISTS", b"* 0 RECENT"]
     # a silent STORE does not hide what another session changed meanwhile
     await first.ok("STORE 3 +FLAGS.SILENT (\\Answered)")
     silent = await second.ok("STORE 3 +FLAGS.SILENT (\\Seen)")
@@ -870,6 +1012,8 @@ async def test_idle_sees_changes_at_once(login):
     assert (await second.line()).startswith(b"+ ")
     await first.ok("APPEND INBOX ", Lit(b"Subject: idle\r\n\r\nidle\r\n"), plus=True)
     assert await second.line(wait=1.0) == b"* 4 EXISTS"
+    # \Recent goes to whichever session hears of it first: this one or the appender
+    assert re.fullmatch(rb"\* [01] RECENT", await second.line(wait=1.0))
     await first.ok("STORE 1 +FLAGS.SILENT (\\Flagged)")
     assert await second.line(wait=1.0) == b"* 1 FETCH (FLAGS (\\Flagged \\Seen))"
     await first.ok("STORE 4 +FLAGS.SILENT (\\Deleted)")

@@ -65,10 +65,13 @@ def sset(text: str) -> SequenceSet:
     return SequenceSet(tuple(ranges))
 
 
-def error(event: Event | None, tag: str | None = "a", fatal: bool = False) -> str:
+def error(
+    event: Event | None, tag: str | None = "a", fatal: bool = False, status: str = "BAD"
+) -> str:
     assert isinstance(event, c.CommandError), event
     assert event.tag == tag
     assert event.fatal is fatal
+    assert event.status == status
     assert event.message
     return event.message
 
@@ -174,12 +177,101 @@ def test_mailbox_names(argument: bytes, name: str) -> None:
     assert one(b"a SELECT " + argument + b"\r\n") == c.Select("a", name)
 
 
-@pytest.mark.parametrize(
-    "argument",
-    [b"&AOk", b"&AEE-", b"a&b", b'"\xff"', b'"tab\there"', b"a*b", b"a%b", b"(x)", b"\xc3\xa9"],
-)
-def test_invalid_mailbox_names(argument: bytes) -> None:
+@pytest.mark.parametrize("argument", [b"a*b", b"a%b", b"(x)", b"\xc3\xa9", b'"a', b"a\\b", b"{x}"])
+def test_mailbox_syntax_errors(argument: bytes) -> None:
     error(one(b"a SELECT " + argument + b"\r\n"))
+
+
+@pytest.mark.parametrize(
+    ("argument", "encoding"),
+    [
+        (b"&AOk", "mUTF-7"),
+        (b"&AEE-", "mUTF-7"),  # "A" needs no base64: not the canonical spelling
+        (b"a&b", "mUTF-7"),
+        (b'"tab\there"', "mUTF-7"),  # a quoted string may hold a TAB; a name may not
+        (b"!#$&'+,-.0123456789:;<=>?@^_`|[}", "mUTF-7"),  # imaptest's "atoms"
+        (b'"\xff"', "UTF-8"),
+    ],
+)
+def test_undecodable_mailbox_names_are_refused_not_bad(argument: bytes, encoding: str) -> None:
+    """An astring is well-formed whatever it holds: a name that is not valid modified
+    UTF-7 (or UTF-8) gets NO, as from Dovecot, never BAD (clients drop on BAD)."""
+    for line in (
+        b"a SELECT " + argument,
+        b"a EXAMINE " + argument,
+        b"a CREATE " + argument,
+        b"a STATUS " + argument + b" (MESSAGES)",
+        b"a RENAME INBOX " + argument,
+        b"a COPY 1 " + argument,
+        b"a UID MOVE 1 " + argument,
+    ):
+        assert error(one(line + b"\r\n"), status="NO") == f"Mailbox name is not valid {encoding}"
+    # a syntax error after the name is still BAD
+    error(one(b"a STATUS " + argument + b" (FROB)\r\n"))
+
+
+def test_append_to_an_undecodable_name_is_refused_after_its_literal() -> None:
+    found = events(b"a APPEND a&b {3}\r\n", b"abc\r\n", b"b NOOP\r\n")
+    assert isinstance(found[0], c.ContinuationNeeded)
+    error(found[1], status="NO")
+    assert found[2] == c.Noop("b")
+
+
+# RFC 3501 §9: ATOM-CHAR is any CHAR but atom-specials = "(" / ")" / "{" / SP / CTL /
+# list-wildcards ("%" "*") / quoted-specials (DQUOTE "\") / resp-specials ("]");
+# ASTRING-CHAR adds "]", list-char adds "%" "*" "]".
+ATOM_SPECIALS = {*b'(){ %*"\\]', *range(0x20), 0x7F}
+ATOM_CHARS = [ch for ch in range(0x01, 0x80) if ch not in ATOM_SPECIALS]
+
+
+@pytest.mark.parametrize("char", range(0x01, 0x80), ids=lambda ch: f"{ch:#04x}")
+def test_each_character_in_an_atom_mailbox(char: int) -> None:
+    line = b"a SELECT x" + bytes([char]) + b"y\r\n"
+    if char in (0x0A, 0x0D):
+        return  # ends the line: framing, not the atom
+    event = one(line)
+    if char in ATOM_CHARS or char == 0x5D:
+        if char == 0x26:  # "&" starts a base64 shift: "x&y" is no valid mUTF-7
+            error(event, status="NO")
+        else:
+            assert event == c.Select("a", "x" + chr(char) + "y")
+    else:
+        error(event)
+
+
+@pytest.mark.parametrize("char", range(0x01, 0x80), ids=lambda ch: f"{ch:#04x}")
+def test_each_character_in_an_atom_list_pattern(char: int) -> None:
+    if char in (0x0A, 0x0D):
+        return
+    event = one(b'a LIST "" x' + bytes([char]) + b"y\r\n")
+    if char in ATOM_CHARS or char in b"%*]":
+        assert event == c.List("a", "", "x" + chr(char) + "y")
+    else:
+        error(event)
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        b"!#$&'+,-.0123456789:;<=>?@^_`|[}%*",  # imaptest's "atoms" test
+        b"~foo",  # not a literal8 (that is "~{")
+        b"]%",
+        b"a&b*",
+        b"&AOk",
+        b"%&AOk-",
+    ],
+)
+def test_list_patterns_are_any_list_chars_and_never_refused(pattern: bytes) -> None:
+    """A pattern that is not valid mUTF-7 matches literally (Dovecot: OK, nothing listed)."""
+    text = pattern.decode("ascii").replace("&AOk-", "é")
+    for verb, subscribed in ((b"LIST", False), (b"LSUB", True)):
+        line = b"a " + verb + b' "" ' + pattern + b"\r\n"
+        assert one(line) == c.List("a", "", text, subscribed)
+    assert one(b"a LIST " + pattern.replace(b"%", b"").replace(b"*", b"") + b" %\r\n") == (
+        c.List("a", text.replace("%", "").replace("*", ""), "%")
+    )
+    command = c.List("a", "", text)
+    assert one(serialize(command)) == command
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from gateway.imap import search as search_mod
+from gateway.imap.message import address_text
 from gateway.imap.search import (
     SUPPORTED_CHARSETS,
     Candidate,
@@ -777,3 +778,79 @@ def test_needs_message_is_honest(cands: list[Candidate], key: SearchKey) -> None
         Candidate(c.seq, c.uid, c.flags, c.internal_date, c.size, c.recent, None) for c in cands
     ]
     assert _matching(key, unloaded) == _matching(key, cands)
+
+
+# -- address fields: the written text and the parsed addresses ----------------------------
+
+ADDRESS_FORMS = [
+    # (From, To): every way RFC 5322 lets an address be written
+    (b"user-from@domain.org", b"user-to@domain.org"),
+    (b"RealFrom <user-from@domain.org>", b"RealTo <user-to@domain.org>"),
+    (b"<user-from (comment)@ (comment) domain.org>", b"<user-to@domain.org>"),
+    (b"user-from@domain.org (RealFrom)", b"user-to@domain.org (RealTo)"),
+    (b"user-from1@domain.org, user-from2@domain.org", None),
+    (
+        b"RealFrom <user-from@domain.org>",
+        b"groupname: groupuser1@domain.org, groupuser2@domain.org;,\r\n"
+        b"  groupname2: groupuser3@domain.org;",
+    ),
+    (b"RealFrom <user-from@domain.org>", b"groupname:;"),
+    (b'"Dr =?utf-8?q?=C3=89ric?= Petit" <e.petit@x.fr>', b"=?utf-8?q?Z=C3=A9lie?= <z@x.fr>"),
+]
+
+
+def _addressed(index: int, sender: bytes, to: bytes | None) -> Candidate:
+    message = b"From: " + sender + b"\r\n" + (b"To: " + to + b"\r\n" if to else b"")
+    return _candidate(message + b"Subject: s\r\n\r\nbody\r\n", seq=index)
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        # RFC 3501 §6.4.4: a substring of the field; Dovecot also matches the addresses
+        # as parsed, so a comment inside the address does not hide it (message 3)
+        (K("FROM", "user-from@domain.org"), {1, 2, 3, 4, 6, 7}),
+        (K("TO", "user-to@domain.org"), {1, 2, 3, 4}),
+        (K("FROM", "ser-fro"), {1, 2, 3, 4, 5, 6, 7}),
+        (K("FROM", "realfrom"), {2, 4, 6, 7}),
+        (K("FROM", "ealfro"), {2, 4, 6, 7}),
+        (K("TO", "realto"), {2, 4}),
+        (K("FROM", "user-from1"), {5}),
+        (K("FROM", "user-from2@domain.org"), {5}),
+        (K("TO", "groupname"), {6, 7}),
+        (K("TO", "groupname2"), {6}),
+        (K("TO", "groupuser1"), {6}),
+        (K("TO", "groupuser3@domain.org"), {6}),
+        (K("TO", "groupuser4"), set()),
+        (K("FROM", "RealFrom <user-from@domain.org>"), {2, 4, 6, 7}),
+        (K("FROM", "(comment)"), {3}),  # the text as written still matches
+        (K("FROM", "dr éric petit"), {8}),
+        (K("FROM", "éric petit <e.petit@x.fr>"), {8}),
+        (K("TO", "zélie <z@x.fr>"), {8}),
+        (K("CC", "user"), set()),
+        (K("HEADER", "FROM", "user-from@domain.org"), {1, 2, 4, 6, 7}),  # HEADER: text only
+    ],
+)
+def test_address_keys_match_written_and_parsed_forms(key: SearchKey, expected: set[int]) -> None:
+    cands = [_addressed(i, f, t) for i, (f, t) in enumerate(ADDRESS_FORMS, 1)]
+    validate(key, None)
+    assert {c.seq for c in cands if matches(key, c, largest_seq=8, largest_uid=8)} == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (b"a@b.org", b"a@b.org"),
+        (b"<a (c1)@ (c2) b.org>", b"a@b.org"),
+        (b"a@b.org (Name)", b"Name <a@b.org>"),
+        (b'"Martin, Claire" <c@x.fr>', b"Martin, Claire <c@x.fr>"),
+        (b"x@y (a) , z@w", b"a <x@y>, z@w"),
+        (b"g: a@b, c@d;, e@f", b"g: a@b, c@d;, e@f"),
+        (b"e@f, g: a@b;", b"e@f, g: a@b;"),
+        (b"undisclosed-recipients:;", b"undisclosed-recipients: ;"),
+        (b"", b""),
+        (b"<>", b""),
+    ],
+)
+def test_address_text(value: bytes, text: bytes) -> None:
+    assert address_text(value) == text

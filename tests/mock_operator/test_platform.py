@@ -167,7 +167,8 @@ async def test_append_copy_move_store_expunge(mock_op: MockOperator, martin_toke
     assert out["move"][0] == "OK"
     # MOVE removed message 1, EXPUNGE the \Deleted one (then message 2): one message left.
     assert out["expunge"][1] == [b"1", b"2"], "MOVE's EXPUNGE, then the \\Deleted one's"
-    assert out["after"][1] == [b"1 (UID 2 FLAGS ())"]
+    # \Recent if this was the first session of the module to select INBOX (seeded mail)
+    assert out["after"][1] in ([b"1 (UID 2 FLAGS ())"], [b"1 (UID 2 FLAGS (\\Recent))"])
     assert b"Avis" not in b"".join(p[1] for p in out["copied"][1] if isinstance(p, tuple))
 
 

@@ -325,7 +325,7 @@ class Relay:
                 if event.tag is None:
                     await self._local(untagged_status("BAD", event.message))
                 else:
-                    await self._local(tagged(event.tag, "BAD", event.message))
+                    await self._local(tagged(event.tag, event.status, event.message))
             elif isinstance(event, c.Command):
                 ending = await self._command(event)
                 if ending is not None:
