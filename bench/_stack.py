@@ -464,6 +464,7 @@ async def _serve_mock(data: Path, big: int, historic: int = 0) -> None:
         http_port=0,
         imap_port=0,
         smtp_port=0,
+        historic_imap_port=0,
         auth_failure_delay=0,
         ciba_auto_approve_after=None,
         access_token_lifetime=3600,

@@ -75,6 +75,7 @@ def start_ours(data: Path) -> tuple[subprocess.Popen[str], int]:
         "--http-port=0",
         "--imap-port=0",
         "--smtp-port=0",
+        "--historic-imap-port=0",
     ]
     env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", "LPSGW_LOG__LEVEL": "WARNING"}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)

@@ -50,6 +50,9 @@ class MockSettings(_Section):
     )
     imap_port: int = Field(default=2143, ge=0, le=65535)
     smtp_port: int = Field(default=2587, ge=0, le=65535)
+    historic_imap_port: int = Field(
+        default=2144, ge=0, le=65535, description="the historic platform's own IMAP"
+    )
     master_user: str = Field(
         default="lps-gateway", description="trusted gateway's master login (password in data dir)"
     )

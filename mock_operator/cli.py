@@ -36,9 +36,18 @@ def serve(
     http_port: Annotated[int | None, typer.Option(help="HTTP port (0: any free port)")] = None,
     imap_port: Annotated[int | None, typer.Option(help="IMAP port (0: any free port)")] = None,
     smtp_port: Annotated[int | None, typer.Option(help="SMTP port (0: any free port)")] = None,
+    historic_imap_port: Annotated[
+        int | None, typer.Option(help="Historic platform's IMAP port (0: any free port)")
+    ] = None,
 ) -> None:
     """Run the mock operator until Ctrl-C."""
-    given = {"host": host, "http_port": http_port, "imap_port": imap_port, "smtp_port": smtp_port}
+    given = {
+        "host": host,
+        "http_port": http_port,
+        "imap_port": imap_port,
+        "smtp_port": smtp_port,
+        "historic_imap_port": historic_imap_port,
+    }
     overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     settings = load_settings(config, data_dir=data, mock=overrides)
     configure_logging(settings.log)
@@ -60,6 +69,11 @@ def describe(mock: MockOperator, console: Console) -> None:
     console.print(
         f"  historic web services:    {mock.http_url}/mss-msg-services/services/"
         "<Service>/rest/v1/<operation> (and /soap/v1, ?wsdl)",
+        highlight=False,
+    )
+    console.print(
+        f"  historic platform IMAP:   imap://{host}:{mock.historic_imap_port} "
+        "(STARTTLS; operator master login, CPS card)",
         highlight=False,
     )
     console.print(f"  clients and secrets:      {mock.data_dir / 'clients.toml'}", highlight=False)

@@ -6,9 +6,11 @@ import dataclasses
 import logging
 import secrets
 import socket
+import ssl
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.serialization import Encoding
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy import event
@@ -28,6 +30,8 @@ from gateway.runtime.tls import ensure_dev_certificate, server_context
 from gateway.settings import MockSettings
 from mock_operator.historic.auth import CpsAuthority, HistoricAuth
 from mock_operator.historic.http import build_historic_router
+from mock_operator.historic.imap import HistoricImap
+from mock_operator.historic.imap_auth import HistoricImapAuthenticator
 from mock_operator.historic.operations import HistoricService, recipient
 from mock_operator.historic.seed import seed_historic
 from mock_operator.historic.store import HistoricStore
@@ -90,7 +94,8 @@ def create_app(psc: MockPsc, historic: APIRouter | None = None) -> FastAPI:
 
 class MockOperator:
     """Everything the mock serves: mock Pro Santé Connect (HTTP), the modern platform
-    (IMAP and SMTP submission over a SQLite store), seeded with the personas."""
+    (IMAP and SMTP submission over a SQLite store), the historic platform (web services
+    over HTTP and its own IMAP, over another store), seeded with the personas."""
 
     def __init__(
         self,
@@ -112,6 +117,7 @@ class MockOperator:
         self.platform: SqlPlatform | None = None
         self.imap: ImapServer | None = None
         self.smtp: SmtpServer | None = None
+        self.historic_imap: ImapServer | None = None
         self.validator: TokenValidator | None = None
         self.master: MasterCredentials | None = None
         self.tls_cert: Path | None = None
@@ -137,6 +143,7 @@ class MockOperator:
         sock = bind_tcp(settings.host, settings.http_port)
         imap_sock = bind_tcp(settings.host, settings.imap_port)
         smtp_sock = bind_tcp(settings.host, settings.smtp_port)
+        historic_imap_sock = bind_tcp(settings.host, settings.historic_imap_port)
         port = sock.getsockname()[1]
         self._engine = sqlite_engine(self.data_dir / "mock.db")
         self.psc = MockPsc(
@@ -153,24 +160,31 @@ class MockOperator:
         historic = await self._start_historic()
         self._http = AsgiServer(create_app(self.psc, historic), sock)
         await self._http.start()
-        await self._start_platform(imap_sock, smtp_sock)
-        log.info(
-            "mock.started",
-            extra={"url": self.http_url, "imap": self.imap_port, "smtp": self.smtp_port},
-        )
-
-    async def _start_platform(self, imap_sock: socket.socket, smtp_sock: socket.socket) -> None:
-        settings = self.settings
-        assert self._engine is not None
-        self.platform = SqlPlatform(self._engine)
-        await self.platform.create_schema()
-        await self._seed(self.platform)
         if settings.tls_cert and settings.tls_key:
             cert, key = settings.tls_cert, settings.tls_key
         else:
             cert, key = ensure_dev_certificate(self.data_dir / "tls")
         self.tls_cert = cert
-        tls = server_context(cert, key)
+        await self._start_platform(imap_sock, smtp_sock, server_context(cert, key))
+        await self._start_historic_imap(historic_imap_sock, self._card_context(cert, key))
+        log.info(
+            "mock.started",
+            extra={
+                "url": self.http_url,
+                "imap": self.imap_port,
+                "smtp": self.smtp_port,
+                "historic_imap": self.historic_imap_port,
+            },
+        )
+
+    async def _start_platform(
+        self, imap_sock: socket.socket, smtp_sock: socket.socket, tls: ssl.SSLContext
+    ) -> None:
+        settings = self.settings
+        assert self._engine is not None
+        self.platform = SqlPlatform(self._engine)
+        await self.platform.create_schema()
+        await self._seed(self.platform)
         self.validator = TokenValidator(
             ValidatorConfig(issuer=self.issuer, cache_max_ttl_seconds=60)
         )
@@ -228,6 +242,50 @@ class MockOperator:
         return build_historic_router(
             self.historic, self.historic_auth, public_url=self.settings.public_url
         )
+
+    def _card_context(self, cert: Path, key: Path) -> ssl.SSLContext:
+        """The historic IMAP's TLS: the same certificate, and a client certificate asked
+        for (not required: the master login needs none) and verified against the mock's
+        CPS card CA only."""
+        context = server_context(cert, key)
+        assert self.historic_auth is not None
+        authority = self.historic_auth.authority
+        if authority is not None:
+            context.verify_mode = ssl.CERT_OPTIONAL
+            context.load_verify_locations(
+                cadata=authority.certificate.public_bytes(Encoding.PEM).decode("ascii")
+            )
+        return context
+
+    async def _start_historic_imap(self, sock: socket.socket, tls: ssl.SSLContext) -> None:
+        """The historic platform's own IMAP over its store: master login and CPS cards."""
+        assert self.historic is not None
+        assert self.historic_auth is not None
+        imap = HistoricImap(self.historic.store)
+        authenticator = HistoricImapAuthenticator(
+            imap,
+            master=self.master,
+            authority=self.historic_auth.authority,
+            delegated=self._historic_imap_rights,
+        )
+        engine = EngineConfig(
+            server_name="mock-operator historic",
+            greeting="MSSanté mock operator, historic platform IMAP ready",
+            auth_failure_delay=self.settings.auth_failure_delay,
+            hub_version=imap.version,
+            hub_wait=imap.wait,
+            structures=StructureCache(),
+        )
+        self.historic_imap = ImapServer(ServerConfig(engine=engine), authenticator, tls, sock)
+        await self.historic_imap.start()
+
+    async def _historic_imap_rights(
+        self, idnat: str, bal: str
+    ) -> tuple[frozenset[str], str] | None:
+        """A card holder's rights on someone else's BAL: the registry decides and audits."""
+        if self.delegations is None:
+            return None
+        return await self._resolve(_identity(idnat), bal, "imap")
 
     async def _historic_rights(self, idnat: str, bal: str) -> frozenset[str] | None:
         if self.delegations is None:
@@ -302,7 +360,14 @@ class MockOperator:
         assert self.smtp is not None, "not started"
         return self.smtp.port
 
+    @property
+    def historic_imap_port(self) -> int:
+        assert self.historic_imap is not None, "not started"
+        return self.historic_imap.port
+
     async def stop(self) -> None:
+        if self.historic_imap is not None:
+            await self.historic_imap.stop()
         if self._historic_engine is not None:
             await self._historic_engine.dispose()
         if self.imap is not None:

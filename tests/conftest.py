@@ -46,6 +46,7 @@ def quick_mock_settings() -> MockSettings:
         http_port=0,
         imap_port=0,
         smtp_port=0,
+        historic_imap_port=0,
         ciba_auto_approve_after=None,
         ciba_interval=1,
         auth_failure_delay=0,

@@ -72,7 +72,11 @@ def stop(process: subprocess.Popen[str]) -> int:
 @pytest.fixture
 def mock_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
     process = start(
-        [command("mock-operator"), "serve", *(f"--{p}-port=0" for p in ("http", "imap", "smtp"))],
+        [
+            command("mock-operator"),
+            "serve",
+            *(f"--{p}-port=0" for p in ("http", "imap", "smtp", "historic-imap")),
+        ],
         tmp_path,
     )
     url = wait_for_url(process)
@@ -161,7 +165,7 @@ async def test_demo_runs_the_mock_psc_and_says_so(tmp_path: Path):
             "LPSGW_HTTP__PORT": "0",
             "LPSGW_IMAP__PORT": "0",
             "LPSGW_SMTP__PORT": "0",
-            **{f"LPSGW_MOCK__{p}_PORT": "0" for p in ("HTTP", "IMAP", "SMTP")},
+            **{f"LPSGW_MOCK__{p}_PORT": "0" for p in ("HTTP", "IMAP", "SMTP", "HISTORIC_IMAP")},
         },
     )
     try:
@@ -176,6 +180,10 @@ async def test_demo_runs_the_mock_psc_and_says_so(tmp_path: Path):
         imap = re.search(r"API LPS IMAP \(STARTTLS\): +127\.0\.0\.1:(\d+)", banner)
         smtp = re.search(r"API LPS SMTP \(STARTTLS\): +127\.0\.0\.1:(\d+)", banner)
         assert imap is not None, banner
+        historic = re.search(r"historic platform IMAP: +imap://127\.0\.0\.1:(\d+)", banner)
+        assert historic is not None, banner
+        secret = tmp_path / ".lps-gateway" / "mock-operator" / "master.secret"
+        assert await asyncio.to_thread(historic_master_login, int(historic.group(1)), secret)
         assert smtp is not None, banner
         assert "TOKEN=$(.venv/bin/mock-operator token sec-bernard)" in banner
         token = token_from_cli(url)
@@ -202,6 +210,15 @@ async def test_demo_runs_the_mock_psc_and_says_so(tmp_path: Path):
         )
     finally:
         assert stop(process) == 0
+
+
+def historic_master_login(port: int, secret: Path) -> bool:
+    """The operator's master login on the demo's historic platform IMAP opens jean.dupont."""
+    blob = f"jean.dupont@medecin.mssante.fr\0lps-gateway\0{secret.read_text().strip()}"
+    with imaplib.IMAP4("127.0.0.1", port) as client:
+        client.authenticate("PLAIN", lambda _: blob.encode())
+        typ, _ = client.select("INBOX", readonly=True)
+    return typ == "OK"
 
 
 def demo_as_secretary(imap_port: int, smtp_port: int, token: str) -> None:

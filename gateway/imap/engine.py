@@ -16,7 +16,7 @@ import re
 import unicodedata
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from gateway.imap import commands as c
 from gateway.imap import mutf7
@@ -45,7 +45,13 @@ from gateway.imap.response import (
     untagged_status,
 )
 from gateway.imap.search import Candidate, SearchError, matches, needs_message, validate
-from gateway.imap.session import Authenticator, SessionGrant
+from gateway.imap.session import (
+    Authenticator,
+    ExternalAuthenticator,
+    ExternalCredentials,
+    SessionGrant,
+    decode_external,
+)
 from gateway.imap.structure_cache import CACHEABLE, StructureCache
 from gateway.imap.syntax import FetchAttribute, Section, SequenceSet
 from gateway.imap.view import (
@@ -60,6 +66,7 @@ from gateway.runtime.login import AuthFailed, ConnectionInfo
 from psc_auth.errors import SaslError
 from psc_auth.sasl import (
     Mechanism,
+    TokenCredentials,
     decode,
     decode_base64,
     decode_login,
@@ -94,6 +101,15 @@ class Channel(Protocol):
         ...
 
     async def start_tls(self) -> None: ...
+
+
+@runtime_checkable
+class CertificateChannel(Protocol):
+    """A channel that can tell the client's TLS certificate (for SASL EXTERNAL)."""
+
+    def peer_certificate(self) -> bytes | None:
+        """The certificate (DER) the client presented and TLS verified; None without."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -148,7 +164,22 @@ class ImapSession:
             caps.append("LOGINDISABLED")
         else:
             caps += [f"AUTH={m}" for m in MECHANISMS]
+            if self._external_offered():
+                caps.append("AUTH=EXTERNAL")
         return caps
+
+    def _external_offered(self) -> bool:
+        """EXTERNAL only where it can succeed: the authenticator takes certificates and
+        the client presented one (RFC 4422 appendix A)."""
+        return (
+            isinstance(self.authenticator, ExternalAuthenticator)
+            and self._client_certificate() is not None
+        )
+
+    def _client_certificate(self) -> bytes | None:
+        if isinstance(self.channel, CertificateChannel):
+            return self.channel.peer_certificate()
+        return None
 
     def _plaintext_refused(self) -> bool:
         return not self.connection.secure and not self.connection.loopback
@@ -310,7 +341,8 @@ class ImapSession:
 
     async def _authenticate(self, command: c.Authenticate) -> None:
         mechanism = command.mechanism.upper()
-        if mechanism not in MECHANISMS:
+        external = mechanism == "EXTERNAL" and isinstance(self.authenticator, ExternalAuthenticator)
+        if mechanism not in MECHANISMS and not external:
             await self._reply(command.tag, "NO", "unsupported mechanism", "CANNOT")
             return
         if self._plaintext_refused():
@@ -327,18 +359,40 @@ class ImapSession:
             await self._reply(command.tag, "BAD", "authentication cancelled")
             return
         try:
-            credentials = decode(Mechanism(mechanism), decode_base64(response))
+            decoded = decode_base64(response)
+            if external:
+                credentials = self._external_credentials(decode_external(decoded))
+            else:
+                credentials = decode(Mechanism(mechanism), decoded)
         except SaslError as exc:
             await self._reply(command.tag, "BAD", f"malformed SASL response: {exc}")
             return
-        await self._finish_login(command.tag, credentials, challenge_allowed=mechanism != "PLAIN")
+        except AuthFailed as failure:
+            await self._auth_failed(command.tag, failure, False)
+            return
+        challenge_allowed = mechanism not in ("PLAIN", "EXTERNAL")
+        await self._finish_login(command.tag, credentials, challenge_allowed=challenge_allowed)
+
+    def _external_credentials(self, authzid: str) -> TokenCredentials | ExternalCredentials:
+        certificate = self._client_certificate()
+        if certificate is None:
+            raise AuthFailed("authentication", "EXTERNAL needs a TLS client certificate")
+        return ExternalCredentials(authzid, certificate)
 
     async def _finish_login(
-        self, tag: str, credentials: object, *, challenge_allowed: bool
+        self,
+        tag: str,
+        credentials: TokenCredentials | ExternalCredentials,
+        *,
+        challenge_allowed: bool,
     ) -> None:
         try:
             connection = dataclasses.replace(self.connection, software=self.client_software())
-            grant = await self.authenticator.authenticate(credentials, connection)  # type: ignore[arg-type]
+            if isinstance(credentials, ExternalCredentials):
+                assert isinstance(self.authenticator, ExternalAuthenticator)
+                grant = await self.authenticator.authenticate_external(credentials, connection)
+            else:
+                grant = await self.authenticator.authenticate(credentials, connection)
         except AuthFailed as failure:
             await self._auth_failed(tag, failure, challenge_allowed)
             return

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from gateway.imap.commands import Command
 from gateway.imap.mailstore import MailStore
 from gateway.runtime.login import ConnectionInfo
-from psc_auth.sasl import TokenCredentials
+from psc_auth.errors import SaslError
+from psc_auth.sasl import MAX_FIELD_LENGTH, TokenCredentials
 
 Right = Literal["read", "write", "send"]
 ALL_RIGHTS: frozenset[str] = frozenset({"read", "write", "send"})
@@ -56,3 +57,35 @@ class Authenticator(Protocol):
     async def authenticate(
         self, credentials: TokenCredentials, connection: ConnectionInfo
     ) -> SessionGrant: ...
+
+
+@dataclass(frozen=True)
+class ExternalCredentials:
+    """SASL EXTERNAL (RFC 4422 appendix A): the client certificate the TLS layer verified
+    (DER), and the authorisation identity asked for ("" asks for the certificate's own)."""
+
+    authzid: str
+    certificate: bytes = field(repr=False)
+
+
+@runtime_checkable
+class ExternalAuthenticator(Protocol):
+    """An `Authenticator` that also takes TLS client certificates: the engine then offers
+    AUTH=EXTERNAL to a client that presented one."""
+
+    async def authenticate_external(
+        self, credentials: ExternalCredentials, connection: ConnectionInfo
+    ) -> SessionGrant: ...
+
+
+def decode_external(response: bytes) -> str:
+    """The authzid of an EXTERNAL response: UTF-8 without control characters, bounded."""
+    if len(response) > MAX_FIELD_LENGTH:
+        raise SaslError("EXTERNAL: authzid too long")
+    try:
+        authzid = response.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SaslError("EXTERNAL: authzid is not UTF-8") from None
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in authzid):
+        raise SaslError("EXTERNAL: authzid has control characters")
+    return authzid

@@ -96,6 +96,14 @@ class StreamChannel:
         self.writer.write(data)
         await self.drain()
 
+    def peer_certificate(self) -> bytes | None:
+        """The client's certificate (DER), when the context asked for one and verified it."""
+        ssl_object = self.writer.get_extra_info("ssl_object")
+        if ssl_object is None:
+            return None
+        certificate: bytes | None = ssl_object.getpeercert(binary_form=True)
+        return certificate
+
     @property
     def unsent(self) -> int:
         return self.writer.transport.get_write_buffer_size()

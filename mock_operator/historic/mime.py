@@ -3,12 +3,15 @@
 The historic platform does not keep raw MIME: it keeps a body (text, and HTML when there
 is one), the addresses, and attachments numbered as IMAP numbers body parts ("2", "1.2",
 …). `parse_mime` turns delivered mail into that form; `build_mime` turns a composed
-message (sendMessage, draftMessage) into RFC 5322 for delivery to recipients.
+message (sendMessage, draftMessage) into RFC 5322 for delivery to recipients, and
+`rebuild_mime` gives the platform's IMAP the octets of a message kept without its
+original: the same ones every time, since IMAP clients cache size and structure by UID.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
 from dataclasses import dataclass
 from email.headerregistry import Address
@@ -229,7 +232,7 @@ def parse_mime(raw: bytes, *, max_bytes: int = MAX_MIME_BYTES) -> ParsedMessage:
 class Composition:
     """A message composed through sendMessage or draftMessage, ready to be written as MIME."""
 
-    sender: tuple[str, str]  # (address, display name)
+    sender: tuple[str, str] | None  # (address, display name); None: no From (rebuilds only)
     recipients: tuple[tuple[str, str, str], ...]  # (address, name, TO/CC/BCC)
     subject: str
     body: str
@@ -243,11 +246,13 @@ class Composition:
     references: tuple[str, ...] = ()
 
 
-def build_mime(composition: Composition, *, with_bcc: bool) -> bytes:
-    """RFC 5322 bytes (CRLF); Bcc is written only for the sender's own copy."""
+def build_mime(composition: Composition, *, with_bcc: bool, boundary: str | None = None) -> bytes:
+    """RFC 5322 bytes (CRLF); Bcc is written only for the sender's own copy. A multipart
+    gets `boundary` when given, else a random one."""
     message = EmailMessage()
-    address, name = composition.sender
-    message["From"] = Address(display_name=name, addr_spec=address)
+    if composition.sender is not None:
+        address, name = composition.sender
+        message["From"] = Address(display_name=name, addr_spec=address)
     for header, kind in (("To", "TO"), ("Cc", "CC"), ("Bcc", "BCC")):
         if kind == "BCC" and not with_bcc:
             continue
@@ -266,7 +271,7 @@ def build_mime(composition: Composition, *, with_bcc: bool) -> bytes:
     if composition.urgent:
         message["X-Priority"] = "1 (Highest)"
         message["Importance"] = "high"
-    if composition.read_receipt:
+    if composition.read_receipt and composition.sender is not None:
         message["Disposition-Notification-To"] = str(Address(display_name=name, addr_spec=address))
     message.set_content(composition.body, subtype="html" if composition.is_html else "plain")
     for file_name, content_type, data in composition.attachments:
@@ -276,4 +281,31 @@ def build_mime(composition: Composition, *, with_bcc: bool) -> bytes:
             continue
         maintype, _, subtype = content_type.partition("/")
         message.add_attachment(data, maintype=maintype, subtype=subtype, filename=file_name)
+    if boundary is not None and message.is_multipart():
+        message.set_boundary(boundary)
     return message.as_bytes(policy=SMTP)
+
+
+def rebuild_mime(composition: Composition) -> bytes:
+    """The octets of a message the store keeps in structured form only (sendMessage's copy,
+    drafts): `build_mime` with Bcc and a boundary derived from the content, so that the
+    same message gives the same octets on every call and every restart."""
+    digest = hashlib.sha256()
+    for value in (
+        composition.sender,
+        composition.recipients,
+        composition.subject,
+        composition.body,
+        composition.is_html,
+        composition.urgent,
+        composition.read_receipt,
+        composition.message_id,
+        composition.date.isoformat(),
+        composition.in_reply_to,
+        composition.references,
+    ):
+        digest.update(repr(value).encode("utf-8", "surrogatepass") + b"\0")
+    for file_name, content_type, data in composition.attachments:
+        digest.update(f"{file_name}\0{content_type}\0".encode("utf-8", "surrogatepass"))
+        digest.update(hashlib.sha256(data).digest())
+    return build_mime(composition, with_bcc=True, boundary=f"=_hist_{digest.hexdigest()[:32]}")

@@ -814,7 +814,12 @@ class HistoricService:
                 log.warning("historic: no route to %s, message dropped", rcpt)
         conversation = composed.conversation_id or (original.conversation_id if original else None)
         sent = await self.store.deliver_mime(
-            address, own_copy, SENT, {"SENT_BY_ME"}, conversation_id=conversation
+            address,
+            own_copy,
+            SENT,
+            {"SENT_BY_ME"},
+            conversation_id=conversation,
+            keep_original=False,  # composed here: kept structured only, IMAP rebuilds it
         )
         if original is not None:
             flag = "FORWARDED" if composed.reply_type == "FORWARD" else "REPLIED"
@@ -844,6 +849,7 @@ class HistoricService:
             {"DRAFT"},
             replace_id=replace,
             conversation_id=composed.conversation_id,
+            keep_original=False,
         )
         return {"message": message_object(stored, html=True)}
 

@@ -7,6 +7,15 @@ folders 1 root, 2 Inbox, 3 Trash, 4 Junk, 5 Sent, 6 Drafts; user items from 257)
 change to a message appends to a change log whose sequence numbers are the
 `syncMessages` tokens. Writes are serialised by one lock (SQLite has one writer, and id
 allocation must not race). Refusals are `HistoricError`s with the codes of DOMAIN.md.
+
+The platform also has its own IMAP (`mock_operator.historic.imap`), over these same rows,
+so a change made on one side is seen on the other. For it, as Zimbra does, the store
+keeps each delivered message's original bytes (`hist_originals`; messages the web
+services compose, sendMessage's copy and drafts, have none and are rebuilt), IMAP
+keywords, an internal date, and per folder a UIDVALIDITY and UIDNEXT: a message gets the
+next UID of the folder it enters, by delivery, a move or a copy. Every committed change
+is told to `watchers` (the IMAP sessions' change signal). `create_schema` adds what an
+older data directory lacks.
 """
 
 from __future__ import annotations
@@ -14,8 +23,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-from collections.abc import Collection, Iterable
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, field
 
 from sqlalchemy import (
     Boolean,
@@ -28,8 +38,12 @@ from sqlalchemy import (
     case,
     delete,
     func,
+    inspect,
     select,
+    text,
+    update,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -74,10 +88,20 @@ FLAG_ORDER = (
     "FORWARDED",
     "URGENT",
 )
+# IMAP flags ↔ stored flags; \Seen is the absence of UNREAD, SENT_BY_ME has no IMAP twin.
+IMAP_FLAGS = (
+    ("\\Flagged", "FLAGGED"),
+    ("\\Answered", "REPLIED"),
+    ("\\Deleted", "DELETED"),
+    ("\\Draft", "DRAFT"),
+    ("$Forwarded", "FORWARDED"),
+)
 MAX_FOLDER_NAME = 128
 MAX_FOLDER_DEPTH = 10
 MAX_FOLDERS = 1_000
 MAX_IDS = 1_000
+MAX_KEYWORDS = 64  # IMAP keywords per message
+MAX_KEYWORD = 100  # characters of one keyword
 
 
 class _Base(DeclarativeBase):
@@ -100,6 +124,9 @@ class FolderRow(_Base):
     folder_id: Mapped[int] = mapped_column(Integer)
     parent_id: Mapped[int] = mapped_column(Integer)
     name: Mapped[str] = mapped_column(String(MAX_FOLDER_NAME))
+    uidvalidity: Mapped[int] = mapped_column(Integer, default=1)
+    uidnext: Mapped[int] = mapped_column(Integer, default=1)
+    subscribed: Mapped[bool] = mapped_column(Boolean, default=True)
 
 
 class MessageRow(_Base):
@@ -121,6 +148,9 @@ class MessageRow(_Base):
     read_receipt: Mapped[bool] = mapped_column(Boolean, default=False)
     attachments: Mapped[str] = mapped_column(Text)  # JSON [[part, name, type, size], ...]
     header_message_id: Mapped[str | None] = mapped_column(String(998), nullable=True, index=True)
+    imap_uid: Mapped[int] = mapped_column(Integer, default=0)  # in its folder
+    received: Mapped[str] = mapped_column(String(40), default="")  # ISO 8601: INTERNALDATE
+    keywords: Mapped[str] = mapped_column(Text, default="")  # IMAP keywords, space-separated
 
 
 class AttachmentRow(_Base):
@@ -131,6 +161,23 @@ class AttachmentRow(_Base):
     )
     part: Mapped[str] = mapped_column(String(64))
     data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class OriginalRow(_Base):
+    """The bytes a message was delivered as (SMTP, IMAP APPEND, seeding)."""
+
+    __tablename__ = "hist_originals"
+    message_row: Mapped[int] = mapped_column(
+        ForeignKey("hist_messages.row_id", ondelete="CASCADE"), primary_key=True
+    )
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+# Columns later versions added to tables an older data directory already has.
+_ADDED_COLUMNS = {
+    "hist_folders": ("uidvalidity", "uidnext", "subscribed"),
+    "hist_messages": ("imap_uid", "received", "keywords"),
+}
 
 
 class ChangeRow(_Base):
@@ -189,6 +236,9 @@ class StoredMessage:
     read_receipt: bool
     attachments: tuple[AttachmentInfo, ...]
     header_message_id: str | None
+    uid: int = 0  # IMAP UID in its folder
+    received: dt.datetime | None = None  # IMAP INTERNALDATE
+    keywords: frozenset[str] = frozenset()  # IMAP keywords
 
     @property
     def flags(self) -> tuple[str, ...]:
@@ -208,6 +258,48 @@ class Delivery:
     raw: bytes
     flags: Collection[str] = ("UNREAD",)
     received_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class ImapFolder:
+    id: int
+    name: str
+    parent_id: int
+    subscribed: bool
+
+
+@dataclass(frozen=True)
+class ImapEntry:
+    """One message of a folder as IMAP lists it; `size` is that of the original, None
+    when there is none (the IMAP side rebuilds the message, and knows that size)."""
+
+    uid: int
+    row_id: int
+    flags: frozenset[str]
+    keywords: frozenset[str]
+    received: dt.datetime
+    size: int | None
+
+
+@dataclass(frozen=True)
+class ImapFolderState:
+    uidvalidity: int
+    uidnext: int
+    entries: tuple[ImapEntry, ...]  # ascending UID
+
+
+@dataclass(frozen=True)
+class MessageSource:
+    """What IMAP serves a message from: its original, else the message and its files."""
+
+    row_id: int
+    original: bytes | None
+    message: StoredMessage
+    attachments: dict[str, bytes] = field(default_factory=dict)
+
+
+FlagChange = Callable[[frozenset[str], frozenset[str]], tuple[frozenset[str], frozenset[str]]]
+"""(stored flags, keywords) -> the new ones: an IMAP STORE applied to one message."""
 
 
 @dataclass(frozen=True)
@@ -233,7 +325,21 @@ def _stored(row: MessageRow) -> StoredMessage:
         read_receipt=row.read_receipt,
         attachments=tuple(AttachmentInfo(p, n, t, s) for p, n, t, s in json.loads(row.attachments)),
         header_message_id=row.header_message_id,
+        uid=row.imap_uid,
+        received=_received(row),
+        keywords=frozenset(row.keywords.split()),
     )
+
+
+def _received(row: MessageRow) -> dt.datetime:
+    return _instant(row.received, row.date)
+
+
+def _instant(received: str | None, date: int) -> dt.datetime:
+    """The IMAP internal date; a row of an older store has none: its date stands in."""
+    if received:
+        return dt.datetime.fromisoformat(received)
+    return dt.datetime.fromtimestamp(date, dt.UTC)
 
 
 def _message_row(
@@ -244,6 +350,9 @@ def _message_row(
     parsed: ParsedMessage,
     flag_text: str,
     when: dt.datetime,
+    received: dt.datetime,
+    uid: int,
+    keywords: str = "",
 ) -> MessageRow:
     return MessageRow(
         address=address,
@@ -264,6 +373,9 @@ def _message_row(
             ensure_ascii=False,
         ),
         header_message_id=parsed.header_message_id,
+        imap_uid=uid,
+        received=received.isoformat(),
+        keywords=keywords,
     )
 
 
@@ -283,6 +395,15 @@ def _check_flags(flags: Iterable[str]) -> str:
     return " ".join(sorted(set(flags)))
 
 
+def _check_keywords(keywords: Iterable[str]) -> str:
+    wanted = set(keywords)
+    if len(wanted) > MAX_KEYWORDS or any(
+        not k or len(k) > MAX_KEYWORD or any(c.isspace() for c in k) for k in wanted
+    ):
+        raise HistoricError(CONTENT_TOO_LARGE, f"trop de mots-clés IMAP (> {MAX_KEYWORDS})")
+    return " ".join(sorted(wanted))
+
+
 def _protected(folder_id: int) -> None:
     if folder_id == ROOT or folder_id in SYSTEM_FOLDERS:
         raise HistoricError(INVALID_FORMAT, f"le dossier système {folder_id} ne peut être modifié")
@@ -296,10 +417,57 @@ class HistoricStore:
         self.max_message_bytes = max_message_bytes
         self._db = async_sessionmaker(engine, expire_on_commit=False)
         self._lock = asyncio.Lock()
+        self._last_uidvalidity = 0
+        self.watchers: list[Callable[[str], None]] = []
+        """Called with the BAL's address after each committed change of its folders or
+        messages, whoever made it (web services, IMAP, delivery)."""
 
     async def create_schema(self) -> None:
+        """Create the tables; in an older data directory, add the columns it lacks and
+        give its folders a UIDVALIDITY and its messages UIDs."""
         async with self.engine.begin() as conn:
             await conn.run_sync(_Base.metadata.create_all)
+            await conn.run_sync(_add_missing_columns)
+        await self._number_unnumbered()
+
+    async def _number_unnumbered(self) -> None:
+        async with self._lock, self._db.begin() as db:
+            await db.execute(
+                update(MessageRow).where(MessageRow.keywords.is_(None)).values(keywords="")
+            )
+            await db.execute(
+                update(FolderRow).where(FolderRow.subscribed.is_(None)).values(subscribed=True)
+            )
+            for row in (
+                await db.scalars(select(FolderRow).where(FolderRow.uidvalidity.is_(None)))
+            ).all():
+                row.uidvalidity = self._uidvalidity()
+                row.uidnext = row.uidnext or 1
+                messages = (
+                    await db.scalars(
+                        select(MessageRow)
+                        .where(
+                            MessageRow.address == row.address,
+                            MessageRow.folder_id == row.folder_id,
+                        )
+                        .order_by(MessageRow.row_id)
+                    )
+                ).all()
+                for message in messages:
+                    message.imap_uid = row.uidnext
+                    row.uidnext += 1
+                    if not message.received:
+                        message.received = _received(message).isoformat()
+
+    def _uidvalidity(self) -> int:
+        """Increasing, 32-bit, never reused by this store (time-based, past the last one)."""
+        value = max(int(time.time()), self._last_uidvalidity + 1) % 2**31 or 1
+        self._last_uidvalidity = value
+        return value
+
+    def _changed(self, address: str) -> None:
+        for watcher in self.watchers:
+            watcher(address)
 
     # -- accounts ---------------------------------------------------------------------
 
@@ -318,10 +486,21 @@ class HistoricStore:
                 )
             )
             await db.flush()
-            db.add(FolderRow(address=address, folder_id=ROOT, parent_id=0, name=""))
+            db.add(self._folder_row(address, ROOT, 0, ""))
             for folder_id, name in SYSTEM_FOLDERS.items():
-                db.add(FolderRow(address=address, folder_id=folder_id, parent_id=ROOT, name=name))
+                db.add(self._folder_row(address, folder_id, ROOT, name))
         return True
+
+    def _folder_row(self, address: str, folder_id: int, parent_id: int, name: str) -> FolderRow:
+        return FolderRow(
+            address=address,
+            folder_id=folder_id,
+            parent_id=parent_id,
+            name=name,
+            uidvalidity=self._uidvalidity(),
+            uidnext=1,
+            subscribed=True,
+        )
 
     async def account(self, address: str) -> Account | None:
         async with self._db() as db:
@@ -423,7 +602,8 @@ class HistoricStore:
                 raise HistoricError(INVALID_FORMAT, "arborescence trop profonde")
             self._check_sibling(folders, parent_id, name)
             folder_id = await self._next_id(db, address)
-            db.add(FolderRow(address=address, folder_id=folder_id, parent_id=parent_id, name=name))
+            db.add(self._folder_row(address, folder_id, parent_id, name))
+        self._changed(address)
         return Folder(folder_id, name, parent_id, 0, 0)
 
     async def rename_folder(self, address: str, folder_id: int, name: str) -> None:
@@ -434,9 +614,18 @@ class HistoricStore:
             _protected(folder_id)
             self._check_sibling(folders, row.parent_id, name, exclude=folder_id)
             row.name = name
+        self._changed(address)
 
     async def move_folder(self, address: str, folder_id: int, parent_id: int) -> None:
         """Re-parent a folder (trashFolder is a move under Trash)."""
+        await self.relocate_folder(address, folder_id, parent_id)
+
+    async def relocate_folder(
+        self, address: str, folder_id: int, parent_id: int, name: str | None = None
+    ) -> None:
+        """Re-parent a folder, and rename it at once when `name` is given (IMAP RENAME)."""
+        if name is not None:
+            _check_folder_name(name)
         async with self._lock, self._db.begin() as db:
             folders = await self._folder_rows(db, address)
             row = self._get(folders, folder_id)
@@ -445,11 +634,14 @@ class HistoricStore:
             moved = self.subtree({f: r.parent_id for f, r in folders.items()}, folder_id)
             if parent_id in moved:
                 raise HistoricError(INVALID_FORMAT, "un dossier ne peut aller sous lui-même")
-            self._check_sibling(folders, parent_id, row.name, exclude=folder_id)
+            new_name = row.name if name is None else name
+            self._check_sibling(folders, parent_id, new_name, exclude=folder_id)
             height = max(self._depth(folders, f) - self._depth(folders, folder_id) for f in moved)
             if self._depth(folders, parent_id) + 1 + height > MAX_FOLDER_DEPTH:
                 raise HistoricError(INVALID_FORMAT, "arborescence trop profonde")
             row.parent_id = parent_id
+            row.name = new_name
+        self._changed(address)
 
     async def delete_folder(self, address: str, folder_id: int) -> None:
         """Delete a folder, its sub-folders and all their messages."""
@@ -464,6 +656,7 @@ class HistoricStore:
                     FolderRow.address == address, FolderRow.folder_id.in_(doomed)
                 )
             )
+        self._changed(address)
 
     async def empty_folder(self, address: str, folder_id: int) -> None:
         """Delete a folder's messages; emptying Trash also removes the folders inside it."""
@@ -482,6 +675,7 @@ class HistoricStore:
                     FolderRow.folder_id.in_([f for f in doomed if f != folder_id]),
                 )
             )
+        self._changed(address)
 
     async def folder_exists(self, address: str, folder_id: int) -> bool:
         async with self._db() as db:
@@ -529,6 +723,7 @@ class HistoricStore:
         ).all()
         row_ids = [r for r, _ in rows]
         await db.execute(delete(AttachmentRow).where(AttachmentRow.message_row.in_(row_ids)))
+        await db.execute(delete(OriginalRow).where(OriginalRow.message_row.in_(row_ids)))
         await db.execute(delete(MessageRow).where(MessageRow.row_id.in_(row_ids)))
         self._log(db, address, [m for _, m in rows], deleted=True)
 
@@ -542,14 +737,16 @@ class HistoricStore:
         received_at: dt.datetime | None = None,
         replace_id: str | None = None,
         conversation_id: str | None = None,
+        keep_original: bool = True,
     ) -> StoredMessage:
-        """Store an RFC 5322 message in a BAL's folder, in structured form.
+        """Store an RFC 5322 message in a BAL's folder, in structured form, and its bytes
+        as they came unless `keep_original` is false (what the web services compose).
 
         `replace_id` keeps the id of a message being replaced (a draft saved again);
         the conversation is the one of the message it replies to, when that is here.
         """
         parsed = parse_mime(raw, max_bytes=self.max_message_bytes)
-        return await self.store_parsed(
+        row, _ = await self._insert(
             address,
             parsed,
             folder_id,
@@ -557,7 +754,9 @@ class HistoricStore:
             received_at=received_at,
             replace_id=replace_id,
             conversation_id=conversation_id,
+            original=raw if keep_original else None,
         )
+        return _stored(row)
 
     async def store_parsed(
         self,
@@ -570,16 +769,39 @@ class HistoricStore:
         replace_id: str | None = None,
         conversation_id: str | None = None,
     ) -> StoredMessage:
+        """Store a message known only in structured form (it has no original)."""
+        row, _ = await self._insert(
+            address,
+            parsed,
+            folder_id,
+            flags,
+            received_at=received_at,
+            replace_id=replace_id,
+            conversation_id=conversation_id,
+        )
+        return _stored(row)
+
+    async def _insert(
+        self,
+        address: str,
+        parsed: ParsedMessage,
+        folder_id: int,
+        flags: Collection[str],
+        *,
+        received_at: dt.datetime | None = None,
+        replace_id: str | None = None,
+        conversation_id: str | None = None,
+        original: bytes | None = None,
+        keywords: Collection[str] = (),
+    ) -> tuple[MessageRow, int]:
+        """Add one message; returns its row and its folder's UIDVALIDITY."""
         address = address.lower()
         flag_text = _check_flags(flags)
-        when = parsed.date or received_at or dt.datetime.now(dt.UTC)
+        keyword_text = _check_keywords(keywords)
+        received = received_at or dt.datetime.now(dt.UTC)
+        when = parsed.date or received
         async with self._lock, self._db.begin() as db:
-            if folder_id == ROOT or not await db.scalar(
-                select(FolderRow.row_id).where(
-                    FolderRow.address == address, FolderRow.folder_id == folder_id
-                )
-            ):
-                raise HistoricError(FOLDER_MISSING, f"le dossier {folder_id} n'existe pas")
+            folder = await self._message_folder(db, address, folder_id)
             if replace_id is not None:
                 await self._delete_where(db, address, MessageRow.message_id == replace_id)
                 message_id = replace_id
@@ -602,7 +824,11 @@ class HistoricStore:
                 parsed,
                 flag_text,
                 when,
+                received,
+                folder.uidnext,
+                keyword_text,
             )
+            folder.uidnext += 1
             db.add(row)
             await db.flush()
             for attachment in parsed.attachments:
@@ -611,43 +837,58 @@ class HistoricStore:
                         message_row=row.row_id, part=attachment.part, data=attachment.data
                     )
                 )
+            if original is not None:
+                db.add(OriginalRow(message_row=row.row_id, raw=original))
             self._log(db, address, [message_id], deleted=False)
-        return _stored(row)
+            uidvalidity = folder.uidvalidity
+        self._changed(address)
+        return row, uidvalidity
+
+    @staticmethod
+    async def _message_folder(db: AsyncSession, address: str, folder_id: int) -> FolderRow:
+        """The folder a message goes to (any but the root), or 41."""
+        folder = None
+        if folder_id != ROOT:
+            folder = await db.scalar(
+                select(FolderRow).where(
+                    FolderRow.address == address, FolderRow.folder_id == folder_id
+                )
+            )
+        if folder is None:
+            raise HistoricError(FOLDER_MISSING, f"le dossier {folder_id} n'existe pas")
+        return folder
 
     async def deliver_many(
         self, address: str, deliveries: Iterable[Delivery], folder_id: int = INBOX
     ) -> list[StoredMessage]:
         """Store many RFC 5322 messages in one folder in one transaction (seeding, benchmarks).
 
-        Each message is stored as `deliver_mime` would store it (same rows, a change log
-        row each, the conversation of a message it replies to, in this batch or before),
-        in the given order; all or none are stored. Parsing is done before the write lock
-        is taken.
+        Each message is stored as `deliver_mime` would store it (same rows, its original, a
+        change log row each, the conversation of a message it replies to, in this batch
+        or before), in the given order; all or none are stored. Parsing is done before
+        the write lock is taken.
         """
         address = address.lower()
-        parsed: list[tuple[ParsedMessage, str, dt.datetime]] = []
+        parsed: list[tuple[ParsedMessage, str, dt.datetime, bytes]] = []
         for delivery in deliveries:
             message = parse_mime(delivery.raw, max_bytes=self.max_message_bytes)
-            when = message.date or delivery.received_at or dt.datetime.now(dt.UTC)
-            parsed.append((message, _check_flags(delivery.flags), when))
+            received = delivery.received_at or dt.datetime.now(dt.UTC)
+            parsed.append((message, _check_flags(delivery.flags), received, delivery.raw))
         if not parsed:
             return []
         async with self._lock, self._db.begin() as db:
-            if folder_id == ROOT or not await db.scalar(
-                select(FolderRow.row_id).where(
-                    FolderRow.address == address, FolderRow.folder_id == folder_id
-                )
-            ):
-                raise HistoricError(FOLDER_MISSING, f"le dossier {folder_id} n'existe pas")
+            folder = await self._message_folder(db, address, folder_id)
             account = await db.get(AccountRow, address)
             if account is None:
                 raise HistoricError(24, f"BAL inconnue: {address}")
             first = account.next_id
             account.next_id = first + len(parsed)
+            first_uid = folder.uidnext
+            folder.uidnext = first_uid + len(parsed)
             conversations: dict[str, str] = {}  # header Message-ID → conversation, this batch
             rows: list[MessageRow] = []
             with db.no_autoflush:
-                for offset, (message, flag_text, when) in enumerate(parsed):
+                for offset, (message, flag_text, received, _) in enumerate(parsed):
                     message_id = str(first + offset)
                     conversation_id = None
                     if message.references:
@@ -673,17 +914,24 @@ class HistoricStore:
                             conversation_id,
                             message,
                             flag_text,
-                            when,
+                            message.date or received,
+                            received,
+                            first_uid + offset,
                         )
                     )
             db.add_all(rows)
             await db.flush()
             db.add_all(
                 AttachmentRow(message_row=row.row_id, part=attachment.part, data=attachment.data)
-                for row, (message, _, _) in zip(rows, parsed, strict=True)
+                for row, (message, _, _, _) in zip(rows, parsed, strict=True)
                 for attachment in message.attachments
             )
+            db.add_all(
+                OriginalRow(message_row=row.row_id, raw=raw)
+                for row, (_, _, _, raw) in zip(rows, parsed, strict=True)
+            )
             self._log(db, address, [row.message_id for row in rows], deleted=False)
+        self._changed(address)
         return [_stored(row) for row in rows]
 
     async def messages(
@@ -744,6 +992,7 @@ class HistoricStore:
                 if new != current:
                     row.flags = " ".join(sorted(new))
                     self._log(db, address, [row.message_id], deleted=False)
+        self._changed(address)
 
     async def move_messages(
         self, address: str, message_ids: Collection[str], folder_id: int
@@ -752,17 +1001,22 @@ class HistoricStore:
             folders = await self._folder_rows(db, address)
             if folder_id == ROOT:
                 raise HistoricError(FOLDER_MISSING, "la racine ne contient pas de messages")
-            self._get(folders, folder_id)
-            for row in await self._rows(db, address, message_ids):
+            target = self._get(folders, folder_id)
+            rows = await self._rows(db, address, message_ids)
+            for row in sorted(rows, key=lambda r: (r.folder_id, r.imap_uid)):
                 if row.folder_id != folder_id:
                     row.folder_id = folder_id
+                    row.imap_uid = target.uidnext  # entering a folder: its next UID
+                    target.uidnext += 1
                     self._log(db, address, [row.message_id], deleted=False)
+        self._changed(address)
 
     async def delete_messages(self, address: str, message_ids: Collection[str]) -> None:
         """Hard delete (updateMessages DELETE); all ids must exist (45)."""
         async with self._lock, self._db.begin() as db:
             rows = await self._rows(db, address, message_ids)
             await self._delete_where(db, address, MessageRow.row_id.in_([r.row_id for r in rows]))
+        self._changed(address)
 
     async def attachment(
         self, address: str, message_id: str, part: str
@@ -784,6 +1038,239 @@ class HistoricStore:
                 ATTACHMENT_MISSING, f"la pièce jointe {part} du message {message_id} n'existe pas"
             )
         return info, data
+
+    # -- the platform's own IMAP (mock_operator/historic/imap.py) ----------------------
+
+    async def imap_folders(self, address: str) -> list[ImapFolder]:
+        """Every folder but the root, in id order."""
+        async with self._db() as db:
+            rows = (
+                await db.scalars(
+                    select(FolderRow)
+                    .where(FolderRow.address == address, FolderRow.folder_id != ROOT)
+                    .order_by(FolderRow.folder_id)
+                )
+            ).all()
+        return [ImapFolder(r.folder_id, r.name, r.parent_id, r.subscribed) for r in rows]
+
+    async def set_subscribed(self, address: str, folder_id: int, subscribed: bool) -> None:
+        async with self._lock, self._db.begin() as db:
+            self._get(await self._folder_rows(db, address), folder_id).subscribed = subscribed
+
+    async def imap_state(self, address: str, folder_id: int) -> ImapFolderState:
+        async with self._db() as db:
+            folder = await self._message_folder(db, address, folder_id)
+            rows = (
+                await db.execute(
+                    select(
+                        MessageRow.imap_uid,
+                        MessageRow.row_id,
+                        MessageRow.flags,
+                        MessageRow.keywords,
+                        MessageRow.received,
+                        MessageRow.date,
+                        MessageRow.size,
+                        OriginalRow.message_row,
+                    )
+                    .outerjoin(OriginalRow, OriginalRow.message_row == MessageRow.row_id)
+                    .where(MessageRow.address == address, MessageRow.folder_id == folder_id)
+                    .order_by(MessageRow.imap_uid)
+                )
+            ).all()
+        return ImapFolderState(
+            folder.uidvalidity,
+            folder.uidnext,
+            tuple(
+                ImapEntry(
+                    uid,
+                    row_id,
+                    frozenset(flags.split()),
+                    frozenset(keywords.split()),
+                    _instant(received, date),
+                    size if kept is not None else None,
+                )
+                for uid, row_id, flags, keywords, received, date, size, kept in rows
+            ),
+        )
+
+    async def imap_sources(
+        self, address: str, folder_id: int, uids: Collection[int]
+    ) -> dict[int, MessageSource]:
+        """The messages of these UIDs (those that exist) with their originals, or with
+        their attachments' bytes when they have none."""
+        async with self._db() as db:
+            await self._message_folder(db, address, folder_id)
+            rows = (
+                await db.execute(
+                    select(MessageRow, OriginalRow.raw)
+                    .outerjoin(OriginalRow, OriginalRow.message_row == MessageRow.row_id)
+                    .where(
+                        MessageRow.address == address,
+                        MessageRow.folder_id == folder_id,
+                        MessageRow.imap_uid.in_(list(uids)),
+                    )
+                )
+            ).all()
+            rebuilt = [row.row_id for row, raw in rows if raw is None]
+            files: dict[int, dict[str, bytes]] = {}
+            if rebuilt:
+                for owner, part, data in (
+                    await db.execute(
+                        select(
+                            AttachmentRow.message_row, AttachmentRow.part, AttachmentRow.data
+                        ).where(AttachmentRow.message_row.in_(rebuilt))
+                    )
+                ).all():
+                    files.setdefault(owner, {})[part] = data
+        return {
+            row.imap_uid: MessageSource(row.row_id, raw, _stored(row), files.get(row.row_id, {}))
+            for row, raw in rows
+        }
+
+    async def imap_append(
+        self,
+        address: str,
+        folder_id: int,
+        raw: bytes,
+        flags: Collection[str],
+        keywords: Collection[str],
+        received: dt.datetime,
+    ) -> tuple[int, int]:
+        """Store a message as IMAP APPEND gives it; returns (UIDVALIDITY, UID)."""
+        parsed = parse_mime(raw, max_bytes=self.max_message_bytes)
+        row, uidvalidity = await self._insert(
+            address, parsed, folder_id, flags, received_at=received, original=raw, keywords=keywords
+        )
+        return uidvalidity, row.imap_uid
+
+    async def imap_update_flags(
+        self, address: str, folder_id: int, uids: Collection[int], change: FlagChange
+    ) -> dict[int, tuple[frozenset[str], frozenset[str]]]:
+        """Apply `change` to the flags and keywords of these UIDs (those that exist); the
+        new ones by UID. A change the store cannot keep changes nothing at all."""
+        result: dict[int, tuple[frozenset[str], frozenset[str]]] = {}
+        async with self._lock, self._db.begin() as db:
+            await self._message_folder(db, address, folder_id)
+            rows = (
+                await db.scalars(
+                    select(MessageRow).where(
+                        MessageRow.address == address,
+                        MessageRow.folder_id == folder_id,
+                        MessageRow.imap_uid.in_(list(uids)),
+                    )
+                )
+            ).all()
+            for row in rows:
+                flags, keywords = frozenset(row.flags.split()), frozenset(row.keywords.split())
+                new_flags, new_keywords = change(flags, keywords)
+                if (new_flags, new_keywords) != (flags, keywords):
+                    row.flags = _check_flags(new_flags)
+                    row.keywords = _check_keywords(new_keywords)
+                    self._log(db, address, [row.message_id], deleted=False)
+                result[row.imap_uid] = (new_flags, new_keywords)
+        self._changed(address)
+        return result
+
+    async def imap_transfer(
+        self,
+        address: str,
+        folder_id: int,
+        uids: Collection[int],
+        destination: int,
+        *,
+        move: bool,
+    ) -> tuple[int, list[tuple[int, int]]]:
+        """Copy or move these UIDs (those that exist) to `destination`, in UID order; the
+        destination's UIDVALIDITY and the (source, destination) UID pairs. A copy is a new
+        message (a new id, its attachments and original duplicated); a move keeps its id."""
+        pairs: list[tuple[int, int]] = []
+        async with self._lock, self._db.begin() as db:
+            await self._message_folder(db, address, folder_id)
+            target = await self._message_folder(db, address, destination)
+            rows = (
+                await db.scalars(
+                    select(MessageRow)
+                    .where(
+                        MessageRow.address == address,
+                        MessageRow.folder_id == folder_id,
+                        MessageRow.imap_uid.in_(list(uids)),
+                    )
+                    .order_by(MessageRow.imap_uid)
+                )
+            ).all()
+            for row in rows:
+                uid = target.uidnext
+                target.uidnext += 1
+                pairs.append((row.imap_uid, uid))
+                if move:
+                    row.folder_id, row.imap_uid = destination, uid
+                    self._log(db, address, [row.message_id], deleted=False)
+                else:
+                    await self._duplicate(db, row, destination, uid)
+            uidvalidity = target.uidvalidity
+        self._changed(address)
+        return uidvalidity, pairs
+
+    async def _duplicate(self, db: AsyncSession, row: MessageRow, folder_id: int, uid: int) -> None:
+        message_id = str(await self._next_id(db, row.address))
+        copy = MessageRow(
+            address=row.address,
+            message_id=message_id,
+            folder_id=folder_id,
+            conversation_id=row.conversation_id,
+            subject=row.subject,
+            body_text=row.body_text,
+            body_html=row.body_html,
+            size=row.size,
+            date=row.date,
+            emails=row.emails,
+            flags=row.flags,
+            urgent=row.urgent,
+            read_receipt=row.read_receipt,
+            attachments=row.attachments,
+            header_message_id=row.header_message_id,
+            imap_uid=uid,
+            received=row.received,
+            keywords=row.keywords,
+        )
+        db.add(copy)
+        await db.flush()
+        for part, data in (
+            await db.execute(
+                select(AttachmentRow.part, AttachmentRow.data).where(
+                    AttachmentRow.message_row == row.row_id
+                )
+            )
+        ).all():
+            db.add(AttachmentRow(message_row=copy.row_id, part=part, data=data))
+        raw = await db.scalar(select(OriginalRow.raw).where(OriginalRow.message_row == row.row_id))
+        if raw is not None:
+            db.add(OriginalRow(message_row=copy.row_id, raw=raw))
+        self._log(db, row.address, [message_id], deleted=False)
+
+    async def imap_expunge(
+        self, address: str, folder_id: int, uids: Collection[int] | None = None
+    ) -> list[int]:
+        """Delete the messages flagged DELETED (only among `uids` when given); their UIDs."""
+        async with self._lock, self._db.begin() as db:
+            await self._message_folder(db, address, folder_id)
+            query = select(MessageRow.row_id, MessageRow.imap_uid, MessageRow.flags).where(
+                MessageRow.address == address, MessageRow.folder_id == folder_id
+            )
+            if uids is not None:
+                query = query.where(MessageRow.imap_uid.in_(list(uids)))
+            gone = [
+                (row_id, uid)
+                for row_id, uid, flags in (await db.execute(query)).all()
+                if "DELETED" in flags.split()
+            ]
+            if gone:
+                await self._delete_where(
+                    db, address, MessageRow.row_id.in_([row_id for row_id, _ in gone])
+                )
+        if gone:
+            self._changed(address)
+        return sorted(uid for _, uid in gone)
 
     # -- change log -------------------------------------------------------------------
 
@@ -839,17 +1326,33 @@ class HistoricStore:
 
 
 def flags_from_imap(imap_flags: Collection[str], folder_id: int) -> frozenset[str]:
-    """Historic flags of a message known by its IMAP flags (seeding, migration tests)."""
+    """Historic flags of a message known by its IMAP flags (seeding, IMAP APPEND)."""
     flags: set[str] = set() if "\\Seen" in imap_flags else {"UNREAD"}
-    for imap, historic in (
-        ("\\Flagged", "FLAGGED"),
-        ("\\Answered", "REPLIED"),
-        ("\\Deleted", "DELETED"),
-        ("\\Draft", "DRAFT"),
-        ("$Forwarded", "FORWARDED"),
-    ):
+    for imap, historic in IMAP_FLAGS:
         if imap in imap_flags:
             flags.add(historic)
     if folder_id == SENT:
         flags.add("SENT_BY_ME")
     return frozenset(flags)
+
+
+def imap_flags_of(flags: Collection[str], keywords: Collection[str]) -> frozenset[str]:
+    """The IMAP flags of a message with these stored flags and keywords."""
+    found = set(keywords)
+    if "UNREAD" not in flags:
+        found.add("\\Seen")
+    found.update(imap for imap, historic in IMAP_FLAGS if historic in flags)
+    return frozenset(found)
+
+
+def _add_missing_columns(conn: Connection) -> None:
+    """Add the columns of `_ADDED_COLUMNS` that tables made by an older version lack, as
+    nullable columns (`HistoricStore.create_schema` then fills them in)."""
+    inspector = inspect(conn)
+    for table_name, names in _ADDED_COLUMNS.items():
+        present = {column["name"] for column in inspector.get_columns(table_name)}
+        table = _Base.metadata.tables[table_name]
+        for name in names:
+            if name not in present:
+                kind = table.c[name].type.compile(dialect=conn.dialect)
+                conn.execute(text(f"ALTER TABLE {table_name} ADD COLUMN {name} {kind}"))

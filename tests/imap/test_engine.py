@@ -64,6 +64,7 @@ async def mock(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[MockOp
         http_port=0,
         imap_port=0,
         smtp_port=0,
+        historic_imap_port=0,
         ciba_auto_approve_after=None,
         ciba_interval=1,
         auth_failure_delay=0,
