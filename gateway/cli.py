@@ -129,10 +129,15 @@ async def _demo(settings: Settings) -> None:
                         master_password_file=mock.data_dir / "master.secret",
                     ),
                     # the historic platform's web services: the registry records "historic"
-                    # as the backend of jean.dupont@ and marie.petit@, and routing follows it
+                    # as the backend of jean.dupont@ and marie.petit@, and routing follows it;
+                    # its own IMAP (master login) serves the operator's tools
                     "historic": BackendSettings(
                         kind="legacy_ws",
                         ws_url=f"{mock.http_url}/mss-msg-services/services",
+                        historic_imap=True,
+                        imap_host=mock.settings.host,
+                        imap_port=mock.historic_imap_port,
+                        ca_file=mock.tls_cert,
                         master_user=mock.master.user,
                         master_password_file=mock.data_dir / "master.secret",
                         numhomologation="LPS-GATEWAY-DEMO",

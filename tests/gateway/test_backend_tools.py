@@ -1,7 +1,8 @@
 """One contract for the operator's tool access (`Backend.tools`), run against every kind
 of backend on real sockets: the mock's modern platform over IMAP with the master login,
-and the historic web services (whose store cannot append outside Drafts nor give a
-message's original bytes: what the contract allows them to refuse is said per kind)."""
+the historic platform through its own IMAP (`historic_imap`), and the historic web
+services alone (whose store cannot append outside Drafts nor give a message's original
+bytes: what the contract allows them to refuse is said per kind)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import pytest
 from gateway.backends.base import Backend, MailboxAccess, digest
 from gateway.backends.errors import BackendCannot, BackendNotFound
 from gateway.settings import MockSettings, Settings
-from tests.support.stacks import Stack, configure_with, running_stack
+from mock_operator.server import MockOperator
+from tests.support.stacks import Stack, configure_with, historic_backend, running_stack
 
 MARTIN = "claire.martin@medecin.mssante.fr"
 DUPONT = "jean.dupont@medecin.mssante.fr"
@@ -34,8 +36,21 @@ class Kind:
 
 KINDS = [
     Kind("modern", MARTIN, "INBOX", True, True, True),
+    Kind("historic-imap", DUPONT, "INBOX", True, True, True),
     Kind("historic", DUPONT, "\\Drafts", False, False, False),
 ]
+
+
+def with_historic_imap(settings: Settings, mock: MockOperator) -> None:
+    """The demo's backends, and the historic platform once more through its own IMAP."""
+    configure_with()(settings, mock)
+    settings.backends["historic-imap"] = historic_backend(
+        mock,
+        historic_imap=True,
+        imap_port=mock.historic_imap_port,
+        imap_tls="starttls",
+        ca_file=mock.tls_cert,
+    )
 
 
 @pytest.fixture
@@ -43,7 +58,7 @@ async def both(
     tmp_path: Path, stack_settings: Settings, mock_settings: MockSettings
 ) -> AsyncIterator[Stack]:
     async with running_stack(
-        stack_settings, mock_settings, tmp_path / "mock", configure_with()
+        stack_settings, mock_settings, tmp_path / "mock", with_historic_imap
     ) as running:
         yield running
 
