@@ -431,7 +431,7 @@ async def _seed_historic_twin(mock: Any, count: int) -> dict[str, float]:
     """`count` clinical messages in jean.dupont's historic INBOX (emptied first, then one
     `deliver_many` transaction) and the same ones in claire.martin's modern folder
     `HISTORIC_TWIN` (pipelined appends); returns the seconds each side took."""
-    from mock_operator.historic.contract import INBOX
+    from gateway.mss.historic_ws import INBOX
     from mock_operator.historic.store import Delivery, flags_from_imap
 
     assert mock.historic is not None

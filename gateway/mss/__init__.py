@@ -2,7 +2,8 @@
 
 `xdm` reads an IHE_XDM.ZIP attachment defensively (it comes from the network, so zip bombs
 and hostile XML are expected); `rules` checks a submitted message against the X-MSS-*
-header table and edits the raw octets without re-serialising them.
+header table and edits the raw octets without re-serialising them; `historic_ws` is the
+historic web services' contract, shared by the mock's historic platform and the gateway.
 """
 
 from gateway.mss.rules import (

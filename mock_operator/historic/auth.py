@@ -53,9 +53,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from gateway.runtime.files import write_private
-from gateway.runtime.tls import self_signed
-from mock_operator.historic.contract import (
+from gateway.mss.historic_ws import (
     AUTH_ACCOUNT_LOCKED,
     AUTH_CHANNEL_BLOCKED,
     AUTH_IMPOSSIBLE,
@@ -64,6 +62,8 @@ from mock_operator.historic.contract import (
     MAX_IDNAT,
     Caller,
 )
+from gateway.runtime.files import write_private
+from gateway.runtime.tls import self_signed
 from mock_operator.modern.auth import MasterCredentials
 from mock_operator.personas import Persona, PersonaBook
 from psc_auth.errors import IdNatError

@@ -26,6 +26,13 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
+from gateway.mss.historic_ws import (
+    CONTENT_TOO_LARGE,
+    INVALID_FORMAT,
+    OPERATIONS,
+    HistoricError,
+    HistoricOperations,
+)
 from mock_operator.historic import soap
 from mock_operator.historic.auth import (
     SESSION_COOKIE,
@@ -33,13 +40,6 @@ from mock_operator.historic.auth import (
     AuthRefused,
     HistoricAuth,
     OtpRequired,
-)
-from mock_operator.historic.contract import (
-    CONTENT_TOO_LARGE,
-    INVALID_FORMAT,
-    OPERATIONS,
-    HistoricError,
-    HistoricOperations,
 )
 from mock_operator.historic.wsdl import build_wsdl
 

@@ -44,7 +44,7 @@ from gateway.imap.mailstore import (
     StoreError,
 )
 from gateway.imap.view import apply_flags
-from mock_operator.historic.contract import (
+from gateway.mss.historic_ws import (
     CONTENT_TOO_LARGE,
     DRAFTS,
     EMAIL_INVALID,

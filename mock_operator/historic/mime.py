@@ -20,7 +20,7 @@ from email.parser import BytesParser
 from email.policy import SMTP, default
 from html.parser import HTMLParser
 
-from mock_operator.historic.contract import CONTENT_TOO_LARGE, INVALID_FORMAT, HistoricError
+from gateway.mss.historic_ws import CONTENT_TOO_LARGE, INVALID_FORMAT, HistoricError
 
 MAX_MIME_BYTES = 40 * 1024 * 1024
 MAX_PARTS = 200

@@ -63,7 +63,7 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from mock_operator.historic.contract import (
+from gateway.mss.historic_ws import (
     ATTACHMENTS_TOO_LARGE,
     CONTENT_TOO_LARGE,
     DRAFTS,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from mock_operator.historic.contract import INBOX, SENT
+from gateway.mss.historic_ws import INBOX, SENT
 from mock_operator.historic.operations import HistoricService
 from mock_operator.historic.store import HistoricStore, flags_from_imap
 from mock_operator.personas import Persona

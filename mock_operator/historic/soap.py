@@ -27,7 +27,7 @@ from xml.etree.ElementTree import Element, ParseError, SubElement, tostring
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
 
-from mock_operator.historic.contract import INVALID_FORMAT, NAMESPACE, HistoricError
+from gateway.mss.historic_ws import INVALID_FORMAT, NAMESPACE, HistoricError
 
 ENVELOPE_NS = "http://schemas.xmlsoap.org/soap/envelope/"
 XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"

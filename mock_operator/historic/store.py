@@ -47,7 +47,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from mock_operator.historic.contract import (
+from gateway.mss.historic_ws import (
     ATTACHMENT_MISSING,
     CONTENT_TOO_LARGE,
     DRAFTS,

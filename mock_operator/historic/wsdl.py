@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from xml.etree.ElementTree import Element, SubElement, tostring
 
-from mock_operator.historic.contract import NAMESPACE, OPERATIONS
+from gateway.mss.historic_ws import NAMESPACE, OPERATIONS
 
 Field = tuple[str, str, bool]
 """(name, XSD type -- ``xs:…`` or a complex type of `TYPES` --, repeated)."""

@@ -18,6 +18,7 @@ import pytest
 from defusedxml.ElementTree import fromstring
 from fastapi import FastAPI
 
+from gateway.mss.historic_ws import NAMESPACE, OPERATIONS
 from gateway.runtime.asgi_server import AsgiServer, bind_tcp
 from mock_operator.historic import soap
 from mock_operator.historic.auth import (
@@ -26,7 +27,6 @@ from mock_operator.historic.auth import (
     CpsAuthority,
     HistoricAuth,
 )
-from mock_operator.historic.contract import NAMESPACE, OPERATIONS
 from mock_operator.historic.http import build_historic_router
 from mock_operator.historic.operations import HistoricService
 from mock_operator.historic.seed import seed_historic

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from mock_operator.historic.contract import (
+from gateway.mss.historic_ws import (
     ATTACHMENT_MISSING,
     ATTACHMENTS_TOO_LARGE,
     CONTENT_TOO_LARGE,

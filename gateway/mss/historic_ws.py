@@ -1,4 +1,7 @@
-"""The seam between the historic platform's operations and its HTTP faces (REST, SOAP).
+"""The historic web services' contract (DOMAIN.md §4): service and operation names, error
+codes, field limits, well-known folders, and the seam between a platform's operations and
+its HTTP faces (REST, SOAP). One module that the mock's historic platform implements and the
+gateway speaks (its `legacy_ws` backend; the historic interfaces it serves over any platform).
 
 `HistoricOperations.call` runs one operation for an authenticated caller: `payload` is the
 content of ``{"<op>Input": {...}}`` (or of the SOAP body element), the result the content
