@@ -1,11 +1,12 @@
 """The gateway's own tables, in the delegation registry's database, and their migrations.
 
 The gateway keeps a little state of its own (the UID mapping of the historic platform's
-messages). It lives in the registry's database (SQLite by default, PostgreSQL in
-production) so that a deployment has one database to run and back up, but under its own
-Alembic environment (`gateway/migrations/`, version table ``gw_alembic_version``, tables
-prefixed ``gw_``): the registry's migrations never see these tables and the two chains
-upgrade independently, in any order, on the same database.
+messages, and the flags it keeps for them). It lives in the registry's database (SQLite
+by default, PostgreSQL in production) so that a deployment has one database to run and
+back up, but under its own Alembic environment (`gateway/migrations/`, version table
+``gw_alembic_version``, tables prefixed ``gw_``): the registry's migrations never see
+these tables and the two chains upgrade independently, in any order, on the same
+database.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     ForeignKey,
+    ForeignKeyConstraint,
     Integer,
     MetaData,
     String,
@@ -34,6 +36,7 @@ VERSION_TABLE = "gw_alembic_version"
 BACKEND_LENGTH = 64
 ADDRESS_LENGTH = 255
 HISTORIC_ID_LENGTH = 64
+FLAG_LENGTH = 64  # a keyword's longest, in octets (atoms are ASCII)
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -75,6 +78,22 @@ legacy_uids = Table(
 """historic messageId ↔ IMAP UID within a folder (unique both ways), with the content the
 UID stands for (`content_key`: a replaced draft keeps its messageId, not its UID) and the
 ``\\Deleted`` mark, which the historic services cannot hold."""
+
+legacy_flags = Table(
+    "gw_legacy_flags",
+    metadata,
+    Column("folder", Integer, primary_key=True),
+    Column("message_id", String(HISTORIC_ID_LENGTH), primary_key=True),
+    Column("flag", String(FLAG_LENGTH), primary_key=True),
+    ForeignKeyConstraint(
+        ["folder", "message_id"],
+        ["gw_legacy_uids.folder", "gw_legacy_uids.message_id"],
+        ondelete="CASCADE",
+    ),
+)
+"""The other flags the gateway keeps for a historic message, one row each: keywords, and
+``\\Answered`` / ``\\Draft`` where the platform does not say REPLIED / DRAFT itself. They go
+with the message's UID row (gone, moved away, expunged)."""
 
 
 async def migrate_gateway(url: str | URL, revision: str = "head") -> None:

@@ -7,16 +7,23 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Connection, inspect, text
+from sqlalchemy import Connection, func, inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from delegation import migrate
 from delegation.db import VERSION_TABLE as DELEGATION_VERSION_TABLE
-from delegation.db import create_engine
-from gateway.backends.legacy_ws.uidmap import Entry, UidMap
-from gateway.db import VERSION_TABLE, metadata, migrate_gateway
+from delegation.db import alembic_config, create_engine
+from gateway.backends.legacy_ws.uidmap import (
+    Entry,
+    FlagChange,
+    TooManyKeywords,
+    UidMap,
+    mark,
+)
+from gateway.db import MIGRATIONS, VERSION_TABLE, legacy_flags, metadata, migrate_gateway
 
 BAL = "jean.dupont@medecin.mssante.fr"
 INBOX, SENT = 2, 5
@@ -162,7 +169,7 @@ async def test_migrations_coexist_with_the_registry(fresh_db_url: str) -> None:
             }
         assert {"gw_legacy_folders", "gw_legacy_uids", VERSION_TABLE} <= tables
         assert {"dlg_mailboxes", DELEGATION_VERSION_TABLE} <= tables
-        assert versions == {VERSION_TABLE: ["gw0002"], DELEGATION_VERSION_TABLE: ["0002"]}
+        assert versions == {VERSION_TABLE: ["gw0003"], DELEGATION_VERSION_TABLE: ["0002"]}
         assert await UidMap(engine).assign("historic", BAL, INBOX, ["1"]) == {"1": 1}
     finally:
         await engine.dispose()
@@ -209,3 +216,161 @@ async def test_forgetting_a_uid_leaves_one_given_again_meanwhile(engine: AsyncEn
     again = await uidmap.assign("historic", BAL, INBOX, ["a"])  # another node, meanwhile
     await uidmap.forget_uids("historic", BAL, INBOX, {"a": first["a"], "b": first["b"]})
     assert await uidmap.uids("historic", BAL, INBOX) == {"a": again["a"]}
+
+
+def flags(*names: str) -> frozenset[str]:
+    return frozenset(names)
+
+
+async def flag_rows(engine: AsyncEngine) -> int:
+    async with engine.connect() as connection:
+        return int(await connection.scalar(select(func.count()).select_from(legacy_flags)) or 0)
+
+
+async def kept(uidmap: UidMap, folder: int = INBOX) -> dict[str, frozenset[str]]:
+    return {m: e.flags for m, e in (await uidmap.entries("historic", BAL, folder)).items()}
+
+
+async def test_kept_flags_add_remove_replace_without_regard_to_case(engine: AsyncEngine) -> None:
+    uidmap = UidMap(engine)
+    await uidmap.assign("historic", BAL, INBOX, ["a", "b", "c"])
+    changed = await uidmap.change_flags(
+        "historic",
+        BAL,
+        INBOX,
+        {
+            "a": FlagChange(add=flags("$MDNSent", "\\Answered")),
+            "b": FlagChange(add=flags("$Label1")),
+            "gone": FlagChange(add=flags("$X")),  # no UID here: left alone
+        },
+    )
+    assert changed == {"a": flags("$MDNSent", "\\Answered"), "b": flags("$Label1")}
+    assert await kept(uidmap) == {
+        "a": flags("$MDNSent", "\\Answered"),
+        "b": flags("$Label1"),
+        "c": flags(),
+    }
+    await uidmap.change_flags(
+        "historic",
+        BAL,
+        INBOX,
+        {
+            "a": FlagChange(add=flags("$mdnsent", "$Forwarded")),  # the first spelling stays
+            "b": FlagChange(remove=flags("$LABEL1")),
+        },
+    )
+    assert await kept(uidmap) == {
+        "a": flags("$MDNSent", "\\Answered", "$Forwarded"),
+        "b": flags(),
+        "c": flags(),
+    }
+    await uidmap.change_flags(
+        "historic", BAL, INBOX, {"a": FlagChange(add=flags("$FORWARDED", "Work"), replace=True)}
+    )
+    assert (await kept(uidmap))["a"] == flags("$Forwarded", "Work")
+    await uidmap.mark_deleted("historic", BAL, INBOX, ["b"], deleted=True)
+    assert await uidmap.marks("historic", BAL, INBOX) == {
+        mark("a", "$Forwarded"),
+        mark("a", "Work"),
+        mark("b", "\\Deleted"),
+    }
+    cleared = await uidmap.change_flags("historic", BAL, INBOX, {"a": FlagChange(replace=True)})
+    assert cleared == {"a": flags()}
+    assert (await kept(uidmap))["a"] == flags()
+    assert await uidmap.marks("historic", BAL, INBOX) == {mark("b", "\\Deleted")}
+
+
+async def test_kept_flags_go_with_the_uid(engine: AsyncEngine) -> None:
+    """Forgetting a UID (moved away, expunged, gone, replaced) or the folder drops its flags
+    with it: nothing is left for a message that would come back under a new UID."""
+    uidmap = UidMap(engine)
+    first = await uidmap.assign("historic", BAL, INBOX, ["a", "b", "c"])
+    await uidmap.assign("historic", BAL, SENT, ["a"])
+    everything = FlagChange(add=flags("$Label1", "\\Draft"))
+    await uidmap.change_flags("historic", BAL, INBOX, dict.fromkeys("abc", everything))
+    await uidmap.change_flags("historic", BAL, SENT, {"a": everything})
+    assert await flag_rows(engine) == 8
+    await uidmap.forget("historic", BAL, INBOX, ["a"])
+    await uidmap.forget_uids("historic", BAL, INBOX, {"b": first["b"]})
+    assert await kept(uidmap) == {"c": everything.add}
+    assert await flag_rows(engine) == 4
+    assert await uidmap.assign("historic", BAL, INBOX, ["a"]) == {"a": 4}
+    assert await kept(uidmap) == {"c": everything.add, "a": flags()}  # back: a new message
+    await uidmap.forget_folder("historic", BAL, INBOX)
+    assert await kept(uidmap, SENT) == {"a": everything.add}  # another folder: its own
+    assert await flag_rows(engine) == 2
+
+
+async def test_keyword_bounds_write_nothing(engine: AsyncEngine) -> None:
+    uidmap = UidMap(engine)
+    await uidmap.assign("historic", BAL, INBOX, ["a", "b"])
+    bounded = {"per_message": 3, "per_folder": 4}
+    three = FlagChange(add=flags("k1", "k2", "k3"))
+    await uidmap.change_flags("historic", BAL, INBOX, {"a": three}, **bounded)
+    with pytest.raises(TooManyKeywords, match="one message"):
+        await uidmap.change_flags(
+            "historic",
+            BAL,
+            INBOX,
+            {"b": FlagChange(add=flags("k4")), "a": FlagChange(add=flags("k4"))},
+            **bounded,
+        )
+    assert await kept(uidmap) == {"a": three.add, "b": flags()}  # b unchanged too
+    # system flags are no keywords; a keyword there already (in any case) is no new one
+    more = FlagChange(add=flags("\\Answered", "\\Draft", "K3"))
+    await uidmap.change_flags("historic", BAL, INBOX, {"a": more}, **bounded)
+    assert (await kept(uidmap))["a"] == three.add | {"\\Answered", "\\Draft"}
+    await uidmap.change_flags(
+        "historic", BAL, INBOX, {"b": FlagChange(add=flags("K1", "k2", "k5"))}, **bounded
+    )
+    with pytest.raises(TooManyKeywords, match="one folder"):
+        await uidmap.change_flags(
+            "historic",
+            BAL,
+            INBOX,
+            {"b": FlagChange(add=flags("k5", "k6"), replace=True)},
+            **bounded,
+        )
+    assert (await kept(uidmap))["b"] == flags("K1", "k2", "k5")
+    for bad in ("x" * 65, "\\Seen", "\\Deleted", "a b", ""):
+        with pytest.raises(ValueError, match="flag"):
+            await uidmap.change_flags("historic", BAL, INBOX, {"a": FlagChange(add=flags(bad))})
+
+
+async def _downgrade(url: str, revision: str) -> None:
+    config = alembic_config(MIGRATIONS, VERSION_TABLE)
+
+    def run(connection: Connection) -> None:
+        config.attributes["connection"] = connection
+        command.downgrade(config, revision)
+
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(run)
+    finally:
+        await engine.dispose()
+
+
+async def test_the_flags_revision_downgrades_and_upgrades_again(db_url: str) -> None:
+    engine = create_engine(db_url)
+    try:
+        uidmap = UidMap(engine)
+        await uidmap.assign("historic", BAL, INBOX, ["a"], {"a": "k"})
+        await uidmap.change_flags("historic", BAL, INBOX, {"a": FlagChange(add=flags("$X"))})
+        await _downgrade(db_url, "gw0002")
+        async with engine.connect() as connection:
+            tables = set(await connection.run_sync(lambda c: inspect(c).get_table_names()))
+            version = (await connection.execute(text(QUERIES[VERSION_TABLE]))).scalar()
+        assert "gw_legacy_flags" not in tables
+        assert version == "gw0002"
+        await engine.dispose()
+        await _downgrade(db_url, "gw0001")
+        await migrate_gateway(db_url)
+        assert await uidmap.entries("historic", BAL, INBOX) == {"a": Entry(1, None, False)}
+        await uidmap.change_flags("historic", BAL, INBOX, {"a": FlagChange(add=flags("$Y"))})
+        assert await kept(uidmap) == {"a": flags("$Y")}
+        async with engine.connect() as connection:
+            assert await connection.run_sync(_gateway_diff) == []
+    finally:
+        await engine.dispose()

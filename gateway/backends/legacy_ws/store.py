@@ -8,7 +8,8 @@ A folder's state is one paged ``searchMessages`` of the folder (all pages, oldes
 UIDs come from the `UidMap` (new messages get UIDs ascending by date then id; messages
 gone are forgotten; a message whose content changed under its messageId, a draft
 replaced, gets a new UID), flags are mapped (UNREAD ↔ not ``\\Seen``, FLAGGED ↔
-``\\Flagged``, REPLIED ↔ ``\\Answered``, DELETED ↔ ``\\Deleted``, DRAFT ↔ ``\\Draft``).
+``\\Flagged``, REPLIED → ``\\Answered``, DELETED → ``\\Deleted``, DRAFT → ``\\Draft``,
+FORWARDED → ``$Forwarded``).
 States are shared by the sessions of a BAL and kept until its ``syncMessages`` poller
 (`gateway.backends.legacy_ws.watch`) reports a change in the folder; the poller's version
 is the engine's change signal for NOOP and IDLE.
@@ -23,11 +24,19 @@ lengths, so it is computed with placeholder bytes of each attachment's declared 
 RFC822.SIZE (logged when noticed).
 
 Flags: ``\\Seen`` and ``\\Flagged`` go to ``updateMessages`` (READ/UNREAD,
-FLAGGED/UNFLAGGED). The services cannot set DELETED: ``\\Deleted`` is a mark kept by the
-gateway in its database beside the UID (shared by every session and node, kept across
-restarts), and EXPUNGE sends ``updateMessages DELETE`` for the marked messages (and those
-the platform itself says are DELETED). ``\\Answered``, ``\\Draft`` and keywords cannot
-be set: they are ignored, the answer shows the flags as they are. MOVE is
+FLAGGED/UNFLAGGED). The services hold no other flag a client may set, so the gateway
+keeps them in its database beside the UID (shared by every session and node, kept across
+restarts): ``\\Deleted`` (EXPUNGE sends ``updateMessages DELETE`` for the marked messages
+and those the platform itself says are DELETED), and keywords (``$MDNSent``,
+``$Forwarded``, any atom), ``\\Answered`` and ``\\Draft``, at most `MAX_KEYWORDS`
+keywords of at most `MAX_KEYWORD_LENGTH` octets per message and `MAX_FOLDER_KEYWORDS`
+distinct ones per folder (beyond, NO [LIMIT] before anything is written); keywords
+compare without regard to case, the folder's first spelling stays. What the platform says
+itself still wins: REPLIED, DRAFT and FORWARDED show ``\\Answered``, ``\\Draft`` and
+``$Forwarded`` whatever the gateway keeps. APPEND's keywords (and ``\\Answered``) are
+kept; MOVE and COPY carry keywords, ``\\Answered`` and ``\\Draft`` (not ``\\Deleted``)
+to the message in the destination; a message expunged or gone forgets them (its UID row
+goes, and they with it). MOVE is
 ``moveMessages``; so is COPY, the platform holding one copy of a message, with the
 original still listed until expunged (expunging it deletes nothing; see `copy`); a
 second COPY of it, and APPEND outside Drafts, are ``NO [CANNOT]``; APPEND to Drafts is
@@ -43,9 +52,18 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
+import re
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,10 +81,19 @@ from gateway.backends.legacy_ws.mime import (
     message_to_rfc5322,
     rfc5322_to_message,
 )
-from gateway.backends.legacy_ws.uidmap import UidMap
+from gateway.backends.legacy_ws.uidmap import (
+    DELETED,
+    Entry,
+    FlagChange,
+    TooManyKeywords,
+    UidMap,
+    mark,
+    mark_owner,
+)
 from gateway.backends.legacy_ws.watch import BalWatch, Folder, Kept, Watches
 from gateway.imap.mailstore import (
     DELIMITER,
+    SYSTEM_FLAGS,
     CopyResult,
     FlagMode,
     FolderExists,
@@ -100,7 +127,15 @@ FLAG_MAP = (  # historic flag, IMAP flag, whether the IMAP flag is set when the 
     ("REPLIED", "\\Answered", True),
     ("DELETED", "\\Deleted", True),
     ("DRAFT", "\\Draft", True),
+    ("FORWARDED", "$Forwarded", True),
 )
+ON_PLATFORM = frozenset({"\\Seen", "\\Flagged"})  # set through updateMessages
+SHOWN_BY_PLATFORM = frozenset({"\\Answered", "\\Draft", "$Forwarded"})  # it says, never sets
+MAX_KEYWORDS = 64  # per message, as Dovecot
+MAX_KEYWORD_LENGTH = 64  # octets: gw_legacy_flags.flag
+MAX_FOLDER_KEYWORDS = 256  # distinct, per folder: every SELECT lists them in FLAGS
+KEYWORD = re.compile(r"[\x21\x23\x24\x26\x27\x2b-\x5b\x5e-\x7a\x7c-\x7e]+")  # RFC 3501 atom
+_SYSTEM = {flag.lower(): flag for flag in SYSTEM_FLAGS}
 DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
 MAX_SIZES = 200_000
 MAX_DECLARED = 64 * 1024 * 1024  # an attachment size beyond this is not believed
@@ -212,7 +247,7 @@ class LegacyBackends:
         address = bal.lower()
 
         async def marks(folder_id: int) -> frozenset[str]:
-            return await self.uidmap.deleted_ids(name, address, folder_id)
+            return await self.uidmap.marks(name, address, folder_id)
 
         watch = self.watches.watch(client, address, backend.poll_interval, marks)
         return LegacyWsStore(client, self.uidmap, name, watch, cache=self.cache)
@@ -412,15 +447,17 @@ class LegacyWsStore:
             message = shown[message_id]
             flags = imap_flags(message)
             entry = known.get(message_id)
-            if entry is not None and entry.deleted:
-                flags |= {"\\Deleted"}
+            if entry is not None:
+                flags |= entry.flags - ON_PLATFORM - {DELETED}
+                if entry.deleted:
+                    flags |= {DELETED}
             when = historic_date(message) or EPOCH
             cache_keys[uid] = (self._backend, self._bal, message_id, keys[message_id])
             metas.append(MessageMeta(uid, flags, when, self._size(message, cache_keys[uid])))
             messages[uid] = message
         uidnext = max(uidnext, max(uids.values(), default=0) + 1)
         state = FolderState(uidvalidity, uidnext, tuple(metas))
-        marks = frozenset(m for m, entry in known.items() if entry.deleted)
+        marks = frozenset(_marks(known))
         kept = Kept(state, messages, cache_keys, frozenset(shown), started, marks)
         self._watch.keep(folder.folder_id, kept, since)
         return kept
@@ -496,6 +533,9 @@ class LegacyWsStore:
         folder = await self._folder(name)
         if folder.folder_id != DRAFTS:
             raise Unsupported("the historic platform takes new messages only in Drafts")
+        wanted = _checked_flags(flags)
+        if _keywords(wanted.values()):
+            wanted = _in_folder(await self._state(folder), wanted)
         try:
             draft = rfc5322_to_message(message)
         except MimeRejected as exc:
@@ -505,6 +545,9 @@ class LegacyWsStore:
         key = (self._backend, self._bal, folder.folder_id)
         message_id = saved["messageId"]
         assigned = await self._uidmap.assign(*key, [message_id], {message_id: content_key(saved)})
+        held = _held(frozenset(wanted.values()), saved)
+        if held:
+            await self._change_flags(key, {message_id: FlagChange(add=held)})
         uidvalidity, _ = await self._uidmap.folder(*key)
         self._watch.changed([folder.folder_id])
         return uidvalidity, assigned[message_id]
@@ -512,24 +555,23 @@ class LegacyWsStore:
     async def store_flags(
         self, name: str, uids: Collection[int], mode: FlagMode, flags: Collection[str]
     ) -> dict[int, frozenset[str]]:
+        wanted = _checked_flags(flags)
         folder = await self._folder(name)
         kept = await self._state(folder)
+        if mode != "remove":
+            wanted = _in_folder(kept, wanted)
         metas = {meta.uid: meta for meta in kept.state.messages}
-        wanted = set(flags)
         operations: dict[str, list[str]] = {}
         marks: dict[bool, list[str]] = {True: [], False: []}
-        result: dict[int, frozenset[str]] = {}
+        changes: dict[str, FlagChange] = {}
+        # uid → (messageId, its flags but those the gateway keeps, those, \Deleted mark)
+        done: dict[int, tuple[str, frozenset[str], frozenset[str], bool]] = {}
         for uid in uids:
             meta, message = metas.get(uid), kept.messages.get(uid)
             if meta is None or message is None:
                 continue
-            current = set(meta.flags)
-            if mode == "replace":
-                new = wanted
-            elif mode == "add":
-                new = current | wanted
-            else:
-                new = current - wanted
+            current = meta.flags
+            new = _apply(current, mode, wanted)
             message_id = str(message["messageId"])
             for flag, on, off in (
                 ("\\Seen", "READ", "UNREAD"),
@@ -539,35 +581,65 @@ class LegacyWsStore:
                     operations.setdefault(on, []).append(message_id)
                 elif flag not in new and flag in current:
                     operations.setdefault(off, []).append(message_id)
-            historic_deleted = "DELETED" in (message.get("flags") or [])
-            if ("\\Deleted" in new) != ("\\Deleted" in current):
-                marks["\\Deleted" in new].append(message_id)
-            # what cannot be set stays as it was
-            settable = {"\\Seen", "\\Flagged", "\\Deleted"}
-            after = {f for f in new if f in settable} | {f for f in current if f not in settable}
-            if historic_deleted:
-                after.add("\\Deleted")
-            result[uid] = frozenset(after)
+            deleted = mark(message_id, DELETED) in kept.marks
+            if (DELETED in new) != (DELETED in current):
+                deleted = DELETED in new
+                marks[deleted].append(message_id)
+            # what the platform says itself stays, whatever the client asks
+            forced = _forced(message)
+            after = frozenset(new | forced)
+            held = _held(after, message)  # what the gateway keeps
+            if len(_keywords(held)) > MAX_KEYWORDS:
+                raise StoreError(f"more than {MAX_KEYWORDS} keywords on a message", "LIMIT")
+            asked = {_spelling(after, flag) for flag in wanted.values()}
+            asked -= ON_PLATFORM | {DELETED}
+            if mode == "replace":
+                changes[message_id] = FlagChange(add=held, replace=True)
+            elif mode == "add" and asked - forced:
+                changes[message_id] = FlagChange(add=frozenset(asked - forced))
+            elif mode == "remove" and asked:
+                changes[message_id] = FlagChange(remove=frozenset(asked))
+            done[uid] = (message_id, after - held, held, deleted)
+        key = (self._backend, self._bal, folder.folder_id)
+        # what the table holds now, with what other sessions and nodes set meanwhile
+        held_now = await self._change_flags(key, changes) if changes else {}
         for operation, message_ids in operations.items():
             with translated(name):
                 await self._client.update_messages(self._bal, message_ids, operation)
-        key = (self._backend, self._bal, folder.folder_id)
         for deleted, message_ids in marks.items():
             if message_ids:
                 await self._uidmap.mark_deleted(*key, message_ids, deleted=deleted)
+        result: dict[int, frozenset[str]] = {}
+        new_marks: dict[str, set[str]] = {}
+        for uid, (message_id, base, held, deleted) in done.items():
+            held = held_now.get(message_id, held)
+            result[uid] = base | held
+            new_marks[message_id] = {mark(message_id, f) for f in held}
+            if deleted:
+                new_marks[message_id].add(mark(message_id, DELETED))
         if result:
-            self._update_kept(folder, result, marks[True], marks[False])
+            self._update_kept(folder, result, new_marks)
         return result
+
+    async def _change_flags(
+        self, key: tuple[str, str, int], changes: Mapping[str, FlagChange]
+    ) -> dict[str, frozenset[str]]:
+        try:
+            return await self._uidmap.change_flags(
+                *key, changes, per_message=MAX_KEYWORDS, per_folder=MAX_FOLDER_KEYWORDS
+            )
+        except TooManyKeywords as exc:  # other sessions or nodes added some meanwhile
+            raise StoreError(str(exc), "LIMIT") from None
 
     def _update_kept(
         self,
         folder: Folder,
         flags: Mapping[int, frozenset[str]],
-        marked: Collection[str],
-        unmarked: Collection[str],
+        marks: Mapping[str, Collection[str]],
     ) -> None:
-        """The shared state with the flags just set: no search is needed to see our own
-        change, and the other sessions of the BAL hear of it at once."""
+        """The shared state with the flags just set (`marks`: the gateway's marks of each
+        message changed, see `mark`): no search is needed to see our own change, and the
+        other sessions of the BAL hear of it at once."""
         kept = self._watch.states.get(folder.folder_id)
         if kept is not None:
             metas = tuple(
@@ -575,9 +647,10 @@ class LegacyWsStore:
                 for m in kept.state.messages
             )
             state = FolderState(kept.state.uidvalidity, kept.state.uidnext, metas)
-            marks = (kept.marks - set(unmarked)) | set(marked)
+            others = {m for m in kept.marks if mark_owner(m) not in marks}
+            mine = {m for message_marks in marks.values() for m in message_marks}
             self._watch.states[folder.folder_id] = dataclasses.replace(
-                kept, state=state, marks=marks
+                kept, state=state, marks=frozenset(others | mine)
             )
         self._watch.changed()
 
@@ -613,9 +686,9 @@ class LegacyWsStore:
         destination: str,
         then: Callable[[Folder, Folder, list[dict[str, Any]]], Awaitable[None]],
     ) -> CopyResult:
-        """``moveMessages`` of the messages of `uids` found in `name`, `then` what becomes
-        of their originals, then their UIDs in `destination` (kept with their content
-        keys) for COPYUID."""
+        """``moveMessages`` of the messages of `uids` found in `name`, their UIDs in
+        `destination` (kept with their content keys) for COPYUID, with the flags the
+        gateway kept for them, then `then` what becomes of their originals."""
         source = await self._folder(name)
         target = await self._folder(destination)
         if source.folder_id == target.folder_id:
@@ -634,9 +707,19 @@ class LegacyWsStore:
             ids = list(keys)
             with translated(destination):
                 await self._client.move_messages(self._bal, ids, target.folder_id)
-            await then(source, target, [kept.messages[uid] for uid in chosen])
             assigned = await self._uidmap.assign(*target_key, ids, keys)
             pairs = tuple((uid, assigned[m]) for uid, m in zip(chosen, ids, strict=True))
+            # from the state, not the table: a read of the source meanwhile may have
+            # found the messages gone and forgotten their rows already
+            metas = {meta.uid: meta for meta in kept.state.messages}
+            carried = {
+                message_id: FlagChange(add=held)
+                for uid, message_id in zip(chosen, ids, strict=True)
+                if (held := _held(metas[uid].flags, kept.messages[uid]))
+            }
+            if carried:
+                await self._uidmap.change_flags(*target_key, carried)
+            await then(source, target, [kept.messages[uid] for uid in chosen])
         uidvalidity, _ = await self._uidmap.folder(*target_key)
         return CopyResult(uidvalidity, pairs)
 
@@ -668,6 +751,76 @@ class LegacyWsStore:
         self._watch.drop_originals(folder.folder_id, ids)
         self._watch.changed([folder.folder_id])
         return doomed
+
+
+def _checked_flags(flags: Collection[str]) -> dict[str, str]:
+    """The flags asked for, by lower case (IMAP flags compare without regard to case),
+    each in its first spelling; refused when invalid or beyond the bounds."""
+    wanted: dict[str, str] = {}
+    for flag in flags:
+        lowered = flag.lower()
+        if flag.startswith("\\"):
+            if lowered not in _SYSTEM:
+                raise StoreError(f"unknown system flag {flag[:MAX_KEYWORD_LENGTH]!r}", "CANNOT")
+            flag = _SYSTEM[lowered]
+        elif len(flag.encode()) > MAX_KEYWORD_LENGTH:
+            raise StoreError(f"keyword longer than {MAX_KEYWORD_LENGTH} octets", "LIMIT")
+        elif not KEYWORD.fullmatch(flag):
+            raise StoreError(f"invalid keyword {flag!r}", "CANNOT")
+        wanted.setdefault(lowered, flag)
+    if len(_keywords(wanted.values())) > MAX_KEYWORDS:
+        raise StoreError(f"more than {MAX_KEYWORDS} keywords on a message", "LIMIT")
+    return wanted
+
+
+def _in_folder(kept: Kept, wanted: Mapping[str, str]) -> dict[str, str]:
+    """`wanted` spelt as the folder spells the keywords it has already (one spelling per
+    folder in FLAGS); refused if new ones would make that list too long."""
+    known = {k.lower(): k for meta in kept.state.messages for k in _keywords(meta.flags)}
+    added = {k.lower() for k in _keywords(wanted.values())} - known.keys()
+    if added and len(known) + len(added) > MAX_FOLDER_KEYWORDS:
+        raise StoreError(f"more than {MAX_FOLDER_KEYWORDS} keywords in a folder", "LIMIT")
+    return {lowered: known.get(lowered, flag) for lowered, flag in wanted.items()}
+
+
+def _keywords(flags: Iterable[str]) -> set[str]:
+    return {f for f in flags if not f.startswith("\\")}
+
+
+def _apply(current: frozenset[str], mode: FlagMode, wanted: Mapping[str, str]) -> set[str]:
+    """STORE's `mode` of `wanted` (by lower case) on `current`, keeping the spelling of a
+    flag the message has already."""
+    spelled = {flag.lower(): flag for flag in current}
+    if mode == "replace":
+        return {spelled.get(lowered, flag) for lowered, flag in wanted.items()}
+    if mode == "add":
+        return set(current) | {flag for lowered, flag in wanted.items() if lowered not in spelled}
+    return {flag for flag in current if flag.lower() not in wanted}
+
+
+def _spelling(flags: Collection[str], flag: str) -> str:
+    """`flag` as `flags` spell it, if they have it."""
+    lowered = flag.lower()
+    return next((f for f in flags if f.lower() == lowered), flag)
+
+
+def _forced(message: Mapping[str, Any]) -> frozenset[str]:
+    """The flags the platform shows on a message and the client cannot take away."""
+    flags = imap_flags(message)
+    return (flags & SHOWN_BY_PLATFORM) | (flags & {DELETED})
+
+
+def _held(flags: frozenset[str], message: Mapping[str, Any]) -> frozenset[str]:
+    """Of a message's flags, those the gateway keeps in its table."""
+    return flags - ON_PLATFORM - {DELETED} - _forced(message)
+
+
+def _marks(known: Mapping[str, Entry]) -> Iterator[str]:
+    for message_id, entry in known.items():
+        if entry.deleted:
+            yield mark(message_id, DELETED)
+        for flag in entry.flags:
+            yield mark(message_id, flag)
 
 
 def _doomed(kept: Kept, uids: Collection[int] | None) -> list[int]:

@@ -10,30 +10,38 @@ message there and gets a new UID, as on any IMAP server. UIDNEXT never goes back
 Beside each UID: the `content_key` of the message it stands for (a draft replaced through
 ``draftMessage`` keeps its messageId but changes: it must get a new UID, since an IMAP
 message never changes under its UID), and the ``\\Deleted`` mark, which the historic
-services cannot hold; kept here, it survives restarts and is shared by every node.
+services cannot hold; kept here, it survives restarts and is shared by every node. So are
+the other flags the services cannot hold (keywords, ``\\Answered``, ``\\Draft``): one row
+each beside the UID, deleted with it, so that a message gone, moved away or expunged
+forgets them (`change_flags`).
 
 `assign` is atomic and safe with concurrent callers (several sessions of one BAL, several
 gateway nodes): its transaction takes the folder's write lock first (an insert on SQLite,
 which then serialises writers; ``SELECT ... FOR UPDATE`` of the folder row on PostgreSQL)
-before it reads UIDNEXT. The tables are created by `gateway.db.migrate_gateway`.
+before it reads UIDNEXT. `change_flags` takes the same lock, so that its bounds on
+keywords hold whatever other sessions and nodes write at once. The tables are created by
+`gateway.db.migrate_gateway`.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table, delete, select
+from sqlalchemy import String, Table, delete, func, literal, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.db import (
     ADDRESS_LENGTH,
     BACKEND_LENGTH,
+    FLAG_LENGTH,
     HISTORIC_ID_LENGTH,
+    legacy_flags,
     legacy_folders,
     legacy_uids,
 )
@@ -41,6 +49,8 @@ from gateway.db import (
 MAX_IDS = 200_000  # per call: a folder larger than this is refused upstream anyway
 _CHUNK = 500  # ids per IN (...) clause, well under every backend's parameter limit
 MAX_UID = 2**32 - 1
+DELETED = "\\Deleted"
+SYSTEM_KEPT = ("\\Answered", "\\Draft")  # the system flags among the kept flags
 
 FolderKey = tuple[str, str, int]
 
@@ -52,6 +62,32 @@ class Entry:
     uid: int
     content_key: str | None  # None: not recorded yet (rows from before gw0002)
     deleted: bool
+    flags: frozenset[str] = frozenset()  # kept flags: keywords, \\Answered, \\Draft
+
+
+@dataclass(frozen=True)
+class FlagChange:
+    """What becomes of the kept flags of one message: `add` and `remove` (compared without
+    regard to case, as IMAP compares flags), or, with `replace`, exactly `add`."""
+
+    add: frozenset[str] = frozenset()
+    remove: frozenset[str] = frozenset()
+    replace: bool = False
+
+
+class TooManyKeywords(ValueError):
+    """A change would leave a message, or a folder, with more keywords than allowed."""
+
+
+def mark(message_id: str, flag: str) -> str:
+    """One mark (``\\Deleted`` or a kept flag) of one message as one string, for comparing
+    sets of marks (flags hold no space, so the last space separates the two)."""
+    return f"{message_id} {flag}"
+
+
+def mark_owner(value: str) -> str:
+    """The messageId of a `mark`."""
+    return value.rpartition(" ")[0]
 
 
 class UidMap:
@@ -166,8 +202,22 @@ class UidMap:
             .order_by(c.uid)
         )
         async with self._engine.connect() as connection:
-            result = await connection.execute(query)
-            return {m: Entry(uid, content, bool(deleted)) for m, uid, content, deleted in result}
+            rows = list(await connection.execute(query))
+            kept = await _kept_flags(connection, key)
+        return {
+            m: Entry(uid, content, bool(deleted), frozenset(kept.get(m, ())))
+            for m, uid, content, deleted in rows
+        }
+
+    async def marks(self, backend: str, bal: str, folder_id: int) -> frozenset[str]:
+        """Every mark the gateway holds in the folder (``\\Deleted`` and kept flags) as
+        `mark` strings: what a BAL's watch compares to hear of another node's changes."""
+        deleted = await self.deleted_ids(backend, bal, folder_id)
+        async with self._engine.connect() as connection:
+            kept = await _kept_flags(connection, _key(backend, bal, folder_id))
+        marks = {mark(m, DELETED) for m in deleted}
+        marks.update(mark(m, flag) for m, flags in kept.items() for flag in flags)
+        return frozenset(marks)
 
     async def deleted_ids(self, backend: str, bal: str, folder_id: int) -> frozenset[str]:
         """The messages of the folder with the gateway's ``\\Deleted`` mark."""
@@ -198,6 +248,47 @@ class UidMap:
     ) -> None:
         """Set or clear the gateway's ``\\Deleted`` mark."""
         await self._update(backend, bal, folder_id, message_ids, deleted=deleted)
+
+    async def change_flags(
+        self,
+        backend: str,
+        bal: str,
+        folder_id: int,
+        changes: Mapping[str, FlagChange],
+        *,
+        per_message: int | None = None,
+        per_folder: int | None = None,
+    ) -> dict[str, frozenset[str]]:
+        """Apply `changes` (messageId → change) to the kept flags, in one transaction under
+        the folder's lock; returns the kept flags of those messages that have a UID here
+        (others, gone meanwhile, are left alone), with what other sessions and nodes set.
+        Raises `TooManyKeywords`, writing nothing, if a message would have more than
+        `per_message` keywords or the folder more than `per_folder` distinct ones."""
+        wanted = _ids(list(changes))
+        for change in changes.values():
+            _flags(change.add | change.remove)
+        key = _key(backend, bal, folder_id)
+        try:
+            return await self._change_flags(key, wanted, changes, per_message, per_folder)
+        except IntegrityError:
+            # a message forgotten (expunged elsewhere) between the read and the insert:
+            # the second attempt no longer finds it
+            return await self._change_flags(key, wanted, changes, per_message, per_folder)
+
+    async def _change_flags(
+        self,
+        key: FolderKey,
+        message_ids: list[str],
+        changes: Mapping[str, FlagChange],
+        per_message: int | None,
+        per_folder: int | None,
+    ) -> dict[str, frozenset[str]]:
+        async with self._engine.begin() as connection:
+            row = await _folder_row(connection, key, lock=True)
+            if row is None:
+                return {}
+            await _change_flags(connection, row[0], changes, per_message, per_folder)
+            return await _flags_of(connection, row[0], message_ids)
 
     async def forget_folder(self, backend: str, bal: str, folder_id: int) -> None:
         """Drop a folder deleted on the historic side; recreated, it gets a new UIDVALIDITY."""
@@ -266,6 +357,14 @@ def _ids(message_ids: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(message_ids))
 
 
+def _flags(flags: Collection[str]) -> None:
+    for flag in flags:
+        if not isinstance(flag, str) or not 0 < len(flag.encode()) <= FLAG_LENGTH or " " in flag:
+            raise ValueError(f"invalid flag: {flag!r}")
+        if flag.startswith("\\") and flag not in SYSTEM_KEPT:
+            raise ValueError(f"not a flag kept here: {flag!r}")
+
+
 def _chunks(values: list[str]) -> Iterator[list[str]]:
     for start in range(0, len(values), _CHUNK):
         yield values[start : start + _CHUNK]
@@ -321,3 +420,111 @@ async def _known(connection: AsyncConnection, folder: int, wanted: list[str]) ->
         )
         known.update((message_id, uid) for message_id, uid in result)
     return known
+
+
+async def _kept_flags(connection: AsyncConnection, key: FolderKey) -> dict[str, list[str]]:
+    f = legacy_flags.c
+    query = (
+        select(f.message_id, f.flag)
+        .join(legacy_folders, legacy_folders.c.id == f.folder)
+        .where(*_matches(key))
+    )
+    kept: dict[str, list[str]] = {}
+    for message_id, flag in await connection.execute(query):
+        kept.setdefault(message_id, []).append(flag)
+    return kept
+
+
+async def _flags_of(
+    connection: AsyncConnection, folder: int, message_ids: list[str]
+) -> dict[str, frozenset[str]]:
+    """The kept flags of those of `message_ids` that have a UID in the folder."""
+    found: dict[str, set[str]] = {}
+    u, f = legacy_uids.c, legacy_flags.c
+    for chunk in _chunks(message_ids):
+        rows = await connection.execute(
+            select(u.message_id, f.flag)
+            .outerjoin(legacy_flags, (f.folder == u.folder) & (f.message_id == u.message_id))
+            .where(u.folder == folder, u.message_id.in_(chunk))
+        )
+        for message_id, flag in rows:
+            flags = found.setdefault(message_id, set())
+            if flag is not None:
+                flags.add(flag)
+    return {message_id: frozenset(flags) for message_id, flags in found.items()}
+
+
+def _has_flag(folder: Any, message_id: Any, flag: Any) -> Any:
+    """EXISTS a kept flag of that message equal to `flag` but for case."""
+    other = legacy_flags.alias("other")
+    return (
+        select(literal(1))
+        .where(
+            other.c.folder == folder,
+            other.c.message_id == message_id,
+            func.lower(other.c.flag) == func.lower(flag),
+        )
+        .exists()
+    )
+
+
+async def _change_flags(
+    connection: AsyncConnection,
+    folder: int,
+    changes: Mapping[str, FlagChange],
+    per_message: int | None,
+    per_folder: int | None,
+) -> None:
+    """`UidMap.change_flags` within its transaction: additions first (each only where the
+    message has a UID and not the flag yet, whatever its case), then removals, then the
+    bounds, checked on what the table now holds."""
+    additions: dict[str, list[str]] = {}
+    removals: dict[tuple[bool, frozenset[str]], list[str]] = {}
+    for message_id, change in changes.items():
+        for flag in change.add:
+            additions.setdefault(flag, []).append(message_id)
+        if change.replace:
+            kept = frozenset(f.lower() for f in change.add)
+            removals.setdefault((True, kept), []).append(message_id)
+        elif change.remove:
+            gone = frozenset(f.lower() for f in change.remove)
+            removals.setdefault((False, gone), []).append(message_id)
+    f, u = legacy_flags.c, legacy_uids.c
+    for flag, message_ids in additions.items():
+        for chunk in _chunks(message_ids):
+            query = select(u.folder, u.message_id, literal(flag, String)).where(
+                u.folder == folder,
+                u.message_id.in_(chunk),
+                ~_has_flag(u.folder, u.message_id, literal(flag, String)),
+            )
+            await connection.execute(
+                legacy_flags.insert().from_select(["folder", "message_id", "flag"], query)
+            )
+    for (keep, lowered), message_ids in removals.items():
+        for chunk in _chunks(message_ids):
+            where = [f.folder == folder, f.message_id.in_(chunk)]
+            if keep:
+                if lowered:
+                    where.append(func.lower(f.flag).not_in(lowered))
+            else:
+                where.append(func.lower(f.flag).in_(lowered))
+            await connection.execute(delete(legacy_flags).where(*where))
+    if not additions:
+        return
+    keywords = [f.folder == folder, f.flag.not_in(SYSTEM_KEPT)]
+    if per_message is not None:
+        grown = list(dict.fromkeys(m for ids in additions.values() for m in ids))
+        for chunk in _chunks(grown):
+            crowded = await connection.execute(
+                select(f.message_id)
+                .where(*keywords, f.message_id.in_(chunk))
+                .group_by(f.message_id)
+                .having(func.count() > per_message)
+                .limit(1)
+            )
+            if crowded.first() is not None:
+                raise TooManyKeywords(f"more than {per_message} keywords on one message")
+    if per_folder is not None:
+        distinct = select(func.count(func.distinct(func.lower(f.flag)))).where(*keywords)
+        if (await connection.scalar(distinct) or 0) > per_folder:
+            raise TooManyKeywords(f"more than {per_folder} keywords in one folder")
