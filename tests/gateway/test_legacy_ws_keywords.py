@@ -22,10 +22,10 @@ from delegation.db import create_engine
 from gateway.db import legacy_flags, legacy_folders
 from gateway.server import Gateway
 from gateway.settings import MockSettings, Settings
-from tests.gateway.conftest import Stack, gateway_settings, start_stack
-from tests.gateway.test_legacy_ws_imap import DUPONT, PETIT, configure_with
+from tests.gateway.test_legacy_ws_imap import DUPONT, PETIT
 from tests.historic import historic_call, historic_messages
 from tests.mss.builders import letter
+from tests.support.stacks import Stack, configure_with, gateway_settings, start_stack
 
 HOST = "127.0.0.1"
 TIMEOUT = 10.0

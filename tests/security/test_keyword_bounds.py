@@ -18,11 +18,11 @@ from gateway.backends.legacy_ws.store import (
     MAX_KEYWORDS,
 )
 from gateway.settings import MockSettings
-from tests.gateway.conftest import Stack, gateway_settings, start_stack
-from tests.gateway.test_legacy_ws_imap import DUPONT, configure_with, login
+from tests.gateway.test_legacy_ws_imap import DUPONT, login
 from tests.gateway.test_legacy_ws_keywords import kept_rows
 from tests.historic import historic_messages, historic_send
 from tests.imap_raw import Lit, Raw, Reply
+from tests.support.stacks import Stack, configure_with, gateway_settings, start_stack
 
 DRAFTS_ID = 6
 MESSAGE = b"From: jean.dupont@medecin.mssante.fr\r\nSubject: brouillon\r\n\r\nTexte.\r\n"
