@@ -37,7 +37,7 @@ class Kind:
 KINDS = [
     Kind("modern", MARTIN, "INBOX", True, True, True),
     Kind("historic-imap", DUPONT, "INBOX", True, True, True),
-    Kind("historic", DUPONT, "\\Drafts", False, False, False),
+    Kind("historic", DUPONT, "\\Drafts", False, False, True),
 ]
 
 

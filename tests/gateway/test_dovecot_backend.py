@@ -1057,7 +1057,7 @@ async def test_aioimaplib_reads_same_through_gateway(env):
     token = await env.stack.token("dr-martin")
     gw = aioimaplib.IMAP4(HOST, env.port, timeout=TIMEOUT)
     await gw.wait_hello_from_server()
-    assert (await gw.xoauth2_b64(MARTIN, token)).result == "OK"
+    assert (await gw.xoauth2(MARTIN, token)).result == "OK"
     dc = aioimaplib.IMAP4(HOST, env.dovecot.port, timeout=TIMEOUT)
     await dc.wait_hello_from_server()
     assert (await dc.login(MARTIN, MARTIN_PW)).result == "OK"
@@ -1096,7 +1096,7 @@ async def test_idle_sees_a_message_appended_directly(env):
     try:
         gw = aioimaplib.IMAP4(HOST, env.port, timeout=TIMEOUT)
         await gw.wait_hello_from_server()
-        assert (await gw.xoauth2_b64(MARTIN, await env.stack.token("dr-martin"))).result == "OK"
+        assert (await gw.xoauth2(MARTIN, await env.stack.token("dr-martin"))).result == "OK"
         dc = aioimaplib.IMAP4(HOST, env.dovecot.port, timeout=TIMEOUT)
         await dc.wait_hello_from_server()
         assert (await dc.login(MARTIN, MARTIN_PW)).result == "OK"

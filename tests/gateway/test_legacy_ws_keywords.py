@@ -87,12 +87,13 @@ class Imap:
 
 
 def flags_of(data: list[Any], uid: int) -> set[bytes]:
-    """The FLAGS of `uid` in the last FETCH response about it."""
+    """The FLAGS of `uid` in the last FETCH response about it (without \\Recent, the
+    session's own: tested in tests/imap)."""
     about = [
         item for item in data if isinstance(item, bytes) and re.search(rb"UID %d\b" % uid, item)
     ]
     assert about, data
-    return set(imaplib.ParseFlags(about[-1]))
+    return set(imaplib.ParseFlags(about[-1])) - {b"\\Recent"}
 
 
 def copyuid(client: Imap) -> tuple[int, int]:

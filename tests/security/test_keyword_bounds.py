@@ -33,11 +33,12 @@ def keywords(count: int, prefix: str = "k") -> str:
 
 
 async def fetch_flags(client: Raw, uid: int) -> bytes:
+    """The message's kept flags (without \\Recent, the session's own)."""
     reply = await client.ok(f"UID FETCH {uid} (FLAGS)")
     line = reply.of(b"FETCH")[-1]  # after any update of the same message
     found = re.search(rb"FLAGS \(([^)]*)\)", line)
     assert found, line
-    return found.group(1)
+    return b" ".join(f for f in found.group(1).split() if f != b"\\Recent")
 
 
 async def selected(stack: Stack) -> tuple[Raw, list[int]]:

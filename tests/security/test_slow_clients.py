@@ -118,9 +118,9 @@ async def test_clients_that_pipeline_and_never_read_are_cut_at_the_login_deadlin
     clients log in as usual."""
     assert stack.gateway.imap is not None
     congested(stack.gateway.imap.listener)
-    socks = [connect(stack.imap_port) for _ in range(20)]
     loop = asyncio.get_running_loop()
-    began = loop.time()
+    began = loop.time()  # before the connections: their deadlines run from their accept
+    socks = [connect(stack.imap_port) for _ in range(20)]
     try:
         for sock in socks:
             await loop.sock_sendall(sock, b"a CAPABILITY\r\n" * 60)

@@ -58,7 +58,7 @@ class Kept:
     keys: dict[int, tuple[str, ...]]  # UID → its key in the message cache
     ids: frozenset[str]
     at: float  # monotonic time the read started
-    marks: frozenset[str] = frozenset()  # messageIds with the gateway's \\Deleted mark
+    marks: frozenset[str] = frozenset()  # the flags the gateway keeps (\\Deleted, keywords)
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ class BalWatch:
         self._users: weakref.WeakSet[object] = weakref.WeakSet()
         self._changed = asyncio.Event()
         self._token = token  # a chain resumed where the last watch of this BAL left it
-        self._marks = marks  # the folder's \\Deleted marks as the database has them now
+        self._marks = marks  # the folder's gateway-kept flags as the database has them now
         self._base = math.inf  # when the token chain began (monotonic)
         self._confirmed = -math.inf  # when the last good sync started
         # COPY: source folder → messageId → the message, moved away, still shown there
@@ -262,8 +262,9 @@ class BalWatch:
         self.changed(everything=True)
 
     async def _check_marks(self) -> None:
-        """``\\Deleted`` marks live in the gateway's database, where another node may set
-        them without any change on the platform: compare what each kept state shows."""
+        """The flags the services cannot hold (``\\Deleted``, keywords, ``\\Answered``,
+        ``\\Draft``) live in the gateway's database, where another node may set them without
+        any change on the platform: compare what each kept state shows."""
         if self._marks is None:
             return
         for folder_id, kept in list(self.states.items()):
