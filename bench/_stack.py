@@ -484,6 +484,7 @@ async def _serve_mock(data: Path, big: int, historic: int = 0) -> None:
             "http_url": mock.http_url,
             "issuer": mock.issuer,
             "imap_port": mock.imap_port,
+            "historic_imap_port": mock.historic_imap_port,
             "smtp_port": mock.smtp_port,
             "master_user": mock.master.user,
             "master_password": mock.master.password,
