@@ -39,20 +39,20 @@ class Backends:
     def __init__(
         self, configured: Mapping[str, BackendSettings], engine: AsyncEngine | None = None
     ) -> None:
-        self._historic = LegacyBackends(UidMap(engine)) if engine is not None else None
-        self.by_name = backends_from_settings(configured, self._historic)
+        self.historic = LegacyBackends(UidMap(engine)) if engine is not None else None
+        self.by_name = backends_from_settings(configured, self.historic)
 
     def version(self, bal: str, folder: str) -> int:
-        return self._historic.watches.version(bal, folder) if self._historic else 0
+        return self.historic.watches.version(bal, folder) if self.historic else 0
 
     async def wait(self, bal: str, folder: str, seen: int) -> None:
-        if self._historic is None:
+        if self.historic is None:
             await asyncio.Event().wait()  # no change ever comes: the caller's timeout ends it
         else:
-            await self._historic.watches.wait(bal, folder, seen)
+            await self.historic.watches.wait(bal, folder, seen)
 
     async def aclose(self) -> None:
         for backend in self.by_name.values():
             await backend.aclose()
-        if self._historic is not None:
-            await self._historic.aclose()
+        if self.historic is not None:
+            await self.historic.aclose()

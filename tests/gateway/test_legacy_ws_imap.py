@@ -19,6 +19,7 @@ import pytest
 
 from gateway.backends.legacy_ws.client import LegacyTooLarge, LegacyWsClient
 from gateway.backends.legacy_ws.store import translated
+from gateway.backends.legacy_ws.watch import BalWatch
 from gateway.imap.mailstore import StoreError, StoreUnavailable
 from gateway.server import Gateway
 from gateway.settings import MockSettings, Settings
@@ -42,6 +43,7 @@ from tests.support.stacks import (
     running_stack,
     start_stack,
 )
+from tests.support.waiting import until
 
 DUPONT = "jean.dupont@medecin.mssante.fr"
 PETIT = "marie.petit@sage-femme.mssante.fr"
@@ -63,6 +65,20 @@ async def legacy(
 async def login(stack: Stack, persona: str, bal: str = DUPONT) -> Raw:
     """A session on the historic BAL of the module (jean.dupont) unless told otherwise."""
     return await imap_login(stack, persona, bal)
+
+
+def watch(stack: Stack, bal: str = DUPONT) -> BalWatch | None:
+    """The gateway's watch of a historic BAL, while sessions use it."""
+    backends = stack.gateway.backends
+    assert backends is not None
+    assert backends.historic is not None
+    return backends.historic.watches.current(bal)
+
+
+def synced(stack: Stack, bal: str = DUPONT) -> bool:
+    """Whether the BAL's watch holds a syncMessages token (its first sync is done)."""
+    found = watch(stack, bal)
+    return found is not None and found.token is not None
 
 
 def code(reply: Any, name: bytes) -> int:
@@ -234,7 +250,7 @@ async def test_a_copied_message_is_never_deleted_by_expunging_its_original(legac
     await client.ok(f"UID STORE {uids[0]} +FLAGS.SILENT (\\Deleted)")
     await client.ok("LOGOUT")
     await client.close()
-    await asyncio.sleep(0.6)  # the BAL's watch ends with its last session (0.2 s polls)
+    await until(lambda: watch(legacy) is None, "the BAL's watch ended with its last session")
     later = await login(legacy, "dr-dupont")
     await later.ok("SELECT INBOX")
     await later.ok("EXPUNGE")
@@ -285,11 +301,11 @@ async def test_a_move_heard_while_the_folder_is_read_is_not_left_behind(
 
     client = await login(legacy, "dr-dupont")
     await client.ok('LIST "" "*"')
-    await asyncio.sleep(0.5)  # the BAL's watch has its first token
+    await until(lambda: synced(legacy), "the BAL's watch has its first token")
     monkeypatch.setattr(LegacyWsClient, "search_messages", slow_search)
     victim = (await historic_messages(legacy.mock, DUPONT, 2))[0]["messageId"]
     selecting = asyncio.create_task(client.ok("SELECT INBOX"))
-    await asyncio.sleep(0.3)
+    await until(lambda: not slow_once["INBOX"], "the INBOX read is under way")
     await historic_call(
         legacy.mock,
         "Item",
@@ -315,7 +331,7 @@ async def test_expunge_hears_the_latest_moves_before_deleting(
     try:
         client = await login(running, "dr-dupont")
         await client.ok("SELECT INBOX")
-        await asyncio.sleep(0.3)  # the first sync (at login) has given its token
+        await until(lambda: synced(running), "the first sync (at login) has given its token")
         uids = (await client.ok("UID SEARCH ALL")).search()
         await client.ok(f"UID STORE {uids[0]} +FLAGS.SILENT (\\Deleted)")
         victim = (await historic_messages(running.mock, DUPONT, 2))[0]["messageId"]

@@ -307,6 +307,10 @@ class Watches:
             while len(self._tokens) > self._max_tokens:
                 self._tokens.popitem(last=False)
 
+    def current(self, bal: str) -> BalWatch | None:
+        """The watch of `bal` while sessions use it (for operators' checks and tests)."""
+        return self._watches.get(bal.lower())
+
     def version(self, bal: str, folder: str) -> int:
         found = self._watches.get(bal.lower())
         return found.version if found is not None else 0
