@@ -20,6 +20,7 @@ from typing import Protocol
 
 from gateway.imap import commands as c
 from gateway.imap import mutf7
+from gateway.imap.codes import LOGIN_FAILURES, Code
 from gateway.imap.mailstore import (
     DELIMITER,
     FolderExists,
@@ -44,7 +45,14 @@ from gateway.imap.response import (
     untagged,
     untagged_status,
 )
-from gateway.imap.search import Candidate, SearchError, matches, needs_message, validate
+from gateway.imap.search import (
+    SUPPORTED_CHARSETS,
+    Candidate,
+    SearchError,
+    matches,
+    needs_message,
+    validate,
+)
 from gateway.imap.session import Authenticator, SessionGrant
 from gateway.imap.structure_cache import CACHEABLE, StructureCache
 from gateway.imap.syntax import FetchAttribute, Section, SequenceSet
@@ -69,13 +77,6 @@ from psc_auth.sasl import (
 log = logging.getLogger(__name__)
 
 MECHANISMS = ("XOAUTH2", "OAUTHBEARER", "PLAIN")
-_AUTH_CODES = {
-    "authentication": "AUTHENTICATIONFAILED",
-    "authorization": "AUTHORIZATIONFAILED",
-    "unavailable": "UNAVAILABLE",
-    "throttled": "UNAVAILABLE",
-    "limit": "LIMIT",
-}
 _CLIENTS_FAULT = ("authentication", "authorization")
 MAX_AUTH_FAILURES = 3
 FETCH_BATCH = 64  # messages loaded per store round trip
@@ -132,9 +133,11 @@ class ImapSession:
 
     # -- lifecycle ---------------------------------------------------------------------
     def greeting(self) -> bytes:
-        return untagged_status(
-            "OK", _ascii(self.config.greeting), "CAPABILITY " + " ".join(self.capabilities())
-        )
+        return untagged_status("OK", _ascii(self.config.greeting), self._capability_code())
+
+    def _capability_code(self) -> str:
+        """``CAPABILITY IMAP4rev1 ...`` for the greeting and the login OK (RFC 3501 §7.1)."""
+        return f"{Code.CAPABILITY} " + " ".join(self.capabilities())
 
     def capabilities(self) -> list[str]:
         caps = ["IMAP4rev1", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE"]
@@ -174,7 +177,7 @@ class ImapSession:
         try:
             await handler(command)
         except StoreUnavailable as exc:
-            await self._reply(command.tag, "NO", str(exc), "UNAVAILABLE")
+            await self._reply(command.tag, "NO", str(exc), Code.UNAVAILABLE)
         except StoreError as exc:
             await self._reply(command.tag, "NO", str(exc), exc.code)
 
@@ -259,7 +262,7 @@ class ImapSession:
             return True
         if self.grant.on_refused is not None:
             await self.grant.on_refused(command, right)
-        await self._reply(command.tag, "NO", f"the {right} right is needed for this", "NOPERM")
+        await self._reply(command.tag, "NO", f"the {right} right is needed for this", Code.NOPERM)
         return False
 
     # -- any state ---------------------------------------------------------------------
@@ -299,7 +302,7 @@ class ImapSession:
 
     async def _login(self, command: c.Login) -> None:
         if self._plaintext_refused():
-            await self._reply(command.tag, "NO", "use STARTTLS first", "PRIVACYREQUIRED")
+            await self._reply(command.tag, "NO", "use STARTTLS first", Code.PRIVACYREQUIRED)
             return
         try:
             credentials = decode_login(command.user, command.password)
@@ -311,10 +314,10 @@ class ImapSession:
     async def _authenticate(self, command: c.Authenticate) -> None:
         mechanism = command.mechanism.upper()
         if mechanism not in MECHANISMS:
-            await self._reply(command.tag, "NO", "unsupported mechanism", "CANNOT")
+            await self._reply(command.tag, "NO", "unsupported mechanism", Code.CANNOT)
             return
         if self._plaintext_refused():
-            await self._reply(command.tag, "NO", "use STARTTLS first", "PRIVACYREQUIRED")
+            await self._reply(command.tag, "NO", "use STARTTLS first", Code.PRIVACYREQUIRED)
             return
         response = command.initial_response
         if response is None:
@@ -347,7 +350,7 @@ class ImapSession:
             "imap.login",
             extra={"bal": grant.mailbox, "actor": grant.actor, "via": grant.via},
         )
-        await self._reply(tag, "OK", "logged in", "CAPABILITY " + " ".join(self.capabilities()))
+        await self._reply(tag, "OK", "logged in", self._capability_code())
 
     def client_software(self) -> str | None:
         """The client's own name and version from ID, for the audit trail."""
@@ -367,7 +370,7 @@ class ImapSession:
                     raise Logout
         if failure.kind in _CLIENTS_FAULT and self.config.auth_failure_delay:
             await asyncio.sleep(self.config.auth_failure_delay)
-        code = _AUTH_CODES[failure.kind]
+        code = LOGIN_FAILURES[failure.kind]
         log.info("imap.login_refused", extra={"reason": failure.kind, "detail": failure.text})
         await self._reply(tag, "NO", failure.text, code)
         if self._auth_failures >= MAX_AUTH_FAILURES:
@@ -390,7 +393,7 @@ class ImapSession:
             # (RFC 3501 §6.3.1): a failed SELECT leaves no mailbox selected. [CLOSED] is
             # RFC 7162 / 9051's marker, ignored by IMAP4rev1 clients, sent as Dovecot does.
             self.view = None
-            await self.channel.write(untagged_status("OK", "previous mailbox closed", "CLOSED"))
+            await self.channel.write(untagged_status("OK", "previous mailbox closed", Code.CLOSED))
         version = self._version(bal, command.mailbox)
         try:
             state = await self._store.folder_state(command.mailbox)
@@ -412,16 +415,17 @@ class ImapSession:
         ]
         unseen = view.first_unseen()
         if unseen is not None:
-            out.append(untagged_status("OK", "first unseen", f"UNSEEN {unseen}"))
+            out.append(untagged_status("OK", "first unseen", f"{Code.UNSEEN} {unseen}"))
         out += [
-            untagged_status("OK", "UIDs valid", f"UIDVALIDITY {view.uidvalidity}"),
-            untagged_status("OK", "predicted next UID", f"UIDNEXT {view.uidnext}"),
+            untagged_status("OK", "UIDs valid", f"{Code.UIDVALIDITY} {view.uidvalidity}"),
+            untagged_status("OK", "predicted next UID", f"{Code.UIDNEXT} {view.uidnext}"),
         ]
         await self.channel.write(b"".join(out))
         self.view = view
         # Without the write right the mailbox is read-only to this person, \\Seen aside
         # (PERMANENTFLAGS says so): a client must not offer what would be refused.
-        mode = "READ-ONLY" if readonly or not self._grant()[0].may("write") else "READ-WRITE"
+        writable = not readonly and self._grant()[0].may("write")
+        mode = Code.READ_WRITE if writable else Code.READ_ONLY
         await self._reply(
             command.tag, "OK", f"{'EXAMINE' if command.readonly else 'SELECT'} completed", mode
         )
@@ -472,7 +476,7 @@ class ImapSession:
             return
         old, new = command.old, command.new.rstrip(DELIMITER) or command.new
         if old != "INBOX" and new.startswith(old + DELIMITER):
-            await self._reply(command.tag, "NO", "cannot move a folder under itself", "CANNOT")
+            await self._reply(command.tag, "NO", "cannot move a folder under itself", Code.CANNOT)
             return
         folders = {f.name for f in await self._store.list_folders()}
         if old not in folders:
@@ -547,7 +551,7 @@ class ImapSession:
             return
         folders = {f.name for f in await self._store.list_folders()}
         if command.mailbox not in folders:
-            await self._reply(command.tag, "NO", "no such folder", "TRYCREATE")
+            await self._reply(command.tag, "NO", "no such folder", Code.TRYCREATE)
             return
         flags = [f for f in command.flags if f != RECENT]
         when = command.internal_date or dt.datetime.now(dt.UTC).astimezone()
@@ -556,9 +560,9 @@ class ImapSession:
                 command.mailbox, command.message, flags, when
             )
         except FolderNotFound:  # deleted meanwhile
-            await self._reply(command.tag, "NO", "no such folder", "TRYCREATE")
+            await self._reply(command.tag, "NO", "no such folder", Code.TRYCREATE)
             return
-        await self._ok(command, "APPEND completed", f"APPENDUID {uidvalidity} {uid}")
+        await self._ok(command, "APPEND completed", f"{Code.APPENDUID} {uidvalidity} {uid}")
 
     async def _idle(self, command: c.Idle) -> None:
         await self._sync(allow_expunge=True)
@@ -628,7 +632,7 @@ class ImapSession:
             return
         assert self.view is not None
         if self.view.readonly:
-            await self._reply(command.tag, "NO", "mailbox is read-only", "READ-ONLY")
+            await self._reply(command.tag, "NO", "mailbox is read-only", Code.READ_ONLY)
             return
         uids = None
         if command.uids is not None:
@@ -736,7 +740,7 @@ class ImapSession:
             # RFC 2180 §4.1.2: NO for what another session expunged, in Dovecot's words
             # (those imaptest's stress mode knows: not a failure of the server)
             text = "Some of the requested messages no longer exist"
-            await self._reply(command.tag, "NO", text, "EXPUNGEISSUED")
+            await self._reply(command.tag, "NO", text, Code.EXPUNGEISSUED)
             return
         await self._ok(command, "FETCH completed")
 
@@ -786,7 +790,7 @@ class ImapSession:
         if not await self._require(command, "read" if only_seen else "write"):
             return
         if self.view.readonly:
-            await self._reply(command.tag, "NO", "mailbox is read-only", "READ-ONLY")
+            await self._reply(command.tag, "NO", "mailbox is read-only", Code.READ_ONLY)
             return
         view = self.view
         targets = self._targets(command.sequence, command.uid)
@@ -819,12 +823,12 @@ class ImapSession:
             return
         is_move = isinstance(command, c.Move)
         if is_move and self.view.readonly:
-            await self._reply(command.tag, "NO", "mailbox is read-only", "READ-ONLY")
+            await self._reply(command.tag, "NO", "mailbox is read-only", Code.READ_ONLY)
             return
         view = self.view
         folders = {f.name for f in await self._store.list_folders()}
         if command.mailbox not in folders:
-            await self._reply(command.tag, "NO", "no such folder", "TRYCREATE")
+            await self._reply(command.tag, "NO", "no such folder", Code.TRYCREATE)
             return
         uids = [u for _, u in self._targets(command.sequence, command.uid)]
         if not uids:
@@ -836,7 +840,7 @@ class ImapSession:
         if result.pairs:
             source = _uid_set([s for s, _ in result.pairs])
             dest = _uid_set([d for _, d in result.pairs])
-            code = f"COPYUID {result.uidvalidity} {source} {dest}"
+            code = f"{Code.COPYUID} {result.uidvalidity} {source} {dest}"
         if is_move:
             # RFC 6851 §4.3: COPYUID in an untagged OK before the EXPUNGE responses
             if code:
@@ -851,8 +855,9 @@ class ImapSession:
         try:
             validate(command.key, command.charset)
         except SearchError as exc:
-            if exc.code == "BADCHARSET":
-                await self._reply(command.tag, "NO", str(exc), "BADCHARSET (UTF-8 US-ASCII)")
+            if exc.code == Code.BADCHARSET:
+                charsets = " ".join(SUPPORTED_CHARSETS)
+                await self._reply(command.tag, "NO", str(exc), f"{exc.code} ({charsets})")
             else:
                 await self._reply(command.tag, "BAD", str(exc))
             return

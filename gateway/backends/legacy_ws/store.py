@@ -65,6 +65,7 @@ from gateway.backends.legacy_ws.mime import (
 )
 from gateway.backends.legacy_ws.uidmap import UidMap
 from gateway.backends.legacy_ws.watch import BalWatch, Folder, Kept, Watches
+from gateway.imap.codes import Code
 from gateway.imap.mailstore import (
     DELIMITER,
     CopyResult,
@@ -126,7 +127,7 @@ def translated(context: str = "") -> Iterator[None]:
     except LegacyTooLarge as exc:
         log.warning("legacy_ws.too_large", extra={"error": str(exc), "context": context})
         what = context or "answer of the historic mail service"
-        raise StoreError(f"{what} too large for the gateway", "LIMIT") from None
+        raise StoreError(f"{what} too large for the gateway", Code.LIMIT) from None
     except LegacyUnavailable as exc:
         log.warning("legacy_ws.unavailable", extra={"error": exc.reason, "context": context})
         raise StoreUnavailable("historic mail service unavailable, try again later") from None
@@ -499,7 +500,7 @@ class LegacyWsStore:
         try:
             draft = rfc5322_to_message(message)
         except MimeRejected as exc:
-            raise StoreError(f"draft refused: {exc.reason}", "CANNOT") from None
+            raise StoreError(f"draft refused: {exc.reason}", Code.CANNOT) from None
         with translated(name):
             saved = await self._client.draft_message(self._bal, draft)
         key = (self._backend, self._bal, folder.folder_id)
@@ -700,6 +701,6 @@ def _id_order(message_id: str) -> tuple[int, str]:
 
 def _check_name(name: str) -> None:
     if not name or len(name) > 255:
-        raise StoreError("folder name empty or too long", "CANNOT")
+        raise StoreError("folder name empty or too long", Code.CANNOT)
     if any(not part for part in name.split(DELIMITER)) or any(c in name for c in "*%\r\n\0"):
-        raise StoreError(f"invalid folder name {name!r}", "CANNOT")
+        raise StoreError(f"invalid folder name {name!r}", Code.CANNOT)
