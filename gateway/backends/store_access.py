@@ -20,6 +20,7 @@ from gateway.backends.errors import (
     BackendTooLarge,
     BackendUnavailable,
 )
+from gateway.imap.codes import Code
 from gateway.imap.mailstore import (
     FolderExists,
     FolderNotFound,
@@ -44,7 +45,7 @@ def _translated() -> Iterator[None]:
     except Unsupported as exc:
         raise BackendCannot(str(exc)) from None
     except StoreError as exc:
-        if exc.code in ("LIMIT", "TOOBIG"):
+        if exc.code in (Code.LIMIT, Code.TOOBIG):
             raise BackendTooLarge(str(exc)) from None
         raise BackendRefused(str(exc)) from None
 

@@ -14,6 +14,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from gateway.imap.codes import Code
+
 SpecialUse = Literal["\\Sent", "\\Drafts", "\\Trash", "\\Junk", "\\Archive"]
 FlagMode = Literal["replace", "add", "remove"]
 DELIMITER = "/"
@@ -23,38 +25,38 @@ SYSTEM_FLAGS = ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")
 class StoreError(Exception):
     """A store refused an operation. `code` is an RFC 5530 response code for the reply."""
 
-    def __init__(self, message: str, code: str | None = None) -> None:
+    def __init__(self, message: str, code: Code | None = None) -> None:
         self.code = code
         super().__init__(message)
 
 
 class FolderNotFound(StoreError):
     def __init__(self, name: str) -> None:
-        super().__init__(f"no folder {name}", "NONEXISTENT")
+        super().__init__(f"no folder {name}", Code.NONEXISTENT)
 
 
 class FolderExists(StoreError):
     def __init__(self, name: str) -> None:
-        super().__init__(f"folder {name} already exists", "ALREADYEXISTS")
+        super().__init__(f"folder {name} already exists", Code.ALREADYEXISTS)
 
 
 class MessageGone(StoreError):
     def __init__(self) -> None:
-        super().__init__("message has been expunged", "EXPUNGEISSUED")
+        super().__init__("message has been expunged", Code.EXPUNGEISSUED)
 
 
 class StoreUnavailable(StoreError):
     """The backend behind the store is down or too slow: answered NO [UNAVAILABLE] or BYE."""
 
     def __init__(self, message: str = "mail store unavailable") -> None:
-        super().__init__(message, "UNAVAILABLE")
+        super().__init__(message, Code.UNAVAILABLE)
 
 
 class Unsupported(StoreError):
     """The backend cannot do this at all (the historic web services): NO [CANNOT]."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, "CANNOT")
+        super().__init__(message, Code.CANNOT)
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,7 @@ from email.message import Message
 from email.parser import BytesHeaderParser, BytesParser
 from typing import TypeVar
 
+from gateway.imap.codes import Code
 from gateway.imap.message import address_text
 from gateway.imap.syntax import SearchKey, SequenceSet
 
@@ -96,10 +97,10 @@ _T = TypeVar("_T")
 
 
 class SearchError(Exception):
-    """A SEARCH the server must refuse: `code` "BADCHARSET" means answer
+    """A SEARCH the server must refuse: `code` BADCHARSET means answer
     ``NO [BADCHARSET (UTF-8 US-ASCII)]``; code None means a malformed key, answered BAD."""
 
-    def __init__(self, code: str | None, text: str) -> None:
+    def __init__(self, code: Code | None, text: str) -> None:
         super().__init__(text)
         self.code = code
         self.text = text
@@ -179,9 +180,9 @@ def needs_message(key: SearchKey) -> bool:
 
 def validate(key: SearchKey, charset: str | None) -> None:
     """Check the charset, then the key tree's shape, once per command, so that `matches`
-    can trust it. Raises `SearchError` ("BADCHARSET", or None for a malformed key)."""
+    can trust it. Raises `SearchError` (BADCHARSET, or None for a malformed key)."""
     if charset is not None and charset.upper() not in SUPPORTED_CHARSETS:
-        raise SearchError("BADCHARSET", f"unsupported charset {charset}")
+        raise SearchError(Code.BADCHARSET, f"unsupported charset {charset}")
     _validate(key, 1)
 
 

@@ -22,6 +22,7 @@ import ssl
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
+from gateway.imap.codes import Code
 from gateway.imap.commands import Command, CommandError, ContinuationNeeded, RawLine
 from gateway.imap.engine import EngineConfig, ImapSession, Logout
 from gateway.imap.limits import Limits
@@ -355,7 +356,7 @@ class ImapServer:
                 if session.grant is None and event.size > PREAUTH_LITERAL_LIMIT:
                     channel.parser.reject_literal()
                     await channel.write(
-                        tagged(event.tag or "*", "NO", "authenticate first", "LIMIT")
+                        tagged(event.tag or "*", "NO", "authenticate first", Code.LIMIT)
                     )
                 else:
                     await channel.write(continuation("ready for literal data"))

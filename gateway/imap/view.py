@@ -13,6 +13,7 @@ import bisect
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from gateway.imap.codes import Code
 from gateway.imap.mailstore import FlagMode, FolderState, MessageMeta
 from gateway.imap.response import Atom, Value, encode, untagged, untagged_status
 
@@ -112,7 +113,7 @@ class SelectedView:
         names = [f for f in self.permanent if f != ANY_KEYWORD]
         if ANY_KEYWORD in self.permanent:
             names += [*self.keywords(), ANY_KEYWORD]
-        code = "PERMANENTFLAGS " + encode([Atom(f) for f in names]).decode("ascii")
+        code = f"{Code.PERMANENTFLAGS} " + encode([Atom(f) for f in names]).decode("ascii")
         return untagged_status("OK", "flags permitted", code)
 
     def note_keywords(self, flag_sets: Iterable[frozenset[str]]) -> list[bytes]:

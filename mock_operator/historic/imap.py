@@ -29,6 +29,7 @@ import datetime as dt
 import hashlib
 from collections.abc import Collection, Iterator, Mapping, Sequence
 
+from gateway.imap.codes import Code
 from gateway.imap.mailstore import (
     DELIMITER,
     ChangeHub,
@@ -79,14 +80,14 @@ SPECIAL_USE: dict[int, SpecialUse] = {
     DRAFTS: "\\Drafts",
 }
 # The IMAP side of the store's refusals (RFC 5530 codes); others are a bare NO.
-_CODES = {
-    FOLDER_DUPLICATE: "ALREADYEXISTS",
-    FOLDER_MISSING: "NONEXISTENT",
-    MESSAGE_MISSING: "EXPUNGEISSUED",
-    EMAIL_INVALID: "NONEXISTENT",
-    FIELD_MISSING: "CANNOT",
-    INVALID_FORMAT: "CANNOT",
-    CONTENT_TOO_LARGE: "LIMIT",
+_CODES: dict[int, Code] = {
+    FOLDER_DUPLICATE: Code.ALREADYEXISTS,
+    FOLDER_MISSING: Code.NONEXISTENT,
+    MESSAGE_MISSING: Code.EXPUNGEISSUED,
+    EMAIL_INVALID: Code.NONEXISTENT,
+    FIELD_MISSING: Code.CANNOT,
+    INVALID_FORMAT: Code.CANNOT,
+    CONTENT_TOO_LARGE: Code.LIMIT,
 }
 _MAPPED = frozenset({"UNREAD", *(historic for _, historic in IMAP_FLAGS)})
 _FORWARDED = "$Forwarded"
@@ -222,9 +223,9 @@ def _path(folder: ImapFolder, by_id: Mapping[int, ImapFolder]) -> str | None:
 
 def _check_path(name: str) -> None:
     if not name or len(name) > MAX_PATH:
-        raise StoreError("folder name empty or too long", "CANNOT")
+        raise StoreError("folder name empty or too long", Code.CANNOT)
     if any(not part for part in name.split(DELIMITER)) or any(c in name for c in "*%\r\n\0"):
-        raise StoreError(f"invalid folder name {name!r}", "CANNOT")
+        raise StoreError(f"invalid folder name {name!r}", Code.CANNOT)
 
 
 class HistoricMailStore:
@@ -289,10 +290,10 @@ class HistoricMailStore:
     async def delete_folder(self, name: str) -> None:
         folder = await self._folder(name)
         if folder.id in SYSTEM_FOLDERS:
-            raise StoreError(f"{name} is a system folder", "CANNOT")
+            raise StoreError(f"{name} is a system folder", Code.CANNOT)
         tree = await self._tree()
         if any(f.parent_id == folder.id for f in tree.values()):
-            raise StoreError(f"{name} has sub-folders", "INUSE")
+            raise StoreError(f"{name} has sub-folders", Code.INUSE)
         with _refusals():
             await self._store.delete_folder(self._address, folder.id)
 
@@ -318,7 +319,7 @@ class HistoricMailStore:
                 uids = [entry.uid for entry in state.entries]
                 await self._store.imap_transfer(self._address, INBOX, uids, created.id, move=True)
             elif source.id in SYSTEM_FOLDERS:
-                raise StoreError(f"{old} is a system folder", "CANNOT")
+                raise StoreError(f"{old} is a system folder", Code.CANNOT)
             else:
                 await self._store.relocate_folder(self._address, source.id, parent_id, leaf)
 

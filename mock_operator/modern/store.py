@@ -27,6 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from gateway.imap.codes import Code
 from gateway.imap.mailstore import (
     DELIMITER,
     ChangeHub,
@@ -220,7 +221,7 @@ class SqlMailStore:
                 .where(FolderRow.address == self._address)
             )
             if existing is not None and existing >= MAX_FOLDERS:
-                raise StoreError("too many folders", "LIMIT")
+                raise StoreError("too many folders", Code.LIMIT)
             names = {
                 n
                 for n in (
@@ -251,11 +252,11 @@ class SqlMailStore:
 
     async def delete_folder(self, name: str) -> None:
         if name == "INBOX":
-            raise StoreError("INBOX cannot be deleted", "CANNOT")
+            raise StoreError("INBOX cannot be deleted", Code.CANNOT)
         async with self._lock, self._db.begin() as db:
             row = await self._folder(db, name)
             if row.special_use:
-                raise StoreError(f"{name} is a special-use folder", "CANNOT")
+                raise StoreError(f"{name} is a special-use folder", Code.CANNOT)
             children = await db.scalar(
                 select(func.count())
                 .select_from(FolderRow)
@@ -265,7 +266,7 @@ class SqlMailStore:
                 )
             )
             if children:
-                raise StoreError(f"{name} has sub-folders", "INUSE")
+                raise StoreError(f"{name} has sub-folders", Code.INUSE)
             await db.execute(delete(MessageRow).where(MessageRow.folder_id == row.id))
             await db.delete(row)
         self._touch(name)
@@ -476,6 +477,6 @@ class SqlMailStore:
 
 def _check_name(name: str) -> None:
     if not name or len(name) > MAX_FOLDER_NAME:
-        raise StoreError("folder name empty or too long", "CANNOT")
+        raise StoreError("folder name empty or too long", Code.CANNOT)
     if any(not part for part in name.split(DELIMITER)) or any(c in name for c in "*%\r\n\0"):
-        raise StoreError(f"invalid folder name {name!r}", "CANNOT")
+        raise StoreError(f"invalid folder name {name!r}", Code.CANNOT)

@@ -44,6 +44,7 @@ from mock_operator.server import MockOperator
 from tests.conftest import persona_token, require_peer
 from tests.dovecot import dovecot_available, running_dovecot
 from tests.imap_raw import Lit, Raw, Reply
+from tests.support.engine import FakeChannel
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -183,26 +184,6 @@ async def test_capabilities_depend_on_the_connection(mock: MockOperator):
     assert "AUTH=PLAIN" in remote_tls
     no_tls = caps(peer="127.0.0.1", secure=False, loopback=True, tls_available=False)
     assert "STARTTLS" not in no_tls
-
-
-class FakeChannel:
-    def __init__(self, lines: list[bytes] | None = None) -> None:
-        self.out = bytearray()
-        self.lines = list(lines or [])
-
-    async def write(self, data: bytes) -> None:
-        self.out += data
-
-    async def read_raw_line(self) -> bytes | None:
-        return self.lines.pop(0) if self.lines else None
-
-    async def start_tls(self) -> None:
-        raise AssertionError("no TLS here")
-
-    def take(self) -> list[bytes]:
-        lines = bytes(self.out).split(b"\r\n")
-        self.out.clear()
-        return [line for line in lines if line]
 
 
 def parse(data: bytes) -> c.Command:

@@ -53,9 +53,10 @@ def stack_settings(tmp_path: Path) -> Settings:
 
 
 def connect(port: int, source: str = HOSTILE) -> socket.socket:
-    """A client socket with a small receive window (it will not read anyway)."""
+    """A client socket with the smallest receive window the kernel allows (it will not
+    read anyway)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)
     sock.bind((source, 0))
     sock.connect(("127.0.0.1", port))
     sock.setblocking(False)
@@ -78,9 +79,12 @@ async def pipeline_without_reading(sock: socket.socket, line: bytes) -> float:
 
 
 def congested(listener: socket.socket) -> None:
-    """Small send buffers on the connections the listener accepts (they inherit them), as
-    on a slow link: a client that does not read blocks the server after a few KiB."""
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    """The smallest send buffers the kernel allows on the connections the listener accepts
+    (they inherit them), as on a slow link: a client that does not read blocks the server
+    after a few KiB. (With 4 KiB ones, the 8 KiB of replies to 60 pipelined CAPABILITY
+    could fit in the kernel's buffers when the server wrote them fast enough for the
+    kernel to coalesce them.)"""
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)
 
 
 def blocked_writes(stack: Stack) -> int:

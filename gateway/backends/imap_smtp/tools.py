@@ -26,6 +26,7 @@ from gateway.backends.errors import (
 from gateway.backends.imap_smtp.upstream import Dialogue, Upstream, open_upstream
 from gateway.imap import mutf7
 from gateway.imap.client import ParsedValue, ParseError, Tagged, Untagged, parse_code
+from gateway.imap.codes import Code
 from gateway.imap.mailstore import SYSTEM_FLAGS, SpecialUse
 from gateway.imap.response import Atom
 from gateway.settings import BackendSettings
@@ -34,6 +35,10 @@ log = logging.getLogger(__name__)
 
 BATCH = 200  # messages fetched per UID FETCH
 SPECIAL_USES: frozenset[str] = frozenset({"\\Sent", "\\Drafts", "\\Trash", "\\Junk", "\\Archive"})
+# A backend's NO, by its response code, becomes one of our backend errors (else refused)
+_NOT_FOUND = frozenset({Code.NONEXISTENT, Code.EXPUNGEISSUED})
+_TOO_LARGE = frozenset({Code.TOOBIG, Code.LIMIT, Code.OVERQUOTA})
+_UNAVAILABLE = frozenset({Code.UNAVAILABLE, Code.INUSE, Code.SERVERBUG})
 _MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
 
 
@@ -117,13 +122,13 @@ class ImapMailboxAccess:
         text = f"{command.split(b' ', 1)[0].decode('ascii', 'replace')}: {done.text}"
         if done.status == "BAD":
             raise BackendUnavailable("protocol", f"{self._up.backend}: {text}")
-        if code in ("NONEXISTENT", "EXPUNGEISSUED"):
+        if code in _NOT_FOUND:
             raise BackendNotFound(text)
-        if code in ("TOOBIG", "LIMIT", "OVERQUOTA"):
+        if code in _TOO_LARGE:
             raise BackendTooLarge(text)
-        if code == "CANNOT":
+        if code == Code.CANNOT:
             raise BackendCannot(text)
-        if code in ("UNAVAILABLE", "INUSE", "SERVERBUG"):
+        if code in _UNAVAILABLE:
             raise BackendUnavailable("unavailable", f"{self._up.backend}: {text}")
         raise BackendRefused(text)
 
@@ -240,7 +245,7 @@ class ImapMailboxAccess:
         if done.code is not None:
             name, rest = parse_code(done.code)
             parts = rest.split()
-            if name == "APPENDUID" and len(parts) == 2 and parts[1].isdigit():
+            if name == Code.APPENDUID and len(parts) == 2 and parts[1].isdigit():
                 return int(parts[1])
         raise BackendUnavailable("protocol", f"{self._up.backend}: APPEND without APPENDUID")
 

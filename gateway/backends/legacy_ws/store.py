@@ -91,6 +91,7 @@ from gateway.backends.legacy_ws.uidmap import (
     mark_owner,
 )
 from gateway.backends.legacy_ws.watch import BalWatch, Folder, Kept, Watches
+from gateway.imap.codes import Code
 from gateway.imap.mailstore import (
     DELIMITER,
     SYSTEM_FLAGS,
@@ -161,7 +162,7 @@ def translated(context: str = "") -> Iterator[None]:
     except LegacyTooLarge as exc:
         log.warning("legacy_ws.too_large", extra={"error": str(exc), "context": context})
         what = context or "answer of the historic mail service"
-        raise StoreError(f"{what} too large for the gateway", "LIMIT") from None
+        raise StoreError(f"{what} too large for the gateway", Code.LIMIT) from None
     except LegacyUnavailable as exc:
         log.warning("legacy_ws.unavailable", extra={"error": exc.reason, "context": context})
         raise StoreUnavailable("historic mail service unavailable, try again later") from None
@@ -539,7 +540,7 @@ class LegacyWsStore:
         try:
             draft = rfc5322_to_message(message)
         except MimeRejected as exc:
-            raise StoreError(f"draft refused: {exc.reason}", "CANNOT") from None
+            raise StoreError(f"draft refused: {exc.reason}", Code.CANNOT) from None
         with translated(name):
             saved = await self._client.draft_message(self._bal, draft)
         key = (self._backend, self._bal, folder.folder_id)
@@ -590,7 +591,7 @@ class LegacyWsStore:
             after = frozenset(new | forced)
             held = _held(after, message)  # what the gateway keeps
             if len(_keywords(held)) > MAX_KEYWORDS:
-                raise StoreError(f"more than {MAX_KEYWORDS} keywords on a message", "LIMIT")
+                raise StoreError(f"more than {MAX_KEYWORDS} keywords on a message", Code.LIMIT)
             asked = {_spelling(after, flag) for flag in wanted.values()}
             asked -= ON_PLATFORM | {DELETED}
             if mode == "replace":
@@ -629,7 +630,7 @@ class LegacyWsStore:
                 *key, changes, per_message=MAX_KEYWORDS, per_folder=MAX_FOLDER_KEYWORDS
             )
         except TooManyKeywords as exc:  # other sessions or nodes added some meanwhile
-            raise StoreError(str(exc), "LIMIT") from None
+            raise StoreError(str(exc), Code.LIMIT) from None
 
     def _update_kept(
         self,
@@ -761,15 +762,15 @@ def _checked_flags(flags: Collection[str]) -> dict[str, str]:
         lowered = flag.lower()
         if flag.startswith("\\"):
             if lowered not in _SYSTEM:
-                raise StoreError(f"unknown system flag {flag[:MAX_KEYWORD_LENGTH]!r}", "CANNOT")
+                raise StoreError(f"unknown system flag {flag[:MAX_KEYWORD_LENGTH]!r}", Code.CANNOT)
             flag = _SYSTEM[lowered]
         elif len(flag.encode()) > MAX_KEYWORD_LENGTH:
-            raise StoreError(f"keyword longer than {MAX_KEYWORD_LENGTH} octets", "LIMIT")
+            raise StoreError(f"keyword longer than {MAX_KEYWORD_LENGTH} octets", Code.LIMIT)
         elif not KEYWORD.fullmatch(flag):
-            raise StoreError(f"invalid keyword {flag!r}", "CANNOT")
+            raise StoreError(f"invalid keyword {flag!r}", Code.CANNOT)
         wanted.setdefault(lowered, flag)
     if len(_keywords(wanted.values())) > MAX_KEYWORDS:
-        raise StoreError(f"more than {MAX_KEYWORDS} keywords on a message", "LIMIT")
+        raise StoreError(f"more than {MAX_KEYWORDS} keywords on a message", Code.LIMIT)
     return wanted
 
 
@@ -779,7 +780,7 @@ def _in_folder(kept: Kept, wanted: Mapping[str, str]) -> dict[str, str]:
     known = {k.lower(): k for meta in kept.state.messages for k in _keywords(meta.flags)}
     added = {k.lower() for k in _keywords(wanted.values())} - known.keys()
     if added and len(known) + len(added) > MAX_FOLDER_KEYWORDS:
-        raise StoreError(f"more than {MAX_FOLDER_KEYWORDS} keywords in a folder", "LIMIT")
+        raise StoreError(f"more than {MAX_FOLDER_KEYWORDS} keywords in a folder", Code.LIMIT)
     return {lowered: known.get(lowered, flag) for lowered, flag in wanted.items()}
 
 
@@ -853,6 +854,6 @@ def _id_order(message_id: str) -> tuple[int, str]:
 
 def _check_name(name: str) -> None:
     if not name or len(name) > 255:
-        raise StoreError("folder name empty or too long", "CANNOT")
+        raise StoreError("folder name empty or too long", Code.CANNOT)
     if any(not part for part in name.split(DELIMITER)) or any(c in name for c in "*%\r\n\0"):
-        raise StoreError(f"invalid folder name {name!r}", "CANNOT")
+        raise StoreError(f"invalid folder name {name!r}", Code.CANNOT)

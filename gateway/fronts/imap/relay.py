@@ -18,6 +18,7 @@ from gateway.audit import AuditSink, in_background
 from gateway.fronts.imap.login import ProxyGrant
 from gateway.fronts.imap.rights import audit_action, audit_detail, required_right
 from gateway.imap import commands as c
+from gateway.imap.codes import Code
 from gateway.imap.engine import ImapSession
 from gateway.imap.framing import FramingError, ResponseFramer
 from gateway.imap.response import continuation, tagged, untagged_status
@@ -33,13 +34,17 @@ KICK_GRACE = 1.0  # seconds a BYE waits for the response being relayed to end
 MAX_AUDITS_IN_FLIGHT = 64  # a session's events handed to the audit sink, not yet queued
 GAP_CHECK = 1.0  # seconds between checks for change events lost by the bus
 
+_REWRITTEN = b"|".join(code.encode() for code in (Code.CAPABILITY, Code.PERMANENTFLAGS))
 _STATUS_CODE = re.compile(
-    rb"(?P<head>\S+ (?:OK|NO|BAD|PREAUTH|BYE) )\[(?P<name>CAPABILITY|PERMANENTFLAGS)[ \]]"
-    rb"[^\]\r\n]*\]",
+    rb"(?P<head>\S+ (?:OK|NO|BAD|PREAUTH|BYE) )\[(?P<name>" + _REWRITTEN + rb")[ \]][^\]\r\n]*\]",
     re.IGNORECASE,
 )
 _BYE = re.compile(rb"\* BYE(?:[ \r\n]|\Z)", re.IGNORECASE)
-_READ_WRITE = re.compile(rb"(?P<head>\S+ OK )\[READ-WRITE\]", re.IGNORECASE)
+_READ_WRITE = re.compile(rb"(?P<head>\S+ OK )\[%b\]" % Code.READ_WRITE.encode(), re.IGNORECASE)
+_READ_ONLY = b"[%b]" % Code.READ_ONLY.encode()
+# what a delegate without the write right may change: \Seen with read, else nothing
+_PERMANENT_SEEN = b"[%b (\\Seen)]" % Code.PERMANENTFLAGS.encode()
+_PERMANENT_NONE = b"[%b ()]" % Code.PERMANENTFLAGS.encode()
 
 
 class Relay:
@@ -82,7 +87,7 @@ class Relay:
         self._sent_at: dict[str, float] = {}
         caps = " ".join(grant.capabilities or ())
         self._capability_line = f"* CAPABILITY {caps}\r\n".encode()
-        self._capability_code = f"[CAPABILITY {caps}]".encode()
+        self._capability_code = f"[{Code.CAPABILITY} {caps}]".encode()
         self._backend_said_bye = False
         self._to_client = metrics.relayed_bytes.labels("imap", "to_client")
         self._to_backend = metrics.relayed_bytes.labels("imap", "to_backend")
@@ -258,7 +263,7 @@ class Relay:
             self._completed(command, rest[:3].upper().rstrip().decode("ascii", "replace"))
             if isinstance(command, c.Select) and "write" not in self.rights:
                 # What this delegate may do in it: nothing but \Seen (PERMANENTFLAGS).
-                return _READ_WRITE.sub(rb"\g<head>[READ-ONLY]", line, count=1)
+                return _READ_WRITE.sub(rb"\g<head>" + _READ_ONLY, line, count=1)
         return self._rewrite_code(line)
 
     def _rewrite_code(self, line: bytes) -> bytes:
@@ -270,10 +275,10 @@ class Relay:
         if match is None:
             return line
         name = match.group("name").upper()
-        if name == b"CAPABILITY":
+        if name == Code.CAPABILITY.encode():
             code = self._capability_code
         elif "write" not in self.rights:
-            code = b"[PERMANENTFLAGS (\\Seen)]" if "read" in self.rights else b"[PERMANENTFLAGS ()]"
+            code = _PERMANENT_SEEN if "read" in self.rights else _PERMANENT_NONE
         else:
             return line
         return match.group("head") + code + line[match.end() :]
@@ -315,7 +320,7 @@ class Relay:
                     self.metrics.rights_refusals.labels("imap", "write").inc()
                     self._record_soon(AuditAction.APPEND, f"{event.size} bytes", "refused:noperm")
                     await self._local(
-                        tagged(event.tag or "*", "NO", "the write right is needed", "NOPERM")
+                        tagged(event.tag or "*", "NO", "the write right is needed", Code.NOPERM)
                     )
                 else:
                     await self._local(continuation("ready for literal data"))
@@ -351,12 +356,12 @@ class Relay:
             if action is not None:
                 self._record_soon(action, audit_detail(command), "refused:noperm")
             await self._local(
-                tagged(command.tag, "NO", f"the {right} right is needed for this", "NOPERM")
+                tagged(command.tag, "NO", f"the {right} right is needed for this", Code.NOPERM)
             )
             return None
         if isinstance(command, c.Close) and "write" not in self.rights:
             if "UNSELECT" not in self.up.capabilities:
-                await self._local(tagged(command.tag, "NO", "use UNSELECT", "CANNOT"))
+                await self._local(tagged(command.tag, "NO", "use UNSELECT", Code.CANNOT))
                 return None
             command = c.Unselect(command.tag)  # CLOSE would expunge: a change
         if right == "read" and not isinstance(command, c.Select | c.Store):
