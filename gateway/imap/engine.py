@@ -266,10 +266,12 @@ class ImapSession:
         return self.config.hub_version(bal, folder) if self.config.hub_version else None
 
     def claim_recent(self, bal: str, folder: str, state: FolderState, readonly: bool) -> int:
-        """Claim \\Recent on the messages of `state` no session has claimed yet (a read-only
-        session only looks); returns the UID above which they are this session's."""
+        """Claim \\Recent on the messages of `state` no session has claimed yet; returns the
+        UID above which they are this session's. A read-only session only looks, and so
+        does one without the write right (a delegate who may read: the mailbox is
+        READ-ONLY to them, and they must not take the holder's new mail from view)."""
         registry = self.config.recent
-        if readonly or not state.messages:
+        if readonly or not self.granted.may("write") or not state.messages:
             return registry.claimed(bal, folder, state.uidvalidity)
         return registry.claim(bal, folder, state.uidvalidity, state.messages[-1].uid)
 

@@ -107,6 +107,22 @@ async def test_examine_is_read_only_and_claims_nothing():
     assert b"* 3 RECENT" in await selecting.lines(b"S SELECT INBOX\r\n"), "still unclaimed"
 
 
+async def test_a_delegate_who_may_only_read_leaves_recent_to_the_holder():
+    """SELECT without the write right is READ-ONLY: like EXAMINE it takes no \\Recent, so
+    a secretary reading first does not hide the holder's new mail (RFC 3501 §6.3.2)."""
+    server = seeded(claimed=False)
+    reader = await server.client(frozenset({"read"}))
+    answer = await reader.lines(b"S SELECT INBOX\r\n")
+    assert b"* 3 RECENT" in answer
+    assert answer[-1] == b"S OK [READ-ONLY] SELECT completed"
+    fetched = await reader.lines(b"f FETCH 1 (FLAGS)\r\n")
+    assert b"* 1 FETCH (FLAGS (\\Recent \\Seen))" in fetched
+    holder = await server.client()
+    assert b"* 3 RECENT" in await holder.lines(b"S SELECT INBOX\r\n"), "still the holder's"
+    later = await server.client(frozenset({"read"}))
+    assert b"* 0 RECENT" in await later.lines(b"S SELECT INBOX\r\n"), "the holder took them"
+
+
 async def test_select_of_an_empty_folder_and_of_none(server: EngineServer):
     client = await server.client()
     assert await client.lines(b"S SELECT Corbeille\r\n") == [
