@@ -16,22 +16,39 @@ Every failure is a `gateway.backends.errors.BackendError`; no method writes repl
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 from collections.abc import Awaitable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from gateway.imap.mailstore import MailStore, SpecialUse
-
-if TYPE_CHECKING:
-    from gateway.backends.imap_smtp.upstream import Upstream
 
 
 def digest(message: bytes) -> str:
     """A message's content digest: the same bytes give the same digest on every backend,
     so a copy is verified without trusting either side's ids."""
     return hashlib.sha256(message).hexdigest()
+
+
+@dataclass
+class Upstream:
+    """A logged-in connection to a backend's IMAP server, for the front to relay byte for
+    byte (what `Backend.open_imap` gives when the platform speaks IMAP itself)."""
+
+    backend: str  # its name, for logs and metrics
+    reply_timeout: float
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    capabilities: frozenset[str]
+    leftover: bytes = b""  # received after the login's completion, for the relay
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.close()
+            await asyncio.wait_for(self.writer.wait_closed(), 2.0)
 
 
 @dataclass(frozen=True, slots=True)

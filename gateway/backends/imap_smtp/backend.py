@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Mapping
 
-from gateway.backends.base import MailboxAccess
+from gateway.backends.base import MailboxAccess, Upstream
 from gateway.backends.imap_smtp.submission import SmtpSubmission
 from gateway.backends.imap_smtp.tools import ImapMailboxAccess
-from gateway.backends.imap_smtp.upstream import Upstream, open_upstream
+from gateway.backends.imap_smtp.upstream import open_upstream
 from gateway.backends.probes import mail_port_check
 from gateway.settings import BackendSettings
 

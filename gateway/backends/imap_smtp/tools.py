@@ -15,7 +15,7 @@ import datetime as dt
 import logging
 from collections.abc import Collection, Iterable, Sequence
 
-from gateway.backends.base import ToolFolder, ToolMessage, digest
+from gateway.backends.base import ToolFolder, ToolMessage, Upstream, digest
 from gateway.backends.errors import (
     BackendCannot,
     BackendNotFound,
@@ -23,7 +23,7 @@ from gateway.backends.errors import (
     BackendTooLarge,
     BackendUnavailable,
 )
-from gateway.backends.imap_smtp.upstream import Dialogue, Upstream, open_upstream
+from gateway.backends.imap_smtp.upstream import Dialogue, open_upstream
 from gateway.imap import mutf7
 from gateway.imap.client import ParsedValue, ParseError, Tagged, Untagged, parse_code
 from gateway.imap.codes import Code

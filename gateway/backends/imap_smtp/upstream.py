@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import logging
 import ssl
-from dataclasses import dataclass
 
+from gateway.backends.base import Upstream
 from gateway.backends.errors import BackendUnavailable
 from gateway.imap.client import (
     ClientConnection,
@@ -32,23 +31,6 @@ from gateway.settings import BackendSettings
 log = logging.getLogger(__name__)
 
 READ_SIZE = 256 * 1024
-
-
-@dataclass
-class Upstream:
-    """A logged-in backend connection."""
-
-    backend: str  # its name, for logs and metrics
-    reply_timeout: float
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    capabilities: frozenset[str]
-    leftover: bytes = b""  # received after the login's completion, for the relay
-
-    async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.writer.close()
-            await asyncio.wait_for(self.writer.wait_closed(), 2.0)
 
 
 def _context(backend: BackendSettings) -> ssl.SSLContext:

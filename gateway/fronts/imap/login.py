@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from delegation.audit import AuditAction, AuditRecord
+from gateway.backends.base import Upstream
 from gateway.backends.errors import BackendError
-from gateway.backends.imap_smtp.upstream import Upstream
 from gateway.fronts.imap.audited_store import AuditedStore
 from gateway.fronts.imap.rights import audit_action, audit_detail
 from gateway.fronts.login import FrontAuthenticator, FrontGrant
