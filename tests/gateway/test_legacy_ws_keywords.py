@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import imaplib
 import re
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from tests.gateway.test_legacy_ws_imap import DUPONT, PETIT
 from tests.historic import historic_call, historic_messages
 from tests.mss.builders import letter
 from tests.support.stacks import Stack, configure_with, gateway_settings, start_stack
+from tests.support.waiting import eventually
 
 HOST = "127.0.0.1"
 TIMEOUT = 10.0
@@ -124,14 +124,6 @@ async def inbox(stack: Stack) -> list[dict[str, Any]]:
     return await historic_messages(stack.mock, DUPONT, INBOX_ID)
 
 
-async def eventually(check: Any, seconds: float = TIMEOUT) -> None:
-    """Until `check()` (a coroutine function) is true: the sync comes every 0.2 s here."""
-    deadline = time.monotonic() + seconds
-    while not await check():
-        assert time.monotonic() < deadline, "never happened"
-        await asyncio.sleep(0.05)
-
-
 def node_settings(data_dir: Path, url: str, stack: Stack) -> Settings:
     settings = gateway_settings(data_dir, database_url=url)
     settings.psc.issuer = stack.mock.issuer
@@ -184,7 +176,9 @@ async def test_keywords_are_shared_and_survive_a_restart(
     assert {b"$MDNSent", b"$Forwarded", b"\\*"} <= await third.select("INBOX")
 
     assert await second.stored(target, "-FLAGS", "($FORWARDED)") == kept - {b"$Forwarded"}
-    await eventually(lambda: _has(first, target, kept - {b"$Forwarded"}))
+    await eventually(
+        lambda: _has(first, target, kept - {b"$Forwarded"}), "the move seen", bound=TIMEOUT
+    )
     for client in (first, second, third):
         await client.close()
 
@@ -225,9 +219,13 @@ async def test_a_keyword_set_on_another_node_is_seen(
         (uid, *_) = await first.uids()
         before = await second.flags(uid)
         await first.stored(uid, "+FLAGS", "($Rappel)")
-        await eventually(lambda: _has(second, uid, before | {b"$Rappel"}))
+        await eventually(
+            lambda: _has(second, uid, before | {b"$Rappel"}), "set on the other node", bound=TIMEOUT
+        )
         await first.stored(uid, "-FLAGS", "($rappel)")
-        await eventually(lambda: _has(second, uid, before))
+        await eventually(
+            lambda: _has(second, uid, before), "removed on the other node", bound=TIMEOUT
+        )
         await first.close()
         await second.close()
     finally:
@@ -311,7 +309,7 @@ async def test_keywords_follow_move_and_copy_and_go_with_the_message(
         await client.run("noop")
         return third not in await client.uids()
 
-    await eventually(third_gone)
+    await eventually(third_gone, "the expunged message forgotten", bound=TIMEOUT)
     assert (INBOX_ID, messages[2]["messageId"], "$Label3") not in await kept_rows(url)
 
     await client.select(TRASH)

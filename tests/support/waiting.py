@@ -5,15 +5,27 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 BOUND = 60.0  # seconds
 
 
-async def until(condition: Callable[[], bool], what: str, *, bound: float = BOUND) -> None:
-    """Return once `condition()` holds; AssertionError naming `what` past `bound`."""
+async def eventually(
+    check: Callable[[], Awaitable[bool]], what: str, *, bound: float = BOUND
+) -> None:
+    """Return once `await check()` holds (a state read over the network or from a
+    database, with no event of its own); AssertionError naming `what` past `bound`."""
     deadline = time.monotonic() + bound
-    while not condition():
+    while not await check():
         if time.monotonic() > deadline:
             raise AssertionError(f"not seen within {bound:g} s: {what}")
         await asyncio.sleep(0.02)
+
+
+async def until(condition: Callable[[], bool], what: str, *, bound: float = BOUND) -> None:
+    """`eventually` for a condition read in this process."""
+
+    async def check() -> bool:
+        return condition()
+
+    await eventually(check, what, bound=bound)
