@@ -24,7 +24,7 @@ import asyncio
 import datetime as dt
 import json
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import (
@@ -520,13 +520,7 @@ class HistoricStore:
     async def folders(self, address: str) -> list[Folder]:
         """Every folder but the root, in id order, with unread and total counts."""
         async with self._db() as db:
-            rows = (
-                await db.scalars(
-                    select(FolderRow)
-                    .where(FolderRow.address == address, FolderRow.folder_id != ROOT)
-                    .order_by(FolderRow.folder_id)
-                )
-            ).all()
+            rows = await self._visible_folders(db, address)
             counts = {
                 folder: (total, unread or 0)
                 for folder, total, unread in (
@@ -551,6 +545,16 @@ class HistoricStore:
             )
             for r in rows
         ]
+
+    @staticmethod
+    async def _visible_folders(db: AsyncSession, address: str) -> Sequence[FolderRow]:
+        """Every folder of the BAL but the root, in id order: what both faces list."""
+        query = (
+            select(FolderRow)
+            .where(FolderRow.address == address, FolderRow.folder_id != ROOT)
+            .order_by(FolderRow.folder_id)
+        )
+        return (await db.scalars(query)).all()
 
     async def _folder_rows(self, db: AsyncSession, address: str) -> dict[int, FolderRow]:
         rows = (await db.scalars(select(FolderRow).where(FolderRow.address == address))).all()
@@ -1044,13 +1048,7 @@ class HistoricStore:
     async def imap_folders(self, address: str) -> list[ImapFolder]:
         """Every folder but the root, in id order."""
         async with self._db() as db:
-            rows = (
-                await db.scalars(
-                    select(FolderRow)
-                    .where(FolderRow.address == address, FolderRow.folder_id != ROOT)
-                    .order_by(FolderRow.folder_id)
-                )
-            ).all()
+            rows = await self._visible_folders(db, address)
         return [ImapFolder(r.folder_id, r.name, r.parent_id, r.subscribed) for r in rows]
 
     async def set_subscribed(self, address: str, folder_id: int, subscribed: bool) -> None:
