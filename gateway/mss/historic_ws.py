@@ -63,6 +63,16 @@ MAX_SEARCH_STRING = 256
 MAX_RECIPIENT_SEARCH = 30
 MAX_IDNAT = 32
 
+# The historic message flags that mean an IMAP flag when present (UNREAD is the one that
+# means \Seen when absent): the mapping of both the platform's own IMAP and the gateway.
+IMAP_FLAGS: tuple[tuple[str, str], ...] = (
+    ("\\Flagged", "FLAGGED"),
+    ("\\Answered", "REPLIED"),
+    ("\\Deleted", "DELETED"),
+    ("\\Draft", "DRAFT"),
+    ("$Forwarded", "FORWARDED"),
+)
+
 # Well-known folder ids (the historic backend was Zimbra).
 INBOX, TRASH, SENT, DRAFTS = 2, 3, 5, 6
 

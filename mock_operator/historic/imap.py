@@ -52,6 +52,7 @@ from gateway.mss.historic_ws import (
     FIELD_MISSING,
     FOLDER_DUPLICATE,
     FOLDER_MISSING,
+    IMAP_FLAGS,
     INBOX,
     INVALID_FORMAT,
     MESSAGE_MISSING,
@@ -61,7 +62,6 @@ from gateway.mss.historic_ws import (
 )
 from mock_operator.historic.mime import Composition, rebuild_mime
 from mock_operator.historic.store import (
-    IMAP_FLAGS,
     JUNK,
     ROOT,
     SYSTEM_FOLDERS,

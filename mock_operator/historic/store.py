@@ -54,6 +54,7 @@ from gateway.mss.historic_ws import (
     FIELD_MISSING,
     FOLDER_DUPLICATE,
     FOLDER_MISSING,
+    IMAP_FLAGS,
     INBOX,
     INVALID_FORMAT,
     MESSAGE_MISSING,
@@ -89,13 +90,6 @@ FLAG_ORDER = (
     "URGENT",
 )
 # IMAP flags ↔ stored flags; \Seen is the absence of UNREAD, SENT_BY_ME has no IMAP twin.
-IMAP_FLAGS = (
-    ("\\Flagged", "FLAGGED"),
-    ("\\Answered", "REPLIED"),
-    ("\\Deleted", "DELETED"),
-    ("\\Draft", "DRAFT"),
-    ("$Forwarded", "FORWARDED"),
-)
 MAX_FOLDER_NAME = 128
 MAX_FOLDER_DEPTH = 10
 MAX_FOLDERS = 1_000

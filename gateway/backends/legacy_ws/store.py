@@ -108,6 +108,7 @@ from gateway.imap.mailstore import (
     StoreUnavailable,
     Unsupported,
 )
+from gateway.mss.historic_ws import IMAP_FLAGS
 from gateway.runtime.tls import backend_context
 from gateway.settings import BackendSettings
 
@@ -122,13 +123,10 @@ SPECIAL: dict[int, SpecialUse] = {
     JUNK: "\\Junk",
 }
 FOLDER_MISSING, MESSAGE_MISSING, DUPLICATE_FOLDER = 41, 45, 30
-FLAG_MAP = (  # historic flag, IMAP flag, whether the IMAP flag is set when the historic one is
+# historic flag, IMAP flag, whether the IMAP flag is set when the historic one is
+FLAG_MAP: tuple[tuple[str, str, bool], ...] = (
     ("UNREAD", "\\Seen", False),
-    ("FLAGGED", "\\Flagged", True),
-    ("REPLIED", "\\Answered", True),
-    ("DELETED", "\\Deleted", True),
-    ("DRAFT", "\\Draft", True),
-    ("FORWARDED", "$Forwarded", True),
+    *((historic, imap, True) for imap, historic in IMAP_FLAGS),
 )
 ON_PLATFORM = frozenset({"\\Seen", "\\Flagged"})  # set through updateMessages
 SHOWN_BY_PLATFORM = frozenset({"\\Answered", "\\Draft", "$Forwarded"})  # it says, never sets
