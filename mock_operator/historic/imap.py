@@ -45,6 +45,7 @@ from gateway.imap.mailstore import (
     StoreError,
 )
 from gateway.imap.view import apply_flags
+from gateway.mss.historic_shapes import JUNK, ROOT
 from gateway.mss.historic_ws import (
     CONTENT_TOO_LARGE,
     DRAFTS,
@@ -62,8 +63,6 @@ from gateway.mss.historic_ws import (
 )
 from mock_operator.historic.mime import Composition, rebuild_mime
 from mock_operator.historic.store import (
-    JUNK,
-    ROOT,
     SYSTEM_FOLDERS,
     HistoricStore,
     ImapFolder,

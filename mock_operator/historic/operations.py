@@ -52,32 +52,43 @@ three does not tell a stranger which BAL exist. The message says which case it i
 from __future__ import annotations
 
 import base64
-import binascii
 import datetime as dt
 import logging
-import re
-import unicodedata
 import uuid
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from gateway.mss import historic_inputs as inputs
+from gateway.mss.historic_inputs import (
+    MAX_ADDRESS,
+    MAX_FOLDER_NAME_INPUT,
+    MAX_ID,
+    Composed,
+    SearchQuery,
+    fold,
+    need_integer,
+    need_text,
+    text,
+)
+from gateway.mss.historic_shapes import (
+    JUNK,
+    PARIS,
+    ROOT,
+    folder_tree,
+    format_date,
+    message_object,
+    recipient,
+)
 from gateway.mss.historic_ws import (
     ATTACHMENTS_TOO_LARGE,
-    CONTENT_TOO_LARGE,
     DRAFTS,
     EMAIL_INVALID,
-    EMAIL_MISSING,
-    FIELD_MISSING,
     FOLDER_MISSING,
     INBOX,
     INVALID_FORMAT,
-    MAX_BODY,
     MAX_IDNAT,
     MAX_RECIPIENT_SEARCH,
-    MAX_SEARCH_STRING,
-    MAX_SUBJECT,
     MESSAGE_MISSING,
     NO_ADDRESS,
     SENT,
@@ -86,14 +97,9 @@ from gateway.mss.historic_ws import (
     HistoricError,
 )
 from mock_operator.historic.mime import Composition, build_mime
-from mock_operator.historic.store import (
-    JUNK,
-    MAX_IDS,
-    ROOT,
-    Folder,
-    HistoricStore,
-    StoredMessage,
-)
+from mock_operator.historic.store import HistoricStore, StoredMessage
+
+__all__ = ["HistoricService", "folder_tree", "format_date", "message_object", "recipient"]
 
 log = logging.getLogger(__name__)
 
@@ -105,39 +111,8 @@ _Handler = Callable[[Caller, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 TECHNICAL_ERROR = 1  # code of TECHNIQUE errors (DOMAIN.md names none)
 DEFAULT_MAX_ATTACHMENTS = 10 * 1024 * 1024
-MAX_ADDRESS = 254
-MAX_RECIPIENTS = 100
-MAX_ATTACHMENTS = 50
-MAX_FILE_NAME = 255
-MAX_ID = 64
-MAX_PAGE = 1_000
-MAX_OFFSET = 1_000_000
 MAX_RECIPIENT_RESULTS = 50
 MAX_CALLS_KEPT = 1_000
-DATE_FORMAT = "%d/%m/%Y %H:%M:%S"
-_ADDRESS = re.compile(
-    r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
-    r"@[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
-)
-_CONTENT_TYPE = re.compile(
-    r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$"
-)
-_SORTS = {
-    "DATEDESC": ("date", True),
-    "DATEASC": ("date", False),
-    "SUBJECTASC": ("subject", False),
-    "SUBJASC": ("subject", False),
-    "SUBJECTDESC": ("subject", True),
-    "SUBJDESC": ("subject", True),
-    "SIZEASC": ("size", False),
-    "SIZEDESC": ("size", True),
-}
-UPDATE_OPERATIONS = ("READ", "UNREAD", "FLAGGED", "UNFLAGGED", "SPAM", "UNSPAM", "TRASH", "DELETE")
-
-try:
-    PARIS: dt.tzinfo = ZoneInfo("Europe/Paris")
-except ZoneInfoNotFoundError:  # pragma: no cover - a system without tzdata
-    PARIS = dt.timezone(dt.timedelta(hours=1))
 
 
 @dataclass(frozen=True)
@@ -151,221 +126,6 @@ class CallRecord:
     operation: str
     email: str | None
     result: str  # "ok", or "FONCTIONNELLE 45", "TECHNIQUE 1"
-
-
-# -- input helpers ------------------------------------------------------------------------
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip())
-
-
-def _text(
-    data: dict[str, Any], key: str, *, limit: int, required: bool = False, single_line: bool = False
-) -> str | None:
-    value = data.get(key)
-    if _missing(value):
-        if required:
-            raise HistoricError(FIELD_MISSING, f"champ obligatoire manquant: {key}")
-        return None if value is None else ""
-    if not isinstance(value, str):
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            value = str(value)
-        else:
-            raise HistoricError(INVALID_FORMAT, f"{key}: texte attendu")
-    if len(value) > limit:
-        raise HistoricError(CONTENT_TOO_LARGE, f"{key}: plus de {limit} caractères")
-    if single_line and any(c in value for c in "\r\n\0"):
-        raise HistoricError(INVALID_FORMAT, f"{key}: retour à la ligne interdit")
-    return value
-
-
-def _int(
-    data: dict[str, Any], key: str, *, required: bool = False, low: int = 0, high: int = 2**31
-) -> int | None:
-    value = data.get(key)
-    if _missing(value):
-        if required:
-            raise HistoricError(FIELD_MISSING, f"champ obligatoire manquant: {key}")
-        return None
-    if isinstance(value, str) and re.fullmatch(r"-?\d{1,10}", value.strip()):
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise HistoricError(INVALID_FORMAT, f"{key}: entier entre {low} et {high} attendu")
-    return value
-
-
-def _need_text(data: dict[str, Any], key: str, *, limit: int, single_line: bool = False) -> str:
-    value = _text(data, key, limit=limit, required=True, single_line=single_line)
-    assert value is not None
-    return value
-
-
-def _need_int(data: dict[str, Any], key: str, *, low: int = 0, high: int = 2**31) -> int:
-    value = _int(data, key, required=True, low=low, high=high)
-    assert value is not None
-    return value
-
-
-def _bool(data: dict[str, Any], key: str) -> bool | None:
-    value = data.get(key)
-    if _missing(value):
-        return None
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
-        return value.strip().lower() in ("true", "1")
-    raise HistoricError(INVALID_FORMAT, f"{key}: booléen attendu")
-
-
-def _list(data: dict[str, Any], key: str, *, limit: int, required: bool = False) -> list[Any]:
-    value = data.get(key)
-    if value is None or value == "" or value == []:
-        if required:
-            raise HistoricError(FIELD_MISSING, f"champ obligatoire manquant: {key}")
-        return []
-    if not isinstance(value, list):
-        value = [value]  # SOAP: one repeated element
-    if len(value) > limit:
-        raise HistoricError(CONTENT_TOO_LARGE, f"{key}: plus de {limit} éléments")
-    return value
-
-
-def _dict(data: dict[str, Any], key: str, *, required: bool = False) -> dict[str, Any]:
-    value = data.get(key)
-    if value is None or value == "":
-        if required:
-            raise HistoricError(FIELD_MISSING, f"champ obligatoire manquant: {key}")
-        return {}
-    if not isinstance(value, dict):
-        raise HistoricError(INVALID_FORMAT, f"{key}: objet attendu")
-    return value
-
-
-def _ids(data: dict[str, Any], key: str = "messageIds") -> list[str]:
-    ids = []
-    for item in _list(data, key, limit=MAX_IDS, required=True):
-        if isinstance(item, int) and not isinstance(item, bool):
-            item = str(item)
-        if not isinstance(item, str) or not item or len(item) > MAX_ID:
-            raise HistoricError(INVALID_FORMAT, f"{key}: identifiant de message invalide")
-        ids.append(item)
-    return ids
-
-
-def valid_address(value: str) -> bool:
-    return len(value) <= MAX_ADDRESS and _ADDRESS.fullmatch(value) is not None
-
-
-def _bal(payload: dict[str, Any]) -> str:
-    value = payload.get("email")
-    if _missing(value):
-        raise HistoricError(EMAIL_MISSING, "adresse de messagerie (email) manquante")
-    if not isinstance(value, str) or not valid_address(value.strip()):
-        raise HistoricError(EMAIL_INVALID, "adresse de messagerie (email) invalide")
-    return value.strip().lower()
-
-
-def _paris_date(value: str, key: str) -> dt.datetime:
-    for pattern in (DATE_FORMAT, "%d/%m/%Y"):
-        try:
-            return dt.datetime.strptime(value.strip(), pattern).replace(tzinfo=PARIS)
-        except ValueError:
-            continue
-    raise HistoricError(INVALID_FORMAT, f"{key}: date jj/mm/aaaa [hh:mm:ss] attendue")
-
-
-def format_date(when: dt.datetime) -> str:
-    return when.astimezone(PARIS).strftime(DATE_FORMAT)
-
-
-def fold(text: str) -> str:
-    """Case- and accent-insensitive matching, as a French directory search is."""
-    decomposed = unicodedata.normalize("NFKD", text)
-    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
-
-
-# -- output shapes -----------------------------------------------------------------------
-
-
-def message_object(message: StoredMessage, *, html: bool = False) -> dict[str, Any]:
-    as_html = html and message.body_html is not None
-    return {
-        "messageId": message.message_id,
-        "folderId": message.folder_id,
-        "conversationId": message.conversation_id,
-        "subject": message.subject,
-        "body": message.body_html if as_html else message.body_text,
-        "isHTML": as_html,
-        "size": message.size,
-        "date": format_date(message.date),
-        "emails": [{"address": e.address, "name": e.name, "type": e.type} for e in message.emails],
-        "flags": list(message.flags),
-        "priority": "HAUTE" if message.urgent else "NORMAL",
-        "isAccuse": message.read_receipt,
-        "attachments": [
-            {"part": a.part, "fileName": a.file_name, "contentType": a.content_type, "size": a.size}
-            for a in message.attachments
-        ],
-    }
-
-
-def folder_tree(folders: list[Folder], root: int | None = None) -> list[dict[str, Any]]:
-    """Nested folder objects: the top level (children of the root), or one subtree."""
-    children: dict[int, list[Folder]] = {}
-    for folder in folders:
-        children.setdefault(folder.parent_id, []).append(folder)
-
-    def node(folder: Folder) -> dict[str, Any]:
-        return {
-            "id": folder.id,
-            "name": folder.name,
-            "unreadCount": folder.unread,
-            "totalCount": folder.total,
-            "parentId": folder.parent_id,
-            "children": [node(c) for c in children.get(folder.id, [])],
-        }
-
-    if root is None:
-        return [node(f) for f in children.get(ROOT, [])]
-    return [node(f) for f in folders if f.id == root]
-
-
-def recipient(
-    first_name: str,
-    last_name: str,
-    addresses: Collection[str],
-    *,
-    idnat: str | None = None,
-    civility: str | None = None,
-    profession: str | None = None,
-    places: Collection[tuple[str, str, str]] = (),
-) -> dict[str, Any]:
-    """A searchRecipient entry, for `directory` callables built on another registry;
-    `places` are (name, address, city)."""
-    return {
-        "idNat": idnat,
-        "civility": civility,
-        "firstName": first_name,
-        "lastName": last_name,
-        "profession": profession,
-        "addresses": list(addresses),
-        "placesOfPractice": [{"name": n, "address": a, "city": c} for n, a, c in places],
-    }
-
-
-@dataclass(frozen=True)
-class _Composed:
-    recipients: tuple[tuple[str, str, str], ...]
-    subject: str
-    body: str
-    is_html: bool
-    urgent: bool
-    read_receipt: bool
-    reply_type: str | None
-    message_id: str | None
-    conversation_id: str | None
-    attachments: tuple[dict[str, Any], ...]
 
 
 class HistoricService:
@@ -454,7 +214,7 @@ class HistoricService:
     # -- authorisation -------------------------------------------------------------------
 
     async def _authorise(self, caller: Caller, payload: dict[str, Any], right: str) -> str:
-        address = _bal(payload)
+        address = inputs.bal_of(payload)
         account = await self.store.account(address)
         if caller.trusted_gateway:
             if account is None:
@@ -499,9 +259,9 @@ class HistoricService:
     async def _search_recipient(self, caller: Caller, payload: dict[str, Any]) -> dict[str, Any]:
         if caller.idnat is None and not caller.trusted_gateway:
             raise HistoricError(NO_ADDRESS, "aucun utilisateur authentifié")
-        if not _missing(payload.get("email")):
+        if not inputs.missing(payload.get("email")):
             await self._authorise(caller, payload, "read")
-        search = _need_text(payload, "searchString", limit=MAX_RECIPIENT_SEARCH)
+        search = need_text(payload, "searchString", limit=MAX_RECIPIENT_SEARCH)
         if self.directory is not None:
             found = [e for e in await self.directory(search.strip()) if isinstance(e, dict)]
         else:
@@ -519,7 +279,7 @@ class HistoricService:
 
     async def _list_folders(self, caller: Caller, payload: dict[str, Any]) -> dict[str, Any]:
         address = await self._authorise(caller, payload, "read")
-        folder_id = _int(payload, "folderId")
+        folder_id = inputs.integer(payload, "folderId")
         folders = await self.store.folders(address)
         if folder_id is not None and not any(f.id == folder_id for f in folders):
             raise HistoricError(FOLDER_MISSING, f"le dossier {folder_id} n'existe pas")
@@ -527,44 +287,44 @@ class HistoricService:
 
     async def _create_folder(self, caller: Caller, payload: dict[str, Any]) -> dict[str, Any]:
         address = await self._authorise(caller, payload, "write")
-        name = _need_text(payload, "name", limit=1_000)
-        parent = _int(payload, "parentId")
+        name = need_text(payload, "name", limit=MAX_FOLDER_NAME_INPUT)
+        parent = inputs.integer(payload, "parentId")
         folder = await self.store.create_folder(address, ROOT if parent is None else parent, name)
         return {"folder": folder_tree([folder], folder.id)[0]}
 
     async def _rename_folder(self, caller: Caller, payload: dict[str, Any]) -> dict[str, Any]:
         address = await self._authorise(caller, payload, "write")
-        folder_id = _need_int(payload, "folderId")
-        name = _need_text(payload, "name", limit=1_000)
+        folder_id = need_integer(payload, "folderId")
+        name = need_text(payload, "name", limit=MAX_FOLDER_NAME_INPUT)
         await self.store.rename_folder(address, folder_id, name)
         return {}
 
     async def _move_folder(self, caller: Caller, payload: dict[str, Any]) -> dict[str, Any]:
         address = await self._authorise(caller, payload, "write")
-        folder_id = _need_int(payload, "folderId")
-        alias = _missing(payload.get("parentId")) and not _missing(
+        folder_id = need_integer(payload, "folderId")
+        alias = inputs.missing(payload.get("parentId")) and not inputs.missing(
             payload.get("destinationFolderId")
         )
         key = "destinationFolderId" if alias else "parentId"
-        destination = _need_int(payload, key)
+        destination = need_integer(payload, key)
         await self.store.move_folder(address, folder_id, destination)
         return {}
 
     async def _delete_folder(self, caller: Caller, payload: dict[str, Any]) -> dict[str, Any]:
         address = await self._authorise(caller, payload, "write")
-        folder_id = _need_int(payload, "folderId")
+        folder_id = need_integer(payload, "folderId")
         await self.store.delete_folder(address, folder_id)
         return {}
 
     async def _empty_folder(self, caller: Caller, payload: dict[str, Any]) -> dict[str, Any]:
         address = await self._authorise(caller, payload, "write")
-        folder_id = _need_int(payload, "folderId")
+        folder_id = need_integer(payload, "folderId")
         await self.store.empty_folder(address, folder_id)
         return {}
 
     async def _trash_folder(self, caller: Caller, payload: dict[str, Any]) -> dict[str, Any]:
         address = await self._authorise(caller, payload, "write")
-        folder_id = _need_int(payload, "folderId")
+        folder_id = need_integer(payload, "folderId")
         await self.store.move_folder(address, folder_id, TRASH)
         return {}
 
@@ -572,24 +332,16 @@ class HistoricService:
 
     async def _search_messages(self, caller: Caller, payload: dict[str, Any]) -> dict[str, Any]:
         address = await self._authorise(caller, payload, "read")
-        criteria = _dict(payload, "searchCriteria")
-        query = _dict(criteria, "query")
-        limit = _int(criteria, "limit", low=1, high=MAX_PAGE) or 50
-        offset = _int(criteria, "offset", high=MAX_OFFSET) or 0
-        html = bool(_bool(criteria, "html"))
-        sort_by = _text(criteria, "sortBy", limit=32) or "DATE_DESC"
-        sort = _SORTS.get(sort_by.upper().replace("_", ""))
-        if sort is None:
-            raise HistoricError(INVALID_FORMAT, f"sortBy inconnu: {sort_by}")
-
+        request = inputs.search_request(payload)
+        query = request.query
         parents = await self.store.folder_parents(address)
-        folder_id = _int(query, "folderId")
+        folder_id = query.folder_id
         if folder_id is not None:
             if folder_id not in parents or folder_id == ROOT:
                 raise HistoricError(FOLDER_MISSING, f"le dossier {folder_id} n'existe pas")
             within = (
                 HistoricStore.subtree(parents, folder_id)
-                if _bool(query, "includeSubfolders")
+                if query.include_subfolders
                 else [folder_id]
             )
         else:  # as Zimbra: everything but Trash and Junk
@@ -599,25 +351,20 @@ class HistoricService:
             within = [f for f in parents if f not in hidden and f != ROOT]
         match = _matcher(query)
         matches = [m for m in await self.store.messages(address, within) if match(m)]
-        field, reverse = sort
+        field, reverse, html = request.sort_field, request.descending, request.html
         if field == "subject":
             matches.sort(key=lambda m: (fold(m.subject), int(m.message_id)), reverse=reverse)
         elif field == "size":
             matches.sort(key=lambda m: (m.size, int(m.message_id)), reverse=reverse)
         else:
             matches.sort(key=lambda m: (m.date, int(m.message_id)), reverse=reverse)
-        page = matches[offset : offset + limit]
+        page = matches[request.offset : request.offset + request.limit]
         return {"messages": [message_object(m, html=html) for m in page], "total": len(matches)}
 
     async def _sync_messages(self, caller: Caller, payload: dict[str, Any]) -> dict[str, Any]:
         address = await self._authorise(caller, payload, "read")
-        token_text = _text(payload, "token", limit=20)
-        token: int | None = None
-        if token_text:
-            if not token_text.isdigit():
-                raise HistoricError(INVALID_FORMAT, "jeton de synchronisation invalide")
-            token = int(token_text)
-        html = bool(_bool(payload, "html"))
+        token = inputs.sync_token(payload)
+        html = bool(inputs.boolean(payload, "html"))
         changes = await self.store.changes_since(address, token)
         return {
             "token": str(changes.token),
@@ -627,8 +374,8 @@ class HistoricService:
 
     async def _download_attachment(self, caller: Caller, payload: dict[str, Any]) -> dict[str, Any]:
         address = await self._authorise(caller, payload, "read")
-        message_id = _need_text(payload, "messageId", limit=MAX_ID)
-        part = _need_text(payload, "part", limit=MAX_ID)
+        message_id = need_text(payload, "messageId", limit=MAX_ID)
+        part = need_text(payload, "part", limit=MAX_ID)
         info, data = await self.store.attachment(address, message_id, part)
         return {
             "file": base64.b64encode(data).decode("ascii"),
@@ -640,13 +387,10 @@ class HistoricService:
     # -- Item: changing ------------------------------------------------------------------
 
     async def _update_messages(self, caller: Caller, payload: dict[str, Any]) -> dict[str, Any]:
-        operation = _need_text(payload, "operation", limit=16)
-        operation = operation.upper()
-        if operation not in UPDATE_OPERATIONS:
-            raise HistoricError(INVALID_FORMAT, f"opération inconnue: {operation}")
+        operation = inputs.update_operation(payload)
         right = "read" if operation in ("READ", "UNREAD") else "write"
         address = await self._authorise(caller, payload, right)
-        ids = _ids(payload)
+        ids = inputs.message_ids(payload)
         store = self.store
         if operation == "READ":
             await store.update_flags(address, ids, remove={"UNREAD"})
@@ -668,99 +412,46 @@ class HistoricService:
 
     async def _move_messages(self, caller: Caller, payload: dict[str, Any]) -> dict[str, Any]:
         address = await self._authorise(caller, payload, "write")
-        ids = _ids(payload)
-        destination = _need_int(payload, "destinationFolderId")
+        ids = inputs.message_ids(payload)
+        destination = need_integer(payload, "destinationFolderId")
         await self.store.move_messages(address, ids, destination)
         return {}
 
-    def _composed(self, payload: dict[str, Any], *, sending: bool) -> _Composed:
-        message = _dict(payload, "message", required=True)
-        recipients: list[tuple[str, str, str]] = []
-        for entry in _list(message, "addresses", limit=MAX_RECIPIENTS, required=sending):
-            if isinstance(entry, str):
-                entry = {"address": entry}
-            if not isinstance(entry, dict):
-                raise HistoricError(INVALID_FORMAT, "addresses: objets {address, name, type}")
-            address = _need_text(entry, "address", limit=MAX_ADDRESS, single_line=True)
-            if not valid_address(address.strip()):
-                raise HistoricError(EMAIL_INVALID, f"adresse invalide: {address}")
-            name = _text(entry, "name", limit=255, single_line=True) or ""
-            kind = (_text(entry, "type", limit=8) or "TO").upper()
-            if kind not in ("FROM", "TO", "CC", "BCC"):
-                raise HistoricError(INVALID_FORMAT, f"type d'adresse inconnu: {kind}")
-            if kind != "FROM":  # the sender is always the BAL acted on
-                recipients.append((address.strip().lower(), name, kind))
-        if sending and not recipients:
-            raise HistoricError(FIELD_MISSING, "aucun destinataire")
-        priority = (_text(message, "priority", limit=16) or "NORMAL").upper()
-        if priority not in ("NORMAL", "HAUTE"):
-            raise HistoricError(INVALID_FORMAT, f"priorité inconnue: {priority}")
-        reply_type = _text(message, "replyType", limit=16)
-        if reply_type:
-            reply_type = reply_type.upper()
-            if reply_type not in ("REPLY", "REPLY_ALL", "FORWARD"):
-                raise HistoricError(INVALID_FORMAT, f"replyType inconnu: {reply_type}")
-        attachments = _list(message, "attachments", limit=MAX_ATTACHMENTS)
-        if not all(isinstance(a, dict) for a in attachments):
-            raise HistoricError(INVALID_FORMAT, "attachments: objets attendus")
-        return _Composed(
-            recipients=tuple(recipients),
-            subject=_text(message, "subject", limit=MAX_SUBJECT, single_line=True) or "",
-            body=_text(message, "body", limit=MAX_BODY) or "",
-            is_html=bool(_bool(message, "isHTML")),
-            urgent=priority == "HAUTE",
-            read_receipt=bool(_bool(message, "isAccuse")),
-            reply_type=reply_type or None,
-            message_id=_text(message, "messageId", limit=MAX_ID) or None,
-            conversation_id=_text(message, "conversationId", limit=MAX_ID) or None,
-            attachments=tuple(attachments),
-        )
+    def _composed(self, payload: dict[str, Any], *, sending: bool) -> Composed:
+        return inputs.composed(payload, sending=sending)
 
     async def _attachment_files(
         self, address: str, entries: tuple[dict[str, Any], ...]
     ) -> tuple[tuple[str, str, bytes], ...]:
         """Decode new files and fetch forwarded parts, within the size limit (32)."""
-        budget = self.max_attachments_bytes
+        limit = budget = self.max_attachments_bytes
         files: list[tuple[str, str, bytes]] = []
         for entry in entries:
-            if not _missing(entry.get("file")):
-                encoded = entry["file"]
-                if not isinstance(encoded, str):
-                    raise HistoricError(INVALID_FORMAT, "attachments.file: base64 attendu")
-                if len(encoded) > (budget * 4) // 3 + 8:
-                    raise HistoricError(ATTACHMENTS_TOO_LARGE, "pièces jointes trop volumineuses")
-                try:
-                    data = base64.b64decode("".join(encoded.split()), validate=True)
-                except (binascii.Error, ValueError) as exc:
-                    raise HistoricError(
-                        INVALID_FORMAT, "attachments.file: base64 invalide"
-                    ) from exc
-                name = _need_text(entry, "fileName", limit=MAX_FILE_NAME, single_line=True)
-                content_type = _text(entry, "contentType", limit=255) or "application/octet-stream"
+            if inputs.is_new_file(entry):
+                name, content_type, data = inputs.new_file(entry, budget, limit)
             else:
-                part = _need_text(entry, "part", limit=MAX_ID)
-                source = _need_text(entry, "messageId", limit=MAX_ID)
+                source, part = inputs.stored_part(entry)
                 info, data = await self.store.attachment(address, source, part)
                 name = (
-                    _text(entry, "fileName", limit=MAX_FILE_NAME, single_line=True)
+                    text(entry, "fileName", limit=inputs.MAX_FILE_NAME, single_line=True)
                     or info.file_name
                 )
-                content_type = _text(entry, "contentType", limit=255) or info.content_type
-            if not _CONTENT_TYPE.fullmatch(content_type.strip()):
-                raise HistoricError(INVALID_FORMAT, f"contentType invalide: {content_type}")
-            budget -= len(data)
-            if budget < 0:
-                raise HistoricError(
-                    ATTACHMENTS_TOO_LARGE,
-                    f"pièces jointes trop volumineuses (> {self.max_attachments_bytes} octets)",
+                content_type = inputs.content_type_of(
+                    text(entry, "contentType", limit=255) or info.content_type
                 )
-            files.append((name, content_type.strip().lower(), data))
+                if len(data) > budget:
+                    raise HistoricError(
+                        ATTACHMENTS_TOO_LARGE,
+                        f"pièces jointes trop volumineuses (> {limit} octets)",
+                    )
+            budget -= len(data)
+            files.append((name, content_type, data))
         return tuple(files)
 
     def _composition(
         self,
         sender: tuple[str, str],
-        composed: _Composed,
+        composed: Composed,
         files: tuple[tuple[str, str, bytes], ...],
         original: StoredMessage | None,
     ) -> Composition:
@@ -854,34 +545,11 @@ class HistoricService:
         return {"message": message_object(stored, html=True)}
 
 
-def _matcher(query: dict[str, Any]) -> Callable[[StoredMessage], bool]:
+def _matcher(query: SearchQuery) -> Callable[[StoredMessage], bool]:
     """The query of searchCriteria as a predicate (all given criteria must hold)."""
-    texts: dict[str, str] = {}
-    for key in ("from", "to", "cc", "bcc", "subject", "content"):
-        value = _text(query, key, limit=MAX_SEARCH_STRING)
-        if value:
-            texts[key] = fold(value.strip())
-    before = _text(query, "before", limit=32)
-    after = _text(query, "after", limit=32)
-    before_at = _paris_date(before, "before") if before else None
-    after_at = _paris_date(after, "after") if after else None
-    larger = _int(query, "larger")
-    smaller = _int(query, "smaller")
-    wanted_flags = {
-        flag: wanted
-        for key, flag in (
-            ("flagged", "FLAGGED"),
-            ("answered", "REPLIED"),
-            ("deleted", "DELETED"),
-            ("draft", "DRAFT"),
-            ("isSent", "SENT_BY_ME"),
-        )
-        if (wanted := _bool(query, key)) is not None
-    }
-    seen = _bool(query, "seen")
 
     def matches(message: StoredMessage) -> bool:
-        for key, needle in texts.items():
+        for key, needle in query.texts.items():
             if key == "subject":
                 haystack = message.subject
             elif key == "content":
@@ -892,16 +560,16 @@ def _matcher(query: dict[str, Any]) -> Callable[[StoredMessage], bool]:
                 )
             if needle not in fold(haystack):
                 return False
-        if before_at is not None and not message.date < before_at:
+        if query.before is not None and not message.date < query.before:
             return False
-        if after_at is not None and not message.date > after_at:
+        if query.after is not None and not message.date > query.after:
             return False
-        if larger is not None and not message.size > larger:
+        if query.larger is not None and not message.size > query.larger:
             return False
-        if smaller is not None and not message.size < smaller:
+        if query.smaller is not None and not message.size < query.smaller:
             return False
-        if seen is not None and seen == ("UNREAD" in message.stored_flags):
+        if query.seen is not None and query.seen == ("UNREAD" in message.stored_flags):
             return False
-        return all((flag in message.stored_flags) == value for flag, value in wanted_flags.items())
+        return all((flag in message.stored_flags) == value for flag, value in query.flags.items())
 
     return matches

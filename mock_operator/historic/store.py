@@ -47,6 +47,14 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from gateway.mss.historic_shapes import (
+    FLAG_ORDER,
+    JUNK,
+    ROOT,
+    AttachmentInfo,
+    EmailEntry,
+    Folder,
+)
 from gateway.mss.historic_ws import (
     ATTACHMENT_MISSING,
     CONTENT_TOO_LARGE,
@@ -64,8 +72,6 @@ from gateway.mss.historic_ws import (
 )
 from mock_operator.historic.mime import MAX_MIME_BYTES, ParsedMessage, parse_mime
 
-ROOT = 1  # Zimbra's USER_ROOT: the parent of top-level folders, never listed
-JUNK = 4
 FIRST_USER_ID = 257
 SYSTEM_FOLDERS: dict[int, str] = {
     INBOX: "Boîte de réception",
@@ -77,17 +83,6 @@ SYSTEM_FOLDERS: dict[int, str] = {
 # Flags kept in the store; ATTACHMENT and URGENT are derived from the message itself.
 STORED_FLAGS = frozenset(
     {"UNREAD", "FLAGGED", "REPLIED", "SENT_BY_ME", "DELETED", "DRAFT", "FORWARDED"}
-)
-FLAG_ORDER = (
-    "UNREAD",
-    "FLAGGED",
-    "ATTACHMENT",
-    "REPLIED",
-    "SENT_BY_ME",
-    "DELETED",
-    "DRAFT",
-    "FORWARDED",
-    "URGENT",
 )
 # IMAP flags ↔ stored flags; \Seen is the absence of UNREAD, SENT_BY_ME has no IMAP twin.
 MAX_FOLDER_NAME = 128
@@ -188,30 +183,6 @@ class Account:
     address: str
     holder_idnat: str
     display_name: str
-
-
-@dataclass(frozen=True)
-class Folder:
-    id: int
-    name: str
-    parent_id: int
-    unread: int
-    total: int
-
-
-@dataclass(frozen=True)
-class EmailEntry:
-    address: str
-    name: str
-    type: str  # FROM, TO, CC, BCC
-
-
-@dataclass(frozen=True)
-class AttachmentInfo:
-    part: str
-    file_name: str
-    content_type: str
-    size: int
 
 
 @dataclass(frozen=True)

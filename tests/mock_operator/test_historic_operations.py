@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from gateway.mss.historic_shapes import JUNK
 from gateway.mss.historic_ws import (
     ATTACHMENT_MISSING,
     ATTACHMENTS_TOO_LARGE,
@@ -35,7 +36,7 @@ from gateway.mss.historic_ws import (
 )
 from mock_operator.historic.operations import TECHNICAL_ERROR, HistoricService
 from mock_operator.historic.seed import seed_historic
-from mock_operator.historic.store import JUNK, HistoricStore
+from mock_operator.historic.store import HistoricStore
 from mock_operator.personas import default_personas
 from mock_operator.seed import ihe_xdm_zip
 from mock_operator.server import sqlite_engine
