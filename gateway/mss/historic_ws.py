@@ -10,10 +10,11 @@ of ``{"<op>Output": {...}}``. Failures are `HistoricError`s carrying the codes o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 NAMESPACE = "http://services.msg.mss.asip.fr/"
+SESSION_COOKIE = "MSS_SESSION"
 
 OPERATIONS: dict[str, tuple[str, ...]] = {
     "Annuaire": ("listEmails", "searchRecipient"),
@@ -100,6 +101,41 @@ class Caller:
     idnat: str | None
     software: str | None = None
     trusted_gateway: bool = False
+    means: str | None = None  # how the person proved who they are: card, otp, ciba, token
+    user_agent: str | None = None
+
+
+class AuthRefused(Exception):
+    """Authentication failed: HTTP 403 with ``X-ErrorCode: code``."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class OtpRequired(Exception):
+    """The password was right: a code was sent on `channel`; repeat with the OTP header."""
+
+    def __init__(self, channel: str, expires_in: int) -> None:
+        super().__init__(f"one-time password sent by {channel}")
+        self.channel = channel
+        self.expires_in = expires_in
+
+
+@dataclass(frozen=True)
+class HistoricSession:
+    token: str = field(repr=False)
+    idnat: str
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class Authenticated:
+    """The caller, and the session to hand out as a cookie when one was just opened."""
+
+    caller: Caller
+    new_session: HistoricSession | None = None
 
 
 class HistoricOperations(Protocol):

@@ -60,7 +60,12 @@ from gateway.mss.historic_ws import (
     AUTH_INVALID_CREDENTIALS,
     AUTH_INVALID_SESSION,
     MAX_IDNAT,
+    SESSION_COOKIE,
+    Authenticated,
+    AuthRefused,
     Caller,
+    HistoricSession,
+    OtpRequired,
 )
 from gateway.runtime.files import write_private
 from gateway.runtime.tls import self_signed
@@ -71,29 +76,10 @@ from psc_auth.idnat import IdNat
 
 log = logging.getLogger(__name__)
 
-SESSION_COOKIE = "MSS_SESSION"
 CHANNELS = ("SMS", "MAIL")
 DEFAULT_PERSONA_PASSWORD = "mssante-test"  # noqa: S105 -- the mock's documented password
 DEFAULT_TRUSTED_PROXIES = ("127.0.0.0/8", "::1/128")
 MAX_CERT_HEADER = 16 * 1024
-
-
-class AuthRefused(Exception):
-    """Authentication failed: HTTP 403 with ``X-ErrorCode: code``."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-
-
-class OtpRequired(Exception):
-    """The password was right: a code was sent on `channel`; repeat with the OTP header."""
-
-    def __init__(self, channel: str, expires_in: int) -> None:
-        super().__init__(f"one-time password sent by {channel}")
-        self.channel = channel
-        self.expires_in = expires_in
 
 
 @dataclass
@@ -103,21 +89,6 @@ class PendingOtp:
     code: str = field(repr=False)
     expires_at: float
     attempts: int = 0
-
-
-@dataclass(frozen=True)
-class HistoricSession:
-    token: str = field(repr=False)
-    idnat: str
-    expires_at: float
-
-
-@dataclass(frozen=True)
-class Authenticated:
-    """The caller, and the session to hand out as a cookie when one was just opened."""
-
-    caller: Caller
-    new_session: HistoricSession | None = None
 
 
 class CpsAuthority:

@@ -30,17 +30,15 @@ from gateway.mss.historic_ws import (
     CONTENT_TOO_LARGE,
     INVALID_FORMAT,
     OPERATIONS,
-    HistoricError,
-    HistoricOperations,
-)
-from mock_operator.historic import soap
-from mock_operator.historic.auth import (
     SESSION_COOKIE,
     Authenticated,
     AuthRefused,
-    HistoricAuth,
+    HistoricError,
+    HistoricOperations,
     OtpRequired,
 )
+from mock_operator.historic import soap
+from mock_operator.historic.auth import HistoricAuth
 from mock_operator.historic.wsdl import build_wsdl
 
 log = logging.getLogger(__name__)
