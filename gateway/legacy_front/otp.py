@@ -45,7 +45,7 @@ CIBA_GRANT = "urn:openid:params:grant-type:ciba"
 CHANNELS = ("SMS", "MAIL")
 CODE_DIGITS = 6
 MAX_PENDING = 10_000
-PROBE_PATH = "/mss-msg-services/services/Annuaire/rest/v1/listEmails"
+PROBE_PATH = "/Annuaire/rest/v1/listEmails"
 OTP_HEADERS = ("idnat", "password", "idcanal", "otp", "numhomologation", "user-agent")
 
 
@@ -60,8 +60,9 @@ class HistoricOtp:
     call (listEmails) and its verdict is taken: 401 + X-OTP-Required (code sent), 403 +
     X-ErrorCode (refused), anything else means the credentials were good."""
 
-    def __init__(self, base_url: str, client: httpx.AsyncClient) -> None:
-        self.base_url = base_url.rstrip("/")
+    def __init__(self, services_url: str, client: httpx.AsyncClient) -> None:
+        """`services_url`: the platform's ``.../mss-msg-services/services``."""
+        self.base_url = services_url.rstrip("/")
         self.client = client
 
     async def verify(self, idnat: str, headers: Mapping[str, str]) -> str:

@@ -78,7 +78,7 @@ async def front(mock_op: MockOperator) -> AsyncIterator[Front]:
         client_secret=client.client_secret,
         max_wait=20,
     )
-    historic = HistoricOtp(mock_op.http_url, http)
+    historic = HistoricOtp(f"{mock_op.http_url}/mss-msg-services/services", http)
 
     async def otp_for(idnat: str) -> OtpLogin:
         return historic if idnat == DUPONT else ciba
