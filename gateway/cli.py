@@ -12,7 +12,7 @@ from rich.console import Console
 from gateway.runtime.lifecycle import run_until_signalled
 from gateway.runtime.logs import configure_logging
 from gateway.runtime.tls import dev_certificate
-from gateway.settings import BackendSettings, Settings, load_settings
+from gateway.settings import BackendSettings, CardSettings, Settings, load_settings
 
 if TYPE_CHECKING:
     from gateway.server import Gateway
@@ -144,6 +144,13 @@ async def _demo(settings: Settings) -> None:
                     ),
                 }
                 settings.routing.default = settings.routing.default or "modern"
+            authority = mock.historic_auth.authority if mock.historic_auth else None
+            if settings.cards.ca_file is None and authority is not None:
+                # CPS cards of the mock's card CA (`mock-operator card PERSONA`), and its
+                # revocation list, which `mock-operator card PERSONA --revoke` rewrites
+                settings.cards = CardSettings(
+                    ca_file=authority.certificate_path, crl_file=authority.crl_path
+                )
             await gateway.start()
 
         async def stop(self) -> None:
