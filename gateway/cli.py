@@ -182,6 +182,12 @@ async def _demo(settings: Settings) -> None:
             "A PSC session ended (.venv/bin/mock-operator end-session sec-bernard) ends her "
             f"open sessions within {settings.psc.revalidate_interval:g} s.\n"
             "Tokens of any client id are accepted (psc.accept_any_audience: a mock only).\n"
+            "With a CPS card instead of a token:\n"
+            "  .venv/bin/mock-operator card dr-martin\n"
+            f"  curl --ssl-reqd --cacert {settings.data_dir / 'dev-cert.pem'} "
+            "--cert dr-martin.pem --key dr-martin-key.pem \\\n"
+            f"    --login-options AUTH=EXTERNAL '{imap}/INBOX?ALL'\n"
+            "  .venv/bin/mock-operator card dr-martin --revoke   # then refused\n"
             "Ctrl-C stops the demo.",
             highlight=False,
         )
