@@ -164,6 +164,29 @@ class TlsSettings(_Section):
     key: Path | None = None
 
 
+class CardSettings(_Section):
+    """CPS cards and organisation certificates (mutual TLS): the IMAP and SMTP fronts ask
+    for a client certificate and offer EXTERNAL only when `ca_file` is set."""
+
+    ca_file: Path | None = Field(
+        default=None, description="trusted card CAs (PEM bundle): IGC Santé, the mock's CPS CA"
+    )
+    crl_file: Path | None = Field(
+        default=None,
+        description="their revocation list(s) (PEM or DER), read again when the file changes; "
+        "once set, a missing or stale list refuses every card",
+    )
+    require_crl: bool = Field(
+        default=True, description="refuse to start with a ca_file and no crl_file"
+    )
+
+    @model_validator(mode="after")
+    def _crl_given(self) -> CardSettings:
+        if self.ca_file is not None and self.crl_file is None and self.require_crl:
+            raise ValueError("cards.crl_file is required with cards.ca_file (or require_crl=false)")
+        return self
+
+
 class ImapFrontSettings(_Section):
     """The API LPS IMAP listener (STARTTLS) and its limits."""
 
@@ -344,6 +367,7 @@ class Settings(BaseSettings):
     ui: UiSettings = UiSettings()
     psc: PscSettings = PscSettings()
     tls: TlsSettings = TlsSettings()
+    cards: CardSettings = CardSettings()
     imap: ImapFrontSettings = ImapFrontSettings()
     smtp: SmtpFrontSettings = SmtpFrontSettings()
     backends: dict[str, BackendSettings] = Field(default_factory=dict)
