@@ -40,6 +40,7 @@ from gateway.mss.historic_ws import (
     Caller,
 )
 from psc_auth import TokenError, TokenValidator
+from psc_auth.certificates import CardError, CardVerifier
 from psc_auth.errors import IdNatError
 from psc_auth.idnat import IdNat
 
@@ -49,8 +50,6 @@ MAX_CERT_HEADER = 16 * 1024
 MAX_SOFTWARE = 64
 DEFAULT_TRUSTED_PROXIES = ("127.0.0.0/8", "::1/128")
 
-CardHolder = Callable[[bytes], str]
-"""A DER certificate -> the holder's idNat, or ValueError saying why it is refused."""
 CertificateOf = Callable[[Request], bytes | None]
 """The DER client certificate the gateway's own TLS listener verified, if any."""
 OtpFor = Callable[[str], Awaitable[OtpLogin]]
@@ -66,14 +65,14 @@ class LegacyFrontAuth:
         sessions: SessionBook,
         *,
         otp_for: OtpFor | None = None,
-        card_holder: CardHolder | None = None,
+        cards: CardVerifier | None = None,
         certificate_of: CertificateOf | None = None,
         trusted_proxies: Iterable[str] = DEFAULT_TRUSTED_PROXIES,
     ) -> None:
         self.validator = validator
         self.sessions = sessions
         self.otp_for = otp_for
-        self.card_holder = card_holder
+        self.cards = cards
         self.certificate_of = certificate_of
         self.trusted_proxies = tuple(ipaddress.ip_network(p) for p in trusted_proxies)
 
@@ -136,13 +135,18 @@ class LegacyFrontAuth:
             der = _proxied_certificate(headers)
         if der is None:
             return None
-        if self.card_holder is None:
+        if self.cards is None:
             raise AuthRefused(AUTH_IMPOSSIBLE, "CPS cards are not accepted here")
         try:
-            return self.card_holder(der)
-        except ValueError as exc:
-            log.info("legacy_front.card_refused", extra={"reason": str(exc)[:200]})
-            raise AuthRefused(AUTH_INVALID_CREDENTIALS, f"card refused: {exc}") from None
+            return str(self.cards.verify(der).idnat)
+        except CardError as exc:
+            log.info(
+                "legacy_front.card_refused",
+                extra={"reason": exc.refusal.value, "idnat": exc.idnat},
+            )
+            raise AuthRefused(
+                AUTH_INVALID_CREDENTIALS, f"card refused: {exc.refusal.value}"
+            ) from None
 
     def _trusted(self, peer: str | None) -> bool:
         if peer is None:

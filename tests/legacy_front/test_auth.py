@@ -86,20 +86,7 @@ async def front(mock_op: MockOperator) -> AsyncIterator[Front]:
     authority = mock_op.historic_auth.authority if mock_op.historic_auth else None
     assert authority is not None
 
-    def holder(der: bytes) -> str:
-        from cryptography import x509
-
-        from mock_operator.historic.auth import idnat_of_certificate
-
-        certificate = x509.load_der_x509_certificate(der)
-        if not authority.issued(certificate):
-            raise ValueError("not issued by the card authority")
-        idnat = idnat_of_certificate(certificate)
-        if idnat is None:
-            raise ValueError("no idNat")
-        return idnat
-
-    auth = LegacyFrontAuth(validator, SessionBook(600), otp_for=otp_for, card_holder=holder)
+    auth = LegacyFrontAuth(validator, SessionBook(600), otp_for=otp_for, cards=authority.verifier)
     made = Front(mock_op, auth)
     try:
         yield made
