@@ -119,6 +119,11 @@ async def test_card_from_a_trusted_proxy(front: Front) -> None:
     assert answer.json()["means"] == "card"
     failed = await front.who(ssl_client_verify="FAILED:expired", ssl_client_cert="x")
     assert failed.headers["X-ErrorCode"] == "17"
+    authority = front.mock.historic_auth.authority
+    authority.revoke(*authority.issued_to(MARTIN))
+    revoked = await front.who(ssl_client_verify="SUCCESS", ssl_client_cert=quote(pem.decode()))
+    assert revoked.status_code == 403
+    assert revoked.headers["X-ErrorCode"] == "17"
     garbage = await front.who(ssl_client_verify="SUCCESS", ssl_client_cert="%%%")
     assert garbage.headers["X-ErrorCode"] == "8"
 
