@@ -4,7 +4,9 @@ IMAP and SMTP fronts); started and stopped by `lps-gateway serve` and `lps-gatew
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import datetime as dt
 import functools
 import logging
 
@@ -32,6 +34,8 @@ from gateway.runtime.limits import Exemptions, LoginThrottle, NodeLimits, SlotCo
 from gateway.runtime.smtp_server import SmtpServer
 from gateway.runtime.tls import ensure_dev_certificate, server_context
 from gateway.settings import Settings
+from gateway.usage import UsageRecorder
+from gateway.usage.report import UsageReport, usage_report
 from gateway.web.routes import WebConfig
 from psc_auth import TokenValidator
 
@@ -67,7 +71,8 @@ class Gateway:
         self._http: AsgiServer | None = None
         self._ops: AsgiServer | None = None
         self._expiry: asyncio.Task[None] | None = None
-        self.metrics = Metrics()
+        self.metrics = Metrics(settings.usage.top_software)
+        self.usage = UsageRecorder(None, counter=self.metrics)
         self.router: Router | None = None
         self.imap: ProxyServer | None = None
         self.imaps: ProxyServer | None = None
@@ -128,6 +133,7 @@ class Gateway:
         # what backends keep of their own (the historic platform's UIDs) lives beside the
         # registry; built now, once the settings name every backend
         self.backends = Backends(self.settings.backends, self._engine)
+        await self._start_usage()
         self.validator = self._validator or TokenValidator(self.settings.psc)
         http, ops = self.settings.http, self.settings.ops
         sock = bind_tcp(http.host, http.port)
@@ -214,6 +220,7 @@ class Gateway:
                 bind_tcp(front.host, port),
                 limits=self.limits,
                 psc=self.psc_sessions,
+                usage=self.usage,
             )
             await server.start()
             return server
@@ -231,6 +238,7 @@ class Gateway:
                 self.metrics,
                 psc=self.psc_sessions,
                 sessions=self.limits.smtp_sessions_per_person,
+                usage=self.usage,
             ),
             bind_tcp(smtp.host, smtp.port),
             tls,
@@ -245,6 +253,36 @@ class Gateway:
             on_refused=lambda reason: refused.labels("smtp", reason).inc(),
         )
         await self.smtp.start()
+
+    async def _start_usage(self) -> None:
+        """The usage recorder on the registry's database; the metrics' software labels
+        seeded with the most used names, so they keep their series across restarts."""
+        usage = self.settings.usage
+        self.usage = UsageRecorder(
+            self._engine,
+            flush_interval=usage.flush_interval,
+            max_pending=usage.max_pending,
+            counter=self.metrics,
+        )
+        assert self._engine is not None
+        try:
+            top = await usage_report(self._engine)
+        except Exception:  # the figures are a convenience: never a reason not to start
+            log.warning("usage.seed_failed", exc_info=True)
+        else:
+            ranked = sorted(top.software, key=lambda row: -(row.sessions + row.messages))
+            self.metrics.software.seed(row.software for row in ranked)
+        self.usage.start()
+
+    async def usage_report(self, since: dt.date | None = None) -> UsageReport:
+        """The usage figures since `since`, the BAL placed as this gateway routes them."""
+        assert self._engine is not None, "not started"
+        assert self.router is not None, "not started"
+        await self.usage.flush()
+        historic = [n for n, b in self.settings.backends.items() if b.kind == "legacy_ws"]
+        return await usage_report(
+            self._engine, since, placement=self.router.placement, historic=historic
+        )
 
     def _front(
         self, validator: TokenValidator, service: DelegationService, interface: str
@@ -268,6 +306,8 @@ class Gateway:
         for front in (self.imap, self.imaps, self.smtp):
             if front is not None:
                 await front.stop()
+        with contextlib.suppress(Exception):  # logged by flush; the rest must still stop
+            await self.usage.stop()
         if self.psc_sessions is not None:
             await self.psc_sessions.stop()
         if self.decisions is not None:
