@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from delegation.db import create_engine, migrate
 from delegation.events import bus_for_url
 from delegation.service import DelegationService
+from gateway.api.admin import AdminConfig
 from gateway.api.app import create_api
 from gateway.api.ops import create_ops_app
 from gateway.audit import AuditSink
@@ -161,6 +162,7 @@ class Gateway:
             metrics=self.metrics if ops_sock is None else None,
             readiness=readiness,
             max_body=http.max_body,
+            admin_config=AdminConfig.of(self.settings.admin.idnats, self.usage_report),
         )
         guarded = functools.partial(
             AsgiServer, request_timeout=http.request_timeout, max_connections=http.max_connections
