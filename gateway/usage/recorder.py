@@ -8,6 +8,7 @@ and logged, while those adding to a pending row still count."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import Callable
@@ -74,6 +75,8 @@ class UsageRecorder:
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._stop = asyncio.Event()
 
     # -- what fronts call ----------------------------------------------------------------
 
@@ -149,7 +152,9 @@ class UsageRecorder:
         """Stop flushing in the background, then write what is left."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
+            self._stopping = True  # a write under way ends first: cancelling it loses it
+            self._wake.set()
+            self._stop.set()
             await asyncio.gather(task, return_exceptions=True)
         await self.flush()
 
@@ -163,8 +168,9 @@ class UsageRecorder:
             self._wake.clear()
             try:
                 await write(self.engine, daily, seen)
-            except Exception:
-                log.warning("usage.flush_failed", exc_info=True)
+            except BaseException as failure:  # cancelled too: the batch is not lost
+                if isinstance(failure, Exception):
+                    log.warning("usage.flush_failed", exc_info=True)
                 self._merge_back(daily, seen)
                 raise
             finally:
@@ -190,13 +196,17 @@ class UsageRecorder:
                 self._seen[seen_key] = row
 
     async def _flush_forever(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 async with asyncio.timeout(self.flush_interval):
                     await self._wake.wait()
             except TimeoutError:
                 pass
+            if self._stopping:
+                return
             try:
                 await self.flush()
             except Exception:  # logged by flush; the next round tries again
-                await asyncio.sleep(self.flush_interval)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.flush_interval):
+                        await self._stop.wait()
