@@ -4,6 +4,7 @@ on the historic platform with the software that reached them last."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import datetime as dt
 import io
@@ -11,7 +12,8 @@ from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlalchemy import func, inspect, select
+from sqlalchemy import String, func, inspect, literal, select
+from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from delegation.models import MailboxRow
@@ -134,36 +136,31 @@ async def usage_report(
         .group_by(daily.day, daily.interface)
         .order_by(daily.day, daily.interface)
     )
-    ranked = select(
-        seen.bal,
-        seen.platform,
-        seen.software,
-        seen.version,
-        seen.interface,
-        seen.last_seen,
-        func.row_number().over(partition_by=seen.bal, order_by=seen.last_seen.desc()).label("n"),
-    )
     if start is not None:
         people = people.where(seen.last_seen >= start)
         counts = counts.where(daily.day >= since)
         per_day = per_day.where(daily.day >= since)
-        ranked = ranked.where(seen.last_seen >= start)
-    last = ranked.subquery()
-    latest = select(*(c for c in last.c if c.name != "n")).where(last.c.n == 1)
-    async with engine.connect() as connection:
-        reached = {tuple(row[:3]): row[3:] for row in await connection.execute(people)}
-        totals = {tuple(row[:3]): row[3:] for row in await connection.execute(counts)}
-        by_day = await connection.execute(per_day)
-        days = [DayCount(r[0], r[1], int(r[2]), int(r[3])) for r in by_day]
-        lasts = list(await connection.execute(latest)) if historic else []
-        registered: dict[str, str] = {}
-        if lasts:
-            has_registry = await connection.run_sync(
+
+    async def rows(query: Any) -> list[Any]:
+        # one connection each: PostgreSQL runs the four queries at once
+        async with engine.connect() as connection:
+            return list(await connection.execute(query))
+
+    async def lasts() -> list[Any]:
+        if not historic:
+            return []
+        async with engine.connect() as connection:
+            registry = await connection.run_sync(
                 lambda sync: inspect(sync).has_table(MailboxRow.__tablename__)
             )
-            if has_registry:
-                rows = await connection.execute(select(MailboxRow.address, MailboxRow.backend))
-                registered = {address: backend for address, backend in rows}
+            return list(await connection.execute(_latest(engine, start, registry)))
+
+    reached_rows, total_rows, by_day, latest = await asyncio.gather(
+        rows(people), rows(counts), rows(per_day), lasts()
+    )
+    reached = {tuple(row[:3]): row[3:] for row in reached_rows}
+    totals = {tuple(row[:3]): row[3:] for row in total_rows}
+    days = [DayCount(r[0], r[1], int(r[2]), int(r[3])) for r in by_day]
     software = []
     for key in sorted(reached.keys() | totals.keys()):
         bals, persons, first, last_seen = reached.get(key, (0, 0, None, None))
@@ -183,9 +180,39 @@ async def usage_report(
             )
         )
     still = []
-    for bal, _platform, name, version, interface, when in lasts:
-        now = placement.backend_of(bal, registered.get(bal, "")) if placement else _platform
+    for bal, recorded, registered, name, version, interface, when in latest:
+        now = placement.backend_of(bal, registered or "") if placement else recorded
         if now in historic:
             still.append(HistoricBal(bal, str(now), name, version, interface, when))
     still.sort(key=lambda item: (item.software, item.bal))
     return UsageReport(since, software, still, days)
+
+
+def _latest(engine: AsyncEngine, start: dt.datetime | None, registry: bool) -> Any:
+    """Each BAL's last access (since `start`) with the backend the registry records for it:
+    DISTINCT ON where PostgreSQL has it, a window function elsewhere."""
+    seen = usage_seen.c
+    registered = MailboxRow.backend if registry else literal(None, String)
+    columns = (
+        seen.bal,
+        seen.platform,
+        registered.label("registered"),
+        seen.software,
+        seen.version,
+        seen.interface,
+        seen.last_seen,
+    )
+    if engine.dialect.name == "postgresql":
+        on_bal = distinct_on(seen.bal)
+        query = select(*columns).ext(on_bal).order_by(seen.bal, seen.last_seen.desc())
+    else:
+        n = func.row_number().over(partition_by=seen.bal, order_by=seen.last_seen.desc())
+        query = select(*columns, n.label("n"))
+    if registry:
+        query = query.outerjoin(MailboxRow, MailboxRow.address == seen.bal)
+    if start is not None:
+        query = query.where(seen.last_seen >= start)
+    if engine.dialect.name == "postgresql":
+        return query
+    ranked = query.subquery()
+    return select(*(c for c in ranked.c if c.name != "n")).where(ranked.c.n == 1)
