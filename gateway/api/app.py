@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from delegation.service import DelegationService
 from gateway.api import admin, problems, v1
@@ -12,7 +13,7 @@ from gateway.api.ops import health_router
 from gateway.health import OK, Readiness, database_check
 from gateway.metrics import Metrics
 from gateway.runtime.logs import RequestIdMiddleware
-from gateway.web.routes import WebConfig, build_router, error_page
+from gateway.web.routes import STATIC, WebConfig, build_router, error_page
 from psc_auth import TokenValidator
 
 
@@ -51,7 +52,9 @@ def create_api(
     app.include_router(v1.router)
     app.include_router(admin.router)
     if web is not None:
-        app.include_router(build_router(service, web_validator or validator, web))
+        router = build_router(service, web_validator or validator, web, admin=admin_config)
+        app.include_router(router)
+        app.mount("/ui/static", StaticFiles(directory=STATIC), name="static")
 
     async def database_only() -> tuple[bool, dict[str, str]]:
         checks = {"database": await database_check(service)}
