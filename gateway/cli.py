@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -16,6 +18,15 @@ from gateway.settings import BackendSettings, CardSettings, Settings, load_setti
 
 if TYPE_CHECKING:
     from gateway.server import Gateway
+
+DEMO_ADMIN = "899700000008"  # persona adm-roux
+
+
+class OutputFormat(enum.StrEnum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
 
 app = typer.Typer(
     help="API LPS gateway for MSSanté: Pro Santé Connect, delegation, historic web services.",
@@ -57,8 +68,32 @@ def demo(
 ) -> None:
     """Run the mock operator and the gateway in one process, on the default ports."""
     settings = load_settings(config, data_dir=data)
+    if not settings.admin.idnats:  # the mock's operator administrator, Camille ROUX
+        settings.admin.idnats = [DEMO_ADMIN]
     configure_logging(settings.log)
     asyncio.run(_demo(settings))
+
+
+@app.command()
+def usage(
+    since: Annotated[
+        dt.datetime | None, typer.Option(formats=["%Y-%m-%d"], help="first UTC day counted")
+    ] = None,
+    output: Annotated[
+        OutputFormat, typer.Option("--format", help="table, csv or json")
+    ] = OutputFormat.table,
+    config: Annotated[Path | None, typer.Option(help="TOML configuration file")] = None,
+    data: Annotated[Path | None, typer.Option(help="Data directory")] = None,
+) -> None:
+    """Who still uses what: per software and interface, BAL, persons, sessions, messages,
+    first and last seen; and the BAL still on the historic platform. Reads the gateway's
+    database (in the demo's directory: the running demo's, a few seconds behind)."""
+    from gateway.usage.cli import run_report
+
+    overrides = {"data_dir": data} if data is not None else {}
+    settings = load_settings(config, **overrides)
+    code = asyncio.run(run_report(settings, since.date() if since else None, output.value))
+    raise typer.Exit(code)
 
 
 def describe_gateway(gateway: Gateway, console: Console) -> None:
@@ -76,6 +111,7 @@ def describe_gateway(gateway: Gateway, console: Console) -> None:
     console.print(f"  {'TLS certificate:':<26}{cert}", highlight=False)
     for path, what in [
         ("/ui/delegations", "delegations page"),
+        ("/ui/admin/usage", "usage page ([admin])"),
         ("/v1", "API (docs: /docs)"),
         *([] if gateway.ops_url else [("/metrics", "metrics")]),
     ]:

@@ -18,6 +18,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Date,
     ForeignKey,
     ForeignKeyConstraint,
     Integer,
@@ -29,6 +30,7 @@ from sqlalchemy import (
 )
 
 from delegation.db import alembic_config, run_migration
+from delegation.models import UTCDateTime
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 VERSION_TABLE = "gw_alembic_version"
@@ -94,6 +96,42 @@ legacy_flags = Table(
 """The other flags the gateway keeps for a historic message, one row each: keywords, and
 ``\\Answered`` / ``\\Draft`` where the platform does not say REPLIED / DRAFT itself. They go
 with the message's UID row (gone, moved away, expunged)."""
+
+
+SOFTWARE_LENGTH = 64  # gateway.usage cleans and cuts what clients say to these
+VERSION_LENGTH = 32
+INTERFACE_LENGTH = 24
+IDNAT_LENGTH = 32
+
+usage_daily = Table(
+    "gw_usage_daily",
+    metadata,
+    Column("day", Date, primary_key=True),
+    Column("software", String(SOFTWARE_LENGTH), primary_key=True),
+    Column("version", String(VERSION_LENGTH), primary_key=True),
+    Column("interface", String(INTERFACE_LENGTH), primary_key=True),
+    Column("sessions", BigInteger, nullable=False, server_default="0"),
+    Column("messages", BigInteger, nullable=False, server_default="0"),
+)
+"""Sessions and messages per UTC day, software (and version) and interface: the counts
+of any period are a sum over its days."""
+
+usage_seen = Table(
+    "gw_usage_seen",
+    metadata,
+    Column("software", String(SOFTWARE_LENGTH), primary_key=True),
+    Column("version", String(VERSION_LENGTH), primary_key=True),
+    Column("interface", String(INTERFACE_LENGTH), primary_key=True),
+    Column("bal", String(ADDRESS_LENGTH), primary_key=True),
+    Column("idnat", String(IDNAT_LENGTH), primary_key=True),
+    Column("platform", String(BACKEND_LENGTH), nullable=False),
+    Column("delegated", Boolean, nullable=False),
+    Column("first_seen", UTCDateTime(), nullable=False),
+    Column("last_seen", UTCDateTime(), nullable=False, index=True),
+)
+"""Who reached which BAL with which software, first and last: the BAL and persons of a
+period since a date are exactly the rows last seen since then (platform and delegated
+as of the last access)."""
 
 
 async def migrate_gateway(url: str | URL, revision: str = "head") -> None:

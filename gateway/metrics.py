@@ -3,14 +3,48 @@ process (tests, the demo) count separately."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+if TYPE_CHECKING:
+    from gateway.usage.access import Access
 
 LOGIN_RESULTS = ("ok", "authentication", "authorization", "unavailable", "throttled", "limit")
 REFUSALS = ("max_connections", "per_address")
 
 
+OTHER = "other"
+TOP_SOFTWARE = 20
+
+
+class SoftwareLabels:
+    """Software names as label values, bounded: the `limit` names seeded from the usage
+    tables' most used (`seed`), then the first new ones seen until `limit`; any other name
+    is `other`, so a client inventing names cannot grow the series without end."""
+
+    def __init__(self, limit: int = TOP_SOFTWARE) -> None:
+        self.limit = limit
+        self.names: set[str] = set()
+
+    def seed(self, names: Iterable[str]) -> None:
+        for name in names:
+            if len(self.names) >= self.limit:
+                break
+            self.names.add(name)
+
+    def label(self, name: str) -> str:
+        if name in self.names:
+            return name
+        if len(self.names) < self.limit and name != OTHER:
+            self.names.add(name)
+            return name
+        return OTHER
+
+
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, top_software: int = TOP_SOFTWARE) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.open_sessions = Gauge(
             "lpsgw_open_sessions",
@@ -54,12 +88,30 @@ class Metrics:
             ["protocol", "reason"],
             registry=self.registry,
         )
+        self.software = SoftwareLabels(top_software)
+        self.usage_logins = Counter(
+            "lpsgw_usage_logins",
+            "Sessions opened on a BAL, by interface and software (rare names: other)",
+            ["interface", "software"],
+            registry=self.registry,
+        )
+        self.usage_messages = Counter(
+            "lpsgw_usage_messages",
+            "Messages submitted, by interface and software (X-MSS-NIL; rare names: other)",
+            ["interface", "software"],
+            registry=self.registry,
+        )
         for protocol in ("imap", "smtp"):
             self.open_sessions.labels(protocol)
             for result in LOGIN_RESULTS:
                 self.logins.labels(protocol, result)
             for reason in REFUSALS:
                 self.refused_connections.labels(protocol, reason)
+
+    def count_access(self, access: Access) -> None:
+        """One access the usage recorder was told of (see `gateway.usage`)."""
+        counter = self.usage_logins if access.kind == "session" else self.usage_messages
+        counter.labels(access.interface, self.software.label(access.software)).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

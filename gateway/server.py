@@ -4,7 +4,9 @@ IMAP and SMTP fronts); started and stopped by `lps-gateway serve` and `lps-gatew
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import datetime as dt
 import functools
 import logging
 
@@ -13,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from delegation.db import create_engine, migrate
 from delegation.events import bus_for_url
 from delegation.service import DelegationService
+from gateway.api.admin import AdminConfig
 from gateway.api.app import create_api
 from gateway.api.ops import create_ops_app
 from gateway.audit import AuditSink
@@ -36,6 +39,8 @@ from gateway.runtime.tls import (
     server_context,
 )
 from gateway.settings import Settings
+from gateway.usage import UsageRecorder
+from gateway.usage.report import UsageReport, usage_report
 from gateway.web.routes import WebConfig
 from psc_auth import TokenValidator
 from psc_auth.certificates import CardVerifier
@@ -72,7 +77,8 @@ class Gateway:
         self._http: AsgiServer | None = None
         self._ops: AsgiServer | None = None
         self._expiry: asyncio.Task[None] | None = None
-        self.metrics = Metrics()
+        self.metrics = Metrics(settings.usage.top_software)
+        self.usage = UsageRecorder(None, counter=self.metrics)
         self.router: Router | None = None
         self.imap: ProxyServer | None = None
         self.imaps: ProxyServer | None = None
@@ -134,6 +140,7 @@ class Gateway:
         # what backends keep of their own (the historic platform's UIDs) lives beside the
         # registry; built now, once the settings name every backend
         self.backends = Backends(self.settings.backends, self._engine)
+        await self._start_usage()
         self.validator = self._validator or TokenValidator(self.settings.psc)
         http, ops = self.settings.http, self.settings.ops
         sock = bind_tcp(http.host, http.port)
@@ -161,6 +168,7 @@ class Gateway:
             metrics=self.metrics if ops_sock is None else None,
             readiness=readiness,
             max_body=http.max_body,
+            admin_config=AdminConfig.of(self.settings.admin.idnats, self.usage_report),
         )
         guarded = functools.partial(
             AsgiServer, request_timeout=http.request_timeout, max_connections=http.max_connections
@@ -224,6 +232,7 @@ class Gateway:
                 bind_tcp(front.host, port),
                 limits=self.limits,
                 psc=self.psc_sessions,
+                usage=self.usage,
             )
             await server.start()
             return server
@@ -241,6 +250,7 @@ class Gateway:
                 self.metrics,
                 psc=self.psc_sessions,
                 sessions=self.limits.smtp_sessions_per_person,
+                usage=self.usage,
             ),
             bind_tcp(smtp.host, smtp.port),
             tls,
@@ -255,6 +265,36 @@ class Gateway:
             on_refused=lambda reason: refused.labels("smtp", reason).inc(),
         )
         await self.smtp.start()
+
+    async def _start_usage(self) -> None:
+        """The usage recorder on the registry's database; the metrics' software labels
+        seeded with the most used names, so they keep their series across restarts."""
+        usage = self.settings.usage
+        self.usage = UsageRecorder(
+            self._engine,
+            flush_interval=usage.flush_interval,
+            max_pending=usage.max_pending,
+            counter=self.metrics,
+        )
+        assert self._engine is not None
+        try:
+            top = await usage_report(self._engine)
+        except Exception:  # the figures are a convenience: never a reason not to start
+            log.warning("usage.seed_failed", exc_info=True)
+        else:
+            ranked = sorted(top.software, key=lambda row: -(row.sessions + row.messages))
+            self.metrics.software.seed(row.software for row in ranked)
+        self.usage.start()
+
+    async def usage_report(self, since: dt.date | None = None) -> UsageReport:
+        """The usage figures since `since`, the BAL placed as this gateway routes them."""
+        assert self._engine is not None, "not started"
+        assert self.router is not None, "not started"
+        await self.usage.flush()
+        historic = [n for n, b in self.settings.backends.items() if b.kind == "legacy_ws"]
+        return await usage_report(
+            self._engine, since, placement=self.router.placement, historic=historic
+        )
 
     def _front(
         self, validator: TokenValidator, service: DelegationService, interface: str
@@ -279,6 +319,8 @@ class Gateway:
         for front in (self.imap, self.imaps, self.smtp):
             if front is not None:
                 await front.stop()
+        with contextlib.suppress(Exception):  # logged by flush; the rest must still stop
+            await self.usage.stop()
         if self.psc_sessions is not None:
             await self.psc_sessions.stop()
         if self.decisions is not None:

@@ -349,6 +349,36 @@ class LegacyFrontSettings(_Section):
     )
 
 
+class AdminSettings(_Section):
+    """Who may read the operator's pages and API under /admin (usage figures)."""
+
+    idnats: list[str] = Field(
+        default_factory=list, description="national ids (idNat) of the operator's administrators"
+    )
+
+    @field_validator("idnats")
+    @classmethod
+    def _idnats(cls, value: list[str]) -> list[str]:
+        return [idnat.strip() for idnat in value if idnat.strip()]
+
+
+class UsageSettings(_Section):
+    """Who still uses what (`gateway.usage`): how counts reach the database and metrics."""
+
+    flush_interval: float = Field(
+        default=5.0, gt=0, le=3_600, description="seconds between writes of merged counts"
+    )
+    max_pending: int = Field(
+        default=10_000,
+        ge=10,
+        description="rows merged in memory before a write starts at once (twice that: "
+        "new rows are dropped until the database takes them)",
+    )
+    top_software: int = Field(
+        default=20, ge=1, le=1_000, description="software label values in metrics; the rest: other"
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LPSGW_", env_nested_delimiter="__", extra="forbid", toml_file=None
@@ -374,6 +404,8 @@ class Settings(BaseSettings):
     routing: RoutingSettings = RoutingSettings()
     legacy_front: LegacyFrontSettings = LegacyFrontSettings()
     mock: MockSettings = MockSettings()
+    admin: AdminSettings = AdminSettings()
+    usage: UsageSettings = UsageSettings()
 
     def database(self) -> str:
         return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'gateway.db'}"

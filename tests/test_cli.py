@@ -261,9 +261,18 @@ def test_personas_lists_the_contract_personas():
         check=True,
         env={**os.environ, "COLUMNS": "200"},
     )
-    for key in ("dr-martin", "dr-dupont", "sec-bernard", "ide-durand", "sf-petit", "dr-leroy"):
+    for key in (
+        "dr-martin",
+        "dr-dupont",
+        "sec-bernard",
+        "ide-durand",
+        "sf-petit",
+        "dr-leroy",
+        "adm-roux",
+    ):
         assert key in done.stdout
     assert "899700000007" in done.stdout
+    assert "899700000008" in done.stdout
 
 
 async def test_gateway_serve_alone(tmp_path: Path, mock_process: tuple[subprocess.Popen[str], str]):

@@ -42,6 +42,7 @@ from gateway.fronts.login import FrontAuthenticator, FrontGrant
 from gateway.imap.session import ExternalCredentials
 from gateway.metrics import Metrics
 from gateway.mss import RuleResult, add_headers, add_sender, check_message, remove_fields
+from gateway.mss.headers import UnreadableHeader, header_fields
 from gateway.psc_sessions import PscSessionWatch
 from gateway.runtime.limits import SlotCounter
 from gateway.runtime.login import AuthFailed, ConnectionInfo
@@ -49,6 +50,7 @@ from gateway.runtime.net import is_loopback, peer_address
 from gateway.runtime.smtp_auth import CardAuthMixin, grant_of
 from gateway.runtime.smtp_server import TokenSMTP
 from gateway.settings import SmtpFrontSettings
+from gateway.usage import Interface, UsageRecorder, interface_for
 from psc_auth.sasl import Mechanism, TokenCredentials
 
 log = logging.getLogger(__name__)
@@ -105,8 +107,10 @@ class SubmissionFront(CardAuthMixin):
         metrics: Metrics,
         psc: PscSessionWatch | None = None,
         sessions: SlotCounter | None = None,
+        usage: UsageRecorder | None = None,
     ) -> None:
         self.authenticator = authenticator
+        self.usage = usage  # who still uses what: EHLO per login, X-MSS-NIL per message
         self.settings = settings
         self.metrics = metrics
         self.psc = psc  # ends sessions whose PSC session ended
@@ -154,6 +158,9 @@ class SubmissionFront(CardAuthMixin):
         if result.success:
             self.metrics.logins.labels(PROTOCOL, "ok").inc()
             grant = result.auth_data
+            if self.usage is not None and isinstance(grant, FrontGrant):
+                ehlo = server.session.host_name if server.session is not None else None
+                self.usage.session(grant, _interface(grant), ehlo)
             if self.psc is not None and isinstance(grant, FrontGrant) and grant.token:
                 client = self._client(server)
                 client.watched = _Watched(server, grant, self)
@@ -280,6 +287,8 @@ class SubmissionFront(CardAuthMixin):
             return self._not_taken(sender, failure)
         extra = {"reference": accepted.reference} if accepted.reference else {}
         self._taken(sender, len(envelope.rcpt_tos), len(message), **extra)
+        if self.usage is not None:
+            self.usage.message(sender, _interface(sender), _nil(message))
         if not accepted.sender_recorded:
             await self._audit_sent(server, session, sender, client, accepted, envelope)
         return replies.accepted(accepted.text)
@@ -498,6 +507,24 @@ class SubmissionFront(CardAuthMixin):
 def _content(envelope: Envelope) -> bytes:
     content = envelope.original_content or b""
     return content.encode("utf-8", "surrogateescape") if isinstance(content, str) else content
+
+
+def _interface(grant: FrontGrant) -> Interface:
+    """The interface a login counts under in the usage figures."""
+    return interface_for("smtp", by_card=grant.means == "card")
+
+
+def _nil(message: bytes) -> str | None:
+    """The X-MSS-NIL of a message the rules passed (one, readable): the software's
+    registration number, which the usage figures count messages by."""
+    try:
+        fields = header_fields(message)
+    except UnreadableHeader:
+        return None
+    for header in fields:
+        if header.key == "x-mss-nil":
+            return header.value.decode("latin-1").strip()
+    return None
 
 
 def _connection(server: SMTP, session: Session) -> ConnectionInfo:

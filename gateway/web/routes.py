@@ -9,7 +9,7 @@ import hashlib
 import logging
 import secrets
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
 import httpx
@@ -21,12 +21,15 @@ from delegation.errors import DelegationError
 from delegation.expiry import check_expiry
 from delegation.models import MAX_ID
 from delegation.service import DelegationService
+from gateway.api.admin import AdminConfig
 from gateway.api.schemas import PRINTABLE, RIGHTS_ORDER
+from gateway.usage.report import UsageReport
 from gateway.web.sessions import COOKIE, PendingLogin, SessionStore, WebSession
 from psc_auth import TokenError, TokenValidator
 
 log = logging.getLogger(__name__)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+STATIC = Path(__file__).parent / "static"  # our scripts, and vendored libraries (vendor/)
 PREFIX = "/ui"
 RIGHT_LABELS = {"read": "lecture", "write": "écriture", "send": "envoi"}
 PARIS = dt.timezone(dt.timedelta(hours=1))
@@ -62,6 +65,7 @@ def build_router(
     validator: TokenValidator,
     config: WebConfig,
     sessions: SessionStore | None = None,
+    admin: AdminConfig | None = None,
 ) -> APIRouter:
     router = APIRouter(prefix=PREFIX, include_in_schema=False)
     store = sessions or SessionStore()
@@ -215,6 +219,31 @@ def build_router(
         }
         return _page(request, "delegations.html", context)
 
+    @router.get("/admin/usage", response_class=HTMLResponse)
+    async def usage_page(
+        request: Request, since: Annotated[str | None, Query(max_length=10)] = None
+    ) -> Response:
+        """Who still uses what, for the operator's administrators: charts, and the same
+        figures as tables."""
+        session = session_of(request)
+        if session is None or session.identity is None:
+            return RedirectResponse("/ui/login", status_code=303)
+        if admin is None or not admin.allows(session.identity):
+            return _message(request, "Page réservée aux administrateurs de l'opérateur.", 403)
+        try:
+            day = dt.date.fromisoformat(since) if since else None
+        except ValueError:
+            return _message(request, "Date invalide (AAAA-MM-JJ).", 400)
+        report = await admin.usage(day)
+        context = {
+            "identity": session.identity,
+            "report": report,
+            "chart": chart_data(report),
+            "since": day.isoformat() if day else "",
+            "local": _local,
+        }
+        return _page(request, "admin_usage.html", context)
+
     @router.post("/delegations/grant")
     async def grant(
         request: Request,
@@ -275,6 +304,28 @@ def build_router(
         return RedirectResponse("/ui/delegations", status_code=303)
 
     return router
+
+
+def chart_data(report: UsageReport) -> dict[str, Any]:
+    """The page's figures as its charts and tables read them: sessions per day per
+    interface (every day of the period that has any), and the BAL still on the historic
+    platform counted by the software that reached them last."""
+    days = sorted({d.day for d in report.days})
+    index = {day: i for i, day in enumerate(days)}
+    series: dict[str, list[int]] = {}
+    for count in report.days:
+        series.setdefault(count.interface, [0] * len(days))[index[count.day]] += count.sessions
+    historic: dict[str, int] = {}
+    for bal in report.historic:
+        historic[bal.software] = historic.get(bal.software, 0) + 1
+    return {
+        "days": [day.isoformat() for day in days],
+        "interfaces": [{"interface": k, "sessions": v} for k, v in sorted(series.items())],
+        "historic": [
+            {"software": k, "bals": v}
+            for k, v in sorted(historic.items(), key=lambda item: (-item[1], item[0]))
+        ],
+    }
 
 
 def error_page(request: Request, status: int) -> Response | None:

@@ -33,6 +33,8 @@ from gateway.metrics import Metrics
 from gateway.psc_sessions import PscSessionWatch
 from gateway.runtime.limits import NodeLimits
 from gateway.settings import ImapFrontSettings
+from gateway.usage import UsageRecorder, interface_for
+from gateway.usage.sessions import PendingSession
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,7 @@ class ProxyServer(ImapServer):
         *,
         limits: NodeLimits | None = None,
         psc: PscSessionWatch | None = None,
+        usage: UsageRecorder | None = None,
     ) -> None:
         authenticator = ProxyAuthenticator(
             front, metrics, sessions=limits.sessions_per_person if limits else None
@@ -112,7 +115,10 @@ class ProxyServer(ImapServer):
         self.audit = front.audit
         self.live = LiveSessions(registry)
         self.psc = psc
-        self._served: weakref.WeakSet[ImapSession] = weakref.WeakSet()
+        self.usage = usage
+        self._served: weakref.WeakKeyDictionary[ImapSession, PendingSession | None] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def refused(self, reason: str) -> None:
         self.metrics.refused_connections.labels("imap", reason).inc()
@@ -129,12 +135,19 @@ class ProxyServer(ImapServer):
         grant = session.grant
         if isinstance(grant, FrontGrant) and not isinstance(grant, ProxyGrant):
             if session not in self._served:  # called after every command: track it once
-                self._served.add(session)
+                self._served[session] = self._usage(grant)
                 await self._track_served(session, channel, grant)
+            pending = self._served.get(session)
+            if pending is not None:  # the engine answers ID in any state
+                pending.identified(session.client_id)
             return False  # the engine serves it
         if not isinstance(grant, ProxyGrant):
             return False
         relay = Relay(session, channel, grant, self.config, self.audit, self.metrics)
+        usage = self._usage(grant)
+        if usage is not None:
+            usage.identified(session.client_id)
+            relay.identified = usage.identified
         gauge = self.metrics.open_sessions.labels("imap")
         self.live.add(relay)
         if self.psc is not None and grant.token is not None:  # a card has no PSC session
@@ -146,11 +159,21 @@ class ProxyServer(ImapServer):
             await self.live.confirm(relay)
             await relay.run()
         finally:
+            if usage is not None:
+                usage.ended()
             gauge.dec()
             self.live.discard(relay)
             if self.psc is not None:
                 self.psc.discard(relay)
         return True
+
+    def _usage(self, grant: FrontGrant) -> PendingSession | None:
+        """The session's line in the usage figures, once the client says who it is."""
+        if self.usage is None:
+            return None
+        return PendingSession(
+            self.usage, grant, interface_for("imap", by_card=grant.means == "card")
+        )
 
     async def _track_served(
         self, session: ImapSession, channel: StreamChannel, grant: FrontGrant
@@ -169,6 +192,9 @@ class ProxyServer(ImapServer):
         then = grant.on_close
 
         async def ended() -> None:
+            pending = self._served.get(session)
+            if pending is not None:
+                pending.ended()
             gauge.dec()
             served.ended()
             self.live.discard(served)

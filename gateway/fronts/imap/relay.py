@@ -12,6 +12,7 @@ import datetime as dt
 import logging
 import re
 import ssl
+from collections.abc import Callable, Mapping
 
 from delegation.audit import AuditAction, AuditRecord
 from gateway.audit import AuditSink, in_background
@@ -91,6 +92,8 @@ class Relay:
         self._backend_said_bye = False
         self._to_client = metrics.relayed_bytes.labels("imap", "to_client")
         self._to_backend = metrics.relayed_bytes.labels("imap", "to_backend")
+        # told of the client's ID after login (the usage figures' software)
+        self.identified: Callable[[Mapping[str, str | None]], None] | None = None
 
     @property
     def mailbox(self) -> str:
@@ -375,6 +378,10 @@ class Relay:
             self._idle_accepted = False
         if isinstance(command, c.Logout):
             self.logging_out = True
+        if isinstance(command, c.Id) and command.parameters:
+            self.session.client_id = {k.lower(): v for k, v in command.parameters}
+            if self.identified is not None:
+                self.identified(self.session.client_id)
         await self._to(serialize(command, literal_plus=True), command)
         if isinstance(command, c.Idle):
             return await self._idle(command)

@@ -1,0 +1,176 @@
+"""The usage recorder and report on a real database (SQLite, and PostgreSQL when
+LPS_TEST_DATABASE_URL is set): exact distinct counts over periods, additive writes from
+several recorders, bounded memory, cleaned labels."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from delegation.db import create_engine
+from gateway.backends.routing import Placement
+from gateway.db import migrate_gateway
+from gateway.settings import RoutingSettings
+from gateway.usage import Access, UsageRecorder, clean_label, interface_for
+from gateway.usage.report import UsageReport, usage_report
+from tests.support.waiting import until
+
+DAY = dt.datetime(2026, 3, 2, 9, 30, tzinfo=dt.UTC)
+
+
+@pytest.fixture
+async def engine(fresh_db_url: str) -> AsyncIterator[AsyncEngine]:
+    await migrate_gateway(fresh_db_url)
+    engine = create_engine(fresh_db_url)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+def access(
+    days: int,
+    bal: str,
+    idnat: str,
+    software: str = "Medimail",
+    *,
+    version: str = "4.2",
+    interface: str = "api-lps-imap",
+    kind: str = "session",
+    platform: str = "modern",
+    delegated: bool = False,
+) -> Access:
+    return Access(
+        at=DAY + dt.timedelta(days=days),
+        interface=interface,  # type: ignore[arg-type]
+        software=software,
+        version=version,
+        bal=bal,
+        platform=platform,
+        idnat=idnat,
+        delegated=delegated,
+        kind=kind,  # type: ignore[arg-type]
+    )
+
+
+def row(report: UsageReport, software: str, interface: str = "api-lps-imap") -> dict[str, object]:
+    found = [r for r in report.software if (r.software, r.interface) == (software, interface)]
+    assert len(found) == 1, report.software
+    return vars(found[0])
+
+
+async def test_distinct_counts_are_exact_over_any_period_since_a_date(engine: AsyncEngine) -> None:
+    recorder = UsageRecorder(engine)
+    # a.fr: every day 0..9 by person 1; b.fr: day 0 only (2 sessions); c.fr: day 5, two people
+    for day in range(10):
+        recorder.record(access(day, "a@x.fr", "1"))
+    recorder.record(access(0, "b@x.fr", "2"))
+    recorder.record(access(0, "b@x.fr", "2"))
+    recorder.record(access(5, "c@x.fr", "3"))
+    recorder.record(access(5, "c@x.fr", "4", delegated=True))
+    recorder.record(
+        access(6, "a@x.fr", "1", "NIL-77", version="", interface="api-lps-smtp", kind="message")
+    )
+    await recorder.flush()
+    assert recorder.pending == 0
+
+    everything = await usage_report(engine)
+    assert row(everything, "Medimail") | {"first_seen": None, "last_seen": None} == {
+        "software": "Medimail",
+        "version": "4.2",
+        "interface": "api-lps-imap",
+        "bals": 3,
+        "persons": 4,
+        "sessions": 14,
+        "messages": 0,
+        "first_seen": None,
+        "last_seen": None,
+    }
+    assert row(everything, "Medimail")["first_seen"] == DAY
+    assert row(everything, "Medimail")["last_seen"] == DAY + dt.timedelta(days=9)
+    nil = row(everything, "NIL-77", "api-lps-smtp")
+    assert (nil["bals"], nil["sessions"], nil["messages"]) == (1, 0, 1)
+
+    since_day_1 = await usage_report(engine, (DAY + dt.timedelta(days=1)).date())
+    assert (row(since_day_1, "Medimail")["bals"], row(since_day_1, "Medimail")["persons"]) == (2, 3)
+    assert row(since_day_1, "Medimail")["sessions"] == 11
+    since_day_6 = await usage_report(engine, (DAY + dt.timedelta(days=6)).date())
+    assert (row(since_day_6, "Medimail")["bals"], row(since_day_6, "Medimail")["persons"]) == (1, 1)
+    assert row(since_day_6, "Medimail")["sessions"] == 4
+    later = await usage_report(engine, (DAY + dt.timedelta(days=30)).date())
+    assert later.software == []
+    days = {(d.day, d.interface): d.sessions for d in everything.days}
+    assert days[(DAY.date(), "api-lps-imap")] == 3
+
+
+async def test_several_recorders_flushing_at_once_lose_no_count(engine: AsyncEngine) -> None:
+    recorders = [UsageRecorder(engine) for _ in range(4)]
+    for round_ in range(3):
+        for number, recorder in enumerate(recorders):
+            for n in range(50):
+                recorder.record(access(round_, f"bal{n}@x.fr", str(n), version=str(number % 2)))
+        await asyncio.gather(*(r.flush() for r in recorders))
+    report = await usage_report(engine)
+    assert sum(r.sessions for r in report.software) == 4 * 3 * 50
+    assert {(r.version, r.bals, r.sessions) for r in report.software} == {
+        ("0", 50, 300),
+        ("1", 50, 300),
+    }
+
+
+async def test_memory_is_bounded_and_the_background_flush_writes(engine: AsyncEngine) -> None:
+    recorder = UsageRecorder(engine, max_pending=10, flush_interval=3600)
+    for n in range(100):
+        recorder.record(access(0, f"bal{n}@x.fr", str(n)))
+    assert recorder.pending <= 2 * 10 + 1
+    assert recorder.dropped > 0
+    recorder.record(access(0, "bal0@x.fr", "0"))  # adding to a pending row still counts
+    dropped = recorder.dropped
+    recorder.start()
+    try:
+        await until(lambda: recorder.pending == 0, "the background flush")
+    finally:
+        await recorder.stop()
+    report = await usage_report(engine)
+    (only,) = report.software
+    assert only.sessions == 100 - dropped + 1
+    assert only.bals == only.persons == 100 - dropped
+
+
+async def test_platform_and_delegation_follow_the_last_access(engine: AsyncEngine) -> None:
+    recorder = UsageRecorder(engine)
+    recorder.record(access(3, "dupont@x.fr", "9", "OldLPS", platform="historic"))
+    await recorder.flush()
+    recorder.record(access(1, "dupont@x.fr", "9", "OldLPS", platform="elsewhere"))  # older
+    recorder.record(access(2, "moved@x.fr", "8", "NewLPS", platform="historic"))
+    await recorder.flush()
+    placement = Placement(
+        ["modern", "historic"],
+        RoutingSettings(default="modern", mailboxes={"dupont@x.fr": "historic"}),
+    )
+    report = await usage_report(engine, placement=placement, historic=["historic"])
+    assert [(b.bal, b.platform, b.software) for b in report.historic] == [
+        ("dupont@x.fr", "historic", "OldLPS")
+    ]
+    assert report.historic[0].last_seen == DAY + dt.timedelta(days=3)
+    assert row(report, "OldLPS")["first_seen"] == DAY + dt.timedelta(days=1)
+
+
+def test_labels_are_bounded_and_cleaned() -> None:
+    assert clean_label("Thunderbird\r\nX-Injected: 1") == "ThunderbirdX-Injected: 1"
+    assert clean_label('=HYPERLINK("http://evil")') == "HYPERLINK(http://evil)"
+    assert clean_label("<script>alert(1)</script>") == "scriptalert(1)/script"
+    assert clean_label("a" * 10_000) == "a" * 64
+    assert clean_label("\x00\x1b[31m") == "31m"
+    assert clean_label("Médi mail   v2") == "Médi mail v2"
+    assert clean_label(None) == ""
+    made = access(0, " Claire.Martin@X.fr ", "1", "\t", version="9" * 99)
+    assert (made.software, made.version, made.bal) == ("unknown", "9" * 32, "claire.martin@x.fr")
+    assert interface_for("imap") == "api-lps-imap"
+    assert interface_for("smtp", by_card=True) == "historic-smtp-cps"
+    with pytest.raises(ValueError, match="interface"):
+        access(0, "a@x.fr", "1", interface="pop3")
