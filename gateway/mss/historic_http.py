@@ -59,7 +59,8 @@ class HistoricAuthenticator(Protocol):
     ``X-ErrorCode``) or `OtpRequired` (401); `session_lifetime` is the Max-Age of the
     session cookie handed out when `Authenticated.new_session` is set."""
 
-    session_lifetime: int
+    @property
+    def session_lifetime(self) -> int: ...
 
     async def authenticate(self, request: Request) -> Authenticated: ...
 
