@@ -12,7 +12,7 @@ from rich.console import Console
 from gateway.runtime.lifecycle import run_until_signalled
 from gateway.runtime.logs import configure_logging
 from gateway.runtime.tls import dev_certificate
-from gateway.settings import BackendSettings, Settings, load_settings
+from gateway.settings import BackendSettings, CardSettings, Settings, load_settings
 
 if TYPE_CHECKING:
     from gateway.server import Gateway
@@ -144,6 +144,13 @@ async def _demo(settings: Settings) -> None:
                     ),
                 }
                 settings.routing.default = settings.routing.default or "modern"
+            authority = mock.historic_auth.authority if mock.historic_auth else None
+            if settings.cards.ca_file is None and authority is not None:
+                # CPS cards of the mock's card CA (`mock-operator card PERSONA`), and its
+                # revocation list, which `mock-operator card PERSONA --revoke` rewrites
+                settings.cards = CardSettings(
+                    ca_file=authority.certificate_path, crl_file=authority.crl_path
+                )
             await gateway.start()
 
         async def stop(self) -> None:
@@ -175,6 +182,12 @@ async def _demo(settings: Settings) -> None:
             "A PSC session ended (.venv/bin/mock-operator end-session sec-bernard) ends her "
             f"open sessions within {settings.psc.revalidate_interval:g} s.\n"
             "Tokens of any client id are accepted (psc.accept_any_audience: a mock only).\n"
+            "With a CPS card instead of a token:\n"
+            "  .venv/bin/mock-operator card dr-martin\n"
+            f"  curl --ssl-reqd --cacert {settings.data_dir / 'dev-cert.pem'} "
+            "--cert dr-martin.pem --key dr-martin-key.pem \\\n"
+            f"    --login-options AUTH=EXTERNAL '{imap}/INBOX?ALL'\n"
+            "  .venv/bin/mock-operator card dr-martin --revoke   # then refused\n"
             "Ctrl-C stops the demo.",
             highlight=False,
         )

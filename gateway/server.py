@@ -30,10 +30,15 @@ from gateway.runtime.asgi_server import AsgiServer, bind_tcp
 from gateway.runtime.lifecycle import cancelled
 from gateway.runtime.limits import Exemptions, LoginThrottle, NodeLimits, SlotCounter
 from gateway.runtime.smtp_server import SmtpServer
-from gateway.runtime.tls import ensure_dev_certificate, server_context
+from gateway.runtime.tls import (
+    ensure_dev_certificate,
+    request_client_certificates,
+    server_context,
+)
 from gateway.settings import Settings
 from gateway.web.routes import WebConfig
 from psc_auth import TokenValidator
+from psc_auth.certificates import CardVerifier
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +76,7 @@ class Gateway:
         self.router: Router | None = None
         self.imap: ProxyServer | None = None
         self.imaps: ProxyServer | None = None
+        self.cards: CardVerifier | None = None  # CPS cards, when `[cards]` names a CA
         self.smtp: SmtpServer | None = None
         self.audit: AuditSink | None = None
         self.decisions: DecisionCache | None = None
@@ -186,6 +192,10 @@ class Gateway:
         if cert is None or key is None:
             cert, key = ensure_dev_certificate(settings.data_dir)
         tls = server_context(cert, key)
+        cards = settings.cards
+        if cards.ca_file is not None:  # CPS cards: ask for a client certificate
+            self.cards = CardVerifier.from_files(cards.ca_file, cards.crl_file)
+            request_client_certificates(tls, self.cards.ca_pem())
         config = ProxyConfig.from_settings(settings.imap).serving_stores(
             self.backends.version, self.backends.wait
         )
@@ -261,6 +271,7 @@ class Gateway:
             audit=self.audit,
             throttle=self.limits.logins,
             exempt=self.limits.exempt,
+            cards=self.cards,
         )
 
     async def stop(self) -> None:

@@ -164,6 +164,29 @@ class TlsSettings(_Section):
     key: Path | None = None
 
 
+class CardSettings(_Section):
+    """CPS cards and organisation certificates (mutual TLS): the IMAP and SMTP fronts ask
+    for a client certificate and offer EXTERNAL only when `ca_file` is set."""
+
+    ca_file: Path | None = Field(
+        default=None, description="trusted card CAs (PEM bundle): IGC Santé, the mock's CPS CA"
+    )
+    crl_file: Path | None = Field(
+        default=None,
+        description="their revocation list(s) (PEM or DER), read again when the file changes; "
+        "once set, a missing or stale list refuses every card",
+    )
+    require_crl: bool = Field(
+        default=True, description="refuse to start with a ca_file and no crl_file"
+    )
+
+    @model_validator(mode="after")
+    def _crl_given(self) -> CardSettings:
+        if self.ca_file is not None and self.crl_file is None and self.require_crl:
+            raise ValueError("cards.crl_file is required with cards.ca_file (or require_crl=false)")
+        return self
+
+
 class ImapFrontSettings(_Section):
     """The API LPS IMAP listener (STARTTLS) and its limits."""
 
@@ -299,6 +322,33 @@ class RoutingSettings(_Section):
     mailboxes: dict[str, str] = Field(default_factory=dict)
 
 
+class LegacyFrontSettings(_Section):
+    """The historic web services served by the gateway (REST + SOAP under
+    /mss-msg-services on the HTTP listener), over whatever platform holds the BAL."""
+
+    enabled: bool = True
+    max_body: int = Field(
+        default=25 * 1024 * 1024, ge=64 * 1024, description="bytes of a request (attachments)"
+    )
+    session_lifetime: int = Field(default=3_600, ge=60, le=86_400, description="seconds")
+    trusted_proxies: list[str] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"],
+        description="front proxies whose ssl_client_cert / ssl_client_verify headers count",
+    )
+    otp_max_failures: int = Field(default=3, ge=1, le=10)
+    otp_lockout: int = Field(default=900, ge=0, description="seconds a blocked channel stays")
+    ciba_max_wait: float = Field(
+        default=30.0, gt=0, le=120, description="seconds an OTP request waits for the approval"
+    )
+    https_host: str = "127.0.0.1"
+    https_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="a mutual-TLS listener for CPS cards (none: cards only through a proxy)",
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LPSGW_", env_nested_delimiter="__", extra="forbid", toml_file=None
@@ -317,10 +367,12 @@ class Settings(BaseSettings):
     ui: UiSettings = UiSettings()
     psc: PscSettings = PscSettings()
     tls: TlsSettings = TlsSettings()
+    cards: CardSettings = CardSettings()
     imap: ImapFrontSettings = ImapFrontSettings()
     smtp: SmtpFrontSettings = SmtpFrontSettings()
     backends: dict[str, BackendSettings] = Field(default_factory=dict)
     routing: RoutingSettings = RoutingSettings()
+    legacy_front: LegacyFrontSettings = LegacyFrontSettings()
     mock: MockSettings = MockSettings()
 
     def database(self) -> str:

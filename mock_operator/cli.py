@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from gateway.runtime.files import write_private
 from gateway.runtime.lifecycle import run_until_signalled
 from gateway.runtime.logs import configure_logging
 from gateway.settings import load_settings
@@ -133,6 +134,57 @@ def _ask(url: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
         raise typer.Exit(1)
     answer: dict[str, Any] = response.json()
     return answer
+
+
+DEMO_DATA = Path(".lps-gateway") / "mock-operator"
+
+
+def _data_dir(data: Path | None) -> Path:
+    """The mock's data directory: `data`, else the demo's (run from the demo's directory),
+    else the standalone mock's."""
+    if data is not None:
+        return data
+    return DEMO_DATA if DEMO_DATA.is_dir() else Path(".mock-operator")
+
+
+@app.command()
+def card(
+    persona: Annotated[str, typer.Argument(help="Persona key (dr-martin, sec-bernard, ...)")],
+    out: Annotated[Path, typer.Option(help="Where to write the card's files")] = Path("."),
+    revoke: Annotated[
+        bool, typer.Option("--revoke", help="Revoke the persona's cards instead")
+    ] = False,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Mock data directory (default: the demo's, else .mock-operator)"),
+    ] = None,
+) -> None:
+    """Write a CPS card (certificate and key, PEM) for PERSONA, issued by the mock's card CA;
+    with --revoke, put every card issued to PERSONA on the CA's revocation list (a running
+    gateway or mock reads it again at the next login)."""
+    from mock_operator.historic.auth import CpsAuthority
+
+    found = default_personas().get(persona)
+    if found is None:
+        err.print(f"no persona {persona!r} (see: mock-operator personas)")
+        raise typer.Exit(1)
+    authority = CpsAuthority.load_or_create(_data_dir(data) / "cps")
+    if revoke:
+        cards = authority.issued_to(found.idnat)
+        added = authority.revoke(*cards)
+        typer.echo(
+            f"{added} card{'' if added == 1 else 's'} of {persona} revoked "
+            f"({len(cards)} issued); revocation list: {authority.crl_path}"
+        )
+        return
+    certificate, key = authority.issue(found)
+    out.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = out / f"{persona}.pem", out / f"{persona}-key.pem"
+    cert_path.write_bytes(certificate)
+    write_private(key_path, key)
+    typer.echo(f"certificate: {cert_path}")
+    typer.echo(f"key:         {key_path}")
+    typer.echo(f"card CA:     {authority.certificate_path}")
 
 
 @app.command()

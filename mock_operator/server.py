@@ -10,7 +10,6 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.serialization import Encoding
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy import event
@@ -27,7 +26,11 @@ from gateway.runtime.asgi_server import AsgiServer, bind_tcp
 from gateway.runtime.files import write_private
 from gateway.runtime.logs import RequestIdMiddleware
 from gateway.runtime.smtp_server import SmtpServer
-from gateway.runtime.tls import ensure_dev_certificate, server_context
+from gateway.runtime.tls import (
+    ensure_dev_certificate,
+    request_client_certificates,
+    server_context,
+)
 from gateway.settings import MockSettings
 from mock_operator.historic.auth import CpsAuthority, HistoricAuth
 from mock_operator.historic.imap import HistoricImap
@@ -251,10 +254,7 @@ class MockOperator:
         assert self.historic_auth is not None
         authority = self.historic_auth.authority
         if authority is not None:
-            context.verify_mode = ssl.CERT_OPTIONAL
-            context.load_verify_locations(
-                cadata=authority.certificate.public_bytes(Encoding.PEM).decode("ascii")
-            )
+            request_client_certificates(context, authority.verifier.ca_pem())
         return context
 
     async def _start_historic_imap(self, sock: socket.socket, tls: ssl.SSLContext) -> None:

@@ -141,14 +141,18 @@ class Submission(Protocol):
 
 
 class Backend(Protocol):
-    """A platform holding BAL. `name` is its key in the configuration."""
+    """A platform holding BAL. `name` is its key in the configuration.
+
+    `token` is the user's PSC access token, or None for a session opened without one (a
+    CPS card login): the backend then uses its master login, and one that takes user
+    tokens only raises `BackendTokenOnly`."""
 
     @property
     def name(self) -> str: ...
 
-    async def open_imap(self, bal: str, token: str) -> Upstream | MailStore: ...
+    async def open_imap(self, bal: str, token: str | None) -> Upstream | MailStore: ...
 
-    def submission(self, bal: str, token: str, *, max_size: int) -> Submission: ...
+    def submission(self, bal: str, token: str | None, *, max_size: int) -> Submission: ...
 
     def probes(self) -> Mapping[str, Awaitable[str]]: ...
 

@@ -105,3 +105,16 @@ class BackendCannotCarry(BackendRefused):
     refused before anything was sent."""
 
     kind = "cannot-carry"
+
+
+class BackendTokenOnly(BackendRefused):
+    """The backend is configured to log users in with their own PSC token (``login =
+    "token"``): a session without one (a CPS card login) cannot be opened on it."""
+
+    kind = "token-only"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"the platform of this BAL ({name}) takes PSC tokens only: log in with a token",
+            permanent=True,
+        )

@@ -1,5 +1,10 @@
 """Who is logging in and which BAL they may open: token (psc_auth), then grant (delegation),
 then route (which backend). Shared by the IMAP and SMTP fronts so both decide the same way.
+
+A CPS card (SASL EXTERNAL over mutual TLS) is the other way to say who: its holder is a
+person, then the same delegation decision as for a token; or an organisation certificate,
+which opens the APP BAL it names (`psc_auth.certificates`) and nothing else. The grant
+says which (`means`), so usage figures can name the historic interfaces.
 """
 
 from __future__ import annotations
@@ -8,19 +13,26 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 from delegation.audit import AuditAction, AuditRecord
+from delegation.models import RIGHTS
 from delegation.service import Decision, DelegationService, Grant
 from gateway.audit import AuditSink
 from gateway.backends.routing import NoRoute, Route, Router
 from gateway.decisions import DecisionCache
-from gateway.imap.session import SessionGrant
+from gateway.imap.session import ExternalCredentials, SessionGrant
 from gateway.runtime.limits import Exemptions, LoginThrottle, SlotCounter, client_key
 from gateway.runtime.login import AuthFailed, ConnectionInfo
 from psc_auth import Identity, TokenError, TokenValidator
+from psc_auth.certificates import CardError, CardHolder, CardVerifier
 from psc_auth.sasl import TokenCredentials, error_challenge
 
 log = logging.getLogger(__name__)
+
+
+Means = Literal["token", "card"]
+"""How a front login proved who: a PSC token, or a CPS card / organisation certificate."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,13 +42,22 @@ class FrontGrant(SessionGrant):
     identity: Identity
     decision: Grant
     route: Route
-    credentials: TokenCredentials = dataclasses.field(repr=False)
+    # the token login's credentials; None for a card login (no token: the backend is
+    # opened with its master login)
+    credentials: TokenCredentials | None = dataclasses.field(repr=False)
     # the login's audit event, when the front writes it once the session is open
     login_event: AuditRecord | None = dataclasses.field(default=None, compare=False)
+    means: Means = "token"
+    card: CardHolder | None = dataclasses.field(default=None, compare=False)
 
     @property
     def delegation_id(self) -> int | None:
         return self.decision.delegation_id
+
+    @property
+    def token(self) -> str | None:
+        """The PSC access token of a token login; None for a card login."""
+        return self.credentials.token if self.credentials is not None else None
 
 
 class FrontAuthenticator:
@@ -55,7 +76,9 @@ class FrontAuthenticator:
         audit: AuditSink,
         throttle: LoginThrottle | None = None,
         exempt: Exemptions | None = None,
+        cards: CardVerifier | None = None,
     ) -> None:
+        self.cards = cards
         self.validator = validator
         self.registry = registry
         self.router = router
@@ -105,6 +128,71 @@ class FrontAuthenticator:
                 self.throttle.failed(person)
             raise
 
+    async def authenticate_card(
+        self,
+        credentials: ExternalCredentials,
+        connection: ConnectionInfo,
+        *,
+        record_success: bool = True,
+    ) -> FrontGrant:
+        """`authenticate` for SASL EXTERNAL: the client certificate TLS verified, checked
+        again here (issuer, validity, usage, revocation list as it is now), then the BAL of
+        the authzid (empty: the holder's own) with the same decision, audit and throttling
+        as a token. A refused card whose holder can be read is audited."""
+        address = None if connection.peer in self.exempt else client_key(connection.peer)
+        self._throttled(address, "from your address")
+        verifier = self.cards
+        if verifier is None:
+            raise AuthFailed("authentication", "this server takes no client certificate")
+        try:
+            holder = verifier.verify(credentials.certificate)
+        except CardError as exc:
+            if self.throttle is not None and address is not None:
+                self.throttle.failed(address)
+            log.info(
+                "gateway.card_refused", extra={"reason": exc.refusal.value, "idnat": exc.idnat}
+            )
+            if exc.idnat is not None:
+                await self.audit.submit(
+                    self.event(
+                        exc.idnat,
+                        credentials.authzid,
+                        AuditAction.LOGIN,
+                        connection,
+                        result=f"refused:card-{exc.refusal.value}",
+                        delegation_id=None,
+                        detail="means=card",
+                    )
+                )
+            raise AuthFailed("authentication", f"card refused ({exc.refusal.value})") from None
+        identity = holder.identity()
+        person = f"idnat:{identity.idnat}"
+        self._throttled(person, "for this person")
+        try:
+            if holder.is_organisation:
+                bal = credentials.authzid.strip().lower() or holder.mailboxes[0]
+            else:
+                bal = await self.target(identity, credentials.authzid)
+            return await self.authorise(
+                identity,
+                bal,
+                None,
+                connection,
+                action=AuditAction.LOGIN,
+                record_success=record_success,
+                card=holder,
+            )
+        except AuthFailed as failure:
+            if self.throttle is not None and failure.kind == "authorization":
+                self.throttle.failed(person)
+            raise
+
+    async def authenticate_external(
+        self, credentials: ExternalCredentials, connection: ConnectionInfo
+    ) -> FrontGrant:
+        """`authenticate_card`, its audit event written at once."""
+        return await self.authenticate_card(credentials, connection)
+
     async def take_session_slot(self, grant: FrontGrant, sessions: SlotCounter) -> None:
         """One of the person's `sessions` slots for this login, or `AuthFailed("limit")`
         with the refusal audited on the login's own event (left in the grant by
@@ -153,16 +241,29 @@ class FrontAuthenticator:
         self,
         identity: Identity,
         bal: str,
-        credentials: TokenCredentials,
+        credentials: TokenCredentials | None,
         connection: ConnectionInfo,
         *,
         action: AuditAction,
         right: str | None = None,
         record_success: bool = True,
+        card: CardHolder | None = None,
     ) -> FrontGrant:
+        """The registry's decision on `bal` for `identity` (for an organisation
+        certificate: whether it names that APP BAL), audited, routed. `card` is the
+        certificate of a card login (`credentials` None)."""
         actor = str(identity.idnat)
-        found = await self.decisions.decide(identity, bal)
+        if card is not None and card.is_organisation:
+            found = await self._organisation_decision(card, bal)
+        else:
+            found = await self.decisions.decide(identity, bal)
         decision = found.grant
+        means: Means = "card" if card is not None else "token"
+        detail = (
+            f"via={decision.via} rights={','.join(sorted(decision.rights))}" if decision else ""
+        )
+        if card is not None:
+            detail = f"{detail} means=card".strip()
         refusal = _refusal(found, right)
         event = self.event(
             actor,
@@ -171,9 +272,7 @@ class FrontAuthenticator:
             connection,
             result=f"refused:{refusal}" if refusal else "ok",
             delegation_id=found.delegation_id,
-            detail=f"via={decision.via} rights={','.join(sorted(decision.rights))}"
-            if decision is not None
-            else None,
+            detail=detail or None,
         )
         if refusal is not None or record_success:
             await self.audit.submit(event)
@@ -199,7 +298,30 @@ class FrontAuthenticator:
             route=route,
             credentials=credentials,
             login_event=None if record_success else event,
+            means=means,
+            card=card,
         )
+
+    async def _organisation_decision(self, card: CardHolder, bal: str) -> Decision:
+        """An organisation certificate opens the APP BAL it names, with every right."""
+        address = bal.strip().lower()
+        if address not in card.mailboxes:
+            return Decision(None, "not-named-by-certificate", None)
+        mailbox = await self.registry.mailbox(address)
+        if mailbox is None or mailbox.type != "APP":
+            return Decision(None, "not-an-app-bal", None)
+        grant = Grant(
+            mailbox=mailbox.address,
+            rights=RIGHTS,
+            via="holder",
+            delegation_id=None,
+            holder_idnat=None,
+            holder_name=mailbox.organisation or card.name,
+            expires_at=None,
+            mailbox_type=mailbox.type,
+            backend=mailbox.backend,
+        )
+        return Decision(grant, None, None)
 
     async def recheck(
         self, grant: FrontGrant, connection: ConnectionInfo, *, action: AuditAction, right: str
@@ -208,7 +330,11 @@ class FrontAuthenticator:
         `grant` still holds `right`, else why not (refusals are audited). For the moment a
         message is about to leave: a revocation between MAIL and DATA counts. The decision
         cache forgets a pair at every change of it, on every node: no round trip here."""
-        found = await self.decisions.decide(grant.identity, grant.mailbox)
+        card = grant.card
+        if card is not None and card.is_organisation:
+            found = await self._organisation_decision(card, grant.mailbox)
+        else:
+            found = await self.decisions.decide(grant.identity, grant.mailbox)
         refusal = _refusal(found, right)
         if refusal is not None:
             await self.audit.submit(

@@ -39,13 +39,14 @@ from gateway.backends.errors import (
 )
 from gateway.fronts import smtp_replies as replies
 from gateway.fronts.login import FrontAuthenticator, FrontGrant
+from gateway.imap.session import ExternalCredentials
 from gateway.metrics import Metrics
 from gateway.mss import RuleResult, add_headers, add_sender, check_message, remove_fields
 from gateway.psc_sessions import PscSessionWatch
 from gateway.runtime.limits import SlotCounter
 from gateway.runtime.login import AuthFailed, ConnectionInfo
 from gateway.runtime.net import is_loopback, peer_address
-from gateway.runtime.smtp_auth import TokenAuthMixin, grant_of
+from gateway.runtime.smtp_auth import CardAuthMixin, grant_of
 from gateway.runtime.smtp_server import TokenSMTP
 from gateway.settings import SmtpFrontSettings
 from psc_auth.sasl import Mechanism, TokenCredentials
@@ -92,7 +93,7 @@ class _Watched:
             self.server.kick(reason)
 
 
-class SubmissionFront(TokenAuthMixin):
+class SubmissionFront(CardAuthMixin):
     """The aiosmtpd handler of the gateway's submission listener (`SmtpServer`)."""
 
     authenticator: FrontAuthenticator
@@ -142,26 +143,46 @@ class SubmissionFront(TokenAuthMixin):
     # -- AUTH: TokenAuthMixin decides, we count ------------------------------------------
 
     async def _token_auth(self, server: SMTP, args: list[str], mechanism: Mechanism) -> AuthResult:
-        result = await super()._token_auth(server, args, mechanism)
+        return self._logged_in(server, await super()._token_auth(server, args, mechanism))
+
+    async def auth_EXTERNAL(self, server: SMTP, args: list[str]) -> AuthResult:
+        return self._logged_in(server, await super().auth_EXTERNAL(server, args))
+
+    def _logged_in(self, server: SMTP, result: AuthResult) -> AuthResult:
+        """Count a successful login; a token login is watched while its PSC session lives
+        (a card login has none)."""
         if result.success:
             self.metrics.logins.labels(PROTOCOL, "ok").inc()
             grant = result.auth_data
-            if self.psc is not None and isinstance(grant, FrontGrant):
+            if self.psc is not None and isinstance(grant, FrontGrant) and grant.token:
                 client = self._client(server)
                 client.watched = _Watched(server, grant, self)
-                self.psc.add(client.watched, grant.credentials.token, grant.identity)
+                self.psc.add(client.watched, grant.token, grant.identity)
         return result
 
-    async def _refuse(self, server: SMTP, failure: AuthFailed, mechanism: Mechanism) -> AuthResult:
+    async def _refuse(
+        self, server: SMTP, failure: AuthFailed, mechanism: Mechanism | None
+    ) -> AuthResult:
         self.metrics.logins.labels(PROTOCOL, failure.kind).inc()
         return await super()._refuse(server, failure, mechanism)
 
     async def _authenticate(
         self, server: SMTP, credentials: TokenCredentials, connection: ConnectionInfo
     ) -> FrontGrant:
-        """The front's decision, then the person's session cap (`sessions`): the login's
-        audit event says which of them had the last word."""
         grant = await self.authenticator.authenticate(credentials, connection, record_success=False)
+        return await self._session_open(server, grant)
+
+    async def _authenticate_card(
+        self, server: SMTP, credentials: ExternalCredentials, connection: ConnectionInfo
+    ) -> FrontGrant:
+        grant = await self.authenticator.authenticate_card(
+            credentials, connection, record_success=False
+        )
+        return await self._session_open(server, grant)
+
+    async def _session_open(self, server: SMTP, grant: FrontGrant) -> FrontGrant:
+        """The front's decision made, then the person's session cap (`sessions`): the
+        login's audit event says which of them had the last word."""
         event = grant.login_event
         assert event is not None
         sessions = self.sessions
@@ -189,6 +210,7 @@ class SubmissionFront(TokenAuthMixin):
                 _connection(server, session),
                 action=AuditAction.SEND,
                 right="send",
+                card=login.card,
             )
         except AuthFailed as refusal:
             if refusal.kind == "unavailable":
@@ -417,7 +439,7 @@ class SubmissionFront(TokenAuthMixin):
             client.relay = None
             await relay.close()
         relay = sender.route.backend.submission(
-            sender.mailbox, sender.credentials.token, max_size=self.settings.max_message_size
+            sender.mailbox, sender.token, max_size=self.settings.max_message_size
         )
         await relay.open()
         client.relay = relay

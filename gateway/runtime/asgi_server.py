@@ -9,12 +9,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections.abc import Iterator
 from typing import Any
 
 import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from gateway.runtime.asgi_tls import TlsScopeH11
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -80,10 +83,15 @@ class _GuardedH11(H11Protocol):
             self.transport.abort()
 
 
+class _GuardedTlsH11(_GuardedH11, TlsScopeH11):
+    """The guarded protocol of a TLS listener: the client certificate in the scope."""
+
+
 class AsgiServer:
     """One uvicorn server on one pre-bound socket, started and stopped from async code;
     at most `max_connections` at once (503 beyond), each request whole within
-    `request_timeout`."""
+    `request_timeout`. With `ssl_context`, HTTPS: the scope of each request carries the
+    ASGI TLS extension, client certificate included (`gateway.runtime.asgi_tls`)."""
 
     def __init__(
         self,
@@ -92,8 +100,11 @@ class AsgiServer:
         *,
         request_timeout: float = REQUEST_TIMEOUT,
         max_connections: int = MAX_CONNECTIONS,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        protocol = type("GuardedH11", (_GuardedH11,), {"request_timeout": request_timeout})
+        base = _GuardedH11 if ssl_context is None else _GuardedTlsH11
+        protocol = type("GuardedH11", (base,), {"request_timeout": request_timeout})
+        context = ssl_context
         config = uvicorn.Config(
             app,
             log_config=None,
@@ -103,6 +114,7 @@ class AsgiServer:
             lifespan="on",
             http=protocol,
             limit_concurrency=max_connections,
+            ssl_context_factory=None if context is None else (lambda _config, _default: context),
         )
         self._server = _EmbeddedServer(config)
         self._socket = sock

@@ -11,5 +11,6 @@ def write_private(path: Path, data: bytes, *, exclusive: bool = False) -> None:
     for a moment). `exclusive` refuses to replace an existing file."""
     flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
     fd = os.open(path, flags, 0o600)
+    os.fchmod(fd, 0o600)  # a file that existed keeps its mode through O_CREAT
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)

@@ -1,4 +1,5 @@
-"""AUTH XOAUTH2 / OAUTHBEARER / PLAIN for aiosmtpd, decided by a `LoginAuthority`.
+"""AUTH XOAUTH2 / OAUTHBEARER / PLAIN for aiosmtpd, decided by a `LoginAuthority`, and
+AUTH EXTERNAL with a TLS client certificate (`CardAuthMixin`).
 
 aiosmtpd calls `auth_<MECHANISM>` on the handler; this mixin decodes the SASL response with
 `psc_auth.sasl` and hands the credentials to the same authenticator the IMAP side uses, so
@@ -9,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult
 
+from gateway.imap.session import ExternalCredentials, decode_external
 from gateway.runtime.login import AuthFailed, ConnectionInfo, Login, LoginAuthority
 from gateway.runtime.net import is_loopback, peer_address
 from gateway.runtime.smtp_server import TokenSMTP
@@ -88,12 +90,14 @@ class TokenAuthMixin:
         """Who logs in (a handler may add its own conditions: `AuthFailed` refuses)."""
         return await self.authenticator.authenticate(credentials, connection)
 
-    async def _refuse(self, server: SMTP, failure: AuthFailed, mechanism: Mechanism) -> AuthResult:
+    async def _refuse(
+        self, server: SMTP, failure: AuthFailed, mechanism: Mechanism | None
+    ) -> AuthResult:
         log.info("smtp.login_refused", extra={"reason": failure.kind, "detail": failure.text})
         # handled=False: aiosmtpd then sends `message` (with its default, nothing is sent).
         if failure.kind in ("unavailable", "throttled", "limit"):
             return AuthResult(success=False, handled=False, message=TEMPORARY.format(failure.text))
-        if failure.challenge and mechanism is not Mechanism.PLAIN:
+        if failure.challenge and mechanism not in (None, Mechanism.PLAIN):
             # RFC 7628 §3.2.3: the JSON error as a 334 challenge; the client answers ^A.
             await server.challenge_auth(failure.challenge)
         if self.auth_failure_delay:
@@ -103,3 +107,91 @@ class TokenAuthMixin:
                 success=False, handled=False, message=NOT_ALLOWED.format(failure.text)
             )
         return AuthResult(success=False, handled=False, message=INVALID)
+
+
+NO_CERTIFICATE = "535 5.7.8 Authentication failed: EXTERNAL needs a TLS client certificate"
+
+
+def peer_certificate(session: Any) -> bytes | None:
+    """The client certificate (DER) TLS verified on this session; None without one."""
+    info = getattr(session, "ssl", None)
+    ssl_object = info.get("ssl_object") if isinstance(info, dict) else None
+    if ssl_object is None:
+        return None
+    certificate: bytes | None = ssl_object.getpeercert(binary_form=True)
+    return certificate
+
+
+class CardAuthority(LoginAuthority, Protocol):
+    """A `LoginAuthority` that also takes TLS client certificates (SASL EXTERNAL)."""
+
+    async def authenticate_external(
+        self, credentials: ExternalCredentials, connection: ConnectionInfo
+    ) -> Login: ...
+
+
+class CardAuthMixin(TokenAuthMixin):
+    """AUTH EXTERNAL (RFC 4954, RFC 4422 appendix A): the authzid names the BAL (empty, or
+    ``AUTH EXTERNAL =``: the certificate holder's own), the certificate is the TLS
+    session's. Advertised in EHLO only to a client that presented a certificate."""
+
+    authenticator: CardAuthority
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        if peer_certificate(session) is not None:
+            return responses
+        return [_without_external(line) for line in responses]
+
+    async def auth_EXTERNAL(self, server: SMTP, args: list[str]) -> AuthResult:
+        session = server.session
+        assert session is not None
+        certificate = peer_certificate(session)
+        if certificate is None:
+            return await self._refuse(
+                server,
+                AuthFailed("authentication", "EXTERNAL needs a TLS client certificate"),
+                None,
+            )
+        try:
+            if len(args) == 2:
+                blob = decode_base64(args[1])
+            else:
+                answer = await server.challenge_auth("", encode_to_b64=False)
+                if answer is MISSING:
+                    return AuthResult(success=False, handled=True)
+                blob = bytes(answer)
+            authzid = decode_external(blob)
+        except SaslError as exc:
+            await server.push(f"501 5.5.2 Malformed SASL response: {exc}")
+            return AuthResult(success=False, handled=True)
+        connection = ConnectionInfo(
+            peer=peer_address(session.peer),
+            secure=True,
+            loopback=is_loopback(session.peer),
+            tls_available=False,
+        )
+        try:
+            grant = await self._authenticate_card(
+                server, ExternalCredentials(authzid, certificate), connection
+            )
+        except AuthFailed as failure:
+            return await self._refuse(server, failure, None)
+        log.info("smtp.card_login", extra={"bal": grant.mailbox, "actor": grant.actor})
+        if isinstance(server, TokenSMTP):
+            server.logged_in()
+        return AuthResult(success=True, auth_data=grant)
+
+    async def _authenticate_card(
+        self, server: SMTP, credentials: ExternalCredentials, connection: ConnectionInfo
+    ) -> Login:
+        return await self.authenticator.authenticate_external(credentials, connection)
+
+
+def _without_external(line: str) -> str:
+    if not line[4:].upper().startswith("AUTH "):
+        return line
+    words = [w for w in line[4:].split() if w.upper() != "EXTERNAL"]
+    return line[:4] + " ".join(words)

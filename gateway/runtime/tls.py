@@ -92,6 +92,15 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     return context
 
 
+def request_client_certificates(context: ssl.SSLContext, cadata: str) -> ssl.SSLContext:
+    """Make a server `context` ask for a client certificate (optional: token logins need
+    none) and take only those the CAs of `cadata` (PEM) issued; the login checks them
+    again, revocation included (`psc_auth.certificates.CardVerifier`)."""
+    context.verify_mode = ssl.CERT_OPTIONAL
+    context.load_verify_locations(cadata=cadata)
+    return context
+
+
 def client_context(trusted: Path | None = None) -> ssl.SSLContext:
     """A verifying client context; `trusted` adds a development certificate as a CA."""
     context = ssl.create_default_context(cafile=str(trusted) if trusted else None)

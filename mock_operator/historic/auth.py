@@ -40,6 +40,7 @@ import datetime as dt
 import hmac
 import ipaddress
 import logging
+import os
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -72,8 +73,7 @@ from gateway.runtime.files import write_private
 from gateway.runtime.tls import self_signed
 from mock_operator.modern.auth import MasterCredentials
 from mock_operator.personas import Persona, PersonaBook
-from psc_auth.errors import IdNatError
-from psc_auth.idnat import IdNat
+from psc_auth.certificates import CardError, CardRefusal, CardVerifier, idnat_of_certificate
 
 log = logging.getLogger(__name__)
 
@@ -93,12 +93,28 @@ class PendingOtp:
 
 
 class CpsAuthority:
-    """The mock's CPS certification authority (kept in the data directory): it issues test
-    CPS certificates for personas, and the historic services accept only its certificates."""
+    """The mock's CPS certification authority (kept in a directory of the data directory):
+    it issues test CPS cards for personas, keeps each card it issued (``issued/``) and its
+    revocation list (``cps-ca.crl``, PEM, re-signed at each revocation), and the
+    historic services accept only its certificates, unrevoked."""
 
-    def __init__(self, certificate: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
+    CRL_LIFETIME = dt.timedelta(days=30)
+
+    def __init__(
+        self, certificate: x509.Certificate, key: ec.EllipticCurvePrivateKey, directory: Path
+    ) -> None:
         self.certificate = certificate
         self._key = key
+        self.directory = directory
+        self.verifier = CardVerifier([certificate], self.crl_path)
+
+    @property
+    def certificate_path(self) -> Path:
+        return self.directory / "cps-ca.pem"
+
+    @property
+    def crl_path(self) -> Path:
+        return self.directory / "cps-ca.crl"
 
     @classmethod
     def load_or_create(cls, directory: Path) -> CpsAuthority:
@@ -107,28 +123,40 @@ class CpsAuthority:
             key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
             if not isinstance(key, ec.EllipticCurvePrivateKey):
                 raise ValueError(f"{key_path}: expected an EC private key")
-            return cls(x509.load_pem_x509_certificate(cert_path.read_bytes()), key)
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name(
-            [
-                x509.NameAttribute(NameOID.COUNTRY_NAME, "FR"),
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "mock-operator (test only)"),
-                x509.NameAttribute(NameOID.COMMON_NAME, "Mock IGC-Santé CPS test CA"),
-            ]
-        )
-        certificate = self_signed(
-            key, name, days=3650, extensions=[(x509.BasicConstraints(ca=True, path_length=0), True)]
-        )
-        write_private(key_path, _pem_key(key))
-        cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-        return cls(certificate, key)
+            authority = cls(x509.load_pem_x509_certificate(cert_path.read_bytes()), key, directory)
+        else:
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            key = ec.generate_private_key(ec.SECP256R1())
+            name = x509.Name(
+                [
+                    x509.NameAttribute(NameOID.COUNTRY_NAME, "FR"),
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "mock-operator (test only)"),
+                    x509.NameAttribute(NameOID.COMMON_NAME, "Mock IGC-Santé CPS test CA"),
+                ]
+            )
+            certificate = self_signed(
+                key,
+                name,
+                days=3650,
+                extensions=[(x509.BasicConstraints(ca=True, path_length=0), True)],
+            )
+            write_private(key_path, _pem_key(key))
+            cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+            authority = cls(certificate, key, directory)
+        if not authority.crl_path.exists() or authority._crl_due():
+            authority._write_crl(authority.revoked_serials())
+        return authority
 
     def issue(
-        self, persona: Persona, *, lifetime: dt.timedelta = dt.timedelta(days=365)
+        self,
+        persona: Persona,
+        *,
+        lifetime: dt.timedelta = dt.timedelta(days=365),
+        mailboxes: Iterable[str] = (),
     ) -> tuple[bytes, bytes]:
         """(certificate PEM, private key PEM) of a test CPS card for `persona`: subject
-        serialNumber = idNat, CN = the holder's name."""
+        serialNumber = idNat, CN = the holder's name; with `mailboxes`, an organisation
+        certificate naming those APP BAL (rfc822Name), `persona` being the organisation."""
         key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name(
             [
@@ -139,7 +167,7 @@ class CpsAuthority:
             ]
         )
         now = dt.datetime.now(dt.UTC)
-        certificate = (
+        builder = (
             x509.CertificateBuilder()
             .subject_name(subject)
             .issuer_name(self.certificate.subject)
@@ -151,9 +179,16 @@ class CpsAuthority:
             .add_extension(
                 x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
             )
-            .sign(self._key, hashes.SHA256())
         )
-        return certificate.public_bytes(serialization.Encoding.PEM), _pem_key(key)
+        names = [x509.RFC822Name(m) for m in mailboxes]
+        if names:
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        certificate = builder.sign(self._key, hashes.SHA256())
+        pem = certificate.public_bytes(serialization.Encoding.PEM)
+        issued = self.directory / "issued"
+        issued.mkdir(exist_ok=True, mode=0o700)
+        (issued / f"{persona.idnat}-{certificate.serial_number:x}.pem").write_bytes(pem)
+        return pem, _pem_key(key)
 
     def issued(self, certificate: x509.Certificate) -> bool:
         try:
@@ -162,6 +197,60 @@ class CpsAuthority:
             return False
         return True
 
+    def issued_to(self, idnat: str) -> list[x509.Certificate]:
+        """The cards this authority issued to `idnat` (any state)."""
+        issued = self.directory / "issued"
+        if not issued.is_dir() or not MAX_IDNAT >= len(idnat) > 0 or "/" in idnat:
+            return []
+        return [
+            x509.load_pem_x509_certificate(path.read_bytes())
+            for path in sorted(issued.glob(f"{idnat}-*.pem"))
+        ]
+
+    def revoke(self, *certificates: x509.Certificate) -> int:
+        """Put `certificates` on the revocation list (re-signed and replaced atomically, so
+        a gateway reading it meanwhile sees the old or the new list); how many were new."""
+        revoked = self.revoked_serials()
+        new = [c.serial_number for c in certificates if c.serial_number not in revoked]
+        for serial in new:
+            revoked[serial] = dt.datetime.now(dt.UTC)
+        self._write_crl(revoked)
+        log.info("mock.cps.revoked", extra={"serials": [f"{s:x}" for s in new]})
+        return len(new)
+
+    def revoked_serials(self) -> dict[int, dt.datetime]:
+        """Serial -> revocation date, from the current list."""
+        try:
+            crl = x509.load_pem_x509_crl(self.crl_path.read_bytes())
+        except (OSError, ValueError):
+            return {}
+        return {entry.serial_number: entry.revocation_date_utc for entry in crl}
+
+    def _crl_due(self) -> bool:
+        try:
+            crl = x509.load_pem_x509_crl(self.crl_path.read_bytes())
+        except (OSError, ValueError):
+            return True
+        due = crl.next_update_utc
+        return due is None or due - dt.datetime.now(dt.UTC) < self.CRL_LIFETIME / 2
+
+    def _write_crl(self, revoked: Mapping[int, dt.datetime]) -> None:
+        now = dt.datetime.now(dt.UTC)
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.certificate.subject)
+            .last_update(now - dt.timedelta(minutes=5))
+            .next_update(now + self.CRL_LIFETIME)
+        )
+        for serial, when in sorted(revoked.items()):
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when).build()
+            )
+        crl = builder.sign(self._key, hashes.SHA256())
+        temporary = self.crl_path.with_name(f".{self.crl_path.name}.{secrets.token_hex(4)}")
+        temporary.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+        os.replace(temporary, self.crl_path)
+
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(
@@ -169,23 +258,6 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-
-
-def idnat_of_certificate(certificate: x509.Certificate) -> str | None:
-    """The holder's idNat: subject serialNumber, else a CN that is an idNat."""
-    subject = certificate.subject
-    candidates = [
-        *subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER),
-        *subject.get_attributes_for_oid(NameOID.COMMON_NAME),
-    ]
-    for attribute in candidates:
-        value = attribute.value if isinstance(attribute.value, str) else ""
-        try:
-            IdNat.parse(value)
-        except IdNatError:
-            continue
-        return value
-    return None
 
 
 class HistoricAuth:
@@ -294,15 +366,21 @@ class HistoricAuth:
             certificate = x509.load_pem_x509_certificate(unquote(raw).encode())
         except ValueError:
             raise AuthRefused(AUTH_IMPOSSIBLE, "unreadable client certificate") from None
-        now = dt.datetime.now(dt.UTC)
-        if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
-            raise AuthRefused(AUTH_INVALID_CREDENTIALS, "client certificate expired")
-        if self.authority is not None and not self.authority.issued(certificate):
-            raise AuthRefused(AUTH_INVALID_CREDENTIALS, "client certificate of another CA")
-        idnat = idnat_of_certificate(certificate)
-        if idnat is None:
-            raise AuthRefused(AUTH_IMPOSSIBLE, "no idNat in the client certificate")
-        return idnat
+        der = certificate.public_bytes(serialization.Encoding.DER)
+        if self.authority is None:  # no card CA: the proxy's word and the validity only
+            now = dt.datetime.now(dt.UTC)
+            if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
+                raise AuthRefused(AUTH_INVALID_CREDENTIALS, "client certificate expired")
+            idnat = idnat_of_certificate(certificate)
+            if idnat is None:
+                raise AuthRefused(AUTH_IMPOSSIBLE, "no idNat in the client certificate")
+            return idnat
+        try:
+            return str(self.authority.verifier.verify(der).idnat)
+        except CardError as exc:
+            no_idnat = exc.refusal is CardRefusal.NO_IDNAT
+            code = AUTH_IMPOSSIBLE if no_idnat else AUTH_INVALID_CREDENTIALS
+            raise AuthRefused(code, f"client certificate refused: {exc.refusal.value}") from None
 
     # -- one-time password ----------------------------------------------------------------
 

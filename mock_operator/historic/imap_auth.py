@@ -19,17 +19,15 @@ for who may not open that BAL (unknown here, not theirs, nothing delegated).
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
 
-from cryptography import x509
-
 from gateway.imap.session import ALL_RIGHTS, ExternalCredentials, SessionGrant
 from gateway.runtime.login import AuthFailed, ConnectionInfo
-from mock_operator.historic.auth import CpsAuthority, idnat_of_certificate
+from mock_operator.historic.auth import CpsAuthority
 from mock_operator.historic.imap import HistoricImap
 from mock_operator.modern.auth import MasterCredentials
+from psc_auth.certificates import CardError
 from psc_auth.sasl import Mechanism, TokenCredentials
 
 log = logging.getLogger(__name__)
@@ -99,19 +97,12 @@ class HistoricImapAuthenticator:
         return SessionGrant(self.imap.mailbox(bal), rights, idnat, via=via)
 
     def _card_holder(self, der: bytes) -> str:
-        """The idNat of a CPS card this platform issued and that is valid now. TLS checked
-        the chain already; this says why a certificate is refused, and holds whatever
-        the listener's TLS context trusts."""
+        """The idNat of a CPS card this platform issued, valid now and not revoked. TLS
+        checked the chain already; this says why a certificate is refused, and holds
+        whatever the listener's TLS context trusts."""
+        if self.authority is None:
+            raise AuthFailed("authentication", "this platform takes no CPS card")
         try:
-            certificate = x509.load_der_x509_certificate(der)
-        except ValueError:
-            raise AuthFailed("authentication", "unreadable client certificate") from None
-        now = dt.datetime.now(dt.UTC)
-        if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
-            raise AuthFailed("authentication", "client certificate expired or not yet valid")
-        if self.authority is None or not self.authority.issued(certificate):
-            raise AuthFailed("authentication", "not a CPS card of this platform")
-        idnat = idnat_of_certificate(certificate)
-        if idnat is None:
-            raise AuthFailed("authentication", "no idNat in the client certificate")
-        return idnat
+            return str(self.authority.verifier.verify(der).idnat)
+        except CardError as exc:
+            raise AuthFailed("authentication", f"CPS card refused ({exc.refusal.value})") from None

@@ -110,13 +110,14 @@ def _write_defaults(path: Path) -> None:
 # OAuth clients registered with the mock Pro Santé Connect. Edit, then restart the mock.
 # Loopback redirect URIs accept any port (RFC 8252 §7.3).
 
-# The gateway: introspection, and the login of its web pages.
+# The gateway: introspection, the login of its web pages, and CIBA (an e-CPS approval
+# answers the historic OTP dialogue once a BAL has left the historic platform).
 [[client]]
 client_id = "lps-gateway"
 client_secret = "{secrets.token_urlsafe(24)}"
 redirect_uris = ["http://127.0.0.1:8080/ui/callback"]
 post_logout_redirect_uris = ["http://127.0.0.1:8080/ui/"]
-grant_types = ["authorization_code", "refresh_token"]
+grant_types = ["authorization_code", "refresh_token", "{CIBA_GRANT}"]
 
 # A practice software (LPS) under test: authorization code + PKCE, refresh, CIBA.
 [[client]]

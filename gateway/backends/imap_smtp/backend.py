@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Mapping
 
 from gateway.backends.base import MailboxAccess, Upstream
+from gateway.backends.errors import BackendTokenOnly
 from gateway.backends.imap_smtp.submission import SmtpSubmission
 from gateway.backends.imap_smtp.tools import ImapMailboxAccess
 from gateway.backends.imap_smtp.upstream import open_upstream
@@ -24,11 +25,21 @@ class ImapSmtpBackend:
     def name(self) -> str:
         return self._name
 
-    async def open_imap(self, bal: str, token: str) -> Upstream:
+    async def open_imap(self, bal: str, token: str | None) -> Upstream:
+        if token is None:
+            self._master_allowed()
+            return await open_upstream(self._name, self.settings, bal, "", master=True)
         return await open_upstream(self._name, self.settings, bal, token)
 
-    def submission(self, bal: str, token: str, *, max_size: int) -> SmtpSubmission:
+    def submission(self, bal: str, token: str | None, *, max_size: int) -> SmtpSubmission:
+        if token is None:
+            self._master_allowed()
         return SmtpSubmission(self._name, self.settings, bal, token)
+
+    def _master_allowed(self) -> None:
+        """A session without a user token needs the master login this backend is set for."""
+        if self.settings.login != "master":
+            raise BackendTokenOnly(self._name)
 
     def probes(self) -> Mapping[str, Awaitable[str]]:
         s = self.settings

@@ -55,7 +55,9 @@ def _tls_context(ca_file: Path | None, verify: bool) -> ssl.SSLContext:
 class SmtpSubmission:
     """An authenticated submission session on backend `name`, as BAL `mailbox`."""
 
-    def __init__(self, name: str, backend: BackendSettings, mailbox: str, token: str) -> None:
+    def __init__(
+        self, name: str, backend: BackendSettings, mailbox: str, token: str | None
+    ) -> None:
         self.name = name
         self.backend = backend
         self.mailbox = mailbox
@@ -106,7 +108,7 @@ class SmtpSubmission:
 
     async def _login(self, smtp: aiosmtplib.SMTP) -> None:
         backend = self.backend
-        if backend.login == "master":
+        if backend.login == "master" or self._token is None:
             secret = f"{self.mailbox}\0{backend.master_user}\0{backend.password()}"
             mechanism = b"PLAIN"
         else:

@@ -36,10 +36,10 @@ class LegacyWsBackend:
             raise BackendUnavailable("misconfigured", f"{self._name}: no historic state")
         return self.shared
 
-    async def open_imap(self, bal: str, token: str) -> LegacyWsStore:
+    async def open_imap(self, bal: str, token: str | None) -> LegacyWsStore:
         return self._shared().store(self._name, self.settings, bal)
 
-    def submission(self, bal: str, token: str, *, max_size: int) -> HistoricSubmission:
+    def submission(self, bal: str, token: str | None, *, max_size: int) -> HistoricSubmission:
         client = self._shared().client(self._name, self.settings)
         return HistoricSubmission(self._name, client, bal, max_size=max_size)
 

@@ -137,8 +137,8 @@ class ProxyServer(ImapServer):
         relay = Relay(session, channel, grant, self.config, self.audit, self.metrics)
         gauge = self.metrics.open_sessions.labels("imap")
         self.live.add(relay)
-        if self.psc is not None:
-            self.psc.add(relay, grant.credentials.token, grant.identity)
+        if self.psc is not None and grant.token is not None:  # a card has no PSC session
+            self.psc.add(relay, grant.token, grant.identity)
         gauge.inc()
         try:
             # A revocation may have come while the backend login ran, before the relay was
@@ -160,9 +160,9 @@ class ProxyServer(ImapServer):
         served = ServedSession(session, channel, task)
         gauge = self.metrics.open_sessions.labels("imap")
         self.live.add(served)
-        psc = self.psc
-        if psc is not None:
-            psc.add(served, grant.credentials.token, grant.identity)
+        psc = self.psc if grant.token is not None else None  # a card has no PSC session
+        if psc is not None and grant.token is not None:
+            psc.add(served, grant.token, grant.identity)
         gauge.inc()
         store = grant.store
 

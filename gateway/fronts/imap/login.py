@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 
 from delegation.audit import AuditAction, AuditRecord
 from gateway.backends.base import Upstream
-from gateway.backends.errors import BackendError
+from gateway.backends.errors import BackendError, BackendTokenOnly
 from gateway.fronts.imap.audited_store import AuditedStore
 from gateway.fronts.imap.rights import audit_action, audit_detail
 from gateway.fronts.login import FrontAuthenticator, FrontGrant
 from gateway.imap import commands as c
 from gateway.imap.mailstore import MailStore
+from gateway.imap.session import ExternalCredentials
 from gateway.metrics import Metrics
 from gateway.runtime.limits import SlotCounter
 from gateway.runtime.login import AuthFailed, ConnectionInfo
@@ -69,8 +70,25 @@ class ProxyAuthenticator:
     ) -> FrontGrant:
         """The login's audit event is written once its outcome is known: refused for the
         person's session cap, failed when the backend cannot be opened, else ok."""
+        return await self._login(
+            self.front.authenticate(credentials, connection, record_success=False), connection
+        )
+
+    async def authenticate_external(
+        self, credentials: ExternalCredentials, connection: ConnectionInfo
+    ) -> FrontGrant:
+        """AUTHENTICATE EXTERNAL with a CPS card: the same, from the card's holder (the
+        engine offers it only when the front has a card CA and a certificate came)."""
+        return await self._login(
+            self.front.authenticate_card(credentials, connection, record_success=False),
+            connection,
+        )
+
+    async def _login(
+        self, deciding: Awaitable[FrontGrant], connection: ConnectionInfo
+    ) -> FrontGrant:
         try:
-            grant = await self.front.authenticate(credentials, connection, record_success=False)
+            grant = await deciding
         except AuthFailed as failure:
             self.metrics.logins.labels("imap", failure.kind).inc()
             raise
@@ -84,7 +102,7 @@ class ProxyAuthenticator:
                 self.metrics.logins.labels("imap", "limit").inc()
                 raise
         try:
-            opened = await self._open(grant, credentials, connection)
+            opened = await self._open(grant, connection)
         except BaseException as failure:
             if sessions is not None:
                 sessions.release(grant.actor)
@@ -105,12 +123,13 @@ class ProxyAuthenticator:
         on_close = _released(sessions, grant.actor, opened.on_close)
         return dataclasses.replace(opened, on_close=on_close)
 
-    async def _open(
-        self, grant: FrontGrant, credentials: TokenCredentials, connection: ConnectionInfo
-    ) -> FrontGrant:
+    async def _open(self, grant: FrontGrant, connection: ConnectionInfo) -> FrontGrant:
         route = grant.route
         try:
-            opened = await route.backend.open_imap(grant.mailbox, credentials.token)
+            opened = await route.backend.open_imap(grant.mailbox, grant.token)
+        except BackendTokenOnly as exc:
+            self.metrics.logins.labels("imap", "authorization").inc()
+            raise AuthFailed("authorization", exc.text) from None
         except BackendError as exc:
             self.metrics.backend_errors.labels(route.name, "imap", exc.kind).inc()
             self.metrics.logins.labels("imap", "unavailable").inc()

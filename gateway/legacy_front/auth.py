@@ -1,0 +1,192 @@
+"""Who calls the gateway's historic web services: the `Caller` of each request.
+
+Tried in this order, as the historic clients authenticate (the first that applies decides):
+
+1. a Pro Santé Connect token, ``Authorization: Bearer`` (what an LPS half-way to the API
+   LPS has) -> means ``token``; HTTP Basic is refused (17): there is no trusted gateway in
+   front of the gateway;
+2. a CPS card: the client certificate of the gateway's own mutual-TLS listener, or one
+   passed on by a trusted front proxy (``ssl_client_verify: SUCCESS`` + ``ssl_client_cert``,
+   URL-encoded PEM, from `trusted_proxies` only), checked by the card verifier (the CA,
+   its revocation list, the validity) -> means ``card``;
+3. the gateway's session cookie (`SESSION_COOKIE`) opened by an OTP login;
+4. the one-time-password dialogue (``IDNAT`` + ``PASSWORD`` + ``IDCANAL``, then ``OTP``),
+   answered by the historic platform while the person's BAL lives there and by PSC CIBA
+   once it has moved (see `otp.py`); success opens a session cookie;
+5. an unknown or expired cookie -> 26; no credentials at all -> 8.
+
+Authorisation on the BAL is not decided here: the operations ask the delegation registry.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from urllib.parse import unquote
+
+from starlette.requests import Request
+
+from gateway.legacy_front.otp import OtpLogin
+from gateway.legacy_front.sessions import SessionBook
+from gateway.mss.historic_ws import (
+    AUTH_IMPOSSIBLE,
+    AUTH_INVALID_CREDENTIALS,
+    AUTH_INVALID_SESSION,
+    MAX_IDNAT,
+    SESSION_COOKIE,
+    Authenticated,
+    AuthRefused,
+    Caller,
+)
+from psc_auth import TokenError, TokenValidator
+from psc_auth.errors import IdNatError
+from psc_auth.idnat import IdNat
+
+log = logging.getLogger(__name__)
+
+MAX_CERT_HEADER = 16 * 1024
+MAX_SOFTWARE = 64
+DEFAULT_TRUSTED_PROXIES = ("127.0.0.0/8", "::1/128")
+
+CardHolder = Callable[[bytes], str]
+"""A DER certificate -> the holder's idNat, or ValueError saying why it is refused."""
+CertificateOf = Callable[[Request], bytes | None]
+"""The DER client certificate the gateway's own TLS listener verified, if any."""
+OtpFor = Callable[[str], Awaitable[OtpLogin]]
+"""Who answers the OTP dialogue of this idNat (the historic platform or PSC CIBA)."""
+
+
+class LegacyFrontAuth:
+    """The legacy front's `HistoricAuthenticator`."""
+
+    def __init__(
+        self,
+        validator: TokenValidator,
+        sessions: SessionBook,
+        *,
+        otp_for: OtpFor | None = None,
+        card_holder: CardHolder | None = None,
+        certificate_of: CertificateOf | None = None,
+        trusted_proxies: Iterable[str] = DEFAULT_TRUSTED_PROXIES,
+    ) -> None:
+        self.validator = validator
+        self.sessions = sessions
+        self.otp_for = otp_for
+        self.card_holder = card_holder
+        self.certificate_of = certificate_of
+        self.trusted_proxies = tuple(ipaddress.ip_network(p) for p in trusted_proxies)
+
+    @property
+    def session_lifetime(self) -> int:
+        return self.sessions.lifetime
+
+    async def authenticate(self, request: Request) -> Authenticated:
+        headers = request.headers
+        software = _bounded(headers.get("numhomologation"))
+        agent = _bounded(headers.get("user-agent"), 256)
+
+        def caller(idnat: str, means: str) -> Caller:
+            return Caller(idnat, software, means=means, user_agent=agent)
+
+        authorization = headers.get("authorization", "")
+        scheme, _, credentials = authorization.partition(" ")
+        if scheme.lower() == "bearer":
+            try:
+                identity = await self.validator.validate(credentials.strip())
+            except TokenError as exc:
+                reason = f"token refused: {exc.failure.value}"
+                raise AuthRefused(AUTH_INVALID_CREDENTIALS, reason) from None
+            return Authenticated(caller(str(identity.idnat), "token"))
+        if scheme.lower() == "basic":
+            raise AuthRefused(AUTH_INVALID_CREDENTIALS, "no master login on the gateway")
+
+        holder = self._card(request)
+        if holder is not None:
+            return Authenticated(caller(holder, "card"))
+
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if cookie is not None and "idnat" not in headers:
+            found = self.sessions.find(cookie)
+            if found is None:
+                raise AuthRefused(AUTH_INVALID_SESSION, "session unknown or expired")
+            return Authenticated(caller(found.session.idnat, found.means))
+
+        idnat = headers.get("idnat")
+        if idnat is None:
+            raise AuthRefused(AUTH_IMPOSSIBLE, "no credentials")
+        idnat = _idnat(idnat)
+        if self.otp_for is None:
+            raise AuthRefused(AUTH_IMPOSSIBLE, "one-time passwords are not offered here")
+        login = await self.otp_for(idnat)
+        means = await login.verify(idnat, headers)
+        session = self.sessions.open(idnat, means)
+        log.info("legacy_front.session_opened", extra={"idnat": idnat, "means": means})
+        return Authenticated(caller(idnat, means), session)
+
+    def _card(self, request: Request) -> str | None:
+        """The card holder's idNat: from our own TLS listener, else from a trusted proxy."""
+        der = self.certificate_of(request) if self.certificate_of else None
+        headers = request.headers
+        if der is None and "ssl_client_verify" in headers:
+            peer = request.client.host if request.client else None
+            if not self._trusted(peer):
+                log.warning("legacy_front.untrusted_cert_headers", extra={"peer": peer})
+                return None
+            der = _proxied_certificate(headers)
+        if der is None:
+            return None
+        if self.card_holder is None:
+            raise AuthRefused(AUTH_IMPOSSIBLE, "CPS cards are not accepted here")
+        try:
+            return self.card_holder(der)
+        except ValueError as exc:
+            log.info("legacy_front.card_refused", extra={"reason": str(exc)[:200]})
+            raise AuthRefused(AUTH_INVALID_CREDENTIALS, f"card refused: {exc}") from None
+
+    def _trusted(self, peer: str | None) -> bool:
+        if peer is None:
+            return False
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        return any(address in network for network in self.trusted_proxies)
+
+
+def _proxied_certificate(headers: Mapping[str, str]) -> bytes | None:
+    """The DER certificate a trusted proxy verified; None when it passed none."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    verify = headers.get("ssl_client_verify", "")
+    if verify == "NONE":
+        return None
+    if verify != "SUCCESS":
+        raise AuthRefused(AUTH_INVALID_CREDENTIALS, "the front proxy refused the certificate")
+    raw = headers.get("ssl_client_cert", "")
+    if not raw or len(raw) > MAX_CERT_HEADER:
+        raise AuthRefused(AUTH_IMPOSSIBLE, "no usable client certificate")
+    try:
+        certificate = x509.load_pem_x509_certificate(unquote(raw).encode())
+    except ValueError:
+        raise AuthRefused(AUTH_IMPOSSIBLE, "unreadable client certificate") from None
+    return certificate.public_bytes(Encoding.DER)
+
+
+def _idnat(value: str) -> str:
+    value = value.strip()
+    if len(value) > MAX_IDNAT:
+        raise AuthRefused(AUTH_INVALID_CREDENTIALS, "unknown idNat")
+    try:
+        return str(IdNat.parse(value))
+    except IdNatError:
+        raise AuthRefused(AUTH_INVALID_CREDENTIALS, "unknown idNat") from None
+
+
+def _bounded(value: str | None, limit: int = MAX_SOFTWARE) -> str | None:
+    """A client-chosen label, printable and bounded (it lands in logs and usage figures)."""
+    if not value:
+        return None
+    cleaned = "".join(c for c in value.strip() if c.isprintable())[:limit]
+    return cleaned or None
