@@ -21,6 +21,7 @@ from delegation.service import DelegationService
 from gateway.imap.engine import EngineConfig
 from gateway.imap.structure_cache import StructureCache
 from gateway.imap.transport import ImapServer, ServerConfig
+from gateway.mss.historic_http import build_historic_router
 from gateway.runtime.asgi_server import AsgiServer, bind_tcp
 from gateway.runtime.files import write_private
 from gateway.runtime.logs import RequestIdMiddleware
@@ -32,7 +33,6 @@ from gateway.runtime.tls import (
 )
 from gateway.settings import MockSettings
 from mock_operator.historic.auth import CpsAuthority, HistoricAuth
-from mock_operator.historic.http import build_historic_router
 from mock_operator.historic.imap import HistoricImap
 from mock_operator.historic.imap_auth import HistoricImapAuthenticator
 from mock_operator.historic.operations import HistoricService, recipient

@@ -53,6 +53,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from fastapi import Request
 
 from gateway.mss.historic_ws import (
     AUTH_ACCOUNT_LOCKED,
@@ -293,7 +294,12 @@ class HistoricAuth:
         self._locked_until: dict[str, float] = {}
         self._blocked_channels: dict[tuple[str, str], float] = {}
 
-    def authenticate(
+    async def authenticate(self, request: Request) -> Authenticated:
+        """`HistoricAuthenticator` for the shared HTTP faces (`gateway.mss.historic_http`)."""
+        peer = request.client.host if request.client else None
+        return self.decide(request.headers, request.cookies, peer)
+
+    def decide(
         self, headers: Mapping[str, str], cookies: Mapping[str, str], peer: str | None
     ) -> Authenticated:
         """The caller of a request with these headers (case-insensitive mapping), cookies

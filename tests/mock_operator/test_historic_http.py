@@ -18,22 +18,23 @@ import pytest
 from defusedxml.ElementTree import fromstring
 from fastapi import FastAPI
 
+from gateway.mss import historic_soap as soap
+from gateway.mss.historic_http import build_historic_router
 from gateway.mss.historic_ws import NAMESPACE, OPERATIONS
 from gateway.runtime.asgi_server import AsgiServer, bind_tcp
-from mock_operator.historic import soap
 from mock_operator.historic.auth import (
     DEFAULT_PERSONA_PASSWORD,
     SESSION_COOKIE,
     CpsAuthority,
     HistoricAuth,
 )
-from mock_operator.historic.http import build_historic_router
 from mock_operator.historic.operations import HistoricService
 from mock_operator.historic.seed import seed_historic
 from mock_operator.historic.store import HistoricStore
 from mock_operator.modern.auth import MasterCredentials
 from mock_operator.personas import default_personas
 from mock_operator.server import sqlite_engine
+from tests.support.historic_contract import xml_field
 
 MASTER = MasterCredentials("lps-gateway", "gateway-secret")
 PERSONAS = default_personas()
@@ -110,7 +111,7 @@ def envelope(operation: str, payload: dict[str, Any], element: str | None = None
     name = element or f"{operation}Input"
     wrapper = SubElement(body, f"m:{name}", {"xmlns:m": NAMESPACE})
     for key, value in payload.items():
-        soap.add_field(wrapper, key, value)
+        xml_field(wrapper, key, value)
     document: bytes = tostring(root, encoding="utf-8", xml_declaration=True)
     return document
 
@@ -598,7 +599,7 @@ def test_otp_is_logged_for_tests_only_in_the_mock_line(caplog: pytest.LogCapture
     auth = HistoricAuth(PERSONAS, master=MASTER)
     headers = {"idnat": DUPONT.idnat, "password": DEFAULT_PERSONA_PASSWORD, "idcanal": "SMS"}
     with caplog.at_level("DEBUG"), pytest.raises(Exception, match="one-time password sent"):
-        auth.authenticate(headers, {}, "127.0.0.1")
+        auth.decide(headers, {}, "127.0.0.1")
     code = auth.pending_otps[DUPONT.idnat].code
     lines = [r.getMessage() for r in caplog.records if code in r.getMessage()]
     assert len(lines) == 1

@@ -1,17 +1,21 @@
 """SOAP 1.1 face of the historic web services: envelopes, faults and the dict <-> XML mapping.
 
-Wire choices (the WSDL of `wsdl.py` says the same):
+Wire choices (the WSDL of `historic_wsdl` says the same; answers and faults are written by
+walking its tables, so their element names and order are the schema's, whatever the order
+of the dict an implementation returns):
 
 * document/literal, *bare*: the SOAP body holds one element ``<ns:<op>Input>`` in the
   namespace `NAMESPACE` and the answer is ``<ns:<op>Output>`` -- the very names of the
   JSON wrapping, so that one mapping serves both faces. Fields are unqualified children.
 * Lists are repeated elements named after the field (``<messageIds>1</messageIds>
   <messageIds>2</messageIds>``); booleans ``true``/``false``; integers in decimal;
-  ``None`` is omitted.
+  ``None`` is omitted. A field the schema does not declare, or a value of another type, is
+  a bug of the implementation: `OutOfSchema`, which the HTTP face turns into a technical
+  fault rather than an answer a schema-driven client (zeep, JAX-WS, WCF) would reject.
 * Faults: ``soap:Client`` for functional errors (the caller's input), ``soap:Server`` for
   technical ones, with ``<detail><ns:ErreurFonctionnelle>`` (or ``ErreurTechnique``)
   holding ``<code>`` and ``<message>``; HTTP 500 as SOAP 1.1 §6.2 requires (403 for
-  authentication, see `http.py`).
+  authentication, see `historic_http`).
 
 XML is parsed by defusedxml with DTDs forbidden: no entity expansion (billion laughs), no
 external entity, no DTD at all -- each refused with functional code 36.
@@ -19,6 +23,7 @@ external entity, no DTD at all -- each refused with functional code 36.
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -28,75 +33,50 @@ from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
 
 from gateway.mss.historic_ws import INVALID_FORMAT, NAMESPACE, HistoricError
+from gateway.mss.historic_wsdl import (
+    B64,
+    BOOLEAN,
+    ERROR,
+    INPUTS,
+    INT,
+    LONG,
+    OUTPUTS,
+    TYPES,
+    Field,
+    output_fields,
+    type_fields,
+)
 
 ENVELOPE_NS = "http://schemas.xmlsoap.org/soap/envelope/"
 XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
 MAX_DEPTH = 32
 """Nesting deeper than any operation needs (searchCriteria/query is 3) is refused."""
 
-# Field typing, by element name: the historic schema gives each name one meaning.
-LIST_FIELDS = frozenset(
-    {
-        "addresses",
-        "attachments",
-        "children",
-        "deletedMessageIds",
-        "emails",
-        "flags",
-        "folders",
-        "messageIds",
-        "messages",
-        "modifiedMessages",
-        "recipients",
-        "placesOfPractice",
-    }
-)
-BOOLEAN_FIELDS = frozenset(
-    {
-        "answered",
-        "deleted",
-        "draft",
-        "flagged",
-        "html",
-        "includeSubfolders",
-        "isAccuse",
-        "isHTML",
-        "isSent",
-        "seen",
-    }
-)
-INTEGER_FIELDS = frozenset(
-    {
-        "destinationFolderId",
-        "folderId",
-        "id",
-        "larger",
-        "limit",
-        "offset",
-        "parentId",
-        "size",
-        "smaller",
-        "total",
-        "totalCount",
-        "unreadCount",
-    }
-)
-COMPLEX_FIELDS = frozenset(
-    {
-        "attachments",
-        "children",
-        "folder",
-        "folders",
-        "message",
-        "messages",
-        "modifiedMessages",
-        "placesOfPractice",
-        "query",
-        "recipients",
-        "searchCriteria",
-    }
-)
-"""Names whose empty element means an empty structure rather than an empty string."""
+
+def _field_kinds() -> tuple[frozenset[str], frozenset[str], frozenset[str], frozenset[str]]:
+    """(lists, booleans, integers, complex) field names, read from the WSDL's tables of
+    inputs and outputs (fault details are never read): the historic schema gives each
+    name one meaning, which is what lets a request be typed by its element names alone."""
+    fields = [
+        field for table in (*TYPES.values(), *INPUTS.values(), *OUTPUTS.values()) for field in table
+    ]
+    lists = {name for name, _, repeated in fields if repeated}
+    booleans = {name for name, kind, _ in fields if kind == BOOLEAN}
+    integers = {name for name, kind, _ in fields if kind in (INT, LONG)}
+    structured = {name for name, kind, _ in fields if kind.startswith("tns:")}
+    plain = {name for name, kind, _ in fields if not kind.startswith("tns:")}
+    if booleans & integers:
+        raise ValueError(f"fields with two scalar types: {sorted(booleans & integers)}")
+    return (
+        frozenset(lists),
+        frozenset(booleans),
+        frozenset(integers),
+        frozenset(structured - plain),
+    )
+
+
+LIST_FIELDS, BOOLEAN_FIELDS, INTEGER_FIELDS, COMPLEX_FIELDS = _field_kinds()
+"""COMPLEX_FIELDS: names whose empty element means an empty structure, not an empty string."""
 
 _INTEGER = re.compile(r"[+-]?[0-9]{1,18}")
 _XML_INVALID = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -195,26 +175,65 @@ def parse_request(body: bytes) -> tuple[str, dict[str, Any]]:
 # -- dict -> XML ----------------------------------------------------------------------------
 
 
-def _text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return _XML_INVALID.sub("\ufffd", str(value))
+class OutOfSchema(ValueError):
+    """An answer that the WSDL's schema does not describe (an undeclared field, a value of
+    another type): a bug of the implementation, never written on the wire."""
 
 
-def add_field(parent: Element, name: str, value: Any) -> None:
-    """Append `value` under `parent` as element(s) named `name` (lists repeat the name)."""
-    if value is None:
-        return
-    if isinstance(value, list | tuple):
-        for item in value:
-            add_field(parent, name, item)
-        return
-    child = SubElement(parent, name)
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            add_field(child, str(key), item)
-    else:
-        child.text = _text(value)
+_BOUNDS = {INT: (-(2**31), 2**31 - 1), LONG: (-(2**63), 2**63 - 1)}
+
+
+def _text(value: str) -> str:
+    return _XML_INVALID.sub("\ufffd", value)
+
+
+def _lexical(kind: str, value: Any, where: str) -> str:
+    """The XSD lexical form of a simple-typed value; `OutOfSchema` when it is not one."""
+    if kind == BOOLEAN:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+    elif kind in _BOUNDS:
+        low, high = _BOUNDS[kind]
+        if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
+            return str(value)
+    elif kind == B64:
+        if isinstance(value, bytes):
+            return base64.b64encode(value).decode("ascii")
+        if isinstance(value, str):
+            return value
+    elif isinstance(value, str):
+        return _text(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise OutOfSchema(f"{where}: {type(value).__name__} is not {kind}")
+
+
+def add_fields(
+    parent: Element, fields: tuple[Field, ...], values: Mapping[str, Any], where: str
+) -> None:
+    """Write `values` under `parent` as the schema's `fields` say: their names, their
+    order, lists as repeated elements, None omitted. A key the schema does not declare
+    raises `OutOfSchema` rather than being written out of schema or silently dropped."""
+    declared = {name for name, _, _ in fields}
+    unknown = [key for key in values if key not in declared]
+    if unknown:
+        raise OutOfSchema(f"{where}: fields {unknown} are not in the schema")
+    for name, kind, repeated in fields:
+        value = values.get(name)
+        if value is None:
+            continue
+        if repeated != isinstance(value, list | tuple):
+            expected = "a list" if repeated else "one value"
+            raise OutOfSchema(f"{where}.{name}: {expected} expected")
+        structure = type_fields(kind)
+        for item in value if repeated else (value,):
+            child = SubElement(parent, name)
+            if structure is None:
+                child.text = _lexical(kind, item, f"{where}.{name}")
+            elif isinstance(item, Mapping):
+                add_fields(child, structure, item, f"{where}.{name}")
+            else:
+                raise OutOfSchema(f"{where}.{name}: {kind} expected")
 
 
 def _envelope() -> tuple[Element, Element]:
@@ -232,11 +251,11 @@ def _serialize(envelope: Element) -> bytes:
 
 
 def response(operation: str, output: Mapping[str, Any]) -> bytes:
-    """The SOAP answer: ``<ns:<op>Output>`` holding the fields of `output`."""
+    """The SOAP answer: ``<ns:<op>Output>`` holding `output` in the schema's order;
+    `OutOfSchema` when `output` is not what the WSDL declares."""
     envelope, body = _envelope()
     element = SubElement(body, f"ns:{operation}Output", {"xmlns:ns": NAMESPACE})
-    for key, value in output.items():
-        add_field(element, key, value)
+    add_fields(element, output_fields(operation), output, f"{operation}Output")
     return _serialize(envelope)
 
 
@@ -247,7 +266,8 @@ def fault(
     *,
     client: bool | None = None,
 ) -> bytes:
-    """A SOAP 1.1 fault; the detail carries the historic error (omitted without a code)."""
+    """A SOAP 1.1 fault; the detail carries the historic error as the WSDL declares it
+    (``ns:ErreurFonctionnelle`` or ``ns:ErreurTechnique``), omitted without a code."""
     is_client = kind == "FONCTIONNELLE" if client is None else client
     envelope, body = _envelope()
     element = SubElement(body, "soap:Fault")
@@ -255,8 +275,7 @@ def fault(
     SubElement(element, "faultstring").text = _text(message)
     if code is not None:
         detail = SubElement(element, "detail")
-        tag = "ns:ErreurFonctionnelle" if kind == "FONCTIONNELLE" else "ns:ErreurTechnique"
-        error = SubElement(detail, tag, {"xmlns:ns": NAMESPACE})
-        SubElement(error, "code").text = str(code)
-        SubElement(error, "message").text = _text(message)
+        tag = "ErreurFonctionnelle" if kind == "FONCTIONNELLE" else "ErreurTechnique"
+        error = SubElement(detail, f"ns:{tag}", {"xmlns:ns": NAMESPACE})
+        add_fields(error, ERROR, {"code": code, "message": message}, tag)
     return _serialize(envelope)

@@ -1,5 +1,9 @@
-"""WSDL 1.1 of each historic service, generated from one table so it cannot drift from the
-operations list (`OPERATIONS`) nor from the wire format of `soap.py`.
+"""WSDL 1.1 of each historic service, and the schema tables it is generated from.
+
+The tables (`TYPES`, `INPUTS`, `OUTPUTS`, `ERROR`) are the one source of truth of the
+SOAP wire format: `historic_soap` writes every answer and fault by walking them (element
+names and order), so a SOAP answer cannot drift from the WSDL a client was generated
+from, nor from the operations list (`OPERATIONS`).
 
 document/literal bare: operation ``op`` takes the element ``tns:<op>Input`` and answers
 ``tns:<op>Output``; faults ``tns:ErreurFonctionnelle`` / ``tns:ErreurTechnique``. Fields
@@ -16,7 +20,14 @@ from gateway.mss.historic_ws import NAMESPACE, OPERATIONS
 Field = tuple[str, str, bool]
 """(name, XSD type -- ``xs:…`` or a complex type of `TYPES` --, repeated)."""
 
-S, INT, L, B, B64 = "xs:string", "xs:int", "xs:long", "xs:boolean", "xs:base64Binary"
+STRING, INT, LONG, BOOLEAN, B64 = (
+    "xs:string",
+    "xs:int",
+    "xs:long",
+    "xs:boolean",
+    "xs:base64Binary",
+)
+S, L, B = STRING, LONG, BOOLEAN  # short names for the tables below
 
 
 def _f(name: str, kind: str = S, repeated: bool = False) -> Field:
@@ -137,6 +148,21 @@ OUTPUTS: dict[str, tuple[Field, ...]] = {
 }
 """Outputs not listed here are empty."""
 
+ERROR: tuple[Field, ...] = (_f("code", INT), _f("message"))
+"""The content of the fault details ``tns:ErreurFonctionnelle`` and ``tns:ErreurTechnique``."""
+FAULT_ELEMENTS = ("ErreurFonctionnelle", "ErreurTechnique")
+
+
+def output_fields(operation: str) -> tuple[Field, ...]:
+    """The fields of ``<op>Output``, in schema order."""
+    return OUTPUTS.get(operation, ())
+
+
+def type_fields(kind: str) -> tuple[Field, ...] | None:
+    """The fields of a complex type (``tns:name``), in schema order; None for a simple type."""
+    return TYPES[kind.removeprefix("tns:")] if kind.startswith("tns:") else None
+
+
 _XS = "http://www.w3.org/2001/XMLSchema"
 _WSDL = "http://schemas.xmlsoap.org/wsdl/"
 _SOAP = "http://schemas.xmlsoap.org/wsdl/soap/"
@@ -171,9 +197,8 @@ def _schema(types: Element, service: str) -> None:
             SubElement(schema, "xs:element", name=f"{operation}Output"),
             OUTPUTS.get(operation, ()),
         )
-    error = (_f("code", INT), _f("message"))
-    _complex(SubElement(schema, "xs:element", name="ErreurFonctionnelle"), error)
-    _complex(SubElement(schema, "xs:element", name="ErreurTechnique"), error)
+    for error in FAULT_ELEMENTS:
+        _complex(SubElement(schema, "xs:element", name=error), ERROR)
 
 
 def build_wsdl(service: str, address: str) -> bytes:
@@ -195,7 +220,7 @@ def build_wsdl(service: str, address: str) -> bytes:
         for suffix in ("Input", "Output"):
             message = SubElement(definitions, "wsdl:message", name=f"{operation}{suffix}")
             SubElement(message, "wsdl:part", name="parameters", element=f"tns:{operation}{suffix}")
-    for error in ("ErreurFonctionnelle", "ErreurTechnique"):
+    for error in FAULT_ELEMENTS:
         message = SubElement(definitions, "wsdl:message", name=error)
         SubElement(message, "wsdl:part", name="fault", element=f"tns:{error}")
     port_type = SubElement(definitions, "wsdl:portType", name=service)
@@ -203,7 +228,7 @@ def build_wsdl(service: str, address: str) -> bytes:
         element = SubElement(port_type, "wsdl:operation", name=operation)
         SubElement(element, "wsdl:input", message=f"tns:{operation}Input")
         SubElement(element, "wsdl:output", message=f"tns:{operation}Output")
-        for error in ("ErreurFonctionnelle", "ErreurTechnique"):
+        for error in FAULT_ELEMENTS:
             SubElement(element, "wsdl:fault", name=error, message=f"tns:{error}")
     binding = SubElement(
         definitions, "wsdl:binding", name=f"{service}SoapBinding", type=f"tns:{service}"
@@ -216,7 +241,7 @@ def build_wsdl(service: str, address: str) -> bytes:
         SubElement(element, "soap:operation", soapAction="", style="document")
         for direction in ("wsdl:input", "wsdl:output"):
             SubElement(SubElement(element, direction), "soap:body", use="literal")
-        for error in ("ErreurFonctionnelle", "ErreurTechnique"):
+        for error in FAULT_ELEMENTS:
             fault = SubElement(element, "wsdl:fault", name=error)
             SubElement(fault, "soap:fault", name=error, use="literal")
     service_element = SubElement(definitions, "wsdl:service", name=f"{service}Service")

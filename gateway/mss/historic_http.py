@@ -1,16 +1,20 @@
-"""The HTTP faces of the historic web services: REST/JSON and SOAP 1.1 twins, and the WSDL.
+"""The HTTP faces of the historic web services: REST/JSON and SOAP 1.1 twins, and the WSDL,
+over any `HistoricOperations` (the mock's historic platform, the gateway's legacy front),
+callers decided by any `HistoricAuthenticator`: every implementation serves the same faces.
 
 Routes (``<Service>`` one of `OPERATIONS`):
 
 * ``POST /mss-msg-services/services/<Service>/rest/v1/<op>``: ``{"<op>Input": {...}}`` in
   (an empty body or ``{}`` is an empty input), ``{"<op>Output": {...}}`` out;
 * ``POST .../<Service>/soap/v1/<op>`` and ``POST .../<Service>/soap/v1`` (dispatched on the
-  body element, the address the WSDL gives): see `soap.py` for the envelope;
-* ``GET .../<Service>/soap/v1?wsdl`` (also ``.../soap/v1/<op>?wsdl``): the service's WSDL.
+  body element, the address the WSDL gives): see `historic_soap` for the envelope;
+* ``GET .../<Service>/soap/v1?wsdl`` (also ``.../soap/v1/<op>?wsdl``): the service's WSDL
+  (`historic_wsdl`), its ``soap:address`` the serving base URL (`public_url`, else the
+  request's own base URL).
 
 Statuses: success 200; authentication refused 403 with ``X-ErrorCode`` (and the error in
-the body: REST error object, SOAP fault); OTP sent 401 with ``X-OTP-Required`` (see
-`auth.py`); REST functional error 400 and technical error 500, body
+the body: REST error object, SOAP fault); OTP sent 401 with ``X-OTP-Required``; REST
+functional error 400 and technical error 500, body
 ``{"error": {"type", "code", "message"}}``; every SOAP fault 500 (SOAP 1.1 §6.2); an
 unknown service or operation 404 ``{"detail": ...}`` on REST, a ``soap:Client`` fault
 on SOAP. Bodies are capped (`max_body`, 25 MiB by default: code 39, read no further than
@@ -21,11 +25,12 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
+from gateway.mss import historic_soap as soap
 from gateway.mss.historic_ws import (
     CONTENT_TOO_LARGE,
     INVALID_FORMAT,
@@ -37,9 +42,7 @@ from gateway.mss.historic_ws import (
     HistoricOperations,
     OtpRequired,
 )
-from mock_operator.historic import soap
-from mock_operator.historic.auth import HistoricAuth
-from mock_operator.historic.wsdl import build_wsdl
+from gateway.mss.historic_wsdl import build_wsdl
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +51,23 @@ DEFAULT_MAX_BODY = 25 * 1024 * 1024
 MAX_JSON_DEPTH = 32
 SOAP_CONTENT_TYPE = "text/xml; charset=utf-8"
 FUNCTIONAL_STATUS, TECHNICAL_STATUS = 400, 500
-TECHNICAL_ERROR = 1  # the code of TECHNIQUE errors, as `operations.py` uses it
+TECHNICAL_ERROR = 1  # the code of TECHNIQUE errors (DOMAIN.md names none)
+
+
+class HistoricAuthenticator(Protocol):
+    """Who calls: the `Authenticated` caller of a request, or `AuthRefused` (403 with
+    ``X-ErrorCode``) or `OtpRequired` (401); `session_lifetime` is the Max-Age of the
+    session cookie handed out when `Authenticated.new_session` is set."""
+
+    @property
+    def session_lifetime(self) -> int: ...
+
+    async def authenticate(self, request: Request) -> Authenticated: ...
 
 
 def build_historic_router(
     operations: HistoricOperations,
-    auth: HistoricAuth,
+    auth: HistoricAuthenticator,
     *,
     max_body: int = DEFAULT_MAX_BODY,
     public_url: str | None = None,
@@ -67,7 +81,7 @@ def build_historic_router(
         if operation not in OPERATIONS.get(service, ()):
             return JSONResponse({"detail": f"unknown operation {service}/{operation}"}, 404)
         try:
-            who = _authenticate(auth, request)
+            who = await auth.authenticate(request)
         except AuthRefused as exc:
             return _rest_error(HistoricError(exc.code, exc.reason), 403, _refused(exc))
         except OtpRequired as exc:
@@ -93,7 +107,7 @@ def build_historic_router(
         ):
             return _fault(HistoricError(INVALID_FORMAT, f"unknown operation in {service}"))
         try:
-            who = _authenticate(auth, request)
+            who = await auth.authenticate(request)
         except AuthRefused as exc:
             error = HistoricError(exc.code, exc.reason)
             return _fault(error, status=403, headers=_refused(exc))
@@ -109,7 +123,7 @@ def build_historic_router(
         except HistoricError as exc:
             response = _fault(exc, headers=_closing(exc))
         else:
-            response = Response(soap.response(named, output), media_type=SOAP_CONTENT_TYPE)
+            response = _soap_answer(service, named, output)
         _set_session(response, who, request, auth.session_lifetime)
         return response
 
@@ -141,11 +155,6 @@ def build_historic_router(
     return router
 
 
-def _authenticate(auth: HistoricAuth, request: Request) -> Authenticated:
-    peer = request.client.host if request.client else None
-    return auth.authenticate(request.headers, request.cookies, peer)
-
-
 async def _call(
     operations: HistoricOperations,
     service: str,
@@ -159,15 +168,15 @@ async def _call(
         output = await operations.call(service, operation, caller, payload)
     except HistoricError as exc:
         log.info(
-            "mock.historic.refused",
+            "historic_ws.refused",
             extra={"operation": f"{service}/{operation}", "code": exc.code, "kind": exc.kind},
         )
         raise
     except Exception:
-        log.exception("mock.historic.failed", extra={"operation": f"{service}/{operation}"})
+        log.exception("historic_ws.failed", extra={"operation": f"{service}/{operation}"})
         raise HistoricError(TECHNICAL_ERROR, "erreur technique", "TECHNIQUE") from None
     log.info(
-        "mock.historic.call",
+        "historic_ws.call",
         extra={
             "operation": f"{service}/{operation}",
             "idnat": caller.idnat,
@@ -232,6 +241,17 @@ def _depth(value: Any) -> int:
     return deepest
 
 
+def _soap_answer(service: str, operation: str, output: dict[str, Any]) -> Response:
+    """The SOAP answer; an output out of the WSDL's schema is the implementation's bug,
+    answered as a technical fault rather than with XML a schema-driven client rejects."""
+    try:
+        body = soap.response(operation, output)
+    except soap.OutOfSchema:
+        log.exception("historic_ws.out_of_schema", extra={"operation": f"{service}/{operation}"})
+        return _fault(HistoricError(TECHNICAL_ERROR, "erreur technique", "TECHNIQUE"))
+    return Response(body, media_type=SOAP_CONTENT_TYPE)
+
+
 def _rest_error(
     error: HistoricError, status: int, headers: dict[str, str] | None = None
 ) -> JSONResponse:
@@ -247,7 +267,7 @@ def _fault(
 
 
 def _refused(exc: AuthRefused) -> dict[str, str]:
-    log.info("mock.historic.auth_refused", extra={"code": exc.code, "reason": exc.reason})
+    log.info("historic_ws.auth_refused", extra={"code": exc.code, "reason": exc.reason})
     return {"X-ErrorCode": str(exc.code)}
 
 
