@@ -9,8 +9,10 @@ import dataclasses
 import datetime as dt
 import functools
 import logging
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.types import ASGIApp
 
 from delegation.db import create_engine, migrate
 from delegation.events import bus_for_url
@@ -20,14 +22,17 @@ from gateway.api.app import create_api
 from gateway.api.ops import create_ops_app
 from gateway.audit import AuditSink
 from gateway.backends.kinds import Backends
-from gateway.backends.routing import Router
+from gateway.backends.routing import Placement, Router
 from gateway.db import migrate_gateway
 from gateway.decisions import DecisionCache
 from gateway.fronts.imap.listener import ProxyConfig, ProxyServer
 from gateway.fronts.login import FrontAuthenticator
 from gateway.fronts.smtp import SubmissionFront
 from gateway.health import Readiness
+from gateway.legacy_front.front import PREFIX as LEGACY_PREFIX
+from gateway.legacy_front.front import LegacyFront, PathDispatch
 from gateway.metrics import Metrics
+from gateway.mss.historic_ws import Caller, HistoricError, HistoricOperations
 from gateway.psc_sessions import PscSessionWatch
 from gateway.runtime.asgi_server import AsgiServer, bind_tcp
 from gateway.runtime.lifecycle import cancelled
@@ -83,6 +88,9 @@ class Gateway:
         self.imap: ProxyServer | None = None
         self.imaps: ProxyServer | None = None
         self.cards: CardVerifier | None = None  # CPS cards, when `[cards]` names a CA
+        self.legacy: LegacyFront | None = None
+        self.legacy_operations: HistoricOperations | None = None
+        self._legacy_tls: AsgiServer | None = None
         self.smtp: SmtpServer | None = None
         self.audit: AuditSink | None = None
         self.decisions: DecisionCache | None = None
@@ -141,6 +149,9 @@ class Gateway:
         # registry; built now, once the settings name every backend
         self.backends = Backends(self.settings.backends, self._engine)
         await self._start_usage()
+        cards = self.settings.cards
+        if cards.ca_file is not None:
+            self.cards = CardVerifier.from_files(cards.ca_file, cards.crl_file)
         self.validator = self._validator or TokenValidator(self.settings.psc)
         http, ops = self.settings.http, self.settings.ops
         sock = bind_tcp(http.host, http.port)
@@ -173,7 +184,20 @@ class Gateway:
         guarded = functools.partial(
             AsgiServer, request_timeout=http.request_timeout, max_connections=http.max_connections
         )
-        self._http = guarded(api, sock)
+        app: ASGIApp = api
+        if self.settings.legacy_front.enabled:
+            self.legacy = LegacyFront(
+                self.settings,
+                validator=self.validator,
+                ciba_validator=self._web_validator,  # CIBA tokens are for the gateway's client
+                placement=Placement(self.backends.by_name, self.settings.routing),
+                own_bals=self._own_bals,
+                cards=self.cards,
+            )
+            legacy_app = self.legacy.app(_LateOperations(self))
+            app = PathDispatch(api, {LEGACY_PREFIX: legacy_app})
+            await self._start_legacy_tls(legacy_app, guarded)
+        self._http = guarded(app, sock)
         if ops_sock is not None:
             ops_app = create_ops_app(readiness.check, self.metrics, max_body=http.max_body)
             self._ops = guarded(ops_app, ops_sock)
@@ -200,9 +224,7 @@ class Gateway:
         if cert is None or key is None:
             cert, key = ensure_dev_certificate(settings.data_dir)
         tls = server_context(cert, key)
-        cards = settings.cards
-        if cards.ca_file is not None:  # CPS cards: ask for a client certificate
-            self.cards = CardVerifier.from_files(cards.ca_file, cards.crl_file)
+        if self.cards is not None:  # CPS cards: ask for a client certificate
             request_client_certificates(tls, self.cards.ca_pem())
         config = ProxyConfig.from_settings(settings.imap).serving_stores(
             self.backends.version, self.backends.wait
@@ -266,6 +288,37 @@ class Gateway:
         )
         await self.smtp.start()
 
+    async def _own_bals(self, idnat: str) -> list[tuple[str, str]]:
+        """The BAL this person holds, with the backend the registry records for each."""
+        assert self.delegations is not None
+        entry = await self.delegations.directory_entry(idnat)
+        found = []
+        for address in entry.addresses if entry is not None else ():
+            mailbox = await self.delegations.mailbox(address)
+            found.append((address, mailbox.backend if mailbox is not None else ""))
+        return found
+
+    async def _start_legacy_tls(self, app: ASGIApp, guarded: Any) -> None:
+        """The legacy front's mutual-TLS listener, when `[legacy_front] https_port` is set:
+        historic clients present their CPS card to the gateway itself."""
+        front = self.settings.legacy_front
+        if front.https_port is None:
+            return
+        if self.cards is None:
+            raise ConfigurationError("legacy_front.https_port needs [cards] ca_file")
+        cert, key = self.settings.tls.cert, self.settings.tls.key
+        if cert is None or key is None:
+            cert, key = ensure_dev_certificate(self.settings.data_dir)
+        context = server_context(cert, key)
+        request_client_certificates(context, self.cards.ca_pem())
+        sock = bind_tcp(front.https_host, front.https_port)
+        self._legacy_tls = guarded(app, sock, ssl_context=context)
+        await self._legacy_tls.start()
+
+    @property
+    def legacy_https_port(self) -> int | None:
+        return self._legacy_tls.port if self._legacy_tls is not None else None
+
     async def _start_usage(self) -> None:
         """The usage recorder on the registry's database; the metrics' software labels
         seeded with the most used names, so they keep their series across restarts."""
@@ -327,7 +380,7 @@ class Gateway:
             await self.decisions.stop()
         if self.audit is not None:
             await self.audit.stop()
-        for listener in (self._http, self._ops):
+        for listener in (self._http, self._ops, self._legacy_tls):
             if listener is not None:
                 await listener.stop()
         if self.backends is not None:
@@ -338,5 +391,23 @@ class Gateway:
             await self.validator.aclose()
         if self._web_validator is not None:
             await self._web_validator.aclose()
+        if self.legacy is not None:
+            await self.legacy.aclose()
         if self._engine is not None:
             await self._engine.dispose()
+
+
+class _LateOperations:
+    """The legacy front's operations, found on the gateway at call time: the HTTP listener
+    starts before the fronts that build them (routing, audit, decisions)."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def call(
+        self, service: str, operation: str, caller: Caller, payload: dict[str, Any]
+    ) -> dict[str, Any]:
+        operations = self.gateway.legacy_operations
+        if operations is None:
+            raise HistoricError(1, "service en cours de démarrage", "TECHNIQUE")
+        return await operations.call(service, operation, caller, payload)
