@@ -38,7 +38,7 @@ from gateway.legacy_front.structure import (
     structure_of,
     urgent_of,
 )
-from gateway.mss import add_headers, add_sender, check_message
+from gateway.mss import XdmError, add_headers, add_sender, check_message, read_xdm
 from gateway.mss import historic_inputs as inputs
 from gateway.mss.historic_inputs import MAX_FOLDER_NAME_INPUT, MAX_ID, Composed, fold
 from gateway.mss.historic_mime import Composition, build_mime
@@ -669,7 +669,10 @@ class ModernBal:
             draft = await self._draft_of(composed.message_id)
         files = await self._files(composed.attachments)
         composition = self._composition(composed, files, reference)
+        derived = xdm_headers(files)
         outgoing = build_mime(composition, with_bcc=False)
+        if derived:
+            outgoing = add_headers(outgoing, derived)
         recipients = list(dict.fromkeys(a for a, _, _ in composed.recipients))
         nil = software if software and _one_ascii_line(software) else None
         checked = check_message(
@@ -693,8 +696,8 @@ class ModernBal:
         copy: tuple[int, int] | None = None
         if not self.settings.keeps_sent_copy:
             own = build_mime(composition, with_bcc=True)
-            if checked.headers_to_add:
-                own = add_headers(own, checked.headers_to_add)
+            if derived or checked.headers_to_add:
+                own = add_headers(own, [*derived, *checked.headers_to_add])
             copy = await self._append(sent, own, ("\\Seen",), composition.date)
         else:
             selected = await self.imap.select(sent.name)
@@ -771,6 +774,27 @@ class ModernBal:
             "modifiedMessages": [message_object(m, html=html) for m in messages],
             "deletedMessageIds": [str(i) for i in changes.deleted],
         }
+
+
+def xdm_headers(files: Sequence[tuple[str, str, bytes]]) -> list[tuple[str, str]]:
+    """X-MSS-CODECDA and X-MSS-INS for the CDA documents of IHE_XDM.ZIP attachments: a
+    historic message cannot carry headers, so the gateway writes what its rules require
+    from the archives themselves (an unreadable one is left for the rules to refuse)."""
+    codes: set[str] = set()
+    qualified = True
+    for name, _, data in files:
+        if name.upper() != "IHE_XDM.ZIP":
+            continue
+        try:
+            content = read_xdm(data)
+        except XdmError:
+            continue
+        if content.documents:
+            codes.update(content.codes)
+            qualified = qualified and content.ins_qualified
+    if not codes:
+        return []
+    return [("X-MSS-CODECDA", ",".join(sorted(codes))), ("X-MSS-INS", "O" if qualified else "N")]
 
 
 def _by_folder(

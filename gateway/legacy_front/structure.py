@@ -150,7 +150,11 @@ def parse_bodystructure(value: ParsedValue) -> list[Part]:
         if not isinstance(node, list) or not node:
             raise StructureError("BODYSTRUCTURE: a body is a list")
         if isinstance(node[0], list):  # multipart: children, then the subtype
-            children = [c for c in node if isinstance(c, list)]
+            children: list[ParsedValue] = []
+            for child in node:  # the bodies, then the subtype and extension data
+                if not isinstance(child, list):
+                    break
+                children.append(child)
             for index, child in enumerate(children, 1):
                 walk(child, f"{number}.{index}" if number else str(index), depth + 1)
             return
