@@ -312,7 +312,7 @@ def header_fields(data: bytes) -> dict[str, str]:
     current: str | None = None
     for line in data.decode("utf-8", "replace").replace("\r\n", "\n").split("\n"):
         if line[:1] in (" ", "\t") and current is not None:
-            found[current] += " " + line.strip()
+            found[current] = f"{found[current]} {line.strip()}".strip()
             continue
         name, colon, value = line.partition(":")
         if not colon:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import email.header
 import imaplib
+import re
 import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -128,7 +129,9 @@ class ModernImap:
             for line in lines:
                 assert isinstance(line, bytes)
                 attributes, _, name = line.decode().partition(' "/" ')
-                names[mutf7.decode(name.strip('"'))] = attributes
+                if name.startswith('"'):
+                    name = re.sub(r"\\(.)", r"\1", name[1:-1])
+                names[mutf7.decode(name)] = attributes
             return names
 
         return await self.run(work)
