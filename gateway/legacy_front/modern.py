@@ -42,7 +42,16 @@ from gateway.mss import XdmError, add_headers, add_sender, check_message, read_x
 from gateway.mss import historic_inputs as inputs
 from gateway.mss.historic_inputs import MAX_FOLDER_NAME_INPUT, MAX_ID, Composed, fold
 from gateway.mss.historic_mime import Composition, build_mime
-from gateway.mss.historic_shapes import JUNK, PARIS, ROOT, Folder, folder_tree, message_object
+from gateway.mss.historic_shapes import (
+    JUNK,
+    PARIS,
+    ROOT,
+    AttachmentInfo,
+    EmailEntry,
+    Folder,
+    folder_tree,
+    message_object,
+)
 from gateway.mss.historic_ws import (
     ATTACHMENT_MISSING,
     ATTACHMENTS_TOO_LARGE,
@@ -715,9 +724,11 @@ class ModernBal:
             await self.imap.select(folder.name, write=True)
             await self.imap.expunge([where.uid])
             await self.ids.gone([historic_id])
-        if copy is None:
-            raise HistoricError(TECHNICAL_ERROR, "copie envoyée introuvable", "TECHNIQUE")
-        described = await self.describe([(sent, copy[0], copy[1])])
+        described = await self.describe([(sent, copy[0], copy[1])]) if copy else []
+        if not described:
+            # the platform keeps the copy but has not filed it yet: the message left (an
+            # error now would make the client send it again); the copy gets its id later
+            described = [_unfiled(composition, len(outgoing))]
         return {"message": message_object(described[0], html=True)}
 
     async def _submit(self, message: bytes, recipients: list[str]) -> None:
@@ -774,6 +785,38 @@ class ModernBal:
             "modifiedMessages": [message_object(m, html=html) for m in messages],
             "deletedMessageIds": [str(i) for i in changes.deleted],
         }
+
+
+def _unfiled(composition: Composition, size: int) -> ImapMessage:
+    """The sent message as composed, for a platform that files its copy in Sent itself
+    and has not yet: no historic id yet ("0")."""
+    kinds = {"TO", "CC", "BCC"}
+    return ImapMessage(
+        message_id="0",
+        folder_id=SENT,
+        conversation_id="0",
+        subject=composition.subject,
+        body_text=composition.body if not composition.is_html else "",
+        body_html=composition.body if composition.is_html else None,
+        size=size,
+        date=composition.date,
+        emails=[
+            *([EmailEntry(*composition.sender, "FROM")] if composition.sender else []),
+            *(EmailEntry(a, n, k) for a, n, k in composition.recipients if k in kinds),
+        ],
+        flags=historic_flags(
+            {"\\Seen"},
+            sent=True,
+            attachment=bool(composition.attachments),
+            urgent=composition.urgent,
+        ),
+        urgent=composition.urgent,
+        read_receipt=composition.read_receipt,
+        attachments=[
+            AttachmentInfo(str(index), name, kind, len(data))
+            for index, (name, kind, data) in enumerate(composition.attachments, 2)
+        ],
+    )
 
 
 def xdm_headers(files: Sequence[tuple[str, str, bytes]]) -> list[tuple[str, str]]:

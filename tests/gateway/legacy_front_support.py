@@ -162,6 +162,14 @@ class ModernImap:
 
         return await self.run(work)
 
+    async def count(self, folder: str, subject: str) -> int:
+        def work(client: imaplib.IMAP4) -> int:
+            client.select(f'"{mutf7.encode(folder)}"', readonly=True)
+            _, found = client.uid("SEARCH", "SUBJECT", f'"{subject}"')
+            return len(found[0].split())
+
+        return await self.run(work)
+
     async def fetch_raw(self, folder: str, subject: str) -> bytes:
         def work(client: imaplib.IMAP4) -> bytes:
             client.select(f'"{mutf7.encode(folder)}"', readonly=True)

@@ -17,6 +17,7 @@ from gateway.legacy_front.operations import GatewayHistoricOperations
 from gateway.mss.historic_ws import HistoricError
 from gateway.settings import MockSettings, Settings
 from mock_operator.seed import ihe_xdm_zip
+from mock_operator.server import MockOperator
 from tests.gateway.legacy_front_support import (
     DUPONT,
     DURAND,
@@ -27,7 +28,7 @@ from tests.gateway.legacy_front_support import (
     call,
     legacy_operations,
 )
-from tests.support.stacks import Stack, configure_with, running_stack
+from tests.support.stacks import Stack, configure_with, mock_backend, running_stack
 
 QUESTION = "Avis sur un patient commun"
 
@@ -370,3 +371,30 @@ async def test_delegates_strangers_and_the_historic_platform(
 
 def by_id(messages: list[dict[str, Any]], message_id: str) -> dict[str, Any]:
     return next(m for m in messages if m["messageId"] == message_id)
+
+
+async def test_a_platform_that_keeps_its_sent_copy_gets_no_second_one(
+    tmp_path: Path, stack_settings: Settings, mock_settings: MockSettings
+) -> None:
+    def configure(settings: Settings, mock: MockOperator) -> None:
+        configure_with()(settings, mock)
+        settings.backends["modern"] = mock_backend(mock, keeps_sent_copy=True)
+
+    async with (
+        running_stack(stack_settings, mock_settings, tmp_path / "mock", configure) as stack,
+        legacy_operations(stack) as (operations, _),
+    ):
+        mine, theirs = ModernImap(stack.mock, MARTIN), ModernImap(stack.mock, DURAND)
+        sent_folder = await mine.special("\\Sent")
+        message = {"addresses": [DURAND], "subject": "Sans copie", "body": "Bonjour"}
+        sent = await call(
+            operations, "dr-martin", "Item", "sendMessage", {"email": MARTIN, "message": message}
+        )
+        assert sent["message"]["subject"] == "Sans copie"
+        assert sent["message"]["folderId"] == 5
+        assert b"Sans copie" in await theirs.fetch_raw("INBOX", "Sans copie")
+        # the platform's own copy, once, and the answer is that copy with its id
+        assert await mine.count(sent_folder, "Sans copie") == 1
+        assert sent["message"]["messageId"] != "0"
+        found = await search(operations, folderId=5, subject="Sans copie")
+        assert [m["messageId"] for m in found] == [sent["message"]["messageId"]]
