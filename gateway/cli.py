@@ -163,6 +163,7 @@ async def _demo(settings: Settings) -> None:
                         ca_file=mock.tls_cert,
                         master_user=mock.master.user,
                         master_password_file=mock.data_dir / "master.secret",
+                        keeps_sent_copy=True,  # the mock files submitted mail in Sent
                     ),
                     # the historic platform's web services: the registry records "historic"
                     # as the backend of jean.dupont@ and marie.petit@, and routing follows it;

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Date,
     ForeignKey,
     ForeignKeyConstraint,
+    Index,
     Integer,
     MetaData,
     String,
@@ -138,3 +139,55 @@ async def migrate_gateway(url: str | URL, revision: str = "head") -> None:
     """Bring the gateway's tables at `url` to `revision` (idempotent; safe on several nodes,
     and beside `delegation.migrate` on the same database)."""
     await run_migration(url, alembic_config(MIGRATIONS, VERSION_TABLE), revision)
+
+
+# -- the historic interfaces served over any platform (gateway/legacy_front) ----------------
+
+FOLDER_NAME_LENGTH = 1_000  # a folder's full "/"-separated path, decoded
+FLAGS_LENGTH = 1_000
+
+historic_folders = Table(
+    "gw_historic_folders",
+    metadata,
+    Column("key", Integer, primary_key=True, autoincrement=True),
+    Column("backend", String(BACKEND_LENGTH), nullable=False),
+    Column("bal", String(ADDRESS_LENGTH), nullable=False),
+    Column("name", String(FOLDER_NAME_LENGTH), nullable=False),
+    Column("folder_id", BigInteger, nullable=False),
+    UniqueConstraint("backend", "bal", "name"),
+    UniqueConstraint(
+        "backend", "bal", "folder_id", name="uq_gw_historic_folders_backend_folder_id"
+    ),
+)
+"""A folder of a BAL on a modern platform and its historic folder id (the well-known ids
+for the special-use folders, stable integers from 257 for the others; a rename keeps it)."""
+
+historic_messages = Table(
+    "gw_historic_messages",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),  # the historic messageId
+    Column("backend", String(BACKEND_LENGTH), nullable=False),
+    Column("bal", String(ADDRESS_LENGTH), nullable=False),
+    Column("folder", Integer, nullable=True),  # gw_historic_folders.key; None once gone
+    Column("uidvalidity", BigInteger, nullable=False),
+    Column("uid", BigInteger, nullable=False),
+    Column("flags", String(FLAGS_LENGTH), nullable=False, server_default=""),
+    Column("version", BigInteger, nullable=False),
+    Column("gone", Boolean, nullable=False, server_default=false()),
+    UniqueConstraint("folder", "uidvalidity", "uid"),
+    Index("ix_gw_historic_messages_bal_version", "backend", "bal", "version"),
+)
+"""historic messageId ↔ (BAL, folder, UIDVALIDITY, UID) of a message on a modern platform,
+with what syncMessages compares (its flags as last seen, the BAL's change counter when it
+last changed, and whether it is gone: a tombstone until pruned)."""
+
+historic_sync = Table(
+    "gw_historic_sync",
+    metadata,
+    Column("backend", String(BACKEND_LENGTH), primary_key=True),
+    Column("bal", String(ADDRESS_LENGTH), primary_key=True),
+    Column("counter", BigInteger, nullable=False),
+    Column("floor", BigInteger, nullable=False),
+)
+"""A BAL's change counter (syncMessages' token) and the oldest token still answerable
+exactly (tombstones older than it were pruned)."""

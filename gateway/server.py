@@ -113,6 +113,11 @@ class Gateway:
         return self.delegations
 
     @property
+    def engine(self) -> AsyncEngine | None:
+        """The registry's database, where the gateway keeps its own tables too."""
+        return self._engine
+
+    @property
     def http_url(self) -> str:
         assert self._http is not None, "not started"
         http = self.settings.http

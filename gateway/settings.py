@@ -290,6 +290,12 @@ class BackendSettings(_Section):
         "other platforms); without it they read through the web services (rebuilt messages, "
         "appends to Drafts only)",
     )
+    keeps_sent_copy: bool = Field(
+        default=False,
+        description="imap_smtp: the platform files a copy of every submitted message in the "
+        "sender's Sent folder itself; when false, the historic interfaces served by the "
+        "gateway (sendMessage) APPEND that copy",
+    )
     poll_interval: float = Field(
         default=10.0,
         gt=0,

@@ -414,7 +414,15 @@ def parse_values(data: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH) -> list[Par
                 raise ParseError(f"unexpected byte {bytes([char])!r} at offset {pos}")
             stack[-1].append(_atom_value(match.group()))
             pos = match.end()
-        if pos < length and data[pos] not in b" )" and not _at_final_crlf(data, pos):
+        # RFC 3501 body-type-mpart: the bodies of a multipart follow each other with no
+        # space between them, "(...)(...)"
+        juxtaposed = data[pos : pos + 1] == b"(" and data[pos - 1] == 0x29
+        if (
+            pos < length
+            and data[pos] not in b" )"
+            and not juxtaposed
+            and not _at_final_crlf(data, pos)
+        ):
             raise ParseError(f"missing space at offset {pos}")
 
 

@@ -27,8 +27,8 @@ from urllib.parse import unquote
 
 from starlette.requests import Request
 
+from gateway.legacy_front.cookies import SessionBook
 from gateway.legacy_front.otp import OtpLogin
-from gateway.legacy_front.sessions import SessionBook
 from gateway.mss.historic_ws import (
     AUTH_IMPOSSIBLE,
     AUTH_INVALID_CREDENTIALS,

@@ -19,8 +19,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.backends.routing import Placement
 from gateway.legacy_front.auth import LegacyFrontAuth
+from gateway.legacy_front.cookies import SessionBook
 from gateway.legacy_front.otp import CibaOtp, HistoricOtp, OtpLogin
-from gateway.legacy_front.sessions import SessionBook
 from gateway.mss.historic_http import build_historic_router
 from gateway.mss.historic_ws import HistoricOperations
 from gateway.runtime.asgi_tls import client_certificate

@@ -1,72 +1,326 @@
-"""The legacy front's session cookies: opened by a one-time-password login (the historic
-platform's OTP while the BAL lives there, a PSC CIBA approval afterwards), as on the old
-platform, so that an LPS logs in once and then calls with the cookie.
+"""IMAP sessions to modern backends for the legacy front: a small bounded pool, and the
+commands the historic operations need on top of the tools' `MailboxAccess`.
 
-Kept in memory, bounded: a restart asks people to log in again, which the historic
-platform did too. Tokens are looked up by their SHA-256, so the lookup leaks no timing
-about the secret, and are never logged.
+Historic clients make many short calls; logging in (TLS, SASL with the master login) for
+each would cost more than the call. A session is kept per (backend, BAL) while idle, at
+most `per_bal` of them and `total` in all, and closed once idle past `idle`. A session
+that failed (timeout, disconnection, protocol error) is never given back to the pool.
 """
 
 from __future__ import annotations
 
-import hashlib
-import secrets
+import asyncio
+import contextlib
+import logging
 import time
-from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
-from gateway.mss.historic_ws import HistoricSession
+from gateway.backends.base import MailboxAccess
+from gateway.backends.errors import BackendError, BackendUnavailable
+from gateway.backends.imap_smtp.tools import ImapMailboxAccess
+from gateway.imap.client import ParsedValue, ParseError, Tagged, Untagged, parse_code
+from gateway.imap.codes import Code
+from gateway.imap.response import Atom
 
-MAX_SESSIONS = 100_000
+log = logging.getLogger(__name__)
+
+MAX_UID_SET = 500  # UIDs per command
+
+
+def fetch_items(event: Untagged) -> dict[str, ParsedValue]:
+    """``* n FETCH (NAME value ...)`` as a dict by upper-case item name."""
+    if event.kind != "FETCH":
+        return {}
+    try:
+        values = event.values()
+    except ParseError:
+        return {}
+    items = values[2] if len(values) >= 3 and isinstance(values[2], list) else []
+    found: dict[str, ParsedValue] = {}
+    for index in range(0, len(items) - 1, 2):
+        name = items[index]
+        if isinstance(name, Atom):
+            found[name.value.upper()] = items[index + 1]
+    return found
+
+
+def uid_set(uids: Iterable[int]) -> bytes:
+    return b",".join(str(u).encode() for u in sorted(set(uids)))
+
+
+def flag_names(value: ParsedValue) -> frozenset[str]:
+    return frozenset(
+        f.value for f in (value if isinstance(value, list) else []) if isinstance(f, Atom)
+    )
+
+
+def _code_of(done: Tagged, events: list[Untagged], name: str) -> str | None:
+    for code in [done.code, *(e.code for e in events if e.kind == "OK")]:
+        if code is None:
+            continue
+        found, rest = parse_code(code)
+        if found == name:
+            return rest
+    return None
+
+
+def _uids(text: str) -> list[int]:
+    """A UID set of a COPYUID code (``4:6,9``) in order."""
+    found: list[int] = []
+    for piece in text.split(","):
+        low, _, high = piece.partition(":")
+        if not low.isdigit() or (high and not high.isdigit()):
+            return []
+        start, end = int(low), int(high or low)
+        if abs(end - start) > MAX_UID_SET * 10:
+            return []
+        step = 1 if end >= start else -1
+        found.extend(range(start, end + step, step))
+    return found
 
 
 @dataclass(frozen=True)
-class OpenSession:
-    session: HistoricSession
-    means: str  # otp, ciba
+class Selected:
+    folder: str
+    uidvalidity: int
+    exists: int
 
 
-class SessionBook:
-    def __init__(
-        self,
-        lifetime: int,
-        *,
-        limit: int = MAX_SESSIONS,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.lifetime = lifetime
-        self._limit = limit
-        self._clock = clock
-        self._sessions: OrderedDict[bytes, OpenSession] = OrderedDict()
+class ImapBal:
+    """One BAL's IMAP session (master login), with the commands of the legacy front."""
 
-    def open(self, idnat: str, means: str) -> HistoricSession:
-        token = secrets.token_urlsafe(32)
-        session = HistoricSession(token, idnat, self._clock() + self.lifetime)
-        self._sessions[_key(token)] = OpenSession(session, means)
-        while len(self._sessions) > self._limit:
-            self._sessions.popitem(last=False)  # the oldest goes first
-        return session
+    def __init__(self, access: ImapMailboxAccess) -> None:
+        self.access = access
+        self.selected: Selected | None = None
+        self._writable = False
+        self.broken = False
+        caps = access.capabilities
+        self.has_move = "MOVE" in caps
 
-    def find(self, token: str) -> OpenSession | None:
-        """The live session of this cookie value; None when unknown or expired."""
-        if not token or len(token) > 128:
-            return None
-        key = _key(token)
-        found = self._sessions.get(key)
-        if found is None:
-            return None
-        if found.session.expires_at <= self._clock():
-            del self._sessions[key]
-            return None
+    async def run(
+        self, command: bytes, literal: bytes | None = None
+    ) -> tuple[Tagged, list[Untagged]]:
+        try:
+            return await self.access.run(command, literal)
+        except BackendUnavailable:
+            self.broken = True
+            raise
+        finally:
+            if not command.startswith((b"UID ", b"EXPUNGE", b"NOOP", b"STATUS")):
+                self.selected = None
+
+    async def select(self, folder: str, *, write: bool = False) -> Selected:
+        current = self.selected
+        if current is not None and current.folder == folder and (self._writable or not write):
+            return current
+        verb = b"SELECT " if write else b"EXAMINE "
+        self.selected = None
+        done, events = await self.run(verb + self.access.mailbox_name(folder))
+        validity = _code_of(done, events, Code.UIDVALIDITY)
+        exists = next((e.number or 0 for e in events if e.kind == "EXISTS"), 0)
+        selected = Selected(folder, int(validity) if validity and validity.isdigit() else 0, exists)
+        self.selected, self._writable = selected, write
+        return selected
+
+    async def status(self, folder: str) -> tuple[int, int]:
+        """(messages, unseen) of a folder."""
+        _, events = await self.run(
+            b"STATUS " + self.access.mailbox_name(folder) + b" (MESSAGES UNSEEN)"
+        )
+        for event in events:
+            if event.kind != "STATUS":
+                continue
+            try:
+                values = event.values()
+            except ParseError:
+                continue
+            pairs = values[-1] if values and isinstance(values[-1], list) else []
+            found: dict[str, ParsedValue] = {}
+            for i in range(0, len(pairs) - 1, 2):
+                name = pairs[i]
+                if isinstance(name, Atom):
+                    found[name.value.upper()] = pairs[i + 1]
+            messages, unseen = found.get("MESSAGES"), found.get("UNSEEN")
+            return (
+                messages if isinstance(messages, int) else 0,
+                unseen if isinstance(unseen, int) else 0,
+            )
+        return 0, 0
+
+    async def search(self, criteria: bytes, literal: bytes | None = None) -> list[int]:
+        """UID SEARCH in the selected folder; the UIDs found, ascending."""
+        _, events = await self.run(b"UID SEARCH " + criteria, literal)
+        found: list[int] = []
+        for event in events:
+            if event.kind != "SEARCH":
+                continue
+            try:
+                values = event.values()
+            except ParseError:
+                continue
+            found.extend(v for v in values[1:] if isinstance(v, int))
+        return sorted(set(found))
+
+    async def fetch(self, uids: Iterable[int], items: bytes) -> dict[int, dict[str, ParsedValue]]:
+        """UID FETCH `items` of `uids` in the selected folder, by UID (batched)."""
+        wanted = sorted(set(uids))
+        found: dict[int, dict[str, ParsedValue]] = {}
+        for start in range(0, len(wanted), MAX_UID_SET):
+            chunk = wanted[start : start + MAX_UID_SET]
+            _, events = await self.run(b"UID FETCH " + uid_set(chunk) + b" (UID " + items + b")")
+            for event in events:
+                got = fetch_items(event)
+                uid = got.get("UID")
+                if isinstance(uid, int) and uid in chunk:
+                    found.setdefault(uid, {}).update(got)
         return found
 
-    def close(self, token: str) -> None:
-        self._sessions.pop(_key(token), None)
+    async def all_uids(self) -> dict[int, frozenset[str]]:
+        """UID → flags of every message of the selected folder."""
+        if self.selected is None or self.selected.exists == 0:
+            return {}
+        _, events = await self.run(b"UID FETCH 1:* (UID FLAGS)")
+        found: dict[int, frozenset[str]] = {}
+        for event in events:
+            got = fetch_items(event)
+            uid = got.get("UID")
+            if isinstance(uid, int):
+                found[uid] = flag_names(got.get("FLAGS"))
+        return found
 
-    def __len__(self) -> int:
-        return len(self._sessions)
+    async def store(self, uids: Iterable[int], change: bytes) -> None:
+        """UID STORE `change` (``+FLAGS.SILENT (\\Seen)``) in the selected folder."""
+        wanted = sorted(set(uids))
+        for start in range(0, len(wanted), MAX_UID_SET):
+            await self.run(
+                b"UID STORE " + uid_set(wanted[start : start + MAX_UID_SET]) + b" " + change
+            )
+
+    async def expunge(self, uids: Iterable[int]) -> None:
+        wanted = sorted(set(uids))
+        if not wanted:
+            return
+        await self.store(wanted, b"+FLAGS.SILENT (\\Deleted)")
+        for start in range(0, len(wanted), MAX_UID_SET):
+            await self.run(b"UID EXPUNGE " + uid_set(wanted[start : start + MAX_UID_SET]))
+
+    async def move(self, uids: list[int], destination: str) -> tuple[int, dict[int, int]]:
+        """Move `uids` of the selected folder: (destination UIDVALIDITY, source UID →
+        destination UID) from COPYUID (empty when the server gives none). UID MOVE when
+        offered, else COPY, \\Deleted and UID EXPUNGE."""
+        verb = b"UID MOVE " if self.has_move else b"UID COPY "
+        done, events = await self.run(
+            verb + uid_set(uids) + b" " + self.access.mailbox_name(destination)
+        )
+        if not self.has_move:
+            await self.expunge(uids)
+        copied = _code_of(done, events, Code.COPYUID)
+        if copied is None:
+            return 0, {}
+        parts = copied.split()
+        if len(parts) != 3 or not parts[0].isdigit():
+            return 0, {}
+        sources, targets = _uids(parts[1]), _uids(parts[2])
+        if len(sources) != len(targets):
+            return int(parts[0]), {}
+        return int(parts[0]), dict(zip(sources, targets, strict=True))
 
 
-def _key(token: str) -> bytes:
-    return hashlib.sha256(token.encode("utf-8", "replace")).digest()
+@dataclass
+class _Idle:
+    session: ImapBal
+    since: float
+
+
+class SessionPool:
+    """Idle `ImapBal` sessions by (backend, BAL); `lease` lends one (opening it if none)."""
+
+    def __init__(
+        self,
+        *,
+        per_bal: int = 2,
+        total: int = 32,
+        idle: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.per_bal = per_bal
+        self.idle = idle
+        self._clock = clock
+        self._slots = asyncio.Semaphore(total)
+        self._idle: dict[tuple[str, str], list[_Idle]] = {}
+        self._reaper: asyncio.Task[None] | None = None
+
+    @contextlib.asynccontextmanager
+    async def lease(
+        self, backend: str, bal: str, opener: Callable[[], Awaitable[MailboxAccess]]
+    ) -> AsyncIterator[ImapBal]:
+        key = (backend, bal.lower())
+        async with self._slots:
+            session = await self._take(key)
+            if session is None:
+                access = await opener()
+                if not isinstance(access, ImapMailboxAccess):
+                    await access.aclose()
+                    raise BackendUnavailable(
+                        "misconfigured", f"{backend}: no IMAP for the legacy front"
+                    )
+                session = ImapBal(access)
+            try:
+                yield session
+            except BaseException as exc:
+                if isinstance(exc, BackendError) and not isinstance(exc, BackendUnavailable):
+                    await self._give_back(key, session)  # refused: the session itself is fine
+                else:
+                    await session.access.aclose()
+                raise
+            await self._give_back(key, session)
+
+    async def _take(self, key: tuple[str, str]) -> ImapBal | None:
+        idle = self._idle.get(key)
+        while idle:
+            entry = idle.pop()
+            if self._clock() - entry.since < self.idle and not entry.session.broken:
+                return entry.session
+            await entry.session.access.aclose()
+        return None
+
+    async def _give_back(self, key: tuple[str, str], session: ImapBal) -> None:
+        if session.broken:
+            await session.access.aclose()
+            return
+        idle = self._idle.setdefault(key, [])
+        if len(idle) >= self.per_bal:
+            await session.access.aclose()
+            return
+        idle.append(_Idle(session, self._clock()))
+        if self._reaper is None or self._reaper.done():
+            self._reaper = asyncio.create_task(self._reap(), name="legacy-front-reaper")
+
+    async def _reap(self) -> None:
+        """Close sessions idle past `idle`, until none is left."""
+        while self._idle:
+            await asyncio.sleep(self.idle / 2)
+            now = self._clock()
+            for key in list(self._idle):
+                keep = [e for e in self._idle[key] if now - e.since < self.idle]
+                for entry in self._idle[key]:
+                    if entry not in keep:
+                        await entry.session.access.aclose()
+                if keep:
+                    self._idle[key] = keep
+                else:
+                    del self._idle[key]
+
+    def idle_sessions(self, backend: str, bal: str) -> int:
+        return len(self._idle.get((backend, bal.lower()), []))
+
+    async def aclose(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        idle, self._idle = self._idle, {}
+        for entries in idle.values():
+            for entry in entries:
+                await entry.session.access.aclose()

@@ -45,6 +45,7 @@ from gateway.imap.mailstore import (
     StoreError,
 )
 from gateway.imap.view import apply_flags
+from gateway.mss.historic_mime import Composition, rebuild_mime
 from gateway.mss.historic_shapes import JUNK, ROOT
 from gateway.mss.historic_ws import (
     CONTENT_TOO_LARGE,
@@ -61,7 +62,6 @@ from gateway.mss.historic_ws import (
     TRASH,
     HistoricError,
 )
-from mock_operator.historic.mime import Composition, rebuild_mime
 from mock_operator.historic.store import (
     SYSTEM_FOLDERS,
     HistoricStore,

@@ -71,6 +71,7 @@ from gateway.mss.historic_inputs import (
     need_text,
     text,
 )
+from gateway.mss.historic_mime import Composition, build_mime
 from gateway.mss.historic_shapes import (
     JUNK,
     PARIS,
@@ -96,7 +97,6 @@ from gateway.mss.historic_ws import (
     Caller,
     HistoricError,
 )
-from mock_operator.historic.mime import Composition, build_mime
 from mock_operator.historic.store import HistoricStore, StoredMessage
 
 __all__ = ["HistoricService", "folder_tree", "format_date", "message_object", "recipient"]

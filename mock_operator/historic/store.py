@@ -47,6 +47,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from gateway.mss.historic_mime import MAX_MIME_BYTES, ParsedMessage, parse_mime
 from gateway.mss.historic_shapes import (
     FLAG_ORDER,
     JUNK,
@@ -70,7 +71,6 @@ from gateway.mss.historic_ws import (
     TRASH,
     HistoricError,
 )
-from mock_operator.historic.mime import MAX_MIME_BYTES, ParsedMessage, parse_mime
 
 FIRST_USER_ID = 257
 SYSTEM_FOLDERS: dict[int, str] = {

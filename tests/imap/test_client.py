@@ -325,6 +325,8 @@ def test_parse_code(code: str, expected: tuple[str, str]) -> None:
         (b"{2}\r\n\r\n\r\n", [b"\r\n"]),
         (b"~foo NIL", [Atom("~foo"), None]),
         (b"BODY[]<0> 007", [Atom("BODY[]<0>"), 7]),
+        # RFC 3501 body-type-mpart: a multipart's bodies follow each other with no space
+        (b'(("a")("b") "mixed")', [[[b"a"], [b"b"], b"mixed"]]),
     ],
 )
 def test_parse_values(data: bytes, expected: list[ParsedValue]) -> None:
@@ -342,7 +344,7 @@ def test_parse_values(data: bytes, expected: list[ParsedValue]) -> None:
         b"{5}\r\nab",
         b"{x}\r\n",
         b"a\r\nb",
-        b"(a)(b)",
+        b"(a)b",
         b"1" * 30,
         b"\x00",
     ],

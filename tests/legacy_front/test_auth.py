@@ -13,8 +13,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from gateway.legacy_front.auth import LegacyFrontAuth
+from gateway.legacy_front.cookies import SessionBook
 from gateway.legacy_front.otp import CibaOtp, HistoricOtp, OtpLogin
-from gateway.legacy_front.sessions import SessionBook
 from gateway.mss.historic_ws import SESSION_COOKIE, AuthRefused, OtpRequired
 from mock_operator.server import MockOperator
 from psc_auth import TokenValidator

@@ -97,6 +97,23 @@ class ImapMailboxAccess:
             await self._talk.command(b"LOGOUT")
         await self._up.close()
 
+    @property
+    def capabilities(self) -> frozenset[str]:
+        return frozenset(c.upper() for c in self._up.capabilities)
+
+    def mailbox_name(self, folder: str) -> bytes:
+        """`folder` ("/"-separated, decoded) as the quoted IMAP mailbox name to send."""
+        return self._mailbox(folder)
+
+    async def run(
+        self, command: bytes, literal: bytes | None = None
+    ) -> tuple[Tagged, list[Untagged]]:
+        """One command beyond `MailboxAccess`, for tools that need more IMAP (the legacy
+        front: SEARCH, MOVE, RENAME...). The folder selection is forgotten, since the
+        command may change it. Failures as `_run`'s."""
+        self._selected = None
+        return await self._run(command, literal)
+
     # -- commands --------------------------------------------------------------------------
     async def _run(
         self, command: bytes, literal: bytes | None = None

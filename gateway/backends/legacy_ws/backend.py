@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Mapping
 from gateway.backends.base import MailboxAccess
 from gateway.backends.errors import BackendUnavailable
 from gateway.backends.imap_smtp.tools import ImapMailboxAccess
+from gateway.backends.legacy_ws.client import LegacyWsClient
 from gateway.backends.legacy_ws.store import LegacyBackends, LegacyWsStore
 from gateway.backends.legacy_ws.submit import HistoricSubmission
 from gateway.backends.probes import mail_port_check, web_services_check
@@ -35,6 +36,11 @@ class LegacyWsBackend:
         if self.shared is None:
             raise BackendUnavailable("misconfigured", f"{self._name}: no historic state")
         return self.shared
+
+    def historic_client(self) -> LegacyWsClient:
+        """The trusted gateway's client of the historic web services (the legacy front
+        passes historic calls through it)."""
+        return self._shared().client(self._name, self.settings)
 
     async def open_imap(self, bal: str, token: str | None) -> LegacyWsStore:
         return self._shared().store(self._name, self.settings, bal)
