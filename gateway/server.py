@@ -31,6 +31,9 @@ from gateway.fronts.smtp import SubmissionFront
 from gateway.health import Readiness
 from gateway.legacy_front.front import PREFIX as LEGACY_PREFIX
 from gateway.legacy_front.front import LegacyFront, PathDispatch
+from gateway.legacy_front.ids import HistoricIds
+from gateway.legacy_front.operations import GatewayHistoricOperations
+from gateway.legacy_front.usage import LegacyUsage
 from gateway.metrics import Metrics
 from gateway.mss.historic_ws import Caller, HistoricError, HistoricOperations
 from gateway.psc_sessions import PscSessionWatch
@@ -90,6 +93,7 @@ class Gateway:
         self.cards: CardVerifier | None = None  # CPS cards, when `[cards]` names a CA
         self.legacy: LegacyFront | None = None
         self.legacy_operations: HistoricOperations | None = None
+        self._legacy_operations: GatewayHistoricOperations | None = None
         self._legacy_tls: AsgiServer | None = None
         self.smtp: SmtpServer | None = None
         self.audit: AuditSink | None = None
@@ -238,6 +242,19 @@ class Gateway:
         self.audit.start()
         self.decisions = DecisionCache(service)
         self.decisions.start()
+        if self.legacy is not None:
+            assert self._engine is not None
+            self._legacy_operations = GatewayHistoricOperations(
+                service,
+                self.router,
+                HistoricIds(self._engine),
+                backends=settings.backends,
+                decisions=self.decisions,
+                audit=self.audit,
+                on_access=LegacyUsage(self.usage),
+                max_message_size=settings.smtp.max_message_size,
+            )
+            self.legacy_operations = self._legacy_operations
         psc = settings.psc
         self.psc_sessions = PscSessionWatch(
             validator,
@@ -396,6 +413,8 @@ class Gateway:
             await self.validator.aclose()
         if self._web_validator is not None:
             await self._web_validator.aclose()
+        if self._legacy_operations is not None:
+            await self._legacy_operations.aclose()
         if self.legacy is not None:
             await self.legacy.aclose()
         if self._engine is not None:

@@ -287,7 +287,9 @@ class GatewayHistoricOperations:
                     self.ids.of(route.name, bal),
                     settings,
                     display_name=holder,
-                    submission=lambda: backend.submission(bal, None, max_size=self.max_message_size),
+                    submission=lambda: backend.submission(
+                        bal, None, max_size=self.max_message_size
+                    ),
                 )
                 return await _run(mailbox, operation, caller, payload, access)
         except BackendNotFound as missing:
