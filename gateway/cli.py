@@ -114,8 +114,17 @@ def describe_gateway(gateway: Gateway, console: Console) -> None:
         ("/ui/admin/usage", "usage page ([admin])"),
         ("/v1", "API (docs: /docs)"),
         *([] if gateway.ops_url else [("/metrics", "metrics")]),
+        *(
+            [("/mss-msg-services/services", "historic web services")]
+            if gateway.legacy is not None
+            else []
+        ),
     ]:
         console.print(f"  {what + ':':<26}{gateway.http_url}{path}", highlight=False)
+    if gateway.legacy_https_port is not None:
+        host = settings.legacy_front.https_host
+        where = f"https://{host}:{gateway.legacy_https_port}/mss-msg-services/services"
+        console.print(f"  {'same, CPS card (mTLS):':<26}{where}", highlight=False)
     if gateway.ops_url:
         ops = f"{gateway.ops_url} (/metrics, /readyz)"
         console.print(f"  {'operations:':<26}{ops}", highlight=False)
@@ -225,6 +234,14 @@ async def _demo(settings: Settings) -> None:
             "--cert dr-martin.pem --key dr-martin-key.pem \\\n"
             f"    --login-options AUTH=EXTERNAL '{imap}/INBOX?ALL'\n"
             "  .venv/bin/mock-operator card dr-martin --revoke   # then refused\n"
+            "The historic web services, on Dr MARTIN's modern BAL (NUMHOMOLOGATION names the "
+            "software):\n"
+            "  TOKEN=$(.venv/bin/mock-operator token dr-martin)\n"
+            f'  curl -H "Authorization: Bearer $TOKEN" -H "NUMHOMOLOGATION: HOMOL-DEMO-1" '
+            f"-H 'Content-Type: application/json' \\\n"
+            '    -d \'{"listFoldersInput": {"email": "claire.martin@medecin.mssante.fr"}}\' '
+            f"{gateway.http_url}/mss-msg-services/services/Folder/rest/v1/listFolders\n"
+            "  .venv/bin/lps-gateway usage          # who used what, by software and interface\n"
             "Ctrl-C stops the demo.",
             highlight=False,
         )

@@ -79,6 +79,12 @@ class CibaBroker:
         self._forget_expired()
         return [r for r in self._requests.values() if self._status(r) == "pending"]
 
+    def approved(self) -> list[CibaRequest]:
+        """Approved requests their client has not collected yet: the phone still shows the
+        code (the gateway's OTP path asks the person to type it)."""
+        self._forget_expired()
+        return [r for r in self._requests.values() if self._status(r) == "approved"]
+
     def decide(self, auth_req_id: str, *, approve: bool) -> bool:
         request = self._requests.get(auth_req_id)
         if request is None or self._status(request) != "pending":

@@ -305,7 +305,10 @@ def build_router(realm: str) -> APIRouter:
     @router.get(f"{prefix}/ciba", response_class=HTMLResponse)
     async def ciba_page(request: Request, psc: Psc) -> Response:
         pending = [(r, psc.personas.get(r.persona)) for r in psc.ciba.pending()]
-        return templates.TemplateResponse(request, "ciba.html", {"pending": pending})
+        approved = [(r, psc.personas.get(r.persona)) for r in psc.ciba.approved()]
+        return templates.TemplateResponse(
+            request, "ciba.html", {"pending": pending, "approved": approved}
+        )
 
     @router.post(f"{prefix}/ciba/{{auth_req_id}}/{{decision}}", response_class=HTMLResponse)
     async def ciba_decide(auth_req_id: str, decision: str, request: Request, psc: Psc) -> Response:
