@@ -111,7 +111,7 @@ def describe_gateway(gateway: Gateway, console: Console) -> None:
     console.print(f"  {'TLS certificate:':<26}{cert}", highlight=False)
     for path, what in [
         ("/ui/delegations", "delegations page"),
-        ("/ui/admin/usage", "usage page ([admin])"),
+        ("/ui/admin/usage", "usage page (admins)"),
         ("/v1", "API (docs: /docs)"),
         *([] if gateway.ops_url else [("/metrics", "metrics")]),
         *(

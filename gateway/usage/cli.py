@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sys
 
 from rich.console import Console
 from rich.table import Table
@@ -31,7 +32,8 @@ def placement_of(settings: Settings) -> tuple[Placement, list[str]]:
 
 
 async def run_report(settings: Settings, since: dt.date | None, output: str) -> int:
-    console = Console(soft_wrap=True)
+    # piped or redirected, rich would squeeze the tables into 80 columns: keep them whole
+    console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
     errors = Console(stderr=True)
     engine = create_engine(settings.database())
     try:
