@@ -33,6 +33,7 @@ from fastapi.responses import JSONResponse
 from gateway.mss import historic_soap as soap
 from gateway.mss.historic_ws import (
     CONTENT_TOO_LARGE,
+    FIELD_MISSING,
     INVALID_FORMAT,
     OPERATIONS,
     SESSION_COOKIE,
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 
 PREFIX = "/mss-msg-services/services"
 DEFAULT_MAX_BODY = 25 * 1024 * 1024
+MAX_SOFTWARE = 64  # characters of NUMHOMOLOGATION
 MAX_JSON_DEPTH = 32
 SOAP_CONTENT_TYPE = "text/xml; charset=utf-8"
 FUNCTIONAL_STATUS, TECHNICAL_STATUS = 400, 500
@@ -71,10 +73,25 @@ def build_historic_router(
     *,
     max_body: int = DEFAULT_MAX_BODY,
     public_url: str | None = None,
+    require_software: bool = True,
 ) -> APIRouter:
     """The historic web services over `operations`, callers decided by `auth`.
-    `public_url` is the base the WSDL advertises (default: the request's own base URL)."""
+    `public_url` is the base the WSDL advertises (default: the request's own base URL).
+    `require_software`: every call names its software's approval number in
+    ``NUMHOMOLOGATION`` (28 without it, 36 when it is not a short printable label), as on
+    the historic platform; checked once the caller is authenticated, so that a refused
+    login keeps its X-ErrorCode."""
     router = APIRouter(include_in_schema=False)
+
+    def software_error(request: Request) -> HistoricError | None:
+        if not require_software:
+            return None
+        value = request.headers.get("numhomologation", "").strip()
+        if not value:
+            return HistoricError(FIELD_MISSING, "en-tête NUMHOMOLOGATION manquant")
+        if len(value) > MAX_SOFTWARE or not value.isprintable():
+            return HistoricError(INVALID_FORMAT, "en-tête NUMHOMOLOGATION invalide")
+        return None
 
     @router.post(PREFIX + "/{service}/rest/v1/{operation}")
     async def rest(service: str, operation: str, request: Request) -> Response:
@@ -91,6 +108,8 @@ def build_historic_router(
                 _otp_headers(exc),
             )
         try:
+            if (unnamed := software_error(request)) is not None:
+                raise unnamed
             payload = _json_input(await _read_body(request, max_body), operation)
             output = await _call(operations, service, operation, who, payload)
         except HistoricError as exc:
@@ -114,6 +133,8 @@ def build_historic_router(
         except OtpRequired as exc:
             return Response(str(exc), 401, _otp_headers(exc), media_type="text/plain")
         try:
+            if (unnamed := software_error(request)) is not None:
+                raise unnamed
             named, payload = soap.parse_request(await _read_body(request, max_body))
             if operation is not None and named != operation:
                 raise HistoricError(INVALID_FORMAT, f"body element is not {operation}Input")

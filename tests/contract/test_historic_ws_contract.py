@@ -465,6 +465,22 @@ async def test_no_credentials_is_403_with_a_code(client: HistoricClient) -> None
     assert code == int(answer.headers["X-ErrorCode"])
 
 
+async def test_every_call_names_its_software(client: HistoricClient) -> None:
+    """NUMHOMOLOGATION is required, as on the historic platform: 28 without it, 36 when
+    it is not a short printable label; the caller's credentials alone change nothing."""
+    payload = client.encode("listFolders", client.mine())
+    bare = dict(client.target.headers)
+    for headers, code in (
+        (bare, FIELD_MISSING),
+        ({**bare, "NUMHOMOLOGATION": ""}, FIELD_MISSING),
+        ({**bare, "NUMHOMOLOGATION": "H" * 65}, INVALID_FORMAT),
+    ):
+        answer = await client.post("Folder", "listFolders", payload, headers=headers)
+        outcome = client.outcome(answer, "listFolders")
+        assert outcome == ("error", ("FONCTIONNELLE", code)), outcome
+    await client.ok("Folder", "listFolders", client.mine())
+
+
 async def test_soap_answers_were_validated(client: HistoricClient) -> None:
     await client.ok("Folder", "listFolders", client.mine())
     await client.code("Folder", "listFolders", {})

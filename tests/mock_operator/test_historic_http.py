@@ -387,6 +387,7 @@ async def test_huge_declared_length_is_refused_before_reading(
         (
             f"POST {BASE}/Annuaire/soap/v1/listEmails HTTP/1.1\r\nHost: {host}\r\n"
             f"Authorization: {basic}\r\nContent-Type: text/xml\r\n"
+            f"NUMHOMOLOGATION: {SOFTWARE}\r\n"
             f"Content-Length: {1 << 30}\r\n\r\n<soap:Envelope"
         ).encode()
     )
@@ -546,7 +547,7 @@ async def test_unknown_or_expired_cookie_is_26(hist: Historic, http: httpx.Async
     )
     token = answer.cookies[SESSION_COOKIE]
     http.cookies.clear()
-    headers = {"Cookie": f"{SESSION_COOKIE}={token}"}
+    headers = {"Cookie": f"{SESSION_COOKIE}={token}", "NUMHOMOLOGATION": SOFTWARE}
     answer = await rest_call(http, hist, "Annuaire", "listEmails", {"email": BAL}, headers)
     assert answer.status_code == 200
     now[0] += 3_601

@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
+from mock_operator.psc.clients import Client
 from mock_operator.psc.provider import MockPsc
 from mock_operator.server import MockOperator
 from psc_auth import (
@@ -538,10 +539,13 @@ async def test_ciba_bad_requests(
 
 
 async def test_ciba_needs_the_grant(mock_op: MockOperator, http: httpx.AsyncClient):
+    assert mock_op.psc is not None
+    web_only = Client("web-only", "s3cret", grant_types=("authorization_code",))
+    mock_op.psc.clients._clients[web_only.client_id] = web_only
     answer = await http.post(
         oidc(mock_op, "ext/ciba/auth"),
         data={"scope": "openid", "login_hint": "899700000001"},
-        auth=("lps-gateway", secret_of(mock_op, "lps-gateway")),
+        auth=("web-only", "s3cret"),
     )
     assert answer.json()["error"] == "unauthorized_client"
 
