@@ -133,6 +133,7 @@ class CibaOtp:
         self.max_wait = max_wait
         self.clock = clock
         self._pending: dict[str, _Pending] = {}
+        self._starting: dict[str, asyncio.Future[_Pending]] = {}
         self._blocked: dict[str, float] = {}
 
     async def verify(self, idnat: str, headers: Mapping[str, str]) -> str:
@@ -149,7 +150,7 @@ class CibaOtp:
             if channel not in CHANNELS:
                 raise AuthRefused(AUTH_IMPOSSIBLE, "IDCANAL must be SMS or MAIL")
             if pending is None:
-                pending = await self._start(idnat)
+                pending = await self._start_once(idnat)
             raise OtpRequired(channel, max(1, int(pending.expires_at - now)))
         if pending is None:
             raise AuthRefused(AUTH_IMPOSSIBLE, "no code pending: ask for one first")
@@ -166,6 +167,16 @@ class CibaOtp:
 
     async def _metadata(self) -> Mapping[str, Any]:
         return await self.validator.provider.metadata()
+
+    async def _start_once(self, idnat: str) -> _Pending:
+        """`_start`, shared by the first requests that arrive while it runs: an LPS (or a
+        flood) asking many times at once still rings the phone once."""
+        starting = self._starting.get(idnat)
+        if starting is None:
+            starting = asyncio.ensure_future(self._start(idnat))
+            self._starting[idnat] = starting
+            starting.add_done_callback(lambda _: self._starting.pop(idnat, None))
+        return await asyncio.shield(starting)
 
     async def _start(self, idnat: str) -> _Pending:
         if len(self._pending) >= MAX_PENDING:
