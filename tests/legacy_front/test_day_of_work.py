@@ -74,10 +74,6 @@ async def day(tmp_path: Path) -> AsyncIterator[Day]:
     def configure(settings: Settings, mock: MockOperator) -> None:
         demo_like(settings, mock)
         settings.backends["modern"] = mock_backend(mock, keeps_sent_copy=True)
-        assert mock.psc is not None
-        client = mock.psc.clients.get(settings.ui.client_id)  # CIBA, as the gateway
-        assert client is not None
-        settings.ui.client_secret = client.client_secret
 
     async with running_stack(
         settings, quick_mock_settings(), tmp_path / "mock-operator", with_cards(configure)

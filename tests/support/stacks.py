@@ -91,6 +91,11 @@ async def start_stack(
     mock = MockOperator(mock_settings, mock_dir, registry=registry)
     await mock.start()
     settings.psc.issuer = mock.issuer
+    client = mock.psc.clients.get(settings.ui.client_id) if mock.psc is not None else None
+    if client is not None and not settings.ui.client_secret:
+        # as the demo: the gateway is the mock's client (its pages' login, CIBA for the
+        # historic OTP dialogue)
+        settings.ui.client_secret = client.client_secret
     if configure is not None:
         configure(settings, mock)
     else:
