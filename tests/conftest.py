@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -38,6 +39,40 @@ def require_peer(available: bool, reason: str) -> None:
     if REQUIRE_PEERS:
         pytest.fail(f"required test peer missing: {reason}")
     pytest.skip(reason)
+
+
+_CONFIGURED_LOGGERS = ("", "mail.log", "httpx", "httpcore", "aiosqlite", "uvicorn.error", "alembic")
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_found() -> Any:
+    """A test that runs a command in-process configures logging for the whole worker
+    (levels, handlers, filters); put it back, so that no later test depends on the order
+    tests ran in."""
+    saved = {
+        name: (logger.level, list(logger.handlers), list(logger.filters))
+        for name in _CONFIGURED_LOGGERS
+        if (logger := logging.getLogger(name))
+    }
+    yield
+    for name, (level, handlers, filters) in saved.items():
+        logger = logging.getLogger(name)
+        logger.setLevel(level)
+        logger.handlers[:] = handlers
+        logger.filters[:] = filters
+
+
+def _escaped(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Captured output with a lone surrogate (bytes a hostile client sent, decoded with
+    surrogateescape) cannot cross to the xdist controller: escape it in the report."""
+    outcome = yield
+    report = outcome.get_result()
+    report.sections = [(name, _escaped(content)) for name, content in report.sections]
 
 
 def quick_mock_settings() -> MockSettings:

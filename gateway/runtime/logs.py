@@ -120,6 +120,8 @@ def configure_logging(settings: LogSettings) -> None:
     smtp.setLevel(max(logging.INFO, root.level))
     if not any(isinstance(f, _LegacyLoginData) for f in smtp.filters):
         smtp.addFilter(_LegacyLoginData())
+    if not any(isinstance(f, _ClientBytes) for f in smtp.filters):
+        smtp.addFilter(_ClientBytes())
 
 
 class _LegacyLoginData(logging.Filter):
@@ -128,6 +130,19 @@ class _LegacyLoginData(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "login_data is deprecated" not in record.getMessage()
+
+
+class _ClientBytes(logging.Filter):
+    """aiosmtpd decodes what clients send with surrogateescape and logs it (EHLO names,
+    envelope addresses): a stray 8-bit byte becomes a lone surrogate that no UTF-8 encoder
+    takes, and would break whatever ships the line. Such a line is logged escaped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if any("\ud800" <= c <= "\udfff" for c in message):
+            record.msg = message.encode("utf-8", "backslashreplace").decode("utf-8")
+            record.args = None
+        return True
 
 
 class RequestIdMiddleware:
