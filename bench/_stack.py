@@ -97,6 +97,7 @@ class Endpoints:
     imap_port: int
     smtp_port: int
     pid: int
+    http_url: str = ""
 
 
 class Stack:
@@ -144,11 +145,14 @@ class Stack:
             self.mock_info["imap_port"],
             self.mock_info["smtp_port"],
             self.mock_info["pid"],
+            self.mock_info["http_url"],
         )
         info = self._spawn(
             ["gateway", "--data", str(self._tmp / "gateway"), "--mock", json.dumps(self.mock_info)]
         )
-        self._gateway = Endpoints("127.0.0.1", info["imap_port"], info["smtp_port"], info["pid"])
+        self._gateway = Endpoints(
+            "127.0.0.1", info["imap_port"], info["smtp_port"], info["pid"], info["http_url"]
+        )
 
     def _spawn(self, args: list[str]) -> dict[str, Any]:
         profile = os.environ.get("LPS_BENCH_PROFILE")
@@ -546,7 +550,12 @@ async def _serve_gateway(data: Path, mock: dict[str, Any]) -> None:
     def announce() -> None:
         assert gateway.imap is not None
         assert gateway.smtp is not None
-        info = {"pid": os.getpid(), "imap_port": gateway.imap.port, "smtp_port": gateway.smtp.port}
+        info = {
+            "pid": os.getpid(),
+            "imap_port": gateway.imap.port,
+            "smtp_port": gateway.smtp.port,
+            "http_url": f"http://127.0.0.1:{gateway.http_port}",
+        }
         print(json.dumps(info), flush=True)
 
     await run_until_signalled([gateway], announce)
