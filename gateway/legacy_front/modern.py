@@ -765,6 +765,8 @@ class ModernBal:
         since the last sync (`_catch_up`); otherwise a snapshot of its UIDs and flags."""
         folders = await self.folders(fresh=True)
         marks = await self.ids.marks() if self.imap.condstore else {}
+        if marks:
+            await self.imap.deselect()  # STATUS answers now, not as this session last saw
         for folder in folders:
             try:
                 if self.imap.condstore:

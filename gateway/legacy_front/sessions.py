@@ -16,13 +16,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass
 
 from gateway.backends.base import MailboxAccess
-from gateway.backends.errors import BackendError, BackendRefused, BackendUnavailable
+from gateway.backends.errors import (
+    BackendError,
+    BackendNotFound,
+    BackendRefused,
+    BackendUnavailable,
+)
 from gateway.backends.imap_smtp.tools import ImapMailboxAccess
 from gateway.imap.client import ParsedValue, ParseError, Tagged, Untagged, parse_code
 from gateway.imap.codes import Code
@@ -119,27 +125,38 @@ class ImapBal:
         self.has_move = "MOVE" in caps
         self.condstore = "CONDSTORE" in caps or "QRESYNC" in caps
         self._offers_qresync = "QRESYNC" in caps and "ENABLE" in caps
+        self._enable = "ENABLE" in caps
+        self._condstore_on = False  # ENABLEd: HIGHESTMODSEQ comes with every SELECT
         self.qresync = False  # set once ENABLE QRESYNC succeeded
+        self._unselect = "UNSELECT" in caps
+        # a mailbox is selected on the server (whatever `selected` says: it forgets on
+        # commands that may change the folder, the server does not)
+        self.has_selection = False
         # the commands sent (no literals), for operators and tests: what did we ask?
         self.sent: deque[bytes] = deque(maxlen=SENT_KEPT)
 
     async def start(self) -> None:
-        """What a fresh session does once: ENABLE QRESYNC where offered."""
-        if not self._offers_qresync:
+        """What a fresh session does once: ENABLE QRESYNC (or CONDSTORE) where offered;
+        without ENABLE, each SELECT asks for CONDSTORE itself."""
+        if not (self.condstore and self._enable):
             return
+        wanted = b"QRESYNC" if self._offers_qresync else b"CONDSTORE"
         try:
-            _, events = await self.run(b"ENABLE QRESYNC")
+            _, events = await self.run(b"ENABLE " + wanted)
         except BackendRefused:
             return
         for event in events:
             if event.kind == "ENABLED":
-                words = event.raw.split(b"\r\n", 1)[0].split()[2:]
-                self.qresync = b"QRESYNC" in {w.upper() for w in words}
+                words = {w.upper() for w in event.raw.split(b"\r\n", 1)[0].split()[2:]}
+                self.qresync = b"QRESYNC" in words
+                self._condstore_on = bool(words & {b"QRESYNC", b"CONDSTORE"})
 
     async def run(
         self, command: bytes, literal: bytes | None = None
     ) -> tuple[Tagged, list[Untagged]]:
         self.sent.append(command)
+        if command.startswith((b"SELECT ", b"EXAMINE ", b"UNSELECT", b"CLOSE")):
+            self.has_selection = False  # a failed SELECT leaves none either
         try:
             return await self.access.run(command, literal)
         except BackendUnavailable:
@@ -162,7 +179,8 @@ class ImapBal:
             return current
         verb = b"SELECT " if write else b"EXAMINE "
         self.selected = None
-        done, events = await self.run(verb + self.access.mailbox_name(folder))
+        condstore = b" (CONDSTORE)" if self.condstore and not self._condstore_on else b""
+        done, events = await self.run(verb + self.access.mailbox_name(folder) + condstore)
         validity = _code_of(done, events, Code.UIDVALIDITY)
         exists = next((e.number or 0 for e in events if e.kind == "EXISTS"), 0)
         modseq: int | None = None
@@ -174,11 +192,29 @@ class ImapBal:
             folder, int(validity) if validity and validity.isdigit() else 0, exists, modseq
         )
         self.selected, self._writable = selected, write
+        self.has_selection = True
         return selected
+
+    async def deselect(self) -> None:
+        """Leave the selected mailbox, if any: a server answers STATUS on the mailbox a
+        session has selected from that session's view (Dovecot does), which may lag
+        behind changes made elsewhere. UNSELECT where offered, else the classic EXAMINE
+        of a mailbox that does not exist (a failed EXAMINE leaves none selected)."""
+        if not self.has_selection:
+            return
+        self.selected = None
+        if self._unselect:
+            await self.run(b"UNSELECT")
+            return
+        with contextlib.suppress(BackendNotFound, BackendRefused):
+            await self.run(
+                b'EXAMINE "lps-gateway-no-such-mailbox-' + os.urandom(6).hex().encode() + b'"'
+            )
 
     async def modseq_status(self, folder: str) -> ModseqStatus | None:
         """(UIDVALIDITY, HIGHESTMODSEQ, MESSAGES) of a folder without selecting it; None
-        when the backend gives no mod-sequence for it (0 means NOMODSEQ in STATUS)."""
+        when the backend gives no mod-sequence for it (0 means NOMODSEQ in STATUS). Call
+        `deselect` first: STATUS of the selected mailbox may be stale."""
         _, events = await self.run(
             b"STATUS " + self.access.mailbox_name(folder) + b" (UIDVALIDITY HIGHESTMODSEQ MESSAGES)"
         )
