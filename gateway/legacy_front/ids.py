@@ -12,6 +12,11 @@ per BAL the oldest are pruned and the `floor` says which tokens can no longer be
 exactly (the client is then told to start over, as the historic platform does with a
 token it does not know).
 
+On a backend with CONDSTORE, each folder row also keeps the (UIDVALIDITY, HIGHESTMODSEQ)
+(`Mark`) that the last sync brought the table to, written in the same transaction as
+what that sync observed, so that the next one asks the backend only for what changed
+since (`modern.ModernBal._catch_up`).
+
 Writes for one BAL are serialised in this process (one lock per BAL); nodes sharing a
 PostgreSQL serialise on the counter row's update.
 """
