@@ -154,13 +154,16 @@ historic_folders = Table(
     Column("bal", String(ADDRESS_LENGTH), nullable=False),
     Column("name", String(FOLDER_NAME_LENGTH), nullable=False),
     Column("folder_id", BigInteger, nullable=False),
+    Column("uidvalidity", BigInteger, nullable=True),  # as of the last CONDSTORE sync
+    Column("highestmodseq", BigInteger, nullable=True),
     UniqueConstraint("backend", "bal", "name"),
     UniqueConstraint(
         "backend", "bal", "folder_id", name="uq_gw_historic_folders_backend_folder_id"
     ),
 )
 """A folder of a BAL on a modern platform and its historic folder id (the well-known ids
-for the special-use folders, stable integers from 257 for the others; a rename keeps it)."""
+for the special-use folders, stable integers from 257 for the others; a rename keeps it),
+and, on a backend with CONDSTORE, its UIDVALIDITY and HIGHESTMODSEQ at the last sync."""
 
 historic_messages = Table(
     "gw_historic_messages",

@@ -12,6 +12,11 @@ per BAL the oldest are pruned and the `floor` says which tokens can no longer be
 exactly (the client is then told to start over, as the historic platform does with a
 token it does not know).
 
+On a backend with CONDSTORE, each folder row also keeps the (UIDVALIDITY, HIGHESTMODSEQ)
+(`Mark`) that the last sync brought the table to, written in the same transaction as
+what that sync observed, so that the next one asks the backend only for what changed
+since (`modern.ModernBal._catch_up`).
+
 Writes for one BAL are serialised in this process (one lock per BAL); nodes sharing a
 PostgreSQL serialise on the counter row's update.
 """
@@ -20,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Container, Iterable, Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import and_, delete, func, insert, select, update
@@ -41,6 +46,14 @@ class Location:
     folder: str
     uidvalidity: int
     uid: int
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A folder's (UIDVALIDITY, HIGHESTMODSEQ) as of the last sync that read it whole."""
+
+    uidvalidity: int
+    highestmodseq: int
 
 
 @dataclass(frozen=True)
@@ -179,6 +192,23 @@ class BalIds:
             await self._bury(db, list(ids))
             await db.execute(delete(historic_folders).where(historic_folders.c.key.in_(keys)))
 
+    async def marks(self) -> dict[str, Mark]:
+        """Folder name → its `Mark`, for the folders synced with CONDSTORE so far."""
+        async with self._ids.engine.connect() as db:
+            rows = (
+                await db.execute(
+                    select(
+                        historic_folders.c.name,
+                        historic_folders.c.uidvalidity,
+                        historic_folders.c.highestmodseq,
+                    ).where(
+                        self._mine(historic_folders),  # type: ignore[arg-type]
+                        historic_folders.c.highestmodseq.is_not(None),
+                    )
+                )
+            ).all()
+        return {name: Mark(int(v), int(m)) for name, v, m in rows if v is not None}
+
     async def _folder_key(self, db: AsyncConnection, name: str) -> int | None:
         found: int | None = await db.scalar(
             select(historic_folders.c.key).where(
@@ -213,14 +243,26 @@ class BalIds:
         seen: Mapping[int, str],
         *,
         complete: bool = False,
+        vanished: Container[int] = (),
+        present: Container[int] | None = None,
+        mark: Mark | None = None,
     ) -> dict[int, int]:
         """UID → historic id for the messages `seen` in `folder` (UID → `flags_text`), new
-        ids assigned; a row whose flags differ changes version. With `complete`, `seen`
-        is the whole folder: the rows it lacks (or of another UIDVALIDITY) are gone."""
+        ids assigned; a row whose flags differ changes version. Rows of another UIDVALIDITY
+        are gone, and so are, with `complete` (`seen` is the whole folder), the rows it
+        lacks; otherwise those `vanished`, or not `present` (when given). `mark`: the
+        folder's CONDSTORE state this observation brings the tables to, kept with it in
+        one transaction (a crash between the two would lose changes)."""
         async with self._lock, self._ids.engine.begin() as db:
             key = await self._folder_key(db, folder)
             if key is None:
                 return {}
+            if mark is not None:
+                await db.execute(
+                    update(historic_folders)
+                    .where(historic_folders.c.key == key)
+                    .values(uidvalidity=mark.uidvalidity, highestmodseq=mark.highestmodseq)
+                )
             rows = (
                 await db.execute(
                     select(
@@ -233,16 +275,21 @@ class BalIds:
             ).all()
             found: dict[int, int] = {}
             changed: list[int] = []
-            vanished: list[int] = []
+            buried: list[int] = []
             for row_id, validity, uid, flags in rows:
                 if validity == uidvalidity and uid in seen:
                     found[uid] = row_id
                     if flags != seen[uid]:
                         changed.append(row_id)
-                elif complete or validity != uidvalidity:
-                    vanished.append(row_id)
+                elif (
+                    complete
+                    or validity != uidvalidity
+                    or uid in vanished
+                    or (present is not None and uid not in present)
+                ):
+                    buried.append(row_id)
             fresh = [uid for uid in seen if uid not in found]
-            await self._bury(db, vanished)
+            await self._bury(db, buried)
             version = await self._next(db, len(changed) + len(fresh))
             for row_id in changed:
                 uid = next(u for u, i in found.items() if i == row_id)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import functools
+import logging
 import re
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -22,8 +23,8 @@ from gateway.backends.base import Submission
 from gateway.backends.errors import BackendError, BackendNotFound, BackendRefused
 from gateway.imap import mutf7
 from gateway.imap.client import ParsedValue
-from gateway.legacy_front.ids import BalIds, Location, flags_text
-from gateway.legacy_front.sessions import ImapBal, flag_names
+from gateway.legacy_front.ids import BalIds, Location, Mark, flags_text
+from gateway.legacy_front.sessions import ImapBal, Selected, flag_names
 from gateway.legacy_front.structure import (
     ImapMessage,
     Part,
@@ -69,6 +70,8 @@ from gateway.mss.historic_ws import (
     TRASH,
     HistoricError,
 )
+
+log = logging.getLogger(__name__)
 
 TECHNICAL_ERROR = 1
 MAX_FOLDER_NAME = 128
@@ -764,21 +767,21 @@ class ModernBal:
     # -- syncMessages ----------------------------------------------------------------------
 
     async def sync(self, token: int | None, html: bool) -> dict[str, Any]:
-        """Snapshot every folder's UIDs and flags against the id table, then report what
-        changed after `token` (the BAL's change counter)."""
+        """Bring the id table up to date with every folder, then report what changed after
+        `token` (the BAL's change counter). With CONDSTORE, per folder only what changed
+        since the last sync (`_catch_up`); otherwise a snapshot of its UIDs and flags."""
         folders = await self.folders(fresh=True)
+        marks = await self.ids.marks() if self.imap.condstore else {}
+        if marks:
+            await self.imap.deselect()  # STATUS answers now, not as this session last saw
         for folder in folders:
             try:
-                selected = await self.imap.select(folder.name)
+                if self.imap.condstore:
+                    await self._catch_up(folder, marks.get(folder.name))
+                else:
+                    await self._snapshot(folder)
             except BackendNotFound:
                 continue
-            current = await self.imap.all_uids()
-            await self.ids.observe(
-                folder.name,
-                selected.uidvalidity,
-                {uid: flags_text(flags) for uid, flags in current.items()},
-                complete=True,
-            )
         changes = await self.ids.changes_since(token)
         by_name = {f.name: f for f in folders}
         wanted = [
@@ -792,6 +795,66 @@ class ModernBal:
             "modifiedMessages": [message_object(m, html=html) for m in messages],
             "deletedMessageIds": [str(i) for i in changes.deleted],
         }
+
+    async def _snapshot(
+        self, folder: BalFolder, selected: Selected | None = None, mark: Mark | None = None
+    ) -> None:
+        """Every UID and its flags against the table (what a backend without CONDSTORE
+        gets at every sync); `selected` and `mark` when the caller just read them (before
+        this FETCH: a mark older than what the FETCH saw only costs a little more later)."""
+        if selected is None:
+            selected = await self.imap.select(folder.name, fresh=True)
+        current = await self.imap.all_uids()
+        await self.ids.observe(
+            folder.name,
+            selected.uidvalidity,
+            {uid: flags_text(flags) for uid, flags in current.items()},
+            complete=True,
+            mark=mark,
+        )
+        log.debug("legacy_front.sync_folder", extra={"folder": folder.id, "how": "snapshot"})
+
+    async def _catch_up(self, folder: BalFolder, mark: Mark | None) -> None:
+        """CONDSTORE (RFC 7162): a folder whose (UIDVALIDITY, HIGHESTMODSEQ) did not move
+        since `mark` is not even selected; else only the messages changed since (FETCH
+        CHANGEDSINCE), and the UIDs gone (VANISHED with QRESYNC, else UID SEARCH ALL
+        against the table). No mark yet, another UIDVALIDITY, a mod-sequence gone back
+        or a folder without mod-sequences: a snapshot of that folder."""
+        if mark is not None:
+            status = await self.imap.modseq_status(folder.name)
+            if status is not None and Mark(status.uidvalidity, status.highestmodseq) == mark:
+                log.debug("legacy_front.sync_folder", extra={"folder": folder.id, "how": "same"})
+                return
+        selected = await self.imap.select(folder.name, fresh=True)
+        if selected.highestmodseq is None:  # NOMODSEQ: this folder keeps none
+            return await self._snapshot(folder, selected)
+        now = Mark(selected.uidvalidity, selected.highestmodseq)
+        if (
+            mark is None
+            or mark.uidvalidity != now.uidvalidity
+            or mark.highestmodseq > now.highestmodseq
+        ):
+            return await self._snapshot(folder, selected, now)
+        if selected.exists == 0:
+            await self.ids.observe(folder.name, now.uidvalidity, {}, complete=True, mark=now)
+            return None
+        if now == mark:
+            return None
+        changed, gone = await self.imap.changed_since(mark.highestmodseq)
+        present = None if gone is not None else set(await self.imap.search(b"ALL"))
+        await self.ids.observe(
+            folder.name,
+            now.uidvalidity,
+            {uid: flags_text(flags) for uid, flags in changed.items()},
+            vanished=gone if gone is not None else (),
+            present=present,
+            mark=now,
+        )
+        log.debug(
+            "legacy_front.sync_folder",
+            extra={"folder": folder.id, "how": "changes", "changed": len(changed)},
+        )
+        return None
 
 
 def _unfiled(composition: Composition, size: int) -> ImapMessage:

@@ -5,6 +5,10 @@ Historic clients make many short calls; logging in (TLS, SASL with the master lo
 each would cost more than the call. A session is kept per (backend, BAL) while idle, at
 most `per_bal` of them and `total` in all, and closed once idle past `idle`. A session
 that failed (timeout, disconnection, protocol error) is never given back to the pool.
+
+On a backend that offers QRESYNC a session starts with ``ENABLE QRESYNC`` (expunges are
+then told as VANISHED, and FETCH ... CHANGEDSINCE can say which UIDs went), so that
+syncMessages asks only for what changed (`ImapBal.changed_since`).
 """
 
 from __future__ import annotations
@@ -12,20 +16,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass
 
 from gateway.backends.base import MailboxAccess
-from gateway.backends.errors import BackendError, BackendUnavailable
+from gateway.backends.errors import (
+    BackendError,
+    BackendNotFound,
+    BackendRefused,
+    BackendUnavailable,
+)
 from gateway.backends.imap_smtp.tools import ImapMailboxAccess
 from gateway.imap.client import ParsedValue, ParseError, Tagged, Untagged, parse_code
 from gateway.imap.codes import Code
 from gateway.imap.response import Atom
+from gateway.imap.resync import UidSet, highest_modseq, no_modseq, status_values, vanished
 
 log = logging.getLogger(__name__)
 
 MAX_UID_SET = 500  # UIDs per command
+SENT_KEPT = 256  # commands remembered per session (`ImapBal.sent`)
 
 
 def fetch_items(event: Untagged) -> dict[str, ParsedValue]:
@@ -95,22 +108,65 @@ class Selected:
     folder: str
     uidvalidity: int
     exists: int
+    highestmodseq: int | None = None  # None: no CONDSTORE, or NOMODSEQ for this folder
+
+
+@dataclass(frozen=True)
+class ModseqStatus:
+    """A folder's STATUS as CONDSTORE gives it."""
+
+    uidvalidity: int
+    highestmodseq: int
+    messages: int
 
 
 class ImapBal:
-    """One BAL's IMAP session (master login), with the commands of the legacy front."""
+    """One BAL's IMAP session (master login), with the commands of the legacy front.
 
-    def __init__(self, access: ImapMailboxAccess) -> None:
+    `avoid`: extensions the backend offers but the gateway must not use (an operator's
+    escape hatch for a faulty one; tests use it to take the CONDSTORE-only path)."""
+
+    def __init__(self, access: ImapMailboxAccess, *, avoid: Collection[str] = ()) -> None:
         self.access = access
         self.selected: Selected | None = None
         self._writable = False
         self.broken = False
-        caps = access.capabilities
+        caps = access.capabilities - {a.upper() for a in avoid}
         self.has_move = "MOVE" in caps
+        self.condstore = "CONDSTORE" in caps or "QRESYNC" in caps
+        self._offers_qresync = "QRESYNC" in caps and "ENABLE" in caps
+        self._enable = "ENABLE" in caps
+        self._condstore_on = False  # ENABLEd: HIGHESTMODSEQ comes with every SELECT
+        self.qresync = False  # set once ENABLE QRESYNC succeeded
+        self._unselect = "UNSELECT" in caps
+        # a mailbox is selected on the server (whatever `selected` says: it forgets on
+        # commands that may change the folder, the server does not)
+        self.has_selection = False
+        # the commands sent (no literals), for operators and tests: what did we ask?
+        self.sent: deque[bytes] = deque(maxlen=SENT_KEPT)
+
+    async def start(self) -> None:
+        """What a fresh session does once: ENABLE QRESYNC (or CONDSTORE) where offered;
+        without ENABLE, each SELECT asks for CONDSTORE itself."""
+        if not (self.condstore and self._enable):
+            return
+        wanted = b"QRESYNC" if self._offers_qresync else b"CONDSTORE"
+        try:
+            _, events = await self.run(b"ENABLE " + wanted)
+        except BackendRefused:
+            return
+        for event in events:
+            if event.kind == "ENABLED":
+                words = {w.upper() for w in event.raw.split(b"\r\n", 1)[0].split()[2:]}
+                self.qresync = b"QRESYNC" in words
+                self._condstore_on = bool(words & {b"QRESYNC", b"CONDSTORE"})
 
     async def run(
         self, command: bytes, literal: bytes | None = None
     ) -> tuple[Tagged, list[Untagged]]:
+        self.sent.append(command)
+        if command.startswith((b"SELECT ", b"EXAMINE ", b"UNSELECT", b"CLOSE")):
+            self.has_selection = False  # a failed SELECT leaves none either
         try:
             return await self.access.run(command, literal)
         except BackendUnavailable:
@@ -120,18 +176,91 @@ class ImapBal:
             if not command.startswith((b"UID ", b"EXPUNGE", b"NOOP", b"STATUS")):
                 self.selected = None
 
-    async def select(self, folder: str, *, write: bool = False) -> Selected:
+    async def select(self, folder: str, *, write: bool = False, fresh: bool = False) -> Selected:
+        """SELECT (`write`) or EXAMINE `folder`, unless it already is; `fresh`: always, for
+        a caller that needs its counts and mod-sequence as of now (sync)."""
         current = self.selected
-        if current is not None and current.folder == folder and (self._writable or not write):
+        if (
+            not fresh
+            and current is not None
+            and current.folder == folder
+            and (self._writable or not write)
+        ):
             return current
         verb = b"SELECT " if write else b"EXAMINE "
         self.selected = None
-        done, events = await self.run(verb + self.access.mailbox_name(folder))
+        condstore = b" (CONDSTORE)" if self.condstore and not self._condstore_on else b""
+        done, events = await self.run(verb + self.access.mailbox_name(folder) + condstore)
         validity = _code_of(done, events, Code.UIDVALIDITY)
         exists = next((e.number or 0 for e in events if e.kind == "EXISTS"), 0)
-        selected = Selected(folder, int(validity) if validity and validity.isdigit() else 0, exists)
+        modseq: int | None = None
+        if self.condstore:
+            codes = [done.code, *(e.code for e in events if e.kind == "OK")]
+            if not any(no_modseq(c) for c in codes):
+                modseq = next((m for c in codes if (m := highest_modseq(c)) is not None), None)
+        selected = Selected(
+            folder, int(validity) if validity and validity.isdigit() else 0, exists, modseq
+        )
         self.selected, self._writable = selected, write
+        self.has_selection = True
         return selected
+
+    async def deselect(self) -> None:
+        """Leave the selected mailbox, if any: a server answers STATUS on the mailbox a
+        session has selected from that session's view (Dovecot does), which may lag
+        behind changes made elsewhere. UNSELECT where offered, else the classic EXAMINE
+        of a mailbox that does not exist (a failed EXAMINE leaves none selected)."""
+        if not self.has_selection:
+            return
+        self.selected = None
+        if self._unselect:
+            await self.run(b"UNSELECT")
+            return
+        with contextlib.suppress(BackendNotFound, BackendRefused):
+            await self.run(
+                b'EXAMINE "lps-gateway-no-such-mailbox-' + os.urandom(6).hex().encode() + b'"'
+            )
+
+    async def modseq_status(self, folder: str) -> ModseqStatus | None:
+        """(UIDVALIDITY, HIGHESTMODSEQ, MESSAGES) of a folder without selecting it; None
+        when the backend gives no mod-sequence for it (0 means NOMODSEQ in STATUS). Call
+        `deselect` first: STATUS of the selected mailbox may be stale."""
+        _, events = await self.run(
+            b"STATUS " + self.access.mailbox_name(folder) + b" (UIDVALIDITY HIGHESTMODSEQ MESSAGES)"
+        )
+        for event in events:
+            parsed = status_values(event)
+            if parsed is None:
+                continue
+            values = parsed[1]
+            validity, modseq = values.get("UIDVALIDITY"), values.get("HIGHESTMODSEQ")
+            if validity is None or not modseq:
+                return None
+            return ModseqStatus(validity, modseq, values.get("MESSAGES", 0))
+        return None
+
+    async def changed_since(self, modseq: int) -> tuple[dict[int, frozenset[str]], UidSet | None]:
+        """UID → flags of the selected folder's messages changed after `modseq`, and the
+        UIDs expunged since (None without QRESYNC: the caller compares UID SEARCH ALL)."""
+        since = b"CHANGEDSINCE %d" % modseq
+        items = b"(" + since + (b" VANISHED)" if self.qresync else b")")
+        _, events = await self.run(b"UID FETCH 1:* (UID FLAGS) " + items)
+        found: dict[int, frozenset[str]] = {}
+        gone = UidSet(()) if self.qresync else None
+        for event in events:
+            if event.kind == "VANISHED" and gone is not None:
+                try:
+                    told = vanished(event)
+                except ParseError as exc:
+                    raise BackendUnavailable("protocol", f"bad VANISHED: {exc}") from None
+                if told is not None:
+                    gone = gone | told.uids
+                continue
+            got = fetch_items(event)
+            uid = got.get("UID")
+            if isinstance(uid, int):
+                found[uid] = flag_names(got.get("FLAGS"))
+        return found, gone
 
     async def status(self, folder: str) -> tuple[int, int]:
         """(messages, unseen) of a folder."""
@@ -254,8 +383,10 @@ class SessionPool:
         total: int = 32,
         idle: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        avoid: Collection[str] = (),
     ) -> None:
         self.per_bal = per_bal
+        self.avoid = frozenset(avoid)
         self.idle = idle
         self._clock = clock
         self._slots = asyncio.Semaphore(total)
@@ -276,7 +407,12 @@ class SessionPool:
                     raise BackendUnavailable(
                         "misconfigured", f"{backend}: no IMAP for the legacy front"
                     )
-                session = ImapBal(access)
+                session = ImapBal(access, avoid=self.avoid)
+                try:
+                    await session.start()
+                except BaseException:
+                    await access.aclose()
+                    raise
             try:
                 yield session
             except BaseException as exc:
@@ -325,6 +461,11 @@ class SessionPool:
 
     def idle_sessions(self, backend: str, bal: str) -> int:
         return len(self._idle.get((backend, bal.lower()), []))
+
+    def idle_of(self, backend: str, bal: str) -> list[ImapBal]:
+        """The idle sessions of a BAL (most recently used last): what they sent, for tests
+        and operators."""
+        return [e.session for e in self._idle.get((backend, bal.lower()), [])]
 
     async def aclose(self) -> None:
         if self._reaper is not None:

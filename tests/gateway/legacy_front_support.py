@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from gateway.imap import mutf7
 from gateway.legacy_front.ids import HistoricIds
 from gateway.legacy_front.operations import GatewayHistoricOperations
+from gateway.legacy_front.sessions import SessionPool
 from gateway.mss.historic_ws import Caller
 from mock_operator.server import MockOperator
 from tests.support.stacks import Stack
@@ -59,7 +60,7 @@ class Accesses:
 
 @asynccontextmanager
 async def legacy_operations(
-    stack: Stack,
+    stack: Stack, *, pool: SessionPool | None = None
 ) -> AsyncIterator[tuple[GatewayHistoricOperations, Accesses]]:
     gateway = stack.gateway
     assert gateway.delegations is not None
@@ -74,6 +75,7 @@ async def legacy_operations(
         decisions=gateway.decisions,
         audit=gateway.audit,
         on_access=hook,
+        pool=pool,
     )
     try:
         yield operations, hook

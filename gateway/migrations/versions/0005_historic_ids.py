@@ -27,6 +27,8 @@ def upgrade() -> None:
         sa.Column("bal", sa.String(255), nullable=False),
         sa.Column("name", sa.String(1000), nullable=False),
         sa.Column("folder_id", sa.BigInteger(), nullable=False),
+        sa.Column("uidvalidity", sa.BigInteger(), nullable=True),
+        sa.Column("highestmodseq", sa.BigInteger(), nullable=True),
         sa.PrimaryKeyConstraint("key", name=op.f("pk_gw_historic_folders")),
         sa.UniqueConstraint("backend", "bal", "name", name=op.f("uq_gw_historic_folders_backend")),
         sa.UniqueConstraint(
