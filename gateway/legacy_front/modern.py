@@ -368,10 +368,25 @@ class ModernBal:
             uids = await self.imap.search(b" ".join(criteria), literal)
             if not uids:
                 continue
-            items = b"FLAGS INTERNALDATE RFC822.SIZE" + (b" ENVELOPE" if needs_envelope else b"")
-            fetched = await self.imap.fetch(uids, items)
-            for uid, data in fetched.items():
-                candidates.append((folder, selected.uidvalidity, uid, data))
+            # what SEARCH did not decide and the sort need never change for a UID: asked
+            # only for messages this session has not described yet
+            described = self.imap.described
+            items = ("INTERNALDATE", "RFC822.SIZE", *(("ENVELOPE",) if needs_envelope else ()))
+            known = {
+                uid: data
+                for uid in uids
+                if (data := described.get(folder.name, selected.uidvalidity, uid)) is not None
+                and all(k in data for k in items)
+            }
+            missing = [uid for uid in uids if uid not in known]
+            if missing:
+                fetched = await self.imap.fetch(missing, " ".join(items).encode())
+                for uid, data in fetched.items():
+                    described.put(folder.name, selected.uidvalidity, uid, data)
+                    known[uid] = data
+            for uid in uids:
+                if uid in known:
+                    candidates.append((folder, selected.uidvalidity, uid, known[uid]))
         matches = [c for c in candidates if _matches(query, c[3])]
         if request.sort_field == "subject":
 

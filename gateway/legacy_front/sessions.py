@@ -18,7 +18,7 @@ import contextlib
 import logging
 import os
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass
 
@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 MAX_UID_SET = 500  # UIDs per command
 SENT_KEPT = 256  # commands remembered per session (`ImapBal.sent`)
+DESCRIBED_KEPT = 50_000  # messages whose immutable metadata a session keeps (`Described`)
+IMMUTABLE = frozenset({"INTERNALDATE", "RFC822.SIZE", "ENVELOPE"})
 
 
 def fetch_items(event: Untagged) -> dict[str, ParsedValue]:
@@ -120,6 +122,31 @@ class ModseqStatus:
     messages: int
 
 
+class Described:
+    """What never changes about a message once it has its UID: its INTERNALDATE, size and
+    ENVELOPE (RFC 3501 2.3.1.1: a UID names one message for the life of its UIDVALIDITY).
+    Kept per pooled session, so that paging through a folder asks the backend only for
+    the page, not for every message's metadata again; bounded, the oldest forgotten."""
+
+    def __init__(self, limit: int = DESCRIBED_KEPT) -> None:
+        self.limit = limit
+        self._known: OrderedDict[tuple[str, int, int], dict[str, ParsedValue]] = OrderedDict()
+
+    def get(self, folder: str, uidvalidity: int, uid: int) -> dict[str, ParsedValue] | None:
+        return self._known.get((folder, uidvalidity, uid))
+
+    def put(self, folder: str, uidvalidity: int, uid: int, data: dict[str, ParsedValue]) -> None:
+        kept = {k: v for k, v in data.items() if k in IMMUTABLE}
+        key = (folder, uidvalidity, uid)
+        known = self._known.pop(key, None)
+        self._known[key] = {**(known or {}), **kept}
+        while len(self._known) > self.limit:
+            self._known.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+
 class ImapBal:
     """One BAL's IMAP session (master login), with the commands of the legacy front.
 
@@ -144,6 +171,7 @@ class ImapBal:
         self.has_selection = False
         # the commands sent (no literals), for operators and tests: what did we ask?
         self.sent: deque[bytes] = deque(maxlen=SENT_KEPT)
+        self.described = Described()
 
     async def start(self) -> None:
         """What a fresh session does once: ENABLE QRESYNC (or CONDSTORE) where offered;

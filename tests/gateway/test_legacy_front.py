@@ -398,3 +398,36 @@ async def test_a_platform_that_keeps_its_sent_copy_gets_no_second_one(
         assert sent["message"]["messageId"] != "0"
         found = await search(operations, folderId=5, subject="Sans copie")
         assert [m["messageId"] for m in found] == [sent["message"]["messageId"]]
+
+
+async def test_paging_asks_the_backend_for_each_message_s_metadata_once(
+    legacy: tuple[Stack, GatewayHistoricOperations, Accesses],
+) -> None:
+    """A date, a size and an envelope never change for a UID: the second page fetches
+    nothing but the page's own message."""
+    _stack, operations, _hook = legacy
+    criteria = {"limit": 1, "sortBy": "DATE_DESC", "query": {"folderId": 2}}
+    first = await call(
+        operations,
+        "dr-martin",
+        "Item",
+        "searchMessages",
+        {"email": MARTIN, "searchCriteria": criteria},
+    )
+    assert first["total"] >= 2
+    (session,) = operations.pool.idle_of("modern", MARTIN)
+    session.sent.clear()
+    second = await call(
+        operations,
+        "dr-martin",
+        "Item",
+        "searchMessages",
+        {"email": MARTIN, "searchCriteria": {**criteria, "offset": 1}},
+    )
+    assert second["total"] == first["total"]
+    assert second["messages"][0]["messageId"] != first["messages"][0]["messageId"]
+    fetches = [c.split() for c in session.sent if c.upper().startswith(b"UID FETCH ")]
+    assert fetches, list(session.sent)
+    # one message asked for each time: the page's (its UID set is one number)
+    assert all(words[2].isdigit() for words in fetches), list(session.sent)
+    assert len(session.described) >= first["total"]
