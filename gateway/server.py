@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp
 
+from delegation.audit import AuditAction, AuditRecord
 from delegation.db import create_engine, migrate
 from delegation.events import bus_for_url
 from delegation.service import DelegationService
@@ -32,10 +33,17 @@ from gateway.health import Readiness
 from gateway.legacy_front.front import PREFIX as LEGACY_PREFIX
 from gateway.legacy_front.front import LegacyFront, PathDispatch
 from gateway.legacy_front.ids import HistoricIds
+from gateway.legacy_front.operations import INTERFACE as LEGACY_INTERFACE
 from gateway.legacy_front.operations import GatewayHistoricOperations
 from gateway.legacy_front.usage import LegacyUsage
 from gateway.metrics import Metrics
-from gateway.mss.historic_ws import Caller, HistoricError, HistoricOperations
+from gateway.mss.historic_ws import (
+    MAX_IDNAT,
+    AuthRefused,
+    Caller,
+    HistoricError,
+    HistoricOperations,
+)
 from gateway.psc_sessions import PscSessionWatch
 from gateway.runtime.asgi_server import AsgiServer, bind_tcp
 from gateway.runtime.lifecycle import cancelled
@@ -255,6 +263,7 @@ class Gateway:
                 max_message_size=settings.smtp.max_message_size,
             )
             self.legacy_operations = self._legacy_operations
+            self.legacy.auth.on_refused = self._legacy_refused
         psc = settings.psc
         self.psc_sessions = PscSessionWatch(
             validator,
@@ -309,6 +318,24 @@ class Gateway:
             on_refused=lambda reason: refused.labels("smtp", reason).inc(),
         )
         await self.smtp.start()
+
+    async def _legacy_refused(
+        self, idnat: str, means: str, refused: AuthRefused, software: str | None
+    ) -> None:
+        """A refused login on the historic web services, audited like an IMAP one."""
+        if self.audit is None or len(idnat) > MAX_IDNAT:
+            return
+        await self.audit.submit(
+            AuditRecord(
+                idnat,
+                "",
+                AuditAction.LOGIN,
+                LEGACY_INTERFACE,
+                result=f"refused:{refused.code}",
+                software=software,
+                detail=f"{means}: {refused.reason}"[:200],
+            )
+        )
 
     async def _own_bals(self, idnat: str) -> list[tuple[str, str]]:
         """The BAL this person holds, with the backend the registry records for each."""

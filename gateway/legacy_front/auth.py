@@ -23,6 +23,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from urllib.parse import unquote
 
 from starlette.requests import Request
@@ -56,6 +57,19 @@ OtpFor = Callable[[str], Awaitable[OtpLogin]]
 """Who answers the OTP dialogue of this idNat (the historic platform or PSC CIBA)."""
 
 
+RefusalHook = Callable[[str, str, AuthRefused, str | None], Awaitable[None]]
+"""(idNat, means, the refusal, software) of a refused login."""
+
+
+@dataclass
+class _Attempt:
+    """What is known of a login while it is decided, for the audit of a refusal."""
+
+    software: str | None
+    idnat: str | None = None
+    means: str = "token"
+
+
 class LegacyFrontAuth:
     """The legacy front's `HistoricAuthenticator`."""
 
@@ -75,14 +89,26 @@ class LegacyFrontAuth:
         self.cards = cards
         self.certificate_of = certificate_of
         self.trusted_proxies = tuple(ipaddress.ip_network(p) for p in trusted_proxies)
+        self.on_refused: RefusalHook | None = None
+        """Told of each refused login whose person is known (a card's holder, an IDNAT):
+        the gateway audits it, as a refused IMAP or SMTP login is."""
 
     @property
     def session_lifetime(self) -> int:
         return self.sessions.lifetime
 
     async def authenticate(self, request: Request) -> Authenticated:
+        attempt = _Attempt(_bounded(request.headers.get("numhomologation")))
+        try:
+            return await self._authenticate(request, attempt)
+        except AuthRefused as refused:
+            if self.on_refused is not None and attempt.idnat is not None:
+                await self.on_refused(attempt.idnat, attempt.means, refused, attempt.software)
+            raise
+
+    async def _authenticate(self, request: Request, attempt: _Attempt) -> Authenticated:
         headers = request.headers
-        software = _bounded(headers.get("numhomologation"))
+        software = attempt.software
         agent = _bounded(headers.get("user-agent"), 256)
 
         def caller(idnat: str, means: str) -> Caller:
@@ -100,7 +126,8 @@ class LegacyFrontAuth:
         if scheme.lower() == "basic":
             raise AuthRefused(AUTH_INVALID_CREDENTIALS, "no master login on the gateway")
 
-        holder = self._card(request)
+        attempt.means = "card"
+        holder = self._card(request, attempt)
         if holder is not None:
             return Authenticated(caller(holder, "card"))
 
@@ -115,6 +142,7 @@ class LegacyFrontAuth:
         if idnat is None:
             raise AuthRefused(AUTH_IMPOSSIBLE, "no credentials")
         idnat = _idnat(idnat)
+        attempt.idnat, attempt.means = idnat, "otp"
         if self.otp_for is None:
             raise AuthRefused(AUTH_IMPOSSIBLE, "one-time passwords are not offered here")
         login = await self.otp_for(idnat)
@@ -123,7 +151,7 @@ class LegacyFrontAuth:
         log.info("legacy_front.session_opened", extra={"idnat": idnat, "means": means})
         return Authenticated(caller(idnat, means), session)
 
-    def _card(self, request: Request) -> str | None:
+    def _card(self, request: Request, attempt: _Attempt) -> str | None:
         """The card holder's idNat: from our own TLS listener, else from a trusted proxy."""
         der = self.certificate_of(request) if self.certificate_of else None
         headers = request.headers
@@ -140,6 +168,7 @@ class LegacyFrontAuth:
         try:
             return str(self.cards.verify(der).idnat)
         except CardError as exc:
+            attempt.idnat = exc.idnat
             log.info(
                 "legacy_front.card_refused",
                 extra={"reason": exc.refusal.value, "idnat": exc.idnat},

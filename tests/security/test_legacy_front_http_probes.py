@@ -624,6 +624,13 @@ async def test_otp_brute_force_blocks_the_channel(
     assert pending_of(stack, "dr-moreau") == [request]
     assert len(sessions) == opened
     assert_not_logged(caplog, request.binding_message, *wrong)
+    # each refused login is audited under the person it named, no code in the trail
+    trail = [e for e in await audited(stack, "") if e.actor_idnat == idnat]
+    results = [e.result for e in trail if e.interface == "historic" and e.action == "login"]
+    assert results.count("refused:17") == failures - 1
+    assert results.count("refused:44") >= 3
+    assert all(e.software for e in trail)
+    assert not [e for e in trail if any(code in (e.detail or "") for code in wrong)]
 
 
 # -- authorisation and audit ------------------------------------------------------------------
