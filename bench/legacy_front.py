@@ -44,16 +44,23 @@ run), 2,000 messages (20 with a PDF), ``--runs 3``, 60-61 requests per walk, 0 d
   gateway, warm                           8.64    232   1.47         5.36      2.99
   direct (historic platform), first       5.66    353   0.96         0.04      4.97
   direct (historic platform)              5.88    340   1.00         0.03      5.24
+  then (a pooled session keeps each UID's date, size and envelope: a page fetches only
+  its own messages), ``--runs 2``:
+  gateway, cold (listFolders + walk)      4.22    474   0.92         2.68      1.48
+  gateway, warm                           2.99    670   0.65         1.71      1.26
+  direct (historic platform), first       4.79    418   1.05         0.03      4.64
+  direct (historic platform)              4.56    438   1.00         0.02      4.43
 
-Where the time went (cProfile, ``LPS_BENCH_PROFILE``): before, 63 % of the mock's time was
-its IMAP engine matching every message of the folder against a UID set of 2,000 single
+Where the time went (cProfile, ``LPS_BENCH_PROFILE``): at first, 63 % of the mock's time
+was its IMAP engine matching every message of the folder against a UID set of 2,000 single
 numbers (`gateway.imap.selected.targets` → `SequenceSet.contains`, O(messages * ranges),
-296 M `SeqRange.bounds` calls for two walks). Now most of the gateway's CPU (about 90 % of
-`ModernBal.search`) is the per-page ``UID FETCH (FLAGS INTERNALDATE RFC822.SIZE)`` of the
-*whole* folder, parsed (`gateway.imap.client.parse_values`) to filter and sort before the
-page is cut: 40 pages of 2,000 FETCH lines per walk, O(N²/page). Cold and warm are alike:
-assigning the 2,000 historic ids costs little. The direct floor is the mock's own
-searchMessages (about 90 ms of its CPU per page), not a real historic server.
+296 M `SeqRange.bounds` calls for two walks). Then most of the gateway's CPU (about 90 % of
+`ModernBal.search`) was the per-page ``UID FETCH (FLAGS INTERNALDATE RFC822.SIZE)`` of the
+*whole* folder, parsed to filter and sort before the page was cut: 40 pages of 2,000 FETCH
+lines per walk, O(N²/page). What SEARCH does not decide and the sort needs (date, size,
+envelope) never changes for a UID, so a pooled session now keeps it (`Described`, bounded)
+and each page costs one UID SEARCH plus the page's own FETCH. The direct floor is the
+mock's own searchMessages (about 90 ms of its CPU per page), not a real historic server.
 """
 
 from __future__ import annotations
