@@ -20,16 +20,20 @@ Authorisation on the BAL is not decided here: the operations ask the delegation 
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from urllib.parse import unquote
 
 from starlette.requests import Request
 
 from gateway.legacy_front.cookies import SessionBook
 from gateway.legacy_front.otp import OtpLogin
+from gateway.mss import historic_proxy
+from gateway.mss.historic_proxy import (
+    DEFAULT_TRUSTED_PROXIES,
+    TrustedProxies,
+    proxied_certificate,
+)
 from gateway.mss.historic_ws import (
     AUTH_IMPOSSIBLE,
     AUTH_INVALID_CREDENTIALS,
@@ -47,9 +51,7 @@ from psc_auth.idnat import IdNat
 
 log = logging.getLogger(__name__)
 
-MAX_CERT_HEADER = 16 * 1024
 MAX_SOFTWARE = 64
-DEFAULT_TRUSTED_PROXIES = ("127.0.0.0/8", "::1/128")
 
 CertificateOf = Callable[[Request], bytes | None]
 """The DER client certificate the gateway's own TLS listener verified, if any."""
@@ -88,7 +90,7 @@ class LegacyFrontAuth:
         self.otp_for = otp_for
         self.cards = cards
         self.certificate_of = certificate_of
-        self.trusted_proxies = tuple(ipaddress.ip_network(p) for p in trusted_proxies)
+        self.trusted_proxies = TrustedProxies(trusted_proxies)
         self.on_refused: RefusalHook | None = None
         """Told of each refused login whose person is known (a card's holder, an IDNAT):
         the gateway audits it, as a refused IMAP or SMTP login is."""
@@ -157,10 +159,11 @@ class LegacyFrontAuth:
         headers = request.headers
         if der is None and "ssl_client_verify" in headers:
             peer = request.client.host if request.client else None
-            if not self._trusted(peer):
+            if not self.trusted_proxies.trusts(peer):
                 log.warning("legacy_front.untrusted_cert_headers", extra={"peer": peer})
                 return None
-            der = _proxied_certificate(headers)
+            proxied = proxied_certificate(headers)
+            der = historic_proxy.der(proxied) if proxied is not None else None
         if der is None:
             return None
         if self.cards is None:
@@ -176,35 +179,6 @@ class LegacyFrontAuth:
             raise AuthRefused(
                 AUTH_INVALID_CREDENTIALS, f"card refused: {exc.refusal.value}"
             ) from None
-
-    def _trusted(self, peer: str | None) -> bool:
-        if peer is None:
-            return False
-        try:
-            address = ipaddress.ip_address(peer)
-        except ValueError:
-            return False
-        return any(address in network for network in self.trusted_proxies)
-
-
-def _proxied_certificate(headers: Mapping[str, str]) -> bytes | None:
-    """The DER certificate a trusted proxy verified; None when it passed none."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    verify = headers.get("ssl_client_verify", "")
-    if verify == "NONE":
-        return None
-    if verify != "SUCCESS":
-        raise AuthRefused(AUTH_INVALID_CREDENTIALS, "the front proxy refused the certificate")
-    raw = headers.get("ssl_client_cert", "")
-    if not raw or len(raw) > MAX_CERT_HEADER:
-        raise AuthRefused(AUTH_IMPOSSIBLE, "no usable client certificate")
-    try:
-        certificate = x509.load_pem_x509_certificate(unquote(raw).encode())
-    except ValueError:
-        raise AuthRefused(AUTH_IMPOSSIBLE, "unreadable client certificate") from None
-    return certificate.public_bytes(Encoding.DER)
 
 
 def _idnat(value: str) -> str:

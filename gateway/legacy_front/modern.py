@@ -56,7 +56,6 @@ from gateway.mss.historic_shapes import (
 )
 from gateway.mss.historic_ws import (
     ATTACHMENT_MISSING,
-    ATTACHMENTS_TOO_LARGE,
     CONTENT_TOO_LARGE,
     DRAFTS,
     EMAIL_INVALID,
@@ -596,30 +595,13 @@ class ModernBal:
 
     async def _files(self, entries: Sequence[dict[str, Any]]) -> tuple[tuple[str, str, bytes], ...]:
         """Decode new files and fetch forwarded parts, within the size limit (32)."""
-        limit = budget = MAX_ATTACHMENTS_BYTES
-        files: list[tuple[str, str, bytes]] = []
-        for entry in entries:
-            if inputs.is_new_file(entry):
-                name, content_type, data = inputs.new_file(entry, budget, limit)
-            else:
-                source, part = inputs.stored_part(entry)
-                found, data = await self.attachment(source, part)
-                info = attachment_info(found)
-                name = (
-                    inputs.text(entry, "fileName", limit=inputs.MAX_FILE_NAME, single_line=True)
-                    or info.file_name
-                )
-                content_type = inputs.content_type_of(
-                    inputs.text(entry, "contentType", limit=255) or info.content_type
-                )
-                if len(data) > budget:
-                    raise HistoricError(
-                        ATTACHMENTS_TOO_LARGE,
-                        f"pièces jointes trop volumineuses (> {limit} octets)",
-                    )
-            budget -= len(data)
-            files.append((name, content_type, data))
-        return tuple(files)
+
+        async def stored(source: str, part: str) -> tuple[str, str, bytes]:
+            found, data = await self.attachment(source, part)
+            info = attachment_info(found)
+            return info.file_name, info.content_type, data
+
+        return await inputs.attachment_files(entries, MAX_ATTACHMENTS_BYTES, stored)
 
     def _composition(
         self,

@@ -13,6 +13,7 @@ import binascii
 import datetime as dt
 import re
 import unicodedata
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -384,3 +385,32 @@ def content_type_of(value: str) -> str:
     if not CONTENT_TYPE.fullmatch(value.strip()):
         raise HistoricError(INVALID_FORMAT, f"contentType invalide: {value}")
     return value.strip().lower()
+
+
+StoredPart = Callable[[str, str], Awaitable[tuple[str, str, bytes]]]
+"""(messageId, part) -> (fileName, contentType, bytes) of a part of a stored message."""
+
+
+async def attachment_files(
+    entries: Sequence[dict[str, Any]], limit: int, stored: StoredPart
+) -> tuple[tuple[str, str, bytes], ...]:
+    """The (fileName, contentType, bytes) of sendMessage/draftMessage's attachments: new
+    files decoded, stored parts fetched (their name and type unless the entry gives its
+    own), within `limit` bytes in all (32 past it)."""
+    budget = limit
+    files: list[tuple[str, str, bytes]] = []
+    for entry in entries:
+        if is_new_file(entry):
+            name, content_type, data = new_file(entry, budget, limit)
+        else:
+            source, part = stored_part(entry)
+            stored_name, stored_type, data = await stored(source, part)
+            name = text(entry, "fileName", limit=MAX_FILE_NAME, single_line=True) or stored_name
+            content_type = content_type_of(text(entry, "contentType", limit=255) or stored_type)
+            if len(data) > budget:
+                raise HistoricError(
+                    ATTACHMENTS_TOO_LARGE, f"pièces jointes trop volumineuses (> {limit} octets)"
+                )
+        budget -= len(data)
+        files.append((name, content_type, data))
+    return tuple(files)

@@ -38,7 +38,6 @@ import base64
 import binascii
 import datetime as dt
 import hmac
-import ipaddress
 import logging
 import os
 import secrets
@@ -46,7 +45,6 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -55,6 +53,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from fastapi import Request
 
+from gateway.mss import historic_proxy
+from gateway.mss.historic_proxy import (
+    DEFAULT_TRUSTED_PROXIES,
+    TrustedProxies,
+    proxied_certificate,
+)
 from gateway.mss.historic_ws import (
     AUTH_ACCOUNT_LOCKED,
     AUTH_CHANNEL_BLOCKED,
@@ -79,8 +83,6 @@ log = logging.getLogger(__name__)
 
 CHANNELS = ("SMS", "MAIL")
 DEFAULT_PERSONA_PASSWORD = "mssante-test"  # noqa: S105 -- the mock's documented password
-DEFAULT_TRUSTED_PROXIES = ("127.0.0.0/8", "::1/128")
-MAX_CERT_HEADER = 16 * 1024
 
 
 @dataclass
@@ -281,7 +283,7 @@ class HistoricAuth:
         self.master = master
         self.persona_password = persona_password
         self.authority = authority
-        self.trusted_proxies = tuple(ipaddress.ip_network(p) for p in trusted_proxies)
+        self.trusted_proxies = TrustedProxies(trusted_proxies)
         self.otp_lifetime = otp_lifetime
         self.session_lifetime = session_lifetime
         self.max_failures = max_failures
@@ -309,7 +311,7 @@ class HistoricAuth:
         if authorization[:6].lower() == "basic ":
             self._check_master(authorization[6:].strip())
             return Authenticated(Caller(None, software, trusted_gateway=True))
-        if "ssl_client_verify" in headers and self._from_trusted_proxy(peer):
+        if "ssl_client_verify" in headers and self.trusted_proxies.trusts(peer):
             idnat = self._certificate_idnat(headers)
             if idnat is not None:
                 return Authenticated(Caller(idnat, software))
@@ -343,30 +345,11 @@ class HistoricAuth:
 
     # -- CPS certificate ---------------------------------------------------------------
 
-    def _from_trusted_proxy(self, peer: str | None) -> bool:
-        if peer is None:
-            return False
-        try:
-            address = ipaddress.ip_address(peer)
-        except ValueError:
-            return False
-        return any(address in network for network in self.trusted_proxies)
-
     def _certificate_idnat(self, headers: Mapping[str, str]) -> str | None:
         """The idNat of the certificate the proxy verified; None when it passed none."""
-        verify = headers.get("ssl_client_verify", "")
-        if verify == "NONE":
+        certificate = proxied_certificate(headers)
+        if certificate is None:
             return None
-        if verify != "SUCCESS":
-            raise AuthRefused(AUTH_INVALID_CREDENTIALS, "client certificate not verified")
-        raw = headers.get("ssl_client_cert", "")
-        if not raw or len(raw) > MAX_CERT_HEADER:
-            raise AuthRefused(AUTH_IMPOSSIBLE, "no usable client certificate")
-        try:
-            certificate = x509.load_pem_x509_certificate(unquote(raw).encode())
-        except ValueError:
-            raise AuthRefused(AUTH_IMPOSSIBLE, "unreadable client certificate") from None
-        der = certificate.public_bytes(serialization.Encoding.DER)
         if self.authority is None:  # no card CA: the proxy's word and the validity only
             now = dt.datetime.now(dt.UTC)
             if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
@@ -376,7 +359,7 @@ class HistoricAuth:
                 raise AuthRefused(AUTH_IMPOSSIBLE, "no idNat in the client certificate")
             return idnat
         try:
-            return str(self.authority.verifier.verify(der).idnat)
+            return str(self.authority.verifier.verify(historic_proxy.der(certificate)).idnat)
         except CardError as exc:
             no_idnat = exc.refusal is CardRefusal.NO_IDNAT
             code = AUTH_IMPOSSIBLE if no_idnat else AUTH_INVALID_CREDENTIALS

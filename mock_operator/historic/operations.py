@@ -69,7 +69,6 @@ from gateway.mss.historic_inputs import (
     fold,
     need_integer,
     need_text,
-    text,
 )
 from gateway.mss.historic_mime import Composition, build_mime
 from gateway.mss.historic_shapes import (
@@ -82,7 +81,6 @@ from gateway.mss.historic_shapes import (
     recipient,
 )
 from gateway.mss.historic_ws import (
-    ATTACHMENTS_TOO_LARGE,
     DRAFTS,
     EMAIL_INVALID,
     FOLDER_MISSING,
@@ -424,29 +422,12 @@ class HistoricService:
         self, address: str, entries: tuple[dict[str, Any], ...]
     ) -> tuple[tuple[str, str, bytes], ...]:
         """Decode new files and fetch forwarded parts, within the size limit (32)."""
-        limit = budget = self.max_attachments_bytes
-        files: list[tuple[str, str, bytes]] = []
-        for entry in entries:
-            if inputs.is_new_file(entry):
-                name, content_type, data = inputs.new_file(entry, budget, limit)
-            else:
-                source, part = inputs.stored_part(entry)
-                info, data = await self.store.attachment(address, source, part)
-                name = (
-                    text(entry, "fileName", limit=inputs.MAX_FILE_NAME, single_line=True)
-                    or info.file_name
-                )
-                content_type = inputs.content_type_of(
-                    text(entry, "contentType", limit=255) or info.content_type
-                )
-                if len(data) > budget:
-                    raise HistoricError(
-                        ATTACHMENTS_TOO_LARGE,
-                        f"pièces jointes trop volumineuses (> {limit} octets)",
-                    )
-            budget -= len(data)
-            files.append((name, content_type, data))
-        return tuple(files)
+
+        async def stored(source: str, part: str) -> tuple[str, str, bytes]:
+            info, data = await self.store.attachment(address, source, part)
+            return info.file_name, info.content_type, data
+
+        return await inputs.attachment_files(entries, self.max_attachments_bytes, stored)
 
     def _composition(
         self,
