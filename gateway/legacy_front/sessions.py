@@ -29,7 +29,7 @@ from gateway.backends.errors import (
     BackendRefused,
     BackendUnavailable,
 )
-from gateway.backends.imap_smtp.tools import ImapMailboxAccess
+from gateway.backends.imap_smtp.tools import ImapMailboxAccess, fetch_items
 from gateway.imap.client import ParsedValue, ParseError, Tagged, Untagged, parse_code
 from gateway.imap.codes import Code
 from gateway.imap.response import Atom
@@ -41,23 +41,6 @@ MAX_UID_SET = 500  # UIDs per command
 SENT_KEPT = 256  # commands remembered per session (`ImapBal.sent`)
 DESCRIBED_KEPT = 50_000  # messages whose immutable metadata a session keeps (`Described`)
 IMMUTABLE = frozenset({"INTERNALDATE", "RFC822.SIZE", "ENVELOPE"})
-
-
-def fetch_items(event: Untagged) -> dict[str, ParsedValue]:
-    """``* n FETCH (NAME value ...)`` as a dict by upper-case item name."""
-    if event.kind != "FETCH":
-        return {}
-    try:
-        values = event.values()
-    except ParseError:
-        return {}
-    items = values[2] if len(values) >= 3 and isinstance(values[2], list) else []
-    found: dict[str, ParsedValue] = {}
-    for index in range(0, len(items) - 1, 2):
-        name = items[index]
-        if isinstance(name, Atom):
-            found[name.value.upper()] = items[index + 1]
-    return found
 
 
 def uid_set(uids: Iterable[int]) -> bytes:

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.backends.imap_smtp.tools import fetch_items
 from gateway.imap.client import ParseError, ResponseParser, Tagged, Untagged
 from gateway.imap.resync import (
     MAX_MODSEQ,
@@ -20,7 +21,6 @@ from gateway.imap.resync import (
     status_values,
     vanished,
 )
-from gateway.legacy_front.sessions import fetch_items
 
 
 def events(data: bytes) -> list[Untagged | Tagged]:

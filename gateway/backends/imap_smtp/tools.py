@@ -199,7 +199,7 @@ class ImapMailboxAccess:
         if exists == 0:
             return []
         _, events = await self._run(b"UID FETCH 1:* (UID)")
-        uids = sorted(u for u in (_fetch_items(e).get("UID") for e in events) if isinstance(u, int))
+        uids = sorted(u for u in (fetch_items(e).get("UID") for e in events) if isinstance(u, int))
         found: list[ToolMessage] = []
         for start in range(0, len(uids), BATCH):
             chunk = uids[start : start + BATCH]
@@ -213,7 +213,7 @@ class ImapMailboxAccess:
         )
         found: dict[int, ToolMessage] = {}
         for event in events:
-            items = _fetch_items(event)
+            items = fetch_items(event)
             uid, body = items.get("UID"), items.get("BODY[]")
             flags, date, size = (
                 items.get("FLAGS"),
@@ -239,7 +239,7 @@ class ImapMailboxAccess:
         await self._select(folder, write=False)
         _, events = await self._run(b"UID FETCH %d (UID BODY.PEEK[])" % uid)
         for event in events:
-            items = _fetch_items(event)
+            items = fetch_items(event)
             if items.get("UID") == uid and isinstance(items.get("BODY[]"), bytes):
                 body = items["BODY[]"]
                 assert isinstance(body, bytes)
@@ -295,7 +295,7 @@ def _text(value: ParsedValue) -> str | None:
     return None
 
 
-def _fetch_items(event: Untagged) -> dict[str, ParsedValue]:
+def fetch_items(event: Untagged) -> dict[str, ParsedValue]:
     """``* n FETCH (NAME value ...)`` as a dict by upper-case item name."""
     if event.kind != "FETCH":
         return {}
@@ -312,4 +312,11 @@ def _fetch_items(event: Untagged) -> dict[str, ParsedValue]:
     return found
 
 
-__all__ = ["SYSTEM_FLAGS", "ImapMailboxAccess", "SpecialUse", "imap_date", "quoted"]
+__all__ = [
+    "SYSTEM_FLAGS",
+    "ImapMailboxAccess",
+    "SpecialUse",
+    "fetch_items",
+    "imap_date",
+    "quoted",
+]
