@@ -53,38 +53,36 @@ async def mock_historic(directory: Path) -> AsyncIterator[Target]:
     mock = MockOperator(quick_mock_settings(), directory)
     await mock.start()
     try:
-        assert mock.historic_auth is not None
-        assert mock.historic_auth.authority is not None
-        dupont = PERSONAS.get("dr-dupont")
-        assert dupont is not None
-        certificate, _key = mock.historic_auth.authority.issue(dupont)
         bal, idnat = _persona_bal("dr-dupont")
         other, _ = _persona_bal("sf-petit")
-
-        async def received(address: str, subject: str) -> dict[str, bytes] | None:
-            found = await historic_messages(mock, address, 2, subject=subject)
-            if not found:
-                return None
-            message = found[-1]
-            return {
-                a["fileName"]: await historic_attachment(mock, address, message, a)
-                for a in message.get("attachments", [])
-            }
-
         yield Target(
             name="mock",
             base_url=mock.http_url,
-            headers={
-                "ssl_client_verify": "SUCCESS",
-                "ssl_client_cert": quote(certificate.decode("ascii")),
-            },
+            headers=_card_headers(mock, "dr-dupont"),
             bal=bal,
             holder_idnat=idnat,
             other_bal=other,
-            received=received,
+            received=_historic_received(mock),
         )
     finally:
         await mock.stop()
+
+
+def _historic_received(mock: MockOperator) -> Any:
+    """What reached a BAL of the mock's historic platform: its Inbox over the web services,
+    the attachments of the message with that subject."""
+
+    async def received(address: str, subject: str) -> dict[str, bytes] | None:
+        found = await historic_messages(mock, address, 2, subject=subject)
+        if not found:
+            return None
+        message = found[-1]
+        return {
+            a["fileName"]: await historic_attachment(mock, address, message, a)
+            for a in message.get("attachments", [])
+        }
+
+    return received
 
 
 def _card_headers(mock: MockOperator, persona: str) -> dict[str, str]:
@@ -174,16 +172,6 @@ async def gateway_historic(directory: Path) -> AsyncIterator[Target]:
         bal, idnat = _persona_bal("dr-dupont")
         other, _ = _persona_bal("sf-petit")
 
-        async def received(address: str, subject: str) -> dict[str, bytes] | None:
-            found = await historic_messages(mock, address, 2, subject=subject)
-            if not found:
-                return None
-            message = found[-1]
-            return {
-                a["fileName"]: await historic_attachment(mock, address, message, a)
-                for a in message.get("attachments", [])
-            }
-
         yield Target(
             name="gateway-historic",
             base_url=stack.gateway.http_url,
@@ -191,7 +179,7 @@ async def gateway_historic(directory: Path) -> AsyncIterator[Target]:
             bal=bal,
             holder_idnat=idnat,
             other_bal=other,
-            received=received,
+            received=_historic_received(mock),
         )
 
 
