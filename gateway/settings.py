@@ -338,8 +338,10 @@ class LegacyFrontSettings(_Section):
     )
     session_lifetime: int = Field(default=3_600, ge=60, le=86_400, description="seconds")
     trusted_proxies: list[str] = Field(
-        default_factory=lambda: ["127.0.0.0/8", "::1/128"],
-        description="front proxies whose ssl_client_cert / ssl_client_verify headers count",
+        default_factory=list,
+        description="front proxies whose ssl_client_cert / ssl_client_verify headers count "
+        "(none by default: a proxy listed here must overwrite both headers on every request, "
+        "or a client could name anyone's public card certificate)",
     )
     otp_max_failures: int = Field(default=3, ge=1, le=10)
     otp_lockout: int = Field(default=900, ge=0, description="seconds a blocked channel stays")

@@ -30,7 +30,6 @@ from gateway.legacy_front.cookies import SessionBook
 from gateway.legacy_front.otp import OtpLogin
 from gateway.mss import historic_proxy
 from gateway.mss.historic_proxy import (
-    DEFAULT_TRUSTED_PROXIES,
     TrustedProxies,
     proxied_certificate,
 )
@@ -83,7 +82,7 @@ class LegacyFrontAuth:
         otp_for: OtpFor | None = None,
         cards: CardVerifier | None = None,
         certificate_of: CertificateOf | None = None,
-        trusted_proxies: Iterable[str] = DEFAULT_TRUSTED_PROXIES,
+        trusted_proxies: Iterable[str] = (),
     ) -> None:
         self.validator = validator
         self.sessions = sessions

@@ -46,6 +46,7 @@ CHANNELS = ("SMS", "MAIL")
 CODE_DIGITS = 6
 MAX_PENDING = 10_000
 PROBE_PATH = "/Annuaire/rest/v1/listEmails"
+MAX_PASSED_HEADER = 256  # characters of each header passed to the historic platform
 OTP_HEADERS = ("idnat", "password", "idcanal", "otp", "numhomologation", "user-agent")
 
 
@@ -58,7 +59,10 @@ class OtpLogin(Protocol):
 class HistoricOtp:
     """The historic platform answers: the dialogue's headers are passed to it on a harmless
     call (listEmails) and its verdict is taken: 401 + X-OTP-Required (code sent), 403 +
-    X-ErrorCode (refused), anything else means the credentials were good."""
+    X-ErrorCode (refused). Only an answer of the operation itself proves the credentials:
+    its output (200), or one of its functional errors (400 with the historic error body,
+    e.g. 34 for a person with no BAL there); anything else (a proxy's 400 or 429, a 404,
+    a redirect) refuses the login. Each header passed is bounded."""
 
     def __init__(self, services_url: str, client: httpx.AsyncClient) -> None:
         """`services_url`: the platform's ``.../mss-msg-services/services``."""
@@ -67,6 +71,8 @@ class HistoricOtp:
 
     async def verify(self, idnat: str, headers: Mapping[str, str]) -> str:
         passed = {k: v for k in OTP_HEADERS if (v := headers.get(k)) is not None}
+        if any(len(v) > MAX_PASSED_HEADER for v in passed.values()):
+            raise AuthRefused(AUTH_INVALID_CREDENTIALS, "credentials too long")
         try:
             answer = await self.client.post(
                 self.base_url + PROBE_PATH, json={"listEmailsInput": {}}, headers=passed
@@ -85,11 +91,22 @@ class HistoricOtp:
                 int(code) if code.isdigit() and len(code) < 4 else AUTH_IMPOSSIBLE,
                 "refused by the historic platform",
             )
-        if answer.status_code >= 500 and "otp" in headers:
-            raise AuthRefused(AUTH_IMPOSSIBLE, "historic platform failed")
+        if not _operation_answered(answer):
+            log.warning("legacy_front.otp.unexpected", extra={"status": answer.status_code})
+            raise AuthRefused(AUTH_IMPOSSIBLE, "unexpected answer of the historic platform")
         if "otp" not in headers:  # a password alone never opens a session
             raise AuthRefused(AUTH_IMPOSSIBLE, "the historic platform asked no code")
         return "otp"
+
+
+def _operation_answered(answer: httpx.Response) -> bool:
+    """The probe ran: its output, or a functional error of the historic contract."""
+    if answer.status_code == 200:
+        return "listEmailsOutput" in _json(answer)
+    if answer.status_code == 400:
+        error = _json(answer).get("error")
+        return isinstance(error, dict) and error.get("type") == "FONCTIONNELLE"
+    return False
 
 
 def _expires_in(answer: httpx.Response) -> int:

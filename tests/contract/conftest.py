@@ -133,7 +133,10 @@ def _modern_received(mock: MockOperator) -> Any:
 async def gateway_stack(directory: Path) -> AsyncIterator[Stack]:
     """A gateway in front of a mock operator, as the demo wires them (modern and historic
     backends), trusting the mock's card CA."""
-    settings = gateway_settings(directory / "gateway")
+    # the card comes as a front proxy on loopback passes it on
+    settings = gateway_settings(
+        directory / "gateway", legacy_front={"trusted_proxies": ["127.0.0.0/8"]}
+    )
     demo_like = configure_with()
 
     def configure(settings: Settings, mock: MockOperator) -> None:

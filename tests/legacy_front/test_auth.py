@@ -86,7 +86,13 @@ async def front(mock_op: MockOperator) -> AsyncIterator[Front]:
     authority = mock_op.historic_auth.authority if mock_op.historic_auth else None
     assert authority is not None
 
-    auth = LegacyFrontAuth(validator, SessionBook(600), otp_for=otp_for, cards=authority.verifier)
+    auth = LegacyFrontAuth(
+        validator,
+        SessionBook(600),
+        otp_for=otp_for,
+        cards=authority.verifier,
+        trusted_proxies=["127.0.0.0/8"],  # the test's client comes from loopback
+    )
     made = Front(mock_op, auth)
     try:
         yield made
@@ -126,6 +132,25 @@ async def test_card_from_a_trusted_proxy(front: Front) -> None:
     assert revoked.headers["X-ErrorCode"] == "17"
     garbage = await front.who(ssl_client_verify="SUCCESS", ssl_client_cert="%%%")
     assert garbage.headers["X-ErrorCode"] == "8"
+
+
+async def test_card_headers_count_only_from_configured_proxies(mock_op: MockOperator) -> None:
+    """By default no proxy is trusted: anyone could send a public card certificate."""
+    validator = TokenValidator(ValidatorConfig(issuer=mock_op.issuer, accept_any_audience=True))
+    assert mock_op.historic_auth is not None
+    authority = mock_op.historic_auth.authority
+    assert authority is not None
+    persona = mock_op.personas.get("dr-martin")
+    assert persona is not None
+    pem, _key = authority.issue(persona)
+    made = Front(mock_op, LegacyFrontAuth(validator, SessionBook(600), cards=authority.verifier))
+    try:
+        answer = await made.who(ssl_client_verify="SUCCESS", ssl_client_cert=quote(pem.decode()))
+        assert answer.status_code == 403
+        assert answer.headers["X-ErrorCode"] == "8"  # no credentials at all
+    finally:
+        await made.client.aclose()
+        await validator.aclose()
 
 
 async def test_no_credentials_and_bad_cookie(front: Front) -> None:
@@ -201,3 +226,46 @@ async def test_ciba_refusals(front: Front) -> None:
     assert unknown.headers["X-ErrorCode"] == "17"
     no_channel = await front.who(IDNAT=MARTIN.replace("1", "4", 1)[:-1] + "4", IDCANAL="FAX")
     assert no_channel.status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "headers"),
+    [
+        (400, b"<html>Request Header Or Cookie Too Large</html>", {}),  # a proxy's 400
+        (429, b"slow down", {}),
+        (404, b"not found", {}),
+        (302, b"", {"location": "http://elsewhere/"}),
+        (401, b"{}", {}),  # 401 without X-OTP-Required
+        (200, b'{"somethingElse": {}}', {}),
+        (503, b"", {}),
+    ],
+)
+async def test_historic_otp_opens_nothing_on_an_unexpected_answer(
+    status: int, body: bytes, headers: dict[str, str]
+) -> None:
+    """Only the probe's own answer proves the credentials: whatever stands between the
+    gateway and the historic platform cannot open a session by failing oddly."""
+
+    def platform(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, content=body, headers=headers)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(platform)) as http:
+        otp = HistoricOtp("http://historic.invalid/mss-msg-services/services", http)
+        with pytest.raises(AuthRefused) as refused:
+            await otp.verify(DUPONT, {"idnat": DUPONT, "otp": "123456"})
+        assert refused.value.code == 8
+        with pytest.raises(AuthRefused) as long_password:
+            await otp.verify(DUPONT, {"idnat": DUPONT, "password": "x" * 300})
+        assert long_password.value.code == 17
+
+
+async def test_historic_otp_takes_a_functional_error_as_proof() -> None:
+    """A person with no BAL left there still proved the code: 34 is the operation's."""
+
+    def platform(request: httpx.Request) -> httpx.Response:
+        error = {"error": {"type": "FONCTIONNELLE", "code": 34, "message": "aucune BAL"}}
+        return httpx.Response(400, json=error)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(platform)) as http:
+        otp = HistoricOtp("http://historic.invalid/mss-msg-services/services", http)
+        assert await otp.verify(DUPONT, {"idnat": DUPONT, "otp": "123456"}) == "otp"

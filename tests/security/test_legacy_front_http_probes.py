@@ -85,7 +85,10 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
     """One gateway (cards trusted from loopback proxies, a 4 MiB legacy body cap) in front
     of the mock operator, for the whole module."""
     directory = tmp_path_factory.mktemp("legacy-http-probes")
-    settings = gateway_settings(directory / "gateway", legacy_front={"max_body": MAX_BODY})
+    settings = gateway_settings(
+        directory / "gateway",
+        legacy_front={"max_body": MAX_BODY, "trusted_proxies": ["127.0.0.0/8"]},
+    )
     async with running_stack(
         settings, quick_mock_settings(), directory / "mock", demo_like
     ) as running:
