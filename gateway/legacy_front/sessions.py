@@ -216,6 +216,12 @@ class ImapBal:
         self.has_selection = True
         return selected
 
+    def new_request(self) -> None:
+        """Forget the selected mailbox's counts between two requests: other clients of the
+        BAL changed it meanwhile (new mail, expunges), and a count kept from an earlier
+        request would hide it. The next `select` asks the server again."""
+        self.selected = None
+
     async def deselect(self) -> None:
         """Leave the selected mailbox, if any: a server answers STATUS on the mailbox a
         session has selected from that session's view (Dovecot does), which may lag
@@ -411,7 +417,9 @@ class SessionPool:
         key = (backend, bal.lower())
         async with self._slots:
             session = await self._take(key)
-            if session is None:
+            if session is not None:
+                session.new_request()
+            else:
                 access = await opener()
                 if not isinstance(access, ImapMailboxAccess):
                     await access.aclose()
@@ -436,12 +444,18 @@ class SessionPool:
 
     async def _take(self, key: tuple[str, str]) -> ImapBal | None:
         idle = self._idle.get(key)
-        while idle:
+        stale: list[_Idle] = []
+        found: ImapBal | None = None
+        while idle and found is None:
             entry = idle.pop()
             if self._clock() - entry.since < self.idle and not entry.session.broken:
-                return entry.session
-            await entry.session.access.aclose()
-        return None
+                found = entry.session
+            else:
+                stale.append(entry)
+        for entry in stale:  # closed once nothing more is taken from the list
+            with contextlib.suppress(Exception):
+                await entry.session.access.aclose()
+        return found
 
     async def _give_back(self, key: tuple[str, str], session: ImapBal) -> None:
         if session.broken:
@@ -456,19 +470,22 @@ class SessionPool:
             self._reaper = asyncio.create_task(self._reap(), name="legacy-front-reaper")
 
     async def _reap(self) -> None:
-        """Close sessions idle past `idle`, until none is left."""
+        """Close sessions idle past `idle`, until none is left. The expired are taken out
+        of the idle lists before any of them is closed: while a close is awaited, a lease
+        may take a session from the same list, or give one back."""
         while self._idle:
             await asyncio.sleep(self.idle / 2)
             now = self._clock()
+            expired: list[_Idle] = []
             for key in list(self._idle):
-                keep = [e for e in self._idle[key] if now - e.since < self.idle]
-                for entry in self._idle[key]:
-                    if entry not in keep:
-                        await entry.session.access.aclose()
-                if keep:
-                    self._idle[key] = keep
-                else:
+                entries = self._idle[key]
+                expired += [e for e in entries if now - e.since >= self.idle]
+                entries[:] = [e for e in entries if now - e.since < self.idle]
+                if not entries:
                     del self._idle[key]
+            for entry in expired:
+                with contextlib.suppress(Exception):
+                    await entry.session.access.aclose()
 
     def idle_sessions(self, backend: str, bal: str) -> int:
         return len(self._idle.get((backend, bal.lower()), []))

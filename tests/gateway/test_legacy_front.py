@@ -431,3 +431,37 @@ async def test_paging_asks_the_backend_for_each_message_s_metadata_once(
     # one message asked for each time: the page's (its UID set is one number)
     assert all(words[2].isdigit() for words in fetches), list(session.sent)
     assert len(session.described) >= first["total"]
+
+
+async def test_mail_arriving_between_two_requests_is_seen(
+    legacy: tuple[Stack, GatewayHistoricOperations, Accesses],
+) -> None:
+    """A pooled session keeps its connection, not its counts: a message another client
+    filed since the last request, in a folder that was empty then, is in the next search;
+    once expunged elsewhere, it is gone from the one after."""
+    stack, operations, _hook = legacy
+    imap = ModernImap(stack.mock, MARTIN)
+    created = await call(
+        operations, "dr-martin", "Folder", "createFolder", {"email": MARTIN, "name": "Arrivages"}
+    )
+    folder = created["folder"]
+    assert await search(operations, folderId=folder["id"]) == []
+    subject = "Arrivé entre deux appels"
+    raw = (
+        f"From: luc.durand@infirmier.mssante.fr\r\nTo: {MARTIN}\r\nSubject: {subject}\r\n\r\nx\r\n"
+    )
+
+    def deliver(client: Any) -> None:
+        client.append(f'"{folder["name"]}"', None, None, raw.encode())
+
+    await imap.run(deliver)
+    (arrived,) = await search(operations, folderId=folder["id"])
+    assert arrived["subject"] == subject
+
+    def expunge(client: Any) -> None:
+        client.select(f'"{folder["name"]}"')
+        client.store("1:*", "+FLAGS", "(\\Deleted)")
+        client.expunge()
+
+    await imap.run(expunge)
+    assert await search(operations, folderId=folder["id"]) == []
