@@ -4,6 +4,7 @@ which sessions end, when, and why; the fronts' end of it is in test_card_session
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from gateway.card_sessions import (
     CARD_EXPIRED,
     CARD_REVOKED,
+    ISSUER_NOT_TRUSTED,
     NO_REVOCATION_LIST,
     CardSessions,
     CardSessionWatch,
@@ -196,3 +198,17 @@ def test_the_decision_alone() -> None:
     assert sessions.discard(b) == ("CN=ca", 1)
     assert len(sessions) == 0
     assert sessions.cards == 0
+
+
+async def test_a_ca_no_longer_trusted_ends_its_cards_sessions(tmp_path: Path) -> None:
+    """Fail closed: a card whose issuer the verifier does not hold does not stand."""
+    ca = authority(tmp_path / "old")
+    _, martin_card = ca.card("dr-martin")
+    other = CpsAuthority.load_or_create(tmp_path / "new")
+    renamed = dataclasses.replace(martin_card, issuer="CN=somebody else")
+    watch = CardSessionWatch(CardVerifier([other.certificate], other.crl_path), interval=0)
+    session = Session()
+    watch.add(session, renamed)
+    await asyncio.wait_for(session.ended.wait(), BOUND)
+    assert session.reasons == [ISSUER_NOT_TRUSTED]
+    await watch.stop()
