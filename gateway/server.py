@@ -24,6 +24,7 @@ from gateway.api.ops import create_ops_app
 from gateway.audit import AuditSink
 from gateway.backends.kinds import Backends
 from gateway.backends.routing import Placement, Router
+from gateway.card_sessions import CardSessionWatch
 from gateway.db import migrate_gateway
 from gateway.decisions import DecisionCache
 from gateway.fronts.imap.listener import ProxyConfig, ProxyServer
@@ -110,6 +111,7 @@ class Gateway:
         self.limits = node_limits(settings)
         self._web_validator: TokenValidator | None = None
         self.psc_sessions: PscSessionWatch | None = None
+        self.card_sessions: CardSessionWatch | None = None
 
     async def open_registry(self) -> DelegationService:
         """Migrate and open the delegation registry (before `start`, to seed it)."""
@@ -272,6 +274,11 @@ class Gateway:
             revalidate=bool(psc.introspection_client_id),
         )
         self.psc_sessions.start()
+        if self.cards is not None:
+            self.card_sessions = CardSessionWatch(
+                self.cards, interval=settings.cards.revalidate_interval
+            )
+            self.card_sessions.start()
         imap_auth = self._front(validator, service, "imap")
         front = settings.imap
 
@@ -285,6 +292,7 @@ class Gateway:
                 bind_tcp(front.host, port),
                 limits=self.limits,
                 psc=self.psc_sessions,
+                card_watch=self.card_sessions,
                 usage=self.usage,
             )
             await server.start()
@@ -302,6 +310,7 @@ class Gateway:
                 smtp,
                 self.metrics,
                 psc=self.psc_sessions,
+                card_watch=self.card_sessions,
                 sessions=self.limits.smtp_sessions_per_person,
                 usage=self.usage,
             ),
@@ -425,6 +434,8 @@ class Gateway:
             await self.usage.stop()
         if self.psc_sessions is not None:
             await self.psc_sessions.stop()
+        if self.card_sessions is not None:
+            await self.card_sessions.stop()
         if self.decisions is not None:
             await self.decisions.stop()
         if self.audit is not None:

@@ -179,6 +179,13 @@ class CardSettings(_Section):
     require_crl: bool = Field(
         default=True, description="refuse to start with a ca_file and no crl_file"
     )
+    revalidate_interval: float = Field(
+        default=10.0,
+        ge=0,
+        description="seconds between checks of open card sessions against the revocation "
+        "list (a revoked card, or a list become unusable, ends them); 0: at login only. "
+        "A card's sessions end at its expiry either way",
+    )
 
     @model_validator(mode="after")
     def _crl_given(self) -> CardSettings:

@@ -163,6 +163,7 @@ class RevocationList:
         self._authorities = authorities
         self._seen: tuple[int, int, int] | None = None
         self._lists: dict[x509.Name, x509.CertificateRevocationList] = {}
+        self._serials: dict[x509.Name, frozenset[int]] = {}  # built on demand, per list read
         self._error: str | None = "not read yet"
 
     def current(self, issuer: x509.Name) -> x509.CertificateRevocationList:
@@ -176,16 +177,31 @@ class RevocationList:
             raise CardError(CardRefusal.NO_REVOCATION_LIST, "no revocation list of this CA")
         return crl
 
+    def revoked(self, issuer: x509.Name, now: dt.datetime) -> frozenset[int]:
+        """The serials `issuer` revoked, from the list as it is now (read again if the file
+        changed), or `CardError(NO_REVOCATION_LIST)` as `current` says, or when out of date
+        at `now`. Kept until the file changes: checking many open sessions costs one
+        ``stat`` and a set lookup each, not a walk of the list per session."""
+        crl = self.current(issuer)
+        if crl.next_update_utc is not None and crl.next_update_utc < now:
+            raise CardError(CardRefusal.NO_REVOCATION_LIST, "revocation list out of date")
+        serials = self._serials.get(issuer)
+        if serials is None:
+            serials = self._serials[issuer] = frozenset(entry.serial_number for entry in crl)
+        return serials
+
     def _refresh(self) -> None:
         try:
             stat = os.stat(self.path)
         except OSError:
             self._seen, self._lists, self._error = None, {}, "revocation list file missing"
+            self._serials = {}
             return
         seen = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
         if seen == self._seen:
             return
         self._seen = seen
+        self._serials = {}
         try:
             if stat.st_size > MAX_CRL_BYTES:
                 raise ValueError("revocation list file too large")
@@ -274,6 +290,39 @@ class CardVerifier:
             mailboxes=mailboxes,
             issuer=certificate.issuer.rfc4514_string(),
         )
+
+    def standing(self) -> Callable[[CardHolder], CardRefusal | None]:
+        """A check of cards verified earlier (open sessions), against the revocation list
+        as it is now and the clock: None while a card stands, else why not (`EXPIRED`,
+        `REVOKED`, `NO_REVOCATION_LIST`, `UNKNOWN_ISSUER` for a CA no longer trusted).
+        The list file is looked at once per check made, not once per card."""
+        now = self.clock()
+        authorities = {a.subject.rfc4514_string(): a for a in self.authorities}
+        revocations = self.revocations
+        revoked: dict[str, frozenset[int] | CardRefusal] = {}
+
+        def serials(authority: x509.Certificate) -> frozenset[int] | CardRefusal:
+            if revocations is None:
+                return frozenset()
+            try:
+                return revocations.revoked(authority.subject, now)
+            except CardError as exc:
+                return exc.refusal
+
+        def check(card: CardHolder) -> CardRefusal | None:
+            authority = authorities.get(card.issuer)
+            if authority is None:
+                return CardRefusal.UNKNOWN_ISSUER
+            if now > card.not_after or now > authority.not_valid_after_utc:
+                return CardRefusal.EXPIRED
+            found = revoked.get(card.issuer)
+            if found is None:
+                found = revoked[card.issuer] = serials(authority)
+            if isinstance(found, CardRefusal):
+                return found
+            return CardRefusal.REVOKED if card.serial in found else None
+
+        return check
 
     def _issuer(self, certificate: x509.Certificate) -> x509.Certificate:
         for authority in self.authorities:

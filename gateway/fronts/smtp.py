@@ -37,6 +37,7 @@ from gateway.backends.errors import (
     BackendRefused,
     BackendUnavailable,
 )
+from gateway.card_sessions import CardSessionWatch
 from gateway.fronts import smtp_replies as replies
 from gateway.fronts.login import FrontAuthenticator, FrontGrant
 from gateway.imap.session import ExternalCredentials
@@ -72,7 +73,8 @@ class _Client:
 
 @dataclass(eq=False)
 class _Watched:
-    """A logged-in client as the PSC session watch sees it: ended with 421, audited."""
+    """A logged-in client as the PSC session and card watches see it: ended with 421,
+    audited."""
 
     server: SMTP
     grant: FrontGrant
@@ -108,12 +110,14 @@ class SubmissionFront(CardAuthMixin):
         psc: PscSessionWatch | None = None,
         sessions: SlotCounter | None = None,
         usage: UsageRecorder | None = None,
+        card_watch: CardSessionWatch | None = None,
     ) -> None:
         self.authenticator = authenticator
         self.usage = usage  # who still uses what: EHLO per login, X-MSS-NIL per message
         self.settings = settings
         self.metrics = metrics
         self.psc = psc  # ends sessions whose PSC session ended
+        self.card_watch = card_watch  # ends sessions whose CPS card is revoked or expired
         self.sessions = sessions  # logged-in sessions per person (the node's)
         self.auth_failure_delay = settings.auth_failure_delay
         self._clients: dict[SMTP, _Client] = {}
@@ -135,6 +139,8 @@ class SubmissionFront(CardAuthMixin):
             self.sessions.release(client.holds_slot)
         if client.watched is not None and self.psc is not None:
             self.psc.discard(client.watched)
+        if client.watched is not None and self.card_watch is not None:
+            self.card_watch.discard(client.watched)
         if client.relay is not None:
             task = asyncio.get_running_loop().create_task(client.relay.close())
             self._closing.add(task)
@@ -153,8 +159,8 @@ class SubmissionFront(CardAuthMixin):
         return self._logged_in(server, await super().auth_EXTERNAL(server, args))
 
     def _logged_in(self, server: SMTP, result: AuthResult) -> AuthResult:
-        """Count a successful login; a token login is watched while its PSC session lives
-        (a card login has none)."""
+        """Count a successful login; a token login is watched while its PSC session lives,
+        a card login while its card stands (not revoked, not expired)."""
         if result.success:
             self.metrics.logins.labels(PROTOCOL, "ok").inc()
             grant = result.auth_data
@@ -165,6 +171,10 @@ class SubmissionFront(CardAuthMixin):
                 client = self._client(server)
                 client.watched = _Watched(server, grant, self)
                 self.psc.add(client.watched, grant.token, grant.identity)
+            if self.card_watch is not None and isinstance(grant, FrontGrant) and grant.card:
+                client = self._client(server)
+                client.watched = _Watched(server, grant, self)
+                self.card_watch.add(client.watched, grant.card)
         return result
 
     async def _refuse(

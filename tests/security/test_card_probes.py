@@ -1,12 +1,14 @@
 """Hostile clients with (or without) certificates on the gateway's IMAP and SMTP fronts:
 cards of another CA or expired end at TLS, EXTERNAL without a card, malformed or
-oversized authzids, a card naming nobody, and an organisation certificate naming a
-personal BAL (no way around the delegation registry)."""
+oversized authzids, a card naming nobody, an organisation certificate naming a
+personal BAL (no way around the delegation registry), and a busy client whose card is
+revoked (ended all the same)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime as dt
 import smtplib
 import ssl
@@ -186,3 +188,45 @@ async def test_an_organisation_certificate_opens_its_app_bal_only(stack: Stack, 
     await stack.gateway.audit.flush()
     events = await registry.audit_for(MARTIN)
     assert any(e.result == "refused:not-an-app-bal" for e in events), events
+
+
+async def test_a_busy_client_with_a_revoked_card_is_still_ended(stack: Stack, tmp_path: Path):
+    """A client that never stops sending commands cannot hold its session past the
+    revocation of its card: it gets `* BYE card revoked`, the connection closes, and the
+    card opens nothing more."""
+    authority = authority_of(stack.mock)
+    card = issue_card(authority, stack.mock, "dr-martin", tmp_path)
+    client = await raw_with(stack, card)
+    watch = stack.gateway.card_sessions
+    assert watch is not None
+    stop = asyncio.Event()
+
+    async def busy() -> int:
+        sent = 0
+        with contextlib.suppress(ConnectionError, ssl.SSLError, RuntimeError):
+            while not stop.is_set():
+                await client.send(f"B{sent} NOOP\r\n".encode())
+                sent += 1
+                await asyncio.sleep(0)
+        return sent
+
+    try:
+        await client.ok(f"AUTHENTICATE EXTERNAL {b64(MARTIN)}")
+        await client.ok("SELECT INBOX")
+        sender = asyncio.create_task(busy())
+        assert authority.revoke(*authority.issued_to("899700000001")) == 1
+        assert watch.revalidate_now() == 1
+        received = await client.until_closed()
+        stop.set()
+        assert await sender > 0
+        assert b"* BYE card revoked\r\n" in received, received[-200:]
+        assert not received.split(b"* BYE card revoked\r\n", 1)[1].strip(), "nothing after BYE"
+    finally:
+        stop.set()
+        await client.close()
+    again = await raw_with(stack, card)
+    try:
+        reply = await again.command(f"AUTHENTICATE EXTERNAL {b64(MARTIN)}")
+        assert b"NO [AUTHENTICATIONFAILED]" in reply.tagged, reply
+    finally:
+        await again.close()

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from delegation.audit import AuditAction
 from delegation.service import DelegationService
+from gateway.card_sessions import CardSessionWatch
 from gateway.fronts.imap.audited_store import AuditedStore
 from gateway.fronts.imap.live import LiveSessions, ServedSession
 from gateway.fronts.imap.login import ProxyAuthenticator, ProxyGrant, close_store
@@ -84,8 +85,9 @@ class ProxyConfig:
 
 
 class ProxyServer(ImapServer):
-    """The API LPS IMAP listener of the gateway. `limits` (the node's caps) and `psc`
-    (which ends sessions whose PSC session ended) are shared with the node's other fronts."""
+    """The API LPS IMAP listener of the gateway. `limits` (the node's caps), `psc` (which
+    ends sessions whose PSC session ended) and `card_watch` (sessions whose CPS card is
+    revoked or expired) are shared with the node's other fronts."""
 
     def __init__(
         self,
@@ -98,6 +100,7 @@ class ProxyServer(ImapServer):
         *,
         limits: NodeLimits | None = None,
         psc: PscSessionWatch | None = None,
+        card_watch: CardSessionWatch | None = None,
         usage: UsageRecorder | None = None,
     ) -> None:
         authenticator = ProxyAuthenticator(
@@ -115,6 +118,7 @@ class ProxyServer(ImapServer):
         self.audit = front.audit
         self.live = LiveSessions(registry)
         self.psc = psc
+        self.card_watch = card_watch
         self.usage = usage
         self._served: weakref.WeakKeyDictionary[ImapSession, PendingSession | None] = (
             weakref.WeakKeyDictionary()
@@ -152,6 +156,9 @@ class ProxyServer(ImapServer):
         self.live.add(relay)
         if self.psc is not None and grant.token is not None:  # a card has no PSC session
             self.psc.add(relay, grant.token, grant.identity)
+        cards = self.card_watch if grant.card is not None else None
+        if cards is not None and grant.card is not None:
+            cards.add(relay, grant.card)
         gauge.inc()
         try:
             # A revocation may have come while the backend login ran, before the relay was
@@ -165,6 +172,8 @@ class ProxyServer(ImapServer):
             self.live.discard(relay)
             if self.psc is not None:
                 self.psc.discard(relay)
+            if cards is not None:
+                cards.discard(relay)
         return True
 
     def _usage(self, grant: FrontGrant) -> PendingSession | None:
@@ -186,6 +195,9 @@ class ProxyServer(ImapServer):
         psc = self.psc if grant.token is not None else None  # a card has no PSC session
         if psc is not None and grant.token is not None:
             psc.add(served, grant.token, grant.identity)
+        cards = self.card_watch if grant.card is not None else None
+        if cards is not None and grant.card is not None:
+            cards.add(served, grant.card)
         gauge.inc()
         store = grant.store
 
@@ -200,6 +212,8 @@ class ProxyServer(ImapServer):
             self.live.discard(served)
             if psc is not None:
                 psc.discard(served)
+            if cards is not None:
+                cards.discard(served)
             try:
                 if isinstance(store, AuditedStore) and store.reads:
                     await store.record(AuditAction.READ, f"{store.reads} read commands", "ok")
