@@ -707,31 +707,45 @@ class ModernBal:
             outgoing = add_headers(outgoing, checked.headers_to_add)
         if delegate is not None:
             outgoing = add_sender(outgoing, "", delegate)
+        sent = await self.folder(SENT)  # before anything leaves: a BAL without Sent fails here
         await self._submit(outgoing, recipients)
-        sent = await self.folder(SENT)
+        # The message has left: whatever fails now must not make the client send it again.
         copy: tuple[int, int] | None = None
-        if not self.settings.keeps_sent_copy:
-            own = build_mime(composition, with_bcc=True)
-            if derived or checked.headers_to_add:
-                own = add_headers(own, [*derived, *checked.headers_to_add])
-            copy = await self._append(sent, own, ("\\Seen",), composition.date)
-        else:
-            selected = await self.imap.select(sent.name)
-            uids = await self.imap.search(b"HEADER Message-ID " + _quoted(composition.message_id))
-            if uids:
-                copy = (selected.uidvalidity, uids[-1])
-        if original is not None:
-            historic_id, folder, where = original
-            flag = b"$Forwarded" if composed.reply_type == "FORWARD" else b"\\Answered"
-            await self._selected_for(folder, where, write=True)
-            await self.imap.store([where.uid], b"+FLAGS.SILENT (" + flag + b")")
-            await self.ids.touched([historic_id])
-        if draft is not None:
-            historic_id, folder, where = draft
-            await self.imap.select(folder.name, write=True)
-            await self.imap.expunge([where.uid])
-            await self.ids.gone([historic_id])
-        described = await self.describe([(sent, copy[0], copy[1])]) if copy else []
+        try:
+            if not self.settings.keeps_sent_copy:
+                own = build_mime(composition, with_bcc=True)
+                if derived or checked.headers_to_add:
+                    own = add_headers(own, [*derived, *checked.headers_to_add])
+                copy = await self._append(sent, own, ("\\Seen",), composition.date)
+            else:
+                selected = await self.imap.select(sent.name)
+                uids = await self.imap.search(
+                    b"HEADER Message-ID " + _quoted(composition.message_id)
+                )
+                if uids:
+                    copy = (selected.uidvalidity, uids[-1])
+            if original is not None:
+                historic_id, folder, where = original
+                flag = b"$Forwarded" if composed.reply_type == "FORWARD" else b"\\Answered"
+                await self._selected_for(folder, where, write=True)
+                await self.imap.store([where.uid], b"+FLAGS.SILENT (" + flag + b")")
+                await self.ids.touched([historic_id])
+            if draft is not None:
+                historic_id, folder, where = draft
+                await self.imap.select(folder.name, write=True)
+                await self.imap.expunge([where.uid])
+                await self.ids.gone([historic_id])
+        except (BackendError, HistoricError) as failure:
+            log.warning(
+                "legacy_front.after_send_failed",
+                extra={"bal": self.bal, "error": type(failure).__name__},
+            )
+        described: list[ImapMessage] = []
+        if copy is not None:
+            try:
+                described = await self.describe([(sent, copy[0], copy[1])])
+            except (BackendError, HistoricError):
+                log.warning("legacy_front.after_send_failed", extra={"bal": self.bal})
         if not described:
             # the platform keeps the copy but has not filed it yet: the message left (an
             # error now would make the client send it again); the copy gets its id later

@@ -177,6 +177,10 @@ class GatewayHistoricOperations:
                 right = "read" if update in ("READ", "UNREAD") else "write"
             bal = inputs.bal_of(payload)
             access = await self._authorise(caller.idnat, bal, right)
+            if operation in ("sendMessage", "draftMessage") and inputs.forwards_stored_parts(
+                payload
+            ):
+                await self._authorise(caller.idnat, bal, "read")
             backend = access.route.backend
             if isinstance(backend, HistoricPassThrough):
                 return await self._pass_through(backend, service, operation, payload)

@@ -414,3 +414,15 @@ async def attachment_files(
         budget -= len(data)
         files.append((name, content_type, data))
     return tuple(files)
+
+
+def forwards_stored_parts(payload: dict[str, Any]) -> bool:
+    """Whether sendMessage/draftMessage's message attaches parts of stored messages: that
+    reads those messages, so it needs the right to read, not only to send or write."""
+    message = payload.get("message")
+    entries = message.get("attachments") if isinstance(message, dict) else None
+    if isinstance(entries, dict):
+        entries = [entries]
+    if not isinstance(entries, list):
+        return False
+    return any(isinstance(e, dict) and not is_new_file(e) for e in entries)

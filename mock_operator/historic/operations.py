@@ -456,6 +456,8 @@ class HistoricService:
 
     async def _send_message(self, caller: Caller, payload: dict[str, Any]) -> dict[str, Any]:
         address = await self._authorise(caller, payload, "send")
+        if inputs.forwards_stored_parts(payload):  # attaching a stored part reads it
+            await self._authorise(caller, payload, "read")
         composed = self._composed(payload, sending=True)
         account = await self.store.account(address)
         assert account is not None
@@ -503,6 +505,8 @@ class HistoricService:
     async def _draft_message(self, caller: Caller, payload: dict[str, Any]) -> dict[str, Any]:
         """Save a draft; with the messageId of an existing draft, replace it (same id)."""
         address = await self._authorise(caller, payload, "write")
+        if inputs.forwards_stored_parts(payload):
+            await self._authorise(caller, payload, "read")
         composed = self._composed(payload, sending=False)
         account = await self.store.account(address)
         assert account is not None

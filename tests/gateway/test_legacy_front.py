@@ -28,7 +28,7 @@ from tests.gateway.legacy_front_support import (
     call,
     legacy_operations,
 )
-from tests.support.stacks import Stack, configure_with, mock_backend, running_stack
+from tests.support.stacks import Stack, configure_with, identity, mock_backend, running_stack
 
 QUESTION = "Avis sur un patient commun"
 
@@ -465,3 +465,37 @@ async def test_mail_arriving_between_two_requests_is_seen(
 
     await imap.run(expunge)
     assert await search(operations, folderId=folder["id"]) == []
+
+
+async def test_a_send_only_delegate_cannot_read_by_forwarding_a_stored_part(
+    legacy: tuple[Stack, GatewayHistoricOperations, Accesses],
+) -> None:
+    """Attaching a part of a stored message reads that message: with the right to send
+    alone, it is refused (24); a message of one's own making still goes."""
+    stack, operations, _hook = legacy
+    assert stack.gateway.delegations is not None
+    holder = await identity(stack, "dr-martin")
+    await stack.gateway.delegations.grant(holder, MARTIN, "899700000007", ["send"])
+    letter = next(
+        m for m in await search(operations, folderId=2) if m["attachments"]
+    )  # read as the holder, to know an id worth stealing
+    part = letter["attachments"][0]["part"]
+    forwarded = {"messageId": letter["messageId"], "part": part}
+
+    def message(**extra: Any) -> dict[str, Any]:
+        return {
+            "email": MARTIN,
+            "message": {
+                "addresses": [{"address": DURAND, "type": "TO"}],
+                "subject": "Pour Luc",
+                "body": "Bonjour.",
+                **extra,
+            },
+        }
+
+    async def refused_send() -> None:
+        await call(operations, "dr-moreau", "Item", "sendMessage", message(attachments=[forwarded]))
+
+    await refused(24, refused_send())
+    sent = await call(operations, "dr-moreau", "Item", "sendMessage", message())
+    assert sent["message"]["subject"] == "Pour Luc"
