@@ -348,7 +348,7 @@ class ModernBal:
         if query.smaller is not None:
             criteria.append(b"SMALLER %d" % query.smaller)
         literal: bytes | None = None
-        content = query.texts.get("content")
+        content = query.typed.get("content")  # as typed: the server folds in its own way
         if content:
             literal = content.encode("utf-8")
             criteria.insert(0, b"CHARSET UTF-8")

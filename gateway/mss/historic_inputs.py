@@ -14,7 +14,7 @@ import datetime as dt
 import re
 import unicodedata
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.mss.historic_shapes import PARIS
@@ -223,6 +223,9 @@ class SearchQuery:
     smaller: int | None
     seen: bool | None
     flags: dict[str, bool]
+    typed: dict[str, str] = field(default_factory=dict)
+    """The same needles as typed (stripped, not folded): for a server that searches
+    itself (IMAP SEARCH), whose matching of accents is its own."""
 
 
 @dataclass(frozen=True)
@@ -250,10 +253,12 @@ def search_request(payload: dict[str, Any]) -> SearchRequest:
 
 def search_query(query: dict[str, Any]) -> SearchQuery:
     texts: dict[str, str] = {}
+    typed: dict[str, str] = {}
     for key in ("from", "to", "cc", "bcc", "subject", "content"):
         value = text(query, key, limit=MAX_SEARCH_STRING)
         if value:
             texts[key] = fold(value.strip())
+            typed[key] = value.strip()
     before = text(query, "before", limit=32)
     after = text(query, "after", limit=32)
     flags = {
@@ -277,6 +282,7 @@ def search_query(query: dict[str, Any]) -> SearchQuery:
         smaller=integer(query, "smaller"),
         seen=boolean(query, "seen"),
         flags=flags,
+        typed=typed,
     )
 
 

@@ -465,6 +465,17 @@ async def test_no_credentials_is_403_with_a_code(client: HistoricClient) -> None
     assert code == int(answer.headers["X-ErrorCode"])
 
 
+async def test_content_search_finds_accented_words(client: HistoricClient) -> None:
+    """A French body is searched as typed: accents and case as a person types them."""
+    mark = tag()
+    word = f"échographie{mark[-6:]}"
+    message = await to_self(client, f"{mark} accents", body=f"Résultat de l'{word} : normal.")
+    for needle in (word, word.upper(), f"Résultat de l'{word}"):
+        found = await client.search(folderId=INBOX, content=needle)
+        assert [m["messageId"] for m in found["messages"]] == [message["messageId"]], needle
+    await delete(client, message["messageId"])
+
+
 async def test_every_call_names_its_software(client: HistoricClient) -> None:
     """NUMHOMOLOGATION is required, as on the historic platform: 28 without it, 36 when
     it is not a short printable label; the caller's credentials alone change nothing."""
