@@ -221,20 +221,24 @@ class BalIds:
     # -- messages --------------------------------------------------------------------------
 
     async def _next(self, db: AsyncConnection, count: int = 1) -> int:
-        """Advance the BAL's counter by `count`; the first new value."""
+        """Advance the BAL's counter by `count`; the first new value. One UPDATE adds to
+        the counter in the database and returns it: two nodes serving the BAL never get
+        the same versions (a read then a write would let both read the same value)."""
         if count <= 0:
             return 0
         where = and_(historic_sync.c.backend == self.backend, historic_sync.c.bal == self.bal)
-        current = await db.scalar(select(historic_sync.c.counter).where(where))
-        if current is None:
+        advanced = (
+            update(historic_sync).where(where).values(counter=historic_sync.c.counter + count)
+        )
+        counter = await db.scalar(advanced.returning(historic_sync.c.counter))
+        if counter is None:  # the BAL's first change
             await db.execute(
                 insert(historic_sync).values(
                     backend=self.backend, bal=self.bal, counter=count, floor=0
                 )
             )
             return 1
-        await db.execute(update(historic_sync).where(where).values(counter=current + count))
-        return int(current) + 1
+        return int(counter) - count + 1
 
     async def observe(
         self,
