@@ -252,6 +252,7 @@ class ModernBal:
         check_folder_name(name)
         path = await self._path_under(parent_id, name)
         await self._check_sibling(parent_id, name)
+        self._no_delimiter(name)
         await self._imap_name_fits(path)
         await self.imap.run(b"CREATE " + self.imap.access.mailbox_name(path))
         folders = await self.folders(fresh=True)
@@ -260,6 +261,13 @@ class ModernBal:
             raise HistoricError(TECHNICAL_ERROR, "dossier non créé", "TECHNIQUE")
         shown = Folder(created.id, name, created.parent_id, 0, 0)
         return {"folder": folder_tree([shown], created.id)[0]}
+
+    def _no_delimiter(self, name: str) -> None:
+        """The server's hierarchy delimiter (".", for one) inside a name would make a
+        folder within a folder where the client asked for one name."""
+        delimiter = self.imap.access.delimiter
+        if delimiter != "/" and delimiter in name:
+            raise HistoricError(INVALID_FORMAT, f"nom de dossier invalide: {name!r}")
 
     async def _imap_name_fits(self, path: str) -> None:
         if len(mutf7.encode(path)) > 1000:
@@ -272,6 +280,8 @@ class ModernBal:
         folder = await self.folder(folder_id)
         self._protected(folder)
         folders = await self.folders()
+        if name is not None:
+            self._no_delimiter(name)
         if parent_id in [f.id for f in self.subtree(folders, folder_id)]:
             raise HistoricError(INVALID_FORMAT, "un dossier ne peut aller sous lui-même")
         leaf = name if name is not None else folder.name.rpartition("/")[2]

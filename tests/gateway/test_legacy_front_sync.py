@@ -21,10 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
 from pydantic import SecretStr
 
 from gateway.legacy_front.operations import GatewayHistoricOperations
 from gateway.legacy_front.sessions import ImapBal, SessionPool
+from gateway.mss.historic_ws import HistoricError
 from gateway.settings import BackendSettings, MockSettings, Settings
 from mock_operator.server import MockOperator
 from tests.conftest import require_peer
@@ -305,3 +307,39 @@ async def test_sync_by_snapshot_on_the_mock_gives_the_same_answers(
         platform = Platform("modern", modern._open, operations)
         await scenario(platform, "snapshot")
         assert not platform.session().condstore
+
+
+async def test_a_folder_name_holding_the_servers_delimiter_is_refused_on_dovecot(
+    tmp_path: Path, stack_settings: Settings, mock_settings: MockSettings
+) -> None:
+    """Dovecot's maildir separates levels with ".": "a.b" would be b inside a, where the
+    client asked for one folder named "a.b". Refused (36), and nothing is created."""
+    async with on_dovecot(tmp_path, stack_settings, mock_settings, frozenset()) as platform:
+        operations = platform.operations
+
+        def listed(client: imaplib.IMAP4) -> list[bytes]:
+            return [line for line in check(client.list()) if isinstance(line, bytes)]
+
+        separator = (await platform.run(listed))[0].split(b'"')[1]
+        assert separator == b"."
+        with pytest.raises(HistoricError) as refused:
+            await call(
+                operations, "dr-martin", "Folder", "createFolder", {"email": MARTIN, "name": "a.b"}
+            )
+        assert refused.value.code == 36
+        made = await call(
+            operations, "dr-martin", "Folder", "createFolder", {"email": MARTIN, "name": "a-b"}
+        )
+        assert made["folder"]["name"] == "a-b"
+        with pytest.raises(HistoricError) as renamed:
+            await call(
+                operations,
+                "dr-martin",
+                "Folder",
+                "renameFolder",
+                {"email": MARTIN, "folderId": made["folder"]["id"], "name": "c.d"},
+            )
+        assert renamed.value.code == 36
+        names = b"\n".join(await platform.run(listed))
+        assert b"a.b" not in names
+        assert b"c.d" not in names

@@ -149,6 +149,11 @@ class ImapMailboxAccess:
             raise BackendUnavailable("unavailable", f"{self._up.backend}: {text}")
         raise BackendRefused(text)
 
+    @property
+    def delimiter(self) -> str:
+        """The server's hierarchy delimiter, as its LIST said ("/" until it has)."""
+        return self._delimiter
+
     def _mailbox(self, folder: str) -> bytes:
         name = folder if self._delimiter == "/" else folder.replace("/", self._delimiter)
         return quoted(mutf7.encode(name))
