@@ -675,7 +675,11 @@ class ModernBal:
         }
 
     async def send(
-        self, payload: dict[str, Any], *, software: str | None, delegate: str | None
+        self,
+        payload: dict[str, Any],
+        *,
+        software: str | None,
+        delegate: tuple[str, str] | None,
     ) -> dict[str, Any]:
         composed = inputs.composed(payload, sending=True)
         original: tuple[int, BalFolder, Location] | None = None
@@ -715,8 +719,12 @@ class ModernBal:
             )
         if checked.headers_to_add:
             outgoing = add_headers(outgoing, checked.headers_to_add)
-        if delegate is not None:
-            outgoing = add_sender(outgoing, "", delegate)
+        if delegate is not None:  # (name, address) of who sends for the holder
+            name, address = delegate
+            try:
+                outgoing = add_sender(outgoing, name, address)
+            except ValueError:  # a name unfit for a header: the address alone
+                outgoing = add_sender(outgoing, "", address)
         sent = await self.folder(SENT)  # before anything leaves: a BAL without Sent fails here
         await self._submit(outgoing, recipients)
         # The message has left: whatever fails now must not make the client send it again.

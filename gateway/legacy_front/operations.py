@@ -249,6 +249,17 @@ class GatewayHistoricOperations:
             ][:MAX_RECIPIENT_RESULTS]
         }
 
+    async def _delegate(self, idnat: str, bal: str) -> tuple[str, str]:
+        """(name, address) naming a delegate in Sender:, as the SMTP front does: their own
+        BAL if they hold one, else the BAL sent from (Sender must be a real mailbox)."""
+        try:
+            grants = await self.registry.accessible(person(idnat))
+        except ValueError:
+            grants = []
+        own = [g.mailbox for g in grants if g.via == "holder"]
+        entry = await self.registry.directory_entry(idnat)
+        return (entry.display_name if entry is not None else "", own[0] if own else bal)
+
     # -- where it runs ---------------------------------------------------------------------
 
     async def _pass_through(
@@ -295,7 +306,10 @@ class GatewayHistoricOperations:
                         bal, None, max_size=self.max_message_size
                     ),
                 )
-                return await _run(mailbox, operation, caller, payload, access)
+                delegate = None
+                if operation == "sendMessage" and access.delegated:
+                    delegate = await self._delegate(caller.idnat or "", access.bal)
+                return await _run(mailbox, operation, caller, payload, delegate)
         except BackendNotFound as missing:
             raise HistoricError(FOLDER_MISSING, "dossier introuvable") from missing
         except BackendError as failure:
@@ -345,7 +359,11 @@ class GatewayHistoricOperations:
 
 
 async def _run(
-    mailbox: ModernBal, operation: str, caller: Caller, payload: dict[str, Any], access: _Access
+    mailbox: ModernBal,
+    operation: str,
+    caller: Caller,
+    payload: dict[str, Any],
+    delegate: tuple[str, str] | None,
 ) -> dict[str, Any]:
     """One operation on a modern BAL (its input read as the mock reads it)."""
     if operation == "listFolders":
@@ -398,8 +416,6 @@ async def _run(
     if operation == "draftMessage":
         return await mailbox.draft(payload)
     if operation == "sendMessage":
-        # a delegate is named in Sender: with the BAL sent from (they may hold none)
-        delegate = access.bal if access.delegated else None
         return await mailbox.send(payload, software=caller.software, delegate=delegate)
     raise HistoricError(INVALID_FORMAT, f"opération inconnue: {operation}")
 

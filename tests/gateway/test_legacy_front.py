@@ -7,6 +7,8 @@ IHE_XDM.ZIP reaching its recipient, and its copy in Sent."""
 from __future__ import annotations
 
 import base64
+import email
+import email.policy
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -499,3 +501,15 @@ async def test_a_send_only_delegate_cannot_read_by_forwarding_a_stored_part(
     await refused(24, refused_send())
     sent = await call(operations, "dr-moreau", "Item", "sendMessage", message())
     assert sent["message"]["subject"] == "Pour Luc"
+    # the delegate is named in Sender:, with her own BAL, as the SMTP front names her
+    luc = ModernImap(stack.mock, DURAND)
+
+    def header(client: Any) -> bytes:
+        client.select("INBOX", readonly=True)
+        _, found = client.uid("SEARCH", "SUBJECT", '"Pour Luc"')
+        _, data = client.uid("FETCH", found[0].split()[-1], "(BODY.PEEK[HEADER])")
+        return bytes(next(part[1] for part in data if isinstance(part, tuple)))
+
+    received = email.message_from_bytes(await luc.run(header), policy=email.policy.default)
+    assert received["From"].addresses[0].addr_spec == MARTIN
+    assert str(received["Sender"]) == "Eve MOREAU <eve.moreau@medecin.mssante.fr>"
