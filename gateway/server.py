@@ -212,6 +212,7 @@ class Gateway:
                 placement=Placement(self.backends.by_name, self.settings.routing),
                 own_bals=self._own_bals,
                 cards=self.cards,
+                limits=self.limits,
             )
             legacy_app = self.legacy.app(_LateOperations(self))
             app = PathDispatch(api, {LEGACY_PREFIX: legacy_app})

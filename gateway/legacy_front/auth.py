@@ -21,6 +21,7 @@ Authorisation on the BAL is not decided here: the operations ask the delegation 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
@@ -43,6 +44,7 @@ from gateway.mss.historic_ws import (
     AuthRefused,
     Caller,
 )
+from gateway.runtime.limits import Exemptions, LoginThrottle, client_key
 from psc_auth import TokenError, TokenValidator
 from psc_auth.certificates import CardError, CardVerifier
 from psc_auth.errors import IdNatError
@@ -83,6 +85,8 @@ class LegacyFrontAuth:
         cards: CardVerifier | None = None,
         certificate_of: CertificateOf | None = None,
         trusted_proxies: Iterable[str] = (),
+        throttle: LoginThrottle | None = None,
+        exempt: Exemptions | None = None,
     ) -> None:
         self.validator = validator
         self.sessions = sessions
@@ -90,6 +94,10 @@ class LegacyFrontAuth:
         self.cards = cards
         self.certificate_of = certificate_of
         self.trusted_proxies = TrustedProxies(trusted_proxies)
+        self.throttle = throttle
+        """Failed logins per client address (the node's, shared with the IMAP and SMTP
+        fronts): past the limit, refused at once (8) until the window passes."""
+        self.exempt = exempt
         self.on_refused: RefusalHook | None = None
         """Told of each refused login whose person is known (a card's holder, an IDNAT):
         the gateway audits it, as a refused IMAP or SMTP login is."""
@@ -100,12 +108,27 @@ class LegacyFrontAuth:
 
     async def authenticate(self, request: Request) -> Authenticated:
         attempt = _Attempt(_bounded(request.headers.get("numhomologation")))
+        key = self._throttle_key(request)
+        if key is not None and self.throttle is not None:
+            wait = self.throttle.retry_after(key)
+            if wait is not None:  # costs nothing: no token checked, no platform asked
+                raise AuthRefused(
+                    AUTH_IMPOSSIBLE, f"too many failed logins, try again in {math.ceil(wait)} s"
+                )
         try:
             return await self._authenticate(request, attempt)
         except AuthRefused as refused:
+            if key is not None and self.throttle is not None:
+                self.throttle.failed(key)
             if self.on_refused is not None and attempt.idnat is not None:
                 await self.on_refused(attempt.idnat, attempt.means, refused, attempt.software)
             raise
+
+    def _throttle_key(self, request: Request) -> str | None:
+        peer = request.client.host if request.client else None
+        if peer is None or (self.exempt is not None and peer in self.exempt):
+            return None
+        return client_key(peer)
 
     async def _authenticate(self, request: Request, attempt: _Attempt) -> Authenticated:
         headers = request.headers

@@ -24,6 +24,7 @@ from gateway.legacy_front.otp import CibaOtp, HistoricOtp, OtpLogin
 from gateway.mss.historic_http import build_historic_router
 from gateway.mss.historic_ws import HistoricOperations
 from gateway.runtime.asgi_tls import client_certificate
+from gateway.runtime.limits import NodeLimits
 from gateway.runtime.logs import RequestIdMiddleware
 from gateway.runtime.tls import backend_context
 from gateway.settings import Settings
@@ -51,6 +52,7 @@ class LegacyFront:
         placement: Placement,
         own_bals: OwnBals,
         cards: CardVerifier | None = None,
+        limits: NodeLimits | None = None,
     ) -> None:
         front = settings.legacy_front
         self.settings = settings
@@ -86,6 +88,8 @@ class LegacyFront:
             cards=cards,
             certificate_of=_certificate_of,
             trusted_proxies=front.trusted_proxies,
+            throttle=limits.logins if limits is not None else None,
+            exempt=limits.exempt if limits is not None else None,
         )
 
     async def otp_for(self, idnat: str) -> OtpLogin:

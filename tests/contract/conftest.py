@@ -135,7 +135,9 @@ async def gateway_stack(directory: Path) -> AsyncIterator[Stack]:
     backends), trusting the mock's card CA."""
     # the card comes as a front proxy on loopback passes it on
     settings = gateway_settings(
-        directory / "gateway", legacy_front={"trusted_proxies": ["127.0.0.0/8"]}
+        directory / "gateway",
+        legacy_front={"trusted_proxies": ["127.0.0.0/8"]},
+        limits={"exempt_networks": ["127.0.0.0/8"]},  # refusals are contract, not abuse
     )
     demo_like = configure_with()
 

@@ -16,6 +16,7 @@ from gateway.legacy_front.auth import LegacyFrontAuth
 from gateway.legacy_front.cookies import SessionBook
 from gateway.legacy_front.otp import CibaOtp, HistoricOtp, OtpLogin
 from gateway.mss.historic_ws import SESSION_COOKIE, AuthRefused, OtpRequired
+from gateway.runtime.limits import LoginThrottle
 from mock_operator.server import MockOperator
 from psc_auth import TokenValidator
 from psc_auth.config import ValidatorConfig
@@ -269,3 +270,25 @@ async def test_historic_otp_takes_a_functional_error_as_proof() -> None:
     async with httpx.AsyncClient(transport=httpx.MockTransport(platform)) as http:
         otp = HistoricOtp("http://historic.invalid/mss-msg-services/services", http)
         assert await otp.verify(DUPONT, {"idnat": DUPONT, "otp": "123456"}) == "otp"
+
+
+async def test_failed_logins_throttle_the_address(mock_op: MockOperator) -> None:
+    """Past the node's count of failed logins from one address, refused at once (8), a
+    good token included, until the window passes; asking for a code is no failure."""
+    validator = TokenValidator(ValidatorConfig(issuer=mock_op.issuer, accept_any_audience=True))
+    now = [1000.0]
+    throttle = LoginThrottle(3, 60.0, clock=lambda: now[0])
+    made = Front(mock_op, LegacyFrontAuth(validator, SessionBook(600), throttle=throttle))
+    try:
+        for _ in range(3):
+            wrong = await made.who(Authorization="Bearer not-a-token")
+            assert wrong.headers["X-ErrorCode"] == "17"
+        token = await persona_token(mock_op, "dr-martin")
+        throttled = await made.who(Authorization=f"Bearer {token}")
+        assert throttled.status_code == 403
+        assert throttled.headers["X-ErrorCode"] == "8"
+        now[0] += 61
+        assert (await made.who(Authorization=f"Bearer {token}")).status_code == 200
+    finally:
+        await made.client.aclose()
+        await validator.aclose()
