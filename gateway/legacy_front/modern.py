@@ -78,6 +78,7 @@ MAX_FOLDER_DEPTH = 10
 MAX_ATTACHMENTS_BYTES = 10 * 1024 * 1024
 WELL_KNOWN = {"\\Trash": TRASH, "\\Junk": JUNK, "\\Sent": SENT, "\\Drafts": DRAFTS}
 _PART = re.compile(r"[1-9][0-9]{0,4}(\.[1-9][0-9]{0,4}){0,11}")
+TEXT_PART_BYTES = 256 * 1024  # of a text or HTML part shown as a body (MAX_BODY is 50,000)
 _HEADERS = b"BODY.PEEK[HEADER.FIELDS (X-PRIORITY IMPORTANCE PRIORITY DISPOSITION-NOTIFICATION-TO)]"
 _DESCRIBE = b"FLAGS INTERNALDATE RFC822.SIZE ENVELOPE BODYSTRUCTURE " + _HEADERS
 _IMAP_OF = {"READ": "\\Seen", "UNREAD": "\\Seen", "FLAGGED": "\\Flagged", "UNFLAGGED": "\\Flagged"}
@@ -463,10 +464,15 @@ class ModernBal:
                 groups.setdefault(numbers, []).append(uid)
         found: dict[int, dict[str, bytes]] = {}
         for numbers, uids in groups.items():
-            items = b" ".join(b"BODY.PEEK[%s]" % n.encode() for n in numbers)
+            # at most TEXT_PART_BYTES of each: a page of 20 MB bodies must not fill memory
+            items = b" ".join(
+                b"BODY.PEEK[%s]<0.%d>" % (n.encode(), TEXT_PART_BYTES) for n in numbers
+            )
             for uid, data in (await self.imap.fetch(uids, items)).items():
                 found[uid] = {
-                    n: value for n in numbers if isinstance(value := data.get(f"BODY[{n}]"), bytes)
+                    n: value
+                    for n in numbers
+                    if isinstance(value := data.get(f"BODY[{n}]<0>", data.get(f"BODY[{n}]")), bytes)
                 }
         return found
 

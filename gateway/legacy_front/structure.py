@@ -229,8 +229,10 @@ def decoded_size(part: Part) -> int:
 def decode_part(part: Part, data: bytes) -> bytes:
     """A part's octets with its transfer encoding undone."""
     if part.encoding == "base64":
+        encoded = b"".join(data.split())
+        encoded = encoded[: len(encoded) // 4 * 4]  # a part read only in its beginning
         try:
-            return base64.b64decode(b"".join(data.split()), validate=False)
+            return base64.b64decode(encoded, validate=False)
         except (binascii.Error, ValueError):
             return b""
     if part.encoding == "quoted-printable":

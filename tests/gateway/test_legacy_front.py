@@ -513,3 +513,27 @@ async def test_a_send_only_delegate_cannot_read_by_forwarding_a_stored_part(
     received = email.message_from_bytes(await luc.run(header), policy=email.policy.default)
     assert received["From"].addresses[0].addr_spec == MARTIN
     assert str(received["Sender"]) == "Eve MOREAU <eve.moreau@medecin.mssante.fr>"
+
+
+async def test_a_huge_body_is_read_only_in_its_beginning(
+    legacy: tuple[Stack, GatewayHistoricOperations, Accesses],
+) -> None:
+    """Anyone can mail a BAL a 600 kB body: a page shows its first 256 kB, not more is
+    read from the platform (a page of such messages must not fill the gateway's memory)."""
+    stack, operations, _hook = legacy
+    imap = ModernImap(stack.mock, MARTIN)
+    line = "Ligne de compte rendu très longue, répétée encore et encore. " * 2 + "\r\n"
+    text = line * (600_000 // len(line))
+    raw = (
+        f"From: luc.durand@infirmier.mssante.fr\r\nTo: {MARTIN}\r\nSubject: Très long\r\n"
+        "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        "Content-Transfer-Encoding: base64\r\n\r\n"
+    ).encode() + base64.encodebytes(text.encode())
+
+    def deliver(client: Any) -> None:
+        client.append("INBOX", None, None, raw)
+
+    await imap.run(deliver)
+    (found,) = [m for m in await search(operations, folderId=2) if m["subject"] == "Très long"]
+    assert found["body"].startswith(line.rstrip("\r\n"))
+    assert 100_000 < len(found["body"].encode()) <= 256 * 1024
