@@ -194,3 +194,63 @@ historic_sync = Table(
 )
 """A BAL's change counter (syncMessages' token) and the oldest token still answerable
 exactly (tombstones older than it were pruned)."""
+
+
+# -- moving BAL between backends (gateway/bal_migration) ---------------------------------------
+
+STATE_LENGTH = 16
+ERROR_LENGTH = 1_000
+DIGEST_LENGTH = 64  # SHA-256, hexadecimal
+
+migration_copies = Table(
+    "gw_migration_copies",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("bal", String(ADDRESS_LENGTH), nullable=False),
+    Column("source", String(BACKEND_LENGTH), nullable=False),
+    Column("target", String(BACKEND_LENGTH), nullable=False),
+    Column("state", String(STATE_LENGTH), nullable=False),
+    Column("messages", BigInteger, nullable=False, server_default="0"),
+    Column("bytes", BigInteger, nullable=False, server_default="0"),
+    Column("flag_changes", BigInteger, nullable=False, server_default="0"),
+    Column("deletions", BigInteger, nullable=False, server_default="0"),
+    Column("last_error", String(ERROR_LENGTH), nullable=True),
+    Column("started_at", UTCDateTime(), nullable=True),
+    Column("finished_at", UTCDateTime(), nullable=True),
+    Column("verified_at", UTCDateTime(), nullable=True),
+    UniqueConstraint("bal", "source", "target"),
+)
+"""One BAL's copy from one backend to another: its state (planned, copying, copied,
+failed, verified, different), what the runs did in total, the last error, when."""
+
+migration_folders = Table(
+    "gw_migration_folders",
+    metadata,
+    Column("key", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "copy", Integer, ForeignKey("gw_migration_copies.id", ondelete="CASCADE"), nullable=False
+    ),
+    Column("name", String(FOLDER_NAME_LENGTH), nullable=False),
+    Column("uidvalidity", BigInteger, nullable=False),
+    Column("target", String(FOLDER_NAME_LENGTH), nullable=False),
+    UniqueConstraint("copy", "name", "uidvalidity"),
+)
+"""A source folder (as of one UIDVALIDITY) of a copy, and the target folder it goes to."""
+
+migration_messages = Table(
+    "gw_migration_messages",
+    metadata,
+    Column(
+        "folder",
+        Integer,
+        ForeignKey("gw_migration_folders.key", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("source_uid", BigInteger, primary_key=True),
+    Column("digest", String(DIGEST_LENGTH), nullable=False),
+    Column("target_uid", BigInteger, nullable=True),  # None: an intent (APPEND under way)
+    Column("flags", String(FLAGS_LENGTH), nullable=False, server_default=""),
+    Column("floor", BigInteger, nullable=False, server_default="0"),
+)
+"""A source message and its copy's target UID, with the flags copied; a row without a
+target UID is an intent written before the APPEND (every target UID then was <= floor)."""

@@ -78,6 +78,11 @@ class StoreMailboxAccess:
                     )
             return found
 
+    async def uidvalidity(self, folder: str) -> int:
+        """The folder's UIDVALIDITY, for tools that keep UIDs across runs."""
+        with _translated():
+            return (await self.store.folder_state(folder)).uidvalidity
+
     async def fetch(self, folder: str, uid: int) -> bytes:
         with _translated():
             return await self.store.fetch_message(folder, uid)

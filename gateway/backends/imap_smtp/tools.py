@@ -240,6 +240,27 @@ class ImapMailboxAccess:
             )
         return [found[u] for u in uids if u in found]
 
+    async def uidvalidity(self, folder: str) -> int:
+        """The folder's UIDVALIDITY (STATUS), for tools that keep UIDs across runs."""
+        _, events = await self._run(b"STATUS " + self._mailbox(folder) + b" (UIDVALIDITY)")
+        for event in events:
+            if event.kind != "STATUS":
+                continue
+            try:
+                values = event.values()
+            except ParseError:
+                break
+            items = values[-1] if values and isinstance(values[-1], list) else []
+            for index in range(0, len(items) - 1, 2):
+                name, value = items[index], items[index + 1]
+                if (
+                    isinstance(name, Atom)
+                    and str(name.value).upper() == "UIDVALIDITY"
+                    and isinstance(value, int)
+                ):
+                    return value
+        raise BackendUnavailable("protocol", f"{self._up.backend}: STATUS without UIDVALIDITY")
+
     async def fetch(self, folder: str, uid: int) -> bytes:
         await self._select(folder, write=False)
         _, events = await self._run(b"UID FETCH %d (UID BODY.PEEK[])" % uid)

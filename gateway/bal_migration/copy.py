@@ -1,0 +1,265 @@
+"""Copying a BAL from one `MailboxAccess` to another, and verifying the result.
+
+`copy_bal` creates the target's folders, then for each source folder lists both sides,
+asks `plan.diff` what to do, and does it: appends the exact bytes with their flags
+(keywords included) and internal date in batches, each batch's intents committed before
+its APPENDs and completed after them; flag changes and deletions of messages expunged on
+the source since they were copied. Run again, it does only what changed; killed anywhere,
+it goes on without a duplicate. `verify_bal` compares the two sides, folder by folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from gateway.backends.base import MailboxAccess, ToolMessage, digest
+from gateway.backends.errors import BackendError, BackendUnavailable
+from gateway.bal_migration.checkpoint import FolderKey, Journal
+from gateway.bal_migration.plan import (
+    Adopt,
+    Append,
+    Delete,
+    Difference,
+    SetFlags,
+    compare,
+    diff,
+    map_folders,
+)
+
+BATCH = 50  # appends per intent transaction
+FORGET_BATCH = 500  # source UIDs per DELETE (the databases' parameter limits)
+
+
+@dataclass
+class CopyProgress:
+    """Where a copy stands, given to the `progress` callback after each step."""
+
+    bal: str
+    folder: str = ""
+    folders_done: int = 0
+    folders: int = 0
+    appended: int = 0
+    to_append: int = 0  # planned so far (grows as folders are listed)
+    bytes: int = 0
+
+
+@dataclass
+class CopyReport:
+    bal: str
+    folders: dict[str, str] = field(default_factory=dict)  # source name → target name
+    created: list[str] = field(default_factory=list)  # target folders created
+    appended: int = 0
+    adopted: int = 0  # APPENDs of an interrupted run found on the target
+    flag_changes: int = 0
+    deleted: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class VerifyReport:
+    bal: str
+    folders: dict[str, str] = field(default_factory=dict)
+    messages: int = 0  # on the source
+    differences: list[Difference] = field(default_factory=list)
+
+    @property
+    def identical(self) -> bool:
+        return not self.differences
+
+
+class _Pace:
+    """At most `rate` source messages a second (None: as fast as it goes)."""
+
+    def __init__(self, rate: float | None) -> None:
+        self.interval = 1.0 / rate if rate else 0.0
+        self.next = time.monotonic()
+
+    async def wait(self) -> None:
+        if not self.interval:
+            return
+        now = time.monotonic()
+        if self.next > now:
+            await asyncio.sleep(self.next - now)
+        self.next = max(self.next, now) + self.interval
+
+
+async def _uidvalidity(access: MailboxAccess, folder: str) -> int:
+    """The folder's UIDVALIDITY where the access tells it (IMAP and store accesses do);
+    0 otherwise (checkpoints then trust UIDs not to be reused)."""
+    ask = getattr(access, "uidvalidity", None)
+    if ask is None:
+        return 0
+    value = await ask(folder)
+    return int(value)
+
+
+async def copy_bal(
+    bal: str,
+    source: MailboxAccess,
+    target: MailboxAccess,
+    journal: Journal,
+    *,
+    progress: Callable[[CopyProgress], None] | None = None,
+    max_rate: float | None = None,
+) -> CopyReport:
+    """Copy (or bring up to date) `bal` from `source` to `target`, checkpointing in
+    `journal`. Raises the first `BackendError` after recording it as the copy's last
+    error (state "failed"); the next run resumes."""
+    started = time.monotonic()
+    report = CopyReport(bal)
+    await journal.set_state("copying")
+    try:
+        await _copy(bal, source, target, journal, report, progress, _Pace(max_rate))
+    except BackendError as failure:
+        await journal.set_state("failed", error=f"{type(failure).__name__}: {failure}")
+        raise
+    except BaseException:
+        await asyncio.shield(journal.set_state("failed", error="interrupted"))
+        raise
+    report.seconds = time.monotonic() - started
+    await journal.set_state("copied")
+    return report
+
+
+async def _copy(
+    bal: str,
+    source: MailboxAccess,
+    target: MailboxAccess,
+    journal: Journal,
+    report: CopyReport,
+    progress: Callable[[CopyProgress], None] | None,
+    pace: _Pace,
+) -> None:
+    source_folders = await source.folders()
+    target_folders = await target.folders()
+    mapping = map_folders(source_folders, target_folders)
+    report.folders = mapping
+    existing = {f.name for f in target_folders}
+    for name in sorted(mapping.values()):
+        if name not in existing and name != "INBOX":
+            await target.create_folder(name)
+            report.created.append(name)
+
+    state = CopyProgress(bal, folders=len(mapping))
+    known = await journal.folders()
+    current: set[int] = set()
+    for name in sorted(mapping):
+        state.folder = name
+        validity = await _uidvalidity(source, name)
+        folder = await journal.folder(name, validity, mapping[name])
+        current.add(folder.key)
+        await _copy_folder(source, target, journal, folder, report, state, progress, pace)
+        state.folders_done += 1
+        if progress is not None:
+            progress(state)
+    # folders gone from the source, or of an old UIDVALIDITY: their copies go too
+    for stale in known:
+        if stale.key in current:
+            continue
+        copied = await journal.copied(stale)
+        if any(c.target_uid is not None for c in copied.values()) and stale.target in {
+            f.name for f in await target.folders()
+        }:
+            gone = diff([], await target.messages(stale.target), copied)
+            doomed = [a.target_uid for a in gone if isinstance(a, Delete) and a.target_uid]
+            await target.delete(stale.target, doomed)
+            report.deleted += len(doomed)
+        await journal.drop_folder(stale)
+
+
+async def _copy_folder(
+    source: MailboxAccess,
+    target: MailboxAccess,
+    journal: Journal,
+    folder: FolderKey,
+    report: CopyReport,
+    state: CopyProgress,
+    progress: Callable[[CopyProgress], None] | None,
+    pace: _Pace,
+) -> None:
+    here = await source.messages(folder.name)
+    there = await target.messages(folder.target)
+    actions = diff(here, there, await journal.copied(folder))
+    floor = max((m.uid for m in there), default=0)
+
+    adopted = [(a.source_uid, a.target_uid) for a in actions if isinstance(a, Adopt)]
+    await journal.complete(folder, adopted)
+    report.adopted += len(adopted)
+
+    deletions = [a for a in actions if isinstance(a, Delete)]
+    doomed = [a.target_uid for a in deletions if a.target_uid is not None]
+    if doomed:
+        await target.delete(folder.target, doomed)
+    for start in range(0, len(deletions), FORGET_BATCH):
+        chunk = deletions[start : start + FORGET_BATCH]
+        await journal.forget(
+            folder,
+            [a.source_uid for a in chunk],
+            deleted=sum(1 for a in chunk if a.target_uid is not None),
+        )
+    report.deleted += len(doomed)
+
+    for action in actions:
+        if isinstance(action, SetFlags):
+            await target.set_flags(folder.target, action.target_uid, action.flags)
+            await journal.flagged(folder, action.source_uid, action.flags)
+            report.flag_changes += 1
+
+    appends = [a for a in actions if isinstance(a, Append)]
+    state.to_append += len(appends)
+    for start in range(0, len(appends), BATCH):
+        batch = appends[start : start + BATCH]
+        await journal.intend(folder, [(a.source_uid, a.digest, a.flags) for a in batch], floor)
+        done: list[tuple[int, int]] = []
+        size = 0
+        for action in batch:
+            await pace.wait()
+            body = await source.fetch(folder.name, action.source_uid)
+            if digest(body) != action.digest:
+                raise BackendUnavailable(
+                    "protocol", f"{folder.name} {action.source_uid}: bytes changed under the copy"
+                )
+            uid = await target.append(folder.target, body, action.flags, action.internal_date)
+            floor = max(floor, uid)
+            done.append((action.source_uid, uid))
+            size += len(body)
+        await journal.complete(folder, done, size=size)
+        report.appended += len(done)
+        report.bytes += size
+        state.appended += len(done)
+        state.bytes += size
+        if progress is not None:
+            progress(state)
+
+
+async def verify_bal(
+    bal: str,
+    source: MailboxAccess,
+    target: MailboxAccess,
+    journal: Journal | None = None,
+) -> VerifyReport:
+    """Compare `bal` on both sides: every source message on the target as many times, with
+    the same digest, flags and internal date, in the mapped folder; messages in target
+    folders no source folder maps to are differences too ("extra"). With `journal`, the
+    copy's state becomes "verified" or "different"."""
+    source_folders = await source.folders()
+    target_folders = await target.folders()
+    mapping = map_folders(source_folders, target_folders)
+    report = VerifyReport(bal, mapping)
+    on_target = {f.name for f in target_folders}
+    for name in sorted(mapping):
+        here = await source.messages(name)
+        there: Sequence[ToolMessage] = (
+            await target.messages(mapping[name]) if mapping[name] in on_target else []
+        )
+        report.messages += len(here)
+        report.differences += compare(name, mapping[name], here, there)
+    for name in sorted(on_target - set(mapping.values())):
+        report.differences += compare("", name, [], await target.messages(name))
+    if journal is not None:
+        await journal.set_state("verified" if report.identical else "different")
+    return report
