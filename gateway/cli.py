@@ -230,6 +230,8 @@ async def _demo(settings: Settings) -> None:
                         master_user=mock.master.user,
                         master_password_file=mock.data_dir / "master.secret",
                         keeps_sent_copy=True,  # the mock files submitted mail in Sent
+                        # a migration creates the BAL there first (the operator API)
+                        provision_url=f"{mock.http_url}/operator/mailboxes",
                     ),
                     # the historic platform's web services: the registry records "historic"
                     # as the backend of jean.dupont@ and marie.petit@, and routing follows it;
