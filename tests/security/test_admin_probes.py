@@ -64,3 +64,22 @@ async def test_the_secret_is_never_logged(stack: Stack, caplog: pytest.LogCaptur
     assert stack.gateway.delegations is not None
     trail = await stack.gateway.delegations.audit_for("")
     assert all(secret[12:] not in (e.detail or "") for e in trail)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"Basic " + b"A" * 60_000,
+        b"Basic !!!not-base64",
+        b"Basic bHBzLWdhdGV3YXk=",  # no colon
+        b"Basic \xff\xfe",
+        b"Bearer x",
+    ],
+)
+async def test_the_mocks_operator_api_refuses_garbage_basic(stack: Stack, value: bytes) -> None:
+    url = f"{stack.mock.http_url}/operator/mailboxes/jean.dupont@medecin.mssante.fr"
+    async with httpx.AsyncClient(timeout=10) as http:
+        answer = await http.put(url, headers=[(b"Authorization", value)])
+    assert answer.status_code in (400, 401, 431), answer.text
+    assert stack.mock.platform is not None
+    assert not await stack.mock.platform.has_mailbox("jean.dupont@medecin.mssante.fr")
