@@ -57,6 +57,7 @@ class AuditAction(enum.StrEnum):
     GRANT = "grant"
     REVOKE = "revoke"
     SESSION_END = "session-end"  # the gateway ended a session (revoked, PSC session over)
+    ADMIN = "admin"  # an administrator's call to /admin (detail: method and path)
 
 
 ACTIONS = frozenset(action.value for action in AuditAction)

@@ -96,6 +96,63 @@ def usage(
     raise typer.Exit(code)
 
 
+admin_app = typer.Typer(
+    help="Administer the running gateway through its /admin API (the local admin secret in "
+    "its data directory, or an administrator's PSC token).",
+    no_args_is_help=True,
+)
+app.add_typer(admin_app, name="admin")
+
+ConfigOption = Annotated[
+    Path | None, typer.Option(help="the gateway's TOML configuration file (its data directory)")
+]
+DataOption = Annotated[
+    Path | None, typer.Option(help="the gateway's data directory (default: ./.lps-gateway)")
+]
+TokenOption = Annotated[
+    str | None,
+    typer.Option(
+        envvar="LPSGW_ADMIN_TOKEN",
+        help="an administrator's PSC token instead of the local admin secret",
+        show_default=False,
+    ),
+]
+
+
+@admin_app.command("status")
+def admin_status(
+    config: ConfigOption = None,
+    data: DataOption = None,
+    token: TokenOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="the answer as JSON")] = False,
+) -> None:
+    """The running gateway: node, version, backends and their kind, default routing.
+    Exits 2 when no gateway answers there."""
+    from gateway.admin_client import AdminClient, AdminClientError, AdminTarget
+
+    errors = Console(stderr=True)
+    try:
+        with AdminClient(AdminTarget.locate(config, data, token)) as client:
+            status = client.get("/status")
+    except AdminClientError as exc:
+        errors.print(f"lps-gateway admin status: {exc}", highlight=False, markup=False)
+        raise typer.Exit(exc.exit_code) from None
+    console = Console(soft_wrap=True)
+    if as_json:
+        console.print_json(data=status)
+        return
+    console.print(f"node {status['node']}, lps-gateway {status['version']}", highlight=False)
+    console.print(f"  {'http:':<10}{status['http']}", highlight=False)
+    default = status["routing"]["default"]
+    for backend in status["backends"]:
+        mark = "  (default)" if backend["name"] == default else ""
+        console.print(
+            f"  {'backend:':<10}{backend['name']} ({backend['kind']}){mark}",
+            highlight=False,
+            markup=False,
+        )
+
+
 def describe_gateway(gateway: Gateway, console: Console) -> None:
     settings = gateway.settings
     console.print(f"[bold]lps-gateway[/] listening on {gateway.http_url}", highlight=False)
@@ -173,6 +230,8 @@ async def _demo(settings: Settings) -> None:
                         master_user=mock.master.user,
                         master_password_file=mock.data_dir / "master.secret",
                         keeps_sent_copy=True,  # the mock files submitted mail in Sent
+                        # a migration creates the BAL there first (the operator API)
+                        provision_url=f"{mock.http_url}/operator/mailboxes",
                     ),
                     # the historic platform's web services: the registry records "historic"
                     # as the backend of jean.dupont@ and marie.petit@, and routing follows it;

@@ -9,6 +9,9 @@ import dataclasses
 import datetime as dt
 import functools
 import logging
+import socket
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -18,6 +21,7 @@ from delegation.audit import AuditAction, AuditRecord
 from delegation.db import create_engine, migrate
 from delegation.events import bus_for_url
 from delegation.service import DelegationService
+from gateway import admin_secret
 from gateway.api.admin import AdminConfig
 from gateway.api.app import create_api
 from gateway.api.ops import create_ops_app
@@ -112,6 +116,7 @@ class Gateway:
         self._web_validator: TokenValidator | None = None
         self.psc_sessions: PscSessionWatch | None = None
         self.card_sessions: CardSessionWatch | None = None
+        self._admin_url: str | None = None
 
     async def open_registry(self) -> DelegationService:
         """Migrate and open the delegation registry (before `start`, to seed it)."""
@@ -198,7 +203,12 @@ class Gateway:
             metrics=self.metrics if ops_sock is None else None,
             readiness=readiness,
             max_body=http.max_body,
-            admin_config=AdminConfig.of(self.settings.admin.idnats, self.usage_report),
+            admin_config=AdminConfig.of(
+                self.settings.admin.idnats,
+                self.usage_report,
+                local_secret=admin_secret.ensure_admin_secret(self.settings.data_dir),
+                status=self.admin_status,
+            ),
         )
         guarded = functools.partial(
             AsgiServer, request_timeout=http.request_timeout, max_connections=http.max_connections
@@ -226,6 +236,8 @@ class Gateway:
             await self._ops.start()
         await self._start_fronts(service, self.validator)
         self._expiry = asyncio.create_task(service.expire_forever(interval=1.0))
+        self._admin_url = admin_secret.loopback_url(http.host, port)
+        admin_secret.publish_url(self.settings.data_dir, self._admin_url)
         log.info(
             "gateway.started",
             extra={
@@ -426,7 +438,26 @@ class Gateway:
             cards=self.cards,
         )
 
+    def admin_status(self) -> dict[str, Any]:
+        """`GET /admin/status`: what an administrator's command needs to know first."""
+        try:
+            version = package_version("lps-gateway")
+        except PackageNotFoundError:  # pragma: no cover (run from a source tree)
+            version = "unknown"
+        return {
+            "node": socket.gethostname(),
+            "version": version,
+            "http": self.http_url,
+            "backends": [
+                {"name": name, "kind": backend.kind}
+                for name, backend in self.settings.backends.items()
+            ],
+            "routing": {"default": self.settings.routing.default},
+        }
+
     async def stop(self) -> None:
+        if self._admin_url is not None:
+            admin_secret.withdraw_url(self.settings.data_dir, self._admin_url)
         await cancelled(self._expiry)
         for front in (self.imap, self.imaps, self.smtp):
             if front is not None:

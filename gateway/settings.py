@@ -303,6 +303,12 @@ class BackendSettings(_Section):
         "sender's Sent folder itself; when false, the historic interfaces served by the "
         "gateway (sendMessage) APPEND that copy",
     )
+    provision_url: str | None = Field(
+        default=None,
+        description="the platform's provisioning API (.../operator/mailboxes): a migration "
+        "PUTs <provision_url>/<BAL> (HTTP Basic, master_user and its password) to create the "
+        "BAL on this platform before copying to it; none: the BAL must exist already",
+    )
     poll_interval: float = Field(
         default=10.0,
         gt=0,
@@ -313,6 +319,10 @@ class BackendSettings(_Section):
 
     @model_validator(mode="after")
     def _legacy_ws_needs_a_url(self) -> BackendSettings:
+        if self.provision_url is not None and not self.provision_url.startswith(
+            ("http://", "https://")
+        ):
+            raise ValueError("provision_url must be an http(s):// URL")
         if self.kind == "legacy_ws":
             if not self.ws_url or not self.ws_url.startswith(("http://", "https://")):
                 raise ValueError("a legacy_ws backend needs ws_url, an http(s):// URL")

@@ -39,6 +39,7 @@ from mock_operator.historic.operations import HistoricService, recipient
 from mock_operator.historic.seed import seed_historic
 from mock_operator.historic.store import HistoricStore
 from mock_operator.modern.auth import MasterCredentials, PlatformAuthenticator
+from mock_operator.modern.operator_api import build_operator_router
 from mock_operator.modern.smtp import PlatformSubmission
 from mock_operator.modern.store import SqlPlatform
 from mock_operator.personas import PersonaBook, default_personas
@@ -67,7 +68,9 @@ def sqlite_engine(path: Path) -> AsyncEngine:
     return engine
 
 
-def create_app(psc: MockPsc, historic: APIRouter | None = None) -> FastAPI:
+def create_app(
+    psc: MockPsc, historic: APIRouter | None = None, operator: APIRouter | None = None
+) -> FastAPI:
     app = FastAPI(
         title="mock-operator",
         summary="A faithful MSSanté test operator: mock Pro Santé Connect and platforms",
@@ -79,6 +82,8 @@ def create_app(psc: MockPsc, historic: APIRouter | None = None) -> FastAPI:
     app.include_router(build_router(psc.settings.realm))
     if historic is not None:
         app.include_router(historic)
+    if operator is not None:
+        app.include_router(operator)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def home(request: Request) -> HTMLResponse:
@@ -161,7 +166,8 @@ class MockOperator:
             settings.master_user, _secret(self.data_dir / "master.secret")
         )
         historic = await self._start_historic()
-        self._http = AsgiServer(create_app(self.psc, historic), sock)
+        operator = build_operator_router(self.master, lambda: self.platform, self._holder)
+        self._http = AsgiServer(create_app(self.psc, historic, operator), sock)
         await self._http.start()
         if settings.tls_cert and settings.tls_key:
             cert, key = settings.tls_cert, settings.tls_key
@@ -318,6 +324,18 @@ class MockOperator:
         if not await self.platform.has_mailbox(address):
             raise LookupError(f"{address}: no such mailbox at this operator")
         await self.platform.deliver(address, raw)
+
+    async def _holder(self, address: str) -> tuple[str, str] | None:
+        """Who holds a BAL, for the operator API's provisioning: the registry's record,
+        else the persona whose BAL it is."""
+        if self.delegations is not None:
+            mailbox = await self.delegations.mailbox(address)
+            if mailbox is not None and mailbox.holder_idnat:
+                return mailbox.holder_idnat, mailbox.holder_name
+        for persona in self.personas:
+            if persona.bal is not None and persona.bal.lower() == address:
+                return persona.idnat, persona.display_name
+        return None
 
     async def _delegation_registry(self) -> DelegationService:
         """The mock's own registry (the operator's delegations), seeded with the personas'."""

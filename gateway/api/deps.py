@@ -10,7 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from delegation.service import DelegationService
 from psc_auth import Identity, TokenError, TokenFailure, TokenValidator
 
-_bearer = HTTPBearer(auto_error=False, description="a Pro Santé Connect access token")
+bearer = HTTPBearer(auto_error=False, description="a Pro Santé Connect access token")
 
 
 def get_service(request: Request) -> DelegationService:
@@ -25,7 +25,7 @@ def get_validator(request: Request) -> TokenValidator:
 
 async def current_identity(
     validator: Annotated[TokenValidator, Depends(get_validator)],
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Identity:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise TokenError(TokenFailure.MALFORMED, "a Bearer token is required")
