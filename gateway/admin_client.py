@@ -37,6 +37,12 @@ class AdminRefused(AdminClientError):
     """The gateway refused the secret or token (401/403)."""
 
 
+class RequestRefused(AdminClientError):
+    """The gateway refused what was asked (400, 422: a usage error, exit 2)."""
+
+    exit_code = 2
+
+
 @dataclass(frozen=True)
 class AdminTarget:
     """Where the gateway's API is, and what to present to it."""
@@ -116,6 +122,8 @@ class AdminClient:
             raise AdminRefused(
                 f"the gateway refused the credentials ({response.status_code}: {_detail(response)})"
             )
+        if response.status_code in (400, 422):
+            raise RequestRefused(_detail(response))
         if response.is_error:
             status = response.status_code
             raise AdminClientError(f"{method} /admin{path}: {status} {_detail(response)}")
@@ -134,5 +142,13 @@ def _detail(response: httpx.Response) -> str:
     except ValueError:
         return response.text[:200]
     if isinstance(body, dict):
-        return str(body.get("detail") or body.get("title") or body)[:200]
+        detail = str(body.get("detail") or body.get("title") or body)
+        errors = body.get("errors")
+        if isinstance(errors, list):  # the validation's: where, and what
+            detail += ": " + "; ".join(
+                f"{'.'.join(str(p) for p in e.get('loc', ())[1:])}: {e.get('msg', '')}"
+                for e in errors
+                if isinstance(e, dict)
+            )
+        return detail[:300]
     return str(body)[:200]

@@ -6,7 +6,7 @@ import asyncio
 import datetime as dt
 import enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -151,6 +151,135 @@ def admin_status(
             highlight=False,
             markup=False,
         )
+
+
+migrate_app = typer.Typer(
+    help="Move BAL between backends, carried out by the running gateway (/admin/migrations): "
+    "copy and verify now; cutover, rollback and the trailing sync are still to come.",
+    no_args_is_help=True,
+)
+app.add_typer(migrate_app, name="migrate")
+JsonOption = Annotated[bool, typer.Option("--json", help="one JSON summary")]
+BalsArgument = Annotated[list[str] | None, typer.Argument(help="BAL addresses", show_default=False)]
+
+
+def _migrate(
+    command: str, config: Path | None, data: Path | None, token: str | None, run: Any
+) -> None:
+    """Run `run(client)` against the located gateway; its int is the exit code."""
+    from gateway.admin_client import AdminClient, AdminClientError, AdminTarget
+    from gateway.bal_migration.cli import UsageError
+
+    errors = Console(stderr=True)
+    try:
+        with AdminClient(AdminTarget.locate(config, data, token)) as client:
+            code = run(client)
+    except UsageError as exc:
+        errors.print(f"lps-gateway migrate {command}: {exc}", highlight=False, markup=False)
+        raise typer.Exit(2) from None
+    except AdminClientError as exc:
+        errors.print(f"lps-gateway migrate {command}: {exc}", highlight=False, markup=False)
+        raise typer.Exit(exc.exit_code) from None
+    raise typer.Exit(code)
+
+
+@migrate_app.command("copy")
+def migrate_copy(
+    bals: BalsArgument = None,
+    to: Annotated[str, typer.Option("--to", help="the backend to copy to")] = "",
+    jobs: Annotated[int, typer.Option(min=1, max=16, help="BAL copied at once")] = 1,
+    max_rate: Annotated[
+        float | None, typer.Option(min=0.001, help="at most this many source messages a second")
+    ] = None,
+    from_file: Annotated[
+        Path | None, typer.Option(help="more BAL, one a line (# comments)", show_default=False)
+    ] = None,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+    data: DataOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Copy each BAL from the backend holding it now to --to (provisioned there first),
+    or bring its copy up to date. Exits 0 when every BAL was copied, 1 when some failed."""
+    from gateway.bal_migration import cli as migrate
+
+    def run(client: Any) -> int:
+        if not to:
+            raise migrate.UsageError("say where to copy with --to BACKEND")
+        names = migrate.read_bals(bals or [], from_file)
+        options: dict[str, Any] = {"to": to, "jobs": jobs, "max_rate": max_rate}
+        started = migrate.start(client, names, "copy", **options)
+        console = Console(soft_wrap=True)
+        ended = migrate.follow(client, started, None if as_json else console)
+        if as_json:
+            failed = [j["bal"] for j in ended if j["state"] != "done"]
+            migrate.dump(console, {"jobs": ended, "failed": failed})
+            return 1 if failed else 0
+        return migrate.print_copies(console, Console(stderr=True), ended)
+
+    _migrate("copy", config, data, token, run)
+
+
+@migrate_app.command("verify")
+def migrate_verify(
+    bals: BalsArgument = None,
+    to: Annotated[
+        str | None, typer.Option("--to", help="compare with this backend (default: the copy's)")
+    ] = None,
+    from_file: Annotated[
+        Path | None, typer.Option(help="more BAL, one a line (# comments)", show_default=False)
+    ] = None,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+    data: DataOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Compare each BAL with its copy: every message as many times, same bytes, flags,
+    internal date, in the mapped folder. Exits 0 only when identical, else lists each
+    difference and exits 1."""
+    from gateway.bal_migration import cli as migrate
+
+    def run(client: Any) -> int:
+        names = migrate.read_bals(bals or [], from_file)
+        started = migrate.start(client, names, "verify", to=to, jobs=1)
+        console = Console(soft_wrap=True)
+        ended = migrate.follow(client, started, None if as_json else console)
+        if as_json:
+            different = [
+                j["bal"] for j in ended if j["state"] != "done" or not j["result"].get("identical")
+            ]
+            migrate.dump(console, {"jobs": ended, "different": different})
+            return 1 if different else 0
+        return migrate.print_verifications(console, Console(stderr=True), ended)
+
+    _migrate("verify", config, data, token, run)
+
+
+@migrate_app.command("status")
+def migrate_status(
+    bals: BalsArgument = None,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+    data: DataOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Per BAL: its copies (state, messages, bytes, last error, timings) and the job under
+    way."""
+    from gateway.bal_migration import cli as migrate
+
+    def run(client: Any) -> int:
+        found: list[dict[str, Any]] = client.get("/migrations")["migrations"]
+        if bals:
+            wanted = {b.strip().lower() for b in bals}
+            found = [m for m in found if m["bal"] in wanted]
+        console = Console(soft_wrap=True)
+        if as_json:
+            migrate.dump(console, {"migrations": found})
+        else:
+            migrate.print_status(console, found)
+        return 0
+
+    _migrate("status", config, data, token, run)
 
 
 def describe_gateway(gateway: Gateway, console: Console) -> None:

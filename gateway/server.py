@@ -26,8 +26,11 @@ from gateway.api.admin import AdminConfig
 from gateway.api.app import create_api
 from gateway.api.ops import create_ops_app
 from gateway.audit import AuditSink
+from gateway.backends.base import Backend
 from gateway.backends.kinds import Backends
-from gateway.backends.routing import Placement, Router
+from gateway.backends.routing import NoRoute, Placement, Router
+from gateway.bal_migration.checkpoint import Checkpoints
+from gateway.bal_migration.jobs import MigrationRefused, Migrations
 from gateway.card_sessions import CardSessionWatch
 from gateway.db import migrate_gateway
 from gateway.decisions import DecisionCache
@@ -117,6 +120,7 @@ class Gateway:
         self.psc_sessions: PscSessionWatch | None = None
         self.card_sessions: CardSessionWatch | None = None
         self._admin_url: str | None = None
+        self.migrations: Migrations | None = None
 
     async def open_registry(self) -> DelegationService:
         """Migrate and open the delegation registry (before `start`, to seed it)."""
@@ -208,6 +212,7 @@ class Gateway:
                 self.usage_report,
                 local_secret=admin_secret.ensure_admin_secret(self.settings.data_dir),
                 status=self.admin_status,
+                migrations=self._open_migrations(service),
             ),
         )
         guarded = functools.partial(
@@ -438,6 +443,37 @@ class Gateway:
             cards=self.cards,
         )
 
+    def _open_migrations(self, service: DelegationService) -> Migrations:
+        """The migration jobs `/admin/migrations` starts: each BAL from the backend the
+        router sends it to now (the registry's record) to the one named."""
+        assert self._engine is not None
+
+        async def locate(bal: str) -> str | None:
+            mailbox = await service.mailbox(bal)
+            if mailbox is None or self.router is None:
+                return None
+            try:
+                return self.router.route(bal, mailbox.backend).name
+            except NoRoute as exc:
+                raise MigrationRefused(str(exc)) from None
+
+        async def audit(actor: str, bal: str, result: str, detail: str) -> None:
+            await service.record(
+                actor, bal, AuditAction.ADMIN, interface="http", result=result, detail=detail
+            )
+
+        def backends() -> dict[str, Backend]:
+            return dict(self.backends.by_name) if self.backends is not None else {}
+
+        self.migrations = Migrations(
+            Checkpoints(self._engine),
+            locate=locate,
+            backends=backends,
+            settings=self.settings.backends,
+            audit=audit,
+        )
+        return self.migrations
+
     def admin_status(self) -> dict[str, Any]:
         """`GET /admin/status`: what an administrator's command needs to know first."""
         try:
@@ -459,6 +495,8 @@ class Gateway:
         if self._admin_url is not None:
             admin_secret.withdraw_url(self.settings.data_dir, self._admin_url)
         await cancelled(self._expiry)
+        if self.migrations is not None:
+            await self.migrations.aclose()
         for front in (self.imap, self.imaps, self.smtp):
             if front is not None:
                 await front.stop()

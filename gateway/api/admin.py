@@ -10,7 +10,7 @@ import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import Response
@@ -22,6 +22,9 @@ from gateway import admin_secret
 from gateway.api.deps import bearer, current_identity, get_service, get_validator
 from gateway.usage.report import UsageReport
 from psc_auth import Identity, TokenValidator
+
+if TYPE_CHECKING:
+    from gateway.bal_migration.jobs import Migrations
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,7 @@ class AdminConfig:
     usage: UsageSource
     local_secret: str | None = None
     status: StatusSource | None = None
+    migrations: Migrations | None = None
 
     @classmethod
     def of(
@@ -50,8 +54,9 @@ class AdminConfig:
         *,
         local_secret: str | None = None,
         status: StatusSource | None = None,
+        migrations: Migrations | None = None,
     ) -> AdminConfig:
-        return cls(frozenset(idnats), usage, local_secret, status)
+        return cls(frozenset(idnats), usage, local_secret, status, migrations)
 
     def allows(self, identity: Identity) -> bool:
         return str(identity.idnat) in self.idnats

@@ -6,7 +6,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from delegation.service import DelegationService
-from gateway.api import admin, problems, v1
+from gateway.api import admin, admin_migrations, problems, v1
 from gateway.api.admin import AdminConfig
 from gateway.api.body_limit import DEFAULT_MAX_BODY, BodyLimit
 from gateway.api.ops import health_router
@@ -51,6 +51,7 @@ def create_api(
     problems.install(app, error_page if web is not None else problems.no_pages)
     app.include_router(v1.router)
     app.include_router(admin.router)
+    app.include_router(admin_migrations.router)
     if web is not None:
         router = build_router(service, web_validator or validator, web, admin=admin_config)
         app.include_router(router)
