@@ -69,7 +69,7 @@ def follow(
         )
         progress.start()
         for job in started:
-            bars[job["id"]] = progress.add_task(job["bal"], total=None, state="queued", bytes=0)
+            bars[job["id"]] = progress.add_task(job["bal"], total=1, state="queued", bytes=0)
     try:
         while True:
             jobs = _jobs_of(client, ids)

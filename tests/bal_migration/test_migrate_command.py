@@ -51,14 +51,14 @@ async def demo(tmp_path: Path, mock_settings: MockSettings) -> AsyncIterator[Sta
         yield running
 
 
-async def migrate(stack: Stack, *args: str) -> tuple[int, str, str]:
+async def migrate(stack: Stack, *args: str, **env: str) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
         LPS_GATEWAY,
         "migrate",
         *args,
         "--data",
         str(stack.gateway.settings.data_dir),
-        env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200"},
+        env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200", **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -103,8 +103,12 @@ async def test_copy_verify_copy_again_and_status(demo: Stack, tmp_path: Path) ->
 
     bals = tmp_path / "wave.txt"
     bals.write_text(f"# first wave\n\n{DUPONT.upper()}\n")
-    code, out, err = await migrate(demo, "copy", "--from-file", str(bals), "--to", "modern")
+    code, out, err = await migrate(
+        demo, "copy", "--from-file", str(bals), "--to", "modern", TTY_COMPATIBLE="1"
+    )
     assert code == 0, err
+    assert f"{DUPONT} " in out  # the progress bar, on a terminal
+    assert "0/1 messages" in out
     assert f"{DUPONT}: copied historic -> modern: 0 appended, 0 flag changes, 0 deleted" in out
     assert await count(demo, "modern") == on_historic
 
