@@ -34,6 +34,24 @@ def grant_of(session: Any) -> Login | None:
     return data if isinstance(data, Login) else None
 
 
+async def _sasl_response(server: SMTP, args: list[str]) -> bytes | None:
+    """The client's SASL response: the initial one on the AUTH line, else asked for with
+    an empty 334; None when the client cancelled (aiosmtpd has answered it)."""
+    if len(args) == 2:
+        return decode_base64(args[1])
+    answer = await server.challenge_auth("", encode_to_b64=False)
+    return None if answer is MISSING else bytes(answer)
+
+
+def _connection(session: Any, *, secure: bool) -> ConnectionInfo:
+    return ConnectionInfo(
+        peer=peer_address(session.peer),
+        secure=secure,
+        loopback=is_loopback(session.peer),
+        tls_available=False,
+    )
+
+
 class TokenAuthMixin:
     """Mix into an aiosmtpd handler; create the SMTP server with `auth_require_tls=False`
     and `auth_exclude_mechanism=["LOGIN"]`: TLS is enforced here, loopback excepted."""
@@ -58,23 +76,14 @@ class TokenAuthMixin:
             await server.push(ENCRYPTION_REQUIRED)
             return AuthResult(success=False, handled=True)
         try:
-            if len(args) == 2:
-                blob = decode_base64(args[1])
-            else:
-                answer = await server.challenge_auth("", encode_to_b64=False)
-                if answer is MISSING:
-                    return AuthResult(success=False, handled=True)
-                blob = bytes(answer)
+            blob = await _sasl_response(server, args)
+            if blob is None:
+                return AuthResult(success=False, handled=True)
             credentials = decode(mechanism, blob)
         except SaslError as exc:
             await server.push(f"501 5.5.2 Malformed SASL response: {exc}")
             return AuthResult(success=False, handled=True)
-        connection = ConnectionInfo(
-            peer=peer_address(session.peer),
-            secure=secure,
-            loopback=is_loopback(session.peer),
-            tls_available=False,
-        )
+        connection = _connection(session, secure=secure)
         try:
             grant = await self._authenticate(server, credentials, connection)
         except AuthFailed as failure:
@@ -156,23 +165,14 @@ class CardAuthMixin(TokenAuthMixin):
                 None,
             )
         try:
-            if len(args) == 2:
-                blob = decode_base64(args[1])
-            else:
-                answer = await server.challenge_auth("", encode_to_b64=False)
-                if answer is MISSING:
-                    return AuthResult(success=False, handled=True)
-                blob = bytes(answer)
+            blob = await _sasl_response(server, args)
+            if blob is None:
+                return AuthResult(success=False, handled=True)
             authzid = decode_external(blob)
         except SaslError as exc:
             await server.push(f"501 5.5.2 Malformed SASL response: {exc}")
             return AuthResult(success=False, handled=True)
-        connection = ConnectionInfo(
-            peer=peer_address(session.peer),
-            secure=True,
-            loopback=is_loopback(session.peer),
-            tls_available=False,
-        )
+        connection = _connection(session, secure=True)
         try:
             grant = await self._authenticate_card(
                 server, ExternalCredentials(authzid, certificate), connection
