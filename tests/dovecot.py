@@ -29,11 +29,17 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import SecretStr
+
+from gateway.settings import BackendSettings
+
 DOVECOT = Path("/usr/sbin/dovecot")
 MAIL_USER = "nobody"
 MAIL_GROUP = "nogroup"
 TEST_USER = "alice@example.org"
 TEST_PASSWORD = "alice-pass"
+MASTER = "lps-gateway-master"  # the gateway's master login on test Dovecots
+MASTER_PW = "master-dovecot-secret"
 
 
 def dovecot_available() -> bool:
@@ -287,3 +293,19 @@ def running_dovecot(
         yield server
     finally:
         server.stop()
+
+
+def dovecot_backend(server: DovecotServer) -> BackendSettings:
+    """The gateway's backend settings for a test Dovecot started with the `MASTER` login
+    (plain IMAP on loopback; no SMTP)."""
+    return BackendSettings(
+        imap_host=server.host,
+        imap_port=server.port,
+        imap_tls="none",
+        smtp_tls="none",
+        login="master",
+        master_user=MASTER,
+        master_password=SecretStr(MASTER_PW),
+        connect_timeout=5,
+        reply_timeout=10,
+    )

@@ -12,24 +12,30 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from pydantic import SecretStr
 
 from delegation.db import create_engine
 from gateway.backends.base import Backend, MailboxAccess
 from gateway.bal_migration.checkpoint import Checkpoints
 from gateway.bal_migration.copy import copy_bal, verify_bal
 from gateway.db import migrate_gateway
-from gateway.settings import BackendSettings, MockSettings, Settings
+from gateway.settings import MockSettings, Settings
 from mock_operator.server import MockOperator
 from tests.bal_migration.test_copy import KEYWORDS, WHEN, digests
 from tests.conftest import require_peer
-from tests.dovecot import DovecotServer, dovecot_available, start_dovecot
+from tests.dovecot import (
+    MASTER,
+    MASTER_PW,
+    DovecotServer,
+    dovecot_available,
+    dovecot_backend,
+    start_dovecot,
+)
 from tests.gateway.test_backend_tools import letter
 from tests.support.stacks import Stack, gateway_settings, mock_backend, running_stack
 
 DOVECOT_BAL = "claire.martin@medecin.mssante.fr"
 MODERN_BAL = "nouvelle.bal@medecin.mssante.fr"  # provisioned on the mock's modern platform
-MASTER, MASTER_PW, USER_PW = "lps-migration", "master-secret-42", "user-secret-42"
+USER_PW = "user-secret-42"
 
 
 @dataclass
@@ -58,17 +64,7 @@ async def platforms(tmp_path: Path, mock_settings: MockSettings) -> AsyncIterato
         def configure(settings: Settings, mock: MockOperator) -> None:
             settings.backends = {
                 "modern": mock_backend(mock),
-                "dovecot": BackendSettings(
-                    imap_host=server.host,
-                    imap_port=server.port,
-                    imap_tls="none",
-                    smtp_tls="none",
-                    login="master",
-                    master_user=MASTER,
-                    master_password=SecretStr(MASTER_PW),
-                    connect_timeout=5,
-                    reply_timeout=10,
-                ),
+                "dovecot": dovecot_backend(server),
             }
             settings.routing.default = "modern"
 

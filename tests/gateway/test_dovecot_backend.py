@@ -37,12 +37,18 @@ from typing import Any
 import aioimaplib
 import pytest
 import pytest_asyncio
-from pydantic import SecretStr
 
-from gateway.settings import BackendSettings, Settings
+from gateway.settings import Settings
 from mock_operator.server import MockOperator
 from tests.conftest import quick_mock_settings, require_peer
-from tests.dovecot import DovecotServer, dovecot_available, start_dovecot
+from tests.dovecot import (
+    MASTER,
+    MASTER_PW,
+    DovecotServer,
+    dovecot_available,
+    dovecot_backend,
+    start_dovecot,
+)
 from tests.support.sasl import xoauth2_b64
 from tests.support.stacks import Stack, gateway_settings, start_stack
 
@@ -58,8 +64,6 @@ TWIN = "jumeau.durand@infirmier.mssante.fr"  # only ever used directly: Durand's
 TWIN_PW = "jumeau-dovecot-pw"
 MOREAU = "eve.moreau@medecin.mssante.fr"  # on the second Dovecot, killed in a test
 MOREAU_PW = "moreau-dovecot-pw"
-MASTER = "lps-gateway-master"
-MASTER_PW = "master-dovecot-secret"
 BERNARD_IDNAT = "899700000003"
 
 
@@ -454,20 +458,6 @@ class Env:
     @property
     def port(self) -> int:
         return self.stack.imap_port
-
-
-def dovecot_backend(server: DovecotServer) -> BackendSettings:
-    return BackendSettings(
-        imap_host=server.host,
-        imap_port=server.port,
-        imap_tls="none",
-        smtp_tls="none",
-        login="master",
-        master_user=MASTER,
-        master_password=SecretStr(MASTER_PW),
-        connect_timeout=5,
-        reply_timeout=10,
-    )
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -22,21 +22,24 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from pydantic import SecretStr
 
 from gateway.legacy_front.operations import GatewayHistoricOperations
 from gateway.legacy_front.sessions import ImapBal, SessionPool
 from gateway.mss.historic_ws import HistoricError
-from gateway.settings import BackendSettings, MockSettings, Settings
+from gateway.settings import MockSettings, Settings
 from mock_operator.server import MockOperator
 from tests.conftest import require_peer
-from tests.dovecot import DovecotServer, dovecot_available, start_dovecot
+from tests.dovecot import (
+    MASTER,
+    MASTER_PW,
+    dovecot_available,
+    dovecot_backend,
+    start_dovecot,
+)
 from tests.gateway.legacy_front_support import MARTIN, ModernImap, call, legacy_operations
 from tests.support.stacks import configure_with, running_stack
 
 T = TypeVar("T")
-MASTER = "lps-gateway-master"
-MASTER_PW = "master-dovecot-secret"
 MARTIN_PW = "martin-dovecot-pw"
 FOLLOW_UP, ARCHIVES = "Suivi", "Archives"
 
@@ -227,20 +230,6 @@ async def scenario(platform: Platform, kind: str) -> None:
 
 
 # -- the platforms ------------------------------------------------------------------------------
-
-
-def dovecot_backend(server: DovecotServer) -> BackendSettings:
-    return BackendSettings(
-        imap_host=server.host,
-        imap_port=server.port,
-        imap_tls="none",
-        smtp_tls="none",
-        login="master",
-        master_user=MASTER,
-        master_password=SecretStr(MASTER_PW),
-        connect_timeout=5,
-        reply_timeout=10,
-    )
 
 
 @contextlib.asynccontextmanager
