@@ -11,9 +11,7 @@ import imaplib
 import re
 import shutil
 import smtplib
-import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
 from email.parser import BytesParser
 from email.policy import default
 from pathlib import Path
@@ -24,7 +22,6 @@ from sqlalchemy import text
 
 from gateway.imap import mutf7
 from gateway.mss.historic_ws import INBOX, SENT, TRASH
-from gateway.runtime.files import write_private
 from mock_operator.historic.imap import HistoricImap
 from mock_operator.historic.store import HistoricStore
 from mock_operator.server import MockOperator, sqlite_engine
@@ -32,6 +29,7 @@ from tests.conftest import persona_token, require_peer
 from tests.historic import historic_call, historic_messages, historic_send
 from tests.imap_raw import Raw
 from tests.mock_operator.test_platform import curl
+from tests.support.cards import Card, authority_of, issue_card, tls_with_card
 
 HOST = "127.0.0.1"
 DUPONT = "jean.dupont@medecin.mssante.fr"
@@ -40,34 +38,6 @@ MARTIN = "claire.martin@medecin.mssante.fr"
 
 
 # -- clients ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Card:
-    """A CPS card as files: the certificate and key the mock's card CA issued."""
-
-    certificate: Path
-    key: Path
-
-
-def issue_card(mock: MockOperator, persona_key: str, directory: Path) -> Card:
-    assert mock.historic_auth is not None
-    assert mock.historic_auth.authority is not None
-    persona = mock.personas.get(persona_key)
-    assert persona is not None
-    certificate, key = mock.historic_auth.authority.issue(persona)
-    card = Card(directory / f"{persona_key}.pem", directory / f"{persona_key}-key.pem")
-    card.certificate.write_bytes(certificate)
-    write_private(card.key, key)
-    return card
-
-
-def card_context(mock: MockOperator, card: Card | None) -> ssl.SSLContext:
-    """A client context trusting the mock's development certificate, holding the card."""
-    context = ssl.create_default_context(cafile=str(mock.tls_cert))
-    if card is not None:
-        context.load_cert_chain(card.certificate, card.key)
-    return context
 
 
 def connect(mock: MockOperator) -> imaplib.IMAP4:
@@ -89,7 +59,7 @@ def as_master(mock: MockOperator, bal: str) -> imaplib.IMAP4:
 
 def with_card(mock: MockOperator, card: Card | None, authzid: str = "") -> imaplib.IMAP4:
     client = connect(mock)
-    client.starttls(card_context(mock, card))
+    client.starttls(tls_with_card(mock.tls_cert, card))
     client.authenticate("EXTERNAL", lambda _: authzid.encode())
     return client
 
@@ -98,7 +68,7 @@ async def raw_with_card(mock: MockOperator, card: Card) -> Raw:
     """The raw client after STARTTLS, the card presented."""
     client = await Raw.open(mock.historic_imap_port)
     await client.ok("STARTTLS")
-    await client.writer.start_tls(card_context(mock, card), server_hostname=HOST)
+    await client.writer.start_tls(tls_with_card(mock.tls_cert, card), server_hostname=HOST)
     return client
 
 
@@ -111,7 +81,7 @@ def refusal(mock: MockOperator, login: Login, tls: Card | bool | None = False) -
     client = connect(mock)
     try:
         if tls is not False:
-            client.starttls(card_context(mock, tls if isinstance(tls, Card) else None))
+            client.starttls(tls_with_card(mock.tls_cert, tls if isinstance(tls, Card) else None))
         with pytest.raises(imaplib.IMAP4.error) as refused:
             login(client)
     finally:
@@ -193,14 +163,14 @@ async def test_master_login_lists_the_folders_as_the_web_services_number_them(
 async def test_a_cps_card_opens_its_holders_bal_and_delegated_ones(
     mock_op: MockOperator, tmp_path: Path
 ):
-    dupont = issue_card(mock_op, "dr-dupont", tmp_path)
-    bernard = issue_card(mock_op, "sec-bernard", tmp_path)
-    leroy = issue_card(mock_op, "dr-leroy", tmp_path)
+    dupont = issue_card(authority_of(mock_op), mock_op, "dr-dupont", tmp_path)
+    bernard = issue_card(authority_of(mock_op), mock_op, "sec-bernard", tmp_path)
+    leroy = issue_card(authority_of(mock_op), mock_op, "dr-leroy", tmp_path)
     inbox = await historic_messages(mock_op, DUPONT, INBOX)
 
     def holder() -> tuple[tuple[str, ...], int]:
         client = connect(mock_op)
-        client.starttls(card_context(mock_op, dupont))
+        client.starttls(tls_with_card(mock_op.tls_cert, dupont))
         capabilities = client.capabilities
         typ, _ = client.authenticate("EXTERNAL", lambda _: b"")  # empty: my own BAL
         assert typ == "OK"
@@ -238,9 +208,9 @@ async def test_a_cps_card_opens_its_holders_bal_and_delegated_ones(
 async def test_everything_else_is_refused_with_the_right_code(
     mock_op: MockOperator, tmp_path: Path
 ):
-    martin = issue_card(mock_op, "dr-martin", tmp_path)
-    moreau = issue_card(mock_op, "dr-moreau", tmp_path)
-    dupont = issue_card(mock_op, "dr-dupont", tmp_path)
+    martin = issue_card(authority_of(mock_op), mock_op, "dr-martin", tmp_path)
+    moreau = issue_card(authority_of(mock_op), mock_op, "dr-moreau", tmp_path)
+    dupont = issue_card(authority_of(mock_op), mock_op, "dr-dupont", tmp_path)
     token = await persona_token(mock_op, "dr-dupont")
 
     def plain(blob: bytes) -> Login:
@@ -633,7 +603,7 @@ async def test_curl_logs_in_as_the_operator_and_with_a_card(mock_op: MockOperato
     assert mock_op.master is not None
     assert mock_op.tls_cert is not None
     url = f"imap://{HOST}:{mock_op.historic_imap_port}/INBOX"
-    card = issue_card(mock_op, "dr-dupont", tmp_path)
+    card = issue_card(authority_of(mock_op), mock_op, "dr-dupont", tmp_path)
     as_operator = await asyncio.to_thread(
         curl,
         "--login-options",

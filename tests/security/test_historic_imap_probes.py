@@ -6,50 +6,31 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
 import datetime as dt
 import ssl
 from pathlib import Path
 
 import pytest
 
-from gateway.runtime.files import write_private
 from mock_operator.historic.auth import CpsAuthority
 from mock_operator.server import MockOperator
 from tests.imap_raw import Raw
 from tests.mock_operator.test_historic_imap import (
     DUPONT,
     HOST,
-    Card,
     b64,
-    card_context,
-    issue_card,
     master_plain,
     raw_with_card,
 )
-
-
-def card_from(
-    authority: CpsAuthority, mock: MockOperator, directory: Path, **change: object
-) -> Card:
-    """A card of dr-dupont issued by `authority`; `change` alters the persona or, with
-    `lifetime`, the validity."""
-    persona = mock.personas.get("dr-dupont")
-    assert persona is not None
-    lifetime = change.pop("lifetime", dt.timedelta(days=365))
-    assert isinstance(lifetime, dt.timedelta)
-    certificate, key = authority.issue(dataclasses.replace(persona, **change), lifetime=lifetime)
-    directory.mkdir(parents=True, exist_ok=True)
-    card = Card(directory / "card.pem", directory / "card-key.pem")
-    card.certificate.write_bytes(certificate)
-    write_private(card.key, key)
-    return card
+from tests.support.cards import Card, authority_of, issue_card, tls_with_card
 
 
 async def test_malformed_external_responses_are_bad_and_the_session_goes_on(
     mock_op: MockOperator, tmp_path: Path
 ):
-    client = await raw_with_card(mock_op, issue_card(mock_op, "dr-dupont", tmp_path))
+    client = await raw_with_card(
+        mock_op, issue_card(authority_of(mock_op), mock_op, "dr-dupont", tmp_path)
+    )
     try:
         for payload in (
             b"%%%not-base64",
@@ -76,7 +57,7 @@ async def test_malformed_external_responses_are_bad_and_the_session_goes_on(
 async def test_an_authzid_naming_no_bal_fails_authorisation_until_bye(
     mock_op: MockOperator, tmp_path: Path
 ):
-    card = issue_card(mock_op, "dr-dupont", tmp_path)
+    card = issue_card(authority_of(mock_op), mock_op, "dr-dupont", tmp_path)
     client = await raw_with_card(mock_op, card)
     try:
         for authzid in ("nobody@medecin.mssante.fr", "' OR 1=1 --", "x" * 1_000):
@@ -101,10 +82,11 @@ async def test_certificates_the_card_ca_did_not_issue_or_that_expired_end_at_tls
     assert mock_op.historic_auth is not None
     assert mock_op.historic_auth.authority is not None
     stranger = CpsAuthority.load_or_create(tmp_path / "another-ca")  # same subject, other key
-    forged = card_from(stranger, mock_op, tmp_path / "forged")
-    expired = card_from(
+    forged = issue_card(stranger, mock_op, "dr-dupont", tmp_path / "forged")
+    expired = issue_card(
         mock_op.historic_auth.authority,
         mock_op,
+        "dr-dupont",
         tmp_path / "expired",
         lifetime=-dt.timedelta(minutes=1),
     )
@@ -121,15 +103,19 @@ async def test_certificates_the_card_ca_did_not_issue_or_that_expired_end_at_tls
 async def tls_then_login(mock: MockOperator, client: Raw, card: Card) -> None:
     """The handshake; with TLS 1.3 the client hears of a refused certificate only when it
     next reads, so a login attempt follows."""
-    await client.writer.start_tls(card_context(mock, card), server_hostname=HOST)
+    await client.writer.start_tls(tls_with_card(mock.tls_cert, card), server_hostname=HOST)
     await client.command("AUTHENTICATE EXTERNAL =")
 
 
 async def test_a_card_without_an_idnat_proves_nobody(mock_op: MockOperator, tmp_path: Path):
     assert mock_op.historic_auth is not None
     assert mock_op.historic_auth.authority is not None
-    card = card_from(
-        mock_op.historic_auth.authority, mock_op, tmp_path / "no-idnat", idnat="not-an-idnat"
+    card = issue_card(
+        mock_op.historic_auth.authority,
+        mock_op,
+        "dr-dupont",
+        tmp_path / "no-idnat",
+        idnat="not-an-idnat",
     )
     client = await raw_with_card(mock_op, card)
     try:
