@@ -28,7 +28,9 @@ from delegation.db import asyncpg_dsn, is_postgresql
 
 log = logging.getLogger(__name__)
 
-ChangeKind = Literal["granted", "updated", "revoked", "expired"]
+ChangeKind = Literal["granted", "updated", "revoked", "expired", "moved"]
+"""`moved`: the mailbox now lives on another backend (`delegate_idnat` empty): decisions
+remembered for it are stale, its sessions on the old backend end."""
 CHANNEL = "lps_delegation"
 DEFAULT_QUEUE_SIZE = 1_000
 _KINDS: frozenset[str] = frozenset(get_args(ChangeKind))

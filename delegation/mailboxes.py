@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from delegation.errors import Invalid, NotFound
+from delegation.events import ChangeEvent
 from delegation.models import (
     MAILBOX_STATES,
     MAILBOX_TYPES,
@@ -114,6 +115,26 @@ class Mailboxes:
                 return _mailbox(row)
 
         return await self._store.retry_on_integrity(attempt)
+
+    async def move_mailbox(self, address: str, backend: str) -> Mailbox:
+        """Record that the mailbox now lives on `backend`, and tell every node (a `moved`
+        event) so that decisions remembered with the old backend are forgotten."""
+        if not backend or len(backend) > 64:
+            raise Invalid("a backend name of at most 64 characters", reason="bad-backend")
+        address = normal_address(address)
+        async with self._store.writing() as db:
+            row = await db.scalar(
+                select(MailboxRow)
+                .options(selectinload(MailboxRow.holder))
+                .where(MailboxRow.address == address)
+            )
+            if row is None:
+                raise NotFound(f"{address} is not in the registry", reason="unknown-mailbox")
+            row.backend = backend
+            await db.flush()
+            moved = _mailbox(row)
+        await self._store.publish([ChangeEvent("moved", address, "", 0, self._store.now())])
+        return moved
 
     async def mailbox(self, address: str) -> Mailbox | None:
         async with self._store.reading() as db:

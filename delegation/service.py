@@ -264,6 +264,10 @@ class DelegationService:
     async def mailbox(self, address: str) -> Mailbox | None:
         return await self._mailboxes.mailbox(address)
 
+    async def move_mailbox(self, address: str, backend: str) -> Mailbox:
+        """The mailbox now lives on `backend` (a BAL moved): every node hears of it."""
+        return await self._mailboxes.move_mailbox(address, backend)
+
     # -- audit trail (`delegation.audit_trail`) ------------------------------------------
 
     async def record(

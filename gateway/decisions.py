@@ -75,6 +75,13 @@ class DecisionCache:
         self._generation += 1
         self._entries.pop((idnat, mailbox.strip().lower()), None)
 
+    def forget_mailbox(self, mailbox: str) -> None:
+        """Every decision on `mailbox` (it moved: they name its old backend)."""
+        self._generation += 1
+        mailbox = mailbox.strip().lower()
+        for key in [k for k in self._entries if k[1] == mailbox]:
+            del self._entries[key]
+
     async def _forget_on_change(self) -> None:
         # Grants are remembered only while subscribed: no change can go unheard.
         try:
@@ -85,7 +92,10 @@ class DecisionCache:
                         events.clear_overflow()
                         self._generation += 1
                         self._entries.clear()
-                    self.forget(event.delegate_idnat, event.mailbox)
+                    if event.kind == "moved":
+                        self.forget_mailbox(event.mailbox)
+                    else:
+                        self.forget(event.delegate_idnat, event.mailbox)
         finally:
             self._listening = False
             self._entries.clear()

@@ -404,6 +404,35 @@ class UsageSettings(_Section):
     )
 
 
+class MigrationSettings(_Section):
+    """Moving BAL between backends (`lps-gateway migrate`): the cut-over's bounds, the
+    trailing sync, and the command that tells the operator's MTA where a BAL now lives."""
+
+    hold_max: float = Field(
+        default=10.0,
+        gt=0,
+        le=60,
+        description="seconds a client's change waits while its BAL is cut over before it "
+        "is refused with a retry (NO [UNAVAILABLE], 451)",
+    )
+    drain_max: float = Field(
+        default=5.0, gt=0, le=60, description="seconds a cut-over waits for changes under way"
+    )
+    trailing_interval: float = Field(
+        default=60.0,
+        gt=0,
+        le=86_400,
+        description="seconds between two passes of the trailing sync (old platform to new)",
+    )
+    mta_hook: list[str] = Field(
+        default_factory=list,
+        description="command run after a cut-over or rollback so that the MTA delivers to "
+        "the BAL's new platform, as argv; {bal}, {source} and {target} are replaced "
+        "(empty: none; the demo's mock follows the registry by itself)",
+    )
+    mta_hook_timeout: float = Field(default=30.0, gt=0, le=600, description="seconds")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LPSGW_", env_nested_delimiter="__", extra="forbid", toml_file=None
@@ -431,6 +460,7 @@ class Settings(BaseSettings):
     mock: MockSettings = MockSettings()
     admin: AdminSettings = AdminSettings()
     usage: UsageSettings = UsageSettings()
+    migration: MigrationSettings = MigrationSettings()
 
     def database(self) -> str:
         return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'gateway.db'}"

@@ -32,6 +32,11 @@ class Placement:
             if name is not None and name not in self.names:
                 raise ValueError(f"routing names an unknown backend: {name!r}")
 
+    def pinned(self, mailbox: str) -> str | None:
+        """The backend `[routing.mailboxes]` names for this mailbox (the registry's record
+        does not count for it), or None."""
+        return self._mailboxes.get(mailbox.strip().lower())
+
     def backend_of(self, mailbox: str, registered: str = "") -> str | None:
         """An explicit mailbox entry, then the registry's record, then the domain, then
         the default; None when nothing is configured."""

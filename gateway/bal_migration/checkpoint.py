@@ -20,7 +20,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.bal_migration.plan import Copied
 from gateway.db import ERROR_LENGTH, migration_copies, migration_folders, migration_messages
 
-STATES = ("planned", "copying", "copied", "failed", "verified", "different")
+STATES = (
+    "planned",
+    "copying",
+    "copied",
+    "failed",
+    "verified",
+    "different",
+    "cut over",  # the BAL lives on the target now; the trailing sync goes on
+    "finished",  # the trailing sync is closed
+    "rolled back",  # the BAL went back to the source
+)
 
 
 def _flags_text(flags: Iterable[str]) -> str:
@@ -90,6 +100,20 @@ class Checkpoints:
                 return Journal(self.engine, int(key[0]))
         raise RuntimeError("copy record neither found nor created")  # pragma: no cover
 
+    async def in_state(self, state: str) -> list[CopyRecord]:
+        """The copy records in `state` (the cut-overs whose trailing sync goes on)."""
+        async with self.engine.connect() as db:
+            rows = (
+                (
+                    await db.execute(
+                        select(migration_copies).where(migration_copies.c.state == state)
+                    )
+                )
+                .mappings()
+                .all()
+            )
+        return [CopyRecord(**{k: v for k, v in row.items() if k != "id"}) for row in rows]
+
     async def records(self, bal: str | None = None) -> list[CopyRecord]:
         """Every copy record (of `bal`), by BAL, source, target."""
         query = select(migration_copies).order_by(
@@ -139,6 +163,52 @@ class Journal:
             await db.execute(
                 update(migration_copies).where(migration_copies.c.id == self.copy).values(**values)
             )
+
+    async def seed_from(self, other: Journal, uidvalidity: dict[str, int]) -> int:
+        """Make this journal the mirror of `other`, the copy in the other direction: each of
+        its copies (source UID → target UID) becomes one here (target UID → source UID) in
+        the target folder, as of that folder's `uidvalidity` on this journal's source. So a
+        copy back carries only what changed since (a rollback), and a copy forth after a
+        rollback duplicates nothing. Returns how many copies it holds."""
+        pairs: list[tuple[FolderKey, dict[int, Copied]]] = [
+            (folder, await other.copied(folder)) for folder in await other.folders()
+        ]
+        count = 0
+        async with self.engine.begin() as db:
+            keys = select(migration_folders.c.key).where(migration_folders.c.copy == self.copy)
+            await db.execute(
+                delete(migration_messages).where(migration_messages.c.folder.in_(keys))
+            )
+            await db.execute(delete(migration_folders).where(migration_folders.c.copy == self.copy))
+            for folder, copied in pairs:
+                if folder.target not in uidvalidity:
+                    continue  # gone from this side: nothing of it to mirror
+                created = await db.execute(
+                    insert(migration_folders).values(
+                        copy=self.copy,
+                        name=folder.target,
+                        uidvalidity=uidvalidity[folder.target],
+                        target=folder.name,
+                    )
+                )
+                key = created.inserted_primary_key
+                assert key is not None
+                rows = [
+                    {
+                        "folder": int(key[0]),
+                        "source_uid": entry.target_uid,
+                        "digest": entry.digest,
+                        "target_uid": entry.source_uid,
+                        "flags": _flags_text(entry.flags),
+                        "floor": 0,
+                    }
+                    for entry in copied.values()
+                    if entry.target_uid is not None
+                ]
+                if rows:
+                    await db.execute(insert(migration_messages), rows)
+                count += len(rows)
+        return count
 
     async def folders(self) -> list[FolderKey]:
         async with self.engine.connect() as db:

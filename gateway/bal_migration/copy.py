@@ -105,23 +105,33 @@ async def copy_bal(
     *,
     progress: Callable[[CopyProgress], None] | None = None,
     max_rate: float | None = None,
+    trailing: bool = False,
 ) -> CopyReport:
     """Copy (or bring up to date) `bal` from `source` to `target`, checkpointing in
     `journal`. Raises the first `BackendError` after recording it as the copy's last
-    error (state "failed"); the next run resumes."""
+    error (state "failed"); the next run resumes.
+
+    `trailing`: the target is the BAL's live platform now (after a cut-over), the source
+    its old one: only messages that arrived on the source since are copied, since what
+    the user changed, moved or deleted on the target is theirs (no flag is set back, no
+    copy restored), and the copy's state is left as it is."""
     started = time.monotonic()
     report = CopyReport(bal)
-    await journal.set_state("copying")
+    if not trailing:
+        await journal.set_state("copying")
     try:
-        await _copy(bal, source, target, journal, report, progress, _Pace(max_rate))
+        await _copy(bal, source, target, journal, report, progress, _Pace(max_rate), trailing)
     except BackendError as failure:
-        await journal.set_state("failed", error=f"{type(failure).__name__}: {failure}")
+        if not trailing:
+            await journal.set_state("failed", error=f"{type(failure).__name__}: {failure}")
         raise
     except BaseException:
-        await asyncio.shield(journal.set_state("failed", error="interrupted"))
+        if not trailing:
+            await asyncio.shield(journal.set_state("failed", error="interrupted"))
         raise
     report.seconds = time.monotonic() - started
-    await journal.set_state("copied")
+    if not trailing:
+        await journal.set_state("copied")
     return report
 
 
@@ -133,6 +143,7 @@ async def _copy(
     report: CopyReport,
     progress: Callable[[CopyProgress], None] | None,
     pace: _Pace,
+    trailing: bool = False,
 ) -> None:
     source_folders = await source.folders()
     target_folders = await target.folders()
@@ -140,9 +151,10 @@ async def _copy(
     report.folders = mapping
     existing = {f.name for f in target_folders}
     for name in sorted(mapping.values()):
-        if name not in existing and name != "INBOX":
+        if name not in existing and name != "INBOX" and not trailing:
             await target.create_folder(name)
             report.created.append(name)
+            existing.add(name)
 
     state = CopyProgress(bal, folders=len(mapping))
     known = await journal.folders()
@@ -152,10 +164,14 @@ async def _copy(
         validity = await _uidvalidity(source, name)
         folder = await journal.folder(name, validity, mapping[name])
         current.add(folder.key)
-        await _copy_folder(source, target, journal, folder, report, state, progress, pace)
+        await _copy_folder(
+            source, target, journal, folder, report, state, progress, pace, trailing, existing
+        )
         state.folders_done += 1
         if progress is not None:
             progress(state)
+    if trailing:
+        return  # what the source lost since the cut-over is not taken from the target
     # folders gone from the source, or of an old UIDVALIDITY: their copies go too
     for stale in known:
         if stale.key in current:
@@ -180,10 +196,30 @@ async def _copy_folder(
     state: CopyProgress,
     progress: Callable[[CopyProgress], None] | None,
     pace: _Pace,
+    trailing: bool = False,
+    existing: set[str] | None = None,
 ) -> None:
     here = await source.messages(folder.name)
+    copied = await journal.copied(folder)
+    if trailing:
+        fresh = [m for m in here if m.uid not in copied or copied[m.uid].target_uid is None]
+        if not fresh:
+            return
+        if existing is not None and folder.target not in existing and folder.target != "INBOX":
+            await target.create_folder(folder.target)  # deleted on the new side: mail comes
+            existing.add(folder.target)
     there = await target.messages(folder.target)
-    actions = diff(here, there, await journal.copied(folder))
+    actions = diff(here, there, copied)
+    if trailing:  # only what arrived: appends (and adoptions of an interrupted pass)
+        actions = [
+            a
+            for a in actions
+            if isinstance(a, Adopt)
+            or (
+                isinstance(a, Append)
+                and (a.source_uid not in copied or copied[a.source_uid].target_uid is None)
+            )
+        ]
     floor = max((m.uid for m in there), default=0)
 
     adopted = [(a.source_uid, a.target_uid) for a in actions if isinstance(a, Adopt)]

@@ -20,6 +20,7 @@ from delegation.models import RIGHTS
 from delegation.service import Decision, DelegationService, Grant
 from gateway.audit import AuditSink
 from gateway.backends.routing import NoRoute, Route, Router
+from gateway.bal_migration.gate import BalGate, Held
 from gateway.decisions import DecisionCache
 from gateway.imap.session import ExternalCredentials, SessionGrant
 from gateway.runtime.limits import Exemptions, LoginThrottle, SlotCounter, client_key
@@ -77,8 +78,10 @@ class FrontAuthenticator:
         throttle: LoginThrottle | None = None,
         exempt: Exemptions | None = None,
         cards: CardVerifier | None = None,
+        gate: BalGate | None = None,
     ) -> None:
         self.cards = cards
+        self.gate = gate  # holds a BAL's logins while it moves (`gateway.bal_migration`)
         self.validator = validator
         self.registry = registry
         self.router = router
@@ -253,6 +256,11 @@ class FrontAuthenticator:
         certificate: whether it names that APP BAL), audited, routed. `card` is the
         certificate of a card login (`credentials` None)."""
         actor = str(identity.idnat)
+        if self.gate is not None:
+            try:  # a BAL being moved: its new logins land where it goes
+                await self.gate.passage(bal)
+            except Held as exc:
+                raise AuthFailed("unavailable", str(exc)) from None
         if card is not None and card.is_organisation:
             found = await self._organisation_decision(card, bal)
         else:

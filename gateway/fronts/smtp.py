@@ -21,6 +21,7 @@ Replies come from `gateway.fronts.smtp_replies`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import time
@@ -37,6 +38,7 @@ from gateway.backends.errors import (
     BackendRefused,
     BackendUnavailable,
 )
+from gateway.bal_migration.gate import Held
 from gateway.card_sessions import CardSessionWatch
 from gateway.fronts import smtp_replies as replies
 from gateway.fronts.login import FrontAuthenticator, FrontGrant
@@ -137,6 +139,8 @@ class SubmissionFront(CardAuthMixin):
         self.metrics.open_sessions.labels(PROTOCOL).dec()
         if client.holds_slot is not None and self.sessions is not None:
             self.sessions.release(client.holds_slot)
+        if client.watched is not None and self.authenticator.gate is not None:
+            self.authenticator.gate.discard(client.watched.grant.mailbox, client.watched)
         if client.watched is not None and self.psc is not None:
             self.psc.discard(client.watched)
         if client.watched is not None and self.card_watch is not None:
@@ -175,6 +179,12 @@ class SubmissionFront(CardAuthMixin):
                 client = self._client(server)
                 client.watched = _Watched(server, grant, self)
                 self.card_watch.add(client.watched, grant.card)
+            gate = self.authenticator.gate
+            if gate is not None and isinstance(grant, FrontGrant):
+                client = self._client(server)
+                if client.watched is None:
+                    client.watched = _Watched(server, grant, self)
+                gate.add(grant.mailbox, client.watched)
         return result
 
     async def _refuse(
@@ -291,10 +301,15 @@ class SubmissionFront(CardAuthMixin):
             await self._abandon(relay)
             return _violations_reply(checked)
         message = await self._prepare(raw, checked, sender, client)
+        gate = self.authenticator.gate
         try:
-            accepted = await relay.data(message, envelope.rcpt_tos)
+            async with gate.writing(sender.mailbox) if gate else contextlib.nullcontext():
+                accepted = await relay.data(message, envelope.rcpt_tos)
         except (BackendUnavailable, BackendRefused) as failure:
             return self._not_taken(sender, failure)
+        except Held as held:  # the BAL is being moved: nothing was sent, send it again
+            await self._abandon(relay)
+            return replies.held(str(held))
         extra = {"reference": accepted.reference} if accepted.reference else {}
         self._taken(sender, len(envelope.rcpt_tos), len(message), **extra)
         if self.usage is not None:

@@ -72,6 +72,11 @@ def not_allowed(text: str) -> str:
     return f"550 5.7.1 {safe(text)}"
 
 
+def held(text: str) -> str:
+    """A BAL being moved: the message was not taken, the client sends it again."""
+    return f"451 4.3.0 {safe(text)}"
+
+
 def session_ended(reason: str) -> str:
     return f"421 4.7.0 {safe(reason)}"
 

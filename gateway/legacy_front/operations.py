@@ -14,9 +14,10 @@ software = NUMHOMOLOGATION, result) and one `on_access` call for the usage count
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -28,6 +29,7 @@ from gateway.backends.base import Backend
 from gateway.backends.errors import BackendError, BackendNotFound
 from gateway.backends.legacy_ws.client import LegacyError, LegacyWsClient, LegacyWsError
 from gateway.backends.routing import NoRoute, Route, Router
+from gateway.bal_migration.gate import BalGate, Held
 from gateway.decisions import DecisionCache
 from gateway.legacy_front.ids import HistoricIds
 from gateway.legacy_front.modern import ModernBal, Settings
@@ -134,8 +136,10 @@ class GatewayHistoricOperations:
         on_access: AccessHook | None = None,
         max_message_size: int = 20 * 1024 * 1024,
         pool: SessionPool | None = None,
+        gate: BalGate | None = None,
     ) -> None:
         self.registry = registry
+        self.gate = gate  # a BAL being moved: its calls wait, then go where it went
         self.router = router
         self.ids = ids
         self.backends = dict(backends)
@@ -176,15 +180,24 @@ class GatewayHistoricOperations:
                 update = inputs.update_operation(payload)
                 right = "read" if update in ("READ", "UNREAD") else "write"
             bal = inputs.bal_of(payload)
-            access = await self._authorise(caller.idnat, bal, right)
-            if operation in ("sendMessage", "draftMessage") and inputs.forwards_stored_parts(
-                payload
-            ):
-                await self._authorise(caller.idnat, bal, "read")
-            backend = access.route.backend
-            if isinstance(backend, HistoricPassThrough):
-                return await self._pass_through(backend, service, operation, payload)
-            return await self._modern(access, service, operation, caller, payload)
+            changes = right != "read" or (service, operation) == ("Item", "updateMessages")
+            async with self._held(bal, changes):
+                access = await self._authorise(caller.idnat, bal, right)
+                if operation in ("sendMessage", "draftMessage") and inputs.forwards_stored_parts(
+                    payload
+                ):
+                    await self._authorise(caller.idnat, bal, "read")
+                backend = access.route.backend
+                if isinstance(backend, HistoricPassThrough):
+                    return await self._pass_through(backend, service, operation, payload)
+                return await self._modern(access, service, operation, caller, payload)
+        except Held as held:
+            result = f"TECHNIQUE {TECHNICAL_ERROR}"
+            raise HistoricError(
+                TECHNICAL_ERROR,
+                f"BAL en cours de déplacement, réessayez dans quelques secondes ({held})",
+                "TECHNIQUE",
+            ) from None
         except HistoricError as error:
             result = f"{error.kind} {error.code}"
             raise
@@ -194,6 +207,19 @@ class GatewayHistoricOperations:
             raise HistoricError(TECHNICAL_ERROR, "erreur technique", "TECHNIQUE") from exc
         finally:
             await self._record(service, operation, caller, bal, access, rule, result)
+
+    @contextlib.asynccontextmanager
+    async def _held(self, bal: str, changes: bool) -> AsyncIterator[None]:
+        """A call on a BAL being moved waits for the move (`Held` past a few seconds); a
+        change is counted while under way, so that the move's last copy comes after it."""
+        if self.gate is None:
+            yield
+        elif changes:
+            async with self.gate.writing(bal):
+                yield
+        else:
+            await self.gate.passage(bal)
+            yield
 
     # -- who may do what -------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ from gateway.settings import BackendSettings
 log = logging.getLogger(__name__)
 
 BATCH = 200  # messages fetched per UID FETCH
+BATCH_BYTES = 32 * 1024 * 1024  # bytes of messages fetched per UID FETCH (past one message)
 SPECIAL_USES: frozenset[str] = frozenset({"\\Sent", "\\Drafts", "\\Trash", "\\Junk", "\\Archive"})
 # A backend's NO, by its response code, becomes one of our backend errors (else refused)
 _NOT_FOUND = frozenset({Code.NONEXISTENT, Code.EXPUNGEISSUED})
@@ -77,6 +78,8 @@ class ImapMailboxAccess:
         if upstream.leftover:
             self._talk.codec.receive_data(upstream.leftover)
         self._selected: tuple[str, bool] | None = None  # (folder, read-write)
+        # (folder, UIDVALIDITY) -> UID -> (size, digest): what `messages` has read already
+        self._digests: dict[tuple[str, int], dict[int, tuple[int, str]]] = {}
         self._delimiter = "/"
         capabilities = {c.upper() for c in upstream.capabilities}
         self._literal_plus = "LITERAL+" in capabilities
@@ -200,45 +203,61 @@ class ImapMailboxAccess:
         return found
 
     async def messages(self, folder: str) -> Sequence[ToolMessage]:
+        """The folder's messages: flags, dates and sizes listed at once, then the bytes of
+        those whose digest this access has not computed yet (an IMAP message never changes
+        under its UID in one UIDVALIDITY), in batches of at most `BATCH` messages and
+        `BATCH_BYTES` bytes, so that a listing repeated during a cut-over reads only what
+        is new, and a folder of large messages is not held whole in memory."""
         exists = await self._select(folder, write=False)
         if exists == 0:
             return []
-        _, events = await self._run(b"UID FETCH 1:* (UID)")
-        uids = sorted(u for u in (fetch_items(e).get("UID") for e in events) if isinstance(u, int))
-        found: list[ToolMessage] = []
-        for start in range(0, len(uids), BATCH):
-            chunk = uids[start : start + BATCH]
-            found.extend(await self._describe(chunk))
-        return found
-
-    async def _describe(self, uids: Sequence[int]) -> list[ToolMessage]:
-        wanted = b",".join(str(u).encode() for u in uids)
-        _, events = await self._run(
-            b"UID FETCH " + wanted + b" (UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[])"
-        )
-        found: dict[int, ToolMessage] = {}
+        known = self._digests.setdefault((folder, await self.uidvalidity(folder)), {})
+        _, events = await self._run(b"UID FETCH 1:* (UID FLAGS INTERNALDATE RFC822.SIZE)")
+        listed: dict[int, tuple[frozenset[str], dt.datetime, int]] = {}
         for event in events:
             items = fetch_items(event)
-            uid, body = items.get("UID"), items.get("BODY[]")
-            flags, date, size = (
-                items.get("FLAGS"),
-                items.get("INTERNALDATE"),
-                items.get("RFC822.SIZE"),
-            )
-            if not isinstance(uid, int) or not isinstance(body, bytes):
+            uid, flags = items.get("UID"), items.get("FLAGS")
+            date, size = items.get("INTERNALDATE"), items.get("RFC822.SIZE")
+            if not isinstance(uid, int):
                 continue
-            found[uid] = ToolMessage(
-                uid,
+            listed[uid] = (
                 frozenset(
                     str(f.value)
                     for f in (flags if isinstance(flags, list) else [])
                     if isinstance(f, Atom) and str(f.value).lower() != "\\recent"
                 ),
                 parse_imap_date(date) if isinstance(date, bytes) else dt.datetime.now(dt.UTC),
-                size if isinstance(size, int) else len(body),
-                digest(body),
+                size if isinstance(size, int) else 0,
             )
-        return [found[u] for u in uids if u in found]
+        batch: list[int] = []
+        weight = 0
+        for uid in sorted(listed):
+            if uid in known:
+                continue
+            batch.append(uid)
+            weight += listed[uid][2]
+            if len(batch) >= BATCH or weight >= BATCH_BYTES:
+                known.update(await self._digest(batch))
+                batch, weight = [], 0
+        if batch:
+            known.update(await self._digest(batch))
+        return [
+            ToolMessage(uid, flags, date, known[uid][0], known[uid][1])
+            for uid, (flags, date, _) in sorted(listed.items())
+            if uid in known  # expunged between the two FETCHes
+        ]
+
+    async def _digest(self, uids: Sequence[int]) -> dict[int, tuple[int, str]]:
+        """(size, digest) of each message's bytes."""
+        wanted = b",".join(str(u).encode() for u in uids)
+        _, events = await self._run(b"UID FETCH " + wanted + b" (UID BODY.PEEK[])")
+        found: dict[int, tuple[int, str]] = {}
+        for event in events:
+            items = fetch_items(event)
+            uid, body = items.get("UID"), items.get("BODY[]")
+            if isinstance(uid, int) and isinstance(body, bytes):
+                found[uid] = (len(body), digest(body))
+        return found
 
     async def uidvalidity(self, folder: str) -> int:
         """The folder's UIDVALIDITY (STATUS), for tools that keep UIDs across runs."""

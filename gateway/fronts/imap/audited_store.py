@@ -8,20 +8,30 @@ trail: one event per change (allowed or failed), reads counted and reported at t
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import TypeVar
 
 from delegation.audit import AuditAction
-from gateway.imap.mailstore import CopyResult, FlagMode, FolderInfo, FolderState, MailStore
+from gateway.bal_migration.gate import BalGate, Held
+from gateway.imap.mailstore import (
+    CopyResult,
+    FlagMode,
+    FolderInfo,
+    FolderState,
+    MailStore,
+    StoreUnavailable,
+)
 
 Record = Callable[[AuditAction, str, str], Awaitable[None]]  # (action, detail, result)
 _T = TypeVar("_T")
 
 
 class AuditedStore:
-    def __init__(self, inner: MailStore, record: Record) -> None:
+    def __init__(self, inner: MailStore, record: Record, gate: BalGate | None = None) -> None:
         self.inner = inner
         self.record = record
+        self.gate = gate  # changes wait while the BAL is being moved
         self.reads = 0
 
     @property
@@ -30,7 +40,16 @@ class AuditedStore:
 
     async def _change(self, action: AuditAction, detail: str, work: Awaitable[_T]) -> _T:
         try:
-            result = await work
+            if self.gate is None:
+                result = await work
+            else:
+                async with self.gate.writing(self.inner.address):
+                    result = await work
+        except Held as exc:
+            if inspect.iscoroutine(work):
+                work.close()
+            await self.record(action, detail, "failed:held")
+            raise StoreUnavailable(str(exc)) from None
         except Exception as exc:
             await self.record(action, detail, f"failed:{type(exc).__name__}")
             raise

@@ -117,6 +117,7 @@ class ProxyServer(ImapServer):
         self.metrics = metrics
         self.audit = front.audit
         self.live = LiveSessions(registry)
+        self.gate = front.gate
         self.psc = psc
         self.card_watch = card_watch
         self.usage = usage
@@ -147,13 +148,17 @@ class ProxyServer(ImapServer):
             return False  # the engine serves it
         if not isinstance(grant, ProxyGrant):
             return False
-        relay = Relay(session, channel, grant, self.config, self.audit, self.metrics)
+        relay = Relay(
+            session, channel, grant, self.config, self.audit, self.metrics, gate=self.gate
+        )
         usage = self._usage(grant)
         if usage is not None:
             usage.identified(session.client_id)
             relay.identified = usage.identified
         gauge = self.metrics.open_sessions.labels("imap")
         self.live.add(relay)
+        if self.gate is not None:
+            self.gate.add(relay.mailbox, relay)
         if self.psc is not None and grant.token is not None:  # a card has no PSC session
             self.psc.add(relay, grant.token, grant.identity)
         cards = self.card_watch if grant.card is not None else None
@@ -170,6 +175,8 @@ class ProxyServer(ImapServer):
                 usage.ended()
             gauge.dec()
             self.live.discard(relay)
+            if self.gate is not None:
+                self.gate.discard(relay.mailbox, relay)
             if self.psc is not None:
                 self.psc.discard(relay)
             if cards is not None:
@@ -192,6 +199,9 @@ class ProxyServer(ImapServer):
         served = ServedSession(session, channel, task)
         gauge = self.metrics.open_sessions.labels("imap")
         self.live.add(served)
+        gate = self.gate
+        if gate is not None:
+            gate.add(served.mailbox, served)
         psc = self.psc if grant.token is not None else None  # a card has no PSC session
         if psc is not None and grant.token is not None:
             psc.add(served, grant.token, grant.identity)
@@ -210,6 +220,8 @@ class ProxyServer(ImapServer):
             gauge.dec()
             served.ended()
             self.live.discard(served)
+            if gate is not None:
+                gate.discard(served.mailbox, served)
             if psc is not None:
                 psc.discard(served)
             if cards is not None:

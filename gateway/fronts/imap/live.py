@@ -14,6 +14,7 @@ from delegation.audit import AuditAction
 from delegation.events import ChangeEvent
 from delegation.service import DelegationService
 from gateway.audit import in_background
+from gateway.bal_migration.gate import MOVED_BYE
 from gateway.fronts.imap.audited_store import AuditedStore
 from gateway.fronts.login import FrontGrant
 from gateway.imap.engine import ImapSession
@@ -153,6 +154,9 @@ class LiveSessions:
                     log.exception("imap.live_sessions_failed")
 
     async def _apply(self, event: ChangeEvent) -> None:
+        if event.kind == "moved":
+            await self._moved(event.mailbox)
+            return
         key = (event.mailbox, event.delegate_idnat)
         if key not in self._relays:
             return
@@ -162,6 +166,19 @@ class LiveSessions:
                     relay.kick(f"delegation on {event.mailbox} {event.kind}")
         else:
             await self._recheck([key])
+
+    async def _moved(self, mailbox: str) -> None:
+        """The BAL moved (a cut-over or a rollback, on any node): sessions opened while the
+        registry named its old backend end, as on the node that moved it."""
+        relays = [r for key, group in self._relays.items() if key[0] == mailbox for r in group]
+        if not relays:
+            return
+        record = await self.registry.mailbox(mailbox)
+        if record is None:
+            return
+        for relay in relays:
+            if relay.grant.decision.backend != record.backend:
+                relay.kick(MOVED_BYE)
 
     async def confirm(self, relay: LiveSession) -> None:
         if relay.grant.via != "delegation":

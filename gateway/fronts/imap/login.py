@@ -192,7 +192,7 @@ class ProxyAuthenticator:
 
         return dataclasses.replace(
             grant,
-            store=AuditedStore(store, record),
+            store=AuditedStore(store, record, self.front.gate),
             capabilities=None,
             on_refused=refused,
             on_selected=command_done,

@@ -16,8 +16,14 @@ from collections.abc import Callable, Mapping
 
 from delegation.audit import AuditAction, AuditRecord
 from gateway.audit import AuditSink, in_background
+from gateway.bal_migration.gate import MOVED_BYE, BalGate, Held, Moved
 from gateway.fronts.imap.login import ProxyGrant
-from gateway.fronts.imap.rights import audit_action, audit_detail, required_right
+from gateway.fronts.imap.rights import (
+    audit_action,
+    audit_detail,
+    changes_mailbox,
+    required_right,
+)
 from gateway.imap import commands as c
 from gateway.imap.codes import Code
 from gateway.imap.engine import ImapSession
@@ -59,8 +65,11 @@ class Relay:
         config: ServerConfig,
         audit: AuditSink,
         metrics: Metrics,
+        gate: BalGate | None = None,
     ) -> None:
         self.session = session
+        self.gate = gate
+        self._changing: set[str] = set()  # tags of changes the backend has not answered
         self.channel = channel
         self.grant = grant
         self.up = grant.upstream
@@ -141,6 +150,10 @@ class Relay:
                     self.channel.writer.write(untagged_status("BYE", bye))
                     await asyncio.wait_for(self.channel.writer.drain(), KICK_GRACE)
             await self.up.close()
+            if self.gate is not None:  # changes never answered: the backend is gone
+                for _ in self._changing:
+                    self.gate.done(self.mailbox)
+                self._changing.clear()
             if self.reads:
                 await self._record(AuditAction.READ, f"{self.reads} read commands", "ok")
         if deaf is not None:
@@ -262,6 +275,10 @@ class Relay:
         name = tag.decode("ascii", "replace")
         command = self.pending.pop(name, None)
         self._sent_at.pop(name, None)
+        if name in self._changing:
+            self._changing.discard(name)
+            if self.gate is not None:
+                self.gate.done(self.mailbox)
         if command is not None:
             self._completed(command, rest[:3].upper().rstrip().decode("ascii", "replace"))
             if isinstance(command, c.Select) and "write" not in self.rights:
@@ -353,6 +370,7 @@ class Relay:
             await self._local(b"* ENABLED\r\n" + tagged(command.tag, "OK", "ENABLE completed"))
             return None
         right = required_right(command)
+        changes = changes_mailbox(command)
         if right is not None and right not in self.rights:
             self.metrics.rights_refusals.labels("imap", right).inc()
             action = audit_action(command)
@@ -382,6 +400,17 @@ class Relay:
             self.session.client_id = {k.lower(): v for k, v in command.parameters}
             if self.identified is not None:
                 self.identified(self.session.client_id)
+        if changes and self.gate is not None:
+            try:
+                await self.gate.passage(self.mailbox)
+            except Moved as exc:
+                await self._local(tagged(command.tag, "NO", str(exc), Code.UNAVAILABLE))
+                return MOVED_BYE
+            except Held as exc:
+                await self._local(tagged(command.tag, "NO", str(exc), Code.UNAVAILABLE))
+                return None
+            self.gate.begin(self.mailbox)
+            self._changing.add(command.tag)
         await self._to(serialize(command, literal_plus=True), command)
         if isinstance(command, c.Idle):
             return await self._idle(command)

@@ -27,6 +27,11 @@ def required_right(command: c.Command) -> str | None:
     return None
 
 
+def changes_mailbox(command: c.Command) -> bool:
+    """Whether the command changes the BAL (flags included): what a cut-over holds."""
+    return isinstance(command, (c.Store, c.Close, *_WRITES))
+
+
 _ACTIONS: dict[type[c.Command], AuditAction] = {
     c.Store: AuditAction.STORE,
     c.Append: AuditAction.APPEND,
