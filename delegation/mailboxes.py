@@ -136,6 +136,15 @@ class Mailboxes:
         await self._store.publish([ChangeEvent("moved", address, "", 0, self._store.now())])
         return moved
 
+    async def placements(self) -> list[tuple[str, str]]:
+        """Every mailbox's (address, recorded backend), by address: what a wave of moves
+        chooses from."""
+        async with self._store.reading() as db:
+            rows = await db.execute(
+                select(MailboxRow.address, MailboxRow.backend).order_by(MailboxRow.address)
+            )
+            return [(address, backend) for address, backend in rows]
+
     async def mailbox(self, address: str) -> Mailbox | None:
         async with self._store.reading() as db:
             row = await db.scalar(

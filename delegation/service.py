@@ -264,6 +264,10 @@ class DelegationService:
     async def mailbox(self, address: str) -> Mailbox | None:
         return await self._mailboxes.mailbox(address)
 
+    async def placements(self) -> list[tuple[str, str]]:
+        """Every mailbox's (address, recorded backend), by address."""
+        return await self._mailboxes.placements()
+
     async def move_mailbox(self, address: str, backend: str) -> Mailbox:
         """The mailbox now lives on `backend` (a BAL moved): every node hears of it."""
         return await self._mailboxes.move_mailbox(address, backend)

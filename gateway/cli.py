@@ -155,12 +155,37 @@ def admin_status(
 
 migrate_app = typer.Typer(
     help="Move BAL between backends, carried out by the running gateway (/admin/migrations): "
-    "copy and verify now; cutover, rollback and the trailing sync are still to come.",
+    "copy, verify, cutover (then a trailing sync until finish), rollback, status.",
     no_args_is_help=True,
 )
 app.add_typer(migrate_app, name="migrate")
 JsonOption = Annotated[bool, typer.Option("--json", help="one JSON summary")]
 BalsArgument = Annotated[list[str] | None, typer.Argument(help="BAL addresses", show_default=False)]
+FromFileOption = Annotated[
+    Path | None, typer.Option(help="more BAL, one a line (# comments)", show_default=False)
+]
+AllOnOption = Annotated[
+    str | None,
+    typer.Option(help="every BAL on this backend now (a wave; see --limit)", show_default=False),
+]
+LimitOption = Annotated[
+    int | None, typer.Option(min=1, max=1000, help="with --all-on: at most this many BAL")
+]
+
+
+def _targets(
+    bals: list[str] | None, from_file: Path | None, all_on: str | None, limit: int | None
+) -> dict[str, Any]:
+    """The request's BAL: named (and from a file), or a wave `all_on` a backend."""
+    from gateway.bal_migration import cli as migrate
+
+    if all_on is not None:
+        if bals or from_file is not None:
+            raise migrate.UsageError("name BAL or --all-on BACKEND, not both")
+        return {"all_on": all_on, "limit": limit}
+    if limit is not None:
+        raise migrate.UsageError("--limit goes with --all-on")
+    return {"bals": migrate.read_bals(bals or [], from_file)}
 
 
 def _migrate(
@@ -191,9 +216,9 @@ def migrate_copy(
     max_rate: Annotated[
         float | None, typer.Option(min=0.001, help="at most this many source messages a second")
     ] = None,
-    from_file: Annotated[
-        Path | None, typer.Option(help="more BAL, one a line (# comments)", show_default=False)
-    ] = None,
+    from_file: FromFileOption = None,
+    all_on: AllOnOption = None,
+    limit: LimitOption = None,
     as_json: JsonOption = False,
     config: ConfigOption = None,
     data: DataOption = None,
@@ -206,9 +231,10 @@ def migrate_copy(
     def run(client: Any) -> int:
         if not to:
             raise migrate.UsageError("say where to copy with --to BACKEND")
-        names = migrate.read_bals(bals or [], from_file)
         options: dict[str, Any] = {"to": to, "jobs": jobs, "max_rate": max_rate}
-        started = migrate.start(client, names, "copy", **options)
+        started = migrate.start(
+            client, "copy", **_targets(bals, from_file, all_on, limit), **options
+        )
         console = Console(soft_wrap=True)
         ended = migrate.follow(client, started, None if as_json else console)
         if as_json:
@@ -241,7 +267,7 @@ def migrate_verify(
 
     def run(client: Any) -> int:
         names = migrate.read_bals(bals or [], from_file)
-        started = migrate.start(client, names, "verify", to=to, jobs=1)
+        started = migrate.start(client, "verify", bals=names, to=to, jobs=1)
         console = Console(soft_wrap=True)
         ended = migrate.follow(client, started, None if as_json else console)
         if as_json:
@@ -253,6 +279,85 @@ def migrate_verify(
         return migrate.print_verifications(console, Console(stderr=True), ended)
 
     _migrate("verify", config, data, token, run)
+
+
+def _move(
+    action: str,
+    to: str | None,
+    bals: list[str] | None,
+    from_file: Path | None,
+    as_json: bool,
+    where: tuple[Path | None, Path | None, str | None],
+    *,
+    all_on: str | None = None,
+    limit: int | None = None,
+    jobs: int = 1,
+) -> None:
+    from gateway.bal_migration import cli as migrate
+
+    def run(client: Any) -> int:
+        targets = _targets(bals, from_file, all_on, limit)
+        started = migrate.start(client, action, to=to, jobs=jobs, **targets)
+        console = Console(soft_wrap=True)
+        ended = migrate.follow(client, started, None if as_json else console)
+        if as_json:
+            failed = [j["bal"] for j in ended if j["state"] != "done"]
+            migrate.dump(console, {"jobs": ended, "failed": failed})
+            return 1 if failed else 0
+        return migrate.print_moves(console, Console(stderr=True), ended)
+
+    _migrate(action, *where, run)
+
+
+@migrate_app.command("cutover")
+def migrate_cutover(
+    bals: BalsArgument = None,
+    to: Annotated[str, typer.Option("--to", help="the backend the BAL moves to")] = "",
+    jobs: Annotated[int, typer.Option(min=1, max=16, help="BAL cut over at once")] = 1,
+    from_file: FromFileOption = None,
+    all_on: AllOnOption = None,
+    limit: LimitOption = None,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+    data: DataOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Move each copied BAL to --to: a last delta while its writes are held (a few
+    seconds), a final verify, the registry's record switched, open sessions ended with a
+    BYE naming the move, the MTA hook run; then a trailing sync copies what still reaches
+    the old platform until `finish`. Exits 0 when every BAL moved, 1 when some did not."""
+    if not to:
+        Console(stderr=True).print("lps-gateway migrate cutover: say where with --to BACKEND")
+        raise typer.Exit(2)
+    where = (config, data, token)
+    _move("cutover", to, bals, from_file, as_json, where, all_on=all_on, limit=limit, jobs=jobs)
+
+
+@migrate_app.command("rollback")
+def migrate_rollback(
+    bals: BalsArgument = None,
+    from_file: FromFileOption = None,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+    data: DataOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Take each cut-over BAL back where it came from, with what arrived or changed on the
+    new platform since (the same hold, verify, switch and BYE as a cut-over)."""
+    _move("rollback", None, bals, from_file, as_json, (config, data, token))
+
+
+@migrate_app.command("finish")
+def migrate_finish(
+    bals: BalsArgument = None,
+    from_file: FromFileOption = None,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+    data: DataOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Close each cut-over BAL's trailing sync, after a last pass."""
+    _move("finish", None, bals, from_file, as_json, (config, data, token))
 
 
 @migrate_app.command("status")

@@ -30,7 +30,8 @@ from gateway.backends.base import Backend
 from gateway.backends.kinds import Backends
 from gateway.backends.routing import NoRoute, Placement, Router
 from gateway.bal_migration.checkpoint import Checkpoints
-from gateway.bal_migration.jobs import MigrationRefused, Migrations
+from gateway.bal_migration.gate import BalGate
+from gateway.bal_migration.jobs import MigrationRefused, Migrations, Moves
 from gateway.card_sessions import CardSessionWatch
 from gateway.db import migrate_gateway
 from gateway.decisions import DecisionCache
@@ -121,6 +122,9 @@ class Gateway:
         self.card_sessions: CardSessionWatch | None = None
         self._admin_url: str | None = None
         self.migrations: Migrations | None = None
+        migration = settings.migration
+        # the node's holds and sessions by BAL, for cut-overs (every front asks it)
+        self.gate = BalGate(max_wait=migration.hold_max, drain_wait=migration.drain_max)
 
     async def open_registry(self) -> DelegationService:
         """Migrate and open the delegation registry (before `start`, to seed it)."""
@@ -240,6 +244,8 @@ class Gateway:
         if self._ops is not None:
             await self._ops.start()
         await self._start_fronts(service, self.validator)
+        if self.migrations is not None:
+            await self.migrations.resume()  # trailing syncs of unfinished cut-overs
         self._expiry = asyncio.create_task(service.expire_forever(interval=1.0))
         self._admin_url = admin_secret.loopback_url(http.host, port)
         admin_secret.publish_url(self.settings.data_dir, self._admin_url)
@@ -281,6 +287,7 @@ class Gateway:
                 audit=self.audit,
                 on_access=LegacyUsage(self.usage),
                 max_message_size=settings.smtp.max_message_size,
+                gate=self.gate,
             )
             self.legacy_operations = self._legacy_operations
             self.legacy.auth.on_refused = self._legacy_refused
@@ -441,6 +448,7 @@ class Gateway:
             throttle=self.limits.logins,
             exempt=self.limits.exempt,
             cards=self.cards,
+            gate=self.gate,
         )
 
     def _open_migrations(self, service: DelegationService) -> Migrations:
@@ -465,12 +473,31 @@ class Gateway:
         def backends() -> dict[str, Backend]:
             return dict(self.backends.by_name) if self.backends is not None else {}
 
+        async def move(bal: str, backend: str) -> None:
+            await service.move_mailbox(bal, backend)
+            if self.decisions is not None:  # this node at once; the others by the event
+                self.decisions.forget_mailbox(bal)
+
+        async def placements() -> list[tuple[str, str]]:
+            if self.router is None:
+                return []
+            placement = self.router.placement
+            return [
+                (bal, name)
+                for bal, registered in await service.placements()
+                if (name := placement.backend_of(bal, registered)) is not None
+            ]
+
+        def pinned(bal: str) -> str | None:
+            return self.router.placement.pinned(bal) if self.router is not None else None
+
         self.migrations = Migrations(
             Checkpoints(self._engine),
             locate=locate,
             backends=backends,
             settings=self.settings.backends,
             audit=audit,
+            moves=Moves(self.gate, move, pinned, self.settings.migration, placements=placements),
         )
         return self.migrations
 

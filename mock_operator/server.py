@@ -226,6 +226,7 @@ class MockOperator:
             authenticator("smtp"),
             settings.auth_failure_delay,
             other=_HistoricMailboxes(self.historic.store) if self.historic else None,
+            placed=self._placed,
         )
         self.smtp = SmtpServer(handler, smtp_sock, tls)
         await self.smtp.start()
@@ -241,6 +242,7 @@ class MockOperator:
             mailboxes_of=self._historic_mailboxes_of,
             directory=self._historic_directory,
             deliver_elsewhere=self._deliver_to_modern,
+            placed=self._placed,
         )
         await seed_historic(self.historic, self.personas.all())
         self.historic_auth = HistoricAuth(
@@ -317,6 +319,17 @@ class MockOperator:
             )
             for entry in await self.delegations.directory_search(search)
         ]
+
+    async def _placed(self, address: str) -> str | None:
+        """Where this operator's MTA delivers mail for `address`: the platform the registry
+        records for its BAL (the gateway's cut-over or rollback switches it), when it names
+        one of the two; else None (the platform holding the mailbox)."""
+        if self.delegations is None:
+            return None
+        mailbox = await self.delegations.mailbox(address.strip().lower())
+        if mailbox is None or mailbox.backend not in ("modern", "historic"):
+            return None
+        return mailbox.backend
 
     async def _deliver_to_modern(self, address: str, raw: bytes) -> None:
         """Mail sent on the historic platform to a BAL of the modern one."""

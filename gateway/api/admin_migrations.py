@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from delegation.errors import Invalid
 from delegation.parsing import normal_address
@@ -25,11 +25,23 @@ class MigrationRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    bals: list[Annotated[str, Field(max_length=320)]] = Field(min_length=1, max_length=MAX_BALS)
+    bals: list[Annotated[str, Field(max_length=320)]] = Field(
+        default_factory=list, max_length=MAX_BALS
+    )
+    all_on: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    limit: int | None = Field(None, ge=1, le=MAX_BALS)
     to: Annotated[str, Field(min_length=1, max_length=64)] | None = None
-    action: Literal["copy", "verify"] = "copy"
+    action: Literal["copy", "verify", "cutover", "rollback", "finish"] = "copy"
     jobs: int = Field(1, ge=1, le=MAX_JOBS)
     max_rate: float | None = Field(None, gt=0, le=100_000)
+
+    @model_validator(mode="after")
+    def _which(self) -> MigrationRequest:
+        if bool(self.bals) == (self.all_on is not None):
+            raise ValueError("name the BAL (`bals`) or a backend (`all_on`), not both")
+        if self.limit is not None and self.all_on is None:
+            raise ValueError("`limit` goes with `all_on`")
+        return self
 
     @field_validator("bals")
     @classmethod
@@ -48,13 +60,24 @@ def _migrations(call: AdminCall) -> Migrations:
 
 @router.post("", status_code=202)
 async def start(request: MigrationRequest, call: Admin) -> dict[str, Any]:
-    """Queue a copy (to `to`, provisioned first) or a verification (against `to`, or the
-    latest copy's target) of each BAL; `jobs` of them at once. 202 with the job ids."""
-    if request.action == "copy" and request.to is None:
-        raise HTTPException(400, "a copy needs `to`: the backend to copy to")
+    """Queue, for each BAL (named, or every BAL `all_on` a backend now, at most `limit`):
+    a copy (to `to`, provisioned first), a verification (against `to`, or the latest
+    copy's target), a cut-over to `to`, a rollback or the end of the trailing sync; `jobs`
+    of them at once. 202 with the job ids."""
+    if request.action in ("copy", "cutover") and request.to is None:
+        raise HTTPException(400, f"a {request.action} needs `to`: the backend to move to")
+    migrations = _migrations(call)
+    bals = request.bals
+    if request.all_on is not None:
+        try:
+            bals = await migrations.on_backend(request.all_on, request.limit or MAX_BALS)
+        except MigrationRefused as exc:
+            raise HTTPException(400, str(exc)) from None
+        if not bals:
+            return {"jobs": []}
     try:
-        started = await _migrations(call).start(
-            request.bals,
+        started = await migrations.start(
+            bals,
             request.to,
             request.action,
             actor=call.actor,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,10 +95,8 @@ def follow(
             progress.stop()
 
 
-def start(
-    client: AdminClient, bals: Iterable[str], action: str, **options: Any
-) -> list[dict[str, Any]]:
-    body = {"bals": list(bals), "action": action, **options}
+def start(client: AdminClient, action: str, **options: Any) -> list[dict[str, Any]]:
+    body = {"action": action, **{k: v for k, v in options.items() if v is not None}}
     jobs: list[dict[str, Any]] = client.post("/migrations", json=body)["jobs"]
     return jobs
 
@@ -118,6 +116,41 @@ def print_copies(console: Console, errors: Console, ended: list[dict[str, Any]])
             )
     for job in failed:
         errors.print(f"{job['bal']}: FAILED: {job['error']}", highlight=False, markup=False)
+    if failed:
+        errors.print(f"{len(failed)} of {len(ended)} BAL failed", highlight=False)
+    return 1 if failed else 0
+
+
+def print_moves(console: Console, errors: Console, ended: list[dict[str, Any]]) -> int:
+    """What each cut-over, rollback or finish did."""
+    failed = [j for j in ended if j["state"] != "done"]
+    for job in ended:
+        if job["state"] != "done":
+            continue
+        result = job["result"]
+        if job["action"] == "finish":
+            last = result.get("last_pass", {})
+            text = f"trailing sync closed ({last.get('appended', 0)} copied in its last pass)"
+        else:
+            final = result.get("final_delta", {})
+            text = (
+                f"now on {job['target']} (from {job['source']}): "
+                f"{result.get('messages', 0)} messages verified, writes held "
+                f"{result.get('hold_seconds', 0)} s, last delta {final.get('appended', 0)} "
+                f"appended, {result.get('sessions_ended', 0)} session(s) ended"
+            )
+            if result.get("mta_hook") not in (None, "ok"):
+                text += f"; MTA hook: {result['mta_hook']}"
+        console.print(f"{job['bal']}: {text}", highlight=False, markup=False)
+    for job in failed:
+        errors.print(f"{job['bal']}: FAILED: {job['error']}", highlight=False, markup=False)
+        for difference in job.get("differences", [])[:10]:
+            errors.print(
+                f"  {difference['kind']:<8} {difference['folder'] or '(none)'} -> "
+                f"{difference['target_folder']} {difference['digest'][:16]}",
+                highlight=False,
+                markup=False,
+            )
     if failed:
         errors.print(f"{len(failed)} of {len(ended)} BAL failed", highlight=False)
     return 1 if failed else 0

@@ -87,7 +87,7 @@ class _Pace:
         self.next = max(self.next, now) + self.interval
 
 
-async def _uidvalidity(access: MailboxAccess, folder: str) -> int:
+async def uidvalidity_of(access: MailboxAccess, folder: str) -> int:
     """The folder's UIDVALIDITY where the access tells it (IMAP and store accesses do);
     0 otherwise (checkpoints then trust UIDs not to be reused)."""
     ask = getattr(access, "uidvalidity", None)
@@ -161,7 +161,7 @@ async def _copy(
     current: set[int] = set()
     for name in sorted(mapping):
         state.folder = name
-        validity = await _uidvalidity(source, name)
+        validity = await uidvalidity_of(source, name)
         folder = await journal.folder(name, validity, mapping[name])
         current.add(folder.key)
         await _copy_folder(

@@ -18,14 +18,25 @@ from typing import Any, Literal
 
 from gateway.backends.base import Backend, MailboxAccess
 from gateway.backends.provisioning import provision
-from gateway.bal_migration.checkpoint import Checkpoints, CopyRecord
-from gateway.bal_migration.copy import CopyProgress, copy_bal, verify_bal
+from gateway.bal_migration.checkpoint import Checkpoints, CopyRecord, Journal
+from gateway.bal_migration.copy import (
+    CopyProgress,
+    CopyReport,
+    VerifyReport,
+    copy_bal,
+    uidvalidity_of,
+    verify_bal,
+)
+from gateway.bal_migration.gate import BalGate
+from gateway.bal_migration.hook import run_hook
 from gateway.bal_migration.plan import Difference
-from gateway.settings import BackendSettings
+from gateway.runtime.lifecycle import cancelled
+from gateway.settings import BackendSettings, MigrationSettings
 
 log = logging.getLogger(__name__)
 
-Action = Literal["copy", "verify"]
+Action = Literal["copy", "verify", "cutover", "rollback", "finish"]
+ACTIONS: tuple[Action, ...] = ("copy", "verify", "cutover", "rollback", "finish")
 MAX_DIFFERENCES = 100  # kept per verification for status (the count is kept whole)
 ERROR_LENGTH = 300
 
@@ -41,6 +52,30 @@ class MigrationRefused(Exception):
 
 class MigrationBusy(MigrationRefused):
     """A job of that BAL is queued or running already."""
+
+
+class MigrationFailed(Exception):
+    """A step found the BAL not ready to move (the final verification differs)."""
+
+
+Carry = Callable[[str, Journal, MailboxAccess, MailboxAccess], Awaitable[object]]
+"""(BAL, journal, source, target): what else follows the BAL at its move (the historic
+ids the legacy front serves), called while its writes are held, before the switch."""
+
+
+@dataclass
+class Moves:
+    """What cut-overs and rollbacks need from the gateway besides backends: the node's
+    gate, the registry's record (`move`, which also forgets remembered decisions), the
+    routing pins, the settings and what else follows a BAL."""
+
+    gate: BalGate
+    move: Callable[[str, str], Awaitable[None]]
+    pinned: Callable[[str], str | None]
+    settings: MigrationSettings = field(default_factory=MigrationSettings)
+    carry: Carry | None = None
+    placements: Callable[[], Awaitable[list[tuple[str, str]]]] | None = None
+    """Every BAL with the backend holding it now (for waves: `--all-on`)."""
 
 
 def _now() -> dt.datetime:
@@ -136,14 +171,18 @@ class Migrations:
         backends: Callable[[], Mapping[str, Backend]],
         settings: Mapping[str, BackendSettings],
         audit: Audit,
+        moves: Moves | None = None,
     ) -> None:
         self.checkpoints = checkpoints
         self._locate = locate
         self._backends = backends
         self._settings = settings
         self._audit = audit
+        self._moves = moves
         self._jobs: dict[str, Job] = {}  # the latest job of each BAL
         self._tasks: set[asyncio.Task[None]] = set()
+        self._trailing: dict[str, asyncio.Task[None]] = {}  # BAL -> its trailing sync
+        self.trailing_passes = 0  # done since start, for tests and operators
 
     async def start(
         self,
@@ -169,9 +208,14 @@ class Migrations:
             source = await self._locate(bal)
             if source is None:
                 raise MigrationRefused(f"{bal}: no such BAL in the registry")
-            target = to if to is not None else await self._copied_to(bal, source)
+            if action in ("rollback", "finish"):
+                target = await self._cut_over_from(bal, source, action)
+            else:
+                target = to if to is not None else await self._copied_to(bal, source)
             if target == source:
                 raise MigrationRefused(f"{bal} is on {source} already")
+            if action in ("copy", "cutover"):
+                await self._may_leave(bal, source, target, action)
             planned.append(Job(uuid.uuid4().hex[:12], bal, action, source, target, actor))
         gate = asyncio.Semaphore(max(1, jobs))
         for job in planned:
@@ -189,6 +233,57 @@ class Migrations:
         latest = max(records, key=lambda r: r.started_at or dt.datetime.min.replace(tzinfo=dt.UTC))
         return latest.target
 
+    async def on_backend(self, name: str, limit: int) -> list[str]:
+        """The BAL on backend `name` now, by address, at most `limit` (a wave), leaving out
+        those a job is busy with and those cut over to it already."""
+        if name not in self._backends():
+            raise MigrationRefused(f"unknown backend {name!r:.80}")
+        if self._moves is None or self._moves.placements is None:
+            raise MigrationRefused("this gateway cannot list BAL by backend")
+        moved = {r.bal for r in await self.checkpoints.records() if r.state == "cut over"}
+        found: list[str] = []
+        for bal, where in await self._moves.placements():
+            job = self._jobs.get(bal)
+            if where != name or bal in moved or (job is not None and job.active):
+                continue
+            found.append(bal)
+            if len(found) >= limit:
+                break
+        return found
+
+    async def _cut_over_from(self, bal: str, here: str, action: Action) -> str:
+        """For rollback and finish: the backend the BAL was cut over from to `here`."""
+        for record in await self.checkpoints.records(bal):
+            if record.target != here:
+                continue
+            if record.state == "cut over" or (action == "rollback" and record.state == "finished"):
+                return record.source
+        raise MigrationRefused(f"{bal}: no cut-over to {here} to {action}")
+
+    async def _may_leave(self, bal: str, source: str, target: str, action: Action) -> None:
+        """Refuse a copy or cut-over the BAL's state forbids: a pin in the routing, no
+        copy to cut over from, a trailing sync from `target` still running."""
+        moves = self._moves
+        if action == "cutover":
+            if moves is None:
+                raise MigrationRefused("this gateway cannot cut BAL over (no gate)")
+            pin = moves.pinned(bal)
+            if pin is not None:
+                raise MigrationRefused(
+                    f"{bal} is pinned to {pin} in [routing.mailboxes]: remove the entry first"
+                )
+        for record in await self.checkpoints.records(bal):
+            if (record.source, record.target, record.state) == (target, source, "cut over"):
+                raise MigrationRefused(
+                    f"{bal} came from {target} by a cut-over whose trailing sync runs: "
+                    "`rollback` to go back, or `finish` first"
+                )
+        if action == "cutover" and not any(
+            r.source == source and r.target == target and r.state != "planned"
+            for r in await self.checkpoints.records(bal)
+        ):
+            raise MigrationRefused(f"{bal}: copy it to {target} first (`migrate copy`)")
+
     async def _run(self, job: Job, gate: asyncio.Semaphore, max_rate: float | None) -> None:
         async with gate:
             job.state, job.started_at = "running", _now()
@@ -199,8 +294,14 @@ class Migrations:
             try:
                 if job.action == "copy":
                     await self._copy(job, max_rate)
-                else:
+                elif job.action == "verify":
                     await self._verify(job)
+                elif job.action == "cutover":
+                    await self._cutover(job, max_rate)
+                elif job.action == "rollback":
+                    await self._rollback(job, max_rate)
+                else:
+                    await self._finish(job)
             except Exception as failure:  # the job's, reported; the gateway goes on
                 job.state = "failed"
                 job.error = f"{type(failure).__name__}: {failure}"[:ERROR_LENGTH]
@@ -226,7 +327,7 @@ class Migrations:
         return source, target
 
     async def _copy(self, job: Job, max_rate: float | None) -> None:
-        journal = await self.checkpoints.journal(job.bal, job.source, job.target)
+        journal = await self._journal_for(job)
         try:
             provisioned = await provision(self._settings[job.target], job.bal)
         except Exception as failure:
@@ -254,6 +355,192 @@ class Migrations:
             "created": report.created,
             "seconds": round(report.seconds, 3),
         }
+
+    async def _journal_for(self, job: Job) -> Journal:
+        """The journal of `job`'s direction; after a rollback, mirrored first from the
+        way back (whose copies it must know, or it would copy them again)."""
+        journal = await self.checkpoints.journal(job.bal, job.source, job.target)
+        record = await journal.record()
+        if record.state != "rolled back":
+            return journal
+        back = await self.checkpoints.journal(job.bal, job.target, job.source)
+        source = await self._backends()[job.source].tools(job.bal)
+        try:
+            validity = await _validities(source)
+        finally:
+            await source.aclose()
+        await journal.seed_from(back, validity)
+        await journal.set_state("planned")
+        return journal
+
+    def _report(self, job: Job, report: CopyReport, key: str = "") -> None:
+        figures = {
+            "appended": report.appended,
+            "adopted": report.adopted,
+            "flag_changes": report.flag_changes,
+            "deleted": report.deleted,
+            "bytes": report.bytes,
+            "seconds": round(report.seconds, 3),
+        }
+        if key:
+            job.result[key] = figures
+        else:
+            job.result |= figures | {"created": report.created}
+
+    def _verified(self, job: Job, report: VerifyReport) -> None:
+        job.difference_count = len(report.differences)
+        job.differences = [difference_json(d) for d in report.differences[:MAX_DIFFERENCES]]
+        job.result |= {"identical": report.identical, "messages": report.messages}
+
+    async def _cutover(
+        self, job: Job, max_rate: float | None, journal: Journal | None = None
+    ) -> None:
+        """A delta, then under a hold of the BAL's changes a last delta and a verification,
+        the registry's record switched and the old sessions ended; then the MTA hook and
+        the trailing sync from the old platform."""
+        moves = self._moves
+        assert moves is not None
+        journal = journal or await self._journal_for(job)
+        await provision(self._settings[job.target], job.bal)
+        source, target = await self._accesses(job)
+
+        def progress(now: CopyProgress) -> None:
+            job.progress = dataclasses.replace(now)
+
+        try:
+            self._report(
+                job,
+                await copy_bal(
+                    job.bal, source, target, journal, progress=progress, max_rate=max_rate
+                ),
+                "delta",
+            )
+            loop = asyncio.get_running_loop()
+            async with moves.gate.hold(job.bal) as held:
+                started = loop.time()
+                self._report(job, await copy_bal(job.bal, source, target, journal), "final_delta")
+                check = await verify_bal(job.bal, source, target, journal)
+                self._verified(job, check)
+                if not check.identical:
+                    raise MigrationFailed(
+                        f"the final verification found {len(check.differences)} difference(s): "
+                        "nothing switched"
+                    )
+                if moves.carry is not None:
+                    await moves.carry(job.bal, journal, source, target)
+                await moves.move(job.bal, job.target)
+                job.result["sessions_ended"] = held.moved()
+                job.result["hold_seconds"] = round(loop.time() - started, 3)
+            await journal.set_state("cut over")
+        finally:
+            await source.aclose()
+            await target.aclose()
+        await self._after_move(job)
+        self._trail(job.bal, job.source, job.target)
+
+    async def _after_move(self, job: Job) -> None:
+        moves = self._moves
+        assert moves is not None
+        hook = await run_hook(
+            moves.settings.mta_hook,
+            bal=job.bal,
+            source=job.source,
+            target=job.target,
+            seconds=moves.settings.mta_hook_timeout,
+        )
+        if hook is not None:
+            job.result["mta_hook"] = hook
+            await self._audit(
+                job.actor, job.bal, "ok" if hook == "ok" else "failed", f"mta hook {hook}"[:200]
+            )
+
+    async def _rollback(self, job: Job, max_rate: float | None) -> None:
+        """Back to where the BAL was cut over from: the trailing sync's last pass, then the
+        way back's journal mirrored from the way there (so only what arrived or changed
+        on the new platform since is copied back), then a cut-over the other way."""
+        await self._stop_trailing(job.bal)
+        there = await self.checkpoints.journal(job.bal, job.target, job.source)
+        if (await there.record()).state == "cut over":
+            await self._trail_once(job.bal, job.target, job.source)
+        back = await self.checkpoints.journal(job.bal, job.source, job.target)
+        source = await self._backends()[job.source].tools(job.bal)
+        try:
+            validity = await _validities(source)
+        finally:
+            await source.aclose()
+        job.result["mirrored"] = await back.seed_from(there, validity)
+        await self._cutover(job, max_rate, back)
+        await there.set_state("rolled back")
+
+    async def _finish(self, job: Job) -> None:
+        """Close the trailing sync, after a last pass."""
+        await self._stop_trailing(job.bal)
+        journal = await self.checkpoints.journal(job.bal, job.target, job.source)
+        report = await self._trail_once(job.bal, job.target, job.source)
+        if report is not None:
+            self._report(job, report, "last_pass")
+        await journal.set_state("finished")
+
+    # -- the trailing sync -------------------------------------------------------------------
+    def _trail(self, bal: str, source: str, target: str) -> None:
+        if bal in self._trailing:
+            return
+        task = asyncio.create_task(self._trail_forever(bal, source, target), name=f"trail-{bal}")
+        self._trailing[bal] = task
+        task.add_done_callback(
+            lambda done: self._trailing.pop(bal) if self._trailing.get(bal) is done else None
+        )
+
+    async def _trail_forever(self, bal: str, source: str, target: str) -> None:
+        interval = self._moves.settings.trailing_interval if self._moves else 60.0
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._trail_once(bal, source, target)
+            except Exception as failure:
+                log.warning(
+                    "migration.trailing_failed",
+                    extra={"bal": bal, "error": f"{type(failure).__name__}: {failure}"[:300]},
+                )
+
+    async def _trail_once(self, bal: str, source: str, target: str) -> CopyReport | None:
+        """Copy to `target` what arrived on `source` since the cut-over."""
+        backends = self._backends()
+        if source not in backends or target not in backends:
+            return None
+        journal = await self.checkpoints.journal(bal, source, target)
+        old = await backends[source].tools(bal)
+        try:
+            new = await backends[target].tools(bal)
+            try:
+                report = await copy_bal(bal, old, new, journal, trailing=True)
+            finally:
+                await new.aclose()
+        finally:
+            await old.aclose()
+        self.trailing_passes += 1
+        if report.appended:
+            await self._audit(
+                "gateway", bal, "ok", f"migrate trailing {source}->{target} {report.appended} new"
+            )
+        return report
+
+    async def trail_now(self, bal: str) -> CopyReport | None:
+        """One pass of `bal`'s trailing sync now (operators, tests)."""
+        for record in await self.checkpoints.records(bal):
+            if record.state == "cut over":
+                return await self._trail_once(record.bal, record.source, record.target)
+        return None
+
+    async def _stop_trailing(self, bal: str) -> None:
+        await cancelled(self._trailing.pop(bal, None))
+
+    async def resume(self) -> int:
+        """After a restart: the trailing syncs of the cut-overs not finished."""
+        records = await self.checkpoints.in_state("cut over")
+        for record in records:
+            self._trail(record.bal, record.source, record.target)
+        return len(records)
 
     async def _verify(self, job: Job) -> None:
         journal = await self.checkpoints.journal(job.bal, job.source, job.target)
@@ -283,7 +570,12 @@ class Migrations:
 
     async def aclose(self) -> None:
         """Stop the jobs (the gateway stops): their checkpoints let the next run resume."""
-        tasks = list(self._tasks)
+        tasks = list(self._tasks) + list(self._trailing.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _validities(access: MailboxAccess) -> dict[str, int]:
+    """Each folder's UIDVALIDITY on `access` (what a mirrored journal is keyed by)."""
+    return {f.name: await uidvalidity_of(access, f.name) for f in await access.folders()}

@@ -126,6 +126,12 @@ class CallRecord:
     result: str  # "ok", or "FONCTIONNELLE 45", "TECHNIQUE 1"
 
 
+Placed = Callable[[str], Awaitable[str | None]]
+"""Where the operator's MTA delivers mail for an address ("modern", "historic"), from
+the registry's record; None when the record says nothing (the platform holding the
+mailbox then)."""
+
+
 class HistoricService:
     """The historic platform's operations over one `HistoricStore`.
 
@@ -146,8 +152,10 @@ class HistoricService:
         deliver_elsewhere: DeliverElsewhere | None = None,
         max_attachments_bytes: int = DEFAULT_MAX_ATTACHMENTS,
         domain: str = "historique.mssante.fr",
+        placed: Placed | None = None,
     ) -> None:
         self.store = store
+        self.placed = placed  # a BAL moved to the modern platform gets its mail there
         self.resolver = resolver
         self.mailboxes_of = mailboxes_of
         self.directory = directory
@@ -473,7 +481,8 @@ class HistoricService:
         own_copy = build_mime(composition, with_bcc=True)
         outgoing = build_mime(composition, with_bcc=False)
         for rcpt in dict.fromkeys(a for a, _, _ in composed.recipients):
-            if await self.store.account(rcpt) is not None:
+            moved = self.placed is not None and await self.placed(rcpt) == "modern"
+            if not moved and await self.store.account(rcpt) is not None:
                 await self.store.deliver_mime(rcpt, outgoing, INBOX, {"UNREAD"})
             elif self.deliver_elsewhere is not None:
                 try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -39,11 +40,25 @@ class PlatformSubmission(TokenAuthMixin):
         authenticator: LoginAuthority,
         auth_failure_delay: float = 1.0,
         other: OtherPlatform | None = None,
+        placed: Callable[[str], Awaitable[str | None]] | None = None,
     ) -> None:
         self.platform = platform
         self.authenticator = authenticator
         self.auth_failure_delay = auth_failure_delay
         self.other = other
+        self.placed = placed  # the registry's record of a moved BAL says where mail goes
+
+    async def _here(self, recipient: str) -> bool:
+        """Whether mail for `recipient` is delivered on this platform: where the registry
+        records its BAL (a BAL moved by the gateway), else where the mailbox is."""
+        if self.other is None:
+            return True
+        where = await self.placed(recipient) if self.placed is not None else None
+        if where == "historic" and await self.other.has_mailbox(recipient):
+            return False
+        if where == "modern" and await self.platform.has_mailbox(recipient):
+            return True
+        return await self.platform.has_mailbox(recipient)
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
@@ -83,7 +98,7 @@ class PlatformSubmission(TokenAuthMixin):
         now = dt.datetime.now(dt.UTC).astimezone()
         try:
             for recipient in envelope.rcpt_tos:
-                if await self.platform.has_mailbox(recipient) or self.other is None:
+                if await self._here(recipient) or self.other is None:
                     await self.platform.deliver(recipient, message, internal_date=now)
                 else:
                     await self.other.deliver_mime(recipient, message)

@@ -1,0 +1,50 @@
+"""The command that tells the operator's MTA where a BAL now lives, run after a cut-over
+or a rollback (`[migration] mta_hook`): an argv, never a shell line, with `{bal}`,
+`{source}` and `{target}` replaced in each argument."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+
+log = logging.getLogger(__name__)
+
+OUTPUT_KEPT = 300
+
+
+async def run_hook(
+    argv: Sequence[str], *, bal: str, source: str, target: str, seconds: float
+) -> str | None:
+    """Run the hook; None when there is none, "ok", or what went wrong (exit status and
+    the end of its output, or the timeout)."""
+    if not argv:
+        return None
+    values = {"bal": bal, "source": source, "target": target}
+    try:
+        command = [part.format_map(values) for part in argv]
+    except (KeyError, ValueError, IndexError) as exc:
+        return f"not started: mta_hook names an unknown field {exc}"[:OUTPUT_KEPT]
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *command,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+    except OSError as exc:
+        return f"not started: {exc}"[:OUTPUT_KEPT]
+    try:
+        async with asyncio.timeout(seconds):
+            output, _ = await process.communicate()
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+        return f"timed out after {seconds:g} s"
+    if process.returncode == 0:
+        log.info("migration.mta_hook_done", extra={"bal": bal, "target": target})
+        return "ok"
+    tail = output.decode("utf-8", "replace").strip()[-OUTPUT_KEPT:]
+    return f"exit {process.returncode}: {tail}"
