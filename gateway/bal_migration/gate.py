@@ -50,6 +50,7 @@ class _Bal:
     hold: asyncio.Event | None = None  # set when the hold ends
     moved: bool = False  # the hold ended with a move
     writing: int = 0
+    waiting: int = 0  # changes waiting for the hold to end
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     sessions: set[Endable] = field(default_factory=set)
 
@@ -93,11 +94,14 @@ class BalGate:
         if entry is None or entry.hold is None:
             return
         released = entry.hold
+        entry.waiting += 1
         try:
             async with asyncio.timeout(self.max_wait):
                 await released.wait()
         except TimeoutError:
             raise Held(f"{bal} is being moved, retry in a few seconds") from None
+        finally:
+            entry.waiting -= 1
         if entry.moved:
             raise Moved(f"{bal} moved to another platform, reconnect")
 
@@ -134,6 +138,11 @@ class BalGate:
         if entry is not None:
             entry.sessions.discard(session)
             self._tidy(bal)
+
+    def waiting(self, bal: str) -> int:
+        """How many changes wait for `bal`'s hold to end (operators, tests)."""
+        entry = self._bals.get(bal.strip().lower())
+        return entry.waiting if entry is not None else 0
 
     def sessions(self, bal: str) -> int:
         entry = self._bals.get(bal.strip().lower())

@@ -210,15 +210,13 @@ class GatewayHistoricOperations:
 
     @contextlib.asynccontextmanager
     async def _held(self, bal: str, changes: bool) -> AsyncIterator[None]:
-        """A call on a BAL being moved waits for the move (`Held` past a few seconds); a
-        change is counted while under way, so that the move's last copy comes after it."""
-        if self.gate is None:
+        """A change to a BAL being moved waits for the move (`Held` past a few seconds),
+        then goes where the BAL went; it is counted while under way, so that the move's
+        last copy comes after it. A read goes on: both sides hold the same messages."""
+        if self.gate is None or not changes:
             yield
-        elif changes:
-            async with self.gate.writing(bal):
-                yield
-        else:
-            await self.gate.passage(bal)
+            return
+        async with self.gate.writing(bal):
             yield
 
     # -- who may do what -------------------------------------------------------------------
