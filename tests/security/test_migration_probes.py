@@ -45,7 +45,16 @@ def _copy(**changes: Any) -> dict[str, Any]:
         _copy(bals=[None]),
         _copy(bals=[["nested@x.fr"]]),
         _copy(bals=DUPONT),  # a string is not a list
-        _copy(action="cutover"),  # not yet
+        _copy(all_on="modern"),  # named BAL and a wave at once
+        _copy(bals=[], limit=5),  # a limit without a wave
+        _copy(bals=[], all_on=""),
+        _copy(bals=[], all_on="m" * 100),
+        _copy(bals=[], all_on="modern", limit=0),
+        _copy(bals=[], all_on="modern", limit=10_000),
+        _copy(bals=[], all_on=["modern"]),
+        _copy(action="cutover", to=None),
+        _copy(action="Cutover"),
+        _copy(action="rollback;finish"),
         _copy(action="rm -rf"),
         _copy(action=None),
         _copy(extra="field"),
@@ -77,6 +86,11 @@ async def test_garbage_requests_are_refused_and_start_nothing(stack: Stack, body
         (_copy(bals=["nobody@medecin.mssante.fr"], to="nowhere"), "unknown backend"),
         (_copy(to=None), "a copy needs `to`"),
         (_copy(to=None, action="verify"), "never copied"),
+        (_copy(action="cutover"), "is on modern already"),
+        (_copy(action="cutover", to="nowhere"), "unknown backend"),
+        (_copy(action="rollback", to=None), "no cut-over to modern to rollback"),
+        (_copy(action="finish", to=None), "no cut-over to modern to finish"),
+        (_copy(bals=[], all_on="nowhere"), "unknown backend 'nowhere'"),
     ],
 )
 async def test_requests_that_cannot_be_done_say_why(stack: Stack, body: Any, why: str) -> None:

@@ -1,0 +1,39 @@
+"""The MTA hook (`[migration] mta_hook`): an argv with the move's fields, never a shell
+line; its outcome is reported, whatever it does."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from gateway.bal_migration.hook import run_hook
+
+MOVE = {"bal": "jean.dupont@medecin.mssante.fr", "source": "historic", "target": "modern"}
+
+
+async def test_fields_are_arguments_not_shell(tmp_path: Path) -> None:
+    out = tmp_path / "args"
+    script = "import sys, pathlib; pathlib.Path(sys.argv[1]).write_text(repr(sys.argv[2:]))"
+    argv = [sys.executable, "-c", script, str(out), "{bal}", "{source}->{target}", "$(id)"]
+    assert await run_hook(argv, **MOVE, seconds=30) == "ok"
+    assert out.read_text() == repr([MOVE["bal"], "historic->modern", "$(id)"])
+
+
+async def test_failures_are_reported() -> None:
+    assert await run_hook([], **MOVE, seconds=30) is None
+    failed = await run_hook(
+        [sys.executable, "-c", "import sys; print('postmap: no such map'); sys.exit(3)"],
+        **MOVE,
+        seconds=30,
+    )
+    assert failed == "exit 3: postmap: no such map"
+    missing = await run_hook(["/nonexistent/postmap"], **MOVE, seconds=30)
+    assert missing is not None
+    assert missing.startswith("not started")
+    unknown = await run_hook(["echo", "{password}"], **MOVE, seconds=30)
+    assert unknown is not None
+    assert "unknown field" in unknown
+    slow = await run_hook(
+        [sys.executable, "-c", "import time; time.sleep(600)"], **MOVE, seconds=0.5
+    )
+    assert slow == "timed out after 0.5 s"
