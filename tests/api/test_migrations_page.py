@@ -110,7 +110,9 @@ async def test_the_administrator_sees_each_bal(demo: Stack) -> None:
     assert "differences" not in entry["job"]
 
 
-async def test_others_are_refused_and_strangers_sent_to_the_login(demo: Stack) -> None:
+async def test_others_are_refused_strangers_sent_to_the_login_strings_escaped(
+    demo: Stack,
+) -> None:
     await add_hostile_record(demo)
     site = demo.gateway.http_url
     async with httpx.AsyncClient(timeout=10) as anonymous:
@@ -121,18 +123,14 @@ async def test_others_are_refused_and_strangers_sent_to_the_login(demo: Stack) -
             assert "x.fr" not in answer.text
     async with httpx.AsyncClient(timeout=10) as practitioner:
         await log_in(practitioner, site, "dr-martin")
-        page = await practitioner.get(f"{site}{PAGE}")
-        view = await practitioner.get(f"{site}{JSON}")
-    assert page.status_code == 403
-    assert "Page réservée aux administrateurs de l&#39;opérateur." in page.text
-    assert "x.fr" not in page.text
-    assert view.status_code == 403
-    assert view.json() == {"detail": "Page réservée aux administrateurs de l'opérateur."}
+        refused = await practitioner.get(f"{site}{PAGE}")
+        refused_view = await practitioner.get(f"{site}{JSON}")
+    assert refused.status_code == 403
+    assert "Page réservée aux administrateurs de l&#39;opérateur." in refused.text
+    assert "x.fr" not in refused.text
+    assert refused_view.status_code == 403
+    assert refused_view.json() == {"detail": "Page réservée aux administrateurs de l'opérateur."}
 
-
-async def test_strings_of_the_records_are_escaped(demo: Stack) -> None:
-    await add_hostile_record(demo)
-    site = demo.gateway.http_url
     async with httpx.AsyncClient(timeout=10) as http:
         await log_in(http, site, "adm-roux")
         page = await http.get(f"{site}{PAGE}")
@@ -177,6 +175,7 @@ async def without_engine(
         await mock.stop()
 
 
+@pytest.mark.parametrize("fresh_db_url", ["sqlite"], indirect=True)  # the page, not the registry
 async def test_without_a_migration_engine_the_page_says_so(without_engine: str) -> None:
     async with httpx.AsyncClient(timeout=10) as http:
         await log_in(http, without_engine, "adm-roux")
