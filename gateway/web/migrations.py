@@ -194,12 +194,15 @@ def _timings(
     started, finished = _when(source.get("started_at")), _when(source.get("finished_at"))
     verified = _when(copy.get("verified_at")) if copy is not None else None
     lines = []
-    if started is not None:
-        lines.append(f"début {local(started)}")
-    if finished is not None and (started is None or finished >= started):
+    if started is not None and finished is not None and finished >= started:
+        begun, ended = local(started), local(finished)
+        day, _, hour = ended.partition(" ")
+        lines.append(f"{begun} → {hour if begun.startswith(day + ' ') else ended}")
+        lines.append(f"en {duration((finished - started).total_seconds())}")
+    elif started is not None:
+        lines.append(f"depuis {local(started)}")
+    elif finished is not None:
         lines.append(f"fin {local(finished)}")
-        if started is not None:
-            lines.append(f"durée {duration((finished - started).total_seconds())}")
     if verified is not None:
         lines.append(f"vérifiée {local(verified)}")
     return lines

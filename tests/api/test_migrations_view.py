@@ -76,11 +76,7 @@ def test_a_running_copy_has_a_bar() -> None:
         "text": "40/100 messages, dossiers 1/3 (Résultats)",
     }
     assert shown["bytes"] == "3,2 Mo"
-    assert shown["timings"] == [
-        "début 02/03/2026 10:00",
-        "fin 02/03/2026 10:01",
-        "durée 1 min 15 s",
-    ]
+    assert shown["timings"] == ["02/03/2026 10:00 → 10:01", "en 1 min 15 s"]
 
 
 def test_a_bar_without_value_while_planning_and_none_when_done() -> None:
@@ -147,7 +143,12 @@ def test_the_copy_shown_is_the_jobs_else_the_latest() -> None:
         "historic",
         "copie en cours",
     )
-    assert shown["timings"] == ["début 02/03/2026 10:00"], "the job's start, the copy has none"
+    assert shown["timings"] == ["depuis 02/03/2026 10:00"], "the job's start, the copy has none"
+    overnight = copy(finished_at=(T0 + dt.timedelta(days=1)).isoformat())
+    assert row({"bal": BAL, "copies": [overnight], "job": None}, _local)["timings"] == [
+        "02/03/2026 10:00 → 03/03/2026 10:00",
+        "en 24 h 00 min",
+    ]
 
 
 @pytest.mark.parametrize(
