@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 
 import httpx
 from fastapi import APIRouter, Form, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from delegation.errors import DelegationError
@@ -24,6 +24,7 @@ from delegation.service import DelegationService
 from gateway.api.admin import AdminConfig
 from gateway.api.schemas import PRINTABLE, RIGHTS_ORDER
 from gateway.usage.report import UsageReport
+from gateway.web.migrations import migrations_view
 from gateway.web.sessions import COOKIE, PendingLogin, SessionStore, WebSession
 from psc_auth import TokenError, TokenValidator
 
@@ -34,6 +35,8 @@ PREFIX = "/ui"
 RIGHT_LABELS = {"read": "lecture", "write": "écriture", "send": "envoi"}
 PARIS = dt.timezone(dt.timedelta(hours=1))
 MAX_QUERY = 64
+ADMINS_ONLY = "Page réservée aux administrateurs de l'opérateur."
+NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 _ERRORS = {
     401: "Connexion refusée.",
     403: "Accès refusé.",
@@ -229,7 +232,7 @@ def build_router(
         if session is None or session.identity is None:
             return RedirectResponse("/ui/login", status_code=303)
         if admin is None or not admin.allows(session.identity):
-            return _message(request, "Page réservée aux administrateurs de l'opérateur.", 403)
+            return _message(request, ADMINS_ONLY, 403)
         try:
             day = dt.date.fromisoformat(since) if since else None
         except ValueError:
@@ -243,6 +246,35 @@ def build_router(
             "local": _local,
         }
         return _page(request, "admin_usage.html", context)
+
+    @router.get("/admin/migrations", response_class=HTMLResponse)
+    async def migrations_page(request: Request) -> Response:
+        """The BAL being moved, for the operator's administrators: whole on the server
+        (useful without scripts), then refreshed in place from `migrations.json`."""
+        session = session_of(request)
+        if session is None or session.identity is None:
+            return RedirectResponse("/ui/login", status_code=303)
+        if admin is None or not admin.allows(session.identity):
+            return _message(request, ADMINS_ONLY, 403)
+        context = {
+            "identity": session.identity,
+            "view": await migrations_view(admin.migrations, _local),
+        }
+        response = _page(request, "admin_migrations.html", context)
+        response.headers.update(NO_STORE)
+        return response
+
+    @router.get("/admin/migrations.json")
+    async def migrations_json(request: Request) -> Response:
+        """What the page's script reads every two seconds; the page's session and rule
+        (the administrators' API is `/admin/migrations`, with a bearer token)."""
+        session = session_of(request)
+        if session is None or session.identity is None:
+            return RedirectResponse("/ui/login", status_code=303, headers=NO_STORE)
+        if admin is None or not admin.allows(session.identity):
+            return JSONResponse({"detail": ADMINS_ONLY}, status_code=403, headers=NO_STORE)
+        view = await migrations_view(admin.migrations, _local)
+        return JSONResponse(view, headers=NO_STORE)
 
     @router.post("/delegations/grant")
     async def grant(
