@@ -22,9 +22,9 @@ STATES = {
     "failed": "en échec",
     "verified": "vérifiée",
     "different": "différente",
-    "cut over": "basculée",
+    "cut over": "basculée (synchronisation de suivi)",
+    "finished": "basculée, suivi clos",
     "rolled back": "retour arrière fait",
-    "trailing": "synchronisation de suivi",
 }
 ACTIONS = {
     "copy": "copie",

@@ -93,9 +93,9 @@ def test_a_bar_without_value_while_planning_and_none_when_done() -> None:
 @pytest.mark.parametrize(
     ("state", "action", "job_state", "label", "job_label"),
     [
-        ("cut over", "cutover", "done", "basculée", "bascule : succès"),
+        ("cut over", "cutover", "done", "basculée (synchronisation de suivi)", "bascule : succès"),
         ("rolled back", "rollback", "failed", "retour arrière fait", "retour arrière : échec"),
-        ("trailing", "finish", "queued", "synchronisation de suivi", "clôture : en attente"),
+        ("finished", "finish", "queued", "basculée, suivi clos", "clôture : en attente"),
         ("teleported", "teleport", "exploding", "teleported", "teleport : exploding"),
     ],
 )
