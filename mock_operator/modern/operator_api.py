@@ -50,7 +50,7 @@ Folder = Annotated[str, Query(min_length=1, max_length=MAX_FOLDER_NAME)]
 
 class UidValidity(BaseModel):
     folder: str = Field(min_length=1, max_length=MAX_FOLDER_NAME)
-    uidvalidity: int = Field(ge=1, le=MAX_UID)
+    uidvalidity: int = Field(ge=1, le=MAX_UID, strict=True)
 
 
 def build_operator_router(
