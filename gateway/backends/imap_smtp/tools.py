@@ -121,8 +121,21 @@ class ImapMailboxAccess:
 
     async def import_folder(self, folder: str, uidvalidity: int) -> bool:
         assert self._importer is not None
-        self._selected = None
+        await self._unselect()  # a server ends a session whose folder changes UIDVALIDITY
         return await self._importer.import_folder(folder, uidvalidity)
+
+    async def _unselect(self) -> None:
+        """Leave the selected folder without expunging anything (RFC 3691, or CLOSE once
+        it is read-only)."""
+        if self._selected is None:
+            return
+        folder, _ = self._selected
+        self._selected = None
+        if "UNSELECT" in self.capabilities:
+            await self._run(b"UNSELECT")
+        else:
+            await self._run(b"EXAMINE " + self._mailbox(folder))
+            await self._run(b"CLOSE")
 
     async def import_message(
         self,
