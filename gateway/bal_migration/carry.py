@@ -89,11 +89,14 @@ async def carry_back(
     moves = await forward_moves(back, target)
     for folder in await forward.folders():
         here = await _uidvalidity(source, folder.target)
+        home = await _uidvalidity(target, folder.name)
         copied = await forward.copied(folder)
         inverse = {c.target_uid: s for s, c in copied.items() if c.target_uid is not None}
+        if home != folder.uidvalidity:
+            inverse = {}  # the folder was made anew there: its old UIDs name nothing
         known = moves.get((folder.target, here))
         merged = {**inverse, **(known.uids if known is not None else {})}
-        moves[(folder.target, here)] = Move(folder.name, folder.uidvalidity, merged)
+        moves[(folder.target, here)] = Move(folder.name, home, merged)
     return await rebind(engine, bal, record.source, record.target, moves)
 
 
