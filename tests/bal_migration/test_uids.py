@@ -104,6 +104,8 @@ async def platforms(tmp_path: Path, mock_settings: MockSettings) -> AsyncIterato
                     imap_tls="starttls",
                     ca_file=mock.tls_cert,
                 ),
+                # the historic platform through its web services alone (no own IMAP)
+                "historic-ws": historic_backend(mock),
             }
             settings.routing.default = "modern"
 
@@ -295,3 +297,19 @@ async def test_from_the_historic_platform_the_folders_get_new_uidvalidity(
         assert report.uids_kept == []
         assert (await verify_bal(source[1], read, write)).identical
         assert await write.uidvalidity("INBOX") == before  # type: ignore[attr-defined]
+
+
+async def test_through_the_historic_web_services_alone_the_gateway_s_uids_are_kept(
+    platforms: Platforms,
+) -> None:
+    """Without the historic IMAP, the copy reads the store the gateway's IMAP front serves:
+    its UIDs and UIDVALIDITY are those LPS saw (the gateway's table), and they are kept
+    (the bytes are the web services' rebuilds)."""
+    source = ("historic-ws", "marie.petit@sage-femme.mssante.fr")
+    async with platforms.accesses(source, ("modern", ELSEWHERE)) as (read, write):
+        journal = await platforms.checkpoints.journal(source[1], source[0], "modern")
+        report = await copy_bal(source[1], read, write, journal)
+        assert report.appended >= 1
+        assert sorted(report.uids_kept) == sorted(report.folders)
+        assert await state(write, "INBOX") == await state(read, "INBOX")
+        assert (await verify_bal(source[1], read, write)).identical
