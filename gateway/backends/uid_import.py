@@ -29,15 +29,22 @@ class OperatorImport:
         assert settings.import_url is not None
         self._name = name
         self._base = f"{settings.import_url.rstrip('/')}/{quote(bal.lower(), safe='@')}/import"
-        self._http = httpx.AsyncClient(
-            verify=http_verify(settings),
-            timeout=settings.reply_timeout,
-            trust_env=False,
-            auth=httpx.BasicAuth(settings.master_user, settings.password()),
-        )
+        self._settings = settings
+        self._http: httpx.AsyncClient | None = None  # made at the first import
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = httpx.AsyncClient(
+                verify=http_verify(self._settings),
+                timeout=self._settings.reply_timeout,
+                trust_env=False,
+                auth=httpx.BasicAuth(self._settings.master_user, self._settings.password()),
+            )
+        return self._http
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._http is not None:
+            await self._http.aclose()
 
     async def import_folder(self, folder: str, uidvalidity: int) -> bool:
         answer = await self._call(
@@ -87,7 +94,7 @@ class OperatorImport:
     ) -> httpx.Response | None:
         """The answer when 2xx, None on a 409; otherwise a backend error."""
         try:
-            answer = await self._http.request(
+            answer = await self._client().request(
                 method,
                 self._base + path,
                 json=json,
