@@ -464,8 +464,10 @@ async def _demo(settings: Settings) -> None:
                         master_user=mock.master.user,
                         master_password_file=mock.data_dir / "master.secret",
                         keeps_sent_copy=True,  # the mock files submitted mail in Sent
-                        # a migration creates the BAL there first (the operator API)
+                        # a migration creates the BAL there first, then imports keeping UIDs
+                        # (the operator API)
                         provision_url=f"{mock.http_url}/operator/mailboxes",
+                        import_url=f"{mock.http_url}/operator/mailboxes",
                     ),
                     # the historic platform's web services: the registry records "historic"
                     # as the backend of jean.dupont@ and marie.petit@, and routing follows it;

@@ -26,10 +26,11 @@ from gateway.api.admin import AdminConfig
 from gateway.api.app import create_api
 from gateway.api.ops import create_ops_app
 from gateway.audit import AuditSink
-from gateway.backends.base import Backend
+from gateway.backends.base import Backend, MailboxAccess
 from gateway.backends.kinds import Backends
 from gateway.backends.routing import NoRoute, Placement, Router
-from gateway.bal_migration.checkpoint import Checkpoints
+from gateway.bal_migration.carry import carry_historic_ids
+from gateway.bal_migration.checkpoint import Checkpoints, Journal
 from gateway.bal_migration.gate import BalGate
 from gateway.bal_migration.jobs import MigrationRefused, Migrations, Moves
 from gateway.card_sessions import CardSessionWatch
@@ -487,6 +488,15 @@ class Gateway:
                 for bal, registered in await service.placements()
                 if (name := placement.backend_of(bal, registered)) is not None
             ]
+
+        engine = self._engine
+
+        async def carry(
+            bal: str, journal: Journal, source: MailboxAccess, target: MailboxAccess
+        ) -> int:
+            """The historic ids the legacy front serves follow the BAL to its copies (a
+            rollback's journal, mirrored from the way there, knows every pair too)."""
+            return await carry_historic_ids(engine, bal, journal, target)
 
         def pinned(bal: str) -> str | None:
             return self.router.placement.pinned(bal) if self.router is not None else None

@@ -309,6 +309,14 @@ class BackendSettings(_Section):
         "PUTs <provision_url>/<BAL> (HTTP Basic, master_user and its password) to create the "
         "BAL on this platform before copying to it; none: the BAL must exist already",
     )
+    import_url: str | None = Field(
+        default=None,
+        description="the platform's import API (.../operator/mailboxes, as the mock's modern "
+        "platform offers, as Dovecot's dsync can): a migration to this platform keeps each "
+        "folder's UIDVALIDITY and every message's UID (PUT <import_url>/<BAL>/import/"
+        "uidvalidity, POST <import_url>/<BAL>/import/messages; HTTP Basic, master_user); "
+        "none: copies get new UIDs (APPEND) and LPS download the folders again",
+    )
     poll_interval: float = Field(
         default=10.0,
         gt=0,
@@ -319,10 +327,10 @@ class BackendSettings(_Section):
 
     @model_validator(mode="after")
     def _legacy_ws_needs_a_url(self) -> BackendSettings:
-        if self.provision_url is not None and not self.provision_url.startswith(
-            ("http://", "https://")
-        ):
-            raise ValueError("provision_url must be an http(s):// URL")
+        for key in ("provision_url", "import_url"):
+            url = getattr(self, key)
+            if url is not None and not url.startswith(("http://", "https://")):
+                raise ValueError(f"{key} must be an http(s):// URL")
         if self.kind == "legacy_ws":
             if not self.ws_url or not self.ws_url.startswith(("http://", "https://")):
                 raise ValueError("a legacy_ws backend needs ws_url, an http(s):// URL")

@@ -10,6 +10,9 @@ operator's tools speak.
 * `tools`: a `MailboxAccess` for the operator's tools (migration, the historic interfaces
   over any platform, conformance): folders, messages with their UID, flags, date, size
   and a content digest, a message's bytes, append with flags and date, flags, delete.
+  Where the platform can import with given UIDs, the access's `uid_import` is a
+  `UidImport` (`uid_import_of`); its `public_uids` says whether its UIDs are those the
+  BAL's clients see (`public_uids_of`).
 
 Every failure is a `gateway.backends.errors.BackendError`; no method writes reply text.
 """
@@ -107,6 +110,38 @@ class MailboxAccess(Protocol):
     async def create_folder(self, name: str) -> None: ...
 
     async def aclose(self) -> None: ...
+
+
+class UidImport(Protocol):
+    """A platform that stores messages under given UIDs, as Dovecot's dsync does: what a
+    migration needs to keep UIDs and UIDVALIDITY, and with them every client's cache."""
+
+    async def import_folder(self, folder: str, uidvalidity: int) -> bool:
+        """Give `folder` this UIDVALIDITY; False when it cannot (it holds messages)."""
+        ...
+
+    async def import_message(
+        self,
+        folder: str,
+        uid: int,
+        message: bytes,
+        flags: Collection[str],
+        internal_date: dt.datetime,
+    ) -> int | None:
+        """Store `message` under `uid`; None when the folder's UIDs are past it already."""
+        ...
+
+
+def uid_import_of(access: MailboxAccess) -> UidImport | None:
+    """The access's `UidImport` when its platform offers one."""
+    found: UidImport | None = getattr(access, "uid_import", None)
+    return found
+
+
+def public_uids_of(access: MailboxAccess) -> bool:
+    """Whether the access's UIDs are the ones the BAL's clients see (the historic
+    platform's own IMAP is not what LPS reach: the gateway gives those their UIDs)."""
+    return bool(getattr(access, "public_uids", True))
 
 
 class Submission(Protocol):

@@ -27,7 +27,8 @@ class Provisioned:
     details: dict[str, Any]
 
 
-def _verify(backend: BackendSettings) -> ssl.SSLContext | bool:
+def http_verify(backend: BackendSettings) -> ssl.SSLContext | bool:
+    """How to check the TLS certificate of the backend's HTTP APIs (its `ca_file`)."""
     if not backend.tls_verify:
         return False
     if backend.ca_file is not None:
@@ -45,7 +46,7 @@ async def provision(
     auth = httpx.BasicAuth(backend.master_user, backend.password())
     own = client is None
     http = client or httpx.AsyncClient(
-        verify=_verify(backend), timeout=backend.reply_timeout, trust_env=False
+        verify=http_verify(backend), timeout=backend.reply_timeout, trust_env=False
     )
     try:
         answer = await http.put(url, auth=auth)

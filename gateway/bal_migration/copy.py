@@ -6,21 +6,38 @@ asks `plan.diff` what to do, and does it: appends the exact bytes with their fla
 its APPENDs and completed after them; flag changes and deletions of messages expunged on
 the source since they were copied. Run again, it does only what changed; killed anywhere,
 it goes on without a duplicate. `verify_bal` compares the two sides, folder by folder.
+
+UIDs: where the target can import with given UIDs (`UidImport`) and the source's UIDs are
+those the BAL's clients see, a target folder new and empty at the first copy gets the
+source folder's UIDVALIDITY, and each message is imported under its source UID, ascending,
+so that an LPS's cache stays valid after the move. Later runs go on so while the source's
+UIDs are above the target folder's; once the target has messages of its own above them
+(delivered there after a cut-over), the rest is appended with new UIDs. Resumption is the
+same either way: an import is an APPEND whose UID was chosen, and its intent is adopted by
+UID and digest. `CopyReport.uids_kept` names the folders whose copies all kept their UIDs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from gateway.backends.base import MailboxAccess, ToolMessage, digest
+from gateway.backends.base import (
+    MailboxAccess,
+    ToolMessage,
+    UidImport,
+    digest,
+    public_uids_of,
+    uid_import_of,
+)
 from gateway.backends.errors import BackendError, BackendUnavailable
 from gateway.bal_migration.checkpoint import FolderKey, Journal
 from gateway.bal_migration.plan import (
     Adopt,
     Append,
+    Copied,
     Delete,
     Difference,
     SetFlags,
@@ -57,6 +74,8 @@ class CopyReport:
     deleted: int = 0
     bytes: int = 0
     seconds: float = 0.0
+    # source folders whose UIDVALIDITY and every message's UID the target kept
+    uids_kept: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -221,6 +240,8 @@ async def _copy_folder(
             )
         ]
     floor = max((m.uid for m in there), default=0)
+    # the live target of a trailing pass keeps its own UIDs: plain APPENDs there
+    importer = None if trailing else await _importer(source, target, folder, there, copied)
 
     adopted = [(a.source_uid, a.target_uid) for a in actions if isinstance(a, Adopt)]
     await journal.complete(folder, adopted)
@@ -259,7 +280,15 @@ async def _copy_folder(
                 raise BackendUnavailable(
                     "protocol", f"{folder.name} {action.source_uid}: bytes changed under the copy"
                 )
-            uid = await target.append(folder.target, body, action.flags, action.internal_date)
+            uid = None
+            if importer is not None and action.source_uid > floor:
+                uid = await importer.import_message(
+                    folder.target, action.source_uid, body, action.flags, action.internal_date
+                )
+                if uid is None:  # the target's UIDs are past it: new UIDs from here on
+                    importer = None
+            if uid is None:
+                uid = await target.append(folder.target, body, action.flags, action.internal_date)
             floor = max(floor, uid)
             done.append((action.source_uid, uid))
             size += len(body)
@@ -270,6 +299,31 @@ async def _copy_folder(
         state.bytes += size
         if progress is not None:
             progress(state)
+    if importer is not None and all(
+        c.source_uid == c.target_uid for c in (await journal.copied(folder)).values()
+    ):
+        report.uids_kept.append(folder.name)
+
+
+async def _importer(
+    source: MailboxAccess,
+    target: MailboxAccess,
+    folder: FolderKey,
+    there: Sequence[ToolMessage],
+    copied: Mapping[int, Copied],
+) -> UidImport | None:
+    """The target's `UidImport` when this folder's copy keeps the source's UIDs: the
+    target folder has the source's UIDVALIDITY, or gets it now, being empty before the
+    first copy. None: copies get the target's new UIDs."""
+    importer = uid_import_of(target)
+    if importer is None or not public_uids_of(source) or not folder.uidvalidity:
+        return None
+    if await uidvalidity_of(target, folder.target) == folder.uidvalidity:
+        return importer
+    first = not there and all(c.target_uid is None for c in copied.values())
+    if first and await importer.import_folder(folder.target, folder.uidvalidity):
+        return importer
+    return None
 
 
 async def verify_bal(

@@ -58,7 +58,7 @@ class MigrationFailed(Exception):
     """A step found the BAL not ready to move (the final verification differs)."""
 
 
-Carry = Callable[[str, Journal, MailboxAccess, MailboxAccess], Awaitable[object]]
+Carry = Callable[[str, Journal, MailboxAccess, MailboxAccess], Awaitable[int]]
 """(BAL, journal, source, target): what else follows the BAL at its move (the historic
 ids the legacy front serves), called while its writes are held, before the switch."""
 
@@ -353,6 +353,7 @@ class Migrations:
             "deleted": report.deleted,
             "bytes": report.bytes,
             "created": report.created,
+            "uids_kept": report.uids_kept,
             "seconds": round(report.seconds, 3),
         }
 
@@ -427,7 +428,7 @@ class Migrations:
                         "nothing switched"
                     )
                 if moves.carry is not None:
-                    await moves.carry(job.bal, journal, source, target)
+                    job.result["historic_ids"] = await moves.carry(job.bal, journal, source, target)
                 await moves.move(job.bal, job.target)
                 job.result["sessions_ended"] = held.moved()
                 job.result["hold_seconds"] = round(loop.time() - started, 3)

@@ -142,8 +142,9 @@ def diff(
     source UID). Order: adoptions, deletions, flag changes, then appends by source UID.
 
     An open intent is resolved against the target's listing: a target message with the
-    intent's digest, above its floor and accounted for by no other checkpoint, is the
-    APPEND whose checkpoint was lost, and is adopted; otherwise the APPEND never happened
+    intent's digest, above its floor and accounted for by no other checkpoint (the one
+    under the source's UID first, as an import leaves it), is the APPEND whose checkpoint
+    was lost, and is adopted; otherwise the APPEND never happened
     and the message is appended (again). Target messages no checkpoint accounts for (mail
     that was there before) are left alone."""
     on_target = {m.uid: m for m in target}
@@ -167,7 +168,7 @@ def diff(
     copy_of: dict[int, int] = {}
     for entry in sorted(copied.values(), key=lambda c: c.source_uid):
         if entry.target_uid is None:
-            found = next((u for u in spare[entry.digest] if u > entry.floor), None)
+            found = _appended(spare[entry.digest], entry)
             if found is not None:
                 spare[entry.digest].remove(found)
                 copy_of[entry.source_uid] = found
@@ -196,6 +197,14 @@ def diff(
         elif on_target[uid].flags != message.flags:
             flagged.append(SetFlags(message.uid, uid, message.flags))
     return adopted + deleted + flagged + appended
+
+
+def _appended(spare: list[int], entry: Copied) -> int | None:
+    """The spare target UID (with the intent's digest, ascending) that the intent's APPEND
+    made: one above its floor, the source's own UID first (an import keeps it)."""
+    if entry.source_uid > entry.floor and entry.source_uid in spare:
+        return entry.source_uid
+    return next((u for u in spare if u > entry.floor), None)
 
 
 # -- verification ------------------------------------------------------------------------------

@@ -52,6 +52,15 @@ DEFAULT_FOLDERS: tuple[tuple[str, SpecialUse | None], ...] = (
 )
 MAX_FOLDER_NAME = 255
 MAX_FOLDERS = 1_000
+MAX_UID = 2**32 - 1
+
+
+class ImportConflict(StoreError):
+    """An import the folder's state forbids (a UIDVALIDITY for a folder holding messages, a
+    UID not above every UID the folder ever gave): the operator API's 409."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text, Code.CANNOT)
 
 
 class _Base(DeclarativeBase):
@@ -372,6 +381,58 @@ class SqlMailStore:
         async with self._lock, self._db.begin() as db:
             folder = await self._folder(db, name)
             uid = folder.uidnext
+            folder.uidnext = uid + 1
+            db.add(
+                MessageRow(
+                    folder_id=folder.id,
+                    uid=uid,
+                    internal_date=internal_date.isoformat(),
+                    size=len(message),
+                    flags=_flags_text(flags),
+                    body=message,
+                )
+            )
+            uidvalidity = folder.uidvalidity
+        self._touch(name)
+        return uidvalidity, uid
+
+    async def import_uidvalidity(self, name: str, uidvalidity: int) -> tuple[int, int]:
+        """Give the folder `uidvalidity` (a migration keeping the source's): allowed while it
+        holds no message; a new value restarts its UIDs at 1. (UIDVALIDITY, UIDNEXT)."""
+        if not 0 < uidvalidity <= MAX_UID:
+            raise StoreError("UIDVALIDITY out of range", Code.CANNOT)
+        async with self._lock, self._db.begin() as db:
+            folder = await self._folder(db, name)
+            if folder.uidvalidity != uidvalidity:
+                held = await db.scalar(
+                    select(func.count())
+                    .select_from(MessageRow)
+                    .where(MessageRow.folder_id == folder.id)
+                )
+                if held:
+                    raise ImportConflict(f"{name} holds {held} messages")
+                folder.uidvalidity, folder.uidnext = uidvalidity, 1
+            state = folder.uidvalidity, folder.uidnext
+        self._touch(name)
+        return state
+
+    async def import_message(
+        self,
+        name: str,
+        uid: int,
+        message: bytes,
+        flags: Collection[str],
+        internal_date: dt.datetime,
+    ) -> tuple[int, int]:
+        """Store `message` under the given `uid`, which must be at least the folder's
+        UIDNEXT (UIDs only grow, and a UID once given is never given again); UIDNEXT
+        becomes uid + 1. (UIDVALIDITY, UID)."""
+        if not 0 < uid < MAX_UID:
+            raise StoreError("UID out of range", Code.CANNOT)
+        async with self._lock, self._db.begin() as db:
+            folder = await self._folder(db, name)
+            if uid < folder.uidnext:
+                raise ImportConflict(f"UID {uid} is below {name}'s UIDNEXT {folder.uidnext}")
             folder.uidnext = uid + 1
             db.add(
                 MessageRow(

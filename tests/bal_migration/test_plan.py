@@ -35,7 +35,10 @@ class Model:
     """A source folder, a target folder and the checkpoints, applying `diff`'s actions as
     the engine does (intent, APPEND, completion), optionally killed after `budget` steps."""
 
-    def __init__(self, source: list[tuple[str, frozenset[str], int]]) -> None:
+    def __init__(
+        self, source: list[tuple[str, frozenset[str], int]], *, keep: bool = False
+    ) -> None:
+        self.keep = keep  # the target imports under the source's UID while it is >= UIDNEXT
         self.source: dict[int, ToolMessage] = {}
         self.source_next = 1
         self.target: dict[int, ToolMessage] = {}
@@ -87,9 +90,11 @@ class Model:
                 self.copied[action.source_uid] = Copied(
                     action.source_uid, action.digest, None, action.flags, floor
                 )
-                step()  # the APPEND
+                step()  # the APPEND (or the import)
                 uid = self.target_next
-                self.target_next += 1
+                if self.keep and action.source_uid > floor and action.source_uid >= uid:
+                    uid = action.source_uid
+                self.target_next = uid + 1
                 self.target[uid] = ToolMessage(
                     uid, action.flags, action.internal_date, action.size, action.digest
                 )
@@ -148,6 +153,34 @@ def test_interrupted_runs_converge_without_duplicates(
     assert model.equal(), (model.source, model.target)
     assert model.run() == []
     assert len(model.target) == len(model.source)
+
+
+@settings(max_examples=100, deadline=None)
+@given(MESSAGES, st.lists(st.integers(0, 40), max_size=4), st.data())
+def test_imports_keep_every_uid_through_interruptions(
+    messages: list[tuple[str, frozenset[str], int]], kills: list[int], data: st.DataObject
+):
+    model = Model(messages, keep=True)
+    for budget in kills:
+        with contextlib.suppress(Interrupted):
+            model.run(budget)
+        change = data.draw(st.sampled_from(["none", "deliver", "expunge"]))
+        if change == "deliver":
+            model.deliver(data.draw(st.sampled_from("abcdef")), frozenset(), 1)
+        elif change == "expunge" and model.source:
+            del model.source[data.draw(st.sampled_from(sorted(model.source)))]
+    model.run()
+    assert model.equal()
+    assert sorted(model.target) == sorted(model.source)
+    assert all(c.target_uid == c.source_uid for c in model.copied.values())
+
+
+def test_an_import_whose_checkpoint_was_lost_is_adopted_under_its_own_uid():
+    twins = [ToolMessage(uid, frozenset(), BASE, 3, "d1") for uid in (4, 6)]
+    # both imported (4 and 6 on the target too), neither completion written: each is
+    # adopted as the message under its own UID, whatever order the listing gives
+    copied = {m.uid: Copied(m.uid, "d1", None, frozenset(), floor=0) for m in twins}
+    assert diff(twins, twins[::-1], copied) == [Adopt(4, 4), Adopt(6, 6)]
 
 
 def test_an_expunge_after_the_copy_deletes_the_copy_and_is_not_resurrected():

@@ -58,6 +58,7 @@ def mock_backend(mock: MockOperator, **overrides: Any) -> BackendSettings:
         "connect_timeout": 5,
         "reply_timeout": 10,
         "provision_url": f"{mock.http_url}/operator/mailboxes",
+        "import_url": f"{mock.http_url}/operator/mailboxes",
     }
     values.update(overrides)
     return BackendSettings(**values)

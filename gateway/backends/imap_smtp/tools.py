@@ -15,7 +15,7 @@ import datetime as dt
 import logging
 from collections.abc import Collection, Iterable, Sequence
 
-from gateway.backends.base import ToolFolder, ToolMessage, Upstream, digest
+from gateway.backends.base import ToolFolder, ToolMessage, UidImport, Upstream, digest
 from gateway.backends.errors import (
     BackendCannot,
     BackendNotFound,
@@ -24,6 +24,7 @@ from gateway.backends.errors import (
     BackendUnavailable,
 )
 from gateway.backends.imap_smtp.upstream import Dialogue, open_upstream
+from gateway.backends.uid_import import OperatorImport
 from gateway.imap import mutf7
 from gateway.imap.client import ParsedValue, ParseError, Tagged, Untagged, parse_code
 from gateway.imap.codes import Code
@@ -70,9 +71,18 @@ def _flag_list(flags: Collection[str]) -> bytes:
 
 
 class ImapMailboxAccess:
-    """`MailboxAccess` over one logged-in IMAP connection."""
+    """`MailboxAccess` over one logged-in IMAP connection. `public_uids`: whether its UIDs
+    are those the BAL's clients see (not so for the historic platform's own IMAP)."""
 
-    def __init__(self, upstream: Upstream) -> None:
+    def __init__(
+        self,
+        upstream: Upstream,
+        *,
+        importer: OperatorImport | None = None,
+        public_uids: bool = True,
+    ) -> None:
+        self.public_uids = public_uids
+        self._importer = importer
         self._up = upstream
         self._talk = Dialogue(upstream.reader, upstream.writer, upstream.reply_timeout)
         if upstream.leftover:
@@ -87,18 +97,61 @@ class ImapMailboxAccess:
             raise BackendUnavailable("protocol", f"{upstream.backend}: no UIDPLUS")
 
     @classmethod
-    async def open(cls, name: str, backend: BackendSettings, bal: str) -> ImapMailboxAccess:
+    async def open(
+        cls, name: str, backend: BackendSettings, bal: str, *, public_uids: bool = True
+    ) -> ImapMailboxAccess:
         upstream = await open_upstream(name, backend, bal, "", master=True)
+        importer = OperatorImport(name, backend, bal) if backend.import_url else None
         try:
-            return cls(upstream)
+            return cls(upstream, importer=importer, public_uids=public_uids)
         except BaseException:
             await upstream.close()
+            if importer is not None:
+                await importer.aclose()
             raise
 
     async def aclose(self) -> None:
         with contextlib.suppress(BackendUnavailable, OSError, TimeoutError):
             await self._talk.command(b"LOGOUT")
         await self._up.close()
+        if self._importer is not None:
+            await self._importer.aclose()
+
+    # -- UidImport, when the platform has an import API -------------------------------------
+    @property
+    def uid_import(self) -> UidImport | None:
+        return self if self._importer is not None else None
+
+    async def import_folder(self, folder: str, uidvalidity: int) -> bool:
+        assert self._importer is not None
+        await self._unselect()  # a server ends a session whose folder changes UIDVALIDITY
+        return await self._importer.import_folder(folder, uidvalidity)
+
+    async def _unselect(self) -> None:
+        """Leave the selected folder without expunging anything (RFC 3691, or CLOSE once
+        it is read-only)."""
+        if self._selected is None:
+            return
+        folder, _ = self._selected
+        self._selected = None
+        if "UNSELECT" in self.capabilities:
+            await self._run(b"UNSELECT")
+        else:
+            await self._run(b"EXAMINE " + self._mailbox(folder))
+            await self._run(b"CLOSE")
+
+    async def import_message(
+        self,
+        folder: str,
+        uid: int,
+        message: bytes,
+        flags: Collection[str],
+        internal_date: dt.datetime,
+    ) -> int | None:
+        assert self._importer is not None
+        if self._selected is not None and self._selected[0] == folder:
+            self._selected = None
+        return await self._importer.import_message(folder, uid, message, flags, internal_date)
 
     @property
     def capabilities(self) -> frozenset[str]:

@@ -58,7 +58,8 @@ class LegacyWsBackend:
 
     async def tools(self, bal: str) -> MailboxAccess:
         if self.settings.historic_imap:
-            return await ImapMailboxAccess.open(self._name, self.settings, bal)
+            # its UIDs are not those LPS see: the gateway gives those (`UidMap`)
+            return await ImapMailboxAccess.open(self._name, self.settings, bal, public_uids=False)
         return StoreMailboxAccess(await self.open_imap(bal, ""))
 
     async def aclose(self) -> None:
