@@ -13,7 +13,7 @@ import grp
 import os
 import pwd
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,9 +73,10 @@ async def running_platforms(
     *,
     database_url: str | None = None,
     special_use: bool = False,
+    extra_users: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Platforms]:
     """The three platforms, the checkpoints' database migrated (SQLite in `tmp_path`
-    unless `database_url`)."""
+    unless `database_url`); `extra_users`: more BAL on the Dovecot."""
     require_peer(dovecot_available(), "Dovecot (dovecot-imapd) not installed or not root")
     server = await asyncio.to_thread(
         start_dovecot,
@@ -84,6 +85,7 @@ async def running_platforms(
         master_user=MASTER,
         master_password=MASTER_PW,
         special_use=special_use,
+        extra_users=extra_users,
     )
     try:
 
