@@ -44,6 +44,7 @@ from tests.bal_migration.platforms import (
 from tests.support.waiting import until
 
 HERE = Path(__file__).parent
+REPO = HERE.parent.parent
 ARCHIVES = "Archives"
 ACCENTED = "Comptes rendus/Échographies"
 KEYWORDS = ("$MDNSent", "$Forwarded", "\\Seen", "\\Flagged", "\\Answered")
@@ -290,6 +291,7 @@ async def killed_copy(
             str(config),
             stdout=asyncio.subprocess.PIPE,
             stderr=stderr,
+            env={**os.environ, "PYTHONPATH": str(REPO)},  # this checkout's code, not the venv's
         )
     assert child.stdout is not None
     appends = 0
