@@ -146,7 +146,25 @@ def _free_port() -> int:
         return port
 
 
-def _config(base: Path, port: int, uid: int, gid: int, with_master: bool) -> str:
+SPECIAL_USE_NAMESPACE = """
+namespace inbox {
+  inbox = yes
+  mailbox Sent {
+    special_use = \\Sent
+  }
+  mailbox Drafts {
+    special_use = \\Drafts
+  }
+  mailbox Trash {
+    special_use = \\Trash
+  }
+}
+"""
+
+
+def _config(
+    base: Path, port: int, uid: int, gid: int, with_master: bool, special_use: bool = False
+) -> str:
     master_passdb = (
         f"""
 passdb {{
@@ -176,7 +194,7 @@ mail_gid = {gid}
 first_valid_uid = 1
 first_valid_gid = 1
 mail_fsync = never
-{master_passdb}
+{SPECIAL_USE_NAMESPACE if special_use else ""}{master_passdb}
 passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {base}/users
@@ -221,8 +239,11 @@ def start_dovecot(
     master_user: str | None = None,
     master_password: str | None = None,
     timeout: float = 15.0,
+    special_use: bool = False,
 ) -> DovecotServer:
-    """Start a private Dovecot; raise RuntimeError (with its log) when it does not come up."""
+    """Start a private Dovecot; raise RuntimeError (with its log) when it does not come up.
+    With `special_use`, folders named Sent, Drafts and Trash (not created) are listed with
+    those special uses (RFC 6154), as a provisioned Dovecot's are."""
     if not dovecot_available():
         raise RuntimeError(f"{DOVECOT} missing or not running as root")
     uid = pwd.getpwnam(MAIL_USER).pw_uid
@@ -247,7 +268,7 @@ def start_dovecot(
             (base / name).chmod(0o644)
     port = _free_port()
     conf = base / "dovecot.conf"
-    conf.write_text(_config(base, port, uid, gid, with_master))
+    conf.write_text(_config(base, port, uid, gid, with_master, special_use))
     server = DovecotServer(
         host="127.0.0.1",
         port=port,

@@ -32,7 +32,7 @@ from gateway.backends.base import (
     public_uids_of,
     uid_import_of,
 )
-from gateway.backends.errors import BackendError, BackendUnavailable
+from gateway.backends.errors import BackendError, BackendNotFound, BackendUnavailable
 from gateway.bal_migration.checkpoint import FolderKey, Journal
 from gateway.bal_migration.plan import (
     Adopt,
@@ -70,6 +70,7 @@ class CopyReport:
     created: list[str] = field(default_factory=list)  # target folders created
     appended: int = 0
     adopted: int = 0  # APPENDs of an interrupted run found on the target
+    vanished: int = 0  # gone from the source between its listing and its copy
     flag_changes: int = 0
     deleted: int = 0
     bytes: int = 0
@@ -275,7 +276,13 @@ async def _copy_folder(
         size = 0
         for action in batch:
             await pace.wait()
-            body = await source.fetch(folder.name, action.source_uid)
+            try:
+                body = await source.fetch(folder.name, action.source_uid)
+            except BackendNotFound:
+                # expunged (or moved) by a client since the listing: its intent is resolved
+                # by the next run, which no longer lists it (or appends it, if it is back)
+                report.vanished += 1
+                continue
             if digest(body) != action.digest:
                 raise BackendUnavailable(
                     "protocol", f"{folder.name} {action.source_uid}: bytes changed under the copy"

@@ -224,6 +224,19 @@ class ImapMailboxAccess:
         self._selected = (folder, write)
         return next((e.number or 0 for e in events if e.kind == "EXISTS"), 0)
 
+    async def _leave(self) -> None:
+        """Deselect before APPENDing to the selected folder: a server tells the client of
+        every arrival in its selected folder, and some (the gateway's own engine, hence the
+        mock's modern platform) re-read the whole folder to do so, which made copying into
+        a large folder quadratic. CLOSE on a read-only selection expunges nothing."""
+        assert self._selected is not None
+        writable = self._selected[1]
+        self._selected = None
+        if not writable:
+            await self._run(b"CLOSE")
+        elif "UNSELECT" in self.capabilities:
+            await self._run(b"UNSELECT")
+
     # -- MailboxAccess ---------------------------------------------------------------------
     async def folders(self) -> Sequence[ToolFolder]:
         _, events = await self._run(b'LIST "" "*"')
@@ -355,7 +368,7 @@ class ImapMailboxAccess:
         if internal_date is not None:
             command += b" " + imap_date(internal_date)
         if self._selected is not None and self._selected[0] == folder:
-            self._selected = None  # re-select to see the new message
+            await self._leave()
         done, _ = await self._run(command, literal=message)
         if done.code is not None:
             name, rest = parse_code(done.code)

@@ -1,0 +1,75 @@
+"""A copy run in a child process, for the chaos test to `kill -9`: ``python chaos_copy.py
+CONFIG`` runs `copy_bal` with the checkpoints in the given database, and prints
+``appended <uid>`` (flushed) right after each APPEND the target acknowledged, before its
+checkpoint, so that the parent can kill it between the two. CONFIG (0600, holding the
+backends' secrets) is JSON: database_url, and source and target, each {name, bal,
+settings}. Prints ``done <appended>`` when the run completes."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import sys
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
+
+from delegation.db import create_engine
+from gateway.backends.base import MailboxAccess
+from gateway.backends.kinds import backends_from_settings
+from gateway.bal_migration.checkpoint import Checkpoints
+from gateway.bal_migration.copy import copy_bal
+from gateway.settings import BackendSettings
+
+
+class Announcing:
+    """The target access, announcing each APPEND it has made."""
+
+    def __init__(self, access: MailboxAccess) -> None:
+        self.access = access
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.access, name)
+
+    async def append(
+        self,
+        folder: str,
+        message: bytes,
+        flags: Collection[str] = (),
+        internal_date: dt.datetime | None = None,
+    ) -> int:
+        uid = await self.access.append(folder, message, flags, internal_date)
+        print(f"appended {uid}", flush=True)
+        return uid
+
+
+async def _open(side: dict[str, Any]) -> MailboxAccess:
+    settings = BackendSettings(**side["settings"])
+    backend = backends_from_settings({side["name"]: settings})[side["name"]]
+    return await backend.tools(side["bal"])
+
+
+async def main(config: dict[str, Any]) -> None:
+    engine = create_engine(config["database_url"])
+    source = await _open(config["source"])
+    target = await _open(config["target"])
+    try:
+        journal = await Checkpoints(engine).journal(
+            config["source"]["bal"], config["source"]["name"], config["target"]["name"]
+        )
+        report = await copy_bal(
+            config["source"]["bal"],
+            source,
+            Announcing(target),  # type: ignore[arg-type]
+            journal,
+        )
+        print(f"done {report.appended}", flush=True)
+    finally:
+        await source.aclose()
+        await target.aclose()
+        await engine.dispose()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(json.loads(Path(sys.argv[1]).read_text())))
