@@ -526,6 +526,11 @@ class Migrations:
             )
         return report
 
+    @property
+    def trailing(self) -> list[str]:
+        """The BAL whose trailing sync runs (on this node)."""
+        return sorted(self._trailing)
+
     async def trail_now(self, bal: str) -> CopyReport | None:
         """One pass of `bal`'s trailing sync now (operators, tests)."""
         for record in await self.checkpoints.records(bal):

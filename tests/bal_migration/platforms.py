@@ -75,8 +75,8 @@ async def running_platforms(
     special_use: bool = False,
     extra_users: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Platforms]:
-    """The three platforms, the checkpoints' database migrated (SQLite in `tmp_path`
-    unless `database_url`); `extra_users`: more BAL on the Dovecot."""
+    """The three platforms, the checkpoints' database migrated (the gateway's unless
+    `database_url`); `extra_users`: more BAL on the Dovecot."""
     require_peer(dovecot_available(), "Dovecot (dovecot-imapd) not installed or not root")
     server = await asyncio.to_thread(
         start_dovecot,
@@ -97,7 +97,8 @@ async def running_platforms(
             gateway_settings(tmp_path / "gateway"), mock_settings, tmp_path / "mock", configure
         ) as stack:
             await stack.mock.platform.ensure_mailbox(MODERN_BAL, "899700000007", "Eve MOREAU")
-            url = database_url or f"sqlite+aiosqlite:///{tmp_path / 'checkpoints.db'}"
+            # the gateway's own database by default: its cut-over finds the copy's journal
+            url = database_url or stack.gateway.settings.database()
             await migrate_gateway(url)
             engine = create_engine(url)
             try:

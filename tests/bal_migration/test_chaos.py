@@ -34,9 +34,9 @@ from gateway.bal_migration.copy import CopyReport, copy_bal, verify_bal
 from gateway.imap import mutf7
 from gateway.settings import BackendSettings, MockSettings
 from tests.bal_migration.platforms import (
-    DOVECOT_BAL,
     HISTORIC_BAL,
     MODERN_BAL,
+    USER_PW,
     Platforms,
     revealed,
     running_platforms,
@@ -59,7 +59,8 @@ class Direction:
     initial: int  # messages in the source's INBOX before the first run
 
 
-MODERN_TO_DOVECOT = Direction(("modern", MODERN_BAL), ("dovecot", DOVECOT_BAL), 40, 60)
+# the same BAL on both sides, as a move is (the Dovecot gets a user for it)
+MODERN_TO_DOVECOT = Direction(("modern", MODERN_BAL), ("dovecot", MODERN_BAL), 40, 60)
 HISTORIC_TO_MODERN = Direction(("historic-imap", HISTORIC_BAL), ("modern", HISTORIC_BAL), 25, 30)
 
 
@@ -405,7 +406,9 @@ def _deliverer(platforms: Platforms, direction: Direction) -> Callable[[bytes], 
 )
 async def test_copy_under_chaos(tmp_path: Path, mock_settings: MockSettings, direction: Direction):
     seed = SEED or random.SystemRandom().randrange(1, 2**31)
-    async with running_platforms(tmp_path, mock_settings) as platforms:
+    async with running_platforms(
+        tmp_path, mock_settings, extra_users={MODERN_BAL: USER_PW}
+    ) as platforms:
         if direction.target[0] == "modern":
             await platforms.stack.mock.platform.ensure_mailbox(
                 direction.target[1], "899700000002", "Jean DUPONT"
@@ -431,3 +434,38 @@ async def test_copy_under_chaos(tmp_path: Path, mock_settings: MockSettings, dir
         assert sum(sum(c.values()) for c in on_target.values()) == sum(
             sum(c.values()) for c in expected.values()
         ), seed
+        await cut_over(platforms, direction, result, expected)
+
+
+async def cut_over(
+    platforms: Platforms,
+    direction: Direction,
+    result: ChaosResult,
+    expected: dict[str, Counter[str]],
+) -> None:
+    """The second half: the gateway cuts the BAL over (its record names the source's
+    backend), and the live BAL on the target holds exactly what the workload produced."""
+    gateway = platforms.stack.gateway
+    registry, migrations = gateway.delegations, gateway.migrations
+    assert registry is not None
+    assert migrations is not None
+    (source_name, bal), (target_name, _) = direction.source, direction.target
+    if await registry.mailbox(bal) is None:
+        await registry.upsert_mailbox(bal, holder_idnat="899700000007", backend=source_name)
+    else:
+        await registry.move_mailbox(bal, source_name)
+    [job] = await migrations.start([bal], target_name, "cutover", actor="local-admin")
+
+    await until(lambda: job.state in ("done", "failed"), "the cut-over's end", bound=120)
+    assert job.state == "done", (result.seed, job.error, job.differences)
+    assert job.result["identical"] is True
+    record = await registry.mailbox(bal)
+    assert record is not None
+    assert record.backend == target_name
+    async with opened(platforms, direction) as (source, target):
+        report = await verify_bal(bal, source, target)
+        assert report.identical, (result.seed, report.differences)
+        on_target = await listing(target)
+    for name, counts in expected.items():
+        assert on_target[result.mapping[name]] == counts, (result.seed, name)
+    await migrations.aclose()  # its trailing sync: not this test's

@@ -314,15 +314,33 @@ class ImapMailboxAccess:
         ]
 
     async def _digest(self, uids: Sequence[int]) -> dict[int, tuple[int, str]]:
-        """(size, digest) of each message's bytes."""
+        """(size, digest) of each message's bytes (those expunged meanwhile are missing)."""
+        return {uid: (len(body), digest(body)) for uid, body in (await self._bodies(uids)).items()}
+
+    async def _bodies(self, uids: Sequence[int]) -> dict[int, bytes]:
+        """The bytes of `uids` in the selected folder, in one UID FETCH; a server that
+        refuses it whole because some were expunged since (NO, RFC 9051 §6.4.5 allows
+        either) is asked again for each one, and those gone are left out."""
+        try:
+            return await self._fetch_bodies(uids)
+        except BackendNotFound:
+            if len(uids) == 1:
+                return {}
+        found: dict[int, bytes] = {}
+        for uid in uids:
+            with contextlib.suppress(BackendNotFound):
+                found |= await self._fetch_bodies([uid])
+        return found
+
+    async def _fetch_bodies(self, uids: Sequence[int]) -> dict[int, bytes]:
         wanted = b",".join(str(u).encode() for u in uids)
         _, events = await self._run(b"UID FETCH " + wanted + b" (UID BODY.PEEK[])")
-        found: dict[int, tuple[int, str]] = {}
+        found: dict[int, bytes] = {}
         for event in events:
             items = fetch_items(event)
             uid, body = items.get("UID"), items.get("BODY[]")
             if isinstance(uid, int) and isinstance(body, bytes):
-                found[uid] = (len(body), digest(body))
+                found[uid] = body
         return found
 
     async def uidvalidity(self, folder: str) -> int:
