@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import sys
 import time
@@ -50,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _imap_client import RawImap
-from _stack import Stack, migration_bals
+from _stack import Stack, cpu_seconds, migration_bals
 
 from gateway import admin_secret
 from gateway.admin_client import AdminClient, AdminTarget
@@ -81,12 +82,37 @@ class Row:
     seconds: float
     messages: int
     pair: str  # the comparison it belongs to
+    cpu: tuple[float, float, float]  # CPU seconds of the mock, the gateway, this process
     direct: bool = False
     counted: bool = True  # False: shown for information, not in the ratio
 
     @property
     def rate(self) -> float:
         return self.messages / self.seconds if self.seconds else 0.0
+
+
+class Meter:
+    """Wall and CPU time of the mock, the gateway and this process since the last mark."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.pids = (stack.direct.pid, stack.gateway.pid)
+        self.last = self._now()
+
+    def _now(self) -> tuple[float, float, float, float]:
+        mine = os.times()
+        return (
+            time.perf_counter(),
+            cpu_seconds(self.pids[0]),
+            cpu_seconds(self.pids[1]),
+            mine.user + mine.system,
+        )
+
+    def mark(self) -> tuple[float, tuple[float, float, float]]:
+        """(seconds, (mock, gateway, this process CPU seconds)) since the last mark."""
+        now = self._now()
+        wall, mock, gateway, mine = (a - b for a, b in zip(now, self.last, strict=True))
+        self.last = now
+        return wall, (mock, gateway, mine)
 
 
 # -- the gateway's path --------------------------------------------------------------------
@@ -116,19 +142,23 @@ def run_jobs(client: AdminClient, bals: Sequence[str], body: dict[str, Any]) -> 
         time.sleep(POLL)
 
 
+Measure = tuple[float, tuple[float, float, float]]
+
+
 def gateway_migration(
     stack: Stack, bals: Sequence[str], to: str, messages: int, jobs: int
-) -> tuple[float, float]:
-    """Copy then verify `bals` to backend `to` through the gateway; (copy s, verify s)."""
+) -> tuple[Measure, Measure]:
+    """Copy then verify `bals` to backend `to` through the gateway; the copy's and the
+    verification's wall and CPU seconds."""
     with admin(stack) as client:
-        began = time.perf_counter()
+        meter = Meter(stack)
         copies = run_jobs(client, bals, {"action": "copy", "to": to, "jobs": jobs})
-        copied = time.perf_counter()
+        copied = meter.mark()
         failed = [f"{j['bal']}: {j['error']}" for j in copies if j["state"] != "done"]
         if failed:
             raise BenchFailure(f"gateway copy to {to} failed: {'; '.join(failed)}")
         checks = run_jobs(client, bals, {"action": "verify", "to": to, "jobs": jobs})
-        verified = time.perf_counter()
+        verified = meter.mark()
     for job in checks:
         result = job["result"]
         if job["state"] != "done" or not result.get("identical"):
@@ -136,7 +166,7 @@ def gateway_migration(
             raise BenchFailure(f"gateway verify of {job['bal']} on {to}: {found}")
         if result["messages"] != messages:
             raise BenchFailure(f"{job['bal']}: verified {result['messages']}, not {messages}")
-    return copied - began, verified - copied
+    return copied, verified
 
 
 # -- the direct paths ----------------------------------------------------------------------
@@ -219,7 +249,7 @@ def _lines(client: RawImap, command: str) -> list[bytes]:
     """The untagged lines of a command without literals in its answer."""
     tag = client.tag()
     client.sock.sendall(f"{tag} {command}\r\n".encode())
-    lines = []
+    lines: list[bytes] = []
     while True:
         line = client._line()
         if line.startswith(f"{tag} ".encode()):
@@ -287,10 +317,19 @@ def check_counts(
 # -- the run -------------------------------------------------------------------------------
 
 
-def timed(what: Callable[[], object]) -> float:
-    began = time.perf_counter()
+def timed(stack: Stack, what: Callable[[], object]) -> Measure:
+    meter = Meter(stack)
     what()
-    return time.perf_counter() - began
+    return meter.mark()
+
+
+def gateway_rows(pair: str, jobs: int, total: int, copy: Measure, verify: Measure) -> list[Row]:
+    both = (copy[1][0] + verify[1][0], copy[1][1] + verify[1][1], copy[1][2] + verify[1][2])
+    return [
+        Row(f"{pair}, gateway copy + verify, jobs {jobs}", copy[0] + verify[0], total, pair, both),
+        Row("  of which copy", copy[0], total, pair, copy[1], counted=False),
+        Row("  of which verify", verify[0], total, pair, verify[1], counted=False),
+    ]
 
 
 def historic_to_modern(stack: Stack, messages: int, bals: int, jobs: int) -> list[Row]:
@@ -298,16 +337,17 @@ def historic_to_modern(stack: Stack, messages: int, bals: int, jobs: int) -> lis
     names = migration_bals(bals)
     total = messages * bals
     master = (info["master_user"], info["master_password"])
-    direct = timed(lambda: asyncio.run(direct_historic(info, names["historic"], names["copy"])))
+    direct = timed(
+        stack, lambda: asyncio.run(direct_historic(info, names["historic"], names["copy"]))
+    )
     check_counts(info["imap_port"], *master, names["copy"], messages, "historic → modern, direct")
     copy, verify = gateway_migration(stack, names["historic"], "modern", messages, jobs)
     check_counts(info["imap_port"], *master, names["historic"], messages, "historic → modern")
     pair = "historic → modern"
+    what = f"{pair}, direct (web services → IMAP)"
     return [
-        Row("historic → modern, direct (web services → IMAP)", direct, total, pair, direct=True),
-        Row(f"historic → modern, gateway copy + verify, jobs {jobs}", copy + verify, total, pair),
-        Row("  of which copy", copy, total, pair, counted=False),
-        Row("  of which verify", verify, total, pair, counted=False),
+        Row(what, direct[0], total, pair, direct[1], direct=True),
+        *gateway_rows(pair, jobs, total, copy, verify),
     ]
 
 
@@ -329,16 +369,14 @@ def modern_to_dovecot(
             ]:
                 done.result()
 
-    seconds = timed(direct)
+    seconds = timed(stack, direct)
     check_counts(server.port, MASTER, MASTER_PW, names["dovecot"], messages, "modern → Dovecot")
     copy, verify = gateway_migration(stack, names["modern"], "dovecot", messages, jobs)
     check_counts(server.port, MASTER, MASTER_PW, names["modern"], messages, "modern → Dovecot")
     pair = "modern → Dovecot"
     return [
-        Row("modern → Dovecot, direct (IMAP → IMAP)", seconds, total, pair, direct=True),
-        Row(f"modern → Dovecot, gateway copy + verify, jobs {jobs}", copy + verify, total, pair),
-        Row("  of which copy", copy, total, pair, counted=False),
-        Row("  of which verify", verify, total, pair, counted=False),
+        Row(f"{pair}, direct (IMAP → IMAP)", seconds[0], total, pair, seconds[1], direct=True),
+        *gateway_rows(pair, jobs, total, copy, verify),
     ]
 
 
@@ -360,14 +398,22 @@ def start_private_dovecot(bals: int) -> DovecotServer | None:
 def print_table(rows: Sequence[Row], messages: int, bals: int, seconds: float) -> None:
     floors = {row.pair: row.rate for row in rows if row.direct}
     print(f"moving mailboxes: {bals} BAL x {messages} messages, copy + verify vs a plain copy")
-    print(f"  {'path':52} {'seconds':>8} {'msg/s':>8} {'ratio':>6} {'target':>7}")
+    print(
+        f"  {'path':52} {'seconds':>8} {'msg/s':>8} {'ratio':>6} {'target':>7}"
+        f"   {'CPU s: mock':>11} {'gateway':>8} {'bench':>6}"
+    )
     for row in rows:
         ratio, target = "", ""
         if row.counted and not row.direct:
             ratio = f"{row.rate / floors[row.pair]:.2f}"
             target = f"≥ {TARGET}"
-        print(f"  {row.what:52} {row.seconds:8.2f} {row.rate:8.0f} {ratio:>6} {target:>7}")
-    print("  (ratio: the gateway's messages a second over the direct copy's; 1.0 = as fast)")
+        mock, gateway, mine = row.cpu
+        print(
+            f"  {row.what:52} {row.seconds:8.2f} {row.rate:8.0f} {ratio:>6} {target:>7}"
+            f"   {mock:11.2f} {gateway:8.2f} {mine:6.2f}"
+        )
+    print("  (ratio: the gateway's messages a second over the direct copy's; 1.0 = as fast;")
+    print("   CPU s: each process's CPU time during the path; Dovecot's not counted)")
     print(f"  (whole benchmark {seconds:.1f} s)")
 
 
@@ -385,6 +431,8 @@ def main() -> None:
     try:
         dovecot = {"host": server.host, "port": server.port} if server is not None else None
         with Stack(migration=args.bals, migration_messages=args.messages, dovecot=dovecot) as stack:
+            seeding = stack.mock_info["seeding"].get("migration", 0.0)
+            print(f"(started; the mock seeded its BAL in {seeding:.1f} s)", flush=True)
             rows = historic_to_modern(stack, args.messages, args.bals, jobs)
             if server is not None:
                 rows += modern_to_dovecot(stack, server, args.messages, args.bals, jobs)
