@@ -528,10 +528,10 @@ async def _seed_historic_twin(mock: Any, count: int) -> dict[str, float]:
     return {"historic": middle - began, "modern": time.perf_counter() - middle}
 
 
-async def _seed_migration(mock: Any, bals: int, messages: int) -> None:
+async def _seed_migration(mock: Any, bals: int, messages: int) -> dict[str, float]:
     """The migration benchmark's BAL (`migration_bals`): each historic and modern one
     with `messages` clinical messages of its own in INBOX; the direct copy's targets
-    empty."""
+    empty; returns the seconds each platform's seeding took."""
     from gateway.mss.historic_ws import INBOX
     from mock_operator.historic.store import Delivery, flags_from_imap
 
@@ -544,6 +544,7 @@ async def _seed_migration(mock: Any, bals: int, messages: int) -> None:
         await seed(mock.delegations, migration_persons(bals))
     names = migration_bals(bals)
     historic = mock.historic.store
+    began = time.perf_counter()
     for index, bal in enumerate(names["historic"]):
         await historic.ensure_account(bal, migration_idnat("historic", index), f"Histo {index}")
         batch = [
@@ -552,13 +553,15 @@ async def _seed_migration(mock: Any, bals: int, messages: int) -> None:
         await historic.deliver_many(
             bal, [Delivery(m.raw, flags_from_imap(m.flags, INBOX), m.date) for m in batch], INBOX
         )
+    middle = time.perf_counter()
     for role in ("copy", "modern"):
         for index, bal in enumerate(names[role]):
             await mock.platform.ensure_mailbox(bal, migration_idnat(role, index), f"{role} {index}")
     for index, bal in enumerate(names["modern"]):
-        for n in range(messages):
-            m = clinical_message((bals + index) * messages + n, ("Dr Migration", bal))
-            await mock.platform.deliver(bal, m.raw, flags=m.flags, internal_date=m.date)
+        first = (bals + index) * messages
+        batch = [clinical_message(first + n, ("Dr Migration", bal)) for n in range(messages)]
+        await mock.platform.deliver_many(bal, [(m.raw, m.flags, m.date) for m in batch])
+    return {"migration historic": middle - began, "migration modern": time.perf_counter() - middle}
 
 
 async def _serve_mock(
@@ -588,9 +591,7 @@ async def _serve_mock(
                 await mock.platform.deliver(BAL, big_message(index), folder=BIG_FOLDER)
         seeding = await _seed_historic_twin(mock, historic) if historic else {}
         if migration:
-            began = time.perf_counter()
-            await _seed_migration(mock, migration, migration_messages)
-            seeding["migration"] = time.perf_counter() - began
+            seeding |= await _seed_migration(mock, migration, migration_messages)
         info = {
             "pid": os.getpid(),
             "http_url": mock.http_url,

@@ -431,8 +431,12 @@ def main() -> None:
     try:
         dovecot = {"host": server.host, "port": server.port} if server is not None else None
         with Stack(migration=args.bals, migration_messages=args.messages, dovecot=dovecot) as stack:
-            seeding = stack.mock_info["seeding"].get("migration", 0.0)
-            print(f"(started; the mock seeded its BAL in {seeding:.1f} s)", flush=True)
+            seeding = stack.mock_info["seeding"]
+            print(
+                f"(seeded: historic {seeding['migration historic']:.1f} s, "
+                f"modern {seeding['migration modern']:.1f} s)",
+                flush=True,
+            )
             rows = historic_to_modern(stack, args.messages, args.bals, jobs)
             if server is not None:
                 rows += modern_to_dovecot(stack, server, args.messages, args.bals, jobs)
