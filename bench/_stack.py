@@ -530,7 +530,9 @@ async def _seed_historic_twin(mock: Any, count: int) -> dict[str, float]:
 
 async def _seed_migration(mock: Any, bals: int, messages: int) -> dict[str, float]:
     """The migration benchmark's BAL (`migration_bals`): each historic and modern one
-    with `messages` clinical messages of its own in INBOX; the direct copy's targets
+    with the `messages` first clinical messages in INBOX (three hours apart from 2025:
+    in the past, since Dovecot stores a future INTERNALDATE as now); the direct copy's
+    targets
     empty; returns the seconds each platform's seeding took."""
     from gateway.mss.historic_ws import INBOX
     from mock_operator.historic.store import Delivery, flags_from_imap
@@ -547,9 +549,7 @@ async def _seed_migration(mock: Any, bals: int, messages: int) -> dict[str, floa
     began = time.perf_counter()
     for index, bal in enumerate(names["historic"]):
         await historic.ensure_account(bal, migration_idnat("historic", index), f"Histo {index}")
-        batch = [
-            clinical_message(index * messages + n, ("Dr Migration", bal)) for n in range(messages)
-        ]
+        batch = [clinical_message(n, ("Dr Migration", bal)) for n in range(messages)]
         await historic.deliver_many(
             bal, [Delivery(m.raw, flags_from_imap(m.flags, INBOX), m.date) for m in batch], INBOX
         )
@@ -557,9 +557,8 @@ async def _seed_migration(mock: Any, bals: int, messages: int) -> dict[str, floa
     for role in ("copy", "modern"):
         for index, bal in enumerate(names[role]):
             await mock.platform.ensure_mailbox(bal, migration_idnat(role, index), f"{role} {index}")
-    for index, bal in enumerate(names["modern"]):
-        first = (bals + index) * messages
-        batch = [clinical_message(first + n, ("Dr Migration", bal)) for n in range(messages)]
+    for bal in names["modern"]:
+        batch = [clinical_message(n, ("Dr Migration", bal)) for n in range(messages)]
         await mock.platform.deliver_many(bal, [(m.raw, m.flags, m.date) for m in batch])
     return {"migration historic": middle - began, "migration modern": time.perf_counter() - middle}
 

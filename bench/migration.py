@@ -162,7 +162,8 @@ def gateway_migration(
     for job in checks:
         result = job["result"]
         if job["state"] != "done" or not result.get("identical"):
-            found = job["error"] or f"{job['difference_count']} differences"
+            first = job["differences"][0] if job["differences"] else {}
+            found = job["error"] or f"{job['difference_count']} differences, first {first}"
             raise BenchFailure(f"gateway verify of {job['bal']} on {to}: {found}")
         if result["messages"] != messages:
             raise BenchFailure(f"{job['bal']}: verified {result['messages']}, not {messages}")
