@@ -46,15 +46,23 @@ class RawImap:
         self.counter += 1
         return f"B{self.counter:05d}"
 
-    def command(self, text: str | bytes, literals: list[bytes] | None = None) -> tuple[bytes, int]:
+    def command(
+        self,
+        text: str | bytes,
+        literals: list[bytes] | None = None,
+        heads: list[bytes] | None = None,
+    ) -> tuple[bytes, int]:
         """Send one command; return the tagged completion line and the bytes received
-        (the literals of the answer appended to `literals` when given)."""
+        (the literals of the answer appended to `literals` when given, and the line
+        announcing each of them to `heads`)."""
         tag = self.tag()
         raw = text.encode() if isinstance(text, str) else text
         self.sock.sendall(tag.encode() + b" " + raw + b"\r\n")
-        return self.wait(tag, literals)
+        return self.wait(tag, literals, heads)
 
-    def wait(self, tag: str, literals: list[bytes] | None = None) -> tuple[bytes, int]:
+    def wait(
+        self, tag: str, literals: list[bytes] | None = None, heads: list[bytes] | None = None
+    ) -> tuple[bytes, int]:
         received = 0
         prefix = tag.encode() + b" "
         while True:
@@ -62,6 +70,8 @@ class RawImap:
             received += len(line)
             literal = _LITERAL.search(line)
             while literal:
+                if heads is not None:
+                    heads.append(line)
                 received += int(literal.group(1))
                 data = self._exact(int(literal.group(1)))
                 if literals is not None:
@@ -91,6 +101,25 @@ class RawImap:
             )
         for tag in tags:
             self.wait(tag)
+
+    def append_entries(
+        self, folder: str, entries: list[tuple[bytes, str, str]], window: int = 100
+    ) -> None:
+        """Pipelined APPENDs (LITERAL+) of (message, flag list, quoted date or "") to one
+        folder, `window` at a time (so neither side blocks on a full socket buffer)."""
+        for start in range(0, len(entries), window):
+            tags = []
+            for message, flags, date in entries[start : start + window]:
+                tag = self.tag()
+                tags.append(tag)
+                when = f" {date}" if date else ""
+                self.sock.sendall(
+                    f'{tag} APPEND "{folder}" ({flags}){when} {{{len(message)}+}}\r\n'.encode()
+                    + message
+                    + b"\r\n"
+                )
+            for tag in tags:
+                self.wait(tag)
 
     def close(self) -> None:
         with contextlib.suppress(OSError, RuntimeError):

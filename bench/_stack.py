@@ -11,11 +11,17 @@ read alone. Two server roles, each printing one JSON line on stdout once it list
       (`clinical_message`, the seeded ones removed first) and folder ``HistoricTwin`` of
       claire.martin's modern BAL holds the same N messages with the same flags, in the same
       (date) order;
-  ``python bench/_stack.py gateway --data DIR --mock JSON``
+      With ``--migration K --migration-messages N`` (`migration_bals`): K historic BAL of
+      N clinical messages each (INBOX), K of N on the modern platform, and K empty modern
+      BAL for a direct copy to land in;
+  ``python bench/_stack.py gateway --data DIR --mock JSON [--migration JSON]``
       the gateway, its own registry seeded with the default personas, the mock's modern
       platform as its default backend (master login, plaintext on loopback) and the mock's
       historic web services as backend ``historic`` (``legacy_ws``, master credentials) for
-      the historic personas' BAL (jean.dupont@, marie.petit@).
+      the historic personas' BAL (jean.dupont@, marie.petit@). With ``--migration``
+      (``{"bals": K, "dovecot": {"host", "port"} or null}``): the migration BAL in its
+      registry, the historic platform's own IMAP for the tools, provisioning on the
+      modern platform, and a Dovecot as backend ``dovecot`` (master login).
 
 `Stack` starts both and cleans up (processes and temporary directory). With
 ``LPS_BENCH_PROFILE=DIR`` in the environment, each server process runs under cProfile and
@@ -57,6 +63,42 @@ BIG_FOLDER = "Big"
 HISTORIC_BAL = "jean.dupont@medecin.mssante.fr"
 HISTORIC_PERSONA = "dr-dupont"
 HISTORIC_TWIN = "HistoricTwin"  # claire.martin's modern folder holding the same messages
+MIGRATION_DOMAIN = "medecin.mssante.fr"
+
+
+def migration_bals(count: int) -> dict[str, list[str]]:
+    """The BAL of the migration benchmark, `count` of each role: ``historic`` (on the
+    historic platform, the messages), ``copy`` (empty on the modern platform: where the
+    direct copy of ``historic`` lands), ``modern`` (on the modern platform, the
+    messages), ``dovecot`` (Dovecot users only: where the direct copy of ``modern``
+    lands; the gateway copies ``modern`` to the Dovecot users of the same name)."""
+    roles = {"historic": "historique", "copy": "copie", "modern": "moderne", "dovecot": "dovecot"}
+    return {
+        role: [f"migration.{word}{i}@{MIGRATION_DOMAIN}" for i in range(count)]
+        for role, word in roles.items()
+    }
+
+
+def migration_persons(count: int) -> list[dict[str, Any]]:
+    """The registry's persons of the migration BAL that hold messages, each on the
+    backend holding it (the gateway's registry; the mock's, for provisioning)."""
+    names = migration_bals(count)
+    return [
+        {
+            "idnat": migration_idnat(role, index),
+            "given_name": role,
+            "family_name": str(index),
+            "bal": bal,
+            "backend": "historic" if role == "historic" else "modern",
+        }
+        for role in ("historic", "modern")
+        for index, bal in enumerate(names[role])
+    ]
+
+
+def migration_idnat(role: str, index: int) -> str:
+    """A distinct national id per migration BAL (the registry wants a holder)."""
+    return f"8997009{'hcmd'.index(role[0])}{index:04d}"
 
 
 def raise_fd_limit() -> int:
@@ -103,9 +145,20 @@ class Endpoints:
 class Stack:
     """Mock operator and gateway subprocesses; use as a context manager."""
 
-    def __init__(self, *, big: int = 0, historic: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        big: int = 0,
+        historic: int = 0,
+        migration: int = 0,
+        migration_messages: int = 0,
+        dovecot: dict[str, Any] | None = None,
+    ) -> None:
         self.big = big
         self.historic = historic
+        self.migration = migration
+        self.migration_messages = migration_messages
+        self.dovecot = dovecot
         self._tmp = Path(tempfile.mkdtemp(prefix="lps-bench-"))
         self._processes: list[subprocess.Popen[str]] = []
         self.mock_info: dict[str, Any] = {}
@@ -117,6 +170,11 @@ class Stack:
         """The gateway's listeners and process."""
         assert self._gateway is not None, "not started"
         return self._gateway
+
+    @property
+    def gateway_data(self) -> Path:
+        """The gateway's data directory (its admin secret and URL are there)."""
+        return self._tmp / "gateway"
 
     @property
     def direct(self) -> Endpoints:
@@ -139,6 +197,9 @@ class Stack:
         raise_fd_limit()
         args = ["mock", "--data", str(self._tmp / "mock"), "--big", str(self.big)]
         args += ["--historic", str(self.historic)]
+        if self.migration:
+            args += ["--migration", str(self.migration)]
+            args += ["--migration-messages", str(self.migration_messages)]
         self.mock_info = self._spawn(args)
         self._direct = Endpoints(
             "127.0.0.1",
@@ -147,9 +208,17 @@ class Stack:
             self.mock_info["pid"],
             self.mock_info["http_url"],
         )
-        info = self._spawn(
-            ["gateway", "--data", str(self._tmp / "gateway"), "--mock", json.dumps(self.mock_info)]
-        )
+        gateway = [
+            "gateway",
+            "--data",
+            str(self.gateway_data),
+            "--mock",
+            json.dumps(self.mock_info),
+        ]
+        if self.migration:
+            migration = {"bals": self.migration, "dovecot": self.dovecot}
+            gateway += ["--migration", json.dumps(migration)]
+        info = self._spawn(gateway)
         self._gateway = Endpoints(
             "127.0.0.1", info["imap_port"], info["smtp_port"], info["pid"], info["http_url"]
         )
@@ -459,7 +528,44 @@ async def _seed_historic_twin(mock: Any, count: int) -> dict[str, float]:
     return {"historic": middle - began, "modern": time.perf_counter() - middle}
 
 
-async def _serve_mock(data: Path, big: int, historic: int = 0) -> None:
+async def _seed_migration(mock: Any, bals: int, messages: int) -> dict[str, float]:
+    """The migration benchmark's BAL (`migration_bals`): each historic and modern one
+    with the `messages` first clinical messages in INBOX (three hours apart from 2025:
+    in the past, since Dovecot stores a future INTERNALDATE as now); the direct copy's
+    targets
+    empty; returns the seconds each platform's seeding took."""
+    from gateway.mss.historic_ws import INBOX
+    from mock_operator.historic.store import Delivery, flags_from_imap
+
+    assert mock.historic is not None
+    assert mock.platform is not None
+
+    from delegation.seed import seed
+
+    if mock.delegations is not None:  # who holds them, for the operator API's provisioning
+        await seed(mock.delegations, migration_persons(bals))
+    names = migration_bals(bals)
+    historic = mock.historic.store
+    began = time.perf_counter()
+    for index, bal in enumerate(names["historic"]):
+        await historic.ensure_account(bal, migration_idnat("historic", index), f"Histo {index}")
+        batch = [clinical_message(n, ("Dr Migration", bal)) for n in range(messages)]
+        await historic.deliver_many(
+            bal, [Delivery(m.raw, flags_from_imap(m.flags, INBOX), m.date) for m in batch], INBOX
+        )
+    middle = time.perf_counter()
+    for role in ("copy", "modern"):
+        for index, bal in enumerate(names[role]):
+            await mock.platform.ensure_mailbox(bal, migration_idnat(role, index), f"{role} {index}")
+    for bal in names["modern"]:
+        batch = [clinical_message(n, ("Dr Migration", bal)) for n in range(messages)]
+        await mock.platform.deliver_many(bal, [(m.raw, m.flags, m.date) for m in batch])
+    return {"migration historic": middle - began, "migration modern": time.perf_counter() - middle}
+
+
+async def _serve_mock(
+    data: Path, big: int, historic: int = 0, migration: int = 0, migration_messages: int = 0
+) -> None:
     from gateway.runtime.lifecycle import run_until_signalled
     from gateway.settings import MockSettings
     from mock_operator.server import MockOperator
@@ -483,6 +589,8 @@ async def _serve_mock(data: Path, big: int, historic: int = 0) -> None:
             for index in range(big):
                 await mock.platform.deliver(BAL, big_message(index), folder=BIG_FOLDER)
         seeding = await _seed_historic_twin(mock, historic) if historic else {}
+        if migration:
+            seeding |= await _seed_migration(mock, migration, migration_messages)
         info = {
             "pid": os.getpid(),
             "http_url": mock.http_url,
@@ -499,7 +607,9 @@ async def _serve_mock(data: Path, big: int, historic: int = 0) -> None:
     await run_until_signalled([mock], announce)
 
 
-async def _serve_gateway(data: Path, mock: dict[str, Any]) -> None:
+async def _serve_gateway(
+    data: Path, mock: dict[str, Any], migration: dict[str, Any] | None = None
+) -> None:
     from delegation.seed import seed
     from gateway.runtime.lifecycle import run_until_signalled
     from gateway.server import Gateway
@@ -526,6 +636,10 @@ async def _serve_gateway(data: Path, mock: dict[str, Any]) -> None:
         connect_timeout=10,
         reply_timeout=60,
     )
+    backends = {"modern": backend, "historic": historic}
+    seeded: list[dict[str, Any]] = [dataclasses.asdict(p) for p in personas]
+    if migration is not None:
+        seeded += _migration_setup(mock, migration, backends)
     settings = Settings(
         data_dir=data,
         log={"level": "WARNING"},
@@ -535,7 +649,7 @@ async def _serve_gateway(data: Path, mock: dict[str, Any]) -> None:
         smtp={"port": 0, "auth_failure_delay": 0},
         limits={"exempt_networks": ["127.0.0.0/8", "::1/128"]},
         psc={"issuer": mock["issuer"], "client_ids": ["lps-demo"]},
-        backends={"modern": backend, "historic": historic},
+        backends=backends,
         routing={
             "default": "modern",
             "mailboxes": {
@@ -545,7 +659,7 @@ async def _serve_gateway(data: Path, mock: dict[str, Any]) -> None:
     )
     gateway = Gateway(settings)
     registry = await gateway.open_registry()
-    await seed(registry, [dataclasses.asdict(p) for p in personas])
+    await seed(registry, seeded)
 
     def announce() -> None:
         assert gateway.imap is not None
@@ -561,12 +675,53 @@ async def _serve_gateway(data: Path, mock: dict[str, Any]) -> None:
     await run_until_signalled([gateway], announce)
 
 
+def _migration_setup(
+    mock: dict[str, Any], migration: dict[str, Any], backends: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Backends and registry entries of the migration benchmark: the historic platform's
+    tools over its own IMAP, provisioning on the modern platform, a Dovecot (when given);
+    returns the persons to seed (each migration BAL on its backend)."""
+    from pydantic import SecretStr
+
+    historic, modern = backends["historic"], backends["modern"]
+    backends["historic"] = historic.model_copy(
+        update={
+            "historic_imap": True,
+            "imap_port": mock["historic_imap_port"],
+            "imap_tls": "none",
+            "smtp_tls": "none",
+        }
+    )
+    backends["modern"] = modern.model_copy(
+        update={"provision_url": f"{mock['http_url']}/operator/mailboxes"}
+    )
+    dovecot = migration.get("dovecot")
+    if dovecot:
+        from gateway.settings import BackendSettings
+        from tests.dovecot import MASTER, MASTER_PW
+
+        backends["dovecot"] = BackendSettings(
+            imap_host=dovecot["host"],
+            imap_port=dovecot["port"],
+            imap_tls="none",
+            smtp_tls="none",
+            login="master",
+            master_user=MASTER,
+            master_password=SecretStr(MASTER_PW),
+            connect_timeout=10,
+            reply_timeout=60,
+        )
+    return migration_persons(int(migration["bals"]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="a benchmark server process")
     parser.add_argument("role", choices=["mock", "gateway"])
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--big", type=int, default=0)
     parser.add_argument("--historic", type=int, default=0)
+    parser.add_argument("--migration", help="mock: K BAL each; gateway: JSON (migration)")
+    parser.add_argument("--migration-messages", type=int, default=0)
     parser.add_argument("--mock", help="the mock's JSON line (gateway role)")
     parser.add_argument("--profile", type=Path, help="write a cProfile of this process here")
     args = parser.parse_args()
@@ -581,9 +736,13 @@ def main() -> None:
         lambda record: "login_data is deprecated" not in record.getMessage()
     )
     if args.role == "mock":
-        coroutine = _serve_mock(args.data, args.big, args.historic)
+        migration = int(args.migration or 0)
+        coroutine = _serve_mock(
+            args.data, args.big, args.historic, migration, args.migration_messages
+        )
     else:
-        coroutine = _serve_gateway(args.data, json.loads(args.mock))
+        plan = json.loads(args.migration) if args.migration else None
+        coroutine = _serve_gateway(args.data, json.loads(args.mock), plan)
     if args.profile is None:
         asyncio.run(coroutine)
         return

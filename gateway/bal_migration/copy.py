@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from gateway.backends.base import (
@@ -47,6 +47,7 @@ from gateway.bal_migration.plan import (
 )
 
 BATCH = 50  # appends per intent transaction
+FETCH_BYTES = 16 * 1024 * 1024  # source bytes fetched per request (past one message)
 FORGET_BATCH = 500  # source UIDs per DELETE (the databases' parameter limits)
 
 
@@ -274,11 +275,8 @@ async def _copy_folder(
         await journal.intend(folder, [(a.source_uid, a.digest, a.flags) for a in batch], floor)
         done: list[tuple[int, int]] = []
         size = 0
-        for action in batch:
-            await pace.wait()
-            try:
-                body = await source.fetch(folder.name, action.source_uid)
-            except BackendNotFound:
+        async for action, body in _bodies(source, folder.name, batch, pace):
+            if body is None:
                 # expunged (or moved) by a client since the listing: its intent is resolved
                 # by the next run, which no longer lists it (or appends it, if it is back)
                 report.vanished += 1
@@ -331,6 +329,39 @@ async def _importer(
     if first and await importer.import_folder(folder.target, folder.uidvalidity):
         return importer
     return None
+
+
+async def _bodies(
+    source: MailboxAccess, folder: str, batch: Sequence[Append], pace: _Pace
+) -> AsyncIterator[tuple[Append, bytes | None]]:
+    """Each message's bytes (None: gone from the source since its listing): several per
+    request, up to `FETCH_BYTES`, where the source can (`fetch_many`: one round trip
+    instead of one per message), else one by one."""
+    many = getattr(source, "fetch_many", None)
+    start = 0
+    while start < len(batch):
+        group = [batch[start]]
+        weight = batch[start].size
+        while many is not None and start + len(group) < len(batch):
+            following = batch[start + len(group)]
+            if weight + following.size > FETCH_BYTES:
+                break
+            group.append(following)
+            weight += following.size
+        start += len(group)
+        for _ in group:
+            await pace.wait()
+        if many is None or len(group) == 1:
+            for action in group:
+                try:
+                    body: bytes | None = await source.fetch(folder, action.source_uid)
+                except BackendNotFound:
+                    body = None
+                yield action, body
+            continue
+        found: dict[int, bytes] = await many(folder, [a.source_uid for a in group])
+        for action in group:
+            yield action, found.get(action.source_uid)
 
 
 async def verify_bal(

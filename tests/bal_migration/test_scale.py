@@ -13,7 +13,7 @@ import datetime as dt
 import hashlib
 import time
 import tracemalloc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -182,6 +182,12 @@ class _Vanishing:
         if (folder, uid) == (self.folder, self.uid):
             await self.access.delete(folder, [uid])
         return await self.access.fetch(folder, uid)
+
+    async def fetch_many(self, folder: str, uids: Sequence[int]) -> dict[int, bytes]:
+        if folder == self.folder and self.uid in uids:
+            await self.access.delete(folder, [self.uid])
+        found: dict[int, bytes] = await self.access.fetch_many(folder, uids)  # type: ignore[attr-defined]
+        return found
 
 
 async def test_a_message_expunged_between_listing_and_fetch(platforms: Platforms) -> None:

@@ -165,3 +165,19 @@ async def test_the_historic_web_services_append_only_to_drafts(both: Stack):
             await access.append("INBOX", letter("pas ici"), ())
     finally:
         await access.aclose()
+
+
+async def test_fetch_many_reads_a_batch_in_one_request(tools: MailboxAccess, kind: Kind):
+    """The IMAP accesses read several messages per UID FETCH (a migration's copy); an
+    expunged UID is absent from the answer, not an error."""
+    many = getattr(tools, "fetch_many", None)
+    if many is None:
+        pytest.skip(f"{kind.backend}: fetches one message at a time")
+    folder = await named(tools, kind.folder)
+    await tools.messages(folder)  # selected: appending must still work and be seen
+    raws = [letter(f"lot {uuid.uuid4().hex[:8]}") for _ in range(3)]
+    uids = [await tools.append(folder, raw, ["\\Seen"]) for raw in raws]
+    await tools.delete(folder, [uids[1]])
+    found = await many(folder, [*uids, max(uids) + 1000])
+    assert found == {uids[0]: raws[0], uids[2]: raws[2]}
+    assert {uids[0], uids[2]} <= {m.uid for m in await tools.messages(folder)}

@@ -5,6 +5,7 @@ after STARTTLS."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import imaplib
 import re
 import shutil
@@ -398,3 +399,28 @@ async def test_plaintext_login_refused_off_loopback(mock_op: MockOperator):
     assert "LOGINDISABLED" in caps
     assert "STARTTLS" in caps
     assert not any(c.startswith("AUTH=") for c in caps)
+
+
+async def test_deliver_many_in_one_transaction(mock_op: MockOperator, martin_token: str):
+    """Seeding many messages at once: consecutive UIDs, each with its flags and date, as
+    an IMAP client then reads them."""
+    assert mock_op.platform is not None
+    await mock_op.platform.store(MARTIN).create_folder("Lot")
+    when = dt.datetime(2025, 3, 4, 5, 6, 7, tzinfo=dt.UTC)
+    batch = [
+        (b"Subject: lot %d\r\n\r\ncorps\r\n" % n, ("\\Seen",) * (n % 2), when) for n in range(5)
+    ]
+    uids = await mock_op.platform.deliver_many(MARTIN, batch, folder="Lot")
+    assert uids == list(range(uids[0], uids[0] + 5))
+
+    def session() -> list[Any]:
+        client = imap_login(mock_op, MARTIN, martin_token)
+        client.select("Lot", readonly=True)
+        _, fetched = client.uid("FETCH", "1:*", "(FLAGS INTERNALDATE BODY.PEEK[])")
+        client.logout()
+        return [item for item in fetched if isinstance(item, tuple)]
+
+    fetched = await in_thread(session)
+    assert [body for _, body in fetched] == [raw for raw, _, _ in batch]
+    assert [b"\\Seen" in head for head, _ in fetched] == [n % 2 == 1 for n in range(5)]
+    assert all(b'"04-Mar-2025 05:06:07 +0000"' in head for head, _ in fetched)
