@@ -381,15 +381,7 @@ class ImapMailboxAccess:
         if not uids:
             return {}
         await self._select(folder, write=False)
-        wanted = b",".join(str(u).encode() for u in uids)
-        _, events = await self._run(b"UID FETCH " + wanted + b" (UID BODY.PEEK[])")
-        found: dict[int, bytes] = {}
-        for event in events:
-            items = fetch_items(event)
-            uid, body = items.get("UID"), items.get("BODY[]")
-            if isinstance(uid, int) and isinstance(body, bytes):
-                found[uid] = body
-        return found
+        return await self._bodies(uids)
 
     async def append(
         self,
