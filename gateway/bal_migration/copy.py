@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from gateway.backends.base import (
@@ -275,7 +275,17 @@ async def _copy_folder(
         await journal.intend(folder, [(a.source_uid, a.digest, a.flags) for a in batch], floor)
         done: list[tuple[int, int]] = []
         size = 0
+        # without UID import, the target takes a batch's APPENDs at once where it can
+        many = getattr(target, "append_many", None) if importer is None else None
+        ready: list[tuple[Append, bytes]] = []
         async for action, body in _bodies(source, folder.name, batch, pace):
+            if body is not None and many is not None and digest(body) == action.digest:
+                ready.append((action, body))
+                if sum(len(b) for _, b in ready) >= FETCH_BYTES:
+                    floor = max([floor, *await _append_ready(many, folder.target, ready, done)])
+                    size += sum(len(b) for _, b in ready)
+                    ready = []
+                continue
             if body is None:
                 # expunged (or moved) by a client since the listing: its intent is resolved
                 # by the next run, which no longer lists it (or appends it, if it is back)
@@ -297,6 +307,9 @@ async def _copy_folder(
             floor = max(floor, uid)
             done.append((action.source_uid, uid))
             size += len(body)
+        if ready and many is not None:
+            floor = max([floor, *await _append_ready(many, folder.target, ready, done)])
+            size += sum(len(b) for _, b in ready)
         await journal.complete(folder, done, size=size)
         report.appended += len(done)
         report.bytes += size
@@ -329,6 +342,18 @@ async def _importer(
     if first and await importer.import_folder(folder.target, folder.uidvalidity):
         return importer
     return None
+
+
+async def _append_ready(
+    many: Callable[..., Awaitable[list[int]]],
+    folder: str,
+    ready: Sequence[tuple[Append, bytes]],
+    done: list[tuple[int, int]],
+) -> list[int]:
+    """APPEND `ready` at once (`append_many`); record each (source UID, new UID)."""
+    uids = await many(folder, [(body, a.flags, a.internal_date) for a, body in ready])
+    done.extend((a.source_uid, uid) for (a, _), uid in zip(ready, uids, strict=True))
+    return uids
 
 
 async def _bodies(

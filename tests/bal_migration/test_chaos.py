@@ -22,7 +22,7 @@ import ssl
 import sys
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -206,6 +206,22 @@ class Counting:
         if not self.before:
             self.on_append()
         return uid
+
+    async def append_many(
+        self, folder: str, messages: Sequence[tuple[bytes, Collection[str], dt.datetime | None]]
+    ) -> list[int]:
+        """A pipelined batch counts as its APPENDs, all before or all after it."""
+        if self.before:
+            for _ in messages:
+                self.on_append()
+        many = getattr(self.access, "append_many", None)
+        if many is None:
+            return [await self.append(folder, m, f, d) for m, f, d in messages]
+        uids: list[int] = await many(folder, messages)
+        if not self.before:
+            for _ in uids:
+                self.on_append()
+        return uids
 
 
 @contextlib.asynccontextmanager

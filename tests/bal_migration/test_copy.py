@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Sequence
 from pathlib import Path
 
 import pytest
@@ -91,6 +91,19 @@ class KilledAfterAppend:
         if self.after <= 0:
             raise Killed
         return uid
+
+    async def append_many(
+        self, folder: str, messages: Sequence[tuple[bytes, Collection[str], dt.datetime | None]]
+    ) -> list[int]:
+        """A pipelined batch: dies once it is done if the count is reached in it."""
+        many = getattr(self.access, "append_many", None)
+        if many is None:
+            return [await self.append(folder, m, f, d) for m, f, d in messages]
+        uids: list[int] = await many(folder, messages)
+        self.after -= len(uids)
+        if self.after <= 0:
+            raise Killed
+        return uids
 
 
 async def digests(access: MailboxAccess) -> Counter[tuple[str, str]]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from gateway.backends.base import Backend, MailboxAccess, digest
-from gateway.backends.errors import BackendCannot, BackendNotFound
+from gateway.backends.errors import BackendCannot, BackendError, BackendNotFound
 from gateway.settings import MockSettings, Settings
 from mock_operator.server import MockOperator
 from tests.support.stacks import Stack, configure_with, historic_backend, running_stack
@@ -181,3 +181,26 @@ async def test_fetch_many_reads_a_batch_in_one_request(tools: MailboxAccess, kin
     found = await many(folder, [*uids, max(uids) + 1000])
     assert found == {uids[0]: raws[0], uids[2]: raws[2]}
     assert {uids[0], uids[2]} <= {m.uid for m in await tools.messages(folder)}
+
+
+async def test_append_many_pipelines_a_batch(tools: MailboxAccess, kind: Kind):
+    """The IMAP accesses APPEND a batch at once (LITERAL+), each message with its flags and
+    date, the new UIDs in order; a refusal in the batch is raised, not skipped."""
+    many = getattr(tools, "append_many", None)
+    if many is None:
+        pytest.skip(f"{kind.backend}: appends one message at a time")
+    folder = await named(tools, kind.folder)
+    await tools.messages(folder)  # selected: appending must still work and be seen
+    when = dt.datetime(2025, 3, 4, 5, 6, 7, tzinfo=dt.UTC)
+    raws = [letter(f"pipeline {uuid.uuid4().hex[:8]}") for _ in range(5)]
+    flags = [frozenset({"\\Seen"}), frozenset({"$MDNSent"}), frozenset(), frozenset(), frozenset()]
+    uids = await many(folder, [(raw, f, when) for raw, f in zip(raws, flags, strict=True)])
+    assert uids == sorted(uids)
+    assert len(set(uids)) == 5
+    listed = {m.uid: m for m in await tools.messages(folder)}
+    for uid, raw, flag in zip(uids, raws, flags, strict=True):
+        assert listed[uid].digest == digest(raw)
+        assert flag <= listed[uid].flags
+        assert listed[uid].internal_date == when
+    with pytest.raises(BackendError):
+        await many("Nulle part " + uuid.uuid4().hex[:6], [(raws[0], (), None)] * 2)

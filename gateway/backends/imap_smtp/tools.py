@@ -65,6 +65,17 @@ def parse_imap_date(value: bytes) -> dt.datetime:
     return dt.datetime.strptime(value.decode("ascii").strip(), "%d-%b-%Y %H:%M:%S %z")
 
 
+def _appended_uid(done: Tagged) -> int | None:
+    """The UID an APPEND's APPENDUID code gives (RFC 4315)."""
+    if done.code is None:
+        return None
+    name, rest = parse_code(done.code)
+    parts = rest.split()
+    if name == Code.APPENDUID and len(parts) == 2 and parts[1].isdigit():
+        return int(parts[1])
+    return None
+
+
 def _flag_list(flags: Collection[str]) -> bytes:
     kept = [f for f in flags if f.lower() != "\\recent"]
     return b"(" + " ".join(kept).encode("ascii") + b")"
@@ -396,12 +407,52 @@ class ImapMailboxAccess:
         if self._selected is not None and self._selected[0] == folder:
             await self._leave()
         done, _ = await self._run(command, literal=message)
-        if done.code is not None:
-            name, rest = parse_code(done.code)
-            parts = rest.split()
-            if name == Code.APPENDUID and len(parts) == 2 and parts[1].isdigit():
-                return int(parts[1])
-        raise BackendUnavailable("protocol", f"{self._up.backend}: APPEND without APPENDUID")
+        uid = _appended_uid(done)
+        if uid is None:
+            raise BackendUnavailable("protocol", f"{self._up.backend}: APPEND without APPENDUID")
+        return uid
+
+    async def append_many(
+        self,
+        folder: str,
+        messages: Sequence[tuple[bytes, Collection[str], dt.datetime | None]],
+    ) -> list[int]:
+        """APPEND several (message, flags, date) at once, pipelined with LITERAL+ (one by
+        one without it); their new UIDs, in order. A refusal raises after every answer is
+        read: those appended before it are found by the caller's checkpoints."""
+        if not self._literal_plus or len(messages) < 2:
+            return [await self.append(folder, m, f, d) for m, f, d in messages]
+        if self._selected is not None and self._selected[0] == folder:
+            await self._leave()
+        commands = []
+        for message, flags, date in messages:
+            command = b"APPEND " + self._mailbox(folder) + b" " + _flag_list(flags)
+            if date is not None:
+                command += b" " + imap_date(date)
+            commands.append((command, message))
+        try:
+            answers = await self._talk.pipelined(commands)
+        except TimeoutError:
+            raise BackendUnavailable(
+                "timeout", f"{self._up.backend}: no answer", after=self._up.reply_timeout
+            ) from None
+        except (ConnectionError, OSError) as exc:
+            raise BackendUnavailable("disconnected", f"{self._up.backend}: {exc}") from None
+        uids: list[int] = []
+        for done, _ in answers:
+            if done.status != "OK":
+                code = parse_code(done.code)[0] if done.code else ""
+                text = f"APPEND: {done.text}"
+                if code in _TOO_LARGE:
+                    raise BackendTooLarge(text)
+                raise BackendRefused(text)
+            uid = _appended_uid(done)
+            if uid is None:
+                raise BackendUnavailable(
+                    "protocol", f"{self._up.backend}: APPEND without APPENDUID"
+                )
+            uids.append(uid)
+        return uids
 
     async def set_flags(self, folder: str, uid: int, flags: Collection[str]) -> None:
         await self._select(folder, write=True)

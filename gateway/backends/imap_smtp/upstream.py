@@ -14,6 +14,7 @@ import asyncio
 import base64
 import logging
 import ssl
+from collections.abc import Sequence
 
 from gateway.backends.base import Upstream
 from gateway.backends.errors import BackendUnavailable
@@ -86,6 +87,36 @@ class Dialogue:
         self.writer.write(literal + b"\r\n")
         await self.writer.drain()
         return await self.completion(tag)
+
+    async def pipelined(
+        self, commands: Sequence[tuple[bytes, bytes]]
+    ) -> list[tuple[Tagged, list[Untagged]]]:
+        """Several commands of one literal argument each (APPENDs) sent at once with
+        LITERAL+, then their completions, in the order sent: one round trip for all. The
+        caller bounds how many (their answers are small, so the server never blocks on
+        writing them while we write)."""
+        tags: list[str] = []
+        for text, literal in commands:
+            tag, data = self.codec.send(text + b" {%d+}" % len(literal))
+            self.writer.write(data)
+            self.writer.write(literal + b"\r\n")
+            await self.writer.drain()
+            tags.append(tag)
+        wanted = set(tags)
+        done: dict[str, tuple[Tagged, list[Untagged]]] = {}
+        untagged: list[Untagged] = []
+        while len(done) < len(tags):
+            event = await self.event()
+            if isinstance(event, Tagged) and event.tag in wanted:
+                done[event.tag], untagged = (event, untagged), []
+            elif isinstance(event, Untagged):
+                if event.kind == "BYE":
+                    raise BackendUnavailable("connect", f"backend said BYE: {event.text}")
+                untagged.append(event)
+            elif isinstance(event, Continuation):
+                self.writer.write(b"*\r\n")
+                await self.writer.drain()
+        return [done[tag] for tag in tags]
 
     async def completion(self, tag: str) -> tuple[Tagged, list[Untagged]]:
         untagged: list[Untagged] = []
