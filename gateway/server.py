@@ -507,7 +507,14 @@ class Gateway:
             backends=backends,
             settings=self.settings.backends,
             audit=audit,
-            moves=Moves(self.gate, move, pinned, self.settings.migration, placements=placements),
+            moves=Moves(
+                self.gate,
+                move,
+                pinned,
+                self.settings.migration,
+                carry=carry,
+                placements=placements,
+            ),
         )
         return self.migrations
 

@@ -186,7 +186,17 @@ async def _copy(
         folder = await journal.folder(name, validity, mapping[name])
         current.add(folder.key)
         await _copy_folder(
-            source, target, journal, folder, report, state, progress, pace, trailing, existing
+            source,
+            target,
+            journal,
+            folder,
+            report,
+            state,
+            progress,
+            pace,
+            trailing,
+            existing,
+            await _copied_before(journal, known, folder) if trailing else frozenset(),
         )
         state.folders_done += 1
         if progress is not None:
@@ -219,10 +229,12 @@ async def _copy_folder(
     pace: _Pace,
     trailing: bool = False,
     existing: set[str] | None = None,
+    before: frozenset[str] = frozenset(),
 ) -> None:
     here = await source.messages(folder.name)
     copied = await journal.copied(folder)
     if trailing:
+        here = [m for m in here if m.digest not in before]
         fresh = [m for m in here if m.uid not in copied or copied[m.uid].target_uid is None]
         if not fresh:
             return
@@ -321,6 +333,19 @@ async def _copy_folder(
         c.source_uid == c.target_uid for c in (await journal.copied(folder)).values()
     ):
         report.uids_kept.append(folder.name)
+
+
+async def _copied_before(
+    journal: Journal, known: Sequence[FolderKey], folder: FolderKey
+) -> frozenset[str]:
+    """The digests copied from this folder under an older UIDVALIDITY: the old platform
+    renumbered it after the cut-over, and the trailing sync must not bring its messages
+    to the live BAL a second time."""
+    found: set[str] = set()
+    for older in known:
+        if older.name == folder.name and older.key != folder.key:
+            found.update(c.digest for c in (await journal.copied(older)).values())
+    return frozenset(found)
 
 
 async def _importer(

@@ -69,6 +69,7 @@ class BalGate:
         self.max_wait = max_wait
         self.drain_wait = drain_wait
         self._bals: dict[str, _Bal] = {}
+        self._moves: dict[str, int] = {}  # BAL -> how many times it moved (this node)
 
     def _of(self, bal: str) -> _Bal:
         key = bal.strip().lower()
@@ -130,7 +131,17 @@ class BalGate:
             entry.idle.set()
         self._tidy(bal)
 
-    def add(self, bal: str, session: Endable) -> None:
+    def epoch(self, bal: str) -> int:
+        """How many times `bal` moved on this node: a login reads it before it decides
+        where to go, and `add` ends at once a session whose BAL moved meanwhile."""
+        return self._moves.get(bal.strip().lower(), 0)
+
+    def add(self, bal: str, session: Endable, epoch: int | None = None) -> None:
+        """Track `session` on `bal`; `epoch`: `epoch(bal)` when its login decided where
+        it goes (a move since then ends it with `MOVED_BYE`)."""
+        if epoch is not None and epoch != self.epoch(bal):
+            session.kick(MOVED_BYE)
+            return
         self._of(bal).sessions.add(session)
 
     def discard(self, bal: str, session: Endable) -> None:
@@ -199,4 +210,6 @@ class HoldHandle:
         """The BAL now lives elsewhere: changes waiting get `Moved`, sessions end."""
         entry = self.gate._of(self.bal)
         entry.moved = True
+        key = self.bal.strip().lower()
+        self.gate._moves[key] = self.gate._moves.get(key, 0) + 1
         return self.gate.end(self.bal, reason)

@@ -22,6 +22,8 @@ async def run_hook(
     if not argv:
         return None
     values = {"bal": bal, "source": source, "target": target}
+    if any(value.startswith("-") for value in values.values()):
+        return "not started: a field starts with '-' (it would read as an option)"
     try:
         command = [part.format_map(values) for part in argv]
     except (KeyError, ValueError, IndexError) as exc:
@@ -43,6 +45,10 @@ async def run_hook(
             process.kill()
         await process.wait()
         return f"timed out after {seconds:g} s"
+    finally:
+        if process.returncode is None:  # cancelled: the hook does not outlive its job
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
     if process.returncode == 0:
         log.info("migration.mta_hook_done", extra={"bal": bal, "target": target})
         return "ok"

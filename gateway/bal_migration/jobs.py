@@ -182,6 +182,7 @@ class Migrations:
         self._jobs: dict[str, Job] = {}  # the latest job of each BAL
         self._tasks: set[asyncio.Task[None]] = set()
         self._trailing: dict[str, asyncio.Task[None]] = {}  # BAL -> its trailing sync
+        self._planning = asyncio.Lock()  # one request plans at a time: no BAL started twice
         self.trailing_passes = 0  # done since start, for tests and operators
 
     async def start(
@@ -196,6 +197,19 @@ class Migrations:
     ) -> list[Job]:
         """Queue `action` for each BAL (canonical addresses), `jobs` at a time; refuse the
         whole request (nothing started) when one of them cannot be done."""
+        async with self._planning:
+            return await self._start(bals, to, action, actor=actor, jobs=jobs, max_rate=max_rate)
+
+    async def _start(
+        self,
+        bals: Sequence[str],
+        to: str | None,
+        action: Action,
+        *,
+        actor: str,
+        jobs: int,
+        max_rate: float | None,
+    ) -> list[Job]:
         backends = self._backends()
         if to is not None and to not in backends:
             known = ", ".join(sorted(backends))
@@ -277,6 +291,11 @@ class Migrations:
                 raise MigrationRefused(
                     f"{bal} came from {target} by a cut-over whose trailing sync runs: "
                     "`rollback` to go back, or `finish` first"
+                )
+            if action == "cutover" and record.state == "cut over":
+                raise MigrationRefused(
+                    f"{bal}: the trailing sync of its cut-over from {record.source} runs: "
+                    "`finish` it first"
                 )
         if action == "cutover" and not any(
             r.source == source and r.target == target and r.state != "planned"
@@ -394,7 +413,11 @@ class Migrations:
         job.result |= {"identical": report.identical, "messages": report.messages}
 
     async def _cutover(
-        self, job: Job, max_rate: float | None, journal: Journal | None = None
+        self,
+        job: Job,
+        max_rate: float | None,
+        journal: Journal | None = None,
+        switched: Journal | None = None,
     ) -> None:
         """A delta, then under a hold of the BAL's changes a last delta and a verification,
         the registry's record switched and the old sessions ended; then the MTA hook and
@@ -427,17 +450,29 @@ class Migrations:
                         f"the final verification found {len(check.differences)} difference(s): "
                         "nothing switched"
                     )
-                if moves.carry is not None:
-                    job.result["historic_ids"] = await moves.carry(job.bal, journal, source, target)
                 await moves.move(job.bal, job.target)
                 job.result["sessions_ended"] = held.moved()
+                await journal.set_state("cut over")
+                if switched is not None:  # a rollback: the way there is over
+                    await switched.set_state("rolled back")
+                if moves.carry is not None:
+                    try:
+                        carried = await moves.carry(job.bal, journal, source, target)
+                    except Exception as failure:  # the move stands; say what was not kept
+                        log.exception("migration.carry_failed", extra={"bal": job.bal})
+                        job.result["historic_ids"] = f"not carried: {type(failure).__name__}"
+                    else:
+                        job.result["historic_ids"] = carried
                 job.result["hold_seconds"] = round(loop.time() - started, 3)
-            await journal.set_state("cut over")
         finally:
             await source.aclose()
             await target.aclose()
-        await self._after_move(job)
         self._trail(job.bal, job.source, job.target)
+        try:
+            await self._after_move(job)
+        except Exception as failure:  # the BAL moved: the hook's failure is reported
+            log.exception("migration.hook_failed", extra={"bal": job.bal})
+            job.result["mta_hook"] = f"failed: {type(failure).__name__}"
 
     async def _after_move(self, job: Job) -> None:
         moves = self._moves
@@ -461,23 +496,34 @@ class Migrations:
         on the new platform since is copied back), then a cut-over the other way."""
         await self._stop_trailing(job.bal)
         there = await self.checkpoints.journal(job.bal, job.target, job.source)
-        if (await there.record()).state == "cut over":
-            await self._trail_once(job.bal, job.target, job.source)
-        back = await self.checkpoints.journal(job.bal, job.source, job.target)
-        source = await self._backends()[job.source].tools(job.bal)
+        trailing = (await there.record()).state == "cut over"
         try:
-            validity = await _validities(source)
-        finally:
-            await source.aclose()
-        job.result["mirrored"] = await back.seed_from(there, validity)
-        await self._cutover(job, max_rate, back)
-        await there.set_state("rolled back")
+            if trailing:
+                await self._trail_once(job.bal, job.target, job.source)
+            back = await self.checkpoints.journal(job.bal, job.source, job.target)
+            if _older(await back.record(), await there.record()):
+                # first attempt since this cut-over (a retry keeps what the last one copied)
+                source = await self._backends()[job.source].tools(job.bal)
+                try:
+                    validity = await _validities(source)
+                finally:
+                    await source.aclose()
+                job.result["mirrored"] = await back.seed_from(there, validity)
+            await self._cutover(job, max_rate, back, switched=there)
+        except BaseException:
+            if trailing and (await there.record()).state == "cut over":
+                self._trail(job.bal, job.target, job.source)  # still there: it goes on
+            raise
 
     async def _finish(self, job: Job) -> None:
         """Close the trailing sync, after a last pass."""
         await self._stop_trailing(job.bal)
         journal = await self.checkpoints.journal(job.bal, job.target, job.source)
-        report = await self._trail_once(job.bal, job.target, job.source)
+        try:
+            report = await self._trail_once(job.bal, job.target, job.source)
+        except BaseException:
+            self._trail(job.bal, job.target, job.source)  # not closed: it goes on
+            raise
         if report is not None:
             self._report(job, report, "last_pass")
         await journal.set_state("finished")
@@ -543,10 +589,16 @@ class Migrations:
 
     async def resume(self) -> int:
         """After a restart: the trailing syncs of the cut-overs not finished."""
-        records = await self.checkpoints.in_state("cut over")
-        for record in records:
-            self._trail(record.bal, record.source, record.target)
-        return len(records)
+        taken = 0
+        for record in await self.checkpoints.in_state("cut over"):
+            try:
+                here = await self._locate(record.bal)
+            except MigrationRefused:
+                here = None
+            if here in (None, record.target):  # a registry that cannot say: trail anyway
+                self._trail(record.bal, record.source, record.target)
+                taken += 1
+        return taken
 
     async def _verify(self, job: Job) -> None:
         journal = await self.checkpoints.journal(job.bal, job.source, job.target)
@@ -585,3 +637,11 @@ class Migrations:
 async def _validities(access: MailboxAccess) -> dict[str, int]:
     """Each folder's UIDVALIDITY on `access` (what a mirrored journal is keyed by)."""
     return {f.name: await uidvalidity_of(access, f.name) for f in await access.folders()}
+
+
+def _older(back: CopyRecord, there: CopyRecord) -> bool:
+    """Whether the way back's journal has not run since the way there last did (its
+    cut-over): a rollback's first attempt, to be mirrored anew."""
+    if back.started_at is None:
+        return True
+    return there.started_at is not None and back.started_at < there.started_at

@@ -20,7 +20,7 @@ from delegation.models import RIGHTS
 from delegation.service import Decision, DelegationService, Grant
 from gateway.audit import AuditSink
 from gateway.backends.routing import NoRoute, Route, Router
-from gateway.bal_migration.gate import BalGate, Held
+from gateway.bal_migration.gate import BalGate, Held, Moved
 from gateway.decisions import DecisionCache
 from gateway.imap.session import ExternalCredentials, SessionGrant
 from gateway.runtime.limits import Exemptions, LoginThrottle, SlotCounter, client_key
@@ -50,6 +50,8 @@ class FrontGrant(SessionGrant):
     login_event: AuditRecord | None = dataclasses.field(default=None, compare=False)
     means: Means = "token"
     card: CardHolder | None = dataclasses.field(default=None, compare=False)
+    # the gate's count of the BAL's moves when this login decided where it goes
+    moves: int = dataclasses.field(default=0, compare=False)
 
     @property
     def delegation_id(self) -> int | None:
@@ -256,11 +258,15 @@ class FrontAuthenticator:
         certificate: whether it names that APP BAL), audited, routed. `card` is the
         certificate of a card login (`credentials` None)."""
         actor = str(identity.idnat)
+        moves = 0
         if self.gate is not None:
             try:  # a BAL being moved: its new logins land where it goes
                 await self.gate.passage(bal)
+            except Moved:
+                pass  # not routed yet: it goes where the BAL went
             except Held as exc:
                 raise AuthFailed("unavailable", str(exc)) from None
+            moves = self.gate.epoch(bal)
         if card is not None and card.is_organisation:
             found = await self._organisation_decision(card, bal)
         else:
@@ -308,6 +314,7 @@ class FrontAuthenticator:
             login_event=None if record_success else event,
             means=means,
             card=card,
+            moves=moves,
         )
 
     async def _organisation_decision(self, card: CardHolder, bal: str) -> Decision:

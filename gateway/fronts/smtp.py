@@ -184,7 +184,7 @@ class SubmissionFront(CardAuthMixin):
                 client = self._client(server)
                 if client.watched is None:
                     client.watched = _Watched(server, grant, self)
-                gate.add(grant.mailbox, client.watched)
+                gate.add(grant.mailbox, client.watched, grant.moves)
         return result
 
     async def _refuse(

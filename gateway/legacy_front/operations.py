@@ -29,7 +29,7 @@ from gateway.backends.base import Backend
 from gateway.backends.errors import BackendError, BackendNotFound
 from gateway.backends.legacy_ws.client import LegacyError, LegacyWsClient, LegacyWsError
 from gateway.backends.routing import NoRoute, Route, Router
-from gateway.bal_migration.gate import BalGate, Held
+from gateway.bal_migration.gate import BalGate, Held, Moved
 from gateway.decisions import DecisionCache
 from gateway.legacy_front.ids import HistoricIds
 from gateway.legacy_front.modern import ModernBal, Settings
@@ -216,8 +216,13 @@ class GatewayHistoricOperations:
         if self.gate is None or not changes:
             yield
             return
-        async with self.gate.writing(bal):
+        with contextlib.suppress(Moved):  # not routed yet: it goes where the BAL went
+            await self.gate.passage(bal)
+        self.gate.begin(bal)
+        try:
             yield
+        finally:
+            self.gate.done(bal)
 
     # -- who may do what -------------------------------------------------------------------
 

@@ -97,6 +97,7 @@ async def test_copy_cutover_trailing_rollback(demo: Stack, tmp_path: Path) -> No
     assert result["delta"]["appended"] == 1
     assert result["sessions_ended"] == 1
     assert result["mta_hook"] == "ok"
+    assert result["historic_ids"] == 0  # served by the historic platform itself: none here
     assert (tmp_path / "mta").read_text() == f"{DUPONT} historic modern\n"
     bye = await session.until_closed()
     assert b"* BYE" in bye

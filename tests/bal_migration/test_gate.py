@@ -93,3 +93,16 @@ async def test_a_hold_gives_up_when_changes_do_not_end() -> None:
             pytest.fail("held although a change was under way")
     assert not gate.held(BAL)  # nothing stays held
     gate.done(BAL)
+
+
+async def test_a_session_whose_bal_moved_during_its_login_ends_at_once() -> None:
+    gate = BalGate()
+    epoch = gate.epoch(BAL)  # the login decides where it goes
+    async with gate.hold(BAL) as held:
+        held.moved()  # ... the BAL moves before the session is tracked
+    late, fresh = Session(), Session()
+    gate.add(BAL, late, epoch)
+    gate.add(BAL, fresh, gate.epoch(BAL))
+    assert late.reasons == [MOVED_BYE]
+    assert fresh.reasons == []
+    assert gate.sessions(BAL) == 1

@@ -33,6 +33,9 @@ async def test_failures_are_reported() -> None:
     unknown = await run_hook(["echo", "{password}"], **MOVE, seconds=30)
     assert unknown is not None
     assert "unknown field" in unknown
+    option = await run_hook(["echo", "{bal}"], **{**MOVE, "bal": "-rf@x.fr"}, seconds=30)
+    assert option is not None
+    assert option.startswith("not started")
     slow = await run_hook(
         [sys.executable, "-c", "import time; time.sleep(600)"], **MOVE, seconds=0.5
     )

@@ -14,6 +14,7 @@ import contextlib
 import datetime as dt
 import logging
 from collections.abc import Collection, Iterable, Sequence
+from typing import NoReturn
 
 from gateway.backends.base import ToolFolder, ToolMessage, UidImport, Upstream, digest
 from gateway.backends.errors import (
@@ -202,6 +203,10 @@ class ImapMailboxAccess:
             raise BackendUnavailable("disconnected", f"{self._up.backend}: {exc}") from None
         if done.status == "OK":
             return done, events
+        self._refused(command, done)
+
+    def _refused(self, command: bytes, done: Tagged) -> NoReturn:
+        """The `BackendError` of a NO or BAD, by its response code."""
         code = parse_code(done.code)[0] if done.code else ""
         text = f"{command.split(b' ', 1)[0].decode('ascii', 'replace')}: {done.text}"
         if done.status == "BAD":
@@ -441,11 +446,7 @@ class ImapMailboxAccess:
         uids: list[int] = []
         for done, _ in answers:
             if done.status != "OK":
-                code = parse_code(done.code)[0] if done.code else ""
-                text = f"APPEND: {done.text}"
-                if code in _TOO_LARGE:
-                    raise BackendTooLarge(text)
-                raise BackendRefused(text)
+                self._refused(b"APPEND", done)
             uid = _appended_uid(done)
             if uid is None:
                 raise BackendUnavailable(

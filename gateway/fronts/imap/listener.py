@@ -158,7 +158,7 @@ class ProxyServer(ImapServer):
         gauge = self.metrics.open_sessions.labels("imap")
         self.live.add(relay)
         if self.gate is not None:
-            self.gate.add(relay.mailbox, relay)
+            self.gate.add(relay.mailbox, relay, grant.moves)
         if self.psc is not None and grant.token is not None:  # a card has no PSC session
             self.psc.add(relay, grant.token, grant.identity)
         cards = self.card_watch if grant.card is not None else None
@@ -201,7 +201,7 @@ class ProxyServer(ImapServer):
         self.live.add(served)
         gate = self.gate
         if gate is not None:
-            gate.add(served.mailbox, served)
+            gate.add(served.mailbox, served, grant.moves)
         psc = self.psc if grant.token is not None else None  # a card has no PSC session
         if psc is not None and grant.token is not None:
             psc.add(served, grant.token, grant.identity)

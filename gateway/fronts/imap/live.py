@@ -190,7 +190,10 @@ class LiveSessions:
             relay.update(decision.grant.rights, decision.grant.expires_at)
 
     async def _recheck(self, keys: list[tuple[str, str]]) -> None:
-        """Compare live delegated sessions with the registry: end or update them."""
+        """Compare live delegated sessions with the registry: end or update them; and end
+        those whose BAL moved (a `moved` event lost with the others)."""
+        for mailbox in {key[0] for key in keys}:
+            await self._moved(mailbox)
         for key in keys:
             relays = [r for r in self._relays.get(key, ()) if r.grant.via == "delegation"]
             if not relays:

@@ -403,12 +403,12 @@ class Relay:
         if changes and self.gate is not None:
             try:
                 await self.gate.passage(self.mailbox)
-            except Moved as exc:
-                await self._local(tagged(command.tag, "NO", str(exc), Code.UNAVAILABLE))
-                return MOVED_BYE
             except Held as exc:
+                action = audit_action(command)
+                if action is not None:
+                    self._record_soon(action, audit_detail(command), "failed:held")
                 await self._local(tagged(command.tag, "NO", str(exc), Code.UNAVAILABLE))
-                return None
+                return MOVED_BYE if isinstance(exc, Moved) else None
             self.gate.begin(self.mailbox)
             self._changing.add(command.tag)
         await self._to(serialize(command, literal_plus=True), command)
