@@ -104,6 +104,19 @@ def _flags_text(flags: Collection[str]) -> str:
     return " ".join(sorted(set(flags)))
 
 
+def _message_row(
+    folder_id: int, uid: int, message: bytes, flags: Collection[str], internal_date: dt.datetime
+) -> MessageRow:
+    return MessageRow(
+        folder_id=folder_id,
+        uid=uid,
+        internal_date=internal_date.isoformat(),
+        size=len(message),
+        flags=_flags_text(flags),
+        body=message,
+    )
+
+
 def _flags_set(text: str) -> frozenset[str]:
     return frozenset(text.split())
 
@@ -393,16 +406,7 @@ class SqlMailStore:
             folder = await self._folder(db, name)
             uid = folder.uidnext
             folder.uidnext = uid + 1
-            db.add(
-                MessageRow(
-                    folder_id=folder.id,
-                    uid=uid,
-                    internal_date=internal_date.isoformat(),
-                    size=len(message),
-                    flags=_flags_text(flags),
-                    body=message,
-                )
-            )
+            db.add(_message_row(folder.id, uid, message, flags, internal_date))
             uidvalidity = folder.uidvalidity
         self._touch(name)
         return uidvalidity, uid
@@ -445,16 +449,7 @@ class SqlMailStore:
             if uid < folder.uidnext:
                 raise ImportConflict(f"UID {uid} is below {name}'s UIDNEXT {folder.uidnext}")
             folder.uidnext = uid + 1
-            db.add(
-                MessageRow(
-                    folder_id=folder.id,
-                    uid=uid,
-                    internal_date=internal_date.isoformat(),
-                    size=len(message),
-                    flags=_flags_text(flags),
-                    body=message,
-                )
-            )
+            db.add(_message_row(folder.id, uid, message, flags, internal_date))
             uidvalidity = folder.uidvalidity
         self._touch(name)
         return uidvalidity, uid
@@ -468,14 +463,7 @@ class SqlMailStore:
             first = folder.uidnext
             folder.uidnext = first + len(messages)
             db.add_all(
-                MessageRow(
-                    folder_id=folder.id,
-                    uid=first + offset,
-                    internal_date=when.isoformat(),
-                    size=len(message),
-                    flags=_flags_text(flags),
-                    body=message,
-                )
+                _message_row(folder.id, first + offset, message, flags, when)
                 for offset, (message, flags, when) in enumerate(messages)
             )
         self._touch(name)
