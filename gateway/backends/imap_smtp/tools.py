@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-from collections import OrderedDict
 from collections.abc import Collection, Iterable, Sequence
 from typing import NoReturn
 
@@ -37,7 +36,6 @@ from gateway.settings import BackendSettings
 log = logging.getLogger(__name__)
 
 BATCH = 200  # messages fetched per UID FETCH
-KEPT_BYTES = 32 * 1024 * 1024  # message bytes a listing keeps for the copy that follows
 BATCH_BYTES = 32 * 1024 * 1024  # bytes of messages fetched per UID FETCH (past one message)
 SPECIAL_USES: frozenset[str] = frozenset({"\\Sent", "\\Drafts", "\\Trash", "\\Junk", "\\Archive"})
 # A backend's NO, by its response code, becomes one of our backend errors (else refused)
@@ -104,9 +102,6 @@ class ImapMailboxAccess:
         self._selected: tuple[str, bool] | None = None  # (folder, read-write)
         # (folder, UIDVALIDITY) -> UID -> (size, digest): what `messages` has read already
         self._digests: dict[tuple[str, int], dict[int, tuple[int, str]]] = {}
-        # (folder, UID) -> bytes the listing read last, for the copy that follows it
-        self._kept: OrderedDict[tuple[str, int], bytes] = OrderedDict()
-        self._kept_bytes = 0
         self._delimiter = "/"
         capabilities = {c.upper() for c in upstream.capabilities}
         self._literal_plus = "LITERAL+" in capabilities
@@ -324,27 +319,21 @@ class ImapMailboxAccess:
             batch.append(uid)
             weight += listed[uid][2]
             if len(batch) >= BATCH or weight >= BATCH_BYTES:
-                known.update(await self._digest(folder, batch))
+                known.update(await self._digest(batch))
                 batch, weight = [], 0
         if batch:
-            known.update(await self._digest(folder, batch))
+            known.update(await self._digest(batch))
         return [
             ToolMessage(uid, flags, date, known[uid][0], known[uid][1])
             for uid, (flags, date, _) in sorted(listed.items())
             if uid in known  # expunged between the two FETCHes
         ]
 
-    async def _digest(self, folder: str, uids: Sequence[int]) -> dict[int, tuple[int, str]]:
-        """(size, digest) of each message's bytes (those expunged meanwhile are missing);
-        the bytes are kept a while (`KEPT_BYTES`), since a copy asks for them next."""
-        bodies = await self._bodies(uids)
-        for uid, body in bodies.items():
-            self._kept[(folder, uid)] = body
-            self._kept_bytes += len(body)
-        while self._kept_bytes > KEPT_BYTES and self._kept:
-            _, dropped = self._kept.popitem(last=False)
-            self._kept_bytes -= len(dropped)
-        return {uid: (len(body), digest(body)) for uid, body in bodies.items()}
+    async def _digest(self, uids: Sequence[int]) -> dict[int, tuple[int, str]]:
+        """(size, digest) of each message's bytes (those expunged meanwhile are missing).
+        The bytes are not kept for the copy that follows: a message expunged in between
+        must not be copied (in a trailing sync nothing would take it back)."""
+        return {uid: (len(body), digest(body)) for uid, body in (await self._bodies(uids)).items()}
 
     async def _bodies(self, uids: Sequence[int]) -> dict[int, bytes]:
         """The bytes of `uids` in the selected folder, in one UID FETCH; a server that
@@ -407,17 +396,10 @@ class ImapMailboxAccess:
     async def fetch_many(self, folder: str, uids: Sequence[int]) -> dict[int, bytes]:
         """The bytes of several messages in one UID FETCH (a migration's copy: one round
         trip for a batch); a UID missing from the answer was expunged."""
-        found: dict[int, bytes] = {}
-        for uid in uids:  # read by the listing just before: no second FETCH
-            body = self._kept.pop((folder, uid), None)
-            if body is not None:
-                self._kept_bytes -= len(body)
-                found[uid] = body
-        rest = [uid for uid in uids if uid not in found]
-        if rest:
-            await self._select(folder, write=False)
-            found |= await self._bodies(rest)
-        return found
+        if not uids:
+            return {}
+        await self._select(folder, write=False)
+        return await self._bodies(uids)
 
     async def append(
         self,
