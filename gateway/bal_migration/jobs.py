@@ -510,7 +510,7 @@ class Migrations:
                     await source.aclose()
                 job.result["mirrored"] = await back.seed_from(there, validity)
             await self._cutover(job, max_rate, back, switched=there)
-        except BaseException:
+        except Exception:  # (stopping, the trailing sync resumes at the next start)
             if trailing and (await there.record()).state == "cut over":
                 self._trail(job.bal, job.target, job.source)  # still there: it goes on
             raise
@@ -521,7 +521,7 @@ class Migrations:
         journal = await self.checkpoints.journal(job.bal, job.target, job.source)
         try:
             report = await self._trail_once(job.bal, job.target, job.source)
-        except BaseException:
+        except Exception:
             self._trail(job.bal, job.target, job.source)  # not closed: it goes on
             raise
         if report is not None:
