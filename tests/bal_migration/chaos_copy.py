@@ -8,10 +8,9 @@ settings}. Prints ``done <appended>`` when the run completes."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 import sys
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,40 +20,16 @@ from gateway.backends.kinds import backends_from_settings
 from gateway.bal_migration.checkpoint import Checkpoints
 from gateway.bal_migration.copy import copy_bal
 from gateway.settings import BackendSettings
+from tests.bal_migration.appends import WatchedAppends
 
 
-class Announcing:
-    """The target access, announcing each APPEND it has made."""
+class Announcing(WatchedAppends):
+    """The target access, announcing each APPEND it has made (a pipelined batch once it
+    is all done: kill -9 then falls between the batch's APPENDs and its checkpoint)."""
 
-    def __init__(self, access: MailboxAccess) -> None:
-        self.access = access
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.access, name)
-
-    async def append(
-        self,
-        folder: str,
-        message: bytes,
-        flags: Collection[str] = (),
-        internal_date: dt.datetime | None = None,
-    ) -> int:
-        uid = await self.access.append(folder, message, flags, internal_date)
-        print(f"appended {uid}", flush=True)
-        return uid
-
-    async def append_many(
-        self, folder: str, messages: Sequence[tuple[bytes, Collection[str], dt.datetime | None]]
-    ) -> list[int]:
-        """A pipelined batch: announced once it is all done (kill -9 then falls between
-        the batch's APPENDs and its checkpoint)."""
-        many = getattr(self.access, "append_many", None)
-        if many is None:
-            return [await self.append(folder, m, f, d) for m, f, d in messages]
-        uids: list[int] = await many(folder, messages)
+    def done(self, uids: Sequence[int]) -> None:
         for uid in uids:
             print(f"appended {uid}", flush=True)
-        return uids
 
 
 async def _open(side: dict[str, Any]) -> MailboxAccess:

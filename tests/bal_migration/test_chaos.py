@@ -22,7 +22,7 @@ import ssl
 import sys
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from gateway.bal_migration.checkpoint import Journal
 from gateway.bal_migration.copy import CopyReport, copy_bal, verify_bal
 from gateway.imap import mutf7
 from gateway.settings import BackendSettings, MockSettings
+from tests.bal_migration.appends import WatchedAppends
 from tests.bal_migration.platforms import (
     HISTORIC_BAL,
     MODERN_BAL,
@@ -183,45 +184,23 @@ class Workload:
 
 
 # -- interrupting the copy --------------------------------------------------------------
-class Counting:
+class Counting(WatchedAppends):
     """The target access, calling `on_append` as each APPEND starts (`before`) or right
     after it returned, before its checkpoint."""
 
     def __init__(self, access: MailboxAccess, on_append: Callable[[], None], before: bool):
-        self.access, self.on_append, self.before = access, on_append, before
+        super().__init__(access)
+        self.on_append, self.before = on_append, before
 
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.access, name)
-
-    async def append(
-        self,
-        folder: str,
-        message: bytes,
-        flags: Collection[str] = (),
-        internal_date: dt.datetime | None = None,
-    ) -> int:
+    def starting(self, count: int) -> None:
         if self.before:
-            self.on_append()
-        uid = await self.access.append(folder, message, flags, internal_date)
-        if not self.before:
-            self.on_append()
-        return uid
-
-    async def append_many(
-        self, folder: str, messages: Sequence[tuple[bytes, Collection[str], dt.datetime | None]]
-    ) -> list[int]:
-        """A pipelined batch counts as its APPENDs, all before or all after it."""
-        if self.before:
-            for _ in messages:
+            for _ in range(count):
                 self.on_append()
-        many = getattr(self.access, "append_many", None)
-        if many is None:
-            return [await self.append(folder, m, f, d) for m, f, d in messages]
-        uids: list[int] = await many(folder, messages)
+
+    def done(self, uids: Sequence[int]) -> None:
         if not self.before:
             for _ in uids:
                 self.on_append()
-        return uids
 
 
 @contextlib.asynccontextmanager

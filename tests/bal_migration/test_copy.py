@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ from gateway.bal_migration.checkpoint import Checkpoints, Journal
 from gateway.bal_migration.copy import CopyProgress, copy_bal, verify_bal
 from gateway.db import migrate_gateway
 from gateway.settings import MockSettings
+from tests.bal_migration.appends import WatchedAppends
 from tests.gateway.test_backend_tools import DUPONT, letter, with_historic_imap
 from tests.support.stacks import Stack, gateway_settings, running_stack
 
@@ -70,40 +71,18 @@ class Killed(Exception):
     """Stands for kill -9: raised right after an APPEND returned, before its checkpoint."""
 
 
-class KilledAfterAppend:
-    """The target access, dying after its `after`-th APPEND has been done."""
+class KilledAfterAppend(WatchedAppends):
+    """The target access, dying after its `after`-th APPEND has been done (in a pipelined
+    batch: once the batch is done)."""
 
     def __init__(self, access: MailboxAccess, after: int) -> None:
-        self.access, self.after = access, after
+        super().__init__(access)
+        self.after = after
 
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.access, name)
-
-    async def append(
-        self,
-        folder: str,
-        message: bytes,
-        flags: Collection[str] = (),
-        internal_date: dt.datetime | None = None,
-    ) -> int:
-        uid = await self.access.append(folder, message, flags, internal_date)
-        self.after -= 1
-        if self.after <= 0:
-            raise Killed
-        return uid
-
-    async def append_many(
-        self, folder: str, messages: Sequence[tuple[bytes, Collection[str], dt.datetime | None]]
-    ) -> list[int]:
-        """A pipelined batch: dies once it is done if the count is reached in it."""
-        many = getattr(self.access, "append_many", None)
-        if many is None:
-            return [await self.append(folder, m, f, d) for m, f, d in messages]
-        uids: list[int] = await many(folder, messages)
+    def done(self, uids: Sequence[int]) -> None:
         self.after -= len(uids)
         if self.after <= 0:
             raise Killed
-        return uids
 
 
 async def digests(access: MailboxAccess) -> Counter[tuple[str, str]]:
