@@ -9,6 +9,7 @@ import asyncio
 import pytest
 
 from gateway.bal_migration.gate import MOVED_BYE, BalGate, Held, Moved
+from tests.support.waiting import until
 
 BAL = "jean.dupont@medecin.mssante.fr"
 
@@ -23,18 +24,15 @@ class Session:
 
 async def test_a_change_waits_for_the_hold_then_goes_on() -> None:
     gate = BalGate(max_wait=30)
-    entered = asyncio.Event()
     async with gate.hold(BAL):
         assert gate.held(BAL.upper())
 
         async def change() -> str:
-            entered.set()
             async with gate.writing(BAL):
                 return "done"
 
         task = asyncio.create_task(change())
-        await entered.wait()
-        await asyncio.sleep(0)
+        await until(lambda: gate.waiting(BAL) == 1, "the change waiting")
         assert not task.done()  # held
     assert await task == "done"
     assert not gate.held(BAL)
@@ -56,7 +54,7 @@ async def test_a_move_ends_sessions_and_tells_waiting_changes() -> None:
     gate.add("other@medecin.mssante.fr", elsewhere)
     waiting = asyncio.create_task(gate.passage(BAL))
     async with gate.hold(BAL) as held:
-        await asyncio.sleep(0)
+        await until(lambda: gate.waiting(BAL) == 1, "the change waiting")
         assert held.moved() == 1
     with pytest.raises(Moved):
         await waiting
@@ -78,8 +76,8 @@ async def test_a_hold_waits_for_changes_under_way() -> None:
             holding.set()
 
     task = asyncio.create_task(hold())
-    await asyncio.sleep(0)
-    assert not holding.is_set()
+    await until(lambda: gate.held(BAL), "the hold asked for")
+    assert not holding.is_set()  # still draining the change under way
     gate.done(BAL)
     await task
     assert holding.is_set()
