@@ -168,9 +168,10 @@ and, on a backend with CONDSTORE, its UIDVALIDITY and HIGHESTMODSEQ at the last 
 historic_messages = Table(
     "gw_historic_messages",
     metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),  # the historic messageId
+    Column("id", Integer, primary_key=True, autoincrement=True),  # the row's key
     Column("backend", String(BACKEND_LENGTH), nullable=False),
     Column("bal", String(ADDRESS_LENGTH), nullable=False),
+    Column("message_id", BigInteger, nullable=False),  # the historic messageId, per BAL
     Column("folder", Integer, nullable=True),  # gw_historic_folders.key; None once gone
     Column("uidvalidity", BigInteger, nullable=False),
     Column("uid", BigInteger, nullable=False),
@@ -178,9 +179,13 @@ historic_messages = Table(
     Column("version", BigInteger, nullable=False),
     Column("gone", Boolean, nullable=False, server_default=false()),
     UniqueConstraint("folder", "uidvalidity", "uid"),
+    UniqueConstraint(
+        "backend", "bal", "message_id", name="uq_gw_historic_messages_backend_bal_message_id"
+    ),
     Index("ix_gw_historic_messages_bal_version", "backend", "bal", "version"),
 )
-"""historic messageId ↔ (BAL, folder, UIDVALIDITY, UID) of a message on a modern platform,
+"""historic messageId ↔ (BAL, folder, UIDVALIDITY, UID) of a message on a modern platform
+(ids numbered per BAL, as the historic platform numbers them: a BAL that left it keeps them),
 with what syncMessages compares (its flags as last seen, the BAL's change counter when it
 last changed, and whether it is gone: a tombstone until pruned)."""
 
@@ -191,9 +196,11 @@ historic_sync = Table(
     Column("bal", String(ADDRESS_LENGTH), primary_key=True),
     Column("counter", BigInteger, nullable=False),
     Column("floor", BigInteger, nullable=False),
+    Column("next_id", BigInteger, nullable=False, server_default="1"),
 )
-"""A BAL's change counter (syncMessages' token) and the oldest token still answerable
-exactly (tombstones older than it were pruned)."""
+"""A BAL's change counter (syncMessages' token), the oldest token still answerable
+exactly (tombstones older than it were pruned), and the BAL's next message id (never
+given twice, even once a tombstone is pruned)."""
 
 
 # -- moving BAL between backends (gateway/bal_migration) ---------------------------------------

@@ -3,7 +3,10 @@
 Historic clients keep integer ids: a folder id (the well-known 2, 3, 4, 5, 6 for the
 special-use folders, stable integers from 257 for the others, kept across renames) and a
 message id, which maps to (folder, UIDVALIDITY, UID) and keeps its value when the message
-is moved through the web services (the COPYUID of MOVE says where it went).
+is moved through the web services (the COPYUID of MOVE says where it went). Message ids
+are numbered per BAL, as the historic platform numbers them, so that a BAL leaving it
+keeps its ids (`gateway.bal_migration.adopt`); one is never given twice in a BAL, even
+after its tombstone is pruned (`next_id`).
 
 syncMessages' token is the BAL's change counter: every message row records the counter's
 value when it last changed (first seen, flags seen different, moved, gone). A message
@@ -234,11 +237,36 @@ class BalIds:
         if counter is None:  # the BAL's first change
             await db.execute(
                 insert(historic_sync).values(
-                    backend=self.backend, bal=self.bal, counter=count, floor=0
+                    backend=self.backend, bal=self.bal, counter=count, floor=0, next_id=1
                 )
             )
             return 1
         return int(counter) - count + 1
+
+    async def _new_ids(self, db: AsyncConnection, count: int) -> int:
+        """`count` message ids never given in this BAL; the first. Called after `_next`
+        in the same transaction (the BAL's row exists)."""
+        if count <= 0:
+            return 0
+        where = and_(historic_sync.c.backend == self.backend, historic_sync.c.bal == self.bal)
+        advanced = (
+            update(historic_sync).where(where).values(next_id=historic_sync.c.next_id + count)
+        )
+        after = await db.scalar(advanced.returning(historic_sync.c.next_id))
+        assert after is not None, "the BAL's counter row comes first"
+        return int(after) - count
+
+    async def _rows(self, db: AsyncConnection, ids: Collection[int]) -> list[int]:
+        """The row keys of the BAL's message ids `ids` (live or tombstones)."""
+        if not ids:
+            return []
+        found = await db.scalars(
+            select(historic_messages.c.id).where(
+                self._mine(historic_messages),  # type: ignore[arg-type]
+                historic_messages.c.message_id.in_(list(ids)),
+            )
+        )
+        return list(found.all())
 
     async def observe(
         self,
@@ -271,6 +299,7 @@ class BalIds:
                 await db.execute(
                     select(
                         historic_messages.c.id,
+                        historic_messages.c.message_id,
                         historic_messages.c.uidvalidity,
                         historic_messages.c.uid,
                         historic_messages.c.flags,
@@ -278,13 +307,13 @@ class BalIds:
                 )
             ).all()
             found: dict[int, int] = {}
-            changed: list[int] = []
+            changed: dict[int, int] = {}  # row → UID
             buried: list[int] = []
-            for row_id, validity, uid, flags in rows:
+            for row_id, message_id, validity, uid, flags in rows:
                 if validity == uidvalidity and uid in seen:
-                    found[uid] = row_id
+                    found[uid] = int(message_id)
                     if flags != seen[uid]:
-                        changed.append(row_id)
+                        changed[row_id] = uid
                 elif (
                     complete
                     or validity != uidvalidity
@@ -295,19 +324,20 @@ class BalIds:
             fresh = [uid for uid in seen if uid not in found]
             await self._bury(db, buried)
             version = await self._next(db, len(changed) + len(fresh))
-            for row_id in changed:
-                uid = next(u for u, i in found.items() if i == row_id)
+            for row_id, uid in changed.items():
                 await db.execute(
                     update(historic_messages)
                     .where(historic_messages.c.id == row_id)
                     .values(flags=seen[uid], version=version)
                 )
                 version += 1
+            message_id = await self._new_ids(db, len(fresh))
             for uid in sorted(fresh):
-                result = await db.execute(
+                await db.execute(
                     insert(historic_messages).values(
                         backend=self.backend,
                         bal=self.bal,
+                        message_id=message_id,
                         folder=key,
                         uidvalidity=uidvalidity,
                         uid=uid,
@@ -315,8 +345,8 @@ class BalIds:
                         version=version,
                     )
                 )
-                assert result.inserted_primary_key is not None
-                found[uid] = int(result.inserted_primary_key[0])
+                found[uid] = message_id
+                message_id += 1
                 version += 1
         return found
 
@@ -328,7 +358,7 @@ class BalIds:
             rows = (
                 await db.execute(
                     select(
-                        historic_messages.c.id,
+                        historic_messages.c.message_id,
                         historic_folders.c.name,
                         historic_messages.c.uidvalidity,
                         historic_messages.c.uid,
@@ -336,18 +366,21 @@ class BalIds:
                     .join(historic_folders, historic_folders.c.key == historic_messages.c.folder)
                     .where(
                         self._mine(historic_messages),  # type: ignore[arg-type]
-                        historic_messages.c.id.in_(list(ids)),
+                        historic_messages.c.message_id.in_(list(ids)),
                         historic_messages.c.gone.is_(False),
                     )
                 )
             ).all()
-        return {row_id: Location(name, validity, uid) for row_id, name, validity, uid in rows}
+        return {int(i): Location(name, validity, uid) for i, name, validity, uid in rows}
 
     async def moved(self, moves: Mapping[int, Location]) -> None:
         """Messages moved through the web services: they keep their ids at their new place."""
         async with self._lock, self._ids.engine.begin() as db:
             version = await self._next(db, len(moves))
-            for row_id, where in moves.items():
+            for message_id, where in moves.items():
+                row_id = next(iter(await self._rows(db, [message_id])), None)
+                if row_id is None:
+                    continue
                 key = await self._folder_key(db, where.folder)
                 if key is None:
                     await self._bury(db, [row_id])
@@ -358,6 +391,7 @@ class BalIds:
                         historic_messages.c.folder == key,
                         historic_messages.c.uidvalidity == where.uidvalidity,
                         historic_messages.c.uid == where.uid,
+                        historic_messages.c.id != row_id,
                     )
                 )
                 await db.execute(
@@ -372,8 +406,9 @@ class BalIds:
     async def touched(self, ids: Collection[int]) -> None:
         """Messages whose flags the gateway just changed: a new version for sync."""
         async with self._lock, self._ids.engine.begin() as db:
-            version = await self._next(db, len(ids))
-            for row_id in sorted(ids):
+            rows = await self._rows(db, ids)
+            version = await self._next(db, len(rows))
+            for row_id in sorted(rows):
                 await db.execute(
                     update(historic_messages)
                     .where(historic_messages.c.id == row_id)
@@ -383,10 +418,10 @@ class BalIds:
 
     async def gone(self, ids: Collection[int]) -> None:
         async with self._lock, self._ids.engine.begin() as db:
-            await self._bury(db, list(ids))
+            await self._bury(db, await self._rows(db, ids))
 
     async def _bury(self, db: AsyncConnection, ids: list[int]) -> None:
-        """Make `ids` tombstones with new versions; prune the oldest past the cap."""
+        """Make the rows `ids` tombstones with new versions; prune the oldest past the cap."""
         if not ids:
             return
         version = await self._next(db, len(ids))
@@ -433,7 +468,7 @@ class BalIds:
                 raise HistoricError(INVALID_FORMAT, "jeton de synchronisation inconnu")
             query = (
                 select(
-                    historic_messages.c.id,
+                    historic_messages.c.message_id,
                     historic_messages.c.gone,
                     historic_folders.c.name,
                     historic_messages.c.uidvalidity,
@@ -450,9 +485,9 @@ class BalIds:
             rows = (await db.execute(query)).all()
         modified: dict[int, Location] = {}
         deleted: list[int] = []
-        for row_id, gone, name, validity, uid in rows:
+        for message_id, gone, name, validity, uid in rows:
             if gone or name is None:
-                deleted.append(row_id)
+                deleted.append(int(message_id))
             else:
-                modified[row_id] = Location(name, validity, uid)
+                modified[int(message_id)] = Location(name, validity, uid)
         return Changes(counter, modified, deleted)

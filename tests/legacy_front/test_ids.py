@@ -66,3 +66,75 @@ async def test_two_nodes_never_share_a_version(db_url: str) -> None:
     finally:
         for engine in nodes:
             await engine.dispose()
+
+
+async def test_message_ids_are_numbered_per_bal_and_never_given_twice(db_url: str) -> None:
+    """Each BAL numbers its messages from 1, as the historic platform does (a BAL leaving
+    it keeps its ids); a pruned tombstone's id is not given again."""
+    engine = create_engine(db_url)
+    try:
+        store = HistoricIds(engine, max_tombstones=1)
+        mine, other = store.of("modern", BAL), store.of("modern", "x.y@medecin.mssante.fr")
+        for ids in (mine, other):
+            await ids.folder_ids({"INBOX": 2})
+        first = await mine.observe("INBOX", 7, {1: "", 2: ""}, complete=True)
+        theirs = await other.observe("INBOX", 7, {5: "", 6: ""}, complete=True)
+        assert sorted(first.values()) == [1, 2]
+        assert sorted(theirs.values()) == [1, 2]  # the same numbers, another BAL
+        assert (await other.locate([1])).keys() == {1}
+        assert (await other.locate([1]))[1].uid == 5
+        await mine.observe("INBOX", 7, {}, complete=True)  # both gone, one pruned at once
+        again = await mine.observe("INBOX", 7, {3: ""}, complete=True)
+        assert list(again.values()) == [3]
+        assert await mine.locate([1, 2]) == {}
+        await mine.gone([3])
+        assert (await mine.changes_since(None)).modified == {}
+    finally:
+        await engine.dispose()
+
+
+async def test_ids_issued_before_per_bal_numbering_stay(fresh_db_url: str) -> None:
+    """A database from before gw0007: every id keeps its value, and each BAL's next id
+    starts above every id issued then (an LPS holding an old id is never shown another
+    message under it)."""
+    from sqlalchemy import text
+
+    await migrate(fresh_db_url)
+    await migrate_gateway(fresh_db_url, "gw0006")
+    engine = create_engine(fresh_db_url)
+    try:
+        async with engine.begin() as db:
+            await db.execute(
+                text(
+                    "INSERT INTO gw_historic_folders (backend, bal, name, folder_id) "
+                    "VALUES ('modern', :bal, 'INBOX', 2)"
+                ),
+                {"bal": BAL},
+            )
+            key = (await db.execute(text("SELECT key FROM gw_historic_folders"))).scalar_one()
+            for uid, row in ((1, 40), (2, 41)):
+                await db.execute(
+                    text(
+                        "INSERT INTO gw_historic_messages (id, backend, bal, folder, "
+                        "uidvalidity, uid, flags, version) "
+                        "VALUES (:id, 'modern', :bal, :key, 7, :uid, '', :uid)"
+                    ),
+                    {"id": row, "bal": BAL, "key": key, "uid": uid},
+                )
+            await db.execute(
+                text(
+                    "INSERT INTO gw_historic_sync (backend, bal, counter, floor) "
+                    "VALUES ('modern', :bal, 2, 0)"
+                ),
+                {"bal": BAL},
+            )
+        await migrate_gateway(fresh_db_url)
+        ids = HistoricIds(engine).of("modern", BAL)
+        assert {i: where.uid for i, where in (await ids.locate([40, 41])).items()} == {
+            40: 1,
+            41: 2,
+        }
+        fresh = await ids.observe("INBOX", 7, {1: "", 2: "", 3: ""}, complete=True)
+        assert fresh == {1: 40, 2: 41, 3: 42}
+    finally:
+        await engine.dispose()
