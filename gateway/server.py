@@ -29,6 +29,7 @@ from gateway.audit import AuditSink
 from gateway.backends.base import Backend, MailboxAccess
 from gateway.backends.kinds import Backends
 from gateway.backends.routing import NoRoute, Placement, Router
+from gateway.bal_migration.adopt import adopt_historic_ids
 from gateway.bal_migration.carry import carry_historic_ids
 from gateway.bal_migration.checkpoint import Checkpoints, Journal
 from gateway.bal_migration.gate import BalGate
@@ -44,7 +45,7 @@ from gateway.legacy_front.front import PREFIX as LEGACY_PREFIX
 from gateway.legacy_front.front import LegacyFront, PathDispatch
 from gateway.legacy_front.ids import HistoricIds
 from gateway.legacy_front.operations import INTERFACE as LEGACY_INTERFACE
-from gateway.legacy_front.operations import GatewayHistoricOperations
+from gateway.legacy_front.operations import GatewayHistoricOperations, HistoricPassThrough
 from gateway.legacy_front.usage import LegacyUsage
 from gateway.metrics import Metrics
 from gateway.mss.historic_ws import (
@@ -493,10 +494,21 @@ class Gateway:
 
         async def carry(
             bal: str, journal: Journal, source: MailboxAccess, target: MailboxAccess
-        ) -> int:
+        ) -> dict[str, int]:
             """The historic ids the legacy front serves follow the BAL to its copies (a
-            rollback's journal, mirrored from the way there, knows every pair too)."""
-            return await carry_historic_ids(engine, bal, journal, target)
+            rollback's journal, mirrored from the way there, knows every pair too); a BAL
+            leaving the historic platform keeps that platform's own ids, and one going
+            back to it finds them there."""
+            record = await journal.record()
+            by_name = self.backends.by_name if self.backends is not None else {}
+            if isinstance(by_name.get(record.target), HistoricPassThrough):
+                return {"kept": 0, "new": 0}
+            leaving = by_name.get(record.source)
+            if isinstance(leaving, HistoricPassThrough):
+                client = leaving.historic_client()
+                adopted = await adopt_historic_ids(engine, bal, journal, source, target, client)
+                return adopted.json()
+            return {"kept": await carry_historic_ids(engine, bal, journal, target), "new": 0}
 
         def pinned(bal: str) -> str | None:
             return self.router.placement.pinned(bal) if self.router is not None else None

@@ -20,10 +20,10 @@ BAL, so they cannot be given again (see the README, "What LPS see after a move")
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, Table, and_, delete, select, update
+from sqlalchemy import ColumnElement, Table, and_, delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.backends.base import MailboxAccess
@@ -101,96 +101,128 @@ async def carry_back(
 
 
 async def rebind(engine: AsyncEngine, bal: str, source: str, target: str, moves: Moves) -> int:
-    """In one transaction: drop what `target` held of `bal` (an earlier stay there), then
-    move `source`'s folders, ids, tombstones and token counter to `target`, each live id
-    to its message's new place, ids without one to tombstones. Returns the ids rebound."""
+    """In one transaction: replace what `target` held of `bal` (an earlier stay there)
+    with a copy of `source`'s folders, ids, tombstones and token counter, each live id at
+    its message's new place, ids without one as tombstones. `source`'s rows stay: the
+    legacy front serves them until the registry's record changes, and a read meanwhile
+    must not find them gone. Returns the ids rebound."""
     bal = bal.lower()
     async with engine.begin() as db:
-        await _drop(db, target, bal)
-        names = {folder: move.folder for (folder, _), move in moves.items()}
         rows = (
             await db.execute(
-                select(historic_folders.c.key, historic_folders.c.name).where(
-                    _mine(historic_folders, source, bal)
-                )
+                select(
+                    historic_folders.c.key, historic_folders.c.name, historic_folders.c.folder_id
+                ).where(_mine(historic_folders, source, bal))
             )
         ).all()
-        kept = {key: name for key, name in rows if name in names}
-        for key, _ in rows:
-            if key not in kept:
-                await db.execute(delete(historic_folders).where(historic_folders.c.key == key))
-        # two steps, so that a folder taking the name another leaves never collides
-        for key in kept:
+        names = {folder: move.folder for (folder, _), move in moves.items()}
+        old: dict[int, str] = {}  # source key → source name, for the folders that moved
+        folders: list[tuple[str, int]] = []
+        for key, name, folder_id in rows:
+            if name in names and all(names[name] != n for n, _ in folders):
+                old[key] = name
+                folders.append((names[name], int(folder_id)))
+        state = (
             await db.execute(
-                update(historic_folders)
-                .where(historic_folders.c.key == key)
-                .values(backend=target, name=f"//carried/{key}", uidvalidity=None)
+                select(
+                    historic_sync.c.counter, historic_sync.c.floor, historic_sync.c.next_id
+                ).where(_mine(historic_sync, source, bal))
             )
-        for key, name in kept.items():
+        ).first()
+        counter, floor, next_id = (int(v) for v in state) if state is not None else (0, 0, 1)
+        messages = (
             await db.execute(
-                update(historic_folders)
-                .where(historic_folders.c.key == key)
-                .values(name=names[name], highestmodseq=None)
+                select(
+                    historic_messages.c.message_id,
+                    historic_messages.c.folder,
+                    historic_messages.c.uidvalidity,
+                    historic_messages.c.uid,
+                    historic_messages.c.flags,
+                    historic_messages.c.version,
+                    historic_messages.c.gone,
+                ).where(_mine(historic_messages, source, bal))
             )
-        carried, lost = await _messages(db, source, bal, kept, moves)
-        counter = await db.scalar(
-            update(historic_sync)
-            .where(historic_sync.c.backend == source, historic_sync.c.bal == bal)
-            .values(backend=target, counter=historic_sync.c.counter + len(lost))
-            .returning(historic_sync.c.counter)
-        )
-        version = int(counter or 0) - len(lost) + 1
-        for row_id in lost:
-            await db.execute(
-                update(historic_messages)
-                .where(historic_messages.c.id == row_id)
-                .values(gone=True, folder=None, version=version)
-            )
-            version += 1
-        await db.execute(
-            update(historic_messages)
-            .where(_mine(historic_messages, source, bal))
-            .values(backend=target)
-        )
-    return carried
+        ).all()
+        kept: list[Row] = []
+        lost: list[int] = []
+        places: set[tuple[str, int, int]] = set()
+        for message_id, folder, validity, uid, flags, version, gone in messages:
+            if gone:
+                kept.append(Row(int(message_id), None, 0, 0, flags, int(version)))
+                continue
+            name = old.get(folder)
+            move = moves.get((name, int(validity))) if name is not None else None
+            new_uid = move.uids.get(int(uid)) if move is not None else None
+            place = (move.folder, move.uidvalidity, new_uid) if move and new_uid else None
+            if place is None or new_uid is None or place in places:
+                lost.append(int(message_id))  # no copy (or a second id for one copy)
+                continue
+            places.add(place)
+            kept.append(Row(int(message_id), place[0], place[1], new_uid, flags, int(version)))
+        for message_id in lost:  # tombstones, reported at the next syncMessages
+            counter += 1
+            kept.append(Row(message_id, None, 0, 0, "", counter))
+        await write(db, target, bal, folders, kept, counter, floor, next_id)
+    return len(places)
 
 
-async def _messages(
-    db: AsyncConnection, source: str, bal: str, folders: Mapping[int, str], moves: Moves
-) -> tuple[int, list[int]]:
-    """Each live id of the BAL to its new place, in two steps (a UID another message
-    leaves never collides); (how many were rebound, the ids left without a copy)."""
-    rows = (
-        await db.execute(
-            select(
-                historic_messages.c.id,
-                historic_messages.c.folder,
-                historic_messages.c.uidvalidity,
-                historic_messages.c.uid,
-            ).where(_mine(historic_messages, source, bal), historic_messages.c.gone.is_(False))
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One message id as `write` stores it; `folder` None: a tombstone."""
+
+    message_id: int
+    folder: str | None
+    uidvalidity: int
+    uid: int
+    flags: str
+    version: int
+
+
+async def write(
+    db: AsyncConnection,
+    backend: str,
+    bal: str,
+    folders: Sequence[tuple[str, int]],
+    messages: Sequence[Row],
+    counter: int,
+    floor: int,
+    next_id: int,
+) -> None:
+    """Store a BAL's ids under `backend`, in place of what it held: folders (name, folder
+    id), messages, and the token counter, floor and next id (above every id stored)."""
+    await _drop(db, backend, bal)
+    keys: dict[str, int] = {}
+    for name, folder_id in folders:
+        key = await db.scalar(
+            insert(historic_folders)
+            .values(backend=backend, bal=bal, name=name, folder_id=folder_id)
+            .returning(historic_folders.c.key)
         )
-    ).all()
-    placed: dict[int, tuple[int, int]] = {}
-    lost: list[int] = []
-    for row_id, folder, validity, uid in rows:
-        name = folders.get(folder)
-        move = moves.get((name, int(validity))) if name is not None else None
-        new_uid = move.uids.get(int(uid)) if move is not None else None
-        if move is None or new_uid is None:
-            lost.append(row_id)
-        else:
-            placed[row_id] = (move.uidvalidity, new_uid)
-    for row_id in placed:
-        await db.execute(
-            update(historic_messages).where(historic_messages.c.id == row_id).values(uid=-row_id)
+        assert key is not None
+        keys[name] = int(key)
+    values = [
+        {
+            "backend": backend,
+            "bal": bal,
+            "message_id": row.message_id,
+            "folder": keys[row.folder] if row.folder is not None else None,
+            "uidvalidity": row.uidvalidity,
+            "uid": row.uid,
+            "flags": row.flags,
+            "version": row.version,
+            "gone": row.folder is None,
+        }
+        for row in messages
+        if row.folder is None or row.folder in keys
+    ]
+    for start in range(0, len(values), 1000):
+        await db.execute(insert(historic_messages), values[start : start + 1000])
+    top = max((row.message_id for row in messages), default=0)
+    await db.execute(
+        insert(historic_sync).values(
+            backend=backend, bal=bal, counter=counter, floor=floor, next_id=max(next_id, top + 1)
         )
-    for row_id, (validity, uid) in placed.items():
-        await db.execute(
-            update(historic_messages)
-            .where(historic_messages.c.id == row_id)
-            .values(uidvalidity=validity, uid=uid)
-        )
-    return len(placed), lost
+    )
 
 
 async def _drop(db: AsyncConnection, backend: str, bal: str) -> None:

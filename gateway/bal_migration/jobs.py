@@ -58,9 +58,10 @@ class MigrationFailed(Exception):
     """A step found the BAL not ready to move (the final verification differs)."""
 
 
-Carry = Callable[[str, Journal, MailboxAccess, MailboxAccess], Awaitable[int]]
+Carry = Callable[[str, Journal, MailboxAccess, MailboxAccess], Awaitable[dict[str, int]]]
 """(BAL, journal, source, target): what else follows the BAL at its move (the historic
-ids the legacy front serves), called while its writes are held, before the switch."""
+ids the legacy front serves), called while its writes are held, before the switch; its
+figures go in the job's result."""
 
 
 @dataclass
@@ -450,19 +451,21 @@ class Migrations:
                         f"the final verification found {len(check.differences)} difference(s): "
                         "nothing switched"
                     )
+                if moves.carry is not None:  # under the target's name: unread until the move
+                    try:
+                        carried = await moves.carry(job.bal, journal, source, target)
+                    except Exception as failure:
+                        log.exception("migration.carry_failed", extra={"bal": job.bal})
+                        raise MigrationFailed(
+                            "the historic ids could not follow the BAL "
+                            f"({type(failure).__name__}: {str(failure)[:200]}): nothing switched"
+                        ) from failure
+                    job.result["historic_ids"] = carried
                 await moves.move(job.bal, job.target)
                 job.result["sessions_ended"] = held.moved()
                 await journal.set_state("cut over")
                 if switched is not None:  # a rollback: the way there is over
                     await switched.set_state("rolled back")
-                if moves.carry is not None:
-                    try:
-                        carried = await moves.carry(job.bal, journal, source, target)
-                    except Exception as failure:  # the move stands; say what was not kept
-                        log.exception("migration.carry_failed", extra={"bal": job.bal})
-                        job.result["historic_ids"] = f"not carried: {type(failure).__name__}"
-                    else:
-                        job.result["historic_ids"] = carried
                 job.result["hold_seconds"] = round(loop.time() - started, 3)
         finally:
             await source.aclose()

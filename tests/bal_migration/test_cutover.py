@@ -65,6 +65,33 @@ async def send_to_dupont(stack: Stack, subject: str) -> None:
     await asyncio.to_thread(send)
 
 
+async def legacy_view(stack: Stack) -> tuple[dict[str, tuple[int, str, str]], set[int], str]:
+    """What an LPS on the historic web services sees of DUPONT's BAL through the gateway:
+    messageId → (folderId, subject, date), the folder ids, and a syncMessages token."""
+    token = await stack.token("dr-dupont")
+    target = Target(
+        "gateway",
+        stack.gateway.http_url,
+        {"Authorization": f"Bearer {token}"},
+        DUPONT,
+        DUPONT_IDNAT,
+        MARTIN,
+    )
+    async with httpx.AsyncClient(timeout=60) as http:
+        historic = HistoricClient(target, http, "rest")
+        synced = await historic.ok("Item", "syncMessages", historic.mine())
+        tree = (await historic.ok("Folder", "listFolders", historic.mine()))["folders"]
+        found = (await historic.search(limit=1000))["messages"]
+    folders: set[int] = set()
+    stack_ = list(tree)
+    while stack_:
+        folder = stack_.pop()
+        folders.add(folder["id"])
+        stack_.extend(folder.get("children") or [])
+    messages = {str(m["messageId"]): (m["folderId"], m["subject"], m["date"]) for m in found}
+    return messages, folders, str(synced["token"])
+
+
 async def test_copy_cutover_trailing_rollback(demo: Stack, tmp_path: Path) -> None:
     registry = demo.gateway.delegations
     migrations = demo.gateway.migrations
@@ -77,6 +104,10 @@ async def test_copy_cutover_trailing_rollback(demo: Stack, tmp_path: Path) -> No
     before = len(await inbox(demo, "historic"))
     await send_to_dupont(demo, "avant la bascule")
     assert len(await inbox(demo, "historic")) == before + 1
+
+    # an LPS on the historic web services knows the platform's own ids
+    known, known_folders, old_token = await legacy_view(demo)
+    assert len(known) >= before + 1
 
     # dr-dupont has a session open on the old platform (served by the gateway's engine)
     session = await login(demo, "dr-dupont", DUPONT)
@@ -97,7 +128,8 @@ async def test_copy_cutover_trailing_rollback(demo: Stack, tmp_path: Path) -> No
     assert result["delta"]["appended"] == 1
     assert result["sessions_ended"] == 1
     assert result["mta_hook"] == "ok"
-    assert result["historic_ids"] == 0  # served by the historic platform itself: none here
+    # every message keeps the id the historic platform gave it (paired through its IMAP)
+    assert result["historic_ids"] == {"kept": len(known), "new": 0}
     assert (tmp_path / "mta").read_text() == f"{DUPONT} historic modern\n"
     bye = await session.until_closed()
     assert b"* BYE" in bye
@@ -137,6 +169,13 @@ async def test_copy_cutover_trailing_rollback(demo: Stack, tmp_path: Path) -> No
         found = await historic.search(limit=100)
         subjects = {m.get("subject") for m in found["messages"]}
         assert {"avant la bascule", "après la bascule"} <= subjects
+        # the old platform's token is refused (the LPS starts over), nothing else changes
+        assert await historic.code("Item", "syncMessages", historic.mine(token=old_token)) == 36
+    now, now_folders, _ = await legacy_view(demo)
+    assert {i: now[i] for i in known} == known  # the same ids, folders, subjects, dates
+    assert known_folders <= now_folders
+    [arrived] = [i for i, (_, subject, _) in now.items() if subject == "après la bascule"]
+    assert int(arrived) > max(int(i) for i in known)  # a new id never names an old one
 
     # late mail on the old platform (an MTA queue): the trailing sync brings it
     assert demo.mock.historic is not None

@@ -361,6 +361,31 @@ class ImapMailboxAccess:
                 found[uid] = body
         return found
 
+    async def headers(self, folder: str) -> dict[int, tuple[bytes, dt.datetime, int]]:
+        """UID → (header block, INTERNALDATE, RFC822.SIZE) of each message of `folder`, in
+        batches of `BATCH`: what pairs a message read through the historic platform's IMAP
+        with its web-service messageId (`gateway.bal_migration.historic_match`)."""
+        if await self._select(folder, write=False) == 0:
+            return {}
+        _, events = await self._run(b"UID FETCH 1:* (UID)")
+        uids = sorted(
+            {u for e in events if isinstance(u := fetch_items(e).get("UID"), int) and u > 0}
+        )
+        found: dict[int, tuple[bytes, dt.datetime, int]] = {}
+        for start in range(0, len(uids), BATCH):
+            wanted = b",".join(str(u).encode() for u in uids[start : start + BATCH])
+            _, events = await self._run(
+                b"UID FETCH " + wanted + b" (UID INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER])"
+            )
+            for event in events:
+                items = fetch_items(event)
+                uid, header = items.get("UID"), items.get("BODY[HEADER]")
+                date, size = items.get("INTERNALDATE"), items.get("RFC822.SIZE")
+                if isinstance(uid, int) and isinstance(header, bytes) and isinstance(date, bytes):
+                    octets = size if isinstance(size, int) else 0
+                    found[uid] = (header, parse_imap_date(date), octets)
+        return found
+
     async def uidvalidity(self, folder: str) -> int:
         """The folder's UIDVALIDITY (STATUS), for tools that keep UIDs across runs."""
         _, events = await self._run(b"STATUS " + self._mailbox(folder) + b" (UIDVALIDITY)")

@@ -18,6 +18,21 @@ from gateway.backends.store_access import StoreMailboxAccess
 from gateway.settings import BackendSettings
 
 
+class HistoricStoreAccess(StoreMailboxAccess):
+    """The tools' access through the web services: it also tells each UID's messageId,
+    so that a BAL moving away keeps its ids exactly (`gateway.bal_migration.adopt`)."""
+
+    def __init__(self, store: LegacyWsStore) -> None:
+        super().__init__(store)
+        self._historic = store
+
+    async def historic_folder_ids(self) -> dict[str, int]:
+        return await self._historic.historic_folder_ids()
+
+    async def historic_ids(self, folder: str) -> dict[int, str]:
+        return await self._historic.historic_ids(folder)
+
+
 class LegacyWsBackend:
     """`Backend` over the historic web services. `shared` holds what the stores of one
     gateway share (clients, UID map, caches, watches); without it (a readiness probe
@@ -60,7 +75,7 @@ class LegacyWsBackend:
         if self.settings.historic_imap:
             # its UIDs are not those LPS see: the gateway gives those (`UidMap`)
             return await ImapMailboxAccess.open(self._name, self.settings, bal, public_uids=False)
-        return StoreMailboxAccess(await self.open_imap(bal, ""))
+        return HistoricStoreAccess(await self.open_imap(bal, ""))
 
     async def aclose(self) -> None:
         return None

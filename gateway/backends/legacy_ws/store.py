@@ -328,6 +328,22 @@ class LegacyWsStore:
     async def list_folders(self) -> Sequence[FolderInfo]:
         return [FolderInfo(f.name, f.special_use) for f in await self._folder_list()]
 
+    async def historic_folder_ids(self) -> dict[str, int]:
+        """IMAP name → historic folder id (a BAL leaving the platform keeps its ids)."""
+        return {f.name: f.folder_id for f in await self._folder_list()}
+
+    async def historic_ids(self, name: str) -> dict[int, str]:
+        """UID → messageId of the messages of folder `name` (read afresh; not those COPY
+        moved away and still shown until expunged: their id lives in their new folder)."""
+        folder = await self._folder(name)
+        kept = await self._state(folder, fresh=True)
+        away = self._watch.originals.get(folder.folder_id, {})
+        return {
+            uid: str(message["messageId"])
+            for uid, message in kept.messages.items()
+            if message["messageId"] not in away
+        }
+
     async def create_folder(self, name: str) -> None:
         _check_name(name)
         folders = {f.name: f for f in await self._folder_list()}
