@@ -6,8 +6,9 @@ services do not give a message's bytes; both show, for each message of a folder,
 web services call its `date` (its Date header, else its arrival, to the second, in Paris
 time), its `subject` and its sender. Messages are paired folder by folder on that key;
 among messages sharing a key (a message and its exact copies) first those of the same
-size, then in order (UIDs and messageIds both grow as messages arrive). A message left
-without a partner gets a new id from the gateway: an id is never guessed.
+size, then in order (UIDs and messageIds both grow as messages arrive). Those left are
+tried once more with the arrival as their date, for a platform whose `date` is that. A
+message left without a partner gets a new id from the gateway: an id is never guessed.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import unicodedata
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,7 @@ class Seen:
     key: Key
     size: int
     order: int
+    arrival: Key | None = None  # the key with the arrival as date (IMAP side)
 
 
 def _subject(text: str) -> str:
@@ -56,8 +58,11 @@ def imap_seen(uid: int, header: bytes, internal_date: dt.datetime, size: int) ->
     except HistoricError:
         return None
     sender = next((address for address, _, kind in parsed.emails if kind == "FROM"), "")
-    when = parsed.date or internal_date
-    return Seen((format_date(when), _subject(parsed.subject), sender.lower()), size, uid)
+    subject, sender = _subject(parsed.subject), sender.lower()
+    arrival = (format_date(internal_date), subject, sender)
+    if parsed.date is None:
+        return Seen(arrival, size, uid)
+    return Seen((format_date(parsed.date), subject, sender), size, uid, arrival)
 
 
 def ws_seen(message: Mapping[str, Any]) -> tuple[int, Seen] | None:
@@ -87,9 +92,20 @@ def ws_seen(message: Mapping[str, Any]) -> tuple[int, Seen] | None:
 
 def pair(imap: Iterable[Seen], ws: Iterable[Seen]) -> dict[int, int]:
     """UID → messageId for the messages of one folder (see the module docstring)."""
+    mine = list({s.order: s for s in reversed(list(imap))}.values())
+    theirs = list({s.order: s for s in reversed(list(ws))}.values())  # an id listed twice
+    paired = _pair_on(mine, theirs, lambda s: s.key)
+    done = set(paired.values())
+    rest = [s for s in mine if s.order not in paired and s.arrival is not None]
+    left = [s for s in theirs if s.order not in done]
+    paired |= _pair_on(rest, left, lambda s: s.arrival or s.key)
+    return paired
+
+
+def _pair_on(imap: list[Seen], ws: list[Seen], key: Callable[[Seen], Key]) -> dict[int, int]:
     by_key: dict[Key, tuple[list[Seen], list[Seen]]] = defaultdict(lambda: ([], []))
     for seen in imap:
-        by_key[seen.key][0].append(seen)
+        by_key[key(seen)][0].append(seen)
     for seen in ws:
         by_key[seen.key][1].append(seen)
     paired: dict[int, int] = {}
