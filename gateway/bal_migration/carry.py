@@ -9,13 +9,14 @@ ids, their versions (syncMessages' tokens), the folder ids and the tombstones st
 LPS lists and reads the same ids after the move, and its next syncMessages reports nothing
 new. An id whose message has no copy (expunged before the last delta) becomes a tombstone.
 
-The coordinator's cut-over calls `carry_historic_ids` after the final delta and before the
-registry's record changes; a rollback calls `carry_back` with both journals (what went
-back, and the forward copy's pairs read backwards for what never left).
+The coordinator's cut-over calls `carry_historic_ids` inside the hold, after the final
+delta and before the registry's record changes, and switches nothing if it fails; the
+source's rows are copied, not moved, so LPS still reading the old platform until the switch
+keep their ids. A rollback calls `carry_back` with both journals (what went back, and the
+forward copy's pairs read backwards for what never left).
 
-Not for a BAL leaving the historic platform itself: LPS knew the historic platform's own
-messageIds there, which are numbered per BAL while these ids are one sequence for every
-BAL, so they cannot be given again (see the README, "What LPS see after a move").
+A BAL leaving the historic platform itself goes through `adopt` instead: there the ids are
+the platform's own, and the copy must first find which message each one names.
 """
 
 from __future__ import annotations
