@@ -1,7 +1,8 @@
 """`lps-gateway migrate copy|verify|cutover|rollback|finish|status`: start jobs in the
-running gateway through `/admin/migrations`, then follow them until they end (a progress bar per BAL on a
-terminal, one JSON summary with --json). Exit 0 when every BAL succeeded (verify: is
-identical), 1 when some did not (listed), 2 on a usage error or when no gateway answers."""
+running gateway through `/admin/migrations`, then follow them until they end (a progress
+bar per BAL on a terminal, one JSON summary with --json). Exit 0 when every BAL succeeded
+(verify: is identical), 1 when some did not (listed), 2 on a usage error or when no
+gateway answers."""
 
 from __future__ import annotations
 
