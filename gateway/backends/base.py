@@ -138,6 +138,20 @@ def uid_import_of(access: MailboxAccess) -> UidImport | None:
     return found
 
 
+UNREAD = ""  # a listing's digest for a message whose bytes were not read
+
+
+async def listing_of(access: MailboxAccess, folder: str) -> Sequence[ToolMessage]:
+    """The folder's messages without reading bytes where the access can list so (`listing`:
+    a digest already known, else `UNREAD`), for a copy that reads each new message once,
+    when it copies it; otherwise `messages`, every digest computed."""
+    listing = getattr(access, "listing", None)
+    if listing is None:
+        return await access.messages(folder)
+    found: Sequence[ToolMessage] = await listing(folder)
+    return found
+
+
 def public_uids_of(access: MailboxAccess) -> bool:
     """Whether the access's UIDs are the ones the BAL's clients see (the historic
     platform's own IMAP is not what LPS reach: the gateway gives those their UIDs)."""

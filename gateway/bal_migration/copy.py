@@ -21,14 +21,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 from gateway.backends.base import (
+    UNREAD,
     MailboxAccess,
     ToolMessage,
     UidImport,
     digest,
+    listing_of,
     public_uids_of,
     uid_import_of,
 )
@@ -231,8 +233,14 @@ async def _copy_folder(
     existing: set[str] | None = None,
     before: frozenset[str] = frozenset(),
 ) -> None:
-    here = await source.messages(folder.name)
     copied = await journal.copied(folder)
+    if trailing or not folder.uidvalidity:
+        here = await source.messages(folder.name)
+    else:  # the bytes of what is new are read once, when copied; a UID's never change
+        here = [
+            replace(m, digest=copied[m.uid].digest) if m.digest == UNREAD and m.uid in copied else m
+            for m in await listing_of(source, folder.name)
+        ]
     if trailing:
         here = [m for m in here if m.digest not in before]
         fresh = [m for m in here if m.uid not in copied or copied[m.uid].target_uid is None]
@@ -282,46 +290,42 @@ async def _copy_folder(
 
     appends = [a for a in actions if isinstance(a, Append)]
     state.to_append += len(appends)
-    for start in range(0, len(appends), BATCH):
-        batch = appends[start : start + BATCH]
-        await journal.intend(folder, [(a.source_uid, a.digest, a.flags) for a in batch], floor)
-        done: list[tuple[int, int]] = []
-        size = 0
-        # without UID import, the target takes a batch's APPENDs at once where it can
-        many = getattr(target, "append_many", None) if importer is None else None
+    # without UID import, the target takes a batch's APPENDs at once where it can
+    many = getattr(target, "append_many", None) if importer is None else None
+    for batch in _batches(appends):
         ready: list[tuple[Append, bytes]] = []
-        async for action, body in _bodies(source, folder.name, batch, pace):
-            if body is not None and many is not None and digest(body) == action.digest:
-                ready.append((action, body))
-                if sum(len(b) for _, b in ready) >= FETCH_BYTES:
-                    floor = max([floor, *await _append_ready(many, folder.target, ready, done)])
-                    size += sum(len(b) for _, b in ready)
-                    ready = []
-                continue
+        for action, body in await _read(source, folder.name, batch, pace):
             if body is None:
-                # expunged (or moved) by a client since the listing: its intent is resolved
-                # by the next run, which no longer lists it (or appends it, if it is back)
+                # expunged (or moved) by a client since the listing: nothing to copy (the
+                # next run no longer lists it, or appends it if it is back)
                 report.vanished += 1
                 continue
-            if digest(body) != action.digest:
+            found = digest(body)
+            if action.digest != UNREAD and found != action.digest:
                 raise BackendUnavailable(
                     "protocol", f"{folder.name} {action.source_uid}: bytes changed under the copy"
                 )
-            uid = None
-            if importer is not None and action.source_uid > floor:
-                uid = await importer.import_message(
-                    folder.target, action.source_uid, body, action.flags, action.internal_date
-                )
-                if uid is None:  # the target's UIDs are past it: new UIDs from here on
-                    importer = None
-            if uid is None:
-                uid = await target.append(folder.target, body, action.flags, action.internal_date)
-            floor = max(floor, uid)
-            done.append((action.source_uid, uid))
-            size += len(body)
-        if ready and many is not None:
+            ready.append((replace(action, digest=found), body))
+        await journal.intend(folder, [(a.source_uid, a.digest, a.flags) for a, _ in ready], floor)
+        done: list[tuple[int, int]] = []
+        if many is not None and len(ready) > 1:
             floor = max([floor, *await _append_ready(many, folder.target, ready, done)])
-            size += sum(len(b) for _, b in ready)
+        else:
+            for action, body in ready:
+                uid = None
+                if importer is not None and action.source_uid > floor:
+                    uid = await importer.import_message(
+                        folder.target, action.source_uid, body, action.flags, action.internal_date
+                    )
+                    if uid is None:  # the target's UIDs are past it: new UIDs from here on
+                        importer = None
+                if uid is None:
+                    uid = await target.append(
+                        folder.target, body, action.flags, action.internal_date
+                    )
+                floor = max(floor, uid)
+                done.append((action.source_uid, uid))
+        size = sum(len(body) for _, body in ready)
         await journal.complete(folder, done, size=size)
         report.appended += len(done)
         report.bytes += size
@@ -381,37 +385,40 @@ async def _append_ready(
     return uids
 
 
-async def _bodies(
-    source: MailboxAccess, folder: str, batch: Sequence[Append], pace: _Pace
-) -> AsyncIterator[tuple[Append, bytes | None]]:
-    """Each message's bytes (None: gone from the source since its listing): several per
-    request, up to `FETCH_BYTES`, where the source can (`fetch_many`: one round trip
-    instead of one per message), else one by one."""
-    many = getattr(source, "fetch_many", None)
+def _batches(appends: Sequence[Append]) -> Iterator[Sequence[Append]]:
+    """The appends in groups of at most `BATCH` messages and `FETCH_BYTES` bytes (by the
+    listing's sizes; a larger message alone): one read, one intent, one APPEND burst and
+    one completion each, and a bounded amount of bytes in memory."""
     start = 0
-    while start < len(batch):
-        group = [batch[start]]
-        weight = batch[start].size
-        while many is not None and start + len(group) < len(batch):
-            following = batch[start + len(group)]
-            if weight + following.size > FETCH_BYTES:
+    while start < len(appends):
+        end, weight = start + 1, appends[start].size
+        while end < len(appends) and end - start < BATCH:
+            if weight + appends[end].size > FETCH_BYTES:
                 break
-            group.append(following)
-            weight += following.size
-        start += len(group)
-        for _ in group:
-            await pace.wait()
-        if many is None or len(group) == 1:
-            for action in group:
-                try:
-                    body: bytes | None = await source.fetch(folder, action.source_uid)
-                except BackendNotFound:
-                    body = None
-                yield action, body
-            continue
-        found: dict[int, bytes] = await many(folder, [a.source_uid for a in group])
-        for action in group:
-            yield action, found.get(action.source_uid)
+            weight += appends[end].size
+            end += 1
+        yield appends[start:end]
+        start = end
+
+
+async def _read(
+    source: MailboxAccess, folder: str, batch: Sequence[Append], pace: _Pace
+) -> list[tuple[Append, bytes | None]]:
+    """Each message's bytes (None: gone from the source since its listing), in one
+    request where the source can (`fetch_many`), else one by one."""
+    for _ in batch:
+        await pace.wait()
+    many = getattr(source, "fetch_many", None)
+    if many is not None:
+        found: dict[int, bytes] = await many(folder, [a.source_uid for a in batch])
+        return [(action, found.get(action.source_uid)) for action in batch]
+    bodies: list[tuple[Append, bytes | None]] = []
+    for action in batch:
+        try:
+            bodies.append((action, await source.fetch(folder, action.source_uid)))
+        except BackendNotFound:
+            bodies.append((action, None))
+    return bodies
 
 
 async def verify_bal(

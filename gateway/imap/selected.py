@@ -10,6 +10,7 @@ allows, before the tagged OK.
 from __future__ import annotations
 
 import logging
+from bisect import bisect_left, bisect_right
 from typing import TYPE_CHECKING
 
 from gateway.imap import commands as c
@@ -45,10 +46,12 @@ def targets(session: ImapSession, sequence: SequenceSet, uid: bool) -> list[tupl
         session.used_uid = True
         if not view.uids:
             return []
-        largest = view.largest_uid
-        return [
-            (index + 1, u) for index, u in enumerate(view.uids) if sequence.contains(u, largest)
-        ]
+        uids, largest = view.uids, view.largest_uid
+        picked: set[int] = set()
+        for item in sequence.ranges:  # the view's UIDs ascend: each range is a slice
+            low, high = item.bounds(largest)
+            picked.update(range(bisect_left(uids, low), bisect_right(uids, high)))
+        return [(index + 1, uids[index]) for index in sorted(picked)]
     return [(seq, view.uid_at(seq)) for seq in sequence.iter_numbers(view.exists)]
 
 

@@ -29,7 +29,7 @@ from gateway.backends.errors import (
     BackendRefused,
     BackendUnavailable,
 )
-from gateway.backends.imap_smtp.tools import ImapMailboxAccess, fetch_items
+from gateway.backends.imap_smtp.tools import ImapMailboxAccess, fetch_items, uid_set
 from gateway.imap.client import ParsedValue, ParseError, Tagged, Untagged, parse_code
 from gateway.imap.codes import Code
 from gateway.imap.response import Atom
@@ -41,20 +41,6 @@ MAX_UID_SET = 500  # UIDs per command
 SENT_KEPT = 256  # commands remembered per session (`ImapBal.sent`)
 DESCRIBED_KEPT = 50_000  # messages whose immutable metadata a session keeps (`Described`)
 IMMUTABLE = frozenset({"INTERNALDATE", "RFC822.SIZE", "ENVELOPE"})
-
-
-def uid_set(uids: Iterable[int]) -> bytes:
-    """The UIDs as an IMAP set, runs of consecutive UIDs as ranges (``1:500,502``): a
-    whole folder is a few bytes, not thousands of numbers for the server to match."""
-    runs: list[bytes] = []
-    ordered = sorted(set(uids))
-    start = 0
-    for index in range(1, len(ordered) + 1):
-        if index == len(ordered) or ordered[index] != ordered[index - 1] + 1:
-            low, high = ordered[start], ordered[index - 1]
-            runs.append(b"%d" % low if low == high else b"%d:%d" % (low, high))
-            start = index
-    return b",".join(runs)
 
 
 def flag_names(value: ParsedValue) -> frozenset[str]:

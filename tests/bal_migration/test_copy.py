@@ -17,6 +17,7 @@ import pytest
 
 from delegation.db import create_engine
 from gateway.backends.base import Backend, MailboxAccess
+from gateway.backends.imap_smtp.tools import ImapMailboxAccess
 from gateway.bal_migration.checkpoint import Checkpoints, Journal
 from gateway.bal_migration.copy import CopyProgress, copy_bal, verify_bal
 from gateway.db import migrate_gateway
@@ -194,3 +195,42 @@ async def test_journal_records_are_listed(checkpoints: Checkpoints):
     assert same.copy == journal.copy
     (record,) = await checkpoints.records(DUPONT)
     assert (record.bal, record.state, record.messages) == (DUPONT, "planned", 0)
+
+
+async def test_a_copy_reads_each_source_message_once(
+    both: Stack,
+    source: MailboxAccess,
+    target: MailboxAccess,
+    checkpoints: Checkpoints,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """The bytes of a new message are read when they are copied, not also to list it
+    first; a second run reads none (a UID's bytes never change in one UIDVALIDITY)."""
+    await seed(source)
+    total = sum((await digests(source)).values())
+    fresh = await backend(both, "historic-imap").tools(DUPONT)  # no digest known yet
+    assert isinstance(fresh, ImapMailboxAccess)
+    read: Counter[tuple[str, int]] = Counter()  # (folder, UID) read
+    original = ImapMailboxAccess._fetch_bodies
+
+    async def counted(self: ImapMailboxAccess, uids: Sequence[int]) -> dict[int, bytes]:
+        if self is fresh:
+            assert self._selected is not None
+            read.update((self._selected[0], uid) for uid in uids)
+        return await original(self, uids)
+
+    monkeypatch.setattr(ImapMailboxAccess, "_fetch_bodies", counted)
+    try:
+        journal = await checkpoints.journal(DUPONT, "historic-imap", "modern")
+        report = await copy_bal(DUPONT, fresh, target, journal)
+        assert report.appended == total
+        assert len(read) == total
+        assert set(read.values()) == {1}
+        read.clear()
+        again = await copy_bal(DUPONT, fresh, target, journal)
+        assert (again.appended, again.flag_changes, again.deleted) == (0, 0, 0)
+        assert not read
+        assert (await verify_bal(DUPONT, fresh, target, journal)).identical
+        assert sum(read.values()) == total  # verify reads every message: it proves
+    finally:
+        await fresh.aclose()

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from gateway.legacy_front.sessions import uid_set
+from gateway.backends.imap_smtp.tools import uid_set
 
 
 def _members(text: bytes) -> list[int]:

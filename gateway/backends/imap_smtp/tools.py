@@ -16,7 +16,14 @@ import logging
 from collections.abc import Collection, Iterable, Sequence
 from typing import NoReturn
 
-from gateway.backends.base import ToolFolder, ToolMessage, UidImport, Upstream, digest
+from gateway.backends.base import (
+    UNREAD,
+    ToolFolder,
+    ToolMessage,
+    UidImport,
+    Upstream,
+    digest,
+)
 from gateway.backends.errors import (
     BackendCannot,
     BackendNotFound,
@@ -64,6 +71,20 @@ def imap_date(moment: dt.datetime) -> bytes:
 
 def parse_imap_date(value: bytes) -> dt.datetime:
     return dt.datetime.strptime(value.decode("ascii").strip(), "%d-%b-%Y %H:%M:%S %z")
+
+
+def uid_set(uids: Iterable[int]) -> bytes:
+    """The UIDs as an IMAP set, runs of consecutive UIDs as ranges (``1:500,502``): a
+    whole folder is a few bytes, not thousands of numbers for the server to match."""
+    runs: list[bytes] = []
+    ordered = sorted(set(uids))
+    start = 0
+    for index in range(1, len(ordered) + 1):
+        if index == len(ordered) or ordered[index] != ordered[index - 1] + 1:
+            low, high = ordered[start], ordered[index - 1]
+            runs.append(b"%d" % low if low == high else b"%d:%d" % (low, high))
+            start = index
+    return b",".join(runs)
 
 
 def _appended_uid(done: Tagged) -> int | None:
@@ -290,9 +311,42 @@ class ImapMailboxAccess:
         under its UID in one UIDVALIDITY), in batches of at most `BATCH` messages and
         `BATCH_BYTES` bytes, so that a listing repeated during a cut-over reads only what
         is new, and a folder of large messages is not held whole in memory."""
+        listed, known = await self._list(folder)
+        batch: list[int] = []
+        weight = 0
+        for uid in sorted(listed):
+            if uid in known:
+                continue
+            batch.append(uid)
+            weight += listed[uid][2]
+            if len(batch) >= BATCH or weight >= BATCH_BYTES:
+                known.update(await self._digest(batch))
+                batch, weight = [], 0
+        if batch:
+            known.update(await self._digest(batch))
+        return [
+            ToolMessage(uid, flags, date, known[uid][0], known[uid][1])
+            for uid, (flags, date, _) in sorted(listed.items())
+            if uid in known  # expunged between the two FETCHes
+        ]
+
+    async def listing(self, folder: str) -> Sequence[ToolMessage]:
+        """The folder's messages without reading their bytes: flags, dates, RFC822.SIZE,
+        and the digests this access computed already (`UNREAD` for the others)."""
+        listed, known = await self._list(folder)
+        return [
+            ToolMessage(uid, flags, date, *known.get(uid, (size, UNREAD)))
+            for uid, (flags, date, size) in sorted(listed.items())
+        ]
+
+    async def _list(
+        self, folder: str
+    ) -> tuple[dict[int, tuple[frozenset[str], dt.datetime, int]], dict[int, tuple[int, str]]]:
+        """UID → (flags, INTERNALDATE, RFC822.SIZE) of the folder's messages, and this
+        access's digests of the folder as of its UIDVALIDITY."""
         exists = await self._select(folder, write=False)
         if exists == 0:
-            return []
+            return {}, {}
         known = self._digests.setdefault((folder, await self.uidvalidity(folder)), {})
         _, events = await self._run(b"UID FETCH 1:* (UID FLAGS INTERNALDATE RFC822.SIZE)")
         listed: dict[int, tuple[frozenset[str], dt.datetime, int]] = {}
@@ -311,23 +365,7 @@ class ImapMailboxAccess:
                 parse_imap_date(date) if isinstance(date, bytes) else dt.datetime.now(dt.UTC),
                 size if isinstance(size, int) else 0,
             )
-        batch: list[int] = []
-        weight = 0
-        for uid in sorted(listed):
-            if uid in known:
-                continue
-            batch.append(uid)
-            weight += listed[uid][2]
-            if len(batch) >= BATCH or weight >= BATCH_BYTES:
-                known.update(await self._digest(batch))
-                batch, weight = [], 0
-        if batch:
-            known.update(await self._digest(batch))
-        return [
-            ToolMessage(uid, flags, date, known[uid][0], known[uid][1])
-            for uid, (flags, date, _) in sorted(listed.items())
-            if uid in known  # expunged between the two FETCHes
-        ]
+        return listed, known
 
     async def _digest(self, uids: Sequence[int]) -> dict[int, tuple[int, str]]:
         """(size, digest) of each message's bytes (those expunged meanwhile are missing).
@@ -351,8 +389,7 @@ class ImapMailboxAccess:
         return found
 
     async def _fetch_bodies(self, uids: Sequence[int]) -> dict[int, bytes]:
-        wanted = b",".join(str(u).encode() for u in uids)
-        _, events = await self._run(b"UID FETCH " + wanted + b" (UID BODY.PEEK[])")
+        _, events = await self._run(b"UID FETCH " + uid_set(uids) + b" (UID BODY.PEEK[])")
         found: dict[int, bytes] = {}
         for event in events:
             items = fetch_items(event)
@@ -373,7 +410,7 @@ class ImapMailboxAccess:
         )
         found: dict[int, tuple[bytes, dt.datetime, int]] = {}
         for start in range(0, len(uids), BATCH):
-            wanted = b",".join(str(u).encode() for u in uids[start : start + BATCH])
+            wanted = uid_set(uids[start : start + BATCH])
             _, events = await self._run(
                 b"UID FETCH " + wanted + b" (UID INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER])"
             )
@@ -487,7 +524,7 @@ class ImapMailboxAccess:
         await self._run(b"UID STORE %d FLAGS.SILENT " % uid + _flag_list(flags))
 
     async def delete(self, folder: str, uids: Iterable[int]) -> None:
-        wanted = b",".join(str(u).encode() for u in sorted(set(uids)))
+        wanted = uid_set(uids)
         if not wanted:
             return
         await self._select(folder, write=True)
