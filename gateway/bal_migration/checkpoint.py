@@ -9,11 +9,14 @@ completion is found again by `plan.diff` in the target's listing, and adopted.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
-from collections.abc import Iterable, Sequence
+import functools
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -31,6 +34,28 @@ STATES = (
     "finished",  # the trailing sync is closed
     "rolled back",  # the BAL went back to the source
 )
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def whole(write: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    """A write transaction that a cancelled copy lets end (commit or roll back) before the
+    cancellation goes on: cut in the middle of a statement, it would leave SQLite's write
+    lock with a connection nobody closes, and every writer after it (the copy's own
+    "interrupted" record first) would wait for it in vain."""
+
+    @functools.wraps(write)
+    async def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        task = asyncio.ensure_future(write(*args, **kwargs))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            await asyncio.wait({task})
+            raise
+
+    return run
 
 
 def _flags_text(flags: Iterable[str]) -> str:
@@ -73,6 +98,7 @@ class Checkpoints:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
+    @whole
     async def journal(self, bal: str, source: str, target: str) -> Journal:
         """The journal of copying `bal` from `source` to `target` (created if new)."""
         bal = bal.lower()
@@ -146,6 +172,7 @@ class Journal:
             )
         return CopyRecord(**{k: v for k, v in row.items() if k != "id"})
 
+    @whole
     async def set_state(self, state: str, *, error: str | None = None) -> None:
         """Move to `state`; "copying" stamps the start and clears the last error, "copied"
         and "failed" the end, "verified" the verification."""
@@ -164,6 +191,7 @@ class Journal:
                 update(migration_copies).where(migration_copies.c.id == self.copy).values(**values)
             )
 
+    @whole
     async def seed_from(self, other: Journal, uidvalidity: dict[str, int]) -> int:
         """Make this journal the mirror of `other`, the copy in the other direction: each of
         its copies (source UID → target UID) becomes one here (target UID → source UID) in
@@ -222,6 +250,7 @@ class Journal:
             )
             return [FolderKey(*row) for row in rows]
 
+    @whole
     async def folder(self, name: str, uidvalidity: int, target: str) -> FolderKey:
         """The row of source folder `name` as of `uidvalidity` (created if new)."""
         for known in await self.folders():
@@ -237,6 +266,7 @@ class Journal:
             assert key is not None
             return FolderKey(int(key[0]), name, uidvalidity, target)
 
+    @whole
     async def drop_folder(self, folder: FolderKey) -> None:
         async with self.engine.begin() as db:
             await db.execute(
@@ -266,6 +296,7 @@ class Journal:
                 for uid, digest, target, flags, floor in rows
             }
 
+    @whole
     async def intend(
         self, folder: FolderKey, entries: Sequence[tuple[int, str, frozenset[str]]], floor: int
     ) -> None:
@@ -296,6 +327,7 @@ class Journal:
                 ],
             )
 
+    @whole
     async def complete(
         self, folder: FolderKey, pairs: Sequence[tuple[int, int]], *, size: int = 0
     ) -> None:
@@ -303,15 +335,15 @@ class Journal:
         if not pairs:
             return
         async with self.engine.begin() as db:
-            for source_uid, target_uid in pairs:
-                await db.execute(
-                    update(migration_messages)
-                    .where(
-                        migration_messages.c.folder == folder.key,
-                        migration_messages.c.source_uid == source_uid,
-                    )
-                    .values(target_uid=target_uid)
+            await db.execute(  # one executemany: a batch's pairs in one round trip
+                update(migration_messages)
+                .where(
+                    migration_messages.c.folder == folder.key,
+                    migration_messages.c.source_uid == bindparam("source"),
                 )
+                .values(target_uid=bindparam("target")),
+                [{"source": s, "target": t} for s, t in pairs],
+            )
             await db.execute(
                 update(migration_copies)
                 .where(migration_copies.c.id == self.copy)
@@ -321,6 +353,7 @@ class Journal:
                 )
             )
 
+    @whole
     async def flagged(self, folder: FolderKey, source_uid: int, flags: frozenset[str]) -> None:
         async with self.engine.begin() as db:
             await db.execute(
@@ -337,6 +370,7 @@ class Journal:
                 .values(flag_changes=migration_copies.c.flag_changes + 1)
             )
 
+    @whole
     async def forget(self, folder: FolderKey, source_uids: Sequence[int], *, deleted: int) -> None:
         """The source messages are gone (their `deleted` copies deleted on the target)."""
         if not source_uids:

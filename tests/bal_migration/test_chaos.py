@@ -19,6 +19,7 @@ import json
 import os
 import random
 import ssl
+import subprocess
 import sys
 import uuid
 from collections import Counter
@@ -280,20 +281,23 @@ async def killed_copy(
     the checkpoint of that APPEND's batch."""
     write_config(config, platforms, direction)
     errors = config.with_suffix(".stderr")
+    # subprocess.Popen, read and waited for in threads: Python 3.11's asyncio child watcher
+    # can lose the race to reap a child (CPython gh-86276) and report 255 for a clean exit
     with errors.open("wb") as stderr:
-        child = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(HERE / "chaos_copy.py"),
-            str(config),
-            stdout=asyncio.subprocess.PIPE,
+        child = await asyncio.to_thread(
+            subprocess.Popen,
+            [sys.executable, str(HERE / "chaos_copy.py"), str(config)],
+            stdout=subprocess.PIPE,
             stderr=stderr,
             env={**os.environ, "PYTHONPATH": str(REPO)},  # this checkout's code, not the venv's
         )
     assert child.stdout is not None
     appends = 0
     outcome = f"completed before {after} appends"
+    said: list[bytes] = []
     try:
-        while line := await child.stdout.readline():
+        while line := await asyncio.to_thread(child.stdout.readline):
+            said.append(line)
             if line.startswith(b"appended"):
                 appends += 1
                 workload.ticks += 1
@@ -302,11 +306,12 @@ async def killed_copy(
                     outcome = f"killed -9 after append {after}"
                     break
     finally:
-        if child.returncode is None and not outcome.startswith("killed"):
+        if child.poll() is None and not outcome.startswith("killed"):
             child.kill()  # the test failed while it ran: never leave it behind
-        code = await child.wait()
+        code = await asyncio.to_thread(child.wait)
+        child.stdout.close()
     if outcome.startswith("completed"):
-        assert code == 0, errors.read_text(errors="replace")
+        assert code == 0, (code, said[-5:], errors.read_text(errors="replace"))
     else:
         assert code == -9
     return outcome
