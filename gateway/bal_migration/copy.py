@@ -20,8 +20,9 @@ UID and digest. `CopyReport.uids_kept` names the folders whose copies all kept t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from gateway.backends.base import (
@@ -48,7 +49,7 @@ from gateway.bal_migration.plan import (
     map_folders,
 )
 
-BATCH = 50  # appends per intent transaction
+BATCH = 200  # appends per intent transaction (and per source FETCH, within FETCH_BYTES)
 FETCH_BYTES = 16 * 1024 * 1024  # source bytes fetched per request (past one message)
 FORGET_BATCH = 500  # source UIDs per DELETE (the databases' parameter limits)
 
@@ -292,51 +293,66 @@ async def _copy_folder(
     state.to_append += len(appends)
     # without UID import, the target takes a batch's APPENDs at once where it can
     many = getattr(target, "append_many", None) if importer is None else None
-    for batch in _batches(appends):
-        ready: list[tuple[Append, bytes]] = []
-        for action, body in await _read(source, folder.name, batch, pace):
-            if body is None:
-                # expunged (or moved) by a client since the listing: nothing to copy (the
-                # next run no longer lists it, or appends it if it is back)
-                report.vanished += 1
-                continue
-            found = digest(body)
-            if action.digest != UNREAD and found != action.digest:
-                raise BackendUnavailable(
-                    "protocol", f"{folder.name} {action.source_uid}: bytes changed under the copy"
-                )
-            ready.append((replace(action, digest=found), body))
-        await journal.intend(folder, [(a.source_uid, a.digest, a.flags) for a, _ in ready], floor)
-        done: list[tuple[int, int]] = []
-        if many is not None and len(ready) > 1:
-            floor = max([floor, *await _append_ready(many, folder.target, ready, done)])
-        else:
-            for action, body in ready:
-                uid = None
-                if importer is not None and action.source_uid > floor:
-                    uid = await importer.import_message(
-                        folder.target, action.source_uid, body, action.flags, action.internal_date
-                    )
-                    if uid is None:  # the target's UIDs are past it: new UIDs from here on
-                        importer = None
-                if uid is None:
-                    uid = await target.append(
-                        folder.target, body, action.flags, action.internal_date
-                    )
-                floor = max(floor, uid)
-                done.append((action.source_uid, uid))
-        size = sum(len(body) for _, body in ready)
-        await journal.complete(folder, done, size=size)
-        report.appended += len(done)
-        report.bytes += size
-        state.appended += len(done)
-        state.bytes += size
-        if progress is not None:
-            progress(state)
+    async with contextlib.aclosing(_read_ahead(source, folder.name, appends, pace)) as reads:
+        async for bodies in reads:
+            ready = _checked(folder.name, bodies, report)
+            await journal.intend(
+                folder, [(a.source_uid, a.digest, a.flags) for a, _ in ready], floor
+            )
+            done: list[tuple[int, int]] = []
+            if many is not None and len(ready) > 1:
+                floor = max([floor, *await _append_ready(many, folder.target, ready, done)])
+            else:
+                for action, body in ready:
+                    uid = None
+                    if importer is not None and action.source_uid > floor:
+                        uid = await importer.import_message(
+                            folder.target,
+                            action.source_uid,
+                            body,
+                            action.flags,
+                            action.internal_date,
+                        )
+                        if uid is None:  # the target's UIDs are past it: new UIDs from here on
+                            importer = None
+                    if uid is None:
+                        uid = await target.append(
+                            folder.target, body, action.flags, action.internal_date
+                        )
+                    floor = max(floor, uid)
+                    done.append((action.source_uid, uid))
+            size = sum(len(body) for _, body in ready)
+            await journal.complete(folder, done, size=size)
+            report.appended += len(done)
+            report.bytes += size
+            state.appended += len(done)
+            state.bytes += size
+            if progress is not None:
+                progress(state)
     if importer is not None and all(
         c.source_uid == c.target_uid for c in (await journal.copied(folder)).values()
     ):
         report.uids_kept.append(folder.name)
+
+
+def _checked(
+    folder: str, bodies: Sequence[tuple[Append, bytes | None]], report: CopyReport
+) -> list[tuple[Append, bytes]]:
+    """The messages read, each with the digest of its bytes; one expunged (or moved) by a
+    client since the listing is not copied (the next run no longer lists it, or appends it
+    if it is back). Bytes other than those listed under the UID are a broken source."""
+    ready: list[tuple[Append, bytes]] = []
+    for action, body in bodies:
+        if body is None:
+            report.vanished += 1
+            continue
+        found = digest(body)
+        if action.digest != UNREAD and found != action.digest:
+            raise BackendUnavailable(
+                "protocol", f"{folder} {action.source_uid}: bytes changed under the copy"
+            )
+        ready.append((replace(action, digest=found), body))
+    return ready
 
 
 async def _copied_before(
@@ -399,6 +415,32 @@ def _batches(appends: Sequence[Append]) -> Iterator[Sequence[Append]]:
             end += 1
         yield appends[start:end]
         start = end
+
+
+async def _read_ahead(
+    source: MailboxAccess, folder: str, appends: Sequence[Append], pace: _Pace
+) -> AsyncGenerator[list[tuple[Append, bytes | None]], None]:
+    """Each batch's bytes (`_read`), the next batch's read while the caller appends and
+    checkpoints this one: the source and the target are two connections, so neither
+    waits for the other, and at most two batches are in memory. Close it (aclosing): a
+    read under way is cancelled then."""
+    batches = iter(_batches(appends))
+    first = next(batches, None)
+    pending = None if first is None else asyncio.ensure_future(_read(source, folder, first, pace))
+    try:
+        while pending is not None:
+            bodies = await pending
+            following = next(batches, None)
+            pending = (
+                None
+                if following is None
+                else asyncio.ensure_future(_read(source, folder, following, pace))
+            )
+            yield bodies
+    finally:
+        if pending is not None:
+            pending.cancel()
+            await asyncio.wait({pending})
 
 
 async def _read(
