@@ -121,6 +121,7 @@ class ImapMailboxAccess:
         if upstream.leftover:
             self._talk.codec.receive_data(upstream.leftover)
         self._selected: tuple[str, bool] | None = None  # (folder, read-write)
+        self._validity: int | None = None  # the selected folder's UIDVALIDITY, as SELECT said
         # (folder, UIDVALIDITY) -> UID -> (size, digest): what `messages` has read already
         self._digests: dict[tuple[str, int], dict[int, tuple[int, str]]] = {}
         self._delimiter = "/"
@@ -259,6 +260,11 @@ class ImapMailboxAccess:
         verb = b"SELECT " if write else b"EXAMINE "
         _, events = await self._run(verb + self._mailbox(folder))
         self._selected = (folder, write)
+        self._validity = None
+        for event in events:
+            name, rest = parse_code(event.code) if event.kind == "OK" and event.code else ("", "")
+            if name == Code.UIDVALIDITY and rest.strip().isdigit():
+                self._validity = int(rest)
         return next((e.number or 0 for e in events if e.kind == "EXISTS"), 0)
 
     async def _leave(self) -> None:
@@ -347,7 +353,8 @@ class ImapMailboxAccess:
         exists = await self._select(folder, write=False)
         if exists == 0:
             return {}, {}
-        known = self._digests.setdefault((folder, await self.uidvalidity(folder)), {})
+        validity = self._validity if self._validity is not None else await self.uidvalidity(folder)
+        known = self._digests.setdefault((folder, validity), {})
         _, events = await self._run(b"UID FETCH 1:* (UID FLAGS INTERNALDATE RFC822.SIZE)")
         listed: dict[int, tuple[frozenset[str], dt.datetime, int]] = {}
         for event in events:
