@@ -291,11 +291,11 @@ async def _copy_folder(
 
     appends = [a for a in actions if isinstance(a, Append)]
     state.to_append += len(appends)
-    # without UID import, the target takes a batch's APPENDs at once where it can
-    many = getattr(target, "append_many", None) if importer is None else None
     async with contextlib.aclosing(_read_ahead(source, folder.name, appends, pace)) as reads:
         async for bodies in reads:
             ready = _checked(folder.name, bodies, report)
+            # without UID import, the target takes a batch's APPENDs at once where it can
+            many = getattr(target, "append_many", None) if importer is None else None
             await journal.intend(
                 folder, [(a.source_uid, a.digest, a.flags) for a, _ in ready], floor
             )
@@ -441,6 +441,8 @@ async def _read_ahead(
         if pending is not None:
             pending.cancel()
             await asyncio.wait({pending})
+            if not pending.cancelled():
+                pending.exception()  # seen: the copy's own failure is the one reported
 
 
 async def _read(

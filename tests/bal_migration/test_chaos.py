@@ -248,13 +248,14 @@ async def cancelled_copy(
     return f"cancelled at append {after} ({'during' if before else 'after'} it)"
 
 
-def write_config(config: Path, platforms: Platforms, direction: Direction) -> None:
+def write_config(config: Path, platforms: Platforms, direction: Direction, after: int) -> None:
     """The child's configuration, secrets included: a 0600 file in the test's directory."""
     config.touch(mode=0o600)
     config.write_text(
         json.dumps(
             {
                 "database_url": platforms.database_url,
+                "kill_after": after,
                 "source": {
                     "name": direction.source[0],
                     "bal": direction.source[1],
@@ -279,7 +280,7 @@ async def killed_copy(
 ) -> str:
     """Run the copy in a child process and SIGKILL it after its `after`-th APPEND, before
     the checkpoint of that APPEND's batch."""
-    write_config(config, platforms, direction)
+    write_config(config, platforms, direction, after)
     errors = config.with_suffix(".stderr")
     # subprocess.Popen, read and waited for in threads: Python 3.11's asyncio child watcher
     # can lose the race to reap a child (CPython gh-86276) and report 255 for a clean exit
@@ -287,6 +288,7 @@ async def killed_copy(
         child = await asyncio.to_thread(
             subprocess.Popen,
             [sys.executable, str(HERE / "chaos_copy.py"), str(config)],
+            stdin=subprocess.PIPE,  # never written: the child waits on it to be killed
             stdout=subprocess.PIPE,
             stderr=stderr,
             env={**os.environ, "PYTHONPATH": str(REPO)},  # this checkout's code, not the venv's
@@ -310,6 +312,8 @@ async def killed_copy(
             child.kill()  # the test failed while it ran: never leave it behind
         code = await asyncio.to_thread(child.wait)
         child.stdout.close()
+        if child.stdin is not None:
+            child.stdin.close()
     if outcome.startswith("completed"):
         assert code == 0, (code, said[-5:], errors.read_text(errors="replace"))
     else:
