@@ -141,14 +141,15 @@ def uid_import_of(access: MailboxAccess) -> UidImport | None:
 UNREAD = ""  # a listing's digest for a message whose bytes were not read
 
 
-async def listing_of(access: MailboxAccess, folder: str) -> Sequence[ToolMessage]:
+async def listing_of(access: MailboxAccess, folder: str, uidvalidity: int) -> Sequence[ToolMessage]:
     """The folder's messages without reading bytes where the access can list so (`listing`:
-    a digest already known, else `UNREAD`), for a copy that reads each new message once,
-    when it copies it; otherwise `messages`, every digest computed."""
+    a digest already known, else `UNREAD`; the folder must still have `uidvalidity`), for a
+    copy that reads each new message once, when it copies it; otherwise `messages`, every
+    digest computed."""
     listing = getattr(access, "listing", None)
     if listing is None:
         return await access.messages(folder)
-    found: Sequence[ToolMessage] = await listing(folder)
+    found: Sequence[ToolMessage] = await listing(folder, uidvalidity)
     return found
 
 

@@ -11,11 +11,14 @@ name, the id it had on the historic platform, and every folder its folder id:
 * read through the platform's IMAP, which does not, each message is paired with its
   messageId by what both show of it (`historic_match`).
 
-A message left unpaired gets an id above every id the platform shows, so that no id an
-LPS holds ever names another message. The change token is set above the platform's, so
-an LPS's next `syncMessages` with a token of the old platform is told to start over (and
-lists the same ids again). Rows go under the target's name while the legacy front still
-serves the BAL from the platform: nothing reads them before the registry's record moves.
+A message left unpaired gets an id above every id the platform shows, with room for the
+mail that reaches it until the switch (`ID_GAP`), so that no id an LPS holds ever names
+another message. The change token is set well above the platform's (`TOKEN_GAP`; far
+above any counter when the platform's is unknown or not a number), so an LPS's next
+`syncMessages` with a token of the old platform, even one given during the cut-over, is
+told to start over (and lists the same ids again). Rows go under the target's name while
+the legacy front still serves the BAL from the platform: nothing reads them before the
+registry's record moves.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from typing import Any, Protocol, runtime_checkable
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.backends.base import MailboxAccess
-from gateway.bal_migration.carry import Row, write
+from gateway.backends.legacy_ws.client import LegacyTooLarge
+from gateway.bal_migration.carry import ID_GAP, TOKEN_GAP, Row, write
 from gateway.bal_migration.checkpoint import FolderKey, Journal
 from gateway.bal_migration.historic_match import (
     Seen,
@@ -41,6 +45,8 @@ from gateway.bal_migration.historic_match import (
 from gateway.legacy_front.ids import flags_text
 
 log = logging.getLogger(__name__)
+
+UNKNOWN_TOKEN_BASE = 2**40  # past any change counter; below a millisecond clock
 
 
 class HistoricClient(Protocol):
@@ -136,16 +142,25 @@ async def adopt_historic_ids(
     docstring); `source` is the platform's access the copy read, `client` its services."""
     bal = bal.lower()
     record = await journal.record()
-    synced = await client.sync_messages(bal, None, html=False)
-    token = _number(getattr(synced, "token", ""))
+    seen_ids: set[int] = set()
+    try:  # the whole BAL: the platform's current token, and every id it gives
+        synced = await client.sync_messages(bal, None, html=False)
+    except LegacyTooLarge:  # too many to list at once: the token is not known
+        token = None
+    else:
+        token = _number(getattr(synced, "token", ""))
+        for message in getattr(synced, "modified", ()):
+            if (number := _number(message.get("messageId", ""))) is not None:
+                seen_ids.add(number)
     if isinstance(source, KnowsHistoricIds):
         paths = await source.historic_folder_ids()
     else:
         paths = folder_paths(await client.list_folders(bal))
-    seen_ids: set[int] = set(paths.values())
+    seen_ids.update(paths.values())
     folders: dict[str, int] = {}  # target name → historic folder id
     placed: list[tuple[int | None, str, int, int, str]] = []  # (id, folder, validity, uid, flags)
     used: set[int] = set()
+    places: set[tuple[str, int, int]] = set()  # one id per copy, as `carry.rebind` keeps
     for folder in await journal.folders():
         folder_id = paths.get(imap_name(folder.name))
         fresh_folder = folder.target not in folders and folder_id not in folders.values()
@@ -154,8 +169,9 @@ async def adopt_historic_ids(
         pairs = await _pairs(bal, folder, folder_id, source, client, seen_ids)
         validity = int(await target.uidvalidity(folder.target))  # type: ignore[attr-defined]
         for uid, copied in sorted((await journal.copied(folder)).items()):
-            if copied.target_uid is None:
+            if copied.target_uid is None or (folder.target, validity, copied.target_uid) in places:
                 continue
+            places.add((folder.target, validity, copied.target_uid))
             historic = pairs.get(uid)
             if historic is not None and historic in used:
                 historic = None
@@ -164,18 +180,22 @@ async def adopt_historic_ids(
             placed.append(
                 (historic, folder.target, validity, copied.target_uid, flags_text(copied.flags))
             )
-    fresh = max(seen_ids, default=0) + 1
-    base = token + 1 if token is not None else 0
+    fresh = first_new = max(seen_ids, default=0) + 1 + ID_GAP
+    base = token + 1 + TOKEN_GAP if token is not None else UNKNOWN_TOKEN_BASE
     rows: list[Row] = []
-    new = 0
     for version, (historic, name, validity, uid, flags) in enumerate(placed, start=base + 1):
         if historic is None:
-            historic, fresh, new = fresh, fresh + 1, new + 1
+            historic, fresh = fresh, fresh + 1
         rows.append(Row(historic, name, validity, uid, flags, version))
     counter = base + len(rows)
     async with engine.begin() as db:
         # every token of the old platform is below the floor: its LPS start over
-        await write(db, record.target, bal, list(folders.items()), rows, counter, counter, fresh)
-    adopted = Adopted(len(rows) - new, new)
+        written = await write(
+            db, record.target, bal, list(folders.items()), rows, counter, counter, fresh
+        )
+    adopted = Adopted(
+        sum(1 for row in written if row.message_id < first_new),
+        sum(1 for row in written if row.message_id >= first_new),
+    )
     log.info("migration.historic_ids_adopted", extra={"bal": bal, **adopted.json()})
     return adopted

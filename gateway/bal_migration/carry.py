@@ -31,6 +31,9 @@ from gateway.backends.base import MailboxAccess
 from gateway.bal_migration.checkpoint import Journal
 from gateway.db import historic_folders, historic_messages, historic_sync
 
+ID_GAP = 10_000  # ids the old platform may still give (mail arriving) before the switch
+TOKEN_GAP = 1_000_000  # syncMessages tokens it may still give before the switch
+
 
 @dataclass(frozen=True, slots=True)
 class Move:
@@ -163,7 +166,9 @@ async def rebind(engine: AsyncEngine, bal: str, source: str, target: str, moves:
         for message_id in lost:  # tombstones, reported at the next syncMessages
             counter += 1
             kept.append(Row(message_id, None, 0, 0, "", counter))
-        await write(db, target, bal, folders, kept, counter, floor, next_id)
+        # the source keeps serving until the switch: ids and tokens it gives meanwhile
+        # must never be given again on the target for something else
+        await write(db, target, bal, folders, kept, counter + TOKEN_GAP, floor, next_id + ID_GAP)
     return len(places)
 
 
@@ -188,9 +193,11 @@ async def write(
     counter: int,
     floor: int,
     next_id: int,
-) -> None:
+) -> list[Row]:
     """Store a BAL's ids under `backend`, in place of what it held: folders (name, folder
-    id), messages, and the token counter, floor and next id (above every id stored)."""
+    id), messages, and the token counter, floor and next id (above every id stored).
+    Returns the rows stored: a message whose folder has no folder id is left out (the
+    legacy front gives it a new id when it meets it)."""
     await _drop(db, backend, bal)
     keys: dict[str, int] = {}
     for name, folder_id in folders:
@@ -201,6 +208,7 @@ async def write(
         )
         assert key is not None
         keys[name] = int(key)
+    stored = [row for row in messages if row.folder is None or row.folder in keys]
     values = [
         {
             "backend": backend,
@@ -213,8 +221,7 @@ async def write(
             "version": row.version,
             "gone": row.folder is None,
         }
-        for row in messages
-        if row.folder is None or row.folder in keys
+        for row in stored
     ]
     for start in range(0, len(values), 1000):
         await db.execute(insert(historic_messages), values[start : start + 1000])
@@ -224,6 +231,7 @@ async def write(
             backend=backend, bal=bal, counter=counter, floor=floor, next_id=max(next_id, top + 1)
         )
     )
+    return stored
 
 
 async def _drop(db: AsyncConnection, backend: str, bal: str) -> None:

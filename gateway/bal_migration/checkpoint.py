@@ -53,6 +53,8 @@ def whole(write: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T
             return await asyncio.shield(task)
         except asyncio.CancelledError:
             await asyncio.wait({task})
+            if not task.cancelled():
+                task.exception()  # seen: the cancellation is what goes on
             raise
 
     return run

@@ -240,7 +240,7 @@ async def _copy_folder(
     else:  # the bytes of what is new are read once, when copied; a UID's never change
         here = [
             replace(m, digest=copied[m.uid].digest) if m.digest == UNREAD and m.uid in copied else m
-            for m in await listing_of(source, folder.name)
+            for m in await listing_of(source, folder.name, folder.uidvalidity)
         ]
     if trailing:
         here = [m for m in here if m.digest not in before]

@@ -6,16 +6,18 @@ services do not give a message's bytes; both show, for each message of a folder,
 web services call its `date` (its Date header, else its arrival, to the second, in Paris
 time), its `subject` and its sender. Messages are paired folder by folder on that key;
 among messages sharing a key (a message and its exact copies) first those of the same
-size, then in order (UIDs and messageIds both grow as messages arrive). Those left are
-tried once more with the arrival as their date, for a platform whose `date` is that. A
-message left without a partner gets a new id from the gateway: an id is never guessed.
+size, then in order (UIDs and messageIds both grow as messages arrive), when both sides
+show as many; when one side shows more (a message deleted or arrived between the two
+listings), only a size found once on each side pairs. Those left are tried once more
+with the arrival as their date, for a platform whose `date` is that. A message left
+without a partner gets a new id from the gateway: an id is never guessed.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import unicodedata
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +30,8 @@ MAX_HEADER_BYTES = 256 * 1024
 SUBJECT_CHARS = 200  # platforms cut subjects (250 on the historic one): compare a prefix
 MAX_FOLDER_DEPTH = 64
 MAX_FOLDERS = 10_000
+MAX_NAME_CHARS = 1_000  # a folder name longer than any platform allows is not followed
+MAX_PATH_CHARS = 4_096
 
 Key = tuple[str, str, str]
 """(date "dd/MM/yyyy HH:mm:ss" in Paris time, subject, sender address), normalised."""
@@ -114,6 +118,14 @@ def _pair_on(imap: list[Seen], ws: list[Seen], key: Callable[[Seen], Key]) -> di
             continue
         mine.sort(key=lambda s: s.order)
         theirs.sort(key=lambda s: s.order)
+        if len(mine) != len(theirs):
+            # one side shows a message the other does not: only a size found once on each
+            # side says which is which
+            sizes, partners = Counter(s.size for s in mine), Counter(t.size for t in theirs)
+            for seen in mine:
+                if sizes[seen.size] == 1 and partners[seen.size] == 1:
+                    paired[seen.order] = next(t for t in theirs if t.size == seen.size).order
+            continue
         taken: set[int] = set()
         left: list[Seen] = []
         for seen in mine:  # the same size first
@@ -126,7 +138,7 @@ def _pair_on(imap: list[Seen], ws: list[Seen], key: Callable[[Seen], Key]) -> di
                 taken.add(match)
                 paired[seen.order] = theirs[match].order
         rest = [t for i, t in enumerate(theirs) if i not in taken]
-        for seen, partner in zip(left, rest, strict=False):
+        for seen, partner in zip(left, rest, strict=True):
             paired[seen.order] = partner.order
     return paired
 
@@ -150,6 +162,8 @@ def folder_paths(tree: Sequence[Mapping[str, Any]]) -> dict[str, int]:
                 path = "INBOX"
             elif not isinstance(name, str) or not name or "/" in name:
                 continue
+            elif len(name) > MAX_NAME_CHARS or len(prefix) + len(name) > MAX_PATH_CHARS:
+                continue  # nor its children: each would repeat it
             else:
                 path = prefix + name
                 if path.upper() == "INBOX":  # a top-level folder hidden behind the inbox

@@ -105,7 +105,13 @@ def ordered_flags(present: Collection[str]) -> tuple[str, ...]:
 
 
 def format_date(when: dt.datetime) -> str:
-    return when.astimezone(PARIS).strftime(DATE_FORMAT)
+    """Paris time, as the platform shows dates; a date at the edge of the calendar
+    (``31 Dec 9999 -1200`` in a Date header) that Paris time cannot hold is shown as
+    written, never an error that would stop a listing."""
+    try:
+        return when.astimezone(PARIS).strftime(DATE_FORMAT)
+    except (OverflowError, ValueError):
+        return when.strftime(DATE_FORMAT)
 
 
 def message_object(message: MessageView, *, html: bool = False) -> dict[str, Any]:

@@ -158,3 +158,29 @@ def test_folder_paths_follow_the_platform_s_imap_names() -> None:
     }
     assert imap_name("inbox/Labo") == "INBOX/Labo"
     assert imap_name("Inboxes") == "Inboxes"
+
+
+def test_when_one_side_shows_more_only_a_size_found_once_pairs() -> None:
+    """Two look-alikes on the IMAP side, one id on the other (the second was deleted
+    between the listings): the same size would be a guess, so neither is paired, unless
+    a size found once on each side says which is which."""
+    twins = [imap_seen(uid, HEADER, ARRIVED, 100) for uid in (1, 2)]
+    assert all(t is not None for t in twins)
+    shown = ws_seen(_ws("9", size=100))
+    assert shown is not None
+    assert pair([t for t in twins if t], [shown[1]]) == {}
+    sized = [imap_seen(1, HEADER, ARRIVED, 100), imap_seen(2, HEADER, ARRIVED, 250)]
+    other = ws_seen(_ws("9", size=250))
+    assert other is not None
+    assert pair([s for s in sized if s], [other[1]]) == {2: 9}
+
+
+def test_a_date_paris_time_cannot_hold_is_still_read() -> None:
+    """`Date: Fri, 31 Dec 9999 23:00:00 -1200` is past what Paris time can hold: the
+    message is still seen (shown as written), never an error that stops the move."""
+    header = HEADER.replace(
+        b"Date: Mon, 02 Nov 2026 10:00:00 +0100", b"Date: Fri, 31 Dec 9999 23:00:00 -1200"
+    )
+    seen = imap_seen(3, header, ARRIVED, 100)
+    assert seen is not None
+    assert seen.key[0] == "31/12/9999 23:00:00"

@@ -11,6 +11,7 @@ import pytest
 from delegation.db import create_engine, migrate
 from gateway.db import migrate_gateway
 from gateway.legacy_front.ids import HistoricIds
+from tests.gateway.test_legacy_ws_uidmap import _downgrade as downgrade
 
 BAL = "claire.martin@medecin.mssante.fr"
 
@@ -89,6 +90,10 @@ async def test_message_ids_are_numbered_per_bal_and_never_given_twice(db_url: st
         assert await mine.locate([1, 2]) == {}
         await mine.gone([3])
         assert (await mine.changes_since(None)).modified == {}
+        # ids that are not their row keys any more: going back before gw0007 is refused
+        with pytest.raises(RuntimeError, match="not their row keys"):
+            await downgrade(db_url, "gw0006")
+        assert sorted((await other.locate([1, 2])).keys()) == [1, 2]  # nothing undone
     finally:
         await engine.dispose()
 

@@ -88,3 +88,13 @@ def test_an_id_listed_twice_is_given_once() -> None:
     listed = [ws_seen({"messageId": "9", "date": "02/11/2026 10:00:00", "subject": "a"})] * 2
     paired = pair([m for m in mine if m], [s[1] for s in listed if s])
     assert len(set(paired.values())) == len(paired)
+
+
+def test_long_folder_names_are_not_followed() -> None:
+    """A folder named with a megabyte, with two thousand children: each child's path would
+    repeat it (gigabytes of keys); the name is not followed, nor its children."""
+    huge = "x" * 1_000_000
+    children = [{"id": 200 + n, "name": f"c{n}"} for n in range(2000)]
+    tree: list[dict[str, Any]] = [{"id": 100, "name": huge, "children": children}]
+    tree.append({"id": 9, "name": "Archives", "children": [{"id": 10, "name": "2025"}]})
+    assert folder_paths(tree) == {"Archives": 9, "Archives/2025": 10}

@@ -336,10 +336,16 @@ class ImapMailboxAccess:
             if uid in known  # expunged between the two FETCHes
         ]
 
-    async def listing(self, folder: str) -> Sequence[ToolMessage]:
+    async def listing(self, folder: str, uidvalidity: int | None = None) -> Sequence[ToolMessage]:
         """The folder's messages without reading their bytes: flags, dates, RFC822.SIZE,
-        and the digests this access computed already (`UNREAD` for the others)."""
+        and the digests this access computed already (`UNREAD` for the others). With
+        `uidvalidity`, the folder must still have it (else the caller's UIDs, and the
+        digests it knows under them, name other messages)."""
         listed, known = await self._list(folder)
+        if uidvalidity is not None and listed and self._validity not in (None, uidvalidity):
+            raise BackendUnavailable(
+                "unavailable", f"{self._up.backend}: {folder} has a new UIDVALIDITY, copy again"
+            )
         return [
             ToolMessage(uid, flags, date, *known.get(uid, (size, UNREAD)))
             for uid, (flags, date, size) in sorted(listed.items())
@@ -468,7 +474,13 @@ class ImapMailboxAccess:
         if not uids:
             return {}
         await self._select(folder, write=False)
-        return await self._bodies(uids)
+        found = await self._bodies(uids)
+        # their digests as `messages` would compute them: a verification (under a cut-over's
+        # hold) after this copy reads only what is new
+        validity = self._validity if self._validity is not None else await self.uidvalidity(folder)
+        known = self._digests.setdefault((folder, validity), {})
+        known.update((uid, (len(body), digest(body))) for uid, body in found.items())
+        return found
 
     async def append(
         self,

@@ -42,6 +42,16 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    """Refused once an id differs from its row key (given per BAL, or adopted from the
+    historic platform): without `message_id` the LPS's ids would name other messages."""
+    differing = op.get_bind().scalar(
+        sa.text("SELECT COUNT(*) FROM gw_historic_messages WHERE message_id <> id")
+    )
+    if differing:
+        raise RuntimeError(
+            f"{differing} historic message ids are not their row keys: downgrading past "
+            "gw0007 would give LPS other messages under the ids they hold"
+        )
     with op.batch_alter_table("gw_historic_sync") as batch:
         batch.drop_column("next_id")
     with op.batch_alter_table("gw_historic_messages") as batch:
