@@ -17,7 +17,7 @@ from gateway.runtime.asgi_server import AsgiServer, bind_tcp
 from mock_operator.personas import default_personas
 from mock_operator.server import MockOperator
 from psc_auth import TokenValidator, ValidatorConfig
-from tests.conftest import persona_token
+from tests.conftest import client_tls, persona_token
 
 
 def persona_data() -> list[dict[str, object]]:
@@ -56,7 +56,7 @@ class Api:
     def __init__(self, base: str, mock: MockOperator) -> None:
         self.base = base
         self.mock = mock
-        self.http = httpx.AsyncClient(base_url=base, timeout=10)
+        self.http = httpx.AsyncClient(base_url=base, timeout=10, verify=client_tls())
 
     async def token(self, persona: str) -> str:
         return await persona_token(self.mock, persona)
@@ -64,7 +64,10 @@ class Api:
     async def as_(self, persona: str) -> httpx.AsyncClient:
         token = await self.token(persona)
         return httpx.AsyncClient(
-            base_url=self.base, headers={"Authorization": f"Bearer {token}"}, timeout=10
+            base_url=self.base,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+            verify=client_tls(),
         )
 
 
