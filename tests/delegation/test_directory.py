@@ -2,19 +2,47 @@
 
 from __future__ import annotations
 
-import pytest
+import contextlib
+from collections.abc import AsyncIterator
 
-from delegation import DelegationService, Invalid, NotFound
+import pytest
+import pytest_asyncio
+
+from delegation import DelegationService, Invalid, LocalBus, NotFound, create_engine, migrate, seed
 from delegation.service import fold
-from tests.delegation.conftest import BERNARD, CLAIRE_BAL, MARTIN
+from tests.conftest import postgres_database
+from tests.delegation.conftest import BERNARD, CLAIRE_BAL, MARTIN, PERSONAS, Clock
+
+
+async def with_entries(service: DelegationService) -> DelegationService:
+    await service.upsert_directory_entry("899700000010", "Hélène", "LEFÈVRE-DUPRÉ", profession="60")
+    await service.upsert_directory_entry("899700000011", "Zoé", "Œuvray")
+    await service.upsert_directory_entry("899700000012", "Ana", "100%_Martinez")
+    return service
 
 
 @pytest.fixture
 async def directory(seeded: DelegationService) -> DelegationService:
-    await seeded.upsert_directory_entry("899700000010", "Hélène", "LEFÈVRE-DUPRÉ", profession="60")
-    await seeded.upsert_directory_entry("899700000011", "Zoé", "Œuvray")
-    await seeded.upsert_directory_entry("899700000012", "Ana", "100%_Martinez")
-    return seeded
+    return await with_entries(seeded)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=["sqlite", "postgresql"])
+async def searched(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[DelegationService]:
+    """The same directory as `directory`, made once per database for the searches, which
+    only read it (a database each was nearly all of their time)."""
+    async with contextlib.AsyncExitStack() as stack:
+        if request.param == "sqlite":
+            url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('search') / 'delegation.db'}"
+        else:
+            url = await stack.enter_async_context(postgres_database())
+        await migrate(url)
+        engine = create_engine(url)
+        stack.push_async_callback(engine.dispose)
+        service = DelegationService(engine, clock=Clock(), bus=LocalBus())
+        await seed(service, PERSONAS)
+        yield await with_entries(service)
 
 
 def test_fold() -> None:
@@ -41,8 +69,9 @@ def test_fold() -> None:
         ("xyz", []),
     ],
 )
-async def test_search(directory: DelegationService, query: str, expected: list[str] | None) -> None:
-    found = await directory.directory_search(query)
+@pytest.mark.asyncio(loop_scope="module")
+async def test_search(searched: DelegationService, query: str, expected: list[str] | None) -> None:
+    found = await searched.directory_search(query)
     if expected is not None:
         assert [e.idnat for e in found] == expected
     else:
