@@ -30,8 +30,8 @@ async def directory(seeded: DelegationService) -> DelegationService:
 async def searched(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[DelegationService]:
-    """The same directory as `directory`, made once per database for the searches, which
-    only read it (a database each was nearly all of their time)."""
+    """The same directory as `directory`, made once per database for the tests that only
+    search it (a database each was nearly all of their time)."""
     async with contextlib.AsyncExitStack() as stack:
         if request.param == "sqlite":
             url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('search') / 'delegation.db'}"
@@ -78,8 +78,9 @@ async def test_search(searched: DelegationService, query: str, expected: list[st
         assert len(found) == 10
 
 
-async def test_search_results_carry_names_and_addresses(directory: DelegationService) -> None:
-    [claire] = await directory.directory_search("claire")
+@pytest.mark.asyncio(loop_scope="module")
+async def test_search_results_carry_names_and_addresses(searched: DelegationService) -> None:
+    [claire] = await searched.directory_search("claire")
     assert (claire.given_name, claire.family_name, claire.display_name) == (
         "Claire",
         "MARTIN",
@@ -90,17 +91,19 @@ async def test_search_results_carry_names_and_addresses(directory: DelegationSer
     assert claire.addresses == (CLAIRE_BAL,)
 
 
-async def test_search_limit_and_order(directory: DelegationService) -> None:
-    found = await directory.directory_search("899700", limit=3)
+@pytest.mark.asyncio(loop_scope="module")
+async def test_search_limit_and_order(searched: DelegationService) -> None:
+    found = await searched.directory_search("899700", limit=3)
     assert [e.family_name for e in found] == ["100%_Martinez", "BERNARD", "DUPONT"]
     with pytest.raises(Invalid):
-        await directory.directory_search("899700", limit=0)
+        await searched.directory_search("899700", limit=0)
 
 
+@pytest.mark.asyncio(loop_scope="module")
 @pytest.mark.parametrize("query", ["", "ab", " a b ", "%_", "é-è", "x" * 257])
-async def test_short_or_long_queries_are_refused(directory: DelegationService, query: str) -> None:
+async def test_short_or_long_queries_are_refused(searched: DelegationService, query: str) -> None:
     with pytest.raises(Invalid) as raised:
-        await directory.directory_search(query)
+        await searched.directory_search(query)
     assert raised.value.reason == "bad-query"
 
 
