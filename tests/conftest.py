@@ -133,11 +133,19 @@ async def postgres_database() -> AsyncIterator[str]:
         await admin.close()
 
 
+@contextlib.asynccontextmanager
+async def fresh_database(kind: str, directory: Path) -> AsyncIterator[str]:
+    """An empty database (not migrated): "sqlite", a file in `directory`, or "postgresql",
+    one of its own on the test server."""
+    if kind == "sqlite":
+        yield f"sqlite+aiosqlite:///{directory / 'delegation.db'}"
+        return
+    async with postgres_database() as url:
+        yield url
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def fresh_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """An empty database (not migrated)."""
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'delegation.db'}"
-        return
-    async with postgres_database() as url:
+    async with fresh_database(request.param, tmp_path) as url:
         yield url

@@ -3,6 +3,7 @@ from a running mock Pro Santé Connect."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
 
@@ -24,10 +25,9 @@ def persona_data() -> list[dict[str, object]]:
     return [dataclasses.asdict(p) for p in default_personas()]
 
 
-@pytest.fixture
-async def registry(fresh_db_url: str) -> AsyncIterator[DelegationService]:
-    """The gateway's registry on SQLite, and on PostgreSQL when LPS_TEST_DATABASE_URL is set."""
-    url = fresh_db_url
+@contextlib.asynccontextmanager
+async def seeded_registry(url: str) -> AsyncIterator[DelegationService]:
+    """The registry on the empty database at `url`, migrated and seeded with the personas."""
     await migrate(url)
     engine = create_engine(url)
     service = DelegationService(engine)
@@ -38,9 +38,10 @@ async def registry(fresh_db_url: str) -> AsyncIterator[DelegationService]:
         await engine.dispose()
 
 
-@pytest.fixture
-async def api_url(mock_op: MockOperator, registry: DelegationService) -> AsyncIterator[str]:
-    validator = TokenValidator(ValidatorConfig(issuer=mock_op.issuer))
+@contextlib.asynccontextmanager
+async def serving_api(mock: MockOperator, registry: DelegationService) -> AsyncIterator[str]:
+    """The API over `registry` on a free port, trusting `mock`'s tokens: its base URL."""
+    validator = TokenValidator(ValidatorConfig(issuer=mock.issuer))
     server = AsgiServer(create_api(registry, validator), bind_tcp("127.0.0.1", 0))
     await server.start()
     try:
@@ -48,6 +49,19 @@ async def api_url(mock_op: MockOperator, registry: DelegationService) -> AsyncIt
     finally:
         await server.stop()
         await validator.aclose()
+
+
+@pytest.fixture
+async def registry(fresh_db_url: str) -> AsyncIterator[DelegationService]:
+    """The gateway's registry on SQLite, and on PostgreSQL when LPS_TEST_DATABASE_URL is set."""
+    async with seeded_registry(fresh_db_url) as service:
+        yield service
+
+
+@pytest.fixture
+async def api_url(mock_op: MockOperator, registry: DelegationService) -> AsyncIterator[str]:
+    async with serving_api(mock_op, registry) as url:
+        yield url
 
 
 class Api:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -10,7 +9,7 @@ import pytest_asyncio
 
 from delegation import DelegationService, Invalid, LocalBus, NotFound, create_engine, migrate, seed
 from delegation.service import fold
-from tests.conftest import postgres_database
+from tests.conftest import fresh_database
 from tests.delegation.conftest import BERNARD, CLAIRE_BAL, MARTIN, PERSONAS, Clock
 
 
@@ -32,17 +31,15 @@ async def searched(
 ) -> AsyncIterator[DelegationService]:
     """The same directory as `directory`, made once per database for the tests that only
     search it (a database each was nearly all of their time)."""
-    async with contextlib.AsyncExitStack() as stack:
-        if request.param == "sqlite":
-            url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('search') / 'delegation.db'}"
-        else:
-            url = await stack.enter_async_context(postgres_database())
+    async with fresh_database(request.param, tmp_path_factory.mktemp("search")) as url:
         await migrate(url)
         engine = create_engine(url)
-        stack.push_async_callback(engine.dispose)
-        service = DelegationService(engine, clock=Clock(), bus=LocalBus())
-        await seed(service, PERSONAS)
-        yield await with_entries(service)
+        try:
+            service = DelegationService(engine, clock=Clock(), bus=LocalBus())
+            await seed(service, PERSONAS)
+            yield await with_entries(service)
+        finally:
+            await engine.dispose()
 
 
 def test_fold() -> None:
