@@ -23,7 +23,7 @@ from psc_auth import (
     ValidationMode,
     ValidatorConfig,
 )
-from tests.conftest import persona_token
+from tests.conftest import client_tls, persona_token
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -47,7 +47,7 @@ def oidc(mock: MockOperator, name: str) -> str:
 
 @pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(timeout=10, verify=client_tls()) as client:
         yield client
 
 
