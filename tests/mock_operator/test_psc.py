@@ -60,6 +60,7 @@ def demo_client(mock: MockOperator) -> AsyncOAuth2Client:
         redirect_uri=REDIRECT,
         code_challenge_method="S256",
         timeout=10,
+        verify=client_tls(),
     )
 
 
