@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
+import ssl
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,9 +25,17 @@ REQUIRE_PEERS = os.environ.get("LPS_REQUIRE_PEERS") == "1"
 PG_URL = os.environ.get("LPS_TEST_DATABASE_URL")
 
 
+@functools.cache
+def client_tls() -> ssl.SSLContext:
+    """One TLS context for the tests' short-lived HTTP clients to the mock (plain HTTP, so
+    never used to connect): httpx loads the whole CA bundle for each new client otherwise,
+    20-40 ms, and tests ask for a token or two each."""
+    return ssl.create_default_context()
+
+
 async def persona_token(mock: MockOperator, persona: str = "dr-martin", **extra: Any) -> str:
     """A fresh PSC access token for a persona, from the running mock's test endpoint."""
-    async with httpx.AsyncClient(timeout=10) as http:
+    async with httpx.AsyncClient(timeout=10, verify=client_tls()) as http:
         answer = await http.post(f"{mock.http_url}/_test/token", json={"persona": persona, **extra})
     answer.raise_for_status()
     value: str = answer.json()["access_token"]
@@ -123,11 +133,19 @@ async def postgres_database() -> AsyncIterator[str]:
         await admin.close()
 
 
+@contextlib.asynccontextmanager
+async def fresh_database(kind: str, directory: Path) -> AsyncIterator[str]:
+    """An empty database (not migrated): "sqlite", a file in `directory`, or "postgresql",
+    one of its own on the test server."""
+    if kind == "sqlite":
+        yield f"sqlite+aiosqlite:///{directory / 'delegation.db'}"
+        return
+    async with postgres_database() as url:
+        yield url
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def fresh_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """An empty database (not migrated)."""
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'delegation.db'}"
-        return
-    async with postgres_database() as url:
+    async with fresh_database(request.param, tmp_path) as url:
         yield url

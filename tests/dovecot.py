@@ -81,13 +81,13 @@ class DovecotServer:
             if str(self.base).encode() not in Path(f"/proc/{pid}/cmdline").read_bytes():
                 raise ProcessLookupError(pid)
             os.kill(pid, signal.SIGTERM)
+            # the daemonised master's parent is init, which may reap it seconds after it
+            # exited: a zombie has let go of its port and files, so it counts as gone
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
+                if not _alive(pid):
                     break
-                time.sleep(0.05)
+                time.sleep(0.02)
             else:
                 os.kill(pid, signal.SIGKILL)
         shutil.rmtree(self.base, ignore_errors=True)

@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 
 from mock_operator.server import MockOperator
+from tests.conftest import client_tls
 
 
 async def historic_call(
@@ -16,7 +17,7 @@ async def historic_call(
     """One REST call with the master credentials; the `<op>Output` content (asserts 200)."""
     assert mock.master is not None
     basic = base64.b64encode(f"{mock.master.user}:{mock.master.password}".encode()).decode()
-    async with httpx.AsyncClient(timeout=10) as http:
+    async with httpx.AsyncClient(timeout=10, verify=client_tls()) as http:
         answer = await http.post(
             f"{mock.http_url}/mss-msg-services/services/{service}/rest/v1/{operation}",
             json={f"{operation}Input": payload},

@@ -21,9 +21,48 @@ from gateway.runtime.asgi_tls import TlsScopeH11
 
 
 class _EmbeddedServer(uvicorn.Server):
+    """uvicorn's server inside the caller's loop: the caller keeps the signals, and a stop
+    is acted on at once (uvicorn itself looks at `should_exit` every 0.1 s, which made
+    every stop of the gateway and of the mock wait for it)."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._exit_requested = asyncio.Event()
+
+    def request_exit(self) -> None:
+        self.should_exit = True
+        self._exit_requested.set()
+
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def main_loop(self) -> None:
+        """uvicorn's loop (a tick each 0.1 s: the Date header, the exit check), woken
+        early by `request_exit`."""
+        counter = 0
+        should_exit = await self.on_tick(counter)
+        while not should_exit:
+            counter = (counter + 1) % 864000
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.1):
+                    await self._exit_requested.wait()
+            should_exit = await self.on_tick(counter)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's shutdown, less its fixed 0.1 s wait for connections to take their
+        leave when no connection or request task is left to wait for."""
+        for server in self.servers:
+            server.close()  # no new connection from here on
+        if self.server_state.connections or self.server_state.tasks:
+            await super().shutdown(sockets)
+            return
+        for sock in sockets or []:
+            sock.close()
+        for server in self.servers:
+            await server.wait_closed()
+        if not self.force_exit:
+            await self.lifespan.shutdown()
 
 
 def bind_tcp(host: str, port: int) -> socket.socket:
@@ -134,7 +173,7 @@ class AsgiServer:
             await asyncio.sleep(0.01)
 
     async def stop(self) -> None:
-        self._server.should_exit = True
+        self._server.request_exit()
         if self._task is not None:
             await self._task
         self._socket.close()

@@ -78,9 +78,11 @@ class KeyRing:
         now = self._clock()
         if self._records:
             self._records[-1].retired_at = now
-        key = RSAKey.generate_key(KEY_BITS, private=True)
-        kid = key.thumbprint()
-        key = RSAKey.import_key(key.as_pem(private=True), {"kid": kid, "use": "sig"})
+        # the thumbprint as kid, set at generation (a PEM round trip to add it re-validated
+        # the whole private key, as long as generating it)
+        key = RSAKey.generate_key(KEY_BITS, parameters={"use": "sig"}, private=True, auto_kid=True)
+        kid = key.kid
+        assert kid is not None
         path = self._dir / f"{kid}.pem"
         write_private(path, key.as_pem(private=True))
         self._keys[kid] = key

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import AsyncIterator
 
 import httpx
+import pytest
+import pytest_asyncio
 
-from tests.api.conftest import Api
+from mock_operator.server import MockOperator
+from tests.api.conftest import Api, seeded_registry, serving_api
+from tests.conftest import fresh_database, quick_mock_settings
 
 MARTIN = "claire.martin@medecin.mssante.fr"
 DUPONT = "jean.dupont@medecin.mssante.fr"
@@ -23,7 +28,34 @@ def is_problem(answer: httpx.Response, status: int) -> dict[str, object]:
     return body
 
 
-async def test_me(api: Api):
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=["sqlite", "postgresql"])
+async def reader(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Api]:
+    """The API as `api` builds it, once per database for the tests that change nothing in
+    the registry (a mock and a database each were nearly all of their time); those that
+    grant keep an `api` each."""
+    directory = tmp_path_factory.mktemp("v1")
+    mock = MockOperator(quick_mock_settings(), directory / "mock")
+    await mock.start()
+    try:
+        async with (
+            fresh_database(request.param, directory) as url,
+            seeded_registry(url) as registry,
+            serving_api(mock, registry) as base,
+        ):
+            client = Api(base, mock)
+            try:
+                yield client
+            finally:
+                await client.http.aclose()
+    finally:
+        await mock.stop()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_me(reader: Api):
+    api = reader
     async with await api.as_("sec-bernard") as client:
         me = (await client.get("/v1/me")).json()
     assert me["idnat"] == BERNARD
@@ -31,14 +63,18 @@ async def test_me(api: Api):
     assert me["auth_means"] == "e-cps"
 
 
-async def test_no_or_bad_token_is_401_with_challenge(api: Api):
+@pytest.mark.asyncio(loop_scope="module")
+async def test_no_or_bad_token_is_401_with_challenge(reader: Api):
+    api = reader
     for headers in ({}, {"Authorization": "Bearer not.a.jwt"}, {"Authorization": "Basic eA=="}):
         answer = await api.http.get("/v1/me", headers=headers)
         is_problem(answer, 401)
         assert answer.headers["www-authenticate"] == 'Bearer error="invalid_token"'
 
 
-async def test_mailboxes_of_a_secretary(api: Api):
+@pytest.mark.asyncio(loop_scope="module")
+async def test_mailboxes_of_a_secretary(reader: Api):
+    api = reader
     async with await api.as_("sec-bernard") as client:
         boxes = (await client.get("/v1/mailboxes")).json()
     by_address = {b["address"]: b for b in boxes}
@@ -53,7 +89,9 @@ async def test_mailboxes_of_a_secretary(api: Api):
     assert set(martin) == {"address", "type", "rights", "via", "delegation_id", "holder"}
 
 
-async def test_own_mailbox_comes_first(api: Api):
+@pytest.mark.asyncio(loop_scope="module")
+async def test_own_mailbox_comes_first(reader: Api):
+    api = reader
     async with await api.as_("dr-leroy") as client:
         boxes = (await client.get("/v1/mailboxes")).json()
     assert boxes[0]["address"] == "paul.leroy@medecin.mssante.fr"
@@ -104,7 +142,9 @@ async def test_grant_list_received_revoke(api: Api):
         assert MARTIN not in [b["address"] for b in boxes]
 
 
-async def test_rules_give_problems(api: Api):
+@pytest.mark.asyncio(loop_scope="module")
+async def test_rules_give_problems(reader: Api):
+    api = reader
     async with await api.as_("dr-martin") as holder, await api.as_("sec-bernard") as secretary:
         url = f"/v1/mailboxes/{MARTIN}/delegations"
         is_problem(await secretary.get(url), 403)
@@ -122,7 +162,9 @@ async def test_rules_give_problems(api: Api):
         is_problem(await holder.delete(f"{url}/999999"), 404)
 
 
-async def test_directory_search(api: Api):
+@pytest.mark.asyncio(loop_scope="module")
+async def test_directory_search(reader: Api):
+    api = reader
     async with await api.as_("dr-martin") as client:
         found = (await client.get("/v1/directory", params={"q": "bernard"})).json()
         assert [e["idnat"] for e in found] == [BERNARD]

@@ -33,6 +33,7 @@ from gateway.mss.historic_ws import (
     SENT,
     TRASH,
 )
+from tests.conftest import client_tls
 from tests.support.historic_contract import Face, HistoricClient, Target, attachment
 from tests.support.waiting import eventually
 
@@ -46,7 +47,7 @@ BINARY = bytes(range(256)) * 3 + b"\r\n\x00fin"
 @pytest_asyncio.fixture(loop_scope="module", params=["rest", "soap"])
 async def client(target: Target, request: pytest.FixtureRequest) -> AsyncIterator[HistoricClient]:
     face: Face = request.param
-    async with httpx.AsyncClient(timeout=30) as http:
+    async with httpx.AsyncClient(timeout=30, verify=client_tls()) as http:
         yield HistoricClient(target, http, face)
 
 

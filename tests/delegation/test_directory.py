@@ -2,19 +2,44 @@
 
 from __future__ import annotations
 
-import pytest
+from collections.abc import AsyncIterator
 
-from delegation import DelegationService, Invalid, NotFound
+import pytest
+import pytest_asyncio
+
+from delegation import DelegationService, Invalid, LocalBus, NotFound, create_engine, migrate, seed
 from delegation.service import fold
-from tests.delegation.conftest import BERNARD, CLAIRE_BAL, MARTIN
+from tests.conftest import fresh_database
+from tests.delegation.conftest import BERNARD, CLAIRE_BAL, MARTIN, PERSONAS, Clock
+
+
+async def with_entries(service: DelegationService) -> DelegationService:
+    await service.upsert_directory_entry("899700000010", "Hélène", "LEFÈVRE-DUPRÉ", profession="60")
+    await service.upsert_directory_entry("899700000011", "Zoé", "Œuvray")
+    await service.upsert_directory_entry("899700000012", "Ana", "100%_Martinez")
+    return service
 
 
 @pytest.fixture
 async def directory(seeded: DelegationService) -> DelegationService:
-    await seeded.upsert_directory_entry("899700000010", "Hélène", "LEFÈVRE-DUPRÉ", profession="60")
-    await seeded.upsert_directory_entry("899700000011", "Zoé", "Œuvray")
-    await seeded.upsert_directory_entry("899700000012", "Ana", "100%_Martinez")
-    return seeded
+    return await with_entries(seeded)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=["sqlite", "postgresql"])
+async def searched(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[DelegationService]:
+    """The same directory as `directory`, made once per database for the tests that only
+    search it (a database each was nearly all of their time)."""
+    async with fresh_database(request.param, tmp_path_factory.mktemp("search")) as url:
+        await migrate(url)
+        engine = create_engine(url)
+        try:
+            service = DelegationService(engine, clock=Clock(), bus=LocalBus())
+            await seed(service, PERSONAS)
+            yield await with_entries(service)
+        finally:
+            await engine.dispose()
 
 
 def test_fold() -> None:
@@ -41,16 +66,18 @@ def test_fold() -> None:
         ("xyz", []),
     ],
 )
-async def test_search(directory: DelegationService, query: str, expected: list[str] | None) -> None:
-    found = await directory.directory_search(query)
+@pytest.mark.asyncio(loop_scope="module")
+async def test_search(searched: DelegationService, query: str, expected: list[str] | None) -> None:
+    found = await searched.directory_search(query)
     if expected is not None:
         assert [e.idnat for e in found] == expected
     else:
         assert len(found) == 10
 
 
-async def test_search_results_carry_names_and_addresses(directory: DelegationService) -> None:
-    [claire] = await directory.directory_search("claire")
+@pytest.mark.asyncio(loop_scope="module")
+async def test_search_results_carry_names_and_addresses(searched: DelegationService) -> None:
+    [claire] = await searched.directory_search("claire")
     assert (claire.given_name, claire.family_name, claire.display_name) == (
         "Claire",
         "MARTIN",
@@ -61,17 +88,19 @@ async def test_search_results_carry_names_and_addresses(directory: DelegationSer
     assert claire.addresses == (CLAIRE_BAL,)
 
 
-async def test_search_limit_and_order(directory: DelegationService) -> None:
-    found = await directory.directory_search("899700", limit=3)
+@pytest.mark.asyncio(loop_scope="module")
+async def test_search_limit_and_order(searched: DelegationService) -> None:
+    found = await searched.directory_search("899700", limit=3)
     assert [e.family_name for e in found] == ["100%_Martinez", "BERNARD", "DUPONT"]
     with pytest.raises(Invalid):
-        await directory.directory_search("899700", limit=0)
+        await searched.directory_search("899700", limit=0)
 
 
+@pytest.mark.asyncio(loop_scope="module")
 @pytest.mark.parametrize("query", ["", "ab", " a b ", "%_", "é-è", "x" * 257])
-async def test_short_or_long_queries_are_refused(directory: DelegationService, query: str) -> None:
+async def test_short_or_long_queries_are_refused(searched: DelegationService, query: str) -> None:
     with pytest.raises(Invalid) as raised:
-        await directory.directory_search(query)
+        await searched.directory_search(query)
     assert raised.value.reason == "bad-query"
 
 

@@ -9,17 +9,20 @@ import os
 import stat
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
+import pytest_asyncio
 
 from delegation.audit import AuditAction
 from gateway import admin_secret
 from gateway.admin_client import AdminClient, AdminRefused, AdminTarget, GatewayUnreachable
 from gateway.api.admin import LOCAL_ADMIN
 from gateway.settings import Settings
-from tests.support.stacks import Stack, gateway_settings
+from tests.conftest import quick_mock_settings
+from tests.support.stacks import Stack, gateway_settings, running_stack
 
 ADMIN = "899700000008"  # persona adm-roux
 LPS_GATEWAY = str(Path(sys.executable).parent / "lps-gateway")
@@ -28,6 +31,17 @@ LPS_GATEWAY = str(Path(sys.executable).parent / "lps-gateway")
 @pytest.fixture
 def stack_settings(tmp_path: Path) -> Settings:
     return gateway_settings(tmp_path / "gateway", admin={"idnats": [ADMIN]})
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def refusing(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    """One gateway for the credentials that must be refused (a stack each was nearly all of
+    their time): a refusal changes nothing the next one sees. Tests that count what was
+    audited or let someone in keep a gateway each."""
+    directory = tmp_path_factory.mktemp("admin-refusals")
+    settings = gateway_settings(directory / "gateway", admin={"idnats": [ADMIN]})
+    async with running_stack(settings, quick_mock_settings(), directory / "mock") as running:
+        yield running
 
 
 def _secret(stack: Stack) -> str:
@@ -78,9 +92,11 @@ async def test_the_local_secret_opens_admin_and_is_audited(stack: Stack) -> None
     assert mine[0].interface == "http"
 
 
+@pytest.mark.asyncio(loop_scope="module")
 async def test_the_secret_is_compared_in_constant_time(
-    stack: Stack, monkeypatch: pytest.MonkeyPatch
+    refusing: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    stack = refusing
     compared: list[tuple[bytes, bytes]] = []
     real = admin_secret.hmac.compare_digest
 
@@ -94,6 +110,7 @@ async def test_the_secret_is_compared_in_constant_time(
     assert compared == [(secret.encode(), (secret + "x").encode())]
 
 
+@pytest.mark.asyncio(loop_scope="module")
 @pytest.mark.parametrize(
     "authorization",
     [
@@ -105,14 +122,19 @@ async def test_the_secret_is_compared_in_constant_time(
     ],
 )
 async def test_wrong_or_missing_credentials_are_refused(
-    stack: Stack, authorization: str | None
+    refusing: Stack, authorization: str | None
 ) -> None:
+    stack = refusing
     answer = await _status(stack, authorization)
     assert answer.status_code == 401, answer.text
     assert "backends" not in answer.text
 
 
-async def test_a_secret_with_the_wrong_prefix_case_is_a_token_not_a_secret(stack: Stack) -> None:
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_secret_with_the_wrong_prefix_case_is_a_token_not_a_secret(
+    refusing: Stack,
+) -> None:
+    stack = refusing
     secret = _secret(stack)
     answer = await _status(stack, f"Bearer {secret.upper()}")
     assert answer.status_code == 401

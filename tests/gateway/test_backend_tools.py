@@ -10,15 +10,24 @@ import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
 from gateway.backends.base import Backend, MailboxAccess, digest
 from gateway.backends.errors import BackendCannot, BackendError, BackendNotFound
-from gateway.settings import MockSettings, Settings
+from gateway.settings import Settings
 from mock_operator.server import MockOperator
-from tests.support.stacks import Stack, configure_with, historic_backend, running_stack
+from tests.conftest import quick_mock_settings
+from tests.support.stacks import (
+    Stack,
+    configure_with,
+    gateway_settings,
+    historic_backend,
+    running_stack,
+)
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 MARTIN = "claire.martin@medecin.mssante.fr"
 DUPONT = "jean.dupont@medecin.mssante.fr"
@@ -53,12 +62,17 @@ def with_historic_imap(settings: Settings, mock: MockOperator) -> None:
     )
 
 
-@pytest.fixture
-async def both(
-    tmp_path: Path, stack_settings: Settings, mock_settings: MockSettings
-) -> AsyncIterator[Stack]:
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def both(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    """One stack for the module (a stack per test was nearly all its time): each test works on
+    messages of its own (fresh subjects, UIDs it appended) and compares with what it saw
+    before, so what another test left in a folder changes nothing."""
+    directory = tmp_path_factory.mktemp("backend-tools")
     async with running_stack(
-        stack_settings, mock_settings, tmp_path / "mock", with_historic_imap
+        gateway_settings(directory / "gateway"),
+        quick_mock_settings(),
+        directory / "mock",
+        with_historic_imap,
     ) as running:
         yield running
 
@@ -74,7 +88,7 @@ def backend(stack: Stack, name: str) -> Backend:
     return stack.gateway.router.backends[name]
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="module")
 async def tools(both: Stack, kind: Kind) -> AsyncIterator[MailboxAccess]:
     access = await backend(both, kind.backend).tools(kind.bal)
     try:

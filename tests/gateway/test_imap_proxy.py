@@ -10,19 +10,22 @@ import datetime as dt
 import imaplib
 import ssl
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
 from gateway.backends.imap_smtp.backend import ImapSmtpBackend
 from gateway.fronts.imap.relay import Relay
 from gateway.server import Gateway
 from gateway.settings import BackendSettings, MockSettings, Settings
+from tests.conftest import quick_mock_settings
 from tests.imap_raw import Lit, Raw
 from tests.support.imap import login
 from tests.support.sasl import xoauth2
-from tests.support.stacks import Stack, gateway_settings, identity, start_stack
+from tests.support.stacks import Stack, gateway_settings, identity, running_stack, start_stack
 from tests.support.waiting import until
 
 MARTIN = "claire.martin@medecin.mssante.fr"
@@ -51,10 +54,24 @@ async def audit(stack: Stack, mailbox: str) -> list[Any]:
     return await stack.gateway.delegations.audit_for(mailbox)
 
 
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def untouched(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    """One gateway (this module's settings) for the login and command checks that change
+    nothing (a stack each was most of their time): they select and read, or are refused,
+    so the seeded BAL stays as it was. Tests that append, revoke, count or break keep a
+    gateway each."""
+    directory = tmp_path_factory.mktemp("imap-proxy")
+    settings = gateway_settings(directory / "gateway", imap={"implicit_tls_port": 0})
+    async with running_stack(settings, quick_mock_settings(), directory / "mock") as running:
+        yield running
+
+
 # -- login -----------------------------------------------------------------------------------
 
 
-async def test_holder_opens_own_bal_with_empty_user_and_sees_the_backend(stack: Stack):
+@pytest.mark.asyncio(loop_scope="module")
+async def test_holder_opens_own_bal_with_empty_user_and_sees_the_backend(untouched: Stack):
+    stack = untouched
     client = await Raw.open(stack.imap_port)
     assert b"AUTH=XOAUTH2" in client.greeting
     assert b"STARTTLS" in client.greeting
@@ -77,7 +94,9 @@ async def test_holder_opens_own_bal_with_empty_user_and_sees_the_backend(stack: 
     await client.close()
 
 
-async def test_delegate_opens_delegated_bal_and_is_refused_elsewhere(stack: Stack):
+@pytest.mark.asyncio(loop_scope="module")
+async def test_delegate_opens_delegated_bal_and_is_refused_elsewhere(untouched: Stack):
+    stack = untouched
     client = await login(stack, "sec-bernard", MARTIN)
     assert b"* 3 EXISTS" in (await client.ok("SELECT INBOX")).untagged
     await client.close()
@@ -93,7 +112,9 @@ async def test_delegate_opens_delegated_bal_and_is_refused_elsewhere(stack: Stac
     await other.close()
 
 
-async def test_bad_token_gets_authenticationfailed_with_rfc7628_challenge(stack: Stack):
+@pytest.mark.asyncio(loop_scope="module")
+async def test_bad_token_gets_authenticationfailed_with_rfc7628_challenge(untouched: Stack):
+    stack = untouched
     client = await Raw.open(stack.imap_port)
     await client.send(
         b"A1 AUTHENTICATE XOAUTH2 " + xoauth2(MARTIN, "not.a.token").encode() + b"\r\n"
@@ -109,7 +130,9 @@ async def test_bad_token_gets_authenticationfailed_with_rfc7628_challenge(stack:
     await client.close()
 
 
-async def test_login_with_token_as_password_and_plain(stack: Stack):
+@pytest.mark.asyncio(loop_scope="module")
+async def test_login_with_token_as_password_and_plain(untouched: Stack):
+    stack = untouched
     token = await stack.token("dr-martin")
 
     def run() -> tuple[str, str]:
@@ -165,7 +188,9 @@ async def test_relay_carries_literals_both_ways_and_pipelined_commands(stack: St
     await client.close()
 
 
-async def test_commands_the_gateway_cannot_carry_are_answered_here(stack: Stack):
+@pytest.mark.asyncio(loop_scope="module")
+async def test_commands_the_gateway_cannot_carry_are_answered_here(untouched: Stack):
+    stack = untouched
     client = await login(stack, "dr-martin", MARTIN)
     assert (await client.command("STARTTLS")).status == "BAD"
     assert (await client.command("LOGIN a b")).status == "BAD"
@@ -177,7 +202,9 @@ async def test_commands_the_gateway_cannot_carry_are_answered_here(stack: Stack)
     await client.close()
 
 
-async def test_names_with_any_atom_char_go_through_without_a_drop(stack: Stack):
+@pytest.mark.asyncio(loop_scope="module")
+async def test_names_with_any_atom_char_go_through_without_a_drop(untouched: Stack):
+    stack = untouched
     """The relay parses commands with the engine's parser: an atom holding every ATOM-CHAR
     class is a name to refuse (NO), with wildcards a pattern to relay (OK), never BAD."""
     client = await login(stack, "dr-martin", MARTIN)

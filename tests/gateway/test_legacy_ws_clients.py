@@ -26,13 +26,14 @@ from typing import Any
 
 import aioimaplib
 import pytest
+import pytest_asyncio
 
 from gateway.imap import mutf7
 from gateway.settings import MockSettings, Settings
-from tests.conftest import require_peer
+from tests.conftest import quick_mock_settings, require_peer
 from tests.gateway.test_legacy_ws_imap import DUPONT
 from tests.historic import historic_call, historic_messages, historic_send
-from tests.support.stacks import Stack, configure_with, running_stack
+from tests.support.stacks import Stack, configure_with, gateway_settings, running_stack
 
 HOST = "127.0.0.1"
 TIMEOUT = 10.0
@@ -52,6 +53,21 @@ async def historic(
     configure = configure_with(poll_interval=0.5)
     async with running_stack(
         stack_settings, mock_settings, tmp_path / "mock", configure
+    ) as running:
+        yield running
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def unchanged(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    """`historic` once for the tests that only read (a stack each was most of their time):
+    they fetch with BODY.PEEK[], EXAMINE and search, so the BAL stays as seeded (the fetch
+    test checks that nothing was marked read). Tests that change it keep a stack each."""
+    directory = tmp_path_factory.mktemp("legacy-ws-reading")
+    async with running_stack(
+        gateway_settings(directory / "gateway"),
+        quick_mock_settings(),
+        directory / "mock",
+        configure_with(poll_interval=0.5),
     ) as running:
         yield running
 
@@ -324,14 +340,27 @@ class Aioimaplib(Mua):
 MUAS: dict[str, type[Imaplib] | type[Aioimaplib]] = {"imaplib": Imaplib, "aioimaplib": Aioimaplib}
 
 
-@pytest.fixture(params=sorted(MUAS))
-async def mua(request: pytest.FixtureRequest, historic: Stack) -> AsyncIterator[Mua]:
-    client = await MUAS[request.param].login(historic)
+@contextlib.asynccontextmanager
+async def logged_in(kind: str, stack: Stack) -> AsyncIterator[Mua]:
+    client = await MUAS[kind].login(stack)
     try:
         yield client
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(client.logout(), TIMEOUT)
+
+
+@pytest.fixture(params=sorted(MUAS))
+async def mua(request: pytest.FixtureRequest, historic: Stack) -> AsyncIterator[Mua]:
+    async with logged_in(request.param, historic) as client:
+        yield client
+
+
+@pytest_asyncio.fixture(loop_scope="module", params=sorted(MUAS))
+async def reader(request: pytest.FixtureRequest, unchanged: Stack) -> AsyncIterator[Mua]:
+    """`mua` on the shared stack of the reading tests."""
+    async with logged_in(request.param, unchanged) as client:
+        yield client
 
 
 def listed(lines: list[bytes]) -> dict[str, bytes]:
@@ -363,7 +392,11 @@ async def uids_by_id(mua: Mua, stack: Stack, folder_id: int = INBOX_ID) -> dict[
 # -- reading ----------------------------------------------------------------------------------
 
 
-async def test_list_shows_inbox_and_the_special_folders_of_the_services(mua: Mua, historic: Stack):
+@pytest.mark.asyncio(loop_scope="module")
+async def test_list_shows_inbox_and_the_special_folders_of_the_services(
+    reader: Mua, unchanged: Stack
+):
+    mua, historic = reader, unchanged
     folders = listed(await mua.list())
     names = await historic_folders(historic)
     assert "INBOX" in folders
@@ -372,7 +405,9 @@ async def test_list_shows_inbox_and_the_special_folders_of_the_services(mua: Mua
         assert special(folders, use) == names[folder_id], (use, folders)
 
 
-async def test_select_agrees_with_search_messages(mua: Mua, historic: Stack):
+@pytest.mark.asyncio(loop_scope="module")
+async def test_select_agrees_with_search_messages(reader: Mua, unchanged: Stack):
+    mua, historic = reader, unchanged
     inbox = await on_the_mock(historic, INBOX_ID)
     unread = await on_the_mock(historic, INBOX_ID, seen=False)
     selected = await mua.select("INBOX")
@@ -388,7 +423,9 @@ async def test_select_agrees_with_search_messages(mua: Mua, historic: Stack):
     assert (await mua.select(mutf7.encode(sent_name)))["EXISTS"] == len(sent)
 
 
-async def test_fetch_is_stable_sized_and_structured(mua: Mua, historic: Stack):
+@pytest.mark.asyncio(loop_scope="module")
+async def test_fetch_is_stable_sized_and_structured(reader: Mua, unchanged: Stack):
+    mua, historic = reader, unchanged
     inbox = {m["messageId"]: m for m in await on_the_mock(historic, INBOX_ID)}
     await mua.select("INBOX")
     first = await mua.bodies()
@@ -411,7 +448,9 @@ async def test_fetch_is_stable_sized_and_structured(mua: Mua, historic: Stack):
     )
 
 
-async def test_bodies_are_identical_across_clients(historic: Stack):
+@pytest.mark.asyncio(loop_scope="module")
+async def test_bodies_are_identical_across_clients(unchanged: Stack):
+    historic = unchanged
     first = await Imaplib.login(historic)
     second = await Aioimaplib.login(historic)
     try:
@@ -425,7 +464,9 @@ async def test_bodies_are_identical_across_clients(historic: Stack):
         await second.logout()
 
 
-async def test_search_agrees_with_the_services(mua: Mua, historic: Stack):
+@pytest.mark.asyncio(loop_scope="module")
+async def test_search_agrees_with_the_services(reader: Mua, unchanged: Stack):
+    mua, historic = reader, unchanged
     await mua.select("INBOX")
     by_id = await uids_by_id(mua, historic)
     cases: list[tuple[tuple[str, ...], dict[str, Any]]] = [
@@ -588,7 +629,9 @@ async def curl_run(
     return process.returncode, out, err
 
 
-async def test_curl_lists_and_examines(historic: Stack):
+@pytest.mark.asyncio(loop_scope="module")
+async def test_curl_lists_and_examines(unchanged: Stack):
+    historic = unchanged
     folders = listed([line for line in (await curl(historic, "/")).splitlines() if line])
     names = await historic_folders(historic)
     assert "INBOX" in folders
@@ -622,7 +665,9 @@ async def test_curl_fetches_by_uid_the_same_bytes_and_marks_seen(historic: Stack
     assert len(by_id) == len(bodies)
 
 
-async def test_curl_searches(historic: Stack):
+@pytest.mark.asyncio(loop_scope="module")
+async def test_curl_searches(unchanged: Stack):
+    historic = unchanged
     reference = await Imaplib.login(historic)
     try:
         await reference.select("INBOX")

@@ -291,12 +291,14 @@ async def test_a_move_heard_while_the_folder_is_read_is_not_left_behind(
     must not delete the message from where it went."""
     search = LegacyWsClient.search_messages
     slow_once = {"INBOX": True}
+    moved = asyncio.Event()
 
     async def slow_search(self: LegacyWsClient, bal: str, folder_id: Any = None, **kw: Any):
         found = await search(self, bal, folder_id, **kw)
         if folder_id == 2 and slow_once["INBOX"]:
             slow_once["INBOX"] = False
-            await asyncio.sleep(1.0)  # the move happens meanwhile
+            async with asyncio.timeout(10):
+                await moved.wait()  # the move happens meanwhile
         return found
 
     client = await login(legacy, "dr-dupont")
@@ -312,6 +314,7 @@ async def test_a_move_heard_while_the_folder_is_read_is_not_left_behind(
         "moveMessages",
         {"email": DUPONT, "messageIds": [victim], "destinationFolderId": 3},
     )
+    moved.set()
     await selecting
     assert await until_untagged(client, b"EXPUNGE", 5)
     in_inbox = len(await historic_messages(legacy.mock, DUPONT, 2))

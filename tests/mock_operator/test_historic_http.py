@@ -34,6 +34,7 @@ from mock_operator.historic.store import HistoricStore
 from mock_operator.modern.auth import MasterCredentials
 from mock_operator.personas import default_personas
 from mock_operator.server import sqlite_engine
+from tests.conftest import client_tls
 from tests.support.historic_contract import xml_field
 
 MASTER = MasterCredentials("lps-gateway", "gateway-secret")
@@ -96,7 +97,7 @@ async def hist(tmp_path: Path) -> AsyncIterator[Historic]:
 
 @pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(timeout=10, verify=client_tls()) as client:
         yield client
 
 

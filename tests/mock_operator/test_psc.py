@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import secrets
 import warnings
@@ -24,7 +23,7 @@ from psc_auth import (
     ValidationMode,
     ValidatorConfig,
 )
-from tests.conftest import persona_token
+from tests.conftest import client_tls, persona_token
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -48,7 +47,7 @@ def oidc(mock: MockOperator, name: str) -> str:
 
 @pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(timeout=10, verify=client_tls()) as client:
         yield client
 
 
@@ -61,6 +60,7 @@ def demo_client(mock: MockOperator) -> AsyncOAuth2Client:
         redirect_uri=REDIRECT,
         code_challenge_method="S256",
         timeout=10,
+        verify=client_tls(),
     )
 
 
@@ -439,6 +439,15 @@ async def start_ciba(
     )
 
 
+def ciba_later(mock: MockOperator, seconds: float) -> None:
+    """The CIBA broker's clock moved on by `seconds`: its pacing and expiry are what the
+    tests check, not seconds spent waiting for them."""
+    assert mock.psc is not None
+    broker = mock.psc.ciba
+    clock = broker._clock
+    broker._clock = lambda: clock() + seconds
+
+
 async def poll(oauth: AsyncOAuth2Client, mock: MockOperator, auth_req_id: str) -> dict[str, Any]:
     token: dict[str, Any] = await oauth.fetch_token(
         oidc(mock, "token"), grant_type=CIBA, auth_req_id=auth_req_id
@@ -471,7 +480,7 @@ async def test_ciba_approved_from_the_page(
         f"{mock_op.issuer}/ciba/{started['auth_req_id']}/approve", follow_redirects=True
     )
     assert approved.status_code == 200
-    await asyncio.sleep(6.1)  # the interval grew by 5 s after slow_down
+    ciba_later(mock_op, 6.1)  # the interval grew by 5 s after slow_down
     token = await poll(oauth, mock_op, started["auth_req_id"])
     validator = validator_for(mock_op)
     identity = await validator.validate(token["access_token"])
@@ -499,7 +508,7 @@ async def test_ciba_expired(
     assert mock_op.psc is not None
     mock_op.psc.ciba._expires_in = 1
     started = (await start_ciba(mock_op, http, "MOBILE")).json()
-    await asyncio.sleep(1.1)
+    ciba_later(mock_op, 1.1)
     with pytest.raises(OAuthError) as expired:
         await poll(oauth, mock_op, started["auth_req_id"])
     assert expired.value.error == "expired_token"
@@ -511,7 +520,7 @@ async def test_ciba_auto_approval(
     assert mock_op.psc is not None
     mock_op.psc.ciba._auto_approve_after = 0.5
     started = (await start_ciba(mock_op, http, "MOBILE")).json()
-    await asyncio.sleep(1.1)
+    ciba_later(mock_op, 1.1)
     token = await poll(oauth, mock_op, started["auth_req_id"])
     assert token["access_token"]
 

@@ -22,7 +22,7 @@ from mock_operator.psc.provider import MockPsc
 from mock_operator.psc.sessions import SessionStore
 from mock_operator.server import MockOperator, create_app, sqlite_engine
 from tests.browser import chromium
-from tests.conftest import persona_token, quick_mock_settings
+from tests.conftest import client_tls, persona_token, quick_mock_settings
 from tests.mock_operator.test_psc import demo_client, is_active, login, oidc, secret_of
 
 MOCK_OPERATOR = Path(sys.executable).parent / "mock-operator"
@@ -67,7 +67,7 @@ async def served_psc(
 
 @pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(timeout=10, verify=client_tls()) as client:
         yield client
 
 

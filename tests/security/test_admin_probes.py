@@ -5,18 +5,26 @@ never reaches a log line."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+import pytest_asyncio
 
-from gateway.settings import Settings
-from tests.support.stacks import Stack, gateway_settings
+from tests.conftest import quick_mock_settings
+from tests.support.stacks import Stack, gateway_settings, running_stack
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
-@pytest.fixture
-def stack_settings(tmp_path: Path) -> Settings:
-    return gateway_settings(tmp_path / "gateway", admin={"idnats": ["899700000008"]})
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    """One gateway for every probe (a stack each was nearly all of the module's time): a
+    refused request changes nothing the next probe sees."""
+    directory = tmp_path_factory.mktemp("admin-probes")
+    settings = gateway_settings(directory / "gateway", admin={"idnats": ["899700000008"]})
+    async with running_stack(settings, quick_mock_settings(), directory / "mock") as running:
+        yield running
 
 
 def _secret(stack: Stack) -> str:

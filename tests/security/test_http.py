@@ -24,6 +24,7 @@ from sqlalchemy import update
 from delegation.models import DelegationRow
 from gateway.settings import MockSettings
 from gateway.web.sessions import COOKIE
+from tests.conftest import client_tls
 from tests.support.stacks import Stack, gateway_settings, running_stack
 
 MAX_BODY = 4096
@@ -106,7 +107,7 @@ class Browser:
     is sent is said explicitly, so a planted or stale cookie is exactly the one meant."""
 
     def __init__(self) -> None:
-        self.http = httpx.AsyncClient(timeout=10)
+        self.http = httpx.AsyncClient(timeout=10, verify=client_tls())
 
     async def request(
         self, method: str, url: str, cookie: str | None = None, **kwargs: Any

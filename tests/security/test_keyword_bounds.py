@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
 from gateway.backends.legacy_ws.store import (
     MAX_FOLDER_KEYWORDS,
@@ -18,11 +19,18 @@ from gateway.backends.legacy_ws.store import (
     MAX_KEYWORDS,
 )
 from gateway.settings import MockSettings
+from tests.conftest import quick_mock_settings
 from tests.gateway.test_legacy_ws_imap import DUPONT, login
 from tests.gateway.test_legacy_ws_keywords import kept_rows
 from tests.historic import historic_messages, historic_send
 from tests.imap_raw import Lit, Raw, Reply
-from tests.support.stacks import Stack, configure_with, gateway_settings, start_stack
+from tests.support.stacks import (
+    Stack,
+    configure_with,
+    gateway_settings,
+    running_stack,
+    start_stack,
+)
 
 DRAFTS_ID = 6
 MESSAGE = b"From: jean.dupont@medecin.mssante.fr\r\nSubject: brouillon\r\n\r\nTexte.\r\n"
@@ -118,10 +126,25 @@ NOT_ATOMS = [
 ]
 
 
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def unwritten(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    """One historic stack for every probe that must write nothing (a stack each was most of
+    the module's time): whatever one of them wrote, the next would see in the table too."""
+    directory = tmp_path_factory.mktemp("not-atoms")
+    async with running_stack(
+        gateway_settings(directory / "gateway"),
+        quick_mock_settings(),
+        directory / "mock",
+        configure_with(),
+    ) as running:
+        yield running
+
+
+@pytest.mark.asyncio(loop_scope="module")
 @pytest.mark.parametrize("flags", NOT_ATOMS)
-async def test_keywords_that_are_not_atoms_are_refused(legacy: Stack, flags: bytes) -> None:
-    url = legacy.gateway.settings.database()
-    client, uids = await selected(legacy)
+async def test_keywords_that_are_not_atoms_are_refused(unwritten: Stack, flags: bytes) -> None:
+    url = unwritten.gateway.settings.database()
+    client, uids = await selected(unwritten)
     before = await fetch_flags(client, uids[0])
     reply = await client.command(b"UID STORE %d +FLAGS " % uids[0] + flags)
     assert reply.status == "BAD", reply

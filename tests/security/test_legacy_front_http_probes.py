@@ -33,7 +33,7 @@ from gateway.settings import Settings
 from mock_operator.historic.auth import CpsAuthority
 from mock_operator.personas import default_personas
 from mock_operator.server import MockOperator
-from tests.conftest import quick_mock_settings
+from tests.conftest import client_tls, quick_mock_settings
 from tests.gateway.legacy_front_support import DUPONT, MARTIN, ModernImap
 from tests.historic import historic_messages
 from tests.mock_operator.test_historic_http import (
@@ -100,7 +100,7 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
+    async with httpx.AsyncClient(timeout=30, trust_env=False, verify=client_tls()) as client:
         yield client
 
 

@@ -5,24 +5,44 @@ change nothing, and the page starts nothing."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
+import pytest_asyncio
 
-from gateway.settings import Settings
 from gateway.web.sessions import COOKIE
+from tests.conftest import quick_mock_settings
 from tests.support.pages import log_in
-from tests.support.stacks import Stack, gateway_settings
+from tests.support.stacks import Stack, gateway_settings, running_stack
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 ADMIN = "899700000008"  # adm-roux
 DUPONT = "jean.dupont@medecin.mssante.fr"
 JSON = "/ui/admin/migrations.json"
 
 
-@pytest.fixture
-def stack_settings(tmp_path: Path) -> Settings:
-    return gateway_settings(tmp_path / "gateway", admin={"idnats": [ADMIN]})
+async def running(directory: Path) -> AsyncIterator[Stack]:
+    settings = gateway_settings(directory / "gateway", admin={"idnats": [ADMIN]})
+    async with running_stack(settings, quick_mock_settings(), directory / "mock") as started:
+        yield started
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    """One gateway for the probes that read (a stack each was nearly all of the module's
+    time): each makes the same one record (`a_record`), and none of them adds another."""
+    async for started in running(tmp_path_factory.mktemp("migrations-page-probes")):
+        yield started
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def empty(tmp_path: Path) -> AsyncIterator[Stack]:
+    """A gateway of its own, without any record, for the probe that says nothing starts."""
+    async for started in running(tmp_path):
+        yield started
 
 
 async def a_record(stack: Stack) -> None:
@@ -116,7 +136,8 @@ async def test_query_strings_are_ignored(stack: Stack) -> None:
                 assert reflected not in page.text
 
 
-async def test_the_page_starts_nothing(stack: Stack) -> None:
+async def test_the_page_starts_nothing(empty: Stack) -> None:
+    stack = empty
     site = stack.gateway.http_url
     async with httpx.AsyncClient(timeout=10) as http:
         await log_in(http, site, "adm-roux")

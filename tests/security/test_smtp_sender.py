@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import email
 import smtplib
+from collections.abc import AsyncIterator
 
 import aiosmtplib
 import pytest
+import pytest_asyncio
 
 from psc_auth import Identity
+from tests.conftest import quick_mock_settings
 from tests.gateway.test_legacy_ws_smtp import DUPONT, INBOX, PETIT, titled
 from tests.gateway.test_smtp_front import (
     NIL,
@@ -24,7 +27,7 @@ from tests.gateway.test_smtp_front import (
     smtplib_session,
     subject,
 )
-from tests.support.stacks import Stack
+from tests.support.stacks import Stack, gateway_settings, running_stack
 
 CLAIRE = "claire.martin@medecin.mssante.fr"  # dr-martin's; sec-bernard: read, write, send
 EVE = "eve.moreau@medecin.mssante.fr"  # dr-moreau's
@@ -37,11 +40,24 @@ def raw_message(*header_lines: str, title: str, body: str = "Bonjour.") -> bytes
     return ("\r\n".join(lines) + "\r\n\r\n" + body + "\r\n").encode()
 
 
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    """One gateway for the checks of what a message says (a stack each was most of their
+    time): each sends under a subject of its own and looks for that subject only. The
+    tests that change delegations or count messages keep a gateway each."""
+    directory = tmp_path_factory.mktemp("smtp-sender")
+    async with running_stack(
+        gateway_settings(directory / "gateway"), quick_mock_settings(), directory / "mock"
+    ) as running:
+        yield running
+
+
 async def identity(stack: Stack, persona: str) -> Identity:
     assert stack.gateway.validator is not None
     return await stack.gateway.validator.validate(await stack.token(persona))
 
 
+@pytest.mark.asyncio(loop_scope="module")
 @pytest.mark.parametrize(
     ("lines", "shown"),
     [
@@ -52,15 +68,15 @@ async def identity(stack: Stack, persona: str) -> Identity:
     ],
 )
 async def test_a_header_line_the_check_cannot_read_is_refused_with_5_6_0(
-    stack: Stack, lines: list[str], shown: str
+    shared: Stack, lines: list[str], shown: str
 ) -> None:
     """The reviewer's case first: ``From : eve`` after a good From, which Python's parser
     drops and a receiving platform may show."""
     title = subject()
-    token = await stack.token("dr-martin")
+    token = await shared.token("dr-martin")
 
     def send() -> None:
-        with smtplib_session(stack.smtp_port, CLAIRE, token) as smtp:
+        with smtplib_session(shared.smtp_port, CLAIRE, token) as smtp:
             smtp.sendmail(CLAIRE, [EVE], raw_message(*lines, title=title))
 
     with pytest.raises(smtplib.SMTPDataError) as refused:
@@ -69,34 +85,36 @@ async def test_a_header_line_the_check_cannot_read_is_refused_with_5_6_0(
     text = refused.value.smtp_error.decode()
     assert text.startswith("5.6.0")
     assert shown in text
-    assert await received(stack, EVE, title) == []
+    assert await received(shared, EVE, title) == []
 
 
+@pytest.mark.asyncio(loop_scope="module")
 @pytest.mark.parametrize(
     "sender_field",
     [f"Sender: {EVE}", f"sender: Eve MOREAU <{EVE}>", f"SENDER:\r\n {EVE}"],
 )
 async def test_a_sender_field_of_the_clients_never_reaches_the_recipient(
-    stack: Stack, sender_field: str
+    shared: Stack, sender_field: str
 ) -> None:
     """Holder and delegate alike: the client's Sender is removed, the gateway writes the one
     it means (none for the holder: From names the author)."""
     title = subject()
     raw = raw_message(f"From: {CLAIRE}", f"To: {EVE}", sender_field, title=title)
-    async with client(stack, "dr-martin", CLAIRE) as smtp:
+    async with client(shared, "dr-martin", CLAIRE) as smtp:
         await smtp.sendmail(CLAIRE, [EVE], raw)
-    [delivered] = await received(stack, EVE, title)
+    [delivered] = await received(shared, EVE, title)
     assert email.message_from_bytes(delivered).get_all("Sender") is None
     assert EVE.encode() not in delivered.split(b"\r\nTo:", 1)[0]
 
     title = subject()
     raw = raw_message(f"From: {CLAIRE}", f"To: {EVE}", sender_field, title=title)
-    async with client(stack, "sec-bernard", CLAIRE) as smtp:
+    async with client(shared, "sec-bernard", CLAIRE) as smtp:
         await smtp.sendmail(CLAIRE, [EVE], raw)
-    [delivered] = await received(stack, EVE, title)
+    [delivered] = await received(shared, EVE, title)
     assert email.message_from_bytes(delivered).get_all("Sender") == [f"Sophie BERNARD <{CLAIRE}>"]
 
 
+@pytest.mark.asyncio(loop_scope="module")
 @pytest.mark.parametrize(
     "from_value",
     [
@@ -106,17 +124,17 @@ async def test_a_sender_field_of_the_clients_never_reaches_the_recipient(
     ],
 )
 async def test_a_display_name_naming_another_address_is_refused(
-    stack: Stack, from_value: str
+    shared: Stack, from_value: str
 ) -> None:
     title = subject()
-    async with client(stack, "dr-martin", CLAIRE) as smtp:
+    async with client(shared, "dr-martin", CLAIRE) as smtp:
         with pytest.raises(aiosmtplib.SMTPDataError) as refused:
             await smtp.sendmail(
                 CLAIRE, [EVE], raw_message(f"From: {from_value}", f"To: {EVE}", title=title)
             )
     assert refused.value.code == 550
     assert refused.value.message.startswith("5.7.1")
-    assert await received(stack, EVE, title) == []
+    assert await received(shared, EVE, title) == []
 
 
 async def _delegation_id(stack: Stack, holder: Identity, bal: str, delegate: str) -> int:

@@ -13,27 +13,34 @@ import hmac
 import json
 import logging
 import smtplib
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
-from gateway.settings import Settings
+from tests.conftest import quick_mock_settings
 from tests.gateway.test_smtp_front import smtplib_session
 from tests.imap_raw import Raw
 from tests.security.test_slow_clients import refused_login
 from tests.support.sasl import xoauth2_b64
-from tests.support.stacks import Stack, gateway_settings
+from tests.support.stacks import Stack, gateway_settings, running_stack
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 CLAIRE = "claire.martin@medecin.mssante.fr"  # sec-bernard: read, write, send
 EVE = "eve.moreau@medecin.mssante.fr"  # nobody's but dr-moreau's
 
 
-@pytest.fixture
-def stack_settings(tmp_path: Path) -> Settings:
-    """Many failures from one address on purpose: the throttle is tested elsewhere."""
-    return gateway_settings(tmp_path / "gateway", limits={"max_failed_logins": 10_000})
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    """One gateway for every probe (a stack each would cost ~40 starts): each probe only fails to
+    log in or to send, which changes nothing the next one sees. Many failures from one
+    address on purpose: the throttle is tested elsewhere."""
+    directory = tmp_path_factory.mktemp("tokens-and-addresses")
+    settings = gateway_settings(directory / "gateway", limits={"max_failed_logins": 10_000})
+    async with running_stack(settings, quick_mock_settings(), directory / "mock") as running:
+        yield running
 
 
 def b64(data: bytes) -> str:

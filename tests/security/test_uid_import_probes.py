@@ -9,15 +9,32 @@ from typing import Any
 
 import httpx
 import pytest
+import pytest_asyncio
 
 from mock_operator.server import MockOperator
+from tests.conftest import quick_mock_settings
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 BAL = "import.cible@medecin.mssante.fr"
 WHEN = "2026-03-02T10:00:00+01:00"
 MESSAGE = b"Subject: import\r\n\r\nbonjour\r\n"
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def mock_op(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[MockOperator]:
+    """One mock for the module's probes: the refused ones compare the folder before and
+    after, and none of them changes it, so the one import that succeeds still finds the
+    folder new."""
+    operator = MockOperator(quick_mock_settings(), tmp_path_factory.mktemp("uid-import"))
+    await operator.start()
+    try:
+        yield operator
+    finally:
+        await operator.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
 async def http(mock_op: MockOperator) -> AsyncIterator[httpx.AsyncClient]:
     assert mock_op.platform is not None
     assert mock_op.master is not None
