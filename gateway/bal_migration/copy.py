@@ -96,10 +96,13 @@ class VerifyReport:
 
 
 class _Pace:
-    """At most `rate` source messages a second (None: as fast as it goes)."""
+    """At most `rate` source messages a second (None: as fast as it goes). A throttled
+    copy works in batches of about a second's messages: its checkpoints and progress
+    keep coming at that pace, not once per `BATCH`."""
 
     def __init__(self, rate: float | None) -> None:
         self.interval = 1.0 / rate if rate else 0.0
+        self.batch = min(BATCH, max(1, int(rate))) if rate else BATCH
         self.next = time.monotonic()
 
     async def wait(self) -> None:
@@ -401,14 +404,14 @@ async def _append_ready(
     return uids
 
 
-def _batches(appends: Sequence[Append]) -> Iterator[Sequence[Append]]:
-    """The appends in groups of at most `BATCH` messages and `FETCH_BYTES` bytes (by the
+def _batches(appends: Sequence[Append], most: int = BATCH) -> Iterator[Sequence[Append]]:
+    """The appends in groups of at most `most` messages and `FETCH_BYTES` bytes (by the
     listing's sizes; a larger message alone): one read, one intent, one APPEND burst and
     one completion each, and a bounded amount of bytes in memory."""
     start = 0
     while start < len(appends):
         end, weight = start + 1, appends[start].size
-        while end < len(appends) and end - start < BATCH:
+        while end < len(appends) and end - start < most:
             if weight + appends[end].size > FETCH_BYTES:
                 break
             weight += appends[end].size
@@ -424,7 +427,7 @@ async def _read_ahead(
     checkpoints this one: the source and the target are two connections, so neither
     waits for the other, and at most two batches are in memory. Close it (aclosing): a
     read under way is cancelled then."""
-    batches = iter(_batches(appends))
+    batches = iter(_batches(appends, pace.batch))
     first = next(batches, None)
     pending = None if first is None else asyncio.ensure_future(_read(source, folder, first, pace))
     try:

@@ -65,18 +65,17 @@ async def send_to_dupont(stack: Stack, subject: str) -> None:
     await asyncio.to_thread(send)
 
 
+async def dupont_through_gateway(stack: Stack) -> Target:
+    """Dr DUPONT's LPS on the historic web services, through the gateway's legacy front."""
+    token = await stack.token("dr-dupont")
+    bearer = {"Authorization": f"Bearer {token}"}
+    return Target("gateway", stack.gateway.http_url, bearer, DUPONT, DUPONT_IDNAT, MARTIN)
+
+
 async def legacy_view(stack: Stack) -> tuple[dict[str, tuple[int, str, str]], set[int], str]:
     """What an LPS on the historic web services sees of DUPONT's BAL through the gateway:
     messageId → (folderId, subject, date), the folder ids, and a syncMessages token."""
-    token = await stack.token("dr-dupont")
-    target = Target(
-        "gateway",
-        stack.gateway.http_url,
-        {"Authorization": f"Bearer {token}"},
-        DUPONT,
-        DUPONT_IDNAT,
-        MARTIN,
-    )
+    target = await dupont_through_gateway(stack)
     async with httpx.AsyncClient(timeout=60) as http:
         historic = HistoricClient(target, http, "rest")
         synced = await historic.ok("Item", "syncMessages", historic.mine())
@@ -153,15 +152,7 @@ async def test_copy_cutover_trailing_rollback(demo: Stack, tmp_path: Path) -> No
     assert await inbox(demo, "historic") == on_historic
 
     # an LPS on the historic web services, through the gateway, lists and reads it
-    token = await demo.token("dr-dupont")
-    target = Target(
-        "gateway",
-        demo.gateway.http_url,
-        {"Authorization": f"Bearer {token}"},
-        DUPONT,
-        DUPONT_IDNAT,
-        MARTIN,
-    )
+    target = await dupont_through_gateway(demo)
     async with httpx.AsyncClient(timeout=60) as http:
         historic = HistoricClient(target, http, "rest")
         folders = await historic.ok("Folder", "listFolders", historic.mine())

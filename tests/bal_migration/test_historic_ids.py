@@ -18,10 +18,10 @@ import pytest
 from gateway.mss.historic_ws import INBOX
 from gateway.settings import MockSettings, Settings
 from mock_operator.server import MockOperator
-from tests.bal_migration.test_cutover import DUPONT_IDNAT, MARTIN, legacy_view
+from tests.bal_migration.test_cutover import MARTIN, dupont_through_gateway, legacy_view
 from tests.bal_migration.test_migrate_command import ADMIN
 from tests.gateway.test_backend_tools import DUPONT
-from tests.support.historic_contract import HistoricClient, Target
+from tests.support.historic_contract import HistoricClient
 from tests.support.stacks import Stack, gateway_settings, historic_backend, mock_backend
 from tests.support.stacks import running_stack as run_stack
 from tests.support.waiting import until
@@ -91,15 +91,7 @@ async def seed(stack: Stack) -> None:
     moving = await store.deliver_mime(DUPONT, _letter("À classer", "dossier 42"), INBOX)
     await store.move_messages(DUPONT, [moving.message_id], biology.id)
     # composed by the web services: a sent copy and a draft (rebuilt on the IMAP side)
-    token = await stack.token("dr-dupont")
-    target = Target(
-        "gateway",
-        stack.gateway.http_url,
-        {"Authorization": f"Bearer {token}"},
-        DUPONT,
-        DUPONT_IDNAT,
-        MARTIN,
-    )
+    target = await dupont_through_gateway(stack)
     async with httpx.AsyncClient(timeout=60) as http:
         client = HistoricClient(target, http, "rest")
         message = {
