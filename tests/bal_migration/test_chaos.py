@@ -1,7 +1,9 @@
 """The chaos test's first half (issue 14 §2): a workload of deliveries and client changes
 runs on the source BAL while `copy_bal` is interrupted at random points, by cancelling its
-task after a random number of APPENDs and by ``kill -9`` of a child process running it
-(tests/bal_migration/chaos_copy.py) between an APPEND and its checkpoint; once the
+task during or after a random APPEND (wherever the copy then is: a read, an intent, a
+completion) and by ``kill -9`` of a child process running it
+(tests/bal_migration/chaos_copy.py) after a random number of APPENDs, their batch done and
+its checkpoint not yet written (the child waits there to be killed); once the
 workload stops, a last run completes. Then `verify_bal` is clean, no message is on the
 target twice, and the target holds exactly what the workload's own ledger says.
 
