@@ -1,9 +1,10 @@
-"""`mock-operator`: run the mock operator, or ask a running one for a persona's token or to
-end a persona's PSC sessions."""
+"""`mock-operator`: run the mock operator, ask a running one for a persona's token or to
+end a persona's PSC sessions, or build an IHE_XDM.ZIP for a vendor's own tests."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,7 +19,9 @@ from gateway.runtime.lifecycle import run_until_signalled
 from gateway.runtime.logs import configure_logging
 from gateway.settings import load_settings
 from mock_operator.personas import default_personas
+from mock_operator.seed import cda_document
 from mock_operator.server import MockOperator
+from mock_operator.xdm import MAX_CDA_BYTES, CdaError, build_xdm
 
 DEFAULT_URL = "http://127.0.0.1:8090"
 app = typer.Typer(
@@ -185,6 +188,48 @@ def card(
     typer.echo(f"certificate: {cert_path}")
     typer.echo(f"key:         {key_path}")
     typer.echo(f"card CA:     {authority.certificate_path}")
+
+
+@app.command()
+def xdm(
+    cda: Annotated[
+        Path | None, typer.Option(help="A CDA R2 document (XML); default: a built-in sample")
+    ] = None,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Where to write the archive (mode 0600)")
+    ] = Path("IHE_XDM.ZIP"),
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object: file, size, headers, subject")
+    ] = False,
+) -> None:
+    """Build an IHE_XDM.ZIP (METADATA.XML, the CDA, INDEX.HTM, README.TXT) from a CDA
+    document, and print the X-MSS headers and the subject of the message that carries it."""
+    if cda is None:
+        data = cda_document()
+    else:
+        try:
+            with cda.open("rb") as handle:
+                data = handle.read(MAX_CDA_BYTES + 1)
+        except OSError as exc:
+            err.print(f"{cda}: {exc.strerror or exc}")
+            raise typer.Exit(1) from None
+    try:
+        built = build_xdm(data)
+    except CdaError as exc:
+        err.print(f"{cda}: {exc}")
+        raise typer.Exit(1) from None
+    write_private(output, built.archive)
+    headers = dict(built.headers())
+    if as_json:
+        facts = {"file": str(output), "size": len(built.archive), "headers": headers}
+        typer.echo(json.dumps({**facts, "subject": built.subject}, ensure_ascii=False))
+        return
+    entries = "METADATA.XML, DOC0001.XML, INDEX.HTM, README.TXT"
+    typer.echo(f"{output} : {len(built.archive)} octets ({entries})")
+    typer.echo("À joindre sous le nom IHE_XDM.ZIP, au message qui porte ces en-têtes :")
+    for name, value in headers.items():
+        typer.echo(f"{name}: {value}")
+    typer.echo(f"Subject: {built.subject}")
 
 
 @app.command()

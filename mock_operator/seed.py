@@ -7,14 +7,13 @@ so tests can rely on them and a re-seed does not duplicate anything.
 from __future__ import annotations
 
 import datetime as dt
-import io
-import zipfile
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime
 
 from mock_operator.personas import Persona
+from mock_operator.xdm import build_xdm
 
 SOFTWARE_NIL = "MOCK-LPS-0001"  # the convergence-portal registration number of the seeded LPS
 CDA_CODE = "11490-0"  # LOINC: lettre de liaison à la sortie d'un établissement de soins
@@ -57,32 +56,7 @@ def cda_document(code: str = CDA_CODE) -> bytes:
 
 def ihe_xdm_zip(code: str = CDA_CODE) -> bytes:
     """An IHE_XDM.ZIP: METADATA.XML names the patient, DOC0001.XML is the CDA document."""
-    metadata = f"""<?xml version="1.0" encoding="UTF-8"?>
-<lcm:SubmitObjectsRequest xmlns:lcm="urn:oasis:names:tc:ebxml-regrep:xsd:lcm:3.0"
-  xmlns:rim="urn:oasis:names:tc:ebxml-regrep:xsd:rim:3.0">
-  <rim:RegistryObjectList>
-    <rim:ExtrinsicObject id="DOC0001" mimeType="text/xml">
-      <rim:ExternalIdentifier identificationScheme="urn:uuid:58a6f841-87b3-4a3e-92fd-a8ffeff98427"
-        value="{PATIENT_INS}^^^&amp;1.2.250.1.213.1.4.8&amp;ISO" id="ei1"/>
-      <rim:Classification classificationScheme="urn:uuid:f0306f51-975f-434e-a61c-c59651d33983"
-        nodeRepresentation="{code}" classifiedObject="DOC0001" id="cl1"/>
-    </rim:ExtrinsicObject>
-  </rim:RegistryObjectList>
-</lcm:SubmitObjectsRequest>
-""".encode()
-    buffer = io.BytesIO()
-    stamp = (2026, 11, 2, 9, 15, 0)
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, data in (
-            ("INDEX.HTM", b"<html><body>IHE_XDM</body></html>"),
-            ("README.TXT", b"Archive IHE_XDM produite par un LPS de test."),
-            ("IHE_XDM/SUBSET01/METADATA.XML", metadata),
-            ("IHE_XDM/SUBSET01/DOC0001.XML", cda_document(code)),
-        ):
-            info = zipfile.ZipInfo(name, date_time=stamp)
-            info.compress_type = zipfile.ZIP_DEFLATED
-            archive.writestr(info, data)
-    return buffer.getvalue()
+    return build_xdm(cda_document(code)).archive
 
 
 def _message(
