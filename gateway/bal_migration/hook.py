@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import subprocess
 from collections.abc import Sequence
 
 log = logging.getLogger(__name__)
@@ -28,25 +29,26 @@ async def run_hook(
         command = [part.format_map(values) for part in argv]
     except (KeyError, ValueError, IndexError) as exc:
         return f"not started: mta_hook names an unknown field {exc}"[:OUTPUT_KEPT]
+    # subprocess.Popen, waited for in a thread: Python 3.11's asyncio child watcher can lose
+    # the race to reap a child and report 255 for a hook that succeeded (CPython gh-86276)
     try:
-        process = await asyncio.create_subprocess_exec(
-            *command,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
+        process = await asyncio.to_thread(
+            subprocess.Popen,
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
     except OSError as exc:
         return f"not started: {exc}"[:OUTPUT_KEPT]
     try:
-        async with asyncio.timeout(seconds):
-            output, _ = await process.communicate()
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        await process.wait()
+        output, _ = await asyncio.to_thread(process.communicate, timeout=seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        await asyncio.to_thread(process.communicate)
         return f"timed out after {seconds:g} s"
     finally:
-        if process.returncode is None:  # cancelled: the hook does not outlive its job
+        if process.poll() is None:  # cancelled: the hook does not outlive its job
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
     if process.returncode == 0:

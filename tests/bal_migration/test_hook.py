@@ -3,10 +3,14 @@ line; its outcome is reported, whatever it does."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 
+import pytest
+
 from gateway.bal_migration.hook import run_hook
+from tests.support.waiting import until
 
 MOVE = {"bal": "jean.dupont@medecin.mssante.fr", "source": "historic", "target": "modern"}
 
@@ -40,3 +44,27 @@ async def test_failures_are_reported() -> None:
         [sys.executable, "-c", "import time; time.sleep(600)"], **MOVE, seconds=0.5
     )
     assert slow == "timed out after 0.5 s"
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, dead but not yet reaped, counts as ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+async def test_a_cancelled_job_leaves_no_hook_behind(tmp_path: Path) -> None:
+    started = tmp_path / "pid"
+    script = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(600)"
+    hook = asyncio.create_task(
+        run_hook([sys.executable, "-c", script, str(started)], **MOVE, seconds=600)
+    )
+    await until(lambda: started.exists() and started.read_text() != "", "the hook started")
+    pid = int(started.read_text())
+    assert _alive(pid)
+    hook.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await hook
+    await until(lambda: not _alive(pid), "the hook killed with its job")
