@@ -101,11 +101,15 @@ def _text_of(part: Message) -> str:
 
 
 def _leaf_bytes(part: Message) -> bytes:
-    if part.get_content_type() == "message/rfc822":
+    """A leaf's octets; a message/* part whole: the message (rfc822), or its blocks of
+    fields one after the other (delivery-status, disposition-notification)."""
+    if part.get_content_maintype() == "message":
         inner = part.get_payload()
-        if isinstance(inner, list) and inner and isinstance(inner[0], Message):
-            return inner[0].as_bytes(policy=SMTP)
-        return b""
+        if isinstance(inner, list):
+            blocks = [m.as_bytes(policy=SMTP) for m in inner if isinstance(m, Message)]
+            return b"".join(blocks[:1] if part.get_content_type() == "message/rfc822" else blocks)
+        raw = part.get_payload(decode=True)
+        return raw if isinstance(raw, bytes) else b""
     raw = part.get_payload(decode=True)
     return raw if isinstance(raw, bytes) else b""
 
@@ -117,7 +121,9 @@ def _leaves(message: Message) -> list[tuple[str, Message]]:
     def walk(part: Message, number: str, depth: int) -> None:
         if depth > MAX_DEPTH or len(found) >= MAX_PARTS:
             raise HistoricError(INVALID_FORMAT, "structure MIME trop profonde ou trop de parties")
-        if part.is_multipart() and part.get_content_type() != "message/rfc822":
+        # a message/* part is one leaf, as IMAP numbers it: a report's fields (an MDN's
+        # disposition, a DSN's status) stay one part of their type, not a text/plain
+        if part.get_content_maintype() == "multipart" and part.is_multipart():
             children = part.get_payload()
             assert isinstance(children, list)
             for index, child in enumerate(children, 1):
@@ -280,6 +286,17 @@ def build_mime(composition: Composition, *, with_bcc: bool, boundary: str | None
             message.add_attachment(forwarded, filename=file_name)
             continue
         maintype, _, subtype = content_type.partition("/")
+        lines = data.splitlines()
+        itself = b"\0" not in data and all(len(line) <= 998 for line in lines)
+        if boundary is not None and boundary.encode("utf-8", "replace") in data:
+            itself = False  # never a line that would end the part early
+        if maintype == "message" and itself:
+            # a report's fields (RFC 3464, 8098) as themselves, as RFC 2046 wants message/*
+            cte = "7bit" if data.isascii() else "8bit"
+            message.add_attachment(
+                data, maintype=maintype, subtype=subtype, cte=cte, filename=file_name
+            )
+            continue
         message.add_attachment(data, maintype=maintype, subtype=subtype, filename=file_name)
     if boundary is not None and message.is_multipart():
         message.set_boundary(boundary)

@@ -179,6 +179,43 @@ async def test_a_forwarded_message_stays_readable_on_the_platform(legacy: Stack)
         assert inner.get_content().replace("\r\n", "\n") == "Hémoglobine : 12,8 g/dL.\n"
 
 
+def read_receipt(title: str) -> bytes:
+    """An RFC 8098 MDN as an LPS sends it when its user reads a message that asked for
+    one: multipart/report of a text for people and the machine-readable report."""
+    return (
+        f"From: {DUPONT}\r\nTo: {PETIT}\r\nSubject: {title}\r\n"
+        "Date: Mon, 07 Dec 2026 10:00:00 +0100\r\nMessage-ID: <mdn.1@medecin.mssante.fr>\r\n"
+        f"X-MSS-NIL: {NIL}\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/report; report-type=disposition-notification; boundary="R"\r\n'
+        "\r\n--R\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+        "Le message « Demande d'accusé de lecture » a été lu.\r\n"
+        "\r\n--R\r\nContent-Type: message/disposition-notification\r\n\r\n"
+        "Reporting-UA: lps.example; Mon LPS 4.2\r\n"
+        f"Original-Recipient: rfc822;{DUPONT}\r\nFinal-Recipient: rfc822;{DUPONT}\r\n"
+        "Original-Message-ID: <demande.7@sage-femme.mssante.fr>\r\n"
+        "Disposition: manual-action/MDN-sent-manually; displayed\r\n"
+        "\r\n--R--\r\n"
+    ).encode()
+
+
+async def test_a_read_receipt_keeps_its_report(legacy: Stack):
+    """An MDN sent from a historic BAL (ECO.3.1.6, RFC 8098) is not flattened: the platform
+    gets the text for people as the body and the report part whole, with its content type,
+    in the recipient's copy and in Sent."""
+    title = subject()
+    token = await legacy.token("dr-dupont")
+    assert await asyncio.to_thread(smtplib_send, legacy, token, read_receipt(title), [PETIT]) == {}
+    for bal, folder_id in ((PETIT, INBOX), (DUPONT, SENT)):
+        (found,) = await titled(legacy, bal, folder_id, title)
+        assert "a été lu" in found["body"]
+        (report,) = found["attachments"]
+        assert report["contentType"] == "message/disposition-notification"
+        fields = await historic_attachment(legacy.mock, bal, found, report)
+        assert b"Disposition: manual-action/MDN-sent-manually; displayed" in fields
+        assert b"Original-Message-ID: <demande.7@sage-femme.mssante.fr>" in fields
+        assert f"Final-Recipient: rfc822;{DUPONT}".encode() in fields
+
+
 async def test_the_envelope_decides_who_receives(legacy: Stack):
     """Bcc only in the envelope reaches its recipient unseen by the others; an address only
     in the headers receives nothing."""
