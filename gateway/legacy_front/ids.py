@@ -229,11 +229,7 @@ class BalIds:
         the same versions (a read then a write would let both read the same value)."""
         if count <= 0:
             return 0
-        where = and_(historic_sync.c.backend == self.backend, historic_sync.c.bal == self.bal)
-        advanced = (
-            update(historic_sync).where(where).values(counter=historic_sync.c.counter + count)
-        )
-        counter = await db.scalar(advanced.returning(historic_sync.c.counter))
+        counter = await self._advance(db, "counter", count)
         if counter is None:  # the BAL's first change
             await db.execute(
                 insert(historic_sync).values(
@@ -248,13 +244,18 @@ class BalIds:
         in the same transaction (the BAL's row exists)."""
         if count <= 0:
             return 0
-        where = and_(historic_sync.c.backend == self.backend, historic_sync.c.bal == self.bal)
-        advanced = (
-            update(historic_sync).where(where).values(next_id=historic_sync.c.next_id + count)
-        )
-        after = await db.scalar(advanced.returning(historic_sync.c.next_id))
+        after = await self._advance(db, "next_id", count)
         assert after is not None, "the BAL's counter row comes first"
-        return int(after) - count
+        return after - count
+
+    async def _advance(self, db: AsyncConnection, column: str, count: int) -> int | None:
+        """Add `count` to the BAL's `column` of its sync row in one UPDATE, and return the
+        new value (None: the BAL has no row yet)."""
+        where = and_(historic_sync.c.backend == self.backend, historic_sync.c.bal == self.bal)
+        target = historic_sync.c[column]
+        advanced = update(historic_sync).where(where).values({target: target + count})
+        value = await db.scalar(advanced.returning(target))
+        return None if value is None else int(value)
 
     async def _rows(self, db: AsyncConnection, ids: Collection[int]) -> list[int]:
         """The row keys of the BAL's message ids `ids` (live or tombstones)."""

@@ -22,6 +22,22 @@ DSN = (
 )
 
 
+def receipt(fields: bytes) -> Composition:
+    """A read receipt composed on the platform: a text, and the report's fields."""
+    return Composition(
+        sender=("jean.dupont@medecin.mssante.fr", "Jean DUPONT"),
+        recipients=(("marie.petit@sage-femme.mssante.fr", "", "TO"),),
+        subject="Accusé de lecture",
+        body="Votre message a été lu.",
+        is_html=False,
+        urgent=False,
+        read_receipt=False,
+        attachments=(("part-2", "message/disposition-notification", fields),),
+        message_id="<mdn.2@medecin.mssante.fr>",
+        date=dt.datetime(2026, 12, 7, 10, 0, tzinfo=dt.UTC),
+    )
+
+
 def test_a_delivery_status_is_one_part_with_every_block() -> None:
     parsed = parse_mime(DSN)
     assert parsed.body_text.strip() == "Votre message a ete remis."
@@ -36,19 +52,7 @@ def test_a_report_part_is_written_as_itself() -> None:
         b"Reporting-UA: lps.example; Mon LPS\r\nFinal-Recipient: rfc822;a@b.mssante.fr\r\n"
         b"Disposition: manual-action/MDN-sent-manually; displayed\r\n"
     )
-    composition = Composition(
-        sender=("jean.dupont@medecin.mssante.fr", "Jean DUPONT"),
-        recipients=(("marie.petit@sage-femme.mssante.fr", "", "TO"),),
-        subject="Accusé de lecture",
-        body="Votre message a été lu.",
-        is_html=False,
-        urgent=False,
-        read_receipt=False,
-        attachments=(("part-2", "message/disposition-notification", fields),),
-        message_id="<mdn.2@medecin.mssante.fr>",
-        date=dt.datetime(2026, 12, 7, 10, 0, tzinfo=dt.UTC),
-    )
-    raw = build_mime(composition, with_bcc=False)
+    raw = build_mime(receipt(fields), with_bcc=False)
     assert b"Content-Type: message/disposition-notification" in raw
     assert b"Disposition: manual-action/MDN-sent-manually; displayed" in raw  # not base64
     (report,) = parse_mime(raw).attachments
@@ -60,19 +64,7 @@ def test_report_fields_holding_the_boundary_are_encoded_instead() -> None:
     """Fields that hold the boundary given to `build_mime` would end the part early and
     forge the parts after it: such a part is encoded (base64), its bytes kept."""
     forged = b"X: 1\r\n--=_forged\r\nContent-Type: text/html\r\n\r\n<b>faux</b>\r\n"
-    composition = Composition(
-        sender=None,
-        recipients=(("a@b.mssante.fr", "", "TO"),),
-        subject="s",
-        body="b",
-        is_html=False,
-        urgent=False,
-        read_receipt=False,
-        attachments=(("part-2", "message/disposition-notification", forged),),
-        message_id="<x.1@b.mssante.fr>",
-        date=dt.datetime(2026, 12, 7, 10, 0, tzinfo=dt.UTC),
-    )
-    raw = build_mime(composition, with_bcc=False, boundary="=_forged")
+    raw = build_mime(receipt(forged), with_bcc=False, boundary="=_forged")
     parsed = parse_mime(raw)
     assert parsed.body_html is None
     (report,) = parsed.attachments
