@@ -759,3 +759,48 @@ def test_every_text_of_a_submission_reaches_the_platform(tree: Any) -> None:
         )
         return
     assert found(wanted, outcome), (raw[:3000], outcome["body"][:200], files_of(outcome))
+
+
+def test_message_parts_are_rebuilt_as_themselves() -> None:
+    """A forwarded message and a read receipt's fields reach IMAP clients as message/*
+    parts of 7bit or 8bit lines (RFC 2046 §5.2 forbids base64 there), byte for byte; a
+    part whose lines could not travel so stays in base64."""
+    forwarded = (
+        "From: labo@labo.mssante.fr\r\nSubject: Résultats transmis\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+        "Hémoglobine : 12,8 g/dL.\r\n"
+    ).encode()
+    fields = (
+        b"Final-Recipient: rfc822;a@b.mssante.fr\r\n"
+        b"Disposition: manual-action/MDN-sent-manually; displayed\r\n"
+    )
+    long_line = b"X: " + b"a" * 1200 + b"\r\n"
+    message = sample(
+        attachments=[
+            {"part": "2", "fileName": "message.eml", "contentType": "message/rfc822"},
+            {"part": "3", "fileName": "part-3", "contentType": "message/disposition-notification"},
+            {"part": "4", "fileName": "part-4", "contentType": "message/delivery-status"},
+        ]
+    )
+    raw = message_to_rfc5322(message, {"2": forwarded, "3": fields, "4": long_line})
+    assert fields in raw
+    assert "Hémoglobine : 12,8 g/dL.".encode() in raw
+    parsed = parse(raw)
+    kinds = {
+        p.get_content_type(): p["Content-Transfer-Encoding"] for p in parsed.iter_attachments()
+    }
+    assert kinds == {
+        "message/rfc822": "8bit",
+        "message/disposition-notification": "7bit",
+        "message/delivery-status": "base64",
+    }
+    back = rfc5322_to_message(raw)
+    types = [(a["fileName"], a["contentType"]) for a in back["attachments"]]
+    assert types == [
+        ("message.eml", "message/rfc822"),
+        ("part-3", "message/disposition-notification"),
+        ("part-4", "message/delivery-status"),
+    ]
+    inner = BytesParser(policy=default).parsebytes(base64.b64decode(back["attachments"][0]["file"]))
+    assert inner["Subject"] == "Résultats transmis"
+    assert b"manual-action/MDN-sent-manually" in base64.b64decode(back["attachments"][1]["file"])

@@ -193,7 +193,7 @@ def message_to_rfc5322(message: Mapping[str, Any], attachments: Mapping[str, byt
     lines.append(b' boundary="' + boundary + b'"')
     lines.append(b"")
     lines.append(b"This is a multi-part message in MIME format.")
-    for part in [text_part] + [_attachment_part(entry, data) for entry, data in files]:
+    for part in [text_part] + [_attachment_part(entry, data, boundary) for entry, data in files]:
         lines.append(b"--" + boundary)
         lines.extend(part)
     lines.append(b"--" + boundary + b"--")
@@ -418,7 +418,9 @@ def _rfc2231(param: str, value: str) -> list[str]:
     ]
 
 
-def _attachment_part(entry: Mapping[str, str], data: bytes) -> list[bytes]:
+def _attachment_part(entry: Mapping[str, str], data: bytes, boundary: bytes) -> list[bytes]:
+    """An attachment's MIME part: base64, but a message/* part (a forwarded message, a
+    report's fields) as itself, as RFC 2046 §5.2 wants, when its lines allow it."""
     file_name = " ".join(_clean(entry["fileName"]).split()) or f"part-{entry['part']}"
     simple = (
         file_name.isascii()
@@ -433,6 +435,19 @@ def _attachment_part(entry: Mapping[str, str], data: bytes) -> list[bytes]:
         disposition_params = _rfc2231("filename", file_name)
     lines = _params_field("Content-Type", entry["contentType"], type_params)
     lines += _params_field("Content-Disposition", "attachment", disposition_params)
+    own = data.splitlines()
+    if (
+        entry["contentType"].startswith("message/")
+        and b"\0" not in data
+        and boundary not in data
+        and all(len(line) <= 998 for line in own)
+    ):
+        lines.append(b"Content-Transfer-Encoding: " + (b"7bit" if data.isascii() else b"8bit"))
+        lines.append(b"")
+        lines.extend(own)
+        if data.endswith((b"\n", b"\r")):
+            lines.append(b"")
+        return lines
     lines.append(b"Content-Transfer-Encoding: base64")
     lines.append(b"")
     encoded = base64.b64encode(data)
