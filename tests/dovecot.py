@@ -85,7 +85,7 @@ class DovecotServer:
             # exited: a zombie has let go of its port and files, so it counts as gone
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
-                if not _alive(pid):
+                if not alive(pid):
                     break
                 time.sleep(0.02)
             else:
@@ -107,12 +107,12 @@ class DovecotServer:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(victim, signal.SIGKILL)
                 deadline = time.monotonic() + timeout
-                while time.monotonic() < deadline and any(_alive(v) for v in victims):
+                while time.monotonic() < deadline and any(alive(v) for v in victims):
                     time.sleep(0.02)
         self.stop()
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     """The process exists and is not a zombie (a daemon's children are reaped by init)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()

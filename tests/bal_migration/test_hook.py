@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.bal_migration.hook import run_hook
+from tests.dovecot import alive
 from tests.support.waiting import until
 
 MOVE = {"bal": "jean.dupont@medecin.mssante.fr", "source": "historic", "target": "modern"}
@@ -46,15 +47,6 @@ async def test_failures_are_reported() -> None:
     assert slow == "timed out after 0.5 s"
 
 
-def _alive(pid: int) -> bool:
-    """Whether `pid` runs (a zombie, dead but not yet reaped, counts as ended)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state != "Z"
-
-
 async def test_a_cancelled_job_leaves_no_hook_behind(tmp_path: Path) -> None:
     started = tmp_path / "pid"
     script = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(600)"
@@ -63,8 +55,8 @@ async def test_a_cancelled_job_leaves_no_hook_behind(tmp_path: Path) -> None:
     )
     await until(lambda: started.exists() and started.read_text() != "", "the hook started")
     pid = int(started.read_text())
-    assert _alive(pid)
+    assert alive(pid)
     hook.cancel()
     with pytest.raises(asyncio.CancelledError):
         await hook
-    await until(lambda: not _alive(pid), "the hook killed with its job")
+    await until(lambda: not alive(pid), "the hook killed with its job")
