@@ -306,24 +306,9 @@ async def _copy_folder(
             if many is not None and len(ready) > 1:
                 floor = max([floor, *await _append_ready(many, folder.target, ready, done)])
             else:
-                for action, body in ready:
-                    uid = None
-                    if importer is not None and action.source_uid > floor:
-                        uid = await importer.import_message(
-                            folder.target,
-                            action.source_uid,
-                            body,
-                            action.flags,
-                            action.internal_date,
-                        )
-                        if uid is None:  # the target's UIDs are past it: new UIDs from here on
-                            importer = None
-                    if uid is None:
-                        uid = await target.append(
-                            folder.target, body, action.flags, action.internal_date
-                        )
-                    floor = max(floor, uid)
-                    done.append((action.source_uid, uid))
+                floor, importer = await _append_each(
+                    target, importer, folder.target, ready, floor, done
+                )
             size = sum(len(body) for _, body in ready)
             await journal.complete(folder, done, size=size)
             report.appended += len(done)
@@ -356,6 +341,32 @@ def _checked(
             )
         ready.append((replace(action, digest=found), body))
     return ready
+
+
+async def _append_each(
+    target: MailboxAccess,
+    importer: UidImport | None,
+    folder: str,
+    ready: Sequence[tuple[Append, bytes]],
+    floor: int,
+    done: list[tuple[int, int]],
+) -> tuple[int, UidImport | None]:
+    """APPEND (or import under its source UID) each message in turn; record each (source
+    UID, new UID). The new floor, and the importer still usable (None once the target's
+    UIDs are past the source's)."""
+    for action, body in ready:
+        uid = None
+        if importer is not None and action.source_uid > floor:
+            uid = await importer.import_message(
+                folder, action.source_uid, body, action.flags, action.internal_date
+            )
+            if uid is None:  # the target's UIDs are past it: new UIDs from here on
+                importer = None
+        if uid is None:
+            uid = await target.append(folder, body, action.flags, action.internal_date)
+        floor = max(floor, uid)
+        done.append((action.source_uid, uid))
+    return floor, importer
 
 
 async def _copied_before(

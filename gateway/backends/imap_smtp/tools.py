@@ -359,8 +359,7 @@ class ImapMailboxAccess:
         exists = await self._select(folder, write=False)
         if exists == 0:
             return {}, {}
-        validity = self._validity if self._validity is not None else await self.uidvalidity(folder)
-        known = self._digests.setdefault((folder, validity), {})
+        known = await self._known(folder)
         _, events = await self._run(b"UID FETCH 1:* (UID FLAGS INTERNALDATE RFC822.SIZE)")
         listed: dict[int, tuple[frozenset[str], dt.datetime, int]] = {}
         for event in events:
@@ -477,10 +476,15 @@ class ImapMailboxAccess:
         found = await self._bodies(uids)
         # their digests as `messages` would compute them: a verification (under a cut-over's
         # hold) after this copy reads only what is new
-        validity = self._validity if self._validity is not None else await self.uidvalidity(folder)
-        known = self._digests.setdefault((folder, validity), {})
+        known = await self._known(folder)
         known.update((uid, (len(body), digest(body))) for uid, body in found.items())
         return found
+
+    async def _known(self, folder: str) -> dict[int, tuple[int, str]]:
+        """UID → (size, digest) this access has read of the selected `folder`, under its
+        UIDVALIDITY (as SELECT said it, else as STATUS says it)."""
+        validity = self._validity if self._validity is not None else await self.uidvalidity(folder)
+        return self._digests.setdefault((folder, validity), {})
 
     async def append(
         self,
