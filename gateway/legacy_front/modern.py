@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import email.utils
 import functools
 import logging
 import re
@@ -118,18 +117,6 @@ def _internaldate(value: bytes) -> dt.datetime | None:
         return dt.datetime.strptime(value.decode("ascii").strip(), "%d-%b-%Y %H:%M:%S %z")
     except (ValueError, UnicodeDecodeError):
         return None
-
-
-def _header_date(envelope: ParsedValue) -> dt.datetime | None:
-    """The Date header from ENVELOPE: the date the historic platform shows for a message
-    (its arrival, INTERNALDATE, only when the header is missing or unreadable)."""
-    if not isinstance(envelope, list) or not envelope or not isinstance(envelope[0], bytes):
-        return None
-    try:
-        when = email.utils.parsedate_to_datetime(envelope[0].decode("ascii", "replace"))
-    except (ValueError, TypeError, IndexError):
-        return None
-    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
 
 
 def check_folder_name(name: str) -> None:
@@ -499,9 +486,9 @@ class ModernBal:
     ) -> ImapMessage:
         try:
             envelope = parse_envelope(data.get("ENVELOPE"))
-            subject, emails = envelope.subject, envelope.emails
+            subject, emails, written = envelope.subject, envelope.emails, envelope.date
         except StructureError:
-            subject, emails = "", ()
+            subject, emails, written = "", (), None
         headers: dict[str, str] = {}
         for key, value in data.items():
             if key.startswith("BODY[HEADER.FIELDS") and isinstance(value, bytes):
@@ -516,7 +503,7 @@ class ModernBal:
             body_text=body_text,
             body_html=body_html,
             size=_int(data.get("RFC822.SIZE")),
-            date=_header_date(data.get("ENVELOPE")) or _parse_date(data.get("INTERNALDATE")),
+            date=written or _parse_date(data.get("INTERNALDATE")),  # arrival: no Date
             emails=emails,
             flags=historic_flags(
                 flag_names(data.get("FLAGS")),

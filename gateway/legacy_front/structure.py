@@ -17,6 +17,7 @@ import binascii
 import datetime as dt
 import email.errors
 import email.header
+import email.utils
 import quopri
 import urllib.parse
 from collections.abc import Collection, Mapping, Sequence
@@ -73,6 +74,7 @@ class Envelope:
     emails: tuple[EmailEntry, ...]
     message_id: str | None
     in_reply_to: str | None
+    date: dt.datetime | None = None  # the Date header: what the historic platform shows
 
 
 @dataclass(frozen=True)
@@ -277,7 +279,19 @@ def parse_envelope(value: ParsedValue) -> Envelope:
         tuple(emails[:MAX_ADDRESSES]),
         _text(value[9]),
         _text(value[8]),
+        _date(value[0]),
     )
+
+
+def _date(value: ParsedValue) -> dt.datetime | None:
+    """ENVELOPE's date (the Date header); None when missing or unreadable."""
+    if not isinstance(value, bytes):
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value.decode("ascii", "replace"))
+    except (ValueError, TypeError, IndexError):
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
 
 
 def historic_flags(
