@@ -21,10 +21,7 @@ from dataclasses import dataclass
 from xml.etree.ElementTree import Element
 from xml.sax.saxutils import quoteattr
 
-import defusedxml.ElementTree as SafeET
-from defusedxml import DefusedXmlException
-
-from gateway.mss.xdm import DEFAULT_LIMITS, HL7_V3, INS_OIDS
+from gateway.mss.xdm import DEFAULT_LIMITS, HL7_V3, INS_OIDS, XdmError, cda_code, parse_xml
 
 MAX_CDA_BYTES = DEFAULT_LIMITS.max_xml_size  # what the gateway's reader accepts of one XML
 LABEL_CHARS = 40  # ECO.2.1.3: the document's label in the subject
@@ -93,20 +90,16 @@ def _text(root: Element, path: str) -> str:
 
 def read_cda(cda: bytes) -> tuple[str, str, Patient | None]:
     """(code, title, patient) of a CDA R2 document; `CdaError` for anything else."""
-    if len(cda) > MAX_CDA_BYTES:
-        raise CdaError(f"document CDA trop grand ({len(cda)} octets > {MAX_CDA_BYTES})")
-    try:
-        root = SafeET.fromstring(cda, forbid_dtd=True, forbid_entities=True, forbid_external=True)
-    except DefusedXmlException as exc:
-        raise CdaError(f"XML refusé ({type(exc).__name__}) : DTD et entités interdites") from None
-    except SafeET.ParseError as exc:
-        raise CdaError(f"XML illisible : {exc}") from None
+    try:  # the gateway's own reader: the same size cap, defusedxml without DTD or entities
+        root = parse_xml(cda, "CDA")
+    except XdmError as exc:
+        raise CdaError(f"document CDA refusé : {exc}") from None
     if root.tag != f"{{{HL7_V3}}}ClinicalDocument":
         raise CdaError("la racine n'est pas un ClinicalDocument (urn:hl7-org:v3)")
-    code_element = root.find(_hl7("code"))
-    code = (code_element.get("code") or "").strip() if code_element is not None else ""
+    code = cda_code(root) or ""
     if not code or len(code) > 64 or not code.isprintable() or "," in code:
         raise CdaError("ClinicalDocument/code/@code absent ou invalide")
+    code_element = root.find(_hl7("code"))
     title = _text(root, "title") or (
         (code_element.get("displayName") or "").strip() if code_element is not None else ""
     )

@@ -252,6 +252,17 @@ class Composition:
     references: tuple[str, ...] = ()
 
 
+def message_encoding(data: bytes, boundary: bytes | None) -> str | None:
+    """How a message/* part's octets travel as themselves, as RFC 2046 §5.2 wants them
+    ("7bit" or "8bit"); None when they cannot (a NUL, a line over 998 octets, or the
+    multipart's boundary, which would end the part early) and must be base64."""
+    if b"\0" in data or any(len(line) > 998 for line in data.splitlines()):
+        return None
+    if boundary is not None and boundary in data:
+        return None
+    return "7bit" if data.isascii() else "8bit"
+
+
 def build_mime(composition: Composition, *, with_bcc: bool, boundary: str | None = None) -> bytes:
     """RFC 5322 bytes (CRLF); Bcc is written only for the sender's own copy. A multipart
     gets `boundary` when given, else a random one."""
@@ -286,13 +297,9 @@ def build_mime(composition: Composition, *, with_bcc: bool, boundary: str | None
             message.add_attachment(forwarded, filename=file_name)
             continue
         maintype, _, subtype = content_type.partition("/")
-        lines = data.splitlines()
-        itself = b"\0" not in data and all(len(line) <= 998 for line in lines)
-        if boundary is not None and boundary.encode("utf-8", "replace") in data:
-            itself = False  # never a line that would end the part early
-        if maintype == "message" and itself:
-            # a report's fields (RFC 3464, 8098) as themselves, as RFC 2046 wants message/*
-            cte = "7bit" if data.isascii() else "8bit"
+        fence = boundary.encode("utf-8", "replace") if boundary is not None else None
+        cte = message_encoding(data, fence) if maintype == "message" else None
+        if cte is not None:  # a report's fields (RFC 3464, 8098) as themselves
             message.add_attachment(
                 data, maintype=maintype, subtype=subtype, cte=cte, filename=file_name
             )

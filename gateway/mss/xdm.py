@@ -151,12 +151,12 @@ def _read(data: bytes, limits: XdmLimits) -> XdmContent:
             inflated += len(text)
             if inflated > limits.max_total_size:
                 raise XdmError(f"archive inflates beyond {limits.max_total_size} bytes")
-            root = _parse_xml(text, info.filename, limits)
+            root = parse_xml(text, info.filename, limits)
             if _PATH_SEPARATORS.split(info.filename)[-1].upper() == "METADATA.XML":
                 has_metadata = True
                 patients.extend(_patients(root))
             elif root.tag == f"{{{HL7_V3}}}ClinicalDocument":
-                documents.append(CdaDocument(info.filename, _cda_code(root)))
+                documents.append(CdaDocument(info.filename, cda_code(root)))
     return XdmContent(
         documents=tuple(documents),
         patient=_one_patient(patients),
@@ -226,7 +226,9 @@ def _read_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limits: XdmLimi
     return bytes(out)
 
 
-def _parse_xml(data: bytes, name: str, limits: XdmLimits) -> Element:
+def parse_xml(data: bytes, name: str, limits: XdmLimits = DEFAULT_LIMITS) -> Element:
+    """An XML entry, parsed by defusedxml (no DTD, entity or external reference) after the
+    size cap; `XdmError` otherwise."""
     if len(data) > limits.max_xml_size:
         raise XdmError(f"XML entry {_show(name)} too large")
     try:
@@ -237,7 +239,8 @@ def _parse_xml(data: bytes, name: str, limits: XdmLimits) -> Element:
         raise XdmError(f"forbidden XML construct in {_show(name)} ({type(exc).__name__})") from exc
 
 
-def _cda_code(root: Element) -> str | None:
+def cda_code(root: Element) -> str | None:
+    """A ClinicalDocument's ``code/@code`` (None when missing or blank)."""
     code = root.find(f"{{{HL7_V3}}}code")
     value = (code.get("code") if code is not None else None) or ""
     return value.strip() or None

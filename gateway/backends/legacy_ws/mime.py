@@ -69,6 +69,8 @@ from typing import Any
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from gateway.mss.historic_mime import message_encoding
+
 CRLF = b"\r\n"
 MAX_SUBJECT = 250  # the historic platform's limits (DOMAIN.md §4)
 MAX_BODY = 50_000
@@ -435,16 +437,11 @@ def _attachment_part(entry: Mapping[str, str], data: bytes, boundary: bytes) -> 
         disposition_params = _rfc2231("filename", file_name)
     lines = _params_field("Content-Type", entry["contentType"], type_params)
     lines += _params_field("Content-Disposition", "attachment", disposition_params)
-    own = data.splitlines()
-    if (
-        entry["contentType"].startswith("message/")
-        and b"\0" not in data
-        and boundary not in data
-        and all(len(line) <= 998 for line in own)
-    ):
-        lines.append(b"Content-Transfer-Encoding: " + (b"7bit" if data.isascii() else b"8bit"))
+    cte = message_encoding(data, boundary) if entry["contentType"].startswith("message/") else None
+    if cte is not None:
+        lines.append(b"Content-Transfer-Encoding: " + cte.encode("ascii"))
         lines.append(b"")
-        lines.extend(own)
+        lines.extend(data.splitlines())
         if data.endswith((b"\n", b"\r")):
             lines.append(b"")
         return lines
