@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import httpx
 import typer
@@ -18,6 +19,7 @@ from gateway.runtime.files import write_private
 from gateway.runtime.lifecycle import run_until_signalled
 from gateway.runtime.logs import configure_logging
 from gateway.settings import load_settings
+from mock_operator.conformance.render import FORMATS
 from mock_operator.personas import default_personas
 from mock_operator.seed import cda_document
 from mock_operator.server import MockOperator
@@ -230,6 +232,81 @@ def xdm(
     for name, value in headers.items():
         typer.echo(f"{name}: {value}")
     typer.echo(f"Subject: {built.subject}")
+
+
+conformance_app = typer.Typer(
+    help="Conformance campaigns: the mock judges an LPS against Référentiel #2 (ECO.*).",
+    no_args_is_help=True,
+)
+app.add_typer(conformance_app, name="conformance")
+
+
+@conformance_app.command("start")
+def conformance_start(
+    software: Annotated[str, typer.Option(help="The software tested")],
+    version: Annotated[str, typer.Option(help="Its version")] = "",
+    client_id: Annotated[
+        str | None, typer.Option(help="Its PSC client id (only its tokens count)")
+    ] = None,
+    persona: Annotated[
+        list[str] | None, typer.Option(help="A persona it uses (repeat; default: any)")
+    ] = None,
+    url: Annotated[str, typer.Option(help="The running mock operator")] = DEFAULT_URL,
+) -> None:
+    """Open a campaign on the running mock; its id is printed alone on the last line."""
+    body: dict[str, Any] = {"software": software, "version": version, "personas": persona or []}
+    if client_id:
+        body["client_id"] = client_id
+    answer = _ask(url, "/_test/conformance/campaigns", body)
+    typer.echo(f"Campagne ouverte ; suivez-la sur {url.rstrip('/')}{answer['url']}")
+    typer.echo(answer["id"])
+
+
+@conformance_app.command("report")
+def conformance_report(
+    campaign: Annotated[str, typer.Argument(help="The campaign's id")],
+    format: Annotated[str, typer.Option(help="html, junit or json")] = "html",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="File to write (default: stdout)")
+    ] = None,
+    url: Annotated[str, typer.Option(help="The running mock operator")] = DEFAULT_URL,
+) -> None:
+    """Write the campaign's report. Exit 0 whenever a report is written, whatever it says."""
+    if format not in FORMATS:
+        err.print(f"--format: one of {', '.join(FORMATS)}")
+        raise typer.Exit(2)
+    path = f"/_test/conformance/campaigns/{quote(campaign, safe='')}/report"
+    text = _get(url, path, {"format": format})
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text, encoding="utf-8")
+        err.print(f"{output}: {len(text.encode())} octets")
+
+
+@conformance_app.command("close")
+def conformance_close(
+    campaign: Annotated[str, typer.Argument(help="The campaign's id")],
+    url: Annotated[str, typer.Option(help="The running mock operator")] = DEFAULT_URL,
+) -> None:
+    """Close a campaign: nothing more is attributed to it."""
+    _ask(url, f"/_test/conformance/campaigns/{quote(campaign, safe='')}/close", {})
+    typer.echo(f"{campaign} close")
+
+
+def _get(url: str, path: str, params: dict[str, str]) -> str:
+    """GET from a test endpoint of the running mock; exit 1 saying why when it cannot."""
+    try:
+        response = httpx.get(f"{url.rstrip('/')}{path}", params=params, timeout=30)
+    except httpx.HTTPError as exc:
+        err.print(f"cannot reach the mock operator at {url}: {exc}. Is it running?")
+        raise typer.Exit(1) from None
+    if response.status_code != 200:
+        is_json = response.headers.get("content-type", "").startswith("application/json")
+        detail = response.json().get("detail") if is_json else response.text[:200]
+        err.print(f"the mock operator refused: {detail}")
+        raise typer.Exit(1)
+    return response.text
 
 
 @app.command()

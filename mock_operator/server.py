@@ -32,6 +32,16 @@ from gateway.runtime.tls import (
     server_context,
 )
 from gateway.settings import MockSettings
+from mock_operator.conformance.observatory import Observatory
+from mock_operator.conformance.routes import build_conformance_router
+from mock_operator.conformance.runner import Runner
+from mock_operator.conformance.store import CampaignStore
+from mock_operator.conformance.taps import (
+    ObservedAuthenticator,
+    ObservedImapServer,
+    ObservedSubmission,
+    SniLog,
+)
 from mock_operator.historic.auth import CpsAuthority, HistoricAuth
 from mock_operator.historic.imap import HistoricImap
 from mock_operator.historic.imap_auth import HistoricImapAuthenticator
@@ -40,7 +50,6 @@ from mock_operator.historic.seed import seed_historic
 from mock_operator.historic.store import HistoricStore
 from mock_operator.modern.auth import MasterCredentials, PlatformAuthenticator
 from mock_operator.modern.operator_api import build_operator_router
-from mock_operator.modern.smtp import PlatformSubmission
 from mock_operator.modern.store import SqlPlatform
 from mock_operator.personas import PersonaBook, default_personas
 from mock_operator.psc.provider import MockPsc
@@ -69,7 +78,10 @@ def sqlite_engine(path: Path) -> AsyncEngine:
 
 
 def create_app(
-    psc: MockPsc, historic: APIRouter | None = None, operator: APIRouter | None = None
+    psc: MockPsc,
+    historic: APIRouter | None = None,
+    operator: APIRouter | None = None,
+    conformance: APIRouter | None = None,
 ) -> FastAPI:
     app = FastAPI(
         title="mock-operator",
@@ -84,6 +96,8 @@ def create_app(
         app.include_router(historic)
     if operator is not None:
         app.include_router(operator)
+    if conformance is not None:
+        app.include_router(conformance)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def home(request: Request) -> HTMLResponse:
@@ -134,6 +148,8 @@ class MockOperator:
         self._historic_engine: AsyncEngine | None = None
         self.historic: HistoricService | None = None
         self.historic_auth: HistoricAuth | None = None
+        self.observatory: Observatory | None = None
+        self.runner: Runner | None = None
 
     @property
     def http_url(self) -> str:
@@ -162,12 +178,18 @@ class MockOperator:
             engine=self._engine,
         )
         await self.psc.start()
+        self.observatory = Observatory(CampaignStore(self._engine), self.personas)
+        await self.observatory.start()
+        self.psc.observer = self.observatory
         self.master = MasterCredentials(
             settings.master_user, _secret(self.data_dir / "master.secret")
         )
         historic = await self._start_historic()
         operator = build_operator_router(self.master, lambda: self.platform, self._holder)
-        self._http = AsgiServer(create_app(self.psc, historic, operator), sock)
+        conformance = build_conformance_router(
+            lambda: self.observatory, lambda: self.runner, lambda: self.psc
+        )
+        self._http = AsgiServer(create_app(self.psc, historic, operator, conformance), sock)
         await self._http.start()
         if settings.tls_cert and settings.tls_key:
             cert, key = settings.tls_cert, settings.tls_key
@@ -219,14 +241,27 @@ class MockOperator:
             hub_wait=hub.wait,
             structures=StructureCache(),
         )
-        self.imap = ImapServer(ServerConfig(engine=engine), authenticator("imap"), tls, imap_sock)
+        observatory = self.observatory
+        assert observatory is not None
+        sni = SniLog(tls)  # the runner checks that clients name the server (RFC 6066)
+        self.runner = Runner(observatory, self.platform, self.personas)
+        self.imap = ObservedImapServer(
+            ServerConfig(engine=engine),
+            ObservedAuthenticator(authenticator("imap"), observatory),
+            tls,
+            imap_sock,
+            observatory=observatory,
+            sni=sni,
+        )
         await self.imap.start()
-        handler = PlatformSubmission(
+        handler = ObservedSubmission(
             self.platform,
             authenticator("smtp"),
             settings.auth_failure_delay,
             other=_HistoricMailboxes(self.historic.store) if self.historic else None,
             placed=self._placed,
+            observatory=observatory,
+            sni=sni,
         )
         self.smtp = SmtpServer(handler, smtp_sock, tls)
         await self.smtp.start()
@@ -407,6 +442,8 @@ class MockOperator:
             await self.smtp.stop()
         if self._http is not None:
             await self._http.stop()
+        if self.observatory is not None:
+            await self.observatory.stop()
         if self.validator is not None:
             await self.validator.aclose()
         if self._registry_engine is not None:

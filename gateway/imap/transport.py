@@ -176,6 +176,8 @@ class ImapServer:
     `preauth_slots` (shared by a node's listeners) caps the connections not yet logged in
     per source address; `exempt` addresses are never refused."""
 
+    channel_type: type[StreamChannel] = StreamChannel
+
     def __init__(
         self,
         config: ServerConfig,
@@ -240,6 +242,16 @@ class ImapServer:
     def refused(self, reason: str) -> None:
         """A connection turned away at once (a cap); a subclass may count it."""
 
+    # A subclass that watches sessions (the mock's conformance runner) overrides these.
+    def opened(self, session: ImapSession) -> None:
+        """A session starts, before its greeting."""
+
+    def executing(self, session: ImapSession, command: Command) -> None:
+        """`command` is about to be executed by `session`."""
+
+    def ended(self, session: ImapSession) -> None:
+        """The session is over (whoever ended it)."""
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
@@ -258,7 +270,7 @@ class ImapServer:
             self.refused("per_address")
             await _hang_up(writer, untagged_status("BYE", "too many connections from your address"))
             return
-        channel = StreamChannel(
+        channel = self.channel_type(
             reader, writer, self.config.limits, self.ssl_context, self.config.write_timeout
         )
         self._sessions[task] = channel
@@ -271,6 +283,7 @@ class ImapServer:
             session_id=new_id(),
         )
         session = ImapSession(self.config.engine, self.authenticator, channel, info)
+        self.opened(session)
         bye: bytes | None = None
         patience = self.config.write_timeout  # for replies still unread at the end
         with bound(session=info.session_id):
@@ -293,6 +306,7 @@ class ImapServer:
                 log.exception("imap.session_crashed")
                 bye = untagged_status("BYE", "internal server error")
             finally:
+                self.ended(session)
                 del self._sessions[task]
                 if self._preauth is not None and not channel.authenticated:
                     self._preauth.release(key)
@@ -369,6 +383,7 @@ class ImapServer:
                 else:
                     await channel.write(tagged(event.tag, event.status, event.message))
             elif isinstance(event, Command):
+                self.executing(session, event)
                 await session.execute(event)
             return
 

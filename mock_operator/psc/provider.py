@@ -8,7 +8,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -63,6 +63,10 @@ class _Bounded(OrderedDict[str, Any]):
             self.popitem(last=False)
 
 
+class PscObserver(Protocol):
+    def psc(self, kind: str, /, *, client_id: str, idnat: str, **data: Any) -> None: ...
+
+
 class MockPsc:
     def __init__(
         self,
@@ -106,6 +110,7 @@ class MockPsc:
             auto_approve_after=settings.ciba_auto_approve_after,
             clock=clock,
         )
+        self.observer: PscObserver | None = None  # the conformance runner, when it watches
         self.pending_logins: _Bounded = _Bounded(MAX_PENDING_LOGINS)
         self.codes: _Bounded = _Bounded(MAX_CODES)
 

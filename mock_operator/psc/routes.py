@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import itertools
+import json
 import logging
 import re
 import secrets
@@ -84,7 +85,32 @@ async def _end_sessions(psc: MockPsc, persona: Persona) -> int:
     """End a persona's PSC sessions: their tokens introspect inactive from now on."""
     ended = await psc.sessions.end_persona(persona.key)
     log.info("psc.sessions_ended", extra={"persona": persona.key, "ended": ended})
+    if psc.observer is not None and ended:
+        psc.observer.psc("session_end", client_id="", idnat=persona.idnat, sessions=ended)
     return ended
+
+
+def _observe_token(psc: MockPsc, grant: str, client_id: str, answer: Response) -> None:
+    """Tell the conformance runner of a token issued (or refused) to an application."""
+    if psc.observer is None:
+        return
+    if answer.status_code != 200:
+        psc.observer.psc("token_refused", client_id=client_id, idnat="", grant=grant)
+        return
+    try:
+        access = json.loads(bytes(answer.body))["access_token"]
+    except (ValueError, KeyError, TypeError):
+        return
+    claims = psc.tokens.verify(access, check_expiry=False) or {}
+    psc.observer.psc(
+        "token",
+        client_id=client_id,
+        idnat=str(claims.get("SubjectNameID", "")),
+        grant=grant,
+        jti=str(claims.get("jti", "")),
+        sid=str(claims.get("sid", "")),
+        exp=claims.get("exp"),
+    )
 
 
 def _local_time(timestamp: float) -> str:
@@ -252,12 +278,15 @@ def build_router(realm: str) -> APIRouter:
         if grant_type not in client.grant_types:
             return oauth_error("unauthorized_client", f"grant {grant_type!r} not allowed")
         if grant_type == "authorization_code":
-            return await _code_grant(psc, client, form)
-        if grant_type == "refresh_token":
-            return await _refresh_grant(psc, client, form)
-        if grant_type == CIBA_GRANT:
-            return await _ciba_grant(psc, client, form)
-        return oauth_error("unsupported_grant_type", "unsupported grant_type")
+            answer = await _code_grant(psc, client, form)
+        elif grant_type == "refresh_token":
+            answer = await _refresh_grant(psc, client, form)
+        elif grant_type == CIBA_GRANT:
+            answer = await _ciba_grant(psc, client, form)
+        else:
+            return oauth_error("unsupported_grant_type", "unsupported grant_type")
+        _observe_token(psc, grant_type, client.client_id, answer)
+        return answer
 
     # -- CIBA -------------------------------------------------------------------------
     @router.post(f"{oidc}/ext/ciba/auth")
