@@ -137,6 +137,11 @@ class Observatory:
             self._first_login(campaign, bal)
         return campaign
 
+    @property
+    def active(self) -> bool:
+        """Whether any campaign is open: when none is, the taps skip their work."""
+        return bool(self._open)
+
     def watching(self, connection: str) -> bool:
         """Whether the connection belongs to a campaign (worth reading its messages)."""
         return bool(self._owner.get(connection))

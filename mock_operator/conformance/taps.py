@@ -65,7 +65,11 @@ class ObservedChannel(StreamChannel):
 
     async def write(self, data: bytes) -> None:
         await super().write(data)
-        if self.observatory is not None and len(data) <= MAX_SCANNED_WRITE:
+        if (
+            self.observatory is not None
+            and self.observatory.active
+            and len(data) <= MAX_SCANNED_WRITE
+        ):
             for match in _UPDATE.finditer(data):
                 line = match.group(0).decode("ascii").strip()
                 kind = match.group(2).decode("ascii")
@@ -97,6 +101,8 @@ class ObservedImapServer(ImapServer):
         )
 
     def executing(self, session: ImapSession, command: c.Command) -> None:
+        if not self.observatory.active:
+            return
         self.observatory.event(
             "imap", session.connection.session_id, "command", **imap_command(command)
         )
