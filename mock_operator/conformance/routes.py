@@ -203,6 +203,7 @@ def _scenarios(campaign: Campaign, psc: MockPsc | None) -> list[str]:
     first = people[0] if people else None
     own = first.bal if first and first.bal else "la BAL de la persona"
     others = [p for p in (psc.personas.all() if psc else []) if p.bal and p.platform == "modern"]
+    others.sort(key=lambda p: p.key != "dr-moreau")  # the runner's usual correspondent
     to = next((p.bal for p in others if p.bal != own), "eve.moreau@…")
     who = first.display_name if first else "la persona"
     return [

@@ -62,6 +62,7 @@ class ObservedChannel(StreamChannel):
     observatory: Observatory | None = None
     sni: SniLog | None = None
     connection = ""
+    answering = ""  # the command being answered: SELECT's EXISTS is a count, not news
 
     async def write(self, data: bytes) -> None:
         await super().write(data)
@@ -69,6 +70,7 @@ class ObservedChannel(StreamChannel):
             self.observatory is not None
             and self.observatory.active
             and len(data) <= MAX_SCANNED_WRITE
+            and self.answering not in ("SELECT", "EXAMINE")
         ):
             for match in _UPDATE.finditer(data):
                 line = match.group(0).decode("ascii").strip()
@@ -101,6 +103,8 @@ class ObservedImapServer(ImapServer):
         )
 
     def executing(self, session: ImapSession, command: c.Command) -> None:
+        if isinstance(session.channel, ObservedChannel):
+            session.channel.answering = type(command).__name__.upper()
         if not self.observatory.active:
             return
         self.observatory.event(
