@@ -28,6 +28,11 @@ class OutputFormat(enum.StrEnum):
     json = "json"
 
 
+class CsvTable(enum.StrEnum):
+    software = "software"
+    nonconformities = "nonconformities"
+
+
 app = typer.Typer(
     help="API LPS gateway for MSSanté: Pro Santé Connect, delegation, historic web services.",
     no_args_is_help=True,
@@ -82,17 +87,23 @@ def usage(
     output: Annotated[
         OutputFormat, typer.Option("--format", help="table, csv or json")
     ] = OutputFormat.table,
+    table: Annotated[
+        CsvTable,
+        typer.Option(help="the table --format csv writes (table and json show every one)"),
+    ] = CsvTable.software,
     config: Annotated[Path | None, typer.Option(help="TOML configuration file")] = None,
     data: Annotated[Path | None, typer.Option(help="Data directory")] = None,
 ) -> None:
     """Who still uses what: per software and interface, BAL, persons, sessions, messages,
-    first and last seen; and the BAL still on the historic platform. Reads the gateway's
-    database (in the demo's directory: the running demo's, a few seconds behind)."""
+    first and last seen; the BAL still on the historic platform; the MSSanté rules each
+    software broke (refused, or let through under [mss] policy = "report"). Reads the
+    gateway's database (in the demo's directory: the running demo's, a few seconds behind)."""
     from gateway.usage.cli import run_report
 
     overrides = {"data_dir": data} if data is not None else {}
     settings = load_settings(config, **overrides)
-    code = asyncio.run(run_report(settings, since.date() if since else None, output.value))
+    day = since.date() if since else None
+    code = asyncio.run(run_report(settings, day, output.value, table.value))
     raise typer.Exit(code)
 
 
@@ -400,6 +411,8 @@ def describe_gateway(gateway: Gateway, console: Console) -> None:
             console.print(f"  {name + ':':<26}{host}:{front.port}", highlight=False)
     cert = settings.tls.cert or dev_certificate(settings.data_dir)[0]
     console.print(f"  {'TLS certificate:':<26}{cert}", highlight=False)
+    rules = "enforced" if settings.mss.policy == "enforce" else "reported, not refused"
+    console.print(f"  {'MSSanté header rules:':<26}{rules} ([mss] policy)", highlight=False)
     for path, what in [
         ("/ui/delegations", "delegations page"),
         ("/ui/admin/usage", "usage page (admins)"),
