@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 from gateway.runtime.lifecycle import run_until_signalled
@@ -20,6 +21,21 @@ if TYPE_CHECKING:
     from gateway.server import Gateway
 
 DEMO_ADMIN = "899700000008"  # persona adm-roux
+
+
+def _settings(config: Path | None, **overrides: Any) -> Settings:
+    """`load_settings`, a bad value said on stderr in one line per key (exit 1), not as a
+    traceback: `mss.policy: Input should be 'enforce' or 'report'`. The value itself is
+    not repeated: it may be a secret."""
+    try:
+        return load_settings(config, **overrides)
+    except ValidationError as invalid:
+        errors = Console(stderr=True, soft_wrap=True)
+        for error in invalid.errors(include_input=False):
+            key = ".".join(str(part) for part in error["loc"])
+            line = f"lps-gateway: configuration error: {key}: {error['msg']}"
+            errors.print(line, highlight=False)
+        raise typer.Exit(1) from None
 
 
 class OutputFormat(enum.StrEnum):
@@ -52,7 +68,7 @@ def serve(
     """Run the gateway alone (every setting also from LPSGW_ environment variables)."""
     from gateway.server import ConfigurationError, Gateway
 
-    settings = load_settings(config)
+    settings = _settings(config)
     configure_logging(settings.log)
     gateway = Gateway(settings)
 
@@ -72,7 +88,7 @@ def demo(
     config: Annotated[Path | None, typer.Option(help="TOML configuration file")] = None,
 ) -> None:
     """Run the mock operator and the gateway in one process, on the default ports."""
-    settings = load_settings(config, data_dir=data)
+    settings = _settings(config, data_dir=data)
     if not settings.admin.idnats:  # the mock's operator administrator, Camille ROUX
         settings.admin.idnats = [DEMO_ADMIN]
     configure_logging(settings.log)
@@ -101,7 +117,7 @@ def usage(
     from gateway.usage.cli import run_report
 
     overrides = {"data_dir": data} if data is not None else {}
-    settings = load_settings(config, **overrides)
+    settings = _settings(config, **overrides)
     day = since.date() if since else None
     code = asyncio.run(run_report(settings, day, output.value, table.value))
     raise typer.Exit(code)
