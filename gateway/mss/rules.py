@@ -1,8 +1,10 @@
 """The MSSanté message rules (Référentiel #2, ECO.2.x) checked on a submitted message.
 
 `check_message` returns every rule a message breaks as a `Violation` carrying an enhanced
-status code and an ASCII, single-line, French + English text that an SMTP reply can carry
-as is (``554 5.6.0 <text>``). Values copied from the message are sanitised and truncated
+status code, a rule id from the closed list `RULES` (with its scope: the sender-identity
+and safety rules always refuse, the X-MSS-* header rules follow `[mss] policy`, see
+`gateway.mss.policy`) and an ASCII, single-line, French + English text that an SMTP reply
+can carry as is (``554 5.6.0 <text>``). Values copied from the message are sanitised and truncated
 first: the reply must not let a sender inject CR/LF or 8-bit octets into our SMTP answer.
 
 The rules (DOMAIN.md §2):
