@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 from gateway.runtime.lifecycle import run_until_signalled
@@ -22,10 +23,30 @@ if TYPE_CHECKING:
 DEMO_ADMIN = "899700000008"  # persona adm-roux
 
 
+def _settings(config: Path | None, **overrides: Any) -> Settings:
+    """`load_settings`, a bad value said on stderr in one line per key (exit 1), not as a
+    traceback: `mss.policy: Input should be 'enforce' or 'report'`. The value itself is
+    not repeated: it may be a secret."""
+    try:
+        return load_settings(config, **overrides)
+    except ValidationError as invalid:
+        errors = Console(stderr=True, soft_wrap=True)
+        for error in invalid.errors(include_input=False):
+            key = ".".join(str(part) for part in error["loc"])
+            line = f"lps-gateway: configuration error: {key}: {error['msg']}"
+            errors.print(line, highlight=False)
+        raise typer.Exit(1) from None
+
+
 class OutputFormat(enum.StrEnum):
     table = "table"
     csv = "csv"
     json = "json"
+
+
+class CsvTable(enum.StrEnum):
+    software = "software"
+    nonconformities = "nonconformities"
 
 
 app = typer.Typer(
@@ -47,7 +68,7 @@ def serve(
     """Run the gateway alone (every setting also from LPSGW_ environment variables)."""
     from gateway.server import ConfigurationError, Gateway
 
-    settings = load_settings(config)
+    settings = _settings(config)
     configure_logging(settings.log)
     gateway = Gateway(settings)
 
@@ -67,7 +88,7 @@ def demo(
     config: Annotated[Path | None, typer.Option(help="TOML configuration file")] = None,
 ) -> None:
     """Run the mock operator and the gateway in one process, on the default ports."""
-    settings = load_settings(config, data_dir=data)
+    settings = _settings(config, data_dir=data)
     if not settings.admin.idnats:  # the mock's operator administrator, Camille ROUX
         settings.admin.idnats = [DEMO_ADMIN]
     configure_logging(settings.log)
@@ -82,17 +103,23 @@ def usage(
     output: Annotated[
         OutputFormat, typer.Option("--format", help="table, csv or json")
     ] = OutputFormat.table,
+    table: Annotated[
+        CsvTable,
+        typer.Option(help="the table --format csv writes (table and json show every one)"),
+    ] = CsvTable.software,
     config: Annotated[Path | None, typer.Option(help="TOML configuration file")] = None,
     data: Annotated[Path | None, typer.Option(help="Data directory")] = None,
 ) -> None:
     """Who still uses what: per software and interface, BAL, persons, sessions, messages,
-    first and last seen; and the BAL still on the historic platform. Reads the gateway's
-    database (in the demo's directory: the running demo's, a few seconds behind)."""
+    first and last seen; the BAL still on the historic platform; the MSSanté rules each
+    software broke (refused, or let through under [mss] policy = "report"). Reads the
+    gateway's database (in the demo's directory: the running demo's, a few seconds behind)."""
     from gateway.usage.cli import run_report
 
     overrides = {"data_dir": data} if data is not None else {}
-    settings = load_settings(config, **overrides)
-    code = asyncio.run(run_report(settings, since.date() if since else None, output.value))
+    settings = _settings(config, **overrides)
+    day = since.date() if since else None
+    code = asyncio.run(run_report(settings, day, output.value, table.value))
     raise typer.Exit(code)
 
 
@@ -400,6 +427,8 @@ def describe_gateway(gateway: Gateway, console: Console) -> None:
             console.print(f"  {name + ':':<26}{host}:{front.port}", highlight=False)
     cert = settings.tls.cert or dev_certificate(settings.data_dir)[0]
     console.print(f"  {'TLS certificate:':<26}{cert}", highlight=False)
+    rules = "enforced" if settings.mss.policy == "enforce" else "reported, not refused"
+    console.print(f"  {'MSSanté header rules:':<26}{rules} ([mss] policy)", highlight=False)
     for path, what in [
         ("/ui/delegations", "delegations page"),
         ("/ui/admin/usage", "usage page (admins)"),

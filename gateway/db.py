@@ -134,6 +134,23 @@ usage_seen = Table(
 period since a date are exactly the rows last seen since then (platform and delegated
 as of the last access)."""
 
+RULE_LENGTH = 40  # gateway.mss.rules.RULES: the longest id is 24 characters
+
+usage_nonconformities = Table(
+    "gw_usage_nonconformities",
+    metadata,
+    Column("day", Date, primary_key=True),
+    Column("software", String(SOFTWARE_LENGTH), primary_key=True),
+    Column("version", String(VERSION_LENGTH), primary_key=True),
+    Column("interface", String(INTERFACE_LENGTH), primary_key=True),
+    Column("rule", String(RULE_LENGTH), primary_key=True),
+    Column("refused", BigInteger, nullable=False, server_default="0"),
+    Column("reported", BigInteger, nullable=False, server_default="0"),
+)
+"""MSSanté rules broken per UTC day, software (and version), interface and rule id:
+`refused` under `[mss] policy = "enforce"` (or a sender-identity or safety rule),
+`reported` when the policy let the message through."""
+
 
 async def migrate_gateway(url: str | URL, revision: str = "head") -> None:
     """Bring the gateway's tables at `url` to `revision` (idempotent; safe on several nodes,

@@ -101,6 +101,13 @@ class Metrics:
             ["interface", "software"],
             registry=self.registry,
         )
+        self.nonconformities = Counter(
+            "lpsgw_mss_nonconformities",
+            "MSSanté rules broken by submitted messages, by rule, outcome (refused, or "
+            "reported: let through by [mss] policy) and software (rare names: other)",
+            ["rule", "outcome", "software"],
+            registry=self.registry,
+        )
         for protocol in ("imap", "smtp"):
             self.open_sessions.labels(protocol)
             for result in LOGIN_RESULTS:
@@ -112,6 +119,10 @@ class Metrics:
         """One access the usage recorder was told of (see `gateway.usage`)."""
         counter = self.usage_logins if access.kind == "session" else self.usage_messages
         counter.labels(access.interface, self.software.label(access.software)).inc()
+
+    def count_nonconformity(self, interface: str, software: str, rule: str, outcome: str) -> None:
+        """One MSSanté rule broken (see `gateway.mss.policy`); rule ids are a closed list."""
+        self.nonconformities.labels(rule, outcome, self.software.label(software)).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -55,6 +55,7 @@ from gateway.mss.historic_ws import (
     HistoricError,
     HistoricOperations,
 )
+from gateway.mss.policy import MessagePolicy
 from gateway.psc_sessions import PscSessionWatch
 from gateway.runtime.asgi_server import AsgiServer, bind_tcp
 from gateway.runtime.lifecycle import cancelled
@@ -289,6 +290,7 @@ class Gateway:
                 audit=self.audit,
                 on_access=LegacyUsage(self.usage),
                 max_message_size=settings.smtp.max_message_size,
+                mss=MessagePolicy(settings.mss.policy, self.usage),
                 gate=self.gate,
             )
             self.legacy_operations = self._legacy_operations
@@ -340,6 +342,7 @@ class Gateway:
                 card_watch=self.card_sessions,
                 sessions=self.limits.smtp_sessions_per_person,
                 usage=self.usage,
+                policy=settings.mss.policy,
             ),
             bind_tcp(smtp.host, smtp.port),
             tls,
@@ -413,6 +416,7 @@ class Gateway:
             flush_interval=usage.flush_interval,
             max_pending=usage.max_pending,
             counter=self.metrics,
+            rule_software=usage.nonconformity_software,
         )
         assert self._engine is not None
         try:

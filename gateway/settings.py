@@ -251,6 +251,17 @@ class SmtpFrontSettings(_Section):
     )
 
 
+class MssSettings(_Section):
+    """The MSSanté message rules (`gateway.mss`): what a message breaking them gets."""
+
+    policy: Literal["enforce", "report"] = Field(
+        default="enforce",
+        description="enforce: a message breaking an X-MSS-* header rule is refused (5.6.0); "
+        "report: it is relayed unchanged, and each non-conformity counted per software in "
+        "the usage figures. The sender-identity and safety checks refuse under both",
+    )
+
+
 TlsMode = Literal["none", "starttls", "implicit"]
 
 
@@ -410,6 +421,13 @@ class UsageSettings(_Section):
     top_software: int = Field(
         default=20, ge=1, le=1_000, description="software label values in metrics; the rest: other"
     )
+    nonconformity_software: int = Field(
+        default=1_000,
+        ge=1,
+        le=100_000,
+        description="software names a node counts MSSanté non-conformities under per UTC day; "
+        "the rest: other",
+    )
 
 
 class MigrationSettings(_Section):
@@ -462,6 +480,7 @@ class Settings(BaseSettings):
     cards: CardSettings = CardSettings()
     imap: ImapFrontSettings = ImapFrontSettings()
     smtp: SmtpFrontSettings = SmtpFrontSettings()
+    mss: MssSettings = MssSettings()
     backends: dict[str, BackendSettings] = Field(default_factory=dict)
     routing: RoutingSettings = RoutingSettings()
     legacy_front: LegacyFrontSettings = LegacyFrontSettings()

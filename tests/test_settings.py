@@ -11,18 +11,22 @@ from typing import Any
 
 import pytest
 from pydantic import BaseModel, ValidationError
+from typer.testing import CliRunner
 
 from gateway.backends.imap_smtp.backend import ImapSmtpBackend
 from gateway.backends.kinds import backends_from_settings
 from gateway.backends.routing import NoRoute, Route, Router
+from gateway.cli import app as cli_app
 from gateway.settings import (
     BackendSettings,
     ImapFrontSettings,
     MockSettings,
+    MssSettings,
     RoutingSettings,
     Settings,
     SmtpFrontSettings,
     TlsSettings,
+    UsageSettings,
     load_settings,
 )
 from mock_operator.server import MockOperator
@@ -259,3 +263,57 @@ def test_master_password_never_shown(tmp_path: Path, clean_env: pytest.MonkeyPat
         assert "hunter2-master-pw" not in shown
         assert "other-secret-pw" not in shown
     assert "hunter2" not in repr(settings.backends["modern"])
+
+
+# -- [mss] policy -----------------------------------------------------------------------------
+
+
+def test_mss_policy_defaults_to_enforce_and_the_example_shows_it(clean_env: pytest.MonkeyPatch):
+    assert Settings().mss.policy == "enforce"
+    assert load_settings(EXAMPLE).mss == MssSettings()
+    assert load_settings(EXAMPLE).usage == UsageSettings()
+
+
+def test_mss_policy_from_the_file_then_the_environment(
+    tmp_path: Path, clean_env: pytest.MonkeyPatch
+):
+    config = tmp_path / "gateway.toml"
+    config.write_text('[mss]\npolicy = "report"\n')
+    assert load_settings(config).mss.policy == "report"
+    clean_env.setenv("LPSGW_MSS__POLICY", "enforce")
+    assert load_settings(config).mss.policy == "enforce", "the environment beats the file"
+    clean_env.setenv("LPSGW_MSS__POLICY", "report")
+    assert load_settings().mss.policy == "report"
+
+
+@pytest.mark.parametrize("value", ["block", "Report", "", "warn"])
+def test_an_unknown_mss_policy_is_refused_naming_the_key_and_the_choices(
+    tmp_path: Path, clean_env: pytest.MonkeyPatch, value: str
+):
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'[mss]\npolicy = "{value}"\n')
+    with pytest.raises(ValidationError) as refused:
+        load_settings(config)
+    [error] = refused.value.errors()
+    assert error["loc"] == ("mss", "policy")
+    assert "'enforce' or 'report'" in error["msg"]
+    config.write_text('[mss]\npolicy = "report"\nstrict = true\n')
+    with pytest.raises(ValidationError):
+        load_settings(config)  # a misspelt key of the section is an error too
+
+
+def test_lps_gateway_says_which_key_is_wrong(tmp_path: Path, clean_env: pytest.MonkeyPatch):
+    """`lps-gateway serve` (and demo, usage) with a bad value: one line naming the key and
+    what it accepts, exit 1, no traceback."""
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'data_dir = "{tmp_path / "state"}"\n[mss]\npolicy = "block"\n')
+    for args in (["serve"], ["usage"]):
+        result = CliRunner().invoke(cli_app, [*args, "--config", str(config)])
+        assert result.exit_code == 1
+        assert (
+            "lps-gateway: configuration error: mss.policy: Input should be 'enforce' or 'report'"
+            in result.output
+        )
+        assert "Traceback" not in result.output
+        assert "block" not in result.output  # the value is not echoed: it may be a secret
+    assert not (tmp_path / "state").exists()

@@ -20,7 +20,7 @@ from delegation.audit import AuditAction
 from delegation.service import DelegationService
 from gateway import admin_secret
 from gateway.api.deps import bearer, current_identity, get_service, get_validator
-from gateway.usage.report import UsageReport
+from gateway.usage.report import CsvTable, UsageReport
 from psc_auth import Identity, TokenValidator
 
 if TYPE_CHECKING:
@@ -121,18 +121,26 @@ router = APIRouter(prefix="/admin", tags=["admin"])
 @router.get("/usage")
 async def usage(config: Admin, since: Since = None) -> dict[str, Any]:
     """Per software (and version) and interface: BAL, persons, sessions, messages, first
-    and last seen; the BAL still on the historic platform; sessions per day and interface."""
+    and last seen; the BAL still on the historic platform; sessions per day and interface;
+    the MSSanté rules each software broke (refused, or reported: let through)."""
     return (await config.config.usage(since)).as_json()
 
 
 @router.get("/usage.csv", response_class=Response)
-async def usage_csv(config: Admin, since: Since = None) -> Response:
-    """The per-software table as CSV (UTF-8, CRLF)."""
+async def usage_csv(
+    config: Admin,
+    since: Since = None,
+    table: Annotated[
+        CsvTable, Query(description="software (default), or nonconformities per software and rule")
+    ] = "software",
+) -> Response:
+    """The per-software table, or the non-conformities, as CSV (UTF-8, CRLF)."""
     report = await config.config.usage(since)
+    name = "usage.csv" if table == "software" else "usage-nonconformities.csv"
     return Response(
-        report.as_csv(),
+        report.as_csv(table),
         media_type="text/csv; charset=utf-8",
-        headers={"Content-Disposition": 'attachment; filename="usage.csv"'},
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )
 
 

@@ -44,8 +44,9 @@ from gateway.fronts import smtp_replies as replies
 from gateway.fronts.login import FrontAuthenticator, FrontGrant
 from gateway.imap.session import ExternalCredentials
 from gateway.metrics import Metrics
-from gateway.mss import RuleResult, add_headers, add_sender, check_message, remove_fields
+from gateway.mss import RuleResult, Violation, add_headers, add_sender, check_message, remove_fields
 from gateway.mss.headers import UnreadableHeader, header_fields
+from gateway.mss.policy import MessagePolicy, Policy
 from gateway.psc_sessions import PscSessionWatch
 from gateway.runtime.limits import SlotCounter
 from gateway.runtime.login import AuthFailed, ConnectionInfo
@@ -113,9 +114,11 @@ class SubmissionFront(CardAuthMixin):
         sessions: SlotCounter | None = None,
         usage: UsageRecorder | None = None,
         card_watch: CardSessionWatch | None = None,
+        policy: Policy = "enforce",
     ) -> None:
         self.authenticator = authenticator
         self.usage = usage  # who still uses what: EHLO per login, X-MSS-NIL per message
+        self.mss = MessagePolicy(policy, usage)  # `[mss] policy`: refuse, or count and relay
         self.settings = settings
         self.metrics = metrics
         self.psc = psc  # ends sessions whose PSC session ended
@@ -297,9 +300,17 @@ class SubmissionFront(CardAuthMixin):
             return refused
         raw = _content(envelope)
         checked = self._check(raw, sender, envelope.rcpt_tos)
-        if not checked.ok:
+        refusing = self.mss.judge(
+            checked,
+            interface=_interface(sender),
+            software=_nil(raw) or session.host_name,
+            bal=sender.mailbox,
+            actor=sender.actor,
+        )
+        if refusing:
+            self._rejected(sender, refusing)
             await self._abandon(relay)
-            return _violations_reply(checked)
+            return _violations_reply(refusing)
         message = await self._prepare(raw, checked, sender, client)
         gate = self.authenticator.gate
         try:
@@ -439,21 +450,25 @@ class SubmissionFront(CardAuthMixin):
         )
 
     def _check(self, raw: bytes, sender: FrontGrant, recipients: list[str]) -> RuleResult:
-        """The MSSanté rules; a broken one is counted and logged here."""
-        checked = check_message(
+        """The MSSanté rules (what a broken one gets is `self.mss`'s to say)."""
+        return check_message(
             raw,
             sender=sender.mailbox,
             default_nil=self.settings.default_nil,
             max_size=self.settings.max_message_size,
             recipients=recipients,
         )
-        if not checked.ok:
-            self.metrics.messages.labels("rejected").inc()
-            log.info(
-                "smtp.message_rejected",
-                extra={"bal": sender.mailbox, "actor": sender.actor, "rules": checked.rules},
-            )
-        return checked
+
+    def _rejected(self, sender: FrontGrant, refusing: list[Violation]) -> None:
+        self.metrics.messages.labels("rejected").inc()
+        log.info(
+            "smtp.message_rejected",
+            extra={
+                "bal": sender.mailbox,
+                "actor": sender.actor,
+                "rules": [violation.rule for violation in refusing],
+            },
+        )
 
     async def _relay_for(self, client: _Client, sender: FrontGrant) -> Submission:
         """The client's backend session for this BAL: the current one if it is for the
@@ -540,8 +555,8 @@ def _interface(grant: FrontGrant) -> Interface:
 
 
 def _nil(message: bytes) -> str | None:
-    """The X-MSS-NIL of a message the rules passed (one, readable): the software's
-    registration number, which the usage figures count messages by."""
+    """The (first) X-MSS-NIL of a message, if its header block reads: the software's
+    registration number, which the usage figures count messages and non-conformities by."""
     try:
         fields = header_fields(message)
     except UnreadableHeader:
@@ -563,10 +578,11 @@ def _connection(server: SMTP, session: Session) -> ConnectionInfo:
     )
 
 
-def _violations_reply(checked: RuleResult) -> str:
-    """Every broken rule, one line each (RFC 5321 multi-line reply, one basic code)."""
-    code = checked.violations[0].smtp_code
-    lines = [violation.reply for violation in checked.violations]
+def _violations_reply(refusing: list[Violation]) -> str:
+    """Every rule that refuses the message, one line each (RFC 5321 multi-line reply, one
+    basic code)."""
+    code = refusing[0].smtp_code
+    lines = [violation.reply for violation in refusing]
     return "\r\n".join(
         f"{code}{'-' if index < len(lines) - 1 else ' '}{line}" for index, line in enumerate(lines)
     )

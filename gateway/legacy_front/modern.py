@@ -16,7 +16,7 @@ import logging
 import re
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.backends.base import Submission
@@ -69,6 +69,7 @@ from gateway.mss.historic_ws import (
     TRASH,
     HistoricError,
 )
+from gateway.mss.policy import MessagePolicy
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ class Settings:
     keeps_sent_copy: bool
     max_message_size: int
     domain: str
+    mss: MessagePolicy = field(default_factory=MessagePolicy)  # `[mss] policy`, sendMessage
 
 
 SubmissionOpener = Callable[[], Submission]
@@ -686,7 +688,11 @@ class ModernBal:
         *,
         software: str | None,
         delegate: tuple[str, str] | None,
+        user_agent: str | None = None,
+        actor: str = "",
     ) -> dict[str, Any]:
+        """sendMessage; `software` (NUMHOMOLOGATION) is the message's X-MSS-NIL, and with
+        `user_agent` what its non-conformities are counted under."""
         composed = inputs.composed(payload, sending=True)
         original: tuple[int, BalFolder, Location] | None = None
         draft: tuple[int, BalFolder, Location] | None = None
@@ -718,10 +724,17 @@ class ModernBal:
             max_size=self.settings.max_message_size,
             recipients=recipients,
         )
-        if not checked.ok:
+        refusing = self.settings.mss.judge(
+            checked,
+            interface="historic-ws",
+            software=software or user_agent,
+            bal=self.bal,
+            actor=actor,
+        )
+        if refusing:
             raise HistoricError(
                 INVALID_FORMAT,
-                "message refusé: " + ", ".join(checked.rules),
+                "message refusé: " + ", ".join(violation.rule for violation in refusing),
             )
         if checked.headers_to_add:
             outgoing = add_headers(outgoing, checked.headers_to_add)

@@ -46,6 +46,7 @@ from gateway.mss.historic_ws import (
     Caller,
     HistoricError,
 )
+from gateway.mss.policy import MessagePolicy
 from gateway.settings import BackendSettings
 from psc_auth import Identity
 from psc_auth.identity import AuthMeans
@@ -137,6 +138,7 @@ class GatewayHistoricOperations:
         max_message_size: int = 20 * 1024 * 1024,
         pool: SessionPool | None = None,
         gate: BalGate | None = None,
+        mss: MessagePolicy | None = None,
     ) -> None:
         self.registry = registry
         self.gate = gate  # a BAL being moved: its calls wait, then go where it went
@@ -148,6 +150,7 @@ class GatewayHistoricOperations:
         self.on_access = on_access
         self.max_message_size = max_message_size
         self.pool = pool or SessionPool()
+        self.mss = mss or MessagePolicy()  # `[mss] policy` for sendMessage on a modern BAL
 
     async def aclose(self) -> None:
         await self.pool.aclose()
@@ -320,6 +323,7 @@ class GatewayHistoricOperations:
             bool(configured and configured.keeps_sent_copy),
             self.max_message_size,
             bal.rpartition("@")[2],
+            self.mss,
         )
         grant = access.decision.grant
         holder = grant.holder_name if grant is not None else ""
@@ -445,7 +449,13 @@ async def _run(
     if operation == "draftMessage":
         return await mailbox.draft(payload)
     if operation == "sendMessage":
-        return await mailbox.send(payload, software=caller.software, delegate=delegate)
+        return await mailbox.send(
+            payload,
+            software=caller.software,
+            delegate=delegate,
+            user_agent=caller.user_agent,
+            actor=caller.idnat or "",
+        )
     raise HistoricError(INVALID_FORMAT, f"opération inconnue: {operation}")
 
 

@@ -1,8 +1,10 @@
 """The MSSanté message rules (Référentiel #2, ECO.2.x) checked on a submitted message.
 
 `check_message` returns every rule a message breaks as a `Violation` carrying an enhanced
-status code and an ASCII, single-line, French + English text that an SMTP reply can carry
-as is (``554 5.6.0 <text>``). Values copied from the message are sanitised and truncated
+status code, a rule id from the closed list `RULES` (with its scope: the sender-identity
+and safety rules always refuse, the X-MSS-* header rules follow `[mss] policy`, see
+`gateway.mss.policy`) and an ASCII, single-line, French + English text that an SMTP reply
+can carry as is (``554 5.6.0 <text>``). Values copied from the message are sanitised and truncated
 first: the reply must not let a sender inject CR/LF or 8-bit octets into our SMTP answer.
 
 The rules (DOMAIN.md §2):
@@ -64,6 +66,11 @@ MAX_LINE = 998  # RFC 5322 §2.1.1
 RESENT_FIELDS = frozenset({"resent-from", "resent-sender"})
 
 StatusCode = Literal["5.3.4", "5.6.0", "5.7.1"]
+Scope = Literal["sender", "safety", "mss"]
+"""What a rule protects. ``sender``: who the message claims to be from; ``safety``: what
+the gateway cannot read safely (size, header block, MIME tree, archive); both are always
+refused. ``mss``: the MSSanté header rules (ECO.2.x), obligations on the LPS that the
+gateway's `[mss] policy` enforces or only reports (`gateway.mss.policy`)."""
 _BASIC_CODES: dict[str, int] = {"5.3.4": 552, "5.6.0": 554, "5.7.1": 550}
 
 _UNFOLD = re.compile(r"\r?\n(?=[ \t])")
@@ -78,6 +85,40 @@ _ADDR_SPEC = re.compile(
     rf"{_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
 )
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A rule id's scope, and the header (or attachment) it is about, which is all that a
+    log line or the usage figures say of the message."""
+
+    scope: Scope
+    header: str | None = None
+
+
+def _header_rules(header: str, *suffixes: str) -> dict[str, Rule]:
+    return {f"{header}-{suffix}": Rule("mss", header) for suffix in suffixes}
+
+
+RULES: dict[str, Rule] = {
+    "message-too-big": Rule("safety"),
+    "header-unreadable": Rule("sender"),  # a line that would hide a field from the checks
+    "message-unparsable": Rule("safety"),
+    "MIME-too-complex": Rule("safety"),
+    "IHE_XDM-unreadable": Rule("safety", "IHE_XDM.ZIP"),  # a zip bomb is not relayed
+    "From-mismatch": Rule("sender", "From"),
+    "From-display-address": Rule("sender", "From"),
+    "Resent-From-mismatch": Rule("sender", "Resent-From"),
+    "Resent-Sender-mismatch": Rule("sender", "Resent-Sender"),
+    **_header_rules("X-MSS-NIL", "missing", "empty", "duplicate"),
+    **_header_rules("X-MSS-CODECDA", "missing", "mismatch", "unexpected", "duplicate"),
+    **_header_rules("X-MSS-INS", "missing", "invalid", "mismatch", "unexpected", "duplicate"),
+    **_header_rules("X-MSS-MES", "invalid", "unexpected", "duplicate"),
+    "CDA-code-missing": Rule("mss", "IHE_XDM.ZIP"),
+}
+"""Every rule id `check_message` gives: a closed list, so that what counts and logs rule
+ids (the usage figures, metrics) never takes one from a message."""
+UNKNOWN_RULE = Rule("sender")  # a rule id missing from RULES is refused under any policy
 
 
 @dataclass(frozen=True)
@@ -97,6 +138,14 @@ class Violation:
     def reply(self) -> str:
         """``5.6.0 <text>``: what follows the basic code in the SMTP reply."""
         return f"{self.code} {self.text}"
+
+    @property
+    def scope(self) -> Scope:
+        return RULES.get(self.rule, UNKNOWN_RULE).scope
+
+    @property
+    def header(self) -> str | None:
+        return RULES.get(self.rule, UNKNOWN_RULE).header
 
 
 @dataclass

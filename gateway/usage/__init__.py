@@ -7,6 +7,7 @@ A front that lets someone into a BAL tells the gateway's `UsageRecorder` (`Gatew
     usage.session(grant, interface_for("imap", by_card), software, version)   # one per login
     usage.message(grant, interface_for("smtp", by_card), nil)                 # one per message
     usage.session(grant, "historic-ws", numhomologation or user_agent)        # historic front
+    usage.nonconformity(interface, nil or ehlo, "", rule, "reported")         # gateway.mss.policy
 
 `record` never waits and never raises: counts are merged in memory and written in the
 background (`recorder`), read back by `report` (the CLI, `/admin/usage`, the page).

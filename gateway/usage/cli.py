@@ -15,7 +15,7 @@ from delegation.db import create_engine
 from gateway.backends.routing import Placement
 from gateway.db import usage_daily
 from gateway.settings import RoutingSettings, Settings
-from gateway.usage.report import UsageReport, usage_report
+from gateway.usage.report import CsvTable, UsageReport, usage_report
 
 # `lps-gateway demo` configures its backends in code, not in a file: read in its
 # directory without backends, the usage tables are the demo's, laid out as it lays them.
@@ -31,7 +31,9 @@ def placement_of(settings: Settings) -> tuple[Placement, list[str]]:
     return Placement(settings.backends, settings.routing), historic
 
 
-async def run_report(settings: Settings, since: dt.date | None, output: str) -> int:
+async def run_report(
+    settings: Settings, since: dt.date | None, output: str, table: CsvTable = "software"
+) -> int:
     # piped or redirected, rich would squeeze the tables into 80 columns: keep them whole
     console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
     errors = Console(stderr=True)
@@ -55,7 +57,7 @@ async def run_report(settings: Settings, since: dt.date | None, output: str) -> 
     if output == "json":
         console.print_json(json.dumps(report.as_json()))
     elif output == "csv":
-        print(report.as_csv(), end="")
+        print(report.as_csv(table), end="")
     else:
         print_tables(report, console)
     return 0
@@ -95,3 +97,23 @@ def print_tables(report: UsageReport, console: Console) -> None:
             bal.bal, bal.platform, bal.software, bal.version, bal.interface, _when(bal.last_seen)
         )
     console.print(still)
+    broken = Table(title="MSSanté rules broken, by software (refused; reported: let through)")
+    for name in ("software", "version", "interface", "rule", "header"):
+        broken.add_column(name)
+    for name in ("refused", "reported"):
+        broken.add_column(name, justify="right")
+    broken.add_column("first day")
+    broken.add_column("last day")
+    for rule in report.nonconformities:
+        broken.add_row(
+            rule.software,
+            rule.version,
+            rule.interface,
+            rule.rule,
+            rule.header or "-",
+            str(rule.refused),
+            str(rule.reported),
+            rule.first_day.isoformat(),
+            rule.last_day.isoformat(),
+        )
+    console.print(broken)

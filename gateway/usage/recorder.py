@@ -3,7 +3,12 @@ merged counts in the background, so a login waits for no database write.
 
 Memory is bounded: past `max_pending` distinct rows a flush starts at once; past twice
 that (the database is slow or down) accesses that would add a row are dropped, counted
-and logged, while those adding to a pending row still count."""
+and logged, while those adding to a pending row still count.
+
+MSSanté non-conformities (`nonconformity`, from `gateway.mss.policy`) are counted per day,
+software, interface and rule. Their rows are bounded whatever clients send: rule ids come
+from the closed list `gateway.mss.rules.RULES` (any other is not counted), and a node
+counts them under at most `rule_software` software names a day, the rest under `other`."""
 
 from __future__ import annotations
 
@@ -16,8 +21,18 @@ from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.usage.access import Access, Interface, Kind
-from gateway.usage.store import Counts, DailyKey, Seen, SeenKey, write
+from gateway.mss.policy import Outcome
+from gateway.mss.rules import RULES
+from gateway.usage.access import (
+    INTERFACES,
+    UNKNOWN,
+    VERSION_LENGTH,
+    Access,
+    Interface,
+    Kind,
+    clean_label,
+)
+from gateway.usage.store import Counts, DailyKey, RuleCounts, RuleKey, Seen, SeenKey, write
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +64,16 @@ class Counter(Protocol):
 
     def count_access(self, access: Access) -> None: ...
 
+    def count_nonconformity(
+        self, interface: str, software: str, rule: str, outcome: str
+    ) -> None: ...
+
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+OTHER = "other"  # the software of non-conformities past a day's `rule_software` names
 
 
 class UsageRecorder:
@@ -63,6 +85,7 @@ class UsageRecorder:
         max_pending: int = 10_000,
         counter: Counter | None = None,
         clock: Callable[[], dt.datetime] = _now,
+        rule_software: int = 1_000,
     ) -> None:
         self.engine = engine  # None: count in metrics only (an API without a database)
         self.flush_interval = flush_interval
@@ -72,6 +95,10 @@ class UsageRecorder:
         self.dropped = 0
         self._daily: dict[DailyKey, Counts] = {}
         self._seen: dict[SeenKey, Seen] = {}
+        self._rules: dict[RuleKey, RuleCounts] = {}
+        self.rule_software = rule_software
+        self._rule_day: dt.date | None = None
+        self._rule_names: set[str] = set()  # the software counted under on `_rule_day`
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -117,6 +144,44 @@ class UsageRecorder:
         if self.pending >= self.max_pending:
             self._wake.set()
 
+    def nonconformity(
+        self, interface: str, software: str | None, version: str | None, rule: str, outcome: Outcome
+    ) -> None:
+        """One MSSanté rule broken by a message from `software` (as `message` names it),
+        `refused` or `reported` (let through) by the policy; never waits, never raises."""
+        if rule not in RULES or interface not in INTERFACES:
+            log.warning("usage.unknown_rule", extra={"rule": rule[:40], "interface": interface})
+            return
+        at = self.clock()
+        name = self._rule_software(at.astimezone(dt.UTC).date(), clean_label(software) or UNKNOWN)
+        if self.counter is not None:
+            self.counter.count_nonconformity(interface, name, rule, outcome)
+        if self.engine is None:
+            return
+        version = clean_label(version, VERSION_LENGTH) if name != OTHER else ""
+        key = (at.astimezone(dt.UTC).date(), name, version, interface, rule)
+        if key not in self._rules and self.pending >= 2 * self.max_pending:
+            self.dropped += 1
+            return
+        counts = self._rules.setdefault(key, RuleCounts())
+        if outcome == "refused":
+            counts.refused += 1
+        else:
+            counts.reported += 1
+        if self.pending >= self.max_pending:
+            self._wake.set()
+
+    def _rule_software(self, day: dt.date, name: str) -> str:
+        """`name`, or `other` past the day's `rule_software` distinct names."""
+        if day != self._rule_day:
+            self._rule_day, self._rule_names = day, set()
+        if name in self._rule_names:
+            return name
+        if len(self._rule_names) < self.rule_software and name != OTHER:
+            self._rule_names.add(name)
+            return name
+        return OTHER
+
     def _access(
         self,
         grant: Granted,
@@ -142,7 +207,7 @@ class UsageRecorder:
     @property
     def pending(self) -> int:
         """Rows merged in memory, not yet written."""
-        return len(self._daily) + len(self._seen)
+        return len(self._daily) + len(self._seen) + len(self._rules)
 
     def start(self) -> None:
         if self._task is None and self.engine is not None:
@@ -165,22 +230,35 @@ class UsageRecorder:
                 return
             daily, self._daily = self._daily, {}
             seen, self._seen = self._seen, {}
+            rules, self._rules = self._rules, {}
             self._wake.clear()
             try:
-                await write(self.engine, daily, seen)
+                await write(self.engine, daily, seen, rules)
             except BaseException as failure:  # cancelled too: the batch is not lost
                 if isinstance(failure, Exception):
                     log.warning("usage.flush_failed", exc_info=True)
-                self._merge_back(daily, seen)
+                self._merge_back(daily, seen, rules)
                 raise
             finally:
                 if self.dropped:
                     log.warning("usage.dropped", extra={"accesses": self.dropped})
                     self.dropped = 0
 
-    def _merge_back(self, daily: dict[DailyKey, Counts], seen: dict[SeenKey, Seen]) -> None:
+    def _merge_back(
+        self,
+        daily: dict[DailyKey, Counts],
+        seen: dict[SeenKey, Seen],
+        rules: dict[RuleKey, RuleCounts],
+    ) -> None:
         """Put a batch the database refused back, within the same bound as `record`."""
         full = 2 * self.max_pending
+        for rule_key, rule_counts in rules.items():
+            if rule_key not in self._rules and self.pending >= full:
+                self.dropped += rule_counts.refused + rule_counts.reported
+                continue
+            known_counts = self._rules.setdefault(rule_key, RuleCounts())
+            known_counts.refused += rule_counts.refused
+            known_counts.reported += rule_counts.reported
         for key, counts in daily.items():
             if key not in self._daily and self.pending >= full:
                 self.dropped += counts.sessions + counts.messages

@@ -1,6 +1,7 @@
 """The usage report: per software (and version) and interface, since a date, read from the
-daily counts and the first/last-seen rows only (never from raw events), and the BAL still
-on the historic platform with the software that reached them last."""
+daily counts and the first/last-seen rows only (never from raw events), the BAL still
+on the historic platform with the software that reached them last, and the MSSanté rules
+each software broke (refused, or reported under `[mss] policy = "report"`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import datetime as dt
 import io
 from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import String, func, inspect, literal, select
 from sqlalchemy.dialects.postgresql import distinct_on
@@ -18,7 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from delegation.models import MailboxRow
 from gateway.backends.routing import Placement
-from gateway.db import usage_daily, usage_seen
+from gateway.db import usage_daily, usage_nonconformities, usage_seen
+from gateway.mss.rules import RULES, UNKNOWN_RULE
 
 CSV_FIELDS = (
     "software",
@@ -31,6 +33,18 @@ CSV_FIELDS = (
     "first_seen",
     "last_seen",
 )
+NONCONFORMITY_FIELDS = (
+    "software",
+    "version",
+    "interface",
+    "rule",
+    "header",
+    "refused",
+    "reported",
+    "first_day",
+    "last_day",
+)
+CsvTable = Literal["software", "nonconformities"]
 
 
 @dataclass(frozen=True)
@@ -67,11 +81,28 @@ class DayCount:
 
 
 @dataclass(frozen=True)
+class Nonconformity:
+    """An MSSanté rule a software broke: messages refused for it, and messages let through
+    with it (`reported`, under `[mss] policy = "report"`), on UTC days first to last."""
+
+    software: str
+    version: str
+    interface: str
+    rule: str
+    header: str | None
+    refused: int
+    reported: int
+    first_day: dt.date
+    last_day: dt.date
+
+
+@dataclass(frozen=True)
 class UsageReport:
     since: dt.date | None
     software: list[SoftwareUsage]
     historic: list[HistoricBal] = field(default_factory=list)
     days: list[DayCount] = field(default_factory=list)
+    nonconformities: list[Nonconformity] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         def plain(value: Any) -> Any:
@@ -87,19 +118,26 @@ class UsageReport:
             "software": rows(self.software),
             "historic_bals": rows(self.historic),
             "days": rows(self.days),
+            "nonconformities": rows(self.nonconformities),
         }
 
-    def as_csv(self) -> str:
-        """The per-software table (labels were cleaned of formula starters on the way in)."""
+    def as_csv(self, table: CsvTable = "software") -> str:
+        """The per-software table, or the non-conformities per software and rule (labels
+        were cleaned of formula starters on the way in)."""
+        fields, items = (
+            (CSV_FIELDS, self.software)
+            if table == "software"
+            else (NONCONFORMITY_FIELDS, self.nonconformities)
+        )
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\r\n")
-        writer.writerow(CSV_FIELDS)
-        for row in self.software:
+        writer.writerow(fields)
+        for row in items:
             values = asdict(row)
             writer.writerow(
                 [
-                    v.isoformat() if isinstance(v, dt.datetime) else ("" if v is None else v)
-                    for v in (values[name] for name in CSV_FIELDS)
+                    v.isoformat() if isinstance(v, dt.date) else ("" if v is None else v)
+                    for v in (values[name] for name in fields)
                 ]
             )
         return out.getvalue()
@@ -136,15 +174,38 @@ async def usage_report(
         .group_by(daily.day, daily.interface)
         .order_by(daily.day, daily.interface)
     )
+    broken = usage_nonconformities.c
+    rule_keys = (broken.software, broken.version, broken.interface, broken.rule)
+    per_rule = (
+        select(
+            *rule_keys,
+            func.sum(broken.refused),
+            func.sum(broken.reported),
+            func.min(broken.day),
+            func.max(broken.day),
+        )
+        .group_by(*rule_keys)
+        .order_by(*rule_keys)
+    )
     if start is not None:
         people = people.where(seen.last_seen >= start)
         counts = counts.where(daily.day >= since)
         per_day = per_day.where(daily.day >= since)
+        per_rule = per_rule.where(broken.day >= since)
 
     async def rows(query: Any) -> list[Any]:
-        # one connection each: PostgreSQL runs the four queries at once
+        # one connection each: PostgreSQL runs the queries at once
         async with engine.connect() as connection:
             return list(await connection.execute(query))
+
+    async def rule_rows() -> list[Any]:
+        # a database the gateway has not migrated to gw0008 yet (the CLI of a newer release)
+        async with engine.connect() as connection:
+            if not await connection.run_sync(
+                lambda sync: inspect(sync).has_table(usage_nonconformities.name)
+            ):
+                return []
+            return list(await connection.execute(per_rule))
 
     async def lasts() -> list[Any]:
         if not historic:
@@ -155,9 +216,23 @@ async def usage_report(
             )
             return list(await connection.execute(_latest(engine, start, registry)))
 
-    reached_rows, total_rows, by_day, latest = await asyncio.gather(
-        rows(people), rows(counts), rows(per_day), lasts()
+    reached_rows, total_rows, by_day, latest, by_rule = await asyncio.gather(
+        rows(people), rows(counts), rows(per_day), lasts(), rule_rows()
     )
+    nonconformities = [
+        Nonconformity(
+            str(name),
+            str(version),
+            str(interface),
+            str(rule),
+            RULES.get(rule, UNKNOWN_RULE).header,
+            refused=int(refused or 0),
+            reported=int(reported or 0),
+            first_day=first,
+            last_day=last,
+        )
+        for name, version, interface, rule, refused, reported, first, last in by_rule
+    ]
     reached = {tuple(row[:3]): row[3:] for row in reached_rows}
     totals = {tuple(row[:3]): row[3:] for row in total_rows}
     days = [DayCount(r[0], r[1], int(r[2]), int(r[3])) for r in by_day]
@@ -185,7 +260,7 @@ async def usage_report(
         if now in historic:
             still.append(HistoricBal(bal, str(now), name, version, interface, when))
     still.sort(key=lambda item: (item.software, item.bal))
-    return UsageReport(since, software, still, days)
+    return UsageReport(since, software, still, days, nonconformities)
 
 
 def _latest(engine: AsyncEngine, start: dt.datetime | None, registry: bool) -> Any:

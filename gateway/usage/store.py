@@ -12,10 +12,11 @@ from sqlalchemy import Table, case, func
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.db import usage_daily, usage_seen
+from gateway.db import usage_daily, usage_nonconformities, usage_seen
 
 DailyKey = tuple[dt.date, str, str, str]  # day, software, version, interface
 SeenKey = tuple[str, str, str, str, str]  # software, version, interface, bal, idnat
+RuleKey = tuple[dt.date, str, str, str, str]  # day, software, version, interface, rule
 ROWS_PER_STATEMENT = 500  # PostgreSQL takes 32,767 parameters, SQLite 32,766 (3.32+)
 
 
@@ -23,6 +24,12 @@ ROWS_PER_STATEMENT = 500  # PostgreSQL takes 32,767 parameters, SQLite 32,766 (3
 class Counts:
     sessions: int = 0
     messages: int = 0
+
+
+@dataclass
+class RuleCounts:
+    refused: int = 0
+    reported: int = 0
 
 
 @dataclass
@@ -39,10 +46,14 @@ class Seen:
 
 
 async def write(
-    engine: AsyncEngine, daily: dict[DailyKey, Counts], seen: dict[SeenKey, Seen]
+    engine: AsyncEngine,
+    daily: dict[DailyKey, Counts],
+    seen: dict[SeenKey, Seen],
+    rules: dict[RuleKey, RuleCounts] | None = None,
 ) -> None:
-    """Add `daily` and `seen` to the tables in one transaction. Rows go in key order, so
-    two nodes flushing at once lock them in the same order (no deadlock)."""
+    """Add `daily`, `seen` and `rules` (MSSanté non-conformities) to the tables in one
+    transaction. Rows go in key order, so two nodes flushing at once lock them in the same
+    order (no deadlock)."""
     postgres = engine.dialect.name == "postgresql"
     daily_rows = [
         {
@@ -69,11 +80,25 @@ async def write(
         }
         for key, row in sorted(seen.items())
     ]
+    rule_rows = [
+        {
+            "day": key[0],
+            "software": key[1],
+            "version": key[2],
+            "interface": key[3],
+            "rule": key[4],
+            "refused": counts.refused,
+            "reported": counts.reported,
+        }
+        for key, counts in sorted((rules or {}).items())
+    ]
     async with engine.begin() as connection:
         for chunk in _chunks(daily_rows):
             await connection.execute(_daily_upsert(postgres, chunk))
         for chunk in _chunks(seen_rows):
             await connection.execute(_seen_upsert(postgres, chunk))
+        for chunk in _chunks(rule_rows):
+            await connection.execute(_rules_upsert(postgres, chunk))
 
 
 def _insert(postgres: bool, table: Table, rows: Sequence[dict[str, Any]]) -> Any:
@@ -89,6 +114,15 @@ def _daily_upsert(postgres: bool, rows: Sequence[dict[str, Any]]) -> Any:
             "sessions": usage_daily.c.sessions + new.sessions,
             "messages": usage_daily.c.messages + new.messages,
         },
+    )
+
+
+def _rules_upsert(postgres: bool, rows: Sequence[dict[str, Any]]) -> Any:
+    statement = _insert(postgres, usage_nonconformities, rows)
+    new, old = statement.excluded, usage_nonconformities.c
+    return statement.on_conflict_do_update(
+        index_elements=["day", "software", "version", "interface", "rule"],
+        set_={"refused": old.refused + new.refused, "reported": old.reported + new.reported},
     )
 
 

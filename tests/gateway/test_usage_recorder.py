@@ -9,6 +9,7 @@ import datetime as dt
 from collections.abc import AsyncIterator
 
 import pytest
+from sqlalchemy import inspect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from delegation.db import create_engine
@@ -17,6 +18,7 @@ from gateway.db import migrate_gateway
 from gateway.settings import RoutingSettings
 from gateway.usage import Access, UsageRecorder, clean_label, interface_for
 from gateway.usage.report import UsageReport, usage_report
+from tests.gateway.test_legacy_ws_uidmap import _downgrade
 from tests.support.waiting import until
 
 DAY = dt.datetime(2026, 3, 2, 9, 30, tzinfo=dt.UTC)
@@ -174,3 +176,107 @@ def test_labels_are_bounded_and_cleaned() -> None:
     assert interface_for("smtp", by_card=True) == "historic-smtp-cps"
     with pytest.raises(ValueError, match="interface"):
         access(0, "a@x.fr", "1", interface="pop3")
+
+
+# -- MSSanté non-conformities (`[mss] policy`) ------------------------------------------------
+
+
+def nonconformities(report: UsageReport) -> dict[tuple[str, str, str, str], tuple[int, int]]:
+    return {
+        (r.software, r.version, r.interface, r.rule): (r.refused, r.reported)
+        for r in report.nonconformities
+    }
+
+
+async def test_nonconformities_add_up_per_day_software_and_rule(engine: AsyncEngine) -> None:
+    day = [DAY]
+    recorders = [UsageRecorder(engine, clock=lambda: day[0]) for _ in range(2)]
+    for recorder in recorders:  # two nodes, flushing at once
+        recorder.nonconformity("api-lps-smtp", "NIL-1", "", "X-MSS-INS-mismatch", "reported")
+        recorder.nonconformity("api-lps-smtp", "NIL-1", "", "X-MSS-INS-mismatch", "refused")
+        recorder.nonconformity("historic-ws", "LPS 2", "3.1", "X-MSS-NIL-missing", "reported")
+    await asyncio.gather(*(r.flush() for r in recorders))
+    day[0] = DAY + dt.timedelta(days=2)
+    recorders[0].nonconformity("api-lps-smtp", "NIL-1", "", "X-MSS-INS-mismatch", "reported")
+    recorders[0].nonconformity("api-lps-smtp", None, None, "From-mismatch", "refused")
+    await recorders[0].flush()
+    report = await usage_report(engine)
+    assert nonconformities(report) == {
+        ("NIL-1", "", "api-lps-smtp", "X-MSS-INS-mismatch"): (2, 3),
+        ("LPS 2", "3.1", "historic-ws", "X-MSS-NIL-missing"): (0, 2),
+        ("unknown", "", "api-lps-smtp", "From-mismatch"): (1, 0),
+    }
+    [ins] = [r for r in report.nonconformities if r.rule == "X-MSS-INS-mismatch"]
+    assert (ins.header, ins.first_day, ins.last_day) == (
+        "X-MSS-INS",
+        DAY.date(),
+        DAY.date() + dt.timedelta(days=2),
+    )
+    later = await usage_report(engine, DAY.date() + dt.timedelta(days=1))
+    assert nonconformities(later) == {
+        ("NIL-1", "", "api-lps-smtp", "X-MSS-INS-mismatch"): (0, 1),
+        ("unknown", "", "api-lps-smtp", "From-mismatch"): (1, 0),
+    }
+    assert report.as_json()["nonconformities"][0]["first_day"] == DAY.date().isoformat()
+    lines = report.as_csv("nonconformities").splitlines()
+    assert lines[0] == "software,version,interface,rule,header,refused,reported,first_day,last_day"
+    assert len(lines) == 4
+
+
+async def test_rule_ids_and_software_names_are_bounded(engine: AsyncEngine) -> None:
+    recorder = UsageRecorder(engine, rule_software=3, clock=lambda: DAY)
+    for n in range(50):
+        recorder.nonconformity("api-lps-smtp", f"NIL-{n}", "1", "X-MSS-NIL-empty", "reported")
+    for bad_rule in ("X-MSS-EVIL-mismatch", "'; DROP TABLE gw_usage_daily; --", "x" * 500):
+        recorder.nonconformity("api-lps-smtp", "NIL-0", "", bad_rule, "refused")
+    recorder.nonconformity("pop3", "NIL-0", "", "X-MSS-NIL-empty", "refused")
+    await recorder.flush()
+    figures = nonconformities(await usage_report(engine))
+    assert figures == {
+        ("NIL-0", "1", "api-lps-smtp", "X-MSS-NIL-empty"): (0, 1),
+        ("NIL-1", "1", "api-lps-smtp", "X-MSS-NIL-empty"): (0, 1),
+        ("NIL-2", "1", "api-lps-smtp", "X-MSS-NIL-empty"): (0, 1),
+        ("other", "", "api-lps-smtp", "X-MSS-NIL-empty"): (0, 47),
+    }
+    recorder.clock = lambda: DAY + dt.timedelta(days=1)  # a new day: names count afresh
+    recorder.nonconformity("api-lps-smtp", "NIL-49", "", "X-MSS-NIL-empty", "reported")
+    await recorder.flush()
+    assert ("NIL-49", "", "api-lps-smtp", "X-MSS-NIL-empty") in nonconformities(
+        await usage_report(engine)
+    )
+
+
+async def test_nonconformity_rows_share_the_memory_bound(engine: AsyncEngine) -> None:
+    recorder = UsageRecorder(engine, max_pending=10, flush_interval=3600, clock=lambda: DAY)
+    for n in range(100):
+        recorder.nonconformity("api-lps-smtp", f"NIL-{n}", "", "X-MSS-INS-invalid", "refused")
+    assert recorder.pending <= 2 * 10
+    assert recorder.dropped == 100 - 2 * 10
+    await recorder.flush()
+    assert len((await usage_report(engine)).nonconformities) == 20
+
+
+async def test_the_nonconformity_table_downgrades_and_upgrades_again(fresh_db_url: str) -> None:
+    await migrate_gateway(fresh_db_url)
+    engine = create_engine(fresh_db_url)
+    try:
+        recorder = UsageRecorder(engine, clock=lambda: DAY)
+        recorder.nonconformity("api-lps-smtp", "NIL-1", "", "X-MSS-INS-mismatch", "reported")
+        await recorder.flush()
+        await engine.dispose()
+        await _downgrade(fresh_db_url, "gw0007")
+        async with engine.connect() as connection:
+            tables = set(await connection.run_sync(lambda c: inspect(c).get_table_names()))
+        assert "gw_usage_nonconformities" not in tables
+        assert "gw_usage_daily" in tables
+        # a report read before the gateway migrates (a newer CLI): no figures, no error
+        assert (await usage_report(engine)).nonconformities == []
+        await engine.dispose()
+        await migrate_gateway(fresh_db_url)
+        recorder.nonconformity("api-lps-smtp", "NIL-1", "", "X-MSS-INS-mismatch", "refused")
+        await recorder.flush()
+        assert nonconformities(await usage_report(engine)) == {
+            ("NIL-1", "", "api-lps-smtp", "X-MSS-INS-mismatch"): (1, 0)
+        }
+    finally:
+        await engine.dispose()

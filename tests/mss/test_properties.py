@@ -7,7 +7,7 @@ import zipfile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.mss.rules import RuleResult, add_headers, check_message
+from gateway.mss.rules import RULES, RuleResult, add_headers, check_message
 from gateway.mss.xdm import XdmContent, XdmError, XdmLimits, read_xdm
 from mock_operator.seed import ihe_xdm_zip
 from tests.mss.builders import HOSPITAL, make_zip, seeded_letter, variant, xdm_entries
@@ -66,7 +66,9 @@ def test_read_xdm_corrupted_archives(data: bytes) -> None:
 @FAST
 @given(st.binary(max_size=2048))
 def test_check_message_random_bytes(raw: bytes) -> None:
-    assert isinstance(check_message(raw, sender=HOSPITAL), RuleResult)
+    result = check_message(raw, sender=HOSPITAL)
+    assert isinstance(result, RuleResult)
+    assert set(result.rules) <= RULES.keys()  # never a rule id made from the message
 
 
 @FAST
@@ -77,6 +79,7 @@ def test_check_message_corrupted_letter(raw: bytes) -> None:
         assert violation.code in ("5.3.4", "5.6.0", "5.7.1")
         assert violation.text.isascii()
         assert violation.text.isprintable()
+        assert violation.rule in RULES
 
 
 HEADER_TEXT = st.text(
@@ -100,6 +103,7 @@ def test_check_message_any_header_values(headers: dict[str, str | None]) -> None
         return
     result = check_message(raw, sender=HOSPITAL)
     assert all(v.text.isascii() and v.text.isprintable() for v in result.violations)
+    assert set(result.rules) <= RULES.keys()
 
 
 FIELD_NAMES = st.text(

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from gateway.mss.rules import DEFAULT_MAX_SIZE, RuleResult, check_message
+from gateway.mss.rules import DEFAULT_MAX_SIZE, RULES, RuleResult, check_message
 from gateway.mss.xdm import DEFAULT_LIMITS, XdmLimits
 from mock_operator.seed import CDA_CODE, SOFTWARE_NIL, cda_document, ihe_xdm_zip
 from tests.mss.builders import (
@@ -56,6 +56,7 @@ def check(
         assert violation.text.isprintable()
         assert " / " in violation.text  # French / English
         assert violation.reply.startswith(f"{violation.code} ")
+        assert violation.rule in RULES  # the closed list the policy and usage figures know
     return result
 
 
@@ -595,3 +596,24 @@ def test_message_rfc822_parts_are_not_entered() -> None:
         + b"\r\n--b--\r\n"
     )
     assert check(raw, sender=LAB).ok
+
+
+@pytest.mark.parametrize("name", ["X-MSS-NIL", "X-MSS-CODECDA", "X-MSS-INS", "X-MSS-MES"])
+def test_a_duplicate_header_is_a_rule_of_the_closed_list(name: str) -> None:
+    value = {"X-MSS-NIL": SOFTWARE_NIL, "X-MSS-CODECDA": CDA_CODE, "X-MSS-INS": "O"}
+    raw = f"{name}: {value.get(name, 'FIN')}\r\n".encode() + letter(To=PATIENT, X_MSS_MES="FIN")
+    rules = check(raw).rules
+    assert f"{name}-duplicate" in rules
+    assert RULES[f"{name}-duplicate"].header == name
+
+
+def test_only_the_header_rules_are_left_to_the_policy() -> None:
+    """`[mss] policy = "report"` may let through what breaks an X-MSS-* rule, never what
+    hides or fakes the sender, nor what the gateway could not read safely."""
+    governed = {rule for rule, about in RULES.items() if about.scope == "mss"}
+    assert all(rule.startswith(("X-MSS-", "CDA-")) for rule in governed)
+    assert {"From-mismatch", "From-display-address", "header-unreadable"} <= {
+        rule for rule, about in RULES.items() if about.scope == "sender"
+    }
+    assert RULES["IHE_XDM-unreadable"].scope == "safety"
+    assert RULES["message-too-big"].scope == "safety"
