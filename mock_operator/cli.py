@@ -1,5 +1,6 @@
 """`mock-operator`: run the mock operator, ask a running one for a persona's token or to
-end a persona's PSC sessions, or build an IHE_XDM.ZIP for a vendor's own tests."""
+end a persona's PSC sessions, build an IHE_XDM.ZIP for a vendor's own tests, or probe an
+API LPS server from the client's side."""
 
 from __future__ import annotations
 
@@ -13,13 +14,24 @@ from urllib.parse import quote
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from gateway.runtime.files import write_private
 from gateway.runtime.lifecycle import run_until_signalled
 from gateway.runtime.logs import configure_logging
 from gateway.settings import load_settings
-from mock_operator.conformance.render import FORMATS
+from mock_operator.conformance.probe import (
+    DEFAULT_STEP,
+    ProbeTarget,
+    default_mailboxes,
+    development_certificates,
+    run_probe,
+)
+from mock_operator.conformance.probe_sasl import LoginPlan
+from mock_operator.conformance.probe_wire import Endpoint, TlsPolicy
+from mock_operator.conformance.render import FORMATS, render
+from mock_operator.conformance.results import Report, Status
 from mock_operator.personas import default_personas
 from mock_operator.seed import cda_document
 from mock_operator.server import MockOperator
@@ -307,6 +319,123 @@ def _get(url: str, path: str, params: dict[str, str]) -> str:
         err.print(f"the mock operator refused: {detail}")
         raise typer.Exit(1)
     return response.text
+
+
+PROBE_FORMATS = {".html": "html", ".htm": "html", ".xml": "junit", ".json": "json"}
+
+
+@app.command()
+def probe(
+    persona: Annotated[
+        str, typer.Option(help="Persona whose fresh tokens log in (dr-martin, sec-bernard, ...)")
+    ],
+    imap: Annotated[
+        str | None, typer.Option(help="The server's IMAP port, HOST:PORT (STARTTLS)")
+    ] = None,
+    smtp: Annotated[
+        str | None, typer.Option(help="The server's SMTP submission port, HOST:PORT (STARTTLS)")
+    ] = None,
+    bal: Annotated[
+        str | None,
+        typer.Option(help="BAL to open (default: the persona's own, else one delegated to them)"),
+    ] = None,
+    other_bal: Annotated[
+        str | None,
+        typer.Option(help="A BAL the persona may not open (default: another persona's)"),
+    ] = None,
+    url: Annotated[str, typer.Option(help="The running mock operator (tokens)")] = DEFAULT_URL,
+    ca: Annotated[
+        list[Path] | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="Trust this CA (PEM) too; default: the demo's or the mock's development "
+            "certificate found in the current directory",
+        ),
+    ] = None,
+    host_name: Annotated[
+        str | None, typer.Option(help="Name the server's certificate must carry (and SNI)")
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Do not check the server's certificate")
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option(min=0.1, max=300, help="Seconds for each step (connect, reply, TLS)")
+    ] = DEFAULT_STEP,
+    report_format: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="html, junit or json: the report on stdout, or in --output "
+            "(default: from its suffix, else json)",
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the report to this file")
+    ] = None,
+) -> None:
+    """Check an API LPS server from the client's side: STARTTLS, XOAUTH2 and OAUTHBEARER,
+    bad tokens and BAL refused as the RFCs say, capabilities, SMTP AUTH/SIZE/DSN, 5.7.1 for
+    a sender not allowed. Exit 0 when no check failed ("not observed" is no failure), 1
+    when one did, 2 on a usage error."""
+    if imap is None and smtp is None:
+        raise typer.BadParameter("give --imap HOST:PORT, --smtp HOST:PORT, or both")
+    if report_format is not None and report_format not in FORMATS:
+        raise typer.BadParameter(f"one of {', '.join(FORMATS)}", param_hint="--format")
+    try:
+        imap_at = Endpoint.parse(imap) if imap else None
+        smtp_at = Endpoint.parse(smtp) if smtp else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    own, other = default_mailboxes(persona)
+    bal, other_bal = bal or own, other_bal or other
+    if bal is None or other_bal is None:
+        raise typer.BadParameter(
+            f"{persona!r} is not a default persona with a BAL: name them with --bal and --other-bal"
+        )
+    cafiles = tuple(ca) if ca else development_certificates(Path.cwd())
+    policy = TlsPolicy(cafiles, insecure, host_name)
+    target = ProbeTarget(imap_at, smtp_at, policy, timeout)
+
+    async def fresh_token() -> str:
+        answer = await asyncio.to_thread(_ask, url, "/_test/token", {"persona": persona})
+        return str(answer["access_token"])
+
+    async def run() -> Report:
+        plan = await LoginPlan.prepare(persona, bal, other_bal, fresh_token)
+        return await run_probe(target, plan)
+
+    report = asyncio.run(run())
+    if output is not None:
+        chosen = report_format or PROBE_FORMATS.get(output.suffix.lower(), "json")
+        output.write_text(render(report, chosen), encoding="utf-8")
+    if report_format is not None and output is None:
+        typer.echo(render(report, report_format), nl=False)
+    else:
+        _probe_table(report, Console(soft_wrap=True))
+        if output is not None:
+            typer.echo(f"rapport : {output}")
+    if report.failed:
+        raise typer.Exit(1)
+
+
+def _probe_table(report: Report, console: Console) -> None:
+    table = Table("statut", "exigence", "contrôle", "détail", title=report.title)
+    style = {Status.PASSED: "green", Status.FAILED: "bold red", Status.NOT_OBSERVED: "dim"}
+    for result in report.results:
+        status = result.status
+        table.add_row(
+            f"[{style[status]}]{status.label}[/]",
+            result.check.requirement,
+            result.check.key,
+            escape(result.detail),
+        )
+    console.print(table)
+    console.print(
+        f"{report.count(Status.PASSED)} réussi(s), {report.count(Status.FAILED)} échoué(s), "
+        f"{report.count(Status.NOT_OBSERVED)} non observé(s)",
+        highlight=False,
+    )
 
 
 @app.command()

@@ -80,10 +80,12 @@ class Report:
 # Bearer tokens (JWT or opaque), SASL initial responses and continuations: whatever could
 # let a reader of the report act as the person tested.
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
-_BEARER = re.compile(r"(?i)(bearer\s+)\S+")
+_BEARER = re.compile(r"(?i)(\bbearer\s+)\S+")  # not "AUTH=OAUTHBEARER IDLE"
+# not a list of mechanisms ("250-AUTH OAUTHBEARER PLAIN XOAUTH2"): those are no secret
+_MECHANISM = r"(?:XOAUTH2|OAUTHBEARER|PLAIN|LOGIN|EXTERNAL|CRAM-MD5|SCRAM-[A-Z0-9-]+)(?:\s|$)"
 _SASL = re.compile(
     r"(?i)\b(AUTHENTICATE\s+(?:XOAUTH2|OAUTHBEARER|PLAIN)|AUTH\s+(?:XOAUTH2|OAUTHBEARER|PLAIN))"
-    r"\s+\S+"
+    rf"\s+(?!{_MECHANISM})\S+"
 )
 _LOGIN = re.compile(r'(?i)(\bLOGIN\s+(?:"[^"]*"|\S+)\s+)\S+')
 _BLOB = re.compile(r"^[A-Za-z0-9+/=_-]{40,}$")
