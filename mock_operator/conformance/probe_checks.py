@@ -212,12 +212,12 @@ class Setup:
     def tokens_may_go(self) -> str | None:
         """None when a token may be sent (TLS, or plaintext to a loopback address), else
         why not."""
+        if self.tls_error is not None:
+            return f"STARTTLS a échoué, aucun jeton envoyé : {self.tls_error}"
         if self.error is not None:
             return f"première connexion échouée : {self.error}"
         if self.tls is not None:
             return None
-        if self.tls_error is not None:
-            return f"STARTTLS a échoué, aucun jeton envoyé : {self.tls_error}"
         if self.loopback:
             return None
         return "pas de TLS : aucun jeton envoyé en clair hors de la boucle locale"

@@ -134,6 +134,8 @@ class ImapClient:
         if response is not None:
             await self._write(response + b"\r\n", "<masqué>")
             return None
+        if len(self.challenges) > MAX_CONTINUATIONS:  # cancelled, and it goes on
+            raise WireError("protocol", "le serveur relance l'échange SASL sans fin")
         self.challenges.append(decode_challenge(event.text))
         if len(self.challenges) > MAX_CONTINUATIONS:
             await self._write(b"*\r\n", "* (abandon)")

@@ -152,6 +152,8 @@ class SmtpClient:
             line, shown_as = f"{line} {encoded}", f"{shown_as} <masqué>"
         reply = await self.command(line, shown_as)
         while reply.code == 334:
+            if len(self.challenges) > MAX_CHALLENGES:  # cancelled, and it goes on
+                raise WireError("protocol", "le serveur relance l'échange SASL sans fin")
             text = reply.lines[0].encode() if reply.lines else b""
             self.challenges.append(decode_challenge(text))
             if text.strip():
