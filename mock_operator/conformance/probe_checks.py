@@ -256,7 +256,10 @@ def refused_before_tls(check: Check, setup: Setup, attempts: Iterable[Attempt]) 
     tried = list(attempts)
     evidence = [line for attempt in tried for line in attempt.transcript] or setup.transcript
     if not tried or all(isinstance(a, Skipped) for a in tried):
-        why = next((a.reason for a in tried if isinstance(a, Skipped)), "rien n'a été tenté")
+        why = next(
+            (a.reason for a in tried if isinstance(a, Skipped)),
+            setup.error or "rien n'a été tenté",
+        )
         return Result.of(check, Status.NOT_OBSERVED, why, evidence)
     for attempt in tried:
         if isinstance(attempt, Skipped):

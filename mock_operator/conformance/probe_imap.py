@@ -94,13 +94,19 @@ class ImapClient:
             raise WireError("refused", "le serveur n'accueille pas la connexion (pas de * OK)")
 
     async def command(
-        self, command: bytes, shown_as: str, *, response: bytes | None = None, ack: bytes = b""
+        self,
+        command: bytes,
+        shown_as: str,
+        *,
+        sasl: bool = False,
+        response: bytes | None = None,
+        ack: bytes = b"",
     ) -> tuple[Tagged, frozenset[str] | None]:
         """Send `command`, read to its tagged completion; returns it and the capabilities
-        announced on the way. A continuation is answered with `response` the first time
-        (the SASL response of an AUTHENTICATE without SASL-IR), then each is recorded as a
-        challenge and answered with `ack`; past `MAX_CONTINUATIONS`, the exchange is
-        cancelled with ``*``."""
+        announced on the way. Only a `sasl` exchange takes continuations: the first is
+        answered with `response` (the SASL response of an AUTHENTICATE without SASL-IR),
+        then each is recorded as a challenge and answered with `ack`; past
+        `MAX_CONTINUATIONS`, the exchange is cancelled with ``*``."""
         tag, data = self.conn.send(command)
         await self.wire.send(data, f"{tag} {shown_as}")
         capabilities: frozenset[str] | None = None
@@ -108,13 +114,14 @@ class ImapClient:
         async with self.wire.step(shown_as.split(" ", 1)[0]):
             while True:
                 event = await self._event()
-                if isinstance(event, Tagged):
+                if isinstance(event, Tagged):  # the codec refuses tags we did not send
                     self.wire.transcript.server(shown(event.raw))
-                    if event.tag != tag:
-                        continue
                     return event, parse_capabilities(event) or capabilities
                 if isinstance(event, Continuation):
                     self.wire.transcript.server(shown(event.raw))
+                    if not sasl:
+                        verb = shown_as.split(" ", 1)[0]
+                        raise WireError("protocol", f"« + » inattendu en réponse à {verb}")
                     response = await self._continue(event, response, ack)
                     continue
                 if isinstance(event, Untagged):
@@ -184,7 +191,7 @@ class ImapClient:
         ack = b"AQ==" if mechanism == "OAUTHBEARER" else b""  # RFC 7628 §3.2.3; XOAUTH2: empty
         if response is None:
             ack = b"*"
-        tagged, _ = await self.command(command, shown_as, response=encoded, ack=ack)
+        tagged, _ = await self.command(command, shown_as, sasl=True, response=encoded, ack=ack)
         return tagged
 
     async def logout(self) -> None:
