@@ -1,6 +1,6 @@
 """`mock-operator`: run the mock operator, ask a running one for a persona's token or to
-end a persona's PSC sessions, build an IHE_XDM.ZIP for a vendor's own tests, or probe an
-API LPS server from the client's side."""
+end a persona's PSC sessions, build an IHE_XDM.ZIP for a vendor's own tests, run a
+conformance campaign on an LPS, or probe an API LPS server from the client's side."""
 
 from __future__ import annotations
 
