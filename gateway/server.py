@@ -348,6 +348,7 @@ class Gateway:
             tls,
             data_size_limit=smtp.max_message_size,
             ident="lps-gateway MSSante submission",
+            dsn=True,  # carried to backends that offer it, "relayed" notices for the rest
             timeout=smtp.timeout,
             max_connections=smtp.max_connections,
             preauth_slots=self.limits.smtp_preauth,

@@ -57,6 +57,18 @@ class MockSettings(_Section):
         default="lps-gateway", description="trusted gateway's master login (password in data dir)"
     )
     auth_failure_delay: float = Field(default=1.0, ge=0, le=10, description="seconds")
+    smtp_dsn: bool = Field(
+        default=True,
+        description="the modern platform's SMTP offers DSN (RFC 3461); false plays a platform "
+        "without it",
+    )
+    dsn_delay: float = Field(
+        default=5.0,
+        ge=0,
+        le=3_600,
+        description="seconds the delay test address (retard@test-dsn.mssante.fr) waits "
+        "before it delivers",
+    )
     tls_cert: Path | None = Field(default=None, description="default: a development certificate")
     tls_key: Path | None = None
     realm: str = "esante-wallet"

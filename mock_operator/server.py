@@ -50,6 +50,7 @@ from mock_operator.historic.seed import seed_historic
 from mock_operator.historic.store import HistoricStore
 from mock_operator.modern.auth import MasterCredentials, PlatformAuthenticator
 from mock_operator.modern.operator_api import build_operator_router
+from mock_operator.modern.smtp import PlatformSubmission
 from mock_operator.modern.store import SqlPlatform
 from mock_operator.personas import PersonaBook, default_personas
 from mock_operator.psc.provider import MockPsc
@@ -139,6 +140,7 @@ class MockOperator:
         self.platform: SqlPlatform | None = None
         self.imap: ImapServer | None = None
         self.smtp: SmtpServer | None = None
+        self.submission: PlatformSubmission | None = None
         self.historic_imap: ImapServer | None = None
         self.validator: TokenValidator | None = None
         self.master: MasterCredentials | None = None
@@ -262,8 +264,10 @@ class MockOperator:
             placed=self._placed,
             observatory=observatory,
             sni=sni,
+            dsn_delay=settings.dsn_delay,
         )
-        self.smtp = SmtpServer(handler, smtp_sock, tls)
+        self.submission = handler
+        self.smtp = SmtpServer(handler, smtp_sock, tls, dsn=settings.smtp_dsn)
         await self.smtp.start()
 
     async def _start_historic(self) -> APIRouter:
@@ -432,6 +436,8 @@ class MockOperator:
         return self.historic_imap.port
 
     async def stop(self) -> None:
+        if self.submission is not None:
+            await self.submission.aclose()  # before the stores its notices write to
         if self.historic_imap is not None:
             await self.historic_imap.stop()
         if self._historic_engine is not None:

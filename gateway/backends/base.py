@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.imap.mailstore import MailStore, SpecialUse
+from gateway.runtime.dsn import MailDsn, RecipientDsn
 
 
 def digest(message: bytes) -> str:
@@ -161,7 +162,10 @@ def public_uids_of(access: MailboxAccess) -> bool:
 
 class Submission(Protocol):
     """One client session's submission path for one BAL. `key` says which BAL (and
-    backend) it can carry; `in_transaction` whether a MAIL is pending on the backend."""
+    backend) it can carry; `in_transaction` whether a MAIL is pending on the backend;
+    `offers_dsn` whether the platform takes RFC 3461's parameters (`mail`'s and `rcpt`'s
+    `dsn`) and sends the notices itself: when it does not, the front sends the "relayed"
+    one RFC 3461 §5.2.2 wants."""
 
     @property
     def key(self) -> tuple[str, str]: ...
@@ -175,11 +179,18 @@ class Submission(Protocol):
     @property
     def last_answer(self) -> float: ...
 
+    @property
+    def offers_dsn(self) -> bool: ...
+
     async def open(self) -> None: ...
 
-    async def mail(self, sender: str, options: Iterable[str]) -> None: ...
+    async def mail(
+        self, sender: str, options: Iterable[str], *, dsn: MailDsn | None = None
+    ) -> None: ...
 
-    async def rcpt(self, recipient: str, *, utf8: bool = False) -> None: ...
+    async def rcpt(
+        self, recipient: str, *, utf8: bool = False, dsn: RecipientDsn | None = None
+    ) -> None: ...
 
     async def data(self, message: bytes, recipients: Sequence[str]) -> Accepted: ...
 

@@ -16,12 +16,16 @@ session per client session, reused across its messages and closed when the clien
 leaves. Whatever the platform (an SMTP server, or the historic web services whose one
 ``sendMessage`` happens at DATA), the rule is the same: 250 only once it took the message.
 Replies come from `gateway.fronts.smtp_replies`.
+
+Delivery notices (RFC 3461): RET, ENVID, NOTIFY and ORCPT go to a backend that offers DSN;
+for one that does not, the front writes the "relayed" notice itself (`smtp_dsn`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import ssl
 import time
@@ -35,6 +39,7 @@ from gateway.audit import in_background
 from gateway.backends.base import Accepted, Submission
 from gateway.backends.errors import (
     BackendCannotCarry,
+    BackendError,
     BackendRefused,
     BackendUnavailable,
 )
@@ -42,6 +47,7 @@ from gateway.bal_migration.gate import Held
 from gateway.card_sessions import CardSessionWatch
 from gateway.fronts import smtp_replies as replies
 from gateway.fronts.login import FrontAuthenticator, FrontGrant
+from gateway.fronts.smtp_dsn import NOTICE_TIMEOUT, relayed_notice, write_to_inbox
 from gateway.imap.session import ExternalCredentials
 from gateway.metrics import Metrics
 from gateway.mss import RuleResult, Violation, add_headers, add_sender, check_message, remove_fields
@@ -52,7 +58,7 @@ from gateway.runtime.limits import SlotCounter
 from gateway.runtime.login import AuthFailed, ConnectionInfo
 from gateway.runtime.net import is_loopback, peer_address
 from gateway.runtime.smtp_auth import CardAuthMixin, grant_of
-from gateway.runtime.smtp_server import TokenSMTP
+from gateway.runtime.smtp_server import TokenSMTP, mail_dsn, next_rcpt_dsn, recipients_dsn
 from gateway.settings import SmtpFrontSettings
 from gateway.usage import Interface, UsageRecorder, interface_for
 from psc_auth.sasl import Mechanism, TokenCredentials
@@ -253,7 +259,7 @@ class SubmissionFront(CardAuthMixin):
             return replies.not_allowed(refusal.text)
         try:
             relay = await self._relay_for(client, sender)
-            await relay.mail(sender.mailbox, options)
+            await relay.mail(sender.mailbox, options, dsn=mail_dsn(envelope))
         except BackendUnavailable as failure:
             self._backend_failed(sender, failure)
             self.metrics.messages.labels("deferred").inc()
@@ -278,7 +284,7 @@ class SubmissionFront(CardAuthMixin):
         if not (address.isascii() or envelope.smtp_utf8):
             return replies.NEEDS_SMTPUTF8
         try:
-            await client.relay.rcpt(address, utf8=envelope.smtp_utf8)
+            await client.relay.rcpt(address, utf8=envelope.smtp_utf8, dsn=next_rcpt_dsn(envelope))
         except BackendUnavailable as failure:
             self._backend_failed(sender, failure)
             return replies.unavailable(failure)
@@ -294,6 +300,7 @@ class SubmissionFront(CardAuthMixin):
         relay = client.relay
         if sender is None or relay is None:
             return replies.MAIL_FIRST
+        arrival = dt.datetime.now(dt.UTC)
         refused = await self._still_allowed(server, session, sender)
         if refused is not None:
             await self._abandon(relay)
@@ -313,6 +320,7 @@ class SubmissionFront(CardAuthMixin):
             return _violations_reply(refusing)
         message = await self._prepare(raw, checked, sender, client)
         gate = self.authenticator.gate
+        offers_dsn = relay.offers_dsn  # as at MAIL: a session lost after DATA says nothing
         try:
             async with gate.writing(sender.mailbox) if gate else contextlib.nullcontext():
                 accepted = await relay.data(message, envelope.rcpt_tos)
@@ -327,6 +335,8 @@ class SubmissionFront(CardAuthMixin):
             self.usage.message(sender, _interface(sender), _nil(message))
         if not accepted.sender_recorded:
             await self._audit_sent(server, session, sender, client, accepted, envelope)
+        if not offers_dsn:
+            await self._relayed(server, session, sender, envelope, message, arrival)
         return replies.accepted(accepted.text)
 
     async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
@@ -376,6 +386,55 @@ class SubmissionFront(CardAuthMixin):
                 connection,
                 delegation_id=sender.delegation_id,
                 detail=detail,
+            )
+        )
+
+    async def _relayed(
+        self,
+        server: SMTP,
+        session: Session,
+        sender: FrontGrant,
+        envelope: Envelope,
+        message: bytes,
+        arrival: dt.datetime,
+    ) -> None:
+        """The "relayed" notice for the recipients that asked for success notices, into the
+        sender BAL's INBOX, audited as a write to it. The message is taken already: a
+        notice that cannot be written is logged and audited, never a reason to say no."""
+        found = relayed_notice(
+            reporting_mta=server.hostname,
+            sender=sender.mailbox,
+            recipients=envelope.rcpt_tos,
+            recipients_dsn=recipients_dsn(envelope),
+            mail=mail_dsn(envelope),
+            message=message,
+            arrival=arrival,
+        )
+        if found is None:
+            return
+        notice, count = found
+        result = "ok"
+        try:
+            async with asyncio.timeout(NOTICE_TIMEOUT):
+                await write_to_inbox(sender.route.backend, sender.mailbox, notice)
+        except (BackendError, TimeoutError, OSError) as failure:
+            kind = failure.kind if isinstance(failure, BackendError) else "timeout"
+            result = f"failed:{kind}"
+            log.warning(
+                "smtp.dsn_not_written",
+                extra={"bal": sender.mailbox, "backend": sender.route.name, "kind": kind},
+            )
+        else:
+            log.info("smtp.dsn_relayed", extra={"bal": sender.mailbox, "recipients": count})
+        await self.authenticator.audit.submit(
+            self.authenticator.event(
+                sender.actor,
+                sender.mailbox,
+                AuditAction.APPEND,
+                _connection(server, session),
+                result=result,
+                delegation_id=sender.delegation_id,
+                detail=f"INBOX: delivery status notification, relayed, {count} recipient(s)",
             )
         )
 

@@ -59,6 +59,16 @@ class TokenAuthMixin:
     authenticator: LoginAuthority
     auth_failure_delay: float = 1.0
 
+    async def handle_EHLO(
+        self, server: SMTP, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        """aiosmtpd's reply, with ``DSN`` when the server takes RFC 3461's parameters
+        (before AUTH as after: EHLO comes first)."""
+        session.host_name = hostname
+        if isinstance(server, TokenSMTP) and server.dsn and responses:
+            responses.insert(len(responses) - 1, "250-DSN")  # the last line is "250 HELP"
+        return responses
+
     async def auth_XOAUTH2(self, server: SMTP, args: list[str]) -> AuthResult:
         return await self._token_auth(server, args, Mechanism.XOAUTH2)
 
@@ -149,7 +159,7 @@ class CardAuthMixin(TokenAuthMixin):
     async def handle_EHLO(
         self, server: SMTP, session: Any, envelope: Any, hostname: str, responses: list[str]
     ) -> list[str]:
-        session.host_name = hostname
+        responses = await super().handle_EHLO(server, session, envelope, hostname, responses)
         if peer_certificate(session) is not None:
             return responses
         return [_without_external(line) for line in responses]

@@ -6,6 +6,12 @@ in the socket and the closing of a connection waits for its replies to leave. He
 that cannot leave within `write_timeout` cuts the connection, so does a connection that has
 not authenticated by `preauth_timeout`, and connections not yet authenticated are capped
 per source address.
+
+With ``dsn`` the server takes RFC 3461's parameters (`gateway.runtime.dsn`) off MAIL and
+RCPT before aiosmtpd sees them, and keeps them on the envelope (`DsnEnvelope`) for the
+handler: MAIL's in `dsn`, a RCPT's being decided in `next_rcpt`, those of the recipients
+taken in `rcpt_dsn` (one per `rcpt_tos` entry). The handler's EHLO says ``DSN``
+(`gateway.runtime.smtp_auth`).
 """
 
 from __future__ import annotations
@@ -19,8 +25,17 @@ import ssl
 from collections.abc import Callable
 from typing import Any, AnyStr
 
-from aiosmtpd.smtp import SMTP, syntax
+from aiosmtpd.smtp import SMTP, Envelope, syntax
 
+from gateway.runtime.dsn import (
+    MAIL_LINE_EXTRA,
+    RCPT_LINE_EXTRA,
+    DsnSyntaxError,
+    MailDsn,
+    RecipientDsn,
+    mail_parameters,
+    rcpt_parameters,
+)
 from gateway.runtime.limits import Exemptions, SlotCounter, client_key
 from gateway.runtime.net import FAIR_SHARE, HANG_UP_GRACE, WRITE_TIMEOUT, is_loopback, peer_address
 
@@ -33,6 +48,33 @@ TOO_MANY_FROM_ADDRESS = b"421 4.7.0 Too many connections from your address\r\n"
 LOGIN_TIMEOUT = b"421 4.4.2 Authentication took too long, closing connection\r\n"
 TOO_CHATTY = b"421 4.7.0 Too many commands before authentication\r\n"
 MAX_PREAUTH_REPLIES = 100  # EHLO, STARTTLS, EHLO and AUTH take about twenty reply lines
+
+
+class DsnEnvelope(Envelope):
+    """aiosmtpd's envelope with the transaction's DSN parameters (RFC 3461)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dsn = MailDsn()
+        self.next_rcpt = RecipientDsn()  # the RCPT being decided
+        self.rcpt_dsn: list[RecipientDsn] = []  # one per rcpt_tos entry
+
+
+def mail_dsn(envelope: Envelope) -> MailDsn:
+    """MAIL's DSN parameters (none on a server without DSN)."""
+    return envelope.dsn if isinstance(envelope, DsnEnvelope) else MailDsn()
+
+
+def next_rcpt_dsn(envelope: Envelope) -> RecipientDsn:
+    """The DSN parameters of the RCPT a handler is deciding."""
+    return envelope.next_rcpt if isinstance(envelope, DsnEnvelope) else RecipientDsn()
+
+
+def recipients_dsn(envelope: Envelope) -> list[RecipientDsn]:
+    """Each taken recipient's DSN parameters, in `rcpt_tos` order."""
+    if isinstance(envelope, DsnEnvelope) and len(envelope.rcpt_dsn) == len(envelope.rcpt_tos):
+        return list(envelope.rcpt_dsn)
+    return [RecipientDsn() for _ in envelope.rcpt_tos]
 
 
 class TokenSMTP(SMTP):
@@ -53,9 +95,11 @@ class TokenSMTP(SMTP):
         exempt: Exemptions | None = None,
         preauth_timeout: float | None = None,
         write_timeout: float = WRITE_TIMEOUT,
+        dsn: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(handler, **kwargs)
+        self.dsn = dsn  # RFC 3461's parameters taken, and DSN said in EHLO
         self._tracker = tracker
         self._on_lost = on_lost
         self._on_refused = on_refused
@@ -75,6 +119,9 @@ class TokenSMTP(SMTP):
         self.command_size_limits = collections.defaultdict(
             lambda: SMTP.command_size_limit, {"AUTH": AUTH_LINE_LIMIT}
         )
+        if dsn:
+            self.command_size_limits["MAIL"] += MAIL_LINE_EXTRA
+            self.command_size_limits["RCPT"] += RCPT_LINE_EXTRA
         # aiosmtpd takes every handler attribute named auth_* for a mechanism, data too
         # (TokenAuthMixin.auth_failure_delay would be advertised as "failure_delay").
         for name, mechanism in list(self._auth_methods.items()):
@@ -180,6 +227,58 @@ class TokenSMTP(SMTP):
         if not self.in_transaction:
             self._cut(_reply(reason))
 
+    def _create_envelope(self) -> Envelope:
+        """aiosmtpd's hook for the envelope class (one per transaction)."""
+        return DsnEnvelope()
+
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        """RET and ENVID taken off, as written (ENVID is case-sensitive), then aiosmtpd's
+        MAIL with the rest; a malformed value gets 501 5.5.4 and goes no further."""
+        envelope = self.envelope
+        if self._takes_dsn(arg) and isinstance(envelope, DsnEnvelope) and not envelope.mail_from:
+            assert arg is not None
+            if await self.check_helo_needed() or await self.check_auth_needed("MAIL"):
+                return
+            try:
+                arg, envelope.dsn = mail_parameters(arg)
+            except DsnSyntaxError as error:
+                await self.push(error.reply)
+                return
+        await super().smtp_MAIL(arg)
+
+    @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        """NOTIFY and ORCPT taken off, then aiosmtpd's RCPT; a recipient the handler takes
+        keeps them in `rcpt_dsn`."""
+        envelope = self.envelope
+        if not (self._takes_dsn(arg) and isinstance(envelope, DsnEnvelope)):
+            await super().smtp_RCPT(arg)
+            return
+        assert arg is not None
+        if await self.check_helo_needed() or await self.check_auth_needed("RCPT"):
+            return
+        if not envelope.mail_from:
+            await super().smtp_RCPT(arg)  # aiosmtpd's 503
+            return
+        try:
+            arg, envelope.next_rcpt = rcpt_parameters(arg)
+        except DsnSyntaxError as error:
+            await self.push(error.reply)
+            return
+        taken = len(envelope.rcpt_tos)
+        try:
+            await super().smtp_RCPT(arg)
+        finally:
+            if len(envelope.rcpt_tos) > taken:
+                envelope.rcpt_dsn.append(envelope.next_rcpt)
+            envelope.next_rcpt = RecipientDsn()
+
+    def _takes_dsn(self, arg: str | None) -> bool:
+        """Parameters are only for EHLO sessions (after HELO aiosmtpd refuses them all)."""
+        session = self.session
+        return self.dsn and arg is not None and session is not None and session.extended_smtp
+
     @syntax("QUIT")
     async def smtp_QUIT(self, arg: str) -> None:
         """aiosmtpd says 221 and closes, and the close waits for unread replies to leave:
@@ -270,11 +369,13 @@ class SmtpServer:
         preauth_timeout: float | None = None,
         write_timeout: float = WRITE_TIMEOUT,
         on_refused: Callable[[str], None] | None = None,
+        dsn: bool = False,
     ) -> None:
         """`timeout`: seconds a client may stay silent (it also bounds one DATA, reply
         included, since aiosmtpd restarts its clock per command only). `preauth_slots`
         (shared by a node's listeners) caps the connections not yet authenticated per
-        source address, `preauth_timeout` the time to authenticate."""
+        source address, `preauth_timeout` the time to authenticate. `dsn`: take RFC 3461's
+        parameters (the handler's EHLO then says DSN)."""
         self.handler = handler
         self._socket = sock
         self._tls = tls
@@ -288,6 +389,7 @@ class SmtpServer:
         self._preauth_timeout = preauth_timeout
         self._write_timeout = write_timeout
         self._on_refused = on_refused
+        self._dsn = dsn
         self._server: asyncio.Server | None = None
         self._open: set[TokenSMTP] = set()
         self._changed = asyncio.Event()  # a session ended
@@ -318,6 +420,7 @@ class SmtpServer:
             exempt=self._exempt,
             preauth_timeout=self._preauth_timeout,
             write_timeout=self._write_timeout,
+            dsn=self._dsn,
         )
 
     async def start(self) -> None:

@@ -2,20 +2,25 @@
 
 `250` is answered only once every copy is committed to the store, so an acknowledged
 message is never lost. Unknown recipients get `550 5.1.1`, a sender the login may not use
-`550 5.7.1`.
+`550 5.7.1`. Delivery notices (DSN) go to the sender's INBOX (`mock_operator.modern.dsn`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Literal, Protocol
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from gateway.runtime.dsn import RecipientDsn
 from gateway.runtime.login import LoginAuthority
 from gateway.runtime.smtp_auth import TokenAuthMixin, grant_of
+from gateway.runtime.smtp_server import mail_dsn, recipients_dsn
+from mock_operator.modern.dsn import Transaction, notice, trigger_of
 from mock_operator.modern.store import SqlPlatform
 
 log = logging.getLogger(__name__)
@@ -41,12 +46,23 @@ class PlatformSubmission(TokenAuthMixin):
         auth_failure_delay: float = 1.0,
         other: OtherPlatform | None = None,
         placed: Callable[[str], Awaitable[str | None]] | None = None,
+        dsn_delay: float = 5.0,
     ) -> None:
         self.platform = platform
         self.authenticator = authenticator
         self.auth_failure_delay = auth_failure_delay
         self.other = other
         self.placed = placed  # the registry's record of a moved BAL says where mail goes
+        self.dsn_delay = dsn_delay  # seconds the delay test address holds a message
+        self._later: set[asyncio.Task[None]] = set()
+
+    async def aclose(self) -> None:
+        """Forget the messages still held by the delay test address."""
+        for task in list(self._later):
+            task.cancel()
+        for task in list(self._later):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def _here(self, recipient: str) -> bool:
         """Whether mail for `recipient` is delivered on this platform: where the registry
@@ -79,7 +95,9 @@ class PlatformSubmission(TokenAuthMixin):
     ) -> str:
         if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
             return "452 4.5.3 Too many recipients"
-        if not await self.platform.has_mailbox(address) and not (
+        if trigger_of(address) is not None:
+            pass  # a test address: accepted, what happens next is its notices' to tell
+        elif not await self.platform.has_mailbox(address) and not (
             self.other is not None and await self.other.has_mailbox(address)
         ):
             return f"550 5.1.1 {address}: no such mailbox here"
@@ -96,12 +114,20 @@ class PlatformSubmission(TokenAuthMixin):
             content = content.encode("utf-8")
         message = content if content.endswith(b"\r\n") else content + b"\r\n"
         now = dt.datetime.now(dt.UTC).astimezone()
+        delivered: list[tuple[str, RecipientDsn]] = []
+        delayed: list[tuple[str, RecipientDsn]] = []
+        failed: list[tuple[str, RecipientDsn]] = []
         try:
-            for recipient in envelope.rcpt_tos:
+            for recipient, dsn in zip(envelope.rcpt_tos, recipients_dsn(envelope), strict=True):
+                trigger = trigger_of(recipient)
+                if trigger is not None:
+                    (delayed if trigger == "delay" else failed).append((recipient, dsn))
+                    continue
                 if await self._here(recipient) or self.other is None:
                     await self.platform.deliver(recipient, message, internal_date=now)
                 else:
                     await self.other.deliver_mime(recipient, message)
+                delivered.append((recipient, dsn))
             sent = await self._sent_folder(grant.mailbox)
             if sent is not None:
                 await self.platform.deliver(
@@ -114,7 +140,46 @@ class PlatformSubmission(TokenAuthMixin):
             "mock.delivered",
             extra={"sender": envelope.mail_from, "recipients": len(envelope.rcpt_tos)},
         )
+        transaction = Transaction(server.hostname, grant.mailbox, message, now, mail_dsn(envelope))
+        await self._notify(transaction, "delivered", delivered)
+        await self._notify(transaction, "failed", failed)
+        if delayed:
+            await self._notify(transaction, "delayed", delayed)
+            task = asyncio.get_running_loop().create_task(self._deliver_later(transaction, delayed))
+            self._later.add(task)
+            task.add_done_callback(self._later.discard)
         return "250 2.0.0 Message accepted for delivery"
+
+    async def _deliver_later(
+        self, transaction: Transaction, recipients: list[tuple[str, RecipientDsn]]
+    ) -> None:
+        """The delay test address delivers after `dsn_delay` (the message goes nowhere)."""
+        await asyncio.sleep(self.dsn_delay)
+        log.info("mock.delivered_late", extra={"recipients": len(recipients)})
+        await self._notify(transaction, "delivered", recipients)
+
+    async def _notify(
+        self,
+        transaction: Transaction,
+        action: Literal["delivered", "delayed", "failed"],
+        recipients: list[tuple[str, RecipientDsn]],
+    ) -> None:
+        """The notice of `action` into the sender's INBOX, on whichever platform holds it,
+        when a recipient's NOTIFY asks for it. The message is delivered already: a notice
+        that cannot be written is logged."""
+        raw = notice(transaction, action, recipients) if recipients else None
+        if raw is None:
+            return
+        sender = transaction.sender
+        try:
+            if await self._here(sender) or self.other is None:
+                await self.platform.deliver(sender, raw)
+            else:
+                await self.other.deliver_mime(sender, raw)
+        except Exception:
+            log.exception("mock.dsn_failed", extra={"action": action})
+            return
+        log.info("mock.dsn_sent", extra={"action": action, "recipients": len(recipients)})
 
     async def _sent_folder(self, address: str) -> str | None:
         folders = await self.platform.store(address).list_folders()

@@ -33,6 +33,7 @@ import aiosmtplib
 
 from gateway.backends.base import Accepted
 from gateway.backends.errors import BackendRefused, BackendUnavailable, one_line
+from gateway.runtime.dsn import MailDsn, RecipientDsn
 from gateway.runtime.tls import backend_context
 from gateway.settings import BackendSettings
 
@@ -131,9 +132,17 @@ class SmtpSubmission:
         await self._command(lambda smtp: smtp.rset())
         self.in_transaction = False
 
-    async def mail(self, sender: str, client_options: Iterable[str]) -> None:
+    @property
+    def offers_dsn(self) -> bool:
+        """The backend's EHLO said DSN: RFC 3461's parameters go to it, and the notices
+        are its to send."""
+        return self._smtp is not None and self._smtp.supports_extension("dsn")
+
+    async def mail(
+        self, sender: str, client_options: Iterable[str], *, dsn: MailDsn | None = None
+    ) -> None:
         """MAIL FROM with the client's BODY/SMTPUTF8 parameters the backend supports (SIZE is
-        ours to check: the headers we add change it)."""
+        ours to check: the headers we add change it), and RET/ENVID when it offers DSN."""
         smtp = self._require()
         options = [
             option
@@ -141,13 +150,19 @@ class SmtpSubmission:
             if (extension := FORWARDED_MAIL_PARAMS.get(option.upper())) is not None
             and smtp.supports_extension(extension)
         ]
+        if dsn is not None and self.offers_dsn:
+            options += dsn.parameters()
         self.in_transaction = False
         await self._command(lambda s: s.mail(sender, options=options))
         self.in_transaction = True
 
-    async def rcpt(self, recipient: str, *, utf8: bool = False) -> None:
+    async def rcpt(
+        self, recipient: str, *, utf8: bool = False, dsn: RecipientDsn | None = None
+    ) -> None:
+        """RCPT TO, with NOTIFY/ORCPT when the backend offers DSN."""
         encoding = "utf-8" if utf8 else "ascii"
-        await self._command(lambda s: s.rcpt(recipient, encoding=encoding))
+        options = dsn.parameters() if dsn is not None and self.offers_dsn else []
+        await self._command(lambda s: s.rcpt(recipient, options=options, encoding=encoding))
 
     async def data(self, message: bytes, recipients: Sequence[str] = ()) -> Accepted:
         """DATA, once: whatever happens, the transaction is over on our side. The envelope

@@ -57,6 +57,7 @@ from gateway.backends.legacy_ws.mime import (
     rfc5322_to_message,
     valid_recipient,
 )
+from gateway.runtime.dsn import MailDsn, RecipientDsn
 
 log = logging.getLogger(__name__)
 
@@ -163,10 +164,18 @@ class HistoricSubmission:
     async def open(self) -> None:
         return None
 
-    async def mail(self, sender: str, options: Iterable[str]) -> None:
+    @property
+    def offers_dsn(self) -> bool:
+        return False  # sendMessage knows no DSN: the front sends the "relayed" notice
+
+    async def mail(
+        self, sender: str, options: Iterable[str], *, dsn: MailDsn | None = None
+    ) -> None:
         self.in_transaction = True
 
-    async def rcpt(self, recipient: str, *, utf8: bool = False) -> None:
+    async def rcpt(
+        self, recipient: str, *, utf8: bool = False, dsn: RecipientDsn | None = None
+    ) -> None:
         if not valid_recipient(recipient.strip().lower()):
             raise BackendRefused(
                 "Recipient address not accepted by the historic platform", status="5.1.3"
