@@ -56,6 +56,11 @@ class PlatformSubmission(TokenAuthMixin):
         self.dsn_delay = dsn_delay  # seconds the delay test address holds a message
         self._later: set[asyncio.Task[None]] = set()
 
+    @property
+    def held(self) -> int:
+        """Messages the delay test address holds, to deliver later."""
+        return len(self._later)
+
     async def aclose(self) -> None:
         """Forget the messages still held by the delay test address."""
         for task in list(self._later):
