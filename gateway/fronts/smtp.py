@@ -43,7 +43,7 @@ from gateway.backends.errors import (
     BackendRefused,
     BackendUnavailable,
 )
-from gateway.bal_migration.gate import Held
+from gateway.bal_migration.gate import Held, Moved
 from gateway.card_sessions import CardSessionWatch
 from gateway.fronts import smtp_replies as replies
 from gateway.fronts.login import FrontAuthenticator, FrontGrant
@@ -414,11 +414,15 @@ class SubmissionFront(CardAuthMixin):
             return
         notice, count = found
         result = "ok"
+        gate = self.authenticator.gate
         try:
-            async with asyncio.timeout(NOTICE_TIMEOUT):
+            async with (
+                asyncio.timeout(NOTICE_TIMEOUT),
+                gate.writing(sender.mailbox) if gate else contextlib.nullcontext(),
+            ):  # a BAL being moved: the notice waits for the move, or is not written
                 await write_to_inbox(sender.route.backend, sender.mailbox, notice)
-        except (BackendError, TimeoutError, OSError) as failure:
-            kind = failure.kind if isinstance(failure, BackendError) else "timeout"
+        except (BackendError, Held, TimeoutError, OSError) as failure:
+            kind = _failure_kind(failure)
             result = f"failed:{kind}"
             log.warning(
                 "smtp.dsn_not_written",
@@ -601,6 +605,15 @@ class SubmissionFront(CardAuthMixin):
 
     def _count_refusal(self, refusal: BackendRefused) -> None:
         self.metrics.messages.labels("refused" if refusal.permanent else "deferred").inc()
+
+
+def _failure_kind(failure: Exception) -> str:
+    """A notice's failure, as the audit trail and the log name it."""
+    if isinstance(failure, BackendError):
+        return failure.kind
+    if isinstance(failure, Held):
+        return "moved" if isinstance(failure, Moved) else "held"
+    return "timeout" if isinstance(failure, TimeoutError) else "unreachable"
 
 
 def _content(envelope: Envelope) -> bytes:
