@@ -18,6 +18,7 @@ from gateway.imap.engine import ImapSession
 from gateway.imap.session import SessionGrant
 from gateway.imap.transport import ImapServer, StreamChannel
 from gateway.runtime.login import AuthFailed, ConnectionInfo, Login
+from gateway.runtime.smtp_server import mail_dsn, next_rcpt_dsn
 from mock_operator.conformance.events import imap_command, token_claims
 from mock_operator.conformance.message_facts import message_facts
 from mock_operator.conformance.observatory import Observatory
@@ -223,19 +224,21 @@ class ObservedSubmission(PlatformSubmission):
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        line = " ".join([f"MAIL FROM:<{address[:200]}>", *options[:10]])
+        shown = [*options, *mail_dsn(envelope).parameters()]  # RET, ENVID: off `options`
+        line = " ".join([f"MAIL FROM:<{address[:200]}>", *shown[:10]])
         self._event(server, "command", name="MAIL", line=line[:300])
         return await super().handle_MAIL(server, session, envelope, address, options)
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        line = " ".join([f"RCPT TO:<{address[:200]}>", *options[:10]])
+        shown = [*options, *next_rcpt_dsn(envelope).parameters()]  # NOTIFY, ORCPT
+        line = " ".join([f"RCPT TO:<{address[:200]}>", *shown[:10]])
         self._event(server, "command", name="RCPT", line=line[:300])
         answer = await super().handle_RCPT(server, session, envelope, address, options)
         if answer.startswith("250"):
             recipients = session.__dict__.setdefault("_conformance_rcpt", [])
-            recipients.append((address, list(options)))
+            recipients.append((address, shown))
         return answer
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
@@ -250,7 +253,7 @@ class ObservedSubmission(PlatformSubmission):
                 content,
                 bal=str(getattr(grant, "mailbox", "")),
                 mail_from=envelope.mail_from,
-                mail_options=list(envelope.mail_options),
+                mail_options=[*envelope.mail_options, *mail_dsn(envelope).parameters()],
                 recipients=list(session.__dict__.get("_conformance_rcpt", [])),
             )
             self._event(server, "message", **facts)

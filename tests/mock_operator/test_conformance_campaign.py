@@ -126,8 +126,8 @@ def smtp_session(mock: MockOperator, token: str, messages: list[email.message.Me
             lambda challenge=None: xoauth2_blob(MARTIN, token).decode(),
             initial_response_ok=True,
         )
-        for message in messages:
-            smtp.send_message(message)
+        for message in messages:  # a delivery notice asked for (RFC 3461), as ECO.2.3.1 wants
+            smtp.send_message(message, mail_options=["RET=HDRS"], rcpt_options=["NOTIFY=SUCCESS"])
 
 
 async def test_a_campaign_judges_what_the_lps_did(mock_op: MockOperator) -> None:
@@ -172,6 +172,7 @@ async def test_a_campaign_judges_what_the_lps_did(mock_op: MockOperator) -> None
         "xdm-subject",
         "mdn-request",
         "mdn-send",
+        "dsn-request",
         "reception-xdm",
         "reception-non-ascii",
         "reception-large",
