@@ -804,3 +804,36 @@ def test_message_parts_are_rebuilt_as_themselves() -> None:
     inner = BytesParser(policy=default).parsebytes(base64.b64decode(back["attachments"][0]["file"]))
     assert inner["Subject"] == "Résultats transmis"
     assert b"manual-action/MDN-sent-manually" in base64.b64decode(back["attachments"][1]["file"])
+
+
+@pytest.mark.parametrize(
+    ("second", "report_type"),
+    [
+        ("message/disposition-notification", "disposition-notification"),
+        ("message/delivery-status", "delivery-status"),
+        ("application/pdf", None),
+    ],
+)
+def test_a_report_is_rebuilt_as_a_report(second: str, report_type: str | None) -> None:
+    """A read or delivery report (RFC 6522) kept by the platform as a body and files comes
+    back a multipart/report of the same type, its returned headers as themselves; a letter
+    whose first file is a PDF stays multipart/mixed."""
+    headers = b"From: a@b.mssante.fr\r\nSubject: Compte rendu\r\n"
+    message = sample(
+        attachments=[
+            {"part": "2", "fileName": "part-2", "contentType": second},
+            {"part": "3", "fileName": "part-3", "contentType": "text/rfc822-headers"},
+        ]
+    )
+    raw = message_to_rfc5322(message, {"2": b"Final-Recipient: rfc822;a@b\r\n", "3": headers})
+    parsed = parse(raw)
+    if report_type is None:
+        assert parsed.get_content_type() == "multipart/mixed"
+        return
+    assert parsed.get_content_type() == "multipart/report"
+    assert parsed.get_param("report-type") == report_type
+    returned = list(parsed.iter_parts())[2]
+    assert returned["Content-Transfer-Encoding"] == "7bit"
+    assert headers in raw
+    back = rfc5322_to_message(raw)
+    assert [a["contentType"] for a in back["attachments"]] == [second, "text/rfc822-headers"]

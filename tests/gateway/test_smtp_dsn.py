@@ -355,6 +355,19 @@ async def test_historic_bal_gets_the_gateways_relayed_notice(legacy: Stack) -> N
     for block in by_recipient.values():
         assert (block["Action"], block["Status"]) == ("relayed", "2.0.0")
     assert report[0]["Subject"] == "Avis de remise : message transmis"
+    # kept by the platform as a body and files, it comes back a report (RFC 6522), its
+    # returned headers readable as themselves, so that the LPS shows it as a notice
+    notice = report[0]
+    assert notice.get_content_type() == "multipart/report"
+    assert notice.get_param("report-type") == "delivery-status"
+    parts = notice.get_payload()
+    assert [p.get_content_type() for p in parts] == [
+        "text/plain",
+        "message/delivery-status",
+        "text/rfc822-headers",
+    ]
+    assert parts[2]["Content-Transfer-Encoding"] in ("7bit", "8bit")
+    assert f"Subject: {title}".encode() in parts[2].get_payload(decode=True)
     assert legacy.gateway.audit is not None
     assert legacy.gateway.delegations is not None
     await legacy.gateway.audit.flush()

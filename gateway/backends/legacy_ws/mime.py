@@ -18,7 +18,8 @@ call, every restart and every Python version. Hence a hand-written serializer ra
   still readable, and lines never longer than 76 octets; attachments as base64 in 76-column
   lines;
 * a single text part without attachments; otherwise multipart/mixed with the body first
-  and the attachments in their ``part`` order. The boundary is ``=_lps_`` and 32 hex
+  and the attachments in their ``part`` order (multipart/report when the first of them is a
+  delivery or disposition report: RFC 6522 puts it second, after the text for people). The boundary is ``=_lps_`` and 32 hex
   digits of a SHA-256 over the content: it cannot occur in quoted-printable or base64
   text (``=`` is always followed by hex digits or a line end there, ``_`` is outside
   base64), yet is the same every time;
@@ -191,7 +192,11 @@ def message_to_rfc5322(message: Mapping[str, Any], attachments: Mapping[str, byt
     if not files:
         return CRLF.join(lines + text_part)
     boundary = f"=_lps_{fingerprint[:32]}".encode("ascii")
-    lines.append(b"Content-Type: multipart/mixed;")
+    report = _report_type(entries)
+    if report is None:
+        lines.append(b"Content-Type: multipart/mixed;")
+    else:
+        lines.append(b"Content-Type: multipart/report; report-type=" + report.encode() + b";")
     lines.append(b' boundary="' + boundary + b'"')
     lines.append(b"")
     lines.append(b"This is a multi-part message in MIME format.")
@@ -420,6 +425,24 @@ def _rfc2231(param: str, value: str) -> list[str]:
     ]
 
 
+REPORT_TYPES = {
+    "message/delivery-status": "delivery-status",
+    "message/global-delivery-status": "global-delivery-status",
+    "message/disposition-notification": "disposition-notification",
+    "message/global-disposition-notification": "global-disposition-notification",
+}
+
+
+def _report_type(entries: Sequence[Mapping[str, str]]) -> str | None:
+    """A delivery or read report (RFC 6522) the platform keeps as a body and files: its
+    second part says so, and the message is a multipart/report again, as it was sent, so
+    that the LPS reads it as a report and not as a letter with attachments."""
+    if not entries:
+        return None
+    kind = entries[0]["contentType"].split(";")[0].strip().lower()
+    return REPORT_TYPES.get(kind)
+
+
 def _attachment_part(entry: Mapping[str, str], data: bytes, boundary: bytes) -> list[bytes]:
     """An attachment's MIME part: base64, but a message/* part (a forwarded message, a
     report's fields) as itself, as RFC 2046 §5.2 wants, when its lines allow it."""
@@ -437,7 +460,9 @@ def _attachment_part(entry: Mapping[str, str], data: bytes, boundary: bytes) -> 
         disposition_params = _rfc2231("filename", file_name)
     lines = _params_field("Content-Type", entry["contentType"], type_params)
     lines += _params_field("Content-Disposition", "attachment", disposition_params)
-    cte = message_encoding(data, boundary) if entry["contentType"].startswith("message/") else None
+    kind = entry["contentType"].split(";")[0].strip().lower()
+    as_itself = kind.startswith("message/") or kind == "text/rfc822-headers"
+    cte = message_encoding(data, boundary) if as_itself else None
     if cte is not None:
         lines.append(b"Content-Transfer-Encoding: " + cte.encode("ascii"))
         lines.append(b"")
