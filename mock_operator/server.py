@@ -35,12 +35,21 @@ from gateway.settings import MockSettings
 from mock_operator.conformance.observatory import Observatory
 from mock_operator.conformance.routes import build_conformance_router
 from mock_operator.conformance.runner import Runner
+from mock_operator.conformance.scenario_certs import ensure_scenario_certificates
 from mock_operator.conformance.store import CampaignStore
 from mock_operator.conformance.taps import (
     ObservedAuthenticator,
     ObservedImapServer,
     ObservedSubmission,
     SniLog,
+)
+from mock_operator.conformance.tls_scenarios import (
+    ScenarioEndpoint,
+    ScenarioImapServer,
+    ScenarioPorts,
+    ScenarioSmtpServer,
+    ScenarioSubmission,
+    scenarios,
 )
 from mock_operator.historic.auth import CpsAuthority, HistoricAuth
 from mock_operator.historic.imap import HistoricImap
@@ -150,6 +159,7 @@ class MockOperator:
         self.historic_auth: HistoricAuth | None = None
         self.observatory: Observatory | None = None
         self.runner: Runner | None = None
+        self.scenarios: ScenarioPorts | None = None  # TLS scenario ports (cert-* checks)
 
     @property
     def http_url(self) -> str:
@@ -187,7 +197,10 @@ class MockOperator:
         historic = await self._start_historic()
         operator = build_operator_router(self.master, lambda: self.platform, self._holder)
         conformance = build_conformance_router(
-            lambda: self.observatory, lambda: self.runner, lambda: self.psc
+            lambda: self.observatory,
+            lambda: self.runner,
+            lambda: self.psc,
+            lambda: self.scenarios.describe() if self.scenarios else None,
         )
         self._http = AsgiServer(create_app(self.psc, historic, operator, conformance), sock)
         await self._http.start()
@@ -265,6 +278,42 @@ class MockOperator:
         )
         self.smtp = SmtpServer(handler, smtp_sock, tls)
         await self.smtp.start()
+        if settings.scenario_ports:
+            self.scenarios = await self._start_scenarios(engine, authenticator)
+
+    async def _start_scenarios(self, engine: EngineConfig, authenticator: Any) -> ScenarioPorts:
+        """The modern platform again, behind certificates an LPS must refuse
+        (`conformance.tls_scenarios`): for each scenario an IMAP and an SMTP port."""
+        assert self.observatory is not None
+        assert self.platform is not None
+        dev = None if self.settings.tls_cert else self.tls_cert
+        files = ensure_scenario_certificates(self.data_dir / "tls" / "scenarios", dev)
+        endpoints = []
+        for index, scenario in enumerate(scenarios(files)):
+            imap_sock = bind_tcp(self.settings.host, self.settings.scenario_port(2 * index))
+            smtp_sock = bind_tcp(self.settings.host, self.settings.scenario_port(2 * index + 1))
+            imap = ScenarioImapServer(
+                ServerConfig(engine=engine),
+                ObservedAuthenticator(authenticator("imap"), self.observatory),
+                scenario.context,
+                imap_sock,
+                observatory=self.observatory,
+                scenario=scenario,
+            )
+            handler = ScenarioSubmission(
+                self.platform,
+                authenticator("smtp"),
+                self.settings.auth_failure_delay,
+                other=_HistoricMailboxes(self.historic.store) if self.historic else None,
+                placed=self._placed,
+                observatory=self.observatory,
+                scenario=scenario,
+            )
+            smtp = ScenarioSmtpServer(handler, smtp_sock, scenario.context)
+            await imap.start()
+            await smtp.start()
+            endpoints.append(ScenarioEndpoint(scenario.name, imap, smtp))
+        return ScenarioPorts(files, endpoints)
 
     async def _start_historic(self) -> APIRouter:
         """The historic platform: its own store, the web services, and their callers."""
@@ -436,6 +485,8 @@ class MockOperator:
             await self.historic_imap.stop()
         if self._historic_engine is not None:
             await self._historic_engine.dispose()
+        if self.scenarios is not None:
+            await self.scenarios.stop()
         if self.imap is not None:
             await self.imap.stop()
         if self.smtp is not None:

@@ -2,9 +2,10 @@
 
 A connection's events are held until its login says whose session it is (the token's
 client id and person, or the BAL opened), then written to the campaign that matches, the
-most recent first; a connection that matches none, or never logs in, is forgotten. PSC calls
-carry their client id and person, and are attributed at once. Writes go to the database in
-batches from one task, so an observation costs the protocol code a list append.
+most recent first; a connection that matches none, or never logs in, is forgotten (except
+on the TLS scenario ports: `adopt`). PSC calls carry their client id and person, and are
+attributed at once. Writes go to the database in batches from one task, so an observation
+costs the protocol code a list append.
 """
 
 from __future__ import annotations
@@ -145,6 +146,27 @@ class Observatory:
     def watching(self, connection: str) -> bool:
         """Whether the connection belongs to a campaign (worth reading its messages)."""
         return bool(self._owner.get(connection))
+
+    def adopt(self, connection: str) -> Campaign | None:
+        """A connection that may never log in (the TLS scenario ports, where an LPS that
+        refuses the certificate never does): unless its login already decided, it belongs
+        to the most recent open campaign, nothing else saying whose it is. Its held events
+        go there, and so do the next ones (its close)."""
+        owner = self._owner.get(connection, "")
+        if owner is None:
+            return None
+        if owner:
+            return self._find(owner)
+        held = self._pending.pop(connection, [])
+        if not held or not self._open:
+            return None
+        campaign = self._open[-1]
+        self._owner[connection] = campaign.id
+        while len(self._owner) > MAX_CONNECTIONS:
+            self._owner.popitem(last=False)
+        for event in held:
+            self._record(campaign.id, event)
+        return campaign
 
     def closed(self, interface: str, connection: str, /, **data: Any) -> None:
         self.event(interface, connection, "close", **data)
