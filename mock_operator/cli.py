@@ -278,6 +278,12 @@ def conformance_start(
         body["client_id"] = client_id
     answer = _ask(url, "/_test/conformance/campaigns", body)
     typer.echo(f"Campagne ouverte ; suivez-la sur {url.rstrip('/')}{answer['url']}")
+    scenarios = answer.get("tls_scenarios")
+    if isinstance(scenarios, dict) and isinstance(scenarios.get("ports"), dict):
+        ports = ", ".join(
+            f"{name} {p.get('imap')}/{p.get('smtp')}" for name, p in scenarios["ports"].items()
+        )
+        typer.echo(f"Certificats à refuser (IMAP/SMTP) : {ports} ; AC : {scenarios.get('trust')}")
     typer.echo(answer["id"])
 
 

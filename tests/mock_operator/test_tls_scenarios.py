@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import imaplib
+import io
 import smtplib
 import ssl
 import stat
@@ -15,7 +16,10 @@ from typing import Any
 import httpx
 import pytest
 from cryptography import x509
+from rich.console import Console
+from typer.testing import CliRunner
 
+from mock_operator.cli import app, describe
 from mock_operator.conformance.scenario_certs import OTHER_NAME, SCENARIOS
 from mock_operator.server import MockOperator
 from tests.conftest import client_tls, persona_token
@@ -263,3 +267,21 @@ async def test_the_campaign_page_shows_where_to_point_the_lps(mock_op: MockOpera
     for scenario in SCENARIOS:
         assert f'id="tls-{scenario}"' in page.text
         assert str(ports(mock_op, scenario)["smtp"]) in page.text
+
+
+async def test_the_commands_print_the_scenario_ports(mock_op: MockOperator) -> None:
+    console = Console(file=io.StringIO(), width=400)
+    describe(mock_op, console)
+    printed = console.file.getvalue()  # type: ignore[attr-defined]
+    for scenario in SCENARIOS:
+        assert f"{scenario} imap {ports(mock_op, scenario)['imap']}" in printed
+    assert "trust.pem" in printed
+    started = await asyncio.to_thread(
+        CliRunner().invoke,
+        app,
+        ["conformance", "start", "--software", "Mon LPS", "--url", mock_op.http_url],
+    )
+    assert started.exit_code == 0, started.output
+    where = ports(mock_op, "wrong-name")
+    assert f"wrong-name {where['imap']}/{where['smtp']}" in started.output
+    assert started.output.strip().splitlines()[-1].startswith("c")  # the id, alone, last
