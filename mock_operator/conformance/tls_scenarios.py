@@ -38,6 +38,7 @@ from mock_operator.conformance.taps import (
     ObservedSubmission,
     SniLog,
     _connection_id,
+    tls_facts,
 )
 
 ALERT_PREFIXES = ("SSLV3_ALERT_", "TLSV1_ALERT_", "TLSV13_ALERT_")
@@ -161,6 +162,9 @@ class ScenarioSMTP(TokenSMTP):
             if told is not None and hello is not None:
                 told(self, error.__cause__ or error, hello())
             raise
+        done = getattr(self.event_handler, "tls_done", None)
+        if done is not None and hello is not None:
+            done(self)  # now, not at the next EHLO: a client may leave without one
 
 
 class ScenarioSmtpServer(SmtpServer):
@@ -174,6 +178,12 @@ class ScenarioSubmission(ObservedSubmission):
 
     def connection_opened(self, server: SMTP) -> None:
         self._event(server, "connect", secure=False, scenario=self.scenario.name)
+
+    def tls_done(self, server: SMTP) -> None:
+        ssl_object = server.transport.get_extra_info("ssl_object") if server.transport else None
+        if ssl_object is not None and not getattr(server, "_conformance_tls", False):
+            server._conformance_tls = True  # type: ignore[attr-defined]  # as handle_EHLO's
+            self._event(server, "tls", **tls_facts(ssl_object, self.sni))
 
     def tls_failed(self, server: SMTP, error: BaseException, hello: bool) -> None:
         self._event(server, "tls_failed", **handshake_failure(error, hello))

@@ -224,10 +224,19 @@ async def test_handshake_then_leaving_without_authenticating_passes(
     """A client that checks the certificate after the handshake and leaves."""
     started = await start_campaign(mock_op)
 
+    def smtp_visit(port: int) -> None:
+        smtp = smtplib.SMTP("localhost", port, timeout=30)
+        smtp.ehlo("mon-lps.example")
+        smtp.starttls(context=careless())
+        smtp.close()  # no EHLO, no QUIT: gone
+
     for scenario in SCENARIOS:
         await asyncio.to_thread(visit, ports(mock_op, scenario)["imap"], careless())
+        await asyncio.to_thread(smtp_visit, ports(mock_op, scenario)["smtp"])
     found = await settled(mock_op, started["id"], "passed")
-    assert "fermeture sans authentification" in found["cert-name"]["evidence"][0]
+    evidence = found["cert-name"]["evidence"]
+    assert {line.split(" ")[0] for line in evidence} == {"imap", "smtp"}
+    assert all("fermeture sans authentification" in line for line in evidence)
 
 
 async def test_trusting_only_the_dev_certificate_is_inconclusive(mock_op: MockOperator) -> None:

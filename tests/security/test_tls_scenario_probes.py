@@ -10,7 +10,9 @@ import ssl
 from typing import Any
 
 import httpx
+import pytest
 
+from mock_operator.conformance import observatory
 from mock_operator.conformance.scenario_certs import SCENARIOS
 from mock_operator.server import MockOperator
 from tests.conftest import client_tls
@@ -124,3 +126,29 @@ async def test_probes_do_not_hide_a_real_refusal(mock_op: MockOperator) -> None:
         return (await results(mock_op, campaign_id))["cert-expired"]["status"] == "passed"
 
     await eventually(passed, "cert-expired passed")
+
+
+async def test_a_flood_cannot_crowd_out_the_campaign(
+    mock_op: MockOperator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Connections without login are attributed by recency alone: a campaign takes a
+    bounded number of them, the rest are forgotten."""
+    monkeypatch.setattr(observatory, "MAX_ADOPTED", 2)
+    campaign_id = await campaign(mock_op)
+    for _ in range(5):
+        await starttls_then(mock_op, "expired", "imap", GARBAGE)
+    await until(lambda: quiet(mock_op), "nothing held")
+    assert mock_op.observatory is not None
+    events = await mock_op.observatory.events(campaign_id)
+    assert len({e.connection for e in events if e.kind == "connect"}) == 2
+
+
+async def test_without_a_campaign_nothing_is_held(mock_op: MockOperator) -> None:
+    for scenario in SCENARIOS:
+        await starttls_then(mock_op, scenario, "imap", GARBAGE)
+        await starttls_then(mock_op, scenario, "smtp", GARBAGE)
+    await until(lambda: quiet(mock_op), "nothing held")
+    campaign_id = await campaign(mock_op)  # opened afterwards: sees none of it
+    found = await results(mock_op, campaign_id)
+    assert {found[k]["status"] for k in KEYS.values()} == {"not_observed"}
+    assert all("ne s'est pas connecté" in found[k]["detail"] for k in KEYS.values())
