@@ -57,11 +57,18 @@ def ensure_scenario_certificates(
     """The scenario certificates of `directory`, created once; `dev_certificate`, the
     normal ports' certificate when the mock made it (it goes into `trust.pem`)."""
     files = scenario_files(directory)
-    wanted = [files.trust, files.ca]
-    wanted += [p for s in SCENARIOS for p in (files.cert(s), files.key(s))]
-    if all(p.exists() for p in wanted):
-        return files
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    wanted = [files.ca, *(p for s in SCENARIOS for p in (files.cert(s), files.key(s)))]
+    if not all(p.exists() for p in wanted):
+        _create(files, hostnames)
+    # The development certificate may have been made again since: trust.pem follows it.
+    trust = (dev_certificate.read_bytes() if dev_certificate else b"") + files.ca.read_bytes()
+    if not files.trust.exists() or files.trust.read_bytes() != trust:
+        files.trust.write_bytes(trust)
+    return files
+
+
+def _create(files: ScenarioFiles, hostnames: tuple[str, ...]) -> None:
+    files.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     now = dt.datetime.now(dt.UTC)
     names: list[x509.GeneralName] = [x509.DNSName(h) for h in hostnames]
     names += [
@@ -99,11 +106,7 @@ def ensure_scenario_certificates(
     for scenario, (key, certificate) in issued.items():
         write_private(files.key(scenario), _pem_key(key))
         files.cert(scenario).write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    ca_pem = ca.public_bytes(serialization.Encoding.PEM)
-    files.ca.write_bytes(ca_pem)
-    dev_pem = dev_certificate.read_bytes() if dev_certificate is not None else b""
-    files.trust.write_bytes(dev_pem + ca_pem)
-    return files
+    files.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import ssl
+import stat
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 
+from gateway.runtime.tls import ensure_dev_certificate, server_context
 from gateway.settings import MockSettings
 from mock_operator.conformance.cert_checks import scenario_verdict
 from mock_operator.conformance.checks import BY_KEY, evaluate
 from mock_operator.conformance.events import Event
 from mock_operator.conformance.results import Status
+from mock_operator.conformance.scenario_certs import ensure_scenario_certificates
 from mock_operator.conformance.tls_scenarios import handshake_failure
 
 JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
@@ -171,3 +176,66 @@ def test_scenario_port_defaults() -> None:
     assert MockSettings(imap_port=0).scenario_port(3) == 0
     assert MockSettings(imap_port=0, scenario_port_base=3000).scenario_port(1) == 3001
     assert MockSettings(scenario_port_base=0).scenario_port(5) == 0
+
+
+def handshake(server: ssl.SSLContext, client: ssl.SSLContext) -> str:
+    """A TLS handshake in memory: "" when the client accepts, else its verify message."""
+    to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    ours = client.wrap_bio(to_client, to_server, server_hostname="localhost")
+    theirs = server.wrap_bio(to_server, to_client, server_side=True)
+    done = set()
+    for _ in range(10):
+        for name, side in (("client", ours), ("server", theirs)):
+            if name in done:
+                continue
+            try:
+                side.do_handshake()
+                done.add(name)
+            except ssl.SSLCertVerificationError as error:
+                return str(error.verify_message)
+            except (ssl.SSLWantReadError, ssl.SSLError):
+                pass
+        if done == {"client", "server"}:
+            return ""
+    raise AssertionError("handshake neither done nor refused")
+
+
+def test_the_certificates_fail_for_their_own_fault_only_even_strictly(tmp_path: Path) -> None:
+    """A strict verifier (Python 3.13's default flags) refuses each scenario certificate for
+    the scenario's reason, not for a malformed CA, and takes the normal ports' one."""
+    cert, key = ensure_dev_certificate(tmp_path / "tls")
+    files = ensure_scenario_certificates(tmp_path / "tls" / "scenarios", cert)
+    client = ssl.create_default_context(cafile=str(files.trust))
+    client.verify_flags |= ssl.VERIFY_X509_STRICT
+    expected = {
+        "expired": "certificate has expired",
+        "wrong-name": "Hostname mismatch",
+        "untrusted-ca": "unable to get local issuer certificate",
+    }
+    for scenario, message in expected.items():
+        server = server_context(files.cert(scenario), files.key(scenario))
+        assert message in handshake(server, client), scenario
+    assert handshake(server_context(cert, key), client) == ""
+
+
+def test_the_certificates_are_made_once_and_trust_follows_the_dev_certificate(
+    tmp_path: Path,
+) -> None:
+    cert, _ = ensure_dev_certificate(tmp_path / "tls")
+    directory = tmp_path / "tls" / "scenarios"
+    files = ensure_scenario_certificates(directory, cert)
+    before = {p.name: p.read_bytes() for p in directory.iterdir()}
+    assert {stat.S_IMODE(p.stat().st_mode) for p in directory.glob("*-key.pem")} == {0o600}
+    assert len(list(directory.glob("*-key.pem"))) == 3  # the CAs' keys are kept nowhere
+    assert ensure_scenario_certificates(directory, cert) == files
+    assert {p.name: p.read_bytes() for p in directory.iterdir()} == before
+    cert.unlink()
+    cert, _ = ensure_dev_certificate(tmp_path / "tls")  # a new development certificate
+    ensure_scenario_certificates(directory, cert)
+    assert files.trust.read_bytes() == cert.read_bytes() + files.ca.read_bytes()
+    assert files.cert("expired").read_bytes() == before["expired-cert.pem"]
+    untrusted = x509.load_pem_x509_certificate(files.cert("untrusted-ca").read_bytes())
+    trusted = x509.load_pem_x509_certificates(files.trust.read_bytes())
+    assert len(trusted) == 2
+    assert untrusted.issuer not in {c.subject for c in trusted}
+    assert ensure_scenario_certificates(directory, None).trust.read_bytes() == files.ca.read_bytes()
