@@ -7,6 +7,7 @@ import logging
 import secrets
 import socket
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from gateway.settings import MockSettings
 from mock_operator.conformance.observatory import Observatory
 from mock_operator.conformance.routes import build_conformance_router
 from mock_operator.conformance.runner import Runner
-from mock_operator.conformance.scenario_certs import ensure_scenario_certificates
+from mock_operator.conformance.scenario_certs import SCENARIOS, ensure_scenario_certificates
 from mock_operator.conformance.store import CampaignStore
 from mock_operator.conformance.taps import (
     ObservedAuthenticator,
@@ -160,6 +161,7 @@ class MockOperator:
         self.observatory: Observatory | None = None
         self.runner: Runner | None = None
         self.scenarios: ScenarioPorts | None = None  # TLS scenario ports (cert-* checks)
+        self._scenario_socks: list[socket.socket] = []
 
     @property
     def http_url(self) -> str:
@@ -178,6 +180,10 @@ class MockOperator:
         imap_sock = bind_tcp(settings.host, settings.imap_port)
         smtp_sock = bind_tcp(settings.host, settings.smtp_port)
         historic_imap_sock = bind_tcp(settings.host, settings.historic_imap_port)
+        self._scenario_socks = [  # IMAP, SMTP of each scenario: a port taken fails here
+            bind_tcp(settings.host, settings.scenario_port(i))
+            for i in range(2 * len(SCENARIOS) if settings.scenario_ports else 0)
+        ]
         port = sock.getsockname()[1]
         self._engine = sqlite_engine(self.data_dir / "mock.db")
         self.psc = MockPsc(
@@ -278,10 +284,12 @@ class MockOperator:
         )
         self.smtp = SmtpServer(handler, smtp_sock, tls)
         await self.smtp.start()
-        if settings.scenario_ports:
+        if self._scenario_socks:
             self.scenarios = await self._start_scenarios(engine, authenticator)
 
-    async def _start_scenarios(self, engine: EngineConfig, authenticator: Any) -> ScenarioPorts:
+    async def _start_scenarios(
+        self, engine: EngineConfig, authenticator: Callable[[str], PlatformAuthenticator]
+    ) -> ScenarioPorts:
         """The modern platform again, behind certificates an LPS must refuse
         (`conformance.tls_scenarios`): for each scenario an IMAP and an SMTP port."""
         assert self.observatory is not None
@@ -289,9 +297,9 @@ class MockOperator:
         dev = None if self.settings.tls_cert else self.tls_cert
         files = ensure_scenario_certificates(self.data_dir / "tls" / "scenarios", dev)
         endpoints = []
-        for index, scenario in enumerate(scenarios(files)):
-            imap_sock = bind_tcp(self.settings.host, self.settings.scenario_port(2 * index))
-            smtp_sock = bind_tcp(self.settings.host, self.settings.scenario_port(2 * index + 1))
+        socks = iter(self._scenario_socks)
+        for scenario in scenarios(files):
+            imap_sock, smtp_sock = next(socks), next(socks)
             imap = ScenarioImapServer(
                 ServerConfig(engine=engine),
                 ObservedAuthenticator(authenticator("imap"), self.observatory),

@@ -11,6 +11,7 @@ import smtplib
 import ssl
 import stat
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,7 +23,7 @@ from typer.testing import CliRunner
 from mock_operator.cli import app, describe
 from mock_operator.conformance.scenario_certs import OTHER_NAME, SCENARIOS
 from mock_operator.server import MockOperator
-from tests.conftest import client_tls, persona_token
+from tests.conftest import client_tls, persona_token, quick_mock_settings
 from tests.support.sasl import xoauth2_blob
 from tests.support.waiting import eventually
 
@@ -294,3 +295,16 @@ async def test_the_commands_print_the_scenario_ports(mock_op: MockOperator) -> N
     where = ports(mock_op, "wrong-name")
     assert f"wrong-name {where['imap']}/{where['smtp']}" in started.output
     assert started.output.strip().splitlines()[-1].startswith("c")  # the id, alone, last
+
+
+async def test_scenario_ports_can_be_turned_off(tmp_path: Path) -> None:
+    settings = quick_mock_settings().model_copy(update={"scenario_ports": False})
+    mock = MockOperator(settings, tmp_path / "mock-operator")
+    await mock.start()
+    try:
+        assert mock.scenarios is None
+        started = await start_campaign(mock)
+        assert "tls_scenarios" not in started
+        assert not (tmp_path / "mock-operator" / "tls" / "scenarios").exists()
+    finally:
+        await mock.stop()
