@@ -29,6 +29,9 @@ else:
     PscSettings = pydantic_dataclass(ValidatorConfig)
 
 
+DEFAULT_SCENARIO_PORT = 2150  # the mock's TLS scenario ports: 2150-2155
+
+
 class _Section(BaseModel):
     """A section of the tree: a misspelt key is an error, not silently ignored."""
 
@@ -88,6 +91,19 @@ class MockSettings(_Section):
     test_endpoints: bool = Field(
         default=True, description="loopback-only /_test endpoints (tokens on demand)"
     )
+    scenario_ports: bool = Field(
+        default=True,
+        description="TLS scenario ports: certificates an LPS must refuse (expired, for "
+        "another name, from an untrusted CA), one IMAP and one SMTP port each",
+    )
+    scenario_port_base: int | None = Field(
+        default=None,
+        ge=0,
+        le=65530,
+        description="first of the six scenario ports (IMAP then SMTP for expired, "
+        "wrong-name, untrusted-ca); default 2150 (2150-2155), or any free ports when "
+        "imap_port is 0; 0: any free ports",
+    )
 
     @field_validator("host")
     @classmethod
@@ -95,6 +111,13 @@ class MockSettings(_Section):
         if value != "localhost":
             ipaddress.ip_address(value)
         return value
+
+    def scenario_port(self, index: int) -> int:
+        """The port of the `index`-th scenario listener (0: any free port)."""
+        base = self.scenario_port_base
+        if base is None:
+            base = 0 if self.imap_port == 0 else DEFAULT_SCENARIO_PORT
+        return base + index if base else 0
 
     def base_url(self, port: int | None = None) -> str:
         if self.public_url:

@@ -98,6 +98,13 @@ def describe(mock: MockOperator, console: Console) -> None:
     console.print(f"  CIBA approval page:       {mock.issuer}/ciba", highlight=False)
     console.print(f"  open PSC sessions:        {mock.issuer}/sessions", highlight=False)
     console.print(f"  TLS certificate:          {mock.tls_cert}", highlight=False)
+    if mock.scenarios is not None:
+        found = mock.scenarios.ports().items()
+        ports = ", ".join(f"{name} imap {p['imap']} smtp {p['smtp']}" for name, p in found)
+        console.print(
+            f"  TLS scenarios (to refuse): {ports}; trust {mock.scenarios.files.trust}",
+            highlight=False,
+        )
     url = "" if mock.http_url == DEFAULT_URL else f" --url {mock.http_url}"
     console.print(
         f"  a token for a persona:    .venv/bin/mock-operator token dr-martin{url}",
@@ -271,6 +278,12 @@ def conformance_start(
         body["client_id"] = client_id
     answer = _ask(url, "/_test/conformance/campaigns", body)
     typer.echo(f"Campagne ouverte ; suivez-la sur {url.rstrip('/')}{answer['url']}")
+    scenarios = answer.get("tls_scenarios")
+    if isinstance(scenarios, dict) and isinstance(scenarios.get("ports"), dict):
+        ports = ", ".join(
+            f"{name} {p.get('imap')}/{p.get('smtp')}" for name, p in scenarios["ports"].items()
+        )
+        typer.echo(f"Certificats à refuser (IMAP/SMTP) : {ports} ; AC : {scenarios.get('trust')}")
     typer.echo(answer["id"])
 
 

@@ -7,6 +7,7 @@ import logging
 import secrets
 import socket
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +36,21 @@ from gateway.settings import MockSettings
 from mock_operator.conformance.observatory import Observatory
 from mock_operator.conformance.routes import build_conformance_router
 from mock_operator.conformance.runner import Runner
+from mock_operator.conformance.scenario_certs import SCENARIOS, ensure_scenario_certificates
 from mock_operator.conformance.store import CampaignStore
 from mock_operator.conformance.taps import (
     ObservedAuthenticator,
     ObservedImapServer,
     ObservedSubmission,
     SniLog,
+)
+from mock_operator.conformance.tls_scenarios import (
+    ScenarioEndpoint,
+    ScenarioImapServer,
+    ScenarioPorts,
+    ScenarioSmtpServer,
+    ScenarioSubmission,
+    scenarios,
 )
 from mock_operator.historic.auth import CpsAuthority, HistoricAuth
 from mock_operator.historic.imap import HistoricImap
@@ -152,6 +162,8 @@ class MockOperator:
         self.historic_auth: HistoricAuth | None = None
         self.observatory: Observatory | None = None
         self.runner: Runner | None = None
+        self.scenarios: ScenarioPorts | None = None  # TLS scenario ports (cert-* checks)
+        self._scenario_socks: list[socket.socket] = []
 
     @property
     def http_url(self) -> str:
@@ -170,6 +182,10 @@ class MockOperator:
         imap_sock = bind_tcp(settings.host, settings.imap_port)
         smtp_sock = bind_tcp(settings.host, settings.smtp_port)
         historic_imap_sock = bind_tcp(settings.host, settings.historic_imap_port)
+        self._scenario_socks = [  # IMAP, SMTP of each scenario: a port taken fails here
+            bind_tcp(settings.host, settings.scenario_port(i))
+            for i in range(2 * len(SCENARIOS) if settings.scenario_ports else 0)
+        ]
         port = sock.getsockname()[1]
         self._engine = sqlite_engine(self.data_dir / "mock.db")
         self.psc = MockPsc(
@@ -189,7 +205,10 @@ class MockOperator:
         historic = await self._start_historic()
         operator = build_operator_router(self.master, lambda: self.platform, self._holder)
         conformance = build_conformance_router(
-            lambda: self.observatory, lambda: self.runner, lambda: self.psc
+            lambda: self.observatory,
+            lambda: self.runner,
+            lambda: self.psc,
+            lambda: self.scenarios.describe() if self.scenarios else None,
         )
         self._http = AsgiServer(create_app(self.psc, historic, operator, conformance), sock)
         await self._http.start()
@@ -269,6 +288,44 @@ class MockOperator:
         self.submission = handler
         self.smtp = SmtpServer(handler, smtp_sock, tls, dsn=settings.smtp_dsn)
         await self.smtp.start()
+        if self._scenario_socks:
+            self.scenarios = await self._start_scenarios(engine, authenticator)
+
+    async def _start_scenarios(
+        self, engine: EngineConfig, authenticator: Callable[[str], PlatformAuthenticator]
+    ) -> ScenarioPorts:
+        """The modern platform again, behind certificates an LPS must refuse
+        (`conformance.tls_scenarios`): for each scenario an IMAP and an SMTP port."""
+        assert self.observatory is not None
+        assert self.platform is not None
+        dev = None if self.settings.tls_cert else self.tls_cert
+        files = ensure_scenario_certificates(self.data_dir / "tls" / "scenarios", dev)
+        endpoints = []
+        socks = iter(self._scenario_socks)
+        for scenario in scenarios(files):
+            imap_sock, smtp_sock = next(socks), next(socks)
+            imap = ScenarioImapServer(
+                ServerConfig(engine=engine),
+                ObservedAuthenticator(authenticator("imap"), self.observatory),
+                scenario.context,
+                imap_sock,
+                observatory=self.observatory,
+                scenario=scenario,
+            )
+            handler = ScenarioSubmission(
+                self.platform,
+                authenticator("smtp"),
+                self.settings.auth_failure_delay,
+                other=_HistoricMailboxes(self.historic.store) if self.historic else None,
+                placed=self._placed,
+                observatory=self.observatory,
+                scenario=scenario,
+            )
+            smtp = ScenarioSmtpServer(handler, smtp_sock, scenario.context)
+            await imap.start()
+            await smtp.start()
+            endpoints.append(ScenarioEndpoint(scenario.name, imap, smtp))
+        return ScenarioPorts(files, endpoints)
 
     async def _start_historic(self) -> APIRouter:
         """The historic platform: its own store, the web services, and their callers."""
@@ -442,6 +499,8 @@ class MockOperator:
             await self.historic_imap.stop()
         if self._historic_engine is not None:
             await self._historic_engine.dispose()
+        if self.scenarios is not None:
+            await self.scenarios.stop()
         if self.imap is not None:
             await self.imap.stop()
         if self.smtp is not None:

@@ -353,6 +353,8 @@ def _notify(handler: Any, name: str, server: SMTP) -> None:
 
 
 class SmtpServer:
+    protocol_type: type[TokenSMTP] = TokenSMTP  # a subclass may watch more (the mock's)
+
     def __init__(
         self,
         handler: Any,
@@ -400,7 +402,7 @@ class SmtpServer:
         return port
 
     def _protocol(self) -> TokenSMTP:
-        return TokenSMTP(
+        return self.protocol_type(
             self.handler,
             hostname=self._hostname,
             tls_context=self._tls,

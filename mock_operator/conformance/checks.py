@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from mock_operator.conformance.cert_checks import scenario_verdict
 from mock_operator.conformance.events import Event
 from mock_operator.conformance.message_facts import CODECDA_RULES, INS_RULES, XDM_RULES
 from mock_operator.conformance.results import Check, Result, Status
@@ -114,6 +115,14 @@ CHECKS: tuple[Check, ...] = (
         "réception",
     ),
     Check("reception-large", "RFC 3501", "Message volumineux relevé", "réception"),
+    Check("cert-expired", "ECO.1.1.5", "Certificat serveur expiré refusé", "transport"),
+    Check(
+        "cert-name",
+        "RFC 6125 §6 / RFC 9525",
+        "Certificat d'un autre nom d'hôte refusé",
+        "transport",
+    ),
+    Check("cert-untrusted", "ECO.1.1.10", "Certificat d'une AC non reconnue refusé", "transport"),
 )
 BY_KEY: Mapping[str, Check] = {check.key: check for check in CHECKS}
 
@@ -750,4 +759,7 @@ _RULES: Mapping[str, Callable[[Facts], Verdict]] = {
     "reception-xdm": _reception("xdm", "Message IHE_XDM"),
     "reception-non-ascii": _reception("non-ascii", "Message aux noms accentués"),
     "reception-large": _reception("large", "Message volumineux"),
+    "cert-expired": lambda facts: scenario_verdict("expired", facts.by_connection),
+    "cert-name": lambda facts: scenario_verdict("wrong-name", facts.by_connection),
+    "cert-untrusted": lambda facts: scenario_verdict("untrusted-ca", facts.by_connection),
 }

@@ -2,9 +2,10 @@
 
 A connection's events are held until its login says whose session it is (the token's
 client id and person, or the BAL opened), then written to the campaign that matches, the
-most recent first; a connection that matches none, or never logs in, is forgotten. PSC calls
-carry their client id and person, and are attributed at once. Writes go to the database in
-batches from one task, so an observation costs the protocol code a list append.
+most recent first; a connection that matches none, or never logs in, is forgotten (except
+on the TLS scenario ports: `adopt`). PSC calls carry their client id and person, and are
+attributed at once. Writes go to the database in batches from one task, so an observation
+costs the protocol code a list append.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ MAX_PENDING = 200  # events of a connection before its login (CAPABILITY, STARTT
 MAX_CONNECTIONS = 5_000  # connections followed at once; the oldest is forgotten beyond
 MAX_EVENTS = 50_000  # per campaign: a runaway client cannot fill the disk
 MAX_OPEN_CAMPAIGNS = 100
+MAX_ADOPTED = 1_000  # per campaign: connections without login a flood cannot exceed
 FLUSH_EVERY = 0.2
 
 Delivery = Callable[[Campaign, str], Coroutine[Any, Any, None]]
@@ -45,6 +47,7 @@ class Observatory:
         self._writer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._seeded: set[tuple[str, str]] = set()
+        self._adopted: dict[str, int] = {}
         self.on_first_login: Delivery | None = None  # the runner's test messages
 
     async def start(self) -> None:
@@ -82,6 +85,7 @@ class Observatory:
         await self.flush()
         await self.store.close(campaign_id, time.time())
         self._open = [c for c in self._open if c.id != campaign_id]
+        self._adopted.pop(campaign_id, None)
 
     def open_campaigns(self) -> list[Campaign]:
         return list(self._open)
@@ -145,6 +149,32 @@ class Observatory:
     def watching(self, connection: str) -> bool:
         """Whether the connection belongs to a campaign (worth reading its messages)."""
         return bool(self._owner.get(connection))
+
+    def adopt(self, connection: str) -> Campaign | None:
+        """A connection that may never log in (the TLS scenario ports, where an LPS that
+        refuses the certificate never does): unless its login already decided, it belongs
+        to the most recent open campaign, nothing else saying whose it is. Its held events
+        go there, and so do the next ones (its close); past `MAX_ADOPTED` connections a
+        campaign takes no more, so that a flood cannot crowd out its record."""
+        owner = self._owner.get(connection, "")
+        if owner is None:
+            return None
+        if owner:
+            return self._find(owner)
+        held = self._pending.pop(connection, [])
+        if not held or not self._open:
+            return None
+        campaign = self._open[-1]
+        adopted = self._adopted.get(campaign.id, 0)
+        if adopted >= MAX_ADOPTED:
+            return None
+        self._adopted[campaign.id] = adopted + 1
+        self._owner[connection] = campaign.id
+        while len(self._owner) > MAX_CONNECTIONS:
+            self._owner.popitem(last=False)
+        for event in held:
+            self._record(campaign.id, event)
+        return campaign
 
     def closed(self, interface: str, connection: str, /, **data: Any) -> None:
         self.event(interface, connection, "close", **data)

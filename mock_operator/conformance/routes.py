@@ -44,7 +44,10 @@ def build_conformance_router(
     observatory: Callable[[], Observatory | None],
     runner: Callable[[], Runner | None],
     psc: Callable[[], MockPsc | None],
+    tls_scenarios: Callable[[], dict[str, Any] | None] = lambda: None,
 ) -> APIRouter:
+    """`tls_scenarios`: the TLS scenario ports and the file to trust, when they run
+    (`ScenarioPorts.describe`), shown on the campaign page and answered when one opens."""
     router = APIRouter()
 
     def ready(request: Request) -> tuple[Observatory, Runner] | Response:
@@ -74,7 +77,10 @@ def build_conformance_router(
         campaign = await open_campaign(got[0], body)
         if isinstance(campaign, str):
             return JSONResponse({"detail": campaign}, status_code=400)
-        return JSONResponse({"id": campaign.id, "url": f"/conformance/{campaign.id}"})
+        answer: dict[str, Any] = {"id": campaign.id, "url": f"/conformance/{campaign.id}"}
+        if (ports := tls_scenarios()) is not None:
+            answer["tls_scenarios"] = ports
+        return JSONResponse(answer)
 
     @router.get("/_test/conformance/campaigns/{campaign_id}/report", include_in_schema=False)
     async def report(campaign_id: str, request: Request, format: str = "json") -> Response:
@@ -166,6 +172,7 @@ def build_conformance_router(
             "report": built,
             "data": as_dict(built),
             "scenarios": _scenarios(campaign, mock),
+            "tls_scenarios": tls_scenarios(),
             "page_token": mock.page_token if mock else "",
             "checks": CHECKS,
         }
