@@ -19,7 +19,8 @@ call, every restart and every Python version. Hence a hand-written serializer ra
   lines;
 * a single text part without attachments; otherwise multipart/mixed with the body first
   and the attachments in their ``part`` order (multipart/report when the first of them is a
-  delivery or disposition report: RFC 6522 puts it second, after the text for people). The boundary is ``=_lps_`` and 32 hex
+  delivery or disposition report: RFC 6522 puts it second, after the text for people).
+  The boundary is ``=_lps_`` and 32 hex
   digits of a SHA-256 over the content: it cannot occur in quoted-printable or base64
   text (``=`` is always followed by hex digits or a line end there, ``_`` is outside
   base64), yet is the same every time;
