@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import secrets
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -127,8 +128,8 @@ def build_conformance_router(
         }
         return templates.TemplateResponse(request, "conformance.html", context)
 
-    @router.post("/conformance", response_class=HTMLResponse, include_in_schema=False)
-    async def campaigns_start(request: Request) -> Response:
+    async def posted(request: Request) -> tuple[Observatory, dict[str, str]] | Response:
+        """A page's form, from a loopback caller, carrying the page's token (CSRF)."""
         got = ready(request)
         mock = psc()
         if isinstance(got, Response) or mock is None:
@@ -137,8 +138,16 @@ def build_conformance_router(
             form = await read_form(request)
         except FormError as exc:
             return page_error(request, str(exc), 400)
-        if form.get("token") != mock.page_token:
+        if not secrets.compare_digest(form.get("token", ""), mock.page_token):
             return page_error(request, "Formulaire expiré : rechargez la page.", 400)
+        return got[0], form
+
+    @router.post("/conformance", response_class=HTMLResponse, include_in_schema=False)
+    async def campaigns_start(request: Request) -> Response:
+        answer = await posted(request)
+        if isinstance(answer, Response):
+            return answer
+        watcher, form = answer
         try:
             body = CampaignRequest(
                 software=form.get("software", "").strip(),
@@ -152,7 +161,7 @@ def build_conformance_router(
             )
         except ValueError:
             return RedirectResponse("/conformance?erreur=Nom+du+logiciel+requis", 303)
-        campaign = await open_campaign(got[0], body)
+        campaign = await open_campaign(watcher, body)
         if isinstance(campaign, str):
             return page_error(request, campaign, 400)
         return RedirectResponse(f"/conformance/{campaign.id}", status_code=303)
@@ -180,18 +189,12 @@ def build_conformance_router(
 
     @router.post("/conformance/{campaign_id}/close", include_in_schema=False)
     async def campaign_close(campaign_id: str, request: Request) -> Response:
-        got = ready(request)
-        mock = psc()
-        if isinstance(got, Response) or mock is None:
-            return page_error(request, LOOPBACK_ONLY, 404)
-        try:
-            form = await read_form(request)
-        except FormError as exc:
-            return page_error(request, str(exc), 400)
-        if form.get("token") != mock.page_token:
-            return page_error(request, "Formulaire expiré : rechargez la page.", 400)
-        if await got[0].store.get(campaign_id[:40]) is not None:
-            await got[0].close(campaign_id[:40])
+        answer = await posted(request)
+        if isinstance(answer, Response):
+            return answer
+        watcher = answer[0]
+        if await watcher.store.get(campaign_id[:40]) is not None:
+            await watcher.close(campaign_id[:40])
         return RedirectResponse(f"/conformance/{campaign_id[:40]}", status_code=303)
 
     return router

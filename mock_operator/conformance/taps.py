@@ -94,14 +94,23 @@ class ObservedImapServer(ImapServer):
         self.sni = sni
 
     def opened(self, session: ImapSession) -> None:
-        channel = session.channel
-        if isinstance(channel, ObservedChannel):
-            channel.observatory = self.observatory
-            channel.sni = self.sni
-            channel.connection = session.connection.session_id
+        connection = session.connection.session_id
+        if isinstance(session.channel, ObservedChannel):
+            self.attach(session.channel, connection)
+        facts = self.connect_facts()
         self.observatory.event(
-            "imap", session.connection.session_id, "connect", secure=session.connection.secure
+            "imap", connection, "connect", secure=session.connection.secure, **facts
         )
+
+    def attach(self, channel: ObservedChannel, connection: str) -> None:
+        """Give the session's channel what it needs to report its TLS and updates."""
+        channel.observatory = self.observatory
+        channel.sni = self.sni
+        channel.connection = connection
+
+    def connect_facts(self) -> dict[str, Any]:
+        """What a connection's first event says of the listener it came to."""
+        return {}
 
     def executing(self, session: ImapSession, command: c.Command) -> None:
         if isinstance(session.channel, ObservedChannel):

@@ -126,20 +126,13 @@ class ScenarioImapServer(ObservedImapServer):
         super().__init__(*args, sni=scenario.names, **kwargs)
         self.scenario = scenario
 
-    def opened(self, session: ImapSession) -> None:
-        channel = session.channel
+    def attach(self, channel: ObservedChannel, connection: str) -> None:
+        super().attach(channel, connection)
         if isinstance(channel, ScenarioChannel):
-            channel.observatory = self.observatory
-            channel.sni = self.sni
-            channel.connection = session.connection.session_id
             channel.scenario = self.scenario
-        self.observatory.event(
-            "imap",
-            session.connection.session_id,
-            "connect",
-            secure=session.connection.secure,
-            scenario=self.scenario.name,
-        )
+
+    def connect_facts(self) -> dict[str, Any]:
+        return {"scenario": self.scenario.name}
 
     def ended(self, session: ImapSession) -> None:
         self.observatory.adopt(session.connection.session_id)
