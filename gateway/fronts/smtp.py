@@ -315,7 +315,7 @@ class SubmissionFront(CardAuthMixin):
             actor=sender.actor,
         )
         if refusing:
-            self._rejected(sender, refusing)
+            self._rejected(sender, [violation.rule for violation in refusing])
             await self._abandon(relay)
             return _violations_reply(refusing)
         message = await self._prepare(raw, checked, sender, client)
@@ -474,16 +474,7 @@ class SubmissionFront(CardAuthMixin):
             self._backend_failed(sender, failure)
             self.metrics.messages.labels("deferred").inc()
         elif isinstance(failure, BackendCannotCarry):
-            self.metrics.messages.labels("rejected").inc()
-            log.info(
-                "smtp.message_rejected",
-                extra={
-                    "bal": sender.mailbox,
-                    "actor": sender.actor,
-                    "rules": [failure.kind],
-                    "detail": failure.text,
-                },
-            )
+            self._rejected(sender, [failure.kind], detail=failure.text)
         else:
             self._count_refusal(failure)
             log.info(
@@ -522,15 +513,12 @@ class SubmissionFront(CardAuthMixin):
             recipients=recipients,
         )
 
-    def _rejected(self, sender: FrontGrant, refusing: list[Violation]) -> None:
+    def _rejected(self, sender: FrontGrant, rules: list[str], **extra: str) -> None:
+        """A message refused for what it is (a rule, or what its backend cannot carry)."""
         self.metrics.messages.labels("rejected").inc()
         log.info(
             "smtp.message_rejected",
-            extra={
-                "bal": sender.mailbox,
-                "actor": sender.actor,
-                "rules": [violation.rule for violation in refusing],
-            },
+            extra={"bal": sender.mailbox, "actor": sender.actor, "rules": rules, **extra},
         )
 
     async def _relay_for(self, client: _Client, sender: FrontGrant) -> Submission:
