@@ -416,8 +416,15 @@ def _imap_peek(facts: Facts) -> Verdict:
     return _passed("Lectures par BODY.PEEK.", [_line(fetches[0])])
 
 
+HEADER_ITEMS = frozenset({"RFC822.SIZE", "RFC822.HEADER"})
+
+
 def _reads_body(item: str) -> bool:
-    return item.startswith(("BODY[", "BODY.PEEK[", "RFC822", "BINARY"))
+    """Whether a FETCH item reads the message's content (RFC822.SIZE and RFC822.HEADER,
+    which an LPS asks to decide what to read, do not)."""
+    return item.startswith(("BODY[", "BODY.PEEK[", "RFC822", "BINARY")) and (
+        item not in HEADER_ITEMS
+    )
 
 
 def _marks_seen(item: str) -> bool:
@@ -425,7 +432,11 @@ def _marks_seen(item: str) -> bool:
 
 
 def _imap_updates(facts: Facts) -> Verdict:
-    told = [e for e in facts.of("imap", "update") if e.data.get("update") == "EXISTS"]
+    told = [
+        e
+        for e in facts.of("imap", "update")
+        if e.data.get("update") == "EXISTS" and not _answers_select(facts, e)
+    ]
     if not told:
         return _unseen("Aucun nouveau message annoncé pendant une session.")
     for update in told:
@@ -443,6 +454,18 @@ def _imap_updates(facts: Facts) -> Verdict:
         "EXISTS annoncé, nouveau message jamais relevé dans la session.",
         [str(told[0].data.get("line"))],
     )
+
+
+def _answers_select(facts: Facts, update: Event) -> bool:
+    """An EXISTS written in answer to SELECT/EXAMINE: the folder's size, not news of a
+    message (the last command before it on its connection opened the folder)."""
+    last: Event | None = None
+    for event in facts.by_connection.get(update.connection, []):
+        if event is update:
+            break
+        if event.kind == "command":
+            last = event
+    return last is not None and last.data.get("name") in ("SELECT", "EXAMINE")
 
 
 def _imap_logout(facts: Facts) -> Verdict:

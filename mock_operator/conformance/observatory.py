@@ -46,6 +46,7 @@ class Observatory:
         self._counts: dict[str, int] = {}
         self._writer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._flushing = asyncio.Lock()  # a reader waits for the batch being written
         self._seeded: set[tuple[str, str]] = set()
         self._adopted: dict[str, int] = {}
         self.on_first_login: Delivery | None = None  # the runner's test messages
@@ -195,9 +196,12 @@ class Observatory:
     # -- reading -------------------------------------------------------------------------
 
     async def flush(self) -> None:
-        batch, self._queue = self._queue, []
-        if batch:
-            await self.store.write(batch)
+        """Write what is queued; once it returns, every event recorded before the call is
+        in the database, including a batch the write loop was writing meanwhile."""
+        async with self._flushing:
+            batch, self._queue = self._queue, []
+            if batch:
+                await self.store.write(batch)
 
     async def events(self, campaign_id: str) -> list[Event]:
         await self.flush()
