@@ -130,8 +130,13 @@ BY_KEY: Mapping[str, Check] = {check.key: check for check in CHECKS}
 class Facts:
     """The events of a campaign, grouped the ways the checks read them."""
 
-    def __init__(self, events: Sequence[Event], own_bals: Mapping[str, str]) -> None:
+    def __init__(
+        self, events: Sequence[Event], own_bals: Mapping[str, str], now: float | None = None
+    ) -> None:
         self.events = events
+        # when the report is made (a delay still running is not yet a failure); by default
+        # the last event, so a report on the same events always says the same
+        self.now = now if now is not None else max((e.at for e in events), default=0.0)
         self.own_bals = own_bals  # idNat → that person's own BAL
         self.by_connection: dict[str, list[Event]] = defaultdict(list)
         for event in events:
@@ -168,8 +173,10 @@ class Facts:
 Verdict = tuple[Status, str, list[str]]
 
 
-def evaluate(events: Sequence[Event], own_bals: Mapping[str, str]) -> tuple[Result, ...]:
-    facts = Facts(events, own_bals)
+def evaluate(
+    events: Sequence[Event], own_bals: Mapping[str, str], now: float | None = None
+) -> tuple[Result, ...]:
+    facts = Facts(events, own_bals, now)
     results = []
     for check in CHECKS:
         status, detail, evidence = _RULES[check.key](facts)
@@ -301,6 +308,7 @@ def _session_end(facts: Facts) -> Verdict:
         )
     end = ends[0]
     late: list[str] = []
+    waiting: list[str] = []
     reused = [  # a token of the ended session, still presented once it had to be refreshed
         e
         for e in facts.logins("imap") + facts.logins("smtp")
@@ -314,7 +322,9 @@ def _session_end(facts: Facts) -> Verdict:
         if opened.at > end.at or opened.data.get("idnat") != end.data.get("idnat"):
             continue
         closed = next((e for e in events if e.kind == "close"), None)
-        if closed is None or closed.at - end.at > SESSION_END_GRACE:
+        if closed is None and facts.now - end.at <= SESSION_END_GRACE:
+            waiting.append(f"{events[0].interface} : session encore ouverte")
+        elif closed is None or closed.at - end.at > SESSION_END_GRACE:
             late.append(f"{events[0].interface} : session ouverte à la fin de la session PSC")
     if reused:
         return _failed(
@@ -323,6 +333,11 @@ def _session_end(facts: Facts) -> Verdict:
         )
     if late:
         return _failed("Sessions restées ouvertes après la fin de la session PSC.", late)
+    if waiting:
+        return _unseen(
+            "Sessions encore ouvertes : elles doivent être fermées au plus tard "
+            f"{SESSION_END_GRACE:.0f} s après la fin de la session PSC."
+        )
     return _passed("Sessions fermées après la fin de la session PSC.")
 
 
