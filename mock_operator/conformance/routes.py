@@ -92,7 +92,7 @@ def build_conformance_router(
             return JSONResponse({"detail": f"format: one of {', '.join(FORMATS)}"}, 400)
         campaign = await got[0].store.get(campaign_id[:40])
         if campaign is None:
-            return JSONResponse({"detail": f"no campaign {campaign_id[:40]!r}"}, 404)
+            return JSONResponse({"detail": f"no campaign {_shown(campaign_id)}"}, 404)
         built = await got[1].report(campaign)
         return Response(render(built, format), media_type=MEDIA[format])
 
@@ -160,7 +160,11 @@ def build_conformance_router(
                 ],
             )
         except ValueError:
-            return RedirectResponse("/conformance?erreur=Nom+du+logiciel+requis", 303)
+            return RedirectResponse(
+                "/conformance?erreur=Nom+du+logiciel+requis+(200+caract%C3%A8res+au+plus)"
+                "%2C+version+100+au+plus%2C+20+personas+au+plus",
+                303,
+            )
         campaign = await open_campaign(watcher, body)
         if isinstance(campaign, str):
             return page_error(request, campaign, 400)
@@ -193,11 +197,18 @@ def build_conformance_router(
         if isinstance(answer, Response):
             return answer
         watcher = answer[0]
-        if await watcher.store.get(campaign_id[:40]) is not None:
-            await watcher.close(campaign_id[:40])
+        if await watcher.store.get(campaign_id[:40]) is None:
+            return page_error(request, "Campagne inconnue.", 404)
+        await watcher.close(campaign_id[:40])
         return RedirectResponse(f"/conformance/{campaign_id[:40]}", status_code=303)
 
     return router
+
+
+def _shown(campaign_id: str) -> str:
+    """A campaign id as an answer may repeat it: quoted when it looks like one, else not
+    at all (a caller's markup or 10 KB of it is not echoed)."""
+    return repr(campaign_id) if _KEY.fullmatch(campaign_id) else "(identifiant invalide)"
 
 
 def _when(timestamp: float | None) -> str:

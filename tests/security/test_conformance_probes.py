@@ -135,21 +135,30 @@ async def test_bad_form_fields_are_refused(mock_op: MockOperator, http: httpx.As
 
 @pytest.mark.parametrize(
     "campaign",
-    ["c20990101-abcdef", "<script>alert(1)</script>" + "x" * 10_240, "%0d%0aSet-Cookie:%20a=b"],
+    [
+        "c20990101-abcdef",
+        "<img src=x onerror=alert(1)>" + "x" * 10_240,
+        "c1%0d%0aSet-Cookie:%20a=b",
+        "x" * 10_240,
+    ],
 )
 async def test_unknown_campaigns_are_404_without_echo(
-    http: httpx.AsyncClient, campaign: str
+    mock_op: MockOperator, http: httpx.AsyncClient, campaign: str
 ) -> None:
+    assert mock_op.psc is not None
+    page_token = mock_op.psc.page_token
     for answer in (
         await http.get(f"{API}/{campaign}/report"),
         await http.post(f"{API}/{campaign}/close"),
         await http.get(f"/conformance/{campaign}"),
+        await http.post(f"/conformance/{campaign}/close", data={"token": page_token}),
     ):
         assert answer.status_code == 404
         assert len(answer.text) < 4000
         assert "x" * 50 not in answer.text
-        assert "<script>alert" not in answer.text
+        assert "onerror" not in answer.text
         assert "set-cookie" not in answer.headers
+        assert "location" not in answer.headers
 
 
 def _answer(blob: bytes, _challenge: bytes) -> bytes:
