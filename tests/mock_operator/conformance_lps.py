@@ -275,12 +275,33 @@ class ReferenceLps:
         self.smtp = smtp
         return smtp
 
-    def send(self, message: Message | bytes, *, sender: str | None = None, to: str = "") -> None:
-        assert self.smtp is not None, "no SMTP session"
+    def send(
+        self,
+        message: Message | bytes,
+        *,
+        sender: str | None = None,
+        to: str = "",
+        receipt: bool = False,
+    ) -> None:
+        """Submit `message`; with `receipt`, ask for a delivery status notification
+        (RFC 3461: NOTIFY, RET, ENVID), when the server advertises DSN, as a client must
+        (the mock's SMTP does not yet: the DSN work makes it)."""
+        smtp = self.smtp
+        assert smtp is not None, "no SMTP session"
+        mail_options: list[str] = []
+        rcpt_options: list[str] = []
+        if receipt and smtp.has_extn("dsn"):
+            mail_options = ["RET=HDRS", f"ENVID={make_msgid()[1:-1].split('@')[0]}"]
+            rcpt_options = ["NOTIFY=SUCCESS,FAILURE"]
         if isinstance(message, bytes):
-            self.smtp.sendmail(sender or self.bal, [to], message)
+            smtp.sendmail(sender or self.bal, [to], message, mail_options, rcpt_options)
         else:
-            self.smtp.send_message(message, from_addr=sender or self.bal)
+            smtp.send_message(
+                message,
+                from_addr=sender or self.bal,
+                mail_options=mail_options,
+                rcpt_options=rcpt_options,
+            )
 
     def smtp_close(self) -> None:
         smtp, self.smtp = self.smtp, None
