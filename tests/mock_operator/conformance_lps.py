@@ -284,8 +284,7 @@ class ReferenceLps:
         receipt: bool = False,
     ) -> None:
         """Submit `message`; with `receipt`, ask for a delivery status notification
-        (RFC 3461: NOTIFY, RET, ENVID), when the server advertises DSN, as a client must
-        (the mock's SMTP does not yet: the DSN work makes it)."""
+        (RFC 3461: NOTIFY, RET, ENVID) when the server advertises DSN, as a client must."""
         smtp = self.smtp
         assert smtp is not None, "no SMTP session"
         mail_options: list[str] = []

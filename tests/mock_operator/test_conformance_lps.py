@@ -52,15 +52,13 @@ DURAND = "luc.durand@infirmier.mssante.fr"
 DURAND_IDNAT = "899700000004"
 CLIENTS = ["lps-ref", *(f"lps-v{n:02d}" for n in range(40))]
 
-# Checks the reference LPS cannot pass yet, until other branches land (the coordinator
+# Checks the reference LPS cannot pass yet, until another branch lands (the coordinator
 # tightens this set at merge):
 PENDING = {
-    # the mock's SMTP does not advertise DSN (and answers 555 to NOTIFY) until the DSN
-    # branch lands; the LPS asks NOTIFY=SUCCESS on its report as soon as it is advertised
-    "dsn-request",
     # the TLS-scenario branch adds the bad-certificate scenario ports and three transport
-    # checks (expired, other name, untrusted CA); at merge the reference test visits the
-    # ports with tests/support/tls_scenarios.refuse_tls_scenarios(mock) before its report
+    # checks (expired, other name, untrusted CA): not in CHECKS yet. At merge, the reference
+    # test visits the ports with tests/support/tls_scenarios.refuse_tls_scenarios(mock)
+    # before its report, and this set empties
     "cert-expired",
     "cert-name",
     "cert-untrusted",
