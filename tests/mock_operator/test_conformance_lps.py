@@ -422,6 +422,17 @@ async def from_not_the_bal(run: Run) -> None:
     await _send(lps, message)
 
 
+async def mail_from_refused(run: Run) -> None:
+    # the envelope names another address: refused at MAIL (550 5.7.1), no message exists,
+    # so no message check has anything to judge: from-bal stays "not observed"
+    lps = run.lps()
+    await go(lps.psc_login)
+    await go(lps.smtp_open)
+    with pytest.raises(smtplib.SMTPSenderRefused):
+        await go(lps.send, lps.note(MOREAU), sender="claire.martin@cabinet-martin.example")
+    await go(lps.smtp_close)
+
+
 def _without(header: str) -> Callable[[Run], Any]:
     async def variant(run: Run) -> None:
         lps = run.lps()
@@ -526,6 +537,7 @@ VARIANTS: dict[str, tuple[Callable[[Run], Any], set[str]]] = {
     # the delegate's From: is not the BAL she sends from: both checks say so
     "delegate-from": (delegate_sends_as_herself, {"delegation-from", "from-bal"}),
     "from-not-bal": (from_not_the_bal, {"from-bal"}),
+    "mail-from-refused": (mail_from_refused, set()),
     "no-message-id": (_without("Message-ID"), {"message-id"}),
     "no-date": (_without("Date"), {"date"}),
     "eight-bit-subject": (eight_bit_subject, {"header-encoding"}),
@@ -560,6 +572,8 @@ async def test_a_variant_fails_exactly_its_check(mock: MockOperator, variant: st
         mock.observatory.on_first_login = deliver
         await close_run(run)
     assert failed(results) == expected, statuses(results)
+    if variant == "mail-from-refused":
+        assert results["from-bal"].status is Status.NOT_OBSERVED
     if variant == "large-left-unread":
         assert results["reception-large"].status is Status.NOT_OBSERVED
         assert results["reception-xdm"].status is Status.PASSED
