@@ -405,7 +405,7 @@ def _imap_uid(facts: Facts) -> Verdict:
 def _imap_idle(facts: Facts) -> Verdict:
     if facts.commands("IDLE"):
         return _passed("IDLE utilisé.", [_line(facts.commands("IDLE")[0])])
-    polls = sorted(e.at for e in facts.commands() if e.data.get("name") in POLLING_COMMANDS)
+    polls = sorted(_polls(facts))
     if len(polls) < 3:
         return _unseen("Ni IDLE ni relève répétée observés.")
     interval = statistics.median(b - a for a, b in itertools.pairwise(polls))
@@ -414,6 +414,26 @@ def _imap_idle(facts: Facts) -> Verdict:
             f"Relève toutes les {interval:.1f} s sans IDLE (minimum {MIN_POLL_INTERVAL:.0f} s)."
         )
     return _passed(f"Relève toutes les {interval:.0f} s.")
+
+
+def _polls(facts: Facts) -> list[float]:
+    """When the LPS looked for new mail: NOOP, STATUS, CHECK, and a SELECT/EXAMINE of a
+    folder it had already opened (opening INBOX, Envoyés and Brouillons at startup is
+    no polling; opening INBOX again, in a new connection or not, is)."""
+    opened: set[str] = set()
+    found = []
+    for event in facts.commands():
+        name = event.data.get("name")
+        if name not in POLLING_COMMANDS:
+            continue
+        if name in ("SELECT", "EXAMINE"):
+            mailbox = str(event.data.get("mailbox", ""))
+            mailbox = "INBOX" if mailbox.upper() == "INBOX" else mailbox
+            if mailbox not in opened:
+                opened.add(mailbox)
+                continue
+        found.append(event.at)
+    return found
 
 
 def _imap_peek(facts: Facts) -> Verdict:

@@ -82,6 +82,20 @@ def test_two_polls_are_not_yet_a_rate_and_idle_passes_at_once() -> None:
     assert status([command("NOOP", T0), command("IDLE", T0 + 1)], "imap-idle") is Status.PASSED
 
 
+def test_opening_folders_at_startup_is_no_polling_but_reopening_inbox_is() -> None:
+    startup = [
+        command("SELECT", T0, mailbox="INBOX"),
+        command("EXAMINE", T0 + 0.1, mailbox="Envoyés"),
+        command("SELECT", T0 + 0.2, mailbox="Brouillons"),
+        command("NOOP", T0 + 300),
+    ]
+    assert status(startup, "imap-idle") is Status.NOT_OBSERVED
+    reconnecting = [
+        command("SELECT", T0 + n, f"i{n}", mailbox="inbox" if n % 2 else "INBOX") for n in range(5)
+    ]
+    assert status(reconnecting, "imap-idle") is Status.FAILED
+
+
 # -- session-end: the grace after the PSC session ends ------------------------------------
 
 
