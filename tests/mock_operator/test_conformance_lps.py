@@ -40,6 +40,7 @@ from tests.mock_operator.conformance_lps import (
     decoded,
     raw_message,
 )
+from tests.support.tls_scenarios import refuse_tls_scenarios
 from tests.support.waiting import eventually, until
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -52,17 +53,6 @@ DURAND = "luc.durand@infirmier.mssante.fr"
 DURAND_IDNAT = "899700000004"
 CLIENTS = ["lps-ref", *(f"lps-v{n:02d}" for n in range(40))]
 
-# Checks the reference LPS cannot pass yet, until another branch lands (the coordinator
-# tightens this set at merge):
-PENDING = {
-    # the TLS-scenario branch adds the bad-certificate scenario ports and three transport
-    # checks (expired, other name, untrusted CA): not in CHECKS yet. At merge, the reference
-    # test visits the ports with tests/support/tls_scenarios.refuse_tls_scenarios(mock)
-    # before its report, and this set empties
-    "cert-expired",
-    "cert-name",
-    "cert-untrusted",
-}
 
 T = TypeVar("T")
 
@@ -257,11 +247,13 @@ async def test_the_reference_lps_passes_every_check(mock: MockOperator) -> None:
     await go(lps.reopen_sessions)
     await go(lps.close_sessions)
     await run.closed("imap")
+    # the certificates of the TLS scenario ports: refused, before any authentication
+    await refuse_tls_scenarios(mock)
 
     results = await run.report()
     await close_run(run)
     not_passed = {k for k, r in results.items() if r.status is not Status.PASSED}
-    assert not_passed <= PENDING, statuses(results)
+    assert not_passed == set(), statuses(results)
     assert results["sni"].detail == "SNI : localhost."
 
 
