@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import secrets
 import ssl
 from pathlib import Path
 
@@ -52,13 +53,18 @@ def dev_certificate(directory: Path) -> tuple[Path, Path]:
 def ensure_dev_certificate(
     directory: Path, hostnames: tuple[str, ...] = ("localhost",)
 ) -> tuple[Path, Path]:
-    """A self-signed certificate for localhost and 127.0.0.1, created once."""
+    """A self-signed certificate for localhost and 127.0.0.1, created once.
+
+    Its name is its own (a random suffix, and a key identifier): the demo writes one for
+    the gateway and one for the mock, and a client trusting both would otherwise find the
+    wrong one under the shared name and call the other "self-signed"."""
     cert_path, key_path = dev_certificate(directory)
     if cert_path.exists() and key_path.exists():
         return cert_path, key_path
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "lps-gateway development")])
+    label = f"lps-gateway development {secrets.token_hex(4)}"
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, label)])
     alt_names: list[x509.GeneralName] = [x509.DNSName(h) for h in hostnames]
     alt_names += [
         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
@@ -71,6 +77,7 @@ def ensure_dev_certificate(
         extensions=[
             (x509.SubjectAlternativeName(alt_names), False),
             (x509.BasicConstraints(ca=True, path_length=None), True),
+            (x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False),
         ],
     )
     write_private(

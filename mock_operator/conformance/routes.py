@@ -17,7 +17,7 @@ from gateway.runtime.net import is_loopback
 from mock_operator.conformance.checks import CHECKS
 from mock_operator.conformance.observatory import Observatory
 from mock_operator.conformance.render import FORMATS, as_dict, render
-from mock_operator.conformance.runner import Runner
+from mock_operator.conformance.runner import Runner, correspondents
 from mock_operator.conformance.samples import MDN_SUBJECT
 from mock_operator.conformance.store import Campaign
 from mock_operator.psc.forms import FormError, read_form
@@ -223,8 +223,7 @@ def _scenarios(campaign: Campaign, psc: MockPsc | None) -> list[str]:
     people = [p for p in personas if p is not None] or (psc.personas.all()[:1] if psc else [])
     first = people[0] if people else None
     own = first.bal if first and first.bal else "la BAL de la persona"
-    others = [p for p in (psc.personas.all() if psc else []) if p.bal and p.platform == "modern"]
-    others.sort(key=lambda p: p.key != "dr-moreau")  # the runner's usual correspondent
+    others = correspondents(psc.personas) if psc else []
     to = next((p.bal for p in others if p.bal != own), "eve.moreau@…")
     who = first.display_name if first else "la persona"
     return [

@@ -14,7 +14,7 @@ from mock_operator.conformance.results import Report
 from mock_operator.conformance.samples import samples
 from mock_operator.conformance.store import Campaign
 from mock_operator.modern.store import SqlPlatform
-from mock_operator.personas import PersonaBook
+from mock_operator.personas import Persona, PersonaBook
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,7 @@ class Runner:
         if not await self.platform.has_mailbox(bal):
             return
         sender = next(
-            (p for p in self.personas if p.platform == "modern" and p.bal and p.bal.lower() != bal),
-            None,
+            (p for p in correspondents(self.personas) if (p.bal or "").lower() != bal), None
         )
         if sender is None or sender.bal is None:
             return
@@ -56,6 +55,15 @@ class Runner:
     async def report(self, campaign: Campaign) -> Report:
         events = await self.observatory.events(campaign.id)
         return campaign_report(campaign, events, self.personas)
+
+
+CORRESPONDENT = "dr-moreau"  # who writes the test messages, and whom the LPS writes to
+
+
+def correspondents(personas: PersonaBook) -> list[Persona]:
+    """The personas with a BAL on the modern platform, the runner's correspondent first."""
+    found = [p for p in personas if p.platform == "modern" and p.bal]
+    return sorted(found, key=lambda p: p.key != CORRESPONDENT)
 
 
 def campaign_report(campaign: Campaign, events: list[Event], personas: PersonaBook) -> Report:

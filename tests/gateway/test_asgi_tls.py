@@ -106,3 +106,28 @@ def test_client_certificate_reads_only_a_well_formed_extension():
     assert client_certificate({"extensions": {"tls": {"client_cert_chain": []}}}) is None
     assert client_certificate({"extensions": {"tls": {"client_cert_chain": ["junk"]}}}) is None
     assert client_certificate({"extensions": {"tls": "junk"}}) is None
+
+
+async def test_a_client_trusting_two_development_certificates_verifies_each(tmp_path: Path):
+    """The demo writes one development certificate for the gateway and one for the mock: a
+    client (the probe, curl with both) that trusts both verifies each server, which it
+    could not while both bore the same name (OpenSSL picked one by name: "self-signed")."""
+    pairs = [ensure_dev_certificate(tmp_path / name) for name in ("gateway", "mock")]
+    client = ssl.create_default_context()
+    for cert, _ in pairs:
+        client.load_verify_locations(cafile=str(cert))
+    app = FastAPI()
+
+    @app.get("/")
+    async def root() -> dict[str, str]:
+        return {"ok": "yes"}
+
+    for cert, key in pairs:
+        server = AsgiServer(app, bind_tcp("127.0.0.1", 0), ssl_context=server_context(cert, key))
+        await server.start()
+        try:
+            async with httpx.AsyncClient(verify=client) as http:
+                answer = await http.get(f"https://localhost:{server.port}/")
+            assert answer.json() == {"ok": "yes"}
+        finally:
+            await server.stop()
