@@ -10,6 +10,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from gateway.imap.codes import Code
 from mock_operator.conformance.probe_wire import TlsOutcome
 from mock_operator.conformance.results import Check, Result, Status
 
@@ -283,7 +284,9 @@ def refused_before_tls(check: Check, setup: Setup, attempts: Iterable[Attempt]) 
     return Result.of(check, Status.PASSED, "refusée tant que TLS n'est pas actif", evidence)
 
 
-_CREDENTIALS_LOOKED_AT = frozenset({"AUTHENTICATIONFAILED", "AUTHORIZATIONFAILED", "5.7.8"})
+_CREDENTIALS_LOOKED_AT = frozenset(
+    {Code.AUTHENTICATIONFAILED.value, Code.AUTHORIZATIONFAILED.value, "5.7.8"}
+)
 
 
 def capabilities(
@@ -363,9 +366,9 @@ class Refusal:
         )
 
 
-BAD_TOKEN_IMAP = Refusal("NO", "AUTHENTICATIONFAILED")
+BAD_TOKEN_IMAP = Refusal("NO", Code.AUTHENTICATIONFAILED.value)
 BAD_TOKEN_SMTP = Refusal("535", "5.7.8")
-NOT_YOURS_IMAP = Refusal("NO", "AUTHORIZATIONFAILED")
+NOT_YOURS_IMAP = Refusal("NO", Code.AUTHORIZATIONFAILED.value)
 
 
 def refused(check: Check, attempts: Mapping[str, Attempt], expected: Refusal) -> Result:
