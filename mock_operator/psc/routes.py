@@ -446,6 +446,9 @@ def build_router(realm: str) -> APIRouter:
         if hint is None:
             return _error_page(request, "Déconnexion : id_token_hint manquant ou invalide.")
         await psc.sessions.end(str(hint.get("sid", "")))
+        if psc.observer is not None:  # the software logged its user out: a campaign sees it
+            idnat = str(hint.get("SubjectNameID", ""))
+            psc.observer.psc("logout", client_id=str(hint.get("aud", "")), idnat=idnat)
         client = psc.clients.get(str(hint.get("aud", "")))
         target = params.get("post_logout_redirect_uri")
         if target and client and target in client.post_logout_redirect_uris:

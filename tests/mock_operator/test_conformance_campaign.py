@@ -208,3 +208,23 @@ def mdn_for(original: email.message.Message) -> MIMEMultipart:
     )
     report.attach(fields)
     return report
+
+
+async def test_a_logout_at_psc_is_attributed_to_the_campaign(mock_op: MockOperator) -> None:
+    """The software logging its user out of PSC (RP-initiated logout with the id token) is
+    part of what a campaign records, under the software's client id and the person."""
+    campaign = await start_campaign(mock_op, client_id="lps-demo", personas=["dr-martin"])
+    tokens = await ciba_tokens(mock_op)
+    async with httpx.AsyncClient(timeout=10, verify=client_tls()) as http:
+        answer = await http.get(
+            f"{mock_op.issuer}/protocol/openid-connect/logout",
+            params={"id_token_hint": tokens["id_token"]},
+        )
+    assert answer.status_code == 200
+    assert mock_op.observatory is not None
+    events = await mock_op.observatory.events(campaign)
+    (logout,) = [e for e in events if e.kind == "logout"]
+    assert logout.interface == "psc"
+    assert (logout.data["client_id"], logout.data["idnat"]) == ("lps-demo", "899700000001")
+    grants = [e.data["grant"] for e in events if e.kind == "token"]
+    assert grants == ["urn:openid:params:grant-type:ciba", "refresh_token"]
