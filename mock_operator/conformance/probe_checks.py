@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from gateway.imap.codes import Code
@@ -373,35 +373,44 @@ NOT_YOURS_IMAP = Refusal("NO", Code.AUTHORIZATIONFAILED.value)
 
 def refused(check: Check, attempts: Mapping[str, Attempt], expected: Refusal) -> Result:
     """Each attempt (named by what was presented) ended with the `expected` refusal."""
-    evidence: list[str] = []
-    problems: list[str] = []
-    observed = 0
-    for name, attempt in attempts.items():
-        evidence.append(f"-- {name}")
-        evidence.extend(attempt.transcript)
-        if isinstance(attempt, Skipped):
-            if attempt.status is Status.FAILED:
-                problems.append(f"{name} : {attempt.reason}")
-            continue
-        observed += 1
+
+    def judge(name: str, attempt: Exchange) -> str | None:
         answer = attempt.answer
         if answer is None:
-            problems.append(f"{name} : pas de réponse ({attempt.error})")
-        elif answer.ok:
-            problems.append(f"{name} : ACCEPTÉ ({answer.describe()})")
-        elif (answer.word, answer.code) != (expected.word, expected.code):
-            problems.append(f"{name} : {answer.describe()} au lieu de {expected.describe()}")
-    if problems:
-        return Result.of(check, Status.FAILED, " ; ".join(problems), evidence)
-    if not observed:
-        reasons = {a.reason for a in attempts.values() if isinstance(a, Skipped)}
-        return Result.of(check, Status.NOT_OBSERVED, " ; ".join(sorted(reasons)), evidence)
-    return Result.of(check, Status.PASSED, f"refusé par {expected.describe()}", evidence)
+            return f"{name} : pas de réponse ({attempt.error})"
+        if answer.ok:
+            return f"{name} : ACCEPTÉ ({answer.describe()})"
+        if (answer.word, answer.code) != (expected.word, expected.code):
+            return f"{name} : {answer.describe()} au lieu de {expected.describe()}"
+        return None
+
+    return _each_attempt(check, attempts, judge, f"refusé par {expected.describe()}")
 
 
 def challenged(check: Check, attempts: Mapping[str, Attempt]) -> Result:
     """Each refused token was answered, before the refusal, with the RFC 7628 §3.2.2 error
     challenge: base64 JSON with at least ``status``."""
+
+    def judge(name: str, attempt: Exchange) -> str | None:
+        if attempt.answer is not None and attempt.answer.ok:
+            return f"{name} : jeton accepté, pas de défi"
+        if any(error_status(c) is not None for c in attempt.challenges):
+            return None
+        if not attempt.challenges:
+            return f"{name} : pas de défi RFC 7628 (JSON avec « status »)"
+        return f"{name} : défi qui n'est pas le JSON d'erreur de la RFC 7628"
+
+    return _each_attempt(check, attempts, judge, "défi JSON d'erreur envoyé avant le refus")
+
+
+def _each_attempt(
+    check: Check,
+    attempts: Mapping[str, Attempt],
+    judge: Callable[[str, Exchange], str | None],
+    passed: str,
+) -> Result:
+    """Failed when `judge` finds a problem with an attempt made (or a step before it
+    failed); not observed when none could be made; passed otherwise."""
     evidence: list[str] = []
     problems: list[str] = []
     observed = 0
@@ -413,22 +422,15 @@ def challenged(check: Check, attempts: Mapping[str, Attempt]) -> Result:
                 problems.append(f"{name} : {attempt.reason}")
             continue
         observed += 1
-        if attempt.answer is not None and attempt.answer.ok:
-            problems.append(f"{name} : jeton accepté, pas de défi")
-            continue
-        statuses = [s for s in map(error_status, attempt.challenges) if s is not None]
-        if not statuses:
-            problems.append(
-                f"{name} : pas de défi RFC 7628 (JSON avec « status »)"
-                if not attempt.challenges
-                else f"{name} : défi qui n'est pas le JSON d'erreur de la RFC 7628"
-            )
+        problem = judge(name, attempt)
+        if problem is not None:
+            problems.append(problem)
     if problems:
         return Result.of(check, Status.FAILED, " ; ".join(problems), evidence)
     if not observed:
         reasons = {a.reason for a in attempts.values() if isinstance(a, Skipped)}
         return Result.of(check, Status.NOT_OBSERVED, " ; ".join(sorted(reasons)), evidence)
-    return Result.of(check, Status.PASSED, "défi JSON d'erreur envoyé avant le refus", evidence)
+    return Result.of(check, Status.PASSED, passed, evidence)
 
 
 def error_status(challenge: bytes) -> str | None:
