@@ -269,7 +269,9 @@ class Gateway:
         cert, key = settings.tls.cert, settings.tls.key
         if cert is None or key is None:
             cert, key = ensure_dev_certificate(settings.data_dir)
-        tls = server_context(cert, key)
+        tls = server_context(
+            cert, key, min_version=settings.tls.min_version, ciphers=settings.tls.ciphers
+        )
         if self.cards is not None:  # CPS cards: ask for a client certificate
             request_client_certificates(tls, self.cards.ca_pem())
         config = ProxyConfig.from_settings(settings.imap).serving_stores(
@@ -398,7 +400,8 @@ class Gateway:
         cert, key = self.settings.tls.cert, self.settings.tls.key
         if cert is None or key is None:
             cert, key = ensure_dev_certificate(self.settings.data_dir)
-        context = server_context(cert, key)
+        tls = self.settings.tls
+        context = server_context(cert, key, min_version=tls.min_version, ciphers=tls.ciphers)
         request_client_certificates(context, self.cards.ca_pem())
         sock = bind_tcp(front.https_host, front.https_port)
         self._legacy_tls = guarded(app, sock, ssl_context=context)

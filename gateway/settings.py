@@ -20,6 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from gateway.runtime.tls import DEFAULT_CIPHERS, check_ciphers
 from psc_auth.config import ValidatorConfig
 
 # psc_auth stays free of pydantic; this view of its dataclass lets env variables reach its fields.
@@ -193,10 +194,24 @@ class UiSettings(_Section):
 
 
 class TlsSettings(_Section):
-    """The certificate of the gateway's IMAP and SMTP listeners (STARTTLS and implicit TLS)."""
+    """The certificate and protocol of the gateway's TLS listeners (IMAP and SMTP with
+    STARTTLS or implicit TLS, the historic web services' HTTPS)."""
 
     cert: Path | None = Field(default=None, description="default: a development certificate")
     key: Path | None = None
+    min_version: Literal["TLSv1.2", "TLSv1.3"] = Field(
+        default="TLSv1.2", description="the oldest TLS accepted (the API LPS: 1.2)"
+    )
+    ciphers: str = Field(
+        default=DEFAULT_CIPHERS,
+        max_length=2000,
+        description="TLS 1.2 cipher suites, OpenSSL syntax (ECO.1.1.3: the Référentiel's list)",
+    )
+
+    @field_validator("ciphers")
+    @classmethod
+    def _known_ciphers(cls, value: str) -> str:
+        return check_ciphers(value)
 
 
 class CardSettings(_Section):

@@ -92,11 +92,34 @@ def ensure_dev_certificate(
     return cert_path, key_path
 
 
-def server_context(cert: Path, key: Path) -> ssl.SSLContext:
+# TLS 1.2 suites: forward secrecy and AEAD only. The CBC-SHA256/384 suites OpenSSL offers by
+# default are what testssl flags as LUCKY13-prone; Référentiel #2 (ECO.1.1.3) imposes a list
+# an operator sets with [tls] ciphers. TLS 1.3's suites are all AEAD and not chosen here.
+DEFAULT_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+TLS_VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
+
+
+def server_context(
+    cert: Path, key: Path, *, min_version: str = "TLSv1.2", ciphers: str = DEFAULT_CIPHERS
+) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.minimum_version = TLS_VERSIONS[min_version]
+    context.set_ciphers(ciphers)
     context.load_cert_chain(cert, key)
     return context
+
+
+def check_ciphers(ciphers: str) -> str:
+    """`ciphers` if OpenSSL knows it and it leaves a TLS 1.2 suite; ValueError otherwise (a
+    typo would otherwise leave only TLS 1.3, or fail at the first handshake)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.set_ciphers(ciphers)
+    except ssl.SSLError:
+        raise ValueError(f"OpenSSL matches no cipher suite in {ciphers!r}") from None
+    if not any(c["protocol"] == "TLSv1.2" for c in context.get_ciphers()):
+        raise ValueError(f"{ciphers!r} leaves no TLS 1.2 cipher suite")
+    return ciphers
 
 
 def request_client_certificates(context: ssl.SSLContext, cadata: str) -> ssl.SSLContext:
