@@ -30,9 +30,9 @@ from mock_operator.conformance.probe_checks import (
     Skipped,
     decode_challenge,
 )
-from mock_operator.conformance.probe_sasl import LoginPlan, oauthbearer, xoauth2
+from mock_operator.conformance.probe_sasl import oauthbearer, xoauth2
 from mock_operator.conformance.probe_wire import (
-    Endpoint,
+    ProbeSide,
     TlsPolicy,
     Transcript,
     Wire,
@@ -204,24 +204,10 @@ def answer_of(tagged: Tagged) -> Answer:
     return Answer(tagged.status == "OK", tagged.status, code, tagged.text[:200])
 
 
-class ImapProbe:
+class ImapProbe(ProbeSide):
     """The IMAP side of a probe run."""
 
-    def __init__(
-        self,
-        endpoint: Endpoint,
-        plan: LoginPlan,
-        policy: TlsPolicy,
-        context: ssl.SSLContext,
-        step: float,
-    ) -> None:
-        self.endpoint = endpoint
-        self.plan = plan
-        self.policy = policy
-        self.context = context
-        self.step = step
-        self.tls = False  # logins negotiate TLS (the setup connection did)
-        self.sasl_ir = False
+    sasl_ir = False  # the server offers SASL-IR: learnt by the setup connection
 
     def _transcript(self) -> Transcript:
         return Transcript(self.plan.bad)

@@ -21,9 +21,9 @@ from mock_operator.conformance.probe_checks import (
     Skipped,
     decode_challenge,
 )
-from mock_operator.conformance.probe_sasl import LoginPlan, oauthbearer, xoauth2
+from mock_operator.conformance.probe_sasl import oauthbearer, xoauth2
 from mock_operator.conformance.probe_wire import (
-    Endpoint,
+    ProbeSide,
     TlsPolicy,
     Transcript,
     Wire,
@@ -170,23 +170,8 @@ class SmtpClient:
             await self.command("QUIT")
 
 
-class SmtpProbe:
+class SmtpProbe(ProbeSide):
     """The SMTP side of a probe run."""
-
-    def __init__(
-        self,
-        endpoint: Endpoint,
-        plan: LoginPlan,
-        policy: TlsPolicy,
-        context: ssl.SSLContext,
-        step: float,
-    ) -> None:
-        self.endpoint = endpoint
-        self.plan = plan
-        self.policy = policy
-        self.context = context
-        self.step = step
-        self.tls = False
 
     async def observe(self) -> SmtpObservations:
         setup, keywords, plaintext = await self._setup()

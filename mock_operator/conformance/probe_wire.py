@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from gateway.runtime.net import is_loopback
+from mock_operator.conformance.probe_sasl import LoginPlan
 
 CHUNK = 16 * 1024  # one read; the protocol readers bound what they keep of it
 MAX_TRANSCRIPT_LINES = 60
@@ -241,3 +242,23 @@ class Wire:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(CLOSE_GRACE):
                 await self.writer.wait_closed()
+
+
+class ProbeSide:
+    """What the IMAP and the SMTP side of a probe run share: the endpoint, whom to log in
+    as, how the certificate is checked, and the deadline of each step."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        plan: LoginPlan,
+        policy: TlsPolicy,
+        context: ssl.SSLContext,
+        step: float,
+    ) -> None:
+        self.endpoint = endpoint
+        self.plan = plan
+        self.policy = policy
+        self.context = context
+        self.step = step
+        self.tls = False  # logins negotiate TLS (the setup connection did)
