@@ -288,17 +288,21 @@ async def test_a_report_waits_for_the_batch_being_written(
     campaign = await watch.open("A", "", "lps-a", ())
     await watch.flush()
     written = watch.store.write
-    started = asyncio.Event()
+    started, release = asyncio.Event(), asyncio.Event()
 
-    async def slow(batch: Any) -> None:
+    async def held(batch: Any) -> None:
         started.set()
-        await asyncio.sleep(0.2)
+        await release.wait()
         await written(batch)
 
-    monkeypatch.setattr(watch.store, "write", slow)
-    _login(watch, "c1", client_id="lps-a")  # the write loop takes it and writes, slowly
+    monkeypatch.setattr(watch.store, "write", held)
+    _login(watch, "c1", client_id="lps-a")  # the write loop takes it, and is held writing
     await started.wait()
-    assert "login" in await _kinds(watch, campaign)
+    reading = asyncio.create_task(_kinds(watch, campaign))
+    await asyncio.sleep(0)  # one turn of the loop: the report has asked for its events
+    assert not reading.done(), "the report must wait for the batch being written"
+    release.set()
+    assert "login" in await reading
 
 
 def test_every_check_has_a_rule() -> None:
