@@ -23,33 +23,13 @@ from mock_operator.seed import cda_document
 from mock_operator.server import MockOperator
 from mock_operator.xdm import build_xdm
 from tests.conftest import client_tls
+from tests.support.conformance import campaign_results, open_campaign
 from tests.support.sasl import xoauth2_blob
 from tests.support.waiting import eventually
 
 MARTIN = "claire.martin@medecin.mssante.fr"
 MOREAU = "eve.moreau@medecin.mssante.fr"
 NIL = "LPS-TEST-0001"
-
-
-async def start_campaign(mock: MockOperator, **body: Any) -> str:
-    async with httpx.AsyncClient(timeout=10, verify=client_tls()) as http:
-        answer = await http.post(
-            f"{mock.http_url}/_test/conformance/campaigns",
-            json={"software": "Mon LPS", "version": "2.1", **body},
-        )
-    answer.raise_for_status()
-    value: str = answer.json()["id"]
-    return value
-
-
-async def report(mock: MockOperator, campaign: str) -> dict[str, dict[str, Any]]:
-    async with httpx.AsyncClient(timeout=30, verify=client_tls()) as http:
-        answer = await http.get(
-            f"{mock.http_url}/_test/conformance/campaigns/{campaign}/report",
-            params={"format": "json"},
-        )
-    answer.raise_for_status()
-    return {r["id"]: r for r in answer.json()["results"]}
 
 
 async def ciba_tokens(mock: MockOperator, idnat: str = "899700000001") -> dict[str, Any]:
@@ -131,7 +111,8 @@ def smtp_session(mock: MockOperator, token: str, messages: list[email.message.Me
 
 
 async def test_a_campaign_judges_what_the_lps_did(mock_op: MockOperator) -> None:
-    campaign = await start_campaign(mock_op, client_id="lps-demo", personas=["dr-martin"])
+    started = await open_campaign(mock_op, client_id="lps-demo", personas=["dr-martin"])
+    campaign = started["id"]
     tokens = await ciba_tokens(mock_op)
     token = tokens["access_token"]
 
@@ -147,7 +128,7 @@ async def test_a_campaign_judges_what_the_lps_did(mock_op: MockOperator) -> None
     asked = next(email.message_from_bytes(b) for b in bodies if b"Disposition-Notification-To" in b)
     await asyncio.to_thread(smtp_session, mock_op, token, [xdm_report(), mdn_for(asked)])
 
-    results = await report(mock_op, campaign)
+    results = await campaign_results(mock_op, campaign)
     passed = {k for k, r in results.items() if r["status"] == "passed"}
     assert {
         "starttls-imap",
@@ -213,7 +194,8 @@ def mdn_for(original: email.message.Message) -> MIMEMultipart:
 async def test_a_logout_at_psc_is_attributed_to_the_campaign(mock_op: MockOperator) -> None:
     """The software logging its user out of PSC (RP-initiated logout with the id token) is
     part of what a campaign records, under the software's client id and the person."""
-    campaign = await start_campaign(mock_op, client_id="lps-demo", personas=["dr-martin"])
+    started = await open_campaign(mock_op, client_id="lps-demo", personas=["dr-martin"])
+    campaign = started["id"]
     tokens = await ciba_tokens(mock_op)
     async with httpx.AsyncClient(timeout=10, verify=client_tls()) as http:
         answer = await http.get(

@@ -24,6 +24,7 @@ from mock_operator.cli import app, describe
 from mock_operator.conformance.scenario_certs import OTHER_NAME, SCENARIOS
 from mock_operator.server import MockOperator
 from tests.conftest import client_tls, persona_token, quick_mock_settings
+from tests.support.conformance import campaign_results, open_campaign
 from tests.support.sasl import xoauth2_blob
 from tests.support.tls_scenarios import refuse_tls_scenarios, trusting
 from tests.support.waiting import eventually
@@ -36,34 +37,13 @@ CERT_CHECKS = {
 }
 
 
-async def start_campaign(mock: MockOperator) -> dict[str, Any]:
-    async with httpx.AsyncClient(timeout=10, verify=client_tls()) as http:
-        answer = await http.post(
-            f"{mock.http_url}/_test/conformance/campaigns",
-            json={"software": "Mon LPS", "version": "2.1"},
-        )
-    answer.raise_for_status()
-    started: dict[str, Any] = answer.json()
-    return started
-
-
-async def results(mock: MockOperator, campaign: str) -> dict[str, dict[str, Any]]:
-    async with httpx.AsyncClient(timeout=30, verify=client_tls()) as http:
-        answer = await http.get(
-            f"{mock.http_url}/_test/conformance/campaigns/{campaign}/report",
-            params={"format": "json"},
-        )
-    answer.raise_for_status()
-    return {r["id"]: r for r in answer.json()["results"]}
-
-
 async def settled(mock: MockOperator, campaign: str, status: str) -> dict[str, dict[str, Any]]:
     """The report once the three certificate checks all have `status`."""
     found: dict[str, dict[str, Any]] = {}
 
     async def check() -> bool:
         nonlocal found
-        found = await results(mock, campaign)
+        found = await campaign_results(mock, campaign)
         return all(found[key]["status"] == status for key in CERT_CHECKS.values())
 
     await eventually(check, f"cert-* checks {status}")
@@ -156,7 +136,7 @@ def visit(port: int, context: ssl.SSLContext) -> None:
 
 
 async def test_a_verifying_lps_refuses_every_scenario_and_passes(mock_op: MockOperator) -> None:
-    started = await start_campaign(mock_op)
+    started = await open_campaign(mock_op)
     assert started["tls_scenarios"]["ports"] == mock_op.scenarios.ports()  # type: ignore[union-attr]
     assert started["tls_scenarios"]["trust"].endswith("trust.pem")
     context = trusting(mock_op)
@@ -184,7 +164,7 @@ async def test_a_client_that_hangs_up_without_an_alert_refused_too(
 ) -> None:
     """asyncio's TLS client closes without sending its alert: the server saw its ClientHello
     answered with the certificate, then the close."""
-    started = await start_campaign(mock_op)
+    started = await open_campaign(mock_op)
     await refuse_tls_scenarios(mock_op)
     found = await settled(mock_op, started["id"], "passed")
     evidence = found["cert-expired"]["evidence"]
@@ -193,7 +173,7 @@ async def test_a_client_that_hangs_up_without_an_alert_refused_too(
 
 
 async def test_a_careless_lps_authenticates_and_fails(mock_op: MockOperator) -> None:
-    started = await start_campaign(mock_op)
+    started = await open_campaign(mock_op)
     token = await persona_token(mock_op)
     for scenario in SCENARIOS:
         where = ports(mock_op, scenario)
@@ -211,7 +191,7 @@ async def test_handshake_then_leaving_without_authenticating_passes(
     mock_op: MockOperator,
 ) -> None:
     """A client that checks the certificate after the handshake and leaves."""
-    started = await start_campaign(mock_op)
+    started = await open_campaign(mock_op)
 
     def smtp_visit(port: int) -> None:
         smtp = smtplib.SMTP("localhost", port, timeout=30)
@@ -231,32 +211,32 @@ async def test_handshake_then_leaving_without_authenticating_passes(
 async def test_trusting_only_the_dev_certificate_is_inconclusive(mock_op: MockOperator) -> None:
     """An LPS not given trust.pem refuses the expired and misnamed certificates as unknown:
     that says nothing of expiry or names."""
-    started = await start_campaign(mock_op)
+    started = await open_campaign(mock_op)
     assert mock_op.tls_cert is not None
     context = ssl.create_default_context(cafile=str(mock_op.tls_cert))
     for scenario in SCENARIOS:
         await asyncio.to_thread(imap_refused, ports(mock_op, scenario)["imap"], context)
 
     async def check() -> bool:
-        found = await results(mock_op, started["id"])
+        found = await campaign_results(mock_op, started["id"])
         return found["cert-untrusted"]["status"] == "passed"
 
     await eventually(check, "cert-untrusted passed")
-    found = await results(mock_op, started["id"])
+    found = await campaign_results(mock_op, started["id"])
     for key in ("cert-expired", "cert-name"):
         assert found[key]["status"] == "not_observed"
         assert "trust.pem" in found[key]["detail"]
 
 
 async def test_nobody_connected_is_not_observed(mock_op: MockOperator) -> None:
-    started = await start_campaign(mock_op)
-    found = await results(mock_op, started["id"])
+    started = await open_campaign(mock_op)
+    found = await campaign_results(mock_op, started["id"])
     for key in CERT_CHECKS.values():
         assert found[key]["status"] == "not_observed"
 
 
 async def test_the_campaign_page_shows_where_to_point_the_lps(mock_op: MockOperator) -> None:
-    started = await start_campaign(mock_op)
+    started = await open_campaign(mock_op)
     async with httpx.AsyncClient(timeout=10, verify=client_tls()) as http:
         page = await http.get(f"{mock_op.http_url}/conformance/{started['id']}")
     assert page.status_code == 200
@@ -291,7 +271,7 @@ async def test_scenario_ports_can_be_turned_off(tmp_path: Path) -> None:
     await mock.start()
     try:
         assert mock.scenarios is None
-        started = await start_campaign(mock)
+        started = await open_campaign(mock)
         assert "tls_scenarios" not in started
         assert not (tmp_path / "mock-operator" / "tls" / "scenarios").exists()
     finally:

@@ -7,15 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from typing import Any
 
-import httpx
 import pytest
 
 from mock_operator.conformance import observatory
 from mock_operator.conformance.scenario_certs import SCENARIOS
 from mock_operator.server import MockOperator
-from tests.conftest import client_tls
+from tests.support.conformance import campaign_results, open_campaign
 from tests.support.waiting import eventually, until
 
 GARBAGE = b"\x16\x03\x01\x00\x05hello" + b"GET / HTTP/1.1\r\n\r\n" * 4
@@ -23,20 +21,8 @@ KEYS = {"expired": "cert-expired", "wrong-name": "cert-name", "untrusted-ca": "c
 
 
 async def campaign(mock: MockOperator) -> str:
-    async with httpx.AsyncClient(timeout=10, verify=client_tls()) as http:
-        answer = await http.post(
-            f"{mock.http_url}/_test/conformance/campaigns", json={"software": "Sonde"}
-        )
-    answer.raise_for_status()
-    value: str = answer.json()["id"]
+    value: str = (await open_campaign(mock, software="Sonde", version=""))["id"]
     return value
-
-
-async def results(mock: MockOperator, campaign_id: str) -> dict[str, dict[str, Any]]:
-    async with httpx.AsyncClient(timeout=30, verify=client_tls()) as http:
-        answer = await http.get(f"{mock.http_url}/_test/conformance/campaigns/{campaign_id}/report")
-    answer.raise_for_status()
-    return {r["id"]: r for r in answer.json()["results"]}
 
 
 def port(mock: MockOperator, scenario: str, interface: str) -> int:
@@ -97,7 +83,7 @@ async def test_garbage_and_silence_decide_nothing_and_leave_nothing(
             await starttls_then(mock_op, scenario, interface, b"")
             await silent(mock_op, scenario, interface)
     await until(lambda: quiet(mock_op), "scenario connections gone, nothing held")
-    found = await results(mock_op, campaign_id)
+    found = await campaign_results(mock_op, campaign_id)
     for key in KEYS.values():
         assert found[key]["status"] == "not_observed", found[key]
         assert "jusqu'au certificat" in found[key]["detail"]
@@ -122,7 +108,7 @@ async def test_probes_do_not_hide_a_real_refusal(mock_op: MockOperator) -> None:
     await until(lambda: quiet(mock_op), "scenario connections gone")
 
     async def passed() -> bool:
-        return (await results(mock_op, campaign_id))["cert-expired"]["status"] == "passed"
+        return (await campaign_results(mock_op, campaign_id))["cert-expired"]["status"] == "passed"
 
     await eventually(passed, "cert-expired passed")
 
@@ -148,6 +134,6 @@ async def test_without_a_campaign_nothing_is_held(mock_op: MockOperator) -> None
         await starttls_then(mock_op, scenario, "smtp", GARBAGE)
     await until(lambda: quiet(mock_op), "nothing held")
     campaign_id = await campaign(mock_op)  # opened afterwards: sees none of it
-    found = await results(mock_op, campaign_id)
+    found = await campaign_results(mock_op, campaign_id)
     assert {found[k]["status"] for k in KEYS.values()} == {"not_observed"}
     assert all("ne s'est pas connecté" in found[k]["detail"] for k in KEYS.values())
