@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from delegation.errors import Invalid
@@ -50,6 +51,45 @@ def fold(text: str) -> str:
 
 def _search_key(entry: DirectoryEntryRow) -> str:
     return f"{fold(entry.family_name)} {fold(entry.given_name)} {entry.idnat}"
+
+
+def check_person(
+    idnat: str, given_name: str, family_name: str, profession: str | None
+) -> tuple[str, str, str, str | None]:
+    """A person's fields checked and made canonical (`Invalid` with a stable reason)."""
+    idnat = parse_idnat(idnat)
+    given_name, family_name = given_name.strip(), family_name.strip()
+    if not family_name or len(given_name) > NAME_LENGTH or len(family_name) > NAME_LENGTH:
+        raise Invalid("a family name of at most 128 characters is needed", reason="bad-name")
+    if profession is not None and not (0 < len(profession) <= 8):
+        raise Invalid("bad profession code", reason="bad-profession")
+    return idnat, given_name, family_name, profession
+
+
+async def write_entry(
+    db: AsyncSession,
+    idnat: str,
+    given_name: str,
+    family_name: str,
+    profession: str | None,
+    *,
+    ecps_only: bool | None = None,
+) -> DirectoryEntryRow:
+    """Create or update a person's row in `db`'s transaction (checked values); its
+    addresses loaded. `ecps_only` None keeps the stored flag (False for a new person)."""
+    row = await db.get(
+        DirectoryEntryRow, idnat, options=[selectinload(DirectoryEntryRow.addresses)]
+    )
+    if row is None:
+        row = DirectoryEntryRow(idnat=idnat, addresses=[], ecps_only=False)
+        db.add(row)
+    row.given_name = given_name
+    row.family_name = family_name
+    row.profession = profession
+    if ecps_only is not None:
+        row.ecps_only = ecps_only
+    row.search_key = _search_key(row)
+    return row
 
 
 def _entry(row: DirectoryEntryRow) -> DirectoryEntry:
@@ -115,27 +155,16 @@ class Directory:
         addresses: Iterable[str] | None = None,
     ) -> DirectoryEntry:
         """Create or update a person; `addresses` replaces their BAL list when given."""
-        idnat = parse_idnat(idnat)
-        given_name, family_name = given_name.strip(), family_name.strip()
-        if not family_name or len(given_name) > NAME_LENGTH or len(family_name) > NAME_LENGTH:
-            raise Invalid("a family name of at most 128 characters is needed", reason="bad-name")
-        if profession is not None and not (0 < len(profession) <= 8):
-            raise Invalid("bad profession code", reason="bad-profession")
+        idnat, given_name, family_name, profession = check_person(
+            idnat, given_name, family_name, profession
+        )
         wanted = None if addresses is None else sorted({normal_address(a) for a in addresses})
 
         async def attempt() -> DirectoryEntry:
             async with self._store.writing() as db:
-                row = await db.get(
-                    DirectoryEntryRow, idnat, options=[selectinload(DirectoryEntryRow.addresses)]
+                row = await write_entry(
+                    db, idnat, given_name, family_name, profession, ecps_only=ecps_only
                 )
-                if row is None:
-                    row = DirectoryEntryRow(idnat=idnat, addresses=[])
-                    db.add(row)
-                row.given_name = given_name
-                row.family_name = family_name
-                row.profession = profession
-                row.ecps_only = ecps_only
-                row.search_key = _search_key(row)
                 if wanted is not None:
                     current = {a.address: a for a in row.addresses}
                     row.addresses = [

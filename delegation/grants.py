@@ -45,7 +45,7 @@ from delegation.store import Store
 from psc_auth.identity import Identity
 
 # Who asked, for the audit trail: (interface, software, remote).
-_Origin = tuple[str, str | None, str | None]
+Origin = tuple[str, str | None, str | None]
 
 
 class Grants:
@@ -86,7 +86,7 @@ class Grants:
             async def attempt() -> tuple[Delegation, ChangeKind | None]:
                 async with self._store.writing() as db:
                     row = await self._managed_mailbox(db, actor, address, admin=admin, lock=True)
-                    return await self._apply_grant(
+                    return await self.apply_grant(
                         db,
                         row,
                         delegate,
@@ -146,25 +146,14 @@ class Grants:
                     raise NotFound(
                         f"no delegation {delegation_id} on {address}", reason="unknown-delegation"
                     )
-                changed = row.revoked_at is None
-                if changed:
-                    row.revoked_at = now
-                    row.revoked_by = actor_idnat
-                    row.reason = reason or None
-                self._trail.add(
+                changed = self.revoke_row(
                     db,
-                    AuditRecord(
-                        actor_idnat,
-                        address,
-                        AuditAction.REVOKE,
-                        interface=interface,
-                        result="ok",
-                        delegation_id=row.id,
-                        software=software,
-                        remote=remote,
-                        detail=(reason or None) if changed else "already revoked",
-                        at=now,
-                    ),
+                    row,
+                    address,
+                    actor=actor_idnat,
+                    reason=reason,
+                    now=now,
+                    origin=(interface, software, remote),
                 )
                 delegation = delegation_of(row, now)
         except DelegationError as exc:
@@ -182,6 +171,42 @@ class Grants:
         if changed:
             await self._store.publish([change_event("revoked", delegation, now)])
         return delegation
+
+    def revoke_row(
+        self,
+        db: AsyncSession,
+        row: DelegationRow,
+        address: str,
+        *,
+        actor: str,
+        reason: str | None,
+        now: dt.datetime,
+        origin: Origin,
+    ) -> bool:
+        """End the delegation `row` (of the mailbox at `address`) in `db`'s transaction, and
+        audit it; False when it was already revoked. The caller publishes the event."""
+        changed = row.revoked_at is None
+        if changed:
+            row.revoked_at = now
+            row.revoked_by = actor
+            row.reason = reason or None
+        interface, software, remote = origin
+        self._trail.add(
+            db,
+            AuditRecord(
+                actor,
+                address,
+                AuditAction.REVOKE,
+                interface=interface,
+                result="ok",
+                delegation_id=row.id,
+                software=software,
+                remote=remote,
+                detail=(reason or None) if changed else "already revoked",
+                at=now,
+            ),
+        )
+        return changed
 
     async def provision_delegation(
         self,
@@ -209,7 +234,7 @@ class Grants:
                 if box is None:
                     raise NotFound(f"no mailbox {address}", reason="unknown-mailbox")
                 actor = granted_by or box.holder_idnat or "provisioning"
-                return await self._apply_grant(
+                return await self.apply_grant(
                     db,
                     box,
                     delegate,
@@ -290,7 +315,7 @@ class Grants:
             raise NotHolder(f"an administrator manages the delegations of {mailbox.type} mailboxes")
         return mailbox
 
-    async def _apply_grant(
+    async def apply_grant(
         self,
         db: AsyncSession,
         mailbox: MailboxRow,
@@ -300,7 +325,7 @@ class Grants:
         *,
         actor: str,
         now: dt.datetime,
-        audit: _Origin | None,
+        audit: Origin | None,
         only_if_new: bool = False,
     ) -> tuple[Delegation, ChangeKind | None]:
         """Insert or update the open delegation; returns it and the event kind to publish."""

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from delegation.errors import Invalid, NotFound
@@ -49,6 +50,75 @@ def _mailbox(row: MailboxRow) -> Mailbox:
     )
 
 
+BACKEND_LENGTH = 64
+BY_ROUTING = ""
+"""The backend recorded for a mailbox the routing places (`[routing]`): no name of its own."""
+
+
+def check_mailbox(
+    address: str, type: str, holder_idnat: str | None, organisation: str | None
+) -> tuple[str, str, str | None, str | None]:
+    """A mailbox's fields checked and made canonical: a PER one names its holder, the
+    others their organisation (`Invalid` with a stable reason)."""
+    address = normal_address(address)
+    if type not in MAILBOX_TYPES:
+        raise Invalid(f"mailbox type is one of {', '.join(MAILBOX_TYPES)}", reason="bad-type")
+    if type == "PER":
+        if holder_idnat is None:
+            raise Invalid("a personal mailbox needs its holder", reason="bad-holder")
+        return address, type, parse_idnat(holder_idnat), None
+    if holder_idnat is not None:
+        raise Invalid(f"a {type} mailbox has no personal holder", reason="bad-holder")
+    if not organisation or len(organisation) > NAME_LENGTH:
+        raise Invalid(f"a {type} mailbox needs its organisation", reason="bad-holder")
+    return address, type, None, organisation
+
+
+async def write_mailbox(
+    db: AsyncSession,
+    address: str,
+    type: str,
+    holder_idnat: str | None,
+    organisation: str | None,
+    *,
+    backend: str | None = None,
+    state: str | None = None,
+) -> MailboxRow:
+    """Create or update a mailbox's row in `db`'s transaction (values from `check_mailbox`):
+    its holder gets the address listed, a former holder loses it. `backend` or `state`
+    None keeps the stored one (a new mailbox: placed by routing, active)."""
+    holder = None
+    if holder_idnat is not None:
+        holder = await db.get(
+            DirectoryEntryRow, holder_idnat, options=[selectinload(DirectoryEntryRow.addresses)]
+        )
+        if holder is None:
+            raise NotFound(f"{holder_idnat} is not in the directory", reason="unknown-holder")
+        if address not in {a.address for a in holder.addresses}:
+            holder.addresses.append(DirectoryAddressRow(idnat=holder.idnat, address=address))
+    row = await db.scalar(select(MailboxRow).where(MailboxRow.address == address))
+    if row is None:
+        row = MailboxRow(address=address, backend=BY_ROUTING, state="active")
+        db.add(row)
+    elif row.holder_idnat is not None and row.holder_idnat != holder_idnat:
+        await db.execute(
+            delete(DirectoryAddressRow).where(
+                DirectoryAddressRow.idnat == row.holder_idnat,
+                DirectoryAddressRow.address == address,
+            )
+        )
+    row.type = type
+    row.holder_idnat = holder_idnat
+    row.holder = holder
+    row.organisation = organisation
+    if backend is not None:
+        row.backend = backend
+    if state is not None:
+        row.state = state
+    await db.flush()
+    return row
+
+
 class Mailboxes:
     """Reads and upserts mailboxes."""
 
@@ -67,51 +137,19 @@ class Mailboxes:
     ) -> Mailbox:
         """Create or update a mailbox. A PER mailbox names its holder (who must be in the
         directory, and gets the address listed); the others name their organisation."""
-        address = normal_address(address)
-        if type not in MAILBOX_TYPES:
-            raise Invalid(f"mailbox type is one of {', '.join(MAILBOX_TYPES)}", reason="bad-type")
         if state not in MAILBOX_STATES:
             raise Invalid(f"state is one of {', '.join(MAILBOX_STATES)}", reason="bad-state")
-        if not backend or len(backend) > 64:
+        if not backend or len(backend) > BACKEND_LENGTH:
             raise Invalid("a backend name of at most 64 characters", reason="bad-backend")
-        if type == "PER":
-            if holder_idnat is None:
-                raise Invalid("a personal mailbox needs its holder", reason="bad-holder")
-            holder_idnat = parse_idnat(holder_idnat)
-        else:
-            if holder_idnat is not None:
-                raise Invalid(f"a {type} mailbox has no personal holder", reason="bad-holder")
-            if not organisation or len(organisation) > NAME_LENGTH:
-                raise Invalid(f"a {type} mailbox needs its organisation", reason="bad-holder")
+        address, type, holder_idnat, organisation = check_mailbox(
+            address, type, holder_idnat, organisation
+        )
 
         async def attempt() -> Mailbox:
             async with self._store.writing() as db:
-                holder = None
-                if holder_idnat is not None:
-                    holder = await db.get(
-                        DirectoryEntryRow,
-                        holder_idnat,
-                        options=[selectinload(DirectoryEntryRow.addresses)],
-                    )
-                    if holder is None:
-                        raise NotFound(
-                            f"{holder_idnat} is not in the directory", reason="unknown-holder"
-                        )
-                    if address not in {a.address for a in holder.addresses}:
-                        holder.addresses.append(
-                            DirectoryAddressRow(idnat=holder.idnat, address=address)
-                        )
-                row = await db.scalar(select(MailboxRow).where(MailboxRow.address == address))
-                if row is None:
-                    row = MailboxRow(address=address)
-                    db.add(row)
-                row.type = type
-                row.holder_idnat = holder_idnat
-                row.holder = holder
-                row.organisation = organisation
-                row.backend = backend
-                row.state = state
-                await db.flush()
+                row = await write_mailbox(
+                    db, address, type, holder_idnat, organisation, backend=backend, state=state
+                )
                 return _mailbox(row)
 
         return await self._store.retry_on_integrity(attempt)
@@ -119,7 +157,7 @@ class Mailboxes:
     async def move_mailbox(self, address: str, backend: str) -> Mailbox:
         """Record that the mailbox now lives on `backend`, and tell every node (a `moved`
         event) so that decisions remembered with the old backend are forgotten."""
-        if not backend or len(backend) > 64:
+        if not backend or len(backend) > BACKEND_LENGTH:
             raise Invalid("a backend name of at most 64 characters", reason="bad-backend")
         address = normal_address(address)
         async with self._store.writing() as db:
@@ -144,6 +182,11 @@ class Mailboxes:
                 select(MailboxRow.address, MailboxRow.backend).order_by(MailboxRow.address)
             )
             return [(address, backend) for address, backend in rows]
+
+    async def any_mailbox(self) -> bool:
+        """Whether the registry holds at least one mailbox (an empty one serves nobody)."""
+        async with self._store.reading() as db:
+            return await db.scalar(select(MailboxRow.id).limit(1)) is not None
 
     async def mailbox(self, address: str) -> Mailbox | None:
         async with self._store.reading() as db:

@@ -31,7 +31,8 @@ from delegation.directory import (
 )
 from delegation.events import ChangeBus, ChangeEvent
 from delegation.expiry import Expiry
-from delegation.grants import Grants
+from delegation.grants import Grants, Origin
+from delegation.loading import Load, Loading, RegistryState
 from delegation.mailboxes import Mailbox, Mailboxes
 from delegation.parsing import normal_address, parse_idnat, parse_rights
 from delegation.store import Clock, Store, utc_now
@@ -77,6 +78,7 @@ class DelegationService:
         self._expiry = Expiry(self._store)
         self._directory = Directory(self._store)
         self._mailboxes = Mailboxes(self._store)
+        self._loading = Loading(self._store, self._grants, self._trail)
 
     @property
     def bus(self) -> ChangeBus:
@@ -271,6 +273,20 @@ class DelegationService:
     async def move_mailbox(self, address: str, backend: str) -> Mailbox:
         """The mailbox now lives on `backend` (a BAL moved): every node hears of it."""
         return await self._mailboxes.move_mailbox(address, backend)
+
+    async def any_mailbox(self) -> bool:
+        """Whether the registry holds at least one mailbox."""
+        return await self._mailboxes.any_mailbox()
+
+    # -- loading the operator's directory (`delegation.loading`) -------------------------
+
+    async def registry_state(self) -> RegistryState:
+        """People, mailboxes and open delegations, whole: what an import compares with."""
+        return await self._loading.state()
+
+    async def load(self, load: Load, *, actor: str, origin: Origin, summary: str) -> int:
+        """Write an import's changes in one transaction, then publish their events."""
+        return await self._loading.load(load, actor=actor, origin=origin, summary=summary)
 
     # -- audit trail (`delegation.audit_trail`) ------------------------------------------
 

@@ -414,6 +414,41 @@ def migrate_status(
     _migrate("status", config, data, token, run)
 
 
+directory_app = typer.Typer(
+    help="The operator's directory: people, BAL, backends, delegations.", no_args_is_help=True
+)
+app.add_typer(directory_app, name="directory")
+
+
+@directory_app.command("import")
+def directory_import(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="CSV or JSON file")],
+    format: Annotated[
+        str | None, typer.Option("--format", help="csv or json (default: by the file's suffix)")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="report, write nothing")] = False,
+    prune: Annotated[bool, typer.Option(help="remove what the file no longer lists")] = False,
+    skip_invalid: Annotated[
+        bool, typer.Option("--skip-invalid", help="import the good lines, list the bad ones")
+    ] = False,
+    as_json: JsonOption = False,
+    config: Annotated[Path | None, typer.Option(help="TOML configuration file")] = None,
+) -> None:
+    """Load people, BAL (with their backend) and delegations from the national directory's
+    MSSanté extraction (CSV) or JSON, in one transaction, into the gateway's database;
+    exit 1 when the file is refused (nothing written)."""
+    from gateway.directory_import.cli import format_of, run_import
+
+    if format not in (None, "csv", "json"):
+        raise typer.BadParameter("csv or json", param_hint="--format")
+    options = {"dry_run": dry_run, "prune": prune, "skip_invalid": skip_invalid}
+    settings = _settings(config)
+    code = asyncio.run(
+        run_import(settings, file, format_of(file, format), as_json=as_json, **options)
+    )
+    raise typer.Exit(code)
+
+
 def describe_gateway(gateway: Gateway, console: Console) -> None:
     settings = gateway.settings
     console.print(f"[bold]lps-gateway[/] listening on {gateway.http_url}", highlight=False)

@@ -1,0 +1,257 @@
+"""Loading the operator's directory: the registry as it stands, and a set of changes
+written in one transaction.
+
+An import must not leave the registry half-loaded (a person without the BAL that came on
+the same line, a delegation without its mailbox), so everything an import changes is
+written in one transaction through the same row writers as the single changes
+(`write_entry`, `write_mailbox`, `Grants.apply_grant`, `Grants.revoke_row`): a delegation
+loaded is audited as a grant, one removed as a revocation, and their change events go
+out after commit, so decisions remembered on any node are forgotten and the sessions of a
+delegate or holder who lost a BAL end. The values are checked by the caller
+(`check_person`, `check_mailbox`, `parse_rights`): this module does not parse.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from delegation.audit import AuditAction, AuditRecord
+from delegation.audit_trail import AuditTrail
+from delegation.delegations import change_event
+from delegation.directory import write_entry
+from delegation.events import ChangeEvent
+from delegation.grants import Grants, Origin
+from delegation.mailboxes import write_mailbox
+from delegation.models import (
+    DelegationRow,
+    DirectoryAddressRow,
+    DirectoryEntryRow,
+    MailboxRow,
+)
+from delegation.store import Store
+
+REMOVED = "removed from the operator's directory"
+
+
+@dataclass(frozen=True, slots=True)
+class PersonWrite:
+    idnat: str
+    given_name: str
+    family_name: str
+    profession: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxWrite:
+    """A mailbox; `backend` None keeps the recorded one (a new mailbox: placed by routing)."""
+
+    address: str
+    type: str
+    holder_idnat: str | None
+    organisation: str | None
+    backend: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DelegationWrite:
+    mailbox: str
+    delegate_idnat: str
+    rights: frozenset[str]
+    expires_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OpenDelegation:
+    id: int
+    rights: frozenset[str]
+    expires_at: dt.datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryState:
+    """People, mailboxes (backend as recorded) and open delegations by mailbox then
+    delegate: what an import compares its file with."""
+
+    people: dict[str, PersonWrite]
+    mailboxes: dict[str, MailboxWrite]
+    delegations: dict[str, dict[str, OpenDelegation]]
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """What one import writes. Removals: the mailboxes and people go with their delegations
+    (revoked first, so that their events fire); `revoke` names open delegations by
+    (mailbox, delegation id)."""
+
+    people: tuple[PersonWrite, ...] = ()
+    mailboxes: tuple[MailboxWrite, ...] = ()
+    delegations: tuple[DelegationWrite, ...] = ()
+    revoke: tuple[tuple[str, int], ...] = ()
+    remove_mailboxes: tuple[str, ...] = ()
+    remove_people: tuple[str, ...] = ()
+    moved: tuple[str, ...] = field(default=())
+    """Mailboxes whose holder or backend changed: decisions remembered for them are stale."""
+
+
+class Loading:
+    """Reads the registry whole, and writes a `Load` in one transaction."""
+
+    def __init__(self, store: Store, grants: Grants, trail: AuditTrail) -> None:
+        self._store = store
+        self._grants = grants
+        self._trail = trail
+
+    async def state(self) -> RegistryState:
+        async with self._store.reading() as db:
+            people = {
+                row.idnat: PersonWrite(row.idnat, row.given_name, row.family_name, row.profession)
+                for row in await db.scalars(select(DirectoryEntryRow))
+            }
+            boxes = {
+                row.address: MailboxWrite(
+                    row.address, row.type, row.holder_idnat, row.organisation, row.backend
+                )
+                for row in await db.scalars(select(MailboxRow))
+            }
+            delegations: dict[str, dict[str, OpenDelegation]] = {}
+            rows = await db.execute(
+                select(MailboxRow.address, DelegationRow)
+                .join(DelegationRow.mailbox)
+                .where(DelegationRow.revoked_at.is_(None))
+            )
+            for address, row in rows.tuples():
+                delegations.setdefault(address, {})[row.delegate_idnat] = OpenDelegation(
+                    row.id, row.rights, row.expires_at
+                )
+            return RegistryState(people, boxes, delegations)
+
+    async def load(self, load: Load, *, actor: str, origin: Origin, summary: str) -> int:
+        """Write `load` in one transaction (all or nothing), audit it as one `admin` event
+        with `summary` (plus the grants and revocations), then publish its change events.
+        Returns how many change events went out."""
+        now = self._store.now()
+
+        async def attempt() -> list[ChangeEvent]:
+            events: list[ChangeEvent] = []
+            async with self._store.writing() as db:
+                for person in load.people:
+                    await write_entry(
+                        db, person.idnat, person.given_name, person.family_name, person.profession
+                    )
+                await db.flush()
+                for box in load.mailboxes:
+                    await write_mailbox(
+                        db,
+                        box.address,
+                        box.type,
+                        box.holder_idnat,
+                        box.organisation,
+                        backend=box.backend,
+                    )
+                events += [ChangeEvent("moved", a, "", 0, now) for a in load.moved]
+                for wanted in load.delegations:
+                    row = await db.scalar(
+                        select(MailboxRow)
+                        .where(MailboxRow.address == wanted.mailbox)
+                        .with_for_update(key_share=True)
+                    )
+                    assert row is not None, "a delegation on a mailbox the load does not hold"
+                    delegation, kind = await self._grants.apply_grant(
+                        db,
+                        row,
+                        wanted.delegate_idnat,
+                        wanted.rights,
+                        wanted.expires_at,
+                        actor=actor,
+                        now=now,
+                        audit=origin,
+                    )
+                    if kind is not None:
+                        events.append(change_event(kind, delegation, now))
+                for address, delegation_id in load.revoke:
+                    found = await db.get(DelegationRow, delegation_id)
+                    if found is not None:
+                        events += self._revoke(db, found, address, actor, origin, now)
+                for address in load.remove_mailboxes:
+                    events += await self._remove_mailbox(db, address, actor, origin, now)
+                for idnat in load.remove_people:
+                    events += await self._remove_person(db, idnat, actor, origin, now)
+                interface, software, remote = origin
+                self._trail.add(
+                    db,
+                    AuditRecord(
+                        actor,
+                        "",
+                        AuditAction.ADMIN,
+                        interface=interface,
+                        software=software,
+                        remote=remote,
+                        detail=summary,
+                        at=now,
+                    ),
+                )
+            return events
+
+        events = await self._store.retry_on_integrity(attempt)
+        await self._store.publish(events)
+        return len(events)
+
+    def _revoke(
+        self,
+        db: AsyncSession,
+        row: DelegationRow,
+        address: str,
+        actor: str,
+        origin: Origin,
+        now: dt.datetime,
+    ) -> list[ChangeEvent]:
+        if not self._grants.revoke_row(
+            db, row, address, actor=actor, reason=REMOVED, now=now, origin=origin
+        ):
+            return []
+        return [ChangeEvent("revoked", address, row.delegate_idnat, row.id, now)]
+
+    async def _remove_mailbox(
+        self, db: AsyncSession, address: str, actor: str, origin: Origin, now: dt.datetime
+    ) -> list[ChangeEvent]:
+        """Revoke the mailbox's open delegations, then delete it, its delegations' rows and
+        its listing in the directory; a `moved` event ends its holder's sessions."""
+        box = await db.scalar(
+            select(MailboxRow).where(MailboxRow.address == address).with_for_update()
+        )
+        if box is None:
+            return []
+        events: list[ChangeEvent] = []
+        for row in await db.scalars(
+            select(DelegationRow).where(
+                DelegationRow.mailbox_id == box.id, DelegationRow.revoked_at.is_(None)
+            )
+        ):
+            events += self._revoke(db, row, address, actor, origin, now)
+        await db.flush()
+        await db.execute(delete(DelegationRow).where(DelegationRow.mailbox_id == box.id))
+        await db.execute(delete(DirectoryAddressRow).where(DirectoryAddressRow.address == address))
+        await db.execute(delete(MailboxRow).where(MailboxRow.id == box.id))
+        return [*events, ChangeEvent("moved", address, "", 0, now)]
+
+    async def _remove_person(
+        self, db: AsyncSession, idnat: str, actor: str, origin: Origin, now: dt.datetime
+    ) -> list[ChangeEvent]:
+        """Revoke the delegations the person receives, then delete them and the person."""
+        events: list[ChangeEvent] = []
+        rows = await db.execute(
+            select(MailboxRow.address, DelegationRow)
+            .join(DelegationRow.mailbox)
+            .where(DelegationRow.delegate_idnat == idnat, DelegationRow.revoked_at.is_(None))
+        )
+        for address, row in rows.tuples().all():
+            events += self._revoke(db, row, address, actor, origin, now)
+        await db.flush()
+        await db.execute(delete(DelegationRow).where(DelegationRow.delegate_idnat == idnat))
+        await db.execute(delete(DirectoryAddressRow).where(DirectoryAddressRow.idnat == idnat))
+        await db.execute(delete(DirectoryEntryRow).where(DirectoryEntryRow.idnat == idnat))
+        return events
