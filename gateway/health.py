@@ -30,6 +30,11 @@ log = logging.getLogger(__name__)
 __all__ = ["OK", "Readiness", "backend_check", "database_check"]
 
 DATABASE_TIMEOUT = 2.0
+REGISTRY = "registry"
+REGISTRY_EMPTY = "empty: no mailboxes yet (run lps-gateway directory import)"
+ADVISORY = frozenset({REGISTRY})
+"""Checks said in the body that do not make the node unready: an empty registry is no
+reason for a balancer to take a node out (an import makes it useful, no restart needed)."""
 CACHE_SECONDS = 1.0
 
 Checks = dict[str, str]
@@ -63,6 +68,16 @@ async def database_check(
                 reason = reason.replace(form, "***")
         return clip(reason)
     return OK
+
+
+async def registry_check(registry: DelegationService, *, within: float = DATABASE_TIMEOUT) -> str:
+    """`ok`, or `REGISTRY_EMPTY` when the registry holds no mailbox (advisory: the
+    database check says whether the database answers)."""
+    try:
+        async with asyncio.timeout(within):
+            return OK if await registry.any_mailbox() else REGISTRY_EMPTY
+    except Exception:
+        return "unknown"
 
 
 class Readiness:
@@ -106,6 +121,7 @@ class Readiness:
         probes: dict[str, Awaitable[str]] = {
             "database": database_check(self._registry, secret=self._secret)
         }
+        probes[REGISTRY] = registry_check(self._registry)
         for name, backend in self._backends.items():
             for check, probe in backend.probes().items():
                 probes[f"backend:{name}:{check}"] = probe
@@ -119,7 +135,8 @@ class Readiness:
                 checks[key] = clip(f"probe error: {type(result).__name__}")
             else:
                 checks[key] = result
-        return all(value == OK for value in checks.values()), checks
+        ready = all(value == OK for key, value in checks.items() if key not in ADVISORY)
+        return ready, checks
 
     def _log_transition(self, ready: bool, checks: Checks) -> None:
         if ready == self._was_ready:

@@ -22,7 +22,7 @@ from delegation.db import create_engine, migrate
 from delegation.events import bus_for_url
 from delegation.service import DelegationService
 from gateway import admin_secret
-from gateway.api.admin import AdminConfig
+from gateway.api.admin import AdminConfig, DirectoryImports
 from gateway.api.app import create_api
 from gateway.api.ops import create_ops_app
 from gateway.audit import AuditSink
@@ -220,6 +220,9 @@ class Gateway:
                 local_secret=admin_secret.ensure_admin_secret(self.settings.data_dir),
                 status=self.admin_status,
                 migrations=self._open_migrations(service),
+                directory=DirectoryImports(
+                    frozenset(self.backends.by_name), self.settings.admin.directory_max_body
+                ),
             ),
         )
         guarded = functools.partial(
@@ -250,6 +253,11 @@ class Gateway:
         if self.migrations is not None:
             await self.migrations.resume()  # trailing syncs of unfinished cut-overs
         self._expiry = asyncio.create_task(service.expire_forever(interval=1.0))
+        if not await service.any_mailbox():
+            log.warning(
+                "registry.empty",
+                extra={"hint": "no mailboxes: run lps-gateway directory import FILE"},
+            )
         self._admin_url = admin_secret.loopback_url(http.host, port)
         admin_secret.publish_url(self.settings.data_dir, self._admin_url)
         log.info(

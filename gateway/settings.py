@@ -449,6 +449,13 @@ class AdminSettings(_Section):
     idnats: list[str] = Field(
         default_factory=list, description="national ids (idNat) of the operator's administrators"
     )
+    directory_max_body: int = Field(
+        default=16 * 1024 * 1024,
+        ge=64 * 1024,
+        le=256 * 1024 * 1024,
+        description="bytes of a directory file posted to /admin/directory (lps-gateway "
+        "directory import reads up to 32 MiB)",
+    )
 
     @field_validator("idnats")
     @classmethod

@@ -37,6 +37,15 @@ are digits with a one-character prefix)."""
 
 
 @dataclass(frozen=True)
+class DirectoryImports:
+    """What `/admin/directory` needs beyond the registry: the configured backends' names
+    (an unknown one in a file is warned about) and the cap on a posted file."""
+
+    backends: frozenset[str]
+    max_body: int
+
+
+@dataclass(frozen=True)
 class AdminConfig:
     """Who administers this gateway, and where its usage figures come from."""
 
@@ -45,6 +54,7 @@ class AdminConfig:
     local_secret: str | None = None
     status: StatusSource | None = None
     migrations: Migrations | None = None
+    directory: DirectoryImports | None = None
 
     @classmethod
     def of(
@@ -55,8 +65,9 @@ class AdminConfig:
         local_secret: str | None = None,
         status: StatusSource | None = None,
         migrations: Migrations | None = None,
+        directory: DirectoryImports | None = None,
     ) -> AdminConfig:
-        return cls(frozenset(idnats), usage, local_secret, status, migrations)
+        return cls(frozenset(idnats), usage, local_secret, status, migrations, directory)
 
     def allows(self, identity: Identity) -> bool:
         return str(identity.idnat) in self.idnats

@@ -6,7 +6,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from delegation.service import DelegationService
-from gateway.api import admin, admin_migrations, problems, v1
+from gateway.api import admin, admin_directory, admin_migrations, problems, v1
 from gateway.api.admin import AdminConfig
 from gateway.api.body_limit import DEFAULT_MAX_BODY, BodyLimit
 from gateway.api.ops import health_router
@@ -46,12 +46,15 @@ def create_api(
     app.state.delegations = service
     app.state.validator = validator
     app.state.admin = admin_config
-    app.add_middleware(BodyLimit, max_body=max_body)
+    directory = admin_config.directory if admin_config is not None else None
+    larger = {"/admin/directory": directory.max_body} if directory is not None else None
+    app.add_middleware(BodyLimit, max_body=max_body, larger=larger)
     app.add_middleware(RequestIdMiddleware)  # outermost: a 413 carries the request id too
     problems.install(app, error_page if web is not None else problems.no_pages)
     app.include_router(v1.router)
     app.include_router(admin.router)
     app.include_router(admin_migrations.router)
+    app.include_router(admin_directory.router)
     if web is not None:
         router = build_router(service, web_validator or validator, web, admin=admin_config)
         app.include_router(router)

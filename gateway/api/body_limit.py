@@ -5,6 +5,8 @@ the cap, so that no form parser or JSON decoder ever holds more than the cap. Th
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -21,17 +23,25 @@ class _OverTheCap(Exception):
 class BodyLimit:
     """Pure ASGI middleware capping request bodies at `max_body` bytes."""
 
-    def __init__(self, app: ASGIApp, max_body: int = DEFAULT_MAX_BODY) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body: int = DEFAULT_MAX_BODY,
+        larger: Mapping[str, int] | None = None,
+    ) -> None:
         self.app = app
         self.max_body = max_body
+        self.larger = dict(larger or {})
+        """Paths allowed a cap of their own (an uploaded directory file)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        cap = self.larger.get(scope["path"], self.max_body)
         declared, chunked = _framing(scope)
-        if declared is not None and declared > self.max_body:
-            await self._refuse(scope, receive, send)
+        if declared is not None and declared > cap:
+            await self._refuse(scope, receive, send, cap)
             return
         received = 0
         over = False
@@ -45,7 +55,7 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body:
+                if received > cap:
                     over = True
                     raise _OverTheCap
                 complete = not message.get("more_body", False)
@@ -67,21 +77,22 @@ class BodyLimit:
             if started:
                 return  # a response already under way cannot become a 413; the server closes
         if over and not started:
-            await self._refuse(scope, receive, send)
+            await self._refuse(scope, receive, send, cap)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, cap: int) -> None:
         response: Response
-        if scope["path"].startswith("/v1/") or scope["path"] == "/v1":
+        path = scope["path"]
+        if path.startswith(("/v1/", "/admin/")) or path == "/v1":
             response = problem(
                 413,
                 "Content Too Large",
-                f"the request body is limited to {self.max_body} bytes",
+                f"the request body is limited to {cap} bytes",
                 kind="body-too-large",
                 headers={"Connection": "close"},
             )
         else:
             response = PlainTextResponse(
-                f"Requête trop volumineuse (au plus {self.max_body} octets).",
+                f"Requête trop volumineuse (au plus {cap} octets).",
                 status_code=413,
                 headers={"Connection": "close"},
             )

@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.api import problems
 from gateway.api.body_limit import DEFAULT_MAX_BODY, BodyLimit
-from gateway.health import OK
+from gateway.health import ADVISORY, OK
 from gateway.metrics import Metrics
 
 Probe = Callable[[], Awaitable[tuple[bool, dict[str, str]]]]
@@ -34,10 +34,14 @@ def health_router(probe: Probe, *, detailed: bool, metrics: Metrics | None = Non
     @router.get("/readyz")
     async def readyz() -> JSONResponse:
         """Readiness: 200 when the database and every backend answer, else 503 naming the
-        failed checks, so that a balancer stops sending this node sessions it cannot carry."""
+        failed checks, so that a balancer stops sending this node sessions it cannot carry.
+        An empty registry is said (`registry`) but keeps the node ready."""
         ready, checks = await probe()
         if not detailed:
-            checks = {name: OK if value == OK else FAILED for name, value in checks.items()}
+            checks = {
+                name: value if value == OK or name in ADVISORY else FAILED
+                for name, value in checks.items()
+            }
         return JSONResponse(
             {"status": "ready" if ready else "unready", "checks": checks},
             status_code=200 if ready else 503,

@@ -169,15 +169,16 @@ class LiveSessions:
 
     async def _moved(self, mailbox: str) -> None:
         """The BAL moved (a cut-over or a rollback, on any node): sessions opened while the
-        registry named its old backend end, as on the node that moved it."""
+        registry named its old backend end, as on the node that moved it; all of them when
+        the BAL left the registry."""
         relays = [r for key, group in self._relays.items() if key[0] == mailbox for r in group]
         if not relays:
             return
         record = await self.registry.mailbox(mailbox)
-        if record is None:
-            return
         for relay in relays:
-            if relay.grant.decision.backend != record.backend:
+            if record is None:  # removed from the registry (a directory import's prune)
+                relay.kick(f"{mailbox} is no longer served")
+            elif relay.grant.decision.backend != record.backend:
                 relay.kick(MOVED_BYE)
 
     async def confirm(self, relay: LiveSession) -> None:
