@@ -123,7 +123,7 @@ class Loading:
                 .join(DelegationRow.mailbox)
                 .where(DelegationRow.revoked_at.is_(None))
             )
-            for address, row in rows.tuples():
+            for address, row in rows:
                 delegations.setdefault(address, {})[row.delegate_idnat] = OpenDelegation(
                     row.id, row.rights, row.expires_at
                 )
@@ -248,7 +248,7 @@ class Loading:
             .join(DelegationRow.mailbox)
             .where(DelegationRow.delegate_idnat == idnat, DelegationRow.revoked_at.is_(None))
         )
-        for address, row in rows.tuples().all():
+        for address, row in rows.all():
             events += self._revoke(db, row, address, actor, origin, now)
         await db.flush()
         await db.execute(delete(DelegationRow).where(DelegationRow.delegate_idnat == idnat))
