@@ -23,7 +23,7 @@ from delegation.db import create_engine, migrate
 from delegation.service import DelegationService
 from gateway.api.app import create_api
 from gateway.api.ops import create_ops_app
-from gateway.health import OK, Readiness, backend_check, database_check
+from gateway.health import OK, REGISTRY_EMPTY, Readiness, backend_check, database_check
 from gateway.metrics import Metrics
 from gateway.runtime.tls import ensure_dev_certificate, server_context
 from gateway.settings import BackendSettings, Settings
@@ -233,6 +233,7 @@ async def test_readiness_names_every_check(registry: DelegationService, tmp_path
     assert not ready
     assert checks == {
         "database": OK,
+        "registry": REGISTRY_EMPTY,
         "backend:modern:imap": OK,
         "backend:modern:smtp": OK,
         "backend:old:imap": f"connection refused (127.0.0.1:{dead})",
@@ -310,10 +311,15 @@ async def test_endpoints_in_process(
             schema = (await http.get("/openapi.json")).json()
     assert live.status_code == 200
     assert live.json() == {"status": "ok"}
-    assert ready.status_code == 200
+    assert ready.status_code == 200, "an empty registry keeps the node ready"
     assert ready.json() == {
         "status": "ready",
-        "checks": {"database": OK, "backend:modern:imap": OK, "backend:modern:smtp": OK},
+        "checks": {
+            "database": OK,
+            "registry": REGISTRY_EMPTY,
+            "backend:modern:imap": OK,
+            "backend:modern:smtp": OK,
+        },
     }
     assert ready.headers["cache-control"] == "no-store"
     assert scraped.status_code == 200
@@ -348,7 +354,12 @@ async def test_unready_is_503_terse_in_public_detailed_for_operations(
     assert answer.status_code == 503
     assert answer.json() == {
         "status": "unready",
-        "checks": {"database": OK, "backend:modern:imap": OK, "backend:modern:smtp": "failed"},
+        "checks": {
+            "database": OK,
+            "registry": REGISTRY_EMPTY,
+            "backend:modern:imap": OK,
+            "backend:modern:smtp": "failed",
+        },
     }
     assert "127.0.0.1" not in answer.text
     assert str(dead) not in answer.text
@@ -414,7 +425,12 @@ async def test_stack_health_and_readiness(stack: Stack):
     assert ready.status_code == 200, ready.text
     assert ready.json() == {
         "status": "ready",
-        "checks": {"database": OK, "backend:modern:imap": OK, "backend:modern:smtp": OK},
+        "checks": {
+            "database": OK,
+            "registry": OK,
+            "backend:modern:imap": OK,
+            "backend:modern:smtp": OK,
+        },
     }
 
     assert stack.mock.imap is not None
@@ -422,7 +438,12 @@ async def test_stack_health_and_readiness(stack: Stack):
     unready = await readyz_until(url, 503)
     assert unready.status_code == 503, unready.text
     checks = unready.json()["checks"]
-    assert checks == {"database": OK, "backend:modern:imap": "failed", "backend:modern:smtp": OK}
+    assert checks == {
+        "database": OK,
+        "registry": OK,
+        "backend:modern:imap": "failed",
+        "backend:modern:smtp": OK,
+    }
     async with httpx.AsyncClient(timeout=10) as http:
         assert (await http.get(f"{url}/healthz")).status_code == 200, "still alive"
 
@@ -439,7 +460,12 @@ class TestBackendOnAClosedPort:
         assert answer.status_code == 503
         assert answer.json() == {
             "status": "unready",
-            "checks": {"database": OK, "backend:modern:imap": OK, "backend:modern:smtp": "failed"},
+            "checks": {
+                "database": OK,
+                "registry": OK,
+                "backend:modern:imap": OK,
+                "backend:modern:smtp": "failed",
+            },
         }
         port = backend_overrides["smtp_port"]
         for secret in ("127.0.0.1", str(port), "refused", "connection"):
