@@ -10,6 +10,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
+from delegation.errors import DelegationError
 from delegation.service import DelegationService
 from gateway.directory_import.parse import Format, Limits, parse
 from gateway.directory_import.plan import Change, Plan, plan
@@ -31,6 +32,8 @@ class Report:
     changed: list[Change] = field(default_factory=list)
     removed: list[Change] = field(default_factory=list)
     pruned: bool = False
+    prune_withheld: bool = False
+    """`--prune` asked, but not applied: the file had refused lines."""
     errors: list[Problem] = field(default_factory=list)
     skipped: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
@@ -61,9 +64,10 @@ class Report:
         }
 
 
-def _report(found: Plan, *, dry_run: bool, skip_invalid: bool) -> Report:
+def _report(found: Plan, *, dry_run: bool, prune: bool, skip_invalid: bool) -> Report:
     refused = bool(found.errors) and not skip_invalid
     return Report(
+        prune_withheld=prune and not found.prune_applied and bool(found.removed),
         dry_run=dry_run,
         refused=refused,
         added=found.added,
@@ -97,12 +101,15 @@ async def import_directory(
         return Report(dry_run=dry_run, refused=True, errors=[Problem("file", str(exc))])
     state = await service.registry_state()
     found = plan(parsed, state, backends, service.now(), prune=prune)
-    report = _report(found, dry_run=dry_run, skip_invalid=skip_invalid)
+    report = _report(found, dry_run=dry_run, prune=prune, skip_invalid=skip_invalid)
     if report.refused or dry_run or found.empty:
         return report
-    events = await service.load(
-        found.load, actor=actor, origin=(interface, SOFTWARE, remote), summary=report.summary()
-    )
+    try:
+        events = await service.load(
+            found.load, actor=actor, origin=(interface, SOFTWARE, remote), summary=report.summary()
+        )
+    except DelegationError as exc:  # the registry changed under the import: nothing written
+        return Report(dry_run=dry_run, refused=True, errors=[Problem("registry", str(exc))])
     report.written = True
     log.info(
         "directory.imported",

@@ -98,5 +98,7 @@ def print_report(out: Console, err: Console, report: Report) -> None:
         out.print(f"no change: {summary}", markup=False)
     else:
         out.print(f"imported: {summary}", markup=False)
-    if report.removed and not report.pruned:
+    if report.prune_withheld:
+        out.print("(--prune not applied: the file had refused lines)", markup=False)
+    elif report.removed and not report.pruned:
         out.print("(nothing is removed without --prune)", markup=False)

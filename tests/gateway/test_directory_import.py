@@ -238,3 +238,17 @@ async def test_removal_and_changes_publish_their_events(service: DelegationServi
         ("revoked", CLAIRE, BERNARD),
         ("moved", CLAIRE, ""),
     }
+
+
+async def test_no_prune_from_a_file_with_skipped_lines(
+    config: Path, service: DelegationService, tmp_path: Path
+) -> None:
+    """A BAL on a line that could not be read looks absent: pruning then would remove it."""
+    assert (await asyncio.to_thread(run, config, EXAMPLE)).exit_code == 0
+    damaged = edited(tmp_path, "damaged.csv", {CLAIRE: f"PER|{CLAIRE}|8|1|89|MARTIN|Claire"})
+    result = await asyncio.to_thread(run, config, damaged, "--prune", "--skip-invalid")
+    assert result.exit_code == 0, result.output
+    assert "skipped: line 2: bad national identifier" in result.stderr
+    assert f"would remove bal        {CLAIRE}" in result.stdout
+    assert "(--prune not applied: the file had refused lines)" in result.stdout
+    assert CLAIRE in (await service.registry_state()).mailboxes
