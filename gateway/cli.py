@@ -427,7 +427,9 @@ def directory_import(
         str | None, typer.Option("--format", help="csv or json (default: by the file's suffix)")
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="report, write nothing")] = False,
-    prune: Annotated[bool, typer.Option(help="remove what the file no longer lists")] = False,
+    prune: Annotated[
+        bool, typer.Option("--prune", help="remove what the file no longer lists")
+    ] = False,
     skip_invalid: Annotated[
         bool, typer.Option("--skip-invalid", help="import the good lines, list the bad ones")
     ] = False,
