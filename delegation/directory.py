@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -74,12 +74,18 @@ async def write_entry(
     profession: str | None,
     *,
     ecps_only: bool | None = None,
+    loaded: Mapping[str, DirectoryEntryRow] | None = None,
 ) -> DirectoryEntryRow:
     """Create or update a person's row in `db`'s transaction (checked values); its
-    addresses loaded. `ecps_only` None keeps the stored flag (False for a new person)."""
-    row = await db.get(
-        DirectoryEntryRow, idnat, options=[selectinload(DirectoryEntryRow.addresses)]
-    )
+    addresses loaded. `ecps_only` None keeps the stored flag (False for a new person).
+    `loaded`: the existing rows (addresses loaded) of the people a bulk load writes (an
+    idNat missing there is new), so that a load does not ask once per person."""
+    if loaded is not None:
+        row = loaded.get(idnat)
+    else:
+        row = await db.get(
+            DirectoryEntryRow, idnat, options=[selectinload(DirectoryEntryRow.addresses)]
+        )
     if row is None:
         row = DirectoryEntryRow(idnat=idnat, addresses=[], ecps_only=False)
         db.add(row)

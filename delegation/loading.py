@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
 
 from delegation.audit import AuditAction, AuditRecord
 from delegation.audit_trail import AuditTrail
@@ -97,6 +98,35 @@ class Load:
     """Mailboxes whose holder or backend changed: decisions remembered for them are stale."""
 
 
+CHUNK = 500  # keys in one IN (...): far below every backend's bound on parameters
+
+
+async def _loaded(
+    db: AsyncSession, load: Load
+) -> tuple[dict[str, DirectoryEntryRow], dict[str, MailboxRow]]:
+    """The existing rows a load writes, in a few queries instead of one per row (and
+    referenced here, so the session's weak identity map keeps them)."""
+    idnats = sorted(
+        {p.idnat for p in load.people} | {m.holder_idnat for m in load.mailboxes if m.holder_idnat}
+    )
+    addresses = sorted({m.address for m in load.mailboxes})
+    people: dict[str, DirectoryEntryRow] = {}
+    boxes: dict[str, MailboxRow] = {}
+    for start in range(0, len(idnats), CHUNK):
+        for entry in await db.scalars(
+            select(DirectoryEntryRow)
+            .options(selectinload(DirectoryEntryRow.addresses))
+            .where(DirectoryEntryRow.idnat.in_(idnats[start : start + CHUNK]))
+        ):
+            people[entry.idnat] = entry
+    for start in range(0, len(addresses), CHUNK):
+        for box in await db.scalars(
+            select(MailboxRow).where(MailboxRow.address.in_(addresses[start : start + CHUNK]))
+        ):
+            boxes[box.address] = box
+    return people, boxes
+
+
 class Loading:
     """Reads the registry whole, and writes a `Load` in one transaction."""
 
@@ -138,20 +168,30 @@ class Loading:
         async def attempt() -> list[ChangeEvent]:
             events: list[ChangeEvent] = []
             async with self._store.writing() as db:
-                for person in load.people:
-                    await write_entry(
-                        db, person.idnat, person.given_name, person.family_name, person.profession
-                    )
+                people, boxes = await _loaded(db, load)
+                with db.no_autoflush:
+                    for person in load.people:
+                        people[person.idnat] = await write_entry(
+                            db,
+                            person.idnat,
+                            person.given_name,
+                            person.family_name,
+                            person.profession,
+                            loaded=people,
+                        )
+                    await db.flush()
+                    for box in load.mailboxes:
+                        await write_mailbox(
+                            db,
+                            box.address,
+                            box.type,
+                            box.holder_idnat,
+                            box.organisation,
+                            backend=box.backend,
+                            loaded=boxes,
+                            holders=people,
+                        )
                 await db.flush()
-                for box in load.mailboxes:
-                    await write_mailbox(
-                        db,
-                        box.address,
-                        box.type,
-                        box.holder_idnat,
-                        box.organisation,
-                        backend=box.backend,
-                    )
                 events += [ChangeEvent("moved", a, "", 0, now) for a in load.moved]
                 for wanted in load.delegations:
                     row = await db.scalar(

@@ -7,6 +7,7 @@ who holds a BAL; the others (ORG, APP, CAB) name their organisation instead.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import delete, select
@@ -83,20 +84,33 @@ async def write_mailbox(
     *,
     backend: str | None = None,
     state: str | None = None,
+    loaded: Mapping[str, MailboxRow] | None = None,
+    holders: Mapping[str, DirectoryEntryRow] | None = None,
 ) -> MailboxRow:
     """Create or update a mailbox's row in `db`'s transaction (values from `check_mailbox`):
     its holder gets the address listed, a former holder loses it. `backend` or `state`
-    None keeps the stored one (a new mailbox: placed by routing, active)."""
+    None keeps the stored one (a new mailbox: placed by routing, active). `loaded`: the
+    existing rows of the addresses a bulk load writes (an address missing there is new),
+    so that a load does not ask the database once per mailbox; `holders` the same for
+    the people (addresses loaded)."""
     holder = None
     if holder_idnat is not None:
-        holder = await db.get(
-            DirectoryEntryRow, holder_idnat, options=[selectinload(DirectoryEntryRow.addresses)]
-        )
+        if holders is not None:
+            holder = holders.get(holder_idnat)
+        else:
+            holder = await db.get(
+                DirectoryEntryRow,
+                holder_idnat,
+                options=[selectinload(DirectoryEntryRow.addresses)],
+            )
         if holder is None:
             raise NotFound(f"{holder_idnat} is not in the directory", reason="unknown-holder")
         if address not in {a.address for a in holder.addresses}:
             holder.addresses.append(DirectoryAddressRow(idnat=holder.idnat, address=address))
-    row = await db.scalar(select(MailboxRow).where(MailboxRow.address == address))
+    if loaded is not None:
+        row = loaded.get(address)
+    else:
+        row = await db.scalar(select(MailboxRow).where(MailboxRow.address == address))
     if row is None:
         row = MailboxRow(address=address, backend=BY_ROUTING, state="active")
         db.add(row)
@@ -115,7 +129,6 @@ async def write_mailbox(
         row.backend = backend
     if state is not None:
         row.state = state
-    await db.flush()
     return row
 
 
@@ -150,6 +163,7 @@ class Mailboxes:
                 row = await write_mailbox(
                     db, address, type, holder_idnat, organisation, backend=backend, state=state
                 )
+                await db.flush()
                 return _mailbox(row)
 
         return await self._store.retry_on_integrity(attempt)
