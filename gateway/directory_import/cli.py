@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from delegation.db import create_engine, migrate
+from delegation.db import create_engine, is_postgresql, migrate
 from delegation.events import bus_for_url
 from delegation.service import DelegationService
 from gateway.api.admin import LOCAL_ADMIN
@@ -63,10 +63,18 @@ async def run_import(
         await bus.close()
         await engine.dispose()
     console = Console(soft_wrap=True, highlight=False)
+    errors = Console(stderr=True, soft_wrap=True, highlight=False)
     if as_json:
         console.print_json(json.dumps(report.as_json()))
     else:
-        print_report(console, Console(stderr=True, soft_wrap=True, highlight=False), report)
+        print_report(console, errors, report)
+    if report.written and report.pruned and not is_postgresql(url):
+        errors.print(
+            "note: on SQLite a running gateway does not hear this command's revocations: "
+            "its open sessions on what was removed go on until they end (POST the file to "
+            "/admin/directory instead to end them at once)",
+            markup=False,
+        )
     return 1 if report.refused else 0
 
 
