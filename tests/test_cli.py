@@ -275,8 +275,9 @@ def test_personas_lists_the_contract_personas():
     assert "899700000008" in done.stdout
 
 
-async def test_gateway_serve_alone(tmp_path: Path, mock_process: tuple[subprocess.Popen[str], str]):
-    """`lps-gateway serve --config` in front of a separately running `mock-operator serve`."""
+def serve_config(tmp_path: Path, mock_process: tuple[subprocess.Popen[str], str]) -> Path:
+    """A `lps-gateway serve` configuration in front of the running `mock-operator serve`
+    (its modern platform as the one backend), with its state in `tmp_path / "state"`."""
     mock, mock_url = mock_process
     assert mock.stdout is not None
     mock_lines = "".join(mock.stdout.readline() for _ in range(3))
@@ -295,6 +296,13 @@ async def test_gateway_serve_alone(tmp_path: Path, mock_process: tuple[subproces
         f'master_password_file = "{mock_dir / "master.secret"}"\n'
         '[routing]\ndefault = "modern"\n'
     )
+    return config
+
+
+async def test_gateway_serve_alone(tmp_path: Path, mock_process: tuple[subprocess.Popen[str], str]):
+    """`lps-gateway serve --config` in front of a separately running `mock-operator serve`."""
+    _mock, mock_url = mock_process
+    config = serve_config(tmp_path, mock_process)
     process = start([command("lps-gateway"), "serve", "--config", str(config)], tmp_path)
     try:
         assert process.stdout is not None

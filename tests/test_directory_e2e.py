@@ -17,7 +17,7 @@ import httpx
 
 from gateway.health import REGISTRY_EMPTY
 from tests.support.waiting import eventually
-from tests.test_cli import command, mock_process, start, stop, token_from_cli
+from tests.test_cli import command, mock_process, serve_config, start, stop, token_from_cli
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "directory-demo.csv"
 CLAIRE = "claire.martin@medecin.mssante.fr"
@@ -43,23 +43,8 @@ async def registry_check(url: str, want: str) -> dict[str, Any]:
 async def test_empty_database_then_import_then_login(
     tmp_path: Path, mock_process: tuple[subprocess.Popen[str], str]
 ) -> None:
-    mock, mock_url = mock_process
-    assert mock.stdout is not None
-    mock_lines = "".join(mock.stdout.readline() for _ in range(3))
-    ports = dict(re.findall(r"(IMAP|SMTP)[^:]*: +\w+://127\.0\.0\.1:(\d+)", mock_lines))
-    mock_dir = tmp_path / ".mock-operator"
-    config = tmp_path / "gateway.toml"
-    config.write_text(
-        f'data_dir = "{tmp_path / "state"}"\n'
-        "[http]\nport = 0\n[imap]\nport = 0\n[smtp]\nport = 0\n"
-        f'[psc]\nissuer = "{mock_url}/auth/realms/esante-wallet"\nclient_ids = ["lps-demo"]\n'
-        "[backends.modern]\n"
-        f"imap_port = {ports['IMAP']}\nsmtp_port = {ports['SMTP']}\n"
-        f'ca_file = "{mock_dir / "tls" / "dev-cert.pem"}"\n'
-        'master_user = "lps-gateway"\n'
-        f'master_password_file = "{mock_dir / "master.secret"}"\n'
-        '[routing]\ndefault = "modern"\n'
-    )
+    _mock, mock_url = mock_process
+    config = serve_config(tmp_path, mock_process)
     gateway = start([command("lps-gateway"), "serve", "--config", str(config)], tmp_path)
     try:
         assert gateway.stdout is not None
