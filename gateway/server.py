@@ -60,6 +60,7 @@ from gateway.psc_sessions import PscSessionWatch
 from gateway.runtime.asgi_server import AsgiServer, bind_tcp
 from gateway.runtime.lifecycle import cancelled
 from gateway.runtime.limits import Exemptions, LoginThrottle, NodeLimits, SlotCounter
+from gateway.runtime.logs import log_audit_event
 from gateway.runtime.smtp_server import SmtpServer
 from gateway.runtime.tls import (
     ensure_dev_certificate,
@@ -140,6 +141,8 @@ class Gateway:
             bus = bus_for_url(url)
             await bus.start()
             self.delegations = DelegationService(self._engine, bus=bus)
+            if self.settings.log.audit_to_log:
+                self.delegations.audit_listener = log_audit_event
         return self.delegations
 
     @property

@@ -42,6 +42,11 @@ class _Section(BaseModel):
 class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["console", "json"] = "console"
+    audit_to_log: bool = Field(
+        default=False,
+        description="also write each audit event to the log (logger lps_gateway.audit, one "
+        "line per event with every field), for a SIEM",
+    )
 
 
 class MockSettings(_Section):
