@@ -57,6 +57,8 @@ from gateway.mss.historic_ws import (
 )
 from gateway.mss.policy import MessagePolicy
 from gateway.psc_sessions import PscSessionWatch
+from gateway.retention import Purger
+from gateway.retention import rules as retention_rules
 from gateway.runtime.asgi_server import AsgiServer, bind_tcp
 from gateway.runtime.lifecycle import cancelled
 from gateway.runtime.limits import Exemptions, LoginThrottle, NodeLimits, SlotCounter
@@ -106,6 +108,7 @@ class Gateway:
         self._http: AsgiServer | None = None
         self._ops: AsgiServer | None = None
         self._expiry: asyncio.Task[None] | None = None
+        self.purger: Purger | None = None
         self.metrics = Metrics(settings.usage.top_software)
         self.usage = UsageRecorder(None, counter=self.metrics)
         self.router: Router | None = None
@@ -253,6 +256,11 @@ class Gateway:
         if self.migrations is not None:
             await self.migrations.resume()  # trailing syncs of unfinished cut-overs
         self._expiry = asyncio.create_task(service.expire_forever(interval=1.0))
+        assert self._engine is not None
+        self.purger = Purger(
+            self._engine, retention_rules(self.settings), self.settings.audit.purge_interval
+        )
+        self.purger.start()
         self._admin_url = admin_secret.loopback_url(http.host, port)
         admin_secret.publish_url(self.settings.data_dir, self._admin_url)
         log.info(
@@ -562,6 +570,8 @@ class Gateway:
         if self._admin_url is not None:
             admin_secret.withdraw_url(self.settings.data_dir, self._admin_url)
         await cancelled(self._expiry)
+        if self.purger is not None:
+            await self.purger.stop()
         if self.migrations is not None:
             await self.migrations.aclose()
         for front in (self.imap, self.imaps, self.smtp):

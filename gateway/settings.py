@@ -461,6 +461,28 @@ class AdminSettings(_Section):
         return [idnat.strip() for idnat in value if idnat.strip()]
 
 
+def _retention_days() -> Any:
+    return Field(
+        default=365,
+        ge=0,
+        le=36_500,
+        description="days a row is kept past its date, then purged; 0 keeps rows forever",
+    )
+
+
+class AuditSettings(_Section):
+    """The audit trail (who opened what): personal data, kept `retention_days`."""
+
+    retention_days: int = _retention_days()
+    purge_interval: float = Field(
+        default=3_600.0,
+        gt=0,
+        le=86_400,
+        description="seconds between two purges of the audit and usage rows past their "
+        "retention, on every node (harmless when nodes purge at once)",
+    )
+
+
 class UsageSettings(_Section):
     """Who still uses what (`gateway.usage`): how counts reach the database and metrics."""
 
@@ -483,6 +505,7 @@ class UsageSettings(_Section):
         description="software names a node counts MSSanté non-conformities under per UTC day; "
         "the rest: other",
     )
+    retention_days: int = _retention_days()
 
 
 class MigrationSettings(_Section):
@@ -541,6 +564,7 @@ class Settings(BaseSettings):
     legacy_front: LegacyFrontSettings = LegacyFrontSettings()
     mock: MockSettings = MockSettings()
     admin: AdminSettings = AdminSettings()
+    audit: AuditSettings = AuditSettings()
     usage: UsageSettings = UsageSettings()
     migration: MigrationSettings = MigrationSettings()
 
