@@ -123,6 +123,23 @@ def usage(
     raise typer.Exit(code)
 
 
+@app.command("check-config")
+def check_config(
+    config: Annotated[Path | None, typer.Option(help="TOML configuration file")] = None,
+) -> None:
+    """Check a configuration without starting: unknown keys, bad values, unreadable secret
+    and certificate files, unreachable backends and database. Exit 1 with each problem on
+    its own line (`section.key: problem`)."""
+    from gateway.check_config import check
+
+    problems, summary = asyncio.run(check(config))
+    for problem in problems:
+        print(problem)
+    if not problems:
+        print(summary)
+    raise typer.Exit(1 if problems else 0)
+
+
 @app.command()
 def purge(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="count, remove nothing")] = False,
