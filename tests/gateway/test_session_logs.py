@@ -4,6 +4,7 @@ to the `lps_gateway.audit` logger, one line with every field."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 from gateway.runtime.logs import AUDIT_LOGGER, configure_logging, log_audit_event
 from gateway.server import Gateway
 from gateway.settings import Settings
+from tests.gateway.test_smtp_front import message, smtplib_session
 from tests.imap_raw import Raw
 from tests.support.sasl import xoauth2
 from tests.support.stacks import Stack, gateway_settings, identity
@@ -20,6 +22,7 @@ from tests.support.waiting import until
 
 MARTIN = "claire.martin@medecin.mssante.fr"
 BERNARD = "899700000003"  # sec-bernard, delegated on Dr MARTIN's BAL
+DURAND = "luc.durand@infirmier.mssante.fr"
 
 
 @pytest.fixture
@@ -31,6 +34,12 @@ def stack_settings(tmp_path: Path) -> Settings:
 
 def _lines(err: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+
+
+def _no_token_in(logged: list[dict[str, Any]], bal: str, token: str) -> None:
+    """Neither the token nor the SASL response carrying it (base64) in any line."""
+    for secret in (token, xoauth2(bal, token), token[-40:]):
+        assert not [e for e in logged if secret in json.dumps(e)], "a log line holds the token"
 
 
 async def test_every_line_of_a_session_names_it_and_none_holds_the_token(
@@ -63,7 +72,7 @@ async def test_every_line_of_a_session_names_it_and_none_holds_the_token(
         return any(e["event"] == event and e.get("person") == BERNARD for e in logged)
 
     await until(lambda: seen("imap.session_closed"), "the session's last line")
-    assert not [e for e in logged if token in json.dumps(e)], "a log line holds the token"
+    _no_token_in(logged, MARTIN, token)
     login_line = next(e for e in logged if e["event"] == "imap.login" and e["actor"] == BERNARD)
     session = login_line["session_id"]
     after = logged[logged.index(login_line) :]
@@ -96,6 +105,38 @@ async def test_every_line_of_a_session_names_it_and_none_holds_the_token(
     audit_lines = [e for e in logged if e["logger"] == AUDIT_LOGGER]
     assert {e["audit_id"] for e in audit_lines} <= ids, "every logged event was written"
     assert {"login", "select", "revoke", "session-end"} <= {e["action"] for e in audit_lines}
+
+
+async def test_every_line_of_an_smtp_session_after_auth_names_it(
+    capsys: pytest.CaptureFixture[str], stack_settings: Settings, stack: Stack
+):
+    configure_logging(stack_settings.log)
+    token = await stack.token("sec-bernard")
+
+    def submit() -> None:
+        with smtplib_session(stack.smtp_port, MARTIN, token) as smtp:
+            smtp.sendmail(MARTIN, [DURAND], message(MARTIN, DURAND, "Compte rendu"))
+
+    await asyncio.to_thread(submit)
+    logged: list[dict[str, Any]] = []
+
+    def seen() -> bool:
+        logged.extend(_lines(capsys.readouterr().err))
+        return any(e.get("person") == BERNARD and e["logger"] == "mail.log" for e in logged)
+
+    await until(seen, "the SMTP session's lines after AUTH")
+    _no_token_in(logged, MARTIN, token)
+    sessions = {e["session_id"] for e in logged if e.get("person") == BERNARD}
+    assert len(sessions) == 1, "one SMTP session"
+    (session,) = sessions
+    of_session = [e for e in logged if e.get("session_id") == session]
+    first = next(i for i, e in enumerate(of_session) if "person" in e)
+    assert of_session[:first], "lines before AUTH carry the session id alone"
+    assert all("person" not in e for e in of_session[:first])
+    for line in of_session[first:]:
+        assert line["person"] == BERNARD, line
+        assert line["bal"] == MARTIN, line
+    assert "smtp.message_relayed" in {e["event"] for e in of_session[first:]}
 
 
 async def test_audit_events_reach_the_log_only_when_asked(tmp_path: Path):
