@@ -8,16 +8,15 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from delegation.db import create_engine, migrate
+from delegation.db import create_engine
 from delegation.models import AuditEventRow
-from gateway.db import migrate_gateway, usage_daily, usage_nonconformities, usage_seen
+from gateway.db import usage_daily, usage_nonconformities, usage_seen
 from gateway.retention import Purger, purge, rules
 from gateway.settings import Settings
 from gateway.usage.store import Counts, RuleCounts, Seen, write
@@ -33,14 +32,8 @@ TABLES = [AuditEventRow.__table__, usage_daily, usage_seen, usage_nonconformitie
 
 
 @pytest.fixture
-async def engine(fresh_db_url: str) -> AsyncIterator[AsyncEngine]:
-    await migrate(fresh_db_url)
-    await migrate_gateway(fresh_db_url)
-    engine = create_engine(fresh_db_url)
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
+def engine(migrated_engine: AsyncEngine) -> AsyncEngine:
+    return migrated_engine
 
 
 async def add_rows(engine: AsyncEngine, at: dt.datetime, count: int, tag: str) -> None:
