@@ -128,7 +128,10 @@ class JsonFormatter(logging.Formatter):
         event.update({k: None if v is None else scrub(str(v)) for k, v in _fields(record).items()})
         if record.exc_info:
             event["exc"] = scrub(self.formatException(record.exc_info))
-        return json.dumps(event, ensure_ascii=False, default=str)
+        line = json.dumps(event, ensure_ascii=False, default=str)
+        # JSON allows them raw, but many readers (Python's splitlines, JavaScript) take them
+        # for line ends: a client's U+2028 must not split a line in whoever ships the logs
+        return line.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
 
 
 class ConsoleFormatter(logging.Formatter):
