@@ -1,5 +1,8 @@
 """Retention: audit events and usage rows are personal data, kept `retention_days`, then
-purged (`[audit] retention_days`, `[usage] retention_days`; 0 keeps them forever).
+purged (`[audit] retention_days`, `[usage] retention_days`; 0 keeps them forever). A
+revoked delegation (who had which rights on whose BAL, and who revoked them) is part of
+the trail: it goes with the audit events of its time. An open delegation stays, expired
+or not (its holder renews it).
 
 Each node purges by itself every `[audit] purge_interval` (`Purger`), and an operator can
 see or do the same at once (`lps-gateway purge [--dry-run]`). Rows go in small batches, one
@@ -21,7 +24,7 @@ from sqlalchemy import ColumnElement, Table, delete, func, inspect, select, tupl
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from delegation.db import create_engine
-from delegation.models import AuditEventRow
+from delegation.models import AuditEventRow, DelegationRow
 from gateway.db import usage_daily, usage_nonconformities, usage_seen
 from gateway.runtime.lifecycle import cancelled
 from gateway.settings import Settings
@@ -55,11 +58,13 @@ class Purged:
 
 
 def rules(settings: Settings) -> list[Kept]:
-    audit = AuditEventRow.__table__
+    audit, delegations = AuditEventRow.__table__, DelegationRow.__table__
     assert isinstance(audit, Table)
+    assert isinstance(delegations, Table)
     usage = settings.usage.retention_days
     return [
         Kept(audit, audit.c.at, settings.audit.retention_days),
+        Kept(delegations, delegations.c.revoked_at, settings.audit.retention_days),
         Kept(usage_daily, usage_daily.c.day, usage),
         Kept(usage_seen, usage_seen.c.last_seen, usage),
         Kept(usage_nonconformities, usage_nonconformities.c.day, usage),

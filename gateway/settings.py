@@ -471,7 +471,8 @@ def _retention_days() -> Any:
 
 
 class AuditSettings(_Section):
-    """The audit trail (who opened what): personal data, kept `retention_days`."""
+    """The audit trail (who opened what) and the revoked delegations: personal data, kept
+    `retention_days`."""
 
     retention_days: int = _retention_days()
     purge_interval: float = Field(

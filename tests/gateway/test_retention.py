@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import func, insert, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import func, insert, select, true
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from delegation.db import create_engine
-from delegation.models import AuditEventRow
+from delegation.models import AuditEventRow, DelegationRow, DirectoryEntryRow, MailboxRow
 from gateway.db import usage_daily, usage_nonconformities, usage_seen
 from gateway.retention import Purger, purge, rules
 from gateway.settings import Settings
@@ -28,7 +30,13 @@ from tests.test_cli import command
 NOW = dt.datetime(2026, 12, 7, 12, 0, tzinfo=dt.UTC)
 OLD = NOW - dt.timedelta(days=400)  # past the default year
 RECENT = NOW - dt.timedelta(days=10)
-TABLES = [AuditEventRow.__table__, usage_daily, usage_seen, usage_nonconformities]
+TABLES = [
+    AuditEventRow.__table__,
+    DelegationRow.__table__,
+    usage_daily,
+    usage_seen,
+    usage_nonconformities,
+]
 
 
 @pytest.fixture
@@ -53,6 +61,13 @@ async def add_rows(engine: AsyncEngine, at: dt.datetime, count: int, tag: str) -
                 for n in range(count)
             ],
         )
+        await connection.execute(
+            insert(DelegationRow.__table__),
+            [
+                _delegation(await _mailbox(connection, f"{tag}{n}"), at, revoked=True)
+                for n in range(count)
+            ],
+        )
     keys = [f"{tag}{n}" for n in range(count)]
     await write(
         engine,
@@ -70,11 +85,45 @@ async def add_rows(engine: AsyncEngine, at: dt.datetime, count: int, tag: str) -
     )
 
 
+async def _mailbox(connection: AsyncConnection, name: str) -> tuple[int, str]:
+    """A holder and her BAL, for a delegation (to herself: any person will do) to hang on."""
+    idnat = f"7{int(hashlib.sha256(name.encode()).hexdigest(), 16) % 10**11:011d}"
+    await connection.execute(
+        insert(DirectoryEntryRow.__table__),
+        {"idnat": idnat, "given_name": "A", "family_name": name, "search_key": name},
+    )
+    row = await connection.execute(
+        insert(MailboxRow.__table__).returning(MailboxRow.__table__.c.id),
+        {"address": f"{name}@x.fr", "type": "PER", "holder_idnat": idnat, "backend": "m"},
+    )
+    return int(row.scalar_one()), idnat
+
+
+def _delegation(mailbox: tuple[int, str], at: dt.datetime, *, revoked: bool) -> dict[str, Any]:
+    return {
+        "mailbox_id": mailbox[0],
+        "delegate_idnat": mailbox[1],
+        "may_read": True,
+        "may_write": False,
+        "may_send": False,
+        "granted_by": mailbox[1],
+        "created_at": at,
+        "updated_at": at,
+        "revoked_at": at if revoked else None,
+    }
+
+
 async def counts(engine: AsyncEngine) -> dict[str, int]:
+    """Rows per table; of delegations, the revoked ones (the open ones are never purged)."""
+    revoked = DelegationRow.__table__.c.revoked_at.is_not(None)
     async with engine.connect() as connection:
         return {
             table.name: (
-                await connection.execute(select(func.count()).select_from(table))
+                await connection.execute(
+                    select(func.count())
+                    .select_from(table)
+                    .where(revoked if table is DelegationRow.__table__ else true())
+                )
             ).scalar_one()
             for table in TABLES
         }
@@ -83,6 +132,11 @@ async def counts(engine: AsyncEngine) -> dict[str, int]:
 async def test_old_rows_go_newer_stay_and_a_dry_run_removes_nothing(engine: AsyncEngine):
     await add_rows(engine, OLD, 5, "old")
     await add_rows(engine, RECENT, 3, "new")
+    async with engine.begin() as connection:  # open, granted long ago: stays
+        mailbox = await _mailbox(connection, "open")
+        await connection.execute(
+            insert(DelegationRow.__table__), _delegation(mailbox, OLD, revoked=False)
+        )
     kept = rules(Settings())
     assert {rule.table.name for rule in kept} == {table.name for table in TABLES}
 
@@ -101,6 +155,11 @@ async def test_old_rows_go_newer_stay_and_a_dry_run_removes_nothing(engine: Asyn
         left = (await connection.execute(select(AuditEventRow.mailbox))).scalars().all()
     assert all(mailbox.startswith("new") for mailbox in left)
     assert {p.rows for p in await purge(engine, kept, now=NOW)} == {0}
+    async with engine.connect() as connection:
+        still = await connection.execute(
+            select(DelegationRow.id).where(DelegationRow.revoked_at.is_(None))
+        )
+    assert len(still.all()) == 1, "an open delegation stays, however old"
 
 
 async def test_zero_keeps_forever_and_each_table_follows_its_own_setting(engine: AsyncEngine):
@@ -189,7 +248,7 @@ async def test_purge_command_dry_run_then_purge(
     assert dry.returncode == 0, dry.stderr
     cutoff = (now - dt.timedelta(days=90)).date().isoformat()
     lines = dry.stdout.splitlines()
-    assert len(lines) == 4, dry.stdout
+    assert len(lines) == len(TABLES), dry.stdout
     for table in TABLES:
         (line,) = [x for x in lines if x.startswith(f"{table.name}: ")]
         assert "4 rows older than" in line
