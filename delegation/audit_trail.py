@@ -10,8 +10,9 @@ left out with a log line rather than costing the others their place.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -20,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from delegation.audit import AuditAction, AuditRecord, described, fitted
 from delegation.errors import DelegationError, Invalid
 from delegation.models import INTERFACES, AuditEventRow
-from delegation.store import Store
+from delegation.store import Store, on_commit
 from psc_auth.idnat import IdNat
 
 log = logging.getLogger("delegation.service")  # the name log filters have always matched
@@ -39,6 +40,10 @@ class AuditEvent:
     remote: str | None
     result: str
     detail: str | None
+
+
+AuditListener = Callable[[AuditEvent], None]
+"""Told of each audit event once its transaction committed (the log copy for a SIEM)."""
 
 
 def _audit(row: AuditEventRow) -> AuditEvent:
@@ -62,6 +67,7 @@ class AuditTrail:
 
     def __init__(self, store: Store) -> None:
         self._store = store
+        self.listener: AuditListener | None = None
 
     async def record(
         self,
@@ -102,6 +108,7 @@ class AuditTrail:
         if rows:
             async with self._store.writing() as db:
                 db.add_all(rows)
+                self._tell(db, rows)
         return len(rows)
 
     def add(self, db: AsyncSession, record: AuditRecord) -> None:
@@ -109,6 +116,19 @@ class AuditTrail:
         row = self._row(record)
         if row is not None:
             db.add(row)
+            self._tell(db, [row])
+
+    def _tell(self, db: AsyncSession, rows: list[AuditEventRow]) -> None:
+        """The listener hears of `rows` once the caller's transaction committed."""
+        listener = self.listener
+        if listener is None:
+            return
+
+        def prepare() -> Callable[[], None]:
+            events = [_audit(row) for row in rows]
+            return functools.partial(_tell_all, listener, events)
+
+        on_commit(db, prepare)
 
     async def refusal(
         self,
@@ -177,3 +197,11 @@ class AuditTrail:
             result=record.result,
             detail=record.detail,
         )
+
+
+def _tell_all(listener: AuditListener, events: list[AuditEvent]) -> None:
+    for event in events:
+        try:
+            listener(event)
+        except Exception:  # the event is written: a listener's failure must not undo it
+            log.exception("audit.listener_failed")

@@ -218,6 +218,7 @@ class AuditEventRow(Base):
         CheckConstraint("interface IN ('imap', 'smtp', 'http', 'historic')", name="interface"),
         Index("ix_dlg_audit_events_mailbox_at", "mailbox", "at"),
         Index("ix_dlg_audit_events_actor_at", "actor_idnat", "at"),
+        Index("ix_dlg_audit_events_at", "at"),  # the retention purge, oldest first
     )
 
     id: Mapped[int] = mapped_column(

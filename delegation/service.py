@@ -18,7 +18,7 @@ from collections.abc import Collection, Iterable, Sequence
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from delegation.audit import AuditAction, AuditRecord
-from delegation.audit_trail import AuditEvent, AuditTrail
+from delegation.audit_trail import AuditEvent, AuditListener, AuditTrail
 from delegation.decisions import Decision, Decisions, Grant, Via
 from delegation.delegations import Delegation, DelegationState
 from delegation.directory import (
@@ -88,6 +88,15 @@ class DelegationService:
     @bus.setter
     def bus(self, bus: ChangeBus) -> None:
         self._store.bus = bus
+
+    @property
+    def audit_listener(self) -> AuditListener | None:
+        """Told of each audit event once written (`[log] audit_to_log`)."""
+        return self._trail.listener
+
+    @audit_listener.setter
+    def audit_listener(self, listener: AuditListener | None) -> None:
+        self._trail.listener = listener
 
     def now(self) -> dt.datetime:
         """The service clock (injectable for tests); always aware UTC."""

@@ -31,6 +31,14 @@ log = logging.getLogger("delegation.service")  # the name log filters have alway
 
 Clock = Callable[[], dt.datetime]
 _T = TypeVar("_T")
+_ON_COMMIT = "lps_on_commit"  # AsyncSession.info key: what to do once it committed
+
+
+def on_commit(db: AsyncSession, prepare: Callable[[], Callable[[], None]]) -> None:
+    """Within `Store.writing`: run `prepare` once `db`'s changes are flushed, still inside
+    the transaction (ids known, nothing expired), and what it returns once the transaction
+    committed, so that a listener hears only of what was really written."""
+    db.info.setdefault(_ON_COMMIT, []).append(prepare)
 
 
 def utc_now() -> dt.datetime:
@@ -82,8 +90,14 @@ class Store:
         lock: contextlib.AbstractAsyncContextManager[object] = (
             self._write_lock if self._serialise else contextlib.nullcontext()
         )
+        committed: list[Callable[[], None]] = []
         async with lock, self._sessions.begin() as db:
             yield db
+            if prepared := db.info.pop(_ON_COMMIT, None):
+                await db.flush()
+                committed = [prepare() for prepare in prepared]
+        for tell in committed:
+            tell()
 
     async def retry_on_integrity(self, attempt: Callable[[], Awaitable[_T]]) -> _T:
         """Run a write; a unique-key race with another node is retried, then a Conflict."""

@@ -123,6 +123,41 @@ def usage(
     raise typer.Exit(code)
 
 
+@app.command("check-config")
+def check_config(
+    config: Annotated[Path | None, typer.Option(help="TOML configuration file")] = None,
+) -> None:
+    """Check a configuration without starting: unknown keys, bad values, unreadable secret
+    and certificate files, unreachable backends and database. Exit 1 with each problem on
+    its own line (`section.key: problem`)."""
+    from gateway.check_config import check
+
+    problems, summary = asyncio.run(check(config))
+    for problem in problems:
+        print(problem)
+    if not problems:
+        print(summary)
+    raise typer.Exit(1 if problems else 0)
+
+
+@app.command()
+def purge(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="count, remove nothing")] = False,
+    config: Annotated[Path | None, typer.Option(help="TOML configuration file")] = None,
+    data: Annotated[Path | None, typer.Option(help="Data directory")] = None,
+) -> None:
+    """Remove the audit events and usage rows past [audit] / [usage] retention_days (what
+    every node also does each [audit] purge_interval): per table, the rows and the cutoff."""
+    from gateway.retention import run_purge
+
+    settings = _settings(config, **({"data_dir": data} if data is not None else {}))
+    code, lines = asyncio.run(run_purge(settings, dry_run=dry_run))
+    console = Console(soft_wrap=True, stderr=code != 0)
+    for line in lines:
+        console.print(line, highlight=False, markup=False)
+    raise typer.Exit(code)
+
+
 admin_app = typer.Typer(
     help="Administer the running gateway through its /admin API (the local admin secret in "
     "its data directory, or an administrator's PSC token).",

@@ -57,9 +57,12 @@ from gateway.mss.historic_ws import (
 )
 from gateway.mss.policy import MessagePolicy
 from gateway.psc_sessions import PscSessionWatch
+from gateway.retention import Purger
+from gateway.retention import rules as retention_rules
 from gateway.runtime.asgi_server import AsgiServer, bind_tcp
 from gateway.runtime.lifecycle import cancelled
 from gateway.runtime.limits import Exemptions, LoginThrottle, NodeLimits, SlotCounter
+from gateway.runtime.logs import log_audit_event
 from gateway.runtime.smtp_server import SmtpServer
 from gateway.runtime.tls import (
     ensure_dev_certificate,
@@ -105,6 +108,7 @@ class Gateway:
         self._http: AsgiServer | None = None
         self._ops: AsgiServer | None = None
         self._expiry: asyncio.Task[None] | None = None
+        self.purger: Purger | None = None
         self.metrics = Metrics(settings.usage.top_software)
         self.usage = UsageRecorder(None, counter=self.metrics)
         self.router: Router | None = None
@@ -140,6 +144,8 @@ class Gateway:
             bus = bus_for_url(url)
             await bus.start()
             self.delegations = DelegationService(self._engine, bus=bus)
+            if self.settings.log.audit_to_log:
+                self.delegations.audit_listener = log_audit_event
         return self.delegations
 
     @property
@@ -258,6 +264,11 @@ class Gateway:
                 "registry.empty",
                 extra={"hint": "no mailboxes: run lps-gateway directory import FILE"},
             )
+        assert self._engine is not None
+        self.purger = Purger(
+            self._engine, retention_rules(self.settings), self.settings.audit.purge_interval
+        )
+        self.purger.start()
         self._admin_url = admin_secret.loopback_url(http.host, port)
         admin_secret.publish_url(self.settings.data_dir, self._admin_url)
         log.info(
@@ -567,6 +578,8 @@ class Gateway:
         if self._admin_url is not None:
             admin_secret.withdraw_url(self.settings.data_dir, self._admin_url)
         await cancelled(self._expiry)
+        if self.purger is not None:
+            await self.purger.stop()
         if self.migrations is not None:
             await self.migrations.aclose()
         for front in (self.imap, self.imaps, self.smtp):

@@ -42,6 +42,11 @@ class _Section(BaseModel):
 class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["console", "json"] = "console"
+    audit_to_log: bool = Field(
+        default=False,
+        description="also write each audit event to the log (logger lps_gateway.audit, one "
+        "line per event with every field), for a SIEM",
+    )
 
 
 class MockSettings(_Section):
@@ -463,6 +468,29 @@ class AdminSettings(_Section):
         return [idnat.strip() for idnat in value if idnat.strip()]
 
 
+def _retention_days() -> Any:
+    return Field(
+        default=365,
+        ge=0,
+        le=36_500,
+        description="days a row is kept past its date, then purged; 0 keeps rows forever",
+    )
+
+
+class AuditSettings(_Section):
+    """The audit trail (who opened what) and the revoked delegations: personal data, kept
+    `retention_days`."""
+
+    retention_days: int = _retention_days()
+    purge_interval: float = Field(
+        default=3_600.0,
+        gt=0,
+        le=86_400,
+        description="seconds between two purges of the audit and usage rows past their "
+        "retention, on every node (harmless when nodes purge at once)",
+    )
+
+
 class UsageSettings(_Section):
     """Who still uses what (`gateway.usage`): how counts reach the database and metrics."""
 
@@ -485,6 +513,7 @@ class UsageSettings(_Section):
         description="software names a node counts MSSanté non-conformities under per UTC day; "
         "the rest: other",
     )
+    retention_days: int = _retention_days()
 
 
 class MigrationSettings(_Section):
@@ -543,6 +572,7 @@ class Settings(BaseSettings):
     legacy_front: LegacyFrontSettings = LegacyFrontSettings()
     mock: MockSettings = MockSettings()
     admin: AdminSettings = AdminSettings()
+    audit: AuditSettings = AuditSettings()
     usage: UsageSettings = UsageSettings()
     migration: MigrationSettings = MigrationSettings()
 

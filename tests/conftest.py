@@ -16,8 +16,10 @@ import asyncpg
 import httpx
 import pytest
 from sqlalchemy import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from delegation.db import async_url, asyncpg_dsn
+from delegation.db import async_url, asyncpg_dsn, create_engine, migrate
+from gateway.db import migrate_gateway
 from gateway.settings import MockSettings
 from mock_operator.server import MockOperator
 
@@ -149,3 +151,15 @@ async def fresh_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
     """An empty database (not migrated)."""
     async with fresh_database(request.param, tmp_path) as url:
         yield url
+
+
+@pytest.fixture
+async def migrated_engine(fresh_db_url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on a fresh database with the registry's and the gateway's tables."""
+    await migrate(fresh_db_url)
+    await migrate_gateway(fresh_db_url)
+    engine = create_engine(fresh_db_url)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()

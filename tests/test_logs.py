@@ -77,3 +77,11 @@ def test_message_contents_stay_out_of_debug_logs():
         assert logging.getLogger("gateway").isEnabledFor(logging.DEBUG)
     finally:
         configure_logging(LogSettings())
+
+
+def test_json_lines_stay_one_line_whatever_a_client_sent(capsys: pytest.CaptureFixture[str]):
+    """U+2028 and U+2029 are line ends to many log readers: escaped, not raw."""
+    configure_logging(LogSettings(format="json"))
+    logging.getLogger("lps.test").warning("name", extra={"client": "a\u2028b\u2029c\nd"})
+    (line,) = capsys.readouterr().err.splitlines()
+    assert json.loads(line)["client"] == "a\u2028b\u2029c\nd"

@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from delegation.service import DelegationService
+from gateway.runtime.logs import identified
 from psc_auth import Identity, TokenError, TokenFailure, TokenValidator
 
 bearer = HTTPBearer(auto_error=False, description="a Pro Santé Connect access token")
@@ -29,7 +30,9 @@ async def current_identity(
 ) -> Identity:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise TokenError(TokenFailure.MALFORMED, "a Bearer token is required")
-    return await validator.validate(credentials.credentials)
+    identity = await validator.validate(credentials.credentials)
+    identified(str(identity.idnat))
+    return identity
 
 
 Service = Annotated[DelegationService, Depends(get_service)]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import datetime as dt
 import logging
 import ssl
@@ -56,6 +57,7 @@ from gateway.mss.policy import MessagePolicy, Policy
 from gateway.psc_sessions import PscSessionWatch
 from gateway.runtime.limits import SlotCounter
 from gateway.runtime.login import AuthFailed, ConnectionInfo
+from gateway.runtime.logs import identified
 from gateway.runtime.net import is_loopback, peer_address
 from gateway.runtime.smtp_auth import CardAuthMixin, grant_of
 from gateway.runtime.smtp_server import TokenSMTP, mail_dsn, next_rcpt_dsn, recipients_dsn
@@ -88,9 +90,12 @@ class _Watched:
     server: SMTP
     grant: FrontGrant
     front: SubmissionFront
+    # made in the session's task: a watcher's kick logs as the session
+    logs: contextvars.Context = field(default_factory=contextvars.copy_context)
 
     def kick(self, reason: str) -> None:
-        log.info("smtp.session_kicked", extra={"actor": self.grant.actor, "reason": reason})
+        extra = {"actor": self.grant.actor, "reason": reason}
+        self.logs.run(log.info, "smtp.session_kicked", extra=extra)
         session = self.server.session
         connection = _connection(self.server, session) if session is not None else None
         record = self.front.authenticator.event(
@@ -177,6 +182,8 @@ class SubmissionFront(CardAuthMixin):
         if result.success:
             self.metrics.logins.labels(PROTOCOL, "ok").inc()
             grant = result.auth_data
+            if isinstance(grant, FrontGrant):
+                identified(grant.actor, grant.mailbox)
             if self.usage is not None and isinstance(grant, FrontGrant):
                 ehlo = server.session.host_name if server.session is not None else None
                 self.usage.session(grant, _interface(grant), ehlo)

@@ -56,6 +56,7 @@ from gateway.imap.session import (
 from gateway.imap.structure_cache import StructureCache
 from gateway.imap.view import SelectedView
 from gateway.runtime.login import AuthFailed, ConnectionInfo
+from gateway.runtime.logs import identified
 from psc_auth.errors import SaslError
 from psc_auth.sasl import (
     Mechanism,
@@ -385,6 +386,7 @@ class ImapSession:
             await self._auth_failed(tag, failure, challenge_allowed)
             return
         self.grant = grant
+        identified(grant.actor, grant.mailbox)
         log.info(
             "imap.login",
             extra={"bal": grant.mailbox, "actor": grant.actor, "via": grant.via},

@@ -286,6 +286,7 @@ class ImapServer:
         self.opened(session)
         bye: bytes | None = None
         patience = self.config.write_timeout  # for replies still unread at the end
+        opened = asyncio.get_running_loop().time()
         with bound(session=info.session_id):
             try:
                 await self._serve(session, channel, key)
@@ -306,6 +307,8 @@ class ImapServer:
                 log.exception("imap.session_crashed")
                 bye = untagged_status("BYE", "internal server error")
             finally:
+                seconds = round(asyncio.get_running_loop().time() - opened, 3)
+                log.info("imap.session_closed", extra={"seconds": seconds})
                 self.ended(session)
                 del self._sessions[task]
                 if self._preauth is not None and not channel.authenticated:

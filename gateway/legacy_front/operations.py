@@ -47,6 +47,7 @@ from gateway.mss.historic_ws import (
     HistoricError,
 )
 from gateway.mss.policy import MessagePolicy
+from gateway.runtime.logs import identified
 from gateway.settings import BackendSettings
 from psc_auth import Identity
 from psc_auth.identity import AuthMeans
@@ -183,9 +184,11 @@ class GatewayHistoricOperations:
                 update = inputs.update_operation(payload)
                 right = "read" if update in ("READ", "UNREAD") else "write"
             bal = inputs.bal_of(payload)
+            identified(caller.idnat)
             changes = right != "read" or (service, operation) == ("Item", "updateMessages")
             async with self._held(bal, changes):
                 access = await self._authorise(caller.idnat, bal, right)
+                identified(caller.idnat, access.bal)
                 if operation in ("sendMessage", "draftMessage") and inputs.forwards_stored_parts(
                     payload
                 ):

@@ -1,8 +1,9 @@
 """The one logging setup: structured events, with the request or session they belong to.
 
 Code logs with the standard `logging` module and puts facts in `extra={...}`; this module
-renders them (console or JSON lines), adds the bound `request_id` / `session_id`, and scrubs
-anything shaped like a bearer token as a last line of defence: tokens are never logged.
+renders them (console or JSON lines), adds the bound `request_id` / `session_id` and, once a
+login said who, the `person` (idNat) and the `bal` of the session, and scrubs anything
+shaped like a bearer token as a last line of defence: tokens are never logged.
 """
 
 from __future__ import annotations
@@ -16,12 +17,20 @@ import secrets
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.settings import LogSettings
 
+if TYPE_CHECKING:
+    from delegation.audit_trail import AuditEvent
+
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 session_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("session_id", default=None)
+person: contextvars.ContextVar[str | None] = contextvars.ContextVar("person", default=None)
+bal: contextvars.ContextVar[str | None] = contextvars.ContextVar("bal", default=None)
+_CONTEXT = {"request_id": request_id, "session_id": session_id, "person": person, "bal": bal}
+AUDIT_LOGGER = "lps_gateway.audit"
+audit_log = logging.getLogger(AUDIT_LOGGER)
 
 _STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 _SECRET_PATTERNS = (
@@ -53,6 +62,35 @@ def bound(*, request: str | None = None, session: str | None = None) -> Iterator
             var.reset(token)
 
 
+def identified(who: str, mailbox: str | None = None) -> None:
+    """A login said who (and which BAL): every later line of the current task (the
+    session's or the request's), and of the tasks it starts, names them. Never a token."""
+    person.set(who)
+    if mailbox is not None:
+        bal.set(mailbox)
+
+
+@contextmanager
+def _anonymous() -> Iterator[None]:
+    """Who a request identified stays with that request (a connection serves several)."""
+    tokens = [(person, person.set(None)), (bal, bal.set(None))]
+    try:
+        yield
+    finally:
+        for var, token in reversed(tokens):
+            var.reset(token)
+
+
+def log_audit_event(event: AuditEvent) -> None:
+    """An audit event as one line of `lps_gateway.audit`, every field (`[log] audit_to_log`)."""
+    fields = {
+        f"audit_{name}" if name in ("id", "at") else name: getattr(event, name)
+        for name in event.__dataclass_fields__
+    }
+    fields["audit_at"] = event.at.isoformat()
+    audit_log.info("audit", extra=fields)
+
+
 def scrub(text: str) -> str:
     for pattern in _SECRET_PATTERNS:
         text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + "[redacted]", text)
@@ -61,20 +99,21 @@ def scrub(text: str) -> str:
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
     fields: dict[str, Any] = {}
-    for name in ("request_id", "session_id"):
+    for name in _CONTEXT:
         value = getattr(record, name, None)
         if value:
             fields[name] = value
     for key, value in vars(record).items():
-        if key not in _STANDARD_ATTRS and key not in ("request_id", "session_id"):
+        if key not in _STANDARD_ATTRS and key not in _CONTEXT:
             fields[key] = value
     return fields
 
 
 class _ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id.get()
-        record.session_id = session_id.get()
+        for name, var in _CONTEXT.items():
+            if getattr(record, name, None) is None:  # a line may name another BAL itself
+                setattr(record, name, var.get())
         return True
 
 
@@ -86,10 +125,13 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "event": scrub(record.getMessage()),
         }
-        event.update({k: scrub(str(v)) for k, v in _fields(record).items()})
+        event.update({k: None if v is None else scrub(str(v)) for k, v in _fields(record).items()})
         if record.exc_info:
             event["exc"] = scrub(self.formatException(record.exc_info))
-        return json.dumps(event, ensure_ascii=False, default=str)
+        line = json.dumps(event, ensure_ascii=False, default=str)
+        # JSON allows them raw, but many readers (Python's splitlines, JavaScript) take them
+        # for line ends: a client's U+2028 must not split a line in whoever ships the logs
+        return line.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
 
 
 class ConsoleFormatter(logging.Formatter):
@@ -113,6 +155,8 @@ def configure_logging(settings: LogSettings) -> None:
     handler._lps_gateway = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(settings.level)
+    # a SIEM's copy of the trail is wanted whatever the level of the rest
+    audit_log.setLevel(logging.INFO if settings.audit_to_log else logging.NOTSET)
     for noisy in ("httpx", "httpcore", "aiosqlite", "uvicorn.error", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     smtp = logging.getLogger("mail.log")
@@ -162,5 +206,5 @@ class RequestIdMiddleware:
                 message.setdefault("headers", []).append((b"x-request-id", rid.encode()))
             await send(message)
 
-        with bound(request=rid):
+        with bound(request=rid), _anonymous():
             await self.app(scope, receive, send_with_id)

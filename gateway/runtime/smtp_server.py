@@ -37,6 +37,7 @@ from gateway.runtime.dsn import (
     rcpt_parameters,
 )
 from gateway.runtime.limits import Exemptions, SlotCounter, client_key
+from gateway.runtime.logs import bound, new_id
 from gateway.runtime.net import FAIR_SHARE, HANG_UP_GRACE, WRITE_TIMEOUT, is_loopback, peer_address
 
 log = logging.getLogger(__name__)
@@ -161,6 +162,11 @@ class TokenSMTP(SMTP):
             if self._tracker is not None:
                 self._tracker.add(self)
             _notify(self.event_handler, "connection_opened", self)
+
+    async def _handle_client(self) -> None:
+        """aiosmtpd's client loop, its log lines bound to a session id of their own."""
+        with bound(session=new_id()):
+            await super()._handle_client()
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._refused:

@@ -5,29 +5,19 @@ and a rollback (`carry_back`, driven by two journals) brings the ids home."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from delegation.db import create_engine, migrate
 from gateway.bal_migration.carry import Move, carry_back, rebind
 from gateway.bal_migration.checkpoint import Checkpoints
-from gateway.db import migrate_gateway
 from gateway.legacy_front.ids import HistoricIds, Location
 
 BAL = "claire.martin@medecin.mssante.fr"
 
 
 @pytest.fixture
-async def engine(fresh_db_url: str) -> AsyncIterator[AsyncEngine]:
-    await migrate(fresh_db_url)
-    await migrate_gateway(fresh_db_url)
-    created = create_engine(fresh_db_url)
-    try:
-        yield created
-    finally:
-        await created.dispose()
+def engine(migrated_engine: AsyncEngine) -> AsyncEngine:
+    return migrated_engine
 
 
 async def _seed(engine: AsyncEngine) -> tuple[dict[int, int], dict[int, int], int]:

@@ -24,7 +24,7 @@ TABLES = {
     "dlg_audit_events",
     VERSION_TABLE,
 }
-HEAD = "0002"
+HEAD = "0003"
 
 
 async def _tables_and_version(url: str) -> tuple[set[str], list[str]]:

@@ -169,7 +169,7 @@ async def test_migrations_coexist_with_the_registry(fresh_db_url: str) -> None:
             }
         assert {"gw_legacy_folders", "gw_legacy_uids", VERSION_TABLE} <= tables
         assert {"dlg_mailboxes", DELEGATION_VERSION_TABLE} <= tables
-        assert versions == {VERSION_TABLE: ["gw0008"], DELEGATION_VERSION_TABLE: ["0002"]}
+        assert versions == {VERSION_TABLE: ["gw0008"], DELEGATION_VERSION_TABLE: ["0003"]}
         assert await UidMap(engine).assign("historic", BAL, INBOX, ["1"]) == {"1": 1}
     finally:
         await engine.dispose()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import inspect
@@ -25,13 +24,8 @@ DAY = dt.datetime(2026, 3, 2, 9, 30, tzinfo=dt.UTC)
 
 
 @pytest.fixture
-async def engine(fresh_db_url: str) -> AsyncIterator[AsyncEngine]:
-    await migrate_gateway(fresh_db_url)
-    engine = create_engine(fresh_db_url)
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
+def engine(migrated_engine: AsyncEngine) -> AsyncEngine:
+    return migrated_engine
 
 
 def access(

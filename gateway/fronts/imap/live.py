@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import datetime as dt
 import logging
@@ -59,6 +60,7 @@ class ServedSession:
         self._expiry: asyncio.TimerHandle | None = None
         self._kicked = False
         self._ended = False
+        self._logs = contextvars.copy_context()  # a watcher's kick logs as the session
         self.update(self._grant.rights, self._grant.decision.expires_at)
 
     @property
@@ -77,7 +79,9 @@ class ServedSession:
         if self._kicked or self._ended:
             return
         self._kicked = True
-        log.info("imap.session_kicked", extra={"bal": self.mailbox, "reason": reason})
+        self._logs.run(
+            log.info, "imap.session_kicked", extra={"bal": self.mailbox, "reason": reason}
+        )
         store = self._grant.store
         if isinstance(store, AuditedStore):
             in_background(store.record(AuditAction.SESSION_END, reason, "ok"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import datetime as dt
 import logging
 import re
@@ -103,6 +104,7 @@ class Relay:
         self._to_backend = metrics.relayed_bytes.labels("imap", "to_backend")
         # told of the client's ID after login (the usage figures' software)
         self.identified: Callable[[Mapping[str, str | None]], None] | None = None
+        self._logs = contextvars.copy_context()  # a watcher's kick logs as the session
 
     @property
     def mailbox(self) -> str:
@@ -165,7 +167,9 @@ class Relay:
         if self._kicked is not None or self._closed:
             return
         self._kicked = reason
-        log.info("imap.session_kicked", extra={"bal": self.mailbox, "reason": reason})
+        self._logs.run(
+            log.info, "imap.session_kicked", extra={"bal": self.mailbox, "reason": reason}
+        )
         self._record_soon(AuditAction.SESSION_END, reason, "ok")
         for task in self._tasks:
             task.cancel()
