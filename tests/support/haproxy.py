@@ -1,0 +1,197 @@
+"""Debian's HAProxy in front of gateway nodes, as an operator runs it: TCP frontends for
+IMAP and SMTP balancing round-robin over the nodes, an HTTP frontend, every server checked
+with `GET /readyz` on its node's HTTP port. Shared by the topology test and the benchmark.
+
+HAProxy cannot bind port 0 and say which port it got, so its frontends take ports found
+free just before (`closed_port`); the nodes behind it bind port 0 and say theirs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.support.net import closed_port
+
+HAPROXY = Path("/usr/sbin/haproxy")
+PROTOCOLS = ("imap", "smtp", "http")
+
+
+@dataclass(frozen=True)
+class Node:
+    """One gateway node's listeners, as HAProxy reaches them."""
+
+    name: str
+    imap_port: int
+    smtp_port: int
+    http_port: int
+    host: str = "127.0.0.1"
+
+    def port(self, protocol: str) -> int:
+        ports = {"imap": self.imap_port, "smtp": self.smtp_port, "http": self.http_port}
+        return ports[protocol]
+
+
+@dataclass(frozen=True)
+class Frontends:
+    imap: int
+    smtp: int
+    http: int
+    host: str = "127.0.0.1"
+
+    @classmethod
+    def free(cls) -> Frontends:
+        return cls(closed_port(), closed_port(), closed_port())
+
+
+def config(
+    nodes: Sequence[Node],
+    frontends: Frontends,
+    stats_socket: Path,
+    *,
+    proxy_protocol: bool = False,
+    check_interval_ms: int = 300,
+) -> str:
+    """The HAProxy configuration: a node leaves the rotation after two failed checks and
+    comes back after one good one; a connection refused by a node is retried on another.
+    With `proxy_protocol`, IMAP and SMTP servers get a PROXY v2 header (the client's
+    address) and HTTP requests an `X-Forwarded-For`."""
+    send_proxy = " send-proxy-v2" if proxy_protocol else ""
+    lines = [
+        "global",
+        f"    stats socket {stats_socket} mode 600 level admin",
+        "    maxconn 4096",
+        "defaults",
+        "    timeout connect 5s",
+        "    timeout client 120s",
+        "    timeout server 120s",
+        "    timeout check 2s",
+        "    retries 2",
+        "    option redispatch",
+        f"    default-server inter {check_interval_ms}ms fall 2 rise 1",
+    ]
+    for protocol in PROTOCOLS:
+        mode = "http" if protocol == "http" else "tcp"
+        lines += [
+            f"frontend {protocol}",
+            f"    mode {mode}",
+            f"    bind {frontends.host}:{getattr(frontends, protocol)}",
+            f"    default_backend {protocol}_nodes",
+            f"backend {protocol}_nodes",
+            f"    mode {mode}",
+            "    balance roundrobin",
+            "    option httpchk GET /readyz",
+            "    http-check expect status 200",
+        ]
+        if protocol == "http":
+            lines.append("    option forwardfor")
+        for node in nodes:
+            address = f"{node.host}:{node.port(protocol)}"
+            if protocol == "http":
+                lines.append(f"    server {node.name} {address} check")
+            else:
+                lines.append(
+                    f"    server {node.name} {address} check port {node.http_port}{send_proxy}"
+                )
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class HAProxy:
+    """A running HAProxy (foreground, `-db`) and its admin socket."""
+
+    process: subprocess.Popen[bytes]
+    frontends: Frontends
+    stats_socket: Path
+    log: Path
+    nodes: list[str] = field(default_factory=list)
+
+    def command(self, text: str) -> str:
+        """One command on the admin socket (`show stat`, `disable server imap_nodes/a`)."""
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(5)
+            sock.connect(str(self.stats_socket))
+            sock.sendall(text.encode() + b"\n")
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks).decode()
+
+    def stat(self) -> list[dict[str, str]]:
+        """`show stat` as rows (pxname, svname, status, scur, stot...)."""
+        text = self.command("show stat").lstrip("# ")
+        return list(csv.DictReader(line for line in text.splitlines() if line))
+
+    def servers(self, field_name: str = "status") -> dict[tuple[str, str], str]:
+        """A field of every server row: {("imap_nodes", "a"): "UP", ...}."""
+        return {
+            (row["pxname"], row["svname"]): row[field_name]
+            for row in self.stat()
+            if row["svname"] not in ("FRONTEND", "BACKEND")
+        }
+
+    def status_of(self, node: str) -> set[str]:
+        """The states HAProxy gives a node in its backends: {"UP L7OK"} once a check of
+        each passed (a server counts as UP before its first check), {"DOWN ..."} once
+        marked down."""
+        return {
+            f"{row['status']} {row['check_status']}" for row in self.stat() if row["svname"] == node
+        }
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def wait_for(condition: object, what: str, bound: float = 60.0) -> None:
+    """Poll a callable returning a truthy value (blocking: HAProxy's socket is local)."""
+    assert callable(condition)
+    deadline = time.monotonic() + bound
+    while True:
+        with contextlib.suppress(OSError):
+            if condition():
+                return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not seen within {bound:g} s: {what}")
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def running_haproxy(
+    directory: Path, nodes: Sequence[Node], *, proxy_protocol: bool = False
+) -> Iterator[HAProxy]:
+    """HAProxy in front of `nodes`, once every node is UP in every backend; stopped on
+    leaving. Its log (stderr) goes to `directory/haproxy.log`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    frontends = Frontends.free()
+    stats = directory / "haproxy.sock"
+    path = directory / "haproxy.cfg"
+    path.write_text(config(nodes, frontends, stats, proxy_protocol=proxy_protocol))
+    log = directory / "haproxy.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [str(HAPROXY), "-db", "-f", str(path)], stdout=sink, stderr=subprocess.STDOUT
+        )
+    proxy = HAProxy(process, frontends, stats, log, [node.name for node in nodes])
+    try:
+
+        def all_up() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"haproxy exited: {log.read_text()}")
+            return stats.exists() and all(proxy.status_of(n.name) == {"UP L7OK"} for n in nodes)
+
+        wait_for(all_up, "haproxy sees every node UP")
+        yield proxy
+    finally:
+        proxy.stop()
