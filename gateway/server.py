@@ -59,7 +59,7 @@ from gateway.mss.policy import MessagePolicy
 from gateway.psc_sessions import PscSessionWatch
 from gateway.runtime.asgi_server import AsgiServer, bind_tcp
 from gateway.runtime.lifecycle import cancelled
-from gateway.runtime.limits import Exemptions, LoginThrottle, NodeLimits, SlotCounter
+from gateway.runtime.limits import Exemptions, LoginThrottle, Networks, NodeLimits, SlotCounter
 from gateway.runtime.smtp_server import SmtpServer
 from gateway.runtime.tls import (
     ensure_dev_certificate,
@@ -358,6 +358,8 @@ class Gateway:
             preauth_timeout=smtp.preauth_timeout,
             write_timeout=smtp.write_timeout,
             on_refused=lambda reason: refused.labels("smtp", reason).inc(),
+            proxy_protocol_from=Networks(smtp.proxy_protocol_from),
+            proxy_protocol_timeout=smtp.proxy_protocol_timeout,
         )
         await self.smtp.start()
 

@@ -77,6 +77,18 @@ def test_bad_values_are_refused(tmp_path: Path):
         load_settings(tmp_path / "missing.toml")
 
 
+@pytest.mark.parametrize("section", ["imap", "smtp"])
+def test_proxy_protocol_peers_are_networks_checked_at_load(section: str):
+    model = ImapFrontSettings if section == "imap" else SmtpFrontSettings
+    assert model().proxy_protocol_from == []
+    taken = model(proxy_protocol_from=["10.0.0.10", "192.0.2.0/24", "2001:db8::/32"])
+    assert taken.proxy_protocol_from == ["10.0.0.10", "192.0.2.0/24", "2001:db8::/32"]
+    with pytest.raises(ValidationError, match="proxy_protocol_from"):
+        model(proxy_protocol_from=["10.0.0.300/32"])
+    with pytest.raises(ValidationError, match="proxy_protocol_from"):
+        model(proxy_protocol_from=["haproxy.local"])
+
+
 def test_example_config_loads():
     example = Path(__file__).parent.parent / "config.example.toml"
     settings = load_settings(example)

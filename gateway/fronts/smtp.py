@@ -30,7 +30,6 @@ import logging
 import ssl
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session, TLSSetupException
 
@@ -56,7 +55,7 @@ from gateway.mss.policy import MessagePolicy, Policy
 from gateway.psc_sessions import PscSessionWatch
 from gateway.runtime.limits import SlotCounter
 from gateway.runtime.login import AuthFailed, ConnectionInfo
-from gateway.runtime.net import is_loopback, peer_address
+from gateway.runtime.net import Peer
 from gateway.runtime.smtp_auth import CardAuthMixin, grant_of
 from gateway.runtime.smtp_server import TokenSMTP, mail_dsn, next_rcpt_dsn, recipients_dsn
 from gateway.settings import SmtpFrontSettings
@@ -628,11 +627,12 @@ def _nil(message: bytes) -> str | None:
 
 
 def _connection(server: SMTP, session: Session) -> ConnectionInfo:
-    peer: Any = session.peer
+    peer = Peer.of(session.peer)  # the client's, a trusted proxy's header read
     return ConnectionInfo(
-        peer=peer_address(peer),
+        peer=peer.address,
+        port=peer.port,
         secure=server._tls_protocol is not None,
-        loopback=is_loopback(peer),
+        loopback=peer.loopback,
         tls_available=False,
         software=session.host_name or None,
     )

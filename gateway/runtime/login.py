@@ -20,6 +20,7 @@ class ConnectionInfo:
     tls_available: bool
     session_id: str = ""
     software: str | None = None  # what the client said it is (IMAP ID, SMTP EHLO)
+    port: int = 0  # the client's (0: unknown)
 
 
 AuthFailure = Literal["authentication", "authorization", "unavailable", "throttled", "limit"]

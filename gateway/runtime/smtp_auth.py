@@ -16,7 +16,7 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult
 
 from gateway.imap.session import ExternalCredentials, decode_external
 from gateway.runtime.login import AuthFailed, ConnectionInfo, Login, LoginAuthority
-from gateway.runtime.net import is_loopback, peer_address
+from gateway.runtime.net import Peer
 from gateway.runtime.smtp_server import TokenSMTP
 from psc_auth.errors import SaslError
 from psc_auth.sasl import Mechanism, TokenCredentials, decode, decode_base64
@@ -44,10 +44,12 @@ async def _sasl_response(server: SMTP, args: list[str]) -> bytes | None:
 
 
 def _connection(session: Any, *, secure: bool) -> ConnectionInfo:
+    peer = Peer.of(session.peer)  # the client's, a trusted proxy's header read
     return ConnectionInfo(
-        peer=peer_address(session.peer),
+        peer=peer.address,
+        port=peer.port,
         secure=secure,
-        loopback=is_loopback(session.peer),
+        loopback=peer.loopback,
         tls_available=False,
     )
 
@@ -82,7 +84,7 @@ class TokenAuthMixin:
         session = server.session
         assert session is not None
         secure = server._tls_protocol is not None
-        if not secure and not is_loopback(session.peer):
+        if not secure and not Peer.of(session.peer).loopback:
             await server.push(ENCRYPTION_REQUIRED)
             return AuthResult(success=False, handled=True)
         try:
