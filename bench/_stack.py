@@ -14,18 +14,23 @@ read alone. Two server roles, each printing one JSON line on stdout once it list
       With ``--migration K --migration-messages N`` (`migration_bals`): K historic BAL of
       N clinical messages each (INBOX), K of N on the modern platform, and K empty modern
       BAL for a direct copy to land in;
-  ``python bench/_stack.py gateway --data DIR --mock JSON [--migration JSON]``
+  ``python bench/_stack.py gateway --data DIR --mock JSON [--migration JSON] [--database URL]``
       the gateway, its own registry seeded with the default personas, the mock's modern
       platform as its default backend (master login, plaintext on loopback) and the mock's
       historic web services as backend ``historic`` (``legacy_ws``, master credentials) for
       the historic personas' BAL (jean.dupont@, marie.petit@). With ``--migration``
       (``{"bals": K, "dovecot": {"host", "port"} or null}``): the migration BAL in its
       registry, the historic platform's own IMAP for the tools, provisioning on the
-      modern platform, and a Dovecot as backend ``dovecot`` (master login).
+      modern platform, and a Dovecot as backend ``dovecot`` (master login). With
+      ``--database``, the registry is that database (PostgreSQL, which several nodes share)
+      instead of SQLite in DIR.
 
-`Stack` starts both and cleans up (processes and temporary directory). With
-``LPS_BENCH_PROFILE=DIR`` in the environment, each server process runs under cProfile and
-writes ``DIR/mock.prof`` and ``DIR/gateway.prof`` when stopped (read them with pstats).
+`Stack` starts both (with ``nodes=N``, N gateway nodes, one after the other so that the
+first migrates the database; ``database_url`` names their shared registry) and cleans up
+(processes and temporary directory). With ``LPS_BENCH_PROFILE=DIR`` in the environment,
+each server process runs under cProfile and writes ``DIR/mock.prof`` and
+``DIR/gateway.prof`` (``gateway-2.prof``... for other nodes) when stopped (read them with
+pstats).
 """
 
 from __future__ import annotations
@@ -153,12 +158,17 @@ class Stack:
         migration: int = 0,
         migration_messages: int = 0,
         dovecot: dict[str, Any] | None = None,
+        nodes: int = 1,
+        database_url: str | None = None,
     ) -> None:
         self.big = big
         self.historic = historic
         self.migration = migration
         self.migration_messages = migration_messages
         self.dovecot = dovecot
+        self.node_count = nodes
+        self.database_url = database_url
+        self.nodes: list[Endpoints] = []
         self._tmp = Path(tempfile.mkdtemp(prefix="lps-bench-"))
         self._processes: list[subprocess.Popen[str]] = []
         self.mock_info: dict[str, Any] = {}
@@ -218,16 +228,25 @@ class Stack:
         if self.migration:
             migration = {"bals": self.migration, "dovecot": self.dovecot}
             gateway += ["--migration", json.dumps(migration)]
-        info = self._spawn(gateway)
-        self._gateway = Endpoints(
-            "127.0.0.1", info["imap_port"], info["smtp_port"], info["pid"], info["http_url"]
-        )
+        if self.database_url:
+            gateway += ["--database", self.database_url]
+        for index in range(self.node_count):
+            if index:
+                gateway[2] = str(self._tmp / f"gateway-{index + 1}")
+            info = self._spawn(gateway)
+            self.nodes.append(
+                Endpoints(
+                    "127.0.0.1", info["imap_port"], info["smtp_port"], info["pid"], info["http_url"]
+                )
+            )
+        self._gateway = self.nodes[0]
 
     def _spawn(self, args: list[str]) -> dict[str, Any]:
         profile = os.environ.get("LPS_BENCH_PROFILE")
         if profile:  # a directory: each server process writes ROLE.prof there on exit
             Path(profile).mkdir(parents=True, exist_ok=True)
-            args = [*args, "--profile", str(Path(profile) / f"{args[0]}.prof")]
+            name = args[0] if not self.nodes else f"{args[0]}-{len(self.nodes) + 1}"
+            args = [*args, "--profile", str(Path(profile) / f"{name}.prof")]
         env = {**os.environ, "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
         env = {k: v for k, v in env.items() if not k.startswith("LPSGW_")}
         process = subprocess.Popen(
@@ -608,7 +627,10 @@ async def _serve_mock(
 
 
 async def _serve_gateway(
-    data: Path, mock: dict[str, Any], migration: dict[str, Any] | None = None
+    data: Path,
+    mock: dict[str, Any],
+    migration: dict[str, Any] | None = None,
+    database_url: str | None = None,
 ) -> None:
     from delegation.seed import seed
     from gateway.runtime.lifecycle import run_until_signalled
@@ -642,6 +664,7 @@ async def _serve_gateway(
         seeded += _migration_setup(mock, migration, backends)
     settings = Settings(
         data_dir=data,
+        database_url=database_url,
         log={"level": "WARNING"},
         http={"port": 0},
         # One load generator on loopback, one person: the caps of a real node would stop it.
@@ -723,6 +746,7 @@ def main() -> None:
     parser.add_argument("--migration", help="mock: K BAL each; gateway: JSON (migration)")
     parser.add_argument("--migration-messages", type=int, default=0)
     parser.add_argument("--mock", help="the mock's JSON line (gateway role)")
+    parser.add_argument("--database", help="the registry's URL (gateway role; default SQLite)")
     parser.add_argument("--profile", type=Path, help="write a cProfile of this process here")
     args = parser.parse_args()
     raise_fd_limit()
@@ -742,7 +766,7 @@ def main() -> None:
         )
     else:
         plan = json.loads(args.migration) if args.migration else None
-        coroutine = _serve_gateway(args.data, json.loads(args.mock), plan)
+        coroutine = _serve_gateway(args.data, json.loads(args.mock), plan, args.database)
     if args.profile is None:
         asyncio.run(coroutine)
         return

@@ -7,6 +7,7 @@ checks, run as written, get their answer from a real gateway and a real mock."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import re
 import shlex
@@ -179,6 +180,28 @@ def test_haproxy_routes_to_the_nodes_real_ports() -> None:
     assert text.count("option httpchk GET /readyz") == 3
     binds = {int(port) for port in re.findall(r"^\s*bind :(\d+)$", text, re.MULTILINE)}
     assert binds == {DEFAULTS.imap.port, DEFAULTS.smtp.port, DEFAULTS.http.port}
+
+
+def test_nodes_take_the_client_address_from_haproxy_only() -> None:
+    """HAProxy sends a PROXY v2 header on every IMAP and SMTP connection, from the fixed
+    address the nodes trust for it, in compose's network."""
+    text = (DOCKER / "haproxy.cfg").read_text()
+    for port in (DEFAULTS.imap.port, DEFAULTS.smtp.port):
+        servers = re.findall(rf"^\s*server \S+ \S+:{port} (.*)$", text, re.MULTILINE)
+        assert len(servers) == len(GATEWAY_NODES)
+        assert all("send-proxy-v2" in options for options in servers)
+    http = re.findall(rf"^\s*server \S+ \S+:{DEFAULTS.http.port} (.*)$", text, re.MULTILINE)
+    assert not any("send-proxy" in options for options in http)
+    project = compose()
+    address = ipaddress.ip_address(
+        project["services"]["haproxy"]["networks"]["default"]["ipv4_address"]
+    )
+    (subnet,) = project["networks"]["default"]["ipam"]["config"]
+    assert address in ipaddress.ip_network(subnet["subnet"])
+    settings = gateway_config()
+    for front in (settings.imap, settings.smtp):
+        trusted = [ipaddress.ip_network(n) for n in front.proxy_protocol_from]
+        assert trusted == [ipaddress.ip_network(f"{address}/32")]
 
 
 def test_dockerfile_builds_the_wheel_and_runs_as_non_root() -> None:
