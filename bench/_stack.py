@@ -53,14 +53,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from email.utils import format_datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+T = TypeVar("T")
 
 BAL = "claire.martin@medecin.mssante.fr"
 PERSONA = "dr-martin"
@@ -128,6 +131,22 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process used so far (from /proc/PID/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Costs:
+    """The CPU seconds groups of processes spend while some work runs (the nodes of a
+    cluster summed, say)."""
+
+    def __init__(self, pids: dict[str, list[int]]) -> None:
+        self.pids = pids
+
+    def measure(self, work: Callable[[], T]) -> tuple[T, dict[str, float]]:
+        before = {who: sum(cpu_seconds(p) for p in pids) for who, pids in self.pids.items()}
+        result = work()
+        spent = {
+            who: sum(cpu_seconds(p) for p in pids) - before[who] for who, pids in self.pids.items()
+        }
+        return result, spent
 
 
 def xoauth2(user: str, token: str) -> str:

@@ -25,17 +25,16 @@ import os
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import asyncpg
-from _stack import BAL, Endpoints, Stack, cpu_seconds, xoauth2
+from _stack import BAL, Costs, Endpoints, Stack, xoauth2
 from gateway_fetch import fetch_all, open_session
-from gateway_login import BATCHES, run
+from gateway_login import compare_logins
 from sqlalchemy import make_url
 
 from delegation.db import async_url, asyncpg_dsn
@@ -69,24 +68,6 @@ def fresh_database() -> Iterator[str | None]:
 def node(endpoint: Endpoints, name: str) -> Node:
     http_port = int(endpoint.http_url.rsplit(":", 1)[1])
     return Node(name, endpoint.imap_port, endpoint.smtp_port, http_port)
-
-
-T = TypeVar("T")
-
-
-class Costs:
-    """CPU seconds spent by each process group while a path runs."""
-
-    def __init__(self, pids: dict[str, list[int]]) -> None:
-        self.pids = pids
-
-    def measure(self, work: Callable[[], T]) -> tuple[T, dict[str, float]]:
-        before = {who: sum(cpu_seconds(p) for p in pids) for who, pids in self.pids.items()}
-        result = work()
-        spent = {
-            who: sum(cpu_seconds(p) for p in pids) - before[who] for who, pids in self.pids.items()
-        }
-        return result, spent
 
 
 def report(
@@ -137,24 +118,8 @@ def main() -> None:
             )
             token = stack.token()
             blob = xoauth2(BAL, token)
-            for endpoint in paths.values():
-                run(endpoint, blob, 30, 3)  # warm-up
-            workloads = {"login_sequential": 1, f"login_concurrent_{args.clients}": args.clients}
-            batch = -(-args.logins // BATCHES)
-            for workload, clients in workloads.items():
-                elapsed = dict.fromkeys(paths, 0.0)
-                cpu = {path: dict.fromkeys(costs.pids, 0.0) for path in paths}
-                for begin in range(0, args.logins, batch):  # the paths take turns
-                    count = min(batch, args.logins - begin)
-                    for path, endpoint in paths.items():
-                        seconds, spent = costs.measure(
-                            lambda e=endpoint, c=count, n=clients: run(e, blob, c, n)
-                        )
-                        elapsed[path] += seconds
-                        for who, value in spent.items():
-                            cpu[path][who] += value * 1000 / args.logins
-                rates = {path: args.logins / seconds for path, seconds in elapsed.items()}
-                report(workload, "logins/s", rates, cpu, "ms per login")
+            for result in compare_logins(paths, costs, blob, args.logins, args.clients):
+                report(result.workload, "logins/s", result.rates, result.cpu_ms, "ms per login")
 
             sessions = {path: open_session(endpoint, token) for path, endpoint in paths.items()}
             best = dict.fromkeys(paths, float("inf"))

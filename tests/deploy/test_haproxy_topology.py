@@ -94,14 +94,23 @@ class Topology:
     async def token(self, persona: str = "dr-martin") -> str:
         return await persona_token(self.mock, persona)
 
-    async def each_holds_one_session(self) -> None:
-        """Each node counts one open IMAP session (those of earlier tests may take a moment
-        to be counted as closed)."""
+    async def one_session_on_each(self, persona: str) -> list[Raw]:
+        """Two sessions of `persona` on claire.martin's BAL through HAProxy, once each node
+        counts one of them (round-robin; those of earlier tests may take a moment to be
+        counted as closed)."""
+        token = await self.token(persona)
+        held = []
+        for _ in range(2):
+            client = await Raw.open(self.haproxy.frontends.imap)
+            await client.ok("AUTHENTICATE XOAUTH2 ", xoauth2(MARTIN, token))
+            await client.ok("SELECT INBOX")
+            held.append(client)
 
         async def one_each() -> bool:
             return [await n.open_sessions() for n in (self.a, self.b)] == [1.0, 1.0]
 
         await eventually(one_each, "one open session on each node")
+        return held
 
     async def audit(self, action: str, interface: str, after: int = 0) -> list[asyncpg.Record]:
         """The audit events of one kind since event `after` (as `audit_mark` returned)."""
@@ -317,15 +326,7 @@ async def test_revocation_through_node_a_ends_the_session_on_node_b(topology: To
     """The delegate holds one session on each node (round-robin); the holder revokes
     through node A's API; node B learns it through PostgreSQL (LISTEN/NOTIFY) and ends its
     session, within two seconds of the revocation's answer."""
-    frontends = topology.haproxy.frontends
-    delegate = await topology.token("sec-bernard")
-    held = []
-    for _ in range(2):
-        client = await Raw.open(frontends.imap)
-        await client.ok("AUTHENTICATE XOAUTH2 ", xoauth2(MARTIN, delegate))
-        await client.ok("SELECT INBOX")
-        held.append(client)
-    await topology.each_holds_one_session()
+    held = await topology.one_session_on_each("sec-bernard")
 
     holder = {"Authorization": f"Bearer {await topology.token('dr-martin')}"}
     url = f"{topology.a.http_url}/v1/mailboxes/{MARTIN}/delegations"
@@ -354,13 +355,7 @@ async def test_killing_node_a_moves_new_logins_to_node_b(topology: Topology) -> 
     new login lands on node B, and B's sessions never notice."""
     frontends = topology.haproxy.frontends
     token = await topology.token()
-    held = []
-    for _ in range(2):
-        client = await Raw.open(frontends.imap)
-        await client.ok("AUTHENTICATE XOAUTH2 ", xoauth2(MARTIN, token))
-        await client.ok("SELECT INBOX")
-        held.append(client)
-    await topology.each_holds_one_session()
+    held = await topology.one_session_on_each("dr-martin")
 
     topology.a.process.send_signal(signal.SIGKILL)
     topology.a.process.wait(10)
