@@ -126,6 +126,19 @@ class Topology:
         finally:
             await connection.close()
 
+    async def audited(
+        self, action: str, interface: str, after: int, *, count: int
+    ) -> list[asyncpg.Record]:
+        """`audit`, once `count` events are there (the nodes write them in batches)."""
+        rows: list[asyncpg.Record] = []
+
+        async def written() -> bool:
+            rows[:] = await self.audit(action, interface, after)
+            return len(rows) >= count
+
+        await eventually(written, f"{count} {interface} {action} audit events")
+        return rows
+
     async def audit_mark(self) -> int:
         connection = await asyncpg.connect(asyncpg_dsn(self.database_url), timeout=10)
         try:
@@ -207,21 +220,28 @@ def stop_node(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
+async def seed_registry(url: str, directory: Path) -> None:
+    """The registry as the demo seeds it, once, before the nodes start (they then find it
+    migrated: two nodes migrating one fresh database at once would race)."""
+    seeder = Gateway(Settings(data_dir=directory, database_url=url))
+    try:
+        registry = await seeder.open_registry()
+        await seed(registry, [dataclasses.asdict(p) for p in default_personas()])
+    finally:
+        await seeder.stop()
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def topology(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Topology]:
     require_peer(HAPROXY.exists(), f"HAProxy not installed ({HAPROXY}; Debian package haproxy)")
     root = tmp_path_factory.mktemp("topology")
     async with postgres_database() as url:
         mock = MockOperator(quick_mock_settings(), root / "mock-operator")
-        await mock.start()
         processes: dict[str, subprocess.Popen[bytes]] = {}
         try:
-            # The registry as the demo seeds it, once, before the nodes (which then find
-            # it migrated: two nodes migrating one fresh database at once would race).
-            seeder = Gateway(Settings(data_dir=root / "seed", database_url=url))
-            registry = await seeder.open_registry()
-            await seed(registry, [dataclasses.asdict(p) for p in default_personas()])
-            await seeder.stop()
+            # one after the other: both run Alembic, whose context is one per process
+            await seed_registry(url, root / "seed")
+            await mock.start()
             for name in ("a", "b"):  # started together: each takes seconds to import
                 (root / name).mkdir()
                 processes[name] = spawn_node(root / name, node_config(root / name, url, mock))
@@ -300,7 +320,7 @@ async def test_audit_shows_the_clients_address(topology: Topology) -> None:
     codes.append(await asyncio.to_thread(smtp_login, topology.haproxy.frontends.smtp, token))
     assert codes == [235, 235]
     for interface in ("imap", "smtp"):
-        rows = await topology.audit("login", interface, mark)
+        rows = await topology.audited("login", interface, mark, count=2)
         assert [row["remote"] for row in rows] == [CLIENT_ADDRESS] * 2, (interface, rows)
 
 
@@ -318,7 +338,7 @@ async def test_audit_shows_the_http_clients_address(topology: Topology) -> None:
     async with httpx.AsyncClient(timeout=10, headers=holder, transport=transport) as http:
         granted = await http.post(url, json={"delegate": "899700000004", "rights": ["read"]})
     assert granted.status_code == 201, granted.text
-    rows = await topology.audit("grant", "http", mark)
+    rows = await topology.audited("grant", "http", mark, count=1)
     assert [row["remote"] for row in rows] == [CLIENT_ADDRESS], rows
 
 
@@ -364,7 +384,7 @@ async def test_killing_node_a_moves_new_logins_to_node_b(topology: Topology) -> 
         return all(state.startswith("DOWN") for state in topology.haproxy.status_of("a"))
 
     await asyncio.to_thread(wait_for, a_down, "HAProxy marks node A down")
-    assert topology.haproxy.status_of("b") == {"UP L7OK"}
+    assert all(state.startswith("UP") for state in topology.haproxy.status_of("b"))
 
     outcomes = []
     for client in held:

@@ -58,8 +58,9 @@ def config(
     proxy_protocol: bool = False,
     check_interval_ms: int = 300,
 ) -> str:
-    """The HAProxy configuration: a node leaves the rotation after two failed checks and
-    comes back after one good one; a connection refused by a node is retried on another.
+    """The HAProxy configuration: a node leaves the rotation after three failed checks
+    (one slow answer on a busy machine is no reason) and comes back after one good one; a
+    connection refused by a node is retried on another.
     With `proxy_protocol`, IMAP and SMTP servers get a PROXY v2 header (the client's
     address) and HTTP requests an `X-Forwarded-For`."""
     send_proxy = " send-proxy-v2" if proxy_protocol else ""
@@ -71,10 +72,10 @@ def config(
         "    timeout connect 5s",
         "    timeout client 120s",
         "    timeout server 120s",
-        "    timeout check 2s",
+        "    timeout check 5s",
         "    retries 2",
         "    option redispatch",
-        f"    default-server inter {check_interval_ms}ms fall 2 rise 1",
+        f"    default-server inter {check_interval_ms}ms fall 3 rise 1",
     ]
     for protocol in PROTOCOLS:
         mode = "http" if protocol == "http" else "tcp"
