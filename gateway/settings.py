@@ -162,6 +162,17 @@ class HttpSettings(_Section):
         default=30.0, gt=0, description="seconds a client may take to send a whole request"
     )
     max_connections: int = Field(default=1000, ge=1, description="open at once; 503 beyond")
+    forwarded_allow_ips: list[str] = Field(
+        default_factory=list,
+        description="reverse proxies (CIDR) whose X-Forwarded-For / X-Forwarded-Proto count: "
+        "the client they name is the one audited and throttled; none by default (the "
+        "headers of any other peer are ignored)",
+    )
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _proxies(cls, value: list[str]) -> list[str]:
+        return _check_networks(value)
 
 
 class OpsSettings(_Section):
