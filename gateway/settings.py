@@ -400,6 +400,12 @@ class BackendSettings(_Section):
         "other platforms); without it they read through the web services (rebuilt messages, "
         "appends to Drafts only)",
     )
+    forward_client_address: bool = Field(
+        default=True,
+        description="name the LPS to the backend: IMAP ID x-originating-ip/-port before "
+        "login (Dovecot believes it from its login_trusted_networks), SMTP XCLIENT ADDR/PORT "
+        "where offered, so that its per-address limits, logs and bans see the LPS",
+    )
     keeps_sent_copy: bool = Field(
         default=False,
         description="imap_smtp: the platform files a copy of every submitted message in the "
