@@ -38,7 +38,7 @@ from gateway_login import compare_logins
 from sqlalchemy import make_url
 
 from delegation.db import async_url, asyncpg_dsn
-from tests.support.haproxy import HAPROXY, Node, running_haproxy
+from tests.support.haproxy import HAPROXY, Node, running_balancer
 
 
 @contextlib.contextmanager
@@ -89,8 +89,8 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=100, help="1 MiB messages to FETCH")
     parser.add_argument("--runs", type=int, default=3, help="FETCH runs per path (best counts)")
     args = parser.parse_args()
-    if not HAPROXY.exists():
-        sys.exit(f"gateway_haproxy: needs Debian's haproxy ({HAPROXY})")
+    if HAPROXY is None:
+        sys.exit("gateway_haproxy: needs HAProxy (Debian package haproxy)")
     with fresh_database() as database_url, tempfile.TemporaryDirectory() as tmp:
         registry = "one PostgreSQL" if database_url else "SQLite per node (no PostgreSQL)"
         print(
@@ -100,7 +100,7 @@ def main() -> None:
         )
         with (
             Stack(big=args.messages, nodes=2, database_url=database_url) as stack,
-            running_haproxy(
+            running_balancer(
                 Path(tmp),
                 [node(e, f"node{i + 1}") for i, e in enumerate(stack.nodes)],
                 check_interval_ms=2000,  # as docker/haproxy.cfg

@@ -58,6 +58,7 @@ from gateway.mss.historic_ws import (
 from gateway.mss.policy import MessagePolicy
 from gateway.psc_sessions import PscSessionWatch
 from gateway.runtime.asgi_server import AsgiServer, bind_tcp
+from gateway.runtime.forwarded import ForwardedFor
 from gateway.runtime.lifecycle import cancelled
 from gateway.runtime.limits import Exemptions, LoginThrottle, Networks, NodeLimits, SlotCounter
 from gateway.runtime.smtp_server import SmtpServer
@@ -239,6 +240,8 @@ class Gateway:
             legacy_app = self.legacy.app(_LateOperations(self))
             app = PathDispatch(api, {LEGACY_PREFIX: legacy_app})
             await self._start_legacy_tls(legacy_app, guarded)
+        if http.forwarded_allow_ips:
+            app = ForwardedFor(app, http.forwarded_allow_ips)
         self._http = guarded(app, sock)
         if ops_sock is not None:
             ops_app = create_ops_app(readiness.check, self.metrics, max_body=http.max_body)

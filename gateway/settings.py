@@ -162,6 +162,17 @@ class HttpSettings(_Section):
         default=30.0, gt=0, description="seconds a client may take to send a whole request"
     )
     max_connections: int = Field(default=1000, ge=1, description="open at once; 503 beyond")
+    forwarded_allow_ips: list[str] = Field(
+        default_factory=list,
+        description="reverse proxies (CIDR) whose X-Forwarded-For / X-Forwarded-Proto count: "
+        "the client they name is the one audited and throttled; none by default (the "
+        "headers of any other peer are ignored)",
+    )
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _proxies(cls, value: list[str]) -> list[str]:
+        return _check_networks(value)
 
 
 class OpsSettings(_Section):
@@ -388,6 +399,12 @@ class BackendSettings(_Section):
         "master login) serves the operator's tools (migration, the historic interfaces over "
         "other platforms); without it they read through the web services (rebuilt messages, "
         "appends to Drafts only)",
+    )
+    forward_client_address: bool = Field(
+        default=True,
+        description="name the LPS to the backend: IMAP ID x-originating-ip/-port before "
+        "login (Dovecot believes it from its login_trusted_networks), SMTP XCLIENT ADDR/PORT "
+        "where offered, so that its per-address limits, logs and bans see the LPS",
     )
     keeps_sent_copy: bool = Field(
         default=False,

@@ -19,6 +19,7 @@ from gateway.backends.routing import NoRoute, Route, Router
 from gateway.cli import app as cli_app
 from gateway.settings import (
     BackendSettings,
+    HttpSettings,
     ImapFrontSettings,
     MockSettings,
     MssSettings,
@@ -87,6 +88,13 @@ def test_proxy_protocol_peers_are_networks_checked_at_load(section: str):
         model(proxy_protocol_from=["10.0.0.300/32"])
     with pytest.raises(ValidationError, match="proxy_protocol_from"):
         model(proxy_protocol_from=["haproxy.local"])
+
+
+def test_forwarded_allow_ips_are_networks_checked_at_load():
+    assert HttpSettings().forwarded_allow_ips == []
+    assert HttpSettings(forwarded_allow_ips=["10.0.0.0/8"]).forwarded_allow_ips == ["10.0.0.0/8"]
+    with pytest.raises(ValidationError, match="forwarded_allow_ips"):
+        HttpSettings(forwarded_allow_ips=["*"])
 
 
 def test_example_config_loads():

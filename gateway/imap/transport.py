@@ -239,11 +239,12 @@ class ImapServer:
             limit=READ_SIZE,
         )
 
-    async def _connect(self, sock: socket.socket, client: Peer) -> None:
-        """Serve a connection whose PROXY header (if any) was read: `client` is who it is."""
+    async def _connect(self, sock: socket.socket, client: Peer, local: Peer) -> None:
+        """Serve a connection whose PROXY header (if any) was read: `client` is who it is,
+        `local` the address it connected to."""
         reader = asyncio.StreamReader(limit=READ_SIZE)
         protocol = asyncio.StreamReaderProtocol(
-            reader, functools.partial(self._handle, client=client)
+            reader, functools.partial(self._handle, client=client, local=local)
         )
         await asyncio.get_running_loop().connect_accepted_socket(
             lambda: protocol, sock, ssl=self.ssl_context if self.config.implicit_tls else None
@@ -280,11 +281,14 @@ class ImapServer:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         client: Peer | None = None,
+        local: Peer | None = None,
     ) -> None:
-        """A connection's life; `client`: who a trusted proxy said it serves."""
+        """A connection's life; `client`: who a trusted proxy said it serves, `local`: the
+        address that client connected to."""
         task = asyncio.current_task()
         assert task is not None
         peer = client or Peer.of(writer.get_extra_info("peername"))
+        local = local or Peer.of(writer.get_extra_info("sockname"))
         address = peer.address
         if len(self._sessions) >= self.config.max_connections:
             log.warning("imap.too_many_connections", extra={"open": len(self._sessions)})
@@ -307,6 +311,8 @@ class ImapServer:
         info = ConnectionInfo(
             peer=address,
             port=peer.port,
+            local_address=local.address,
+            local_port=local.port,
             secure=secure,
             loopback=peer.loopback,
             tls_available=self.ssl_context is not None and not secure,

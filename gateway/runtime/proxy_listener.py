@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 HEADER_TIMEOUT = 5.0  # seconds a trusted proxy has to send its header: it sends it at once
 ACCEPT_PAUSE = 0.5  # seconds accepting pauses when the process is out of file descriptors
 
-Connect = Callable[[socket.socket, Peer], Awaitable[None]]
+# the accepted socket, the client, and the address it connected to
+Connect = Callable[[socket.socket, Peer, Peer], Awaitable[None]]
 
 
 async def read_header(sock: socket.socket) -> ProxyHeader | Malformed:
@@ -96,11 +97,11 @@ class ProxyProtocolListener:
 
     async def _arrive(self, conn: socket.socket, peer: Peer) -> None:
         try:
-            client = await self._client(conn, peer)
-            if client is None:
+            found = await self._client(conn, peer)
+            if found is None:
                 conn.close()
                 return
-            await self._connect(conn, client)
+            await self._connect(conn, *found)
         except BaseException as error:
             conn.close()
             if isinstance(error, asyncio.CancelledError):
@@ -108,11 +109,13 @@ class ProxyProtocolListener:
             if not isinstance(error, OSError):  # a TLS handshake that failed is one
                 log.exception("listener.connection_failed")
 
-    async def _client(self, conn: socket.socket, peer: Peer) -> Peer | None:
-        """The client of a connection from `peer`: the header's, from a trusted proxy
-        (None when it sent none that reads), else `peer` itself."""
+    async def _client(self, conn: socket.socket, peer: Peer) -> tuple[Peer, Peer] | None:
+        """The client of a connection from `peer` and the address it connected to: the
+        header's, from a trusted proxy (None when it sent none that reads), else the
+        connection's own."""
+        local = Peer.of(conn.getsockname())
         if peer.address not in self._trusted:
-            return peer
+            return peer, local
         try:
             async with asyncio.timeout(self._timeout):
                 header = await read_header(conn)
@@ -126,6 +129,6 @@ class ProxyProtocolListener:
                 extra={"listener": self._name, "peer": peer.address, "reason": header.reason},
             )
             return None
-        if header.source is None:  # a health check (LOCAL), or no address it could say
-            return peer
-        return Peer(*header.source)
+        if header.source is None or header.destination is None:
+            return peer, local  # a health check (LOCAL), or no address it could say
+        return Peer(*header.source), Peer(*header.destination)

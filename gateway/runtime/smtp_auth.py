@@ -43,14 +43,22 @@ async def _sasl_response(server: SMTP, args: list[str]) -> bytes | None:
     return None if answer is MISSING else bytes(answer)
 
 
-def _connection(session: Any, *, secure: bool) -> ConnectionInfo:
-    peer = Peer.of(session.peer)  # the client's, a trusted proxy's header read
+def connection_info(server: SMTP, *, software: str | None = None) -> ConnectionInfo:
+    """Who is on an SMTP connection: the client (a trusted proxy's header read), the
+    address it connected to, whether TLS protects it."""
+    session = server.session
+    assert session is not None
+    peer = Peer.of(session.peer)
+    local = server.local if isinstance(server, TokenSMTP) else None
     return ConnectionInfo(
         peer=peer.address,
         port=peer.port,
-        secure=secure,
+        local_address=local.address if local else "",
+        local_port=local.port if local else 0,
+        secure=server._tls_protocol is not None,
         loopback=peer.loopback,
         tls_available=False,
+        software=software,
     )
 
 
@@ -95,7 +103,7 @@ class TokenAuthMixin:
         except SaslError as exc:
             await server.push(f"501 5.5.2 Malformed SASL response: {exc}")
             return AuthResult(success=False, handled=True)
-        connection = _connection(session, secure=secure)
+        connection = connection_info(server)
         try:
             grant = await self._authenticate(server, credentials, connection)
         except AuthFailed as failure:
@@ -184,7 +192,7 @@ class CardAuthMixin(TokenAuthMixin):
         except SaslError as exc:
             await server.push(f"501 5.5.2 Malformed SASL response: {exc}")
             return AuthResult(success=False, handled=True)
-        connection = _connection(session, secure=True)
+        connection = connection_info(server)
         try:
             grant = await self._authenticate_card(
                 server, ExternalCredentials(authzid, certificate), connection

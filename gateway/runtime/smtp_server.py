@@ -112,6 +112,7 @@ class TokenSMTP(SMTP):
         self._slot: str | None = None  # the source address's slot, held until AUTH
         self.peer = ""
         self.client: Peer | None = None  # who a trusted proxy said this connection serves
+        self.local: Peer | None = None  # the address the client connected to
         self._replies = 0
         self._authenticated = False
         self.kicked: str | None = None  # why the session is ending, once it is
@@ -139,6 +140,7 @@ class TokenSMTP(SMTP):
         fresh = self._original_transport is None  # set by STARTTLS
         super().connection_made(transport)
         client = self.client or Peer.of(transport.get_extra_info("peername"))
+        self.local = self.local or Peer.of(transport.get_extra_info("sockname"))
         if self.session is not None:  # a new one on STARTTLS too, with the TCP peer in it
             self.session.peer = client.peername  # type: ignore[assignment]  # a tuple, really
         if self.tls_context is not None:
@@ -449,10 +451,11 @@ class SmtpServer:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._protocol, sock=self._socket)
 
-    async def _connect(self, sock: socket.socket, client: Peer) -> None:
-        """Serve a connection whose PROXY header (if any) was read: `client` is who it is."""
+    async def _connect(self, sock: socket.socket, client: Peer, local: Peer) -> None:
+        """Serve a connection whose PROXY header (if any) was read: `client` is who it is,
+        `local` the address it connected to."""
         protocol = self._protocol()
-        protocol.client = client
+        protocol.client, protocol.local = client, local
         await asyncio.get_running_loop().connect_accepted_socket(lambda: protocol, sock)
 
     @property

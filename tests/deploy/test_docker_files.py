@@ -30,8 +30,8 @@ from gateway.server import Gateway
 from gateway.settings import MockSettings, Settings, load_settings
 from mock_operator.cli import app as mock_app
 from mock_operator.server import MockOperator
-from tests.conftest import quick_mock_settings, require_peer
-from tests.support.haproxy import HAPROXY
+from tests.conftest import quick_mock_settings
+from tests.support.haproxy import require_haproxy
 from tests.support.stacks import gateway_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -154,9 +154,9 @@ def test_gateway_config_loads_and_points_at_the_mock() -> None:
 def test_haproxy_config_is_valid() -> None:
     """`haproxy -c` accepts it; the node names resolve only inside compose's network, which
     the configuration allows for (init-addr none: a server down until its name resolves)."""
-    require_peer(HAPROXY.exists(), f"HAProxy not installed ({HAPROXY}; Debian package haproxy)")
+    haproxy = require_haproxy()
     checked = subprocess.run(
-        [str(HAPROXY), "-c", "-f", str(DOCKER / "haproxy.cfg")],
+        [haproxy, "-c", "-f", str(DOCKER / "haproxy.cfg")],
         capture_output=True,
         text=True,
         timeout=30,
@@ -183,8 +183,9 @@ def test_haproxy_routes_to_the_nodes_real_ports() -> None:
 
 
 def test_nodes_take_the_client_address_from_haproxy_only() -> None:
-    """HAProxy sends a PROXY v2 header on every IMAP and SMTP connection, from the fixed
-    address the nodes trust for it, in compose's network."""
+    """HAProxy sends a PROXY v2 header on every IMAP and SMTP connection and
+    X-Forwarded-For on HTTP, from the fixed address the nodes trust for it, in compose's
+    network."""
     text = (DOCKER / "haproxy.cfg").read_text()
     for port in (DEFAULTS.imap.port, DEFAULTS.smtp.port):
         servers = re.findall(rf"^\s*server \S+ \S+:{port} (.*)$", text, re.MULTILINE)
@@ -199,9 +200,13 @@ def test_nodes_take_the_client_address_from_haproxy_only() -> None:
     (subnet,) = project["networks"]["default"]["ipam"]["config"]
     assert address in ipaddress.ip_network(subnet["subnet"])
     settings = gateway_config()
-    for front in (settings.imap, settings.smtp):
-        trusted = [ipaddress.ip_network(n) for n in front.proxy_protocol_from]
-        assert trusted == [ipaddress.ip_network(f"{address}/32")]
+    for trusting in (
+        settings.imap.proxy_protocol_from,
+        settings.smtp.proxy_protocol_from,
+        settings.http.forwarded_allow_ips,
+    ):
+        assert [ipaddress.ip_network(n) for n in trusting] == [ipaddress.ip_network(address)]
+    assert "option forwardfor" in text.split("backend http_nodes", 1)[1]
 
 
 def test_dockerfile_builds_the_wheel_and_runs_as_non_root() -> None:

@@ -33,9 +33,9 @@ from gateway.server import Gateway
 from gateway.settings import HttpSettings, ImapFrontSettings, Settings
 from mock_operator.personas import default_personas
 from mock_operator.server import MockOperator
-from tests.conftest import persona_token, postgres_database, quick_mock_settings, require_peer
+from tests.conftest import persona_token, postgres_database, quick_mock_settings
 from tests.imap_raw import Raw
-from tests.support.haproxy import HAPROXY, HAProxy, Node, running_haproxy, wait_for
+from tests.support.haproxy import HAProxy, Node, require_haproxy, running_balancer, wait_for
 from tests.support.proxied import ProxiedIMAP4, ProxiedSMTP
 from tests.support.sasl import xoauth2, xoauth2_b64, xoauth2_blob
 from tests.support.waiting import eventually, until
@@ -233,7 +233,7 @@ async def seed_registry(url: str, directory: Path) -> None:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def topology(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Topology]:
-    require_peer(HAPROXY.exists(), f"HAProxy not installed ({HAPROXY}; Debian package haproxy)")
+    require_haproxy()
     root = tmp_path_factory.mktemp("topology")
     async with postgres_database() as url:
         mock = MockOperator(quick_mock_settings(), root / "mock-operator")
@@ -249,7 +249,7 @@ async def topology(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[To
             with ExitStack() as stack:
                 haproxy = await asyncio.to_thread(
                     stack.enter_context,
-                    running_haproxy(
+                    running_balancer(
                         root / "haproxy", [n.node for n in nodes], proxy_protocol=PROXY_PROTOCOL
                     ),
                 )

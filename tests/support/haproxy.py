@@ -1,6 +1,8 @@
-"""Debian's HAProxy in front of gateway nodes, as an operator runs it: TCP frontends for
+"""Debian's HAProxy for tests and benchmarks: `running_haproxy`, in TCP mode in front of a
+test's listeners (one route per listener, e.g. with ``send-proxy-v2``), and
+`running_balancer`, in front of gateway nodes as an operator runs it: TCP frontends for
 IMAP and SMTP balancing round-robin over the nodes, an HTTP frontend, every server checked
-with `GET /readyz` on its node's HTTP port. Shared by the topology test and the benchmark.
+with `GET /readyz` on its node's HTTP port (the topology test, the benchmark).
 
 HAProxy cannot bind port 0 and say which port it got, so its frontends take ports found
 free just before (`closed_port`); the nodes behind it bind port 0 and say theirs.
@@ -8,18 +10,93 @@ free just before (`closed_port`); the nodes behind it bind port 0 and say theirs
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import csv
+import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.conftest import require_peer
 from tests.support.net import closed_port
+from tests.support.waiting import eventually
 
-HAPROXY = Path("/usr/sbin/haproxy")
+HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
+
+
+def require_haproxy() -> str:
+    """HAProxy's path; skip (fail under LPS_REQUIRE_PEERS=1) when it is not installed."""
+    require_peer(HAPROXY is not None, "haproxy is not installed (Debian package haproxy)")
+    assert HAPROXY is not None
+    return HAPROXY
+
+
+@dataclass(frozen=True)
+class Route:
+    """HAProxy listens on `port` (chosen free) and sends to 127.0.0.1:`to`, with the
+    server options `options` (e.g. ``send-proxy-v2``)."""
+
+    to: int
+    options: str = "send-proxy-v2"
+    port: int = 0
+
+
+def _config(routes: list[Route]) -> str:
+    lines = [
+        "defaults",
+        "    mode tcp",
+        "    timeout connect 5s",
+        "    timeout client 60s",
+        "    timeout server 60s",
+    ]
+    for index, route in enumerate(routes):
+        lines += [
+            f"listen route{index}",
+            f"    bind 127.0.0.1:{route.port}",
+            f"    server node 127.0.0.1:{route.to} {route.options}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _write_config(directory: Path, routes: list[Route]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    config = directory / "haproxy.cfg"
+    config.write_text(_config(routes), encoding="utf-8")
+    return config
+
+
+async def _listening(port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    writer.transport.abort()
+    return True
+
+
+@contextlib.asynccontextmanager
+async def running_haproxy(directory: Path, routes: list[Route]) -> AsyncIterator[list[Route]]:
+    """HAProxy with `routes`, listening on each; yields them with their ports."""
+    haproxy = require_haproxy()
+    chosen = [Route(r.to, r.options, r.port or closed_port()) for r in routes]
+    config = _write_config(directory, chosen)
+    process = await asyncio.create_subprocess_exec(
+        haproxy, "-db", "-f", str(config), stdout=asyncio.subprocess.DEVNULL
+    )
+    try:
+        for route in chosen:
+            await eventually(lambda port=route.port: _listening(port), f"haproxy on {route.port}")
+        yield chosen
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            process.terminate()
+        await process.wait()
+
+
 PROTOCOLS = ("imap", "smtp", "http")
 
 
@@ -169,7 +246,7 @@ def wait_for(condition: object, what: str, bound: float = 60.0) -> None:
 
 
 @contextlib.contextmanager
-def running_haproxy(
+def running_balancer(
     directory: Path,
     nodes: Sequence[Node],
     *,
@@ -177,9 +254,11 @@ def running_haproxy(
     check_interval_ms: int = 300,
 ) -> Iterator[HAProxy]:
     """HAProxy in front of `nodes`, once every node is UP in every backend; stopped on
-    leaving. Its log (stderr) goes to `directory/haproxy.log`. Tests check often, to see a
+    leaving (skipped when HAProxy is not installed, see `require_haproxy`). Its log
+    (stderr) goes to `directory/haproxy.log`. Tests check often, to see a
     node go down quickly; a benchmark as production does (every 2 s: each check costs the
     node a /readyz)."""
+    haproxy = require_haproxy()
     directory.mkdir(parents=True, exist_ok=True)
     frontends = Frontends.free()
     stats = directory / "haproxy.sock"
@@ -196,7 +275,7 @@ def running_haproxy(
     log = directory / "haproxy.log"
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            [str(HAPROXY), "-db", "-f", str(path)], stdout=sink, stderr=subprocess.STDOUT
+            [haproxy, "-db", "-f", str(path)], stdout=sink, stderr=subprocess.STDOUT
         )
     proxy = HAProxy(process, frontends, stats, log, [node.name for node in nodes])
     try:
