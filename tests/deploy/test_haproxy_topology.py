@@ -1,9 +1,11 @@
 """The production topology on one machine: Debian's HAProxy in front of two `lps-gateway
 serve` processes sharing one PostgreSQL database, the mock operator behind them (its
-modern platform the backend, its PSC the token issuer).
+modern platform the backend, its PSC the token issuer). HAProxy passes the client's
+address on (PROXY protocol v2 on IMAP and SMTP, X-Forwarded-For on HTTP); the clients
+connect from 127.0.0.2, HAProxy from 127.0.0.1.
 
-The four tests share one topology (started once for the module) and run in file order:
-the last one kills node A.
+The tests share one topology (started once for the module) and run in file order: the
+last one kills node A.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from delegation.db import asyncpg_dsn
 from delegation.seed import seed
 from gateway.server import Gateway
-from gateway.settings import HttpSettings, ImapFrontSettings, Settings
+from gateway.settings import Settings
 from mock_operator.personas import default_personas
 from mock_operator.server import MockOperator
 from tests.conftest import persona_token, postgres_database, quick_mock_settings
@@ -47,10 +49,6 @@ BERNARD = "899700000003"
 CLIENT_ADDRESS = "127.0.0.2"  # the test's clients: not HAProxy's 127.0.0.1
 REVOCATION_BOUND = 2.0  # seconds (the issue's), from the revocation's answer to the BYE
 REVOCATION_MARGIN = 1.0  # the read waits this much longer, so a slow BYE reports its time
-# Settings another change brings (PROXY protocol from HAProxy, X-Forwarded-For): with
-# them the nodes see the clients' address; without, HAProxy's.
-PROXY_PROTOCOL = "proxy_protocol_from" in ImapFrontSettings.model_fields
-FORWARDED = "forwarded_allow_ips" in HttpSettings.model_fields
 BIN = Path(sys.executable).parent
 
 
@@ -151,15 +149,15 @@ class Topology:
 def node_config(directory: Path, database_url: str, mock: MockOperator) -> Path:
     """A node's configuration file, as an operator writes it (ports 0: the node says them)."""
     assert mock.master is not None
-    proxy = '\nproxy_protocol_from = ["127.0.0.1/32"]' if PROXY_PROTOCOL else ""
-    forwarded = '\nforwarded_allow_ips = ["127.0.0.1"]' if FORWARDED else ""
+    # HAProxy's PROXY header and X-Forwarded-For name the client, trusted from its address
+    trusted = '["127.0.0.1/32"]'
     path = directory / "gateway.toml"
     path.write_text(
         f'data_dir = "{directory / "state"}"\n'
         f'database_url = "{database_url}"\n'
-        f"[http]\nport = 0{forwarded}\n"
-        f"[imap]\nport = 0\nauth_failure_delay = 0{proxy}\n"
-        f"[smtp]\nport = 0\nauth_failure_delay = 0{proxy}\n"
+        f"[http]\nport = 0\nforwarded_allow_ips = {trusted}\n"
+        f"[imap]\nport = 0\nauth_failure_delay = 0\nproxy_protocol_from = {trusted}\n"
+        f"[smtp]\nport = 0\nauth_failure_delay = 0\nproxy_protocol_from = {trusted}\n"
         f'[psc]\nissuer = "{mock.issuer}"\nclient_ids = ["lps-demo"]\n'
         "[backends.modern]\n"
         f"imap_port = {mock.imap_port}\nsmtp_port = {mock.smtp_port}\n"
@@ -250,7 +248,7 @@ async def topology(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[To
                 haproxy = await asyncio.to_thread(
                     stack.enter_context,
                     running_balancer(
-                        root / "haproxy", [n.node for n in nodes], proxy_protocol=PROXY_PROTOCOL
+                        root / "haproxy", [n.node for n in nodes], proxy_protocol=True
                     ),
                 )
                 yield Topology(mock, nodes[0], nodes[1], haproxy, url)
@@ -305,11 +303,6 @@ async def test_logins_spread_over_both_nodes(topology: Topology) -> None:
     assert me.json()["idnat"] == "899700000001"
 
 
-@pytest.mark.skipif(
-    not PROXY_PROTOCOL,
-    reason="imap.proxy_protocol_from / smtp.proxy_protocol_from are not in gateway.settings "
-    "yet (branch proxyproto): without the PROXY header, the nodes see HAProxy's address",
-)
 async def test_audit_shows_the_clients_address(topology: Topology) -> None:
     """The clients connect from 127.0.0.2; HAProxy from 127.0.0.1. The PROXY v2 header
     carries the former to the node, and it is what the audit keeps, on both nodes."""
@@ -324,11 +317,6 @@ async def test_audit_shows_the_clients_address(topology: Topology) -> None:
         assert [row["remote"] for row in rows] == [CLIENT_ADDRESS] * 2, (interface, rows)
 
 
-@pytest.mark.skipif(
-    not FORWARDED,
-    reason="http.forwarded_allow_ips is not in gateway.settings yet (branch proxyproto): "
-    "without it, the nodes see HAProxy's address on HTTP",
-)
 async def test_audit_shows_the_http_clients_address(topology: Topology) -> None:
     """HAProxy adds X-Forwarded-For; the nodes trust it from HAProxy's address only."""
     mark = await topology.audit_mark()
