@@ -14,7 +14,8 @@ read alone. Two server roles, each printing one JSON line on stdout once it list
       With ``--migration K --migration-messages N`` (`migration_bals`): K historic BAL of
       N clinical messages each (INBOX), K of N on the modern platform, and K empty modern
       BAL for a direct copy to land in;
-  ``python bench/_stack.py gateway --data DIR --mock JSON [--migration JSON] [--database URL]``
+  ``python bench/_stack.py gateway --data DIR --mock JSON [--migration JSON] [--database URL]
+  [--proxy-from CIDR]``
       the gateway, its own registry seeded with the default personas, the mock's modern
       platform as its default backend (master login, plaintext on loopback) and the mock's
       historic web services as backend ``historic`` (``legacy_ws``, master credentials) for
@@ -23,7 +24,8 @@ read alone. Two server roles, each printing one JSON line on stdout once it list
       registry, the historic platform's own IMAP for the tools, provisioning on the
       modern platform, and a Dovecot as backend ``dovecot`` (master login). With
       ``--database``, the registry is that database (PostgreSQL, which several nodes share)
-      instead of SQLite in DIR.
+      instead of SQLite in DIR; with ``--proxy-from CIDR``, IMAP and SMTP connections
+      from there start with a PROXY protocol header (a load balancer's).
 
 `Stack` starts both (with ``nodes=N``, N gateway nodes, one after the other so that the
 first migrates the database; ``database_url`` names their shared registry) and cleans up
@@ -179,6 +181,7 @@ class Stack:
         dovecot: dict[str, Any] | None = None,
         nodes: int = 1,
         database_url: str | None = None,
+        proxy_from: str | None = None,
     ) -> None:
         self.big = big
         self.historic = historic
@@ -187,6 +190,7 @@ class Stack:
         self.dovecot = dovecot
         self.node_count = nodes
         self.database_url = database_url
+        self.proxy_from = proxy_from
         self.nodes: list[Endpoints] = []
         self._tmp = Path(tempfile.mkdtemp(prefix="lps-bench-"))
         self._processes: list[subprocess.Popen[str]] = []
@@ -249,6 +253,8 @@ class Stack:
             gateway += ["--migration", json.dumps(migration)]
         if self.database_url:
             gateway += ["--database", self.database_url]
+        if self.proxy_from:
+            gateway += ["--proxy-from", self.proxy_from]
         for index in range(self.node_count):
             if index:
                 gateway[2] = str(self._tmp / f"gateway-{index + 1}")
@@ -650,6 +656,7 @@ async def _serve_gateway(
     mock: dict[str, Any],
     migration: dict[str, Any] | None = None,
     database_url: str | None = None,
+    proxy_from: str | None = None,
 ) -> None:
     from delegation.seed import seed
     from gateway.runtime.lifecycle import run_until_signalled
@@ -687,8 +694,17 @@ async def _serve_gateway(
         log={"level": "WARNING"},
         http={"port": 0},
         # One load generator on loopback, one person: the caps of a real node would stop it.
-        imap={"port": 0, "auth_failure_delay": 0, "max_sessions_per_person": 1_000_000},
-        smtp={"port": 0, "auth_failure_delay": 0},
+        imap={
+            "port": 0,
+            "auth_failure_delay": 0,
+            "max_sessions_per_person": 1_000_000,
+            "proxy_protocol_from": [proxy_from] if proxy_from else [],
+        },
+        smtp={
+            "port": 0,
+            "auth_failure_delay": 0,
+            "proxy_protocol_from": [proxy_from] if proxy_from else [],
+        },
         limits={"exempt_networks": ["127.0.0.0/8", "::1/128"]},
         psc={"issuer": mock["issuer"], "client_ids": ["lps-demo"]},
         backends=backends,
@@ -766,6 +782,9 @@ def main() -> None:
     parser.add_argument("--migration-messages", type=int, default=0)
     parser.add_argument("--mock", help="the mock's JSON line (gateway role)")
     parser.add_argument("--database", help="the registry's URL (gateway role; default SQLite)")
+    parser.add_argument(
+        "--proxy-from", help="a load balancer's address (CIDR) the PROXY protocol comes from"
+    )
     parser.add_argument("--profile", type=Path, help="write a cProfile of this process here")
     args = parser.parse_args()
     raise_fd_limit()
@@ -785,7 +804,9 @@ def main() -> None:
         )
     else:
         plan = json.loads(args.migration) if args.migration else None
-        coroutine = _serve_gateway(args.data, json.loads(args.mock), plan, args.database)
+        coroutine = _serve_gateway(
+            args.data, json.loads(args.mock), plan, args.database, args.proxy_from
+        )
     if args.profile is None:
         asyncio.run(coroutine)
         return

@@ -5,7 +5,8 @@ One mock operator (N messages of 1 MiB in folder ``Big`` of claire.martin's BAL)
 gateway nodes in front of it sharing one registry (a fresh PostgreSQL database on
 ``LPS_TEST_DATABASE_URL``'s server when set, as in production; else each node its own
 SQLite, said in the output), and Debian's HAProxy in front of the nodes (TCP,
-round-robin, `/readyz` checked every 2 s as in docker/haproxy.cfg: tests/support/haproxy.py).
+round-robin, `/readyz` checked every 2 s, PROXY protocol v2 on IMAP, as in
+docker/haproxy.cfg: tests/support/haproxy.py).
 The workloads of gateway_login.py (connect + AUTHENTICATE XOAUTH2 + SELECT + LOGOUT,
 sequential then 8 clients) and gateway_fetch.py (``UID FETCH 1:* BODY.PEEK[]``, best of
 the runs) run through HAProxy and against node 1 directly, the paths taking turns.
@@ -39,6 +40,10 @@ from sqlalchemy import make_url
 
 from delegation.db import async_url, asyncpg_dsn
 from tests.support.haproxy import HAPROXY, Node, running_balancer
+
+# HAProxy connects to the nodes from here, with a PROXY v2 header the nodes trust from this
+# address only; the direct client connects from 127.0.0.1, without one.
+BALANCER = "127.0.0.3"
 
 
 @contextlib.contextmanager
@@ -99,11 +104,15 @@ def main() -> None:
             f"{args.messages} x 1 MiB, best of {args.runs}"
         )
         with (
-            Stack(big=args.messages, nodes=2, database_url=database_url) as stack,
+            Stack(
+                big=args.messages, nodes=2, database_url=database_url, proxy_from=f"{BALANCER}/32"
+            ) as stack,
             running_balancer(
                 Path(tmp),
                 [node(e, f"node{i + 1}") for i, e in enumerate(stack.nodes)],
                 check_interval_ms=2000,  # as docker/haproxy.cfg
+                proxy_protocol=True,
+                source=BALANCER,
             ) as haproxy,
         ):
             frontends = haproxy.frontends

@@ -134,12 +134,14 @@ def config(
     *,
     proxy_protocol: bool = False,
     check_interval_ms: int = 300,
+    source: str | None = None,
 ) -> str:
     """The HAProxy configuration: a node leaves the rotation after three failed checks
     (one slow answer on a busy machine is no reason) and comes back after one good one; a
-    connection refused by a node is retried on another.
-    With `proxy_protocol`, IMAP and SMTP servers get a PROXY v2 header (the client's
-    address) and HTTP requests an `X-Forwarded-For`."""
+    connection refused by a node is retried on another. HTTP requests get an
+    `X-Forwarded-For`; with `proxy_protocol`, IMAP and SMTP connections a PROXY v2
+    header (the client's address). HAProxy connects to the nodes from `source` when
+    given (so that a node may trust that address alone with the header)."""
     send_proxy = " send-proxy-v2" if proxy_protocol else ""
     lines = [
         "global",
@@ -153,6 +155,7 @@ def config(
         "    retries 2",
         "    option redispatch",
         f"    default-server inter {check_interval_ms}ms fall 3 rise 1",
+        *([f"    source {source}"] if source else []),
     ]
     for protocol in PROTOCOLS:
         mode = "http" if protocol == "http" else "tcp"
@@ -252,12 +255,13 @@ def running_balancer(
     *,
     proxy_protocol: bool = False,
     check_interval_ms: int = 300,
+    source: str | None = None,
 ) -> Iterator[HAProxy]:
-    """HAProxy in front of `nodes`, once every node is UP in every backend; stopped on
-    leaving (skipped when HAProxy is not installed, see `require_haproxy`). Its log
-    (stderr) goes to `directory/haproxy.log`. Tests check often, to see a
-    node go down quickly; a benchmark as production does (every 2 s: each check costs the
-    node a /readyz)."""
+    """HAProxy in front of `nodes` (configured by `config`), once every node is UP in
+    every backend; stopped on leaving (skipped when HAProxy is not installed, see
+    `require_haproxy`). Its log (stderr) goes to `directory/haproxy.log`. Tests check
+    often, to see a node go down quickly; a benchmark as production does (every 2 s: each
+    check costs the node a /readyz)."""
     haproxy = require_haproxy()
     directory.mkdir(parents=True, exist_ok=True)
     frontends = Frontends.free()
@@ -270,6 +274,7 @@ def running_balancer(
             stats,
             proxy_protocol=proxy_protocol,
             check_interval_ms=check_interval_ms,
+            source=source,
         )
     )
     log = directory / "haproxy.log"
