@@ -14,18 +14,25 @@ read alone. Two server roles, each printing one JSON line on stdout once it list
       With ``--migration K --migration-messages N`` (`migration_bals`): K historic BAL of
       N clinical messages each (INBOX), K of N on the modern platform, and K empty modern
       BAL for a direct copy to land in;
-  ``python bench/_stack.py gateway --data DIR --mock JSON [--migration JSON]``
+  ``python bench/_stack.py gateway --data DIR --mock JSON [--migration JSON] [--database URL]
+  [--proxy-from CIDR]``
       the gateway, its own registry seeded with the default personas, the mock's modern
       platform as its default backend (master login, plaintext on loopback) and the mock's
       historic web services as backend ``historic`` (``legacy_ws``, master credentials) for
       the historic personas' BAL (jean.dupont@, marie.petit@). With ``--migration``
       (``{"bals": K, "dovecot": {"host", "port"} or null}``): the migration BAL in its
       registry, the historic platform's own IMAP for the tools, provisioning on the
-      modern platform, and a Dovecot as backend ``dovecot`` (master login).
+      modern platform, and a Dovecot as backend ``dovecot`` (master login). With
+      ``--database``, the registry is that database (PostgreSQL, which several nodes share)
+      instead of SQLite in DIR; with ``--proxy-from CIDR``, IMAP and SMTP connections
+      from there start with a PROXY protocol header (a load balancer's).
 
-`Stack` starts both and cleans up (processes and temporary directory). With
-``LPS_BENCH_PROFILE=DIR`` in the environment, each server process runs under cProfile and
-writes ``DIR/mock.prof`` and ``DIR/gateway.prof`` when stopped (read them with pstats).
+`Stack` starts both (with ``nodes=N``, N gateway nodes, one after the other so that the
+first migrates the database; ``database_url`` names their shared registry) and cleans up
+(processes and temporary directory). With ``LPS_BENCH_PROFILE=DIR`` in the environment,
+each server process runs under cProfile and writes ``DIR/mock.prof`` and
+``DIR/gateway.prof`` (``gateway-2.prof``... for other nodes) when stopped (read them with
+pstats).
 """
 
 from __future__ import annotations
@@ -48,14 +55,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from email.utils import format_datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+T = TypeVar("T")
 
 BAL = "claire.martin@medecin.mssante.fr"
 PERSONA = "dr-martin"
@@ -125,6 +135,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class Costs:
+    """The CPU seconds groups of processes spend while some work runs (the nodes of a
+    cluster summed, say)."""
+
+    def __init__(self, pids: dict[str, list[int]]) -> None:
+        self.pids = pids
+
+    def measure(self, work: Callable[[], T]) -> tuple[T, dict[str, float]]:
+        before = {who: sum(cpu_seconds(p) for p in pids) for who, pids in self.pids.items()}
+        result = work()
+        spent = {
+            who: sum(cpu_seconds(p) for p in pids) - before[who] for who, pids in self.pids.items()
+        }
+        return result, spent
+
+
 def xoauth2(user: str, token: str) -> str:
     """The base64 SASL XOAUTH2 initial response."""
     return base64.b64encode(f"user={user}\x01auth=Bearer {token}\x01\x01".encode()).decode()
@@ -153,12 +179,19 @@ class Stack:
         migration: int = 0,
         migration_messages: int = 0,
         dovecot: dict[str, Any] | None = None,
+        nodes: int = 1,
+        database_url: str | None = None,
+        proxy_from: str | None = None,
     ) -> None:
         self.big = big
         self.historic = historic
         self.migration = migration
         self.migration_messages = migration_messages
         self.dovecot = dovecot
+        self.node_count = nodes
+        self.database_url = database_url
+        self.proxy_from = proxy_from
+        self.nodes: list[Endpoints] = []
         self._tmp = Path(tempfile.mkdtemp(prefix="lps-bench-"))
         self._processes: list[subprocess.Popen[str]] = []
         self.mock_info: dict[str, Any] = {}
@@ -218,16 +251,27 @@ class Stack:
         if self.migration:
             migration = {"bals": self.migration, "dovecot": self.dovecot}
             gateway += ["--migration", json.dumps(migration)]
-        info = self._spawn(gateway)
-        self._gateway = Endpoints(
-            "127.0.0.1", info["imap_port"], info["smtp_port"], info["pid"], info["http_url"]
-        )
+        if self.database_url:
+            gateway += ["--database", self.database_url]
+        if self.proxy_from:
+            gateway += ["--proxy-from", self.proxy_from]
+        for index in range(self.node_count):
+            if index:
+                gateway[2] = str(self._tmp / f"gateway-{index + 1}")
+            info = self._spawn(gateway)
+            self.nodes.append(
+                Endpoints(
+                    "127.0.0.1", info["imap_port"], info["smtp_port"], info["pid"], info["http_url"]
+                )
+            )
+        self._gateway = self.nodes[0]
 
     def _spawn(self, args: list[str]) -> dict[str, Any]:
         profile = os.environ.get("LPS_BENCH_PROFILE")
         if profile:  # a directory: each server process writes ROLE.prof there on exit
             Path(profile).mkdir(parents=True, exist_ok=True)
-            args = [*args, "--profile", str(Path(profile) / f"{args[0]}.prof")]
+            name = args[0] if not self.nodes else f"{args[0]}-{len(self.nodes) + 1}"
+            args = [*args, "--profile", str(Path(profile) / f"{name}.prof")]
         env = {**os.environ, "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
         env = {k: v for k, v in env.items() if not k.startswith("LPSGW_")}
         process = subprocess.Popen(
@@ -608,7 +652,11 @@ async def _serve_mock(
 
 
 async def _serve_gateway(
-    data: Path, mock: dict[str, Any], migration: dict[str, Any] | None = None
+    data: Path,
+    mock: dict[str, Any],
+    migration: dict[str, Any] | None = None,
+    database_url: str | None = None,
+    proxy_from: str | None = None,
 ) -> None:
     from delegation.seed import seed
     from gateway.runtime.lifecycle import run_until_signalled
@@ -642,11 +690,21 @@ async def _serve_gateway(
         seeded += _migration_setup(mock, migration, backends)
     settings = Settings(
         data_dir=data,
+        database_url=database_url,
         log={"level": "WARNING"},
         http={"port": 0},
         # One load generator on loopback, one person: the caps of a real node would stop it.
-        imap={"port": 0, "auth_failure_delay": 0, "max_sessions_per_person": 1_000_000},
-        smtp={"port": 0, "auth_failure_delay": 0},
+        imap={
+            "port": 0,
+            "auth_failure_delay": 0,
+            "max_sessions_per_person": 1_000_000,
+            "proxy_protocol_from": [proxy_from] if proxy_from else [],
+        },
+        smtp={
+            "port": 0,
+            "auth_failure_delay": 0,
+            "proxy_protocol_from": [proxy_from] if proxy_from else [],
+        },
         limits={"exempt_networks": ["127.0.0.0/8", "::1/128"]},
         psc={"issuer": mock["issuer"], "client_ids": ["lps-demo"]},
         backends=backends,
@@ -723,6 +781,10 @@ def main() -> None:
     parser.add_argument("--migration", help="mock: K BAL each; gateway: JSON (migration)")
     parser.add_argument("--migration-messages", type=int, default=0)
     parser.add_argument("--mock", help="the mock's JSON line (gateway role)")
+    parser.add_argument("--database", help="the registry's URL (gateway role; default SQLite)")
+    parser.add_argument(
+        "--proxy-from", help="a load balancer's address (CIDR) the PROXY protocol comes from"
+    )
     parser.add_argument("--profile", type=Path, help="write a cProfile of this process here")
     args = parser.parse_args()
     raise_fd_limit()
@@ -742,7 +804,9 @@ def main() -> None:
         )
     else:
         plan = json.loads(args.migration) if args.migration else None
-        coroutine = _serve_gateway(args.data, json.loads(args.mock), plan)
+        coroutine = _serve_gateway(
+            args.data, json.loads(args.mock), plan, args.database, args.proxy_from
+        )
     if args.profile is None:
         asyncio.run(coroutine)
         return

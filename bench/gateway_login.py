@@ -21,13 +21,14 @@ import argparse
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _imap_client import RawImap
-from _stack import BAL, Endpoints, Stack, cpu_seconds, xoauth2
+from _stack import BAL, Costs, Endpoints, Stack, xoauth2
 
 TARGET = 0.7
 BATCHES = 3  # the two paths take turns, so that a passing load hits both alike
@@ -69,6 +70,40 @@ def run(endpoint: Endpoints, blob: str, logins: int, clients: int) -> float:
     return elapsed
 
 
+@dataclass
+class LoginResult:
+    workload: str
+    rates: dict[str, float]  # logins per second, per path
+    cpu_ms: dict[str, dict[str, float]]  # per path: CPU ms per login of each process group
+
+
+def compare_logins(
+    paths: dict[str, Endpoints], costs: Costs, blob: str, logins: int, clients: int
+) -> list[LoginResult]:
+    """A warm-up, then `logins` sessions on each path, sequential then from `clients`
+    threads, the paths taking turns."""
+    for endpoint in paths.values():
+        run(endpoint, blob, 30, 3)
+    workloads = {"login_sequential": 1, f"login_concurrent_{clients}": clients}
+    batch = -(-logins // BATCHES)
+    results = []
+    for workload, threads in workloads.items():
+        elapsed = dict.fromkeys(paths, 0.0)
+        cpu = {name: dict.fromkeys(costs.pids, 0.0) for name in paths}
+        for begin in range(0, logins, batch):
+            count = min(batch, logins - begin)
+            for name, endpoint in paths.items():
+                seconds, spent = costs.measure(
+                    lambda e=endpoint, c=count, t=threads: run(e, blob, c, t)
+                )
+                elapsed[name] += seconds
+                for who, value in spent.items():
+                    cpu[name][who] += value * 1000 / logins
+        rates = {name: logins / seconds for name, seconds in elapsed.items()}
+        results.append(LoginResult(workload, rates, cpu))
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--logins", type=int, default=300, help="sessions per measurement")
@@ -81,33 +116,17 @@ def main() -> None:
     with Stack() as stack:
         blob = xoauth2(BAL, stack.token())
         paths = {"gateway": stack.gateway, "direct": stack.direct}
-        pids = {"gateway": stack.gateway.pid, "mock": stack.direct.pid}
-        for endpoint in paths.values():
-            run(endpoint, blob, 30, 3)  # warm-up
-        workloads = {"login_sequential": 1, f"login_concurrent_{args.clients}": args.clients}
-        batch = -(-args.logins // BATCHES)
-        for workload, clients in workloads.items():
-            elapsed = dict.fromkeys(paths, 0.0)
-            cpu = {name: dict.fromkeys(pids, 0.0) for name in paths}
-            for begin in range(0, args.logins, batch):  # the paths take turns
-                count = min(batch, args.logins - begin)
-                for name, endpoint in paths.items():
-                    before = {who: cpu_seconds(pid) for who, pid in pids.items()}
-                    elapsed[name] += run(endpoint, blob, count, clients)
-                    for who, pid in pids.items():
-                        cpu[name][who] += cpu_seconds(pid) - before[who]
-            rates = {name: args.logins / seconds for name, seconds in elapsed.items()}
+        costs = Costs({"gateway": [stack.gateway.pid], "mock": [stack.direct.pid]})
+        for result in compare_logins(paths, costs, blob, args.logins, args.clients):
+            rates = result.rates
             print(
-                f"{workload}: gateway {rates['gateway']:.0f} logins/s, "
+                f"{result.workload}: gateway {rates['gateway']:.0f} logins/s, "
                 f"direct {rates['direct']:.0f} logins/s, "
                 f"ratio {rates['gateway'] / rates['direct']:.2f} (target >= {TARGET})"
             )
-            for name in paths:
-                costs = ", ".join(
-                    f"{who} {seconds / args.logins * 1000:.1f}"
-                    for who, seconds in cpu[name].items()
-                )
-                print(f"  CPU ms per login, {name} path: {costs}")
+            for name, spent in result.cpu_ms.items():
+                shares = ", ".join(f"{who} {ms:.1f}" for who, ms in spent.items())
+                print(f"  CPU ms per login, {name} path: {shares}")
 
 
 if __name__ == "__main__":

@@ -60,8 +60,9 @@ from gateway.psc_sessions import PscSessionWatch
 from gateway.retention import Purger
 from gateway.retention import rules as retention_rules
 from gateway.runtime.asgi_server import AsgiServer, bind_tcp
+from gateway.runtime.forwarded import ForwardedFor
 from gateway.runtime.lifecycle import cancelled
-from gateway.runtime.limits import Exemptions, LoginThrottle, NodeLimits, SlotCounter
+from gateway.runtime.limits import Exemptions, LoginThrottle, Networks, NodeLimits, SlotCounter
 from gateway.runtime.logs import log_audit_event
 from gateway.runtime.smtp_server import SmtpServer
 from gateway.runtime.tls import (
@@ -248,6 +249,8 @@ class Gateway:
             legacy_app = self.legacy.app(_LateOperations(self))
             app = PathDispatch(api, {LEGACY_PREFIX: legacy_app})
             await self._start_legacy_tls(legacy_app, guarded)
+        if http.forwarded_allow_ips:
+            app = ForwardedFor(app, http.forwarded_allow_ips)
         self._http = guarded(app, sock)
         if ops_sock is not None:
             ops_app = create_ops_app(readiness.check, self.metrics, max_body=http.max_body)
@@ -377,6 +380,8 @@ class Gateway:
             preauth_timeout=smtp.preauth_timeout,
             write_timeout=smtp.write_timeout,
             on_refused=lambda reason: refused.labels("smtp", reason).inc(),
+            proxy_protocol_from=Networks(smtp.proxy_protocol_from),
+            proxy_protocol_timeout=smtp.proxy_protocol_timeout,
         )
         await self.smtp.start()
 

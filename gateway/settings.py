@@ -33,6 +33,21 @@ else:
 DEFAULT_SCENARIO_PORT = 2150  # the mock's TLS scenario ports: 2150-2155
 
 
+def _check_networks(value: list[str]) -> list[str]:
+    """CIDR blocks (a single address is a /32 or /128): a typo refuses the configuration."""
+    for network in value:
+        ipaddress.ip_network(network, strict=False)
+    return value
+
+
+PROXY_PROTOCOL_FROM = (
+    "load balancers (CIDR) whose connections must start with a PROXY protocol header, "
+    "v1 or v2 (HAProxy's send-proxy / send-proxy-v2), naming the client; none by default. "
+    "Other peers are served as they are, a header from them is not honoured"
+)
+PROXY_PROTOCOL_TIMEOUT = "seconds a load balancer has to send its PROXY protocol header"
+
+
 class _Section(BaseModel):
     """A section of the tree: a misspelt key is an error, not silently ignored."""
 
@@ -152,6 +167,17 @@ class HttpSettings(_Section):
         default=30.0, gt=0, description="seconds a client may take to send a whole request"
     )
     max_connections: int = Field(default=1000, ge=1, description="open at once; 503 beyond")
+    forwarded_allow_ips: list[str] = Field(
+        default_factory=list,
+        description="reverse proxies (CIDR) whose X-Forwarded-For / X-Forwarded-Proto count: "
+        "the client they name is the one audited and throttled; none by default (the "
+        "headers of any other peer are ignored)",
+    )
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _proxies(cls, value: list[str]) -> list[str]:
+        return _check_networks(value)
 
 
 class OpsSettings(_Section):
@@ -186,9 +212,7 @@ class LimitsSettings(_Section):
     @field_validator("exempt_networks")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
-        for network in value:
-            ipaddress.ip_network(network, strict=False)
-        return value
+        return _check_networks(value)
 
 
 class UiSettings(_Section):
@@ -277,6 +301,15 @@ class ImapFrontSettings(_Section):
     max_other_literal: int = Field(
         default=64 * 1024, ge=1024, description="any other literal (names, search strings)"
     )
+    proxy_protocol_from: list[str] = Field(default_factory=list, description=PROXY_PROTOCOL_FROM)
+    proxy_protocol_timeout: float = Field(
+        default=5.0, gt=0, le=60, description=PROXY_PROTOCOL_TIMEOUT
+    )
+
+    @field_validator("proxy_protocol_from")
+    @classmethod
+    def _proxies(cls, value: list[str]) -> list[str]:
+        return _check_networks(value)
 
 
 class SmtpFrontSettings(_Section):
@@ -304,6 +337,15 @@ class SmtpFrontSettings(_Section):
     max_sessions_per_person: int = Field(
         default=100, ge=1, description="authenticated sessions of one idNat"
     )
+    proxy_protocol_from: list[str] = Field(default_factory=list, description=PROXY_PROTOCOL_FROM)
+    proxy_protocol_timeout: float = Field(
+        default=5.0, gt=0, le=60, description=PROXY_PROTOCOL_TIMEOUT
+    )
+
+    @field_validator("proxy_protocol_from")
+    @classmethod
+    def _proxies(cls, value: list[str]) -> list[str]:
+        return _check_networks(value)
 
 
 class MssSettings(_Section):
@@ -362,6 +404,12 @@ class BackendSettings(_Section):
         "master login) serves the operator's tools (migration, the historic interfaces over "
         "other platforms); without it they read through the web services (rebuilt messages, "
         "appends to Drafts only)",
+    )
+    forward_client_address: bool = Field(
+        default=True,
+        description="name the LPS to the backend: IMAP ID x-originating-ip/-port before "
+        "login (Dovecot believes it from its login_trusted_networks), SMTP XCLIENT ADDR/PORT "
+        "where offered, so that its per-address limits, logs and bans see the LPS",
     )
     keeps_sent_copy: bool = Field(
         default=False,

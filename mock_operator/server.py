@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import secrets
 import socket
@@ -10,6 +11,7 @@ import ssl
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse
@@ -125,6 +127,20 @@ def create_app(
     return app
 
 
+def _certificate_names(settings: MockSettings) -> tuple[str, ...]:
+    """The development certificate's DNS names: localhost, and the host of `public_url`
+    when it is a name (`mock-operator` in docker/compose.yaml, where the gateway nodes
+    reach the mock by its service name and verify its certificate)."""
+    host = urlsplit(settings.public_url).hostname if settings.public_url else None
+    if host is None or host == "localhost":
+        return ("localhost",)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return ("localhost", host)
+    return ("localhost",)
+
+
 class MockOperator:
     """Everything the mock serves: mock Pro Santé Connect (HTTP), the modern platform
     (IMAP and SMTP submission over a SQLite store), the historic platform (web services
@@ -215,7 +231,7 @@ class MockOperator:
         if settings.tls_cert and settings.tls_key:
             cert, key = settings.tls_cert, settings.tls_key
         else:
-            cert, key = ensure_dev_certificate(self.data_dir / "tls")
+            cert, key = ensure_dev_certificate(self.data_dir / "tls", _certificate_names(settings))
         self.tls_cert = cert
         await self._start_platform(imap_sock, smtp_sock, server_context(cert, key))
         await self._start_historic_imap(historic_imap_sock, self._card_context(cert, key))

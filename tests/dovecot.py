@@ -34,6 +34,7 @@ from pydantic import SecretStr
 from gateway.settings import BackendSettings
 
 DOVECOT = Path("/usr/sbin/dovecot")
+DOVEADM = Path("/usr/bin/doveadm")
 MAIL_USER = "nobody"
 MAIL_GROUP = "nogroup"
 TEST_USER = "alice@example.org"
@@ -68,6 +69,18 @@ class DovecotServer:
             return (self.base / "dovecot.log").read_text(errors="replace")
         except OSError:
             return ""
+
+    def who(self) -> list[tuple[str, str]]:
+        """(user, remote address) of each logged-in connection, as Dovecot's anvil counts
+        them for ``mail_max_userip_connections`` (``doveadm who -1``)."""
+        listed = subprocess.run(
+            [str(DOVEADM), "-c", str(self.base / "dovecot.conf"), "who", "-1"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.splitlines()[1:]
+        return [(fields[0], fields[3]) for fields in (line.split() for line in listed)]
 
     def stop(self) -> None:
         """Kill the master (by its pid file), wait for it, remove the temp dir."""
@@ -163,7 +176,13 @@ namespace inbox {
 
 
 def _config(
-    base: Path, port: int, uid: int, gid: int, with_master: bool, special_use: bool = False
+    base: Path,
+    port: int,
+    uid: int,
+    gid: int,
+    with_master: bool,
+    special_use: bool = False,
+    trusted_networks: str = "",
 ) -> str:
     master_passdb = (
         f"""
@@ -194,6 +213,7 @@ mail_gid = {gid}
 first_valid_uid = 1
 first_valid_gid = 1
 mail_fsync = never
+login_trusted_networks = {trusted_networks}
 {SPECIAL_USE_NAMESPACE if special_use else ""}{master_passdb}
 passdb {{
   driver = passwd-file
@@ -240,10 +260,12 @@ def start_dovecot(
     master_password: str | None = None,
     timeout: float = 15.0,
     special_use: bool = False,
+    trusted_networks: str = "",
 ) -> DovecotServer:
     """Start a private Dovecot; raise RuntimeError (with its log) when it does not come up.
     With `special_use`, folders named Sent, Drafts and Trash (not created) are listed with
-    those special uses (RFC 6154), as a provisioned Dovecot's are."""
+    those special uses (RFC 6154), as a provisioned Dovecot's are. `trusted_networks`:
+    ``login_trusted_networks``, the proxies whose ID x-originating-ip Dovecot believes."""
     if not dovecot_available():
         raise RuntimeError(f"{DOVECOT} missing or not running as root")
     uid = pwd.getpwnam(MAIL_USER).pw_uid
@@ -268,7 +290,7 @@ def start_dovecot(
             (base / name).chmod(0o644)
     port = _free_port()
     conf = base / "dovecot.conf"
-    conf.write_text(_config(base, port, uid, gid, with_master, special_use))
+    conf.write_text(_config(base, port, uid, gid, with_master, special_use, trusted_networks))
     server = DovecotServer(
         host="127.0.0.1",
         port=port,

@@ -19,6 +19,7 @@ from gateway.backends.routing import NoRoute, Route, Router
 from gateway.cli import app as cli_app
 from gateway.settings import (
     BackendSettings,
+    HttpSettings,
     ImapFrontSettings,
     MockSettings,
     MssSettings,
@@ -75,6 +76,25 @@ def test_bad_values_are_refused(tmp_path: Path):
         load_settings(config)
     with pytest.raises(FileNotFoundError):
         load_settings(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize("section", ["imap", "smtp"])
+def test_proxy_protocol_peers_are_networks_checked_at_load(section: str):
+    model = ImapFrontSettings if section == "imap" else SmtpFrontSettings
+    assert model().proxy_protocol_from == []
+    taken = model(proxy_protocol_from=["10.0.0.10", "192.0.2.0/24", "2001:db8::/32"])
+    assert taken.proxy_protocol_from == ["10.0.0.10", "192.0.2.0/24", "2001:db8::/32"]
+    with pytest.raises(ValidationError, match="proxy_protocol_from"):
+        model(proxy_protocol_from=["10.0.0.300/32"])
+    with pytest.raises(ValidationError, match="proxy_protocol_from"):
+        model(proxy_protocol_from=["haproxy.local"])
+
+
+def test_forwarded_allow_ips_are_networks_checked_at_load():
+    assert HttpSettings().forwarded_allow_ips == []
+    assert HttpSettings(forwarded_allow_ips=["10.0.0.0/8"]).forwarded_allow_ips == ["10.0.0.0/8"]
+    with pytest.raises(ValidationError, match="forwarded_allow_ips"):
+        HttpSettings(forwarded_allow_ips=["*"])
 
 
 def test_example_config_loads():

@@ -20,6 +20,7 @@ from delegation.audit import AuditAction
 from delegation.service import DelegationService
 from gateway import admin_secret
 from gateway.api.deps import bearer, current_identity, get_service, get_validator
+from gateway.runtime.forwarded import client_address
 from gateway.usage.report import CsvTable, UsageReport
 from psc_auth import Identity, TokenValidator
 
@@ -115,7 +116,7 @@ async def administrator(
         "",
         AuditAction.ADMIN,
         interface="http",
-        remote=request.client.host if request.client else None,
+        remote=client_address(request),
         detail=f"{request.method} {request.url.path}",
     )
     return AdminCall(config, actor)

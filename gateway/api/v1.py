@@ -17,6 +17,7 @@ from gateway.api.schemas import (
     MeOut,
     Problem,
 )
+from gateway.runtime.forwarded import client_address
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem, "description": "missing, invalid or expired PSC token"},
@@ -38,7 +39,7 @@ def _software(request: Request) -> str | None:
 
 
 def _remote(request: Request) -> str | None:
-    return request.client.host if request.client else None
+    return client_address(request)
 
 
 @router.get("/me", response_model=MeOut, tags=["me"])

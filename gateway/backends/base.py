@@ -29,6 +29,7 @@ from typing import Protocol
 
 from gateway.imap.mailstore import MailStore, SpecialUse
 from gateway.runtime.dsn import MailDsn, RecipientDsn
+from gateway.runtime.login import ConnectionInfo
 
 
 def digest(message: bytes) -> str:
@@ -206,14 +207,19 @@ class Backend(Protocol):
 
     `token` is the user's PSC access token, or None for a session opened without one (a
     CPS card login): the backend then uses its master login, and one that takes user
-    tokens only raises `BackendTokenOnly`."""
+    tokens only raises `BackendTokenOnly`. `client`: who the session is for, which a
+    backend may pass on (`gateway.backends.origin`)."""
 
     @property
     def name(self) -> str: ...
 
-    async def open_imap(self, bal: str, token: str | None) -> Upstream | MailStore: ...
+    async def open_imap(
+        self, bal: str, token: str | None, *, client: ConnectionInfo | None = None
+    ) -> Upstream | MailStore: ...
 
-    def submission(self, bal: str, token: str | None, *, max_size: int) -> Submission: ...
+    def submission(
+        self, bal: str, token: str | None, *, max_size: int, client: ConnectionInfo | None = None
+    ) -> Submission: ...
 
     def probes(self) -> Mapping[str, Awaitable[str]]: ...
 

@@ -31,7 +31,6 @@ import logging
 import ssl
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session, TLSSetupException
 
@@ -58,8 +57,7 @@ from gateway.psc_sessions import PscSessionWatch
 from gateway.runtime.limits import SlotCounter
 from gateway.runtime.login import AuthFailed, ConnectionInfo
 from gateway.runtime.logs import identified
-from gateway.runtime.net import is_loopback, peer_address
-from gateway.runtime.smtp_auth import CardAuthMixin, grant_of
+from gateway.runtime.smtp_auth import CardAuthMixin, connection_info, grant_of
 from gateway.runtime.smtp_server import TokenSMTP, mail_dsn, next_rcpt_dsn, recipients_dsn
 from gateway.settings import SmtpFrontSettings
 from gateway.usage import Interface, UsageRecorder, interface_for
@@ -80,6 +78,7 @@ class _Client:
     delegate_address: dict[str, str] = field(default_factory=dict)  # idNat -> Sender address
     watched: _Watched | None = None
     holds_slot: str | None = None  # the idNat whose session slot this connection holds
+    origin: ConnectionInfo | None = None  # who it is, for the backend (XCLIENT)
 
 
 @dataclass(eq=False)
@@ -142,7 +141,7 @@ class SubmissionFront(CardAuthMixin):
     # -- connection life (called by TokenSMTP) ------------------------------------------
 
     def connection_opened(self, server: SMTP) -> None:
-        self._clients[server] = _Client()
+        self._clients[server] = _Client(origin=connection_info(server))
         self.metrics.open_sessions.labels(PROTOCOL).inc()
 
     def connection_closed(self, server: SMTP) -> None:
@@ -546,7 +545,10 @@ class SubmissionFront(CardAuthMixin):
             client.relay = None
             await relay.close()
         relay = sender.route.backend.submission(
-            sender.mailbox, sender.token, max_size=self.settings.max_message_size
+            sender.mailbox,
+            sender.token,
+            max_size=self.settings.max_message_size,
+            client=client.origin,
         )
         await relay.open()
         client.relay = relay
@@ -635,14 +637,7 @@ def _nil(message: bytes) -> str | None:
 
 
 def _connection(server: SMTP, session: Session) -> ConnectionInfo:
-    peer: Any = session.peer
-    return ConnectionInfo(
-        peer=peer_address(peer),
-        secure=server._tls_protocol is not None,
-        loopback=is_loopback(peer),
-        tls_available=False,
-        software=session.host_name or None,
-    )
+    return connection_info(server, software=session.host_name or None)
 
 
 def _violations_reply(refusing: list[Violation]) -> str:

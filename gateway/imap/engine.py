@@ -310,8 +310,8 @@ class ImapSession:
             return
         await self.reply(command.tag, "OK", "begin TLS negotiation now")
         await self.channel.start_tls()
-        self.connection = ConnectionInfo(
-            self.connection.peer, True, self.connection.loopback, False, self.connection.session_id
+        self.connection = dataclasses.replace(
+            self.connection, secure=True, tls_available=False, software=None
         )
 
     async def _login(self, command: c.Login) -> None:

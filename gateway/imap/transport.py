@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import itertools
 import logging
 import socket
@@ -29,10 +30,11 @@ from gateway.imap.limits import Limits
 from gateway.imap.parser import CommandParser
 from gateway.imap.response import continuation, tagged, untagged_status
 from gateway.imap.session import Authenticator
-from gateway.runtime.limits import Exemptions, SlotCounter, client_key
+from gateway.runtime.limits import Exemptions, Networks, SlotCounter, client_key
 from gateway.runtime.login import ConnectionInfo
 from gateway.runtime.logs import bound, new_id
-from gateway.runtime.net import FAIR_SHARE, HANG_UP_GRACE, WRITE_TIMEOUT, is_loopback
+from gateway.runtime.net import FAIR_SHARE, HANG_UP_GRACE, WRITE_TIMEOUT, Peer
+from gateway.runtime.proxy_listener import HEADER_TIMEOUT, ProxyProtocolListener
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,8 @@ class ServerConfig:
     write_timeout: float = WRITE_TIMEOUT  # after login; before, the login deadline bounds writes
     implicit_tls: bool = False
     max_connections: int = 10_000
+    proxy_protocol_from: tuple[str, ...] = ()  # networks whose connections start with one
+    proxy_protocol_timeout: float = HEADER_TIMEOUT
 
 
 def preauth_limits(limits: Limits) -> Limits:
@@ -74,6 +78,7 @@ class StreamChannel:
         limits: Limits,
         ssl_context: ssl.SSLContext | None,
         write_timeout: float = WRITE_TIMEOUT,
+        peer: Peer | None = None,
     ) -> None:
         self.reader = reader
         self.writer = writer
@@ -82,6 +87,7 @@ class StreamChannel:
         self.write_timeout = write_timeout
         self.authenticated = False
         self.parser = CommandParser(preauth_limits(limits))
+        self.peer = peer or Peer.of(writer.get_extra_info("peername"))
 
     def logged_in(self) -> None:
         """The session authenticated: the full limits apply from the next byte parsed.
@@ -192,7 +198,7 @@ class ImapServer:
         self.authenticator = authenticator
         self.ssl_context = ssl_context
         self._socket = sock
-        self._server: asyncio.Server | None = None
+        self._server: asyncio.Server | ProxyProtocolListener | None = None
         self._sessions: dict[asyncio.Task[None], StreamChannel] = {}
         self._preauth = preauth_slots
         self._exempt = exempt or Exemptions()
@@ -213,17 +219,35 @@ class ImapServer:
     def connections(self) -> list[tuple[str, int]]:
         """Each open connection's peer address and the bytes written to it but not yet
         sent (a client that does not read keeps them growing)."""
-        return [
-            (str((c.writer.get_extra_info("peername") or ("?",))[0]), c.unsent)
-            for c in self._sessions.values()
-        ]
+        return [(c.peer.address, c.unsent) for c in self._sessions.values()]
 
     async def start(self) -> None:
+        if self.config.proxy_protocol_from:
+            self._server = ProxyProtocolListener(
+                self._socket,
+                Networks(self.config.proxy_protocol_from),
+                self._connect,
+                timeout=self.config.proxy_protocol_timeout,
+                name="imap",
+            )
+            self._server.start()
+            return
         self._server = await asyncio.start_server(
             self._handle,
             sock=self._socket,
             ssl=self.ssl_context if self.config.implicit_tls else None,
             limit=READ_SIZE,
+        )
+
+    async def _connect(self, sock: socket.socket, client: Peer, local: Peer) -> None:
+        """Serve a connection whose PROXY header (if any) was read: `client` is who it is,
+        `local` the address it connected to."""
+        reader = asyncio.StreamReader(limit=READ_SIZE)
+        protocol = asyncio.StreamReaderProtocol(
+            reader, functools.partial(self._handle, client=client, local=local)
+        )
+        await asyncio.get_running_loop().connect_accepted_socket(
+            lambda: protocol, sock, ssl=self.ssl_context if self.config.implicit_tls else None
         )
 
     async def stop(self, grace: float = 5.0) -> None:
@@ -252,11 +276,20 @@ class ImapServer:
     def ended(self, session: ImapSession) -> None:
         """The session is over (whoever ended it)."""
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _handle(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        client: Peer | None = None,
+        local: Peer | None = None,
+    ) -> None:
+        """A connection's life; `client`: who a trusted proxy said it serves, `local`: the
+        address that client connected to."""
         task = asyncio.current_task()
         assert task is not None
-        peer = writer.get_extra_info("peername") or ("?", 0)
-        address = str(peer[0])
+        peer = client or Peer.of(writer.get_extra_info("peername"))
+        local = local or Peer.of(writer.get_extra_info("sockname"))
+        address = peer.address
         if len(self._sessions) >= self.config.max_connections:
             log.warning("imap.too_many_connections", extra={"open": len(self._sessions)})
             self.refused("max_connections")
@@ -271,14 +304,17 @@ class ImapServer:
             await _hang_up(writer, untagged_status("BYE", "too many connections from your address"))
             return
         channel = self.channel_type(
-            reader, writer, self.config.limits, self.ssl_context, self.config.write_timeout
+            reader, writer, self.config.limits, self.ssl_context, self.config.write_timeout, peer
         )
         self._sessions[task] = channel
         secure = writer.get_extra_info("sslcontext") is not None
         info = ConnectionInfo(
             peer=address,
+            port=peer.port,
+            local_address=local.address,
+            local_port=local.port,
             secure=secure,
-            loopback=is_loopback(peer),
+            loopback=peer.loopback,
             tls_available=self.ssl_context is not None and not secure,
             session_id=new_id(),
         )

@@ -44,6 +44,7 @@ from gateway.mss.historic_ws import (
     AuthRefused,
     Caller,
 )
+from gateway.runtime.forwarded import client_address, tcp_peer
 from gateway.runtime.limits import Exemptions, LoginThrottle, client_key
 from psc_auth import TokenError, TokenValidator
 from psc_auth.certificates import CardError, CardVerifier
@@ -125,7 +126,7 @@ class LegacyFrontAuth:
             raise
 
     def _throttle_key(self, request: Request) -> str | None:
-        peer = request.client.host if request.client else None
+        peer = client_address(request)
         if peer is None or (self.exempt is not None and peer in self.exempt):
             return None
         return client_key(peer)
@@ -180,7 +181,7 @@ class LegacyFrontAuth:
         der = self.certificate_of(request) if self.certificate_of else None
         headers = request.headers
         if der is None and "ssl_client_verify" in headers:
-            peer = request.client.host if request.client else None
+            peer = tcp_peer(request)  # the proxy itself, not whom it names
             if not self.trusted_proxies.trusts(peer):
                 log.warning("legacy_front.untrusted_cert_headers", extra={"peer": peer})
                 return None

@@ -39,8 +39,8 @@ def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return ip
 
 
-class Exemptions:
-    """The networks of `limits.exempt_networks`."""
+class Networks:
+    """A set of networks (CIDR blocks) an address is looked up in."""
 
     def __init__(self, networks: Iterable[str] = ()) -> None:
         self._networks = [ipaddress.ip_network(n, strict=False) for n in networks]
@@ -50,6 +50,14 @@ class Exemptions:
             return False
         ip = _ip(address)
         return ip is not None and any(ip.version == n.version and ip in n for n in self._networks)
+
+    @property
+    def empty(self) -> bool:
+        return not self._networks
+
+
+class Exemptions(Networks):
+    """The networks of `limits.exempt_networks`."""
 
 
 class SlotCounter:

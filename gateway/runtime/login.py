@@ -20,6 +20,9 @@ class ConnectionInfo:
     tls_available: bool
     session_id: str = ""
     software: str | None = None  # what the client said it is (IMAP ID, SMTP EHLO)
+    port: int = 0  # the client's (0: unknown)
+    local_address: str = ""  # the address the client connected to (a load balancer's)
+    local_port: int = 0
 
 
 AuthFailure = Literal["authentication", "authorization", "unavailable", "throttled", "limit"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
 
 HANG_UP_GRACE = 1.0  # seconds a last word may take to leave before a connection is cut
 FAIR_SHARE = 32  # commands served in a row before other connections get the event loop
@@ -25,3 +26,29 @@ def is_loopback(host: object) -> bool:
         return ipaddress.ip_address(str(host).split("%")[0]).is_loopback
     except ValueError:
         return False
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Who is at the other end of a connection: its TCP peer, or the client a trusted
+    proxy announced in a PROXY protocol header. Every listener reads the client's address
+    from here, so that the audit, the usage figures, the caps and the loopback rule all see
+    the same one."""
+
+    address: str
+    port: int = 0
+
+    @classmethod
+    def of(cls, peername: object) -> Peer:
+        """From asyncio's ``peername``: a (host, port, ...) tuple, or a string."""
+        if isinstance(peername, tuple) and len(peername) >= 2 and isinstance(peername[1], int):
+            return cls(str(peername[0]), peername[1])
+        return cls(peer_address(peername) if peername is not None else "?")
+
+    @property
+    def loopback(self) -> bool:
+        return is_loopback(self.address)
+
+    @property
+    def peername(self) -> tuple[str, int]:
+        return (self.address, self.port)

@@ -16,7 +16,7 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult
 
 from gateway.imap.session import ExternalCredentials, decode_external
 from gateway.runtime.login import AuthFailed, ConnectionInfo, Login, LoginAuthority
-from gateway.runtime.net import is_loopback, peer_address
+from gateway.runtime.net import Peer
 from gateway.runtime.smtp_server import TokenSMTP
 from psc_auth.errors import SaslError
 from psc_auth.sasl import Mechanism, TokenCredentials, decode, decode_base64
@@ -43,12 +43,22 @@ async def _sasl_response(server: SMTP, args: list[str]) -> bytes | None:
     return None if answer is MISSING else bytes(answer)
 
 
-def _connection(session: Any, *, secure: bool) -> ConnectionInfo:
+def connection_info(server: SMTP, *, software: str | None = None) -> ConnectionInfo:
+    """Who is on an SMTP connection: the client (a trusted proxy's header read), the
+    address it connected to, whether TLS protects it."""
+    session = server.session
+    assert session is not None
+    peer = Peer.of(session.peer)
+    local = server.local if isinstance(server, TokenSMTP) else None
     return ConnectionInfo(
-        peer=peer_address(session.peer),
-        secure=secure,
-        loopback=is_loopback(session.peer),
+        peer=peer.address,
+        port=peer.port,
+        local_address=local.address if local else "",
+        local_port=local.port if local else 0,
+        secure=server._tls_protocol is not None,
+        loopback=peer.loopback,
         tls_available=False,
+        software=software,
     )
 
 
@@ -82,7 +92,7 @@ class TokenAuthMixin:
         session = server.session
         assert session is not None
         secure = server._tls_protocol is not None
-        if not secure and not is_loopback(session.peer):
+        if not secure and not Peer.of(session.peer).loopback:
             await server.push(ENCRYPTION_REQUIRED)
             return AuthResult(success=False, handled=True)
         try:
@@ -93,7 +103,7 @@ class TokenAuthMixin:
         except SaslError as exc:
             await server.push(f"501 5.5.2 Malformed SASL response: {exc}")
             return AuthResult(success=False, handled=True)
-        connection = _connection(session, secure=secure)
+        connection = connection_info(server)
         try:
             grant = await self._authenticate(server, credentials, connection)
         except AuthFailed as failure:
@@ -182,7 +192,7 @@ class CardAuthMixin(TokenAuthMixin):
         except SaslError as exc:
             await server.push(f"501 5.5.2 Malformed SASL response: {exc}")
             return AuthResult(success=False, handled=True)
-        connection = _connection(session, secure=True)
+        connection = connection_info(server)
         try:
             grant = await self._authenticate_card(
                 server, ExternalCredentials(authzid, certificate), connection

@@ -36,9 +36,15 @@ from gateway.runtime.dsn import (
     mail_parameters,
     rcpt_parameters,
 )
-from gateway.runtime.limits import Exemptions, SlotCounter, client_key
+from gateway.runtime.limits import Exemptions, Networks, SlotCounter, client_key
 from gateway.runtime.logs import bound, new_id
-from gateway.runtime.net import FAIR_SHARE, HANG_UP_GRACE, WRITE_TIMEOUT, is_loopback, peer_address
+from gateway.runtime.net import (
+    FAIR_SHARE,
+    HANG_UP_GRACE,
+    WRITE_TIMEOUT,
+    Peer,
+)
+from gateway.runtime.proxy_listener import HEADER_TIMEOUT, ProxyProtocolListener
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +117,8 @@ class TokenSMTP(SMTP):
         self._write_timeout = write_timeout
         self._slot: str | None = None  # the source address's slot, held until AUTH
         self.peer = ""
+        self.client: Peer | None = None  # who a trusted proxy said this connection serves
+        self.local: Peer | None = None  # the address the client connected to
         self._replies = 0
         self._authenticated = False
         self.kicked: str | None = None  # why the session is ending, once it is
@@ -137,10 +145,14 @@ class TokenSMTP(SMTP):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         fresh = self._original_transport is None  # set by STARTTLS
         super().connection_made(transport)
+        client = self.client or Peer.of(transport.get_extra_info("peername"))
+        self.local = self.local or Peer.of(transport.get_extra_info("sockname"))
+        if self.session is not None:  # a new one on STARTTLS too, with the TCP peer in it
+            self.session.peer = client.peername  # type: ignore[assignment]  # a tuple, really
         if self.tls_context is not None:
             # AUTH is not even offered in plaintext, except on loopback: a client that sends
             # its token with the AUTH command (SASL-IR) must never do so in the clear.
-            self._auth_require_tls = not is_loopback(transport.get_extra_info("peername"))
+            self._auth_require_tls = not client.loopback
         if fresh:
             handler = self._handler_coroutine
             if handler is not None:  # ends with ConnectionResetError when a client drops
@@ -148,7 +160,7 @@ class TokenSMTP(SMTP):
             if self._tracker is not None and len(self._tracker) >= self._max_connections:
                 self._refuse("max_connections", TOO_MANY)
                 return
-            address = self.peer = peer_address(transport.get_extra_info("peername"))
+            address = self.peer = client.address
             if self._preauth is not None:
                 key = client_key(address)
                 if not self._preauth.acquire(key, exempt=address in self._exempt):
@@ -378,12 +390,15 @@ class SmtpServer:
         write_timeout: float = WRITE_TIMEOUT,
         on_refused: Callable[[str], None] | None = None,
         dsn: bool = False,
+        proxy_protocol_from: Networks | None = None,
+        proxy_protocol_timeout: float = HEADER_TIMEOUT,
     ) -> None:
         """`timeout`: seconds a client may stay silent (it also bounds one DATA, reply
         included, since aiosmtpd restarts its clock per command only). `preauth_slots`
         (shared by a node's listeners) caps the connections not yet authenticated per
         source address, `preauth_timeout` the time to authenticate. `dsn`: take RFC 3461's
-        parameters (the handler's EHLO then says DSN)."""
+        parameters (the handler's EHLO then says DSN). `proxy_protocol_from`: peers whose
+        connections start with a PROXY protocol header (`gateway.runtime.proxy_listener`)."""
         self.handler = handler
         self._socket = sock
         self._tls = tls
@@ -398,7 +413,9 @@ class SmtpServer:
         self._write_timeout = write_timeout
         self._on_refused = on_refused
         self._dsn = dsn
-        self._server: asyncio.Server | None = None
+        self._proxies = proxy_protocol_from
+        self._proxy_timeout = proxy_protocol_timeout
+        self._server: asyncio.Server | ProxyProtocolListener | None = None
         self._open: set[TokenSMTP] = set()
         self._changed = asyncio.Event()  # a session ended
 
@@ -432,8 +449,25 @@ class SmtpServer:
         )
 
     async def start(self) -> None:
+        if self._proxies is not None and not self._proxies.empty:
+            self._server = ProxyProtocolListener(
+                self._socket,
+                self._proxies,
+                self._connect,
+                timeout=self._proxy_timeout,
+                name="smtp",
+            )
+            self._server.start()
+            return
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._protocol, sock=self._socket)
+
+    async def _connect(self, sock: socket.socket, client: Peer, local: Peer) -> None:
+        """Serve a connection whose PROXY header (if any) was read: `client` is who it is,
+        `local` the address it connected to."""
+        protocol = self._protocol()
+        protocol.client, protocol.local = client, local
+        await asyncio.get_running_loop().connect_accepted_socket(lambda: protocol, sock)
 
     @property
     def open_sessions(self) -> int:

@@ -23,6 +23,7 @@ from delegation.models import MAX_ID
 from delegation.service import DelegationService
 from gateway.api.admin import AdminConfig
 from gateway.api.schemas import PRINTABLE, RIGHTS_ORDER
+from gateway.runtime.forwarded import client_address
 from gateway.usage.report import UsageReport
 from gateway.web.migrations import migrations_view
 from gateway.web.sessions import COOKIE, PendingLogin, SessionStore, WebSession
@@ -95,7 +96,7 @@ def build_router(
     async def login(request: Request) -> Response:
         """Always a fresh pre-login session: a session id that came with the request, perhaps
         planted by someone else, is never the one that ends up logged in."""
-        session = store.create_pending(request.client.host if request.client else "?")
+        session = store.create_pending(client_address(request) or "?")
         verifier = secrets.token_urlsafe(48)
         challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
         session.pending = PendingLogin(
@@ -305,7 +306,7 @@ def build_router(
                 rights,
                 expires,
                 software=request.headers.get("user-agent", "")[:128] or None,
-                remote=request.client.host if request.client else None,
+                remote=client_address(request),
             )
             session.flash = "Délégation enregistrée."
         except DelegationError as exc:
@@ -328,7 +329,7 @@ def build_router(
                 mailbox,
                 delegation_id,
                 software=request.headers.get("user-agent", "")[:128] or None,
-                remote=request.client.host if request.client else None,
+                remote=client_address(request),
             )
             session.flash = "Délégation révoquée."
         except DelegationError as exc:

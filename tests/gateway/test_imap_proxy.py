@@ -566,8 +566,8 @@ async def test_revocation_during_the_backend_login_still_ends_the_session(
     modern = stack.gateway.router.backends["modern"]
     real_open = modern.open_imap
 
-    async def slow_open(*args: Any) -> Any:
-        upstream = await real_open(*args)
+    async def slow_open(*args: Any, **kwargs: Any) -> Any:
+        upstream = await real_open(*args, **kwargs)
         await registry.revoke(holder, MARTIN, delegation.id)  # while the login is running
         await asyncio.sleep(0.1)
         return upstream

@@ -11,11 +11,13 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp
 
 from gateway.legacy_front.auth import LegacyFrontAuth
 from gateway.legacy_front.cookies import SessionBook
 from gateway.legacy_front.otp import CibaOtp, HistoricOtp, OtpLogin
 from gateway.mss.historic_ws import SESSION_COOKIE, AuthRefused, OtpRequired
+from gateway.runtime.forwarded import ForwardedFor
 from gateway.runtime.limits import LoginThrottle
 from mock_operator.server import MockOperator
 from psc_auth import TokenValidator
@@ -30,7 +32,9 @@ SOFTWARE = "HOMOL-2019-0007"
 class Front:
     """A tiny app answering who the legacy front says the caller is."""
 
-    def __init__(self, mock: MockOperator, auth: LegacyFrontAuth) -> None:
+    def __init__(
+        self, mock: MockOperator, auth: LegacyFrontAuth, *, forwarded: list[str] | None = None
+    ) -> None:
         self.mock = mock
         self.auth = auth
         app = FastAPI()
@@ -54,8 +58,9 @@ class Front:
                 response.set_cookie(SESSION_COOKIE, found.new_session.token)
             return response
 
+        served: ASGIApp = app if forwarded is None else ForwardedFor(app, forwarded)
         self.client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app, client=("127.0.0.1", 40000)),
+            transport=httpx.ASGITransport(app=served, client=("127.0.0.1", 40000)),
             base_url="http://front",
         )
 
@@ -149,6 +154,44 @@ async def test_card_headers_count_only_from_configured_proxies(mock_op: MockOper
         answer = await made.who(ssl_client_verify="SUCCESS", ssl_client_cert=quote(pem.decode()))
         assert answer.status_code == 403
         assert answer.headers["X-ErrorCode"] == "8"  # no credentials at all
+    finally:
+        await made.client.aclose()
+        await validator.aclose()
+
+
+async def test_card_headers_from_a_trusted_proxy_that_also_forwards_the_client(
+    mock_op: MockOperator,
+) -> None:
+    """With http.forwarded_allow_ips the request's client is the one X-Forwarded-For names:
+    the certificate headers still count by the proxy's own address (its TCP peer), and the
+    throttle counts the client's."""
+    validator = TokenValidator(ValidatorConfig(issuer=mock_op.issuer, accept_any_audience=True))
+    assert mock_op.historic_auth is not None
+    authority = mock_op.historic_auth.authority
+    assert authority is not None
+    persona = mock_op.personas.get("dr-martin")
+    assert persona is not None
+    pem, _key = authority.issue(persona)
+    throttle = LoginThrottle(1, 600)
+    auth = LegacyFrontAuth(
+        validator,
+        SessionBook(600),
+        cards=authority.verifier,
+        trusted_proxies=["127.0.0.1/32"],
+        throttle=throttle,
+    )
+    made = Front(mock_op, auth, forwarded=["127.0.0.1/32"])
+    try:
+        answer = await made.who(
+            ssl_client_verify="SUCCESS",
+            ssl_client_cert=quote(pem.decode()),
+            **{"X-Forwarded-For": "203.0.113.9"},
+        )
+        assert answer.json()["idnat"] == MARTIN
+        refused = await made.who(Authorization="Bearer bad", **{"X-Forwarded-For": "203.0.113.9"})
+        assert refused.status_code == 403
+        assert throttle.retry_after("203.0.113.9") is not None
+        assert throttle.retry_after("127.0.0.1") is None
     finally:
         await made.client.aclose()
         await validator.aclose()

@@ -10,6 +10,7 @@ from gateway.backends.imap_smtp.submission import SmtpSubmission
 from gateway.backends.imap_smtp.tools import ImapMailboxAccess
 from gateway.backends.imap_smtp.upstream import open_upstream
 from gateway.backends.probes import mail_port_check
+from gateway.runtime.login import ConnectionInfo
 from gateway.settings import BackendSettings
 
 
@@ -25,16 +26,23 @@ class ImapSmtpBackend:
     def name(self) -> str:
         return self._name
 
-    async def open_imap(self, bal: str, token: str | None) -> Upstream:
+    async def open_imap(
+        self, bal: str, token: str | None, *, client: ConnectionInfo | None = None
+    ) -> Upstream:
+        origin = client if self.settings.forward_client_address else None
         if token is None:
             self._master_allowed()
-            return await open_upstream(self._name, self.settings, bal, "", master=True)
-        return await open_upstream(self._name, self.settings, bal, token)
+        return await open_upstream(
+            self._name, self.settings, bal, token or "", master=token is None, client=origin
+        )
 
-    def submission(self, bal: str, token: str | None, *, max_size: int) -> SmtpSubmission:
+    def submission(
+        self, bal: str, token: str | None, *, max_size: int, client: ConnectionInfo | None = None
+    ) -> SmtpSubmission:
         if token is None:
             self._master_allowed()
-        return SmtpSubmission(self._name, self.settings, bal, token)
+        origin = client if self.settings.forward_client_address else None
+        return SmtpSubmission(self._name, self.settings, bal, token, client=origin)
 
     def _master_allowed(self) -> None:
         """A session without a user token needs the master login this backend is set for."""

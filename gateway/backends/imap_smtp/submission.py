@@ -33,7 +33,9 @@ import aiosmtplib
 
 from gateway.backends.base import Accepted
 from gateway.backends.errors import BackendRefused, BackendUnavailable, one_line
+from gateway.backends.origin import xclient_arguments
 from gateway.runtime.dsn import MailDsn, RecipientDsn
+from gateway.runtime.login import ConnectionInfo
 from gateway.runtime.tls import backend_context
 from gateway.settings import BackendSettings
 
@@ -57,12 +59,21 @@ class SmtpSubmission:
     """An authenticated submission session on backend `name`, as BAL `mailbox`."""
 
     def __init__(
-        self, name: str, backend: BackendSettings, mailbox: str, token: str | None
+        self,
+        name: str,
+        backend: BackendSettings,
+        mailbox: str,
+        token: str | None,
+        *,
+        client: ConnectionInfo | None = None,
     ) -> None:
+        """`client`: who the session is for, named with XCLIENT where the backend offers it
+        (`gateway.backends.origin`)."""
         self.name = name
         self.backend = backend
         self.mailbox = mailbox
         self._token = token
+        self._client = client
         self._smtp: aiosmtplib.SMTP | None = None
         self.in_transaction = False  # a MAIL was accepted and no DATA/RSET ended it yet
         self.last_answer = 0.0  # time.monotonic() of the backend's last reply
@@ -119,6 +130,7 @@ class SmtpSubmission:
         try:
             if smtp.is_ehlo_or_helo_needed:
                 await smtp.ehlo()
+            await self._introduce(smtp)
             response = await smtp.execute_command(b"AUTH", mechanism, blob)
             if response.code == 334:  # RFC 7628 error challenge: answer it to get the verdict
                 response = await smtp.execute_command(b"")
@@ -126,6 +138,25 @@ class SmtpSubmission:
             raise BackendUnavailable("login", _describe(exc)) from None
         if response.code != 235:
             raise BackendUnavailable("login", f"{response.code} {one_line(response.message, 120)}")
+
+    async def _introduce(self, smtp: aiosmtplib.SMTP) -> None:
+        """XCLIENT naming the client, when the backend's EHLO offers it (Postfix: the
+        server greets again and forgets the EHLO, which is said anew). A refusal is the
+        backend's business, not a reason to fail the session."""
+        offered = smtp.esmtp_extensions.get("xclient")
+        if self._client is None or offered is None:
+            return
+        arguments = xclient_arguments(self._client, offered.split())
+        if arguments is None:
+            return
+        response = await smtp.execute_command(b"XCLIENT", *(a.encode() for a in arguments))
+        if response.code != 220:
+            log.info(
+                "smtp.backend_xclient_refused",
+                extra={"backend": self.name, "reply": f"{response.code} {response.message}"},
+            )
+            return
+        await smtp.ehlo()
 
     async def reset(self) -> None:
         """RSET: ends any half-done transaction, and proves an idle session still lives."""

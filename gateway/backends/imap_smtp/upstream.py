@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from gateway.backends.base import Upstream
 from gateway.backends.errors import BackendUnavailable
+from gateway.backends.origin import imap_id
 from gateway.imap.client import (
     ClientConnection,
     Continuation,
@@ -26,6 +27,7 @@ from gateway.imap.client import (
     Untagged,
     parse_capabilities,
 )
+from gateway.runtime.login import ConnectionInfo
 from gateway.runtime.tls import backend_context
 from gateway.settings import BackendSettings
 
@@ -146,6 +148,19 @@ def _capabilities_of(events: list[Untagged], tagged: Tagged | None) -> frozenset
     return None
 
 
+async def _introduce(
+    talk: Dialogue, name: str, client: ConnectionInfo, capabilities: frozenset[str]
+) -> None:
+    """Name the client with ID before login (`gateway.backends.origin`); a refusal is the
+    backend's business, not a reason to fail the login."""
+    command = imap_id(client)
+    if command is None or "ID" not in {c.upper() for c in capabilities}:
+        return
+    done, _ = await talk.command(command)
+    if done.status != "OK":
+        log.info("backend.id_refused", extra={"backend": name, "reply": done.text[:200]})
+
+
 def sasl_initial_response(
     backend: BackendSettings, bal: str, token: str, *, master: bool = False
 ) -> tuple[str, bytes]:
@@ -159,10 +174,16 @@ def sasl_initial_response(
 
 
 async def open_upstream(
-    name: str, backend: BackendSettings, bal: str, token: str, *, master: bool = False
+    name: str,
+    backend: BackendSettings,
+    bal: str,
+    token: str,
+    *,
+    master: bool = False,
+    client: ConnectionInfo | None = None,
 ) -> Upstream:
-    """Connect to the backend's IMAP server and log in as `bal`; raises
-    `BackendUnavailable`."""
+    """Connect to the backend's IMAP server and log in as `bal`, for `client` (named to
+    the backend with ID first, when it offers ID); raises `BackendUnavailable`."""
     implicit = backend.imap_tls == "implicit"
     try:
         async with asyncio.timeout(backend.connect_timeout):
@@ -180,7 +201,9 @@ async def open_upstream(
     except OSError as exc:
         raise BackendUnavailable("connect", f"{name}: {exc.strerror or exc}") from None
     try:
-        capabilities, leftover = await _log_in(name, backend, reader, writer, bal, token, master)
+        capabilities, leftover = await _log_in(
+            name, backend, reader, writer, bal, token, master, client
+        )
     except BaseException:
         writer.close()
         raise
@@ -195,6 +218,7 @@ async def _log_in(
     bal: str,
     token: str,
     master: bool,
+    client: ConnectionInfo | None,
 ) -> tuple[frozenset[str], bytes]:
     talk = Dialogue(reader, writer, backend.reply_timeout)
     try:
@@ -219,6 +243,8 @@ async def _log_in(
         if capabilities is None:
             done, events = await talk.command(b"CAPABILITY")
             capabilities = _capabilities_of(events, done) or frozenset()
+        if client is not None:
+            await _introduce(talk, name, client, capabilities)
         mechanism, response = sasl_initial_response(backend, bal, token, master=master)
         if "SASL-IR" in capabilities:
             done, events = await talk.command(

@@ -15,6 +15,7 @@ from gateway.backends.legacy_ws.store import LegacyBackends, LegacyWsStore
 from gateway.backends.legacy_ws.submit import HistoricSubmission
 from gateway.backends.probes import mail_port_check, web_services_check
 from gateway.backends.store_access import StoreMailboxAccess
+from gateway.runtime.login import ConnectionInfo
 from gateway.settings import BackendSettings
 
 
@@ -57,12 +58,16 @@ class LegacyWsBackend:
         passes historic calls through it)."""
         return self._shared().client(self._name, self.settings)
 
-    async def open_imap(self, bal: str, token: str | None) -> LegacyWsStore:
+    async def open_imap(
+        self, bal: str, token: str | None, *, client: ConnectionInfo | None = None
+    ) -> LegacyWsStore:
         return self._shared().store(self._name, self.settings, bal)
 
-    def submission(self, bal: str, token: str | None, *, max_size: int) -> HistoricSubmission:
-        client = self._shared().client(self._name, self.settings)
-        return HistoricSubmission(self._name, client, bal, max_size=max_size)
+    def submission(
+        self, bal: str, token: str | None, *, max_size: int, client: ConnectionInfo | None = None
+    ) -> HistoricSubmission:
+        ws = self._shared().client(self._name, self.settings)
+        return HistoricSubmission(self._name, ws, bal, max_size=max_size)
 
     def probes(self) -> Mapping[str, Awaitable[str]]:
         s = self.settings

@@ -64,6 +64,8 @@ class ProxyConfig:
                 idle_timeout=settings.idle_timeout,
                 write_timeout=settings.write_timeout,
                 max_connections=settings.max_connections,
+                proxy_protocol_from=tuple(settings.proxy_protocol_from),
+                proxy_protocol_timeout=settings.proxy_protocol_timeout,
             )
         )
 

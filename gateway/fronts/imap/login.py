@@ -126,7 +126,7 @@ class ProxyAuthenticator:
     async def _open(self, grant: FrontGrant, connection: ConnectionInfo) -> FrontGrant:
         route = grant.route
         try:
-            opened = await route.backend.open_imap(grant.mailbox, grant.token)
+            opened = await route.backend.open_imap(grant.mailbox, grant.token, client=connection)
         except BackendTokenOnly as exc:
             self.metrics.logins.labels("imap", "authorization").inc()
             raise AuthFailed("authorization", exc.text) from None
