@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from delegation.db import create_engine, migrate
 from delegation.seed import seed as seed_registry
 from delegation.service import DelegationService
+from gateway.api.docs import documented_app
 from gateway.imap.engine import EngineConfig
 from gateway.imap.structure_cache import StructureCache
 from gateway.imap.transport import ImapServer, ServerConfig
@@ -94,11 +95,9 @@ def create_app(
     operator: APIRouter | None = None,
     conformance: APIRouter | None = None,
 ) -> FastAPI:
-    app = FastAPI(
+    app = documented_app(
         title="mock-operator",
         summary="A faithful MSSanté test operator: mock Pro Santé Connect and platforms",
-        docs_url="/docs",
-        redoc_url=None,
     )
     app.state.psc = psc
     app.add_middleware(RequestIdMiddleware)
