@@ -432,7 +432,7 @@ def describe_gateway(gateway: Gateway, console: Console) -> None:
     for path, what in [
         ("/ui/delegations", "delegations page"),
         ("/ui/admin/usage", "usage page (admins)"),
-        ("/v1", "API (docs: /docs)"),
+        ("/v1", "API (docs: /docs, /redoc)"),
         *([] if gateway.ops_url else [("/metrics", "metrics")]),
         *(
             [("/mss-msg-services/services", "historic web services")]
@@ -522,6 +522,9 @@ async def _demo(settings: Settings) -> None:
                     ca_file=authority.certificate_path, crl_file=authority.crl_path
                 )
             await gateway.start()
+
+        async def drain(self) -> None:
+            await gateway.drain()
 
         async def stop(self) -> None:
             await gateway.stop()

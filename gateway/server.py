@@ -105,6 +105,7 @@ class Gateway:
         self._http: AsgiServer | None = None
         self._ops: AsgiServer | None = None
         self._expiry: asyncio.Task[None] | None = None
+        self.readiness: Readiness | None = None
         self.metrics = Metrics(settings.usage.top_software)
         self.usage = UsageRecorder(None, counter=self.metrics)
         self.router: Router | None = None
@@ -201,7 +202,9 @@ class Gateway:
             ui.client_id, ui.client_secret, http.public_url or f"http://{http.host}:{port}"
         )
         assert self.backends is not None
-        readiness = Readiness(self.settings, service, backends=self.backends.by_name)
+        readiness = self.readiness = Readiness(
+            self.settings, service, backends=self.backends.by_name
+        )
         # The pages log people in as the gateway's own client: their tokens are for it.
         self._web_validator = TokenValidator(
             dataclasses.replace(self.settings.psc, client_ids=[ui.client_id])
@@ -554,6 +557,23 @@ class Gateway:
             ],
             "routing": {"default": self.settings.routing.default},
         }
+
+    async def drain(self) -> None:
+        """SIGTERM: close the IMAP and SMTP listeners first (a balancer sends new clients to
+        another node; /readyz says 503 meanwhile), end each IMAP session with `* BYE
+        [UNAVAILABLE]` once its command in flight has its reply, let SMTP messages in
+        flight be answered (then 421 4.3.2), for at most `ops.shutdown_grace` seconds."""
+        if self.readiness is not None:
+            self.readiness.draining = True
+        imap = [front for front in (self.imap, self.imaps) if front is not None]
+        for front in (*imap, self.smtp):
+            if front is not None:
+                front.stop_accepting()
+        grace = self.settings.ops.shutdown_grace
+        log.info("gateway.draining", extra={"grace": grace})
+        smtp = [self.smtp.stop(grace)] if self.smtp is not None else []
+        await asyncio.gather(*(front.drain(grace) for front in imap), *smtp)
+        log.info("gateway.drained")
 
     async def stop(self) -> None:
         if self._admin_url is not None:

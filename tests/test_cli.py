@@ -60,6 +60,24 @@ def wait_for_url(process: subprocess.Popen[str], timeout: float = 30) -> str:
     pytest.fail(f"no URL announced: {''.join(seen)} {stderr}")
 
 
+# every listener of `lps-gateway demo` on a port of the OS's choosing
+DEMO_PORTS = {
+    "LPSGW_HTTP__PORT": "0",
+    "LPSGW_IMAP__PORT": "0",
+    "LPSGW_SMTP__PORT": "0",
+    **{f"LPSGW_MOCK__{p}_PORT": "0" for p in ("HTTP", "IMAP", "SMTP", "HISTORIC_IMAP")},
+}
+
+
+def demo_banner(process: subprocess.Popen[str]) -> str:
+    """The rest of the demo's banner, once the mock's URL is read (`wait_for_url`)."""
+    assert process.stdout is not None
+    lines: list[str] = []
+    while len(lines) < 60 and not any("Ctrl-C" in line for line in lines):
+        lines.append(process.stdout.readline())
+    return "".join(lines)
+
+
 def stop(process: subprocess.Popen[str]) -> int:
     process.send_signal(signal.SIGINT)
     try:
@@ -158,23 +176,10 @@ def test_serve_stops_cleanly_on_sigint(mock_process: tuple[subprocess.Popen[str]
 
 
 async def test_demo_runs_the_mock_psc_and_says_so(tmp_path: Path):
-    process = start(
-        [command("lps-gateway"), "demo"],
-        tmp_path,
-        env={
-            "LPSGW_HTTP__PORT": "0",
-            "LPSGW_IMAP__PORT": "0",
-            "LPSGW_SMTP__PORT": "0",
-            **{f"LPSGW_MOCK__{p}_PORT": "0" for p in ("HTTP", "IMAP", "SMTP", "HISTORIC_IMAP")},
-        },
-    )
+    process = start([command("lps-gateway"), "demo"], tmp_path, env=DEMO_PORTS)
     try:
         url = wait_for_url(process)
-        assert process.stdout is not None
-        lines: list[str] = []
-        while len(lines) < 40 and not any("Ctrl-C" in line for line in lines):
-            lines.append(process.stdout.readline())
-        banner = "".join(lines)
+        banner = demo_banner(process)
         gateway = re.search(r"lps-gateway listening on (http://127\.0\.0\.1:\d+)", banner)
         assert gateway is not None, banner
         imap = re.search(r"API LPS IMAP \(STARTTLS\): +127\.0\.0\.1:(\d+)", banner)

@@ -1,4 +1,4 @@
-"""Run services until SIGINT or SIGTERM, then stop them in reverse order."""
+"""Run services until SIGINT or SIGTERM, then drain and stop them in reverse order."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ from typing import Any, Protocol
 
 
 class Service(Protocol):
+    """A service may also have `async def drain()`: on a signal, before any is stopped,
+    each stops taking new work and lets the work under way end (a node shutting down)."""
+
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
 
@@ -31,6 +34,10 @@ async def run_until_signalled(
             if result is not None:
                 await result
         await stopping.wait()
+        for service in reversed(started):
+            drain = getattr(service, "drain", None)
+            if drain is not None:
+                await drain()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
