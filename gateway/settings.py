@@ -394,6 +394,12 @@ class BackendSettings(_Section):
         "(how soon NOOP and IDLE see changes made elsewhere)",
     )
 
+    def where(self) -> str:
+        """Where the gateway reaches it, as its banner says."""
+        if self.kind == "legacy_ws":
+            return f"{self.ws_url}"
+        return f"imap {self.imap_host}:{self.imap_port}, smtp {self.smtp_host}:{self.smtp_port}"
+
     @model_validator(mode="after")
     def _legacy_ws_needs_a_url(self) -> BackendSettings:
         for key in ("provision_url", "import_url"):

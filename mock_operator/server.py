@@ -177,12 +177,14 @@ class MockOperator:
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         settings = self.settings
-        sock = bind_tcp(settings.host, settings.http_port)
-        imap_sock = bind_tcp(settings.host, settings.imap_port)
-        smtp_sock = bind_tcp(settings.host, settings.smtp_port)
-        historic_imap_sock = bind_tcp(settings.host, settings.historic_imap_port)
+        sock = bind_tcp(settings.host, settings.http_port, "mock.http_port")
+        imap_sock = bind_tcp(settings.host, settings.imap_port, "mock.imap_port")
+        smtp_sock = bind_tcp(settings.host, settings.smtp_port, "mock.smtp_port")
+        historic_imap_sock = bind_tcp(
+            settings.host, settings.historic_imap_port, "mock.historic_imap_port"
+        )
         self._scenario_socks = [  # IMAP, SMTP of each scenario: a port taken fails here
-            bind_tcp(settings.host, settings.scenario_port(i))
+            bind_tcp(settings.host, settings.scenario_port(i), "mock.scenario_port_base")
             for i in range(2 * len(SCENARIOS) if settings.scenario_ports else 0)
         ]
         port = sock.getsockname()[1]

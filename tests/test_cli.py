@@ -190,7 +190,9 @@ async def test_demo_runs_the_mock_psc_and_says_so(tmp_path: Path):
         secret = tmp_path / ".lps-gateway" / "mock-operator" / "master.secret"
         assert await asyncio.to_thread(historic_master_login, int(historic.group(1)), secret)
         assert smtp is not None, banner
-        assert "TOKEN=$(.venv/bin/mock-operator token sec-bernard)" in banner
+        # the mock is not on its default port: every command says where it is
+        assert f"TOKEN=$(.venv/bin/mock-operator token sec-bernard --url {url})" in banner
+        assert f"mock-operator end-session sec-bernard --url {url})" in banner
         token = token_from_cli(url)
         validator = TokenValidator(
             ValidatorConfig(issuer=f"{url}/auth/realms/esante-wallet", client_ids=["lps-demo"])

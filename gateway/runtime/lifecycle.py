@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+import sys
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Protocol
+
+from gateway.runtime.asgi_server import CannotListen
 
 
 class Service(Protocol):
@@ -27,7 +30,14 @@ async def run_until_signalled(
     started: list[Service] = []
     try:
         for service in services:
-            await service.start()
+            try:
+                await service.start()
+            except BaseException:
+                # what it had opened (a listener started, a port bound) closes before the
+                # error is told, not as the loop is torn down under it
+                with contextlib.suppress(Exception):
+                    await service.stop()
+                raise
             started.append(service)
         if on_started is not None:
             result = on_started()
@@ -43,6 +53,16 @@ async def run_until_signalled(
             loop.remove_signal_handler(sig)
         for service in reversed(started):
             await service.stop()
+
+
+def run_command(program: str, main: Coroutine[Any, Any, None]) -> None:
+    """`asyncio.run(main)` for a command that listens: a port that cannot be bound is one
+    line on stderr naming it, and exit status 1, not a traceback."""
+    try:
+        asyncio.run(main)
+    except CannotListen as exc:
+        print(f"{program}: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 async def cancelled(task: asyncio.Task[Any] | None) -> None:
