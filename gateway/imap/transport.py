@@ -212,6 +212,7 @@ class ImapServer:
         self.authenticator = authenticator
         self.ssl_context = ssl_context
         self._socket = sock
+        self._port: int = sock.getsockname()[1]  # still known once the listener is closed
         self._server: asyncio.Server | None = None
         self._sessions: dict[asyncio.Task[None], StreamChannel] = {}
         self._preauth = preauth_slots
@@ -220,8 +221,7 @@ class ImapServer:
 
     @property
     def port(self) -> int:
-        port: int = self._socket.getsockname()[1]
-        return port
+        return self._port
 
     @property
     def open_sessions(self) -> int:

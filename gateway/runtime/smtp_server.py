@@ -392,6 +392,7 @@ class SmtpServer:
         parameters (the handler's EHLO then says DSN)."""
         self.handler = handler
         self._socket = sock
+        self._port: int = sock.getsockname()[1]  # still known once the listener is closed
         self._tls = tls
         self._hostname = hostname
         self._limit = data_size_limit
@@ -410,8 +411,7 @@ class SmtpServer:
 
     @property
     def port(self) -> int:
-        port: int = self._socket.getsockname()[1]
-        return port
+        return self._port
 
     def _protocol(self) -> TokenSMTP:
         return self.protocol_type(
