@@ -16,35 +16,12 @@ import pytest
 
 from tests.imap_raw import Raw
 from tests.support.sasl import xoauth2, xoauth2_b64
+from tests.support.smtp_raw import RawSmtp
 from tests.test_cli import DEMO_PORTS, command, demo_banner, start, wait_for_url
 
 MARTIN = "claire.martin@medecin.mssante.fr"
 DURAND = "luc.durand@infirmier.mssante.fr"
 BYE = b"* BYE [UNAVAILABLE] server shutting down"
-
-
-class Smtp:
-    """A raw SMTP client: a reply read whole, continuation lines included."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-
-    @classmethod
-    async def open(cls, port: int) -> Smtp:
-        client = cls(*await asyncio.open_connection("127.0.0.1", port))
-        assert (await client.reply()).startswith(b"220")
-        return client
-
-    async def reply(self) -> bytes:
-        async with asyncio.timeout(30):
-            while (line := await self.reader.readline())[3:4] == b"-":
-                pass
-        return line
-
-    async def command(self, line: bytes, expect: bytes) -> None:
-        self.writer.write(line + b"\r\n")
-        answer = await self.reply()
-        assert answer.startswith(expect), answer
 
 
 async def refused(port: int) -> bool:
@@ -83,7 +60,7 @@ async def test_sigterm_drains_the_node(demo: subprocess.Popen[str]):
                 await client.ok("SELECT INBOX")
             await idling.send(b"I1 IDLE\r\n")
             assert (await idling.line(wait=30)).startswith(b"+")
-            sender = await Smtp.open(smtp)
+            sender = await RawSmtp.open(smtp)
             await sender.command(b"EHLO lps.example", b"250")
             await sender.command(b"AUTH XOAUTH2 " + xoauth2_b64(MARTIN, token), b"235")
             await sender.command(f"MAIL FROM:<{MARTIN}>".encode(), b"250")

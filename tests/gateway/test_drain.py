@@ -1,7 +1,7 @@
 """A gateway node draining (`Gateway.drain`, what SIGTERM runs) in front of a backend that
 holds a command: the relayed session gets that command's tagged reply first, then `* BYE
-[UNAVAILABLE]`; a session at rest hears the BYE at once; no new connection is taken and
-/readyz says 503 meanwhile."""
+[UNAVAILABLE]`; a session at rest hears the BYE at once, an SMTP session between messages
+its 421 4.3.2; no new connection is taken and /readyz says 503 meanwhile."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import pytest
 from gateway.imap.transport import shutdown_bye
 from tests.gateway.test_imap_proxy import modern_settings
 from tests.support.imap import login
+from tests.support.sasl import xoauth2_b64
+from tests.support.smtp_raw import RawSmtp
 from tests.support.stacks import Stack
 
 MARTIN = "claire.martin@medecin.mssante.fr"
@@ -47,11 +49,17 @@ async def test_drain_waits_for_the_relayed_reply_then_says_bye(stack: Stack):
     async with server:
         busy = await login(stack, "dr-martin", MARTIN)
         resting = await login(stack, "dr-martin", MARTIN)
+        sender = await RawSmtp.open(stack.smtp_port)
+        await sender.command(b"EHLO lps.example", b"250")
+        token = await stack.token("dr-martin")
+        await sender.command(b"AUTH XOAUTH2 " + xoauth2_b64(MARTIN, token), b"235")
         await busy.send(b"t1 NOOP\r\n")
         await held.received.wait()
 
         draining = asyncio.create_task(stack.gateway.drain())
         assert await resting.line(wait=30) == BYE
+        assert await sender.reply() == b"421 4.3.2 Service shutting down\r\n"
+        assert await sender.reply() == b"", "and it hangs up"
         with pytest.raises(ConnectionRefusedError):
             await asyncio.open_connection("127.0.0.1", stack.imap_port)
         async with httpx.AsyncClient(timeout=10) as http:
