@@ -260,14 +260,19 @@ def demo_as_secretary(imap_port: int, smtp_port: int, token: str) -> None:
 
 
 def test_personas_lists_the_contract_personas():
+    """Whole values, each persona on one row, even where COLUMNS says 80 (a pipe)."""
     done = subprocess.run(
         [command("mock-operator"), "personas"],
         capture_output=True,
         text=True,
         timeout=30,
         check=True,
-        env={**os.environ, "COLUMNS": "200"},
+        env={**os.environ, "COLUMNS": "80", "NO_COLOR": "1"},
     )
+    rows = {line.split()[1]: line for line in done.stdout.splitlines() if "899700000" in line}
+    assert "claire.martin@medecin.mssante.fr" in rows["dr-martin"]
+    assert "Claire MARTIN" in rows["dr-martin"]
+    assert "marie.petit@sage-femme.mssante.fr" in rows["sf-petit"]
     for key in (
         "dr-martin",
         "dr-dupont",

@@ -1,6 +1,6 @@
 """What a new user trips over first, as they run the commands: a busy port is one line
 naming it, `demo --config` adds backends to the demo's own, `/ui` says which setting its
-login lacks, `mock-operator personas` prints whole values whatever the width."""
+login lacks (`mock-operator personas` printing whole values: tests/test_cli.py)."""
 
 from __future__ import annotations
 
@@ -104,20 +104,3 @@ async def test_ui_login_names_the_missing_client_secret(tmp_path: Path):
     assert "ui.client_secret_missing" in log, "said at start-up, before anyone tries"
     assert "web.login_unconfigured" in log
     assert "HTTPStatusError" not in log
-
-
-def test_personas_prints_whole_values_on_80_columns():
-    done = subprocess.run(
-        [command("mock-operator"), "personas"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-        env={**os.environ, "COLUMNS": "80", "NO_COLOR": "1"},
-    )
-    rows = [line for line in done.stdout.splitlines() if "899700000" in line]
-    assert len(rows) >= 7, done.stdout
-    martin = next(row for row in rows if "dr-martin" in row)
-    assert "claire.martin@medecin.mssante.fr" in martin
-    assert "Claire MARTIN" in martin
-    assert any("marie.petit@sage-femme.mssante.fr" in row for row in rows), done.stdout

@@ -6,6 +6,8 @@ maker's logo from one)."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,34 +30,34 @@ def documented_app(**kwargs: Any) -> FastAPI:
     """A FastAPI application whose /docs and /redoc load nothing from another host."""
     app = FastAPI(docs_url=None, redoc_url=None, **kwargs)
     app.mount(DOCS_STATIC, StaticFiles(directory=ASSETS), name="docs-static")
-    title = app.title
-
-    def _own(page: HTMLResponse) -> HTMLResponse:
-        page.headers["Content-Security-Policy"] = _POLICY
-        return page
-
-    @app.get("/docs", include_in_schema=False)
-    async def swagger_ui() -> HTMLResponse:
-        return _own(
-            get_swagger_ui_html(
-                openapi_url=app.openapi_url or "/openapi.json",
-                title=f"{title} - Swagger UI",
-                swagger_js_url=f"{DOCS_STATIC}/swagger-ui-bundle.js",
-                swagger_css_url=f"{DOCS_STATIC}/swagger-ui.css",
-                swagger_favicon_url=f"{DOCS_STATIC}/favicon.png",
-            )
-        )
-
-    @app.get("/redoc", include_in_schema=False)
-    async def redoc() -> HTMLResponse:
-        return _own(
-            get_redoc_html(
-                openapi_url=app.openapi_url or "/openapi.json",
-                title=f"{title} - ReDoc",
-                redoc_js_url=f"{DOCS_STATIC}/redoc.standalone.js",
-                redoc_favicon_url=f"{DOCS_STATIC}/favicon.png",
-                with_google_fonts=False,
-            )
-        )
-
+    spec, icon = app.openapi_url or "/openapi.json", f"{DOCS_STATIC}/favicon.png"
+    swagger = functools.partial(
+        get_swagger_ui_html,
+        openapi_url=spec,
+        title=f"{app.title} - Swagger UI",
+        swagger_js_url=f"{DOCS_STATIC}/swagger-ui-bundle.js",
+        swagger_css_url=f"{DOCS_STATIC}/swagger-ui.css",
+        swagger_favicon_url=icon,
+    )
+    redoc = functools.partial(
+        get_redoc_html,
+        openapi_url=spec,
+        title=f"{app.title} - ReDoc",
+        redoc_js_url=f"{DOCS_STATIC}/redoc.standalone.js",
+        redoc_favicon_url=icon,
+        with_google_fonts=False,
+    )
+    app.add_api_route("/docs", _own(swagger), include_in_schema=False)
+    app.add_api_route("/redoc", _own(redoc), include_in_schema=False)
     return app
+
+
+def _own(render: Callable[[], HTMLResponse]) -> Callable[[], Awaitable[HTMLResponse]]:
+    """The page `render` makes, under the policy that keeps it on its host."""
+
+    async def page() -> HTMLResponse:
+        response = render()
+        response.headers["Content-Security-Policy"] = _POLICY
+        return response
+
+    return page
