@@ -12,7 +12,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from gateway.runtime.lifecycle import run_until_signalled
+from gateway.runtime.lifecycle import run_command, run_until_signalled
 from gateway.runtime.logs import configure_logging
 from gateway.runtime.tls import dev_certificate
 from gateway.settings import BackendSettings, CardSettings, Settings, load_settings
@@ -76,7 +76,7 @@ def serve(
         describe_gateway(gateway, Console(soft_wrap=True))
 
     try:
-        asyncio.run(run_until_signalled([gateway], announce))
+        run_command("lps-gateway", run_until_signalled([gateway], announce))
     except ConfigurationError as exc:
         Console(stderr=True).print(f"lps-gateway: configuration error: {exc}", highlight=False)
         raise typer.Exit(1) from None
@@ -92,7 +92,7 @@ def demo(
     if not settings.admin.idnats:  # the mock's operator administrator, Camille ROUX
         settings.admin.idnats = [DEMO_ADMIN]
     configure_logging(settings.log)
-    asyncio.run(_demo(settings))
+    run_command("lps-gateway", _demo(settings))
 
 
 @app.command()
@@ -497,6 +497,10 @@ def describe_gateway(gateway: Gateway, console: Console) -> None:
     for name, front, host in lines:
         if front is not None:
             console.print(f"  {name + ':':<26}{host}:{front.port}", highlight=False)
+    for name, backend in settings.backends.items():
+        mark = " (default)" if name == settings.routing.default else ""
+        what = f"{backend.kind}, {backend.where()}{mark}"
+        console.print(f"  {f'backend {name}:':<26}{what}", highlight=False, markup=False)
     cert = settings.tls.cert or dev_certificate(settings.data_dir)[0]
     console.print(f"  {'TLS certificate:':<26}{cert}", highlight=False)
     rules = "enforced" if settings.mss.policy == "enforce" else "reported, not refused"
@@ -504,7 +508,7 @@ def describe_gateway(gateway: Gateway, console: Console) -> None:
     for path, what in [
         ("/ui/delegations", "delegations page"),
         ("/ui/admin/usage", "usage page (admins)"),
-        ("/v1", "API (docs: /docs)"),
+        ("/v1", "API (docs: /docs, /redoc)"),
         *([] if gateway.ops_url else [("/metrics", "metrics")]),
         *(
             [("/mss-msg-services/services", "historic web services")]
@@ -527,7 +531,7 @@ async def _demo(settings: Settings) -> None:
 
     from delegation.seed import seed
     from gateway.server import Gateway
-    from mock_operator.cli import describe
+    from mock_operator.cli import describe, url_option
     from mock_operator.personas import default_personas
     from mock_operator.server import MockOperator
 
@@ -554,38 +558,39 @@ async def _demo(settings: Settings) -> None:
                     # still lives (revalidation; `mock-operator end-session` ends it).
                     settings.psc.introspection_client_id = client.client_id
                     settings.psc.introspection_client_secret = client.client_secret
-            if not settings.backends:  # the mock's modern platform, with the master login
-                settings.backends = {
-                    "modern": BackendSettings(
-                        imap_host=mock.settings.host,
-                        imap_port=mock.imap_port,
-                        smtp_host=mock.settings.host,
-                        smtp_port=mock.smtp_port,
-                        ca_file=mock.tls_cert,
-                        master_user=mock.master.user,
-                        master_password_file=mock.data_dir / "master.secret",
-                        keeps_sent_copy=True,  # the mock files submitted mail in Sent
-                        # a migration creates the BAL there first, then imports keeping UIDs
-                        # (the operator API)
-                        provision_url=f"{mock.http_url}/operator/mailboxes",
-                        import_url=f"{mock.http_url}/operator/mailboxes",
-                    ),
-                    # the historic platform's web services: the registry records "historic"
-                    # as the backend of jean.dupont@ and marie.petit@, and routing follows it;
-                    # its own IMAP (master login) serves the operator's tools
-                    "historic": BackendSettings(
-                        kind="legacy_ws",
-                        ws_url=f"{mock.http_url}/mss-msg-services/services",
-                        historic_imap=True,
-                        imap_host=mock.settings.host,
-                        imap_port=mock.historic_imap_port,
-                        ca_file=mock.tls_cert,
-                        master_user=mock.master.user,
-                        master_password_file=mock.data_dir / "master.secret",
-                        numhomologation="LPS-GATEWAY-DEMO",
-                    ),
-                }
-                settings.routing.default = settings.routing.default or "modern"
+            configured = settings.backends  # from the file: added, or replacing by name
+            settings.backends = {  # the mock's platforms, with the master login
+                "modern": BackendSettings(
+                    imap_host=mock.settings.host,
+                    imap_port=mock.imap_port,
+                    smtp_host=mock.settings.host,
+                    smtp_port=mock.smtp_port,
+                    ca_file=mock.tls_cert,
+                    master_user=mock.master.user,
+                    master_password_file=mock.data_dir / "master.secret",
+                    keeps_sent_copy=True,  # the mock files submitted mail in Sent
+                    # a migration creates the BAL there first, then imports keeping UIDs
+                    # (the operator API)
+                    provision_url=f"{mock.http_url}/operator/mailboxes",
+                    import_url=f"{mock.http_url}/operator/mailboxes",
+                ),
+                # the historic platform's web services: the registry records "historic"
+                # as the backend of jean.dupont@ and marie.petit@, and routing follows it;
+                # its own IMAP (master login) serves the operator's tools
+                "historic": BackendSettings(
+                    kind="legacy_ws",
+                    ws_url=f"{mock.http_url}/mss-msg-services/services",
+                    historic_imap=True,
+                    imap_host=mock.settings.host,
+                    imap_port=mock.historic_imap_port,
+                    ca_file=mock.tls_cert,
+                    master_user=mock.master.user,
+                    master_password_file=mock.data_dir / "master.secret",
+                    numhomologation="LPS-GATEWAY-DEMO",
+                ),
+            }
+            settings.backends.update(configured)
+            settings.routing.default = settings.routing.default or "modern"
             authority = mock.historic_auth.authority if mock.historic_auth else None
             if settings.cards.ca_file is None and authority is not None:
                 # CPS cards of the mock's card CA (`mock-operator card PERSONA`), and its
@@ -594,6 +599,9 @@ async def _demo(settings: Settings) -> None:
                     ca_file=authority.certificate_path, crl_file=authority.crl_path
                 )
             await gateway.start()
+
+        async def drain(self) -> None:
+            await gateway.drain()
 
         async def stop(self) -> None:
             await gateway.stop()
@@ -607,9 +615,10 @@ async def _demo(settings: Settings) -> None:
         assert gateway.smtp is not None
         imap = f"imap://{host}:{gateway.imap.port}"
         smtp = f"smtp://{settings.smtp.host}:{gateway.smtp.port}"
+        url = url_option(mock)
         console.print(
             "\nTry, as the secretary Sophie BERNARD (sec-bernard), delegated on Dr MARTIN's BAL:\n"
-            "  TOKEN=$(.venv/bin/mock-operator token sec-bernard)\n"
+            f"  TOKEN=$(.venv/bin/mock-operator token sec-bernard{url})\n"
             f'  curl --oauth2-bearer "$TOKEN" --user claire.martin@medecin.mssante.fr: '
             f'"{imap}/INBOX;UID=1"\n'
             f'  curl --oauth2-bearer "$TOKEN" --user eve.moreau@medecin.mssante.fr: {imap}/'
@@ -621,7 +630,7 @@ async def _demo(settings: Settings) -> None:
             f"    --mail-rcpt luc.durand@infirmier.mssante.fr --upload-file - {smtp}\n"
             f'  curl -H "Authorization: Bearer $TOKEN" {gateway.http_url}/v1/mailboxes\n'
             "Delegations granted or revoked on the page apply at once, open sessions included.\n"
-            "A PSC session ended (.venv/bin/mock-operator end-session sec-bernard) ends her "
+            f"A PSC session ended (.venv/bin/mock-operator end-session sec-bernard{url}) ends her "
             f"open sessions within {settings.psc.revalidate_interval:g} s.\n"
             "Tokens of any client id are accepted (psc.accept_any_audience: a mock only).\n"
             "With a CPS card instead of a token:\n"
@@ -632,7 +641,7 @@ async def _demo(settings: Settings) -> None:
             "  .venv/bin/mock-operator card dr-martin --revoke   # then refused\n"
             "The historic web services, on Dr MARTIN's modern BAL (NUMHOMOLOGATION names the "
             "software):\n"
-            "  TOKEN=$(.venv/bin/mock-operator token dr-martin)\n"
+            f"  TOKEN=$(.venv/bin/mock-operator token dr-martin{url})\n"
             f'  curl -H "Authorization: Bearer $TOKEN" -H "NUMHOMOLOGATION: HOMOL-DEMO-1" '
             f"-H 'Content-Type: application/json' \\\n"
             '    -d \'{"listFoldersInput": {"email": "claire.martin@medecin.mssante.fr"}}\' '

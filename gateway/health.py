@@ -104,10 +104,14 @@ class Readiness:
         self._cached: tuple[float, bool, Checks] | None = None
         self._lock = asyncio.Lock()
         self._was_ready: bool | None = None
+        self.draining = False  # the node is shutting down: no new sessions to it
 
     async def check(self) -> tuple[bool, dict[str, str]]:
         """Probe everything at once, or answer from the last second's probe. Concurrent
-        callers wait for the probe in flight instead of starting their own."""
+        callers wait for the probe in flight instead of starting their own. A node that
+        shuts down is unready at once, so that its balancer sends clients elsewhere."""
+        if self.draining:
+            return False, {"shutdown": "draining sessions"}
         async with self._lock:
             cached = self._cached
             if cached is not None and self._clock() - cached[0] < self._cache_seconds:

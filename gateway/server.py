@@ -110,6 +110,7 @@ class Gateway:
         self._ops: AsgiServer | None = None
         self._expiry: asyncio.Task[None] | None = None
         self.purger: Purger | None = None
+        self.readiness: Readiness | None = None
         self.metrics = Metrics(settings.usage.top_software)
         self.usage = UsageRecorder(None, counter=self.metrics)
         self.router: Router | None = None
@@ -196,19 +197,29 @@ class Gateway:
             self.cards = CardVerifier.from_files(cards.ca_file, cards.crl_file)
         self.validator = self._validator or TokenValidator(self.settings.psc)
         http, ops = self.settings.http, self.settings.ops
-        sock = bind_tcp(http.host, http.port)
+        sock = bind_tcp(http.host, http.port, "http.port")
         try:
-            ops_sock = bind_tcp(ops.host, ops.port) if ops.port is not None else None
+            ops_sock = bind_tcp(ops.host, ops.port, "ops.port") if ops.port is not None else None
         except OSError:
             sock.close()
             raise
         port = sock.getsockname()[1]
         ui = self.settings.ui
+        if not ui.client_secret:
+            log.warning(
+                "ui.client_secret_missing",
+                extra={
+                    "effect": "the /ui pages cannot log anyone in: set ui.client_secret "
+                    "(LPSGW_UI__CLIENT_SECRET), the secret of ui.client_id at Pro Santé Connect"
+                },
+            )
         web = WebConfig(
             ui.client_id, ui.client_secret, http.public_url or f"http://{http.host}:{port}"
         )
         assert self.backends is not None
-        readiness = Readiness(self.settings, service, backends=self.backends.by_name)
+        readiness = self.readiness = Readiness(
+            self.settings, service, backends=self.backends.by_name
+        )
         # The pages log people in as the gateway's own client: their tokens are for it.
         self._web_validator = TokenValidator(
             dataclasses.replace(self.settings.psc, client_ids=[ui.client_id])
@@ -335,14 +346,14 @@ class Gateway:
         imap_auth = self._front(validator, service, "imap")
         front = settings.imap
 
-        async def listener(proxy: ProxyConfig, port: int) -> ProxyServer:
+        async def listener(proxy: ProxyConfig, port: int, setting: str) -> ProxyServer:
             server = ProxyServer(
                 proxy,
                 imap_auth,
                 service,
                 self.metrics,
                 tls,
-                bind_tcp(front.host, port),
+                bind_tcp(front.host, port, setting),
                 limits=self.limits,
                 psc=self.psc_sessions,
                 card_watch=self.card_sessions,
@@ -351,9 +362,10 @@ class Gateway:
             await server.start()
             return server
 
-        self.imap = await listener(config, front.port)
+        self.imap = await listener(config, front.port, "imap.port")
         if front.implicit_tls_port is not None:
-            self.imaps = await listener(config.with_implicit_tls(), front.implicit_tls_port)
+            implicit = config.with_implicit_tls()
+            self.imaps = await listener(implicit, front.implicit_tls_port, "imap.implicit_tls_port")
         smtp_auth = self._front(validator, service, "smtp")
         smtp = settings.smtp
         refused = self.metrics.refused_connections
@@ -368,7 +380,7 @@ class Gateway:
                 usage=self.usage,
                 policy=settings.mss.policy,
             ),
-            bind_tcp(smtp.host, smtp.port),
+            bind_tcp(smtp.host, smtp.port, "smtp.port"),
             tls,
             data_size_limit=smtp.max_message_size,
             ident="lps-gateway MSSante submission",
@@ -427,7 +439,7 @@ class Gateway:
         tls = self.settings.tls
         context = server_context(cert, key, min_version=tls.min_version, ciphers=tls.ciphers)
         request_client_certificates(context, self.cards.ca_pem())
-        sock = bind_tcp(front.https_host, front.https_port)
+        sock = bind_tcp(front.https_host, front.https_port, "legacy_front.https_port")
         self._legacy_tls = guarded(app, sock, ssl_context=context)
         await self._legacy_tls.start()
 
@@ -578,6 +590,23 @@ class Gateway:
             ],
             "routing": {"default": self.settings.routing.default},
         }
+
+    async def drain(self) -> None:
+        """SIGTERM: close the IMAP and SMTP listeners first (a balancer sends new clients to
+        another node; /readyz says 503 meanwhile), end each IMAP session with `* BYE
+        [UNAVAILABLE]` once its command in flight has its reply, let SMTP messages in
+        flight be answered (then 421 4.3.2), for at most `ops.shutdown_grace` seconds."""
+        if self.readiness is not None:
+            self.readiness.draining = True
+        imap = [front for front in (self.imap, self.imaps) if front is not None]
+        for front in (*imap, self.smtp):
+            if front is not None:
+                front.stop_accepting()
+        grace = self.settings.ops.shutdown_grace
+        log.info("gateway.draining", extra={"grace": grace})
+        smtp = [self.smtp.stop(grace)] if self.smtp is not None else []
+        await asyncio.gather(*(front.drain(grace) for front in imap), *smtp)
+        log.info("gateway.drained")
 
     async def stop(self) -> None:
         if self._admin_url is not None:

@@ -182,10 +182,18 @@ class HttpSettings(_Section):
 
 class OpsSettings(_Section):
     """An optional operations listener: /metrics and the detailed /readyz, for the operator's
-    monitoring only. When `port` is set, /metrics leaves the public listener."""
+    monitoring only. When `port` is set, /metrics leaves the public listener. And how the
+    node stops (SIGTERM): listeners closed, /readyz 503, sessions drained."""
 
     host: str = "127.0.0.1"
     port: int | None = Field(default=None, ge=0, le=65535, description="none: no such listener")
+    shutdown_grace: float = Field(
+        default=10.0,
+        ge=0,
+        le=600,
+        description="seconds, on SIGTERM, for IMAP commands and SMTP messages in flight to "
+        "finish (then BYE / 421) before what is left is cut",
+    )
 
 
 class LimitsSettings(_Section):
@@ -438,6 +446,12 @@ class BackendSettings(_Section):
         description="legacy_ws: seconds between syncMessages calls for a BAL in use "
         "(how soon NOOP and IDLE see changes made elsewhere)",
     )
+
+    def where(self) -> str:
+        """Where the gateway reaches it, as its banner says."""
+        if self.kind == "legacy_ws":
+            return f"{self.ws_url}"
+        return f"imap {self.imap_host}:{self.imap_port}, smtp {self.smtp_host}:{self.smtp_port}"
 
     @model_validator(mode="after")
     def _legacy_ws_needs_a_url(self) -> BackendSettings:

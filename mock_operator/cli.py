@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from gateway.runtime.files import write_private
-from gateway.runtime.lifecycle import run_until_signalled
+from gateway.runtime.lifecycle import run_command, run_until_signalled
 from gateway.runtime.logs import configure_logging
 from gateway.settings import load_settings
 from mock_operator.conformance.probe import (
@@ -43,7 +43,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # an error is one line, whatever the width
 
 
 @app.command()
@@ -74,7 +74,7 @@ def serve(
     def announce() -> None:
         describe(mock, Console(soft_wrap=True))
 
-    asyncio.run(run_until_signalled([mock], announce))
+    run_command("mock-operator", run_until_signalled([mock], announce))
 
 
 def describe(mock: MockOperator, console: Console) -> None:
@@ -105,12 +105,17 @@ def describe(mock: MockOperator, console: Console) -> None:
             f"  TLS scenarios (to refuse): {ports}; trust {mock.scenarios.files.trust}",
             highlight=False,
         )
-    url = "" if mock.http_url == DEFAULT_URL else f" --url {mock.http_url}"
     console.print(
-        f"  a token for a persona:    .venv/bin/mock-operator token dr-martin{url}",
+        f"  a token for a persona:    .venv/bin/mock-operator token dr-martin{url_option(mock)}",
         highlight=False,
     )
     sys.stdout.flush()
+
+
+def url_option(mock: MockOperator) -> str:
+    """What the commands that ask a running mock need to find this one (nothing on the
+    default port)."""
+    return "" if mock.http_url == DEFAULT_URL else f" --url {mock.http_url}"
 
 
 @app.command()
@@ -453,13 +458,19 @@ def _probe_table(report: Report, console: Console) -> None:
 
 @app.command()
 def personas() -> None:
-    """List the seeded personas."""
+    """List the seeded personas: every value whole (folded on a narrow terminal, on one
+    line when written to a pipe or a file, whatever COLUMNS says)."""
     table = Table("persona", "name", "idNat", "role", "own BAL", "platform")
+    for column in table.columns:
+        column.overflow = "fold"
     for p in default_personas():
         table.add_row(
             p.key, p.display_name, p.idnat, p.description, p.bal or "—", p.platform or "—"
         )
-    Console(soft_wrap=True).print(table)
+    console = Console(soft_wrap=True)
+    if not console.is_terminal:  # as wide as the rows (a table takes no more than it needs)
+        console = Console(soft_wrap=True, width=1000)
+    console.print(table)
 
 
 def main() -> None:

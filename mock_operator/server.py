@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from delegation.db import create_engine, migrate
 from delegation.seed import seed as seed_registry
 from delegation.service import DelegationService
+from gateway.api.docs import documented_app
 from gateway.imap.engine import EngineConfig
 from gateway.imap.structure_cache import StructureCache
 from gateway.imap.transport import ImapServer, ServerConfig
@@ -96,11 +97,9 @@ def create_app(
     operator: APIRouter | None = None,
     conformance: APIRouter | None = None,
 ) -> FastAPI:
-    app = FastAPI(
+    app = documented_app(
         title="mock-operator",
         summary="A faithful MSSanté test operator: mock Pro Santé Connect and platforms",
-        docs_url="/docs",
-        redoc_url=None,
     )
     app.state.psc = psc
     app.add_middleware(RequestIdMiddleware)
@@ -194,12 +193,14 @@ class MockOperator:
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         settings = self.settings
-        sock = bind_tcp(settings.host, settings.http_port)
-        imap_sock = bind_tcp(settings.host, settings.imap_port)
-        smtp_sock = bind_tcp(settings.host, settings.smtp_port)
-        historic_imap_sock = bind_tcp(settings.host, settings.historic_imap_port)
+        sock = bind_tcp(settings.host, settings.http_port, "mock.http_port")
+        imap_sock = bind_tcp(settings.host, settings.imap_port, "mock.imap_port")
+        smtp_sock = bind_tcp(settings.host, settings.smtp_port, "mock.smtp_port")
+        historic_imap_sock = bind_tcp(
+            settings.host, settings.historic_imap_port, "mock.historic_imap_port"
+        )
         self._scenario_socks = [  # IMAP, SMTP of each scenario: a port taken fails here
-            bind_tcp(settings.host, settings.scenario_port(i))
+            bind_tcp(settings.host, settings.scenario_port(i), "mock.scenario_port_base")
             for i in range(2 * len(SCENARIOS) if settings.scenario_ports else 0)
         ]
         port = sock.getsockname()[1]

@@ -60,6 +60,24 @@ def wait_for_url(process: subprocess.Popen[str], timeout: float = 30) -> str:
     pytest.fail(f"no URL announced: {''.join(seen)} {stderr}")
 
 
+# every listener of `lps-gateway demo` on a port of the OS's choosing
+DEMO_PORTS = {
+    "LPSGW_HTTP__PORT": "0",
+    "LPSGW_IMAP__PORT": "0",
+    "LPSGW_SMTP__PORT": "0",
+    **{f"LPSGW_MOCK__{p}_PORT": "0" for p in ("HTTP", "IMAP", "SMTP", "HISTORIC_IMAP")},
+}
+
+
+def demo_banner(process: subprocess.Popen[str]) -> str:
+    """The rest of the demo's banner, once the mock's URL is read (`wait_for_url`)."""
+    assert process.stdout is not None
+    lines: list[str] = []
+    while len(lines) < 60 and not any("Ctrl-C" in line for line in lines):
+        lines.append(process.stdout.readline())
+    return "".join(lines)
+
+
 def stop(process: subprocess.Popen[str]) -> int:
     process.send_signal(signal.SIGINT)
     try:
@@ -158,23 +176,10 @@ def test_serve_stops_cleanly_on_sigint(mock_process: tuple[subprocess.Popen[str]
 
 
 async def test_demo_runs_the_mock_psc_and_says_so(tmp_path: Path):
-    process = start(
-        [command("lps-gateway"), "demo"],
-        tmp_path,
-        env={
-            "LPSGW_HTTP__PORT": "0",
-            "LPSGW_IMAP__PORT": "0",
-            "LPSGW_SMTP__PORT": "0",
-            **{f"LPSGW_MOCK__{p}_PORT": "0" for p in ("HTTP", "IMAP", "SMTP", "HISTORIC_IMAP")},
-        },
-    )
+    process = start([command("lps-gateway"), "demo"], tmp_path, env=DEMO_PORTS)
     try:
         url = wait_for_url(process)
-        assert process.stdout is not None
-        lines: list[str] = []
-        while len(lines) < 40 and not any("Ctrl-C" in line for line in lines):
-            lines.append(process.stdout.readline())
-        banner = "".join(lines)
+        banner = demo_banner(process)
         gateway = re.search(r"lps-gateway listening on (http://127\.0\.0\.1:\d+)", banner)
         assert gateway is not None, banner
         imap = re.search(r"API LPS IMAP \(STARTTLS\): +127\.0\.0\.1:(\d+)", banner)
@@ -185,7 +190,9 @@ async def test_demo_runs_the_mock_psc_and_says_so(tmp_path: Path):
         secret = tmp_path / ".lps-gateway" / "mock-operator" / "master.secret"
         assert await asyncio.to_thread(historic_master_login, int(historic.group(1)), secret)
         assert smtp is not None, banner
-        assert "TOKEN=$(.venv/bin/mock-operator token sec-bernard)" in banner
+        # the mock is not on its default port: every command says where it is
+        assert f"TOKEN=$(.venv/bin/mock-operator token sec-bernard --url {url})" in banner
+        assert f"mock-operator end-session sec-bernard --url {url})" in banner
         token = token_from_cli(url)
         validator = TokenValidator(
             ValidatorConfig(issuer=f"{url}/auth/realms/esante-wallet", client_ids=["lps-demo"])
@@ -253,14 +260,19 @@ def demo_as_secretary(imap_port: int, smtp_port: int, token: str) -> None:
 
 
 def test_personas_lists_the_contract_personas():
+    """Whole values, each persona on one row, even where COLUMNS says 80 (a pipe)."""
     done = subprocess.run(
         [command("mock-operator"), "personas"],
         capture_output=True,
         text=True,
         timeout=30,
         check=True,
-        env={**os.environ, "COLUMNS": "200"},
+        env={**os.environ, "COLUMNS": "80", "NO_COLOR": "1"},
     )
+    rows = {line.split()[1]: line for line in done.stdout.splitlines() if "899700000" in line}
+    assert "claire.martin@medecin.mssante.fr" in rows["dr-martin"]
+    assert "Claire MARTIN" in rows["dr-martin"]
+    assert "marie.petit@sage-femme.mssante.fr" in rows["sf-petit"]
     for key in (
         "dr-martin",
         "dr-dupont",

@@ -9,6 +9,7 @@ from delegation.service import DelegationService
 from gateway.api import admin, admin_directory, admin_migrations, problems, v1
 from gateway.api.admin import AdminConfig
 from gateway.api.body_limit import DEFAULT_MAX_BODY, BodyLimit
+from gateway.api.docs import documented_app
 from gateway.api.ops import health_router
 from gateway.health import OK, Readiness, database_check
 from gateway.metrics import Metrics
@@ -36,12 +37,10 @@ def create_api(
     `web_validator`: how the pages check the tokens of their own login, whose audience is
     the gateway's client (`ui.client_id`), not an LPS's; default `validator`.
     `admin_config`: the administrators and the usage figures of /admin (none: 404)."""
-    app = FastAPI(
+    app = documented_app(
         title="lps-gateway",
         summary="API LPS gateway for MSSanté: mailboxes, delegations, directory",
         version="1",
-        docs_url="/docs",
-        redoc_url=None,
     )
     app.state.delegations = service
     app.state.validator = validator

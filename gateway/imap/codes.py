@@ -19,7 +19,8 @@ from gateway.runtime.login import AuthFailure
 
 class Code(StrEnum):
     # -- RFC 5530 ---------------------------------------------------------------------------
-    UNAVAILABLE = "UNAVAILABLE"  # a store or service behind us down or slow; login throttled
+    # a store or service behind us down or slow; login throttled; the BYE of a node stopping
+    UNAVAILABLE = "UNAVAILABLE"
     AUTHENTICATIONFAILED = "AUTHENTICATIONFAILED"  # login: bad token or credentials
     AUTHORIZATIONFAILED = "AUTHORIZATIONFAILED"  # login: this person may not open this BAL
     EXPIRED = "EXPIRED"  # not written: an expired token is AUTHENTICATIONFAILED

@@ -2,7 +2,8 @@
 
 Thin on purpose: framing and limits are the parser's, behaviour is the session's. This
 module owns timeouts, STARTTLS (discarding any plaintext the client pipelined after it,
-the classic injection), and an orderly shutdown that tells every client `* BYE`.
+the classic injection), and an orderly shutdown that tells every client `* BYE`: at once
+when it waits for its next command, after the tagged reply of the one it runs otherwise.
 
 A client that never reads must not hold a connection forever: before login everything,
 writes included, falls under the login deadline; after it, a write that waits longer than
@@ -20,11 +21,11 @@ import itertools
 import logging
 import socket
 import ssl
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
 
 from gateway.imap.codes import Code
-from gateway.imap.commands import Command, CommandError, ContinuationNeeded, RawLine
+from gateway.imap.commands import Command, CommandError, ContinuationNeeded, Idle, RawLine
 from gateway.imap.engine import EngineConfig, ImapSession, Logout
 from gateway.imap.limits import Limits
 from gateway.imap.parser import CommandParser
@@ -41,6 +42,15 @@ log = logging.getLogger(__name__)
 READ_SIZE = 64 * 1024
 PREAUTH_LITERAL_LIMIT = 16 * 1024  # before login, no client needs a bigger literal
 MAX_PREAUTH_COMMANDS = 64  # a client needs a handful before login (CAPABILITY, ID, STARTTLS...)
+
+
+SHUTTING_DOWN = "server shutting down"
+
+
+def shutdown_bye(reason: str = SHUTTING_DOWN) -> bytes:
+    """The last line of a session the node ends as it stops (RFC 5530's UNAVAILABLE: come
+    back, to this node or another)."""
+    return untagged_status("BYE", reason, Code.UNAVAILABLE)
 
 
 class WriteTimeout(ConnectionError):
@@ -88,6 +98,16 @@ class StreamChannel:
         self.authenticated = False
         self.parser = CommandParser(preauth_limits(limits))
         self.peer = peer or Peer.of(writer.get_extra_info("peername"))
+        # waiting for the client's next command (or its DONE): a shutdown says BYE at once
+        self.resting = False
+
+    @contextlib.contextmanager
+    def at_rest(self) -> Iterator[None]:
+        self.resting = True
+        try:
+            yield
+        finally:
+            self.resting = False
 
     def logged_in(self) -> None:
         """The session authenticated: the full limits apply from the next byte parsed.
@@ -198,15 +218,16 @@ class ImapServer:
         self.authenticator = authenticator
         self.ssl_context = ssl_context
         self._socket = sock
+        self._port: int = sock.getsockname()[1]  # still known once the listener is closed
         self._server: asyncio.Server | ProxyProtocolListener | None = None
         self._sessions: dict[asyncio.Task[None], StreamChannel] = {}
         self._preauth = preauth_slots
         self._exempt = exempt or Exemptions()
+        self._leaving: bytes | None = None  # the BYE of a node shutting down
 
     @property
     def port(self) -> int:
-        port: int = self._socket.getsockname()[1]
-        return port
+        return self._port
 
     @property
     def open_sessions(self) -> int:
@@ -250,13 +271,37 @@ class ImapServer:
             lambda: protocol, sock, ssl=self.ssl_context if self.config.implicit_tls else None
         )
 
-    async def stop(self, grace: float = 5.0) -> None:
-        """Stop accepting, tell every client BYE, wait a little, then cut what is left."""
+    def stop_accepting(self) -> None:
+        """Close the listening socket: a balancer's next client goes to another node."""
         if self._server is not None:
             self._server.close()
+
+    async def drain(self, grace: float, reason: str = SHUTTING_DOWN) -> None:
+        """Stop accepting and end every session with `* BYE [UNAVAILABLE] reason`: at once
+        for those waiting for their next command, after the tagged reply of the one being
+        run for the others; wait up to `grace` seconds for them to be over."""
+        self.stop_accepting()
+        self._leaving = shutdown_bye(reason)
+        for task, channel in list(self._sessions.items()):
+            self._ask_to_leave(task, channel, reason)
+        if self._sessions:
+            await asyncio.wait(list(self._sessions), timeout=grace)
+
+    def _ask_to_leave(self, task: asyncio.Task[None], channel: StreamChannel, reason: str) -> None:
+        """A session waiting for its client hears BYE now; one running a command, once
+        its reply is out (`_serve`). A subclass that carries sessions elsewhere (the relay)
+        tells them its own way."""
+        if channel.resting and self._leaving is not None:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                channel.writer.write(self._leaving)
+            task.cancel()
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop accepting, tell every client BYE, wait a little, then cut what is left."""
+        self.stop_accepting()
         for task, channel in list(self._sessions.items()):
             with contextlib.suppress(ConnectionError, RuntimeError):
-                channel.writer.write(untagged_status("BYE", "server shutting down"))
+                channel.writer.write(shutdown_bye())
             task.cancel()
         if self._sessions:
             await asyncio.wait(list(self._sessions), timeout=grace)
@@ -363,7 +408,8 @@ class ImapServer:
             async with deadline:
                 await channel.write(session.greeting())
                 for served in itertools.count(1):
-                    await self._step(session, channel, logged_in=False)
+                    answered = await self._step(session, channel, logged_in=False)
+                    await self._leave_if_asked(channel, answered)
                     if session.grant is not None:
                         break
                     if served >= MAX_PREAUTH_COMMANDS:
@@ -384,26 +430,36 @@ class ImapServer:
         for served in itertools.count(1):
             if await self._handover(session, channel):
                 return
-            await self._step(session, channel, logged_in=True)
+            answered = await self._step(session, channel, logged_in=True)
+            await self._leave_if_asked(channel, answered)
             if served % FAIR_SHARE == 0:
                 # A client that pipelines is served in turns with the others: what it
                 # sent may all be buffered already, and then nothing here would wait.
                 await asyncio.sleep(0)
 
-    async def _step(self, session: ImapSession, channel: StreamChannel, *, logged_in: bool) -> None:
-        """Read and answer what the client sent next (one event, or more bytes). After
-        login, a silence longer than the idle timeout ends the session; before, the login
-        deadline around the caller bounds it."""
+    async def _leave_if_asked(self, channel: StreamChannel, answered: bool) -> None:
+        """The node is shutting down and the command just run has had its reply: BYE."""
+        if self._leaving is not None and answered:
+            await channel.write(self._leaving)
+            raise Logout
+
+    async def _step(self, session: ImapSession, channel: StreamChannel, *, logged_in: bool) -> bool:
+        """Read and answer what the client sent next (one event, or more bytes): False when
+        that was the first part of a command, awaiting its literal. After login, a silence
+        longer than the idle timeout ends the session; before, the login deadline around
+        the caller bounds it."""
         while True:
             event = channel.parser.next_event()
             if event is None:
-                if logged_in:
-                    deadline = asyncio.get_running_loop().time() + self.config.idle_timeout
-                    async with asyncio.timeout_at(deadline):
-                        if not await channel.fill():
-                            raise Logout
-                elif not await channel.fill():
-                    raise Logout
+                resting = channel.at_rest() if not channel.parser.pending_bytes else None
+                with resting or contextlib.nullcontext():
+                    if logged_in:
+                        deadline = asyncio.get_running_loop().time() + self.config.idle_timeout
+                        async with asyncio.timeout_at(deadline):
+                            if not await channel.fill():
+                                raise Logout
+                    elif not await channel.fill():
+                        raise Logout
                 continue
             if isinstance(event, ContinuationNeeded):
                 if session.grant is None and event.size > PREAUTH_LITERAL_LIMIT:
@@ -413,6 +469,7 @@ class ImapServer:
                     )
                 else:
                     await channel.write(continuation("ready for literal data"))
+                    return False
             elif isinstance(event, CommandError):
                 if event.fatal:
                     await channel.write(untagged_status("BYE", event.message))
@@ -423,8 +480,11 @@ class ImapServer:
                     await channel.write(tagged(event.tag, event.status, event.message))
             elif isinstance(event, Command):
                 self.executing(session, event)
-                await session.execute(event)
-            return
+                # IDLE waits for the client's DONE: a shutdown's BYE may come then (RFC 2177)
+                idling = channel.at_rest() if isinstance(event, Idle) else None
+                with idling or contextlib.nullcontext():
+                    await session.execute(event)
+            return True
 
     async def _handover(self, session: ImapSession, channel: StreamChannel) -> bool:
         """After login: True when a subclass carried the session elsewhere to its end (the

@@ -65,7 +65,15 @@ class _EmbeddedServer(uvicorn.Server):
             await self.lifespan.shutdown()
 
 
-def bind_tcp(host: str, port: int) -> socket.socket:
+class CannotListen(OSError):
+    """A listening socket could not be bound: the message names the address and the
+    setting that chose it (`cannot listen on 127.0.0.1:1143 (imap.port): address already
+    in use`), for a one-line error instead of a traceback."""
+
+
+def bind_tcp(host: str, port: int, setting: str | None = None) -> socket.socket:
+    """A listening TCP socket on `host`:`port`; `setting` names the key that chose the
+    port, for the error (`CannotListen`) when it cannot be bound."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # proto=IPPROTO_TCP matters: asyncio only sets TCP_NODELAY on sockets that say they are
     # TCP, and without it a reply written in two parts waits 40 ms on delayed ACKs.
@@ -73,9 +81,14 @@ def bind_tcp(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        named = f" ({setting})" if setting else ""
+        reason = (exc.strerror or str(exc)).lower()
+        error = CannotListen(f"cannot listen on {where}{named}: {reason}")
+        error.errno = exc.errno
+        raise error from exc
     sock.listen(128)
     sock.setblocking(False)
     return sock

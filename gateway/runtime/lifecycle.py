@@ -1,15 +1,21 @@
-"""Run services until SIGINT or SIGTERM, then stop them in reverse order."""
+"""Run services until SIGINT or SIGTERM, then drain and stop them in reverse order."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+import sys
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Protocol
+
+from gateway.runtime.asgi_server import CannotListen
 
 
 class Service(Protocol):
+    """A service may also have `async def drain()`: on a signal, before any is stopped,
+    each stops taking new work and lets the work under way end (a node shutting down)."""
+
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
 
@@ -24,18 +30,39 @@ async def run_until_signalled(
     started: list[Service] = []
     try:
         for service in services:
-            await service.start()
+            try:
+                await service.start()
+            except BaseException:
+                # what it had opened (a listener started, a port bound) closes before the
+                # error is told, not as the loop is torn down under it
+                with contextlib.suppress(Exception):
+                    await service.stop()
+                raise
             started.append(service)
         if on_started is not None:
             result = on_started()
             if result is not None:
                 await result
         await stopping.wait()
+        for service in reversed(started):
+            drain = getattr(service, "drain", None)
+            if drain is not None:
+                await drain()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         for service in reversed(started):
             await service.stop()
+
+
+def run_command(program: str, main: Coroutine[Any, Any, None]) -> None:
+    """`asyncio.run(main)` for a command that listens: a port that cannot be bound is one
+    line on stderr naming it, and exit status 1, not a traceback."""
+    try:
+        asyncio.run(main)
+    except CannotListen as exc:
+        print(f"{program}: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 async def cancelled(task: asyncio.Task[Any] | None) -> None:

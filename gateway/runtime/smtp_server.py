@@ -54,6 +54,7 @@ TOO_MANY = b"421 4.3.2 Too many connections, try again later\r\n"
 TOO_MANY_FROM_ADDRESS = b"421 4.7.0 Too many connections from your address\r\n"
 LOGIN_TIMEOUT = b"421 4.4.2 Authentication took too long, closing connection\r\n"
 TOO_CHATTY = b"421 4.7.0 Too many commands before authentication\r\n"
+SHUTTING_DOWN = b"421 4.3.2 Service shutting down\r\n"  # RFC 5321 §3.8, RFC 3463 X.3.2
 MAX_PREAUTH_REPLIES = 100  # EHLO, STARTTLS, EHLO and AUTH take about twenty reply lines
 
 
@@ -122,6 +123,7 @@ class TokenSMTP(SMTP):
         self._replies = 0
         self._authenticated = False
         self.kicked: str | None = None  # why the session is ending, once it is
+        self._farewell: bytes | None = None  # the 421 said once the message in flight is over
         self._login_deadline: asyncio.TimerHandle | None = None
         self._refused = False  # over a cap: hung up on arrival, never counted
         # aiosmtpd keeps these limits in a class-level dict: give each protocol its own.
@@ -226,10 +228,10 @@ class TokenSMTP(SMTP):
         except TimeoutError:
             self._abort()
             raise ConnectionResetError("client does not read its replies") from None
-        if self.kicked is not None and not self.in_transaction:
+        if self._farewell is not None and not self.in_transaction:
             # The message in flight got its answer first (a 421 already says goodbye).
             said = status if isinstance(status, bytes) else status.encode("ascii", "replace")
-            self._cut(None if said.startswith(b"421") else _reply(self.kicked))
+            self._cut(None if said.startswith(b"421") else self._farewell)
         if self._replies % FAIR_SHARE == 0:
             # A client that pipelines is served in turns with the others: its commands may
             # all be buffered already, and then nothing in aiosmtpd would wait.
@@ -242,8 +244,18 @@ class TokenSMTP(SMTP):
         if self.kicked is not None:
             return
         self.kicked = reason
+        self._farewell = _reply(reason)
         if not self.in_transaction:
-            self._cut(_reply(reason))
+            self._cut(self._farewell)
+
+    def leave(self) -> None:
+        """The node stops: `421 4.3.2` at once between messages; a message on its way (DATA
+        received or relayed) is carried and answered first, the 421 follows its reply."""
+        if self._farewell is not None:
+            return
+        self._farewell = SHUTTING_DOWN
+        if not self.in_transaction:
+            self._cut(SHUTTING_DOWN)
 
     def _create_envelope(self) -> Envelope:
         """aiosmtpd's hook for the envelope class (one per transaction)."""
@@ -352,7 +364,7 @@ class TokenSMTP(SMTP):
 
     def shut_down(self) -> None:
         """Tell the client the service is going away (RFC 5321 §3.8) and hang up."""
-        self._cut(b"421 4.3.2 Service shutting down\r\n")
+        self._cut(SHUTTING_DOWN)
 
 
 def _reply(reason: str) -> bytes:
@@ -401,6 +413,7 @@ class SmtpServer:
         connections start with a PROXY protocol header (`gateway.runtime.proxy_listener`)."""
         self.handler = handler
         self._socket = sock
+        self._port: int = sock.getsockname()[1]  # still known once the listener is closed
         self._tls = tls
         self._hostname = hostname
         self._limit = data_size_limit
@@ -421,8 +434,7 @@ class SmtpServer:
 
     @property
     def port(self) -> int:
-        port: int = self._socket.getsockname()[1]
-        return port
+        return self._port
 
     def _protocol(self) -> TokenSMTP:
         return self.protocol_type(
@@ -486,13 +498,18 @@ class SmtpServer:
                 found.append((protocol.peer, transport.get_write_buffer_size()))
         return found
 
-    async def stop(self, grace: float = 5.0) -> None:
-        """Stop accepting; give open sessions `grace` seconds to finish their message,
-        then answer the rest 421 (they keep their messages and retry elsewhere or later)."""
+    def stop_accepting(self) -> None:
+        """Close the listening socket: a balancer's next client goes to another node."""
         if self._server is not None:
             self._server.close()
-        for protocol in [p for p in self._open if not p.in_transaction]:
-            protocol.shut_down()
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop accepting; give open sessions `grace` seconds to finish their message (a
+        421 follows its reply), then answer the rest 421 (they keep their messages and
+        retry elsewhere or later)."""
+        self.stop_accepting()
+        for protocol in list(self._open):
+            protocol.leave()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
                 while self._open:

@@ -64,6 +64,13 @@ class WebConfig:
         return public.startswith("https://") or request.url.scheme == "https"
 
 
+UNCONFIGURED_LOGIN = (
+    "Connexion impossible : la passerelle n'a pas de secret client Pro Santé Connect "
+    "(réglage ui.client_secret, ou la variable LPSGW_UI__CLIENT_SECRET). "
+    "Prévenez son administrateur."
+)
+
+
 def build_router(
     service: DelegationService,
     validator: TokenValidator,
@@ -96,6 +103,9 @@ def build_router(
     async def login(request: Request) -> Response:
         """Always a fresh pre-login session: a session id that came with the request, perhaps
         planted by someone else, is never the one that ends up logged in."""
+        if not config.client_secret:  # PSC would refuse the code: say what is missing
+            log.error("web.login_unconfigured", extra={"missing": "ui.client_secret"})
+            return _message(request, UNCONFIGURED_LOGIN, 503)
         session = store.create_pending(client_address(request) or "?")
         verifier = secrets.token_urlsafe(48)
         challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())

@@ -123,6 +123,7 @@ class ProxyServer(ImapServer):
         self.psc = psc
         self.card_watch = card_watch
         self.usage = usage
+        self._relays: dict[asyncio.Task[None], Relay] = {}
         self._served: weakref.WeakKeyDictionary[ImapSession, PendingSession | None] = (
             weakref.WeakKeyDictionary()
         )
@@ -133,6 +134,13 @@ class ProxyServer(ImapServer):
     async def start(self) -> None:
         self.live.start()
         await super().start()
+
+    def _ask_to_leave(self, task: asyncio.Task[None], channel: StreamChannel, reason: str) -> None:
+        relay = self._relays.get(task)
+        if relay is not None:
+            relay.shut_down(reason)
+        else:
+            super()._ask_to_leave(task, channel, reason)
 
     async def stop(self, grace: float = 5.0) -> None:
         await super().stop(grace)
@@ -167,12 +175,16 @@ class ProxyServer(ImapServer):
         if cards is not None and grant.card is not None:
             cards.add(relay, grant.card)
         gauge.inc()
+        task = asyncio.current_task()
+        assert task is not None
+        self._relays[task] = relay
         try:
             # A revocation may have come while the backend login ran, before the relay was
             # tracked: ask the registry once more now that later changes will reach it.
             await self.live.confirm(relay)
             await relay.run()
         finally:
+            del self._relays[task]
             if usage is not None:
                 usage.ended()
             gauge.dec()

@@ -89,6 +89,8 @@ class Relay:
         self._idle_answered = asyncio.Event()
         self._idle_accepted = False
         self._kicked: str | None = None
+        self._kick_code: str | None = None
+        self._leaving: str | None = None  # the node shuts down: BYE once at rest
         self._closed = False
         self._audits: set[asyncio.Future[None]] = set()  # events handed over, not yet queued
         self._tasks: list[asyncio.Task[str | None]] = []
@@ -145,11 +147,12 @@ class Relay:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             if self._expiry is not None:
                 self._expiry.cancel()
+            code = None
             if self._kicked is not None:
-                bye = self._kicked
+                bye, code = self._kicked, self._kick_code
             if bye is not None:
                 with contextlib.suppress(Exception):
-                    self.channel.writer.write(untagged_status("BYE", bye))
+                    self.channel.writer.write(untagged_status("BYE", bye, code))
                     await asyncio.wait_for(self.channel.writer.drain(), KICK_GRACE)
             await self.up.close()
             if self.gate is not None:  # changes never answered: the backend is gone
@@ -161,18 +164,31 @@ class Relay:
         if deaf is not None:
             raise deaf  # the transport cuts the connection instead of waiting for the client
 
-    def kick(self, reason: str) -> None:
-        """End the session with `* BYE reason` (delegation revoked or expired, PSC session
-        over); the audit trail says so."""
+    def kick(self, reason: str, code: str | None = None) -> None:
+        """End the session with `* BYE [code] reason` (delegation revoked or expired, PSC
+        session over, node shutting down); the audit trail says so."""
         if self._kicked is not None or self._closed:
             return
-        self._kicked = reason
+        self._kicked, self._kick_code = reason, code
         self._logs.run(
             log.info, "imap.session_kicked", extra={"bal": self.mailbox, "reason": reason}
         )
         self._record_soon(AuditAction.SESSION_END, reason, "ok")
         for task in self._tasks:
             task.cancel()
+
+    def shut_down(self, reason: str) -> None:
+        """The node stops: `* BYE [UNAVAILABLE] reason` once no command awaits its backend's
+        reply (at once when none does, or in IDLE); no new command is forwarded."""
+        if self._kicked is not None or self._closed:
+            return
+        self._leaving = reason
+        if self._at_rest():
+            self.kick(reason, Code.UNAVAILABLE)
+
+    def _at_rest(self) -> bool:
+        idling = self._idle_tag if self._idle_accepted else None
+        return self.framer.at_boundary and all(tag == idling for tag in self.pending)
 
     def update(self, rights: frozenset[str], expires_at: dt.datetime | None) -> None:
         """The delegation changed but still stands: apply its new rights and expiry."""
@@ -261,6 +277,8 @@ class Relay:
         if self.framer.at_boundary:
             self._holding = False
             self._out.release()
+        if self._leaving is not None and self._at_rest():
+            self.kick(self._leaving, Code.UNAVAILABLE)  # the last reply is out
 
     def _inspect(self, line: bytes) -> bytes:
         """Look at the first line of a backend response; return what to forward."""
@@ -327,6 +345,8 @@ class Relay:
                 # A client whose commands make events faster than the trail takes them
                 # waits for it, rather than pushing everyone else's events back.
                 await asyncio.wait(list(self._audits), return_when=asyncio.FIRST_COMPLETED)
+            if self._leaving is not None:  # shutting down: the BYE follows the last reply
+                await self._loop.create_future()
             event = parser.next_event()
             if event is None:
                 # Read no more commands while the answers to the last ones pile up unread.

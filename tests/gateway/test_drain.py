@@ -1,0 +1,73 @@
+"""A gateway node draining (`Gateway.drain`, what SIGTERM runs) in front of a backend that
+holds a command: the relayed session gets that command's tagged reply first, then `* BYE
+[UNAVAILABLE]`; a session at rest hears the BYE at once, an SMTP session between messages
+its 421 4.3.2; no new connection is taken and /readyz says 503 meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from gateway.imap.transport import shutdown_bye
+from tests.gateway.test_imap_proxy import modern_settings
+from tests.support.imap import login
+from tests.support.sasl import xoauth2_b64
+from tests.support.smtp_raw import RawSmtp
+from tests.support.stacks import Stack
+
+MARTIN = "claire.martin@medecin.mssante.fr"
+BYE = shutdown_bye().rstrip(b"\r\n")
+
+
+class HeldBackend:
+    """An IMAP server that lets the gateway log in, then answers the first command only
+    once `release` is set."""
+
+    def __init__(self) -> None:
+        self.received = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"* OK [CAPABILITY IMAP4rev1 SASL-IR LITERAL+ AUTH=PLAIN] held\r\n")
+        tag = (await reader.readline()).split(b" ", 1)[0]
+        writer.write(tag + b" OK [CAPABILITY IMAP4rev1 LITERAL+ IDLE] in\r\n")
+        command = await reader.readline()
+        self.received.set()
+        await self.release.wait()
+        writer.write(command.split(b" ", 1)[0] + b" OK NOOP completed\r\n")
+        await reader.read()
+
+
+async def test_drain_waits_for_the_relayed_reply_then_says_bye(stack: Stack):
+    held = HeldBackend()
+    server = await asyncio.start_server(held.serve, "127.0.0.1", 0)
+    backend = modern_settings(stack)
+    backend.imap_port, backend.imap_tls = server.sockets[0].getsockname()[1], "none"
+    stack.gateway.settings.ops.shutdown_grace = 60
+    async with server:
+        busy = await login(stack, "dr-martin", MARTIN)
+        resting = await login(stack, "dr-martin", MARTIN)
+        sender = await RawSmtp.open(stack.smtp_port)
+        await sender.command(b"EHLO lps.example", b"250")
+        token = await stack.token("dr-martin")
+        await sender.command(b"AUTH XOAUTH2 " + xoauth2_b64(MARTIN, token), b"235")
+        await busy.send(b"t1 NOOP\r\n")
+        await held.received.wait()
+
+        draining = asyncio.create_task(stack.gateway.drain())
+        assert await resting.line(wait=30) == BYE
+        assert await sender.reply() == b"421 4.3.2 Service shutting down\r\n"
+        assert await sender.reply() == b"", "and it hangs up"
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection("127.0.0.1", stack.imap_port)
+        async with httpx.AsyncClient(timeout=10) as http:
+            ready = await http.get(f"{stack.gateway.http_url}/readyz")
+        assert ready.status_code == 503
+        assert not draining.done(), "the command in flight is waited for"
+
+        held.release.set()
+        assert await busy.line(wait=30) == b"t1 OK NOOP completed"
+        assert await busy.line(wait=30) == BYE
+        await asyncio.wait_for(draining, 30)
