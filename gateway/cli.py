@@ -504,11 +504,13 @@ def describe_gateway(gateway: Gateway, console: Console) -> None:
     cert = settings.tls.cert or dev_certificate(settings.data_dir)[0]
     console.print(f"  {'TLS certificate:':<26}{cert}", highlight=False)
     rules = "enforced" if settings.mss.policy == "enforce" else "reported, not refused"
-    console.print(f"  {'MSSanté header rules:':<26}{rules} ([mss] policy)", highlight=False)
+    console.print(
+        f"  {'MSSanté header rules:':<26}{rules} ([mss] policy)", highlight=False, markup=False
+    )
     for path, what in [
         ("/ui/delegations", "delegations page"),
         ("/ui/admin/usage", "usage page (admins)"),
-        ("/v1", "API (docs: /docs, /redoc)"),
+        ("/v1", "API (/docs, /redoc)"),
         *([] if gateway.ops_url else [("/metrics", "metrics")]),
         *(
             [("/mss-msg-services/services", "historic web services")]
