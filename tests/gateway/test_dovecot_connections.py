@@ -116,7 +116,9 @@ def cycle(port: int, token: str, ending: str = "logout") -> None:
         client.logout()
         return
     sock = client.socket()
-    if ending == "mid-command":
+    if ending == "logout-and-close":  # LOGOUT, without waiting for its answer
+        sock.sendall(b"a9 LOGOUT\r\n")
+    elif ending == "mid-command":
         sock.sendall(b"a9 FETCH 1:* (BODY.PEEK[])\r\n")
     elif ending == "idle":
         sock.sendall(b"a9 IDLE\r\n")
@@ -149,15 +151,17 @@ async def test_dropped_clients_leave_no_backend_connection(env: Env):
         await no_connection_left(env)
 
 
-async def test_ten_clients_in_tight_loops(env: Env):
+async def test_ten_clients_in_tight_loops_of_mixed_endings(env: Env):
+    """Each LPS starts its next session as soon as the last one ended, whichever way."""
     token = await env.stack.token("dr-martin")
     port = env.stack.imap_port
+    endings = ["logout", "drop", "logout-and-close", "mid-command", "idle"]
 
-    def loop() -> None:
-        for _ in range(10):
-            cycle(port, token)
+    def loop(first: int) -> None:
+        for turn in range(10):
+            cycle(port, token, endings[(first + turn) % len(endings)])
 
-    await asyncio.gather(*(asyncio.to_thread(loop) for _ in range(CLIENTS)))
+    await asyncio.gather(*(asyncio.to_thread(loop, index) for index in range(CLIENTS)))
     await no_connection_left(env)
 
 
