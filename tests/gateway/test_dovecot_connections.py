@@ -22,15 +22,8 @@ import pytest_asyncio
 
 from gateway.settings import Settings
 from mock_operator.server import MockOperator
-from tests.conftest import quick_mock_settings, require_peer
-from tests.dovecot import (
-    MASTER,
-    MASTER_PW,
-    DovecotServer,
-    dovecot_available,
-    dovecot_backend,
-    start_dovecot,
-)
+from tests.conftest import quick_mock_settings
+from tests.dovecot import DovecotServer, dovecot_backend, gateway_dovecot
 from tests.support.proxied import ProxiedIMAP4
 from tests.support.sasl import xoauth2
 from tests.support.stacks import Stack, gateway_settings, start_stack
@@ -56,15 +49,7 @@ class Env:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
-    require_peer(dovecot_available(), "Dovecot (dovecot-imapd) not installed")
-    dovecot = await asyncio.to_thread(
-        start_dovecot,
-        user=MARTIN,
-        password=MARTIN_PW,
-        master_user=MASTER,
-        master_password=MASTER_PW,
-        trusted_networks="127.0.0.0/8",
-    )
+    dovecot = await gateway_dovecot(MARTIN, MARTIN_PW, trusted_networks="127.0.0.0/8")
     stack: Stack | None = None
     try:
         await asyncio.to_thread(seed, dovecot)
