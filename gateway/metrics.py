@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from gateway.usage.access import Access
 
 LOGIN_RESULTS = ("ok", "authentication", "authorization", "unavailable", "throttled", "limit")
-REFUSALS = ("max_connections", "per_address")
+REFUSALS = ("max_connections", "per_address", "proxy_protocol")
 
 
 OTHER = "other"
@@ -84,7 +84,8 @@ class Metrics:
         )
         self.refused_connections = Counter(
             "lpsgw_refused_connections",
-            "Connections turned away on arrival: the node's cap, or the source address's",
+            "Connections turned away on arrival: the node's cap, the source address's, or a "
+            "load balancer's PROXY protocol header missing or malformed",
             ["protocol", "reason"],
             registry=self.registry,
         )

@@ -281,7 +281,21 @@ class CardSettings(_Section):
         return self
 
 
-class ImapFrontSettings(_Section):
+class _BehindLoadBalancer(_Section):
+    """A mail listener a TCP load balancer may stand in front of (the PROXY protocol)."""
+
+    proxy_protocol_from: list[str] = Field(default_factory=list, description=PROXY_PROTOCOL_FROM)
+    proxy_protocol_timeout: float = Field(
+        default=5.0, gt=0, le=60, description=PROXY_PROTOCOL_TIMEOUT
+    )
+
+    @field_validator("proxy_protocol_from")
+    @classmethod
+    def _proxies(cls, value: list[str]) -> list[str]:
+        return _check_networks(value)
+
+
+class ImapFrontSettings(_BehindLoadBalancer):
     """The API LPS IMAP listener (STARTTLS) and its limits."""
 
     host: str = "127.0.0.1"
@@ -309,18 +323,9 @@ class ImapFrontSettings(_Section):
     max_other_literal: int = Field(
         default=64 * 1024, ge=1024, description="any other literal (names, search strings)"
     )
-    proxy_protocol_from: list[str] = Field(default_factory=list, description=PROXY_PROTOCOL_FROM)
-    proxy_protocol_timeout: float = Field(
-        default=5.0, gt=0, le=60, description=PROXY_PROTOCOL_TIMEOUT
-    )
-
-    @field_validator("proxy_protocol_from")
-    @classmethod
-    def _proxies(cls, value: list[str]) -> list[str]:
-        return _check_networks(value)
 
 
-class SmtpFrontSettings(_Section):
+class SmtpFrontSettings(_BehindLoadBalancer):
     """The API LPS submission listener (STARTTLS)."""
 
     host: str = "127.0.0.1"
@@ -345,15 +350,6 @@ class SmtpFrontSettings(_Section):
     max_sessions_per_person: int = Field(
         default=100, ge=1, description="authenticated sessions of one idNat"
     )
-    proxy_protocol_from: list[str] = Field(default_factory=list, description=PROXY_PROTOCOL_FROM)
-    proxy_protocol_timeout: float = Field(
-        default=5.0, gt=0, le=60, description=PROXY_PROTOCOL_TIMEOUT
-    )
-
-    @field_validator("proxy_protocol_from")
-    @classmethod
-    def _proxies(cls, value: list[str]) -> list[str]:
-        return _check_networks(value)
 
 
 class MssSettings(_Section):

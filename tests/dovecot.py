@@ -14,6 +14,7 @@ IMAP backend.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import grp
@@ -28,6 +29,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pydantic import SecretStr
 
@@ -313,6 +315,23 @@ def start_dovecot(
         raise RuntimeError(f"dovecot did not start (rc={returncode}): {startup}\n{log}")
     atexit.register(server.stop)  # a daemon must not outlive the test run
     return server
+
+
+async def gateway_dovecot(user: str, password: str, **options: Any) -> DovecotServer:
+    """`start_dovecot` (off the event loop) with the gateway's `MASTER` login, for a test
+    that puts it behind the gateway; skips, or fails under LPS_REQUIRE_PEERS=1, without
+    Dovecot."""
+    from tests.conftest import require_peer
+
+    require_peer(dovecot_available(), "Dovecot (dovecot-imapd) not installed or not root")
+    return await asyncio.to_thread(
+        start_dovecot,
+        user=user,
+        password=password,
+        master_user=MASTER,
+        master_password=MASTER_PW,
+        **options,
+    )
 
 
 @contextlib.contextmanager

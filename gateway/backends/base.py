@@ -20,7 +20,6 @@ Every failure is a `gateway.backends.errors.BackendError`; no method writes repl
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import hashlib
 from collections.abc import Awaitable, Collection, Iterable, Mapping, Sequence
@@ -38,6 +37,9 @@ def digest(message: bytes) -> str:
     return hashlib.sha256(message).hexdigest()
 
 
+CLOSE_GRACE = 2.0  # seconds a backend connection's orderly close may take before it is cut
+
+
 @dataclass
 class Upstream:
     """A logged-in connection to a backend's IMAP server, for the front to relay byte for
@@ -51,9 +53,18 @@ class Upstream:
     leftover: bytes = b""  # received after the login's completion, for the relay
 
     async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.writer.close()
-            await asyncio.wait_for(self.writer.wait_closed(), 2.0)
+        """Close, and cut the connection if the close has not ended within `CLOSE_GRACE`
+        (bytes the backend does not read, a TLS close it does not answer): a backend
+        connection must not outlive its session, since the backend counts it (Dovecot's
+        ``mail_max_userip_connections``)."""
+        writer = self.writer
+        try:
+            writer.close()
+            await asyncio.wait_for(writer.wait_closed(), CLOSE_GRACE)
+        except BaseException as exc:
+            writer.transport.abort()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,32 +12,22 @@ address must parse, a session id be a token.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Collection
 
+from gateway.runtime.limits import ip_address_of
 from gateway.runtime.login import ConnectionInfo
 
 _TOKEN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
-def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        address = ipaddress.ip_address(text.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
-
-
 def imap_id(connection: ConnectionInfo) -> bytes | None:
     """``ID (...)`` naming the client of `connection`; None when its address is not one."""
-    client = _address(connection.peer)
+    client = ip_address_of(connection.peer)
     if client is None:
         return None
     fields = [("x-originating-ip", str(client)), ("x-originating-port", str(connection.port))]
-    local = _address(connection.local_address)
+    local = ip_address_of(connection.local_address)
     if local is not None:
         fields += [("x-connected-ip", str(local)), ("x-connected-port", str(connection.local_port))]
     if _TOKEN.fullmatch(connection.session_id):
@@ -49,7 +39,7 @@ def imap_id(connection: ConnectionInfo) -> bytes | None:
 def xclient_arguments(connection: ConnectionInfo, offered: Collection[str]) -> list[str] | None:
     """XCLIENT's arguments naming the client (those of `offered`, the attribute names the
     server's EHLO lists); None when there is nothing it takes."""
-    client = _address(connection.peer)
+    client = ip_address_of(connection.peer)
     if client is None:
         return None
     wanted = {name.upper() for name in offered}

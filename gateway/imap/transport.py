@@ -250,6 +250,7 @@ class ImapServer:
                 self._connect,
                 timeout=self.config.proxy_protocol_timeout,
                 name="imap",
+                on_refused=self.refused,
             )
             self._server.start()
             return

@@ -377,18 +377,28 @@ class _Idle:
 
 
 class SessionPool:
-    """Idle `ImapBal` sessions by (backend, BAL); `lease` lends one (opening it if none)."""
+    """Idle `ImapBal` sessions by (backend, BAL); `lease` lends one (opening it if none).
+
+    At most `leased_per_bal` sessions of one BAL are lent at once (more requests for it
+    wait their turn), and `per_bal` kept idle: a burst of requests for one BAL must not
+    open as many backend connections, which the backend counts per user and address
+    (Dovecot's ``mail_max_userip_connections``, 10 by default) against the BAL's own LPS
+    sessions."""
 
     def __init__(
         self,
         *,
         per_bal: int = 2,
+        leased_per_bal: int = 3,
         total: int = 32,
         idle: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         avoid: Collection[str] = (),
     ) -> None:
         self.per_bal = per_bal
+        self.leased_per_bal = leased_per_bal
+        self._leased: dict[tuple[str, str], int] = {}
+        self._returned = asyncio.Condition()
         self.avoid = frozenset(avoid)
         self.idle = idle
         self._clock = clock
@@ -401,7 +411,7 @@ class SessionPool:
         self, backend: str, bal: str, opener: Callable[[], Awaitable[MailboxAccess]]
     ) -> AsyncIterator[ImapBal]:
         key = (backend, bal.lower())
-        async with self._slots:
+        async with self._turn(key), self._slots:  # a busy BAL waits, holding no slot
             session = await self._take(key)
             if session is not None:
                 session.new_request()
@@ -427,6 +437,24 @@ class SessionPool:
                     await session.access.aclose()
                 raise
             await self._give_back(key, session)
+
+    @contextlib.asynccontextmanager
+    async def _turn(self, key: tuple[str, str]) -> AsyncIterator[None]:
+        """One of the BAL's `leased_per_bal` turns, held for a lease."""
+        async with self._returned:
+            await self._returned.wait_for(lambda: self._leased.get(key, 0) < self.leased_per_bal)
+            self._leased[key] = self._leased.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            async with self._returned:
+                left = self._leased.pop(key) - 1
+                if left:
+                    self._leased[key] = left
+                self._returned.notify_all()
+
+    def leased(self, backend: str, bal: str) -> int:
+        return self._leased.get((backend, bal.lower()), 0)
 
     async def _take(self, key: tuple[str, str]) -> ImapBal | None:
         idle = self._idle.get(key)

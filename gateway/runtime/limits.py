@@ -20,7 +20,7 @@ MAX_TRACKED = 100_000  # addresses remembered by a throttle; the oldest are forg
 
 def client_key(address: str) -> str:
     """The unit a cap counts: the IPv4 address, or the IPv6 /64; other peers as given."""
-    ip = _ip(address)
+    ip = ip_address_of(address)
     if ip is None:
         return address
     if isinstance(ip, ipaddress.IPv6Address):
@@ -28,7 +28,7 @@ def client_key(address: str) -> str:
     return str(ip)
 
 
-def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def ip_address_of(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """The peer's address (an IPv4-mapped IPv6 one as IPv4, no zone), None if not one."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
@@ -48,7 +48,7 @@ class Networks:
     def __contains__(self, address: object) -> bool:
         if not self._networks or not isinstance(address, str):
             return False
-        ip = _ip(address)
+        ip = ip_address_of(address)
         return ip is not None and any(ip.version == n.version and ip in n for n in self._networks)
 
     @property

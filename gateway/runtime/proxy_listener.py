@@ -56,12 +56,15 @@ class ProxyProtocolListener:
         *,
         timeout: float = HEADER_TIMEOUT,
         name: str = "tcp",
+        on_refused: Callable[[str], None] | None = None,
     ) -> None:
+        """`on_refused("proxy_protocol")` for each connection closed for its header."""
         self._socket = sock
         self._trusted = trusted
         self._connect = connect
         self._timeout = timeout
         self._name = name
+        self._on_refused = on_refused
         self._accepting: asyncio.Task[None] | None = None
         self._arriving: set[asyncio.Task[None]] = set()
 
@@ -128,6 +131,8 @@ class ProxyProtocolListener:
                 "proxy_protocol.refused",
                 extra={"listener": self._name, "peer": peer.address, "reason": header.reason},
             )
+            if self._on_refused is not None:
+                self._on_refused("proxy_protocol")
             return None
         if header.source is None or header.destination is None:
             return peer, local  # a health check (LOCAL), or no address it could say

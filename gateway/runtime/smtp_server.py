@@ -468,6 +468,7 @@ class SmtpServer:
                 self._connect,
                 timeout=self._proxy_timeout,
                 name="smtp",
+                on_refused=self._on_refused,
             )
             self._server.start()
             return

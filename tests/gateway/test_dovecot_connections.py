@@ -22,15 +22,8 @@ import pytest_asyncio
 
 from gateway.settings import Settings
 from mock_operator.server import MockOperator
-from tests.conftest import quick_mock_settings, require_peer
-from tests.dovecot import (
-    MASTER,
-    MASTER_PW,
-    DovecotServer,
-    dovecot_available,
-    dovecot_backend,
-    start_dovecot,
-)
+from tests.conftest import quick_mock_settings
+from tests.dovecot import DovecotServer, dovecot_backend, gateway_dovecot
 from tests.support.proxied import ProxiedIMAP4
 from tests.support.sasl import xoauth2
 from tests.support.stacks import Stack, gateway_settings, start_stack
@@ -56,15 +49,7 @@ class Env:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
-    require_peer(dovecot_available(), "Dovecot (dovecot-imapd) not installed")
-    dovecot = await asyncio.to_thread(
-        start_dovecot,
-        user=MARTIN,
-        password=MARTIN_PW,
-        master_user=MASTER,
-        master_password=MASTER_PW,
-        trusted_networks="127.0.0.0/8",
-    )
+    dovecot = await gateway_dovecot(MARTIN, MARTIN_PW, trusted_networks="127.0.0.0/8")
     stack: Stack | None = None
     try:
         await asyncio.to_thread(seed, dovecot)
@@ -116,7 +101,9 @@ def cycle(port: int, token: str, ending: str = "logout") -> None:
         client.logout()
         return
     sock = client.socket()
-    if ending == "mid-command":
+    if ending == "logout-and-close":  # LOGOUT, without waiting for its answer
+        sock.sendall(b"a9 LOGOUT\r\n")
+    elif ending == "mid-command":
         sock.sendall(b"a9 FETCH 1:* (BODY.PEEK[])\r\n")
     elif ending == "idle":
         sock.sendall(b"a9 IDLE\r\n")
@@ -149,15 +136,17 @@ async def test_dropped_clients_leave_no_backend_connection(env: Env):
         await no_connection_left(env)
 
 
-async def test_ten_clients_in_tight_loops(env: Env):
+async def test_ten_clients_in_tight_loops_of_mixed_endings(env: Env):
+    """Each LPS starts its next session as soon as the last one ended, whichever way."""
     token = await env.stack.token("dr-martin")
     port = env.stack.imap_port
+    endings = ["logout", "drop", "logout-and-close", "mid-command", "idle"]
 
-    def loop() -> None:
-        for _ in range(10):
-            cycle(port, token)
+    def loop(first: int) -> None:
+        for turn in range(10):
+            cycle(port, token, endings[(first + turn) % len(endings)])
 
-    await asyncio.gather(*(asyncio.to_thread(loop) for _ in range(CLIENTS)))
+    await asyncio.gather(*(asyncio.to_thread(loop, index) for index in range(CLIENTS)))
     await no_connection_left(env)
 
 

@@ -115,16 +115,23 @@ async def test_imap_audit_sees_the_client_the_header_names(
     assert [e.remote for e in await logins()] == ["192.0.2.7"]
 
 
-async def test_imaps_reads_the_header_before_the_tls_handshake(stack: Stack, logins: Logins):
+@pytest.mark.parametrize(
+    ("source", "header", "seen"),
+    [("127.0.0.1", v2_header(CLIENT), "192.0.2.7"), (DIRECT, b"", DIRECT)],
+    ids=["through-the-load-balancer", "direct"],
+)
+async def test_imaps_reads_the_header_before_the_tls_handshake(
+    stack: Stack, logins: Logins, source: str, header: bytes, seen: str
+):
     assert stack.gateway.imaps is not None
     token = await stack.token()
 
     def run() -> str:
-        client = ProxiedIMAP4_SSL(stack.gateway.imaps.port, v2_header(CLIENT), tls(stack))
-        return imap_login(client, token, None)
+        port = stack.gateway.imaps.port
+        return imap_login(ProxiedIMAP4_SSL(port, header, tls(stack), source=source), token, None)
 
     assert await asyncio.to_thread(run) == "OK"
-    assert [e.remote for e in await logins()] == ["192.0.2.7"]
+    assert [e.remote for e in await logins()] == [seen]
 
 
 async def test_a_header_naming_a_loopback_client_allows_plaintext_login(

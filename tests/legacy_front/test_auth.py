@@ -5,6 +5,8 @@ OTP answered by a PSC CIBA approval once the BAL has moved."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -140,8 +142,17 @@ async def test_card_from_a_trusted_proxy(front: Front) -> None:
     assert garbage.headers["X-ErrorCode"] == "8"
 
 
-async def test_card_headers_count_only_from_configured_proxies(mock_op: MockOperator) -> None:
-    """By default no proxy is trusted: anyone could send a public card certificate."""
+@dataclass
+class MartinsCard:
+    """Dr Martin's card certificate as a front proxy passes it, and what checks it."""
+
+    validator: TokenValidator
+    verifier: Any
+    header: str  # ssl_client_cert: the URL-encoded PEM
+
+
+@pytest.fixture
+async def martins_card(mock_op: MockOperator) -> AsyncIterator[MartinsCard]:
     validator = TokenValidator(ValidatorConfig(issuer=mock_op.issuer, accept_any_audience=True))
     assert mock_op.historic_auth is not None
     authority = mock_op.historic_auth.authority
@@ -149,52 +160,52 @@ async def test_card_headers_count_only_from_configured_proxies(mock_op: MockOper
     persona = mock_op.personas.get("dr-martin")
     assert persona is not None
     pem, _key = authority.issue(persona)
-    made = Front(mock_op, LegacyFrontAuth(validator, SessionBook(600), cards=authority.verifier))
+    yield MartinsCard(validator, authority.verifier, quote(pem.decode()))
+    await validator.aclose()
+
+
+async def test_card_headers_count_only_from_configured_proxies(
+    mock_op: MockOperator, martins_card: MartinsCard
+) -> None:
+    """By default no proxy is trusted: anyone could send a public card certificate."""
+    card = martins_card
+    made = Front(mock_op, LegacyFrontAuth(card.validator, SessionBook(600), cards=card.verifier))
     try:
-        answer = await made.who(ssl_client_verify="SUCCESS", ssl_client_cert=quote(pem.decode()))
+        answer = await made.who(ssl_client_verify="SUCCESS", ssl_client_cert=card.header)
         assert answer.status_code == 403
         assert answer.headers["X-ErrorCode"] == "8"  # no credentials at all
     finally:
         await made.client.aclose()
-        await validator.aclose()
 
 
 async def test_card_headers_from_a_trusted_proxy_that_also_forwards_the_client(
-    mock_op: MockOperator,
+    mock_op: MockOperator, martins_card: MartinsCard
 ) -> None:
     """With http.forwarded_allow_ips the request's client is the one X-Forwarded-For names:
     the certificate headers still count by the proxy's own address (its TCP peer), and the
     throttle counts the client's."""
-    validator = TokenValidator(ValidatorConfig(issuer=mock_op.issuer, accept_any_audience=True))
-    assert mock_op.historic_auth is not None
-    authority = mock_op.historic_auth.authority
-    assert authority is not None
-    persona = mock_op.personas.get("dr-martin")
-    assert persona is not None
-    pem, _key = authority.issue(persona)
+    card = martins_card
     throttle = LoginThrottle(1, 600)
     auth = LegacyFrontAuth(
-        validator,
+        card.validator,
         SessionBook(600),
-        cards=authority.verifier,
+        cards=card.verifier,
         trusted_proxies=["127.0.0.1/32"],
         throttle=throttle,
     )
     made = Front(mock_op, auth, forwarded=["127.0.0.1/32"])
+    forwarded = {"X-Forwarded-For": "203.0.113.9"}
     try:
         answer = await made.who(
-            ssl_client_verify="SUCCESS",
-            ssl_client_cert=quote(pem.decode()),
-            **{"X-Forwarded-For": "203.0.113.9"},
+            ssl_client_verify="SUCCESS", ssl_client_cert=card.header, **forwarded
         )
         assert answer.json()["idnat"] == MARTIN
-        refused = await made.who(Authorization="Bearer bad", **{"X-Forwarded-For": "203.0.113.9"})
+        refused = await made.who(Authorization="Bearer bad", **forwarded)
         assert refused.status_code == 403
         assert throttle.retry_after("203.0.113.9") is not None
         assert throttle.retry_after("127.0.0.1") is None
     finally:
         await made.client.aclose()
-        await validator.aclose()
 
 
 async def test_no_credentials_and_bad_cookie(front: Front) -> None:

@@ -65,3 +65,31 @@ async def test_take_closes_the_stale_and_lends_a_live_one() -> None:
     assert stale.access.closed
     assert broken.access.closed
     assert not live.access.closed
+
+
+async def test_a_burst_for_one_bal_is_lent_a_few_sessions_at_a_time() -> None:
+    """Ten requests at once for one BAL hold at most `leased_per_bal` turns (so as many
+    backend connections), the others wait; another BAL is not kept waiting by them."""
+    pool = SessionPool(leased_per_bal=3)
+    release = asyncio.Event()
+    most = 0
+    other_served = asyncio.Event()
+
+    async def request(key: tuple[str, str]) -> None:
+        nonlocal most
+        async with pool._turn(key):
+            most = max(most, pool.leased(*KEY))
+            if key == KEY:
+                await release.wait()
+            else:
+                other_served.set()
+
+    burst = [asyncio.create_task(request(KEY)) for _ in range(10)]
+    other = asyncio.create_task(request(("modern", "jean.dupont@medecin.mssante.fr")))
+    await other_served.wait()
+    assert pool.leased(*KEY) == 3
+    release.set()
+    await asyncio.gather(*burst, other)
+    assert most == 3
+    assert pool.leased(*KEY) == 0
+    assert pool._leased == {}

@@ -20,6 +20,7 @@ from gateway.runtime.proxy_protocol import V2_SIGNATURE, v1_header, v2_header
 from tests.conftest import quick_mock_settings
 from tests.support.proxied import hung_up_silently, proxied_socket
 from tests.support.stacks import Stack, gateway_settings, running_stack
+from tests.support.waiting import until
 
 TIMEOUT = 1.5  # seconds the load balancer has for its header, in this module
 CLIENT = ("192.0.2.7", 50123)
@@ -51,6 +52,12 @@ def still_greets(stack: Stack) -> None:
         assert sock.makefile("rb").readline().startswith(b"* OK")
     with proxied_socket(stack.smtp_port, v1_header(CLIENT, ("127.0.0.1", 1587))) as sock:
         assert sock.makefile("rb").readline().startswith(b"220 ")
+
+
+def refused(stack: Stack, service: str) -> float:
+    return stack.gateway.metrics.sample(
+        "lpsgw_refused_connections_total", protocol=service, reason="proxy_protocol"
+    )
 
 
 def hangs_up_at_once(port: int, header: bytes) -> float:
@@ -85,8 +92,10 @@ async def test_a_broken_header_is_hung_up_on_without_waiting(
 ):
     """Refused as soon as it is known broken: an absurd length is not waited for."""
     port = stack.imap_port if service == "imap" else stack.smtp_port
+    counted = refused(stack, service)
     took = await asyncio.to_thread(hangs_up_at_once, port, header)
     assert took < TIMEOUT
+    await until(lambda: refused(stack, service) == counted + 1, "the refusal counted")
 
 
 @pytest.mark.parametrize(
