@@ -387,7 +387,9 @@ def build_router(realm: str) -> APIRouter:
         return RedirectResponse(f"{prefix}/sessions?{query}", status_code=303)
 
     # -- userinfo, introspection, logout, revocation ------------------------------------
-    @router.api_route(f"{oidc}/userinfo", methods=["GET", "POST"])
+    # one route per method: a two-method route gives both operations one OpenAPI id
+    @router.get(f"{oidc}/userinfo", operation_id="userinfo_get")
+    @router.post(f"{oidc}/userinfo", operation_id="userinfo_post")
     async def userinfo(request: Request, psc: Psc) -> Response:
         authorization = request.headers.get("authorization", "")
         if authorization[:7].lower() != "bearer ":
@@ -424,7 +426,8 @@ def build_router(realm: str) -> APIRouter:
         }
         return JSONResponse(answer, headers=NO_STORE)
 
-    @router.api_route(f"{oidc}/logout", methods=["GET", "POST"], response_class=HTMLResponse)
+    @router.get(f"{oidc}/logout", response_class=HTMLResponse, operation_id="logout_get")
+    @router.post(f"{oidc}/logout", response_class=HTMLResponse, operation_id="logout_post")
     async def logout(request: Request, psc: Psc) -> Response:
         params: dict[str, str] = dict(request.query_params)
         if request.method == "POST":
