@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import imaplib
+import json
 import os
 import re
 import shutil
@@ -132,10 +133,21 @@ async def test_serve_then_token_then_expiry(
     identity = await validator.validate(token)
     assert str(identity.idnat) == "899700000001"
 
-    short = token_from_cli(url, "--lifetime", "3")  # exp = int(iat) + 3: valid for 2 s at least
+    # The validators read a clock the test turns: no wait, and no race with a busy machine
+    # between the token's issue and its first check.
+    short = token_from_cli(url, "--lifetime", "3")
+    claims = json.loads(base64.urlsafe_b64decode(short.split(".")[1] + "=="))
+    assert claims["exp"] - claims["iat"] == 3
+    now = [float(claims["iat"])]
+    await validator.aclose()
+    validator = TokenValidator(
+        ValidatorConfig(issuer=issuer, clock_skew_seconds=0), clock=lambda: now[0]
+    )
     assert str((await validator.validate(short)).idnat) == "899700000001"
-    await asyncio.sleep(3.2)
-    fresh = TokenValidator(ValidatorConfig(issuer=issuer, clock_skew_seconds=0))
+    now[0] = float(claims["exp"])
+    fresh = TokenValidator(
+        ValidatorConfig(issuer=issuer, clock_skew_seconds=0), clock=lambda: now[0]
+    )
     with pytest.raises(TokenError) as caught:
         await fresh.validate(short)
     assert caught.value.failure is TokenFailure.EXPIRED
