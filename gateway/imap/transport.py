@@ -298,16 +298,23 @@ class ImapServer:
             task.cancel()
 
     async def stop(self, grace: float = 5.0) -> None:
-        """Stop accepting, tell every client BYE, wait a little, then cut what is left."""
+        """Stop accepting, end every session (BYE, its command in flight abandoned), wait
+        up to `grace` seconds for them to be over (after a drain, a short while: the node's
+        `shutdown_grace` is the whole wait)."""
         self.stop_accepting()
         for task, channel in list(self._sessions.items()):
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                channel.writer.write(shutdown_bye())
-            task.cancel()
+            self._end_now(task, channel)
         if self._sessions:
             await asyncio.wait(list(self._sessions), timeout=grace)
         if self._server is not None:
             await self._server.wait_closed()
+
+    def _end_now(self, task: asyncio.Task[None], channel: StreamChannel) -> None:
+        """End a session at once, whatever it is doing; a subclass that carries sessions
+        elsewhere (the relay) ends them its own way, its audit trail saying so."""
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            channel.writer.write(shutdown_bye())
+        task.cancel()
 
     def refused(self, reason: str) -> None:
         """A connection turned away at once (a cap); a subclass may count it."""

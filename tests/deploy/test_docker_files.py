@@ -151,6 +151,17 @@ def test_gateway_config_loads_and_points_at_the_mock() -> None:
     assert exec_form(volume) == [str(settings.data_dir)]
 
 
+def test_nodes_get_time_to_drain_before_they_are_killed() -> None:
+    """The orchestrator's kill comes after `[ops] shutdown_grace` (and the second the node
+    takes to cut what is left and write its audit), not at Docker's default 10 s."""
+    grace = gateway_config().ops.shutdown_grace
+    for node in GATEWAY_NODES:
+        period = compose()["services"][node]["stop_grace_period"]
+        seconds = re.fullmatch(r"(\d+)s", period)
+        assert seconds is not None, period
+        assert int(seconds.group(1)) >= grace + 5, (node, period, grace)
+
+
 def test_haproxy_config_is_valid() -> None:
     """`haproxy -c` accepts it; the node names resolve only inside compose's network, which
     the configuration allows for (init-addr none: a server down until its name resolves)."""
