@@ -302,6 +302,7 @@ class ImapServer:
         up to `grace` seconds for them to be over (after a drain, a short while: the node's
         `shutdown_grace` is the whole wait)."""
         self.stop_accepting()
+        self._leaving = self._leaving or shutdown_bye()
         for task, channel in list(self._sessions.items()):
             self._end_now(task, channel)
         if self._sessions:
@@ -343,6 +344,11 @@ class ImapServer:
         peer = client or Peer.of(writer.get_extra_info("peername"))
         local = local or Peer.of(writer.get_extra_info("sockname"))
         address = peer.address
+        if self._leaving is not None:
+            # accepted as the listener closed (its TLS handshake, or its PROXY header,
+            # still under way): it is told to go elsewhere like the others
+            await _hang_up(writer, self._leaving)
+            return
         if len(self._sessions) >= self.config.max_connections:
             log.warning("imap.too_many_connections", extra={"open": len(self._sessions)})
             self.refused("max_connections")

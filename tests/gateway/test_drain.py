@@ -6,11 +6,13 @@ its 421 4.3.2; no new connection is taken and /readyz says 503 meanwhile."""
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import httpx
 import pytest
 
 from gateway.imap.transport import shutdown_bye
+from gateway.runtime.net import Peer
 from tests.gateway.test_imap_proxy import modern_settings
 from tests.support.imap import login
 from tests.support.sasl import xoauth2_b64
@@ -105,3 +107,21 @@ async def test_shutdown_grace_bounds_the_whole_stop_and_the_audit_is_written(sta
         assert await busy.line(wait=30) == BYE
         ends = [e for e in await registry.audit_for(MARTIN) if e.action == "session-end"]
         assert [e.detail for e in ends] == ["server shutting down"], "the session cut"
+
+
+async def test_an_smtp_connection_accepted_as_the_listener_closes_hears_421(stack: Stack):
+    """Accepted (its PROXY header read) just before the node began to stop, handed to
+    the SMTP server after: 421 4.3.2 at once, not a greeting."""
+    smtp = stack.gateway.smtp
+    assert smtp is not None
+    await smtp.stop(grace=1)
+    listener = socket.create_server(("127.0.0.1", 0))
+    with listener:
+        reader, writer = await asyncio.open_connection(*listener.getsockname())
+        accepted, peer = listener.accept()
+    accepted.setblocking(False)
+    await smtp._connect(accepted, Peer.of(peer), Peer.of(accepted.getsockname()))
+    async with asyncio.timeout(30):
+        assert await reader.readline() == b"421 4.3.2 Service shutting down\r\n"
+        assert await reader.read() == b"", "and it hangs up"
+    writer.close()
