@@ -226,3 +226,41 @@ async def test_a_trusted_header_counts_under_the_client(stack: Stack):
         assert slots.held("127.0.0.1") == 0
     finally:
         sock.close()
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        pytest.param(b"PROXY UNKNOWN\r\n", id="v1-unknown"),
+        pytest.param(b"PROXY UNKNOWN ::1 ::1 1 2\r\n", id="v1-unknown-with-addresses"),
+        pytest.param(v2_with(0x01, 0), id="v2-proxy-unspec"),
+        pytest.param(v2_with(0x31, 216, bytes(216)), id="v2-proxy-unix"),
+    ],
+)
+@pytest.mark.parametrize("service", ["imap", "smtp"])
+async def test_a_header_naming_no_client_is_refused(stack: Stack, header: bytes, service: str):
+    """Taken for the proxy's own connection, its client would be the load balancer, on
+    loopback here (plaintext AUTH, exempt from the caps): it is hung up on, counted."""
+    port = stack.imap_port if service == "imap" else stack.smtp_port
+    counted = refused(stack, service)
+    took = await asyncio.to_thread(hangs_up_at_once, port, header)
+    assert took < TIMEOUT
+    await until(lambda: refused(stack, service) == counted + 1, "the refusal counted")
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        pytest.param(v2_header(None), id="v2-local-unspec"),
+        pytest.param(V2_SIGNATURE + struct.pack("!BBH", 0x20, 0x11, 0), id="v2-local-inet-empty"),
+        pytest.param(
+            V2_SIGNATURE + struct.pack("!BBH", 0x20, 0x11, 4) + bytes(4), id="v2-local-inet-short"
+        ),
+    ],
+)
+async def test_a_local_health_check_is_served_whatever_its_family(stack: Stack, header: bytes):
+    def greeting() -> bytes:
+        with proxied_socket(stack.imap_port, header) as sock:
+            return sock.makefile("rb").readline()
+
+    assert (await asyncio.to_thread(greeting)).startswith(b"* OK")
