@@ -31,7 +31,7 @@ from gateway.settings import MockSettings, Settings, load_settings
 from mock_operator.cli import app as mock_app
 from mock_operator.server import MockOperator
 from tests.conftest import quick_mock_settings
-from tests.support.haproxy import require_haproxy
+from tests.support.haproxy import FORWARDED_HEADERS, require_haproxy
 from tests.support.stacks import gateway_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -204,6 +204,9 @@ def test_nodes_take_the_client_address_from_haproxy_only() -> None:
         assert all("send-proxy-v2" in options for options in servers)
     http = re.findall(rf"^\s*server \S+ \S+:{DEFAULTS.http.port} (.*)$", text, re.MULTILINE)
     assert not any("send-proxy" in options for options in http)
+    frontend = text.split("frontend http", 1)[1].split("backend", 1)[0]
+    for line in FORWARDED_HEADERS:  # the client's own are not passed on
+        assert line in frontend.splitlines(), line
     project = compose()
     address = ipaddress.ip_address(
         project["services"]["haproxy"]["networks"]["default"]["ipv4_address"]
