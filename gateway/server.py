@@ -79,6 +79,9 @@ from psc_auth.certificates import CardVerifier
 
 log = logging.getLogger(__name__)
 
+FRONT_GRACE = 5.0  # seconds a front's sessions get to end when stopped without a drain
+CUT_AFTER_DRAIN = 1.0  # after one: sessions cut are given this to write their audit
+
 
 class ConfigurationError(Exception):
     """The settings cannot run a gateway safely; the message says which key to change."""
@@ -130,6 +133,7 @@ class Gateway:
         self.psc_sessions: PscSessionWatch | None = None
         self.card_sessions: CardSessionWatch | None = None
         self._admin_url: str | None = None
+        self._drained = False  # `drain` is over: `stop` cuts what is left at once
         self.migrations: Migrations | None = None
         migration = settings.migration
         # the node's holds and sessions by BAL, for cut-overs (every front asks it)
@@ -606,29 +610,14 @@ class Gateway:
         log.info("gateway.draining", extra={"grace": grace})
         smtp = [self.smtp.stop(grace)] if self.smtp is not None else []
         await asyncio.gather(*(front.drain(grace) for front in imap), *smtp)
+        self._drained = True
         log.info("gateway.drained")
 
     async def stop(self) -> None:
-        if self._admin_url is not None:
-            admin_secret.withdraw_url(self.settings.data_dir, self._admin_url)
-        await cancelled(self._expiry)
-        if self.purger is not None:
-            await self.purger.stop()
-        if self.migrations is not None:
-            await self.migrations.aclose()
-        for front in (self.imap, self.imaps, self.smtp):
-            if front is not None:
-                await front.stop()
-        with contextlib.suppress(Exception):  # logged by flush; the rest must still stop
-            await self.usage.stop()
-        if self.psc_sessions is not None:
-            await self.psc_sessions.stop()
-        if self.card_sessions is not None:
-            await self.card_sessions.stop()
-        if self.decisions is not None:
-            await self.decisions.stop()
-        if self.audit is not None:
-            await self.audit.stop()
+        try:
+            await self._stop_serving()
+        finally:
+            await self._stop_recording()
         for listener in (self._http, self._ops, self._legacy_tls):
             if listener is not None:
                 await listener.stop()
@@ -646,6 +635,38 @@ class Gateway:
             await self.legacy.aclose()
         if self._engine is not None:
             await self._engine.dispose()
+
+    async def _stop_serving(self) -> None:
+        if self._admin_url is not None:
+            admin_secret.withdraw_url(self.settings.data_dir, self._admin_url)
+        await cancelled(self._expiry)
+        if self.purger is not None:
+            await self.purger.stop()
+        if self.migrations is not None:
+            await self.migrations.aclose()
+        # After a drain the grace is spent: what is left is cut, all fronts at once, so
+        # that `shutdown_grace` bounds the whole stop (an orchestrator kills after its own
+        # timeout, and the audit must be written first).
+        grace = CUT_AFTER_DRAIN if self._drained else FRONT_GRACE
+        fronts = [front for front in (self.imap, self.imaps, self.smtp) if front is not None]
+        stopping = (front.stop(grace) for front in fronts)
+        ended = await asyncio.gather(*stopping, return_exceptions=True)
+        for error in ended:
+            if isinstance(error, Exception):
+                log.error("gateway.front_stop_failed", exc_info=error)
+
+    async def _stop_recording(self) -> None:
+        """Write what the sessions left (usage, audit), even when stopping them failed."""
+        with contextlib.suppress(Exception):  # logged by flush; the rest must still stop
+            await self.usage.stop()
+        if self.psc_sessions is not None:
+            await self.psc_sessions.stop()
+        if self.card_sessions is not None:
+            await self.card_sessions.stop()
+        if self.decisions is not None:
+            await self.decisions.stop()
+        if self.audit is not None:
+            await self.audit.stop()
 
 
 class _LateOperations:

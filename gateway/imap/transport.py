@@ -298,16 +298,24 @@ class ImapServer:
             task.cancel()
 
     async def stop(self, grace: float = 5.0) -> None:
-        """Stop accepting, tell every client BYE, wait a little, then cut what is left."""
+        """Stop accepting, end every session (BYE, its command in flight abandoned), wait
+        up to `grace` seconds for them to be over (after a drain, a short while: the node's
+        `shutdown_grace` is the whole wait)."""
         self.stop_accepting()
+        self._leaving = self._leaving or shutdown_bye()
         for task, channel in list(self._sessions.items()):
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                channel.writer.write(shutdown_bye())
-            task.cancel()
+            self._end_now(task, channel)
         if self._sessions:
             await asyncio.wait(list(self._sessions), timeout=grace)
         if self._server is not None:
             await self._server.wait_closed()
+
+    def _end_now(self, task: asyncio.Task[None], channel: StreamChannel) -> None:
+        """End a session at once, whatever it is doing; a subclass that carries sessions
+        elsewhere (the relay) ends them its own way, its audit trail saying so."""
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            channel.writer.write(shutdown_bye())
+        task.cancel()
 
     def refused(self, reason: str) -> None:
         """A connection turned away at once (a cap); a subclass may count it."""
@@ -336,6 +344,11 @@ class ImapServer:
         peer = client or Peer.of(writer.get_extra_info("peername"))
         local = local or Peer.of(writer.get_extra_info("sockname"))
         address = peer.address
+        if self._leaving is not None:
+            # accepted as the listener closed (its TLS handshake, or its PROXY header,
+            # still under way): it is told to go elsewhere like the others
+            await _hang_up(writer, self._leaving)
+            return
         if len(self._sessions) >= self.config.max_connections:
             log.warning("imap.too_many_connections", extra={"open": len(self._sessions)})
             self.refused("max_connections")

@@ -6,7 +6,10 @@ else. This listener accepts itself: from a peer in `trusted` it reads the header
 (`gateway.runtime.proxy_protocol`) within `timeout`, a byte never past it, so that what
 the client pipelined stays in the socket for the protocol; then it hands the socket,
 with the client's address, to `connect` (which starts TLS there for an implicit TLS
-port). A missing or malformed header closes the connection, logged, without a greeting.
+port). A missing or malformed header closes the connection, logged, without a greeting;
+so does one that names no client (v1 UNKNOWN, v2 PROXY for UNSPEC or UNIX addresses):
+taken for the proxy's own, such a client would pass for the proxy, on loopback even.
+Only v2 LOCAL (a health check) is served as the proxy's own connection.
 From any other peer no header is expected: the connection is served at once, and a
 ``PROXY`` line it sends is just a bad command.
 """
@@ -126,14 +129,16 @@ class ProxyProtocolListener:
             header = Malformed(f"no header within {self._timeout:g} s")
         except OSError as error:
             header = Malformed(f"connection failed: {error}")
-        if isinstance(header, Malformed):
-            log.warning(
-                "proxy_protocol.refused",
-                extra={"listener": self._name, "peer": peer.address, "reason": header.reason},
-            )
-            if self._on_refused is not None:
-                self._on_refused("proxy_protocol")
-            return None
-        if header.source is None or header.destination is None:
-            return peer, local  # a health check (LOCAL), or no address it could say
-        return Peer(*header.source), Peer(*header.destination)
+        if isinstance(header, ProxyHeader):
+            if header.local:
+                return peer, local  # a health check: the proxy's own connection
+            if header.source is not None and header.destination is not None:
+                return Peer(*header.source), Peer(*header.destination)
+        reason = header.reason if isinstance(header, Malformed) else "names no client"
+        log.warning(
+            "proxy_protocol.refused",
+            extra={"listener": self._name, "peer": peer.address, "reason": reason},
+        )
+        if self._on_refused is not None:
+            self._on_refused("proxy_protocol")
+        return None

@@ -7,9 +7,11 @@ so that a reader never takes a byte past it), a `ProxyHeader`, or `Malformed`.
 
 Bounded: a version 1 line is at most 107 bytes, a version 2 header at most
 `V2_MAX_LENGTH` bytes after its 16 fixed ones. Version 2's TLVs are walked, each within
-the header, and ignored. A header that names no client (v1 UNKNOWN, v2 LOCAL as a health
-check sends, v2 UNSPEC or UNIX addresses) leaves `source` None: the connection's own peer
-is the client then.
+the header, and ignored. A v2 LOCAL header (a health check: the proxy speaks for itself)
+is `local`, whatever family it says (its address block, if any, is skipped). A PROXY
+header that names no client (v1 UNKNOWN, v2 UNSPEC or UNIX addresses) leaves `source` None
+without being `local`: the listener refuses it (`gateway.runtime.proxy_listener`). An
+IPv4-mapped IPv6 address is read as the IPv4 one it is; a scope id is refused.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class ProxyHeader:
     source: Address | None  # the client; None: the connection's own peer is
     destination: Address | None
     consumed: int
+    local: bool = False  # v2 LOCAL: the proxy's own connection (a health check)
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,14 @@ def _v1_address(text: str, version: int) -> str:
         raise ValueError("address unreadable") from None
     if address.version != version:
         raise ValueError("address not of the family announced")
-    return str(address)
+    if "%" in text:
+        raise ValueError("address has a scope id")
+    return _unmapped(address)
+
+
+def _unmapped(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return str(mapped or address)
 
 
 def _v1_port(text: str) -> int:
@@ -139,12 +149,16 @@ def _parse_v2(data: bytes) -> Result:
         return Malformed("v2 command unknown")
     if length > V2_MAX_LENGTH:
         return Malformed(f"v2 header longer than {V2_MAX_LENGTH} bytes")
+    consumed = V2_FIXED + length
+    if command == _V2_COMMAND_LOCAL:  # the family is to be ignored, the rest skipped
+        if len(data) < consumed:
+            return NeedMore(consumed - len(data))
+        return ProxyHeader(2, None, None, consumed, local=True)
     family, protocol = family_protocol >> 4, family_protocol & 0x0F
     if family not in _V2_ADDRESS_LENGTH:
         return Malformed("v2 address family unknown")
-    if protocol not in _V2_STREAM_OR_UNSPEC and command == _V2_COMMAND_PROXY:
+    if protocol not in _V2_STREAM_OR_UNSPEC:
         return Malformed("v2 transport is not a stream")
-    consumed = V2_FIXED + length
     if len(data) < consumed:
         return NeedMore(consumed - len(data))
     body = data[V2_FIXED:consumed]
@@ -153,14 +167,14 @@ def _parse_v2(data: bytes) -> Result:
         return Malformed("v2 header shorter than its addresses")
     if not _tlvs_fit(body[addresses:]):
         return Malformed("v2 TLV runs past the header")
-    if command == _V2_COMMAND_LOCAL or family in (_V2_UNSPEC, _V2_UNIX):
+    if family in (_V2_UNSPEC, _V2_UNIX):
         return ProxyHeader(2, None, None, consumed)
     size = 4 if family == _V2_INET else 16
     source = ipaddress.ip_address(body[:size])
     destination = ipaddress.ip_address(body[size : 2 * size])
     source_port, destination_port = struct.unpack_from("!HH", body, 2 * size)
     return ProxyHeader(
-        2, (str(source), source_port), (str(destination), destination_port), consumed
+        2, (_unmapped(source), source_port), (_unmapped(destination), destination_port), consumed
     )
 
 

@@ -96,6 +96,7 @@ class TokenSMTP(SMTP):
         handler: Any,
         *,
         tracker: set[TokenSMTP] | None = None,
+        leaving: bool = False,
         on_lost: Callable[[], None] | None = None,
         on_refused: Callable[[str], None] | None = None,
         max_connections: int = 10_000,
@@ -109,6 +110,7 @@ class TokenSMTP(SMTP):
         super().__init__(handler, **kwargs)
         self.dsn = dsn  # RFC 3461's parameters taken, and DSN said in EHLO
         self._tracker = tracker
+        self._leaving = leaving  # made as the node stops (accepted as its listener closed)
         self._on_lost = on_lost
         self._on_refused = on_refused
         self._max_connections = max_connections
@@ -159,6 +161,10 @@ class TokenSMTP(SMTP):
             handler = self._handler_coroutine
             if handler is not None:  # ends with ConnectionResetError when a client drops
                 handler.add_done_callback(_retrieved)
+            if self._leaving:
+                self._refused = True
+                self._cut(SHUTTING_DOWN)
+                return
             if self._tracker is not None and len(self._tracker) >= self._max_connections:
                 self._refuse("max_connections", TOO_MANY)
                 return
@@ -430,6 +436,7 @@ class SmtpServer:
         self._proxy_timeout = proxy_protocol_timeout
         self._server: asyncio.Server | ProxyProtocolListener | None = None
         self._open: set[TokenSMTP] = set()
+        self._leaving = False  # stopping: a connection accepted as the listener closed hears 421
         self._changed = asyncio.Event()  # a session ended
 
     @property
@@ -450,6 +457,7 @@ class SmtpServer:
             ident=self._ident,
             timeout=self._timeout,
             tracker=self._open,
+            leaving=self._leaving,
             on_lost=self._changed.set,
             on_refused=self._on_refused,
             max_connections=self._max_connections,
@@ -509,6 +517,7 @@ class SmtpServer:
         421 follows its reply), then answer the rest 421 (they keep their messages and
         retry elsewhere or later)."""
         self.stop_accepting()
+        self._leaving = True
         for protocol in list(self._open):
             protocol.leave()
         with contextlib.suppress(TimeoutError):

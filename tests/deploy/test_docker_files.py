@@ -31,7 +31,7 @@ from gateway.settings import MockSettings, Settings, load_settings
 from mock_operator.cli import app as mock_app
 from mock_operator.server import MockOperator
 from tests.conftest import quick_mock_settings
-from tests.support.haproxy import require_haproxy
+from tests.support.haproxy import FORWARDED_HEADERS, require_haproxy
 from tests.support.stacks import gateway_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -151,6 +151,17 @@ def test_gateway_config_loads_and_points_at_the_mock() -> None:
     assert exec_form(volume) == [str(settings.data_dir)]
 
 
+def test_nodes_get_time_to_drain_before_they_are_killed() -> None:
+    """The orchestrator's kill comes after `[ops] shutdown_grace` (and the second the node
+    takes to cut what is left and write its audit), not at Docker's default 10 s."""
+    grace = gateway_config().ops.shutdown_grace
+    for node in GATEWAY_NODES:
+        period = compose()["services"][node]["stop_grace_period"]
+        seconds = re.fullmatch(r"(\d+)s", period)
+        assert seconds is not None, period
+        assert int(seconds.group(1)) >= grace + 5, (node, period, grace)
+
+
 def test_haproxy_config_is_valid() -> None:
     """`haproxy -c` accepts it; the node names resolve only inside compose's network, which
     the configuration allows for (init-addr none: a server down until its name resolves)."""
@@ -193,6 +204,9 @@ def test_nodes_take_the_client_address_from_haproxy_only() -> None:
         assert all("send-proxy-v2" in options for options in servers)
     http = re.findall(rf"^\s*server \S+ \S+:{DEFAULTS.http.port} (.*)$", text, re.MULTILINE)
     assert not any("send-proxy" in options for options in http)
+    frontend = text.split("frontend http", 1)[1].split("backend", 1)[0]
+    for line in FORWARDED_HEADERS:  # the client's own are not passed on
+        assert line in frontend.splitlines(), line
     project = compose()
     address = ipaddress.ip_address(
         project["services"]["haproxy"]["networks"]["default"]["ipv4_address"]

@@ -318,9 +318,14 @@ async def test_audit_shows_the_clients_address(topology: Topology) -> None:
 
 
 async def test_audit_shows_the_http_clients_address(topology: Topology) -> None:
-    """HAProxy adds X-Forwarded-For; the nodes trust it from HAProxy's address only."""
+    """HAProxy adds X-Forwarded-For (the client's own dropped); the nodes trust it from
+    HAProxy's address only."""
     mark = await topology.audit_mark()
-    holder = {"Authorization": f"Bearer {await topology.token('dr-martin')}"}
+    holder = {
+        "Authorization": f"Bearer {await topology.token('dr-martin')}",
+        "X-Forwarded-For": "198.51.100.66, 127.0.0.1",  # forged: a trusted hop to skip
+        "X-Forwarded-Proto": "https",
+    }
     url = f"http://127.0.0.1:{topology.haproxy.frontends.http}/v1/mailboxes/{MARTIN}/delegations"
     transport = httpx.AsyncHTTPTransport(local_address=CLIENT_ADDRESS)
     async with httpx.AsyncClient(timeout=10, headers=holder, transport=transport) as http:

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.runtime.forwarded import TCP_PEER, ForwardedFor
 from gateway.settings import MockSettings
 from tests.support.stacks import Stack, gateway_settings, running_stack
 
@@ -62,3 +63,59 @@ async def test_the_client_is_the_last_address_before_the_trusted_proxy(stack: St
     that last one is the client, what the client wrote is not believed."""
     chain = {"X-Forwarded-For": "198.51.100.1, 203.0.113.9"}
     assert await grant_from(stack, "127.0.0.1", chain) == "203.0.113.9"
+
+
+async def seen_by_app(trusted: list[str], peer: str, headers: list[tuple[bytes, bytes]]) -> Any:
+    """The (client, scheme) the application sees of a request from `peer` with `headers`."""
+    seen: dict[str, Any] = {}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.update(client=scope["client"], scheme=scope["scheme"], tcp=tcp_peer_of(scope))
+
+    scope = {"type": "http", "client": (peer, 4242), "scheme": "http", "headers": headers}
+    await ForwardedFor(app, trusted)(scope, None, None)  # type: ignore[arg-type]
+    return seen
+
+
+def tcp_peer_of(scope: Any) -> str:
+    return str(scope[TCP_PEER][0])
+
+
+@pytest.mark.parametrize(
+    ("trusted", "peer"),
+    [
+        (["10.0.0.1/8"], "10.2.3.4"),  # host bits set: read as 10.0.0.0/8, as the settings do
+        (["10.0.0.0/8"], "::ffff:10.2.3.4"),  # a dual-stack listener's IPv4 peer
+        (["127.0.0.1"], "127.0.0.1"),
+    ],
+)
+async def test_the_trusted_proxy_is_recognised_as_proxy_protocol_from_is(
+    trusted: list[str], peer: str
+):
+    forwarded = b"192.0.2.7, ::ffff:198.51.100.9"
+    headers = [(b"x-forwarded-for", forwarded), (b"x-forwarded-proto", b"https")]
+    seen = await seen_by_app(trusted, peer, headers)
+    assert seen["client"] == ("198.51.100.9", 0), "the right-most hop, IPv4-mapped unmapped"
+    assert seen["scheme"] == "https"
+    assert seen["tcp"] == peer
+
+
+@pytest.mark.parametrize(
+    ("header", "client"),
+    [
+        (b"203.0.113.5, 10.9.9.9", ("203.0.113.5", 0)),  # a trusted hop is skipped
+        (b"[2001:db8::5]:443", ("2001:db8::5", 443)),
+        (b"203.0.113.5:8080", ("203.0.113.5", 8080)),
+        (b"not-an-address", ("10.2.3.4", 4242)),  # nothing usable: the proxy itself
+        (b"fe80::1%eth0", ("10.2.3.4", 4242)),
+    ],
+)
+async def test_the_client_named_by_a_trusted_proxy(header: bytes, client: tuple[str, int]):
+    seen = await seen_by_app(["10.0.0.0/8"], "10.2.3.4", [(b"x-forwarded-for", header)])
+    assert seen["client"] == client
+
+
+async def test_headers_from_an_untrusted_peer_change_nothing():
+    headers = [(b"x-forwarded-for", b"192.0.2.7"), (b"x-forwarded-proto", b"https")]
+    seen = await seen_by_app(["10.0.0.1/8"], "11.0.0.1", headers)
+    assert seen == {"client": ("11.0.0.1", 4242), "scheme": "http", "tcp": "11.0.0.1"}

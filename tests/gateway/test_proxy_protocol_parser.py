@@ -27,6 +27,11 @@ from gateway.runtime.proxy_protocol import (
 COMMAND = b"a1 CAPABILITY\r\n"
 
 
+def v2_raw(version_command: int, family_protocol: int, body: bytes, length: int | None = None):
+    size = len(body) if length is None else length
+    return V2_SIGNATURE + struct.pack("!BBH", version_command, family_protocol, size) + body
+
+
 def test_v1_tcp4_and_the_bytes_after_it_are_left_alone():
     header = b"PROXY TCP4 192.0.2.7 10.0.0.1 56324 1143\r\n"
     result = parse(header + COMMAND)
@@ -83,7 +88,38 @@ def test_v2_ipv4_ipv6_and_local():
     assert parse(header + COMMAND) == ProxyHeader(2, ("192.0.2.7", 50123), ("10.0.0.1", 1143), 28)
     header6 = v2_header(("2001:db8::7", 1), ("2001:db8::1", 2))
     assert parse(header6) == ProxyHeader(2, ("2001:db8::7", 1), ("2001:db8::1", 2), 52)
-    assert parse(v2_header(None)) == ProxyHeader(2, None, None, 16)
+    assert parse(v2_header(None)) == ProxyHeader(2, None, None, 16, local=True)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        v2_raw(0x20, 0x11, b""),  # LOCAL saying INET with no address block
+        v2_raw(0x20, 0x11, bytes(5)),  # ... or a short one
+        v2_raw(0x20, 0x21, bytes(36)),
+        v2_raw(0x20, 0x41, bytes(3)),  # an unknown family, a datagram: to be ignored
+        v2_raw(0x20, 0x12, bytes(12)),
+    ],
+)
+def test_v2_local_ignores_its_family_and_skips_its_body(raw: bytes):
+    """The spec: for LOCAL the receiver must ignore the protocol block (a health check)."""
+    assert parse(raw + COMMAND) == ProxyHeader(2, None, None, len(raw), local=True)
+    if len(raw) > 16:
+        assert isinstance(parse(raw[:-1]), NeedMore), "its body is skipped, not cut"
+
+
+def test_v1_tcp6_refuses_a_scope_id():
+    assert isinstance(parse(b"PROXY TCP6 fe80::1%eth0 fe80::2 1 2\r\n"), Malformed)
+    assert isinstance(parse(b"PROXY TCP6 2001:db8::1 fe80::2%1 1 2\r\n"), Malformed)
+
+
+def test_ipv4_mapped_addresses_read_as_ipv4():
+    v1 = parse(b"PROXY TCP6 ::ffff:192.0.2.7 ::ffff:10.0.0.1 1 2\r\n")
+    assert isinstance(v1, ProxyHeader)
+    assert (v1.source, v1.destination) == (("192.0.2.7", 1), ("10.0.0.1", 2))
+    v2 = parse(v2_header(("::ffff:192.0.2.7", 1), ("::ffff:10.0.0.1", 2)))
+    assert isinstance(v2, ProxyHeader)
+    assert (v2.source, v2.destination) == (("192.0.2.7", 1), ("10.0.0.1", 2))
 
 
 def test_v2_tlvs_are_walked_and_ignored():
@@ -96,11 +132,6 @@ def test_v2_tlvs_are_walked_and_ignored():
     assert isinstance(parse(broken), Malformed)
     torn = v2_header(("192.0.2.7", 1), tlvs=b"\x05\x00")
     assert isinstance(parse(torn), Malformed)
-
-
-def v2_raw(version_command: int, family_protocol: int, body: bytes, length: int | None = None):
-    size = len(body) if length is None else length
-    return V2_SIGNATURE + struct.pack("!BBH", version_command, family_protocol, size) + body
 
 
 @pytest.mark.parametrize(
@@ -123,7 +154,8 @@ def test_v2_malformed_headers(raw: bytes, reason: str):
 
 
 def test_v2_unspec_and_unix_name_no_client():
-    assert parse(v2_raw(0x21, 0x00, b"")) == ProxyHeader(2, None, None, 16)
+    assert parse(v2_raw(0x21, 0x00, b"")) == ProxyHeader(2, None, None, 16)  # the listener
+    # refuses these: only LOCAL is the proxy's own connection
     assert parse(v2_raw(0x21, 0x31, bytes(216))) == ProxyHeader(2, None, None, 232)
 
 

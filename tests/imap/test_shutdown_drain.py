@@ -6,12 +6,15 @@ from the start."""
 from __future__ import annotations
 
 import asyncio
+import ssl
+from pathlib import Path
 
 import pytest
 
 from gateway.imap.engine import EngineConfig
 from gateway.imap.transport import ImapServer, ServerConfig
 from gateway.runtime.asgi_server import bind_tcp
+from gateway.runtime.tls import ensure_dev_certificate, server_context
 from tests.imap_raw import Raw
 from tests.support.engine import Granting
 from tests.support.memory_store import MemoryStore
@@ -60,4 +63,49 @@ async def test_drain_answers_the_command_in_flight_then_says_bye():
         assert server.open_sessions == 0
     finally:
         store.release.set()
+        await server.stop(grace=1)
+
+
+async def test_a_connection_accepted_as_the_drain_begins_hears_bye(tmp_path: Path):
+    """Its TLS handshake was under way when the listener closed: once it is over, the
+    client is sent away like the sessions already open, not greeted."""
+    cert, key = ensure_dev_certificate(tmp_path)
+    config = ServerConfig(engine=EngineConfig(auth_failure_delay=0), implicit_tls=True)
+    server = ImapServer(
+        config, Granting(MemoryStore()), server_context(cert, key), bind_tcp("127.0.0.1", 0)
+    )
+    await server.start()
+    client = ssl.create_default_context(cafile=cert)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = client.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+
+        async def handshake_step() -> bool:
+            """Send what the client has to say, take the server's answer: True when done."""
+            try:
+                tls.do_handshake()
+                done = True
+            except ssl.SSLWantReadError:
+                done = False
+            writer.write(outgoing.read())
+            if not done:
+                incoming.write(await asyncio.wait_for(reader.read(65536), 30))
+            return done
+
+        await handshake_step()  # the server answered the ClientHello: it accepted
+        await server.drain(grace=30)
+        while not await handshake_step():
+            pass
+        received = b""
+        while b"\r\n" not in received:
+            try:
+                received += tls.read()
+            except ssl.SSLWantReadError:
+                data = await asyncio.wait_for(reader.read(65536), 30)
+                assert data, f"closed after {received!r}"
+                incoming.write(data)
+        assert received.split(b"\r\n")[0] == BYE, "sent away, not greeted"
+    finally:
+        writer.close()
         await server.stop(grace=1)

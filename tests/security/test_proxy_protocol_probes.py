@@ -84,6 +84,13 @@ def v2_with(family_protocol: int, length: int, body: bytes = b"") -> bytes:
         pytest.param(b"PROXY TCP4 192.0.2.7 10.0.0.1 1 2\n", id="v1-bare-lf"),
         pytest.param(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", id="tls-hello"),
         pytest.param(b"a1 CAPABILITY\r\n", id="no-header"),
+        # naming no client: taken for the load balancer's own, on loopback here, it would
+        # get plaintext AUTH and the exemptions from the caps
+        pytest.param(b"PROXY UNKNOWN\r\n", id="v1-unknown"),
+        pytest.param(b"PROXY UNKNOWN ::1 ::1 1 2\r\n", id="v1-unknown-with-addresses"),
+        pytest.param(v2_with(0x01, 0), id="v2-proxy-unspec"),
+        pytest.param(v2_with(0x31, 216, bytes(216)), id="v2-proxy-unix"),
+        pytest.param(b"PROXY TCP6 fe80::1%eth0 ::1 1 2\r\n", id="v1-scope-id"),
     ],
 )
 @pytest.mark.parametrize("service", ["imap", "smtp"])
@@ -226,3 +233,21 @@ async def test_a_trusted_header_counts_under_the_client(stack: Stack):
         assert slots.held("127.0.0.1") == 0
     finally:
         sock.close()
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        pytest.param(v2_header(None), id="v2-local-unspec"),
+        pytest.param(V2_SIGNATURE + struct.pack("!BBH", 0x20, 0x11, 0), id="v2-local-inet-empty"),
+        pytest.param(
+            V2_SIGNATURE + struct.pack("!BBH", 0x20, 0x11, 4) + bytes(4), id="v2-local-inet-short"
+        ),
+    ],
+)
+async def test_a_local_health_check_is_served_whatever_its_family(stack: Stack, header: bytes):
+    def greeting() -> bytes:
+        with proxied_socket(stack.imap_port, header) as sock:
+            return sock.makefile("rb").readline()
+
+    assert (await asyncio.to_thread(greeting)).startswith(b"* OK")

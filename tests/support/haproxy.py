@@ -98,6 +98,11 @@ async def running_haproxy(directory: Path, routes: list[Route]) -> AsyncIterator
 
 
 PROTOCOLS = ("imap", "smtp", "http")
+# the client's own X-Forwarded-* never reach the nodes, which trust HAProxy's (as docker/)
+FORWARDED_HEADERS = (
+    "    http-request del-header X-Forwarded-For",
+    "    http-request set-header X-Forwarded-Proto http",
+)
 
 
 @dataclass(frozen=True)
@@ -163,6 +168,7 @@ def config(
             f"frontend {protocol}",
             f"    mode {mode}",
             f"    bind {frontends.host}:{getattr(frontends, protocol)}",
+            *(FORWARDED_HEADERS if protocol == "http" else ()),
             f"    default_backend {protocol}_nodes",
             f"backend {protocol}_nodes",
             f"    mode {mode}",

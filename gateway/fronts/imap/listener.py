@@ -26,10 +26,11 @@ from gateway.fronts.imap.live import LiveSessions, ServedSession
 from gateway.fronts.imap.login import ProxyAuthenticator, ProxyGrant, close_store
 from gateway.fronts.imap.relay import Relay
 from gateway.fronts.login import FrontAuthenticator, FrontGrant
+from gateway.imap.codes import Code
 from gateway.imap.engine import EngineConfig, ImapSession
 from gateway.imap.limits import Limits
 from gateway.imap.structure_cache import StructureCache
-from gateway.imap.transport import ImapServer, ServerConfig, StreamChannel
+from gateway.imap.transport import SHUTTING_DOWN, ImapServer, ServerConfig, StreamChannel
 from gateway.metrics import Metrics
 from gateway.psc_sessions import PscSessionWatch
 from gateway.runtime.limits import NodeLimits
@@ -141,6 +142,13 @@ class ProxyServer(ImapServer):
             relay.shut_down(reason)
         else:
             super()._ask_to_leave(task, channel, reason)
+
+    def _end_now(self, task: asyncio.Task[None], channel: StreamChannel) -> None:
+        relay = self._relays.get(task)
+        if relay is not None:
+            relay.kick(SHUTTING_DOWN, Code.UNAVAILABLE)
+        else:
+            super()._end_now(task, channel)
 
     async def stop(self, grace: float = 5.0) -> None:
         await super().stop(grace)
