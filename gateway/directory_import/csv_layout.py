@@ -122,7 +122,10 @@ def parse(text: str, limits: Limits) -> tuple[list[Person], list[Bal], list[Prob
             errors.append(Problem(at, f"longer than {limits.max_line} characters"))
             continue
         if head is None:
-            head = header(line)
+            try:
+                head = header(line)
+            except FieldError as exc:  # a header the csv module cannot read refuses the file
+                raise DirectoryFileError(f"{at}: {exc}") from None
             continue
         try:
             person, box = _record(at, _split(line, head.delimiter), head, limits)
