@@ -48,6 +48,11 @@ def asyncpg_dsn(url: str | URL) -> str:
     return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
+def shown(url: str | URL) -> str:
+    """The URL with its password masked: the only form a message or log may print."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def is_postgresql(url: str | URL) -> bool:
     return async_url(url).get_backend_name() == "postgresql"
 
