@@ -91,7 +91,8 @@ def plan(
     *,
     prune: bool = False,
 ) -> Plan:
-    result = Plan(errors=list(parsed.errors))
+    parsed, refusals = _without_refused(parsed, set(state.people))
+    result = Plan(errors=[*parsed.errors, *refusals])
     people: list[PersonWrite] = []
     in_file = {p.idnat for p in parsed.people}
     for person in parsed.people:
@@ -104,7 +105,6 @@ def plan(
         elif old != new:
             result.changed.append(Change("person", person.idnat, _person_detail(old, person)))
             people.append(new)
-    known = in_file | set(state.people)
 
     boxes: list[MailboxWrite] = []
     delegations: list[DelegationWrite] = []
@@ -113,10 +113,6 @@ def plan(
     would_revoke: list[Change] = []
     kept_delegates: set[str] = set()
     for box in parsed.bals:
-        problem = _refusal(box, known)
-        if problem is not None:
-            result.errors.append(problem)
-            continue
         backend = box.backend
         if backend is not None and backend not in backends:
             result.warnings.append(
@@ -194,6 +190,35 @@ def plan(
         moved=tuple(moved),
     )
     return result
+
+
+def _without_refused(parsed: Parsed, registered: set[str]) -> tuple[Parsed, list[Problem]]:
+    """The file without the BAL naming someone unknown, nor anything else of their lines
+    (a person who was only on such lines goes too, which may refuse another BAL: until
+    none is)."""
+    refusals: list[Problem] = []
+    while True:
+        known = {p.idnat for p in parsed.people} | registered
+        found = [p for p in (_refusal(box, known) for box in parsed.bals) if p is not None]
+        if not found:
+            return parsed, refusals
+        refusals += found
+        lines = {p.at for p in found}
+        places = {
+            person.idnat: kept
+            for person in parsed.people
+            if (
+                kept := tuple(
+                    a for a in parsed.places.get(person.idnat, (person.at,)) if a not in lines
+                )
+            )
+        }
+        parsed = Parsed(
+            tuple(p for p in parsed.people if p.idnat in places),
+            tuple(b for b in parsed.bals if b.at not in lines),
+            parsed.errors,
+            places,
+        )
 
 
 def _refusal(box: Bal, known: set[str]) -> Problem | None:

@@ -254,3 +254,30 @@ async def test_no_prune_from_a_file_with_skipped_lines(
     assert f"would remove bal        {CLAIRE}" in result.stdout
     assert "(--prune not applied: the file had refused lines)" in result.stdout
     assert CLAIRE in (await service.registry_state()).mailboxes
+
+
+async def test_a_skipped_line_writes_neither_its_person_nor_its_bal(
+    config: Path, service: DelegationService, tmp_path: Path
+) -> None:
+    """Every way a line is refused (names differing from an earlier line, a BAL listed
+    twice, a delegate nobody knows) leaves out the whole line, not half of it."""
+    lines = EXAMPLE.read_text().splitlines()
+    lines[2] = lines[2].replace("|899700000002|", "|899700000001|")  # Jean on Claire's idNat
+    lines += [
+        f"PER|{CLAIRE}|8|99700000009|899700000009|NOUVEAU|Nina|10|Médecin||modern|",
+        "PER|nina.roy@medecin.mssante.fr|8|99700000010|899700000010|ROY|Nina|10|Médecin"
+        "||modern|899700000099:read",
+    ]
+    path = tmp_path / "skips.csv"
+    path.write_text("\n".join(lines) + "\n")
+    result = await asyncio.to_thread(run, config, path, "--skip-invalid")
+    assert result.exit_code == 0, result.output
+    skipped = [line for line in result.stderr.splitlines() if line.startswith("skipped: ")]
+    assert [line.split(":")[1].strip() for line in skipped] == ["line 3", "line 10", "line 11"]
+    state = await service.registry_state()
+    assert JEAN not in state.mailboxes
+    assert "nina.roy@medecin.mssante.fr" not in state.mailboxes
+    assert state.mailboxes[CLAIRE].holder_idnat == "899700000001"
+    assert "899700000009" not in state.people
+    assert "899700000010" not in state.people
+    assert state.people["899700000001"].given_name == "Claire"
