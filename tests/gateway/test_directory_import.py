@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import inspect
 from typer.testing import CliRunner, Result
 
 from delegation import DelegationService, LocalBus, create_engine, migrate
@@ -281,3 +282,18 @@ async def test_a_skipped_line_writes_neither_its_person_nor_its_bal(
     assert "899700000009" not in state.people
     assert "899700000010" not in state.people
     assert state.people["899700000001"].given_name == "Claire"
+
+
+async def test_a_dry_run_never_migrates(config: Path, fresh_db_url: str) -> None:
+    """A dry run reads the schema as it stands: on a database not at this build's head it
+    refuses, and leaves it as it was (no table created, nothing upgraded)."""
+    result = await asyncio.to_thread(run, config, EXAMPLE, "--dry-run")
+    assert result.exit_code == 1, result.output
+    assert "dry run refused: the database's schema is absent" in result.stderr
+    engine = create_engine(fresh_db_url)
+    try:
+        async with engine.connect() as connection:
+            tables = await connection.run_sync(lambda sync: inspect(sync).get_table_names())
+    finally:
+        await engine.dispose()
+    assert tables == []
