@@ -146,8 +146,12 @@ def _record(
 ) -> tuple[Person | None, Bal | None]:
     if len(cells) > head.width and any(c.strip() for c in cells[head.width :]):
         raise FieldError(f"{len(cells)} fields, the header has {head.width}")
-    for value in cells:
-        fields.text(value, "field", limits.max_field)
+    listing = head.columns.get("delegations")
+    for index, value in enumerate(cells):
+        if index == listing:
+            fields.text(value, "delegations", limits.max_delegations_cell)
+        else:
+            fields.text(value, "field", limits.max_field)
 
     def cell(key: str) -> str | None:
         index = head.columns.get(key)
