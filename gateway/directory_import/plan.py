@@ -11,7 +11,9 @@ the `Load` that writes it). Decisions worth knowing:
   as not said, so a new BAL is placed by `[routing]`.
 * A BAL whose line lists its delegations (the ``delegations`` column, even empty) gets
   exactly those; without the column, its delegations are left as they are. A delegation
-  kept keeps its expiry; `expires_in_days` applies to one the import creates.
+  kept keeps its expiry; `expires_in_days` applies to one the import creates, or renews:
+  a listed delegation that has expired (still open, past its expiry) is granted again
+  as the file says, since the file says it should be in force.
 * A person is removed only when nothing that stays names her (holder or delegate).
 """
 
@@ -30,7 +32,7 @@ from delegation.loading import (
     RegistryState,
 )
 from delegation.parsing import rights_text
-from gateway.directory_import.records import Bal, Parsed, Person, Problem
+from gateway.directory_import.records import Bal, DelegationSpec, Parsed, Person, Problem
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,12 +146,19 @@ def plan(
             key = f"{box.address} → {spec.delegate_idnat}"
             had: OpenDelegation | None = current.get(spec.delegate_idnat)
             if had is None:
-                expires = None
-                if spec.expires_in_days is not None:
-                    expires = now + dt.timedelta(days=spec.expires_in_days)
                 result.added.append(Change("delegation", key, rights_text(spec.rights)))
                 delegations.append(
-                    DelegationWrite(box.address, spec.delegate_idnat, spec.rights, expires)
+                    DelegationWrite(
+                        box.address, spec.delegate_idnat, spec.rights, _expiry(spec, now)
+                    )
+                )
+            elif had.expires_at is not None and had.expires_at <= now:
+                detail = f"expired {had.expires_at:%Y-%m-%d}, renewed: {rights_text(spec.rights)}"
+                result.changed.append(Change("delegation", key, detail))
+                delegations.append(
+                    DelegationWrite(
+                        box.address, spec.delegate_idnat, spec.rights, _expiry(spec, now)
+                    )
                 )
             elif had.rights != spec.rights:
                 detail = f"{rights_text(had.rights)} → {rights_text(spec.rights)}"
@@ -190,6 +199,12 @@ def plan(
         moved=tuple(moved),
     )
     return result
+
+
+def _expiry(spec: DelegationSpec, now: dt.datetime) -> dt.datetime | None:
+    if spec.expires_in_days is None:
+        return None
+    return now + dt.timedelta(days=spec.expires_in_days)
 
 
 def _without_refused(parsed: Parsed, registered: set[str]) -> tuple[Parsed, list[Problem]]:

@@ -11,12 +11,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import inspect, update
 from typer.testing import CliRunner, Result
 
 from delegation import DelegationService, LocalBus, create_engine, migrate
 from delegation.events import ChangeEvent
 from delegation.loading import RegistryState
+from delegation.models import DelegationRow
 from gateway.cli import app
 from gateway.directory_import.apply import import_directory
 
@@ -297,3 +298,30 @@ async def test_a_dry_run_never_migrates(config: Path, fresh_db_url: str) -> None
     finally:
         await engine.dispose()
     assert tables == []
+
+
+async def test_an_expired_delegation_the_file_lists_is_renewed(
+    config: Path, service: DelegationService, fresh_db_url: str
+) -> None:
+    """Jean → Leroy (`:30`) past its expiry is still open in the registry: the next
+    import listing it grants it again for 30 days (a change), then changes nothing."""
+    assert (await asyncio.to_thread(run, config, EXAMPLE)).exit_code == 0
+    engine = create_engine(fresh_db_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                update(DelegationRow)
+                .where(DelegationRow.delegate_idnat == LEROY)
+                .values(expires_at=service.now() - dt.timedelta(days=1))
+            )
+    finally:
+        await engine.dispose()
+    renewed = await asyncio.to_thread(run, config, EXAMPLE)
+    assert renewed.exit_code == 0, renewed.output
+    assert f"changed      delegation {JEAN} → {LEROY}  expired " in renewed.stdout
+    assert "imported: added 0, changed 1" in renewed.stdout
+    expires = (await service.registry_state()).delegations[JEAN][LEROY].expires_at
+    assert expires is not None
+    assert expires > service.now() + dt.timedelta(days=29)
+    again = await asyncio.to_thread(run, config, EXAMPLE)
+    assert "no change: added 0, changed 0" in again.stdout
