@@ -14,6 +14,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import URL, Connection, event, make_url, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -46,6 +48,11 @@ def asyncpg_dsn(url: str | URL) -> str:
     if parsed.get_backend_name() != "postgresql":
         raise ValueError("not a PostgreSQL URL")
     return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def shown(url: str | URL) -> str:
+    """The URL with its password masked: the only form a message or log may print."""
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def is_postgresql(url: str | URL) -> bool:
@@ -101,6 +108,25 @@ def _sqlite_transactional_ddl(engine: AsyncEngine) -> None:
 async def migrate(url: str | URL, revision: str = "head") -> None:
     """Bring the database at `url` to `revision` (idempotent; safe on several nodes)."""
     await run_migration(url, alembic_config(), revision)
+
+
+async def schema_revision(url: str | URL) -> tuple[set[str], set[str]]:
+    """The registry's revisions in the database, and this build's heads, read without
+    changing anything: a command that only reads (a dry run) must not upgrade a schema
+    older nodes still use."""
+    config = alembic_config()
+    heads = set(ScriptDirectory.from_config(config).get_heads())
+
+    def current(connection: Connection) -> set[str]:
+        context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+        return set(context.get_current_heads())
+
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as connection:
+            return await connection.run_sync(current), heads
+    finally:
+        await engine.dispose()
 
 
 async def run_migration(url: str | URL, config: Config, revision: str) -> None:

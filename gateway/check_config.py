@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 from sqlalchemy import make_url
 
-from delegation.db import create_engine
+from delegation.db import create_engine, shown
 from delegation.service import DelegationService
 from gateway.backends.kinds import backends_from_settings
 from gateway.backends.probes import OK, clip
@@ -206,8 +206,7 @@ async def _database(settings: Settings, within: float) -> str:
 
 def summary(settings: Settings) -> str:
     backends = ", ".join(f"{n} ({b.kind})" for n, b in settings.backends.items()) or "none"
-    database = make_url(settings.database()).render_as_string(hide_password=True)
-    return f"configuration OK: database {database}; backends {backends}"
+    return f"configuration OK: database {shown(settings.database())}; backends {backends}"
 
 
 async def check(config: Path | None, within: float = TIMEOUT) -> tuple[list[Problem], str]:

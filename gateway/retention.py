@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Table, delete, func, inspect, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from delegation.db import create_engine
+from delegation.db import create_engine, shown
 from delegation.models import AuditEventRow, DelegationRow
 from gateway.db import usage_daily, usage_nonconformities, usage_seen
 from gateway.runtime.lifecycle import cancelled
@@ -191,7 +191,9 @@ async def run_purge(settings: Settings, *, dry_run: bool) -> tuple[int, list[str
                 lambda sync: all(inspect(sync).has_table(rule.table.name) for rule in kept)
             )
         if not ready:
-            return 1, [f"no gateway tables in {settings.database()}: run it where the gateway runs"]
+            return 1, [
+                f"no gateway tables in {shown(settings.database())}: run it where the gateway runs"
+            ]
         return 0, described(await purge(engine, kept, dry_run=dry_run), dry_run=dry_run)
     finally:
         await engine.dispose()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from delegation.db import create_engine, is_postgresql, migrate
+from delegation.db import create_engine, is_postgresql, migrate, schema_revision
 from delegation.events import bus_for_url
 from delegation.service import DelegationService
 from gateway.api.admin import LOCAL_ADMIN
@@ -43,7 +43,18 @@ async def run_import(
     limits = Limits()
     data = read_capped(path, limits)
     url = settings.database()
-    await migrate(url)
+    if dry_run:
+        found, heads = await schema_revision(url)
+        if found != heads:
+            Console(stderr=True, soft_wrap=True, highlight=False).print(
+                f"dry run refused: the database's schema is {', '.join(sorted(found)) or 'absent'}"
+                f", this build's is {', '.join(sorted(heads))} (a dry run migrates nothing: "
+                "run it with the build the gateway runs)",
+                markup=False,
+            )
+            return 1
+    else:
+        await migrate(url)
     engine = create_engine(url)
     bus = bus_for_url(url)
     try:

@@ -122,7 +122,10 @@ def parse(text: str, limits: Limits) -> tuple[list[Person], list[Bal], list[Prob
             errors.append(Problem(at, f"longer than {limits.max_line} characters"))
             continue
         if head is None:
-            head = header(line)
+            try:
+                head = header(line)
+            except FieldError as exc:  # a header the csv module cannot read refuses the file
+                raise DirectoryFileError(f"{at}: {exc}") from None
             continue
         try:
             person, box = _record(at, _split(line, head.delimiter), head, limits)
@@ -143,8 +146,12 @@ def _record(
 ) -> tuple[Person | None, Bal | None]:
     if len(cells) > head.width and any(c.strip() for c in cells[head.width :]):
         raise FieldError(f"{len(cells)} fields, the header has {head.width}")
-    for value in cells:
-        fields.text(value, "field", limits.max_field)
+    listing = head.columns.get("delegations")
+    for index, value in enumerate(cells):
+        if index == listing:
+            fields.text(value, "delegations", limits.max_delegations_cell)
+        else:
+            fields.text(value, "field", limits.max_field)
 
     def cell(key: str) -> str | None:
         index = head.columns.get(key)

@@ -34,6 +34,14 @@ class Limits:
     max_delegations: int = 100  # per BAL
     max_depth: int = 8  # JSON nesting (the schema needs 5)
     max_field: int = 1024  # any field the gateway ignores
+    delegation_text: int = 64
+    """Characters one ``idNat:rights:days`` item of a ``delegations`` cell may take, its
+    ``;`` included (32 + 1 + 15 + 1 + 4 + 1 = 54, plus spaces): the cell holds
+    `max_delegations` of them, and such a line still fits in `max_line`."""
+
+    @property
+    def max_delegations_cell(self) -> int:
+        return self.max_delegations * self.delegation_text
 
 
 class FieldError(Invalid):

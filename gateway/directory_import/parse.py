@@ -4,7 +4,7 @@ The file is refused whole (`DirectoryFileError`) when it cannot be read at all: 
 than `Limits.max_bytes`, not UTF-8 (a byte order mark is allowed), without a CSV header,
 not JSON, too many lines or too deep. Otherwise each line or record is taken or refused
 with its place; a BAL listed twice, or a person given two different names, is refused at
-its second place.
+its second place, and a refused line gives nothing: neither its person nor its BAL.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ def parse(data: bytes, format: Format, limits: Limits | None = None) -> Parsed:
 
 
 def _consolidated(people: list[Person], bals: list[Bal], errors: list[Problem]) -> Parsed:
-    """One person per idNat (the same names wherever she appears), one BAL per address."""
+    """One person per idNat (the same names wherever she appears), one BAL per address;
+    nothing from a refused line: a line skipped whole, its person and its BAL alike."""
     known: dict[str, Person] = {}
     for person in people:
         first = known.setdefault(person.idnat, person)
@@ -52,11 +53,18 @@ def _consolidated(people: list[Person], bals: list[Bal], errors: list[Problem]) 
                 Problem(person.at, f"{person.idnat} differs from {first.at} (names, profession)")
             )
     seen: dict[str, Bal] = {}
-    kept: list[Bal] = []
     for box in bals:
         first_box = seen.setdefault(box.address, box)
         if first_box is not box:
             errors.append(Problem(box.at, f"{box.address} already listed at {first_box.at}"))
-        else:
-            kept.append(box)
-    return Parsed(tuple(known.values()), tuple(kept), tuple(errors))
+    refused = {problem.at for problem in errors}
+    places: dict[str, list[Person]] = {}
+    for person in people:
+        if person.at not in refused:
+            places.setdefault(person.idnat, []).append(person)
+    return Parsed(
+        tuple(found[0] for found in places.values()),
+        tuple(box for box in seen.values() if box.at not in refused),
+        tuple(errors),
+        {idnat: tuple(p.at for p in found) for idnat, found in places.items()},
+    )

@@ -11,7 +11,9 @@ the `Load` that writes it). Decisions worth knowing:
   as not said, so a new BAL is placed by `[routing]`.
 * A BAL whose line lists its delegations (the ``delegations`` column, even empty) gets
   exactly those; without the column, its delegations are left as they are. A delegation
-  kept keeps its expiry; `expires_in_days` applies to one the import creates.
+  kept keeps its expiry; `expires_in_days` applies to one the import creates, or renews:
+  a listed delegation that has expired (still open, past its expiry) is granted again
+  as the file says, since the file says it should be in force.
 * A person is removed only when nothing that stays names her (holder or delegate).
 """
 
@@ -30,7 +32,7 @@ from delegation.loading import (
     RegistryState,
 )
 from delegation.parsing import rights_text
-from gateway.directory_import.records import Bal, Parsed, Person, Problem
+from gateway.directory_import.records import Bal, DelegationSpec, Parsed, Person, Problem
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +93,8 @@ def plan(
     *,
     prune: bool = False,
 ) -> Plan:
-    result = Plan(errors=list(parsed.errors))
+    parsed, refusals = _without_refused(parsed, set(state.people))
+    result = Plan(errors=[*parsed.errors, *refusals])
     people: list[PersonWrite] = []
     in_file = {p.idnat for p in parsed.people}
     for person in parsed.people:
@@ -104,7 +107,6 @@ def plan(
         elif old != new:
             result.changed.append(Change("person", person.idnat, _person_detail(old, person)))
             people.append(new)
-    known = in_file | set(state.people)
 
     boxes: list[MailboxWrite] = []
     delegations: list[DelegationWrite] = []
@@ -113,10 +115,6 @@ def plan(
     would_revoke: list[Change] = []
     kept_delegates: set[str] = set()
     for box in parsed.bals:
-        problem = _refusal(box, known)
-        if problem is not None:
-            result.errors.append(problem)
-            continue
         backend = box.backend
         if backend is not None and backend not in backends:
             result.warnings.append(
@@ -148,12 +146,19 @@ def plan(
             key = f"{box.address} → {spec.delegate_idnat}"
             had: OpenDelegation | None = current.get(spec.delegate_idnat)
             if had is None:
-                expires = None
-                if spec.expires_in_days is not None:
-                    expires = now + dt.timedelta(days=spec.expires_in_days)
                 result.added.append(Change("delegation", key, rights_text(spec.rights)))
                 delegations.append(
-                    DelegationWrite(box.address, spec.delegate_idnat, spec.rights, expires)
+                    DelegationWrite(
+                        box.address, spec.delegate_idnat, spec.rights, _expiry(spec, now)
+                    )
+                )
+            elif had.expires_at is not None and had.expires_at <= now:
+                detail = f"expired {had.expires_at:%Y-%m-%d}, renewed: {rights_text(spec.rights)}"
+                result.changed.append(Change("delegation", key, detail))
+                delegations.append(
+                    DelegationWrite(
+                        box.address, spec.delegate_idnat, spec.rights, _expiry(spec, now)
+                    )
                 )
             elif had.rights != spec.rights:
                 detail = f"{rights_text(had.rights)} → {rights_text(spec.rights)}"
@@ -194,6 +199,41 @@ def plan(
         moved=tuple(moved),
     )
     return result
+
+
+def _expiry(spec: DelegationSpec, now: dt.datetime) -> dt.datetime | None:
+    if spec.expires_in_days is None:
+        return None
+    return now + dt.timedelta(days=spec.expires_in_days)
+
+
+def _without_refused(parsed: Parsed, registered: set[str]) -> tuple[Parsed, list[Problem]]:
+    """The file without the BAL naming someone unknown, nor anything else of their lines
+    (a person who was only on such lines goes too, which may refuse another BAL: until
+    none is)."""
+    refusals: list[Problem] = []
+    while True:
+        known = {p.idnat for p in parsed.people} | registered
+        found = [p for p in (_refusal(box, known) for box in parsed.bals) if p is not None]
+        if not found:
+            return parsed, refusals
+        refusals += found
+        lines = {p.at for p in found}
+        places = {
+            person.idnat: kept
+            for person in parsed.people
+            if (
+                kept := tuple(
+                    a for a in parsed.places.get(person.idnat, (person.at,)) if a not in lines
+                )
+            )
+        }
+        parsed = Parsed(
+            tuple(p for p in parsed.people if p.idnat in places),
+            tuple(b for b in parsed.bals if b.at not in lines),
+            parsed.errors,
+            places,
+        )
 
 
 def _refusal(box: Bal, known: set[str]) -> Problem | None:

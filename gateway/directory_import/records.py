@@ -3,7 +3,7 @@ it came from (a CSV line, a JSON record) so that every refusal names its place."
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class DirectoryFileError(ValueError):
@@ -58,6 +58,10 @@ class Bal:
 
 @dataclass(frozen=True, slots=True)
 class Parsed:
+    """`people`: one per idNat (her first place); `places`: every place she is on, so that
+    a person goes with the last of her lines to be refused, not with the first."""
+
     people: tuple[Person, ...]
     bals: tuple[Bal, ...]
     errors: tuple[Problem, ...]
+    places: dict[str, tuple[str, ...]] = field(default_factory=dict)

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import inspect
 
-from delegation.db import create_engine
+from delegation.db import create_engine, shown
 from gateway.backends.routing import Placement
 from gateway.db import usage_daily
 from gateway.settings import RoutingSettings, Settings
@@ -45,7 +45,7 @@ async def run_report(
             )
         if not ready:
             errors.print(
-                f"lps-gateway usage: no usage figures in {settings.database()} "
+                f"lps-gateway usage: no usage figures in {shown(settings.database())} "
                 "(run it where the gateway runs, or give --config / --data)",
                 highlight=False,
             )

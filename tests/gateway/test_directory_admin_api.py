@@ -4,13 +4,17 @@ that ends the IMAP sessions opened on the BAL it removes."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 from pathlib import Path
 
 import httpx
 import pytest
 
 from delegation.service import DelegationService
+from gateway.directory_import import apply
+from gateway.directory_import.parse import Format, Limits, Parsed, parse
 from gateway.settings import Settings
 from tests.support.imap import login
 from tests.support.stacks import Stack, gateway_settings
@@ -158,3 +162,37 @@ async def test_the_route_is_in_the_openapi(stack: Stack) -> None:
     assert "mailboxes" in content["application/json"]["schema"]["properties"]
     assert "$ref" not in json.dumps(content["application/json"])
     assert {p["name"] for p in operation["parameters"]} >= {"dry_run", "prune", "skip_invalid"}
+
+
+async def test_the_loop_answers_while_a_large_file_is_parsed(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parse is held (in its thread) until /healthz has answered: were it on the event
+    loop, the loop would be stuck in it and /healthz would answer only after the import."""
+    started, release, resumed = threading.Event(), threading.Event(), threading.Event()
+
+    def held(data: bytes, format: Format, limits: Limits | None = None) -> Parsed:
+        started.set()
+        release.wait(10)
+        resumed.set()
+        return parse(data, format, limits)
+
+    monkeypatch.setattr(apply, "parse", held)
+    lines = [EXAMPLE.read_text().splitlines()[0]] + [
+        "|".join(["ORG", f"service{n}@hopital.mssante.fr", *[""] * 7, "Hôpital", "modern", ""])
+        for n in range(20_000)
+    ]
+    body = "\n".join(lines).encode()
+    importing = asyncio.create_task(post(stack, body, "text/csv", secret(stack), dry_run="true"))
+    assert await asyncio.to_thread(started.wait, 30), "the import never started parsing"
+    try:
+        async with httpx.AsyncClient(base_url=stack.gateway.http_url, timeout=30) as http:
+            health = await http.get("/healthz")
+        assert health.status_code == 200
+        assert not resumed.is_set(), "/healthz waited for the parse to end"
+        assert not importing.done()
+    finally:
+        release.set()
+    answer = await importing
+    assert answer.status_code == 200, answer.text[:500]
+    assert len(answer.json()["added"]) == 20_000

@@ -11,11 +11,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import inspect, update
 from typer.testing import CliRunner, Result
 
 from delegation import DelegationService, LocalBus, create_engine, migrate
 from delegation.events import ChangeEvent
 from delegation.loading import RegistryState
+from delegation.models import DelegationRow
 from gateway.cli import app
 from gateway.directory_import.apply import import_directory
 
@@ -254,3 +256,72 @@ async def test_no_prune_from_a_file_with_skipped_lines(
     assert f"would remove bal        {CLAIRE}" in result.stdout
     assert "(--prune not applied: the file had refused lines)" in result.stdout
     assert CLAIRE in (await service.registry_state()).mailboxes
+
+
+async def test_a_skipped_line_writes_neither_its_person_nor_its_bal(
+    config: Path, service: DelegationService, tmp_path: Path
+) -> None:
+    """Every way a line is refused (names differing from an earlier line, a BAL listed
+    twice, a delegate nobody knows) leaves out the whole line, not half of it."""
+    lines = EXAMPLE.read_text().splitlines()
+    lines[2] = lines[2].replace("|899700000002|", "|899700000001|")  # Jean on Claire's idNat
+    lines += [
+        f"PER|{CLAIRE}|8|99700000009|899700000009|NOUVEAU|Nina|10|Médecin||modern|",
+        "PER|nina.roy@medecin.mssante.fr|8|99700000010|899700000010|ROY|Nina|10|Médecin"
+        "||modern|899700000099:read",
+    ]
+    path = tmp_path / "skips.csv"
+    path.write_text("\n".join(lines) + "\n")
+    result = await asyncio.to_thread(run, config, path, "--skip-invalid")
+    assert result.exit_code == 0, result.output
+    skipped = [line for line in result.stderr.splitlines() if line.startswith("skipped: ")]
+    assert [line.split(":")[1].strip() for line in skipped] == ["line 3", "line 10", "line 11"]
+    state = await service.registry_state()
+    assert JEAN not in state.mailboxes
+    assert "nina.roy@medecin.mssante.fr" not in state.mailboxes
+    assert state.mailboxes[CLAIRE].holder_idnat == "899700000001"
+    assert "899700000009" not in state.people
+    assert "899700000010" not in state.people
+    assert state.people["899700000001"].given_name == "Claire"
+
+
+async def test_a_dry_run_never_migrates(config: Path, fresh_db_url: str) -> None:
+    """A dry run reads the schema as it stands: on a database not at this build's head it
+    refuses, and leaves it as it was (no table created, nothing upgraded)."""
+    result = await asyncio.to_thread(run, config, EXAMPLE, "--dry-run")
+    assert result.exit_code == 1, result.output
+    assert "dry run refused: the database's schema is absent" in result.stderr
+    engine = create_engine(fresh_db_url)
+    try:
+        async with engine.connect() as connection:
+            tables = await connection.run_sync(lambda sync: inspect(sync).get_table_names())
+    finally:
+        await engine.dispose()
+    assert tables == []
+
+
+async def test_an_expired_delegation_the_file_lists_is_renewed(
+    config: Path, service: DelegationService, fresh_db_url: str
+) -> None:
+    """Jean → Leroy (`:30`) past its expiry is still open in the registry: the next
+    import listing it grants it again for 30 days (a change), then changes nothing."""
+    assert (await asyncio.to_thread(run, config, EXAMPLE)).exit_code == 0
+    engine = create_engine(fresh_db_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                update(DelegationRow)
+                .where(DelegationRow.delegate_idnat == LEROY)
+                .values(expires_at=service.now() - dt.timedelta(days=1))
+            )
+    finally:
+        await engine.dispose()
+    renewed = await asyncio.to_thread(run, config, EXAMPLE)
+    assert renewed.exit_code == 0, renewed.output
+    assert f"changed      delegation {JEAN} → {LEROY}  expired " in renewed.stdout
+    assert "imported: added 0, changed 1" in renewed.stdout
+    expires = (await service.registry_state()).delegations[JEAN][LEROY].expires_at
+    assert expires is not None
+    assert expires > service.now() + dt.timedelta(days=29)
+    again = await asyncio.to_thread(run, config, EXAMPLE)
+    assert "no change: added 0, changed 0" in again.stdout

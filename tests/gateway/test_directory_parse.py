@@ -276,3 +276,24 @@ def test_any_lines_after_the_header_give_records_or_refusals_by_line(lines: list
     for bal in parsed.bals:
         assert bal.address == bal.address.strip().lower()
         assert len(bal.address) <= 255
+
+
+@pytest.mark.parametrize("count", [100, 101])
+def test_a_delegations_cell_holds_max_delegations_and_no_more(count: int) -> None:
+    """The cell has its own bound (not `max_field`), and a line carrying it whole still
+    fits in `max_line`."""
+    limits = Limits()
+    cell = ";".join(f"8997{n:08d}:read+write+send:3650" for n in range(10, 10 + count))
+    assert len(cell) > limits.max_field
+    assert limits.max_delegations_cell + 1024 < limits.max_line
+    line = f"ORG|secretariat@hopital.mssante.fr||||{'X' * 100}|{cell}"
+    parsed = parse(
+        csv(line, header=HEADER + "|Raison sociale structure BAL|delegations"), "csv", limits
+    )
+    if count <= limits.max_delegations:
+        assert parsed.errors == ()
+        [box] = parsed.bals
+        assert box.delegations is not None
+        assert len(box.delegations) == count
+    else:
+        assert [p.message for p in parsed.errors] == ["more than 100 delegations on one BAL"]

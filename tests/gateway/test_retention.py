@@ -13,16 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, insert, select, true
+from sqlalchemy import func, insert, make_url, select, true
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from typer.testing import CliRunner
 
 from delegation.db import create_engine
 from delegation.models import AuditEventRow, DelegationRow, DirectoryEntryRow, MailboxRow
+from gateway.cli import app
 from gateway.db import usage_daily, usage_nonconformities, usage_seen
 from gateway.retention import Purger, purge, rules
 from gateway.settings import Settings
 from gateway.usage.store import Counts, RuleCounts, Seen, write
-from tests.conftest import quick_mock_settings
+from tests.conftest import postgres_database, quick_mock_settings
 from tests.support.stacks import gateway_settings, running_stack
 from tests.support.waiting import eventually
 from tests.test_cli import command
@@ -223,6 +225,9 @@ async def test_a_running_gateway_purges_past_its_retention(tmp_path: Path):
         await eventually(purged, "the gateway's own purge")
 
 
+PASSWORD = "s3cret-in-the-url"
+
+
 def _purge(config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [command("lps-gateway"), "purge", "--config", str(config), *extra],
@@ -270,3 +275,24 @@ def test_purge_command_refuses_a_database_no_gateway_ran_on(tmp_path: Path):
     done = _purge(config, "--dry-run")
     assert done.returncode == 1
     assert "no gateway tables" in done.stderr
+
+
+async def test_purge_and_usage_never_print_the_database_password(tmp_path: Path) -> None:
+    """On a database without the gateway's tables both commands name it, password masked."""
+    async with postgres_database() as url:
+        config = tmp_path / "gateway.toml"
+        with_password = make_url(url).set(password=PASSWORD)
+        config.write_text(
+            f'data_dir = "{tmp_path}"\n'
+            f'database_url = "{with_password.render_as_string(hide_password=False)}"\n'
+        )
+        done = await asyncio.to_thread(_purge, config, "--dry-run")
+        usage = await asyncio.to_thread(
+            CliRunner().invoke, app, ["usage", "--config", str(config)], env={"COLUMNS": "300"}
+        )
+    assert done.returncode == 1
+    assert "no gateway tables in postgresql+asyncpg://postgres:***@" in done.stderr
+    assert usage.exit_code == 1
+    assert "no usage figures in postgresql+asyncpg://postgres:***@" in usage.output
+    for output in (done.stdout, done.stderr, usage.output):
+        assert PASSWORD not in output

@@ -5,13 +5,17 @@ Each is refused cleanly (never a 500), nothing is written, and the gateway goes 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
 import pytest_asyncio
+from typer.testing import CliRunner
 
+from gateway.cli import app
 from gateway.directory_import.parse import DirectoryFileError, Limits, parse
 from tests.conftest import quick_mock_settings
 from tests.security.test_http import raw_exchange, request_head
@@ -184,3 +188,30 @@ async def test_the_parser_keeps_its_limits_on_huge_input() -> None:
     lines = HEADER + b"\n" + b"\n".join([b"||899700000009|EVIL|Eve"] * 30)
     with pytest.raises(DirectoryFileError, match="more than 20 lines"):
         parse(lines, "csv", Limits(max_lines=20))
+
+
+async def test_an_unreadable_csv_header_refuses_the_file(stack: Stack, tmp_path: Path) -> None:
+    """A header the csv module cannot split is a refused file, never a traceback."""
+    body = b'Adresse BAL|"Type BAL"x|idnat|Nom|Prenom\nclaire@x.mssante.fr|PER|899700000009|E|V\n'
+    answer = await _post(stack, body, "text/csv")
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["errors"] == [
+        {"at": "file", "message": answer.json()["errors"][0]["message"]}
+    ]
+    assert answer.json()["errors"][0]["message"].startswith("line 1: unreadable CSV")
+    await _unchanged(stack)
+    (tmp_path / "bad.csv").write_bytes(body)
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f'data_dir = "{tmp_path}"\ndatabase_url = "sqlite+aiosqlite:///{tmp_path}/db"\n'
+    )
+    result = await asyncio.to_thread(
+        CliRunner().invoke,
+        app,
+        ["directory", "import", str(tmp_path / "bad.csv"), "--config", str(config)],
+        env={"COLUMNS": "200"},
+    )
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output
+    assert result.stderr.splitlines()[0].startswith("refused: file: line 1: unreadable CSV")
