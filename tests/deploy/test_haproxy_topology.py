@@ -37,10 +37,10 @@ from mock_operator.personas import default_personas
 from mock_operator.server import MockOperator
 from tests.conftest import persona_token, postgres_database, quick_mock_settings
 from tests.imap_raw import Raw
-from tests.support.haproxy import HAProxy, Node, require_haproxy, running_balancer, wait_for
+from tests.support.haproxy import HAProxy, Node, require_haproxy, running_balancer
 from tests.support.proxied import ProxiedIMAP4, ProxiedSMTP
 from tests.support.sasl import xoauth2, xoauth2_b64, xoauth2_blob
-from tests.support.waiting import eventually, until
+from tests.support.waiting import eventually, settled, until
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -376,7 +376,7 @@ async def test_killing_node_a_moves_new_logins_to_node_b(topology: Topology) -> 
     def a_down() -> bool:
         return all(state.startswith("DOWN") for state in topology.haproxy.status_of("a"))
 
-    await asyncio.to_thread(wait_for, a_down, "HAProxy marks node A down")
+    await asyncio.to_thread(settled, a_down, "HAProxy marks node A down")
     assert all(state.startswith("UP") for state in topology.haproxy.status_of("b"))
 
     outcomes = []

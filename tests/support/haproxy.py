@@ -16,14 +16,13 @@ import csv
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.conftest import require_peer
 from tests.support.net import closed_port
-from tests.support.waiting import eventually
+from tests.support.waiting import eventually, settled
 
 HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
 
@@ -241,19 +240,6 @@ class HAProxy:
                 self.process.wait()
 
 
-def wait_for(condition: object, what: str, bound: float = 60.0) -> None:
-    """Poll a callable returning a truthy value (blocking: HAProxy's socket is local)."""
-    assert callable(condition)
-    deadline = time.monotonic() + bound
-    while True:
-        with contextlib.suppress(OSError):
-            if condition():
-                return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not seen within {bound:g} s: {what}")
-        time.sleep(0.05)
-
-
 @contextlib.contextmanager
 def running_balancer(
     directory: Path,
@@ -296,7 +282,7 @@ def running_balancer(
                 raise AssertionError(f"haproxy exited: {log.read_text()}")
             return stats.exists() and all(proxy.status_of(n.name) == {"UP L7OK"} for n in nodes)
 
-        wait_for(all_up, "haproxy sees every node UP")
+        settled(all_up, "haproxy sees every node UP")
         yield proxy
     finally:
         proxy.stop()

@@ -29,3 +29,18 @@ async def until(condition: Callable[[], bool], what: str, *, bound: float = BOUN
         return condition()
 
     await eventually(check, what, bound=bound)
+
+
+def settled(condition: Callable[[], object], what: str, *, bound: float = BOUND) -> None:
+    """`until` for code outside an event loop (a context manager starting peers): blocks,
+    polling `condition` (an OSError counts as not yet) until it holds."""
+    deadline = time.monotonic() + bound
+    while True:
+        try:
+            if condition():
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not seen within {bound:g} s: {what}")
+        time.sleep(0.02)
