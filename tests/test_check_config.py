@@ -5,12 +5,12 @@ real database (SQLite, and PostgreSQL under LPS_TEST_DATABASE_URL)."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 from pathlib import Path
 
 from gateway.runtime.tls import dev_certificate
 from mock_operator.server import MockOperator
+from tests.support.net import closed_port
 from tests.test_cli import command
 
 
@@ -22,14 +22,6 @@ def check_config(config: Path) -> subprocess.CompletedProcess[str]:
         timeout=60,
         check=False,
     )
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on (bound, then let go)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def problems(done: subprocess.CompletedProcess[str]) -> dict[str, str]:
