@@ -7,6 +7,7 @@ so tests can rely on them and a re-seed does not duplicate anything.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -84,8 +85,10 @@ def _raw(message: EmailMessage) -> bytes:
     return message.as_bytes(policy=SMTP)
 
 
-def seed_messages(persona: Persona) -> list[SeedMessage]:
-    """The messages a persona's BAL starts with."""
+@functools.lru_cache(maxsize=64)
+def seed_messages(persona: Persona) -> tuple[SeedMessage, ...]:
+    """The messages a persona's BAL starts with (built once per persona: every start of the
+    mock seeds the same bytes, and building MIME with an XDM archive is not free)."""
     assert persona.bal is not None
     me = (persona.display_name, persona.bal)
     lab = ("Laboratoire Biomed", "resultats@labo-biomed.mssante.fr")
@@ -148,4 +151,4 @@ def seed_messages(persona: Persona) -> list[SeedMessage]:
     answer["In-Reply-To"] = question["Message-ID"]
     answer["References"] = question["Message-ID"]
     messages.append(SeedMessage("Envoyés", _raw(answer), ("\\Seen",), when))
-    return messages
+    return tuple(messages)

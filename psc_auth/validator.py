@@ -31,6 +31,7 @@ from psc_auth.config import ValidationMode, ValidatorConfig
 from psc_auth.errors import TokenError, TokenFailure
 from psc_auth.identity import Identity
 from psc_auth.provider import Clock, Provider
+from psc_auth.trust import system_trust
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ class TokenValidator:
             raise ValueError("introspection needs introspection_client_id and its secret")
         self.config = config
         self._own_http = http is None
-        self._http = http or httpx.AsyncClient()
+        self._http = http or httpx.AsyncClient(verify=system_trust())
         self._clock = clock
         self.provider = Provider(config, self._http, clock)
         self._cache: OrderedDict[bytes, tuple[float, Identity]] = OrderedDict()

@@ -127,6 +127,8 @@ async def postgres_database() -> AsyncIterator[str]:
         raise
     name = f"lps_dlg_{uuid.uuid4().hex[:16]}"
     await admin.execute(f'CREATE DATABASE "{name}"')
+    # a test database is thrown away: commits need not wait for the disk
+    await admin.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
     try:
         url = make_url(async_url(PG_URL)).set(database=name)
         yield url.render_as_string(hide_password=False)

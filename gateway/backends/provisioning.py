@@ -13,6 +13,7 @@ from urllib.parse import quote
 import httpx
 
 from gateway.settings import BackendSettings
+from psc_auth.trust import system_trust
 
 
 class ProvisioningError(Exception):
@@ -33,7 +34,7 @@ def http_verify(backend: BackendSettings) -> ssl.SSLContext | bool:
         return False
     if backend.ca_file is not None:
         return ssl.create_default_context(cafile=str(backend.ca_file))
-    return True
+    return system_trust()
 
 
 async def provision(

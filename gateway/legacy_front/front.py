@@ -30,6 +30,7 @@ from gateway.runtime.tls import backend_context
 from gateway.settings import Settings
 from psc_auth import TokenValidator
 from psc_auth.certificates import CardVerifier
+from psc_auth.trust import system_trust
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,9 @@ class LegacyFront:
         self.placement = placement
         self.own_bals = own_bals
         self.sessions = SessionBook(front.session_lifetime)
-        self._http = httpx.AsyncClient(timeout=10, trust_env=False, follow_redirects=False)
+        self._http = httpx.AsyncClient(
+            timeout=10, trust_env=False, follow_redirects=False, verify=system_trust()
+        )
         self._historic: dict[str, HistoricOtp] = {}
         self._historic_http: list[httpx.AsyncClient] = []
         for name, backend in settings.backends.items():

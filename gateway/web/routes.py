@@ -28,6 +28,7 @@ from gateway.usage.report import UsageReport
 from gateway.web.migrations import migrations_view
 from gateway.web.sessions import COOKIE, PendingLogin, SessionStore, WebSession
 from psc_auth import TokenError, TokenValidator
+from psc_auth.trust import system_trust
 
 log = logging.getLogger(__name__)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
@@ -153,7 +154,7 @@ def build_router(
             return _message(request, "Connexion refusée.", 401)
         token_endpoint = str((await validator.provider.metadata())["token_endpoint"])
         try:
-            async with httpx.AsyncClient(timeout=10) as http:
+            async with httpx.AsyncClient(timeout=10, verify=system_trust()) as http:
                 answer = await http.post(
                     token_endpoint,
                     data={

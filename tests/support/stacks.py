@@ -4,14 +4,19 @@ platform as backend "modern", the historic web services as "historic")."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from delegation.db import migrate
 from delegation.seed import seed
+from gateway.db import migrate_gateway
 from gateway.server import Gateway
 from gateway.settings import BackendSettings, MockSettings, Settings
 from mock_operator.personas import default_personas
@@ -81,12 +86,41 @@ def gateway_settings(data_dir: Path, **overrides: Any) -> Settings:
     return Settings(**base)
 
 
+_TEMPLATE: Path | None = None
+
+
+async def _migrated_template() -> Path:
+    """An SQLite registry migrated to head, made once per test process: stacks copy it
+    instead of replaying every migration (the migrations have their own tests)."""
+    global _TEMPLATE
+    if _TEMPLATE is None:
+        path = Path(tempfile.mkdtemp(prefix="lps-registry-template-")) / "gateway.db"
+        url = f"sqlite+aiosqlite:///{path}"
+        await migrate(url)
+        await migrate_gateway(url)
+        atexit.register(shutil.rmtree, path.parent, True)
+        _TEMPLATE = path
+    return _TEMPLATE
+
+
+async def _preset_registry(settings: Settings) -> None:
+    """A stack on the default SQLite registry starts from the migrated template."""
+    if settings.database_url is not None:
+        return
+    target = settings.data_dir / "gateway.db"
+    if target.exists():
+        return
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    shutil.copyfile(await _migrated_template(), target)
+
+
 async def start_stack(
     settings: Settings,
     mock_settings: MockSettings,
     mock_dir: Path,
     configure: Callable[[Settings, MockOperator], None] | None = None,
 ) -> Stack:
+    await _preset_registry(settings)
     gateway = Gateway(settings)
     registry = await gateway.open_registry()
     await seed(registry, [dataclasses.asdict(p) for p in default_personas()])

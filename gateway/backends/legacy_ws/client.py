@@ -38,6 +38,8 @@ from typing import Any, Literal, Self
 
 import httpx
 
+from psc_auth.trust import system_trust
+
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 15.0
@@ -143,7 +145,9 @@ class LegacyWsClient:
         self._headers = {"NUMHOMOLOGATION": numhomologation, "Accept": "application/json"}
         self._owns_http = http is None
         self._http = http or httpx.AsyncClient(
-            trust_env=False, follow_redirects=False, verify=tls if tls is not None else True
+            trust_env=False,
+            follow_redirects=False,
+            verify=tls if tls is not None else system_trust(),
         )
 
     def __repr__(self) -> str:
