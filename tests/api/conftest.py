@@ -52,9 +52,9 @@ async def serving_api(mock: MockOperator, registry: DelegationService) -> AsyncI
 
 
 @pytest.fixture
-async def registry(fresh_db_url: str) -> AsyncIterator[DelegationService]:
+async def registry(migrated_db_url: str) -> AsyncIterator[DelegationService]:
     """The gateway's registry on SQLite, and on PostgreSQL when LPS_TEST_DATABASE_URL is set."""
-    async with seeded_registry(fresh_db_url) as service:
+    async with seeded_registry(migrated_db_url) as service:
         yield service
 
 

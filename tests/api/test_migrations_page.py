@@ -175,7 +175,7 @@ async def without_engine(
         await mock.stop()
 
 
-@pytest.mark.parametrize("fresh_db_url", ["sqlite"], indirect=True)  # the page, not the registry
+@pytest.mark.parametrize("migrated_db_url", ["sqlite"], indirect=True)  # the page, not the registry
 async def test_without_a_migration_engine_the_page_says_so(without_engine: str) -> None:
     async with httpx.AsyncClient(timeout=10) as http:
         await log_in(http, without_engine, "adm-roux")

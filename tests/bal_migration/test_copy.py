@@ -21,7 +21,6 @@ from gateway.backends.errors import BackendUnavailable
 from gateway.backends.imap_smtp.tools import ImapMailboxAccess
 from gateway.bal_migration.checkpoint import Checkpoints, Journal
 from gateway.bal_migration.copy import CopyProgress, copy_bal, verify_bal
-from gateway.db import migrate_gateway
 from gateway.settings import MockSettings
 from tests.bal_migration.appends import WatchedAppends
 from tests.gateway.test_backend_tools import DUPONT, letter, with_historic_imap
@@ -41,9 +40,8 @@ async def both(tmp_path: Path, mock_settings: MockSettings) -> AsyncIterator[Sta
 
 
 @pytest.fixture
-async def checkpoints(fresh_db_url: str) -> AsyncIterator[Checkpoints]:
-    await migrate_gateway(fresh_db_url)
-    engine = create_engine(fresh_db_url)
+async def checkpoints(migrated_db_url: str) -> AsyncIterator[Checkpoints]:
+    engine = create_engine(migrated_db_url)
     try:
         yield Checkpoints(engine)
     finally:

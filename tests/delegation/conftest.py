@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from delegation import DelegationService, LocalBus, create_engine, migrate, seed
+from delegation import DelegationService, LocalBus, create_engine, seed
 from psc_auth import Identity
 from tests.conftest import postgres_database
 
@@ -121,17 +121,15 @@ class Clock:
 
 
 @pytest.fixture
-async def db_url(fresh_db_url: str) -> str:
+def db_url(migrated_db_url: str) -> str:
     """A database migrated to the latest revision."""
-    await migrate(fresh_db_url)
-    return fresh_db_url
+    return migrated_db_url
 
 
 @pytest.fixture
 async def pg_url() -> AsyncIterator[str]:
     """PostgreSQL only (LISTEN/NOTIFY tests), migrated."""
-    async with postgres_database() as url:
-        await migrate(url)
+    async with postgres_database(migrated=True) as url:
         yield url
 
 

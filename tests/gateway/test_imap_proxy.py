@@ -478,16 +478,18 @@ async def test_starttls_and_implicit_tls_listeners(stack: Stack):
     assert await asyncio.to_thread(run) == ("OK", "OK")
 
 
-@pytest.mark.parametrize("fresh_db_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("migrated_db_url", ["postgresql"], indirect=True)
 async def test_revocation_on_another_node_closes_the_session(
-    fresh_db_url: str, tmp_path: Path, mock_settings: MockSettings
+    migrated_db_url: str, tmp_path: Path, mock_settings: MockSettings
 ):
     """Two gateways on one PostgreSQL: revoking through node B ends the session on node A
     (LISTEN/NOTIFY)."""
     node_a = await start_stack(
-        gateway_settings(tmp_path / "a", database_url=fresh_db_url), mock_settings, tmp_path / "m"
+        gateway_settings(tmp_path / "a", database_url=migrated_db_url),
+        mock_settings,
+        tmp_path / "m",
     )
-    node_b = Gateway(gateway_settings(tmp_path / "b", database_url=fresh_db_url))
+    node_b = Gateway(gateway_settings(tmp_path / "b", database_url=migrated_db_url))
     try:
         registry_b = await node_b.open_registry()
         await registry_b.bus.start()

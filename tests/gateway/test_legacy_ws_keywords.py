@@ -133,17 +133,17 @@ def node_settings(data_dir: Path, url: str, stack: Stack) -> Settings:
 
 @pytest.fixture
 async def historic_db(
-    fresh_db_url: str, tmp_path: Path, mock_settings: MockSettings
+    migrated_db_url: str, tmp_path: Path, mock_settings: MockSettings
 ) -> AsyncIterator[tuple[Stack, str]]:
     """The stack on a database of its own (SQLite, and PostgreSQL when there is one)."""
     stack = await start_stack(
-        gateway_settings(tmp_path / "gateway", database_url=fresh_db_url),
+        gateway_settings(tmp_path / "gateway", database_url=migrated_db_url),
         mock_settings,
         tmp_path / "mock",
         configure_with(),
     )
     try:
-        yield stack, fresh_db_url
+        yield stack, migrated_db_url
     finally:
         await stack.gateway.stop()
         await stack.mock.stop()

@@ -34,9 +34,8 @@ QUERIES = {
 
 
 @pytest.fixture
-async def db_url(fresh_db_url: str) -> str:
-    await migrate_gateway(fresh_db_url)
-    return fresh_db_url
+def db_url(migrated_db_url: str) -> str:
+    return migrated_db_url
 
 
 @pytest.fixture

@@ -176,10 +176,12 @@ async def test_zero_keeps_forever_and_each_table_follows_its_own_setting(engine:
     assert left["gw_usage_daily"] == left["gw_usage_seen"] == left["gw_usage_nonconformities"] == 0
 
 
-async def test_nodes_purging_at_once_remove_each_row_once(engine: AsyncEngine, fresh_db_url: str):
+async def test_nodes_purging_at_once_remove_each_row_once(
+    engine: AsyncEngine, migrated_db_url: str
+):
     await add_rows(engine, OLD, 40, "old")
     await add_rows(engine, RECENT, 2, "new")
-    nodes = [create_engine(fresh_db_url) for _ in range(3)]
+    nodes = [create_engine(migrated_db_url) for _ in range(3)]
     try:
         results = await asyncio.gather(
             *(purge(node, rules(Settings()), now=NOW, batch=5) for node in nodes)
@@ -239,14 +241,14 @@ def _purge(config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
 
 
 async def test_purge_command_dry_run_then_purge(
-    engine: AsyncEngine, fresh_db_url: str, tmp_path: Path
+    engine: AsyncEngine, migrated_db_url: str, tmp_path: Path
 ):
     now = dt.datetime.now(dt.UTC)
     await add_rows(engine, now - dt.timedelta(days=100), 4, "old")
     await add_rows(engine, now - dt.timedelta(days=1), 1, "new")
     config = tmp_path / "gateway.toml"
     config.write_text(
-        f'data_dir = "{tmp_path}"\ndatabase_url = "{fresh_db_url}"\n'
+        f'data_dir = "{tmp_path}"\ndatabase_url = "{migrated_db_url}"\n'
         "[audit]\nretention_days = 90\n[usage]\nretention_days = 90\n"
     )
     dry = await asyncio.to_thread(_purge, config, "--dry-run")

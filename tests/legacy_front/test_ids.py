@@ -17,10 +17,8 @@ BAL = "claire.martin@medecin.mssante.fr"
 
 
 @pytest.fixture
-async def db_url(fresh_db_url: str) -> str:
-    await migrate(fresh_db_url)
-    await migrate_gateway(fresh_db_url)
-    return fresh_db_url
+def db_url(migrated_db_url: str) -> str:
+    return migrated_db_url
 
 
 async def test_ids_and_changes_since_a_token(db_url: str) -> None:

@@ -179,10 +179,10 @@ async def test_a_folder_keeps_a_bounded_number_of_keywords(legacy: Stack) -> Non
 
 @pytest.fixture
 async def historic_db(
-    fresh_db_url: str, tmp_path: Path, mock_settings: MockSettings
+    migrated_db_url: str, tmp_path: Path, mock_settings: MockSettings
 ) -> AsyncIterator[Stack]:
     stack = await start_stack(
-        gateway_settings(tmp_path / "gateway", database_url=fresh_db_url),
+        gateway_settings(tmp_path / "gateway", database_url=migrated_db_url),
         mock_settings,
         tmp_path / "mock",
         configure_with(),

@@ -4,25 +4,21 @@ platform as backend "modern", the historic web services as "historic")."""
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import dataclasses
 import shutil
-import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from delegation.db import migrate
 from delegation.seed import seed
-from gateway.db import migrate_gateway
 from gateway.server import Gateway
 from gateway.settings import BackendSettings, MockSettings, Settings
 from mock_operator.personas import default_personas
 from mock_operator.server import MockOperator
 from psc_auth import Identity
-from tests.conftest import persona_token
+from tests.conftest import migrated_template, persona_token
 
 
 @dataclass
@@ -86,23 +82,6 @@ def gateway_settings(data_dir: Path, **overrides: Any) -> Settings:
     return Settings(**base)
 
 
-_TEMPLATE: Path | None = None
-
-
-async def _migrated_template() -> Path:
-    """An SQLite registry migrated to head, made once per test process: stacks copy it
-    instead of replaying every migration (the migrations have their own tests)."""
-    global _TEMPLATE
-    if _TEMPLATE is None:
-        path = Path(tempfile.mkdtemp(prefix="lps-registry-template-")) / "gateway.db"
-        url = f"sqlite+aiosqlite:///{path}"
-        await migrate(url)
-        await migrate_gateway(url)
-        atexit.register(shutil.rmtree, path.parent, True)
-        _TEMPLATE = path
-    return _TEMPLATE
-
-
 async def _preset_registry(settings: Settings) -> None:
     """A stack on the default SQLite registry starts from the migrated template."""
     if settings.database_url is not None:
@@ -111,7 +90,7 @@ async def _preset_registry(settings: Settings) -> None:
     if target.exists():
         return
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    shutil.copyfile(await _migrated_template(), target)
+    shutil.copyfile(await migrated_template("sqlite"), target)
 
 
 async def start_stack(
