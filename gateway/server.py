@@ -10,6 +10,7 @@ import datetime as dt
 import functools
 import logging
 import socket
+from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from typing import Any
@@ -19,7 +20,7 @@ from starlette.types import ASGIApp
 
 from delegation.audit import AuditAction, AuditRecord
 from delegation.db import create_engine, migrate
-from delegation.events import bus_for_url
+from delegation.events import ChangeBus, bus_for_url
 from delegation.service import DelegationService
 from gateway import admin_secret
 from gateway.api.admin import AdminConfig, DirectoryImports
@@ -87,6 +88,33 @@ class ConfigurationError(Exception):
     """The settings cannot run a gateway safely; the message says which key to change."""
 
 
+def check_settings(settings: Settings) -> None:
+    """What `start` refuses at once (a node's supervisor asks before it starts workers)."""
+    psc = settings.psc
+    if not psc.client_ids and not psc.accept_any_audience:
+        raise ConfigurationError(
+            "psc.client_ids is empty: list the client ids of the LPS whose tokens this "
+            "gateway accepts (aud/azp), or set psc.accept_any_audience = true (a mock only)"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerRole:
+    """This gateway is worker `index` of a node's `count` (`gateway.workers`): the
+    supervisor migrated the database and bound the listening sockets. Worker 0 alone
+    resumes the trailing syncs and answers the local administrator's commands, on
+    `admin_socket`, a loopback listener of its own (`admin.url`): `lps-gateway migrate`
+    follows its jobs on the worker that runs them."""
+
+    index: int
+    count: int
+    admin_socket: socket.socket | None = None
+
+    @property
+    def leader(self) -> bool:
+        return self.index == 0
+
+
 def node_limits(settings: Settings) -> NodeLimits:
     """The caps of this node, shared by its listeners (see `gateway.runtime.limits`)."""
     exempt = Exemptions(settings.limits.exempt_networks)
@@ -103,8 +131,22 @@ def node_limits(settings: Settings) -> NodeLimits:
 
 
 class Gateway:
-    def __init__(self, settings: Settings, *, validator: TokenValidator | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        validator: TokenValidator | None = None,
+        sockets: Mapping[str, socket.socket] | None = None,
+        bus: ChangeBus | None = None,
+        worker: WorkerRole | None = None,
+    ) -> None:
+        """`sockets`: listening sockets bound already, by the setting naming their port
+        (`imap.port`); `bus`: the registry's change bus (default: the database's)."""
         self.settings = settings
+        self._sockets = dict(sockets or {})
+        self._bus = bus
+        self.worker = worker
+        self._admin: AsgiServer | None = None
         self._validator = validator
         self.validator: TokenValidator | None = None
         self.delegations: DelegationService | None = None
@@ -144,10 +186,11 @@ class Gateway:
         if self.delegations is None:
             self.settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             url = self.settings.database()
-            await migrate(url)
-            await migrate_gateway(url)
+            if self.worker is None:  # a node's supervisor migrated it before its workers
+                await migrate(url)
+                await migrate_gateway(url)
             self._engine = create_engine(url)
-            bus = bus_for_url(url)
+            bus = self._bus or bus_for_url(url)
             await bus.start()
             self.delegations = DelegationService(self._engine, bus=bus)
             if self.settings.log.audit_to_log:
@@ -184,13 +227,13 @@ class Gateway:
         host = self.settings.ops.host
         return f"http://{f'[{host}]' if ':' in host else host}:{self.ops_port}"
 
+    def _listen(self, host: str, port: int, setting: str) -> socket.socket:
+        """The socket the supervisor bound for `setting`, or one bound now."""
+        sock = self._sockets.pop(setting, None)
+        return sock if sock is not None else bind_tcp(host, port, setting)
+
     async def start(self) -> None:
-        psc = self.settings.psc
-        if not psc.client_ids and not psc.accept_any_audience:
-            raise ConfigurationError(
-                "psc.client_ids is empty: list the client ids of the LPS whose tokens this "
-                "gateway accepts (aud/azp), or set psc.accept_any_audience = true (a mock only)"
-            )
+        check_settings(self.settings)
         service = await self.open_registry()
         # what backends keep of their own (the historic platform's UIDs) lives beside the
         # registry; built now, once the settings name every backend
@@ -201,9 +244,11 @@ class Gateway:
             self.cards = CardVerifier.from_files(cards.ca_file, cards.crl_file)
         self.validator = self._validator or TokenValidator(self.settings.psc)
         http, ops = self.settings.http, self.settings.ops
-        sock = bind_tcp(http.host, http.port, "http.port")
+        sock = self._listen(http.host, http.port, "http.port")
         try:
-            ops_sock = bind_tcp(ops.host, ops.port, "ops.port") if ops.port is not None else None
+            ops_sock = (
+                self._listen(ops.host, ops.port, "ops.port") if ops.port is not None else None
+            )
         except OSError:
             sock.close()
             raise
@@ -274,7 +319,7 @@ class Gateway:
         if self._ops is not None:
             await self._ops.start()
         await self._start_fronts(service, self.validator)
-        if self.migrations is not None:
+        if self.migrations is not None and (self.worker is None or self.worker.leader):
             await self.migrations.resume()  # trailing syncs of unfinished cut-overs
         self._expiry = asyncio.create_task(service.expire_forever(interval=1.0))
         if not await service.any_mailbox():
@@ -287,8 +332,7 @@ class Gateway:
             self._engine, retention_rules(self.settings), self.settings.audit.purge_interval
         )
         self.purger.start()
-        self._admin_url = admin_secret.loopback_url(http.host, port)
-        admin_secret.publish_url(self.settings.data_dir, self._admin_url)
+        await self._publish_admin_url(app, guarded, port)
         log.info(
             "gateway.started",
             extra={
@@ -298,6 +342,19 @@ class Gateway:
                 "smtp": self.smtp.port if self.smtp else None,
             },
         )
+
+    async def _publish_admin_url(self, app: ASGIApp, guarded: Any, port: int) -> None:
+        """`admin.url`, where the local administrator's commands reach this gateway: its
+        HTTP listener; on a node of several workers, worker 0's own loopback listener."""
+        if self.worker is None:
+            self._admin_url = admin_secret.loopback_url(self.settings.http.host, port)
+        elif self.worker.admin_socket is not None:
+            self._admin = guarded(app, self.worker.admin_socket)
+            await self._admin.start()
+            host = self.worker.admin_socket.getsockname()[0]
+            self._admin_url = admin_secret.loopback_url(host, self._admin.port)
+        if self._admin_url is not None:
+            admin_secret.publish_url(self.settings.data_dir, self._admin_url)
 
     async def _start_fronts(self, service: DelegationService, validator: TokenValidator) -> None:
         settings = self.settings
@@ -357,7 +414,7 @@ class Gateway:
                 service,
                 self.metrics,
                 tls,
-                bind_tcp(front.host, port, setting),
+                self._listen(front.host, port, setting),
                 limits=self.limits,
                 psc=self.psc_sessions,
                 card_watch=self.card_sessions,
@@ -384,7 +441,7 @@ class Gateway:
                 usage=self.usage,
                 policy=settings.mss.policy,
             ),
-            bind_tcp(smtp.host, smtp.port, "smtp.port"),
+            self._listen(smtp.host, smtp.port, "smtp.port"),
             tls,
             data_size_limit=smtp.max_message_size,
             ident="lps-gateway MSSante submission",
@@ -443,7 +500,7 @@ class Gateway:
         tls = self.settings.tls
         context = server_context(cert, key, min_version=tls.min_version, ciphers=tls.ciphers)
         request_client_certificates(context, self.cards.ca_pem())
-        sock = bind_tcp(front.https_host, front.https_port, "legacy_front.https_port")
+        sock = self._listen(front.https_host, front.https_port, "legacy_front.https_port")
         self._legacy_tls = guarded(app, sock, ssl_context=context)
         await self._legacy_tls.start()
 
@@ -618,7 +675,7 @@ class Gateway:
             await self._stop_serving()
         finally:
             await self._stop_recording()
-        for listener in (self._http, self._ops, self._legacy_tls):
+        for listener in (self._http, self._ops, self._legacy_tls, self._admin):
             if listener is not None:
                 await listener.stop()
         if self.backends is not None:

@@ -8,6 +8,7 @@ the defaults below. The mock operator reads its own section, `[mock]`, from the 
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -196,8 +197,37 @@ class OpsSettings(_Section):
     )
 
 
+class ServerSettings(_Section):
+    """How many processes serve the node. The supervisor (`serve`, `demo`) binds every
+    listening socket, then starts `workers` gateway processes that accept on them; a
+    delegation change, an expiry, a move and a migration's write hold reach the sessions of
+    every worker (PostgreSQL LISTEN/NOTIFY, or the supervisor's local channel on SQLite),
+    and `/metrics` on any worker is the node's (sums over the workers). Per worker: the
+    caps of `[limits]`, `[imap]` and `[smtp]` (connections, per address, per person, the
+    failed-login windows) and the backends' connections; per node: everything in the
+    database (registry, audit, usage, migrations) and the metrics."""
+
+    workers: int = Field(
+        default=0,
+        ge=0,
+        le=256,
+        description="gateway processes of the node, sharing its listening sockets; 0: one "
+        "per core this process may run on; 1: a single process, no supervisor",
+    )
+
+    def count(self) -> int:
+        """The number of worker processes to run (`workers`, or the cores)."""
+        if self.workers:
+            return self.workers
+        try:
+            return len(os.sched_getaffinity(0)) or 1
+        except AttributeError:  # pragma: no cover (not Linux)
+            return os.cpu_count() or 1
+
+
 class LimitsSettings(_Section):
-    """Caps on what one source address can hold or try, counted per node. Logged-in
+    """Caps on what one source address can hold or try, counted per worker process (see
+    `[server] workers`: with N workers, an address may hold up to N times the cap). Logged-in
     sessions are never capped per address: a practice behind one NAT address opens one IMAP
     session per delegated BAL."""
 
@@ -615,6 +645,7 @@ class Settings(BaseSettings):
         "postgresql://user@host/db (nodes then share revocations through LISTEN/NOTIFY)",
     )
     log: LogSettings = LogSettings()
+    server: ServerSettings = ServerSettings()
     http: HttpSettings = HttpSettings()
     ops: OpsSettings = OpsSettings()
     limits: LimitsSettings = LimitsSettings()

@@ -1,0 +1,221 @@
+"""A node of several worker processes (`[server] workers = 2`), real processes on ports 0:
+the demo keeps its mock operator in the supervisor's process while two workers accept on
+the gateway's ports; IMAP logins land on both; a revocation through /v1, answered by
+whichever worker, ends the delegate's sessions on both (a local channel on SQLite,
+LISTEN/NOTIFY on PostgreSQL); /metrics sums both workers; SIGTERM ends them all, exit 0.
+`serve`: a worker killed outright is started again, and the node still stops cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import fresh_database
+from tests.imap_raw import Raw
+from tests.support.sasl import xoauth2
+from tests.support.waiting import eventually
+from tests.test_cli import DEMO_PORTS, command, wait_for_url
+
+MARTIN = "claire.martin@medecin.mssante.fr"
+BERNARD = "899700000003"
+WORKERS = {"LPSGW_SERVER__WORKERS": "2", "LPSGW_LOG__AUDIT_TO_LOG": "true"}
+STARTED = re.compile(r"workers\.started workers=2 pids=\[(\d+), (\d+)\]")
+
+
+class Node:
+    """A `lps-gateway` command whose log goes to a file (a pipe nobody reads fills up)."""
+
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str]) -> None:
+        self.log = cwd / "node.log"
+        self.process = subprocess.Popen(
+            [command("lps-gateway"), *args],
+            cwd=cwd,
+            env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200", **env},
+            stdout=subprocess.PIPE,
+            stderr=self.log.open("w"),
+            text=True,
+        )
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    async def line(self, pattern: re.Pattern[str], what: str) -> re.Match[str]:
+        found: list[re.Match[str]] = []
+
+        async def seen() -> bool:
+            found[:] = list(pattern.finditer(self.text()))
+            return bool(found) or self.process.poll() is not None
+
+        await eventually(seen, what, bound=60)
+        assert found, f"{what}: the node exited\n{self.text()}"
+        return found[-1]
+
+    async def workers(self) -> list[int]:
+        started = await self.line(STARTED, "both workers started")
+        return [int(pid) for pid in started.groups()]
+
+    def banner_port(self, name: str) -> int:
+        assert self.process.stdout is not None
+        for _ in range(60):
+            line = self.process.stdout.readline()
+            found = re.search(re.escape(name) + r":\s+127\.0\.0\.1:(\d+)", line)
+            if found:
+                return int(found.group(1))
+        pytest.fail(f"no {name} in the banner")
+
+    async def terminated(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return await asyncio.to_thread(self.process.wait, 60)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def nodes() -> Iterator[list[Node]]:
+    started: list[Node] = []
+    yield started
+    for node in started:
+        node.kill()
+
+
+def listening_pids(port: int, candidates: set[int]) -> set[int]:
+    """Which of `candidates` hold a socket listening on `port` (read from /proc)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    holders = set()
+    for pid in candidates:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if os.readlink(fd) in inodes:
+                    holders.add(pid)
+            except OSError:
+                continue
+    return holders
+
+
+def gone(pids: list[int]) -> bool:
+    """None of `pids` lives any more (each was our child or grandchild: no zombie stays,
+    the supervisor reaps its workers and the test its node)."""
+    return not any(Path(f"/proc/{pid}").exists() for pid in pids)
+
+
+def logins_by_worker(log: str) -> dict[str, int]:
+    """Successful IMAP logins per worker, from the audit lines of the log."""
+    counts: dict[str, int] = {}
+    for line in log.splitlines():
+        if "lps_gateway.audit" in line and " action=login" in line and " result=ok" in line:
+            worker = re.search(r" worker=(\d+)", line)
+            assert worker is not None, line
+            counts[worker.group(1)] = counts.get(worker.group(1), 0) + 1
+    return counts
+
+
+async def sample(http: httpx.AsyncClient, url: str, name: str) -> float:
+    text = (await http.get(f"{url}/metrics")).text
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    assert found is not None, text
+    return float(found.group(1))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    async with fresh_database(request.param, tmp_path) as url:
+        yield url
+
+
+async def test_demo_with_two_workers(tmp_path: Path, database: str, nodes: list[Node]) -> None:
+    env = {**DEMO_PORTS, **WORKERS, "LPSGW_DATABASE_URL": database}
+    node = Node(["demo", "--data", str(tmp_path / "state")], tmp_path, env)
+    nodes.append(node)
+    mock = wait_for_url(node.process)
+    imap = node.banner_port("API LPS IMAP (STARTTLS)")
+    pids = await node.workers()
+    parent = node.process.pid
+    mock_port = int(mock.rsplit(":", 1)[1])
+    assert listening_pids(mock_port, {parent, *pids}) == {parent}, "the mock: one process"
+    assert set(pids) <= listening_pids(imap, {parent, *pids}), "each worker accepts"
+    http_url = re.search(r"gateway\.started http=(\S+)", node.text())
+    assert http_url is not None
+    api = http_url.group(1)
+
+    async with httpx.AsyncClient(timeout=10) as http:
+
+        async def token(persona: str) -> str:
+            answer = await http.post(f"{mock}/_test/token", json={"persona": persona})
+            value: str = answer.json()["access_token"]
+            return value
+
+        delegate = await token("sec-bernard")
+        sessions: list[Raw] = []
+
+        async def audited() -> bool:
+            return sum(logins_by_worker(node.text()).values()) == len(sessions)
+
+        while len(logins_by_worker(node.text())) < 2:
+            assert len(sessions) < 20, "the kernel spreads connections over the workers"
+            client = await Raw.open(imap)
+            await client.ok("AUTHENTICATE XOAUTH2 ", xoauth2(MARTIN, delegate))
+            sessions.append(client)
+            await eventually(audited, "the login audited")
+
+        async def summed() -> bool:
+            logins = await sample(http, api, 'lpsgw_logins_total{protocol="imap",result="ok"}')
+            open_now = await sample(http, api, 'lpsgw_open_sessions{protocol="imap"}')
+            return logins == open_now == len(sessions)
+
+        await eventually(summed, "/metrics: both workers' logins and sessions, summed")
+
+        holder = {"Authorization": f"Bearer {await token('dr-martin')}"}
+        url = f"{api}/v1/mailboxes/{MARTIN}/delegations"
+        listed = (await http.get(url, headers=holder)).json()
+        (delegation,) = [d for d in listed if d["delegate"]["idnat"] == BERNARD]
+        revoked = await http.delete(f"{url}/{delegation['id']}", headers=holder)
+        assert revoked.status_code == 200, revoked.text
+        for client in sessions:  # on both workers: one of them did not answer the DELETE
+            line = await client.line(wait=10)
+            assert line.startswith(b"* BYE"), line
+            assert b"revoked" in line, line
+            await client.close()
+
+    assert await node.terminated() == 0, node.text()
+    assert gone(pids), "no worker outlives its node"
+    assert "gateway.drained worker=0" in node.text()
+    assert "gateway.drained worker=1" in node.text()
+
+
+async def test_serve_restarts_a_dead_worker(tmp_path: Path, nodes: list[Node]) -> None:
+    env = {
+        **WORKERS,
+        **{f"LPSGW_{name}__PORT": "0" for name in ("HTTP", "IMAP", "SMTP")},
+        "LPSGW_PSC__ACCEPT_ANY_AUDIENCE": "true",
+        "LPSGW_DATA_DIR": str(tmp_path / "state"),
+    }
+    node = Node(["serve"], tmp_path, env)
+    nodes.append(node)
+    imap = node.banner_port("API LPS IMAP (STARTTLS)")
+    pids = await node.workers()
+    os.kill(pids[0], signal.SIGKILL)
+    restarted = await node.line(
+        re.compile(r"workers\.restarted worker=0 pid=(\d+)"), "worker 0 started again"
+    )
+    replacement = int(restarted.group(1))
+    assert "workers.died worker=0" in node.text()
+    assert replacement not in pids
+    assert listening_pids(imap, {replacement, pids[1]}) == {replacement, pids[1]}
+    assert await node.terminated() == 0, node.text()
+    assert gone([*pids, replacement])
