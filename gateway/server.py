@@ -139,9 +139,11 @@ class Gateway:
         sockets: Mapping[str, socket.socket] | None = None,
         bus: ChangeBus | None = None,
         worker: WorkerRole | None = None,
+        gate: BalGate | None = None,
     ) -> None:
         """`sockets`: listening sockets bound already, by the setting naming their port
-        (`imap.port`); `bus`: the registry's change bus (default: the database's)."""
+        (`imap.port`); `bus`: the registry's change bus (default: the database's); `gate`:
+        the holds of cut-overs (default: this process's alone)."""
         self.settings = settings
         self._sockets = dict(sockets or {})
         self._bus = bus
@@ -179,7 +181,7 @@ class Gateway:
         self.migrations: Migrations | None = None
         migration = settings.migration
         # the node's holds and sessions by BAL, for cut-overs (every front asks it)
-        self.gate = BalGate(max_wait=migration.hold_max, drain_wait=migration.drain_max)
+        self.gate = gate or BalGate(max_wait=migration.hold_max, drain_wait=migration.drain_max)
 
     async def open_registry(self) -> DelegationService:
         """Migrate and open the delegation registry (before `start`, to seed it)."""

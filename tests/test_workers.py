@@ -3,7 +3,8 @@ the demo keeps its mock operator in the supervisor's process while two workers a
 the gateway's ports; IMAP logins land on both; a revocation through /v1, answered by
 whichever worker, ends the delegate's sessions on both (a local channel on SQLite,
 LISTEN/NOTIFY on PostgreSQL); /metrics sums both workers; SIGTERM ends them all, exit 0.
-`serve`: a worker killed outright is started again, and the node still stops cleanly."""
+`serve`: a worker killed outright is started again, and the node still stops cleanly.
+A migration's write hold reaches every worker (their gates, wired in one process)."""
 
 from __future__ import annotations
 
@@ -12,16 +13,19 @@ import os
 import re
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from gateway.bal_migration.gate import MOVED_BYE, BalGate, Held, Moved
+from gateway.workers.gate import NodeGate
 from tests.conftest import fresh_database
 from tests.imap_raw import Raw
 from tests.support.sasl import xoauth2
-from tests.support.waiting import eventually
+from tests.support.waiting import eventually, until
 from tests.test_cli import DEMO_PORTS, command, wait_for_url
 
 MARTIN = "claire.martin@medecin.mssante.fr"
@@ -198,17 +202,45 @@ async def test_demo_with_two_workers(tmp_path: Path, database: str, nodes: list[
     assert "gateway.drained worker=1" in node.text()
 
 
-async def test_serve_restarts_a_dead_worker(tmp_path: Path, nodes: list[Node]) -> None:
+async def bad_login(port: int) -> bytes:
+    """A login with a token that is none, on a new connection: the tagged reply."""
+    client = await Raw.open(port)
+    tag = client.tag()
+    await client.send(f"{tag} AUTHENTICATE XOAUTH2 {xoauth2(MARTIN, 'no-token')}\r\n".encode())
+    line = await client.line()
+    if line.startswith(b"+"):  # the XOAUTH2 error, to be acknowledged
+        await client.send(b"\r\n")
+        line = await client.line()
+    await client.close()
+    return line
+
+
+async def test_serve_shares_failed_logins_and_restarts_a_dead_worker(
+    tmp_path: Path, nodes: list[Node]
+) -> None:
+    """Two bad logins, on whichever workers: every later attempt is throttled, on both
+    (the failed-login window is the node's). A worker killed outright comes back."""
     env = {
         **WORKERS,
         **{f"LPSGW_{name}__PORT": "0" for name in ("HTTP", "IMAP", "SMTP")},
         "LPSGW_PSC__ACCEPT_ANY_AUDIENCE": "true",
         "LPSGW_DATA_DIR": str(tmp_path / "state"),
+        "LPSGW_LIMITS__MAX_FAILED_LOGINS": "2",
+        "LPSGW_IMAP__AUTH_FAILURE_DELAY": "0",
     }
     node = Node(["serve"], tmp_path, env)
     nodes.append(node)
     imap = node.banner_port("API LPS IMAP (STARTTLS)")
     pids = await node.workers()
+    http_url = re.search(r"gateway\.started http=(\S+)", node.text())
+    assert http_url is not None
+    for _ in range(8):
+        assert b" NO " in await bad_login(imap)
+    async with httpx.AsyncClient(timeout=10) as http:
+        metric = 'lpsgw_logins_total{{protocol="imap",result="{}"}}'
+        assert await sample(http, http_url.group(1), metric.format("authentication")) == 2
+        assert await sample(http, http_url.group(1), metric.format("throttled")) == 6
+
     os.kill(pids[0], signal.SIGKILL)
     restarted = await node.line(
         re.compile(r"workers\.restarted worker=0 pid=(\d+)"), "worker 0 started again"
@@ -219,3 +251,74 @@ async def test_serve_restarts_a_dead_worker(tmp_path: Path, nodes: list[Node]) -
     assert listening_pids(imap, {replacement, pids[1]}) == {replacement, pids[1]}
     assert await node.terminated() == 0, node.text()
     assert gone([*pids, replacement])
+
+
+BAL = "jean.dupont@medecin.mssante.fr"
+
+
+class _Session:
+    def __init__(self) -> None:
+        self.told: list[str] = []
+
+    def kick(self, reason: str) -> None:
+        self.told.append(reason)
+
+
+def gates_of_a_node(count: int) -> list[NodeGate]:
+    """The gates of `count` workers, wired as the supervisor wires them (a message to the
+    worker it names, or to every other one), in this process."""
+    gates: list[NodeGate] = []
+
+    def sender(index: int) -> Callable[[dict[str, Any]], None]:
+        def send(message: dict[str, Any]) -> None:
+            message = {**message, "from": index}
+            loop = asyncio.get_running_loop()
+            for other, gate in enumerate(gates):
+                if other != index and message.get("to") in (None, other):
+                    loop.call_soon(gate.received, message)
+
+        return send
+
+    gates.extend(NodeGate(sender(i), i, count, max_wait=5, drain_wait=1) for i in range(count))
+    return gates
+
+
+async def test_a_cut_over_holds_the_bal_in_every_worker() -> None:
+    """The hold waits for another worker's change under way, holds that worker's new
+    changes, and the move ends its sessions and turns its waiting changes away."""
+    holder, other = gates_of_a_node(2)
+    session = _Session()
+    other.add(BAL, session)
+    other.begin(BAL)  # a change on its way to the old backend, in the other worker
+    entered, moving = asyncio.Event(), asyncio.Event()
+
+    async def cut_over() -> None:
+        async with holder.hold(BAL) as held:
+            entered.set()
+            await moving.wait()
+            held.moved()
+
+    cutting = asyncio.create_task(cut_over())
+    await until(lambda: other.held(BAL), "the other worker holds the BAL")
+    assert not entered.is_set(), "the hold waits for the other worker's change"
+    other.done(BAL)
+    await asyncio.wait_for(entered.wait(), 5)
+    waiting = asyncio.create_task(other.passage(BAL))
+    await until(lambda: other.waiting(BAL) == 1, "the other worker's change waits")
+    moving.set()
+    await cutting
+    with pytest.raises(Moved):
+        await waiting
+    assert session.told == [MOVED_BYE]
+    assert other.epoch(BAL) == 1
+    await until(lambda: not other.held(BAL), "the other worker released")
+
+
+async def test_a_hold_another_worker_cannot_take_is_refused() -> None:
+    holder, other = gates_of_a_node(2)
+    async with BalGate.hold(other, BAL):  # held there already (its own cut-over)
+        with pytest.raises(Held, match="not held in every worker"):
+            async with holder.hold(BAL):
+                pytest.fail("held")
+    assert not holder.held(BAL)
+    await other.aclose()

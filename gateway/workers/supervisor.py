@@ -240,11 +240,13 @@ class Node:
             self._pass_on(message, worker.index)
 
     def _pass_on(self, message: Message, source: int | None) -> None:
-        """A worker's message to every other one (`source` None: this process's)."""
+        """A worker's message to the one it names (`to`), or to every other one (`source`
+        None: this process's)."""
         if source is not None:
             message = {**message, "from": source}
+        to = message.get("to")
         for worker in self._workers.values():
-            if worker.index != source:
+            if worker.index != source and to in (None, worker.index):
                 worker.channel.send(message)
 
     def _from_supervisor(self, message: Message) -> None:
@@ -255,6 +257,7 @@ class Node:
         code = await worker.process.wait()
         await worker.channel.close()
         pid = worker.process.pid
+        self._pass_on({"t": "gone", "worker": worker.index}, None)  # its holds end
         if self._metrics_dir is not None:
             multiprocess.mark_process_dead(pid, self._metrics_dir)  # type: ignore[no-untyped-call]
         if self._stopping:

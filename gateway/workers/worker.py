@@ -6,6 +6,7 @@ when the supervisor is gone (its channel closed): no worker outlives its node.""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import pickle
@@ -18,6 +19,8 @@ from gateway.runtime.lifecycle import run_command, run_until_signalled
 from gateway.runtime.logs import configure_logging
 from gateway.settings import Settings
 from gateway.workers.channel import Channel, RelayBus
+from gateway.workers.gate import NodeGate
+from gateway.workers.throttle import NodeThrottle
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +61,28 @@ async def _serve(spec: dict[str, Any], settings: Settings) -> None:
     admin = socket.socket(fileno=spec["admin"]) if spec["admin"] is not None else None
     bus = None if is_postgresql(settings.database()) else RelayBus(channel.send)
     role = WorkerRole(spec["index"], spec["count"], admin)
-    gateway = Gateway(settings, sockets=sockets, bus=bus, worker=role)
+    migration = settings.migration
+    gate = NodeGate(
+        channel.send,
+        role.index,
+        role.count,
+        max_wait=migration.hold_max,
+        drain_wait=migration.drain_max,
+    )
+    gateway = Gateway(settings, sockets=sockets, bus=bus, worker=role, gate=gate)
+    limits = settings.limits
+    throttle = NodeThrottle(channel.send, limits.max_failed_logins, limits.failed_login_window)
+    gateway.limits = dataclasses.replace(gateway.limits, logins=throttle)  # before start
 
     async def listen() -> None:
         while (message := await channel.receive()) is not None:
-            if message.get("t") == "event" and bus is not None:
-                bus.received(message.get("event"))
+            if message.get("t") == "event":
+                if bus is not None:
+                    bus.received(message.get("event"))
+            elif message.get("t") == "failed":
+                throttle.received(message)
+            else:
+                gate.received(message)
         log.warning("workers.supervisor_gone")
         os.kill(os.getpid(), signal.SIGTERM)  # stop as on a signal: drain, then stop
 
@@ -76,6 +95,7 @@ async def _serve(spec: dict[str, Any], settings: Settings) -> None:
         await run_until_signalled([gateway], ready)
     finally:
         listening.cancel()
+        await gate.aclose()
         await channel.close()
 
 
