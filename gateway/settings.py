@@ -167,7 +167,9 @@ class HttpSettings(_Section):
     request_timeout: float = Field(
         default=30.0, gt=0, description="seconds a client may take to send a whole request"
     )
-    max_connections: int = Field(default=1000, ge=1, description="open at once; 503 beyond")
+    max_connections: int = Field(
+        default=1000, ge=1, description="open at once, per worker; 503 beyond"
+    )
     forwarded_allow_ips: list[str] = Field(
         default_factory=list,
         description="reverse proxies (CIDR) whose X-Forwarded-For / X-Forwarded-Proto count: "
@@ -203,9 +205,10 @@ class ServerSettings(_Section):
     delegation change, an expiry, a move and a migration's write hold reach the sessions of
     every worker (PostgreSQL LISTEN/NOTIFY, or the supervisor's local channel on SQLite),
     and `/metrics` on any worker is the node's (sums over the workers). Per worker: the
-    caps of `[limits]`, `[imap]` and `[smtp]` (connections, per address, per person, the
-    failed-login windows) and the backends' connections; per node: everything in the
-    database (registry, audit, usage, migrations) and the metrics."""
+    connection caps of `[http]`, `[imap]` and `[smtp]` (`max_connections`, per address, per
+    person: with N workers a node takes up to N times each), the decision cache and
+    the backends' connections; per node: the failed-login windows of `[limits]`, the
+    metrics, and everything in the database (registry, audit, usage, migrations)."""
 
     workers: int = Field(
         default=0,
@@ -226,8 +229,8 @@ class ServerSettings(_Section):
 
 
 class LimitsSettings(_Section):
-    """Caps on what one source address can hold or try, counted per worker process (see
-    `[server] workers`: with N workers, an address may hold up to N times the cap). Logged-in
+    """Failed logins one source address or person may make, counted per node (its workers
+    tell each other each failure: see `[server] workers`). Logged-in
     sessions are never capped per address: a practice behind one NAT address opens one IMAP
     session per delegated BAL."""
 
@@ -336,12 +339,16 @@ class ImapFrontSettings(_BehindLoadBalancer):
     preauth_timeout: float = Field(
         default=60.0, gt=0, description="seconds from connection to login, in all"
     )
-    max_connections: int = Field(default=10_000, ge=1, description="open at once")
+    max_connections: int = Field(default=10_000, ge=1, description="open at once, per worker")
     max_preauth_per_address: int = Field(
-        default=20, ge=1, description="connections not yet logged in, per source address"
+        default=20,
+        ge=1,
+        description="connections not yet logged in, per source address, per worker",
     )
     max_sessions_per_person: int = Field(
-        default=100, ge=1, description="logged-in sessions of one idNat (all BAL together)"
+        default=100,
+        ge=1,
+        description="logged-in sessions of one idNat (all BAL together), per worker",
     )
     idle_timeout: float = Field(default=1800.0, gt=0, description="seconds of silence after login")
     write_timeout: float = Field(
@@ -373,12 +380,14 @@ class SmtpFrontSettings(_BehindLoadBalancer):
     write_timeout: float = Field(
         default=120.0, gt=0, description="seconds a reply may wait for the client to read it"
     )
-    max_connections: int = Field(default=10_000, ge=1, description="open at once")
+    max_connections: int = Field(default=10_000, ge=1, description="open at once, per worker")
     max_preauth_per_address: int = Field(
-        default=20, ge=1, description="connections not yet authenticated, per source address"
+        default=20,
+        ge=1,
+        description="connections not yet authenticated, per source address, per worker",
     )
     max_sessions_per_person: int = Field(
-        default=100, ge=1, description="authenticated sessions of one idNat"
+        default=100, ge=1, description="authenticated sessions of one idNat, per worker"
     )
 
 
