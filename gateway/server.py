@@ -102,7 +102,7 @@ def check_settings(settings: Settings) -> None:
 class WorkerRole:
     """This gateway is worker `index` of a node's `count` (`gateway.workers`): the
     supervisor migrated the database and bound the listening sockets. Worker 0 alone
-    resumes the trailing syncs and answers the local administrator's commands, on
+    purges, resumes the trailing syncs and answers the local administrator's commands, on
     `admin_socket`, a loopback listener of its own (`admin.url`): `lps-gateway migrate`
     follows its jobs on the worker that runs them."""
 
@@ -330,10 +330,11 @@ class Gateway:
                 extra={"hint": "no mailboxes: run lps-gateway directory import FILE"},
             )
         assert self._engine is not None
-        self.purger = Purger(
-            self._engine, retention_rules(self.settings), self.settings.audit.purge_interval
-        )
-        self.purger.start()
+        if self.worker is None or self.worker.leader:  # one purge a node is enough
+            self.purger = Purger(
+                self._engine, retention_rules(self.settings), self.settings.audit.purge_interval
+            )
+            self.purger.start()
         await self._publish_admin_url(app, guarded, port)
         log.info(
             "gateway.started",

@@ -264,7 +264,7 @@ class Node:
             if code != 0:
                 self.failed = True
                 log.error(
-                    "workers.failed", extra={"worker": worker.index, "pid": pid, "code": code}
+                    "workers.failed", extra={"worker": worker.index, "pid": pid, "status": code}
                 )
             return
         if not self._started:
@@ -275,7 +275,7 @@ class Node:
         delay = RESTART_MIN if lived >= STABLE else worker.delay
         log.error(
             "workers.died",
-            extra={"worker": worker.index, "pid": pid, "code": code, "restart_in": delay},
+            extra={"worker": worker.index, "pid": pid, "status": code, "restart_in": delay},
         )
         await asyncio.sleep(delay)
         if self._stopping or self._workers.get(worker.index) is not worker:
