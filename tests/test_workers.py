@@ -219,7 +219,8 @@ async def test_serve_shares_failed_logins_and_restarts_a_dead_worker(
     tmp_path: Path, nodes: list[Node]
 ) -> None:
     """Two bad logins, on whichever workers: every later attempt is throttled, on both
-    (the failed-login window is the node's). A worker killed outright comes back."""
+    (the failed-login window is the node's). A worker killed outright comes back, with
+    the local administrator's listener when it is worker 0."""
     env = {
         **WORKERS,
         **{f"LPSGW_{name}__PORT": "0" for name in ("HTTP", "IMAP", "SMTP")},
@@ -249,6 +250,13 @@ async def test_serve_shares_failed_logins_and_restarts_a_dead_worker(
     assert "workers.died worker=0" in node.text()
     assert replacement not in pids
     assert listening_pids(imap, {replacement, pids[1]}) == {replacement, pids[1]}
+    admin = [command("lps-gateway"), "admin", "status", "--data", str(tmp_path / "state")]
+    status = await asyncio.to_thread(
+        subprocess.run, admin, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert status.returncode == 0, status.stderr
+    answered = re.compile(r'"GET /admin/status HTTP/1\.1" 200 .*worker=(\d)')
+    assert (await node.line(answered, "the command answered")).group(1) == "0"
     assert await node.terminated() == 0, node.text()
     assert gone([*pids, replacement])
 
