@@ -39,14 +39,15 @@ class Node:
 
     def __init__(self, args: list[str], cwd: Path, env: dict[str, str]) -> None:
         self.log = cwd / "node.log"
-        self.process = subprocess.Popen(
-            [command("lps-gateway"), *args],
-            cwd=cwd,
-            env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200", **env},
-            stdout=subprocess.PIPE,
-            stderr=self.log.open("w"),
-            text=True,
-        )
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(
+                [command("lps-gateway"), *args],
+                cwd=cwd,
+                env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200", **env},
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+            )
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -83,6 +84,8 @@ class Node:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
 
 
 @pytest.fixture
