@@ -101,14 +101,13 @@ def check_settings(settings: Settings) -> None:
 @dataclasses.dataclass(frozen=True)
 class WorkerRole:
     """This gateway is worker `index` of a node's `count` (`gateway.workers`): the
-    supervisor migrated the database and bound the listening sockets. Worker 0 alone
-    purges, resumes the trailing syncs and answers the local administrator's commands, on
-    `admin_socket`, a loopback listener of its own (`admin.url`): `lps-gateway migrate`
-    follows its jobs on the worker that runs them."""
+    supervisor migrated the database and bound the listening sockets. Every worker serves
+    IMAP and SMTP; worker 0 alone serves HTTP (the pages' and the historic web services'
+    sessions, the migration jobs and CIBA requests under way live in its memory), purges
+    and resumes the trailing syncs."""
 
     index: int
     count: int
-    admin_socket: socket.socket | None = None
 
     @property
     def leader(self) -> bool:
@@ -148,7 +147,6 @@ class Gateway:
         self._sockets = dict(sockets or {})
         self._bus = bus
         self.worker = worker
-        self._admin: AsgiServer | None = None
         self._validator = validator
         self.validator: TokenValidator | None = None
         self.delegations: DelegationService | None = None
@@ -245,6 +243,41 @@ class Gateway:
         if cards.ca_file is not None:
             self.cards = CardVerifier.from_files(cards.ca_file, cards.crl_file)
         self.validator = self._validator or TokenValidator(self.settings.psc)
+        leader = self.worker is None or self.worker.leader
+        if leader:
+            await self._start_http(service)
+        await self._start_fronts(service, self.validator)
+        if self.migrations is not None:
+            await self.migrations.resume()  # trailing syncs of unfinished cut-overs
+        self._expiry = asyncio.create_task(service.expire_forever(interval=1.0))
+        if leader and not await service.any_mailbox():
+            log.warning(
+                "registry.empty",
+                extra={"hint": "no mailboxes: run lps-gateway directory import FILE"},
+            )
+        assert self._engine is not None
+        if leader:  # one purge a node is enough
+            self.purger = Purger(
+                self._engine, retention_rules(self.settings), self.settings.audit.purge_interval
+            )
+            self.purger.start()
+        if self._http is not None:
+            self._admin_url = admin_secret.loopback_url(self.settings.http.host, self.http_port)
+            admin_secret.publish_url(self.settings.data_dir, self._admin_url)
+        log.info(
+            "gateway.started",
+            extra={
+                "http": self.http_url if self._http is not None else None,
+                "ops": self.ops_url,
+                "imap": self.imap.port if self.imap else None,
+                "smtp": self.smtp.port if self.smtp else None,
+            },
+        )
+
+    async def _start_http(self, service: DelegationService) -> None:
+        """The HTTP listeners (API, pages, historic web services, operations) and what
+        only they use: the readiness checks, the migration jobs, the legacy front."""
+        assert self.validator is not None
         http, ops = self.settings.http, self.settings.ops
         sock = self._listen(http.host, http.port, "http.port")
         try:
@@ -320,44 +353,6 @@ class Gateway:
         await self._http.start()
         if self._ops is not None:
             await self._ops.start()
-        await self._start_fronts(service, self.validator)
-        if self.migrations is not None and (self.worker is None or self.worker.leader):
-            await self.migrations.resume()  # trailing syncs of unfinished cut-overs
-        self._expiry = asyncio.create_task(service.expire_forever(interval=1.0))
-        if not await service.any_mailbox():
-            log.warning(
-                "registry.empty",
-                extra={"hint": "no mailboxes: run lps-gateway directory import FILE"},
-            )
-        assert self._engine is not None
-        if self.worker is None or self.worker.leader:  # one purge a node is enough
-            self.purger = Purger(
-                self._engine, retention_rules(self.settings), self.settings.audit.purge_interval
-            )
-            self.purger.start()
-        await self._publish_admin_url(app, guarded, port)
-        log.info(
-            "gateway.started",
-            extra={
-                "http": self.http_url,
-                "ops": self.ops_url,
-                "imap": self.imap.port if self.imap else None,
-                "smtp": self.smtp.port if self.smtp else None,
-            },
-        )
-
-    async def _publish_admin_url(self, app: ASGIApp, guarded: Any, port: int) -> None:
-        """`admin.url`, where the local administrator's commands reach this gateway: its
-        HTTP listener; on a node of several workers, worker 0's own loopback listener."""
-        if self.worker is None:
-            self._admin_url = admin_secret.loopback_url(self.settings.http.host, port)
-        elif self.worker.admin_socket is not None:
-            self._admin = guarded(app, self.worker.admin_socket)
-            await self._admin.start()
-            host = self.worker.admin_socket.getsockname()[0]
-            self._admin_url = admin_secret.loopback_url(host, self._admin.port)
-        if self._admin_url is not None:
-            admin_secret.publish_url(self.settings.data_dir, self._admin_url)
 
     async def _start_fronts(self, service: DelegationService, validator: TokenValidator) -> None:
         settings = self.settings
@@ -678,7 +673,7 @@ class Gateway:
             await self._stop_serving()
         finally:
             await self._stop_recording()
-        for listener in (self._http, self._ops, self._legacy_tls, self._admin):
+        for listener in (self._http, self._ops, self._legacy_tls):
             if listener is not None:
                 await listener.stop()
         if self.backends is not None:

@@ -167,9 +167,7 @@ class HttpSettings(_Section):
     request_timeout: float = Field(
         default=30.0, gt=0, description="seconds a client may take to send a whole request"
     )
-    max_connections: int = Field(
-        default=1000, ge=1, description="open at once, per worker; 503 beyond"
-    )
+    max_connections: int = Field(default=1000, ge=1, description="open at once; 503 beyond")
     forwarded_allow_ips: list[str] = Field(
         default_factory=list,
         description="reverse proxies (CIDR) whose X-Forwarded-For / X-Forwarded-Proto count: "
@@ -201,14 +199,15 @@ class OpsSettings(_Section):
 
 class ServerSettings(_Section):
     """How many processes serve the node. The supervisor (`serve`, `demo`) binds every
-    listening socket, then starts `workers` gateway processes that accept on them; a
-    delegation change, an expiry, a move and a migration's write hold reach the sessions of
-    every worker (PostgreSQL LISTEN/NOTIFY, or the supervisor's local channel on SQLite),
-    and `/metrics` on any worker is the node's (sums over the workers). Per worker: the
-    connection caps of `[http]`, `[imap]` and `[smtp]` (`max_connections`, per address, per
-    person: with N workers a node takes up to N times each), the decision cache and
-    the backends' connections; per node: the failed-login windows of `[limits]`, the
-    metrics, and everything in the database (registry, audit, usage, migrations)."""
+    listening socket, then starts `workers` gateway processes: IMAP and SMTP on every one,
+    HTTP on the first alone (the pages' and historic services' sessions live in its
+    memory). A delegation change, an expiry, a move and a migration's write hold reach the
+    sessions of every worker (PostgreSQL LISTEN/NOTIFY, or the supervisor's local channel
+    on SQLite), and `/metrics` is the node's (sums over the workers). Per worker: the caps
+    of `[imap]` and `[smtp]` (`max_connections`, per address, per person: with N workers a
+    node takes up to N times each), the decision cache and the backends' connections; per
+    node: `[http] max_connections`, the failed-login windows of `[limits]`, the metrics,
+    and everything in the database (registry, audit, usage, migrations)."""
 
     workers: int = Field(
         default=0,

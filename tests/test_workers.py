@@ -1,7 +1,7 @@
 """A node of several worker processes (`[server] workers = 2`), real processes on ports 0:
 the demo keeps its mock operator in the supervisor's process while two workers accept on
-the gateway's ports; IMAP logins land on both; a revocation through /v1, answered by
-whichever worker, ends the delegate's sessions on both (a local channel on SQLite,
+the gateway's IMAP and SMTP ports, HTTP on worker 0 alone; IMAP logins land on both; a
+revocation through /v1 ends the delegate's sessions on both (a local channel on SQLite,
 LISTEN/NOTIFY on PostgreSQL); /metrics sums both workers; SIGTERM ends them all, exit 0.
 `serve`: a worker killed outright is started again, and the node still stops cleanly.
 A migration's write hold reaches every worker (their gates, wired in one process)."""
@@ -156,9 +156,11 @@ async def test_demo_with_two_workers(tmp_path: Path, database: str, nodes: list[
     mock_port = int(mock.rsplit(":", 1)[1])
     assert listening_pids(mock_port, {parent, *pids}) == {parent}, "the mock: one process"
     assert set(pids) <= listening_pids(imap, {parent, *pids}), "each worker accepts"
-    http_url = re.search(r"gateway\.started http=(\S+)", node.text())
+    http_url = re.search(r"gateway\.started http=(http://\S+)", node.text())
     assert http_url is not None
     api = http_url.group(1)
+    http_port = int(api.rsplit(":", 1)[1])
+    assert listening_pids(http_port, {parent, *pids}) == {parent, pids[0]}, "HTTP: worker 0"
 
     async with httpx.AsyncClient(timeout=10) as http:
 
@@ -193,7 +195,7 @@ async def test_demo_with_two_workers(tmp_path: Path, database: str, nodes: list[
         (delegation,) = [d for d in listed if d["delegate"]["idnat"] == BERNARD]
         revoked = await http.delete(f"{url}/{delegation['id']}", headers=holder)
         assert revoked.status_code == 200, revoked.text
-        for client in sessions:  # on both workers: one of them did not answer the DELETE
+        for client in sessions:  # on both workers: worker 1 hears of it from worker 0
             line = await client.line(wait=10)
             assert line.startswith(b"* BYE"), line
             assert b"revoked" in line, line
@@ -221,9 +223,9 @@ async def bad_login(port: int) -> bytes:
 async def test_serve_shares_failed_logins_and_restarts_a_dead_worker(
     tmp_path: Path, nodes: list[Node]
 ) -> None:
-    """Two bad logins, on whichever workers: every later attempt is throttled, on both
-    (the failed-login window is the node's). A worker killed outright comes back, with
-    the local administrator's listener when it is worker 0."""
+    """Two bad logins, on whichever workers: later attempts are throttled, on both (the
+    failed-login window is the node's: each worker is told the other's failures). A
+    worker killed outright comes back, with the HTTP listener when it is worker 0."""
     env = {
         **WORKERS,
         **{f"LPSGW_{name}__PORT": "0" for name in ("HTTP", "IMAP", "SMTP")},
@@ -231,19 +233,29 @@ async def test_serve_shares_failed_logins_and_restarts_a_dead_worker(
         "LPSGW_DATA_DIR": str(tmp_path / "state"),
         "LPSGW_LIMITS__MAX_FAILED_LOGINS": "2",
         "LPSGW_IMAP__AUTH_FAILURE_DELAY": "0",
+        "LPSGW_LOG__LEVEL": "DEBUG",
     }
     node = Node(["serve"], tmp_path, env)
     nodes.append(node)
     imap = node.banner_port("API LPS IMAP (STARTTLS)")
     pids = await node.workers()
-    http_url = re.search(r"gateway\.started http=(\S+)", node.text())
+    http_url = re.search(r"gateway\.started http=(http://\S+)", node.text())
     assert http_url is not None
-    for _ in range(8):
-        assert b" NO " in await bad_login(imap)
+    api = http_url.group(1)
+    metric = 'lpsgw_logins_total{{protocol="imap",result="{}"}}'
     async with httpx.AsyncClient(timeout=10) as http:
-        metric = 'lpsgw_logins_total{{protocol="imap",result="{}"}}'
-        assert await sample(http, http_url.group(1), metric.format("authentication")) == 2
-        assert await sample(http, http_url.group(1), metric.format("throttled")) == 6
+
+        async def told() -> bool:
+            """Each failure so far is known to both workers: the next attempt meets the
+            same window wherever it lands."""
+            failures = await sample(http, api, metric.format("authentication"))
+            return node.text().count("workers.failed_login_heard") == failures
+
+        while {"0", "1"} - set(re.findall(r"login_throttled .*worker=(\d)", node.text())):
+            assert await sample(http, api, metric.format("throttled")) < 30, node.text()
+            assert b" NO " in await bad_login(imap)
+            await eventually(told, "the failure told to the other worker")
+        assert await sample(http, api, metric.format("authentication")) == 2
 
     os.kill(pids[0], signal.SIGKILL)
     restarted = await node.line(
@@ -260,6 +272,8 @@ async def test_serve_shares_failed_logins_and_restarts_a_dead_worker(
     assert status.returncode == 0, status.stderr
     answered = re.compile(r'"GET /admin/status HTTP/1\.1" 200 .*worker=(\d)')
     assert (await node.line(answered, "the command answered")).group(1) == "0"
+    http_port = int(http_url.group(1).rsplit(":", 1)[1])
+    assert listening_pids(http_port, {replacement, pids[1]}) == {replacement}
     assert await node.terminated() == 0, node.text()
     assert gone([*pids, replacement])
 

@@ -1,13 +1,15 @@
 """The supervisor of a node of several workers (`[server] workers` > 1).
 
-It migrates the database, binds every listening socket the settings name (one per worker
-and listener, all on the same port with SO_REUSEPORT, so that port 0 gives every worker
-the same port and the kernel spreads the connections over the workers), then starts the
-workers: fresh interpreters (`python -m gateway.workers.worker`, safe whatever threads and
-event loop this process runs, the demo's mock operator included), each handed its sockets,
-its settings and one end of a channel. On SQLite it relays what the workers tell each
-other (change events, failed logins, a migration's holds); on PostgreSQL the change
-events go through LISTEN/NOTIFY as between nodes.
+It migrates the database, binds every listening socket the settings name, then starts
+the workers: fresh interpreters (`python -m gateway.workers.worker`, safe whatever threads
+and event loop this process runs, the demo's mock operator included), each handed its
+sockets, its settings and one end of a channel. IMAP and SMTP: one socket per worker, all
+on the same port with SO_REUSEPORT (port 0 gives every worker the same port, and the
+kernel spreads the connections over the workers). HTTP (the API, the pages, the historic
+web services, operations): worker 0 alone, since the pages' and the historic services'
+sessions, CIBA requests and migration jobs live in its memory. It passes on what the
+workers tell each other (a migration's holds, failed logins, and on SQLite the change
+events; on PostgreSQL those go through LISTEN/NOTIFY, as between nodes).
 
 A worker that dies is logged and started again on the same sockets (after 1 s, doubling
 up to 30 s while it keeps dying young); one that fails while the node starts fails the
@@ -53,6 +55,9 @@ STABLE = 30.0  # a worker that lived this long had nothing wrong at start: resta
 
 class NodeFailed(Exception):
     """A worker could not start (its own error is on stderr): neither can the node."""
+
+
+EVERY_WORKER = frozenset({"imap.port", "imap.implicit_tls_port", "smtp.port"})
 
 
 def listeners(settings: Settings) -> list[tuple[str, str, int]]:
@@ -101,7 +106,6 @@ class Node:
         self.ports: dict[str, int] = {}
         self.failed = False  # a worker exited with an error: the node's exit status says so
         self._sockets: dict[str, list[socket.socket]] = {}
-        self._admin: socket.socket | None = None
         self._workers: dict[int, _Worker] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Event()
@@ -174,30 +178,24 @@ class Node:
 
     def _bind(self) -> None:
         for setting, host, port in listeners(self.settings):
-            first = bind_tcp(host, port, setting, reuse_port=True)
+            every = setting in EVERY_WORKER
+            first = bind_tcp(host, port, setting, reuse_port=every)
             self._sockets[setting] = [first]
             self.ports[setting] = bound = first.getsockname()[1]
-            for _ in range(self.count - 1):
+            for _ in range(self.count - 1 if every else 0):
                 self._sockets[setting].append(bind_tcp(host, bound, setting, reuse_port=True))
-        # worker 0's own listener for the local administrator's commands (`admin.url`)
-        loopback = "::1" if ":" in self.settings.http.host else "127.0.0.1"
-        self._admin = bind_tcp(loopback, 0, "the local administrator's listener")
 
     async def _spawn(self, index: int) -> None:
-        sockets = {setting: group[index] for setting, group in self._sockets.items()}
-        admin = self._admin if index == 0 else None
+        sockets = {s: group[index] for s, group in self._sockets.items() if index < len(group)}
         ours, theirs = socket.socketpair()
         spec: dict[str, Any] = {
             "index": index,
             "count": self.count,
             "settings": self.settings.model_dump(),
             "sockets": {setting: sock.fileno() for setting, sock in sockets.items()},
-            "admin": admin.fileno() if admin is not None else None,
             "channel": theirs.fileno(),
         }
         fds = [*spec["sockets"].values(), theirs.fileno()]
-        if admin is not None:
-            fds.append(admin.fileno())
         assert self._metrics_dir is not None
         try:
             process = await asyncio.create_subprocess_exec(
@@ -325,5 +323,3 @@ class Node:
         for group in self._sockets.values():
             for sock in group:
                 sock.close()
-        if self._admin is not None:
-            self._admin.close()

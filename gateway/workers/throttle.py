@@ -5,10 +5,13 @@ a failure: it costs no message."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from gateway.runtime.limits import LoginThrottle
 from gateway.workers.channel import Message
+
+log = logging.getLogger(__name__)
 
 
 class NodeThrottle(LoginThrottle):
@@ -25,3 +28,4 @@ class NodeThrottle(LoginThrottle):
         key = message.get("key")
         if isinstance(key, str) and len(key) <= 512:
             super().failed(key)
+            log.debug("workers.failed_login_heard", extra={"from_worker": message.get("from")})

@@ -58,9 +58,8 @@ async def _serve(spec: dict[str, Any], settings: Settings) -> None:
 
     channel = await Channel.open(socket.socket(fileno=spec["channel"]))
     sockets = {setting: socket.socket(fileno=fd) for setting, fd in spec["sockets"].items()}
-    admin = socket.socket(fileno=spec["admin"]) if spec["admin"] is not None else None
     bus = None if is_postgresql(settings.database()) else RelayBus(channel.send)
-    role = WorkerRole(spec["index"], spec["count"], admin)
+    role = WorkerRole(spec["index"], spec["count"])
     migration = settings.migration
     gate = NodeGate(
         channel.send,
