@@ -2,7 +2,8 @@
 the demo keeps its mock operator in the supervisor's process while two workers accept on
 the gateway's IMAP and SMTP ports, HTTP on worker 0 alone; IMAP logins land on both; a
 revocation through /v1 ends the delegate's sessions on both (a local channel on SQLite,
-LISTEN/NOTIFY on PostgreSQL); /metrics sums both workers; SIGTERM ends them all, exit 0.
+LISTEN/NOTIFY on PostgreSQL); /metrics sums both workers; a cut-over run by worker 0
+holds the BAL in worker 1 too; SIGTERM ends them all, exit 0.
 `serve`: a worker killed outright is started again, and the node still stops cleanly.
 A migration's write hold reaches every worker (their gates, wired in one process)."""
 
@@ -29,6 +30,7 @@ from tests.support.waiting import eventually, until
 from tests.test_cli import DEMO_PORTS, command, wait_for_url
 
 MARTIN = "claire.martin@medecin.mssante.fr"
+DUPONT = "jean.dupont@medecin.mssante.fr"
 BERNARD = "899700000003"
 WORKERS = {"LPSGW_SERVER__WORKERS": "2", "LPSGW_LOG__AUDIT_TO_LOG": "true"}
 STARTED = re.compile(r"workers\.started workers=2 pids=\[(\d+), (\d+)\]")
@@ -139,6 +141,22 @@ async def sample(http: httpx.AsyncClient, url: str, name: str) -> float:
     return float(found.group(1))
 
 
+async def cut_over(data: Path) -> None:
+    """`lps-gateway migrate copy`, then `cutover`, of Dr DUPONT's historic BAL to the
+    modern platform, as the operator runs them against the node."""
+    for action in ("copy", "cutover"):
+        args = [command("lps-gateway"), "migrate", action, DUPONT, "--to", "modern"]
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [*args, "--data", str(data), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     async with fresh_database(request.param, tmp_path) as url:
@@ -201,6 +219,10 @@ async def test_demo_with_two_workers(tmp_path: Path, database: str, nodes: list[
             assert b"revoked" in line, line
             await client.close()
 
+    if database.startswith("sqlite"):  # the same channel on PostgreSQL: once is enough
+        await cut_over(tmp_path / "state")
+        held = re.search(rf"migration\.held bal={DUPONT} for_worker=0 .*worker=1", node.text())
+        assert held is not None, "worker 0's cut-over held the BAL in worker 1"
     assert await node.terminated() == 0, node.text()
     assert gone(pids), "no worker outlives its node"
     assert "gateway.drained worker=0" in node.text()
@@ -278,7 +300,7 @@ async def test_serve_shares_failed_logins_and_restarts_a_dead_worker(
     assert gone([*pids, replacement])
 
 
-BAL = "jean.dupont@medecin.mssante.fr"
+BAL = DUPONT
 
 
 class _Session:

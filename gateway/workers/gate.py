@@ -126,6 +126,7 @@ class NodeGate(BalGate):
             async with super().hold(bal) as handle:
                 kept.handle = handle
                 self._send({**answer, "ok": True})
+                log.info("migration.held", extra={"bal": bal, "for_worker": kept.source})
                 await kept.released.wait()
         except Held as refused:
             self._send({**answer, "ok": False, "reason": str(refused)})
