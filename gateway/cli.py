@@ -18,6 +18,7 @@ from gateway.runtime.tls import dev_certificate
 from gateway.settings import BackendSettings, CardSettings, Settings, load_settings
 
 if TYPE_CHECKING:
+    from delegation.events import ChangeBus
     from gateway.server import Gateway
     from gateway.workers.supervisor import Node
     from mock_operator.server import MockOperator
@@ -696,7 +697,7 @@ async def _demo(settings: Settings, node: Gateway | Node) -> None:
     await run_until_signalled([mock, _Configured()], announce)
 
 
-def _bus_of(node: Node) -> Any:
+def _bus_of(node: Node) -> ChangeBus | None:
     """The registry's bus of the supervisor's process: its relay on SQLite."""
     return node.bus if node.relays else None
 

@@ -8,7 +8,6 @@ the defaults below. The mock operator reads its own section, `[mock]`, from the 
 from __future__ import annotations
 
 import ipaddress
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -21,6 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from gateway.runtime.cores import available_cores
 from gateway.runtime.tls import DEFAULT_CIPHERS, check_ciphers
 from psc_auth.config import ValidatorConfig
 
@@ -214,17 +214,13 @@ class ServerSettings(_Section):
         ge=0,
         le=256,
         description="gateway processes of the node, sharing its listening sockets; 0: one "
-        "per core this process may run on; 1: a single process, no supervisor",
+        "per core this process may use (its CPU affinity, its cgroup's CPU quota); 1: a "
+        "single process, no supervisor",
     )
 
     def count(self) -> int:
         """The number of worker processes to run (`workers`, or the cores)."""
-        if self.workers:
-            return self.workers
-        try:
-            return len(os.sched_getaffinity(0)) or 1
-        except AttributeError:  # pragma: no cover (not Linux)
-            return os.cpu_count() or 1
+        return self.workers or available_cores()
 
 
 class LimitsSettings(_Section):

@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from gateway.bal_migration.gate import MOVED_BYE, BalGate, Held, Moved
+from gateway.runtime.cores import available_cores
 from gateway.workers.gate import NodeGate
 from tests.conftest import fresh_database
 from tests.imap_raw import Raw
@@ -369,3 +370,17 @@ async def test_a_hold_another_worker_cannot_take_is_refused() -> None:
                 pytest.fail("held")
     assert not holder.held(BAL)
     await other.aclose()
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "expected"),
+    [("150000 100000\n", 2), ("50000 100000\n", 1), ("max 100000\n", None), ("", None)],
+)
+def test_workers_by_default_one_per_core_the_quota_allows(
+    tmp_path: Path, cpu_max: str, expected: int | None
+) -> None:
+    """A container's CPU quota (cgroup v2 cpu.max), rounded up, caps the cores counted."""
+    path = tmp_path / "cpu.max"
+    path.write_text(cpu_max)
+    cores = len(os.sched_getaffinity(0))
+    assert available_cores(path) == min(cores, expected or cores)

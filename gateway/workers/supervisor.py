@@ -278,7 +278,13 @@ class Node:
         await asyncio.sleep(delay)
         if self._stopping or self._workers.get(worker.index) is not worker:
             return
-        await self._spawn(worker.index)
+        try:
+            await self._spawn(worker.index)
+        except Exception:  # the node cannot make itself whole: let its orchestrator
+            log.exception("workers.restart_failed", extra={"worker": worker.index})
+            self.failed = True
+            os.kill(os.getpid(), signal.SIGTERM)  # stop as on a signal, exit 1
+            return
         self._workers[worker.index].delay = min(delay * 2, RESTART_MAX)
 
     # -- stop --------------------------------------------------------------------------------
