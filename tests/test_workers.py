@@ -27,6 +27,7 @@ from gateway.workers.gate import NodeGate
 from tests.conftest import fresh_database
 from tests.imap_raw import Raw
 from tests.support.sasl import xoauth2
+from tests.support.smtp_raw import RawSmtp
 from tests.support.waiting import eventually, until
 from tests.test_cli import DEMO_PORTS, command, wait_for_url
 
@@ -261,6 +262,7 @@ async def test_serve_shares_failed_logins_and_restarts_a_dead_worker(
     node = Node(["serve"], tmp_path, env)
     nodes.append(node)
     imap = node.banner_port("API LPS IMAP (STARTTLS)")
+    smtp = node.banner_port("API LPS SMTP (STARTTLS)")
     pids = await node.workers()
     http_url = re.search(r"gateway\.started http=(http://\S+)", node.text())
     assert http_url is not None
@@ -287,7 +289,12 @@ async def test_serve_shares_failed_logins_and_restarts_a_dead_worker(
     replacement = int(restarted.group(1))
     assert "workers.died worker=0" in node.text()
     assert replacement not in pids
-    assert listening_pids(imap, {replacement, pids[1]}) == {replacement, pids[1]}
+    for port in (imap, smtp):
+        assert listening_pids(port, {replacement, pids[1]}) == {replacement, pids[1]}
+    for _ in range(4):  # whichever worker takes it
+        sender = await RawSmtp.open(smtp)
+        await sender.command(b"EHLO lps.example", b"250")
+        await sender.command(b"QUIT", b"221")
     admin = [command("lps-gateway"), "admin", "status", "--data", str(tmp_path / "state")]
     status = await asyncio.to_thread(
         subprocess.run, admin, capture_output=True, text=True, timeout=30, check=False
