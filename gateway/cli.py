@@ -629,6 +629,8 @@ async def _demo(settings: Settings, node: Gateway | Node) -> None:
     # hears the workers' change events through the supervisor (SQLite)
     registry_owner = node if isinstance(node, Gateway) else Gateway(settings, bus=_bus_of(node))
     registry = await registry_owner.open_registry()
+    if not isinstance(node, Gateway):
+        node.migrated = True
     await seed(registry, [dataclasses.asdict(p) for p in default_personas()])
     mock = MockOperator(settings.mock, settings.data_dir / "mock-operator", registry=registry)
     console = Console(soft_wrap=True)

@@ -3,7 +3,7 @@ the demo keeps its mock operator in the supervisor's process while two workers a
 the gateway's IMAP and SMTP ports, HTTP on worker 0 alone; IMAP logins land on both; a
 revocation through /v1 ends the delegate's sessions on both (a local channel on SQLite,
 LISTEN/NOTIFY on PostgreSQL); /metrics sums both workers; a cut-over run by worker 0
-holds the BAL in worker 1 too; SIGTERM ends them all, exit 0.
+holds the BAL in worker 1 too; SIGTERM drains both (`* BYE [UNAVAILABLE]`), exit 0.
 `serve`: a worker killed outright is started again, and the node still stops cleanly.
 A migration's write hold reaches every worker (their gates, wired in one process)."""
 
@@ -30,6 +30,7 @@ from tests.support.sasl import xoauth2
 from tests.support.smtp_raw import RawSmtp
 from tests.support.waiting import eventually, until
 from tests.test_cli import DEMO_PORTS, command, wait_for_url
+from tests.test_shutdown import BYE as SHUTDOWN_BYE
 
 MARTIN = "claire.martin@medecin.mssante.fr"
 DUPONT = "jean.dupont@medecin.mssante.fr"
@@ -143,6 +144,28 @@ async def sample(http: httpx.AsyncClient, url: str, name: str) -> float:
     return float(found.group(1))
 
 
+async def sessions_on_both(node: Node, imap: int, token: str) -> list[Raw]:
+    """IMAP sessions on Dr MARTIN's BAL with `token`, opened until both workers hold one
+    (each login seen in the audit lines before the next)."""
+    before = logins_by_worker(node.text())
+    opened: list[Raw] = []
+
+    def new() -> dict[str, int]:
+        now = logins_by_worker(node.text())
+        return {w: n - before.get(w, 0) for w, n in now.items() if n > before.get(w, 0)}
+
+    async def audited() -> bool:
+        return sum(new().values()) == len(opened)
+
+    while len(new()) < 2:
+        assert len(opened) < 20, "the kernel spreads connections over the workers"
+        client = await Raw.open(imap)
+        await client.ok("AUTHENTICATE XOAUTH2 ", xoauth2(MARTIN, token))
+        opened.append(client)
+        await eventually(audited, "the login audited")
+    return opened
+
+
 async def cut_over(data: Path) -> None:
     """`lps-gateway migrate copy`, then `cutover`, of Dr DUPONT's historic BAL to the
     modern platform, as the operator runs them against the node."""
@@ -189,23 +212,12 @@ async def test_demo_with_two_workers(tmp_path: Path, database: str, nodes: list[
             value: str = answer.json()["access_token"]
             return value
 
-        delegate = await token("sec-bernard")
-        sessions: list[Raw] = []
-
-        async def audited() -> bool:
-            return sum(logins_by_worker(node.text()).values()) == len(sessions)
-
-        while len(logins_by_worker(node.text())) < 2:
-            assert len(sessions) < 20, "the kernel spreads connections over the workers"
-            client = await Raw.open(imap)
-            await client.ok("AUTHENTICATE XOAUTH2 ", xoauth2(MARTIN, delegate))
-            sessions.append(client)
-            await eventually(audited, "the login audited")
+        sessions = await sessions_on_both(node, imap, await token("sec-bernard"))
 
         async def summed() -> bool:
             logins = await sample(http, api, 'lpsgw_logins_total{protocol="imap",result="ok"}')
             open_now = await sample(http, api, 'lpsgw_open_sessions{protocol="imap"}')
-            return logins == open_now == len(sessions)
+            return logins == open_now == len(sessions)  # the first logins of the node
 
         await eventually(summed, "/metrics: both workers' logins and sessions, summed")
 
@@ -221,11 +233,16 @@ async def test_demo_with_two_workers(tmp_path: Path, database: str, nodes: list[
             assert b"revoked" in line, line
             await client.close()
 
-    if database.startswith("sqlite"):  # the same channel on PostgreSQL: once is enough
-        await cut_over(tmp_path / "state")
-        held = re.search(rf"migration\.held bal={DUPONT} for_worker=0 .*worker=1", node.text())
-        assert held is not None, "worker 0's cut-over held the BAL in worker 1"
-    assert await node.terminated() == 0, node.text()
+        if database.startswith("sqlite"):  # the same channel on PostgreSQL: once is enough
+            await cut_over(tmp_path / "state")
+            held = rf"migration\.held bal={DUPONT} for_worker=0 .*worker=1"
+            assert re.search(held, node.text()), "worker 0's cut-over held the BAL in worker 1"
+        holders = await sessions_on_both(node, imap, await token("dr-martin"))
+
+    node.process.send_signal(signal.SIGTERM)
+    for client in holders:  # each worker drains its own
+        assert await client.line(wait=30) == SHUTDOWN_BYE
+    assert await asyncio.to_thread(node.process.wait, 60) == 0, node.text()
     assert gone(pids), "no worker outlives its node"
     assert "gateway.drained worker=0" in node.text()
     assert "gateway.drained worker=1" in node.text()

@@ -105,6 +105,7 @@ class Node:
         self.bus = RelayBus(self._from_supervisor)
         self.ports: dict[str, int] = {}
         self.failed = False  # a worker exited with an error: the node's exit status says so
+        self.migrated = False  # the database is migrated already (the demo's seed did it)
         self._sockets: dict[str, list[socket.socket]] = {}
         self._workers: dict[int, _Worker] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -157,9 +158,10 @@ class Node:
         settings = self.settings
         check_settings(settings)
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        url = settings.database()
-        await migrate(url)
-        await migrate_gateway(url)
+        if not self.migrated:
+            url = settings.database()
+            await migrate(url)
+            await migrate_gateway(url)
         # what each worker would otherwise create at once, racing the others
         if settings.tls.cert is None or settings.tls.key is None:
             ensure_dev_certificate(settings.data_dir)
