@@ -18,7 +18,10 @@ from gateway.runtime.tls import dev_certificate
 from gateway.settings import BackendSettings, CardSettings, Settings, load_settings
 
 if TYPE_CHECKING:
+    from delegation.events import ChangeBus
     from gateway.server import Gateway
+    from gateway.workers.supervisor import Node
+    from mock_operator.server import MockOperator
 
 DEMO_ADMIN = "899700000008"  # persona adm-roux
 
@@ -65,21 +68,42 @@ def _commands() -> None:
 def serve(
     config: Annotated[Path | None, typer.Option(help="TOML configuration file")] = None,
 ) -> None:
-    """Run the gateway alone (every setting also from LPSGW_ environment variables)."""
-    from gateway.server import ConfigurationError, Gateway
+    """Run the gateway alone (every setting also from LPSGW_ environment variables); with
+    `[server] workers` above 1 (the default: one per core), as that many processes."""
+    from gateway.server import Gateway
 
     settings = _settings(config)
     configure_logging(settings.log)
-    gateway = Gateway(settings)
+    node: Gateway | Node = _node(settings) if settings.server.count() > 1 else Gateway(settings)
 
     def announce() -> None:
-        describe_gateway(gateway, Console(soft_wrap=True))
+        describe_gateway(node, Console(soft_wrap=True))
+
+    _run_node(node, run_until_signalled([node], announce))
+
+
+def _node(settings: Settings) -> Node:
+    from gateway.workers.supervisor import Node
+
+    return Node(settings)
+
+
+def _run_node(node: Gateway | Node, main: Any) -> None:
+    """`run_command`, a configuration error or a worker that could not start said in one
+    line (exit 1); exit 1 too when a worker of the node failed to stop cleanly."""
+    from gateway.server import ConfigurationError
+    from gateway.workers.supervisor import Node, NodeFailed
 
     try:
-        run_command("lps-gateway", run_until_signalled([gateway], announce))
+        run_command("lps-gateway", main)
     except ConfigurationError as exc:
         Console(stderr=True).print(f"lps-gateway: configuration error: {exc}", highlight=False)
         raise typer.Exit(1) from None
+    except NodeFailed as exc:
+        Console(stderr=True).print(f"lps-gateway: {exc}", highlight=False, markup=False)
+        raise typer.Exit(1) from None
+    if isinstance(node, Node) and node.failed:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -87,12 +111,16 @@ def demo(
     data: Annotated[Path, typer.Option(help="Data directory")] = Path(".lps-gateway"),
     config: Annotated[Path | None, typer.Option(help="TOML configuration file")] = None,
 ) -> None:
-    """Run the mock operator and the gateway in one process, on the default ports."""
+    """Run the mock operator and the gateway in one process, on the default ports (the
+    gateway in `[server] workers` processes beside it when above 1)."""
     settings = _settings(config, data_dir=data)
     if not settings.admin.idnats:  # the mock's operator administrator, Camille ROUX
         settings.admin.idnats = [DEMO_ADMIN]
     configure_logging(settings.log)
-    run_command("lps-gateway", _demo(settings))
+    from gateway.server import Gateway
+
+    node: Gateway | Node = _node(settings) if settings.server.count() > 1 else Gateway(settings)
+    _run_node(node, _demo(settings, node))
 
 
 @app.command()
@@ -486,7 +514,7 @@ def directory_import(
     raise typer.Exit(code)
 
 
-def describe_gateway(gateway: Gateway, console: Console) -> None:
+def describe_gateway(gateway: Gateway | Node, console: Console) -> None:
     settings = gateway.settings
     console.print(f"[bold]lps-gateway[/] listening on {gateway.http_url}", highlight=False)
     lines = [
@@ -514,7 +542,7 @@ def describe_gateway(gateway: Gateway, console: Console) -> None:
         *([] if gateway.ops_url else [("/metrics", "metrics")]),
         *(
             [("/mss-msg-services/services", "historic web services")]
-            if gateway.legacy is not None
+            if settings.legacy_front.enabled
             else []
         ),
     ]:
@@ -528,7 +556,67 @@ def describe_gateway(gateway: Gateway, console: Console) -> None:
         console.print(f"  {'operations:':<26}{ops}", highlight=False)
 
 
-async def _demo(settings: Settings) -> None:
+def configure_for_mock(settings: Settings, mock: MockOperator) -> None:
+    """The gateway trusts the mock's PSC, logs its pages in as the mock's client, and
+    carries sessions to the mock's platforms."""
+    assert mock.psc is not None
+    assert mock.master is not None
+    client = mock.psc.clients.get(settings.ui.client_id)
+    settings.psc.issuer = mock.issuer
+    # The mock issues tokens to any client (lps-demo, a vendor's own): take them all.
+    settings.psc.accept_any_audience = True
+    if client is not None:
+        settings.ui.client_secret = client.client_secret
+        if not settings.psc.introspection_client_id:
+            # Ask the mock, as the gateway's client, whether a session's PSC session
+            # still lives (revalidation; `mock-operator end-session` ends it).
+            settings.psc.introspection_client_id = client.client_id
+            settings.psc.introspection_client_secret = client.client_secret
+    configured = settings.backends  # from the file: added, or replacing by name
+    settings.backends = {  # the mock's platforms, with the master login
+        "modern": BackendSettings(
+            imap_host=mock.settings.host,
+            imap_port=mock.imap_port,
+            smtp_host=mock.settings.host,
+            smtp_port=mock.smtp_port,
+            ca_file=mock.tls_cert,
+            master_user=mock.master.user,
+            master_password_file=mock.data_dir / "master.secret",
+            keeps_sent_copy=True,  # the mock files submitted mail in Sent
+            # a migration creates the BAL there first, then imports keeping UIDs
+            # (the operator API)
+            provision_url=f"{mock.http_url}/operator/mailboxes",
+            import_url=f"{mock.http_url}/operator/mailboxes",
+        ),
+        # the historic platform's web services: the registry records "historic"
+        # as the backend of jean.dupont@ and marie.petit@, and routing follows it;
+        # its own IMAP (master login) serves the operator's tools
+        "historic": BackendSettings(
+            kind="legacy_ws",
+            ws_url=f"{mock.http_url}/mss-msg-services/services",
+            historic_imap=True,
+            imap_host=mock.settings.host,
+            imap_port=mock.historic_imap_port,
+            ca_file=mock.tls_cert,
+            master_user=mock.master.user,
+            master_password_file=mock.data_dir / "master.secret",
+            numhomologation="LPS-GATEWAY-DEMO",
+        ),
+    }
+    settings.backends.update(configured)
+    settings.routing.default = settings.routing.default or "modern"
+    authority = mock.historic_auth.authority if mock.historic_auth else None
+    if settings.cards.ca_file is None and authority is not None:
+        # CPS cards of the mock's card CA (`mock-operator card PERSONA`), and its
+        # revocation list, which `mock-operator card PERSONA --revoke` rewrites
+        settings.cards = CardSettings(
+            ca_file=authority.certificate_path, crl_file=authority.crl_path
+        )
+
+
+async def _demo(settings: Settings, node: Gateway | Node) -> None:
+    """The mock operator, then the gateway in front of it: `node`, one gateway in this
+    process, or the supervisor of its workers (the mock stays in this process)."""
     import dataclasses
 
     from delegation.seed import seed
@@ -537,76 +625,31 @@ async def _demo(settings: Settings) -> None:
     from mock_operator.personas import default_personas
     from mock_operator.server import MockOperator
 
-    gateway = Gateway(settings)
-    registry = await gateway.open_registry()
+    # the registry the mock shares: the gateway's own, or on a node this process's, which
+    # hears the workers' change events through the supervisor (SQLite)
+    registry_owner = node if isinstance(node, Gateway) else Gateway(settings, bus=_bus_of(node))
+    registry = await registry_owner.open_registry()
+    if not isinstance(node, Gateway):
+        node.migrated = True
     await seed(registry, [dataclasses.asdict(p) for p in default_personas()])
     mock = MockOperator(settings.mock, settings.data_dir / "mock-operator", registry=registry)
     console = Console(soft_wrap=True)
+    gateway = node
 
     class _Configured:
-        """The gateway trusts the mock's PSC and logs its pages in as the mock's client."""
-
         async def start(self) -> None:
-            assert mock.psc is not None
-            assert mock.master is not None
-            client = mock.psc.clients.get(settings.ui.client_id)
-            settings.psc.issuer = mock.issuer
-            # The mock issues tokens to any client (lps-demo, a vendor's own): take them all.
-            settings.psc.accept_any_audience = True
-            if client is not None:
-                settings.ui.client_secret = client.client_secret
-                if not settings.psc.introspection_client_id:
-                    # Ask the mock, as the gateway's client, whether a session's PSC session
-                    # still lives (revalidation; `mock-operator end-session` ends it).
-                    settings.psc.introspection_client_id = client.client_id
-                    settings.psc.introspection_client_secret = client.client_secret
-            configured = settings.backends  # from the file: added, or replacing by name
-            settings.backends = {  # the mock's platforms, with the master login
-                "modern": BackendSettings(
-                    imap_host=mock.settings.host,
-                    imap_port=mock.imap_port,
-                    smtp_host=mock.settings.host,
-                    smtp_port=mock.smtp_port,
-                    ca_file=mock.tls_cert,
-                    master_user=mock.master.user,
-                    master_password_file=mock.data_dir / "master.secret",
-                    keeps_sent_copy=True,  # the mock files submitted mail in Sent
-                    # a migration creates the BAL there first, then imports keeping UIDs
-                    # (the operator API)
-                    provision_url=f"{mock.http_url}/operator/mailboxes",
-                    import_url=f"{mock.http_url}/operator/mailboxes",
-                ),
-                # the historic platform's web services: the registry records "historic"
-                # as the backend of jean.dupont@ and marie.petit@, and routing follows it;
-                # its own IMAP (master login) serves the operator's tools
-                "historic": BackendSettings(
-                    kind="legacy_ws",
-                    ws_url=f"{mock.http_url}/mss-msg-services/services",
-                    historic_imap=True,
-                    imap_host=mock.settings.host,
-                    imap_port=mock.historic_imap_port,
-                    ca_file=mock.tls_cert,
-                    master_user=mock.master.user,
-                    master_password_file=mock.data_dir / "master.secret",
-                    numhomologation="LPS-GATEWAY-DEMO",
-                ),
-            }
-            settings.backends.update(configured)
-            settings.routing.default = settings.routing.default or "modern"
-            authority = mock.historic_auth.authority if mock.historic_auth else None
-            if settings.cards.ca_file is None and authority is not None:
-                # CPS cards of the mock's card CA (`mock-operator card PERSONA`), and its
-                # revocation list, which `mock-operator card PERSONA --revoke` rewrites
-                settings.cards = CardSettings(
-                    ca_file=authority.certificate_path, crl_file=authority.crl_path
-                )
-            await gateway.start()
+            configure_for_mock(settings, mock)
+            await node.start()
 
         async def drain(self) -> None:
-            await gateway.drain()
+            await node.drain()
 
         async def stop(self) -> None:
-            await gateway.stop()
+            try:
+                await node.stop()
+            finally:
+                if registry_owner is not node:
+                    await registry_owner.stop()
 
     def announce() -> None:
         console.rule("lps-gateway demo")
@@ -654,6 +697,11 @@ async def _demo(settings: Settings) -> None:
         )
 
     await run_until_signalled([mock, _Configured()], announce)
+
+
+def _bus_of(node: Node) -> ChangeBus | None:
+    """The registry's bus of the supervisor's process: its relay on SQLite."""
+    return node.bus if node.relays else None
 
 
 def main() -> None:

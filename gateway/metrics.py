@@ -1,12 +1,16 @@
 """Prometheus metrics of one gateway: its own registry, so that several gateways in one
-process (tests, the demo) count separately."""
+process (tests) count separately. A node of several worker processes (`[server] workers`)
+runs prometheus_client's multiprocess mode: its supervisor gives each worker the same
+private PROMETHEUS_MULTIPROC_DIR, and any worker's scrape sums them all."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 if TYPE_CHECKING:
     from gateway.usage.access import Access
@@ -16,6 +20,7 @@ REFUSALS = ("max_connections", "per_address", "proxy_protocol")
 
 
 OTHER = "other"
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"  # set by the supervisor for its workers only
 TOP_SOFTWARE = 20
 
 
@@ -51,6 +56,7 @@ class Metrics:
             "Client sessions open on the gateway's fronts",
             ["protocol"],
             registry=self.registry,
+            multiprocess_mode="livesum",  # the node's sessions: its live workers' sum
         )
         self.logins = Counter(
             "lpsgw_logins",
@@ -126,6 +132,12 @@ class Metrics:
         self.nonconformities.labels(rule, outcome, self.software.label(software)).inc()
 
     def render(self) -> bytes:
+        """The scrape: this gateway's registry, or the whole node's when it runs workers."""
+        shared = os.environ.get(MULTIPROC_DIR)
+        if shared:
+            node = CollectorRegistry()
+            MultiProcessCollector(node, shared)  # type: ignore[no-untyped-call]
+            return generate_latest(node)
         return generate_latest(self.registry)
 
     def sample(self, name: str, **labels: str) -> float:

@@ -10,6 +10,7 @@ import datetime as dt
 import functools
 import logging
 import socket
+from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from typing import Any
@@ -19,7 +20,7 @@ from starlette.types import ASGIApp
 
 from delegation.audit import AuditAction, AuditRecord
 from delegation.db import create_engine, migrate
-from delegation.events import bus_for_url
+from delegation.events import ChangeBus, bus_for_url
 from delegation.service import DelegationService
 from gateway import admin_secret
 from gateway.api.admin import AdminConfig, DirectoryImports
@@ -87,6 +88,32 @@ class ConfigurationError(Exception):
     """The settings cannot run a gateway safely; the message says which key to change."""
 
 
+def check_settings(settings: Settings) -> None:
+    """What `start` refuses at once (a node's supervisor asks before it starts workers)."""
+    psc = settings.psc
+    if not psc.client_ids and not psc.accept_any_audience:
+        raise ConfigurationError(
+            "psc.client_ids is empty: list the client ids of the LPS whose tokens this "
+            "gateway accepts (aud/azp), or set psc.accept_any_audience = true (a mock only)"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerRole:
+    """This gateway is worker `index` of a node's `count` (`gateway.workers`): the
+    supervisor migrated the database and bound the listening sockets. Every worker serves
+    IMAP and SMTP; worker 0 alone serves HTTP (the pages' and the historic web services'
+    sessions, the migration jobs and CIBA requests under way live in its memory), purges
+    and resumes the trailing syncs."""
+
+    index: int
+    count: int
+
+    @property
+    def leader(self) -> bool:
+        return self.index == 0
+
+
 def node_limits(settings: Settings) -> NodeLimits:
     """The caps of this node, shared by its listeners (see `gateway.runtime.limits`)."""
     exempt = Exemptions(settings.limits.exempt_networks)
@@ -103,8 +130,23 @@ def node_limits(settings: Settings) -> NodeLimits:
 
 
 class Gateway:
-    def __init__(self, settings: Settings, *, validator: TokenValidator | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        validator: TokenValidator | None = None,
+        sockets: Mapping[str, socket.socket] | None = None,
+        bus: ChangeBus | None = None,
+        worker: WorkerRole | None = None,
+        gate: BalGate | None = None,
+    ) -> None:
+        """`sockets`: listening sockets bound already, by the setting naming their port
+        (`imap.port`); `bus`: the registry's change bus (default: the database's); `gate`:
+        the holds of cut-overs (default: this process's alone)."""
         self.settings = settings
+        self._sockets = dict(sockets or {})
+        self._bus = bus
+        self.worker = worker
         self._validator = validator
         self.validator: TokenValidator | None = None
         self.delegations: DelegationService | None = None
@@ -137,17 +179,18 @@ class Gateway:
         self.migrations: Migrations | None = None
         migration = settings.migration
         # the node's holds and sessions by BAL, for cut-overs (every front asks it)
-        self.gate = BalGate(max_wait=migration.hold_max, drain_wait=migration.drain_max)
+        self.gate = gate or BalGate(max_wait=migration.hold_max, drain_wait=migration.drain_max)
 
     async def open_registry(self) -> DelegationService:
         """Migrate and open the delegation registry (before `start`, to seed it)."""
         if self.delegations is None:
             self.settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             url = self.settings.database()
-            await migrate(url)
-            await migrate_gateway(url)
+            if self.worker is None:  # a node's supervisor migrated it before its workers
+                await migrate(url)
+                await migrate_gateway(url)
             self._engine = create_engine(url)
-            bus = bus_for_url(url)
+            bus = self._bus or bus_for_url(url)
             await bus.start()
             self.delegations = DelegationService(self._engine, bus=bus)
             if self.settings.log.audit_to_log:
@@ -184,13 +227,13 @@ class Gateway:
         host = self.settings.ops.host
         return f"http://{f'[{host}]' if ':' in host else host}:{self.ops_port}"
 
+    def _listen(self, host: str, port: int, setting: str) -> socket.socket:
+        """The socket the supervisor bound for `setting`, or one bound now."""
+        sock = self._sockets.pop(setting, None)
+        return sock if sock is not None else bind_tcp(host, port, setting)
+
     async def start(self) -> None:
-        psc = self.settings.psc
-        if not psc.client_ids and not psc.accept_any_audience:
-            raise ConfigurationError(
-                "psc.client_ids is empty: list the client ids of the LPS whose tokens this "
-                "gateway accepts (aud/azp), or set psc.accept_any_audience = true (a mock only)"
-            )
+        check_settings(self.settings)
         service = await self.open_registry()
         # what backends keep of their own (the historic platform's UIDs) lives beside the
         # registry; built now, once the settings name every backend
@@ -200,10 +243,47 @@ class Gateway:
         if cards.ca_file is not None:
             self.cards = CardVerifier.from_files(cards.ca_file, cards.crl_file)
         self.validator = self._validator or TokenValidator(self.settings.psc)
+        leader = self.worker is None or self.worker.leader
+        if leader:
+            await self._start_http(service)
+        await self._start_fronts(service, self.validator)
+        if self.migrations is not None:
+            await self.migrations.resume()  # trailing syncs of unfinished cut-overs
+        self._expiry = asyncio.create_task(service.expire_forever(interval=1.0))
+        if leader and not await service.any_mailbox():
+            log.warning(
+                "registry.empty",
+                extra={"hint": "no mailboxes: run lps-gateway directory import FILE"},
+            )
+        assert self._engine is not None
+        if leader:  # one purge a node is enough
+            self.purger = Purger(
+                self._engine, retention_rules(self.settings), self.settings.audit.purge_interval
+            )
+            self.purger.start()
+        if self._http is not None:
+            self._admin_url = admin_secret.loopback_url(self.settings.http.host, self.http_port)
+            admin_secret.publish_url(self.settings.data_dir, self._admin_url)
+        log.info(
+            "gateway.started",
+            extra={
+                "http": self.http_url if self._http is not None else None,
+                "ops": self.ops_url,
+                "imap": self.imap.port if self.imap else None,
+                "smtp": self.smtp.port if self.smtp else None,
+            },
+        )
+
+    async def _start_http(self, service: DelegationService) -> None:
+        """The HTTP listeners (API, pages, historic web services, operations) and what
+        only they use: the readiness checks, the migration jobs, the legacy front."""
+        assert self.validator is not None
         http, ops = self.settings.http, self.settings.ops
-        sock = bind_tcp(http.host, http.port, "http.port")
+        sock = self._listen(http.host, http.port, "http.port")
         try:
-            ops_sock = bind_tcp(ops.host, ops.port, "ops.port") if ops.port is not None else None
+            ops_sock = (
+                self._listen(ops.host, ops.port, "ops.port") if ops.port is not None else None
+            )
         except OSError:
             sock.close()
             raise
@@ -273,31 +353,6 @@ class Gateway:
         await self._http.start()
         if self._ops is not None:
             await self._ops.start()
-        await self._start_fronts(service, self.validator)
-        if self.migrations is not None:
-            await self.migrations.resume()  # trailing syncs of unfinished cut-overs
-        self._expiry = asyncio.create_task(service.expire_forever(interval=1.0))
-        if not await service.any_mailbox():
-            log.warning(
-                "registry.empty",
-                extra={"hint": "no mailboxes: run lps-gateway directory import FILE"},
-            )
-        assert self._engine is not None
-        self.purger = Purger(
-            self._engine, retention_rules(self.settings), self.settings.audit.purge_interval
-        )
-        self.purger.start()
-        self._admin_url = admin_secret.loopback_url(http.host, port)
-        admin_secret.publish_url(self.settings.data_dir, self._admin_url)
-        log.info(
-            "gateway.started",
-            extra={
-                "http": self.http_url,
-                "ops": self.ops_url,
-                "imap": self.imap.port if self.imap else None,
-                "smtp": self.smtp.port if self.smtp else None,
-            },
-        )
 
     async def _start_fronts(self, service: DelegationService, validator: TokenValidator) -> None:
         settings = self.settings
@@ -357,7 +412,7 @@ class Gateway:
                 service,
                 self.metrics,
                 tls,
-                bind_tcp(front.host, port, setting),
+                self._listen(front.host, port, setting),
                 limits=self.limits,
                 psc=self.psc_sessions,
                 card_watch=self.card_sessions,
@@ -384,7 +439,7 @@ class Gateway:
                 usage=self.usage,
                 policy=settings.mss.policy,
             ),
-            bind_tcp(smtp.host, smtp.port, "smtp.port"),
+            self._listen(smtp.host, smtp.port, "smtp.port"),
             tls,
             data_size_limit=smtp.max_message_size,
             ident="lps-gateway MSSante submission",
@@ -443,7 +498,7 @@ class Gateway:
         tls = self.settings.tls
         context = server_context(cert, key, min_version=tls.min_version, ciphers=tls.ciphers)
         request_client_certificates(context, self.cards.ca_pem())
-        sock = bind_tcp(front.https_host, front.https_port, "legacy_front.https_port")
+        sock = self._listen(front.https_host, front.https_port, "legacy_front.https_port")
         self._legacy_tls = guarded(app, sock, ssl_context=context)
         await self._legacy_tls.start()
 

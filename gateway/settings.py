@@ -20,6 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from gateway.runtime.cores import available_cores
 from gateway.runtime.tls import DEFAULT_CIPHERS, check_ciphers
 from psc_auth.config import ValidatorConfig
 
@@ -196,8 +197,35 @@ class OpsSettings(_Section):
     )
 
 
+class ServerSettings(_Section):
+    """How many processes serve the node. The supervisor (`serve`, `demo`) binds every
+    listening socket, then starts `workers` gateway processes: IMAP and SMTP on every one,
+    HTTP on the first alone (the pages' and historic services' sessions live in its
+    memory). A delegation change, an expiry, a move and a migration's write hold reach the
+    sessions of every worker (PostgreSQL LISTEN/NOTIFY, or the supervisor's local channel
+    on SQLite), and `/metrics` is the node's (sums over the workers). Per worker: the caps
+    of `[imap]` and `[smtp]` (`max_connections`, per address, per person: with N workers a
+    node takes up to N times each), the decision cache and the backends' connections; per
+    node: `[http] max_connections`, the failed-login windows of `[limits]`, the metrics,
+    and everything in the database (registry, audit, usage, migrations)."""
+
+    workers: int = Field(
+        default=0,
+        ge=0,
+        le=256,
+        description="gateway processes of the node, sharing its listening sockets; 0: one "
+        "per core this process may use (its CPU affinity, its cgroup's CPU quota); 1: a "
+        "single process, no supervisor",
+    )
+
+    def count(self) -> int:
+        """The number of worker processes to run (`workers`, or the cores)."""
+        return self.workers or available_cores()
+
+
 class LimitsSettings(_Section):
-    """Caps on what one source address can hold or try, counted per node. Logged-in
+    """Failed logins one source address or person may make, counted per node (its workers
+    tell each other each failure: see `[server] workers`). Logged-in
     sessions are never capped per address: a practice behind one NAT address opens one IMAP
     session per delegated BAL."""
 
@@ -306,12 +334,16 @@ class ImapFrontSettings(_BehindLoadBalancer):
     preauth_timeout: float = Field(
         default=60.0, gt=0, description="seconds from connection to login, in all"
     )
-    max_connections: int = Field(default=10_000, ge=1, description="open at once")
+    max_connections: int = Field(default=10_000, ge=1, description="open at once, per worker")
     max_preauth_per_address: int = Field(
-        default=20, ge=1, description="connections not yet logged in, per source address"
+        default=20,
+        ge=1,
+        description="connections not yet logged in, per source address, per worker",
     )
     max_sessions_per_person: int = Field(
-        default=100, ge=1, description="logged-in sessions of one idNat (all BAL together)"
+        default=100,
+        ge=1,
+        description="logged-in sessions of one idNat (all BAL together), per worker",
     )
     idle_timeout: float = Field(default=1800.0, gt=0, description="seconds of silence after login")
     write_timeout: float = Field(
@@ -343,12 +375,14 @@ class SmtpFrontSettings(_BehindLoadBalancer):
     write_timeout: float = Field(
         default=120.0, gt=0, description="seconds a reply may wait for the client to read it"
     )
-    max_connections: int = Field(default=10_000, ge=1, description="open at once")
+    max_connections: int = Field(default=10_000, ge=1, description="open at once, per worker")
     max_preauth_per_address: int = Field(
-        default=20, ge=1, description="connections not yet authenticated, per source address"
+        default=20,
+        ge=1,
+        description="connections not yet authenticated, per source address, per worker",
     )
     max_sessions_per_person: int = Field(
-        default=100, ge=1, description="authenticated sessions of one idNat"
+        default=100, ge=1, description="authenticated sessions of one idNat, per worker"
     )
 
 
@@ -615,6 +649,7 @@ class Settings(BaseSettings):
         "postgresql://user@host/db (nodes then share revocations through LISTEN/NOTIFY)",
     )
     log: LogSettings = LogSettings()
+    server: ServerSettings = ServerSettings()
     http: HttpSettings = HttpSettings()
     ops: OpsSettings = OpsSettings()
     limits: LimitsSettings = LimitsSettings()

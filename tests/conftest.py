@@ -27,6 +27,10 @@ from gateway.db import migrate_gateway
 from gateway.settings import MockSettings
 from mock_operator.server import MockOperator
 
+# every `lps-gateway serve` and `demo` a test starts runs one process, as before workers
+# existed (the suite is CPU-bound); the environment beats a file's [server] workers: a
+# test wanting more sets LPSGW_SERVER__WORKERS, as tests/test_workers.py does
+os.environ.setdefault("LPSGW_SERVER__WORKERS", "1")
 REQUIRE_PEERS = os.environ.get("LPS_REQUIRE_PEERS") == "1"
 PG_URL = os.environ.get("LPS_TEST_DATABASE_URL")
 

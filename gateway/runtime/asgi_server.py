@@ -71,14 +71,20 @@ class CannotListen(OSError):
     in use`), for a one-line error instead of a traceback."""
 
 
-def bind_tcp(host: str, port: int, setting: str | None = None) -> socket.socket:
+def bind_tcp(
+    host: str, port: int, setting: str | None = None, *, reuse_port: bool = False
+) -> socket.socket:
     """A listening TCP socket on `host`:`port`; `setting` names the key that chose the
-    port, for the error (`CannotListen`) when it cannot be bound."""
+    port, for the error (`CannotListen`) when it cannot be bound. `reuse_port`: other
+    sockets of this user may listen on the same port (SO_REUSEPORT: the kernel spreads
+    the connections over them), the workers of one node."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # proto=IPPROTO_TCP matters: asyncio only sets TCP_NODELAY on sockets that say they are
     # TCP, and without it a reply written in two parts waits 40 ms on delayed ACKs.
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:

@@ -1,0 +1,84 @@
+"""The local channel between a node's supervisor and one of its workers: JSON lines over
+a socket pair. A worker says when it is ready; on SQLite (no LISTEN/NOTIFY) the registry's
+change events and the failed logins a worker saw go through the supervisor to the other
+workers, and a migration's write hold is asked of them and answered the same way."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from delegation.events import ChangeBus, ChangeEvent
+
+log = logging.getLogger(__name__)
+
+MAX_LINE = 64 * 1024  # bytes of one message: an event, a BAL's hold
+
+Message = dict[str, Any]
+
+
+class Channel:
+    """One end of the channel. `send` never waits (the peer reads all the time);
+    `receive` returns None once the other end has gone."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+
+    @classmethod
+    async def open(cls, sock: socket.socket) -> Channel:
+        reader, writer = await asyncio.open_unix_connection(sock=sock, limit=MAX_LINE)
+        return cls(reader, writer)
+
+    def send(self, message: Message) -> None:
+        if self._writer.is_closing():
+            return
+        self._writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+
+    async def receive(self) -> Message | None:
+        while True:
+            try:
+                line = await self._reader.readline()
+            except (ValueError, ConnectionError):  # a line over MAX_LINE, a reset
+                return None
+            if not line:
+                return None
+            try:
+                message = json.loads(line)
+            except ValueError:
+                log.warning("workers.bad_message")
+                continue
+            if isinstance(message, dict):
+                return message
+
+    async def close(self) -> None:
+        self._writer.close()
+        with contextlib.suppress(ConnectionError):
+            await self._writer.wait_closed()
+
+
+class RelayBus(ChangeBus):
+    """The registry's bus of one process of a node on SQLite: an event published here
+    reaches this process's subscribers at once and, through `send`, the other processes'
+    (the supervisor passes it on); `received` delivers theirs."""
+
+    def __init__(self, send: Callable[[Message], None]) -> None:
+        super().__init__()
+        self._send = send
+
+    async def publish(self, event: ChangeEvent) -> None:
+        self._deliver_local(event)
+        self._send({"t": "event", "event": event.to_json()})
+
+    def received(self, data: object) -> None:
+        try:
+            event = ChangeEvent.from_json(data)
+        except ValueError:
+            log.warning("workers.bad_event")
+            return
+        self._deliver_local(event)

@@ -1,0 +1,410 @@
+"""A node of several worker processes (`[server] workers = 2`), real processes on ports 0:
+the demo keeps its mock operator in the supervisor's process while two workers accept on
+the gateway's IMAP and SMTP ports, HTTP on worker 0 alone; IMAP logins land on both; a
+revocation through /v1 ends the delegate's sessions on both (a local channel on SQLite,
+LISTEN/NOTIFY on PostgreSQL); /metrics sums both workers; a cut-over run by worker 0
+holds the BAL in worker 1 too; SIGTERM drains both (`* BYE [UNAVAILABLE]`), exit 0.
+`serve`: a worker killed outright is started again, and the node still stops cleanly.
+A migration's write hold reaches every worker (their gates, wired in one process)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.bal_migration.gate import MOVED_BYE, BalGate, Held, Moved
+from gateway.runtime.cores import available_cores
+from gateway.workers.gate import NodeGate
+from tests.conftest import fresh_database
+from tests.imap_raw import Raw
+from tests.support.sasl import xoauth2
+from tests.support.smtp_raw import RawSmtp
+from tests.support.waiting import eventually, until
+from tests.test_cli import DEMO_PORTS, command, wait_for_url
+from tests.test_shutdown import BYE as SHUTDOWN_BYE
+
+MARTIN = "claire.martin@medecin.mssante.fr"
+DUPONT = "jean.dupont@medecin.mssante.fr"
+BERNARD = "899700000003"
+WORKERS = {"LPSGW_SERVER__WORKERS": "2", "LPSGW_LOG__AUDIT_TO_LOG": "true"}
+STARTED = re.compile(r"workers\.started workers=2 pids=\[(\d+), (\d+)\]")
+
+
+class Node:
+    """A `lps-gateway` command whose log goes to a file (a pipe nobody reads fills up)."""
+
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str]) -> None:
+        self.log = cwd / "node.log"
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(
+                [command("lps-gateway"), *args],
+                cwd=cwd,
+                env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200", **env},
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+            )
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    async def line(self, pattern: re.Pattern[str], what: str) -> re.Match[str]:
+        found: list[re.Match[str]] = []
+
+        async def seen() -> bool:
+            found[:] = list(pattern.finditer(self.text()))
+            return bool(found) or self.process.poll() is not None
+
+        await eventually(seen, what, bound=60)
+        assert found, f"{what}: the node exited\n{self.text()}"
+        return found[-1]
+
+    async def workers(self) -> list[int]:
+        started = await self.line(STARTED, "both workers started")
+        return [int(pid) for pid in started.groups()]
+
+    def banner_port(self, name: str) -> int:
+        assert self.process.stdout is not None
+        for _ in range(60):
+            line = self.process.stdout.readline()
+            found = re.search(re.escape(name) + r":\s+127\.0\.0\.1:(\d+)", line)
+            if found:
+                return int(found.group(1))
+        pytest.fail(f"no {name} in the banner")
+
+    async def terminated(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return await asyncio.to_thread(self.process.wait, 60)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+@pytest.fixture
+def nodes() -> Iterator[list[Node]]:
+    started: list[Node] = []
+    yield started
+    for node in started:
+        node.kill()
+
+
+def listening_pids(port: int, candidates: set[int]) -> set[int]:
+    """Which of `candidates` hold a socket listening on `port` (read from /proc)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    holders = set()
+    for pid in candidates:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if os.readlink(fd) in inodes:
+                    holders.add(pid)
+            except OSError:
+                continue
+    return holders
+
+
+def gone(pids: list[int]) -> bool:
+    """None of `pids` lives any more (each was our child or grandchild: no zombie stays,
+    the supervisor reaps its workers and the test its node)."""
+    return not any(Path(f"/proc/{pid}").exists() for pid in pids)
+
+
+def logins_by_worker(log: str) -> dict[str, int]:
+    """Successful IMAP logins per worker, from the audit lines of the log."""
+    counts: dict[str, int] = {}
+    for line in log.splitlines():
+        if "lps_gateway.audit" in line and " action=login" in line and " result=ok" in line:
+            worker = re.search(r" worker=(\d+)", line)
+            assert worker is not None, line
+            counts[worker.group(1)] = counts.get(worker.group(1), 0) + 1
+    return counts
+
+
+async def sample(http: httpx.AsyncClient, url: str, name: str) -> float:
+    text = (await http.get(f"{url}/metrics")).text
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    assert found is not None, text
+    return float(found.group(1))
+
+
+async def sessions_on_both(node: Node, imap: int, token: str) -> list[Raw]:
+    """IMAP sessions on Dr MARTIN's BAL with `token`, opened until both workers hold one
+    (each login seen in the audit lines before the next)."""
+    before = logins_by_worker(node.text())
+    opened: list[Raw] = []
+
+    def new() -> dict[str, int]:
+        now = logins_by_worker(node.text())
+        return {w: n - before.get(w, 0) for w, n in now.items() if n > before.get(w, 0)}
+
+    async def audited() -> bool:
+        return sum(new().values()) == len(opened)
+
+    while len(new()) < 2:
+        assert len(opened) < 20, "the kernel spreads connections over the workers"
+        client = await Raw.open(imap)
+        await client.ok("AUTHENTICATE XOAUTH2 ", xoauth2(MARTIN, token))
+        opened.append(client)
+        await eventually(audited, "the login audited")
+    return opened
+
+
+async def cut_over(data: Path) -> None:
+    """`lps-gateway migrate copy`, then `cutover`, of Dr DUPONT's historic BAL to the
+    modern platform, as the operator runs them against the node."""
+    for action in ("copy", "cutover"):
+        args = [command("lps-gateway"), "migrate", action, DUPONT, "--to", "modern"]
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [*args, "--data", str(data), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    async with fresh_database(request.param, tmp_path) as url:
+        yield url
+
+
+async def test_demo_with_two_workers(tmp_path: Path, database: str, nodes: list[Node]) -> None:
+    env = {**DEMO_PORTS, **WORKERS, "LPSGW_DATABASE_URL": database}
+    node = Node(["demo", "--data", str(tmp_path / "state")], tmp_path, env)
+    nodes.append(node)
+    mock = wait_for_url(node.process)
+    imap = node.banner_port("API LPS IMAP (STARTTLS)")
+    pids = await node.workers()
+    parent = node.process.pid
+    mock_port = int(mock.rsplit(":", 1)[1])
+    assert listening_pids(mock_port, {parent, *pids}) == {parent}, "the mock: one process"
+    assert set(pids) <= listening_pids(imap, {parent, *pids}), "each worker accepts"
+    http_url = re.search(r"gateway\.started http=(http://\S+)", node.text())
+    assert http_url is not None
+    api = http_url.group(1)
+    http_port = int(api.rsplit(":", 1)[1])
+    assert listening_pids(http_port, {parent, *pids}) == {parent, pids[0]}, "HTTP: worker 0"
+
+    async with httpx.AsyncClient(timeout=10) as http:
+
+        async def token(persona: str) -> str:
+            answer = await http.post(f"{mock}/_test/token", json={"persona": persona})
+            value: str = answer.json()["access_token"]
+            return value
+
+        sessions = await sessions_on_both(node, imap, await token("sec-bernard"))
+
+        async def summed() -> bool:
+            logins = await sample(http, api, 'lpsgw_logins_total{protocol="imap",result="ok"}')
+            open_now = await sample(http, api, 'lpsgw_open_sessions{protocol="imap"}')
+            return logins == open_now == len(sessions)  # the first logins of the node
+
+        await eventually(summed, "/metrics: both workers' logins and sessions, summed")
+
+        holder = {"Authorization": f"Bearer {await token('dr-martin')}"}
+        url = f"{api}/v1/mailboxes/{MARTIN}/delegations"
+        listed = (await http.get(url, headers=holder)).json()
+        (delegation,) = [d for d in listed if d["delegate"]["idnat"] == BERNARD]
+        revoked = await http.delete(f"{url}/{delegation['id']}", headers=holder)
+        assert revoked.status_code == 200, revoked.text
+        for client in sessions:  # on both workers: worker 1 hears of it from worker 0
+            line = await client.line(wait=10)
+            assert line.startswith(b"* BYE"), line
+            assert b"revoked" in line, line
+            await client.close()
+
+        if database.startswith("sqlite"):  # the same channel on PostgreSQL: once is enough
+            await cut_over(tmp_path / "state")
+            held = rf"migration\.held bal={DUPONT} for_worker=0 .*worker=1"
+            assert re.search(held, node.text()), "worker 0's cut-over held the BAL in worker 1"
+        holders = await sessions_on_both(node, imap, await token("dr-martin"))
+
+    node.process.send_signal(signal.SIGTERM)
+    for client in holders:  # each worker drains its own
+        assert await client.line(wait=30) == SHUTDOWN_BYE
+    assert await asyncio.to_thread(node.process.wait, 60) == 0, node.text()
+    assert gone(pids), "no worker outlives its node"
+    assert "gateway.drained worker=0" in node.text()
+    assert "gateway.drained worker=1" in node.text()
+
+
+async def bad_login(port: int) -> bytes:
+    """A login with a token that is none, on a new connection: the tagged reply."""
+    client = await Raw.open(port)
+    tag = client.tag()
+    await client.send(f"{tag} AUTHENTICATE XOAUTH2 {xoauth2(MARTIN, 'no-token')}\r\n".encode())
+    line = await client.line()
+    if line.startswith(b"+"):  # the XOAUTH2 error, to be acknowledged
+        await client.send(b"\r\n")
+        line = await client.line()
+    await client.close()
+    return line
+
+
+async def test_serve_shares_failed_logins_and_restarts_a_dead_worker(
+    tmp_path: Path, nodes: list[Node]
+) -> None:
+    """Two bad logins, on whichever workers: later attempts are throttled, on both (the
+    failed-login window is the node's: each worker is told the other's failures). A
+    worker killed outright comes back, with the HTTP listener when it is worker 0."""
+    env = {
+        **WORKERS,
+        **{f"LPSGW_{name}__PORT": "0" for name in ("HTTP", "IMAP", "SMTP")},
+        "LPSGW_PSC__ACCEPT_ANY_AUDIENCE": "true",
+        "LPSGW_DATA_DIR": str(tmp_path / "state"),
+        "LPSGW_LIMITS__MAX_FAILED_LOGINS": "2",
+        "LPSGW_IMAP__AUTH_FAILURE_DELAY": "0",
+        "LPSGW_LOG__LEVEL": "DEBUG",
+    }
+    node = Node(["serve"], tmp_path, env)
+    nodes.append(node)
+    imap = node.banner_port("API LPS IMAP (STARTTLS)")
+    smtp = node.banner_port("API LPS SMTP (STARTTLS)")
+    pids = await node.workers()
+    http_url = re.search(r"gateway\.started http=(http://\S+)", node.text())
+    assert http_url is not None
+    api = http_url.group(1)
+    metric = 'lpsgw_logins_total{{protocol="imap",result="{}"}}'
+    async with httpx.AsyncClient(timeout=10) as http:
+
+        async def told() -> bool:
+            """Each failure so far is known to both workers: the next attempt meets the
+            same window wherever it lands."""
+            failures = await sample(http, api, metric.format("authentication"))
+            return node.text().count("workers.failed_login_heard") == failures
+
+        while {"0", "1"} - set(re.findall(r"login_throttled .*worker=(\d)", node.text())):
+            assert await sample(http, api, metric.format("throttled")) < 30, node.text()
+            assert b" NO " in await bad_login(imap)
+            await eventually(told, "the failure told to the other worker")
+        assert await sample(http, api, metric.format("authentication")) == 2
+
+    os.kill(pids[0], signal.SIGKILL)
+    restarted = await node.line(
+        re.compile(r"workers\.restarted worker=0 pid=(\d+)"), "worker 0 started again"
+    )
+    replacement = int(restarted.group(1))
+    assert "workers.died worker=0" in node.text()
+    assert replacement not in pids
+    for port in (imap, smtp):
+        assert listening_pids(port, {replacement, pids[1]}) == {replacement, pids[1]}
+    for _ in range(4):  # whichever worker takes it
+        sender = await RawSmtp.open(smtp)
+        await sender.command(b"EHLO lps.example", b"250")
+        await sender.command(b"QUIT", b"221")
+    admin = [command("lps-gateway"), "admin", "status", "--data", str(tmp_path / "state")]
+    status = await asyncio.to_thread(
+        subprocess.run, admin, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert status.returncode == 0, status.stderr
+    answered = re.compile(r'"GET /admin/status HTTP/1\.1" 200 .*worker=(\d)')
+    assert (await node.line(answered, "the command answered")).group(1) == "0"
+    http_port = int(http_url.group(1).rsplit(":", 1)[1])
+    assert listening_pids(http_port, {replacement, pids[1]}) == {replacement}
+    assert await node.terminated() == 0, node.text()
+    assert gone([*pids, replacement])
+
+
+BAL = DUPONT
+
+
+class _Session:
+    def __init__(self) -> None:
+        self.told: list[str] = []
+
+    def kick(self, reason: str) -> None:
+        self.told.append(reason)
+
+
+def gates_of_a_node(count: int) -> list[NodeGate]:
+    """The gates of `count` workers, wired as the supervisor wires them (a message to the
+    worker it names, or to every other one), in this process."""
+    gates: list[NodeGate] = []
+
+    def sender(index: int) -> Callable[[dict[str, Any]], None]:
+        def send(message: dict[str, Any]) -> None:
+            message = {**message, "from": index}
+            loop = asyncio.get_running_loop()
+            for other, gate in enumerate(gates):
+                if other != index and message.get("to") in (None, other):
+                    loop.call_soon(gate.received, message)
+
+        return send
+
+    gates.extend(NodeGate(sender(i), i, count, max_wait=5, drain_wait=1) for i in range(count))
+    return gates
+
+
+async def test_a_cut_over_holds_the_bal_in_every_worker() -> None:
+    """The hold waits for another worker's change under way, holds that worker's new
+    changes, and the move ends its sessions and turns its waiting changes away."""
+    holder, other = gates_of_a_node(2)
+    session = _Session()
+    other.add(BAL, session)
+    other.begin(BAL)  # a change on its way to the old backend, in the other worker
+    entered, moving = asyncio.Event(), asyncio.Event()
+
+    async def cut_over() -> None:
+        async with holder.hold(BAL) as held:
+            entered.set()
+            await moving.wait()
+            held.moved()
+
+    cutting = asyncio.create_task(cut_over())
+    await until(lambda: other.held(BAL), "the other worker holds the BAL")
+    assert not entered.is_set(), "the hold waits for the other worker's change"
+    other.done(BAL)
+    await asyncio.wait_for(entered.wait(), 5)
+    waiting = asyncio.create_task(other.passage(BAL))
+    await until(lambda: other.waiting(BAL) == 1, "the other worker's change waits")
+    moving.set()
+    await cutting
+    with pytest.raises(Moved):
+        await waiting
+    assert session.told == [MOVED_BYE]
+    assert other.epoch(BAL) == 1
+    await until(lambda: not other.held(BAL), "the other worker released")
+
+
+async def test_a_hold_another_worker_cannot_take_is_refused() -> None:
+    holder, other = gates_of_a_node(2)
+    async with BalGate.hold(other, BAL):  # held there already (its own cut-over)
+        with pytest.raises(Held, match="not held in every worker"):
+            async with holder.hold(BAL):
+                pytest.fail("held")
+    assert not holder.held(BAL)
+    await other.aclose()
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "expected"),
+    [("150000 100000\n", 2), ("50000 100000\n", 1), ("max 100000\n", None), ("", None)],
+)
+def test_workers_by_default_one_per_core_the_quota_allows(
+    tmp_path: Path, cpu_max: str, expected: int | None
+) -> None:
+    """A container's CPU quota (cgroup v2 cpu.max), rounded up, caps the cores counted."""
+    path = tmp_path / "cpu.max"
+    path.write_text(cpu_max)
+    cores = len(os.sched_getaffinity(0))
+    assert available_cores(path) == min(cores, expected or cores)
