@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from delegation.db import create_engine
 from delegation.seed import seed
+from delegation.service import DelegationService
 from gateway.server import Gateway
 from gateway.settings import BackendSettings, MockSettings, Settings
 from mock_operator.personas import default_personas
@@ -82,15 +84,36 @@ def gateway_settings(data_dir: Path, **overrides: Any) -> Settings:
     return Settings(**base)
 
 
-async def _preset_registry(settings: Settings) -> None:
-    """A stack on the default SQLite registry starts from the migrated template."""
-    if settings.database_url is not None:
-        return
+_SEEDED: Path | None = None
+
+
+async def _seeded_template() -> Path:
+    """The migrated template with the default personas seeded, made once per test process:
+    seeding writes some fifty rows, each in a transaction of its own."""
+    global _SEEDED
+    if _SEEDED is None:
+        path = Path(await migrated_template("sqlite")).with_name("seeded.db")
+        shutil.copyfile(await migrated_template("sqlite"), path)
+        engine = create_engine(f"sqlite+aiosqlite:///{path}")
+        try:
+            await seed(
+                DelegationService(engine), [dataclasses.asdict(p) for p in default_personas()]
+            )
+        finally:
+            await engine.dispose()
+        _SEEDED = path
+    return _SEEDED
+
+
+async def _preset_registry(settings: Settings) -> bool:
+    """A stack on the default SQLite registry starts from the seeded template (True), one
+    on another database is migrated and seeded by the gateway as usual (False)."""
     target = settings.data_dir / "gateway.db"
-    if target.exists():
-        return
+    if settings.database_url is not None or target.exists():
+        return False
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    shutil.copyfile(await migrated_template("sqlite"), target)
+    shutil.copyfile(await _seeded_template(), target)
+    return True
 
 
 async def start_stack(
@@ -99,10 +122,11 @@ async def start_stack(
     mock_dir: Path,
     configure: Callable[[Settings, MockOperator], None] | None = None,
 ) -> Stack:
-    await _preset_registry(settings)
+    preset = await _preset_registry(settings)
     gateway = Gateway(settings)
     registry = await gateway.open_registry()
-    await seed(registry, [dataclasses.asdict(p) for p in default_personas()])
+    if not preset:
+        await seed(registry, [dataclasses.asdict(p) for p in default_personas()])
     mock = MockOperator(mock_settings, mock_dir, registry=registry)
     await mock.start()
     settings.psc.issuer = mock.issuer
