@@ -38,6 +38,8 @@ _NUMBER_PATTERNS: dict[IdNatKind, re.Pattern[str]] = {
     IdNatKind.RPPS: re.compile(r"[0-9]{11}"),
 }
 
+_KINDS = {kind.value: kind for kind in IdNatKind}
+
 
 @dataclass(frozen=True, slots=True)
 class IdNat:
@@ -52,10 +54,9 @@ class IdNat:
             raise IdNatError("empty national identifier")
         if len(value) > MAX_IDNAT_LENGTH:
             raise IdNatError(f"national identifier longer than {MAX_IDNAT_LENGTH} characters")
-        try:
-            kind = IdNatKind(value[0])
-        except ValueError:
-            raise IdNatError(f"unknown national identifier prefix {value[0]!r}") from None
+        kind = _KINDS.get(value[0])
+        if kind is None:
+            raise IdNatError(f"unknown national identifier prefix {value[0]!r}")
         number = value[1:]
         if not _NUMBER_PATTERNS[kind].fullmatch(number):
             raise IdNatError(f"malformed {kind.name} number in national identifier")
