@@ -15,8 +15,10 @@ def test_one_context_per_backend_setting() -> None:
     lax = BackendSettings(imap_host="imap.example", tls_verify=False)
     first = upstream._context(verifying)
     assert upstream._context(BackendSettings(imap_host="other.example")) is first
-    assert first.verify_mode is ssl.CERT_REQUIRED and first.check_hostname
+    assert first.verify_mode is ssl.CERT_REQUIRED
+    assert first.check_hostname
     unverified = upstream._context(lax)
     assert unverified is not first
-    assert unverified.verify_mode is ssl.CERT_NONE and not unverified.check_hostname
+    assert unverified.verify_mode is ssl.CERT_NONE
+    assert not unverified.check_hostname
     assert shared_backend_context(None, True) is first
