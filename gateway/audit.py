@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 _handed_over: set[asyncio.Future[None]] = set()  # kept referenced until they are done
 
 BATCH = 500
+# A transaction costs about as much CPU as 40 events in it (SQLite, measured: ~750 µs for
+# the first event, ~20 µs for each next): when fewer than a batch wait, the writer lets
+# more arrive for this long. Events are in memory either way; `flush` and `stop` wait.
+LINGER = 0.05
 QUEUE_SIZE = 10_000
 WRITE_TIMEOUT = 30.0  # seconds for one batch
 MAX_RETRY_DELAY = 5.0
@@ -46,9 +50,21 @@ class AuditSink:
             self._task = asyncio.create_task(self._write_forever(), name="audit-sink")
 
     async def submit(self, record: AuditRecord) -> None:
-        if record.at is None:
-            record = dataclasses.replace(record, at=self.registry.now())
-        await self._queue.put(record)
+        if not self.offer(record):
+            await self._queue.put(self._stamped(record))
+
+    def offer(self, record: AuditRecord) -> bool:
+        """Queue `record` now if the queue has room (the usual case, no task to hand it
+        over); False when it is full, and the caller must `submit` it."""
+        if self._queue.full():
+            return False
+        self._queue.put_nowait(self._stamped(record))
+        return True
+
+    def _stamped(self, record: AuditRecord) -> AuditRecord:
+        return (
+            record if record.at is not None else dataclasses.replace(record, at=self.registry.now())
+        )
 
     async def flush(self) -> None:
         """Wait until every event submitted so far is written, those handed over with
@@ -61,6 +77,8 @@ class AuditSink:
     async def _write_forever(self) -> None:
         while True:
             batch = [await self._queue.get()]
+            if self._queue.qsize() < BATCH - 1:
+                await asyncio.sleep(LINGER)
             while len(batch) < BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:

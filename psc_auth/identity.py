@@ -36,7 +36,8 @@ class AuthMeans(enum.Enum):
 
         PSC gives `acr=eidas1` for both means, so `amr` is the only hint (*inferred*).
         """
-        values = {amr} if isinstance(amr, str) else set(amr) if isinstance(amr, list) else set()
+        items = [amr] if isinstance(amr, str) else amr if isinstance(amr, list) else []
+        values = {value for value in items if isinstance(value, str)}
         if values & {"sc", "hwk", "CARD"}:
             return cls.CARD
         if values & {"swk", "mca", "MOBILE"}:
@@ -97,7 +98,7 @@ class Identity:
         except IdNatError as exc:
             raise TokenError(TokenFailure.MALFORMED, f"bad national identifier: {exc}") from None
         exp = claims.get("exp")
-        if not isinstance(exp, int | float) or isinstance(exp, bool):
+        if type(exp) is not int and type(exp) is not float:  # JSON's numbers, not a bool
             raise TokenError(TokenFailure.MALFORMED, "no numeric exp claim")
         try:
             expires_at = dt.datetime.fromtimestamp(exp, dt.UTC)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from dataclasses import dataclass
 
@@ -38,6 +39,8 @@ _NUMBER_PATTERNS: dict[IdNatKind, re.Pattern[str]] = {
     IdNatKind.RPPS: re.compile(r"[0-9]{11}"),
 }
 
+_KINDS = {kind.value: kind for kind in IdNatKind}
+
 
 @dataclass(frozen=True, slots=True)
 class IdNat:
@@ -52,14 +55,7 @@ class IdNat:
             raise IdNatError("empty national identifier")
         if len(value) > MAX_IDNAT_LENGTH:
             raise IdNatError(f"national identifier longer than {MAX_IDNAT_LENGTH} characters")
-        try:
-            kind = IdNatKind(value[0])
-        except ValueError:
-            raise IdNatError(f"unknown national identifier prefix {value[0]!r}") from None
-        number = value[1:]
-        if not _NUMBER_PATTERNS[kind].fullmatch(number):
-            raise IdNatError(f"malformed {kind.name} number in national identifier")
-        return cls(kind, number)
+        return _parse(value)
 
     @property
     def is_person(self) -> bool:
@@ -68,3 +64,15 @@ class IdNat:
 
     def __str__(self) -> str:
         return self.kind.value + self.number
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(value: str) -> IdNat:
+    """`IdNat.parse` of a bounded string, remembered: the same people log in all day."""
+    kind = _KINDS.get(value[0])
+    if kind is None:
+        raise IdNatError(f"unknown national identifier prefix {value[0]!r}")
+    number = value[1:]
+    if not _NUMBER_PATTERNS[kind].fullmatch(number):
+        raise IdNatError(f"malformed {kind.name} number in national identifier")
+    return IdNat(kind, number)

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 from joserfc.errors import JoseError
-from joserfc.jwk import KeySet
+from joserfc.jwk import Key, KeySet
 
 from psc_auth.config import ValidatorConfig
 from psc_auth.errors import TokenError, TokenFailure
@@ -44,6 +44,7 @@ class Provider:
         self._metadata: dict[str, Any] | None = None
         self._metadata_at = 0.0
         self._keys: KeySet | None = None
+        self._keys_by_kid: dict[str, Key] = {}
         self._keys_at = float("-inf")
         self._metadata_lock = asyncio.Lock()
         self._keys_lock = asyncio.Lock()
@@ -92,19 +93,27 @@ class Provider:
 
     async def key_set(self, kid: str | None) -> KeySet:
         """The JWKS, refetched when `kid` is unknown and the refetch interval allows."""
-        if self._keys is not None and (kid is None or _has_kid(self._keys, kid)):
+        if self._keys is not None and (kid is None or kid in self._keys_by_kid):
             return self._keys
         async with self._keys_lock:
-            known = self._keys is not None and (kid is None or _has_kid(self._keys, kid))
+            known = self._keys is not None and (kid is None or kid in self._keys_by_kid)
             may_refetch = (
                 self._clock() - self._keys_at >= self._config.jwks_refetch_interval_seconds
             )
             if not known and (self._keys is None or may_refetch):
                 self._keys_at = self._clock()
                 self._keys = await self._fetch_keys()
+                self._keys_by_kid = {}
+                for key in self._keys.keys:  # the first of a kid, as KeySet.get_by_kid
+                    if isinstance(key.kid, str):
+                        self._keys_by_kid.setdefault(key.kid, key)
         if self._keys is None:
             raise _unreachable("no JWKS")
         return self._keys
+
+    def known_key(self, kid: str) -> Key | None:
+        """The key of the JWKS already fetched for `kid`, if any: never fetches."""
+        return self._keys_by_kid.get(kid)
 
     async def _fetch_keys(self) -> KeySet:
         metadata = await self.metadata()
@@ -143,7 +152,3 @@ class Provider:
         if not isinstance(document, dict):
             raise _unreachable(f"{url} did not answer a JSON object")
         return document
-
-
-def _has_kid(key_set: KeySet, kid: str) -> bool:
-    return any(key.kid == kid for key in key_set.keys)

@@ -7,10 +7,7 @@ successful results keyed by a hash of the token; the cache never outlives the to
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hashlib
-import json
 import logging
 import time
 from collections import OrderedDict
@@ -19,34 +16,32 @@ from typing import Any, Generic, TypeVar
 
 import httpx
 from joserfc import jwt
-from joserfc.errors import (
-    BadSignatureError,
-    InvalidKeyTypeError,
-    JoseError,
-    UnsupportedAlgorithmError,
-    UnsupportedKeyAlgorithmError,
-)
+from joserfc.errors import JoseError
+from joserfc.jwk import Key
 
 from psc_auth.config import ValidationMode, ValidatorConfig
 from psc_auth.errors import TokenError, TokenFailure
 from psc_auth.identity import Identity
+from psc_auth.jws import (
+    FAST_ALGORITHMS,
+    SIGNATURE_ERRORS,
+    CompactJws,
+    Verify,
+    b64url_decode,
+    load_object,
+    make_verifier,
+    parse_compact,
+)
 from psc_auth.provider import Clock, Provider
 from psc_auth.trust import system_trust
 
 log = logging.getLogger(__name__)
 
 _FORBIDDEN_ALGORITHMS = frozenset({"none", "HS256", "HS384", "HS512"})
-MAX_HEADER_BYTES = 2048
 MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31T23:59:59Z: any time claim past it is absurd
 MAX_INACTIVE = 100_000  # tokens known inactive, remembered until they expire
 ENDED_SESSION_MEMORY = 4 * 3600.0  # a PSC session lives 4 hours at most
-# The key cannot have made this signature: a wrong key type or a key bound to another alg.
-_SIGNATURE_ERRORS = (
-    BadSignatureError,
-    InvalidKeyTypeError,
-    UnsupportedAlgorithmError,
-    UnsupportedKeyAlgorithmError,
-)
+MAX_VERIFIERS = 256  # (kid, alg) pairs: at most 64 published keys times the accepted algs
 
 
 _K = TypeVar("_K")
@@ -104,6 +99,8 @@ class TokenValidator:
         self._inflight: dict[bytes, asyncio.Future[Identity]] = {}
         self._inactive: _Remembered[bytes] = _Remembered(clock)  # tokens' sha256
         self._ended_sessions: _Remembered[str] = _Remembered(clock)  # PSC sessions' sid
+        self._verifiers: dict[tuple[str, str], tuple[Key, Verify]] = {}
+        self._local_only = config.mode is ValidationMode.LOCAL and not config.userinfo
 
     async def aclose(self) -> None:
         if self._own_http:
@@ -130,6 +127,18 @@ class TokenValidator:
                     self._cache.move_to_end(key)
                     return cached[1]
                 del self._cache[key]
+        identity = self._validated_now(token) if self._local_only else None
+        if identity is None:
+            identity = await self._validated_once(key, token)
+        if self.config.cache_enabled:
+            until = min(identity.expires_at.timestamp(), now + self.config.cache_max_ttl_seconds)
+            self._cache[key] = (until, identity)
+            while len(self._cache) > self.config.cache_max_entries:
+                self._cache.popitem(last=False)
+        return identity
+
+    async def _validated_once(self, key: bytes, token: str) -> Identity:
+        """`_validate_uncached`, once for concurrent callers with the same token."""
         pending = self._inflight.get(key)
         if pending is not None:  # the same token arriving on several connections at once
             return await asyncio.shield(pending)
@@ -145,12 +154,17 @@ class TokenValidator:
             future.set_result(identity)
         finally:
             del self._inflight[key]
-        if self.config.cache_enabled:
-            until = min(identity.expires_at.timestamp(), now + self.config.cache_max_ttl_seconds)
-            self._cache[key] = (until, identity)
-            while len(self._cache) > self.config.cache_max_entries:
-                self._cache.popitem(last=False)
         return identity
+
+    def _validated_now(self, token: str) -> Identity | None:
+        """Local validation without a pause (no fetch, so no one to share the work with), or
+        None when the token's key is not known yet."""
+        jws = parse_compact(token)
+        kid = self._accepted_kid(jws.header)
+        key = self.provider.known_key(kid)
+        if key is None:
+            return None
+        return self._identity(self._verified_claims(token, jws, kid, key), token)
 
     async def is_active(self, token: str) -> bool:
         """Ask the provider now (RFC 7662, never cached) whether `token` is still active:
@@ -177,6 +191,9 @@ class TokenValidator:
             claims = {**claims, **await self._introspect(token)}
         if self.config.userinfo:
             claims = {**claims, **await self._userinfo(token, claims)}
+        return self._identity(claims, token)
+
+    def _identity(self, claims: dict[str, Any], token: str) -> Identity:
         token_id = claims.get("jti")
         identity = Identity.from_claims(
             claims, token_id=token_id if isinstance(token_id, str) else token_fingerprint(token)
@@ -184,34 +201,67 @@ class TokenValidator:
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "psc.token_valid",
-                extra={"idnat": str(identity.idnat), "jti": identity.token_id, "mode": mode.value},
+                extra={
+                    "idnat": str(identity.idnat),
+                    "jti": identity.token_id,
+                    "mode": self.config.mode.value,
+                },
             )
         return identity
 
     async def _verify_jwt(self, token: str) -> dict[str, Any]:
-        header = _jose_header(token)
-        alg = header.get("alg")
-        if not isinstance(alg, str) or alg not in self.config.algorithms:
-            raise TokenError(TokenFailure.BAD_SIGNATURE, f"algorithm {alg!r} is not accepted")
-        kid = header.get("kid")
-        if kid is not None and not isinstance(kid, str):
-            raise TokenError(TokenFailure.MALFORMED, "kid is not a string")
-        key_set = await self.provider.key_set(kid)
-        try:
-            key = key_set.get_by_kid(kid) if kid is not None else None
-        except (JoseError, ValueError, KeyError):
-            key = None
+        jws = parse_compact(token)
+        kid = self._accepted_kid(jws.header)
+        key = self.provider.known_key(kid)
+        if key is None:
+            await self.provider.key_set(kid)  # refetched if the interval allows
+            key = self.provider.known_key(kid)
         if key is None:
             raise TokenError(TokenFailure.BAD_SIGNATURE, "no provider key for this kid")
-        try:
-            decoded = jwt.decode(token, key, algorithms=[alg])
-        except _SIGNATURE_ERRORS:
-            raise TokenError(TokenFailure.BAD_SIGNATURE, "signature does not verify") from None
-        except (JoseError, ValueError, TypeError) as exc:
-            raise TokenError(TokenFailure.MALFORMED, type(exc).__name__) from None
-        claims = dict(decoded.claims)
+        return self._verified_claims(token, jws, kid, key)
+
+    def _accepted_kid(self, header: Mapping[str, Any]) -> str:
+        """The header's kid, once its alg is one we accept (both strings: `parse_compact`)."""
+        alg = header["alg"]
+        if alg not in self.config.algorithms:
+            raise TokenError(TokenFailure.BAD_SIGNATURE, f"algorithm {alg!r} is not accepted")
+        kid: str | None = header.get("kid")
+        if kid is None:
+            raise TokenError(TokenFailure.BAD_SIGNATURE, "no provider key for this kid")
+        return kid
+
+    def _verified_claims(self, token: str, jws: CompactJws, kid: str, key: Key) -> dict[str, Any]:
+        """The claims of `jws`, once its signature by `key` and its claims are checked."""
+        alg: str = jws.header["alg"]
+        if alg in FAST_ALGORITHMS:
+            payload = b64url_decode(jws.payload_segment)
+            try:
+                signature = b64url_decode(jws.signature_segment)
+            except TokenError:
+                signature = b""
+            if not signature or not self._verifier(kid, alg, key)(jws.signing_input, signature):
+                raise TokenError(TokenFailure.BAD_SIGNATURE, "signature does not verify")
+            claims = load_object(payload, "payload")
+        else:  # an algorithm configured that only the library knows
+            try:
+                claims = dict(jwt.decode(token, key, algorithms=[alg]).claims)
+            except SIGNATURE_ERRORS:
+                raise TokenError(TokenFailure.BAD_SIGNATURE, "signature does not verify") from None
+            except (JoseError, ValueError, TypeError) as exc:
+                raise TokenError(TokenFailure.MALFORMED, type(exc).__name__) from None
         self._check_claims(claims)
         return claims
+
+    def _verifier(self, kid: str, alg: str, key: Key) -> Verify:
+        """The verifier of `alg` by `key`, made once for each key the provider publishes."""
+        made = self._verifiers.get((kid, alg))
+        if made is not None and made[0] is key:
+            return made[1]
+        verify = make_verifier(key, alg)
+        if len(self._verifiers) >= MAX_VERIFIERS:
+            self._verifiers.clear()
+        self._verifiers[(kid, alg)] = (key, verify)
+        return verify
 
     def _check_claims(self, claims: Mapping[str, Any]) -> None:
         cfg = self.config
@@ -236,11 +286,12 @@ class TokenValidator:
             raise TokenError(TokenFailure.MALFORMED, "not an access token")
         if cfg.client_ids:
             aud = claims.get("aud")
-            audiences = (
-                {aud} if isinstance(aud, str) else set(aud) if isinstance(aud, list) else set()
-            )
-            audiences.add(claims.get("azp"))
-            if not audiences.intersection(cfg.client_ids):
+            audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+            azp = claims.get("azp")
+            if not (
+                (isinstance(azp, str) and azp in cfg.client_ids)
+                or any(isinstance(a, str) and a in cfg.client_ids for a in audiences)
+            ):
                 raise TokenError(TokenFailure.WRONG_AUDIENCE, "neither aud nor azp is ours")
         self._check_acr_and_scope(claims)
 
@@ -286,28 +337,13 @@ class TokenValidator:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """An int or a float as JSON gives them (not a bool)."""
+    kind = type(value)
+    return kind is int or kind is float
 
 
 def _is_time(value: object) -> bool:
     """A NumericDate a clock can hold: finite, after 1970 and before the year 10000 (JSON
     lets a token say NaN, 1e308 or 10**400)."""
-    return _is_number(value) and 0 <= value <= MAX_TIMESTAMP  # type: ignore[operator]  # NaN: False
-
-
-def _jose_header(token: str) -> dict[str, Any]:
-    parts = token.split(".")
-    if len(parts) != 3 or not all(parts):
-        raise TokenError(TokenFailure.MALFORMED, "not a compact JWS")
-    if len(parts[0]) > MAX_HEADER_BYTES:
-        raise TokenError(TokenFailure.MALFORMED, "JOSE header too large")
-    try:
-        raw = base64.urlsafe_b64decode(parts[0] + "=" * (-len(parts[0]) % 4))
-        header = json.loads(raw)
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        raise TokenError(TokenFailure.MALFORMED, "JOSE header is not base64url JSON") from None
-    if not isinstance(header, dict):
-        raise TokenError(TokenFailure.MALFORMED, "JOSE header is not an object")
-    if header.get("crit"):
-        raise TokenError(TokenFailure.MALFORMED, "critical header extensions are not supported")
-    return header
+    kind = type(value)
+    return (kind is int or kind is float) and 0 <= value <= MAX_TIMESTAMP  # type: ignore[operator]  # NaN: False

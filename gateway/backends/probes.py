@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import ssl
-from pathlib import Path
 from typing import Literal
 
 import httpx
 
-from gateway.runtime.tls import backend_context
+from gateway.runtime.tls import shared_backend_context
 from gateway.settings import BackendSettings, TlsMode
 
 OK = "ok"
@@ -34,13 +32,6 @@ def clip(text: str) -> str:
     return text if len(text) <= MAX_REASON else text[: MAX_REASON - 1] + "…"
 
 
-@functools.lru_cache(maxsize=32)
-def _context(ca_file: Path | None, verify: bool) -> ssl.SSLContext:
-    """One context per backend setting: loading a CA bundle every second would cost more
-    than the probe itself."""
-    return backend_context(ca_file, verify)
-
-
 async def mail_port_check(
     backend: BackendSettings, protocol: MailProtocol, host: str, port: int, mode: TlsMode
 ) -> str:
@@ -48,7 +39,7 @@ async def mail_port_check(
     context = None
     if mode == "implicit":
         try:
-            context = _context(backend.ca_file, backend.tls_verify)
+            context = shared_backend_context(backend.ca_file, backend.tls_verify)
         except (OSError, ValueError) as exc:
             return clip(f"tls configuration: {exc}")
     within = min(backend.connect_timeout, MAX_PROBE_TIMEOUT)
@@ -58,7 +49,7 @@ async def mail_port_check(
 async def web_services_check(backend: BackendSettings) -> str:
     """`web_service_check` of a historic platform, with its TLS settings."""
     try:
-        context = _context(backend.ca_file, backend.tls_verify)
+        context = shared_backend_context(backend.ca_file, backend.tls_verify)
     except (OSError, ValueError) as exc:
         return clip(f"tls configuration: {exc}")
     within = min(backend.connect_timeout, MAX_PROBE_TIMEOUT)

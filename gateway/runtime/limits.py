@@ -9,6 +9,7 @@ Exempt networks (a hosting provider's NAT, the operator's own probes) are never 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import time
 from collections import OrderedDict, deque
@@ -28,8 +29,10 @@ def client_key(address: str) -> str:
     return str(ip)
 
 
+@functools.lru_cache(maxsize=4096)
 def ip_address_of(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The peer's address (an IPv4-mapped IPv6 one as IPv4, no zone), None if not one."""
+    """The peer's address (an IPv4-mapped IPv6 one as IPv4, no zone), None if not one.
+    Remembered: a login asks it of one peer several times (caps, throttle, exemptions)."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:

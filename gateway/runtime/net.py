@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 
@@ -22,8 +23,13 @@ def is_loopback(host: object) -> bool:
     test-only endpoints; anything unparsable is treated as remote."""
     if isinstance(host, tuple) and host:
         host = host[0]
+    return _is_loopback(str(host))
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_loopback(host: str) -> bool:
     try:
-        return ipaddress.ip_address(str(host).split("%")[0]).is_loopback
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
     except ValueError:
         return False
 

@@ -8,6 +8,7 @@ certificates given in the configuration.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import ipaddress
 import secrets
 import ssl
@@ -145,3 +146,11 @@ def backend_context(ca_file: Path | None, verify: bool) -> ssl.SSLContext:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+@functools.lru_cache(maxsize=32)
+def shared_backend_context(ca_file: Path | None, verify: bool) -> ssl.SSLContext:
+    """`backend_context`, one per backend setting, shared by every connection to it (an
+    SSLContext is made to be shared): making one loads the CA bundle, ~28 ms of CPU, which
+    a backend connection per client session cannot pay."""
+    return backend_context(ca_file, verify)

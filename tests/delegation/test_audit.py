@@ -166,6 +166,28 @@ async def test_every_action_is_written_on_every_database(seeded: DelegationServi
     assert written == ACTIONS
 
 
+async def test_a_batch_tells_the_listener_each_event_with_its_id(
+    seeded: DelegationService,
+) -> None:
+    """The SIEM copy of a batch: every event written, in order, with the id of its row."""
+    told: list[Any] = []
+    seeded.audit_listener = told.append
+    at = dt.datetime(2026, 3, 1, 12, tzinfo=dt.UTC)
+    records = [
+        AuditRecord(BERNARD, CLAIRE_BAL, AuditAction.SELECT, "imap", detail=f"n{i}", at=at)
+        for i in range(5)
+    ]
+    assert await seeded.record_many(records) == 5
+    assert [e.detail for e in told] == [f"n{i}" for i in range(5)]
+    written = {e.id: e for e in await seeded.audit_for(CLAIRE_BAL, limit=100)}
+    assert all(written[e.id] == e for e in told)
+    assert len({e.id for e in told}) == 5
+    seeded.audit_listener = None
+    assert await seeded.record_many(records[:2]) == 2
+    assert len(told) == 5
+    assert len(await seeded.audit_for(CLAIRE_BAL, limit=100)) == 7
+
+
 async def test_one_bad_event_costs_only_itself(
     seeded: DelegationService, caplog: pytest.LogCaptureFixture
 ) -> None:

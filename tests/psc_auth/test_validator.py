@@ -48,6 +48,11 @@ async def test_ecps_means_from_amr(provider: FakeProvider, make_validator: MakeV
     assert identity.auth_means is AuthMeans.ECPS
 
 
+async def test_amr_of_other_types_is_unknown(provider: FakeProvider, make_validator: MakeValidator):
+    identity = await make_validator().validate(provider.token(amr=[{"sc": 1}, ["sc"], 7]))
+    assert identity.auth_means is AuthMeans.UNKNOWN
+
+
 @pytest.mark.parametrize(
     ("overrides", "failure"),
     [

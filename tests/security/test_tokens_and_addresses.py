@@ -61,6 +61,15 @@ def resigned(stack: Stack, token: str, **changes: Any) -> str:
     return stack.mock.psc.keys.sign({k: v for k, v in claims.items() if v is not None})
 
 
+def b64json(value: Any) -> str:
+    return b64(json.dumps(value).encode())
+
+
+def kid(token: str) -> str:
+    header: dict[str, Any] = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
+    return str(header["kid"])
+
+
 def unsigned(token: str, header: dict[str, Any], key: bytes = b"") -> str:
     head = b64(json.dumps(header).encode())
     body = token.split(".")[1]
@@ -99,6 +108,20 @@ FORGERIES: dict[str, Callable[[Stack, str], str]] = {
     "exp 10**400": lambda s, t: resigned(s, t, exp=10**400),
     "exp a string": lambda s, t: resigned(s, t, exp="2099-01-01"),
     "idNat of another kind": lambda s, t: resigned(s, t, SubjectNameID="0" * 40),
+    "duplicate alg in the header": lambda s, t: ".".join(
+        [
+            b64(b'{"alg":"RS256","kid":%s,"alg":"none"}' % json.dumps(kid(t)).encode()),
+            *t.split(".")[1:],
+        ]
+    ),
+    "a header parameter no one registered": lambda s, t: ".".join(
+        [b64json({"alg": "RS256", "kid": kid(t), "jku": "file:///x"}), *t.split(".")[1:]]
+    ),
+    "a header nested 380 deep": lambda s, t: ".".join([b64(b"[" * 380), *t.split(".")[1:]]),
+    "a kid no key has": lambda s, t: unsigned(t, {"alg": "RS256", "kid": "no-such-key"}),
+    "a non-canonical signature": lambda s, t: t[:-1] + chr(ord(t[-1]) + 1),
+    "a padded signature": lambda s, t: t + "==",
+    "a non-ASCII character": lambda s, t: t[:20] + "é" + t[21:],
     "truncated": lambda s, t: t[: len(t) // 2],
     "garbage": lambda s, t: "not.a.token",
     "oversized": lambda s, t: t + "A" * 20_000,

@@ -21,12 +21,10 @@ never into a log record or an exception text.
 from __future__ import annotations
 
 import base64
-import functools
 import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from pathlib import Path
 from typing import TypeVar
 
 import aiosmtplib
@@ -36,7 +34,7 @@ from gateway.backends.errors import BackendRefused, BackendUnavailable, one_line
 from gateway.backends.origin import xclient_arguments
 from gateway.runtime.dsn import MailDsn, RecipientDsn
 from gateway.runtime.login import ConnectionInfo
-from gateway.runtime.tls import backend_context
+from gateway.runtime.tls import shared_backend_context
 from gateway.settings import BackendSettings
 
 log = logging.getLogger(__name__)
@@ -46,13 +44,6 @@ QUIT_TIMEOUT = 2.0
 FORWARDED_MAIL_PARAMS = {"BODY=8BITMIME": "8bitmime", "SMTPUTF8": "smtputf8"}
 
 _T = TypeVar("_T")
-
-
-@functools.lru_cache(maxsize=16)
-def _tls_context(ca_file: Path | None, verify: bool) -> ssl.SSLContext:
-    """Loading a CA bundle costs milliseconds: one context per backend setting, not per
-    client session."""
-    return backend_context(ca_file, verify)
 
 
 class SmtpSubmission:
@@ -94,7 +85,9 @@ class SmtpSubmission:
         """Connect, secure and log in; `BackendUnavailable` when any step fails."""
         backend = self.backend
         tls = backend.smtp_tls
-        context = _tls_context(backend.ca_file, backend.tls_verify) if tls != "none" else None
+        context = (
+            shared_backend_context(backend.ca_file, backend.tls_verify) if tls != "none" else None
+        )
         smtp = aiosmtplib.SMTP(
             hostname=backend.smtp_host,
             port=backend.smtp_port,

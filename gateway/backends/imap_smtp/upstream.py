@@ -28,7 +28,7 @@ from gateway.imap.client import (
     parse_capabilities,
 )
 from gateway.runtime.login import ConnectionInfo
-from gateway.runtime.tls import backend_context
+from gateway.runtime.tls import shared_backend_context
 from gateway.settings import BackendSettings
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ READ_SIZE = 256 * 1024
 
 
 def _context(backend: BackendSettings) -> ssl.SSLContext:
-    return backend_context(backend.ca_file, backend.tls_verify)
+    return shared_backend_context(backend.ca_file, backend.tls_verify)
 
 
 class Dialogue:

@@ -478,21 +478,24 @@ class Relay:
 
     # -- audit ---------------------------------------------------------------------------
     def _record_soon(self, action: AuditAction, detail: str, result: str) -> None:
+        if self.audit.offer(self._audit_record(action, detail, result)):
+            return  # queued: no task per event while the sink keeps up
         task = in_background(self._record(action, detail, result))
         self._audits.add(task)
         task.add_done_callback(self._audits.discard)
 
     async def _record(self, action: AuditAction, detail: str, result: str) -> None:
-        await self.audit.submit(
-            AuditRecord(
-                self.actor,
-                self.mailbox,
-                action,
-                "imap",
-                result=result,
-                delegation_id=self.grant.delegation_id,
-                software=self.session.client_software(),
-                remote=self.session.connection.peer,
-                detail=detail or None,
-            )
+        await self.audit.submit(self._audit_record(action, detail, result))
+
+    def _audit_record(self, action: AuditAction, detail: str, result: str) -> AuditRecord:
+        return AuditRecord(
+            self.actor,
+            self.mailbox,
+            action,
+            "imap",
+            result=result,
+            delegation_id=self.grant.delegation_id,
+            software=self.session.client_software(),
+            remote=self.session.connection.peer,
+            detail=detail or None,
         )
