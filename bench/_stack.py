@@ -135,25 +135,149 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and every process below it (a gateway's workers, Dovecot's imap processes)."""
+    from tests.dovecot import descendants
+
+    return [pid, *descendants(pid)]
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of `pid` and its descendants, those already exited and reaped included
+    (their time is in their parent's cutime/cstime): Dovecot's short-lived imap and auth
+    processes, a gateway's workers."""
+    total = 0.0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{member}/stat").read_text().rpartition(")")[2].split()
+            total += sum(int(fields[i]) for i in (11, 12, 13, 14))
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def pss_kib(pid: int) -> int:
+    """Proportional set size of `pid` and its descendants, KiB (/proc/PID/smaps_rollup):
+    pages shared between a parent and its forked workers counted once in all."""
+    total = 0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{member}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+                    break
+    return total
+
+
 class Costs:
     """The CPU seconds groups of processes spend while some work runs (the nodes of a
-    cluster summed, say)."""
+    cluster summed, say); each process counted with its descendants (`tree_cpu_seconds`)."""
 
     def __init__(self, pids: dict[str, list[int]]) -> None:
         self.pids = pids
 
+    def totals(self) -> dict[str, float]:
+        return {who: sum(tree_cpu_seconds(p) for p in pids) for who, pids in self.pids.items()}
+
     def measure(self, work: Callable[[], T]) -> tuple[T, dict[str, float]]:
-        before = {who: sum(cpu_seconds(p) for p in pids) for who, pids in self.pids.items()}
+        before = self.totals()
         result = work()
-        spent = {
-            who: sum(cpu_seconds(p) for p in pids) - before[who] for who, pids in self.pids.items()
-        }
-        return result, spent
+        after = self.totals()
+        return result, {who: after[who] - before[who] for who in self.pids}
 
 
 def xoauth2(user: str, token: str) -> str:
     """The base64 SASL XOAUTH2 initial response."""
     return base64.b64encode(f"user={user}\x01auth=Bearer {token}\x01\x01".encode()).decode()
+
+
+def sasl_plain(user: str, password: str, authzid: str = "") -> str:
+    """The base64 SASL PLAIN initial response."""
+    return base64.b64encode(f"{authzid}\0{user}\0{password}".encode()).decode()
+
+
+# -- the Dovecot peer ----------------------------------------------------------------------
+
+DOVECOT_BAL_PASSWORD = "bench-bal-secret"  # the BAL's own password on the bench's Dovecot
+
+
+def dovecot_limits(sessions: int, auth_port: int | None = None) -> str:
+    """Dovecot settings (appended to tests/dovecot.py's) for `sessions` connections of one
+    user from one address at once: process and client limits, the per user+address cap,
+    the login processes in high-performance mode (each serves many connections, as on a
+    platform); beyond a few hundred sessions, several sessions per imap process (all
+    users share one uid) so that 10,000 are not 10,000 processes. With `auth_port`, the
+    auth service also listens there (Postfix's SASL)."""
+    clients = 2 * sessions + 1000
+    per_process = 1 if sessions <= 500 else 50
+    processes = max(256, sessions // per_process + 64)
+    auth = (
+        f"""  inet_listener auth-bench {{
+    address = 127.0.0.1
+    port = {auth_port}
+  }}
+"""
+        if auth_port
+        else ""
+    )
+    return f"""# the benchmark's limits (bench/_stack.py)
+default_process_limit = {processes}
+default_client_limit = {clients}
+default_vsz_limit = 1G
+mail_max_userip_connections = {clients}
+service imap-login {{
+  service_count = 0
+  process_min_avail = 2
+  process_limit = 16
+  client_limit = {clients}
+}}
+service imap {{
+  process_limit = {processes}
+  client_limit = {per_process}
+}}
+service anvil {{
+  client_limit = {clients + 100}
+}}
+service auth {{
+  client_limit = {clients + 100}
+{auth}}}
+"""
+
+
+def start_bench_dovecot(sessions: int = 200, auth_port: int | None = None) -> Any:
+    """A private Dovecot (tests/dovecot.py) with user `BAL` (its own password, for the
+    direct path) and the gateway's master login, sized for `sessions`."""
+    from tests.dovecot import MASTER, MASTER_PW, start_dovecot
+
+    return start_dovecot(
+        user=BAL,
+        password=DOVECOT_BAL_PASSWORD,
+        master_user=MASTER,
+        master_password=MASTER_PW,
+        extra_config=dovecot_limits(sessions, auth_port),
+    )
+
+
+def dovecot_master_pid(server: Any) -> int:
+    return int((Path(server.base) / "run" / "master.pid").read_text().split()[0])
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`extra` laid over `base`, sections merged key by key."""
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 # -- the bench side ------------------------------------------------------------------------
@@ -168,8 +292,13 @@ class Endpoints:
     http_url: str = ""
 
 
+class GatewayRefused(RuntimeError):
+    """The gateway did not start with the extra settings given (a key it does not know)."""
+
+
 class Stack:
-    """Mock operator and gateway subprocesses; use as a context manager."""
+    """Mock operator and gateway subprocesses, and the peer behind the gateway (the mock or
+    a private Dovecot); use as a context manager."""
 
     def __init__(
         self,
@@ -182,7 +311,23 @@ class Stack:
         nodes: int = 1,
         database_url: str | None = None,
         proxy_from: str | None = None,
+        peer: str = "mock",
+        submission: bool = False,
+        sessions: int = 200,
+        settings: dict[str, Any] | None = None,
     ) -> None:
+        """`peer`: the gateway's default backend and the direct path, ``mock`` (the mock
+        operator's modern platform) or ``dovecot`` (a private Dovecot sized for
+        `sessions` connections, master login; with `submission`, a private Postfix
+        authenticating through it as its submission server, see _postfix.py).
+        `settings`: laid over the gateway's settings (`merge`; ``backends.modern`` is the
+        default backend), an unknown key stopping the gateway (`GatewayRefused`)."""
+        self.peer = peer
+        self.submission = submission
+        self.sessions = sessions
+        self.settings = settings or {}
+        self.dovecot: Any = None
+        self.postfix: Any = None
         self.big = big
         self.historic = historic
         self.migration = migration
@@ -197,6 +342,7 @@ class Stack:
         self.mock_info: dict[str, Any] = {}
         self._gateway: Endpoints | None = None
         self._direct: Endpoints | None = None
+        self._mock: Endpoints | None = None
 
     @property
     def gateway(self) -> Endpoints:
@@ -226,21 +372,76 @@ class Stack:
     def __exit__(self, *_: object) -> None:
         self.close()
 
+    @property
+    def mock(self) -> Endpoints:
+        """The mock operator's listeners (PSC, its platforms)."""
+        assert self._mock is not None, "not started"
+        return self._mock
+
+    def login_command(self, endpoint: Endpoints, token: str) -> str:
+        """The IMAP command logging in as `BAL` on `endpoint`: XOAUTH2 with the PSC token
+        (SASL-IR) on the gateway and the mock, PLAIN with the BAL's password on Dovecot."""
+        if self.dovecot is not None and endpoint is self._direct:
+            return "AUTHENTICATE PLAIN " + sasl_plain(BAL, DOVECOT_BAL_PASSWORD)
+        return "AUTHENTICATE XOAUTH2 " + xoauth2(BAL, token)
+
+    def peer_label(self) -> str:
+        if self.dovecot is None:
+            return "mock operator"
+        return "Dovecot" + (" + Postfix" if self.postfix is not None else "")
+
+    def _start_peer(self) -> dict[str, Any] | None:
+        """The Dovecot (and Postfix) peer; the gateway's default backend settings."""
+        if self.peer == "mock":
+            return None
+        from tests.dovecot import MASTER, MASTER_PW
+
+        auth_port = free_port() if self.submission else None
+        self.dovecot = start_bench_dovecot(self.sessions, auth_port)
+        smtp_port = 0
+        if self.submission:
+            from _postfix import start_postfix
+
+            assert auth_port is not None
+            self.postfix = start_postfix(auth_port)
+            smtp_port = self.postfix.port
+        return {
+            "imap_host": self.dovecot.host,
+            "imap_port": self.dovecot.port,
+            "smtp_host": "127.0.0.1",
+            "smtp_port": smtp_port,
+            "imap_tls": "none",
+            "smtp_tls": "none",
+            "login": "master",
+            "master_user": MASTER,
+            "master_password": MASTER_PW,
+            "connect_timeout": 10,
+            "reply_timeout": 60,
+        }
+
     def start(self) -> None:
         raise_fd_limit()
+        backend = self._start_peer()
         args = ["mock", "--data", str(self._tmp / "mock"), "--big", str(self.big)]
         args += ["--historic", str(self.historic)]
         if self.migration:
             args += ["--migration", str(self.migration)]
             args += ["--migration-messages", str(self.migration_messages)]
         self.mock_info = self._spawn(args)
-        self._direct = Endpoints(
+        self._mock = self._direct = Endpoints(
             "127.0.0.1",
             self.mock_info["imap_port"],
             self.mock_info["smtp_port"],
             self.mock_info["pid"],
             self.mock_info["http_url"],
         )
+        if self.dovecot is not None:
+            self._direct = Endpoints(
+                self.dovecot.host,
+                self.dovecot.port,
+                self.postfix.port if self.postfix is not None else 0,
+                dovecot_master_pid(self.dovecot),
+            )
         gateway = [
             "gateway",
             "--data",
@@ -255,6 +456,10 @@ class Stack:
             gateway += ["--database", self.database_url]
         if self.proxy_from:
             gateway += ["--proxy-from", self.proxy_from]
+        if backend is not None:
+            gateway += ["--backend", json.dumps(backend)]
+        if self.settings:
+            gateway += ["--settings", json.dumps(self.settings)]
         for index in range(self.node_count):
             if index:
                 gateway[2] = str(self._tmp / f"gateway-{index + 1}")
@@ -281,6 +486,8 @@ class Stack:
         assert process.stdout is not None
         line = process.stdout.readline()
         if not line:
+            if args[0] == "gateway" and self.settings:
+                raise GatewayRefused(f"gateway did not start (exit {process.wait(10)})")
             raise RuntimeError(f"{args[0]} did not start (exit {process.wait(10)})")
         info: dict[str, Any] = json.loads(line)
         return info
@@ -309,6 +516,9 @@ class Stack:
             if process.stdout is not None:
                 process.stdout.close()
         self._processes.clear()
+        for server in (self.postfix, self.dovecot):
+            if server is not None:
+                server.stop()
         shutil.rmtree(self._tmp, ignore_errors=True)
 
 
@@ -657,7 +867,11 @@ async def _serve_gateway(
     migration: dict[str, Any] | None = None,
     database_url: str | None = None,
     proxy_from: str | None = None,
+    peer: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> None:
+    from pydantic import ValidationError
+
     from delegation.seed import seed
     from gateway.runtime.lifecycle import run_until_signalled
     from gateway.server import Gateway
@@ -684,11 +898,17 @@ async def _serve_gateway(
         connect_timeout=10,
         reply_timeout=60,
     )
+    if peer is not None:  # the default backend is a Dovecot (and Postfix)
+        backend = BackendSettings.model_validate(peer)
     backends = {"modern": backend, "historic": historic}
     seeded: list[dict[str, Any]] = [dataclasses.asdict(p) for p in personas]
     if migration is not None:
         seeded += _migration_setup(mock, migration, backends)
-    settings = Settings(
+    extra = dict(extra or {})
+    for name, keys in extra.pop("backends", {}).items():  # validated: unknown keys refused
+        current = backends[name].model_dump(exclude_unset=True)
+        backends[name] = BackendSettings.model_validate({**current, **keys})
+    values: dict[str, Any] = dict(
         data_dir=data,
         database_url=database_url,
         log={"level": "WARNING"},
@@ -698,11 +918,14 @@ async def _serve_gateway(
             "port": 0,
             "auth_failure_delay": 0,
             "max_sessions_per_person": 1_000_000,
+            "max_preauth_per_address": 100_000,
             "proxy_protocol_from": [proxy_from] if proxy_from else [],
         },
         smtp={
             "port": 0,
             "auth_failure_delay": 0,
+            "max_sessions_per_person": 1_000_000,
+            "max_preauth_per_address": 100_000,
             "proxy_protocol_from": [proxy_from] if proxy_from else [],
         },
         limits={"exempt_networks": ["127.0.0.0/8", "::1/128"]},
@@ -715,6 +938,12 @@ async def _serve_gateway(
             },
         },
     )
+    try:
+        settings = Settings(**merge(values, extra))
+    except ValidationError as exc:  # GatewayRefused on the bench's side: say which key
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        print(f"gateway: settings refused: {problems}", file=sys.stderr)
+        raise SystemExit(3) from None
     gateway = Gateway(settings)
     registry = await gateway.open_registry()
     await seed(registry, seeded)
@@ -785,6 +1014,8 @@ def main() -> None:
     parser.add_argument(
         "--proxy-from", help="a load balancer's address (CIDR) the PROXY protocol comes from"
     )
+    parser.add_argument("--backend", help="the default backend's settings, JSON (a Dovecot)")
+    parser.add_argument("--settings", help="JSON laid over the gateway's settings")
     parser.add_argument("--profile", type=Path, help="write a cProfile of this process here")
     args = parser.parse_args()
     raise_fd_limit()
@@ -805,7 +1036,13 @@ def main() -> None:
     else:
         plan = json.loads(args.migration) if args.migration else None
         coroutine = _serve_gateway(
-            args.data, json.loads(args.mock), plan, args.database, args.proxy_from
+            args.data,
+            json.loads(args.mock),
+            plan,
+            args.database,
+            args.proxy_from,
+            json.loads(args.backend) if args.backend else None,
+            json.loads(args.settings) if args.settings else None,
         )
     if args.profile is None:
         asyncio.run(coroutine)
