@@ -899,15 +899,16 @@ async def _serve_gateway(
         reply_timeout=60,
     )
     if peer is not None:  # the default backend is a Dovecot (and Postfix)
-        backend = BackendSettings.model_validate(peer)
+        # Without Postfix, a listening SMTP port all the same (the mock's: no bench sends
+        # through it, its master login is not Dovecot's)
+        backend = BackendSettings.model_validate(
+            {**peer, "smtp_port": peer["smtp_port"] or mock["smtp_port"]}
+        )
     backends = {"modern": backend, "historic": historic}
     seeded: list[dict[str, Any]] = [dataclasses.asdict(p) for p in personas]
     if migration is not None:
         seeded += _migration_setup(mock, migration, backends)
     extra = dict(extra or {})
-    for name, keys in extra.pop("backends", {}).items():  # validated: unknown keys refused
-        current = backends[name].model_dump(exclude_unset=True)
-        backends[name] = BackendSettings.model_validate({**current, **keys})
     values: dict[str, Any] = dict(
         data_dir=data,
         database_url=database_url,
@@ -939,6 +940,9 @@ async def _serve_gateway(
         },
     )
     try:
+        for name, keys in extra.pop("backends", {}).items():  # validated: unknown keys refused
+            current = backends[name].model_dump(exclude_unset=True)
+            backends[name] = BackendSettings.model_validate({**current, **keys})
         settings = Settings(**merge(values, extra))
     except ValidationError as exc:  # GatewayRefused on the bench's side: say which key
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
