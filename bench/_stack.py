@@ -112,8 +112,15 @@ def migration_idnat(role: str, index: int) -> str:
 
 
 def raise_fd_limit() -> int:
-    """Raise RLIMIT_NOFILE to the hard limit; return the new soft limit."""
+    """Raise RLIMIT_NOFILE to the hard limit, and as root both to 262,144 (within the
+    kernel's fs.nr_open) first; return the new soft limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if os.geteuid() == 0 and hard != resource.RLIM_INFINITY and hard < 1 << 18:
+        with contextlib.suppress(ValueError, OSError):
+            ceiling = int(Path("/proc/sys/fs/nr_open").read_text())
+            wanted = min(1 << 18, ceiling)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+            soft, hard = wanted, wanted
     if hard == resource.RLIM_INFINITY or soft < hard:
         target = hard if hard != resource.RLIM_INFINITY else 1 << 20
         with contextlib.suppress(ValueError, OSError):
@@ -204,7 +211,8 @@ def dovecot_limits(sessions: int, auth_port: int | None = None) -> str:
     user from one address at once: process and client limits, the per user+address cap,
     the login processes in high-performance mode (each serves many connections, as on a
     platform); beyond a few hundred sessions, several sessions per imap process (all
-    users share one uid) so that 10,000 are not 10,000 processes. With `auth_port`, the
+    users share one uid; processes kept, ``service_count = 0``) so that 10,000 are not
+    10,000 processes. With `auth_port`, the
     auth service also listens there (Postfix's SASL)."""
     clients = 2 * sessions + 1000
     per_process = 1 if sessions <= 500 else 50
@@ -232,6 +240,7 @@ service imap-login {{
 service imap {{
   process_limit = {processes}
   client_limit = {per_process}
+  service_count = {0 if per_process > 1 else 1}
 }}
 service anvil {{
   client_limit = {clients + 100}
