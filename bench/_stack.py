@@ -27,12 +27,20 @@ read alone. Two server roles, each printing one JSON line on stdout once it list
       instead of SQLite in DIR; with ``--proxy-from CIDR``, IMAP and SMTP connections
       from there start with a PROXY protocol header (a load balancer's).
 
+With ``--backend JSON``, the gateway's default backend (``modern``) is that one instead
+of the mock's platform: a private Dovecot, and a Postfix for submission (``Stack(peer=
+"dovecot", submission=True)``); ``--settings JSON`` is laid over its settings (a key it
+does not know stops it: `GatewayRefused`).
+
 `Stack` starts both (with ``nodes=N``, N gateway nodes, one after the other so that the
-first migrates the database; ``database_url`` names their shared registry) and cleans up
-(processes and temporary directory). With ``LPS_BENCH_PROFILE=DIR`` in the environment,
-each server process runs under cProfile and writes ``DIR/mock.prof`` and
-``DIR/gateway.prof`` (``gateway-2.prof``... for other nodes) when stopped (read them with
-pstats).
+first migrates the database; ``database_url`` names their shared registry), and with
+``peer="dovecot"`` first a private Dovecot (tests/dovecot.py's configuration, the
+limits of `dovecot_limits` appended: user `BAL` with its own password for the direct
+path, the gateway's master login), which becomes `Stack.direct`; it cleans up
+(processes, Dovecot, Postfix and temporary directories). With ``LPS_BENCH_PROFILE=DIR``
+in the environment, each server process runs under cProfile and writes
+``DIR/mock.prof`` and ``DIR/gateway.prof`` (``gateway-2.prof``... for other nodes) when
+stopped (read them with pstats).
 """
 
 from __future__ import annotations

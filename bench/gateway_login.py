@@ -25,6 +25,7 @@ server processes, see _stack.py).
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,7 +97,7 @@ def compare_logins(
             count = min(batch, logins - begin)
             for name, endpoint in paths.items():
                 seconds, spent = costs.measure(
-                    lambda e=endpoint, c=count, p=processes, n=name: run(e, logins_by_path[n], c, p)
+                    functools.partial(run, endpoint, logins_by_path[name], count, processes)
                 )
                 elapsed[name] += seconds
                 for who, value in spent.items():

@@ -29,6 +29,7 @@ Run: ``.venv/bin/python bench/gateway_mixed.py [--clients 10] [--seconds 15] [--
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -143,7 +144,7 @@ def main() -> None:
         for _ in range(args.rounds):
             for name, endpoint in paths.items():
                 result, spent = costs.measure(
-                    lambda e=endpoint, n=name: run(e, logins[n], args.clients, args.seconds)
+                    functools.partial(run, endpoint, logins[name], args.clients, args.seconds)
                 )
                 operations[name] += result.operations
                 errors[name] += result.errors

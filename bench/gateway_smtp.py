@@ -24,6 +24,7 @@ Run: ``.venv/bin/python bench/gateway_smtp.py [--messages 1000] [--size 51200]
 from __future__ import annotations
 
 import argparse
+import functools
 import smtplib
 import sys
 import time
@@ -125,7 +126,7 @@ def main() -> None:
         for begin in range(0, args.messages, step):
             for name, client in clients.items():
                 seconds, spent = costs.measure(
-                    lambda c=client, b=begin: send(c, messages[b : b + step])
+                    functools.partial(send, client, messages[begin : begin + step])
                 )
                 elapsed[name] += seconds
                 for who, value in spent.items():
