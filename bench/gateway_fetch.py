@@ -141,7 +141,8 @@ def main() -> None:
                 sizes[name] = size
         for client in clients.values():
             client.close()
-    if sizes["gateway"] != sizes["direct"]:
+    # The tagged completions differ (Dovecot's says how long it took): bytes, not messages
+    if abs(sizes["gateway"] - sizes["direct"]) > 1024:
         print(f"  WARNING: sizes differ: gateway {sizes['gateway']}, direct {sizes['direct']}")
     rate = {name: sizes[name] / best[name] / 2**20 for name in paths}
     ratio = rate["gateway"] / rate["direct"]
