@@ -51,6 +51,7 @@ import base64
 import contextlib
 import dataclasses
 import datetime as dt
+import importlib
 import json
 import logging
 import os
@@ -968,19 +969,32 @@ async def _serve_gateway(
     gateway = Gateway(settings)
     registry = await gateway.open_registry()
     await seed(registry, seeded)
+    node: Any = gateway
+    server: Any = vars(settings).get("server")  # `[server]`: not in every build
+    if "server" in extra and server is not None and server.count() > 1:
+        # `[server] workers` given, on a build that has them: the node's supervisor, as
+        # `lps-gateway serve` runs it, its workers this process's children
+        supervisor = importlib.import_module("gateway.workers.supervisor")
+        node = supervisor.Node(settings)
 
     def announce() -> None:
-        assert gateway.imap is not None
-        assert gateway.smtp is not None
+        if node is gateway:
+            assert gateway.imap is not None
+            assert gateway.smtp is not None
+            ports = {"imap": gateway.imap.port, "smtp": gateway.smtp.port}
+            http_url = f"http://127.0.0.1:{gateway.http_port}"
+        else:
+            ports = {"imap": node.ports["imap.port"], "smtp": node.ports["smtp.port"]}
+            http_url = node.http_url
         info = {
             "pid": os.getpid(),
-            "imap_port": gateway.imap.port,
-            "smtp_port": gateway.smtp.port,
-            "http_url": f"http://127.0.0.1:{gateway.http_port}",
+            "imap_port": ports["imap"],
+            "smtp_port": ports["smtp"],
+            "http_url": http_url,
         }
         print(json.dumps(info), flush=True)
 
-    await run_until_signalled([gateway], announce)
+    await run_until_signalled([node], announce)
 
 
 def _migration_setup(
