@@ -98,16 +98,11 @@ class PostfixServer:
         shutil.rmtree(self.base, ignore_errors=True)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def start_postfix(auth_port: int, timeout: float = 30.0) -> PostfixServer:
     """A private Postfix on a free loopback port, SASL by Dovecot's auth service listening
     on ``127.0.0.1:auth_port``; RuntimeError (with its log) when it does not come up."""
+    from _stack import free_port
+
     base = Path(tempfile.mkdtemp(prefix="lps-postfix-", dir="/tmp"))
     base.chmod(0o755)
     etc, queue, data = base / "etc", base / "queue", base / "data"

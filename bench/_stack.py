@@ -221,8 +221,8 @@ def dovecot_limits(sessions: int, auth_port: int | None = None) -> str:
     the login processes in high-performance mode (each serves many connections, as on a
     platform); beyond a few hundred sessions, several sessions per imap process (all
     users share one uid; processes kept, ``service_count = 0``) so that 10,000 are not
-    10,000 processes. With `auth_port`, the
-    auth service also listens there (Postfix's SASL)."""
+    10,000 processes. With `auth_port`, the auth service also listens there (Postfix's
+    SASL)."""
     clients = 2 * sessions + 1000
     per_process = 1 if sessions <= 500 else 50
     processes = max(256, sessions // per_process + 64)
@@ -272,10 +272,6 @@ def start_bench_dovecot(sessions: int = 200, auth_port: int | None = None) -> An
         master_password=MASTER_PW,
         extra_config=dovecot_limits(sessions, auth_port),
     )
-
-
-def dovecot_master_pid(server: Any) -> int:
-    return int((Path(server.base) / "run" / "master.pid").read_text().split()[0])
 
 
 def free_port() -> int:
@@ -458,7 +454,7 @@ class Stack:
                 self.dovecot.host,
                 self.dovecot.port,
                 self.postfix.port if self.postfix is not None else 0,
-                dovecot_master_pid(self.dovecot),
+                self.dovecot.master_pid,
             )
         gateway = [
             "gateway",

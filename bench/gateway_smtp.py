@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _postfix import ensure_postfix
-from _stack import BAL, DOVECOT_BAL_PASSWORD, Costs, Endpoints, Stack, dovecot_master_pid
+from _stack import BAL, DOVECOT_BAL_PASSWORD, Costs, Endpoints, Stack
 
 TARGET = 0.8
 RECIPIENT = "luc.durand@infirmier.mssante.fr"
@@ -111,7 +111,7 @@ def main() -> None:
             groups = {
                 "gateway": [stack.gateway.pid],
                 "postfix": [stack.postfix.master_pid],
-                "dovecot": [dovecot_master_pid(stack.dovecot)],
+                "dovecot": [stack.dovecot.master_pid],
             }
         costs = Costs(groups)
         clients = {

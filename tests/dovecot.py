@@ -84,14 +84,18 @@ class DovecotServer:
         ).stdout.splitlines()[1:]
         return [(fields[0], fields[3]) for fields in (line.split() for line in listed)]
 
+    @property
+    def master_pid(self) -> int:
+        """The daemonised master's pid (its pid file); OSError/ValueError when unreadable."""
+        return int((self.base / "run" / "master.pid").read_text().split()[0])
+
     def stop(self) -> None:
         """Kill the master (by its pid file), wait for it, remove the temp dir."""
         if self._stopped:
             return
         self._stopped = True
-        pid_file = self.base / "run" / "master.pid"
         with contextlib.suppress(OSError, ValueError):
-            pid = int(pid_file.read_text().split()[0])
+            pid = self.master_pid
             # only our own master: a stale pid file must not kill a recycled pid
             if str(self.base).encode() not in Path(f"/proc/{pid}/cmdline").read_bytes():
                 raise ProcessLookupError(pid)
@@ -115,7 +119,7 @@ class DovecotServer:
         if self._stopped:
             return
         with contextlib.suppress(OSError, ValueError):
-            pid = int((self.base / "run" / "master.pid").read_text().split()[0])
+            pid = self.master_pid
             if str(self.base).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
                 victims = [pid, *descendants(pid)]
                 for victim in victims:
