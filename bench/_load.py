@@ -12,6 +12,7 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.queues
 import multiprocessing.synchronize
+import queue
 import time
 import traceback
 from collections.abc import Callable
@@ -77,7 +78,14 @@ def run_clients(
         process.start()
     ready.wait()
     began = time.monotonic()
-    collected = [results.get() for _ in processes]
+    collected: list[tuple[int, int, str | None, float]] = []
+    while len(collected) < clients:
+        try:
+            collected.append(results.get(timeout=1))
+        except queue.Empty:  # a client killed before it could report must not hang us
+            dead = [p.exitcode for p in processes if p.exitcode not in (None, 0)]
+            if dead:
+                raise RuntimeError(f"a client process died (exit {dead[0]})") from None
     for process in processes:
         process.join()
     first = next((text for _, _, text, _ in collected if text), None)
