@@ -27,12 +27,20 @@ read alone. Two server roles, each printing one JSON line on stdout once it list
       instead of SQLite in DIR; with ``--proxy-from CIDR``, IMAP and SMTP connections
       from there start with a PROXY protocol header (a load balancer's).
 
+With ``--backend JSON``, the gateway's default backend (``modern``) is that one instead
+of the mock's platform: a private Dovecot, and a Postfix for submission (``Stack(peer=
+"dovecot", submission=True)``); ``--settings JSON`` is laid over its settings (a key it
+does not know stops it: `GatewayRefused`).
+
 `Stack` starts both (with ``nodes=N``, N gateway nodes, one after the other so that the
-first migrates the database; ``database_url`` names their shared registry) and cleans up
-(processes and temporary directory). With ``LPS_BENCH_PROFILE=DIR`` in the environment,
-each server process runs under cProfile and writes ``DIR/mock.prof`` and
-``DIR/gateway.prof`` (``gateway-2.prof``... for other nodes) when stopped (read them with
-pstats).
+first migrates the database; ``database_url`` names their shared registry), and with
+``peer="dovecot"`` first a private Dovecot (tests/dovecot.py's configuration, the
+limits of `dovecot_limits` appended: user `BAL` with its own password for the direct
+path, the gateway's master login), which becomes `Stack.direct`; it cleans up
+(processes, Dovecot, Postfix and temporary directories). With ``LPS_BENCH_PROFILE=DIR``
+in the environment, each server process runs under cProfile and writes
+``DIR/mock.prof`` and ``DIR/gateway.prof`` (``gateway-2.prof``... for other nodes) when
+stopped (read them with pstats).
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ import base64
 import contextlib
 import dataclasses
 import datetime as dt
+import importlib
 import json
 import logging
 import os
@@ -112,8 +121,15 @@ def migration_idnat(role: str, index: int) -> str:
 
 
 def raise_fd_limit() -> int:
-    """Raise RLIMIT_NOFILE to the hard limit; return the new soft limit."""
+    """Raise RLIMIT_NOFILE to the hard limit, and as root both to 262,144 (within the
+    kernel's fs.nr_open) first; return the new soft limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if os.geteuid() == 0 and hard != resource.RLIM_INFINITY and hard < 1 << 18:
+        with contextlib.suppress(ValueError, OSError):
+            ceiling = int(Path("/proc/sys/fs/nr_open").read_text())
+            wanted = min(1 << 18, ceiling)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+            soft, hard = wanted, wanted
     if hard == resource.RLIM_INFINITY or soft < hard:
         target = hard if hard != resource.RLIM_INFINITY else 1 << 20
         with contextlib.suppress(ValueError, OSError):
@@ -135,25 +151,147 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and every process below it (a gateway's workers, Dovecot's imap processes)."""
+    from tests.dovecot import descendants
+
+    return [pid, *descendants(pid)]
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of `pid` and its descendants, those already exited and reaped included
+    (their time is in their parent's cutime/cstime): Dovecot's short-lived imap and auth
+    processes, a gateway's workers."""
+    total = 0.0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{member}/stat").read_text().rpartition(")")[2].split()
+            total += sum(int(fields[i]) for i in (11, 12, 13, 14))
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def pss_kib(pid: int) -> int:
+    """Proportional set size of `pid` and its descendants, KiB (/proc/PID/smaps_rollup):
+    pages shared between a parent and its forked workers counted once in all."""
+    total = 0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{member}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+                    break
+    return total
+
+
 class Costs:
     """The CPU seconds groups of processes spend while some work runs (the nodes of a
-    cluster summed, say)."""
+    cluster summed, say); each process counted with its descendants (`tree_cpu_seconds`)."""
 
     def __init__(self, pids: dict[str, list[int]]) -> None:
         self.pids = pids
 
+    def totals(self) -> dict[str, float]:
+        return {who: sum(tree_cpu_seconds(p) for p in pids) for who, pids in self.pids.items()}
+
     def measure(self, work: Callable[[], T]) -> tuple[T, dict[str, float]]:
-        before = {who: sum(cpu_seconds(p) for p in pids) for who, pids in self.pids.items()}
+        before = self.totals()
         result = work()
-        spent = {
-            who: sum(cpu_seconds(p) for p in pids) - before[who] for who, pids in self.pids.items()
-        }
-        return result, spent
+        after = self.totals()
+        return result, {who: after[who] - before[who] for who in self.pids}
 
 
 def xoauth2(user: str, token: str) -> str:
     """The base64 SASL XOAUTH2 initial response."""
     return base64.b64encode(f"user={user}\x01auth=Bearer {token}\x01\x01".encode()).decode()
+
+
+def sasl_plain(user: str, password: str, authzid: str = "") -> str:
+    """The base64 SASL PLAIN initial response."""
+    return base64.b64encode(f"{authzid}\0{user}\0{password}".encode()).decode()
+
+
+# -- the Dovecot peer ----------------------------------------------------------------------
+
+DOVECOT_BAL_PASSWORD = "bench-bal-secret"  # the BAL's own password on the bench's Dovecot
+
+
+def dovecot_limits(sessions: int, auth_port: int | None = None) -> str:
+    """Dovecot settings (appended to tests/dovecot.py's) for `sessions` connections of one
+    user from one address at once: process and client limits, the per user+address cap,
+    the login processes in high-performance mode (each serves many connections, as on a
+    platform); beyond a few hundred sessions, several sessions per imap process (all
+    users share one uid; processes kept, ``service_count = 0``) so that 10,000 are not
+    10,000 processes. With `auth_port`, the auth service also listens there (Postfix's
+    SASL)."""
+    clients = 2 * sessions + 1000
+    per_process = 1 if sessions <= 500 else 50
+    processes = max(256, sessions // per_process + 64)
+    auth = (
+        f"""  inet_listener auth-bench {{
+    address = 127.0.0.1
+    port = {auth_port}
+  }}
+"""
+        if auth_port
+        else ""
+    )
+    return f"""# the benchmark's limits (bench/_stack.py)
+default_process_limit = {processes}
+default_client_limit = {clients}
+default_vsz_limit = 1G
+mail_max_userip_connections = {clients}
+service imap-login {{
+  service_count = 0
+  process_min_avail = 2
+  process_limit = 16
+  client_limit = {clients}
+}}
+service imap {{
+  process_limit = {processes}
+  client_limit = {per_process}
+  service_count = {0 if per_process > 1 else 1}
+}}
+service anvil {{
+  client_limit = {clients + 100}
+}}
+service auth {{
+  client_limit = {clients + 100}
+{auth}}}
+"""
+
+
+def start_bench_dovecot(sessions: int = 200, auth_port: int | None = None) -> Any:
+    """A private Dovecot (tests/dovecot.py) with user `BAL` (its own password, for the
+    direct path) and the gateway's master login, sized for `sessions`."""
+    from tests.dovecot import MASTER, MASTER_PW, start_dovecot
+
+    return start_dovecot(
+        user=BAL,
+        password=DOVECOT_BAL_PASSWORD,
+        master_user=MASTER,
+        master_password=MASTER_PW,
+        extra_config=dovecot_limits(sessions, auth_port),
+    )
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`extra` laid over `base`, sections merged key by key."""
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 # -- the bench side ------------------------------------------------------------------------
@@ -168,8 +306,13 @@ class Endpoints:
     http_url: str = ""
 
 
+class GatewayRefused(RuntimeError):
+    """The gateway did not start with the extra settings given (a key it does not know)."""
+
+
 class Stack:
-    """Mock operator and gateway subprocesses; use as a context manager."""
+    """Mock operator and gateway subprocesses, and the peer behind the gateway (the mock or
+    a private Dovecot); use as a context manager."""
 
     def __init__(
         self,
@@ -182,7 +325,23 @@ class Stack:
         nodes: int = 1,
         database_url: str | None = None,
         proxy_from: str | None = None,
+        peer: str = "mock",
+        submission: bool = False,
+        sessions: int = 200,
+        settings: dict[str, Any] | None = None,
     ) -> None:
+        """`peer`: the gateway's default backend and the direct path, ``mock`` (the mock
+        operator's modern platform) or ``dovecot`` (a private Dovecot sized for
+        `sessions` connections, master login; with `submission`, a private Postfix
+        authenticating through it as its submission server, see _postfix.py).
+        `settings`: laid over the gateway's settings (`merge`; ``backends.modern`` is the
+        default backend), an unknown key stopping the gateway (`GatewayRefused`)."""
+        self.peer = peer
+        self.submission = submission
+        self.sessions = sessions
+        self.settings = settings or {}
+        self.dovecot: Any = None
+        self.postfix: Any = None
         self.big = big
         self.historic = historic
         self.migration = migration
@@ -197,6 +356,7 @@ class Stack:
         self.mock_info: dict[str, Any] = {}
         self._gateway: Endpoints | None = None
         self._direct: Endpoints | None = None
+        self._mock: Endpoints | None = None
 
     @property
     def gateway(self) -> Endpoints:
@@ -226,21 +386,76 @@ class Stack:
     def __exit__(self, *_: object) -> None:
         self.close()
 
+    @property
+    def mock(self) -> Endpoints:
+        """The mock operator's listeners (PSC, its platforms)."""
+        assert self._mock is not None, "not started"
+        return self._mock
+
+    def login_command(self, endpoint: Endpoints, token: str) -> str:
+        """The IMAP command logging in as `BAL` on `endpoint`: XOAUTH2 with the PSC token
+        (SASL-IR) on the gateway and the mock, PLAIN with the BAL's password on Dovecot."""
+        if self.dovecot is not None and endpoint is self._direct:
+            return "AUTHENTICATE PLAIN " + sasl_plain(BAL, DOVECOT_BAL_PASSWORD)
+        return "AUTHENTICATE XOAUTH2 " + xoauth2(BAL, token)
+
+    def peer_label(self) -> str:
+        if self.dovecot is None:
+            return "mock operator"
+        return "Dovecot" + (" + Postfix" if self.postfix is not None else "")
+
+    def _start_peer(self) -> dict[str, Any] | None:
+        """The Dovecot (and Postfix) peer; the gateway's default backend settings."""
+        if self.peer == "mock":
+            return None
+        from tests.dovecot import MASTER, MASTER_PW
+
+        auth_port = free_port() if self.submission else None
+        self.dovecot = start_bench_dovecot(self.sessions, auth_port)
+        smtp_port = 0
+        if self.submission:
+            from _postfix import start_postfix
+
+            assert auth_port is not None
+            self.postfix = start_postfix(auth_port)
+            smtp_port = self.postfix.port
+        return {
+            "imap_host": self.dovecot.host,
+            "imap_port": self.dovecot.port,
+            "smtp_host": "127.0.0.1",
+            "smtp_port": smtp_port,
+            "imap_tls": "none",
+            "smtp_tls": "none",
+            "login": "master",
+            "master_user": MASTER,
+            "master_password": MASTER_PW,
+            "connect_timeout": 10,
+            "reply_timeout": 60,
+        }
+
     def start(self) -> None:
         raise_fd_limit()
+        backend = self._start_peer()
         args = ["mock", "--data", str(self._tmp / "mock"), "--big", str(self.big)]
         args += ["--historic", str(self.historic)]
         if self.migration:
             args += ["--migration", str(self.migration)]
             args += ["--migration-messages", str(self.migration_messages)]
         self.mock_info = self._spawn(args)
-        self._direct = Endpoints(
+        self._mock = self._direct = Endpoints(
             "127.0.0.1",
             self.mock_info["imap_port"],
             self.mock_info["smtp_port"],
             self.mock_info["pid"],
             self.mock_info["http_url"],
         )
+        if self.dovecot is not None:
+            self._direct = Endpoints(
+                self.dovecot.host,
+                self.dovecot.port,
+                self.postfix.port if self.postfix is not None else 0,
+                self.dovecot.master_pid,
+            )
         gateway = [
             "gateway",
             "--data",
@@ -255,6 +470,10 @@ class Stack:
             gateway += ["--database", self.database_url]
         if self.proxy_from:
             gateway += ["--proxy-from", self.proxy_from]
+        if backend is not None:
+            gateway += ["--backend", json.dumps(backend)]
+        if self.settings:
+            gateway += ["--settings", json.dumps(self.settings)]
         for index in range(self.node_count):
             if index:
                 gateway[2] = str(self._tmp / f"gateway-{index + 1}")
@@ -281,6 +500,8 @@ class Stack:
         assert process.stdout is not None
         line = process.stdout.readline()
         if not line:
+            if args[0] == "gateway" and self.settings:
+                raise GatewayRefused(f"gateway did not start (exit {process.wait(10)})")
             raise RuntimeError(f"{args[0]} did not start (exit {process.wait(10)})")
         info: dict[str, Any] = json.loads(line)
         return info
@@ -309,6 +530,9 @@ class Stack:
             if process.stdout is not None:
                 process.stdout.close()
         self._processes.clear()
+        for server in (self.postfix, self.dovecot):
+            if server is not None:
+                server.stop()
         shutil.rmtree(self._tmp, ignore_errors=True)
 
 
@@ -657,7 +881,11 @@ async def _serve_gateway(
     migration: dict[str, Any] | None = None,
     database_url: str | None = None,
     proxy_from: str | None = None,
+    peer: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> None:
+    from pydantic import ValidationError
+
     from delegation.seed import seed
     from gateway.runtime.lifecycle import run_until_signalled
     from gateway.server import Gateway
@@ -684,11 +912,18 @@ async def _serve_gateway(
         connect_timeout=10,
         reply_timeout=60,
     )
+    if peer is not None:  # the default backend is a Dovecot (and Postfix)
+        # Without Postfix, a listening SMTP port all the same (the mock's: no bench sends
+        # through it, its master login is not Dovecot's)
+        backend = BackendSettings.model_validate(
+            {**peer, "smtp_port": peer["smtp_port"] or mock["smtp_port"]}
+        )
     backends = {"modern": backend, "historic": historic}
     seeded: list[dict[str, Any]] = [dataclasses.asdict(p) for p in personas]
     if migration is not None:
         seeded += _migration_setup(mock, migration, backends)
-    settings = Settings(
+    extra = dict(extra or {})
+    values: dict[str, Any] = dict(
         data_dir=data,
         database_url=database_url,
         log={"level": "WARNING"},
@@ -698,11 +933,14 @@ async def _serve_gateway(
             "port": 0,
             "auth_failure_delay": 0,
             "max_sessions_per_person": 1_000_000,
+            "max_preauth_per_address": 100_000,
             "proxy_protocol_from": [proxy_from] if proxy_from else [],
         },
         smtp={
             "port": 0,
             "auth_failure_delay": 0,
+            "max_sessions_per_person": 1_000_000,
+            "max_preauth_per_address": 100_000,
             "proxy_protocol_from": [proxy_from] if proxy_from else [],
         },
         limits={"exempt_networks": ["127.0.0.0/8", "::1/128"]},
@@ -715,22 +953,44 @@ async def _serve_gateway(
             },
         },
     )
+    try:
+        for name, keys in extra.pop("backends", {}).items():  # validated: unknown keys refused
+            current = backends[name].model_dump(exclude_unset=True)
+            backends[name] = BackendSettings.model_validate({**current, **keys})
+        settings = Settings(**merge(values, extra))
+    except ValidationError as exc:  # GatewayRefused on the bench's side: say which key
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        print(f"gateway: settings refused: {problems}", file=sys.stderr)
+        raise SystemExit(3) from None
     gateway = Gateway(settings)
     registry = await gateway.open_registry()
     await seed(registry, seeded)
+    node: Any = gateway
+    server: Any = vars(settings).get("server")  # `[server]`: not in every build
+    if "server" in extra and server is not None and server.count() > 1:
+        # `[server] workers` given, on a build that has them: the node's supervisor, as
+        # `lps-gateway serve` runs it, its workers this process's children
+        supervisor = importlib.import_module("gateway.workers.supervisor")
+        node = supervisor.Node(settings)
 
     def announce() -> None:
-        assert gateway.imap is not None
-        assert gateway.smtp is not None
+        if node is gateway:
+            assert gateway.imap is not None
+            assert gateway.smtp is not None
+            ports = {"imap": gateway.imap.port, "smtp": gateway.smtp.port}
+            http_url = f"http://127.0.0.1:{gateway.http_port}"
+        else:
+            ports = {"imap": node.ports["imap.port"], "smtp": node.ports["smtp.port"]}
+            http_url = node.http_url
         info = {
             "pid": os.getpid(),
-            "imap_port": gateway.imap.port,
-            "smtp_port": gateway.smtp.port,
-            "http_url": f"http://127.0.0.1:{gateway.http_port}",
+            "imap_port": ports["imap"],
+            "smtp_port": ports["smtp"],
+            "http_url": http_url,
         }
         print(json.dumps(info), flush=True)
 
-    await run_until_signalled([gateway], announce)
+    await run_until_signalled([node], announce)
 
 
 def _migration_setup(
@@ -785,6 +1045,8 @@ def main() -> None:
     parser.add_argument(
         "--proxy-from", help="a load balancer's address (CIDR) the PROXY protocol comes from"
     )
+    parser.add_argument("--backend", help="the default backend's settings, JSON (a Dovecot)")
+    parser.add_argument("--settings", help="JSON laid over the gateway's settings")
     parser.add_argument("--profile", type=Path, help="write a cProfile of this process here")
     args = parser.parse_args()
     raise_fd_limit()
@@ -805,7 +1067,13 @@ def main() -> None:
     else:
         plan = json.loads(args.migration) if args.migration else None
         coroutine = _serve_gateway(
-            args.data, json.loads(args.mock), plan, args.database, args.proxy_from
+            args.data,
+            json.loads(args.mock),
+            plan,
+            args.database,
+            args.proxy_from,
+            json.loads(args.backend) if args.backend else None,
+            json.loads(args.settings) if args.settings else None,
         )
     if args.profile is None:
         asyncio.run(coroutine)

@@ -127,10 +127,14 @@ def main() -> None:
             )
             token = stack.token()
             blob = xoauth2(BAL, token)
-            for result in compare_logins(paths, costs, blob, args.logins, args.clients):
+            logins = dict.fromkeys(paths, "AUTHENTICATE XOAUTH2 " + blob)
+            for result in compare_logins(paths, costs, logins, args.logins, args.clients):
                 report(result.workload, "logins/s", result.rates, result.cpu_ms, "ms per login")
 
-            sessions = {path: open_session(endpoint, token) for path, endpoint in paths.items()}
+            sessions = {
+                path: open_session(endpoint, "AUTHENTICATE XOAUTH2 " + blob)
+                for path, endpoint in paths.items()
+            }
             best = dict.fromkeys(paths, float("inf"))
             sizes = dict.fromkeys(paths, 0)
             cpu = {path: dict.fromkeys(costs.pids, 0.0) for path in paths}

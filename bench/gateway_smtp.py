@@ -1,24 +1,30 @@
-"""Gateway SMTP submission throughput: messages through the gateway vs directly.
+"""Gateway SMTP submission throughput: messages through the gateway vs the backend directly.
 
-The mock operator and the gateway run in two processes (plaintext on loopback, no failure
-delay; the gateway relays to the mock's submission port with its master login). One
-smtplib client per path logs in with the same PSC token (``AUTH XOAUTH2``, user = the BAL)
-and sends N messages of 50 KiB (default 1,000) one after the other on that connection:
-MAIL, RCPT, DATA, each waiting for its reply (through the gateway, 250 comes only once the
-mock accepted the message). The messages follow the MSSanté rules the gateway checks
-(``From:`` = the sending BAL, ``X-MSS-NIL``; no CDA, so no X-MSS-CODECDA/INS), from
-claire.martin to luc.durand, both on the mock's platform. After a warm-up the two paths
+The peer is a private Postfix started by the benchmark (Debian's package, installed first
+when missing and possible, see _postfix.py: its own configuration and queue, every
+message queued then discarded), authenticating through a private Dovecot's auth service:
+the gateway logs in to it with its master login (SASL PLAIN, authzid = the BAL), the
+direct client with the BAL's password. Where Postfix cannot be had (not root, no apt),
+or with ``--peer mock``, the mock operator's submission server instead; the first line
+says which. One smtplib client per path logs in (through the gateway ``AUTH XOAUTH2``
+with a PSC token, user = the BAL) and sends N messages of 50 KiB (default 1,000) one after
+the other on that connection: MAIL, RCPT, DATA, each waiting for its reply (through the
+gateway, 250 comes only once the backend accepted the message). The messages follow the
+MSSanté rules the gateway checks (``From:`` = the sending BAL, ``X-MSS-NIL``; no CDA, so
+no X-MSS-CODECDA/INS), from claire.martin to luc.durand. After a warm-up the two paths
 take turns in batches (so that a passing load on the machine hits both alike). Prints
-``smtp_submission: gateway X msg/s, direct Y msg/s, ratio Z`` where the ratio is the
-gateway's rate over the direct one (1.0 = no overhead; target >= 0.7), and the CPU time
-each server process spent per message.
+``smtp_submission: gateway X msg/s, direct Y msg/s, ratio Z (target 0.8)``, and the CPU
+milliseconds per message of the gateway and of the peer (Postfix and Dovecot: every
+process of each) on each path.
 
-Run: ``.venv/bin/python bench/gateway_smtp.py [--messages 1000] [--size 51200]``.
+Run: ``.venv/bin/python bench/gateway_smtp.py [--messages 1000] [--size 51200]
+[--peer postfix|mock]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import smtplib
 import sys
 import time
@@ -28,9 +34,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _stack import BAL, Endpoints, Stack, cpu_seconds
+from _postfix import ensure_postfix
+from _stack import BAL, DOVECOT_BAL_PASSWORD, Costs, Endpoints, Stack
 
-TARGET = 0.7
+TARGET = 0.8
 RECIPIENT = "luc.durand@infirmier.mssante.fr"
 BATCHES = 4
 
@@ -52,9 +59,13 @@ def message(index: int, size: int) -> bytes:
     return head + body[: max(0, size - len(head) - 2)] + b"\r\n"
 
 
-def connect(endpoint: Endpoints, token: str) -> smtplib.SMTP:
+def connect(endpoint: Endpoints, token: str | None) -> smtplib.SMTP:
+    """A session logged in as `BAL`: XOAUTH2 with `token`, else PLAIN with its password."""
     client = smtplib.SMTP(endpoint.host, endpoint.smtp_port, local_hostname="bench-lps", timeout=60)
     client.ehlo()
+    if token is None:
+        client.login(BAL, DOVECOT_BAL_PASSWORD)
+        return client
     client.auth(
         "XOAUTH2",
         lambda challenge=None: f"user={BAL}\x01auth=Bearer {token}\x01\x01",
@@ -76,28 +87,50 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--size", type=int, default=50 * 1024, help="bytes per message")
+    parser.add_argument("--peer", choices=["postfix", "mock"], default="postfix")
     args = parser.parse_args()
+    peer = args.peer
+    if peer == "postfix" and (why := ensure_postfix()) is not None:
+        print(f"  Postfix unavailable ({why}): the mock's submission server instead")
+        peer = "mock"
     print(
         f"gateway_smtp: {args.messages} messages of {args.size // 1024} KiB, one connection "
-        f"per path, AUTH XOAUTH2, plaintext loopback"
+        f"per path, plaintext loopback"
     )
     messages = [message(i, args.size) for i in range(args.messages)]
-    with Stack() as stack:
+    postfix = peer == "postfix"
+    stack = Stack(peer="dovecot" if postfix else "mock", submission=postfix)
+    with stack:
+        print(f"  (peer: {stack.peer_label()})")
         token = stack.token()
         paths = {"gateway": stack.gateway, "direct": stack.direct}
-        pids = {"gateway": stack.gateway.pid, "mock": stack.direct.pid}
-        clients = {name: connect(endpoint, token) for name, endpoint in paths.items()}
+        groups = {"gateway": [stack.gateway.pid], "mock": [stack.mock.pid]}
+        if postfix:
+            assert stack.postfix is not None
+            assert stack.postfix.master_pid is not None
+            groups = {
+                "gateway": [stack.gateway.pid],
+                "postfix": [stack.postfix.master_pid],
+                "dovecot": [stack.dovecot.master_pid],
+            }
+        costs = Costs(groups)
+        clients = {
+            "gateway": connect(stack.gateway, token),
+            "direct": connect(stack.direct, None if postfix else token),
+        }
         for client in clients.values():
             send(client, messages[:20])  # warm-up
         elapsed = dict.fromkeys(paths, 0.0)
-        cpu = {name: dict.fromkeys(pids, 0.0) for name in paths}
+        cpu = {name: dict.fromkeys(groups, 0.0) for name in paths}
         step = -(-args.messages // BATCHES)
         for begin in range(0, args.messages, step):
             for name, client in clients.items():
-                before = {who: cpu_seconds(pid) for who, pid in pids.items()}
-                elapsed[name] += send(client, messages[begin : begin + step])
-                for who, pid in pids.items():
-                    cpu[name][who] += cpu_seconds(pid) - before[who]
+                seconds, spent = costs.measure(
+                    functools.partial(send, client, messages[begin : begin + step])
+                )
+                elapsed[name] += seconds
+                for who, value in spent.items():
+                    cpu[name][who] += value
         for client in clients.values():
             client.quit()
     rates = {name: args.messages / seconds for name, seconds in elapsed.items()}
@@ -108,7 +141,7 @@ def main() -> None:
     )
     for name in paths:
         shares = ", ".join(
-            f"{who} {seconds / args.messages * 1000:.1f}" for who, seconds in cpu[name].items()
+            f"{who} {seconds / args.messages * 1000:.2f}" for who, seconds in cpu[name].items()
         )
         print(f"  CPU ms per message, {name} path: {shares}")
 

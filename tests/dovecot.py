@@ -84,14 +84,18 @@ class DovecotServer:
         ).stdout.splitlines()[1:]
         return [(fields[0], fields[3]) for fields in (line.split() for line in listed)]
 
+    @property
+    def master_pid(self) -> int:
+        """The daemonised master's pid (its pid file); OSError/ValueError when unreadable."""
+        return int((self.base / "run" / "master.pid").read_text().split()[0])
+
     def stop(self) -> None:
         """Kill the master (by its pid file), wait for it, remove the temp dir."""
         if self._stopped:
             return
         self._stopped = True
-        pid_file = self.base / "run" / "master.pid"
         with contextlib.suppress(OSError, ValueError):
-            pid = int(pid_file.read_text().split()[0])
+            pid = self.master_pid
             # only our own master: a stale pid file must not kill a recycled pid
             if str(self.base).encode() not in Path(f"/proc/{pid}/cmdline").read_bytes():
                 raise ProcessLookupError(pid)
@@ -115,9 +119,9 @@ class DovecotServer:
         if self._stopped:
             return
         with contextlib.suppress(OSError, ValueError):
-            pid = int((self.base / "run" / "master.pid").read_text().split()[0])
+            pid = self.master_pid
             if str(self.base).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
-                victims = [pid, *_descendants(pid)]
+                victims = [pid, *descendants(pid)]
                 for victim in victims:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(victim, signal.SIGKILL)
@@ -136,7 +140,7 @@ def alive(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] != "Z"
 
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
     """Every process below `pid`, from /proc (children first found, then theirs)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
@@ -185,6 +189,7 @@ def _config(
     with_master: bool,
     special_use: bool = False,
     trusted_networks: str = "",
+    extra_config: str = "",
 ) -> str:
     master_passdb = (
         f"""
@@ -238,7 +243,7 @@ service imap-login {{
 service imap {{
   process_limit = 64
 }}
-"""
+{extra_config}"""
 
 
 def _wait_ready(port: int, deadline: float) -> bool:
@@ -263,11 +268,14 @@ def start_dovecot(
     timeout: float = 15.0,
     special_use: bool = False,
     trusted_networks: str = "",
+    extra_config: str = "",
 ) -> DovecotServer:
     """Start a private Dovecot; raise RuntimeError (with its log) when it does not come up.
     With `special_use`, folders named Sent, Drafts and Trash (not created) are listed with
     those special uses (RFC 6154), as a provisioned Dovecot's are. `trusted_networks`:
-    ``login_trusted_networks``, the proxies whose ID x-originating-ip Dovecot believes."""
+    ``login_trusted_networks``, the proxies whose ID x-originating-ip Dovecot believes.
+    `extra_config` is appended to the configuration: a later setting, or a section of the
+    same name, overrides the one above (the benchmarks' process and connection limits)."""
     if not dovecot_available():
         raise RuntimeError(f"{DOVECOT} missing or not running as root")
     uid = pwd.getpwnam(MAIL_USER).pw_uid
@@ -292,7 +300,9 @@ def start_dovecot(
             (base / name).chmod(0o644)
     port = _free_port()
     conf = base / "dovecot.conf"
-    conf.write_text(_config(base, port, uid, gid, with_master, special_use, trusted_networks))
+    conf.write_text(
+        _config(base, port, uid, gid, with_master, special_use, trusted_networks, extra_config)
+    )
     server = DovecotServer(
         host="127.0.0.1",
         port=port,
