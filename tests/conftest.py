@@ -86,6 +86,26 @@ def _escaped(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules marked `slow` first, then the others by their number of tests: pytest-xdist
+    hands whole modules to its workers in this order (`--dist loadfile`, reordering off),
+    so the run ends on short modules and the workers finish together."""
+    per_module: dict[str, int] = {}
+    slow: set[str] = set()
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        per_module[module] = per_module.get(module, 0) + 1
+        if item.get_closest_marker("slow") is not None:
+            slow.add(module)
+    order = {
+        module: rank
+        for rank, module in enumerate(
+            sorted(per_module, key=lambda m: (m not in slow, -per_module[m]))
+        )
+    }
+    items.sort(key=lambda item: order[item.nodeid.split("::", 1)[0]])
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     """Captured output with a lone surrogate (bytes a hostile client sent, decoded with

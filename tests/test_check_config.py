@@ -8,10 +8,14 @@ import asyncio
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from gateway.runtime.tls import dev_certificate
 from mock_operator.server import MockOperator
 from tests.support.net import closed_port
 from tests.test_cli import command
+
+pytestmark = pytest.mark.slow
 
 
 def check_config(config: Path) -> subprocess.CompletedProcess[str]:

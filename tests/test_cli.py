@@ -22,6 +22,8 @@ import pytest
 
 from psc_auth import TokenError, TokenFailure, TokenValidator, ValidatorConfig
 
+pytestmark = pytest.mark.slow
+
 BIN = Path(sys.executable).parent
 
 

@@ -14,10 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from gateway.health import REGISTRY_EMPTY
 from tests.support.waiting import eventually
 from tests.test_cli import command, mock_process, serve_config, start, stop, token_from_cli
+
+pytestmark = pytest.mark.slow
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "directory-demo.csv"
 CLAIRE = "claire.martin@medecin.mssante.fr"

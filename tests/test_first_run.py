@@ -16,6 +16,8 @@ import pytest
 
 from tests.test_cli import DEMO_PORTS, command, demo_banner, start, stop, wait_for_url
 
+pytestmark = pytest.mark.slow
+
 SERVE_PORTS = {"LPSGW_HTTP__PORT": "0", "LPSGW_IMAP__PORT": "0", "LPSGW_SMTP__PORT": "0"}
 ANY_AUDIENCE = {"LPSGW_PSC__ACCEPT_ANY_AUDIENCE": "true"}
 

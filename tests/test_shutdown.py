@@ -19,6 +19,8 @@ from tests.support.sasl import xoauth2, xoauth2_b64
 from tests.support.smtp_raw import RawSmtp
 from tests.test_cli import DEMO_PORTS, command, demo_banner, start, wait_for_url
 
+pytestmark = pytest.mark.slow
+
 MARTIN = "claire.martin@medecin.mssante.fr"
 DURAND = "luc.durand@infirmier.mssante.fr"
 BYE = b"* BYE [UNAVAILABLE] server shutting down"

@@ -32,6 +32,8 @@ from tests.support.waiting import eventually, until
 from tests.test_cli import DEMO_PORTS, command, wait_for_url
 from tests.test_shutdown import BYE as SHUTDOWN_BYE
 
+pytestmark = pytest.mark.slow
+
 MARTIN = "claire.martin@medecin.mssante.fr"
 DUPONT = "jean.dupont@medecin.mssante.fr"
 BERNARD = "899700000003"

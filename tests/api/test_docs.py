@@ -16,6 +16,8 @@ from mock_operator.server import MockOperator
 from tests.api.conftest import seeded_registry, serving_api
 from tests.browser import chromium
 
+pytestmark = pytest.mark.slow
+
 LOCAL = re.compile(r"^(?:https?://127\.0\.0\.1[:/]|data:|blob:|about:)")
 
 

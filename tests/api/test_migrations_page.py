@@ -33,6 +33,8 @@ from tests.support.pages import log_in
 from tests.support.stacks import Stack, gateway_settings, running_stack
 from tests.support.waiting import eventually
 
+pytestmark = pytest.mark.slow
+
 ADMIN = "899700000008"  # persona adm-roux, Camille ROUX
 PAGE = "/ui/admin/migrations"
 JSON = "/ui/admin/migrations.json"

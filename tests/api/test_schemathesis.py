@@ -8,7 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.api.conftest import Api
+
+pytestmark = pytest.mark.slow
 
 
 def schemathesis() -> str:

@@ -18,6 +18,8 @@ from tests.browser import chromium
 from tests.gateway.test_usage_fronts import make_sessions
 from tests.support.stacks import Stack, configure_with, gateway_settings, running_stack
 
+pytestmark = pytest.mark.slow
+
 ADMIN = "899700000008"
 BLANK = """(id) => {
   const canvas = document.getElementById(id);

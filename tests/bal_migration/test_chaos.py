@@ -47,6 +47,8 @@ from tests.bal_migration.platforms import (
 )
 from tests.support.waiting import until
 
+pytestmark = pytest.mark.slow
+
 HERE = Path(__file__).parent
 REPO = HERE.parent.parent
 ARCHIVES = "Archives"

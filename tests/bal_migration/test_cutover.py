@@ -25,6 +25,8 @@ from tests.support.stacks import Stack, gateway_settings
 from tests.support.stacks import running_stack as run_stack
 from tests.support.waiting import eventually
 
+pytestmark = pytest.mark.slow
+
 MARTIN = "claire.martin@medecin.mssante.fr"
 DUPONT_IDNAT = "899700000002"
 

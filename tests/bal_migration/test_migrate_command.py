@@ -24,6 +24,8 @@ from tests.gateway.test_backend_tools import DUPONT, letter
 from tests.support.stacks import Stack, gateway_settings, historic_backend, mock_backend
 from tests.support.stacks import running_stack as run_stack
 
+pytestmark = pytest.mark.slow
+
 ADMIN = "899700000008"  # persona adm-roux
 LPS_GATEWAY = str(Path(sys.executable).parent / "lps-gateway")
 

@@ -29,6 +29,8 @@ from tests.bal_migration.platforms import (
 )
 from tests.bal_migration.test_chaos import mail
 
+pytestmark = pytest.mark.slow
+
 KEYWORDS = frozenset({"\\Seen", "$MDNSent", "$Forwarded"})
 WHEN = dt.datetime(2025, 11, 3, 8, 30, 15, tzinfo=dt.timezone(dt.timedelta(hours=1)))
 BIG = 50_000_000  # bytes of the large message, headers included

@@ -25,6 +25,8 @@ from tests.bal_migration.platforms import (
 from tests.bal_migration.test_chaos import mail
 from tests.bal_migration.test_copy import digests
 
+pytestmark = pytest.mark.slow
+
 WHEN = dt.datetime(2025, 11, 3, 8, 30, 15, tzinfo=dt.timezone(dt.timedelta(hours=1)))
 ARCHIVE_BAL = "archives.cabinet@medecin.mssante.fr"  # a second BAL on the Dovecot
 MANY = 10_000

@@ -51,6 +51,8 @@ from tests.support.stacks import (
 )
 from tests.support.waiting import eventually
 
+pytestmark = pytest.mark.slow
+
 DUPONT = "jean.dupont@medecin.mssante.fr"  # dr-dupont's BAL: on the Dovecot for these tests
 DUPONT_IDNAT = "899700000002"
 ELSEWHERE = "nouvelle.bal@medecin.mssante.fr"  # an empty BAL of the modern platform

@@ -42,7 +42,7 @@ from tests.support.proxied import ProxiedIMAP4, ProxiedSMTP
 from tests.support.sasl import xoauth2, xoauth2_b64, xoauth2_blob
 from tests.support.waiting import eventually, settled, until
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 
 MARTIN = "claire.martin@medecin.mssante.fr"
 BERNARD = "899700000003"

@@ -23,6 +23,8 @@ from tests.support.cards import Card, authority_of, issue_card, tls_with_card, w
 from tests.support.stacks import Stack, configure_with, gateway_settings, running_stack
 from tests.support.waiting import eventually, until
 
+pytestmark = pytest.mark.slow
+
 HOST = "127.0.0.1"
 MARTIN = "claire.martin@medecin.mssante.fr"  # modern: relayed
 DUPONT = "jean.dupont@medecin.mssante.fr"  # historic: served by the engine

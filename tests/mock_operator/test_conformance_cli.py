@@ -8,12 +8,15 @@ import imaplib
 import re
 from pathlib import Path
 
+import pytest
 from defusedxml import ElementTree as SafeET
 
 from mock_operator.conformance.checks import CHECKS
 from mock_operator.server import MockOperator
 from tests.conftest import persona_token
 from tests.test_cli import command
+
+pytestmark = pytest.mark.slow
 
 ID = re.compile(r"c\d{8}-[0-9a-f]{6}")
 

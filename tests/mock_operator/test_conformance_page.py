@@ -9,10 +9,14 @@ import imaplib
 import re
 import ssl
 
+import pytest
+
 from mock_operator.server import MockOperator
 from tests.browser import chromium
 from tests.conftest import persona_token
 from tests.support.sasl import xoauth2_blob
+
+pytestmark = pytest.mark.slow
 
 MARTIN = "claire.martin@medecin.mssante.fr"
 

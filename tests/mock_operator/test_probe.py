@@ -32,7 +32,7 @@ from tests.conftest import persona_token, quick_mock_settings, require_peer
 from tests.dovecot import dovecot_available, start_dovecot
 from tests.support.stacks import Stack, gateway_settings, running_stack
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 
 ALL_KEYS = [check.key for check in (*checks.IMAP_CHECKS, *checks.SMTP_CHECKS)]
 ON_LOOPBACK = {"imap-no-auth-before-tls", "smtp-no-auth-before-tls"}  # plaintext allowed there

@@ -25,6 +25,8 @@ from tests.browser import chromium
 from tests.conftest import client_tls, persona_token, quick_mock_settings
 from tests.mock_operator.test_psc import demo_client, is_active, login, oidc, secret_of
 
+pytestmark = pytest.mark.slow
+
 MOCK_OPERATOR = Path(sys.executable).parent / "mock-operator"
 
 

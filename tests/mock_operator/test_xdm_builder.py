@@ -12,10 +12,14 @@ from email.message import EmailMessage
 from email.policy import SMTP
 from pathlib import Path
 
+import pytest
+
 from gateway.mss.rules import check_message
 from gateway.mss.xdm import read_xdm
 from mock_operator.seed import CDA_CODE, PATIENT_INS, cda_document
 from mock_operator.xdm import Xdm, build_xdm
+
+pytestmark = pytest.mark.slow
 
 SENDER = "claire.martin@medecin.mssante.fr"
 OTHER_CDA = """<?xml version="1.0" encoding="UTF-8"?>
