@@ -6,7 +6,6 @@ narrowing, a move, a hold, its time being up, the backend's end and shutdown."""
 from __future__ import annotations
 
 import asyncio
-import re
 from pathlib import Path
 from typing import Any
 
@@ -14,29 +13,12 @@ import pytest
 
 from gateway.bal_migration.gate import MOVED_BYE
 from gateway.settings import MockSettings, Settings
-from tests.imap_raw import Raw
-from tests.support.imap import login
-from tests.support.sasl import xoauth2
+from tests.support.imap import login, scripted
 from tests.support.stacks import Stack, identity, mock_backend, running_stack
 from tests.support.waiting import until
 
 MARTIN = "claire.martin@medecin.mssante.fr"
 BERNARD = "899700000003"
-
-#: What an LPS does in a session that changes nothing: what it sees is compared.
-SCRIPT = (
-    "CAPABILITY",
-    "NAMESPACE",
-    'LIST "" "*"',
-    "SELECT INBOX",
-    "UID FETCH 1:* (UID FLAGS RFC822.SIZE ENVELOPE)",
-    "UID SEARCH ALL",
-    "EXAMINE INBOX",
-    "FETCH 1 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])",
-    "STATUS INBOX (MESSAGES UIDNEXT UIDVALIDITY UNSEEN)",
-    "NOOP",
-)
-_TIMING = re.compile(rb" \(\d+\.\d+ \+ \d+\.\d+(?: \+ \d+\.\d+)? secs\)")
 
 
 def warm(stack: Stack, result: str) -> float:
@@ -56,24 +38,6 @@ def parked(stack: Stack) -> float:
 def backend_connections(stack: Stack) -> int:
     assert stack.mock.imap is not None
     return stack.mock.imap.open_sessions
-
-
-async def transcript(client: Raw, login_reply: bytes) -> list[bytes]:
-    """What the client sees of `SCRIPT`, then of LOGOUT (backend timings taken out)."""
-    seen = [login_reply]
-    for command in SCRIPT:
-        reply = await client.ok(command)
-        seen += [*reply.untagged, reply.tagged]
-    reply = await client.ok("LOGOUT")
-    seen += [*reply.untagged, reply.tagged, await client.until_closed()]
-    return [_TIMING.sub(b"", line) for line in seen]
-
-
-async def scripted(stack: Stack, persona: str, bal: str) -> list[bytes]:
-    client = await Raw.open(stack.imap_port)
-    token = await stack.token(persona)
-    reply = await client.ok("AUTHENTICATE XOAUTH2 ", xoauth2(bal, token))
-    return await transcript(client, reply.tagged)
 
 
 async def logged_out(stack: Stack, persona: str, bal: str = MARTIN) -> None:
