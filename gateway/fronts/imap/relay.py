@@ -56,6 +56,10 @@ _READ_ONLY = b"[%b]" % Code.READ_ONLY.encode()
 _PERMANENT_SEEN = b"[%b (\\Seen)]" % Code.PERMANENTFLAGS.encode()
 _PERMANENT_NONE = b"[%b ()]" % Code.PERMANENTFLAGS.encode()
 
+#: LOGOUT answered by the gateway (a session kept warm) in the words of Dovecot, the
+#: reference backend, so that its clients see the same as when it answers itself.
+LOGOUT_BYE, LOGOUT_OK = "Logging out", "Logout completed."
+
 #: Takes a backend session whose client left it at rest, to keep it warm (`warm`): the
 #: session, and whether a mailbox may be selected in it. True when it took it.
 Keeper = Callable[[Upstream, bool], bool]
@@ -458,8 +462,7 @@ class Relay:
                 # Answered here, so that the backend session may be kept warm.
                 self._client_left = True
                 await self._local(
-                    untagged_status("BYE", "logging out")
-                    + tagged(command.tag, "OK", "LOGOUT completed")
+                    untagged_status("BYE", LOGOUT_BYE) + tagged(command.tag, "OK", LOGOUT_OK)
                 )
                 return ""
             self.logging_out = True
