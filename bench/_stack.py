@@ -182,7 +182,9 @@ class Stack:
         nodes: int = 1,
         database_url: str | None = None,
         proxy_from: str | None = None,
+        keep_warm: float | None = None,
     ) -> None:
+        self.keep_warm = keep_warm  # the modern backend's keep_warm; None: the default
         self.big = big
         self.historic = historic
         self.migration = migration
@@ -255,6 +257,8 @@ class Stack:
             gateway += ["--database", self.database_url]
         if self.proxy_from:
             gateway += ["--proxy-from", self.proxy_from]
+        if self.keep_warm is not None:
+            gateway += ["--keep-warm", str(self.keep_warm)]
         for index in range(self.node_count):
             if index:
                 gateway[2] = str(self._tmp / f"gateway-{index + 1}")
@@ -657,6 +661,7 @@ async def _serve_gateway(
     migration: dict[str, Any] | None = None,
     database_url: str | None = None,
     proxy_from: str | None = None,
+    keep_warm: float | None = None,
 ) -> None:
     from delegation.seed import seed
     from gateway.runtime.lifecycle import run_until_signalled
@@ -684,6 +689,8 @@ async def _serve_gateway(
         connect_timeout=10,
         reply_timeout=60,
     )
+    if keep_warm is not None:
+        backend.keep_warm = keep_warm
     backends = {"modern": backend, "historic": historic}
     seeded: list[dict[str, Any]] = [dataclasses.asdict(p) for p in personas]
     if migration is not None:
@@ -785,6 +792,7 @@ def main() -> None:
     parser.add_argument(
         "--proxy-from", help="a load balancer's address (CIDR) the PROXY protocol comes from"
     )
+    parser.add_argument("--keep-warm", type=float, help="gateway: the backend's keep_warm")
     parser.add_argument("--profile", type=Path, help="write a cProfile of this process here")
     args = parser.parse_args()
     raise_fd_limit()
@@ -805,7 +813,7 @@ def main() -> None:
     else:
         plan = json.loads(args.migration) if args.migration else None
         coroutine = _serve_gateway(
-            args.data, json.loads(args.mock), plan, args.database, args.proxy_from
+            args.data, json.loads(args.mock), plan, args.database, args.proxy_from, args.keep_warm
         )
     if args.profile is None:
         asyncio.run(coroutine)

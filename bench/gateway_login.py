@@ -11,7 +11,13 @@ one line per workload, ``name: gateway X logins/s, direct Y logins/s, ratio Z`` 
 ratio is the gateway's rate over the direct one (1.0 = no overhead; target >= 0.7), and
 the CPU time each server process spent per login.
 
-Run: ``.venv/bin/python bench/gateway_login.py [--logins 300] [--clients 8]``
+Measured both ways: the gateway's backend sessions closed with their client
+(``keep_warm = 0``), then kept warm ``--keep-warm S`` seconds (default 30, the setting's
+default), so that an LPS's next login takes its last session over instead of logging in
+to the backend anew (`gateway/fronts/imap/warm.py`); ``--keep-warm 0`` measures the
+first way only.
+
+Run: ``.venv/bin/python bench/gateway_login.py [--logins 300] [--clients 8] [--keep-warm 30]``
 (``LPS_BENCH_PROFILE=DIR`` writes cProfile dumps of both server processes, see _stack.py).
 """
 
@@ -108,16 +114,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--logins", type=int, default=300, help="sessions per measurement")
     parser.add_argument("--clients", type=int, default=8, help="threads in the concurrent case")
+    parser.add_argument(
+        "--keep-warm",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="[backends.modern] keep_warm of the second run (0: one run, without)",
+    )
     args = parser.parse_args()
     print(
         f"gateway_login: connect + AUTHENTICATE XOAUTH2 (SASL-IR) + SELECT INBOX + LOGOUT, "
         f"{args.logins} sessions, plaintext loopback"
     )
-    with Stack() as stack:
+    for keep_warm in dict.fromkeys([0.0, args.keep_warm]):
+        print(f"keep_warm = {keep_warm:g}:")
+        measure(args.logins, args.clients, keep_warm)
+
+
+def measure(logins: int, clients: int, keep_warm: float) -> None:
+    with Stack(keep_warm=keep_warm) as stack:
         blob = xoauth2(BAL, stack.token())
         paths = {"gateway": stack.gateway, "direct": stack.direct}
         costs = Costs({"gateway": [stack.gateway.pid], "mock": [stack.direct.pid]})
-        for result in compare_logins(paths, costs, blob, args.logins, args.clients):
+        for result in compare_logins(paths, costs, blob, logins, clients):
             rates = result.rates
             print(
                 f"{result.workload}: gateway {rates['gateway']:.0f} logins/s, "

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from delegation.audit import AuditAction, AuditRecord
 from gateway.audit import AuditSink, in_background
 from gateway.backends.base import Upstream
+from gateway.backends.imap_smtp.upstream import log_out
 from gateway.bal_migration.gate import MOVED_BYE, BalGate, Held, Moved
 from gateway.fronts.imap.login import ProxyGrant
 from gateway.fronts.imap.rights import (
@@ -83,6 +84,7 @@ class Relay:
         self.keeper = keeper
         self._selected = False  # a SELECT or EXAMINE went to the backend
         self._client_left = False  # by LOGOUT answered here, or by closing at rest
+        self._logged_out = False  # LOGOUT answered here
         self.gate = gate
         self._changing: set[str] = set()  # tags of changes the backend has not answered
         self.channel = channel
@@ -170,7 +172,8 @@ class Relay:
                     self.channel.writer.write(untagged_status("BYE", bye, code))
                     await asyncio.wait_for(self.channel.writer.drain(), KICK_GRACE)
             if not self._kept(done if bye is None and deaf is None else set()):
-                await self.up.close()
+                # a LOGOUT answered here: the backend hears it now
+                await (log_out(self.up) if self._logged_out else self.up.close())
             if self.gate is not None:  # changes never answered: the backend is gone
                 for _ in self._changing:
                     self.gate.done(self.mailbox)
@@ -460,7 +463,7 @@ class Relay:
         if isinstance(command, c.Logout):
             if self.keeper is not None and not self.pending:
                 # Answered here, so that the backend session may be kept warm.
-                self._client_left = True
+                self._client_left = self._logged_out = True
                 await self._local(
                     untagged_status("BYE", LOGOUT_BYE) + tagged(command.tag, "OK", LOGOUT_OK)
                 )

@@ -130,7 +130,7 @@ class Parked:
         if expires_at is not None and self.grant.via == "delegation":
             left = (expires_at - dt.datetime.now(dt.UTC)).total_seconds()
             if left < seconds:
-                seconds, reason = max(0.0, left), "delegation"
+                seconds, reason = max(0.0, left), "revoked"
         self._timer = asyncio.get_running_loop().call_later(seconds, self.pool.drop, self, reason)
 
     def kick(self, reason: str) -> None:
@@ -197,7 +197,7 @@ class WarmSessions:
         expires_at = grant.decision.expires_at
         lapsed = expires_at is not None and expires_at <= dt.datetime.now(dt.UTC)
         if grant.via == "delegation" and lapsed:
-            self._refused(key, "expired")
+            self._refused(key, "revoked")
             return None
         mine = [p for p in self._since if p.key.backend == key.backend]
         if len(mine) >= policy.most:
@@ -232,15 +232,18 @@ class WarmSessions:
             if held(key.mailbox):
                 self._closed_later(parked, "held")
                 continue
-            if not await parked.detach():
-                self._closed_later(parked, "backend", polite=False)
-                continue
             try:
+                if not await parked.detach():
+                    self._closed_later(parked, "backend", polite=False)
+                    continue
                 upstream = await refreshed(parked.upstream, selected=parked.selected)
             except BackendError as exc:
                 log.info("imap.warm_stale", extra={"backend": key.backend, "error": exc.detail})
                 self._closed_later(parked, "stale", polite=False)
                 continue
+            except BaseException:  # the login's deadline: the session is in no known state
+                parked.upstream.writer.transport.abort()
+                raise
             self.metrics.warm_sessions.labels(key.backend, "hit").inc()
             return upstream
         self.metrics.warm_sessions.labels(key.backend, "miss").inc()
