@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from gateway.bal_migration.gate import MOVED_BYE
 from gateway.settings import MockSettings, Settings
 from tests.support.imap import login, scripted
 from tests.support.stacks import Stack, identity, mock_backend, running_stack
@@ -146,20 +145,38 @@ async def test_revocation_drops_the_warm_session_at_once(stack: Stack):
     await until(lambda: backend_connections(stack) == 0, "its backend connection closed")
 
 
-async def test_a_move_or_a_hold_of_the_bal_drops_it(stack: Stack):
-    gate = stack.gateway.gate
-    assert gate is not None
+async def test_a_move_of_the_bal_drops_it(stack: Stack):
+    registry = stack.gateway.delegations
+    assert registry is not None
     await logged_out(stack, "dr-martin")
-    gate.end(MARTIN, MOVED_BYE)
+    await registry.move_mailbox(MARTIN, "elsewhere")  # every node hears it
     await until(lambda: parked(stack) == 0, "a move drops it")
     assert dropped(stack, "moved") == 1
+    await until(lambda: backend_connections(stack) == 0, "its backend connection closed")
 
+
+async def test_a_hold_without_a_move_keeps_it(stack: Stack):
+    gate = stack.gateway.gate
+    assert gate is not None
     await logged_out(stack, "dr-martin")
     async with gate.hold(MARTIN):  # a cut-over that ends without a move
         waiting = asyncio.create_task(login(stack, "dr-martin", MARTIN))
         await until(lambda: gate.waiting(MARTIN) == 1, "the login waits for the hold")
     client = await waiting
     assert warm(stack, "hit") == 1  # the BAL stayed where it was
+    await client.ok("NOOP")
+    await client.close()
+
+
+async def test_a_move_on_this_node_is_a_miss_at_once(stack: Stack):
+    """The cut-over's own node: the BAL's epoch is part of the key."""
+    gate = stack.gateway.gate
+    assert gate is not None
+    await logged_out(stack, "dr-martin")
+    async with gate.hold(MARTIN) as held:
+        held.moved()
+    client = await login(stack, "dr-martin", MARTIN)
+    assert warm(stack, "hit") == 0
     await client.ok("NOOP")
     await client.close()
 

@@ -227,12 +227,14 @@ class ProxyServer(ImapServer):
 
     def _keeper(self, grant: ProxyGrant) -> Keeper | None:
         """Where the relay hands its backend session when the client leaves it at rest:
-        the warm pool, which the registry's changes and the BAL's moves reach like a live
-        session (not while the node stops)."""
+        the warm pool, which the registry's changes and the BAL's moves (its `moved`
+        event) reach like a live session (not while the node stops). Not the gate's: a
+        cut-over counts the client sessions it ends, and a move on this node changes the
+        BAL's epoch, part of the key."""
         key = grant.warm_key
         if key is None:
             return None
-        live, gate = self.live, self.gate
+        live = self.live
 
         def keep(upstream: Upstream, selected: bool) -> bool:
             if self.stopping:
@@ -242,9 +244,6 @@ class ProxyServer(ImapServer):
                 return False
             live.add(parked)
             parked.gone.append(lambda: live.discard(parked))
-            if gate is not None:
-                parked.gone.append(lambda: gate.discard(parked.mailbox, parked))
-                gate.add(parked.mailbox, parked, grant.moves)  # a move since: dropped
             return True
 
         return keep
