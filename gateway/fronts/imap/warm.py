@@ -112,7 +112,15 @@ class Parked:
         self.gone: list[Callable[[], None]] = []  # told when it leaves the pool
         self._timer: asyncio.TimerHandle | None = None
         self._watch = asyncio.create_task(upstream.reader.read(1), name="imap-warm-watch")
-        self._watch.add_done_callback(lambda _: self.pool.drop(self, "backend"))
+        self._watch.add_done_callback(self._spoke)
+
+    def _spoke(self, watch: asyncio.Task[bytes]) -> None:
+        """The backend said something, or closed: nothing it says while waiting is good
+        (once its client is gone, the session must stay silent). Nothing when `detach`
+        stopped the watch: the session has left the pool then."""
+        if not watch.cancelled():
+            watch.exception()  # retrieved: a reset connection is no error to report
+        self.pool.drop(self, "backend")
 
     @property
     def mailbox(self) -> str:
