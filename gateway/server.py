@@ -38,7 +38,7 @@ from gateway.card_sessions import CardSessionWatch
 from gateway.db import migrate_gateway
 from gateway.decisions import DecisionCache
 from gateway.fronts.imap.listener import ProxyConfig, ProxyServer
-from gateway.fronts.imap.warm import WarmPolicy
+from gateway.fronts.imap.warm import WarmPolicy, WarmSessions
 from gateway.fronts.login import FrontAuthenticator
 from gateway.fronts.smtp import SubmissionFront
 from gateway.health import Readiness
@@ -351,11 +351,14 @@ class Gateway:
         imap_auth = self._front(validator, service, "imap")
         front = settings.imap
 
-        warm = {
-            name: WarmPolicy(backend.keep_warm, backend.keep_warm_max)
-            for name, backend in settings.backends.items()
-            if backend.kind == "imap_smtp"
-        }
+        warm = WarmSessions(
+            {
+                name: WarmPolicy(backend.keep_warm, backend.keep_warm_max)
+                for name, backend in settings.backends.items()
+                if backend.kind == "imap_smtp"
+            },
+            self.metrics,
+        )
 
         async def listener(proxy: ProxyConfig, port: int, setting: str) -> ProxyServer:
             server = ProxyServer(

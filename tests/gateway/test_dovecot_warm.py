@@ -83,7 +83,7 @@ def seed(dovecot: DovecotServer) -> None:
 
 async def pool_emptied(env: Env) -> None:
     assert env.stack.gateway.imap is not None
-    await env.stack.gateway.imap.warm.aclose()
+    await env.stack.gateway.imap.warm.drop_all()
 
     async def none() -> bool:
         return await env.connections() == 0
@@ -109,6 +109,7 @@ async def test_a_reused_session_shows_what_a_fresh_one_does(env: Env):
     assert env.metric("miss") == 2
     assert reused == fresh
     assert b"* 2 EXISTS" in fresh
+    await until(lambda: env.parked() == 1, "kept")
     await pool_emptied(env)
 
 
@@ -126,6 +127,7 @@ async def test_a_delegate_from_the_same_address_does_not_hit_dovecots_limit(env:
     assert b"* 2 EXISTS" in selected.untagged
     assert await env.connections() == 1  # Martin's went before Bernard's was opened
     await other.ok("LOGOUT")
+    await until(lambda: env.parked() == 1, "Bernard's is kept")
     await pool_emptied(env)
 
 

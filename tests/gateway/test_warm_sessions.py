@@ -68,7 +68,7 @@ async def test_a_reused_session_looks_like_a_fresh_one(stack: Stack):
     assert backend_connections(stack) == 1  # no second connection was opened
     await until(lambda: parked(stack) == 1, "kept again")
     assert stack.gateway.imap is not None
-    await stack.gateway.imap.warm.aclose()
+    await stack.gateway.imap.warm.drop_all()
     await until(lambda: backend_connections(stack) == 0, "the pool is empty")
 
     fresh = await scripted(stack, "dr-martin", MARTIN)

@@ -15,7 +15,7 @@ import logging
 import socket
 import ssl
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from delegation.audit import AuditAction
@@ -26,7 +26,7 @@ from gateway.fronts.imap.audited_store import AuditedStore
 from gateway.fronts.imap.live import LiveSessions, ServedSession
 from gateway.fronts.imap.login import ProxyAuthenticator, ProxyGrant, close_store
 from gateway.fronts.imap.relay import Keeper, Relay
-from gateway.fronts.imap.warm import WarmPolicy, WarmSessions
+from gateway.fronts.imap.warm import WarmSessions
 from gateway.fronts.login import FrontAuthenticator, FrontGrant
 from gateway.imap.codes import Code
 from gateway.imap.engine import EngineConfig, ImapSession
@@ -107,10 +107,10 @@ class ProxyServer(ImapServer):
         psc: PscSessionWatch | None = None,
         card_watch: CardSessionWatch | None = None,
         usage: UsageRecorder | None = None,
-        warm: Mapping[str, WarmPolicy] | None = None,
+        warm: WarmSessions | None = None,
     ) -> None:
-        self.warm = WarmSessions(warm or {}, metrics)
-        self.stopping = False  # no session is kept warm from now on
+        # the node's warm backend sessions, shared by its IMAP listeners
+        self.warm = warm if warm is not None else WarmSessions({}, metrics)
         authenticator = ProxyAuthenticator(
             front,
             metrics,
@@ -159,11 +159,9 @@ class ProxyServer(ImapServer):
             super()._end_now(task, channel)
 
     async def drain(self, grace: float, reason: str = SHUTTING_DOWN) -> None:
-        self.stopping = True
         await asyncio.gather(super().drain(grace, reason), self.warm.aclose())
 
     async def stop(self, grace: float = 5.0) -> None:
-        self.stopping = True
         await asyncio.gather(super().stop(grace), self.warm.aclose())
         await self.live.stop()
 
@@ -228,7 +226,7 @@ class ProxyServer(ImapServer):
     def _keeper(self, grant: ProxyGrant) -> Keeper | None:
         """Where the relay hands its backend session when the client leaves it at rest:
         the warm pool, which the registry's changes and the BAL's moves (its `moved`
-        event) reach like a live session (not while the node stops). Not the gate's: a
+        event) reach like a live session. Not the gate's: a
         cut-over counts the client sessions it ends, and a move on this node changes the
         BAL's epoch, part of the key."""
         key = grant.warm_key
@@ -237,8 +235,6 @@ class ProxyServer(ImapServer):
         live = self.live
 
         def keep(upstream: Upstream, selected: bool) -> bool:
-            if self.stopping:
-                return False
             parked = self.warm.keep(key, upstream, selected, grant)
             if parked is None:
                 return False

@@ -163,7 +163,8 @@ class Parked:
 
 
 class WarmSessions:
-    """The warm sessions of one listener, by key, with each backend's policy."""
+    """The warm sessions of one process (its IMAP listeners share them), by key, with each
+    backend's policy."""
 
     def __init__(self, policies: Mapping[str, WarmPolicy], metrics: Metrics) -> None:
         self.policies = dict(policies)
@@ -172,6 +173,7 @@ class WarmSessions:
         self._since: dict[Parked, float] = {}  # oldest first
         self._closing: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False  # the node stops: nothing is kept any more
 
     def __len__(self) -> int:
         return len(self._since)
@@ -193,7 +195,7 @@ class WarmSessions:
         """Keep a session whose client left, its relay at rest; None when it may not be
         (the backend's policy, nothing unread, the delegation still current)."""
         policy = self.policies.get(key.backend)
-        if policy is None or not policy.enabled:
+        if policy is None or not policy.enabled or self._closed:
             return None
         if selected and "UNSELECT" not in {c.upper() for c in upstream.capabilities}:
             self._refused(key, "unselect")
@@ -306,8 +308,13 @@ class WarmSessions:
         self.metrics.warm_open.labels(backend).set(count)
 
     async def aclose(self) -> None:
-        """Shutdown: every warm session closed with LOGOUT."""
+        """Shutdown: every warm session closed with LOGOUT, none kept from now on."""
+        self._closed = True
+        await self.drop_all()
+
+    async def drop_all(self, reason: str = "shutdown") -> None:
+        """Close every warm session with LOGOUT, and wait until they are closed."""
         for parked in list(self._since):
-            self.drop(parked, "shutdown")
+            self.drop(parked, reason)
         while self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
