@@ -6,6 +6,7 @@ narrowing, a move, a hold, its time being up, the backend's end and shutdown."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from tests.support.stacks import Stack, identity, mock_backend, running_stack
 from tests.support.waiting import until
 
 MARTIN = "claire.martin@medecin.mssante.fr"
+MOREAU = "eve.moreau@medecin.mssante.fr"
 BERNARD = "899700000003"
 
 
@@ -225,3 +227,14 @@ async def test_keep_warm_zero_relays_logout_to_the_backend(
         await until(lambda: backend_connections(s) == 0, "closed with its client")
         assert warm(s, "kept") == 0
         assert warm(s, "miss") == 0
+
+
+async def test_the_delegations_expiry_drops_it_before_its_time(stack: Stack):
+    registry = stack.gateway.delegations
+    assert registry is not None
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2)
+    await registry.grant(await identity(stack, "dr-moreau"), MOREAU, BERNARD, ["read"], soon)
+    await logged_out(stack, "sec-bernard", MOREAU)
+    await until(lambda: parked(stack) == 0, "dropped when the delegation expires")
+    assert dropped(stack, "revoked") == 1
+    assert dropped(stack, "expired") == 0  # not its keep_warm (30 s)
