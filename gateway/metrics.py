@@ -95,6 +95,25 @@ class Metrics:
             ["protocol", "reason"],
             registry=self.registry,
         )
+        self.warm_sessions = Counter(
+            "lpsgw_warm_sessions",
+            "IMAP backend sessions kept warm after their client left (kept), and logins "
+            "that found one for them (hit) or none (miss)",
+            ["backend", "result"],
+            registry=self.registry,
+        )
+        self.warm_drops = Counter(
+            "lpsgw_warm_drops",
+            "Warm IMAP backend sessions closed unused, or not kept, by reason",
+            ["backend", "reason"],
+            registry=self.registry,
+        )
+        self.warm_open = Gauge(
+            "lpsgw_warm_open",
+            "IMAP backend sessions kept warm now",
+            ["backend"],
+            registry=self.registry,
+        )
         self.software = SoftwareLabels(top_software)
         self.usage_logins = Counter(
             "lpsgw_usage_logins",

@@ -39,6 +39,7 @@ from gateway.card_sessions import CardSessionWatch
 from gateway.db import migrate_gateway
 from gateway.decisions import DecisionCache
 from gateway.fronts.imap.listener import ProxyConfig, ProxyServer
+from gateway.fronts.imap.warm import WarmPolicy, WarmSessions
 from gateway.fronts.login import FrontAuthenticator
 from gateway.fronts.smtp import SubmissionFront
 from gateway.health import Readiness
@@ -405,6 +406,15 @@ class Gateway:
         imap_auth = self._front(validator, service, "imap")
         front = settings.imap
 
+        warm = WarmSessions(
+            {
+                name: WarmPolicy(backend.keep_warm, backend.keep_warm_max)
+                for name, backend in settings.backends.items()
+                if backend.kind == "imap_smtp"
+            },
+            self.metrics,
+        )
+
         async def listener(proxy: ProxyConfig, port: int, setting: str) -> ProxyServer:
             server = ProxyServer(
                 proxy,
@@ -417,6 +427,7 @@ class Gateway:
                 psc=self.psc_sessions,
                 card_watch=self.card_sessions,
                 usage=self.usage,
+                warm=warm,
             )
             await server.start()
             return server

@@ -469,6 +469,23 @@ class BackendSettings(_Section):
         "uidvalidity, POST <import_url>/<BAL>/import/messages; HTTP Basic, master_user); "
         "none: copies get new UIDs (APPEND) and LPS download the folders again",
     )
+    keep_warm: float = Field(
+        default=30.0,
+        ge=0,
+        le=3_600,
+        description="imap_smtp: seconds an IMAP backend session stays open after its client "
+        "logged out (or left at rest), for the next login of the same person on the same BAL "
+        "with the same rights from the same address (an LPS reconnecting with a fresh token); "
+        "0: every session closes with its client. Per process: each worker keeps its own",
+    )
+    keep_warm_max: int = Field(
+        default=64,
+        ge=0,
+        le=10_000,
+        description="imap_smtp: at most so many warm sessions kept for this backend, per "
+        "process (the oldest closes first); each counts against the backend's per user and "
+        "address limits (Dovecot's mail_max_userip_connections) while it waits",
+    )
     poll_interval: float = Field(
         default=10.0,
         gt=0,

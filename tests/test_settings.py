@@ -337,3 +337,14 @@ def test_lps_gateway_says_which_key_is_wrong(tmp_path: Path, clean_env: pytest.M
         assert "Traceback" not in result.output
         assert "block" not in result.output  # the value is not echoed: it may be a secret
     assert not (tmp_path / "state").exists()
+
+
+def test_keep_warm_defaults_bounds_and_example():
+    """30 s and 64 sessions unless set; never negative; the example names both."""
+    assert (BackendSettings().keep_warm, BackendSettings().keep_warm_max) == (30.0, 64)
+    assert BackendSettings(keep_warm=0).keep_warm == 0
+    for wrong in ({"keep_warm": -1}, {"keep_warm_max": -1}, {"keep_warm": 7_200}):
+        with pytest.raises(ValidationError, match="keep_warm"):
+            BackendSettings(**wrong)
+    modern = load_settings(EXAMPLE).backends["modern"]
+    assert (modern.keep_warm, modern.keep_warm_max) == (30.0, 64)

@@ -51,12 +51,17 @@ class Upstream:
     writer: asyncio.StreamWriter
     capabilities: frozenset[str]
     leftover: bytes = b""  # received after the login's completion, for the relay
+    # handed on to a warm pool (`gateway.fronts.imap.warm`) under another `Upstream`: this
+    # one's `close` no longer closes the connection
+    handed_on: bool = False
 
     async def close(self) -> None:
         """Close, and cut the connection if the close has not ended within `CLOSE_GRACE`
         (bytes the backend does not read, a TLS close it does not answer): a backend
         connection must not outlive its session, since the backend counts it (Dovecot's
         ``mail_max_userip_connections``)."""
+        if self.handed_on:
+            return
         writer = self.writer
         try:
             writer.close()

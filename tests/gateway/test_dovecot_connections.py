@@ -1,7 +1,9 @@
 """A backend connection lives as long as its client's session, no longer: with Dovecot's
 default limits (``mail_max_userip_connections = 10``) ten LPS of one practice, each with
 its cycles of login, SELECT, FETCH and LOGOUT (or a dropped connection), never see
-``NO [UNAVAILABLE]``, and once they are gone Dovecot counts no connection for the BAL.
+``NO [UNAVAILABLE]``, and once they are gone Dovecot counts no connection for the BAL
+(with warm sessions, once their `keep_warm` is over: they are reused meanwhile, never
+opened beside the ones in use).
 
 And Dovecot sees the LPS, not the gateway: the gateway is in its
 ``login_trusted_networks`` and says who the client is with ID ``x-originating-ip`` before
@@ -47,8 +49,14 @@ class Env:
         return [ip for user, ip in self.dovecot.who() if user == MARTIN]
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
+@pytest_asyncio.fixture(
+    scope="module", loop_scope="module", params=[0.0, 1.0], ids=["cold", "warm"]
+)
+async def env(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> AsyncIterator[Env]:
+    """Without warm sessions, and with (kept a second: Dovecot counts them meanwhile, and
+    the checks that none is left wait for their end)."""
     dovecot = await gateway_dovecot(MARTIN, MARTIN_PW, trusted_networks="127.0.0.0/8")
     stack: Stack | None = None
     try:
@@ -56,7 +64,9 @@ async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
         base = tmp_path_factory.mktemp("dovecot-connections")
 
         def configure(settings: Settings, mock: MockOperator) -> None:
-            settings.backends = {"dovecot": dovecot_backend(dovecot)}
+            backend = dovecot_backend(dovecot)
+            backend.keep_warm = request.param
+            settings.backends = {"dovecot": backend}
             settings.routing.default = "dovecot"
 
         settings = gateway_settings(base / "gateway", imap={"max_preauth_per_address": 100})

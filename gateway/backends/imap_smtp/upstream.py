@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import logging
 import ssl
 from collections.abc import Sequence
 
-from gateway.backends.base import Upstream
+from gateway.backends.base import CLOSE_GRACE, Upstream
 from gateway.backends.errors import BackendUnavailable
 from gateway.backends.origin import imap_id
 from gateway.imap.client import (
@@ -34,6 +35,7 @@ from gateway.settings import BackendSettings
 log = logging.getLogger(__name__)
 
 READ_SIZE = 256 * 1024
+WARM_PROBE = 5.0  # seconds a warm session has to answer UNSELECT and NOOP before reuse
 
 
 def _context(backend: BackendSettings) -> ssl.SSLContext:
@@ -275,3 +277,43 @@ async def _log_in(
         raise BackendUnavailable("timeout", f"{name}: no answer in time") from None
     except (ConnectionError, asyncio.IncompleteReadError) as exc:
         raise BackendUnavailable("connect", f"{name}: connection lost: {exc}") from None
+
+
+async def refreshed(upstream: Upstream, *, selected: bool) -> Upstream:
+    """A warm session made like a freshly logged-in one, for its next client: UNSELECT
+    when a mailbox may be selected (any answer leaves it unselected), then a NOOP that
+    proves it alive, in one round trip; raises `BackendUnavailable`."""
+    talk = Dialogue(upstream.reader, upstream.writer, min(upstream.reply_timeout, WARM_PROBE))
+    try:
+        unselect = None
+        if selected:
+            unselect, data = talk.codec.send(b"UNSELECT")
+            upstream.writer.write(data)
+        noop, data = talk.codec.send(b"NOOP")
+        upstream.writer.write(data)
+        await upstream.writer.drain()
+        if unselect is not None:
+            await talk.completion(unselect)
+        done, _ = await talk.completion(noop)
+    except TimeoutError:
+        raise BackendUnavailable("timeout", f"{upstream.backend}: no answer in time") from None
+    except (ConnectionError, ssl.SSLError) as exc:
+        raise BackendUnavailable("connect", f"{upstream.backend}: connection lost: {exc}") from None
+    if done.status != "OK":
+        raise BackendUnavailable("protocol", f"{upstream.backend}: NOOP refused: {done.text}")
+    return dataclasses.replace(upstream, leftover=talk.codec.parser.take_buffer())
+
+
+async def log_out(upstream: Upstream) -> None:
+    """LOGOUT, then the connection closed once the backend has closed its end (so that it
+    counts the session gone) or after `CLOSE_GRACE`."""
+    try:
+        async with asyncio.timeout(CLOSE_GRACE):
+            upstream.writer.write(b"GW0 LOGOUT\r\n")
+            await upstream.writer.drain()
+            while await upstream.reader.read(READ_SIZE):
+                pass
+    except (TimeoutError, ConnectionError, ssl.SSLError):
+        pass
+    finally:
+        await upstream.close()

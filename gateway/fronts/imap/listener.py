@@ -20,11 +20,13 @@ from dataclasses import dataclass
 
 from delegation.audit import AuditAction
 from delegation.service import DelegationService
+from gateway.backends.base import Upstream
 from gateway.card_sessions import CardSessionWatch
 from gateway.fronts.imap.audited_store import AuditedStore
 from gateway.fronts.imap.live import LiveSessions, ServedSession
 from gateway.fronts.imap.login import ProxyAuthenticator, ProxyGrant, close_store
-from gateway.fronts.imap.relay import Relay
+from gateway.fronts.imap.relay import Keeper, Relay
+from gateway.fronts.imap.warm import WarmSessions
 from gateway.fronts.login import FrontAuthenticator, FrontGrant
 from gateway.imap.codes import Code
 from gateway.imap.engine import EngineConfig, ImapSession
@@ -105,9 +107,15 @@ class ProxyServer(ImapServer):
         psc: PscSessionWatch | None = None,
         card_watch: CardSessionWatch | None = None,
         usage: UsageRecorder | None = None,
+        warm: WarmSessions | None = None,
     ) -> None:
+        # the node's warm backend sessions, shared by its IMAP listeners
+        self.warm = warm if warm is not None else WarmSessions({}, metrics)
         authenticator = ProxyAuthenticator(
-            front, metrics, sessions=limits.sessions_per_person if limits else None
+            front,
+            metrics,
+            sessions=limits.sessions_per_person if limits else None,
+            warm=self.warm,
         )
         super().__init__(
             config.server,
@@ -150,8 +158,11 @@ class ProxyServer(ImapServer):
         else:
             super()._end_now(task, channel)
 
+    async def drain(self, grace: float, reason: str = SHUTTING_DOWN) -> None:
+        await asyncio.gather(super().drain(grace, reason), self.warm.aclose())
+
     async def stop(self, grace: float = 5.0) -> None:
-        await super().stop(grace)
+        await asyncio.gather(super().stop(grace), self.warm.aclose())
         await self.live.stop()
 
     async def _handover(self, session: ImapSession, channel: StreamChannel) -> bool:
@@ -167,7 +178,14 @@ class ProxyServer(ImapServer):
         if not isinstance(grant, ProxyGrant):
             return False
         relay = Relay(
-            session, channel, grant, self.config, self.audit, self.metrics, gate=self.gate
+            session,
+            channel,
+            grant,
+            self.config,
+            self.audit,
+            self.metrics,
+            gate=self.gate,
+            keeper=self._keeper(grant),
         )
         usage = self._usage(grant)
         if usage is not None:
@@ -204,6 +222,27 @@ class ProxyServer(ImapServer):
             if cards is not None:
                 cards.discard(relay)
         return True
+
+    def _keeper(self, grant: ProxyGrant) -> Keeper | None:
+        """Where the relay hands its backend session when the client leaves it at rest:
+        the warm pool, which the registry's changes and the BAL's moves (its `moved`
+        event) reach like a live session. Not the gate's: a
+        cut-over counts the client sessions it ends, and a move on this node changes the
+        BAL's epoch, part of the key."""
+        key = grant.warm_key
+        if key is None:
+            return None
+        live = self.live
+
+        def keep(upstream: Upstream, selected: bool) -> bool:
+            parked = self.warm.keep(key, upstream, selected, grant)
+            if parked is None:
+                return False
+            live.add(parked)
+            parked.gone.append(lambda: live.discard(parked))
+            return True
+
+        return keep
 
     def _usage(self, grant: FrontGrant) -> PendingSession | None:
         """The session's line in the usage figures, once the client says who it is."""

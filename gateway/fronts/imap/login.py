@@ -15,6 +15,7 @@ from gateway.backends.base import Upstream
 from gateway.backends.errors import BackendError, BackendTokenOnly
 from gateway.fronts.imap.audited_store import AuditedStore
 from gateway.fronts.imap.rights import audit_action, audit_detail
+from gateway.fronts.imap.warm import WarmKey, WarmSessions
 from gateway.fronts.login import FrontAuthenticator, FrontGrant
 from gateway.imap import commands as c
 from gateway.imap.mailstore import MailStore
@@ -43,6 +44,8 @@ class ProxyGrant(FrontGrant):
     """A front login whose backend session is open, ready to relay."""
 
     upstream: Upstream = field(repr=False, compare=False)
+    # where the session may be kept warm once its client leaves; None: it may not
+    warm_key: WarmKey | None = field(default=None, compare=False)
 
 
 class ProxyAuthenticator:
@@ -53,17 +56,21 @@ class ProxyAuthenticator:
 
     With `sessions` (per node), one person holds at most so many logged-in sessions, all
     BAL together: the slot is taken before the backend login and given back when the
-    session closes (the grant's `on_close`)."""
+    session closes (the grant's `on_close`).
+
+    With `warm`, a login first asks it for a warm session of its key (`warm`)."""
 
     def __init__(
         self,
         front: FrontAuthenticator,
         metrics: Metrics,
         sessions: SlotCounter | None = None,
+        warm: WarmSessions | None = None,
     ) -> None:
         self.front = front
         self.metrics = metrics
         self.sessions = sessions
+        self.warm = warm
 
     async def authenticate(
         self, credentials: TokenCredentials, connection: ConnectionInfo
@@ -125,6 +132,13 @@ class ProxyAuthenticator:
 
     async def _open(self, grant: FrontGrant, connection: ConnectionInfo) -> FrontGrant:
         route = grant.route
+        key = self.warm.key(grant, connection) if self.warm is not None else None
+        if key is not None and self.warm is not None:
+            gate = self.front.gate
+            held = gate.held if gate is not None else _never
+            warm = await self.warm.take(key, held)
+            if warm is not None:
+                return await self._relayed(grant, warm, key)
         try:
             opened = await route.backend.open_imap(grant.mailbox, grant.token, client=connection)
         except BackendTokenOnly as exc:
@@ -142,11 +156,13 @@ class ProxyAuthenticator:
             text = MISCONFIGURED if exc.kind == "misconfigured" else UNAVAILABLE
             raise AuthFailed("unavailable", text) from None
         if isinstance(opened, Upstream):
-            return await self._relayed(grant, opened)
+            return await self._relayed(grant, opened, key)
         self.metrics.logins.labels("imap", "ok").inc()
         return self._served(grant, opened, connection)
 
-    async def _relayed(self, grant: FrontGrant, upstream: Upstream) -> ProxyGrant:
+    async def _relayed(
+        self, grant: FrontGrant, upstream: Upstream, key: WarmKey | None
+    ) -> ProxyGrant:
         if "LITERAL+" not in upstream.capabilities:
             await upstream.close()
             self.metrics.backend_errors.labels(grant.route.name, "imap", "protocol").inc()
@@ -158,7 +174,7 @@ class ProxyAuthenticator:
         values.update(
             capabilities=carried_capabilities(upstream.capabilities), on_close=upstream.close
         )
-        return ProxyGrant(**values, upstream=upstream)
+        return ProxyGrant(**values, upstream=upstream, warm_key=key)
 
     def _served(
         self, grant: FrontGrant, store: MailStore, connection: ConnectionInfo
@@ -197,6 +213,10 @@ class ProxyAuthenticator:
             on_refused=refused,
             on_selected=command_done,
         )
+
+
+def _never(bal: str) -> bool:
+    return False
 
 
 async def _discard(opened: FrontGrant) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import datetime as dt
 import logging
 import re
@@ -17,6 +18,8 @@ from collections.abc import Callable, Mapping
 
 from delegation.audit import AuditAction, AuditRecord
 from gateway.audit import AuditSink, in_background
+from gateway.backends.base import Upstream
+from gateway.backends.imap_smtp.upstream import log_out
 from gateway.bal_migration.gate import MOVED_BYE, BalGate, Held, Moved
 from gateway.fronts.imap.login import ProxyGrant
 from gateway.fronts.imap.rights import (
@@ -54,6 +57,14 @@ _READ_ONLY = b"[%b]" % Code.READ_ONLY.encode()
 _PERMANENT_SEEN = b"[%b (\\Seen)]" % Code.PERMANENTFLAGS.encode()
 _PERMANENT_NONE = b"[%b ()]" % Code.PERMANENTFLAGS.encode()
 
+#: LOGOUT answered by the gateway (a session kept warm) in the words of Dovecot, the
+#: reference backend, so that its clients see the same as when it answers itself.
+LOGOUT_BYE, LOGOUT_OK = "Logging out", "Logout completed."
+
+#: Takes a backend session whose client left it at rest, to keep it warm (`warm`): the
+#: session, and whether a mailbox may be selected in it. True when it took it.
+Keeper = Callable[[Upstream, bool], bool]
+
 
 class Relay:
     """One logged-in client connection carried to its backend connection."""
@@ -67,8 +78,13 @@ class Relay:
         audit: AuditSink,
         metrics: Metrics,
         gate: BalGate | None = None,
+        keeper: Keeper | None = None,
     ) -> None:
         self.session = session
+        self.keeper = keeper
+        self._selected = False  # a SELECT or EXAMINE went to the backend
+        self._client_left = False  # by LOGOUT answered here, or by closing at rest
+        self._logged_out = False  # LOGOUT answered here
         self.gate = gate
         self._changing: set[str] = set()  # tags of changes the backend has not answered
         self.channel = channel
@@ -128,6 +144,7 @@ class Relay:
                 task.cancel()
         bye: str | None = None
         deaf: WriteTimeout | None = None
+        done: set[asyncio.Task[str | None]] = set()
         try:
             done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
@@ -154,7 +171,9 @@ class Relay:
                 with contextlib.suppress(Exception):
                     self.channel.writer.write(untagged_status("BYE", bye, code))
                     await asyncio.wait_for(self.channel.writer.drain(), KICK_GRACE)
-            await self.up.close()
+            if not self._kept(done if bye is None and deaf is None else set()):
+                # a LOGOUT answered here: the backend hears it now
+                await (log_out(self.up) if self._logged_out else self.up.close())
             if self.gate is not None:  # changes never answered: the backend is gone
                 for _ in self._changing:
                     self.gate.done(self.mailbox)
@@ -163,6 +182,27 @@ class Relay:
                 await self._record(AuditAction.READ, f"{self.reads} read commands", "ok")
         if deaf is not None:
             raise deaf  # the transport cuts the connection instead of waiting for the client
+
+    def _kept(self, done: set[asyncio.Task[str | None]]) -> bool:
+        """Hand the backend session to `keeper` when the client alone ended the session,
+        leaving it at rest: no command awaiting the backend (IDLE included), no response
+        half relayed, the backend neither gone nor saying BYE."""
+        if self.keeper is None or not self._client_left or len(done) != 1:
+            return False
+        (ended,) = done
+        if ended is not self._tasks[1] or ended.cancelled() or ended.exception() is not None:
+            return False
+        if self._kicked is not None or self._leaving is not None or self.logging_out:
+            return False
+        if self.pending or not self.framer.at_boundary or self._backend_said_bye:
+            return False
+        if self._tasks[0].done() and not self._tasks[0].cancelled():
+            return False  # the backend's side had ended on its own
+        warm = dataclasses.replace(self.up, leftover=b"")
+        if not self.keeper(warm, self._selected):
+            return False
+        self.up.handed_on = True  # its close (the grant's on_close) is the pool's now
+        return True
 
     def kick(self, reason: str, code: str | None = None) -> None:
         """End the session with `* BYE [code] reason` (delegation revoked or expired, PSC
@@ -354,6 +394,8 @@ class Relay:
                 try:
                     async with asyncio.timeout(self.config.idle_timeout):
                         if not await self.channel.fill():
+                            # gone at rest, not in the middle of a command or literal
+                            self._client_left = parser.pending_bytes == 0
                             return None
                 except TimeoutError:
                     return "autologout: idle too long"
@@ -419,7 +461,16 @@ class Relay:
             self._idle_answered.clear()
             self._idle_accepted = False
         if isinstance(command, c.Logout):
+            if self.keeper is not None and not self.pending:
+                # Answered here, so that the backend session may be kept warm.
+                self._client_left = self._logged_out = True
+                await self._local(
+                    untagged_status("BYE", LOGOUT_BYE) + tagged(command.tag, "OK", LOGOUT_OK)
+                )
+                return ""
             self.logging_out = True
+        if isinstance(command, c.Select):
+            self._selected = True
         if isinstance(command, c.Id) and command.parameters:
             self.session.client_id = {k.lower(): v for k, v in command.parameters}
             if self.identified is not None:
