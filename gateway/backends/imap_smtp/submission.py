@@ -28,12 +28,14 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TypeVar
 
 import aiosmtplib
+from aiosmtplib.typing import SMTPStatus
 
 from gateway.backends.base import Accepted
 from gateway.backends.errors import BackendRefused, BackendUnavailable, one_line
 from gateway.backends.origin import xclient_arguments
 from gateway.runtime.dsn import MailDsn, RecipientDsn
 from gateway.runtime.login import ConnectionInfo
+from gateway.runtime.smtp_data import stuff
 from gateway.runtime.tls import shared_backend_context
 from gateway.settings import BackendSettings
 
@@ -191,8 +193,9 @@ class SmtpSubmission:
     async def data(self, message: bytes, recipients: Sequence[str] = ()) -> Accepted:
         """DATA, once: whatever happens, the transaction is over on our side. The envelope
         went with RCPT already: `recipients` is for backends without one."""
+        stuffed = stuff(message)
         try:
-            response = await self._command(lambda s: s.data(message))
+            response = await self._command(lambda s: _send_data(s, stuffed))
         finally:
             self.in_transaction = False
         return Accepted(one_line(response.message))
@@ -244,6 +247,24 @@ class SmtpSubmission:
         except (aiosmtplib.SMTPException, OSError) as exc:
             self.abort()
             raise BackendUnavailable("disconnected", _describe(exc)) from None
+
+
+async def _send_data(smtp: aiosmtplib.SMTP, stuffed: bytes) -> aiosmtplib.SMTPResponse:
+    """aiosmtplib's DATA with the content stuffed already (`smtp_data.stuff`, the same
+    octets as its own regular expressions make, in a fraction of the time): DATA, 354,
+    the content, 250; any other reply is `SMTPDataError`. One command at a time on a
+    submission session, so nothing else waits for the protocol's lock in between."""
+    start = await smtp.execute_command(b"DATA")
+    if start.code != SMTPStatus.start_input:
+        raise aiosmtplib.SMTPDataError(start.code, start.message)
+    protocol = smtp.protocol
+    if protocol is None:
+        raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+    protocol.write(stuffed)  # read_response marks the reply as expected before any arrives
+    response = await protocol.read_response(timeout=smtp.timeout)
+    if response.code != SMTPStatus.completed:
+        raise aiosmtplib.SMTPDataError(response.code, response.message)
+    return response
 
 
 def _describe(exc: BaseException) -> str:
