@@ -724,3 +724,16 @@ async def test_connections_beyond_the_cap_get_421(stack: Stack):
     assert stack.gateway.smtp.open_sessions == 1
     writer.close()
     first_writer.close()
+
+
+@pytest.mark.parametrize("nil", ["NIL-7", "", None])
+def test_the_nil_counted_is_that_of_the_message_relayed(nil: str | None) -> None:
+    """The usage figures' X-MSS-NIL, known without reading the relayed message again."""
+    from gateway.fronts.smtp import _nil, _relayed_nil
+    from gateway.mss import add_headers, add_sender, check_message
+
+    head = f"From: {CLAIRE}\r\nTo: {LUC}\r\n" + (f"X-MSS-NIL: {nil}\r\n" if nil is not None else "")
+    raw = (head + "Subject: s\r\n\r\nbody\r\n").encode()
+    checked = check_message(raw, sender=CLAIRE, default_nil=" " + NIL)
+    relayed = add_sender(add_headers(raw, checked.headers_to_add), "Sec", JEAN)
+    assert _relayed_nil(_nil(raw), checked) == _nil(relayed)
