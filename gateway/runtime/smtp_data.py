@@ -34,16 +34,19 @@ def longest_line(stuffed: bytes) -> int:
     return max(max(map(len, ended), default=-2) + 2, len(last))
 
 
-def stuff(message: bytes) -> bytes:
-    """What follows DATA's 354 for `message`: line ends made CRLF (bare LF or CR too), a
-    CRLF added to an unended last line, a dot doubled at the start of a line, and the
-    terminating lone dot."""
+def crlf_lines(message: bytes) -> bytes:
+    """`message` with its line ends made CRLF (bare LF or CR too) and a CRLF added to an
+    unended last line: the octets a backend takes, by DATA (unstuffed) or BDAT."""
     crlf = message.count(CRLF)
     if message.count(b"\n") != crlf or message.count(b"\r") != crlf:
         message = _LINE_ENDINGS.sub(CRLF, message)
-    if not message.endswith(CRLF):
-        message += CRLF
-    stuffed = message.replace(b"\r\n.", b"\r\n..")
+    return message if message.endswith(CRLF) else message + CRLF
+
+
+def stuff(message: bytes) -> bytes:
+    """What follows DATA's 354 for `message`: `crlf_lines`, a dot doubled at the start of
+    a line, and the terminating lone dot."""
+    stuffed = crlf_lines(message).replace(b"\r\n.", b"\r\n..")
     if stuffed.startswith(b"."):
         stuffed = b"." + stuffed
     return stuffed + DOT_LINE
