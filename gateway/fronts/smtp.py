@@ -313,10 +313,11 @@ class SubmissionFront(CardAuthMixin):
             return refused
         raw = _content(envelope)
         checked = self._check(raw, sender, envelope.rcpt_tos)
+        nil = _nil(raw)
         refusing = self.mss.judge(
             checked,
             interface=_interface(sender),
-            software=_nil(raw) or session.host_name,
+            software=nil or session.host_name,
             bal=sender.mailbox,
             actor=sender.actor,
         )
@@ -338,7 +339,7 @@ class SubmissionFront(CardAuthMixin):
         extra = {"reference": accepted.reference} if accepted.reference else {}
         self._taken(sender, len(envelope.rcpt_tos), len(message), **extra)
         if self.usage is not None:
-            self.usage.message(sender, _interface(sender), _nil(message))
+            self.usage.message(sender, _interface(sender), _relayed_nil(nil, checked))
         if not accepted.sender_recorded:
             await self._audit_sent(server, session, sender, client, accepted, envelope)
         if not offers_dsn:
@@ -634,6 +635,15 @@ def _nil(message: bytes) -> str | None:
         if header.key == "x-mss-nil":
             return header.value.decode("latin-1").strip()
     return None
+
+
+def _relayed_nil(nil: str | None, checked: RuleResult) -> str | None:
+    """`_nil` of the message as relayed, without reading its header block again: the
+    client's, else the one the rules added (prepended, so first), else none."""
+    if nil is not None:
+        return nil
+    added = [value for name, value in checked.headers_to_add if name == "X-MSS-NIL"]
+    return added[0].strip() if added else None
 
 
 def _connection(server: SMTP, session: Session) -> ConnectionInfo:

@@ -61,13 +61,9 @@ def header_fields(raw: bytes) -> list[HeaderField]:
     The block ends at the first empty line (or with the message). Its lines end as the
     first one does, all in CRLF or all in LF: a lone CR, a lone LF among CRLF lines (or a
     CR among LF ones) and NUL are refused, since servers differ on where such lines end."""
-    first_end = raw.find(b"\n")
-    crlf = first_end < 0 or raw[first_end - 1 : first_end] == b"\r"
-    eol = b"\r\n" if crlf else b"\n"
-    if raw.startswith(eol):
+    eol, block = _block(raw)
+    if not block:
         return []
-    end = raw.find(eol + eol)
-    block = raw if end < 0 else raw[: end + len(eol)]
     if len(block) > MAX_HEADER_BYTES:
         raise UnreadableHeader(0, b"", f"header block over {MAX_HEADER_BYTES} bytes")
     found: list[tuple[str, int, list[bytes]]] = []
@@ -87,6 +83,25 @@ def header_fields(raw: bytes) -> list[HeaderField]:
             raise UnreadableHeader(number, line, f"more than {MAX_FIELDS} header fields")
         found.append((match.group(1).decode("ascii"), number, [content[match.end() :]]))
     return [HeaderField(name, b"".join(parts), number) for name, number, parts in found]
+
+
+def header_block(raw: bytes) -> bytes:
+    """The octets of `raw`'s header block as `header_fields` reads it, with the empty line
+    that ends it (empty: no header block)."""
+    eol, block = _block(raw)
+    return raw[: len(block) + len(eol)] if block else raw[: len(eol)]
+
+
+def _block(raw: bytes) -> tuple[bytes, bytes]:
+    """The line end of `raw` (its first line's) and its header block, ending with the last
+    field's line end."""
+    first_end = raw.find(b"\n")
+    crlf = first_end < 0 or raw[first_end - 1 : first_end] == b"\r"
+    eol = b"\r\n" if crlf else b"\n"
+    if raw.startswith(eol):
+        return eol, b""
+    end = raw.find(eol + eol)
+    return eol, raw if end < 0 else raw[: end + len(eol)]
 
 
 def _why_not_a_field(content: bytes) -> str:

@@ -36,6 +36,8 @@ and never re-serialise the message, so signatures and the body stay byte-exact.
 from __future__ import annotations
 
 import email
+import email.parser
+import functools
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
@@ -50,7 +52,7 @@ from email.policy import default as default_policy
 from email.utils import collapse_rfc2231_value, formataddr, getaddresses
 from typing import Literal
 
-from gateway.mss.headers import HeaderField, UnreadableHeader, header_fields
+from gateway.mss.headers import HeaderField, UnreadableHeader, header_block, header_fields
 from gateway.mss.xdm import DEFAULT_LIMITS, XdmContent, XdmError, XdmLimits, read_xdm
 
 MIB = 1024 * 1024
@@ -209,7 +211,7 @@ def check_message(
         )
         return result
     try:
-        message = email.message_from_bytes(raw, policy=compat32)
+        message = _parse(raw)
     except Exception:  # RecursionError on absurd nesting, and whatever else: refuse
         result.violations.append(
             _violation("5.6.0", "message-unparsable", "Message illisible", "unparsable message")
@@ -220,6 +222,17 @@ def check_message(
     _check_cda_headers(message, xdm_limits, result)
     _check_mes(message, recipients, result)
     return result
+
+
+def _parse(raw: bytes) -> Message:
+    """The message as compat32 parses it, its body parsed only when a rule may look inside:
+    a multipart or message/* body (attachments, an IHE_XDM.ZIP among them), or a single
+    part that is itself an IHE_XDM.ZIP. Any other body (a 50 KiB letter) is one opaque
+    part that no rule reads, and its headers parse the same alone."""
+    head = email.parser.BytesParser(policy=compat32).parsebytes(header_block(raw))
+    if head.get_content_maintype() in ("multipart", "message") or _is_xdm(head):
+        return email.message_from_bytes(raw, policy=compat32)
+    return head
 
 
 def _check_from(fields: Sequence[HeaderField], sender: str, result: RuleResult) -> None:
@@ -304,6 +317,12 @@ def _field_text(field: HeaderField) -> str:
 
 
 def _single_address(value: str) -> str | None:
+    """`_parse_single_address`, remembered for the short values a client sends again and
+    again (its own From, message after message)."""
+    return _known_address(value) if len(value) <= MAX_LINE else _parse_single_address(value)
+
+
+def _parse_single_address(value: str) -> str | None:
     """The one addr-spec of a From value, lower-cased; None unless two parsers agree.
 
     The modern parser drops what it cannot parse (reporting a defect) while getaddresses
@@ -326,6 +345,9 @@ def _single_address(value: str) -> str | None:
     if len(legacy) != 1 or legacy[0][1].lower() != address or "@" not in address:
         return None
     return address
+
+
+_known_address = functools.lru_cache(maxsize=1024)(_parse_single_address)
 
 
 def _check_nil(message: Message, default_nil: str | None, result: RuleResult) -> None:

@@ -22,10 +22,10 @@ import contextlib
 import logging
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, AnyStr
 
-from aiosmtpd.smtp import SMTP, Envelope, syntax
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, syntax
 
 from gateway.runtime.dsn import (
     MAIL_LINE_EXTRA,
@@ -45,6 +45,7 @@ from gateway.runtime.net import (
     Peer,
 )
 from gateway.runtime.proxy_listener import HEADER_TIMEOUT, ProxyProtocolListener
+from gateway.runtime.smtp_data import CRLF, DOT_LINE, longest_line, unstuff
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ LOGIN_TIMEOUT = b"421 4.4.2 Authentication took too long, closing connection\r\n
 TOO_CHATTY = b"421 4.7.0 Too many commands before authentication\r\n"
 SHUTTING_DOWN = b"421 4.3.2 Service shutting down\r\n"  # RFC 5321 §3.8, RFC 3463 X.3.2
 MAX_PREAUTH_REPLIES = 100  # EHLO, STARTTLS, EHLO and AUTH take about twenty reply lines
+LINE_TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"  # aiosmtpd's words
+TOO_MUCH_DATA = "552 Error: Too much mail data"
 
 
 class DsnEnvelope(Envelope):
@@ -314,6 +317,85 @@ class TokenSMTP(SMTP):
         """Parameters are only for EHLO sessions (after HELO aiosmtpd refuses them all)."""
         session = self.session
         return self.dsn and arg is not None and session is not None and session.extended_smtp
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA, with the message read in blocks rather than line by line
+        (`_receive`): same checks, same replies, the same octets for the handler."""
+        if self._decode_data or "DATA" not in self._handle_hooks:
+            await super().smtp_DATA(arg)
+            return
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        received = await self._receive()
+        if isinstance(received, str):
+            await self.push(received)
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            return
+        self.envelope.content = self.envelope.original_content = received
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push("250 OK" if status is MISSING else status)
+
+    async def _receive(self) -> bytes | str:
+        """The message up to its lone dot, unstuffed, or the reply refusing it once it was
+        read to its end (RFC 5321 §4.2.5): 552 past `data_size_limit` octets as received,
+        500 for a line longer than `line_length_limit`. Past the size limit nothing more is
+        kept.
+
+        The stream is read up to each ".\r\n" with `StreamReader.readuntil`, in pieces
+        of at most its limit (`LimitOverrunError` says how much can go): a ".\r\n"
+        right after a CRLF (the DATA command's, for the first line) ends the message,
+        any other is content. Text whose lines seldom end in a dot takes a few reads."""
+        reader = self._reader
+        limit = self.data_size_limit
+        pieces: list[bytes] = []
+        size = 0
+        last = CRLF  # the last two octets read: the DATA command's CRLF to begin with
+        refusal: str | None = None
+        while True:
+            try:
+                piece = await self._read(reader.readuntil(DOT_LINE))
+            except asyncio.LimitOverrunError as overrun:
+                piece = await self._read(reader.readexactly(overrun.consumed))
+                ended = False
+            else:
+                before = piece[-5:-3] if len(piece) >= 5 else (last + piece[:-3])[-2:]
+                ended = before == CRLF
+                if ended:
+                    piece = piece[:-3]
+            size += len(piece)
+            if refusal is None and limit and size > limit:
+                refusal = TOO_MUCH_DATA
+            if refusal is None:
+                pieces.append(piece)
+            else:
+                pieces.clear()  # read to the end, kept no more
+            if ended:
+                break
+            last = piece[-2:] if len(piece) >= 2 else (last + piece)[-2:]
+        if refusal is not None:
+            return refusal
+        stuffed = b"".join(pieces)
+        if size > self.line_length_limit and longest_line(stuffed) > self.line_length_limit:
+            return LINE_TOO_LONG
+        return unstuff(stuffed)
+
+    async def _read(self, reading: Awaitable[bytes]) -> bytes:
+        """One read of the message; a client gone before its end is a lost connection."""
+        try:
+            return await reading
+        except asyncio.IncompleteReadError:
+            log.info("smtp.connection_lost_in_data", extra={"peer": self.peer})
+            raise ConnectionResetError("connection lost during DATA") from None
 
     @syntax("QUIT")
     async def smtp_QUIT(self, arg: str) -> None:

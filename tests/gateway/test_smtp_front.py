@@ -149,8 +149,10 @@ class ScriptedBackend:
         self,
         data_reply: str | None = "250 2.0.0 Queued as FAKE1",
         auth_reply: str = "235 2.7.0 OK",
+        chunking: bool = False,
     ) -> None:
         self.data_reply = data_reply
+        self.chunking = chunking  # CHUNKING said in EHLO, BDAT taken (RFC 3030)
         self.auth_reply = auth_reply
         self.commands: list[str] = []
         self.messages: list[bytes] = []
@@ -192,7 +194,18 @@ class ScriptedBackend:
                 verb = command.split(" ", 1)[0].upper()
                 self.commands.append(command)
                 if verb == "EHLO":
-                    writer.write(b"250-scripted\r\n250-8BITMIME\r\n250 AUTH PLAIN XOAUTH2\r\n")
+                    chunking = b"250-CHUNKING\r\n" if self.chunking else b""
+                    writer.write(
+                        b"250-scripted\r\n250-8BITMIME\r\n"
+                        + chunking
+                        + b"250 AUTH PLAIN XOAUTH2\r\n"
+                    )
+                elif verb == "BDAT" and self.chunking:
+                    size, *last = command.split()[1:]
+                    self.messages.append(await reader.readexactly(int(size)))
+                    assert last == ["LAST"]
+                    reply = self.data_reply or "250 2.0.0 never said"
+                    writer.write(reply.encode() + b"\r\n")
                 elif verb == "AUTH":
                     writer.write(self.auth_reply.encode() + b"\r\n")
                 elif verb in ("MAIL", "RCPT", "RSET", "NOOP"):
@@ -724,3 +737,41 @@ async def test_connections_beyond_the_cap_get_421(stack: Stack):
     assert stack.gateway.smtp.open_sessions == 1
     writer.close()
     first_writer.close()
+
+
+@pytest.mark.parametrize("nil", ["NIL-7", "", None])
+def test_the_nil_counted_is_that_of_the_message_relayed(nil: str | None) -> None:
+    """The usage figures' X-MSS-NIL, known without reading the relayed message again."""
+    from gateway.fronts.smtp import _nil, _relayed_nil
+    from gateway.mss import add_headers, add_sender, check_message
+
+    head = f"From: {CLAIRE}\r\nTo: {LUC}\r\n" + (f"X-MSS-NIL: {nil}\r\n" if nil is not None else "")
+    raw = (head + "Subject: s\r\n\r\nbody\r\n").encode()
+    checked = check_message(raw, sender=CLAIRE, default_nil=" " + NIL)
+    relayed = add_sender(add_headers(raw, checked.headers_to_add), "Sec", JEAN)
+    assert _relayed_nil(_nil(raw), checked) == _nil(relayed)
+
+
+async def test_a_backend_offering_chunking_gets_the_message_by_bdat(stack: Stack) -> None:
+    """One BDAT LAST, no DATA round trip: the octets the client meant (dots unstuffed, line
+    ends CRLF), and a refusal passed on, the next message after an RSET."""
+    backend = ScriptedBackend(chunking=True)
+    body = "ligne\r\n.commence par un point\r\n..deux\r\n.\r\nfin"
+    raw = message(CLAIRE, EVE, subject(), body=body)
+    async with scripted(stack, backend), client(stack, "dr-martin", CLAIRE) as smtp:
+        await smtp.sendmail(CLAIRE, [EVE], raw)
+        assert [c.split()[0] for c in backend.commands].count("DATA") == 0
+        (relayed,) = backend.messages
+        assert relayed.endswith(b"\r\n.commence par un point\r\n..deux\r\n.\r\nfin\r\n")
+        assert b"BDAT" in backend.commands[-1].encode()
+        backend.data_reply = "554 5.7.1 refused by the platform"
+        with pytest.raises(aiosmtplib.SMTPDataError) as refused:
+            await smtp.sendmail(CLAIRE, [EVE], raw)
+        assert refused.value.code == 554
+        backend.data_reply = "250 2.0.0 Queued as FAKE2"
+        await smtp.sendmail(CLAIRE, [EVE], raw)
+        verbs = [c.split()[0] for c in backend.commands]
+        refused_at = [i for i, verb in enumerate(verbs) if verb == "BDAT"][1]
+        after = verbs[refused_at + 1 :]
+        assert after.index("RSET") < after.index("MAIL")  # no MAIL into a held transaction
+        assert len(backend.messages) == 3

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import email
 from collections.abc import Sequence
+from email.policy import compat32
 
 import pytest
 
+from gateway.mss import rules
 from gateway.mss.rules import DEFAULT_MAX_SIZE, RULES, RuleResult, check_message
 from gateway.mss.xdm import DEFAULT_LIMITS, XdmLimits
 from mock_operator.seed import CDA_CODE, SOFTWARE_NIL, cda_document, ihe_xdm_zip
@@ -617,3 +621,51 @@ def test_only_the_header_rules_are_left_to_the_policy() -> None:
     }
     assert RULES["IHE_XDM-unreadable"].scope == "safety"
     assert RULES["message-too-big"].scope == "safety"
+
+
+# -- a body is parsed only when a rule can look inside it ----------------------------------
+
+
+def single_part_xdm(codecda: str | None) -> bytes:
+    """A message that is nothing but an IHE_XDM.ZIP (no multipart around it)."""
+    head = f"From: {HOSPITAL}\r\nTo: {LAB}\r\nX-MSS-NIL: {SOFTWARE_NIL}\r\n"
+    if codecda is not None:
+        head += f"X-MSS-CODECDA: {codecda}\r\nX-MSS-INS: O\r\n"
+    head += (
+        'Content-Type: application/zip; name="IHE_XDM.ZIP"\r\n'
+        "Content-Transfer-Encoding: base64\r\n\r\n"
+    )
+    body = base64.encodebytes(ihe_xdm_zip()).replace(b"\n", b"\r\n")
+    return head.encode() + body
+
+
+def wrapped(raw: bytes) -> bytes:
+    """`raw` as a message/rfc822 body."""
+    head = f"From: {HOSPITAL}\r\nTo: {LAB}\r\nX-MSS-NIL: {SOFTWARE_NIL}\r\n"
+    return (head + "Content-Type: message/rfc822\r\n\r\n").encode() + raw
+
+
+def test_a_single_part_ihe_xdm_is_read() -> None:
+    assert "X-MSS-CODECDA-missing" in check(single_part_xdm(None)).rules
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        seeded_plain(),
+        seeded_letter(),
+        single_part_xdm(None),
+        single_part_xdm(CDA_CODE),
+        wrapped(seeded_letter()),
+        variant(seeded_plain(), headers={"X-MSS-CODECDA": CDA_CODE, "X-MSS-INS": "O"}),
+        variant(seeded_plain(), headers={"X-MSS-MES": "FIN", "Content-Type": "text/html"}),
+        b"From: " + HOSPITAL.encode() + b"\r\n\r\nno X-MSS-NIL, a body\r\n",
+        b"\r\nno header at all\r\n",
+    ],
+)
+def test_the_verdict_is_that_of_a_full_parse(raw: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whether the body was parsed or not, every rule says the same."""
+    quick = check(raw, recipients=[PATIENT])
+    monkeypatch.setattr(rules, "_parse", lambda raw: email.message_from_bytes(raw, policy=compat32))
+    full = check(raw, recipients=[PATIENT])
+    assert quick == full

@@ -28,12 +28,14 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TypeVar
 
 import aiosmtplib
+from aiosmtplib.typing import SMTPStatus
 
 from gateway.backends.base import Accepted
 from gateway.backends.errors import BackendRefused, BackendUnavailable, one_line
 from gateway.backends.origin import xclient_arguments
 from gateway.runtime.dsn import MailDsn, RecipientDsn
 from gateway.runtime.login import ConnectionInfo
+from gateway.runtime.smtp_data import crlf_lines, stuff
 from gateway.runtime.tls import shared_backend_context
 from gateway.settings import BackendSettings
 
@@ -189,12 +191,23 @@ class SmtpSubmission:
         await self._command(lambda s: s.rcpt(recipient, options=options, encoding=encoding))
 
     async def data(self, message: bytes, recipients: Sequence[str] = ()) -> Accepted:
-        """DATA, once: whatever happens, the transaction is over on our side. The envelope
-        went with RCPT already: `recipients` is for backends without one."""
+        """DATA (BDAT LAST to a backend offering CHUNKING), once: whatever happens, the
+        transaction is over on our side. The envelope went with RCPT already:
+        `recipients` is for backends without one."""
+        chunking = self._smtp is not None and self._smtp.supports_extension("chunking")
+        wire = _bdat(message) if chunking else stuff(message)
+        send = _send_bdat if chunking else _send_data
         try:
-            response = await self._command(lambda s: s.data(message))
-        finally:
+            response = await self._command(lambda s: send(s, wire))
+        except BackendRefused:
+            # After a refused BDAT the backend may still hold the transaction (RFC 3030
+            # §4): the next message starts with RSET.
+            self.in_transaction = chunking
+            raise
+        except BaseException:
             self.in_transaction = False
+            raise
+        self.in_transaction = False
         return Accepted(one_line(response.message))
 
     async def close(self) -> None:
@@ -244,6 +257,43 @@ class SmtpSubmission:
         except (aiosmtplib.SMTPException, OSError) as exc:
             self.abort()
             raise BackendUnavailable("disconnected", _describe(exc)) from None
+
+
+async def _send_data(smtp: aiosmtplib.SMTP, stuffed: bytes) -> aiosmtplib.SMTPResponse:
+    """aiosmtplib's DATA with the content stuffed already (`smtp_data.stuff`, the same
+    octets as its own regular expressions make, in a fraction of the time): DATA, 354,
+    the content, 250; any other reply is `SMTPDataError`. One command at a time on a
+    submission session, so nothing else waits for the protocol's lock in between."""
+    start = await smtp.execute_command(b"DATA")
+    if start.code != SMTPStatus.start_input:
+        raise aiosmtplib.SMTPDataError(start.code, start.message)
+    protocol = smtp.protocol
+    if protocol is None:
+        raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+    protocol.write(stuffed)  # read_response marks the reply as expected before any arrives
+    response = await protocol.read_response(timeout=smtp.timeout)
+    if response.code != SMTPStatus.completed:
+        raise aiosmtplib.SMTPDataError(response.code, response.message)
+    return response
+
+
+def _bdat(message: bytes) -> bytes:
+    """The whole message as one last chunk (RFC 3030): the command and its octets go in
+    one write, and one reply says whether the backend took it: no 354 round trip."""
+    content = crlf_lines(message)
+    return b"BDAT %d LAST\r\n" % len(content) + content
+
+
+async def _send_bdat(smtp: aiosmtplib.SMTP, wire: bytes) -> aiosmtplib.SMTPResponse:
+    """`_bdat`'s octets to a backend that offers CHUNKING; its 250, else `SMTPDataError`."""
+    protocol = smtp.protocol
+    if protocol is None:
+        raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+    protocol.write(wire)
+    response = await protocol.read_response(timeout=smtp.timeout)
+    if response.code != SMTPStatus.completed:
+        raise aiosmtplib.SMTPDataError(response.code, response.message)
+    return response
 
 
 def _describe(exc: BaseException) -> str:
