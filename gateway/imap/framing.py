@@ -48,6 +48,11 @@ class ResponseFramer:
         """True between two responses: nothing of a response is half-forwarded."""
         return self._at_start and not self._partial and not self._literal_left
 
+    @property
+    def literal_left(self) -> int:
+        """Octets of the literal being passed through still to come."""
+        return self._literal_left
+
     def feed(self, data: bytes | bytearray, end: int | None = None) -> list[Segment]:
         """Split `data[:end]` (the next bytes from the backend) into segments to forward.
 

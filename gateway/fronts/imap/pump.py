@@ -11,9 +11,12 @@ upstream works as before.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 from collections.abc import Callable
 
 PUMP_READ = 256 * 1024
+MIN_LOWAT = 32 * 1024  # below this, waking once more costs less than the system call
 
 
 class BackendPump(asyncio.BufferedProtocol):
@@ -44,6 +47,11 @@ class BackendPump(asyncio.BufferedProtocol):
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._lost: tuple[Exception | None] | None = None
         self._installed = False
+        # plain TCP only: under TLS the bytes on the socket are not those announced
+        self._socket = (
+            None if transport.get_extra_info("sslcontext") else transport.get_extra_info("socket")
+        )
+        self._lowat = 1
 
     def start(self, leftover: bytes) -> None:
         """Take the transport over; `leftover` and whatever the stream buffered are
@@ -70,11 +78,22 @@ class BackendPump(asyncio.BufferedProtocol):
         if self._installed and not self.done.done():
             self._transport.resume_reading()
 
+    def expect(self, size: int) -> None:
+        """At least `size` more bytes are due (the rest of a literal): wake for them when
+        they are all there or a buffer is full (SO_RCVLOWAT), not for each segment.
+        Nothing is late for it: those bytes are owed, and an end of stream still wakes."""
+        lowat = min(size, self._size) if size >= MIN_LOWAT else 1
+        if lowat != self._lowat and self._socket is not None:
+            with contextlib.suppress(OSError):
+                self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, lowat)
+                self._lowat = lowat
+
     def stop(self) -> None:
         """Give the transport back to its streams."""
         if not self._installed:
             return
         self._installed = False
+        self.expect(0)
         if self._lost is not None:
             self._original.connection_lost(self._lost[0])
             return

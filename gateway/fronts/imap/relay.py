@@ -296,6 +296,8 @@ class Relay:
             transport.write(memoryview(data)[:size])  # the usual case: no copy
         self._to_client.inc(size)
         unsent = transport.get_write_buffer_size()
+        if self._pump is not None:
+            self._pump.expect(self.framer.literal_left)
         if unsent and self._pump is not None:
             self._pump.reusable = False  # the transport may hold views of the buffer
             if unsent > CLIENT_HIGH_WATER and not self._lagging.done():
