@@ -16,6 +16,7 @@ import socket
 from collections.abc import Callable
 
 PUMP_READ = 256 * 1024
+REST_READ = 16 * 1024  # between bulk transfers: an idle session holds no big buffer
 MIN_LOWAT = 32 * 1024  # below this, waking once more costs less than the system call
 
 
@@ -24,8 +25,9 @@ class BackendPump(asyncio.BufferedProtocol):
 
     `deliver` forwards `buffer[:size]` at once; it sets `reusable` to False when what it
     wrote still refers to the buffer (the client's transport kept it unsent), and the next
-    read then goes into a fresh one. `done` is resolved at end of stream (None) or with
-    the exception `deliver` raised."""
+    read then goes into a fresh one. Reads are of `size` while a bulk transfer runs (a big
+    literal is owed, or the last read filled its buffer), of REST_READ otherwise. `done`
+    is resolved at end of stream (None) or with the exception `deliver` raised."""
 
     def __init__(
         self,
@@ -41,8 +43,10 @@ class BackendPump(asyncio.BufferedProtocol):
         self._original = self._transport.get_protocol()
         self._deliver = deliver
         self._size = size
-        self._buffer = bytearray(size)
-        self._view = memoryview(self._buffer)
+        self._big: bytearray | None = None
+        self._small: bytearray | None = None
+        self._buffer = bytearray()  # the one the last read went into
+        self._bulk = False
         self.reusable = True
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._lost: tuple[Exception | None] | None = None
@@ -83,6 +87,7 @@ class BackendPump(asyncio.BufferedProtocol):
         they are all there or a buffer is full (SO_RCVLOWAT), not for each segment.
         Nothing is late for it: those bytes are owed, and an end of stream still wakes."""
         lowat = min(size, self._size) if size >= MIN_LOWAT else 1
+        self._bulk = self._bulk or lowat > 1
         if lowat != self._lowat and self._socket is not None:
             with contextlib.suppress(OSError):
                 self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, lowat)
@@ -116,15 +121,24 @@ class BackendPump(asyncio.BufferedProtocol):
 
     # -- protocol --------------------------------------------------------------------
     def get_buffer(self, sizehint: int) -> memoryview:
+        if not self.reusable:
+            self._big = self._small = None
+            self.reusable = True
+        if self._bulk:
+            if self._big is None:
+                self._big = bytearray(self._size)
+            self._buffer = self._big
+        else:
+            self._big = None
+            if self._small is None:
+                self._small = bytearray(REST_READ)
+            self._buffer = self._small
         # a view, not the bytearray: the TLS transport fills it in slices (a slice of a
         # bytearray would be a copy)
-        if not self.reusable:
-            self._buffer = bytearray(self._size)
-            self._view = memoryview(self._buffer)
-            self.reusable = True
-        return self._view
+        return memoryview(self._buffer)
 
     def buffer_updated(self, nbytes: int) -> None:
+        self._bulk = nbytes == len(self._buffer)  # more may be waiting: read big
         self._call(self._buffer, nbytes)
 
     def eof_received(self) -> bool | None:
