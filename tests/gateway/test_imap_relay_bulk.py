@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from gateway.fronts.imap.relay import CLIENT_HIGH_WATER, RELAY_READ
+from gateway.imap.framing import MAX_LITERAL
 from tests.gateway.test_imap_proxy import MARTIN, modern_settings, relays
 from tests.support.imap import login
 from tests.support.stacks import Stack
@@ -129,3 +130,22 @@ async def test_a_client_that_stops_reading_holds_the_backend_back(stack: Stack) 
         assert await client.reader.readexactly(3) == b")\r\n"
         assert (await client.reader.readline()) == b"big OK done\r\n"
         await client.ok("NOOP")
+
+
+async def test_a_backend_announcing_an_oversized_literal_ends_the_session(stack: Stack) -> None:
+    def answer(tag: bytes) -> list[bytes]:
+        return [b"* 1 FETCH (BODY[] {%d}\r\n" % (MAX_LITERAL + 1), b"x" * 1000]
+
+    async with scripted_backend(answer) as (port, _writers):
+        backend = modern_settings(stack)
+        backend.imap_port, backend.imap_tls = port, "none"
+        client = await login(stack, "dr-martin", MARTIN)
+        await client.send(b"f1 FETCH 1 BODY[]\r\n")
+        bye = await client.line()
+        assert bye.startswith(b"* BYE")
+        assert b"invalid data" in bye
+        assert await client.until_closed() == b""  # nothing of the literal reached it
+        errors = stack.gateway.metrics.sample(
+            "lpsgw_backend_errors_total", backend="modern", protocol="imap", kind="protocol"
+        )
+        assert errors == 1
