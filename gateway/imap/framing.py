@@ -48,16 +48,24 @@ class ResponseFramer:
         """True between two responses: nothing of a response is half-forwarded."""
         return self._at_start and not self._partial and not self._literal_left
 
-    def feed(self, data: bytes) -> list[Segment]:
-        """Split `data` (the next bytes from the backend) into segments to forward.
+    @property
+    def literal_left(self) -> int:
+        """Octets of the literal being passed through still to come."""
+        return self._literal_left
+
+    def feed(self, data: bytes | bytearray, end: int | None = None) -> list[Segment]:
+        """Split `data[:end]` (the next bytes from the backend) into segments to forward.
 
         A line is only ever returned whole: a line cut by the read is held until its end
-        arrives. `exact` then tells whether the segments are `data` itself (nothing held
-        over from before, nothing held back now), so a caller may forward `data` as is."""
+        arrives. `exact` then tells whether the segments are `data[:end]` itself (nothing
+        held over from before, nothing held back now), so a caller may forward it as is.
+        Literal segments are views of `data`: a caller reusing its read buffer forwards
+        them before the next read."""
         self.exact = not self._partial
         out: list[Segment] = []
         view = memoryview(data)
-        pos, end = 0, len(data)
+        pos = 0
+        end = len(data) if end is None else end
         while pos < end:
             if self._literal_left:
                 take = min(self._literal_left, end - pos)
@@ -65,18 +73,18 @@ class ResponseFramer:
                 pos += take
                 self._literal_left -= take
                 continue
-            newline = data.find(b"\n", pos)
+            newline = data.find(b"\n", pos, end)
             if newline < 0:
                 if len(self._partial) + end - pos > self._max_line:
                     raise FramingError("backend response line too long")
-                self._partial += view[pos:]
+                self._partial += view[pos:end]
                 break
             if self._partial:
                 self._partial += view[pos : newline + 1]
                 line = bytes(self._partial)
                 self._partial.clear()
             else:
-                line = data[pos : newline + 1]
+                line = bytes(view[pos : newline + 1])
             if len(line) > self._max_line:
                 raise FramingError("backend response line too long")
             pos = newline + 1

@@ -132,3 +132,60 @@ def test_exact_means_the_segments_are_the_input(responses: list[bytes], data: st
             assert joined == chunk
         out += joined
     assert bytes(out) == stream
+
+
+NESTED = (
+    b'* 2 FETCH (ENVELOPE ({5}\r\nd\r\nte "s" NIL) BODYSTRUCTURE ("text" "plain" '
+    b'("name" {6}\r\na{3}\r\n) NIL NIL "7bit" 5 1) BINARY[1] ~{4}\r\n\x00\r\n\x01)\r\n'
+)
+
+
+def through_a_reused_buffer(framer: ResponseFramer, chunks: list[bytes]) -> bytes:
+    """Feed `chunks` as the relay does: each read into the same buffer, forwarded (here:
+    copied out) before the next read overwrites it; stale bytes lie beyond each read."""
+    buffer = bytearray(b"\xff" * 1024)
+    out = bytearray()
+    for chunk in chunks:
+        buffer[: len(chunk)] = chunk
+        for segment in framer.feed(buffer, len(chunk)):
+            out += segment.data
+    return bytes(out)
+
+
+@pytest.mark.parametrize("response", [NESTED, RESPONSES[1], RESPONSES[3], RESPONSES[8]])
+def test_every_single_cut_of_a_response_with_literals(response: bytes) -> None:
+    for at in range(1, len(response)):
+        framer = ResponseFramer()
+        assert through_a_reused_buffer(framer, [response[:at], response[at:]]) == response
+        assert framer.at_boundary, at
+        assert framer.literal_left == 0
+
+
+@given(st.lists(st.sampled_from([*RESPONSES, NESTED]), min_size=1, max_size=6), st.data())
+def test_a_reused_read_buffer_gives_the_same_bytes(
+    responses: list[bytes], data: st.DataObject
+) -> None:
+    stream = b"".join(responses)
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(stream) - 1)), max_size=20)))
+    chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    framer = ResponseFramer()
+    assert through_a_reused_buffer(framer, [c for c in chunks if c]) == stream
+    assert framer.at_boundary
+
+
+def test_crlf_cut_between_cr_and_lf_announces_the_literal_once_whole() -> None:
+    framer = ResponseFramer()
+    assert framer.feed(b"* 1 FETCH (BODY[] {3}\r") == []
+    assert framer.literal_left == 0
+    segments = framer.feed(b"\nabc)\r\n")
+    assert [bytes(s.data) for s in segments] == [b"* 1 FETCH (BODY[] {3}\r\n", b"abc", b")\r\n"]
+    assert framer.at_boundary
+
+
+def test_literal_left_counts_down_what_is_owed() -> None:
+    framer = ResponseFramer()
+    framer.feed(b"* 1 FETCH (BINARY[] ~{10}\r\n0123")
+    assert framer.literal_left == 6
+    framer.feed(b"456789)\r\n")
+    assert framer.literal_left == 0
+    assert framer.at_boundary

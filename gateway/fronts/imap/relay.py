@@ -22,6 +22,7 @@ from gateway.backends.base import Upstream
 from gateway.backends.imap_smtp.upstream import log_out
 from gateway.bal_migration.gate import MOVED_BYE, BalGate, Held, Moved
 from gateway.fronts.imap.login import ProxyGrant
+from gateway.fronts.imap.pump import BackendPump
 from gateway.fronts.imap.rights import (
     audit_action,
     audit_detail,
@@ -41,6 +42,9 @@ from gateway.runtime.net import FAIR_SHARE
 log = logging.getLogger(__name__)
 
 RELAY_READ = 256 * 1024
+# bytes written to a client and not yet sent beyond which the backend is not read until
+# the client catches up (a session's buffering is bounded by this and one read)
+CLIENT_HIGH_WATER = 2 * RELAY_READ
 KICK_GRACE = 1.0  # seconds a BYE waits for the response being relayed to end
 MAX_AUDITS_IN_FLIGHT = 64  # a session's events handed to the audit sink, not yet queued
 GAP_CHECK = 1.0  # seconds between checks for change events lost by the bus
@@ -99,8 +103,10 @@ class Relay:
         self.pending: dict[str, c.Command] = {}
         self.reads = 0
         self.logging_out = False
-        self._out = asyncio.Lock()
-        self._holding = False
+        self._holding = False  # a backend response is half-forwarded
+        self._at_boundary = asyncio.Event()
+        self._at_boundary.set()
+        self._pump: BackendPump | None = None
         self._idle_tag: str | None = None
         self._idle_answered = asyncio.Event()
         self._idle_accepted = False
@@ -112,6 +118,7 @@ class Relay:
         self._tasks: list[asyncio.Task[str | None]] = []
         self._expiry: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
+        self._lagging: asyncio.Future[None] = self._loop.create_future()  # the client lags
         self._backend_seen = self._loop.time()
         self._sent_at: dict[str, float] = {}
         caps = " ".join(grant.capabilities or ())
@@ -251,37 +258,41 @@ class Relay:
 
     # -- backend to client ---------------------------------------------------------------
     async def _from_backend(self) -> str | None:
+        """Relay the backend's bytes (from the pump's callback, `_forward`); this task only
+        waits: for the client to read when it lags (backpressure: the backend is not read
+        meanwhile), for the backend when a reply is overdue, for the end."""
+        transport = self.channel.writer.transport
+        transport.set_write_buffer_limits(high=CLIENT_HIGH_WATER)
+        pump = self._pump = BackendPump(self.up.reader, self.up.writer, self._forward, RELAY_READ)
+        timeout = self.up.reply_timeout
         try:
-            if self.up.leftover:
-                await self._relay(self.up.leftover)
-            reader = self.up.reader
-            timeout = self.up.reply_timeout
-            while True:
-                try:
-                    async with asyncio.timeout(timeout):
-                        data = await reader.read(RELAY_READ)
-                except TimeoutError:
-                    if self._overdue(timeout):
-                        self._backend_error("timeout")
-                        return "mailbox server not responding"
-                    continue
-                except (ConnectionError, ssl.SSLError):
-                    data = b""
-                if not data:
-                    if self.logging_out or self._backend_said_bye:
-                        return None  # an orderly end: the client has the backend's BYE
-                    self._backend_error("died")
-                    return "connection to the mailbox server lost"
-                self._backend_seen = self._loop.time()
-                await self._relay(data)
+            pump.start(self.up.leftover)
+            while not pump.done.done():
+                self._lagging = self._loop.create_future()
+                await asyncio.wait(
+                    (pump.done, self._lagging), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                if self._lagging.done():
+                    await self.channel.drain()  # a client that does not read ends here
+                    pump.resume()
+                elif not pump.done.done() and self._overdue(timeout):
+                    self._backend_error("timeout")
+                    return "mailbox server not responding"
+            pump.done.result()
+            if self.logging_out or self._backend_said_bye:
+                return None  # an orderly end: the client has the backend's BYE
+            self._backend_error("died")
+            return "connection to the mailbox server lost"
         except FramingError as exc:
             self._backend_error("protocol")
             log.warning("imap.backend_framing", extra={"error": str(exc)})
             return "mailbox server sent invalid data"
+        except (ConnectionError, ssl.SSLError):
+            self._backend_error("died")
+            return "connection to the mailbox server lost"
         finally:
-            if self._holding:
-                self._holding = False
-                self._out.release()
+            pump.stop()
+            self._end_response()
 
     def _overdue(self, timeout: float) -> bool:
         waiting = [at for tag, at in self._sent_at.items() if tag != self._idle_tag]
@@ -292,11 +303,22 @@ class Relay:
     def _backend_error(self, kind: str) -> None:
         self.metrics.backend_errors.labels(self.up.backend, "imap", kind).inc()
 
-    async def _relay(self, data: bytes) -> None:
-        segments = self.framer.feed(data)
+    def _end_response(self) -> None:
+        if self._holding:
+            self._holding = False
+            self._at_boundary.set()
+
+    def _forward(self, data: bytearray, size: int) -> None:
+        """The next `size` bytes of `data` from the backend: to the client at once, the
+        first line of each response looked at (and rewritten where the gateway says
+        otherwise). Runs in the pump's callback: no await."""
+        if self._kicked is not None or self._closed:
+            return  # the session ends: nothing more reaches the client
+        self._backend_seen = self._loop.time()
+        segments = self.framer.feed(data, size)
         if not self._holding:
-            await self._out.acquire()
-            self._holding = True
+            self._holding = True  # a reply of the gateway's own waits for the boundary
+            self._at_boundary.clear()
         rewritten = False
         out: list[bytes | memoryview] = []
         for segment in segments:
@@ -307,16 +329,22 @@ class Relay:
                 out.append(forwarded)
             else:
                 out.append(segment.data)
-        writer = self.channel.writer
+        transport = self.channel.writer.transport
         if rewritten or not self.framer.exact:
-            writer.writelines(out)  # whole lines only: a cut line goes out once complete
-        else:
-            writer.write(data)  # the usual case: the bytes as received, no copy
-        self._to_client.inc(len(data))
-        await self.channel.drain()  # a client that does not read ends here (WriteTimeout)
+            transport.writelines(out)  # whole lines only: a cut line goes out once complete
+        elif size:
+            transport.write(memoryview(data)[:size])  # the usual case: no copy
+        self._to_client.inc(size)
+        unsent = transport.get_write_buffer_size()
+        if self._pump is not None:
+            self._pump.expect(self.framer.literal_left)
+        if unsent and self._pump is not None:
+            self._pump.reusable = False  # the transport may hold views of the buffer
+            if unsent > CLIENT_HIGH_WATER and not self._lagging.done():
+                self._pump.pause()
+                self._lagging.set_result(None)
         if self.framer.at_boundary:
-            self._holding = False
-            self._out.release()
+            self._end_response()
         if self._leaving is not None and self._at_rest():
             self.kick(self._leaving, Code.UNAVAILABLE)  # the last reply is out
 
@@ -524,8 +552,10 @@ class Relay:
         await self.up.writer.drain()
 
     async def _local(self, data: bytes) -> None:
-        async with self._out:
-            await self.channel.write(data)
+        """A reply of the gateway's own: between two of the backend's responses."""
+        while self._holding:
+            await self._at_boundary.wait()
+        await self.channel.write(data)
 
     # -- audit ---------------------------------------------------------------------------
     def _record_soon(self, action: AuditAction, detail: str, result: str) -> None:
