@@ -40,7 +40,13 @@ path, the gateway's master login), which becomes `Stack.direct`; it cleans up
 (processes, Dovecot, Postfix and temporary directories). With ``LPS_BENCH_PROFILE=DIR``
 in the environment, each server process runs under cProfile and writes
 ``DIR/mock.prof`` and ``DIR/gateway.prof`` (``gateway-2.prof``... for other nodes) when
-stopped (read them with pstats).
+stopped (read them with pstats; ``LPS_BENCH_PROFILE_CLOCK=cpu``: in CPU time, not wall
+time): the gateway's own process only, so with several workers
+that profile is the supervisor's; profile the gateway's work with ``workers=1``.
+
+The gateway runs with `[server] workers` unset unless the bench says (``workers=``):
+one worker per core, as a node deploys it (a single process on one core);
+`Endpoints.workers` says how many it runs.
 """
 
 from __future__ import annotations
@@ -304,6 +310,7 @@ class Endpoints:
     smtp_port: int
     pid: int
     http_url: str = ""
+    workers: int = 1  # the gateway's worker processes (`[server] workers`, as it counted them)
 
 
 class GatewayRefused(RuntimeError):
@@ -329,17 +336,22 @@ class Stack:
         submission: bool = False,
         sessions: int = 200,
         settings: dict[str, Any] | None = None,
+        workers: int | None = None,
     ) -> None:
         """`peer`: the gateway's default backend and the direct path, ``mock`` (the mock
         operator's modern platform) or ``dovecot`` (a private Dovecot sized for
         `sessions` connections, master login; with `submission`, a private Postfix
         authenticating through it as its submission server, see _postfix.py).
         `settings`: laid over the gateway's settings (`merge`; ``backends.modern`` is the
-        default backend), an unknown key stopping the gateway (`GatewayRefused`)."""
+        default backend), an unknown key stopping the gateway (`GatewayRefused`).
+        `workers`: the gateway's `[server] workers`; by default none given, so the gateway
+        runs as operators deploy it: one worker per core (a single process on one core)."""
         self.peer = peer
         self.submission = submission
         self.sessions = sessions
         self.settings = settings or {}
+        if workers is not None:
+            self.settings = merge(self.settings, {"server": {"workers": workers}})
         self.dovecot: Any = None
         self.postfix: Any = None
         self.big = big
@@ -478,9 +490,20 @@ class Stack:
             if index:
                 gateway[2] = str(self._tmp / f"gateway-{index + 1}")
             info = self._spawn(gateway)
+            if os.environ.get("LPS_BENCH_PROFILE") and info.get("workers", 1) > 1:
+                print(
+                    "_stack: LPS_BENCH_PROFILE profiles the gateway's supervisor only, not its "
+                    f"{info['workers']} workers: run with --workers 1 to profile the gateway",
+                    file=sys.stderr,
+                )
             self.nodes.append(
                 Endpoints(
-                    "127.0.0.1", info["imap_port"], info["smtp_port"], info["pid"], info["http_url"]
+                    "127.0.0.1",
+                    info["imap_port"],
+                    info["smtp_port"],
+                    info["pid"],
+                    info["http_url"],
+                    info.get("workers", 1),
                 )
             )
         self._gateway = self.nodes[0]
@@ -967,9 +990,10 @@ async def _serve_gateway(
     await seed(registry, seeded)
     node: Any = gateway
     server: Any = vars(settings).get("server")  # `[server]`: not in every build
-    if "server" in extra and server is not None and server.count() > 1:
-        # `[server] workers` given, on a build that has them: the node's supervisor, as
-        # `lps-gateway serve` runs it, its workers this process's children
+    workers = server.count() if server is not None else 1
+    if workers > 1:
+        # As `lps-gateway serve` runs the node: its supervisor, the workers (one per core
+        # unless `[server] workers` says otherwise) this process's children
         supervisor = importlib.import_module("gateway.workers.supervisor")
         node = supervisor.Node(settings)
 
@@ -987,6 +1011,7 @@ async def _serve_gateway(
             "imap_port": ports["imap"],
             "smtp_port": ports["smtp"],
             "http_url": http_url,
+            "workers": workers,
         }
         print(json.dumps(info), flush=True)
 
@@ -1080,7 +1105,10 @@ def main() -> None:
         return
     import cProfile
 
-    profiler = cProfile.Profile()
+    # LPS_BENCH_PROFILE_CLOCK=cpu: CPU time of the process (its threads included) rather
+    # than wall time, so that a send that hands the CPU to the peer is not charged to it
+    cpu_clock = os.environ.get("LPS_BENCH_PROFILE_CLOCK") == "cpu"
+    profiler = cProfile.Profile(time.process_time) if cpu_clock else cProfile.Profile()
     profiler.enable()
     try:
         asyncio.run(coroutine)

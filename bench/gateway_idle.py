@@ -7,9 +7,9 @@ sessions (default 10,000) with asyncio clients, a bounded number logging in at a
 connect, ``AUTHENTICATE XOAUTH2`` (SASL-IR, one PSC token), ``SELECT INBOX``, ``IDLE``;
 every session then stays open and idle, and holds one backend session of the gateway's.
 Memory is the **PSS summed over the gateway's processes** (/proc/PID/smaps_rollup of the
-parent and every process below it: the workers of ``[server] workers``, given with
-``--workers N`` only), read after a warm-up (the node's idle baseline) and again with the
-N sessions open. Prints
+parent and every process below it: the workers of ``[server] workers``, one per core
+as a node deploys it unless ``--workers N``), read after a warm-up (the node's idle
+baseline) and again with the N sessions open. Prints
 ``idle_sessions: gateway X MiB for N sessions (Y KiB each), direct Z MiB (W KiB each),
 budget used B (target <= 1.0: 0.3 GiB for 10,000)`` (the growth projected to 10,000
 sessions over 0.3 GiB) where direct is the peer's own PSS growth for N
@@ -177,7 +177,8 @@ async def run(stack: Stack, args: Any) -> bool:
         f"idle_sessions: gateway {gateway.growth('gateway'):.0f} MiB for {gateway.opened} "
         f"sessions ({gateway.per_session_kib('gateway'):.1f} KiB each), {there}, "
         f"budget used {used:.2f} (target <= 1.0: {TARGET_MIB / 1024:g} GiB for "
-        f"{TARGET_SESSIONS:,} sessions; {projected:.0f} MiB projected)"
+        f"{TARGET_SESSIONS:,} sessions; {projected:.0f} MiB projected); "
+        f"workers {stack.gateway.workers}"
     )
     opened = max(gateway.opened, 1)
     print(
@@ -202,7 +203,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=10_000)
     parser.add_argument("--parallel", type=int, default=32, help="logins in flight at once")
-    parser.add_argument("--workers", type=int, help="[server] workers (written only if given)")
+    parser.add_argument(
+        "--workers", type=int, help="the gateway's [server] workers (default: one per core)"
+    )
     parser.add_argument("--peer", choices=["dovecot", "mock"], default="dovecot")
     parser.add_argument("--no-direct", action="store_true", help="skip the peer's own figure")
     args = parser.parse_args()
@@ -214,7 +217,9 @@ def main() -> None:
     )
     # A gateway process holds two sockets a session (the client's, the peer's); workers
     # share the sessions between them (each its own descriptors), assumed evenly
-    processes = max(args.workers or 1, 1)
+    from gateway.runtime.cores import available_cores
+
+    processes = max(args.workers or available_cores(), 1)
     needed = 2 * -(-args.sessions // processes) + 100
     if limit < needed:
         possible = (limit - 100) // 2 * processes
@@ -224,11 +229,11 @@ def main() -> None:
         )
         args.sessions = possible
     settings: dict[str, Any] = {"imap": {"max_connections": args.sessions + 1000}}
-    if args.workers is not None:
-        settings["server"] = {"workers": args.workers}
     try:
-        with Stack(peer=args.peer, sessions=args.sessions, settings=settings) as stack:
-            print(f"  (peer: {stack.peer_label()}; workers: {args.workers or 'not set'})")
+        with Stack(
+            peer=args.peer, sessions=args.sessions, settings=settings, workers=args.workers
+        ) as stack:
+            print(f"  (peer: {stack.peer_label()}; gateway workers: {stack.gateway.workers})")
             complete = asyncio.run(run(stack, args))
     except GatewayRefused:
         sys.exit("gateway_idle: the gateway refused [server] workers: not supported by this build")

@@ -18,9 +18,12 @@ trying): with ``[backends.modern] keep_warm = 0`` (cold: a backend login per ses
 then ``keep_warm = S`` (``--keep-warm S``, default 30; 0 skips the warm run). A gateway
 refusing the key is measured once without it, and reported as not supporting it.
 
+The gateway runs as a node deploys it, one worker per core, unless ``--workers N``
+(``--workers 1`` for a profile of the gateway's work); each line names the count.
+
 Run: ``.venv/bin/python bench/gateway_login.py [--logins 400] [--clients 8]
-[--peer dovecot|mock] [--keep-warm 30]`` (``LPS_BENCH_PROFILE=DIR``: cProfile dumps of the
-server processes, see _stack.py).
+[--peer dovecot|mock] [--keep-warm 30] [--workers N]`` (``LPS_BENCH_PROFILE=DIR``:
+cProfile dumps of the server processes, see _stack.py).
 """
 
 from __future__ import annotations
@@ -111,13 +114,14 @@ def compare_logins(
 def measure(args: argparse.Namespace, settings: dict[str, Any] | None, label: str) -> None:
     warm = bool(settings and settings["backends"]["modern"]["keep_warm"])
     target = TARGET_WARM if warm else TARGET
-    with Stack(peer=args.peer, settings=settings) as stack:
+    with Stack(peer=args.peer, settings=settings, workers=args.workers) as stack:
         token = stack.token()
         paths = {"gateway": stack.gateway, "direct": stack.direct}
         logins = {name: stack.login_command(endpoint, token) for name, endpoint in paths.items()}
         peer = "dovecot" if stack.dovecot is not None else "mock"
         costs = Costs({"gateway": [stack.gateway.pid], peer: [stack.direct.pid]})
-        print(f"  {label} (peer: {stack.peer_label()}):")
+        workers = stack.gateway.workers
+        print(f"  {label} (peer: {stack.peer_label()}; gateway workers: {workers}):")
         for result in compare_logins(paths, costs, logins, args.logins, args.clients):
             rates = result.rates
             concurrent = result.workload != "login_sequential"
@@ -126,7 +130,7 @@ def measure(args: argparse.Namespace, settings: dict[str, Any] | None, label: st
                 f"{result.workload}{'_warm' if warm else ''}: "
                 f"gateway {rates['gateway']:.0f} logins/s, "
                 f"direct {rates['direct']:.0f} logins/s, "
-                f"ratio {rates['gateway'] / rates['direct']:.2f}{goal}"
+                f"ratio {rates['gateway'] / rates['direct']:.2f}{goal}; workers {workers}"
             )
             for name, spent in result.cpu_ms.items():
                 shares_ = ", ".join(f"{who} {ms:.2f}" for who, ms in spent.items())
@@ -138,6 +142,9 @@ def main() -> None:
     parser.add_argument("--logins", type=int, default=400, help="sessions per measurement")
     parser.add_argument("--clients", type=int, default=8, help="processes in the concurrent case")
     parser.add_argument("--peer", choices=["dovecot", "mock"], default="dovecot")
+    parser.add_argument(
+        "--workers", type=int, help="the gateway's [server] workers (default: one per core)"
+    )
     parser.add_argument(
         "--keep-warm",
         type=float,

@@ -22,8 +22,11 @@ paths take turns (``--rounds`` of ``--seconds`` each). Prints
 path (a command answered NO or BAD, a connection lost: there must be none; the benchmark
 exits 1 otherwise) and the CPU milliseconds per operation of the gateway and of the peer.
 
+The gateway runs as a node deploys it, one worker per core, unless ``--workers N``
+(``--workers 1`` for a profile of the gateway's work); the summary line names the count.
+
 Run: ``.venv/bin/python bench/gateway_mixed.py [--clients 10] [--seconds 15] [--rounds 2]
-[--peer dovecot|mock]``.
+[--peer dovecot|mock] [--workers N]``.
 """
 
 from __future__ import annotations
@@ -121,19 +124,23 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15, help="per path and round")
     parser.add_argument("--rounds", type=int, default=2, help="turns of the two paths")
     parser.add_argument("--peer", choices=["dovecot", "mock"], default="dovecot")
+    parser.add_argument(
+        "--workers", type=int, help="the gateway's [server] workers (default: one per core)"
+    )
     args = parser.parse_args()
     print(
         f"gateway_mixed: {args.clients} client processes, sessions of login, LIST, STATUS, "
         f"SELECT, {ROUNDS_PER_SESSION} x (FETCH, STORE, APPEND, EXPUNGE), LOGOUT; "
         f"{args.rounds} x {args.seconds:g} s per path, plaintext loopback"
     )
-    with Stack(peer=args.peer) as stack:
+    with Stack(peer=args.peer, workers=args.workers) as stack:
         seed(stack, args.clients)
         token = stack.token()
         paths = {"gateway": stack.gateway, "direct": stack.direct}
         logins = {name: stack.login_command(endpoint, token) for name, endpoint in paths.items()}
         costs = Costs({"gateway": [stack.gateway.pid], args.peer: [stack.direct.pid]})
-        print(f"  (peer: {stack.peer_label()})")
+        workers = stack.gateway.workers
+        print(f"  (peer: {stack.peer_label()}; gateway workers: {workers})")
         for name, endpoint in paths.items():  # warm-up
             run(endpoint, logins[name], args.clients, 2)
         operations = dict.fromkeys(paths, 0)
@@ -156,7 +163,7 @@ def main() -> None:
     print(
         f"mixed_load: gateway {rates['gateway']:.0f} ops/s, direct {rates['direct']:.0f} ops/s, "
         f"ratio {rates['gateway'] / rates['direct']:.2f} (target >= {TARGET}); "
-        f"errors: gateway {errors['gateway']}, direct {errors['direct']}"
+        f"errors: gateway {errors['gateway']}, direct {errors['direct']}; workers {workers}"
     )
     for name in paths:
         shares = ", ".join(

@@ -68,6 +68,7 @@ from gateway.runtime.limits import Exemptions, LoginThrottle, Networks, NodeLimi
 from gateway.runtime.logs import log_audit_event
 from gateway.runtime.smtp_server import SmtpServer
 from gateway.runtime.tls import (
+    bound_tls_buffers,
     ensure_dev_certificate,
     request_client_certificates,
     server_context,
@@ -235,6 +236,7 @@ class Gateway:
 
     async def start(self) -> None:
         check_settings(self.settings)
+        bound_tls_buffers()
         service = await self.open_registry()
         # what backends keep of their own (the historic platform's UIDs) lives beside the
         # registry; built now, once the settings name every backend

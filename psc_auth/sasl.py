@@ -13,6 +13,7 @@ import binascii
 import enum
 import json
 import re
+import sys
 from dataclasses import dataclass, field
 
 from psc_auth.errors import SaslError
@@ -191,7 +192,9 @@ def _token(raw: bytes) -> str:
         raise SaslError("empty access token")
     if not _B64TOKEN.fullmatch(raw):
         raise SaslError("access token has characters a bearer token cannot have")
-    return raw.decode("ascii")
+    # Interned: the sessions of one LPS (a BAL each, or reconnecting) share its token's
+    # string instead of holding a copy each for their lifetime (~1 KiB a PSC token)
+    return sys.intern(raw.decode("ascii"))
 
 
 def _field(raw: bytes, name: str) -> str:

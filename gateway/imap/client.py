@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Final, TypeAlias, overload
 
 from gateway.imap.response import Atom
@@ -458,15 +458,23 @@ def parse_capabilities(source: str | Tagged | Untagged) -> frozenset[str] | None
     list, a ``* CAPABILITY ...`` response, or a ``[CAPABILITY ...]`` code (greeting, LOGIN
     OK). None when the event carries no capabilities, so callers know to ask."""
     if isinstance(source, str):
-        return frozenset(word.upper() for word in source.split())
+        return _capability_set(source)
     if isinstance(source, Untagged) and source.kind == "CAPABILITY":
-        words = _first_line(source.raw).decode("utf-8", "replace").split()
-        return frozenset(word.upper() for word in words[2:])
+        words = _first_line(source.raw).decode("utf-8", "replace").split(None, 2)
+        return _capability_set(words[2] if len(words) > 2 else "")
     if source.code is not None:
         name, rest = parse_code(source.code)
         if name == "CAPABILITY":
             return parse_capabilities(rest)
     return None
+
+
+@lru_cache(maxsize=64)
+def _capability_set(names: str) -> frozenset[str]:
+    """The set of a capability list, one shared by every session that got the same list:
+    a backend answers all its sessions alike, and thousands of idle sessions held a copy
+    each (some 4 KiB a session)."""
+    return frozenset(word.upper() for word in names.split())
 
 
 # -- a minimal client connection ------------------------------------------------------------

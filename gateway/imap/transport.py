@@ -138,7 +138,15 @@ class StreamChannel:
     async def drain(self) -> None:
         """Wait until the client has read enough of what was written; after login,
         `WriteTimeout` if it does not within the write timeout (before, the login deadline
-        that bounds the whole of it is the only limit)."""
+        that bounds the whole of it is the only limit).
+
+        Most writes fit the socket: with the buffer at or below its low-water mark the
+        protocol is not paused and `drain` returns at once, so no timer is armed (a timer
+        a write was most of a small reply's cost)."""
+        transport = self.writer.transport
+        if transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[0]:
+            await self.writer.drain()  # raises if the connection was lost, never waits
+            return
         try:
             async with asyncio.timeout(self.write_timeout if self.authenticated else None):
                 await self.writer.drain()

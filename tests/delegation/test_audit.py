@@ -253,6 +253,34 @@ async def test_flush_waits_for_the_events_handed_over_in_the_background(
     assert {e.detail for e in events} == {f"b{n}" for n in range(5)}
 
 
+async def test_events_linger_for_a_batch_but_flush_does_not_wait_for_it(
+    seeded: DelegationService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer lets events gather into one transaction, however long it lingers
+    (an hour here) `flush` writes them at once: tests and shutdown never wait for it."""
+    monkeypatch.setattr("gateway.audit.LINGER", 3600.0)
+    batches: list[int] = []
+    record_many = seeded.record_many
+
+    async def counted(events: Any) -> int:
+        batches.append(len(events))
+        return await record_many(events)
+
+    monkeypatch.setattr(seeded, "record_many", counted)
+    sink = AuditSink(seeded)
+    sink.start()
+    for number in range(4):
+        await sink.submit(
+            AuditRecord(MARTIN, CLAIRE_BAL, AuditAction.READ, "imap", detail=f"l{number}")
+        )
+        await asyncio.sleep(0)  # the writer takes the first and lingers for the others
+    await asyncio.wait_for(sink.flush(), 10)
+    events = await seeded.audit_for(CLAIRE_BAL, limit=100)
+    await asyncio.wait_for(sink.stop(), 10)
+    assert {e.detail for e in events} == {f"l{n}" for n in range(4)}
+    assert batches == [4]
+
+
 async def test_a_batch_the_database_refuses_is_written_event_by_event(
     seeded: DelegationService, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

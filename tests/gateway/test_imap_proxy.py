@@ -4,6 +4,7 @@ login decisions, the relay, rights, audit, IDLE, revocation, backend failures.""
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import base64
 import dataclasses
 import datetime as dt
@@ -19,6 +20,7 @@ import pytest_asyncio
 
 from gateway.backends.imap_smtp.backend import ImapSmtpBackend
 from gateway.fronts.imap.relay import Relay
+from gateway.runtime.tls import TLS_READ_SIZE
 from gateway.server import Gateway
 from gateway.settings import BackendSettings, MockSettings, Settings
 from tests.conftest import quick_mock_settings
@@ -476,6 +478,34 @@ async def test_starttls_and_implicit_tls_listeners(stack: Stack):
         return first[0], second[0]
 
     assert await asyncio.to_thread(run) == ("OK", "OK")
+
+
+async def test_tls_sessions_read_into_bounded_buffers_and_carry_big_messages(stack: Stack):
+    """A running gateway's TLS connections read into `TLS_READ_SIZE` bytes, not asyncio's
+    256 KiB held by every idle session; a message several times that size still goes
+    both ways whole over implicit TLS."""
+    assert asyncio.sslproto.SSLProtocol.max_size == TLS_READ_SIZE
+    cert = stack.gateway.settings.data_dir / "dev-cert.pem"
+    context = ssl.create_default_context(cafile=str(cert))
+    token = await stack.token("dr-martin")
+    assert stack.gateway.imaps is not None
+    port = stack.gateway.imaps.port
+    body = b"".join(b"line %06d of a big report\r\n" % n for n in range(12_000))  # ~340 KiB
+    message = b"Subject: big over TLS\r\n\r\n" + body
+
+    def run() -> bytes:
+        with imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=context) as tls:
+            tls.authenticate("XOAUTH2", lambda _: base64.b64decode(xoauth2("", token)))
+            assert tls.append("INBOX", None, None, message)[0] == "OK"
+            tls.select("INBOX")
+            _, found = tls.search(None, "SUBJECT", '"big over TLS"')
+            _, data = tls.fetch(found[0].split()[-1], "(BODY.PEEK[])")
+            first = data[0]
+            assert isinstance(first, tuple)
+            return first[1]
+
+    assert len(message) > 4 * TLS_READ_SIZE
+    assert await asyncio.to_thread(run) == message
 
 
 @pytest.mark.parametrize("migrated_db_url", ["postgresql"], indirect=True)

@@ -294,6 +294,15 @@ def test_capability_response() -> None:
     assert isinstance(login, Tagged)
     assert parse_capabilities(login) == frozenset({"IMAP4REV1", "MOVE"})
     assert parse_capabilities("imap4rev1  idle") == frozenset({"IMAP4REV1", "IDLE"})
+    assert parse_capabilities(untagged_event(b"* CAPABILITY\r\n")) == frozenset()
+
+
+def test_sessions_of_one_backend_share_its_capability_set() -> None:
+    """Thousands of idle sessions each held a copy of the same set: one is shared."""
+    raw = b"* CAPABILITY IMAP4rev1 SASL-IR LITERAL+ ID IDLE ENABLE MOVE\r\n"
+    first, second = parse_capabilities(untagged_event(raw)), parse_capabilities(untagged_event(raw))
+    assert first == frozenset({"IMAP4REV1", "SASL-IR", "LITERAL+", "ID", "IDLE", "ENABLE", "MOVE"})
+    assert first is second
 
 
 @pytest.mark.parametrize(

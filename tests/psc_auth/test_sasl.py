@@ -116,6 +116,13 @@ def test_xoauth2_valid() -> None:
     assert creds.port is None
 
 
+def test_xoauth2_sessions_of_one_token_share_its_string() -> None:
+    """An LPS opens a session per BAL with one token: they hold one copy of it."""
+    first, second = decode_xoauth2(xoauth2()), decode_xoauth2(xoauth2())
+    assert first.token == JWT
+    assert first.token is second.token
+
+
 def test_xoauth2_token_not_in_repr() -> None:
     assert JWT not in repr(decode_xoauth2(xoauth2()))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -35,7 +36,10 @@ UNAVAILABLE = "mailbox server unavailable, try again later"
 MISCONFIGURED = "mailbox server misconfigured"
 
 
+@functools.lru_cache(maxsize=64)
 def carried_capabilities(backend: frozenset[str]) -> tuple[str, ...]:
+    """The backend's capabilities a relayed session offers its client (one tuple shared by
+    the sessions of a backend, whose capability sets are shared: `parse_capabilities`)."""
     return tuple(cap for cap in CARRIED if cap.upper() in backend or cap == "LITERAL+")
 
 

@@ -11,6 +11,7 @@ import contextlib
 import contextvars
 import dataclasses
 import datetime as dt
+import functools
 import logging
 import re
 import ssl
@@ -70,6 +71,14 @@ LOGOUT_BYE, LOGOUT_OK = "Logging out", "Logout completed."
 Keeper = Callable[[Upstream, bool], bool]
 
 
+@functools.lru_cache(maxsize=64)
+def _capability_answers(capabilities: tuple[str, ...]) -> tuple[bytes, bytes]:
+    """(``* CAPABILITY`` line, ``[CAPABILITY]`` code) of the capabilities a relay offers:
+    built once for all the sessions that offer the same (per-session memory)."""
+    names = " ".join(capabilities)
+    return f"* CAPABILITY {names}\r\n".encode(), f"[{Code.CAPABILITY} {names}]".encode()
+
+
 class Relay:
     """One logged-in client connection carried to its backend connection."""
 
@@ -121,9 +130,7 @@ class Relay:
         self._lagging: asyncio.Future[None] = self._loop.create_future()  # the client lags
         self._backend_seen = self._loop.time()
         self._sent_at: dict[str, float] = {}
-        caps = " ".join(grant.capabilities or ())
-        self._capability_line = f"* CAPABILITY {caps}\r\n".encode()
-        self._capability_code = f"[{Code.CAPABILITY} {caps}]".encode()
+        self._capability_line, self._capability_code = _capability_answers(grant.capabilities or ())
         self._backend_said_bye = False
         self._to_client = metrics.relayed_bytes.labels("imap", "to_client")
         self._to_backend = metrics.relayed_bytes.labels("imap", "to_backend")
