@@ -152,6 +152,8 @@ def consistency_problems(settings: Settings) -> list[Problem]:
     psc = settings.psc
     if not psc.client_ids and not psc.accept_any_audience:
         problems.append(Problem("psc.client_ids", "empty: list the LPS client ids accepted"))
+    if psc.jwks_max_age_problem:
+        problems.append(Problem("psc.jwks_max_age_seconds", psc.jwks_max_age_problem))
     names = set(settings.backends)
     routing = settings.routing
     routes = {"routing.default": routing.default} if routing.default else {}

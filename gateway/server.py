@@ -98,6 +98,8 @@ def check_settings(settings: Settings) -> None:
             "psc.client_ids is empty: list the client ids of the LPS whose tokens this "
             "gateway accepts (aud/azp), or set psc.accept_any_audience = true (a mock only)"
         )
+    if psc.jwks_max_age_problem:
+        raise ConfigurationError(f"psc.jwks_max_age_seconds {psc.jwks_max_age_problem}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -41,6 +41,9 @@ class ValidatorConfig:
     introspection_client_id: str = ""
     introspection_client_secret: str = field(default="", repr=False)
     jwks_refetch_interval_seconds: float = 60.0
+    # Past this age the JWKS is refetched before its keys verify again (a withdrawn key
+    # stops verifying); if the provider does not answer, the old keys serve as long again.
+    jwks_max_age_seconds: float = 300.0
     discovery_ttl_seconds: float = 3600.0
     http_timeout_seconds: float = 5.0
     userinfo: bool = False
@@ -53,6 +56,16 @@ class ValidatorConfig:
     # once it has expired, they live at most `session_max_after_token_expiry` seconds more.
     revalidate_interval: float = 60.0
     session_max_after_token_expiry: float = 1800.0
+
+    @property
+    def jwks_max_age_problem(self) -> str | None:
+        """Why `jwks_max_age_seconds` cannot work, if it cannot: a stale JWKS is refetched
+        at most once per refetch interval, so a shorter max age would leave it unusable."""
+        if self.jwks_max_age_seconds > 0 and (
+            self.jwks_max_age_seconds >= self.jwks_refetch_interval_seconds
+        ):
+            return None
+        return "must be positive and at least jwks_refetch_interval_seconds"
 
     @property
     def discovery_urls(self) -> tuple[str, str]:

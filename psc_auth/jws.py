@@ -179,7 +179,7 @@ def _rsa_verifier(
     def verify(message: bytes, signature: bytes) -> bool:
         try:
             public.verify(signature, message, pad, hash_alg)
-        except InvalidSignature:
+        except (InvalidSignature, ValueError):  # ValueError: "Digest too large" for the key
             return False
         return True
 
@@ -197,7 +197,7 @@ def _ec_verifier(public: ec.EllipticCurvePublicKey, hash_alg: hashes.HashAlgorit
         s = int.from_bytes(signature[size:], "big")
         try:
             public.verify(encode_dss_signature(r, s), message, algorithm)
-        except InvalidSignature:
+        except (InvalidSignature, ValueError):  # cryptography refuses, never raises out
             return False
         return True
 

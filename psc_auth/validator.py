@@ -90,6 +90,8 @@ class TokenValidator:
             raise ValueError(f"access tokens must use asymmetric algorithms, not {sorted(bad)}")
         if config.mode is not ValidationMode.LOCAL and not config.introspection_client_id:
             raise ValueError("introspection needs introspection_client_id and its secret")
+        if config.jwks_max_age_problem:
+            raise ValueError(f"jwks_max_age_seconds {config.jwks_max_age_problem}")
         self.config = config
         self._own_http = http is None
         self._http = http or httpx.AsyncClient(verify=system_trust())
@@ -100,6 +102,7 @@ class TokenValidator:
         self._inactive: _Remembered[bytes] = _Remembered(clock)  # tokens' sha256
         self._ended_sessions: _Remembered[str] = _Remembered(clock)  # PSC sessions' sid
         self._verifiers: dict[tuple[str, str], tuple[Key, Verify]] = {}
+        self._verifiers_fetch = 0  # the provider's JWKS fetch `_verifiers` was pruned after
         self._local_only = config.mode is ValidationMode.LOCAL and not config.userinfo
 
     async def aclose(self) -> None:
@@ -214,8 +217,9 @@ class TokenValidator:
         kid = self._accepted_kid(jws.header)
         key = self.provider.known_key(kid)
         if key is None:
-            await self.provider.key_set(kid)  # refetched if the interval allows
-            key = self.provider.known_key(kid)
+            key = await self.provider.key(kid)  # refetched if the interval allows
+            if self._verifiers_fetch != self.provider.jwks_fetches:
+                self._forget_withdrawn_keys()
         if key is None:
             raise TokenError(TokenFailure.BAD_SIGNATURE, "no provider key for this kid")
         return self._verified_claims(token, jws, kid, key)
@@ -262,6 +266,13 @@ class TokenValidator:
             self._verifiers.clear()
         self._verifiers[(kid, alg)] = (key, verify)
         return verify
+
+    def _forget_withdrawn_keys(self) -> None:
+        """After a JWKS fetch: the verifiers of keys it no longer publishes go."""
+        self._verifiers_fetch = self.provider.jwks_fetches
+        for pair, (key, _) in list(self._verifiers.items()):
+            if not self.provider.published(key):
+                del self._verifiers[pair]
 
     def _check_claims(self, claims: Mapping[str, Any]) -> None:
         cfg = self.config

@@ -71,7 +71,7 @@ def test_unreadable_files_unreachable_peers_and_dangling_routes(tmp_path: Path):
     config.write_text(
         f'data_dir = "{tmp_path / "data"}"\n'
         f'database_url = "postgresql://postgres@127.0.0.1:{ports[0]}/none"\n'
-        '[psc]\nclient_ids = ["lps-demo"]\n'
+        '[psc]\nclient_ids = ["lps-demo"]\njwks_max_age_seconds = 30\n'
         f'[tls]\ncert = "{tmp_path / "missing-cert.pem"}"\nkey = "{not_pem}"\n'
         f'[cards]\nca_file = "{not_pem}"\ncrl_file = "{tmp_path / "missing.crl"}"\n'
         f"[backends.modern]\nimap_port = {ports[1]}\nsmtp_port = {ports[2]}\n"
@@ -93,6 +93,7 @@ def test_unreadable_files_unreachable_peers_and_dangling_routes(tmp_path: Path):
     assert str(ports[3]) in found["backends.historic.ws"]
     assert "Connect" in found["database_url"] or "refused" in found["database_url"]
     assert "'gone'" in found["routing.domains.x.fr"]
+    assert "refetch_interval" in found["psc.jwks_max_age_seconds"]
     assert "routing.default" not in found
 
 
@@ -109,7 +110,7 @@ async def test_a_configuration_fit_to_start_is_ok(
     config = tmp_path / "gateway.toml"
     config.write_text(
         f'data_dir = "{tmp_path / "data"}"\ndatabase_url = "{fresh_db_url}"\n'
-        '[psc]\nclient_ids = ["lps-demo"]\n'
+        '[psc]\nclient_ids = ["lps-demo"]\njwks_max_age_seconds = 30\n'
         f'[tls]\ncert = "{cert}"\nkey = "{key}"\n'
         f'[cards]\nca_file = "{authority.certificate_path}"\ncrl_file = "{authority.crl_path}"\n'
         f"[backends.modern]\nimap_port = {mock_op.imap_port}\nsmtp_port = {mock_op.smtp_port}\n"

@@ -6,11 +6,12 @@ from __future__ import annotations
 import base64
 import json
 import string
-from typing import Any
+import warnings
+from typing import Any, cast
 
 import pytest
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from joserfc import jws as jose_jws
@@ -25,6 +26,7 @@ from psc_auth.jws import (
     MAX_HEADER_SEGMENT,
     MAX_PAYLOAD_SEGMENT,
     MAX_SIGNATURE_SEGMENT,
+    _ec_verifier,
     b64url_decode,
     make_verifier,
     parse_compact,
@@ -329,14 +331,63 @@ def test_any_decoded_segments_parse_or_are_malformed(header: bytes, payload: byt
 
 
 def test_a_verifier_refuses_keys_bound_elsewhere() -> None:
-    rsa = RSAKey.generate_key(2048, parameters={"kid": "r", "alg": "RS256"}, private=False)
+    rsa_key = RSAKey.generate_key(2048, parameters={"kid": "r", "alg": "RS256"}, private=False)
     with pytest.raises(TokenError) as caught:
-        make_verifier(rsa, "PS256")
+        make_verifier(rsa_key, "PS256")
     assert caught.value.failure is TokenFailure.BAD_SIGNATURE
     enc = RSAKey.generate_key(2048, parameters={"kid": "r", "use": "enc"}, private=False)
     with pytest.raises(TokenError) as caught:
         make_verifier(enc, "RS256")
     assert caught.value.failure is TokenFailure.MALFORMED
-    ec = ECKey.generate_key("P-384", parameters={"kid": "e"}, private=False)
+    ec_key = ECKey.generate_key("P-384", parameters={"kid": "e"}, private=False)
     with pytest.raises(TokenError):
-        make_verifier(ec, "ES256")
+        make_verifier(ec_key, "ES256")
+
+
+def _public_rsa_key(bits: int, kid: str) -> RSAKey:
+    """An RSA public key of exactly `bits` bits (not a real key pair: nothing is signed)."""
+    numbers = rsa.RSAPublicNumbers(65537, (1 << (bits - 1)) | 1)
+    with warnings.catch_warnings():  # joserfc warns on keys under 2048 bits
+        warnings.simplefilter("ignore")
+        return RSAKey.import_key(numbers.public_key(), parameters={"kid": kid})
+
+
+def test_a_verifier_never_raises_what_cryptography_raises() -> None:
+    """Review 17: PS512 on a 512-bit key made cryptography raise ValueError("Digest too
+    large"), which escaped as a 500 instead of a refused signature."""
+    verify = make_verifier(_public_rsa_key(512, "weak"), "PS512")
+    assert verify(b"signing input", b"x" * 64) is False
+
+    class Refusing:
+        curve = ec.SECP256R1()
+
+        def verify(self, signature: bytes, data: bytes, algorithm: object) -> None:
+            raise ValueError("refused by the backend")
+
+    ec_verify = _ec_verifier(cast(ec.EllipticCurvePublicKey, Refusing()), hashes.SHA256())
+    assert ec_verify(b"signing input", b"\x01" * 64) is False
+
+
+async def test_rsa_keys_under_2048_bits_are_left_out_of_the_jwks(
+    provider: FakeProvider,
+    make_validator: MakeValidator,
+    clock: Clock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("WARNING", logger="psc_auth.provider")
+    provider.published += [_public_rsa_key(512, "weak"), _public_rsa_key(2047, "short")]
+    provider.algs.update(weak="PS512", short="PS512")
+    validator = make_validator(algorithms=["RS256", "PS512"], jwks_max_age_seconds=300)
+    payload = b64json(provider.claims())
+    for kid in ("weak", "short"):
+        token = f"{b64json({'alg': 'PS512', 'kid': kid})}.{payload}.{b64(b'x' * 64)}"
+        assert await refused(validator, token) is TokenFailure.BAD_SIGNATURE
+    await validator.validate(provider.token())  # the 2048-bit key of the same JWKS serves
+    clock.now += 300
+    await validator.validate(provider.token())
+    assert provider.requests["certs"] == 2
+    skipped = [r for r in caplog.records if r.message == "psc.jwks_weak_key_skipped"]
+    assert sorted((vars(r)["kid"], vars(r)["bits"]) for r in skipped) == [
+        ("short", 2047),
+        ("weak", 512),
+    ]

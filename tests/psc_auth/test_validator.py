@@ -13,7 +13,14 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import ECKey, RSAKey
 
-from psc_auth import AuthMeans, IdNatKind, TokenError, TokenFailure, ValidationMode
+from psc_auth import (
+    AuthMeans,
+    IdNatKind,
+    TokenError,
+    TokenFailure,
+    ValidationMode,
+    ValidatorConfig,
+)
 from psc_auth.validator import TokenValidator, token_fingerprint
 from tests.psc_auth.conftest import MakeValidator
 from tests.psc_auth.fake_provider import Clock, FakeProvider
@@ -242,6 +249,96 @@ async def test_unknown_kid_refetches_at_most_once_per_interval(
     clock.now += 61
     await validator.validate(provider.token(key=rotated))
     assert provider.requests["certs"] == 3
+
+
+async def test_a_key_withdrawn_from_the_jwks_stops_verifying_after_its_max_age(
+    provider: FakeProvider, make_validator: MakeValidator, clock: Clock
+) -> None:
+    """Review 17: the JWKS was re-read only for an unknown kid, so a withdrawn (say,
+    compromised) key verified forever. Past `jwks_max_age_seconds` the JWKS is refetched first."""
+    validator = make_validator(
+        jwks_refetch_interval_seconds=60, jwks_max_age_seconds=300, cache_enabled=False
+    )
+    await validator.validate(provider.token())
+    provider.published.clear()
+    clock.now += 299  # still within the max age: the fetched JWKS serves, nothing is asked
+    await validator.validate(provider.token())
+    assert provider.requests["certs"] == 1
+    clock.now += 1
+    for _ in range(20):
+        assert await refused(validator, provider.token()) is TokenFailure.BAD_SIGNATURE
+    assert provider.requests["certs"] == 2, "one refetch, not one per token"
+    assert validator._verifiers == {}, "the withdrawn key's verifier is dropped"
+
+
+async def test_a_key_still_published_keeps_verifying_across_refetches(
+    provider: FakeProvider, make_validator: MakeValidator, clock: Clock
+) -> None:
+    validator = make_validator(jwks_max_age_seconds=300, cache_enabled=False)
+    for _ in range(4):
+        await validator.validate(provider.token())
+        clock.now += 300
+    assert provider.requests["certs"] == 4
+    assert len(validator._verifiers) == 1
+
+
+async def test_a_stale_jwks_serves_through_a_provider_outage_for_a_bounded_grace(
+    provider: FakeProvider,
+    make_validator: MakeValidator,
+    clock: Clock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The refetch rate limit must not keep a stale JWKS alive: while the provider is down
+    the old keys serve for one more max age (one warning), then tokens are refused as a
+    temporary failure; refetches stay at one per interval throughout."""
+    validator = make_validator(
+        jwks_refetch_interval_seconds=60, jwks_max_age_seconds=300, cache_enabled=False
+    )
+    await validator.validate(provider.token())
+    provider.down = True
+    caplog.set_level("WARNING", logger="psc_auth.provider")
+    clock.now += 300
+    for _ in range(10):
+        await validator.validate(provider.token())  # old keys, within the grace
+    assert provider.requests["certs"] == 2
+    clock.now += 60
+    await validator.validate(provider.token())
+    await validator.validate(provider.token())
+    assert provider.requests["certs"] == 3, "one retry per refetch interval"
+    assert [r.message for r in caplog.records].count("psc.jwks_stale") == 1
+    clock.now = clock.now - 360 + 599
+    await validator.validate(provider.token())
+    clock.now += 1  # twice the max age since the last successful fetch
+    for _ in range(10):
+        failure = await refused(validator, provider.token())
+        assert failure is TokenFailure.PROVIDER_UNREACHABLE
+    assert provider.requests["certs"] == 4, "tried at 599 s, not again within the interval"
+    provider.down = False
+    clock.now += 60
+    await validator.validate(provider.token())  # the provider is back: keys fresh again
+    assert provider.requests["certs"] == 5
+    clock.now += 299
+    await validator.validate(provider.token())
+    assert provider.requests["certs"] == 5
+
+
+async def test_concurrent_validations_of_a_stale_jwks_refetch_it_once(
+    provider: FakeProvider, make_validator: MakeValidator, clock: Clock
+) -> None:
+    validator = make_validator(jwks_max_age_seconds=300, cache_enabled=False)
+    await validator.validate(provider.token())
+    clock.now += 300
+    provider.delay = 0.01
+    tokens = [provider.token() for _ in range(20)]
+    await asyncio.gather(*(validator.validate(token) for token in tokens))
+    assert provider.requests["certs"] == 2
+
+
+@pytest.mark.parametrize("max_age", [0, 59])
+def test_the_jwks_max_age_is_positive_and_at_least_the_refetch_interval(max_age: float) -> None:
+    config = ValidatorConfig(jwks_refetch_interval_seconds=60, jwks_max_age_seconds=max_age)
+    with pytest.raises(ValueError, match="jwks_max_age_seconds"):
+        TokenValidator(config)
 
 
 @pytest.mark.parametrize(
