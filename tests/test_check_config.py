@@ -110,7 +110,7 @@ async def test_a_configuration_fit_to_start_is_ok(
     config = tmp_path / "gateway.toml"
     config.write_text(
         f'data_dir = "{tmp_path / "data"}"\ndatabase_url = "{fresh_db_url}"\n'
-        '[psc]\nclient_ids = ["lps-demo"]\njwks_max_age_seconds = 30\n'
+        '[psc]\nclient_ids = ["lps-demo"]\n'
         f'[tls]\ncert = "{cert}"\nkey = "{key}"\n'
         f'[cards]\nca_file = "{authority.certificate_path}"\ncrl_file = "{authority.crl_path}"\n'
         f"[backends.modern]\nimap_port = {mock_op.imap_port}\nsmtp_port = {mock_op.smtp_port}\n"
