@@ -36,6 +36,8 @@ from gateway.usage.store import Counts, DailyKey, RuleCounts, RuleKey, Seen, See
 
 log = logging.getLogger(__name__)
 
+STOP_ATTEMPTS = 4  # writes of what is left at stop, spaced 0.5, 1 and 1.5 s
+
 
 class _Routed(Protocol):
     @property
@@ -221,7 +223,16 @@ class UsageRecorder:
             self._wake.set()
             self._stop.set()
             await asyncio.gather(task, return_exceptions=True)
-        await self.flush()
+        for attempt in range(1, STOP_ATTEMPTS + 1):
+            try:
+                await self.flush()
+                return
+            except Exception:
+                # the last write of a node: another process stopping at the same moment
+                # may hold SQLite's lock beyond its busy timeout (workers of one node)
+                if attempt == STOP_ATTEMPTS:
+                    raise
+                await asyncio.sleep(0.5 * attempt)
 
     async def flush(self) -> None:
         """Write what is merged now (kept for the next flush when the database fails)."""

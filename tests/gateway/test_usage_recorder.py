@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from typing import Any
 
 import pytest
 from sqlalchemy import inspect
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from delegation.db import create_engine
@@ -16,6 +18,7 @@ from gateway.backends.routing import Placement
 from gateway.db import migrate_gateway
 from gateway.settings import RoutingSettings
 from gateway.usage import Access, UsageRecorder, clean_label, interface_for
+from gateway.usage import recorder as recorder_module
 from gateway.usage.report import UsageReport, usage_report
 from tests.gateway.test_legacy_ws_uidmap import _downgrade
 from tests.support.waiting import until
@@ -274,3 +277,28 @@ async def test_the_nonconformity_table_downgrades_and_upgrades_again(fresh_db_ur
         }
     finally:
         await engine.dispose()
+
+
+async def test_the_last_write_at_stop_outlasts_a_busy_database(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers of a node stop together: one may find SQLite locked beyond its busy timeout.
+    The counts left at stop are written at a later attempt, not lost."""
+    real_write = recorder_module.write
+    refusals = []
+
+    async def busy_twice(*args: Any, **kwargs: Any) -> None:
+        if len(refusals) < 2:
+            refusals.append(1)
+            raise OperationalError("INSERT", {}, Exception("database is locked"))
+        await real_write(*args, **kwargs)
+
+    monkeypatch.setattr(recorder_module, "write", busy_twice)
+    recorder = UsageRecorder(engine, flush_interval=3600)
+    recorder.record(access(0, "a@x.fr", "1"))
+    recorder.record(access(0, "b@x.fr", "2"))
+    await recorder.stop()
+    assert len(refusals) == 2
+    assert recorder.pending == 0
+    (only,) = (await usage_report(engine)).software
+    assert only.sessions == 2
