@@ -24,6 +24,7 @@ import pytest
 from gateway.bal_migration.gate import MOVED_BYE, BalGate, Held, Moved
 from gateway.runtime.cores import available_cores
 from gateway.workers.gate import NodeGate
+from gateway.workers.supervisor import WORKER_COMMAND
 from tests.conftest import fresh_database
 from tests.imap_raw import Raw
 from tests.support.sasl import xoauth2
@@ -410,3 +411,17 @@ def test_workers_by_default_one_per_core_the_quota_allows(
     path.write_text(cpu_max)
     cores = len(os.sched_getaffinity(0))
     assert available_cores(path) == min(cores, expected or cores)
+
+
+def test_a_module_planted_in_the_working_directory_does_not_run_in_a_worker(
+    tmp_path: Path,
+) -> None:
+    """A worker started from a directory holding a `pickle.py` imports the standard
+    library's: the planted one would run before the worker read its settings."""
+    marker = tmp_path / "ran"
+    (tmp_path / "pickle.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    started = subprocess.run(
+        WORKER_COMMAND, cwd=tmp_path, input=b"", capture_output=True, timeout=60, check=False
+    )
+    assert b"EOFError" in started.stderr, started.stderr  # it read the (empty) settings
+    assert not marker.exists()

@@ -1,7 +1,7 @@
 """The supervisor of a node of several workers (`[server] workers` > 1).
 
 It migrates the database, binds every listening socket the settings name, then starts
-the workers: fresh interpreters (`python -m gateway.workers.worker`, safe whatever threads
+the workers: fresh interpreters (`python -P -m gateway.workers.worker`, safe whatever threads
 and event loop this process runs, the demo's mock operator included), each handed its
 sockets, its settings and one end of a channel. IMAP and SMTP: one socket per worker, all
 on the same port with SO_REUSEPORT (port 0 gives every worker the same port, and the
@@ -56,6 +56,11 @@ STABLE = 30.0  # a worker that lived this long had nothing wrong at start: resta
 class NodeFailed(Exception):
     """A worker could not start (its own error is on stderr): neither can the node."""
 
+
+WORKER_COMMAND = (sys.executable, "-P", "-m", "gateway.workers.worker")
+"""`-P`: the working directory is not put first on the worker's sys.path, so a module
+planted there (a `pickle.py`) is not imported in place of the standard library's before
+the worker reads its settings."""
 
 EVERY_WORKER = frozenset({"imap.port", "imap.implicit_tls_port", "smtp.port"})
 
@@ -201,9 +206,7 @@ class Node:
         assert self._metrics_dir is not None
         try:
             process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "gateway.workers.worker",
+                *WORKER_COMMAND,
                 stdin=asyncio.subprocess.PIPE,
                 pass_fds=fds,
                 env={**os.environ, MULTIPROC_DIR: self._metrics_dir},
