@@ -399,6 +399,23 @@ async def test_a_hold_another_worker_cannot_take_is_refused() -> None:
     await other.aclose()
 
 
+async def test_a_worker_dying_during_a_hold_breaks_it() -> None:
+    """A worker that held dies (the supervisor says `gone`): started again, its fresh gate
+    would let changes through to the old backend, so the cut-over's handle says the hold
+    is broken and the cut-over switches nothing."""
+    holder, other, third = gates_of_a_node(3)
+    async with holder.hold(BAL) as held:
+        assert held.broken() is None
+        assert other.held(BAL)
+        assert third.held(BAL)
+        gone = {"t": "gone", "worker": 1}
+        holder.received(gone)
+        third.received(gone)
+        assert held.broken() == "worker 1 died during the hold"
+    await until(lambda: not third.held(BAL), "the third worker released")
+    await other.aclose()
+
+
 @pytest.mark.parametrize(
     ("cpu_max", "expected"),
     [("150000 100000\n", 2), ("50000 100000\n", 1), ("max 100000\n", None), ("", None)],
