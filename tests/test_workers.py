@@ -10,25 +10,32 @@ A migration's write hold reaches every worker (their gates, wired in one process
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from unittest.mock import Mock
 
 import httpx
 import pytest
 
 from gateway.bal_migration.gate import MOVED_BYE, BalGate, Held, Moved
 from gateway.runtime.cores import available_cores
+from gateway.workers.channel import Channel
 from gateway.workers.gate import NodeGate
-from gateway.workers.supervisor import WORKER_COMMAND
+from gateway.workers.supervisor import WORKER_COMMAND, _Worker
+from gateway.workers.supervisor import Node as Supervisor
 from tests.conftest import fresh_database
 from tests.imap_raw import Raw
 from tests.support.sasl import xoauth2
 from tests.support.smtp_raw import RawSmtp
+from tests.support.stacks import gateway_settings
 from tests.support.waiting import eventually, until
 from tests.test_cli import DEMO_PORTS, command, wait_for_url
 from tests.test_shutdown import BYE as SHUTDOWN_BYE
@@ -414,6 +421,63 @@ async def test_a_worker_dying_during_a_hold_breaks_it() -> None:
         assert held.broken() == "worker 1 died during the hold"
     await until(lambda: not third.held(BAL), "the third worker released")
     await other.aclose()
+
+
+EVENT = {
+    "kind": "revoked",
+    "mailbox": DUPONT,
+    "delegate_idnat": BERNARD,
+    "delegation_id": 1,
+    "at": "2026-01-01T00:00:00+00:00",
+}
+
+
+async def test_a_dead_workers_last_events_are_read_and_its_death_is_a_gap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that publishes events and exits at once, before the supervisor read them:
+    the supervisor reads every line it wrote before closing its channel, and tells its
+    subscribers (and the other workers, by `gone`) that events may have been lost."""
+    count = 1500  # more than the channel's reader buffers, less than the kernel's too
+    node = Supervisor(gateway_settings(tmp_path, server={"workers": 2}))
+    assert node.relays
+    heard = node.bus.subscribe(queue_size=count + 1)
+    other, other_end = socket.socketpair()
+    node._workers[1] = _Worker(1, Mock(), await Channel.open(other_end))
+    ours, theirs = socket.socketpair()
+    line = json.dumps({"t": "event", "event": EVENT}) + "\n"
+    speak = (
+        f"import socket; socket.socket(fileno={theirs.fileno()}).sendall({line!r}.encode()"
+        f" * {count})"
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", speak, pass_fds=[theirs.fileno()]
+    )
+    theirs.close()
+    worker = node._workers[0] = _Worker(0, process, await Channel.open(ours))
+    receive = worker.channel.receive
+
+    async def once_exited() -> dict[str, Any] | None:
+        await process.wait()
+        monkeypatch.setattr(worker.channel, "receive", receive)
+        return await receive()
+
+    monkeypatch.setattr(worker.channel, "receive", once_exited)
+    node._stopping = True  # not started again
+    worker.listening = asyncio.create_task(node._listen(worker))
+    await node._watch(worker)
+    events = 0
+    while heard._items:
+        await heard.get()
+        events += 1
+    assert events == count
+    assert heard.overflowed
+    told = await Channel.open(other)
+    passed = [await told.receive() for _ in range(count + 1)]
+    assert passed[-1] == {"t": "gone", "worker": 0}
+    await told.close()
+    await node._workers[1].channel.close()
+    await node.bus.close()
 
 
 @pytest.mark.parametrize(

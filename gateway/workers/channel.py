@@ -75,6 +75,12 @@ class RelayBus(ChangeBus):
         self._deliver_local(event)
         self._send({"t": "event", "event": event.to_json()})
 
+    def gap(self) -> None:
+        """A worker died: events it published may be lost (as when a `PostgresBus` loses
+        its LISTEN connection), so every subscriber re-checks what it holds."""
+        for subscription in list(self._subscriptions):
+            subscription.mark_gap()
+
     def received(self, data: object) -> None:
         try:
             event = ChangeEvent.from_json(data)

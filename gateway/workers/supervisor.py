@@ -51,6 +51,7 @@ STOP_MARGIN = 15.0  # seconds past shutdown_grace a worker has to exit before it
 RESTART_MIN = 1.0  # seconds before a dead worker is started again
 RESTART_MAX = 30.0
 STABLE = 30.0  # a worker that lived this long had nothing wrong at start: restart quickly
+LAST_WORDS = 5.0  # seconds to read what a worker wrote before it exited
 
 
 class NodeFailed(Exception):
@@ -96,6 +97,7 @@ class _Worker:
     started: float = field(default_factory=time.monotonic)
     ready: bool = False
     delay: float = RESTART_MIN  # before the next restart, should this one die young
+    listening: asyncio.Task[None] | None = None
 
 
 class Node:
@@ -218,13 +220,14 @@ class Node:
         await process.stdin.drain()
         process.stdin.close()
         worker = self._workers[index] = _Worker(index, process, await Channel.open(ours))
-        self._task(self._listen(worker))
+        worker.listening = self._task(self._listen(worker))
         self._task(self._watch(worker))
 
-    def _task(self, work: Any) -> None:
+    def _task(self, work: Any) -> asyncio.Task[None]:
         task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     # -- while it runs -----------------------------------------------------------------------
     async def _listen(self, worker: _Worker) -> None:
@@ -258,9 +261,13 @@ class Node:
 
     async def _watch(self, worker: _Worker) -> None:
         code = await worker.process.wait()
+        if worker.listening is not None:  # its last lines (events) are still to be read
+            await asyncio.wait([worker.listening], timeout=LAST_WORDS)
         await worker.channel.close()
         pid = worker.process.pid
         self._pass_on({"t": "gone", "worker": worker.index}, None)  # its holds end
+        if self.relays:  # events it published may not have been passed on: re-check
+            self.bus.gap()
         if self._metrics_dir is not None:
             multiprocess.mark_process_dead(pid, self._metrics_dir)  # type: ignore[no-untyped-call]
         if self._stopping:

@@ -81,6 +81,8 @@ async def _serve(spec: dict[str, Any], settings: Settings) -> None:
             elif message.get("t") == "failed":
                 throttle.received(message)
             else:
+                if message.get("t") == "gone" and bus is not None:
+                    bus.gap()
                 gate.received(message)
         log.warning("workers.supervisor_gone")
         os.kill(os.getpid(), signal.SIGTERM)  # stop as on a signal: drain, then stop
