@@ -27,7 +27,8 @@ import pytest
 
 from gateway.bal_migration.gate import MOVED_BYE, BalGate, Held, Moved
 from gateway.runtime.cores import available_cores
-from gateway.workers.channel import Channel
+from gateway.workers import channel as channel_module
+from gateway.workers.channel import MAX_LINE, Channel
 from gateway.workers.gate import NodeGate
 from gateway.workers.supervisor import WORKER_COMMAND, _Worker
 from gateway.workers.supervisor import Node as Supervisor
@@ -478,6 +479,42 @@ async def test_a_dead_workers_last_events_are_read_and_its_death_is_a_gap(
     await told.close()
     await node._workers[1].channel.close()
     await node.bus.close()
+
+
+async def test_a_line_the_channel_cannot_read_is_skipped() -> None:
+    """A line over `MAX_LINE` or not JSON is dropped; the lines after it are read (the
+    supervisor keeps hearing a worker that wrote one)."""
+    ours, theirs = socket.socketpair()
+    channel = await Channel.open(ours)
+    theirs.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_sendall(theirs, b"x" * (3 * MAX_LINE) + b"\n{not json\n" + b'{"t":"ready"}\n')
+    assert await channel.receive() == {"t": "ready"}
+    theirs.close()
+    assert await channel.receive() is None
+    await channel.close()
+
+
+async def test_a_peer_that_stops_reading_loses_its_channel(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Messages pile up for a peer that reads nothing: past `MAX_BUFFER` the channel is
+    closed (the peer sees its end, and stops or is started again) rather than growing."""
+    monkeypatch.setattr(channel_module, "MAX_BUFFER", 4 * MAX_LINE)
+    ours, theirs = socket.socketpair()
+    channel = await Channel.open(ours)
+    big = {"t": "event", "event": "x" * (MAX_LINE // 2)}
+    for _ in range(1000):
+        channel.send(big)
+        if channel._writer.is_closing():
+            break
+        await asyncio.sleep(0)  # the loop writes what the kernel takes
+    assert channel._writer.is_closing()
+    peer = await Channel.open(theirs)
+    while await peer.receive() is not None:  # what the kernel took, then its end
+        continue
+    await peer.close()
+    await channel.close()
 
 
 @pytest.mark.parametrize(
