@@ -24,8 +24,10 @@ from unittest.mock import Mock
 
 import httpx
 import pytest
+from prometheus_client import Gauge
 
 from gateway.bal_migration.gate import MOVED_BYE, BalGate, Held, Moved
+from gateway.metrics import Metrics
 from gateway.runtime.cores import available_cores
 from gateway.workers import channel as channel_module
 from gateway.workers.channel import MAX_LINE, Channel
@@ -515,6 +517,16 @@ async def test_a_peer_that_stops_reading_loses_its_channel(
         continue
     await peer.close()
     await channel.close()
+
+
+def test_every_gauge_is_the_sum_over_the_live_workers() -> None:
+    """A gauge (sessions open, warm sessions now) of a node is its live workers' sum: not
+    the default `all` (one series per pid) nor a dead worker's last value."""
+    gauges = [m for m in vars(Metrics()).values() if isinstance(m, Gauge)]
+    assert {g._name for g in gauges} >= {"lpsgw_open_sessions", "lpsgw_warm_open"}
+    assert {g._name: g._multiprocess_mode for g in gauges} == dict.fromkeys(
+        (g._name for g in gauges), "livesum"
+    )
 
 
 @pytest.mark.parametrize(
