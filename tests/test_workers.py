@@ -20,7 +20,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
-from unittest.mock import Mock
+from unittest.mock import AsyncMock, Mock
 
 import httpx
 import pytest
@@ -29,6 +29,7 @@ from prometheus_client import Gauge
 from gateway.bal_migration.gate import MOVED_BYE, BalGate, Held, Moved
 from gateway.metrics import Metrics
 from gateway.runtime.cores import available_cores
+from gateway.runtime.lifecycle import run_until_signalled
 from gateway.workers import channel as channel_module
 from gateway.workers.channel import MAX_LINE, Channel
 from gateway.workers.gate import NodeGate
@@ -517,6 +518,66 @@ async def test_a_peer_that_stops_reading_loses_its_channel(
         continue
     await peer.close()
     await channel.close()
+
+
+async def test_sighup_drains_the_node(tmp_path: Path, nodes: list[Node]) -> None:
+    """A closed terminal's SIGHUP stops the node as SIGTERM does (workers drained, exit 0),
+    rather than killing the supervisor and leaving its workers to notice alone."""
+    env = {
+        **WORKERS,
+        **{f"LPSGW_{name}__PORT": "0" for name in ("HTTP", "IMAP", "SMTP")},
+        "LPSGW_PSC__ACCEPT_ANY_AUDIENCE": "true",
+        "LPSGW_DATA_DIR": str(tmp_path / "state"),
+    }
+    node = Node(["serve"], tmp_path, env)
+    nodes.append(node)
+    pids = await node.workers()
+    node.process.send_signal(signal.SIGHUP)
+    assert await asyncio.to_thread(node.process.wait, 60) == 0, node.text()
+    assert "workers.failed" not in node.text()
+    assert gone(pids)
+
+
+class _Stuck:
+    """A service whose start never ends (a worker that never says it is ready)."""
+
+    def __init__(self) -> None:
+        self.starting = asyncio.Event()
+        self.stopped = False
+
+    async def start(self) -> None:
+        self.starting.set()
+        await asyncio.Event().wait()
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+
+async def test_a_signal_while_starting_stops_the_services() -> None:
+    """SIGTERM while a service starts: its start is cancelled and it is stopped, the
+    services before it too, and the one after is never started."""
+    first, stuck, after = _Stuck(), _Stuck(), _Stuck()
+    first.start = AsyncMock()  # type: ignore[method-assign]
+    running = asyncio.create_task(run_until_signalled([first, stuck, after]))
+    await asyncio.wait_for(stuck.starting.wait(), 30)
+    os.kill(os.getpid(), signal.SIGTERM)
+    await asyncio.wait_for(running, 30)
+    assert first.stopped
+    assert stuck.stopped
+    assert not after.starting.is_set()
+
+
+async def test_a_worker_spawned_as_the_node_stops_is_stopped(tmp_path: Path) -> None:
+    """A worker started again while the node begins to stop is known and told to stop at
+    once: none is left running once the node stopped."""
+    node = Supervisor(gateway_settings(tmp_path, server={"workers": 2}))
+    node._metrics_dir = str(tmp_path / "metrics")
+    node._stopping = True  # stop() began while `_spawn` was on its way
+    await node._spawn(0)
+    process = node._workers[0].process
+    code = await asyncio.wait_for(process.wait(), 60)
+    assert code in (-signal.SIGTERM, 0), node.failed  # its SIGTERM, before or after its start
+    await node.stop()
 
 
 def test_every_gauge_is_the_sum_over_the_live_workers() -> None:

@@ -13,8 +13,9 @@ events; on PostgreSQL those go through LISTEN/NOTIFY, as between nodes).
 
 A worker that dies is logged and started again on the same sockets (after 1 s, doubling
 up to 30 s while it keeps dying young); one that fails while the node starts fails the
-node. On SIGTERM or SIGINT each worker drains within `[ops] shutdown_grace` and exits;
-one still there `STOP_MARGIN` seconds later is killed.
+node. On SIGTERM, SIGINT or SIGHUP (a closed terminal: the workers ignore it) each
+worker drains within `[ops] shutdown_grace` and exits; one still there `STOP_MARGIN`
+seconds later is killed.
 """
 
 from __future__ import annotations
@@ -164,6 +165,10 @@ class Node:
     async def start(self) -> None:
         settings = self.settings
         check_settings(settings)
+        # a stop as on SIGTERM, never the default death that leaves the workers undrained
+        asyncio.get_running_loop().add_signal_handler(
+            signal.SIGHUP, os.kill, os.getpid(), signal.SIGTERM
+        )
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         if not self.migrated:
             url = settings.database()
@@ -206,6 +211,7 @@ class Node:
         }
         fds = [*spec["sockets"].values(), theirs.fileno()]
         assert self._metrics_dir is not None
+        channel = await Channel.open(ours)
         try:
             process = await asyncio.create_subprocess_exec(
                 *WORKER_COMMAND,
@@ -213,15 +219,23 @@ class Node:
                 pass_fds=fds,
                 env={**os.environ, MULTIPROC_DIR: self._metrics_dir},
             )
+        except BaseException:
+            await channel.close()
+            raise
         finally:
             theirs.close()
-        assert process.stdin is not None
-        process.stdin.write(pickle.dumps(spec))  # settings with their secrets: a pipe
-        await process.stdin.drain()
-        process.stdin.close()
-        worker = self._workers[index] = _Worker(index, process, await Channel.open(ours))
+        # known at once: a stop that began meanwhile ends it too, none is left running
+        worker = self._workers[index] = _Worker(index, process, channel)
         worker.listening = self._task(self._listen(worker))
         self._task(self._watch(worker))
+        if self._stopping:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+        assert process.stdin is not None
+        with contextlib.suppress(ConnectionError):  # it died already: `_watch` says so
+            process.stdin.write(pickle.dumps(spec))  # settings with their secrets: a pipe
+            await process.stdin.drain()
+        process.stdin.close()
 
     def _task(self, work: Any) -> asyncio.Task[None]:
         task = asyncio.create_task(work)
@@ -309,6 +323,8 @@ class Node:
 
     async def stop(self) -> None:
         self._stopping = True
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         self._close_sockets()
         await self._end_workers(STOP_MARGIN)
         for task in list(self._tasks):

@@ -1,7 +1,8 @@
-"""One worker of a node (`python -m gateway.workers.worker`, started by the supervisor):
-a whole gateway on the sockets the supervisor bound, its settings read from stdin. It
-stops on SIGTERM or SIGINT as a single-process node does (drain, then stop), and also
-when the supervisor is gone (its channel closed): no worker outlives its node."""
+"""One worker of a node (`python -P -m gateway.workers.worker`, started by the
+supervisor): a whole gateway on the sockets the supervisor bound, its settings read from
+stdin. It stops on SIGTERM or SIGINT as a single-process node does (drain, then stop),
+and also when the supervisor is gone (its channel closed): no worker outlives its node.
+It ignores SIGHUP (a closed terminal's, sent to the whole group): the supervisor drains."""
 
 from __future__ import annotations
 
@@ -38,6 +39,8 @@ class _WorkerField(logging.Filter):
 
 
 def main() -> None:
+    # a closed terminal's SIGHUP reaches the whole group: the supervisor drains the node
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     spec: dict[str, Any] = pickle.load(sys.stdin.buffer)  # noqa: S301 (from our supervisor)
     settings = Settings.model_validate(spec["settings"])
     configure_logging(settings.log)
