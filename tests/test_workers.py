@@ -28,6 +28,7 @@ from prometheus_client import Gauge
 
 from gateway.bal_migration.gate import MOVED_BYE, BalGate, Held, Moved
 from gateway.metrics import Metrics
+from gateway.runtime.asgi_server import CannotListen
 from gateway.runtime.cores import available_cores
 from gateway.runtime.lifecycle import run_until_signalled
 from gateway.workers import channel as channel_module
@@ -578,6 +579,23 @@ async def test_a_worker_spawned_as_the_node_stops_is_stopped(tmp_path: Path) -> 
     code = await asyncio.wait_for(process.wait(), 60)
     assert code in (-signal.SIGTERM, 0), node.failed  # its SIGTERM, before or after its start
     await node.stop()
+
+
+def test_a_fixed_port_another_node_listens_on_is_refused(tmp_path: Path) -> None:
+    """Another node's worker listens on the IMAP port (SO_REUSEPORT, same user): this node
+    says it cannot listen there, instead of sharing the port's connections with it."""
+    other = socket.socket()
+    other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    other.bind(("127.0.0.1", 0))
+    other.listen()
+    port = other.getsockname()[1]
+    node = Supervisor(gateway_settings(tmp_path, server={"workers": 2}, imap={"port": port}))
+    try:
+        with pytest.raises(CannotListen, match=rf":{port} \(imap\.port\): address already"):
+            node._bind()
+    finally:
+        node._close_sockets()
+        other.close()
 
 
 def test_every_gauge_is_the_sum_over_the_live_workers() -> None:

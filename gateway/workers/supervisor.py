@@ -40,7 +40,7 @@ from delegation.db import is_postgresql, migrate
 from gateway import admin_secret
 from gateway.db import migrate_gateway
 from gateway.metrics import MULTIPROC_DIR
-from gateway.runtime.asgi_server import bind_tcp
+from gateway.runtime.asgi_server import bind_tcp, ensure_free
 from gateway.runtime.tls import ensure_dev_certificate
 from gateway.server import check_settings
 from gateway.settings import Settings
@@ -193,6 +193,8 @@ class Node:
     def _bind(self) -> None:
         for setting, host, port in listeners(self.settings):
             every = setting in EVERY_WORKER
+            if every and port:  # no other node there, SO_REUSEPORT or not
+                ensure_free(host, port, setting)
             first = bind_tcp(host, port, setting, reuse_port=every)
             self._sockets[setting] = [first]
             self.ports[setting] = bound = first.getsockname()[1]
