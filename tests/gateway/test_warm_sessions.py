@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from gateway.fronts.imap.relay import Relay
 from gateway.runtime import logs
 from gateway.settings import MockSettings, Settings
 from tests.support.imap import login, scripted
@@ -94,6 +95,32 @@ async def test_every_client_session_leaves_its_own_audit_trail(stack: Stack):
     assert all(e.result == "ok" and e.mailbox == MARTIN for e in logins)
     reads = [e for e in events if e.action == "read" and e.interface == "imap"]
     assert len(reads) == 2  # each session's own count of read commands
+
+
+@pytest.mark.parametrize("late", ["update", "kick"])
+async def test_a_change_as_the_session_closes_keeps_nothing_warm(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, late: str
+):
+    """The delegation changed (or a revocation, a PSC logout ended the session) while the
+    session was closing, after its client left: too late to apply, so the backend session
+    is closed rather than kept with what it was allowed before."""
+    kept = Relay._kept
+
+    def changed_meanwhile(relay: Relay, done: Any) -> bool:
+        if late == "update":
+            relay.update(frozenset(), relay.expires_at)
+        else:
+            relay.kick("delegation revoked")
+        return kept(relay, done)
+
+    monkeypatch.setattr(Relay, "_kept", changed_meanwhile)
+    client = await login(stack, "dr-martin", MARTIN)
+    await client.ok("SELECT INBOX")
+    await client.ok("LOGOUT")
+    await client.until_closed()
+    await until(lambda: backend_connections(stack) == 0, "the backend session closed")
+    assert warm(stack, "kept") == 0
+    assert parked(stack) == 0
 
 
 class _Sessions(logging.Handler):
