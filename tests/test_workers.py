@@ -26,7 +26,10 @@ import httpx
 import pytest
 from prometheus_client import Gauge
 
+from gateway.bal_migration import jobs
+from gateway.bal_migration.copy import CopyReport, VerifyReport
 from gateway.bal_migration.gate import MOVED_BYE, BalGate, Held, Moved
+from gateway.bal_migration.jobs import Job, MigrationFailed, Migrations, Moves
 from gateway.metrics import Metrics
 from gateway.runtime.asgi_server import CannotListen
 from gateway.runtime.cores import available_cores
@@ -606,6 +609,54 @@ def test_every_gauge_is_the_sum_over_the_live_workers() -> None:
     assert {g._name: g._multiprocess_mode for g in gauges} == dict.fromkeys(
         (g._name for g in gauges), "livesum"
     )
+
+
+async def test_a_cut_over_whose_hold_broke_switches_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Worker 1 dies during the final delta (started again, it would let changes through
+    to the old backend): the cut-over fails before the registry's record is switched."""
+    holder, other = gates_of_a_node(2)
+    deltas: list[bool] = []
+    moved: list[str] = []
+
+    async def copy(bal: str, *_: Any, **__: Any) -> CopyReport:
+        deltas.append(holder.held(bal))
+        if holder.held(bal):  # the final delta, under the hold
+            holder.received({"t": "gone", "worker": 1})
+        return CopyReport(bal)
+
+    async def verify(bal: str, *_: Any) -> VerifyReport:
+        return VerifyReport(bal)
+
+    async def move(bal: str, backend: str) -> None:
+        moved.append(backend)
+
+    async def nothing(*_: Any) -> None:
+        return None
+
+    async def accesses(_: Any, job: Job) -> tuple[Any, Any]:
+        return AsyncMock(), AsyncMock()
+
+    monkeypatch.setattr(jobs, "provision", nothing)
+    monkeypatch.setattr(jobs, "copy_bal", copy)
+    monkeypatch.setattr(jobs, "verify_bal", verify)
+    monkeypatch.setattr(Migrations, "_accesses", accesses)
+    migrations = Migrations(
+        Mock(),
+        locate=Mock(),
+        backends=dict,
+        settings={"modern": Mock()},
+        audit=nothing,
+        moves=Moves(holder, move, lambda bal: None),
+    )
+    job = Job("1", BAL, "cutover", "historic", "modern", "ops")
+    with pytest.raises(MigrationFailed, match=r"worker 1 died during the hold.*nothing switched"):
+        await migrations._cutover(job, None, journal=AsyncMock())
+    assert deltas == [False, True]
+    assert moved == []
+    assert not holder.held(BAL)
+    await other.aclose()
 
 
 @pytest.mark.parametrize(
