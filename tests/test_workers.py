@@ -35,10 +35,12 @@ from gateway.runtime.asgi_server import CannotListen
 from gateway.runtime.cores import available_cores
 from gateway.runtime.lifecycle import run_until_signalled
 from gateway.workers import channel as channel_module
-from gateway.workers.channel import MAX_LINE, Channel
+from gateway.workers.channel import MAX_LINE, Channel, RelayBus
 from gateway.workers.gate import NodeGate
 from gateway.workers.supervisor import WORKER_COMMAND, _Worker
 from gateway.workers.supervisor import Node as Supervisor
+from gateway.workers.throttle import NodeThrottle
+from gateway.workers.worker import dispatch
 from tests.conftest import fresh_database
 from tests.imap_raw import Raw
 from tests.support.sasl import xoauth2
@@ -657,6 +659,20 @@ async def test_a_cut_over_whose_hold_broke_switches_nothing(
     assert moved == []
     assert not holder.held(BAL)
     await other.aclose()
+
+
+async def test_another_workers_death_is_a_gap_in_a_worker() -> None:
+    """`gone` from the supervisor: the worker's subscribers (its live sessions, its
+    decision cache) re-check, as after events lost; the gate releases what it kept."""
+    bus = RelayBus(Mock())
+    subscription = bus.subscribe()
+    throttle = NodeThrottle(Mock(), 5, 60)
+    gate = NodeGate(Mock(), 0, 2, max_wait=5, drain_wait=1)
+    dispatch({"t": "event", "event": EVENT}, bus, throttle, gate)
+    assert not subscription.overflowed
+    dispatch({"t": "gone", "worker": 1}, bus, throttle, gate)
+    assert subscription.overflowed
+    await bus.close()
 
 
 @pytest.mark.parametrize(

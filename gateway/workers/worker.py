@@ -19,7 +19,7 @@ from typing import Any
 from gateway.runtime.lifecycle import run_command, run_until_signalled
 from gateway.runtime.logs import configure_logging
 from gateway.settings import Settings
-from gateway.workers.channel import Channel, RelayBus
+from gateway.workers.channel import Channel, Message, RelayBus
 from gateway.workers.gate import NodeGate
 from gateway.workers.throttle import NodeThrottle
 
@@ -78,15 +78,7 @@ async def _serve(spec: dict[str, Any], settings: Settings) -> None:
 
     async def listen() -> None:
         while (message := await channel.receive()) is not None:
-            if message.get("t") == "event":
-                if bus is not None:
-                    bus.received(message.get("event"))
-            elif message.get("t") == "failed":
-                throttle.received(message)
-            else:
-                if message.get("t") == "gone" and bus is not None:
-                    bus.gap()
-                gate.received(message)
+            dispatch(message, bus, throttle, gate)
         log.warning("workers.supervisor_gone")
         os.kill(os.getpid(), signal.SIGTERM)  # stop as on a signal: drain, then stop
 
@@ -101,6 +93,21 @@ async def _serve(spec: dict[str, Any], settings: Settings) -> None:
         listening.cancel()
         await gate.aclose()
         await channel.close()
+
+
+def dispatch(
+    message: Message, bus: RelayBus | None, throttle: NodeThrottle, gate: NodeGate
+) -> None:
+    """What the supervisor passed on, to what it concerns (`bus`: None on PostgreSQL)."""
+    if message.get("t") == "event":
+        if bus is not None:
+            bus.received(message.get("event"))
+    elif message.get("t") == "failed":
+        throttle.received(message)
+    else:
+        if message.get("t") == "gone" and bus is not None:  # its events may be lost
+            bus.gap()
+        gate.received(message)
 
 
 if __name__ == "__main__":
