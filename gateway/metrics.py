@@ -112,6 +112,7 @@ class Metrics:
             "lpsgw_warm_open",
             "IMAP backend sessions kept warm now",
             ["backend"],
+            multiprocess_mode="livesum",  # the node's warm sessions: its live workers' sum
             registry=self.registry,
         )
         self.software = SoftwareLabels(top_software)

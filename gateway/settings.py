@@ -476,7 +476,8 @@ class BackendSettings(_Section):
         description="imap_smtp: seconds an IMAP backend session stays open after its client "
         "logged out (or left at rest), for the next login of the same person on the same BAL "
         "with the same rights from the same address (an LPS reconnecting with a fresh token); "
-        "0: every session closes with its client. Per process: each worker keeps its own",
+        "0: every session closes with its client. Per process: each worker keeps its own, "
+        "and a reconnection lands on any worker (about 1/N of the hits with N workers)",
     )
     keep_warm_max: int = Field(
         default=64,
@@ -484,7 +485,8 @@ class BackendSettings(_Section):
         le=10_000,
         description="imap_smtp: at most so many warm sessions kept for this backend, per "
         "process (the oldest closes first); each counts against the backend's per user and "
-        "address limits (Dovecot's mail_max_userip_connections) while it waits",
+        "address limits (Dovecot's mail_max_userip_connections) while it waits, every "
+        "worker's: up to one per worker for one BAL from one address",
     )
     poll_interval: float = Field(
         default=10.0,

@@ -10,24 +10,42 @@ A migration's write hold reaches every worker (their gates, wired in one process
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from unittest.mock import AsyncMock, Mock
 
 import httpx
 import pytest
+from prometheus_client import Gauge
 
+from gateway.bal_migration import jobs
+from gateway.bal_migration.copy import CopyReport, VerifyReport
 from gateway.bal_migration.gate import MOVED_BYE, BalGate, Held, Moved
+from gateway.bal_migration.jobs import Job, MigrationFailed, Migrations, Moves
+from gateway.metrics import Metrics
+from gateway.runtime.asgi_server import CannotListen
 from gateway.runtime.cores import available_cores
+from gateway.runtime.lifecycle import run_until_signalled
+from gateway.workers import channel as channel_module
+from gateway.workers.channel import MAX_LINE, Channel, RelayBus
 from gateway.workers.gate import NodeGate
+from gateway.workers.supervisor import WORKER_COMMAND, _Worker
+from gateway.workers.supervisor import Node as Supervisor
+from gateway.workers.throttle import NodeThrottle
+from gateway.workers.worker import dispatch
 from tests.conftest import fresh_database
 from tests.imap_raw import Raw
 from tests.support.sasl import xoauth2
 from tests.support.smtp_raw import RawSmtp
+from tests.support.stacks import gateway_settings
 from tests.support.waiting import eventually, until
 from tests.test_cli import DEMO_PORTS, command, wait_for_url
 from tests.test_shutdown import BYE as SHUTDOWN_BYE
@@ -398,6 +416,265 @@ async def test_a_hold_another_worker_cannot_take_is_refused() -> None:
     await other.aclose()
 
 
+async def test_a_worker_dying_during_a_hold_breaks_it() -> None:
+    """A worker that held dies (the supervisor says `gone`): started again, its fresh gate
+    would let changes through to the old backend, so the cut-over's handle says the hold
+    is broken and the cut-over switches nothing."""
+    holder, other, third = gates_of_a_node(3)
+    async with holder.hold(BAL) as held:
+        assert held.broken() is None
+        assert other.held(BAL)
+        assert third.held(BAL)
+        gone = {"t": "gone", "worker": 1}
+        holder.received(gone)
+        third.received(gone)
+        assert held.broken() == "worker 1 died during the hold"
+    await until(lambda: not third.held(BAL), "the third worker released")
+    await other.aclose()
+
+
+EVENT = {
+    "kind": "revoked",
+    "mailbox": DUPONT,
+    "delegate_idnat": BERNARD,
+    "delegation_id": 1,
+    "at": "2026-01-01T00:00:00+00:00",
+}
+
+
+async def test_a_dead_workers_last_events_are_read_and_its_death_is_a_gap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that publishes events and exits at once, before the supervisor read them:
+    the supervisor reads every line it wrote before closing its channel, and tells its
+    subscribers (and the other workers, by `gone`) that events may have been lost."""
+    count = 1500  # more than the channel's reader buffers, less than the kernel's too
+    node = Supervisor(gateway_settings(tmp_path, server={"workers": 2}))
+    assert node.relays
+    heard = node.bus.subscribe(queue_size=count + 1)
+    other, other_end = socket.socketpair()
+    node._workers[1] = _Worker(1, Mock(), await Channel.open(other_end))
+    ours, theirs = socket.socketpair()
+    line = json.dumps({"t": "event", "event": EVENT}) + "\n"
+    speak = (
+        f"import socket; socket.socket(fileno={theirs.fileno()}).sendall({line!r}.encode()"
+        f" * {count})"
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", speak, pass_fds=[theirs.fileno()]
+    )
+    theirs.close()
+    worker = node._workers[0] = _Worker(0, process, await Channel.open(ours))
+    receive = worker.channel.receive
+
+    async def once_exited() -> dict[str, Any] | None:
+        await process.wait()
+        monkeypatch.setattr(worker.channel, "receive", receive)
+        return await receive()
+
+    monkeypatch.setattr(worker.channel, "receive", once_exited)
+    node._stopping = True  # not started again
+    worker.listening = asyncio.create_task(node._listen(worker))
+    await node._watch(worker)
+    events = 0
+    while heard._items:
+        await heard.get()
+        events += 1
+    assert events == count
+    assert heard.overflowed
+    told = await Channel.open(other)
+    passed = [await told.receive() for _ in range(count + 1)]
+    assert passed[-1] == {"t": "gone", "worker": 0}
+    await told.close()
+    await node._workers[1].channel.close()
+    await node.bus.close()
+
+
+async def test_a_line_the_channel_cannot_read_is_skipped() -> None:
+    """A line over `MAX_LINE` or not JSON is dropped; the lines after it are read (the
+    supervisor keeps hearing a worker that wrote one)."""
+    ours, theirs = socket.socketpair()
+    channel = await Channel.open(ours)
+    theirs.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_sendall(theirs, b"x" * (3 * MAX_LINE) + b"\n{not json\n" + b'{"t":"ready"}\n')
+    assert await channel.receive() == {"t": "ready"}
+    theirs.close()
+    assert await channel.receive() is None
+    await channel.close()
+
+
+async def test_a_peer_that_stops_reading_loses_its_channel(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Messages pile up for a peer that reads nothing: past `MAX_BUFFER` the channel is
+    closed (the peer sees its end, and stops or is started again) rather than growing."""
+    monkeypatch.setattr(channel_module, "MAX_BUFFER", 4 * MAX_LINE)
+    ours, theirs = socket.socketpair()
+    channel = await Channel.open(ours)
+    big = {"t": "event", "event": "x" * (MAX_LINE // 2)}
+    for _ in range(1000):
+        channel.send(big)
+        if channel._writer.is_closing():
+            break
+        await asyncio.sleep(0)  # the loop writes what the kernel takes
+    assert channel._writer.is_closing()
+    peer = await Channel.open(theirs)
+    while await peer.receive() is not None:  # what the kernel took, then its end
+        continue
+    await peer.close()
+    await channel.close()
+
+
+async def test_sighup_drains_the_node(tmp_path: Path, nodes: list[Node]) -> None:
+    """A closed terminal's SIGHUP stops the node as SIGTERM does (workers drained, exit 0),
+    rather than killing the supervisor and leaving its workers to notice alone."""
+    env = {
+        **WORKERS,
+        **{f"LPSGW_{name}__PORT": "0" for name in ("HTTP", "IMAP", "SMTP")},
+        "LPSGW_PSC__ACCEPT_ANY_AUDIENCE": "true",
+        "LPSGW_DATA_DIR": str(tmp_path / "state"),
+    }
+    node = Node(["serve"], tmp_path, env)
+    nodes.append(node)
+    pids = await node.workers()
+    node.process.send_signal(signal.SIGHUP)
+    assert await asyncio.to_thread(node.process.wait, 60) == 0, node.text()
+    assert "workers.failed" not in node.text()
+    assert gone(pids)
+
+
+class _Stuck:
+    """A service whose start never ends (a worker that never says it is ready)."""
+
+    def __init__(self) -> None:
+        self.starting = asyncio.Event()
+        self.stopped = False
+
+    async def start(self) -> None:
+        self.starting.set()
+        await asyncio.Event().wait()
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+
+async def test_a_signal_while_starting_stops_the_services() -> None:
+    """SIGTERM while a service starts: its start is cancelled and it is stopped, the
+    services before it too, and the one after is never started."""
+    first, stuck, after = _Stuck(), _Stuck(), _Stuck()
+    first.start = AsyncMock()  # type: ignore[method-assign]
+    running = asyncio.create_task(run_until_signalled([first, stuck, after]))
+    await asyncio.wait_for(stuck.starting.wait(), 30)
+    os.kill(os.getpid(), signal.SIGTERM)
+    await asyncio.wait_for(running, 30)
+    assert first.stopped
+    assert stuck.stopped
+    assert not after.starting.is_set()
+
+
+async def test_a_worker_spawned_as_the_node_stops_is_stopped(tmp_path: Path) -> None:
+    """A worker started again while the node begins to stop is known and told to stop at
+    once: none is left running once the node stopped."""
+    node = Supervisor(gateway_settings(tmp_path, server={"workers": 2}))
+    node._metrics_dir = str(tmp_path / "metrics")
+    node._stopping = True  # stop() began while `_spawn` was on its way
+    await node._spawn(0)
+    process = node._workers[0].process
+    code = await asyncio.wait_for(process.wait(), 60)
+    assert code in (-signal.SIGTERM, 0), node.failed  # its SIGTERM, before or after its start
+    await node.stop()
+
+
+def test_a_fixed_port_another_node_listens_on_is_refused(tmp_path: Path) -> None:
+    """Another node's worker listens on the IMAP port (SO_REUSEPORT, same user): this node
+    says it cannot listen there, instead of sharing the port's connections with it."""
+    other = socket.socket()
+    other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    other.bind(("127.0.0.1", 0))
+    other.listen()
+    port = other.getsockname()[1]
+    node = Supervisor(gateway_settings(tmp_path, server={"workers": 2}, imap={"port": port}))
+    try:
+        with pytest.raises(CannotListen, match=rf":{port} \(imap\.port\): address already"):
+            node._bind()
+    finally:
+        node._close_sockets()
+        other.close()
+
+
+def test_every_gauge_is_the_sum_over_the_live_workers() -> None:
+    """A gauge (sessions open, warm sessions now) of a node is its live workers' sum: not
+    the default `all` (one series per pid) nor a dead worker's last value."""
+    gauges = [m for m in vars(Metrics()).values() if isinstance(m, Gauge)]
+    assert {g._name for g in gauges} >= {"lpsgw_open_sessions", "lpsgw_warm_open"}
+    assert {g._name: g._multiprocess_mode for g in gauges} == dict.fromkeys(
+        (g._name for g in gauges), "livesum"
+    )
+
+
+async def test_a_cut_over_whose_hold_broke_switches_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Worker 1 dies during the final delta (started again, it would let changes through
+    to the old backend): the cut-over fails before the registry's record is switched."""
+    holder, other = gates_of_a_node(2)
+    deltas: list[bool] = []
+    moved: list[str] = []
+
+    async def copy(bal: str, *_: Any, **__: Any) -> CopyReport:
+        deltas.append(holder.held(bal))
+        if holder.held(bal):  # the final delta, under the hold
+            holder.received({"t": "gone", "worker": 1})
+        return CopyReport(bal)
+
+    async def verify(bal: str, *_: Any) -> VerifyReport:
+        return VerifyReport(bal)
+
+    async def move(bal: str, backend: str) -> None:
+        moved.append(backend)
+
+    async def nothing(*_: Any) -> None:
+        return None
+
+    async def accesses(_: Any, job: Job) -> tuple[Any, Any]:
+        return AsyncMock(), AsyncMock()
+
+    monkeypatch.setattr(jobs, "provision", nothing)
+    monkeypatch.setattr(jobs, "copy_bal", copy)
+    monkeypatch.setattr(jobs, "verify_bal", verify)
+    monkeypatch.setattr(Migrations, "_accesses", accesses)
+    migrations = Migrations(
+        Mock(),
+        locate=Mock(),
+        backends=dict,
+        settings={"modern": Mock()},
+        audit=nothing,
+        moves=Moves(holder, move, lambda bal: None),
+    )
+    job = Job("1", BAL, "cutover", "historic", "modern", "ops")
+    with pytest.raises(MigrationFailed, match=r"worker 1 died during the hold.*nothing switched"):
+        await migrations._cutover(job, None, journal=AsyncMock())
+    assert deltas == [False, True]
+    assert moved == []
+    assert not holder.held(BAL)
+    await other.aclose()
+
+
+async def test_another_workers_death_is_a_gap_in_a_worker() -> None:
+    """`gone` from the supervisor: the worker's subscribers (its live sessions, its
+    decision cache) re-check, as after events lost; the gate releases what it kept."""
+    bus = RelayBus(Mock())
+    subscription = bus.subscribe()
+    throttle = NodeThrottle(Mock(), 5, 60)
+    gate = NodeGate(Mock(), 0, 2, max_wait=5, drain_wait=1)
+    dispatch({"t": "event", "event": EVENT}, bus, throttle, gate)
+    assert not subscription.overflowed
+    dispatch({"t": "gone", "worker": 1}, bus, throttle, gate)
+    assert subscription.overflowed
+    await bus.close()
+
+
 @pytest.mark.parametrize(
     ("cpu_max", "expected"),
     [("150000 100000\n", 2), ("50000 100000\n", 1), ("max 100000\n", None), ("", None)],
@@ -410,3 +687,17 @@ def test_workers_by_default_one_per_core_the_quota_allows(
     path.write_text(cpu_max)
     cores = len(os.sched_getaffinity(0))
     assert available_cores(path) == min(cores, expected or cores)
+
+
+def test_a_module_planted_in_the_working_directory_does_not_run_in_a_worker(
+    tmp_path: Path,
+) -> None:
+    """A worker started from a directory holding a `pickle.py` imports the standard
+    library's: the planted one would run before the worker read its settings."""
+    marker = tmp_path / "ran"
+    (tmp_path / "pickle.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    started = subprocess.run(
+        WORKER_COMMAND, cwd=tmp_path, input=b"", capture_output=True, timeout=60, check=False
+    )
+    assert b"EOFError" in started.stderr, started.stderr  # it read the (empty) settings
+    assert not marker.exists()

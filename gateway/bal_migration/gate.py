@@ -206,6 +206,11 @@ class HoldHandle:
     gate: BalGate
     bal: str
 
+    def broken(self) -> str | None:
+        """Why the hold may no longer keep every change away from the old backend (None:
+        it does). A cut-over checks it after its final delta, before it switches."""
+        return None
+
     def moved(self, reason: str = MOVED_BYE) -> int:
         """The BAL now lives elsewhere: changes waiting get `Moved`, sessions end."""
         entry = self.gate._of(self.bal)

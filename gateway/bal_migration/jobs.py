@@ -461,6 +461,8 @@ class Migrations:
                             f"({type(failure).__name__}: {str(failure)[:200]}): nothing switched"
                         ) from failure
                     job.result["historic_ids"] = carried
+                if (broken := held.broken()) is not None:  # a change may have gone by
+                    raise MigrationFailed(f"the hold did not last ({broken}): nothing switched")
                 await moves.move(job.bal, job.target)
                 job.result["sessions_ended"] = held.moved()
                 await journal.set_state("cut over")

@@ -89,15 +89,32 @@ def bind_tcp(
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        named = f" ({setting})" if setting else ""
-        reason = (exc.strerror or str(exc)).lower()
-        error = CannotListen(f"cannot listen on {where}{named}: {reason}")
-        error.errno = exc.errno
-        raise error from exc
+        raise _cannot_listen(host, port, setting, exc) from exc
     sock.listen(128)
     sock.setblocking(False)
     return sock
+
+
+def ensure_free(host: str, port: int, setting: str | None = None) -> None:
+    """`CannotListen` if anything listens on `host`:`port` already, before sockets are
+    bound there with `reuse_port`: SO_REUSEPORT would otherwise share the port, silently,
+    with another node of the same user. The probe binds without listening."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise _cannot_listen(host, port, setting, exc) from exc
+
+
+def _cannot_listen(host: str, port: int, setting: str | None, exc: OSError) -> CannotListen:
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    named = f" ({setting})" if setting else ""
+    reason = (exc.strerror or str(exc)).lower()
+    error = CannotListen(f"cannot listen on {where}{named}: {reason}")
+    error.errno = exc.errno
+    return error
 
 
 REQUEST_TIMEOUT = 30.0  # seconds a client may take to send a whole request

@@ -1,4 +1,5 @@
-"""Run services until SIGINT or SIGTERM, then drain and stop them in reverse order."""
+"""Run services until SIGINT or SIGTERM, then drain and stop them in reverse order (a
+signal while they start stops them too: a service's start is cancelled, not waited for)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,10 @@ async def run_until_signalled(
     try:
         for service in services:
             try:
-                await service.start()
+                if not await _started(service, stopping):
+                    with contextlib.suppress(Exception):
+                        await service.stop()
+                    return
             except BaseException:
                 # what it had opened (a listener started, a port bound) closes before the
                 # error is told, not as the loop is torn down under it
@@ -53,6 +57,24 @@ async def run_until_signalled(
             loop.remove_signal_handler(sig)
         for service in reversed(started):
             await service.stop()
+
+
+async def _started(service: Service, stopping: asyncio.Event) -> bool:
+    """`service.start()`, or False when a signal came first (the start cancelled)."""
+    starting = asyncio.ensure_future(service.start())
+    signalled = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait({starting, signalled}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        signalled.cancel()
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await starting
+    if starting.cancelled():
+        return False
+    starting.result()
+    return True
 
 
 def run_command(program: str, main: Coroutine[Any, Any, None]) -> None:

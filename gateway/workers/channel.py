@@ -18,13 +18,16 @@ from delegation.events import ChangeBus, ChangeEvent
 log = logging.getLogger(__name__)
 
 MAX_LINE = 64 * 1024  # bytes of one message: an event, a BAL's hold
+MAX_BUFFER = 16 * 1024 * 1024  # bytes waiting for a peer that stopped reading: it is ended
 
 Message = dict[str, Any]
 
 
 class Channel:
-    """One end of the channel. `send` never waits (the peer reads all the time);
-    `receive` returns None once the other end has gone."""
+    """One end of the channel. `send` never waits (the peer reads all the time: one that
+    lets `MAX_BUFFER` bytes pile up is stuck, and the channel is closed, which ends a
+    worker, started again, or makes a worker stop); `receive` returns None once the
+    other end has gone, and skips a line it cannot read (the ones after it are read)."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._reader = reader
@@ -38,14 +41,25 @@ class Channel:
     def send(self, message: Message) -> None:
         if self._writer.is_closing():
             return
-        self._writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+        line = json.dumps(message, separators=(",", ":")).encode() + b"\n"
+        if len(line) > MAX_LINE:  # the peer would not read it
+            log.warning("workers.message_too_long", extra={"kind": message.get("t")})
+            return
+        if self._writer.transport.get_write_buffer_size() > MAX_BUFFER:
+            log.error("workers.peer_stuck", extra={"waiting": MAX_BUFFER})
+            self._writer.transport.abort()
+            return
+        self._writer.write(line)
 
     async def receive(self) -> Message | None:
         while True:
             try:
                 line = await self._reader.readline()
-            except (ValueError, ConnectionError):  # a line over MAX_LINE, a reset
+            except ConnectionError:
                 return None
+            except ValueError:  # a line over MAX_LINE, dropped (its tail is no JSON)
+                log.warning("workers.bad_message", extra={"over": MAX_LINE})
+                continue
             if not line:
                 return None
             try:
@@ -74,6 +88,12 @@ class RelayBus(ChangeBus):
     async def publish(self, event: ChangeEvent) -> None:
         self._deliver_local(event)
         self._send({"t": "event", "event": event.to_json()})
+
+    def gap(self) -> None:
+        """A worker died: events it published may be lost (as when a `PostgresBus` loses
+        its LISTEN connection), so every subscriber re-checks what it holds."""
+        for subscription in list(self._subscriptions):
+            subscription.mark_gap()
 
     def received(self, data: object) -> None:
         try:

@@ -7,7 +7,8 @@ in its own gate (once its changes under way are done, as a hold does) and answer
 (or that it could not); the hold is in place once every worker answered yes within
 `drain_wait`, and refused (`Held`, nothing held anywhere) otherwise. `moved` and `release`
 follow the hold's handle; a worker that dies releases what it held in the others (the
-supervisor says `gone`)."""
+supervisor says `gone`), and breaks a hold it kept: started again, it holds nothing, so the
+cut-over checks `broken()` after its final delta and switches nothing if so."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ class _Asked:
     waiting: set[int]
     refused: list[str] = field(default_factory=list)
     answered: asyncio.Event = field(default_factory=asyncio.Event)
+    broken: str | None = None  # a worker that held died: its successor holds nothing
 
 
 @dataclass
@@ -98,11 +100,13 @@ class NodeGate(BalGate):
             for kept in self._kept.values():
                 if kept.source == message.get("worker"):
                     kept.released.set()
-            for asked in self._asked.values():  # it will never answer
-                if message.get("worker") in asked.waiting:
+            for asked in self._asked.values():
+                if message.get("worker") in asked.waiting:  # it will never answer
                     asked.refused.append(f"worker {message.get('worker')} died")
                     asked.waiting.discard(message["worker"])
                     asked.answered.set()
+                elif asked.broken is None:  # started again, it lets writes through
+                    asked.broken = f"worker {message.get('worker')} died during the hold"
 
     def _answered(self, hold_id: str, message: Message) -> None:
         asked = self._asked.get(hold_id)
@@ -148,6 +152,10 @@ class _NodeHandle(HoldHandle):
         super().__init__(gate, bal)
         self._node = gate
         self._id = hold_id
+
+    def broken(self) -> str | None:
+        asked = self._node._asked.get(self._id)
+        return "the hold ended" if asked is None else asked.broken
 
     def moved(self, reason: str = MOVED_BYE) -> int:
         ended = super().moved(reason)

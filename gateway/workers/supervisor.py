@@ -1,7 +1,7 @@
 """The supervisor of a node of several workers (`[server] workers` > 1).
 
 It migrates the database, binds every listening socket the settings name, then starts
-the workers: fresh interpreters (`python -m gateway.workers.worker`, safe whatever threads
+the workers: fresh interpreters (`python -P -m gateway.workers.worker`, safe whatever threads
 and event loop this process runs, the demo's mock operator included), each handed its
 sockets, its settings and one end of a channel. IMAP and SMTP: one socket per worker, all
 on the same port with SO_REUSEPORT (port 0 gives every worker the same port, and the
@@ -13,8 +13,9 @@ events; on PostgreSQL those go through LISTEN/NOTIFY, as between nodes).
 
 A worker that dies is logged and started again on the same sockets (after 1 s, doubling
 up to 30 s while it keeps dying young); one that fails while the node starts fails the
-node. On SIGTERM or SIGINT each worker drains within `[ops] shutdown_grace` and exits;
-one still there `STOP_MARGIN` seconds later is killed.
+node. On SIGTERM, SIGINT or SIGHUP (a closed terminal: the workers ignore it) each
+worker drains within `[ops] shutdown_grace` and exits; one still there `STOP_MARGIN`
+seconds later is killed.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from delegation.db import is_postgresql, migrate
 from gateway import admin_secret
 from gateway.db import migrate_gateway
 from gateway.metrics import MULTIPROC_DIR
-from gateway.runtime.asgi_server import bind_tcp
+from gateway.runtime.asgi_server import bind_tcp, ensure_free
 from gateway.runtime.tls import ensure_dev_certificate
 from gateway.server import check_settings
 from gateway.settings import Settings
@@ -51,11 +52,17 @@ STOP_MARGIN = 15.0  # seconds past shutdown_grace a worker has to exit before it
 RESTART_MIN = 1.0  # seconds before a dead worker is started again
 RESTART_MAX = 30.0
 STABLE = 30.0  # a worker that lived this long had nothing wrong at start: restart quickly
+LAST_WORDS = 5.0  # seconds to read what a worker wrote before it exited
 
 
 class NodeFailed(Exception):
     """A worker could not start (its own error is on stderr): neither can the node."""
 
+
+WORKER_COMMAND = (sys.executable, "-P", "-m", "gateway.workers.worker")
+"""`-P`: the working directory is not put first on the worker's sys.path, so a module
+planted there (a `pickle.py`) is not imported in place of the standard library's before
+the worker reads its settings."""
 
 EVERY_WORKER = frozenset({"imap.port", "imap.implicit_tls_port", "smtp.port"})
 
@@ -91,6 +98,7 @@ class _Worker:
     started: float = field(default_factory=time.monotonic)
     ready: bool = False
     delay: float = RESTART_MIN  # before the next restart, should this one die young
+    listening: asyncio.Task[None] | None = None
 
 
 class Node:
@@ -157,6 +165,10 @@ class Node:
     async def start(self) -> None:
         settings = self.settings
         check_settings(settings)
+        # a stop as on SIGTERM, never the default death that leaves the workers undrained
+        asyncio.get_running_loop().add_signal_handler(
+            signal.SIGHUP, os.kill, os.getpid(), signal.SIGTERM
+        )
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         if not self.migrated:
             url = settings.database()
@@ -181,6 +193,8 @@ class Node:
     def _bind(self) -> None:
         for setting, host, port in listeners(self.settings):
             every = setting in EVERY_WORKER
+            if every and port:  # no other node there, SO_REUSEPORT or not
+                ensure_free(host, port, setting)
             first = bind_tcp(host, port, setting, reuse_port=every)
             self._sockets[setting] = [first]
             self.ports[setting] = bound = first.getsockname()[1]
@@ -199,29 +213,37 @@ class Node:
         }
         fds = [*spec["sockets"].values(), theirs.fileno()]
         assert self._metrics_dir is not None
+        channel = await Channel.open(ours)
         try:
             process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "gateway.workers.worker",
+                *WORKER_COMMAND,
                 stdin=asyncio.subprocess.PIPE,
                 pass_fds=fds,
                 env={**os.environ, MULTIPROC_DIR: self._metrics_dir},
             )
+        except BaseException:
+            await channel.close()
+            raise
         finally:
             theirs.close()
-        assert process.stdin is not None
-        process.stdin.write(pickle.dumps(spec))  # settings with their secrets: a pipe
-        await process.stdin.drain()
-        process.stdin.close()
-        worker = self._workers[index] = _Worker(index, process, await Channel.open(ours))
-        self._task(self._listen(worker))
+        # known at once: a stop that began meanwhile ends it too, none is left running
+        worker = self._workers[index] = _Worker(index, process, channel)
+        worker.listening = self._task(self._listen(worker))
         self._task(self._watch(worker))
+        if self._stopping:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+        assert process.stdin is not None
+        with contextlib.suppress(ConnectionError):  # it died already: `_watch` says so
+            process.stdin.write(pickle.dumps(spec))  # settings with their secrets: a pipe
+            await process.stdin.drain()
+        process.stdin.close()
 
-    def _task(self, work: Any) -> None:
+    def _task(self, work: Any) -> asyncio.Task[None]:
         task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     # -- while it runs -----------------------------------------------------------------------
     async def _listen(self, worker: _Worker) -> None:
@@ -255,9 +277,13 @@ class Node:
 
     async def _watch(self, worker: _Worker) -> None:
         code = await worker.process.wait()
+        if worker.listening is not None:  # its last lines (events) are still to be read
+            await asyncio.wait([worker.listening], timeout=LAST_WORDS)
         await worker.channel.close()
         pid = worker.process.pid
         self._pass_on({"t": "gone", "worker": worker.index}, None)  # its holds end
+        if self.relays:  # events it published may not have been passed on: re-check
+            self.bus.gap()
         if self._metrics_dir is not None:
             multiprocess.mark_process_dead(pid, self._metrics_dir)  # type: ignore[no-untyped-call]
         if self._stopping:
@@ -299,6 +325,8 @@ class Node:
 
     async def stop(self) -> None:
         self._stopping = True
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         self._close_sockets()
         await self._end_workers(STOP_MARGIN)
         for task in list(self._tasks):

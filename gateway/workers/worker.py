@@ -1,7 +1,8 @@
-"""One worker of a node (`python -m gateway.workers.worker`, started by the supervisor):
-a whole gateway on the sockets the supervisor bound, its settings read from stdin. It
-stops on SIGTERM or SIGINT as a single-process node does (drain, then stop), and also
-when the supervisor is gone (its channel closed): no worker outlives its node."""
+"""One worker of a node (`python -P -m gateway.workers.worker`, started by the
+supervisor): a whole gateway on the sockets the supervisor bound, its settings read from
+stdin. It stops on SIGTERM or SIGINT as a single-process node does (drain, then stop),
+and also when the supervisor is gone (its channel closed): no worker outlives its node.
+It ignores SIGHUP (a closed terminal's, sent to the whole group): the supervisor drains."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from typing import Any
 from gateway.runtime.lifecycle import run_command, run_until_signalled
 from gateway.runtime.logs import configure_logging
 from gateway.settings import Settings
-from gateway.workers.channel import Channel, RelayBus
+from gateway.workers.channel import Channel, Message, RelayBus
 from gateway.workers.gate import NodeGate
 from gateway.workers.throttle import NodeThrottle
 
@@ -38,6 +39,8 @@ class _WorkerField(logging.Filter):
 
 
 def main() -> None:
+    # a closed terminal's SIGHUP reaches the whole group: the supervisor drains the node
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     spec: dict[str, Any] = pickle.load(sys.stdin.buffer)  # noqa: S301 (from our supervisor)
     settings = Settings.model_validate(spec["settings"])
     configure_logging(settings.log)
@@ -75,13 +78,7 @@ async def _serve(spec: dict[str, Any], settings: Settings) -> None:
 
     async def listen() -> None:
         while (message := await channel.receive()) is not None:
-            if message.get("t") == "event":
-                if bus is not None:
-                    bus.received(message.get("event"))
-            elif message.get("t") == "failed":
-                throttle.received(message)
-            else:
-                gate.received(message)
+            dispatch(message, bus, throttle, gate)
         log.warning("workers.supervisor_gone")
         os.kill(os.getpid(), signal.SIGTERM)  # stop as on a signal: drain, then stop
 
@@ -96,6 +93,21 @@ async def _serve(spec: dict[str, Any], settings: Settings) -> None:
         listening.cancel()
         await gate.aclose()
         await channel.close()
+
+
+def dispatch(
+    message: Message, bus: RelayBus | None, throttle: NodeThrottle, gate: NodeGate
+) -> None:
+    """What the supervisor passed on, to what it concerns (`bus`: None on PostgreSQL)."""
+    if message.get("t") == "event":
+        if bus is not None:
+            bus.received(message.get("event"))
+    elif message.get("t") == "failed":
+        throttle.received(message)
+    else:
+        if message.get("t") == "gone" and bus is not None:  # its events may be lost
+            bus.gap()
+        gate.received(message)
 
 
 if __name__ == "__main__":

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gateway.fronts.imap.relay import Relay
+from gateway.runtime import logs
 from gateway.settings import MockSettings, Settings
 from tests.support.imap import login, scripted
 from tests.support.stacks import Stack, identity, mock_backend, running_stack
@@ -92,6 +95,65 @@ async def test_every_client_session_leaves_its_own_audit_trail(stack: Stack):
     assert all(e.result == "ok" and e.mailbox == MARTIN for e in logins)
     reads = [e for e in events if e.action == "read" and e.interface == "imap"]
     assert len(reads) == 2  # each session's own count of read commands
+
+
+@pytest.mark.parametrize("late", ["update", "kick"])
+async def test_a_change_as_the_session_closes_keeps_nothing_warm(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, late: str
+):
+    """The delegation changed (or a revocation, a PSC logout ended the session) while the
+    session was closing, after its client left: too late to apply, so the backend session
+    is closed rather than kept with what it was allowed before."""
+    kept = Relay._kept
+
+    def changed_meanwhile(relay: Relay, done: Any) -> bool:
+        if late == "update":
+            relay.update(frozenset(), relay.expires_at)
+        else:
+            relay.kick("delegation revoked")
+        return kept(relay, done)
+
+    monkeypatch.setattr(Relay, "_kept", changed_meanwhile)
+    client = await login(stack, "dr-martin", MARTIN)
+    await client.ok("SELECT INBOX")
+    await client.ok("LOGOUT")
+    await client.until_closed()
+    await until(lambda: backend_connections(stack) == 0, "the backend session closed")
+    assert warm(stack, "kept") == 0
+    assert parked(stack) == 0
+
+
+class _Sessions(logging.Handler):
+    """Each record of the gateway with the session it was emitted in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[logging.LogRecord, str | None]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen.append((record, logs.session_id.get()))
+
+
+async def test_a_hit_is_logged_with_the_first_session(stack: Stack):
+    """The backend logs a reused session under its first login: the gateway's log names
+    that first session in the line of the one that reused it."""
+    seen = _Sessions()
+    gateway_log = logging.getLogger("gateway")
+    gateway_log.addHandler(seen)
+    level = gateway_log.level
+    gateway_log.setLevel(logging.INFO)
+    try:
+        await logged_out(stack, "dr-martin")
+        await logged_out(stack, "dr-martin")
+    finally:
+        gateway_log.removeHandler(seen)
+        gateway_log.setLevel(level)
+    assert warm(stack, "hit") == 1
+    closed = [s for r, s in seen.seen if r.getMessage() == "imap.session_closed"]
+    (reused,) = [(r, s) for r, s in seen.seen if r.getMessage() == "imap.warm_reused"]
+    record, second = reused
+    assert record.__dict__["first_session"] == closed[0]
+    assert second == closed[1] != closed[0]
 
 
 async def test_a_client_gone_at_rest_leaves_a_warm_session(stack: Stack):

@@ -123,6 +123,7 @@ class Relay:
         self._kick_code: str | None = None
         self._leaving: str | None = None  # the node shuts down: BYE once at rest
         self._closed = False
+        self._late: str | None = None  # a kick or an update that came as the session closed
         self._audits: set[asyncio.Future[None]] = set()  # events handed over, not yet queued
         self._tasks: list[asyncio.Task[str | None]] = []
         self._expiry: asyncio.TimerHandle | None = None
@@ -208,6 +209,9 @@ class Relay:
             return False
         if self._kicked is not None or self._leaving is not None or self.logging_out:
             return False
+        if self._late is not None:  # its rights changed or it was ended: not to be reused
+            log.info("imap.warm_refused", extra={"bal": self.mailbox, "why": self._late})
+            return False
         if self.pending or not self.framer.at_boundary or self._backend_said_bye:
             return False
         if self._tasks[0].done() and not self._tasks[0].cancelled():
@@ -221,6 +225,8 @@ class Relay:
     def kick(self, reason: str, code: str | None = None) -> None:
         """End the session with `* BYE [code] reason` (delegation revoked or expired, PSC
         session over, node shutting down); the audit trail says so."""
+        if self._closed:
+            self._late = self._late or "kicked"
         if self._kicked is not None or self._closed:
             return
         self._kicked, self._kick_code = reason, code
@@ -234,6 +240,8 @@ class Relay:
     def shut_down(self, reason: str) -> None:
         """The node stops: `* BYE [UNAVAILABLE] reason` once no command awaits its backend's
         reply (at once when none does, or in IDLE); no new command is forwarded."""
+        if self._closed:
+            self._late = self._late or "shut down"
         if self._kicked is not None or self._closed:
             return
         self._leaving = reason
@@ -247,6 +255,7 @@ class Relay:
     def update(self, rights: frozenset[str], expires_at: dt.datetime | None) -> None:
         """The delegation changed but still stands: apply its new rights and expiry."""
         if self._closed:
+            self._late = self._late or "updated"
             return
         self.rights = rights
         self.expires_at = expires_at

@@ -33,6 +33,7 @@ from gateway.backends.imap_smtp.upstream import log_out, refreshed
 from gateway.bal_migration.gate import MOVED_BYE
 from gateway.fronts.login import FrontGrant
 from gateway.metrics import Metrics
+from gateway.runtime import logs
 from gateway.runtime.limits import ip_address_of
 from gateway.runtime.login import ConnectionInfo
 
@@ -109,6 +110,7 @@ class Parked:
         self.upstream = upstream
         self.selected = selected
         self.grant = grant
+        self.session_id = logs.session_id.get()  # the backend logs it under this one's login
         self.gone: list[Callable[[], None]] = []  # told when it leaves the pool
         self._timer: asyncio.TimerHandle | None = None
         self._watch = asyncio.create_task(upstream.reader.read(1), name="imap-warm-watch")
@@ -255,6 +257,10 @@ class WarmSessions:
                 parked.upstream.writer.transport.abort()
                 raise
             self.metrics.warm_sessions.labels(key.backend, "hit").inc()
+            log.info(
+                "imap.warm_reused",
+                extra={"backend": key.backend, "first_session": parked.session_id},
+            )
             return upstream
         self.metrics.warm_sessions.labels(key.backend, "miss").inc()
         others = [p for p in self._since if p.key.place == key.place]
