@@ -22,13 +22,10 @@ from dataclasses import dataclass
 import pytest
 import pytest_asyncio
 
-from gateway.settings import Settings
-from mock_operator.server import MockOperator
-from tests.conftest import quick_mock_settings
-from tests.dovecot import DovecotServer, dovecot_backend, gateway_dovecot
+from tests.dovecot import DovecotServer
 from tests.support.proxied import ProxiedIMAP4
 from tests.support.sasl import xoauth2
-from tests.support.stacks import Stack, gateway_settings, start_stack
+from tests.support.stacks import Stack, dovecot_stack
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -57,32 +54,15 @@ async def env(
 ) -> AsyncIterator[Env]:
     """Without warm sessions, and with (kept a second: Dovecot counts them meanwhile, and
     the checks that none is left wait for their end)."""
-    dovecot = await gateway_dovecot(MARTIN, MARTIN_PW, trusted_networks="127.0.0.0/8")
-    stack: Stack | None = None
-    try:
-        await asyncio.to_thread(seed, dovecot)
-        base = tmp_path_factory.mktemp("dovecot-connections")
-
-        def configure(settings: Settings, mock: MockOperator) -> None:
-            backend = dovecot_backend(dovecot)
-            backend.keep_warm = request.param
-            settings.backends = {"dovecot": backend}
-            settings.routing.default = "dovecot"
-
-        settings = gateway_settings(base / "gateway", imap={"max_preauth_per_address": 100})
-        stack = await start_stack(settings, quick_mock_settings(), base / "mock", configure)
+    async with dovecot_stack(
+        tmp_path_factory.mktemp("dovecot-connections"),
+        MARTIN,
+        MARTIN_PW,
+        [MESSAGE],
+        keep_warm=request.param,
+        imap={"max_preauth_per_address": 100},
+    ) as (dovecot, stack):
         yield Env(dovecot, stack)
-    finally:
-        if stack is not None:
-            await stack.stop()
-        await asyncio.to_thread(dovecot.stop)
-
-
-def seed(dovecot: DovecotServer) -> None:
-    with imaplib.IMAP4(dovecot.host, dovecot.port) as client:
-        client.login(MARTIN, MARTIN_PW)
-        client.append("INBOX", None, None, MESSAGE)
-        client.logout()
 
 
 async def no_connection_left(env: Env) -> None:

@@ -5,19 +5,15 @@ warm session is over."""
 from __future__ import annotations
 
 import asyncio
-import imaplib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
 import pytest_asyncio
 
-from gateway.settings import Settings
-from mock_operator.server import MockOperator
-from tests.conftest import quick_mock_settings
-from tests.dovecot import DovecotServer, dovecot_backend, gateway_dovecot
+from tests.dovecot import DovecotServer
 from tests.support.imap import login, scripted
-from tests.support.stacks import Stack, gateway_settings, start_stack
+from tests.support.stacks import Stack, dovecot_stack
 from tests.support.waiting import eventually, until
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -52,33 +48,9 @@ class Env:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
-    dovecot = await gateway_dovecot(MARTIN, MARTIN_PW, trusted_networks="127.0.0.0/8")
-    stack: Stack | None = None
-    try:
-        await asyncio.to_thread(seed, dovecot)
-        base = tmp_path_factory.mktemp("dovecot-warm")
-
-        def configure(settings: Settings, mock: MockOperator) -> None:
-            backend = dovecot_backend(dovecot)
-            backend.keep_warm = 30
-            settings.backends = {"dovecot": backend}
-            settings.routing.default = "dovecot"
-
-        settings = gateway_settings(base / "gateway")
-        stack = await start_stack(settings, quick_mock_settings(), base / "mock", configure)
+    base = tmp_path_factory.mktemp("dovecot-warm")
+    async with dovecot_stack(base, MARTIN, MARTIN_PW, MESSAGES, keep_warm=30) as (dovecot, stack):
         yield Env(dovecot, stack)
-    finally:
-        if stack is not None:
-            await stack.stop()
-        await asyncio.to_thread(dovecot.stop)
-
-
-def seed(dovecot: DovecotServer) -> None:
-    with imaplib.IMAP4(dovecot.host, dovecot.port) as client:
-        client.login(MARTIN, MARTIN_PW)
-        for message in MESSAGES:
-            client.append("INBOX", None, None, message)
-        client.logout()
 
 
 async def pool_emptied(env: Env) -> None:

@@ -4,10 +4,12 @@ platform as backend "modern", the historic web services as "historic")."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
+import imaplib
 import shutil
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,8 @@ from gateway.settings import BackendSettings, MockSettings, Settings
 from mock_operator.personas import default_personas
 from mock_operator.server import MockOperator
 from psc_auth import Identity
-from tests.conftest import migrated_template, persona_token
+from tests.conftest import migrated_template, persona_token, quick_mock_settings
+from tests.dovecot import DovecotServer, dovecot_backend, gateway_dovecot
 
 
 @dataclass
@@ -194,3 +197,43 @@ async def identity(stack: Stack, persona: str) -> Identity:
     """Who `persona` is, as the gateway's validator reads a fresh token of theirs."""
     assert stack.gateway.validator is not None
     return await stack.gateway.validator.validate(await stack.token(persona))
+
+
+def _deliver(dovecot: DovecotServer, user: str, password: str, messages: Sequence[bytes]) -> None:
+    with imaplib.IMAP4(dovecot.host, dovecot.port) as client:
+        client.login(user, password)
+        for message in messages:
+            client.append("INBOX", None, None, message)
+
+
+@contextlib.asynccontextmanager
+async def dovecot_stack(
+    base: Path,
+    user: str,
+    password: str,
+    messages: Sequence[bytes],
+    *,
+    keep_warm: float,
+    **overrides: Any,
+) -> AsyncIterator[tuple[DovecotServer, Stack]]:
+    """A private Dovecot holding `user`'s BAL (`messages` in its INBOX), and a gateway in
+    front of it as its only backend "dovecot": master login, the gateway among Dovecot's
+    trusted networks (its ID names the LPS), warm sessions kept `keep_warm` seconds."""
+    dovecot = await gateway_dovecot(user, password, trusted_networks="127.0.0.0/8")
+    stack: Stack | None = None
+    try:
+        await asyncio.to_thread(_deliver, dovecot, user, password, messages)
+
+        def configure(settings: Settings, mock: MockOperator) -> None:
+            backend = dovecot_backend(dovecot)
+            backend.keep_warm = keep_warm
+            settings.backends = {"dovecot": backend}
+            settings.routing.default = "dovecot"
+
+        settings = gateway_settings(base / "gateway", **overrides)
+        stack = await start_stack(settings, quick_mock_settings(), base / "mock", configure)
+        yield dovecot, stack
+    finally:
+        if stack is not None:
+            await stack.stop()
+        await asyncio.to_thread(dovecot.stop)
