@@ -371,7 +371,7 @@ def gates_of_a_node(count: int) -> list[NodeGate]:
 
         return send
 
-    gates.extend(NodeGate(sender(i), i, count, max_wait=5, drain_wait=1) for i in range(count))
+    gates.extend(NodeGate(sender(i), i, count, max_wait=5, drain_wait=30) for i in range(count))
     return gates
 
 
@@ -667,7 +667,7 @@ async def test_another_workers_death_is_a_gap_in_a_worker() -> None:
     bus = RelayBus(Mock())
     subscription = bus.subscribe()
     throttle = NodeThrottle(Mock(), 5, 60)
-    gate = NodeGate(Mock(), 0, 2, max_wait=5, drain_wait=1)
+    gate = NodeGate(Mock(), 0, 2, max_wait=5, drain_wait=30)
     dispatch({"t": "event", "event": EVENT}, bus, throttle, gate)
     assert not subscription.overflowed
     dispatch({"t": "gone", "worker": 1}, bus, throttle, gate)

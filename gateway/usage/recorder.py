@@ -36,7 +36,8 @@ from gateway.usage.store import Counts, DailyKey, RuleCounts, RuleKey, Seen, See
 
 log = logging.getLogger(__name__)
 
-STOP_ATTEMPTS = 4  # writes of what is left at stop, spaced 0.5, 1 and 1.5 s
+STOP_ATTEMPTS = 4  # writes of what is left at stop, spaced STOP_RETRY_DELAY times 1, 2 and 3
+STOP_RETRY_DELAY = 0.5  # seconds
 
 
 class _Routed(Protocol):
@@ -232,7 +233,7 @@ class UsageRecorder:
                 # may hold SQLite's lock beyond its busy timeout (workers of one node)
                 if attempt == STOP_ATTEMPTS:
                     raise
-                await asyncio.sleep(0.5 * attempt)
+                await asyncio.sleep(STOP_RETRY_DELAY * attempt)
 
     async def flush(self) -> None:
         """Write what is merged now (kept for the next flush when the database fails)."""

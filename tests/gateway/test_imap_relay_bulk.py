@@ -11,7 +11,8 @@ import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from gateway.fronts.imap.relay import CLIENT_HIGH_WATER, RELAY_READ
+from gateway.fronts.imap.pump import PUMP_READ
+from gateway.fronts.imap.relay import CLIENT_HIGH_WATER
 from gateway.imap.framing import MAX_LITERAL
 from tests.gateway.test_imap_proxy import MARTIN, modern_settings, relays
 from tests.support.imap import login
@@ -26,8 +27,8 @@ RESPONSE = (
     b"* 3 FETCH (BINARY[1] ~{4}\r\n\x00\r\n\x01)\r\n"
 )
 BIG = (
-    b"* 4 FETCH (BODY[] {%d}\r\n" % (3 * RELAY_READ + 7)
-    + bytes(range(256)) * (3 * RELAY_READ // 256)
+    b"* 4 FETCH (BODY[] {%d}\r\n" % (3 * PUMP_READ + 7)
+    + bytes(range(256)) * (3 * PUMP_READ // 256)
     + b"x\r\nyz{1}\r\n"
     + b")\r\n"
 )
@@ -119,7 +120,7 @@ async def test_a_client_that_stops_reading_holds_the_backend_back(stack: Stack) 
         )
         assert stack.gateway.imap is not None
         (unsent,) = [unsent for _peer, unsent in stack.gateway.imap.connections()]
-        assert CLIENT_HIGH_WATER < unsent <= CLIENT_HIGH_WATER + RELAY_READ
+        assert CLIENT_HIGH_WATER < unsent <= CLIENT_HIGH_WATER + PUMP_READ
         head = await client.reader.readuntil(b"}\r\n")
         assert head == b"* 1 FETCH (BODY[] {%d}\r\n" % size
         left = size

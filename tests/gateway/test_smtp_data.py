@@ -45,7 +45,7 @@ def reference_stuff(message: bytes) -> bytes:
     return PERIOD_REGEX.sub(b"..", normalize_message_line_endings(message)) + b".\r\n"
 
 
-def crlf_lines(octets: bytes) -> bytes:
+def client_data(octets: bytes) -> bytes:
     """`octets` made into what a client may send between DATA and its lone dot: CRLF-ended
     lines, none of them a lone dot."""
     text = octets if octets.endswith(b"\r\n") or not octets else octets + b"\r\n"
@@ -62,7 +62,7 @@ def test_stuff_sends_what_aiosmtplib_sent(message: bytes) -> None:
 
 @given(OCTETS)
 def test_unstuff_reads_what_aiosmtpd_read(octets: bytes) -> None:
-    stuffed = crlf_lines(octets)
+    stuffed = client_data(octets)
     assert unstuff(stuffed) == reference_unstuff(stuffed)
 
 
@@ -77,7 +77,7 @@ def test_what_the_backend_gets_is_what_the_client_meant(message: bytes) -> None:
 
 @given(OCTETS)
 def test_longest_line(octets: bytes) -> None:
-    stuffed = crlf_lines(octets)
+    stuffed = client_data(octets)
     expected = max(map(len, reference_lines(stuffed)), default=0)
     assert longest_line(stuffed) == expected
 

@@ -294,6 +294,7 @@ async def test_the_last_write_at_stop_outlasts_a_busy_database(
         await real_write(*args, **kwargs)
 
     monkeypatch.setattr(recorder_module, "write", busy_twice)
+    monkeypatch.setattr(recorder_module, "STOP_RETRY_DELAY", 0)
     recorder = UsageRecorder(engine, flush_interval=3600)
     recorder.record(access(0, "a@x.fr", "1"))
     recorder.record(access(0, "b@x.fr", "2"))

@@ -19,29 +19,11 @@ from gateway.settings import MockSettings, Settings
 from tests.support.imap import login, scripted
 from tests.support.stacks import Stack, identity, mock_backend, running_stack
 from tests.support.waiting import until
+from tests.support.warm import backend_connections, dropped, parked, warm
 
 MARTIN = "claire.martin@medecin.mssante.fr"
 MOREAU = "eve.moreau@medecin.mssante.fr"
 BERNARD = "899700000003"
-
-
-def warm(stack: Stack, result: str) -> float:
-    return stack.gateway.metrics.sample(
-        "lpsgw_warm_sessions_total", backend="modern", result=result
-    )
-
-
-def dropped(stack: Stack, reason: str) -> float:
-    return stack.gateway.metrics.sample("lpsgw_warm_drops_total", backend="modern", reason=reason)
-
-
-def parked(stack: Stack) -> float:
-    return stack.gateway.metrics.sample("lpsgw_warm_open", backend="modern")
-
-
-def backend_connections(stack: Stack) -> int:
-    assert stack.mock.imap is not None
-    return stack.mock.imap.open_sessions
 
 
 async def logged_out(stack: Stack, persona: str, bal: str = MARTIN) -> None:
@@ -294,9 +276,11 @@ async def test_keep_warm_zero_relays_logout_to_the_backend(
 async def test_the_delegations_expiry_drops_it_before_its_time(stack: Stack):
     registry = stack.gateway.delegations
     assert registry is not None
-    soon = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2)
+    # long enough for the session to be logged in and kept on a busy machine, well before
+    # its keep_warm (30 s)
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=10)
     await registry.grant(await identity(stack, "dr-moreau"), MOREAU, BERNARD, ["read"], soon)
     await logged_out(stack, "sec-bernard", MOREAU)
-    await until(lambda: parked(stack) == 0, "dropped when the delegation expires")
+    await until(lambda: parked(stack) == 0, "dropped when the delegation expires", bound=30)
     assert dropped(stack, "revoked") == 1
     assert dropped(stack, "expired") == 0  # not its keep_warm (30 s)

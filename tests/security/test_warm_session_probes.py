@@ -16,6 +16,7 @@ from tests.support.imap import login, scripted
 from tests.support.sasl import xoauth2
 from tests.support.stacks import Stack
 from tests.support.waiting import until
+from tests.support.warm import backend_connections, parked, warm
 
 MARTIN = "claire.martin@medecin.mssante.fr"
 
@@ -25,22 +26,11 @@ def backend_overrides() -> dict[str, Any]:
     return {"keep_warm": 30}
 
 
-def sample(stack: Stack, result: str) -> float:
-    return stack.gateway.metrics.sample(
-        "lpsgw_warm_sessions_total", backend="modern", result=result
-    )
-
-
-def backend_connections(stack: Stack) -> int:
-    assert stack.mock.imap is not None
-    return stack.mock.imap.open_sessions
-
-
 async def left_unknown(stack: Stack, client: Raw) -> None:
     """`client` drops its connection: the backend's must close, never be kept."""
     await client.close()
     await until(lambda: backend_connections(stack) == 0, "the backend connection closed")
-    assert sample(stack, "kept") == 0
+    assert warm(stack, "kept") == 0
 
 
 async def test_a_session_dropped_in_idle_is_not_kept(stack: Stack):
@@ -77,22 +67,22 @@ async def test_a_logout_behind_a_command_in_flight_goes_to_the_backend(stack: St
     assert bye.untagged[0].startswith(b"* BYE")
     await client.until_closed()
     await until(lambda: backend_connections(stack) == 0, "the backend logged out")
-    assert sample(stack, "kept") == 0
+    assert warm(stack, "kept") == 0
 
 
 async def test_enable_never_reaches_the_backend_nor_the_next_session(stack: Stack):
     await scripted(stack, "dr-martin", MARTIN)  # takes the messages' \\Recent
-    await until(lambda: sample(stack, "kept") == 1, "kept warm")
+    await until(lambda: warm(stack, "kept") == 1, "kept warm")
     before = await scripted(stack, "dr-martin", MARTIN)
-    await until(lambda: sample(stack, "kept") == 2, "kept warm")
+    await until(lambda: warm(stack, "kept") == 2, "kept warm")
     client = await login(stack, "dr-martin", MARTIN)
     enabled = await client.ok("ENABLE CONDSTORE QRESYNC UTF8=ACCEPT")
     assert enabled.untagged == [b"* ENABLED"]  # nothing enabled: answered by the gateway
     await client.ok("SELECT INBOX")
     await client.ok("LOGOUT")
-    await until(lambda: sample(stack, "kept") == 3, "kept warm")
+    await until(lambda: warm(stack, "kept") == 3, "kept warm")
     after = await scripted(stack, "dr-martin", MARTIN)
-    assert sample(stack, "hit") == 3
+    assert warm(stack, "hit") == 3
     assert after == before
     assert not any(b"HIGHESTMODSEQ" in line for line in after)
 
@@ -100,7 +90,7 @@ async def test_enable_never_reaches_the_backend_nor_the_next_session(stack: Stac
 async def test_another_address_or_bal_never_gets_the_session(stack: Stack):
     client = await login(stack, "dr-martin", MARTIN)
     await client.ok("LOGOUT")
-    await until(lambda: sample(stack, "kept") == 1, "kept warm")
+    await until(lambda: warm(stack, "kept") == 1, "kept warm")
 
     reader, writer = await asyncio.open_connection(
         "127.0.0.1", stack.imap_port, local_addr=("127.0.0.2", 0)
@@ -109,12 +99,12 @@ async def test_another_address_or_bal_never_gets_the_session(stack: Stack):
     elsewhere.greeting = await elsewhere.line()
     token = await stack.token("dr-martin")
     await elsewhere.ok("AUTHENTICATE XOAUTH2 ", xoauth2(MARTIN, token))
-    assert sample(stack, "hit") == 0
-    assert stack.gateway.metrics.sample("lpsgw_warm_open", backend="modern") == 1  # untouched
+    assert warm(stack, "hit") == 0
+    assert parked(stack) == 1  # untouched
     await elsewhere.close()
 
     moreau = await login(stack, "dr-moreau", "eve.moreau@medecin.mssante.fr")
-    assert sample(stack, "hit") == 0
+    assert warm(stack, "hit") == 0
     selected = await moreau.ok("SELECT INBOX")
     assert selected.tagged.endswith(b"SELECT completed")
     await moreau.close()

@@ -267,14 +267,7 @@ async def _send_data(smtp: aiosmtplib.SMTP, stuffed: bytes) -> aiosmtplib.SMTPRe
     start = await smtp.execute_command(b"DATA")
     if start.code != SMTPStatus.start_input:
         raise aiosmtplib.SMTPDataError(start.code, start.message)
-    protocol = smtp.protocol
-    if protocol is None:
-        raise aiosmtplib.SMTPServerDisconnected("Connection lost")
-    protocol.write(stuffed)  # read_response marks the reply as expected before any arrives
-    response = await protocol.read_response(timeout=smtp.timeout)
-    if response.code != SMTPStatus.completed:
-        raise aiosmtplib.SMTPDataError(response.code, response.message)
-    return response
+    return await _write_expecting_250(smtp, stuffed)
 
 
 def _bdat(message: bytes) -> bytes:
@@ -286,10 +279,15 @@ def _bdat(message: bytes) -> bytes:
 
 async def _send_bdat(smtp: aiosmtplib.SMTP, wire: bytes) -> aiosmtplib.SMTPResponse:
     """`_bdat`'s octets to a backend that offers CHUNKING; its 250, else `SMTPDataError`."""
+    return await _write_expecting_250(smtp, wire)
+
+
+async def _write_expecting_250(smtp: aiosmtplib.SMTP, octets: bytes) -> aiosmtplib.SMTPResponse:
+    """Write `octets` and read the one reply they call for: 250, else `SMTPDataError`."""
     protocol = smtp.protocol
     if protocol is None:
         raise aiosmtplib.SMTPServerDisconnected("Connection lost")
-    protocol.write(wire)
+    protocol.write(octets)  # read_response marks the reply as expected before any arrives
     response = await protocol.read_response(timeout=smtp.timeout)
     if response.code != SMTPStatus.completed:
         raise aiosmtplib.SMTPDataError(response.code, response.message)

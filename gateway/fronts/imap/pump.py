@@ -16,7 +16,7 @@ import socket
 from collections.abc import Callable
 
 PUMP_READ = 256 * 1024
-REST_READ = 16 * 1024  # between bulk transfers: an idle session holds no big buffer
+REST_READ = 16 * 1024  # a read between bulk transfers (into a buffer made for it)
 MIN_LOWAT = 32 * 1024  # below this, waking once more costs less than the system call
 
 
@@ -47,7 +47,6 @@ class BackendPump(asyncio.BufferedProtocol):
         self._deliver = deliver
         self._size = size
         self._big: bytearray | None = None
-        self._small: bytearray | None = None
         self._buffer = _NONE  # the one the last read went into
         self._bulk = False
         self.reusable = True
@@ -125,7 +124,7 @@ class BackendPump(asyncio.BufferedProtocol):
     # -- protocol --------------------------------------------------------------------
     def get_buffer(self, sizehint: int) -> memoryview:
         if not self.reusable:
-            self._big = self._small = None
+            self._big = None
             self.reusable = True
         if self._bulk:
             if self._big is None:
@@ -133,9 +132,7 @@ class BackendPump(asyncio.BufferedProtocol):
             self._buffer = self._big
         else:
             self._big = None
-            if self._small is None:
-                self._small = bytearray(REST_READ)
-            self._buffer = self._small
+            self._buffer = bytearray(REST_READ)
         # a view, not the bytearray: the TLS transport fills it in slices (a slice of a
         # bytearray would be a copy)
         return memoryview(self._buffer)
@@ -147,7 +144,6 @@ class BackendPump(asyncio.BufferedProtocol):
             # between transfers the session holds no buffer at all: 16 KiB each would be
             # most of an idle session's memory (10,000 IDLE sessions: 160 MiB), and a
             # fresh small buffer per read costs less than the read's system call
-            self._small = None
             self._buffer = _NONE
 
     def eof_received(self) -> bool | None:

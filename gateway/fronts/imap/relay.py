@@ -23,7 +23,7 @@ from gateway.backends.base import Upstream
 from gateway.backends.imap_smtp.upstream import log_out
 from gateway.bal_migration.gate import MOVED_BYE, BalGate, Held, Moved
 from gateway.fronts.imap.login import ProxyGrant
-from gateway.fronts.imap.pump import BackendPump
+from gateway.fronts.imap.pump import PUMP_READ, BackendPump
 from gateway.fronts.imap.rights import (
     audit_action,
     audit_detail,
@@ -42,10 +42,9 @@ from gateway.runtime.net import FAIR_SHARE
 
 log = logging.getLogger(__name__)
 
-RELAY_READ = 256 * 1024
 # bytes written to a client and not yet sent beyond which the backend is not read until
 # the client catches up (a session's buffering is bounded by this and one read)
-CLIENT_HIGH_WATER = 2 * RELAY_READ
+CLIENT_HIGH_WATER = 2 * PUMP_READ
 KICK_GRACE = 1.0  # seconds a BYE waits for the response being relayed to end
 MAX_AUDITS_IN_FLIGHT = 64  # a session's events handed to the audit sink, not yet queued
 GAP_CHECK = 1.0  # seconds between checks for change events lost by the bus
@@ -279,7 +278,7 @@ class Relay:
         meanwhile), for the backend when a reply is overdue, for the end."""
         transport = self.channel.writer.transport
         transport.set_write_buffer_limits(high=CLIENT_HIGH_WATER)
-        pump = self._pump = BackendPump(self.up.reader, self.up.writer, self._forward, RELAY_READ)
+        pump = self._pump = BackendPump(self.up.reader, self.up.writer, self._forward)
         timeout = self.up.reply_timeout
         try:
             pump.start(self.up.leftover)
