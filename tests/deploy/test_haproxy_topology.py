@@ -313,8 +313,10 @@ async def test_audit_shows_the_clients_address(topology: Topology) -> None:
     codes.append(await asyncio.to_thread(smtp_login, topology.haproxy.frontends.smtp, token))
     assert codes == [235, 235]
     for interface in ("imap", "smtp"):
+        # at least these two: a login of an earlier test may be committed after the mark
+        # (each node writes its audit in batches), and it came through HAProxy as well
         rows = await topology.audited("login", interface, mark, count=2)
-        assert [row["remote"] for row in rows] == [CLIENT_ADDRESS] * 2, (interface, rows)
+        assert {row["remote"] for row in rows} == {CLIENT_ADDRESS}, (interface, rows)
 
 
 async def test_audit_shows_the_http_clients_address(topology: Topology) -> None:
