@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import functools
 import logging
 import os
 import shutil
@@ -26,6 +25,7 @@ from delegation.db import async_url, asyncpg_dsn, create_engine, migrate
 from gateway.db import migrate_gateway
 from gateway.settings import MockSettings
 from mock_operator.server import MockOperator
+from psc_auth.trust import system_trust
 
 # every `lps-gateway serve` and `demo` a test starts runs one process, as before workers
 # existed (the suite is CPU-bound); the environment beats a file's [server] workers: a
@@ -35,12 +35,10 @@ REQUIRE_PEERS = os.environ.get("LPS_REQUIRE_PEERS") == "1"
 PG_URL = os.environ.get("LPS_TEST_DATABASE_URL")
 
 
-@functools.cache
 def client_tls() -> ssl.SSLContext:
-    """One TLS context for the tests' short-lived HTTP clients to the mock (plain HTTP, so
-    never used to connect): httpx loads the whole CA bundle for each new client otherwise,
-    20-40 ms, and tests ask for a token or two each."""
-    return ssl.create_default_context()
+    """The one TLS context for the tests' short-lived HTTP clients (the gateway's own, see
+    `psc_auth.trust`): httpx loads the whole CA bundle for each new client otherwise."""
+    return system_trust()
 
 
 async def persona_token(mock: MockOperator, persona: str = "dr-martin", **extra: Any) -> str:

@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 import httpx
 
+from gateway.runtime.tls import shared_backend_context
 from gateway.settings import BackendSettings
 from psc_auth.trust import system_trust
 
@@ -33,7 +34,7 @@ def http_verify(backend: BackendSettings) -> ssl.SSLContext | bool:
     if not backend.tls_verify:
         return False
     if backend.ca_file is not None:
-        return ssl.create_default_context(cafile=str(backend.ca_file))
+        return shared_backend_context(backend.ca_file, True)
     return system_trust()
 
 
