@@ -95,8 +95,9 @@ async def _seeded_template() -> Path:
     seeding writes some fifty rows, each in a transaction of its own."""
     global _SEEDED
     if _SEEDED is None:
-        path = Path(await migrated_template("sqlite")).with_name("seeded.db")
-        shutil.copyfile(await migrated_template("sqlite"), path)
+        migrated = Path(await migrated_template("sqlite"))
+        path = migrated.with_name("seeded.db")
+        shutil.copyfile(migrated, path)
         engine = create_engine(f"sqlite+aiosqlite:///{path}")
         try:
             await seed(
