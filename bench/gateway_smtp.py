@@ -18,7 +18,8 @@ milliseconds per message of the gateway and of the peer (Postfix and Dovecot: ev
 process of each) on each path.
 
 Run: ``.venv/bin/python bench/gateway_smtp.py [--messages 1000] [--size 51200]
-[--peer postfix|mock]``.
+[--peer postfix|mock] [--workers N]`` (``--workers 1`` with ``LPS_BENCH_PROFILE=DIR`` for a
+profile of the gateway's work).
 """
 
 from __future__ import annotations
@@ -88,6 +89,9 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--size", type=int, default=50 * 1024, help="bytes per message")
     parser.add_argument("--peer", choices=["postfix", "mock"], default="postfix")
+    parser.add_argument(
+        "--workers", type=int, help="the gateway's [server] workers (default: one per core)"
+    )
     args = parser.parse_args()
     peer = args.peer
     if peer == "postfix" and (why := ensure_postfix()) is not None:
@@ -99,7 +103,7 @@ def main() -> None:
     )
     messages = [message(i, args.size) for i in range(args.messages)]
     postfix = peer == "postfix"
-    stack = Stack(peer="dovecot" if postfix else "mock", submission=postfix)
+    stack = Stack(peer="dovecot" if postfix else "mock", submission=postfix, workers=args.workers)
     with stack:
         print(f"  (peer: {stack.peer_label()})")
         token = stack.token()

@@ -79,6 +79,14 @@ def test_message_contents_stay_out_of_debug_logs():
         configure_logging(LogSettings())
 
 
+def test_aiosmtpd_transcript_only_at_debug():
+    """aiosmtpd's INFO lines repeat each command (a recipient's address in it): not at INFO."""
+    configure_logging(LogSettings(level="INFO"))
+    assert not logging.getLogger("mail.log").isEnabledFor(logging.INFO)
+    assert logging.getLogger("mail.log").isEnabledFor(logging.WARNING)
+    assert logging.getLogger("gateway").isEnabledFor(logging.INFO)
+
+
 def test_json_lines_stay_one_line_whatever_a_client_sent(capsys: pytest.CaptureFixture[str]):
     """U+2028 and U+2029 are line ends to many log readers: escaped, not raw."""
     configure_logging(LogSettings(format="json"))

@@ -160,8 +160,11 @@ def configure_logging(settings: LogSettings) -> None:
     for noisy in ("httpx", "httpcore", "aiosqlite", "uvicorn.error", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     smtp = logging.getLogger("mail.log")
-    # aiosmtpd logs every DATA line at DEBUG: message contents (health data) stay out
-    smtp.setLevel(max(logging.INFO, root.level))
+    # aiosmtpd says every command line at INFO (envelope addresses, a patient's among them,
+    # several lines per message), and every DATA line at DEBUG: its transcript only for a
+    # gateway at DEBUG, and never the message contents (health data). The gateway's own
+    # lines say what a session did (smtp.login, smtp.message_relayed...).
+    smtp.setLevel(logging.INFO if root.level <= logging.DEBUG else max(logging.WARNING, root.level))
     if not any(isinstance(f, _LegacyLoginData) for f in smtp.filters):
         smtp.addFilter(_LegacyLoginData())
     if not any(isinstance(f, _ClientBytes) for f in smtp.filters):

@@ -29,9 +29,19 @@ NOT_ALLOWED = "535 5.7.8 Authentication failed: {}"
 TEMPORARY = "454 4.7.0 Temporary authentication failure: {}"
 
 
+_LOGIN_TYPES: set[type] = set()
+
+
 def grant_of(session: Any) -> Login | None:
+    """The session's login, if it has one: the check against the `Login` protocol (slow,
+    attribute by attribute) is made once per class."""
     data = getattr(session, "auth_data", None)
-    return data if isinstance(data, Login) else None
+    if type(data) in _LOGIN_TYPES:
+        return data
+    if isinstance(data, Login):
+        _LOGIN_TYPES.add(type(data))
+        return data
+    return None
 
 
 async def _sasl_response(server: SMTP, args: list[str]) -> bytes | None:

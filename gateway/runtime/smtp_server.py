@@ -20,6 +20,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import re
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
@@ -59,6 +60,13 @@ SHUTTING_DOWN = b"421 4.3.2 Service shutting down\r\n"  # RFC 5321 §3.8, RFC 34
 MAX_PREAUTH_REPLIES = 100  # EHLO, STARTTLS, EHLO and AUTH take about twenty reply lines
 LINE_TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"  # aiosmtpd's words
 TOO_MUCH_DATA = "552 Error: Too much mail data"
+# `<local@domain>` with dot-atoms of letters, digits and RFC 5322's other atext, then
+# spaces: the addresses clients send, which the stdlib's RFC 5322 parser (aiosmtpd's
+# `_getaddr`) reads the same at a twentieth of the cost. Anything else goes to it.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_ADDRESS = re.compile(
+    rf"[ \t]*<({_ATEXT}(?:\.{_ATEXT})*)@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>[ \t]*"
+)
 
 
 class DsnEnvelope(Envelope):
@@ -224,19 +232,23 @@ class TokenSMTP(SMTP):
     async def push(self, status: AnyStr) -> None:
         """aiosmtpd's reply, which waits for the client to read it: at most `write_timeout`
         (while the login deadline runs, that deadline bounds it instead), then the
-        connection is cut. Past `MAX_PREAUTH_REPLIES` before AUTH, the client is cut."""
+        connection is cut. Past `MAX_PREAUTH_REPLIES` before AUTH, the client is cut. A
+        reply the socket took whole has nothing to wait for: no timer, no drain."""
         self._replies += 1
         if not self._authenticated and self._replies > MAX_PREAUTH_REPLIES:
             log.info("smtp.too_many_commands_before_auth", extra={"peer": self.peer})
             self._cut(TOO_CHATTY)
             raise ConnectionResetError("too many commands before authentication")
-        deadline_runs = self._login_deadline is not None
-        try:
-            async with asyncio.timeout(None if deadline_runs else self._write_timeout):
-                await super().push(status)
-        except TimeoutError:
-            self._abort()
-            raise ConnectionResetError("client does not read its replies") from None
+        transport = self._writer.transport
+        if (
+            isinstance(transport, asyncio.WriteTransport)
+            and not transport.is_closing()
+            and not transport.get_write_buffer_size()
+        ):
+            said = status if isinstance(status, bytes) else status.encode(self._reply_encoding)
+            transport.write(said + CRLF)
+        else:
+            await self._push_waiting(status)
         if self._farewell is not None and not self.in_transaction:
             # The message in flight got its answer first (a 421 already says goodbye).
             said = status if isinstance(status, bytes) else status.encode("ascii", "replace")
@@ -245,6 +257,29 @@ class TokenSMTP(SMTP):
             # A client that pipelines is served in turns with the others: its commands may
             # all be buffered already, and then nothing in aiosmtpd would wait.
             await asyncio.sleep(0)
+
+    async def _push_waiting(self, status: AnyStr) -> None:
+        deadline_runs = self._login_deadline is not None
+        try:
+            async with asyncio.timeout(None if deadline_runs else self._write_timeout):
+                await super().push(status)
+        except TimeoutError:
+            self._abort()
+            raise ConnectionResetError("client does not read its replies") from None
+
+    @property
+    def _reply_encoding(self) -> str:
+        return "utf-8" if self.enable_SMTPUTF8 else "ascii"
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's address and what follows it, plain addresses read by a pattern."""
+        match = _PLAIN_ADDRESS.match(arg)
+        if match is None or arg[match.end() : match.end() + 1] == "(":  # a comment: CFWS
+            return super()._getaddr(arg)
+        local, domain = match.groups()
+        if self.local_part_limit and len(local) > self.local_part_limit:
+            return None, None
+        return f"{local}@{domain}", arg[match.end() :]
 
     def kick(self, reason: str) -> None:
         """End the session with `421 4.7.0 reason` (its PSC session ended...): at once, or,

@@ -110,7 +110,8 @@ async def test_every_line_of_a_session_names_it_and_none_holds_the_token(
 async def test_every_line_of_an_smtp_session_after_auth_names_it(
     capsys: pytest.CaptureFixture[str], stack_settings: Settings, stack: Stack
 ):
-    configure_logging(stack_settings.log)
+    """At DEBUG, where aiosmtpd's transcript of each command is logged too."""
+    configure_logging(stack_settings.log.model_copy(update={"level": "DEBUG"}))
     token = await stack.token("sec-bernard")
 
     def submit() -> None:
