@@ -51,7 +51,6 @@ from gateway.fronts.smtp_dsn import NOTICE_TIMEOUT, relayed_notice, write_to_inb
 from gateway.imap.session import ExternalCredentials
 from gateway.metrics import Metrics
 from gateway.mss import RuleResult, Violation, add_headers, add_sender, check_message, remove_fields
-from gateway.mss.headers import UnreadableHeader, header_fields
 from gateway.mss.policy import MessagePolicy, Policy
 from gateway.psc_sessions import PscSessionWatch
 from gateway.runtime.limits import SlotCounter
@@ -313,7 +312,7 @@ class SubmissionFront(CardAuthMixin):
             return refused
         raw = _content(envelope)
         checked = self._check(raw, sender, envelope.rcpt_tos)
-        nil = _nil(raw)
+        nil = checked.nil
         refusing = self.mss.judge(
             checked,
             interface=_interface(sender),
@@ -622,19 +621,6 @@ def _content(envelope: Envelope) -> bytes:
 def _interface(grant: FrontGrant) -> Interface:
     """The interface a login counts under in the usage figures."""
     return interface_for("smtp", by_card=grant.means == "card")
-
-
-def _nil(message: bytes) -> str | None:
-    """The (first) X-MSS-NIL of a message, if its header block reads: the software's
-    registration number, which the usage figures count messages and non-conformities by."""
-    try:
-        fields = header_fields(message)
-    except UnreadableHeader:
-        return None
-    for header in fields:
-        if header.key == "x-mss-nil":
-            return header.value.decode("latin-1").strip()
-    return None
 
 
 def _relayed_nil(nil: str | None, checked: RuleResult) -> str | None:

@@ -156,6 +156,7 @@ class RuleResult:
 
     violations: list[Violation] = field(default_factory=list)
     headers_to_add: list[tuple[str, str]] = field(default_factory=list)
+    nil: str | None = None  # the client's (first) X-MSS-NIL, if the header block reads
 
     @property
     def ok(self) -> bool:
@@ -188,6 +189,16 @@ def check_message(
     if default_nil is not None:
         _check_field("X-MSS-NIL", default_nil)
     result = RuleResult()
+    try:
+        fields = header_fields(raw)
+    except UnreadableHeader as bad:
+        unreadable: UnreadableHeader | None = bad
+        fields = []
+    else:
+        unreadable = None
+        result.nil = next(
+            (f.value.decode("latin-1").strip() for f in fields if f.key == "x-mss-nil"), None
+        )
     if len(raw) > max_size:
         result.violations.append(
             _violation(
@@ -198,9 +209,7 @@ def check_message(
             )
         )
         return result
-    try:
-        fields = header_fields(raw)
-    except UnreadableHeader as bad:
+    if (bad := unreadable) is not None:
         result.violations.append(
             _violation(
                 "5.6.0",

@@ -27,11 +27,18 @@ def unstuff(stuffed: bytes) -> bytes:
     return content[1:] if content.startswith(b".") else content
 
 
-def longest_line(stuffed: bytes) -> int:
-    """Octets of the longest line, its CRLF included (a last line without one counts as
-    is)."""
-    *ended, last = stuffed.split(CRLF)
-    return max(max(map(len, ended), default=-2) + 2, len(last))
+def has_line_over(stuffed: bytes, limit: int) -> bool:
+    """Whether a line is over `limit` octets, its CRLF included (a last line without one
+    counts as is). Read in windows of `limit` octets from each one's last CRLF backwards:
+    a few dozen steps over a letter, where splitting it made a list of every line."""
+    size = len(stuffed)
+    start = 0
+    while size - start > limit:
+        end = stuffed.rfind(CRLF, start, start + limit)
+        if end < 0:
+            return True
+        start = end + 2
+    return False
 
 
 def crlf_lines(message: bytes) -> bytes:

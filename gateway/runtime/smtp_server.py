@@ -46,7 +46,7 @@ from gateway.runtime.net import (
     Peer,
 )
 from gateway.runtime.proxy_listener import HEADER_TIMEOUT, ProxyProtocolListener
-from gateway.runtime.smtp_data import CRLF, DOT_LINE, longest_line, unstuff
+from gateway.runtime.smtp_data import CRLF, DOT_LINE, has_line_over, unstuff
 
 log = logging.getLogger(__name__)
 
@@ -420,7 +420,7 @@ class TokenSMTP(SMTP):
         if refusal is not None:
             return refusal
         stuffed = b"".join(pieces)
-        if size > self.line_length_limit and longest_line(stuffed) > self.line_length_limit:
+        if has_line_over(stuffed, self.line_length_limit):
             return LINE_TOO_LONG
         return unstuff(stuffed)
 

@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.runtime.asgi_server import bind_tcp
-from gateway.runtime.smtp_data import longest_line, stuff, unstuff
+from gateway.runtime.smtp_data import has_line_over, stuff, unstuff
 from gateway.runtime.smtp_server import SmtpServer, TokenSMTP
 from tests.support.smtp_raw import RawSmtp
 
@@ -75,11 +75,15 @@ def test_what_the_backend_gets_is_what_the_client_meant(message: bytes) -> None:
     assert unstuff(stuff(received)[:-3]) == meant
 
 
-@given(OCTETS)
-def test_longest_line(octets: bytes) -> None:
+@given(OCTETS | st.binary(), st.integers(0, 12))
+def test_has_line_over(octets: bytes, limit: int) -> None:
+    """Against the longest line as a split reads it (a last line without CRLF as is)."""
+    *ended, last = octets.split(b"\r\n")
+    longest = max([len(line) + 2 for line in ended] + [len(last)])
+    assert has_line_over(octets, limit) == (longest > limit)
     stuffed = client_data(octets)
-    expected = max(map(len, reference_lines(stuffed)), default=0)
-    assert longest_line(stuffed) == expected
+    longest = max(map(len, reference_lines(stuffed)), default=0)
+    assert has_line_over(stuffed, limit) == (longest > limit)
 
 
 def test_unstuff_edge_cases() -> None:

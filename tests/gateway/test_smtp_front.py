@@ -742,14 +742,15 @@ async def test_connections_beyond_the_cap_get_421(stack: Stack):
 @pytest.mark.parametrize("nil", ["NIL-7", "", None])
 def test_the_nil_counted_is_that_of_the_message_relayed(nil: str | None) -> None:
     """The usage figures' X-MSS-NIL, known without reading the relayed message again."""
-    from gateway.fronts.smtp import _nil, _relayed_nil
+    from gateway.fronts.smtp import _relayed_nil
     from gateway.mss import add_headers, add_sender, check_message
 
     head = f"From: {CLAIRE}\r\nTo: {LUC}\r\n" + (f"X-MSS-NIL: {nil}\r\n" if nil is not None else "")
     raw = (head + "Subject: s\r\n\r\nbody\r\n").encode()
     checked = check_message(raw, sender=CLAIRE, default_nil=" " + NIL)
+    assert checked.nil == (nil.strip() if nil is not None else None)
     relayed = add_sender(add_headers(raw, checked.headers_to_add), "Sec", JEAN)
-    assert _relayed_nil(_nil(raw), checked) == _nil(relayed)
+    assert _relayed_nil(checked.nil, checked) == check_message(relayed, sender=CLAIRE).nil
 
 
 async def test_a_backend_offering_chunking_gets_the_message_by_bdat(stack: Stack) -> None:
