@@ -191,8 +191,8 @@ def check_message(
     result = RuleResult()
     try:
         fields = header_fields(raw)
-    except UnreadableHeader as bad:
-        unreadable: UnreadableHeader | None = bad
+    except UnreadableHeader as error:
+        unreadable: UnreadableHeader | None = error
         fields = []
     else:
         unreadable = None
