@@ -150,9 +150,15 @@ class ScriptedBackend:
         data_reply: str | None = "250 2.0.0 Queued as FAKE1",
         auth_reply: str = "235 2.7.0 OK",
         chunking: bool = False,
+        pipelining: bool = False,
+        mail_reply: str = "250 2.1.0 OK",
     ) -> None:
         self.data_reply = data_reply
         self.chunking = chunking  # CHUNKING said in EHLO, BDAT taken (RFC 3030)
+        # PIPELINING said in EHLO, and MAIL answered only once the next command is read:
+        # a gateway waiting for that answer before it sends RCPT would wait forever.
+        self.pipelining = pipelining
+        self.mail_reply = mail_reply
         self.auth_reply = auth_reply
         self.commands: list[str] = []
         self.messages: list[bytes] = []
@@ -188,18 +194,28 @@ class ScriptedBackend:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.opened += 1
         writer.write(b"220 scripted ESMTP\r\n")
+        held: bytes = b""  # a MAIL's reply, said after the next command's
         try:
             while line := await reader.readline():
                 command = line.decode("utf-8", "replace").strip()
                 verb = command.split(" ", 1)[0].upper()
                 self.commands.append(command)
+                writer.write(held)
+                held = b""
                 if verb == "EHLO":
                     chunking = b"250-CHUNKING\r\n" if self.chunking else b""
+                    pipelining = b"250-PIPELINING\r\n" if self.pipelining else b""
                     writer.write(
                         b"250-scripted\r\n250-8BITMIME\r\n"
                         + chunking
+                        + pipelining
                         + b"250 AUTH PLAIN XOAUTH2\r\n"
                     )
+                elif verb == "MAIL" and self.pipelining:
+                    held = self.mail_reply.encode() + b"\r\n"
+                    continue
+                elif verb == "RCPT" and not self.mail_reply.startswith("250"):
+                    writer.write(b"503 5.5.1 Error: need MAIL command\r\n")
                 elif verb == "BDAT" and self.chunking:
                     size, *last = command.split()[1:]
                     self.messages.append(await reader.readexactly(int(size)))
@@ -634,6 +650,40 @@ async def test_backend_session_master_login_reuse_and_close(stack: Stack) -> Non
         "QUIT",
     ]  # no RSET: fresh
     assert backend.messages[0].startswith(f"Sender: Sophie BERNARD <{CLAIRE}>\r\n".encode())
+
+
+async def test_mail_goes_with_the_first_rcpt_to_a_pipelining_backend(stack: Stack) -> None:
+    """RFC 2920: the backend answers MAIL only after it read RCPT, and the message goes."""
+    backend = ScriptedBackend(pipelining=True)
+    async with scripted(stack, backend), client(stack, "dr-martin", CLAIRE) as smtp:
+        for to in (EVE, LUC):
+            errors, _ = await smtp.sendmail(CLAIRE, [to, JEAN], message(CLAIRE, to, subject()))
+            assert errors == {}
+        await smtp.rset()
+    verbs = [c.split(" ")[0].upper() for c in backend.commands]
+    assert verbs[2:] == ["MAIL", "RCPT", "RCPT", "DATA", "MAIL", "RCPT", "RCPT", "DATA", "QUIT"]
+    assert len(backend.messages) == 2  # the client's RSET, with no MAIL pending: not sent
+
+
+async def test_a_sender_the_backend_refuses_is_refused_at_rcpt(stack: Stack) -> None:
+    """A refusal of MAIL sent with RCPT is the answer to that RCPT and every later one of
+    the transaction; nothing is sent, and the next transaction starts afresh."""
+    backend = ScriptedBackend(pipelining=True, mail_reply="550 5.7.1 Expediteur refuse")
+    async with scripted(stack, backend), client(stack, "dr-martin", CLAIRE) as smtp:
+        await smtp.mail(CLAIRE)  # the gateway's own check: 250
+        for to in (EVE, LUC):
+            with pytest.raises(aiosmtplib.SMTPRecipientRefused) as refused:
+                await smtp.rcpt(to)
+            assert (refused.value.code, refused.value.message) == (550, "5.7.1 Expediteur refuse")
+        reply = await smtp.execute_command(b"DATA")
+        assert reply.code == 503, reply
+        await smtp.rset()
+        backend.mail_reply = "250 2.1.0 OK"
+        errors, _ = await smtp.sendmail(CLAIRE, [EVE], message(CLAIRE, EVE, subject()))
+        assert errors == {}
+    assert len(backend.messages) == 1
+    verbs = [c.split(" ")[0].upper() for c in backend.commands]
+    assert verbs[2:] == ["MAIL", "RCPT", "MAIL", "RCPT", "DATA", "QUIT"]  # one RCPT per MAIL
 
 
 async def test_sender_names_the_delegates_own_bal_when_they_hold_one(stack: Stack) -> None:
