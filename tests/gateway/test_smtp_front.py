@@ -152,6 +152,7 @@ class ScriptedBackend:
         chunking: bool = False,
         pipelining: bool = False,
         mail_reply: str = "250 2.1.0 OK",
+        hang_up_after_data: bool = False,
     ) -> None:
         self.data_reply = data_reply
         self.chunking = chunking  # CHUNKING said in EHLO, BDAT taken (RFC 3030)
@@ -159,6 +160,7 @@ class ScriptedBackend:
         # a gateway waiting for that answer before it sends RCPT would wait forever.
         self.pipelining = pipelining
         self.mail_reply = mail_reply
+        self.hang_up_after_data = hang_up_after_data  # a server restarted between messages
         self.auth_reply = auth_reply
         self.commands: list[str] = []
         self.messages: list[bytes] = []
@@ -237,6 +239,9 @@ class ScriptedBackend:
                         await reader.read()  # never answer: wait for the gateway to hang up
                         return
                     writer.write(self.data_reply.encode() + b"\r\n")
+                    if self.hang_up_after_data:
+                        await writer.drain()
+                        return
                 elif verb == "QUIT":
                     writer.write(b"221 2.0.0 Bye\r\n")
                     await writer.drain()
@@ -663,6 +668,19 @@ async def test_mail_goes_with_the_first_rcpt_to_a_pipelining_backend(stack: Stac
     verbs = [c.split(" ")[0].upper() for c in backend.commands]
     assert verbs[2:] == ["MAIL", "RCPT", "RCPT", "DATA", "MAIL", "RCPT", "RCPT", "DATA", "QUIT"]
     assert len(backend.messages) == 2  # the client's RSET, with no MAIL pending: not sent
+
+
+async def test_a_backend_that_hung_up_between_messages_is_reconnected(stack: Stack) -> None:
+    """The second message, a moment after the first (no RSET to prove the session), goes
+    on a new backend session: the first one's EOF says it is over."""
+    backend = ScriptedBackend(pipelining=True, hang_up_after_data=True)
+    async with scripted(stack, backend), client(stack, "dr-martin", CLAIRE) as smtp:
+        await smtp.sendmail(CLAIRE, [EVE], message(CLAIRE, EVE, subject()))
+        await until(lambda: backend.closed == 1, "the backend hung up")
+        errors, _ = await smtp.sendmail(CLAIRE, [LUC], message(CLAIRE, LUC, subject()))
+        assert errors == {}
+    assert backend.opened == 2
+    assert len(backend.messages) == 2
 
 
 async def test_a_sender_the_backend_refuses_is_refused_at_rcpt(stack: Stack) -> None:

@@ -20,6 +20,7 @@ from gateway.backends.imap_smtp.smtp_wire import (
     ReplyReader,
     extensions,
 )
+from tests.support.waiting import until
 
 
 def read(*lines: bytes) -> list[Reply]:
@@ -154,3 +155,12 @@ async def test_no_reply_within_the_timeout() -> None:
             await client.exchange([b"NOOP"])
         assert lost.value.kind == "timeout"
         assert not client.connected
+
+
+async def test_a_server_that_hung_up_is_not_connected() -> None:
+    async with serve(b"221 bye\r\n", hang_up=True) as port:
+        client = await connect(port)
+        (reply,) = await client.exchange([b"QUIT"])
+        assert reply.code == 221
+        await until(lambda: not client.connected, "the server's EOF seen")
+        client.abort()

@@ -119,7 +119,10 @@ class SmtpClient:
 
     @property
     def connected(self) -> bool:
-        return not self._writer.is_closing()
+        """Open both ways: the server has not hung up (an EOF read leaves a plain TCP
+        transport open for writing)."""
+        reader = self._reader
+        return not (self._writer.is_closing() or reader.at_eof() or reader.exception())
 
     async def exchange(self, commands: Sequence[bytes], *, then: bytes = b"") -> list[Reply]:
         """Write `commands` (each without its CRLF) and `then` (octets sent as they are:
