@@ -27,11 +27,13 @@ _SHOWN = 60
 @dataclass(frozen=True)
 class HeaderField:
     """One field of the header block: its name as written, its unfolded value (bytes, as
-    the message carries them) and the line it starts on (1 = the first)."""
+    the message carries them), the line it starts on (1 = the first), and its value as
+    written (`source`: folds and their line ends kept, as compat32 keeps them)."""
 
     name: str
     value: bytes
     line: int
+    source: bytes = b""
 
     @property
     def key(self) -> str:
@@ -67,22 +69,45 @@ def header_fields(raw: bytes) -> list[HeaderField]:
     if len(block) > MAX_HEADER_BYTES:
         raise UnreadableHeader(0, b"", f"header block over {MAX_HEADER_BYTES} bytes")
     found: list[tuple[str, int, list[bytes]]] = []
-    for number, line in enumerate(block.splitlines(keepends=True), start=1):
-        content = _content(line, eol, number)
+    if _plain(block, eol):  # every line passes `_content`: split on the line end alone
+        lines = block.split(eol)
+        contents = lines[:-1] if not lines[-1] else lines
+    else:
+        contents = [
+            _content(line, eol, number)
+            for number, line in enumerate(block.splitlines(keepends=True), start=1)
+        ]
+    for number, content in enumerate(contents, start=1):
         if content[:1] in (b" ", b"\t"):
             if not found:
-                raise UnreadableHeader(number, line, "continuation line without a field")
+                raise UnreadableHeader(number, content, "continuation line without a field")
             if not content.strip(b" \t"):
-                raise UnreadableHeader(number, line, "white-space-only line in the header")
+                raise UnreadableHeader(number, content, "white-space-only line in the header")
             found[-1][2].append(content)
             continue
         match = _FIELD.match(content)
         if match is None:
-            raise UnreadableHeader(number, line, _why_not_a_field(content))
+            raise UnreadableHeader(number, content, _why_not_a_field(content))
         if len(found) >= MAX_FIELDS:
-            raise UnreadableHeader(number, line, f"more than {MAX_FIELDS} header fields")
+            raise UnreadableHeader(number, content, f"more than {MAX_FIELDS} header fields")
         found.append((match.group(1).decode("ascii"), number, [content[match.end() :]]))
-    return [HeaderField(name, b"".join(parts), number) for name, number, parts in found]
+    return [
+        HeaderField(name, b"".join(parts), number, eol.join(parts)) for name, number, parts in found
+    ]
+
+
+_IN_LINE_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # not HTAB, CR, LF
+
+
+def _plain(block: bytes, eol: bytes) -> bool:
+    """Whether no line of `block` can fail `_content`: ASCII (no line-breaking character
+    of another charset), no control but HTAB, every CR and LF in a line end `eol`."""
+    if not block.isascii() or _IN_LINE_CONTROL.search(block):
+        return False
+    if eol == b"\n":
+        return b"\r" not in block
+    ends = block.count(eol)
+    return block.count(b"\r") == ends and block.count(b"\n") == ends
 
 
 def header_block(raw: bytes) -> bytes:

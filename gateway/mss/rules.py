@@ -52,7 +52,7 @@ from email.policy import default as default_policy
 from email.utils import collapse_rfc2231_value, formataddr, getaddresses
 from typing import Literal
 
-from gateway.mss.headers import HeaderField, UnreadableHeader, header_block, header_fields
+from gateway.mss.headers import HeaderField, UnreadableHeader, header_fields
 from gateway.mss.xdm import DEFAULT_LIMITS, XdmContent, XdmError, XdmLimits, read_xdm
 
 MIB = 1024 * 1024
@@ -220,7 +220,7 @@ def check_message(
         )
         return result
     try:
-        message = _parse(raw)
+        message = _parse(raw, fields)
     except Exception:  # RecursionError on absurd nesting, and whatever else: refuse
         result.violations.append(
             _violation("5.6.0", "message-unparsable", "Message illisible", "unparsable message")
@@ -233,14 +233,26 @@ def check_message(
     return result
 
 
-def _parse(raw: bytes) -> Message:
+def _parse(raw: bytes, fields: Sequence[HeaderField]) -> Message:
     """The message as compat32 parses it, its body parsed only when a rule may look inside:
     a multipart or message/* body (attachments, an IHE_XDM.ZIP among them), or a single
     part that is itself an IHE_XDM.ZIP. Any other body (a 50 KiB letter) is one opaque
-    part that no rule reads, and its headers parse the same alone."""
-    head = email.parser.BytesParser(policy=compat32).parsebytes(header_block(raw))
+    part that no rule reads, and its headers are `head_message`'s."""
+    head = head_message(fields)
     if head.get_content_maintype() in ("multipart", "message") or _is_xdm(head):
         return email.message_from_bytes(raw, policy=compat32)
+    return head
+
+
+def head_message(fields: Sequence[HeaderField]) -> Message:
+    """The header block `header_fields` read, as compat32's parser makes it of the block
+    alone (the same fields and values; the parser is not run again: every line passed
+    `header_fields`, so it would read each of them as one field or a fold of one)."""
+    head = Message(policy=compat32)
+    for field_ in fields:
+        value = field_.source.lstrip(b" \t").decode("ascii", "surrogateescape")
+        head.set_raw(field_.name, value.rstrip("\r\n"))
+    head.set_payload("")
     return head
 
 

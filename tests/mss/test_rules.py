@@ -666,6 +666,8 @@ def test_a_single_part_ihe_xdm_is_read() -> None:
 def test_the_verdict_is_that_of_a_full_parse(raw: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
     """Whether the body was parsed or not, every rule says the same."""
     quick = check(raw, recipients=[PATIENT])
-    monkeypatch.setattr(rules, "_parse", lambda raw: email.message_from_bytes(raw, policy=compat32))
+    monkeypatch.setattr(
+        rules, "_parse", lambda raw, fields: email.message_from_bytes(raw, policy=compat32)
+    )
     full = check(raw, recipients=[PATIENT])
     assert quick == full
