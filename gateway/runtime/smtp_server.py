@@ -49,6 +49,7 @@ from gateway.runtime.proxy_listener import HEADER_TIMEOUT, ProxyProtocolListener
 from gateway.runtime.smtp_data import CRLF, DOT_LINE, has_line_over, unstuff
 
 log = logging.getLogger(__name__)
+_transcript = logging.getLogger("mail.log")  # aiosmtpd's
 
 MAX_MESSAGE_SIZE = 25 * 1024 * 1024  # Mon Espace Santé's limit; an operator's choice
 AUTH_LINE_LIMIT = 24 * 1024  # base64 of a 16 KiB SASL response, plus the command
@@ -247,6 +248,8 @@ class TokenSMTP(SMTP):
         ):
             said = status if isinstance(status, bytes) else status.encode(self._reply_encoding)
             transport.write(said + CRLF)
+            if _transcript.isEnabledFor(logging.DEBUG):  # as aiosmtpd's push says it
+                _transcript.debug("%r << %r", self.peer, said)
         else:
             await self._push_waiting(status)
         if self._farewell is not None and not self.in_transaction:
