@@ -27,6 +27,7 @@ from gateway.settings import BackendSettings, Settings
 from tests.mss.builders import letter, seeded_letter, variant
 from tests.support.net import closed_port
 from tests.support.sasl import xoauth2_b64
+from tests.support.smtp_raw import backend_settings
 from tests.support.stacks import Stack, gateway_settings
 from tests.support.waiting import until
 
@@ -180,18 +181,7 @@ class ScriptedBackend:
             await self._server.wait_closed()
 
     def backend(self, port: int, **extra: Any) -> dict[str, Any]:
-        values: dict[str, Any] = {
-            "smtp_host": "127.0.0.1",
-            "smtp_port": port,
-            "smtp_tls": "none",
-            "login": "master",
-            "master_user": "lps-gateway",
-            "master_password": "s3cret-master",
-            "connect_timeout": 2,
-            "reply_timeout": 1,
-        }
-        values.update(extra)
-        return values
+        return backend_settings(port, **extra)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.opened += 1

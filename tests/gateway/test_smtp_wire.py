@@ -3,9 +3,7 @@ over a real socket: several commands in one write, their replies in order."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager as AsyncContextManager
 
 import pytest
 from hypothesis import given
@@ -20,6 +18,7 @@ from gateway.backends.imap_smtp.smtp_wire import (
     ReplyReader,
     extensions,
 )
+from tests.support.smtp_raw import scripted_server
 from tests.support.waiting import until
 
 
@@ -86,27 +85,11 @@ def test_extensions_of_an_ehlo_reply() -> None:
 # -- the client, over a socket -------------------------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def serve(script: bytes, *, hang_up: bool = False) -> AsyncIterator[int]:
-    """A server that greets, answers EHLO, then writes `script` whatever it is sent (and
-    hangs up then, with `hang_up`)."""
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"220 test ESMTP\r\n")
-        await reader.readline()
-        writer.write(b"250-test\r\n250 PIPELINING\r\n")
-        await reader.readline()
-        writer.write(script)
-        await writer.drain()
-        if not hang_up:
-            await reader.read()
-        writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
+def serve(script: bytes, *, hang_up: bool = False) -> AsyncContextManager[int]:
+    """A server that greets, answers EHLO (PIPELINING), then writes `script` whatever it
+    is sent (and hangs up then, with `hang_up`)."""
+    greeting = [b"220 test ESMTP\r\n", b"250-test\r\n250 PIPELINING\r\n"]
+    return scripted_server([*greeting, script], hang_up=hang_up)
 
 
 async def connect(port: int, reply_timeout: float = 10) -> SmtpClient:

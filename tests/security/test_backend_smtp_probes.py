@@ -4,9 +4,7 @@ or pass on more than one line of their text."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager as AsyncContextManager
 
 import pytest
 
@@ -14,55 +12,24 @@ from gateway.backends.errors import BackendRefused, BackendUnavailable
 from gateway.backends.imap_smtp.smtp_wire import MAX_LINE, MAX_LINES
 from gateway.backends.imap_smtp.submission import SmtpSubmission
 from gateway.settings import BackendSettings
+from tests.support.smtp_raw import backend_settings, scripted_server
 
 BAL = "claire.martin@medecin.mssante.fr"
 
 
-@contextlib.asynccontextmanager
-async def hostile(
+def hostile(
     after_auth: bytes, *, pipelining: bool = True, hang_up: bool = False
-) -> AsyncIterator[int]:
+) -> AsyncContextManager[int]:
     """A server that logs the gateway in, then answers its first command with
     `after_auth`, then waits for the gateway to hang up (or hangs up itself)."""
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"220 hostile ESMTP\r\n")
-        await reader.readline()
-        writer.write(
-            b"250-hostile\r\n"
-            + (b"250-PIPELINING\r\n" if pipelining else b"")
-            + b"250 AUTH PLAIN\r\n"
-        )
-        await reader.readline()
-        writer.write(b"235 ok\r\n")
-        await reader.readline()
-        writer.write(after_auth)
-        with contextlib.suppress(ConnectionError):
-            await writer.drain()
-            if not hang_up:
-                await reader.read()
-        writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
+    pipelines = b"250-PIPELINING\r\n" if pipelining else b""
+    ehlo = b"250-hostile\r\n" + pipelines + b"250 AUTH PLAIN\r\n"
+    script = [b"220 hostile ESMTP\r\n", ehlo, b"235 ok\r\n", after_auth]
+    return scripted_server(script, hang_up=hang_up)
 
 
 def submission(port: int) -> SmtpSubmission:
-    settings = BackendSettings.model_validate(
-        {
-            "smtp_host": "127.0.0.1",
-            "smtp_port": port,
-            "smtp_tls": "none",
-            "login": "master",
-            "master_user": "lps-gateway",
-            "master_password": "s3cret-master",
-            "connect_timeout": 5,
-            "reply_timeout": 5,
-        }
-    )
+    settings = BackendSettings.model_validate(backend_settings(port, reply_timeout=5))
     return SmtpSubmission("modern", settings, BAL, None)
 
 

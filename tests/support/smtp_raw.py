@@ -4,6 +4,9 @@ included), for tests that watch a server between and within transactions."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
 
 TIMEOUT = 30.0
 
@@ -29,3 +32,42 @@ class RawSmtp:
         self.writer.write(line + b"\r\n")
         answer = await self.reply()
         assert answer.startswith(expect), answer
+
+
+@contextlib.asynccontextmanager
+async def scripted_server(replies: list[bytes], *, hang_up: bool = False) -> AsyncIterator[int]:
+    """A raw SMTP server on an ephemeral port: it writes `replies[0]` on connecting, and each
+    following one after reading a line; then it waits for the client to hang up (or hangs
+    up itself, with `hang_up`)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            writer.write(replies[0])
+            for reply in replies[1:]:
+                await reader.readline()
+                writer.write(reply)
+            await writer.drain()
+            if not hang_up:
+                await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+def backend_settings(port: int, **extra: Any) -> dict[str, Any]:
+    """A plaintext submission backend on `port`, the gateway logging in as its master."""
+    return {
+        "smtp_host": "127.0.0.1",
+        "smtp_port": port,
+        "smtp_tls": "none",
+        "login": "master",
+        "master_user": "lps-gateway",
+        "master_password": "s3cret-master",
+        "connect_timeout": 2,
+        "reply_timeout": 1,
+        **extra,
+    }
