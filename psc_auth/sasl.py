@@ -23,6 +23,7 @@ MAX_FIELD_LENGTH = 1024  # user names, authzid, host: far below any token
 
 # RFC 6750 b64token: what a bearer token may look like.
 _B64TOKEN = re.compile(rb"[A-Za-z0-9\-._~+/]+=*")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1
 _KEY = re.compile(rb"[A-Za-z]+")
 
 
@@ -204,7 +205,7 @@ def _field(raw: bytes, name: str) -> str:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise SaslError(f"{name} is not UTF-8") from None
-    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in text):
+    if _CONTROL.search(text):
         raise SaslError(f"{name} has control characters")
     return text
 

@@ -23,7 +23,7 @@ import asyncio
 import datetime as dt
 import hashlib
 from collections.abc import Awaitable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from gateway.imap.mailstore import MailStore, SpecialUse
@@ -54,22 +54,28 @@ class Upstream:
     # handed on to a warm pool (`gateway.fronts.imap.warm`) under another `Upstream`: this
     # one's `close` no longer closes the connection
     handed_on: bool = False
+    # closed (or cut) already: the relay closes it as it ends, the grant's `on_close` then
+    # has nothing left to do (a copy made with `dataclasses.replace` starts open)
+    _closed: bool = field(default=False, init=False, repr=False, compare=False)
 
     async def close(self) -> None:
         """Close, and cut the connection if the close has not ended within `CLOSE_GRACE`
         (bytes the backend does not read, a TLS close it does not answer): a backend
         connection must not outlive its session, since the backend counts it (Dovecot's
         ``mail_max_userip_connections``)."""
-        if self.handed_on:
+        if self.handed_on or self._closed:
             return
         writer = self.writer
         try:
             writer.close()
-            await asyncio.wait_for(writer.wait_closed(), CLOSE_GRACE)
+            async with asyncio.timeout(CLOSE_GRACE):  # not wait_for: no task per close
+                await writer.wait_closed()
         except BaseException as exc:
             writer.transport.abort()
             if isinstance(exc, asyncio.CancelledError):
                 raise
+        finally:
+            self._closed = True
 
 
 @dataclass(frozen=True, slots=True)

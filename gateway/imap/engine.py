@@ -20,7 +20,7 @@ import logging
 import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 from gateway.imap import commands as c
 from gateway.imap import fetch, mailboxes, selected
@@ -109,6 +109,21 @@ class CertificateChannel(Protocol):
         ...
 
 
+_CONFORMING: set[tuple[type, type]] = set()
+
+
+def _conforms(value: object, protocol: type) -> bool:
+    """`isinstance(value, protocol)` for a runtime-checkable protocol, the check (slow,
+    member by member) made once per class that passes it: a greeting asks twice."""
+    key = (type(value), protocol)
+    if key in _CONFORMING:
+        return True
+    if isinstance(value, protocol):
+        _CONFORMING.add(key)
+        return True
+    return False
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """What the sessions of one server share: names, timeouts, the change hub's version
@@ -177,13 +192,13 @@ class ImapSession:
         """EXTERNAL only where it can succeed: the authenticator takes certificates and
         the client presented one (RFC 4422 appendix A)."""
         return (
-            isinstance(self.authenticator, ExternalAuthenticator)
+            _conforms(self.authenticator, ExternalAuthenticator)
             and self._client_certificate() is not None
         )
 
     def _client_certificate(self) -> bytes | None:
-        if isinstance(self.channel, CertificateChannel):
-            return self.channel.peer_certificate()
+        if _conforms(self.channel, CertificateChannel):
+            return cast(CertificateChannel, self.channel).peer_certificate()
         return None
 
     def _plaintext_refused(self) -> bool:
@@ -329,7 +344,7 @@ class ImapSession:
     async def _authenticate(self, command: c.Authenticate) -> None:
         """AUTHENTICATE, the initial response inline (SASL-IR) or after an empty ``+``."""
         mechanism = command.mechanism.upper()
-        external = mechanism == "EXTERNAL" and isinstance(self.authenticator, ExternalAuthenticator)
+        external = mechanism == "EXTERNAL" and _conforms(self.authenticator, ExternalAuthenticator)
         if mechanism not in MECHANISMS and not external:
             await self.reply(command.tag, "NO", "unsupported mechanism", Code.CANNOT)
             return
@@ -376,7 +391,10 @@ class ImapSession:
     ) -> None:
         """Ask the authenticator; the grant it returns makes the session authenticated."""
         try:
-            connection = dataclasses.replace(self.connection, software=self.client_software())
+            connection = self.connection
+            software = self.client_software()
+            if software != connection.software:
+                connection = dataclasses.replace(connection, software=software)
             if isinstance(credentials, ExternalCredentials):
                 assert isinstance(self.authenticator, ExternalAuthenticator)
                 grant = await self.authenticator.authenticate_external(credentials, connection)

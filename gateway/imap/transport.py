@@ -70,9 +70,11 @@ class ServerConfig:
     proxy_protocol_timeout: float = HEADER_TIMEOUT
 
 
+@functools.lru_cache(maxsize=16)
 def preauth_limits(limits: Limits) -> Limits:
     """`limits` with literals capped at PREAUTH_LITERAL_LIMIT: before login a client can
-    make the server hold at most that much literal data, LITERAL+ included."""
+    make the server hold at most that much literal data, LITERAL+ included. Made once per
+    server's limits, not per connection (the copy and its checks were a greeting's cost)."""
     return dataclasses.replace(
         limits,
         max_literal_size=min(limits.max_literal_size, PREAUTH_LITERAL_LIMIT),

@@ -112,8 +112,9 @@ class ProxyAuthenticator:
             except AuthFailed:
                 self.metrics.logins.labels("imap", "limit").inc()
                 raise
+        closing = _Closing(sessions, grant.actor)
         try:
-            opened = await self._open(grant, connection)
+            opened = await self._open(grant, connection, closing)
         except BaseException as failure:
             if sessions is not None:
                 sessions.release(grant.actor)
@@ -129,12 +130,11 @@ class ProxyAuthenticator:
                 sessions.release(grant.actor)
             await asyncio.shield(_discard(opened))
             raise
-        if sessions is None:
-            return opened
-        on_close = _released(sessions, grant.actor, opened.on_close)
-        return dataclasses.replace(opened, on_close=on_close)
+        return opened
 
-    async def _open(self, grant: FrontGrant, connection: ConnectionInfo) -> FrontGrant:
+    async def _open(
+        self, grant: FrontGrant, connection: ConnectionInfo, closing: _Closing
+    ) -> FrontGrant:
         route = grant.route
         key = self.warm.key(grant, connection) if self.warm is not None else None
         if key is not None and self.warm is not None:
@@ -142,7 +142,7 @@ class ProxyAuthenticator:
             held = gate.held if gate is not None else _never
             warm = await self.warm.take(key, held)
             if warm is not None:
-                return await self._relayed(grant, warm, key)
+                return await self._relayed(grant, warm, key, closing)
         try:
             opened = await route.backend.open_imap(grant.mailbox, grant.token, client=connection)
         except BackendTokenOnly as exc:
@@ -160,12 +160,12 @@ class ProxyAuthenticator:
             text = MISCONFIGURED if exc.kind == "misconfigured" else UNAVAILABLE
             raise AuthFailed("unavailable", text) from None
         if isinstance(opened, Upstream):
-            return await self._relayed(grant, opened, key)
+            return await self._relayed(grant, opened, key, closing)
         self.metrics.logins.labels("imap", "ok").inc()
-        return self._served(grant, opened, connection)
+        return self._served(grant, opened, connection, closing)
 
     async def _relayed(
-        self, grant: FrontGrant, upstream: Upstream, key: WarmKey | None
+        self, grant: FrontGrant, upstream: Upstream, key: WarmKey | None, closing: _Closing
     ) -> ProxyGrant:
         if "LITERAL+" not in upstream.capabilities:
             await upstream.close()
@@ -176,12 +176,13 @@ class ProxyAuthenticator:
         self.metrics.logins.labels("imap", "ok").inc()
         values = {f.name: getattr(grant, f.name) for f in dataclasses.fields(grant)}
         values.update(
-            capabilities=carried_capabilities(upstream.capabilities), on_close=upstream.close
+            capabilities=carried_capabilities(upstream.capabilities),
+            on_close=closing.then(upstream.close),
         )
         return ProxyGrant(**values, upstream=upstream, warm_key=key)
 
     def _served(
-        self, grant: FrontGrant, store: MailStore, connection: ConnectionInfo
+        self, grant: FrontGrant, store: MailStore, connection: ConnectionInfo, closing: _Closing
     ) -> FrontGrant:
         """A store the engine serves: every command audited like the relay's."""
         audit = self.front.audit
@@ -216,6 +217,7 @@ class ProxyAuthenticator:
             capabilities=None,
             on_refused=refused,
             on_selected=command_done,
+            on_close=closing.then(grant.on_close),
         )
 
 
@@ -238,14 +240,27 @@ async def close_store(store: MailStore | None) -> None:
         await closer()
 
 
-def _released(
-    sessions: SlotCounter, actor: str, then: Callable[[], Awaitable[None]] | None
-) -> Callable[[], Awaitable[None]]:
-    """An `on_close` that gives the person's session slot back, then does `then`."""
+@dataclass(frozen=True, slots=True)
+class _Closing:
+    """What an opened session's `on_close` does first: give the person's session slot
+    back (`sessions` None: no cap). Given to the grant as it is built, so that a login
+    makes its grant once rather than again to add this."""
 
-    async def close() -> None:
-        sessions.release(actor)
-        if then is not None:
-            await then()
+    sessions: SlotCounter | None
+    actor: str
 
-    return close
+    def then(
+        self, then: Callable[[], Awaitable[None]] | None
+    ) -> Callable[[], Awaitable[None]] | None:
+        """The `on_close` that releases the slot, then does `then`."""
+        sessions = self.sessions
+        if sessions is None:
+            return then
+        actor = self.actor
+
+        async def close() -> None:
+            sessions.release(actor)
+            if then is not None:
+                await then()
+
+        return close
