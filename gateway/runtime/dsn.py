@@ -201,6 +201,9 @@ def _address_end(arg: str, keyword: str) -> int | None:
     while index < len(arg) and arg[index] in " \t":
         index += 1
     bracketed = arg[index : index + 1] == "<"
+    if bracketed and '"' not in arg and "\\" not in arg:  # nothing to skip: the first ">"
+        close = arg.find(">", index)
+        return close + 1 if close >= 0 else len(arg)
     quoted = False
     while index < len(arg):
         char = arg[index]

@@ -14,6 +14,7 @@ from gateway.runtime.dsn import (
     MailDsn,
     Notify,
     RecipientDsn,
+    _address_end,
     mail_parameters,
     rcpt_parameters,
     xtext_decode,
@@ -195,3 +196,23 @@ def test_any_argument_parses_or_is_refused(arg: str) -> None:
         except DsnSyntaxError as refused:
             outcome = refused.reply
         assert outcome.startswith("501 5.5.4 ") or len(outcome) <= len(arg)
+
+
+def _address_end_char_by_char(arg: str, keyword: str) -> int | None:
+    """The reading `_address_end` shortens when nothing is quoted or escaped."""
+    if arg[: len(keyword)].upper() != keyword:
+        return None
+    index = len(keyword)
+    while index < len(arg) and arg[index] in " \t":
+        index += 1
+    bracketed = arg[index : index + 1] == "<"
+    while index < len(arg):
+        if arg[index] == ">" if bracketed else arg[index] in " \t":
+            return index + 1 if bracketed else index
+        index += 1
+    return len(arg)
+
+
+@given(st.text(alphabet="FROMfrom:<>@ab. \t=SIZE", max_size=30))
+def test_an_address_end_without_quotes_is_the_first_closing_mark(arg: str) -> None:
+    assert _address_end(arg, "FROM:") == _address_end_char_by_char(arg, "FROM:")
