@@ -14,6 +14,7 @@ import datetime as dt
 import functools
 import logging
 import re
+import socket
 import ssl
 from collections.abc import Callable, Mapping
 
@@ -30,6 +31,8 @@ from gateway.fronts.imap.rights import (
     changes_mailbox,
     required_right,
 )
+from gateway.fronts.imap.splice import AVAILABLE as SPLICE_AVAILABLE
+from gateway.fronts.imap.splice import SPLICE_MIN, Splice, SplicePipe, plain_socket
 from gateway.imap import commands as c
 from gateway.imap.codes import Code
 from gateway.imap.engine import ImapSession
@@ -115,6 +118,10 @@ class Relay:
         self._at_boundary = asyncio.Event()
         self._at_boundary.set()
         self._pump: BackendPump | None = None
+        # both sockets when neither side speaks TLS: big literals then go by splice(2)
+        self._splice_pair: tuple[socket.socket, socket.socket] | None = None
+        self._splice_due = False  # the pump paused at a big literal for the task to splice
+        self._pipe: SplicePipe | None = None  # while a response's big literals are spliced
         self._idle_tag: str | None = None
         self._idle_answered = asyncio.Event()
         self._idle_accepted = False
@@ -275,20 +282,28 @@ class Relay:
     async def _from_backend(self) -> str | None:
         """Relay the backend's bytes (from the pump's callback, `_forward`); this task only
         waits: for the client to read when it lags (backpressure: the backend is not read
-        meanwhile), for the backend when a reply is overdue, for the end."""
+        meanwhile), for a big literal to be spliced, for the backend when a reply is
+        overdue, for the end."""
         transport = self.channel.writer.transport
         transport.set_write_buffer_limits(high=CLIENT_HIGH_WATER)
         pump = self._pump = BackendPump(self.up.reader, self.up.writer, self._forward)
+        self._splice_pair = self._plain_pair(pump)
         timeout = self.up.reply_timeout
         try:
+            self._lagging = self._loop.create_future()  # before start: it may pause already
             pump.start(self.up.leftover)
             while not pump.done.done():
-                self._lagging = self._loop.create_future()
                 await asyncio.wait(
                     (pump.done, self._lagging), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
                 )
                 if self._lagging.done():
                     await self.channel.drain()  # a client that does not read ends here
+                    if self._splice_due:
+                        self._splice_due = False
+                        ending = await self._splice(pump)
+                        if ending is not None:
+                            return ending or None
+                    self._lagging = self._loop.create_future()
                     pump.resume()
                 elif not pump.done.done() and self._overdue(timeout):
                     self._backend_error("timeout")
@@ -302,12 +317,85 @@ class Relay:
             self._backend_error("protocol")
             log.warning("imap.backend_framing", extra={"error": str(exc)})
             return "mailbox server sent invalid data"
+        except WriteTimeout:
+            raise  # the client's fault, not the backend's: the session is cut
         except (ConnectionError, ssl.SSLError):
             self._backend_error("died")
             return "connection to the mailbox server lost"
         finally:
             pump.stop()
+            self._close_pipe()
             self._end_response()
+
+    def _close_pipe(self) -> None:
+        if self._pipe is not None:
+            self._pipe.close()
+            self._pipe = None
+
+    def _plain_pair(self, pump: BackendPump) -> tuple[socket.socket, socket.socket] | None:
+        """(backend, client) sockets when both carry plaintext: TLS on either side keeps
+        the buffered path (the bytes on the socket are not the literal's)."""
+        if not SPLICE_AVAILABLE:
+            return None
+        backend = pump.plain_socket
+        client = plain_socket(self.channel.writer.transport)
+        if backend is None or client is None:
+            return None
+        return backend, client
+
+    async def _splice(self, pump: BackendPump) -> str | None:
+        """Move the rest of the current literal from the backend's socket to the client's
+        by splice(2), the pump paused meanwhile. None to go on with the pump; a BYE text
+        ("" for none) to end the session. `WriteTimeout` if the client stops reading."""
+        transport = self.channel.writer.transport
+        if self._splice_pair is None or self._kicked is not None or transport.is_closing():
+            return None
+        if transport.get_write_buffer_size():
+            # what asyncio still holds for the client goes first: wait for it to be sent
+            transport.set_write_buffer_limits(high=0)
+            try:
+                await self.channel.drain()
+            finally:
+                transport.set_write_buffer_limits(high=CLIENT_HIGH_WATER)
+        if self._pipe is None:
+            self._pipe = SplicePipe(*self._splice_pair)
+            if not self._pipe.open():
+                self._pipe = None
+                self._splice_pair = None  # no pipe to be had: the buffered path
+                return None
+        pipe = self._pipe
+
+        def read(left: int) -> None:
+            self._backend_seen = self._loop.time()
+            pump.expect(left, pipe.capacity)  # woken for a full pipe's worth, not per segment
+
+        splice = Splice(pipe, self.framer.literal_left, read, self.channel.write_timeout)
+        try:
+            if not splice.start():
+                self._splice_pair = None  # this kernel or these sockets refuse: never again
+                return None
+            while not splice.done.done():
+                await asyncio.wait((splice.done,), timeout=self.up.reply_timeout)
+                if splice.done.done():
+                    break
+                if pipe.unread():
+                    self._backend_seen = self._loop.time()  # sending, below the low-water mark
+                elif self._overdue(self.up.reply_timeout):
+                    self._backend_error("timeout")
+                    return "mailbox server not responding"
+            if splice.deaf:
+                raise WriteTimeout("client does not read")
+        finally:
+            splice.close()
+            if splice.held or self._splice_pair is None:
+                self._close_pipe()  # what it holds goes nowhere: the session ends
+            self.framer.passed(splice.taken)
+            self._to_client.inc(splice.moved)
+            pump.spliced()
+        if splice.target_error is not None:
+            transport.abort()  # the client is gone, as a failed write would have found
+            return ""
+        return None
 
     def _overdue(self, timeout: float) -> bool:
         waiting = [at for tag, at in self._sent_at.items() if tag != self._idle_tag]
@@ -358,8 +446,18 @@ class Relay:
             if unsent > CLIENT_HIGH_WATER and not self._lagging.done():
                 self._pump.pause()
                 self._lagging.set_result(None)
+        if (
+            self._splice_pair is not None
+            and self.framer.literal_left >= SPLICE_MIN
+            and self._pump is not None
+            and not self._lagging.done()
+        ):
+            self._pump.pause()  # the task splices the rest, socket to socket
+            self._splice_due = True
+            self._lagging.set_result(None)
         if self.framer.at_boundary:
             self._end_response()
+            self._close_pipe()  # between responses a session holds no pipe
         if self._leaving is not None and self._at_rest():
             self.kick(self._leaving, Code.UNAVAILABLE)  # the last reply is out
 
