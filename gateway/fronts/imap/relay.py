@@ -81,6 +81,10 @@ def _capability_answers(capabilities: tuple[str, ...]) -> tuple[bytes, bytes]:
     return f"* CAPABILITY {names}\r\n".encode(), f"[{Code.CAPABILITY} {names}]".encode()
 
 
+class _ClientGone(ConnectionError):
+    """A splice found the client's connection gone."""
+
+
 class Relay:
     """One logged-in client connection carried to its backend connection."""
 
@@ -122,6 +126,8 @@ class Relay:
         self._splice_pair: tuple[socket.socket, socket.socket] | None = None
         self._splice_due = False  # the pump paused at a big literal for the task to splice
         self._pipe: SplicePipe | None = None  # while a response's big literals are spliced
+        self._splice: Splice | None = None  # the one under way
+        self._splice_end: Exception | None = None  # how a splice ended the session
         self._idle_tag: str | None = None
         self._idle_answered = asyncio.Event()
         self._idle_accepted = False
@@ -280,10 +286,10 @@ class Relay:
 
     # -- backend to client ---------------------------------------------------------------
     async def _from_backend(self) -> str | None:
-        """Relay the backend's bytes (from the pump's callback, `_forward`); this task only
-        waits: for the client to read when it lags (backpressure: the backend is not read
-        meanwhile), for a big literal to be spliced, for the backend when a reply is
-        overdue, for the end."""
+        """Relay the backend's bytes (from the pump's callback, `_forward`, or by splice);
+        this task only waits: for the client to read when it lags (backpressure: the
+        backend is not read meanwhile), for the client's buffer to empty before a splice,
+        for the backend when a reply is overdue, for the end."""
         transport = self.channel.writer.transport
         transport.set_write_buffer_limits(high=CLIENT_HIGH_WATER)
         pump = self._pump = BackendPump(self.up.reader, self.up.writer, self._forward)
@@ -297,17 +303,22 @@ class Relay:
                     (pump.done, self._lagging), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
                 )
                 if self._lagging.done():
-                    await self.channel.drain()  # a client that does not read ends here
+                    if self._splice_end is not None:
+                        raise self._splice_end
                     if self._splice_due:
-                        self._splice_due = False
-                        ending = await self._splice(pump)
-                        if ending is not None:
-                            return ending or None
+                        await self._empty_client_buffer()
+                    else:
+                        await self.channel.drain()  # a client that does not read ends here
                     self._lagging = self._loop.create_future()
-                    pump.resume()
-                elif not pump.done.done() and self._overdue(timeout):
-                    self._backend_error("timeout")
-                    return "mailbox server not responding"
+                    if not self._splice_due or not self._start_splice():
+                        pump.resume()
+                    self._splice_due = False
+                elif not pump.done.done():
+                    if self._splice is not None and self._splice.backend_unread():
+                        self._backend_seen = self._loop.time()  # below SO_RCVLOWAT
+                    elif self._overdue(timeout):
+                        self._backend_error("timeout")
+                        return "mailbox server not responding"
             pump.done.result()
             if self.logging_out or self._backend_said_bye:
                 return None  # an orderly end: the client has the backend's BYE
@@ -317,12 +328,17 @@ class Relay:
             self._backend_error("protocol")
             log.warning("imap.backend_framing", extra={"error": str(exc)})
             return "mailbox server sent invalid data"
+        except _ClientGone:
+            return None  # as when a write to it fails: the session ends without a word
         except WriteTimeout:
             raise  # the client's fault, not the backend's: the session is cut
         except (ConnectionError, ssl.SSLError):
             self._backend_error("died")
             return "connection to the mailbox server lost"
         finally:
+            if self._splice is not None:
+                self._splice.close()  # what its pipe holds goes nowhere: the session ends
+                self._to_client.inc(self._splice.moved)
             pump.stop()
             self._close_pipe()
             self._end_response()
@@ -343,59 +359,70 @@ class Relay:
             return None
         return backend, client
 
-    async def _splice(self, pump: BackendPump) -> str | None:
-        """Move the rest of the current literal from the backend's socket to the client's
-        by splice(2), the pump paused meanwhile. None to go on with the pump; a BYE text
-        ("" for none) to end the session. `WriteTimeout` if the client stops reading."""
+    async def _empty_client_buffer(self) -> None:
+        """Wait until asyncio holds nothing more for the client: what it holds goes out
+        before what a splice writes to the socket itself."""
         transport = self.channel.writer.transport
-        if self._splice_pair is None or self._kicked is not None or transport.is_closing():
-            return None
         if transport.get_write_buffer_size():
-            # what asyncio still holds for the client goes first: wait for it to be sent
             transport.set_write_buffer_limits(high=0)
             try:
                 await self.channel.drain()
             finally:
                 transport.set_write_buffer_limits(high=CLIENT_HIGH_WATER)
+
+    def _start_splice(self) -> bool:
+        """Splice the rest of the current literal from the backend's socket to the
+        client's, the pump paused meanwhile (the caller's part) and resumed by
+        `_spliced`. False when it cannot: the buffered path goes on, now and after."""
+        pump, pair = self._pump, self._splice_pair
+        if pump is None or pair is None or self._kicked is not None or self._closed:
+            return False
+        if self.channel.writer.transport.is_closing():
+            return False
         if self._pipe is None:
-            self._pipe = SplicePipe(*self._splice_pair)
+            self._pipe = SplicePipe(*pair)
             if not self._pipe.open():
                 self._pipe = None
-                self._splice_pair = None  # no pipe to be had: the buffered path
-                return None
+                self._splice_pair = None  # no pipe to be had
+                return False
         pipe = self._pipe
 
         def read(left: int) -> None:
             self._backend_seen = self._loop.time()
-            pump.expect(left, pipe.capacity)  # woken for a full pipe's worth, not per segment
+            pump.expect(left)  # SO_RCVLOWAT: woken per buffer's worth, not per segment
 
         splice = Splice(pipe, self.framer.literal_left, read, self.channel.write_timeout)
-        try:
-            if not splice.start():
-                self._splice_pair = None  # this kernel or these sockets refuse: never again
-                return None
-            while not splice.done.done():
-                await asyncio.wait((splice.done,), timeout=self.up.reply_timeout)
-                if splice.done.done():
-                    break
-                if pipe.unread():
-                    self._backend_seen = self._loop.time()  # sending, below the low-water mark
-                elif self._overdue(self.up.reply_timeout):
-                    self._backend_error("timeout")
-                    return "mailbox server not responding"
+        if not splice.start():
+            self._splice_pair = None  # this kernel or these sockets refuse: never again
+            self._close_pipe()
+            return False
+        self._splice = splice
+        splice.done.add_done_callback(self._spliced)
+        return True
+
+    def _spliced(self, done: asyncio.Future[None]) -> None:
+        """A splice ended: the pump goes on with what follows the literal, or the task
+        ends the session (the client stopped reading, or is gone)."""
+        splice, self._splice = self._splice, None
+        if splice is None or done.cancelled():
+            return  # stopped by the session's end
+        splice.close()
+        if splice.held:
+            self._close_pipe()  # what it holds goes nowhere: the session ends
+        self.framer.passed(splice.taken)
+        self._to_client.inc(splice.moved)
+        assert self._pump is not None
+        self._pump.spliced()
+        if splice.deaf or splice.target_error is not None:
             if splice.deaf:
-                raise WriteTimeout("client does not read")
-        finally:
-            splice.close()
-            if splice.held or self._splice_pair is None:
-                self._close_pipe()  # what it holds goes nowhere: the session ends
-            self.framer.passed(splice.taken)
-            self._to_client.inc(splice.moved)
-            pump.spliced()
-        if splice.target_error is not None:
-            transport.abort()  # the client is gone, as a failed write would have found
-            return ""
-        return None
+                self._splice_end = WriteTimeout("client does not read")
+            else:
+                self.channel.writer.transport.abort()  # as a failed write would have
+                self._splice_end = _ClientGone()
+            if not self._lagging.done():
+                self._lagging.set_result(None)
+            return
+        self._pump.resume()
 
     def _overdue(self, timeout: float) -> bool:
         waiting = [at for tag, at in self._sent_at.items() if tag != self._idle_tag]
@@ -452,9 +479,12 @@ class Relay:
             and self._pump is not None
             and not self._lagging.done()
         ):
-            self._pump.pause()  # the task splices the rest, socket to socket
-            self._splice_due = True
-            self._lagging.set_result(None)
+            self._pump.pause()  # the rest of the literal goes socket to socket
+            if unsent:  # once the client has what asyncio holds for it: the task's part
+                self._splice_due = True
+                self._lagging.set_result(None)
+            elif not self._start_splice():
+                self._pump.resume()
         if self.framer.at_boundary:
             self._end_response()
             self._close_pipe()  # between responses a session holds no pipe

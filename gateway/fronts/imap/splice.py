@@ -143,6 +143,10 @@ class Splice:
         self._pipe_full = False  # a read found no room: wait for a write to make some
         self._reading = self._writing = False  # the loop watches the duplicates
 
+    def backend_unread(self) -> int:
+        """Bytes the source's socket holds, not yet taken."""
+        return self._pipe.unread()
+
     def start(self) -> bool:
         """Move what can be moved now and watch for the rest; False when splice cannot
         be used here (nothing moved)."""
