@@ -53,13 +53,6 @@ class ResponseFramer:
         """Octets of the literal being passed through still to come."""
         return self._literal_left
 
-    def passed(self, size: int) -> None:
-        """`size` octets of the literal being passed through went by unseen (spliced from
-        socket to socket): they count as fed."""
-        if not 0 <= size <= self._literal_left:
-            raise ValueError("more octets passed than the literal has left")
-        self._literal_left -= size
-
     def feed(self, data: bytes | bytearray, end: int | None = None) -> list[Segment]:
         """Split `data[:end]` (the next bytes from the backend) into segments to forward.
 

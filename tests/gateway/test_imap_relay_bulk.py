@@ -11,9 +11,6 @@ import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-import pytest
-
-from gateway.fronts.imap import relay as relay_module
 from gateway.fronts.imap.pump import PUMP_READ
 from gateway.fronts.imap.relay import CLIENT_HIGH_WATER
 from gateway.imap.framing import MAX_LITERAL
@@ -98,12 +95,7 @@ async def test_client_gets_the_backends_bytes_for_any_cutting(stack: Stack) -> N
         await client.ok("NOOP")  # framing back at a boundary: the session goes on
 
 
-async def test_a_client_that_stops_reading_holds_the_backend_back(
-    stack: Stack, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The buffered path's backpressure (TLS on either side; the spliced path's is in
-    test_imap_relay_splice)."""
-    monkeypatch.setattr(relay_module, "SPLICE_AVAILABLE", False)
+async def test_a_client_that_stops_reading_holds_the_backend_back(stack: Stack) -> None:
     size = 64 * 1024 * 1024
     block = b"m" * (1024 * 1024)
 

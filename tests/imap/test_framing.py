@@ -189,19 +189,3 @@ def test_literal_left_counts_down_what_is_owed() -> None:
     framer.feed(b"456789)\r\n")
     assert framer.literal_left == 0
     assert framer.at_boundary
-
-
-def test_octets_passed_unseen_count_as_fed() -> None:
-    """A spliced literal's octets never reach the framer: `passed` counts them, and what
-    follows them is framed as if they had been fed."""
-    framer = ResponseFramer()
-    framer.feed(b"* 1 FETCH (BODY[] {10}\r\n012")
-    with pytest.raises(ValueError, match="more octets"):
-        framer.passed(8)
-    framer.passed(7)
-    assert framer.literal_left == 0
-    assert not framer.at_boundary  # the response goes on after its literal
-    segments = framer.feed(b" UID 4)\r\n* 2 FETCH (BODY[] {3}\r\n")
-    assert [bytes(s.data) for s in segments] == [b" UID 4)\r\n", b"* 2 FETCH (BODY[] {3}\r\n"]
-    assert [s.head for s in segments] == [False, True]
-    assert framer.literal_left == 3

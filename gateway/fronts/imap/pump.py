@@ -59,11 +59,6 @@ class BackendPump(asyncio.BufferedProtocol):
         )
         self._lowat = 1
 
-    @property
-    def plain_socket(self) -> socket.socket | None:
-        """The backend's socket when its bytes are the session's own (no TLS)."""
-        return self._socket
-
     def start(self, leftover: bytes) -> None:
         """Take the transport over; `leftover` and whatever the stream buffered are
         delivered first."""
@@ -89,23 +84,16 @@ class BackendPump(asyncio.BufferedProtocol):
         if self._installed and not self.done.done():
             self._transport.resume_reading()
 
-    def expect(self, size: int, most: int | None = None) -> None:
+    def expect(self, size: int) -> None:
         """At least `size` more bytes are due (the rest of a literal): wake for them when
-        they are all there or `most` (a buffer, by default) is full (SO_RCVLOWAT), not for
-        each segment. Nothing is late for it: those bytes are owed, and an end of stream
-        still wakes."""
-        lowat = min(size, most or self._size) if size >= MIN_LOWAT else 1
+        they are all there or a buffer is full (SO_RCVLOWAT), not for each segment.
+        Nothing is late for it: those bytes are owed, and an end of stream still wakes."""
+        lowat = min(size, self._size) if size >= MIN_LOWAT else 1
         self._bulk = self._bulk or lowat > 1
         if lowat != self._lowat and self._socket is not None:
             with contextlib.suppress(OSError):
                 self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, lowat)
                 self._lowat = lowat
-
-    def spliced(self) -> None:
-        """A literal's rest was read by splice: the next read, of the response's next
-        line, is a small one, so that the next big literal goes by splice, not by it."""
-        self._bulk = False
-        self.expect(0)
 
     def stop(self) -> None:
         """Give the transport back to its streams."""

@@ -14,7 +14,6 @@ import datetime as dt
 import functools
 import logging
 import re
-import socket
 import ssl
 from collections.abc import Callable, Mapping
 
@@ -31,8 +30,6 @@ from gateway.fronts.imap.rights import (
     changes_mailbox,
     required_right,
 )
-from gateway.fronts.imap.splice import AVAILABLE as SPLICE_AVAILABLE
-from gateway.fronts.imap.splice import SPLICE_MIN, Splice, SplicePipe, plain_socket
 from gateway.imap import commands as c
 from gateway.imap.codes import Code
 from gateway.imap.engine import ImapSession
@@ -81,10 +78,6 @@ def _capability_answers(capabilities: tuple[str, ...]) -> tuple[bytes, bytes]:
     return f"* CAPABILITY {names}\r\n".encode(), f"[{Code.CAPABILITY} {names}]".encode()
 
 
-class _ClientGone(ConnectionError):
-    """A splice found the client's connection gone."""
-
-
 class Relay:
     """One logged-in client connection carried to its backend connection."""
 
@@ -122,12 +115,6 @@ class Relay:
         self._at_boundary = asyncio.Event()
         self._at_boundary.set()
         self._pump: BackendPump | None = None
-        # both sockets when neither side speaks TLS: big literals then go by splice(2)
-        self._splice_pair: tuple[socket.socket, socket.socket] | None = None
-        self._splice_due = False  # the pump paused at a big literal for the task to splice
-        self._pipe: SplicePipe | None = None  # while a response's big literals are spliced
-        self._splice: Splice | None = None  # the one under way
-        self._splice_end: Exception | None = None  # how a splice ended the session
         self._idle_tag: str | None = None
         self._idle_answered = asyncio.Event()
         self._idle_accepted = False
@@ -286,14 +273,12 @@ class Relay:
 
     # -- backend to client ---------------------------------------------------------------
     async def _from_backend(self) -> str | None:
-        """Relay the backend's bytes (from the pump's callback, `_forward`, or by splice);
-        this task only waits: for the client to read when it lags (backpressure: the
-        backend is not read meanwhile), for the client's buffer to empty before a splice,
-        for the backend when a reply is overdue, for the end."""
+        """Relay the backend's bytes (from the pump's callback, `_forward`); this task only
+        waits: for the client to read when it lags (backpressure: the backend is not read
+        meanwhile), for the backend when a reply is overdue, for the end."""
         transport = self.channel.writer.transport
         transport.set_write_buffer_limits(high=CLIENT_HIGH_WATER)
         pump = self._pump = BackendPump(self.up.reader, self.up.writer, self._forward)
-        self._splice_pair = self._plain_pair(pump)
         timeout = self.up.reply_timeout
         try:
             self._lagging = self._loop.create_future()  # before start: it may pause already
@@ -303,22 +288,12 @@ class Relay:
                     (pump.done, self._lagging), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
                 )
                 if self._lagging.done():
-                    if self._splice_end is not None:
-                        raise self._splice_end
-                    if self._splice_due:
-                        await self._empty_client_buffer()
-                    else:
-                        await self.channel.drain()  # a client that does not read ends here
+                    await self.channel.drain()  # a client that does not read ends here
                     self._lagging = self._loop.create_future()
-                    if not self._splice_due or not self._start_splice():
-                        pump.resume()
-                    self._splice_due = False
-                elif not pump.done.done():
-                    if self._splice is not None and self._splice.backend_unread():
-                        self._backend_seen = self._loop.time()  # below SO_RCVLOWAT
-                    elif self._overdue(timeout):
-                        self._backend_error("timeout")
-                        return "mailbox server not responding"
+                    pump.resume()
+                elif not pump.done.done() and self._overdue(timeout):
+                    self._backend_error("timeout")
+                    return "mailbox server not responding"
             pump.done.result()
             if self.logging_out or self._backend_said_bye:
                 return None  # an orderly end: the client has the backend's BYE
@@ -328,101 +303,14 @@ class Relay:
             self._backend_error("protocol")
             log.warning("imap.backend_framing", extra={"error": str(exc)})
             return "mailbox server sent invalid data"
-        except _ClientGone:
-            return None  # as when a write to it fails: the session ends without a word
         except WriteTimeout:
             raise  # the client's fault, not the backend's: the session is cut
         except (ConnectionError, ssl.SSLError):
             self._backend_error("died")
             return "connection to the mailbox server lost"
         finally:
-            if self._splice is not None:
-                self._splice.close()  # what its pipe holds goes nowhere: the session ends
-                self._to_client.inc(self._splice.moved)
             pump.stop()
-            self._close_pipe()
             self._end_response()
-
-    def _close_pipe(self) -> None:
-        if self._pipe is not None:
-            self._pipe.close()
-            self._pipe = None
-
-    def _plain_pair(self, pump: BackendPump) -> tuple[socket.socket, socket.socket] | None:
-        """(backend, client) sockets when both carry plaintext: TLS on either side keeps
-        the buffered path (the bytes on the socket are not the literal's)."""
-        if not SPLICE_AVAILABLE:
-            return None
-        backend = pump.plain_socket
-        client = plain_socket(self.channel.writer.transport)
-        if backend is None or client is None:
-            return None
-        return backend, client
-
-    async def _empty_client_buffer(self) -> None:
-        """Wait until asyncio holds nothing more for the client: what it holds goes out
-        before what a splice writes to the socket itself."""
-        transport = self.channel.writer.transport
-        if transport.get_write_buffer_size():
-            transport.set_write_buffer_limits(high=0)
-            try:
-                await self.channel.drain()
-            finally:
-                transport.set_write_buffer_limits(high=CLIENT_HIGH_WATER)
-
-    def _start_splice(self) -> bool:
-        """Splice the rest of the current literal from the backend's socket to the
-        client's, the pump paused meanwhile (the caller's part) and resumed by
-        `_spliced`. False when it cannot: the buffered path goes on, now and after."""
-        pump, pair = self._pump, self._splice_pair
-        if pump is None or pair is None or self._kicked is not None or self._closed:
-            return False
-        if self.channel.writer.transport.is_closing():
-            return False
-        if self._pipe is None:
-            self._pipe = SplicePipe(*pair)
-            if not self._pipe.open():
-                self._pipe = None
-                self._splice_pair = None  # no pipe to be had
-                return False
-        pipe = self._pipe
-
-        def read(left: int) -> None:
-            self._backend_seen = self._loop.time()
-            pump.expect(left)  # SO_RCVLOWAT: woken per buffer's worth, not per segment
-
-        splice = Splice(pipe, self.framer.literal_left, read, self.channel.write_timeout)
-        if not splice.start():
-            self._splice_pair = None  # this kernel or these sockets refuse: never again
-            self._close_pipe()
-            return False
-        self._splice = splice
-        splice.done.add_done_callback(self._spliced)
-        return True
-
-    def _spliced(self, done: asyncio.Future[None]) -> None:
-        """A splice ended: the pump goes on with what follows the literal, or the task
-        ends the session (the client stopped reading, or is gone)."""
-        splice, self._splice = self._splice, None
-        if splice is None or done.cancelled():
-            return  # stopped by the session's end
-        splice.close()
-        if splice.held:
-            self._close_pipe()  # what it holds goes nowhere: the session ends
-        self.framer.passed(splice.taken)
-        self._to_client.inc(splice.moved)
-        assert self._pump is not None
-        self._pump.spliced()
-        if splice.deaf or splice.target_error is not None:
-            if splice.deaf:
-                self._splice_end = WriteTimeout("client does not read")
-            else:
-                self.channel.writer.transport.abort()  # as a failed write would have
-                self._splice_end = _ClientGone()
-            if not self._lagging.done():
-                self._lagging.set_result(None)
-            return
-        self._pump.resume()
 
     def _overdue(self, timeout: float) -> bool:
         waiting = [at for tag, at in self._sent_at.items() if tag != self._idle_tag]
@@ -473,21 +361,8 @@ class Relay:
             if unsent > CLIENT_HIGH_WATER and not self._lagging.done():
                 self._pump.pause()
                 self._lagging.set_result(None)
-        if (
-            self._splice_pair is not None
-            and self.framer.literal_left >= SPLICE_MIN
-            and self._pump is not None
-            and not self._lagging.done()
-        ):
-            self._pump.pause()  # the rest of the literal goes socket to socket
-            if unsent:  # once the client has what asyncio holds for it: the task's part
-                self._splice_due = True
-                self._lagging.set_result(None)
-            elif not self._start_splice():
-                self._pump.resume()
         if self.framer.at_boundary:
             self._end_response()
-            self._close_pipe()  # between responses a session holds no pipe
         if self._leaving is not None and self._at_rest():
             self.kick(self._leaving, Code.UNAVAILABLE)  # the last reply is out
 
