@@ -15,8 +15,8 @@ gateway and peer share the machine's cores, so the gateway's own CPU cost is wha
 ratio pays for, and what shows a regression the ratio hides.
 
 Run: ``.venv/bin/python bench/gateway_fetch.py [--messages 200] [--runs 3]
-[--peer dovecot|mock]`` (``LPS_BENCH_PROFILE=DIR`` writes cProfile dumps of the server
-processes, see _stack.py).
+[--peer dovecot|mock] [--workers N]`` (``LPS_BENCH_PROFILE=DIR`` writes cProfile dumps of
+the server processes, see _stack.py: with ``--workers 1``, the gateway's work).
 """
 
 from __future__ import annotations
@@ -103,6 +103,9 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=200)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--peer", choices=["dovecot", "mock"], default="dovecot")
+    parser.add_argument(
+        "--workers", type=int, help="the gateway's [server] workers (default: one per core)"
+    )
     args = parser.parse_args()
     print(
         f"gateway_fetch: UID FETCH 1:* BODY.PEEK[] of {args.messages} x 1 MiB, "
@@ -110,7 +113,7 @@ def main() -> None:
     )
     began = time.perf_counter()
     dovecot = args.peer == "dovecot"
-    with Stack(big=0 if dovecot else args.messages, peer=args.peer) as stack:
+    with Stack(big=0 if dovecot else args.messages, peer=args.peer, workers=args.workers) as stack:
         if dovecot:
             seed_dovecot(stack, args.messages)
         print(

@@ -19,8 +19,11 @@ from pathlib import Path
 import pytest
 
 from gateway.settings import MockSettings, Settings
+from tests.gateway.test_imap_proxy import modern_settings, relays
+from tests.gateway.test_imap_relay_bulk import scripted_backend
 from tests.gateway.test_smtp_front import metric
 from tests.imap_raw import Raw
+from tests.support.imap import login
 from tests.support.sasl import xoauth2_b64
 from tests.support.stacks import Stack, gateway_settings, running_stack
 from tests.support.waiting import until
@@ -190,6 +193,44 @@ async def test_a_logged_in_client_that_never_reads_is_cut_after_the_write_timeou
     assert sent < 4 * 1024 * 1024  # the relay stopped forwarding what the client pipelined
     assert stack.gateway.imap is not None
     await until(lambda: stack.gateway.imap.open_sessions == 0, "the session ended")
+
+
+async def test_a_client_that_never_reads_a_big_literal_is_cut_as_deaf_not_as_backend_loss(
+    stack: Stack,
+) -> None:
+    """The backend task meets the write timeout first when a big FETCH fills the client's
+    buffers: the session is cut then (no BYE, no wait), and the backend is not counted
+    as lost (a WriteTimeout is a ConnectionError: it was)."""
+    size = 256 * 1024 * 1024
+    block = b"m" * (1024 * 1024)
+
+    def answer(tag: bytes) -> list[bytes]:
+        if not tag.startswith(b"big"):
+            return [tag + b" OK done\r\n"]
+        head = b"* 1 FETCH (BODY[] {%d}\r\n" % size
+        return [head, *[block] * (size // len(block)), b")\r\n", tag + b" OK done\r\n"]
+
+    async with scripted_backend(answer) as (port, _writers):
+        backend = modern_settings(stack)
+        backend.imap_port, backend.imap_tls = port, "none"
+        client = await login(stack, "dr-martin", MARTIN)
+        transport = client.writer.transport
+        assert isinstance(transport, asyncio.Transport)
+        transport.pause_reading()  # never reads again
+        await client.send(b"big FETCH 1 BODY[]\r\n")
+        (relay,) = relays(stack)
+        await until(lambda: relay._lagging.done(), "the relay waiting for the client")
+        loop = asyncio.get_running_loop()
+        lagging = loop.time()
+        imap = stack.gateway.imap
+        assert imap is not None
+        await until(lambda: imap.open_sessions == 0, "the session cut", bound=BOUND)
+        assert loop.time() - lagging < WRITE + 1.0
+        client.writer.close()
+    died = metric(
+        stack, "lpsgw_backend_errors_total", backend="modern", protocol="imap", kind="died"
+    )
+    assert died == 0
 
 
 async def test_smtp_clients_that_never_read_are_cut_before_and_after_auth(stack: Stack) -> None:

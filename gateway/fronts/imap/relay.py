@@ -281,14 +281,15 @@ class Relay:
         pump = self._pump = BackendPump(self.up.reader, self.up.writer, self._forward)
         timeout = self.up.reply_timeout
         try:
+            self._lagging = self._loop.create_future()  # before start: it may pause already
             pump.start(self.up.leftover)
             while not pump.done.done():
-                self._lagging = self._loop.create_future()
                 await asyncio.wait(
                     (pump.done, self._lagging), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
                 )
                 if self._lagging.done():
                     await self.channel.drain()  # a client that does not read ends here
+                    self._lagging = self._loop.create_future()
                     pump.resume()
                 elif not pump.done.done() and self._overdue(timeout):
                     self._backend_error("timeout")
@@ -302,6 +303,8 @@ class Relay:
             self._backend_error("protocol")
             log.warning("imap.backend_framing", extra={"error": str(exc)})
             return "mailbox server sent invalid data"
+        except WriteTimeout:
+            raise  # the client's fault, not the backend's: the session is cut
         except (ConnectionError, ssl.SSLError):
             self._backend_error("died")
             return "connection to the mailbox server lost"
