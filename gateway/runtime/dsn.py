@@ -204,6 +204,11 @@ def _address_end(arg: str, keyword: str) -> int | None:
     if bracketed and '"' not in arg and "\\" not in arg:  # nothing to skip: the first ">"
         close = arg.find(">", index)
         return close + 1 if close >= 0 else len(arg)
+    return _scanned_address_end(arg, index, bracketed)
+
+
+def _scanned_address_end(arg: str, index: int, bracketed: bool) -> int:
+    """`_address_end` character by character from `index`, quotes and escapes skipped."""
     quoted = False
     while index < len(arg):
         char = arg[index]

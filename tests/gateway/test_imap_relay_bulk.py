@@ -95,8 +95,9 @@ async def test_client_gets_the_backends_bytes_for_any_cutting(stack: Stack) -> N
         await client.ok("NOOP")  # framing back at a boundary: the session goes on
 
 
-async def test_a_client_that_stops_reading_holds_the_backend_back(stack: Stack) -> None:
-    size = 64 * 1024 * 1024
+def big_fetch_answer(size: int) -> Callable[[bytes], list[bytes]]:
+    """A backend's answers: to a command tagged ``big...`` one FETCH of a `size`-octet
+    literal (in 1 MiB writes), to any other a plain OK."""
     block = b"m" * (1024 * 1024)
 
     def answer(tag: bytes) -> list[bytes]:
@@ -105,7 +106,12 @@ async def test_a_client_that_stops_reading_holds_the_backend_back(stack: Stack) 
         head = b"* 1 FETCH (BODY[] {%d}\r\n" % size
         return [head, *[block] * (size // len(block)), b")\r\n", tag + b" OK done\r\n"]
 
-    async with scripted_backend(answer) as (port, writers):
+    return answer
+
+
+async def test_a_client_that_stops_reading_holds_the_backend_back(stack: Stack) -> None:
+    size = 64 * 1024 * 1024
+    async with scripted_backend(big_fetch_answer(size)) as (port, writers):
         backend = modern_settings(stack)
         backend.imap_port, backend.imap_tls = port, "none"
         client = await login(stack, "dr-martin", MARTIN)

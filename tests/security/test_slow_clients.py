@@ -20,7 +20,7 @@ import pytest
 
 from gateway.settings import MockSettings, Settings
 from tests.gateway.test_imap_proxy import modern_settings, relays
-from tests.gateway.test_imap_relay_bulk import scripted_backend
+from tests.gateway.test_imap_relay_bulk import big_fetch_answer, scripted_backend
 from tests.gateway.test_smtp_front import metric
 from tests.imap_raw import Raw
 from tests.support.imap import login
@@ -201,16 +201,7 @@ async def test_a_client_that_never_reads_a_big_literal_is_cut_as_deaf_not_as_bac
     """The backend task meets the write timeout first when a big FETCH fills the client's
     buffers: the session is cut then (no BYE, no wait), and the backend is not counted
     as lost (a WriteTimeout is a ConnectionError: it was)."""
-    size = 256 * 1024 * 1024
-    block = b"m" * (1024 * 1024)
-
-    def answer(tag: bytes) -> list[bytes]:
-        if not tag.startswith(b"big"):
-            return [tag + b" OK done\r\n"]
-        head = b"* 1 FETCH (BODY[] {%d}\r\n" % size
-        return [head, *[block] * (size // len(block)), b")\r\n", tag + b" OK done\r\n"]
-
-    async with scripted_backend(answer) as (port, _writers):
+    async with scripted_backend(big_fetch_answer(256 * 1024 * 1024)) as (port, _writers):
         backend = modern_settings(stack)
         backend.imap_port, backend.imap_tls = port, "none"
         client = await login(stack, "dr-martin", MARTIN)

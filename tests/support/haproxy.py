@@ -4,8 +4,11 @@ test's listeners (one route per listener, e.g. with ``send-proxy-v2``), and
 IMAP and SMTP balancing round-robin over the nodes, an HTTP frontend, every server checked
 with `GET /readyz` on its node's HTTP port (the topology test, the benchmark).
 
-HAProxy cannot bind port 0 and say which port it got, so its frontends take ports found
-free just before (`closed_port`); the nodes behind it bind port 0 and say theirs.
+HAProxy cannot bind port 0 and say which port it got, so its frontends are sockets bound
+and listening here first, handed to it (``bind fd@N``): bound without SO_REUSEPORT, their
+ports are theirs alone (a port found free and bound again later could meanwhile go to
+another test's listener, and HAProxy's SO_REUSEPORT would then share it with that one).
+The nodes behind it bind port 0 and say theirs.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.conftest import require_peer
-from tests.support.net import closed_port
 from tests.support.waiting import eventually, settled
 
 HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
@@ -34,14 +36,24 @@ def require_haproxy() -> str:
     return HAPROXY
 
 
+def listener() -> socket.socket:
+    """A listening socket on a port of its own, for HAProxy to take by its descriptor."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
 @dataclass(frozen=True)
 class Route:
-    """HAProxy listens on `port` (chosen free) and sends to 127.0.0.1:`to`, with the
-    server options `options` (e.g. ``send-proxy-v2``)."""
+    """HAProxy listens on `port` (the socket `fd`, see `listener`) and sends to
+    127.0.0.1:`to`, with the server options `options` (e.g. ``send-proxy-v2``)."""
 
     to: int
     options: str = "send-proxy-v2"
     port: int = 0
+    fd: int = -1
 
 
 def _config(routes: list[Route]) -> str:
@@ -55,7 +67,7 @@ def _config(routes: list[Route]) -> str:
     for index, route in enumerate(routes):
         lines += [
             f"listen route{index}",
-            f"    bind 127.0.0.1:{route.port}",
+            f"    bind fd@{route.fd}",
             f"    server node 127.0.0.1:{route.to} {route.options}",
         ]
     return "\n".join(lines) + "\n"
@@ -81,12 +93,22 @@ async def _listening(port: int) -> bool:
 async def running_haproxy(directory: Path, routes: list[Route]) -> AsyncIterator[list[Route]]:
     """HAProxy with `routes`, listening on each; yields them with their ports."""
     haproxy = require_haproxy()
-    chosen = [Route(r.to, r.options, r.port or closed_port()) for r in routes]
-    config = _write_config(directory, chosen)
-    process = await asyncio.create_subprocess_exec(
-        haproxy, "-db", "-f", str(config), stdout=asyncio.subprocess.DEVNULL
-    )
-    try:
+    with contextlib.ExitStack() as sockets:
+        bound = [sockets.enter_context(listener()) for _ in routes]
+        chosen = [
+            Route(r.to, r.options, sock.getsockname()[1], sock.fileno())
+            for r, sock in zip(routes, bound, strict=True)
+        ]
+        config = _write_config(directory, chosen)
+        process = await asyncio.create_subprocess_exec(
+            haproxy,
+            "-db",
+            "-f",
+            str(config),
+            stdout=asyncio.subprocess.DEVNULL,
+            pass_fds=[r.fd for r in chosen],
+        )
+    try:  # our copies closed: HAProxy holds the sockets now
         for route in chosen:
             await eventually(lambda port=route.port: _listening(port), f"haproxy on {route.port}")
         yield chosen
@@ -121,14 +143,19 @@ class Node:
 
 @dataclass(frozen=True)
 class Frontends:
+    """HAProxy's listening ports, and the descriptors of the sockets it takes them by."""
+
     imap: int
     smtp: int
     http: int
+    fds: dict[str, int] = field(default_factory=dict)
     host: str = "127.0.0.1"
 
     @classmethod
-    def free(cls) -> Frontends:
-        return cls(closed_port(), closed_port(), closed_port())
+    def bound(cls, sockets: dict[str, socket.socket]) -> Frontends:
+        ports = {name: sock.getsockname()[1] for name, sock in sockets.items()}
+        fds = {name: sock.fileno() for name, sock in sockets.items()}
+        return cls(ports["imap"], ports["smtp"], ports["http"], fds)
 
 
 def config(
@@ -166,7 +193,7 @@ def config(
         lines += [
             f"frontend {protocol}",
             f"    mode {mode}",
-            f"    bind {frontends.host}:{getattr(frontends, protocol)}",
+            f"    bind fd@{frontends.fds[protocol]}",
             *(FORWARDED_HEADERS if protocol == "http" else ()),
             f"    default_backend {protocol}_nodes",
             f"backend {protocol}_nodes",
@@ -256,24 +283,30 @@ def running_balancer(
     check costs the node a /readyz)."""
     haproxy = require_haproxy()
     directory.mkdir(parents=True, exist_ok=True)
-    frontends = Frontends.free()
     stats = directory / "haproxy.sock"
     path = directory / "haproxy.cfg"
-    path.write_text(
-        config(
-            nodes,
-            frontends,
-            stats,
-            proxy_protocol=proxy_protocol,
-            check_interval_ms=check_interval_ms,
-            source=source,
-        )
-    )
     log = directory / "haproxy.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [haproxy, "-db", "-f", str(path)], stdout=sink, stderr=subprocess.STDOUT
+    with contextlib.ExitStack() as sockets:
+        frontends = Frontends.bound(
+            {protocol: sockets.enter_context(listener()) for protocol in PROTOCOLS}
         )
+        path.write_text(
+            config(
+                nodes,
+                frontends,
+                stats,
+                proxy_protocol=proxy_protocol,
+                check_interval_ms=check_interval_ms,
+                source=source,
+            )
+        )
+        with log.open("wb") as sink:
+            process = subprocess.Popen(
+                [haproxy, "-db", "-f", str(path)],
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                pass_fds=list(frontends.fds.values()),
+            )
     proxy = HAProxy(process, frontends, stats, log, [node.name for node in nodes])
     try:
 
