@@ -57,6 +57,7 @@ from gateway.imap.structure_cache import StructureCache
 from gateway.imap.view import SelectedView
 from gateway.runtime.login import AuthFailed, ConnectionInfo
 from gateway.runtime.logs import identified
+from gateway.runtime.protocols import conforms
 from psc_auth.errors import SaslError
 from psc_auth.sasl import (
     Mechanism,
@@ -107,21 +108,6 @@ class CertificateChannel(Protocol):
     def peer_certificate(self) -> bytes | None:
         """The certificate (DER) the client presented and TLS verified; None without."""
         ...
-
-
-_CONFORMING: set[tuple[type, type]] = set()
-
-
-def _conforms(value: object, protocol: type) -> bool:
-    """`isinstance(value, protocol)` for a runtime-checkable protocol, the check (slow,
-    member by member) made once per class that passes it: a greeting asks twice."""
-    key = (type(value), protocol)
-    if key in _CONFORMING:
-        return True
-    if isinstance(value, protocol):
-        _CONFORMING.add(key)
-        return True
-    return False
 
 
 @dataclass(frozen=True)
@@ -192,12 +178,12 @@ class ImapSession:
         """EXTERNAL only where it can succeed: the authenticator takes certificates and
         the client presented one (RFC 4422 appendix A)."""
         return (
-            _conforms(self.authenticator, ExternalAuthenticator)
+            conforms(self.authenticator, ExternalAuthenticator)
             and self._client_certificate() is not None
         )
 
     def _client_certificate(self) -> bytes | None:
-        if _conforms(self.channel, CertificateChannel):
+        if conforms(self.channel, CertificateChannel):
             return cast(CertificateChannel, self.channel).peer_certificate()
         return None
 
@@ -344,7 +330,7 @@ class ImapSession:
     async def _authenticate(self, command: c.Authenticate) -> None:
         """AUTHENTICATE, the initial response inline (SASL-IR) or after an empty ``+``."""
         mechanism = command.mechanism.upper()
-        external = mechanism == "EXTERNAL" and _conforms(self.authenticator, ExternalAuthenticator)
+        external = mechanism == "EXTERNAL" and conforms(self.authenticator, ExternalAuthenticator)
         if mechanism not in MECHANISMS and not external:
             await self.reply(command.tag, "NO", "unsupported mechanism", Code.CANNOT)
             return

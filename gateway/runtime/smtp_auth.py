@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult
 
 from gateway.imap.session import ExternalCredentials, decode_external
 from gateway.runtime.login import AuthFailed, ConnectionInfo, Login, LoginAuthority
 from gateway.runtime.net import Peer
+from gateway.runtime.protocols import conforms
 from gateway.runtime.smtp_server import TokenSMTP
 from psc_auth.errors import SaslError
 from psc_auth.sasl import Mechanism, TokenCredentials, decode, decode_base64
@@ -29,19 +30,10 @@ NOT_ALLOWED = "535 5.7.8 Authentication failed: {}"
 TEMPORARY = "454 4.7.0 Temporary authentication failure: {}"
 
 
-_LOGIN_TYPES: set[type] = set()
-
-
 def grant_of(session: Any) -> Login | None:
-    """The session's login, if it has one: the check against the `Login` protocol (slow,
-    attribute by attribute) is made once per class."""
+    """The session's login, if it has one (`conforms`: asked at every SMTP command)."""
     data = getattr(session, "auth_data", None)
-    if type(data) in _LOGIN_TYPES:
-        return data
-    if isinstance(data, Login):
-        _LOGIN_TYPES.add(type(data))
-        return data
-    return None
+    return cast(Login, data) if conforms(data, Login) else None
 
 
 async def _sasl_response(server: SMTP, args: list[str]) -> bytes | None:

@@ -14,6 +14,7 @@ import contextlib
 import ssl
 from collections.abc import Sequence
 
+from gateway.backends.errors import one_line
 from gateway.backends.imap_smtp.smtp_wire import (
     MAX_LINE,
     Reply,
@@ -175,4 +176,4 @@ class SmtpClient:
 
 def _describe(error: BaseException) -> str:
     """For logs: the exception's class and text (socket and TLS errors: no credential)."""
-    return f"{type(error).__name__}: {error}"[:200]
+    return one_line(f"{type(error).__name__}: {error}", 200)

@@ -157,11 +157,10 @@ class SmtpSubmission:
     async def reset(self) -> None:
         """RSET: ends any half-done transaction, and proves an idle session still lives. A
         MAIL not sent yet is only forgotten."""
-        if self._pending_mail is not None:
-            self._end_transaction()
-            return
+        unsent = self._pending_mail is not None
         self._end_transaction()
-        await self._expect((b"RSET",), (250,))
+        if not unsent:
+            await self._expect((b"RSET",), (250,))
 
     @property
     def offers_dsn(self) -> bool:
