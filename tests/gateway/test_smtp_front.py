@@ -154,6 +154,7 @@ class ScriptedBackend:
         pipelining: bool = False,
         mail_reply: str = "250 2.1.0 OK",
         hang_up_after_data: bool = False,
+        drop_at_mail: int = 0,
     ) -> None:
         self.data_reply = data_reply
         self.chunking = chunking  # CHUNKING said in EHLO, BDAT taken (RFC 3030)
@@ -162,6 +163,7 @@ class ScriptedBackend:
         self.pipelining = pipelining
         self.mail_reply = mail_reply
         self.hang_up_after_data = hang_up_after_data  # a server restarted between messages
+        self.drop_at_mail = drop_at_mail  # MAILs at which it hangs up without a word
         self.auth_reply = auth_reply
         self.commands: list[str] = []
         self.messages: list[bytes] = []
@@ -203,6 +205,9 @@ class ScriptedBackend:
                         + pipelining
                         + b"250 AUTH PLAIN XOAUTH2\r\n"
                     )
+                elif verb == "MAIL" and self.drop_at_mail:
+                    self.drop_at_mail -= 1
+                    return
                 elif verb == "MAIL" and self.pipelining:
                     held = self.mail_reply.encode() + b"\r\n"
                     continue
@@ -671,6 +676,29 @@ async def test_a_backend_that_hung_up_between_messages_is_reconnected(stack: Sta
         assert errors == {}
     assert backend.opened == 2
     assert len(backend.messages) == 2
+
+
+async def test_a_backend_session_found_dead_by_mail_is_opened_again_once(
+    stack: Stack,
+) -> None:
+    """The second message's MAIL and RCPT meet a session that died unseen (the backend
+    hangs up on reading MAIL): said again on a new session, the client sees nothing; a
+    backend that does it again gets the client a 451 at RCPT, nothing sent."""
+    backend = ScriptedBackend(pipelining=True)
+    async with scripted(stack, backend), client(stack, "dr-martin", CLAIRE) as smtp:
+        await smtp.sendmail(CLAIRE, [EVE], message(CLAIRE, EVE, subject()))
+        backend.drop_at_mail = 1
+        errors, _ = await smtp.sendmail(CLAIRE, [LUC], message(CLAIRE, LUC, subject()))
+        assert errors == {}
+        assert backend.opened == 2
+        backend.drop_at_mail = 2
+        await smtp.mail(CLAIRE)
+        with pytest.raises(aiosmtplib.SMTPRecipientRefused) as refused:
+            await smtp.rcpt(EVE)
+        assert refused.value.code == 451
+        await smtp.rset()
+    assert len(backend.messages) == 2
+    assert backend.opened == 3  # the one dropped twice: reopened once, then given up
 
 
 async def test_a_sender_the_backend_refuses_is_refused_at_rcpt(stack: Stack) -> None:

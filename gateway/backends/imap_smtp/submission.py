@@ -205,7 +205,7 @@ class SmtpSubmission:
         if mail is None:
             await self._expect((encoded,), (250, 251))
             return
-        replies = await self._exchange((mail, encoded))
+        replies = await self._first_rcpt(mail, encoded)
         try:
             _check(replies[0], (250,))
         except BackendRefused as refused:
@@ -213,6 +213,22 @@ class SmtpSubmission:
             self._mail_refused = refused
             raise
         _check(replies[1], (250, 251))
+
+    async def _first_rcpt(self, mail: bytes, rcpt: bytes) -> list[Reply]:
+        """MAIL and the first RCPT. A session they find closed or lost (not slow: a timeout
+        is passed on) is opened again once and they are said again: the backend took
+        nothing yet, and a session idle a moment may have died unseen (a restart)."""
+        try:
+            return await self._exchange((mail, rcpt))
+        except BackendUnavailable as lost:
+            if lost.kind not in ("disconnected", "closed"):
+                raise
+            log.info(
+                "smtp.backend_reopened",
+                extra={"bal": self.mailbox, "backend": self.name, "kind": lost.kind},
+            )
+        await self.open()
+        return await self._exchange((mail, rcpt))
 
     async def data(self, message: bytes, recipients: Sequence[str] = ()) -> Accepted:
         """DATA (BDAT LAST to a backend offering CHUNKING), once: whatever happens, the
