@@ -171,8 +171,7 @@ async def test_each_cut_of_the_lone_dot_gives_the_same_message(
     server, recorder = served
     meant = CASES[name]
     stuffed = b"".join(b"." + line if line[:1] == b"." else line for line in reference_lines(meant))
-    client = await RawSmtp.open(server.port)
-    await client.command(b"EHLO test", b"250")
+    client = await RawSmtp.greeted(server.port)
     wire_end = len(stuffed) + 3
     cut_sets = [[], *([cut] for cut in range(1, wire_end)), [1, 2, wire_end - 2, wire_end - 1]]
     for cuts in cut_sets:
@@ -188,8 +187,7 @@ async def test_size_limit_at_the_boundary_and_after(served: tuple[SmtpServer, Re
     to its end, and the session goes on in step."""
     server, recorder = served
     line = b"." + b"x" * 61 + b"\r\n"  # stuffed: 64 octets, 63 meant
-    client = await RawSmtp.open(server.port)
-    await client.command(b"EHLO test", b"250")
+    client = await RawSmtp.greeted(server.port)
     await transaction(client)
     assert (await send_in_pieces(client, line * (LIMIT // 64), [100, 2000])).startswith(b"250")
     assert recorder.messages.pop() == line[1:] * (LIMIT // 64)
@@ -206,8 +204,7 @@ async def test_line_length_limit() -> None:
     """A line of `line_length_limit` octets (CRLF included) passes, one more is 500."""
     limit = TokenSMTP.line_length_limit
     async with serving(limit * 4) as (server, recorder):
-        client = await RawSmtp.open(server.port)
-        await client.command(b"EHLO test", b"250")
+        client = await RawSmtp.greeted(server.port)
         await transaction(client)
         longest = b"a" * (limit - 2) + b"\r\n"
         assert (await send_in_pieces(client, b"x\r\n" + longest, [7, 5000])).startswith(b"250")
@@ -226,8 +223,7 @@ async def test_commands_pipelined_after_the_lone_dot_are_served(
 ) -> None:
     """Nothing past the lone dot is taken for the message (RFC 2920)."""
     server, recorder = served
-    client = await RawSmtp.open(server.port)
-    await client.command(b"EHLO test", b"250")
+    client = await RawSmtp.greeted(server.port)
     await transaction(client)
     client.writer.write(b"one\r\n.\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\n")
     for expected in (b"250 2.0.0", b"250", b"250"):
@@ -241,8 +237,7 @@ async def test_a_client_gone_within_data_delivers_nothing(
     served: tuple[SmtpServer, Recorder],
 ) -> None:
     server, recorder = served
-    client = await RawSmtp.open(server.port)
-    await client.command(b"EHLO test", b"250")
+    client = await RawSmtp.greeted(server.port)
     await transaction(client)
     client.writer.write(b"half a message\r\n.")
     client.writer.close()

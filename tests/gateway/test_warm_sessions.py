@@ -6,6 +6,7 @@ narrowing, a move, a hold, its time being up, the backend's end and shutdown."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 from pathlib import Path
@@ -244,14 +245,22 @@ async def test_shutdown_logs_warm_sessions_out(stack: Stack):
     await until(lambda: backend_connections(stack) == 0, "logged out of the backend")
 
 
+def keeping_warm(
+    seconds: float, tmp_path: Path, stack_settings: Settings, mock_settings: MockSettings
+) -> contextlib.AbstractAsyncContextManager[Stack]:
+    """A stack whose modern backend keeps sessions warm `seconds` (0: not at all)."""
+
+    def configure(settings: Settings, mock: Any) -> None:
+        settings.backends = {"modern": mock_backend(mock, keep_warm=seconds)}
+        settings.routing.default = "modern"
+
+    return running_stack(stack_settings, mock_settings, tmp_path / "mock", configure)
+
+
 async def test_time_up_closes_it(
     tmp_path: Path, stack_settings: Settings, mock_settings: MockSettings
 ):
-    def configure(settings: Settings, mock: Any) -> None:
-        settings.backends = {"modern": mock_backend(mock, keep_warm=0.3)}
-        settings.routing.default = "modern"
-
-    async with running_stack(stack_settings, mock_settings, tmp_path / "mock", configure) as s:
+    async with keeping_warm(0.3, tmp_path, stack_settings, mock_settings) as s:
         await logged_out(s, "dr-martin")
         await until(lambda: dropped(s, "expired") == 1, "closed when its time is up")
         await until(lambda: backend_connections(s) == 0, "logged out of the backend")
@@ -260,11 +269,7 @@ async def test_time_up_closes_it(
 async def test_keep_warm_zero_relays_logout_to_the_backend(
     tmp_path: Path, stack_settings: Settings, mock_settings: MockSettings
 ):
-    def configure(settings: Settings, mock: Any) -> None:
-        settings.backends = {"modern": mock_backend(mock, keep_warm=0)}
-        settings.routing.default = "modern"
-
-    async with running_stack(stack_settings, mock_settings, tmp_path / "mock", configure) as s:
+    async with keeping_warm(0, tmp_path, stack_settings, mock_settings) as s:
         client = await login(s, "dr-martin", MARTIN)
         await client.ok("LOGOUT")
         await client.until_closed()

@@ -25,8 +25,7 @@ FAKE_ENDS = [b"\n.\r\n", b"\r\n.\n", b"\n.\n", b"\r.\r\n", b"\r\n.\r", b"\r.\r",
 @pytest.mark.parametrize("fake", FAKE_ENDS)
 async def test_a_fake_end_of_data_smuggles_no_second_message(fake: bytes) -> None:
     async with serving(LIMIT) as (server, recorder):
-        client = await RawSmtp.open(server.port)
-        await client.command(b"EHLO probe", b"250")
+        client = await RawSmtp.greeted(server.port, b"probe")
         await transaction(client)
         stuffed = b"hello\r\nx" + fake + SMUGGLED
         assert (await send_in_pieces(client, stuffed, [9, 10])).startswith(b"250 2.0.0")
@@ -40,8 +39,7 @@ async def test_a_fake_end_of_data_smuggles_no_second_message(fake: bytes) -> Non
 async def test_a_line_that_never_ends_is_refused_and_the_session_goes_on() -> None:
     limit = TokenSMTP.line_length_limit
     async with serving(limit * 8) as (server, recorder):
-        client = await RawSmtp.open(server.port)
-        await client.command(b"EHLO probe", b"250")
+        client = await RawSmtp.greeted(server.port, b"probe")
         await transaction(client)
         endless = b"a" * (limit * 3) + b"\r\n"
         assert (await send_in_pieces(client, endless, [1, limit, limit * 2])).startswith(b"500")
@@ -53,8 +51,7 @@ async def test_a_line_that_never_ends_is_refused_and_the_session_goes_on() -> No
 async def test_many_dot_ended_lines_past_the_limit_are_read_and_refused() -> None:
     """The reader's slowest input (a read per dot-ended line) meets the size limit too."""
     async with serving(LIMIT) as (server, recorder):
-        client = await RawSmtp.open(server.port)
-        await client.command(b"EHLO probe", b"250")
+        client = await RawSmtp.greeted(server.port, b"probe")
         await transaction(client)
         assert (await send_in_pieces(client, b"a.\r\n" * LIMIT, [LIMIT])).startswith(b"552")
         await transaction(client)

@@ -21,6 +21,13 @@ class RawSmtp:
         assert (await client.reply()).startswith(b"220")
         return client
 
+    @classmethod
+    async def greeted(cls, port: int, name: bytes = b"test") -> RawSmtp:
+        """`open`, then EHLO `name`."""
+        client = await cls.open(port)
+        await client.command(b"EHLO " + name, b"250")
+        return client
+
     async def reply(self) -> bytes:
         """The next reply's last line, CRLF included (b"" once the server hung up)."""
         async with asyncio.timeout(TIMEOUT):
