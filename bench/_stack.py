@@ -47,6 +47,12 @@ that profile is the supervisor's; profile the gateway's work with ``workers=1``.
 The gateway runs with `[server] workers` unset unless the bench says (``workers=``):
 one worker per core, as a node deploys it (a single process on one core);
 `Endpoints.workers` says how many it runs.
+
+With ``LPS_BENCH_GATEWAY_CPUS=LIST`` (``1``, ``2-3``, ``2,3``), the gateway runs on those
+CPUs only and everything else (the peer, the mock, the benchmark and its clients, on
+both paths) on the others: the gateway on a node of its own, as operators deploy it,
+rather than sharing the peer's cores. Its default worker count follows (one per CPU it
+may use). Every benchmark built on `Stack` takes it; each prints which split it ran.
 """
 
 from __future__ import annotations
@@ -369,6 +375,8 @@ class Stack:
         self._gateway: Endpoints | None = None
         self._direct: Endpoints | None = None
         self._mock: Endpoints | None = None
+        self.gateway_cpus = gateway_cpus(os.environ.get("LPS_BENCH_GATEWAY_CPUS", ""))
+        self._affinity: set[int] | None = None
 
     @property
     def gateway(self) -> Endpoints:
@@ -445,8 +453,24 @@ class Stack:
             "reply_timeout": 60,
         }
 
+    def cpus_label(self) -> str:
+        """Which CPUs the gateway and the rest ran on (printed by the benchmarks)."""
+        if not self.gateway_cpus:
+            return "all processes share every CPU"
+        others = sorted((self._affinity or set()) - self.gateway_cpus)
+        return f"gateway on CPU {_cpu_list(self.gateway_cpus)}, the rest on {_cpu_list(others)}"
+
     def start(self) -> None:
         raise_fd_limit()
+        if self.gateway_cpus:
+            self._affinity = os.sched_getaffinity(0)
+            others = self._affinity - self.gateway_cpus
+            if not others or not self.gateway_cpus <= self._affinity:
+                raise SystemExit(
+                    f"LPS_BENCH_GATEWAY_CPUS={_cpu_list(self.gateway_cpus)}: not a proper "
+                    f"part of the CPUs this process may use ({_cpu_list(self._affinity)})"
+                )
+            os.sched_setaffinity(0, others)  # the peers and clients started from here
         backend = self._start_peer()
         args = ["mock", "--data", str(self._tmp / "mock"), "--big", str(self.big)]
         args += ["--historic", str(self.historic)]
@@ -516,8 +540,13 @@ class Stack:
             args = [*args, "--profile", str(Path(profile) / f"{name}.prof")]
         env = {**os.environ, "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
         env = {k: v for k, v in env.items() if not k.startswith("LPSGW_")}
+        cpus = self.gateway_cpus if args[0] == "gateway" else None
         process = subprocess.Popen(
-            [sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True, env=env
+            [sys.executable, __file__, *args],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
         )
         self._processes.append(process)
         assert process.stdout is not None
@@ -557,6 +586,22 @@ class Stack:
             if server is not None:
                 server.stop()
         shutil.rmtree(self._tmp, ignore_errors=True)
+        if self._affinity is not None:
+            os.sched_setaffinity(0, self._affinity)
+            self._affinity = None
+
+
+def gateway_cpus(text: str) -> set[int]:
+    """The CPUs of ``LPS_BENCH_GATEWAY_CPUS`` (``1``, ``2-3``, ``0,2``); empty: no split."""
+    cpus: set[int] = set()
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
+def _cpu_list(cpus: set[int] | list[int]) -> str:
+    return ",".join(str(c) for c in sorted(cpus))
 
 
 class AsyncImap:

@@ -117,8 +117,8 @@ def main() -> None:
         if dovecot:
             seed_dovecot(stack, args.messages)
         print(
-            f"  (peer: {stack.peer_label()}; stack up and seeded in "
-            f"{time.perf_counter() - began:.1f} s)"
+            f"  (peer: {stack.peer_label()}; gateway workers: {stack.gateway.workers}; "
+            f"{stack.cpus_label()}; stack up and seeded in {time.perf_counter() - began:.1f} s)"
         )
         token = stack.token()
         paths = {"gateway": stack.gateway, "direct": stack.direct}

@@ -233,7 +233,10 @@ def main() -> None:
         with Stack(
             peer=args.peer, sessions=args.sessions, settings=settings, workers=args.workers
         ) as stack:
-            print(f"  (peer: {stack.peer_label()}; gateway workers: {stack.gateway.workers})")
+            print(
+                f"  (peer: {stack.peer_label()}; gateway workers: {stack.gateway.workers}; "
+                f"{stack.cpus_label()})"
+            )
             complete = asyncio.run(run(stack, args))
     except GatewayRefused:
         sys.exit("gateway_idle: the gateway refused [server] workers: not supported by this build")

@@ -121,7 +121,10 @@ def measure(args: argparse.Namespace, settings: dict[str, Any] | None, label: st
         peer = "dovecot" if stack.dovecot is not None else "mock"
         costs = Costs({"gateway": [stack.gateway.pid], peer: [stack.direct.pid]})
         workers = stack.gateway.workers
-        print(f"  {label} (peer: {stack.peer_label()}; gateway workers: {workers}):")
+        print(
+            f"  {label} (peer: {stack.peer_label()}; gateway workers: {workers}; "
+            f"{stack.cpus_label()}):"
+        )
         for result in compare_logins(paths, costs, logins, args.logins, args.clients):
             rates = result.rates
             concurrent = result.workload != "login_sequential"

@@ -140,7 +140,7 @@ def main() -> None:
         logins = {name: stack.login_command(endpoint, token) for name, endpoint in paths.items()}
         costs = Costs({"gateway": [stack.gateway.pid], args.peer: [stack.direct.pid]})
         workers = stack.gateway.workers
-        print(f"  (peer: {stack.peer_label()}; gateway workers: {workers})")
+        print(f"  (peer: {stack.peer_label()}; gateway workers: {workers}; {stack.cpus_label()})")
         for name, endpoint in paths.items():  # warm-up
             run(endpoint, logins[name], args.clients, 2)
         operations = dict.fromkeys(paths, 0)

@@ -105,7 +105,10 @@ def main() -> None:
     postfix = peer == "postfix"
     stack = Stack(peer="dovecot" if postfix else "mock", submission=postfix, workers=args.workers)
     with stack:
-        print(f"  (peer: {stack.peer_label()})")
+        print(
+            f"  (peer: {stack.peer_label()}; gateway workers: {stack.gateway.workers}; "
+            f"{stack.cpus_label()})"
+        )
         token = stack.token()
         paths = {"gateway": stack.gateway, "direct": stack.direct}
         groups = {"gateway": [stack.gateway.pid], "mock": [stack.mock.pid]}

@@ -11,7 +11,7 @@ import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from gateway.fronts.imap.pump import PUMP_READ
+from gateway.fronts.imap.pump import BULK_STEP, PUMP_READ, REST_READ, BackendPump
 from gateway.fronts.imap.relay import CLIENT_HIGH_WATER
 from gateway.imap.framing import MAX_LITERAL
 from tests.gateway.test_imap_proxy import MARTIN, modern_settings, relays
@@ -156,3 +156,28 @@ async def test_a_backend_announcing_an_oversized_literal_ends_the_session(stack:
             "lpsgw_backend_errors_total", backend="modern", protocol="imap", kind="protocol"
         )
         assert errors == 1
+
+
+async def test_a_bulk_read_buffer_is_no_bigger_than_what_is_owed() -> None:
+    """Reads are big while a literal is owed, but a 100 kB attachment does not get a
+    whole PUMP_READ of buffer: what is owed, rounded up."""
+    ours, theirs = socket.socketpair()
+    reader, writer = await asyncio.open_connection(sock=ours)
+    received: list[bytes] = []
+    pump = BackendPump(reader, writer, lambda data, size: received.append(bytes(data[:size])))
+    try:
+        pump.start(b"")
+        pump.expect(100_000)
+        small = len(pump.get_buffer(-1))
+        assert 100_000 + REST_READ <= small <= 100_000 + REST_READ + BULK_STEP
+        pump.expect(5 * PUMP_READ)
+        assert len(pump.get_buffer(-1)) == PUMP_READ
+        pump.expect(10)  # the end of a literal: back to small reads
+        theirs.sendall(b"tail)\r\n")
+        await until(lambda: received, "the tail relayed")
+        assert received == [b"tail)\r\n"]
+        assert len(pump.get_buffer(-1)) == REST_READ
+    finally:
+        pump.stop()
+        writer.close()
+        theirs.close()

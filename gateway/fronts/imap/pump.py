@@ -15,7 +15,11 @@ import contextlib
 import socket
 from collections.abc import Callable
 
-PUMP_READ = 256 * 1024
+# A bulk read: each costs a wake-up and a system call on both sides of the relay (the
+# backend too, Dovecot included, spends less per GiB read in big ones); its buffer is no
+# bigger than what is owed when a shorter literal is all that comes
+PUMP_READ = 1024 * 1024
+BULK_STEP = 64 * 1024  # a bulk buffer's size is a multiple of this
 REST_READ = 16 * 1024  # a read between bulk transfers (into a buffer made for it)
 MIN_LOWAT = 32 * 1024  # below this, waking once more costs less than the system call
 
@@ -49,6 +53,7 @@ class BackendPump(asyncio.BufferedProtocol):
         self._big: bytearray | None = None
         self._buffer = _NONE  # the one the last read went into
         self._bulk = False
+        self._owed = 0  # the literal's bytes still due, as the last `expect` said
         self.reusable = True
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._lost: tuple[Exception | None] | None = None
@@ -90,6 +95,7 @@ class BackendPump(asyncio.BufferedProtocol):
         Nothing is late for it: those bytes are owed, and an end of stream still wakes."""
         lowat = min(size, self._size) if size >= MIN_LOWAT else 1
         self._bulk = self._bulk or lowat > 1
+        self._owed = size
         if lowat != self._lowat and self._socket is not None:
             with contextlib.suppress(OSError):
                 self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, lowat)
@@ -127,8 +133,11 @@ class BackendPump(asyncio.BufferedProtocol):
             self._big = None
             self.reusable = True
         if self._bulk:
-            if self._big is None:
-                self._big = bytearray(self._size)
+            wanted = self._size
+            if self._owed:  # the rest of a literal, and what may follow it in the read
+                wanted = min(self._size, -(-(self._owed + REST_READ) // BULK_STEP) * BULK_STEP)
+            if self._big is None or len(self._big) < wanted:
+                self._big = bytearray(wanted)
             self._buffer = self._big
         else:
             self._big = None

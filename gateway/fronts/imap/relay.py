@@ -23,7 +23,7 @@ from gateway.backends.base import Upstream
 from gateway.backends.imap_smtp.upstream import log_out
 from gateway.bal_migration.gate import MOVED_BYE, BalGate, Held, Moved
 from gateway.fronts.imap.login import ProxyGrant
-from gateway.fronts.imap.pump import PUMP_READ, BackendPump
+from gateway.fronts.imap.pump import BackendPump
 from gateway.fronts.imap.rights import (
     audit_action,
     audit_detail,
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 # bytes written to a client and not yet sent beyond which the backend is not read until
 # the client catches up (a session's buffering is bounded by this and one read)
-CLIENT_HIGH_WATER = 2 * PUMP_READ
+CLIENT_HIGH_WATER = 512 * 1024
 KICK_GRACE = 1.0  # seconds a BYE waits for the response being relayed to end
 MAX_AUDITS_IN_FLIGHT = 64  # a session's events handed to the audit sink, not yet queued
 GAP_CHECK = 1.0  # seconds between checks for change events lost by the bus
