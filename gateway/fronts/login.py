@@ -376,7 +376,8 @@ class FrontAuthenticator:
         delegation_id: int | None,
         detail: str | None,
     ) -> AuditRecord:
-        """An audit event of this front (`connection` None: the client is already gone)."""
+        """An audit event of this front (`connection` None: the client is already gone),
+        dated now (the sink would date it on arrival, copying it)."""
         return AuditRecord(
             actor,
             mailbox,
@@ -387,6 +388,7 @@ class FrontAuthenticator:
             software=connection.software if connection else None,
             remote=connection.peer if connection else None,
             detail=detail,
+            at=self.audit.registry.now(),
         )
 
 
