@@ -540,13 +540,10 @@ class Stack:
             args = [*args, "--profile", str(Path(profile) / f"{name}.prof")]
         env = {**os.environ, "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
         env = {k: v for k, v in env.items() if not k.startswith("LPSGW_")}
-        cpus = self.gateway_cpus if args[0] == "gateway" else None
+        if args[0] == "gateway" and self.gateway_cpus:
+            args = [*args, "--cpus", _cpu_list(self.gateway_cpus)]
         process = subprocess.Popen(
-            [sys.executable, __file__, *args],
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+            [sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True, env=env
         )
         self._processes.append(process)
         assert process.stdout is not None
@@ -570,6 +567,14 @@ class Stack:
         return value
 
     def close(self) -> None:
+        try:
+            self._close()
+        finally:
+            if self._affinity is not None:  # this (main) thread's, which start() narrowed
+                os.sched_setaffinity(0, self._affinity)
+                self._affinity = None
+
+    def _close(self) -> None:
         for process in reversed(self._processes):
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
@@ -586,9 +591,6 @@ class Stack:
             if server is not None:
                 server.stop()
         shutil.rmtree(self._tmp, ignore_errors=True)
-        if self._affinity is not None:
-            os.sched_setaffinity(0, self._affinity)
-            self._affinity = None
 
 
 def gateway_cpus(text: str) -> set[int]:
@@ -1118,7 +1120,10 @@ def main() -> None:
     parser.add_argument("--backend", help="the default backend's settings, JSON (a Dovecot)")
     parser.add_argument("--settings", help="JSON laid over the gateway's settings")
     parser.add_argument("--profile", type=Path, help="write a cProfile of this process here")
+    parser.add_argument("--cpus", help="run on these CPUs only (LPS_BENCH_GATEWAY_CPUS)")
     args = parser.parse_args()
+    if args.cpus:  # first: the workers started later inherit it
+        os.sched_setaffinity(0, gateway_cpus(args.cpus))
     raise_fd_limit()
 
     from gateway.runtime.logs import configure_logging

@@ -10,6 +10,7 @@ says which (`means`), so usage figures can name the historic interfaces.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 import math
 from dataclasses import dataclass
@@ -279,6 +280,7 @@ class FrontAuthenticator:
         if card is not None:
             detail = f"{detail} means=card".strip()
         refusal = _refusal(found, right)
+        submitted = refusal is not None or record_success  # else when the session is open
         event = self.event(
             actor,
             decision.mailbox if decision is not None else bal.strip().lower(),
@@ -287,8 +289,9 @@ class FrontAuthenticator:
             result=f"refused:{refusal}" if refusal else "ok",
             delegation_id=found.delegation_id,
             detail=detail or None,
+            at=self.audit.registry.now() if submitted else None,
         )
-        if refusal is not None or record_success:
+        if submitted:
             await self.audit.submit(event)
         if decision is None:
             raise AuthFailed("authorization", f"{actor} may not open {bal}")
@@ -375,9 +378,10 @@ class FrontAuthenticator:
         result: str = "ok",
         delegation_id: int | None,
         detail: str | None,
+        at: dt.datetime | None = None,
     ) -> AuditRecord:
-        """An audit event of this front (`connection` None: the client is already gone),
-        dated now (the sink would date it on arrival, copying it)."""
+        """An audit event of this front (`connection` None: the client is already gone);
+        undated, the sink dates it when it arrives (a copy)."""
         return AuditRecord(
             actor,
             mailbox,
@@ -388,7 +392,7 @@ class FrontAuthenticator:
             software=connection.software if connection else None,
             remote=connection.peer if connection else None,
             detail=detail,
-            at=self.audit.registry.now(),
+            at=at,
         )
 
 

@@ -23,7 +23,7 @@ _LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")
 def unstuff(stuffed: bytes) -> bytes:
     """The message's octets from its dot-stuffed lines (terminator removed, the last line's
     CRLF kept): the first dot of each line starting with one is dropped."""
-    content = stuffed.replace(b"\r\n.", CRLF) if b"\r\n." in stuffed else stuffed
+    content = stuffed.replace(b"\r\n.", CRLF)  # the same object when no line has a dot
     return content[1:] if content.startswith(b".") else content
 
 

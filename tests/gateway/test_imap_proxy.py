@@ -166,6 +166,35 @@ async def test_logins_are_audited_with_the_client_software(stack: Stack):
     assert select.software == "LPS Cabinet 1.0"
 
 
+async def test_a_login_is_audited_when_its_backend_session_is_open(stack: Stack) -> None:
+    """The login's event is dated when the session opened (or failed), not when the
+    registry decided: a backend slow to greet comes between the two."""
+    connected, greet = asyncio.Event(), asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connected.set()
+        await greet.wait()
+        writer.write(b"* OK [CAPABILITY IMAP4rev1 SASL-IR LITERAL+ AUTH=PLAIN] slow\r\n")
+        line = await reader.readline()  # the master login
+        writer.write(line.split(b" ", 1)[0] + b" OK [CAPABILITY IMAP4rev1 LITERAL+] in\r\n")
+        while line := await reader.readline():
+            writer.write(line.split(b" ", 1)[0] + b" OK done\r\n")
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    async with server:
+        backend = modern_settings(stack)
+        backend.imap_port, backend.imap_tls = server.sockets[0].getsockname()[1], "none"
+        logging_in = asyncio.create_task(login(stack, "dr-martin", MARTIN))
+        await connected.wait()  # decided, routed: the backend is being opened
+        opening = dt.datetime.now(dt.UTC)
+        greet.set()
+        client = await logging_in
+        await client.ok("LOGOUT")
+    events = await audit(stack, MARTIN)
+    login_event = next(e for e in events if e.action == "login" and e.result == "ok")
+    assert login_event.at >= opening
+
+
 # -- the relay -------------------------------------------------------------------------------
 
 

@@ -5,11 +5,14 @@ a client that stops reading holds the backend back instead of filling the gatewa
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import itertools
 import random
 import socket
+import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from types import SimpleNamespace
 
 from gateway.fronts.imap.pump import BULK_STEP, PUMP_READ, REST_READ, BackendPump
 from gateway.fronts.imap.relay import CLIENT_HIGH_WATER
@@ -180,4 +183,25 @@ async def test_a_bulk_read_buffer_is_no_bigger_than_what_is_owed() -> None:
     finally:
         pump.stop()
         writer.close()
+        await writer.wait_closed()
         theirs.close()
+
+
+class _TlsTransport(asyncio.Transport):
+    """What the pump asks of a TLS connection's transport (its reads are never made)."""
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return {"sslcontext": ssl.create_default_context()}.get(name, default)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return asyncio.Protocol()
+
+
+async def test_a_bulk_read_over_tls_is_no_bigger_than_what_one_read_decrypts() -> None:
+    """Under TLS each read hands over what asyncio decrypted from one socket read of
+    `SSLProtocol.max_size` (64 KiB in the gateway): a bigger buffer would lie mostly idle."""
+    writer = SimpleNamespace(transport=_TlsTransport())
+    pump = BackendPump(asyncio.StreamReader(), writer, lambda data, size: None)  # type: ignore[arg-type]
+    pump.expect(5 * PUMP_READ)
+    size = len(pump.get_buffer(-1))
+    assert size == max(BULK_STEP, asyncio.sslproto.SSLProtocol.max_size) < PUMP_READ

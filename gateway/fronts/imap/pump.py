@@ -11,6 +11,7 @@ upstream works as before.
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import contextlib
 import socket
 from collections.abc import Callable
@@ -49,6 +50,9 @@ class BackendPump(asyncio.BufferedProtocol):
         self._transport = transport
         self._original = self._transport.get_protocol()
         self._deliver = deliver
+        tls = transport.get_extra_info("sslcontext") is not None
+        if tls:  # each read hands over what one socket read of this much decrypted to
+            size = min(size, max(BULK_STEP, asyncio.sslproto.SSLProtocol.max_size))
         self._size = size
         self._big: bytearray | None = None
         self._buffer = _NONE  # the one the last read went into
@@ -59,9 +63,7 @@ class BackendPump(asyncio.BufferedProtocol):
         self._lost: tuple[Exception | None] | None = None
         self._installed = False
         # plain TCP only: under TLS the bytes on the socket are not those announced
-        self._socket = (
-            None if transport.get_extra_info("sslcontext") else transport.get_extra_info("socket")
-        )
+        self._socket = None if tls else transport.get_extra_info("socket")
         self._lowat = 1
 
     def start(self, leftover: bytes) -> None:
