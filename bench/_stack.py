@@ -364,7 +364,7 @@ class Stack:
         self.historic = historic
         self.migration = migration
         self.migration_messages = migration_messages
-        self.dovecot = dovecot
+        self.migration_dovecot = dovecot  # the migration's target (self.dovecot: the peer)
         self.node_count = nodes
         self.database_url = database_url
         self.proxy_from = proxy_from
@@ -500,7 +500,7 @@ class Stack:
             json.dumps(self.mock_info),
         ]
         if self.migration:
-            migration = {"bals": self.migration, "dovecot": self.dovecot}
+            migration = {"bals": self.migration, "dovecot": self.migration_dovecot}
             gateway += ["--migration", json.dumps(migration)]
         if self.database_url:
             gateway += ["--database", self.database_url]

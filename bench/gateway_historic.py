@@ -47,7 +47,7 @@ from _stack import (
     PERSONA,
     Endpoints,
     Stack,
-    cpu_seconds,
+    tree_cpu_seconds,
     xoauth2,
 )
 
@@ -186,13 +186,13 @@ def session(
     client = RawImap(endpoint.host, endpoint.imap_port, timeout=300)
     try:
         client.command("AUTHENTICATE XOAUTH2 " + xoauth2(bal, token))
-        before = {who: cpu_seconds(pid) for who, pid in pids.items()}
+        before = {who: tree_cpu_seconds(pid) for who, pid in pids.items()}
         began = time.perf_counter()
         selected = command_raw(client, f"SELECT {folder}")
         middle = time.perf_counter()
         fetched = command_raw(client, "FETCH 1:* (FLAGS ENVELOPE)")
         ended = time.perf_counter()
-        cpu = {who: cpu_seconds(pid) - before[who] for who, pid in pids.items()}
+        cpu = {who: tree_cpu_seconds(pid) - before[who] for who, pid in pids.items()}
         client.command("LOGOUT")
     finally:
         client.sock.close()

@@ -80,7 +80,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _stack import BAL, HISTORIC_BAL, HISTORIC_TWIN, PERSONA, Stack, cpu_seconds
+from _stack import BAL, HISTORIC_BAL, HISTORIC_TWIN, PERSONA, Stack, tree_cpu_seconds
 
 PREFIX = "/mss-msg-services/services"
 INBOX = 2
@@ -151,7 +151,7 @@ def walk(caller: Caller, folder: int | str, page: int, expected: int, pids: dict
     """searchMessages pages through the folder, then every attachment listed: timed (with
     the listFolders that finds the folder's id when `folder` is a name)."""
     caller.requests = 0
-    cpu = {role: cpu_seconds(pid) for role, pid in pids.items()}
+    cpu = {role: tree_cpu_seconds(pid) for role, pid in pids.items()}
     began = time.perf_counter()
     folder_id = caller.folder_id(folder) if isinstance(folder, str) else folder
     seen: list[Seen] = []
@@ -188,7 +188,7 @@ def walk(caller: Caller, folder: int | str, page: int, expected: int, pids: dict
             )
         offset += len(messages)
     seconds = time.perf_counter() - began
-    used = {role: cpu_seconds(pid) - cpu[role] for role, pid in pids.items()}
+    used = {role: tree_cpu_seconds(pid) - cpu[role] for role, pid in pids.items()}
     if total != expected or len(seen) != expected or len(ids) != expected:
         raise BenchFailure(
             f"expected {expected} messages, got total {total}, {len(seen)} objects, "

@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _imap_client import RawImap
-from _stack import Stack, cpu_seconds, migration_bals
+from _stack import Stack, migration_bals, tree_cpu_seconds
 
 from gateway import admin_secret
 from gateway.admin_client import AdminClient, AdminTarget
@@ -102,8 +102,8 @@ class Meter:
         mine = os.times()
         return (
             time.perf_counter(),
-            cpu_seconds(self.pids[0]),
-            cpu_seconds(self.pids[1]),
+            tree_cpu_seconds(self.pids[0]),
+            tree_cpu_seconds(self.pids[1]),
             mine.user + mine.system,
         )
 
