@@ -598,7 +598,11 @@ def gateway_cpus(text: str) -> set[int]:
     cpus: set[int] = set()
     for part in filter(None, (p.strip() for p in text.split(","))):
         first, _, last = part.partition("-")
-        cpus.update(range(int(first), int(last or first) + 1))
+        try:
+            cpus.update(range(int(first), int(last or first) + 1))
+        except ValueError:
+            why = f"LPS_BENCH_GATEWAY_CPUS={text!r}: not a CPU list (1, 2-3, 0,2)"
+            raise SystemExit(why) from None
     return cpus
 
 

@@ -51,7 +51,7 @@ class BackendPump(asyncio.BufferedProtocol):
         self._original = self._transport.get_protocol()
         self._deliver = deliver
         tls = transport.get_extra_info("sslcontext") is not None
-        if tls:  # each read hands over what one socket read of this much decrypted to
+        if tls:  # a read hands over the plaintext of one socket read of at most this much
             size = min(size, max(BULK_STEP, asyncio.sslproto.SSLProtocol.max_size))
         self._size = size
         self._big: bytearray | None = None
