@@ -544,6 +544,27 @@ async def test_sighup_drains_the_node(tmp_path: Path, nodes: list[Node]) -> None
     assert gone(pids)
 
 
+async def test_sighup_drains_a_single_process_node(tmp_path: Path, nodes: list[Node]) -> None:
+    """One process (`[server] workers = 1`, a one-core container): SIGHUP stops it as
+    SIGTERM does too (its sessions told BYE, drained, exit 0), not by the signal's default
+    death that would cut them and lose the audit events still queued."""
+    env = {
+        "LPSGW_SERVER__WORKERS": "1",
+        **{f"LPSGW_{name}__PORT": "0" for name in ("HTTP", "IMAP", "SMTP")},
+        "LPSGW_PSC__ACCEPT_ANY_AUDIENCE": "true",
+        "LPSGW_DATA_DIR": str(tmp_path / "state"),
+    }
+    node = Node(["serve"], tmp_path, env)
+    nodes.append(node)
+    started = await node.line(re.compile(r"gateway\.started .*imap=(\d+)"), "the node started")
+    client = await Raw.open(int(started.group(1)))
+    assert client.greeting.startswith(b"* OK")
+    node.process.send_signal(signal.SIGHUP)
+    assert await client.line(wait=30) == b"* BYE [UNAVAILABLE] server shutting down"
+    assert await asyncio.to_thread(node.process.wait, 60) == 0, node.text()
+    assert "gateway.drained" in node.text()
+
+
 class _Stuck:
     """A service whose start never ends (a worker that never says it is ready)."""
 

@@ -1,5 +1,6 @@
-"""Run services until SIGINT or SIGTERM, then drain and stop them in reverse order (a
-signal while they start stops them too: a service's start is cancelled, not waited for)."""
+"""Run services until SIGINT or SIGTERM (or SIGHUP: a closed terminal's), then drain and
+stop them in reverse order (a signal while they start stops them too: a service's start
+is cancelled, not waited for)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from typing import Any, Protocol
 
 from gateway.runtime.asgi_server import CannotListen
 
+STOPS = (signal.SIGINT, signal.SIGTERM)
+
 
 class Service(Protocol):
     """A service may also have `async def drain()`: on a signal, before any is stopped,
@@ -22,11 +25,18 @@ class Service(Protocol):
 
 
 async def run_until_signalled(
-    services: Sequence[Service], on_started: Callable[[], Awaitable[None] | None] | None = None
+    services: Sequence[Service],
+    on_started: Callable[[], Awaitable[None] | None] | None = None,
+    *,
+    hangup: bool = True,
 ) -> None:
+    """`hangup`: SIGHUP stops as SIGTERM does, rather than by its default death that
+    drains nothing (no sessions told, the audit queue lost); False for a worker, which
+    ignores it (its supervisor drains the node)."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    stops = (*STOPS, signal.SIGHUP) if hangup else STOPS
+    for sig in stops:
         loop.add_signal_handler(sig, stopping.set)
     started: list[Service] = []
     try:
@@ -53,7 +63,7 @@ async def run_until_signalled(
             if drain is not None:
                 await drain()
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in stops:
             loop.remove_signal_handler(sig)
         for service in reversed(started):
             await service.stop()

@@ -88,7 +88,7 @@ async def _serve(spec: dict[str, Any], settings: Settings) -> None:
         channel.send({"t": "ready", "pid": os.getpid()})
 
     try:
-        await run_until_signalled([gateway], ready)
+        await run_until_signalled([gateway], ready, hangup=False)
     finally:
         listening.cancel()
         await gate.aclose()
