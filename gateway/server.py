@@ -456,6 +456,7 @@ class Gateway:
             ),
             self._listen(smtp.host, smtp.port, "smtp.port"),
             tls,
+            hostname=smtp.name(),
             data_size_limit=smtp.max_message_size,
             ident="lps-gateway MSSante submission",
             dsn=True,  # carried to backends that offer it, "relayed" notices for the rest

@@ -8,6 +8,8 @@ the defaults below. The mock operator reads its own section, `[mock]`, from the 
 from __future__ import annotations
 
 import ipaddress
+import re
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -384,6 +386,35 @@ class SmtpFrontSettings(_BehindLoadBalancer):
     max_sessions_per_person: int = Field(
         default=100, ge=1, description="authenticated sessions of one idNat, per worker"
     )
+    hostname: str | None = Field(
+        default=None,
+        description="the name the submission service gives itself (RFC 5321: its greeting "
+        "and EHLO reply, the Reporting-MTA of the relayed notices); default: this "
+        "machine's host name",
+    )
+
+    @field_validator("hostname")
+    @classmethod
+    def _hostname_is_a_domain(cls, value: str | None) -> str | None:
+        if value is not None and not is_domain(value):
+            raise ValueError(f"not a host name (RFC 1123): {value[:80]!r}")
+        return value
+
+    def name(self) -> str:
+        """`hostname`, else this machine's host name when it is one, else localhost."""
+        if self.hostname is not None:
+            return self.hostname
+        found = socket.gethostname()
+        return found if is_domain(found) else "localhost"
+
+
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
+
+
+def is_domain(name: str) -> bool:
+    """A host name as RFC 1123 writes them: dot-separated labels of letters, digits and
+    hyphens (none at either end), 63 characters each, 253 in all."""
+    return len(name) <= 253 and all(_LABEL.match(label) for label in name.split("."))
 
 
 class MssSettings(_Section):

@@ -28,6 +28,7 @@ from gateway.settings import (
     SmtpFrontSettings,
     TlsSettings,
     UsageSettings,
+    is_domain,
     load_settings,
 )
 from mock_operator.server import MockOperator
@@ -88,6 +89,17 @@ def test_proxy_protocol_peers_are_networks_checked_at_load(section: str):
         model(proxy_protocol_from=["10.0.0.300/32"])
     with pytest.raises(ValidationError, match="proxy_protocol_from"):
         model(proxy_protocol_from=["haproxy.local"])
+
+
+def test_the_smtp_hostname_is_a_host_name_checked_at_load():
+    """It goes on the greeting line: nothing that could end or bend the line passes."""
+    assert SmtpFrontSettings(hostname="smtp.gw.example.fr").name() == "smtp.gw.example.fr"
+    assert is_domain(SmtpFrontSettings().name())  # the machine's, or localhost
+    for bad in ("smtp.example.fr\r\n250 AUTH PLAIN", "a b", "-smtp.fr", "a..fr", "", "é.fr"):
+        with pytest.raises(ValidationError, match="hostname"):
+            SmtpFrontSettings(hostname=bad)
+    with pytest.raises(ValidationError, match="hostname"):
+        SmtpFrontSettings(hostname="a" * 64 + ".fr")
 
 
 def test_forwarded_allow_ips_are_networks_checked_at_load():

@@ -354,6 +354,8 @@ async def test_historic_bal_gets_the_gateways_relayed_notice(legacy: Stack) -> N
     assert set(by_recipient) == {PETIT, CLAIRE}
     for block in by_recipient.values():
         assert (block["Action"], block["Status"]) == ("relayed", "2.0.0")
+    # the gateway reports it, under its `[smtp] hostname` (the machine's name by default)
+    assert str(report[1][0]["Reporting-MTA"]) == f"dns; {legacy.gateway.settings.smtp.name()}"
     assert report[0]["Subject"] == "Avis de remise : message transmis"
     # kept by the platform as a body and files, it comes back a report (RFC 6522), its
     # returned headers readable as themselves, so that the LPS shows it as a notice

@@ -37,12 +37,28 @@ EVE = "eve.moreau@medecin.mssante.fr"  # dr-moreau's
 LUC = "luc.durand@infirmier.mssante.fr"  # ide-durand's
 NIL = "LPS-TEST-0042"
 MAX_SIZE = 256 * 1024
+HOSTNAME = "smtp.gw.example.fr"
 
 
 @pytest.fixture
 def stack_settings(tmp_path: Path) -> Settings:
-    """A small size limit, so that the oversize test stays cheap."""
-    return gateway_settings(tmp_path / "gateway", smtp={"max_message_size": MAX_SIZE})
+    """A small size limit, so that the oversize test stays cheap; a name of its own."""
+    return gateway_settings(
+        tmp_path / "gateway", smtp={"max_message_size": MAX_SIZE, "hostname": HOSTNAME}
+    )
+
+
+async def test_the_service_names_itself_by_its_hostname(stack: Stack) -> None:
+    """RFC 5321 §4.1.1.1 and §4.2: the greeting and the EHLO reply begin with the server's
+    name, `[smtp] hostname` (else the machine's), not "localhost"."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.smtp_port)
+    try:
+        greeting = await reader.readline()
+        assert greeting.startswith(b"220 " + HOSTNAME.encode() + b" "), greeting
+        writer.write(b"EHLO lps.example\r\n")
+        assert await reader.readline() == b"250-" + HOSTNAME.encode() + b"\r\n"
+    finally:
+        writer.close()
 
 
 # -- helpers -------------------------------------------------------------------------------
