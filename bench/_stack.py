@@ -375,7 +375,7 @@ class Stack:
         self._gateway: Endpoints | None = None
         self._direct: Endpoints | None = None
         self._mock: Endpoints | None = None
-        self.gateway_cpus = gateway_cpus(os.environ.get("LPS_BENCH_GATEWAY_CPUS", ""))
+        self.gateway_cpus = split_cpus()
         self._affinity: set[int] | None = None
 
     @property
@@ -591,6 +591,11 @@ class Stack:
             if server is not None:
                 server.stop()
         shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+def split_cpus() -> set[int]:
+    """The gateway's CPUs as ``LPS_BENCH_GATEWAY_CPUS`` says (empty: no split)."""
+    return gateway_cpus(os.environ.get("LPS_BENCH_GATEWAY_CPUS", ""))
 
 
 def gateway_cpus(text: str) -> set[int]:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import resource
 import sys
 import time
@@ -47,9 +46,9 @@ from _stack import (
     Endpoints,
     GatewayRefused,
     Stack,
-    gateway_cpus,
     pss_kib,
     raise_fd_limit,
+    split_cpus,
     tree_cpu_seconds,
 )
 
@@ -221,8 +220,7 @@ def main() -> None:
     # share the sessions between them (each its own descriptors), assumed evenly
     from gateway.runtime.cores import available_cores
 
-    split = gateway_cpus(os.environ.get("LPS_BENCH_GATEWAY_CPUS", ""))
-    processes = max(args.workers or len(split) or available_cores(), 1)
+    processes = max(args.workers or len(split_cpus()) or available_cores(), 1)
     needed = 2 * -(-args.sessions // processes) + 100
     if limit < needed:
         possible = (limit - 100) // 2 * processes

@@ -624,8 +624,9 @@ def _interface(grant: FrontGrant) -> Interface:
 
 
 def _relayed_nil(nil: str | None, checked: RuleResult) -> str | None:
-    """`_nil` of the message as relayed, without reading its header block again: the
-    client's, else the one the rules added (prepended, so first), else none."""
+    """The X-MSS-NIL of the message as relayed, without reading its header block again:
+    the client's (`RuleResult.nil`), else the one the rules added (prepended, so first),
+    else none."""
     if nil is not None:
         return nil
     added = [value for name, value in checked.headers_to_add if name == "X-MSS-NIL"]
